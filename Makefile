@@ -1,0 +1,169 @@
+# KeyMesh - plain Makefile.
+#
+#   make            build build/libkeymesh.so.$(MAJOR), build/libkeymesh.a, build/kmctl
+#   make test       build and run the TAP suite with prove (installs missing deps)
+#   make demo       create a segment, run a prefork pool against it, inspect it
+#   make bench      short benchmark run (SUMMARY lines)
+#   make install    PREFIX=/usr/local DESTDIR= libdir= includedir=
+#   make SAN=address,undefined test   sanitizer build (separate build dir)
+#   make WERROR=1   warnings are errors (CI)
+
+MAJOR   := 0
+VERSION := 0.1.0
+
+PREFIX     ?= /usr/local
+DESTDIR    ?=
+libdir     ?= $(PREFIX)/lib
+includedir ?= $(PREFIX)/include
+bindir     ?= $(PREFIX)/bin
+pkgconfigdir ?= $(libdir)/pkgconfig
+
+CC      ?= cc
+PKGS    := ck jansson
+DEPS_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+DEPS_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+        -Wformat=2 -Wno-format-nonliteral -Wpointer-arith -Wcast-align=strict \
+        -Wvla -Wundef
+ifeq ($(WERROR),1)
+WARN += -Werror
+endif
+
+OPT ?= -O2 -g
+ifneq ($(SAN),)
+BUILD ?= build-san
+SANFLAGS := -fsanitize=$(SAN) -fno-sanitize-recover=all -fno-omit-frame-pointer
+# Iteration counts in tests are lowered under sanitizers.
+SANFLAGS += -DKM_TEST_SANITIZER=1
+else
+BUILD ?= build
+SANFLAGS :=
+endif
+
+CFLAGS  ?=
+CFLAGS  += -std=c11 -D_GNU_SOURCE $(OPT) $(WARN) $(SANFLAGS) -Iinclude $(DEPS_CFLAGS)
+LDFLAGS += $(SANFLAGS)
+LIBS    := $(DEPS_LIBS) -lpthread
+
+LIB_SRC := $(wildcard shm/*.c) $(wildcard src/*.c)
+LIB_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(LIB_SRC))
+LIB_PIC := $(patsubst %.c,$(BUILD)/pic/%.o,$(LIB_SRC))
+
+SONAME  := libkeymesh.so.$(MAJOR)
+SHLIB   := $(BUILD)/libkeymesh.so.$(VERSION)
+STLIB   := $(BUILD)/libkeymesh.a
+KMCTL   := $(BUILD)/kmctl
+
+TEST_SRC := $(wildcard tests/t_*.c)
+TEST_BIN := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
+TEST_SH  := $(wildcard tests/t_*.sh)
+BENCH_SRC := $(wildcard bench/bench_*.c)
+BENCH_BIN := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
+EXAMPLE_SRC := $(wildcard examples/*.c)
+EXAMPLE_BIN := $(patsubst examples/%.c,$(BUILD)/examples/%,$(EXAMPLE_SRC))
+
+# Per-test time limit (seconds); prove runs each program under it.
+TEST_TIMEOUT ?= 300
+
+.PHONY: all deps test check bench demo install uninstall clean examples
+
+all: $(SHLIB) $(STLIB) $(KMCTL)
+
+# ---------------------------------------------------------------- dependencies
+# Ask pkg-config first; run apt-get only for what is missing.
+deps:
+	@missing=""; \
+	pkg-config --exists ck      2>/dev/null || missing="$$missing libck-dev"; \
+	pkg-config --exists liburcu 2>/dev/null || missing="$$missing liburcu-dev"; \
+	pkg-config --exists jansson 2>/dev/null || missing="$$missing libjansson-dev"; \
+	command -v pkg-config >/dev/null || missing="$$missing pkg-config"; \
+	command -v prove >/dev/null      || missing="$$missing perl"; \
+	command -v $(CC) >/dev/null      || missing="$$missing gcc"; \
+	if [ -n "$$missing" ]; then \
+	  echo "deps: installing:$$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "deps: need root to install:$$missing" >&2; exit 1; fi; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
+	    || { echo "deps: apt-get install$$missing failed" >&2; exit 1; }; \
+	fi
+
+# ------------------------------------------------------------------- library
+$(BUILD)/obj/%.o: %.c include/keymesh.h shm/seg.h src/internal.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -DKM_BUILDING_LIBRARY -fvisibility=hidden -c $< -o $@
+
+$(BUILD)/pic/%.o: %.c include/keymesh.h shm/seg.h src/internal.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -DKM_BUILDING_LIBRARY -fvisibility=hidden -fPIC -c $< -o $@
+
+$(STLIB): $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(SHLIB): $(LIB_PIC)
+	$(CC) $(LDFLAGS) -shared -Wl,-soname,$(SONAME) -o $@ $^ $(LIBS)
+	ln -sf libkeymesh.so.$(VERSION) $(BUILD)/$(SONAME)
+	ln -sf $(SONAME) $(BUILD)/libkeymesh.so
+
+# Tools, tests, benchmarks and examples link the static library, so they run
+# from the build tree without LD_LIBRARY_PATH.
+$(KMCTL): tools/kmctl.c $(STLIB)
+	$(CC) $(CFLAGS) -o $@ $< $(STLIB) $(LDFLAGS) $(LIBS)
+
+$(BUILD)/tests/%: tests/%.c tests/tap.h $(STLIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Ishm -Isrc -o $@ $< $(STLIB) $(LDFLAGS) $(LIBS) -lm
+
+$(BUILD)/bench/%: bench/%.c $(STLIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(STLIB) $(LDFLAGS) $(LIBS) -lm
+
+$(BUILD)/examples/%: examples/%.c $(STLIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(STLIB) $(LDFLAGS) $(LIBS)
+
+examples: $(EXAMPLE_BIN)
+
+# --------------------------------------------------------------------- tests
+# Each program runs in its own process under a time limit; prove prints TAP
+# and exits non-zero on any failure.
+test: deps
+	@$(MAKE) --no-print-directory all $(TEST_BIN)
+	KM_BUILD=$(BUILD) prove -f --exec 'timeout $(TEST_TIMEOUT)' $(TEST_BIN) $(TEST_SH)
+
+check: test
+
+bench: deps
+	@$(MAKE) --no-print-directory all $(BENCH_BIN)
+	@for b in $(BENCH_BIN); do $$b --short || exit 1; done
+
+demo: deps
+	@$(MAKE) --no-print-directory all $(EXAMPLE_BIN)
+	KM_BUILD=$(BUILD) sh examples/demo.sh
+
+# ------------------------------------------------------------------- install
+$(BUILD)/keymesh.pc: Makefile
+	@mkdir -p $(dir $@)
+	printf '%s\n' 'prefix=$(PREFIX)' 'libdir=$(libdir)' 'includedir=$(includedir)' '' \
+	  'Name: keymesh' 'Description: shared-memory API key pool with lock-free acquire' \
+	  'Version: $(VERSION)' 'Requires.private: ck jansson' \
+	  'Libs: -L$${libdir} -lkeymesh' 'Libs.private: -lpthread' 'Cflags: -I$${includedir}' > $@
+
+install: all $(BUILD)/keymesh.pc
+	install -d $(DESTDIR)$(libdir) $(DESTDIR)$(includedir) $(DESTDIR)$(bindir) $(DESTDIR)$(pkgconfigdir)
+	install -m 0755 $(SHLIB) $(DESTDIR)$(libdir)/
+	ln -sf libkeymesh.so.$(VERSION) $(DESTDIR)$(libdir)/$(SONAME)
+	ln -sf $(SONAME) $(DESTDIR)$(libdir)/libkeymesh.so
+	install -m 0644 $(STLIB) $(DESTDIR)$(libdir)/
+	install -m 0644 include/keymesh.h $(DESTDIR)$(includedir)/
+	install -m 0755 $(KMCTL) $(DESTDIR)$(bindir)/
+	install -m 0644 $(BUILD)/keymesh.pc $(DESTDIR)$(pkgconfigdir)/
+
+uninstall:
+	rm -f $(DESTDIR)$(libdir)/libkeymesh.so.$(VERSION) $(DESTDIR)$(libdir)/$(SONAME) \
+	      $(DESTDIR)$(libdir)/libkeymesh.so $(DESTDIR)$(libdir)/libkeymesh.a \
+	      $(DESTDIR)$(includedir)/keymesh.h $(DESTDIR)$(bindir)/kmctl \
+	      $(DESTDIR)$(pkgconfigdir)/keymesh.pc
+
+clean:
+	rm -rf build build-san

@@ -1,0 +1,322 @@
+/*
+ * keymesh.h - the one public header of KeyMesh.
+ *
+ * KeyMesh keeps a pool of API keys in one POSIX shared-memory segment that
+ * every worker process of a host maps.  A worker acquires a key (lock-free,
+ * no system call), uses it with any HTTP client, and releases it with the
+ * outcome the provider gave.  Rate limits, cooldowns and health hold for all
+ * processes together.  KeyMesh never sends a request itself.
+ *
+ * Conventions
+ *   - Every function that can fail returns int: 0 (KM_OK) on success, a
+ *     negative KM_E* code otherwise.  km_strerror() and km_err_name() turn a
+ *     code into text.  The library never prints and never exits.
+ *   - Times are CLOCK_MONOTONIC nanoseconds (km_now_ns()), which every
+ *     process of one host shares.
+ *   - Strings passed in are NUL-terminated UTF-8; nothing passed in is kept.
+ *
+ * Lifecycle of a handle (km_env)
+ *   km_create() or km_open() returns a handle attached to a segment and
+ *   registered in its process table.  km_close() releases the leases the
+ *   handle's process still holds (counted as abandoned), deregisters it and
+ *   unmaps.  km_unlink() removes the name; processes still attached keep
+ *   working until they close.  After a failed km_create()/km_open() nothing
+ *   is to be freed.  A handle must not be used after km_close(), nor across
+ *   fork(): a child calls km_open() itself.
+ *
+ * Concurrency
+ *   km_acquire(), km_release(), the *_info() readers and km_key_set_state()
+ *   may run concurrently from any number of processes and threads of a
+ *   process on the same segment.  km_acquire()/km_release() are lock-free and
+ *   make no system call.  A lease's effects (limit charge, in-flight count)
+ *   are visible to every other process once km_acquire() returns (each update
+ *   is a locked read-modify-write, a full barrier on x86-64); the readers see
+ *   each counter atomically but several counters need not be mutually
+ *   consistent while operations run.
+ */
+#ifndef KEYMESH_H
+#define KEYMESH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(KM_BUILDING_LIBRARY)
+#define KM_EXTERN __attribute__((visibility("default")))
+#else
+#define KM_EXTERN
+#endif
+
+/* ---------------------------------------------------------------- version */
+
+#define KM_VERSION_MAJOR 0
+#define KM_VERSION_MINOR 1
+#define KM_VERSION_PATCH 0
+#define KM_VERSION_STRING "0.1.0"
+/* Version of the shared-memory format.  Processes attach only to segments of
+ * their own format (and layout signature). */
+#define KM_FORMAT_VERSION 1
+
+KM_EXTERN const char *km_version(void);     /* "0.1.0" */
+KM_EXTERN int km_format_version(void);      /* KM_FORMAT_VERSION */
+
+/* ------------------------------------------------------------------ limits */
+
+#define KM_ID_MAX 63          /* bytes of a key id or pool name, without NUL */
+#define KM_SECRET_MAX 255     /* bytes of a secret, without NUL */
+#define KM_SEG_NAME_MAX 200   /* bytes of a segment name, without NUL */
+#define KM_POOLS_MAX 64       /* pools in one segment */
+#define KM_KEYS_MAX 65536     /* keys in one segment */
+#define KM_PROCS_MAX 4096     /* attached processes */
+#define KM_INFLIGHT_MAX 1024  /* concurrent leases on one key */
+
+/* ------------------------------------------------------------------ errors */
+
+/* XX(NAME, value, message).  Messages never contain a secret. */
+#define KM_ERRNO_MAP(XX)                                                       \
+    XX(EINVAL, -1, "invalid argument")                                         \
+    XX(ENOMEM, -2, "out of memory")                                            \
+    XX(ESYS, -3, "system call failed (errno holds the reason)")                \
+    XX(ENOENT, -4, "no segment of that name")                                  \
+    XX(EEXIST, -5, "a segment of that name already exists")                    \
+    XX(EACCES, -6, "permission denied on the segment")                         \
+    XX(ENOTKM, -7, "not a KeyMesh segment")                                    \
+    XX(EFORMAT, -8, "segment has another format version")                      \
+    XX(ELAYOUT, -9, "segment has another layout (built with other sizes)")     \
+    XX(ETRUNC, -10, "segment is shorter than its header says")                 \
+    XX(ENOTREADY, -11, "segment is not initialised (being created?)")          \
+    XX(ECONFIG, -12, "invalid configuration")                                  \
+    XX(ENOPOOL, -13, "no pool of that name")                                   \
+    XX(ENOKEY, -14, "no key of that id")                                       \
+    XX(EAGAIN, -15, "no key is admissible now; retry at the given time")       \
+    XX(EUNAVAIL, -16, "no usable key: all disabled, invalid or exhausted")     \
+    XX(ECOST, -17, "request cost exceeds a limit's burst on every key")        \
+    XX(ESTALE, -18, "lease already released, reaped, or its key slot reused")  \
+    XX(EPROCS, -19, "process table full")                                      \
+    XX(ENAME, -20, "invalid segment name")                                     \
+    XX(ECORRUPT, -21, "segment state is corrupt")
+
+typedef enum {
+    KM_OK = 0,
+#define KM__ERR_ENUM(name, val, msg) KM_##name = (val),
+    KM_ERRNO_MAP(KM__ERR_ENUM)
+#undef KM__ERR_ENUM
+} km_err;
+
+/* Message for a code; "unknown error" for one not in the map. Never NULL. */
+KM_EXTERN const char *km_strerror(int err);
+/* Name of a code without prefix ("EAGAIN"); "UNKNOWN" if not in the map. */
+KM_EXTERN const char *km_err_name(int err);
+
+/* ------------------------------------------------------------ enumerations */
+
+typedef enum {
+    KM_STRATEGY_DEFAULT = 0, /* in a request: the pool's strategy */
+    KM_STRATEGY_ROUND_ROBIN = 1,
+    KM_STRATEGY_LEAST_BUSY = 2,
+    KM_STRATEGY_WEIGHTED = 3
+} km_strategy;
+
+/* Limit windows.  Each key has up to one GCRA word per window. */
+typedef enum {
+    KM_WIN_RPM = 0, /* requests per minute */
+    KM_WIN_RPH = 1, /* requests per hour */
+    KM_WIN_RPD = 2, /* requests per day */
+    KM_WIN_TPM = 3, /* tokens per minute */
+    KM_WIN_TPH = 4, /* tokens per hour */
+    KM_WIN_TPD = 5, /* tokens per day */
+    KM_WIN_COUNT = 6
+} km_window;
+
+/* How a limit counts (see README, "Limit semantics").
+ * TOKEN_BUCKET: capacity `burst`, refilled continuously at limit per period.
+ *   In any interval of length L: admitted cost <= L*limit/period + burst.
+ * SLIDING: in any window of one period: admitted cost <= limit.  Realised as
+ *   a GCRA of rate (limit-burst)/period and tolerance `burst`, so it uses at
+ *   most (limit-burst)/limit of the limit over long runs. */
+typedef enum { KM_MODE_TOKEN_BUCKET = 0, KM_MODE_SLIDING = 1 } km_limit_mode;
+
+/* State of a key as seen by readers. */
+typedef enum {
+    KM_KEY_ACTIVE = 0,    /* may be handed out */
+    KM_KEY_COOLING = 1,   /* cooling down after 429s or failures, until cooldown_until */
+    KM_KEY_PROBING = 2,   /* after a failure cooldown: one probe lease is out */
+    KM_KEY_DISABLED = 3,  /* disabled by an operator */
+    KM_KEY_INVALID = 4,   /* authentication failed (401/403) */
+    KM_KEY_EXHAUSTED = 5  /* quota or payment failure (402, insufficient quota) */
+} km_key_state;
+
+/* What the provider said about a request. */
+typedef enum {
+    KM_OUT_SUCCESS = 0,      /* 2xx */
+    KM_OUT_RATE_LIMITED = 1, /* 429 */
+    KM_OUT_FAILURE = 2,      /* transient: 5xx, timeout, network error */
+    KM_OUT_AUTH = 3,         /* 401/403: the key is invalid */
+    KM_OUT_QUOTA = 4,        /* 402, insufficient quota: the key is exhausted */
+    KM_OUT_CANCELLED = 5,    /* the request was never sent: refund everything */
+    KM_OUT_COUNT = 6
+} km_outcome_kind;
+
+KM_EXTERN const char *km_strategy_name(int strategy); /* "round_robin", ... */
+KM_EXTERN const char *km_window_name(int window);     /* "rpm", ... */
+KM_EXTERN const char *km_key_state_name(int state);   /* "active", ... */
+KM_EXTERN const char *km_outcome_name(int kind);      /* "success", ... */
+
+/* ------------------------------------------------------------- the handle */
+
+typedef struct km_env km_env;       /* an attached segment; opaque */
+typedef struct km_config km_config; /* a parsed configuration; opaque */
+
+/* Current CLOCK_MONOTONIC time in nanoseconds (vDSO, no system call). */
+KM_EXTERN uint64_t km_now_ns(void);
+
+/* Parse a JSON configuration (format in README).  On failure returns
+ * KM_ECONFIG (or KM_ENOMEM/KM_ESYS) and, if errbuf is given, writes one line
+ * naming the file, line and column or the field, e.g.
+ *   "pool.json:3:14: pools[0].limits.rpm: must be a positive integer".
+ * secret_env references are resolved from the environment at parse time.
+ * `origin` names the source in messages (a path; NULL gives "<config>"). */
+KM_EXTERN int km_config_parse(const char *json, size_t len, const char *origin,
+                              km_config **out, char *errbuf, size_t errlen);
+KM_EXTERN int km_config_parse_file(const char *path, km_config **out,
+                                   char *errbuf, size_t errlen);
+KM_EXTERN void km_config_free(km_config *cfg);
+
+/* Create segment `name` ("name" or "/name") from a configuration, with
+ * permission bits `mode` (0 means 0600), and attach to it.  Fails with
+ * KM_EEXIST if the name is taken; on any failure no segment is left behind. */
+KM_EXTERN int km_create(const char *name, const km_config *cfg, unsigned mode,
+                        km_env **out);
+/* Attach to an existing segment.  Distinct errors for a name that does not
+ * exist (KM_ENOENT), no permission (KM_EACCES), an object that is not a
+ * KeyMesh segment (KM_ENOTKM), another format (KM_EFORMAT) or layout
+ * (KM_ELAYOUT), a truncated object (KM_ETRUNC), one still being created
+ * (KM_ENOTREADY), or a full process table (KM_EPROCS). */
+KM_EXTERN int km_open(const char *name, km_env **out);
+/* Release this process's remaining leases (abandoned), deregister, unmap and
+ * free the handle.  Accepts NULL. */
+KM_EXTERN int km_close(km_env *env);
+/* Remove the segment's name.  Attached processes are not affected. */
+KM_EXTERN int km_unlink(const char *name);
+
+/* ------------------------------------------------------ acquire / release */
+
+typedef struct km_request {
+    int pool;          /* pool index from km_pool_find() */
+    int strategy;      /* KM_STRATEGY_DEFAULT: the pool's */
+    uint32_t tokens;   /* estimated tokens, charged to token limits now */
+} km_request;
+
+typedef struct km_lease {
+    /* Set on success: */
+    uint32_t key;          /* key index in the segment */
+    uint32_t key_gen;      /* generation of the key slot */
+    uint32_t slot;         /* lease slot on the key */
+    uint32_t seq;          /* lease sequence on that slot */
+    uint32_t pool;
+    uint32_t tokens;       /* tokens charged at acquire */
+    uint64_t start_ns;     /* CLOCK_MONOTONIC at acquire */
+    /* On KM_EAGAIN: the earliest CLOCK_MONOTONIC time at which a key may be
+     * admissible for the same request.  0 on success. */
+    uint64_t retry_at_ns;
+    uint32_t secret_len;
+    char key_id[KM_ID_MAX + 1];
+    char secret[KM_SECRET_MAX + 1];  /* copy of the secret, NUL-terminated */
+} km_lease;
+
+/* Acquire a key from a pool.  Lock-free, no system call, one clock read.
+ * Skips keys that are disabled, invalid, exhausted, cooling down, at their
+ * in-flight capacity, or over any limit; charges one request and `tokens` to
+ * every applicable limit of the chosen key (all or none).
+ * Returns 0 and fills `lease`; KM_EAGAIN with lease->retry_at_ns when no key
+ * is admissible now; KM_EUNAVAIL when no key can become admissible without an
+ * operator; KM_ECOST when `tokens` exceeds a token limit's burst on every
+ * usable key; KM_ENOPOOL/KM_EINVAL for bad arguments. */
+KM_EXTERN int km_acquire(km_env *env, const km_request *req, km_lease *lease);
+
+typedef struct km_outcome {
+    int kind;             /* km_outcome_kind */
+    int64_t latency_us;   /* < 0: measure from the lease's start */
+    int64_t tokens;       /* actual tokens used; < 0: keep the estimate */
+    double retry_after_s; /* RATE_LIMITED: provider's Retry-After; <= 0: default */
+} km_outcome;
+
+/* Release a lease with what happened.  Settles the token charge (refund or
+ * extra charge), updates counters, latency EMA and health.  A lease already
+ * released or reaped, or whose key slot was reused, is ignored, counted on
+ * the key, and returns KM_ESTALE.  outcome NULL means CANCELLED. */
+KM_EXTERN int km_release(km_env *env, const km_lease *lease,
+                         const km_outcome *outcome);
+
+/* ---------------------------------------------------------- introspection */
+
+typedef struct km_info {
+    uint32_t format;
+    uint32_t cap_keys, cap_pools, cap_procs, cap_inflight;
+    uint32_t n_keys, n_pools, n_procs; /* n_procs: attached now */
+    uint64_t size_bytes;
+    uint64_t created_wall_ns; /* CLOCK_REALTIME at creation */
+} km_info;
+
+typedef struct km_limit_info {
+    uint64_t limit;      /* 0: no limit in this window */
+    uint64_t burst;
+    int mode;            /* km_limit_mode */
+    uint64_t available;  /* units admissible right now */
+    uint64_t tat_ns;     /* the GCRA word (theoretical arrival time) */
+} km_limit_info;
+
+typedef struct km_pool_info {
+    char name[KM_ID_MAX + 1];
+    int strategy;
+    uint32_t n_keys;
+    uint32_t cooldown_s, max_cooldown_s, max_failures;
+} km_pool_info;
+
+typedef struct km_key_info {
+    char id[KM_ID_MAX + 1];
+    char secret_masked[24]; /* "sk-…abcd"; never the secret */
+    uint32_t pool, weight, gen;
+    int state;                /* km_key_state, COOLING derived from the clock */
+    uint64_t cooldown_until_ns;
+    uint32_t inflight, max_inflight;
+    uint32_t consecutive_failures, consecutive_429s;
+    uint64_t latency_ema_us;  /* 0 until the first sample */
+    uint64_t acquired;
+    uint64_t outcomes[KM_OUT_COUNT]; /* released leases, by outcome kind */
+    uint64_t abandoned;       /* leases released by km_close or a reaper */
+    uint64_t stale_releases;  /* releases ignored as stale */
+    uint64_t tokens_used;     /* tokens settled at release (actual or estimate) */
+    km_limit_info limits[KM_WIN_COUNT];
+} km_key_info;
+
+KM_EXTERN int km_info_get(km_env *env, km_info *out);
+/* Index of pool `name`, or KM_ENOPOOL. */
+KM_EXTERN int km_pool_find(km_env *env, const char *name);
+KM_EXTERN int km_pool_info_get(km_env *env, int pool, km_pool_info *out);
+/* Key index of key `id` in `pool`, or KM_ENOKEY. */
+KM_EXTERN int km_key_find(km_env *env, int pool, const char *id);
+/* Number of keys of a pool, and the key index of its i-th member. */
+KM_EXTERN int km_pool_key(km_env *env, int pool, uint32_t i);
+KM_EXTERN int km_key_info_get(km_env *env, uint32_t key, km_key_info *out);
+
+/* Operator action on a key: KM_KEY_ACTIVE (enable: clears invalid,
+ * exhausted, cooldowns and failure counts), KM_KEY_DISABLED (disable), and
+ * nothing else.  Leases already out may finish. */
+KM_EXTERN int km_key_set_state(km_env *env, uint32_t key, int state);
+
+/* Snapshot of the whole segment as JSON (format in README): every pool and
+ * key with state, limits and counters.  Secrets are masked.  *out is
+ * malloc'd; release it with free(). */
+KM_EXTERN int km_snapshot_json(km_env *env, char **out);
+
+/* Mask a secret for display: "sk-…abcd" style, at most 23 bytes + NUL. */
+KM_EXTERN void km_mask_secret(const char *secret, char out[24]);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* KEYMESH_H */

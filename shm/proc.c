@@ -1,0 +1,141 @@
+/*
+ * shm/proc.c - the process table: who is attached, and are they alive.
+ *
+ * A slot is claimed by CAS on `tag` from 0 to (slot+1) << 32 | incarnation,
+ * with a fresh incarnation from a segment-wide counter, so a tag names one
+ * attachment of one process and is never reused while a lease could still
+ * carry it.  Leases record the tag as their owner.
+ *
+ * Liveness is pid plus process start time (field 22 of /proc/<pid>/stat, in
+ * clock ticks since boot): a pid reused by another process has another start
+ * time, so it is not mistaken for the process that attached.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <ck_pr.h>
+
+#include "../src/internal.h"
+
+/* Start time of `pid` in clock ticks since boot, or 0 if it has none (gone). */
+uint64_t km__proc_start_time(int pid)
+{
+    char path[64], buf[1024];
+    FILE *f;
+    size_t n;
+
+    snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+    f = fopen(path, "re");
+    if (!f)
+        return 0;
+    n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    /* Field 2 (comm) is in parentheses and may contain spaces: count fields
+     * from the last ')'.  After it come fields 3..; start time is field 22. */
+    char *p = strrchr(buf, ')');
+    if (!p)
+        return 0;
+    unsigned long long v = 0;
+    int field = 2;
+    for (p++; *p && field < 22; p++)
+        if (*p == ' ')
+            field++;
+    if (field != 22 || sscanf(p, "%llu", &v) != 1)
+        return 0;
+    return v;
+}
+
+int km__proc_alive(uint32_t pid, uint64_t start_time)
+{
+    if (pid == 0)
+        return 0;
+    if (kill((pid_t)pid, 0) != 0 && errno == ESRCH)
+        return 0;
+    /* The pid exists; it is our process only if it started when ours did.
+     * start_time 0 means the owner died before writing it: a live process
+     * with that pid is then a stranger unless it is mid-attach, which the
+     * caller tells from the tag. */
+    uint64_t st = km__proc_start_time((int)pid);
+    return st != 0 && st == start_time;
+}
+
+int km__proc_register(km_env *e)
+{
+    km__hdr *h = e->hdr;
+    km__proc *pt = km__procs(e);
+    uint32_t pid = (uint32_t)getpid();
+    uint64_t start = km__proc_start_time((int)pid);
+
+    for (int pass = 0; pass < 2; pass++) {
+        for (uint32_t i = 0; i < h->cap_procs; i++) {
+            if (ck_pr_load_64(&pt[i].tag) != 0)
+                continue;
+            uint64_t inc = ck_pr_faa_64(&h->proc_incarnation, 1) + 1;
+            uint64_t tag = ((uint64_t)(i + 1) << 32) | (inc & 0xffffffffu);
+            if (!ck_pr_cas_64(&pt[i].tag, 0, tag))
+                continue;
+            /* The slot is ours.  pid and start time are read by reapers only
+             * after they load tag; a reaper that sees pid 0 treats the slot
+             * as being attached and leaves it alone. */
+            ck_pr_store_64(&pt[i].start_time, start);
+            ck_pr_store_64(&pt[i].attach_ns, km_now_ns());
+            ck_pr_fence_store(); /* start_time before pid: pid != 0 means complete */
+            ck_pr_store_32(&pt[i].pid, pid);
+            ck_pr_inc_32(&h->n_procs);
+            e->proc_slot = i;
+            e->owner = tag;
+            return KM_OK;
+        }
+        /* Full: free the slots of processes that died without detaching. */
+        if (pass == 0 && km__reap_dead(e, NULL) == 0)
+            break;
+    }
+    return KM_EPROCS;
+}
+
+void km__proc_deregister(km_env *e)
+{
+    km__proc *p = &km__procs(e)[e->proc_slot];
+
+    km__release_all_owned(e, e->owner);
+    ck_pr_store_32(&p->pid, 0);
+    ck_pr_fence_store(); /* pid cleared before the slot is offered again */
+    ck_pr_store_64(&p->tag, 0);
+    ck_pr_dec_32(&e->hdr->n_procs);
+}
+
+/* Free the process slots of dead processes, releasing their ACTIVE leases
+ * at their estimates (counted as abandoned).  A slot that still has a lease
+ * left mid-acquire or mid-release is kept (see km__lease in seg.h).
+ * Returns the number of slots freed; *leases (if given) gets the number of
+ * leases released. */
+int km__reap_dead(km_env *e, uint64_t *leases)
+{
+    km__proc *pt = km__procs(e);
+    int freed = 0;
+    uint64_t total = 0;
+
+    for (uint32_t i = 0; i < e->hdr->cap_procs; i++) {
+        uint64_t tag = ck_pr_load_64(&pt[i].tag);
+        if (tag == 0 || tag == e->owner)
+            continue;
+        ck_pr_fence_load(); /* tag before pid/start_time */
+        uint32_t pid = ck_pr_load_32(&pt[i].pid);
+        uint64_t st = ck_pr_load_64(&pt[i].start_time);
+        if (pid == 0 || km__proc_alive(pid, st))
+            continue; /* attaching, or alive */
+        uint64_t left = 0;
+        total += km__release_dead_owner(e, tag, &left);
+        if (left == 0 && ck_pr_cas_64(&pt[i].tag, tag, 0)) {
+            ck_pr_dec_32(&e->hdr->n_procs);
+            freed++;
+        }
+    }
+    if (leases)
+        *leases = total;
+    return freed;
+}

@@ -1,0 +1,217 @@
+/*
+ * shm/seg.h - layout of a KeyMesh segment.  Internal; not installed.
+ *
+ * The segment holds no pointers: only offsets from its base and indices, so
+ * every process may map it at a different address.  Order in memory:
+ *
+ *   km__hdr                    one per segment, page 0
+ *   km__pool[cap_pools]
+ *   km__member[cap_pools][cap_keys]   each pool's member list
+ *   km__key[cap_keys]
+ *   km__lease[cap_keys][cap_inflight] lease slots, one row per key
+ *   km__proc[cap_procs]        process table
+ *
+ * Every struct here is pinned by _Static_assert and folded into the layout
+ * signature (km__layout_signature), so a process built with other sizes is
+ * refused at attach with KM_ELAYOUT instead of misreading the segment.
+ *
+ * False sharing: words many processes write for different reasons sit on
+ * different 64-byte lines; words one operation writes together share a line
+ * (one line transfer instead of several).  See each struct.
+ */
+#ifndef KM_SHM_SEG_H
+#define KM_SHM_SEG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "keymesh.h"
+
+#define KM__LINE 64
+#define KM__MAGIC UINT64_C(0x4853454d59454b00) /* "\0KEYMESH" little-endian */
+#define KM__BUSY_WORDS (KM_INFLIGHT_MAX / 64)
+
+#if KM_INFLIGHT_MAX % 64 != 0
+#error "KM_INFLIGHT_MAX must be a multiple of 64 (one bit per lease slot)"
+#endif
+_Static_assert(KM_WIN_COUNT == 6, "km__key lines 0-1 hold exactly 6 limit pairs");
+
+/* Internal key states stored in km__key.state.  COOLING is never stored: a
+ * key is cooling while cooldown_until is in the future.  FAILING is shown as
+ * COOLING: the key hit max_failures and waits for its cooldown; after it, one
+ * acquirer moves it to PROBING by CAS and gets the only lease. */
+enum {
+    KM__ST_ACTIVE = KM_KEY_ACTIVE,
+    KM__ST_PROBING = KM_KEY_PROBING,
+    KM__ST_DISABLED = KM_KEY_DISABLED,
+    KM__ST_INVALID = KM_KEY_INVALID,
+    KM__ST_EXHAUSTED = KM_KEY_EXHAUSTED,
+    KM__ST_FAILING = 16,
+    KM__ST_FREE = 17 /* slot not in use */
+};
+
+typedef struct km__hdr {
+    /* magic and format are stored last by the creator (release); an attacher
+     * loads magic with acquire before trusting anything else. */
+    uint64_t magic;
+    uint32_t format;
+    uint32_t hdr_size;
+    uint64_t layout_sig;
+    uint64_t seg_size;
+    uint32_t cap_keys, cap_pools, cap_procs, cap_inflight;
+    uint32_t n_pools, n_keys;
+    uint64_t off_pools, off_members, off_keys, off_leases, off_procs;
+    uint64_t created_wall_ns;
+    uint8_t pad0[2 * KM__LINE - 104];
+    /* own line: written by every attach/detach */
+    uint32_t n_procs;
+    uint32_t pad1;
+    uint64_t proc_incarnation; /* source of process-slot incarnations */
+    uint8_t pad2[KM__LINE - 16];
+    uint8_t reserved[KM__LINE]; /* for the admin lock and epochs */
+} km__hdr;
+_Static_assert(sizeof(km__hdr) == 256, "km__hdr size");
+_Static_assert(offsetof(km__hdr, n_procs) % KM__LINE == 0, "n_procs on its own line");
+
+typedef struct km__pool {
+    /* line 0: the round-robin cursor, fetch-added by every round-robin
+     * acquire of this pool from every process; alone on its line. */
+    uint64_t rr_cursor;
+    uint8_t pad0[KM__LINE - 8];
+    /* line 1-2: configuration, written once at creation */
+    char name[KM_ID_MAX + 1];
+    uint32_t strategy;
+    uint32_t n_keys;
+    uint64_t total_weight;
+    uint32_t cooldown_s, max_cooldown_s, max_failures;
+    uint32_t pad1;
+    uint64_t rr_magic;  /* ceil(2^64 / n_keys): cursor % n_keys without div */
+    uint8_t pad2[KM__LINE - 40];
+} km__pool;
+_Static_assert(sizeof(km__pool) == 3 * KM__LINE, "km__pool size");
+
+/* One member of a pool's list: key index and the running sum of weights up
+ * to and including it (for weighted choice by binary search). */
+typedef struct km__member {
+    uint32_t key;
+    uint32_t cum_weight;
+} km__member;
+_Static_assert(sizeof(km__member) == 8, "km__member size");
+
+/* One limit: the GCRA word and, for token windows, the tokens reserved by
+ * leases still out.  Both are updated together by one 16-byte CAS
+ * (cmpxchg16b), so an admission sees a consistent pair.  Request windows
+ * charge `tat` at acquire and never reserve; token windows reserve the
+ * estimate at acquire and commit the actual count into `tat` at release
+ * (see the proof at the top of src/pool.c). */
+typedef struct km__gcra {
+    uint64_t tat;      /* theoretical arrival time, CLOCK_MONOTONIC ns */
+    uint64_t reserved; /* units reserved by leases not yet released */
+} __attribute__((aligned(16))) km__gcra;
+_Static_assert(sizeof(km__gcra) == 16 && _Alignof(km__gcra) == 16, "km__gcra");
+
+typedef struct km__key {
+    /* lines 0-1: the limit pairs, CASed by every acquire of this key. */
+    km__gcra win[KM_WIN_COUNT];
+    uint8_t pad0[2 * KM__LINE - KM_WIN_COUNT * 16];
+    /* lines 2-3: in-flight bitmap, one bit per lease slot; set by the slot's
+     * owner after claiming the slot, cleared at release.  popcount = in-flight. */
+    uint64_t busy[KM__BUSY_WORDS];
+    /* line 4: written by every successful release (EMA) and by stale ones.
+     * Per-lease counters live in the lease slots (see km__lease). */
+    uint64_t latency_ema_ns;  /* 0: no sample yet */
+    uint64_t stale;           /* releases ignored as stale */
+    uint8_t pad4[KM__LINE - 16];
+    /* line 5: written on failures, 429s and admin actions; state and
+     * cooldown_until are read by every acquire. */
+    uint32_t state;           /* KM__ST_* */
+    uint32_t gen;             /* bumped when the slot is reused */
+    uint64_t cooldown_until;  /* CLOCK_MONOTONIC ns */
+    uint32_t consec_fail;
+    uint32_t consec_429;
+    uint8_t pad5[KM__LINE - 24];
+    /* lines 6-9: configuration, written at creation, read by acquire. */
+    uint64_t emission_ns[KM_WIN_COUNT]; /* T: ns per unit; 0 = no limit */
+    uint64_t tau_ns[KM_WIN_COUNT];      /* burst tolerance: burst * T */
+    uint64_t limit[KM_WIN_COUNT];       /* as configured, for display */
+    uint64_t burst[KM_WIN_COUNT];
+    uint32_t win_mask;                  /* bit w set: window w limited */
+    uint32_t weight;
+    uint32_t pool;
+    uint32_t max_inflight;              /* lease slots usable on this key */
+    uint8_t mode[KM_WIN_COUNT];
+    uint8_t pad6[2];
+    uint32_t secret_len;
+    uint8_t pad7[KM__LINE - 28];
+    /* lines 10-14: identity */
+    char id[KM_ID_MAX + 1];
+    char secret[KM_SECRET_MAX + 1];
+} km__key;
+_Static_assert(offsetof(km__key, busy) == 2 * KM__LINE, "busy on line 2");
+_Static_assert(offsetof(km__key, latency_ema_ns) == 4 * KM__LINE, "release line");
+_Static_assert(offsetof(km__key, state) == 5 * KM__LINE, "state line");
+_Static_assert(offsetof(km__key, emission_ns) == 6 * KM__LINE, "config lines");
+_Static_assert(offsetof(km__key, id) == 10 * KM__LINE, "id aligned");
+_Static_assert(sizeof(km__key) == 15 * KM__LINE, "km__key size");
+
+/* A lease slot.  owner != 0 while claimed: (process slot + 1) << 32 |
+ * incarnation of that process slot.
+ *
+ * Crash consistency.  Counters such as "tokens reserved on window w" are
+ * anonymous sums: if a process dies between changing one and recording that
+ * it did, nobody can tell from the sum.  So every change a lease makes to
+ * shared counters is bracketed by its phase, written by its owner:
+ *   claim (CAS owner 0 -> me), phase = ADMITTING
+ *   reserve/charge the key's limit windows (CAS each)
+ *   set the key's busy bit (in-flight), phase = ACTIVE
+ *   ... release: phase = RELEASING, commit tokens, clear the busy bit,
+ *   owner = 0.
+ * The busy bit is per slot, so whether a dead owner's lease counts in the
+ * key's in-flight is read from the bit itself.  A dead owner's ACTIVE lease
+ * is released at its estimate.  Only a slot left ADMITTING or RELEASING by a
+ * dead owner is ambiguous; its key's reserved sums are then recounted from
+ * the ACTIVE slots (a validated double scan; see the reaper). */
+enum { KM__LP_FREE = 0, KM__LP_ADMITTING = 1, KM__LP_ACTIVE = 2, KM__LP_RELEASING = 3 };
+
+/* Counters.  A slot has one owner at a time, and ownership passes by CAS
+ * (claim) and release store (free), so each owner's plain increments
+ * happen-before the next owner's: the counters of a slot are exact without
+ * locked instructions.  A key's totals are the sums over its slots. */
+typedef struct km__lease {
+    /* line 0: written by every acquire and release through this slot */
+    uint64_t owner;
+    uint32_t seq;     /* bumped at each claim; a release must match it */
+    uint32_t tokens;  /* tokens reserved at acquire */
+    uint64_t start_ns;
+    uint32_t key_gen;
+    uint32_t phase;   /* KM__LP_* */
+    uint64_t acquired;
+    uint64_t succeeded;   /* outcome SUCCESS */
+    uint64_t tokens_used; /* settled tokens (actual, or estimate) */
+    uint64_t pad0;
+    /* line 1: the rarer outcomes */
+    uint64_t outcomes[KM_OUT_COUNT]; /* [KM_OUT_SUCCESS] unused: see succeeded */
+    uint64_t abandoned;
+    uint64_t pad1;
+} km__lease;
+_Static_assert(offsetof(km__lease, outcomes) == KM__LINE, "lease slot line 1");
+_Static_assert(sizeof(km__lease) == 2 * KM__LINE, "lease slot: two lines");
+
+/* A process-table slot, written by its process (and by a reaper once the
+ * process is dead). */
+typedef struct km__proc {
+    uint64_t tag;        /* 0 free; else (slot+1) << 32 | incarnation */
+    uint32_t pid;
+    uint32_t pad;
+    uint64_t start_time; /* /proc/<pid>/stat field 22: tells reused pids apart */
+    uint64_t attach_ns;
+    uint8_t pad1[KM__LINE - 32];
+} km__proc;
+_Static_assert(sizeof(km__proc) == KM__LINE, "one process slot per line");
+
+/* Offset helpers: the only way code turns an offset into an address. */
+#define KM__AT(base, off) ((void *)((char *)(base) + (off)))
+
+uint64_t km__layout_signature(void);
+
+#endif /* KM_SHM_SEG_H */

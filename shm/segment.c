@@ -1,0 +1,334 @@
+/*
+ * shm/segment.c - create, attach, validate, detach and unlink a segment.
+ *
+ * Creation: shm_open(O_CREAT|O_EXCL) with the requested mode, size it with
+ * ftruncate and reserve its pages with posix_fallocate (so a full /dev/shm
+ * fails here with an error instead of a SIGBUS later), initialise every
+ * structure, then publish: format, then magic with a release store.  An
+ * attacher loads magic with acquire; seeing KM__MAGIC it sees everything the
+ * creator wrote before.  Any failure before publication unlinks the name, so
+ * a failed create leaves nothing behind.
+ *
+ * Attach: fstat first and map exactly the object's size, so every check
+ * reads inside the mapping: a foreign, short or truncated object gives an
+ * error code, never a SIGBUS.  (An object truncated by someone else after we
+ * attached can still fault; segments are 0600 by default, so only their
+ * owner can do that.)
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <ck_pr.h>
+
+#include "../src/internal.h"
+
+/* FNV-1a over the sizes, alignments and offsets that define the layout. */
+uint64_t km__layout_signature(void)
+{
+    const uint64_t v[] = {
+        sizeof(km__hdr), offsetof(km__hdr, n_procs),
+        sizeof(km__pool), offsetof(km__pool, name),
+        sizeof(km__member),
+        sizeof(km__gcra), _Alignof(km__gcra),
+        sizeof(km__key), offsetof(km__key, busy), offsetof(km__key, latency_ema_ns),
+        offsetof(km__key, state), offsetof(km__key, emission_ns),
+        offsetof(km__key, id), offsetof(km__key, secret),
+        sizeof(km__lease), offsetof(km__lease, phase), offsetof(km__lease, outcomes),
+        sizeof(km__proc), offsetof(km__proc, start_time),
+        KM_WIN_COUNT, KM_OUT_COUNT, KM_ID_MAX, KM_SECRET_MAX, KM_INFLIGHT_MAX,
+        0x0102030405060708ull /* byte order */
+    };
+    uint64_t h = 0xcbf29ce484222325ull;
+    const unsigned char *p = (const unsigned char *)v;
+    for (size_t i = 0; i < sizeof(v); i++) {
+        h ^= p[i];
+        h *= 0x100000001b3ull;
+    }
+    return h;
+}
+
+int km__seg_name(const char *name, char out[KM_SEG_NAME_MAX + 2])
+{
+    if (!name)
+        return KM_ENAME;
+    if (name[0] == '/')
+        name++;
+    size_t n = strlen(name);
+    if (n == 0 || n > KM_SEG_NAME_MAX || strchr(name, '/') ||
+        strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
+        return KM_ENAME;
+    out[0] = '/';
+    memcpy(out + 1, name, n + 1);
+    return KM_OK;
+}
+
+static uint64_t km__align(uint64_t x, uint64_t a) { return (x + a - 1) & ~(a - 1); }
+
+/* Offsets of each region for the given capacities; returns the total size.
+ * Used by the creator to lay out and by an attacher to validate. */
+static uint64_t km__layout(uint32_t keys, uint32_t pools, uint32_t procs,
+                           uint32_t inflight, uint64_t off[5])
+{
+    uint64_t o = km__align(sizeof(km__hdr), KM__LINE);
+    off[0] = o; /* pools */
+    o += (uint64_t)pools * sizeof(km__pool);
+    o = km__align(o, KM__LINE);
+    off[1] = o; /* members */
+    o += (uint64_t)pools * keys * sizeof(km__member);
+    o = km__align(o, KM__LINE);
+    off[2] = o; /* keys */
+    o += (uint64_t)keys * sizeof(km__key);
+    off[3] = o; /* leases */
+    o += (uint64_t)keys * inflight * sizeof(km__lease);
+    off[4] = o; /* procs */
+    o += (uint64_t)procs * sizeof(km__proc);
+    return km__align(o, 4096);
+}
+
+static int km__errno_to_km(int e)
+{
+    switch (e) {
+    case ENOENT:
+        return KM_ENOENT;
+    case EEXIST:
+        return KM_EEXIST;
+    case EACCES:
+    case EPERM:
+        return KM_EACCES;
+    case ENOMEM:
+        return KM_ENOMEM;
+    case ENAMETOOLONG:
+    case EINVAL:
+        return KM_ENAME;
+    default:
+        return KM_ESYS;
+    }
+}
+
+static km_env *km__env_new(const char *shm_name, void *base, size_t size)
+{
+    km_env *e = calloc(1, sizeof(*e));
+    if (!e)
+        return NULL;
+    e->base = base;
+    e->map_size = size;
+    e->hdr = (km__hdr *)base;
+    e->pid = (int)getpid();
+    strcpy(e->name, shm_name);
+    return e;
+}
+
+int km__seg_create(const char *name, const km_config *cfg, unsigned mode,
+                   km_env **out)
+{
+    char nm[KM_SEG_NAME_MAX + 2];
+    int rc = km__seg_name(name, nm), fd = -1, saved;
+    void *base = MAP_FAILED;
+    km_env *e = NULL;
+    uint64_t off[5], size;
+
+    if (rc)
+        return rc;
+    if (!cfg || !out || cfg->n_pools == 0 || cfg->n_pools > cfg->cap_pools ||
+        cfg->n_keys > cfg->cap_keys || cfg->cap_keys == 0 ||
+        cfg->cap_keys > KM_KEYS_MAX || cfg->cap_pools > KM_POOLS_MAX ||
+        cfg->cap_procs == 0 || cfg->cap_procs > KM_PROCS_MAX ||
+        cfg->cap_inflight == 0 || cfg->cap_inflight > KM_INFLIGHT_MAX)
+        return KM_EINVAL;
+    *out = NULL;
+    if (mode == 0)
+        mode = 0600;
+    size = km__layout(cfg->cap_keys, cfg->cap_pools, cfg->cap_procs,
+                      cfg->cap_inflight, off);
+
+    fd = shm_open(nm, O_RDWR | O_CREAT | O_EXCL, (mode_t)(mode & 0777));
+    if (fd < 0)
+        return km__errno_to_km(errno);
+    /* shm_open applies the umask; the caller asked for exactly `mode`. */
+    if (fchmod(fd, (mode_t)(mode & 0777)) != 0 || ftruncate(fd, (off_t)size) != 0) {
+        rc = km__errno_to_km(errno);
+        goto fail;
+    }
+    if ((saved = posix_fallocate(fd, 0, (off_t)size)) != 0) {
+        errno = saved;
+        rc = saved == ENOSPC ? KM_ENOMEM : KM_ESYS;
+        goto fail;
+    }
+    base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (base == MAP_FAILED) {
+        rc = km__errno_to_km(errno);
+        goto fail;
+    }
+    e = km__env_new(nm, base, size);
+    if (!e) {
+        rc = KM_ENOMEM;
+        goto fail;
+    }
+
+    km__hdr *h = e->hdr;
+    struct timespec wall;
+    clock_gettime(CLOCK_REALTIME, &wall);
+    h->hdr_size = sizeof(km__hdr);
+    h->layout_sig = km__layout_signature();
+    h->seg_size = size;
+    h->cap_keys = cfg->cap_keys;
+    h->cap_pools = cfg->cap_pools;
+    h->cap_procs = cfg->cap_procs;
+    h->cap_inflight = cfg->cap_inflight;
+    h->off_pools = off[0];
+    h->off_members = off[1];
+    h->off_keys = off[2];
+    h->off_leases = off[3];
+    h->off_procs = off[4];
+    h->created_wall_ns = (uint64_t)wall.tv_sec * KM__NS_PER_S + (uint64_t)wall.tv_nsec;
+    km__pool_init(e, cfg);
+
+    /* Publish: everything above happens-before an attacher's acquire load of
+     * magic that returns KM__MAGIC. */
+    ck_pr_store_32(&h->format, KM_FORMAT_VERSION);
+    ck_pr_fence_store(); /* format before magic */
+    ck_pr_store_64(&h->magic, KM__MAGIC);
+
+    rc = km__proc_register(e);
+    if (rc)
+        goto fail;
+    close(fd);
+    *out = e;
+    return KM_OK;
+
+fail:
+    saved = errno;
+    free(e);
+    if (base != MAP_FAILED)
+        munmap(base, size);
+    if (fd >= 0) {
+        shm_unlink(nm);
+        close(fd);
+    }
+    errno = saved;
+    return rc;
+}
+
+/* Check a mapped object of `size` bytes; KM_OK if it is a usable segment. */
+static int km__seg_validate(const void *base, uint64_t size)
+{
+    const km__hdr *h = base;
+    uint64_t magic, off[5];
+
+    if (size < sizeof(uint64_t))
+        return size == 0 ? KM_ENOTREADY : KM_ENOTKM;
+    /* Pairs with the creator's release store of magic. */
+    magic = ck_pr_load_64(&h->magic);
+    ck_pr_fence_acquire();
+    if (magic == 0)
+        return KM_ENOTREADY;
+    if (magic != KM__MAGIC)
+        return KM_ENOTKM;
+    if (size < sizeof(km__hdr))
+        return KM_ETRUNC;
+    if (ck_pr_load_32(&h->format) != KM_FORMAT_VERSION)
+        return KM_EFORMAT;
+    if (h->hdr_size != sizeof(km__hdr) || h->layout_sig != km__layout_signature())
+        return KM_ELAYOUT;
+    if (h->seg_size > size)
+        return KM_ETRUNC;
+    /* Every offset must be the one the capacities imply, so no later access
+     * derived from the header can leave the mapping. */
+    if (h->cap_keys == 0 || h->cap_keys > KM_KEYS_MAX || h->cap_pools == 0 ||
+        h->cap_pools > KM_POOLS_MAX || h->cap_procs == 0 ||
+        h->cap_procs > KM_PROCS_MAX || h->cap_inflight == 0 ||
+        h->cap_inflight > KM_INFLIGHT_MAX || h->n_pools > h->cap_pools ||
+        h->n_keys > h->cap_keys)
+        return KM_ECORRUPT;
+    if (km__layout(h->cap_keys, h->cap_pools, h->cap_procs, h->cap_inflight, off) != h->seg_size ||
+        off[0] != h->off_pools || off[1] != h->off_members || off[2] != h->off_keys ||
+        off[3] != h->off_leases || off[4] != h->off_procs)
+        return KM_ECORRUPT;
+    return KM_OK;
+}
+
+int km__seg_open(const char *name, km_env **out)
+{
+    char nm[KM_SEG_NAME_MAX + 2];
+    int rc = km__seg_name(name, nm), fd, saved;
+    struct stat st;
+    void *base;
+    km_env *e;
+
+    if (rc)
+        return rc;
+    if (!out)
+        return KM_EINVAL;
+    *out = NULL;
+    fd = shm_open(nm, O_RDWR, 0);
+    if (fd < 0)
+        return km__errno_to_km(errno);
+    if (fstat(fd, &st) != 0) {
+        rc = km__errno_to_km(errno);
+        goto out_fd;
+    }
+    if (st.st_size == 0) {
+        rc = KM_ENOTREADY;
+        goto out_fd;
+    }
+    base = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (base == MAP_FAILED) {
+        rc = km__errno_to_km(errno);
+        goto out_fd;
+    }
+    rc = km__seg_validate(base, (uint64_t)st.st_size);
+    if (rc == KM_OK && !(e = km__env_new(nm, base, (size_t)st.st_size)))
+        rc = KM_ENOMEM;
+    if (rc == KM_OK && (rc = km__proc_register(e)) != KM_OK)
+        free(e);
+    if (rc != KM_OK) {
+        saved = errno;
+        munmap(base, (size_t)st.st_size);
+        errno = saved;
+        goto out_fd;
+    }
+    *out = e;
+out_fd:
+    saved = errno;
+    close(fd);
+    errno = saved;
+    return rc;
+}
+
+int km__seg_close(km_env *e)
+{
+    if (!e)
+        return KM_OK;
+    /* A child after fork() holds a copy of its parent's handle: it must not
+     * release the parent's leases nor its process slot. */
+    if ((int)getpid() == e->pid)
+        km__proc_deregister(e);
+    munmap(e->base, e->map_size);
+    free(e);
+    return KM_OK;
+}
+
+KM_EXTERN int km_create(const char *name, const km_config *cfg, unsigned mode,
+                        km_env **out)
+{
+    return km__seg_create(name, cfg, mode, out);
+}
+
+KM_EXTERN int km_open(const char *name, km_env **out) { return km__seg_open(name, out); }
+
+KM_EXTERN int km_close(km_env *env) { return km__seg_close(env); }
+
+KM_EXTERN int km_unlink(const char *name)
+{
+    char nm[KM_SEG_NAME_MAX + 2];
+    int rc = km__seg_name(name, nm);
+    if (rc)
+        return rc;
+    return shm_unlink(nm) == 0 ? KM_OK : km__errno_to_km(errno);
+}

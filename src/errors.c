@@ -1,0 +1,103 @@
+/*
+ * src/errors.c - error strings, enum names, version, clock and secret masking.
+ * Everything here is pure: no shared state.
+ */
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "internal.h"
+
+KM_EXTERN const char *km_version(void) { return KM_VERSION_STRING; }
+KM_EXTERN int km_format_version(void) { return KM_FORMAT_VERSION; }
+
+KM_EXTERN const char *km_strerror(int err)
+{
+    switch (err) {
+    case KM_OK:
+        return "success";
+#define KM__ERR_MSG(name, val, msg) \
+    case KM_##name:                 \
+        return msg;
+        KM_ERRNO_MAP(KM__ERR_MSG)
+#undef KM__ERR_MSG
+    default:
+        return "unknown error";
+    }
+}
+
+KM_EXTERN const char *km_err_name(int err)
+{
+    switch (err) {
+    case KM_OK:
+        return "OK";
+#define KM__ERR_NAME(name, val, msg) \
+    case KM_##name:                  \
+        return #name;
+        KM_ERRNO_MAP(KM__ERR_NAME)
+#undef KM__ERR_NAME
+    default:
+        return "UNKNOWN";
+    }
+}
+
+#define KM__NAME(arr, i) \
+    (((i) >= 0 && (size_t)(i) < sizeof(arr) / sizeof((arr)[0]) && (arr)[i]) ? (arr)[i] : "unknown")
+
+KM_EXTERN const char *km_strategy_name(int s)
+{
+    static const char *const n[] = {"default", "round_robin", "least_busy", "weighted"};
+    return KM__NAME(n, s);
+}
+
+KM_EXTERN const char *km_window_name(int w)
+{
+    static const char *const n[] = {"rpm", "rph", "rpd", "tpm", "tph", "tpd"};
+    return KM__NAME(n, w);
+}
+
+KM_EXTERN const char *km_key_state_name(int st)
+{
+    static const char *const n[] = {"active", "cooling", "probing",
+                                    "disabled", "invalid", "exhausted"};
+    return KM__NAME(n, st);
+}
+
+KM_EXTERN const char *km_outcome_name(int k)
+{
+    static const char *const n[] = {"success", "rate_limited", "failure",
+                                    "auth", "quota", "cancelled"};
+    return KM__NAME(n, k);
+}
+
+KM_EXTERN uint64_t km_now_ns(void)
+{
+    struct timespec ts;
+    /* CLOCK_MONOTONIC is served by the vDSO on Linux: no system call.  It is
+     * one clock for every process of the host, so times stored in the
+     * segment by one process mean the same to all. */
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * KM__NS_PER_S + (uint64_t)ts.tv_nsec;
+}
+
+/* "sk-proj-abc...wxyz" -> "sk-…wxyz": the prefix up to and including the
+ * first '-' (at most 8 bytes, so the provider stays recognisable) and the
+ * last 4 bytes.  Secrets of 12 bytes or fewer show only "…" and the last
+ * 2 bytes, so that most of a short secret never leaves the segment. */
+KM_EXTERN void km_mask_secret(const char *secret, char out[24])
+{
+    size_t n = secret ? strlen(secret) : 0;
+    if (n == 0) {
+        snprintf(out, 24, "(none)");
+        return;
+    }
+    if (n <= 12) {
+        snprintf(out, 24, "\xe2\x80\xa6%s", secret + (n > 2 ? n - 2 : n));
+        return;
+    }
+    size_t pre = 0;
+    const char *dash = memchr(secret, '-', n < 8 ? n : 8);
+    if (dash)
+        pre = (size_t)(dash - secret) + 1;
+    snprintf(out, 24, "%.*s\xe2\x80\xa6%s", (int)pre, secret, secret + n - 4);
+}

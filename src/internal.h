@@ -1,0 +1,124 @@
+/*
+ * src/internal.h - declarations shared by the library's files.  Not installed.
+ */
+#ifndef KM_INTERNAL_H
+#define KM_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "keymesh.h"
+#include "../shm/seg.h"
+
+#define KM__NS_PER_S UINT64_C(1000000000)
+
+/* Defaults applied by the config parser (documented in README). */
+#define KM__DEF_CAP_KEYS 64
+#define KM__DEF_CAP_PROCS 64
+#define KM__DEF_CAP_POOLS 8
+#define KM__DEF_CAP_INFLIGHT 64
+#define KM__DEF_COOLDOWN_S 60
+#define KM__DEF_MAX_COOLDOWN_S 3600
+#define KM__DEF_MAX_FAILURES 5
+#define KM__DEF_WEIGHT 1
+
+/* ------------------------------------------------------------ configuration
+ * A parsed configuration.  Key limits are already merged: a key's window
+ * takes the key's own value if it set one, else the pool's. */
+typedef struct km__limit_cfg {
+    uint64_t limit;  /* 0: none */
+    uint64_t burst;  /* 0: the mode's default (set by km__limit_resolve) */
+    int mode;        /* km_limit_mode */
+} km__limit_cfg;
+
+typedef struct km__key_cfg {
+    char id[KM_ID_MAX + 1];
+    char secret[KM_SECRET_MAX + 1];
+    uint32_t secret_len;
+    uint32_t weight;
+    uint32_t max_inflight; /* 0: the segment's cap_inflight */
+    km__limit_cfg limits[KM_WIN_COUNT];
+} km__key_cfg;
+
+typedef struct km__pool_cfg {
+    char name[KM_ID_MAX + 1];
+    int strategy; /* KM_STRATEGY_* (never DEFAULT) */
+    uint32_t cooldown_s, max_cooldown_s, max_failures;
+    uint32_t first_key, n_keys; /* range in km_config.keys */
+} km__pool_cfg;
+
+struct km_config {
+    uint32_t cap_keys, cap_pools, cap_procs, cap_inflight;
+    uint32_t n_pools, n_keys;
+    km__pool_cfg *pools;
+    km__key_cfg *keys; /* pools' keys, contiguous per pool */
+};
+
+/* Period of a window in ns, and whether it counts requests (else tokens). */
+uint64_t km__window_period_ns(int window);
+static inline int km__window_is_requests(int w)
+{
+    return w == KM_WIN_RPM || w == KM_WIN_RPH || w == KM_WIN_RPD;
+}
+
+/* Compute the GCRA parameters of one limit.  Returns KM_OK, or KM_ECONFIG if
+ * the limit cannot be realised (e.g. sliding with burst >= limit). */
+int km__limit_gcra(const km__limit_cfg *l, uint64_t period_ns,
+                   uint64_t *emission_ns, uint64_t *tau_ns, uint64_t *burst);
+
+/* ------------------------------------------------------------------ handle */
+struct km_env {
+    void *base;        /* mapping of the whole segment */
+    size_t map_size;
+    km__hdr *hdr;
+    uint32_t proc_slot;
+    uint64_t owner;    /* tag of this process's slot: lease owner value */
+    int pid;           /* getpid() at attach: fork detection */
+    char name[KM_SEG_NAME_MAX + 2];
+};
+
+/* shm/segment.c */
+int km__seg_name(const char *name, char out[KM_SEG_NAME_MAX + 2]);
+int km__seg_create(const char *name, const km_config *cfg, unsigned mode,
+                   km_env **out);
+int km__seg_open(const char *name, km_env **out);
+int km__seg_close(km_env *env);
+
+/* shm/proc.c */
+int km__proc_register(km_env *env);
+void km__proc_deregister(km_env *env);
+uint64_t km__proc_start_time(int pid);
+int km__proc_alive(uint32_t pid, uint64_t start_time);
+int km__reap_dead(km_env *env, uint64_t *leases);
+
+/* src/pool.c */
+void km__pool_init(km_env *env, const km_config *cfg);
+/* Release (as abandoned) every ACTIVE lease held by `owner`. */
+void km__release_all_owned(km_env *env, uint64_t owner);
+/* Same for a dead owner's tag; *left counts slots it left mid-operation. */
+uint64_t km__release_dead_owner(km_env *env, uint64_t tag, uint64_t *left);
+
+static inline km__pool *km__pools(const km_env *e)
+{
+    return (km__pool *)KM__AT(e->base, e->hdr->off_pools);
+}
+static inline km__member *km__members(const km_env *e, uint32_t pool)
+{
+    return (km__member *)KM__AT(e->base, e->hdr->off_members) +
+           (size_t)pool * e->hdr->cap_keys;
+}
+static inline km__key *km__keys(const km_env *e)
+{
+    return (km__key *)KM__AT(e->base, e->hdr->off_keys);
+}
+static inline km__lease *km__leases(const km_env *e, uint32_t key)
+{
+    return (km__lease *)KM__AT(e->base, e->hdr->off_leases) +
+           (size_t)key * e->hdr->cap_inflight;
+}
+static inline km__proc *km__procs(const km_env *e)
+{
+    return (km__proc *)KM__AT(e->base, e->hdr->off_procs);
+}
+
+#endif /* KM_INTERNAL_H */
