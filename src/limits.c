@@ -42,8 +42,7 @@ uint64_t km__window_period_ns(int w)
 }
 
 
-/* Largest limit accepted: keeps T >= 1 ns for a minute and tau = burst*T
- * far from overflow (burst <= limit <= 2^40, T <= period <= 2^47). */
+/* Largest limit or burst accepted (about 10^12 units); tau is checked too. */
 #define KM__LIMIT_MAX (UINT64_C(1) << 40)
 
 int km__limit_gcra(const km__limit_cfg *l, uint64_t period_ns,
@@ -67,8 +66,13 @@ int km__limit_gcra(const km__limit_cfg *l, uint64_t period_ns,
     } else {
         return KM_ECONFIG;
     }
+    /* tau = burst * T must leave headroom: admission adds up to two tau to
+     * a CLOCK_MONOTONIC time (uptime in ns, far below 2^62). */
+    uint64_t tau;
+    if (__builtin_mul_overflow(b, t, &tau) || tau > (UINT64_C(1) << 60))
+        return KM_ECONFIG;
     *emission_ns = t;
-    *tau_ns = b * t;
+    *tau_ns = tau;
     *burst = b;
     return KM_OK;
 }
