@@ -166,4 +166,4 @@ uninstall:
 	      $(DESTDIR)$(pkgconfigdir)/keymesh.pc
 
 clean:
-	rm -rf build build-san
+	rm -rf build build-san build-*

@@ -135,8 +135,9 @@ typedef enum {
  * TOKEN_BUCKET: capacity `burst`, refilled continuously at limit per period.
  *   In any interval of length L: admitted cost <= L*limit/period + burst.
  * SLIDING: in any window of one period: admitted cost <= limit.  Realised as
- *   a GCRA of rate (limit-burst)/period and tolerance `burst`, so it uses at
- *   most (limit-burst)/limit of the limit over long runs. */
+ *   a GCRA of emission interval floor(period/(limit+1-burst))+1 ns and
+ *   tolerance `burst`, so over long runs it uses about
+ *   (limit+1-burst)/limit of the limit.  burst defaults to max(1, limit/10). */
 typedef enum { KM_MODE_TOKEN_BUCKET = 0, KM_MODE_SLIDING = 1 } km_limit_mode;
 
 /* State of a key as seen by readers. */
@@ -173,7 +174,7 @@ typedef struct km_config km_config; /* a parsed configuration; opaque */
 /* Current CLOCK_MONOTONIC time in nanoseconds (vDSO, no system call). */
 KM_EXTERN uint64_t km_now_ns(void);
 
-/* Parse a JSON configuration (format in README).  On failure returns
+/* Parse a JSON configuration (format in docs/config.md).  On failure returns
  * KM_ECONFIG (or KM_ENOMEM/KM_ESYS) and, if errbuf is given, writes one line
  * naming the file, line and column or the field, e.g.
  *   "pool.json:3:14: pools[0].limits.rpm: must be a positive integer".
@@ -299,7 +300,8 @@ KM_EXTERN int km_pool_find(km_env *env, const char *name);
 KM_EXTERN int km_pool_info_get(km_env *env, int pool, km_pool_info *out);
 /* Key index of key `id` in `pool`, or KM_ENOKEY. */
 KM_EXTERN int km_key_find(km_env *env, int pool, const char *id);
-/* Number of keys of a pool, and the key index of its i-th member. */
+/* Key index of the i-th member of a pool (0 <= i < km_pool_info.n_keys),
+ * KM_ENOKEY past the end. */
 KM_EXTERN int km_pool_key(km_env *env, int pool, uint32_t i);
 KM_EXTERN int km_key_info_get(km_env *env, uint32_t key, km_key_info *out);
 
@@ -308,7 +310,7 @@ KM_EXTERN int km_key_info_get(km_env *env, uint32_t key, km_key_info *out);
  * nothing else.  Leases already out may finish. */
 KM_EXTERN int km_key_set_state(km_env *env, uint32_t key, int state);
 
-/* Snapshot of the whole segment as JSON (format in README): every pool and
+/* Snapshot of the whole segment as JSON (format in docs/kmctl.md): every pool and
  * key with state, limits and counters.  Secrets are masked.  *out is
  * malloc'd; release it with free(). */
 KM_EXTERN int km_snapshot_json(km_env *env, char **out);

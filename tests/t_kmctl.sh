@@ -1,0 +1,279 @@
+#!/usr/bin/env bash
+# tests/t_kmctl.sh - kmctl end to end: create / inspect / snapshot / enable /
+# disable / destroy, bad configurations leaving no segment behind, exit
+# codes, error lines, and secrets never printed.  TAP output (plan at the
+# end).  Binaries from ${KM_BUILD:-build}.
+set -u
+
+KMCTL="${KM_BUILD:-build}/kmctl"
+if [ ! -x "$KMCTL" ]; then
+    echo "1..0 # SKIP $KMCTL not built"
+    exit 0
+fi
+
+N=0
+FAILED=0
+ok() { # ok COND_STATUS NAME
+    N=$((N + 1))
+    if [ "$1" -eq 0 ]; then
+        echo "ok $N - $2"
+    else
+        echo "not ok $N - $2"
+        FAILED=$((FAILED + 1))
+    fi
+}
+diag() { printf '# %s\n' "$@"; }
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/kmt-kmctl.XXXXXX") || exit 1
+SEG="kmt-kmctl-$$"
+BADSEG="kmt-kmctl-bad-$$"
+MODESEG="kmt-kmctl-mode-$$"
+cleanup() {
+    for s in "$SEG" "$BADSEG" "$MODESEG"; do
+        "$KMCTL" destroy "$s" >/dev/null 2>&1
+    done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+SECRET_A="sk-test-aaaa1111"
+SECRET_B="sk-test-bbbb2222"
+SECRET_G="gsk_zzzzzzzzzzzzzzzzzz9999"
+export KMT_KMCTL_KEY_B="$SECRET_B"
+
+# run CMD...: sets RC, OUT (stdout), ERR (stderr)
+run() {
+    "$@" >"$TMP/out" 2>"$TMP/err"
+    RC=$?
+    OUT=$(cat "$TMP/out")
+    ERR=$(cat "$TMP/err")
+}
+# no_secret TEXT: none of the secrets appears in TEXT
+no_secret() {
+    case "$1" in
+    *"$SECRET_A"* | *"$SECRET_B"* | *"$SECRET_G"*) return 1 ;;
+    esac
+    return 0
+}
+expect() { # expect RC_WANTED NAME  (checks $RC, prints stderr on failure)
+    [ "$RC" -eq "$1" ]
+    local s=$?
+    ok $s "$2 (exit $RC, want $1)"
+    [ $s -eq 0 ] || diag "stderr: $ERR"
+}
+
+cat >"$TMP/pool.json" <<EOF
+{"capacity": {"keys": 8, "processes": 8},
+ "pools": [{"name": "openai", "strategy": "least_busy",
+            "limits": {"rpm": 60, "tpm": {"limit": 100000, "mode": "sliding", "burst": 5000}},
+            "keys": [{"id": "a", "secret": "$SECRET_A", "weight": 2},
+                     {"id": "b", "secret_env": "KMT_KMCTL_KEY_B", "limits": {"rpm": 30}, "max_inflight": 8}]},
+           {"name": "groq", "keys": [{"id": "g1", "secret": "$SECRET_G"}]}]}
+EOF
+
+# ------------------------------------------------------------ version, usage
+run "$KMCTL" -V
+expect 0 "-V"
+echo "$OUT" | grep -Eq '^kmctl [0-9]+\.[0-9]+\.[0-9]+ \(segment format [0-9]+\)$'
+ok $? "-V prints 'kmctl VERSION (segment format N)'"
+run "$KMCTL" --version
+ok $([ "$RC" -eq 0 ] && echo "$OUT" | grep -q '^kmctl '; echo $?) "--version"
+
+run "$KMCTL" --help
+expect 0 "--help"
+echo "$OUT" | grep -q 'Exit status' && echo "$OUT" | grep -q 'create NAME --config FILE'
+ok $? "--help lists commands and exit status"
+for c in create inspect snapshot destroy enable disable; do
+    run "$KMCTL" "$c" --help
+    ok $([ "$RC" -eq 0 ] && echo "$OUT" | grep -q "^Usage: kmctl $c"; echo $?) "$c --help"
+done
+
+run "$KMCTL"
+expect 2 "no command: usage error"
+run "$KMCTL" frobnicate
+expect 2 "unknown command: usage error"
+echo "$ERR" | grep -q "^kmctl: usage: unknown command 'frobnicate'"
+ok $? "unknown command message"
+run "$KMCTL" --bogus
+expect 2 "unknown global option"
+run "$KMCTL" create "$SEG"
+expect 2 "create without --config"
+echo "$ERR" | grep -q '^kmctl: create: missing --config FILE'
+ok $? "create without --config: message"
+run "$KMCTL" create --config "$TMP/pool.json"
+expect 2 "create without NAME"
+run "$KMCTL" create "$SEG" --config "$TMP/pool.json" --mode 9x
+expect 2 "create --mode not octal"
+run "$KMCTL" inspect "$SEG" extra
+expect 2 "inspect with too many arguments"
+run "$KMCTL" inspect "$SEG" --frob
+expect 2 "inspect unknown option"
+run "$KMCTL" enable "$SEG" openai
+expect 2 "enable without KEY_ID"
+run "$KMCTL" snapshot "$SEG" -o
+expect 2 "snapshot -o without FILE"
+
+# ----------------------------------------------------------- happy path
+run "$KMCTL" create "$SEG" --config "$TMP/pool.json"
+expect 0 "create"
+no_secret "$OUT$ERR"
+ok $? "create prints no secret"
+if [ -d /dev/shm ]; then
+    mode=$(stat -c %a "/dev/shm/$SEG" 2>/dev/null)
+    ok $([ "$mode" = 600 ]; echo $?) "segment mode 0600 by default (got $mode)"
+fi
+
+run "$KMCTL" create "$SEG" --config "$TMP/pool.json"
+expect 1 "create on an existing name fails"
+echo "$ERR" | grep -q "^kmctl: create: segment '$SEG': "
+ok $? "create on an existing name: message"
+
+run "$KMCTL" inspect "$SEG"
+expect 0 "inspect"
+echo "$OUT" | grep -q '^pool openai: least_busy, 2 keys' &&
+    echo "$OUT" | grep -q '^pool groq: round_robin, 1 key'
+ok $? "inspect shows pool headers"
+echo "$OUT" | grep -q 'ID  *SECRET  *STATE  *W  *INFLIGHT  *RPM  *TPM  *ACQ  *OK  *429  *FAIL  *EMA_MS  *COOLDOWN_S'
+ok $? "inspect shows the key columns"
+echo "$OUT" | grep -Eq '^  b +[^ ]*2222 +active +1 +0/8 +30/30 '
+ok $? "inspect row of key b (masked secret, state, weight, in-flight, rpm)"
+no_secret "$OUT"
+ok $? "inspect shows no secret"
+
+run "$KMCTL" inspect "$SEG" --json
+expect 0 "inspect --json"
+echo "$OUT" | grep -q '"keymesh": ' && echo "$OUT" | grep -q '"name": "openai"' &&
+    echo "$OUT" | grep -q '"id": "g1"' && echo "$OUT" | grep -q '"rate_limited": 0'
+ok $? "inspect --json has the snapshot fields"
+no_secret "$OUT"
+ok $? "inspect --json shows no secret"
+
+run "$KMCTL" snapshot "$SEG"
+expect 0 "snapshot to stdout"
+no_secret "$OUT"
+ok $? "snapshot to stdout shows no secret"
+
+mkdir "$TMP/snap"
+echo old >"$TMP/snap/s.json"
+run "$KMCTL" snapshot "$SEG" -o "$TMP/snap/s.json"
+expect 0 "snapshot -o FILE"
+grep -q '"format": 1' "$TMP/snap/s.json" && grep -q '"name": "groq"' "$TMP/snap/s.json"
+ok $? "snapshot file holds the JSON"
+ok $([ "$(stat -c %a "$TMP/snap/s.json")" = 600 ]; echo $?) "snapshot file mode 0600"
+ok $([ "$(ls -A "$TMP/snap" | wc -l)" -eq 1 ]; echo $?) "no temporary file left beside it"
+no_secret "$(cat "$TMP/snap/s.json")"
+ok $? "snapshot file shows no secret"
+run "$KMCTL" snapshot "$SEG" -o "$TMP/nodir/s.json"
+expect 1 "snapshot into a missing directory fails"
+echo "$ERR" | grep -q "^kmctl: snapshot: $TMP/nodir/s.json: "
+ok $? "snapshot failure names the file"
+
+# key state of id $1 in the snapshot JSON on stdin
+state_of() { grep -A3 "\"id\": \"$1\"" | sed -n 's/.*"state": "\([a-z]*\)".*/\1/p'; }
+
+run "$KMCTL" disable "$SEG" openai b
+expect 0 "disable"
+st=$("$KMCTL" inspect "$SEG" --json | state_of b)
+ok $([ "$st" = disabled ]; echo $?) "disable: inspect --json shows disabled (got '$st')"
+st=$("$KMCTL" inspect "$SEG" --json | state_of a)
+ok $([ "$st" = active ]; echo $?) "disable: other keys untouched (got '$st')"
+run "$KMCTL" enable "$SEG" openai b
+expect 0 "enable"
+st=$("$KMCTL" inspect "$SEG" --json | state_of b)
+ok $([ "$st" = active ]; echo $?) "enable: inspect --json shows active (got '$st')"
+
+run "$KMCTL" enable "$SEG" openai zz
+expect 3 "enable an unknown key"
+echo "$ERR" | grep -q "^kmctl: enable: key 'zz' in pool 'openai': "
+ok $? "unknown key: message"
+run "$KMCTL" disable "$SEG" nopool a
+expect 3 "disable in an unknown pool"
+echo "$ERR" | grep -q "^kmctl: disable: pool 'nopool': "
+ok $? "unknown pool: message"
+
+run "$KMCTL" destroy "$SEG"
+expect 0 "destroy"
+run "$KMCTL" inspect "$SEG"
+expect 3 "inspect after destroy: no segment"
+echo "$ERR" | grep -q "^kmctl: inspect: segment '$SEG': "
+ok $? "no segment: message"
+run "$KMCTL" destroy "$SEG"
+expect 3 "destroy twice: no segment"
+run "$KMCTL" snapshot "$SEG"
+expect 3 "snapshot of a missing segment"
+run "$KMCTL" enable "$SEG" openai a
+expect 3 "enable on a missing segment"
+
+run "$KMCTL" create "$MODESEG" --config "$TMP/pool.json" --mode 0640
+expect 0 "create --mode 0640"
+if [ -d /dev/shm ]; then
+    mode=$(stat -c %a "/dev/shm/$MODESEG" 2>/dev/null)
+    ok $([ "$mode" = 640 ]; echo $?) "segment mode 0640 (got $mode)"
+fi
+"$KMCTL" destroy "$MODESEG" >/dev/null 2>&1
+
+# ----------------------------------------------------- bad configurations
+# bad_config NAME WANT FILE: create fails with status 1, stderr
+# "kmctl: create: FILE..." containing WANT, no secret, and no segment left.
+bad_config() {
+    run "$KMCTL" create "$BADSEG" --config "$3"
+    expect 1 "$1: create fails"
+    case "$ERR" in
+    "kmctl: create: $3"*"$2"*) ok 0 "$1: message names it" ;;
+    *) ok 1 "$1: message names it"; diag "stderr: $ERR" "wanted: $2" ;;
+    esac
+    no_secret "$ERR"
+    ok $? "$1: no secret in the message"
+    run "$KMCTL" inspect "$BADSEG"
+    expect 3 "$1: no segment left behind"
+}
+
+cat >"$TMP/syntax.json" <<EOF
+{"pools": [
+  {"name": "p", "keys": [{"id": "a", "secret": "$SECRET_A"},,]}
+]}
+EOF
+bad_config "syntax error" ":2:" "$TMP/syntax.json"
+
+cat >"$TMP/unterminated.json" <<EOF
+{"pools": [{"name": "p", "keys": [{"id": "a", "secret": "$SECRET_A
+EOF
+bad_config "unterminated secret" ":1:" "$TMP/unterminated.json"
+
+cat >"$TMP/unknown.json" <<EOF
+{"pools": [{"name": "p", "keys": [{"id": "a", "secret": "$SECRET_A", "colour": "red"}]}]}
+EOF
+bad_config "unknown field" "pools[0].keys[0].colour: unknown field" "$TMP/unknown.json"
+
+cat >"$TMP/dup.json" <<EOF
+{"pools": [{"name": "p", "keys": [{"id": "a", "secret": "$SECRET_A"},
+                                  {"id": "a", "secret": "$SECRET_B"}]}]}
+EOF
+bad_config "duplicate id" "pools[0].keys[1].id: duplicate key id" "$TMP/dup.json"
+
+cat >"$TMP/env.json" <<EOF
+{"pools": [{"name": "p", "keys": [{"id": "a", "secret": "$SECRET_A"},
+                                  {"id": "b", "secret_env": "KMT_KMCTL_UNSET_$$"}]}]}
+EOF
+unset "KMT_KMCTL_UNSET_$$" 2>/dev/null
+bad_config "missing env var" \
+    "pools[0].keys[1].secret_env: environment variable KMT_KMCTL_UNSET_$$ is not set" \
+    "$TMP/env.json"
+
+{
+    printf '{"capacity": {"keys": 2}, "pools": [{"name": "p", "keys": ['
+    printf '{"id": "a", "secret": "%s"}, {"id": "b", "secret": "%s"}, ' "$SECRET_A" "$SECRET_B"
+    printf '{"id": "c", "secret": "%s"}]}]}\n' "$SECRET_G"
+} >"$TMP/many.json"
+bad_config "too many keys" "more keys (3) than capacity.keys (2)" "$TMP/many.json"
+
+cat >"$TMP/limit.json" <<EOF
+{"pools": [{"name": "p", "limits": {"rpm": 0}, "keys": [{"id": "a", "secret": "$SECRET_A"}]}]}
+EOF
+bad_config "zero limit" "pools[0].limits.rpm: must be a positive integer" "$TMP/limit.json"
+
+bad_config "missing file" "No such file or directory" "$TMP/nonexistent.json"
+
+echo "1..$N"
+[ "$FAILED" -eq 0 ]

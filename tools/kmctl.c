@@ -1,0 +1,843 @@
+/*
+ * tools/kmctl.c - command-line administration of KeyMesh segments.
+ *
+ * Built only on the public header: everything it shows or changes goes
+ * through the same API a worker uses.  Output a script can rely on:
+ *
+ *   - errors are one line on stderr, "kmctl: <command>: <message>";
+ *   - exit status 0 success, 1 the operation failed, 2 usage error,
+ *     3 no such segment, pool or key;
+ *   - secrets are never printed (inspect and snapshot show masked secrets).
+ *
+ * See docs/kmctl.md and `kmctl --help`.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "keymesh.h"
+
+enum {
+    EX_SUCCESS = 0, /* the command did what was asked */
+    EX_FAILED = 1,  /* the operation failed (message on stderr) */
+    EX_USAGE = 2,   /* bad command line */
+    EX_NOTFOUND = 3 /* no such segment, pool or key */
+};
+
+/* ------------------------------------------------------------ usage text */
+
+static const char usage_main[] =
+    "Usage: kmctl [-h|--help] [-V|--version] COMMAND [ARGS]\n"
+    "\n"
+    "Administer KeyMesh shared-memory segments: pools of API keys shared by\n"
+    "the worker processes of one host.\n"
+    "\n"
+    "Commands:\n"
+    "  create NAME --config FILE [--mode OCTAL]\n"
+    "                    create segment NAME from a JSON configuration\n"
+    "  inspect NAME [--json]\n"
+    "                    show pools and keys as a table (or snapshot JSON)\n"
+    "  snapshot NAME [-o FILE]\n"
+    "                    write the segment's state as JSON to stdout or FILE\n"
+    "  destroy NAME      remove segment NAME (attached processes keep it\n"
+    "                    until they close)\n"
+    "  enable NAME POOL KEY_ID\n"
+    "                    put a key back in service (clears invalid, exhausted,\n"
+    "                    cooldown and failure counts)\n"
+    "  disable NAME POOL KEY_ID\n"
+    "                    take a key out of service (leases out may finish)\n"
+    "\n"
+    "Options:\n"
+    "  -h, --help        show this help (COMMAND --help: help on COMMAND)\n"
+    "  -V, --version     show the version of kmctl and of the segment format\n"
+    "\n"
+    "NAME is a POSIX shared-memory name, \"name\" or \"/name\" (on Linux the\n"
+    "segment appears as /dev/shm/name).  Secrets are never printed: inspect\n"
+    "and snapshot show them masked (\"sk-...abcd\").\n"
+    "\n"
+    "Exit status:\n"
+    "  0  success\n"
+    "  1  the operation failed (invalid configuration, segment exists, ...)\n"
+    "  2  usage error\n"
+    "  3  no such segment, pool or key\n"
+    "\n"
+    "Errors are one line on stderr: \"kmctl: COMMAND: MESSAGE\".\n"
+    "\n"
+    "Example:\n"
+    "  export OPENAI_API_KEY_2=sk-...\n"
+    "  kmctl create llm --config pool.json\n"
+    "  kmctl inspect llm\n"
+    "  kmctl disable llm openai b\n"
+    "  kmctl snapshot llm -o /var/lib/keymesh/llm.json\n"
+    "  kmctl destroy llm\n";
+
+static const char usage_create[] =
+    "Usage: kmctl create NAME --config FILE [--mode OCTAL]\n"
+    "\n"
+    "Create shared-memory segment NAME from the JSON configuration FILE\n"
+    "(format: docs/config.md) and initialise every pool and key in it.\n"
+    "secret_env references are read from kmctl's environment.  The segment is\n"
+    "sized for the configuration's capacity and fully validated first: on\n"
+    "any failure no segment is left behind.\n"
+    "\n"
+    "Options:\n"
+    "  -c, --config FILE   the configuration (required)\n"
+    "  -m, --mode OCTAL    permission bits of the segment (default 0600)\n"
+    "  -h, --help          show this help\n"
+    "\n"
+    "Exit status: 0 created; 1 invalid configuration (the message names\n"
+    "FILE:LINE:COLUMN or the field), unreadable FILE, NAME already exists or\n"
+    "another failure; 2 usage error.\n"
+    "\n"
+    "Example:\n"
+    "  kmctl create llm --config pool.json --mode 0660\n";
+
+static const char usage_inspect[] =
+    "Usage: kmctl inspect NAME [--json]\n"
+    "\n"
+    "Show segment NAME: capacity, then for each pool a header line (name,\n"
+    "strategy, key count, cooldown settings) and a table with one row per\n"
+    "key:\n"
+    "  ID          key id\n"
+    "  SECRET      the secret, masked\n"
+    "  STATE       active, cooling, probing, disabled, invalid or exhausted\n"
+    "  W           weight\n"
+    "  INFLIGHT    leases out / most leases allowed at once\n"
+    "  RPM, TPM    available now / limit (\"-\": no limit); RPH, RPD, TPH,\n"
+    "              TPD appear when a key of the pool has such a limit\n"
+    "  ACQ         leases acquired\n"
+    "  OK, 429     releases with success, with rate_limited\n"
+    "  FAIL        releases with failure, auth or quota\n"
+    "  EMA_MS      moving average of latency in ms (\"-\": no sample yet)\n"
+    "  COOLDOWN_S  seconds of cooldown left (\"-\": none)\n"
+    "\n"
+    "Options:\n"
+    "  -j, --json   print the snapshot JSON instead (as `kmctl snapshot`)\n"
+    "  -h, --help   show this help\n"
+    "\n"
+    "Exit status: 0 shown; 1 failure; 2 usage error; 3 no such segment.\n"
+    "\n"
+    "Example:\n"
+    "  kmctl inspect llm\n";
+
+static const char usage_snapshot[] =
+    "Usage: kmctl snapshot NAME [-o FILE]\n"
+    "\n"
+    "Write the state of segment NAME as JSON (format: docs/kmctl.md) to\n"
+    "standard output or to FILE.  FILE is replaced atomically: the JSON is\n"
+    "written to a temporary file in the same directory, synced and renamed\n"
+    "over FILE, which gets mode 0600.  Secrets are masked.\n"
+    "\n"
+    "Options:\n"
+    "  -o, --output FILE   write to FILE instead of standard output\n"
+    "  -h, --help          show this help\n"
+    "\n"
+    "Exit status: 0 written; 1 failure; 2 usage error; 3 no such segment.\n"
+    "\n"
+    "Example:\n"
+    "  kmctl snapshot llm -o /var/lib/keymesh/llm.json\n";
+
+static const char usage_destroy[] =
+    "Usage: kmctl destroy NAME\n"
+    "\n"
+    "Remove the name of segment NAME.  Processes still attached keep using\n"
+    "it until they close; the memory is freed when the last one detaches.\n"
+    "\n"
+    "Options:\n"
+    "  -h, --help   show this help\n"
+    "\n"
+    "Exit status: 0 removed; 1 failure; 2 usage error; 3 no such segment.\n"
+    "\n"
+    "Example:\n"
+    "  kmctl destroy llm\n";
+
+static const char usage_enable[] =
+    "Usage: kmctl enable NAME POOL KEY_ID\n"
+    "\n"
+    "Put key KEY_ID of pool POOL back in service: its state becomes active\n"
+    "and invalid, exhausted, cooldown and failure counts are cleared.\n"
+    "\n"
+    "Options:\n"
+    "  -h, --help   show this help\n"
+    "\n"
+    "Exit status: 0 done; 1 failure; 2 usage error; 3 no such segment, pool\n"
+    "or key.\n"
+    "\n"
+    "Example:\n"
+    "  kmctl enable llm openai b\n";
+
+static const char usage_disable[] =
+    "Usage: kmctl disable NAME POOL KEY_ID\n"
+    "\n"
+    "Take key KEY_ID of pool POOL out of service: no new lease is handed out\n"
+    "on it until `kmctl enable`.  Leases already out may finish.\n"
+    "\n"
+    "Options:\n"
+    "  -h, --help   show this help\n"
+    "\n"
+    "Exit status: 0 done; 1 failure; 2 usage error; 3 no such segment, pool\n"
+    "or key.\n"
+    "\n"
+    "Example:\n"
+    "  kmctl disable llm openai b\n";
+
+/* ------------------------------------------------------------- messages */
+
+static const char *g_cmd = "usage";
+
+static void errline(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* "kmctl: <command>: <message>" on stderr. */
+static void errline(const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "kmctl: %s: ", g_cmd);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static int usage_error(const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "kmctl: %s: ", g_cmd);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    if (strcmp(g_cmd, "usage") == 0)
+        fprintf(stderr, "\nTry 'kmctl --help'.\n");
+    else
+        fprintf(stderr, "\nTry 'kmctl %s --help'.\n", g_cmd);
+    return EX_USAGE;
+}
+
+/* Text of a KeyMesh error; errno's text when it is KM_ESYS. */
+static const char *km_text(int err, int saved_errno)
+{
+    if (err == KM_ESYS && saved_errno)
+        return strerror(saved_errno);
+    return km_strerror(err);
+}
+
+static int exit_for(int err)
+{
+    return err == KM_ENOENT || err == KM_ENOPOOL || err == KM_ENOKEY
+               ? EX_NOTFOUND
+               : EX_FAILED;
+}
+
+/* Report a failed call on segment `name`; return the exit status. */
+static int seg_error(const char *name, int err)
+{
+    int e = errno;
+    errline("segment '%s': %s", name, km_text(err, e));
+    return exit_for(err);
+}
+
+static int open_seg(const char *name, km_env **env)
+{
+    int rc = km_open(name, env);
+    return rc == KM_OK ? EX_SUCCESS : seg_error(name, rc);
+}
+
+/* ------------------------------------------------------ argument parsing */
+
+/* Parse a command's options with getopt_long.  Options may come before or
+ * after the operands.  Calls `on_opt` for each option other than -h.
+ * Returns -1 to go on, or an exit status (help shown, or a usage error). */
+typedef int (*opt_fn)(int c, const char *arg, void *ctx);
+
+static int parse_opts(int argc, char **argv, const char *shortopts,
+                      const struct option *longopts, const char *help,
+                      opt_fn on_opt, void *ctx)
+{
+    int c;
+    optind = 0; /* glibc: reinitialise, the main options were parsed before */
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, shortopts, longopts, NULL)) != -1) {
+        if (c == 'h') {
+            fputs(help, stdout);
+            return EX_SUCCESS;
+        }
+        if (c == '?') {
+            if (optopt)
+                return usage_error("unknown option '-%c'", optopt);
+            return usage_error("unknown option '%s'", argv[optind - 1]);
+        }
+        if (c == ':')
+            return usage_error("option '%s' needs an argument",
+                               argv[optind - 1]);
+        int rc = on_opt ? on_opt(c, optarg, ctx) : usage_error("bad option");
+        if (rc >= 0)
+            return rc;
+    }
+    return -1;
+}
+
+/* Exactly `n` operands after the options. */
+static int want_operands(int argc, int n, const char *what)
+{
+    int have = argc - optind;
+    if (have < n)
+        return usage_error("missing %s", what);
+    if (have > n)
+        return usage_error("too many arguments");
+    return -1;
+}
+
+static const struct option help_only[] = {{"help", no_argument, NULL, 'h'},
+                                          {NULL, 0, NULL, 0}};
+
+/* ---------------------------------------------------------------- create */
+
+typedef struct create_opts {
+    const char *config;
+    unsigned mode;
+} create_opts;
+
+static int create_opt(int c, const char *arg, void *ctx)
+{
+    create_opts *o = ctx;
+    if (c == 'c') {
+        o->config = arg;
+        return -1;
+    }
+    if (c == 'm') {
+        char *end;
+        errno = 0;
+        unsigned long m = strtoul(arg, &end, 8);
+        if (errno || end == arg || *end || m > 07777 || arg[0] == '-')
+            return usage_error("--mode: '%s' is not an octal mode (e.g. 0660)",
+                               arg);
+        o->mode = (unsigned)m;
+        return -1;
+    }
+    return usage_error("bad option");
+}
+
+static int cmd_create(int argc, char **argv)
+{
+    static const struct option lo[] = {{"config", required_argument, NULL, 'c'},
+                                       {"mode", required_argument, NULL, 'm'},
+                                       {"help", no_argument, NULL, 'h'},
+                                       {NULL, 0, NULL, 0}};
+    create_opts o = {NULL, 0600};
+    km_config *cfg = NULL;
+    km_env *env = NULL;
+    km_info info;
+    char err[1024];
+    int rc;
+
+    if ((rc = parse_opts(argc, argv, ":c:m:h", lo, usage_create, create_opt,
+                         &o)) >= 0)
+        return rc;
+    if ((rc = want_operands(argc, 1, "NAME")) >= 0)
+        return rc;
+    if (!o.config)
+        return usage_error("missing --config FILE");
+    const char *name = argv[optind];
+
+    rc = km_config_parse_file(o.config, &cfg, err, sizeof err);
+    if (rc != KM_OK) {
+        /* The library's line names the file and the line:column or field. */
+        errline("%s", err[0] ? err : km_strerror(rc));
+        return EX_FAILED;
+    }
+    rc = km_create(name, cfg, o.mode, &env);
+    km_config_free(cfg); /* wipes the secrets of the parsed copy */
+    if (rc != KM_OK) {
+        int e = errno;
+        /* Not found here means a bad name (e.g. a directory in it), not a
+         * missing segment: a failed create is always status 1. */
+        errline("segment '%s': %s", name, km_text(rc, e));
+        return EX_FAILED;
+    }
+    if (km_info_get(env, &info) == KM_OK)
+        printf("created segment '%s': %" PRIu32 " pool%s, %" PRIu32
+               " key%s, %" PRIu64 " bytes, mode %04o\n",
+               name, info.n_pools, info.n_pools == 1 ? "" : "s", info.n_keys,
+               info.n_keys == 1 ? "" : "s", info.size_bytes,
+               o.mode ? o.mode : 0600);
+    rc = km_close(env);
+    if (rc != KM_OK)
+        return seg_error(name, rc);
+    return EX_SUCCESS;
+}
+
+/* --------------------------------------------------------------- inspect */
+
+/* Display width of UTF-8 text: code points, not bytes (masks hold "…"). */
+static size_t width(const char *s)
+{
+    size_t w = 0;
+    for (; *s; s++)
+        if (((unsigned char)*s & 0xC0) != 0x80)
+            w++;
+    return w;
+}
+
+enum {
+    COL_ID, COL_SECRET, COL_STATE, COL_W, COL_INFLIGHT,
+    COL_RPM, COL_RPH, COL_RPD, COL_TPM, COL_TPH, COL_TPD,
+    COL_ACQ, COL_OK, COL_429, COL_FAIL, COL_EMA, COL_COOL, NCOLS
+};
+
+static const char *const col_title[NCOLS] = {
+    "ID", "SECRET", "STATE", "W", "INFLIGHT", "RPM", "RPH", "RPD",
+    "TPM", "TPH", "TPD", "ACQ", "OK", "429", "FAIL", "EMA_MS", "COOLDOWN_S"};
+
+static int col_window(int col)
+{
+    return col >= COL_RPM && col <= COL_TPD ? KM_WIN_RPM + (col - COL_RPM)
+                                            : -1;
+}
+
+static void cell(const km_key_info *k, int col, uint64_t now, char *b,
+                 size_t n)
+{
+    int w = col_window(col);
+    if (w >= 0) {
+        const km_limit_info *l = &k->limits[w];
+        if (l->limit)
+            snprintf(b, n, "%" PRIu64 "/%" PRIu64, l->available, l->limit);
+        else
+            snprintf(b, n, "-");
+        return;
+    }
+    switch (col) {
+    case COL_ID:
+        snprintf(b, n, "%s", k->id);
+        break;
+    case COL_SECRET:
+        snprintf(b, n, "%s", k->secret_masked);
+        break;
+    case COL_STATE:
+        snprintf(b, n, "%s", km_key_state_name(k->state));
+        break;
+    case COL_W:
+        snprintf(b, n, "%" PRIu32, k->weight);
+        break;
+    case COL_INFLIGHT:
+        snprintf(b, n, "%" PRIu32 "/%" PRIu32, k->inflight, k->max_inflight);
+        break;
+    case COL_ACQ:
+        snprintf(b, n, "%" PRIu64, k->acquired);
+        break;
+    case COL_OK:
+        snprintf(b, n, "%" PRIu64, k->outcomes[KM_OUT_SUCCESS]);
+        break;
+    case COL_429:
+        snprintf(b, n, "%" PRIu64, k->outcomes[KM_OUT_RATE_LIMITED]);
+        break;
+    case COL_FAIL:
+        snprintf(b, n, "%" PRIu64,
+                 k->outcomes[KM_OUT_FAILURE] + k->outcomes[KM_OUT_AUTH] +
+                     k->outcomes[KM_OUT_QUOTA]);
+        break;
+    case COL_EMA:
+        if (k->latency_ema_us)
+            snprintf(b, n, "%.1f", (double)k->latency_ema_us / 1000.0);
+        else
+            snprintf(b, n, "-");
+        break;
+    case COL_COOL:
+        if (k->cooldown_until_ns > now)
+            snprintf(b, n, "%" PRIu64,
+                     (k->cooldown_until_ns - now + 999999999) / 1000000000);
+        else
+            snprintf(b, n, "-");
+        break;
+    default:
+        b[0] = '\0';
+    }
+}
+
+static void print_cell(const char *s, size_t w, int last)
+{
+    fputs(s, stdout);
+    if (!last)
+        for (size_t i = width(s); i < w + 2; i++)
+            putchar(' ');
+}
+
+static int inspect_pool(km_env *env, const char *name, int pool)
+{
+    km_pool_info pi;
+    km_key_info *keys;
+    size_t wid[NCOLS];
+    int show[NCOLS], last = 0, rc;
+    char b[64];
+    uint64_t now;
+
+    if ((rc = km_pool_info_get(env, pool, &pi)) != KM_OK)
+        return seg_error(name, rc);
+    printf("\npool %s: %s, %" PRIu32 " key%s, cooldown %" PRIu32
+           "s (max %" PRIu32 "s), max_failures %" PRIu32 "\n",
+           pi.name, km_strategy_name(pi.strategy), pi.n_keys,
+           pi.n_keys == 1 ? "" : "s", pi.cooldown_s, pi.max_cooldown_s,
+           pi.max_failures);
+    if (pi.n_keys == 0)
+        return EX_SUCCESS;
+    keys = calloc(pi.n_keys, sizeof *keys);
+    if (!keys) {
+        errline("out of memory");
+        return EX_FAILED;
+    }
+    /* Read every key once, then lay out from those copies. */
+    for (uint32_t i = 0; i < pi.n_keys; i++) {
+        int k = km_pool_key(env, pool, i);
+        if (k < 0 || (rc = km_key_info_get(env, (uint32_t)k, &keys[i]))) {
+            free(keys);
+            return seg_error(name, k < 0 ? k : rc);
+        }
+    }
+    now = km_now_ns();
+    for (int c = 0; c < NCOLS; c++) {
+        int w = col_window(c);
+        show[c] = 1;
+        /* RPM and TPM always; the other windows only if some key uses them */
+        if (w >= 0 && w != KM_WIN_RPM && w != KM_WIN_TPM) {
+            show[c] = 0;
+            for (uint32_t i = 0; i < pi.n_keys; i++)
+                show[c] |= keys[i].limits[w].limit != 0;
+        }
+        if (!show[c])
+            continue;
+        last = c;
+        wid[c] = strlen(col_title[c]);
+        for (uint32_t i = 0; i < pi.n_keys; i++) {
+            cell(&keys[i], c, now, b, sizeof b);
+            if (width(b) > wid[c])
+                wid[c] = width(b);
+        }
+    }
+    fputs("  ", stdout);
+    for (int c = 0; c < NCOLS; c++)
+        if (show[c])
+            print_cell(col_title[c], wid[c], c == last);
+    putchar('\n');
+    for (uint32_t i = 0; i < pi.n_keys; i++) {
+        fputs("  ", stdout);
+        for (int c = 0; c < NCOLS; c++) {
+            if (!show[c])
+                continue;
+            cell(&keys[i], c, now, b, sizeof b);
+            print_cell(b, wid[c], c == last);
+        }
+        putchar('\n');
+    }
+    free(keys);
+    return EX_SUCCESS;
+}
+
+static int inspect_table(km_env *env, const char *name)
+{
+    km_info info;
+    int rc = km_info_get(env, &info);
+    if (rc != KM_OK)
+        return seg_error(name, rc);
+    printf("segment %s: format %" PRIu32 ", %" PRIu32 " pool%s, %" PRIu32
+           " key%s, %" PRIu64 " bytes, %" PRIu32
+           " process%s attached (this one included)\n",
+           name, info.format, info.n_pools, info.n_pools == 1 ? "" : "s",
+           info.n_keys, info.n_keys == 1 ? "" : "s", info.size_bytes,
+           info.n_procs, info.n_procs == 1 ? "" : "es");
+    printf("capacity: %" PRIu32 " keys, %" PRIu32 " pools, %" PRIu32
+           " processes, %" PRIu32 " leases per key\n",
+           info.cap_keys, info.cap_pools, info.cap_procs, info.cap_inflight);
+    for (uint32_t p = 0; p < info.n_pools; p++)
+        if ((rc = inspect_pool(env, name, (int)p)) != EX_SUCCESS)
+            return rc;
+    return EX_SUCCESS;
+}
+
+static int print_snapshot(km_env *env, const char *name)
+{
+    char *js;
+    int rc = km_snapshot_json(env, &js);
+    if (rc != KM_OK)
+        return seg_error(name, rc);
+    puts(js);
+    free(js);
+    return EX_SUCCESS;
+}
+
+static int inspect_opt(int c, const char *arg, void *ctx)
+{
+    (void)arg;
+    if (c == 'j') {
+        *(int *)ctx = 1;
+        return -1;
+    }
+    return usage_error("bad option");
+}
+
+static int cmd_inspect(int argc, char **argv)
+{
+    static const struct option lo[] = {{"json", no_argument, NULL, 'j'},
+                                       {"help", no_argument, NULL, 'h'},
+                                       {NULL, 0, NULL, 0}};
+    int json = 0, rc;
+    km_env *env;
+
+    if ((rc = parse_opts(argc, argv, ":jh", lo, usage_inspect, inspect_opt,
+                         &json)) >= 0)
+        return rc;
+    if ((rc = want_operands(argc, 1, "NAME")) >= 0)
+        return rc;
+    const char *name = argv[optind];
+    if ((rc = open_seg(name, &env)) != EX_SUCCESS)
+        return rc;
+    rc = json ? print_snapshot(env, name) : inspect_table(env, name);
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        errline("standard output: %s", strerror(errno));
+        rc = EX_FAILED;
+    }
+    km_close(env);
+    return rc;
+}
+
+/* -------------------------------------------------------------- snapshot */
+
+/* Replace `path` atomically with `data`: write a temporary file in the same
+ * directory (mode 0600), fsync it, rename it over `path`, fsync the
+ * directory.  A reader sees the old file or the new one, never a part. */
+static int write_atomic(const char *path, const char *data, size_t len)
+{
+    const char *slash = strrchr(path, '/');
+    size_t dlen = slash ? (size_t)(slash - path) : 0;
+    char *tmp, *dir;
+    int fd, e;
+
+    if (!slash) {
+        dir = strdup(".");
+    } else {
+        dir = strndup(path, dlen ? dlen : 1); /* "/file" lives in "/" */
+    }
+    tmp = malloc(strlen(path) + 16);
+    if (!dir || !tmp) {
+        free(dir);
+        free(tmp);
+        errno = ENOMEM;
+        return -1;
+    }
+    sprintf(tmp, "%.*s%s.%s.XXXXXX", (int)dlen, path, slash ? "/" : "",
+            slash ? slash + 1 : path);
+    fd = mkstemp(tmp); /* O_EXCL, mode 0600 */
+    if (fd < 0)
+        goto fail;
+    if (fchmod(fd, 0600) < 0)
+        goto fail_fd;
+    for (size_t off = 0; off < len;) {
+        ssize_t w = write(fd, data + off, len - off);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            goto fail_fd;
+        }
+        off += (size_t)w;
+    }
+    if (fsync(fd) < 0)
+        goto fail_fd;
+    if (close(fd) < 0) {
+        fd = -1;
+        goto fail_fd;
+    }
+    if (rename(tmp, path) < 0) {
+        fd = -1;
+        goto fail_fd;
+    }
+    /* Make the rename itself durable; a failure here loses nothing. */
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        fsync(dfd);
+        close(dfd);
+    }
+    free(tmp);
+    free(dir);
+    return 0;
+
+fail_fd:
+    e = errno;
+    if (fd >= 0)
+        close(fd);
+    unlink(tmp);
+    errno = e;
+fail:
+    e = errno;
+    free(tmp);
+    free(dir);
+    errno = e;
+    return -1;
+}
+
+static int snapshot_opt(int c, const char *arg, void *ctx)
+{
+    if (c == 'o') {
+        *(const char **)ctx = arg;
+        return -1;
+    }
+    return usage_error("bad option");
+}
+
+static int cmd_snapshot(int argc, char **argv)
+{
+    static const struct option lo[] = {{"output", required_argument, NULL, 'o'},
+                                       {"help", no_argument, NULL, 'h'},
+                                       {NULL, 0, NULL, 0}};
+    const char *out = NULL;
+    km_env *env;
+    char *js;
+    int rc;
+
+    if ((rc = parse_opts(argc, argv, ":o:h", lo, usage_snapshot, snapshot_opt,
+                         &out)) >= 0)
+        return rc;
+    if ((rc = want_operands(argc, 1, "NAME")) >= 0)
+        return rc;
+    const char *name = argv[optind];
+    if (out && !out[0])
+        return usage_error("-o: empty file name");
+    if ((rc = open_seg(name, &env)) != EX_SUCCESS)
+        return rc;
+    if (!out) {
+        rc = print_snapshot(env, name);
+        if (rc == EX_SUCCESS && (fflush(stdout) != 0 || ferror(stdout))) {
+            errline("standard output: %s", strerror(errno));
+            rc = EX_FAILED;
+        }
+        km_close(env);
+        return rc;
+    }
+    rc = km_snapshot_json(env, &js);
+    if (rc != KM_OK) {
+        rc = seg_error(name, rc);
+        km_close(env);
+        return rc;
+    }
+    km_close(env);
+    size_t len = strlen(js);
+    js[len] = '\n'; /* json_dumps leaves no final newline: add one */
+    rc = write_atomic(out, js, len + 1);
+    js[len] = '\0';
+    free(js);
+    if (rc < 0) {
+        errline("%s: %s", out, strerror(errno));
+        return EX_FAILED;
+    }
+    return EX_SUCCESS;
+}
+
+/* --------------------------------------------------------------- destroy */
+
+static int cmd_destroy(int argc, char **argv)
+{
+    int rc;
+    if ((rc = parse_opts(argc, argv, ":h", help_only, usage_destroy, NULL,
+                         NULL)) >= 0)
+        return rc;
+    if ((rc = want_operands(argc, 1, "NAME")) >= 0)
+        return rc;
+    const char *name = argv[optind];
+    rc = km_unlink(name);
+    return rc == KM_OK ? EX_SUCCESS : seg_error(name, rc);
+}
+
+/* ------------------------------------------------------ enable / disable */
+
+static int cmd_set_state(int argc, char **argv, int state, const char *help)
+{
+    km_env *env;
+    int rc, pool, key;
+
+    if ((rc = parse_opts(argc, argv, ":h", help_only, help, NULL, NULL)) >= 0)
+        return rc;
+    if ((rc = want_operands(argc, 3, "NAME POOL KEY_ID")) >= 0)
+        return rc;
+    const char *name = argv[optind], *pname = argv[optind + 1],
+               *kid = argv[optind + 2];
+    if ((rc = open_seg(name, &env)) != EX_SUCCESS)
+        return rc;
+    pool = km_pool_find(env, pname);
+    if (pool < 0) {
+        errline("pool '%s': %s", pname, km_text(pool, errno));
+        rc = exit_for(pool);
+        goto out;
+    }
+    key = km_key_find(env, pool, kid);
+    if (key < 0) {
+        errline("key '%s' in pool '%s': %s", kid, pname, km_text(key, errno));
+        rc = exit_for(key);
+        goto out;
+    }
+    rc = km_key_set_state(env, (uint32_t)key, state);
+    if (rc != KM_OK) {
+        errline("key '%s' in pool '%s': %s", kid, pname, km_text(rc, errno));
+        rc = exit_for(rc);
+        goto out;
+    }
+    rc = EX_SUCCESS;
+out:
+    km_close(env);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ main */
+
+int main(int argc, char **argv)
+{
+    static const struct option lo[] = {{"help", no_argument, NULL, 'h'},
+                                       {"version", no_argument, NULL, 'V'},
+                                       {NULL, 0, NULL, 0}};
+    int c;
+
+    opterr = 0;
+    /* '+': stop at the command; its own options are parsed after it. */
+    while ((c = getopt_long(argc, argv, "+:hV", lo, NULL)) != -1) {
+        switch (c) {
+        case 'h':
+            fputs(usage_main, stdout);
+            return EX_SUCCESS;
+        case 'V':
+            printf("kmctl %s (segment format %d)\n", km_version(),
+                   km_format_version());
+            return EX_SUCCESS;
+        default:
+            if (optopt)
+                return usage_error("unknown option '-%c'", optopt);
+            return usage_error("unknown option '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind >= argc)
+        return usage_error("no command given");
+
+    const char *cmd = argv[optind];
+    int cargc = argc - optind;
+    char **cargv = argv + optind;
+    g_cmd = cmd;
+    if (strcmp(cmd, "create") == 0)
+        return cmd_create(cargc, cargv);
+    if (strcmp(cmd, "inspect") == 0)
+        return cmd_inspect(cargc, cargv);
+    if (strcmp(cmd, "snapshot") == 0)
+        return cmd_snapshot(cargc, cargv);
+    if (strcmp(cmd, "destroy") == 0)
+        return cmd_destroy(cargc, cargv);
+    if (strcmp(cmd, "enable") == 0)
+        return cmd_set_state(cargc, cargv, KM_KEY_ACTIVE, usage_enable);
+    if (strcmp(cmd, "disable") == 0)
+        return cmd_set_state(cargc, cargv, KM_KEY_DISABLED, usage_disable);
+    g_cmd = "usage";
+    return usage_error("unknown command '%s'", cmd);
+}
