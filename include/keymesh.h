@@ -238,12 +238,43 @@ typedef struct km_lease {
  * usable key; KM_ENOPOOL/KM_EINVAL for bad arguments. */
 KM_EXTERN int km_acquire(km_env *env, const km_request *req, km_lease *lease);
 
+/* view_flags: which parts of the provider's rate-limit view are given. */
+#define KM_VIEW_REQUESTS 1u /* requests_remaining / requests_reset_ms */
+#define KM_VIEW_TOKENS 2u   /* tokens_remaining / tokens_reset_ms */
+
 typedef struct km_outcome {
     int kind;             /* km_outcome_kind */
     int64_t latency_us;   /* < 0: measure from the lease's start */
     int64_t tokens;       /* actual tokens used; < 0: keep the estimate */
     double retry_after_s; /* RATE_LIMITED: provider's Retry-After; <= 0: default */
+    /* The provider's own view of the key's limits, from its rate-limit
+     * headers (km_outcome_from_http fills it).  Zero-initialised: none. */
+    uint32_t view_flags;
+    uint64_t requests_remaining, tokens_remaining;
+    uint64_t requests_reset_ms, tokens_reset_ms; /* until fully replenished */
 } km_outcome;
+
+/* What a provider answered, for km_outcome_from_http(). */
+typedef struct km_http_response {
+    int status;                 /* HTTP status code */
+    const char *error_code;     /* provider error code or type if the caller
+                                 * already has it ("insufficient_quota"), or NULL */
+    const char *body;           /* response body (JSON error), or NULL */
+    size_t body_len;
+    const char *const *headers; /* name/value pairs: [2i] name, [2i+1] value */
+    size_t n_headers;
+    int64_t now_unix_ms;        /* wall clock for HTTP dates; 0: read it */
+} km_http_response;
+
+/* Map a provider's answer to an outcome: sets out->kind, retry_after_s and
+ * the rate-limit view; leaves latency_us and tokens as the caller set them.
+ * Understands OpenAI (rate_limit_exceeded vs insufficient_quota,
+ * x-ratelimit-remaining/reset-requests/-tokens with durations like "6m0s"),
+ * Anthropic (rate_limit_error, overloaded_error, anthropic-ratelimit-*
+ * with RFC 3339 times), Gemini (RESOURCE_EXHAUSTED), and Retry-After in
+ * seconds or as an HTTP date.  Never reads a secret; never fails on odd
+ * headers (they are ignored).  Returns KM_EINVAL only for NULL arguments. */
+KM_EXTERN int km_outcome_from_http(const km_http_response *resp, km_outcome *out);
 
 /* Release a lease with what happened.  Settles the token charge (refund or
  * extra charge), updates counters, latency EMA and health.  A lease already

@@ -626,6 +626,37 @@ static void km__health(km_env *e, km__key *k, const km__lease *ls, int kind,
     }
 }
 
+/* Tighten window w to the provider's view: what it says remains, and when it
+ * says the window is full again.  Only ever raises tat, so it can make the
+ * key stricter than configured, never looser.  The provider's `remaining`
+ * already excludes requests it has seen, which are our reserved leases, so
+ * they are added back rather than counted twice. */
+static void km__tighten(km__key *k, int w, uint64_t now, uint64_t remaining,
+                        uint64_t reset_ms)
+{
+    if (!(k->win_mask & (1u << w)))
+        return;
+    km__gcra *g = &k->win[w];
+    uint64_t T = k->emission_ns[w], tau = k->tau_ns[w];
+    uint64_t res = ck_pr_load_64(&g->reserved);
+    uint64_t give = km__mul_sat(km__min64(remaining, UINT64_MAX / 4) + res, T);
+    uint64_t target = give < tau ? now + tau - give : 0;
+    target = km__max64(target, now + km__mul_sat(km__min64(reset_ms, 86400000), 1000000));
+    uint64_t tat = ck_pr_load_64(&g->tat);
+    /* CAS on tat alone: atomic against the pair CAS; retried while lower. */
+    while (tat < target && !ck_pr_cas_64_value(&g->tat, tat, target, &tat))
+        ;
+}
+
+static void km__apply_view(km__key *k, const km_outcome *o)
+{
+    uint64_t now = km_now_ns();
+    if (o->view_flags & KM_VIEW_REQUESTS)
+        km__tighten(k, KM_WIN_RPM, now, o->requests_remaining, o->requests_reset_ms);
+    if (o->view_flags & KM_VIEW_TOKENS)
+        km__tighten(k, KM_WIN_TPM, now, o->tokens_remaining, o->tokens_reset_ms);
+}
+
 KM_EXTERN int km_release(km_env *e, const km_lease *l, const km_outcome *o)
 {
     static const km_outcome cancelled = {.kind = KM_OUT_CANCELLED, .latency_us = -1, .tokens = 0};
@@ -659,6 +690,8 @@ KM_EXTERN int km_release(km_env *e, const km_lease *l, const km_outcome *o)
     if (!stale) {
         km__settle(k, ls, actual);
         km__health(e, k, ls, kind, o);
+        if (o->view_flags)
+            km__apply_view(k, o);
         if (kind == KM_OUT_SUCCESS)
             ck_pr_store_64(&ls->succeeded, ls->succeeded + 1);
         else
