@@ -72,6 +72,8 @@ KM_EXTERN int km_format_version(void);      /* KM_FORMAT_VERSION */
 #define KM_KEYS_MAX 65536     /* keys in one segment */
 #define KM_PROCS_MAX 4096     /* attached processes */
 #define KM_INFLIGHT_MAX 1024  /* concurrent leases on one key */
+#define KM_MODELS_MAX 64      /* models of one pool (per-model limits) */
+#define KM_META_MAX 255       /* bytes of a key's metadata (JSON), without NUL */
 
 /* ------------------------------------------------------------------ errors */
 
@@ -97,7 +99,10 @@ KM_EXTERN int km_format_version(void);      /* KM_FORMAT_VERSION */
     XX(ESTALE, -18, "lease already released, reaped, or its key slot reused")  \
     XX(EPROCS, -19, "process table full")                                      \
     XX(ENAME, -20, "invalid segment name")                                     \
-    XX(ECORRUPT, -21, "segment state is corrupt")
+    XX(ECORRUPT, -21, "segment state is corrupt")                              \
+    XX(ENOMODEL, -22, "no model of that name in the pool")                     \
+    XX(EBUDGET, -23, "spend budget exhausted")                                 \
+    XX(ETIMEDOUT, -24, "timed out waiting for a key")
 
 typedef enum {
     KM_OK = 0,
@@ -117,8 +122,19 @@ typedef enum {
     KM_STRATEGY_DEFAULT = 0, /* in a request: the pool's strategy */
     KM_STRATEGY_ROUND_ROBIN = 1,
     KM_STRATEGY_LEAST_BUSY = 2,
-    KM_STRATEGY_WEIGHTED = 3
+    KM_STRATEGY_WEIGHTED = 3,
+    KM_STRATEGY_LATENCY = 4,     /* lowest latency EMA, with exploration */
+    KM_STRATEGY_COST = 5,        /* cheapest key with capacity */
+    KM_STRATEGY_RELIABILITY = 6, /* highest recent success rate */
+    KM_STRATEGY_FILL_FIRST = 7,  /* first key in order until it is limited */
+    KM_STRATEGY_COUNT = 8
 } km_strategy;
+
+/* How a pool counts models (config "model_limits"). */
+typedef enum {
+    KM_MODELS_GLOBAL = 0,   /* all models share the key's limits */
+    KM_MODELS_PER_MODEL = 1 /* each model also has its own limits on each key */
+} km_model_mode;
 
 /* Limit windows.  Each key has up to one GCRA word per window. */
 typedef enum {
@@ -186,6 +202,19 @@ KM_EXTERN int km_config_parse_file(const char *path, km_config **out,
                                    char *errbuf, size_t errlen);
 KM_EXTERN void km_config_free(km_config *cfg);
 
+/* Build a configuration from the environment, as keycycle reads it.  For
+ * each provider P in `providers` (comma-separated, e.g. "openai,anthropic";
+ * P upper-cased in variable names): NUM_P keys, secrets in P_API_KEY_1..N,
+ * optional per-key parameters P_<PARAM>_i (e.g. OPENAI_ORG_1) that become the
+ * key's metadata {"org": "..."}, and optional limits P_RPM, P_TPM, ... for
+ * the pool or P_RPM_i for one key.  Each provider becomes a pool named P.
+ * Gaps (a missing P_API_KEY_i) are skipped and reported through `warn` (may
+ * be NULL), one line each, naming the variable, never a value.  Fails with
+ * KM_ECONFIG (message in errbuf) if a provider yields no key at all. */
+KM_EXTERN int km_config_from_env(const char *providers, km_config **out,
+                                 void (*warn)(void *ctx, const char *msg), void *ctx,
+                                 char *errbuf, size_t errlen);
+
 /* Create segment `name` ("name" or "/name") from a configuration, with
  * permission bits `mode` (0 means 0600), and attach to it.  Fails with
  * KM_EEXIST if the name is taken; on any failure no segment is left behind. */
@@ -206,9 +235,13 @@ KM_EXTERN int km_unlink(const char *name);
 /* ------------------------------------------------------ acquire / release */
 
 typedef struct km_request {
-    int pool;          /* pool index from km_pool_find() */
-    int strategy;      /* KM_STRATEGY_DEFAULT: the pool's */
-    uint32_t tokens;   /* estimated tokens, charged to token limits now */
+    int pool;            /* pool index from km_pool_find() */
+    int strategy;        /* KM_STRATEGY_DEFAULT: the pool's */
+    uint32_t tokens;     /* estimated tokens, charged to token limits now */
+    const char *model;   /* model name, or NULL.  A per_model pool applies
+                          * that model's limits too (KM_ENOMODEL if unknown);
+                          * a global pool with a model list checks the name. */
+    const char *key_id;  /* pin: only this key (KM_ENOKEY if unknown), or NULL */
 } km_request;
 
 typedef struct km_lease {
@@ -224,8 +257,12 @@ typedef struct km_lease {
      * admissible for the same request.  0 on success. */
     uint64_t retry_at_ns;
     uint32_t secret_len;
+    uint32_t model;        /* model index + 1 in the pool; 0: none */
+    uint32_t meta_len;
     char key_id[KM_ID_MAX + 1];
     char secret[KM_SECRET_MAX + 1];  /* copy of the secret, NUL-terminated */
+    char meta[KM_META_MAX + 1];      /* the key's metadata (JSON object text,
+                                      * e.g. {"org":"org-1"}); "" if none */
 } km_lease;
 
 /* Acquire a key from a pool.  Lock-free, no system call, one clock read.
@@ -237,6 +274,16 @@ typedef struct km_lease {
  * operator; KM_ECOST when `tokens` exceeds a token limit's burst on every
  * usable key; KM_ENOPOOL/KM_EINVAL for bad arguments. */
 KM_EXTERN int km_acquire(km_env *env, const km_request *req, km_lease *lease);
+
+/* Blocking acquire: like km_acquire(), but while no key is admissible the
+ * caller sleeps on a futex word in the segment until a key may be (a release,
+ * an enable, the end of a cooldown or limit window) or `timeout_ms` passes
+ * (KM_ETIMEDOUT).  Waking costs a system call only when a waiter is counted.
+ * Fairness: every release wakes every sleeper of the pool and each retries;
+ * there is no FIFO order, so under sustained contention a given waiter may
+ * lose races until its timeout.  Errors other than KM_EAGAIN return at once. */
+KM_EXTERN int km_acquire_wait(km_env *env, const km_request *req, km_lease *lease,
+                              uint32_t timeout_ms);
 
 /* view_flags: which parts of the provider's rate-limit view are given. */
 #define KM_VIEW_REQUESTS 1u /* requests_remaining / requests_reset_ms */
@@ -252,6 +299,9 @@ typedef struct km_outcome {
     uint32_t view_flags;
     uint64_t requests_remaining, tokens_remaining;
     uint64_t requests_reset_ms, tokens_reset_ms; /* until fully replenished */
+    /* For spend: input and output tokens if known (< 0: unknown).  When the
+     * split is unknown, all `tokens` are priced at the output price. */
+    int64_t input_tokens, output_tokens;
 } km_outcome;
 
 /* What a provider answered, for km_outcome_from_http(). */
@@ -267,13 +317,15 @@ typedef struct km_http_response {
 } km_http_response;
 
 /* Map a provider's answer to an outcome: sets out->kind, retry_after_s and
- * the rate-limit view; leaves latency_us and tokens as the caller set them.
+ * the rate-limit view; leaves latency_us, tokens, input_tokens and
+ * output_tokens as the caller set them.
  * Understands OpenAI (rate_limit_exceeded vs insufficient_quota,
  * x-ratelimit-remaining/reset-requests/-tokens with durations like "6m0s"),
  * Anthropic (rate_limit_error, overloaded_error, anthropic-ratelimit-*
  * with RFC 3339 times), Gemini (RESOURCE_EXHAUSTED), and Retry-After in
  * seconds or as an HTTP date.  Never reads a secret; never fails on odd
- * headers (they are ignored).  Returns KM_EINVAL only for NULL arguments. */
+ * headers (they are ignored).  Mapping table: docs/outcomes.md.  Returns
+ * KM_EINVAL for NULL arguments (or NULL headers with n_headers > 0). */
 KM_EXTERN int km_outcome_from_http(const km_http_response *resp, km_outcome *out);
 
 /* Release a lease with what happened.  Settles the token charge (refund or
@@ -306,6 +358,12 @@ typedef struct km_pool_info {
     int strategy;
     uint32_t n_keys;
     uint32_t cooldown_s, max_cooldown_s, max_failures;
+    int model_mode;           /* km_model_mode */
+    uint32_t n_models;
+    uint64_t budget_microusd; /* 0: none */
+    int budget_hard;          /* 1: refuse when spent; 0: deprioritise */
+    uint64_t spent_microusd;
+    uint32_t waiters;         /* processes sleeping in km_acquire_wait */
 } km_pool_info;
 
 typedef struct km_key_info {
@@ -323,6 +381,12 @@ typedef struct km_key_info {
     uint64_t stale_releases;  /* releases ignored as stale */
     uint64_t tokens_used;     /* tokens settled at release (actual or estimate) */
     km_limit_info limits[KM_WIN_COUNT];
+    uint32_t success_ppm;     /* recent success rate (EMA), parts per million */
+    uint64_t price_in_microusd_per_1k, price_out_microusd_per_1k;
+    uint64_t budget_microusd; /* 0: none */
+    int budget_hard;
+    uint64_t spent_microusd;
+    char meta[KM_META_MAX + 1];
 } km_key_info;
 
 KM_EXTERN int km_info_get(km_env *env, km_info *out);
@@ -335,6 +399,10 @@ KM_EXTERN int km_key_find(km_env *env, int pool, const char *id);
  * KM_ENOKEY past the end. */
 KM_EXTERN int km_pool_key(km_env *env, int pool, uint32_t i);
 KM_EXTERN int km_key_info_get(km_env *env, uint32_t key, km_key_info *out);
+/* Name of model `i` (0-based) of a pool, and the limits of that model on
+ * key `key` (limits[w].limit == 0: none).  KM_ENOMODEL past the end. */
+KM_EXTERN int km_model_info_get(km_env *env, int pool, uint32_t i, uint32_t key,
+                                char name[KM_ID_MAX + 1], km_limit_info limits[KM_WIN_COUNT]);
 
 /* Operator action on a key: KM_KEY_ACTIVE (enable: clears invalid,
  * exhausted, cooldowns and failure counts), KM_KEY_DISABLED (disable), and

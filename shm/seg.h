@@ -7,7 +7,9 @@
  *   km__hdr                    one per segment, page 0
  *   km__pool[cap_pools]
  *   km__member[cap_pools][cap_keys]   each pool's member list
+ *   km__model[cap_pools][cap_models]  each pool's models
  *   km__key[cap_keys]
+ *   km__mwin[cap_keys][cap_models]    per-model limit pairs of each key
  *   km__lease[cap_keys][cap_inflight] lease slots, one row per key
  *   km__proc[cap_procs]        process table
  *
@@ -62,7 +64,9 @@ typedef struct km__hdr {
     uint32_t n_pools, n_keys;
     uint64_t off_pools, off_members, off_keys, off_leases, off_procs;
     uint64_t created_wall_ns;
-    uint8_t pad0[2 * KM__LINE - 104];
+    uint32_t cap_models;
+    uint32_t pad0;
+    uint64_t off_models, off_mwin;
     /* own line: written by every attach/detach */
     uint32_t n_procs;
     uint32_t pad1;
@@ -70,15 +74,13 @@ typedef struct km__hdr {
     uint8_t pad2[KM__LINE - 16];
     uint8_t reserved[KM__LINE]; /* for the admin lock and epochs */
 } km__hdr;
+_Static_assert(offsetof(km__hdr, off_mwin) + 8 == 2 * KM__LINE, "header lines 0-1");
 _Static_assert(sizeof(km__hdr) == 256, "km__hdr size");
 _Static_assert(offsetof(km__hdr, n_procs) % KM__LINE == 0, "n_procs on its own line");
 
 typedef struct km__pool {
-    /* line 0: the round-robin cursor, fetch-added by every round-robin
-     * acquire of this pool from every process; alone on its line. */
-    uint64_t rr_cursor;
-    uint8_t pad0[KM__LINE - 8];
-    /* line 1-2: configuration, written once at creation */
+    /* lines 0-1: configuration, written once at creation.  (Round robin
+     * keeps its cursor per thread: no word here is written per acquire.) */
     char name[KM_ID_MAX + 1];
     uint32_t strategy;
     uint32_t n_keys;
@@ -86,17 +88,53 @@ typedef struct km__pool {
     uint32_t cooldown_s, max_cooldown_s, max_failures;
     uint32_t pad1;
     uint64_t rr_magic;  /* ceil(2^64 / n_keys): cursor % n_keys without div */
-    uint8_t pad2[KM__LINE - 40];
+    uint32_t model_mode;
+    uint32_t n_models;
+    uint64_t budget_microusd; /* 0: none */
+    uint32_t budget_hard;
+    uint32_t pad2;
+    /* line 2: blocking acquire.  `wake_seq` is the futex word: a sleeper
+     * reads it, counts itself in `waiters`, re-checks, and sleeps while it
+     * is unchanged; a waker bumps it and calls FUTEX_WAKE only if `waiters`
+     * is non-zero.  Read by every release, written only around sleeps. */
+    uint32_t waiters;
+    uint32_t wake_seq;
+    uint8_t pad3[KM__LINE - 8];
+    /* line 3: spend of the pool, added at every priced release. */
+    uint64_t spent_microusd;
+    uint8_t pad4[KM__LINE - 8];
 } km__pool;
-_Static_assert(sizeof(km__pool) == 3 * KM__LINE, "km__pool size");
+_Static_assert(offsetof(km__pool, waiters) == 2 * KM__LINE, "pool wait line");
+_Static_assert(offsetof(km__pool, spent_microusd) == 3 * KM__LINE, "pool spend line");
+_Static_assert(sizeof(km__pool) == 4 * KM__LINE, "km__pool size");
+
+/* A model of a pool: its name and, in a per_model pool, the limits that
+ * apply to it on each key.  Written at creation. */
+typedef struct km__model {
+    char name[KM_ID_MAX + 1];
+    uint64_t emission_ns[KM_WIN_COUNT];
+    uint64_t tau_ns[KM_WIN_COUNT];
+    uint64_t limit[KM_WIN_COUNT];
+    uint64_t burst[KM_WIN_COUNT];
+    uint32_t win_mask;
+    uint32_t hash;      /* FNV-1a of the name, to find it fast */
+    uint8_t mode[KM_WIN_COUNT];
+    uint8_t pad0[2];
+    uint32_t min_tok_burst; /* as in km__key */
+    uint8_t pad[KM__LINE - 20];
+} km__model;
+_Static_assert(sizeof(km__model) == 5 * KM__LINE, "km__model size");
 
 /* One member of a pool's list: key index and the running sum of weights up
- * to and including it (for weighted choice by binary search). */
+ * to and including it (for weighted choice by binary search), and the index
+ * by price: by_cost of member i is the key of the i-th cheapest member. */
 typedef struct km__member {
     uint32_t key;
     uint32_t cum_weight;
+    uint32_t by_cost;
+    uint32_t pad;
 } km__member;
-_Static_assert(sizeof(km__member) == 8, "km__member size");
+_Static_assert(sizeof(km__member) == 16, "km__member size");
 
 /* One limit: the GCRA word and, for token windows, the tokens reserved by
  * leases still out.  Both are updated together by one 16-byte CAS
@@ -121,7 +159,10 @@ typedef struct km__key {
      * Per-lease counters live in the lease slots (see km__lease). */
     uint64_t latency_ema_ns;  /* 0: no sample yet */
     uint64_t stale;           /* releases ignored as stale */
-    uint8_t pad4[KM__LINE - 16];
+    uint64_t spent_microusd;  /* added at every priced release */
+    uint32_t success_ppm;     /* EMA of success (1e6) vs failure (0) */
+    uint32_t pad4a;
+    uint8_t pad4[KM__LINE - 32];
     /* line 5: written on failures, 429s and admin actions; state and
      * cooldown_until are read by every acquire. */
     uint32_t state;           /* KM__ST_* */
@@ -142,17 +183,31 @@ typedef struct km__key {
     uint8_t mode[KM_WIN_COUNT];
     uint8_t pad6[2];
     uint32_t secret_len;
-    uint8_t pad7[KM__LINE - 28];
-    /* lines 10-14: identity */
+    uint32_t meta_len;
+    uint64_t price_in, price_out;       /* micro-USD per 1000 tokens */
+    uint64_t budget_microusd;           /* 0: none */
+    uint32_t budget_hard;
+    uint32_t min_tok_burst;             /* smallest token-window burst, capped
+                                         * at UINT32_MAX; UINT32_MAX: none */
+    /* lines 10-18: identity and metadata */
     char id[KM_ID_MAX + 1];
     char secret[KM_SECRET_MAX + 1];
+    char meta[KM_META_MAX + 1];
 } km__key;
 _Static_assert(offsetof(km__key, busy) == 2 * KM__LINE, "busy on line 2");
 _Static_assert(offsetof(km__key, latency_ema_ns) == 4 * KM__LINE, "release line");
 _Static_assert(offsetof(km__key, state) == 5 * KM__LINE, "state line");
 _Static_assert(offsetof(km__key, emission_ns) == 6 * KM__LINE, "config lines");
 _Static_assert(offsetof(km__key, id) == 10 * KM__LINE, "id aligned");
-_Static_assert(sizeof(km__key) == 15 * KM__LINE, "km__key size");
+_Static_assert(offsetof(km__key, meta) == 15 * KM__LINE, "meta aligned");
+_Static_assert(sizeof(km__key) == 19 * KM__LINE, "km__key size");
+
+/* The limit pairs of one model on one key (per_model pools). */
+typedef struct km__mwin {
+    km__gcra win[KM_WIN_COUNT];
+    uint8_t pad[2 * KM__LINE - KM_WIN_COUNT * 16];
+} km__mwin;
+_Static_assert(sizeof(km__mwin) == 2 * KM__LINE, "km__mwin size");
 
 /* A lease slot.  owner != 0 while claimed: (process slot + 1) << 32 |
  * incarnation of that process slot.
@@ -188,7 +243,8 @@ typedef struct km__lease {
     uint64_t acquired;
     uint64_t succeeded;   /* outcome SUCCESS */
     uint64_t tokens_used; /* settled tokens (actual, or estimate) */
-    uint64_t pad0;
+    uint32_t model;       /* model index + 1 of this lease; 0: none */
+    uint32_t pad0;
     /* line 1: the rarer outcomes */
     uint64_t outcomes[KM_OUT_COUNT]; /* [KM_OUT_SUCCESS] unused: see succeeded */
     uint64_t abandoned;

@@ -33,7 +33,8 @@ uint64_t km__layout_signature(void)
 {
     const uint64_t v[] = {
         sizeof(km__hdr), offsetof(km__hdr, n_procs),
-        sizeof(km__pool), offsetof(km__pool, name),
+        sizeof(km__pool), offsetof(km__pool, name), offsetof(km__pool, waiters),
+        sizeof(km__model), sizeof(km__mwin), offsetof(km__key, meta), KM_META_MAX,
         sizeof(km__member),
         sizeof(km__gcra), _Alignof(km__gcra),
         sizeof(km__key), offsetof(km__key, busy), offsetof(km__key, latency_ema_ns),
@@ -71,22 +72,28 @@ int km__seg_name(const char *name, char out[KM_SEG_NAME_MAX + 2])
 static uint64_t km__align(uint64_t x, uint64_t a) { return (x + a - 1) & ~(a - 1); }
 
 /* Offsets of each region for the given capacities; returns the total size.
- * Used by the creator to lay out and by an attacher to validate. */
+ * Used by the creator to lay out and by an attacher to validate.  off[]:
+ * pools, members, models, keys, per-model windows, leases, procs. */
+enum { KM__OFF_POOLS, KM__OFF_MEMBERS, KM__OFF_MODELS, KM__OFF_KEYS,
+       KM__OFF_MWIN, KM__OFF_LEASES, KM__OFF_PROCS, KM__OFF_N };
+
 static uint64_t km__layout(uint32_t keys, uint32_t pools, uint32_t procs,
-                           uint32_t inflight, uint64_t off[5])
+                           uint32_t inflight, uint32_t models, uint64_t off[KM__OFF_N])
 {
     uint64_t o = km__align(sizeof(km__hdr), KM__LINE);
-    off[0] = o; /* pools */
+    off[KM__OFF_POOLS] = o;
     o += (uint64_t)pools * sizeof(km__pool);
-    o = km__align(o, KM__LINE);
-    off[1] = o; /* members */
-    o += (uint64_t)pools * keys * sizeof(km__member);
-    o = km__align(o, KM__LINE);
-    off[2] = o; /* keys */
+    off[KM__OFF_MEMBERS] = o;
+    o = km__align(o + (uint64_t)pools * keys * sizeof(km__member), KM__LINE);
+    off[KM__OFF_MODELS] = o;
+    o += (uint64_t)pools * models * sizeof(km__model);
+    off[KM__OFF_KEYS] = o;
     o += (uint64_t)keys * sizeof(km__key);
-    off[3] = o; /* leases */
+    off[KM__OFF_MWIN] = o;
+    o += (uint64_t)keys * models * sizeof(km__mwin);
+    off[KM__OFF_LEASES] = o;
     o += (uint64_t)keys * inflight * sizeof(km__lease);
-    off[4] = o; /* procs */
+    off[KM__OFF_PROCS] = o;
     o += (uint64_t)procs * sizeof(km__proc);
     return km__align(o, 4096);
 }
@@ -131,7 +138,7 @@ int km__seg_create(const char *name, const km_config *cfg, unsigned mode,
     int rc = km__seg_name(name, nm), fd = -1, saved;
     void *base = MAP_FAILED;
     km_env *e = NULL;
-    uint64_t off[5], size;
+    uint64_t off[KM__OFF_N], size;
 
     if (rc)
         return rc;
@@ -139,13 +146,19 @@ int km__seg_create(const char *name, const km_config *cfg, unsigned mode,
         cfg->n_keys > cfg->cap_keys || cfg->cap_keys == 0 ||
         cfg->cap_keys > KM_KEYS_MAX || cfg->cap_pools > KM_POOLS_MAX ||
         cfg->cap_procs == 0 || cfg->cap_procs > KM_PROCS_MAX ||
-        cfg->cap_inflight == 0 || cfg->cap_inflight > KM_INFLIGHT_MAX)
+        cfg->cap_inflight == 0 || cfg->cap_inflight > KM_INFLIGHT_MAX ||
+        cfg->cap_models > KM_MODELS_MAX)
         return KM_EINVAL;
+    /* 0 models of capacity means the default (a pool may name models). */
+    uint32_t cap_models = cfg->cap_models ? cfg->cap_models : KM__DEF_CAP_MODELS;
+    for (uint32_t p = 0; p < cfg->n_pools; p++)
+        if (cfg->pools[p].n_models > cap_models)
+            return KM_EINVAL;
     *out = NULL;
     if (mode == 0)
         mode = 0600;
     size = km__layout(cfg->cap_keys, cfg->cap_pools, cfg->cap_procs,
-                      cfg->cap_inflight, off);
+                      cfg->cap_inflight, cap_models, off);
 
     fd = shm_open(nm, O_RDWR | O_CREAT | O_EXCL, (mode_t)(mode & 0777));
     if (fd < 0)
@@ -181,11 +194,14 @@ int km__seg_create(const char *name, const km_config *cfg, unsigned mode,
     h->cap_pools = cfg->cap_pools;
     h->cap_procs = cfg->cap_procs;
     h->cap_inflight = cfg->cap_inflight;
-    h->off_pools = off[0];
-    h->off_members = off[1];
-    h->off_keys = off[2];
-    h->off_leases = off[3];
-    h->off_procs = off[4];
+    h->cap_models = cap_models;
+    h->off_pools = off[KM__OFF_POOLS];
+    h->off_members = off[KM__OFF_MEMBERS];
+    h->off_models = off[KM__OFF_MODELS];
+    h->off_keys = off[KM__OFF_KEYS];
+    h->off_mwin = off[KM__OFF_MWIN];
+    h->off_leases = off[KM__OFF_LEASES];
+    h->off_procs = off[KM__OFF_PROCS];
     h->created_wall_ns = (uint64_t)wall.tv_sec * KM__NS_PER_S + (uint64_t)wall.tv_nsec;
     km__pool_init(e, cfg);
 
@@ -219,7 +235,7 @@ fail:
 static int km__seg_validate(const void *base, uint64_t size)
 {
     const km__hdr *h = base;
-    uint64_t magic, off[5];
+    uint64_t magic, off[KM__OFF_N];
 
     if (size < sizeof(uint64_t))
         return size == 0 ? KM_ENOTREADY : KM_ENOTKM;
@@ -243,12 +259,16 @@ static int km__seg_validate(const void *base, uint64_t size)
     if (h->cap_keys == 0 || h->cap_keys > KM_KEYS_MAX || h->cap_pools == 0 ||
         h->cap_pools > KM_POOLS_MAX || h->cap_procs == 0 ||
         h->cap_procs > KM_PROCS_MAX || h->cap_inflight == 0 ||
-        h->cap_inflight > KM_INFLIGHT_MAX || h->n_pools > h->cap_pools ||
+        h->cap_inflight > KM_INFLIGHT_MAX || h->cap_models == 0 ||
+        h->cap_models > KM_MODELS_MAX || h->n_pools > h->cap_pools ||
         h->n_keys > h->cap_keys)
         return KM_ECORRUPT;
-    if (km__layout(h->cap_keys, h->cap_pools, h->cap_procs, h->cap_inflight, off) != h->seg_size ||
-        off[0] != h->off_pools || off[1] != h->off_members || off[2] != h->off_keys ||
-        off[3] != h->off_leases || off[4] != h->off_procs)
+    if (km__layout(h->cap_keys, h->cap_pools, h->cap_procs, h->cap_inflight,
+                   h->cap_models, off) != h->seg_size ||
+        off[KM__OFF_POOLS] != h->off_pools || off[KM__OFF_MEMBERS] != h->off_members ||
+        off[KM__OFF_MODELS] != h->off_models || off[KM__OFF_KEYS] != h->off_keys ||
+        off[KM__OFF_MWIN] != h->off_mwin || off[KM__OFF_LEASES] != h->off_leases ||
+        off[KM__OFF_PROCS] != h->off_procs)
         return KM_ECORRUPT;
     return KM_OK;
 }

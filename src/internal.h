@@ -21,6 +21,7 @@
 #define KM__DEF_MAX_COOLDOWN_S 3600
 #define KM__DEF_MAX_FAILURES 5
 #define KM__DEF_WEIGHT 1
+#define KM__DEF_CAP_MODELS 8
 
 /* ------------------------------------------------------------ configuration
  * A parsed configuration.  Key limits are already merged: a key's window
@@ -38,17 +39,33 @@ typedef struct km__key_cfg {
     uint32_t weight;
     uint32_t max_inflight; /* 0: the segment's cap_inflight */
     km__limit_cfg limits[KM_WIN_COUNT];
+    /* Prices in micro-USD per 1000 tokens (key's, else the pool's). */
+    uint64_t price_in, price_out;
+    uint64_t budget_microusd; /* 0: none */
+    int budget_hard;
+    char meta[KM_META_MAX + 1]; /* compact JSON object text, or "" */
 } km__key_cfg;
+
+typedef struct km__model_cfg {
+    char name[KM_ID_MAX + 1];
+    km__limit_cfg limits[KM_WIN_COUNT]; /* per_model pools: on each key */
+} km__model_cfg;
 
 typedef struct km__pool_cfg {
     char name[KM_ID_MAX + 1];
     int strategy; /* KM_STRATEGY_* (never DEFAULT) */
     uint32_t cooldown_s, max_cooldown_s, max_failures;
     uint32_t first_key, n_keys; /* range in km_config.keys */
+    int model_mode;             /* km_model_mode */
+    uint32_t n_models;
+    km__model_cfg *models;      /* n_models entries (owned by the config) */
+    uint64_t budget_microusd;   /* 0: none */
+    int budget_hard;
 } km__pool_cfg;
 
 struct km_config {
     uint32_t cap_keys, cap_pools, cap_procs, cap_inflight;
+    uint32_t cap_models; /* models per pool */
     uint32_t n_pools, n_keys;
     km__pool_cfg *pools;
     km__key_cfg *keys; /* pools' keys, contiguous per pool */
@@ -92,6 +109,7 @@ int km__proc_alive(uint32_t pid, uint64_t start_time);
 int km__reap_dead(km_env *env, uint64_t *leases);
 
 /* src/pool.c */
+uint32_t km__hash(const char *s);
 void km__pool_init(km_env *env, const km_config *cfg);
 /* Release (as abandoned) every ACTIVE lease held by `owner`. */
 void km__release_all_owned(km_env *env, uint64_t owner);
@@ -106,6 +124,16 @@ static inline km__member *km__members(const km_env *e, uint32_t pool)
 {
     return (km__member *)KM__AT(e->base, e->hdr->off_members) +
            (size_t)pool * e->hdr->cap_keys;
+}
+static inline km__model *km__models(const km_env *e, uint32_t pool)
+{
+    return (km__model *)KM__AT(e->base, e->hdr->off_models) +
+           (size_t)pool * e->hdr->cap_models;
+}
+static inline km__mwin *km__mwins(const km_env *e, uint32_t key)
+{
+    return (km__mwin *)KM__AT(e->base, e->hdr->off_mwin) +
+           (size_t)key * e->hdr->cap_models;
 }
 static inline km__key *km__keys(const km_env *e)
 {

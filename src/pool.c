@@ -48,8 +48,12 @@
  *       key's slots that reserved it and have not committed;
  *   I3  a slot with owner == 0 has phase FREE and its busy bit clear.
  */
+#include <limits.h>
+#include <linux/futex.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <ck_pr.h>
@@ -63,6 +67,10 @@
 #define KM__RETRY_BUSY_NS (1000 * 1000)       /* 1 ms */
 #define KM__RETRY_PROBE_NS (100 * 1000 * 1000) /* 100 ms */
 #define KM__NEVER UINT64_MAX
+
+/* The acquire and release fast paths are built from small helpers; forcing
+ * them inline keeps the path free of calls (measured: ~15 ns per pair). */
+#define KM__HOT static inline __attribute__((always_inline))
 
 static inline uint64_t km__max64(uint64_t a, uint64_t b) { return a > b ? a : b; }
 static inline uint64_t km__min64(uint64_t a, uint64_t b) { return a < b ? a : b; }
@@ -89,7 +97,63 @@ static inline int km__gcra_cas(km__gcra *g, uint64_t cur[2], uint64_t set[2])
     return ck_pr_cas_64_2_value((uint64_t *)(void *)g, cur, set, cur);
 }
 
+/* Move state from any of the states in `from_mask` (bit per KM__ST_*) to `to`. */
+static void km__state_to(km__key *k, uint32_t from_mask, uint32_t to)
+{
+    uint32_t cur = ck_pr_load_32(&k->state);
+    while (cur < 32 && (from_mask & (1u << cur)) && !ck_pr_cas_32_value(&k->state, cur, to, &cur))
+        ;
+}
+
+#define KM__LIVE_STATES ((1u << KM__ST_ACTIVE) | (1u << KM__ST_FAILING) | (1u << KM__ST_PROBING))
+
 /* ------------------------------------------------------------ creation */
+
+uint32_t km__hash(const char *s)
+{
+    uint32_t h = 2166136261u;
+    for (; *s; s++) {
+        h ^= (unsigned char)*s;
+        h *= 16777619u;
+    }
+    return h;
+}
+
+/* Fill one set of GCRA parameters from parsed limits. */
+static uint32_t km__limits_init(const km__limit_cfg *lc, uint64_t *T, uint64_t *tau,
+                                uint64_t *limit, uint64_t *burst, uint8_t *mode)
+{
+    uint32_t mask = 0;
+    for (int w = 0; w < KM_WIN_COUNT; w++) {
+        if (lc[w].limit == 0 ||
+            km__limit_gcra(&lc[w], km__window_period_ns(w), &T[w], &tau[w], &burst[w]))
+            continue; /* the parser already refused unrealisable limits */
+        limit[w] = lc[w].limit;
+        mode[w] = (uint8_t)lc[w].mode;
+        mask |= 1u << w;
+    }
+    return mask;
+}
+
+static uint32_t km__min_tok_burst(uint32_t mask, const uint64_t *burst)
+{
+    uint64_t m = UINT32_MAX;
+    for (int w = KM_WIN_TPM; w <= KM_WIN_TPD; w++)
+        if (mask & (1u << w))
+            m = km__min64(m, burst[w]);
+    return (uint32_t)m;
+}
+
+static const km__key_cfg *km__sort_keys; /* creation is single-threaded */
+static int km__cmp_cost(const void *a, const void *b)
+{
+    const km__key_cfg *x = &km__sort_keys[*(const uint32_t *)a];
+    const km__key_cfg *y = &km__sort_keys[*(const uint32_t *)b];
+    uint64_t px = x->price_in + x->price_out, py = y->price_in + y->price_out;
+    if (px != py)
+        return px < py ? -1 : 1;
+    return *(const uint32_t *)a < *(const uint32_t *)b ? -1 : 1; /* stable */
+}
 
 void km__pool_init(km_env *e, const km_config *cfg)
 {
@@ -102,6 +166,7 @@ void km__pool_init(km_env *e, const km_config *cfg)
         const km__pool_cfg *pc = &cfg->pools[p];
         km__pool *pool = &km__pools(e)[p];
         km__member *m = km__members(e, p);
+        km__model *md = km__models(e, p);
         uint64_t cum = 0;
 
         memcpy(pool->name, pc->name, sizeof(pool->name));
@@ -110,23 +175,25 @@ void km__pool_init(km_env *e, const km_config *cfg)
         pool->cooldown_s = pc->cooldown_s;
         pool->max_cooldown_s = pc->max_cooldown_s;
         pool->max_failures = pc->max_failures;
+        pool->model_mode = (uint32_t)pc->model_mode;
+        pool->n_models = pc->n_models;
+        pool->budget_microusd = pc->budget_microusd;
+        pool->budget_hard = (uint32_t)pc->budget_hard;
+        for (uint32_t i = 0; i < pc->n_models; i++) {
+            memcpy(md[i].name, pc->models[i].name, sizeof(md[i].name));
+            md[i].hash = km__hash(md[i].name);
+            md[i].win_mask = km__limits_init(pc->models[i].limits, md[i].emission_ns,
+                                             md[i].tau_ns, md[i].limit, md[i].burst, md[i].mode);
+            md[i].min_tok_burst = km__min_tok_burst(md[i].win_mask, md[i].burst);
+        }
         for (uint32_t j = 0; j < pc->n_keys; j++) {
             uint32_t ki = pc->first_key + j;
             const km__key_cfg *kc = &cfg->keys[ki];
             km__key *k = &keys[ki];
 
-            for (int w = 0; w < KM_WIN_COUNT; w++) {
-                uint64_t T, tau, burst;
-                if (kc->limits[w].limit == 0 ||
-                    km__limit_gcra(&kc->limits[w], km__window_period_ns(w), &T, &tau, &burst))
-                    continue; /* the parser already refused unrealisable limits */
-                k->emission_ns[w] = T;
-                k->tau_ns[w] = tau;
-                k->limit[w] = kc->limits[w].limit;
-                k->burst[w] = burst;
-                k->mode[w] = (uint8_t)kc->limits[w].mode;
-                k->win_mask |= 1u << w;
-            }
+            k->win_mask = km__limits_init(kc->limits, k->emission_ns, k->tau_ns,
+                                          k->limit, k->burst, k->mode);
+            k->min_tok_burst = km__min_tok_burst(k->win_mask, k->burst);
             k->weight = kc->weight ? kc->weight : 1;
             k->pool = p;
             k->max_inflight = kc->max_inflight && kc->max_inflight <= h->cap_inflight
@@ -134,11 +201,29 @@ void km__pool_init(km_env *e, const km_config *cfg)
             memcpy(k->id, kc->id, sizeof(k->id));
             memcpy(k->secret, kc->secret, sizeof(k->secret));
             k->secret_len = kc->secret_len;
+            memcpy(k->meta, kc->meta, sizeof(k->meta));
+            k->meta_len = (uint32_t)strnlen(kc->meta, KM_META_MAX);
+            k->price_in = kc->price_in;
+            k->price_out = kc->price_out;
+            k->budget_microusd = kc->budget_microusd;
+            k->budget_hard = (uint32_t)kc->budget_hard;
+            k->success_ppm = 1000000; /* healthy until shown otherwise */
             k->state = KM__ST_ACTIVE;
             k->gen = 1;
             cum += k->weight;
             m[j].key = ki;
             m[j].cum_weight = (uint32_t)cum;
+            m[j].by_cost = ki;
+        }
+        km__sort_keys = cfg->keys;
+        uint32_t *order = (uint32_t *)malloc((size_t)pc->n_keys * sizeof(uint32_t));
+        if (order) { /* without memory the cost order stays config order */
+            for (uint32_t j = 0; j < pc->n_keys; j++)
+                order[j] = pc->first_key + j;
+            qsort(order, pc->n_keys, sizeof(uint32_t), km__cmp_cost);
+            for (uint32_t j = 0; j < pc->n_keys; j++)
+                m[j].by_cost = order[j];
+            free(order);
         }
         pool->total_weight = cum;
         /* ceil(2^64 / n); wraps to 0 for n == 1, which fastmod maps to 0. */
@@ -150,70 +235,107 @@ void km__pool_init(km_env *e, const km_config *cfg)
 
 /* ------------------------------------------------------------ admission */
 
+/* The limits one admission checks: a key's own windows, or one model's
+ * windows on that key (per_model pools).  Both go through the same code. */
+typedef struct km__lset {
+    km__gcra *win;
+    const uint64_t *T, *tau;
+    uint32_t mask;
+    uint32_t min_tok_burst;
+} km__lset;
+
+static inline km__lset km__key_lset(km__key *k)
+{
+    return (km__lset){k->win, k->emission_ns, k->tau_ns, k->win_mask, k->min_tok_burst};
+}
+
+static inline km__lset km__model_lset(const km_env *e, uint32_t ki, const km__model *md,
+                                      uint32_t mi)
+{
+    return (km__lset){km__mwins(e, ki)[mi].win, md->emission_ns, md->tau_ns, md->win_mask,
+                      md->min_tok_burst};
+}
+
+
 typedef struct km__scan {
     uint64_t now;
-    uint64_t retry;     /* earliest time a skipped usable key may admit */
+    uint64_t retry;       /* earliest time a skipped usable key may admit */
     uint32_t tokens;
-    uint32_t usable;    /* keys that could admit without an operator */
+    uint32_t usable;      /* keys that could admit without an operator */
     uint32_t cost_blocked;
+    uint32_t soft_skipped; /* keys passed over for a soft budget */
+    int allow_soft;        /* second pass: take keys over a soft budget */
+    uint32_t model;        /* model index + 1, recorded in the lease; 0: none */
+    const km__model *md;   /* per_model pools: the model whose limits apply */
 } km__scan;
 
-/* Would key k admit `tokens` now, judging by plain loads?  A cheap filter
- * before claiming a lease slot; the CASes in km__admit decide.  Returns 1 if
- * it looks admissible, else 0 with sc->retry lowered. */
-static int km__precheck(const km__key *k, km__scan *sc)
+/* Would the set admit `tokens` now, judging by plain loads?  A cheap filter
+ * before claiming a lease slot; the atomics in km__admit decide.  Returns 1
+ * if it looks admissible, else 0 with sc->retry lowered. */
+KM__HOT int km__precheck(const km__lset *ls, km__scan *sc)
 {
-    uint32_t mask = k->win_mask;
+    uint32_t mask = ls->mask;
     uint64_t now = sc->now;
 
     while (mask) {
         int w = __builtin_ctz(mask);
         mask &= mask - 1;
-        const km__gcra *g = &k->win[w];
-        uint64_t tat = ck_pr_load_64(&g->tat), T = k->emission_ns[w], tau = k->tau_ns[w];
         uint64_t cost = km__window_is_requests(w) ? 1 : sc->tokens;
         if (cost == 0)
             continue;
-        uint64_t need = km__mul_sat(ck_pr_load_64(&g->reserved) + cost, T);
-        if (km__max64(tat, now) + need - now > tau) {
-            sc->retry = km__min64(sc->retry, tat + need - tau);
+        uint64_t tat = ck_pr_load_64(&ls->win[w].tat);
+        uint64_t need = km__mul_sat(ck_pr_load_64(&ls->win[w].reserved) + cost, ls->T[w]);
+        if (km__max64(tat, now) + need - now > ls->tau[w]) {
+            sc->retry = km__min64(sc->retry, tat + need - ls->tau[w]);
             return 0;
         }
     }
     return 1;
 }
 
-/* Undo the charges of windows in `done` (see the top of the file). */
-static void km__admit_undo(km__key *k, uint32_t done, const uint64_t *old_tat,
-                           const uint64_t *new_tat, uint32_t tokens)
+/* Can the set never take `tokens` (more than a token window's burst)? */
+KM__HOT int km__over_burst(const km__lset *ls, uint32_t tokens)
 {
+    return tokens > ls->min_tok_burst;
+}
+
+typedef struct km__undo {
+    uint32_t done;
+    uint64_t old_tat[KM_WIN_COUNT], new_tat[KM_WIN_COUNT];
+} km__undo;
+
+/* Undo the charges recorded in u (see the top of the file). */
+static void km__admit_undo(const km__lset *ls, const km__undo *u, uint32_t tokens)
+{
+    uint32_t done = u->done;
     while (done) {
         int w = __builtin_ctz(done);
         done &= done - 1;
         if (km__window_is_requests(w)) {
             /* Exact only if nothing was admitted since: tat is still ours. */
-            ck_pr_cas_64(&k->win[w].tat, new_tat[w], old_tat[w]);
+            ck_pr_cas_64(&ls->win[w].tat, u->new_tat[w], u->old_tat[w]);
         } else {
             /* Reservations are exact to drop; a locked sub on the reserved
              * half is atomic against the 16-byte CAS on the pair. */
-            ck_pr_sub_64(&k->win[w].reserved, tokens);
+            ck_pr_sub_64(&ls->win[w].reserved, tokens);
         }
     }
 }
 
-/* Charge request windows and reserve token windows of key k, all or none.
- * Returns 1 if admitted; 0 with sc->retry lowered if a window refused. */
-static int km__admit(km__key *k, km__scan *sc)
+/* Charge request windows and reserve token windows of a set, all or none.
+ * Returns 1 if admitted (u records what to undo); 0 with sc->retry lowered
+ * and nothing left charged if a window refused. */
+KM__HOT int km__admit(const km__lset *ls, km__scan *sc, km__undo *u)
 {
-    uint32_t mask = k->win_mask, done = 0;
-    uint64_t old_tat[KM_WIN_COUNT], new_tat[KM_WIN_COUNT];
+    uint32_t mask = ls->mask;
     uint64_t now = sc->now;
 
+    u->done = 0;
     while (mask) {
         int w = __builtin_ctz(mask);
         mask &= mask - 1;
-        km__gcra *g = &k->win[w];
-        uint64_t T = k->emission_ns[w], tau = k->tau_ns[w];
+        km__gcra *g = &ls->win[w];
+        uint64_t T = ls->T[w], tau = ls->tau[w];
         if (km__window_is_requests(w)) {
             /* Request windows never reserve: an 8-byte CAS on tat alone
              * (atomic against the 16-byte CAS on the pair). */
@@ -228,8 +350,8 @@ static int km__admit(km__key *k, km__scan *sc)
                 if (ck_pr_cas_64_value(&g->tat, tat, nt, &tat))
                     break;
             }
-            old_tat[w] = tat;
-            new_tat[w] = nt;
+            u->old_tat[w] = tat;
+            u->new_tat[w] = nt;
         } else {
             if (sc->tokens == 0)
                 continue;
@@ -247,11 +369,11 @@ static int km__admit(km__key *k, km__scan *sc)
                 goto refuse;
             }
         }
-        done |= 1u << w;
+        u->done |= 1u << w;
     }
     return 1;
 refuse:
-    km__admit_undo(k, done, old_tat, new_tat, sc->tokens);
+    km__admit_undo(ls, u, sc->tokens);
     return 0;
 }
 
@@ -310,7 +432,7 @@ static inline void km__slot_free(km__lease *ls)
 
 static uint64_t km__rand(void)
 {
-    /* Per-thread xorshift64*: the weighted choice writes no shared word. */
+    /* Per-thread xorshift64*: random choices write no shared word. */
     static __thread uint64_t s;
     if (s == 0)
         s = (km_now_ns() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)&s) | 1;
@@ -320,21 +442,47 @@ static uint64_t km__rand(void)
     return s * 0x2545f4914f6cdd1dull;
 }
 
+static inline uint32_t km__rand_below(uint32_t n)
+{
+    return (uint32_t)(((km__rand() >> 32) * (uint64_t)n) >> 32);
+}
+
+static inline int km__live(uint32_t st)
+{
+    return st == KM__ST_ACTIVE || st == KM__ST_FAILING || st == KM__ST_PROBING;
+}
+
+static inline int km__over_budget(const km__key *k)
+{
+    return k->budget_microusd && ck_pr_load_64(&k->spent_microusd) >= k->budget_microusd;
+}
+
 /* Try to lease key ki.  Returns 1 and fills *out on success; 0 otherwise
  * (sc updated: usable keys lower sc->retry). */
 static int km__try_key(km_env *e, uint32_t ki, km__scan *sc, km_lease *out)
 {
     km__key *k = &km__keys(e)[ki];
     uint32_t st = ck_pr_load_32(&k->state), probe = 0;
+    km__lset kset = km__key_lset(k), mset;
+    uint32_t mi = sc->model ? sc->model - 1 : 0;
 
-    if (st != KM__ST_ACTIVE && st != KM__ST_FAILING && st != KM__ST_PROBING)
+    if (!km__live(st))
         return 0;
-    if (sc->tokens && (k->win_mask & KM__TOKEN_WINS)) {
-        for (int w = KM_WIN_TPM; w <= KM_WIN_TPD; w++)
-            if ((k->win_mask & (1u << w)) && sc->tokens > k->burst[w]) {
-                sc->cost_blocked++;
-                return 0;
-            }
+    if (km__over_budget(k)) {
+        if (k->budget_hard) { /* spent: the key is exhausted until enabled */
+            km__state_to(k, KM__LIVE_STATES, KM__ST_EXHAUSTED);
+            return 0;
+        }
+        if (!sc->allow_soft) {
+            sc->soft_skipped++;
+            return 0;
+        }
+    }
+    if (sc->md)
+        mset = km__model_lset(e, ki, sc->md, mi);
+    if (km__over_burst(&kset, sc->tokens) || (sc->md && km__over_burst(&mset, sc->tokens))) {
+        sc->cost_blocked++;
+        return 0;
     }
     sc->usable++;
     uint64_t cu = ck_pr_load_64(&k->cooldown_until);
@@ -346,9 +494,10 @@ static int km__try_key(km_env *e, uint32_t ki, km__scan *sc, km_lease *out)
         sc->retry = km__min64(sc->retry, sc->now + KM__RETRY_PROBE_NS);
         return 0;
     }
-    if (!km__precheck(k, sc))
-        return 0;
-
+    /* No pre-check by plain loads here: admission refuses before it changes
+     * any limit word, so a refused key costs one slot claim more, while a
+     * pre-check would cost every admitted request ~20 instructions.  The
+     * sampling strategies pre-check while choosing (km__eligible). */
     int s = km__slot_claim(e, ki, k);
     if (s < 0) {
         sc->retry = km__min64(sc->retry, sc->now + KM__RETRY_BUSY_NS);
@@ -356,15 +505,17 @@ static int km__try_key(km_env *e, uint32_t ki, km__scan *sc, km_lease *out)
     }
     km__lease *ls = &km__leases(e, ki)[s];
     uint32_t seq = ls->seq + 1, gen = ck_pr_load_32(&k->gen);
+    km__undo ku;
     ls->seq = seq;
     ls->tokens = sc->tokens;
     ls->start_ns = sc->now;
     ls->key_gen = gen;
+    ls->model = sc->md ? sc->model : 0; /* whose windows settle at release */
     ck_pr_store_32(&ls->phase, KM__LP_ADMITTING);
     /* The phase store must be visible before any limit word changes, so a
-     * reaper that finds our charges can find this slot.  The CASes below
+     * reaper that finds our charges can find this slot.  The atomics below
      * are locked instructions, which order this store before them on x86;
-     * the fence says so for other architectures. */
+     * the fence says so (and is a real fence elsewhere). */
     ck_pr_fence_store_atomic();
 
     if (st == KM__ST_FAILING) {
@@ -373,13 +524,17 @@ static int km__try_key(km_env *e, uint32_t ki, km__scan *sc, km_lease *out)
             goto undo_slot;
         probe = 1;
     }
-    if (!km__admit(k, sc)) {
-        if (probe)
-            ck_pr_cas_32(&k->state, KM__ST_PROBING, KM__ST_FAILING);
-        goto undo_slot;
+    if (!km__admit(&kset, sc, &ku))
+        goto undo_probe;
+    if (sc->md) {
+        km__undo mu;
+        if (!km__admit(&mset, sc, &mu)) {
+            km__admit_undo(&kset, &ku, sc->tokens);
+            goto undo_probe;
+        }
     }
     /* In-flight +1: our own bit (I1).  Locked, so it is ordered after the
-     * limit CASes and before the phase store below. */
+     * limit atomics and before the phase store below. */
     ck_pr_or_64(&k->busy[s / 64], UINT64_C(1) << (s % 64));
     ck_pr_store_32(&ls->phase, KM__LP_ACTIVE);
     /* Slot counters: we own the slot, so a plain increment is exact. */
@@ -393,91 +548,237 @@ static int km__try_key(km_env *e, uint32_t ki, km__scan *sc, km_lease *out)
     out->tokens = sc->tokens;
     out->start_ns = sc->now;
     out->retry_at_ns = 0;
+    out->model = sc->model;
     out->secret_len = k->secret_len;
     memcpy(out->key_id, k->id, sizeof(out->key_id));
-    memcpy(out->secret, k->secret, k->secret_len);
-    out->secret[k->secret_len] = '\0';
+    /* Copy the secret in 16-byte blocks up to its NUL: the key's array is
+     * NUL-padded past its length (written once from a zeroed config), and a
+     * typical secret takes 3-10 vector moves instead of a call or 16. */
+    for (uint32_t i = 0; i <= k->secret_len && i < sizeof(out->secret); i += 16)
+        memcpy(out->secret + i, k->secret + i, 16);
+    out->meta_len = k->meta_len;
+    if (k->meta_len)
+        memcpy(out->meta, k->meta, sizeof(out->meta));
+    else
+        out->meta[0] = '\0';
     return 1;
 
+undo_probe:
+    if (probe)
+        ck_pr_cas_32(&k->state, KM__ST_PROBING, KM__ST_FAILING);
 undo_slot:
     km__slot_free(ls);
     return 0;
 }
 
-static int km__pick_least_busy(km_env *e, const km__member *m, uint32_t n,
-                               km__scan *sc, km_lease *out)
+/* Cheap eligibility for scoring: usable now by state, cooldown and loads of
+ * the limit words.  Nothing is claimed. */
+static int km__eligible(km_env *e, uint32_t ki, km__scan *sc)
+{
+    km__key *k = &km__keys(e)[ki];
+    uint32_t st = ck_pr_load_32(&k->state);
+    km__lset kset = km__key_lset(k);
+
+    if ((st != KM__ST_ACTIVE && st != KM__ST_FAILING) ||
+        sc->now < ck_pr_load_64(&k->cooldown_until) || !km__precheck(&kset, sc))
+        return 0;
+    if (sc->md) {
+        km__lset mset = km__model_lset(e, ki, sc->md, sc->model - 1);
+        if (!km__precheck(&mset, sc))
+            return 0;
+    }
+    return !km__over_budget(k) || sc->allow_soft;
+}
+
+/* Scores for the sampling strategies: lower is better. */
+static uint64_t km__score(const km__key *k, int strategy)
+{
+    switch (strategy) {
+    case KM_STRATEGY_LEAST_BUSY:
+        return km__inflight(k);
+    case KM_STRATEGY_LATENCY:
+        return ck_pr_load_64(&k->latency_ema_ns); /* 0: never sampled, try it */
+    default: /* KM_STRATEGY_RELIABILITY */
+        return 1000000u - km__min64(ck_pr_load_32(&k->success_ppm), 1000000u);
+    }
+}
+
+/* Pools up to this size are scanned whole for the best score (bounded work);
+ * larger ones sample two keys and take the better (power of two choices). */
+#define KM__SCAN_MAX 16
+/* Exploration for latency and reliability: 1 pick in 16 is a random
+ * eligible key, so a key that recovered gets sampled again. */
+#define KM__EXPLORE_MASK 15u
+
+static int km__pick_scored(km_env *e, const km__member *m, uint32_t n, int strategy,
+                           km__scan *sc, km_lease *out)
 {
     km__key *keys = km__keys(e);
-    static __thread uint32_t rot;
-    uint32_t start = rot++ % n;
-    /* Up to n rounds: each round takes the least busy key not yet tried.
-     * Keys that fail their precheck are tried (and dropped) in the round
-     * that finds them, so a round costs one pass over the pool. */
-    unsigned char tried_small[512];
-    unsigned char *tried = n <= sizeof(tried_small) * 8 ? tried_small : calloc((n + 7) / 8, 1);
-    int got = 0;
+    int explore = strategy != KM_STRATEGY_LEAST_BUSY;
 
-    if (!tried)
-        return 0;
-    if (tried == tried_small)
-        memset(tried_small, 0, (n + 7) / 8);
-    for (uint32_t round = 0; round < n && !got; round++) {
-        uint32_t best = UINT32_MAX, best_load = UINT32_MAX;
-        for (uint32_t j = 0; j < n; j++) {
-            uint32_t i = (start + j) % n;
-            if (tried[i / 8] & (1u << (i % 8)))
-                continue;
-            km__key *k = &keys[m[i].key];
-            uint32_t st = ck_pr_load_32(&k->state);
-            if ((st != KM__ST_ACTIVE && st != KM__ST_FAILING) ||
-                sc->now < ck_pr_load_64(&k->cooldown_until) || !km__precheck(k, sc)) {
-                /* Let km__try_key account for it (usable, retry, cost). */
-                tried[i / 8] |= (unsigned char)(1u << (i % 8));
-                km__try_key(e, m[i].key, sc, out);
-                continue;
+    if (n <= KM__SCAN_MAX) {
+        uint32_t tried = 0, start = km__rand_below(n);
+        for (uint32_t round = 0; round < n; round++) {
+            uint32_t best = UINT32_MAX, n_ok = 0, ok[KM__SCAN_MAX];
+            uint64_t best_score = UINT64_MAX;
+            for (uint32_t j = 0; j < n; j++) {
+                uint32_t i = (start + j) % n;
+                if (tried & (1u << i))
+                    continue;
+                if (!km__eligible(e, m[i].key, sc)) {
+                    /* Let km__try_key account for it (usable, retry, cost). */
+                    tried |= 1u << i;
+                    if (km__try_key(e, m[i].key, sc, out))
+                        return 1;
+                    continue;
+                }
+                ok[n_ok++] = i;
+                uint64_t sc_i = km__score(&keys[m[i].key], strategy);
+                if (sc_i < best_score) {
+                    best_score = sc_i;
+                    best = i;
+                }
             }
-            uint32_t load = km__inflight(k);
-            if (load < best_load) {
-                best_load = load;
-                best = i;
-            }
+            if (best == UINT32_MAX)
+                return 0;
+            if (explore && n_ok > 1 && (km__rand() & KM__EXPLORE_MASK) == 0)
+                best = ok[km__rand_below(n_ok)];
+            tried |= 1u << best;
+            if (km__try_key(e, m[best].key, sc, out))
+                return 1;
         }
-        if (best == UINT32_MAX)
-            break;
-        tried[best / 8] |= (unsigned char)(1u << (best % 8));
-        got = km__try_key(e, m[best].key, sc, out);
+        return 0;
     }
-    if (tried != tried_small)
-        free(tried);
-    return got;
+    for (int attempt = 0; attempt < 4; attempt++) {
+        uint32_t a = km__rand_below(n), b = km__rand_below(n), pick;
+        int ea = km__eligible(e, m[a].key, sc), eb = a != b && km__eligible(e, m[b].key, sc);
+        if (!ea && !eb)
+            continue;
+        if (!ea || !eb || (explore && (km__rand() & KM__EXPLORE_MASK) == 0))
+            pick = ea ? a : b;
+        else
+            pick = km__score(&keys[m[b].key], strategy) < km__score(&keys[m[a].key], strategy) ? b : a;
+        if (km__try_key(e, m[pick].key, sc, out))
+            return 1;
+    }
+    /* Sampling kept finding limited keys: most of the pool is limited, so
+     * look at every key once (which also computes the earliest retry). */
+    uint32_t start = km__rand_below(n);
+    for (uint32_t j = 0; j < n; j++)
+        if (km__try_key(e, m[(start + j) % n].key, sc, out))
+            return 1;
+    return 0;
+}
+
+/* Find a model of pool p by name: index, or -1. */
+static int km__model_find(km_env *e, uint32_t p, const char *name)
+{
+    const km__pool *pool = &km__pools(e)[p];
+    const km__model *md = km__models(e, p);
+    uint32_t h = km__hash(name), n = km__min64(pool->n_models, e->hdr->cap_models);
+    for (uint32_t i = 0; i < n; i++)
+        if (md[i].hash == h && strncmp(md[i].name, name, KM_ID_MAX + 1) == 0)
+            return (int)i;
+    return -1;
+}
+
+/* One pass over the pool in the order of `strategy`. */
+KM__HOT int km__pass(km_env *e, uint32_t p, int strategy, uint32_t start, km__scan *sc,
+                    km_lease *out)
+{
+    const km__member *m = km__members(e, p);
+    uint32_t n = km__pools(e)[p].n_keys;
+
+    switch (strategy) {
+    case KM_STRATEGY_LEAST_BUSY:
+    case KM_STRATEGY_LATENCY:
+    case KM_STRATEGY_RELIABILITY:
+        return km__pick_scored(e, m, n, strategy, sc, out);
+    case KM_STRATEGY_COST:
+        for (uint32_t j = 0; j < n; j++) /* cheapest first: the price index */
+            if (km__try_key(e, m[j].by_cost, sc, out))
+                return 1;
+        return 0;
+    default: /* round robin, weighted and fill-first differ in `start` */
+        for (uint32_t j = 0; j < n; j++) {
+            uint32_t i = start + j;
+            if (i >= n)
+                i -= n;
+            if (km__try_key(e, m[i].key, sc, out))
+                return 1;
+        }
+        return 0;
+    }
+}
+
+static int km__finish(const km__scan *sc, km_lease *out)
+{
+    out->retry_at_ns = 0;
+    if (sc->usable == 0)
+        return sc->cost_blocked ? KM_ECOST : KM_EUNAVAIL;
+    out->retry_at_ns = sc->retry == KM__NEVER ? sc->now + KM__RETRY_BUSY_NS
+                                              : km__max64(sc->retry, sc->now);
+    return KM_EAGAIN;
 }
 
 KM_EXTERN int km_acquire(km_env *e, const km_request *req, km_lease *out)
 {
-    if (!e || !req || !out || req->pool < 0 || (uint32_t)req->pool >= e->hdr->n_pools)
-        return req && req->pool >= 0 && e && out ? KM_ENOPOOL : KM_EINVAL;
-    km__pool *pool = &km__pools(e)[req->pool];
-    const km__member *m = km__members(e, (uint32_t)req->pool);
-    uint32_t n = pool->n_keys;
+    if (!e || !req || !out || req->pool < 0)
+        return KM_EINVAL;
+    if ((uint32_t)req->pool >= e->hdr->n_pools)
+        return KM_ENOPOOL;
+    uint32_t p = (uint32_t)req->pool;
+    km__pool *pool = &km__pools(e)[p];
+    uint32_t n = pool->n_keys, start = 0;
     int strategy = req->strategy ? req->strategy : (int)pool->strategy;
     km__scan sc = {.now = km_now_ns(), .retry = KM__NEVER, .tokens = req->tokens};
-    uint32_t start = 0;
 
     if (n == 0 || n > e->hdr->cap_keys)
         return n == 0 ? KM_EUNAVAIL : KM_ECORRUPT;
+    if (strategy <= KM_STRATEGY_DEFAULT || strategy >= KM_STRATEGY_COUNT)
+        return KM_EINVAL;
+    if (req->model && pool->n_models) {
+        int mi = km__model_find(e, p, req->model);
+        if (mi < 0)
+            return KM_ENOMODEL;
+        sc.model = (uint32_t)mi + 1;
+        if (pool->model_mode == KM_MODELS_PER_MODEL)
+            sc.md = &km__models(e, p)[mi];
+    }
+    if (pool->budget_microusd && pool->budget_hard &&
+        ck_pr_load_64(&pool->spent_microusd) >= pool->budget_microusd)
+        return KM_EBUDGET;
+
+    if (req->key_id) { /* pinned: that key or nothing */
+        int ki = km_key_find(e, (int)p, req->key_id);
+        if (ki < 0)
+            return ki;
+        if (km__try_key(e, (uint32_t)ki, &sc, out))
+            return KM_OK;
+        if (sc.soft_skipped) {
+            sc.allow_soft = 1;
+            if (km__try_key(e, (uint32_t)ki, &sc, out))
+                return KM_OK;
+        }
+        return km__finish(&sc, out);
+    }
     switch (strategy) {
-    case KM_STRATEGY_ROUND_ROBIN:
-    {
-        /* Locked fetch-add on the pool's cursor line: each acquirer starts
-         * one key further; no ordering needed beyond atomicity.  The
-         * modulo is Lemire's fastmod (a 64-bit div costs ~10 ns here). */
-        uint32_t c = (uint32_t)ck_pr_faa_64(&pool->rr_cursor, 1);
-        start = (uint32_t)(((unsigned __int128)(pool->rr_magic * c) * n) >> 64);
-        if (n == 1)
-            start = 0;
+    case KM_STRATEGY_ROUND_ROBIN: {
+        /* Each thread rotates its own cursor, seeded at a random key, so
+         * round robin writes no shared word: a pool-wide cursor would be
+         * the one line every acquire of every process fights over.  Every
+         * thread spreads its requests evenly over the keys, so all of them
+         * together do too.  The modulo is Lemire's fastmod (a 64-bit div
+         * costs ~10 ns here). */
+        static __thread uint32_t cursor;
+        if (cursor == 0)
+            cursor = (uint32_t)(km__rand() >> 33) | 1;
+        uint32_t c = cursor++;
+        start = n == 1 ? 0 : (uint32_t)(((unsigned __int128)(pool->rr_magic * c) * n) >> 64);
         break;
     }
     case KM_STRATEGY_WEIGHTED: {
+        const km__member *m = km__members(e, p);
         uint64_t total = pool->total_weight ? pool->total_weight : 1;
         uint32_t r = (uint32_t)(km__rand() % total), lo = 0, hi = n - 1;
         while (lo < hi) { /* first member whose running sum exceeds r */
@@ -490,55 +791,139 @@ KM_EXTERN int km_acquire(km_env *e, const km_request *req, km_lease *out)
         start = lo;
         break;
     }
-    case KM_STRATEGY_LEAST_BUSY:
-        if (km__pick_least_busy(e, m, n, &sc, out))
+    default: /* fill_first starts at the first key; the others ignore start */
+        break;
+    }
+    if (km__pass(e, p, strategy, start, &sc, out))
+        return KM_OK;
+    if (sc.soft_skipped) { /* only keys over a soft budget are left */
+        sc.allow_soft = 1;
+        if (km__pass(e, p, strategy, start, &sc, out))
             return KM_OK;
-        goto none;
-    default:
+    }
+    return km__finish(&sc, out);
+}
+
+/*
+ * Blocking acquire.  The sleeper counts itself in pool.waiters (a locked
+ * increment: a full barrier), reads wake_seq, and only then tries to
+ * acquire; if that fails it sleeps while wake_seq is unchanged, for at most
+ * the time the failed attempt said a key may be admissible.  A releaser
+ * frees capacity with locked instructions, then loads waiters, and if it
+ * is non-zero bumps wake_seq and wakes.  Either the releaser sees our count
+ * (and bumps wake_seq after our read, so FUTEX_WAIT returns at once or we
+ * are woken), or our attempt came after its locked instructions and saw
+ * the capacity.  Time-based capacity (cooldowns, limit windows) is covered
+ * by the timeout.  One window is not covered: a slot's owner word is
+ * cleared by a plain store after the releaser's last locked instruction,
+ * so an attempt can see the slot's bit clear and its owner still set; the
+ * retry hint for such a key is 1 ms, which bounds the delay.
+ */
+KM_EXTERN int km_acquire_wait(km_env *e, const km_request *req, km_lease *out,
+                              uint32_t timeout_ms)
+{
+    if (!e || !req || !out || req->pool < 0)
         return KM_EINVAL;
+    if ((uint32_t)req->pool >= e->hdr->n_pools)
+        return KM_ENOPOOL;
+    km__pool *pool = &km__pools(e)[req->pool];
+    uint64_t deadline = km_now_ns() + (uint64_t)timeout_ms * 1000000u;
+
+    for (;;) {
+        ck_pr_inc_32(&pool->waiters);
+        uint32_t seq = ck_pr_load_32(&pool->wake_seq);
+        int rc = km_acquire(e, req, out);
+        if (rc != KM_EAGAIN) {
+            ck_pr_dec_32(&pool->waiters);
+            return rc;
+        }
+        uint64_t now = km_now_ns();
+        if (now >= deadline) {
+            ck_pr_dec_32(&pool->waiters);
+            return KM_ETIMEDOUT;
+        }
+        uint64_t until = km__min64(km__max64(out->retry_at_ns, now + 1000), deadline);
+        struct timespec ts = {.tv_sec = (time_t)((until - now) / KM__NS_PER_S),
+                              .tv_nsec = (long)((until - now) % KM__NS_PER_S)};
+        /* Shared futex (no FUTEX_PRIVATE_FLAG): wakers are other processes. */
+        syscall(SYS_futex, &pool->wake_seq, FUTEX_WAIT, seq, &ts, NULL, 0);
+        ck_pr_dec_32(&pool->waiters);
     }
-    for (uint32_t j = 0; j < n; j++) {
-        uint32_t i = start + j;
-        if (i >= n)
-            i -= n;
-        if (km__try_key(e, m[i].key, &sc, out))
-            return KM_OK;
-    }
-none:
-    out->retry_at_ns = 0;
-    if (sc.usable == 0)
-        return sc.cost_blocked ? KM_ECOST : KM_EUNAVAIL;
-    out->retry_at_ns = sc.retry == KM__NEVER ? sc.now + KM__RETRY_BUSY_NS : km__max64(sc.retry, sc.now);
-    return KM_EAGAIN;
 }
 
 /* ------------------------------------------------------------ release */
 
-/* Commit the token reservation of slot ls on key k: `actual` tokens charged
- * as of the lease's start, reservation dropped (see the top of the file). */
-static void km__settle(km__key *k, km__lease *ls, uint64_t actual)
+/* Commit one set's token reservation: `actual` tokens charged as of the
+ * lease's start, reservation dropped, in one 16-byte CAS per window (see
+ * the top of the file). */
+KM__HOT void km__settle_set(const km__lset *set, const km__lease *ls, uint64_t actual)
 {
-    uint32_t mask = k->win_mask & KM__TOKEN_WINS;
+    uint32_t mask = set->mask & KM__TOKEN_WINS;
     uint64_t reserved = ls->tokens;
 
-    if (reserved == 0 && actual == 0)
-        return;
-    if (!mask)
-        goto count;
     while (mask) {
         int w = __builtin_ctz(mask);
         mask &= mask - 1;
-        km__gcra *g = &k->win[w];
-        uint64_t cur[2], set[2];
+        km__gcra *g = &set->win[w];
+        uint64_t cur[2], nv[2];
         km__gcra_load(g, cur);
         do {
-            set[0] = actual ? km__max64(cur[0], ls->start_ns) + km__mul_sat(actual, k->emission_ns[w])
-                            : cur[0];
-            set[1] = cur[1] - reserved;
-        } while (!km__gcra_cas(g, cur, set));
+            nv[0] = actual ? km__max64(cur[0], ls->start_ns) + km__mul_sat(actual, set->T[w])
+                           : cur[0];
+            nv[1] = cur[1] - reserved;
+        } while (!km__gcra_cas(g, cur, nv));
     }
-count:
+}
+
+/* Settle a lease's tokens on its key and, if it charged one, its model. */
+KM__HOT void km__settle(km_env *e, uint32_t ki, km__key *k, km__lease *ls, uint64_t actual)
+{
+    if (ls->tokens == 0 && actual == 0)
+        return;
+    km__lset kset = km__key_lset(k);
+    km__settle_set(&kset, ls, actual);
+    if (ls->model && k->pool < e->hdr->n_pools && ls->model <= e->hdr->cap_models) {
+        km__lset mset = km__model_lset(e, ki, &km__models(e, k->pool)[ls->model - 1],
+                                       ls->model - 1);
+        km__settle_set(&mset, ls, actual);
+    }
     ck_pr_store_64(&ls->tokens_used, ls->tokens_used + actual); /* slot owner only */
+}
+
+/* Add a request's spend to its key and pool; a hard key budget that is now
+ * spent makes the key exhausted. */
+static void km__spend(km__pool *pool, km__key *k, const km_outcome *o, uint64_t actual)
+{
+    uint64_t in, out;
+    if (k->price_in == 0 && k->price_out == 0)
+        return;
+    if (o->input_tokens >= 0 && o->output_tokens >= 0) {
+        in = (uint64_t)o->input_tokens;
+        out = (uint64_t)o->output_tokens;
+    } else { /* split unknown: price everything as output (the dearer side) */
+        in = 0;
+        out = actual;
+    }
+    uint64_t cost = (km__mul_sat(in, k->price_in) + km__mul_sat(out, k->price_out) + 999) / 1000;
+    if (cost == 0)
+        return;
+    /* Statistics and budget checks: atomicity is all that is needed. */
+    uint64_t spent = ck_pr_faa_64(&k->spent_microusd, cost) + cost;
+    if (pool)
+        ck_pr_add_64(&pool->spent_microusd, cost);
+    if (k->budget_microusd && k->budget_hard && spent >= k->budget_microusd)
+        km__state_to(k, KM__LIVE_STATES, KM__ST_EXHAUSTED);
+}
+
+/* Wake the pool's sleepers, if any (see km_acquire_wait).  Called after
+ * the release's locked instructions, so the load of `waiters` cannot pass
+ * them: a sleeper that counted itself before we freed capacity is seen. */
+static void km__wake(km__pool *pool)
+{
+    if (ck_pr_load_32(&pool->waiters) == 0)
+        return;
+    ck_pr_inc_32(&pool->wake_seq);
+    syscall(SYS_futex, &pool->wake_seq, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
 }
 
 static uint64_t km__backoff_ns(uint32_t base_s, uint32_t max_s, uint32_t n)
@@ -557,25 +942,28 @@ static void km__cool_until(km__key *k, uint64_t until)
         ;
 }
 
-/* Move state from any of the states in `from_mask` (bit per KM__ST_*) to `to`. */
-static void km__state_to(km__key *k, uint32_t from_mask, uint32_t to)
-{
-    uint32_t cur = ck_pr_load_32(&k->state);
-    while (cur < 32 && (from_mask & (1u << cur)) && !ck_pr_cas_32_value(&k->state, cur, to, &cur))
-        ;
-}
 
-#define KM__LIVE_STATES ((1u << KM__ST_ACTIVE) | (1u << KM__ST_FAILING) | (1u << KM__ST_PROBING))
+/* Recent success rate, EMA with alpha 1/8 in parts per million.  Plain
+ * load and store, like the latency EMA: a lost sample is tolerable. */
+static void km__success_ema(km__key *k, int ok)
+{
+    int64_t cur = ck_pr_load_32(&k->success_ppm), target = ok ? 1000000 : 0;
+    if (cur != target) /* a healthy key's line is not written */
+        ck_pr_store_32(&k->success_ppm, (uint32_t)(cur + (target - cur) / 8));
+}
 
 static void km__health(km_env *e, km__key *k, const km__lease *ls, int kind,
                        const km_outcome *o)
 {
+    if (kind != KM_OUT_SUCCESS && kind != KM_OUT_CANCELLED)
+        km__success_ema(k, 0);
     km__pool *pool = &km__pools(e)[k->pool < e->hdr->n_pools ? k->pool : 0];
     uint64_t now;
     uint32_t n;
 
     switch (kind) {
     case KM_OUT_SUCCESS: {
+        km__success_ema(k, 1);
         /* Write the shared line only when something changes. */
         if (ck_pr_load_32(&k->consec_fail))
             ck_pr_store_32(&k->consec_fail, 0);
@@ -687,11 +1075,13 @@ KM_EXTERN int km_release(km_env *e, const km_lease *l, const km_outcome *o)
                       : (uint64_t)o->tokens > UINT32_MAX ? UINT32_MAX
                                                : (uint64_t)o->tokens;
     int stale = ls->key_gen != ck_pr_load_32(&k->gen);
+    km__pool *pool = k->pool < e->hdr->n_pools ? &km__pools(e)[k->pool] : NULL;
     if (!stale) {
-        km__settle(k, ls, actual);
+        km__settle(e, l->key, k, ls, actual);
         km__health(e, k, ls, kind, o);
         if (o->view_flags)
             km__apply_view(k, o);
+        km__spend(pool, k, o, actual);
         if (kind == KM_OUT_SUCCESS)
             ck_pr_store_64(&ls->succeeded, ls->succeeded + 1);
         else
@@ -702,22 +1092,26 @@ KM_EXTERN int km_release(km_env *e, const km_lease *l, const km_outcome *o)
     /* In-flight -1: clear our bit (I1), then free the slot (I3). */
     ck_pr_and_64(&k->busy[l->slot / 64], ~(UINT64_C(1) << (l->slot % 64)));
     km__slot_free(ls);
+    if (pool)
+        km__wake(pool);
     return stale ? KM_ESTALE : KM_OK;
 }
 
 /* Release an ACTIVE lease we hold or took from a dead owner: settle at the
  * estimate, count it abandoned, free the slot. */
-static void km__abandon(km__key *k, km__lease *ls, uint32_t slot)
+static void km__abandon(km_env *e, uint32_t ki, km__key *k, km__lease *ls, uint32_t slot)
 {
     ck_pr_store_32(&ls->phase, KM__LP_RELEASING);
     ck_pr_fence_store_atomic();
     if (ls->key_gen == ck_pr_load_32(&k->gen))
-        km__settle(k, ls, ls->tokens);
+        km__settle(e, ki, k, ls, ls->tokens);
     /* A probe that will never report lets the next one go. */
     km__state_to(k, 1u << KM__ST_PROBING, KM__ST_FAILING);
     ck_pr_store_64(&ls->abandoned, ls->abandoned + 1);
     ck_pr_and_64(&k->busy[slot / 64], ~(UINT64_C(1) << (slot % 64)));
     km__slot_free(ls);
+    if (k->pool < e->hdr->n_pools)
+        km__wake(&km__pools(e)[k->pool]);
 }
 
 void km__release_all_owned(km_env *e, uint64_t owner)
@@ -728,7 +1122,7 @@ void km__release_all_owned(km_env *e, uint64_t owner)
         for (uint32_t s = 0; s < e->hdr->cap_inflight; s++)
             if (ck_pr_load_64(&ls[s].owner) == owner &&
                 ck_pr_load_32(&ls[s].phase) == KM__LP_ACTIVE)
-                km__abandon(&keys[ki], &ls[s], s);
+                km__abandon(e, ki, &keys[ki], &ls[s], s);
     }
 }
 
@@ -747,7 +1141,7 @@ uint64_t km__release_dead_owner(km_env *e, uint64_t tag, uint64_t *left)
             uint32_t ph = ck_pr_load_32(&ls[s].phase);
             if (ph == KM__LP_ACTIVE) {
                 if (ck_pr_cas_64(&ls[s].owner, tag, mine)) {
-                    km__abandon(&keys[ki], &ls[s], s);
+                    km__abandon(e, ki, &keys[ki], &ls[s], s);
                     n++;
                 }
             } else if (ph == KM__LP_FREE) {
@@ -764,6 +1158,27 @@ uint64_t km__release_dead_owner(km_env *e, uint64_t tag, uint64_t *left)
 }
 
 /* ------------------------------------------------------------ readers */
+
+/* Fill limit info for one set of windows. */
+static void km__limit_info(const km__gcra *win, const uint64_t *T, const uint64_t *tau,
+                           const uint64_t *limit, const uint64_t *burst, const uint8_t *mode,
+                           uint32_t mask, uint64_t now, km_limit_info *out)
+{
+    for (int w = 0; w < KM_WIN_COUNT; w++) {
+        km_limit_info *li = &out[w];
+        memset(li, 0, sizeof(*li));
+        if (!(mask & (1u << w)))
+            continue;
+        uint64_t tat = ck_pr_load_64(&win[w].tat), res = ck_pr_load_64(&win[w].reserved);
+        uint64_t used = km__max64(tat, now) - now + km__mul_sat(res, T[w]);
+        li->limit = limit[w];
+        li->burst = burst[w];
+        li->mode = mode[w];
+        li->tat_ns = tat;
+        li->available = used >= tau[w] ? 0 : (tau[w] - used) / T[w];
+    }
+}
+
 
 KM_EXTERN int km_info_get(km_env *e, km_info *out)
 {
@@ -808,6 +1223,12 @@ KM_EXTERN int km_pool_info_get(km_env *e, int pool, km_pool_info *out)
     out->cooldown_s = p->cooldown_s;
     out->max_cooldown_s = p->max_cooldown_s;
     out->max_failures = p->max_failures;
+    out->model_mode = (int)p->model_mode;
+    out->n_models = p->n_models;
+    out->budget_microusd = p->budget_microusd;
+    out->budget_hard = (int)p->budget_hard;
+    out->spent_microusd = ck_pr_load_64(&p->spent_microusd);
+    out->waiters = ck_pr_load_32(&p->waiters);
     return KM_OK;
 }
 
@@ -874,17 +1295,37 @@ KM_EXTERN int km_key_info_get(km_env *e, uint32_t key, km_key_info *out)
         out->tokens_used += ck_pr_load_64(&ls[s].tokens_used);
     }
     out->stale_releases = ck_pr_load_64(&k->stale);
-    for (int w = 0; w < KM_WIN_COUNT; w++) {
-        km_limit_info *li = &out->limits[w];
-        if (!(k->win_mask & (1u << w)))
-            continue;
-        uint64_t tat = ck_pr_load_64(&k->win[w].tat), res = ck_pr_load_64(&k->win[w].reserved);
-        uint64_t T = k->emission_ns[w], used = km__max64(tat, now) - now + km__mul_sat(res, T);
-        li->limit = k->limit[w];
-        li->burst = k->burst[w];
-        li->mode = k->mode[w];
-        li->tat_ns = tat;
-        li->available = used >= k->tau_ns[w] ? 0 : (k->tau_ns[w] - used) / T;
+    out->success_ppm = ck_pr_load_32(&k->success_ppm);
+    out->price_in_microusd_per_1k = k->price_in;
+    out->price_out_microusd_per_1k = k->price_out;
+    out->budget_microusd = k->budget_microusd;
+    out->budget_hard = (int)k->budget_hard;
+    out->spent_microusd = ck_pr_load_64(&k->spent_microusd);
+    memcpy(out->meta, k->meta, KM_META_MAX);
+    km__limit_info(k->win, k->emission_ns, k->tau_ns, k->limit, k->burst, k->mode,
+                   k->win_mask, now, out->limits);
+    return KM_OK;
+}
+
+KM_EXTERN int km_model_info_get(km_env *e, int pool, uint32_t i, uint32_t key,
+                                char name[KM_ID_MAX + 1], km_limit_info limits[KM_WIN_COUNT])
+{
+    if (!e)
+        return KM_EINVAL;
+    if (pool < 0 || (uint32_t)pool >= e->hdr->n_pools)
+        return KM_ENOPOOL;
+    const km__pool *p = &km__pools(e)[pool];
+    if (i >= p->n_models || i >= e->hdr->cap_models)
+        return KM_ENOMODEL;
+    const km__model *md = &km__models(e, (uint32_t)pool)[i];
+    if (name)
+        memcpy(name, md->name, KM_ID_MAX + 1);
+    if (limits) {
+        if (key >= e->hdr->cap_keys || km__keys(e)[key].pool != (uint32_t)pool)
+            return KM_ENOKEY;
+        uint32_t mask = p->model_mode == KM_MODELS_PER_MODEL ? md->win_mask : 0;
+        km__limit_info(km__mwins(e, key)[i].win, md->emission_ns, md->tau_ns, md->limit,
+                       md->burst, md->mode, mask, km_now_ns(), limits);
     }
     return KM_OK;
 }
@@ -903,6 +1344,8 @@ KM_EXTERN int km_key_set_state(km_env *e, uint32_t key, int state)
         ck_pr_store_64(&k->cooldown_until, 0);
         ck_pr_fence_store();
         km__state_to(k, ~(1u << KM__ST_FREE) & ~(1u << KM__ST_ACTIVE), KM__ST_ACTIVE);
+        if (k->pool < e->hdr->n_pools)
+            km__wake(&km__pools(e)[k->pool]);
     } else {
         km__state_to(k, ~(1u << KM__ST_FREE), KM__ST_DISABLED);
     }
