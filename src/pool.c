@@ -62,10 +62,14 @@
 
 #define KM__TOKEN_WINS ((1u << KM_WIN_TPM) | (1u << KM_WIN_TPH) | (1u << KM_WIN_TPD))
 #define KM__REQ_WINS ((1u << KM_WIN_RPM) | (1u << KM_WIN_RPH) | (1u << KM_WIN_RPD))
-/* Retry hints where no clock time is known: a key whose lease slots are all
- * taken, or whose one probe lease is out, may free up at any release. */
-#define KM__RETRY_BUSY_NS (1000 * 1000)       /* 1 ms */
-#define KM__RETRY_PROBE_NS (100 * 1000 * 1000) /* 100 ms */
+/* Poll hints for non-blocking callers where no clock time is known: a key
+ * whose lease slots are all taken, or whose one probe lease is out, frees up
+ * at a release, which wakes blocking callers; a non-blocking caller is told
+ * to look again after this long.  A slot seen mid-release (its bit clear,
+ * its owner not yet) is a few instructions from free: look again soon. */
+#define KM__POLL_BUSY_NS (1000 * 1000)        /* 1 ms */
+#define KM__POLL_PROBE_NS (100 * 1000 * 1000) /* 100 ms */
+#define KM__RETRY_TRANSIENT_NS (50 * 1000)    /* 50 us */
 #define KM__NEVER UINT64_MAX
 
 /* The acquire and release fast paths are built from small helpers; forcing
@@ -259,7 +263,9 @@ static inline km__lset km__model_lset(const km_env *e, uint32_t ki, const km__mo
 
 typedef struct km__scan {
     uint64_t now;
-    uint64_t retry;       /* earliest time a skipped usable key may admit */
+    uint64_t retry;       /* earliest time a skipped usable key may admit,
+                           * from the clock (cooldowns, limit windows) */
+    uint64_t poll;        /* hint for keys only a release can free */
     uint32_t tokens;
     uint32_t usable;      /* keys that could admit without an operator */
     uint32_t cost_blocked;
@@ -397,11 +403,14 @@ static uint32_t km__inflight(const km__key *k)
 
 /* Claim a free lease slot of key ki (CAS owner 0 -> ours).  Starts from a
  * rotation that depends on the process slot, so processes do not all race
- * for the lowest free slot.  Returns the slot index or -1 if all are taken. */
+ * for the lowest free slot.  Returns the slot index; -1 if every slot's bit
+ * is set; -2 if a clear bit's slot was still owned (mid-release) or lost to
+ * another claimer. */
 static int km__slot_claim(km_env *e, uint32_t ki, km__key *k)
 {
     km__lease *ls = km__leases(e, ki);
     uint32_t rot = (e->proc_slot * 7u) & 63u;
+    int seen = -1;
 
     for (uint32_t i = 0; i < km__busy_words(k); i++) {
         uint64_t free = ~ck_pr_load_64(&k->busy[i]) & km__word_mask(k, i);
@@ -414,9 +423,10 @@ static int km__slot_claim(km_env *e, uint32_t ki, km__key *k)
              * bit from here until it stores owner = 0 again. */
             if (ck_pr_load_64(&ls[s].owner) == 0 && ck_pr_cas_64(&ls[s].owner, 0, e->owner))
                 return (int)s;
+            seen = -2;
         }
     }
-    return -1;
+    return seen;
 }
 
 /* Give a claimed slot back: phase FREE, then owner 0 with release
@@ -491,7 +501,7 @@ static int km__try_key(km_env *e, uint32_t ki, km__scan *sc, km_lease *out)
         return 0;
     }
     if (st == KM__ST_PROBING) {
-        sc->retry = km__min64(sc->retry, sc->now + KM__RETRY_PROBE_NS);
+        sc->poll = km__min64(sc->poll, KM__POLL_PROBE_NS);
         return 0;
     }
     /* No pre-check by plain loads here: admission refuses before it changes
@@ -499,8 +509,12 @@ static int km__try_key(km_env *e, uint32_t ki, km__scan *sc, km_lease *out)
      * pre-check would cost every admitted request ~20 instructions.  The
      * sampling strategies pre-check while choosing (km__eligible). */
     int s = km__slot_claim(e, ki, k);
-    if (s < 0) {
-        sc->retry = km__min64(sc->retry, sc->now + KM__RETRY_BUSY_NS);
+    if (s == -1) { /* every slot taken: a release will wake sleepers */
+        sc->poll = km__min64(sc->poll, KM__POLL_BUSY_NS);
+        return 0;
+    }
+    if (s < 0) { /* a slot is being released or claimed right now */
+        sc->retry = km__min64(sc->retry, sc->now + KM__RETRY_TRANSIENT_NS);
         return 0;
     }
     km__lease *ls = &km__leases(e, ki)[s];
@@ -711,17 +725,31 @@ KM__HOT int km__pass(km_env *e, uint32_t p, int strategy, uint32_t start, km__sc
     }
 }
 
-static int km__finish(const km__scan *sc, km_lease *out)
+/* Result of a failed scan.  *wake (for km_acquire_wait) is the clock time
+ * at which a key may be admissible, KM__NEVER if only a release or an
+ * operator can help; the caller's retry_at_ns also folds in the poll hint. */
+static int km__finish(const km__scan *sc, km_lease *out, uint64_t *wake)
 {
     out->retry_at_ns = 0;
+    *wake = KM__NEVER;
     if (sc->usable == 0)
         return sc->cost_blocked ? KM_ECOST : KM_EUNAVAIL;
-    out->retry_at_ns = sc->retry == KM__NEVER ? sc->now + KM__RETRY_BUSY_NS
-                                              : km__max64(sc->retry, sc->now);
+    *wake = sc->retry == KM__NEVER ? KM__NEVER : km__max64(sc->retry, sc->now);
+    out->retry_at_ns = km__min64(*wake, sc->poll == KM__NEVER ? KM__NEVER : sc->now + sc->poll);
+    if (out->retry_at_ns == KM__NEVER) /* nothing timed: look again soon */
+        out->retry_at_ns = sc->now + KM__POLL_BUSY_NS;
     return KM_EAGAIN;
 }
 
+static int km__acquire(km_env *e, const km_request *req, km_lease *out, uint64_t *wake);
+
 KM_EXTERN int km_acquire(km_env *e, const km_request *req, km_lease *out)
+{
+    uint64_t wake;
+    return km__acquire(e, req, out, &wake);
+}
+
+static int km__acquire(km_env *e, const km_request *req, km_lease *out, uint64_t *wake)
 {
     if (!e || !req || !out || req->pool < 0)
         return KM_EINVAL;
@@ -731,8 +759,10 @@ KM_EXTERN int km_acquire(km_env *e, const km_request *req, km_lease *out)
     km__pool *pool = &km__pools(e)[p];
     uint32_t n = pool->n_keys, start = 0;
     int strategy = req->strategy ? req->strategy : (int)pool->strategy;
-    km__scan sc = {.now = km_now_ns(), .retry = KM__NEVER, .tokens = req->tokens};
+    km__scan sc = {.now = km_now_ns(), .retry = KM__NEVER, .poll = KM__NEVER,
+                   .tokens = req->tokens};
 
+    *wake = KM__NEVER;
     if (n == 0 || n > e->hdr->cap_keys)
         return n == 0 ? KM_EUNAVAIL : KM_ECORRUPT;
     if (strategy <= KM_STRATEGY_DEFAULT || strategy >= KM_STRATEGY_COUNT)
@@ -760,7 +790,7 @@ KM_EXTERN int km_acquire(km_env *e, const km_request *req, km_lease *out)
             if (km__try_key(e, (uint32_t)ki, &sc, out))
                 return KM_OK;
         }
-        return km__finish(&sc, out);
+        return km__finish(&sc, out, wake);
     }
     switch (strategy) {
     case KM_STRATEGY_ROUND_ROBIN: {
@@ -801,7 +831,7 @@ KM_EXTERN int km_acquire(km_env *e, const km_request *req, km_lease *out)
         if (km__pass(e, p, strategy, start, &sc, out))
             return KM_OK;
     }
-    return km__finish(&sc, out);
+    return km__finish(&sc, out, wake);
 }
 
 /*
@@ -814,10 +844,12 @@ KM_EXTERN int km_acquire(km_env *e, const km_request *req, km_lease *out)
  * (and bumps wake_seq after our read, so FUTEX_WAIT returns at once or we
  * are woken), or our attempt came after its locked instructions and saw
  * the capacity.  Time-based capacity (cooldowns, limit windows) is covered
- * by the timeout.  One window is not covered: a slot's owner word is
- * cleared by a plain store after the releaser's last locked instruction,
- * so an attempt can see the slot's bit clear and its owner still set; the
- * retry hint for such a key is 1 ms, which bounds the delay.
+ * by the timeout.  One window is not covered by the count: a slot's owner
+ * word is cleared by a plain store after the releaser's last locked
+ * instruction, so an attempt can see the slot's bit clear and its owner
+ * still set; km__slot_claim reports that as transient and the sleeper looks
+ * again after 50 us.  A key whose slots are all taken sets no timer: only a
+ * release frees it, and a release wakes.
  */
 KM_EXTERN int km_acquire_wait(km_env *e, const km_request *req, km_lease *out,
                               uint32_t timeout_ms)
@@ -830,9 +862,10 @@ KM_EXTERN int km_acquire_wait(km_env *e, const km_request *req, km_lease *out,
     uint64_t deadline = km_now_ns() + (uint64_t)timeout_ms * 1000000u;
 
     for (;;) {
+        uint64_t wake;
         ck_pr_inc_32(&pool->waiters);
         uint32_t seq = ck_pr_load_32(&pool->wake_seq);
-        int rc = km_acquire(e, req, out);
+        int rc = km__acquire(e, req, out, &wake);
         if (rc != KM_EAGAIN) {
             ck_pr_dec_32(&pool->waiters);
             return rc;
@@ -842,7 +875,9 @@ KM_EXTERN int km_acquire_wait(km_env *e, const km_request *req, km_lease *out,
             ck_pr_dec_32(&pool->waiters);
             return KM_ETIMEDOUT;
         }
-        uint64_t until = km__min64(km__max64(out->retry_at_ns, now + 1000), deadline);
+        /* Sleep until the clock may admit (wake) or a release wakes us;
+         * never past the deadline. */
+        uint64_t until = km__min64(km__max64(wake, now + 1000), deadline);
         struct timespec ts = {.tv_sec = (time_t)((until - now) / KM__NS_PER_S),
                               .tv_nsec = (long)((until - now) % KM__NS_PER_S)};
         /* Shared futex (no FUTEX_PRIVATE_FLAG): wakers are other processes. */
