@@ -46,7 +46,9 @@ KM_EXTERN const char *km_err_name(int err)
 
 KM_EXTERN const char *km_strategy_name(int s)
 {
-    static const char *const n[] = {"default", "round_robin", "least_busy", "weighted"};
+    static const char *const n[] = {"default",  "round_robin", "least_busy",  "weighted",
+                                    "latency", "cost",        "reliability", "fill_first"};
+    _Static_assert(sizeof(n) / sizeof(n[0]) == KM_STRATEGY_COUNT, "a name per strategy");
     return KM__NAME(n, s);
 }
 

@@ -2,7 +2,8 @@
  * tests/t_config.c - km_config_parse(): the schema, defaults, limit merging
  * and resolution, and every error the parser promises to catch, each with a
  * one-line message that names the field (or line:column) and never the
- * secret.
+ * secret.  Also the newer fields (models, prices, budgets, metadata, the
+ * new strategies) and km_config_from_env().
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -599,9 +600,554 @@ static void test_file(void)
        "parse_file: empty input");
 }
 
+/* ------------------------------------------------------------ new fields */
+
+static km_config *good(const char *json, const char *name)
+{
+    km_config *cfg;
+    int rc = parse(json, &cfg);
+    if (!is_int(rc, KM_OK, "%s parses", name))
+        diag("message: %s", err);
+    return rc == KM_OK ? cfg : NULL;
+}
+
+static void test_strategies(void)
+{
+    static const struct {
+        const char *name;
+        int id;
+    } st[] = {{"round_robin", KM_STRATEGY_ROUND_ROBIN},
+              {"least_busy", KM_STRATEGY_LEAST_BUSY},
+              {"weighted", KM_STRATEGY_WEIGHTED},
+              {"latency", KM_STRATEGY_LATENCY},
+              {"cost", KM_STRATEGY_COST},
+              {"reliability", KM_STRATEGY_RELIABILITY},
+              {"fill_first", KM_STRATEGY_FILL_FIRST}};
+    char b[128];
+    for (size_t i = 0; i < sizeof st / sizeof st[0]; i++) {
+        km_config *cfg;
+        snprintf(b, sizeof b, "\"strategy\": \"%s\"", st[i].name);
+        int rc = parse(one_key("", b), &cfg);
+        ok(rc == KM_OK && cfg->pools[0].strategy == st[i].id,
+           "strategy \"%s\" -> %d", st[i].name, st[i].id);
+        if (rc == KM_OK)
+            km_config_free(cfg);
+    }
+    bad(one_key("", "\"strategy\": \"default\""),
+        "pools[0].strategy: must be \"round_robin\"", "strategy \"default\" refused");
+    ok(strstr(err, "\"fill_first\"") != NULL, "... the message lists the new names");
+    bad(one_key("", "\"strategy\": 3"), "pools[0].strategy: must be",
+        "strategy not a string");
+}
+
+/* One pool "p" with `pool_extra` and a key "a"; for model tests. */
+static const char *model_pool(const char *pool_extra)
+{
+    return one_key("", pool_extra);
+}
+
+static void test_models(void)
+{
+    km_config *cfg = good(
+        model_pool("\"model_limits\": \"per_model\", \"models\": {"
+                   "\"gpt-4o\": {\"rpm\": 500, \"tpm\": {\"limit\": 30000, "
+                   "\"mode\": \"sliding\"}}, \"gpt-4o-mini\": {}, "
+                   "\"models/gemini-1.5-pro\": {\"rpd\": 7}, "
+                   "\"ft:gpt-4o-mini:org:x_1\": {}}"),
+        "per_model pool");
+    if (cfg) {
+        const km__pool_cfg *p = &cfg->pools[0];
+        ok(p->model_mode == KM_MODELS_PER_MODEL && p->n_models == 4,
+           "per_model: mode and 4 models");
+        ok(strcmp(p->models[0].name, "gpt-4o") == 0 &&
+               strcmp(p->models[1].name, "gpt-4o-mini") == 0 &&
+               strcmp(p->models[2].name, "models/gemini-1.5-pro") == 0 &&
+               strcmp(p->models[3].name, "ft:gpt-4o-mini:org:x_1") == 0,
+           "models in file order; dots, colons and slashes in names");
+        const km__limit_cfg *l = p->models[0].limits;
+        ok(l[KM_WIN_RPM].limit == 500 && l[KM_WIN_RPM].burst == 500 &&
+               l[KM_WIN_RPM].mode == KM_MODE_TOKEN_BUCKET,
+           "model rpm 500: token bucket, burst resolved");
+        ok(l[KM_WIN_TPM].limit == 30000 && l[KM_WIN_TPM].burst == 3000 &&
+               l[KM_WIN_TPM].mode == KM_MODE_SLIDING,
+           "model tpm sliding: burst resolved to limit/10");
+        ok(p->models[1].limits[KM_WIN_RPM].limit == 0 &&
+               p->models[1].limits[KM_WIN_TPM].limit == 0,
+           "model {} has no limits of its own");
+        is_u64(p->models[2].limits[KM_WIN_RPD].limit, 7, "model rpd");
+        is_u64(cfg->keys[0].limits[KM_WIN_RPM].limit, 0,
+               "model limits are not key limits");
+        is_int(cfg->cap_models, KM__DEF_CAP_MODELS, "capacity.models default");
+        km_config_free(cfg);
+    }
+    cfg = good(model_pool("\"models\": {\"gpt-4o\": {}, \"o1\": {}}"),
+               "global pool with a model list");
+    if (cfg) {
+        ok(cfg->pools[0].model_mode == KM_MODELS_GLOBAL &&
+               cfg->pools[0].n_models == 2,
+           "model_limits defaults to global; names kept");
+        km_config_free(cfg);
+    }
+    cfg = good(model_pool("\"model_limits\": \"global\""), "explicit global, no models");
+    if (cfg) {
+        ok(cfg->pools[0].n_models == 0 && cfg->pools[0].models == NULL,
+           "no models: none allocated");
+        km_config_free(cfg);
+    }
+
+    bad(model_pool("\"models\": {\"gpt-4o\": {\"rpm\": 500}}"),
+        "pools[0].models.gpt-4o: limits need \"model_limits\": \"per_model\"",
+        "global pool with a model limit refused");
+    bad(model_pool("\"model_limits\": \"global\", \"models\": {\"a\": {}, "
+                   "\"b\": {\"tpm\": 5}}"),
+        "pools[0].models.b: limits need \"model_limits\": \"per_model\"",
+        "explicit global: the model with a limit is named");
+    bad(model_pool("\"model_limits\": \"per_model\""),
+        "pools[0].models: \"model_limits\": \"per_model\" needs at least one model",
+        "per_model without models");
+    bad(model_pool("\"model_limits\": \"per_model\", \"models\": {}"),
+        "pools[0].models: \"model_limits\": \"per_model\" needs at least one model",
+        "per_model with an empty models object");
+    bad(model_pool("\"model_limits\": \"per_key\""),
+        "pools[0].model_limits: must be \"global\" or \"per_model\"",
+        "unknown model_limits");
+    bad(model_pool("\"model_limits\": true"), "pools[0].model_limits: must be",
+        "model_limits not a string");
+    bad(model_pool("\"models\": [\"gpt-4o\"]"), "pools[0].models: must be an object",
+        "models as an array refused");
+    bad(model_pool("\"models\": {\"gpt-4o\": 500}"),
+        "pools[0].models.gpt-4o: must be an object", "model not an object");
+    bad(model_pool("\"models\": {\"gpt 4o\": {}}"),
+        "pools[0].models.gpt 4o: model name may hold only", "model name with a space");
+    bad(model_pool("\"models\": {\"gpt@4o\": {}}"),
+        "pools[0].models.gpt@4o: model name may hold only", "model name with @");
+    bad(model_pool("\"models\": {\"\": {}}"),
+        "pools[0].models: a model name must not be empty", "empty model name");
+    bad(model_pool("\"models\": {\"m234567890123456789012345678901234567890"
+                   "123456789012345678901234\": {}}"),
+        "longer than 63 bytes", "model name of 64 bytes");
+    cfg = good(model_pool("\"models\": {\"m23456789012345678901234567890123456789"
+                          "012345678901234567890123\": {}}"),
+               "model name of 63 bytes");
+    km_config_free(cfg);
+    bad(model_pool("\"model_limits\": \"per_model\", \"models\": {\"m\": {\"rpz\": 1}}"),
+        "pools[0].models.m.rpz: unknown field", "unknown window in a model");
+    bad(model_pool("\"models\": {\"m\": {\"colour\": 1}}"),
+        "pools[0].models.m.colour: unknown field",
+        "unknown field in a global model is an unknown field");
+    bad(model_pool("\"model_limits\": \"per_model\", \"models\": {\"m\": {\"rpm\": 0}}"),
+        "pools[0].models.m.rpm: must be a positive integer", "model limit 0");
+    bad(model_pool("\"model_limits\": \"per_model\", \"models\": {\"m\": {\"tpm\": "
+                   "{\"limit\": 10, \"mode\": \"sliding\", \"burst\": 11}}}"),
+        "pools[0].models.m.tpm.burst: must not exceed limit",
+        "model sliding burst > limit");
+    bad(model_pool("\"model_limits\": \"per_model\", \"models\": {\"m\": {\"rpd\": "
+                   "2000000000000}}"),
+        "pools[0].models.m.rpd: cannot be realised", "model limit too large");
+}
+
+/* A pool with `n` models (m0..), after `capacity`. */
+static char *n_models(unsigned n, const char *capacity)
+{
+    size_t cap = 256 + (size_t)n * 16;
+    char *b = malloc(cap);
+    size_t off = (size_t)snprintf(b, cap, "{%s%s\"pools\": [{\"name\": \"p\", "
+                                  "\"models\": {", capacity,
+                                  capacity[0] ? ", " : "");
+    for (unsigned i = 0; i < n; i++)
+        off += (size_t)snprintf(b + off, cap - off, "%s\"m%u\": {}",
+                                i ? ", " : "", i);
+    snprintf(b + off, cap - off,
+             "}, \"keys\": [{\"id\": \"a\", \"secret\": \"sk-x\"}]}]}");
+    return b;
+}
+
+static void test_capacity_models(void)
+{
+    km_config *cfg;
+    char *j = n_models(10, "");
+    int rc = parse(j, &cfg);
+    free(j);
+    ok(rc == KM_OK && cfg->cap_models == 10,
+       "capacity.models defaults to max(8, models): 10 models");
+    if (rc == KM_OK)
+        km_config_free(cfg);
+    j = n_models(1, "\"capacity\": {\"models\": 20}");
+    rc = parse(j, &cfg);
+    free(j);
+    ok(rc == KM_OK && cfg->cap_models == 20, "capacity.models as given");
+    if (rc == KM_OK)
+        km_config_free(cfg);
+    j = n_models(64, "");
+    rc = parse(j, &cfg);
+    free(j);
+    ok(rc == KM_OK && cfg->cap_models == 64 && cfg->pools[0].n_models == 64,
+       "64 models accepted");
+    if (rc == KM_OK)
+        km_config_free(cfg);
+    j = n_models(3, "\"capacity\": {\"models\": 2}");
+    bad(j, "pools[0].models: more models (3) than capacity.models (2)",
+        "explicit capacity.models too small");
+    free(j);
+    j = n_models(65, "");
+    bad(j, "pools[0].models: more models (65) than the maximum (64)",
+        "65 models refused");
+    free(j);
+    bad("{\"capacity\": {\"models\": 0}, \"pools\": []}",
+        "capacity.models: must be an integer from 1 to 64", "capacity.models 0");
+    bad("{\"capacity\": {\"models\": 65}, \"pools\": []}",
+        "capacity.models: must be an integer from 1 to 64", "capacity.models 65");
+}
+
+static void test_price(void)
+{
+    km_config *cfg = good(
+        "{\"pools\": [{\"name\": \"p\", \"price\": {\"input_per_1k\": 0.0025, "
+        "\"output_per_1k\": 0.01}, \"keys\": ["
+        "{\"id\": \"a\", \"secret\": \"sk-x\"},"
+        "{\"id\": \"b\", \"secret\": \"sk-x\", \"price\": {\"output_per_1k\": 0.02}},"
+        "{\"id\": \"c\", \"secret\": \"sk-x\", \"price\": {\"input_per_1k\": 1, "
+        "\"output_per_1k\": 0}}]},"
+        "{\"name\": \"q\", \"keys\": [{\"id\": \"a\", \"secret\": \"sk-x\", "
+        "\"price\": {\"input_per_1k\": 1.2345674, \"output_per_1k\": 1.2345676}},"
+        "{\"id\": \"b\", \"secret\": \"sk-x\", \"price\": {\"input_per_1k\": "
+        "0.0000014, \"output_per_1k\": 0.0000016}},"
+        "{\"id\": \"c\", \"secret\": \"sk-x\"}]}]}",
+        "prices");
+    if (cfg) {
+        const km__key_cfg *k = cfg->keys;
+        ok(k[0].price_in == 2500 && k[0].price_out == 10000,
+           "pool price is the keys' default: 0.0025 -> 2500, 0.01 -> 10000");
+        ok(k[1].price_in == 2500 && k[1].price_out == 20000,
+           "key price overrides the pool's field by field");
+        ok(k[2].price_in == 1000000 && k[2].price_out == 0,
+           "integer dollars; an explicit 0 overrides");
+        ok(k[3].price_in == 1234567 && k[3].price_out == 1234568,
+           "rounded to the nearest micro-dollar");
+        ok(k[4].price_in == 1 && k[4].price_out == 2, "tiny prices round");
+        ok(k[5].price_in == 0 && k[5].price_out == 0, "no price: 0");
+        km_config_free(cfg);
+    }
+    bad(one_key("", "\"price\": {\"input_per_1k\": -0.5}"),
+        "pools[0].price.input_per_1k: must be a number of US dollars from 0",
+        "negative price");
+    bad(one_key("\"price\": {\"output_per_1k\": \"0.01\"}", ""),
+        "pools[0].keys[0].price.output_per_1k: must be a number",
+        "price as a string");
+    bad(one_key("\"price\": {\"output_per_1k\": 10000000}", ""),
+        "pools[0].keys[0].price.output_per_1k: must be a number of US dollars from 0 to 1000000",
+        "price above the maximum");
+    bad(one_key("\"price\": {\"input\": 1}", ""),
+        "pools[0].keys[0].price.input: unknown field", "unknown price field");
+    bad(one_key("", "\"price\": 0.01"), "pools[0].price: must be an object",
+        "price not an object");
+}
+
+static void test_budget(void)
+{
+    km_config *cfg = good(
+        "{\"pools\": [{\"name\": \"p\", \"budget\": {\"usd\": 100.0}, \"keys\": ["
+        "{\"id\": \"a\", \"secret\": \"sk-x\"},"
+        "{\"id\": \"b\", \"secret\": \"sk-x\", \"budget\": {\"usd\": 5.5, "
+        "\"hard\": false}},"
+        "{\"id\": \"c\", \"secret\": \"sk-x\", \"budget\": {\"usd\": 0.0000012, "
+        "\"hard\": true}}]}, {\"name\": \"q\", \"budget\": {\"usd\": 3, \"hard\": "
+        "false}, \"keys\": [{\"id\": \"a\", \"secret\": \"sk-x\"}]}]}",
+        "budgets");
+    if (cfg) {
+        ok(cfg->pools[0].budget_microusd == 100000000 && cfg->pools[0].budget_hard == 1,
+           "pool budget 100.0 USD, hard by default");
+        ok(cfg->pools[1].budget_microusd == 3000000 && cfg->pools[1].budget_hard == 0,
+           "pool budget 3 (integer), soft");
+        is_u64(cfg->keys[0].budget_microusd, 0, "pool budget not copied to keys");
+        ok(cfg->keys[1].budget_microusd == 5500000 && cfg->keys[1].budget_hard == 0,
+           "key budget 5.5, soft");
+        ok(cfg->keys[2].budget_microusd == 1 && cfg->keys[2].budget_hard == 1,
+           "key budget rounds to 1 micro-dollar");
+        km_config_free(cfg);
+    }
+    bad(one_key("", "\"budget\": {\"hard\": true}"), "pools[0].budget.usd: missing",
+        "budget without usd");
+    bad(one_key("", "\"budget\": {\"usd\": 0}"),
+        "pools[0].budget.usd: must be at least 0.000001", "budget of 0");
+    bad(one_key("\"budget\": {\"usd\": 0.0000004}", ""),
+        "pools[0].keys[0].budget.usd: must be at least 0.000001",
+        "budget rounding to 0");
+    bad(one_key("\"budget\": {\"usd\": -1}", ""),
+        "pools[0].keys[0].budget.usd: must be a number", "negative budget");
+    bad(one_key("\"budget\": {\"usd\": 1, \"hard\": \"yes\"}", ""),
+        "pools[0].keys[0].budget.hard: must be true or false", "hard not a boolean");
+    bad(one_key("\"budget\": {\"usd\": 1, \"soft\": true}", ""),
+        "pools[0].keys[0].budget.soft: unknown field", "unknown budget field");
+    bad(one_key("", "\"budget\": 100"), "pools[0].budget: must be an object",
+        "budget not an object");
+}
+
+static void test_meta(void)
+{
+    km_config *cfg = good(
+        one_key("\"meta\": {\"org\": \"org-1\", \"base_url\": \"https://x/v1\", "
+                "\"A-b_9\": \"q\\\"uote \\\\ back\", \"e\": \"\"}", ""),
+        "key meta");
+    if (cfg) {
+        is_str(cfg->keys[0].meta,
+               "{\"A-b_9\":\"q\\\"uote \\\\ back\",\"base_url\":\"https://x/v1\","
+               "\"e\":\"\",\"org\":\"org-1\"}",
+               "meta serialised compactly with sorted keys");
+        km_config_free(cfg);
+    }
+    cfg = good(one_key("\"meta\": {}", ""), "empty meta");
+    if (cfg) {
+        is_str(cfg->keys[0].meta, "", "empty meta is \"\"");
+        km_config_free(cfg);
+    }
+    cfg = good(one_key("", ""), "no meta");
+    if (cfg) {
+        is_str(cfg->keys[0].meta, "", "no meta is \"\"");
+        km_config_free(cfg);
+    }
+
+    char v[300], b[512];
+    memset(v, 'v', 247);
+    v[247] = '\0';
+    snprintf(b, sizeof b, "\"meta\": {\"x\": \"%s\"}", v);
+    cfg = good(one_key(b, ""), "meta of exactly 255 bytes");
+    if (cfg) {
+        is_int(strlen(cfg->keys[0].meta), KM_META_MAX, "... all 255 kept");
+        km_config_free(cfg);
+    }
+    memset(v, 'v', 248);
+    v[248] = '\0';
+    snprintf(b, sizeof b, "\"meta\": {\"x\": \"%s\"}", v);
+    bad(one_key(b, ""), "pools[0].keys[0].meta: 256 bytes as JSON, more than 255",
+        "meta of 256 bytes refused");
+
+    bad(one_key("\"meta\": \"org-1\"", ""), "pools[0].keys[0].meta: must be an object",
+        "meta not an object");
+    bad(one_key("\"meta\": {\"org\": 1}", ""), "pools[0].keys[0].meta.org: must be a string",
+        "meta value not a string");
+    bad(one_key("\"meta\": {\"org\": \"a\\nb\"}", ""),
+        "pools[0].keys[0].meta.org: must be printable ASCII", "meta value with a newline");
+    bad(one_key("\"meta\": {\"org\": \"caf\\u00e9\"}", ""),
+        "pools[0].keys[0].meta.org: must be printable ASCII", "meta value not ASCII");
+    bad(one_key("\"meta\": {\"a.b\": \"x\"}", ""),
+        "pools[0].keys[0].meta: name \"a.b\" is not 1..32 bytes", "meta name with a dot");
+    bad(one_key("\"meta\": {\"\": \"x\"}", ""),
+        "pools[0].keys[0].meta: name \"\" is not 1..32 bytes", "empty meta name");
+    bad(one_key("\"meta\": {\"n23456789012345678901234567890123\": \"x\"}", ""),
+        "is not 1..32 bytes", "meta name of 33 bytes");
+    cfg = good(one_key("\"meta\": {\"n2345678901234567890123456789012\": \"x\"}", ""),
+               "meta name of 32 bytes");
+    km_config_free(cfg);
+    bad(one_key("", "\"meta\": {}"), "pools[0].meta: unknown field",
+        "meta is a key field, not a pool field");
+}
+
+/* ---------------------------------------------------- km_config_from_env */
+
+#define ENV_SECRET_1 "sk-envunit-aaaa1111"
+#define ENV_SECRET_3 "sk-envunit-cccc3333"
+
+static char warnings[4096];
+static int n_warnings;
+
+static void collect(void *ctx, const char *msg)
+{
+    size_t len = strlen(warnings);
+    (void)ctx;
+    n_warnings++;
+    snprintf(warnings + len, sizeof warnings - len, "%s%s", len ? " | " : "",
+             msg);
+}
+
+/* Remove every KMTP* / NUM_KMTP* variable. */
+static void env_clear(void)
+{
+    extern char **environ;
+    char names[64][128];
+    int n = 0;
+    for (char **e = environ; *e && n < 64; e++)
+        if (strncmp(*e, "KMTP", 4) == 0 || strncmp(*e, "NUM_KMTP", 8) == 0) {
+            size_t len = strcspn(*e, "=");
+            snprintf(names[n++], sizeof names[0], "%.*s", (int)len, *e);
+        }
+    for (int i = 0; i < n; i++)
+        unsetenv(names[i]);
+}
+
+static int from_env(const char *providers, km_config **cfg)
+{
+    err[0] = warnings[0] = '\0';
+    n_warnings = 0;
+    *cfg = NULL;
+    return km_config_from_env(providers, cfg, collect, NULL, err, sizeof err);
+}
+
+/* A failing environment: KM_ECONFIG, no config, `want` in the message, no
+ * secret in it or in any warning. */
+static void env_bad(const char *providers, const char *want, const char *name)
+{
+    km_config *cfg = (km_config *)&cfg;
+    int rc = from_env(providers, &cfg);
+    int good_ = rc == KM_ECONFIG && cfg == NULL && strstr(err, want) &&
+                !strstr(err, "envunit") && !strstr(warnings, "envunit") &&
+                !strchr(err, '\n');
+    ok(good_, "env: %s", name);
+    if (!good_)
+        diag("rc %d (%s), message '%s', wanted '%s'", rc, km_err_name(rc), err,
+             want);
+    if (rc == KM_OK)
+        km_config_free(cfg);
+}
+
+static void test_env(void)
+{
+    km_config *cfg;
+    int rc;
+
+    env_clear();
+    env_bad("kmtp", "NUM_KMTP is not set", "NUM_KMTP missing");
+    setenv("NUM_KMTP", "x3", 1);
+    env_bad("kmtp", "NUM_KMTP: must be an integer from 1 to 65536", "NUM_KMTP not a number");
+    setenv("NUM_KMTP", "0", 1);
+    env_bad("kmtp", "NUM_KMTP: must be an integer from 1 to 65536", "NUM_KMTP 0");
+    setenv("NUM_KMTP", "65537", 1);
+    env_bad("kmtp", "NUM_KMTP: must be an integer from 1 to 65536", "NUM_KMTP 65537");
+    setenv("NUM_KMTP", "2", 1);
+    env_bad("kmtp", "kmtp: no key: none of KMTP_API_KEY_1..2 is set", "no usable key");
+    ok(n_warnings == 2 && strstr(warnings, "KMTP_API_KEY_1 is not set; key 1 skipped"),
+       "env: each gap warned (%d warnings)", n_warnings);
+
+    setenv("NUM_KMTP", "3", 1);
+    setenv("KMTP_API_KEY_1", ENV_SECRET_1, 1);
+    setenv("KMTP_API_KEY_2", "", 1);
+    setenv("KMTP_API_KEY_3", ENV_SECRET_3, 1);
+    setenv("KMTP_ORG_1", "org-one", 1);
+    setenv("KMTP_BASE_URL_3", "https://api.example/v1", 1);
+    setenv("KMTP_PROJECT_2", "ignored: key 2 is skipped", 1);
+    setenv("KMTP_RPM", "60", 1);
+    setenv("KMTP_TPD", "1000000", 1);
+    setenv("KMTP_TPM_3", "5000", 1);
+    setenv("KMTP_RPM_1", "30", 1);
+    setenv("KMTP_WEIGHT_3", "4", 1);
+    setenv("KMTP_STRATEGY", "fill_first", 1);
+    setenv("KMTP_ACCESS_TOKEN_1", "tok-envunit-secret", 1);
+    setenv("KMTP_ORG_9", "org-nine", 1);
+    setenv("KMTP_ORG_01", "not a key index", 1);
+    setenv("KMTP_Lower_1", "not a parameter", 1);
+    rc = from_env("kmtp", &cfg);
+    if (!is_int(rc, KM_OK, "env: good environment parses")) {
+        diag("message: %s", err);
+        return;
+    }
+    ok(cfg->n_pools == 1 && cfg->n_keys == 2 &&
+           strcmp(cfg->pools[0].name, "kmtp") == 0,
+       "env: one pool named after the provider, 2 keys");
+    const km__key_cfg *k1 = &cfg->keys[0], *k3 = &cfg->keys[1];
+    ok(strcmp(k1->id, "kmtp-1") == 0 && strcmp(k3->id, "kmtp-3") == 0,
+       "env: key ids kmtp-1, kmtp-3");
+    ok(strcmp(k1->secret, ENV_SECRET_1) == 0 && strcmp(k3->secret, ENV_SECRET_3) == 0,
+       "env: secrets from KMTP_API_KEY_i");
+    is_str(k1->meta, "{\"org\":\"org-one\"}", "env: KMTP_ORG_1 -> meta org");
+    is_str(k3->meta, "{\"base_url\":\"https://api.example/v1\"}",
+           "env: KMTP_BASE_URL_3 -> meta base_url");
+    ok(k1->limits[KM_WIN_RPM].limit == 30 && k3->limits[KM_WIN_RPM].limit == 60 &&
+           k1->limits[KM_WIN_RPM].mode == KM_MODE_TOKEN_BUCKET,
+       "env: KMTP_RPM for the pool, KMTP_RPM_1 for key 1");
+    ok(k1->limits[KM_WIN_TPM].limit == 0 && k3->limits[KM_WIN_TPM].limit == 5000,
+       "env: KMTP_TPM_3 only on key 3");
+    ok(k1->limits[KM_WIN_TPD].limit == 1000000 && k3->limits[KM_WIN_TPD].limit == 1000000,
+       "env: KMTP_TPD on every key");
+    ok(k1->weight == 1 && k3->weight == 4, "env: KMTP_WEIGHT_3");
+    is_int(cfg->pools[0].strategy, KM_STRATEGY_FILL_FIRST, "env: KMTP_STRATEGY");
+    ok(cfg->cap_keys == KM__DEF_CAP_KEYS && cfg->cap_pools == KM__DEF_CAP_POOLS &&
+           cfg->cap_procs == KM__DEF_CAP_PROCS &&
+           cfg->cap_inflight == KM__DEF_CAP_INFLIGHT &&
+           cfg->cap_models == KM__DEF_CAP_MODELS,
+       "env: default capacities");
+    ok(strstr(warnings, "KMTP_API_KEY_2 is empty; key 2 skipped") != NULL,
+       "env: empty secret warned and skipped");
+    ok(strstr(warnings, "KMTP_ACCESS_TOKEN_1: may hold a credential") != NULL &&
+           !strstr(k1->meta, "access"),
+       "env: a credential-like parameter is not metadata");
+    ok(strstr(warnings, "KMTP_ORG_9: there is no key 9") != NULL,
+       "env: a parameter beyond NUM_KMTP warned");
+    is_int(n_warnings, 3, "env: exactly those three warnings");
+    ok(!strstr(warnings, "envunit") && !strstr(warnings, "org-") &&
+           !strstr(warnings, "tok-"),
+       "env: no value in any warning");
+    diag("warnings: %s", warnings);
+    km_config_free(cfg);
+
+    /* NULL warn is fine */
+    err[0] = '\0';
+    rc = km_config_from_env("kmtp", &cfg, NULL, NULL, err, sizeof err);
+    ok(rc == KM_OK, "env: NULL warn callback");
+    if (rc == KM_OK)
+        km_config_free(cfg);
+    unsetenv("KMTP_ACCESS_TOKEN_1");
+    unsetenv("KMTP_ORG_9");
+    unsetenv("KMTP_ORG_01");
+    unsetenv("KMTP_Lower_1");
+
+    /* errors naming the variable */
+    setenv("KMTP_RPM", "0", 1);
+    env_bad("kmtp", "KMTP_RPM: must be a positive integer", "KMTP_RPM 0");
+    setenv("KMTP_RPM", "2000000000000", 1);
+    env_bad("kmtp", "KMTP_RPM: cannot be realised", "KMTP_RPM too large");
+    setenv("KMTP_RPM", "60", 1);
+    setenv("KMTP_TPM_3", "-5", 1);
+    env_bad("kmtp", "KMTP_TPM_3: must be a positive integer", "KMTP_TPM_3 negative");
+    setenv("KMTP_TPM_3", "5000", 1);
+    setenv("KMTP_WEIGHT_3", "0", 1);
+    env_bad("kmtp", "KMTP_WEIGHT_3: must be an integer from 1 to 1000000", "KMTP_WEIGHT_3 0");
+    setenv("KMTP_WEIGHT_3", "4", 1);
+    setenv("KMTP_STRATEGY", "random", 1);
+    env_bad("kmtp", "KMTP_STRATEGY: must be \"round_robin\"", "KMTP_STRATEGY unknown");
+    setenv("KMTP_STRATEGY", "latency", 1);
+    setenv("KMTP_API_KEY_3", "sk-envunit-cccc 3333", 1);
+    env_bad("kmtp", "KMTP_API_KEY_3: must be at most 255 bytes of printable ASCII",
+            "secret with a space: refused, not echoed");
+    setenv("KMTP_API_KEY_3", ENV_SECRET_3, 1);
+    char longv[300];
+    memset(longv, 'v', 260);
+    longv[260] = '\0';
+    setenv("KMTP_NOTE_1", longv, 1);
+    env_bad("kmtp", "kmtp-1: metadata from the KMTP_<PARAM>_1 variables is",
+            "metadata too long for a key");
+    unsetenv("KMTP_NOTE_1");
+
+    /* provider lists */
+    env_bad("kmtp,KMTP", "providers: duplicate provider \"kmtp\"", "duplicate provider");
+    env_bad("", "providers: empty provider name", "empty provider list");
+    env_bad("kmtp,,kmtq", "providers: empty provider name", "empty provider in the list");
+    env_bad("kmtp-x", "providers: \"kmtp-x\": may hold only", "provider with a dash");
+    env_bad("kmtp,kmtq", "NUM_KMTQ is not set", "second provider without NUM_");
+
+    setenv("NUM_KMTP_X", "1", 1);
+    setenv("KMTP_X_API_KEY_1", "sk-envunit-xxxx9999", 1);
+    setenv("KMTP_X_ORG_1", "org-x", 1);
+    rc = from_env(" kmtp , kmtp_x ", &cfg);
+    ok(rc == KM_OK && cfg->n_pools == 2 && cfg->n_keys == 3 &&
+           strcmp(cfg->pools[1].name, "kmtp_x") == 0 &&
+           strcmp(cfg->keys[2].id, "kmtp_x-1") == 0 &&
+           strcmp(cfg->keys[2].meta, "{\"org\":\"org-x\"}") == 0,
+       "env: two providers, spaces around names");
+    ok(rc == KM_OK && strcmp(cfg->keys[0].meta, "{\"org\":\"org-one\"}") == 0,
+       "env: KMTP_X_ORG_1 belongs to kmtp_x, not to kmtp");
+    if (rc == KM_OK)
+        km_config_free(cfg);
+    else
+        diag("message: %s", err);
+
+    rc = km_config_from_env(NULL, &cfg, NULL, NULL, err, sizeof err);
+    is_int(rc, KM_EINVAL, "env: NULL providers");
+    env_clear();
+}
+
 int main(void)
 {
-    plan(141);
+    plan(271);
     test_good();
     test_defaults();
     test_syntax();
@@ -611,5 +1157,12 @@ int main(void)
     test_capacity();
     test_secrets();
     test_file();
+    test_strategies();
+    test_models();
+    test_capacity_models();
+    test_price();
+    test_budget();
+    test_meta();
+    test_env();
     return exit_status();
 }

@@ -28,8 +28,9 @@ TMP=$(mktemp -d "${TMPDIR:-/tmp}/kmt-kmctl.XXXXXX") || exit 1
 SEG="kmt-kmctl-$$"
 BADSEG="kmt-kmctl-bad-$$"
 MODESEG="kmt-kmctl-mode-$$"
+MODELSEG="kmt-kmctl-models-$$"
 cleanup() {
-    for s in "$SEG" "$BADSEG" "$MODESEG"; do
+    for s in "$SEG" "$BADSEG" "$MODESEG" "$MODELSEG"; do
         "$KMCTL" destroy "$s" >/dev/null 2>&1
     done
     rm -rf "$TMP"
@@ -213,6 +214,54 @@ if [ -d /dev/shm ]; then
 fi
 "$KMCTL" destroy "$MODESEG" >/dev/null 2>&1
 
+# ------------------------------------ models, prices, budgets, metadata
+cat >"$TMP/models.json" <<EOF
+{"pools": [{"name": "openai", "strategy": "latency", "model_limits": "per_model",
+            "models": {"gpt-4o": {"rpm": 500, "tpm": {"limit": 30000, "mode": "sliding"}},
+                       "gpt-4o-mini": {}},
+            "price": {"input_per_1k": 0.0025, "output_per_1k": 0.01},
+            "budget": {"usd": 100},
+            "keys": [{"id": "a", "secret": "$SECRET_A", "meta": {"org": "org-1"}},
+                     {"id": "b", "secret": "$SECRET_B", "budget": {"usd": 5.5, "hard": false}}]},
+           {"name": "groq", "models": {"llama-3.1-8b": {}},
+            "keys": [{"id": "g1", "secret": "$SECRET_G"}]}]}
+EOF
+run "$KMCTL" create "$MODELSEG" --config "$TMP/models.json"
+expect 0 "create with models, prices, budgets and meta"
+run "$KMCTL" inspect "$MODELSEG"
+expect 0 "inspect (models)"
+echo "$OUT" | grep -q '^pool openai: latency, 2 keys'
+ok $? "inspect: strategy name latency"
+echo "$OUT" | grep -q '^  models (per_model limits): gpt-4o (rpm 500, tpm 30000), gpt-4o-mini$'
+ok $? "inspect: per_model models with their limits"
+echo "$OUT" | grep -q '^  models (global limits): llama-3.1-8b$'
+ok $? "inspect: global pool's model list"
+echo "$OUT" | grep -q '^  budget: \$0.00 spent of \$100.00 (hard'
+ok $? "inspect: pool budget in USD"
+echo "$OUT" | grep -q 'COOLDOWN_S  *SPENT_USD  *META$' &&
+    echo "$OUT" | grep -Eq '^  a .* 0\.00 +\{"org":"org-1"\}$' &&
+    echo "$OUT" | grep -Eq '^  b .* 0\.00/5\.50 \(soft\) +-$'
+ok $? "inspect: SPENT_USD (with key budget) and META columns"
+! echo "$OUT" | grep -A2 '^pool groq' | grep -q 'SPENT_USD'
+ok $? "inspect: no SPENT_USD column where nothing is priced"
+no_secret "$OUT"
+ok $? "inspect (models) shows no secret"
+run "$KMCTL" inspect "$MODELSEG" --json
+expect 0 "inspect --json (models)"
+echo "$OUT" | grep -q '"model_limits": "per_model"' &&
+    echo "$OUT" | grep -A3 '"models": \[' | grep -q '"gpt-4o-mini"' &&
+    echo "$OUT" | grep -q '"input_per_1k": 0.0025,' &&
+    echo "$OUT" | grep -A2 '"budget": {' | grep -q '"usd": 100.0,' &&
+    echo "$OUT" | grep -q '"org": "org-1"' &&
+    echo "$OUT" | grep -q '"success_rate": ' &&
+    echo "$OUT" | grep -q '"waiters": 0'
+ok $? "snapshot: model_limits, models, price, budget, meta, success_rate, waiters"
+echo "$OUT" | grep -A3 '"gpt-4o": {' | grep -q '"rpm": {'
+ok $? "snapshot: per-key limits of each model"
+no_secret "$OUT"
+ok $? "inspect --json (models) shows no secret"
+"$KMCTL" destroy "$MODELSEG" >/dev/null 2>&1
+
 # ----------------------------------------------------- bad configurations
 # bad_config NAME WANT FILE: create fails with status 1, stderr
 # "kmctl: create: FILE..." containing WANT, no secret, and no segment left.
@@ -274,6 +323,13 @@ EOF
 bad_config "zero limit" "pools[0].limits.rpm: must be a positive integer" "$TMP/limit.json"
 
 bad_config "missing file" "No such file or directory" "$TMP/nonexistent.json"
+
+cat >"$TMP/modellim.json" <<EOF
+{"pools": [{"name": "p", "models": {"gpt-4o": {"rpm": 5}},
+            "keys": [{"id": "a", "secret": "$SECRET_A"}]}]}
+EOF
+bad_config "model limit in a global pool" \
+    'pools[0].models.gpt-4o: limits need "model_limits": "per_model"' "$TMP/modellim.json"
 
 echo "1..$N"
 [ "$FAILED" -eq 0 ]

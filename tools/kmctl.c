@@ -43,6 +43,9 @@ static const char usage_main[] =
     "Commands:\n"
     "  create NAME --config FILE [--mode OCTAL]\n"
     "                    create segment NAME from a JSON configuration\n"
+    "  create NAME --from-env PROVIDERS [--mode OCTAL]\n"
+    "                    create segment NAME from environment variables\n"
+    "                    (NUM_OPENAI, OPENAI_API_KEY_1, ...)\n"
     "  inspect NAME [--json]\n"
     "                    show pools and keys as a table (or snapshot JSON)\n"
     "  snapshot NAME [-o FILE]\n"
@@ -81,6 +84,7 @@ static const char usage_main[] =
 
 static const char usage_create[] =
     "Usage: kmctl create NAME --config FILE [--mode OCTAL]\n"
+    "       kmctl create NAME --from-env PROVIDERS [--mode OCTAL]\n"
     "\n"
     "Create shared-memory segment NAME from the JSON configuration FILE\n"
     "(format: docs/config.md) and initialise every pool and key in it.\n"
@@ -88,24 +92,37 @@ static const char usage_create[] =
     "sized for the configuration's capacity and fully validated first: on\n"
     "any failure no segment is left behind.\n"
     "\n"
+    "With --from-env, the configuration comes from environment variables\n"
+    "instead: for each provider P of the comma-separated PROVIDERS (e.g.\n"
+    "openai,anthropic) a pool named P with NUM_P keys P-1..P-N, secrets in\n"
+    "P_API_KEY_1..N, limits P_RPM, P_TPM, ... (pool) and P_RPM_i (key),\n"
+    "weights P_WEIGHT_i, strategy P_STRATEGY, and any other P_<PARAM>_i as\n"
+    "the key's metadata (P in upper case in variable names; details in\n"
+    "docs/config.md).  A missing P_API_KEY_i skips key i with a warning on\n"
+    "stderr: \"kmctl: create: warning: ...\".  Values are never printed.\n"
+    "\n"
     "Options:\n"
-    "  -c, --config FILE   the configuration (required)\n"
-    "  -m, --mode OCTAL    permission bits of the segment (default 0600)\n"
-    "  -h, --help          show this help\n"
+    "  -c, --config FILE          the configuration\n"
+    "  -e, --from-env PROVIDERS   build it from the environment instead\n"
+    "                             (exactly one of --config, --from-env)\n"
+    "  -m, --mode OCTAL           permission bits of the segment (default 0600)\n"
+    "  -h, --help                 show this help\n"
     "\n"
     "Exit status: 0 created; 1 invalid configuration (the message names\n"
-    "FILE:LINE:COLUMN or the field), unreadable FILE, NAME already exists or\n"
-    "another failure; 2 usage error.\n"
+    "FILE:LINE:COLUMN, the field or the variable), unreadable FILE, NAME\n"
+    "already exists or another failure; 2 usage error.\n"
     "\n"
-    "Example:\n"
-    "  kmctl create llm --config pool.json --mode 0660\n";
+    "Examples:\n"
+    "  kmctl create llm --config pool.json --mode 0660\n"
+    "  NUM_OPENAI=2 OPENAI_API_KEY_1=sk-... OPENAI_API_KEY_2=sk-... \\\n"
+    "      kmctl create llm --from-env openai\n";
 
 static const char usage_inspect[] =
     "Usage: kmctl inspect NAME [--json]\n"
     "\n"
     "Show segment NAME: capacity, then for each pool a header line (name,\n"
-    "strategy, key count, cooldown settings) and a table with one row per\n"
-    "key:\n"
+    "strategy, key count, cooldown settings), its models and budget if it\n"
+    "has them, and a table with one row per key:\n"
     "  ID          key id\n"
     "  SECRET      the secret, masked\n"
     "  STATE       active, cooling, probing, disabled, invalid or exhausted\n"
@@ -118,6 +135,9 @@ static const char usage_inspect[] =
     "  FAIL        releases with failure, auth or quota\n"
     "  EMA_MS      moving average of latency in ms (\"-\": no sample yet)\n"
     "  COOLDOWN_S  seconds of cooldown left (\"-\": none)\n"
+    "  SPENT_USD   US dollars spent (/ budget, if the key has one); shown\n"
+    "              when a key of the pool has a price or a budget\n"
+    "  META        the key's metadata (JSON); shown when a key has some\n"
     "\n"
     "Options:\n"
     "  -j, --json   print the snapshot JSON instead (as `kmctl snapshot`)\n"
@@ -303,6 +323,7 @@ static const struct option help_only[] = {{"help", no_argument, NULL, 'h'},
 
 typedef struct create_opts {
     const char *config;
+    const char *from_env;
     unsigned mode;
 } create_opts;
 
@@ -311,6 +332,10 @@ static int create_opt(int c, const char *arg, void *ctx)
     create_opts *o = ctx;
     if (c == 'c') {
         o->config = arg;
+        return -1;
+    }
+    if (c == 'e') {
+        o->from_env = arg;
         return -1;
     }
     if (c == 'm') {
@@ -326,31 +351,46 @@ static int create_opt(int c, const char *arg, void *ctx)
     return usage_error("bad option");
 }
 
+/* km_config_from_env's warnings: names of variables, never values. */
+static void create_warning(void *ctx, const char *msg)
+{
+    (void)ctx;
+    errline("warning: %s", msg);
+}
+
 static int cmd_create(int argc, char **argv)
 {
     static const struct option lo[] = {{"config", required_argument, NULL, 'c'},
+                                       {"from-env", required_argument, NULL, 'e'},
                                        {"mode", required_argument, NULL, 'm'},
                                        {"help", no_argument, NULL, 'h'},
                                        {NULL, 0, NULL, 0}};
-    create_opts o = {NULL, 0600};
+    create_opts o = {NULL, NULL, 0600};
     km_config *cfg = NULL;
     km_env *env = NULL;
     km_info info;
     char err[1024];
     int rc;
 
-    if ((rc = parse_opts(argc, argv, ":c:m:h", lo, usage_create, create_opt,
-                         &o)) >= 0)
+    if ((rc = parse_opts(argc, argv, ":c:e:m:h", lo, usage_create,
+                         create_opt, &o)) >= 0)
         return rc;
     if ((rc = want_operands(argc, 1, "NAME")) >= 0)
         return rc;
-    if (!o.config)
-        return usage_error("missing --config FILE");
+    if (o.config && o.from_env)
+        return usage_error("give either --config or --from-env, not both");
+    if (!o.config && !o.from_env)
+        return usage_error("missing --config FILE or --from-env PROVIDERS");
     const char *name = argv[optind];
 
-    rc = km_config_parse_file(o.config, &cfg, err, sizeof err);
+    if (o.config)
+        rc = km_config_parse_file(o.config, &cfg, err, sizeof err);
+    else
+        rc = km_config_from_env(o.from_env, &cfg, create_warning, NULL, err,
+                                sizeof err);
     if (rc != KM_OK) {
-        /* The library's line names the file and the line:column or field. */
+        /* The library's line names the file and the line:column, the field
+         * or the variable. */
         errline("%s", err[0] ? err : km_strerror(rc));
         return EX_FAILED;
     }
@@ -390,12 +430,26 @@ static size_t width(const char *s)
 enum {
     COL_ID, COL_SECRET, COL_STATE, COL_W, COL_INFLIGHT,
     COL_RPM, COL_RPH, COL_RPD, COL_TPM, COL_TPH, COL_TPD,
-    COL_ACQ, COL_OK, COL_429, COL_FAIL, COL_EMA, COL_COOL, NCOLS
+    COL_ACQ, COL_OK, COL_429, COL_FAIL, COL_EMA, COL_COOL, COL_SPENT,
+    COL_META, NCOLS
 };
 
 static const char *const col_title[NCOLS] = {
     "ID", "SECRET", "STATE", "W", "INFLIGHT", "RPM", "RPH", "RPD",
-    "TPM", "TPH", "TPD", "ACQ", "OK", "429", "FAIL", "EMA_MS", "COOLDOWN_S"};
+    "TPM", "TPH", "TPD", "ACQ", "OK", "429", "FAIL", "EMA_MS", "COOLDOWN_S",
+    "SPENT_USD", "META"};
+
+/* Micro-USD as dollars with 2 to 6 decimals: 100.00, 0.0025, 1.234567. */
+static void usd(uint64_t micro, char *b, size_t n)
+{
+    int len = snprintf(b, n, "%" PRIu64 ".%06" PRIu64, micro / 1000000,
+                       micro % 1000000);
+    if (len < 0 || (size_t)len >= n)
+        return;
+    char *dot = strchr(b, '.');
+    while (b + len - 1 > dot + 2 && b[len - 1] == '0')
+        b[--len] = '\0';
+}
 
 static int col_window(int col)
 {
@@ -406,6 +460,7 @@ static int col_window(int col)
 static void cell(const km_key_info *k, int col, uint64_t now, char *b,
                  size_t n)
 {
+    char u1[32], u2[32];
     int w = col_window(col);
     if (w >= 0) {
         const km_limit_info *l = &k->limits[w];
@@ -458,6 +513,18 @@ static void cell(const km_key_info *k, int col, uint64_t now, char *b,
         else
             snprintf(b, n, "-");
         break;
+    case COL_SPENT:
+        usd(k->spent_microusd, u1, sizeof u1);
+        if (k->budget_microusd) {
+            usd(k->budget_microusd, u2, sizeof u2);
+            snprintf(b, n, "%s/%s%s", u1, u2, k->budget_hard ? "" : " (soft)");
+        } else {
+            snprintf(b, n, "%s", u1);
+        }
+        break;
+    case COL_META:
+        snprintf(b, n, "%s", k->meta[0] ? k->meta : "-");
+        break;
     default:
         b[0] = '\0';
     }
@@ -477,18 +544,55 @@ static int inspect_pool(km_env *env, const char *name, int pool)
     km_key_info *keys;
     size_t wid[NCOLS];
     int show[NCOLS], last = 0, rc;
-    char b[64];
+    char b[KM_META_MAX + 64];
     uint64_t now;
 
     if ((rc = km_pool_info_get(env, pool, &pi)) != KM_OK)
         return seg_error(name, rc);
     printf("\npool %s: %s, %" PRIu32 " key%s, cooldown %" PRIu32
-           "s (max %" PRIu32 "s), max_failures %" PRIu32 "\n",
+           "s (max %" PRIu32 "s), max_failures %" PRIu32,
            pi.name, km_strategy_name(pi.strategy), pi.n_keys,
            pi.n_keys == 1 ? "" : "s", pi.cooldown_s, pi.max_cooldown_s,
            pi.max_failures);
+    if (pi.waiters)
+        printf(", %" PRIu32 " waiting", pi.waiters);
+    putchar('\n');
     if (pi.n_keys == 0)
         return EX_SUCCESS;
+    if (pi.n_models || pi.model_mode == KM_MODELS_PER_MODEL) {
+        int first = km_pool_key(env, pool, 0);
+        printf("  models (%s limits):",
+               pi.model_mode == KM_MODELS_PER_MODEL ? "per_model" : "global");
+        for (uint32_t i = 0; first >= 0 && i < pi.n_models; i++) {
+            char mname[KM_ID_MAX + 1];
+            km_limit_info lim[KM_WIN_COUNT];
+            if (km_model_info_get(env, pool, i, (uint32_t)first, mname, lim))
+                break;
+            printf("%s %s", i ? "," : "", mname);
+            /* Per-model limits are the same on every key: show them once. */
+            int any = 0;
+            for (int w = 0; w < KM_WIN_COUNT; w++)
+                if (lim[w].limit) {
+                    printf("%s%s %" PRIu64, any ? ", " : " (", km_window_name(w),
+                           lim[w].limit);
+                    any = 1;
+                }
+            if (any)
+                putchar(')');
+        }
+        putchar('\n');
+    }
+    if (pi.budget_microusd) {
+        char u1[32], u2[32];
+        usd(pi.spent_microusd, u1, sizeof u1);
+        usd(pi.budget_microusd, u2, sizeof u2);
+        printf("  budget: $%s spent of $%s (%s)\n", u1, u2,
+               pi.budget_hard ? "hard: refused when spent"
+                              : "soft: deprioritised when spent");
+    } else if (pi.spent_microusd) {
+        usd(pi.spent_microusd, b, sizeof b);
+        printf("  spent: $%s\n", b);
+    }
     keys = calloc(pi.n_keys, sizeof *keys);
     if (!keys) {
         errline("out of memory");
@@ -511,6 +615,20 @@ static int inspect_pool(km_env *env, const char *name, int pool)
             show[c] = 0;
             for (uint32_t i = 0; i < pi.n_keys; i++)
                 show[c] |= keys[i].limits[w].limit != 0;
+        }
+        /* Spend where something is priced or budgeted; metadata if any. */
+        if (c == COL_SPENT) {
+            show[c] = 0;
+            for (uint32_t i = 0; i < pi.n_keys; i++)
+                show[c] |= keys[i].price_in_microusd_per_1k != 0 ||
+                           keys[i].price_out_microusd_per_1k != 0 ||
+                           keys[i].budget_microusd != 0 ||
+                           keys[i].spent_microusd != 0;
+        }
+        if (c == COL_META) {
+            show[c] = 0;
+            for (uint32_t i = 0; i < pi.n_keys; i++)
+                show[c] |= keys[i].meta[0] != '\0';
         }
         if (!show[c])
             continue;

@@ -1,0 +1,228 @@
+/*
+ * t_wait.c - blocking acquire, pinning and fill_first.
+ *
+ * Blocking: a process sleeping in km_acquire_wait() is woken by a release in
+ * another process long before its timeout; times out with KM_ETIMEDOUT when
+ * nothing frees up; wakes by itself when a cooldown ends; is woken by an
+ * operator's enable; and does not spin while it sleeps (its CPU time stays
+ * far below the time it waited).
+ */
+#include <stdio.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "keymesh.h"
+#include "tap.h"
+
+static char name[64];
+
+static km_env *make(const char *js, km_config **cfg)
+{
+    char err[256];
+    km_env *e = NULL;
+    km_unlink(name);
+    if (km_config_parse(js, strlen(js), "t_wait", cfg, err, sizeof err) ||
+        km_create(name, *cfg, 0, &e))
+        bail_out("cannot create segment %s: %s", name, err);
+    return e;
+}
+
+static double cpu_s(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 +
+           (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
+}
+
+/* Child: attach, take the only lease slot, tell the parent, hold it for
+ * hold_ms (0: forever, until killed), then release. */
+static pid_t holder(int hold_ms, int *ready_fd)
+{
+    int fd[2];
+    if (pipe(fd) != 0)
+        bail_out("pipe");
+    pid_t pid = fork();
+    if (pid == 0) {
+        km_env *c = NULL;
+        km_lease l;
+        km_request rq = {.pool = 0};
+        km_outcome ok = {.kind = KM_OUT_SUCCESS, .latency_us = 100, .tokens = -1,
+                         .input_tokens = -1, .output_tokens = -1};
+        close(fd[0]);
+        if (km_open(name, &c) != KM_OK || km_acquire(c, &rq, &l) != KM_OK)
+            _exit(2);
+        if (write(fd[1], "h", 1) != 1)
+            _exit(3);
+        if (hold_ms == 0)
+            for (;;)
+                pause();
+        usleep((useconds_t)hold_ms * 1000);
+        int rc = km_release(c, &l, &ok);
+        km_close(c);
+        _exit(rc == KM_OK ? 0 : 4);
+    }
+    close(fd[1]);
+    char b;
+    if (read(fd[0], &b, 1) != 1)
+        bail_out("holder did not start");
+    close(fd[0]);
+    *ready_fd = -1;
+    return pid;
+}
+
+static int child_status(pid_t pid)
+{
+    int st;
+    if (waitpid(pid, &st, 0) != pid)
+        return -1;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+int main(void)
+{
+    km_config *cfg;
+    km_lease l;
+    km_request rq = {.pool = 0};
+    km_outcome ok = {.kind = KM_OUT_SUCCESS, .latency_us = 100, .tokens = -1,
+                     .input_tokens = -1, .output_tokens = -1};
+    int fd;
+    (void)fd;
+
+    plan(26);
+    snprintf(name, sizeof name, "kmt-wait-%d", (int)getpid());
+    /* One key with a single lease slot: while a child holds it, no lease. */
+    km_env *e = make("{\"capacity\":{\"inflight_per_key\":1},\"pools\":[{\"name\":\"p\","
+                     "\"cooldown_s\":1,\"keys\":[{\"id\":\"only\",\"secret\":\"sk-test-wait0001\"}]}]}",
+                     &cfg);
+
+    /* 1. Woken by a release in another process. */
+    pid_t pid = holder(300, &fd);
+    is_int(km_acquire(e, &rq, &l), KM_EAGAIN, "slot held elsewhere: non-blocking acquire says EAGAIN");
+    uint64_t t0 = km_now_ns();
+    double c0 = cpu_s();
+    int rc = km_acquire_wait(e, &rq, &l, 5000);
+    double waited = (double)(km_now_ns() - t0) / 1e9, cpu = cpu_s() - c0;
+    is_int(rc, KM_OK, "blocking acquire gets the key once the other process releases");
+    ok(waited >= 0.15 && waited < 2.0, "woken by the release (waited %.3f s; holder held 0.3 s, timeout 5 s)", waited);
+    ok(cpu < 0.05, "no spinning while asleep (%.4f s CPU over %.3f s)", cpu, waited);
+    is_int(child_status(pid), 0, "holder released cleanly");
+    is_int(km_release(e, &l, &ok), KM_OK, "release the woken lease");
+
+    /* 2. Times out when nothing frees up. */
+    pid = holder(0, &fd);
+    t0 = km_now_ns();
+    c0 = cpu_s();
+    rc = km_acquire_wait(e, &rq, &l, 400);
+    waited = (double)(km_now_ns() - t0) / 1e9;
+    cpu = cpu_s() - c0;
+    is_int(rc, KM_ETIMEDOUT, "times out while the slot stays held");
+    ok(waited >= 0.39 && waited < 1.5, "waited the timeout (%.3f s of 0.4 s)", waited);
+    ok(cpu < 0.05, "no spinning until the timeout (%.4f s CPU)", cpu);
+    km_pool_info pi;
+    km_pool_info_get(e, 0, &pi);
+    is_u64(pi.waiters, 0, "no waiter left counted after the timeout");
+    kill(pid, SIGKILL);
+    child_status(pid);
+    /* The killed holder's lease is reclaimed by the process table: a new
+     * attach that finds the table full reaps, but here we reap by closing
+     * nothing; use a fresh segment for the rest instead. */
+    km_close(e);
+    km_unlink(name);
+    km_config_free(cfg);
+
+    /* 3. Wakes by itself when a cooldown ends. */
+    e = make("{\"pools\":[{\"name\":\"p\",\"cooldown_s\":30,\"keys\":["
+             "{\"id\":\"a\",\"secret\":\"sk-test-wait000a\"},{\"id\":\"b\",\"secret\":\"sk-test-wait000b\"}]}]}",
+             &cfg);
+    km_outcome rl = {.kind = KM_OUT_RATE_LIMITED, .latency_us = 10, .tokens = 0,
+                     .retry_after_s = 0.4, .input_tokens = -1, .output_tokens = -1};
+    for (int i = 0; i < 2; i++) {
+        is_int(km_acquire(e, &rq, &l), KM_OK, "lease %d before cooling", i);
+        km_release(e, &l, &rl);
+    }
+    is_int(km_acquire(e, &rq, &l), KM_EAGAIN, "both keys cooling: EAGAIN");
+    uint64_t hint = l.retry_at_ns;
+    t0 = km_now_ns();
+    c0 = cpu_s();
+    rc = km_acquire_wait(e, &rq, &l, 3000);
+    waited = (double)(km_now_ns() - t0) / 1e9;
+    cpu = cpu_s() - c0;
+    is_int(rc, KM_OK, "blocking acquire returns when the cooldown ends");
+    ok(waited >= 0.3 && waited < 1.0, "waited about the cooldown (%.3f s of 0.4 s)", waited);
+    ok(l.start_ns >= hint - 1000, "not handed out before the retry time it announced");
+    ok(cpu < 0.05, "no spinning during the cooldown (%.4f s CPU)", cpu);
+    km_release(e, &l, &ok);
+
+    /* 4. An operator's enable wakes sleepers: both keys cool for 30 s, a
+     * child enables one after 0.3 s. */
+    rl.retry_after_s = 30;
+    for (int i = 0; i < 2; i++) {
+        km_acquire(e, &rq, &l);
+        km_release(e, &l, &rl);
+    }
+    pid = fork();
+    if (pid == 0) {
+        km_env *c = NULL;
+        usleep(300 * 1000);
+        if (km_open(name, &c) != KM_OK)
+            _exit(2);
+        km_pool_info cpi;
+        km_pool_info_get(c, 0, &cpi);
+        int w = (int)cpi.waiters;
+        int r = km_key_set_state(c, (uint32_t)km_key_find(c, 0, "b"), KM_KEY_ACTIVE);
+        km_close(c);
+        _exit(r != KM_OK ? 3 : w == 1 ? 0 : 4);
+    }
+    t0 = km_now_ns();
+    rc = km_acquire_wait(e, &rq, &l, 5000);
+    waited = (double)(km_now_ns() - t0) / 1e9;
+    is_int(rc, KM_OK, "blocking acquire returns after an enable");
+    is_str(rc == KM_OK ? l.key_id : "", "b", "the enabled key");
+    ok(waited >= 0.2 && waited < 2.0, "woken by the enable (%.3f s; cooldown 30 s)", waited);
+    is_int(child_status(pid), 0, "the enabling process saw exactly one waiter");
+    km_release(e, &l, &ok);
+
+    /* 5. Pinning. */
+    km_key_set_state(e, (uint32_t)km_key_find(e, 0, "a"), KM_KEY_ACTIVE);
+    km_request pin = {.pool = 0, .key_id = "b"};
+    int all_b = 1;
+    for (int i = 0; i < 5; i++) {
+        if (km_acquire(e, &pin, &l) != KM_OK || strcmp(l.key_id, "b") != 0)
+            all_b = 0;
+        km_release(e, &l, &ok);
+    }
+    ok(all_b, "pinned acquires all return key b");
+    pin.key_id = "zz";
+    is_int(km_acquire(e, &pin, &l), KM_ENOKEY, "pinning an unknown id: KM_ENOKEY");
+    pin.key_id = "b";
+    rl.retry_after_s = 5;
+    km_acquire(e, &pin, &l);
+    km_release(e, &l, &rl);
+    is_int(km_acquire(e, &pin, &l), KM_EAGAIN, "pinned key cooling: EAGAIN although key a is free");
+    ok(l.retry_at_ns > km_now_ns() + 4000000000ull, "retry time is the pinned key's cooldown end");
+    km_close(e);
+    km_unlink(name);
+    km_config_free(cfg);
+
+    /* 6. fill_first: stick to the first key until it is limited. */
+    e = make("{\"pools\":[{\"name\":\"p\",\"strategy\":\"fill_first\",\"limits\":{\"rpm\":2},\"keys\":["
+             "{\"id\":\"a\",\"secret\":\"sk-test-fill000a\"},{\"id\":\"b\",\"secret\":\"sk-test-fill000b\"},"
+             "{\"id\":\"c\",\"secret\":\"sk-test-fill000c\"}]}]}",
+             &cfg);
+    char seq[16] = "";
+    size_t n = 0;
+    for (int i = 0; i < 6; i++) {
+        if (km_acquire(e, &rq, &l) == KM_OK) {
+            seq[n++] = l.key_id[0];
+            km_release(e, &l, &ok);
+        }
+    }
+    is_str(seq, "aabbcc", "fill_first drains a, then b, then c");
+    km_close(e);
+    km_unlink(name);
+    km_config_free(cfg);
+    return exit_status();
+}
