@@ -522,6 +522,17 @@ static int km__body_code(const char *body, size_t len, char *buf, size_t cap)
     obj = json_is_array(root) ? json_array_get(root, 0) : root;
     err = json_object_get(obj, "error"); /* NULL unless obj is an object */
     if (json_is_object(err)) {
+        /* Gemini says a key is not valid only in error.details[].reason
+         * (status INVALID_ARGUMENT, HTTP 400): that reason wins. */
+        json_t *details = json_object_get(err, "details"), *d;
+        size_t k;
+        json_array_foreach(details, k, d) {
+            const char *r = json_string_value(json_object_get(d, "reason"));
+            if (r && km__ieq(r, "API_KEY_INVALID")) {
+                s = r;
+                n = strlen(r);
+            }
+        }
         for (i = 0; i < sizeof fields / sizeof fields[0] && !n; i++) {
             s = json_string_value(json_object_get(err, fields[i]));
             n = s ? strlen(s) : 0;
@@ -573,7 +584,9 @@ static int km__classify(int status, const char *code)
         return km__is_quota_code(code) ? KM_OUT_QUOTA : KM_OUT_AUTH;
     case 408:
         return KM_OUT_FAILURE;
-    default: /* other 4xx, 1xx, 3xx: the key worked */
+    default: /* other 4xx, 1xx, 3xx: the key worked, unless it says not */
+        if (code && km__ieq(code, "API_KEY_INVALID"))
+            return KM_OUT_AUTH;
         return KM_OUT_SUCCESS;
     }
 }

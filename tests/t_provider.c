@@ -63,6 +63,14 @@
 #define GEM_EXHAUSTED                                                          \
     "{\"error\":{\"code\":429,\"message\":\"Resource has been exhausted "      \
     "(e.g. check quota).\",\"status\":\"RESOURCE_EXHAUSTED\"}}"
+#define GEM_KEY_INVALID                                                        \
+    "{\"error\":{\"code\":400,\"message\":\"API key not valid. Please pass a " \
+    "valid API key.\",\"status\":\"INVALID_ARGUMENT\",\"details\":[{\"@type\":"   \
+    "\"type.googleapis.com/google.rpc.ErrorInfo\",\"reason\":\"API_KEY_INVALID\"," \
+    "\"domain\":\"googleapis.com\"}]}}"
+#define GEM_BAD_REQUEST                                                        \
+    "{\"error\":{\"code\":400,\"message\":\"Invalid JSON payload.\","          \
+    "\"status\":\"INVALID_ARGUMENT\"}}"
 #define GEM_DENIED                                                             \
     "{\"error\":{\"code\":403,\"message\":\"Method doesn't allow unregistered " \
     "callers.\",\"status\":\"PERMISSION_DENIED\"}}"
@@ -169,6 +177,10 @@ static const row rows[] = {
      NOW_2024, KM_OUT_RATE_LIMITED, 0, 0, 0, 0, 0, 0},
     {"gemini 403 PERMISSION_DENIED", 403, NULL, GEM_DENIED, 0, {NULL},
      NOW_2024, KM_OUT_AUTH, 0, 0, 0, 0, 0, 0},
+    {"gemini 400 API_KEY_INVALID in details: the key is invalid", 400, NULL, GEM_KEY_INVALID, 0,
+     {NULL}, NOW_2024, KM_OUT_AUTH, 0, 0, 0, 0, 0, 0},
+    {"gemini 400 INVALID_ARGUMENT without that reason: the request was bad", 400, NULL,
+     GEM_BAD_REQUEST, 0, {NULL}, NOW_2024, KM_OUT_SUCCESS, 0, 0, 0, 0, 0, 0},
     {"array-wrapped error body is unwrapped", 429, NULL,
      "[{\"error\":{\"code\":\"insufficient_quota\"}}]", 0, {NULL},
      NOW_2024, KM_OUT_QUOTA, 0, 0, 0, 0, 0, 0},
