@@ -57,6 +57,9 @@ KMCTL   := $(BUILD)/kmctl
 
 TEST_SRC := $(wildcard tests/t_*.c)
 TEST_BIN := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
+# Helpers other tests start; built with the tests, not run by prove.
+TEST_HELPERS := $(BUILD)/tests/t_hold
+TEST_RUN := $(filter-out $(TEST_HELPERS),$(TEST_BIN))
 TEST_SH  := $(wildcard tests/t_*.sh)
 BENCH_SRC := $(wildcard bench/bench_*.c)
 BENCH_BIN := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
@@ -66,7 +69,7 @@ EXAMPLE_BIN := $(patsubst examples/%.c,$(BUILD)/examples/%,$(EXAMPLE_SRC))
 # Per-test time limit (seconds); prove runs each program under it.
 TEST_TIMEOUT ?= 300
 
-.PHONY: all deps test check bench demo install uninstall clean examples
+.PHONY: all deps test check torture bench demo install uninstall clean examples
 
 all: $(SHLIB) $(STLIB) $(KMCTL)
 
@@ -129,9 +132,15 @@ examples: $(EXAMPLE_BIN)
 # and exits non-zero on any failure.
 test: deps
 	@$(MAKE) --no-print-directory all $(TEST_BIN)
-	KM_BUILD=$(BUILD) prove -f --exec 'timeout $(TEST_TIMEOUT)' $(TEST_BIN) $(TEST_SH)
+	KM_BUILD=$(BUILD) prove -f --exec 'timeout $(TEST_TIMEOUT)' $(TEST_RUN) $(TEST_SH)
 
 check: test
+
+# Long crash-torture runs (not part of make test): KM_TORTURE_S seconds each.
+TORTURE_S ?= 30
+torture: deps
+	@$(MAKE) --no-print-directory all $(TEST_BIN)
+	KM_BUILD=$(BUILD) KM_TORTURE_S=$(TORTURE_S) prove -v $(BUILD)/tests/t_crash
 
 bench: deps
 	@$(MAKE) --no-print-directory all $(BENCH_BIN)

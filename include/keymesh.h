@@ -409,6 +409,47 @@ KM_EXTERN int km_model_info_get(km_env *env, int pool, uint32_t i, uint32_t key,
  * nothing else.  Leases already out may finish. */
 KM_EXTERN int km_key_set_state(km_env *env, uint32_t key, int state);
 
+/* ------------------------------------------------------ processes, repair */
+
+typedef struct km_proc_info {
+    uint32_t pid;
+    int alive;             /* 0: the process died without detaching */
+    uint64_t attached_ns;  /* CLOCK_MONOTONIC at attach */
+    uint32_t leases;       /* leases it holds now */
+} km_proc_info;
+
+/* The process in table slot `slot` (0 <= slot < km_info.cap_procs);
+ * KM_ENOENT for a free slot.  Checks liveness (a system call). */
+KM_EXTERN int km_proc_info_get(km_env *env, uint32_t slot, km_proc_info *out);
+
+typedef struct km_reap_report {
+    uint32_t processes; /* dead processes whose table slots were freed */
+    uint64_t leases;    /* their leases released (abandoned, settled at the estimate) */
+    uint32_t recounted; /* keys whose reservations were recounted because a
+                         * dead process stopped mid-acquire or mid-release */
+    uint32_t pending;   /* dead processes left for a later reap: a live
+                         * process kept a recount from settling */
+} km_reap_report;
+
+/* Find processes that died without detaching and release what they held:
+ * in-flight counts drop, token reservations settle at the estimate, and the
+ * leases count as abandoned on their keys.  Safe to run concurrently with
+ * any other operation and with other reapers (each lease is released once).
+ * km_open() reaps before it registers; km_acquire() reaps, at most once a
+ * second per process, when it is about to return KM_EAGAIN or KM_EUNAVAIL.
+ * Makes system calls (one liveness check per attached process). */
+KM_EXTERN int km_reap(km_env *env, km_reap_report *out);
+
+/* Check the segment's invariants: in-flight counts equal live leases, no
+ * lease on a free key slot or owned by no process, reservations equal the
+ * leases that made them and within their bursts, limit words within bounds,
+ * and a consistent process table (dead processes not yet reaped count as
+ * violations).  Calls `report` (may be NULL) once per violation with one
+ * line; returns the number of violations, or a negative error.  Run it when
+ * the segment is quiet for exact results: a lease moving while it looks is
+ * re-read, not reported, but counts can shift between two reads. */
+KM_EXTERN int km_check(km_env *env, void (*report)(void *ctx, const char *line), void *ctx);
+
 /* Snapshot of the whole segment as JSON (format in docs/kmctl.md): every pool and
  * key with state, limits and counters.  Secrets are masked.  *out is
  * malloc'd; release it with free(). */

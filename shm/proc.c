@@ -70,6 +70,9 @@ int km__proc_register(km_env *e)
     uint32_t pid = (uint32_t)getpid();
     uint64_t start = km__proc_start_time((int)pid);
 
+    /* Every attach first releases what dead processes left behind (our tag
+     * is not set yet; the reaper marks slots with our pid instead). */
+    km__reap_dead(e, NULL);
     for (int pass = 0; pass < 2; pass++) {
         for (uint32_t i = 0; i < h->cap_procs; i++) {
             if (ck_pr_load_64(&pt[i].tag) != 0)
@@ -90,8 +93,9 @@ int km__proc_register(km_env *e)
             e->owner = tag;
             return KM_OK;
         }
-        /* Full: free the slots of processes that died without detaching. */
-        if (pass == 0 && km__reap_dead(e, NULL) == 0)
+        /* Full: nothing was freed by the reap above; look once more in
+         * case a process detached meanwhile. */
+        if (pass == 0 && ck_pr_load_32(&h->n_procs) >= h->cap_procs)
             break;
     }
     return KM_EPROCS;
@@ -108,17 +112,17 @@ void km__proc_deregister(km_env *e)
     ck_pr_dec_32(&e->hdr->n_procs);
 }
 
-/* Free the process slots of dead processes, releasing their ACTIVE leases
- * at their estimates (counted as abandoned).  A slot that still has a lease
- * left mid-acquire or mid-release is kept (see km__lease in seg.h).
- * Returns the number of slots freed; *leases (if given) gets the number of
- * leases released. */
-int km__reap_dead(km_env *e, uint64_t *leases)
+/* Free the process slots of dead processes, releasing their leases (see
+ * km_reap in keymesh.h).  Returns the number of process slots freed. */
+int km__reap_dead(km_env *e, km_reap_report *rep)
 {
     km__proc *pt = km__procs(e);
-    int freed = 0;
-    uint64_t total = 0;
+    km_reap_report r = {0};
 
+    /* Leases first, by slot: that also recovers slots of a reaper that died
+     * while reaping.  Then the table entries of dead processes that hold
+     * nothing any more. */
+    km__reap_leases(e, &r);
     for (uint32_t i = 0; i < e->hdr->cap_procs; i++) {
         uint64_t tag = ck_pr_load_64(&pt[i].tag);
         if (tag == 0 || tag == e->owner)
@@ -128,14 +132,45 @@ int km__reap_dead(km_env *e, uint64_t *leases)
         uint64_t st = ck_pr_load_64(&pt[i].start_time);
         if (pid == 0 || km__proc_alive(pid, st))
             continue; /* attaching, or alive */
-        uint64_t left = 0;
-        total += km__release_dead_owner(e, tag, &left);
-        if (left == 0 && ck_pr_cas_64(&pt[i].tag, tag, 0)) {
+        if (km__count_owned(e, tag) != 0) {
+            r.pending++; /* a recount could not settle yet */
+            continue;
+        }
+        if (ck_pr_cas_64(&pt[i].tag, tag, 0)) {
             ck_pr_dec_32(&e->hdr->n_procs);
-            freed++;
+            r.processes++;
         }
     }
-    if (leases)
-        *leases = total;
-    return freed;
+    if (rep)
+        *rep = r;
+    return (int)r.processes;
+}
+
+KM_EXTERN int km_reap(km_env *e, km_reap_report *out)
+{
+    km_reap_report r;
+    if (!e)
+        return KM_EINVAL;
+    km__reap_dead(e, &r);
+    if (out)
+        *out = r;
+    return KM_OK;
+}
+
+KM_EXTERN int km_proc_info_get(km_env *e, uint32_t slot, km_proc_info *out)
+{
+    if (!e || !out || slot >= e->hdr->cap_procs)
+        return KM_EINVAL;
+    km__proc *p = &km__procs(e)[slot];
+    uint64_t tag = ck_pr_load_64(&p->tag);
+    if (tag == 0)
+        return KM_ENOENT;
+    ck_pr_fence_load(); /* tag before the fields it guards */
+    memset(out, 0, sizeof(*out));
+    out->pid = ck_pr_load_32(&p->pid);
+    out->attached_ns = ck_pr_load_64(&p->attach_ns);
+    out->alive = tag == e->owner || out->pid == 0 ||
+                 km__proc_alive(out->pid, ck_pr_load_64(&p->start_time));
+    out->leases = (uint32_t)km__count_owned(e, tag);
+    return KM_OK;
 }

@@ -91,6 +91,7 @@ struct km_env {
     uint32_t proc_slot;
     uint64_t owner;    /* tag of this process's slot: lease owner value */
     int pid;           /* getpid() at attach: fork detection */
+    uint64_t last_reap_ns; /* km_acquire's reap at most once a second */
     char name[KM_SEG_NAME_MAX + 2];
 };
 
@@ -106,15 +107,17 @@ int km__proc_register(km_env *env);
 void km__proc_deregister(km_env *env);
 uint64_t km__proc_start_time(int pid);
 int km__proc_alive(uint32_t pid, uint64_t start_time);
-int km__reap_dead(km_env *env, uint64_t *leases);
+int km__reap_dead(km_env *env, km_reap_report *report);
 
 /* src/pool.c */
 uint32_t km__hash(const char *s);
 void km__pool_init(km_env *env, const km_config *cfg);
 /* Release (as abandoned) every ACTIVE lease held by `owner`. */
 void km__release_all_owned(km_env *env, uint64_t owner);
-/* Same for a dead owner's tag; *left counts slots it left mid-operation. */
-uint64_t km__release_dead_owner(km_env *env, uint64_t tag, uint64_t *left);
+/* Number of lease slots `owner` holds (any phase). */
+uint64_t km__count_owned(km_env *env, uint64_t owner);
+/* Release every lease slot whose owner is dead (see km_reap). */
+void km__reap_leases(km_env *env, km_reap_report *r);
 
 static inline km__pool *km__pools(const km_env *e)
 {

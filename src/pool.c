@@ -48,10 +48,13 @@
  *       key's slots that reserved it and have not committed;
  *   I3  a slot with owner == 0 has phase FREE and its busy bit clear.
  */
+#include <errno.h>
 #include <limits.h>
+#include <signal.h>
 #include <linux/futex.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -275,6 +278,19 @@ typedef struct km__scan {
     const km__model *md;   /* per_model pools: the model whose limits apply */
 } km__scan;
 
+/* A window refused: when may it admit?  Time drains tat down to the clock,
+ * not below, so if the reservations of leases still out (plus this cost)
+ * exceed the tolerance on their own, no time helps: only a release frees
+ * capacity, and it wakes sleepers.  Otherwise the window admits at
+ * tat + need - tau. */
+KM__HOT void km__refused_at(km__scan *sc, uint64_t tat, uint64_t need, uint64_t tau)
+{
+    if (need > tau)
+        sc->poll = km__min64(sc->poll, KM__POLL_BUSY_NS);
+    else
+        sc->retry = km__min64(sc->retry, tat + need - tau);
+}
+
 /* Would the set admit `tokens` now, judging by plain loads?  A cheap filter
  * before claiming a lease slot; the atomics in km__admit decide.  Returns 1
  * if it looks admissible, else 0 with sc->retry lowered. */
@@ -292,7 +308,7 @@ KM__HOT int km__precheck(const km__lset *ls, km__scan *sc)
         uint64_t tat = ck_pr_load_64(&ls->win[w].tat);
         uint64_t need = km__mul_sat(ck_pr_load_64(&ls->win[w].reserved) + cost, ls->T[w]);
         if (km__max64(tat, now) + need - now > ls->tau[w]) {
-            sc->retry = km__min64(sc->retry, tat + need - ls->tau[w]);
+            km__refused_at(sc, tat, need, ls->tau[w]);
             return 0;
         }
     }
@@ -371,7 +387,7 @@ KM__HOT int km__admit(const km__lset *ls, km__scan *sc, km__undo *u)
             uint64_t need = km__mul_sat(r + sc->tokens, T);
             if (km__max64(tat, now) + need - now > tau) {
                 ck_pr_sub_64(&g->reserved, sc->tokens);
-                sc->retry = km__min64(sc->retry, tat + need - tau);
+                km__refused_at(sc, tat, need, tau);
                 goto refuse;
             }
         }
@@ -831,6 +847,20 @@ static int km__acquire(km_env *e, const km_request *req, km_lease *out, uint64_t
         if (km__pass(e, p, strategy, start, &sc, out))
             return KM_OK;
     }
+    /* Nothing admissible: capacity may be held by processes that died.  At
+     * most once a second per process, reap (system calls, off the path of
+     * any acquire that succeeds) and, if anything was freed, look again. */
+    if (sc.now - ck_pr_load_64(&e->last_reap_ns) >= KM__NS_PER_S) {
+        km_reap_report r;
+        ck_pr_store_64(&e->last_reap_ns, sc.now);
+        km__reap_dead(e, &r);
+        if (r.leases) {
+            sc = (km__scan){.now = km_now_ns(), .retry = KM__NEVER, .poll = KM__NEVER,
+                            .tokens = req->tokens, .model = sc.model, .md = sc.md};
+            if (km__pass(e, p, strategy, start, &sc, out))
+                return KM_OK;
+        }
+    }
     return km__finish(&sc, out, wake);
 }
 
@@ -1117,15 +1147,20 @@ KM_EXTERN int km_release(km_env *e, const km_lease *l, const km_outcome *o)
         if (o->view_flags)
             km__apply_view(k, o);
         km__spend(pool, k, o, actual);
+    } else {
+        ck_pr_inc_64(&k->stale);
+    }
+    /* In-flight -1: clear our bit (I1), then count the outcome, then free
+     * the slot (I3).  A reaper that finds this slot RELEASING with its bit
+     * still set knows the outcome was not counted and counts it abandoned;
+     * only a death between the bit and the counter store goes uncounted. */
+    ck_pr_and_64(&k->busy[l->slot / 64], ~(UINT64_C(1) << (l->slot % 64)));
+    if (!stale) {
         if (kind == KM_OUT_SUCCESS)
             ck_pr_store_64(&ls->succeeded, ls->succeeded + 1);
         else
             ck_pr_store_64(&ls->outcomes[kind], ls->outcomes[kind] + 1);
-    } else {
-        ck_pr_inc_64(&k->stale);
     }
-    /* In-flight -1: clear our bit (I1), then free the slot (I3). */
-    ck_pr_and_64(&k->busy[l->slot / 64], ~(UINT64_C(1) << (l->slot % 64)));
     km__slot_free(ls);
     if (pool)
         km__wake(pool);
@@ -1161,35 +1196,234 @@ void km__release_all_owned(km_env *e, uint64_t owner)
     }
 }
 
-uint64_t km__release_dead_owner(km_env *e, uint64_t tag, uint64_t *left)
+/* The owner value a reaper writes into slots it takes over: the top bit and
+ * its own tag, or, while it attaches and has no tag yet, bit 62 and its pid
+ * (a tag never has bit 62 set), so two reapers never share a mark. */
+static uint64_t km__reaper_mark(const km_env *e)
+{
+    return (UINT64_C(1) << 63) |
+           (e->owner ? e->owner : (UINT64_C(1) << 62) | (uint64_t)(uint32_t)getpid());
+}
+
+/* Is the process behind a slot's owner value alive?  A tag is alive while
+ * its process-table entry still holds it and that process runs (a process
+ * that detached released its leases first, so a lease whose tag is gone from
+ * the table is orphaned).  A reaper's mark is alive while that reaper is.
+ * Answers are cached for one reap: each distinct owner costs one check. */
+typedef struct km__live_cache {
+    uint32_t n;
+    uint64_t owner[64];
+    uint8_t alive[64];
+} km__live_cache;
+
+static int km__owner_alive(km_env *e, uint64_t owner, km__live_cache *c)
+{
+    for (uint32_t i = 0; i < c->n; i++)
+        if (c->owner[i] == owner)
+            return c->alive[i];
+    int alive;
+    uint64_t tag = owner & ~(UINT64_C(1) << 63);
+    if (tag == e->owner) {
+        alive = 1;
+    } else if ((owner >> 62) == 3) { /* an attaching reaper: its pid */
+        pid_t pid = (pid_t)(uint32_t)owner;
+        alive = kill(pid, 0) == 0 || errno != ESRCH;
+    } else {
+        uint32_t slot = (uint32_t)(tag >> 32);
+        km__proc *pr = slot >= 1 && slot <= e->hdr->cap_procs ? &km__procs(e)[slot - 1] : NULL;
+        if (!pr || ck_pr_load_64(&pr->tag) != tag) {
+            alive = 0;
+        } else {
+            ck_pr_fence_load(); /* tag before pid and start time */
+            uint32_t pid = ck_pr_load_32(&pr->pid);
+            alive = pid == 0 /* still attaching */ ||
+                    km__proc_alive(pid, ck_pr_load_64(&pr->start_time));
+        }
+    }
+    if (c->n < 64) {
+        c->owner[c->n] = owner;
+        c->alive[c->n++] = (uint8_t)alive;
+    }
+    return alive;
+}
+
+/*
+ * Recount after a death mid-operation.  A slot whose dead owner left it
+ * ADMITTING or RELEASING may or may not have changed each window's
+ * `reserved` (an anonymous sum), so the reaper takes every such slot of the
+ * key over and sets every token window's reserved to what the key's ACTIVE
+ * slots account for.  That sum must be read while nothing moves: the reaper
+ * scans the key's slots (owner, seq, phase), waits while a live process has
+ * one mid-operation, reads the reserved words, scans again, and accepts only
+ * an unchanged scan.  Every acquirer and releaser changes its slot's phase
+ * before it touches a reserved word (phase store, then a locked
+ * instruction), so an unchanged scan means no reserved word changed in
+ * between.  Each window is then set by CAS from the value read: a
+ * reservation that lands after the scan makes the CAS fail, and the recount
+ * starts again.  A dead RELEASING slot's request was sent, so its estimate is
+ * committed to tat as well (possibly a second time: conservative).  Request
+ * windows are left as they are (also conservative).  If live processes keep
+ * the key moving past KM__RECOUNT_TRIES scans, the slots go back to their
+ * dead owners for a later reap.
+ */
+#define KM__RECOUNT_TRIES 2000
+
+static int km__scan_slots(const km__lease *ls, uint32_t n, uint64_t mine, uint64_t *sig)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (uint32_t s = 0; s < n; s++) {
+        uint64_t o = ck_pr_load_64(&ls[s].owner);
+        uint32_t ph = ck_pr_load_32(&ls[s].phase), q = ck_pr_load_32(&ls[s].seq);
+        if (o && o != mine && (ph == KM__LP_ADMITTING || ph == KM__LP_RELEASING))
+            return 0; /* a live operation in flight */
+        h = (h ^ o ^ ((uint64_t)ph << 32) ^ q) * 0x100000001b3ull;
+    }
+    *sig = h;
+    return 1;
+}
+
+static int km__recount_key(km_env *e, uint32_t ki, km__live_cache *lc)
+{
+    km__key *k = &km__keys(e)[ki];
+    km__lease *ls = km__leases(e, ki);
+    uint32_t n = e->hdr->cap_inflight, taken = 0, done = 0;
+    uint64_t mine = km__reaper_mark(e), releasing[KM__BUSY_WORDS] = {0};
+    uint64_t prev[KM_INFLIGHT_MAX];
+    const km__pool *pool = k->pool < e->hdr->n_pools ? &km__pools(e)[k->pool] : NULL;
+    uint32_t n_models = pool && pool->model_mode == KM_MODELS_PER_MODEL
+                            ? (uint32_t)km__min64(pool->n_models, e->hdr->cap_models) : 0;
+    km__lset kset = km__key_lset(k);
+
+    for (uint32_t s = 0; s < n; s++) {
+        uint64_t o = ck_pr_load_64(&ls[s].owner);
+        uint32_t ph = ck_pr_load_32(&ls[s].phase);
+        if (!o || o == mine || (ph != KM__LP_ADMITTING && ph != KM__LP_RELEASING) ||
+            km__owner_alive(e, o, lc) || !ck_pr_cas_64(&ls[s].owner, o, mine))
+            continue;
+        prev[s] = o;
+        taken++;
+        if (ph == KM__LP_RELEASING) { /* commit the estimate; reservation below */
+            releasing[s / 64] |= UINT64_C(1) << (s % 64);
+            uint32_t mask = kset.mask & KM__TOKEN_WINS;
+            while (mask) {
+                int w = __builtin_ctz(mask);
+                mask &= mask - 1;
+                uint64_t tat = ck_pr_load_64(&kset.win[w].tat), nt;
+                do
+                    nt = km__max64(tat, ls[s].start_ns) + km__mul_sat(ls[s].tokens, kset.T[w]);
+                while (!ck_pr_cas_64_value(&kset.win[w].tat, tat, nt, &tat));
+            }
+        }
+    }
+    if (!taken)
+        return 1;
+    for (int t = 0; t < KM__RECOUNT_TRIES && !done; t++) {
+        uint64_t sig1, sig2, rk[KM_WIN_COUNT], sk[KM_WIN_COUNT] = {0};
+        uint64_t rm[KM_MODELS_MAX][3], sm[KM_MODELS_MAX][3];
+        if (!km__scan_slots(ls, n, mine, &sig1)) {
+            sched_yield();
+            continue;
+        }
+        for (int w = KM_WIN_TPM; w <= KM_WIN_TPD; w++)
+            rk[w] = ck_pr_load_64(&k->win[w].reserved);
+        for (uint32_t m = 0; m < n_models; m++)
+            for (int w = 0; w < 3; w++)
+                rm[m][w] = ck_pr_load_64(&km__mwins(e, ki)[m].win[KM_WIN_TPM + w].reserved);
+        if (!km__scan_slots(ls, n, mine, &sig2) || sig1 != sig2)
+            continue;
+        memset(sm, 0, sizeof(sm[0]) * (n_models ? n_models : 1));
+        for (uint32_t s = 0; s < n; s++) {
+            if (!ck_pr_load_64(&ls[s].owner) || ck_pr_load_32(&ls[s].phase) != KM__LP_ACTIVE)
+                continue;
+            for (int w = KM_WIN_TPM; w <= KM_WIN_TPD; w++)
+                sk[w] += ls[s].tokens;
+            if (ls[s].model && ls[s].model <= n_models)
+                for (int w = 0; w < 3; w++)
+                    sm[ls[s].model - 1][w] += ls[s].tokens;
+        }
+        done = 1;
+        for (int w = KM_WIN_TPM; w <= KM_WIN_TPD && done; w++)
+            if ((k->win_mask & (1u << w)) && rk[w] != sk[w] &&
+                !ck_pr_cas_64(&k->win[w].reserved, rk[w], sk[w]))
+                done = 0;
+        for (uint32_t m = 0; m < n_models && done; m++)
+            for (int w = 0; w < 3 && done; w++) {
+                km__gcra *g = &km__mwins(e, ki)[m].win[KM_WIN_TPM + w];
+                if (rm[m][w] != sm[m][w] && !ck_pr_cas_64(&g->reserved, rm[m][w], sm[m][w]))
+                    done = 0;
+            }
+    }
+    for (uint32_t s = 0; s < n; s++) {
+        if (ck_pr_load_64(&ls[s].owner) != mine)
+            continue;
+        if (!done) { /* give the slot back to its dead owner: a later reap retries */
+            ck_pr_store_64(&ls[s].owner, prev[s]);
+            continue;
+        }
+        km__state_to(k, 1u << KM__ST_PROBING, KM__ST_FAILING);
+        /* Died mid-release with its bit still set: counted as acquired, not
+         * yet as released, so abandoned.  Died mid-acquire: the lease was
+         * never handed out (nor counted as acquired) and counts nowhere. */
+        uint64_t bit = UINT64_C(1) << (s % 64);
+        if ((releasing[s / 64] & bit) && (ck_pr_load_64(&k->busy[s / 64]) & bit))
+            ck_pr_store_64(&ls[s].abandoned, ls[s].abandoned + 1);
+        ck_pr_and_64(&k->busy[s / 64], ~bit);
+        km__slot_free(&ls[s]);
+    }
+    if (done && pool)
+        km__wake((km__pool *)pool);
+    return (int)done;
+}
+
+uint64_t km__count_owned(km_env *e, uint64_t owner)
+{
+    uint64_t n = 0;
+    for (uint32_t ki = 0; ki < e->hdr->cap_keys; ki++) {
+        const km__lease *ls = km__leases(e, ki);
+        for (uint32_t s = 0; s < e->hdr->cap_inflight; s++)
+            n += (ck_pr_load_64(&ls[s].owner) & ~(UINT64_C(1) << 63)) == owner;
+    }
+    return n;
+}
+
+/* Release every lease slot whose owner is not alive: a dead process, a dead
+ * reaper's mark, or a tag no longer in the process table.  ACTIVE leases are
+ * released at their estimates; slots left mid-operation are resolved by a
+ * recount of their key. */
+void km__reap_leases(km_env *e, km_reap_report *r)
 {
     km__key *keys = km__keys(e);
-    /* A reaper marks the slots it takes over with its own tag and the top
-     * bit, so two reapers never release the same lease. */
-    uint64_t mine = e->owner | (UINT64_C(1) << 63), n = 0;
+    uint64_t mine = km__reaper_mark(e);
+    km__live_cache lc = {0};
 
     for (uint32_t ki = 0; ki < e->hdr->cap_keys; ki++) {
         km__lease *ls = km__leases(e, ki);
+        int transient = 0;
         for (uint32_t s = 0; s < e->hdr->cap_inflight; s++) {
-            if (ck_pr_load_64(&ls[s].owner) != tag)
+            uint64_t o = ck_pr_load_64(&ls[s].owner);
+            if (!o || o == mine || km__owner_alive(e, o, &lc))
                 continue;
             uint32_t ph = ck_pr_load_32(&ls[s].phase);
             if (ph == KM__LP_ACTIVE) {
-                if (ck_pr_cas_64(&ls[s].owner, tag, mine)) {
+                if (ck_pr_cas_64(&ls[s].owner, o, mine)) {
                     km__abandon(e, ki, &keys[ki], &ls[s], s);
-                    n++;
+                    r->leases++;
                 }
             } else if (ph == KM__LP_FREE) {
                 /* Died between claiming the slot and writing its phase:
                  * nothing was charged yet. */
-                if (ck_pr_cas_64(&ls[s].owner, tag, 0))
-                    continue;
+                ck_pr_cas_64(&ls[s].owner, o, 0);
             } else {
-                (*left)++; /* ADMITTING or RELEASING: needs a recount */
+                transient = 1;
             }
         }
+        if (transient) {
+            if (km__recount_key(e, ki, &lc))
+                r->recounted++;
+            else
+                r->pending++;
+        }
     }
-    return n;
 }
 
 /* ------------------------------------------------------------ readers */

@@ -1,0 +1,191 @@
+/*
+ * src/check.c - km_check(): verify the segment's invariants.
+ *
+ * It reads with the same atomic loads as everyone else and changes nothing.
+ * Per key it takes a consistent view the way the reaper does (shm/seg.h,
+ * src/pool.c): scan the lease slots, read the counters, scan again, and use
+ * the view only if no slot moved; a key that keeps moving is re-read a few
+ * times and then reported as "busy", never as a false violation.
+ */
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <ck_pr.h>
+
+#include "internal.h"
+
+#define KM__CHECK_TRIES 200
+
+typedef struct km__checker {
+    void (*report)(void *, const char *);
+    void *ctx;
+    int n;
+} km__checker;
+
+__attribute__((format(printf, 2, 3))) static void km__violation(km__checker *c, const char *fmt, ...)
+{
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    c->n++;
+    if (c->report)
+        c->report(c->ctx, line);
+}
+
+/* A hash of every slot's (owner, seq, phase): equal twice means no lease of
+ * the key started or ended between the two scans. */
+static uint64_t km__slots_sig(const km__lease *ls, uint32_t n, int *moving)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    *moving = 0;
+    for (uint32_t s = 0; s < n; s++) {
+        uint64_t o = ck_pr_load_64(&ls[s].owner);
+        uint32_t ph = ck_pr_load_32(&ls[s].phase), q = ck_pr_load_32(&ls[s].seq);
+        if (o && (ph == KM__LP_ADMITTING || ph == KM__LP_RELEASING))
+            *moving = 1;
+        h = (h ^ o ^ ((uint64_t)ph << 32) ^ q) * 0x100000001b3ull;
+    }
+    return h;
+}
+
+static int km__owner_known(km_env *e, uint64_t owner)
+{
+    uint64_t tag = owner & ~(UINT64_C(1) << 63);
+    if (owner >> 62 == 3) /* an attaching reaper's pid mark */
+        return 1;
+    uint32_t slot = (uint32_t)(tag >> 32);
+    return slot >= 1 && slot <= e->hdr->cap_procs &&
+           ck_pr_load_64(&km__procs(e)[slot - 1].tag) == tag;
+}
+
+static void km__check_key(km_env *e, uint32_t ki, uint64_t now, km__checker *c)
+{
+    km__key *k = &km__keys(e)[ki];
+    const km__lease *ls = km__leases(e, ki);
+    uint32_t n = e->hdr->cap_inflight, st = ck_pr_load_32(&k->state);
+    const char *id = st == KM__ST_FREE ? "(free slot)" : k->id;
+
+    for (int t = 0; t < KM__CHECK_TRIES; t++) {
+        int moving;
+        uint64_t sig1 = km__slots_sig(ls, n, &moving), busy[KM__BUSY_WORDS], res[KM_WIN_COUNT];
+        if (moving)
+            continue;
+        for (uint32_t i = 0; i < KM__BUSY_WORDS; i++)
+            busy[i] = ck_pr_load_64(&k->busy[i]);
+        for (int w = 0; w < KM_WIN_COUNT; w++)
+            res[w] = ck_pr_load_64(&k->win[w].reserved);
+        if (km__slots_sig(ls, n, &moving) != sig1 || moving)
+            continue;
+
+        uint64_t active = 0, tokens = 0;
+        for (uint32_t s = 0; s < n; s++) {
+            uint64_t o = ck_pr_load_64(&ls[s].owner);
+            uint32_t ph = ck_pr_load_32(&ls[s].phase);
+            int bit = (int)((busy[s / 64] >> (s % 64)) & 1);
+            if (!o) {
+                if (ph != KM__LP_FREE)
+                    km__violation(c, "key %s: lease slot %u has no owner but phase %u", id, s, ph);
+                if (bit)
+                    km__violation(c, "key %s: lease slot %u is free but counted in flight", id, s);
+                continue;
+            }
+            if (ph == KM__LP_ACTIVE) {
+                active++;
+                tokens += ls[s].tokens;
+                if (!bit)
+                    km__violation(c, "key %s: lease slot %u is active but not counted in flight", id, s);
+            }
+            if (st == KM__ST_FREE)
+                km__violation(c, "key slot %u is free but lease slot %u is held", ki, s);
+            if (!km__owner_known(e, o))
+                km__violation(c, "key %s: lease slot %u is held by no attached process", id, s);
+            if (s >= k->max_inflight && st != KM__ST_FREE)
+                km__violation(c, "key %s: lease slot %u is beyond the key's max_inflight %u", id, s, k->max_inflight);
+        }
+        uint64_t inflight = 0;
+        for (uint32_t i = 0; i < KM__BUSY_WORDS; i++)
+            inflight += (uint64_t)__builtin_popcountll(busy[i]);
+        if (inflight != active)
+            km__violation(c, "key %s: in-flight %llu but %llu active leases", id,
+                          (unsigned long long)inflight, (unsigned long long)active);
+        for (int w = 0; w < KM_WIN_COUNT; w++) {
+            if (!(k->win_mask & (1u << w))) {
+                if (res[w] != 0)
+                    km__violation(c, "key %s: %s reserves %llu without a limit", id, km_window_name(w),
+                                  (unsigned long long)res[w]);
+                continue;
+            }
+            uint64_t expect = km__window_is_requests(w) ? 0 : tokens;
+            if (res[w] != expect)
+                km__violation(c, "key %s: %s reserved %llu but active leases hold %llu", id,
+                              km_window_name(w), (unsigned long long)res[w], (unsigned long long)expect);
+            if (res[w] > k->burst[w])
+                km__violation(c, "key %s: %s reserved %llu above its burst %llu", id, km_window_name(w),
+                              (unsigned long long)res[w], (unsigned long long)k->burst[w]);
+            uint64_t tat = ck_pr_load_64(&k->win[w].tat);
+            /* An extra charge (actual above the estimate) may push tat past
+             * now + tau; a day beyond that is no longer plausible. */
+            if (tat > now + k->tau_ns[w] + 86400 * KM__NS_PER_S)
+                km__violation(c, "key %s: %s limit word %.0f s ahead of the clock", id,
+                              km_window_name(w), (double)(tat - now) / 1e9);
+        }
+        return;
+    }
+    km__violation(c, "key %s: leases kept moving; not checked (run check when quiet)", id);
+}
+
+KM_EXTERN int km_check(km_env *e, void (*report)(void *, const char *), void *ctx)
+{
+    km__checker c = {report, ctx, 0};
+    km__hdr *h;
+    uint64_t now = km_now_ns();
+
+    if (!e)
+        return KM_EINVAL;
+    h = e->hdr;
+    for (uint32_t ki = 0; ki < h->cap_keys; ki++)
+        km__check_key(e, ki, now, &c);
+
+    /* Pools: members name live keys of the pool. */
+    for (uint32_t p = 0; p < h->n_pools; p++) {
+        const km__pool *pool = &km__pools(e)[p];
+        const km__member *m = km__members(e, p);
+        if (pool->n_keys > h->cap_keys) {
+            km__violation(&c, "pool %u: %u keys above capacity %u", p, pool->n_keys, h->cap_keys);
+            continue;
+        }
+        for (uint32_t i = 0; i < pool->n_keys; i++)
+            if (m[i].key >= h->cap_keys || km__keys(e)[m[i].key].pool != p ||
+                ck_pr_load_32(&km__keys(e)[m[i].key].state) == KM__ST_FREE)
+                km__violation(&c, "pool %s: member %u names key slot %u, not a key of this pool",
+                              pool->name, i, m[i].key);
+    }
+
+    /* Process table. */
+    uint32_t used = 0;
+    km__proc *pt = km__procs(e);
+    for (uint32_t i = 0; i < h->cap_procs; i++) {
+        uint64_t tag = ck_pr_load_64(&pt[i].tag);
+        if (!tag)
+            continue;
+        used++;
+        ck_pr_fence_load(); /* tag before the fields it guards */
+        uint32_t pid = ck_pr_load_32(&pt[i].pid);
+        if ((uint32_t)(tag >> 32) != i + 1)
+            km__violation(&c, "process slot %u holds the tag of slot %u", i, (uint32_t)(tag >> 32) - 1);
+        if (pid && tag != e->owner && !km__proc_alive(pid, ck_pr_load_64(&pt[i].start_time)))
+            km__violation(&c, "process %u (slot %u) died without detaching; run reap", pid, i);
+        for (uint32_t j = i + 1; pid && j < h->cap_procs; j++)
+            if (ck_pr_load_64(&pt[j].tag) && ck_pr_load_32(&pt[j].pid) == pid &&
+                ck_pr_load_64(&pt[j].start_time) == ck_pr_load_64(&pt[i].start_time))
+                km__violation(&c, "process %u is registered twice (slots %u and %u)", pid, i, j);
+    }
+    uint32_t counted = ck_pr_load_32(&h->n_procs);
+    if (counted != used)
+        km__violation(&c, "process table: %u attached counted, %u slots in use", counted, used);
+    return c.n;
+}

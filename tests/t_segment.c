@@ -1,0 +1,484 @@
+/*
+ * tests/t_segment.c - creating, attaching to and validating segments.
+ *
+ * Every attach to a damaged or foreign object runs in a forked child, so a
+ * crash (SIGBUS on a truncated object, SIGSEGV on a bad offset) is reported
+ * as a failed assertion naming the signal instead of killing the test.
+ * White-box: the header is edited through a separate mmap of /dev/shm/<name>
+ * using the layout in shm/seg.h.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include "internal.h"
+#include "tap.h"
+
+/* ------------------------------------------------ segment names and cleanup */
+
+#define MAX_NAMES 16
+static char names[MAX_NAMES][64];
+static int n_names;
+static pid_t main_pid;
+
+/* "kmt-seg-<tag>-<pid>", remembered for unlinking at exit. */
+static const char *seg_name(const char *tag)
+{
+    if (n_names == MAX_NAMES)
+        bail_out("too many segment names");
+    snprintf(names[n_names], sizeof names[0], "kmt-seg-%s-%ld", tag, (long)getpid());
+    return names[n_names++];
+}
+
+static void unlink_all(void)
+{
+    if (getpid() != main_pid)
+        return; /* a forked helper never removes the parent's segments */
+    for (int i = 0; i < n_names; i++)
+        km_unlink(names[i]); /* ENOENT for the ones already gone: fine */
+}
+
+static void on_signal(int sig)
+{
+    unlink_all();
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+static const char *CFG =
+    "{\"capacity\": {\"keys\": 4, \"processes\": 8, \"pools\": 2, \"inflight_per_key\": 8},"
+    " \"pools\": [{\"name\": \"p\", \"strategy\": \"round_robin\","
+    "   \"keys\": [{\"id\": \"k0\", \"secret\": \"sk-test-00000000\"},"
+    "              {\"id\": \"k1\", \"secret\": \"sk-test-11111111\"}]}]}";
+
+static km_config *parse(const char *json)
+{
+    km_config *cfg = NULL;
+    char err[256] = "";
+    int rc = km_config_parse(json, strlen(json), "test", &cfg, err, sizeof err);
+    if (rc != KM_OK)
+        bail_out("km_config_parse: %s: %s", km_err_name(rc), err);
+    return cfg;
+}
+
+static km_env *create(const char *name)
+{
+    km_config *cfg = parse(CFG);
+    km_env *env = NULL;
+    int rc = km_create(name, cfg, 0, &env);
+    km_config_free(cfg);
+    if (rc != KM_OK)
+        bail_out("km_create %s: %s", name, km_err_name(rc));
+    return env;
+}
+
+/* ------------------------------------------------------ attach in a child */
+
+#define RC_SIGNAL 1000 /* open_in_child: 1000 + signal number */
+
+/* km_open(name) in a forked child; returns its code, or RC_SIGNAL + sig if
+ * the child died of a signal. */
+static int open_in_child(const char *name)
+{
+    int st;
+    pid_t p;
+
+    fflush(stdout);
+    fflush(stderr);
+    p = fork();
+    if (p < 0)
+        bail_out("fork: %s", strerror(errno));
+    if (p == 0) {
+        km_env *e = NULL;
+        int rc = km_open(name, &e);
+        if (rc == KM_OK)
+            km_close(e);
+        _exit(rc <= 0 ? -rc : 100);
+    }
+    while (waitpid(p, &st, 0) < 0 && errno == EINTR)
+        ;
+    if (WIFSIGNALED(st))
+        return RC_SIGNAL + WTERMSIG(st);
+    return WEXITSTATUS(st) == 100 ? 1 : -WEXITSTATUS(st);
+}
+
+/* Name of a code, or of the signal that killed the child. */
+static const char *rcname(int rc)
+{
+    static char buf[8][48];
+    static int i;
+    char *b = buf[i++ % 8];
+
+    if (rc >= RC_SIGNAL)
+        snprintf(b, sizeof buf[0], "signal %d (%s)", rc - RC_SIGNAL, strsignal(rc - RC_SIGNAL));
+    else if (rc > 0)
+        snprintf(b, sizeof buf[0], "positive %d", rc);
+    else
+        snprintf(b, sizeof buf[0], "%s", km_err_name(rc));
+    return b;
+}
+
+/* Map /dev/shm/<name> read-write; *size gets its size. */
+static void *map_object(const char *name, size_t *size, int *fd_out)
+{
+    char path[128];
+    struct stat st;
+    void *p;
+    int fd;
+
+    snprintf(path, sizeof path, "/dev/shm/%s", name);
+    fd = open(path, O_RDWR);
+    if (fd < 0 || fstat(fd, &st) != 0)
+        bail_out("open %s: %s", path, strerror(errno));
+    p = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED)
+        bail_out("mmap %s: %s", path, strerror(errno));
+    *size = (size_t)st.st_size;
+    if (fd_out)
+        *fd_out = fd;
+    else
+        close(fd);
+    return p;
+}
+
+/* A shm object that is not ours: `len` bytes of `fill`. */
+static void make_object(const char *name, size_t len, int fill)
+{
+    char nm[128], buf[4096];
+    int fd;
+
+    snprintf(nm, sizeof nm, "/%s", name);
+    fd = shm_open(nm, O_RDWR | O_CREAT | O_EXCL, 0600);
+    if (fd < 0)
+        bail_out("shm_open %s: %s", nm, strerror(errno));
+    memset(buf, fill, sizeof buf);
+    for (size_t done = 0; done < len;) {
+        size_t n = len - done < sizeof buf ? len - done : sizeof buf;
+        ssize_t w = write(fd, buf, n);
+        if (w <= 0)
+            bail_out("write %s: %s", nm, strerror(errno));
+        done += (size_t)w;
+    }
+    close(fd);
+}
+
+/* ------------------------------------------------------------------- tests */
+
+static void test_versions_and_errors(void)
+{
+    static const int codes[] = {
+#define CODE(name, val, msg) KM_##name,
+        KM_ERRNO_MAP(CODE)
+#undef CODE
+    };
+    static const char *const expect[] = {
+#define NAME(name, val, msg) #name,
+        KM_ERRNO_MAP(NAME)
+#undef NAME
+    };
+    const size_t n = sizeof codes / sizeof codes[0];
+    int bad_msg = 0, bad_name = 0, dup = 0;
+
+    is_int(km_format_version(), KM_FORMAT_VERSION, "km_format_version() == KM_FORMAT_VERSION");
+    is_str(km_version(), KM_VERSION_STRING, "km_version() == KM_VERSION_STRING");
+
+    for (size_t i = 0; i < n; i++) {
+        const char *m = km_strerror(codes[i]), *nm = km_err_name(codes[i]);
+        if (!m || !*m || strcmp(m, "unknown error") == 0) {
+            diag("km_strerror(%d) = %s", codes[i], m ? m : "(null)");
+            bad_msg++;
+        }
+        if (!nm || strcmp(nm, expect[i]) != 0) {
+            diag("km_err_name(%d) = %s, expected %s", codes[i], nm ? nm : "(null)", expect[i]);
+            bad_name++;
+        }
+        for (size_t j = 0; j < i; j++)
+            if (nm && km_err_name(codes[j]) && strcmp(nm, km_err_name(codes[j])) == 0)
+                dup++;
+    }
+    is_int(bad_msg, 0, "km_strerror: a non-empty known message for all %zu codes", n);
+    is_int(bad_name, 0, "km_err_name: the map's name for all %zu codes", n);
+    is_int(dup, 0, "km_err_name: names are distinct");
+    ok(km_strerror(KM_OK) != NULL && km_err_name(KM_OK) != NULL, "KM_OK has a message and a name");
+    is_str(km_err_name(-9999), "UNKNOWN", "km_err_name of an unknown code");
+    is_str(km_strerror(-9999), "unknown error", "km_strerror of an unknown code");
+}
+
+static void test_names(void)
+{
+    char long_name[301];
+    km_config *cfg = parse(CFG);
+    km_env *env = NULL;
+
+    memset(long_name, 'x', 300);
+    long_name[300] = '\0';
+    is_str(rcname(km_create("a/b", cfg, 0, &env)), "ENAME", "km_create(\"a/b\") -> ENAME");
+    is_str(rcname(km_create("", cfg, 0, &env)), "ENAME", "km_create(\"\") -> ENAME");
+    is_str(rcname(km_create(long_name, cfg, 0, &env)), "ENAME", "km_create(300 chars) -> ENAME");
+    ok(env == NULL, "no handle returned by a failed km_create");
+    is_str(rcname(km_open("a/b", &env)), "ENAME", "km_open(\"a/b\") -> ENAME");
+    km_config_free(cfg);
+}
+
+static void test_create_open(void)
+{
+    const char *name = seg_name("main");
+    char path[128], slashed[80];
+    struct stat st;
+    km_env *env, *env2 = NULL;
+    km_info info;
+    km_config *cfg;
+    int rc;
+
+    is_str(rcname(km_open(name, &env2)), "ENOENT", "km_open of a missing name -> ENOENT");
+    env = create(name);
+
+    snprintf(path, sizeof path, "/dev/shm/%s", name);
+    rc = stat(path, &st);
+    is_int(rc, 0, "segment object exists at %s", path);
+    is_int(rc == 0 ? (int)(st.st_mode & 07777) : -1, 0600, "segment mode is 0600 (octal 600 = 384)");
+
+    memset(&info, 0, sizeof info);
+    is_int(km_info_get(env, &info), KM_OK, "km_info_get");
+    is_int(info.format, KM_FORMAT_VERSION, "info.format");
+    is_u64(info.size_bytes, (uint64_t)st.st_size, "info.size_bytes == object size");
+    is_int(info.cap_keys, 4, "info.cap_keys from the config");
+    is_int(info.cap_procs, 8, "info.cap_procs from the config");
+    is_int(info.cap_inflight, 8, "info.cap_inflight from the config");
+    is_int(info.n_pools, 1, "info.n_pools");
+    is_int(info.n_keys, 2, "info.n_keys");
+    is_int(info.n_procs, 1, "info.n_procs == 1 after km_create");
+
+    cfg = parse(CFG);
+    is_str(rcname(km_create(name, cfg, 0, &env2)), "EEXIST", "km_create on an existing name -> EEXIST");
+    snprintf(slashed, sizeof slashed, "/%s", name);
+    is_str(rcname(km_create(slashed, cfg, 0, &env2)), "EEXIST", "km_create(\"/name\") is the same name -> EEXIST");
+    km_config_free(cfg);
+    ok(env2 == NULL, "no handle returned by km_create after EEXIST");
+    /* The existing segment is intact after the refused create. */
+    is_str(rcname(open_in_child(name)), "OK", "the existing segment still opens");
+    is_str(rcname(open_in_child(slashed)), "OK", "km_open(\"/name\") opens the same segment");
+
+    /* A second process attaches: n_procs 2 while it is attached, 1 after. */
+    {
+        int pfd[2], st2;
+        char c;
+        pid_t p;
+
+        if (pipe(pfd) != 0)
+            bail_out("pipe: %s", strerror(errno));
+        fflush(stdout);
+        p = fork();
+        if (p == 0) {
+            km_env *e = NULL;
+            close(pfd[0]);
+            if (km_open(name, &e) != KM_OK)
+                _exit(1);
+            c = 'a';
+            if (write(pfd[1], &c, 1) != 1)
+                _exit(2);
+            /* Stay attached until the parent closes its end. */
+            close(pfd[1]);
+            usleep(300 * 1000);
+            km_close(e);
+            _exit(0);
+        }
+        close(pfd[1]);
+        c = 0;
+        if (read(pfd[0], &c, 1) == 1 && c == 'a') {
+            km_info_get(env, &info);
+            is_int(info.n_procs, 2, "n_procs == 2 while a child is attached");
+        } else {
+            ok(0, "child attached");
+        }
+        close(pfd[0]);
+        waitpid(p, &st2, 0);
+        is_int(WIFEXITED(st2) ? WEXITSTATUS(st2) : 128 + WTERMSIG(st2), 0, "child exit status");
+        km_info_get(env, &info);
+        is_int(info.n_procs, 1, "n_procs back to 1 after the child's km_close");
+    }
+
+    is_int(km_close(env), KM_OK, "km_close");
+    is_int(km_unlink(name), KM_OK, "km_unlink");
+    is_str(rcname(km_open(name, &env2)), "ENOENT", "km_open after km_unlink -> ENOENT");
+    ok(access(path, F_OK) != 0, "object gone from /dev/shm after km_unlink");
+}
+
+/* Permissions: mode honoured exactly (not masked by the umask), a process
+ * without access gets EACCES, a failed create leaves no object behind. */
+static void test_mode_access(void)
+{
+    const char *name = seg_name("mode"), *bad = seg_name("badcfg");
+    char path[128];
+    struct stat st;
+    km_config *cfg = parse(CFG);
+    km_env *env = NULL;
+    mode_t old = umask(077);
+    int rc = km_create(name, cfg, 0640, &env);
+
+    umask(old);
+    is_str(rcname(rc), "OK", "km_create with mode 0640 under umask 077");
+    snprintf(path, sizeof path, "/dev/shm/%s", name);
+    is_int(stat(path, &st) == 0 ? (int)(st.st_mode & 07777) : -1, 0640,
+           "mode 0640 honoured exactly (octal 640 = 416)");
+    km_close(env);
+    km_unlink(name);
+
+    env = NULL;
+    rc = km_create(name, cfg, 0, &env);
+    if (rc != KM_OK)
+        bail_out("km_create: %s", km_err_name(rc));
+    /* A process of another user: as root, a child that drops to nobody;
+     * otherwise the object's permission bits are cleared. */
+    fflush(stdout);
+    pid_t p = fork();
+    if (p == 0) {
+        km_env *e = NULL;
+        if (geteuid() == 0) {
+            if (setgid(65534) != 0 || setuid(65534) != 0)
+                _exit(99);
+        } else if (chmod(path, 0) != 0) {
+            _exit(98);
+        }
+        rc = km_open(name, &e);
+        _exit(rc <= 0 ? -rc : 100);
+    }
+    int wst;
+    waitpid(p, &wst, 0);
+    rc = WIFEXITED(wst) ? -WEXITSTATUS(wst) : RC_SIGNAL + WTERMSIG(wst);
+    is_str(rcname(rc), "EACCES", "km_open by a process without access -> EACCES");
+    chmod(path, 0600);
+    km_close(env);
+    km_unlink(name);
+
+    /* White-box: a configuration km_create must refuse (0 lease slots per
+     * key) leaves no object behind. */
+    cfg->cap_inflight = 0;
+    env = NULL;
+    rc = km_create(bad, cfg, 0, &env);
+    ok(rc != KM_OK, "km_create refuses cap_inflight 0 (got %s)", rcname(rc));
+    snprintf(path, sizeof path, "/dev/shm/%s", bad);
+    ok(access(path, F_OK) != 0, "a failed km_create leaves no object behind");
+    if (rc == KM_OK)
+        km_close(env);
+    km_config_free(cfg);
+}
+
+static void test_foreign_objects(void)
+{
+    const char *garbage = seg_name("garbage"), *empty = seg_name("empty");
+    const char *tiny = seg_name("tiny");
+    int rc;
+
+    make_object(garbage, 4096, 0xa5);
+    is_str(rcname(open_in_child(garbage)), "ENOTKM", "4096 bytes of garbage -> ENOTKM");
+
+    make_object(empty, 0, 0);
+    rc = open_in_child(empty);
+    ok(rc == KM_ENOTREADY || rc == KM_ENOTKM,
+       "zero-length object -> ENOTREADY or ENOTKM (got %s)", rcname(rc));
+
+    make_object(tiny, 5, 0xa5);
+    rc = open_in_child(tiny);
+    ok(rc == KM_ENOTKM || rc == KM_ETRUNC || rc == KM_ENOTREADY,
+       "5-byte object -> ENOTKM, ETRUNC or ENOTREADY (got %s)", rcname(rc));
+}
+
+/* Edit one header field of a real segment, check km_open's answer, restore
+ * it and check the segment opens again (so the field was the cause). */
+static void test_header_fields(void)
+{
+    const char *name = seg_name("hdr");
+    km_env *env = create(name);
+    size_t size;
+    km__hdr *h = map_object(name, &size, NULL);
+    uint64_t saved64;
+    uint32_t saved32;
+
+    is_str(rcname(open_in_child(name)), "OK", "intact segment opens");
+
+    saved32 = h->format;
+    h->format = KM_FORMAT_VERSION + 1;
+    is_str(rcname(open_in_child(name)), "EFORMAT", "format field changed -> EFORMAT");
+    h->format = saved32;
+
+    saved64 = h->layout_sig;
+    h->layout_sig ^= 0x10;
+    is_str(rcname(open_in_child(name)), "ELAYOUT", "layout_sig changed -> ELAYOUT");
+    h->layout_sig = saved64;
+
+    saved64 = h->magic;
+    h->magic ^= UINT64_C(0x0100000000000000);
+    is_str(rcname(open_in_child(name)), "ENOTKM", "magic changed -> ENOTKM");
+    h->magic = 0;
+    {
+        int rc = open_in_child(name);
+        ok(rc == KM_ENOTREADY || rc == KM_ENOTKM,
+           "magic zero (not yet published) -> ENOTREADY or ENOTKM (got %s)", rcname(rc));
+    }
+    h->magic = saved64;
+
+    saved64 = h->seg_size;
+    h->seg_size = size + 4096;
+    is_str(rcname(open_in_child(name)), "ETRUNC", "seg_size larger than the object -> ETRUNC");
+    h->seg_size = saved64;
+
+    is_str(rcname(open_in_child(name)), "OK", "restored segment opens again");
+    munmap(h, size);
+    km_close(env);
+    km_unlink(name);
+}
+
+static void test_truncated(void)
+{
+    const char *name = seg_name("trunc");
+    km_env *env = create(name);
+    size_t size;
+    int fd;
+    km__hdr *h;
+    uint64_t seg_size;
+
+    /* Detach first: our own mapping would fault on the cut pages. */
+    km_close(env);
+    h = map_object(name, &size, &fd);
+    seg_size = h->seg_size;
+    munmap(h, size);
+    is_u64(seg_size, size, "header seg_size == object size");
+
+    if (ftruncate(fd, (off_t)(seg_size - 4096)) != 0)
+        bail_out("ftruncate: %s", strerror(errno));
+    is_str(rcname(open_in_child(name)), "ETRUNC", "object one page shorter than seg_size -> ETRUNC, no SIGBUS");
+
+    if (ftruncate(fd, 4096) != 0)
+        bail_out("ftruncate: %s", strerror(errno));
+    is_str(rcname(open_in_child(name)), "ETRUNC", "object cut to 4096 bytes -> ETRUNC, no SIGBUS");
+
+    if (ftruncate(fd, 100) != 0)
+        bail_out("ftruncate: %s", strerror(errno));
+    is_str(rcname(open_in_child(name)), "ETRUNC", "object cut inside the header (100 bytes) -> ETRUNC, no SIGBUS");
+    close(fd);
+    km_unlink(name);
+}
+
+int main(void)
+{
+    main_pid = getpid();
+    signal(SIGTERM, on_signal);
+    signal(SIGINT, on_signal);
+    signal(SIGALRM, on_signal);
+    atexit(unlink_all);
+
+    plan(56);
+    test_versions_and_errors();
+    test_names();
+    test_create_open();
+    test_mode_access();
+    test_foreign_objects();
+    test_header_fields();
+    test_truncated();
+    return exit_status();
+}
