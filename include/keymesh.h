@@ -226,6 +226,11 @@ KM_EXTERN int km_create(const char *name, const km_config *cfg, unsigned mode,
  * (KM_ELAYOUT), a truncated object (KM_ETRUNC), one still being created
  * (KM_ENOTREADY), or a full process table (KM_EPROCS). */
 KM_EXTERN int km_open(const char *name, km_env **out);
+/* km_open() with flags.  KM_OPEN_NO_REAP: do not release what dead
+ * processes left behind while attaching (kmctl check, ps and reap use it to
+ * look at a segment as it is). */
+#define KM_OPEN_NO_REAP 1u
+KM_EXTERN int km_open_flags(const char *name, unsigned flags, km_env **out);
 /* Release this process's remaining leases (abandoned), deregister, unmap and
  * free the handle.  Accepts NULL. */
 KM_EXTERN int km_close(km_env *env);
@@ -437,7 +442,9 @@ typedef struct km_reap_report {
  * any other operation and with other reapers (each lease is released once).
  * km_open() reaps before it registers; km_acquire() reaps, at most once a
  * second per process, when it is about to return KM_EAGAIN or KM_EUNAVAIL.
- * Makes system calls (one liveness check per attached process). */
+ * Makes system calls (one liveness check per attached process).  A process
+ * that exited counts as dead even while it is a zombie (not yet waited for by
+ * its parent). */
 KM_EXTERN int km_reap(km_env *env, km_reap_report *out);
 
 /* Check the segment's invariants: in-flight counts equal live leases, no

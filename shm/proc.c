@@ -20,7 +20,8 @@
 
 #include "../src/internal.h"
 
-/* Start time of `pid` in clock ticks since boot, or 0 if it has none (gone). */
+/* Start time of `pid` in clock ticks since boot, or 0 if it has none: gone,
+ * or exited and not yet waited for (a zombie, state Z or X, holds nothing). */
 uint64_t km__proc_start_time(int pid)
 {
     char path[64], buf[1024];
@@ -37,7 +38,7 @@ uint64_t km__proc_start_time(int pid)
     /* Field 2 (comm) is in parentheses and may contain spaces: count fields
      * from the last ')'.  After it come fields 3..; start time is field 22. */
     char *p = strrchr(buf, ')');
-    if (!p)
+    if (!p || !p[1] || !p[2] || p[2] == 'Z' || p[2] == 'X') /* ") S ..." */
         return 0;
     unsigned long long v = 0;
     int field = 2;
@@ -63,7 +64,7 @@ int km__proc_alive(uint32_t pid, uint64_t start_time)
     return st != 0 && st == start_time;
 }
 
-int km__proc_register(km_env *e)
+int km__proc_register(km_env *e, int reap)
 {
     km__hdr *h = e->hdr;
     km__proc *pt = km__procs(e);
@@ -72,7 +73,8 @@ int km__proc_register(km_env *e)
 
     /* Every attach first releases what dead processes left behind (our tag
      * is not set yet; the reaper marks slots with our pid instead). */
-    km__reap_dead(e, NULL);
+    if (reap)
+        km__reap_dead(e, NULL);
     for (int pass = 0; pass < 2; pass++) {
         for (uint32_t i = 0; i < h->cap_procs; i++) {
             if (ck_pr_load_64(&pt[i].tag) != 0)

@@ -211,7 +211,7 @@ int km__seg_create(const char *name, const km_config *cfg, unsigned mode,
     ck_pr_fence_store(); /* format before magic */
     ck_pr_store_64(&h->magic, KM__MAGIC);
 
-    rc = km__proc_register(e);
+    rc = km__proc_register(e, 0); /* a new segment has nothing to reap */
     if (rc)
         goto fail;
     close(fd);
@@ -273,7 +273,7 @@ static int km__seg_validate(const void *base, uint64_t size)
     return KM_OK;
 }
 
-int km__seg_open(const char *name, km_env **out)
+int km__seg_open(const char *name, unsigned flags, km_env **out)
 {
     char nm[KM_SEG_NAME_MAX + 2];
     int rc = km__seg_name(name, nm), fd, saved;
@@ -305,7 +305,7 @@ int km__seg_open(const char *name, km_env **out)
     rc = km__seg_validate(base, (uint64_t)st.st_size);
     if (rc == KM_OK && !(e = km__env_new(nm, base, (size_t)st.st_size)))
         rc = KM_ENOMEM;
-    if (rc == KM_OK && (rc = km__proc_register(e)) != KM_OK)
+    if (rc == KM_OK && (rc = km__proc_register(e, !(flags & KM_OPEN_NO_REAP))) != KM_OK)
         free(e);
     if (rc != KM_OK) {
         saved = errno;
@@ -340,7 +340,14 @@ KM_EXTERN int km_create(const char *name, const km_config *cfg, unsigned mode,
     return km__seg_create(name, cfg, mode, out);
 }
 
-KM_EXTERN int km_open(const char *name, km_env **out) { return km__seg_open(name, out); }
+KM_EXTERN int km_open(const char *name, km_env **out) { return km__seg_open(name, 0, out); }
+
+KM_EXTERN int km_open_flags(const char *name, unsigned flags, km_env **out)
+{
+    if (flags & ~KM_OPEN_NO_REAP)
+        return KM_EINVAL;
+    return km__seg_open(name, flags, out);
+}
 
 KM_EXTERN int km_close(km_env *env) { return km__seg_close(env); }
 

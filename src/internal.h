@@ -99,11 +99,11 @@ struct km_env {
 int km__seg_name(const char *name, char out[KM_SEG_NAME_MAX + 2]);
 int km__seg_create(const char *name, const km_config *cfg, unsigned mode,
                    km_env **out);
-int km__seg_open(const char *name, km_env **out);
+int km__seg_open(const char *name, unsigned flags, km_env **out);
 int km__seg_close(km_env *env);
 
 /* shm/proc.c */
-int km__proc_register(km_env *env);
+int km__proc_register(km_env *env, int reap);
 void km__proc_deregister(km_env *env);
 uint64_t km__proc_start_time(int pid);
 int km__proc_alive(uint32_t pid, uint64_t start_time);

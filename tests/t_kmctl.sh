@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # tests/t_kmctl.sh - kmctl end to end: create / inspect / snapshot / enable /
 # disable / destroy, bad configurations leaving no segment behind, exit
-# codes, error lines, and secrets never printed.  TAP output (plan at the
-# end).  Binaries from ${KM_BUILD:-build}.
+# codes, error lines, and secrets never printed (ps, reap and check around a
+# dead worker: t_reapctl.sh).  TAP output (plan at the end).  Binaries from
+# ${KM_BUILD:-build}.
 set -u
 
 KMCTL="${KM_BUILD:-build}/kmctl"
@@ -85,7 +86,7 @@ run "$KMCTL" --help
 expect 0 "--help"
 echo "$OUT" | grep -q 'Exit status' && echo "$OUT" | grep -q 'create NAME --config FILE'
 ok $? "--help lists commands and exit status"
-for c in create inspect snapshot destroy enable disable; do
+for c in create inspect snapshot destroy enable disable ps reap check; do
     run "$KMCTL" "$c" --help
     ok $([ "$RC" -eq 0 ] && echo "$OUT" | grep -q "^Usage: kmctl $c"; echo $?) "$c --help"
 done
@@ -139,6 +140,9 @@ echo "$OUT" | grep -q 'ID  *SECRET  *STATE  *W  *INFLIGHT  *RPM  *TPM  *ACQ  *OK
 ok $? "inspect shows the key columns"
 echo "$OUT" | grep -Eq '^  b +[^ ]*2222 +active +1 +0/8 +30/30 '
 ok $? "inspect row of key b (masked secret, state, weight, in-flight, rpm)"
+echo "$OUT" | grep -q '^processes: 1 attached$' &&
+    echo "$OUT" | grep -Eq '^  0 +[0-9]+ +yes +0 +[0-9]+ +\(this kmctl\)$'
+ok $? "inspect ends with the processes section, kmctl's own row marked"
 no_secret "$OUT"
 ok $? "inspect shows no secret"
 

@@ -57,6 +57,13 @@ static const char usage_main[] =
     "                    cooldown and failure counts)\n"
     "  disable NAME POOL KEY_ID\n"
     "                    take a key out of service (leases out may finish)\n"
+    "  ps NAME [--json]  list the attached processes (pid, alive, leases)\n"
+    "  reap NAME [--json]\n"
+    "                    release what processes that died without detaching\n"
+    "                    left behind (leases, table slots)\n"
+    "  check NAME [--quiet]\n"
+    "                    verify the segment's invariants; status 1 if any\n"
+    "                    is violated\n"
     "\n"
     "Options:\n"
     "  -h, --help        show this help (COMMAND --help: help on COMMAND)\n"
@@ -68,7 +75,8 @@ static const char usage_main[] =
     "\n"
     "Exit status:\n"
     "  0  success\n"
-    "  1  the operation failed (invalid configuration, segment exists, ...)\n"
+    "  1  the operation failed (invalid configuration, segment exists, ...);\n"
+    "     for check: violations found\n"
     "  2  usage error\n"
     "  3  no such segment, pool or key\n"
     "\n"
@@ -80,6 +88,7 @@ static const char usage_main[] =
     "  kmctl inspect llm\n"
     "  kmctl disable llm openai b\n"
     "  kmctl snapshot llm -o /var/lib/keymesh/llm.json\n"
+    "  kmctl check llm || kmctl reap llm\n"
     "  kmctl destroy llm\n";
 
 static const char usage_create[] =
@@ -139,8 +148,12 @@ static const char usage_inspect[] =
     "              when a key of the pool has a price or a budget\n"
     "  META        the key's metadata (JSON); shown when a key has some\n"
     "\n"
+    "Then the attached processes, as `kmctl ps` lists them; kmctl itself is\n"
+    "marked \"(this kmctl)\".\n"
+    "\n"
     "Options:\n"
-    "  -j, --json   print the snapshot JSON instead (as `kmctl snapshot`)\n"
+    "  -j, --json   print the snapshot JSON instead (as `kmctl snapshot`;\n"
+    "               it has no process list: use `kmctl ps NAME --json`)\n"
     "  -h, --help   show this help\n"
     "\n"
     "Exit status: 0 shown; 1 failure; 2 usage error; 3 no such segment.\n"
@@ -209,6 +222,78 @@ static const char usage_disable[] =
     "Example:\n"
     "  kmctl disable llm openai b\n";
 
+static const char usage_ps[] =
+    "Usage: kmctl ps NAME [--json]\n"
+    "\n"
+    "List the processes attached to segment NAME, one row per slot of its\n"
+    "process table in use:\n"
+    "  SLOT        slot in the process table\n"
+    "  PID         process id (\"-\": still attaching)\n"
+    "  ALIVE       yes, or no: it died without detaching and `kmctl reap`\n"
+    "              will release what it held\n"
+    "  LEASES      leases it holds now\n"
+    "  ATTACHED_S  seconds since it attached\n"
+    "kmctl itself is attached while it looks and is marked \"(this kmctl)\".\n"
+    "\n"
+    "Options:\n"
+    "  -j, --json   print a JSON array instead, one object per process:\n"
+    "               {\"slot\", \"pid\", \"alive\", \"leases\", \"attached_s\",\n"
+    "               \"self\"} (self: true for this kmctl)\n"
+    "  -h, --help   show this help\n"
+    "\n"
+    "Exit status: 0 listed; 1 failure; 2 usage error; 3 no such segment.\n"
+    "\n"
+    "Example:\n"
+    "  kmctl ps llm\n";
+
+static const char usage_reap[] =
+    "Usage: kmctl reap NAME [--json]\n"
+    "\n"
+    "Find the processes attached to segment NAME that died without\n"
+    "detaching (killed, crashed) and release what they held: their leases\n"
+    "end (counted as abandoned, tokens settled at the estimate) and their\n"
+    "process table slots are freed.  Prints one line:\n"
+    "  reaped N dead processes, L leases released, R keys recounted\n"
+    "with \", P pending\" added when a dead process could not be finished\n"
+    "now (a live process was mid-operation on one of its keys; reap again).\n"
+    "Workers also reap on their own (see docs/kmctl.md); finding nothing\n"
+    "dead is not an error.\n"
+    "\n"
+    "Options:\n"
+    "  -j, --json   print the report as a JSON object instead:\n"
+    "               {\"processes\", \"leases\", \"recounted\", \"pending\"}\n"
+    "  -h, --help   show this help\n"
+    "\n"
+    "Exit status: 0 reaped (also when nothing was dead); 1 failure; 2 usage\n"
+    "error; 3 no such segment.\n"
+    "\n"
+    "Example:\n"
+    "  kmctl reap llm\n";
+
+static const char usage_check[] =
+    "Usage: kmctl check NAME [--quiet]\n"
+    "\n"
+    "Verify the invariants of segment NAME: in-flight counts equal the live\n"
+    "leases, no lease on a free key slot or held by no attached process,\n"
+    "token reservations equal the leases that made them and stay within\n"
+    "their bursts, limit words within bounds, pool members valid, and a\n"
+    "consistent process table (a process that died without detaching is a\n"
+    "violation until it is reaped).  Each violation is one line on stdout,\n"
+    "\"violation: ...\"; then \"N violations\" on stderr.  Results are exact\n"
+    "when the segment is quiet; a key whose leases keep moving is reported\n"
+    "as not checked.\n"
+    "\n"
+    "Options:\n"
+    "  -q, --quiet  print only the summary line\n"
+    "  -h, --help   show this help\n"
+    "\n"
+    "Exit status: 0 no violation; 1 violations found (or the check failed:\n"
+    "an error line \"kmctl: check: ...\" says so); 2 usage error; 3 no such\n"
+    "segment.\n"
+    "\n"
+    "Example:\n"
+    "  kmctl check llm || kmctl reap llm\n";
+
 /* ------------------------------------------------------------- messages */
 
 static const char *g_cmd = "usage";
@@ -265,10 +350,28 @@ static int seg_error(const char *name, int err)
     return exit_for(err);
 }
 
+/* Attach to segment `name`.  kmctl changes only what its command asks for,
+ * but km_open() first reaps processes that died without detaching, which
+ * would hide them from ps, check and reap.  Where the library can attach
+ * without reaping (KM_OPEN_NO_REAP), kmctl does so. */
 static int open_seg(const char *name, km_env **env)
 {
+#ifdef KM_OPEN_NO_REAP
+    int rc = km_open_flags(name, KM_OPEN_NO_REAP, env);
+#else
     int rc = km_open(name, env);
+#endif
     return rc == KM_OK ? EX_SUCCESS : seg_error(name, rc);
+}
+
+/* Flush standard output; on a write error report it and return 1. */
+static int flush_stdout(int rc)
+{
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        errline("standard output: %s", strerror(errno));
+        return EX_FAILED;
+    }
+    return rc;
 }
 
 /* ------------------------------------------------------ argument parsing */
@@ -659,6 +762,8 @@ static int inspect_pool(km_env *env, const char *name, int pool)
     return EX_SUCCESS;
 }
 
+static int inspect_procs(km_env *env, const char *name);
+
 static int inspect_table(km_env *env, const char *name)
 {
     km_info info;
@@ -677,7 +782,7 @@ static int inspect_table(km_env *env, const char *name)
     for (uint32_t p = 0; p < info.n_pools; p++)
         if ((rc = inspect_pool(env, name, (int)p)) != EX_SUCCESS)
             return rc;
-    return EX_SUCCESS;
+    return inspect_procs(env, name);
 }
 
 static int print_snapshot(km_env *env, const char *name)
@@ -691,7 +796,8 @@ static int print_snapshot(km_env *env, const char *name)
     return EX_SUCCESS;
 }
 
-static int inspect_opt(int c, const char *arg, void *ctx)
+/* -j, --json for inspect, ps and reap. */
+static int json_opt(int c, const char *arg, void *ctx)
 {
     (void)arg;
     if (c == 'j') {
@@ -701,15 +807,16 @@ static int inspect_opt(int c, const char *arg, void *ctx)
     return usage_error("bad option");
 }
 
+static const struct option json_opts[] = {{"json", no_argument, NULL, 'j'},
+                                          {"help", no_argument, NULL, 'h'},
+                                          {NULL, 0, NULL, 0}};
+
 static int cmd_inspect(int argc, char **argv)
 {
-    static const struct option lo[] = {{"json", no_argument, NULL, 'j'},
-                                       {"help", no_argument, NULL, 'h'},
-                                       {NULL, 0, NULL, 0}};
     int json = 0, rc;
     km_env *env;
 
-    if ((rc = parse_opts(argc, argv, ":jh", lo, usage_inspect, inspect_opt,
+    if ((rc = parse_opts(argc, argv, ":jh", json_opts, usage_inspect, json_opt,
                          &json)) >= 0)
         return rc;
     if ((rc = want_operands(argc, 1, "NAME")) >= 0)
@@ -911,6 +1018,274 @@ out:
     return rc;
 }
 
+/* ------------------------------------------------------------- processes */
+
+typedef struct proc_row {
+    uint32_t slot;
+    km_proc_info pi;
+} proc_row;
+
+/* Read every used slot of the process table into *rows (malloc'd, *n rows).
+ * Each slot is read once; a process may attach or leave meanwhile. */
+static int read_procs(km_env *env, const char *name, proc_row **rows,
+                      uint32_t *n)
+{
+    km_info info;
+    int rc = km_info_get(env, &info);
+    if (rc != KM_OK)
+        return seg_error(name, rc);
+    *n = 0;
+    *rows = calloc(info.cap_procs ? info.cap_procs : 1, sizeof **rows);
+    if (!*rows) {
+        errline("out of memory");
+        return EX_FAILED;
+    }
+    for (uint32_t s = 0; s < info.cap_procs; s++) {
+        rc = km_proc_info_get(env, s, &(*rows)[*n].pi);
+        if (rc == KM_ENOENT) /* a free slot */
+            continue;
+        if (rc != KM_OK) {
+            free(*rows);
+            *rows = NULL;
+            return seg_error(name, rc);
+        }
+        (*rows)[(*n)++].slot = s;
+    }
+    return EX_SUCCESS;
+}
+
+/* Whole seconds since `attached_ns`, or "-" while the process attaches. */
+static void attached_s(uint64_t attached_ns, uint64_t now, char *b, size_t n)
+{
+    if (!attached_ns)
+        snprintf(b, n, "-");
+    else
+        snprintf(b, n, "%" PRIu64,
+                 (now > attached_ns ? now - attached_ns : 0) / 1000000000);
+}
+
+enum { PCOL_SLOT, PCOL_PID, PCOL_ALIVE, PCOL_LEASES, PCOL_ATTACHED, NPCOLS };
+
+static const char *const pcol_title[NPCOLS] = {"SLOT", "PID", "ALIVE",
+                                               "LEASES", "ATTACHED_S"};
+
+static void pcell(const proc_row *r, int col, uint64_t now, char *b, size_t n)
+{
+    switch (col) {
+    case PCOL_SLOT:
+        snprintf(b, n, "%" PRIu32, r->slot);
+        break;
+    case PCOL_PID:
+        if (r->pi.pid)
+            snprintf(b, n, "%" PRIu32, r->pi.pid);
+        else
+            snprintf(b, n, "-");
+        break;
+    case PCOL_ALIVE:
+        snprintf(b, n, "%s", r->pi.alive ? "yes" : "no");
+        break;
+    case PCOL_LEASES:
+        snprintf(b, n, "%" PRIu32, r->pi.leases);
+        break;
+    default:
+        attached_s(r->pi.attached_ns, now, b, n);
+    }
+}
+
+/* The process table, indented by two spaces, kmctl's own row marked. */
+static void print_proc_table(const proc_row *rows, uint32_t n, uint64_t now)
+{
+    size_t wid[NPCOLS];
+    char b[32];
+    uint32_t self = (uint32_t)getpid();
+
+    for (int c = 0; c < NPCOLS; c++) {
+        wid[c] = strlen(pcol_title[c]);
+        for (uint32_t i = 0; i < n; i++) {
+            pcell(&rows[i], c, now, b, sizeof b);
+            if (strlen(b) > wid[c])
+                wid[c] = strlen(b);
+        }
+    }
+    fputs("  ", stdout);
+    for (int c = 0; c < NPCOLS; c++)
+        print_cell(pcol_title[c], wid[c], c == NPCOLS - 1);
+    putchar('\n');
+    for (uint32_t i = 0; i < n; i++) {
+        int mine = rows[i].pi.pid == self;
+        fputs("  ", stdout);
+        for (int c = 0; c < NPCOLS; c++) {
+            pcell(&rows[i], c, now, b, sizeof b);
+            print_cell(b, wid[c], c == NPCOLS - 1 && !mine);
+        }
+        if (mine)
+            fputs("(this kmctl)", stdout);
+        putchar('\n');
+    }
+}
+
+static void print_proc_json(const proc_row *rows, uint32_t n, uint64_t now)
+{
+    uint32_t self = (uint32_t)getpid();
+
+    putchar('[');
+    for (uint32_t i = 0; i < n; i++) {
+        const km_proc_info *p = &rows[i].pi;
+        printf("%s\n  {\"slot\": %" PRIu32 ", \"pid\": %" PRIu32
+               ", \"alive\": %s, \"leases\": %" PRIu32 ", \"attached_s\": ",
+               i ? "," : "", rows[i].slot, p->pid,
+               p->alive ? "true" : "false", p->leases);
+        if (p->attached_ns) {
+            uint64_t d = now > p->attached_ns ? now - p->attached_ns : 0;
+            printf("%" PRIu64 ".%03" PRIu64, d / 1000000000,
+                   d / 1000000 % 1000);
+        } else {
+            fputs("null", stdout);
+        }
+        printf(", \"self\": %s}", p->pid == self ? "true" : "false");
+    }
+    puts(n ? "\n]" : "]");
+}
+
+/* inspect's last section: "processes: N attached[, D dead]" and the table. */
+static int inspect_procs(km_env *env, const char *name)
+{
+    proc_row *rows;
+    uint32_t n, dead = 0;
+    int rc = read_procs(env, name, &rows, &n);
+    if (rc != EX_SUCCESS)
+        return rc;
+    for (uint32_t i = 0; i < n; i++)
+        dead += !rows[i].pi.alive;
+    printf("\nprocesses: %" PRIu32 " attached", n);
+    if (dead)
+        printf(", %" PRIu32 " dead (`kmctl reap %s` releases what they hold)",
+               dead, name);
+    putchar('\n');
+    print_proc_table(rows, n, km_now_ns());
+    free(rows);
+    return EX_SUCCESS;
+}
+
+static int cmd_ps(int argc, char **argv)
+{
+    proc_row *rows;
+    uint32_t n;
+    int json = 0, rc;
+    km_env *env;
+
+    if ((rc = parse_opts(argc, argv, ":jh", json_opts, usage_ps, json_opt,
+                         &json)) >= 0)
+        return rc;
+    if ((rc = want_operands(argc, 1, "NAME")) >= 0)
+        return rc;
+    const char *name = argv[optind];
+    if ((rc = open_seg(name, &env)) != EX_SUCCESS)
+        return rc;
+    rc = read_procs(env, name, &rows, &n);
+    if (rc == EX_SUCCESS) {
+        if (json)
+            print_proc_json(rows, n, km_now_ns());
+        else
+            print_proc_table(rows, n, km_now_ns());
+        free(rows);
+        rc = flush_stdout(rc);
+    }
+    km_close(env);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ reap */
+
+static int cmd_reap(int argc, char **argv)
+{
+    km_reap_report r;
+    int json = 0, rc;
+    km_env *env;
+
+    if ((rc = parse_opts(argc, argv, ":jh", json_opts, usage_reap, json_opt,
+                         &json)) >= 0)
+        return rc;
+    if ((rc = want_operands(argc, 1, "NAME")) >= 0)
+        return rc;
+    const char *name = argv[optind];
+    if ((rc = open_seg(name, &env)) != EX_SUCCESS)
+        return rc;
+    rc = km_reap(env, &r);
+    if (rc != KM_OK) {
+        rc = seg_error(name, rc);
+        goto out;
+    }
+    if (json) {
+        printf("{\"processes\": %" PRIu32 ", \"leases\": %" PRIu64
+               ", \"recounted\": %" PRIu32 ", \"pending\": %" PRIu32 "}\n",
+               r.processes, r.leases, r.recounted, r.pending);
+    } else {
+        printf("reaped %" PRIu32 " dead process%s, %" PRIu64
+               " lease%s released, %" PRIu32 " key%s recounted",
+               r.processes, r.processes == 1 ? "" : "es", r.leases,
+               r.leases == 1 ? "" : "s", r.recounted,
+               r.recounted == 1 ? "" : "s");
+        if (r.pending)
+            printf(", %" PRIu32 " pending", r.pending);
+        putchar('\n');
+    }
+    rc = flush_stdout(EX_SUCCESS);
+out:
+    km_close(env);
+    return rc;
+}
+
+/* ----------------------------------------------------------------- check */
+
+/* km_check's callback: one violation, one line on stdout. */
+static void check_line(void *ctx, const char *line)
+{
+    (void)ctx;
+    printf("violation: %s\n", line);
+}
+
+static int check_opt(int c, const char *arg, void *ctx)
+{
+    (void)arg;
+    if (c == 'q') {
+        *(int *)ctx = 1;
+        return -1;
+    }
+    return usage_error("bad option");
+}
+
+static int cmd_check(int argc, char **argv)
+{
+    static const struct option lo[] = {{"quiet", no_argument, NULL, 'q'},
+                                       {"help", no_argument, NULL, 'h'},
+                                       {NULL, 0, NULL, 0}};
+    int quiet = 0, rc, n;
+    km_env *env;
+
+    if ((rc = parse_opts(argc, argv, ":qh", lo, usage_check, check_opt,
+                         &quiet)) >= 0)
+        return rc;
+    if ((rc = want_operands(argc, 1, "NAME")) >= 0)
+        return rc;
+    const char *name = argv[optind];
+    if ((rc = open_seg(name, &env)) != EX_SUCCESS)
+        return rc;
+    n = km_check(env, quiet ? NULL : check_line, NULL);
+    if (n < 0) {
+        rc = seg_error(name, n);
+        goto out;
+    }
+    /* The violations reach stdout before the summary reaches stderr. */
+    if ((rc = flush_stdout(EX_SUCCESS)) != EX_SUCCESS)
+        goto out;
+    fprintf(stderr, "%d violation%s\n", n, n == 1 ? "" : "s");
+    rc = n ? EX_FAILED : EX_SUCCESS;
+out:
+    km_close(env);
+    return rc;
+}
+
 /* ------------------------------------------------------------------ main */
 
 int main(int argc, char **argv)
@@ -956,6 +1331,12 @@ int main(int argc, char **argv)
         return cmd_set_state(cargc, cargv, KM_KEY_ACTIVE, usage_enable);
     if (strcmp(cmd, "disable") == 0)
         return cmd_set_state(cargc, cargv, KM_KEY_DISABLED, usage_disable);
+    if (strcmp(cmd, "ps") == 0)
+        return cmd_ps(cargc, cargv);
+    if (strcmp(cmd, "reap") == 0)
+        return cmd_reap(cargc, cargv);
+    if (strcmp(cmd, "check") == 0)
+        return cmd_check(cargc, cargv);
     g_cmd = "usage";
     return usage_error("unknown command '%s'", cmd);
 }

@@ -1,0 +1,241 @@
+#!/usr/bin/env bash
+# tests/t_reapctl.sh - kmctl ps / check / reap / inspect's process section
+# around a worker that dies without detaching.  A helper (t_hold) attaches,
+# takes leases and is killed with SIGKILL; kmctl must show it dead with its
+# leases, check must report it, reap must release exactly what it held, and
+# afterwards the segment must check clean.  TAP output (plan at the end).
+# Binaries from ${KM_BUILD:-build}.
+set -u
+
+B="${KM_BUILD:-build}"
+KMCTL="$B/kmctl"
+HOLD="$B/tests/t_hold"
+for f in "$KMCTL" "$HOLD"; do
+    if [ ! -x "$f" ]; then
+        echo "1..0 # SKIP $f not built"
+        exit 0
+    fi
+done
+
+N=0
+FAILED=0
+ok() { # ok COND_STATUS NAME
+    N=$((N + 1))
+    if [ "$1" -eq 0 ]; then
+        echo "ok $N - $2"
+    else
+        echo "not ok $N - $2"
+        FAILED=$((FAILED + 1))
+    fi
+}
+diag() { printf '# %s\n' "$@"; }
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/kmt-reapctl.XXXXXX") || exit 1
+SEG="kmt-reapctl-$$"
+MISSING="kmt-reapctl-missing-$$"
+HOLD_PID=
+cleanup() {
+    if [ -n "$HOLD_PID" ]; then
+        kill -9 "$HOLD_PID" 2>/dev/null
+        wait "$HOLD_PID" 2>/dev/null
+    fi
+    "$KMCTL" destroy "$SEG" >/dev/null 2>&1
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# run CMD...: sets RC, OUT (stdout), ERR (stderr)
+run() {
+    "$@" >"$TMP/out" 2>"$TMP/err"
+    RC=$?
+    OUT=$(cat "$TMP/out")
+    ERR=$(cat "$TMP/err")
+}
+expect() { # expect RC_WANTED NAME  (checks $RC, prints output on failure)
+    [ "$RC" -eq "$1" ]
+    local s=$?
+    ok $s "$2 (exit $RC, want $1)"
+    [ $s -eq 0 ] || diag "stdout: $OUT" "stderr: $ERR"
+}
+check_text() { # check_text NAME: ok if the last command ran, else show output
+    local s=$?
+    ok $s "$1"
+    [ $s -eq 0 ] || diag "stdout: $OUT" "stderr: $ERR"
+}
+# sum FIELD: sum of every "FIELD": <integer> in the JSON on stdin
+sum() { grep -o "\"$1\": [0-9]*" | awk '{ s += $2 } END { print s + 0 }'; }
+
+# hold N: start t_hold with N leases on pool p; wait for "held N".
+hold() {
+    "$HOLD" "$SEG" p "$1" >"$TMP/hold" 2>"$TMP/hold.err" &
+    HOLD_PID=$!
+    for _ in $(seq 100); do
+        grep -q "^held $1\$" "$TMP/hold" 2>/dev/null && return 0
+        kill -0 "$HOLD_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    diag "t_hold did not hold $1 leases: $(cat "$TMP/hold.err")"
+    return 1
+}
+# die: SIGKILL the holder and collect it (no zombie: it is dead to kmctl).
+die() {
+    kill -9 "$HOLD_PID"
+    wait "$HOLD_PID" 2>/dev/null
+    DEAD_PID=$HOLD_PID
+    HOLD_PID=
+}
+
+cat >"$TMP/pool.json" <<EOF
+{"capacity": {"keys": 4, "processes": 8},
+ "pools": [{"name": "p", "limits": {"rpm": 600, "tpm": 100000},
+            "keys": [{"id": "a", "secret": "sk-test-aaaa1111"},
+                     {"id": "b", "secret": "sk-test-bbbb2222"}]}]}
+EOF
+
+# --------------------------------------------------------------- usage
+run "$KMCTL" --help
+ok $([ "$RC" -eq 0 ] && echo "$OUT" | grep -q '^  ps NAME' &&
+    echo "$OUT" | grep -q '^  reap NAME' && echo "$OUT" | grep -q '^  check NAME'
+    echo $?) "--help lists ps, reap and check"
+for c in ps reap check; do
+    run "$KMCTL" "$c" --help
+    ok $([ "$RC" -eq 0 ] && echo "$OUT" | grep -q "^Usage: kmctl $c NAME"; echo $?) "$c --help"
+done
+run "$KMCTL" check --help
+echo "$OUT" | grep -q '1 violations found'
+check_text "check --help: status 1 means violations found"
+
+for c in ps reap check; do
+    run "$KMCTL" "$c"
+    expect 2 "$c without NAME"
+    echo "$ERR" | grep -q "^kmctl: $c: missing NAME" &&
+        echo "$ERR" | grep -q "^Try 'kmctl $c --help'.\$"
+    check_text "$c without NAME: message"
+    run "$KMCTL" "$c" "$SEG" extra
+    expect 2 "$c with too many arguments"
+    run "$KMCTL" "$c" "$SEG" --bogus
+    expect 2 "$c with an unknown option"
+    echo "$ERR" | grep -q "^kmctl: $c: unknown option '--bogus'"
+    check_text "$c with an unknown option: message"
+done
+run "$KMCTL" check "$SEG" --json
+expect 2 "check has no --json"
+run "$KMCTL" reap "$SEG" --quiet
+expect 2 "reap has no --quiet"
+
+# ------------------------------------------------------- missing segment
+for c in ps reap check; do
+    run "$KMCTL" "$c" "$MISSING"
+    expect 3 "$c on a missing segment"
+    echo "$ERR" | grep -q "^kmctl: $c: segment '$MISSING': "
+    check_text "$c on a missing segment: message"
+done
+run "$KMCTL" check "$MISSING" --quiet
+expect 3 "check --quiet on a missing segment"
+
+# --------------------------------------------------------- clean segment
+run "$KMCTL" create "$SEG" --config "$TMP/pool.json"
+expect 0 "create a segment with 2 keys"
+
+run "$KMCTL" check "$SEG"
+expect 0 "check a fresh segment"
+[ -z "$OUT" ] && [ "$ERR" = "0 violations" ]
+check_text "check a fresh segment: no violation line, '0 violations' on stderr"
+run "$KMCTL" reap "$SEG"
+expect 0 "reap a fresh segment"
+[ "$OUT" = "reaped 0 dead processes, 0 leases released, 0 keys recounted" ]
+check_text "reap a fresh segment: nothing reaped"
+run "$KMCTL" ps "$SEG"
+expect 0 "ps a fresh segment"
+echo "$OUT" | head -1 | grep -Eq '^  SLOT +PID +ALIVE +LEASES +ATTACHED_S$' &&
+    [ "$(echo "$OUT" | wc -l)" -eq 2 ] &&
+    echo "$OUT" | grep -Eq '^  [0-9]+ +[0-9]+ +yes +0 +[0-9]+ +\(this kmctl\)$'
+check_text "ps a fresh segment: header and kmctl's own row"
+
+# ---------------------------------------------------- a live holder
+hold 2
+ok $? "t_hold attached and holds 2 leases"
+run "$KMCTL" ps "$SEG"
+expect 0 "ps with a live holder"
+echo "$OUT" | grep -Eq "^  [0-9]+ +$HOLD_PID +yes +2 +[0-9]+\$"
+check_text "ps: the holder is alive with 2 leases"
+run "$KMCTL" ps "$SEG" --json
+expect 0 "ps --json with a live holder"
+echo "$OUT" | grep -Eq "\{\"slot\": [0-9]+, \"pid\": $HOLD_PID, \"alive\": true, \"leases\": 2, \"attached_s\": [0-9]+\.[0-9]{3}, \"self\": false\}" &&
+    echo "$OUT" | grep -q '"self": true}' && echo "$OUT" | head -1 | grep -q '^\[$' &&
+    echo "$OUT" | tail -1 | grep -q '^\]$'
+check_text "ps --json: an array with the holder and kmctl itself"
+run "$KMCTL" check "$SEG"
+expect 0 "check with a live holder: its leases are legitimate"
+
+# --------------------------------------------------- the holder is killed
+die
+run "$KMCTL" check "$SEG"
+expect 1 "check after SIGKILL: violations found"
+echo "$OUT" | grep -q "^violation: process $DEAD_PID (slot [0-9]*) died without detaching"
+check_text "check names the dead process"
+echo "$ERR" | grep -Eq '^[1-9][0-9]* violations?$'
+check_text "check: summary on stderr"
+! echo "$OUT" | grep -qv '^violation: '
+check_text "check: stdout holds only violation lines"
+run "$KMCTL" check "$SEG" --quiet
+expect 1 "check --quiet after SIGKILL"
+[ -z "$OUT" ] && echo "$ERR" | grep -Eq '^[1-9][0-9]* violations?$'
+check_text "check --quiet prints only the summary"
+
+run "$KMCTL" ps "$SEG"
+expect 0 "ps after SIGKILL"
+echo "$OUT" | grep -Eq "^  [0-9]+ +$DEAD_PID +no +2 +[0-9]+\$"
+check_text "ps: the dead process, alive no, still holding 2 leases"
+run "$KMCTL" ps "$SEG" --json
+echo "$OUT" | grep -q "\"pid\": $DEAD_PID, \"alive\": false, \"leases\": 2,"
+check_text "ps --json: alive false, leases 2"
+run "$KMCTL" inspect "$SEG"
+expect 0 "inspect after SIGKILL"
+echo "$OUT" | grep -q "^processes: 2 attached, 1 dead" &&
+    echo "$OUT" | grep -Eq "^  [0-9]+ +$DEAD_PID +no +2 +[0-9]+\$" &&
+    echo "$OUT" | grep -Eq '\(this kmctl\)$'
+check_text "inspect: processes section with the dead holder and kmctl"
+inflight=$("$KMCTL" inspect "$SEG" --json | sum inflight)
+ok $([ "$inflight" -eq 2 ]; echo $?) "the dead holder's 2 leases are still in flight (got $inflight)"
+
+# ------------------------------------------------------------------- reap
+run "$KMCTL" reap "$SEG"
+expect 0 "reap"
+[ "$OUT" = "reaped 1 dead process, 2 leases released, 0 keys recounted" ]
+check_text "reap: 1 process, 2 leases"
+run "$KMCTL" check "$SEG"
+expect 0 "check after reap"
+[ -z "$OUT" ] && [ "$ERR" = "0 violations" ]
+check_text "check after reap: 0 violations"
+run "$KMCTL" inspect "$SEG" --json
+inflight=$(echo "$OUT" | sum inflight)
+abandoned=$(echo "$OUT" | sum abandoned)
+ok $([ "$inflight" -eq 0 ]; echo $?) "after reap: inflight 0 in total (got $inflight)"
+ok $([ "$abandoned" -eq 2 ]; echo $?) "after reap: abandoned 2 in total (got $abandoned)"
+run "$KMCTL" ps "$SEG"
+! echo "$OUT" | grep -Eq " no +[0-9]+ +[0-9-]+\$" && [ "$(echo "$OUT" | wc -l)" -eq 2 ]
+check_text "ps after reap: only kmctl itself"
+run "$KMCTL" reap "$SEG"
+expect 0 "reap again"
+[ "$OUT" = "reaped 0 dead processes, 0 leases released, 0 keys recounted" ]
+check_text "reap again: nothing left"
+
+# ------------------------------------------------ reap --json, second death
+hold 1
+ok $? "a second holder takes 1 lease"
+die
+run "$KMCTL" reap "$SEG" --json
+expect 0 "reap --json"
+[ "$OUT" = '{"processes": 1, "leases": 1, "recounted": 0, "pending": 0}' ]
+check_text "reap --json: the report as a JSON object"
+run "$KMCTL" check "$SEG" --quiet
+expect 0 "check --quiet after the second reap"
+[ -z "$OUT" ] && [ "$ERR" = "0 violations" ]
+check_text "check --quiet: only '0 violations'"
+abandoned=$("$KMCTL" inspect "$SEG" --json | sum abandoned)
+ok $([ "$abandoned" -eq 3 ]; echo $?) "abandoned 3 in total (got $abandoned)"
+
+echo "1..$N"
+[ "$FAILED" -eq 0 ]
