@@ -173,7 +173,8 @@ typedef enum {
     KM_OUT_FAILURE = 2,      /* transient: 5xx, timeout, network error */
     KM_OUT_AUTH = 3,         /* 401/403: the key is invalid */
     KM_OUT_QUOTA = 4,        /* 402, insufficient quota: the key is exhausted */
-    KM_OUT_CANCELLED = 5,    /* the request was never sent: refund everything */
+    KM_OUT_CANCELLED = 5,    /* never sent: the token reservation comes back; the
+                              * request still counts toward request limits */
     KM_OUT_COUNT = 6
 } km_outcome_kind;
 
@@ -304,8 +305,9 @@ typedef struct km_outcome {
     uint32_t view_flags;
     uint64_t requests_remaining, tokens_remaining;
     uint64_t requests_reset_ms, tokens_reset_ms; /* until fully replenished */
-    /* For spend: input and output tokens if known (< 0: unknown).  When the
-     * split is unknown, all `tokens` are priced at the output price. */
+    /* For spend: input and output tokens if known (< 0: unknown; both 0 with
+     * tokens used also counts as unknown).  Without the split, all `tokens`
+     * are priced at the output price. */
     int64_t input_tokens, output_tokens;
 } km_outcome;
 

@@ -50,6 +50,7 @@
  */
 #include <errno.h>
 #include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <linux/futex.h>
 #include <stdlib.h>
@@ -456,15 +457,33 @@ static inline void km__slot_free(km__lease *ls)
 
 /* ------------------------------------------------------------ acquire */
 
+/* Per-thread state for choosing keys: random choices and the round-robin
+ * cursor write no shared word.  A child after fork() starts afresh (see
+ * km__atfork_child), or every worker forked from one master would pick the
+ * same sequence of keys. */
+static __thread uint64_t km__rng;
+static __thread uint32_t km__rr_cursor;
+
+static void km__atfork_child(void)
+{
+    km__rng = 0;
+    km__rr_cursor = 0;
+}
+
+__attribute__((constructor)) static void km__register_atfork(void)
+{
+    pthread_atfork(NULL, NULL, km__atfork_child);
+}
+
 static uint64_t km__rand(void)
 {
-    /* Per-thread xorshift64*: random choices write no shared word. */
-    static __thread uint64_t s;
+    uint64_t s = km__rng;
     if (s == 0)
-        s = (km_now_ns() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)&s) | 1;
+        s = (km_now_ns() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)&km__rng) | 1;
     s ^= s >> 12;
     s ^= s << 25;
     s ^= s >> 27;
+    km__rng = s;
     return s * 0x2545f4914f6cdd1dull;
 }
 
@@ -816,10 +835,9 @@ static int km__acquire(km_env *e, const km_request *req, km_lease *out, uint64_t
          * thread spreads its requests evenly over the keys, so all of them
          * together do too.  The modulo is Lemire's fastmod (a 64-bit div
          * costs ~10 ns here). */
-        static __thread uint32_t cursor;
-        if (cursor == 0)
-            cursor = (uint32_t)(km__rand() >> 33) | 1;
-        uint32_t c = cursor++;
+        if (km__rr_cursor == 0)
+            km__rr_cursor = (uint32_t)(km__rand() >> 33) | 1;
+        uint32_t c = km__rr_cursor++;
         start = n == 1 ? 0 : (uint32_t)(((unsigned __int128)(pool->rr_magic * c) * n) >> 64);
         break;
     }
@@ -962,7 +980,10 @@ static void km__spend(km__pool *pool, km__key *k, const km_outcome *o, uint64_t 
     uint64_t in, out;
     if (k->price_in == 0 && k->price_out == 0)
         return;
-    if (o->input_tokens >= 0 && o->output_tokens >= 0) {
+    /* A zero-initialised outcome says 0 in and 0 out; with tokens used that
+     * means "split not given", not "free". */
+    if (o->input_tokens >= 0 && o->output_tokens >= 0 &&
+        (o->input_tokens + o->output_tokens > 0 || actual == 0)) {
         in = (uint64_t)o->input_tokens;
         out = (uint64_t)o->output_tokens;
     } else { /* split unknown: price everything as output (the dearer side) */

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <stdlib.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "keymesh.h"
@@ -46,7 +47,7 @@ int main(void)
     km_lease l;
     km_outcome ok = outcome(KM_OUT_SUCCESS, 1000, -1);
 
-    plan(29);
+    plan(31);
     snprintf(name, sizeof name, "kmt-models-%d", (int)getpid());
 
     /* 1. per_model: each model has its own rpm on each key, on top of the
@@ -144,6 +145,17 @@ int main(void)
     is_int(km_acquire(e, &any, &l), KM_OK, "soft budget: still used when nothing else is left");
     is_str(l.key_id, "soft", "... and that is the soft key");
     km_release(e, &l, &ok);
+    /* A zero-initialised outcome (0 in, 0 out) with tokens used is priced
+     * as output, not as free. */
+    {
+        km_outcome zo = {.kind = KM_OUT_SUCCESS, .tokens = 3};
+        km_request zp = {.pool = 0, .key_id = "free"};
+        km_key_set_state(e, (uint32_t)key_idx(e, "free"), KM_KEY_ACTIVE);
+        km_acquire(e, &zp, &l);
+        km_release(e, &l, &zo);
+        km_key_info_get(e, (uint32_t)key_idx(e, "free"), &ki);
+        is_u64(ki.spent_microusd, 6000, "zero-initialised split with 3 tokens: priced as output (6000)");
+    }
     done(e);
 
     /* Pool hard budget refuses at once. */
@@ -247,6 +259,48 @@ int main(void)
             km_release(e, &held[i], &ok);
         km_key_info_get(e, 0, &ki);
         is_u64(ki.inflight, 0, "all held leases released");
+        done(e);
+    }
+    /* 7. Children forked after the parent chose keys do not repeat each
+     * other's choices: per-thread random state is reset in the child. */
+    {
+        char js[65536];
+        size_t o = (size_t)snprintf(js, sizeof js, "{\"pools\":[{\"name\":\"p\",\"strategy\":\"weighted\",\"keys\":[");
+        for (int i = 0; i < 64; i++)
+            o += (size_t)snprintf(js + o, sizeof js - o, "%s{\"id\":\"k%02d\",\"secret\":\"sk-test-fork%04d\"}",
+                                  i ? "," : "", i, i);
+        snprintf(js + o, sizeof js - o, "]}]}");
+        e = make(js);
+        km_acquire(e, &any, &l); /* the parent's state is now seeded */
+        km_release(e, &l, &ok);
+        int fds[2][2];
+        char seqs[2][64];
+        for (int c = 0; c < 2; c++) {
+            if (pipe(fds[c]) != 0)
+                bail_out("pipe");
+            if (fork() == 0) {
+                km_env *ce = NULL;
+                char buf[64];
+                if (km_open(name, &ce) != KM_OK)
+                    _exit(2);
+                for (int i = 0; i < 40; i++) {
+                    km_acquire(ce, &any, &l);
+                    buf[i] = (char)('0' + atoi(l.key_id + 1) % 64);
+                    km_release(ce, &l, &ok);
+                }
+                if (write(fds[c][1], buf, 40) != 40)
+                    _exit(3);
+                km_close(ce);
+                _exit(0);
+            }
+            close(fds[c][1]);
+        }
+        for (int c = 0; c < 2; c++) {
+            if (read(fds[c][0], seqs[c], 40) != 40)
+                bail_out("child %d", c);
+            wait(NULL);
+        }
+        ok(memcmp(seqs[0], seqs[1], 40) != 0, "two forked children make different weighted choices");
         done(e);
     }
     return exit_status();
