@@ -776,9 +776,11 @@ static int inspect_table(km_env *env, const char *name)
            name, info.format, info.n_pools, info.n_pools == 1 ? "" : "s",
            info.n_keys, info.n_keys == 1 ? "" : "s", info.size_bytes,
            info.n_procs, info.n_procs == 1 ? "" : "es");
-    printf("capacity: %" PRIu32 " keys, %" PRIu32 " pools, %" PRIu32
-           " processes, %" PRIu32 " leases per key\n",
-           info.cap_keys, info.cap_pools, info.cap_procs, info.cap_inflight);
+    printf("capacity: %" PRIu32 " key%s, %" PRIu32 " pool%s, %" PRIu32
+           " process%s, %" PRIu32 " lease%s per key\n",
+           info.cap_keys, info.cap_keys == 1 ? "" : "s", info.cap_pools,
+           info.cap_pools == 1 ? "" : "s", info.cap_procs, info.cap_procs == 1 ? "" : "es",
+           info.cap_inflight, info.cap_inflight == 1 ? "" : "s");
     for (uint32_t p = 0; p < info.n_pools; p++)
         if ((rc = inspect_pool(env, name, (int)p)) != EX_SUCCESS)
             return rc;
