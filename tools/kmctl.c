@@ -799,17 +799,19 @@ static int print_snapshot(km_env *env, const char *name)
 }
 
 /* -j, --json for inspect, ps and reap. */
-static int json_opt(int c, const char *arg, void *ctx)
+/* Option callback of commands whose one option is a flag (--json, --quiet):
+ * parse_opts has already refused letters not in the command's optstring. */
+static int flag_opt(int c, const char *arg, void *ctx)
 {
     (void)arg;
-    if (c == 'j') {
+    if (c == 'j' || c == 'q') {
         *(int *)ctx = 1;
         return -1;
     }
     return usage_error("bad option");
 }
 
-static const struct option json_opts[] = {{"json", no_argument, NULL, 'j'},
+static const struct option flag_opts[] = {{"json", no_argument, NULL, 'j'},
                                           {"help", no_argument, NULL, 'h'},
                                           {NULL, 0, NULL, 0}};
 
@@ -818,7 +820,7 @@ static int cmd_inspect(int argc, char **argv)
     int json = 0, rc;
     km_env *env;
 
-    if ((rc = parse_opts(argc, argv, ":jh", json_opts, usage_inspect, json_opt,
+    if ((rc = parse_opts(argc, argv, ":jh", flag_opts, usage_inspect, flag_opt,
                          &json)) >= 0)
         return rc;
     if ((rc = want_operands(argc, 1, "NAME")) >= 0)
@@ -1176,7 +1178,7 @@ static int cmd_ps(int argc, char **argv)
     int json = 0, rc;
     km_env *env;
 
-    if ((rc = parse_opts(argc, argv, ":jh", json_opts, usage_ps, json_opt,
+    if ((rc = parse_opts(argc, argv, ":jh", flag_opts, usage_ps, flag_opt,
                          &json)) >= 0)
         return rc;
     if ((rc = want_operands(argc, 1, "NAME")) >= 0)
@@ -1205,7 +1207,7 @@ static int cmd_reap(int argc, char **argv)
     int json = 0, rc;
     km_env *env;
 
-    if ((rc = parse_opts(argc, argv, ":jh", json_opts, usage_reap, json_opt,
+    if ((rc = parse_opts(argc, argv, ":jh", flag_opts, usage_reap, flag_opt,
                          &json)) >= 0)
         return rc;
     if ((rc = want_operands(argc, 1, "NAME")) >= 0)
@@ -1247,16 +1249,6 @@ static void check_line(void *ctx, const char *line)
     printf("violation: %s\n", line);
 }
 
-static int check_opt(int c, const char *arg, void *ctx)
-{
-    (void)arg;
-    if (c == 'q') {
-        *(int *)ctx = 1;
-        return -1;
-    }
-    return usage_error("bad option");
-}
-
 static int cmd_check(int argc, char **argv)
 {
     static const struct option lo[] = {{"quiet", no_argument, NULL, 'q'},
@@ -1265,7 +1257,7 @@ static int cmd_check(int argc, char **argv)
     int quiet = 0, rc, n;
     km_env *env;
 
-    if ((rc = parse_opts(argc, argv, ":qh", lo, usage_check, check_opt,
+    if ((rc = parse_opts(argc, argv, ":qh", lo, usage_check, flag_opt,
                          &quiet)) >= 0)
         return rc;
     if ((rc = want_operands(argc, 1, "NAME")) >= 0)
