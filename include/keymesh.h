@@ -247,7 +247,8 @@ typedef struct km_request {
     const char *model;   /* model name, or NULL.  A per_model pool applies
                           * that model's limits too (KM_ENOMODEL if unknown);
                           * a global pool with a model list checks the name. */
-    const char *key_id;  /* pin: only this key (KM_ENOKEY if unknown), or NULL */
+    const char *key_id;  /* pin: only this key (KM_ENOKEY if unknown), or NULL;
+                          * the id is looked up by a scan of the pool */
 } km_request;
 
 typedef struct km_lease {

@@ -40,6 +40,17 @@
  * A partial admission (window 1 charged, window 2 refuses) is rolled back:
  * token reservations exactly, request charges as above.
  *
+ * Memory ordering.  Every shared word is read and written with ck_pr
+ * loads, stores and read-modify-writes, never plainly.  A single-word load
+ * (state, cooldown_until, a limit word, a busy word) needs no ordering of
+ * its own: a stale value can only steer a choice, and every choice is
+ * decided by a locked read-modify-write that sees the current value.  Where
+ * one write must be seen before another, the comment at that point says
+ * which: the lease phase before the limit atomics (ck_pr_fence_store_atomic,
+ * free on x86-64 where locked instructions are full barriers), cooldown
+ * before state, phase before owner when a slot is freed, and the pool's
+ * waiter count after the locked instructions that free capacity.
+ *
  * In-flight and crash consistency: see km__lease in shm/seg.h.  The
  * invariants kept at every instruction boundary are
  *   I1  popcount(key.busy) == number of the key's lease slots in phase
