@@ -95,7 +95,7 @@ static void km__check_key(km_env *e, uint32_t ki, uint64_t now, km__checker *c)
             }
             if (ph == KM__LP_ACTIVE) {
                 active++;
-                tokens += ls[s].tokens;
+                tokens += ck_pr_load_32(&ls[s].tokens);
                 if (!bit)
                     km__violation(c, "key %s: lease slot %u is active but not counted in flight", id, s);
             }

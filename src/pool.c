@@ -126,6 +126,26 @@ static void km__state_to(km__key *k, uint32_t from_mask, uint32_t to)
 
 #define KM__LIVE_STATES ((1u << KM__ST_ACTIVE) | (1u << KM__ST_FAILING) | (1u << KM__ST_PROBING))
 
+/* A lease slot's fields, read with atomic loads: its owner writes them at
+ * claim; a releasing thread of that process, a reaper or a checker in
+ * another process reads them. */
+typedef struct km__lview {
+    uint32_t seq, tokens, key_gen, model;
+    uint64_t start_ns;
+} km__lview;
+
+static inline km__lview km__lease_read(const km__lease *ls)
+{
+    return (km__lview){ck_pr_load_32(&ls->seq), ck_pr_load_32(&ls->tokens),
+                       ck_pr_load_32(&ls->key_gen), ck_pr_load_32(&ls->model),
+                       ck_pr_load_64(&ls->start_ns)};
+}
+
+/* Slot counters have one writer at a time, the slot's owner (see km__lease
+ * in seg.h), so load + store is an exact increment without a locked
+ * instruction; both are atomic so a reader never sees a torn word. */
+#define KM__SLOT_ADD(field, n) ck_pr_store_64(&(field), ck_pr_load_64(&(field)) + (n))
+
 /* ------------------------------------------------------------ creation */
 
 uint32_t km__hash(const char *s)
@@ -564,13 +584,13 @@ static int km__try_key(km_env *e, uint32_t ki, km__scan *sc, km_lease *out)
         return 0;
     }
     km__lease *ls = &km__leases(e, ki)[s];
-    uint32_t seq = ls->seq + 1, gen = ck_pr_load_32(&k->gen);
+    uint32_t seq = ck_pr_load_32(&ls->seq) + 1, gen = ck_pr_load_32(&k->gen);
     km__undo ku;
-    ls->seq = seq;
-    ls->tokens = sc->tokens;
-    ls->start_ns = sc->now;
-    ls->key_gen = gen;
-    ls->model = sc->md ? sc->model : 0; /* whose windows settle at release */
+    ck_pr_store_32(&ls->seq, seq);
+    ck_pr_store_32(&ls->tokens, sc->tokens);
+    ck_pr_store_64(&ls->start_ns, sc->now);
+    ck_pr_store_32(&ls->key_gen, gen);
+    ck_pr_store_32(&ls->model, sc->md ? sc->model : 0); /* whose windows settle at release */
     ck_pr_store_32(&ls->phase, KM__LP_ADMITTING);
     /* The phase store must be visible before any limit word changes, so a
      * reaper that finds our charges can find this slot.  The atomics below
@@ -598,7 +618,7 @@ static int km__try_key(km_env *e, uint32_t ki, km__scan *sc, km_lease *out)
     ck_pr_or_64(&k->busy[s / 64], UINT64_C(1) << (s % 64));
     ck_pr_store_32(&ls->phase, KM__LP_ACTIVE);
     /* Slot counters: we own the slot, so a plain increment is exact. */
-    ck_pr_store_64(&ls->acquired, ls->acquired + 1);
+    KM__SLOT_ADD(ls->acquired, 1);
 
     out->key = ki;
     out->key_gen = gen;
@@ -950,10 +970,10 @@ KM_EXTERN int km_acquire_wait(km_env *e, const km_request *req, km_lease *out,
 /* Commit one set's token reservation: `actual` tokens charged as of the
  * lease's start, reservation dropped, in one 16-byte CAS per window (see
  * the top of the file). */
-KM__HOT void km__settle_set(const km__lset *set, const km__lease *ls, uint64_t actual)
+KM__HOT void km__settle_set(const km__lset *set, const km__lview *lv, uint64_t actual)
 {
     uint32_t mask = set->mask & KM__TOKEN_WINS;
-    uint64_t reserved = ls->tokens;
+    uint64_t reserved = lv->tokens;
 
     while (mask) {
         int w = __builtin_ctz(mask);
@@ -962,7 +982,7 @@ KM__HOT void km__settle_set(const km__lset *set, const km__lease *ls, uint64_t a
         uint64_t cur[2], nv[2];
         km__gcra_load(g, cur);
         do {
-            nv[0] = actual ? km__max64(cur[0], ls->start_ns) + km__mul_sat(actual, set->T[w])
+            nv[0] = actual ? km__max64(cur[0], lv->start_ns) + km__mul_sat(actual, set->T[w])
                            : cur[0];
             nv[1] = cur[1] - reserved;
         } while (!km__gcra_cas(g, cur, nv));
@@ -970,18 +990,19 @@ KM__HOT void km__settle_set(const km__lset *set, const km__lease *ls, uint64_t a
 }
 
 /* Settle a lease's tokens on its key and, if it charged one, its model. */
-KM__HOT void km__settle(km_env *e, uint32_t ki, km__key *k, km__lease *ls, uint64_t actual)
+KM__HOT void km__settle(km_env *e, uint32_t ki, km__key *k, km__lease *ls,
+                        const km__lview *lv, uint64_t actual)
 {
-    if (ls->tokens == 0 && actual == 0)
+    if (lv->tokens == 0 && actual == 0)
         return;
     km__lset kset = km__key_lset(k);
-    km__settle_set(&kset, ls, actual);
-    if (ls->model && k->pool < e->hdr->n_pools && ls->model <= e->hdr->cap_models) {
-        km__lset mset = km__model_lset(e, ki, &km__models(e, k->pool)[ls->model - 1],
-                                       ls->model - 1);
-        km__settle_set(&mset, ls, actual);
+    km__settle_set(&kset, lv, actual);
+    if (lv->model && k->pool < e->hdr->n_pools && lv->model <= e->hdr->cap_models) {
+        km__lset mset = km__model_lset(e, ki, &km__models(e, k->pool)[lv->model - 1],
+                                       lv->model - 1);
+        km__settle_set(&mset, lv, actual);
     }
-    ck_pr_store_64(&ls->tokens_used, ls->tokens_used + actual); /* slot owner only */
+    KM__SLOT_ADD(ls->tokens_used, actual);
 }
 
 /* Add a request's spend to its key and pool; a hard key budget that is now
@@ -1067,7 +1088,8 @@ static void km__health(km_env *e, km__key *k, const km__lease *ls, int kind,
         if (ck_pr_load_32(&k->consec_429))
             ck_pr_store_32(&k->consec_429, 0);
         km__state_to(k, (1u << KM__ST_PROBING) | (1u << KM__ST_FAILING), KM__ST_ACTIVE);
-        uint64_t lat = o->latency_us >= 0 ? (uint64_t)o->latency_us * 1000 : km_now_ns() - ls->start_ns;
+        uint64_t lat = o->latency_us >= 0 ? (uint64_t)o->latency_us * 1000
+                                          : km_now_ns() - ck_pr_load_64(&ls->start_ns);
         if (lat == 0)
             lat = 1; /* 0 means "no sample yet" */
         /* EMA, alpha = 0.2; the first sample seeds it.  A plain load and
@@ -1158,7 +1180,7 @@ KM_EXTERN int km_release(km_env *e, const km_lease *l, const km_outcome *o)
 
     /* Ours and still this lease?  owner is written only by us while we own
      * the slot, so these loads cannot race with a change we care about. */
-    if (ck_pr_load_64(&ls->owner) != e->owner || ls->seq != l->seq ||
+    if (ck_pr_load_64(&ls->owner) != e->owner || ck_pr_load_32(&ls->seq) != l->seq ||
         ck_pr_load_32(&ls->phase) != KM__LP_ACTIVE) {
         ck_pr_inc_64(&k->stale);
         return KM_ESTALE;
@@ -1167,14 +1189,15 @@ KM_EXTERN int km_release(km_env *e, const km_lease *l, const km_outcome *o)
     ck_pr_fence_store_atomic(); /* phase before the limit CASes (see seg.h) */
 
     int kind = o->kind;
+    km__lview lv = km__lease_read(ls);
     uint64_t actual = kind == KM_OUT_CANCELLED ? 0
-                      : o->tokens < 0          ? ls->tokens
+                      : o->tokens < 0          ? lv.tokens
                       : (uint64_t)o->tokens > UINT32_MAX ? UINT32_MAX
                                                : (uint64_t)o->tokens;
-    int stale = ls->key_gen != ck_pr_load_32(&k->gen);
+    int stale = lv.key_gen != ck_pr_load_32(&k->gen);
     km__pool *pool = k->pool < e->hdr->n_pools ? &km__pools(e)[k->pool] : NULL;
     if (!stale) {
-        km__settle(e, l->key, k, ls, actual);
+        km__settle(e, l->key, k, ls, &lv, actual);
         km__health(e, k, ls, kind, o);
         if (o->view_flags)
             km__apply_view(k, o);
@@ -1189,9 +1212,9 @@ KM_EXTERN int km_release(km_env *e, const km_lease *l, const km_outcome *o)
     ck_pr_and_64(&k->busy[l->slot / 64], ~(UINT64_C(1) << (l->slot % 64)));
     if (!stale) {
         if (kind == KM_OUT_SUCCESS)
-            ck_pr_store_64(&ls->succeeded, ls->succeeded + 1);
+            KM__SLOT_ADD(ls->succeeded, 1);
         else
-            ck_pr_store_64(&ls->outcomes[kind], ls->outcomes[kind] + 1);
+            KM__SLOT_ADD(ls->outcomes[kind], 1);
     }
     km__slot_free(ls);
     if (pool)
@@ -1205,11 +1228,12 @@ static void km__abandon(km_env *e, uint32_t ki, km__key *k, km__lease *ls, uint3
 {
     ck_pr_store_32(&ls->phase, KM__LP_RELEASING);
     ck_pr_fence_store_atomic();
-    if (ls->key_gen == ck_pr_load_32(&k->gen))
-        km__settle(e, ki, k, ls, ls->tokens);
+    km__lview lv = km__lease_read(ls);
+    if (lv.key_gen == ck_pr_load_32(&k->gen))
+        km__settle(e, ki, k, ls, &lv, lv.tokens);
     /* A probe that will never report lets the next one go. */
     km__state_to(k, 1u << KM__ST_PROBING, KM__ST_FAILING);
-    ck_pr_store_64(&ls->abandoned, ls->abandoned + 1);
+    KM__SLOT_ADD(ls->abandoned, 1);
     ck_pr_and_64(&k->busy[slot / 64], ~(UINT64_C(1) << (slot % 64)));
     km__slot_free(ls);
     if (k->pool < e->hdr->n_pools)
@@ -1342,7 +1366,8 @@ static int km__recount_key(km_env *e, uint32_t ki, km__live_cache *lc)
                 mask &= mask - 1;
                 uint64_t tat = ck_pr_load_64(&kset.win[w].tat), nt;
                 do
-                    nt = km__max64(tat, ls[s].start_ns) + km__mul_sat(ls[s].tokens, kset.T[w]);
+                    nt = km__max64(tat, ck_pr_load_64(&ls[s].start_ns)) +
+                         km__mul_sat(ck_pr_load_32(&ls[s].tokens), kset.T[w]);
                 while (!ck_pr_cas_64_value(&kset.win[w].tat, tat, nt, &tat));
             }
         }
@@ -1367,11 +1392,12 @@ static int km__recount_key(km_env *e, uint32_t ki, km__live_cache *lc)
         for (uint32_t s = 0; s < n; s++) {
             if (!ck_pr_load_64(&ls[s].owner) || ck_pr_load_32(&ls[s].phase) != KM__LP_ACTIVE)
                 continue;
+            km__lview lv = km__lease_read(&ls[s]);
             for (int w = KM_WIN_TPM; w <= KM_WIN_TPD; w++)
-                sk[w] += ls[s].tokens;
-            if (ls[s].model && ls[s].model <= n_models)
+                sk[w] += lv.tokens;
+            if (lv.model && lv.model <= n_models)
                 for (int w = 0; w < 3; w++)
-                    sm[ls[s].model - 1][w] += ls[s].tokens;
+                    sm[lv.model - 1][w] += lv.tokens;
         }
         done = 1;
         for (int w = KM_WIN_TPM; w <= KM_WIN_TPD && done; w++)
@@ -1398,7 +1424,7 @@ static int km__recount_key(km_env *e, uint32_t ki, km__live_cache *lc)
          * never handed out (nor counted as acquired) and counts nowhere. */
         uint64_t bit = UINT64_C(1) << (s % 64);
         if ((releasing[s / 64] & bit) && (ck_pr_load_64(&k->busy[s / 64]) & bit))
-            ck_pr_store_64(&ls[s].abandoned, ls[s].abandoned + 1);
+            KM__SLOT_ADD(ls[s].abandoned, 1);
         ck_pr_and_64(&k->busy[s / 64], ~bit);
         km__slot_free(&ls[s]);
     }
