@@ -113,7 +113,7 @@ $(SHLIB): $(LIB_PIC)
 $(KMCTL): tools/kmctl.c $(STLIB)
 	$(CC) $(CFLAGS) -o $@ $< $(STLIB) $(LDFLAGS) $(LIBS)
 
-$(BUILD)/tests/%: tests/%.c tests/tap.h $(STLIB)
+$(BUILD)/tests/%: tests/%.c tests/tap.h tests/testlib.h $(STLIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Ishm -Isrc -o $@ $< $(STLIB) $(LDFLAGS) $(LIBS) -lm
 

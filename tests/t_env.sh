@@ -5,68 +5,21 @@
 # on failure, and no secret value ever printed.  Every kmctl runs under
 # `env -i` so only the variables given exist.  TAP output (plan at the end).
 # Binaries from ${KM_BUILD:-build}.
-set -u
+# shellcheck source=tests/lib.sh
+. "$(dirname "$0")/lib.sh"
 
-KMCTL="${KM_BUILD:-build}/kmctl"
-if [ ! -x "$KMCTL" ]; then
-    echo "1..0 # SKIP $KMCTL not built"
-    exit 0
-fi
-
-N=0
-FAILED=0
-ok() { # ok COND_STATUS NAME
-    N=$((N + 1))
-    if [ "$1" -eq 0 ]; then
-        echo "ok $N - $2"
-    else
-        echo "not ok $N - $2"
-        FAILED=$((FAILED + 1))
-    fi
-}
-diag() { printf '# %s\n' "$@"; }
-
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/kmt-env.XXXXXX") || exit 1
-SEG="kmt-env-$$"
-SEG2="kmt-env2-$$"
-BADSEG="kmt-env-bad-$$"
-cleanup() {
-    for s in "$SEG" "$SEG2" "$BADSEG"; do
-        "$KMCTL" destroy "$s" >/dev/null 2>&1
-    done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+begin env
+new_seg SEG2 env2
+new_seg BADSEG env-bad
 
 S1="sk-envtest-aaaa1111"
 S3="sk-envtest-cccc3333"
 SA1="sk-ant-envtest-dddd4444"
 SA2="sk-ant-envtest-eeee5555"
 SADMIN="sk-admin-envtest-ffff6666"
+SECRETS=("$S1" "$S3" "$SA1" "$SA2" "$SADMIN")
 : >"$TMP/all" # every stdout and stderr, checked for secrets at the end
-
-# run CMD...: sets RC, OUT, ERR; everything is also appended to $TMP/all
-run() {
-    "$@" >"$TMP/out" 2>"$TMP/err"
-    RC=$?
-    OUT=$(cat "$TMP/out")
-    ERR=$(cat "$TMP/err")
-    cat "$TMP/out" "$TMP/err" >>"$TMP/all"
-}
-expect() { # expect RC_WANTED NAME
-    [ "$RC" -eq "$1" ]
-    local s=$?
-    ok $s "$2 (exit $RC, want $1)"
-    [ $s -eq 0 ] || diag "stderr: $ERR"
-}
-no_secret() { # no_secret TEXT
-    local s
-    for s in "$S1" "$S3" "$SA1" "$SA2" "$SADMIN"; do
-        case "$1" in *"$s"*) return 1 ;; esac
-    done
-    return 0
-}
+RUN_LOG="$TMP/all" # run appends everything here
 # key_block ID: the lines of key ID's object in the snapshot JSON on stdin
 key_block() { awk -v id="\"id\": \"$1\"" 'index($0, id) {p = 1; print; next}
     p && /"id": "/ {p = 0} p'; }
@@ -209,7 +162,7 @@ run "$KMCTL" inspect "$SEG2"
 expect 0 "inspect (two providers)"
 
 # ---------------------------------------------------------------- secrets
-for s in "$S1" "$S3" "$SA1" "$SA2" "$SADMIN"; do
+for s in "${SECRETS[@]}"; do
     ! grep -qF -- "$s" "$TMP/all"
     ok $? "secret ${s%????????}... appears in no output"
 done
@@ -217,5 +170,4 @@ done
 ! grep -qF -- "envtest" "$TMP/all"
 ok $? "no fragment of any secret (\"envtest\") in any output"
 
-echo "1..$N"
-[ "$FAILED" -eq 0 ]
+finish

@@ -4,66 +4,19 @@
 # codes, error lines, and secrets never printed (ps, reap and check around a
 # dead worker: t_reapctl.sh).  TAP output (plan at the end).  Binaries from
 # ${KM_BUILD:-build}.
-set -u
+# shellcheck source=tests/lib.sh
+. "$(dirname "$0")/lib.sh"
 
-KMCTL="${KM_BUILD:-build}/kmctl"
-if [ ! -x "$KMCTL" ]; then
-    echo "1..0 # SKIP $KMCTL not built"
-    exit 0
-fi
-
-N=0
-FAILED=0
-ok() { # ok COND_STATUS NAME
-    N=$((N + 1))
-    if [ "$1" -eq 0 ]; then
-        echo "ok $N - $2"
-    else
-        echo "not ok $N - $2"
-        FAILED=$((FAILED + 1))
-    fi
-}
-diag() { printf '# %s\n' "$@"; }
-
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/kmt-kmctl.XXXXXX") || exit 1
-SEG="kmt-kmctl-$$"
-BADSEG="kmt-kmctl-bad-$$"
-MODESEG="kmt-kmctl-mode-$$"
-MODELSEG="kmt-kmctl-models-$$"
-cleanup() {
-    for s in "$SEG" "$BADSEG" "$MODESEG" "$MODELSEG"; do
-        "$KMCTL" destroy "$s" >/dev/null 2>&1
-    done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+begin kmctl
+new_seg BADSEG kmctl-bad
+new_seg MODESEG kmctl-mode
+new_seg MODELSEG kmctl-models
 
 SECRET_A="sk-test-aaaa1111"
 SECRET_B="sk-test-bbbb2222"
 SECRET_G="gsk_zzzzzzzzzzzzzzzzzz9999"
+SECRETS=("$SECRET_A" "$SECRET_B" "$SECRET_G")
 export KMT_KMCTL_KEY_B="$SECRET_B"
-
-# run CMD...: sets RC, OUT (stdout), ERR (stderr)
-run() {
-    "$@" >"$TMP/out" 2>"$TMP/err"
-    RC=$?
-    OUT=$(cat "$TMP/out")
-    ERR=$(cat "$TMP/err")
-}
-# no_secret TEXT: none of the secrets appears in TEXT
-no_secret() {
-    case "$1" in
-    *"$SECRET_A"* | *"$SECRET_B"* | *"$SECRET_G"*) return 1 ;;
-    esac
-    return 0
-}
-expect() { # expect RC_WANTED NAME  (checks $RC, prints stderr on failure)
-    [ "$RC" -eq "$1" ]
-    local s=$?
-    ok $s "$2 (exit $RC, want $1)"
-    [ $s -eq 0 ] || diag "stderr: $ERR"
-}
 
 cat >"$TMP/pool.json" <<EOF
 {"capacity": {"keys": 8, "processes": 8},
@@ -335,5 +288,4 @@ EOF
 bad_config "model limit in a global pool" \
     'pools[0].models.gpt-4o: limits need "model_limits": "per_model"' "$TMP/modellim.json"
 
-echo "1..$N"
-[ "$FAILED" -eq 0 ]
+finish

@@ -16,107 +16,21 @@
  * Exact white-box checks (retry_at_ns, tat_ns) follow from the formulas
  * above and the fact that lease.start_ns is the `now` used for admission.
  */
-#include <errno.h>
-#include <signal.h>
 #include <string.h>
-#include <time.h>
 
-#include "internal.h"
-#include "tap.h"
-
-#define NS UINT64_C(1000000000)
-#define MS UINT64_C(1000000)
+#include "testlib.h"
 
 /* ------------------------------------------------------------- fixtures */
 
-static char seg[64];
-static pid_t main_pid;
-
-static void cleanup(void)
-{
-    if (getpid() == main_pid && seg[0])
-        km_unlink(seg);
-}
-
-static void on_signal(int sig)
-{
-    cleanup();
-    signal(sig, SIG_DFL);
-    raise(sig);
-}
-
-static km_env *mkseg(const char *json)
-{
-    km_config *cfg = NULL;
-    km_env *env = NULL;
-    char err[256] = "";
-    int rc;
-
-    snprintf(seg, sizeof seg, "kmt-limits-%ld", (long)getpid());
-    km_unlink(seg);
-    rc = km_config_parse(json, strlen(json), "test", &cfg, err, sizeof err);
-    if (rc != KM_OK)
-        bail_out("km_config_parse: %s: %s", km_err_name(rc), err);
-    rc = km_create(seg, cfg, 0, &env);
-    km_config_free(cfg);
-    if (rc != KM_OK)
-        bail_out("km_create %s: %s", seg, km_err_name(rc));
-    return env;
-}
-
-static void rmseg(km_env *env)
-{
-    km_close(env);
-    km_unlink(seg);
-    seg[0] = '\0';
-}
-
-static int pool_of(km_env *env, const char *name)
-{
-    int p = km_pool_find(env, name);
-    if (p < 0)
-        bail_out("km_pool_find %s: %s", name, km_err_name(p));
-    return p;
-}
-
-static uint32_t key_of(km_env *env, int pool, uint32_t i)
-{
-    int k = km_pool_key(env, pool, i);
-    if (k < 0)
-        bail_out("km_pool_key %d %u: %s", pool, i, km_err_name(k));
-    return (uint32_t)k;
-}
-
-static km_key_info info(km_env *env, uint32_t key)
-{
-    km_key_info ki;
-    int rc = km_key_info_get(env, key, &ki);
-    if (rc != KM_OK)
-        bail_out("km_key_info_get %u: %s", key, km_err_name(rc));
-    return ki;
-}
-
 static int acq(km_env *env, int pool, uint32_t tokens, km_lease *l)
 {
-    km_request r = {.pool = pool, .strategy = KM_STRATEGY_DEFAULT, .tokens = tokens};
-    memset(l, 0, sizeof *l);
-    return km_acquire(env, &r, l);
+    return acquire_with(env, pool, KM_STRATEGY_DEFAULT, tokens, l);
 }
 
 static int rel(km_env *env, const km_lease *l, int kind, int64_t tokens)
 {
-    km_outcome o = {.kind = kind, .latency_us = 1000, .tokens = tokens, .retry_after_s = 0};
-    return km_release(env, l, &o);
+    return release_with(env, l, kind, 1000, tokens, 0);
 }
-
-static void sleep_until(uint64_t t)
-{
-    struct timespec ts = {(time_t)(t / NS), (long)(t % NS)};
-    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
-        ;
-}
-
-static const char *E(int rc) { return km_err_name(rc); }
 
 /* ---------------------------------------------------------------- tests */
 
@@ -542,10 +456,7 @@ static void test_windows(void)
 
 int main(void)
 {
-    main_pid = getpid();
-    signal(SIGTERM, on_signal);
-    signal(SIGINT, on_signal);
-    atexit(cleanup);
+    fixtures_init("limits");
 
     plan(93);
     test_token_bucket_burst();

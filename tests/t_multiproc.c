@@ -31,18 +31,13 @@
  *  or the checks above would prove little.
  */
 #include <errno.h>
-#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
-#include <time.h>
 
-#include "internal.h"
-#include "tap.h"
+#include "testlib.h"
 
-#define NS UINT64_C(1000000000)
-#define MS UINT64_C(1000000)
 #define US UINT64_C(1000)
 #define PERIOD_MIN (60 * NS)
 
@@ -118,22 +113,6 @@ typedef struct shared {
     uint64_t deadline;
     worker w[N_WORKERS];
 } shared;
-
-static char seg[64];
-static pid_t main_pid;
-
-static void cleanup(void)
-{
-    if (getpid() == main_pid && seg[0])
-        km_unlink(seg);
-}
-
-static void on_signal(int sig)
-{
-    cleanup();
-    signal(sig, SIG_DFL);
-    raise(sig);
-}
 
 static uint64_t splitmix(uint64_t *s)
 {
@@ -335,33 +314,20 @@ static uint64_t T_of(const km_limit_info *li, int mode)
 
 int main(void)
 {
-    km_config *cfg = NULL;
     km_env *env = NULL;
-    char err[256] = "";
     shared *sh;
     pid_t pids[N_WORKERS];
-    int rc, n_keys_of[P_COUNT];
+    int n_keys_of[P_COUNT];
     uint32_t keys_of[P_COUNT][MAX_KEYS];
 
-    main_pid = getpid();
-    signal(SIGTERM, on_signal);
-    signal(SIGINT, on_signal);
-    atexit(cleanup);
+    fixtures_init("multiproc");
 
     /* plan: workers 6; totals 6; per limited key (6): 2 windows x 1 (tb) or
      * 2 windows x 2 (sliding) + binding 1; per key (10): 10 counter checks;
      * cooldown 2; rr shares 4; n_procs 1 */
     plan(N_WORKERS + 6 + (2 * 2 + 4 * 4) + 6 + 10 * 10 + 2 + 4 + 1);
 
-    snprintf(seg, sizeof seg, "kmt-multiproc-%ld", (long)getpid());
-    km_unlink(seg);
-    rc = km_config_parse(CFG, strlen(CFG), "test", &cfg, err, sizeof err);
-    if (rc != KM_OK)
-        bail_out("km_config_parse: %s: %s", km_err_name(rc), err);
-    rc = km_create(seg, cfg, 0, &env);
-    km_config_free(cfg);
-    if (rc != KM_OK)
-        bail_out("km_create %s: %s", seg, km_err_name(rc));
+    env = mkseg(CFG);
     for (int p = 0; p < P_COUNT; p++) {
         pools[p] = km_pool_find(env, pool_names[p]);
         if (pools[p] < 0)
@@ -585,8 +551,6 @@ int main(void)
     free(req);
     free(tok);
     munmap(sh, sizeof *sh);
-    km_close(env);
-    km_unlink(seg);
-    seg[0] = '\0';
+    rmseg(env);
     return exit_status();
 }

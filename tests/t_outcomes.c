@@ -16,98 +16,21 @@
  *
  * Time-dependent parts use cooldown_s 1 and retry_after 0.2 s.
  */
-#include <errno.h>
-#include <signal.h>
 #include <string.h>
 #include <sys/wait.h>
-#include <time.h>
 
-#include "internal.h"
-#include "tap.h"
-
-#define NS UINT64_C(1000000000)
-#define MS UINT64_C(1000000)
+#include "testlib.h"
 
 /* ------------------------------------------------------------- fixtures */
 
-static char seg[64];
-static pid_t main_pid;
-
-static void cleanup(void)
-{
-    if (getpid() == main_pid && seg[0])
-        km_unlink(seg);
-}
-
-static void on_signal(int sig)
-{
-    cleanup();
-    signal(sig, SIG_DFL);
-    raise(sig);
-}
-
-static km_env *mkseg(const char *json)
-{
-    km_config *cfg = NULL;
-    km_env *env = NULL;
-    char err[256] = "";
-    int rc;
-
-    snprintf(seg, sizeof seg, "kmt-outcomes-%ld", (long)getpid());
-    km_unlink(seg);
-    rc = km_config_parse(json, strlen(json), "test", &cfg, err, sizeof err);
-    if (rc != KM_OK)
-        bail_out("km_config_parse: %s: %s", km_err_name(rc), err);
-    rc = km_create(seg, cfg, 0, &env);
-    km_config_free(cfg);
-    if (rc != KM_OK)
-        bail_out("km_create %s: %s", seg, km_err_name(rc));
-    return env;
-}
-
-static void rmseg(km_env *env)
-{
-    km_close(env);
-    km_unlink(seg);
-    seg[0] = '\0';
-}
-
-static int pool_of(km_env *env, const char *name)
-{
-    int p = km_pool_find(env, name);
-    if (p < 0)
-        bail_out("km_pool_find %s: %s", name, km_err_name(p));
-    return p;
-}
-
-static uint32_t key_of(km_env *env, int pool, uint32_t i)
-{
-    int k = km_pool_key(env, pool, i);
-    if (k < 0)
-        bail_out("km_pool_key %d %u: %s", pool, i, km_err_name(k));
-    return (uint32_t)k;
-}
-
-static km_key_info info(km_env *env, uint32_t key)
-{
-    km_key_info ki;
-    int rc = km_key_info_get(env, key, &ki);
-    if (rc != KM_OK)
-        bail_out("km_key_info_get %u: %s", key, km_err_name(rc));
-    return ki;
-}
-
 static int acq(km_env *env, int pool, km_lease *l)
 {
-    km_request r = {.pool = pool, .strategy = KM_STRATEGY_DEFAULT, .tokens = 0};
-    memset(l, 0, sizeof *l);
-    return km_acquire(env, &r, l);
+    return acquire_with(env, pool, KM_STRATEGY_DEFAULT, 0, l);
 }
 
 static int rel(km_env *env, const km_lease *l, int kind, int64_t lat_us, double retry_after)
 {
-    km_outcome o = {.kind = kind, .latency_us = lat_us, .tokens = -1, .retry_after_s = retry_after};
-    return km_release(env, l, &o);
+    return release_with(env, l, kind, lat_us, -1, retry_after);
 }
 
 /* Acquire from `pool` until a lease on `key` comes out (releasing the others
@@ -139,14 +62,6 @@ static int count_on(km_env *env, int pool, uint32_t key, int n)
     return c;
 }
 
-static void sleep_until(uint64_t t)
-{
-    struct timespec ts = {(time_t)(t / NS), (long)(t % NS)};
-    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
-        ;
-}
-
-static const char *E(int rc) { return km_err_name(rc); }
 static const char *S(int st) { return km_key_state_name(st); }
 
 /* ---------------------------------------------------------------- tests */
@@ -501,10 +416,7 @@ static void test_stale_and_counters(void)
 
 int main(void)
 {
-    main_pid = getpid();
-    signal(SIGTERM, on_signal);
-    signal(SIGINT, on_signal);
-    atexit(cleanup);
+    fixtures_init("outcomes");
 
     plan(83);
     test_success_ema();

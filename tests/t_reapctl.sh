@@ -5,59 +5,20 @@
 # leases, check must report it, reap must release exactly what it held, and
 # afterwards the segment must check clean.  TAP output (plan at the end).
 # Binaries from ${KM_BUILD:-build}.
-set -u
+# shellcheck source=tests/lib.sh
+. "$(dirname "$0")/lib.sh"
 
-B="${KM_BUILD:-build}"
-KMCTL="$B/kmctl"
 HOLD="$B/tests/t_hold"
-for f in "$KMCTL" "$HOLD"; do
-    if [ ! -x "$f" ]; then
-        echo "1..0 # SKIP $f not built"
-        exit 0
-    fi
-done
-
-N=0
-FAILED=0
-ok() { # ok COND_STATUS NAME
-    N=$((N + 1))
-    if [ "$1" -eq 0 ]; then
-        echo "ok $N - $2"
-    else
-        echo "not ok $N - $2"
-        FAILED=$((FAILED + 1))
-    fi
-}
-diag() { printf '# %s\n' "$@"; }
-
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/kmt-reapctl.XXXXXX") || exit 1
-SEG="kmt-reapctl-$$"
-MISSING="kmt-reapctl-missing-$$"
 HOLD_PID=
-cleanup() {
+begin reapctl "$HOLD"
+MISSING="kmt-reapctl-missing-$$" # never created
+on_cleanup() { # the holder goes before its segment
     if [ -n "$HOLD_PID" ]; then
         kill -9 "$HOLD_PID" 2>/dev/null
         wait "$HOLD_PID" 2>/dev/null
     fi
-    "$KMCTL" destroy "$SEG" >/dev/null 2>&1
-    rm -rf "$TMP"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# run CMD...: sets RC, OUT (stdout), ERR (stderr)
-run() {
-    "$@" >"$TMP/out" 2>"$TMP/err"
-    RC=$?
-    OUT=$(cat "$TMP/out")
-    ERR=$(cat "$TMP/err")
-}
-expect() { # expect RC_WANTED NAME  (checks $RC, prints output on failure)
-    [ "$RC" -eq "$1" ]
-    local s=$?
-    ok $s "$2 (exit $RC, want $1)"
-    [ $s -eq 0 ] || diag "stdout: $OUT" "stderr: $ERR"
-}
+EXPECT_SHOWS_STDOUT=1
 check_text() { # check_text NAME: ok if the last command ran, else show output
     local s=$?
     ok $s "$1"
@@ -237,5 +198,4 @@ check_text "check --quiet: only '0 violations'"
 abandoned=$("$KMCTL" inspect "$SEG" --json | sum abandoned)
 ok $([ "$abandoned" -eq 3 ]; echo $?) "abandoned 3 in total (got $abandoned)"
 
-echo "1..$N"
-[ "$FAILED" -eq 0 ]
+finish

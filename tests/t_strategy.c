@@ -10,32 +10,14 @@
  *   A request's strategy overrides the pool's.
  */
 #include <math.h>
-#include <signal.h>
 #include <string.h>
 
-#include "internal.h"
-#include "tap.h"
+#include "testlib.h"
 
 /* Sanitizer builds run the same counts: the checks are statistical and
  * 20000 acquires are cheap even under ASan. */
 #define N_RR 4000
 #define N_WEIGHTED 20000
-
-static char seg[64];
-static pid_t main_pid;
-
-static void cleanup(void)
-{
-    if (getpid() == main_pid && seg[0])
-        km_unlink(seg);
-}
-
-static void on_signal(int sig)
-{
-    cleanup();
-    signal(sig, SIG_DFL);
-    raise(sig);
-}
 
 static const char *CFG =
     "{\"capacity\": {\"keys\": 24, \"processes\": 4, \"pools\": 6, \"inflight_per_key\": 16},"
@@ -59,33 +41,6 @@ static const char *CFG =
     "    {\"id\": \"c1\", \"secret\": \"sk-test-c111\", \"max_inflight\": 2}]}"
     " ]}";
 
-static km_env *mkseg(void)
-{
-    km_config *cfg = NULL;
-    km_env *env = NULL;
-    char err[256] = "";
-    int rc;
-
-    snprintf(seg, sizeof seg, "kmt-strategy-%ld", (long)getpid());
-    km_unlink(seg);
-    rc = km_config_parse(CFG, strlen(CFG), "test", &cfg, err, sizeof err);
-    if (rc != KM_OK)
-        bail_out("km_config_parse: %s: %s", km_err_name(rc), err);
-    rc = km_create(seg, cfg, 0, &env);
-    km_config_free(cfg);
-    if (rc != KM_OK)
-        bail_out("km_create %s: %s", seg, km_err_name(rc));
-    return env;
-}
-
-static int pool_of(km_env *env, const char *name)
-{
-    int p = km_pool_find(env, name);
-    if (p < 0)
-        bail_out("km_pool_find %s: %s", name, km_err_name(p));
-    return p;
-}
-
 /* Member index (0..n-1) of key index `key` in `pool`, or -1. */
 static int member_of(km_env *env, int pool, uint32_t key)
 {
@@ -101,15 +56,12 @@ static int member_of(km_env *env, int pool, uint32_t key)
 
 static int acq(km_env *env, int pool, int strategy, km_lease *l)
 {
-    km_request r = {.pool = pool, .strategy = strategy, .tokens = 0};
-    memset(l, 0, sizeof *l);
-    return km_acquire(env, &r, l);
+    return acquire_with(env, pool, strategy, 0, l);
 }
 
 static int rel(km_env *env, const km_lease *l)
 {
-    km_outcome o = {.kind = KM_OUT_SUCCESS, .latency_us = 100, .tokens = -1, .retry_after_s = 0};
-    return km_release(env, l, &o);
+    return release_with(env, l, KM_OUT_SUCCESS, 100, -1, 0);
 }
 
 /* n acquire+release on `pool` with `strategy`; per-member counts in cnt[4].
@@ -319,20 +271,15 @@ int main(void)
 {
     km_env *env;
 
-    main_pid = getpid();
-    signal(SIGTERM, on_signal);
-    signal(SIGINT, on_signal);
-    atexit(cleanup);
+    fixtures_init("strategy");
 
     plan(56);
-    env = mkseg();
+    env = mkseg(CFG);
     test_round_robin(env);
     test_weighted(env);
     test_least_busy(env);
     test_disabled(env);
     test_capacity_and_args(env);
-    km_close(env);
-    km_unlink(seg);
-    seg[0] = '\0';
+    rmseg(env);
     return exit_status();
 }
