@@ -74,12 +74,10 @@ KM_EXTERN const char *km_outcome_name(int k)
 
 KM_EXTERN uint64_t km_now_ns(void)
 {
-    struct timespec ts;
     /* CLOCK_MONOTONIC is served by the vDSO on Linux: no system call.  It is
      * one clock for every process of the host, so times stored in the
      * segment by one process mean the same to all. */
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * KM__NS_PER_S + (uint64_t)ts.tv_nsec;
+    return km__now();
 }
 
 /* "sk-proj-abc...wxyz" -> "sk-…wxyz": the prefix up to and including the

@@ -510,7 +510,7 @@ static uint64_t km__rand(void)
 {
     uint64_t s = km__rng;
     if (s == 0)
-        s = (km_now_ns() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)&km__rng) | 1;
+        s = (km__now() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)&km__rng) | 1;
     s ^= s >> 12;
     s ^= s << 25;
     s ^= s >> 27;
@@ -825,7 +825,7 @@ static int km__acquire(km_env *e, const km_request *req, km_lease *out, uint64_t
     km__pool *pool = &km__pools(e)[p];
     uint32_t n = pool->n_keys, start = 0;
     int strategy = req->strategy ? req->strategy : (int)pool->strategy;
-    km__scan sc = {.now = km_now_ns(), .retry = KM__NEVER, .poll = KM__NEVER,
+    km__scan sc = {.now = km__now(), .retry = KM__NEVER, .poll = KM__NEVER,
                    .tokens = req->tokens};
 
     *wake = KM__NEVER;
@@ -904,7 +904,7 @@ static int km__acquire(km_env *e, const km_request *req, km_lease *out, uint64_t
         ck_pr_store_64(&e->last_reap_ns, sc.now);
         km__reap_dead(e, &r);
         if (r.leases) {
-            sc = (km__scan){.now = km_now_ns(), .retry = KM__NEVER, .poll = KM__NEVER,
+            sc = (km__scan){.now = km__now(), .retry = KM__NEVER, .poll = KM__NEVER,
                             .tokens = req->tokens, .model = sc.model, .md = sc.md};
             if (km__pass(e, p, strategy, start, &sc, out))
                 return KM_OK;
@@ -938,7 +938,7 @@ KM_EXTERN int km_acquire_wait(km_env *e, const km_request *req, km_lease *out,
     if ((uint32_t)req->pool >= e->hdr->n_pools)
         return KM_ENOPOOL;
     km__pool *pool = &km__pools(e)[req->pool];
-    uint64_t deadline = km_now_ns() + (uint64_t)timeout_ms * 1000000u;
+    uint64_t deadline = km__now() + (uint64_t)timeout_ms * 1000000u;
 
     for (;;) {
         uint64_t wake;
@@ -949,7 +949,7 @@ KM_EXTERN int km_acquire_wait(km_env *e, const km_request *req, km_lease *out,
             ck_pr_dec_32(&pool->waiters);
             return rc;
         }
-        uint64_t now = km_now_ns();
+        uint64_t now = km__now();
         if (now >= deadline) {
             ck_pr_dec_32(&pool->waiters);
             return KM_ETIMEDOUT;
@@ -1089,7 +1089,7 @@ static void km__health(km_env *e, km__key *k, const km__lease *ls, int kind,
             ck_pr_store_32(&k->consec_429, 0);
         km__state_to(k, (1u << KM__ST_PROBING) | (1u << KM__ST_FAILING), KM__ST_ACTIVE);
         uint64_t lat = o->latency_us >= 0 ? (uint64_t)o->latency_us * 1000
-                                          : km_now_ns() - ck_pr_load_64(&ls->start_ns);
+                                          : km__now() - ck_pr_load_64(&ls->start_ns);
         if (lat == 0)
             lat = 1; /* 0 means "no sample yet" */
         /* EMA, alpha = 0.2; the first sample seeds it.  A plain load and
@@ -1102,7 +1102,7 @@ static void km__health(km_env *e, km__key *k, const km__lease *ls, int kind,
     }
     case KM_OUT_RATE_LIMITED:
         n = ck_pr_faa_32(&k->consec_429, 1) + 1;
-        now = km_now_ns();
+        now = km__now();
         if (o->retry_after_s > 0 && o->retry_after_s < 1e9)
             km__cool_until(k, now + (uint64_t)(o->retry_after_s * 1e9));
         else
@@ -1114,7 +1114,7 @@ static void km__health(km_env *e, km__key *k, const km__lease *ls, int kind,
         n = ck_pr_faa_32(&k->consec_fail, 1) + 1;
         if (n >= pool->max_failures || ck_pr_load_32(&k->state) == KM__ST_PROBING) {
             uint32_t over = n > pool->max_failures ? n - pool->max_failures + 1 : 1;
-            now = km_now_ns();
+            now = km__now();
             /* Cooldown first, then the state: an acquirer that sees FAILING
              * also sees the cooldown (store order; the CAS is locked). */
             km__cool_until(k, now + km__backoff_ns(pool->cooldown_s, pool->max_cooldown_s, over));
@@ -1157,7 +1157,7 @@ static void km__tighten(km__key *k, int w, uint64_t now, uint64_t remaining,
 
 static void km__apply_view(km__key *k, const km_outcome *o)
 {
-    uint64_t now = km_now_ns();
+    uint64_t now = km__now();
     if (o->view_flags & KM_VIEW_REQUESTS)
         km__tighten(k, KM_WIN_RPM, now, o->requests_remaining, o->requests_reset_ms);
     if (o->view_flags & KM_VIEW_TOKENS)
@@ -1592,7 +1592,7 @@ KM_EXTERN int km_key_info_get(km_env *e, uint32_t key, km_key_info *out)
     if (key >= e->hdr->cap_keys || ck_pr_load_32(&km__keys(e)[key].state) == KM__ST_FREE)
         return KM_ENOKEY;
     const km__key *k = &km__keys(e)[key];
-    uint64_t now = km_now_ns();
+    uint64_t now = km__now();
     uint32_t st = ck_pr_load_32(&k->state);
 
     memset(out, 0, sizeof(*out));
@@ -1652,7 +1652,7 @@ KM_EXTERN int km_model_info_get(km_env *e, int pool, uint32_t i, uint32_t key,
             return KM_ENOKEY;
         uint32_t mask = p->model_mode == KM_MODELS_PER_MODEL ? md->win_mask : 0;
         km__limit_info(km__mwins(e, key)[i].win, md->emission_ns, md->tau_ns, md->limit,
-                       md->burst, md->mode, mask, km_now_ns(), limits);
+                       md->burst, md->mode, mask, km__now(), limits);
     }
     return KM_OK;
 }
