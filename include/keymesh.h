@@ -203,7 +203,7 @@ KM_EXTERN int km_config_parse_file(const char *path, km_config **out,
                                    char *errbuf, size_t errlen);
 KM_EXTERN void km_config_free(km_config *cfg);
 
-/* Build a configuration from the environment, as keycycle reads it.  For
+/* Build a configuration from the environment.  For
  * each provider P in `providers` (comma-separated, e.g. "openai,anthropic";
  * P upper-cased in variable names): NUM_P keys, secrets in P_API_KEY_1..N,
  * optional per-key parameters P_<PARAM>_i (e.g. OPENAI_ORG_1) that become the
@@ -369,7 +369,7 @@ typedef struct km_pool_info {
     int model_mode;           /* km_model_mode */
     uint32_t n_models;
     uint64_t budget_microusd; /* 0: none */
-    int budget_hard;          /* 1: refuse when spent; 0: deprioritise */
+    int budget_hard;          /* 1: refuse (KM_EBUDGET) when spent; 0: report only */
     uint64_t spent_microusd;
     uint32_t waiters;         /* processes sleeping in km_acquire_wait */
 } km_pool_info;
@@ -413,7 +413,8 @@ KM_EXTERN int km_model_info_get(km_env *env, int pool, uint32_t i, uint32_t key,
                                 char name[KM_ID_MAX + 1], km_limit_info limits[KM_WIN_COUNT]);
 
 /* Operator action on a key: KM_KEY_ACTIVE (enable: clears invalid,
- * exhausted, cooldowns and failure counts), KM_KEY_DISABLED (disable), and
+ * exhausted, cooldowns and failure counts; a key whose hard budget is spent
+ * is exhausted again at its next acquire), KM_KEY_DISABLED (disable), and
  * nothing else.  Leases already out may finish. */
 KM_EXTERN int km_key_set_state(km_env *env, uint32_t key, int state);
 

@@ -494,15 +494,18 @@ static inline void km__slot_free(km__lease *ls)
  * same sequence of keys. */
 static __thread uint64_t km__rng;
 static __thread uint32_t km__rr_cursor;
+static uint32_t km__pid; /* cached at load and in a forked child: no getpid() per seed */
 
 static void km__atfork_child(void)
 {
     km__rng = 0;
     km__rr_cursor = 0;
+    km__pid = (uint32_t)getpid();
 }
 
 __attribute__((constructor)) static void km__register_atfork(void)
 {
+    km__pid = (uint32_t)getpid();
     pthread_atfork(NULL, NULL, km__atfork_child);
 }
 
@@ -510,7 +513,7 @@ static uint64_t km__rand(void)
 {
     uint64_t s = km__rng;
     if (s == 0)
-        s = (km__now() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)&km__rng) | 1;
+        s = (km__now() ^ ((uint64_t)km__pid << 32) ^ (uint64_t)(uintptr_t)&km__rng) | 1;
     s ^= s >> 12;
     s ^= s << 25;
     s ^= s >> 27;
@@ -815,7 +818,7 @@ KM_EXTERN int km_acquire(km_env *e, const km_request *req, km_lease *out)
     return km__acquire(e, req, out, &wake);
 }
 
-static int km__acquire(km_env *e, const km_request *req, km_lease *out, uint64_t *wake)
+static int km__acquire_once(km_env *e, const km_request *req, km_lease *out, uint64_t *wake)
 {
     if (!e || !req || !out || req->pool < 0)
         return KM_EINVAL;
@@ -896,21 +899,25 @@ static int km__acquire(km_env *e, const km_request *req, km_lease *out, uint64_t
         if (km__pass(e, p, strategy, start, &sc, out))
             return KM_OK;
     }
-    /* Nothing admissible: capacity may be held by processes that died.  At
-     * most once a second per process, reap (system calls, off the path of
-     * any acquire that succeeds) and, if anything was freed, look again. */
-    if (sc.now - ck_pr_load_64(&e->last_reap_ns) >= KM__NS_PER_S) {
-        km_reap_report r;
-        ck_pr_store_64(&e->last_reap_ns, sc.now);
-        km__reap_dead(e, &r);
-        if (r.leases) {
-            sc = (km__scan){.now = km__now(), .retry = KM__NEVER, .poll = KM__NEVER,
-                            .tokens = req->tokens, .model = sc.model, .md = sc.md};
-            if (km__pass(e, p, strategy, start, &sc, out))
-                return KM_OK;
-        }
-    }
     return km__finish(&sc, out, wake);
+}
+
+/* One acquire, and if nothing was admissible (KM_EAGAIN, KM_EUNAVAIL), a
+ * second one after reaping: capacity may be held by processes that died.
+ * The reap runs at most once a second per process (system calls, off the
+ * path of any acquire that succeeds). */
+static int km__acquire(km_env *e, const km_request *req, km_lease *out, uint64_t *wake)
+{
+    int rc = km__acquire_once(e, req, out, wake);
+    if (rc != KM_EAGAIN && rc != KM_EUNAVAIL)
+        return rc;
+    uint64_t now = km__now();
+    if (now - ck_pr_load_64(&e->last_reap_ns) < KM__NS_PER_S)
+        return rc;
+    km_reap_report r;
+    ck_pr_store_64(&e->last_reap_ns, now);
+    km__reap_dead(e, &r);
+    return r.leases || r.recounted ? km__acquire_once(e, req, out, wake) : rc;
 }
 
 /*
