@@ -69,15 +69,26 @@ static void km__check_key(km_env *e, uint32_t ki, uint64_t now, km__checker *c)
     uint32_t n = e->hdr->cap_inflight, st = ck_pr_load_32(&k->state);
     const char *id = st == KM__ST_FREE ? "(free slot)" : k->id;
 
+    const km__pool *pool = st != KM__ST_FREE && k->pool < e->hdr->n_pools ? &km__pools(e)[k->pool] : NULL;
+    uint32_t n_models = pool && pool->model_mode == KM_MODELS_PER_MODEL
+                            ? (pool->n_models < e->hdr->cap_models ? pool->n_models : e->hdr->cap_models)
+                            : 0;
+
     for (int t = 0; t < KM__CHECK_TRIES; t++) {
         int moving;
         uint64_t sig1 = km__slots_sig(ls, n, &moving), busy[KM__BUSY_WORDS], res[KM_WIN_COUNT];
+        uint64_t mres[KM_MODELS_MAX][KM_WIN_COUNT], mtok[KM_MODELS_MAX];
         if (moving)
             continue;
         for (uint32_t i = 0; i < KM__BUSY_WORDS; i++)
             busy[i] = ck_pr_load_64(&k->busy[i]);
         for (int w = 0; w < KM_WIN_COUNT; w++)
             res[w] = ck_pr_load_64(&k->win[w].reserved);
+        for (uint32_t m = 0; m < n_models; m++) {
+            mtok[m] = 0;
+            for (int w = 0; w < KM_WIN_COUNT; w++)
+                mres[m][w] = ck_pr_load_64(&km__mwins(e, ki)[m].win[w].reserved);
+        }
         if (km__slots_sig(ls, n, &moving) != sig1 || moving)
             continue;
 
@@ -94,8 +105,11 @@ static void km__check_key(km_env *e, uint32_t ki, uint64_t now, km__checker *c)
                 continue;
             }
             if (ph == KM__LP_ACTIVE) {
+                uint32_t m = ck_pr_load_32(&ls[s].model);
                 active++;
                 tokens += ck_pr_load_32(&ls[s].tokens);
+                if (m && m <= n_models)
+                    mtok[m - 1] += ck_pr_load_32(&ls[s].tokens);
                 if (!bit)
                     km__violation(c, "key %s: lease slot %u is active but not counted in flight", id, s);
             }
@@ -132,6 +146,17 @@ static void km__check_key(km_env *e, uint32_t ki, uint64_t now, km__checker *c)
             if (tat > now + k->tau_ns[w] + 86400 * KM__NS_PER_S)
                 km__violation(c, "key %s: %s limit word %.0f s ahead of the clock", id,
                               km_window_name(w), (double)(tat - now) / 1e9);
+        }
+        /* Per-model windows of a per_model pool: the same rule per model. */
+        for (uint32_t m = 0; m < n_models; m++) {
+            const km__model *md = &km__models(e, k->pool)[m];
+            for (int w = 0; w < KM_WIN_COUNT; w++) {
+                uint64_t expect = (md->win_mask & (1u << w)) && !km__window_is_requests(w) ? mtok[m] : 0;
+                if (mres[m][w] != expect)
+                    km__violation(c, "key %s, model %s: %s reserved %llu but active leases hold %llu", id,
+                                  md->name, km_window_name(w), (unsigned long long)mres[m][w],
+                                  (unsigned long long)expect);
+            }
         }
         return;
     }

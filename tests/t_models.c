@@ -9,6 +9,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <ck_pr.h>
+
+#include "internal.h"
 #include "keymesh.h"
 #include "tap.h"
 
@@ -47,7 +50,7 @@ int main(void)
     km_lease l;
     km_outcome ok = outcome(KM_OUT_SUCCESS, 1000, -1);
 
-    plan(31);
+    plan(35);
     snprintf(name, sizeof name, "kmt-models-%d", (int)getpid());
 
     /* 1. per_model: each model has its own rpm on each key, on top of the
@@ -85,6 +88,22 @@ int main(void)
     is_int(km_model_info_get(e, 0, 0, 0, mname, ml), KM_OK, "model info");
     is_str(mname, "big", "model 0 is big");
     is_u64(ml[KM_WIN_RPM].available, 0, "big has nothing left on key a");
+    done(e);
+
+    /* km_check verifies per-model reservations: clean while a lease holds
+     * tokens on a model, and a corrupted model word is reported. */
+    e = make("{\"pools\":[{\"name\":\"p\",\"model_limits\":\"per_model\","
+             "\"models\":{\"m\":{\"tpm\":10000}},"
+             "\"keys\":[{\"id\":\"a\",\"secret\":\"sk-test-model00a\"}]}]}");
+    km_request mt = {.pool = 0, .model = "m", .tokens = 300};
+    is_int(km_acquire(e, &mt, &l), KM_OK, "lease 300 tokens on model m");
+    is_int(km_check(e, NULL, NULL), 0, "km_check clean with a per-model reservation out");
+    km__gcra *g = &km__mwins(e, 0)[0].win[KM_WIN_TPM];
+    ck_pr_add_64(&g->reserved, 7);
+    is_int(km_check(e, NULL, NULL), 1, "a per-model reservation off by 7 is one violation");
+    ck_pr_sub_64(&g->reserved, 7);
+    km_release(e, &l, &ok);
+    is_int(km_check(e, NULL, NULL), 0, "clean again after the release");
     done(e);
 
     /* 2. global pool with a model list: names are checked, limits shared. */
