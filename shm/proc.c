@@ -1,10 +1,12 @@
 /*
  * shm/proc.c - the process table: who is attached, and are they alive.
  *
- * A slot is claimed by CAS on `tag` from 0 to (slot+1) << 32 | incarnation,
- * with a fresh incarnation from a segment-wide counter, so a tag names one
- * attachment of one process and is never reused while a lease could still
- * carry it.  Leases record the tag as their owner.
+ * A slot is claimed by CAS on `tag` from 0 to (slot+1) << 32 | pid, so the
+ * tag alone says which process to check, even if it died before writing the
+ * rest of its entry.  Leases record the tag as their owner.  A tag is never
+ * reused while a lease could still carry it: a slot is freed only after every
+ * lease with its tag was released (detach releases its own; a reaper frees a
+ * dead process's slot only when none is left).
  *
  * Liveness is pid plus process start time (field 22 of /proc/<pid>/stat, in
  * clock ticks since boot): a pid reused by another process has another start
@@ -50,6 +52,20 @@ uint64_t km__proc_start_time(int pid)
     return v;
 }
 
+/* Is the process behind table entry p (holding `tag`) alive?  The tag's
+ * pid decides.  Once the entry's pid field names the same pid, its start
+ * time is written too and tells a reused pid apart; before that (the process
+ * is attaching, or died attaching, and the field may still hold a previous
+ * occupant's pid) kill(pid, 0) is all there is. */
+int km__tag_alive(const km__proc *p, uint64_t tag)
+{
+    uint32_t tp = (uint32_t)tag;
+    ck_pr_fence_load(); /* tag before pid and start time */
+    if (ck_pr_load_32(&p->pid) == tp)
+        return km__proc_alive(tp, ck_pr_load_64(&p->start_time));
+    return kill((pid_t)tp, 0) == 0 || errno != ESRCH;
+}
+
 int km__proc_alive(uint32_t pid, uint64_t start_time)
 {
     if (pid == 0)
@@ -79,8 +95,7 @@ int km__proc_register(km_env *e, int reap)
         for (uint32_t i = 0; i < h->cap_procs; i++) {
             if (ck_pr_load_64(&pt[i].tag) != 0)
                 continue;
-            uint64_t inc = ck_pr_faa_64(&h->proc_incarnation, 1) + 1;
-            uint64_t tag = ((uint64_t)(i + 1) << 32) | (inc & 0xffffffffu);
+            uint64_t tag = ((uint64_t)(i + 1) << 32) | pid;
             if (!ck_pr_cas_64(&pt[i].tag, 0, tag))
                 continue;
             /* The slot is ours.  pid and start time are read by reapers only
@@ -129,11 +144,8 @@ int km__reap_dead(km_env *e, km_reap_report *rep)
         uint64_t tag = ck_pr_load_64(&pt[i].tag);
         if (tag == 0 || tag == e->owner)
             continue;
-        ck_pr_fence_load(); /* tag before pid/start_time */
-        uint32_t pid = ck_pr_load_32(&pt[i].pid);
-        uint64_t st = ck_pr_load_64(&pt[i].start_time);
-        if (pid == 0 || km__proc_alive(pid, st))
-            continue; /* attaching, or alive */
+        if (km__tag_alive(&pt[i], tag))
+            continue;
         if (km__count_owned(e, tag) != 0) {
             r.pending++; /* a recount could not settle yet */
             continue;
@@ -171,8 +183,8 @@ KM_EXTERN int km_proc_info_get(km_env *e, uint32_t slot, km_proc_info *out)
     memset(out, 0, sizeof(*out));
     out->pid = ck_pr_load_32(&p->pid);
     out->attached_ns = ck_pr_load_64(&p->attach_ns);
-    out->alive = tag == e->owner || out->pid == 0 ||
-                 km__proc_alive(out->pid, ck_pr_load_64(&p->start_time));
+    out->alive = tag == e->owner || km__tag_alive(p, tag);
+    out->pid = (uint32_t)tag; /* the tag's pid: the field may lag while attaching */
     out->leases = (uint32_t)km__count_owned(e, tag);
     return KM_OK;
 }

@@ -70,7 +70,7 @@ typedef struct km__hdr {
     /* own line: written by every attach/detach */
     uint32_t n_procs;
     uint32_t pad1;
-    uint64_t proc_incarnation; /* source of process-slot incarnations */
+    uint64_t reserved_w;      /* unused */
     uint8_t pad2[KM__LINE - 16];
     uint8_t reserved[KM__LINE]; /* for the admin lock and epochs */
 } km__hdr;
@@ -209,8 +209,8 @@ typedef struct km__mwin {
 } km__mwin;
 _Static_assert(sizeof(km__mwin) == 2 * KM__LINE, "km__mwin size");
 
-/* A lease slot.  owner != 0 while claimed: (process slot + 1) << 32 |
- * incarnation of that process slot.
+/* A lease slot.  owner != 0 while claimed: the owner's process-table tag,
+ * (process slot + 1) << 32 | pid, or a reaper's mark (see src/pool.c).
  *
  * Crash consistency.  Counters such as "tokens reserved on window w" are
  * anonymous sums: if a process dies between changing one and recording that
@@ -256,7 +256,7 @@ _Static_assert(sizeof(km__lease) == 2 * KM__LINE, "lease slot: two lines");
 /* A process-table slot, written by its process (and by a reaper once the
  * process is dead). */
 typedef struct km__proc {
-    uint64_t tag;        /* 0 free; else (slot+1) << 32 | incarnation */
+    uint64_t tag;        /* 0 free; else (slot+1) << 32 | pid */
     uint32_t pid;
     uint32_t pad;
     uint64_t start_time; /* /proc/<pid>/stat field 22: tells reused pids apart */

@@ -202,9 +202,9 @@ KM_EXTERN int km_check(km_env *e, void (*report)(void *, const char *), void *ct
         uint32_t pid = ck_pr_load_32(&pt[i].pid);
         if ((uint32_t)(tag >> 32) != i + 1)
             km__violation(&c, "process slot %u holds the tag of slot %u", i, (uint32_t)(tag >> 32) - 1);
-        if (pid && tag != e->owner && !km__proc_alive(pid, ck_pr_load_64(&pt[i].start_time)))
+        if (tag != e->owner && !km__tag_alive(&pt[i], tag))
             km__violation(&c, "process %u (slot %u) died without detaching, holding %llu leases; run reap",
-                          pid, i, (unsigned long long)km__count_owned(e, tag));
+                          (uint32_t)tag, i, (unsigned long long)km__count_owned(e, tag));
         for (uint32_t j = i + 1; pid && j < h->cap_procs; j++)
             if (ck_pr_load_64(&pt[j].tag) && ck_pr_load_32(&pt[j].pid) == pid &&
                 ck_pr_load_64(&pt[j].start_time) == ck_pr_load_64(&pt[i].start_time))

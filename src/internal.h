@@ -117,6 +117,7 @@ int km__proc_register(km_env *env, int reap);
 void km__proc_deregister(km_env *env);
 uint64_t km__proc_start_time(int pid);
 int km__proc_alive(uint32_t pid, uint64_t start_time);
+int km__tag_alive(const km__proc *p, uint64_t tag);
 int km__reap_dead(km_env *env, km_reap_report *report);
 
 /* src/pool.c */

@@ -1294,14 +1294,7 @@ static int km__owner_alive(km_env *e, uint64_t owner, km__live_cache *c)
     } else {
         uint32_t slot = (uint32_t)(tag >> 32);
         km__proc *pr = slot >= 1 && slot <= e->hdr->cap_procs ? &km__procs(e)[slot - 1] : NULL;
-        if (!pr || ck_pr_load_64(&pr->tag) != tag) {
-            alive = 0;
-        } else {
-            ck_pr_fence_load(); /* tag before pid and start time */
-            uint32_t pid = ck_pr_load_32(&pr->pid);
-            alive = pid == 0 /* still attaching */ ||
-                    km__proc_alive(pid, ck_pr_load_64(&pr->start_time));
-        }
+        alive = pr && ck_pr_load_64(&pr->tag) == tag && km__tag_alive(pr, tag);
     }
     if (c->n < 64) {
         c->owner[c->n] = owner;

@@ -27,6 +27,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <ck_pr.h>
+
+#include "internal.h"
 #include "keymesh.h"
 #include "tap.h"
 
@@ -130,7 +133,7 @@ int main(void)
         secs = 1.0;
 #endif
 
-    plan(10);
+    plan(13);
     snprintf(name, sizeof name, "kmt-crash-%d", (int)getpid());
     size_t o = (size_t)snprintf(js, sizeof js,
         "{\"capacity\":{\"processes\":32},\"pools\":[{\"name\":\"p\",\"limits\":{"
@@ -250,6 +253,25 @@ int main(void)
     diag("%llu admissions recorded on the limited pool; tightest tpm interval %llu tokens vs bound %llu",
          (unsigned long long)n, (unsigned long long)worst_num, (unsigned long long)worst_den);
     is_u64(viol, 0, "no interval of any key exceeds its rpm or tpm bound");
+
+    /* A process that died between claiming its table entry and writing its
+     * pid (white-box: such an entry is written by hand) is found dead from
+     * the pid in its tag and reaped, not taken for one still attaching. */
+    pid_t gone = fork();
+    if (gone == 0)
+        _exit(0);
+    waitpid(gone, NULL, 0);
+    km__proc *pt = km__procs(e);
+    uint32_t free_slot = 0;
+    while (free_slot < e->hdr->cap_procs && ck_pr_load_64(&pt[free_slot].tag))
+        free_slot++;
+    ck_pr_store_64(&pt[free_slot].tag, ((uint64_t)(free_slot + 1) << 32) | (uint32_t)gone);
+    ck_pr_inc_32(&e->hdr->n_procs);
+    is_int(km_check(e, show_violation, NULL), 1, "an entry left mid-attach by a dead process is a violation");
+    km_reap(e, &rep);
+    is_u64(rep.processes, 1, "reap frees the entry of a process that died mid-attach");
+    km_info_get(e, &inf);
+    is_u64(inf.n_procs, 1, "only the parent is attached again");
 
     munmap(sh, sizeof(shared));
     km_close(e);
