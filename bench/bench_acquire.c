@@ -25,9 +25,32 @@
  *   SUMMARY acquire_release procs=1 keys=4 strategy=round_robin limits=on
  *           tokens=100 seconds=2 reps=5 p50_ns=NN p99_ns=NN p999_ns=NN
  *           ops_per_s=NN
- * (one line each).  Without --procs/--keys/--strategy the default matrix
- * runs: procs 1,2 x keys 4,64 with round_robin, and procs 1 keys 4 with
- * least_busy and weighted.  --short: 0.5 s, 3 repetitions (smoke test).
+ * (one line each).  Without --procs/--keys/--strategy, --matrix picks the
+ * scenario sets (default "all": both, base first):
+ *   base        procs 1,2 x keys 4,64 with round_robin, and procs 1 keys 4
+ *               with least_busy and weighted;
+ *   strategies  procs 1, every strategy x keys 4, 64, 1024 (does the cost
+ *               of a pair grow with the pool?).
+ * --short: 0.5 s and 3 repetitions per scenario (smoke test); the strategies
+ * set then runs keys 4 and 1024 only, 0.3 s each.
+ *
+ * Per strategy, so that each one has something to choose by while every key
+ * stays admissible (the loop measures choosing, not waiting):
+ *   weighted     weights 1..4 by key (1 + i % 4);
+ *   cost         distinct prices, shuffled: key i has price rank
+ *                r = (i * 4099 + keys / 2) % keys (a permutation, 4099 being
+ *                a prime above the largest --keys), input 0.0001 * (r + 1)
+ *                and output twice that USD per 1k tokens; the price index
+ *                puts the cheapest first, so every pair lands on key r == 0.
+ *                Priced keys also account spend at release (two more locked
+ *                adds per pair), which a priced pool always pays;
+ *   latency,
+ *   reliability  the release reports latency 1000 + i us for key i, so the
+ *                latency EMAs differ (key 0 fastest).  Every release is a
+ *                SUCCESS, so reliability's scores (success rate) all stay
+ *                at 100% and tie;
+ *   fill_first   every pair lands on the first key (its behaviour).
+ * Every other strategy releases with latency 1000 us.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -76,7 +99,7 @@ typedef struct wres {
     int pad;
 } wres;
 
-static char g_seg[64];
+static char g_seg[64]; /* segment name while it exists, for the signal path */
 
 static uint64_t cpu_time_ns(void)
 {
@@ -84,7 +107,7 @@ static uint64_t cpu_time_ns(void)
     getrusage(RUSAGE_SELF, &ru);
     return (uint64_t)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000000u +
            (uint64_t)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1000u;
-}  /* segment name while it exists, for the signal path */
+}
 
 static uint64_t now_ns(void)
 {
@@ -172,7 +195,7 @@ static void baseline(void)
 
 static int make_config(const scenario *sc, km_config **cfg)
 {
-    size_t cap = 4096 + (size_t)sc->keys * 160;
+    size_t cap = 4096 + (size_t)sc->keys * 256;
     char *js = malloc(cap), err[256];
     size_t n = 0;
     int rc;
@@ -193,12 +216,21 @@ static int make_config(const scenario *sc, km_config **cfg)
                               "  \"limits\": {\"rpm\": 1000000000, "
                               "\"tpm\": 1000000000000},\n");
     n += (size_t)snprintf(js + n, cap - n, "  \"keys\": [\n");
-    for (int i = 0; i < sc->keys; i++)
+    for (int i = 0; i < sc->keys; i++) {
         n += (size_t)snprintf(js + n, cap - n,
                               "   {\"id\": \"k%03d\", \"secret\": "
-                              "\"sk-bench-%08d\", \"weight\": %d}%s\n",
-                              i, i, sc->strategy == KM_STRATEGY_WEIGHTED ? 1 + i % 4 : 1,
-                              i + 1 < sc->keys ? "," : "");
+                              "\"sk-bench-%08d\", \"weight\": %d",
+                              i, i, sc->strategy == KM_STRATEGY_WEIGHTED ? 1 + i % 4 : 1);
+        if (sc->strategy == KM_STRATEGY_COST) {
+            /* Distinct prices, shuffled (see the head comment). */
+            int r = (int)(((long)i * 4099 + sc->keys / 2) % sc->keys);
+            n += (size_t)snprintf(js + n, cap - n,
+                                  ", \"price\": {\"input_per_1k\": %.4f, "
+                                  "\"output_per_1k\": %.4f}",
+                                  0.0001 * (r + 1), 0.0002 * (r + 1));
+        }
+        n += (size_t)snprintf(js + n, cap - n, "}%s\n", i + 1 < sc->keys ? "," : "");
+    }
     n += (size_t)snprintf(js + n, cap - n, "  ]}]}\n");
     rc = km_config_parse(js, n, "bench_acquire", cfg, err, sizeof err);
     if (rc != KM_OK)
@@ -225,6 +257,9 @@ static void worker(const scenario *sc, volatile shared *sh, wres *res,
                       .tokens = (int64_t)sc->tokens, .retry_after_s = 0,
                       .input_tokens = -1, .output_tokens = -1};
     km_lease lease;
+    /* latency and reliability: a latency per key, so the EMAs differ. */
+    int per_key_latency = sc->strategy == KM_STRATEGY_LATENCY ||
+                          sc->strategy == KM_STRATEGY_RELIABILITY;
 
     __atomic_fetch_add(&sh->ready, 1, __ATOMIC_RELEASE);
     while (!__atomic_load_n(&sh->go, __ATOMIC_ACQUIRE))
@@ -240,6 +275,8 @@ static void worker(const scenario *sc, volatile shared *sh, wres *res,
             rc = km_acquire(env, &req, &lease);
             if (rc != KM_OK)
                 goto fail;
+            if (per_key_latency)
+                out.latency_us = 1000 + (int64_t)lease.key;
             rc = km_release(env, &lease, &out);
             if (rc != KM_OK)
                 goto fail;
@@ -429,14 +466,30 @@ out:
 
 static void usage(void)
 {
-    fprintf(stderr,
-            "usage: bench_acquire [--procs N] [--keys N] "
-            "[--strategy round_robin|least_busy|weighted]\n"
-            "                     [--seconds S] [--reps R] [--limits on|off] "
-            "[--tokens N] [--short]\n"
-            "Without --procs/--keys/--strategy, runs the default matrix.\n");
+    fprintf(stderr, "usage: bench_acquire [--procs N] [--keys N] [--strategy S]\n"
+                    "                     [--seconds S] [--reps R] [--limits on|off] "
+                    "[--tokens N] [--short]\n"
+                    "       bench_acquire [--matrix base|strategies|all] [--seconds S] "
+                    "[--reps R]\n"
+                    "                     [--limits on|off] [--tokens N] [--short]\n"
+                    "strategies:");
+    for (int i = 1; i < KM_STRATEGY_COUNT; i++)
+        fprintf(stderr, " %s", km_strategy_name(i));
+    fprintf(stderr, "\nWithout --procs/--keys/--strategy, runs --matrix all.\n");
     exit(2);
 }
+
+static int parse_strategy(const char *s)
+{
+    for (int i = 1; i < KM_STRATEGY_COUNT; i++)
+        if (!strcmp(s, km_strategy_name(i)))
+            return i;
+    fprintf(stderr, "bench_acquire: --strategy: unknown strategy '%s'\n", s);
+    usage();
+    return 0;
+}
+
+enum { SET_BASE = 1, SET_STRATEGIES = 2, SET_ALL = 3 };
 
 static long parse_long(const char *s, long lo, long hi, const char *what)
 {
@@ -462,11 +515,13 @@ int main(int argc, char **argv)
         {"limits", required_argument, NULL, 'l'},
         {"tokens", required_argument, NULL, 't'},
         {"short", no_argument, NULL, 'q'},
+        {"matrix", required_argument, NULL, 'm'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
     scenario base = {.procs = 1, .keys = 4, .strategy = KM_STRATEGY_ROUND_ROBIN,
                      .limits = 1, .tokens = 100, .seconds = 0, .reps = 0};
-    int single = 0, shortrun = 0, c;
+    int single = 0, shortrun = 0, sets = 0, c;
+    double set_seconds = 0; /* --seconds as given, 0 if not */
 
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
@@ -479,21 +534,28 @@ int main(int argc, char **argv)
             single = 1;
             break;
         case 's':
-            if (!strcmp(optarg, "round_robin"))
-                base.strategy = KM_STRATEGY_ROUND_ROBIN;
-            else if (!strcmp(optarg, "least_busy"))
-                base.strategy = KM_STRATEGY_LEAST_BUSY;
-            else if (!strcmp(optarg, "weighted"))
-                base.strategy = KM_STRATEGY_WEIGHTED;
-            else
-                usage();
+            base.strategy = parse_strategy(optarg);
             single = 1;
+            break;
+        case 'm':
+            if (!strcmp(optarg, "base"))
+                sets = SET_BASE;
+            else if (!strcmp(optarg, "strategies"))
+                sets = SET_STRATEGIES;
+            else if (!strcmp(optarg, "all"))
+                sets = SET_ALL;
+            else {
+                fprintf(stderr, "bench_acquire: --matrix: want base, strategies "
+                        "or all\n");
+                usage();
+            }
             break;
         case 'S': {
             char *end;
             base.seconds = strtod(optarg, &end);
             if (*end || !(base.seconds > 0 && base.seconds <= 3600))
                 usage();
+            set_seconds = base.seconds;
             break;
         }
         case 'r':
@@ -519,6 +581,13 @@ int main(int argc, char **argv)
     }
     if (optind != argc)
         usage();
+    if (single && sets) {
+        fprintf(stderr, "bench_acquire: --matrix runs sets of scenarios; it does "
+                "not go with --procs, --keys or --strategy\n");
+        usage();
+    }
+    if (!sets)
+        sets = SET_ALL;
     /* Explicit --seconds/--reps win over --short, in any order. */
     if (base.seconds == 0)
         base.seconds = shortrun ? 0.5 : 2;
@@ -540,13 +609,33 @@ int main(int argc, char **argv)
         {2, 4, KM_STRATEGY_ROUND_ROBIN},  {2, 64, KM_STRATEGY_ROUND_ROBIN},
         {1, 4, KM_STRATEGY_LEAST_BUSY},   {1, 4, KM_STRATEGY_WEIGHTED},
     };
-    for (size_t i = 0; i < sizeof matrix / sizeof matrix[0]; i++) {
-        scenario sc = base;
-        sc.procs = matrix[i].procs;
-        sc.keys = matrix[i].keys;
-        sc.strategy = matrix[i].strategy;
-        if (run_scenario(&sc, seq++))
-            rc = 1;
+    if (sets & SET_BASE) {
+        for (size_t i = 0; i < sizeof matrix / sizeof matrix[0]; i++) {
+            scenario sc = base;
+            sc.procs = matrix[i].procs;
+            sc.keys = matrix[i].keys;
+            sc.strategy = matrix[i].strategy;
+            if (run_scenario(&sc, seq++))
+                rc = 1;
+        }
+    }
+    if (sets & SET_STRATEGIES) {
+        /* procs 1, every strategy x pool size; --short: the two ends only. */
+        static const int keys_full[] = {4, 64, 1024}, keys_short[] = {4, 1024};
+        const int *keys = shortrun ? keys_short : keys_full;
+        size_t n_keys = shortrun ? 2 : 3;
+        for (int st = 1; st < KM_STRATEGY_COUNT; st++) {
+            for (size_t i = 0; i < n_keys; i++) {
+                scenario sc = base;
+                sc.procs = 1;
+                sc.keys = keys[i];
+                sc.strategy = st;
+                if (shortrun && set_seconds == 0)
+                    sc.seconds = 0.3;
+                if (run_scenario(&sc, seq++))
+                    rc = 1;
+            }
+        }
     }
     return rc;
 }
