@@ -438,6 +438,9 @@ typedef struct km_reap_report {
                          * dead process stopped mid-acquire or mid-release */
     uint32_t pending;   /* dead processes left for a later reap: a live
                          * process kept a recount from settling */
+    uint32_t repaired;  /* keys whose token reservations had drifted from
+                         * their live leases and were set right (km_reap
+                         * only; should be 0, see docs/kmctl.md) */
 } km_reap_report;
 
 /* Find processes that died without detaching and release what they held:
@@ -446,6 +449,9 @@ typedef struct km_reap_report {
  * any other operation and with other reapers (each lease is released once).
  * km_open() reaps before it registers; km_acquire() reaps, at most once a
  * second per process, when it is about to return KM_EAGAIN or KM_EUNAVAIL.
+ * km_reap() (not the automatic reaps) also checks every key's token
+ * reservations against its live leases under the same validated scan and
+ * sets right any drift, counted in `repaired`.
  * Makes system calls (one liveness check per attached process).  A process
  * that exited counts as dead even while it is a zombie (not yet waited for by
  * its parent). */

@@ -90,7 +90,7 @@ int km__proc_register(km_env *e, int reap)
     /* Every attach first releases what dead processes left behind (our tag
      * is not set yet; the reaper marks slots with our pid instead). */
     if (reap)
-        km__reap_dead(e, NULL);
+        km__reap_dead(e, NULL, 0);
     for (int pass = 0; pass < 2; pass++) {
         for (uint32_t i = 0; i < h->cap_procs; i++) {
             if (ck_pr_load_64(&pt[i].tag) != 0)
@@ -131,7 +131,7 @@ void km__proc_deregister(km_env *e)
 
 /* Free the process slots of dead processes, releasing their leases (see
  * km_reap in keymesh.h).  Returns the number of process slots freed. */
-int km__reap_dead(km_env *e, km_reap_report *rep)
+int km__reap_dead(km_env *e, km_reap_report *rep, int repair)
 {
     km__proc *pt = km__procs(e);
     km_reap_report r = {0};
@@ -139,7 +139,7 @@ int km__reap_dead(km_env *e, km_reap_report *rep)
     /* Leases first, by slot: that also recovers slots of a reaper that died
      * while reaping.  Then the table entries of dead processes that hold
      * nothing any more. */
-    km__reap_leases(e, &r);
+    km__reap_leases(e, &r, repair);
     for (uint32_t i = 0; i < e->hdr->cap_procs; i++) {
         uint64_t tag = ck_pr_load_64(&pt[i].tag);
         if (tag == 0 || tag == e->owner)
@@ -165,7 +165,7 @@ KM_EXTERN int km_reap(km_env *e, km_reap_report *out)
     km_reap_report r;
     if (!e)
         return KM_EINVAL;
-    km__reap_dead(e, &r);
+    km__reap_dead(e, &r, 1);
     if (out)
         *out = r;
     return KM_OK;

@@ -118,7 +118,7 @@ void km__proc_deregister(km_env *env);
 uint64_t km__proc_start_time(int pid);
 int km__proc_alive(uint32_t pid, uint64_t start_time);
 int km__tag_alive(const km__proc *p, uint64_t tag);
-int km__reap_dead(km_env *env, km_reap_report *report);
+int km__reap_dead(km_env *env, km_reap_report *report, int repair);
 
 /* src/pool.c */
 uint32_t km__hash(const char *s);
@@ -128,7 +128,7 @@ void km__release_all_owned(km_env *env, uint64_t owner);
 /* Number of lease slots `owner` holds (any phase). */
 uint64_t km__count_owned(km_env *env, uint64_t owner);
 /* Release every lease slot whose owner is dead (see km_reap). */
-void km__reap_leases(km_env *env, km_reap_report *r);
+void km__reap_leases(km_env *env, km_reap_report *r, int repair);
 
 static inline km__pool *km__pools(const km_env *e)
 {

@@ -916,7 +916,7 @@ static int km__acquire(km_env *e, const km_request *req, km_lease *out, uint64_t
         return rc;
     km_reap_report r;
     ck_pr_store_64(&e->last_reap_ns, now);
-    km__reap_dead(e, &r);
+    km__reap_dead(e, &r, 0);
     return r.leases || r.recounted ? km__acquire_once(e, req, out, wake) : rc;
 }
 
@@ -1338,7 +1338,8 @@ static int km__scan_slots(const km__lease *ls, uint32_t n, uint64_t mine, uint64
     return 1;
 }
 
-static int km__recount_key(km_env *e, uint32_t ki, km__live_cache *lc)
+static int km__recount_key(km_env *e, uint32_t ki, km__live_cache *lc, int repair,
+                           int *changed)
 {
     km__key *k = &km__keys(e)[ki];
     km__lease *ls = km__leases(e, ki);
@@ -1372,9 +1373,12 @@ static int km__recount_key(km_env *e, uint32_t ki, km__live_cache *lc)
             }
         }
     }
-    if (!taken)
+    if (!taken && !repair)
         return 1;
-    for (int t = 0; t < KM__RECOUNT_TRIES && !done; t++) {
+    /* A repair with nothing taken waits less for a busy key: it has no
+     * dead slots to settle, only a drift to look for. */
+    int tries = taken ? KM__RECOUNT_TRIES : KM__RECOUNT_TRIES / 20;
+    for (int t = 0; t < tries && !done; t++) {
         uint64_t sig1, sig2, rk[KM_WIN_COUNT], sk[KM_WIN_COUNT] = {0};
         uint64_t rm[KM_MODELS_MAX][3], sm[KM_MODELS_MAX][3];
         if (!km__scan_slots(ls, n, mine, &sig1)) {
@@ -1400,15 +1404,23 @@ static int km__recount_key(km_env *e, uint32_t ki, km__live_cache *lc)
                     sm[lv.model - 1][w] += lv.tokens;
         }
         done = 1;
-        for (int w = KM_WIN_TPM; w <= KM_WIN_TPD && done; w++)
-            if ((k->win_mask & (1u << w)) && rk[w] != sk[w] &&
-                !ck_pr_cas_64(&k->win[w].reserved, rk[w], sk[w]))
+        for (int w = KM_WIN_TPM; w <= KM_WIN_TPD && done; w++) {
+            if (!(k->win_mask & (1u << w)) || rk[w] == sk[w])
+                continue;
+            if (ck_pr_cas_64(&k->win[w].reserved, rk[w], sk[w]))
+                *changed = 1;
+            else
                 done = 0;
+        }
         for (uint32_t m = 0; m < n_models && done; m++)
             for (int w = 0; w < 3 && done; w++) {
                 km__gcra *g = &km__mwins(e, ki)[m].win[KM_WIN_TPM + w];
-                if (rm[m][w] != sm[m][w] && !ck_pr_cas_64(&g->reserved, rm[m][w], sm[m][w]))
-                    done = 0;
+                if (rm[m][w] != sm[m][w]) {
+                    if (ck_pr_cas_64(&g->reserved, rm[m][w], sm[m][w]))
+                        *changed = 1;
+                    else
+                        done = 0;
+                }
             }
     }
     for (uint32_t s = 0; s < n; s++) {
@@ -1448,7 +1460,7 @@ uint64_t km__count_owned(km_env *e, uint64_t owner)
  * reaper's mark, or a tag no longer in the process table.  ACTIVE leases are
  * released at their estimates; slots left mid-operation are resolved by a
  * recount of their key. */
-void km__reap_leases(km_env *e, km_reap_report *r)
+void km__reap_leases(km_env *e, km_reap_report *r, int repair)
 {
     km__key *keys = km__keys(e);
     uint64_t mine = km__reaper_mark(e);
@@ -1475,11 +1487,20 @@ void km__reap_leases(km_env *e, km_reap_report *r)
                 transient = 1;
             }
         }
+        int changed = 0;
         if (transient) {
-            if (km__recount_key(e, ki, &lc))
+            if (km__recount_key(e, ki, &lc, 0, &changed))
                 r->recounted++;
             else
                 r->pending++;
+        } else if (repair && ck_pr_load_32(&keys[ki].state) != KM__ST_FREE) {
+            /* An explicit reap also sets right reservations that drifted
+             * from the key's live leases.  Drift has been seen, rarely,
+             * after workers were killed under heavy CPU contention (always
+             * too much reserved: less capacity, never more); its cause is
+             * not found yet, so it is counted, not hidden. */
+            if (km__recount_key(e, ki, &lc, 1, &changed) && changed)
+                r->repaired++;
         }
     }
 }

@@ -102,6 +102,24 @@ static pid_t spawn(int slot)
     return p;
 }
 
+/* On failure: every key's token reservation and its non-free lease slots. */
+static void dump_keys(km_env *e)
+{
+    for (uint32_t ki = 0; ki < e->hdr->n_keys; ki++) {
+        km__key *k = &km__keys(e)[ki];
+        km__lease *ls = km__leases(e, ki);
+        diag("key %s: tpm reserved %llu tat-now %lld ms busy %llx", k->id,
+             (unsigned long long)ck_pr_load_64(&k->win[KM_WIN_TPM].reserved),
+             (long long)((int64_t)ck_pr_load_64(&k->win[KM_WIN_TPM].tat) - (int64_t)km_now_ns()) / 1000000,
+             (unsigned long long)ck_pr_load_64(&k->busy[0]));
+        for (uint32_t s = 0; s < e->hdr->cap_inflight; s++)
+            if (ck_pr_load_64(&ls[s].owner) || ck_pr_load_32(&ls[s].phase))
+                diag("  slot %u owner %llx phase %u seq %u tokens %u", s,
+                     (unsigned long long)ck_pr_load_64(&ls[s].owner), ck_pr_load_32(&ls[s].phase),
+                     ck_pr_load_32(&ls[s].seq), ck_pr_load_32(&ls[s].tokens));
+    }
+}
+
 static void show_violation(void *ctx, const char *line)
 {
     (void)ctx;
@@ -200,11 +218,14 @@ int main(void)
 
     km_reap_report rep;
     is_int(km_reap(e, &rep), KM_OK, "reap");
-    diag("reap: %u processes, %llu leases, %u keys recounted, %u pending", rep.processes,
-         (unsigned long long)rep.leases, rep.recounted, rep.pending);
+    diag("reap: %u processes, %llu leases, %u keys recounted, %u pending, %u keys repaired",
+         rep.processes, (unsigned long long)rep.leases, rep.recounted, rep.pending, rep.repaired);
+    if (rep.repaired) /* known, rare, conservative drift: see src/pool.c */
+        diag("NOTE: %u keys had token reservations above their live leases; repaired", rep.repaired);
     is_u64(rep.pending, 0, "nothing left pending after the reap");
     int violations = km_check(e, show_violation, NULL);
-    is_int(violations, 0, "km_check: no violation after the reap");
+    if (!is_int(violations, 0, "km_check: no violation after the reap"))
+        dump_keys(e);
     km_info inf;
     km_info_get(e, &inf);
     is_u64(inf.n_procs, 1, "only the parent is attached");

@@ -189,7 +189,7 @@ ok $? "a second holder takes 1 lease"
 die
 run "$KMCTL" reap "$SEG" --json
 expect 0 "reap --json"
-[ "$OUT" = '{"processes": 1, "leases": 1, "recounted": 0, "pending": 0}' ]
+[ "$OUT" = '{"processes": 1, "leases": 1, "recounted": 0, "pending": 0, "repaired": 0}' ]
 check_text "reap --json: the report as a JSON object"
 run "$KMCTL" check "$SEG" --quiet
 expect 0 "check --quiet after the second reap"

@@ -261,7 +261,7 @@ static const char usage_reap[] =
     "\n"
     "Options:\n"
     "  -j, --json   print the report as a JSON object instead:\n"
-    "               {\"processes\", \"leases\", \"recounted\", \"pending\"}\n"
+    "               {\"processes\", \"leases\", \"recounted\", \"pending\", \"repaired\"}\n"
     "  -h, --help   show this help\n"
     "\n"
     "Exit status: 0 reaped (also when nothing was dead); 1 failure; 2 usage\n"
@@ -1222,8 +1222,9 @@ static int cmd_reap(int argc, char **argv)
     }
     if (json) {
         printf("{\"processes\": %" PRIu32 ", \"leases\": %" PRIu64
-               ", \"recounted\": %" PRIu32 ", \"pending\": %" PRIu32 "}\n",
-               r.processes, r.leases, r.recounted, r.pending);
+               ", \"recounted\": %" PRIu32 ", \"pending\": %" PRIu32
+               ", \"repaired\": %" PRIu32 "}\n",
+               r.processes, r.leases, r.recounted, r.pending, r.repaired);
     } else {
         printf("reaped %" PRIu32 " dead process%s, %" PRIu64
                " lease%s released, %" PRIu32 " key%s recounted",
@@ -1232,6 +1233,9 @@ static int cmd_reap(int argc, char **argv)
                r.recounted == 1 ? "" : "s");
         if (r.pending)
             printf(", %" PRIu32 " pending", r.pending);
+        if (r.repaired)
+            printf(", %" PRIu32 " key%s repaired (reservations had drifted)", r.repaired,
+                   r.repaired == 1 ? "" : "s");
         putchar('\n');
     }
     rc = flush_stdout(EX_SUCCESS);
