@@ -98,6 +98,9 @@ int km__proc_register(km_env *e, int reap)
             uint64_t tag = ((uint64_t)(i + 1) << 32) | pid;
             if (!ck_pr_cas_64(&pt[i].tag, 0, tag))
                 continue;
+            /* Counted the moment the entry is ours: a reaper that frees it
+             * after we die mid-attach uncounts it. */
+            ck_pr_inc_32(&h->n_procs);
             /* The slot is ours.  pid and start time are read by reapers only
              * after they load tag; a reaper that sees pid 0 treats the slot
              * as being attached and leaves it alone. */
@@ -105,7 +108,6 @@ int km__proc_register(km_env *e, int reap)
             ck_pr_store_64(&pt[i].attach_ns, km_now_ns());
             ck_pr_fence_store(); /* start_time before pid: pid != 0 means complete */
             ck_pr_store_32(&pt[i].pid, pid);
-            ck_pr_inc_32(&h->n_procs);
             e->proc_slot = i;
             e->owner = tag;
             return KM_OK;
