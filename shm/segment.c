@@ -118,7 +118,7 @@ static int km__errno_to_km(int e)
     }
 }
 
-static km_env *km__env_new(const char *shm_name, void *base, size_t size)
+static km_env *km__env_new(void *base, size_t size)
 {
     km_env *e = calloc(1, sizeof(*e));
     if (!e)
@@ -127,7 +127,6 @@ static km_env *km__env_new(const char *shm_name, void *base, size_t size)
     e->map_size = size;
     e->hdr = (km__hdr *)base;
     e->pid = (int)getpid();
-    strcpy(e->name, shm_name);
     return e;
 }
 
@@ -178,7 +177,7 @@ int km__seg_create(const char *name, const km_config *cfg, unsigned mode,
         rc = km__errno_to_km(errno);
         goto fail;
     }
-    e = km__env_new(nm, base, size);
+    e = km__env_new(base, size);
     if (!e) {
         rc = KM_ENOMEM;
         goto fail;
@@ -303,7 +302,7 @@ int km__seg_open(const char *name, unsigned flags, km_env **out)
         goto out_fd;
     }
     rc = km__seg_validate(base, (uint64_t)st.st_size);
-    if (rc == KM_OK && !(e = km__env_new(nm, base, (size_t)st.st_size)))
+    if (rc == KM_OK && !(e = km__env_new(base, (size_t)st.st_size)))
         rc = KM_ENOMEM;
     if (rc == KM_OK && (rc = km__proc_register(e, !(flags & KM_OPEN_NO_REAP))) != KM_OK)
         free(e);

@@ -102,7 +102,6 @@ struct km_env {
     uint64_t owner;    /* tag of this process's slot: lease owner value */
     int pid;           /* getpid() at attach: fork detection */
     uint64_t last_reap_ns; /* km_acquire's reap at most once a second */
-    char name[KM_SEG_NAME_MAX + 2];
 };
 
 /* shm/segment.c */

@@ -76,7 +76,6 @@
 #include "internal.h"
 
 #define KM__TOKEN_WINS ((1u << KM_WIN_TPM) | (1u << KM_WIN_TPH) | (1u << KM_WIN_TPD))
-#define KM__REQ_WINS ((1u << KM_WIN_RPM) | (1u << KM_WIN_RPH) | (1u << KM_WIN_RPD))
 /* Poll hints for non-blocking callers where no clock time is known: a key
  * whose lease slots are all taken, or whose one probe lease is out, frees up
  * at a release, which wakes blocking callers; a non-blocking caller is told
@@ -1493,6 +1492,9 @@ void km__reap_leases(km_env *e, km_reap_report *r, int repair)
                 continue;
             uint32_t ph = ck_pr_load_32(&ls[s].phase);
             if (ph == KM__LP_ACTIVE) {
+                /* CAS from the dead owner's value: of several reapers one
+                 * takes the slot; the CAS (a full barrier) also orders our
+                 * mark before the abandon's phase store. */
                 if (ck_pr_cas_64(&ls[s].owner, o, mine)) {
                     km__abandon(e, ki, &keys[ki], &ls[s], s);
                     r->leases++;

@@ -29,6 +29,19 @@ static km_env *make(const char *js)
     return e;
 }
 
+/* A pool "p" of n keys k00, k01, ... with the given strategy. */
+static km_env *make_pool(const char *strategy, int n)
+{
+    static char js[65536];
+    size_t o = (size_t)snprintf(js, sizeof js,
+                                "{\"pools\":[{\"name\":\"p\",\"strategy\":\"%s\",\"keys\":[", strategy);
+    for (int i = 0; i < n; i++)
+        o += (size_t)snprintf(js + o, sizeof js - o, "%s{\"id\":\"k%02d\",\"secret\":\"sk-test-pool%04d\"}",
+                              i ? "," : "", i, i);
+    snprintf(js + o, sizeof js - o, "]}]}");
+    return make(js);
+}
+
 static void done(km_env *e)
 {
     km_close(e);
@@ -247,13 +260,7 @@ int main(void)
      * holding leases, new leases go to idle keys far more often than a
      * random pick would. */
     {
-        char js[65536];
-        size_t o = (size_t)snprintf(js, sizeof js, "{\"pools\":[{\"name\":\"p\",\"strategy\":\"least_busy\",\"keys\":[");
-        for (int i = 0; i < 64; i++)
-            o += (size_t)snprintf(js + o, sizeof js - o, "%s{\"id\":\"k%02d\",\"secret\":\"sk-test-busy%04d\"}",
-                                  i ? "," : "", i, i);
-        snprintf(js + o, sizeof js - o, "]}]}");
-        e = make(js);
+        e = make_pool("least_busy", 64);
         static km_lease held[64 * 4];
         int nh = 0;
         km_request pk = {.pool = 0};
@@ -283,13 +290,7 @@ int main(void)
     /* 7. Children forked after the parent chose keys do not repeat each
      * other's choices: per-thread random state is reset in the child. */
     {
-        char js[65536];
-        size_t o = (size_t)snprintf(js, sizeof js, "{\"pools\":[{\"name\":\"p\",\"strategy\":\"weighted\",\"keys\":[");
-        for (int i = 0; i < 64; i++)
-            o += (size_t)snprintf(js + o, sizeof js - o, "%s{\"id\":\"k%02d\",\"secret\":\"sk-test-fork%04d\"}",
-                                  i ? "," : "", i, i);
-        snprintf(js + o, sizeof js - o, "]}]}");
-        e = make(js);
+        e = make_pool("weighted", 64);
         km_acquire(e, &any, &l); /* the parent's state is now seeded */
         km_release(e, &l, &ok);
         int fds[2][2];

@@ -126,9 +126,8 @@ int main(void)
     is_u64(pi.waiters, 0, "no waiter left counted after the timeout");
     kill(pid, SIGKILL);
     child_status(pid);
-    /* The killed holder's lease is reclaimed by the process table: a new
-     * attach that finds the table full reaps, but here we reap by closing
-     * nothing; use a fresh segment for the rest instead. */
+    /* The killed holder's lease would be reaped by the next attach or
+     * km_reap(); the rest of the test uses a fresh segment instead. */
     km_close(e);
     km_unlink(name);
     km_config_free(cfg);

@@ -352,15 +352,11 @@ static int seg_error(const char *name, int err)
 
 /* Attach to segment `name`.  kmctl changes only what its command asks for,
  * but km_open() first reaps processes that died without detaching, which
- * would hide them from ps, check and reap.  Where the library can attach
- * without reaping (KM_OPEN_NO_REAP), kmctl does so. */
+ * would hide them from ps, check and reap, so kmctl attaches with
+ * KM_OPEN_NO_REAP. */
 static int open_seg(const char *name, km_env **env)
 {
-#ifdef KM_OPEN_NO_REAP
     int rc = km_open_flags(name, KM_OPEN_NO_REAP, env);
-#else
-    int rc = km_open(name, env);
-#endif
     return rc == KM_OK ? EX_SUCCESS : seg_error(name, rc);
 }
 
@@ -417,6 +413,36 @@ static int want_operands(int argc, int n, const char *what)
     if (have > n)
         return usage_error("too many arguments");
     return -1;
+}
+
+/* Option callback of commands whose one option is a flag (--json, --quiet):
+ * parse_opts has already refused letters not in the command's optstring. */
+static int flag_opt(int c, const char *arg, void *ctx)
+{
+    (void)arg;
+    if (c == 'j' || c == 'q') {
+        *(int *)ctx = 1;
+        return -1;
+    }
+    return usage_error("bad option");
+}
+
+/* The prologue of the commands that take one flag and NAME (inspect, ps,
+ * reap, check): parse the options into *flag, require NAME, attach.
+ * Returns -1 with *name and *env set when the command goes on, else the
+ * exit status to return. */
+static int flag_cmd_open(int argc, char **argv, const char *shortopts,
+                         const struct option *longopts, const char *help, int *flag,
+                         const char **name, km_env **env)
+{
+    int rc;
+    if ((rc = parse_opts(argc, argv, shortopts, longopts, help, flag_opt, flag)) >= 0)
+        return rc;
+    if ((rc = want_operands(argc, 1, "NAME")) >= 0)
+        return rc;
+    *name = argv[optind];
+    rc = open_seg(*name, env);
+    return rc == EX_SUCCESS ? -1 : rc;
 }
 
 static const struct option help_only[] = {{"help", no_argument, NULL, 'h'},
@@ -799,17 +825,6 @@ static int print_snapshot(km_env *env, const char *name)
 }
 
 /* -j, --json for inspect, ps and reap. */
-/* Option callback of commands whose one option is a flag (--json, --quiet):
- * parse_opts has already refused letters not in the command's optstring. */
-static int flag_opt(int c, const char *arg, void *ctx)
-{
-    (void)arg;
-    if (c == 'j' || c == 'q') {
-        *(int *)ctx = 1;
-        return -1;
-    }
-    return usage_error("bad option");
-}
 
 static const struct option flag_opts[] = {{"json", no_argument, NULL, 'j'},
                                           {"help", no_argument, NULL, 'h'},
@@ -820,19 +835,10 @@ static int cmd_inspect(int argc, char **argv)
     int json = 0, rc;
     km_env *env;
 
-    if ((rc = parse_opts(argc, argv, ":jh", flag_opts, usage_inspect, flag_opt,
-                         &json)) >= 0)
+    const char *name;
+    if ((rc = flag_cmd_open(argc, argv, ":jh", flag_opts, usage_inspect, &json, &name, &env)) >= 0)
         return rc;
-    if ((rc = want_operands(argc, 1, "NAME")) >= 0)
-        return rc;
-    const char *name = argv[optind];
-    if ((rc = open_seg(name, &env)) != EX_SUCCESS)
-        return rc;
-    rc = json ? print_snapshot(env, name) : inspect_table(env, name);
-    if (fflush(stdout) != 0 || ferror(stdout)) {
-        errline("standard output: %s", strerror(errno));
-        rc = EX_FAILED;
-    }
+    rc = flush_stdout(json ? print_snapshot(env, name) : inspect_table(env, name));
     km_close(env);
     return rc;
 }
@@ -1178,13 +1184,8 @@ static int cmd_ps(int argc, char **argv)
     int json = 0, rc;
     km_env *env;
 
-    if ((rc = parse_opts(argc, argv, ":jh", flag_opts, usage_ps, flag_opt,
-                         &json)) >= 0)
-        return rc;
-    if ((rc = want_operands(argc, 1, "NAME")) >= 0)
-        return rc;
-    const char *name = argv[optind];
-    if ((rc = open_seg(name, &env)) != EX_SUCCESS)
+    const char *name;
+    if ((rc = flag_cmd_open(argc, argv, ":jh", flag_opts, usage_ps, &json, &name, &env)) >= 0)
         return rc;
     rc = read_procs(env, name, &rows, &n);
     if (rc == EX_SUCCESS) {
@@ -1207,13 +1208,8 @@ static int cmd_reap(int argc, char **argv)
     int json = 0, rc;
     km_env *env;
 
-    if ((rc = parse_opts(argc, argv, ":jh", flag_opts, usage_reap, flag_opt,
-                         &json)) >= 0)
-        return rc;
-    if ((rc = want_operands(argc, 1, "NAME")) >= 0)
-        return rc;
-    const char *name = argv[optind];
-    if ((rc = open_seg(name, &env)) != EX_SUCCESS)
+    const char *name;
+    if ((rc = flag_cmd_open(argc, argv, ":jh", flag_opts, usage_reap, &json, &name, &env)) >= 0)
         return rc;
     rc = km_reap(env, &r);
     if (rc != KM_OK) {
@@ -1261,13 +1257,8 @@ static int cmd_check(int argc, char **argv)
     int quiet = 0, rc, n;
     km_env *env;
 
-    if ((rc = parse_opts(argc, argv, ":qh", lo, usage_check, flag_opt,
-                         &quiet)) >= 0)
-        return rc;
-    if ((rc = want_operands(argc, 1, "NAME")) >= 0)
-        return rc;
-    const char *name = argv[optind];
-    if ((rc = open_seg(name, &env)) != EX_SUCCESS)
+    const char *name;
+    if ((rc = flag_cmd_open(argc, argv, ":qh", lo, usage_check, &quiet, &name, &env)) >= 0)
         return rc;
     n = km_check(env, quiet ? NULL : check_line, NULL);
     if (n < 0) {
