@@ -69,13 +69,20 @@ EXAMPLE_BIN := $(patsubst examples/%.c,$(BUILD)/examples/%,$(EXAMPLE_SRC))
 # Per-test time limit (seconds); prove runs each program under it.
 TEST_TIMEOUT ?= 300
 
-.PHONY: all deps test check torture bench demo install uninstall clean examples
+.PHONY: all deps test check torture bench demo install uninstall clean examples \
+        deps-extra bench-compare
+
+# Fragments owned by the benchmark suite and the bindings: each may add
+# targets and hook `deps-extra` (packages its tests or runs need) and
+# `bench-compare` (baselines run by make bench).
+-include bench/bench.mk
+-include bindings/bindings.mk
 
 all: $(SHLIB) $(STLIB) $(KMCTL)
 
 # ---------------------------------------------------------------- dependencies
 # Ask pkg-config first; run apt-get only for what is missing.
-deps:
+deps: deps-extra
 	@missing=""; \
 	pkg-config --exists ck      2>/dev/null || missing="$$missing libck-dev"; \
 	pkg-config --exists liburcu 2>/dev/null || missing="$$missing liburcu-dev"; \
@@ -145,6 +152,7 @@ torture: deps
 bench: deps
 	@$(MAKE) --no-print-directory all $(BENCH_BIN)
 	@for b in $(BENCH_BIN); do $$b --short || exit 1; done
+	@$(MAKE) --no-print-directory bench-compare
 
 demo: deps
 	@$(MAKE) --no-print-directory all $(EXAMPLE_BIN)
@@ -176,3 +184,8 @@ uninstall:
 
 clean:
 	rm -rf build build-san build-*
+
+# Empty unless a fragment above adds prerequisites or recipes (double-colon
+# rules, so each fragment can add its own).
+deps-extra::
+bench-compare::
