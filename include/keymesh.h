@@ -58,7 +58,7 @@ extern "C" {
 #define KM_VERSION_STRING "0.1.0"
 /* Version of the shared-memory format.  Processes attach only to segments of
  * their own format (and layout signature). */
-#define KM_FORMAT_VERSION 1
+#define KM_FORMAT_VERSION 2
 
 KM_EXTERN const char *km_version(void);     /* "0.1.0" */
 KM_EXTERN int km_format_version(void);      /* KM_FORMAT_VERSION */
@@ -102,7 +102,10 @@ KM_EXTERN int km_format_version(void);      /* KM_FORMAT_VERSION */
     XX(ECORRUPT, -21, "segment state is corrupt")                              \
     XX(ENOMODEL, -22, "no model of that name in the pool")                     \
     XX(EBUDGET, -23, "spend budget exhausted")                                 \
-    XX(ETIMEDOUT, -24, "timed out waiting for a key")
+    XX(ETIMEDOUT, -24, "timed out waiting for a key")                         \
+    XX(EBUSY, -25, "a stalled reader holds back reclamation (see inspect)")    \
+    XX(EKEYEXISTS, -26, "a key of that id already exists in the pool")       \
+    XX(EFULL, -27, "no free key slot (capacity, or removed keys in grace)")
 
 typedef enum {
     KM_OK = 0,
@@ -417,6 +420,85 @@ KM_EXTERN int km_model_info_get(km_env *env, int pool, uint32_t i, uint32_t key,
  * is exhausted again at its next acquire), KM_KEY_DISABLED (disable), and
  * nothing else.  Leases already out may finish. */
 KM_EXTERN int km_key_set_state(km_env *env, uint32_t key, int state);
+
+/* ------------------------------------------------- live reconfiguration
+ *
+ * Keys are added, removed, re-weighted and given new limits while workers
+ * acquire and release.  These calls serialise on an admin lock in the
+ * segment (a robust process-shared mutex: one held by a process that dies is
+ * recovered); acquire and release never take it and never wait for them.
+ * What a running acquire may see is protected by epochs across processes
+ * (shm/epoch.c): a member list, a key row or a key's limits replaced by a
+ * reconfiguration is rewritten only after a grace period, once every
+ * acquire that could have seen the old one has finished.  A grace period
+ * waits at most the handle's admin timeout (km_set_admin_timeout, default
+ * 1000 ms); a live process stalled inside an acquire (stopped, or in a
+ * debugger) makes it time out with KM_EBUSY, and km_reader_info_get /
+ * `kmctl inspect` name that process.  Dead processes never hold it back.
+ */
+
+/* Add a key to `pool`.  key_json is one key object as in the configuration
+ * file (pools[].keys[]: "id", "secret" or "secret_env", "weight", "limits",
+ * "max_inflight", "price", "budget", "meta"); windows, prices and
+ * max_inflight it leaves out take the pool's configured defaults.  The key
+ * is active and in the pool's member list when the call returns.  Returns
+ * the new key's index (>= 0), or KM_ECONFIG (reason in errbuf, which never
+ * holds the secret), KM_EKEYEXISTS (id in use in the pool), KM_EFULL (every
+ * key row in use, or removed but not yet reclaimable: still in its grace
+ * period or with leases out), KM_EBUSY (grace period timed out). */
+KM_EXTERN int km_key_add(km_env *env, int pool, const char *key_json,
+                         char *errbuf, size_t errlen);
+
+/* Remove a key.  From the moment this returns, no acquire that starts
+ * afterwards gets the key (it is skipped by state at once; it leaves the
+ * member list too).  Leases already out may finish; their releases settle
+ * as usual.  The row, with its id and secret bytes, is reused by a later
+ * km_key_add only after a grace period and once its last lease is back.
+ * KM_OK even if the member list could not be rebuilt within the admin
+ * timeout (a stalled reader): the key is removed all the same, and the list
+ * is rebuilt by the next reconfiguration of the pool. */
+KM_EXTERN int km_key_remove(km_env *env, uint32_t key);
+
+/* Change a key's weight (1..1000000), used by the weighted strategy.
+ * KM_EBUSY: grace period timed out, nothing changed. */
+KM_EXTERN int km_key_set_weight(km_env *env, uint32_t key, uint32_t weight);
+
+/* Change a key's limits.  limits_json is an object of windows as in the
+ * configuration ("rpm": 500, "tpm": {"limit": 90000, "mode": "sliding"});
+ * windows it names replace the key's, null removes a window's limit, and
+ * the others are kept.  A window's current debt carries over in units (as
+ * many requests or tokens still count against the new limit as against the
+ * old).  While the change is applied (one grace period) acquirers skip the
+ * key.  KM_ECONFIG (errbuf), KM_EBUSY (grace period timed out, nothing
+ * changed). */
+KM_EXTERN int km_key_set_limits(km_env *env, uint32_t key, const char *limits_json,
+                                char *errbuf, size_t errlen);
+
+/* How long this handle's reconfiguration calls wait for a grace period. */
+KM_EXTERN int km_set_admin_timeout(km_env *env, uint32_t timeout_ms);
+
+typedef struct km_epoch_info {
+    uint64_t epoch;      /* global epoch: bumped by every grace period */
+    uint64_t synced;     /* every reader that entered before it has left */
+    uint64_t reconfigs;  /* reconfigurations applied since creation */
+    uint32_t rows_per_process;
+    int membarrier;      /* 1: this process's readers rely on membarrier */
+} km_epoch_info;
+KM_EXTERN int km_epoch_info_get(km_env *env, km_epoch_info *out);
+
+/* A reader row inside an acquire right now.  Row `row` (0..rows_per_process
+ * - 1; row 0 is shared by a process's extra threads) of process slot
+ * `slot`; KM_ENOENT if the row is idle or its slot free. */
+typedef struct km_reader_info {
+    uint32_t pid, tid;      /* tid 0: the shared row */
+    int shared;
+    int alive;
+    uint64_t epoch;         /* epoch at which it entered */
+    uint64_t epochs_behind; /* global epoch minus that */
+    uint64_t inside_ns;     /* how long it has been inside */
+} km_reader_info;
+KM_EXTERN int km_reader_info_get(km_env *env, uint32_t slot, uint32_t row,
+                                 km_reader_info *out);
 
 /* ------------------------------------------------------ processes, repair */
 

@@ -101,6 +101,9 @@ int km__proc_register(km_env *e, int reap)
             /* Counted the moment the entry is ours: a reaper that frees it
              * after we die mid-attach uncounts it. */
             ck_pr_inc_32(&h->n_procs);
+            /* Rows a previous occupant left are not ours to honour: it
+             * detached or died, and a dead section uses nothing. */
+            km__epoch_rows_reset(e, i);
             /* The slot is ours.  pid and start time are read by reapers only
              * after they load tag; a reaper that sees pid 0 treats the slot
              * as being attached and leaves it alone. */
@@ -125,6 +128,7 @@ void km__proc_deregister(km_env *e)
     km__proc *p = &km__procs(e)[e->proc_slot];
 
     km__release_all_owned(e, e->owner);
+    km__epoch_rows_reset(e, e->proc_slot);
     ck_pr_store_32(&p->pid, 0);
     ck_pr_fence_store(); /* pid cleared before the slot is offered again */
     ck_pr_store_64(&p->tag, 0);

@@ -6,12 +6,13 @@
  *
  *   km__hdr                    one per segment, page 0
  *   km__pool[cap_pools]
- *   km__member[cap_pools][cap_keys]   each pool's member list
+ *   km__member[cap_pools][2][cap_keys] each pool's two member lists
  *   km__model[cap_pools][cap_models]  each pool's models
  *   km__key[cap_keys]
  *   km__mwin[cap_keys][cap_models]    per-model limit pairs of each key
  *   km__lease[cap_keys][cap_inflight] lease slots, one row per key
  *   km__proc[cap_procs]        process table
+ *   km__rdr[cap_procs][KM__RDR_PER_PROC]  reader rows (epochs)
  *
  * Every struct here is pinned by _Static_assert and folded into the layout
  * signature (km__layout_signature), so a process built with other sizes is
@@ -49,7 +50,9 @@ enum {
     KM__ST_INVALID = KM_KEY_INVALID,
     KM__ST_EXHAUSTED = KM_KEY_EXHAUSTED,
     KM__ST_FAILING = 16,
-    KM__ST_FREE = 17 /* slot not in use */
+    KM__ST_FREE = 17,   /* row not in use: never used, or reclaimed */
+    KM__ST_REMOVED = 18 /* removed: no new lease; reclaimed after a grace
+                         * period once its last lease is back */
 };
 
 typedef struct km__hdr {
@@ -61,38 +64,58 @@ typedef struct km__hdr {
     uint64_t layout_sig;
     uint64_t seg_size;
     uint32_t cap_keys, cap_pools, cap_procs, cap_inflight;
-    uint32_t n_pools, n_keys;
+    uint32_t n_pools, n_keys; /* n_keys: key rows in use (admin lock) */
     uint64_t off_pools, off_members, off_keys, off_leases, off_procs;
     uint64_t created_wall_ns;
     uint32_t cap_models;
     uint32_t pad0;
     uint64_t off_models, off_mwin;
-    /* own line: written by every attach/detach */
+    /* line 2, own line: written by every attach/detach */
     uint32_t n_procs;
     uint32_t pad1;
-    uint64_t reserved_w;      /* unused */
+    uint64_t off_readers;     /* configuration: the reader table (shm/epoch.c) */
     uint8_t pad2[KM__LINE - 16];
-    uint8_t reserved[KM__LINE]; /* for the admin lock and epochs */
+    /* line 3: the admin lock, a robust process-shared mutex serialising
+     * reconfiguration (src/reconfig.c).  Never taken by acquire or release. */
+    uint8_t admin[KM__LINE];
+    /* line 4, own line: the global epoch, read by every acquire, bumped by
+     * every grace-period wait (shm/epoch.c). */
+    uint64_t epoch;
+    uint8_t pad4[KM__LINE - 8];
+    /* line 5: written by grace-period waits: every reader that entered at an
+     * epoch below `synced` has left.  Read by reconfiguration only. */
+    uint64_t synced;
+    uint64_t reconfigs;       /* reconfigurations applied, for inspect */
+    uint8_t pad5[KM__LINE - 16];
 } km__hdr;
 _Static_assert(offsetof(km__hdr, off_mwin) + 8 == 2 * KM__LINE, "header lines 0-1");
-_Static_assert(sizeof(km__hdr) == 256, "km__hdr size");
-_Static_assert(offsetof(km__hdr, n_procs) % KM__LINE == 0, "n_procs on its own line");
+_Static_assert(sizeof(km__hdr) == 6 * KM__LINE, "km__hdr size");
+_Static_assert(offsetof(km__hdr, n_procs) == 2 * KM__LINE, "n_procs on its own line");
+_Static_assert(offsetof(km__hdr, admin) == 3 * KM__LINE, "admin lock line");
+_Static_assert(offsetof(km__hdr, epoch) == 4 * KM__LINE, "epoch on its own line");
+_Static_assert(offsetof(km__hdr, synced) == 5 * KM__LINE, "synced line");
+
+/* One published member list of a pool: its length and the figures derived
+ * from it.  A pool has two (see km__pool.cur). */
+typedef struct km__pview {
+    uint32_t n_keys;
+    uint32_t pad;
+    uint64_t total_weight;
+    uint64_t rr_magic;  /* ceil(2^64 / n_keys): cursor % n_keys without div */
+} km__pview;
+_Static_assert(sizeof(km__pview) == 24, "km__pview size");
 
 typedef struct km__pool {
     /* lines 0-1: configuration, written once at creation.  (Round robin
      * keeps its cursor per thread: no word here is written per acquire.) */
     char name[KM_ID_MAX + 1];
     uint32_t strategy;
-    uint32_t n_keys;
-    uint64_t total_weight;
     uint32_t cooldown_s, max_cooldown_s, max_failures;
-    uint32_t pad1;
-    uint64_t rr_magic;  /* ceil(2^64 / n_keys): cursor % n_keys without div */
     uint32_t model_mode;
     uint32_t n_models;
     uint64_t budget_microusd; /* 0: none */
     uint32_t budget_hard;
-    uint32_t pad2;
+    uint8_t pad2[KM__LINE - 36];
     /* line 2: blocking acquire.  `wake_seq` is the futex word: a sleeper
      * reads it, counts itself in `waiters`, re-checks, and sleeps while it
      * is unchanged; a waker bumps it and calls FUTEX_WAKE only if `waiters`
@@ -103,10 +126,34 @@ typedef struct km__pool {
     /* line 3: spend of the pool, added at every priced release. */
     uint64_t spent_microusd;
     uint8_t pad4[KM__LINE - 8];
+    /* line 4: the published member list, read by every acquire, written by
+     * reconfiguration.  Two lists (members buffer 0 and 1) and their views:
+     * a writer fills the one not in use, then stores `cur` (release); a
+     * reader loads `cur` (acquire) inside its epoch section and uses that
+     * list throughout.  The other list is rewritten only after a grace
+     * period has passed since it was last current: `flip_epoch` is the
+     * epoch at which it stopped being current (see src/reconfig.c). */
+    uint32_t cur;
+    uint32_t pad5;
+    km__pview view[2];
+    uint64_t flip_epoch;
+    /* lines 5-7: defaults for keys added later (the pool's own limits,
+     * prices and max_inflight, as configured); written at creation. */
+    uint64_t def_limit[KM_WIN_COUNT];
+    uint64_t def_burst[KM_WIN_COUNT];
+    uint8_t def_mode[KM_WIN_COUNT];
+    uint8_t pad6[2];
+    uint32_t def_max_inflight;
+    uint32_t pad7;
+    uint64_t def_price_in, def_price_out;
+    uint8_t pad8[3 * KM__LINE - 96 - 8 - 8 - 16];
 } km__pool;
 _Static_assert(offsetof(km__pool, waiters) == 2 * KM__LINE, "pool wait line");
 _Static_assert(offsetof(km__pool, spent_microusd) == 3 * KM__LINE, "pool spend line");
-_Static_assert(sizeof(km__pool) == 4 * KM__LINE, "km__pool size");
+_Static_assert(offsetof(km__pool, cur) == 4 * KM__LINE, "pool member-list line");
+_Static_assert(offsetof(km__pool, flip_epoch) + 8 == 5 * KM__LINE, "member-list line full");
+_Static_assert(offsetof(km__pool, def_limit) == 5 * KM__LINE, "pool defaults lines");
+_Static_assert(sizeof(km__pool) == 8 * KM__LINE, "km__pool size");
 
 /* A model of a pool: its name and, in a per_model pool, the limits that
  * apply to it on each key.  Written at creation. */
@@ -170,7 +217,10 @@ typedef struct km__key {
     uint64_t cooldown_until;  /* CLOCK_MONOTONIC ns */
     uint32_t consec_fail;
     uint32_t consec_429;
-    uint8_t pad5[KM__LINE - 24];
+    uint64_t retire_epoch;    /* REMOVED: the epoch at removal (src/reconfig.c) */
+    uint32_t updating;        /* limits being changed: acquirers skip the key */
+    uint32_t pad5a;
+    uint8_t pad5[KM__LINE - 40];
     /* lines 6-9: configuration, written at creation, read by acquire. */
     uint64_t emission_ns[KM_WIN_COUNT]; /* T: ns per unit; 0 = no limit */
     uint64_t tau_ns[KM_WIN_COUNT];      /* burst tolerance: burst * T */
@@ -244,7 +294,8 @@ typedef struct km__lease {
     uint64_t succeeded;   /* outcome SUCCESS */
     uint64_t tokens_used; /* settled tokens (actual, or estimate) */
     uint32_t model;       /* model index + 1 of this lease; 0: none */
-    uint32_t pad0;
+    uint32_t res_mask;    /* the key's token windows this lease reserved
+                           * (limits may change while it is out) */
     /* line 1: the rarer outcomes */
     uint64_t outcomes[KM_OUT_COUNT]; /* [KM_OUT_SUCCESS] unused: see succeeded */
     uint64_t abandoned;
@@ -264,6 +315,23 @@ typedef struct km__proc {
     uint8_t pad1[KM__LINE - 32];
 } km__proc;
 _Static_assert(sizeof(km__proc) == KM__LINE, "one process slot per line");
+
+/* A reader row: one per thread that acquires (shm/epoch.c).  Rows are
+ * grouped per process slot, KM__RDR_PER_PROC of them; row 0 of each group
+ * is the process's shared overflow row, used by threads that found no row
+ * of their own.  `word` is written by its thread at every acquire; the
+ * row's line is its own. */
+#define KM__RDR_PER_PROC 8
+typedef struct km__rdr {
+    uint64_t word;     /* per-thread row: 0 idle, else the epoch at entry;
+                        * overflow row: epoch << 20 | readers inside */
+    uint64_t enter_ns; /* CLOCK_MONOTONIC at entry (for reports) */
+    uint32_t tid;      /* thread that owns the row; 0: free */
+    uint32_t pad;
+    uint8_t pad1[KM__LINE - 24];
+} km__rdr;
+_Static_assert(sizeof(km__rdr) == KM__LINE, "one reader row per line");
+#define KM__RDR_OVF_SHIFT 20
 
 /* Offset helpers: the only way code turns an offset into an address. */
 #define KM__AT(base, off) ((void *)((char *)(base) + (off)))

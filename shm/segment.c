@@ -42,6 +42,9 @@ uint64_t km__layout_signature(void)
         offsetof(km__key, id), offsetof(km__key, secret),
         sizeof(km__lease), offsetof(km__lease, phase), offsetof(km__lease, outcomes),
         sizeof(km__proc), offsetof(km__proc, start_time),
+        sizeof(km__rdr), KM__RDR_PER_PROC, KM__RDR_OVF_SHIFT,
+        offsetof(km__hdr, epoch), offsetof(km__pool, cur), sizeof(km__pview),
+        offsetof(km__key, retire_epoch),
         KM_WIN_COUNT, KM_OUT_COUNT, KM_ID_MAX, KM_SECRET_MAX, KM_INFLIGHT_MAX,
         0x0102030405060708ull /* byte order */
     };
@@ -73,9 +76,10 @@ static uint64_t km__align(uint64_t x, uint64_t a) { return (x + a - 1) & ~(a - 1
 
 /* Offsets of each region for the given capacities; returns the total size.
  * Used by the creator to lay out and by an attacher to validate.  off[]:
- * pools, members, models, keys, per-model windows, leases, procs. */
+ * pools, members, models, keys, per-model windows, leases, procs, reader
+ * rows. */
 enum { KM__OFF_POOLS, KM__OFF_MEMBERS, KM__OFF_MODELS, KM__OFF_KEYS,
-       KM__OFF_MWIN, KM__OFF_LEASES, KM__OFF_PROCS, KM__OFF_N };
+       KM__OFF_MWIN, KM__OFF_LEASES, KM__OFF_PROCS, KM__OFF_READERS, KM__OFF_N };
 
 static uint64_t km__layout(uint32_t keys, uint32_t pools, uint32_t procs,
                            uint32_t inflight, uint32_t models, uint64_t off[KM__OFF_N])
@@ -84,7 +88,7 @@ static uint64_t km__layout(uint32_t keys, uint32_t pools, uint32_t procs,
     off[KM__OFF_POOLS] = o;
     o += (uint64_t)pools * sizeof(km__pool);
     off[KM__OFF_MEMBERS] = o;
-    o = km__align(o + (uint64_t)pools * keys * sizeof(km__member), KM__LINE);
+    o = km__align(o + (uint64_t)pools * 2 * keys * sizeof(km__member), KM__LINE);
     off[KM__OFF_MODELS] = o;
     o += (uint64_t)pools * models * sizeof(km__model);
     off[KM__OFF_KEYS] = o;
@@ -95,6 +99,8 @@ static uint64_t km__layout(uint32_t keys, uint32_t pools, uint32_t procs,
     o += (uint64_t)keys * inflight * sizeof(km__lease);
     off[KM__OFF_PROCS] = o;
     o += (uint64_t)procs * sizeof(km__proc);
+    off[KM__OFF_READERS] = o;
+    o += (uint64_t)procs * KM__RDR_PER_PROC * sizeof(km__rdr);
     return km__align(o, 4096);
 }
 
@@ -127,6 +133,7 @@ static km_env *km__env_new(void *base, size_t size)
     e->map_size = size;
     e->hdr = (km__hdr *)base;
     e->pid = (int)getpid();
+    e->admin_timeout_ms = 1000;
     return e;
 }
 
@@ -201,8 +208,13 @@ int km__seg_create(const char *name, const km_config *cfg, unsigned mode,
     h->off_mwin = off[KM__OFF_MWIN];
     h->off_leases = off[KM__OFF_LEASES];
     h->off_procs = off[KM__OFF_PROCS];
+    h->off_readers = off[KM__OFF_READERS];
+    h->epoch = 1;  /* 0 in a reader row means idle */
+    h->synced = 1;
     h->created_wall_ns = (uint64_t)wall.tv_sec * KM__NS_PER_S + (uint64_t)wall.tv_nsec;
     km__pool_init(e, cfg);
+    km__admin_init(e);
+    km__epoch_attach(e);
 
     /* Publish: everything above happens-before an attacher's acquire load of
      * magic that returns KM__MAGIC. */
@@ -267,7 +279,7 @@ static int km__seg_validate(const void *base, uint64_t size)
         off[KM__OFF_POOLS] != h->off_pools || off[KM__OFF_MEMBERS] != h->off_members ||
         off[KM__OFF_MODELS] != h->off_models || off[KM__OFF_KEYS] != h->off_keys ||
         off[KM__OFF_MWIN] != h->off_mwin || off[KM__OFF_LEASES] != h->off_leases ||
-        off[KM__OFF_PROCS] != h->off_procs)
+        off[KM__OFF_PROCS] != h->off_procs || off[KM__OFF_READERS] != h->off_readers)
         return KM_ECORRUPT;
     return KM_OK;
 }
@@ -304,6 +316,8 @@ int km__seg_open(const char *name, unsigned flags, km_env **out)
     rc = km__seg_validate(base, (uint64_t)st.st_size);
     if (rc == KM_OK && !(e = km__env_new(base, (size_t)st.st_size)))
         rc = KM_ENOMEM;
+    if (rc == KM_OK)
+        km__epoch_attach(e);
     if (rc == KM_OK && (rc = km__proc_register(e, !(flags & KM_OPEN_NO_REAP))) != KM_OK)
         free(e);
     if (rc != KM_OK) {

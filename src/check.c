@@ -10,6 +10,7 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <ck_pr.h>
@@ -92,7 +93,7 @@ static void km__check_key(km_env *e, uint32_t ki, uint64_t now, km__checker *c)
         if (km__slots_sig(ls, n, &moving) != sig1 || moving)
             continue;
 
-        uint64_t active = 0, tokens = 0;
+        uint64_t active = 0, tokens[KM_WIN_COUNT] = {0};
         for (uint32_t s = 0; s < n; s++) {
             uint64_t o = ck_pr_load_64(&ls[s].owner);
             uint32_t ph = ck_pr_load_32(&ls[s].phase);
@@ -106,8 +107,11 @@ static void km__check_key(km_env *e, uint32_t ki, uint64_t now, km__checker *c)
             }
             if (ph == KM__LP_ACTIVE) {
                 uint32_t m = ck_pr_load_32(&ls[s].model);
+                uint32_t rm = ck_pr_load_32(&ls[s].res_mask);
                 active++;
-                tokens += ck_pr_load_32(&ls[s].tokens);
+                for (int w = 0; w < KM_WIN_COUNT; w++)
+                    if (rm & (1u << w))
+                        tokens[w] += ck_pr_load_32(&ls[s].tokens);
                 if (m && m <= n_models)
                     mtok[m - 1] += ck_pr_load_32(&ls[s].tokens);
                 if (!bit)
@@ -128,12 +132,12 @@ static void km__check_key(km_env *e, uint32_t ki, uint64_t now, km__checker *c)
                           (unsigned long long)inflight, (unsigned long long)active);
         for (int w = 0; w < KM_WIN_COUNT; w++) {
             if (!(k->win_mask & (1u << w))) {
-                if (res[w] != 0)
+                if (res[w] != tokens[w]) /* a removed window: its leases' */
                     km__violation(c, "key %s: %s reserves %llu without a limit", id, km_window_name(w),
                                   (unsigned long long)res[w]);
                 continue;
             }
-            uint64_t expect = km__window_is_requests(w) ? 0 : tokens;
+            uint64_t expect = km__window_is_requests(w) ? 0 : tokens[w];
             if (res[w] != expect)
                 km__violation(c, "key %s: %s reserved %llu but active leases hold %llu", id,
                               km_window_name(w), (unsigned long long)res[w], (unsigned long long)expect);
@@ -175,19 +179,57 @@ KM_EXTERN int km_check(km_env *e, void (*report)(void *, const char *), void *ct
     for (uint32_t ki = 0; ki < h->cap_keys; ki++)
         km__check_key(e, ki, now, &c);
 
-    /* Pools: members name live keys of the pool. */
+    /* Pools: the current member list names each live key of the pool once
+     * (a removed key may linger until the list is rebuilt). */
+    uint8_t *seen = calloc(h->cap_keys, 1);
+    if (!seen)
+        return KM_ENOMEM;
     for (uint32_t p = 0; p < h->n_pools; p++) {
         const km__pool *pool = &km__pools(e)[p];
-        const km__member *m = km__members(e, p);
-        if (pool->n_keys > h->cap_keys) {
-            km__violation(&c, "pool %u: %u keys above capacity %u", p, pool->n_keys, h->cap_keys);
+        uint32_t b = ck_pr_load_32(&pool->cur) & 1;
+        ck_pr_fence_load(); /* cur before the list it names */
+        const km__member *m = km__members(e, p, b);
+        uint32_t n = ck_pr_load_32(&pool->view[b].n_keys);
+        if (n > h->cap_keys) {
+            km__violation(&c, "pool %u: %u keys above capacity %u", p, n, h->cap_keys);
             continue;
         }
-        for (uint32_t i = 0; i < pool->n_keys; i++)
-            if (m[i].key >= h->cap_keys || km__keys(e)[m[i].key].pool != p ||
-                ck_pr_load_32(&km__keys(e)[m[i].key].state) == KM__ST_FREE)
+        for (uint32_t i = 0; i < n; i++) {
+            uint32_t ki = ck_pr_load_32(&m[i].key);
+            if (ki >= h->cap_keys || km__keys(e)[ki].pool != p ||
+                ck_pr_load_32(&km__keys(e)[ki].state) == KM__ST_FREE) {
                 km__violation(&c, "pool %s: member %u names key slot %u, not a key of this pool",
-                              pool->name, i, m[i].key);
+                              pool->name, i, ki);
+                continue;
+            }
+            if (seen[ki]++)
+                km__violation(&c, "pool %s: key slot %u is listed twice", pool->name, ki);
+        }
+    }
+    for (uint32_t ki = 0; ki < h->cap_keys; ki++) {
+        const km__key *k = &km__keys(e)[ki];
+        uint32_t st = ck_pr_load_32(&k->state);
+        if (st < KM__ST_FREE && !seen[ki])
+            km__violation(&c, "key %s is live but in no pool's member list", k->id);
+    }
+    free(seen);
+
+    /* Epochs: rows hold epochs already handed out.  (Rows of a free slot
+     * may keep a dead process's last values: they are ignored, and cleared
+     * by the next process to claim the slot.) */
+    uint64_t g = ck_pr_load_64(&h->epoch), synced = ck_pr_load_64(&h->synced);
+    if (synced > g)
+        km__violation(&c, "epochs: synced %llu is ahead of the epoch %llu",
+                      (unsigned long long)synced, (unsigned long long)g);
+    for (uint32_t i = 0; i < h->cap_procs; i++) {
+        const km__rdr *r = km__rdrs(e, i);
+        for (uint32_t j = 0; j < KM__RDR_PER_PROC; j++) {
+            uint64_t w = ck_pr_load_64(&r[j].word);
+            uint64_t ep = j == 0 ? ((w & ((UINT64_C(1) << KM__RDR_OVF_SHIFT) - 1)) ? w >> KM__RDR_OVF_SHIFT : 0) : w;
+            if (ep > g)
+                km__violation(&c, "epochs: reader row %u of process slot %u holds epoch %llu, ahead of %llu",
+                              j, i, (unsigned long long)ep, (unsigned long long)g);
+        }
     }
 
     /* Process table. */

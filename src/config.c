@@ -543,11 +543,7 @@ static int parse_meta(cfg_ctx *c, json_t *m, const char *path,
 
 /* ------------------------------------------------------------------ keys */
 
-typedef struct pool_defaults {
-    km__limit_cfg limits[KM_WIN_COUNT];
-    uint32_t max_inflight;
-    uint64_t price_in, price_out; /* micro-USD per 1000 tokens */
-} pool_defaults;
+typedef km__pool_defaults pool_defaults;
 
 /* Resolve a secret from "secret" or "secret_env" (exactly one). */
 static int parse_secret(cfg_ctx *c, json_t *kobj, const char *path,
@@ -800,6 +796,7 @@ static int parse_pool(cfg_ctx *c, json_t *pobj, uint32_t pi,
             return rc;
         total_weight += keys[i].weight;
     }
+    p->defaults = pd;
     /* Weighted choice keeps running sums of weights in 32 bits. */
     if (total_weight > UINT32_MAX)
         return cfg_err(c, KM_ECONFIG,
@@ -1021,6 +1018,101 @@ KM_EXTERN int km_config_parse(const char *json, size_t len, const char *origin,
     }
     *out = cfg;
     return KM_OK;
+}
+
+/* Parse one JSON text for reconfiguration; the object is handed to `fn`. */
+static int parse_one(cfg_ctx *c, const char *json,
+                     int (*fn)(cfg_ctx *, json_t *, void *), void *arg)
+{
+    json_error_t jerr;
+    json_t *root;
+    int rc;
+
+    if (c->errbuf && c->errlen)
+        c->errbuf[0] = '\0';
+    if (!json)
+        return cfg_err(c, KM_EINVAL, "invalid argument");
+    root = json_loads(json, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root) {
+        char text[JSON_ERROR_TEXT_LENGTH];
+        if (json_error_code(&jerr) == json_error_out_of_memory)
+            return cfg_err(c, KM_ENOMEM, "out of memory");
+        syntax_text(&jerr, text, sizeof text);
+        if (c->errbuf && c->errlen)
+            snprintf(c->errbuf, c->errlen, "%s:%d:%d: %s", c->origin,
+                     jerr.line, jerr.column, text);
+        return KM_ECONFIG;
+    }
+    rc = fn(c, root, arg);
+    json_decref(root);
+    return rc;
+}
+
+typedef struct key_job {
+    const pool_defaults *pd;
+    km__key_cfg *out;
+} key_job;
+
+static int key_job_run(cfg_ctx *c, json_t *root, void *arg)
+{
+    key_job *j = arg;
+    return parse_key(c, root, "key", j->pd, j->out);
+}
+
+int km__config_parse_key(const char *json, const km__pool_defaults *pd,
+                         uint32_t cap_inflight, km__key_cfg *out,
+                         char *errbuf, size_t errlen)
+{
+    cfg_ctx c = {"key", errbuf, errlen, cap_inflight};
+    key_job j = {pd, out};
+    memset(out, 0, sizeof *out);
+    int rc = parse_one(&c, json, key_job_run, &j);
+    if (rc != KM_OK)
+        explicit_bzero(out, sizeof *out); /* a secret may have been copied */
+    return rc;
+}
+
+typedef struct limits_job {
+    km__limit_cfg *out;
+    uint32_t *set;
+} limits_job;
+
+static int limits_job_run(cfg_ctx *c, json_t *root, void *arg)
+{
+    limits_job *j = arg;
+    const char *k;
+    json_t *v;
+    int rc;
+
+    if (!json_is_object(root))
+        return cfg_err(c, KM_ECONFIG, "limits: must be an object");
+    if ((rc = check_fields(c, root, "limits", window_fields)) != KM_OK)
+        return rc;
+    if (json_object_size(root) == 0)
+        return cfg_err(c, KM_ECONFIG, "limits: names no window");
+    json_object_foreach(root, k, v) {
+        char wpath[64];
+        int w = window_of(k);
+        snprintf(wpath, sizeof wpath, "limits.%s", k);
+        *j->set |= 1u << w;
+        if (json_is_null(v)) { /* the window's limit is removed */
+            memset(&j->out[w], 0, sizeof j->out[w]);
+            continue;
+        }
+        if ((rc = parse_limit(c, v, wpath, w, &j->out[w])) != KM_OK)
+            return rc;
+    }
+    return KM_OK;
+}
+
+int km__config_parse_limits(const char *json, km__limit_cfg out[KM_WIN_COUNT],
+                            uint32_t *set, char *errbuf, size_t errlen)
+{
+    cfg_ctx c = {"limits", errbuf, errlen, KM__DEF_CAP_INFLIGHT};
+    limits_job j = {out, set};
+    *set = 0;
+    memset(out, 0, KM_WIN_COUNT * sizeof *out);
+    return parse_one(&c, json, limits_job_run, &j);
 }
 
 KM_EXTERN int km_config_parse_file(const char *path, km_config **out,

@@ -56,6 +56,14 @@ typedef struct km__key_cfg {
     char meta[KM_META_MAX + 1]; /* compact JSON object text, or "" */
 } km__key_cfg;
 
+/* What a pool gives keys that do not say otherwise (kept in the segment
+ * for keys added later). */
+typedef struct km__pool_defaults {
+    km__limit_cfg limits[KM_WIN_COUNT];
+    uint32_t max_inflight;
+    uint64_t price_in, price_out; /* micro-USD per 1000 tokens */
+} km__pool_defaults;
+
 typedef struct km__model_cfg {
     char name[KM_ID_MAX + 1];
     km__limit_cfg limits[KM_WIN_COUNT]; /* per_model pools: on each key */
@@ -71,6 +79,7 @@ typedef struct km__pool_cfg {
     km__model_cfg *models;      /* n_models entries (owned by the config) */
     uint64_t budget_microusd;   /* 0: none */
     int budget_hard;
+    km__pool_defaults defaults;
 } km__pool_cfg;
 
 struct km_config {
@@ -102,6 +111,8 @@ struct km_env {
     uint64_t owner;    /* tag of this process's slot: lease owner value */
     int pid;           /* getpid() at attach: fork detection */
     uint64_t last_reap_ns; /* km_acquire's reap at most once a second */
+    int rd_fence;      /* 1: membarrier unavailable; readers fence themselves */
+    uint32_t admin_timeout_ms; /* grace-period waits of reconfiguration */
 };
 
 /* shm/segment.c */
@@ -121,6 +132,10 @@ int km__reap_dead(km_env *env, km_reap_report *report, int repair);
 
 /* src/pool.c */
 uint32_t km__hash(const char *s);
+uint64_t km__rr_magic(uint32_t n);
+void km__key_write(km_env *e, km__key *k, uint32_t pool, const km__key_cfg *kc);
+uint32_t km__key_limits_write(km__key *k, const km__limit_cfg *lc);
+void km__wake_pool(km_env *e, uint32_t pool);
 void km__pool_init(km_env *env, const km_config *cfg);
 /* Release (as abandoned) every ACTIVE lease held by `owner`. */
 void km__release_all_owned(km_env *env, uint64_t owner);
@@ -133,10 +148,11 @@ static inline km__pool *km__pools(const km_env *e)
 {
     return (km__pool *)KM__AT(e->base, e->hdr->off_pools);
 }
-static inline km__member *km__members(const km_env *e, uint32_t pool)
+/* Member list `buf` (0 or 1) of a pool; the current one is pool.cur. */
+static inline km__member *km__members(const km_env *e, uint32_t pool, uint32_t buf)
 {
     return (km__member *)KM__AT(e->base, e->hdr->off_members) +
-           (size_t)pool * e->hdr->cap_keys;
+           ((size_t)pool * 2 + (buf & 1)) * e->hdr->cap_keys;
 }
 static inline km__model *km__models(const km_env *e, uint32_t pool)
 {
@@ -161,5 +177,40 @@ static inline km__proc *km__procs(const km_env *e)
 {
     return (km__proc *)KM__AT(e->base, e->hdr->off_procs);
 }
+
+static inline km__rdr *km__rdrs(const km_env *e, uint32_t proc_slot)
+{
+    return (km__rdr *)KM__AT(e->base, e->hdr->off_readers) +
+           (size_t)proc_slot * KM__RDR_PER_PROC;
+}
+
+/* shm/epoch.c: cross-process epochs (the argument is at the top of it). */
+/* This thread's reader row in e's process group (claimed on first use). */
+km__rdr *km__epoch_bind(km_env *e);
+void km__epoch_enter_ovf(km_env *e, km__rdr *r, uint64_t now);
+void km__epoch_exit_ovf(km__rdr *r);
+/* Wait until every reader that entered before this call has left (dead
+ * processes excepted), at most timeout_ms.  KM_OK, or KM_EBUSY (a live
+ * reader held it back), or KM_ESYS (no membarrier). */
+int km__epoch_sync(km_env *e, uint32_t timeout_ms);
+/* Register for expedited membarrier at attach; sets e->rd_fence if not. */
+void km__epoch_attach(km_env *e);
+/* Clear the reader rows of process slot `slot` (its owner is gone). */
+void km__epoch_rows_reset(km_env *e, uint32_t slot);
+
+/* src/reconfig.c */
+int km__admin_lock(km_env *e);
+void km__admin_unlock(km_env *e);
+void km__admin_init(km_env *e);
+
+/* src/config.c: one key object, or a limits object, against a pool's
+ * defaults (the segment's), for reconfiguration. */
+int km__config_parse_key(const char *json, const km__pool_defaults *pd,
+                         uint32_t cap_inflight, km__key_cfg *out,
+                         char *errbuf, size_t errlen);
+/* Windows named in `json` replace; null removes a window's limit.
+ * *set: bit w given (with a limit or null). */
+int km__config_parse_limits(const char *json, km__limit_cfg out[KM_WIN_COUNT],
+                            uint32_t *set, char *errbuf, size_t errlen);
 
 #endif /* KM_INTERNAL_H */

@@ -131,13 +131,14 @@ static void km__state_to(km__key *k, uint32_t from_mask, uint32_t to)
 typedef struct km__lview {
     uint32_t seq, tokens, key_gen, model;
     uint64_t start_ns;
+    uint32_t res_mask;
 } km__lview;
 
 static inline km__lview km__lease_read(const km__lease *ls)
 {
     return (km__lview){ck_pr_load_32(&ls->seq), ck_pr_load_32(&ls->tokens),
                        ck_pr_load_32(&ls->key_gen), ck_pr_load_32(&ls->model),
-                       ck_pr_load_64(&ls->start_ns)};
+                       ck_pr_load_64(&ls->start_ns), ck_pr_load_32(&ls->res_mask)};
 }
 
 /* Slot counters have one writer at a time, the slot's owner (see km__lease
@@ -163,6 +164,8 @@ static uint32_t km__limits_init(const km__limit_cfg *lc, uint64_t *T, uint64_t *
 {
     uint32_t mask = 0;
     for (int w = 0; w < KM_WIN_COUNT; w++) {
+        T[w] = tau[w] = limit[w] = burst[w] = 0;
+        mode[w] = 0;
         if (lc[w].limit == 0 ||
             km__limit_gcra(&lc[w], km__window_period_ns(w), &T[w], &tau[w], &burst[w]))
             continue; /* the parser already refused unrealisable limits */
@@ -180,6 +183,41 @@ static uint32_t km__min_tok_burst(uint32_t mask, const uint64_t *burst)
         if (mask & (1u << w))
             m = km__min64(m, burst[w]);
     return (uint32_t)m;
+}
+
+/* ceil(2^64 / n); wraps to 0 for n == 1, which fastmod maps to 0. */
+uint64_t km__rr_magic(uint32_t n) { return n ? UINT64_MAX / n + 1 : 0; }
+
+/* Write a key row's configuration and identity from kc: at creation, and
+ * by km_key_add on a row no reader can reach (state FREE).  Counters,
+ * limit words and state are the caller's. */
+void km__key_write(km_env *e, km__key *k, uint32_t pool, const km__key_cfg *kc)
+{
+    k->win_mask = km__limits_init(kc->limits, k->emission_ns, k->tau_ns,
+                                  k->limit, k->burst, k->mode);
+    k->min_tok_burst = km__min_tok_burst(k->win_mask, k->burst);
+    k->weight = kc->weight ? kc->weight : 1;
+    k->pool = pool;
+    k->max_inflight = kc->max_inflight && kc->max_inflight <= e->hdr->cap_inflight
+                          ? kc->max_inflight : e->hdr->cap_inflight;
+    memcpy(k->id, kc->id, sizeof(k->id));
+    memcpy(k->secret, kc->secret, sizeof(k->secret));
+    k->secret_len = kc->secret_len;
+    memcpy(k->meta, kc->meta, sizeof(k->meta));
+    k->meta_len = (uint32_t)strnlen(kc->meta, KM_META_MAX);
+    k->price_in = kc->price_in;
+    k->price_out = kc->price_out;
+    k->budget_microusd = kc->budget_microusd;
+    k->budget_hard = (uint32_t)kc->budget_hard;
+    k->success_ppm = 1000000; /* healthy until shown otherwise */
+}
+
+/* Limit parameters of one set of windows from kc (set-limits). */
+uint32_t km__key_limits_write(km__key *k, const km__limit_cfg *lc)
+{
+    k->win_mask = km__limits_init(lc, k->emission_ns, k->tau_ns, k->limit, k->burst, k->mode);
+    k->min_tok_burst = km__min_tok_burst(k->win_mask, k->burst);
+    return k->win_mask;
 }
 
 static const km__key_cfg *km__sort_keys; /* creation is single-threaded */
@@ -203,13 +241,21 @@ void km__pool_init(km_env *e, const km_config *cfg)
     for (uint32_t p = 0; p < cfg->n_pools; p++) {
         const km__pool_cfg *pc = &cfg->pools[p];
         km__pool *pool = &km__pools(e)[p];
-        km__member *m = km__members(e, p);
+        km__member *m = km__members(e, p, 0);
         km__model *md = km__models(e, p);
         uint64_t cum = 0;
 
         memcpy(pool->name, pc->name, sizeof(pool->name));
         pool->strategy = (uint32_t)pc->strategy;
-        pool->n_keys = pc->n_keys;
+        pool->view[0].n_keys = pc->n_keys;
+        for (int w = 0; w < KM_WIN_COUNT; w++) {
+            pool->def_limit[w] = pc->defaults.limits[w].limit;
+            pool->def_burst[w] = pc->defaults.limits[w].burst;
+            pool->def_mode[w] = (uint8_t)pc->defaults.limits[w].mode;
+        }
+        pool->def_max_inflight = pc->defaults.max_inflight;
+        pool->def_price_in = pc->defaults.price_in;
+        pool->def_price_out = pc->defaults.price_out;
         pool->cooldown_s = pc->cooldown_s;
         pool->max_cooldown_s = pc->max_cooldown_s;
         pool->max_failures = pc->max_failures;
@@ -229,23 +275,7 @@ void km__pool_init(km_env *e, const km_config *cfg)
             const km__key_cfg *kc = &cfg->keys[ki];
             km__key *k = &keys[ki];
 
-            k->win_mask = km__limits_init(kc->limits, k->emission_ns, k->tau_ns,
-                                          k->limit, k->burst, k->mode);
-            k->min_tok_burst = km__min_tok_burst(k->win_mask, k->burst);
-            k->weight = kc->weight ? kc->weight : 1;
-            k->pool = p;
-            k->max_inflight = kc->max_inflight && kc->max_inflight <= h->cap_inflight
-                                  ? kc->max_inflight : h->cap_inflight;
-            memcpy(k->id, kc->id, sizeof(k->id));
-            memcpy(k->secret, kc->secret, sizeof(k->secret));
-            k->secret_len = kc->secret_len;
-            memcpy(k->meta, kc->meta, sizeof(k->meta));
-            k->meta_len = (uint32_t)strnlen(kc->meta, KM_META_MAX);
-            k->price_in = kc->price_in;
-            k->price_out = kc->price_out;
-            k->budget_microusd = kc->budget_microusd;
-            k->budget_hard = (uint32_t)kc->budget_hard;
-            k->success_ppm = 1000000; /* healthy until shown otherwise */
+            km__key_write(e, k, p, kc);
             k->state = KM__ST_ACTIVE;
             k->gen = 1;
             cum += k->weight;
@@ -263,9 +293,8 @@ void km__pool_init(km_env *e, const km_config *cfg)
                 m[j].by_cost = order[j];
             free(order);
         }
-        pool->total_weight = cum;
-        /* ceil(2^64 / n); wraps to 0 for n == 1, which fastmod maps to 0. */
-        pool->rr_magic = pc->n_keys ? UINT64_MAX / pc->n_keys + 1 : 0;
+        pool->view[0].total_weight = cum;
+        pool->view[0].rr_magic = km__rr_magic(pc->n_keys);
     }
     for (uint32_t ki = cfg->n_keys; ki < h->cap_keys; ki++)
         keys[ki].state = KM__ST_FREE;
@@ -495,11 +524,52 @@ static __thread uint64_t km__rng;
 static __thread uint32_t km__rr_cursor;
 static uint32_t km__pid; /* cached at load and in a forked child: no getpid() per seed */
 
+/* This thread's reader row (shm/epoch.c) for the handle it last used. */
+static __thread km__rdr *km__rd_row;
+static __thread const km_env *km__rd_env;
+static __thread int km__rd_shared; /* the row is its process's overflow row */
+
 static void km__atfork_child(void)
 {
     km__rng = 0;
     km__rr_cursor = 0;
     km__pid = (uint32_t)getpid();
+    km__rd_env = NULL; /* the parent's row is the parent's */
+}
+
+/* Enter an epoch section (see shm/epoch.c for the argument).  The row
+ * store is plain: a writer's membarrier supplies the store-load barrier,
+ * unless this process could not register for it (rd_fence). */
+KM__HOT km__rdr *km__rd_enter(km_env *e, uint64_t now)
+{
+    km__rdr *r = km__rd_row;
+    if (__builtin_expect(km__rd_env != e, 0)) {
+        r = km__rd_row = km__epoch_bind(e);
+        km__rd_shared = r == km__rdrs(e, e->proc_slot);
+        km__rd_env = e;
+    }
+    if (__builtin_expect(km__rd_shared, 0)) {
+        km__epoch_enter_ovf(e, r, now);
+        return r;
+    }
+    ck_pr_store_64(&r->enter_ns, now);
+    ck_pr_store_64(&r->word, ck_pr_load_64(&e->hdr->epoch));
+    if (__builtin_expect(e->rd_fence, 0))
+        ck_pr_fence_memory(); /* row store before the section's loads */
+    else
+        ck_pr_barrier(); /* the compiler keeps the order; the CPU's is the writer's membarrier */
+    return r;
+}
+
+/* Leave: every load of the section completes before the row reads idle. */
+KM__HOT void km__rd_exit(km__rdr *r)
+{
+    if (__builtin_expect(km__rd_shared, 0)) {
+        km__epoch_exit_ovf(r);
+        return;
+    }
+    ck_pr_fence_release();
+    ck_pr_store_64(&r->word, 0);
 }
 
 __attribute__((constructor)) static void km__register_atfork(void)
@@ -546,6 +616,11 @@ static int km__try_key(km_env *e, uint32_t ki, km__scan *sc, km_lease *out)
 
     if (!km__live(st))
         return 0;
+    if (ck_pr_load_32(&k->updating)) { /* limits being changed: briefly */
+        sc->usable++;
+        sc->retry = km__min64(sc->retry, sc->now + KM__POLL_BUSY_NS);
+        return 0;
+    }
     if (km__over_budget(k)) {
         if (k->budget_hard) { /* spent: the key is exhausted until enabled */
             km__state_to(k, KM__LIVE_STATES, KM__ST_EXHAUSTED);
@@ -593,6 +668,7 @@ static int km__try_key(km_env *e, uint32_t ki, km__scan *sc, km_lease *out)
     ck_pr_store_64(&ls->start_ns, sc->now);
     ck_pr_store_32(&ls->key_gen, gen);
     ck_pr_store_32(&ls->model, sc->md ? sc->model : 0); /* whose windows settle at release */
+    ck_pr_store_32(&ls->res_mask, kset.mask & KM__TOKEN_WINS); /* which windows it reserves */
     ck_pr_store_32(&ls->phase, KM__LP_ADMITTING);
     /* The phase store must be visible before any limit word changes, so a
      * reaper that finds our charges can find this slot.  The atomics below
@@ -664,7 +740,7 @@ static int km__eligible(km_env *e, uint32_t ki, km__scan *sc)
     uint32_t st = ck_pr_load_32(&k->state);
     km__lset kset = km__key_lset(k);
 
-    if ((st != KM__ST_ACTIVE && st != KM__ST_FAILING) ||
+    if ((st != KM__ST_ACTIVE && st != KM__ST_FAILING) || ck_pr_load_32(&k->updating) ||
         sc->now < ck_pr_load_64(&k->cooldown_until) || !km__precheck(&kset, sc))
         return 0;
     if (sc->md) {
@@ -768,12 +844,9 @@ static int km__model_find(km_env *e, uint32_t p, const char *name)
 }
 
 /* One pass over the pool in the order of `strategy`. */
-KM__HOT int km__pass(km_env *e, uint32_t p, int strategy, uint32_t start, km__scan *sc,
-                    km_lease *out)
+KM__HOT int km__pass(km_env *e, const km__member *m, uint32_t n, int strategy, uint32_t start,
+                    km__scan *sc, km_lease *out)
 {
-    const km__member *m = km__members(e, p);
-    uint32_t n = km__pools(e)[p].n_keys;
-
     switch (strategy) {
     case KM_STRATEGY_LEAST_BUSY:
     case KM_STRATEGY_LATENCY:
@@ -820,48 +893,49 @@ KM_EXTERN int km_acquire(km_env *e, const km_request *req, km_lease *out)
     return km__acquire(e, req, out, &wake);
 }
 
-static int km__acquire_once(km_env *e, const km_request *req, km_lease *out, uint64_t *wake)
+/* Key index of `id` among the n members of m, or KM_ENOKEY.  Removed keys
+ * are not found. */
+static int km__find_in(km_env *e, const km__member *m, uint32_t n, const char *id)
 {
-    if (!e || !req || !out || req->pool < 0)
-        return KM_EINVAL;
-    if ((uint32_t)req->pool >= e->hdr->n_pools)
-        return KM_ENOPOOL;
-    uint32_t p = (uint32_t)req->pool;
-    km__pool *pool = &km__pools(e)[p];
-    uint32_t n = pool->n_keys, start = 0;
-    int strategy = req->strategy ? req->strategy : (int)pool->strategy;
-    km__scan sc = {.now = km__now(), .retry = KM__NEVER, .poll = KM__NEVER,
-                   .tokens = req->tokens};
+    const km__key *keys = km__keys(e);
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t ki = ck_pr_load_32(&m[i].key);
+        if (ki < e->hdr->cap_keys && strncmp(keys[ki].id, id, KM_ID_MAX + 1) == 0 &&
+            ck_pr_load_32(&keys[ki].state) < KM__ST_FREE)
+            return (int)ki;
+    }
+    return KM_ENOKEY;
+}
 
-    *wake = KM__NEVER;
+/* The choice of a key, inside an epoch section: the member list loaded here
+ * is used throughout, and the key's row stays the key's until the section
+ * ends (see shm/epoch.c). */
+KM__HOT int km__acquire_in(km_env *e, uint32_t p, int strategy, const km_request *req,
+                           km__scan *sc, km_lease *out, uint64_t *wake)
+{
+    km__pool *pool = &km__pools(e)[p];
+    /* Pairs with the writer's release store of cur: the list and view it
+     * names were written before (src/reconfig.c). */
+    uint32_t b = ck_pr_load_32(&pool->cur) & 1;
+    ck_pr_fence_load();
+    const km__pview *v = &pool->view[b];
+    const km__member *m = km__members(e, p, b);
+    uint32_t n = ck_pr_load_32(&v->n_keys), start = 0;
+
     if (n == 0 || n > e->hdr->cap_keys)
         return n == 0 ? KM_EUNAVAIL : KM_ECORRUPT;
-    if (strategy <= KM_STRATEGY_DEFAULT || strategy >= KM_STRATEGY_COUNT)
-        return KM_EINVAL;
-    if (req->model && pool->n_models) {
-        int mi = km__model_find(e, p, req->model);
-        if (mi < 0)
-            return KM_ENOMODEL;
-        sc.model = (uint32_t)mi + 1;
-        if (pool->model_mode == KM_MODELS_PER_MODEL)
-            sc.md = &km__models(e, p)[mi];
-    }
-    if (pool->budget_microusd && pool->budget_hard &&
-        ck_pr_load_64(&pool->spent_microusd) >= pool->budget_microusd)
-        return KM_EBUDGET;
-
     if (req->key_id) { /* pinned: that key or nothing */
-        int ki = km_key_find(e, (int)p, req->key_id);
+        int ki = km__find_in(e, m, n, req->key_id);
         if (ki < 0)
             return ki;
-        if (km__try_key(e, (uint32_t)ki, &sc, out))
+        if (km__try_key(e, (uint32_t)ki, sc, out))
             return KM_OK;
-        if (sc.soft_skipped) {
-            sc.allow_soft = 1;
-            if (km__try_key(e, (uint32_t)ki, &sc, out))
+        if (sc->soft_skipped) {
+            sc->allow_soft = 1;
+            if (km__try_key(e, (uint32_t)ki, sc, out))
                 return KM_OK;
         }
-        return km__finish(&sc, out, wake);
+        return km__finish(sc, out, wake);
     }
     switch (strategy) {
     case KM_STRATEGY_ROUND_ROBIN: {
@@ -874,12 +948,11 @@ static int km__acquire_once(km_env *e, const km_request *req, km_lease *out, uin
         if (km__rr_cursor == 0)
             km__rr_cursor = (uint32_t)(km__rand() >> 33) | 1;
         uint32_t c = km__rr_cursor++;
-        start = n == 1 ? 0 : (uint32_t)(((unsigned __int128)(pool->rr_magic * c) * n) >> 64);
+        start = n == 1 ? 0 : (uint32_t)(((unsigned __int128)(v->rr_magic * c) * n) >> 64);
         break;
     }
     case KM_STRATEGY_WEIGHTED: {
-        const km__member *m = km__members(e, p);
-        uint64_t total = pool->total_weight ? pool->total_weight : 1;
+        uint64_t total = v->total_weight ? v->total_weight : 1;
         uint32_t r = (uint32_t)(km__rand() % total), lo = 0, hi = n - 1;
         while (lo < hi) { /* first member whose running sum exceeds r */
             uint32_t mid = lo + (hi - lo) / 2;
@@ -894,14 +967,47 @@ static int km__acquire_once(km_env *e, const km_request *req, km_lease *out, uin
     default: /* fill_first starts at the first key; the others ignore start */
         break;
     }
-    if (km__pass(e, p, strategy, start, &sc, out))
+    if (km__pass(e, m, n, strategy, start, sc, out))
         return KM_OK;
-    if (sc.soft_skipped) { /* only keys over a soft budget are left */
-        sc.allow_soft = 1;
-        if (km__pass(e, p, strategy, start, &sc, out))
+    if (sc->soft_skipped) { /* only keys over a soft budget are left */
+        sc->allow_soft = 1;
+        if (km__pass(e, m, n, strategy, start, sc, out))
             return KM_OK;
     }
-    return km__finish(&sc, out, wake);
+    return km__finish(sc, out, wake);
+}
+
+static int km__acquire_once(km_env *e, const km_request *req, km_lease *out, uint64_t *wake)
+{
+    if (!e || !req || !out || req->pool < 0)
+        return KM_EINVAL;
+    if ((uint32_t)req->pool >= e->hdr->n_pools)
+        return KM_ENOPOOL;
+    uint32_t p = (uint32_t)req->pool;
+    km__pool *pool = &km__pools(e)[p];
+    int strategy = req->strategy ? req->strategy : (int)pool->strategy;
+    km__scan sc = {.now = km__now(), .retry = KM__NEVER, .poll = KM__NEVER,
+                   .tokens = req->tokens};
+
+    *wake = KM__NEVER;
+    if (strategy <= KM_STRATEGY_DEFAULT || strategy >= KM_STRATEGY_COUNT)
+        return KM_EINVAL;
+    if (req->model && pool->n_models) {
+        int mi = km__model_find(e, p, req->model);
+        if (mi < 0)
+            return KM_ENOMODEL;
+        sc.model = (uint32_t)mi + 1;
+        if (pool->model_mode == KM_MODELS_PER_MODEL)
+            sc.md = &km__models(e, p)[mi];
+    }
+    if (pool->budget_microusd && pool->budget_hard &&
+        ck_pr_load_64(&pool->spent_microusd) >= pool->budget_microusd)
+        return KM_EBUDGET;
+
+    km__rdr *r = km__rd_enter(e, sc.now);
+    int rc = km__acquire_in(e, p, strategy, req, &sc, out, wake);
+    km__rd_exit(r);
+    return rc;
 }
 
 /* One acquire, and if nothing was admissible (KM_EAGAIN, KM_EUNAVAIL), a
@@ -979,9 +1085,9 @@ KM_EXTERN int km_acquire_wait(km_env *e, const km_request *req, km_lease *out,
 /* Commit one set's token reservation: `actual` tokens charged as of the
  * lease's start, reservation dropped, in one 16-byte CAS per window (see
  * the top of the file). */
-KM__HOT void km__settle_set(const km__lset *set, const km__lview *lv, uint64_t actual)
+KM__HOT void km__settle_set(const km__lset *set, const km__lview *lv, uint64_t actual,
+                            uint32_t mask)
 {
-    uint32_t mask = set->mask & KM__TOKEN_WINS;
     uint64_t reserved = lv->tokens;
 
     while (mask) {
@@ -1005,11 +1111,13 @@ KM__HOT void km__settle(km_env *e, uint32_t ki, km__key *k, km__lease *ls,
     if (lv->tokens == 0 && actual == 0)
         return;
     km__lset kset = km__key_lset(k);
-    km__settle_set(&kset, lv, actual);
+    /* The windows the lease reserved, at today's rates: a window removed
+     * since (km_key_set_limits) has T = 0 and only drops the reservation. */
+    km__settle_set(&kset, lv, actual, lv->res_mask & KM__TOKEN_WINS);
     if (lv->model && k->pool < e->hdr->n_pools && lv->model <= e->hdr->cap_models) {
         km__lset mset = km__model_lset(e, ki, &km__models(e, k->pool)[lv->model - 1],
                                        lv->model - 1);
-        km__settle_set(&mset, lv, actual);
+        km__settle_set(&mset, lv, actual, mset.mask & KM__TOKEN_WINS);
     }
     KM__SLOT_ADD(ls->tokens_used, actual);
 }
@@ -1052,6 +1160,8 @@ static void km__wake(km__pool *pool)
     ck_pr_inc_32(&pool->wake_seq);
     syscall(SYS_futex, &pool->wake_seq, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
 }
+
+void km__wake_pool(km_env *e, uint32_t pool) { km__wake(&km__pools(e)[pool]); }
 
 static uint64_t km__backoff_ns(uint32_t base_s, uint32_t max_s, uint32_t n)
 {
@@ -1335,7 +1445,7 @@ static int km__owner_alive(km_env *e, uint64_t owner, km__live_cache *c)
 static int km__scan_slots(const km__lease *ls, uint32_t n, uint64_t mine, uint64_t *sig,
                           uint64_t *sum, uint64_t *msum, uint32_t n_models)
 {
-    uint64_t h = 0xcbf29ce484222325ull, tot = 0;
+    uint64_t h = 0xcbf29ce484222325ull, tot[KM_WIN_COUNT] = {0};
     if (msum && n_models)
         memset(msum, 0, sizeof(uint64_t) * n_models);
     for (uint32_t s = 0; s < n; s++) {
@@ -1345,7 +1455,9 @@ static int km__scan_slots(const km__lease *ls, uint32_t n, uint64_t mine, uint64
             return 0; /* a live operation in flight */
         if (o && ph == KM__LP_ACTIVE) {
             km__lview lv = km__lease_read(&ls[s]);
-            tot += lv.tokens;
+            for (int w = KM_WIN_TPM; w <= KM_WIN_TPD; w++)
+                if (lv.res_mask & (1u << w))
+                    tot[w] += lv.tokens;
             if (msum && lv.model && lv.model <= n_models)
                 msum[lv.model - 1] += lv.tokens;
         }
@@ -1356,7 +1468,7 @@ static int km__scan_slots(const km__lease *ls, uint32_t n, uint64_t mine, uint64
     }
     *sig = h;
     if (sum)
-        *sum = tot;
+        memcpy(sum, tot, sizeof(tot));
     return 1;
 }
 
@@ -1383,7 +1495,7 @@ static int km__recount_key(km_env *e, uint32_t ki, km__live_cache *lc, int repai
         taken++;
         if (ph == KM__LP_RELEASING) { /* commit the estimate; reservation below */
             releasing[s / 64] |= UINT64_C(1) << (s % 64);
-            uint32_t mask = kset.mask & KM__TOKEN_WINS;
+            uint32_t mask = ck_pr_load_32(&ls[s].res_mask) & KM__TOKEN_WINS;
             while (mask) {
                 int w = __builtin_ctz(mask);
                 mask &= mask - 1;
@@ -1401,7 +1513,7 @@ static int km__recount_key(km_env *e, uint32_t ki, km__live_cache *lc, int repai
      * dead slots to settle, only a drift to look for. */
     int tries = taken ? KM__RECOUNT_TRIES : KM__RECOUNT_TRIES / 20;
     for (int t = 0; t < tries && !done; t++) {
-        uint64_t sig1, sig2, rk[KM_WIN_COUNT], sk[KM_WIN_COUNT] = {0}, tot;
+        uint64_t sig1, sig2, rk[KM_WIN_COUNT], sk[KM_WIN_COUNT] = {0}, tot[KM_WIN_COUNT];
         uint64_t rm[KM_MODELS_MAX][3], sm[KM_MODELS_MAX][3], msum[KM_MODELS_MAX];
         if (!km__scan_slots(ls, n, mine, &sig1, NULL, NULL, 0)) {
             sched_yield();
@@ -1412,17 +1524,17 @@ static int km__recount_key(km_env *e, uint32_t ki, km__live_cache *lc, int repai
         for (uint32_t m = 0; m < n_models; m++)
             for (int w = 0; w < 3; w++)
                 rm[m][w] = ck_pr_load_64(&km__mwins(e, ki)[m].win[KM_WIN_TPM + w].reserved);
-        if (!km__scan_slots(ls, n, mine, &sig2, &tot, msum, n_models) || sig1 != sig2)
+        if (!km__scan_slots(ls, n, mine, &sig2, tot, msum, n_models) || sig1 != sig2)
             continue;
         /* The sums of the validated scan itself (see km__scan_slots). */
         for (int w = KM_WIN_TPM; w <= KM_WIN_TPD; w++)
-            sk[w] = tot;
+            sk[w] = tot[w];
         for (uint32_t m = 0; m < n_models; m++)
             for (int w = 0; w < 3; w++)
                 sm[m][w] = msum[m];
         done = 1;
         for (int w = KM_WIN_TPM; w <= KM_WIN_TPD && done; w++) {
-            if (!(k->win_mask & (1u << w)) || rk[w] == sk[w])
+            if (rk[w] == sk[w]) /* a removed window too: its leases still count */
                 continue;
             if (ck_pr_cas_64(&k->win[w].reserved, rk[w], sk[w]))
                 *changed = 1;
@@ -1586,7 +1698,7 @@ KM_EXTERN int km_pool_info_get(km_env *e, int pool, km_pool_info *out)
     memset(out, 0, sizeof(*out));
     memcpy(out->name, p->name, KM_ID_MAX);
     out->strategy = (int)p->strategy;
-    out->n_keys = p->n_keys;
+    out->n_keys = ck_pr_load_32(&p->view[ck_pr_load_32(&p->cur) & 1].n_keys);
     out->cooldown_s = p->cooldown_s;
     out->max_cooldown_s = p->max_cooldown_s;
     out->max_failures = p->max_failures;
@@ -1605,9 +1717,12 @@ KM_EXTERN int km_pool_key(km_env *e, int pool, uint32_t i)
         return KM_EINVAL;
     if (pool < 0 || (uint32_t)pool >= e->hdr->n_pools)
         return KM_ENOPOOL;
-    if (i >= km__pools(e)[pool].n_keys)
+    const km__pool *p = &km__pools(e)[pool];
+    uint32_t b = ck_pr_load_32(&p->cur) & 1;
+    ck_pr_fence_load(); /* cur before the list it names */
+    if (i >= ck_pr_load_32(&p->view[b].n_keys))
         return KM_ENOKEY;
-    uint32_t ki = km__members(e, (uint32_t)pool)[i].key;
+    uint32_t ki = ck_pr_load_32(&km__members(e, (uint32_t)pool, b)[i].key);
     return ki < e->hdr->cap_keys ? (int)ki : KM_ECORRUPT;
 }
 
@@ -1617,19 +1732,21 @@ KM_EXTERN int km_key_find(km_env *e, int pool, const char *id)
         return KM_EINVAL;
     if (pool < 0 || (uint32_t)pool >= e->hdr->n_pools)
         return KM_ENOPOOL;
-    for (uint32_t i = 0; i < km__pools(e)[pool].n_keys; i++) {
-        int ki = km_pool_key(e, pool, i);
-        if (ki >= 0 && strncmp(km__keys(e)[ki].id, id, KM_ID_MAX + 1) == 0)
-            return ki;
-    }
-    return KM_ENOKEY;
+    const km__pool *p = &km__pools(e)[pool];
+    km__rdr *r = km__rd_enter(e, km__now());
+    uint32_t b = ck_pr_load_32(&p->cur) & 1;
+    ck_pr_fence_load(); /* cur before the list it names */
+    int rc = km__find_in(e, km__members(e, (uint32_t)pool, b),
+                         km__min64(ck_pr_load_32(&p->view[b].n_keys), e->hdr->cap_keys), id);
+    km__rd_exit(r);
+    return rc;
 }
 
 KM_EXTERN int km_key_info_get(km_env *e, uint32_t key, km_key_info *out)
 {
     if (!e || !out)
         return KM_EINVAL;
-    if (key >= e->hdr->cap_keys || ck_pr_load_32(&km__keys(e)[key].state) == KM__ST_FREE)
+    if (key >= e->hdr->cap_keys || ck_pr_load_32(&km__keys(e)[key].state) >= KM__ST_FREE)
         return KM_ENOKEY;
     const km__key *k = &km__keys(e)[key];
     uint64_t now = km__now();
@@ -1701,20 +1818,22 @@ KM_EXTERN int km_key_set_state(km_env *e, uint32_t key, int state)
 {
     if (!e || (state != KM_KEY_ACTIVE && state != KM_KEY_DISABLED))
         return KM_EINVAL;
-    if (key >= e->hdr->cap_keys || ck_pr_load_32(&km__keys(e)[key].state) == KM__ST_FREE)
+    if (key >= e->hdr->cap_keys || ck_pr_load_32(&km__keys(e)[key].state) >= KM__ST_FREE)
         return KM_ENOKEY;
     km__key *k = &km__keys(e)[key];
+    /* Never out of FREE or REMOVED: those rows belong to reconfiguration. */
+    const uint32_t gone = (1u << KM__ST_FREE) | (1u << KM__ST_REMOVED);
     if (state == KM_KEY_ACTIVE) {
         /* Health first, then the state that lets acquirers in. */
         ck_pr_store_32(&k->consec_fail, 0);
         ck_pr_store_32(&k->consec_429, 0);
         ck_pr_store_64(&k->cooldown_until, 0);
         ck_pr_fence_store();
-        km__state_to(k, ~(1u << KM__ST_FREE) & ~(1u << KM__ST_ACTIVE), KM__ST_ACTIVE);
+        km__state_to(k, ~gone & ~(1u << KM__ST_ACTIVE), KM__ST_ACTIVE);
         if (k->pool < e->hdr->n_pools)
             km__wake(&km__pools(e)[k->pool]);
     } else {
-        km__state_to(k, ~(1u << KM__ST_FREE), KM__ST_DISABLED);
+        km__state_to(k, ~gone, KM__ST_DISABLED);
     }
     return KM_OK;
 }
