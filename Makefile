@@ -147,7 +147,7 @@ check: test
 TORTURE_S ?= 30
 torture: deps
 	@$(MAKE) --no-print-directory all $(TEST_BIN)
-	KM_BUILD=$(BUILD) KM_TORTURE_S=$(TORTURE_S) prove -v $(BUILD)/tests/t_crash
+	KM_BUILD=$(BUILD) KM_TORTURE_S=$(TORTURE_S) prove -v $(BUILD)/tests/t_crash $(BUILD)/tests/t_reconfig
 
 bench: deps
 	@$(MAKE) --no-print-directory all $(BENCH_BIN)

@@ -1063,7 +1063,7 @@ int km__config_parse_key(const char *json, const km__pool_defaults *pd,
                          uint32_t cap_inflight, km__key_cfg *out,
                          char *errbuf, size_t errlen)
 {
-    cfg_ctx c = {"key", errbuf, errlen, cap_inflight};
+    cfg_ctx c = {"json", errbuf, errlen, cap_inflight};
     key_job j = {pd, out};
     memset(out, 0, sizeof *out);
     int rc = parse_one(&c, json, key_job_run, &j);
@@ -1108,7 +1108,7 @@ static int limits_job_run(cfg_ctx *c, json_t *root, void *arg)
 int km__config_parse_limits(const char *json, km__limit_cfg out[KM_WIN_COUNT],
                             uint32_t *set, char *errbuf, size_t errlen)
 {
-    cfg_ctx c = {"limits", errbuf, errlen, KM__DEF_CAP_INFLIGHT};
+    cfg_ctx c = {"json", errbuf, errlen, KM__DEF_CAP_INFLIGHT};
     limits_job j = {out, set};
     *set = 0;
     memset(out, 0, KM_WIN_COUNT * sizeof *out);

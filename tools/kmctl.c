@@ -57,6 +57,15 @@ static const char usage_main[] =
     "                    cooldown and failure counts)\n"
     "  disable NAME POOL KEY_ID\n"
     "                    take a key out of service (leases out may finish)\n"
+    "  add-key NAME POOL KEY_ID (--secret-env VAR | --secret-file FILE)\n"
+    "          [--weight N] [--limits JSON] [--max-inflight N]\n"
+    "                    add a key to a pool while workers run\n"
+    "  remove-key NAME POOL KEY_ID\n"
+    "                    remove a key: no new lease from the moment it returns\n"
+    "  set-weight NAME POOL KEY_ID WEIGHT\n"
+    "                    change a key's weight (weighted strategy)\n"
+    "  set-limits NAME POOL KEY_ID JSON\n"
+    "                    change a key's limits, e.g. '{\"rpm\": 500, \"tpm\": null}'\n"
     "  ps NAME [--json]  list the attached processes (pid, alive, leases)\n"
     "  reap NAME [--json]\n"
     "                    release what processes that died without detaching\n"
@@ -221,6 +230,92 @@ static const char usage_disable[] =
     "\n"
     "Example:\n"
     "  kmctl disable llm openai b\n";
+
+static const char usage_add_key[] =
+    "Usage: kmctl add-key NAME POOL KEY_ID (--secret-env VAR | --secret-file FILE)\n"
+    "                     [--weight N] [--limits JSON] [--max-inflight N]\n"
+    "                     [--timeout MS]\n"
+    "\n"
+    "Add key KEY_ID to pool POOL of segment NAME while workers acquire and\n"
+    "release.  The key is active and in the pool when the command returns.\n"
+    "Windows, prices and max_inflight not given take the pool's configured\n"
+    "defaults.  The secret never goes on the command line: --secret-env\n"
+    "names an environment variable holding it, --secret-file a file (its\n"
+    "trailing newline is dropped).  A removed key's slot is reused only after\n"
+    "a grace period and once its last lease is back.\n"
+    "\n"
+    "Options:\n"
+    "  --secret-env VAR    the secret is in environment variable VAR\n"
+    "  --secret-file FILE  the secret is the content of FILE\n"
+    "  --weight N          weight 1..1000000 (default 1)\n"
+    "  --limits JSON       the key's own limits, as in the configuration:\n"
+    "                      '{\"rpm\": 500, \"tpm\": {\"limit\": 90000}}'\n"
+    "  --max-inflight N    most concurrent leases on the key\n"
+    "  --timeout MS        longest wait for a grace period (default 1000)\n"
+    "  -h, --help          show this help\n"
+    "\n"
+    "Exit status: 0 added; 1 failure (id in use, no free slot, invalid\n"
+    "limits, a stalled reader: the message says which); 2 usage error; 3 no\n"
+    "such segment or pool.\n"
+    "\n"
+    "Example:\n"
+    "  OPENAI_KEY_C=sk-... kmctl add-key llm openai c --secret-env OPENAI_KEY_C\n";
+
+static const char usage_remove_key[] =
+    "Usage: kmctl remove-key NAME POOL KEY_ID [--timeout MS]\n"
+    "\n"
+    "Remove key KEY_ID from pool POOL.  No acquire that starts after the\n"
+    "command returns gets the key; leases already out may finish and are\n"
+    "settled as usual.  The key's slot and secret bytes are reused only\n"
+    "after a grace period (every acquire that could have seen the key has\n"
+    "finished) and once its last lease is back.\n"
+    "\n"
+    "Options:\n"
+    "  --timeout MS   longest wait for a grace period (default 1000); the\n"
+    "                 removal takes effect even if it times out\n"
+    "  -h, --help     show this help\n"
+    "\n"
+    "Exit status: 0 removed; 1 failure; 2 usage error; 3 no such segment,\n"
+    "pool or key.\n"
+    "\n"
+    "Example:\n"
+    "  kmctl remove-key llm openai b\n";
+
+static const char usage_set_weight[] =
+    "Usage: kmctl set-weight NAME POOL KEY_ID WEIGHT [--timeout MS]\n"
+    "\n"
+    "Change the weight (1..1000000) of key KEY_ID, used by the weighted\n"
+    "strategy.  Acquires running meanwhile use the old or the new weights.\n"
+    "\n"
+    "Options:\n"
+    "  --timeout MS   longest wait for a grace period (default 1000)\n"
+    "  -h, --help     show this help\n"
+    "\n"
+    "Exit status: 0 changed; 1 failure (nothing changed); 2 usage error; 3\n"
+    "no such segment, pool or key.\n"
+    "\n"
+    "Example:\n"
+    "  kmctl set-weight llm openai a 3\n";
+
+static const char usage_set_limits[] =
+    "Usage: kmctl set-limits NAME POOL KEY_ID JSON [--timeout MS]\n"
+    "\n"
+    "Change the limits of key KEY_ID.  JSON is an object of windows as in\n"
+    "the configuration (rpm, rph, rpd, tpm, tph, tpd); windows it names are\n"
+    "replaced, null removes a window's limit, the others are kept.  A\n"
+    "window's debt carries over in units: requests or tokens already counted\n"
+    "count against the new limit.  While the change is applied (one grace\n"
+    "period) acquirers skip the key.\n"
+    "\n"
+    "Options:\n"
+    "  --timeout MS   longest wait for a grace period (default 1000)\n"
+    "  -h, --help     show this help\n"
+    "\n"
+    "Exit status: 0 changed; 1 failure (invalid limits, or a stalled reader:\n"
+    "nothing changed); 2 usage error; 3 no such segment, pool or key.\n"
+    "\n"
+    "Example:\n"
+    "  kmctl set-limits llm openai a '{\"rpm\": 500, \"tpm\": {\"limit\": 90000}}'\n";
 
 static const char usage_ps[] =
     "Usage: kmctl ps NAME [--json]\n"
@@ -790,6 +885,35 @@ static int inspect_pool(km_env *env, const char *name, int pool)
 
 static int inspect_procs(km_env *env, const char *name);
 
+/* inspect's epoch section: the global epoch and every reader inside an
+ * acquire that began before it (those hold back reclamation). */
+static int inspect_epochs(km_env *env, const char *name, const km_info *info)
+{
+    km_epoch_info ei;
+    int rc = km_epoch_info_get(env, &ei), n = 0;
+    if (rc != KM_OK)
+        return seg_error(name, rc);
+    printf("\nepochs: epoch %" PRIu64 ", reclaimed up to %" PRIu64 ", %" PRIu64
+           " reconfiguration%s\n", ei.epoch, ei.synced, ei.reconfigs,
+           ei.reconfigs == 1 ? "" : "s");
+    for (uint32_t s = 0; s < info->cap_procs; s++)
+        for (uint32_t r = 0; r < ei.rows_per_process; r++) {
+            km_reader_info ri;
+            if (km_reader_info_get(env, s, r, &ri) != KM_OK || !ri.alive || !ri.epochs_behind)
+                continue;
+            if (n++ == 0)
+                printf("readers holding back reclamation:\n"
+                       "  PID      TID      EPOCHS_BEHIND  INSIDE_S\n");
+            char tid[16];
+            snprintf(tid, sizeof tid, "%" PRIu32, ri.tid);
+            printf("  %-8" PRIu32 " %-8s %-14" PRIu64 " %.3f\n", ri.pid,
+                   ri.shared ? "shared" : tid, ri.epochs_behind, (double)ri.inside_ns / 1e9);
+        }
+    if (n == 0)
+        printf("no reader holds back reclamation\n");
+    return EX_SUCCESS;
+}
+
 static int inspect_table(km_env *env, const char *name)
 {
     km_info info;
@@ -810,7 +934,9 @@ static int inspect_table(km_env *env, const char *name)
     for (uint32_t p = 0; p < info.n_pools; p++)
         if ((rc = inspect_pool(env, name, (int)p)) != EX_SUCCESS)
             return rc;
-    return inspect_procs(env, name);
+    if ((rc = inspect_procs(env, name)) != EX_SUCCESS)
+        return rc;
+    return inspect_epochs(env, name, &info);
 }
 
 static int print_snapshot(km_env *env, const char *name)
@@ -1026,6 +1152,292 @@ static int cmd_set_state(int argc, char **argv, int state, const char *help)
 out:
     km_close(env);
     return rc;
+}
+
+/* ------------------------------------------------------ reconfiguration */
+
+/* Name the readers holding back reclamation (after KM_EBUSY). */
+static void explain_busy(km_env *env)
+{
+    km_info info;
+    km_epoch_info ei;
+    if (km_info_get(env, &info) != KM_OK || km_epoch_info_get(env, &ei) != KM_OK)
+        return;
+    for (uint32_t s = 0; s < info.cap_procs; s++)
+        for (uint32_t r = 0; r < ei.rows_per_process; r++) {
+            km_reader_info ri;
+            if (km_reader_info_get(env, s, r, &ri) != KM_OK || !ri.alive || !ri.epochs_behind)
+                continue;
+            errline("held back by pid %" PRIu32 " (%s %" PRIu32 "), %" PRIu64
+                    " epoch%s behind, inside an acquire for %.3f s",
+                    ri.pid, ri.shared ? "shared row of" : "thread", ri.shared ? ri.pid : ri.tid,
+                    ri.epochs_behind, ri.epochs_behind == 1 ? "" : "s",
+                    (double)ri.inside_ns / 1e9);
+        }
+}
+
+/* Parse "N" in [lo, hi]. */
+static int parse_u32(const char *what, const char *arg, uint32_t lo, uint32_t hi, uint32_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long v = strtoul(arg, &end, 10);
+    if (!*arg || *end || errno || arg[0] == '-' || v < lo || v > hi)
+        return usage_error("%s: '%s' is not an integer in %" PRIu32 "..%" PRIu32, what, arg, lo, hi);
+    *out = (uint32_t)v;
+    return -1;
+}
+
+typedef struct reconf_opts {
+    uint32_t timeout_ms;
+    const char *secret_env, *secret_file, *limits;
+    uint32_t weight, max_inflight;
+    int have_weight, have_max_inflight;
+} reconf_opts;
+
+static int reconf_opt(int c, const char *arg, void *ctx)
+{
+    reconf_opts *o = ctx;
+    switch (c) {
+    case 't':
+        return parse_u32("--timeout", arg, 0, 3600000, &o->timeout_ms);
+    case 'e':
+        o->secret_env = arg;
+        return -1;
+    case 'f':
+        o->secret_file = arg;
+        return -1;
+    case 'l':
+        o->limits = arg;
+        return -1;
+    case 'w':
+        o->have_weight = 1;
+        return parse_u32("--weight", arg, 1, 1000000, &o->weight);
+    case 'm':
+        o->have_max_inflight = 1;
+        return parse_u32("--max-inflight", arg, 0, UINT32_MAX, &o->max_inflight);
+    default:
+        return usage_error("bad option");
+    }
+}
+
+/* Parse options, take `nops` operands (NAME POOL KEY_ID ...), attach and
+ * find the pool (and the key, if want_key).  -1 to go on, else an exit
+ * status. */
+static int reconf_open(int argc, char **argv, const char *help, const struct option *lo,
+                       int nops, const char *ops, reconf_opts *o, km_env **env,
+                       int *pool, int want_key, int *key)
+{
+    int rc;
+    o->timeout_ms = 1000;
+    if ((rc = parse_opts(argc, argv, ":t:e:f:l:w:m:h", lo, help, reconf_opt, o)) >= 0)
+        return rc;
+    if ((rc = want_operands(argc, nops, ops)) >= 0)
+        return rc;
+    const char *name = argv[optind], *pname = argv[optind + 1], *kid = argv[optind + 2];
+    if ((rc = open_seg(name, env)) != EX_SUCCESS)
+        return rc;
+    km_set_admin_timeout(*env, o->timeout_ms);
+    *pool = km_pool_find(*env, pname);
+    if (*pool < 0) {
+        errline("pool '%s': %s", pname, km_text(*pool, errno));
+        rc = exit_for(*pool);
+        km_close(*env);
+        return rc;
+    }
+    if (want_key) {
+        *key = km_key_find(*env, *pool, kid);
+        if (*key < 0) {
+            errline("key '%s' in pool '%s': %s", kid, pname, km_text(*key, errno));
+            rc = exit_for(*key);
+            km_close(*env);
+            return rc;
+        }
+    }
+    return -1;
+}
+
+/* Report the result of a reconfiguration call. */
+static int reconf_done(km_env *env, int rc, const char *kid, const char *pname,
+                       const char *detail)
+{
+    if (rc >= 0) {
+        rc = EX_SUCCESS;
+    } else {
+        errline("key '%s' in pool '%s': %s%s%s", kid, pname, km_text(rc, errno),
+                detail && *detail ? ": " : "", detail ? detail : "");
+        if (rc == KM_EBUSY)
+            explain_busy(env);
+        rc = exit_for(rc);
+    }
+    km_close(env);
+    return rc;
+}
+
+/* Append s to b as a JSON string (quotes included). */
+static int json_str(char *b, size_t n, size_t *len, const char *s)
+{
+    if (*len + 2 >= n)
+        return -1;
+    b[(*len)++] = '"';
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        char esc[8];
+        int k = ch == '"' || ch == '\\' ? snprintf(esc, sizeof esc, "\\%c", ch)
+                : ch < 0x20             ? snprintf(esc, sizeof esc, "\\u%04x", ch)
+                                        : snprintf(esc, sizeof esc, "%c", ch);
+        if (*len + (size_t)k + 2 >= n)
+            return -1;
+        memcpy(b + *len, esc, (size_t)k);
+        *len += (size_t)k;
+    }
+    b[(*len)++] = '"';
+    b[*len] = '\0';
+    return 0;
+}
+
+static int json_raw(char *b, size_t n, size_t *len, const char *s)
+{
+    size_t k = strlen(s);
+    if (*len + k + 1 >= n)
+        return -1;
+    memcpy(b + *len, s, k + 1);
+    *len += k;
+    return 0;
+}
+
+/* The secret in FILE, without its trailing newline, into buf. */
+static int read_secret_file(const char *path, char *buf, size_t n)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        errline("secret file '%s': %s", path, strerror(errno));
+        return EX_FAILED;
+    }
+    ssize_t got = read(fd, buf, n - 1);
+    int e = errno;
+    close(fd);
+    if (got < 0) {
+        errline("secret file '%s': %s", path, strerror(e));
+        return EX_FAILED;
+    }
+    buf[got] = '\0';
+    while (got > 0 && (buf[got - 1] == '\n' || buf[got - 1] == '\r'))
+        buf[--got] = '\0';
+    if ((size_t)got >= n - 2 || got == 0) {
+        errline("secret file '%s': %s", path, got ? "longer than a secret may be" : "empty");
+        explicit_bzero(buf, n);
+        return EX_FAILED;
+    }
+    return -1;
+}
+
+static const struct option reconf_lo[] = {{"timeout", required_argument, NULL, 't'},
+                                          {"help", no_argument, NULL, 'h'},
+                                          {NULL, 0, NULL, 0}};
+
+static int cmd_add_key(int argc, char **argv)
+{
+    static const struct option lo[] = {{"secret-env", required_argument, NULL, 'e'},
+                                       {"secret-file", required_argument, NULL, 'f'},
+                                       {"weight", required_argument, NULL, 'w'},
+                                       {"limits", required_argument, NULL, 'l'},
+                                       {"max-inflight", required_argument, NULL, 'm'},
+                                       {"timeout", required_argument, NULL, 't'},
+                                       {"help", no_argument, NULL, 'h'},
+                                       {NULL, 0, NULL, 0}};
+    reconf_opts o = {0};
+    km_env *env;
+    int pool, key, rc;
+    char secret[KM_SECRET_MAX + 8], js[8192], err[512] = "";
+    size_t len = 0;
+
+    /* Options are checked before attaching: a usage error changes nothing. */
+    if ((rc = parse_opts(argc, argv, ":t:e:f:l:w:m:h", lo, usage_add_key, reconf_opt, &o)) >= 0)
+        return rc;
+    if (!o.secret_env == !o.secret_file)
+        return usage_error("give exactly one of --secret-env and --secret-file");
+    if ((rc = reconf_open(argc, argv, usage_add_key, lo, 3, "NAME POOL KEY_ID", &o, &env,
+                          &pool, 0, &key)) >= 0)
+        return rc;
+    const char *pname = argv[optind + 1], *kid = argv[optind + 2];
+    int bad = json_raw(js, sizeof js, &len, "{\"id\":") || json_str(js, sizeof js, &len, kid);
+    if (o.secret_env) {
+        bad = bad || json_raw(js, sizeof js, &len, ",\"secret_env\":") ||
+              json_str(js, sizeof js, &len, o.secret_env);
+    } else {
+        if ((rc = read_secret_file(o.secret_file, secret, sizeof secret)) >= 0) {
+            km_close(env);
+            return rc;
+        }
+        bad = bad || json_raw(js, sizeof js, &len, ",\"secret\":") ||
+              json_str(js, sizeof js, &len, secret);
+        explicit_bzero(secret, sizeof secret);
+    }
+    if (o.have_weight) {
+        char w[32];
+        snprintf(w, sizeof w, ",\"weight\":%" PRIu32, o.weight);
+        bad = bad || json_raw(js, sizeof js, &len, w);
+    }
+    if (o.have_max_inflight) {
+        char w[32];
+        snprintf(w, sizeof w, ",\"max_inflight\":%" PRIu32, o.max_inflight);
+        bad = bad || json_raw(js, sizeof js, &len, w);
+    }
+    if (o.limits)
+        bad = bad || json_raw(js, sizeof js, &len, ",\"limits\":") ||
+              json_raw(js, sizeof js, &len, o.limits);
+    bad = bad || json_raw(js, sizeof js, &len, "}");
+    if (bad) {
+        explicit_bzero(js, sizeof js);
+        km_close(env);
+        return usage_error("arguments too long");
+    }
+    rc = km_key_add(env, pool, js, err, sizeof err);
+    explicit_bzero(js, sizeof js);
+    return reconf_done(env, rc, kid, pname, err);
+}
+
+static int cmd_remove_key(int argc, char **argv)
+{
+    reconf_opts o = {0};
+    km_env *env;
+    int pool, key, rc;
+    if ((rc = reconf_open(argc, argv, usage_remove_key, reconf_lo, 3, "NAME POOL KEY_ID", &o,
+                          &env, &pool, 1, &key)) >= 0)
+        return rc;
+    return reconf_done(env, km_key_remove(env, (uint32_t)key), argv[optind + 2],
+                       argv[optind + 1], NULL);
+}
+
+static int cmd_set_weight(int argc, char **argv)
+{
+    reconf_opts o = {0};
+    km_env *env;
+    int pool, key, rc;
+    uint32_t w;
+    if ((rc = reconf_open(argc, argv, usage_set_weight, reconf_lo, 4,
+                          "NAME POOL KEY_ID WEIGHT", &o, &env, &pool, 1, &key)) >= 0)
+        return rc;
+    if ((rc = parse_u32("WEIGHT", argv[optind + 3], 1, 1000000, &w)) >= 0) {
+        km_close(env);
+        return rc;
+    }
+    return reconf_done(env, km_key_set_weight(env, (uint32_t)key, w), argv[optind + 2],
+                       argv[optind + 1], NULL);
+}
+
+static int cmd_set_limits(int argc, char **argv)
+{
+    reconf_opts o = {0};
+    km_env *env;
+    int pool, key, rc;
+    char err[512] = "";
+    if ((rc = reconf_open(argc, argv, usage_set_limits, reconf_lo, 4,
+                          "NAME POOL KEY_ID JSON", &o, &env, &pool, 1, &key)) >= 0)
+        return rc;
+    rc = km_key_set_limits(env, (uint32_t)key, argv[optind + 3], err, sizeof err);
+    return reconf_done(env, rc, argv[optind + 2], argv[optind + 1], err);
 }
 
 /* ------------------------------------------------------------- processes */
@@ -1320,6 +1732,14 @@ int main(int argc, char **argv)
         return cmd_set_state(cargc, cargv, KM_KEY_ACTIVE, usage_enable);
     if (strcmp(cmd, "disable") == 0)
         return cmd_set_state(cargc, cargv, KM_KEY_DISABLED, usage_disable);
+    if (strcmp(cmd, "add-key") == 0)
+        return cmd_add_key(cargc, cargv);
+    if (strcmp(cmd, "remove-key") == 0)
+        return cmd_remove_key(cargc, cargv);
+    if (strcmp(cmd, "set-weight") == 0)
+        return cmd_set_weight(cargc, cargv);
+    if (strcmp(cmd, "set-limits") == 0)
+        return cmd_set_limits(cargc, cargv);
     if (strcmp(cmd, "ps") == 0)
         return cmd_ps(cargc, cargv);
     if (strcmp(cmd, "reap") == 0)

@@ -1,0 +1,495 @@
+/*
+ * t_reconfig.c - live reconfiguration and epochs across processes.
+ *
+ * Unit scenarios (one process):
+ *   - add: index, member list, pinned acquire, the lease's copy of the secret;
+ *     duplicate id, bad JSON (message without the secret), full capacity;
+ *   - remove: no acquire after it gets the key, a lease out releases OK;
+ *     the row is reused only once that lease is back and a grace period
+ *     passed, with a new generation; the old lease's second release is
+ *     stale and counted;
+ *   - set-weight: weighted shares follow the new weights;
+ *   - set-limits: debt carried over in units; token windows added and
+ *     removed while a lease is out settle without drift (km_check clean).
+ * Torture (processes): 8 workers acquire and release while a reconfigurer
+ * adds, removes and re-weights keys (and now and then changes limits)
+ * every 10 ms for 5 s (KM_TORTURE_S to change):
+ *   - no lease is handed out for a key to an acquire that started after the
+ *     key's removal returned (per key id: latest acquire start < removal);
+ *   - no lease is duplicated: a holder table in shared memory, claimed by
+ *     CAS per (key row, lease slot), never finds one taken;
+ *   - no lease is lost: every release returns KM_OK;
+ *   - afterwards in-flight is 0 everywhere and km_check is clean.
+ * Stall: a worker stopped by SIGSTOP inside an acquire (its reader row is
+ * seen active) does not stop another process from acquiring and releasing;
+ * it makes a grace period time out (KM_EBUSY) and is reported by
+ * km_reader_info_get and `kmctl inspect` (pid, epochs behind, time inside);
+ * a removal still takes effect; after SIGCONT the grace period completes.
+ */
+#include <inttypes.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <ck_pr.h>
+
+#include "testlib.h"
+
+#define WORKERS 8
+#define CAP_KEYS 16
+#define MAX_IDS 4096
+#define INFL 8
+
+static const char base_json[] =
+    "{\"capacity\": {\"keys\": 4, \"inflight_per_key\": 4},"
+    " \"pools\": [{\"name\": \"p\", \"strategy\": \"weighted\","
+    "  \"keys\": [{\"id\": \"a\", \"secret\": \"sk-alpha-000000000001\"},"
+    "            {\"id\": \"b\", \"secret\": \"sk-bravo-000000000002\"}]}]}";
+
+static int pinned(km_env *env, int pool, const char *id, km_lease *l)
+{
+    km_request r = {.pool = pool, .key_id = id};
+    memset(l, 0, sizeof *l);
+    return km_acquire(env, &r, l);
+}
+
+static void t_add_remove(void)
+{
+    km_env *env = mkseg(base_json);
+    int p = pool_of(env, "p");
+    char err[256];
+    km_lease l, old;
+    km_pool_info pi;
+
+    int c = km_key_add(env, p, "{\"id\": \"c\", \"secret\": \"sk-charlie-0000000003\", \"weight\": 2}",
+                       err, sizeof err);
+    ok(c >= 0, "add: key c gets a row (%s %s)", c < 0 ? E(c) : "", err);
+    km_pool_info_get(env, p, &pi);
+    is_int(pi.n_keys, 3, "add: the pool lists 3 keys");
+    is_int(pinned(env, p, "c", &l), KM_OK, "add: c is acquirable by id");
+    is_str(l.secret, "sk-charlie-0000000003", "add: the lease carries c's secret");
+    is_int(km_release(env, &l, NULL), KM_OK, "add: release");
+
+    int rc = km_key_add(env, p, "{\"id\": \"c\", \"secret\": \"sk-x\"}", err, sizeof err);
+    is_int(rc, KM_EKEYEXISTS, "add: a second c is refused");
+    rc = km_key_add(env, p, "{\"id\": \"d\", \"secret\": \"sk-secret-delta-9\", \"weight\": 0}",
+                    err, sizeof err);
+    is_int(rc, KM_ECONFIG, "add: weight 0 is refused");
+    ok(strstr(err, "weight") && !strstr(err, "sk-secret-delta-9"),
+       "add: the message names the field, not the secret: %s", err);
+    rc = km_key_add(env, p, "{\"id\": \"d\", \"secret\": \"sk-secret-delta-9\"", err, sizeof err);
+    is_int(rc, KM_ECONFIG, "add: malformed JSON is refused");
+    int d = km_key_add(env, p, "{\"id\": \"d\", \"secret\": \"sk-delta-0000000004\"}", err, sizeof err);
+    ok(d >= 0, "add: d fills the last row");
+    rc = km_key_add(env, p, "{\"id\": \"e\", \"secret\": \"sk-echo-0000000005\"}", err, sizeof err);
+    is_int(rc, KM_EFULL, "add: a fifth key does not fit 4 rows");
+
+    /* Remove c while a lease on it is out. */
+    is_int(pinned(env, p, "c", &old), KM_OK, "remove: a lease on c is out");
+    is_int(km_key_remove(env, (uint32_t)c), KM_OK, "remove: c");
+    int got_c = 0, n_ok = 0;
+    for (int i = 0; i < 4000; i++) {
+        if (acquire_with(env, p, 0, 0, &l) != KM_OK)
+            continue;
+        n_ok++;
+        got_c += l.key == (uint32_t)c;
+        km_release(env, &l, NULL);
+    }
+    ok(n_ok > 0, "remove: the pool still hands out leases (%d)", n_ok);
+    is_int(got_c, 0, "remove: no acquire after the removal got c");
+    is_int(pinned(env, p, "c", &l), KM_ENOKEY, "remove: c is no longer found by id");
+    km_key_info ki;
+    is_int(km_key_info_get(env, (uint32_t)c, &ki), KM_ENOKEY, "remove: no key info for c");
+    km_pool_info_get(env, p, &pi);
+    is_int(pi.n_keys, 3, "remove: the list has 3 keys");
+    rc = km_key_add(env, p, "{\"id\": \"e\", \"secret\": \"sk-echo-0000000005\"}", err, sizeof err);
+    is_int(rc, KM_EFULL, "reuse: c's row is not reused while its lease is out");
+    is_int(km_release(env, &old, NULL), KM_OK, "remove: the lease out on c releases normally");
+    int e = km_key_add(env, p, "{\"id\": \"e\", \"secret\": \"sk-echo-0000000005\"}", err, sizeof err);
+    is_int(e, c, "reuse: e takes c's row once its lease is back");
+    is_int(pinned(env, p, "e", &l), KM_OK, "reuse: e is acquirable");
+    is_str(l.secret, "sk-echo-0000000005", "reuse: the row holds e's secret");
+    ok(l.key_gen == old.key_gen + 1, "reuse: generation %u -> %u", old.key_gen, l.key_gen);
+    is_int(km_release(env, &old, NULL), KM_ESTALE, "reuse: c's lease released again is stale");
+    is_int(km_release(env, &l, NULL), KM_OK, "reuse: e's lease releases");
+    ki = info(env, (uint32_t)e);
+    is_u64(ki.stale_releases, 1, "reuse: the stale release is counted on the row");
+    is_u64(ki.acquired, 1, "reuse: e's counters start from zero");
+    is_int(km_check(env, NULL, NULL), 0, "add/remove: km_check clean");
+    rmseg(env);
+}
+
+static void t_weight(void)
+{
+    km_env *env = mkseg(base_json);
+    int p = pool_of(env, "p");
+    uint32_t a = key_of(env, p, 0), b = key_of(env, p, 1);
+    is_int(km_key_set_weight(env, b, 3), KM_OK, "weight: b to 3");
+    is_int(km_key_set_weight(env, b, 0), KM_EINVAL, "weight: 0 refused");
+    int n[2] = {0, 0}, total = 40000;
+    for (int i = 0; i < total; i++) {
+        km_lease l;
+        if (acquire_with(env, p, KM_STRATEGY_WEIGHTED, 0, &l) != KM_OK)
+            continue;
+        n[l.key == b]++;
+        km_release(env, &l, NULL);
+    }
+    /* Expected share of b: 3/4 = 30000; weighted starts at the chosen key
+     * and every lease is released at once, so shares follow the weights;
+     * binomial sd ~87, tolerance 5% of the total. */
+    ok(n[1] > 28000 && n[1] < 32000, "weight: b got %d of %d (expect ~30000)", n[1], total);
+    is_int(info(env, a).weight, 1, "weight: a unchanged");
+    is_int(info(env, b).weight, 3, "weight: b shows 3");
+    rmseg(env);
+}
+
+static void t_limits(void)
+{
+    km_env *env = mkseg("{\"capacity\": {\"keys\": 2},"
+                        " \"pools\": [{\"name\": \"p\", \"limits\": {\"rpm\": 600},"
+                        "  \"keys\": [{\"id\": \"a\", \"secret\": \"sk-a-123456789\"}]}]}");
+    int p = pool_of(env, "p");
+    uint32_t a = key_of(env, p, 0);
+    km_lease l[100];
+    char err[256];
+    for (int i = 0; i < 50; i++)
+        if (acquire_with(env, p, 0, 0, &l[i]) != KM_OK || km_release(env, &l[i], NULL) != KM_OK)
+            bail_out("limits: acquire %d failed", i);
+    /* 50 of 600 used (burst 600): 550 left.  To rpm 100 (burst 100): the
+     * 50 units of debt carry over: ~50 left (refill adds a little). */
+    is_int(km_key_set_limits(env, a, "{\"rpm\": 100}", err, sizeof err), KM_OK, "limits: rpm 600 -> 100");
+    km_key_info ki = info(env, a);
+    is_u64(ki.limits[KM_WIN_RPM].limit, 100, "limits: rpm shows 100");
+    ok(ki.limits[KM_WIN_RPM].available >= 50 && ki.limits[KM_WIN_RPM].available <= 52,
+       "limits: debt carried over, %" PRIu64 " of 100 available (expect 50..52)",
+       ki.limits[KM_WIN_RPM].available);
+    is_int(km_key_set_limits(env, a, "{\"rpm\": 0}", err, sizeof err), KM_ECONFIG, "limits: rpm 0 refused");
+    is_int(km_key_set_limits(env, a, "{\"qpm\": 5}", err, sizeof err), KM_ECONFIG, "limits: unknown window refused");
+    is_int(km_key_set_limits(env, a, "{}", err, sizeof err), KM_ECONFIG, "limits: an empty object refused");
+
+    /* A token window added while a lease is out: that lease reserved
+     * nothing on it and must not take anything back at release. */
+    is_int(acquire_with(env, p, 0, 700, &l[0]), KM_OK, "limits: a 700-token lease without tpm");
+    is_int(km_key_set_limits(env, a, "{\"tpm\": 10000}", err, sizeof err), KM_OK, "limits: tpm added");
+    is_int(acquire_with(env, p, 0, 300, &l[1]), KM_OK, "limits: a 300-token lease with tpm");
+    is_int(km_check(env, NULL, NULL), 0, "limits: check clean with both out");
+    is_int(km_release(env, &l[0], NULL), KM_OK, "limits: old lease released");
+    ki = info(env, a);
+    is_int(km_check(env, NULL, NULL), 0, "limits: reservation intact after the old lease");
+    /* Removed while the 300-token lease is out: its reservation is dropped
+     * at its release. */
+    is_int(km_key_set_limits(env, a, "{\"tpm\": null}", err, sizeof err), KM_OK, "limits: tpm removed");
+    is_u64(info(env, a).limits[KM_WIN_TPM].limit, 0, "limits: tpm shows none");
+    is_int(km_release(env, &l[1], NULL), KM_OK, "limits: the tpm lease released");
+    is_int(km_check(env, NULL, NULL), 0, "limits: check clean after the window went away");
+    rmseg(env);
+}
+
+/* ------------------------------------------------------------- torture */
+
+typedef struct shared {
+    uint32_t holder[CAP_KEYS][INFL];     /* worker + 1 holding (row, slot) */
+    uint64_t last_start[WORKERS][MAX_IDS]; /* latest acquire start per key id */
+    uint64_t removed_at[MAX_IDS];        /* when km_key_remove(id) returned */
+    uint64_t ops[WORKERS], dup[WORKERS], bad_release[WORKERS], bad_acquire[WORKERS];
+    uint64_t adds, removes, weights, limits, busy;
+    int stop;
+} shared;
+
+static shared *sh;
+
+static unsigned id_num(const char *key_id) { return (unsigned)strtoul(key_id + 1, NULL, 10); }
+
+static void worker(int w)
+{
+    km_env *e;
+    if (km_open(seg, &e) != KM_OK)
+        _exit(3);
+    int p = km_pool_find(e, "p");
+    for (uint64_t i = 0; !ck_pr_load_int(&sh->stop); i++) {
+        km_request r = {.pool = p, .tokens = 10,
+                        .strategy = (w & 1) ? KM_STRATEGY_WEIGHTED : KM_STRATEGY_ROUND_ROBIN};
+        km_lease l;
+        uint64_t t0 = km_now_ns();
+        int rc = km_acquire(e, &r, &l);
+        if (rc != KM_OK) {
+            if (rc != KM_EAGAIN && rc != KM_EUNAVAIL)
+                sh->bad_acquire[w]++;
+            continue;
+        }
+        unsigned id = id_num(l.key_id);
+        if (id < MAX_IDS && t0 > sh->last_start[w][id])
+            sh->last_start[w][id] = t0;
+        uint32_t *h = &sh->holder[l.key % CAP_KEYS][l.slot % INFL];
+        if (!ck_pr_cas_32(h, 0, (uint32_t)w + 1))
+            sh->dup[w]++;
+        if (i % 4 == 0)
+            sched_yield(); /* hold some leases across a reconfiguration */
+        ck_pr_store_32(h, 0); /* before the slot can be granted again */
+        if (km_release(e, &l, NULL) != KM_OK)
+            sh->bad_release[w]++;
+        sh->ops[w]++;
+    }
+    km_close(e);
+    _exit(0);
+}
+
+static void reconfigurer(uint64_t until)
+{
+    km_env *e;
+    if (km_open(seg, &e) != KM_OK)
+        _exit(3);
+    int p = km_pool_find(e, "p");
+    unsigned next = 4, live[CAP_KEYS], n = 4;
+    for (unsigned i = 0; i < 4; i++)
+        live[i] = i;
+    srand(7);
+    while (km_now_ns() < until && next < MAX_IDS) {
+        int op = rand() % 8;
+        char js[160], id[16], err[256];
+        if ((op < 3 && n < 10) || n < 3) {
+            snprintf(js, sizeof js, "{\"id\": \"k%u\", \"secret\": \"sk-torture-%08u\", \"weight\": %d}",
+                     next, next, 1 + rand() % 5);
+            int rc = km_key_add(e, p, js, err, sizeof err);
+            if (rc >= 0) {
+                live[n++] = next++;
+                sh->adds++;
+            } else if (rc == KM_EBUSY) {
+                sh->busy++;
+            } else if (rc != KM_EFULL) {
+                fprintf(stderr, "# add: %s %s\n", km_err_name(rc), err);
+                _exit(4);
+            }
+        } else if (op < 6) {
+            unsigned j = (unsigned)rand() % n;
+            snprintf(id, sizeof id, "k%u", live[j]);
+            int ki = km_key_find(e, p, id);
+            if (ki < 0 || km_key_remove(e, (uint32_t)ki) != KM_OK)
+                _exit(5);
+            sh->removed_at[live[j]] = km_now_ns(); /* after the removal returned */
+            live[j] = live[--n];
+            sh->removes++;
+        } else if (op == 6) {
+            snprintf(id, sizeof id, "k%u", live[(unsigned)rand() % n]);
+            int ki = km_key_find(e, p, id), rc;
+            if (ki < 0)
+                _exit(6);
+            rc = km_key_set_weight(e, (uint32_t)ki, 1 + (uint32_t)(rand() % 9));
+            sh->weights += rc == KM_OK;
+            sh->busy += rc == KM_EBUSY;
+        } else {
+            snprintf(id, sizeof id, "k%u", live[(unsigned)rand() % n]);
+            int ki = km_key_find(e, p, id), rc;
+            if (ki < 0)
+                _exit(6);
+            rc = km_key_set_limits(e, (uint32_t)ki,
+                                   rand() % 2 ? "{\"tpm\": 100000000}" : "{\"tpm\": null}", err,
+                                   sizeof err);
+            sh->limits += rc == KM_OK;
+            sh->busy += rc == KM_EBUSY;
+        }
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    km_close(e);
+    _exit(0);
+}
+
+static void t_torture(void)
+{
+    const char *ts = getenv("KM_TORTURE_S");
+    double secs = ts ? atof(ts) : 5;
+    char json[1024];
+    int len = snprintf(json, sizeof json,
+                       "{\"capacity\": {\"keys\": %d, \"inflight_per_key\": %d, \"processes\": 16},"
+                       " \"pools\": [{\"name\": \"p\", \"strategy\": \"weighted\","
+                       "  \"limits\": {\"rpm\": 100000000}, \"keys\": [",
+                       CAP_KEYS, INFL);
+    for (int i = 0; i < 4; i++)
+        len += snprintf(json + len, sizeof json - (size_t)len,
+                        "%s{\"id\": \"k%d\", \"secret\": \"sk-torture-%08d\"}", i ? ", " : "", i, i);
+    snprintf(json + len, sizeof json - (size_t)len, "]}]}");
+    km_env *env = mkseg(json);
+
+    sh = mmap(NULL, sizeof *sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (sh == MAP_FAILED)
+        bail_out("mmap");
+    memset(sh->removed_at, 0xff, sizeof sh->removed_at); /* never removed */
+    pid_t pids[WORKERS + 1];
+    for (int w = 0; w < WORKERS; w++)
+        if ((pids[w] = fork()) == 0)
+            worker(w);
+    uint64_t until = km_now_ns() + (uint64_t)(secs * 1e9);
+    if ((pids[WORKERS] = fork()) == 0)
+        reconfigurer(until);
+    int st, rst = -1;
+    waitpid(pids[WORKERS], &st, 0);
+    rst = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    ck_pr_store_int(&sh->stop, 1);
+    int wbad = 0;
+    for (int w = 0; w < WORKERS; w++) {
+        waitpid(pids[w], &st, 0);
+        wbad += !WIFEXITED(st) || WEXITSTATUS(st) != 0;
+    }
+    is_int(rst, 0, "torture: the reconfigurer ran to the end");
+    is_int(wbad, 0, "torture: every worker exited normally");
+    uint64_t ops = 0, dup = 0, badr = 0, bada = 0, late = 0;
+    for (int w = 0; w < WORKERS; w++) {
+        ops += sh->ops[w];
+        dup += sh->dup[w];
+        badr += sh->bad_release[w];
+        bada += sh->bad_acquire[w];
+        for (unsigned id = 0; id < MAX_IDS; id++)
+            if (sh->last_start[w][id] && sh->last_start[w][id] > sh->removed_at[id]) {
+                if (late++ < 5)
+                    diag("key k%u: an acquire started %.3f ms after its removal returned got it",
+                         id, (double)(sh->last_start[w][id] - sh->removed_at[id]) / 1e6);
+            }
+    }
+    diag("%.1f s: %" PRIu64 " leases; %" PRIu64 " adds, %" PRIu64 " removes, %" PRIu64
+         " re-weights, %" PRIu64 " limit changes, %" PRIu64 " grace periods timed out",
+         secs, ops, sh->adds, sh->removes, sh->weights, sh->limits, sh->busy);
+    ok(ops > 10000, "torture: workers completed %" PRIu64 " leases", ops);
+    ok(sh->adds > 20 && sh->removes > 20 && sh->weights > 5,
+       "torture: reconfigured throughout (%" PRIu64 " adds, %" PRIu64 " removes)", sh->adds, sh->removes);
+    is_u64(late, 0, "torture: no lease for a key to an acquire started after its removal");
+    is_u64(dup, 0, "torture: no lease slot held twice at once");
+    is_u64(badr, 0, "torture: every release returned KM_OK (no lease lost)");
+    is_u64(bada, 0, "torture: acquire failed only with EAGAIN/EUNAVAIL");
+    uint64_t inflight = 0;
+    for (uint32_t k = 0; k < CAP_KEYS; k++) {
+        km_key_info ki;
+        if (km_key_info_get(env, k, &ki) == KM_OK)
+            inflight += ki.inflight;
+    }
+    is_u64(inflight, 0, "torture: in-flight 0 on every key afterwards");
+    is_int(km_check(env, NULL, NULL), 0, "torture: km_check clean");
+    munmap(sh, sizeof *sh);
+    rmseg(env);
+}
+
+/* --------------------------------------------------------------- stall */
+
+static void spinner(int *go)
+{
+    km_env *e;
+    if (km_open(seg, &e) != KM_OK)
+        _exit(3);
+    int p = km_pool_find(e, "p");
+    ck_pr_store_int(go, 1);
+    for (;;) {
+        km_lease l;
+        if (acquire_with(e, p, 0, 0, &l) == KM_OK)
+            km_release(e, &l, NULL);
+    }
+}
+
+static void t_stall(void)
+{
+    km_env *env = mkseg(base_json);
+    int p = pool_of(env, "p");
+    int *go = mmap(NULL, sizeof(int), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    *go = 0;
+    pid_t pid = fork();
+    if (pid == 0)
+        spinner(go);
+    while (!ck_pr_load_int(go))
+        sched_yield();
+    /* Stop it until it is caught inside an acquire (its row active). */
+    km_info inf;
+    km_info_get(env, &inf);
+    int caught = 0, tries;
+    uint32_t slot = 0, row = 0;
+    for (tries = 0; tries < 2000 && !caught; tries++) {
+        int st;
+        kill(pid, SIGSTOP);
+        waitpid(pid, &st, WUNTRACED);
+        for (uint32_t s = 0; s < inf.cap_procs && !caught; s++)
+            for (uint32_t r = 0; r < KM__RDR_PER_PROC && !caught; r++) {
+                km_reader_info ri;
+                if (km_reader_info_get(env, s, r, &ri) == KM_OK && ri.pid == (uint32_t)pid)
+                    caught = 1, slot = s, row = r;
+            }
+        if (!caught) {
+            kill(pid, SIGCONT);
+            struct timespec ts = {0, 200 * 1000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    ok(caught, "stall: worker stopped inside an acquire (after %d tries)", tries);
+
+    /* Others make progress. */
+    int done = 0;
+    for (int i = 0; i < 20000; i++) {
+        km_lease l;
+        if (acquire_with(env, p, 0, 0, &l) == KM_OK && km_release(env, &l, NULL) == KM_OK)
+            done++;
+    }
+    is_int(done, 20000, "stall: another process acquired and released 20000 times");
+
+    /* Reclamation is held back, and reported. */
+    char err[256];
+    km_set_admin_timeout(env, 200);
+    uint32_t a = key_of(env, p, 0);
+    int rc = km_key_set_limits(env, a, "{\"rpm\": 1000}", err, sizeof err);
+    is_int(rc, KM_EBUSY, "stall: a grace period times out (KM_EBUSY)");
+    is_u64(info(env, a).limits[KM_WIN_RPM].limit, 0, "stall: nothing changed");
+    km_reader_info ri = {0};
+    is_int(km_reader_info_get(env, slot, row, &ri), KM_OK, "stall: its row is reported");
+    is_int(ri.pid, pid, "stall: by pid");
+    ok(ri.epochs_behind >= 1, "stall: %" PRIu64 " epoch(s) behind", ri.epochs_behind);
+    ok(ri.inside_ns >= 200 * MS, "stall: inside for %.3f s", (double)ri.inside_ns / 1e9);
+    char cmd[256], line[256];
+    snprintf(cmd, sizeof cmd, "%s/kmctl inspect %s", getenv("KM_BUILD") ? getenv("KM_BUILD") : "build", seg);
+    FILE *f = popen(cmd, "r");
+    int shown = 0, header = 0;
+    while (f && fgets(line, sizeof line, f)) {
+        header |= strstr(line, "readers holding back reclamation") != NULL;
+        char want[32];
+        snprintf(want, sizeof want, "  %d ", (int)pid);
+        shown |= header && strncmp(line, want, strlen(want)) == 0;
+    }
+    if (f)
+        pclose(f);
+    ok(shown, "stall: kmctl inspect lists pid %d as holding back reclamation", (int)pid);
+
+    /* A removal takes effect all the same. */
+    uint32_t b = key_of(env, p, 1);
+    is_int(km_key_remove(env, b), KM_OK, "stall: removal returns OK");
+    int got_b = 0;
+    for (int i = 0; i < 1000; i++) {
+        km_lease l;
+        if (acquire_with(env, p, 0, 0, &l) == KM_OK) {
+            got_b += l.key == b;
+            km_release(env, &l, NULL);
+        }
+    }
+    is_int(got_b, 0, "stall: the removed key is not handed out");
+
+    kill(pid, SIGCONT);
+    km_set_admin_timeout(env, 5000);
+    is_int(km_key_set_limits(env, a, "{\"rpm\": 1000}", err, sizeof err), KM_OK,
+           "stall: after SIGCONT the grace period completes");
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    km_reap(env, NULL);
+    is_int(km_check(env, NULL, NULL), 0, "stall: km_check clean after reap");
+    rmseg(env);
+}
+
+int main(void)
+{
+    fixtures_init("reconfig");
+    plan(29 + 5 + 16 + 10 + 13);
+    t_add_remove();
+    t_weight();
+    t_limits();
+    t_torture();
+    t_stall();
+    return exit_status();
+}
