@@ -75,6 +75,7 @@ TEST_TIMEOUT ?= 300
 # Fragments owned by the benchmark suite and the bindings: each may add
 # targets and hook `deps-extra` (packages its tests or runs need) and
 # `bench-compare` (baselines run by make bench).
+.DEFAULT_GOAL := all
 -include bench/bench.mk
 -include bindings/bindings.mk
 

@@ -11,7 +11,9 @@
  *   - set-weight: weighted shares follow the new weights;
  *   - set-limits: debt carried over in units; token windows added and
  *     removed while a lease is out settle without drift (km_check clean).
- * Torture (processes): 8 workers acquire and release while a reconfigurer
+ * Torture (processes): 8 workers (two of them with 3 and 9 threads, the
+ * last sharing its process's overflow reader row) acquire and release
+ * while a reconfigurer
  * adds, removes and re-weights keys (and now and then changes limits)
  * every 10 ms for 5 s (KM_TORTURE_S to change):
  *   - no lease is handed out for a key to an acquire that started after the
@@ -27,6 +29,7 @@
  * a removal still takes effect; after SIGCONT the grace period completes.
  */
 #include <inttypes.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -205,11 +208,15 @@ static shared *sh;
 
 static unsigned id_num(const char *key_id) { return (unsigned)strtoul(key_id + 1, NULL, 10); }
 
-static void worker(int w)
-{
+typedef struct wctx {
     km_env *e;
-    if (km_open(seg, &e) != KM_OK)
-        _exit(3);
+    int w;
+} wctx;
+
+static void *worker_thread(void *arg)
+{
+    km_env *e = ((wctx *)arg)->e;
+    int w = ((wctx *)arg)->w;
     int p = km_pool_find(e, "p");
     for (uint64_t i = 0; !ck_pr_load_int(&sh->stop); i++) {
         km_request r = {.pool = p, .tokens = 10,
@@ -219,22 +226,44 @@ static void worker(int w)
         int rc = km_acquire(e, &r, &l);
         if (rc != KM_OK) {
             if (rc != KM_EAGAIN && rc != KM_EUNAVAIL)
-                sh->bad_acquire[w]++;
+                ck_pr_inc_64(&sh->bad_acquire[w]);
             continue;
         }
         unsigned id = id_num(l.key_id);
-        if (id < MAX_IDS && t0 > sh->last_start[w][id])
-            sh->last_start[w][id] = t0;
+        if (id < MAX_IDS) { /* the latest start: threads of w share the slot */
+            uint64_t cur = ck_pr_load_64(&sh->last_start[w][id]);
+            while (t0 > cur && !ck_pr_cas_64_value(&sh->last_start[w][id], cur, t0, &cur))
+                ;
+        }
         uint32_t *h = &sh->holder[l.key % CAP_KEYS][l.slot % INFL];
         if (!ck_pr_cas_32(h, 0, (uint32_t)w + 1))
-            sh->dup[w]++;
+            ck_pr_inc_64(&sh->dup[w]);
         if (i % 4 == 0)
             sched_yield(); /* hold some leases across a reconfiguration */
         ck_pr_store_32(h, 0); /* before the slot can be granted again */
         if (km_release(e, &l, NULL) != KM_OK)
-            sh->bad_release[w]++;
-        sh->ops[w]++;
+            ck_pr_inc_64(&sh->bad_release[w]);
+        ck_pr_inc_64(&sh->ops[w]);
     }
+    return NULL;
+}
+
+/* Workers 0-5 run one thread; 6 runs 3 (a reader row each); 7 runs 9, more
+ * than a process's 7 own rows, so some share its overflow row. */
+static void worker(int w)
+{
+    km_env *e;
+    if (km_open(seg, &e) != KM_OK)
+        _exit(3);
+    int nt = w == 6 ? 3 : w == 7 ? 9 : 1;
+    pthread_t t[9];
+    wctx c = {e, w};
+    for (int i = 1; i < nt; i++)
+        if (pthread_create(&t[i], NULL, worker_thread, &c) != 0)
+            _exit(7);
+    worker_thread(&c);
+    for (int i = 1; i < nt; i++)
+        pthread_join(t[i], NULL);
     km_close(e);
     _exit(0);
 }

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# tests/t_gunicorn.sh - the Python binding under gunicorn (Debian's), end to
+# end.  The gunicorn master creates the segment (on_starting) and forks 4
+# sync workers; each request acquires a key, calls a mock upstream on
+# 127.0.0.1 that allows RPM requests per key in any 60 s window and answers
+# 429 with Retry-After beyond, and reports the outcome.  Load comes from curl
+# (--parallel).  TAP output (plan at the end).  Binaries from ${KM_BUILD:-build}.
+#
+# Pool "llm": 4 keys whose limit matches the upstream's exactly (sliding,
+# rpm RPM, burst RPM: never more than RPM in any 60 s window).  The whole
+# test lasts far less than 60 s, so every request of a key falls in one
+# upstream window and "zero 429" means: the pool never handed out a key more
+# than RPM times, over 4 processes together.
+#   phase 1: 2*RPM requests (half the capacity) through Lease: round robin
+#            must spread them evenly.  Each worker rotates its own cursor over
+#            the keys and no key is ever skipped (no limit is reached), so each
+#            worker gives every key its share within 1; 4 workers: the counts
+#            of any two keys differ by at most 4 (the tolerance asserted).
+#   phase 2: 2*RPM + EXTRA requests through the legacy API (acquire, release,
+#            mark_rate_limited): demand exceeds what is left; each key reaches
+#            exactly RPM at the upstream, never RPM + 1; the EXTRA ones get
+#            503 from the app (no key within its 0.3 s acquire_timeout).
+# Pool "loose": the negative control.  Its keys are configured at twice the
+# upstream's rpm, so the upstream must answer 429s, and the app must see and
+# report them (keys cooling): the check that counts 429s can fail.
+# shellcheck source=tests/lib.sh
+. "$(dirname "$0")/lib.sh"
+# shellcheck source=tests/e2e/e2e.sh
+. "$(dirname "$0")/e2e/e2e.sh"
+
+begin gunicorn
+e2e_need /usr/bin/gunicorn curl "$PY"
+e2e_setup
+on_cleanup() { e2e_cleanup; }
+
+RPM=100
+EXTRA=40
+W=4
+SECRETS=(sk-test-gun-aaaa1111 sk-test-gun-bbbb2222 sk-test-gun-cccc3333 sk-test-gun-dddd4444
+    sk-test-gun-eeee5555 sk-test-gun-ffff6666)
+LLM_KEYS="${SECRETS[*]:0:4}"
+LOOSE_KEYS="${SECRETS[*]:4:2}"
+cat >"$TMP/pool.json" <<EOF
+{"capacity": {"keys": 12, "processes": 16},
+ "pools": [{"name": "llm", "strategy": "round_robin",
+            "limits": {"rpm": {"limit": $RPM, "mode": "sliding", "burst": $RPM}},
+            "keys": [{"id": "k1", "secret": "${SECRETS[0]}"}, {"id": "k2", "secret": "${SECRETS[1]}"},
+                     {"id": "k3", "secret": "${SECRETS[2]}"}, {"id": "k4", "secret": "${SECRETS[3]}"}]},
+           {"name": "loose", "strategy": "round_robin",
+            "limits": {"rpm": $((2 * RPM))},
+            "keys": [{"id": "x1", "secret": "${SECRETS[4]}"}, {"id": "x2", "secret": "${SECRETS[5]}"}]}]}
+EOF
+# per_key KEYS: the upstream's 200 count of each secret, in order
+per_key() { upstats '" ".join(str(u["keys"].get("…" + s[-4:], {}).get("ok", 0)) for s in "'"$1"'".split())'; }
+# n429 KEYS: the upstream's 429 count over these secrets
+n429() { upstats 'sum(v["429"] for k, v in u["keys"].items() if k[-4:] in "'"$1"'")'; }
+
+start_upstream "$RPM"
+KMT_WORKERS=$W start_gunicorn "$TMP/pool.json"
+URL="http://127.0.0.1:$GU_PORT"
+diag "upstream on port $UP_PORT, gunicorn on port $GU_PORT (master $GU_PID)"
+
+"$KMCTL" inspect "$SEG" >/dev/null 2>&1
+ok $? "the gunicorn master created segment $SEG"
+
+# ------------------------------------------------------------ phase 1
+t0=$(date +%s%N)
+load "$URL/call?pool=llm" $((2 * RPM)) 8 "$TMP/p1"
+t1=$(date +%s%N)
+n200=$(count 200 "$TMP/p1")
+ok $([ "$n200" -eq $((2 * RPM)) ]; echo $?) "phase 1: all $((2 * RPM)) requests answered 200 (got $n200)"
+[ "$n200" -eq $((2 * RPM)) ] || diag "statuses: $(cut -d' ' -f1 "$TMP/p1" | sort | uniq -c | tr '\n' ' ')" \
+    "$(tail -n 5 "$TMP/gunicorn.log")"
+npids=$(awk '$1 == 200 { print $2 }' "$TMP/p1" | sort -u | wc -l)
+ok $([ "$npids" -eq $W ]; echo $?) "phase 1: all $W workers served requests (got $npids)"
+spread=$(per_key "$LLM_KEYS")
+diag "phase 1: $((2 * RPM)) requests in $(((t1 - t0) / 1000000)) ms; upstream per key: $spread"
+read -r a b c d <<<"$spread"
+min=$(printf '%s\n' "$a" "$b" "$c" "$d" | sort -n | head -n1)
+max=$(printf '%s\n' "$a" "$b" "$c" "$d" | sort -n | tail -n1)
+ok $([ $((a + b + c + d)) -eq $((2 * RPM)) ]; echo $?) "phase 1: the upstream saw $((2 * RPM)) requests on the 4 keys"
+ok $([ $((max - min)) -le $W ]; echo $?) "phase 1: even spread, max - min = $((max - min)) <= $W (keys: $spread)"
+acq=$(snap '" ".join(str(k["counters"]["acquired"]) for k in K("llm"))')
+ok $([ "$acq" = "$spread" ]; echo $?) "phase 1: KeyMesh's acquired counters equal the upstream's ($acq)"
+
+# ------------------------------------------------------------ phase 2
+load "$URL/call?pool=llm&api=legacy" $((2 * RPM + EXTRA)) 8 "$TMP/p2"
+n200=$(count 200 "$TMP/p2")
+n503=$(count 503 "$TMP/p2")
+c429=$(count 429 "$TMP/p2")
+ok $([ "$n200" -eq $((2 * RPM)) ] && [ "$n503" -eq "$EXTRA" ]; echo $?) \
+    "phase 2: $((2 * RPM)) answered 200 and $EXTRA got 503 (no key) (got $n200 and $n503)"
+up429=$(n429 "$LLM_KEYS")
+ok $([ "$up429" -eq 0 ] && [ "$c429" -eq 0 ]; echo $?) "zero 429s from the upstream on pool llm (upstream $up429, clients $c429)"
+full=$(per_key "$LLM_KEYS")
+ok $([ "$full" = "$RPM $RPM $RPM $RPM" ]; echo $?) "phase 2: each key reached exactly its limit, $RPM (got $full)"
+
+# ---------------------------------------------- negative control: "loose"
+load "$URL/call?pool=loose" $((2 * RPM + EXTRA)) 8 "$TMP/p3"
+l429=$(count 429 "$TMP/p3")
+lup429=$(n429 "$LOOSE_KEYS")
+ok $([ "$lup429" -ge 1 ] && [ "$l429" -eq "$lup429" ]; echo $?) \
+    "control: limits above the upstream's draw 429s ($lup429 at the upstream, $l429 seen by clients)"
+krl=$(snap 'sum(k["counters"]["rate_limited"] for k in K("loose"))')
+ok $([ "$krl" -eq "$lup429" ]; echo $?) "control: every 429 reported to KeyMesh as rate_limited ($krl)"
+st=$(snap '" ".join(k["state"] for k in K("loose"))')
+ok $([ "$st" = "cooling cooling" ]; echo $?) "control: the 429'd keys cool down (Retry-After) (states: $st)"
+
+# ------------------------------------------------------------ the end
+infl=$(snap 'sum(k["inflight"] for p in s["pools"] for k in p["keys"])')
+ok $([ "$infl" = 0 ]; echo $?) "in-flight 0 at the end (got $infl)"
+cons=$(snap 'all(k["counters"]["acquired"] == sum(k["counters"][c] for c in ("success", "rate_limited", "failure", "auth", "quota", "cancelled", "abandoned")) for p in s["pools"] for k in p["keys"])')
+ok $([ "$cons" = True ]; echo $?) "every lease acquired was released once (acquired = sum of outcomes)"
+run "$KMCTL" check "$SEG"
+expect 0 "kmctl check: no violation"
+no_secret "$(cat "$TMP/gunicorn.log" "$TMP/p1" "$TMP/p2" "$TMP/p3" "$TMP/snap.json")"
+ok $? "no secret in gunicorn's log, the responses or the snapshot"
+
+stop_pid "$GU_PID"
+grep -q 'Shutting down: Master' "$TMP/gunicorn.log"
+ok $? "gunicorn stopped"
+run "$KMCTL" inspect "$SEG"
+expect 3 "the master removed the segment when it exited"
+no_sanitizer_report
+finish
