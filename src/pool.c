@@ -527,7 +527,7 @@ static uint32_t km__pid; /* cached at load and in a forked child: no getpid() pe
 /* This thread's reader row (shm/epoch.c) for the handle it last used. */
 static __thread km__rdr *km__rd_row;
 static __thread const km_env *km__rd_env;
-static __thread int km__rd_shared; /* the row is its process's overflow row */
+static __thread int km__rd_slow; /* 1: the overflow row; 2: fence after the row store */
 
 static void km__atfork_child(void)
 {
@@ -545,16 +545,16 @@ KM__HOT km__rdr *km__rd_enter(km_env *e, uint64_t now)
     km__rdr *r = km__rd_row;
     if (__builtin_expect(km__rd_env != e, 0)) {
         r = km__rd_row = km__epoch_bind(e);
-        km__rd_shared = r == km__rdrs(e, e->proc_slot);
+        km__rd_slow = r == km__rdrs(e, e->proc_slot) ? 1 : e->rd_fence ? 2 : 0;
         km__rd_env = e;
     }
-    if (__builtin_expect(km__rd_shared, 0)) {
+    if (__builtin_expect(km__rd_slow == 1, 0)) {
         km__epoch_enter_ovf(e, r, now);
         return r;
     }
     ck_pr_store_64(&r->enter_ns, now);
     ck_pr_store_64(&r->word, ck_pr_load_64(&e->hdr->epoch));
-    if (__builtin_expect(e->rd_fence, 0))
+    if (__builtin_expect(km__rd_slow, 0))
         ck_pr_fence_memory(); /* row store before the section's loads */
     else
         ck_pr_barrier(); /* the compiler keeps the order; the CPU's is the writer's membarrier */
@@ -564,7 +564,7 @@ KM__HOT km__rdr *km__rd_enter(km_env *e, uint64_t now)
 /* Leave: every load of the section completes before the row reads idle. */
 KM__HOT void km__rd_exit(km__rdr *r)
 {
-    if (__builtin_expect(km__rd_shared, 0)) {
+    if (__builtin_expect(km__rd_slow == 1, 0)) {
         km__epoch_exit_ovf(r);
         return;
     }
