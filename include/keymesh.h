@@ -456,7 +456,7 @@ KM_EXTERN int km_key_add(km_env *env, int pool, const char *key_json,
  * km_key_add only after a grace period and once its last lease is back.
  * KM_OK even if the member list could not be rebuilt within the admin
  * timeout (a stalled reader): the key is removed all the same, and the list
- * is rebuilt by the next reconfiguration of the pool. */
+ * is rebuilt by the next add, remove or re-weight in the pool. */
 KM_EXTERN int km_key_remove(km_env *env, uint32_t key);
 
 /* Change a key's weight (1..1000000), used by the weighted strategy.

@@ -193,11 +193,17 @@ static int pool_json(km_env *env, int pool, uint64_t now, json_t **out)
         return KM_ENOMEM;
     for (uint32_t i = 0; i < pi.n_keys; i++) {
         int key = km_pool_key(env, pool, i);
+        /* A key removed meanwhile (or still listed, skipped, after a
+         * removal) is not part of the pool any more: left out. */
+        if (key == KM_ENOKEY)
+            continue;
         if (key < 0) {
             rc = key;
             goto fail;
         }
-        if ((rc = km_key_info_get(env, (uint32_t)key, &ki)) != KM_OK)
+        if ((rc = km_key_info_get(env, (uint32_t)key, &ki)) == KM_ENOKEY)
+            continue;
+        if (rc != KM_OK)
             goto fail;
         json_t *k = key_json(&ki, now);
         if (k && pi.model_mode == KM_MODELS_PER_MODEL) {

@@ -822,14 +822,20 @@ static int inspect_pool(km_env *env, const char *name, int pool)
         errline("out of memory");
         return EX_FAILED;
     }
-    /* Read every key once, then lay out from those copies. */
+    /* Read every key once, then lay out from those copies.  A key removed
+     * meanwhile (or still listed after a removal) is left out. */
+    uint32_t nk = 0;
     for (uint32_t i = 0; i < pi.n_keys; i++) {
         int k = km_pool_key(env, pool, i);
-        if (k < 0 || (rc = km_key_info_get(env, (uint32_t)k, &keys[i]))) {
+        if (k == KM_ENOKEY || (k >= 0 && (rc = km_key_info_get(env, (uint32_t)k, &keys[nk])) == KM_ENOKEY))
+            continue;
+        if (k < 0 || rc) {
             free(keys);
             return seg_error(name, k < 0 ? k : rc);
         }
+        nk++;
     }
+    pi.n_keys = nk;
     now = km_now_ns();
     for (int c = 0; c < NCOLS; c++) {
         int w = col_window(c);
