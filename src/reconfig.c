@@ -204,10 +204,24 @@ static void km__row_clear(km_env *e, uint32_t ki)
     explicit_bzero(k->secret, sizeof(k->secret));
 }
 
-static int km__key_live(km_env *e, uint32_t key)
+/* Take the admin lock for a change to an existing key: KM_OK with the lock
+ * held, else an error with the lock released. */
+static int km__admin_lock_key(km_env *e, uint32_t key)
 {
-    return e && key < e->hdr->cap_keys &&
-           ck_pr_load_32(&km__keys(e)[key].state) < KM__ST_FREE;
+    int rc = km__admin_lock(e);
+    if (rc != KM_OK)
+        return rc;
+    if (key >= e->hdr->cap_keys || ck_pr_load_32(&km__keys(e)[key].state) >= KM__ST_FREE) {
+        km__admin_unlock(e);
+        return KM_ENOKEY;
+    }
+    return KM_OK;
+}
+
+/* Only writers holding the admin lock count. */
+static void km__count_reconfig(km_env *e)
+{
+    ck_pr_store_64(&e->hdr->reconfigs, ck_pr_load_64(&e->hdr->reconfigs) + 1);
 }
 
 static void km__pool_defaults_of(const km__pool *pl, km__pool_defaults *pd)
@@ -290,7 +304,7 @@ KM_EXTERN int km_key_add(km_env *e, int pool, const char *key_json, char *errbuf
     }
     if (was_free)
         ck_pr_store_32(&h->n_keys, ck_pr_load_32(&h->n_keys) + 1);
-    ck_pr_store_64(&h->reconfigs, ck_pr_load_64(&h->reconfigs) + 1);
+    km__count_reconfig(e);
     rc = (int)ki;
 unlock:
     km__admin_unlock(e);
@@ -303,13 +317,9 @@ KM_EXTERN int km_key_remove(km_env *e, uint32_t key)
 {
     if (!e)
         return KM_EINVAL;
-    int rc = km__admin_lock(e);
+    int rc = km__admin_lock_key(e, key);
     if (rc != KM_OK)
         return rc;
-    if (!km__key_live(e, key)) {
-        km__admin_unlock(e);
-        return KM_ENOKEY;
-    }
     km__key *k = &km__keys(e)[key];
     /* Health transitions are CASes from live states: none overwrites
      * REMOVED.  The exchange is locked (a full barrier): the state is
@@ -317,10 +327,10 @@ KM_EXTERN int km_key_remove(km_env *e, uint32_t key)
     ck_pr_fas_32(&k->state, KM__ST_REMOVED);
     ck_pr_store_64(&k->retire_epoch, ck_pr_load_64(&e->hdr->epoch));
     /* The list is rebuilt without it; if a stalled reader holds the spare
-     * list, the removed key stays listed (and skipped) until the next
-     * reconfiguration of the pool rebuilds it. */
+     * list, the removed key stays listed (and skipped) until the next add,
+     * remove or re-weight in the pool rebuilds it. */
     (void)km__list_publish(e, k->pool, UINT32_MAX);
-    ck_pr_store_64(&e->hdr->reconfigs, ck_pr_load_64(&e->hdr->reconfigs) + 1);
+    km__count_reconfig(e);
     km__admin_unlock(e);
     return KM_OK;
 }
@@ -329,13 +339,9 @@ KM_EXTERN int km_key_set_weight(km_env *e, uint32_t key, uint32_t weight)
 {
     if (!e || weight == 0 || weight > KM__WEIGHT_MAX)
         return KM_EINVAL;
-    int rc = km__admin_lock(e);
+    int rc = km__admin_lock_key(e, key);
     if (rc != KM_OK)
         return rc;
-    if (!km__key_live(e, key)) {
-        km__admin_unlock(e);
-        return KM_ENOKEY;
-    }
     km__key *k = &km__keys(e)[key];
     uint32_t old = k->weight;
     /* Read only by list building (under this lock) and by display. */
@@ -344,7 +350,7 @@ KM_EXTERN int km_key_set_weight(km_env *e, uint32_t key, uint32_t weight)
     if (rc != KM_OK)
         ck_pr_store_32(&k->weight, old);
     else
-        ck_pr_store_64(&e->hdr->reconfigs, ck_pr_load_64(&e->hdr->reconfigs) + 1);
+        km__count_reconfig(e);
     km__admin_unlock(e);
     return rc;
 }
@@ -376,12 +382,8 @@ KM_EXTERN int km_key_set_limits(km_env *e, uint32_t key, const char *limits_json
     int rc = km__config_parse_limits(limits_json, given, &set, errbuf, errlen);
     if (rc != KM_OK)
         return rc;
-    if ((rc = km__admin_lock(e)) != KM_OK)
+    if ((rc = km__admin_lock_key(e, key)) != KM_OK)
         return rc;
-    if (!km__key_live(e, key)) {
-        km__admin_unlock(e);
-        return KM_ENOKEY;
-    }
     km__key *k = &km__keys(e)[key];
     uint64_t old_T[KM_WIN_COUNT];
     for (int w = 0; w < KM_WIN_COUNT; w++) {
@@ -402,7 +404,7 @@ KM_EXTERN int km_key_set_limits(km_env *e, uint32_t key, const char *limits_json
         uint64_t now = km__now();
         for (int w = 0; w < KM_WIN_COUNT; w++)
             km__rescale(&k->win[w], old_T[w], (k->win_mask >> w) & 1 ? k->emission_ns[w] : 0, now);
-        ck_pr_store_64(&e->hdr->reconfigs, ck_pr_load_64(&e->hdr->reconfigs) + 1);
+        km__count_reconfig(e);
     }
     /* New parameters before the flag that lets acquirers back in. */
     ck_pr_fence_store();
