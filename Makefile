@@ -19,7 +19,7 @@ bindir     ?= $(PREFIX)/bin
 pkgconfigdir ?= $(libdir)/pkgconfig
 
 CC      ?= cc
-PKGS    := ck jansson
+PKGS    := ck jansson libsodium
 DEPS_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 DEPS_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
@@ -44,7 +44,7 @@ endif
 CFLAGS  ?=
 CFLAGS  += -std=c11 -D_GNU_SOURCE $(OPT) $(WARN) $(SANFLAGS) -Iinclude $(DEPS_CFLAGS)
 LDFLAGS += $(SANFLAGS)
-LIBS    := $(DEPS_LIBS) -lpthread
+LIBS    := $(DEPS_LIBS) -lpthread -lm
 
 LIB_SRC := $(wildcard shm/*.c) $(wildcard src/*.c)
 LIB_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(LIB_SRC))
@@ -88,6 +88,7 @@ deps: deps-extra
 	pkg-config --exists ck      2>/dev/null || missing="$$missing libck-dev"; \
 	pkg-config --exists liburcu 2>/dev/null || missing="$$missing liburcu-dev"; \
 	pkg-config --exists jansson 2>/dev/null || missing="$$missing libjansson-dev"; \
+	pkg-config --exists libsodium 2>/dev/null || missing="$$missing libsodium-dev"; \
 	command -v pkg-config >/dev/null || missing="$$missing pkg-config"; \
 	command -v prove >/dev/null      || missing="$$missing perl"; \
 	command -v $(CC) >/dev/null      || missing="$$missing gcc"; \
@@ -164,7 +165,7 @@ $(BUILD)/keymesh.pc: Makefile
 	@mkdir -p $(dir $@)
 	printf '%s\n' 'prefix=$(PREFIX)' 'libdir=$(libdir)' 'includedir=$(includedir)' '' \
 	  'Name: keymesh' 'Description: shared-memory API key pool with lock-free acquire' \
-	  'Version: $(VERSION)' 'Requires.private: ck jansson' \
+	  'Version: $(VERSION)' 'Requires.private: ck jansson libsodium' \
 	  'Libs: -L$${libdir} -lkeymesh' 'Libs.private: -lpthread' 'Cflags: -I$${includedir}' > $@
 
 install: all $(BUILD)/keymesh.pc

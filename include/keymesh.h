@@ -105,7 +105,8 @@ KM_EXTERN int km_format_version(void);      /* KM_FORMAT_VERSION */
     XX(ETIMEDOUT, -24, "timed out waiting for a key")                         \
     XX(EBUSY, -25, "a stalled reader holds back reclamation (see inspect)")    \
     XX(EKEYEXISTS, -26, "a key of that id already exists in the pool")       \
-    XX(EFULL, -27, "no free key slot (capacity, or removed keys in grace)")
+    XX(EFULL, -27, "no free key slot (capacity, or removed keys in grace)")  \
+    XX(ECRYPTO, -28, "cannot decrypt the snapshot's secrets: wrong key or damaged file")
 
 typedef enum {
     KM_OK = 0,
@@ -553,6 +554,42 @@ KM_EXTERN int km_check(km_env *env, void (*report)(void *ctx, const char *line),
  * key with state, limits and counters.  Secrets are masked.  *out is
  * malloc'd; release it with free(). */
 KM_EXTERN int km_snapshot_json(km_env *env, char **out);
+
+/* Snapshot with secrets, and restore.
+ *
+ * km_snapshot_json_ex(env, KM_SNAPSHOT_SECRETS, key, &out) adds to each key
+ * "secret_enc": its secret encrypted with XChaCha20-Poly1305 (libsodium)
+ * under the 32-byte `key`, a random nonce per secret, the pool and key id
+ * as associated data; the snapshot's "secret" stays masked.  flags 0 (key
+ * NULL) is km_snapshot_json().  Every snapshot (format 2) also carries what
+ * a restore needs: limit windows and cooldowns as wall-clock times, pool
+ * defaults, per-model windows.
+ *
+ * km_restore() creates segment `name` (mode as km_create; KM_EEXIST if it
+ * exists) from such a snapshot: pools, keys, weights, limits, counters,
+ * limit windows and cooldowns.  Wall-clock times are converted back to the
+ * monotonic clock, so a cooldown or a window's debt runs out in real time,
+ * across a reboot.  Leases that were out are not restored (their processes
+ * belong to the old segment).  The segment is filled under a temporary name
+ * and renamed into place, so no worker attaches to it half restored.  The
+ * secrets are decrypted with `key`: KM_ECRYPTO if it is the wrong key or the
+ * file was altered; KM_ECONFIG (errbuf says why) if the snapshot has no
+ * secrets or is not a restorable snapshot.  *out (may be NULL) receives a
+ * handle on the new segment. */
+#define KM_SNAPSHOT_KEY_BYTES 32
+#define KM_SNAPSHOT_SECRETS 1u
+KM_EXTERN int km_snapshot_json_ex(km_env *env, unsigned flags, const unsigned char *key,
+                                  char **out);
+KM_EXTERN int km_restore(const char *name, const char *json, size_t len,
+                         const unsigned char *key, unsigned mode, km_env **out,
+                         char *errbuf, size_t errlen);
+/* A snapshot key from text: 64 hex digits or 44 base64 characters (a
+ * trailing newline is ignored), or exactly 32 raw bytes.  KM_EINVAL if it
+ * is none of these. */
+KM_EXTERN int km_snapshot_key_parse(const void *text, size_t len,
+                                    unsigned char key[KM_SNAPSHOT_KEY_BYTES]);
+/* A new random snapshot key, as 64 hex digits and a NUL. */
+KM_EXTERN int km_snapshot_keygen(char hex[2 * KM_SNAPSHOT_KEY_BYTES + 1]);
 
 /* Mask a secret for display: "sk-…abcd" style, at most 23 bytes + NUL. */
 KM_EXTERN void km_mask_secret(const char *secret, char out[24]);

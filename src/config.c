@@ -551,17 +551,42 @@ static int parse_secret(cfg_ctx *c, json_t *kobj, const char *path,
 {
     json_t *sv = json_object_get(kobj, "secret");
     json_t *ev = json_object_get(kobj, "secret_env");
+    json_t *fv = json_object_get(kobj, "secret_file");
     const char *s = NULL;
+    char fbuf[KM_SECRET_MAX + 3];
     size_t len = 0;
     int rc;
 
-    if (sv && ev)
+    if (!!sv + !!ev + !!fv > 1)
         return cfg_err(c, KM_ECONFIG,
-                       "%s: give either secret or secret_env, not both", path);
-    if (!sv && !ev)
-        return cfg_err(c, KM_ECONFIG, "%s: missing secret or secret_env",
+                       "%s: give one of secret, secret_env and secret_file", path);
+    if (!sv && !ev && !fv)
+        return cfg_err(c, KM_ECONFIG, "%s: missing secret, secret_env or secret_file",
                        path);
-    if (sv) {
+    if (fv) {
+        /* The file's content, without its trailing newline. */
+        const char *fname;
+        size_t flen;
+        if ((rc = get_str(c, kobj, path, "secret_file", PATH_MAX, &fname, &flen)))
+            return rc;
+        int fd = open(fname, O_RDONLY | O_CLOEXEC);
+        ssize_t got = fd < 0 ? -1 : read(fd, fbuf, sizeof fbuf - 1);
+        int e = errno;
+        if (fd >= 0)
+            close(fd);
+        if (got < 0)
+            return cfg_err(c, KM_ECONFIG, "%s.secret_file: %s: %s", path, fname, strerror(e));
+        while (got > 0 && (fbuf[got - 1] == '\n' || fbuf[got - 1] == '\r'))
+            got--;
+        fbuf[got] = '\0';
+        if (got == 0 || (size_t)got > KM_SECRET_MAX) {
+            explicit_bzero(fbuf, sizeof fbuf);
+            return cfg_err(c, KM_ECONFIG, "%s.secret_file: %s: %s", path, fname,
+                           got ? "longer than a secret may be" : "empty");
+        }
+        s = fbuf;
+        len = (size_t)got;
+    } else if (sv) {
         /* get_str names the field and the length, never the value. */
         if ((rc = get_str(c, kobj, path, "secret", KM_SECRET_MAX, &s, &len)))
             return rc;
@@ -591,6 +616,10 @@ static int parse_secret(cfg_ctx *c, json_t *kobj, const char *path,
     /* A secret goes into an HTTP header: printable ASCII, no spaces, so no
      * CR/LF injection and an unambiguous mask.  (Every provider's keys fit.) */
     if (!name_ok(s, 0)) {
+        explicit_bzero(fbuf, sizeof fbuf);
+        if (fv)
+            return cfg_err(c, KM_ECONFIG,
+                           "%s.secret_file: must hold printable ASCII without spaces", path);
         if (sv)
             return cfg_err(c, KM_ECONFIG,
                            "%s.secret: must be printable ASCII without "
@@ -603,13 +632,14 @@ static int parse_secret(cfg_ctx *c, json_t *kobj, const char *path,
     memcpy(k->secret, s, len);
     k->secret[len] = '\0';
     k->secret_len = (uint32_t)len;
+    explicit_bzero(fbuf, sizeof fbuf);
     return KM_OK;
 }
 
 static int parse_key(cfg_ctx *c, json_t *kobj, const char *path,
                      const pool_defaults *pd, km__key_cfg *k)
 {
-    static const char *const fields[] = {"id", "secret", "secret_env",
+    static const char *const fields[] = {"id", "secret", "secret_env", "secret_file",
                                          "weight", "limits", "max_inflight",
                                          "price", "budget", "meta", NULL};
     km__limit_cfg own[KM_WIN_COUNT];

@@ -8,7 +8,14 @@
  * with acquire/release: each number is read atomically, but numbers of one
  * key need not be mutually consistent while operations run.
  *
- * Secrets never appear: a key's "secret" is km_key_info.secret_masked.
+ * Secrets never appear in clear: a key's "secret" is
+ * km_key_info.secret_masked; with KM_SNAPSHOT_SECRETS, "secret_enc" holds
+ * it encrypted (XChaCha20-Poly1305, libsodium; see keymesh.h).
+ *
+ * Format 2 adds what km_restore() needs (src/restore.c): per limit window
+ * "tat_unix_us" (the GCRA word as wall-clock time, 0: no debt), per key
+ * "cooldown_until_unix_ms", per pool "defaults" (limits, max_inflight,
+ * price given to keys added later), capacity "models".
  *
  * Shape (format 1; docs/kmctl.md):
  *   {"keymesh", "format", "taken_unix_ms", "capacity": {...}, "size_bytes",
@@ -27,13 +34,25 @@
  *   they do not know.
  */
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include <jansson.h>
+#include <sodium.h>
 
 #include "internal.h"
 
-#define KM__SNAPSHOT_FORMAT 1
+#define KM__SNAPSHOT_FORMAT 2
+
+/* Monotonic times as wall-clock ones: both clocks read once per snapshot. */
+typedef struct km__clocks {
+    uint64_t mono_ns, wall_ns;
+} km__clocks;
+
+static uint64_t km__to_unix_us(const km__clocks *c, uint64_t mono_ns)
+{
+    return mono_ns > c->mono_ns ? (c->wall_ns + (mono_ns - c->mono_ns)) / 1000 : 0;
+}
 
 /* json_integer takes a signed 64-bit value; counters never get near 2^63,
  * but clamp rather than wrap to a negative number if one ever did. */
@@ -63,7 +82,7 @@ static json_t *jusd(uint64_t microusd)
 
 /* {"rpm": {"limit", "burst", "mode", "available"}, ...}: the windows that
  * have a limit. */
-static json_t *limits_json(const km_limit_info limits[KM_WIN_COUNT])
+static json_t *limits_json(const km_limit_info limits[KM_WIN_COUNT], const km__clocks *clk)
 {
     json_t *lim = json_object();
     if (!lim)
@@ -72,10 +91,11 @@ static json_t *limits_json(const km_limit_info limits[KM_WIN_COUNT])
         const km_limit_info *l = &limits[w];
         if (l->limit == 0)
             continue;
-        json_t *o = json_pack("{s:o, s:o, s:s, s:o}", "limit", jint(l->limit),
+        json_t *o = json_pack("{s:o, s:o, s:s, s:o, s:o}", "limit", jint(l->limit),
                               "burst", jint(l->burst), "mode",
                               mode_name(l->mode), "available",
-                              jint(l->available));
+                              jint(l->available), "tat_unix_us",
+                              jint(km__to_unix_us(clk, l->tat_ns)));
         if (!o || json_object_set_new(lim, km_window_name(w), o) < 0) {
             json_decref(lim);
             return NULL;
@@ -97,7 +117,7 @@ static json_t *meta_json(const char *meta)
 /* The limits of each model of a per_model pool on key `key`:
  * {"<model>": {"rpm": {...}}, ...}. */
 static json_t *key_models_json(km_env *env, int pool, uint32_t n_models,
-                               uint32_t key)
+                               uint32_t key, const km__clocks *clk)
 {
     json_t *o = json_object();
     if (!o)
@@ -107,7 +127,7 @@ static json_t *key_models_json(km_env *env, int pool, uint32_t n_models,
         km_limit_info lim[KM_WIN_COUNT];
         if (km_model_info_get(env, pool, i, key, name, lim) != KM_OK)
             break; /* fewer models than counted: show what there is */
-        json_t *l = limits_json(lim);
+        json_t *l = limits_json(lim, clk);
         if (!l || json_object_set_new(o, name, l) < 0) {
             json_decref(o);
             return NULL;
@@ -116,9 +136,10 @@ static json_t *key_models_json(km_env *env, int pool, uint32_t n_models,
     return o;
 }
 
-static json_t *key_json(const km_key_info *k, uint64_t now)
+static json_t *key_json(const km_key_info *k, const km__clocks *clk)
 {
-    json_t *lim = limits_json(k->limits), *key;
+    uint64_t now = clk->mono_ns;
+    json_t *lim = limits_json(k->limits, clk), *key;
     if (!lim)
         return NULL;
     /* Round the remaining cooldown up, so a cooling key never shows 0. */
@@ -172,6 +193,11 @@ static json_t *key_json(const km_key_info *k, uint64_t now)
         "spent_usd", jusd(k->spent_microusd),
         "success_rate", json_real((double)k->success_ppm / 1e6),
         "meta", meta_json(k->meta));
+    if (more && json_object_set_new(more, "cooldown_until_unix_ms",
+                                    jint(km__to_unix_us(clk, k->cooldown_until_ns) / 1000)) < 0) {
+        json_decref(more);
+        more = NULL;
+    }
     if (!more || json_object_update(key, more) < 0) {
         json_decref(more);
         json_decref(key);
@@ -181,7 +207,76 @@ static json_t *key_json(const km_key_info *k, uint64_t now)
     return key;
 }
 
-static int pool_json(km_env *env, int pool, uint64_t now, json_t **out)
+/* What one snapshot is asked for. */
+typedef struct km__snap {
+    km__clocks clk;
+    const unsigned char *key; /* non-NULL: add "secret_enc" */
+} km__snap;
+
+/* base64(nonce || XChaCha20-Poly1305(secret)), with "pool/id" as
+ * associated data so a ciphertext moved to another key fails to open. */
+static json_t *secret_enc(const char *pool, const km__key *k, const unsigned char *key)
+{
+    unsigned char buf[crypto_aead_xchacha20poly1305_ietf_NPUBBYTES + KM_SECRET_MAX +
+                      crypto_aead_xchacha20poly1305_ietf_ABYTES];
+    char ad[2 * KM_ID_MAX + 2], b64[sodium_base64_ENCODED_LEN(sizeof buf,
+                                                          sodium_base64_VARIANT_ORIGINAL)];
+    unsigned long long clen;
+    size_t len = k->secret_len <= KM_SECRET_MAX ? k->secret_len : KM_SECRET_MAX;
+    int adlen = snprintf(ad, sizeof ad, "%s/%s", pool, k->id);
+
+    randombytes_buf(buf, crypto_aead_xchacha20poly1305_ietf_NPUBBYTES);
+    crypto_aead_xchacha20poly1305_ietf_encrypt(
+        buf + crypto_aead_xchacha20poly1305_ietf_NPUBBYTES, &clen,
+        (const unsigned char *)k->secret, len, (const unsigned char *)ad, (size_t)adlen, NULL,
+        buf, key);
+    sodium_bin2base64(b64, sizeof b64, buf,
+                      crypto_aead_xchacha20poly1305_ietf_NPUBBYTES + (size_t)clen,
+                      sodium_base64_VARIANT_ORIGINAL);
+    return json_string(b64);
+}
+
+/* Limits as configured ({"rpm": {"limit", "burst", "mode"}, ...}). */
+static json_t *cfg_limits_json(const uint64_t *limit, const uint64_t *burst, const uint8_t *mode)
+{
+    json_t *lim = json_object();
+    for (int w = 0; lim && w < KM_WIN_COUNT; w++) {
+        if (!limit[w])
+            continue;
+        json_t *o = json_pack("{s:o, s:o, s:s}", "limit", jint(limit[w]), "burst",
+                              jint(burst[w]), "mode", mode_name(mode[w]));
+        if (!o || json_object_set_new(lim, km_window_name(w), o) < 0) {
+            json_decref(lim);
+            return NULL;
+        }
+    }
+    return lim;
+}
+
+/* What keys added later get (the pool's configured defaults), and each
+ * model's configured limits: written at creation, read without races. */
+static json_t *defaults_json(km_env *env, uint32_t pool)
+{
+    const km__pool *p = &km__pools(env)[pool];
+    json_t *models = json_object();
+    uint32_t n = p->n_models < env->hdr->cap_models ? p->n_models : env->hdr->cap_models;
+    for (uint32_t i = 0; models && i < n; i++) {
+        const km__model *md = &km__models(env, pool)[i];
+        json_t *l = p->model_mode == KM_MODELS_PER_MODEL
+                        ? cfg_limits_json(md->limit, md->burst, md->mode) : json_object();
+        if (!l || json_object_set_new(models, md->name, l) < 0) {
+            json_decref(models);
+            return NULL;
+        }
+    }
+    return json_pack("{s:o, s:o, s:{s:o, s:o}, s:o}", "limits",
+                     cfg_limits_json(p->def_limit, p->def_burst, p->def_mode),
+                     "max_inflight", jint(p->def_max_inflight), "price", "input_per_1k",
+                     jusd(p->def_price_in), "output_per_1k", jusd(p->def_price_out),
+                     "models", models);
+}
+
+static int pool_json(km_env *env, int pool, const km__snap *sn, json_t **out)
 {
     km_pool_info pi;
     km_key_info ki;
@@ -205,9 +300,15 @@ static int pool_json(km_env *env, int pool, uint64_t now, json_t **out)
             continue;
         if (rc != KM_OK)
             goto fail;
-        json_t *k = key_json(&ki, now);
+        json_t *k = key_json(&ki, &sn->clk);
+        if (k && sn->key &&
+            json_object_set_new(k, "secret_enc",
+                                secret_enc(pi.name, &km__keys(env)[key], sn->key)) < 0) {
+            json_decref(k);
+            k = NULL;
+        }
         if (k && pi.model_mode == KM_MODELS_PER_MODEL) {
-            json_t *m = key_models_json(env, pool, pi.n_models, (uint32_t)key);
+            json_t *m = key_models_json(env, pool, pi.n_models, (uint32_t)key, &sn->clk);
             if (!m || json_object_set_new(k, "models", m) < 0) {
                 json_decref(k);
                 k = NULL;
@@ -257,6 +358,10 @@ static int pool_json(km_env *env, int pool, uint64_t now, json_t **out)
                   "keys", keys);
     if (!p)
         return KM_ENOMEM;
+    if (json_object_set_new(p, "defaults", defaults_json(env, (uint32_t)pool)) < 0) {
+        json_decref(p);
+        return KM_ENOMEM;
+    }
     *out = p;
     return KM_OK;
 fail:
@@ -267,35 +372,55 @@ fail:
 
 KM_EXTERN int km_snapshot_json(km_env *env, char **out)
 {
+    return km_snapshot_json_ex(env, 0, NULL, out);
+}
+
+KM_EXTERN int km_snapshot_json_ex(km_env *env, unsigned flags, const unsigned char *key,
+                                  char **out)
+{
     km_info info;
     struct timespec wall;
     json_t *root = NULL, *pools;
-    int rc;
+    km__snap sn = {{0, 0}, NULL};
+    int rc, locked = 0;
 
-    if (!env || !out)
+    if (!env || !out || (flags & ~KM_SNAPSHOT_SECRETS) || (!(flags & KM_SNAPSHOT_SECRETS) != !key))
         return KM_EINVAL;
     *out = NULL;
     if ((rc = km_info_get(env, &info)) != KM_OK)
         return rc;
+    if (flags & KM_SNAPSHOT_SECRETS) {
+        if (sodium_init() < 0)
+            return KM_ESYS;
+        /* The admin lock keeps rows from being reused while their secrets
+         * are read (src/reconfig.c); acquire and release go on. */
+        if ((rc = km__admin_lock(env)) != KM_OK)
+            return rc;
+        locked = 1;
+        sn.key = key;
+    }
     clock_gettime(CLOCK_REALTIME, &wall);
-    uint64_t now = km_now_ns();
-    uint64_t taken_ms = (uint64_t)wall.tv_sec * 1000 +
-                        (uint64_t)wall.tv_nsec / 1000000;
+    sn.clk.mono_ns = km_now_ns();
+    sn.clk.wall_ns = (uint64_t)wall.tv_sec * 1000000000u + (uint64_t)wall.tv_nsec;
+    uint64_t taken_ms = sn.clk.wall_ns / 1000000;
 
-    if (!(pools = json_array()))
-        return KM_ENOMEM;
+    if (!(pools = json_array())) {
+        rc = KM_ENOMEM;
+        goto out;
+    }
     for (uint32_t p = 0; p < info.n_pools; p++) {
         json_t *pj;
-        if ((rc = pool_json(env, (int)p, now, &pj)) != KM_OK) {
+        if ((rc = pool_json(env, (int)p, &sn, &pj)) != KM_OK) {
             json_decref(pools);
-            return rc;
+            goto out;
         }
         if (json_array_append_new(pools, pj) < 0) {
             json_decref(pools);
-            return KM_ENOMEM;
+            rc = KM_ENOMEM;
+            goto out;
         }
     }
-    root = json_pack("{s:s, s:i, s:o, s:{s:o, s:o, s:o, s:o}, s:o, s:o, s:o}",
+    root = json_pack("{s:s, s:i, s:o, s:{s:o, s:o, s:o, s:o, s:o}, s:o, s:o, s:o}",
                      "keymesh", km_version(),
                      "format", KM__SNAPSHOT_FORMAT,
                      "taken_unix_ms", jint(taken_ms),
@@ -304,15 +429,35 @@ KM_EXTERN int km_snapshot_json(km_env *env, char **out)
                      "pools", jint(info.cap_pools),
                      "processes", jint(info.cap_procs),
                      "inflight_per_key", jint(info.cap_inflight),
+                     "models", jint(env->hdr->cap_models),
                      "size_bytes", jint(info.size_bytes),
                      "processes_attached", jint(info.n_procs),
                      "pools", pools);
+    rc = KM_ENOMEM;
     if (!root)
-        return KM_ENOMEM;
+        goto out;
+    if (sn.key) {
+        /* A check value of the key (a keyed hash of a fixed text), so a
+         * restore with another key fails with a clear error up front. */
+        unsigned char chk[16];
+        char b64[sodium_base64_ENCODED_LEN(sizeof chk, sodium_base64_VARIANT_ORIGINAL)];
+        static const char label[] = "keymesh snapshot key check";
+        crypto_generichash(chk, sizeof chk, (const unsigned char *)label, sizeof label - 1,
+                           key, KM_SNAPSHOT_KEY_BYTES);
+        sodium_bin2base64(b64, sizeof b64, chk, sizeof chk, sodium_base64_VARIANT_ORIGINAL);
+        if (json_object_set_new(root, "encryption",
+                                json_pack("{s:s, s:s}", "alg", "xchacha20poly1305-ietf",
+                                          "key_check", b64)) < 0)
+            goto out;
+    }
     /* 15 significant digits: every micro-USD amount below 1e9 USD prints
      * exactly (0.0025, not 0.0025000000000000001). */
     *out = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER |
                                 JSON_REAL_PRECISION(15));
+    rc = *out ? KM_OK : KM_ENOMEM;
+out:
     json_decref(root);
-    return *out ? KM_OK : KM_ENOMEM;
+    if (locked)
+        km__admin_unlock(env);
+    return rc;
 }

@@ -474,12 +474,34 @@ static void test_secrets(void)
     int rc;
 
     bad("{\"pools\": [{\"name\": \"p\", \"keys\": [{\"id\": \"a\"}]}]}",
-        "pools[0].keys[0]: missing secret or secret_env", "neither secret nor secret_env");
+        "pools[0].keys[0]: missing secret, secret_env or secret_file", "neither secret nor secret_env");
     bad(one_key("\"secret_env\": \"KMT_CONFIG_KEY_B\"", ""),
-        "pools[0].keys[0]: give either secret or secret_env, not both",
+        "pools[0].keys[0]: give one of secret, secret_env and secret_file",
         "both secret and secret_env");
     bad(one_key("\"secret_env\": \"KMT_CONFIG_KEY_B\", \"weight\": 1", ""),
-        "pools[0].keys[0]: give either", "both, with more fields");
+        "pools[0].keys[0]: give one of", "both, with more fields");
+
+    /* secret_file: the file's content without its trailing newline. */
+    {
+        char path[] = "/tmp/kmt-secret-XXXXXX", err[512];
+        int fd = mkstemp(path);
+        if (fd < 0 || write(fd, "sk-from-file-1234\n", 18) != 18)
+            bail_out("mkstemp/write");
+        close(fd);
+        snprintf(b, sizeof b,
+                 "{\"pools\": [{\"name\": \"p\", \"keys\": [{\"id\": \"a\", \"secret_file\": \"%s\"}]}]}",
+                 path);
+        rc = km_config_parse(b, strlen(b), NULL, &cfg, err, sizeof err);
+        ok(rc == KM_OK && strcmp(cfg->keys[0].secret, "sk-from-file-1234") == 0,
+           "secret_file: read, without its newline (%s)", err);
+        if (rc == KM_OK)
+            km_config_free(cfg);
+        unlink(path);
+        rc = km_config_parse(b, strlen(b), NULL, &cfg, err, sizeof err);
+        ok(rc == KM_ECONFIG && strstr(err, "secret_file") && strstr(err, path) &&
+               strstr(err, "No such file"),
+           "secret_file: a missing file is named: %s", err);
+    }
 
     memset(longsecret, 'x', sizeof longsecret - 1);
     memcpy(longsecret, "sk-", 3);
@@ -1147,7 +1169,7 @@ static void test_env(void)
 
 int main(void)
 {
-    plan(271);
+    plan(273);
     test_good();
     test_defaults();
     test_syntax();

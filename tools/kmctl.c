@@ -20,6 +20,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <grp.h>
+#include <pwd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -41,15 +43,18 @@ static const char usage_main[] =
     "the worker processes of one host.\n"
     "\n"
     "Commands:\n"
-    "  create NAME --config FILE [--mode OCTAL]\n"
+    "  create NAME --config FILE [--mode OCTAL] [--group NAME]\n"
     "                    create segment NAME from a JSON configuration\n"
-    "  create NAME --from-env PROVIDERS [--mode OCTAL]\n"
+    "  create NAME --from-env PROVIDERS [--mode OCTAL] [--group NAME]\n"
     "                    create segment NAME from environment variables\n"
     "                    (NUM_OPENAI, OPENAI_API_KEY_1, ...)\n"
     "  inspect NAME [--json]\n"
     "                    show pools and keys as a table (or snapshot JSON)\n"
-    "  snapshot NAME [-o FILE]\n"
+    "  snapshot NAME [-o FILE] [--include-secrets (--key-file F | --key-env V)]\n"
     "                    write the segment's state as JSON to stdout or FILE\n"
+    "  restore NAME FILE (--key-file F | --key-env V) [--mode OCTAL] [--group G]\n"
+    "                    recreate segment NAME from a snapshot taken with secrets\n"
+    "  keygen FILE       write a new snapshot key (mode 0600)\n"
     "  destroy NAME      remove segment NAME (attached processes keep it\n"
     "                    until they close)\n"
     "  enable NAME POOL KEY_ID\n"
@@ -101,8 +106,8 @@ static const char usage_main[] =
     "  kmctl destroy llm\n";
 
 static const char usage_create[] =
-    "Usage: kmctl create NAME --config FILE [--mode OCTAL]\n"
-    "       kmctl create NAME --from-env PROVIDERS [--mode OCTAL]\n"
+    "Usage: kmctl create NAME --config FILE [--mode OCTAL] [--group NAME]\n"
+    "       kmctl create NAME --from-env PROVIDERS [--mode OCTAL] [--group NAME]\n"
     "\n"
     "Create shared-memory segment NAME from the JSON configuration FILE\n"
     "(format: docs/config.md) and initialise every pool and key in it.\n"
@@ -124,6 +129,8 @@ static const char usage_create[] =
     "  -e, --from-env PROVIDERS   build it from the environment instead\n"
     "                             (exactly one of --config, --from-env)\n"
     "  -m, --mode OCTAL           permission bits of the segment (default 0600)\n"
+    "  -g, --group NAME           give the segment to group NAME, so that with\n"
+    "                             --mode 0660 its members' workers can attach\n"
     "  -h, --help                 show this help\n"
     "\n"
     "Exit status: 0 created; 1 invalid configuration (the message names\n"
@@ -171,21 +178,68 @@ static const char usage_inspect[] =
     "  kmctl inspect llm\n";
 
 static const char usage_snapshot[] =
-    "Usage: kmctl snapshot NAME [-o FILE]\n"
+    "Usage: kmctl snapshot NAME [-o FILE] [--include-secrets (--key-file FILE |\n"
+    "                      --key-env VAR)]\n"
     "\n"
     "Write the state of segment NAME as JSON (format: docs/kmctl.md) to\n"
     "standard output or to FILE.  FILE is replaced atomically: the JSON is\n"
     "written to a temporary file in the same directory, synced and renamed\n"
-    "over FILE, which gets mode 0600.  Secrets are masked.\n"
+    "over FILE, which gets mode 0600.  Secrets are masked.  With\n"
+    "--include-secrets each secret is also written encrypted\n"
+    "(XChaCha20-Poly1305) under a snapshot key, never in clear, so that\n"
+    "`kmctl restore` can recreate the segment.\n"
     "\n"
     "Options:\n"
     "  -o, --output FILE   write to FILE instead of standard output\n"
+    "  --include-secrets   add the secrets, encrypted (needs a key)\n"
+    "  --key-file FILE     the snapshot key: a file from `kmctl keygen`\n"
+    "                      (64 hex digits, base64, or 32 raw bytes)\n"
+    "  --key-env VAR       the snapshot key is in environment variable VAR\n"
     "  -h, --help          show this help\n"
     "\n"
     "Exit status: 0 written; 1 failure; 2 usage error; 3 no such segment.\n"
     "\n"
     "Example:\n"
-    "  kmctl snapshot llm -o /var/lib/keymesh/llm.json\n";
+    "  kmctl keygen /etc/keymesh/snapshot.key\n"
+    "  kmctl snapshot llm -o /var/lib/keymesh/llm.json --include-secrets \\\n"
+    "        --key-file /etc/keymesh/snapshot.key\n";
+
+static const char usage_restore[] =
+    "Usage: kmctl restore NAME FILE (--key-file FILE | --key-env VAR)\n"
+    "                     [--mode OCTAL] [--group NAME]\n"
+    "\n"
+    "Recreate segment NAME from FILE, a snapshot taken with\n"
+    "--include-secrets: the same pools, keys, weights, limits, counters,\n"
+    "limit windows and cooldowns.  Times are kept as wall-clock times in the\n"
+    "file, so a cooldown or a window's debt runs out in real time, across a\n"
+    "reboot.  Leases that were out are not restored.  The segment is filled\n"
+    "under a temporary name and renamed into place: workers never see it\n"
+    "half restored.  NAME must not exist.\n"
+    "\n"
+    "Options:\n"
+    "  --key-file FILE     the snapshot key the secrets were encrypted with\n"
+    "  --key-env VAR       ... or the environment variable holding it\n"
+    "  -m, --mode OCTAL    permissions of the segment (default 0600)\n"
+    "  -g, --group NAME    give the segment to group NAME (with --mode 0660)\n"
+    "  -h, --help          show this help\n"
+    "\n"
+    "Exit status: 0 restored; 1 failure (wrong key, altered file, segment\n"
+    "exists, ...); 2 usage error.\n"
+    "\n"
+    "Example:\n"
+    "  kmctl restore llm /var/lib/keymesh/llm.json --key-file /etc/keymesh/snapshot.key\n";
+
+static const char usage_keygen[] =
+    "Usage: kmctl keygen FILE\n"
+    "\n"
+    "Write a new random snapshot key (32 bytes, as 64 hex digits) to FILE,\n"
+    "created with mode 0600.  FILE must not exist.  Keep it apart from the\n"
+    "snapshots it opens.\n"
+    "\n"
+    "Options:\n"
+    "  -h, --help   show this help\n"
+    "\n"
+    "Exit status: 0 written; 1 failure; 2 usage error.\n";
 
 static const char usage_destroy[] =
     "Usage: kmctl destroy NAME\n"
@@ -438,10 +492,14 @@ static int exit_for(int err)
 }
 
 /* Report a failed call on segment `name`; return the exit status. */
+static void explain_access(const char *name);
+
 static int seg_error(const char *name, int err)
 {
     int e = errno;
     errline("segment '%s': %s", name, km_text(err, e));
+    if (err == KM_EACCES)
+        explain_access(name);
     return exit_for(err);
 }
 
@@ -543,11 +601,55 @@ static int flag_cmd_open(int argc, char **argv, const char *shortopts,
 static const struct option help_only[] = {{"help", no_argument, NULL, 'h'},
                                           {NULL, 0, NULL, 0}};
 
+/* ---------------------------------------------------------- permissions */
+
+/* Give segment `name` to group `group` (by name or number). */
+static int seg_chgrp(const char *name, const char *group)
+{
+    struct group *gr = getgrnam(group);
+    char *end;
+    unsigned long gid = strtoul(group, &end, 10);
+    char path[KM_SEG_NAME_MAX + 16];
+    if (gr)
+        gid = gr->gr_gid;
+    else if (!*group || *end) {
+        errline("group '%s': no such group", group);
+        return EX_FAILED;
+    }
+    snprintf(path, sizeof path, "/dev/shm/%s", name[0] == '/' ? name + 1 : name);
+    if (chown(path, (uid_t)-1, (gid_t)gid) != 0) {
+        errline("segment '%s': giving it to group '%s': %s", name, group, strerror(errno));
+        return EX_FAILED;
+    }
+    return EX_SUCCESS;
+}
+
+/* After KM_EACCES: say what the segment allows and what this process is. */
+static void explain_access(const char *name)
+{
+    char path[KM_SEG_NAME_MAX + 16];
+    struct stat st;
+    snprintf(path, sizeof path, "/dev/shm/%s", name[0] == '/' ? name + 1 : name);
+    if (stat(path, &st) != 0)
+        return;
+    struct passwd *pw = getpwuid(st.st_uid);
+    struct group *gr = getgrgid(st.st_gid);
+    uid_t me = geteuid();
+    const char *need = st.st_uid == me ? "its owner's read and write bits"
+                       : getegid() == st.st_gid || group_member(st.st_gid)
+                           ? "read and write for its group (--mode 0660)"
+                           : "membership of its group, or its owner's user id";
+    errline("segment '%s' is mode %04o, owner %s, group %s; this process (uid %u) needs %s",
+            name, (unsigned)(st.st_mode & 07777), pw ? pw->pw_name : "?", gr ? gr->gr_name : "?",
+            (unsigned)me, need);
+}
+
 /* ---------------------------------------------------------------- create */
 
 typedef struct create_opts {
     const char *config;
     const char *from_env;
+    const char *group;
     unsigned mode;
 } create_opts;
 
@@ -560,6 +662,10 @@ static int create_opt(int c, const char *arg, void *ctx)
     }
     if (c == 'e') {
         o->from_env = arg;
+        return -1;
+    }
+    if (c == 'g') {
+        o->group = arg;
         return -1;
     }
     if (c == 'm') {
@@ -587,16 +693,17 @@ static int cmd_create(int argc, char **argv)
     static const struct option lo[] = {{"config", required_argument, NULL, 'c'},
                                        {"from-env", required_argument, NULL, 'e'},
                                        {"mode", required_argument, NULL, 'm'},
+                                       {"group", required_argument, NULL, 'g'},
                                        {"help", no_argument, NULL, 'h'},
                                        {NULL, 0, NULL, 0}};
-    create_opts o = {NULL, NULL, 0600};
+    create_opts o = {NULL, NULL, NULL, 0600};
     km_config *cfg = NULL;
     km_env *env = NULL;
     km_info info;
     char err[1024];
     int rc;
 
-    if ((rc = parse_opts(argc, argv, ":c:e:m:h", lo, usage_create,
+    if ((rc = parse_opts(argc, argv, ":c:e:m:g:h", lo, usage_create,
                          create_opt, &o)) >= 0)
         return rc;
     if ((rc = want_operands(argc, 1, "NAME")) >= 0)
@@ -626,6 +733,11 @@ static int cmd_create(int argc, char **argv)
          * missing segment: a failed create is always status 1. */
         errline("segment '%s': %s", name, km_text(rc, e));
         return EX_FAILED;
+    }
+    if (o.group && (rc = seg_chgrp(name, o.group)) != EX_SUCCESS) {
+        km_close(env);
+        km_unlink(name); /* nothing half made is left behind */
+        return rc;
     }
     if (km_info_get(env, &info) == KM_OK)
         printf("created segment '%s': %" PRIu32 " pool%s, %" PRIu32
@@ -1049,36 +1161,111 @@ fail:
     return -1;
 }
 
+typedef struct snap_opts {
+    const char *out, *key_file, *key_env, *group;
+    int secrets;
+    unsigned mode;
+} snap_opts;
+
 static int snapshot_opt(int c, const char *arg, void *ctx)
 {
-    if (c == 'o') {
-        *(const char **)ctx = arg;
+    snap_opts *o = ctx;
+    switch (c) {
+    case 'o':
+        o->out = arg;
+        return -1;
+    case 's':
+        o->secrets = 1;
+        return -1;
+    case 'k':
+        o->key_file = arg;
+        return -1;
+    case 'K':
+        o->key_env = arg;
+        return -1;
+    case 'g':
+        o->group = arg;
+        return -1;
+    case 'm': {
+        create_opts co = {NULL, NULL, NULL, 0};
+        int rc = create_opt('m', arg, &co);
+        o->mode = co.mode;
+        return rc;
+    }
+    default:
+        return usage_error("bad option");
+    }
+}
+
+/* The snapshot key from --key-file or --key-env into key[]. */
+static int load_key(const snap_opts *o, unsigned char key[KM_SNAPSHOT_KEY_BYTES])
+{
+    char buf[256];
+    size_t len;
+    if (!o->key_file == !o->key_env)
+        return usage_error("give exactly one of --key-file and --key-env");
+    if (o->key_env) {
+        const char *v = getenv(o->key_env);
+        if (!v || !*v) {
+            errline("--key-env: environment variable %s is %s", o->key_env, v ? "empty" : "not set");
+            return EX_FAILED;
+        }
+        len = strlen(v);
+        if (km_snapshot_key_parse(v, len, key) != KM_OK) {
+            errline("--key-env: %s does not hold a snapshot key (64 hex digits or base64 of 32 bytes)",
+                    o->key_env);
+            return EX_FAILED;
+        }
         return -1;
     }
-    return usage_error("bad option");
+    int fd = open(o->key_file, O_RDONLY | O_CLOEXEC);
+    ssize_t got = fd < 0 ? -1 : read(fd, buf, sizeof buf);
+    int e = errno;
+    if (fd >= 0)
+        close(fd);
+    if (got < 0) {
+        errline("key file '%s': %s", o->key_file, strerror(e));
+        return EX_FAILED;
+    }
+    int rc = km_snapshot_key_parse(buf, (size_t)got, key);
+    explicit_bzero(buf, sizeof buf);
+    if (rc != KM_OK) {
+        errline("key file '%s': not a snapshot key (64 hex digits, base64 of 32 bytes, or 32 raw bytes)",
+                o->key_file);
+        return EX_FAILED;
+    }
+    return -1;
 }
 
 static int cmd_snapshot(int argc, char **argv)
 {
     static const struct option lo[] = {{"output", required_argument, NULL, 'o'},
+                                       {"include-secrets", no_argument, NULL, 's'},
+                                       {"key-file", required_argument, NULL, 'k'},
+                                       {"key-env", required_argument, NULL, 'K'},
                                        {"help", no_argument, NULL, 'h'},
                                        {NULL, 0, NULL, 0}};
-    const char *out = NULL;
+    snap_opts o = {0};
+    unsigned char key[KM_SNAPSHOT_KEY_BYTES];
     km_env *env;
     char *js;
     int rc;
 
     if ((rc = parse_opts(argc, argv, ":o:h", lo, usage_snapshot, snapshot_opt,
-                         &out)) >= 0)
+                         &o)) >= 0)
         return rc;
     if ((rc = want_operands(argc, 1, "NAME")) >= 0)
         return rc;
-    const char *name = argv[optind];
+    const char *name = argv[optind], *out = o.out;
     if (out && !out[0])
         return usage_error("-o: empty file name");
+    if (!o.secrets && (o.key_file || o.key_env))
+        return usage_error("--key-file and --key-env go with --include-secrets");
+    if (o.secrets && (rc = load_key(&o, key)) >= 0)
+        return rc;
     if ((rc = open_seg(name, &env)) != EX_SUCCESS)
         return rc;
-    if (!out) {
+    if (!out && !o.secrets) {
         rc = print_snapshot(env, name);
         if (rc == EX_SUCCESS && (fflush(stdout) != 0 || ferror(stdout))) {
             errline("standard output: %s", strerror(errno));
@@ -1087,7 +1274,9 @@ static int cmd_snapshot(int argc, char **argv)
         km_close(env);
         return rc;
     }
-    rc = km_snapshot_json(env, &js);
+    rc = o.secrets ? km_snapshot_json_ex(env, KM_SNAPSHOT_SECRETS, key, &js)
+                   : km_snapshot_json(env, &js);
+    explicit_bzero(key, sizeof key);
     if (rc != KM_OK) {
         rc = seg_error(name, rc);
         km_close(env);
@@ -1095,12 +1284,124 @@ static int cmd_snapshot(int argc, char **argv)
     }
     km_close(env);
     size_t len = strlen(js);
+    if (!out) { /* --include-secrets to standard output */
+        puts(js);
+        free(js);
+        return flush_stdout(EX_SUCCESS);
+    }
     js[len] = '\n'; /* json_dumps leaves no final newline: add one */
     rc = write_atomic(out, js, len + 1);
     js[len] = '\0';
     free(js);
     if (rc < 0) {
         errline("%s: %s", out, strerror(errno));
+        return EX_FAILED;
+    }
+    return EX_SUCCESS;
+}
+
+/* --------------------------------------------------------------- restore */
+
+static int cmd_restore(int argc, char **argv)
+{
+    static const struct option lo[] = {{"key-file", required_argument, NULL, 'k'},
+                                       {"key-env", required_argument, NULL, 'K'},
+                                       {"mode", required_argument, NULL, 'm'},
+                                       {"group", required_argument, NULL, 'g'},
+                                       {"help", no_argument, NULL, 'h'},
+                                       {NULL, 0, NULL, 0}};
+    snap_opts o = {0};
+    unsigned char key[KM_SNAPSHOT_KEY_BYTES];
+    char err[1024] = "";
+    km_env *env = NULL;
+    int rc;
+
+    o.mode = 0600;
+    if ((rc = parse_opts(argc, argv, ":m:g:h", lo, usage_restore, snapshot_opt, &o)) >= 0)
+        return rc;
+    if ((rc = want_operands(argc, 2, "NAME FILE")) >= 0)
+        return rc;
+    if ((rc = load_key(&o, key)) >= 0)
+        return rc;
+    const char *name = argv[optind], *file = argv[optind + 1];
+    FILE *f = fopen(file, "re");
+    if (!f) {
+        errline("%s: %s", file, strerror(errno));
+        return EX_FAILED;
+    }
+    char *buf = NULL;
+    size_t len = 0, cap = 0, n;
+    char chunk[65536];
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) {
+        if (len + n > cap) {
+            char *nb = realloc(buf, cap = (len + n) * 2);
+            if (!nb) {
+                free(buf);
+                fclose(f);
+                errline("out of memory");
+                return EX_FAILED;
+            }
+            buf = nb;
+        }
+        memcpy(buf + len, chunk, n);
+        len += n;
+    }
+    int rerr = ferror(f) ? errno : 0;
+    fclose(f);
+    if (rerr) {
+        free(buf);
+        errline("%s: %s", file, strerror(rerr));
+        return EX_FAILED;
+    }
+    rc = km_restore(name, buf ? buf : "", len, key, o.mode, &env, err, sizeof err);
+    explicit_bzero(key, sizeof key);
+    free(buf);
+    if (rc != KM_OK) {
+        int e = errno;
+        errline("segment '%s' from %s: %s", name, file, err[0] ? err : km_text(rc, e));
+        return EX_FAILED;
+    }
+    if (o.group && (rc = seg_chgrp(name, o.group)) != EX_SUCCESS) {
+        km_close(env);
+        km_unlink(name);
+        return rc;
+    }
+    km_info info;
+    if (km_info_get(env, &info) == KM_OK)
+        printf("restored segment '%s' from %s: %" PRIu32 " pool%s, %" PRIu32 " key%s, mode %04o\n",
+               name, file, info.n_pools, info.n_pools == 1 ? "" : "s", info.n_keys,
+               info.n_keys == 1 ? "" : "s", o.mode);
+    km_close(env);
+    return flush_stdout(EX_SUCCESS);
+}
+
+static int cmd_keygen(int argc, char **argv)
+{
+    char hex[2 * KM_SNAPSHOT_KEY_BYTES + 2];
+    int rc;
+    if ((rc = parse_opts(argc, argv, ":h", help_only, usage_keygen, NULL, NULL)) >= 0)
+        return rc;
+    if ((rc = want_operands(argc, 1, "FILE")) >= 0)
+        return rc;
+    const char *file = argv[optind];
+    if ((rc = km_snapshot_keygen(hex)) != KM_OK) {
+        errline("%s", km_strerror(rc));
+        return EX_FAILED;
+    }
+    int fd = open(file, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        explicit_bzero(hex, sizeof hex);
+        errline("%s: %s", file, strerror(errno));
+        return EX_FAILED;
+    }
+    size_t len = strlen(hex);
+    hex[len++] = '\n';
+    int ok = write(fd, hex, len) == (ssize_t)len && fsync(fd) == 0;
+    int e = errno;
+    explicit_bzero(hex, sizeof hex);
+    if (close(fd) != 0 || !ok) {
+        unlink(file);
+        errline("%s: %s", file, strerror(ok ? errno : e));
         return EX_FAILED;
     }
     return EX_SUCCESS;
@@ -1734,6 +2035,10 @@ int main(int argc, char **argv)
         return cmd_snapshot(cargc, cargv);
     if (strcmp(cmd, "destroy") == 0)
         return cmd_destroy(cargc, cargv);
+    if (strcmp(cmd, "restore") == 0)
+        return cmd_restore(cargc, cargv);
+    if (strcmp(cmd, "keygen") == 0)
+        return cmd_keygen(cargc, cargv);
     if (strcmp(cmd, "enable") == 0)
         return cmd_set_state(cargc, cargv, KM_KEY_ACTIVE, usage_enable);
     if (strcmp(cmd, "disable") == 0)

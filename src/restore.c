@@ -1,0 +1,468 @@
+/*
+ * src/restore.c - recreate a segment from a snapshot (km_restore).
+ *
+ * A snapshot (src/snapshot.c, format 2, taken with secrets) is turned back
+ * into a configuration: capacity, pools and keys with the limits, prices,
+ * budgets and metadata they had, and the secrets decrypted.  That text goes
+ * through km_config_parse, so a restored segment obeys exactly the rules of
+ * a created one.  The segment is created under a temporary name, its state
+ * is written (counters, latency and health, cooldowns, limit windows, spend,
+ * the pools' defaults for keys added later), and only then renamed into
+ * place (renameat2 with RENAME_NOREPLACE on /dev/shm): no worker can attach
+ * to a half-restored segment, and an existing segment is never replaced.
+ *
+ * Times.  The snapshot holds wall-clock times (cooldown ends, each window's
+ * GCRA word); they become monotonic ones as of now, so what was owed at the
+ * snapshot runs out in real time, a reboot in between included.  A time
+ * already past restores as "nothing owed".
+ *
+ * Secrets.  Each "secret_enc" is base64(nonce || XChaCha20-Poly1305), with
+ * "pool/id" as associated data.  The snapshot's key check is compared
+ * first, so the wrong key gives KM_ECRYPTO before anything is created; a
+ * ciphertext that fails to open (altered, or moved to another key) too.
+ * Decrypted secrets live in the configuration text and tree only while
+ * they are parsed, and are wiped after.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <sodium.h>
+
+#include "internal.h"
+
+#define KM__NPUB crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
+#define KM__ABYTES crypto_aead_xchacha20poly1305_ietf_ABYTES
+
+typedef struct rs_ctx {
+    char *errbuf;
+    size_t errlen;
+    const unsigned char *key;
+    uint64_t now_mono, now_wall;
+} rs_ctx;
+
+static int rs_err(rs_ctx *c, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int rs_err(rs_ctx *c, int code, const char *fmt, ...)
+{
+    if (c->errbuf && c->errlen) {
+        va_list ap;
+        int n = snprintf(c->errbuf, c->errlen, "snapshot: ");
+        va_start(ap, fmt);
+        if (n > 0 && (size_t)n < c->errlen)
+            vsnprintf(c->errbuf + n, c->errlen - (size_t)n, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+/* A non-negative number (integer or real) of an object, or `def`. */
+static uint64_t rs_u64(json_t *o, const char *k, uint64_t def)
+{
+    json_t *v = json_object_get(o, k);
+    if (json_is_integer(v))
+        return json_integer_value(v) < 0 ? 0 : (uint64_t)json_integer_value(v);
+    if (json_is_real(v))
+        return json_real_value(v) < 0 ? 0 : (uint64_t)llround(json_real_value(v));
+    return def;
+}
+
+static uint64_t rs_microusd(json_t *o, const char *k)
+{
+    json_t *v = json_object_get(o, k);
+    return json_is_number(v) && json_number_value(v) > 0 ? (uint64_t)llround(json_number_value(v) * 1e6) : 0;
+}
+
+/* Wall-clock microseconds to CLOCK_MONOTONIC nanoseconds (0: past or none). */
+static uint64_t rs_mono(const rs_ctx *c, uint64_t unix_us)
+{
+    uint64_t ns = unix_us * 1000;
+    return unix_us && ns > c->now_wall ? c->now_mono + (ns - c->now_wall) : 0;
+}
+
+/* {"rpm": {"limit", "burst", "mode", ...}} -> the same without state. */
+static json_t *rs_limits(json_t *lim)
+{
+    json_t *out = json_object(), *v;
+    const char *w;
+    json_object_foreach(lim, w, v) {
+        json_t *o = json_pack("{s:O, s:O, s:O}", "limit", json_object_get(v, "limit"), "burst",
+                              json_object_get(v, "burst"), "mode", json_object_get(v, "mode"));
+        if (!o || json_object_set_new(out, w, o) < 0) {
+            json_decref(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
+/* Decrypt one secret into out (NUL-terminated).  KM_ECRYPTO on failure. */
+static int rs_secret(rs_ctx *c, const char *pool, const char *id, json_t *enc, char *out,
+                     size_t outlen)
+{
+    unsigned char bin[KM__NPUB + KM_SECRET_MAX + KM__ABYTES];
+    size_t blen;
+    unsigned long long mlen;
+    char ad[2 * KM_ID_MAX + 2];
+    int adlen = snprintf(ad, sizeof ad, "%s/%s", pool, id);
+    const char *b64 = json_string_value(enc);
+
+    if (!b64)
+        return rs_err(c, KM_ECONFIG, "pool %s, key %s: no encrypted secret (secret_enc)", pool, id);
+    if (sodium_base642bin(bin, sizeof bin, b64, strlen(b64), NULL, &blen, NULL,
+                          sodium_base64_VARIANT_ORIGINAL) != 0 ||
+        blen < KM__NPUB + KM__ABYTES)
+        return rs_err(c, KM_ECRYPTO, "pool %s, key %s: secret_enc is not a sealed secret", pool, id);
+    if (crypto_aead_xchacha20poly1305_ietf_decrypt((unsigned char *)out, &mlen, NULL, bin + KM__NPUB,
+                                                   blen - KM__NPUB, (const unsigned char *)ad,
+                                                   (size_t)adlen, bin, c->key) != 0 ||
+        mlen >= outlen) {
+        sodium_memzero(out, outlen);
+        return rs_err(c, KM_ECRYPTO,
+                      "pool %s, key %s: the secret does not decrypt (altered, or not this key's)",
+                      pool, id);
+    }
+    out[mlen] = '\0';
+    return KM_OK;
+}
+
+/* Wipe every "secret" string of a configuration tree, then free it. */
+static void rs_free_cfg(json_t *cfg)
+{
+    size_t i, j;
+    json_t *p, *k;
+    json_array_foreach(json_object_get(cfg, "pools"), i, p) {
+        json_array_foreach(json_object_get(p, "keys"), j, k) {
+            json_t *s = json_object_get(k, "secret");
+            if (json_is_string(s))
+                sodium_memzero((void *)(uintptr_t)json_string_value(s), json_string_length(s));
+        }
+    }
+    json_decref(cfg);
+}
+
+/* The configuration of a snapshot, secrets decrypted. */
+static int rs_config(rs_ctx *c, json_t *root, json_t **out)
+{
+    json_t *cap = json_object_get(root, "capacity"), *pools = json_object_get(root, "pools");
+    json_t *cfg, *pa, *p;
+    size_t i, j;
+    int rc = KM_ENOMEM;
+
+    if (!json_is_object(cap) || !json_is_array(pools))
+        return rs_err(c, KM_ECONFIG, "no capacity or pools: not a KeyMesh snapshot");
+    cfg = json_pack("{s:{s:O, s:O, s:O, s:O}, s:[]}", "capacity", "keys",
+                    json_object_get(cap, "keys"), "pools", json_object_get(cap, "pools"),
+                    "processes", json_object_get(cap, "processes"), "inflight_per_key",
+                    json_object_get(cap, "inflight_per_key"), "pools");
+    if (!cfg)
+        return rs_err(c, KM_ECONFIG, "capacity: keys, pools, processes, inflight_per_key expected");
+    if (json_object_get(cap, "models") &&
+        json_object_set(json_object_get(cfg, "capacity"), "models", json_object_get(cap, "models")) < 0)
+        goto fail;
+    pa = json_object_get(cfg, "pools");
+    json_array_foreach(pools, i, p) {
+        const char *pname = json_string_value(json_object_get(p, "name"));
+        json_t *def = json_object_get(p, "defaults"), *keys = json_object_get(p, "keys"), *k;
+        if (!pname || !json_is_object(def) || !json_is_array(keys)) {
+            rc = rs_err(c, KM_ECONFIG, "pools[%zu]: name, defaults and keys expected", i);
+            goto fail;
+        }
+        json_t *pc = json_pack("{s:O, s:O, s:O, s:O, s:O, s:O, s:[]}", "name",
+                               json_object_get(p, "name"), "strategy", json_object_get(p, "strategy"),
+                               "cooldown_s", json_object_get(p, "cooldown_s"), "max_cooldown_s",
+                               json_object_get(p, "max_cooldown_s"), "max_failures",
+                               json_object_get(p, "max_failures"), "model_limits",
+                               json_object_get(p, "model_limits"), "keys");
+        if (!pc || json_array_append_new(pa, pc) < 0) {
+            rc = rs_err(c, KM_ECONFIG, "pools[%zu]: incomplete pool", i);
+            goto fail;
+        }
+        json_t *models = json_object_get(def, "models"), *budget = json_object_get(p, "budget");
+        if (json_object_size(models) && json_object_set(pc, "models", models) < 0)
+            goto fail;
+        if (json_is_object(budget) &&
+            json_object_set_new(pc, "budget", json_pack("{s:O, s:O}", "usd", json_object_get(budget, "usd"),
+                                                        "hard", json_object_get(budget, "hard"))) < 0)
+            goto fail;
+        json_t *ka = json_object_get(pc, "keys");
+        json_array_foreach(keys, j, k) {
+            const char *id = json_string_value(json_object_get(k, "id"));
+            char secret[KM_SECRET_MAX + 1];
+            if (!id) {
+                rc = rs_err(c, KM_ECONFIG, "pools[%zu].keys[%zu]: no id", i, j);
+                goto fail;
+            }
+            if ((rc = rs_secret(c, pname, id, json_object_get(k, "secret_enc"), secret,
+                                sizeof secret)) != KM_OK)
+                goto fail;
+            json_t *kc = json_pack("{s:s, s:s, s:O, s:O, s:o}", "id", id, "secret", secret, "weight",
+                                   json_object_get(k, "weight"), "max_inflight",
+                                   json_object_get(k, "max_inflight"), "limits",
+                                   rs_limits(json_object_get(k, "limits")));
+            sodium_memzero(secret, sizeof secret);
+            rc = KM_ENOMEM;
+            if (!kc || json_array_append_new(ka, kc) < 0)
+                goto fail;
+            json_t *kb = json_object_get(k, "budget"), *meta = json_object_get(k, "meta");
+            if ((json_object_get(k, "price") && json_object_set(kc, "price", json_object_get(k, "price")) < 0) ||
+                (json_is_object(kb) &&
+                 json_object_set_new(kc, "budget", json_pack("{s:O, s:O}", "usd", json_object_get(kb, "usd"),
+                                                             "hard", json_object_get(kb, "hard"))) < 0) ||
+                (json_object_size(meta) && json_object_set(kc, "meta", meta) < 0))
+                goto fail;
+        }
+    }
+    *out = cfg;
+    return KM_OK;
+fail:
+    rs_free_cfg(cfg);
+    return rc == KM_ENOMEM ? rs_err(c, KM_ENOMEM, "out of memory") : rc;
+}
+
+/* The GCRA words of one set of windows, from {"rpm": {"tat_unix_us"}}. */
+static void rs_windows(const rs_ctx *c, km__gcra *win, json_t *lim)
+{
+    for (int w = 0; w < KM_WIN_COUNT; w++) {
+        json_t *l = json_object_get(lim, km_window_name(w));
+        if (l)
+            win[w].tat = rs_mono(c, rs_u64(l, "tat_unix_us", 0));
+    }
+}
+
+static int rs_state_of(const char *s, uint32_t fails, uint32_t max_failures)
+{
+    if (!s || !strcmp(s, "active"))
+        return KM__ST_ACTIVE;
+    if (!strcmp(s, "disabled"))
+        return KM__ST_DISABLED;
+    if (!strcmp(s, "invalid"))
+        return KM__ST_INVALID;
+    if (!strcmp(s, "exhausted"))
+        return KM__ST_EXHAUSTED;
+    /* cooling or probing: a key that hit max_failures waits for its
+     * cooldown, then takes one probe (the probe out is not restored). */
+    return fails >= max_failures ? KM__ST_FAILING : KM__ST_ACTIVE;
+}
+
+/* Write the snapshot's state into the new segment (not yet published). */
+static void rs_state(const rs_ctx *c, km_env *e, json_t *root)
+{
+    size_t i, j;
+    json_t *p, *k;
+    json_array_foreach(json_object_get(root, "pools"), i, p) {
+        int pi = km_pool_find(e, json_string_value(json_object_get(p, "name")));
+        if (pi < 0)
+            continue;
+        km__pool *pool = &km__pools(e)[pi];
+        json_t *def = json_object_get(p, "defaults"), *dl = json_object_get(def, "limits"), *dp;
+        pool->spent_microusd = rs_microusd(p, "spent_usd");
+        for (int w = 0; w < KM_WIN_COUNT; w++) {
+            json_t *l = json_object_get(dl, km_window_name(w));
+            const char *mode = json_string_value(json_object_get(l, "mode"));
+            pool->def_limit[w] = rs_u64(l, "limit", 0);
+            pool->def_burst[w] = rs_u64(l, "burst", 0);
+            pool->def_mode[w] = mode && !strcmp(mode, "sliding") ? KM_MODE_SLIDING : KM_MODE_TOKEN_BUCKET;
+        }
+        pool->def_max_inflight = (uint32_t)rs_u64(def, "max_inflight", 0);
+        dp = json_object_get(def, "price");
+        pool->def_price_in = rs_microusd(dp, "input_per_1k");
+        pool->def_price_out = rs_microusd(dp, "output_per_1k");
+        json_array_foreach(json_object_get(p, "keys"), j, k) {
+            int ki = km_key_find(e, pi, json_string_value(json_object_get(k, "id")));
+            if (ki < 0)
+                continue;
+            km__key *key = &km__keys(e)[ki];
+            km__lease *ls = &km__leases(e, (uint32_t)ki)[0];
+            json_t *cn = json_object_get(k, "counters"), *models = json_object_get(k, "models"), *ml;
+            const char *mname;
+            uint32_t fails = (uint32_t)rs_u64(k, "consecutive_failures", 0);
+            key->consec_fail = fails;
+            key->consec_429 = (uint32_t)rs_u64(k, "consecutive_429s", 0);
+            key->cooldown_until = rs_mono(c, rs_u64(k, "cooldown_until_unix_ms", 0) * 1000);
+            key->latency_ema_ns = rs_u64(k, "latency_ema_us", 0) * 1000;
+            json_t *sr = json_object_get(k, "success_rate");
+            if (json_is_number(sr))
+                key->success_ppm = (uint32_t)llround(json_number_value(sr) * 1e6);
+            key->spent_microusd = rs_microusd(k, "spent_usd");
+            key->stale = rs_u64(cn, "stale_releases", 0);
+            /* Counters are sums over lease slots; slot 0 carries them. */
+            ls->acquired = rs_u64(cn, "acquired", 0);
+            ls->succeeded = rs_u64(cn, "success", 0);
+            ls->outcomes[KM_OUT_RATE_LIMITED] = rs_u64(cn, "rate_limited", 0);
+            ls->outcomes[KM_OUT_FAILURE] = rs_u64(cn, "failure", 0);
+            ls->outcomes[KM_OUT_AUTH] = rs_u64(cn, "auth", 0);
+            ls->outcomes[KM_OUT_QUOTA] = rs_u64(cn, "quota", 0);
+            ls->outcomes[KM_OUT_CANCELLED] = rs_u64(cn, "cancelled", 0);
+            ls->abandoned = rs_u64(cn, "abandoned", 0);
+            ls->tokens_used = rs_u64(k, "tokens_used", 0);
+            rs_windows(c, key->win, json_object_get(k, "limits"));
+            json_object_foreach(models, mname, ml) {
+                for (uint32_t m = 0; m < pool->n_models && m < e->hdr->cap_models; m++)
+                    if (!strcmp(km__models(e, (uint32_t)pi)[m].name, mname))
+                        rs_windows(c, km__mwins(e, (uint32_t)ki)[m].win, ml);
+            }
+            key->state = (uint32_t)rs_state_of(json_string_value(json_object_get(k, "state")), fails,
+                                               pool->max_failures);
+        }
+    }
+}
+
+KM_EXTERN int km_restore(const char *name, const char *json, size_t len, const unsigned char *key,
+                         unsigned mode, km_env **out, char *errbuf, size_t errlen)
+{
+    rs_ctx c = {errbuf, errlen, key, 0, 0};
+    char nm[KM_SEG_NAME_MAX + 2], tmp[KM_SEG_NAME_MAX + 2], from[KM_SEG_NAME_MAX + 40],
+        to[KM_SEG_NAME_MAX + 40];
+    json_error_t jerr;
+    json_t *root, *cfgj = NULL;
+    km_config *cfg = NULL;
+    km_env *e = NULL;
+    char *text = NULL;
+    int rc;
+
+    if (errbuf && errlen)
+        errbuf[0] = '\0';
+    if (out)
+        *out = NULL;
+    if (!json || (rc = km__seg_name(name, nm)) != KM_OK)
+        return json ? rc : KM_EINVAL;
+    if (sodium_init() < 0)
+        return KM_ESYS;
+    root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root)
+        return rs_err(&c, KM_ECONFIG, "%d:%d: %s", jerr.line, jerr.column, jerr.text);
+    json_t *fmt = json_object_get(root, "format");
+    if (!json_is_string(json_object_get(root, "keymesh")) || !json_is_integer(fmt)) {
+        rc = rs_err(&c, KM_ECONFIG, "not a KeyMesh snapshot");
+        goto out;
+    }
+    if (json_integer_value(fmt) != 2) {
+        rc = rs_err(&c, KM_ECONFIG, "format %lld cannot be restored (this version reads format 2)",
+                    (long long)json_integer_value(fmt));
+        goto out;
+    }
+    json_t *enc = json_object_get(root, "encryption");
+    if (!enc) {
+        rc = rs_err(&c, KM_ECONFIG, "holds no secrets (masked): take it with --include-secrets");
+        goto out;
+    }
+    if (!key) {
+        rc = rs_err(&c, KM_EINVAL, "its secrets are encrypted: a key is needed");
+        goto out;
+    }
+    {
+        unsigned char chk[16], got[16];
+        size_t glen;
+        const char *b64 = json_string_value(json_object_get(enc, "key_check"));
+        static const char label[] = "keymesh snapshot key check";
+        crypto_generichash(chk, sizeof chk, (const unsigned char *)label, sizeof label - 1, key,
+                           KM_SNAPSHOT_KEY_BYTES);
+        if (!b64 || sodium_base642bin(got, sizeof got, b64, strlen(b64), NULL, &glen, NULL,
+                                      sodium_base64_VARIANT_ORIGINAL) != 0 ||
+            glen != sizeof got || sodium_memcmp(chk, got, sizeof chk) != 0) {
+            rc = rs_err(&c, KM_ECRYPTO, "its secrets were encrypted with another key");
+            goto out;
+        }
+    }
+    /* Refuse early if the name is taken (checked again at the rename). */
+    int fd = shm_open(nm, O_RDONLY, 0);
+    if (fd >= 0 || errno != ENOENT) {
+        if (fd >= 0)
+            close(fd);
+        rc = fd >= 0 ? KM_EEXIST : KM_ESYS;
+        goto out;
+    }
+    if ((rc = rs_config(&c, root, &cfgj)) != KM_OK)
+        goto out;
+    text = json_dumps(cfgj, JSON_COMPACT);
+    rs_free_cfg(cfgj);
+    if (!text) {
+        rc = KM_ENOMEM;
+        goto out;
+    }
+    rc = km_config_parse(text, strlen(text), "snapshot", &cfg, errbuf, errlen);
+    sodium_memzero(text, strlen(text));
+    free(text);
+    if (rc != KM_OK)
+        goto out;
+
+    snprintf(tmp, sizeof tmp, "%.*s.restore.%d", KM_SEG_NAME_MAX - 24, nm + 1, (int)getpid());
+    if ((rc = km_create(tmp, cfg, mode, &e)) != KM_OK) {
+        rs_err(&c, rc, "creating the segment: %s", km_strerror(rc));
+        goto out;
+    }
+    struct timespec wall;
+    clock_gettime(CLOCK_REALTIME, &wall);
+    c.now_mono = km__now();
+    c.now_wall = (uint64_t)wall.tv_sec * KM__NS_PER_S + (uint64_t)wall.tv_nsec;
+    rs_state(&c, e, root);
+    /* Publish under the real name; never over an existing segment. */
+    snprintf(from, sizeof from, "/dev/shm/%s", tmp);
+    snprintf(to, sizeof to, "/dev/shm%s", nm);
+    if (renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) != 0) {
+        int saved = errno;
+        km_close(e);
+        e = NULL;
+        km_unlink(tmp);
+        errno = saved;
+        rc = saved == EEXIST ? KM_EEXIST : KM_ESYS;
+        goto out;
+    }
+    if (out) {
+        *out = e;
+        e = NULL;
+    }
+    rc = KM_OK;
+out:
+    if (e)
+        km_close(e);
+    km_config_free(cfg);
+    json_decref(root);
+    return rc;
+}
+
+KM_EXTERN int km_snapshot_key_parse(const void *text, size_t len, unsigned char key[KM_SNAPSHOT_KEY_BYTES])
+{
+    const char *t = text;
+    size_t got;
+    if (!text || !key)
+        return KM_EINVAL;
+    if (len == KM_SNAPSHOT_KEY_BYTES) { /* raw */
+        memcpy(key, text, KM_SNAPSHOT_KEY_BYTES);
+        return KM_OK;
+    }
+    while (len && (t[len - 1] == '\n' || t[len - 1] == '\r'))
+        len--;
+    if (len == 2 * KM_SNAPSHOT_KEY_BYTES &&
+        sodium_hex2bin(key, KM_SNAPSHOT_KEY_BYTES, t, len, NULL, &got, NULL) == 0 &&
+        got == KM_SNAPSHOT_KEY_BYTES)
+        return KM_OK;
+    if (sodium_init() >= 0 &&
+        sodium_base642bin(key, KM_SNAPSHOT_KEY_BYTES, t, len, NULL, &got, NULL,
+                          sodium_base64_VARIANT_ORIGINAL) == 0 &&
+        got == KM_SNAPSHOT_KEY_BYTES)
+        return KM_OK;
+    sodium_memzero(key, KM_SNAPSHOT_KEY_BYTES);
+    return KM_EINVAL;
+}
+
+KM_EXTERN int km_snapshot_keygen(char hex[2 * KM_SNAPSHOT_KEY_BYTES + 1])
+{
+    unsigned char k[KM_SNAPSHOT_KEY_BYTES];
+    if (!hex)
+        return KM_EINVAL;
+    if (sodium_init() < 0)
+        return KM_ESYS;
+    randombytes_buf(k, sizeof k);
+    sodium_bin2hex(hex, 2 * KM_SNAPSHOT_KEY_BYTES + 1, k, sizeof k);
+    sodium_memzero(k, sizeof k);
+    return KM_OK;
+}
