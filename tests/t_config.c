@@ -483,7 +483,7 @@ static void test_secrets(void)
 
     /* secret_file: the file's content without its trailing newline. */
     {
-        char path[] = "/tmp/kmt-secret-XXXXXX", err[512];
+        char path[] = "/tmp/kmt-secret-XXXXXX";
         int fd = mkstemp(path);
         if (fd < 0 || write(fd, "sk-from-file-1234\n", 18) != 18)
             bail_out("mkstemp/write");
