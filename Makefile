@@ -89,6 +89,7 @@ deps: deps-extra
 	pkg-config --exists liburcu 2>/dev/null || missing="$$missing liburcu-dev"; \
 	pkg-config --exists jansson 2>/dev/null || missing="$$missing libjansson-dev"; \
 	pkg-config --exists libsodium 2>/dev/null || missing="$$missing libsodium-dev"; \
+	pkg-config --exists sqlite3 2>/dev/null || missing="$$missing libsqlite3-dev"; \
 	command -v pkg-config >/dev/null || missing="$$missing pkg-config"; \
 	command -v prove >/dev/null      || missing="$$missing perl"; \
 	command -v $(CC) >/dev/null      || missing="$$missing gcc"; \
@@ -119,8 +120,11 @@ $(SHLIB): $(LIB_PIC)
 
 # Tools, tests, benchmarks and examples link the static library, so they run
 # from the build tree without LD_LIBRARY_PATH.
+# kmctl alone links SQLite (persist, usage): the library never does.
+SQLITE_CFLAGS := $(shell pkg-config --cflags sqlite3 2>/dev/null)
+SQLITE_LIBS   := $(shell pkg-config --libs sqlite3 2>/dev/null)
 $(KMCTL): tools/kmctl.c $(STLIB)
-	$(CC) $(CFLAGS) -o $@ $< $(STLIB) $(LDFLAGS) $(LIBS)
+	$(CC) $(CFLAGS) $(SQLITE_CFLAGS) -o $@ $< $(STLIB) $(LDFLAGS) $(LIBS) $(SQLITE_LIBS)
 
 $(BUILD)/tests/%: tests/%.c tests/tap.h tests/testlib.h $(STLIB)
 	@mkdir -p $(dir $@)

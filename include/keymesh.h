@@ -591,6 +591,37 @@ KM_EXTERN int km_snapshot_key_parse(const void *text, size_t len,
 /* A new random snapshot key, as 64 hex digits and a NUL. */
 KM_EXTERN int km_snapshot_keygen(char hex[2 * KM_SNAPSHOT_KEY_BYTES + 1]);
 
+/* ---------------------------------------------------------- usage events
+ *
+ * Every release (and every lease a reaper releases as abandoned) appends one
+ * event to a ring of the releasing process in the segment:
+ * capacity.usage_events per process (default 4096; 0: none).  Appending
+ * never blocks: a full ring overwrites its oldest events, and the drainer
+ * counts them as dropped.  km_usage_drain() reads every ring once, in order
+ * per process, calling fn for each event; one drainer at a time per segment
+ * (KM_EBUSY if another live process is draining).  fn returning non-zero
+ * stops the drain there (that event stays for the next drain) and
+ * km_usage_drain returns that value.  `kmctl persist` drains into SQLite. */
+typedef struct km_usage_event {
+    uint64_t start_unix_ns;   /* when the lease was acquired, wall clock */
+    uint64_t latency_us;      /* as reported; UINT64_MAX: not reported */
+    uint64_t tokens;          /* settled tokens */
+    int outcome;              /* km_outcome_kind, or KM_OUT_COUNT: abandoned */
+    uint32_t pid;             /* process that recorded it */
+    char pool[KM_ID_MAX + 1];
+    char key_id[KM_ID_MAX + 1]; /* "#ROW.GEN" if the key's row was reused since */
+    char model[KM_ID_MAX + 1];  /* "" if none */
+} km_usage_event;
+
+typedef struct km_usage_report {
+    uint64_t events;          /* handed to fn by this drain */
+    uint64_t dropped;         /* found overwritten by this drain */
+    uint64_t dropped_total;   /* since creation */
+} km_usage_report;
+
+KM_EXTERN int km_usage_drain(km_env *env, int (*fn)(void *ctx, const km_usage_event *ev),
+                             void *ctx, km_usage_report *out);
+
 /* Mask a secret for display: "sk-…abcd" style, at most 23 bytes + NUL. */
 KM_EXTERN void km_mask_secret(const char *secret, char out[24]);
 

@@ -104,6 +104,7 @@ int km__proc_register(km_env *e, int reap)
             /* Rows a previous occupant left are not ours to honour: it
              * detached or died, and a dead section uses nothing. */
             km__epoch_rows_reset(e, i);
+            km__usage_reset(e, i);
             /* The slot is ours.  pid and start time are read by reapers only
              * after they load tag; a reaper that sees pid 0 treats the slot
              * as being attached and leaves it alone. */

@@ -13,6 +13,7 @@
  *   km__lease[cap_keys][cap_inflight] lease slots, one row per key
  *   km__proc[cap_procs]        process table
  *   km__rdr[cap_procs][KM__RDR_PER_PROC]  reader rows (epochs)
+ *   (km__uring + km__uev[cap_usage])[cap_procs]  usage rings
  *
  * Every struct here is pinned by _Static_assert and folded into the layout
  * signature (km__layout_signature), so a process built with other sizes is
@@ -86,7 +87,12 @@ typedef struct km__hdr {
      * epoch below `synced` has left.  Read by reconfiguration only. */
     uint64_t synced;
     uint64_t reconfigs;       /* reconfigurations applied, for inspect */
-    uint8_t pad5[KM__LINE - 16];
+    /* usage rings (src/usage.c): configuration, and the drainer's words */
+    uint64_t off_usage;
+    uint32_t cap_usage;       /* events per process ring; 0: none (power of 2) */
+    uint32_t pad5a;
+    uint64_t usage_drainer;   /* tag of the process draining; 0: none */
+    uint8_t pad5[KM__LINE - 40];
 } km__hdr;
 _Static_assert(offsetof(km__hdr, off_mwin) + 8 == 2 * KM__LINE, "header lines 0-1");
 _Static_assert(sizeof(km__hdr) == 6 * KM__LINE, "km__hdr size");
@@ -332,6 +338,34 @@ typedef struct km__rdr {
 } km__rdr;
 _Static_assert(sizeof(km__rdr) == KM__LINE, "one reader row per line");
 #define KM__RDR_OVF_SHIFT 20
+
+/* Usage events (src/usage.c): one ring per process slot (kept across the
+ * slot's occupants), a header line and cap_usage events of one line each.  The process's threads take event
+ * numbers by fetch-add on `head`; an event's `seq` is its number + 1, stored
+ * last (release), so the drainer reads only complete events and recognises
+ * overwritten ones. */
+typedef struct km__uring {
+    uint64_t head;     /* events written (fetch-add by the owner's threads) */
+    uint64_t drained;  /* events consumed (the drainer only) */
+    uint64_t dropped;  /* events overwritten before being drained */
+    uint8_t pad[KM__LINE - 24];
+} km__uring;
+_Static_assert(sizeof(km__uring) == KM__LINE, "usage ring header: one line");
+
+typedef struct km__uev {
+    uint64_t seq;        /* event number + 1; 0: being written or never */
+    uint64_t start_ns;   /* CLOCK_MONOTONIC at acquire */
+    uint64_t tokens;     /* settled (actual, or the estimate if abandoned) */
+    uint32_t latency_us; /* UINT32_MAX: unknown */
+    uint32_t key, key_gen;
+    uint32_t model;      /* model index + 1; 0: none */
+    uint32_t pool;
+    uint32_t outcome;    /* km_outcome_kind, or KM_OUT_COUNT: abandoned;
+                          * KM_OUT_COUNT + 1: a writer died mid-event */
+    uint32_t pid;        /* the recording process */
+    uint8_t pad[KM__LINE - 52];
+} km__uev;
+_Static_assert(sizeof(km__uev) == KM__LINE, "usage event: one line");
 
 /* Offset helpers: the only way code turns an offset into an address. */
 #define KM__AT(base, off) ((void *)((char *)(base) + (off)))

@@ -44,7 +44,8 @@ uint64_t km__layout_signature(void)
         sizeof(km__proc), offsetof(km__proc, start_time),
         sizeof(km__rdr), KM__RDR_PER_PROC, KM__RDR_OVF_SHIFT,
         offsetof(km__hdr, epoch), offsetof(km__pool, cur), sizeof(km__pview),
-        offsetof(km__key, retire_epoch),
+        offsetof(km__key, retire_epoch), sizeof(km__uring), sizeof(km__uev),
+        offsetof(km__hdr, off_usage), offsetof(km__uev, outcome),
         KM_WIN_COUNT, KM_OUT_COUNT, KM_ID_MAX, KM_SECRET_MAX, KM_INFLIGHT_MAX,
         0x0102030405060708ull /* byte order */
     };
@@ -79,10 +80,12 @@ static uint64_t km__align(uint64_t x, uint64_t a) { return (x + a - 1) & ~(a - 1
  * pools, members, models, keys, per-model windows, leases, procs, reader
  * rows. */
 enum { KM__OFF_POOLS, KM__OFF_MEMBERS, KM__OFF_MODELS, KM__OFF_KEYS,
-       KM__OFF_MWIN, KM__OFF_LEASES, KM__OFF_PROCS, KM__OFF_READERS, KM__OFF_N };
+       KM__OFF_MWIN, KM__OFF_LEASES, KM__OFF_PROCS, KM__OFF_READERS, KM__OFF_USAGE,
+       KM__OFF_N };
 
 static uint64_t km__layout(uint32_t keys, uint32_t pools, uint32_t procs,
-                           uint32_t inflight, uint32_t models, uint64_t off[KM__OFF_N])
+                           uint32_t inflight, uint32_t models, uint32_t usage,
+                           uint64_t off[KM__OFF_N])
 {
     uint64_t o = km__align(sizeof(km__hdr), KM__LINE);
     off[KM__OFF_POOLS] = o;
@@ -101,6 +104,8 @@ static uint64_t km__layout(uint32_t keys, uint32_t pools, uint32_t procs,
     o += (uint64_t)procs * sizeof(km__proc);
     off[KM__OFF_READERS] = o;
     o += (uint64_t)procs * KM__RDR_PER_PROC * sizeof(km__rdr);
+    off[KM__OFF_USAGE] = o;
+    o += (uint64_t)procs * (1 + (uint64_t)usage) * KM__LINE;
     return km__align(o, 4096);
 }
 
@@ -163,8 +168,10 @@ int km__seg_create(const char *name, const km_config *cfg, unsigned mode,
     *out = NULL;
     if (mode == 0)
         mode = 0600;
+    if (cfg->cap_usage > KM__MAX_CAP_USAGE || (cfg->cap_usage & (cfg->cap_usage - 1)))
+        return KM_EINVAL;
     size = km__layout(cfg->cap_keys, cfg->cap_pools, cfg->cap_procs,
-                      cfg->cap_inflight, cap_models, off);
+                      cfg->cap_inflight, cap_models, cfg->cap_usage, off);
 
     fd = shm_open(nm, O_RDWR | O_CREAT | O_EXCL, (mode_t)(mode & 0777));
     if (fd < 0)
@@ -209,6 +216,8 @@ int km__seg_create(const char *name, const km_config *cfg, unsigned mode,
     h->off_leases = off[KM__OFF_LEASES];
     h->off_procs = off[KM__OFF_PROCS];
     h->off_readers = off[KM__OFF_READERS];
+    h->off_usage = off[KM__OFF_USAGE];
+    h->cap_usage = cfg->cap_usage;
     h->epoch = 1;  /* 0 in a reader row means idle */
     h->synced = 1;
     h->created_wall_ns = (uint64_t)wall.tv_sec * KM__NS_PER_S + (uint64_t)wall.tv_nsec;
@@ -274,12 +283,15 @@ static int km__seg_validate(const void *base, uint64_t size)
         h->cap_models > KM_MODELS_MAX || h->n_pools > h->cap_pools ||
         h->n_keys > h->cap_keys)
         return KM_ECORRUPT;
+    if (h->cap_usage > KM__MAX_CAP_USAGE || (h->cap_usage & (h->cap_usage - 1)))
+        return KM_ECORRUPT;
     if (km__layout(h->cap_keys, h->cap_pools, h->cap_procs, h->cap_inflight,
-                   h->cap_models, off) != h->seg_size ||
+                   h->cap_models, h->cap_usage, off) != h->seg_size ||
         off[KM__OFF_POOLS] != h->off_pools || off[KM__OFF_MEMBERS] != h->off_members ||
         off[KM__OFF_MODELS] != h->off_models || off[KM__OFF_KEYS] != h->off_keys ||
         off[KM__OFF_MWIN] != h->off_mwin || off[KM__OFF_LEASES] != h->off_leases ||
-        off[KM__OFF_PROCS] != h->off_procs || off[KM__OFF_READERS] != h->off_readers)
+        off[KM__OFF_PROCS] != h->off_procs || off[KM__OFF_READERS] != h->off_readers ||
+        off[KM__OFF_USAGE] != h->off_usage)
         return KM_ECORRUPT;
     return KM_OK;
 }

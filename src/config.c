@@ -615,7 +615,9 @@ static int parse_secret(cfg_ctx *c, json_t *kobj, const char *path,
     }
     /* A secret goes into an HTTP header: printable ASCII, no spaces, so no
      * CR/LF injection and an unambiguous mask.  (Every provider's keys fit.) */
-    if (!name_ok(s, 0)) {
+    /* A NUL inside (a secret_file may hold one) would end the checked text
+     * early and let the bytes after it through. */
+    if (!name_ok(s, 0) || strlen(s) != len) {
         explicit_bzero(fbuf, sizeof fbuf);
         if (fv)
             return cfg_err(c, KM_ECONFIG,
@@ -841,7 +843,8 @@ static int parse_capacity(cfg_ctx *c, json_t *cap, km_config *cfg,
                           int *keys_given, int *pools_given, int *models_given)
 {
     static const char *const fields[] = {"keys", "processes", "pools",
-                                         "inflight_per_key", "models", NULL};
+                                         "inflight_per_key", "models",
+                                         "usage_events", NULL};
     int rc;
     *keys_given = *pools_given = *models_given = 0;
     if (!cap)
@@ -858,8 +861,17 @@ static int parse_capacity(cfg_ctx *c, json_t *cap, km_config *cfg,
         (rc = get_u32(c, cap, "capacity", "inflight_per_key", 1,
                       KM_INFLIGHT_MAX, &cfg->cap_inflight)) ||
         (rc = get_u32(c, cap, "capacity", "models", 1, KM_MODELS_MAX,
-                      &cfg->cap_models)))
+                      &cfg->cap_models)) ||
+        (rc = get_u32(c, cap, "capacity", "usage_events", 0, KM__MAX_CAP_USAGE,
+                      &cfg->cap_usage)))
         return rc;
+    /* A power of two: the ring index is a mask. */
+    if (cfg->cap_usage & (cfg->cap_usage - 1)) {
+        uint32_t p = 1;
+        while (p < cfg->cap_usage)
+            p <<= 1;
+        cfg->cap_usage = p;
+    }
     *keys_given = json_object_get(cap, "keys") != NULL;
     *pools_given = json_object_get(cap, "pools") != NULL;
     *models_given = json_object_get(cap, "models") != NULL;
@@ -883,6 +895,7 @@ static int parse_root(cfg_ctx *c, json_t *root, km_config *cfg)
     cfg->cap_pools = KM__DEF_CAP_POOLS;
     cfg->cap_inflight = KM__DEF_CAP_INFLIGHT;
     cfg->cap_models = KM__DEF_CAP_MODELS;
+    cfg->cap_usage = KM__DEF_CAP_USAGE;
     if ((rc = parse_capacity(c, json_object_get(root, "capacity"), cfg,
                              &keys_given, &pools_given, &models_given)))
         return rc;

@@ -32,6 +32,8 @@ static inline uint64_t km__now(void)
 #define KM__DEF_MAX_FAILURES 5
 #define KM__DEF_WEIGHT 1
 #define KM__DEF_CAP_MODELS 8
+#define KM__DEF_CAP_USAGE 4096
+#define KM__MAX_CAP_USAGE (1u << 20)
 
 /* ------------------------------------------------------------ configuration
  * A parsed configuration.  Key limits are already merged: a key's window
@@ -84,6 +86,7 @@ typedef struct km__pool_cfg {
 
 struct km_config {
     uint32_t cap_keys, cap_pools, cap_procs, cap_inflight;
+    uint32_t cap_usage;  /* usage events per process ring (power of two) */
     uint32_t cap_models; /* models per pool */
     uint32_t n_pools, n_keys;
     km__pool_cfg *pools;
@@ -197,6 +200,18 @@ int km__epoch_sync(km_env *e, uint32_t timeout_ms);
 void km__epoch_attach(km_env *e);
 /* Clear the reader rows of process slot `slot` (its owner is gone). */
 void km__epoch_rows_reset(km_env *e, uint32_t slot);
+
+/* src/usage.c */
+static inline km__uring *km__urings(const km_env *e, uint32_t proc_slot)
+{
+    return (km__uring *)KM__AT(e->base, e->hdr->off_usage +
+                                            (uint64_t)proc_slot * (1 + e->hdr->cap_usage) * KM__LINE);
+}
+/* Record a finished lease in this process's ring (no-op without rings). */
+void km__usage_put(km_env *e, uint32_t key, uint32_t key_gen, uint32_t pool, uint32_t model,
+                   uint64_t start_ns, uint64_t tokens, int64_t latency_us, int outcome);
+/* A new occupant of process slot `slot`: seal events left half written. */
+void km__usage_reset(km_env *e, uint32_t slot);
 
 /* src/reconfig.c */
 int km__admin_lock(km_env *e);

@@ -667,7 +667,9 @@ static int km__try_key(km_env *e, uint32_t ki, km__scan *sc, km_lease *out)
     ck_pr_store_32(&ls->tokens, sc->tokens);
     ck_pr_store_64(&ls->start_ns, sc->now);
     ck_pr_store_32(&ls->key_gen, gen);
-    ck_pr_store_32(&ls->model, sc->md ? sc->model : 0); /* whose windows settle at release */
+    /* The model: per_model windows settle by it at release (a global pool's
+     * models have none), and usage events name it. */
+    ck_pr_store_32(&ls->model, sc->model);
     ck_pr_store_32(&ls->res_mask, kset.mask & KM__TOKEN_WINS); /* which windows it reserves */
     ck_pr_store_32(&ls->phase, KM__LP_ADMITTING);
     /* The phase store must be visible before any limit word changes, so a
@@ -1321,6 +1323,8 @@ KM_EXTERN int km_release(km_env *e, const km_lease *l, const km_outcome *o)
         if (o->view_flags)
             km__apply_view(k, o);
         km__spend(pool, k, o, actual);
+        km__usage_put(e, l->key, lv.key_gen, k->pool, lv.model, lv.start_ns, actual,
+                      o->latency_us, kind);
     } else {
         ck_pr_inc_64(&k->stale);
     }
@@ -1348,8 +1352,10 @@ static void km__abandon(km_env *e, uint32_t ki, km__key *k, km__lease *ls, uint3
     ck_pr_store_32(&ls->phase, KM__LP_RELEASING);
     ck_pr_fence_store_atomic();
     km__lview lv = km__lease_read(ls);
-    if (lv.key_gen == ck_pr_load_32(&k->gen))
+    if (lv.key_gen == ck_pr_load_32(&k->gen)) {
         km__settle(e, ki, k, ls, &lv, lv.tokens);
+        km__usage_put(e, ki, lv.key_gen, k->pool, lv.model, lv.start_ns, lv.tokens, -1, KM_OUT_COUNT);
+    }
     /* A probe that will never report lets the next one go. */
     km__state_to(k, 1u << KM__ST_PROBING, KM__ST_FAILING);
     KM__SLOT_ADD(ls->abandoned, 1);

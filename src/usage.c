@@ -1,0 +1,205 @@
+/*
+ * src/usage.c - usage events: per-process rings in the segment, drained by
+ * one reader (km_usage_drain; `kmctl persist` writes them to SQLite).
+ *
+ * Producer.  A process's threads share its ring: an event number i comes
+ * from a locked fetch-add on `head` (the line is the process's own), the
+ * event goes to slot i & (n - 1): seq := 0, the fields, then seq := i + 1
+ * with release semantics.  It never waits: when the drainer is behind by
+ * more than n, the oldest events are overwritten.
+ *
+ * Consumer.  The drainer reads events drained..head-1 of each ring.  An
+ * event whose seq is i + 1 both before and after its fields were read
+ * (acquire fences between) is complete and is event i.  A seq above i + 1
+ * means the slot was overwritten by a later event: event i is dropped and
+ * counted.  A seq below (0 or older) means event i is still being written;
+ * the drainer stops on that ring until the next drain (or skips it as
+ * dropped if the ring's process is dead).  Only the drainer writes
+ * `drained` and `dropped`.  Two writers can meet on one slot only if one is
+ * lapped by n events while it writes its fields; the seq check then drops
+ * what it cannot tell apart.
+ *
+ * A ring belongs to its process slot, not to one process: the next process
+ * to take the slot appends after what its predecessor left, so nothing a
+ * worker recorded before it exited is lost.  Each event names its pid.  An
+ * event the predecessor died writing (seq still 0) is sealed at attach as
+ * "dead" (outcome KM_OUT_COUNT + 1), which the drainer counts as dropped,
+ * so no ring waits forever on a writer that is gone.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <ck_pr.h>
+
+#include "internal.h"
+
+static km__uev *km__uevs(km__uring *r) { return (km__uev *)(void *)(r + 1); }
+
+void km__usage_put(km_env *e, uint32_t key, uint32_t key_gen, uint32_t pool, uint32_t model,
+                   uint64_t start_ns, uint64_t tokens, int64_t latency_us, int outcome)
+{
+    uint32_t n = e->hdr->cap_usage;
+    if (!n)
+        return;
+    km__uring *r = km__urings(e, e->proc_slot);
+    uint64_t i = ck_pr_faa_64(&r->head, 1);
+    km__uev *ev = &km__uevs(r)[i & (n - 1)];
+    ck_pr_store_64(&ev->seq, 0);
+    ck_pr_fence_store(); /* seq 0 before the fields: a reader never takes them for the old event */
+    ck_pr_store_64(&ev->start_ns, start_ns);
+    ck_pr_store_64(&ev->tokens, tokens);
+    ck_pr_store_32(&ev->latency_us,
+                   latency_us < 0 ? UINT32_MAX : latency_us >= UINT32_MAX ? UINT32_MAX - 1 : (uint32_t)latency_us);
+    ck_pr_store_32(&ev->key, key);
+    ck_pr_store_32(&ev->key_gen, key_gen);
+    ck_pr_store_32(&ev->model, model);
+    ck_pr_store_32(&ev->pool, pool);
+    ck_pr_store_32(&ev->outcome, (uint32_t)outcome);
+    /* A reap at attach runs before this process has a slot: it records in
+     * slot 0's ring (appends are fetch-adds: any process may) with its pid. */
+    ck_pr_store_32(&ev->pid, e->owner ? (uint32_t)e->owner : (uint32_t)getpid());
+    ck_pr_fence_store(); /* the fields before seq (pairs with the drainer's acquire) */
+    ck_pr_store_64(&ev->seq, i + 1);
+}
+
+void km__usage_reset(km_env *e, uint32_t slot)
+{
+    uint32_t n = e->hdr->cap_usage;
+    if (!n)
+        return;
+    /* The slot's previous occupant is gone: seal what it left half written. */
+    km__uring *r = km__urings(e, slot);
+    uint64_t head = ck_pr_load_64(&r->head), d = ck_pr_load_64(&r->drained);
+    for (uint64_t i = head > n && head - n > d ? head - n : d; i < head; i++) {
+        km__uev *ev = &km__uevs(r)[i & (n - 1)];
+        if (ck_pr_load_64(&ev->seq) != i + 1) {
+            ck_pr_store_32(&ev->outcome, KM_OUT_COUNT + 1);
+            ck_pr_fence_store(); /* the mark before seq */
+            ck_pr_store_64(&ev->seq, i + 1);
+        }
+    }
+}
+
+/* Fill the public form of an event. */
+static void km__usage_event(km_env *e, const km__uev *ev, uint64_t now_mono, uint64_t now_wall,
+                            km_usage_event *out)
+{
+    memset(out, 0, sizeof *out);
+    uint64_t start = ev->start_ns;
+    out->start_unix_ns = now_wall - (now_mono > start ? now_mono - start : 0);
+    out->latency_us = ev->latency_us == UINT32_MAX ? UINT64_MAX : ev->latency_us;
+    out->tokens = ev->tokens;
+    out->outcome = ev->outcome <= KM_OUT_COUNT ? (int)ev->outcome : KM_OUT_COUNT;
+    out->pid = ev->pid;
+    if (ev->pool < e->hdr->n_pools) {
+        const km__pool *p = &km__pools(e)[ev->pool];
+        memcpy(out->pool, p->name, KM_ID_MAX);
+        if (ev->model && ev->model <= p->n_models && ev->model <= e->hdr->cap_models)
+            memcpy(out->model, km__models(e, ev->pool)[ev->model - 1].name, KM_ID_MAX);
+    }
+    const km__key *k = ev->key < e->hdr->cap_keys ? &km__keys(e)[ev->key] : NULL;
+    /* The id is the row's while the row holds that generation (removed rows
+     * keep their id until reused). */
+    if (k && ck_pr_load_32(&k->gen) == ev->key_gen && ck_pr_load_32(&k->state) != KM__ST_FREE) {
+        memcpy(out->key_id, k->id, KM_ID_MAX);
+        if (ck_pr_load_32(&k->gen) == ev->key_gen)
+            return;
+    }
+    snprintf(out->key_id, sizeof out->key_id, "#%u.%u", ev->key, ev->key_gen);
+}
+
+/* Take the drainer's word: free, ours, or held by a process gone. */
+static int km__drainer_take(km_env *e)
+{
+    km__hdr *h = e->hdr;
+    uint64_t cur = ck_pr_load_64(&h->usage_drainer);
+    if (cur == e->owner)
+        return KM_OK;
+    if (cur != 0) {
+        uint32_t slot = (uint32_t)(cur >> 32);
+        km__proc *p = slot >= 1 && slot <= h->cap_procs ? &km__procs(e)[slot - 1] : NULL;
+        if (p && ck_pr_load_64(&p->tag) == cur && km__tag_alive(p, cur))
+            return KM_EBUSY;
+    }
+    return ck_pr_cas_64(&h->usage_drainer, cur, e->owner) ? KM_OK : KM_EBUSY;
+}
+
+KM_EXTERN int km_usage_drain(km_env *e, int (*fn)(void *ctx, const km_usage_event *ev), void *ctx,
+                             km_usage_report *out)
+{
+    km_usage_report rep = {0, 0, 0};
+    int rc;
+    if (!e || !fn)
+        return KM_EINVAL;
+    km__hdr *h = e->hdr;
+    uint32_t n = h->cap_usage;
+    if (n && (rc = km__drainer_take(e)) != KM_OK)
+        return rc;
+    struct timespec wall;
+    clock_gettime(CLOCK_REALTIME, &wall);
+    uint64_t now_mono = km__now(), now_wall = (uint64_t)wall.tv_sec * KM__NS_PER_S + (uint64_t)wall.tv_nsec;
+    rc = KM_OK;
+    for (uint32_t s = 0; n && s < h->cap_procs && rc == KM_OK; s++) {
+        km__proc *p = &km__procs(e)[s];
+        uint64_t tag = ck_pr_load_64(&p->tag);
+        km__uring *r = km__urings(e, s);
+        uint64_t head = ck_pr_load_64(&r->head), d = ck_pr_load_64(&r->drained), dropped = 0;
+        if (head < d) /* only in a corrupted segment: start over */
+            d = head;
+        if (head - d > n) {
+            dropped += head - d - n;
+            d = head - n;
+        }
+        int alive = -1;
+        for (; d < head; d++) {
+            km__uev *ev = &km__uevs(r)[d & (n - 1)], copy;
+            uint64_t s1 = ck_pr_load_64(&ev->seq);
+            ck_pr_fence_load(); /* seq before the fields (pairs with the writer's fence) */
+            copy.start_ns = ck_pr_load_64(&ev->start_ns);
+            copy.tokens = ck_pr_load_64(&ev->tokens);
+            copy.latency_us = ck_pr_load_32(&ev->latency_us);
+            copy.key = ck_pr_load_32(&ev->key);
+            copy.key_gen = ck_pr_load_32(&ev->key_gen);
+            copy.model = ck_pr_load_32(&ev->model);
+            copy.pool = ck_pr_load_32(&ev->pool);
+            copy.outcome = ck_pr_load_32(&ev->outcome);
+            copy.pid = ck_pr_load_32(&ev->pid);
+            ck_pr_fence_load(); /* the fields before the second look at seq */
+            uint64_t s2 = ck_pr_load_64(&ev->seq);
+            if (s1 == d + 1 && s2 == s1 && copy.outcome > KM_OUT_COUNT) { /* sealed: dead writer */
+                dropped++;
+                continue;
+            }
+            if (s1 == d + 1 && s2 == s1) {
+                km_usage_event ue;
+                km__usage_event(e, &copy, now_mono, now_wall, &ue);
+                if ((rc = fn(ctx, &ue)) != 0)
+                    break;
+                rep.events++;
+                continue;
+            }
+            if (s1 > d + 1 || s2 > d + 1) { /* overwritten by a later event */
+                dropped++;
+                continue;
+            }
+            /* Still being written: wait for it, unless its writer is gone. */
+            if (alive < 0)
+                alive = tag && (tag == e->owner || km__tag_alive(p, tag));
+            if (alive)
+                break;
+            dropped++;
+        }
+        ck_pr_store_64(&r->drained, d);
+        if (dropped)
+            ck_pr_store_64(&r->dropped, ck_pr_load_64(&r->dropped) + dropped);
+        rep.dropped += dropped;
+    }
+    for (uint32_t s = 0; n && s < h->cap_procs; s++)
+        rep.dropped_total += ck_pr_load_64(&km__urings(e, s)->dropped);
+    if (out)
+        *out = rep;
+    return rc;
+}

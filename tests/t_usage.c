@@ -1,0 +1,260 @@
+/*
+ * t_usage.c - usage events: per-process rings drained in order, exact.
+ *
+ *   - every release is one event with its pool, key id, model, tokens,
+ *     outcome, latency, pid and start time; a second drain finds nothing;
+ *   - a ring overrun keeps the newest events and counts the others dropped,
+ *     exactly; appending never waited;
+ *   - a lease a reaper releases is an "abandoned" event (KM_OUT_COUNT);
+ *   - events of a process that detached survive the next occupant of its
+ *     slot, each with its own pid; an event its writer died writing is
+ *     sealed at the next attach and counted dropped, so no drain stalls;
+ *   - one drainer at a time (KM_EBUSY for a second live one);
+ *   - `kmctl persist` drains into SQLite, writes a final snapshot on
+ *     SIGTERM and exits 0; `kmctl usage` reports per key and per outcome.
+ */
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <ck_pr.h>
+
+#include "testlib.h"
+
+typedef struct got {
+    int n;
+    km_usage_event ev[64];
+} got;
+
+static int collect(void *ctx, const km_usage_event *ev)
+{
+    got *g = ctx;
+    if (g->n < 64)
+        g->ev[g->n] = *ev;
+    g->n++;
+    return 0;
+}
+
+static int drain(km_env *env, got *g, km_usage_report *r)
+{
+    memset(g, 0, sizeof *g);
+    return km_usage_drain(env, collect, g, r);
+}
+
+static void lease_with(km_env *env, int pool, const char *model, int kind, int64_t lat, int64_t tok)
+{
+    km_request rq = {.pool = pool, .model = model, .tokens = 50};
+    km_lease l;
+    int rc = km_acquire(env, &rq, &l);
+    if (rc != KM_OK)
+        bail_out("acquire: %s", km_err_name(rc));
+    release_with(env, &l, kind, lat, tok, 0);
+}
+
+static void child_leases(int n, int stay)
+{
+    km_env *e;
+    if (km_open(seg, &e) != KM_OK)
+        _exit(3);
+    for (int i = 0; i < n; i++)
+        lease_with(e, 0, NULL, KM_OUT_SUCCESS, 10, 1);
+    if (stay) { /* hold one lease and wait to be killed */
+        km_request rq = {.pool = 0, .tokens = 7};
+        km_lease l;
+        km_acquire(e, &rq, &l);
+        printf("%s", "");
+        fflush(stdout);
+        for (;;)
+            pause();
+    }
+    km_close(e);
+    _exit(0);
+}
+
+int main(void)
+{
+    fixtures_init("usage");
+    plan(29);
+    km_env *env = mkseg("{\"capacity\": {\"keys\": 4, \"usage_events\": 6, \"processes\": 8},"
+                        " \"pools\": [{\"name\": \"p\", \"model_limits\": \"global\","
+                        "  \"models\": {\"m1\": {}}, \"keys\": [{\"id\": \"a\", \"secret\": \"sk-a-12345678\"}]}]}");
+    got g;
+    km_usage_report r;
+    struct timespec wall;
+    clock_gettime(CLOCK_REALTIME, &wall);
+    uint64_t now_wall = (uint64_t)wall.tv_sec * NS + (uint64_t)wall.tv_nsec;
+
+    lease_with(env, 0, "m1", KM_OUT_SUCCESS, 1234, 40);
+    lease_with(env, 0, NULL, KM_OUT_RATE_LIMITED, 99, 0);
+    km_key_set_state(env, 0, KM_KEY_ACTIVE); /* clear the cooldown */
+    lease_with(env, 0, NULL, KM_OUT_FAILURE, -1, -1);
+    is_int(drain(env, &g, &r), KM_OK, "drain");
+    is_int(g.n, 3, "3 releases, 3 events");
+    ok(!strcmp(g.ev[0].pool, "p") && !strcmp(g.ev[0].key_id, "a") && !strcmp(g.ev[0].model, "m1") &&
+           g.ev[0].tokens == 40 && g.ev[0].outcome == KM_OUT_SUCCESS && g.ev[0].latency_us == 1234 &&
+           g.ev[0].pid == (uint32_t)getpid(),
+       "event 1: pool, key, model, tokens, outcome, latency, pid");
+    int64_t dt = (int64_t)(g.ev[0].start_unix_ns - now_wall);
+    ok(dt > -(int64_t)NS && dt < (int64_t)NS, "event 1: start time is now (%" PRId64 " ns)", dt);
+    ok(g.ev[1].outcome == KM_OUT_RATE_LIMITED && g.ev[1].model[0] == '\0', "event 2: a 429, no model");
+    ok(g.ev[2].outcome == KM_OUT_FAILURE && g.ev[2].latency_us == UINT64_MAX && g.ev[2].tokens == 50,
+       "event 3: latency not reported, tokens settled at the estimate");
+    is_u64(r.events, 3, "report: 3 events");
+    is_int(drain(env, &g, &r), KM_OK, "drain again");
+    is_int(g.n, 0, "nothing twice");
+
+    /* Overrun: 8 slots (6 rounded up to a power of two), 20 events. */
+    for (int i = 0; i < 20; i++)
+        lease_with(env, 0, NULL, KM_OUT_SUCCESS, i, 1);
+    drain(env, &g, &r);
+    is_int(g.n, 8, "overrun: the newest 8 events are kept");
+    ok(g.ev[0].latency_us == 12 && g.ev[7].latency_us == 19, "... in order (latencies %" PRIu64 "..%" PRIu64 ")",
+       g.ev[0].latency_us, g.ev[7].latency_us);
+    is_u64(r.dropped, 12, "... and 12 counted dropped");
+    is_u64(r.dropped_total, 12, "dropped in all: 12");
+
+    /* Abandoned: a child dies holding a lease; the reap records it. */
+    pid_t c = fork();
+    if (c == 0)
+        child_leases(0, 1);
+    for (int i = 0; i < 2000; i++) {
+        km_key_info ki = info(env, 0);
+        if (ki.inflight == 1)
+            break;
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    kill(c, SIGKILL);
+    waitpid(c, NULL, 0);
+    km_reap_report rr;
+    km_reap(env, &rr);
+    is_u64(rr.leases, 1, "a dead child's lease is reaped");
+    drain(env, &g, &r);
+    is_int(g.n, 1, "one event for it");
+    ok(g.ev[0].outcome == KM_OUT_COUNT && g.ev[0].tokens == 7, "... abandoned, settled at its estimate");
+
+    /* Events of a detached process outlive it; the next occupant appends. */
+    if ((c = fork()) == 0)
+        child_leases(3, 0);
+    waitpid(c, NULL, 0);
+    pid_t c2 = fork();
+    if (c2 == 0)
+        child_leases(1, 0);
+    waitpid(c2, NULL, 0);
+    drain(env, &g, &r);
+    is_int(g.n, 4, "4 events of two children that came and went");
+    ok(g.n == 4 && g.ev[0].pid == (uint32_t)c && g.ev[3].pid == (uint32_t)c2, "... each with its pid");
+
+    /* A writer that died mid-event: its slot's next occupant seals it. */
+    if ((c = fork()) == 0)
+        child_leases(0, 1);
+    for (int i = 0; i < 2000 && info(env, 0).inflight == 0; i++) {
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    uint32_t slot = UINT32_MAX;
+    for (uint32_t s = 0; s < env->hdr->cap_procs; s++)
+        if ((uint32_t)ck_pr_load_64(&km__procs(env)[s].tag) == (uint32_t)c)
+            slot = s;
+    ok(slot != UINT32_MAX, "the child's process slot");
+    km__uring *ring = km__urings(env, slot);
+    uint64_t h = ck_pr_faa_64(&ring->head, 1); /* as if it died after taking a number */
+    km__uev *ev = (km__uev *)(void *)(ring + 1) + (h & 7);
+    ck_pr_store_64(&ev->seq, 0);
+    kill(c, SIGKILL);
+    waitpid(c, NULL, 0);
+    drain(env, &g, &r);
+    is_int(g.n, 0, "an event whose writer died mid-way is not handed out");
+    ok(r.dropped == 1, "... it is counted dropped (%" PRIu64 "), and the drain does not wait", r.dropped);
+    if ((c = fork()) == 0)
+        child_leases(1, 0); /* attaches (reaps, takes the slot, seals), one event */
+    waitpid(c, NULL, 0);
+    drain(env, &g, &r);
+    /* The child reaped the dead one's lease at attach (an abandoned event
+     * in its own ring), then released one lease. */
+    ok(g.n == 2 && g.ev[0].outcome == KM_OUT_COUNT && g.ev[1].outcome == KM_OUT_SUCCESS &&
+           g.ev[0].pid == (uint32_t)c && g.ev[1].pid == (uint32_t)c,
+       "the next process's events flow: its reap's abandoned lease, its release (%d events)", g.n);
+
+    /* One drainer at a time. */
+    if ((c = fork()) == 0) {
+        km_env *e;
+        got g2;
+        if (km_open(seg, &e) != KM_OK)
+            _exit(3);
+        _exit(km_usage_drain(e, collect, &g2, NULL) == KM_EBUSY ? 0 : 1);
+    }
+    int st;
+    waitpid(c, &st, 0);
+    ok(WIFEXITED(st) && WEXITSTATUS(st) == 0, "a second live drainer gets KM_EBUSY");
+    rmseg(env);
+
+    /* kmctl persist and usage. */
+    env = mkseg("{\"capacity\": {\"keys\": 4}, \"pools\": [{\"name\": \"p\","
+                " \"keys\": [{\"id\": \"a\", \"secret\": \"sk-a-12345678\"},"
+                "            {\"id\": \"b\", \"secret\": \"sk-b-12345678\"}]}]}");
+    const char *b = getenv("KM_BUILD") ? getenv("KM_BUILD") : "build";
+    char kmctl[256], dbf[128], snap[128], cmd[1024], line[512];
+    snprintf(kmctl, sizeof kmctl, "%s/kmctl", b);
+    snprintf(dbf, sizeof dbf, "/tmp/kmt-usage-%d.db", (int)getpid());
+    snprintf(snap, sizeof snap, "/tmp/kmt-usage-%d.json", (int)getpid());
+    unlink(dbf);
+    unlink(snap);
+    pid_t pp = fork();
+    if (pp == 0) {
+        if (!freopen("/dev/null", "w", stdout)) /* its summary line is not TAP */
+            _exit(126);
+        execl(kmctl, kmctl, "persist", seg, "--db", dbf, "--interval", "1", "--snapshot", snap,
+              (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; i < 10; i++) {
+        lease_with(env, 0, NULL, i < 7 ? KM_OUT_SUCCESS : KM_OUT_RATE_LIMITED, 2000, 100);
+        km_key_set_state(env, 0, KM_KEY_ACTIVE); /* end any cooldown a 429 began */
+        km_key_set_state(env, 1, KM_KEY_ACTIVE);
+    }
+    sleep(2); /* persist drains every second */
+    kill(pp, SIGTERM);
+    waitpid(pp, &st, 0);
+    ok(WIFEXITED(st) && WEXITSTATUS(st) == 0, "persist exits 0 on SIGTERM");
+    struct stat sb;
+    ok(stat(snap, &sb) == 0 && (sb.st_mode & 0777) == 0600, "... after writing its snapshot (0600)");
+    ok(stat(dbf, &sb) == 0 && (sb.st_mode & 0777) == 0600, "the database is 0600");
+    snprintf(cmd, sizeof cmd, "%s usage %s --db %s --by outcome", kmctl, seg, dbf);
+    FILE *f = popen(cmd, "r");
+    int ok_rows = 0, rl_rows = 0;
+    while (f && fgets(line, sizeof line, f)) {
+        long long req, tok;
+        if (sscanf(line, "success %lld %lld", &req, &tok) == 2)
+            ok_rows = req == 7 && tok == 700;
+        if (sscanf(line, "rate_limited %lld %lld", &req, &tok) == 2)
+            rl_rows = req == 3 && tok == 300;
+    }
+    int prc = f ? pclose(f) : -1;
+    ok(prc == 0 && ok_rows && rl_rows, "kmctl usage --by outcome: 7 successes (700 tokens), 3 429s");
+    snprintf(cmd, sizeof cmd, "%s usage %s --db %s --by key --since 5m", kmctl, seg, dbf);
+    f = popen(cmd, "r");
+    long long total = 0;
+    while (f && fgets(line, sizeof line, f)) {
+        char k[64];
+        long long req;
+        if (sscanf(line, "%63s %lld", k, &req) == 2 && (!strcmp(k, "a") || !strcmp(k, "b")))
+            total += req;
+    }
+    prc = f ? pclose(f) : -1;
+    is_int(total, 10, "kmctl usage --by key: 10 requests over keys a and b");
+    snprintf(cmd, sizeof cmd, "%s usage %s --db %s --by colour 2>/dev/null", kmctl, seg, dbf);
+    is_int(WEXITSTATUS(system(cmd)), 2, "kmctl usage refuses an unknown field (status 2)");
+    unlink(dbf);
+    unlink(snap);
+    snprintf(cmd, sizeof cmd, "rm -f %s-wal %s-shm", dbf, dbf);
+    if (system(cmd) != 0)
+        diag("could not remove %s-wal", dbf);
+    rmseg(env);
+    return exit_status();
+}
