@@ -78,6 +78,7 @@ TEST_TIMEOUT ?= 300
 .DEFAULT_GOAL := all
 -include bench/bench.mk
 -include bindings/bindings.mk
+-include tests/fuzz/fuzz.mk
 
 all: $(SHLIB) $(STLIB) $(KMCTL)
 

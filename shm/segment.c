@@ -139,6 +139,8 @@ static km_env *km__env_new(void *base, size_t size)
     e->hdr = (km__hdr *)base;
     e->pid = (int)getpid();
     e->admin_timeout_ms = 1000;
+    static uint64_t serial; /* handles of this process, numbered from 1 */
+    e->serial = ck_pr_faa_64(&serial, 1) + 1;
     return e;
 }
 

@@ -63,12 +63,23 @@ static int km__owner_known(km_env *e, uint64_t owner)
            ck_pr_load_64(&km__procs(e)[slot - 1].tag) == tag;
 }
 
+/* A name from the segment, for a message: at most its array's length.  A
+ * corrupted row may lack the NUL, and "%s" would read on into the secret
+ * that follows an id. */
+static const char *km__name(char out[KM_ID_MAX + 1], const char *name)
+{
+    memcpy(out, name, KM_ID_MAX);
+    out[KM_ID_MAX] = '\0';
+    return out;
+}
+
 static void km__check_key(km_env *e, uint32_t ki, uint64_t now, km__checker *c)
 {
     km__key *k = &km__keys(e)[ki];
     const km__lease *ls = km__leases(e, ki);
     uint32_t n = e->hdr->cap_inflight, st = ck_pr_load_32(&k->state);
-    const char *id = st == KM__ST_FREE ? "(free slot)" : k->id;
+    char idbuf[KM_ID_MAX + 1], mname[KM_ID_MAX + 1];
+    const char *id = st == KM__ST_FREE ? "(free slot)" : km__name(idbuf, k->id);
 
     const km__pool *pool = st != KM__ST_FREE && k->pool < e->hdr->n_pools ? &km__pools(e)[k->pool] : NULL;
     uint32_t n_models = pool && pool->model_mode == KM_MODELS_PER_MODEL
@@ -158,7 +169,7 @@ static void km__check_key(km_env *e, uint32_t ki, uint64_t now, km__checker *c)
                 uint64_t expect = (md->win_mask & (1u << w)) && !km__window_is_requests(w) ? mtok[m] : 0;
                 if (mres[m][w] != expect)
                     km__violation(c, "key %s, model %s: %s reserved %llu but active leases hold %llu", id,
-                                  md->name, km_window_name(w), (unsigned long long)mres[m][w],
+                                  km__name(mname, md->name), km_window_name(w), (unsigned long long)mres[m][w],
                                   (unsigned long long)expect);
             }
         }
@@ -182,10 +193,12 @@ KM_EXTERN int km_check(km_env *e, void (*report)(void *, const char *), void *ct
     /* Pools: the current member list names each live key of the pool once
      * (a removed key may linger until the list is rebuilt). */
     uint8_t *seen = calloc(h->cap_keys, 1);
+    char name[KM_ID_MAX + 1];
     if (!seen)
         return KM_ENOMEM;
     for (uint32_t p = 0; p < h->n_pools; p++) {
         const km__pool *pool = &km__pools(e)[p];
+        const char *pname = km__name(name, pool->name);
         uint32_t b = ck_pr_load_32(&pool->cur) & 1;
         ck_pr_fence_load(); /* cur before the list it names */
         const km__member *m = km__members(e, p, b);
@@ -199,18 +212,18 @@ KM_EXTERN int km_check(km_env *e, void (*report)(void *, const char *), void *ct
             if (ki >= h->cap_keys || km__keys(e)[ki].pool != p ||
                 ck_pr_load_32(&km__keys(e)[ki].state) == KM__ST_FREE) {
                 km__violation(&c, "pool %s: member %u names key slot %u, not a key of this pool",
-                              pool->name, i, ki);
+                              pname, i, ki);
                 continue;
             }
             if (seen[ki]++)
-                km__violation(&c, "pool %s: key slot %u is listed twice", pool->name, ki);
+                km__violation(&c, "pool %s: key slot %u is listed twice", pname, ki);
         }
     }
     for (uint32_t ki = 0; ki < h->cap_keys; ki++) {
         const km__key *k = &km__keys(e)[ki];
         uint32_t st = ck_pr_load_32(&k->state);
         if (st < KM__ST_FREE && !seen[ki])
-            km__violation(&c, "key %s is live but in no pool's member list", k->id);
+            km__violation(&c, "key %s is live but in no pool's member list", km__name(name, k->id));
     }
     free(seen);
 

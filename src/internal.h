@@ -115,6 +115,7 @@ struct km_env {
     int pid;           /* getpid() at attach: fork detection */
     uint64_t last_reap_ns; /* km_acquire's reap at most once a second */
     int rd_fence;      /* 1: membarrier unavailable; readers fence themselves */
+    uint64_t serial;   /* unique per handle in this process (never 0) */
     uint32_t admin_timeout_ms; /* grace-period waits of reconfiguration */
 };
 

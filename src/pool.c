@@ -461,18 +461,27 @@ refuse:
 
 /* ------------------------------------------------------------ lease slots */
 
-static inline uint32_t km__busy_words(const km__key *k) { return (k->max_inflight + 63) / 64; }
-
-static inline uint64_t km__word_mask(const km__key *k, uint32_t i)
+/* A key's lease slots as the segment allows them: max_inflight is read from
+ * shared memory, and a corrupted value must not index past the key's busy
+ * words or lease row (cap is cap_inflight, or the busy array's size). */
+static inline uint32_t km__slots(const km__key *k, uint32_t cap)
 {
-    uint32_t rem = k->max_inflight - i * 64;
+    uint32_t m = k->max_inflight;
+    return m < cap ? m : cap;
+}
+
+static inline uint32_t km__busy_words(uint32_t slots) { return (slots + 63) / 64; }
+
+static inline uint64_t km__word_mask(uint32_t slots, uint32_t i)
+{
+    uint32_t rem = slots - i * 64;
     return rem >= 64 ? ~UINT64_C(0) : (UINT64_C(1) << rem) - 1;
 }
 
 static uint32_t km__inflight(const km__key *k)
 {
-    uint32_t n = 0;
-    for (uint32_t i = 0; i < km__busy_words(k); i++)
+    uint32_t n = 0, w = km__busy_words(km__slots(k, KM_INFLIGHT_MAX));
+    for (uint32_t i = 0; i < w; i++)
         n += (uint32_t)__builtin_popcountll(ck_pr_load_64(&k->busy[i]));
     return n;
 }
@@ -488,8 +497,9 @@ static int km__slot_claim(km_env *e, uint32_t ki, km__key *k)
     uint32_t rot = (e->proc_slot * 7u) & 63u;
     int seen = -1;
 
-    for (uint32_t i = 0; i < km__busy_words(k); i++) {
-        uint64_t free = ~ck_pr_load_64(&k->busy[i]) & km__word_mask(k, i);
+    uint32_t slots = km__slots(k, e->hdr->cap_inflight);
+    for (uint32_t i = 0; i < km__busy_words(slots); i++) {
+        uint64_t free = ~ck_pr_load_64(&k->busy[i]) & km__word_mask(slots, i);
         while (free) {
             uint64_t hi = free >> rot;
             uint32_t b = hi ? (uint32_t)__builtin_ctzll(hi) + rot : (uint32_t)__builtin_ctzll(free);
@@ -524,9 +534,11 @@ static __thread uint64_t km__rng;
 static __thread uint32_t km__rr_cursor;
 static uint32_t km__pid; /* cached at load and in a forked child: no getpid() per seed */
 
-/* This thread's reader row (shm/epoch.c) for the handle it last used. */
+/* This thread's reader row (shm/epoch.c) for the handle it last used,
+ * known by the handle's serial number, not its address: a handle closed and
+ * another opened at the same address must not find the old row. */
 static __thread km__rdr *km__rd_row;
-static __thread const km_env *km__rd_env;
+static __thread uint64_t km__rd_env;
 static __thread int km__rd_slow; /* 1: the overflow row; 2: fence after the row store */
 
 static void km__atfork_child(void)
@@ -534,7 +546,7 @@ static void km__atfork_child(void)
     km__rng = 0;
     km__rr_cursor = 0;
     km__pid = (uint32_t)getpid();
-    km__rd_env = NULL; /* the parent's row is the parent's */
+    km__rd_env = 0; /* the parent's row is the parent's */
 }
 
 /* Enter an epoch section (see shm/epoch.c for the argument).  The row
@@ -543,10 +555,10 @@ static void km__atfork_child(void)
 KM__HOT km__rdr *km__rd_enter(km_env *e, uint64_t now)
 {
     km__rdr *r = km__rd_row;
-    if (__builtin_expect(km__rd_env != e, 0)) {
+    if (__builtin_expect(km__rd_env != e->serial, 0)) {
         r = km__rd_row = km__epoch_bind(e);
         km__rd_slow = r == km__rdrs(e, e->proc_slot) ? 1 : e->rd_fence ? 2 : 0;
-        km__rd_env = e;
+        km__rd_env = e->serial;
     }
     if (__builtin_expect(km__rd_slow == 1, 0)) {
         km__epoch_enter_ovf(e, r, now);
@@ -609,6 +621,8 @@ static inline int km__over_budget(const km__key *k)
  * (sc updated: usable keys lower sc->retry). */
 static int km__try_key(km_env *e, uint32_t ki, km__scan *sc, km_lease *out)
 {
+    if (ki >= e->hdr->cap_keys) /* a member list is shared memory: never trusted */
+        return 0;
     km__key *k = &km__keys(e)[ki];
     uint32_t st = ck_pr_load_32(&k->state), probe = 0;
     km__lset kset = km__key_lset(k), mset;
@@ -712,18 +726,19 @@ static int km__try_key(km_env *e, uint32_t ki, km__scan *sc, km_lease *out)
     out->start_ns = sc->now;
     out->retry_at_ns = 0;
     out->model = sc->model;
-    out->secret_len = k->secret_len;
+    out->secret_len = km__min64(k->secret_len, KM_SECRET_MAX);
     memcpy(out->key_id, k->id, sizeof(out->key_id));
+    out->key_id[KM_ID_MAX] = '\0'; /* the segment's copy may be corrupted */
     /* Copy the secret in 16-byte blocks up to its NUL: the key's array is
      * NUL-padded past its length (written once from a zeroed config), and a
      * typical secret takes 3-10 vector moves instead of a call or 16. */
-    for (uint32_t i = 0; i <= k->secret_len && i < sizeof(out->secret); i += 16)
+    for (uint32_t i = 0; i <= out->secret_len && i < sizeof(out->secret); i += 16)
         memcpy(out->secret + i, k->secret + i, 16);
-    out->meta_len = k->meta_len;
-    if (k->meta_len)
+    out->secret[out->secret_len] = '\0';
+    out->meta_len = km__min64(k->meta_len, KM_META_MAX);
+    if (out->meta_len)
         memcpy(out->meta, k->meta, sizeof(out->meta));
-    else
-        out->meta[0] = '\0';
+    out->meta[out->meta_len] = '\0';
     return 1;
 
 undo_probe:
@@ -738,6 +753,8 @@ undo_slot:
  * the limit words.  Nothing is claimed. */
 static int km__eligible(km_env *e, uint32_t ki, km__scan *sc)
 {
+    if (ki >= e->hdr->cap_keys)
+        return 0;
     km__key *k = &km__keys(e)[ki];
     uint32_t st = ck_pr_load_32(&k->state);
     km__lset kset = km__key_lset(k);
@@ -1168,7 +1185,7 @@ void km__wake_pool(km_env *e, uint32_t pool) { km__wake(&km__pools(e)[pool]); }
 static uint64_t km__backoff_ns(uint32_t base_s, uint32_t max_s, uint32_t n)
 {
     uint64_t d = (uint64_t)base_s * KM__NS_PER_S, cap = (uint64_t)max_s * KM__NS_PER_S;
-    for (uint32_t i = 1; i < n && d < cap; i++)
+    for (uint32_t i = 1; i < n && i < 64 && d && d < cap; i++) /* bounded, whatever n */
         d *= 2;
     return km__min64(d, cap);
 }
@@ -1209,14 +1226,17 @@ static void km__health(km_env *e, km__key *k, const km__lease *ls, int kind,
         if (ck_pr_load_32(&k->consec_429))
             ck_pr_store_32(&k->consec_429, 0);
         km__state_to(k, (1u << KM__ST_PROBING) | (1u << KM__ST_FAILING), KM__ST_ACTIVE);
-        uint64_t lat = o->latency_us >= 0 ? (uint64_t)o->latency_us * 1000
+        uint64_t lat = o->latency_us >= 0 ? km__mul_sat((uint64_t)o->latency_us, 1000)
                                           : km__now() - ck_pr_load_64(&ls->start_ns);
         if (lat == 0)
             lat = 1; /* 0 means "no sample yet" */
         /* EMA, alpha = 0.2; the first sample seeds it.  A plain load and
          * store: two releases racing may lose one sample, which an average
          * tolerates; a CAS loop would cost a locked op on every release. */
-        uint64_t cur = ck_pr_load_64(&k->latency_ema_ns);
+        /* Both within 2^62, so the signed difference below cannot overflow
+         * (the shared word may be corrupted; a latency, absurd). */
+        uint64_t cur = km__min64(ck_pr_load_64(&k->latency_ema_ns), UINT64_C(1) << 62);
+        lat = km__min64(lat, UINT64_C(1) << 62);
         uint64_t set = cur == 0 ? lat : (uint64_t)((int64_t)cur + ((int64_t)lat - (int64_t)cur) / 5);
         ck_pr_store_64(&k->latency_ema_ns, set ? set : 1);
         break;
@@ -1660,7 +1680,7 @@ static void km__limit_info(const km__gcra *win, const uint64_t *T, const uint64_
         li->burst = burst[w];
         li->mode = mode[w];
         li->tat_ns = tat;
-        li->available = used >= tau[w] ? 0 : (tau[w] - used) / T[w];
+        li->available = used >= tau[w] || !T[w] ? 0 : (tau[w] - used) / T[w];
     }
 }
 
@@ -1726,7 +1746,7 @@ KM_EXTERN int km_pool_key(km_env *e, int pool, uint32_t i)
     const km__pool *p = &km__pools(e)[pool];
     uint32_t b = ck_pr_load_32(&p->cur) & 1;
     ck_pr_fence_load(); /* cur before the list it names */
-    if (i >= ck_pr_load_32(&p->view[b].n_keys))
+    if (i >= ck_pr_load_32(&p->view[b].n_keys) || i >= e->hdr->cap_keys)
         return KM_ENOKEY;
     uint32_t ki = ck_pr_load_32(&km__members(e, (uint32_t)pool, b)[i].key);
     return ki < e->hdr->cap_keys ? (int)ki : KM_ECORRUPT;
@@ -1808,8 +1828,10 @@ KM_EXTERN int km_model_info_get(km_env *e, int pool, uint32_t i, uint32_t key,
     if (i >= p->n_models || i >= e->hdr->cap_models)
         return KM_ENOMODEL;
     const km__model *md = &km__models(e, (uint32_t)pool)[i];
-    if (name)
+    if (name) {
         memcpy(name, md->name, KM_ID_MAX + 1);
+        name[KM_ID_MAX] = '\0'; /* the segment's copy may lack it */
+    }
     if (limits) {
         if (key >= e->hdr->cap_keys || km__keys(e)[key].pool != (uint32_t)pool)
             return KM_ENOKEY;

@@ -451,10 +451,16 @@ static void km__retry_after(km__ctx *c, double *out)
         s /= 1000.0;
     } else if (c->h[KM__H_RETRY_AFTER]) {
         km__span v = km__trim(c->h[KM__H_RETRY_AFTER]);
-        if (km__parse_http_date(v, &at))
-            s = (double)(at * 1000 - km__wall_ms(c)) / 1000.0;
-        else if (!km__parse_decimal(v, &s))
+        if (km__parse_http_date(v, &at)) {
+            /* The caller's clock may be anything: saturate, never overflow
+             * (a date is at most year 9999, so at * 1000 fits). */
+            int64_t now = km__wall_ms(c), ms;
+            if (__builtin_sub_overflow(at * 1000, now, &ms))
+                ms = now < 0 ? INT64_MAX : INT64_MIN;
+            s = (double)ms / 1000.0;
+        } else if (!km__parse_decimal(v, &s)) {
             return;
+        }
     } else {
         return;
     }
@@ -479,7 +485,9 @@ static int km__view_pair(km__ctx *c, int rem, int reset, int rfc3339,
             *reset_ms = 0;
     } else if (km__parse_rfc3339(km__trim(c->h[reset]), &at)) {
         int64_t now = km__wall_ms(c);
-        *reset_ms = at > now ? (uint64_t)(at - now) : 0;
+        /* at > now: the difference fits in 64 unsigned bits even when the
+         * caller's clock is far off (signed subtraction could overflow). */
+        *reset_ms = at > now ? (uint64_t)at - (uint64_t)now : 0;
     }
     return 1;
 }

@@ -215,6 +215,10 @@ static int km__admin_lock_key(km_env *e, uint32_t key)
         km__admin_unlock(e);
         return KM_ENOKEY;
     }
+    if (km__keys(e)[key].pool >= e->hdr->n_pools) { /* a corrupted row */
+        km__admin_unlock(e);
+        return KM_ECORRUPT;
+    }
     return KM_OK;
 }
 

@@ -59,6 +59,11 @@ static int rs_err(rs_ctx *c, int code, const char *fmt, ...)
         if (n > 0 && (size_t)n < c->errlen)
             vsnprintf(c->errbuf + n, c->errlen - (size_t)n, fmt, ap);
         va_end(ap);
+        /* One line, printable, whatever the snapshot held (names, parser
+         * excerpts). */
+        for (char *p = c->errbuf; *p; p++)
+            if ((unsigned char)*p < 0x20 || *p == 0x7f)
+                *p = '?';
     }
     return code;
 }
@@ -103,6 +108,17 @@ static json_t *rs_limits(json_t *lim)
     return out;
 }
 
+/* A name from the snapshot for a one-line message: printable ASCII only,
+ * at most KM_ID_MAX bytes (the file may hold anything). */
+static const char *rs_safe(const char *in, char out[KM_ID_MAX + 1])
+{
+    size_t i = 0;
+    for (; in && in[i] && i < KM_ID_MAX; i++)
+        out[i] = in[i] >= 0x20 && in[i] < 0x7f ? in[i] : '?';
+    out[i] = '\0';
+    return out;
+}
+
 /* Decrypt one secret into out (NUL-terminated).  KM_ECRYPTO on failure. */
 static int rs_secret(rs_ctx *c, const char *pool, const char *id, json_t *enc, char *out,
                      size_t outlen)
@@ -113,13 +129,19 @@ static int rs_secret(rs_ctx *c, const char *pool, const char *id, json_t *enc, c
     char ad[2 * KM_ID_MAX + 2];
     int adlen = snprintf(ad, sizeof ad, "%s/%s", pool, id);
     const char *b64 = json_string_value(enc);
+    char sp[KM_ID_MAX + 1], si[KM_ID_MAX + 1];
+    if (adlen < 0 || (size_t)adlen >= sizeof ad)
+        return rs_err(c, KM_ECONFIG, "pool %s, key %s: names too long", rs_safe(pool, sp),
+                      rs_safe(id, si));
 
     if (!b64)
-        return rs_err(c, KM_ECONFIG, "pool %s, key %s: no encrypted secret (secret_enc)", pool, id);
+        return rs_err(c, KM_ECONFIG, "pool %s, key %s: no encrypted secret (secret_enc)",
+                      rs_safe(pool, sp), rs_safe(id, si));
     if (sodium_base642bin(bin, sizeof bin, b64, strlen(b64), NULL, &blen, NULL,
                           sodium_base64_VARIANT_ORIGINAL) != 0 ||
         blen < KM__NPUB + KM__ABYTES)
-        return rs_err(c, KM_ECRYPTO, "pool %s, key %s: secret_enc is not a sealed secret", pool, id);
+        return rs_err(c, KM_ECRYPTO, "pool %s, key %s: secret_enc is not a sealed secret",
+                      rs_safe(pool, sp), rs_safe(id, si));
     if (crypto_aead_xchacha20poly1305_ietf_decrypt((unsigned char *)out, &mlen, NULL, bin + KM__NPUB,
                                                    blen - KM__NPUB, (const unsigned char *)ad,
                                                    (size_t)adlen, bin, c->key) != 0 ||
@@ -127,7 +149,7 @@ static int rs_secret(rs_ctx *c, const char *pool, const char *id, json_t *enc, c
         sodium_memzero(out, outlen);
         return rs_err(c, KM_ECRYPTO,
                       "pool %s, key %s: the secret does not decrypt (altered, or not this key's)",
-                      pool, id);
+                      rs_safe(pool, sp), rs_safe(id, si));
     }
     out[mlen] = '\0';
     return KM_OK;

@@ -127,6 +127,7 @@ static json_t *key_models_json(km_env *env, int pool, uint32_t n_models,
         km_limit_info lim[KM_WIN_COUNT];
         if (km_model_info_get(env, pool, i, key, name, lim) != KM_OK)
             break; /* fewer models than counted: show what there is */
+        name[KM_ID_MAX] = '\0'; /* copied whole from the segment, maybe without its NUL */
         json_t *l = limits_json(lim, clk);
         if (!l || json_object_set_new(o, name, l) < 0) {
             json_decref(o);
@@ -262,9 +263,12 @@ static json_t *defaults_json(km_env *env, uint32_t pool)
     uint32_t n = p->n_models < env->hdr->cap_models ? p->n_models : env->hdr->cap_models;
     for (uint32_t i = 0; models && i < n; i++) {
         const km__model *md = &km__models(env, pool)[i];
+        char name[KM_ID_MAX + 1]; /* the segment's copy may lack its NUL */
+        memcpy(name, md->name, KM_ID_MAX);
+        name[KM_ID_MAX] = '\0';
         json_t *l = p->model_mode == KM_MODELS_PER_MODEL
                         ? cfg_limits_json(md->limit, md->burst, md->mode) : json_object();
-        if (!l || json_object_set_new(models, md->name, l) < 0) {
+        if (!l || json_object_set_new(models, name, l) < 0) {
             json_decref(models);
             return NULL;
         }
@@ -286,7 +290,8 @@ static int pool_json(km_env *env, int pool, const km__snap *sn, json_t **out)
         return rc;
     if (!(keys = json_array()))
         return KM_ENOMEM;
-    for (uint32_t i = 0; i < pi.n_keys; i++) {
+    /* n_keys comes from the segment: never past the member list's capacity. */
+    for (uint32_t i = 0; i < pi.n_keys && i < env->hdr->cap_keys; i++) {
         int key = km_pool_key(env, pool, i);
         /* A key removed meanwhile (or still listed, skipped, after a
          * removal) is not part of the pool any more: left out. */
@@ -331,6 +336,7 @@ static int pool_json(km_env *env, int pool, const km__snap *sn, json_t **out)
         km_limit_info lim[KM_WIN_COUNT];
         if (km_model_info_get(env, pool, i, (uint32_t)first, name, lim) != KM_OK)
             break;
+        name[KM_ID_MAX] = '\0';
         if (json_array_append_new(models, jstr(name)) < 0) {
             rc = KM_ENOMEM;
             goto fail;
