@@ -79,6 +79,7 @@
 typedef struct scenario {
     int procs, keys, strategy, limits;
     uint32_t tokens;
+    int usage_events; /* capacity.usage_events; -1: the library's default */
     double seconds;
     int reps;
 } scenario;
@@ -204,10 +205,12 @@ static int make_config(const scenario *sc, km_config **cfg)
         return KM_ENOMEM;
     n += (size_t)snprintf(js + n, cap - n,
                           "{\"capacity\": {\"keys\": %d, \"processes\": %d, "
-                          "\"pools\": 1, \"inflight_per_key\": %d},\n"
+                          "\"pools\": 1, \"inflight_per_key\": %d%s},\n"
                           " \"pools\": [{\"name\": \"bench\", "
                           "\"strategy\": \"%s\",\n",
                           sc->keys, sc->procs + 4, sc->procs + 4,
+                          sc->usage_events < 0 ? "" : sc->usage_events ? ", \"usage_events\": 4096"
+                                                                     : ", \"usage_events\": 0",
                           km_strategy_name(sc->strategy));
     if (sc->limits)
         /* Never binding: rpm 1e9 and tpm 1e12 give the GCRA words a burst
@@ -436,10 +439,11 @@ static int run_scenario(const scenario *sc, int seq)
     double med = sc->reps % 2 ? rate[sc->reps / 2]
                               : (rate[sc->reps / 2 - 1] + rate[sc->reps / 2]) / 2;
     printf("SUMMARY acquire_release procs=%d keys=%d strategy=%s limits=%s "
-           "tokens=%u seconds=%g reps=%d p50_ns=%llu p99_ns=%llu p999_ns=%llu "
+           "tokens=%u usage_events=%s seconds=%g reps=%d p50_ns=%llu p99_ns=%llu p999_ns=%llu "
            "ops_per_s=%.0f\n",
            sc->procs, sc->keys, km_strategy_name(sc->strategy),
-           sc->limits ? "on" : "off", (unsigned)sc->tokens, sc->seconds, sc->reps,
+           sc->limits ? "on" : "off", (unsigned)sc->tokens,
+           sc->usage_events == 0 ? "off" : "on", sc->seconds, sc->reps,
            (unsigned long long)pct_pair_ns(all, n_all, 0.50),
            (unsigned long long)pct_pair_ns(all, n_all, 0.99),
            (unsigned long long)pct_pair_ns(all, n_all, 0.999), med);
@@ -468,7 +472,7 @@ static void usage(void)
 {
     fprintf(stderr, "usage: bench_acquire [--procs N] [--keys N] [--strategy S]\n"
                     "                     [--seconds S] [--reps R] [--limits on|off] "
-                    "[--tokens N] [--short]\n"
+                    "[--tokens N] [--usage-events on|off] [--short]\n"
                     "       bench_acquire [--matrix base|strategies|all] [--seconds S] "
                     "[--reps R]\n"
                     "                     [--limits on|off] [--tokens N] [--short]\n"
@@ -514,12 +518,13 @@ int main(int argc, char **argv)
         {"reps", required_argument, NULL, 'r'},
         {"limits", required_argument, NULL, 'l'},
         {"tokens", required_argument, NULL, 't'},
+        {"usage-events", required_argument, NULL, 'u'},
         {"short", no_argument, NULL, 'q'},
         {"matrix", required_argument, NULL, 'm'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
     scenario base = {.procs = 1, .keys = 4, .strategy = KM_STRATEGY_ROUND_ROBIN,
-                     .limits = 1, .tokens = 100, .seconds = 0, .reps = 0};
+                     .limits = 1, .tokens = 100, .usage_events = -1, .seconds = 0, .reps = 0};
     int single = 0, shortrun = 0, sets = 0, c;
     double set_seconds = 0; /* --seconds as given, 0 if not */
 
@@ -571,6 +576,14 @@ int main(int argc, char **argv)
             break;
         case 't':
             base.tokens = (uint32_t)parse_long(optarg, 0, 1000000, "tokens");
+            break;
+        case 'u':
+            if (!strcmp(optarg, "on"))
+                base.usage_events = 1;
+            else if (!strcmp(optarg, "off"))
+                base.usage_events = 0;
+            else
+                usage();
             break;
         case 'q':
             shortrun = 1;
