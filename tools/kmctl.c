@@ -1293,6 +1293,32 @@ static int load_key(const snap_opts *o, unsigned char key[KM_SNAPSHOT_KEY_BYTES]
     return -1;
 }
 
+/* Write a snapshot (secrets encrypted under `key` if it is not NULL) to
+ * o->out, replaced atomically, or to standard output. */
+static int emit_snapshot(km_env *env, const char *name, const snap_opts *o,
+                         const unsigned char *key)
+{
+    char *js;
+    int rc = key ? km_snapshot_json_ex(env, KM_SNAPSHOT_SECRETS, key, &js)
+                 : km_snapshot_json(env, &js);
+    if (rc != KM_OK)
+        return seg_error(name, rc);
+    if (!o->out) {
+        puts(js);
+        free(js);
+        return flush_stdout(EX_SUCCESS);
+    }
+    size_t len = strlen(js);
+    js[len] = '\n'; /* json_dumps leaves no final newline: add one */
+    rc = write_atomic(o->out, js, len + 1);
+    free(js);
+    if (rc < 0) {
+        errline("%s: %s", o->out, strerror(errno));
+        return EX_FAILED;
+    }
+    return EX_SUCCESS;
+}
+
 static int cmd_snapshot(int argc, char **argv)
 {
     static const struct option lo[] = {{"output", required_argument, NULL, 'o'},
@@ -1304,7 +1330,6 @@ static int cmd_snapshot(int argc, char **argv)
     snap_opts o = {0};
     unsigned char key[KM_SNAPSHOT_KEY_BYTES];
     km_env *env;
-    char *js;
     int rc;
 
     if ((rc = parse_opts(argc, argv, ":o:h", lo, usage_snapshot, snapshot_opt,
@@ -1321,39 +1346,10 @@ static int cmd_snapshot(int argc, char **argv)
         return rc;
     if ((rc = open_seg(name, &env)) != EX_SUCCESS)
         return rc;
-    if (!out && !o.secrets) {
-        rc = print_snapshot(env, name);
-        if (rc == EX_SUCCESS && (fflush(stdout) != 0 || ferror(stdout))) {
-            errline("standard output: %s", strerror(errno));
-            rc = EX_FAILED;
-        }
-        km_close(env);
-        return rc;
-    }
-    rc = o.secrets ? km_snapshot_json_ex(env, KM_SNAPSHOT_SECRETS, key, &js)
-                   : km_snapshot_json(env, &js);
+    rc = emit_snapshot(env, name, &o, o.secrets ? key : NULL);
     explicit_bzero(key, sizeof key);
-    if (rc != KM_OK) {
-        rc = seg_error(name, rc);
-        km_close(env);
-        return rc;
-    }
     km_close(env);
-    size_t len = strlen(js);
-    if (!out) { /* --include-secrets to standard output */
-        puts(js);
-        free(js);
-        return flush_stdout(EX_SUCCESS);
-    }
-    js[len] = '\n'; /* json_dumps leaves no final newline: add one */
-    rc = write_atomic(out, js, len + 1);
-    js[len] = '\0';
-    free(js);
-    if (rc < 0) {
-        errline("%s: %s", out, strerror(errno));
-        return EX_FAILED;
-    }
-    return EX_SUCCESS;
+    return rc;
 }
 
 /* ----------------------------------------------------- persist and usage */
@@ -1488,25 +1484,6 @@ static int persist_opt(int c, const char *arg, void *ctx)
     }
 }
 
-static int write_snapshot(km_env *env, const char *name, const snap_opts *o,
-                          const unsigned char *key)
-{
-    char *js;
-    int rc = o->secrets ? km_snapshot_json_ex(env, KM_SNAPSHOT_SECRETS, key, &js)
-                        : km_snapshot_json(env, &js);
-    if (rc != KM_OK)
-        return seg_error(name, rc);
-    size_t len = strlen(js);
-    js[len] = '\n';
-    rc = write_atomic(o->out, js, len + 1);
-    free(js);
-    if (rc < 0) {
-        errline("%s: %s", o->out, strerror(errno));
-        return EX_FAILED;
-    }
-    return EX_SUCCESS;
-}
-
 static int cmd_persist(int argc, char **argv)
 {
     static const struct option lo[] = {{"db", required_argument, NULL, 'd'},
@@ -1561,7 +1538,7 @@ static int cmd_persist(int argc, char **argv)
             goto out;
         uint64_t now = km_now_ns();
         if (o.snap.out && (last || now >= next_snap)) {
-            if ((rc = write_snapshot(env, name, &o.snap, key)) != EX_SUCCESS)
+            if ((rc = emit_snapshot(env, name, &o.snap, o.snap.secrets ? key : NULL)) != EX_SUCCESS)
                 goto out;
             next_snap = now + (uint64_t)o.every_s * 1000000000u;
         }
