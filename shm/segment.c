@@ -223,6 +223,7 @@ int km__seg_create(const char *name, const km_config *cfg, unsigned mode,
     h->epoch = 1;  /* 0 in a reader row means idle */
     h->synced = 1;
     h->created_wall_ns = (uint64_t)wall.tv_sec * KM__NS_PER_S + (uint64_t)wall.tv_nsec;
+    e->cfg = *h; /* the creator's own values (see km_env.cfg) */
     km__pool_init(e, cfg);
     km__admin_init(e);
     km__epoch_attach(e);
@@ -253,8 +254,11 @@ fail:
     return rc;
 }
 
-/* Check a mapped object of `size` bytes; KM_OK if it is a usable segment. */
-static int km__seg_validate(const void *base, uint64_t size)
+/* Check a mapped object of `size` bytes; KM_OK if it is a usable segment,
+ * with its header copied to *copy.  Everything after the magic is checked on
+ * that copy, which the handle keeps (km_env.cfg): what was validated is
+ * what is used, whatever shared memory holds later. */
+static int km__seg_validate(const void *base, uint64_t size, km__hdr *copy)
 {
     const km__hdr *h = base;
     uint64_t magic, off[KM__OFF_N];
@@ -270,7 +274,9 @@ static int km__seg_validate(const void *base, uint64_t size)
         return KM_ENOTKM;
     if (size < sizeof(km__hdr))
         return KM_ETRUNC;
-    if (ck_pr_load_32(&h->format) != KM_FORMAT_VERSION)
+    memcpy(copy, base, sizeof *copy);
+    h = copy;
+    if (h->format != KM_FORMAT_VERSION)
         return KM_EFORMAT;
     if (h->hdr_size != sizeof(km__hdr) || h->layout_sig != km__layout_signature())
         return KM_ELAYOUT;
@@ -327,9 +333,12 @@ int km__seg_open(const char *name, unsigned flags, km_env **out)
         rc = km__errno_to_km(errno);
         goto out_fd;
     }
-    rc = km__seg_validate(base, (uint64_t)st.st_size);
+    km__hdr copy;
+    rc = km__seg_validate(base, (uint64_t)st.st_size, &copy);
     if (rc == KM_OK && !(e = km__env_new(base, (size_t)st.st_size)))
         rc = KM_ENOMEM;
+    if (rc == KM_OK)
+        e->cfg = copy;
     if (rc == KM_OK)
         km__epoch_attach(e);
     if (rc == KM_OK && (rc = km__proc_register(e, !(flags & KM_OPEN_NO_REAP))) != KM_OK)

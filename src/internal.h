@@ -109,7 +109,12 @@ int km__limit_gcra(const km__limit_cfg *l, uint64_t period_ns,
 struct km_env {
     void *base;        /* mapping of the whole segment */
     size_t map_size;
-    km__hdr *hdr;
+    km__hdr *hdr;      /* the shared header: its live words (epoch, locks) */
+    /* A private copy of the header taken and validated at attach: every
+     * capacity, offset and n_pools is read from here, never again from
+     * shared memory, so a header rewritten after attach cannot steer an
+     * access outside the mapping. */
+    km__hdr cfg;
     uint32_t proc_slot;
     uint64_t owner;    /* tag of this process's slot: lease owner value */
     int pid;           /* getpid() at attach: fork detection */
@@ -150,41 +155,41 @@ void km__reap_leases(km_env *env, km_reap_report *r, int repair);
 
 static inline km__pool *km__pools(const km_env *e)
 {
-    return (km__pool *)KM__AT(e->base, e->hdr->off_pools);
+    return (km__pool *)KM__AT(e->base, e->cfg.off_pools);
 }
 /* Member list `buf` (0 or 1) of a pool; the current one is pool.cur. */
 static inline km__member *km__members(const km_env *e, uint32_t pool, uint32_t buf)
 {
-    return (km__member *)KM__AT(e->base, e->hdr->off_members) +
-           ((size_t)pool * 2 + (buf & 1)) * e->hdr->cap_keys;
+    return (km__member *)KM__AT(e->base, e->cfg.off_members) +
+           ((size_t)pool * 2 + (buf & 1)) * e->cfg.cap_keys;
 }
 static inline km__model *km__models(const km_env *e, uint32_t pool)
 {
-    return (km__model *)KM__AT(e->base, e->hdr->off_models) +
-           (size_t)pool * e->hdr->cap_models;
+    return (km__model *)KM__AT(e->base, e->cfg.off_models) +
+           (size_t)pool * e->cfg.cap_models;
 }
 static inline km__mwin *km__mwins(const km_env *e, uint32_t key)
 {
-    return (km__mwin *)KM__AT(e->base, e->hdr->off_mwin) +
-           (size_t)key * e->hdr->cap_models;
+    return (km__mwin *)KM__AT(e->base, e->cfg.off_mwin) +
+           (size_t)key * e->cfg.cap_models;
 }
 static inline km__key *km__keys(const km_env *e)
 {
-    return (km__key *)KM__AT(e->base, e->hdr->off_keys);
+    return (km__key *)KM__AT(e->base, e->cfg.off_keys);
 }
 static inline km__lease *km__leases(const km_env *e, uint32_t key)
 {
-    return (km__lease *)KM__AT(e->base, e->hdr->off_leases) +
-           (size_t)key * e->hdr->cap_inflight;
+    return (km__lease *)KM__AT(e->base, e->cfg.off_leases) +
+           (size_t)key * e->cfg.cap_inflight;
 }
 static inline km__proc *km__procs(const km_env *e)
 {
-    return (km__proc *)KM__AT(e->base, e->hdr->off_procs);
+    return (km__proc *)KM__AT(e->base, e->cfg.off_procs);
 }
 
 static inline km__rdr *km__rdrs(const km_env *e, uint32_t proc_slot)
 {
-    return (km__rdr *)KM__AT(e->base, e->hdr->off_readers) +
+    return (km__rdr *)KM__AT(e->base, e->cfg.off_readers) +
            (size_t)proc_slot * KM__RDR_PER_PROC;
 }
 
@@ -205,8 +210,8 @@ void km__epoch_rows_reset(km_env *e, uint32_t slot);
 /* src/usage.c */
 static inline km__uring *km__urings(const km_env *e, uint32_t proc_slot)
 {
-    return (km__uring *)KM__AT(e->base, e->hdr->off_usage +
-                                            (uint64_t)proc_slot * (1 + e->hdr->cap_usage) * KM__LINE);
+    return (km__uring *)KM__AT(e->base, e->cfg.off_usage +
+                                            (uint64_t)proc_slot * (1 + e->cfg.cap_usage) * KM__LINE);
 }
 /* Record a finished lease in this process's ring (no-op without rings). */
 void km__usage_put(km_env *e, uint32_t key, uint32_t key_gen, uint32_t pool, uint32_t model,

@@ -41,7 +41,7 @@ static km__uev *km__uevs(km__uring *r) { return (km__uev *)(void *)(r + 1); }
 void km__usage_put(km_env *e, uint32_t key, uint32_t key_gen, uint32_t pool, uint32_t model,
                    uint64_t start_ns, uint64_t tokens, int64_t latency_us, int outcome)
 {
-    uint32_t n = e->hdr->cap_usage;
+    uint32_t n = e->cfg.cap_usage;
     if (!n)
         return;
     km__uring *r = km__urings(e, e->proc_slot);
@@ -67,7 +67,7 @@ void km__usage_put(km_env *e, uint32_t key, uint32_t key_gen, uint32_t pool, uin
 
 void km__usage_reset(km_env *e, uint32_t slot)
 {
-    uint32_t n = e->hdr->cap_usage;
+    uint32_t n = e->cfg.cap_usage;
     if (!n)
         return;
     /* The slot's previous occupant is gone: seal what it left half written. */
@@ -94,13 +94,13 @@ static void km__usage_event(km_env *e, const km__uev *ev, uint64_t now_mono, uin
     out->tokens = ev->tokens;
     out->outcome = ev->outcome <= KM_OUT_COUNT ? (int)ev->outcome : KM_OUT_COUNT;
     out->pid = ev->pid;
-    if (ev->pool < e->hdr->n_pools) {
+    if (ev->pool < e->cfg.n_pools) {
         const km__pool *p = &km__pools(e)[ev->pool];
         memcpy(out->pool, p->name, KM_ID_MAX);
-        if (ev->model && ev->model <= p->n_models && ev->model <= e->hdr->cap_models)
+        if (ev->model && ev->model <= p->n_models && ev->model <= e->cfg.cap_models)
             memcpy(out->model, km__models(e, ev->pool)[ev->model - 1].name, KM_ID_MAX);
     }
-    const km__key *k = ev->key < e->hdr->cap_keys ? &km__keys(e)[ev->key] : NULL;
+    const km__key *k = ev->key < e->cfg.cap_keys ? &km__keys(e)[ev->key] : NULL;
     /* The id is the row's while the row holds that generation (removed rows
      * keep their id until reused). */
     if (k && ck_pr_load_32(&k->gen) == ev->key_gen && ck_pr_load_32(&k->state) != KM__ST_FREE) {
@@ -120,7 +120,7 @@ static int km__drainer_take(km_env *e)
         return KM_OK;
     if (cur != 0) {
         uint32_t slot = (uint32_t)(cur >> 32);
-        km__proc *p = slot >= 1 && slot <= h->cap_procs ? &km__procs(e)[slot - 1] : NULL;
+        km__proc *p = slot >= 1 && slot <= e->cfg.cap_procs ? &km__procs(e)[slot - 1] : NULL;
         if (p && ck_pr_load_64(&p->tag) == cur && km__tag_alive(p, cur))
             return KM_EBUSY;
     }
@@ -134,15 +134,14 @@ KM_EXTERN int km_usage_drain(km_env *e, int (*fn)(void *ctx, const km_usage_even
     int rc;
     if (!e || !fn)
         return KM_EINVAL;
-    km__hdr *h = e->hdr;
-    uint32_t n = h->cap_usage;
+    uint32_t n = e->cfg.cap_usage;
     if (n && (rc = km__drainer_take(e)) != KM_OK)
         return rc;
     struct timespec wall;
     clock_gettime(CLOCK_REALTIME, &wall);
     uint64_t now_mono = km__now(), now_wall = (uint64_t)wall.tv_sec * KM__NS_PER_S + (uint64_t)wall.tv_nsec;
     rc = KM_OK;
-    for (uint32_t s = 0; n && s < h->cap_procs && rc == KM_OK; s++) {
+    for (uint32_t s = 0; n && s < e->cfg.cap_procs && rc == KM_OK; s++) {
         km__proc *p = &km__procs(e)[s];
         uint64_t tag = ck_pr_load_64(&p->tag);
         km__uring *r = km__urings(e, s);
@@ -197,7 +196,7 @@ KM_EXTERN int km_usage_drain(km_env *e, int (*fn)(void *ctx, const km_usage_even
             ck_pr_store_64(&r->dropped, ck_pr_load_64(&r->dropped) + dropped);
         rep.dropped += dropped;
     }
-    for (uint32_t s = 0; n && s < h->cap_procs; s++)
+    for (uint32_t s = 0; n && s < e->cfg.cap_procs; s++)
         rep.dropped_total += ck_pr_load_64(&km__urings(e, s)->dropped);
     if (out)
         *out = rep;
