@@ -1781,7 +1781,13 @@ KM_EXTERN int km_key_info_get(km_env *e, uint32_t key, km_key_info *out)
 
     memset(out, 0, sizeof(*out));
     memcpy(out->id, k->id, KM_ID_MAX);
-    km_mask_secret(k->secret, out->secret_masked);
+    {   /* A bounded, terminated copy: the row may be corrupted. */
+        char sec[KM_SECRET_MAX + 1];
+        memcpy(sec, k->secret, KM_SECRET_MAX);
+        sec[KM_SECRET_MAX] = '\0';
+        km_mask_secret(sec, out->secret_masked);
+        explicit_bzero(sec, sizeof sec);
+    }
     out->pool = k->pool;
     out->weight = k->weight;
     out->gen = ck_pr_load_32(&k->gen);
