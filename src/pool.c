@@ -1073,10 +1073,16 @@ KM_EXTERN int km_acquire_wait(km_env *e, const km_request *req, km_lease *out,
     if ((uint32_t)req->pool >= e->cfg.n_pools)
         return KM_ENOPOOL;
     km__pool *pool = &km__pools(e)[req->pool];
-    uint64_t deadline = km__now() + (uint64_t)timeout_ms * 1000000u;
+    uint64_t deadline = km__now() + (uint64_t)timeout_ms * 1000000u, wake;
 
+    /* First a plain attempt: a caller served at once never counts itself
+     * in `waiters`, so it writes no shared word and makes no release issue
+     * a wake-up for nobody.  Only a caller that will sleep follows the
+     * protocol above (count, read wake_seq, try again, sleep). */
+    int rc0 = km__acquire(e, req, out, &wake);
+    if (rc0 != KM_EAGAIN)
+        return rc0;
     for (;;) {
-        uint64_t wake;
         ck_pr_inc_32(&pool->waiters);
         uint32_t seq = ck_pr_load_32(&pool->wake_seq);
         int rc = km__acquire(e, req, out, &wake);
