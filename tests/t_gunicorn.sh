@@ -50,10 +50,6 @@ cat >"$TMP/pool.json" <<EOF
             "limits": {"rpm": $((2 * RPM))},
             "keys": [{"id": "x1", "secret": "${SECRETS[4]}"}, {"id": "x2", "secret": "${SECRETS[5]}"}]}]}
 EOF
-# per_key KEYS: the upstream's 200 count of each secret, in order
-per_key() { upstats '" ".join(str(u["keys"].get("…" + s[-4:], {}).get("ok", 0)) for s in "'"$1"'".split())'; }
-# n429 KEYS: the upstream's 429 count over these secrets
-n429() { upstats 'sum(v["429"] for k, v in u["keys"].items() if k[-4:] in "'"$1"'")'; }
 
 start_upstream "$RPM"
 KMT_WORKERS=$W start_gunicorn "$TMP/pool.json"
@@ -64,55 +60,23 @@ diag "upstream on port $UP_PORT, gunicorn on port $GU_PORT (master $GU_PID)"
 ok $? "the gunicorn master created segment $SEG"
 
 # ------------------------------------------------------------ phase 1
-t0=$(date +%s%N)
 load "$URL/call?pool=llm" $((2 * RPM)) 8 "$TMP/p1"
-t1=$(date +%s%N)
 n200=$(count 200 "$TMP/p1")
 ok $([ "$n200" -eq $((2 * RPM)) ]; echo $?) "phase 1: all $((2 * RPM)) requests answered 200 (got $n200)"
 [ "$n200" -eq $((2 * RPM)) ] || diag "statuses: $(cut -d' ' -f1 "$TMP/p1" | sort | uniq -c | tr '\n' ' ')" \
     "$(tail -n 5 "$TMP/gunicorn.log")"
 npids=$(awk '$1 == 200 { print $2 }' "$TMP/p1" | sort -u | wc -l)
 ok $([ "$npids" -eq $W ]; echo $?) "phase 1: all $W workers served requests (got $npids)"
-spread=$(per_key "$LLM_KEYS")
-diag "phase 1: $((2 * RPM)) requests in $(((t1 - t0) / 1000000)) ms; upstream per key: $spread"
-read -r a b c d <<<"$spread"
-min=$(printf '%s\n' "$a" "$b" "$c" "$d" | sort -n | head -n1)
-max=$(printf '%s\n' "$a" "$b" "$c" "$d" | sort -n | tail -n1)
-ok $([ $((a + b + c + d)) -eq $((2 * RPM)) ]; echo $?) "phase 1: the upstream saw $((2 * RPM)) requests on the 4 keys"
-ok $([ $((max - min)) -le $W ]; echo $?) "phase 1: even spread, max - min = $((max - min)) <= $W (keys: $spread)"
-acq=$(snap '" ".join(str(k["counters"]["acquired"]) for k in K("llm"))')
-ok $([ "$acq" = "$spread" ]; echo $?) "phase 1: KeyMesh's acquired counters equal the upstream's ($acq)"
+check_spread
 
 # ------------------------------------------------------------ phase 2
-load "$URL/call?pool=llm&api=legacy" $((2 * RPM + EXTRA)) 8 "$TMP/p2"
-n200=$(count 200 "$TMP/p2")
-n503=$(count 503 "$TMP/p2")
-c429=$(count 429 "$TMP/p2")
-ok $([ "$n200" -eq $((2 * RPM)) ] && [ "$n503" -eq "$EXTRA" ]; echo $?) \
-    "phase 2: $((2 * RPM)) answered 200 and $EXTRA got 503 (no key) (got $n200 and $n503)"
-up429=$(n429 "$LLM_KEYS")
-ok $([ "$up429" -eq 0 ] && [ "$c429" -eq 0 ]; echo $?) "zero 429s from the upstream on pool llm (upstream $up429, clients $c429)"
-full=$(per_key "$LLM_KEYS")
-ok $([ "$full" = "$RPM $RPM $RPM $RPM" ]; echo $?) "phase 2: each key reached exactly its limit, $RPM (got $full)"
+check_capacity "$URL/call?pool=llm&api=legacy"
 
 # ---------------------------------------------- negative control: "loose"
-load "$URL/call?pool=loose" $((2 * RPM + EXTRA)) 8 "$TMP/p3"
-l429=$(count 429 "$TMP/p3")
-lup429=$(n429 "$LOOSE_KEYS")
-ok $([ "$lup429" -ge 1 ] && [ "$l429" -eq "$lup429" ]; echo $?) \
-    "control: limits above the upstream's draw 429s ($lup429 at the upstream, $l429 seen by clients)"
-krl=$(snap 'sum(k["counters"]["rate_limited"] for k in K("loose"))')
-ok $([ "$krl" -eq "$lup429" ]; echo $?) "control: every 429 reported to KeyMesh as rate_limited ($krl)"
-st=$(snap '" ".join(k["state"] for k in K("loose"))')
-ok $([ "$st" = "cooling cooling" ]; echo $?) "control: the 429'd keys cool down (Retry-After) (states: $st)"
+check_control "$URL/call?pool=loose"
 
 # ------------------------------------------------------------ the end
-infl=$(snap 'sum(k["inflight"] for p in s["pools"] for k in p["keys"])')
-ok $([ "$infl" = 0 ]; echo $?) "in-flight 0 at the end (got $infl)"
-cons=$(snap 'all(k["counters"]["acquired"] == sum(k["counters"][c] for c in ("success", "rate_limited", "failure", "auth", "quota", "cancelled", "abandoned")) for p in s["pools"] for k in p["keys"])')
-ok $([ "$cons" = True ]; echo $?) "every lease acquired was released once (acquired = sum of outcomes)"
-run "$KMCTL" check "$SEG"
-expect 0 "kmctl check: no violation"
+check_end
 no_secret "$(cat "$TMP/gunicorn.log" "$TMP/p1" "$TMP/p2" "$TMP/p3" "$TMP/snap.json")"
 ok $? "no secret in gunicorn's log, the responses or the snapshot"
 

@@ -46,8 +46,6 @@ cat >"$TMP/pool.json" <<EOF
             "limits": {"rpm": $((2 * RPM))},
             "keys": [{"id": "x1", "secret": "${SECRETS[4]}"}, {"id": "x2", "secret": "${SECRETS[5]}"}]}]}
 EOF
-per_key() { upstats '" ".join(str(u["keys"].get("…" + s[-4:], {}).get("ok", 0)) for s in "'"$1"'".split())'; }
-n429() { upstats 'sum(v["429"] for k, v in u["keys"].items() if k[-4:] in "'"$1"'")'; }
 
 start_upstream "$RPM"
 # nginx cannot listen on port 0 and tell: take a free port from the kernel
@@ -82,42 +80,13 @@ ok $([ "$n200" -eq $((2 * RPM)) ]; echo $?) "phase 1: all $((2 * RPM)) requests 
 npids=$(awk '$1 == 200 { print $2 }' "$TMP/p1" | sort -u | wc -l)
 diag "phase 1: $npids worker processes served"
 ok $([ "$npids" -ge 2 ]; echo $?) "phase 1: requests served by several workers ($npids of $W)"
-spread=$(per_key "$LLM_KEYS")
-read -r a b c d <<<"$spread"
-min=$(printf '%s\n' "$a" "$b" "$c" "$d" | sort -n | head -n1)
-max=$(printf '%s\n' "$a" "$b" "$c" "$d" | sort -n | tail -n1)
-ok $([ $((a + b + c + d)) -eq $((2 * RPM)) ]; echo $?) "phase 1: the upstream saw $((2 * RPM)) requests on the 4 keys ($spread)"
-ok $([ $((max - min)) -le $W ]; echo $?) "phase 1: even spread, max - min = $((max - min)) <= $W (keys: $spread)"
-acq=$(snap '" ".join(str(k["counters"]["acquired"]) for k in K("llm"))')
-ok $([ "$acq" = "$spread" ]; echo $?) "phase 1: KeyMesh's acquired counters equal the upstream's ($acq)"
+check_spread
 
-load "$URL/call?pool=llm" $((2 * RPM + EXTRA)) 8 "$TMP/p2"
-n200=$(count 200 "$TMP/p2")
-n503=$(count 503 "$TMP/p2")
-c429=$(count 429 "$TMP/p2")
-ok $([ "$n200" -eq $((2 * RPM)) ] && [ "$n503" -eq "$EXTRA" ]; echo $?) \
-    "phase 2: $((2 * RPM)) answered 200 and $EXTRA got 503 (no key) (got $n200 and $n503)"
-up429=$(n429 "$LLM_KEYS")
-ok $([ "$up429" -eq 0 ] && [ "$c429" -eq 0 ]; echo $?) "zero 429s from the upstream on pool llm (upstream $up429, clients $c429)"
-full=$(per_key "$LLM_KEYS")
-ok $([ "$full" = "$RPM $RPM $RPM $RPM" ]; echo $?) "phase 2: each key reached exactly its limit, $RPM (got $full)"
+check_capacity "$URL/call?pool=llm"
 
-load "$URL/call?pool=loose" $((2 * RPM + EXTRA)) 8 "$TMP/p3"
-l429=$(count 429 "$TMP/p3")
-lup429=$(n429 "$LOOSE_KEYS")
-ok $([ "$lup429" -ge 1 ] && [ "$l429" -eq "$lup429" ]; echo $?) \
-    "control: limits above the upstream's draw 429s ($lup429 at the upstream, $l429 seen by clients)"
-krl=$(snap 'sum(k["counters"]["rate_limited"] for k in K("loose"))')
-ok $([ "$krl" -eq "$lup429" ]; echo $?) "control: every 429 reported to KeyMesh as rate_limited ($krl)"
-st=$(snap '" ".join(k["state"] for k in K("loose"))')
-ok $([ "$st" = "cooling cooling" ]; echo $?) "control: the 429'd keys cool down (Retry-After) (states: $st)"
+check_control "$URL/call?pool=loose"
 
-infl=$(snap 'sum(k["inflight"] for p in s["pools"] for k in p["keys"])')
-ok $([ "$infl" = 0 ]; echo $?) "in-flight 0 at the end (got $infl)"
-cons=$(snap 'all(k["counters"]["acquired"] == sum(k["counters"][c] for c in ("success", "rate_limited", "failure", "auth", "quota", "cancelled", "abandoned")) for p in s["pools"] for k in p["keys"])')
-ok $([ "$cons" = True ]; echo $?) "every lease acquired was released once (acquired = sum of outcomes)"
-run "$KMCTL" check "$SEG"
-expect 0 "kmctl check: no violation"
+check_end
 ! grep -q '\[error\]\|\[alert\]\|\[crit\]\|\[emerg\]' "$TMP/nginx-error.log"
 ok $? "no error in nginx's error log"
 grep '\[error\]\|\[alert\]\|\[crit\]\|\[emerg\]' "$TMP/nginx-error.log" | head -n 5 | while read -r l; do diag "$l"; done
