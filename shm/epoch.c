@@ -174,8 +174,7 @@ void km__epoch_exit_ovf(km__rdr *r)
     ck_pr_dec_64(&r->word);
 }
 
-/* Epoch a row holds back, or 0 if it holds nothing. */
-static uint64_t km__row_epoch(const km__rdr *r, uint32_t i)
+uint64_t km__row_epoch(const km__rdr *r, uint32_t i)
 {
     uint64_t w = ck_pr_load_64(&r->word);
     if (i == 0)

@@ -237,8 +237,7 @@ KM_EXTERN int km_check(km_env *e, void (*report)(void *, const char *), void *ct
     for (uint32_t i = 0; i < e->cfg.cap_procs; i++) {
         const km__rdr *r = km__rdrs(e, i);
         for (uint32_t j = 0; j < KM__RDR_PER_PROC; j++) {
-            uint64_t w = ck_pr_load_64(&r[j].word);
-            uint64_t ep = j == 0 ? ((w & ((UINT64_C(1) << KM__RDR_OVF_SHIFT) - 1)) ? w >> KM__RDR_OVF_SHIFT : 0) : w;
+            uint64_t ep = km__row_epoch(&r[j], j);
             if (ep > g)
                 km__violation(&c, "epochs: reader row %u of process slot %u holds epoch %llu, ahead of %llu",
                               j, i, (unsigned long long)ep, (unsigned long long)g);

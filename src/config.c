@@ -38,7 +38,6 @@
 
 #include "internal.h"
 
-#define KM__WEIGHT_MAX 1000000u
 #define KM__META_NAME_MAX 32     /* bytes of a metadata name */
 #define KM__PRICE_MAX_USD 1e6    /* per 1000 tokens */
 #define KM__BUDGET_MAX_USD 1e9   /* 1e15 micro-USD: far from 2^63 */

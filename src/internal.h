@@ -33,6 +33,7 @@ static inline uint64_t km__now(void)
 #define KM__DEF_WEIGHT 1
 #define KM__DEF_CAP_MODELS 8
 #define KM__DEF_CAP_USAGE 4096
+#define KM__WEIGHT_MAX 1000000u
 #define KM__MAX_CAP_USAGE (1u << 20)
 
 /* ------------------------------------------------------------ configuration
@@ -204,6 +205,8 @@ void km__epoch_exit_ovf(km__rdr *r);
 int km__epoch_sync(km_env *e, uint32_t timeout_ms);
 /* Register for expedited membarrier at attach; sets e->rd_fence if not. */
 void km__epoch_attach(km_env *e);
+/* Epoch row i (0: the shared overflow row) holds back; 0 if none. */
+uint64_t km__row_epoch(const km__rdr *r, uint32_t i);
 /* Clear the reader rows of process slot `slot` (its owner is gone). */
 void km__epoch_rows_reset(km_env *e, uint32_t slot);
 

@@ -47,7 +47,6 @@
 _Static_assert(sizeof(pthread_mutex_t) <= sizeof(((km__hdr *)0)->admin),
                "the admin lock fits its header line");
 
-#define KM__WEIGHT_MAX 1000000u
 
 static pthread_mutex_t *km__admin(km_env *e) { return (pthread_mutex_t *)(void *)e->hdr->admin; }
 

@@ -45,6 +45,8 @@ void km__usage_put(km_env *e, uint32_t key, uint32_t key_gen, uint32_t pool, uin
     if (!n)
         return;
     km__uring *r = km__urings(e, e->proc_slot);
+    /* The process's threads share the ring: each takes its own event number
+     * (locked, so no two write one slot unless lapped by n events). */
     uint64_t i = ck_pr_faa_64(&r->head, 1);
     km__uev *ev = &km__uevs(r)[i & (n - 1)];
     ck_pr_store_64(&ev->seq, 0);

@@ -11,6 +11,7 @@ begin kmctl
 new_seg BADSEG kmctl-bad
 new_seg MODESEG kmctl-mode
 new_seg MODELSEG kmctl-models
+new_seg RECSEG kmctl-reconf
 
 SECRET_A="sk-test-aaaa1111"
 SECRET_B="sk-test-bbbb2222"
@@ -287,5 +288,41 @@ cat >"$TMP/modellim.json" <<EOF
 EOF
 bad_config "model limit in a global pool" \
     'pools[0].models.gpt-4o: limits need "model_limits": "per_model"' "$TMP/modellim.json"
+
+# ------------------------------------------------------- reconfiguration
+cat >"$TMP/rec.json" <<EOF
+{"capacity": {"keys": 4}, "pools": [{"name": "p", "limits": {"rpm": 600},
+  "keys": [{"id": "a", "secret": "$SECRET_A"}, {"id": "b", "secret": "$SECRET_B"}]}]}
+EOF
+"$KMCTL" create "$RECSEG" --config "$TMP/rec.json" >/dev/null
+export KMT_KMCTL_KEY_G="$SECRET_G"
+run "$KMCTL" add-key "$RECSEG" p g
+expect 2 "add-key without a secret source is a usage error"
+run "$KMCTL" add-key "$RECSEG" p g --secret-env KMT_KMCTL_KEY_G --weight 3 --limits '{"tpm": 5000}'
+expect 0 "add-key --secret-env --weight --limits"
+run "$KMCTL" inspect "$RECSEG"
+ok $(echo "$OUT" | grep -Eq '^  g +…9999 +active +3 '; echo $?) "inspect shows the added key with its weight"
+run "$KMCTL" add-key "$RECSEG" p g --secret-env KMT_KMCTL_KEY_G
+expect 1 "add-key refuses an id already in the pool"
+ok $(echo "$ERR" | grep -q "already exists"; echo $?) "... and says so"
+run "$KMCTL" set-weight "$RECSEG" p a 5
+expect 0 "set-weight"
+run "$KMCTL" set-limits "$RECSEG" p a '{"rpm": 60, "tpm": null}'
+expect 0 "set-limits"
+run "$KMCTL" set-limits "$RECSEG" p a '{"qpm": 1}'
+expect 1 "set-limits refuses an unknown window"
+run "$KMCTL" inspect "$RECSEG"
+ok $(echo "$OUT" | grep -Eq '^  a +sk-…1111 +active +5 +0/64 +60/60 '; echo $?) "inspect shows a's new weight and rpm"
+run "$KMCTL" remove-key "$RECSEG" p b
+expect 0 "remove-key"
+run "$KMCTL" remove-key "$RECSEG" p b
+expect 3 "removing it again: no such key"
+run "$KMCTL" inspect "$RECSEG"
+ok $(echo "$OUT" | grep -q "^  b "; [ $? -ne 0 ]; echo $?) "the removed key is gone from inspect"
+ok $(echo "$OUT" | grep -q "^epochs: .* 4 reconfigurations"; echo $?) "inspect counts 4 reconfigurations"
+run "$KMCTL" check "$RECSEG"
+expect 0 "check is clean after reconfiguration"
+no_secret "$OUT$ERR"
+ok $? "no secret printed"
 
 finish

@@ -1113,14 +1113,37 @@ static int inspect_table(km_env *env, const char *name)
     return inspect_epochs(env, name, &info);
 }
 
-static int print_snapshot(km_env *env, const char *name)
+static int write_atomic(const char *path, const char *data, size_t len);
+
+typedef struct snap_opts {
+    const char *out, *key_file, *key_env, *group;
+    int secrets;
+    unsigned mode;
+} snap_opts;
+
+/* Write a snapshot (secrets encrypted under `key` if it is not NULL) to
+ * o->out, replaced atomically, or to standard output. */
+static int emit_snapshot(km_env *env, const char *name, const snap_opts *o,
+                         const unsigned char *key)
 {
     char *js;
-    int rc = km_snapshot_json(env, &js);
+    int rc = key ? km_snapshot_json_ex(env, KM_SNAPSHOT_SECRETS, key, &js)
+                 : km_snapshot_json(env, &js);
     if (rc != KM_OK)
         return seg_error(name, rc);
-    puts(js);
+    if (!o->out) {
+        puts(js);
+        free(js);
+        return flush_stdout(EX_SUCCESS);
+    }
+    size_t len = strlen(js);
+    js[len] = '\n'; /* json_dumps leaves no final newline: add one */
+    rc = write_atomic(o->out, js, len + 1);
     free(js);
+    if (rc < 0) {
+        errline("%s: %s", o->out, strerror(errno));
+        return EX_FAILED;
+    }
     return EX_SUCCESS;
 }
 
@@ -1138,7 +1161,9 @@ static int cmd_inspect(int argc, char **argv)
     const char *name;
     if ((rc = flag_cmd_open(argc, argv, ":jh", flag_opts, usage_inspect, &json, &name, &env)) >= 0)
         return rc;
-    rc = flush_stdout(json ? print_snapshot(env, name) : inspect_table(env, name));
+    snap_opts to_stdout = {0};
+    rc = json ? emit_snapshot(env, name, &to_stdout, NULL)
+              : flush_stdout(inspect_table(env, name));
     km_close(env);
     return rc;
 }
@@ -1217,11 +1242,6 @@ fail:
     return -1;
 }
 
-typedef struct snap_opts {
-    const char *out, *key_file, *key_env, *group;
-    int secrets;
-    unsigned mode;
-} snap_opts;
 
 static int snapshot_opt(int c, const char *arg, void *ctx)
 {
@@ -1293,31 +1313,6 @@ static int load_key(const snap_opts *o, unsigned char key[KM_SNAPSHOT_KEY_BYTES]
     return -1;
 }
 
-/* Write a snapshot (secrets encrypted under `key` if it is not NULL) to
- * o->out, replaced atomically, or to standard output. */
-static int emit_snapshot(km_env *env, const char *name, const snap_opts *o,
-                         const unsigned char *key)
-{
-    char *js;
-    int rc = key ? km_snapshot_json_ex(env, KM_SNAPSHOT_SECRETS, key, &js)
-                 : km_snapshot_json(env, &js);
-    if (rc != KM_OK)
-        return seg_error(name, rc);
-    if (!o->out) {
-        puts(js);
-        free(js);
-        return flush_stdout(EX_SUCCESS);
-    }
-    size_t len = strlen(js);
-    js[len] = '\n'; /* json_dumps leaves no final newline: add one */
-    rc = write_atomic(o->out, js, len + 1);
-    free(js);
-    if (rc < 0) {
-        errline("%s: %s", o->out, strerror(errno));
-        return EX_FAILED;
-    }
-    return EX_SUCCESS;
-}
 
 static int cmd_snapshot(int argc, char **argv)
 {
@@ -1913,19 +1908,24 @@ static int reconf_opt(int c, const char *arg, void *ctx)
     }
 }
 
-/* Parse options, take `nops` operands (NAME POOL KEY_ID ...), attach and
- * find the pool (and the key, if want_key).  -1 to go on, else an exit
- * status. */
-static int reconf_open(int argc, char **argv, const char *help, const struct option *lo,
-                       int nops, const char *ops, reconf_opts *o, km_env **env,
-                       int *pool, int want_key, int *key)
+/* Parse options and take `nops` operands (NAME POOL KEY_ID ...); then
+ * reconf_attach attaches and finds the pool (and the key, if want_key).
+ * Each returns -1 to go on, else an exit status. */
+static int reconf_parse(int argc, char **argv, const char *help, const struct option *lo,
+                        int nops, const char *ops, reconf_opts *o)
 {
     int rc;
     o->timeout_ms = 1000;
     if ((rc = parse_opts(argc, argv, ":t:e:f:l:w:m:h", lo, help, reconf_opt, o)) >= 0)
         return rc;
-    if ((rc = want_operands(argc, nops, ops)) >= 0)
-        return rc;
+    return want_operands(argc, nops, ops);
+}
+
+/* After reconf_parse: attach to NAME and find POOL (and KEY_ID). */
+static int reconf_attach(char **argv, reconf_opts *o, km_env **env, int *pool, int want_key,
+                         int *key)
+{
+    int rc;
     const char *name = argv[optind], *pname = argv[optind + 1], *kid = argv[optind + 2];
     if ((rc = open_seg(name, env)) != EX_SUCCESS)
         return rc;
@@ -2045,12 +2045,11 @@ static int cmd_add_key(int argc, char **argv)
     size_t len = 0;
 
     /* Options are checked before attaching: a usage error changes nothing. */
-    if ((rc = parse_opts(argc, argv, ":t:e:f:l:w:m:h", lo, usage_add_key, reconf_opt, &o)) >= 0)
+    if ((rc = reconf_parse(argc, argv, usage_add_key, lo, 3, "NAME POOL KEY_ID", &o)) >= 0)
         return rc;
     if (!o.secret_env == !o.secret_file)
         return usage_error("give exactly one of --secret-env and --secret-file");
-    if ((rc = reconf_open(argc, argv, usage_add_key, lo, 3, "NAME POOL KEY_ID", &o, &env,
-                          &pool, 0, &key)) >= 0)
+    if ((rc = reconf_attach(argv, &o, &env, &pool, 0, &key)) >= 0)
         return rc;
     const char *pname = argv[optind + 1], *kid = argv[optind + 2];
     int bad = json_raw(js, sizeof js, &len, "{\"id\":") || json_str(js, sizeof js, &len, kid);
@@ -2095,8 +2094,8 @@ static int cmd_remove_key(int argc, char **argv)
     reconf_opts o = {0};
     km_env *env;
     int pool, key, rc;
-    if ((rc = reconf_open(argc, argv, usage_remove_key, reconf_lo, 3, "NAME POOL KEY_ID", &o,
-                          &env, &pool, 1, &key)) >= 0)
+    if ((rc = reconf_parse(argc, argv, usage_remove_key, reconf_lo, 3, "NAME POOL KEY_ID", &o)) >= 0 ||
+        (rc = reconf_attach(argv, &o, &env, &pool, 1, &key)) >= 0)
         return rc;
     return reconf_done(env, km_key_remove(env, (uint32_t)key), argv[optind + 2],
                        argv[optind + 1], NULL);
@@ -2108,8 +2107,8 @@ static int cmd_set_weight(int argc, char **argv)
     km_env *env;
     int pool, key, rc;
     uint32_t w;
-    if ((rc = reconf_open(argc, argv, usage_set_weight, reconf_lo, 4,
-                          "NAME POOL KEY_ID WEIGHT", &o, &env, &pool, 1, &key)) >= 0)
+    if ((rc = reconf_parse(argc, argv, usage_set_weight, reconf_lo, 4, "NAME POOL KEY_ID WEIGHT", &o)) >= 0 ||
+        (rc = reconf_attach(argv, &o, &env, &pool, 1, &key)) >= 0)
         return rc;
     if ((rc = parse_u32("WEIGHT", argv[optind + 3], 1, 1000000, &w)) >= 0) {
         km_close(env);
@@ -2125,8 +2124,8 @@ static int cmd_set_limits(int argc, char **argv)
     km_env *env;
     int pool, key, rc;
     char err[512] = "";
-    if ((rc = reconf_open(argc, argv, usage_set_limits, reconf_lo, 4,
-                          "NAME POOL KEY_ID JSON", &o, &env, &pool, 1, &key)) >= 0)
+    if ((rc = reconf_parse(argc, argv, usage_set_limits, reconf_lo, 4, "NAME POOL KEY_ID JSON", &o)) >= 0 ||
+        (rc = reconf_attach(argv, &o, &env, &pool, 1, &key)) >= 0)
         return rc;
     rc = km_key_set_limits(env, (uint32_t)key, argv[optind + 3], err, sizeof err);
     return reconf_done(env, rc, argv[optind + 2], argv[optind + 1], err);
