@@ -58,7 +58,7 @@ extern "C" {
 #define KM_VERSION_STRING "0.1.0"
 /* Version of the shared-memory format.  Processes attach only to segments of
  * their own format (and layout signature). */
-#define KM_FORMAT_VERSION 2
+#define KM_FORMAT_VERSION 3
 
 KM_EXTERN const char *km_version(void);     /* "0.1.0" */
 KM_EXTERN int km_format_version(void);      /* KM_FORMAT_VERSION */

@@ -11,6 +11,8 @@
  *   km__key[cap_keys]
  *   km__mwin[cap_keys][cap_models]    per-model limit pairs of each key
  *   km__lease[cap_keys][cap_inflight] lease slots, one row per key
+ *   uint8_t[cap_keys][stride]  in-flight flags, one byte per lease slot;
+ *                              stride = cap_inflight rounded up to a line
  *   km__proc[cap_procs]        process table
  *   km__rdr[cap_procs][KM__RDR_PER_PROC]  reader rows (epochs)
  *   (km__uring + km__uev[cap_usage])[cap_procs]  usage rings
@@ -33,11 +35,12 @@
 
 #define KM__LINE 64
 #define KM__MAGIC UINT64_C(0x4853454d59454b00) /* "\0KEYMESH" little-endian */
-#define KM__BUSY_WORDS (KM_INFLIGHT_MAX / 64)
 
-#if KM_INFLIGHT_MAX % 64 != 0
-#error "KM_INFLIGHT_MAX must be a multiple of 64 (one bit per lease slot)"
-#endif
+/* Bytes of in-flight flags per key: one per lease slot, a key's own lines. */
+static inline uint64_t km__busy_stride(uint32_t cap_inflight)
+{
+    return ((uint64_t)cap_inflight + KM__LINE - 1) & ~(uint64_t)(KM__LINE - 1);
+}
 _Static_assert(KM_WIN_COUNT == 6, "km__key lines 0-1 hold exactly 6 limit pairs");
 
 /* Internal key states stored in km__key.state.  COOLING is never stored: a
@@ -92,7 +95,8 @@ typedef struct km__hdr {
     uint32_t cap_usage;       /* events per process ring; 0: none (power of 2) */
     uint32_t pad5a;
     uint64_t usage_drainer;   /* tag of the process draining; 0: none */
-    uint8_t pad5[KM__LINE - 40];
+    uint64_t off_busy;        /* configuration: the in-flight flags */
+    uint8_t pad5[KM__LINE - 48];
 } km__hdr;
 _Static_assert(offsetof(km__hdr, off_mwin) + 8 == 2 * KM__LINE, "header lines 0-1");
 _Static_assert(sizeof(km__hdr) == 6 * KM__LINE, "km__hdr size");
@@ -100,6 +104,7 @@ _Static_assert(offsetof(km__hdr, n_procs) == 2 * KM__LINE, "n_procs on its own l
 _Static_assert(offsetof(km__hdr, admin) == 3 * KM__LINE, "admin lock line");
 _Static_assert(offsetof(km__hdr, epoch) == 4 * KM__LINE, "epoch on its own line");
 _Static_assert(offsetof(km__hdr, synced) == 5 * KM__LINE, "synced line");
+_Static_assert(offsetof(km__hdr, off_busy) + 8 + 16 == 6 * KM__LINE, "line 5 holds off_busy");
 
 /* One published member list of a pool: its length and the figures derived
  * from it.  A pool has two (see km__pool.cur). */
@@ -205,10 +210,11 @@ typedef struct km__key {
     /* lines 0-1: the limit pairs, CASed by every acquire of this key. */
     km__gcra win[KM_WIN_COUNT];
     uint8_t pad0[2 * KM__LINE - KM_WIN_COUNT * 16];
-    /* lines 2-3: in-flight bitmap, one bit per lease slot; set by the slot's
-     * owner after claiming the slot, cleared at release.  popcount = in-flight. */
-    uint64_t busy[KM__BUSY_WORDS];
-    /* line 4: written by every successful release (EMA) and by stale ones.
+    /* The in-flight flags are not here but in their own region (one byte
+     * per lease slot, see km__lease): a byte has one writer at a time, so it
+     * is set and cleared by plain stores, where bits of a shared word would
+     * need a locked instruction each. */
+    /* line 2: written by every successful release (EMA) and by stale ones.
      * Per-lease counters live in the lease slots (see km__lease). */
     uint64_t latency_ema_ns;  /* 0: no sample yet */
     uint64_t stale;           /* releases ignored as stale */
@@ -216,7 +222,7 @@ typedef struct km__key {
     uint32_t success_ppm;     /* EMA of success (1e6) vs failure (0) */
     uint32_t pad4a;
     uint8_t pad4[KM__LINE - 32];
-    /* line 5: written on failures, 429s and admin actions; state and
+    /* line 3: written on failures, 429s and admin actions; state and
      * cooldown_until are read by every acquire. */
     uint32_t state;           /* KM__ST_* */
     uint32_t gen;             /* bumped when the slot is reused */
@@ -227,7 +233,7 @@ typedef struct km__key {
     uint32_t updating;        /* limits being changed: acquirers skip the key */
     uint32_t pad5a;
     uint8_t pad5[KM__LINE - 40];
-    /* lines 6-9: configuration, written at creation, read by acquire. */
+    /* lines 4-7: configuration, written at creation, read by acquire. */
     uint64_t emission_ns[KM_WIN_COUNT]; /* T: ns per unit; 0 = no limit */
     uint64_t tau_ns[KM_WIN_COUNT];      /* burst tolerance: burst * T */
     uint64_t limit[KM_WIN_COUNT];       /* as configured, for display */
@@ -245,18 +251,17 @@ typedef struct km__key {
     uint32_t budget_hard;
     uint32_t min_tok_burst;             /* smallest token-window burst, capped
                                          * at UINT32_MAX; UINT32_MAX: none */
-    /* lines 10-18: identity and metadata */
+    /* lines 8-16: identity and metadata */
     char id[KM_ID_MAX + 1];
     char secret[KM_SECRET_MAX + 1];
     char meta[KM_META_MAX + 1];
 } km__key;
-_Static_assert(offsetof(km__key, busy) == 2 * KM__LINE, "busy on line 2");
-_Static_assert(offsetof(km__key, latency_ema_ns) == 4 * KM__LINE, "release line");
-_Static_assert(offsetof(km__key, state) == 5 * KM__LINE, "state line");
-_Static_assert(offsetof(km__key, emission_ns) == 6 * KM__LINE, "config lines");
-_Static_assert(offsetof(km__key, id) == 10 * KM__LINE, "id aligned");
-_Static_assert(offsetof(km__key, meta) == 15 * KM__LINE, "meta aligned");
-_Static_assert(sizeof(km__key) == 19 * KM__LINE, "km__key size");
+_Static_assert(offsetof(km__key, latency_ema_ns) == 2 * KM__LINE, "release line");
+_Static_assert(offsetof(km__key, state) == 3 * KM__LINE, "state line");
+_Static_assert(offsetof(km__key, emission_ns) == 4 * KM__LINE, "config lines");
+_Static_assert(offsetof(km__key, id) == 8 * KM__LINE, "id aligned");
+_Static_assert(offsetof(km__key, meta) == 13 * KM__LINE, "meta aligned");
+_Static_assert(sizeof(km__key) == 17 * KM__LINE, "km__key size");
 
 /* The limit pairs of one model on one key (per_model pools). */
 typedef struct km__mwin {
@@ -274,11 +279,12 @@ _Static_assert(sizeof(km__mwin) == 2 * KM__LINE, "km__mwin size");
  * shared counters is bracketed by its phase, written by its owner:
  *   claim (CAS owner 0 -> me), phase = ADMITTING
  *   reserve/charge the key's limit windows (CAS each)
- *   set the key's busy bit (in-flight), phase = ACTIVE
- *   ... release: phase = RELEASING, commit tokens, clear the busy bit,
- *   owner = 0.
- * The busy bit is per slot, so whether a dead owner's lease counts in the
- * key's in-flight is read from the bit itself.  A dead owner's ACTIVE lease
+ *   set the slot's in-flight flag, phase = ACTIVE
+ *   ... release: phase = RELEASING, commit tokens, clear the in-flight
+ *   flag, owner = 0.
+ * The in-flight flag is a byte of its own per slot, written only by the
+ * slot's owner (plain stores; no locked instruction), so whether a dead
+ * owner's lease counts in the key's in-flight is read from the flag itself.  A dead owner's ACTIVE lease
  * is released at its estimate.  Only a slot left ADMITTING or RELEASING by a
  * dead owner is ambiguous; its key's reserved sums are then recounted from
  * the ACTIVE slots (a validated double scan; see the reaper). */

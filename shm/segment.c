@@ -37,7 +37,7 @@ uint64_t km__layout_signature(void)
         sizeof(km__model), sizeof(km__mwin), offsetof(km__key, meta), KM_META_MAX,
         sizeof(km__member),
         sizeof(km__gcra), _Alignof(km__gcra),
-        sizeof(km__key), offsetof(km__key, busy), offsetof(km__key, latency_ema_ns),
+        sizeof(km__key), offsetof(km__hdr, off_busy), offsetof(km__key, latency_ema_ns),
         offsetof(km__key, state), offsetof(km__key, emission_ns),
         offsetof(km__key, id), offsetof(km__key, secret),
         sizeof(km__lease), offsetof(km__lease, phase), offsetof(km__lease, outcomes),
@@ -77,11 +77,11 @@ static uint64_t km__align(uint64_t x, uint64_t a) { return (x + a - 1) & ~(a - 1
 
 /* Offsets of each region for the given capacities; returns the total size.
  * Used by the creator to lay out and by an attacher to validate.  off[]:
- * pools, members, models, keys, per-model windows, leases, procs, reader
- * rows. */
+ * pools, members, models, keys, per-model windows, leases, in-flight flags,
+ * procs, reader rows, usage rings. */
 enum { KM__OFF_POOLS, KM__OFF_MEMBERS, KM__OFF_MODELS, KM__OFF_KEYS,
-       KM__OFF_MWIN, KM__OFF_LEASES, KM__OFF_PROCS, KM__OFF_READERS, KM__OFF_USAGE,
-       KM__OFF_N };
+       KM__OFF_MWIN, KM__OFF_LEASES, KM__OFF_BUSY, KM__OFF_PROCS, KM__OFF_READERS,
+       KM__OFF_USAGE, KM__OFF_N };
 
 static uint64_t km__layout(uint32_t keys, uint32_t pools, uint32_t procs,
                            uint32_t inflight, uint32_t models, uint32_t usage,
@@ -100,6 +100,8 @@ static uint64_t km__layout(uint32_t keys, uint32_t pools, uint32_t procs,
     o += (uint64_t)keys * models * sizeof(km__mwin);
     off[KM__OFF_LEASES] = o;
     o += (uint64_t)keys * inflight * sizeof(km__lease);
+    off[KM__OFF_BUSY] = o;
+    o += (uint64_t)keys * km__busy_stride(inflight);
     off[KM__OFF_PROCS] = o;
     o += (uint64_t)procs * sizeof(km__proc);
     off[KM__OFF_READERS] = o;
@@ -216,6 +218,7 @@ int km__seg_create(const char *name, const km_config *cfg, unsigned mode,
     h->off_keys = off[KM__OFF_KEYS];
     h->off_mwin = off[KM__OFF_MWIN];
     h->off_leases = off[KM__OFF_LEASES];
+    h->off_busy = off[KM__OFF_BUSY];
     h->off_procs = off[KM__OFF_PROCS];
     h->off_readers = off[KM__OFF_READERS];
     h->off_usage = off[KM__OFF_USAGE];
@@ -298,6 +301,7 @@ static int km__seg_validate(const void *base, uint64_t size, km__hdr *copy)
         off[KM__OFF_POOLS] != h->off_pools || off[KM__OFF_MEMBERS] != h->off_members ||
         off[KM__OFF_MODELS] != h->off_models || off[KM__OFF_KEYS] != h->off_keys ||
         off[KM__OFF_MWIN] != h->off_mwin || off[KM__OFF_LEASES] != h->off_leases ||
+        off[KM__OFF_BUSY] != h->off_busy ||
         off[KM__OFF_PROCS] != h->off_procs || off[KM__OFF_READERS] != h->off_readers ||
         off[KM__OFF_USAGE] != h->off_usage)
         return KM_ECORRUPT;

@@ -88,12 +88,13 @@ static void km__check_key(km_env *e, uint32_t ki, uint64_t now, km__checker *c)
 
     for (int t = 0; t < KM__CHECK_TRIES; t++) {
         int moving;
-        uint64_t sig1 = km__slots_sig(ls, n, &moving), busy[KM__BUSY_WORDS], res[KM_WIN_COUNT];
+        uint64_t sig1 = km__slots_sig(ls, n, &moving), res[KM_WIN_COUNT];
+        uint8_t busy[KM_INFLIGHT_MAX];
         uint64_t mres[KM_MODELS_MAX][KM_WIN_COUNT], mtok[KM_MODELS_MAX];
         if (moving)
             continue;
-        for (uint32_t i = 0; i < KM__BUSY_WORDS; i++)
-            busy[i] = ck_pr_load_64(&k->busy[i]);
+        for (uint32_t s = 0; s < n; s++)
+            busy[s] = ck_pr_load_8(&km__busy(e, ki)[s]);
         for (int w = 0; w < KM_WIN_COUNT; w++)
             res[w] = ck_pr_load_64(&k->win[w].reserved);
         for (uint32_t m = 0; m < n_models; m++) {
@@ -108,7 +109,7 @@ static void km__check_key(km_env *e, uint32_t ki, uint64_t now, km__checker *c)
         for (uint32_t s = 0; s < n; s++) {
             uint64_t o = ck_pr_load_64(&ls[s].owner);
             uint32_t ph = ck_pr_load_32(&ls[s].phase);
-            int bit = (int)((busy[s / 64] >> (s % 64)) & 1);
+            int bit = busy[s] != 0;
             if (!o) {
                 if (ph != KM__LP_FREE)
                     km__violation(c, "key %s: lease slot %u has no owner but phase %u", id, s, ph);
@@ -136,8 +137,8 @@ static void km__check_key(km_env *e, uint32_t ki, uint64_t now, km__checker *c)
                 km__violation(c, "key %s: lease slot %u is beyond the key's max_inflight %u", id, s, k->max_inflight);
         }
         uint64_t inflight = 0;
-        for (uint32_t i = 0; i < KM__BUSY_WORDS; i++)
-            inflight += (uint64_t)__builtin_popcountll(busy[i]);
+        for (uint32_t s = 0; s < n; s++)
+            inflight += busy[s] != 0;
         if (inflight != active)
             km__violation(c, "key %s: in-flight %llu but %llu active leases", id,
                           (unsigned long long)inflight, (unsigned long long)active);

@@ -183,6 +183,13 @@ static inline km__lease *km__leases(const km_env *e, uint32_t key)
     return (km__lease *)KM__AT(e->base, e->cfg.off_leases) +
            (size_t)key * e->cfg.cap_inflight;
 }
+/* In-flight flags of key `key`: byte s is 1 while lease slot s is in
+ * flight (see km__lease in shm/seg.h). */
+static inline uint8_t *km__busy(const km_env *e, uint32_t key)
+{
+    return (uint8_t *)KM__AT(e->base, e->cfg.off_busy) +
+           (size_t)key * km__busy_stride(e->cfg.cap_inflight);
+}
 static inline km__proc *km__procs(const km_env *e)
 {
     return (km__proc *)KM__AT(e->base, e->cfg.off_procs);

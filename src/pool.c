@@ -42,7 +42,7 @@
  *
  * Memory ordering.  Every shared word is read and written with ck_pr
  * loads, stores and read-modify-writes, never plainly.  A single-word load
- * (state, cooldown_until, a limit word, a busy word) needs no ordering of
+ * (state, cooldown_until, a limit word, an in-flight flag) needs no ordering of
  * its own: a stale value can only steer a choice, and every choice is
  * decided by a locked read-modify-write that sees the current value.  Where
  * one write must be seen before another, the comment at that point says
@@ -53,11 +53,12 @@
  *
  * In-flight and crash consistency: see km__lease in shm/seg.h.  The
  * invariants kept at every instruction boundary are
- *   I1  popcount(key.busy) == number of the key's lease slots in phase
- *       ACTIVE or RELEASING-before-its-bit-clear, i.e. in-flight is exact;
+ *   I1  the number of the key's in-flight flags set == number of its lease
+ *       slots in phase ACTIVE or RELEASING-before-its-flag-clear, i.e.
+ *       in-flight is exact;
  *   I2  for token window w, key.win[w].reserved == sum of `tokens` over the
  *       key's slots that reserved it and have not committed;
- *   I3  a slot with owner == 0 has phase FREE and its busy bit clear.
+ *   I3  a slot with owner == 0 has phase FREE and its in-flight flag clear.
  */
 #include <errno.h>
 #include <limits.h>
@@ -463,55 +464,53 @@ refuse:
 /* ------------------------------------------------------------ lease slots */
 
 /* A key's lease slots as the segment allows them: max_inflight is read from
- * shared memory, and a corrupted value must not index past the key's busy
- * words or lease row (cap is cap_inflight, or the busy array's size). */
+ * shared memory, and a corrupted value must not index past the key's lease
+ * row or flags (cap is cap_inflight). */
 static inline uint32_t km__slots(const km__key *k, uint32_t cap)
 {
     uint32_t m = k->max_inflight;
     return m < cap ? m : cap;
 }
 
-static inline uint32_t km__busy_words(uint32_t slots) { return (slots + 63) / 64; }
-
-static inline uint64_t km__word_mask(uint32_t slots, uint32_t i)
+/* In flight on key ki: its flags set, eight at a time.  A flag is 0 or 1;
+ * any other byte (a corrupted segment) still counts once. */
+static uint32_t km__inflight(const km_env *e, uint32_t ki, const km__key *k)
 {
-    uint32_t rem = slots - i * 64;
-    return rem >= 64 ? ~UINT64_C(0) : (UINT64_C(1) << rem) - 1;
-}
-
-static uint32_t km__inflight(const km__key *k)
-{
-    uint32_t n = 0, w = km__busy_words(km__slots(k, KM_INFLIGHT_MAX));
-    for (uint32_t i = 0; i < w; i++)
-        n += (uint32_t)__builtin_popcountll(ck_pr_load_64(&k->busy[i]));
+    const uint8_t *fl = km__busy(e, ki);
+    uint32_t n = 0, slots = km__slots(k, e->cfg.cap_inflight);
+    for (uint32_t i = 0; i < slots; i += 8) {
+        uint64_t w = ck_pr_load_64((const uint64_t *)(const void *)(fl + i));
+        if (slots - i < 8)
+            w &= (UINT64_C(1) << (8 * (slots - i))) - 1;
+        /* High bit of each byte: set iff the byte is non-zero. */
+        w = (((w & UINT64_C(0x7f7f7f7f7f7f7f7f)) + UINT64_C(0x7f7f7f7f7f7f7f7f)) | w) &
+            UINT64_C(0x8080808080808080);
+        n += (uint32_t)__builtin_popcountll(w);
+    }
     return n;
 }
 
-/* Claim a free lease slot of key ki (CAS owner 0 -> ours).  Starts from a
- * rotation that depends on the process slot, so processes do not all race
- * for the lowest free slot.  Returns the slot index; -1 if every slot's bit
- * is set; -2 if a clear bit's slot was still owned (mid-release) or lost to
- * another claimer. */
+/* Claim a free lease slot of key ki (CAS owner 0 -> ours), skipping slots
+ * whose flag says in flight.  Starts from a rotation that depends on the
+ * process slot, so processes do not all race for the lowest free slot.
+ * Returns the slot index; -1 if every slot is in flight; -2 if a slot whose
+ * flag was clear was still owned (mid-release) or lost to another claimer. */
 static int km__slot_claim(km_env *e, uint32_t ki, km__key *k)
 {
     km__lease *ls = km__leases(e, ki);
-    uint32_t rot = (e->proc_slot * 7u) & 63u;
+    const uint8_t *fl = km__busy(e, ki);
+    uint32_t slots = km__slots(k, e->cfg.cap_inflight);
+    uint32_t s = slots ? (e->proc_slot * 7u) % slots : 0;
     int seen = -1;
 
-    uint32_t slots = km__slots(k, e->cfg.cap_inflight);
-    for (uint32_t i = 0; i < km__busy_words(slots); i++) {
-        uint64_t free = ~ck_pr_load_64(&k->busy[i]) & km__word_mask(slots, i);
-        while (free) {
-            uint64_t hi = free >> rot;
-            uint32_t b = hi ? (uint32_t)__builtin_ctzll(hi) + rot : (uint32_t)__builtin_ctzll(free);
-            free &= ~(UINT64_C(1) << b);
-            uint32_t s = i * 64 + b;
-            /* Claim: only the owner touches the slot's fields and its busy
-             * bit from here until it stores owner = 0 again. */
-            if (ck_pr_load_64(&ls[s].owner) == 0 && ck_pr_cas_64(&ls[s].owner, 0, e->owner))
-                return (int)s;
-            seen = -2;
-        }
+    for (uint32_t j = 0; j < slots; j++, s = s + 1 == slots ? 0 : s + 1) {
+        if (ck_pr_load_8(&fl[s]))
+            continue;
+        /* Claim: only the owner touches the slot's fields and its flag
+         * from here until it stores owner = 0 again. */
+        if (ck_pr_load_64(&ls[s].owner) == 0 && ck_pr_cas_64(&ls[s].owner, 0, e->owner))
+            return (int)s;
+        seen = -2;
     }
     return seen;
 }
@@ -713,9 +712,12 @@ static int km__try_key(km_env *e, uint32_t ki, km__scan *sc, km_lease *out)
      * death before ACTIVE leaves it counted as acquired only: short by one,
      * never over).  We own the slot: a plain increment is exact. */
     KM__SLOT_ADD(ls->acquired, 1);
-    /* In-flight +1: our own bit (I1).  Locked, so it is ordered after the
-     * limit atomics and before the phase store below. */
-    ck_pr_or_64(&k->busy[s / 64], UINT64_C(1) << (s % 64));
+    /* In-flight +1: our own flag (I1), a plain store (the byte has no other
+     * writer).  After the limit atomics (program order; they are locked)
+     * and before the phase store: stores are not reordered (the fence says
+     * so, and is a real one where they may be). */
+    ck_pr_store_8(&km__busy(e, ki)[s], 1);
+    ck_pr_fence_store();
     ck_pr_store_32(&ls->phase, KM__LP_ACTIVE);
 
     out->key = ki;
@@ -772,11 +774,12 @@ static int km__eligible(km_env *e, uint32_t ki, km__scan *sc)
 }
 
 /* Scores for the sampling strategies: lower is better. */
-static uint64_t km__score(const km__key *k, int strategy)
+static uint64_t km__score(const km_env *e, uint32_t ki, int strategy)
 {
+    const km__key *k = &km__keys(e)[ki]; /* ki was checked by km__eligible */
     switch (strategy) {
     case KM_STRATEGY_LEAST_BUSY:
-        return km__inflight(k);
+        return km__inflight(e, ki, k);
     case KM_STRATEGY_LATENCY:
         return ck_pr_load_64(&k->latency_ema_ns); /* 0: never sampled, try it */
     default: /* KM_STRATEGY_RELIABILITY */
@@ -794,7 +797,6 @@ static uint64_t km__score(const km__key *k, int strategy)
 static int km__pick_scored(km_env *e, const km__member *m, uint32_t n, int strategy,
                            km__scan *sc, km_lease *out)
 {
-    km__key *keys = km__keys(e);
     int explore = strategy != KM_STRATEGY_LEAST_BUSY;
 
     if (n <= KM__SCAN_MAX) {
@@ -814,7 +816,7 @@ static int km__pick_scored(km_env *e, const km__member *m, uint32_t n, int strat
                     continue;
                 }
                 ok[n_ok++] = i;
-                uint64_t sc_i = km__score(&keys[m[i].key], strategy);
+                uint64_t sc_i = km__score(e, m[i].key, strategy);
                 if (sc_i < best_score) {
                     best_score = sc_i;
                     best = i;
@@ -838,7 +840,7 @@ static int km__pick_scored(km_env *e, const km__member *m, uint32_t n, int strat
         if (!ea || !eb || (explore && (km__rand() & KM__EXPLORE_MASK) == 0))
             pick = ea ? a : b;
         else
-            pick = km__score(&keys[m[b].key], strategy) < km__score(&keys[m[a].key], strategy) ? b : a;
+            pick = km__score(e, m[b].key, strategy) < km__score(e, m[a].key, strategy) ? b : a;
         if (km__try_key(e, m[pick].key, sc, out))
             return 1;
     }
@@ -1355,11 +1357,14 @@ KM_EXTERN int km_release(km_env *e, const km_lease *l, const km_outcome *o)
     } else {
         ck_pr_inc_64(&k->stale);
     }
-    /* In-flight -1: clear our bit (I1), then count the outcome, then free
-     * the slot (I3).  A reaper that finds this slot RELEASING with its bit
+    /* In-flight -1: clear our flag (I1), then count the outcome, then free
+     * the slot (I3).  A reaper that finds this slot RELEASING with its flag
      * still set knows the outcome was not counted and counts it abandoned;
-     * only a death between the bit and the counter store goes uncounted. */
-    ck_pr_and_64(&k->busy[l->slot / 64], ~(UINT64_C(1) << (l->slot % 64)));
+     * only a death between the flag and the counter store goes uncounted.
+     * Plain stores in program order (fenced where stores may pass stores),
+     * after the locked settle above. */
+    ck_pr_store_8(&km__busy(e, l->key)[l->slot], 0);
+    ck_pr_fence_store();
     if (!stale) {
         if (kind == KM_OUT_SUCCESS)
             KM__SLOT_ADD(ls->succeeded, 1);
@@ -1386,7 +1391,8 @@ static void km__abandon(km_env *e, uint32_t ki, km__key *k, km__lease *ls, uint3
     /* A probe that will never report lets the next one go. */
     km__state_to(k, 1u << KM__ST_PROBING, KM__ST_FAILING);
     KM__SLOT_ADD(ls->abandoned, 1);
-    ck_pr_and_64(&k->busy[slot / 64], ~(UINT64_C(1) << (slot % 64)));
+    ck_pr_store_8(&km__busy(e, ki)[slot], 0);
+    ck_pr_fence_store(); /* the flag before the slot is free (I3) */
     km__slot_free(ls);
     if (k->pool < e->cfg.n_pools)
         km__wake(&km__pools(e)[k->pool]);
@@ -1511,7 +1517,8 @@ static int km__recount_key(km_env *e, uint32_t ki, km__live_cache *lc, int repai
     km__key *k = &km__keys(e)[ki];
     km__lease *ls = km__leases(e, ki);
     uint32_t n = e->cfg.cap_inflight, taken = 0, done = 0;
-    uint64_t mine = km__reaper_mark(e), releasing[KM__BUSY_WORDS] = {0};
+    uint64_t mine = km__reaper_mark(e);
+    uint8_t releasing[KM_INFLIGHT_MAX] = {0};
     uint64_t prev[KM_INFLIGHT_MAX];
     const km__pool *pool = k->pool < e->cfg.n_pools ? &km__pools(e)[k->pool] : NULL;
     uint32_t n_models = pool && pool->model_mode == KM_MODELS_PER_MODEL
@@ -1527,7 +1534,7 @@ static int km__recount_key(km_env *e, uint32_t ki, km__live_cache *lc, int repai
         prev[s] = o;
         taken++;
         if (ph == KM__LP_RELEASING) { /* commit the estimate; reservation below */
-            releasing[s / 64] |= UINT64_C(1) << (s % 64);
+            releasing[s] = 1;
             uint32_t mask = ck_pr_load_32(&ls[s].res_mask) & KM__TOKEN_WINS;
             while (mask) {
                 int w = __builtin_ctz(mask);
@@ -1593,13 +1600,14 @@ static int km__recount_key(km_env *e, uint32_t ki, km__live_cache *lc, int repai
             continue;
         }
         km__state_to(k, 1u << KM__ST_PROBING, KM__ST_FAILING);
-        /* Died mid-release with its bit still set: counted as acquired, not
+        /* Died mid-release with its flag still set: counted as acquired, not
          * yet as released, so abandoned.  Died mid-acquire: the lease was
          * never handed out (nor counted as acquired) and counts nowhere. */
-        uint64_t bit = UINT64_C(1) << (s % 64);
-        if ((releasing[s / 64] & bit) && (ck_pr_load_64(&k->busy[s / 64]) & bit))
+        uint8_t *fl = &km__busy(e, ki)[s];
+        if (releasing[s] && ck_pr_load_8(fl))
             KM__SLOT_ADD(ls[s].abandoned, 1);
-        ck_pr_and_64(&k->busy[s / 64], ~bit);
+        ck_pr_store_8(fl, 0);
+        ck_pr_fence_store(); /* the flag before the slot is free (I3) */
         km__slot_free(&ls[s]);
     }
     if (done && pool)
@@ -1802,7 +1810,7 @@ KM_EXTERN int km_key_info_get(km_env *e, uint32_t key, km_key_info *out)
         out->state = KM_KEY_COOLING;
     else
         out->state = (int)st;
-    out->inflight = km__inflight(k);
+    out->inflight = km__inflight(e, key, k);
     out->max_inflight = k->max_inflight;
     out->consecutive_failures = ck_pr_load_32(&k->consec_fail);
     out->consecutive_429s = ck_pr_load_32(&k->consec_429);

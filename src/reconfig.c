@@ -180,8 +180,8 @@ static void km__row_clear(km_env *e, uint32_t ki)
         ck_pr_store_64(&k->win[w].tat, 0);
         ck_pr_store_64(&k->win[w].reserved, 0);
     }
-    for (uint32_t i = 0; i < KM__BUSY_WORDS; i++)
-        ck_pr_store_64(&k->busy[i], 0);
+    for (uint32_t s = 0; s < e->cfg.cap_inflight; s++)
+        ck_pr_store_8(&km__busy(e, ki)[s], 0);
     ck_pr_store_64(&k->latency_ema_ns, 0);
     ck_pr_store_64(&k->stale, 0);
     ck_pr_store_64(&k->spent_microusd, 0);

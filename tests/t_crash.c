@@ -108,10 +108,10 @@ static void dump_keys(km_env *e)
     for (uint32_t ki = 0; ki < e->hdr->n_keys; ki++) {
         km__key *k = &km__keys(e)[ki];
         km__lease *ls = km__leases(e, ki);
-        diag("key %s: tpm reserved %llu tat-now %lld ms busy %llx", k->id,
+        diag("key %s: tpm reserved %llu tat-now %lld ms flags[0..7] %016llx", k->id,
              (unsigned long long)ck_pr_load_64(&k->win[KM_WIN_TPM].reserved),
              (long long)((int64_t)ck_pr_load_64(&k->win[KM_WIN_TPM].tat) - (int64_t)km_now_ns()) / 1000000,
-             (unsigned long long)ck_pr_load_64(&k->busy[0]));
+             (unsigned long long)ck_pr_load_64((uint64_t *)(void *)km__busy(e, ki)));
         for (uint32_t s = 0; s < e->hdr->cap_inflight; s++)
             if (ck_pr_load_64(&ls[s].owner) || ck_pr_load_32(&ls[s].phase))
                 diag("  slot %u owner %llx phase %u seq %u tokens %u", s,
