@@ -15,7 +15,7 @@
  *                              stride = cap_inflight rounded up to a line
  *   km__proc[cap_procs]        process table
  *   km__rdr[cap_procs][KM__RDR_PER_PROC]  reader rows (epochs)
- *   (km__uring + km__uev[cap_usage])[cap_procs]  usage rings
+ *   (km__uring + km__uev[cap_usage])[cap_procs][2]  usage rings
  *
  * Every struct here is pinned by _Static_assert and folded into the layout
  * signature (km__layout_signature), so a process built with other sizes is
@@ -345,13 +345,17 @@ typedef struct km__rdr {
 _Static_assert(sizeof(km__rdr) == KM__LINE, "one reader row per line");
 #define KM__RDR_OVF_SHIFT 20
 
-/* Usage events (src/usage.c): one ring per process slot (kept across the
- * slot's occupants), a header line and cap_usage events of one line each.  The process's threads take event
- * numbers by fetch-add on `head`; an event's `seq` is its number + 1, stored
- * last (release), so the drainer reads only complete events and recognises
- * overwritten ones. */
+/* Usage events (src/usage.c): two rings per process slot (kept across the
+ * slot's occupants), each a header line and cap_usage events of one line
+ * each.  Ring 0 has one writer, the thread holding the slot's reader row 1
+ * (a process's first acquiring thread), which advances `head` by plain
+ * stores; ring 1 takes the process's other threads and reapers, which take
+ * event numbers by fetch-add on `head`.  An event's `seq` is its number + 1,
+ * stored last (release), so the drainer reads only complete events and
+ * recognises overwritten ones. */
+#define KM__URINGS_PER_PROC 2
 typedef struct km__uring {
-    uint64_t head;     /* events written (fetch-add by the owner's threads) */
+    uint64_t head;     /* events written (see above) */
     uint64_t drained;  /* events consumed (the drainer only) */
     uint64_t dropped;  /* events overwritten before being drained */
     uint8_t pad[KM__LINE - 24];

@@ -47,6 +47,7 @@ uint64_t km__layout_signature(void)
         offsetof(km__key, retire_epoch), sizeof(km__uring), sizeof(km__uev),
         offsetof(km__hdr, off_usage), offsetof(km__uev, outcome),
         KM_WIN_COUNT, KM_OUT_COUNT, KM_ID_MAX, KM_SECRET_MAX, KM_INFLIGHT_MAX,
+        KM__URINGS_PER_PROC,
         0x0102030405060708ull /* byte order */
     };
     uint64_t h = 0xcbf29ce484222325ull;
@@ -107,7 +108,7 @@ static uint64_t km__layout(uint32_t keys, uint32_t pools, uint32_t procs,
     off[KM__OFF_READERS] = o;
     o += (uint64_t)procs * KM__RDR_PER_PROC * sizeof(km__rdr);
     off[KM__OFF_USAGE] = o;
-    o += (uint64_t)procs * (1 + (uint64_t)usage) * KM__LINE;
+    o += (uint64_t)procs * KM__URINGS_PER_PROC * (1 + (uint64_t)usage) * KM__LINE;
     return km__align(o, 4096);
 }
 

@@ -218,14 +218,20 @@ uint64_t km__row_epoch(const km__rdr *r, uint32_t i);
 void km__epoch_rows_reset(km_env *e, uint32_t slot);
 
 /* src/usage.c */
-static inline km__uring *km__urings(const km_env *e, uint32_t proc_slot)
+/* Usage ring `ring` (0: the slot's single-writer ring, 1: its shared one)
+ * of process slot proc_slot. */
+static inline km__uring *km__urings(const km_env *e, uint32_t proc_slot, uint32_t ring)
 {
     return (km__uring *)KM__AT(e->base, e->cfg.off_usage +
-                                            (uint64_t)proc_slot * (1 + e->cfg.cap_usage) * KM__LINE);
+                                            ((uint64_t)proc_slot * KM__URINGS_PER_PROC + ring) *
+                                                (1 + e->cfg.cap_usage) * KM__LINE);
 }
-/* Record a finished lease in this process's ring (no-op without rings). */
-void km__usage_put(km_env *e, uint32_t key, uint32_t key_gen, uint32_t pool, uint32_t model,
-                   uint64_t start_ns, uint64_t tokens, int64_t latency_us, int outcome);
+/* Record a finished lease (no-op without rings): in this process's ring 0
+ * if `own` (the calling thread holds the slot's reader row 1, and so ring 0
+ * alone), else in its ring 1. */
+void km__usage_put(km_env *e, int own, uint32_t key, uint32_t key_gen, uint32_t pool,
+                   uint32_t model, uint64_t start_ns, uint64_t tokens, int64_t latency_us,
+                   int outcome);
 /* A new occupant of process slot `slot`: seal events left half written. */
 void km__usage_reset(km_env *e, uint32_t slot);
 

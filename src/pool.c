@@ -540,6 +540,7 @@ static uint32_t km__pid; /* cached at load and in a forked child: no getpid() pe
 static __thread km__rdr *km__rd_row;
 static __thread uint64_t km__rd_env;
 static __thread int km__rd_slow; /* 1: the overflow row; 2: fence after the row store */
+static __thread int km__rd_ring0; /* the row is row 1: this thread writes usage ring 0 */
 
 static void km__atfork_child(void)
 {
@@ -558,6 +559,7 @@ KM__HOT km__rdr *km__rd_enter(km_env *e, uint64_t now)
     if (__builtin_expect(km__rd_env != e->serial, 0)) {
         r = km__rd_row = km__epoch_bind(e);
         km__rd_slow = r == km__rdrs(e, e->proc_slot) ? 1 : e->rd_fence ? 2 : 0;
+        km__rd_ring0 = r == km__rdrs(e, e->proc_slot) + 1;
         km__rd_env = e->serial;
     }
     if (__builtin_expect(km__rd_slow == 1, 0)) {
@@ -571,6 +573,14 @@ KM__HOT km__rdr *km__rd_enter(km_env *e, uint64_t now)
     else
         ck_pr_barrier(); /* the compiler keeps the order; the CPU's is the writer's membarrier */
     return r;
+}
+
+/* Does this thread write e's usage ring 0 (src/usage.c)?  Only the holder
+ * of the process slot's reader row 1 does, and only through the handle it
+ * bound the row with; a thread that never acquired uses ring 1. */
+static inline int km__rd_own_ring(const km_env *e)
+{
+    return km__rd_env == e->serial && km__rd_ring0;
 }
 
 /* Leave: every load of the section completes before the row reads idle. */
@@ -1352,7 +1362,7 @@ KM_EXTERN int km_release(km_env *e, const km_lease *l, const km_outcome *o)
         if (o->view_flags)
             km__apply_view(k, o);
         km__spend(pool, k, o, actual);
-        km__usage_put(e, l->key, lv.key_gen, k->pool, lv.model, lv.start_ns, actual,
+        km__usage_put(e, km__rd_own_ring(e), l->key, lv.key_gen, k->pool, lv.model, lv.start_ns, actual,
                       o->latency_us, kind);
     } else {
         ck_pr_inc_64(&k->stale);
@@ -1386,7 +1396,8 @@ static void km__abandon(km_env *e, uint32_t ki, km__key *k, km__lease *ls, uint3
     km__lview lv = km__lease_read(ls);
     if (lv.key_gen == ck_pr_load_32(&k->gen)) {
         km__settle(e, ki, k, ls, &lv, lv.tokens);
-        km__usage_put(e, ki, lv.key_gen, k->pool, lv.model, lv.start_ns, lv.tokens, -1, KM_OUT_COUNT);
+        km__usage_put(e, km__rd_own_ring(e), ki, lv.key_gen, k->pool, lv.model, lv.start_ns,
+                      lv.tokens, -1, KM_OUT_COUNT);
     }
     /* A probe that will never report lets the next one go. */
     km__state_to(k, 1u << KM__ST_PROBING, KM__ST_FAILING);

@@ -2,11 +2,16 @@
  * src/usage.c - usage events: per-process rings in the segment, drained by
  * one reader (km_usage_drain; `kmctl persist` writes them to SQLite).
  *
- * Producer.  A process's threads share its ring: an event number i comes
- * from a locked fetch-add on `head` (the line is the process's own), the
- * event goes to slot i & (n - 1): seq := 0, the fields, then seq := i + 1
- * with release semantics.  It never waits: when the drainer is behind by
- * more than n, the oldest events are overwritten.
+ * Producer.  A process slot has two rings.  Ring 0 belongs to the thread
+ * holding the slot's reader row 1 (shm/epoch.c: the process's first thread
+ * to acquire, until it exits): that thread alone writes it, and takes event
+ * number i by a plain increment of `head`.  Every other writer (the
+ * process's other threads, a thread that releases without ever acquiring, a
+ * reaper) uses ring 1 and takes i by a locked fetch-add.  A single-threaded
+ * worker so records an event with no locked instruction.  The event goes to
+ * slot i & (n - 1) of its ring: seq := 0, the fields, then seq := i + 1 with
+ * release semantics.  It never waits: when the drainer is behind by more
+ * than n, the oldest events are overwritten.
  *
  * Consumer.  The drainer reads events drained..head-1 of each ring.  An
  * event whose seq is i + 1 both before and after its fields were read
@@ -25,6 +30,10 @@
  * event the predecessor died writing (seq still 0) is sealed at attach as
  * "dead" (outcome KM_OUT_COUNT + 1), which the drainer counts as dropped,
  * so no ring waits forever on a writer that is gone.
+ *
+ * Order: a drain delivers each ring's events in the order they were
+ * numbered, ring 0 of a slot before its ring 1; events of different rings
+ * are not ordered among themselves (each carries its start time).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -38,16 +47,26 @@
 
 static km__uev *km__uevs(km__uring *r) { return (km__uev *)(void *)(r + 1); }
 
-void km__usage_put(km_env *e, uint32_t key, uint32_t key_gen, uint32_t pool, uint32_t model,
-                   uint64_t start_ns, uint64_t tokens, int64_t latency_us, int outcome)
+void km__usage_put(km_env *e, int own, uint32_t key, uint32_t key_gen, uint32_t pool,
+                   uint32_t model, uint64_t start_ns, uint64_t tokens, int64_t latency_us,
+                   int outcome)
 {
     uint32_t n = e->cfg.cap_usage;
     if (!n)
         return;
-    km__uring *r = km__urings(e, e->proc_slot);
-    /* The process's threads share the ring: each takes its own event number
-     * (locked, so no two write one slot unless lapped by n events). */
-    uint64_t i = ck_pr_faa_64(&r->head, 1);
+    km__uring *r = km__urings(e, e->proc_slot, own ? 0 : 1);
+    uint64_t i;
+    if (own) {
+        /* Ring 0 has one writer, this thread: a plain increment.  Ownership
+         * passes with reader row 1, by CAS on its tid, and only from a
+         * thread that has exited (shm/epoch.c). */
+        i = ck_pr_load_64(&r->head);
+        ck_pr_store_64(&r->head, i + 1);
+    } else {
+        /* Ring 1 is shared: each writer takes its own event number (locked,
+         * so no two write one slot unless lapped by n events). */
+        i = ck_pr_faa_64(&r->head, 1);
+    }
     km__uev *ev = &km__uevs(r)[i & (n - 1)];
     ck_pr_store_64(&ev->seq, 0);
     ck_pr_fence_store(); /* seq 0 before the fields: a reader never takes them for the old event */
@@ -61,7 +80,7 @@ void km__usage_put(km_env *e, uint32_t key, uint32_t key_gen, uint32_t pool, uin
     ck_pr_store_32(&ev->pool, pool);
     ck_pr_store_32(&ev->outcome, (uint32_t)outcome);
     /* A reap at attach runs before this process has a slot: it records in
-     * slot 0's ring (appends are fetch-adds: any process may) with its pid. */
+     * slot 0's ring 1 (fetch-adds: any process may) with its pid. */
     ck_pr_store_32(&ev->pid, e->owner ? (uint32_t)e->owner : (uint32_t)getpid());
     ck_pr_fence_store(); /* the fields before seq (pairs with the drainer's acquire) */
     ck_pr_store_64(&ev->seq, i + 1);
@@ -73,14 +92,16 @@ void km__usage_reset(km_env *e, uint32_t slot)
     if (!n)
         return;
     /* The slot's previous occupant is gone: seal what it left half written. */
-    km__uring *r = km__urings(e, slot);
-    uint64_t head = ck_pr_load_64(&r->head), d = ck_pr_load_64(&r->drained);
-    for (uint64_t i = head > n && head - n > d ? head - n : d; i < head; i++) {
-        km__uev *ev = &km__uevs(r)[i & (n - 1)];
-        if (ck_pr_load_64(&ev->seq) != i + 1) {
-            ck_pr_store_32(&ev->outcome, KM_OUT_COUNT + 1);
-            ck_pr_fence_store(); /* the mark before seq */
-            ck_pr_store_64(&ev->seq, i + 1);
+    for (uint32_t ring = 0; ring < KM__URINGS_PER_PROC; ring++) {
+        km__uring *r = km__urings(e, slot, ring);
+        uint64_t head = ck_pr_load_64(&r->head), d = ck_pr_load_64(&r->drained);
+        for (uint64_t i = head > n && head - n > d ? head - n : d; i < head; i++) {
+            km__uev *ev = &km__uevs(r)[i & (n - 1)];
+            if (ck_pr_load_64(&ev->seq) != i + 1) {
+                ck_pr_store_32(&ev->outcome, KM_OUT_COUNT + 1);
+                ck_pr_fence_store(); /* the mark before seq */
+                ck_pr_store_64(&ev->seq, i + 1);
+            }
         }
     }
 }
@@ -143,10 +164,11 @@ KM_EXTERN int km_usage_drain(km_env *e, int (*fn)(void *ctx, const km_usage_even
     clock_gettime(CLOCK_REALTIME, &wall);
     uint64_t now_mono = km__now(), now_wall = (uint64_t)wall.tv_sec * KM__NS_PER_S + (uint64_t)wall.tv_nsec;
     rc = KM_OK;
-    for (uint32_t s = 0; n && s < e->cfg.cap_procs && rc == KM_OK; s++) {
+    for (uint32_t ri = 0; n && ri < e->cfg.cap_procs * KM__URINGS_PER_PROC && rc == KM_OK; ri++) {
+        uint32_t s = ri / KM__URINGS_PER_PROC;
         km__proc *p = &km__procs(e)[s];
         uint64_t tag = ck_pr_load_64(&p->tag);
-        km__uring *r = km__urings(e, s);
+        km__uring *r = km__urings(e, s, ri % KM__URINGS_PER_PROC);
         uint64_t head = ck_pr_load_64(&r->head), d = ck_pr_load_64(&r->drained), dropped = 0;
         if (head < d) /* only in a corrupted segment: start over */
             d = head;
@@ -199,7 +221,8 @@ KM_EXTERN int km_usage_drain(km_env *e, int (*fn)(void *ctx, const km_usage_even
         rep.dropped += dropped;
     }
     for (uint32_t s = 0; n && s < e->cfg.cap_procs; s++)
-        rep.dropped_total += ck_pr_load_64(&km__urings(e, s)->dropped);
+        for (uint32_t ring = 0; ring < KM__URINGS_PER_PROC; ring++)
+            rep.dropped_total += ck_pr_load_64(&km__urings(e, s, ring)->dropped);
     if (out)
         *out = rep;
     return rc;

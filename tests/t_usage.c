@@ -10,10 +10,15 @@
  *     slot, each with its own pid; an event its writer died writing is
  *     sealed at the next attach and counted dropped, so no drain stalls;
  *   - one drainer at a time (KM_EBUSY for a second live one);
+ *   - threads: the first acquiring thread records in its slot's ring 0 (no
+ *     locked instruction), every other thread, and a thread releasing a
+ *     lease it did not acquire, in ring 1; every event is drained exactly
+ *     once;
  *   - `kmctl persist` drains into SQLite, writes a final snapshot on
  *     SIGTERM and exits 0; `kmctl usage` reports per key and per outcome.
  */
 #include <inttypes.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -76,10 +81,101 @@ static void child_leases(int n, int stay)
     _exit(0);
 }
 
+/* Threads: each releases N_PER leases tagged by latency = base + i. */
+#define N_PER 500
+#define N_THR 3
+typedef struct tcount {
+    uint8_t seen[(N_THR + 1) * N_PER + 1];
+    uint64_t events, dup, stray;
+} tcount;
+
+static int count_tagged(void *ctx, const km_usage_event *ev)
+{
+    tcount *t = ctx;
+    t->events++;
+    if (ev->latency_us >= sizeof t->seen)
+        t->stray++;
+    else if (t->seen[ev->latency_us]++)
+        t->dup++;
+    return 0;
+}
+
+typedef struct targ {
+    km_env *env;
+    int base;
+    const km_lease *foreign; /* a lease another thread acquired: release it */
+    int failures;
+} targ;
+
+static void *thread_leases(void *p)
+{
+    targ *a = p;
+    for (int i = 0; i < N_PER; i++) {
+        km_request rq = {.pool = 0, .tokens = 1};
+        km_lease l;
+        if (km_acquire(a->env, &rq, &l) != KM_OK ||
+            release_with(a->env, &l, KM_OUT_SUCCESS, a->base + i, 1, 0) != KM_OK)
+            a->failures++;
+    }
+    if (a->foreign && release_with(a->env, a->foreign, KM_OUT_SUCCESS, (N_THR + 1) * N_PER, 1, 0) != KM_OK)
+        a->failures++;
+    return NULL;
+}
+
+/* A thread that never acquired: it has no reader row, so ring 1. */
+static void *thread_release_only(void *p)
+{
+    targ *a = p;
+    if (release_with(a->env, a->foreign, KM_OUT_SUCCESS, (N_THR + 1) * N_PER, 1, 0) != KM_OK)
+        a->failures++;
+    return NULL;
+}
+
+static void threads_case(void)
+{
+    km_env *env = mkseg("{\"capacity\": {\"keys\": 2, \"usage_events\": 4096},"
+                        " \"pools\": [{\"name\": \"p\", \"keys\": [{\"id\": \"a\", \"secret\": \"sk-a-12345678\"}]}]}");
+    targ main_arg = {env, 0, NULL, 0};
+    thread_leases(&main_arg); /* this thread acquires first: it holds row 1 */
+    km_request rq = {.pool = 0, .tokens = 1};
+    km_lease held;
+    if (km_acquire(env, &rq, &held) != KM_OK)
+        bail_out("acquire");
+    targ a[N_THR];
+    pthread_t th[N_THR];
+    for (int t = 0; t < N_THR; t++) {
+        a[t] = (targ){env, (t + 1) * N_PER, NULL, 0};
+        pthread_create(&th[t], NULL, thread_leases, &a[t]);
+    }
+    for (int t = 0; t < N_THR; t++)
+        pthread_join(th[t], NULL);
+    targ ro = {env, 0, &held, 0};
+    pthread_t rt;
+    pthread_create(&rt, NULL, thread_release_only, &ro);
+    pthread_join(rt, NULL);
+    int fails = main_arg.failures + ro.failures;
+    for (int t = 0; t < N_THR; t++)
+        fails += a[t].failures;
+    is_int(fails, 0, "threads: %d acquire+release pairs and one foreign release, all OK",
+           (N_THR + 1) * N_PER);
+    km__uring *r0 = km__urings(env, env->proc_slot, 0), *r1 = km__urings(env, env->proc_slot, 1);
+    ok(ck_pr_load_64(&r0->head) == N_PER && ck_pr_load_64(&r1->head) == N_THR * N_PER + 1,
+       "ring 0 took the first thread's %d events (%" PRIu64 "), ring 1 the other threads' %d (%" PRIu64 ")",
+       N_PER, ck_pr_load_64(&r0->head), N_THR * N_PER + 1, ck_pr_load_64(&r1->head));
+    tcount *tc = calloc(1, sizeof *tc);
+    km_usage_report rep;
+    is_int(km_usage_drain(env, count_tagged, tc, &rep), KM_OK, "drain");
+    ok(tc->events == (N_THR + 1) * N_PER + 1 && tc->dup == 0 && tc->stray == 0 && rep.dropped == 0,
+       "every event drained exactly once (%" PRIu64 " events, %" PRIu64 " twice, %" PRIu64 " unknown, %" PRIu64 " dropped)",
+       tc->events, tc->dup, tc->stray, rep.dropped);
+    free(tc);
+    rmseg(env);
+}
+
 int main(void)
 {
     fixtures_init("usage");
-    plan(29);
+    plan(33);
     km_env *env = mkseg("{\"capacity\": {\"keys\": 4, \"usage_events\": 6, \"processes\": 8},"
                         " \"pools\": [{\"name\": \"p\", \"model_limits\": \"global\","
                         "  \"models\": {\"m1\": {}}, \"keys\": [{\"id\": \"a\", \"secret\": \"sk-a-12345678\"}]}]}");
@@ -162,7 +258,7 @@ int main(void)
         if ((uint32_t)ck_pr_load_64(&km__procs(env)[s].tag) == (uint32_t)c)
             slot = s;
     ok(slot != UINT32_MAX, "the child's process slot");
-    km__uring *ring = km__urings(env, slot);
+    km__uring *ring = km__urings(env, slot, 0); /* the child's one thread writes ring 0 */
     uint64_t h = ck_pr_faa_64(&ring->head, 1); /* as if it died after taking a number */
     km__uev *ev = (km__uev *)(void *)(ring + 1) + (h & 7);
     ck_pr_store_64(&ev->seq, 0);
@@ -193,6 +289,8 @@ int main(void)
     waitpid(c, &st, 0);
     ok(WIFEXITED(st) && WEXITSTATUS(st) == 0, "a second live drainer gets KM_EBUSY");
     rmseg(env);
+
+    threads_case();
 
     /* kmctl persist and usage. */
     env = mkseg("{\"capacity\": {\"keys\": 4}, \"pools\": [{\"name\": \"p\","
