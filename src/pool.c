@@ -526,21 +526,29 @@ static inline void km__slot_free(km__lease *ls)
 
 /* ------------------------------------------------------------ acquire */
 
+/* Thread-local variables use the initial-exec model: an offset from the
+ * thread pointer, where the shared library's default (general dynamic)
+ * calls __tls_get_addr at every access (measured: ~4 ns of a pair through
+ * libkeymesh.so).  The variables take a few dozen bytes of the static TLS
+ * surplus that glibc keeps for libraries loaded with dlopen (Python's ctypes
+ * does so). */
+#define KM__TLS __thread __attribute__((tls_model("initial-exec")))
+
 /* Per-thread state for choosing keys: random choices and the round-robin
  * cursor write no shared word.  A child after fork() starts afresh (see
  * km__atfork_child), or every worker forked from one master would pick the
  * same sequence of keys. */
-static __thread uint64_t km__rng;
-static __thread uint32_t km__rr_cursor;
+static KM__TLS uint64_t km__rng;
+static KM__TLS uint32_t km__rr_cursor;
 static uint32_t km__pid; /* cached at load and in a forked child: no getpid() per seed */
 
 /* This thread's reader row (shm/epoch.c) for the handle it last used,
  * known by the handle's serial number, not its address: a handle closed and
  * another opened at the same address must not find the old row. */
-static __thread km__rdr *km__rd_row;
-static __thread uint64_t km__rd_env;
-static __thread int km__rd_slow; /* 1: the overflow row; 2: fence after the row store */
-static __thread int km__rd_ring0; /* the row is row 1: this thread writes usage ring 0 */
+static KM__TLS km__rdr *km__rd_row;
+static KM__TLS uint64_t km__rd_env;
+static KM__TLS int km__rd_slow; /* 1: the overflow row; 2: fence after the row store */
+static KM__TLS int km__rd_ring0; /* the row is row 1: this thread writes usage ring 0 */
 
 static void km__atfork_child(void)
 {
