@@ -80,7 +80,7 @@
 /* Poll hints for non-blocking callers where no clock time is known: a key
  * whose lease slots are all taken, or whose one probe lease is out, frees up
  * at a release, which wakes blocking callers; a non-blocking caller is told
- * to look again after this long.  A slot seen mid-release (its bit clear,
+ * to look again after this long.  A slot seen mid-release (its flag clear,
  * its owner not yet) is a few instructions from free: look again soon. */
 #define KM__POLL_BUSY_NS (1000 * 1000)        /* 1 ms */
 #define KM__POLL_PROBE_NS (100 * 1000 * 1000) /* 100 ms */
@@ -472,47 +472,116 @@ static inline uint32_t km__slots(const km__key *k, uint32_t cap)
     return m < cap ? m : cap;
 }
 
-/* In flight on key ki: its flags set, eight at a time.  A flag is 0 or 1;
- * any other byte (a corrupted segment) still counts once. */
+/* The flags are read eight at a time (the row is line-aligned and its
+ * length a multiple of a line, so a word never leaves it).  Byte i of a
+ * word is slot 8w + i: the layout signature pins little-endian order.
+ * km__nonzero_bytes: the high bit of each byte set iff that byte is
+ * non-zero, exactly (no carry crosses a byte). */
+#define KM__B7F UINT64_C(0x7f7f7f7f7f7f7f7f)
+#define KM__B80 UINT64_C(0x8080808080808080)
+static inline uint64_t km__nonzero_bytes(uint64_t x) { return (((x & KM__B7F) + KM__B7F) | x) & KM__B80; }
+
+static inline uint64_t km__flag_word(const uint8_t *fl, uint32_t w)
+{
+    return ck_pr_load_64((const uint64_t *)(const void *)(fl + 8 * (size_t)w));
+}
+
+/* In flight on key ki: its flags set.  A flag is 0 or 1, so adding words
+ * adds eight counters at once (none passes 255: at most KM_INFLIGHT_MAX / 8
+ * words); no popcount, which baseline x86-64 lacks.  If any other bit is
+ * set (a corrupted segment), each non-zero byte counts once instead. */
 static uint32_t km__inflight(const km_env *e, uint32_t ki, const km__key *k)
 {
     const uint8_t *fl = km__busy(e, ki);
-    uint32_t n = 0, slots = km__slots(k, e->cfg.cap_inflight);
-    for (uint32_t i = 0; i < slots; i += 8) {
-        uint64_t w = ck_pr_load_64((const uint64_t *)(const void *)(fl + i));
-        if (slots - i < 8)
-            w &= (UINT64_C(1) << (8 * (slots - i))) - 1;
-        /* High bit of each byte: set iff the byte is non-zero. */
-        w = (((w & UINT64_C(0x7f7f7f7f7f7f7f7f)) + UINT64_C(0x7f7f7f7f7f7f7f7f)) | w) &
-            UINT64_C(0x8080808080808080);
-        n += (uint32_t)__builtin_popcountll(w);
+    uint32_t slots = km__slots(k, e->cfg.cap_inflight), full = slots / 8;
+    uint64_t sum = 0, any = 0;
+    _Static_assert(KM_INFLIGHT_MAX / 8 <= 255, "byte counters must not overflow");
+    for (uint32_t w = 0; w < full; w++) {
+        uint64_t x = km__flag_word(fl, w);
+        sum += x;
+        any |= x;
     }
-    return n;
+    if (slots % 8) { /* the bytes past the last slot are not its slots */
+        uint64_t x = km__flag_word(fl, full) & ((UINT64_C(1) << (8 * (slots % 8))) - 1);
+        sum += x;
+        any |= x;
+    }
+    if (__builtin_expect(any & ~UINT64_C(0x0101010101010101), 0)) { /* corrupted */
+        uint32_t n = 0;
+        for (uint32_t s = 0; s < slots; s++)
+            n += ck_pr_load_8(&fl[s]) != 0;
+        return n;
+    }
+    /* Sum the eight byte counters: pairs into 16-bit lanes, then those. */
+    sum = (sum & UINT64_C(0x00ff00ff00ff00ff)) + ((sum >> 8) & UINT64_C(0x00ff00ff00ff00ff));
+    return (uint32_t)((sum * UINT64_C(0x0001000100010001)) >> 48);
 }
 
-/* Claim a free lease slot of key ki (CAS owner 0 -> ours), skipping slots
- * whose flag says in flight.  Starts from a rotation that depends on the
- * process slot, so processes do not all race for the lowest free slot.
- * Returns the slot index; -1 if every slot is in flight; -2 if a slot whose
- * flag was clear was still owned (mid-release) or lost to another claimer. */
+/* Try to claim slot s: its flag clear and its owner 0, CAS owner 0 -> ours.
+ * Our flag store comes after the claim: it must not pass the previous
+ * owner's clearing store (ordered on x86 by the locked CAS; a store fence
+ * where atomics are relaxed). */
+static inline int km__claim_at(km_env *e, km__lease *ls, uint32_t s)
+{
+    if (ck_pr_load_64(&ls[s].owner) != 0 || !ck_pr_cas_64(&ls[s].owner, 0, e->owner))
+        return 0;
+    ck_pr_fence_atomic_store();
+    return 1;
+}
+
+/* Claim a free slot among words [w, end) of key ki's flags, the first word
+ * restricted to the byte mask `m`.  Returns the slot, or -1 if none was
+ * free, -2 if a free one could not be claimed. */
+static int km__claim_in(km_env *e, km__lease *ls, const uint8_t *fl, uint32_t slots,
+                        uint32_t w, uint32_t end, uint64_t m)
+{
+    int seen = -1;
+    for (; w < end; w++, m = ~UINT64_C(0)) {
+        uint64_t x = km__flag_word(fl, w);
+        if (x == UINT64_C(0x0101010101010101)) /* eight in flight */
+            continue;
+        uint64_t z = ~km__nonzero_bytes(x) & KM__B80 & m; /* free slots */
+        while (z) {
+            uint32_t s = 8 * w + (uint32_t)__builtin_ctzll(z) / 8;
+            z &= z - 1;
+            if (s >= slots)
+                break;
+            /* Claim: only the owner touches the slot's fields and its flag
+             * from here until it stores owner = 0 again. */
+            if (km__claim_at(e, ls, s))
+                return (int)s;
+            seen = -2;
+        }
+    }
+    return seen;
+}
+
+/* Claim a free lease slot of key ki, skipping slots whose flag says in
+ * flight, a word of eight at a time.  Starts from a rotation that depends
+ * on the process slot (one of 64 places), so processes do not all race for
+ * the lowest free slot.  Returns the slot index; -1 if every slot is in
+ * flight; -2 if a slot whose flag was clear was still owned (mid-release)
+ * or lost to another claimer. */
 static int km__slot_claim(km_env *e, uint32_t ki, km__key *k)
 {
     km__lease *ls = km__leases(e, ki);
     const uint8_t *fl = km__busy(e, ki);
-    uint32_t slots = km__slots(k, e->cfg.cap_inflight);
-    uint32_t s = slots ? (e->proc_slot * 7u) % slots : 0;
-    int seen = -1;
-
-    for (uint32_t j = 0; j < slots; j++, s = s + 1 == slots ? 0 : s + 1) {
-        if (ck_pr_load_8(&fl[s]))
-            continue;
-        /* Claim: only the owner touches the slot's fields and its flag
-         * from here until it stores owner = 0 again. */
-        if (ck_pr_load_64(&ls[s].owner) == 0 && ck_pr_cas_64(&ls[s].owner, 0, e->owner))
-            return (int)s;
-        seen = -2;
-    }
-    return seen;
+    uint32_t slots = km__slots(k, e->cfg.cap_inflight), nw = (slots + 7) / 8;
+    uint32_t rot = (e->proc_slot * 7u) & 63u;
+    if (rot >= slots && slots) /* within the slots: below their highest power of two */
+        rot &= (1u << (31 - __builtin_clz(slots))) - 1;
+    if (rot >= slots)
+        return -1; /* no slots at all */
+    /* The usual case, the slot at the rotation free: one byte, no scan. */
+    if (!ck_pr_load_8(&fl[rot]) && km__claim_at(e, ls, rot))
+        return (int)rot;
+    /* From the rotation to the end, then from the start up to it. */
+    uint64_t from = ~UINT64_C(0) << (8 * (rot % 8));
+    int a = km__claim_in(e, ls, fl, slots, rot / 8, nw, from);
+    if (a >= 0)
+        return a;
+    int b = km__claim_in(e, ls, fl, rot, 0, rot / 8 + 1, ~UINT64_C(0));
+    return b >= 0 ? b : a == -2 || b == -2 || !ck_pr_load_8(&fl[rot]) ? -2 : -1;
 }
 
 /* Give a claimed slot back: phase FREE, then owner 0 with release
@@ -839,6 +908,10 @@ static int km__pick_scored(km_env *e, const km__member *m, uint32_t n, int strat
                     best_score = sc_i;
                     best = i;
                 }
+                /* Nothing beats 0 (the first minimum wins): an idle key
+                 * ends the scan when no exploration follows. */
+                if (sc_i == 0 && !explore)
+                    break;
             }
             if (best == UINT32_MAX)
                 return 0;
@@ -1070,20 +1143,24 @@ static int km__acquire(km_env *e, const km_request *req, km_lease *out, uint64_t
 
 /*
  * Blocking acquire.  The sleeper counts itself in pool.waiters (a locked
- * increment: a full barrier), reads wake_seq, and only then tries to
- * acquire; if that fails it sleeps while wake_seq is unchanged, for at most
- * the time the failed attempt said a key may be admissible.  A releaser
- * frees capacity with locked instructions, then loads waiters, and if it
- * is non-zero bumps wake_seq and wakes.  Either the releaser sees our count
- * (and bumps wake_seq after our read, so FUTEX_WAIT returns at once or we
- * are woken), or our attempt came after its locked instructions and saw
- * the capacity.  Time-based capacity (cooldowns, limit windows) is covered
- * by the timeout.  One window is not covered by the count: a slot's owner
- * word is cleared by a plain store after the releaser's last locked
- * instruction, so an attempt can see the slot's bit clear and its owner
- * still set; km__slot_claim reports that as transient and the sleeper looks
- * again after 50 us.  A key whose slots are all taken sets no timer: only a
- * release frees it, and a release wakes.
+ * increment), forces a full barrier on every CPU that runs a thread of an
+ * attached process (km__barrier_all: membarrier), reads wake_seq, and only
+ * then tries to acquire; if that fails it sleeps while wake_seq is
+ * unchanged, for at most the time the failed attempt said a key may be
+ * admissible.  A releaser frees capacity (locked instructions on limit
+ * words; plain stores on its in-flight flag and slot owner), then loads
+ * waiters with no fence of its own, and if it is non-zero bumps wake_seq
+ * and wakes.  Let P be the barrier the sleeper forced on the releaser's
+ * CPU, after the sleeper's count.  If the releaser's load of waiters came
+ * after P, it sees the count and wakes us (after our read of wake_seq, so
+ * FUTEX_WAIT returns at once or is woken).  If it came before P, so did its
+ * freeing stores, which P drained: our attempt sees the capacity.  (This
+ * is the argument of shm/epoch.c; a releaser that could not register for
+ * membarrier fences itself, see km__wake.)  If the sleeper's membarrier
+ * fails, it sleeps at most KM__POLL_BUSY_NS at a time.  Time-based capacity
+ * (cooldowns, limit windows) is covered by the timeout.  A key whose slots
+ * are all taken sets no timer: only a release frees it, and a release
+ * wakes.
  */
 KM_EXTERN int km_acquire_wait(km_env *e, const km_request *req, km_lease *out,
                               uint32_t timeout_ms)
@@ -1104,6 +1181,7 @@ KM_EXTERN int km_acquire_wait(km_env *e, const km_request *req, km_lease *out,
         return rc0;
     for (;;) {
         ck_pr_inc_32(&pool->waiters);
+        int fenced = km__barrier_all() == 0; /* see above */
         uint32_t seq = ck_pr_load_32(&pool->wake_seq);
         int rc = km__acquire(e, req, out, &wake);
         if (rc != KM_EAGAIN) {
@@ -1118,6 +1196,8 @@ KM_EXTERN int km_acquire_wait(km_env *e, const km_request *req, km_lease *out,
         /* Sleep until the clock may admit (wake) or a release wakes us;
          * never past the deadline. */
         uint64_t until = km__min64(km__max64(wake, now + 1000), deadline);
+        if (!fenced) /* a release may not see our count: look again soon */
+            until = km__min64(until, now + KM__POLL_BUSY_NS);
         struct timespec ts = {.tv_sec = (time_t)((until - now) / KM__NS_PER_S),
                               .tv_nsec = (long)((until - now) % KM__NS_PER_S)};
         /* Shared futex (no FUTEX_PRIVATE_FLAG): wakers are other processes. */
@@ -1197,17 +1277,24 @@ static void km__spend(km__pool *pool, km__key *k, const km_outcome *o, uint64_t 
 }
 
 /* Wake the pool's sleepers, if any (see km_acquire_wait).  Called after
- * the release's locked instructions, so the load of `waiters` cannot pass
- * them: a sleeper that counted itself before we freed capacity is seen. */
-static void km__wake(km__pool *pool)
+ * the stores that freed capacity.  A release may have made them with plain
+ * stores only (an in-flight flag, a slot's owner): on x86 the load of
+ * `waiters` below may pass them.  No fence here: a sleeper, after counting
+ * itself, forces one on every CPU running an attached process
+ * (km__barrier_all), which orders our stores before our load or makes them
+ * visible to its next attempt.  A process that could not register for that
+ * (rd_fence) fences here itself. */
+static void km__wake(const km_env *e, km__pool *pool)
 {
+    if (__builtin_expect(e->rd_fence, 0))
+        ck_pr_fence_memory(); /* the freeing stores before the load of waiters */
     if (ck_pr_load_32(&pool->waiters) == 0)
         return;
     ck_pr_inc_32(&pool->wake_seq);
     syscall(SYS_futex, &pool->wake_seq, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
 }
 
-void km__wake_pool(km_env *e, uint32_t pool) { km__wake(&km__pools(e)[pool]); }
+void km__wake_pool(km_env *e, uint32_t pool) { km__wake(e, &km__pools(e)[pool]); }
 
 static uint64_t km__backoff_ns(uint32_t base_s, uint32_t max_s, uint32_t n)
 {
@@ -1391,7 +1478,7 @@ KM_EXTERN int km_release(km_env *e, const km_lease *l, const km_outcome *o)
     }
     km__slot_free(ls);
     if (pool)
-        km__wake(pool);
+        km__wake(e, pool);
     return stale ? KM_ESTALE : KM_OK;
 }
 
@@ -1409,12 +1496,16 @@ static void km__abandon(km_env *e, uint32_t ki, km__key *k, km__lease *ls, uint3
     }
     /* A probe that will never report lets the next one go. */
     km__state_to(k, 1u << KM__ST_PROBING, KM__ST_FAILING);
-    KM__SLOT_ADD(ls->abandoned, 1);
+    /* The flag, then the count, as in km_release: a reaper dying between
+     * them leaves the lease counted short by one, never twice (the next
+     * reaper counts a RELEASING slot abandoned only with its flag set). */
     ck_pr_store_8(&km__busy(e, ki)[slot], 0);
-    ck_pr_fence_store(); /* the flag before the slot is free (I3) */
+    ck_pr_fence_store();
+    KM__SLOT_ADD(ls->abandoned, 1);
+    ck_pr_fence_store(); /* the count before the slot is free (I3) */
     km__slot_free(ls);
     if (k->pool < e->cfg.n_pools)
-        km__wake(&km__pools(e)[k->pool]);
+        km__wake(e, &km__pools(e)[k->pool]);
 }
 
 void km__release_all_owned(km_env *e, uint64_t owner)
@@ -1630,7 +1721,7 @@ static int km__recount_key(km_env *e, uint32_t ki, km__live_cache *lc, int repai
         km__slot_free(&ls[s]);
     }
     if (done && pool)
-        km__wake((km__pool *)pool);
+        km__wake(e, (km__pool *)pool);
     return (int)done;
 }
 
@@ -1899,7 +1990,7 @@ KM_EXTERN int km_key_set_state(km_env *e, uint32_t key, int state)
         ck_pr_fence_store();
         km__state_to(k, ~gone & ~(1u << KM__ST_ACTIVE), KM__ST_ACTIVE);
         if (k->pool < e->cfg.n_pools)
-            km__wake(&km__pools(e)[k->pool]);
+            km__wake(e, &km__pools(e)[k->pool]);
     } else {
         km__state_to(k, ~gone, KM__ST_DISABLED);
     }
