@@ -15,7 +15,7 @@
  *                              stride = cap_inflight rounded up to a line
  *   km__proc[cap_procs]        process table
  *   km__rdr[cap_procs][KM__RDR_PER_PROC]  reader rows (epochs)
- *   (km__uring + km__uev[cap_usage])[cap_procs][2]  usage rings
+ *   (km__uring + km__uev[cap_usage / 2])[cap_procs][2]  usage rings
  *
  * Every struct here is pinned by _Static_assert and folded into the layout
  * signature (km__layout_signature), so a process built with other sizes is
@@ -92,7 +92,7 @@ typedef struct km__hdr {
     uint64_t reconfigs;       /* reconfigurations applied, for inspect */
     /* usage rings (src/usage.c): configuration, and the drainer's words */
     uint64_t off_usage;
-    uint32_t cap_usage;       /* events per process ring; 0: none (power of 2) */
+    uint32_t cap_usage;       /* events per process slot, half per ring; 0: none (power of 2, not 1) */
     uint32_t pad5a;
     uint64_t usage_drainer;   /* tag of the process draining; 0: none */
     uint64_t off_busy;        /* configuration: the in-flight flags */
@@ -346,11 +346,12 @@ _Static_assert(sizeof(km__rdr) == KM__LINE, "one reader row per line");
 #define KM__RDR_OVF_SHIFT 20
 
 /* Usage events (src/usage.c): two rings per process slot (kept across the
- * slot's occupants), each a header line and cap_usage events of one line
+ * slot's occupants), each a header line and cap_usage / 2 events of one line
  * each.  Ring 0 has one writer, the thread holding the slot's reader row 1
  * (a process's first acquiring thread), which advances `head` by plain
- * stores; ring 1 takes the process's other threads and reapers, which take
- * event numbers by fetch-add on `head`.  An event's `seq` is its number + 1,
+ * stores; ring 1 takes every other writer (the process's other threads, a
+ * thread that never acquired, a reap on such a thread), which take event
+ * numbers by fetch-add on `head`.  An event's `seq` is its number + 1,
  * stored last (release), so the drainer reads only complete events and
  * recognises overwritten ones. */
 #define KM__URINGS_PER_PROC 2

@@ -108,7 +108,7 @@ static uint64_t km__layout(uint32_t keys, uint32_t pools, uint32_t procs,
     off[KM__OFF_READERS] = o;
     o += (uint64_t)procs * KM__RDR_PER_PROC * sizeof(km__rdr);
     off[KM__OFF_USAGE] = o;
-    o += (uint64_t)procs * KM__URINGS_PER_PROC * (1 + (uint64_t)usage) * KM__LINE;
+    o += (uint64_t)procs * (KM__URINGS_PER_PROC + (uint64_t)usage) * KM__LINE;
     return km__align(o, 4096);
 }
 
@@ -173,7 +173,7 @@ int km__seg_create(const char *name, const km_config *cfg, unsigned mode,
     *out = NULL;
     if (mode == 0)
         mode = 0600;
-    if (cfg->cap_usage > KM__MAX_CAP_USAGE || (cfg->cap_usage & (cfg->cap_usage - 1)))
+    if (cfg->cap_usage > KM__MAX_CAP_USAGE || (cfg->cap_usage & (cfg->cap_usage - 1)) || cfg->cap_usage == 1)
         return KM_EINVAL;
     size = km__layout(cfg->cap_keys, cfg->cap_pools, cfg->cap_procs,
                       cfg->cap_inflight, cap_models, cfg->cap_usage, off);
@@ -295,7 +295,7 @@ static int km__seg_validate(const void *base, uint64_t size, km__hdr *copy)
         h->cap_models > KM_MODELS_MAX || h->n_pools > h->cap_pools ||
         h->n_keys > h->cap_keys)
         return KM_ECORRUPT;
-    if (h->cap_usage > KM__MAX_CAP_USAGE || (h->cap_usage & (h->cap_usage - 1)))
+    if (h->cap_usage > KM__MAX_CAP_USAGE || (h->cap_usage & (h->cap_usage - 1)) || h->cap_usage == 1)
         return KM_ECORRUPT;
     if (km__layout(h->cap_keys, h->cap_pools, h->cap_procs, h->cap_inflight,
                    h->cap_models, h->cap_usage, off) != h->seg_size ||

@@ -864,13 +864,16 @@ static int parse_capacity(cfg_ctx *c, json_t *cap, km_config *cfg,
         (rc = get_u32(c, cap, "capacity", "usage_events", 0, KM__MAX_CAP_USAGE,
                       &cfg->cap_usage)))
         return rc;
-    /* A power of two: the ring index is a mask. */
+    /* A power of two, at least 2: a process slot's two rings take half
+     * each, and a ring's index is a mask. */
     if (cfg->cap_usage & (cfg->cap_usage - 1)) {
         uint32_t p = 1;
         while (p < cfg->cap_usage)
             p <<= 1;
         cfg->cap_usage = p;
     }
+    if (cfg->cap_usage == 1)
+        cfg->cap_usage = 2;
     *keys_given = json_object_get(cap, "keys") != NULL;
     *pools_given = json_object_get(cap, "pools") != NULL;
     *models_given = json_object_get(cap, "models") != NULL;

@@ -222,13 +222,20 @@ uint64_t km__row_epoch(const km__rdr *r, uint32_t i);
 void km__epoch_rows_reset(km_env *e, uint32_t slot);
 
 /* src/usage.c */
+/* Events per usage ring: a process slot's cap_usage, split between its
+ * rings (cap_usage is 0 or a power of two >= 2, checked at attach). */
+static inline uint32_t km__uring_cap(const km_env *e)
+{
+    return e->cfg.cap_usage / KM__URINGS_PER_PROC;
+}
 /* Usage ring `ring` (0: the slot's single-writer ring, 1: its shared one)
  * of process slot proc_slot. */
 static inline km__uring *km__urings(const km_env *e, uint32_t proc_slot, uint32_t ring)
 {
     return (km__uring *)KM__AT(e->base, e->cfg.off_usage +
-                                            ((uint64_t)proc_slot * KM__URINGS_PER_PROC + ring) *
-                                                (1 + e->cfg.cap_usage) * KM__LINE);
+                                            ((uint64_t)proc_slot * (KM__URINGS_PER_PROC + e->cfg.cap_usage) +
+                                             (uint64_t)ring * (1 + km__uring_cap(e))) *
+                                                KM__LINE);
 }
 /* Record a finished lease (no-op without rings): in this process's ring 0
  * if `own` (the calling thread holds the slot's reader row 1, and so ring 0

@@ -625,6 +625,7 @@ static void km__atfork_child(void)
     km__rr_cursor = 0;
     km__pid = (uint32_t)getpid();
     km__rd_env = 0; /* the parent's row is the parent's */
+    km__rd_ring0 = 0;
 }
 
 /* Enter an epoch section (see shm/epoch.c for the argument).  The row

@@ -5,9 +5,10 @@
  * Producer.  A process slot has two rings.  Ring 0 belongs to the thread
  * holding the slot's reader row 1 (shm/epoch.c: the process's first thread
  * to acquire, until it exits): that thread alone writes it, and takes event
- * number i by a plain increment of `head`.  Every other writer (the
- * process's other threads, a thread that releases without ever acquiring, a
- * reaper) uses ring 1 and takes i by a locked fetch-add.  A single-threaded
+ * number i by a plain increment of `head`, also for the leases it reaps.
+ * Every other writer (the process's other threads, a thread that releases
+ * without ever acquiring, a reap on such a thread, a reap during attach)
+ * uses ring 1 and takes i by a locked fetch-add.  A single-threaded
  * worker so records an event with no locked instruction.  The event goes to
  * slot i & (n - 1) of its ring: seq := 0, the fields, then seq := i + 1 with
  * release semantics.  It never waits: when the drainer is behind by more
@@ -51,7 +52,7 @@ void km__usage_put(km_env *e, int own, uint32_t key, uint32_t key_gen, uint32_t 
                    uint32_t model, uint64_t start_ns, uint64_t tokens, int64_t latency_us,
                    int outcome)
 {
-    uint32_t n = e->cfg.cap_usage;
+    uint32_t n = km__uring_cap(e);
     if (!n)
         return;
     km__uring *r = km__urings(e, e->proc_slot, own ? 0 : 1);
@@ -88,7 +89,7 @@ void km__usage_put(km_env *e, int own, uint32_t key, uint32_t key_gen, uint32_t 
 
 void km__usage_reset(km_env *e, uint32_t slot)
 {
-    uint32_t n = e->cfg.cap_usage;
+    uint32_t n = km__uring_cap(e);
     if (!n)
         return;
     /* The slot's previous occupant is gone: seal what it left half written. */
@@ -157,7 +158,7 @@ KM_EXTERN int km_usage_drain(km_env *e, int (*fn)(void *ctx, const km_usage_even
     int rc;
     if (!e || !fn)
         return KM_EINVAL;
-    uint32_t n = e->cfg.cap_usage;
+    uint32_t n = km__uring_cap(e);
     if (n && (rc = km__drainer_take(e)) != KM_OK)
         return rc;
     struct timespec wall;

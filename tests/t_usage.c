@@ -176,7 +176,7 @@ int main(void)
 {
     fixtures_init("usage");
     plan(33);
-    km_env *env = mkseg("{\"capacity\": {\"keys\": 4, \"usage_events\": 6, \"processes\": 8},"
+    km_env *env = mkseg("{\"capacity\": {\"keys\": 4, \"usage_events\": 12, \"processes\": 8},"
                         " \"pools\": [{\"name\": \"p\", \"model_limits\": \"global\","
                         "  \"models\": {\"m1\": {}}, \"keys\": [{\"id\": \"a\", \"secret\": \"sk-a-12345678\"}]}]}");
     got g;
@@ -204,7 +204,8 @@ int main(void)
     is_int(drain(env, &g, &r), KM_OK, "drain again");
     is_int(g.n, 0, "nothing twice");
 
-    /* Overrun: 8 slots (6 rounded up to a power of two), 20 events. */
+    /* Overrun: 8 events per ring (12 rounded up to a power of two, half for
+     * each of the slot's two rings), 20 events, all in ring 0 (this thread). */
     for (int i = 0; i < 20; i++)
         lease_with(env, 0, NULL, KM_OUT_SUCCESS, i, 1);
     drain(env, &g, &r);
