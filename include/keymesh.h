@@ -594,11 +594,12 @@ KM_EXTERN int km_snapshot_keygen(char hex[2 * KM_SNAPSHOT_KEY_BYTES + 1]);
 /* ---------------------------------------------------------- usage events
  *
  * Every release (and every lease a reaper releases as abandoned) appends one
- * event to a ring of the releasing process in the segment:
- * capacity.usage_events per process (default 4096; 0: none).  Appending
- * never blocks: a full ring overwrites its oldest events, and the drainer
- * counts them as dropped.  km_usage_drain() reads every ring once, in order
- * per process, calling fn for each event; one drainer at a time per segment
+ * event to a ring of the releasing process in the segment: two rings per
+ * process slot (one for the process's first acquiring thread alone, one for
+ * its other threads), capacity.usage_events between them (default 4096; 0:
+ * none).  Appending never blocks: a full ring overwrites its oldest events,
+ * and the drainer counts them as dropped.  km_usage_drain() reads every ring
+ * once, in order per ring, calling fn for each event; one drainer at a time per segment
  * (KM_EBUSY if another live process is draining).  fn returning non-zero
  * stops the drain there (that event stays for the next drain) and
  * km_usage_drain returns that value.  `kmctl persist` drains into SQLite. */

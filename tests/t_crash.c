@@ -10,7 +10,7 @@
  *     reservations equal the leases that made them (0), the process table
  *     holds only the parent;
  *   - counters: sum(outcomes) + abandoned <= acquired, and falls short by at
- *     most the number of kills (a death between a release's in-flight bit
+ *     most the number of kills (a death between a release's in-flight flag
  *     and its counter store; see src/pool.c);
  *   - no limit was exceeded: over the admissions the workers recorded, for
  *     every key and every pair of admissions, the token_bucket bound holds
@@ -108,10 +108,12 @@ static void dump_keys(km_env *e)
     for (uint32_t ki = 0; ki < e->hdr->n_keys; ki++) {
         km__key *k = &km__keys(e)[ki];
         km__lease *ls = km__leases(e, ki);
-        diag("key %s: tpm reserved %llu tat-now %lld ms flags[0..7] %016llx", k->id,
+        char fl[17] = {0}; /* in-flight flags of slots 0..15, in slot order */
+        for (int s = 0; s < 16 && (uint32_t)s < e->hdr->cap_inflight; s++)
+            fl[s] = ck_pr_load_8(&km__busy(e, ki)[s]) ? '1' : '0';
+        diag("key %s: tpm reserved %llu tat-now %lld ms in-flight flags of slots 0-15 %s", k->id,
              (unsigned long long)ck_pr_load_64(&k->win[KM_WIN_TPM].reserved),
-             (long long)((int64_t)ck_pr_load_64(&k->win[KM_WIN_TPM].tat) - (int64_t)km_now_ns()) / 1000000,
-             (unsigned long long)ck_pr_load_64((uint64_t *)(void *)km__busy(e, ki)));
+             (long long)((int64_t)ck_pr_load_64(&k->win[KM_WIN_TPM].tat) - (int64_t)km_now_ns()) / 1000000, fl);
         for (uint32_t s = 0; s < e->hdr->cap_inflight; s++)
             if (ck_pr_load_64(&ls[s].owner) || ck_pr_load_32(&ls[s].phase))
                 diag("  slot %u owner %llx phase %u seq %u tokens %u", s,
