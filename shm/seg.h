@@ -314,6 +314,13 @@ typedef struct km__lease {
     uint64_t pad1;
 } km__lease;
 _Static_assert(offsetof(km__lease, outcomes) == KM__LINE, "lease slot line 1");
+/* Acquire writes these pairs with one 8-byte store each (src/pool.c). */
+_Static_assert(offsetof(km__lease, tokens) == offsetof(km__lease, seq) + 4 &&
+                   offsetof(km__lease, seq) % 8 == 0, "seq, tokens: one word");
+_Static_assert(offsetof(km__lease, phase) == offsetof(km__lease, key_gen) + 4 &&
+                   offsetof(km__lease, key_gen) % 8 == 0, "key_gen, phase: one word");
+_Static_assert(offsetof(km__lease, res_mask) == offsetof(km__lease, model) + 4 &&
+                   offsetof(km__lease, model) % 8 == 0, "model, res_mask: one word");
 _Static_assert(sizeof(km__lease) == 2 * KM__LINE, "lease slot: two lines");
 
 /* A process-table slot, written by its process (and by a reaper once the

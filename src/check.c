@@ -93,6 +93,7 @@ static void km__check_key(km_env *e, uint32_t ki, uint64_t now, km__checker *c)
         uint64_t mres[KM_MODELS_MAX][KM_WIN_COUNT], mtok[KM_MODELS_MAX];
         if (moving)
             continue;
+        ck_pr_fence_load(); /* the first scan before the flags (free on x86) */
         for (uint32_t s = 0; s < n; s++)
             busy[s] = ck_pr_load_8(&km__busy(e, ki)[s]);
         for (int w = 0; w < KM_WIN_COUNT; w++)

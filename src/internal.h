@@ -237,12 +237,7 @@ static inline km__uring *km__urings(const km_env *e, uint32_t proc_slot, uint32_
                                              (uint64_t)ring * (1 + km__uring_cap(e))) *
                                                 KM__LINE);
 }
-/* Record a finished lease (no-op without rings): in this process's ring 0
- * if `own` (the calling thread holds the slot's reader row 1, and so ring 0
- * alone), else in its ring 1. */
-void km__usage_put(km_env *e, int own, uint32_t key, uint32_t key_gen, uint32_t pool,
-                   uint32_t model, uint64_t start_ns, uint64_t tokens, int64_t latency_us,
-                   int outcome);
+/* km__usage_put, the producer, is inline in src/usage.h. */
 /* A new occupant of process slot `slot`: seal events left half written. */
 void km__usage_reset(km_env *e, uint32_t slot);
 

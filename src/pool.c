@@ -75,6 +75,7 @@
 #include <ck_pr.h>
 
 #include "internal.h"
+#include "usage.h"
 
 #define KM__TOKEN_WINS ((1u << KM_WIN_TPM) | (1u << KM_WIN_TPH) | (1u << KM_WIN_TPD))
 /* Poll hints for non-blocking callers where no clock time is known: a key
@@ -463,6 +464,9 @@ refuse:
 
 /* ------------------------------------------------------------ lease slots */
 
+/* Two adjacent 32-bit fields of a lease slot as one 8-byte word. */
+static inline uint64_t *km__pair(uint32_t *first) { return (uint64_t *)(void *)first; }
+
 /* A key's lease slots as the segment allows them: max_inflight is read from
  * shared memory, and a corrupted value must not index past the key's lease
  * row or flags (cap is cap_inflight). */
@@ -765,15 +769,17 @@ static int km__try_key(km_env *e, uint32_t ki, km__scan *sc, km_lease *out)
     km__lease *ls = &km__leases(e, ki)[s];
     uint32_t seq = ck_pr_load_32(&ls->seq) + 1, gen = ck_pr_load_32(&k->gen);
     km__undo ku;
-    ck_pr_store_32(&ls->seq, seq);
-    ck_pr_store_32(&ls->tokens, sc->tokens);
+    /* The lease's fields, two adjacent 32-bit fields per 8-byte store (the
+     * pairs are pinned in shm/seg.h; little-endian: the first field is the
+     * low half).  Each reader loads the fields one by one, and a reader that
+     * needs them settled (release, a reaper, check) waits for the phase,
+     * which is in the last store.  The model: per_model windows settle by it
+     * at release (a global pool's models have none), and usage events name
+     * it; res_mask: which token windows the lease reserves. */
+    ck_pr_store_64(km__pair(&ls->seq), seq | (uint64_t)sc->tokens << 32);
     ck_pr_store_64(&ls->start_ns, sc->now);
-    ck_pr_store_32(&ls->key_gen, gen);
-    /* The model: per_model windows settle by it at release (a global pool's
-     * models have none), and usage events name it. */
-    ck_pr_store_32(&ls->model, sc->model);
-    ck_pr_store_32(&ls->res_mask, kset.mask & KM__TOKEN_WINS); /* which windows it reserves */
-    ck_pr_store_32(&ls->phase, KM__LP_ADMITTING);
+    ck_pr_store_64(km__pair(&ls->model), sc->model | (uint64_t)(kset.mask & KM__TOKEN_WINS) << 32);
+    ck_pr_store_64(km__pair(&ls->key_gen), gen | (uint64_t)KM__LP_ADMITTING << 32);
     /* The phase store must be visible before any limit word changes, so a
      * reaper that finds our charges can find this slot.  The atomics below
      * are locked instructions, which order this store before them on x86;
@@ -801,9 +807,10 @@ static int km__try_key(km_env *e, uint32_t ki, km__scan *sc, km_lease *out)
      * never over).  We own the slot: a plain increment is exact. */
     KM__SLOT_ADD(ls->acquired, 1);
     /* In-flight +1: our own flag (I1), a plain store (the byte has no other
-     * writer).  After the limit atomics (program order; they are locked)
-     * and before the phase store: stores are not reordered (the fence says
-     * so, and is a real one where they may be). */
+     * writer), after the limit atomics and before the phase store.  On x86
+     * the atomics are locked and stores keep their order, so both fences
+     * are compiler barriers; where atomics are relaxed they are real. */
+    ck_pr_fence_atomic_store();
     ck_pr_store_8(&km__busy(e, ki)[s], 1);
     ck_pr_fence_store();
     ck_pr_store_32(&ls->phase, KM__LP_ACTIVE);
@@ -818,7 +825,13 @@ static int km__try_key(km_env *e, uint32_t ki, km__scan *sc, km_lease *out)
     out->retry_at_ns = 0;
     out->model = sc->model;
     out->secret_len = km__min64(k->secret_len, KM_SECRET_MAX);
-    memcpy(out->key_id, k->id, sizeof(out->key_id));
+    /* The id in 16-byte blocks up to the block holding its NUL (the row is
+     * NUL-padded, like the secret below): one block for most ids. */
+    for (uint32_t i = 0; i < sizeof(out->key_id); i += 16) {
+        memcpy(out->key_id + i, k->id + i, 16);
+        if (k->id[i + 15] == '\0')
+            break;
+    }
     out->key_id[KM_ID_MAX] = '\0'; /* the segment's copy may be corrupted */
     /* Copy the secret in 16-byte blocks up to its NUL: the key's array is
      * NUL-padded past its length (written once from a zeroed config), and a
@@ -999,7 +1012,7 @@ static int km__finish(const km__scan *sc, km_lease *out, uint64_t *wake)
     return KM_EAGAIN;
 }
 
-static int km__acquire(km_env *e, const km_request *req, km_lease *out, uint64_t *wake);
+KM__HOT int km__acquire(km_env *e, const km_request *req, km_lease *out, uint64_t *wake);
 
 KM_EXTERN int km_acquire(km_env *e, const km_request *req, km_lease *out)
 {
@@ -1091,7 +1104,7 @@ KM__HOT int km__acquire_in(km_env *e, uint32_t p, int strategy, const km_request
     return km__finish(sc, out, wake);
 }
 
-static int km__acquire_once(km_env *e, const km_request *req, km_lease *out, uint64_t *wake)
+KM__HOT int km__acquire_once(km_env *e, const km_request *req, km_lease *out, uint64_t *wake)
 {
     if (!e || !req || !out || req->pool < 0)
         return KM_EINVAL;
@@ -1128,7 +1141,7 @@ static int km__acquire_once(km_env *e, const km_request *req, km_lease *out, uin
  * second one after reaping: capacity may be held by processes that died.
  * The reap runs at most once a second per process (system calls, off the
  * path of any acquire that succeeds). */
-static int km__acquire(km_env *e, const km_request *req, km_lease *out, uint64_t *wake)
+KM__HOT int km__acquire(km_env *e, const km_request *req, km_lease *out, uint64_t *wake)
 {
     int rc = km__acquire_once(e, req, out, wake);
     if (rc != KM_EAGAIN && rc != KM_EUNAVAIL)
@@ -1353,7 +1366,8 @@ static void km__health(km_env *e, km__key *k, const km__lease *ls, int kind,
         uint64_t cur = km__min64(ck_pr_load_64(&k->latency_ema_ns), UINT64_C(1) << 62);
         lat = km__min64(lat, UINT64_C(1) << 62);
         uint64_t set = cur == 0 ? lat : (uint64_t)((int64_t)cur + ((int64_t)lat - (int64_t)cur) / 5);
-        ck_pr_store_64(&k->latency_ema_ns, set ? set : 1);
+        if (set != cur) /* a steady latency leaves the line unwritten */
+            ck_pr_store_64(&k->latency_ema_ns, set ? set : 1);
         break;
     }
     case KM_OUT_RATE_LIMITED:
