@@ -29,7 +29,7 @@ FUZZ_LIB_SRC := $(wildcard shm/*.c) $(wildcard src/*.c)
 FUZZ_LIB_OBJ := $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(FUZZ_LIB_SRC))
 FUZZ_SEED_OBJ := $(patsubst %.c,$(FUZZ_BUILD)/plain/%.o,$(FUZZ_LIB_SRC))
 FUZZ_BIN := $(patsubst %,$(FUZZ_BUILD)/fuzz_%,$(FUZZ_TARGETS))
-FUZZ_HDRS := include/keymesh.h shm/seg.h src/internal.h
+FUZZ_HDRS := include/keymesh.h shm/seg.h src/internal.h src/usage.h
 
 .PHONY: fuzz fuzz-build fuzz-seeds fuzz-deps
 
@@ -63,7 +63,7 @@ fuzz-build: fuzz-deps $(FUZZ_BIN)
 
 fuzz-seeds: fuzz-deps $(FUZZ_BUILD)/mkseeds
 	$(FUZZ_BUILD)/mkseeds tests/fuzz/attach tests/fuzz/restore
-	sh tests/fuzz/derive.sh
+	FUZZ_CC=$(FUZZ_CC) sh tests/fuzz/derive.sh
 
 fuzz: fuzz-build
 	FUZZ_S=$(FUZZ_S) FUZZ_BUILD=$(FUZZ_BUILD) KM_FUZZ_SKIP_KNOWN=$(FUZZ_SKIP_KNOWN) \

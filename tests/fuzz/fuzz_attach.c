@@ -26,7 +26,11 @@
  * secret whose length is secret_len; km_snapshot_json() gives valid JSON;
  * no secret of the segment (8 bytes or more) appears in km_check lines or
  * the snapshot, unless the same text is also in a field that is shown
- * (an id, metadata, a name).
+ * (an id, metadata, a name).  The in-flight flags (one byte per lease slot,
+ * a line-rounded row per key after the lease slots): a key's in-flight
+ * count never exceeds its usable slots, and when attached without a reap
+ * it is exactly the number of non-zero flag bytes among those slots in the
+ * input, whatever their values or the padding after them.
  *
  * KM_FUZZ_SKIP_KNOWN=1 in the environment repairs, before attaching, the
  * fields behind bugs found earlier that lie outside the files of this
@@ -177,6 +181,22 @@ static void on_check(void *ctx, const char *line)
     no_secret_in(&g_seen, line, "a km_check line");
 }
 
+/* In-flight flags of key `key` in the input (attach validated the header
+ * and took it unchanged): its usable slots, min(max_inflight,
+ * cap_inflight), and how many of their flag bytes are non-zero.  The
+ * library reads the row eight bytes at a time; this reads it one by one. */
+static uint32_t input_inflight(const uint8_t *seg, const km__hdr *h, uint32_t key,
+                               uint32_t *slots)
+{
+    const km__key *k = (const km__key *)(const void *)(seg + h->off_keys) + key;
+    const uint8_t *fl = seg + h->off_busy + (uint64_t)key * km__busy_stride(h->cap_inflight);
+    uint32_t n = 0;
+    *slots = k->max_inflight < h->cap_inflight ? k->max_inflight : h->cap_inflight;
+    for (uint32_t s = 0; s < *slots; s++)
+        n += fl[s] != 0;
+    return n;
+}
+
 /* -------------------------------------------------- known-bug repairs */
 
 static int skip_known;
@@ -206,7 +226,8 @@ static void repair_known(uint8_t *data, size_t size)
         if (off > size || size - off < sizeof(km__key))
             break;
         km__key *k = (km__key *)(void *)(data + off);
-        /* K1: max_inflight above cap_inflight (busy[] and lease rows). */
+        /* K1: max_inflight above cap_inflight (the key's in-flight flag
+         * row and lease row). */
         if (k->max_inflight > h->cap_inflight)
             k->max_inflight = h->cap_inflight;
         /* K2: secret_len / meta_len copied into the lease unchecked. */
@@ -314,6 +335,14 @@ static void read_paths(km_env *e, const km__hdr *hdr, uint32_t knobs)
                     !terminated(ki.meta, sizeof ki.meta))
                     FAIL("key info string not terminated");
                 no_secret_in(&g_seen, ki.secret_masked, "a masked secret");
+                /* Nothing has acquired or released yet; without a reap at
+                 * attach the flags are the input's. */
+                uint32_t slots, want = input_inflight(g_seen.seg, hdr, (uint32_t)key, &slots);
+                if (ki.inflight > slots)
+                    FAIL("key %d: in-flight %u above its %u usable slots", key, ki.inflight, slots);
+                if ((hdr->pad0 & 1) && ki.inflight != want)
+                    FAIL("key %d: in-flight %u but %u flags set in the input", key, ki.inflight,
+                         want);
             }
             uint32_t nm = pi.n_models < KM_MODELS_MAX ? pi.n_models : KM_MODELS_MAX;
             for (uint32_t m = 0; m < nm; m++) {

@@ -1,11 +1,14 @@
 /*
  * tests/fuzz/mkseeds.c - write the seed corpus of fuzz_attach: real
  * segments made by km_create(), in a few states, copied byte for byte from
- * /dev/shm.  Usage: mkseeds OUTDIR.  Capacities are small so that each
- * seed is a few tens of kilobytes.
+ * /dev/shm, and snapshots of some of them for fuzz_restore.  Usage:
+ * mkseeds ATTACH-DIR RESTORE-DIR.  Capacities are small so that each seed
+ * is a few tens of kilobytes.  tests/fuzz/derive.sh then derives inputs
+ * from these with segedit.py.
  */
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -107,6 +110,22 @@ static void edit_admitting(uint8_t *b, size_t size)
         }
 }
 
+/* Leases taken and released by a second thread: their usage events go to
+ * ring 1 of the process slot (ring 0 is the first acquiring thread's).
+ * Pool 1: pool 0's keys are cooling by then. */
+static void *second_thread(void *arg)
+{
+    km_env *e = arg;
+    km_request rq = {.pool = 1, .tokens = 10};
+    km_outcome o = {.kind = KM_OUT_SUCCESS, .latency_us = 500, .tokens = 8,
+                    .input_tokens = -1, .output_tokens = -1};
+    km_lease l;
+    for (int i = 0; i < 3; i++)
+        if (km_acquire(e, &rq, &l) == KM_OK)
+            km_release(e, &l, &o);
+    return NULL;
+}
+
 static const char *cfg_basic =
     "{\"capacity\": {\"keys\": 4, \"processes\": 4, \"pools\": 2, \"inflight_per_key\": 8, \"usage_events\": 8,"
     " \"models\": 2},"
@@ -131,11 +150,14 @@ static const char *cfg_models =
     "            {\"id\": \"b\", \"secret\": \"sk-test-bbbb2222\", \"max_inflight\": 4,"
     "             \"budget\": {\"usd\": 5, \"hard\": false}}]}]}";
 
+/* 100 lease slots per key: each key's in-flight flag row is two lines (128
+ * bytes), 28 of them padding past cap_inflight; g1's 90 usable slots end
+ * inside an eight-byte word (the flags are read eight at a time). */
 static const char *cfg_wide =
-    "{\"capacity\": {\"keys\": 2, \"processes\": 2, \"pools\": 1, \"inflight_per_key\": 128, \"usage_events\": 4,"
+    "{\"capacity\": {\"keys\": 2, \"processes\": 2, \"pools\": 1, \"inflight_per_key\": 100, \"usage_events\": 4,"
     " \"models\": 1},"
     " \"pools\": [{\"name\": \"groq\", \"strategy\": \"cost\","
-    "  \"keys\": [{\"id\": \"g1\", \"secret\": \"gsk_1234567890abcdef\", \"max_inflight\": 100,"
+    "  \"keys\": [{\"id\": \"g1\", \"secret\": \"gsk_1234567890abcdef\", \"max_inflight\": 90,"
     "              \"price\": {\"output_per_1k\": 0.02}},"
     "            {\"id\": \"g2\", \"secret\": \"gsk_fedcba0987654321\"}]}]}";
 
@@ -162,7 +184,9 @@ int main(int argc, char **argv)
     km_close(e);
     dump(nm, "seg-fresh", NULL);
 
-    /* 2. used: leases released with every outcome, a cooldown, a disabled key */
+    /* 2. used: leases released with every outcome, a cooldown, a disabled
+     *    key; usage events in both rings of the process slot (4 events
+     *    per ring: ring 0 gets 5, one overwritten; ring 1 gets 3) */
     e = make(nm, cfg_basic);
     for (int i = 0; i < 6; i++) {
         if (km_acquire(e, &rq, &l) == KM_OK) {
@@ -173,6 +197,9 @@ int main(int argc, char **argv)
             km_release(e, &l, &o);
         }
     }
+    pthread_t th;
+    if (pthread_create(&th, NULL, second_thread, e) || pthread_join(th, NULL))
+        die("pthread", KM_ESYS);
     km_key_set_state(e, 2, KM_KEY_DISABLED);
     snap(e, "snap-used.json");
     km_close(e);
@@ -210,11 +237,13 @@ int main(int argc, char **argv)
     die_holding(nm, 0, 1, 10);
     dump(nm, "seg-models", NULL);
 
-    /* 6. two busy words per key (inflight 128) */
+    /* 6. wide rows: 100 lease slots per key, each key's flag row two lines;
+     *    a dead process holds 105 leases: all 100 slots of g2 (the cheaper
+     *    key, every flag word full) and 5 of g1 */
     e = make(nm, cfg_wide);
     snap(e, "snap-wide.json");
     km_close(e);
-    die_holding(nm, 0, 70, 0);
+    die_holding(nm, 0, 105, 0);
     dump(nm, "seg-wide", NULL);
 
     km_unlink(nm);
