@@ -639,7 +639,10 @@ KM__HOT km__rdr *km__rd_enter(km_env *e, uint64_t now)
 {
     km__rdr *r = km__rd_row;
     if (__builtin_expect(km__rd_env != e->serial, 0)) {
-        r = km__rd_row = km__epoch_bind(e);
+        /* A handle used across fork() (the child should open its own) gets
+         * the shared overflow row: never a row, nor the usage ring 0, that a
+         * thread of the process that opened it holds. */
+        r = km__rd_row = (uint32_t)e->pid == km__pid ? km__epoch_bind(e) : km__rdrs(e, e->proc_slot);
         km__rd_slow = r == km__rdrs(e, e->proc_slot) ? 1 : e->rd_fence ? 2 : 0;
         km__rd_ring0 = r == km__rdrs(e, e->proc_slot) + 1;
         km__rd_env = e->serial;

@@ -85,7 +85,7 @@ static void child_leases(int n, int stay)
 #define N_PER 500
 #define N_THR 3
 typedef struct tcount {
-    uint8_t seen[(N_THR + 1) * N_PER + 1];
+    uint8_t seen[(N_THR + 1) * N_PER + 2]; /* + the foreign release, the child's */
     uint64_t events, dup, stray;
 } tcount;
 
@@ -162,10 +162,27 @@ static void threads_case(void)
     ok(ck_pr_load_64(&r0->head) == N_PER && ck_pr_load_64(&r1->head) == N_THR * N_PER + 1,
        "ring 0 took the first thread's %d events (%" PRIu64 "), ring 1 the other threads' %d (%" PRIu64 ")",
        N_PER, ck_pr_load_64(&r0->head), N_THR * N_PER + 1, ck_pr_load_64(&r1->head));
+    /* A child that (wrongly) keeps using the parent's handle must not take
+     * the parent's reader row 1 and so its ring 0. */
+    uint64_t h0 = ck_pr_load_64(&r0->head), h1 = ck_pr_load_64(&r1->head);
+    pid_t c = fork();
+    if (c == 0) {
+        km_request crq = {.pool = 0, .tokens = 1};
+        km_lease cl;
+        _exit(km_acquire(env, &crq, &cl) == KM_OK &&
+                      release_with(env, &cl, KM_OUT_SUCCESS, (N_THR + 1) * N_PER + 1, 1, 0) == KM_OK
+                  ? 0
+                  : 2);
+    }
+    int cst;
+    waitpid(c, &cst, 0);
+    ok(WIFEXITED(cst) && WEXITSTATUS(cst) == 0 && ck_pr_load_64(&r0->head) == h0 &&
+           ck_pr_load_64(&r1->head) == h1 + 1,
+       "a child using the parent's handle records in ring 1, not the parent's ring 0");
     tcount *tc = calloc(1, sizeof *tc);
     km_usage_report rep;
     is_int(km_usage_drain(env, count_tagged, tc, &rep), KM_OK, "drain");
-    ok(tc->events == (N_THR + 1) * N_PER + 1 && tc->dup == 0 && tc->stray == 0 && rep.dropped == 0,
+    ok(tc->events == (N_THR + 1) * N_PER + 2 && tc->dup == 0 && tc->stray == 0 && rep.dropped == 0,
        "every event drained exactly once (%" PRIu64 " events, %" PRIu64 " twice, %" PRIu64 " unknown, %" PRIu64 " dropped)",
        tc->events, tc->dup, tc->stray, rep.dropped);
     free(tc);
@@ -175,7 +192,7 @@ static void threads_case(void)
 int main(void)
 {
     fixtures_init("usage");
-    plan(33);
+    plan(34);
     km_env *env = mkseg("{\"capacity\": {\"keys\": 4, \"usage_events\": 12, \"processes\": 8},"
                         " \"pools\": [{\"name\": \"p\", \"model_limits\": \"global\","
                         "  \"models\": {\"m1\": {}}, \"keys\": [{\"id\": \"a\", \"secret\": \"sk-a-12345678\"}]}]}");
