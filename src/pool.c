@@ -483,6 +483,7 @@ static inline uint32_t km__slots(const km__key *k, uint32_t cap)
  * non-zero, exactly (no carry crosses a byte). */
 #define KM__B7F UINT64_C(0x7f7f7f7f7f7f7f7f)
 #define KM__B80 UINT64_C(0x8080808080808080)
+#define KM__B01 UINT64_C(0x0101010101010101) /* eight flags set */
 static inline uint64_t km__nonzero_bytes(uint64_t x) { return (((x & KM__B7F) + KM__B7F) | x) & KM__B80; }
 
 static inline uint64_t km__flag_word(const uint8_t *fl, uint32_t w)
@@ -510,7 +511,7 @@ static uint32_t km__inflight(const km_env *e, uint32_t ki, const km__key *k)
         sum += x;
         any |= x;
     }
-    if (__builtin_expect(any & ~UINT64_C(0x0101010101010101), 0)) { /* corrupted */
+    if (__builtin_expect(any & ~KM__B01, 0)) { /* corrupted */
         uint32_t n = 0;
         for (uint32_t s = 0; s < slots; s++)
             n += ck_pr_load_8(&fl[s]) != 0;
@@ -542,7 +543,7 @@ static int km__claim_in(km_env *e, km__lease *ls, const uint8_t *fl, uint32_t sl
     int seen = -1;
     for (; w < end; w++, m = ~UINT64_C(0)) {
         uint64_t x = km__flag_word(fl, w);
-        if (x == UINT64_C(0x0101010101010101)) /* eight in flight */
+        if (x == KM__B01) /* eight in flight */
             continue;
         uint64_t z = ~km__nonzero_bytes(x) & KM__B80 & m; /* free slots */
         while (z) {
