@@ -270,8 +270,9 @@ typedef struct km_lease {
     uint32_t secret_len;
     uint32_t model;        /* model index + 1 in the pool; 0: none */
     uint32_t meta_len;
-    char key_id[KM_ID_MAX + 1];
-    char secret[KM_SECRET_MAX + 1];  /* copy of the secret, NUL-terminated */
+    char key_id[KM_ID_MAX + 1];      /* NUL-terminated; the bytes after the */
+    char secret[KM_SECRET_MAX + 1];  /* NUL are unspecified.  secret: a copy
+                                      * of the key's secret */
     char meta[KM_META_MAX + 1];      /* the key's metadata (JSON object text,
                                       * e.g. {"org":"org-1"}); "" if none */
 } km_lease;
@@ -288,8 +289,11 @@ KM_EXTERN int km_acquire(km_env *env, const km_request *req, km_lease *lease);
 
 /* Blocking acquire: like km_acquire(), but while no key is admissible the
  * caller sleeps on a futex word in the segment until a key may be (a release,
- * an enable, the end of a cooldown or limit window) or `timeout_ms` passes
- * (KM_ETIMEDOUT).  Waking costs a system call only when a waiter is counted.
+ * an enable, a key added, the end of a cooldown or limit window; at most a
+ * second at a time, so the lease of a holder that died is reaped) or
+ * `timeout_ms` passes (KM_ETIMEDOUT; at once for 0).  Waking costs a system
+ * call only when a waiter is counted; a caller about to sleep makes one
+ * membarrier call.
  * Fairness: every release wakes every sleeper of the pool and each retries;
  * there is no FIFO order, so under sustained contention a given waiter may
  * lose races until its timeout.  Errors other than KM_EAGAIN return at once. */

@@ -192,10 +192,10 @@ static int km__slot_live(km_env *e, uint32_t i)
     return tag == e->owner || km__tag_alive(p, tag);
 }
 
-int km__barrier_all(void)
+int km__barrier_all(int slow_ok)
 {
     if (km__membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED) == 0 ||
-        km__membarrier(MEMBARRIER_CMD_GLOBAL) == 0)
+        (slow_ok && km__membarrier(MEMBARRIER_CMD_GLOBAL) == 0))
         return KM_OK;
     return KM_ESYS;
 }
@@ -207,7 +207,7 @@ int km__epoch_sync(km_env *e, uint32_t timeout_ms)
      * make things unreachable is ordered before it. */
     uint64_t E = ck_pr_faa_64(&h->epoch, 1) + 1;
     /* Step 2 (see the top of this file). */
-    if (km__barrier_all() != KM_OK)
+    if (km__barrier_all(1) != KM_OK)
         return KM_ESYS;
 
     uint64_t deadline = km__now() + (uint64_t)timeout_ms * 1000000u;

@@ -34,6 +34,10 @@
 #include "keymesh.h"
 
 #define KM__LINE 64
+
+/* Flag words and paired lease stores (src/pool.c) assume little-endian
+ * order; the layout signature only keeps CPUs of two orders apart. */
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "KeyMesh's segment is little-endian");
 #define KM__MAGIC UINT64_C(0x4853454d59454b00) /* "\0KEYMESH" little-endian */
 
 /* Bytes of in-flight flags per key: one per lease slot, a key's own lines. */

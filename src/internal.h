@@ -211,9 +211,9 @@ void km__epoch_exit_ovf(km__rdr *r);
  * reader held it back), or KM_ESYS (no membarrier). */
 int km__epoch_sync(km_env *e, uint32_t timeout_ms);
 /* A full memory barrier on every CPU running a thread of a process that
- * registered at attach (membarrier GLOBAL_EXPEDITED, else GLOBAL).  KM_OK,
- * or KM_ESYS if neither is available. */
-int km__barrier_all(void);
+ * registered at attach: membarrier GLOBAL_EXPEDITED, else, if slow_ok,
+ * GLOBAL (10-15 ms here).  KM_OK, or KM_ESYS if none was available. */
+int km__barrier_all(int slow_ok);
 /* Register for expedited membarrier at attach; sets e->rd_fence if not. */
 void km__epoch_attach(km_env *e);
 /* Epoch row i (0: the shared overflow row) holds back; 0 if none. */

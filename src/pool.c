@@ -478,7 +478,7 @@ static inline uint32_t km__slots(const km__key *k, uint32_t cap)
 
 /* The flags are read eight at a time (the row is line-aligned and its
  * length a multiple of a line, so a word never leaves it).  Byte i of a
- * word is slot 8w + i: the layout signature pins little-endian order.
+ * word is slot 8w + i on a little-endian CPU (shm/seg.h asserts one).
  * km__nonzero_bytes: the high bit of each byte set iff that byte is
  * non-zero, exactly (no carry crosses a byte). */
 #define KM__B7F UINT64_C(0x7f7f7f7f7f7f7f7f)
@@ -643,7 +643,7 @@ KM__HOT km__rdr *km__rd_enter(km_env *e, uint64_t now)
         /* A handle used across fork() (the child should open its own) gets
          * the shared overflow row: never a row, nor the usage ring 0, that a
          * thread of the process that opened it holds. */
-        r = km__rd_row = (uint32_t)e->pid == km__pid ? km__epoch_bind(e) : km__rdrs(e, e->proc_slot);
+        r = km__rd_row = e->pid == (int)getpid() ? km__epoch_bind(e) : km__rdrs(e, e->proc_slot);
         km__rd_slow = r == km__rdrs(e, e->proc_slot) ? 1 : e->rd_fence ? 2 : 0;
         km__rd_ring0 = r == km__rdrs(e, e->proc_slot) + 1;
         km__rd_env = e->serial;
@@ -713,6 +713,8 @@ static inline int km__over_budget(const km__key *k)
     return k->budget_microusd && ck_pr_load_64(&k->spent_microusd) >= k->budget_microusd;
 }
 
+static void km__wake(const km_env *e, km__pool *pool);
+
 /* Try to lease key ki.  Returns 1 and fills *out on success; 0 otherwise
  * (sc updated: usable keys lower sc->retry). */
 static int km__try_key(km_env *e, uint32_t ki, km__scan *sc, km_lease *out)
@@ -776,8 +778,9 @@ static int km__try_key(km_env *e, uint32_t ki, km__scan *sc, km_lease *out)
     /* The lease's fields, two adjacent 32-bit fields per 8-byte store (the
      * pairs are pinned in shm/seg.h; little-endian: the first field is the
      * low half).  Each reader loads the fields one by one, and a reader that
-     * needs them settled (release, a reaper, check) waits for the phase,
-     * which is in the last store.  The model: per_model windows settle by it
+     * needs them settled (release, a reaper, check) acts on phase ACTIVE,
+     * stored after a fence further down; one that sees ADMITTING uses only
+     * owner, phase and seq.  The model: per_model windows settle by it
      * at release (a global pool's models have none), and usage events name
      * it; res_mask: which token windows the lease reserves. */
     ck_pr_store_64(km__pair(&ls->seq), seq | (uint64_t)sc->tokens << 32);
@@ -830,7 +833,10 @@ static int km__try_key(km_env *e, uint32_t ki, km__scan *sc, km_lease *out)
     out->model = sc->model;
     out->secret_len = km__min64(k->secret_len, KM_SECRET_MAX);
     /* The id in 16-byte blocks up to the block holding its NUL (the row is
-     * NUL-padded, like the secret below): one block for most ids. */
+     * NUL-padded, like the secret below): one block for most ids.  Bytes
+     * after the NUL are unspecified (keymesh.h). */
+    _Static_assert((KM_ID_MAX + 1) % 16 == 0 && (KM_SECRET_MAX + 1) % 16 == 0,
+                   "id and secret are copied in 16-byte blocks");
     for (uint32_t i = 0; i < sizeof(out->key_id); i += 16) {
         memcpy(out->key_id + i, k->id + i, 16);
         if (k->id[i + 15] == '\0')
@@ -850,8 +856,9 @@ static int km__try_key(km_env *e, uint32_t ki, km__scan *sc, km_lease *out)
     return 1;
 
 undo_probe:
-    if (probe)
-        ck_pr_cas_32(&k->state, KM__ST_PROBING, KM__ST_FAILING);
+    if (probe && ck_pr_cas_32(&k->state, KM__ST_PROBING, KM__ST_FAILING) &&
+        k->pool < e->cfg.n_pools) /* sleepers saw PROBING: the next may probe */
+        km__wake(e, &km__pools(e)[k->pool]);
 undo_slot:
     km__slot_free(ls);
     return 0;
@@ -1145,11 +1152,9 @@ KM__HOT int km__acquire_once(km_env *e, const km_request *req, km_lease *out, ui
  * second one after reaping: capacity may be held by processes that died.
  * The reap runs at most once a second per process (system calls, off the
  * path of any acquire that succeeds). */
-KM__HOT int km__acquire(km_env *e, const km_request *req, km_lease *out, uint64_t *wake)
+static __attribute__((noinline)) int km__acquire_reaped(km_env *e, const km_request *req,
+                                                         km_lease *out, uint64_t *wake, int rc)
 {
-    int rc = km__acquire_once(e, req, out, wake);
-    if (rc != KM_EAGAIN && rc != KM_EUNAVAIL)
-        return rc;
     uint64_t now = km__now();
     if (now - ck_pr_load_64(&e->last_reap_ns) < KM__NS_PER_S)
         return rc;
@@ -1159,27 +1164,58 @@ KM__HOT int km__acquire(km_env *e, const km_request *req, km_lease *out, uint64_
     return r.leases || r.recounted ? km__acquire_once(e, req, out, wake) : rc;
 }
 
+/* Inline in km_acquire only; the retry after a reap is out of line. */
+KM__HOT int km__acquire(km_env *e, const km_request *req, km_lease *out, uint64_t *wake)
+{
+    int rc = km__acquire_once(e, req, out, wake);
+    if (rc != KM_EAGAIN && rc != KM_EUNAVAIL)
+        return rc;
+    return km__acquire_reaped(e, req, out, wake, rc);
+}
+
+/* The same, out of line, for km_acquire_wait (whose attempts are not the
+ * path a nanosecond is counted on). */
+static __attribute__((noinline)) int km__acquire_slow(km_env *e, const km_request *req,
+                                                       km_lease *out, uint64_t *wake)
+{
+    return km__acquire(e, req, out, wake);
+}
+
 /*
- * Blocking acquire.  The sleeper counts itself in pool.waiters (a locked
- * increment), forces a full barrier on every CPU that runs a thread of an
- * attached process (km__barrier_all: membarrier), reads wake_seq, and only
- * then tries to acquire; if that fails it sleeps while wake_seq is
- * unchanged, for at most the time the failed attempt said a key may be
- * admissible.  A releaser frees capacity (locked instructions on limit
- * words; plain stores on its in-flight flag and slot owner), then loads
- * waiters with no fence of its own, and if it is non-zero bumps wake_seq
- * and wakes.  Let P be the barrier the sleeper forced on the releaser's
- * CPU, after the sleeper's count.  If the releaser's load of waiters came
- * after P, it sees the count and wakes us (after our read of wake_seq, so
- * FUTEX_WAIT returns at once or is woken).  If it came before P, so did its
- * freeing stores, which P drained: our attempt sees the capacity.  (This
- * is the argument of shm/epoch.c; a releaser that could not register for
- * membarrier fences itself, see km__wake.)  If the sleeper's membarrier
- * fails, it sleeps at most KM__POLL_BUSY_NS at a time.  Time-based capacity
- * (cooldowns, limit windows) is covered by the timeout.  A key whose slots
- * are all taken sets no timer: only a release frees it, and a release
- * wakes.
+ * Blocking acquire.  A caller that cannot be served at once counts itself
+ * in pool.waiters (a locked increment, once per call), forces a full
+ * barrier on every CPU that runs a thread of an attached process
+ * (km__barrier_all: membarrier), and then loops: read wake_seq, try to
+ * acquire, and if that fails sleep while wake_seq is unchanged, for at most
+ * the time the failed attempt said a key may be admissible.  A releaser
+ * frees capacity (locked instructions on limit words; plain stores on its
+ * in-flight flag and slot owner), then loads waiters with no fence of its
+ * own, and if it is non-zero bumps wake_seq (locked) and wakes.
+ *
+ * Why no release is missed.  Let P be the barrier the sleeper forced on the
+ * releaser's CPU (a releaser not running then passes a context switch,
+ * which orders the same way), after the sleeper's count.  If the
+ * releaser's load of waiters came before P, so did its freeing stores,
+ * which P drained: every attempt of the sleeper sees the capacity.  If it
+ * came after P, it sees the count (which stays until the sleeper returns)
+ * and bumps wake_seq after its stores.  Either the sleeper's read of
+ * wake_seq precedes the bump, and FUTEX_WAIT returns at once or is woken;
+ * or it follows the bump, and the attempt after that read sees the stores
+ * (the bump is ordered after them, the attempt after the read).  This is
+ * the argument of shm/epoch.c; a releaser that could not register for
+ * membarrier fences itself (km__wake).
+ *
+ * What bounds a sleep instead.  Time-based capacity (cooldowns, limit
+ * windows) sets the attempt's wake time.  Capacity that no release frees
+ * and nothing wakes for -- a holder that died (reaped only by an attempt,
+ * at most once a second), a refused acquirer's token reservation undone,
+ * a probe given back -- is found by the next attempt: a sleep with no time
+ * is bounded by KM__WAIT_IDLE_NS.  A slot seen mid-release is retried
+ * after 50 us.  A sleeper whose expedited membarrier fails polls every
+ * KM__POLL_BUSY_NS.
  */
+#define KM__WAIT_IDLE_NS KM__NS_PER_S
+
 KM_EXTERN int km_acquire_wait(km_env *e, const km_request *req, km_lease *out,
                               uint32_t timeout_ms)
 {
@@ -1193,35 +1229,36 @@ KM_EXTERN int km_acquire_wait(km_env *e, const km_request *req, km_lease *out,
     /* First a plain attempt: a caller served at once never counts itself
      * in `waiters`, so it writes no shared word and makes no release issue
      * a wake-up for nobody.  Only a caller that will sleep follows the
-     * protocol above (count, read wake_seq, try again, sleep). */
-    int rc0 = km__acquire(e, req, out, &wake);
-    if (rc0 != KM_EAGAIN)
-        return rc0;
+     * protocol above. */
+    int rc = km__acquire_slow(e, req, out, &wake);
+    if (rc != KM_EAGAIN)
+        return rc;
+    if (timeout_ms == 0)
+        return KM_ETIMEDOUT;
+    ck_pr_inc_32(&pool->waiters);
+    int fenced = km__barrier_all(0) == KM_OK; /* see above */
     for (;;) {
-        ck_pr_inc_32(&pool->waiters);
-        int fenced = km__barrier_all() == 0; /* see above */
         uint32_t seq = ck_pr_load_32(&pool->wake_seq);
-        int rc = km__acquire(e, req, out, &wake);
-        if (rc != KM_EAGAIN) {
-            ck_pr_dec_32(&pool->waiters);
-            return rc;
-        }
+        ck_pr_fence_load(); /* wake_seq before the attempt's loads (free on x86) */
+        rc = km__acquire_slow(e, req, out, &wake);
+        if (rc != KM_EAGAIN)
+            break;
         uint64_t now = km__now();
         if (now >= deadline) {
-            ck_pr_dec_32(&pool->waiters);
-            return KM_ETIMEDOUT;
+            rc = KM_ETIMEDOUT;
+            break;
         }
         /* Sleep until the clock may admit (wake) or a release wakes us;
          * never past the deadline. */
         uint64_t until = km__min64(km__max64(wake, now + 1000), deadline);
-        if (!fenced) /* a release may not see our count: look again soon */
-            until = km__min64(until, now + KM__POLL_BUSY_NS);
+        until = km__min64(until, now + (fenced ? KM__WAIT_IDLE_NS : KM__POLL_BUSY_NS));
         struct timespec ts = {.tv_sec = (time_t)((until - now) / KM__NS_PER_S),
                               .tv_nsec = (long)((until - now) % KM__NS_PER_S)};
         /* Shared futex (no FUTEX_PRIVATE_FLAG): wakers are other processes. */
         syscall(SYS_futex, &pool->wake_seq, FUTEX_WAIT, seq, &ts, NULL, 0);
-        ck_pr_dec_32(&pool->waiters);
     }
+    ck_pr_dec_32(&pool->waiters);
+    return rc;
 }
 
 /* ------------------------------------------------------------ release */
@@ -1308,6 +1345,7 @@ static void km__wake(const km_env *e, km__pool *pool)
         ck_pr_fence_memory(); /* the freeing stores before the load of waiters */
     if (ck_pr_load_32(&pool->waiters) == 0)
         return;
+    ck_pr_fence_store_atomic(); /* the freeing stores before the bump (free on x86) */
     ck_pr_inc_32(&pool->wake_seq);
     syscall(SYS_futex, &pool->wake_seq, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
 }

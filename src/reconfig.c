@@ -308,6 +308,7 @@ KM_EXTERN int km_key_add(km_env *e, int pool, const char *key_json, char *errbuf
     if (was_free)
         ck_pr_store_32(&h->n_keys, ck_pr_load_32(&h->n_keys) + 1);
     km__count_reconfig(e);
+    km__wake_pool(e, p); /* a new key may admit sleepers */
     rc = (int)ki;
 unlock:
     km__admin_unlock(e);

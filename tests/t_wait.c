@@ -3,9 +3,11 @@
  *
  * Blocking: a process sleeping in km_acquire_wait() is woken by a release in
  * another process long before its timeout; times out with KM_ETIMEDOUT when
- * nothing frees up; wakes by itself when a cooldown ends; is woken by an
- * operator's enable; and does not spin while it sleeps (its CPU time stays
- * far below the time it waited).
+ * nothing frees up; gets the lease of a holder that died while it slept
+ * within about a second (no release wakes it); is woken by a key added and
+ * by an operator's enable; wakes by itself when a cooldown ends; and does
+ * not spin while it sleeps (its CPU time stays far below the time it
+ * waited).
  */
 #include <stdio.h>
 #include <string.h>
@@ -91,7 +93,7 @@ int main(void)
     int fd;
     (void)fd;
 
-    plan(26);
+    plan(32);
     snprintf(name, sizeof name, "kmt-wait-%d", (int)getpid());
     /* One key with a single lease slot: while a child holds it, no lease. */
     km_env *e = make("{\"capacity\":{\"inflight_per_key\":1},\"pools\":[{\"name\":\"p\","
@@ -124,10 +126,46 @@ int main(void)
     km_pool_info pi;
     km_pool_info_get(e, 0, &pi);
     is_u64(pi.waiters, 0, "no waiter left counted after the timeout");
-    kill(pid, SIGKILL);
+
+    /* 2b. The holder dies while we sleep, and nobody else acquires: no
+     * release will wake us; a sleep with no time is bounded (1 s), and the
+     * attempt after it reaps the dead holder's lease. */
+    pid_t killer = fork();
+    if (killer == 0) {
+        usleep(200 * 1000);
+        kill(pid, SIGKILL);
+        _exit(0);
+    }
+    t0 = km_now_ns();
+    rc = km_acquire_wait(e, &rq, &l, 4000);
+    waited = (double)(km_now_ns() - t0) / 1e9;
+    is_int(rc, KM_OK, "a holder killed while we sleep: the lease it left is reaped for us");
+    ok(waited < 2.5, "within about a second of its death, not at the 4 s deadline (%.3f s)", waited);
+    child_status(killer);
     child_status(pid);
-    /* The killed holder's lease would be reaped by the next attach or
-     * km_reap(); the rest of the test uses a fresh segment instead. */
+
+    /* 2c. A key added while we sleep wakes us (we hold the only slot). */
+    pid = fork();
+    if (pid == 0) {
+        km_env *c = NULL;
+        char err[128];
+        usleep(300 * 1000);
+        if (km_open(name, &c) != KM_OK)
+            _exit(2);
+        int r = km_key_add(c, 0, "{\"id\": \"new\", \"secret\": \"sk-test-wait0new\"}", err, sizeof err);
+        km_close(c);
+        _exit(r >= 0 ? 0 : 3);
+    }
+    km_lease l2;
+    t0 = km_now_ns();
+    rc = km_acquire_wait(e, &rq, &l2, 4000);
+    waited = (double)(km_now_ns() - t0) / 1e9;
+    is_int(rc, KM_OK, "a key added while we sleep: acquired");
+    is_str(rc == KM_OK ? l2.key_id : "", "new", "... the new key");
+    ok(waited >= 0.2 && waited < 0.9, "woken by the add, before the 1 s bound (%.3f s)", waited);
+    is_int(child_status(pid), 0, "the adding process succeeded");
+    km_release(e, &l2, &ok);
+    km_release(e, &l, &ok);
     km_close(e);
     km_unlink(name);
     km_config_free(cfg);
