@@ -70,13 +70,27 @@ int km__proc_alive(uint32_t pid, uint64_t start_time)
 {
     if (pid == 0)
         return 0;
-    if (kill((pid_t)pid, 0) != 0 && errno == ESRCH)
-        return 0;
+    int other_user = 0;
+    if (kill((pid_t)pid, 0) != 0) {
+        if (errno == ESRCH)
+            return 0;
+        other_user = errno == EPERM;
+    }
     /* The pid exists; it is our process only if it started when ours did.
      * start_time 0 means the owner died before writing it: a live process
      * with that pid is then a stranger unless it is mid-attach, which the
      * caller tells from the tag. */
     uint64_t st = km__proc_start_time((int)pid);
+    if (st == 0 && start_time != 0 && other_user) {
+        /* Another user's process whose /proc entry we cannot see (/proc
+         * mounted with hidepid): alive for all we know.  Taking its leases
+         * over would give a live lease two writers; a reused pid keeps them
+         * out only until that process ends. */
+        char path[64];
+        snprintf(path, sizeof(path), "/proc/%u/stat", pid);
+        if (access(path, R_OK) != 0)
+            return 1;
+    }
     return st != 0 && st == start_time;
 }
 

@@ -198,4 +198,35 @@ check_text "check --quiet: only '0 violations'"
 abandoned=$("$KMCTL" inspect "$SEG" --json | sum abandoned)
 ok $([ "$abandoned" -eq 3 ]; echo $?) "abandoned 3 in total (got $abandoned)"
 
+# ------------------------------------------ a live holder /proc does not show
+# Workers under several users share a segment, and /proc is mounted with
+# hidepid=2: a reaper of another user cannot read a live holder's /proc
+# entry.  It must not take the holder's lease over (a live lease with two
+# writers); once the holder is dead, the lease is reaped.
+new_seg HSEG hidden
+run "$KMCTL" create "$HSEG" --config "$TMP/pool.json" --mode 0666
+expect 0 "create a segment every user may attach (0666)"
+MAIN_SEG=$SEG
+SEG=$HSEG
+hold 1
+ok $? "a root process holds 1 lease"
+if unshare -m --propagation private sh -c 'mount -t proc -o hidepid=2 proc /proc' 2>/dev/null; then
+    run unshare -m --propagation private sh -c \
+        'mount -t proc -o hidepid=2 proc /proc && exec setpriv --reuid=nobody --regid=nogroup --clear-groups "$0" reap "$1"' \
+        "$KMCTL" "$HSEG"
+    expect 0 "reap as nobody with /proc mounted hidepid=2"
+    inflight=$("$KMCTL" inspect "$HSEG" --json | sum inflight)
+    ok $([ "$inflight" -eq 1 ]; echo $?) "the live holder it cannot see keeps its lease (in flight: $inflight)"
+else
+    for t in "reap as nobody with /proc mounted hidepid=2" "the live holder it cannot see keeps its lease"; do
+        N=$((N + 1))
+        echo "ok $N # skip $t: cannot mount /proc in a new mount namespace here"
+    done
+fi
+die
+run "$KMCTL" reap "$HSEG"
+[ "$OUT" = "reaped 1 dead process, 1 lease released, 0 keys recounted" ]
+check_text "dead, it is reaped: 1 process, 1 lease"
+SEG=$MAIN_SEG
+
 finish
