@@ -585,7 +585,7 @@ static int km__slot_claim(km_env *e, uint32_t ki, km__key *k)
     int a = km__claim_in(e, ls, fl, slots, rot / 8, nw, from);
     if (a >= 0)
         return a;
-    int b = km__claim_in(e, ls, fl, rot, 0, rot / 8 + 1, ~UINT64_C(0));
+    int b = rot ? km__claim_in(e, ls, fl, rot, 0, rot / 8 + 1, ~UINT64_C(0)) : -1;
     return b >= 0 ? b : a == -2 || b == -2 || !ck_pr_load_8(&fl[rot]) ? -2 : -1;
 }
 
