@@ -33,23 +33,7 @@ e2e_need /usr/bin/gunicorn curl "$PY"
 e2e_setup
 on_cleanup() { e2e_cleanup; }
 
-RPM=100
-EXTRA=40
-W=4
-SECRETS=(sk-test-gun-aaaa1111 sk-test-gun-bbbb2222 sk-test-gun-cccc3333 sk-test-gun-dddd4444
-    sk-test-gun-eeee5555 sk-test-gun-ffff6666)
-LLM_KEYS="${SECRETS[*]:0:4}"
-LOOSE_KEYS="${SECRETS[*]:4:2}"
-cat >"$TMP/pool.json" <<EOF
-{"capacity": {"keys": 12, "processes": 16},
- "pools": [{"name": "llm", "strategy": "round_robin",
-            "limits": {"rpm": {"limit": $RPM, "mode": "sliding", "burst": $RPM}},
-            "keys": [{"id": "k1", "secret": "${SECRETS[0]}"}, {"id": "k2", "secret": "${SECRETS[1]}"},
-                     {"id": "k3", "secret": "${SECRETS[2]}"}, {"id": "k4", "secret": "${SECRETS[3]}"}]},
-           {"name": "loose", "strategy": "round_robin",
-            "limits": {"rpm": $((2 * RPM))},
-            "keys": [{"id": "x1", "secret": "${SECRETS[4]}"}, {"id": "x2", "secret": "${SECRETS[5]}"}]}]}
-EOF
+e2e_pool gun
 
 start_upstream "$RPM"
 KMT_WORKERS=$W start_gunicorn "$TMP/pool.json"

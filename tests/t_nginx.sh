@@ -29,23 +29,7 @@ fi
 e2e_setup
 on_cleanup() { e2e_cleanup; }
 
-RPM=100
-EXTRA=40
-W=4
-SECRETS=(sk-test-ngx-aaaa1111 sk-test-ngx-bbbb2222 sk-test-ngx-cccc3333 sk-test-ngx-dddd4444
-    sk-test-ngx-eeee5555 sk-test-ngx-ffff6666)
-LLM_KEYS="${SECRETS[*]:0:4}"
-LOOSE_KEYS="${SECRETS[*]:4:2}"
-cat >"$TMP/pool.json" <<EOF
-{"capacity": {"keys": 12, "processes": 16},
- "pools": [{"name": "llm", "strategy": "round_robin",
-            "limits": {"rpm": {"limit": $RPM, "mode": "sliding", "burst": $RPM}},
-            "keys": [{"id": "k1", "secret": "${SECRETS[0]}"}, {"id": "k2", "secret": "${SECRETS[1]}"},
-                     {"id": "k3", "secret": "${SECRETS[2]}"}, {"id": "k4", "secret": "${SECRETS[3]}"}]},
-           {"name": "loose", "strategy": "round_robin",
-            "limits": {"rpm": $((2 * RPM))},
-            "keys": [{"id": "x1", "secret": "${SECRETS[4]}"}, {"id": "x2", "secret": "${SECRETS[5]}"}]}]}
-EOF
+e2e_pool ngx
 
 start_upstream "$RPM"
 # nginx cannot listen on port 0 and tell: take a free port from the kernel

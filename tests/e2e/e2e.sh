@@ -4,6 +4,9 @@
 #   e2e_setup              $PY, $LIBKM, PYTHONPATH, KEYMESH_LIBRARY; SANENV
 #                          (LD_PRELOAD etc. when libkeymesh is a sanitizer build)
 #   e2e_need CMD...        bail out unless every command exists (make deps)
+#   e2e_pool TAG           the scenario the server tests share: RPM, EXTRA, W,
+#                          SECRETS (sk-test-TAG-...), LLM_KEYS, LOOSE_KEYS and
+#                          $TMP/pool.json (pool "llm" at RPM, "loose" at 2 RPM)
 #   start_upstream RPM     mock upstream (tests/e2e/upstream.py): UP_PID, UP_PORT
 #   bg_start VAR CMD...    start CMD in the background, its pid in VAR, killed at exit
 #   wait_file FILE [S]     wait up to S (10) seconds for FILE to exist
@@ -90,6 +93,27 @@ wait_file() { # wait_file FILE [SECONDS]
         sleep 0.05
     done
     return 1
+}
+
+e2e_pool() { # e2e_pool TAG
+    local t=$1
+    RPM=100
+    EXTRA=40
+    W=4
+    SECRETS=(sk-test-$t-aaaa1111 sk-test-$t-bbbb2222 sk-test-$t-cccc3333 sk-test-$t-dddd4444
+        sk-test-$t-eeee5555 sk-test-$t-ffff6666)
+    LLM_KEYS="${SECRETS[*]:0:4}"
+    LOOSE_KEYS="${SECRETS[*]:4:2}"
+    cat >"$TMP/pool.json" <<EOF
+{"capacity": {"keys": 12, "processes": 16},
+ "pools": [{"name": "llm", "strategy": "round_robin",
+            "limits": {"rpm": {"limit": $RPM, "mode": "sliding", "burst": $RPM}},
+            "keys": [{"id": "k1", "secret": "${SECRETS[0]}"}, {"id": "k2", "secret": "${SECRETS[1]}"},
+                     {"id": "k3", "secret": "${SECRETS[2]}"}, {"id": "k4", "secret": "${SECRETS[3]}"}]},
+           {"name": "loose", "strategy": "round_robin",
+            "limits": {"rpm": $((2 * RPM))},
+            "keys": [{"id": "x1", "secret": "${SECRETS[4]}"}, {"id": "x2", "secret": "${SECRETS[5]}"}]}]}
+EOF
 }
 
 start_upstream() { # start_upstream RPM
