@@ -75,6 +75,15 @@ static pid_t holder(int hold_ms, int *ready_fd)
     return pid;
 }
 
+/* km_acquire_wait, and how long it took in seconds. */
+static int timed_wait(km_env *e, const km_request *rq, km_lease *l, uint32_t ms, double *waited)
+{
+    uint64_t t0 = km_now_ns();
+    int rc = km_acquire_wait(e, rq, l, ms);
+    *waited = (double)(km_now_ns() - t0) / 1e9;
+    return rc;
+}
+
 static int child_status(pid_t pid)
 {
     int st;
@@ -103,10 +112,9 @@ int main(void)
     /* 1. Woken by a release in another process. */
     pid_t pid = holder(300, &fd);
     is_int(km_acquire(e, &rq, &l), KM_EAGAIN, "slot held elsewhere: non-blocking acquire says EAGAIN");
-    uint64_t t0 = km_now_ns();
-    double c0 = cpu_s();
-    int rc = km_acquire_wait(e, &rq, &l, 5000);
-    double waited = (double)(km_now_ns() - t0) / 1e9, cpu = cpu_s() - c0;
+    double waited, c0 = cpu_s();
+    int rc = timed_wait(e, &rq, &l, 5000, &waited);
+    double cpu = cpu_s() - c0;
     is_int(rc, KM_OK, "blocking acquire gets the key once the other process releases");
     ok(waited >= 0.15 && waited < 2.0, "woken by the release (waited %.3f s; holder held 0.3 s, timeout 5 s)", waited);
     ok(cpu < 0.05, "no spinning while asleep (%.4f s CPU over %.3f s)", cpu, waited);
@@ -115,10 +123,8 @@ int main(void)
 
     /* 2. Times out when nothing frees up. */
     pid = holder(0, &fd);
-    t0 = km_now_ns();
     c0 = cpu_s();
-    rc = km_acquire_wait(e, &rq, &l, 400);
-    waited = (double)(km_now_ns() - t0) / 1e9;
+    rc = timed_wait(e, &rq, &l, 400, &waited);
     cpu = cpu_s() - c0;
     is_int(rc, KM_ETIMEDOUT, "times out while the slot stays held");
     ok(waited >= 0.39 && waited < 1.5, "waited the timeout (%.3f s of 0.4 s)", waited);
@@ -136,9 +142,7 @@ int main(void)
         kill(pid, SIGKILL);
         _exit(0);
     }
-    t0 = km_now_ns();
-    rc = km_acquire_wait(e, &rq, &l, 4000);
-    waited = (double)(km_now_ns() - t0) / 1e9;
+    rc = timed_wait(e, &rq, &l, 4000, &waited);
     is_int(rc, KM_OK, "a holder killed while we sleep: the lease it left is reaped for us");
     ok(waited < 2.5, "within about a second of its death, not at the 4 s deadline (%.3f s)", waited);
     child_status(killer);
@@ -157,9 +161,7 @@ int main(void)
         _exit(r >= 0 ? 0 : 3);
     }
     km_lease l2;
-    t0 = km_now_ns();
-    rc = km_acquire_wait(e, &rq, &l2, 4000);
-    waited = (double)(km_now_ns() - t0) / 1e9;
+    rc = timed_wait(e, &rq, &l2, 4000, &waited);
     is_int(rc, KM_OK, "a key added while we sleep: acquired");
     is_str(rc == KM_OK ? l2.key_id : "", "new", "... the new key");
     ok(waited >= 0.2 && waited < 0.9, "woken by the add, before the 1 s bound (%.3f s)", waited);
@@ -182,10 +184,8 @@ int main(void)
     }
     is_int(km_acquire(e, &rq, &l), KM_EAGAIN, "both keys cooling: EAGAIN");
     uint64_t hint = l.retry_at_ns;
-    t0 = km_now_ns();
     c0 = cpu_s();
-    rc = km_acquire_wait(e, &rq, &l, 3000);
-    waited = (double)(km_now_ns() - t0) / 1e9;
+    rc = timed_wait(e, &rq, &l, 3000, &waited);
     cpu = cpu_s() - c0;
     is_int(rc, KM_OK, "blocking acquire returns when the cooldown ends");
     ok(waited >= 0.3 && waited < 1.0, "waited about the cooldown (%.3f s of 0.4 s)", waited);
@@ -213,9 +213,7 @@ int main(void)
         km_close(c);
         _exit(r != KM_OK ? 3 : w == 1 ? 0 : 4);
     }
-    t0 = km_now_ns();
-    rc = km_acquire_wait(e, &rq, &l, 5000);
-    waited = (double)(km_now_ns() - t0) / 1e9;
+    rc = timed_wait(e, &rq, &l, 5000, &waited);
     is_int(rc, KM_OK, "blocking acquire returns after an enable");
     is_str(rc == KM_OK ? l.key_id : "", "b", "the enabled key");
     ok(waited >= 0.2 && waited < 2.0, "woken by the enable (%.3f s; cooldown 30 s)", waited);
