@@ -10,17 +10,7 @@
 
 #include "keymesh.h"
 #include "../shm/seg.h"
-
-#define KM__NS_PER_S UINT64_C(1000000000)
-
-/* CLOCK_MONOTONIC in ns, inline: the hot path's one clock read should not
- * cost a call into another file on top of the vDSO call. */
-static inline uint64_t km__now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * KM__NS_PER_S + (uint64_t)ts.tv_nsec;
-}
+#include "util.h"
 
 /* Defaults applied by the config parser (documented in README). */
 #define KM__DEF_CAP_KEYS 64
