@@ -102,11 +102,11 @@ deps: deps-extra
 	fi
 
 # ------------------------------------------------------------------- library
-$(BUILD)/obj/%.o: %.c include/keymesh.h shm/seg.h src/internal.h src/usage.h src/util.h
+$(BUILD)/obj/%.o: %.c include/keymesh.h $(wildcard shm/*.h src/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -DKM_BUILDING_LIBRARY -fvisibility=hidden -c $< -o $@
 
-$(BUILD)/pic/%.o: %.c include/keymesh.h shm/seg.h src/internal.h src/usage.h src/util.h
+$(BUILD)/pic/%.o: %.c include/keymesh.h $(wildcard shm/*.h src/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -DKM_BUILDING_LIBRARY -fvisibility=hidden -fPIC -c $< -o $@
 
