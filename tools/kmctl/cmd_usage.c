@@ -61,7 +61,8 @@ const char usage_usage[] =
     "  --by FIELDS        grouping (default key,model)\n"
     "  -h, --help         show this help\n"
     "\n"
-    "Exit status: 0 reported; 1 failure; 2 usage error.\n"
+    "Exit status: 0 reported; 1 failure; 2 usage error; 3 no such segment\n"
+    "(NAME is neither in FILE nor a segment on this host).\n"
     "\n"
     "Example:\n"
     "  kmctl usage llm --db /var/lib/keymesh/usage.db --since 24h --by key\n";
@@ -265,6 +266,31 @@ static uint64_t parse_duration_ms(const char *s)
     return v && unit && v < UINT64_MAX / unit ? v * unit : 0;
 }
 
+/* Whether NAME is worth a report: it has rows in the database (history
+ * outlives the segment), or a segment of that name exists here.  A name
+ * that is neither is an error, not an empty report, so that a mistyped
+ * NAME does not pass for "no usage".  -1 to go on, else an exit status. */
+static int usage_known(sqlite3 *db, const char *name)
+{
+    sqlite3_stmt *st;
+    km_env *env;
+    int found = 0;
+    if (sqlite3_prepare_v2(db, "SELECT 1 FROM usage WHERE segment = ?1 LIMIT 1", -1, &st,
+                           NULL) == SQLITE_OK) {
+        sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+        found = sqlite3_step(st) == SQLITE_ROW;
+        sqlite3_finalize(st);
+    }
+    if (found)
+        return -1;
+    int rc = km_open_flags(name, KM_OPEN_NO_REAP, &env);
+    if (rc == KM_OK)
+        km_close(env);
+    /* Anything else (no permission, another format, ...) means something
+     * of that name exists: report what the database holds, i.e. nothing. */
+    return rc == KM_ENOENT || rc == KM_ENAME ? seg_error(name, rc) : -1;
+}
+
 typedef struct usage_opts {
     const char *db, *since, *by;
 } usage_opts;
@@ -325,6 +351,11 @@ int cmd_usage(int argc, char **argv)
         errline("database '%s': %s", o.db, sqlite3_errmsg(db));
         sqlite3_close(db);
         return EX_FAILED;
+    }
+    if ((rc = usage_known(db, argv[optind])) >= 0) {
+        sqlite3_finalize(st);
+        sqlite3_close(db);
+        return rc;
     }
     sqlite3_bind_text(st, 1, argv[optind], -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, (sqlite3_int64)((uint64_t)time(NULL) * 1000 - since));

@@ -15,13 +15,20 @@
 
 /* ------------------------------------------------------------- messages */
 
-/* The command being run; "usage" before one is found. */
-static const char *g_cmd = "usage";
+/* The command being run; NULL before one is found.  Errors then read
+ * "kmctl: usage: ..." and point at `kmctl --help`: this is distinct from
+ * the command named "usage", whose errors point at `kmctl usage --help`. */
+static const char *g_cmd;
+
+static const char *cmd_name(void)
+{
+    return g_cmd ? g_cmd : "usage";
+}
 
 void errline(const char *fmt, ...)
 {
     va_list ap;
-    fprintf(stderr, "kmctl: %s: ", g_cmd);
+    fprintf(stderr, "kmctl: %s: ", cmd_name());
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
     va_end(ap);
@@ -31,11 +38,11 @@ void errline(const char *fmt, ...)
 int usage_error(const char *fmt, ...)
 {
     va_list ap;
-    fprintf(stderr, "kmctl: %s: ", g_cmd);
+    fprintf(stderr, "kmctl: %s: ", cmd_name());
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
     va_end(ap);
-    if (strcmp(g_cmd, "usage") == 0)
+    if (!g_cmd)
         fprintf(stderr, "\nTry 'kmctl --help'.\n");
     else
         fprintf(stderr, "\nTry 'kmctl %s --help'.\n", g_cmd);
