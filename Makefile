@@ -121,11 +121,18 @@ $(SHLIB): $(LIB_PIC)
 
 # Tools, tests, benchmarks and examples link the static library, so they run
 # from the build tree without LD_LIBRARY_PATH.
-# kmctl alone links SQLite (persist, usage): the library never does.
+# kmctl alone links SQLite (persist, usage): the library never does, and of
+# kmctl's files only tools/kmctl/cmd_usage.c is compiled with its flags.
 SQLITE_CFLAGS := $(shell pkg-config --cflags sqlite3 2>/dev/null)
 SQLITE_LIBS   := $(shell pkg-config --libs sqlite3 2>/dev/null)
-$(KMCTL): tools/kmctl.c $(STLIB)
-	$(CC) $(CFLAGS) $(SQLITE_CFLAGS) -o $@ $< $(STLIB) $(LDFLAGS) $(LIBS) $(SQLITE_LIBS)
+KMCTL_SRC := $(wildcard tools/kmctl/*.c)
+KMCTL_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(KMCTL_SRC))
+$(BUILD)/tools/kmctl/%.o: tools/kmctl/%.c tools/kmctl/kmctl.h include/keymesh.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+$(BUILD)/tools/kmctl/cmd_usage.o: CFLAGS += $(SQLITE_CFLAGS)
+$(KMCTL): $(KMCTL_OBJ) $(STLIB)
+	$(CC) $(CFLAGS) -o $@ $(KMCTL_OBJ) $(STLIB) $(LDFLAGS) $(LIBS) $(SQLITE_LIBS)
 
 $(BUILD)/tests/%: tests/%.c tests/tap.h tests/testlib.h $(STLIB)
 	@mkdir -p $(dir $@)

@@ -325,4 +325,21 @@ expect 0 "check is clean after reconfiguration"
 no_secret "$OUT$ERR"
 ok $? "no secret printed"
 
+# ------------------------------------ usage: its own errors (issue 14, 8)
+"$KMCTL" persist "$RECSEG" --db "$TMP/u.db" --once >/dev/null # the schema, no event
+run "$KMCTL" usage "$RECSEG" --db "$TMP/u.db" --by colour
+expect 2 "usage --by colour: usage error"
+ok $([ "$ERR" = "kmctl: usage: --by: 'colour' is not one of pool, key, model, outcome
+Try 'kmctl usage --help'." ]; echo $?) "usage's errors point at 'kmctl usage --help'"
+run "$KMCTL"
+ok $([ "$RC" -eq 2 ] && [ "$ERR" = "kmctl: usage: no command given
+Try 'kmctl --help'." ]; echo $?) "without a command the hint is still 'kmctl --help'"
+run "$KMCTL" usage "$RECSEG" --db "$TMP/u.db"
+expect 0 "usage of a segment with no usage yet"
+ok $(echo "$OUT" | grep -qx '(no usage in the last 1h)'; echo $?) "... says so"
+run "$KMCTL" usage "$SEG-none" --db "$TMP/u.db"
+expect 3 "usage of a segment that does not exist: status 3"
+ok $([ -z "$OUT" ] && [ "$ERR" = "kmctl: usage: segment '$SEG-none': no segment of that name" ]
+    echo $?) "... one error line, nothing on stdout"
+
 finish

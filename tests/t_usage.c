@@ -15,7 +15,9 @@
  *     lease it did not acquire, in ring 1; every event is drained exactly
  *     once;
  *   - `kmctl persist` drains into SQLite, writes a final snapshot on
- *     SIGTERM and exits 0; `kmctl usage` reports per key and per outcome.
+ *     SIGTERM and exits 0; `kmctl usage` reports per key and per outcome,
+ *     also after the segment is gone, and a name in neither the database
+ *     nor /dev/shm is status 3.
  */
 #include <inttypes.h>
 #include <pthread.h>
@@ -192,7 +194,7 @@ static void threads_case(void)
 int main(void)
 {
     fixtures_init("usage");
-    plan(34);
+    plan(36);
     km_env *env = mkseg("{\"capacity\": {\"keys\": 4, \"usage_events\": 12, \"processes\": 8},"
                         " \"pools\": [{\"name\": \"p\", \"model_limits\": \"global\","
                         "  \"models\": {\"m1\": {}}, \"keys\": [{\"id\": \"a\", \"secret\": \"sk-a-12345678\"}]}]}");
@@ -366,11 +368,20 @@ int main(void)
     is_int(total, 10, "kmctl usage --by key: 10 requests over keys a and b");
     snprintf(cmd, sizeof cmd, "%s usage %s --db %s --by colour 2>/dev/null", kmctl, seg, dbf);
     is_int(WEXITSTATUS(system(cmd)), 2, "kmctl usage refuses an unknown field (status 2)");
+    /* The database's history outlives the segment; a name in neither is
+     * an error, not an empty report. */
+    char gone[sizeof seg];
+    snprintf(gone, sizeof gone, "%s", seg);
+    rmseg(env);
+    snprintf(cmd, sizeof cmd, "%s usage %s --db %s --by outcome | grep -q '^success '", kmctl,
+             gone, dbf);
+    is_int(WEXITSTATUS(system(cmd)), 0, "kmctl usage reports a removed segment's history");
+    snprintf(cmd, sizeof cmd, "%s usage %s-none --db %s 2>/dev/null", kmctl, gone, dbf);
+    is_int(WEXITSTATUS(system(cmd)), 3, "kmctl usage of a segment in neither: status 3");
     unlink(dbf);
     unlink(snap);
     snprintf(cmd, sizeof cmd, "rm -f %s-wal %s-shm", dbf, dbf);
     if (system(cmd) != 0)
         diag("could not remove %s-wal", dbf);
-    rmseg(env);
     return exit_status();
 }

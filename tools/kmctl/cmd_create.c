@@ -1,0 +1,172 @@
+/*
+ * tools/kmctl/cmd_create.c - kmctl create, and the segment permissions it
+ * and restore set (--group) and every command explains (KM_EACCES).
+ */
+#include <errno.h>
+#include <grp.h>
+#include <inttypes.h>
+#include <pwd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "kmctl.h"
+
+/* ---------------------------------------------------------- permissions */
+
+int seg_chgrp(const char *name, const char *group)
+{
+    struct group *gr = getgrnam(group);
+    char *end;
+    unsigned long gid = strtoul(group, &end, 10);
+    char path[KM_SEG_NAME_MAX + 16];
+    if (gr)
+        gid = gr->gr_gid;
+    else if (!*group || *end) {
+        errline("group '%s': no such group", group);
+        return EX_FAILED;
+    }
+    snprintf(path, sizeof path, "/dev/shm/%s", name[0] == '/' ? name + 1 : name);
+    if (chown(path, (uid_t)-1, (gid_t)gid) != 0) {
+        errline("segment '%s': giving it to group '%s': %s", name, group, strerror(errno));
+        return EX_FAILED;
+    }
+    return EX_SUCCESS;
+}
+
+void explain_access(const char *name)
+{
+    char path[KM_SEG_NAME_MAX + 16];
+    struct stat st;
+    snprintf(path, sizeof path, "/dev/shm/%s", name[0] == '/' ? name + 1 : name);
+    if (stat(path, &st) != 0)
+        return;
+    struct passwd *pw = getpwuid(st.st_uid);
+    struct group *gr = getgrgid(st.st_gid);
+    uid_t me = geteuid();
+    const char *need = st.st_uid == me ? "its owner's read and write bits"
+                       : getegid() == st.st_gid || group_member(st.st_gid)
+                           ? "read and write for its group (--mode 0660)"
+                           : "membership of its group, or its owner's user id";
+    errline("segment '%s' is mode %04o, owner %s, group %s; this process (uid %u) needs %s",
+            name, (unsigned)(st.st_mode & 07777), pw ? pw->pw_name : "?", gr ? gr->gr_name : "?",
+            (unsigned)me, need);
+}
+
+/* ---------------------------------------------------------------- create */
+
+const char usage_create[] =
+    "Usage: kmctl create NAME --config FILE [--mode OCTAL] [--group NAME]\n"
+    "       kmctl create NAME --from-env PROVIDERS [--mode OCTAL] [--group NAME]\n"
+    "\n"
+    "Create shared-memory segment NAME from the JSON configuration FILE\n"
+    "(format: docs/config.md) and initialise every pool and key in it.\n"
+    "secret_env references are read from kmctl's environment.  The segment is\n"
+    "sized for the configuration's capacity and fully validated first: on\n"
+    "any failure no segment is left behind.\n"
+    "\n"
+    "With --from-env, the configuration comes from environment variables\n"
+    "instead: for each provider P of the comma-separated PROVIDERS (e.g.\n"
+    "openai,anthropic) a pool named P with NUM_P keys P-1..P-N, secrets in\n"
+    "P_API_KEY_1..N, limits P_RPM, P_TPM, ... (pool) and P_RPM_i (key),\n"
+    "weights P_WEIGHT_i, strategy P_STRATEGY, and any other P_<PARAM>_i as\n"
+    "the key's metadata (P in upper case in variable names; details in\n"
+    "docs/config.md).  A missing P_API_KEY_i skips key i with a warning on\n"
+    "stderr: \"kmctl: create: warning: ...\".  Values are never printed.\n"
+    "\n"
+    "Options:\n"
+    "  -c, --config FILE          the configuration\n"
+    "  -e, --from-env PROVIDERS   build it from the environment instead\n"
+    "                             (exactly one of --config, --from-env)\n"
+    "  -m, --mode OCTAL           permission bits of the segment (default 0600)\n"
+    "  -g, --group NAME           give the segment to group NAME, so that with\n"
+    "                             --mode 0660 its members' workers can attach\n"
+    "  -h, --help                 show this help\n"
+    "\n"
+    "Exit status: 0 created; 1 invalid configuration (the message names\n"
+    "FILE:LINE:COLUMN, the field or the variable), unreadable FILE, NAME\n"
+    "already exists or another failure; 2 usage error.\n"
+    "\n"
+    "Examples:\n"
+    "  kmctl create llm --config pool.json --mode 0660\n"
+    "  NUM_OPENAI=2 OPENAI_API_KEY_1=sk-... OPENAI_API_KEY_2=sk-... \\\n"
+    "      kmctl create llm --from-env openai\n";
+
+typedef struct create_opts {
+    const char *config;
+    const char *from_env;
+    const char *group;
+    unsigned mode;
+} create_opts;
+
+static const opt_spec create_optv[] = {
+    OPT_STR("config", 'c', 1, create_opts, config),
+    OPT_STR("from-env", 'e', 1, create_opts, from_env),
+    OPT_MODE("mode", 'm', 1, create_opts, mode),
+    OPT_STR("group", 'g', 1, create_opts, group),
+};
+
+static const cmd_syntax create_syntax = {usage_create, "NAME", create_optv, N_OPTS(create_optv)};
+
+/* km_config_from_env's warnings: names of variables, never values. */
+static void create_warning(void *ctx, const char *msg)
+{
+    (void)ctx;
+    errline("warning: %s", msg);
+}
+
+int cmd_create(int argc, char **argv)
+{
+    create_opts o = {NULL, NULL, NULL, 0600};
+    km_config *cfg = NULL;
+    km_env *env = NULL;
+    km_info info;
+    char err[1024];
+    int rc;
+
+    if ((rc = parse_args(&create_syntax, argc, argv, &o)) >= 0)
+        return rc;
+    if (o.config && o.from_env)
+        return usage_error("give either --config or --from-env, not both");
+    if (!o.config && !o.from_env)
+        return usage_error("missing --config FILE or --from-env PROVIDERS");
+    const char *name = argv[optind];
+
+    if (o.config)
+        rc = km_config_parse_file(o.config, &cfg, err, sizeof err);
+    else
+        rc = km_config_from_env(o.from_env, &cfg, create_warning, NULL, err,
+                                sizeof err);
+    if (rc != KM_OK) {
+        /* The library's line names the file and the line:column, the field
+         * or the variable. */
+        errline("%s", err[0] ? err : km_strerror(rc));
+        return EX_FAILED;
+    }
+    rc = km_create(name, cfg, o.mode, &env);
+    km_config_free(cfg); /* wipes the secrets of the parsed copy */
+    if (rc != KM_OK) {
+        int e = errno;
+        /* Not found here means a bad name (e.g. a directory in it), not a
+         * missing segment: a failed create is always status 1. */
+        errline("segment '%s': %s", name, err_text(rc, e));
+        return EX_FAILED;
+    }
+    if (o.group && (rc = seg_chgrp(name, o.group)) != EX_SUCCESS) {
+        km_close(env);
+        km_unlink(name); /* nothing half made is left behind */
+        return rc;
+    }
+    if (km_info_get(env, &info) == KM_OK)
+        printf("created segment '%s': %" PRIu32 " pool%s, %" PRIu32
+               " key%s, %" PRIu64 " bytes, mode %04o\n",
+               name, info.n_pools, info.n_pools == 1 ? "" : "s", info.n_keys,
+               info.n_keys == 1 ? "" : "s", info.size_bytes,
+               o.mode ? o.mode : 0600);
+    rc = km_close(env);
+    if (rc != KM_OK)
+        return seg_error(name, rc);
+    return EX_SUCCESS;
+}

@@ -1,0 +1,595 @@
+/*
+ * tools/kmctl/cmd_inspect.c - kmctl inspect (pools and keys, processes,
+ * epochs) and kmctl ps, which prints the same process table.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "kmctl.h"
+
+const char usage_inspect[] =
+    "Usage: kmctl inspect NAME [--json]\n"
+    "\n"
+    "Show segment NAME: capacity, then for each pool a header line (name,\n"
+    "strategy, key count, cooldown settings), its models and budget if it\n"
+    "has them, and a table with one row per key:\n"
+    "  ID          key id\n"
+    "  SECRET      the secret, masked\n"
+    "  STATE       active, cooling, probing, disabled, invalid or exhausted\n"
+    "  W           weight\n"
+    "  INFLIGHT    leases out / most leases allowed at once\n"
+    "  RPM, TPM    available now / limit (\"-\": no limit); RPH, RPD, TPH,\n"
+    "              TPD appear when a key of the pool has such a limit\n"
+    "  ACQ         leases acquired\n"
+    "  OK, 429     releases with success, with rate_limited\n"
+    "  FAIL        releases with failure, auth or quota\n"
+    "  EMA_MS      moving average of latency in ms (\"-\": no sample yet)\n"
+    "  COOLDOWN_S  seconds of cooldown left (\"-\": none)\n"
+    "  SPENT_USD   US dollars spent (/ budget, if the key has one); shown\n"
+    "              when a key of the pool has a price or a budget\n"
+    "  META        the key's metadata (JSON); shown when a key has some\n"
+    "\n"
+    "Then the attached processes, as `kmctl ps` lists them; kmctl itself is\n"
+    "marked \"(this kmctl)\".\n"
+    "\n"
+    "Options:\n"
+    "  -j, --json   print the snapshot JSON instead (as `kmctl snapshot`;\n"
+    "               it has no process list: use `kmctl ps NAME --json`)\n"
+    "  -h, --help   show this help\n"
+    "\n"
+    "Exit status: 0 shown; 1 failure; 2 usage error; 3 no such segment.\n"
+    "\n"
+    "Example:\n"
+    "  kmctl inspect llm\n";
+
+const char usage_ps[] =
+    "Usage: kmctl ps NAME [--json]\n"
+    "\n"
+    "List the processes attached to segment NAME, one row per slot of its\n"
+    "process table in use:\n"
+    "  SLOT        slot in the process table\n"
+    "  PID         process id (\"-\": still attaching)\n"
+    "  ALIVE       yes, or no: it died without detaching and `kmctl reap`\n"
+    "              will release what it held\n"
+    "  LEASES      leases it holds now\n"
+    "  ATTACHED_S  seconds since it attached\n"
+    "kmctl itself is attached while it looks and is marked \"(this kmctl)\".\n"
+    "\n"
+    "Options:\n"
+    "  -j, --json   print a JSON array instead, one object per process:\n"
+    "               {\"slot\", \"pid\", \"alive\", \"leases\", \"attached_s\",\n"
+    "               \"self\"} (self: true for this kmctl)\n"
+    "  -h, --help   show this help\n"
+    "\n"
+    "Exit status: 0 listed; 1 failure; 2 usage error; 3 no such segment.\n"
+    "\n"
+    "Example:\n"
+    "  kmctl ps llm\n";
+
+/* --------------------------------------------------------- pools and keys */
+
+/* Display width of UTF-8 text: code points, not bytes (masks hold "…"). */
+static size_t width(const char *s)
+{
+    size_t w = 0;
+    for (; *s; s++)
+        if (((unsigned char)*s & 0xC0) != 0x80)
+            w++;
+    return w;
+}
+
+enum {
+    COL_ID, COL_SECRET, COL_STATE, COL_W, COL_INFLIGHT,
+    COL_RPM, COL_RPH, COL_RPD, COL_TPM, COL_TPH, COL_TPD,
+    COL_ACQ, COL_OK, COL_429, COL_FAIL, COL_EMA, COL_COOL, COL_SPENT,
+    COL_META, NCOLS
+};
+
+static const char *const col_title[NCOLS] = {
+    "ID", "SECRET", "STATE", "W", "INFLIGHT", "RPM", "RPH", "RPD",
+    "TPM", "TPH", "TPD", "ACQ", "OK", "429", "FAIL", "EMA_MS", "COOLDOWN_S",
+    "SPENT_USD", "META"};
+
+/* Micro-USD as dollars with 2 to 6 decimals: 100.00, 0.0025, 1.234567. */
+static void usd(uint64_t micro, char *b, size_t n)
+{
+    int len = snprintf(b, n, "%" PRIu64 ".%06" PRIu64, micro / 1000000,
+                       micro % 1000000);
+    if (len < 0 || (size_t)len >= n)
+        return;
+    char *dot = strchr(b, '.');
+    while (b + len - 1 > dot + 2 && b[len - 1] == '0')
+        b[--len] = '\0';
+}
+
+static int col_window(int col)
+{
+    return col >= COL_RPM && col <= COL_TPD ? KM_WIN_RPM + (col - COL_RPM)
+                                            : -1;
+}
+
+static void cell(const km_key_info *k, int col, uint64_t now, char *b,
+                 size_t n)
+{
+    char u1[32], u2[32];
+    int w = col_window(col);
+    if (w >= 0) {
+        const km_limit_info *l = &k->limits[w];
+        if (l->limit)
+            snprintf(b, n, "%" PRIu64 "/%" PRIu64, l->available, l->limit);
+        else
+            snprintf(b, n, "-");
+        return;
+    }
+    switch (col) {
+    case COL_ID:
+        snprintf(b, n, "%s", k->id);
+        break;
+    case COL_SECRET:
+        snprintf(b, n, "%s", k->secret_masked);
+        break;
+    case COL_STATE:
+        snprintf(b, n, "%s", km_key_state_name(k->state));
+        break;
+    case COL_W:
+        snprintf(b, n, "%" PRIu32, k->weight);
+        break;
+    case COL_INFLIGHT:
+        snprintf(b, n, "%" PRIu32 "/%" PRIu32, k->inflight, k->max_inflight);
+        break;
+    case COL_ACQ:
+        snprintf(b, n, "%" PRIu64, k->acquired);
+        break;
+    case COL_OK:
+        snprintf(b, n, "%" PRIu64, k->outcomes[KM_OUT_SUCCESS]);
+        break;
+    case COL_429:
+        snprintf(b, n, "%" PRIu64, k->outcomes[KM_OUT_RATE_LIMITED]);
+        break;
+    case COL_FAIL:
+        snprintf(b, n, "%" PRIu64,
+                 k->outcomes[KM_OUT_FAILURE] + k->outcomes[KM_OUT_AUTH] +
+                     k->outcomes[KM_OUT_QUOTA]);
+        break;
+    case COL_EMA:
+        if (k->latency_ema_us)
+            snprintf(b, n, "%.1f", (double)k->latency_ema_us / 1000.0);
+        else
+            snprintf(b, n, "-");
+        break;
+    case COL_COOL:
+        if (k->cooldown_until_ns > now)
+            snprintf(b, n, "%" PRIu64,
+                     (k->cooldown_until_ns - now + 999999999) / 1000000000);
+        else
+            snprintf(b, n, "-");
+        break;
+    case COL_SPENT:
+        usd(k->spent_microusd, u1, sizeof u1);
+        if (k->budget_microusd) {
+            usd(k->budget_microusd, u2, sizeof u2);
+            snprintf(b, n, "%s/%s%s", u1, u2, k->budget_hard ? "" : " (soft)");
+        } else {
+            snprintf(b, n, "%s", u1);
+        }
+        break;
+    case COL_META:
+        snprintf(b, n, "%s", k->meta[0] ? k->meta : "-");
+        break;
+    default:
+        b[0] = '\0';
+    }
+}
+
+static void print_cell(const char *s, size_t w, int last)
+{
+    fputs(s, stdout);
+    if (!last)
+        for (size_t i = width(s); i < w + 2; i++)
+            putchar(' ');
+}
+
+static int inspect_pool(km_env *env, const char *name, int pool)
+{
+    km_pool_info pi;
+    km_key_info *keys;
+    size_t wid[NCOLS];
+    int show[NCOLS], last = 0, rc;
+    char b[KM_META_MAX + 64];
+    uint64_t now;
+
+    if ((rc = km_pool_info_get(env, pool, &pi)) != KM_OK)
+        return seg_error(name, rc);
+    printf("\npool %s: %s, %" PRIu32 " key%s, cooldown %" PRIu32
+           "s (max %" PRIu32 "s), max_failures %" PRIu32,
+           pi.name, km_strategy_name(pi.strategy), pi.n_keys,
+           pi.n_keys == 1 ? "" : "s", pi.cooldown_s, pi.max_cooldown_s,
+           pi.max_failures);
+    if (pi.waiters)
+        printf(", %" PRIu32 " waiting", pi.waiters);
+    putchar('\n');
+    if (pi.n_keys == 0)
+        return EX_SUCCESS;
+    if (pi.n_models || pi.model_mode == KM_MODELS_PER_MODEL) {
+        int first = km_pool_key(env, pool, 0);
+        printf("  models (%s limits):",
+               pi.model_mode == KM_MODELS_PER_MODEL ? "per_model" : "global");
+        for (uint32_t i = 0; first >= 0 && i < pi.n_models; i++) {
+            char mname[KM_ID_MAX + 1];
+            km_limit_info lim[KM_WIN_COUNT];
+            if (km_model_info_get(env, pool, i, (uint32_t)first, mname, lim))
+                break;
+            printf("%s %s", i ? "," : "", mname);
+            /* Per-model limits are the same on every key: show them once. */
+            int any = 0;
+            for (int w = 0; w < KM_WIN_COUNT; w++)
+                if (lim[w].limit) {
+                    printf("%s%s %" PRIu64, any ? ", " : " (", km_window_name(w),
+                           lim[w].limit);
+                    any = 1;
+                }
+            if (any)
+                putchar(')');
+        }
+        putchar('\n');
+    }
+    if (pi.budget_microusd) {
+        char u1[32], u2[32];
+        usd(pi.spent_microusd, u1, sizeof u1);
+        usd(pi.budget_microusd, u2, sizeof u2);
+        printf("  budget: $%s spent of $%s (%s)\n", u1, u2,
+               pi.budget_hard ? "hard: refused when spent"
+                              : "soft: deprioritised when spent");
+    } else if (pi.spent_microusd) {
+        usd(pi.spent_microusd, b, sizeof b);
+        printf("  spent: $%s\n", b);
+    }
+    keys = calloc(pi.n_keys, sizeof *keys);
+    if (!keys) {
+        errline("out of memory");
+        return EX_FAILED;
+    }
+    /* Read every key once, then lay out from those copies.  A key removed
+     * meanwhile (or still listed after a removal) is left out. */
+    uint32_t nk = 0;
+    for (uint32_t i = 0; i < pi.n_keys; i++) {
+        int k = km_pool_key(env, pool, i);
+        if (k == KM_ENOKEY || (k >= 0 && (rc = km_key_info_get(env, (uint32_t)k, &keys[nk])) == KM_ENOKEY))
+            continue;
+        if (k < 0 || rc) {
+            free(keys);
+            return seg_error(name, k < 0 ? k : rc);
+        }
+        nk++;
+    }
+    pi.n_keys = nk;
+    now = km_now_ns();
+    for (int c = 0; c < NCOLS; c++) {
+        int w = col_window(c);
+        show[c] = 1;
+        /* RPM and TPM always; the other windows only if some key uses them */
+        if (w >= 0 && w != KM_WIN_RPM && w != KM_WIN_TPM) {
+            show[c] = 0;
+            for (uint32_t i = 0; i < pi.n_keys; i++)
+                show[c] |= keys[i].limits[w].limit != 0;
+        }
+        /* Spend where something is priced or budgeted; metadata if any. */
+        if (c == COL_SPENT) {
+            show[c] = 0;
+            for (uint32_t i = 0; i < pi.n_keys; i++)
+                show[c] |= keys[i].price_in_microusd_per_1k != 0 ||
+                           keys[i].price_out_microusd_per_1k != 0 ||
+                           keys[i].budget_microusd != 0 ||
+                           keys[i].spent_microusd != 0;
+        }
+        if (c == COL_META) {
+            show[c] = 0;
+            for (uint32_t i = 0; i < pi.n_keys; i++)
+                show[c] |= keys[i].meta[0] != '\0';
+        }
+        if (!show[c])
+            continue;
+        last = c;
+        wid[c] = strlen(col_title[c]);
+        for (uint32_t i = 0; i < pi.n_keys; i++) {
+            cell(&keys[i], c, now, b, sizeof b);
+            if (width(b) > wid[c])
+                wid[c] = width(b);
+        }
+    }
+    fputs("  ", stdout);
+    for (int c = 0; c < NCOLS; c++)
+        if (show[c])
+            print_cell(col_title[c], wid[c], c == last);
+    putchar('\n');
+    for (uint32_t i = 0; i < pi.n_keys; i++) {
+        fputs("  ", stdout);
+        for (int c = 0; c < NCOLS; c++) {
+            if (!show[c])
+                continue;
+            cell(&keys[i], c, now, b, sizeof b);
+            print_cell(b, wid[c], c == last);
+        }
+        putchar('\n');
+    }
+    free(keys);
+    return EX_SUCCESS;
+}
+
+/* ------------------------------------------------------------- processes */
+
+typedef struct proc_row {
+    uint32_t slot;
+    km_proc_info pi;
+} proc_row;
+
+/* Read every used slot of the process table into *rows (malloc'd, *n rows).
+ * Each slot is read once; a process may attach or leave meanwhile. */
+static int read_procs(km_env *env, const char *name, proc_row **rows,
+                      uint32_t *n)
+{
+    km_info info;
+    int rc = km_info_get(env, &info);
+    if (rc != KM_OK)
+        return seg_error(name, rc);
+    *n = 0;
+    *rows = calloc(info.cap_procs ? info.cap_procs : 1, sizeof **rows);
+    if (!*rows) {
+        errline("out of memory");
+        return EX_FAILED;
+    }
+    for (uint32_t s = 0; s < info.cap_procs; s++) {
+        rc = km_proc_info_get(env, s, &(*rows)[*n].pi);
+        if (rc == KM_ENOENT) /* a free slot */
+            continue;
+        if (rc != KM_OK) {
+            free(*rows);
+            *rows = NULL;
+            return seg_error(name, rc);
+        }
+        (*rows)[(*n)++].slot = s;
+    }
+    return EX_SUCCESS;
+}
+
+/* Whole seconds since `attached_ns`, or "-" while the process attaches. */
+static void attached_s(uint64_t attached_ns, uint64_t now, char *b, size_t n)
+{
+    if (!attached_ns)
+        snprintf(b, n, "-");
+    else
+        snprintf(b, n, "%" PRIu64,
+                 (now > attached_ns ? now - attached_ns : 0) / 1000000000);
+}
+
+enum { PCOL_SLOT, PCOL_PID, PCOL_ALIVE, PCOL_LEASES, PCOL_ATTACHED, NPCOLS };
+
+static const char *const pcol_title[NPCOLS] = {"SLOT", "PID", "ALIVE",
+                                               "LEASES", "ATTACHED_S"};
+
+static void pcell(const proc_row *r, int col, uint64_t now, char *b, size_t n)
+{
+    switch (col) {
+    case PCOL_SLOT:
+        snprintf(b, n, "%" PRIu32, r->slot);
+        break;
+    case PCOL_PID:
+        if (r->pi.pid)
+            snprintf(b, n, "%" PRIu32, r->pi.pid);
+        else
+            snprintf(b, n, "-");
+        break;
+    case PCOL_ALIVE:
+        snprintf(b, n, "%s", r->pi.alive ? "yes" : "no");
+        break;
+    case PCOL_LEASES:
+        snprintf(b, n, "%" PRIu32, r->pi.leases);
+        break;
+    default:
+        attached_s(r->pi.attached_ns, now, b, n);
+    }
+}
+
+/* The process table, indented by two spaces, kmctl's own row marked. */
+static void print_proc_table(const proc_row *rows, uint32_t n, uint64_t now)
+{
+    size_t wid[NPCOLS];
+    char b[32];
+    uint32_t self = (uint32_t)getpid();
+
+    for (int c = 0; c < NPCOLS; c++) {
+        wid[c] = strlen(pcol_title[c]);
+        for (uint32_t i = 0; i < n; i++) {
+            pcell(&rows[i], c, now, b, sizeof b);
+            if (strlen(b) > wid[c])
+                wid[c] = strlen(b);
+        }
+    }
+    fputs("  ", stdout);
+    for (int c = 0; c < NPCOLS; c++)
+        print_cell(pcol_title[c], wid[c], c == NPCOLS - 1);
+    putchar('\n');
+    for (uint32_t i = 0; i < n; i++) {
+        int mine = rows[i].pi.pid == self;
+        fputs("  ", stdout);
+        for (int c = 0; c < NPCOLS; c++) {
+            pcell(&rows[i], c, now, b, sizeof b);
+            print_cell(b, wid[c], c == NPCOLS - 1 && !mine);
+        }
+        if (mine)
+            fputs("(this kmctl)", stdout);
+        putchar('\n');
+    }
+}
+
+static void print_proc_json(const proc_row *rows, uint32_t n, uint64_t now)
+{
+    uint32_t self = (uint32_t)getpid();
+
+    putchar('[');
+    for (uint32_t i = 0; i < n; i++) {
+        const km_proc_info *p = &rows[i].pi;
+        printf("%s\n  {\"slot\": %" PRIu32 ", \"pid\": %" PRIu32
+               ", \"alive\": %s, \"leases\": %" PRIu32 ", \"attached_s\": ",
+               i ? "," : "", rows[i].slot, p->pid,
+               p->alive ? "true" : "false", p->leases);
+        if (p->attached_ns) {
+            uint64_t d = now > p->attached_ns ? now - p->attached_ns : 0;
+            printf("%" PRIu64 ".%03" PRIu64, d / 1000000000,
+                   d / 1000000 % 1000);
+        } else {
+            fputs("null", stdout);
+        }
+        printf(", \"self\": %s}", p->pid == self ? "true" : "false");
+    }
+    puts(n ? "\n]" : "]");
+}
+
+/* inspect's last section: "processes: N attached[, D dead]" and the table. */
+static int inspect_procs(km_env *env, const char *name)
+{
+    proc_row *rows;
+    uint32_t n, dead = 0;
+    int rc = read_procs(env, name, &rows, &n);
+    if (rc != EX_SUCCESS)
+        return rc;
+    for (uint32_t i = 0; i < n; i++)
+        dead += !rows[i].pi.alive;
+    printf("\nprocesses: %" PRIu32 " attached", n);
+    if (dead)
+        printf(", %" PRIu32 " dead (`kmctl reap %s` releases what they hold)",
+               dead, name);
+    putchar('\n');
+    print_proc_table(rows, n, km_now_ns());
+    free(rows);
+    return EX_SUCCESS;
+}
+
+/* ---------------------------------------------------------------- epochs */
+
+int lagging_readers(km_env *env, void (*fn)(void *ctx, const km_reader_info *ri), void *ctx)
+{
+    km_info info;
+    km_epoch_info ei;
+    int rc, n = 0;
+    if ((rc = km_info_get(env, &info)) != KM_OK || (rc = km_epoch_info_get(env, &ei)) != KM_OK)
+        return rc;
+    for (uint32_t s = 0; s < info.cap_procs; s++)
+        for (uint32_t r = 0; r < ei.rows_per_process; r++) {
+            km_reader_info ri;
+            if (km_reader_info_get(env, s, r, &ri) != KM_OK || !ri.alive || !ri.epochs_behind)
+                continue;
+            fn(ctx, &ri);
+            n++;
+        }
+    return n;
+}
+
+/* One row of inspect's reader table, under its title the first time. */
+static void reader_row(void *ctx, const km_reader_info *ri)
+{
+    int *rows = ctx;
+    char tid[16];
+    if ((*rows)++ == 0)
+        printf("readers holding back reclamation:\n"
+               "  PID      TID      EPOCHS_BEHIND  INSIDE_S\n");
+    snprintf(tid, sizeof tid, "%" PRIu32, ri->tid);
+    printf("  %-8" PRIu32 " %-8s %-14" PRIu64 " %.3f\n", ri->pid,
+           ri->shared ? "shared" : tid, ri->epochs_behind, (double)ri->inside_ns / 1e9);
+}
+
+/* inspect's epoch section: the global epoch and every reader inside an
+ * acquire that began before it (those hold back reclamation). */
+static int inspect_epochs(km_env *env, const char *name)
+{
+    km_epoch_info ei;
+    int rc = km_epoch_info_get(env, &ei), rows = 0;
+    if (rc != KM_OK)
+        return seg_error(name, rc);
+    printf("\nepochs: epoch %" PRIu64 ", reclaimed up to %" PRIu64 ", %" PRIu64
+           " reconfiguration%s\n", ei.epoch, ei.synced, ei.reconfigs,
+           ei.reconfigs == 1 ? "" : "s");
+    if ((rc = lagging_readers(env, reader_row, &rows)) < 0)
+        return seg_error(name, rc);
+    if (rows == 0)
+        printf("no reader holds back reclamation\n");
+    return EX_SUCCESS;
+}
+
+/* --------------------------------------------------------------- inspect */
+
+static int inspect_table(km_env *env, const char *name)
+{
+    km_info info;
+    int rc = km_info_get(env, &info);
+    if (rc != KM_OK)
+        return seg_error(name, rc);
+    printf("segment %s: format %" PRIu32 ", %" PRIu32 " pool%s, %" PRIu32
+           " key%s, %" PRIu64 " bytes, %" PRIu32
+           " process%s attached (this one included)\n",
+           name, info.format, info.n_pools, info.n_pools == 1 ? "" : "s",
+           info.n_keys, info.n_keys == 1 ? "" : "s", info.size_bytes,
+           info.n_procs, info.n_procs == 1 ? "" : "es");
+    printf("capacity: %" PRIu32 " key%s, %" PRIu32 " pool%s, %" PRIu32
+           " process%s, %" PRIu32 " lease%s per key\n",
+           info.cap_keys, info.cap_keys == 1 ? "" : "s", info.cap_pools,
+           info.cap_pools == 1 ? "" : "s", info.cap_procs, info.cap_procs == 1 ? "" : "es",
+           info.cap_inflight, info.cap_inflight == 1 ? "" : "s");
+    for (uint32_t p = 0; p < info.n_pools; p++)
+        if ((rc = inspect_pool(env, name, (int)p)) != EX_SUCCESS)
+            return rc;
+    if ((rc = inspect_procs(env, name)) != EX_SUCCESS)
+        return rc;
+    return inspect_epochs(env, name);
+}
+
+static const opt_spec json_optv[] = {OPT_FLAG("json", 'j', 1, flag_opts, on)};
+
+static const cmd_syntax inspect_syntax = {usage_inspect, "NAME", json_optv, N_OPTS(json_optv)};
+
+int cmd_inspect(int argc, char **argv)
+{
+    flag_opts json = {0};
+    const char *name;
+    km_env *env;
+    int rc;
+
+    if ((rc = parse_and_open(&inspect_syntax, argc, argv, &json, &name, &env)) >= 0)
+        return rc;
+    snap_opts to_stdout = {0};
+    rc = json.on ? emit_snapshot(env, name, &to_stdout, NULL)
+                 : flush_stdout(inspect_table(env, name));
+    km_close(env);
+    return rc;
+}
+
+/* -------------------------------------------------------------------- ps */
+
+static const cmd_syntax ps_syntax = {usage_ps, "NAME", json_optv, N_OPTS(json_optv)};
+
+int cmd_ps(int argc, char **argv)
+{
+    flag_opts json = {0};
+    proc_row *rows;
+    uint32_t n;
+    const char *name;
+    km_env *env;
+    int rc;
+
+    if ((rc = parse_and_open(&ps_syntax, argc, argv, &json, &name, &env)) >= 0)
+        return rc;
+    rc = read_procs(env, name, &rows, &n);
+    if (rc == EX_SUCCESS) {
+        if (json.on)
+            print_proc_json(rows, n, km_now_ns());
+        else
+            print_proc_table(rows, n, km_now_ns());
+        free(rows);
+        rc = flush_stdout(rc);
+    }
+    km_close(env);
+    return rc;
+}

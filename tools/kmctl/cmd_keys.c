@@ -1,0 +1,431 @@
+/*
+ * tools/kmctl/cmd_keys.c - the commands that change one key while workers
+ * run: enable, disable, add-key, remove-key, set-weight, set-limits.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "kmctl.h"
+
+const char usage_enable[] =
+    "Usage: kmctl enable NAME POOL KEY_ID\n"
+    "\n"
+    "Put key KEY_ID of pool POOL back in service: its state becomes active\n"
+    "and invalid, exhausted, cooldown and failure counts are cleared.\n"
+    "\n"
+    "Options:\n"
+    "  -h, --help   show this help\n"
+    "\n"
+    "Exit status: 0 done; 1 failure; 2 usage error; 3 no such segment, pool\n"
+    "or key.\n"
+    "\n"
+    "Example:\n"
+    "  kmctl enable llm openai b\n";
+
+const char usage_disable[] =
+    "Usage: kmctl disable NAME POOL KEY_ID\n"
+    "\n"
+    "Take key KEY_ID of pool POOL out of service: no new lease is handed out\n"
+    "on it until `kmctl enable`.  Leases already out may finish.\n"
+    "\n"
+    "Options:\n"
+    "  -h, --help   show this help\n"
+    "\n"
+    "Exit status: 0 done; 1 failure; 2 usage error; 3 no such segment, pool\n"
+    "or key.\n"
+    "\n"
+    "Example:\n"
+    "  kmctl disable llm openai b\n";
+
+const char usage_add_key[] =
+    "Usage: kmctl add-key NAME POOL KEY_ID (--secret-env VAR | --secret-file FILE)\n"
+    "                     [--weight N] [--limits JSON] [--max-inflight N]\n"
+    "                     [--timeout MS]\n"
+    "\n"
+    "Add key KEY_ID to pool POOL of segment NAME while workers acquire and\n"
+    "release.  The key is active and in the pool when the command returns.\n"
+    "Windows, prices and max_inflight not given take the pool's configured\n"
+    "defaults.  The secret never goes on the command line: --secret-env\n"
+    "names an environment variable holding it, --secret-file a file (its\n"
+    "trailing newline is dropped).  A removed key's slot is reused only after\n"
+    "a grace period and once its last lease is back.\n"
+    "\n"
+    "Options:\n"
+    "  --secret-env VAR    the secret is in environment variable VAR\n"
+    "  --secret-file FILE  the secret is the content of FILE\n"
+    "  --weight N          weight 1..1000000 (default 1)\n"
+    "  --limits JSON       the key's own limits, as in the configuration:\n"
+    "                      '{\"rpm\": 500, \"tpm\": {\"limit\": 90000}}'\n"
+    "  --max-inflight N    most concurrent leases on the key\n"
+    "  --timeout MS        longest wait for a grace period (default 1000)\n"
+    "  -h, --help          show this help\n"
+    "\n"
+    "Exit status: 0 added; 1 failure (id in use, no free slot, invalid\n"
+    "limits, a stalled reader: the message says which); 2 usage error; 3 no\n"
+    "such segment or pool.\n"
+    "\n"
+    "Example:\n"
+    "  OPENAI_KEY_C=sk-... kmctl add-key llm openai c --secret-env OPENAI_KEY_C\n";
+
+const char usage_remove_key[] =
+    "Usage: kmctl remove-key NAME POOL KEY_ID [--timeout MS]\n"
+    "\n"
+    "Remove key KEY_ID from pool POOL.  No acquire that starts after the\n"
+    "command returns gets the key; leases already out may finish and are\n"
+    "settled as usual.  The key's slot and secret bytes are reused only\n"
+    "after a grace period (every acquire that could have seen the key has\n"
+    "finished) and once its last lease is back.\n"
+    "\n"
+    "Options:\n"
+    "  --timeout MS   longest wait for a grace period (default 1000); the\n"
+    "                 removal takes effect even if it times out\n"
+    "  -h, --help     show this help\n"
+    "\n"
+    "Exit status: 0 removed; 1 failure; 2 usage error; 3 no such segment,\n"
+    "pool or key.\n"
+    "\n"
+    "Example:\n"
+    "  kmctl remove-key llm openai b\n";
+
+const char usage_set_weight[] =
+    "Usage: kmctl set-weight NAME POOL KEY_ID WEIGHT [--timeout MS]\n"
+    "\n"
+    "Change the weight (1..1000000) of key KEY_ID, used by the weighted\n"
+    "strategy.  Acquires running meanwhile use the old or the new weights.\n"
+    "\n"
+    "Options:\n"
+    "  --timeout MS   longest wait for a grace period (default 1000)\n"
+    "  -h, --help     show this help\n"
+    "\n"
+    "Exit status: 0 changed; 1 failure (nothing changed); 2 usage error; 3\n"
+    "no such segment, pool or key.\n"
+    "\n"
+    "Example:\n"
+    "  kmctl set-weight llm openai a 3\n";
+
+const char usage_set_limits[] =
+    "Usage: kmctl set-limits NAME POOL KEY_ID JSON [--timeout MS]\n"
+    "\n"
+    "Change the limits of key KEY_ID.  JSON is an object of windows as in\n"
+    "the configuration (rpm, rph, rpd, tpm, tph, tpd); windows it names are\n"
+    "replaced, null removes a window's limit, the others are kept.  A\n"
+    "window's debt carries over in units: requests or tokens already counted\n"
+    "count against the new limit.  While the change is applied (one grace\n"
+    "period) acquirers skip the key.\n"
+    "\n"
+    "Options:\n"
+    "  --timeout MS   longest wait for a grace period (default 1000)\n"
+    "  -h, --help     show this help\n"
+    "\n"
+    "Exit status: 0 changed; 1 failure (invalid limits, or a stalled reader:\n"
+    "nothing changed); 2 usage error; 3 no such segment, pool or key.\n"
+    "\n"
+    "Example:\n"
+    "  kmctl set-limits llm openai a '{\"rpm\": 500, \"tpm\": {\"limit\": 90000}}'\n";
+
+/* ------------------------------------------------------ enable / disable */
+
+static const cmd_syntax enable_syntax = {usage_enable, "NAME POOL KEY_ID", NULL, 0};
+static const cmd_syntax disable_syntax = {usage_disable, "NAME POOL KEY_ID", NULL, 0};
+
+static int set_state(const cmd_syntax *syn, int argc, char **argv, int state)
+{
+    km_env *env;
+    int rc, pool, key;
+
+    if ((rc = parse_args(syn, argc, argv, NULL)) >= 0)
+        return rc;
+    const char *name = argv[optind], *pname = argv[optind + 1],
+               *kid = argv[optind + 2];
+    if ((rc = open_seg(name, &env)) != EX_SUCCESS)
+        return rc;
+    pool = km_pool_find(env, pname);
+    if (pool < 0) {
+        errline("pool '%s': %s", pname, err_text(pool, errno));
+        rc = exit_for(pool);
+        goto out;
+    }
+    key = km_key_find(env, pool, kid);
+    if (key < 0) {
+        errline("key '%s' in pool '%s': %s", kid, pname, err_text(key, errno));
+        rc = exit_for(key);
+        goto out;
+    }
+    rc = km_key_set_state(env, (uint32_t)key, state);
+    if (rc != KM_OK) {
+        errline("key '%s' in pool '%s': %s", kid, pname, err_text(rc, errno));
+        rc = exit_for(rc);
+        goto out;
+    }
+    rc = EX_SUCCESS;
+out:
+    km_close(env);
+    return rc;
+}
+
+int cmd_enable(int argc, char **argv)
+{
+    return set_state(&enable_syntax, argc, argv, KM_KEY_ACTIVE);
+}
+
+int cmd_disable(int argc, char **argv)
+{
+    return set_state(&disable_syntax, argc, argv, KM_KEY_DISABLED);
+}
+
+/* ------------------------------------------------------ reconfiguration */
+
+/* errline for each reader holding back reclamation (after KM_EBUSY). */
+static void busy_line(void *ctx, const km_reader_info *ri)
+{
+    (void)ctx;
+    errline("held back by pid %" PRIu32 " (%s %" PRIu32 "), %" PRIu64
+            " epoch%s behind, inside an acquire for %.3f s",
+            ri->pid, ri->shared ? "shared row of" : "thread", ri->shared ? ri->pid : ri->tid,
+            ri->epochs_behind, ri->epochs_behind == 1 ? "" : "s",
+            (double)ri->inside_ns / 1e9);
+}
+
+static void explain_busy(km_env *env)
+{
+    lagging_readers(env, busy_line, NULL);
+}
+
+typedef struct reconf_opts {
+    opt_u32 timeout_ms;
+    const char *secret_env, *secret_file, *limits;
+    opt_u32 weight, max_inflight;
+} reconf_opts;
+
+/* Parse with reconf_opts' defaults; -1 to go on, else an exit status. */
+static int reconf_parse(const cmd_syntax *syn, int argc, char **argv, reconf_opts *o)
+{
+    o->timeout_ms.v = 1000;
+    return parse_args(syn, argc, argv, o);
+}
+
+/* After reconf_parse: attach to NAME and find POOL (and KEY_ID). */
+static int reconf_attach(char **argv, reconf_opts *o, km_env **env, int *pool, int want_key,
+                         int *key)
+{
+    int rc;
+    const char *name = argv[optind], *pname = argv[optind + 1], *kid = argv[optind + 2];
+    if ((rc = open_seg(name, env)) != EX_SUCCESS)
+        return rc;
+    km_set_admin_timeout(*env, o->timeout_ms.v);
+    *pool = km_pool_find(*env, pname);
+    if (*pool < 0) {
+        errline("pool '%s': %s", pname, err_text(*pool, errno));
+        rc = exit_for(*pool);
+        km_close(*env);
+        return rc;
+    }
+    if (want_key) {
+        *key = km_key_find(*env, *pool, kid);
+        if (*key < 0) {
+            errline("key '%s' in pool '%s': %s", kid, pname, err_text(*key, errno));
+            rc = exit_for(*key);
+            km_close(*env);
+            return rc;
+        }
+    }
+    return -1;
+}
+
+/* Report the result of a reconfiguration call. */
+static int reconf_done(km_env *env, int rc, const char *kid, const char *pname,
+                       const char *detail)
+{
+    if (rc >= 0) {
+        rc = EX_SUCCESS;
+    } else {
+        errline("key '%s' in pool '%s': %s%s%s", kid, pname, err_text(rc, errno),
+                detail && *detail ? ": " : "", detail ? detail : "");
+        if (rc == KM_EBUSY)
+            explain_busy(env);
+        rc = exit_for(rc);
+    }
+    km_close(env);
+    return rc;
+}
+
+/* Append s to b as a JSON string (quotes included). */
+static int json_str(char *b, size_t n, size_t *len, const char *s)
+{
+    if (*len + 2 >= n)
+        return -1;
+    b[(*len)++] = '"';
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        char esc[8];
+        int k = ch == '"' || ch == '\\' ? snprintf(esc, sizeof esc, "\\%c", ch)
+                : ch < 0x20             ? snprintf(esc, sizeof esc, "\\u%04x", ch)
+                                        : snprintf(esc, sizeof esc, "%c", ch);
+        if (*len + (size_t)k + 2 >= n)
+            return -1;
+        memcpy(b + *len, esc, (size_t)k);
+        *len += (size_t)k;
+    }
+    b[(*len)++] = '"';
+    b[*len] = '\0';
+    return 0;
+}
+
+static int json_raw(char *b, size_t n, size_t *len, const char *s)
+{
+    size_t k = strlen(s);
+    if (*len + k + 1 >= n)
+        return -1;
+    memcpy(b + *len, s, k + 1);
+    *len += k;
+    return 0;
+}
+
+/* The secret in FILE, without its trailing newline, into buf. */
+static int read_secret_file(const char *path, char *buf, size_t n)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        errline("secret file '%s': %s", path, strerror(errno));
+        return EX_FAILED;
+    }
+    ssize_t got = read(fd, buf, n - 1);
+    int e = errno;
+    close(fd);
+    if (got < 0) {
+        errline("secret file '%s': %s", path, strerror(e));
+        return EX_FAILED;
+    }
+    buf[got] = '\0';
+    while (got > 0 && (buf[got - 1] == '\n' || buf[got - 1] == '\r'))
+        buf[--got] = '\0';
+    if ((size_t)got >= n - 2 || got == 0) {
+        errline("secret file '%s': %s", path, got ? "longer than a secret may be" : "empty");
+        explicit_bzero(buf, n);
+        return EX_FAILED;
+    }
+    return -1;
+}
+
+static const opt_spec add_key_optv[] = {
+    OPT_STR("secret-env", 'e', 1, reconf_opts, secret_env),
+    OPT_STR("secret-file", 'f', 1, reconf_opts, secret_file),
+    OPT_U32("weight", 'w', 1, reconf_opts, weight, 1, 1000000),
+    OPT_STR("limits", 'l', 1, reconf_opts, limits),
+    OPT_U32("max-inflight", 'm', 1, reconf_opts, max_inflight, 0, UINT32_MAX),
+    OPT_U32("timeout", 't', 1, reconf_opts, timeout_ms, 0, 3600000),
+};
+
+/* remove-key, set-weight and set-limits take only --timeout. */
+static const opt_spec timeout_optv[] = {
+    OPT_U32("timeout", 't', 1, reconf_opts, timeout_ms, 0, 3600000),
+};
+
+static const cmd_syntax add_key_syntax = {usage_add_key, "NAME POOL KEY_ID", add_key_optv,
+                                          N_OPTS(add_key_optv)};
+static const cmd_syntax remove_key_syntax = {usage_remove_key, "NAME POOL KEY_ID",
+                                             timeout_optv, N_OPTS(timeout_optv)};
+static const cmd_syntax set_weight_syntax = {usage_set_weight, "NAME POOL KEY_ID WEIGHT",
+                                             timeout_optv, N_OPTS(timeout_optv)};
+static const cmd_syntax set_limits_syntax = {usage_set_limits, "NAME POOL KEY_ID JSON",
+                                             timeout_optv, N_OPTS(timeout_optv)};
+
+int cmd_add_key(int argc, char **argv)
+{
+    reconf_opts o = {0};
+    km_env *env;
+    int pool, key, rc;
+    char secret[KM_SECRET_MAX + 8], js[8192], err[512] = "";
+    size_t len = 0;
+
+    /* Options are checked before attaching: a usage error changes nothing. */
+    if ((rc = reconf_parse(&add_key_syntax, argc, argv, &o)) >= 0)
+        return rc;
+    if (!o.secret_env == !o.secret_file)
+        return usage_error("give exactly one of --secret-env and --secret-file");
+    if ((rc = reconf_attach(argv, &o, &env, &pool, 0, &key)) >= 0)
+        return rc;
+    const char *pname = argv[optind + 1], *kid = argv[optind + 2];
+    int bad = json_raw(js, sizeof js, &len, "{\"id\":") || json_str(js, sizeof js, &len, kid);
+    if (o.secret_env) {
+        bad = bad || json_raw(js, sizeof js, &len, ",\"secret_env\":") ||
+              json_str(js, sizeof js, &len, o.secret_env);
+    } else {
+        if ((rc = read_secret_file(o.secret_file, secret, sizeof secret)) >= 0) {
+            km_close(env);
+            return rc;
+        }
+        bad = bad || json_raw(js, sizeof js, &len, ",\"secret\":") ||
+              json_str(js, sizeof js, &len, secret);
+        explicit_bzero(secret, sizeof secret);
+    }
+    if (o.weight.given) {
+        char w[32];
+        snprintf(w, sizeof w, ",\"weight\":%" PRIu32, o.weight.v);
+        bad = bad || json_raw(js, sizeof js, &len, w);
+    }
+    if (o.max_inflight.given) {
+        char w[32];
+        snprintf(w, sizeof w, ",\"max_inflight\":%" PRIu32, o.max_inflight.v);
+        bad = bad || json_raw(js, sizeof js, &len, w);
+    }
+    if (o.limits)
+        bad = bad || json_raw(js, sizeof js, &len, ",\"limits\":") ||
+              json_raw(js, sizeof js, &len, o.limits);
+    bad = bad || json_raw(js, sizeof js, &len, "}");
+    if (bad) {
+        explicit_bzero(js, sizeof js);
+        km_close(env);
+        return usage_error("arguments too long");
+    }
+    rc = km_key_add(env, pool, js, err, sizeof err);
+    explicit_bzero(js, sizeof js);
+    return reconf_done(env, rc, kid, pname, err);
+}
+
+int cmd_remove_key(int argc, char **argv)
+{
+    reconf_opts o = {0};
+    km_env *env;
+    int pool, key, rc;
+    if ((rc = reconf_parse(&remove_key_syntax, argc, argv, &o)) >= 0 ||
+        (rc = reconf_attach(argv, &o, &env, &pool, 1, &key)) >= 0)
+        return rc;
+    return reconf_done(env, km_key_remove(env, (uint32_t)key), argv[optind + 2],
+                       argv[optind + 1], NULL);
+}
+
+int cmd_set_weight(int argc, char **argv)
+{
+    reconf_opts o = {0};
+    km_env *env;
+    int pool, key, rc;
+    uint32_t w;
+    if ((rc = reconf_parse(&set_weight_syntax, argc, argv, &o)) >= 0 ||
+        (rc = reconf_attach(argv, &o, &env, &pool, 1, &key)) >= 0)
+        return rc;
+    if ((rc = parse_u32("WEIGHT", argv[optind + 3], 1, 1000000, &w)) >= 0) {
+        km_close(env);
+        return rc;
+    }
+    return reconf_done(env, km_key_set_weight(env, (uint32_t)key, w), argv[optind + 2],
+                       argv[optind + 1], NULL);
+}
+
+int cmd_set_limits(int argc, char **argv)
+{
+    reconf_opts o = {0};
+    km_env *env;
+    int pool, key, rc;
+    char err[512] = "";
+    if ((rc = reconf_parse(&set_limits_syntax, argc, argv, &o)) >= 0 ||
+        (rc = reconf_attach(argv, &o, &env, &pool, 1, &key)) >= 0)
+        return rc;
+    rc = km_key_set_limits(env, (uint32_t)key, argv[optind + 3], err, sizeof err);
+    return reconf_done(env, rc, argv[optind + 2], argv[optind + 1], err);
+}

@@ -1,0 +1,140 @@
+/*
+ * tools/kmctl/cmd_repair.c - kmctl reap (release what dead processes left
+ * behind) and kmctl check (verify the segment's invariants).
+ */
+#include <inttypes.h>
+#include <stdio.h>
+
+#include "kmctl.h"
+
+const char usage_reap[] =
+    "Usage: kmctl reap NAME [--json]\n"
+    "\n"
+    "Find the processes attached to segment NAME that died without\n"
+    "detaching (killed, crashed) and release what they held: their leases\n"
+    "end (counted as abandoned, tokens settled at the estimate) and their\n"
+    "process table slots are freed.  Prints one line:\n"
+    "  reaped N dead processes, L leases released, R keys recounted\n"
+    "with \", P pending\" added when a dead process could not be finished\n"
+    "now (a live process was mid-operation on one of its keys; reap again).\n"
+    "Workers also reap on their own (see docs/kmctl.md); finding nothing\n"
+    "dead is not an error.\n"
+    "\n"
+    "Options:\n"
+    "  -j, --json   print the report as a JSON object instead:\n"
+    "               {\"processes\", \"leases\", \"recounted\", \"pending\", \"repaired\"}\n"
+    "  -h, --help   show this help\n"
+    "\n"
+    "Exit status: 0 reaped (also when nothing was dead); 1 failure; 2 usage\n"
+    "error; 3 no such segment.\n"
+    "\n"
+    "Example:\n"
+    "  kmctl reap llm\n";
+
+const char usage_check[] =
+    "Usage: kmctl check NAME [--quiet]\n"
+    "\n"
+    "Verify the invariants of segment NAME: in-flight counts equal the live\n"
+    "leases, no lease on a free key slot or held by no attached process,\n"
+    "token reservations equal the leases that made them and stay within\n"
+    "their bursts, limit words within bounds, pool members valid, and a\n"
+    "consistent process table (a process that died without detaching is a\n"
+    "violation until it is reaped).  Each violation is one line on stdout,\n"
+    "\"violation: ...\"; then \"N violations\" on stderr.  Results are exact\n"
+    "when the segment is quiet; a key whose leases keep moving is reported\n"
+    "as not checked.\n"
+    "\n"
+    "Options:\n"
+    "  -q, --quiet  print only the summary line\n"
+    "  -h, --help   show this help\n"
+    "\n"
+    "Exit status: 0 no violation; 1 violations found (or the check failed:\n"
+    "an error line \"kmctl: check: ...\" says so); 2 usage error; 3 no such\n"
+    "segment.\n"
+    "\n"
+    "Example:\n"
+    "  kmctl check llm || kmctl reap llm\n";
+
+/* ------------------------------------------------------------------ reap */
+
+static const opt_spec reap_optv[] = {OPT_FLAG("json", 'j', 1, flag_opts, on)};
+
+static const cmd_syntax reap_syntax = {usage_reap, "NAME", reap_optv, N_OPTS(reap_optv)};
+
+int cmd_reap(int argc, char **argv)
+{
+    flag_opts o = {0};
+    km_reap_report r;
+    const char *name;
+    km_env *env;
+    int rc;
+
+    if ((rc = parse_and_open(&reap_syntax, argc, argv, &o, &name, &env)) >= 0)
+        return rc;
+    int json = o.on;
+    rc = km_reap(env, &r);
+    if (rc != KM_OK) {
+        rc = seg_error(name, rc);
+        goto out;
+    }
+    if (json) {
+        printf("{\"processes\": %" PRIu32 ", \"leases\": %" PRIu64
+               ", \"recounted\": %" PRIu32 ", \"pending\": %" PRIu32
+               ", \"repaired\": %" PRIu32 "}\n",
+               r.processes, r.leases, r.recounted, r.pending, r.repaired);
+    } else {
+        printf("reaped %" PRIu32 " dead process%s, %" PRIu64
+               " lease%s released, %" PRIu32 " key%s recounted",
+               r.processes, r.processes == 1 ? "" : "es", r.leases,
+               r.leases == 1 ? "" : "s", r.recounted,
+               r.recounted == 1 ? "" : "s");
+        if (r.pending)
+            printf(", %" PRIu32 " pending", r.pending);
+        if (r.repaired)
+            printf(", %" PRIu32 " key%s repaired (reservations had drifted)", r.repaired,
+                   r.repaired == 1 ? "" : "s");
+        putchar('\n');
+    }
+    rc = flush_stdout(EX_SUCCESS);
+out:
+    km_close(env);
+    return rc;
+}
+
+/* ----------------------------------------------------------------- check */
+
+static const opt_spec check_optv[] = {OPT_FLAG("quiet", 'q', 1, flag_opts, on)};
+
+static const cmd_syntax check_syntax = {usage_check, "NAME", check_optv, N_OPTS(check_optv)};
+
+/* km_check's callback: one violation, one line on stdout. */
+static void check_line(void *ctx, const char *line)
+{
+    (void)ctx;
+    printf("violation: %s\n", line);
+}
+
+int cmd_check(int argc, char **argv)
+{
+    flag_opts o = {0};
+    const char *name;
+    km_env *env;
+    int rc, n;
+
+    if ((rc = parse_and_open(&check_syntax, argc, argv, &o, &name, &env)) >= 0)
+        return rc;
+    int quiet = o.on;
+    n = km_check(env, quiet ? NULL : check_line, NULL);
+    if (n < 0) {
+        rc = seg_error(name, n);
+        goto out;
+    }
+    /* The violations reach stdout before the summary reaches stderr. */
+    if ((rc = flush_stdout(EX_SUCCESS)) != EX_SUCCESS)
+        goto out;
+    fprintf(stderr, "%d violation%s\n", n, n == 1 ? "" : "s");
+    rc = n ? EX_FAILED : EX_SUCCESS;
+out:
+    km_close(env);
+    return rc;
+}

@@ -1,0 +1,188 @@
+/*
+ * tools/kmctl/kmctl.h - what the files of kmctl share.
+ *
+ * kmctl is built only on the public header: everything it shows or changes
+ * goes through the same API a worker uses.  Output a script can rely on:
+ *
+ *   - errors are one line on stderr, "kmctl: <command>: <message>";
+ *   - exit status 0 success, 1 the operation failed, 2 usage error,
+ *     3 no such segment, pool or key;
+ *   - secrets are never printed (inspect and snapshot show masked secrets).
+ *
+ * main.c holds the messages, the one option parser and the command table;
+ * each cmd_*.c a group of commands, each command with its --help text.
+ * Only cmd_usage.c (persist, usage) includes sqlite3.h.
+ *
+ * See docs/kmctl.md and `kmctl --help`.
+ */
+#ifndef KMCTL_H
+#define KMCTL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "keymesh.h"
+
+enum {
+    EX_SUCCESS = 0, /* the command did what was asked */
+    EX_FAILED = 1,  /* the operation failed (message on stderr) */
+    EX_USAGE = 2,   /* bad command line */
+    EX_NOTFOUND = 3 /* no such segment, pool or key */
+};
+
+/* ------------------------------------------------------ messages (main.c) */
+
+/* "kmctl: <command>: <message>" on stderr. */
+void errline(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* The same line, then "Try 'kmctl <command> --help'."; returns EX_USAGE. */
+int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Text of a KeyMesh error; errno's text when it is KM_ESYS. */
+const char *err_text(int err, int saved_errno);
+
+/* EX_NOTFOUND for a missing segment, pool or key; else EX_FAILED. */
+int exit_for(int err);
+
+/* Report a failed call on segment `name`; return the exit status. */
+int seg_error(const char *name, int err);
+
+/* Attach to segment `name` without reaping (see main.c); an exit status. */
+int open_seg(const char *name, km_env **env);
+
+/* Flush standard output; on a write error report it and return EX_FAILED,
+ * else return rc. */
+int flush_stdout(int rc);
+
+/* -------------------------------------------- argument parsing (main.c) */
+
+/* A number option that may be absent: `given` says whether it was set. */
+typedef struct opt_u32 {
+    uint32_t v;
+    int given;
+} opt_u32;
+
+enum opt_kind {
+    OPT_KIND_FLAG, /* no argument; sets an int to 1 */
+    OPT_KIND_STR,  /* stores the argument (a const char *) */
+    OPT_KIND_U32,  /* parses an integer in [lo, hi] into an opt_u32 */
+    OPT_KIND_MODE  /* parses octal permission bits into an unsigned */
+};
+
+/* One option of a command: its long name, the value getopt_long returns for
+ * it (also accepted as -LETTER when `is_short`), and where its setter stores
+ * it in the command's options struct.  --help and -h are implied. */
+typedef struct opt_spec {
+    const char *name;
+    int letter;
+    unsigned char is_short;
+    unsigned char kind;
+    size_t off;
+    uint32_t lo, hi;
+} opt_spec;
+
+/* offsetof(type, field), refused at compile time unless field is a ctype. */
+#define OPT_OFF_(type, field, ctype) \
+    (offsetof(type, field) + 0 * _Generic(((type *)0)->field, ctype: 1))
+
+#define OPT_FLAG(name, letter, is_short, type, field) \
+    {name, letter, is_short, OPT_KIND_FLAG, OPT_OFF_(type, field, int), 0, 0}
+#define OPT_STR(name, letter, is_short, type, field) \
+    {name, letter, is_short, OPT_KIND_STR, OPT_OFF_(type, field, const char *), 0, 0}
+#define OPT_U32(name, letter, is_short, type, field, lo, hi) \
+    {name, letter, is_short, OPT_KIND_U32, OPT_OFF_(type, field, opt_u32), lo, hi}
+#define OPT_MODE(name, letter, is_short, type, field) \
+    {name, letter, is_short, OPT_KIND_MODE, OPT_OFF_(type, field, unsigned), 0, 0}
+
+#define N_OPTS(a) (sizeof(a) / sizeof((a)[0]))
+
+/* The options of a command whose one option is a flag (--json, --quiet). */
+typedef struct flag_opts {
+    int on;
+} flag_opts;
+
+/* A command's command line: its --help text, its operands (one word each,
+ * e.g. "NAME POOL KEY_ID"; the words name them in "missing ..." errors) and
+ * its options. */
+typedef struct cmd_syntax {
+    const char *help;
+    const char *operands;
+    const opt_spec *opts;
+    size_t n_opts;
+} cmd_syntax;
+
+/* Parse argv (argv[0] is the command) by `syn`: options, before or after
+ * the operands, into the struct at `opts`, then exactly the operands.
+ * Returns -1 to go on (operands from argv[optind]), or an exit status: help
+ * shown, or a usage error reported. */
+int parse_args(const cmd_syntax *syn, int argc, char **argv, void *opts);
+
+/* parse_args, then attach to the one operand NAME (inspect, ps, reap,
+ * check).  Returns -1 with *name and *env set, or an exit status. */
+int parse_and_open(const cmd_syntax *syn, int argc, char **argv, void *opts,
+                   const char **name, km_env **env);
+
+/* Parse "N" in [lo, hi] into *out; -1 to go on, else a usage error naming
+ * `what`. */
+int parse_u32(const char *what, const char *arg, uint32_t lo, uint32_t hi,
+              uint32_t *out);
+
+/* ------------------------------------------ permissions (cmd_create.c) */
+
+/* Give segment `name` to group `group` (by name or number); exit status. */
+int seg_chgrp(const char *name, const char *group);
+
+/* After KM_EACCES: say what the segment allows and what this process is. */
+void explain_access(const char *name);
+
+/* ---------------------------------------------- snapshots (cmd_snapshot.c) */
+
+typedef struct snap_opts {
+    const char *out, *key_file, *key_env, *group;
+    int secrets;
+    unsigned mode;
+} snap_opts;
+
+/* The snapshot key from o->key_file or o->key_env into key[]; -1 to go on,
+ * else an exit status. */
+int load_key(const snap_opts *o, unsigned char key[KM_SNAPSHOT_KEY_BYTES]);
+
+/* Write a snapshot (secrets encrypted under `key` if it is not NULL) to
+ * o->out, replaced atomically, or to standard output; an exit status. */
+int emit_snapshot(km_env *env, const char *name, const snap_opts *o,
+                  const unsigned char *key);
+
+/* ------------------------------------------------ readers (cmd_inspect.c) */
+
+/* Call fn for every live reader inside an acquire that began before the
+ * current epoch (those hold back reclamation).  Returns how many, or a
+ * KeyMesh error. */
+int lagging_readers(km_env *env, void (*fn)(void *ctx, const km_reader_info *ri),
+                    void *ctx);
+
+/* ----------------------------- the commands and their --help texts */
+
+int cmd_create(int argc, char **argv);         /* cmd_create.c */
+int cmd_inspect(int argc, char **argv);        /* cmd_inspect.c */
+int cmd_ps(int argc, char **argv);
+int cmd_snapshot(int argc, char **argv);       /* cmd_snapshot.c */
+int cmd_restore(int argc, char **argv);
+int cmd_keygen(int argc, char **argv);
+int cmd_destroy(int argc, char **argv);
+int cmd_persist(int argc, char **argv);        /* cmd_usage.c */
+int cmd_usage(int argc, char **argv);
+int cmd_enable(int argc, char **argv);         /* cmd_keys.c */
+int cmd_disable(int argc, char **argv);
+int cmd_add_key(int argc, char **argv);
+int cmd_remove_key(int argc, char **argv);
+int cmd_set_weight(int argc, char **argv);
+int cmd_set_limits(int argc, char **argv);
+int cmd_reap(int argc, char **argv);           /* cmd_repair.c */
+int cmd_check(int argc, char **argv);
+
+extern const char usage_create[], usage_inspect[], usage_ps[], usage_snapshot[],
+    usage_restore[], usage_keygen[], usage_destroy[], usage_persist[], usage_usage[],
+    usage_enable[], usage_disable[], usage_add_key[], usage_remove_key[],
+    usage_set_weight[], usage_set_limits[], usage_reap[], usage_check[];
+
+#endif /* KMCTL_H */
