@@ -303,6 +303,8 @@ int km__cfg_parse_root(km__cfg_ctx *c, json_t *root, km_config *cfg)
                                    "pools[%zu].name: duplicate pool name \"%s\" "
                                    "(also pools[%zu])", i, p->name, j);
     }
+    if ((rc = km__cfg_check_secrets(c, cfg)) != KM_OK)
+        return rc;
     return KM_OK;
 }
 

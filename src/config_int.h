@@ -89,5 +89,8 @@ int km__cfg_parse_key(km__cfg_ctx *c, json_t *kobj, const char *path,
  * first_key set by the caller, which checked the keys array's shape). */
 int km__cfg_parse_pool(km__cfg_ctx *c, json_t *pobj, uint32_t pi,
                        km__pool_cfg *p, km__key_cfg *keys);
+/* No API key listed twice in the whole configuration (see
+ * km__config_secret_dup); the message names both keys, never the secret. */
+int km__cfg_check_secrets(km__cfg_ctx *c, const km_config *cfg);
 
 #endif /* KM_CONFIG_INT_H */

@@ -566,6 +566,115 @@ int km__cfg_parse_key(km__cfg_ctx *c, json_t *kobj, const char *path,
     return KM_OK;
 }
 
+/* ------------------------------------------------- one secret, one key
+ *
+ * A configuration that lists one API key twice (two ids, in one pool or in
+ * two) would give that key twice its provider's limits: refused.  Secrets
+ * are compared in constant time; to avoid n^2 comparisons they are hashed
+ * first (FNV-1a, util.h), and only keys whose hashes are equal are
+ * compared.  The hashes stay in this function's memory and are wiped.
+ */
+
+int km__secret_eq(const char *a, size_t alen, const char *b, size_t blen)
+{
+    /* Every byte up to KM_SECRET_MAX is read whatever the content, so the
+     * time says nothing about where two secrets differ. */
+    size_t n = alen > blen ? alen : blen;
+    unsigned char acc = 0;
+    if (n < KM_SECRET_MAX)
+        n = KM_SECRET_MAX;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char x = i < alen ? (unsigned char)a[i] : 0;
+        unsigned char y = i < blen ? (unsigned char)b[i] : 0;
+        acc |= (unsigned char)(x ^ y);
+    }
+    return (acc | (alen != blen)) == 0;
+}
+
+typedef struct secret_hash {
+    uint64_t h;
+    uint32_t i;
+} secret_hash;
+
+static int cmp_secret_hash(const void *a, const void *b)
+{
+    const secret_hash *x = a, *y = b;
+    if (x->h != y->h)
+        return x->h < y->h ? -1 : 1;
+    return (x->i > y->i) - (x->i < y->i);
+}
+
+int km__config_secret_dup(const km__key_cfg *keys, uint32_t n,
+                          uint32_t *first, uint32_t *second)
+{
+    uint32_t dup = UINT32_MAX, orig = 0;
+    secret_hash *hs;
+
+    if (n < 2)
+        return 0;
+    if (!(hs = malloc((size_t)n * sizeof *hs)))
+        return KM_ENOMEM;
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t h = KM__FNV64_INIT;
+        for (uint32_t j = 0; j < keys[i].secret_len; j++)
+            h = km__fnv64_step(h, (unsigned char)keys[i].secret[j]);
+        hs[i].h = km__fnv64_step(h, keys[i].secret_len);
+        hs[i].i = i;
+    }
+    /* Equal hashes are neighbours, each run in index order: the earliest
+     * equal secret before a key is found by walking back its run. */
+    qsort(hs, n, sizeof *hs, cmp_secret_hash);
+    for (uint32_t r = 1; r < n; r++) {
+        const km__key_cfg *k = &keys[hs[r].i];
+        for (uint32_t q = r; q > 0 && hs[q - 1].h == hs[r].h; q--) {
+            const km__key_cfg *o = &keys[hs[q - 1].i];
+            if (km__secret_eq(k->secret, k->secret_len, o->secret,
+                              o->secret_len) &&
+                hs[r].i < dup) {
+                dup = hs[r].i;
+                orig = hs[q - 1].i; /* keep walking: an earlier one wins */
+            }
+        }
+    }
+    explicit_bzero(hs, (size_t)n * sizeof *hs);
+    free(hs);
+    if (dup == UINT32_MAX)
+        return 0;
+    *first = orig;
+    *second = dup;
+    return 1;
+}
+
+/* "pools[P].keys[K]" of key index i of cfg->keys. */
+static void key_path(const km_config *cfg, uint32_t i, char *out, size_t len)
+{
+    for (uint32_t p = 0; p < cfg->n_pools; p++)
+        if (i - cfg->pools[p].first_key < cfg->pools[p].n_keys) {
+            snprintf(out, len, "pools[%u].keys[%u]", p,
+                     i - cfg->pools[p].first_key);
+            return;
+        }
+    snprintf(out, len, "keys[%u]", i);
+}
+
+int km__cfg_check_secrets(km__cfg_ctx *c, const km_config *cfg)
+{
+    uint32_t a, b;
+    char pa[48], pb[48];
+    int rc = km__config_secret_dup(cfg->keys, cfg->n_keys, &a, &b);
+
+    if (rc == KM_ENOMEM)
+        return km__cfg_err(c, KM_ENOMEM, "out of memory");
+    if (rc == 0)
+        return KM_OK;
+    key_path(cfg, a, pa, sizeof pa);
+    key_path(cfg, b, pb, sizeof pb);
+    return km__cfg_err(c, KM_ECONFIG,
+                       "%s: key \"%s\" has the same secret as key \"%s\" "
+                       "(%s); list each API key once, or it gets its limits "
+                       "twice", pb, cfg->keys[b].id, cfg->keys[a].id, pa);
+}
+
 /* ----------------------------------------------------------------- pools */
 
 static int cmp_key_idx(const void *a, const void *b, void *keys)

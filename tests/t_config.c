@@ -83,8 +83,8 @@ static char *many_keys(unsigned n, const char *capacity)
                                   capacity, capacity[0] ? ", " : "");
     for (unsigned i = 0; i < n; i++)
         off += (size_t)snprintf(b + off, cap - off,
-                                "%s{\"id\": \"k%u\", \"secret\": \"" SECRET "\"}",
-                                i ? ", " : "", i);
+                                "%s{\"id\": \"k%u\", \"secret\": \"" SECRET "-%u\"}",
+                                i ? ", " : "", i, i);
     snprintf(b + off, cap - off, "]}]}");
     return b;
 }
@@ -201,8 +201,8 @@ static void test_defaults(void)
     for (int i = 0; i < 9; i++)
         off += (size_t)snprintf(buf + off, sizeof buf - off,
                                 "%s{\"name\": \"p%d\", \"keys\": [{\"id\": "
-                                "\"a\", \"secret\": \"sk-x\"}]}",
-                                i ? ", " : "", i);
+                                "\"a\", \"secret\": \"sk-x%d\"}]}",
+                                i ? ", " : "", i, i);
     snprintf(buf + off, sizeof buf - off, "]}");
     rc = parse(buf, &cfg);
     ok(rc == KM_OK && cfg->cap_pools == 9 && cfg->n_pools == 9 &&
@@ -826,15 +826,15 @@ static void test_price(void)
     km_config *cfg = good(
         "{\"pools\": [{\"name\": \"p\", \"price\": {\"input_per_1k\": 0.0025, "
         "\"output_per_1k\": 0.01}, \"keys\": ["
-        "{\"id\": \"a\", \"secret\": \"sk-x\"},"
-        "{\"id\": \"b\", \"secret\": \"sk-x\", \"price\": {\"output_per_1k\": 0.02}},"
-        "{\"id\": \"c\", \"secret\": \"sk-x\", \"price\": {\"input_per_1k\": 1, "
+        "{\"id\": \"a\", \"secret\": \"sk-x1\"},"
+        "{\"id\": \"b\", \"secret\": \"sk-x2\", \"price\": {\"output_per_1k\": 0.02}},"
+        "{\"id\": \"c\", \"secret\": \"sk-x3\", \"price\": {\"input_per_1k\": 1, "
         "\"output_per_1k\": 0}}]},"
-        "{\"name\": \"q\", \"keys\": [{\"id\": \"a\", \"secret\": \"sk-x\", "
+        "{\"name\": \"q\", \"keys\": [{\"id\": \"a\", \"secret\": \"sk-x4\", "
         "\"price\": {\"input_per_1k\": 1.2345674, \"output_per_1k\": 1.2345676}},"
-        "{\"id\": \"b\", \"secret\": \"sk-x\", \"price\": {\"input_per_1k\": "
+        "{\"id\": \"b\", \"secret\": \"sk-x5\", \"price\": {\"input_per_1k\": "
         "0.0000014, \"output_per_1k\": 0.0000016}},"
-        "{\"id\": \"c\", \"secret\": \"sk-x\"}]}]}",
+        "{\"id\": \"c\", \"secret\": \"sk-x6\"}]}]}",
         "prices");
     if (cfg) {
         const km__key_cfg *k = cfg->keys;
@@ -869,12 +869,12 @@ static void test_budget(void)
 {
     km_config *cfg = good(
         "{\"pools\": [{\"name\": \"p\", \"budget\": {\"usd\": 100.0}, \"keys\": ["
-        "{\"id\": \"a\", \"secret\": \"sk-x\"},"
-        "{\"id\": \"b\", \"secret\": \"sk-x\", \"budget\": {\"usd\": 5.5, "
+        "{\"id\": \"a\", \"secret\": \"sk-x1\"},"
+        "{\"id\": \"b\", \"secret\": \"sk-x2\", \"budget\": {\"usd\": 5.5, "
         "\"hard\": false}},"
-        "{\"id\": \"c\", \"secret\": \"sk-x\", \"budget\": {\"usd\": 0.0000012, "
+        "{\"id\": \"c\", \"secret\": \"sk-x3\", \"budget\": {\"usd\": 0.0000012, "
         "\"hard\": true}}]}, {\"name\": \"q\", \"budget\": {\"usd\": 3, \"hard\": "
-        "false}, \"keys\": [{\"id\": \"a\", \"secret\": \"sk-x\"}]}]}",
+        "false}, \"keys\": [{\"id\": \"a\", \"secret\": \"sk-x4\"}]}]}",
         "budgets");
     if (cfg) {
         ok(cfg->pools[0].budget_microusd == 100000000 && cfg->pools[0].budget_hard == 1,
@@ -963,6 +963,84 @@ static void test_meta(void)
     km_config_free(cfg);
     bad(one_key("", "\"meta\": {}"), "pools[0].meta: unknown field",
         "meta is a key field, not a pool field");
+}
+
+/* ------------------------------------------------ one secret, one key */
+
+static void test_secret_dup(void)
+{
+    km_config *cfg;
+
+    bad("{\"pools\": [{\"name\": \"p\", \"keys\": ["
+        "{\"id\": \"a\", \"secret\": \"" SECRET "\"},"
+        "{\"id\": \"b\", \"secret\": \"" SECRET_B "\"},"
+        "{\"id\": \"c\", \"secret\": \"" SECRET "\"}]}]}",
+        "pools[0].keys[2]: key \"c\" has the same secret as key \"a\" "
+        "(pools[0].keys[0]); list each API key once",
+        "one secret under two ids in one pool: refused, both ids named");
+    bad("{\"pools\": [{\"name\": \"p\", \"keys\": ["
+        "{\"id\": \"a\", \"secret\": \"" SECRET "\"}]},"
+        "{\"name\": \"q\", \"keys\": [{\"id\": \"x\", \"secret\": \"" SECRET_B "\"},"
+        "{\"id\": \"y\", \"secret\": \"" SECRET "\"}]}]}",
+        "pools[1].keys[1]: key \"y\" has the same secret as key \"a\" "
+        "(pools[0].keys[0])",
+        "one secret in two pools: refused");
+    bad("{\"pools\": [{\"name\": \"p\", \"keys\": ["
+        "{\"id\": \"a\", \"secret\": \"" SECRET "\"}]},"
+        "{\"name\": \"q\", \"keys\": [{\"id\": \"a\", \"secret\": \"" SECRET "\"}]}]}",
+        "pools[1].keys[0]: key \"a\" has the same secret as key \"a\" "
+        "(pools[0].keys[0])",
+        "one secret under one id in two pools: refused too");
+    /* Three copies: the first repeat is reported, against the first. */
+    bad("{\"pools\": [{\"name\": \"p\", \"keys\": ["
+        "{\"id\": \"a\", \"secret\": \"" SECRET_B "\"},"
+        "{\"id\": \"b\", \"secret\": \"" SECRET "\"},"
+        "{\"id\": \"c\", \"secret\": \"" SECRET "\"},"
+        "{\"id\": \"d\", \"secret\": \"" SECRET "\"}]}]}",
+        "pools[0].keys[2]: key \"c\" has the same secret as key \"b\" "
+        "(pools[0].keys[1])",
+        "three copies: the earliest repeat, against the first");
+    setenv("KMT_CONFIG_DUP", SECRET, 1);
+    bad("{\"pools\": [{\"name\": \"p\", \"keys\": ["
+        "{\"id\": \"lit\", \"secret\": \"" SECRET "\"},"
+        "{\"id\": \"env\", \"secret_env\": \"KMT_CONFIG_DUP\"}]}]}",
+        "key \"env\" has the same secret as key \"lit\"",
+        "secret_env resolving to a listed secret: refused");
+    unsetenv("KMT_CONFIG_DUP");
+    /* A prefix, or one byte apart, is another secret. */
+    cfg = good("{\"pools\": [{\"name\": \"p\", \"keys\": ["
+               "{\"id\": \"a\", \"secret\": \"" SECRET "\"},"
+               "{\"id\": \"b\", \"secret\": \"" SECRET "2\"},"
+               "{\"id\": \"c\", \"secret\": \"sk-test-aaaa1112\"}]}]}",
+               "secrets a prefix or one byte apart");
+    km_config_free(cfg);
+
+    ok(km__secret_eq(SECRET, strlen(SECRET), SECRET, strlen(SECRET)) == 1,
+       "secret_eq: equal");
+    ok(km__secret_eq(SECRET, strlen(SECRET), "sk-test-aaaa1112", 16) == 0,
+       "secret_eq: last byte differs");
+    ok(km__secret_eq(SECRET, strlen(SECRET), SECRET, strlen(SECRET) - 1) == 0,
+       "secret_eq: a prefix is not equal");
+    ok(km__secret_eq("x", 1, "x\0", 2) == 0, "secret_eq: a trailing NUL counts");
+
+    /* Many keys, the repeat far from its original: found through the
+     * hashes, and the lowest repeating index is reported. */
+    enum { NK = 3000 };
+    km__key_cfg *ks = calloc(NK, sizeof *ks);
+    uint32_t a = 0, b = 0;
+    for (uint32_t i = 0; i < NK; i++)
+        ks[i].secret_len = (uint32_t)snprintf(ks[i].secret, sizeof ks[i].secret,
+                                              "sk-many-%u", i);
+    is_int(km__config_secret_dup(ks, NK, &a, &b), 0, "secret_dup: %d distinct keys", NK);
+    memcpy(ks[2999].secret, ks[17].secret, sizeof ks[17].secret);
+    ks[2999].secret_len = ks[17].secret_len;
+    memcpy(ks[1500].secret, ks[2].secret, sizeof ks[2].secret);
+    ks[1500].secret_len = ks[2].secret_len;
+    int rc = km__config_secret_dup(ks, NK, &a, &b);
+    ok(rc == 1 && a == 2 && b == 1500, "secret_dup: keys 2 and 1500 of %d (got %d: %u, %u)",
+       NK, rc, a, b);
+    is_int(km__config_secret_dup(ks, 1, &a, &b), 0, "secret_dup: one key");
+    free(ks);
 }
 
 /* ---------------------------------------------------- km_config_from_env */
@@ -1139,6 +1217,11 @@ static void test_env(void)
             "metadata too long for a key");
     unsetenv("KMTP_NOTE_1");
 
+    setenv("KMTP_API_KEY_3", ENV_SECRET_1, 1);
+    env_bad("kmtp", "pools[0].keys[1]: key \"kmtp-3\" has the same secret as key "
+            "\"kmtp-1\" (pools[0].keys[0])", "one secret in two variables: refused");
+    setenv("KMTP_API_KEY_3", ENV_SECRET_3, 1);
+
     /* provider lists */
     env_bad("kmtp,KMTP", "providers: duplicate provider \"kmtp\"", "duplicate provider");
     env_bad("", "providers: empty provider name", "empty provider list");
@@ -1169,7 +1252,7 @@ static void test_env(void)
 
 int main(void)
 {
-    plan(273);
+    plan(287);
     test_good();
     test_defaults();
     test_syntax();
@@ -1185,6 +1268,7 @@ int main(void)
     test_price();
     test_budget();
     test_meta();
+    test_secret_dup();
     test_env();
     return exit_status();
 }
