@@ -122,10 +122,11 @@ static int env_param_secretish(const char *p, size_t len)
 }
 
 /* One variable "P_<PARAM>_<i>=value" of provider `pv`: a key's limit,
- * weight or metadata.  `keys[i-1]` is NULL for a skipped key. */
+ * weight or metadata.  `keys[i-1]` is NULL for a skipped key.  single: the
+ * one key came from P_API_KEY (no NUM_P). */
 static int env_key_var(env_ctx *e, const env_provider *pv, const char *var,
                        size_t var_len, const char *val, json_t **keys,
-                       uint64_t n_keys)
+                       uint64_t n_keys, int single)
 {
     const char *rest = var + pv->len + 1;
     size_t rlen = var_len - pv->len - 1;
@@ -158,9 +159,14 @@ static int env_key_var(env_ctx *e, const env_provider *pv, const char *var,
     name[var_len] = '\0';
     uint64_t idx = strtoull(rest + us, NULL, 10);
     if (idx > n_keys) {
-        env_warn(e, "%s: there is no key %llu (NUM_%s is %llu); ignored",
-                 name, (unsigned long long)idx, pv->upper,
-                 (unsigned long long)n_keys);
+        if (single)
+            env_warn(e, "%s: there is no key %llu (%s_API_KEY is the only "
+                     "key); ignored", name, (unsigned long long)idx,
+                     pv->upper);
+        else
+            env_warn(e, "%s: there is no key %llu (NUM_%s is %llu); ignored",
+                     name, (unsigned long long)idx, pv->upper,
+                     (unsigned long long)n_keys);
         return KM_OK;
     }
     json_t *k = keys[idx - 1];
@@ -224,19 +230,36 @@ static int env_key_var(env_ctx *e, const env_provider *pv, const char *var,
 /* The pool object of provider `pv`. */
 static int env_pool(env_ctx *e, const env_provider *pv, json_t *pool)
 {
-    char var[KM__ENV_PROVIDER_MAX + 32];
+    char var[KM__ENV_PROVIDER_MAX + 32], one_var[KM__ENV_PROVIDER_MAX + 16];
     json_t **keys = NULL, *karr, *limits;
     uint64_t n, usable = 0;
-    const char *v;
-    int rc = KM_OK;
+    const char *v, *one;
+    int rc = KM_OK, single = 0;
 
+    /* NUM_P and P_API_KEY_1..N; or, without NUM_P, the common single-key
+     * variable P_API_KEY as a pool of one key (id "p-1", so P_<PARAM>_1
+     * applies to it).  NUM_P wins when both are set: it is the explicit
+     * form, and a stray P_API_KEY beside it is warned about. */
     snprintf(var, sizeof var, "NUM_%s", pv->upper);
-    if (!(v = getenv(var)))
-        return km__cfg_err(e->c, KM_ECONFIG, "%s is not set (the number of %s keys)",
-                           var, pv->lower);
-    if (env_uint(v, 1, KM_KEYS_MAX, &n) != 0)
+    snprintf(one_var, sizeof one_var, "%s_API_KEY", pv->upper);
+    one = getenv(one_var);
+    if (!(v = getenv(var))) {
+        if (!one)
+            return km__cfg_err(e->c, KM_ECONFIG,
+                               "%s is not set (the number of %s keys), nor is "
+                               "%s (a single key)", var, pv->lower, one_var);
+        if (!*one)
+            return km__cfg_err(e->c, KM_ECONFIG,
+                               "%s is empty (and %s is not set)", one_var, var);
+        n = 1;
+        single = 1;
+    } else if (env_uint(v, 1, KM_KEYS_MAX, &n) != 0) {
         return km__cfg_err(e->c, KM_ECONFIG, "%s: must be an integer from 1 to %d",
                            var, KM_KEYS_MAX);
+    } else if (one) {
+        env_warn(e, "%s is ignored: %s is set, so the keys are %s_API_KEY_1..%llu",
+                 one_var, var, pv->upper, (unsigned long long)n);
+    }
     if (json_object_set_new(pool, "name", json_string(pv->lower)) < 0)
         return km__cfg_err(e->c, KM_ENOMEM, "out of memory");
 
@@ -262,13 +285,17 @@ static int env_pool(env_ctx *e, const env_provider *pv, json_t *pool)
             return rc;
     }
 
-    /* The keys: P_API_KEY_1..N; a gap is skipped with a warning. */
+    /* The keys: P_API_KEY_1..N (a gap is skipped with a warning), or
+     * P_API_KEY alone (checked not to be empty above). */
     if (!(keys = calloc((size_t)n, sizeof *keys)))
         return km__cfg_err(e->c, KM_ENOMEM, "out of memory");
     for (uint64_t i = 1; i <= n; i++) {
         char id[KM_ID_MAX + 1];
-        snprintf(var, sizeof var, "%s_API_KEY_%llu", pv->upper,
-                 (unsigned long long)i);
+        if (single)
+            snprintf(var, sizeof var, "%s", one_var);
+        else
+            snprintf(var, sizeof var, "%s_API_KEY_%llu", pv->upper,
+                     (unsigned long long)i);
         v = getenv(var);
         if (!v || !*v) {
             env_warn(e, "%s is %s; key %llu skipped", var,
@@ -305,7 +332,7 @@ static int env_pool(env_ctx *e, const env_provider *pv, json_t *pool)
         if (vlen <= pv->len + 1 || memcmp(*ep, pv->upper, pv->len) != 0 ||
             (*ep)[pv->len] != '_')
             continue;
-        if ((rc = env_key_var(e, pv, *ep, vlen, eq + 1, keys, n)) != KM_OK)
+        if ((rc = env_key_var(e, pv, *ep, vlen, eq + 1, keys, n, single)) != KM_OK)
             goto out;
     }
 

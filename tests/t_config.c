@@ -1250,9 +1250,74 @@ static void test_env(void)
     env_clear();
 }
 
+/* The common single-key variable: P_API_KEY without NUM_P. */
+static void test_env_single(void)
+{
+    km_config *cfg;
+    int rc;
+
+    env_clear();
+    env_bad("kmtp", "NUM_KMTP is not set (the number of kmtp keys), nor is "
+            "KMTP_API_KEY (a single key)", "neither NUM_KMTP nor KMTP_API_KEY");
+    setenv("KMTP_API_KEY", "", 1);
+    env_bad("kmtp", "KMTP_API_KEY is empty (and NUM_KMTP is not set)",
+            "KMTP_API_KEY empty, no NUM_KMTP");
+    setenv("KMTP_API_KEY", "sk-envunit-one 1", 1);
+    env_bad("kmtp", "KMTP_API_KEY: must be at most 255 bytes of printable ASCII",
+            "KMTP_API_KEY with a space: refused, not echoed");
+
+    setenv("KMTP_API_KEY", ENV_SECRET_1, 1);
+    setenv("KMTP_RPM", "60", 1);
+    setenv("KMTP_ORG_1", "org-one", 1);
+    setenv("KMTP_TPM_1", "9000", 1);
+    rc = from_env("kmtp", &cfg);
+    if (is_int(rc, KM_OK, "env single: KMTP_API_KEY alone parses")) {
+        ok(cfg->n_pools == 1 && cfg->n_keys == 1 &&
+               strcmp(cfg->pools[0].name, "kmtp") == 0 &&
+               strcmp(cfg->keys[0].id, "kmtp-1") == 0,
+           "env single: a pool of one key, id kmtp-1");
+        is_str(cfg->keys[0].secret, ENV_SECRET_1, "env single: its secret");
+        ok(cfg->keys[0].limits[KM_WIN_RPM].limit == 60 &&
+               cfg->keys[0].limits[KM_WIN_TPM].limit == 9000,
+           "env single: KMTP_RPM and KMTP_TPM_1 apply");
+        is_str(cfg->keys[0].meta, "{\"org\":\"org-one\"}",
+               "env single: KMTP_ORG_1 is the key's metadata");
+        is_int(n_warnings, 0, "env single: no warning");
+        km_config_free(cfg);
+    } else {
+        diag("message: %s", err);
+    }
+    setenv("KMTP_ORG_2", "org-two", 1);
+    rc = from_env("kmtp", &cfg);
+    ok(rc == KM_OK && n_warnings == 1 &&
+           strstr(warnings, "KMTP_ORG_2: there is no key 2 (KMTP_API_KEY is the "
+                            "only key); ignored"),
+       "env single: a parameter of key 2 is warned about (%s)", warnings);
+    if (rc == KM_OK)
+        km_config_free(cfg);
+    unsetenv("KMTP_ORG_2");
+
+    /* Both: NUM_KMTP wins, KMTP_API_KEY is warned about and unused. */
+    setenv("NUM_KMTP", "1", 1);
+    setenv("KMTP_API_KEY_1", ENV_SECRET_3, 1);
+    rc = from_env("kmtp", &cfg);
+    ok(rc == KM_OK && cfg->n_keys == 1 &&
+           strcmp(cfg->keys[0].secret, ENV_SECRET_3) == 0 &&
+           strcmp(cfg->keys[0].id, "kmtp-1") == 0,
+       "env both: NUM_KMTP wins, the key is KMTP_API_KEY_1");
+    ok(n_warnings == 1 &&
+           strstr(warnings, "KMTP_API_KEY is ignored: NUM_KMTP is set, so the "
+                            "keys are KMTP_API_KEY_1..1") &&
+           !strstr(warnings, "envunit"),
+       "env both: one warning naming KMTP_API_KEY, no value (%s)", warnings);
+    if (rc == KM_OK)
+        km_config_free(cfg);
+    env_clear();
+}
+
 int main(void)
 {
-    plan(287);
+    plan(299);
     test_good();
     test_defaults();
     test_syntax();
@@ -1270,5 +1335,6 @@ int main(void)
     test_meta();
     test_secret_dup();
     test_env();
+    test_env_single();
     return exit_status();
 }
