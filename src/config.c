@@ -231,8 +231,18 @@ int km__cfg_parse_root(km__cfg_ctx *c, json_t *root, km_config *cfg)
     /* First pass: shapes and sizes, so that keys can be stored contiguously
      * and capacity errors come before per-field ones deep inside. */
     json_array_foreach(pools, i, pobj) {
+        json_t *merged;
         if (!json_is_object(pobj))
             return km__cfg_err(c, KM_ECONFIG, "pools[%zu]: must be an object", i);
+        /* A pool naming a preset is parsed as its merge with the preset
+         * (src/config_preset.c), from here on: sizes included. */
+        if ((rc = km__cfg_preset_apply(c, i, pobj, &merged)) != KM_OK)
+            return rc;
+        if (merged) {
+            if (json_array_set_new(pools, i, merged) < 0)
+                return km__cfg_err(c, KM_ENOMEM, "out of memory");
+            pobj = merged;
+        }
         json_t *ka = json_object_get(pobj, "keys");
         if (!ka)
             return km__cfg_err(c, KM_ECONFIG, "pools[%zu].keys: missing", i);
@@ -312,7 +322,7 @@ int km__cfg_parse_root(km__cfg_ctx *c, json_t *root, km_config *cfg)
  * harmless: a string, number or bare word there may be (part of) a secret,
  * e.g. "invalid token near 'sk'" for an unquoted key.  Kept: a single
  * punctuation character ("near ','") and the name of a duplicate key. */
-static void syntax_text(const json_error_t *e, char *out, size_t outlen)
+void km__cfg_syntax_text(const json_error_t *e, char *out, size_t outlen)
 {
     const char *near = strstr(e->text, " near '");
     size_t n = strlen(e->text);
@@ -343,7 +353,7 @@ KM_EXTERN int km_config_parse(const char *json, size_t len, const char *origin,
                               km_config **out, char *errbuf, size_t errlen)
 {
     km__cfg_ctx c = {origin ? origin : "<config>", errbuf, errlen,
-                 KM__DEF_CAP_INFLIGHT};
+                     KM__DEF_CAP_INFLIGHT, NULL};
     json_error_t jerr;
     km_config *cfg;
     json_t *root;
@@ -360,7 +370,7 @@ KM_EXTERN int km_config_parse(const char *json, size_t len, const char *origin,
         char text[JSON_ERROR_TEXT_LENGTH];
         if (json_error_code(&jerr) == json_error_out_of_memory)
             return km__cfg_err(&c, KM_ENOMEM, "out of memory");
-        syntax_text(&jerr, text, sizeof text);
+        km__cfg_syntax_text(&jerr, text, sizeof text);
         /* km__cfg_err adds "<origin>: "; jansson's position follows directly. */
         if (errbuf && errlen)
             snprintf(errbuf, errlen, "%s:%d:%d: %s", c.origin, jerr.line,
@@ -375,6 +385,7 @@ KM_EXTERN int km_config_parse(const char *json, size_t len, const char *origin,
     }
     rc = km__cfg_parse_root(&c, root, cfg);
     json_decref(root);
+    json_decref(c.presets);
     if (rc != KM_OK) {
         km__cfg_destroy(cfg); /* wipes every key slot, parsed or not */
         return rc;
@@ -400,7 +411,7 @@ static int parse_one(km__cfg_ctx *c, const char *json,
         char text[JSON_ERROR_TEXT_LENGTH];
         if (json_error_code(&jerr) == json_error_out_of_memory)
             return km__cfg_err(c, KM_ENOMEM, "out of memory");
-        syntax_text(&jerr, text, sizeof text);
+        km__cfg_syntax_text(&jerr, text, sizeof text);
         if (c->errbuf && c->errlen)
             snprintf(c->errbuf, c->errlen, "%s:%d:%d: %s", c->origin,
                      jerr.line, jerr.column, text);
@@ -426,7 +437,7 @@ int km__config_parse_key(const char *json, const km__pool_defaults *pd,
                          uint32_t cap_inflight, km__key_cfg *out,
                          char *errbuf, size_t errlen)
 {
-    km__cfg_ctx c = {"json", errbuf, errlen, cap_inflight};
+    km__cfg_ctx c = {"json", errbuf, errlen, cap_inflight, NULL};
     key_job j = {pd, out};
     memset(out, 0, sizeof *out);
     int rc = parse_one(&c, json, key_job_run, &j);
@@ -471,7 +482,7 @@ static int limits_job_run(km__cfg_ctx *c, json_t *root, void *arg)
 int km__config_parse_limits(const char *json, km__limit_cfg out[KM_WIN_COUNT],
                             uint32_t *set, char *errbuf, size_t errlen)
 {
-    km__cfg_ctx c = {"json", errbuf, errlen, KM__DEF_CAP_INFLIGHT};
+    km__cfg_ctx c = {"json", errbuf, errlen, KM__DEF_CAP_INFLIGHT, NULL};
     limits_job j = {out, set};
     *set = 0;
     memset(out, 0, KM_WIN_COUNT * sizeof *out);
@@ -481,7 +492,7 @@ int km__config_parse_limits(const char *json, km__limit_cfg out[KM_WIN_COUNT],
 KM_EXTERN int km_config_parse_file(const char *path, km_config **out,
                                    char *errbuf, size_t errlen)
 {
-    km__cfg_ctx c = {path ? path : "<config>", errbuf, errlen, 0};
+    km__cfg_ctx c = {path ? path : "<config>", errbuf, errlen, 0, NULL};
     struct stat st;
     char *buf = NULL;
     size_t len = 0, cap;

@@ -446,7 +446,7 @@ KM_EXTERN int km_config_from_env(const char *providers, km_config **out,
                                  void (*warn)(void *ctx, const char *msg),
                                  void *ctx, char *errbuf, size_t errlen)
 {
-    km__cfg_ctx c = {"environment", errbuf, errlen, KM__DEF_CAP_INFLIGHT};
+    km__cfg_ctx c = {"environment", errbuf, errlen, KM__DEF_CAP_INFLIGHT, NULL};
     env_provider *pv = NULL;
     json_t *root = NULL, *pools;
     km_config *cfg = NULL;
@@ -489,6 +489,7 @@ KM_EXTERN int km_config_from_env(const char *providers, km_config **out,
     *out = cfg;
 out:
     json_decref(root);
+    json_decref(c.presets); /* none: the environment names no preset */
     free(pv);
     return rc;
 }

@@ -10,6 +10,9 @@
  *                  keys and pools
  *   config_env.c   km_config_from_env: the environment turned into the JSON
  *                  tree a file would hold, then parsed by the same rules
+ *   config_preset.c provider presets: the built-in (or KEYMESH_PRESETS)
+ *                  data, checked, merged into a pool naming one, and
+ *                  km_presets_json
  *
  * Naming: static functions have no prefix; what crosses these files is
  * km__cfg_*; what the rest of the library calls is in src/internal.h.
@@ -34,6 +37,8 @@ typedef struct km__cfg_ctx {
     char *errbuf;
     size_t errlen;
     uint32_t cap_inflight; /* known before any key is parsed */
+    json_t *presets;       /* loaded by the first pool naming a preset; the
+                            * entry point that made the context frees it */
 } km__cfg_ctx;
 
 /* ------------------------------------------------ config.c: the getters */
@@ -61,6 +66,9 @@ int km__cfg_name_ok(const char *s, int strict);
 int km__cfg_parse_root(km__cfg_ctx *c, json_t *root, km_config *cfg);
 /* Free a configuration, wiping every key slot (secrets). */
 void km__cfg_destroy(km_config *cfg);
+/* jansson's syntax message without the token near the error unless it is
+ * a punctuation character (a token may be, or hold, a secret). */
+void km__cfg_syntax_text(const json_error_t *e, char *out, size_t outlen);
 
 /* ------------------------------------------------------- config_pool.c */
 
@@ -72,6 +80,8 @@ int km__cfg_check_windows(km__cfg_ctx *c, json_t *obj, const char *path);
  * its burst resolved. */
 int km__cfg_parse_limit(km__cfg_ctx *c, json_t *v, const char *path, int w,
                         km__limit_cfg *out);
+/* Model names: [A-Za-z0-9_.:/-], 1..KM_ID_MAX bytes checked by the caller. */
+int km__cfg_model_name_ok(const char *s);
 /* KM_STRATEGY_* of a configuration name, or -1 ("default" is not one). */
 int km__cfg_strategy_of(const char *s);
 /* "\"round_robin\", ... or \"fill_first\"": the names a pool may give, for
@@ -92,5 +102,14 @@ int km__cfg_parse_pool(km__cfg_ctx *c, json_t *pobj, uint32_t pi,
 /* No API key listed twice in the whole configuration (see
  * km__config_secret_dup); the message names both keys, never the secret. */
 int km__cfg_check_secrets(km__cfg_ctx *c, const km_config *cfg);
+
+/* ------------------------------------------------------ config_preset.c */
+
+/* Pool pi's object merged with the preset it names ("preset", "tier"):
+ * *merged is a new object to parse instead (preset and tier removed), or
+ * NULL when the pool names no preset.  The presets are loaded once per
+ * context (c->presets). */
+int km__cfg_preset_apply(km__cfg_ctx *c, size_t pi, json_t *pobj,
+                         json_t **merged);
 
 #endif /* KM_CONFIG_INT_H */

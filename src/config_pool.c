@@ -247,7 +247,7 @@ static int parse_budget(km__cfg_ctx *c, json_t *v, const char *owner,
 
 /* Model names: [A-Za-z0-9_.:/-] ("gpt-4o", "models/gemini-1.5-pro",
  * "ft:gpt-4o-mini:org:x"). */
-static int model_name_ok(const char *s)
+int km__cfg_model_name_ok(const char *s)
 {
     for (; *s; s++) {
         unsigned char ch = (unsigned char)*s;
@@ -311,7 +311,7 @@ static int parse_models(km__cfg_ctx *c, json_t *pobj, const char *path,
                                "%s.models.%.*s...: model name longer than %d bytes",
                                path, 40, name, KM_ID_MAX);
         snprintf(mpath, sizeof mpath, "%s.models.%s", path, name);
-        if (!model_name_ok(name))
+        if (!km__cfg_model_name_ok(name))
             return km__cfg_err(c, KM_ECONFIG,
                                "%s: model name may hold only A-Z a-z 0-9 _ . : / -",
                                mpath);

@@ -13,6 +13,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "internal.h"
 #include "tap.h"
 
@@ -1043,6 +1045,278 @@ static void test_secret_dup(void)
     free(ks);
 }
 
+/* ------------------------------------------------------------- presets */
+
+/* A pool "p" of one key, with `pool_extra` fields. */
+static const char *preset_pool(const char *pool_extra, const char *key_extra)
+{
+    static char buf[4096];
+    snprintf(buf, sizeof buf,
+             "{\"pools\": [{\"name\": \"p\", %s, \"keys\": [{\"id\": \"a\", "
+             "\"secret\": \"" SECRET "\"%s%s}, {\"id\": \"b\", \"secret\": \""
+             SECRET_B "\"}]}]}",
+             pool_extra, key_extra[0] ? ", " : "", key_extra);
+    return buf;
+}
+
+static const km__model_cfg *model_named(const km__pool_cfg *p, const char *name)
+{
+    for (uint32_t i = 0; i < p->n_models; i++)
+        if (strcmp(p->models[i].name, name) == 0)
+            return &p->models[i];
+    return NULL;
+}
+
+static void write_text(const char *path, const char *text)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (fd < 0 || write(fd, text, strlen(text)) != (ssize_t)strlen(text))
+        bail_out("write %s: %s", path, strerror(errno));
+    close(fd);
+}
+
+static void test_presets(void)
+{
+    static const char *const providers[] = {"groq", "cerebras", "openai",
+                                            "anthropic", "openrouter"};
+    char *out = NULL;
+    km_config *cfg;
+    int rc;
+
+    unsetenv("KEYMESH_PRESETS");
+    /* The built-in data: every provider there, every tier citing where and
+     * when its figures were read (the loader refuses anything else). */
+    rc = km_presets_json(NULL, &out, err, sizeof err);
+    json_error_t jerr;
+    json_t *doc = rc == KM_OK ? json_loads(out, 0, &jerr) : NULL;
+    ok(rc == KM_OK && doc, "presets: built-in presets load (%s)", err);
+    is_str(json_string_value(json_object_get(doc, "origin")),
+           "presets/presets.json (built in)", "presets: origin says built in");
+    is_int(json_integer_value(json_object_get(doc, "presets_schema")), 1,
+           "presets: presets_schema 1");
+    int all = 1, cited = 1;
+    for (size_t i = 0; i < sizeof providers / sizeof providers[0]; i++) {
+        json_t *pv = json_object_get(json_object_get(doc, "providers"), providers[i]);
+        const char *tn;
+        json_t *t;
+        all &= pv != NULL;
+        json_object_foreach(json_object_get(pv, "tiers"), tn, t) {
+            json_t *s0 = json_array_get(json_object_get(t, "sources"), 0);
+            const char *url = json_string_value(json_object_get(s0, "url"));
+            const char *rd = json_string_value(json_object_get(s0, "read"));
+            cited &= url && strncmp(url, "https://", 8) == 0 && rd && strlen(rd) == 10;
+        }
+    }
+    ok(all, "presets: groq, cerebras, openai, anthropic and openrouter are there");
+    ok(cited, "presets: every tier cites an https source and the date it was read");
+    json_decref(doc);
+    free(out);
+    out = NULL;
+
+    rc = km_presets_json("groq", &out, err, sizeof err);
+    doc = rc == KM_OK ? json_loads(out, 0, &jerr) : NULL;
+    ok(doc && json_object_size(json_object_get(doc, "providers")) == 1 &&
+           json_object_get(json_object_get(doc, "providers"), "groq"),
+       "presets: km_presets_json(\"groq\") gives groq alone");
+    json_decref(doc);
+    free(out);
+    out = (char *)&out;
+    rc = km_presets_json("nope", &out, err, sizeof err);
+    ok(rc == KM_EINVAL && out == NULL &&
+           strstr(err, "unknown preset \"nope\" (known: groq, cerebras, openai, "
+                       "anthropic, openrouter)"),
+       "presets: unknown provider names the known ones (%s)", err);
+    is_int(km_presets_json(NULL, NULL, err, sizeof err), KM_EINVAL,
+           "presets: out NULL");
+
+    /* A preset with models: per_model, the preset's figures, capacity.models
+     * grown to fit. */
+    cfg = good(preset_pool("\"preset\": \"groq\"", ""), "preset groq (one tier, none named)");
+    if (cfg) {
+        const km__pool_cfg *p = &cfg->pools[0];
+        const km__model_cfg *m = model_named(p, "llama-3.3-70b-versatile");
+        ok(p->model_mode == KM_MODELS_PER_MODEL && p->n_models == 20 &&
+               cfg->cap_models == 20,
+           "preset groq: per_model, its 20 models, capacity.models 20 (%u, %u)",
+           p->n_models, cfg->cap_models);
+        ok(m && m->limits[KM_WIN_RPM].limit == 30 && m->limits[KM_WIN_RPD].limit == 1000 &&
+               m->limits[KM_WIN_TPM].limit == 12000 && m->limits[KM_WIN_TPD].limit == 100000 &&
+               m->limits[KM_WIN_RPM].mode == KM_MODE_TOKEN_BUCKET,
+           "preset groq: llama-3.3-70b-versatile 30 rpm, 1000 rpd, 12000 tpm, 100000 tpd");
+        ok(cfg->keys[0].limits[KM_WIN_RPM].limit == 0,
+           "preset groq: no key-wide limit (Groq's are per model)");
+        km_config_free(cfg);
+    }
+    /* The pool's own models override window by window; null removes one;
+     * a model of its own is added after the preset's. */
+    cfg = good(preset_pool("\"preset\": \"groq\", \"tier\": \"free\", \"models\": "
+                           "{\"llama-3.3-70b-versatile\": {\"rpm\": 10, \"tpd\": null}, "
+                           "\"my-model\": {\"rpm\": 5}}", ""),
+               "preset groq with the pool's own models");
+    if (cfg) {
+        const km__pool_cfg *p = &cfg->pools[0];
+        const km__model_cfg *m = model_named(p, "llama-3.3-70b-versatile");
+        ok(m && m->limits[KM_WIN_RPM].limit == 10 && m->limits[KM_WIN_TPM].limit == 12000 &&
+               m->limits[KM_WIN_TPD].limit == 0 && m->limits[KM_WIN_RPD].limit == 1000,
+           "preset override: rpm 10 (pool's), tpm 12000 (preset's), tpd removed by null");
+        ok(p->n_models == 21 && strcmp(p->models[20].name, "my-model") == 0 &&
+               p->models[20].limits[KM_WIN_RPM].limit == 5,
+           "preset override: the pool's own model comes last");
+        km_config_free(cfg);
+    }
+    /* Pool-level figures: the pool's limits, then each key's, override. */
+    cfg = good(preset_pool("\"preset\": \"anthropic\", \"tier\": \"tier_1\"", ""),
+               "preset anthropic tier_1");
+    if (cfg) {
+        ok(cfg->keys[0].limits[KM_WIN_RPM].limit == 50 &&
+               cfg->keys[1].limits[KM_WIN_RPM].limit == 50 && cfg->pools[0].n_models == 0 &&
+               cfg->pools[0].model_mode == KM_MODELS_GLOBAL,
+           "preset anthropic: rpm 50 on each key, no model list");
+        km_config_free(cfg);
+    }
+    cfg = good(preset_pool("\"preset\": \"anthropic\", \"limits\": {\"rpm\": 40, \"tpm\": 9000}",
+                           "\"limits\": {\"rpm\": 5}"),
+               "preset anthropic with pool and key limits");
+    if (cfg) {
+        ok(cfg->keys[0].limits[KM_WIN_RPM].limit == 5 &&
+               cfg->keys[1].limits[KM_WIN_RPM].limit == 40 &&
+               cfg->keys[1].limits[KM_WIN_TPM].limit == 9000,
+           "preset anthropic: pool rpm 40 over the preset's 50, key a's own 5");
+        km_config_free(cfg);
+    }
+    cfg = good(preset_pool("\"preset\": \"openrouter\", \"tier\": \"credits_10\"", ""),
+               "preset openrouter credits_10");
+    if (cfg) {
+        ok(cfg->keys[0].limits[KM_WIN_RPM].limit == 20 &&
+               cfg->keys[0].limits[KM_WIN_RPD].limit == 1000,
+           "preset openrouter credits_10: 20 rpm, 1000 rpd");
+        km_config_free(cfg);
+    }
+    cfg = good(preset_pool("\"preset\": \"openai\", \"tier\": \"tier_2\"", ""),
+               "preset openai tier_2");
+    if (cfg) {
+        const km__model_cfg *m = model_named(&cfg->pools[0], "gpt-4o-mini");
+        ok(m && m->limits[KM_WIN_RPM].limit == 5000 && m->limits[KM_WIN_TPM].limit == 2000000,
+           "preset openai tier_2: gpt-4o-mini 5000 rpm, 2000000 tpm");
+        km_config_free(cfg);
+    }
+
+    bad(preset_pool("\"preset\": \"nope\"", ""),
+        "pools[0].preset: unknown preset (known: groq, cerebras, openai, "
+        "anthropic, openrouter)", "unknown preset: the known ones named");
+    bad(preset_pool("\"preset\": \"openai\", \"tier\": \"tier_9\"", ""),
+        "pools[0].tier: no such tier of preset \"openai\" (known: tier_1, "
+        "tier_2, tier_3, tier_4, tier_5)", "unknown tier: the known ones named");
+    bad(preset_pool("\"preset\": \"openai\"", ""),
+        "pools[0].tier: missing: preset \"openai\" has several tiers (known: tier_1",
+        "several tiers, none named");
+    bad(preset_pool("\"tier\": \"free\"", ""), "pools[0].tier: needs \"preset\"",
+        "tier without preset");
+    bad(preset_pool("\"preset\": 3", ""), "pools[0].preset: must be a string, one of: groq",
+        "preset not a string");
+    bad(preset_pool("\"preset\": \"groq\", \"model_limits\": \"global\"", ""),
+        "pools[0].model_limits: \"global\" cannot hold the per-model limits of preset \"groq\"",
+        "global model_limits with a per-model preset");
+    bad("{\"capacity\": {\"models\": 8}, \"pools\": [{\"name\": \"p\", \"preset\": "
+        "\"groq\", \"keys\": [{\"id\": \"a\", \"secret\": \"sk-x\"}]}]}",
+        "pools[0].models: more models (20) than capacity.models (8)",
+        "a preset's models count against capacity.models");
+    bad(preset_pool("\"preset\": \"groq\", \"models\": {\"qwen/qwen3-32b\": {\"rpm\": 0}}", ""),
+        "pools[0].models.qwen/qwen3-32b.rpm: must be a positive integer",
+        "a bad override is named by the pool's path");
+
+    /* KEYMESH_PRESETS: a file replaces the built-in presets. */
+    char dir[] = "/tmp/kmt-presets-XXXXXX", path[128], want[256];
+    if (!mkdtemp(dir))
+        bail_out("mkdtemp: %s", strerror(errno));
+    snprintf(path, sizeof path, "%s/presets.json", dir);
+    write_text(path,
+               "{\"presets_schema\": 1, \"providers\": {\"acme\": {\"name\": \"Acme\", "
+               "\"tiers\": {\"gold\": {\"sources\": [{\"url\": \"https://acme.example/limits\", "
+               "\"read\": \"2026-12-01\"}], \"limits\": {\"rpm\": 7}, \"models\": "
+               "{\"m1\": {\"tpm\": {\"limit\": 600, \"mode\": \"sliding\"}}}}}}}}");
+    setenv("KEYMESH_PRESETS", path, 1);
+    cfg = good(preset_pool("\"preset\": \"acme\"", ""), "KEYMESH_PRESETS: a preset from the file");
+    if (cfg) {
+        const km__model_cfg *m = model_named(&cfg->pools[0], "m1");
+        ok(cfg->keys[0].limits[KM_WIN_RPM].limit == 7 && m &&
+               m->limits[KM_WIN_TPM].limit == 600 &&
+               m->limits[KM_WIN_TPM].mode == KM_MODE_SLIDING,
+           "KEYMESH_PRESETS: its limits and a sliding model limit");
+        km_config_free(cfg);
+    }
+    bad(preset_pool("\"preset\": \"groq\"", ""), "unknown preset (known: acme)",
+        "KEYMESH_PRESETS replaces the built-in presets");
+    out = NULL;
+    rc = km_presets_json(NULL, &out, err, sizeof err);
+    ok(rc == KM_OK && out && strstr(out, path) && strstr(out, "\"acme\""),
+       "KEYMESH_PRESETS: km_presets_json shows the file as origin");
+    free(out);
+
+    write_text(path, "{\n  \"presets_schema\": 1,\n  \"providers\": {,}\n}\n");
+    snprintf(want, sizeof want, "pools[0].preset: cannot load the presets: %s:3:", path);
+    bad(preset_pool("\"preset\": \"acme\"", ""), want,
+        "KEYMESH_PRESETS malformed: file, line and column");
+    out = NULL;
+    rc = km_presets_json(NULL, &out, err, sizeof err);
+    snprintf(want, sizeof want, "%s:3:17: ", path);
+    ok(rc == KM_ECONFIG && out == NULL && strncmp(err, want, strlen(want)) == 0,
+       "KEYMESH_PRESETS malformed: km_presets_json names file:line:column (%s)", err);
+
+    static const struct {
+        const char *text, *want, *name;
+    } badfiles[] = {
+        {"{\"presets_schema\": 2, \"providers\": {}}", "presets_schema: must be 1", "schema 2"},
+        {"{\"presets_schema\": 1, \"providers\": {\"x\": {\"name\": \"X\", \"tiers\": "
+         "{\"t\": {\"sources\": [], \"limits\": {\"rpm\": 5}}}}}}",
+         "providers.x.tiers.t.sources: must be a non-empty array", "no source"},
+        {"{\"presets_schema\": 1, \"providers\": {\"x\": {\"name\": \"X\", \"tiers\": "
+         "{\"t\": {\"sources\": [{\"url\": \"https://x\", \"read\": \"last week\"}], "
+         "\"limits\": {\"rpm\": 5}}}}}}",
+         "providers.x.tiers.t.sources[0].read: must be the date it was read, YYYY-MM-DD",
+         "read not a date"},
+        {"{\"presets_schema\": 1, \"providers\": {\"x\": {\"name\": \"X\", \"tiers\": "
+         "{\"t\": {\"sources\": [{\"url\": \"https://x\", \"read\": \"2026-13-01\"}], "
+         "\"limits\": {\"rpm\": 5}}}}}}",
+         "providers.x.tiers.t.sources[0].read: must be the date it was read, YYYY-MM-DD",
+         "month 13"},
+        {"{\"presets_schema\": 1, \"providers\": {\"x\": {\"name\": \"X\", \"tiers\": "
+         "{\"t\": {\"sources\": [{\"url\": \"https://x\", \"read\": \"2026-12-01\"}], "
+         "\"models\": {\"m\": {\"rpq\": 5}}}}}}}",
+         "providers.x.tiers.t.models.m.rpq: unknown field", "unknown window"},
+        {"{\"presets_schema\": 1, \"providers\": {\"x\": {\"name\": \"X\", \"tiers\": "
+         "{\"t\": {\"sources\": [{\"url\": \"https://x\", \"read\": \"2026-12-01\"}], "
+         "\"limits\": {\"rpm\": -1}}}}}}",
+         "providers.x.tiers.t.limits.rpm: must be a positive integer", "negative limit"},
+        {"{\"presets_schema\": 1, \"providers\": {\"x\": {\"name\": \"X\", \"tiers\": "
+         "{\"t\": {\"sources\": [{\"url\": \"https://x\", \"read\": \"2026-12-01\"}]}}}}}",
+         "providers.x.tiers.t: gives neither limits nor models", "a tier of nothing"},
+    };
+    for (size_t i = 0; i < sizeof badfiles / sizeof badfiles[0]; i++) {
+        write_text(path, badfiles[i].text);
+        rc = km_presets_json(NULL, &out, err, sizeof err);
+        snprintf(want, sizeof want, "%s: %s", path, badfiles[i].want);
+        ok(rc == KM_ECONFIG && strncmp(err, want, strlen(want)) == 0,
+           "KEYMESH_PRESETS refused: %s (%s)", badfiles[i].name, err);
+    }
+    unlink(path);
+    rc = km_presets_json(NULL, &out, err, sizeof err);
+    snprintf(want, sizeof want, "%s: No such file or directory", path);
+    ok(rc == KM_ESYS && strcmp(err, want) == 0, "KEYMESH_PRESETS missing: KM_ESYS naming it");
+    rc = parse(preset_pool("\"preset\": \"acme\"", ""), &cfg);
+    ok(rc == KM_ESYS && cfg == NULL && strstr(err, want),
+       "KEYMESH_PRESETS missing: a config naming a preset fails with KM_ESYS (%s)", err);
+    unsetenv("KEYMESH_PRESETS");
+    rmdir(dir);
+    cfg = good(preset_pool("\"preset\": \"cerebras\"", ""), "KEYMESH_PRESETS unset: built in again");
+    if (cfg) {
+        const km__model_cfg *m = model_named(&cfg->pools[0], "qwen-3-coder-480b");
+        ok(m && m->limits[KM_WIN_RPH].limit == 100 && m->limits[KM_WIN_TPH].limit == 1000000,
+           "preset cerebras: qwen-3-coder-480b 100 rph, 1000000 tph");
+        km_config_free(cfg);
+    }
+}
+
 /* ---------------------------------------------------- km_config_from_env */
 
 #define ENV_SECRET_1 "sk-envunit-aaaa1111"
@@ -1317,7 +1591,7 @@ static void test_env_single(void)
 
 int main(void)
 {
-    plan(299);
+    plan(347);
     test_good();
     test_defaults();
     test_syntax();
@@ -1334,6 +1608,7 @@ int main(void)
     test_budget();
     test_meta();
     test_secret_dup();
+    test_presets();
     test_env();
     test_env_single();
     return exit_status();
