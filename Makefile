@@ -49,6 +49,15 @@ LIBS    := $(DEPS_LIBS) -lpthread -lm
 LIB_SRC := $(wildcard shm/*.c) $(wildcard src/*.c)
 LIB_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(LIB_SRC))
 LIB_PIC := $(patsubst %.c,$(BUILD)/pic/%.o,$(LIB_SRC))
+# The provider presets, compiled in as a generated C string (no path is
+# looked up at run time; docs/config.md, "Presets").  Its objects come from
+# the library's own pattern rules, under $(BUILD)/obj/$(BUILD)/gen/.
+PRESETS_C := $(BUILD)/gen/presets_json.c
+LIB_OBJ += $(BUILD)/obj/$(PRESETS_C:.c=.o)
+LIB_PIC += $(BUILD)/pic/$(PRESETS_C:.c=.o)
+$(PRESETS_C): presets/presets.json presets/embed.sh
+	@mkdir -p $(dir $@)
+	sh presets/embed.sh presets/presets.json km__presets_builtin > $@.tmp && mv $@.tmp $@
 
 SONAME  := libkeymesh.so.$(MAJOR)
 SHLIB   := $(BUILD)/libkeymesh.so.$(VERSION)

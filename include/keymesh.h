@@ -630,6 +630,28 @@ KM_EXTERN int km_usage_drain(km_env *env, int (*fn)(void *ctx, const km_usage_ev
 /* Mask a secret for display: "sk-…abcd" style, at most 23 bytes + NUL. */
 KM_EXTERN void km_mask_secret(const char *secret, char out[24]);
 
+/* ---------------------------------------------------------- provider presets
+ *
+ * Published per-provider, per-model limits that a pool takes with
+ * "preset": "groq" (and "tier" where the provider has several); see
+ * docs/config.md, "Presets".  The library carries presets/presets.json,
+ * compiled in; KEYMESH_PRESETS=FILE in the environment of the process that
+ * parses a configuration (or calls this) replaces it with FILE.
+ *
+ * km_presets_json() writes the presets as JSON text into *out, malloc'd
+ * (free() it): {"presets_schema": 1, "origin": "<file, or
+ * \"presets/presets.json (built in)\">", "providers": {"<provider>":
+ * {"name", "note"?, "tiers": {"<tier>": {"sources": [{"url", "read"
+ * (YYYY-MM-DD), "note"?}], "note"?, "limits"?: {"rpm": N, ...}, "models"?:
+ * {"<model>": {"rpm": N, ...}}}}}}}, every provider, or only `provider`
+ * (NULL: all).  KM_EINVAL: out NULL, or no preset of that name (errbuf lists
+ * the known ones); KM_ECONFIG: the KEYMESH_PRESETS file is malformed
+ * (errbuf: "FILE:LINE:COLUMN: ..." or "FILE: <path in it>: ..."); KM_ESYS:
+ * it cannot be read (errbuf: "FILE: <strerror>"); KM_ENOMEM.
+ * @note Thread-safe if no thread changes the environment meanwhile. */
+KM_EXTERN int km_presets_json(const char *provider, char **out, char *errbuf,
+                              size_t errlen);
+
 #ifdef __cplusplus
 }
 #endif

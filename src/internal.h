@@ -245,5 +245,15 @@ int km__config_parse_key(const char *json, const km__pool_defaults *pd,
  * *set: bit w given (with a limit or null). */
 int km__config_parse_limits(const char *json, km__limit_cfg out[KM_WIN_COUNT],
                             uint32_t *set, char *errbuf, size_t errlen);
+/* src/config_pool.c: one API key, one entry.  km__secret_eq: 1 if the two
+ * secrets are equal, compared in constant time (every byte up to
+ * KM_SECRET_MAX is read).  km__config_secret_dup: 1 if two of keys[0..n)
+ * hold the same secret, *second the lowest index repeating an earlier one
+ * and *first the earliest of those; 0 if none; KM_ENOMEM.  Neither keeps
+ * or reveals the secrets (km_key_add checks a new key against the
+ * segment's with km__secret_eq). */
+int km__secret_eq(const char *a, size_t alen, const char *b, size_t blen);
+int km__config_secret_dup(const km__key_cfg *keys, uint32_t n,
+                          uint32_t *first, uint32_t *second);
 
 #endif /* KM_INTERNAL_H */

@@ -13,6 +13,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "internal.h"
 #include "tap.h"
 
@@ -83,8 +85,8 @@ static char *many_keys(unsigned n, const char *capacity)
                                   capacity, capacity[0] ? ", " : "");
     for (unsigned i = 0; i < n; i++)
         off += (size_t)snprintf(b + off, cap - off,
-                                "%s{\"id\": \"k%u\", \"secret\": \"" SECRET "\"}",
-                                i ? ", " : "", i);
+                                "%s{\"id\": \"k%u\", \"secret\": \"" SECRET "-%u\"}",
+                                i ? ", " : "", i, i);
     snprintf(b + off, cap - off, "]}]}");
     return b;
 }
@@ -201,8 +203,8 @@ static void test_defaults(void)
     for (int i = 0; i < 9; i++)
         off += (size_t)snprintf(buf + off, sizeof buf - off,
                                 "%s{\"name\": \"p%d\", \"keys\": [{\"id\": "
-                                "\"a\", \"secret\": \"sk-x\"}]}",
-                                i ? ", " : "", i);
+                                "\"a\", \"secret\": \"sk-x%d\"}]}",
+                                i ? ", " : "", i, i);
     snprintf(buf + off, sizeof buf - off, "]}");
     rc = parse(buf, &cfg);
     ok(rc == KM_OK && cfg->cap_pools == 9 && cfg->n_pools == 9 &&
@@ -826,15 +828,15 @@ static void test_price(void)
     km_config *cfg = good(
         "{\"pools\": [{\"name\": \"p\", \"price\": {\"input_per_1k\": 0.0025, "
         "\"output_per_1k\": 0.01}, \"keys\": ["
-        "{\"id\": \"a\", \"secret\": \"sk-x\"},"
-        "{\"id\": \"b\", \"secret\": \"sk-x\", \"price\": {\"output_per_1k\": 0.02}},"
-        "{\"id\": \"c\", \"secret\": \"sk-x\", \"price\": {\"input_per_1k\": 1, "
+        "{\"id\": \"a\", \"secret\": \"sk-x1\"},"
+        "{\"id\": \"b\", \"secret\": \"sk-x2\", \"price\": {\"output_per_1k\": 0.02}},"
+        "{\"id\": \"c\", \"secret\": \"sk-x3\", \"price\": {\"input_per_1k\": 1, "
         "\"output_per_1k\": 0}}]},"
-        "{\"name\": \"q\", \"keys\": [{\"id\": \"a\", \"secret\": \"sk-x\", "
+        "{\"name\": \"q\", \"keys\": [{\"id\": \"a\", \"secret\": \"sk-x4\", "
         "\"price\": {\"input_per_1k\": 1.2345674, \"output_per_1k\": 1.2345676}},"
-        "{\"id\": \"b\", \"secret\": \"sk-x\", \"price\": {\"input_per_1k\": "
+        "{\"id\": \"b\", \"secret\": \"sk-x5\", \"price\": {\"input_per_1k\": "
         "0.0000014, \"output_per_1k\": 0.0000016}},"
-        "{\"id\": \"c\", \"secret\": \"sk-x\"}]}]}",
+        "{\"id\": \"c\", \"secret\": \"sk-x6\"}]}]}",
         "prices");
     if (cfg) {
         const km__key_cfg *k = cfg->keys;
@@ -869,12 +871,12 @@ static void test_budget(void)
 {
     km_config *cfg = good(
         "{\"pools\": [{\"name\": \"p\", \"budget\": {\"usd\": 100.0}, \"keys\": ["
-        "{\"id\": \"a\", \"secret\": \"sk-x\"},"
-        "{\"id\": \"b\", \"secret\": \"sk-x\", \"budget\": {\"usd\": 5.5, "
+        "{\"id\": \"a\", \"secret\": \"sk-x1\"},"
+        "{\"id\": \"b\", \"secret\": \"sk-x2\", \"budget\": {\"usd\": 5.5, "
         "\"hard\": false}},"
-        "{\"id\": \"c\", \"secret\": \"sk-x\", \"budget\": {\"usd\": 0.0000012, "
+        "{\"id\": \"c\", \"secret\": \"sk-x3\", \"budget\": {\"usd\": 0.0000012, "
         "\"hard\": true}}]}, {\"name\": \"q\", \"budget\": {\"usd\": 3, \"hard\": "
-        "false}, \"keys\": [{\"id\": \"a\", \"secret\": \"sk-x\"}]}]}",
+        "false}, \"keys\": [{\"id\": \"a\", \"secret\": \"sk-x4\"}]}]}",
         "budgets");
     if (cfg) {
         ok(cfg->pools[0].budget_microusd == 100000000 && cfg->pools[0].budget_hard == 1,
@@ -963,6 +965,356 @@ static void test_meta(void)
     km_config_free(cfg);
     bad(one_key("", "\"meta\": {}"), "pools[0].meta: unknown field",
         "meta is a key field, not a pool field");
+}
+
+/* ------------------------------------------------ one secret, one key */
+
+static void test_secret_dup(void)
+{
+    km_config *cfg;
+
+    bad("{\"pools\": [{\"name\": \"p\", \"keys\": ["
+        "{\"id\": \"a\", \"secret\": \"" SECRET "\"},"
+        "{\"id\": \"b\", \"secret\": \"" SECRET_B "\"},"
+        "{\"id\": \"c\", \"secret\": \"" SECRET "\"}]}]}",
+        "pools[0].keys[2]: key \"c\" has the same secret as key \"a\" "
+        "(pools[0].keys[0]); list each API key once",
+        "one secret under two ids in one pool: refused, both ids named");
+    bad("{\"pools\": [{\"name\": \"p\", \"keys\": ["
+        "{\"id\": \"a\", \"secret\": \"" SECRET "\"}]},"
+        "{\"name\": \"q\", \"keys\": [{\"id\": \"x\", \"secret\": \"" SECRET_B "\"},"
+        "{\"id\": \"y\", \"secret\": \"" SECRET "\"}]}]}",
+        "pools[1].keys[1]: key \"y\" has the same secret as key \"a\" "
+        "(pools[0].keys[0])",
+        "one secret in two pools: refused");
+    bad("{\"pools\": [{\"name\": \"p\", \"keys\": ["
+        "{\"id\": \"a\", \"secret\": \"" SECRET "\"}]},"
+        "{\"name\": \"q\", \"keys\": [{\"id\": \"a\", \"secret\": \"" SECRET "\"}]}]}",
+        "pools[1].keys[0]: key \"a\" has the same secret as key \"a\" "
+        "(pools[0].keys[0])",
+        "one secret under one id in two pools: refused too");
+    /* Three copies: the first repeat is reported, against the first. */
+    bad("{\"pools\": [{\"name\": \"p\", \"keys\": ["
+        "{\"id\": \"a\", \"secret\": \"" SECRET_B "\"},"
+        "{\"id\": \"b\", \"secret\": \"" SECRET "\"},"
+        "{\"id\": \"c\", \"secret\": \"" SECRET "\"},"
+        "{\"id\": \"d\", \"secret\": \"" SECRET "\"}]}]}",
+        "pools[0].keys[2]: key \"c\" has the same secret as key \"b\" "
+        "(pools[0].keys[1])",
+        "three copies: the earliest repeat, against the first");
+    setenv("KMT_CONFIG_DUP", SECRET, 1);
+    bad("{\"pools\": [{\"name\": \"p\", \"keys\": ["
+        "{\"id\": \"lit\", \"secret\": \"" SECRET "\"},"
+        "{\"id\": \"env\", \"secret_env\": \"KMT_CONFIG_DUP\"}]}]}",
+        "key \"env\" has the same secret as key \"lit\"",
+        "secret_env resolving to a listed secret: refused");
+    unsetenv("KMT_CONFIG_DUP");
+    /* A prefix, or one byte apart, is another secret. */
+    cfg = good("{\"pools\": [{\"name\": \"p\", \"keys\": ["
+               "{\"id\": \"a\", \"secret\": \"" SECRET "\"},"
+               "{\"id\": \"b\", \"secret\": \"" SECRET "2\"},"
+               "{\"id\": \"c\", \"secret\": \"sk-test-aaaa1112\"}]}]}",
+               "secrets a prefix or one byte apart");
+    km_config_free(cfg);
+
+    ok(km__secret_eq(SECRET, strlen(SECRET), SECRET, strlen(SECRET)) == 1,
+       "secret_eq: equal");
+    ok(km__secret_eq(SECRET, strlen(SECRET), "sk-test-aaaa1112", 16) == 0,
+       "secret_eq: last byte differs");
+    ok(km__secret_eq(SECRET, strlen(SECRET), SECRET, strlen(SECRET) - 1) == 0,
+       "secret_eq: a prefix is not equal");
+    ok(km__secret_eq("x", 1, "x\0", 2) == 0, "secret_eq: a trailing NUL counts");
+
+    /* Many keys, the repeat far from its original: found through the
+     * hashes, and the lowest repeating index is reported. */
+    enum { NK = 3000 };
+    km__key_cfg *ks = calloc(NK, sizeof *ks);
+    uint32_t a = 0, b = 0;
+    for (uint32_t i = 0; i < NK; i++)
+        ks[i].secret_len = (uint32_t)snprintf(ks[i].secret, sizeof ks[i].secret,
+                                              "sk-many-%u", i);
+    is_int(km__config_secret_dup(ks, NK, &a, &b), 0, "secret_dup: %d distinct keys", NK);
+    memcpy(ks[2999].secret, ks[17].secret, sizeof ks[17].secret);
+    ks[2999].secret_len = ks[17].secret_len;
+    memcpy(ks[1500].secret, ks[2].secret, sizeof ks[2].secret);
+    ks[1500].secret_len = ks[2].secret_len;
+    int rc = km__config_secret_dup(ks, NK, &a, &b);
+    ok(rc == 1 && a == 2 && b == 1500, "secret_dup: keys 2 and 1500 of %d (got %d: %u, %u)",
+       NK, rc, a, b);
+    is_int(km__config_secret_dup(ks, 1, &a, &b), 0, "secret_dup: one key");
+    free(ks);
+}
+
+/* ------------------------------------------------------------- presets */
+
+/* A pool "p" of one key, with `pool_extra` fields. */
+static const char *preset_pool(const char *pool_extra, const char *key_extra)
+{
+    static char buf[4096];
+    snprintf(buf, sizeof buf,
+             "{\"pools\": [{\"name\": \"p\", %s, \"keys\": [{\"id\": \"a\", "
+             "\"secret\": \"" SECRET "\"%s%s}, {\"id\": \"b\", \"secret\": \""
+             SECRET_B "\"}]}]}",
+             pool_extra, key_extra[0] ? ", " : "", key_extra);
+    return buf;
+}
+
+static const km__model_cfg *model_named(const km__pool_cfg *p, const char *name)
+{
+    for (uint32_t i = 0; i < p->n_models; i++)
+        if (strcmp(p->models[i].name, name) == 0)
+            return &p->models[i];
+    return NULL;
+}
+
+static void write_text(const char *path, const char *text)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (fd < 0 || write(fd, text, strlen(text)) != (ssize_t)strlen(text))
+        bail_out("write %s: %s", path, strerror(errno));
+    close(fd);
+}
+
+static void test_presets(void)
+{
+    static const char *const providers[] = {"groq", "cerebras", "openai",
+                                            "anthropic", "openrouter"};
+    char *out = NULL;
+    km_config *cfg;
+    int rc;
+
+    unsetenv("KEYMESH_PRESETS");
+    /* The built-in data: every provider there, every tier citing where and
+     * when its figures were read (the loader refuses anything else). */
+    rc = km_presets_json(NULL, &out, err, sizeof err);
+    json_error_t jerr;
+    json_t *doc = rc == KM_OK ? json_loads(out, 0, &jerr) : NULL;
+    ok(rc == KM_OK && doc, "presets: built-in presets load (%s)", err);
+    is_str(json_string_value(json_object_get(doc, "origin")),
+           "presets/presets.json (built in)", "presets: origin says built in");
+    is_int(json_integer_value(json_object_get(doc, "presets_schema")), 1,
+           "presets: presets_schema 1");
+    int all = 1, cited = 1;
+    for (size_t i = 0; i < sizeof providers / sizeof providers[0]; i++) {
+        json_t *pv = json_object_get(json_object_get(doc, "providers"), providers[i]);
+        const char *tn;
+        json_t *t;
+        all &= pv != NULL;
+        json_object_foreach(json_object_get(pv, "tiers"), tn, t) {
+            json_t *s0 = json_array_get(json_object_get(t, "sources"), 0);
+            const char *url = json_string_value(json_object_get(s0, "url"));
+            const char *rd = json_string_value(json_object_get(s0, "read"));
+            cited &= url && strncmp(url, "https://", 8) == 0 && rd && strlen(rd) == 10;
+        }
+    }
+    ok(all, "presets: groq, cerebras, openai, anthropic and openrouter are there");
+    ok(cited, "presets: every tier cites an https source and the date it was read");
+    json_decref(doc);
+    free(out);
+    out = NULL;
+
+    rc = km_presets_json("groq", &out, err, sizeof err);
+    doc = rc == KM_OK ? json_loads(out, 0, &jerr) : NULL;
+    ok(doc && json_object_size(json_object_get(doc, "providers")) == 1 &&
+           json_object_get(json_object_get(doc, "providers"), "groq"),
+       "presets: km_presets_json(\"groq\") gives groq alone");
+    json_decref(doc);
+    free(out);
+    out = (char *)&out;
+    rc = km_presets_json("nope", &out, err, sizeof err);
+    ok(rc == KM_EINVAL && out == NULL &&
+           strstr(err, "unknown preset \"nope\" (known: groq, cerebras, openai, "
+                       "anthropic, openrouter)"),
+       "presets: unknown provider names the known ones (%s)", err);
+    is_int(km_presets_json(NULL, NULL, err, sizeof err), KM_EINVAL,
+           "presets: out NULL");
+
+    /* A preset with models: per_model, the preset's figures, capacity.models
+     * grown to fit. */
+    cfg = good(preset_pool("\"preset\": \"groq\"", ""), "preset groq (one tier, none named)");
+    if (cfg) {
+        const km__pool_cfg *p = &cfg->pools[0];
+        const km__model_cfg *m = model_named(p, "llama-3.3-70b-versatile");
+        ok(p->model_mode == KM_MODELS_PER_MODEL && p->n_models == 20 &&
+               cfg->cap_models == 20,
+           "preset groq: per_model, its 20 models, capacity.models 20 (%u, %u)",
+           p->n_models, cfg->cap_models);
+        ok(m && m->limits[KM_WIN_RPM].limit == 30 && m->limits[KM_WIN_RPD].limit == 1000 &&
+               m->limits[KM_WIN_TPM].limit == 12000 && m->limits[KM_WIN_TPD].limit == 100000 &&
+               m->limits[KM_WIN_RPM].mode == KM_MODE_TOKEN_BUCKET,
+           "preset groq: llama-3.3-70b-versatile 30 rpm, 1000 rpd, 12000 tpm, 100000 tpd");
+        ok(cfg->keys[0].limits[KM_WIN_RPM].limit == 0,
+           "preset groq: no key-wide limit (Groq's are per model)");
+        km_config_free(cfg);
+    }
+    /* The pool's own models override window by window; null removes one;
+     * a model of its own is added after the preset's. */
+    cfg = good(preset_pool("\"preset\": \"groq\", \"tier\": \"free\", \"models\": "
+                           "{\"llama-3.3-70b-versatile\": {\"rpm\": 10, \"tpd\": null}, "
+                           "\"my-model\": {\"rpm\": 5}}", ""),
+               "preset groq with the pool's own models");
+    if (cfg) {
+        const km__pool_cfg *p = &cfg->pools[0];
+        const km__model_cfg *m = model_named(p, "llama-3.3-70b-versatile");
+        ok(m && m->limits[KM_WIN_RPM].limit == 10 && m->limits[KM_WIN_TPM].limit == 12000 &&
+               m->limits[KM_WIN_TPD].limit == 0 && m->limits[KM_WIN_RPD].limit == 1000,
+           "preset override: rpm 10 (pool's), tpm 12000 (preset's), tpd removed by null");
+        ok(p->n_models == 21 && strcmp(p->models[20].name, "my-model") == 0 &&
+               p->models[20].limits[KM_WIN_RPM].limit == 5,
+           "preset override: the pool's own model comes last");
+        km_config_free(cfg);
+    }
+    /* Pool-level figures: the pool's limits, then each key's, override. */
+    cfg = good(preset_pool("\"preset\": \"anthropic\", \"tier\": \"tier_1\"", ""),
+               "preset anthropic tier_1");
+    if (cfg) {
+        ok(cfg->keys[0].limits[KM_WIN_RPM].limit == 50 &&
+               cfg->keys[1].limits[KM_WIN_RPM].limit == 50 && cfg->pools[0].n_models == 0 &&
+               cfg->pools[0].model_mode == KM_MODELS_GLOBAL,
+           "preset anthropic: rpm 50 on each key, no model list");
+        km_config_free(cfg);
+    }
+    cfg = good(preset_pool("\"preset\": \"anthropic\", \"limits\": {\"rpm\": 40, \"tpm\": 9000}",
+                           "\"limits\": {\"rpm\": 5}"),
+               "preset anthropic with pool and key limits");
+    if (cfg) {
+        ok(cfg->keys[0].limits[KM_WIN_RPM].limit == 5 &&
+               cfg->keys[1].limits[KM_WIN_RPM].limit == 40 &&
+               cfg->keys[1].limits[KM_WIN_TPM].limit == 9000,
+           "preset anthropic: pool rpm 40 over the preset's 50, key a's own 5");
+        km_config_free(cfg);
+    }
+    cfg = good(preset_pool("\"preset\": \"openrouter\", \"tier\": \"credits_10\"", ""),
+               "preset openrouter credits_10");
+    if (cfg) {
+        ok(cfg->keys[0].limits[KM_WIN_RPM].limit == 20 &&
+               cfg->keys[0].limits[KM_WIN_RPD].limit == 1000,
+           "preset openrouter credits_10: 20 rpm, 1000 rpd");
+        km_config_free(cfg);
+    }
+    cfg = good(preset_pool("\"preset\": \"openai\", \"tier\": \"tier_2\"", ""),
+               "preset openai tier_2");
+    if (cfg) {
+        const km__model_cfg *m = model_named(&cfg->pools[0], "gpt-4o-mini");
+        ok(m && m->limits[KM_WIN_RPM].limit == 5000 && m->limits[KM_WIN_TPM].limit == 2000000,
+           "preset openai tier_2: gpt-4o-mini 5000 rpm, 2000000 tpm");
+        km_config_free(cfg);
+    }
+
+    bad(preset_pool("\"preset\": \"nope\"", ""),
+        "pools[0].preset: unknown preset (known: groq, cerebras, openai, "
+        "anthropic, openrouter)", "unknown preset: the known ones named");
+    bad(preset_pool("\"preset\": \"openai\", \"tier\": \"tier_9\"", ""),
+        "pools[0].tier: no such tier of preset \"openai\" (known: tier_1, "
+        "tier_2, tier_3, tier_4, tier_5)", "unknown tier: the known ones named");
+    bad(preset_pool("\"preset\": \"openai\"", ""),
+        "pools[0].tier: missing: preset \"openai\" has several tiers (known: tier_1",
+        "several tiers, none named");
+    bad(preset_pool("\"tier\": \"free\"", ""), "pools[0].tier: needs \"preset\"",
+        "tier without preset");
+    bad(preset_pool("\"preset\": 3", ""), "pools[0].preset: must be a string, one of: groq",
+        "preset not a string");
+    bad(preset_pool("\"preset\": \"groq\", \"model_limits\": \"global\"", ""),
+        "pools[0].model_limits: \"global\" cannot hold the per-model limits of preset \"groq\"",
+        "global model_limits with a per-model preset");
+    bad("{\"capacity\": {\"models\": 8}, \"pools\": [{\"name\": \"p\", \"preset\": "
+        "\"groq\", \"keys\": [{\"id\": \"a\", \"secret\": \"sk-x\"}]}]}",
+        "pools[0].models: more models (20) than capacity.models (8)",
+        "a preset's models count against capacity.models");
+    bad(preset_pool("\"preset\": \"groq\", \"models\": {\"qwen/qwen3-32b\": {\"rpm\": 0}}", ""),
+        "pools[0].models.qwen/qwen3-32b.rpm: must be a positive integer",
+        "a bad override is named by the pool's path");
+
+    /* KEYMESH_PRESETS: a file replaces the built-in presets. */
+    char dir[] = "/tmp/kmt-presets-XXXXXX", path[128], want[256];
+    if (!mkdtemp(dir))
+        bail_out("mkdtemp: %s", strerror(errno));
+    snprintf(path, sizeof path, "%s/presets.json", dir);
+    write_text(path,
+               "{\"presets_schema\": 1, \"providers\": {\"acme\": {\"name\": \"Acme\", "
+               "\"tiers\": {\"gold\": {\"sources\": [{\"url\": \"https://acme.example/limits\", "
+               "\"read\": \"2026-12-01\"}], \"limits\": {\"rpm\": 7}, \"models\": "
+               "{\"m1\": {\"tpm\": {\"limit\": 600, \"mode\": \"sliding\"}}}}}}}}");
+    setenv("KEYMESH_PRESETS", path, 1);
+    cfg = good(preset_pool("\"preset\": \"acme\"", ""), "KEYMESH_PRESETS: a preset from the file");
+    if (cfg) {
+        const km__model_cfg *m = model_named(&cfg->pools[0], "m1");
+        ok(cfg->keys[0].limits[KM_WIN_RPM].limit == 7 && m &&
+               m->limits[KM_WIN_TPM].limit == 600 &&
+               m->limits[KM_WIN_TPM].mode == KM_MODE_SLIDING,
+           "KEYMESH_PRESETS: its limits and a sliding model limit");
+        km_config_free(cfg);
+    }
+    bad(preset_pool("\"preset\": \"groq\"", ""), "unknown preset (known: acme)",
+        "KEYMESH_PRESETS replaces the built-in presets");
+    out = NULL;
+    rc = km_presets_json(NULL, &out, err, sizeof err);
+    ok(rc == KM_OK && out && strstr(out, path) && strstr(out, "\"acme\""),
+       "KEYMESH_PRESETS: km_presets_json shows the file as origin");
+    free(out);
+
+    write_text(path, "{\n  \"presets_schema\": 1,\n  \"providers\": {,}\n}\n");
+    snprintf(want, sizeof want, "pools[0].preset: cannot load the presets: %s:3:", path);
+    bad(preset_pool("\"preset\": \"acme\"", ""), want,
+        "KEYMESH_PRESETS malformed: file, line and column");
+    out = NULL;
+    rc = km_presets_json(NULL, &out, err, sizeof err);
+    snprintf(want, sizeof want, "%s:3:17: ", path);
+    ok(rc == KM_ECONFIG && out == NULL && strncmp(err, want, strlen(want)) == 0,
+       "KEYMESH_PRESETS malformed: km_presets_json names file:line:column (%s)", err);
+
+    static const struct {
+        const char *text, *want, *name;
+    } badfiles[] = {
+        {"{\"presets_schema\": 2, \"providers\": {}}", "presets_schema: must be 1", "schema 2"},
+        {"{\"presets_schema\": 1, \"providers\": {\"x\": {\"name\": \"X\", \"tiers\": "
+         "{\"t\": {\"sources\": [], \"limits\": {\"rpm\": 5}}}}}}",
+         "providers.x.tiers.t.sources: must be a non-empty array", "no source"},
+        {"{\"presets_schema\": 1, \"providers\": {\"x\": {\"name\": \"X\", \"tiers\": "
+         "{\"t\": {\"sources\": [{\"url\": \"https://x\", \"read\": \"last week\"}], "
+         "\"limits\": {\"rpm\": 5}}}}}}",
+         "providers.x.tiers.t.sources[0].read: must be the date it was read, YYYY-MM-DD",
+         "read not a date"},
+        {"{\"presets_schema\": 1, \"providers\": {\"x\": {\"name\": \"X\", \"tiers\": "
+         "{\"t\": {\"sources\": [{\"url\": \"https://x\", \"read\": \"2026-13-01\"}], "
+         "\"limits\": {\"rpm\": 5}}}}}}",
+         "providers.x.tiers.t.sources[0].read: must be the date it was read, YYYY-MM-DD",
+         "month 13"},
+        {"{\"presets_schema\": 1, \"providers\": {\"x\": {\"name\": \"X\", \"tiers\": "
+         "{\"t\": {\"sources\": [{\"url\": \"https://x\", \"read\": \"2026-12-01\"}], "
+         "\"models\": {\"m\": {\"rpq\": 5}}}}}}}",
+         "providers.x.tiers.t.models.m.rpq: unknown field", "unknown window"},
+        {"{\"presets_schema\": 1, \"providers\": {\"x\": {\"name\": \"X\", \"tiers\": "
+         "{\"t\": {\"sources\": [{\"url\": \"https://x\", \"read\": \"2026-12-01\"}], "
+         "\"limits\": {\"rpm\": -1}}}}}}",
+         "providers.x.tiers.t.limits.rpm: must be a positive integer", "negative limit"},
+        {"{\"presets_schema\": 1, \"providers\": {\"x\": {\"name\": \"X\", \"tiers\": "
+         "{\"t\": {\"sources\": [{\"url\": \"https://x\", \"read\": \"2026-12-01\"}]}}}}}",
+         "providers.x.tiers.t: gives neither limits nor models", "a tier of nothing"},
+    };
+    for (size_t i = 0; i < sizeof badfiles / sizeof badfiles[0]; i++) {
+        write_text(path, badfiles[i].text);
+        rc = km_presets_json(NULL, &out, err, sizeof err);
+        snprintf(want, sizeof want, "%s: %s", path, badfiles[i].want);
+        ok(rc == KM_ECONFIG && strncmp(err, want, strlen(want)) == 0,
+           "KEYMESH_PRESETS refused: %s (%s)", badfiles[i].name, err);
+    }
+    unlink(path);
+    rc = km_presets_json(NULL, &out, err, sizeof err);
+    snprintf(want, sizeof want, "%s: No such file or directory", path);
+    ok(rc == KM_ESYS && strcmp(err, want) == 0, "KEYMESH_PRESETS missing: KM_ESYS naming it");
+    rc = parse(preset_pool("\"preset\": \"acme\"", ""), &cfg);
+    ok(rc == KM_ESYS && cfg == NULL && strstr(err, want),
+       "KEYMESH_PRESETS missing: a config naming a preset fails with KM_ESYS (%s)", err);
+    unsetenv("KEYMESH_PRESETS");
+    rmdir(dir);
+    cfg = good(preset_pool("\"preset\": \"cerebras\"", ""), "KEYMESH_PRESETS unset: built in again");
+    if (cfg) {
+        const km__model_cfg *m = model_named(&cfg->pools[0], "qwen-3-coder-480b");
+        ok(m && m->limits[KM_WIN_RPH].limit == 100 && m->limits[KM_WIN_TPH].limit == 1000000,
+           "preset cerebras: qwen-3-coder-480b 100 rph, 1000000 tph");
+        km_config_free(cfg);
+    }
 }
 
 /* ---------------------------------------------------- km_config_from_env */
@@ -1139,6 +1491,11 @@ static void test_env(void)
             "metadata too long for a key");
     unsetenv("KMTP_NOTE_1");
 
+    setenv("KMTP_API_KEY_3", ENV_SECRET_1, 1);
+    env_bad("kmtp", "pools[0].keys[1]: key \"kmtp-3\" has the same secret as key "
+            "\"kmtp-1\" (pools[0].keys[0])", "one secret in two variables: refused");
+    setenv("KMTP_API_KEY_3", ENV_SECRET_3, 1);
+
     /* provider lists */
     env_bad("kmtp,KMTP", "providers: duplicate provider \"kmtp\"", "duplicate provider");
     env_bad("", "providers: empty provider name", "empty provider list");
@@ -1167,9 +1524,74 @@ static void test_env(void)
     env_clear();
 }
 
+/* The common single-key variable: P_API_KEY without NUM_P. */
+static void test_env_single(void)
+{
+    km_config *cfg;
+    int rc;
+
+    env_clear();
+    env_bad("kmtp", "NUM_KMTP is not set (the number of kmtp keys), nor is "
+            "KMTP_API_KEY (a single key)", "neither NUM_KMTP nor KMTP_API_KEY");
+    setenv("KMTP_API_KEY", "", 1);
+    env_bad("kmtp", "KMTP_API_KEY is empty (and NUM_KMTP is not set)",
+            "KMTP_API_KEY empty, no NUM_KMTP");
+    setenv("KMTP_API_KEY", "sk-envunit-one 1", 1);
+    env_bad("kmtp", "KMTP_API_KEY: must be at most 255 bytes of printable ASCII",
+            "KMTP_API_KEY with a space: refused, not echoed");
+
+    setenv("KMTP_API_KEY", ENV_SECRET_1, 1);
+    setenv("KMTP_RPM", "60", 1);
+    setenv("KMTP_ORG_1", "org-one", 1);
+    setenv("KMTP_TPM_1", "9000", 1);
+    rc = from_env("kmtp", &cfg);
+    if (is_int(rc, KM_OK, "env single: KMTP_API_KEY alone parses")) {
+        ok(cfg->n_pools == 1 && cfg->n_keys == 1 &&
+               strcmp(cfg->pools[0].name, "kmtp") == 0 &&
+               strcmp(cfg->keys[0].id, "kmtp-1") == 0,
+           "env single: a pool of one key, id kmtp-1");
+        is_str(cfg->keys[0].secret, ENV_SECRET_1, "env single: its secret");
+        ok(cfg->keys[0].limits[KM_WIN_RPM].limit == 60 &&
+               cfg->keys[0].limits[KM_WIN_TPM].limit == 9000,
+           "env single: KMTP_RPM and KMTP_TPM_1 apply");
+        is_str(cfg->keys[0].meta, "{\"org\":\"org-one\"}",
+               "env single: KMTP_ORG_1 is the key's metadata");
+        is_int(n_warnings, 0, "env single: no warning");
+        km_config_free(cfg);
+    } else {
+        diag("message: %s", err);
+    }
+    setenv("KMTP_ORG_2", "org-two", 1);
+    rc = from_env("kmtp", &cfg);
+    ok(rc == KM_OK && n_warnings == 1 &&
+           strstr(warnings, "KMTP_ORG_2: there is no key 2 (KMTP_API_KEY is the "
+                            "only key); ignored"),
+       "env single: a parameter of key 2 is warned about (%s)", warnings);
+    if (rc == KM_OK)
+        km_config_free(cfg);
+    unsetenv("KMTP_ORG_2");
+
+    /* Both: NUM_KMTP wins, KMTP_API_KEY is warned about and unused. */
+    setenv("NUM_KMTP", "1", 1);
+    setenv("KMTP_API_KEY_1", ENV_SECRET_3, 1);
+    rc = from_env("kmtp", &cfg);
+    ok(rc == KM_OK && cfg->n_keys == 1 &&
+           strcmp(cfg->keys[0].secret, ENV_SECRET_3) == 0 &&
+           strcmp(cfg->keys[0].id, "kmtp-1") == 0,
+       "env both: NUM_KMTP wins, the key is KMTP_API_KEY_1");
+    ok(n_warnings == 1 &&
+           strstr(warnings, "KMTP_API_KEY is ignored: NUM_KMTP is set, so the "
+                            "keys are KMTP_API_KEY_1..1") &&
+           !strstr(warnings, "envunit"),
+       "env both: one warning naming KMTP_API_KEY, no value (%s)", warnings);
+    if (rc == KM_OK)
+        km_config_free(cfg);
+    env_clear();
+}
+
 int main(void)
 {
-    plan(273);
+    plan(347);
     test_good();
     test_defaults();
     test_syntax();
@@ -1185,6 +1607,9 @@ int main(void)
     test_price();
     test_budget();
     test_meta();
+    test_secret_dup();
+    test_presets();
     test_env();
+    test_env_single();
     return exit_status();
 }

@@ -93,6 +93,24 @@ expect 1 "create --from-env on an existing name fails"
 run "$KMCTL" destroy "$SEG"
 expect 0 "destroy"
 
+# ---------------------------------------- the single-key variable P_API_KEY
+run env -i PATH="$PATH" OPENAI_API_KEY="$S1" OPENAI_RPM=60 "$KMCTL" create "$SEG" --from-env openai
+expect 0 "create --from-env openai with OPENAI_API_KEY alone"
+echo "$OUT" | grep -q "^created segment '$SEG': 1 pool, 1 key, " && [ -z "$ERR" ]
+ok $? "OPENAI_API_KEY alone: a pool of one key, no warning"
+run "$KMCTL" inspect "$SEG" --json
+echo "$OUT" | grep -q '"id": "openai-1"' && [ "$(echo "$OUT" | grep -c '"id": "openai-')" -eq 1 ]
+ok $? "OPENAI_API_KEY alone: the key is openai-1"
+run "$KMCTL" destroy "$SEG"
+expect 0 "destroy (single key)"
+run env -i PATH="$PATH" OPENAI_API_KEY="$S3" NUM_OPENAI=1 OPENAI_API_KEY_1="$S1" \
+    "$KMCTL" create "$SEG" --from-env openai
+expect 0 "create --from-env with both NUM_OPENAI and OPENAI_API_KEY"
+echo "$ERR" | grep -q '^kmctl: create: warning: OPENAI_API_KEY is ignored: NUM_OPENAI is set, so the keys are OPENAI_API_KEY_1..1$'
+ok $? "both set: NUM_OPENAI wins, OPENAI_API_KEY warned about"
+run "$KMCTL" destroy "$SEG"
+expect 0 "destroy (both set)"
+
 # -------------------------------------------------------------- failures
 run env -i PATH="$PATH" OPENAI_API_KEY_1="$S1" "$KMCTL" create "$BADSEG" --from-env openai
 expect 1 "missing NUM_OPENAI"
