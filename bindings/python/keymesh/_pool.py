@@ -174,6 +174,7 @@ class _Env:
 
 
 _envs: Dict[str, _Env] = {}
+_stale_envs: set = set()  # replaced in _envs, still used by older pools
 _envs_lock = threading.Lock()
 _storage_pools: "weakref.WeakSet[_Core]" = weakref.WeakSet()
 
@@ -184,6 +185,7 @@ def _after_fork_in_child() -> None:
     global _envs_lock
     _envs_lock = threading.Lock()
     _envs.clear()
+    _stale_envs.clear()
 
 
 if hasattr(os, "register_at_fork"):
@@ -215,9 +217,10 @@ def _close_all_at_exit() -> None:
         except Exception:
             pass
     with _envs_lock:
-        mine = [e for e in _envs.values() if e.pid == os.getpid()]
-        for e in mine:
-            del _envs[e.name]
+        mine = [e for e in list(_envs.values()) + list(_stale_envs)
+                if e.pid == os.getpid()]
+        _envs.clear()
+        _stale_envs.clear()
     for e in mine:
         _km_close(e)
 
@@ -228,6 +231,12 @@ atexit.register(_close_all_at_exit)
 def _attach(name: str, create_cfg: Optional[int] = None, mode: int = 0o600) -> _Env:
     with _envs_lock:
         env = _envs.get(name)
+        if env is not None and env.pid == os.getpid() and env.ident is not None and \
+                _seg_ident(name) != env.ident:
+            # Removed or replaced since: the pools still on the old one
+            # refuse (SegmentRemovedError); new ones attach to what is there.
+            _stale_envs.add(_envs.pop(name))
+            env = None
         if env is not None and env.pid == os.getpid():
             if create_cfg is not None:
                 raise KeyMeshError("segment '%s': %s" % (name, L.strerror(L.EEXIST)),
@@ -259,6 +268,8 @@ def _detach(env: _Env) -> None:
             return
         if _envs.get(env.name) is env:
             del _envs[env.name]
+        else:
+            _stale_envs.discard(env)
     _km_close(env)
 
 
