@@ -1,7 +1,7 @@
 """A mock LLM provider for tests/py, on 127.0.0.1 (a free port), in a
 thread of the test process.  By the secret it is called with:
 
-  sk-test-*        200 with a chat completion and usage, and
+  sk-test-*, sk-key-*  200 with a chat completion and usage, and
                    x-ratelimit-remaining-requests / -reset-requests headers
                    (remaining set by .remaining[secret], default 99)
   sk-rl-*          429, Retry-After: 7, OpenAI's rate_limit_exceeded body
@@ -58,7 +58,7 @@ class MockProvider:
                 with mp.lock:
                     mp.calls.append((self.path, hname, secret, body))
                     rem = mp.remaining.get(secret, 99)
-                if secret.startswith("sk-test-"):
+                if secret.startswith(("sk-test-", "sk-key-")):
                     self.reply(200, {"id": "chatcmpl-1", "object": "chat.completion",
                                      "choices": [{"index": 0, "message": {
                                          "role": "assistant", "content": "hello from mock"}}],
@@ -83,7 +83,8 @@ class MockProvider:
         self.srv.daemon_threads = True
         self.port = self.srv.server_address[1]
         self.url = "http://127.0.0.1:%d" % self.port
-        self.thread = threading.Thread(target=self.srv.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.srv.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
 
     def start(self):
         self.thread.start()
