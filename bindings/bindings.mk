@@ -69,4 +69,9 @@ deps-extra::
 	    || { echo "deps: apt-get install$$missing failed" >&2; exit 1; }; \
 	fi
 
+# make bench: the Python binding's short run (bench/py/bench_py.py --short).
+bench-compare:: $(PYEXT)
+	KEYMESH_LIBRARY=$(abspath $(BUILD))/libkeymesh.so.0 PYTHONPATH=bindings/python \
+	  $(PYTHON) bench/py/bench_py.py --short
+
 .DEFAULT_GOAL := $(KM__BINDINGS_SAVED_GOAL)
