@@ -1179,10 +1179,26 @@ class SyncKeyPool(_HotCore, _Core):
 # ---------------------------------------------------------------- KeyPool
 
 class _Waiter:
-    __slots__ = ("cancelled",)
+    """Who gives back a lease the helper thread gets: `lock` makes the hand
+    over atomic.  The thread stores its result unless the task already gave
+    up (then it releases the lease itself); a task that gives up takes
+    whatever result is stored and releases it; deliver() hands the result
+    to the task only if it has not given up."""
+
+    __slots__ = ("cancelled", "result", "lock")
 
     def __init__(self) -> None:
         self.cancelled = False
+        self.result: Any = None
+        self.lock = threading.Lock()
+
+
+def _give_back(lease: Any) -> None:
+    if lease is not None and not lease.done:
+        try:
+            lease.cancel()  # never sent: counted as cancelled
+        except KeyMeshError:
+            pass  # the pool was closed meanwhile: km_close released it
 
 
 def _wait_thread(core: Any, loop: asyncio.AbstractEventLoop, fut: "asyncio.Future[Any]",
@@ -1208,12 +1224,18 @@ def _wait_thread(core: Any, loop: asyncio.AbstractEventLoop, fut: "asyncio.Futur
             result = r
     except BaseException as e:  # handed to the awaiting task
         exc = e
+    with w.lock:
+        gone = w.cancelled
+        if not gone:
+            w.result = result
+    if gone:
+        _give_back(result)
+        return
 
     def deliver() -> None:
-        if fut.cancelled() or w.cancelled:
-            if result is not None and not result.done:
-                result.cancel()  # the task gave up: give the key back
-            return
+        with w.lock:
+            if w.cancelled or fut.done():
+                return  # the task gave up and gave the lease back
         if exc is not None:
             fut.set_exception(exc)
         else:
@@ -1222,8 +1244,12 @@ def _wait_thread(core: Any, loop: asyncio.AbstractEventLoop, fut: "asyncio.Futur
     try:
         loop.call_soon_threadsafe(deliver)
     except RuntimeError:  # the loop is closed: nobody will take it
-        if result is not None and not result.done:
-            result.cancel()
+        with w.lock:
+            mine = not w.cancelled
+            w.cancelled = True
+            w.result = None
+        if mine:
+            _give_back(result)
 
 
 async def _aacquire(core: Any, timeout: Optional[float], model: Optional[str], tokens: int,
@@ -1249,7 +1275,13 @@ async def _aacquire(core: Any, timeout: Optional[float], model: Optional[str], t
     try:
         return await fut
     except BaseException:
-        w.cancelled = True
+        # Cancelled (or the loop is going away): a lease the thread stored,
+        # even one already set on fut that this task never received, is
+        # given back; one it gets later, it gives back itself.
+        with w.lock:
+            w.cancelled = True
+            res, w.result = w.result, None
+        _give_back(res)
         raise
 
 
