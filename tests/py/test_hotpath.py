@@ -1,7 +1,6 @@
 """The hot path (acquire, release, lease enter/exit, outcome mapping) on
 whichever implementation this run uses (C extension or ctypes)."""
 import ctypes
-import math
 import os
 import threading
 import time

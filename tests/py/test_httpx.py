@@ -1,7 +1,6 @@
 """keymesh.httpx.KeyMeshAuth with Debian's python3-httpx against the mock
 provider (tests/py/mockprovider.py) on 127.0.0.1."""
 import asyncio
-import time
 
 import httpx
 import pytest

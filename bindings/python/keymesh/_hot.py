@@ -20,7 +20,7 @@ from __future__ import annotations
 import ctypes
 import math
 import os
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Union
 
 from . import _lib as L
 from ._lib import lib

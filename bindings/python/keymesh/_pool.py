@@ -34,7 +34,7 @@ from typing import (Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union)
 
 from . import _hot
 from . import _lib as L
-from ._hot import H, _PyCore, _PyLease, outcome_of
+from ._hot import H, _PyCore, _PyLease
 from ._lib import lib
 
 __all__ = ["KeyMeshError", "NoAvailableKeyError", "KeyExhaustedError", "SegmentRemovedError",
