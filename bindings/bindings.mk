@@ -1,20 +1,61 @@
 # bindings/bindings.mk - included by the main Makefile (-include).
 # The Python binding (bindings/python/keymesh) and the LuaJIT one
-# (bindings/lua/keymesh.lua) need no build step: they load libkeymesh.so.0
-# at run time.  Their end-to-end tests (tests/t_py*.sh, t_gunicorn*.sh,
-# t_nginx*.sh) need Debian packages, installed by `make deps` (which `make
-# test` runs) only when missing.  apt-get runs with RUNLEVEL=1 so that the
-# nginx package's postinst does not start a system nginx on port 80 (the
-# tests start their own on 127.0.0.1).
+# (bindings/lua/keymesh.lua) load libkeymesh.so.0 at run time.  The Python
+# binding's hot path also has a C extension (keymesh._ext), built here into
+# $(BUILD)/python/keymesh/ when Python's headers are installed (python3-dev;
+# `make deps` installs it): keymesh finds it there beside the library it was
+# built with, and falls back to ctypes without it.  Their end-to-end tests
+# (tests/t_py*.sh, t_gunicorn*.sh, t_nginx*.sh) need Debian packages,
+# installed by `make deps` (which `make test` runs) only when missing.
+# apt-get runs with RUNLEVEL=1 so that the nginx package's postinst does not
+# start a system nginx on port 80 (the tests start their own on 127.0.0.1).
+#
+#   make python-ext       the extension, for this build directory
+#   make python-install   pip-install bindings/python (the extension built
+#                         against $(DESTDIR)$(includedir) and $(libdir), as
+#                         `make install` put them) for $(PYTHON)
 
 # This file is read before the Makefile's first target: keep `all` the
 # default goal whatever the rules below define.
 KM__BINDINGS_SAVED_GOAL := $(.DEFAULT_GOAL)
 
+PYTHON ?= /usr/bin/python3
+PY_INCLUDE := $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_paths()["include"])' 2>/dev/null)
+PY_EXT_SUFFIX := $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))' 2>/dev/null)
+PYEXT := $(BUILD)/python/keymesh/_ext$(PY_EXT_SUFFIX)
+
+.PHONY: python-ext python-install
+ifneq ($(wildcard $(PY_INCLUDE)/Python.h),)
+all: $(PYEXT)
+python-ext: $(PYEXT)
+else
+python-ext:
+	@echo "python-ext: no Python.h for $(PYTHON) (apt-get install python3-dev)" >&2; exit 1
+endif
+
+# The project's warnings, as errors under WERROR=1, like the library.  No
+# rpath: keymesh._lib loads libkeymesh first (its discovery rules) and this
+# module's libkeymesh.so.0 binds to that copy.
+$(PYEXT): bindings/python/keymesh/_ext.c include/keymesh.h $(SHLIB)
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -D_GNU_SOURCE $(OPT) $(WARN) $(SANFLAGS) -fPIC -shared -fvisibility=hidden \
+	  -Iinclude -isystem $(PY_INCLUDE) -o $@ $< -L$(BUILD) -lkeymesh
+
+python-install:
+	cd bindings/python && KEYMESH_INCLUDE="$(DESTDIR)$(includedir)" \
+	  KEYMESH_LIBDIR="$(DESTDIR)$(libdir)" \
+	  $(PYTHON) -m pip install --no-build-isolation --no-index --no-deps \
+	  $(PIP_FLAGS) .
+
 deps-extra::
 	@missing=""; \
 	have_pkg() { dpkg-query -W -f='$${Status}' "$$1" 2>/dev/null | grep -q 'ok installed'; }; \
 	[ -x /usr/bin/python3 ]               || missing="$$missing python3"; \
+	have_pkg python3-dev                  || missing="$$missing python3-dev"; \
+	have_pkg python3-pytest               || missing="$$missing python3-pytest"; \
+	have_pkg python3-httpx                || missing="$$missing python3-httpx"; \
+	have_pkg python3-setuptools           || missing="$$missing python3-setuptools"; \
+	have_pkg python3-pip                  || missing="$$missing python3-pip"; \
 	[ -x /usr/bin/gunicorn ]              || missing="$$missing gunicorn"; \
 	[ -x /usr/sbin/nginx ]                || missing="$$missing nginx"; \
 	have_pkg libnginx-mod-http-lua        || missing="$$missing libnginx-mod-http-lua"; \
@@ -27,5 +68,10 @@ deps-extra::
 	     apt-get install -y -qq $$missing >/dev/null) \
 	    || { echo "deps: apt-get install$$missing failed" >&2; exit 1; }; \
 	fi
+
+# make bench: the Python binding's short run (bench/py/bench_py.py --short).
+bench-compare:: $(PYEXT)
+	KEYMESH_LIBRARY=$(abspath $(BUILD))/libkeymesh.so.0 PYTHONPATH=bindings/python \
+	  $(PYTHON) bench/py/bench_py.py --short
 
 .DEFAULT_GOAL := $(KM__BINDINGS_SAVED_GOAL)

@@ -14,6 +14,11 @@ Every structure below mirrors the C one field for field; ctypes lays them out
 with the platform's C rules, so sizes and offsets agree with the compiler's
 (tests/e2e/layout.c checks that).  ctypes releases the GIL around every call
 into a CDLL, so a thread blocked in km_acquire_wait() does not stop others.
+
+The library is loaded with RTLD_GLOBAL before the C extension (keymesh._ext)
+is imported: the extension's own reference to libkeymesh.so.0 then binds to
+this same copy (the dynamic linker matches the soname of what is loaded), so
+both paths share one library, one attachment table and one set of handles.
 """
 
 from __future__ import annotations
@@ -59,6 +64,10 @@ ECORRUPT = -21
 ENOMODEL = -22
 EBUDGET = -23
 ETIMEDOUT = -24
+EBUSY = -25
+EKEYEXISTS = -26
+EFULL = -27
+ECRYPTO = -28
 
 # km_outcome_kind
 OUT_SUCCESS = 0
@@ -193,6 +202,10 @@ _PROTOS: dict = {
     "km_check": (c_int, [env_p, REPORT_FN, c_void_p]),
     "km_snapshot_json": (c_int, [env_p, POINTER(c_void_p)]),
     "km_mask_secret": (None, [c_char_p, c_char_p]),
+    "km_snapshot_json_ex": (c_int, [env_p, c_uint, c_char_p, POINTER(c_void_p)]),
+    "km_restore": (c_int, [c_char_p, c_char_p, c_size_t, c_char_p, c_uint, POINTER(env_p),
+                           c_char_p, c_size_t]),
+    "km_snapshot_key_parse": (c_int, [c_char_p, c_size_t, c_char_p]),
     # Reconfiguration: bound when first used (see optional()).
     "km_key_add": (c_int, [env_p, c_int, c_char_p, c_char_p, c_size_t]),
     "km_key_remove": (c_int, [env_p, c_uint32]),
@@ -222,6 +235,20 @@ def candidates() -> list:
     return out
 
 
+def ext_dirs() -> list:
+    """Where a C extension built by `make` (not installed by pip) may sit:
+    beside the libkeymesh it was built with, in <build>/python/keymesh."""
+    out = []
+    lib = os.environ.get("KEYMESH_LIBRARY")
+    if lib:
+        out.append(os.path.join(os.path.dirname(os.path.abspath(lib)), "python", "keymesh"))
+    for c in candidates():
+        d = os.path.join(os.path.dirname(c), "python", "keymesh")
+        if d not in out:
+            out.append(d)
+    return [d for d in out if os.path.isdir(d)]
+
+
 class _Lib:
     def __init__(self) -> None:
         self._dll: Optional[ctypes.CDLL] = None
@@ -241,7 +268,7 @@ class _Lib:
                     tried.append(path)
                     continue
                 try:
-                    dll = ctypes.CDLL(path)
+                    dll = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
                     self.path = path
                     break
                 except OSError as e:
@@ -254,7 +281,7 @@ class _Lib:
                 for name in filter(None, [ctypes.util.find_library("keymesh"),
                                           "libkeymesh.so.0"]):
                     try:
-                        dll = ctypes.CDLL(name)
+                        dll = ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
                         self.path = name
                         break
                     except OSError as e:
@@ -271,6 +298,10 @@ class _Lib:
                 fn.argtypes = args
             self._dll = dll
             return dll
+
+    def load(self) -> ctypes.CDLL:
+        """Load the library now (the C extension needs it loaded first)."""
+        return self._load()
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         if not name.startswith("km_"):

@@ -6,30 +6,40 @@ twice as a fault).  After fork() the child never touches the handle it
 inherited; it attaches again, by name, the first time it uses a pool.  So a
 pool made in a gunicorn master (or at import time with --preload) just works
 in every worker.
+
+The hot path (acquire, release, lease() enter/exit) runs in the C extension
+keymesh._ext when it was built and loads, else in keymesh._hot on ctypes;
+KEYMESH_NO_EXT=1 forces the latter.  keymesh.implementation() says which.
+Everything slower (creating and opening segments, status, reconfiguration,
+outcomes from exceptions, storage, asyncio waiting) is here, shared by both.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
-import contextlib
 import ctypes
 import enum
+import hashlib
+import hmac
 import json
 import math
 import os
+import re
 import threading
 import time
 import uuid
 import weakref
-from typing import (Any, AsyncIterator, Dict, Iterator, List, Mapping, Optional,
-                    Sequence, Tuple, Union)
+from typing import (Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union)
 
+from . import _hot
 from . import _lib as L
+from ._hot import H, _PyCore, _PyLease
 from ._lib import lib
 
-__all__ = ["KeyMeshError", "NoAvailableKeyError", "KeyExhaustedError",
-           "SchedulerStrategy", "Lease", "SyncKeyPool", "KeyPool", "unlink"]
+__all__ = ["KeyMeshError", "NoAvailableKeyError", "KeyExhaustedError", "SegmentRemovedError",
+           "SchedulerStrategy", "Lease", "SyncKeyPool", "KeyPool", "unlink",
+           "JSONStorage", "SyncJSONStorage"]
 
 ConfigLike = Union[Mapping[str, Any], str, "os.PathLike[str]"]
 
@@ -57,9 +67,27 @@ class NoAvailableKeyError(KeyMeshError):
         self.retry_after = retry_after
 
 
-class KeyExhaustedError(KeyMeshError):
+class KeyExhaustedError(NoAvailableKeyError):
     """No key can become usable without an operator: all disabled, invalid
-    (401/403), exhausted (quota), or the pool's hard budget is spent."""
+    (401/403), exhausted (quota), or the pool's hard budget is spent; with
+    exhaust_on_max_failures=True, also a key that reached max_failures
+    (raised by the mark_failed() that took it there).  A special case of
+    NoAvailableKeyError, so code that catches that one catches this too."""
+
+
+class SegmentRemovedError(KeyMeshError):
+    """The pool's segment was removed (kmctl destroy, keymesh.unlink) or
+    replaced by another of the same name while this pool was attached.  The
+    old mapping would go on working, but apart from every process that
+    attaches from now on: this pool refuses instead.  Open it again."""
+
+
+class UnknownKeyError(KeyMeshError, KeyError):
+    """A key (secret) this pool does not know.  Also a KeyError, as the
+    in-process pools raise."""
+
+    def __str__(self) -> str:
+        return Exception.__str__(self)
 
 
 def _raise(rc: int, what: str, retry_at_ns: int = 0) -> None:
@@ -72,6 +100,10 @@ def _raise(rc: int, what: str, retry_at_ns: int = 0) -> None:
     if rc in (L.EUNAVAIL, L.EBUDGET):
         raise KeyExhaustedError(msg, rc)
     raise KeyMeshError(msg, rc)
+
+
+def _raise_closed() -> None:
+    raise KeyMeshError("pool is closed")
 
 
 # -------------------------------------------------------------- strategies
@@ -115,18 +147,36 @@ def _segname(name: str) -> str:
     return n[1:] if n.startswith("/") else n
 
 
+def _seg_ident(name: str) -> Optional[Tuple[int, int]]:
+    try:
+        st = os.stat("/dev/shm/" + name)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
 class _Env:
-    """One km_env of this process, shared by the pools that name its segment."""
+    """One km_env of this process, shared by the pools that name its segment.
+    `busy` counts threads inside km_acquire_wait on it (km_close waits for
+    them to leave: they sleep at most _hot.WAIT_CHUNK_MS at a time and look
+    at `closing` between two sleeps)."""
+
+    __slots__ = ("name", "ptr", "pid", "refs", "busy", "closing", "ident")
 
     def __init__(self, name: str, ptr: int) -> None:
         self.name = name
         self.ptr = ptr
         self.pid = os.getpid()
         self.refs = 0
+        self.busy = 0
+        self.closing = False
+        self.ident = _seg_ident(name)
 
 
 _envs: Dict[str, _Env] = {}
+_stale_envs: set = set()  # replaced in _envs, still used by older pools
 _envs_lock = threading.Lock()
+_storage_pools: "weakref.WeakSet[_Core]" = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
@@ -135,25 +185,44 @@ def _after_fork_in_child() -> None:
     global _envs_lock
     _envs_lock = threading.Lock()
     _envs.clear()
+    _stale_envs.clear()
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _km_close(env: _Env) -> None:
+    ptr, env.ptr = env.ptr, 0
+    env.closing = True
+    # Threads inside km_acquire_wait on this handle leave within one chunk.
+    deadline = time.monotonic() + 5 * _hot.WAIT_CHUNK_MS / 1000.0
+    while env.busy > 0 and time.monotonic() < deadline:
+        time.sleep(0.002)
+    if ptr and env.busy == 0:
+        lib.km_close(ptr)
+    # else: a waiter is stuck (it cannot be: each sleeps <= a chunk); leave
+    # the handle mapped rather than free it under the waiter.
+
+
 def _close_all_at_exit() -> None:
     # A process that exits normally detaches, so its slot is freed and any
     # lease it still holds is released (abandoned) at once, not left for a
     # reaper.  Only this process's attachments: a forked child never closes
-    # what it inherited.
+    # what it inherited.  Pools with storage= save their state first.
+    for p in list(_storage_pools):
+        try:
+            if not p._closed and p._gen_ok():
+                p.save()
+        except Exception:
+            pass
     with _envs_lock:
-        mine = [e for e in _envs.values() if e.pid == os.getpid()]
-        for e in mine:
-            del _envs[e.name]
+        mine = [e for e in list(_envs.values()) + list(_stale_envs)
+                if e.pid == os.getpid()]
+        _envs.clear()
+        _stale_envs.clear()
     for e in mine:
-        ptr, e.ptr = e.ptr, 0
-        if ptr:
-            lib.km_close(ptr)
+        _km_close(e)
 
 
 atexit.register(_close_all_at_exit)
@@ -162,6 +231,12 @@ atexit.register(_close_all_at_exit)
 def _attach(name: str, create_cfg: Optional[int] = None, mode: int = 0o600) -> _Env:
     with _envs_lock:
         env = _envs.get(name)
+        if env is not None and env.pid == os.getpid() and env.ident is not None and \
+                _seg_ident(name) != env.ident:
+            # Removed or replaced since: the pools still on the old one
+            # refuse (SegmentRemovedError); new ones attach to what is there.
+            _stale_envs.add(_envs.pop(name))
+            env = None
         if env is not None and env.pid == os.getpid():
             if create_cfg is not None:
                 raise KeyMeshError("segment '%s': %s" % (name, L.strerror(L.EEXIST)),
@@ -174,6 +249,9 @@ def _attach(name: str, create_cfg: Optional[int] = None, mode: int = 0o600) -> _
         else:
             rc = lib.km_open(name.encode(), ctypes.byref(ptr))
         if rc != 0:
+            if rc == L.ENOENT:
+                raise SegmentRemovedError("segment '%s': %s (removed, or never created)"
+                                          % (name, L.strerror(rc)), rc)
             _raise(rc, "segment '%s'" % name)
         env = _Env(name, ptr.value or 0)
         env.refs = 1
@@ -190,9 +268,9 @@ def _detach(env: _Env) -> None:
             return
         if _envs.get(env.name) is env:
             del _envs[env.name]
-        ptr, env.ptr = env.ptr, 0
-    if ptr:
-        lib.km_close(ptr)
+        else:
+            _stale_envs.discard(env)
+    _km_close(env)
 
 
 def unlink(name: str) -> None:
@@ -226,12 +304,15 @@ def _parse_config(config: ConfigLike) -> int:
     return cfg.value or 0
 
 
-# ------------------------------------------------------------------ leases
+# ---------------------------------------------------------------- outcomes
 
 def _headers_list(headers: Any) -> List[Tuple[str, str]]:
     if headers is None:
         return []
-    items = headers.items() if hasattr(headers, "items") else headers
+    if hasattr(headers, "multi_items"):      # httpx.Headers: every value
+        items = headers.multi_items()
+    else:
+        items = headers.items() if hasattr(headers, "items") else headers
     return [(str(k), str(v)) for k, v in items]
 
 
@@ -243,10 +324,13 @@ def _status_of(exc: BaseException) -> Tuple[Optional[int], Any, Optional[bytes]]
     status = None
     for attr in ("status_code", "status", "code"):
         v = getattr(exc, attr, None)
-        if isinstance(v, int) and 100 <= v < 600:
+        if isinstance(v, int) and not isinstance(v, bool) and 100 <= v < 600:
             status = v
             break
-    resp = getattr(exc, "response", None)
+    try:
+        resp = getattr(exc, "response", None)
+    except Exception:  # httpx raises RuntimeError for a request error's .response
+        resp = None
     headers = getattr(exc, "headers", None)
     body = None
     if resp is not None:
@@ -289,90 +373,172 @@ def outcome_from_http(status: int, headers: Any = None, body: Union[bytes, str, 
     return out
 
 
-class Lease:
-    """One key handed out: `key` is the secret to send, `key_id` its id,
-    `meta` the key's metadata.  Finish it once, with release()/report()
-    or by leaving `with pool.lease(...)`; repr() never shows the secret."""
+def _otuple(o: L.Outcome) -> tuple:
+    return tuple(getattr(o, f) for f in _hot.OTUPLE_FIELDS)
 
-    __slots__ = ("_c", "_pool", "_pid", "_done", "_outcome", "model", "estimated_tokens",
-                 "__weakref__")
 
-    def __init__(self, pool: "_Core", c: L.Lease, model: Optional[str], tokens: int) -> None:
-        self._c = c
-        self._pool = pool
-        self._pid = os.getpid()
-        self._done = False
-        self._outcome: Optional[L.Outcome] = None
-        self.model = model
-        self.estimated_tokens = tokens
+def _kind_tuple(kind: int, retry_after_s: float = 0.0) -> tuple:
+    return (kind, -1, -1, float(retry_after_s), 0, 0, 0, 0, 0, -1, -1)
 
-    @property
-    def key(self) -> str:
-        """The secret (the API key to send)."""
-        return self._c.secret.decode()
 
-    @property
-    def key_id(self) -> str:
-        return self._c.key_id.decode()
+_CANCELLED = _kind_tuple(L.OUT_CANCELLED)
+_FAILURE = _kind_tuple(L.OUT_FAILURE)
 
-    @property
-    def meta(self) -> Dict[str, str]:
-        m = self._c.meta.decode()
-        return json.loads(m) if m else {}
 
-    @property
-    def elapsed(self) -> float:
-        """Seconds since the key was acquired."""
-        return max(0, lib.km_now_ns() - self._c.start_ns) / 1e9
+def _nonneg(name: str, v: Optional[int]) -> Optional[int]:
+    if v is None:
+        return None
+    v = int(v)
+    if v < 0:
+        raise ValueError("%s must be >= 0 (got %d)" % (name, v))
+    return v
 
-    @property
-    def done(self) -> bool:
-        return self._done
 
-    def __repr__(self) -> str:
-        return "<Lease key_id=%r key=%r model=%r%s>" % (
-            self.key_id, L.mask(self.key), self.model, " done" if self._done else "")
+def _report_tuple(status: Optional[int], headers: Any, body: Any, error_code: Optional[str],
+                  tokens: Optional[int], input_tokens: Optional[int],
+                  output_tokens: Optional[int]) -> tuple:
+    tokens = _nonneg("tokens", tokens)
+    input_tokens = _nonneg("input_tokens", input_tokens)
+    output_tokens = _nonneg("output_tokens", output_tokens)
+    out = outcome_from_http(status if status is not None else 200, headers, body, error_code)
+    if input_tokens is not None or output_tokens is not None:
+        out.input_tokens = input_tokens if input_tokens is not None else -1
+        out.output_tokens = output_tokens if output_tokens is not None else -1
+        if tokens is None:
+            tokens = (input_tokens or 0) + (output_tokens or 0)
+    out.tokens = tokens if tokens is not None else -1
+    return _otuple(out)
 
-    __str__ = __repr__
 
-    # What happened, to be applied when the lease is finished.
-    def report(self, status: Optional[int] = None, *, headers: Any = None,
-               body: Union[bytes, str, None] = None, error_code: Optional[str] = None,
-               tokens: Optional[int] = None, input_tokens: Optional[int] = None,
-               output_tokens: Optional[int] = None) -> None:
-        """Record the provider's answer (HTTP status, headers for Retry-After
-        and rate-limit views, error body) and the tokens used; applied when
-        the lease ends (the `with` block exits, or release()).  Without a
-        status the request counts as a success."""
-        out = outcome_from_http(status if status is not None else 200, headers, body,
-                                error_code)
-        if input_tokens is not None or output_tokens is not None:
-            out.input_tokens = input_tokens if input_tokens is not None else -1
-            out.output_tokens = output_tokens if output_tokens is not None else -1
-            if tokens is None:
-                tokens = (input_tokens or 0) + (output_tokens or 0)
-        out.tokens = tokens if tokens is not None else -1
-        self._outcome = out
+# Text of an exception without an HTTP status that means a rate limit, as
+# SDKs and wrappers word it: "429", "rate limit", "rate_limit_exceeded",
+# "Rate limit reached", "RateLimitError", "too many requests".
+_RATE_TEXT = re.compile(r"(?<!\d)429(?!\d)|rate[ _-]?limit|too many requests", re.I)
 
-    def usage(self, input_tokens: Optional[int] = None, output_tokens: Optional[int] = None,
-              tokens: Optional[int] = None) -> None:
-        """Record the tokens a successful response used (settles the token
-        limits and the spend)."""
-        self.report(None, tokens=tokens, input_tokens=input_tokens, output_tokens=output_tokens)
 
-    def release(self, latency: Optional[float] = None) -> None:
-        """End the lease with what report() recorded (success if nothing)."""
-        self._pool._finish(self, self._outcome, latency)
+def _outcome_for_exc(exc: Optional[BaseException]) -> tuple:
+    if exc is not None and not isinstance(exc, Exception):
+        # Cancellation (asyncio.CancelledError), KeyboardInterrupt,
+        # SystemExit: the caller gave up, the key did nothing wrong.
+        return _CANCELLED
+    if exc is None:
+        return _FAILURE
+    status, headers, body = _status_of(exc)
+    if status is not None:
+        return _otuple(outcome_from_http(status, headers, body))
+    text = "%s %s" % (type(exc).__name__, exc)
+    if _RATE_TEXT.search(text):
+        ra = getattr(exc, "retry_after", None)
+        ra = float(ra) if isinstance(ra, (int, float)) and ra > 0 else 0.0
+        return _kind_tuple(L.OUT_RATE_LIMITED, ra)
+    return _FAILURE
 
-    def cancel(self) -> None:
-        """End the lease as never sent: the token reservation comes back."""
-        self._pool._finish(self, L.Outcome(kind=L.OUT_CANCELLED, latency_us=-1, tokens=-1,
-                                           input_tokens=-1, output_tokens=-1), None)
 
-    def fail(self, exc: Optional[BaseException] = None) -> None:
-        """End the lease as failed; an exception carrying an HTTP status
-        (SDK errors) is mapped like report() (429 -> rate limited)."""
-        self._pool._finish(self, self._pool._outcome_for(exc), None)
+def _meta_loads(text: str) -> Dict[str, Any]:
+    return json.loads(text) if text else {}
+
+
+# ----------------------------------------------------- the extension, or not
+
+def _load_ext() -> Tuple[Any, str]:
+    """keymesh._ext if it is built for this interpreter and bound to the
+    libkeymesh that _lib loaded; else (None, why)."""
+    if os.environ.get("KEYMESH_NO_EXT", "") not in ("", "0"):
+        return None, "KEYMESH_NO_EXT is set"
+    lib.load()  # RTLD_GLOBAL first: the extension binds to this copy
+    try:
+        from . import _ext as m  # type: ignore[attr-defined]
+    except ImportError as e:
+        return None, "not built (%s)" % (e,)
+    addr = ctypes.cast(lib.km_acquire, ctypes.c_void_p).value
+    if m.km_acquire_address() != addr:
+        return None, "bound to another copy of libkeymesh than %s" % (lib.path,)
+    if m.header_version() != lib.km_version().decode():
+        return None, "built for libkeymesh %s, loaded %s" % (m.header_version(),
+                                                             lib.km_version().decode())
+    return m, ""
+
+
+_ext, _ext_why = _load_ext()
+
+if _ext is not None:
+    _HotCore: Any = _ext.Core
+    Lease: Any = _ext.Lease
+else:
+    _HotCore = _PyCore
+    Lease = _PyLease
+
+
+def implementation() -> str:
+    """"c-extension" when the hot path runs in keymesh._ext, "ctypes"
+    otherwise (implementation_detail() says why)."""
+    return "c-extension" if _ext is not None else "ctypes"
+
+
+def implementation_detail() -> str:
+    return "keymesh._ext (%s)" % _ext.__file__ if _ext is not None else \
+        "ctypes: extension not used: %s" % _ext_why
+
+
+# ----------------------------------------------------------------- storage
+
+class JSONStorage:
+    """storage= for KeyPool/SyncKeyPool: a JSON state file at `path`.
+
+    The file holds a KeyMesh snapshot (km_snapshot_json_ex) with each
+    secret sealed (XChaCha20-Poly1305) under a key derived from the pool's
+    own secrets (or storage_key= / $KEYMESH_STORAGE_KEY), and per key the
+    counters under the first 16 hex digits of the secret's SHA-256, never
+    the secret.  A pool made with the same keys restores its state from it:
+    counters, cooldowns, limit windows, keys added at run time.  Written
+    atomically (mode 0600) by close(), save() and at exit."""
+
+    def __init__(self, path: Union[str, "os.PathLike[str]"] = "keymesh_state.json") -> None:
+        self.path = os.fspath(path)
+
+
+SyncJSONStorage = JSONStorage
+
+
+def _storage_path(storage: Any) -> Optional[str]:
+    if storage is None:
+        return None
+    if isinstance(storage, (str, bytes, os.PathLike)):
+        return os.fsdecode(storage)
+    for attr in ("path", "_path"):
+        p = getattr(storage, attr, None)
+        if p is not None:
+            return os.fsdecode(os.fspath(p))
+    return None  # an in-memory storage object: nothing to keep
+
+
+def _storage_key(secrets: Sequence[str], given: Any) -> bytes:
+    given = given if given is not None else os.environ.get("KEYMESH_STORAGE_KEY")
+    if given is not None:
+        raw = given.encode() if isinstance(given, str) else bytes(given)
+        out = ctypes.create_string_buffer(32)
+        if lib.km_snapshot_key_parse(raw, len(raw), out) != 0:
+            raise ValueError("storage_key: 64 hex digits, 44 base64 characters or 32 bytes")
+        return out.raw
+    # Only someone who already holds every secret can open the file.
+    h = hashlib.sha256(b"keymesh-python-storage-v1\0")
+    for s in sorted(set(secrets)):
+        h.update(s.encode() + b"\0")
+    return h.digest()
+
+
+_libc = ctypes.CDLL(None)
+_libc.free.argtypes = [ctypes.c_void_p]
+_libc.free.restype = None
+
+
+def _libc_free(p: ctypes.c_void_p) -> None:
+    """free() what the library malloc'd (km_snapshot_json_ex's text)."""
+    _libc.free(p)
+
+
+def _secret_tag(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------- the core
@@ -381,57 +547,53 @@ _KM_KEYS_DEFAULT_SPARE = 64
 
 
 class _Core:
-    """What SyncKeyPool and KeyPool share: the attachment, the pool index,
-    the leases handed out by acquire() (by secret, for release(key))."""
+    """What SyncKeyPool and KeyPool share beyond the hot path: the
+    attachment, the pool index, status, reconfiguration, storage."""
+
+    # set by _bind()/the hot base; declared for type checkers
+    acquire_timeout: float
+    _exhaust: bool
 
     def __init__(self, keys: Optional[Sequence[str]] = None,
                  strategy: Union[SchedulerStrategy, str] = SchedulerStrategy.LEAST_BUSY,
                  default_cooldown: float = 60.0, max_failures: int = 10,
-                 acquire_timeout: float = 30.0, *, _attach_to: Optional[Tuple[str, Optional[str]]] = None,
+                 acquire_timeout: float = 30.0, *, storage: Any = None,
+                 storage_key: Any = None, exhaust_on_max_failures: bool = False,
+                 scheduler: Any = None,
+                 _attach_to: Optional[Tuple[str, Optional[str]]] = None,
                  _create: Optional[Tuple[str, ConfigLike, int]] = None) -> None:
+        self._hot_init()
         self.acquire_timeout = float(acquire_timeout)
-        self._lock = threading.Lock()
-        self._leases: Dict[str, List[Lease]] = {}
-        self._pid = os.getpid()
-        self._env: Optional[_Env] = None
+        self._exhaust = bool(exhaust_on_max_failures)
+        self._exhausted: Dict[int, int] = {}   # key index -> gen, disabled by us
+        self._known: Dict[str, str] = {}       # secret -> key id, where known here
+        self._envh: Optional[_Env] = None
         self._closed = False
         self._private = False
+        self._storage_path: Optional[str] = None
+        self._storage_key = b""
+        self._created_wall = time.time()
+        self._lock = threading.Lock()
+        self._fork_pid = os.getpid()
         pool_name: Optional[str] = None
+        if scheduler is not None:
+            strategy = getattr(scheduler, "strategy", strategy)
         if _attach_to is not None:
             self.segment, pool_name = _segname(_attach_to[0]), _attach_to[1]
-            self._env = _attach(self.segment)
+            self._envh = _attach(self.segment)
         elif _create is not None:
             name, config, mode = _create
             self.segment, pool_name = _segname(name), None
             cfg = _parse_config(config)
             try:
-                self._env = _attach(self.segment, create_cfg=cfg, mode=mode)
+                self._envh = _attach(self.segment, create_cfg=cfg, mode=mode)
             finally:
                 lib.km_config_free(cfg)
         else:
-            # A private segment: one pool "default", unlinked when this
-            # object is closed or collected, or at exit, by its creator.
-            keys = list(keys or [])
-            if not keys:
-                raise ValueError("keys: at least one key is required")
-            cooldown = max(1, int(math.ceil(default_cooldown)))
-            config = {
-                "capacity": {"keys": max(_KM_KEYS_DEFAULT_SPARE, 2 * len(keys))},
-                "pools": [{
-                    "name": "default", "strategy": SchedulerStrategy(strategy).value,
-                    "cooldown_s": cooldown, "max_cooldown_s": max(3600, cooldown),
-                    "max_failures": int(max_failures),
-                    "keys": [{"id": "key-%d" % (i + 1), "secret": k}
-                             for i, k in enumerate(keys)]}]}
-            self.segment = "keymesh-py-%d-%s" % (os.getpid(), uuid.uuid4().hex[:12])
-            cfg = _parse_config(config)
-            try:
-                self._env = _attach(self.segment, create_cfg=cfg)
-            finally:
-                lib.km_config_free(cfg)
-            self._private = True
-            self._finalizer = weakref.finalize(self, _unlink_quietly, self.segment, os.getpid())
-        env = self._env
+            self._make_private(list(keys or []), strategy, default_cooldown, max_failures,
+                               storage, storage_key)
+        env = self._envh
+        assert env is not None
         if pool_name is None:
             info = L.PoolInfo()
             rc = lib.km_pool_info_get(env.ptr, 0, ctypes.byref(info))
@@ -445,28 +607,161 @@ class _Core:
             _raise(idx, "pool '%s'" % pool_name)
         self.pool_name = pool_name
         self._pool = idx
+        self._bind(env, idx)
+
+    def _make_private(self, keys: List[str], strategy: Any, default_cooldown: float,
+                      max_failures: int, storage: Any, storage_key: Any) -> None:
+        # A private segment: one pool "default", unlinked when this object
+        # is closed or collected, or at exit, by its creator.
+        if not keys:
+            raise ValueError("keys: at least one key is required")
+        seen: Dict[str, int] = {}
+        for i, k in enumerate(keys):
+            if not isinstance(k, str):
+                raise TypeError("keys[%d]: a str" % i)
+            if k in seen:
+                raise ValueError("keys[%d] repeats keys[%d]: the same secret twice would "
+                                 "get twice its limits" % (i, seen[k]))
+            seen[k] = i
+        cooldown = max(1, int(math.ceil(default_cooldown)))
+        pool_cfg = {"name": "default", "strategy": SchedulerStrategy(strategy).value,
+                    "cooldown_s": cooldown, "max_cooldown_s": max(3600, cooldown),
+                    "max_failures": int(max_failures)}
+        config = {
+            "capacity": {"keys": max(_KM_KEYS_DEFAULT_SPARE, 2 * len(keys))},
+            "pools": [dict(pool_cfg, keys=[{"id": "key-%d" % (i + 1), "secret": k}
+                                           for i, k in enumerate(keys)])]}
+        self.segment = "keymesh-py-%d-%s" % (os.getpid(), uuid.uuid4().hex[:12])
+        self._known = {k: "key-%d" % (i + 1) for i, k in enumerate(keys)}
+        path = _storage_path(storage)
+        restored = False
+        if path is not None:
+            self._storage_path = path
+            self._storage_key = _storage_key(keys, storage_key)
+            restored = self._restore_from(path, pool_cfg)
+        if not restored:
+            cfg = _parse_config(config)
+            try:
+                self._envh = _attach(self.segment, create_cfg=cfg)
+            finally:
+                lib.km_config_free(cfg)
+        self._private = True
+        self._finalizer = weakref.finalize(self, _unlink_quietly, self.segment, os.getpid())
+        if path is not None:
+            _storage_pools.add(self)
+
+    # -- storage
+    def _restore_from(self, path: str, pool_cfg: Dict[str, Any]) -> bool:
+        try:
+            with open(path, "rb") as f:
+                doc = json.loads(f.read())
+            snap = doc["snapshot"]
+        except FileNotFoundError:
+            return False
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise KeyMeshError("storage %s: not a KeyMesh state file (%s)" % (path, e))
+        # The constructor's settings win over the file's.
+        for p in snap.get("pools", [])[:1]:
+            for k in ("strategy", "cooldown_s", "max_cooldown_s", "max_failures"):
+                p[k] = pool_cfg[k]
+        text = json.dumps(snap).encode()
+        err = ctypes.create_string_buffer(512)
+        rc = lib.km_restore(self.segment.encode(), text, len(text), self._storage_key, 0o600,
+                            None, err, len(err))
+        if rc == L.ECRYPTO:
+            return False  # made with other secrets: start afresh, overwritten on save
+        if rc != 0:
+            raise KeyMeshError("storage %s: cannot restore: %s%s" % (
+                path, L.strerror(rc), (": " + err.value.decode("utf-8", "replace"))
+                if err.value else ""), rc)
+        self._envh = _attach(self.segment)
+        return True
+
+    def save(self) -> None:
+        """Write the storage= state file now (close() and exit do)."""
+        path = self._storage_path
+        if path is None:
+            return
+        ptr = self._ptr()
+        out = ctypes.c_void_p()
+        rc = lib.km_snapshot_json_ex(ptr, 1, self._storage_key, ctypes.byref(out))
+        if rc != 0:
+            _raise(rc, "storage: snapshot")
+        try:
+            snap = json.loads(ctypes.string_at(out.value).decode())
+        finally:
+            _libc_free(out)
+        tags = {}
+        by_id = {v: k for k, v in self._known.items()}
+        for k in self._keys_raw():
+            sec = by_id.get(k["id"])
+            if sec is not None:
+                tags[_secret_tag(sec)] = _upstream_view(k)
+        doc = {"keymesh_state": 1, "saved_unix": time.time(), "pool": self.pool_name,
+               "keys": tags, "snapshot": snap}
+        d = os.path.dirname(os.path.abspath(path))
+        tmp = os.path.join(d, ".%s.%d.tmp" % (os.path.basename(path), os.getpid()))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(doc, f, indent=1)
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
 
     # -- attachment, fork-aware
-    def _ptr(self) -> int:
+    def _gen_ok(self) -> bool:
+        return self._fork_pid == os.getpid()
+
+    def _reattach(self) -> None:
+        """Called by the hot path when this object is unbound or was
+        carried across fork(): attach again (a child), or refuse (closed)."""
         if self._closed:
-            raise KeyMeshError("pool is closed")
-        if self._pid != os.getpid():
-            # Forked: the leases of the parent are not ours; attach anew.
-            with self._lock:
-                if self._pid != os.getpid():
-                    self._leases = {}
-                    self._env = None
-                    self._pid = os.getpid()
-        env = self._env
-        if env is None or env.pid != os.getpid() or not env.ptr:
-            env = self._env = _attach(self.segment)
-        return env.ptr
+            _raise_closed()
+        with self._lock:
+            if self._fork_pid != os.getpid():
+                # Forked: the parent's leases are not ours; attach anew.
+                self._reset_tracking()
+                self._exhausted = {}
+                self._envh = None
+                self._fork_pid = os.getpid()
+            env = self._envh
+            if env is None or env.pid != os.getpid() or not env.ptr:
+                env = self._envh = _attach(self.segment)
+            self._bind(env, self._pool)
+
+    def _check_segment(self) -> None:
+        """Refuse when the segment's name now points elsewhere or nowhere
+        (run at most once a second by the hot path; by every slow path)."""
+        env = self._envh
+        if env is None or env.ident is None:
+            return
+        now = _seg_ident(self.segment)
+        if now != env.ident:
+            raise SegmentRemovedError(
+                "segment '%s' was %s while this pool was attached; open it again"
+                % (self.segment, "removed" if now is None else "replaced"), L.ENOENT)
+
+    def _slow_ptr(self) -> int:
+        ptr = self._ptr()
+        self._check_segment()
+        return ptr
 
     def _close(self) -> None:
         if self._closed:
             return
+        if self._storage_path is not None and self._gen_ok():
+            try:
+                self.save()
+            except SegmentRemovedError:
+                pass
         self._closed = True
-        env, self._env = self._env, None
+        self._bind(None, -1)
+        env, self._envh = self._envh, None
         if env is not None and env.pid == os.getpid():
             _detach(env)
         if self._private:
@@ -476,80 +771,14 @@ class _Core:
         return "<%s segment=%r pool=%r%s>" % (type(self).__name__, self.segment,
                                              self.pool_name, " closed" if self._closed else "")
 
-    # -- acquire
-    def _request(self, model: Optional[str], tokens: int, key_id: Optional[str],
-                 strategy: Union[SchedulerStrategy, str, None]) -> L.Request:
-        return L.Request(pool=self._pool, strategy=_strategy_code(strategy),
-                         tokens=int(tokens), model=model.encode() if model else None,
-                         key_id=key_id.encode() if key_id else None)
-
-    def _try(self, req: L.Request) -> Tuple[int, L.Lease]:
-        c = L.Lease()
-        rc = lib.km_acquire(self._ptr(), ctypes.byref(req), ctypes.byref(c))
-        return rc, c
-
-    def _wait(self, req: L.Request, timeout: float) -> Tuple[int, L.Lease]:
-        c = L.Lease()
-        ms = max(0, min(int(timeout * 1000), 0xFFFFFFFF))
-        rc = lib.km_acquire_wait(self._ptr(), ctypes.byref(req), ctypes.byref(c), ms)
-        return rc, c
-
-    def _made(self, c: L.Lease, model: Optional[str], tokens: int, track: bool) -> Lease:
-        lease = Lease(self, c, model, tokens)
-        if track:
-            with self._lock:
-                self._leases.setdefault(lease.key, []).append(lease)
-        return lease
-
-    # -- release
-    def _take(self, key: str) -> Optional[Lease]:
-        self._ptr()
-        with self._lock:
-            lst = self._leases.get(key)
-            if not lst:
-                return None
-            lease = lst.pop(0)
-            if not lst:
-                del self._leases[key]
-            return lease
-
-    def _finish(self, lease: Lease, out: Optional[L.Outcome], latency: Optional[float]) -> None:
-        if lease._done:
-            raise KeyMeshError("lease already finished")
-        if lease._pid != os.getpid():
-            raise KeyMeshError("lease belongs to another process (acquired before fork)")
-        if out is None:
-            out = L.Outcome(kind=L.OUT_SUCCESS, latency_us=-1, tokens=-1,
-                            input_tokens=-1, output_tokens=-1)
-        if latency is not None and latency > 0:
-            out.latency_us = int(latency * 1e6)
-        lease._done = True
-        with self._lock:
-            lst = self._leases.get(lease.key)
-            if lst and lease in lst:
-                lst.remove(lease)
-                if not lst:
-                    del self._leases[lease.key]
-        rc = lib.km_release(self._ptr(), ctypes.byref(lease._c), ctypes.byref(out))
-        if rc not in (0, L.ESTALE):
-            _raise(rc, "release")
-
-    def _outcome_for(self, exc: Optional[BaseException]) -> L.Outcome:
-        if exc is not None and not isinstance(exc, Exception):
-            # Cancellation (asyncio.CancelledError), KeyboardInterrupt,
-            # SystemExit: the caller gave up, the key did nothing wrong.
-            return L.Outcome(kind=L.OUT_CANCELLED, latency_us=-1, tokens=-1,
-                             input_tokens=-1, output_tokens=-1)
-        if exc is not None:
-            status, headers, body = _status_of(exc)
-            if status is not None:
-                return outcome_from_http(status, headers, body)
-        return L.Outcome(kind=L.OUT_FAILURE, latency_us=-1, tokens=-1,
-                         input_tokens=-1, output_tokens=-1)
-
+    # -- the in-process pools' API, shared by both classes
     def _mark(self, key: str, kind: int, retry_after: Optional[float]) -> None:
-        out = L.Outcome(kind=kind, latency_us=-1, tokens=-1, input_tokens=-1, output_tokens=-1,
-                        retry_after_s=float(retry_after) if retry_after else 0.0)
+        if retry_after is not None:
+            ra = float(retry_after)
+            if not math.isfinite(ra) or ra < 0:
+                raise ValueError("cooldown must be a finite number of seconds >= 0 (got %r)"
+                                 % (retry_after,))
+        t = _kind_tuple(kind, float(retry_after) if retry_after else 0.0)
         lease = self._take(key)
         if lease is None:
             # No lease of this key is out here (already released, or the key
@@ -557,31 +786,89 @@ class _Core:
             # outcome.  A key already cooling or at a limit needs nothing.
             kid = self._key_id_of(key)
             if kid is None:
-                raise KeyMeshError("key not in the pool")
-            rc, c = self._try(self._request(None, 0, kid, None))
-            if rc != 0:
-                if rc in (L.EAGAIN, L.EUNAVAIL):
-                    return
-                _raise(rc, "mark")
-            lease = self._made(c, None, 0, track=False)
-        self._finish(lease, out, None)
+                raise UnknownKeyError("key %s is not in pool %r" % (L.mask(key), self.pool_name),
+                                      L.ENOKEY)
+            try:
+                r = self._try_lease(None, 0, kid, None, False)
+            except KeyExhaustedError:
+                r = 0  # disabled, invalid or exhausted: nothing to record
+            if isinstance(r, int):
+                if kind == L.OUT_FAILURE and self._exhaust:
+                    self._raise_if_exhausted_id(kid)
+                return
+            lease = r
+        self._finish(lease, t, None)
+        if kind == L.OUT_FAILURE and self._exhaust:
+            self._raise_if_exhausted(lease._key_index, lease._key_gen)
+
+    def _exhausted_check(self, lease: Any, raise_: bool = False) -> bool:
+        """exhaust_on_max_failures: after a failure, take a key that reached
+        max_failures out of the pool (disabled, for every process) as the
+        in-process pools do, instead of cooling it down and probing."""
+        ptr = self._ptr()
+        k = lease._key_index
+        ki = L.KeyInfo()
+        if lib.km_key_info_get(ptr, k, ctypes.byref(ki)) != 0 or ki.gen != lease._key_gen:
+            return False
+        pi = L.PoolInfo()
+        if lib.km_pool_info_get(ptr, self._pool, ctypes.byref(pi)) != 0:
+            return False
+        if ki.consecutive_failures < pi.max_failures:
+            return False
+        lib.km_key_set_state(ptr, k, L.KEY_DISABLED)
+        self._exhausted[k] = ki.gen
+        if raise_:
+            self._raise_if_exhausted(k, ki.gen)
+        return True
+
+    def _raise_if_exhausted(self, k: int, gen: int) -> None:
+        if self._exhausted.get(k) == gen:
+            ki = L.KeyInfo()
+            lib.km_key_info_get(self._ptr(), k, ctypes.byref(ki))
+            raise KeyExhaustedError("key %s (%s) reached max_failures and is out of the pool "
+                                    "until add_key() or enable()"
+                                    % (ki.id.decode(), ki.secret_masked.decode("utf-8", "replace")))
+
+    def _raise_if_exhausted_id(self, kid: str) -> None:
+        k = lib.km_key_find(self._ptr(), self._pool, kid.encode())
+        if k >= 0 and k in self._exhausted:
+            self._raise_if_exhausted(k, self._exhausted[k])
 
     def _key_id_of(self, key: str) -> Optional[str]:
-        # Secrets are never readable from the segment except through a
-        # lease, so only keys leased here can be matched exactly; otherwise
-        # compare the masked form, which is unique enough only if unique.
+        """The id of the key whose secret is `key`, or None.  Exact where
+        this process knows the secret (keys it created or added); otherwise
+        a key whose masked secret matches is confirmed by a pinned lease
+        (the lease carries the secret; compared in constant time) and
+        given back cancelled.  Keys that cannot be leased now cannot be
+        confirmed (the library has no lookup by secret yet)."""
+        kid = self._known.get(key)
+        if kid is not None:
+            return kid
         m = L.mask(key)
-        hits = [k["id"] for k in self._keys() if k["key"] == m]
-        return hits[0] if len(hits) == 1 else None
+        cands = [k["id"] for k in self._keys_raw() if k["key"] == m]
+        for c in cands:
+            try:
+                r = self._try_lease(None, 0, c, None, False)
+            except KeyMeshError:
+                continue
+            if isinstance(r, int):
+                continue
+            same = hmac.compare_digest(r.key.encode(), key.encode())
+            r.cancel()
+            if same:
+                self._known[key] = c
+                return c
+        return None
 
     # -- reading
-    def _keys(self) -> List[Dict[str, Any]]:
+    def _keys_raw(self) -> List[Dict[str, Any]]:
         ptr = self._ptr()
         pinfo = L.PoolInfo()
         rc = lib.km_pool_info_get(ptr, self._pool, ctypes.byref(pinfo))
         if rc != 0:
             _raise(rc, "pool")
         now = lib.km_now_ns()
+        mono = time.monotonic()
         out = []
         for i in range(pinfo.n_keys):
             k = lib.km_pool_key(ptr, self._pool, i)
@@ -598,9 +885,12 @@ class _Core:
                                      "mode": "sliding" if li.mode == 1 else "token_bucket",
                                      "available": li.available}
             cool = max(0, ki.cooldown_until_ns - now) / 1e9 if ki.cooldown_until_ns else 0.0
+            state = lib.km_key_state_name(ki.state).decode()
+            if self._exhausted.get(k) == ki.gen and ki.state == L.KEY_DISABLED:
+                state = "exhausted"
             d: Dict[str, Any] = {
                 "id": ki.id.decode(), "key": ki.secret_masked.decode("utf-8", "replace"),
-                "state": lib.km_key_state_name(ki.state).decode(),
+                "state": state,
                 "weight": ki.weight, "inflight": ki.inflight, "max_inflight": ki.max_inflight,
                 "acquired": ki.acquired,
                 "consecutive_failures": ki.consecutive_failures,
@@ -615,44 +905,79 @@ class _Core:
             }
             for o, oname in enumerate(L.OUTCOMES):
                 d[oname] = ki.outcomes[o]
+            avail = (ki.state == L.KEY_ACTIVE and ki.inflight < ki.max_inflight and
+                     all(v["available"] >= 1 for v in limits.values()))
+            d["available"] = avail
+            # What the in-process pools report per key.
+            lat_s = ki.latency_ema_us / 1e6
+            done = ki.outcomes[L.OUT_SUCCESS] + ki.outcomes[L.OUT_FAILURE] + \
+                ki.outcomes[L.OUT_AUTH] + ki.outcomes[L.OUT_QUOTA]
+            rate = ki.success_ppm / 1e6 if done else 1.0
+            d["health_score"] = round(rate / (1.0 + lat_s) * (1.0 if avail else 0.0), 4)
+            last = self._last_used_ns(k)
+            d["last_used"] = mono - (now - last) / 1e9 if last else 0.0
             d["_index"] = k
-            d["_available"] = (ki.state == L.KEY_ACTIVE and ki.inflight < ki.max_inflight and
-                               all(v["available"] >= 1 for v in limits.values()))
             out.append(d)
         return out
 
     def _status(self) -> Dict[str, Any]:
-        ptr = self._ptr()
+        ptr = self._slow_ptr()
         pinfo = L.PoolInfo()
         rc = lib.km_pool_info_get(ptr, self._pool, ctypes.byref(pinfo))
         if rc != 0:
             _raise(rc, "pool")
-        keys = self._keys()
+        keys = self._keys_raw()
         for k in keys:
             k.pop("_index")
-            k["available"] = k.pop("_available")
-        return {"segment": self.segment, "pool": self.pool_name,
-                "strategy": _STRATEGY_NAMES.get(pinfo.strategy, str(pinfo.strategy)),
+            k.update(_upstream_view(k))
+        strategy = _STRATEGY_NAMES.get(pinfo.strategy, str(pinfo.strategy))
+        metrics = {
+            "total_acquires": sum(k["acquired"] for k in keys),
+            "total_releases": sum(k["success"] for k in keys),
+            "total_rate_limited": sum(k["rate_limited"] for k in keys),
+            "total_cooldowns": sum(k["rate_limited"] for k in keys),
+            "total_failures": sum(k["failure"] + k["auth"] + k["quota"] for k in keys),
+            "total_cancelled": sum(k["cancelled"] for k in keys),
+            "total_abandoned": sum(k["abandoned"] for k in keys),
+            "in_flight": sum(k["inflight"] for k in keys),
+            "uptime_seconds": round(time.time() - self._created_wall, 2),
+        }
+        return {"segment": self.segment, "pool": self.pool_name, "strategy": strategy,
+                "scheduler": strategy,
                 "total_keys": len(keys),
                 "available_keys": sum(1 for k in keys if k["available"]),
-                "inflight": sum(k["inflight"] for k in keys),
-                "held_here": sum(len(v) for v in self._leases.values()),
+                "inflight": metrics["in_flight"],
+                "held_here": self._held(),
                 "waiters": pinfo.waiters, "spent_usd": pinfo.spent_microusd / 1e6,
-                "keys": keys}
+                "pool_metrics": metrics, "keys": keys}
 
     def _available_count(self) -> int:
-        return sum(1 for k in self._keys() if k["_available"])
+        self._slow_ptr()
+        return sum(1 for k in self._keys_raw() if k["available"])
 
     # -- reconfiguration (bound lazily: km_key_add and friends)
     def _add_key(self, key: str, id: Optional[str], fields: Dict[str, Any]) -> str:
+        if not isinstance(key, str) or not key:
+            raise ValueError("add_key: the secret must be a non-empty str")
+        existing = self._key_id_of(key)
+        if existing is not None:
+            # The in-process pools' meaning: the same secret again resets
+            # that key (a fresh state), never a second key.
+            if id is not None and id != existing:
+                raise KeyMeshError("add_key: that secret is already key %r of pool %r"
+                                   % (existing, self.pool_name), L.EKEYEXISTS)
+            self._set_state(existing, L.KEY_ACTIVE)
+            if fields.get("weight") is not None:
+                self._set_weight(existing, fields["weight"])
+            return existing
         fn = lib.optional("km_key_add")
         if fn is None:
             raise KeyMeshError("add_key: this libkeymesh (%s) has no km_key_add; "
                                "a newer library is needed" % (lib.path,))
-        ptr = self._ptr()
+        ptr = self._slow_ptr()
         err = ctypes.create_string_buffer(512)
         auto = id is None
-        n = len(self._keys()) + 1
+        n = len(self._keys_raw()) + 1
         for _ in range(1000):
             kid = id if id is not None else "key-%d" % n
             obj = dict(fields)
@@ -660,8 +985,9 @@ class _Core:
             obj["secret"] = key
             rc = fn(ptr, self._pool, json.dumps(obj).encode(), err, len(err))
             if rc >= 0:
+                self._known[key] = kid
                 return kid
-            if auto and (rc == L.EEXIST or "EXIST" in L.err_name(rc)):
+            if auto and rc == L.EKEYEXISTS:
                 n += 1
                 continue
             msg = err.value.decode("utf-8", "replace") if rc == L.ECONFIG else ""
@@ -671,23 +997,29 @@ class _Core:
         raise KeyMeshError("add_key: no free key id")
 
     def _key_index(self, key_or_id: str) -> int:
-        ptr = self._ptr()
+        ptr = self._slow_ptr()
         k = lib.km_key_find(ptr, self._pool, key_or_id.encode())
         if k < 0:
             kid = self._key_id_of(key_or_id)
             if kid is not None:
                 k = lib.km_key_find(ptr, self._pool, kid.encode())
         if k < 0:
-            raise KeyMeshError("no such key in pool %r" % self.pool_name, L.ENOKEY)
+            raise UnknownKeyError("no such key in pool %r" % self.pool_name, L.ENOKEY)
         return k
 
     def _remove_key(self, key_or_id: str) -> None:
         fn = lib.optional("km_key_remove")
         if fn is None:
             raise KeyMeshError("remove_key: this libkeymesh has no km_key_remove")
-        rc = fn(self._ptr(), self._key_index(key_or_id))
+        k = self._key_index(key_or_id)
+        rc = fn(self._ptr(), k)
         if rc != 0:
             _raise(rc, "remove_key")
+        ki = L.KeyInfo()
+        lib.km_key_info_get(self._ptr(), k, ctypes.byref(ki))
+        kid = ki.id.decode()
+        for s in [s for s, i in self._known.items() if i == kid]:
+            del self._known[s]
 
     def _set_weight(self, key_or_id: str, weight: int) -> None:
         fn = lib.optional("km_key_set_weight")
@@ -698,9 +1030,22 @@ class _Core:
             _raise(rc, "set_weight")
 
     def _set_state(self, key_or_id: str, state: int) -> None:
-        rc = lib.km_key_set_state(self._ptr(), self._key_index(key_or_id), state)
+        k = self._key_index(key_or_id)
+        rc = lib.km_key_set_state(self._ptr(), k, state)
         if rc != 0:
             _raise(rc, "set_state")
+        self._exhausted.pop(k, None)
+
+
+def _upstream_view(k: Dict[str, Any]) -> Dict[str, Any]:
+    """A key's entry under the names the in-process pools use."""
+    return {"key_suffix": k["key"], "active_requests": k["inflight"],
+            "cooldown_remaining": k["cooldown_remaining_s"],
+            "success_count": k["success"],
+            "failure_count": k["failure"] + k["auth"] + k["quota"],
+            "latency_avg": round((k["latency_ema_ms"] or 0.0) / 1000.0, 4),
+            "last_used": k["last_used"], "is_available": k["available"],
+            "health_score": k["health_score"]}
 
 
 def _key_fields(weight: Optional[int], limits: Optional[Mapping[str, Any]],
@@ -720,33 +1065,48 @@ def _key_fields(weight: Optional[int], limits: Optional[Mapping[str, Any]],
 
 # ------------------------------------------------------------- SyncKeyPool
 
-class SyncKeyPool(_Core):
+class SyncKeyPool(_HotCore, _Core):
     """A pool of API keys shared by every process attached to its segment.
 
     ``SyncKeyPool(keys=[...])`` makes a private segment (this process and
     its forked children); ``SyncKeyPool.create(name, config)`` and
     ``SyncKeyPool.open(name)`` share one between unrelated processes.
-    Thread-safe.  Blocking calls release the GIL."""
+    Thread-safe.  Blocking calls release the GIL.
+
+    acquire(timeout=None, *, model=None, estimated_tokens=0, key_id=None,
+    strategy=None) -> str, release(key, latency=0.0, *, tokens=None) and
+    lease(...) are the hot path (keymesh._ext, or keymesh._hot)."""
+
+    def __init__(self, keys: Optional[Sequence[str]] = None,
+                 strategy: Union[SchedulerStrategy, str] = SchedulerStrategy.LEAST_BUSY,
+                 default_cooldown: float = 60.0, max_failures: int = 10,
+                 acquire_timeout: float = 30.0, **kw: Any) -> None:
+        _Core.__init__(self, keys, strategy, default_cooldown, max_failures, acquire_timeout,
+                       **kw)
 
     @classmethod
     def create(cls, name: str, config: ConfigLike, *, mode: int = 0o600,
-               pool: Optional[str] = None, acquire_timeout: float = 30.0) -> "SyncKeyPool":
+               pool: Optional[str] = None, acquire_timeout: float = 30.0,
+               exhaust_on_max_failures: bool = False) -> "SyncKeyPool":
         """Create segment `name` from `config` (a dict, JSON text, or a path
         to a JSON file; format in docs/config.md) and attach to `pool` (the
         first pool by default).  KeyMeshError(EEXIST) if it exists."""
         self = cls.__new__(cls)
         _Core.__init__(self, acquire_timeout=acquire_timeout,
+                       exhaust_on_max_failures=exhaust_on_max_failures,
                        _create=(name, config, mode))
         if pool is not None:
             self._select(pool)
         return self
 
     @classmethod
-    def open(cls, name: str, pool: Optional[str] = None, *,
-             acquire_timeout: float = 30.0) -> "SyncKeyPool":
+    def open(cls, name: str, pool: Optional[str] = None, *, acquire_timeout: float = 30.0,
+             exhaust_on_max_failures: bool = False) -> "SyncKeyPool":
         """Attach to existing segment `name`, pool `pool` (the first by default)."""
         self = cls.__new__(cls)
-        _Core.__init__(self, acquire_timeout=acquire_timeout, _attach_to=(name, pool))
+        _Core.__init__(self, acquire_timeout=acquire_timeout,
+                       exhaust_on_max_failures=exhaust_on_max_failures,
+                       _attach_to=(name, pool))
         return self
 
     def _select(self, pool: str) -> None:
@@ -754,45 +1114,17 @@ class SyncKeyPool(_Core):
         if idx < 0:
             _raise(idx, "pool '%s'" % pool)
         self._pool, self.pool_name = idx, pool
+        self._bind(self._envh, idx)
 
     def pool(self, name: str) -> "SyncKeyPool":
         """Another pool of the same segment (the attachment is shared)."""
-        return type(self).open(self.segment, name, acquire_timeout=self.acquire_timeout)
-
-    # -- the KeyMesh Python library's API
-    def acquire(self, timeout: Optional[float] = None, *, model: Optional[str] = None,
-                estimated_tokens: int = 0, key_id: Optional[str] = None,
-                strategy: Union[SchedulerStrategy, str, None] = None) -> str:
-        """A key (the secret).  Waits up to `timeout` seconds (default
-        acquire_timeout) for one to become admissible, then raises
-        NoAvailableKeyError; KeyExhaustedError if none can without an
-        operator.  Give it back with release(key), mark_failed(key) or
-        mark_rate_limited(key)."""
-        return self._acquire(timeout, model, estimated_tokens, key_id, strategy, True).key
-
-    def _acquire(self, timeout: Optional[float], model: Optional[str], tokens: int,
-                 key_id: Optional[str], strategy: Any, track: bool) -> Lease:
-        t = self.acquire_timeout if timeout is None else float(timeout)
-        req = self._request(model, tokens, key_id, strategy)
-        rc, c = self._wait(req, t) if t > 0 else self._try(req)
-        if rc != 0:
-            _raise(rc, "acquire from pool '%s'" % self.pool_name, c.retry_at_ns)
-        return self._made(c, model, tokens, track)
-
-    def release(self, key: str, latency: float = 0.0, *, tokens: Optional[int] = None) -> None:
-        """The request made with `key` succeeded; `latency` in seconds (0:
-        measured since acquire)."""
-        lease = self._take(key)
-        if lease is None:
-            raise KeyMeshError("release: no lease of that key is held here")
-        out = L.Outcome(kind=L.OUT_SUCCESS, latency_us=-1,
-                        tokens=tokens if tokens is not None else -1,
-                        input_tokens=-1, output_tokens=-1)
-        self._finish(lease, out, latency)
+        return type(self).open(self.segment, name, acquire_timeout=self.acquire_timeout,
+                               exhaust_on_max_failures=self._exhaust)
 
     def mark_failed(self, key: str) -> None:
         """The request made with `key` failed (5xx, timeout, network): after
-        max_failures in a row the key cools down."""
+        max_failures in a row the key cools down (exhaust_on_max_failures:
+        is taken out, and this raises KeyExhaustedError)."""
         self._mark(key, L.OUT_FAILURE, None)
 
     def mark_rate_limited(self, key: str, cooldown: Optional[float] = None) -> None:
@@ -805,7 +1137,9 @@ class SyncKeyPool(_Core):
                 limits: Optional[Mapping[str, Any]] = None, max_inflight: Optional[int] = None,
                 meta: Optional[Mapping[str, str]] = None, **fields: Any) -> str:
         """Add a key to the pool, for every attached process; returns its id.
-        Needs spare "capacity": {"keys": N} and a libkeymesh with km_key_add."""
+        A secret already in the pool is not added twice: that key is reset
+        (enabled, failures and cooldowns cleared).  Needs spare "capacity":
+        {"keys": N} (a private pool has it)."""
         return self._add_key(key, id, _key_fields(weight, limits, max_inflight, meta, fields))
 
     def remove_key(self, key_or_id: str) -> None:
@@ -821,7 +1155,8 @@ class SyncKeyPool(_Core):
         self._set_state(key_or_id, L.KEY_ACTIVE)
 
     def status(self) -> Dict[str, Any]:
-        """The pool and each key: state, in-flight, counters, limits; secrets masked."""
+        """The pool and each key: state, in-flight, counters, limits, health;
+        "pool_metrics" totals (every process's); secrets masked."""
         return self._status()
 
     def available_count(self) -> int:
@@ -831,28 +1166,8 @@ class SyncKeyPool(_Core):
 
     def close(self) -> None:
         """Detach (leases still held here count as abandoned).  A private
-        pool's segment is removed."""
+        pool's segment is removed; storage= is saved first."""
         self._close()
-
-    # -- leases
-    @contextlib.contextmanager
-    def lease(self, model: Optional[str] = None, estimated_tokens: int = 0, *,
-              timeout: Optional[float] = None, key_id: Optional[str] = None,
-              strategy: Union[SchedulerStrategy, str, None] = None) -> Iterator[Lease]:
-        """Acquire a key for one request; on leaving the block release it,
-        timed, with what Lease.report() recorded (success by default).  An
-        exception is a failure (an SDK error with HTTP status 429 cools the
-        key down, 401 invalidates it: docs/outcomes.md), and propagates."""
-        lease = self._acquire(timeout, model, estimated_tokens, key_id, strategy, False)
-        try:
-            yield lease
-        except BaseException as exc:
-            if not lease._done:
-                lease._pool._finish(lease, self._outcome_for(exc), None)
-            raise
-        else:
-            if not lease._done:
-                lease.release()
 
     def __enter__(self) -> "SyncKeyPool":
         return self
@@ -863,62 +1178,180 @@ class SyncKeyPool(_Core):
 
 # ---------------------------------------------------------------- KeyPool
 
-_POLL_CAP_S = 0.25  # longest sleep between tries: picks up enables and releases
+class _Waiter:
+    """Who gives back a lease the helper thread gets: `lock` makes the hand
+    over atomic.  The thread stores its result unless the task already gave
+    up (then it releases the lease itself); a task that gives up takes
+    whatever result is stored and releases it; deliver() hands the result
+    to the task only if it has not given up."""
+
+    __slots__ = ("cancelled", "result", "lock")
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        self.result: Any = None
+        self.lock = threading.Lock()
 
 
-class KeyPool(_Core):
+def _give_back(lease: Any) -> None:
+    if lease is not None and not lease.done:
+        try:
+            lease.cancel()  # never sent: counted as cancelled
+        except KeyMeshError:
+            pass  # the pool was closed meanwhile: km_close released it
+
+
+def _wait_thread(core: Any, loop: asyncio.AbstractEventLoop, fut: "asyncio.Future[Any]",
+                 w: _Waiter, deadline_ns: int, args: tuple) -> None:
+    """Sleep in km_acquire_wait (the segment's futex, GIL released) until a
+    key is ours, the deadline passes or the awaiting task is cancelled;
+    hand the result to the loop."""
+    result: Any = None
+    exc: Optional[BaseException] = None
+    try:
+        while not w.cancelled:
+            left = (deadline_ns - lib.km_now_ns()) // 1_000_000
+            if left <= 0:
+                break
+            r = core._wait_lease(*args, min(left, _hot.WAIT_CHUNK_MS))
+            if not isinstance(r, int):
+                result = r
+                break
+        if result is None and not w.cancelled:
+            r = core._try_lease(*args)
+            if isinstance(r, int):
+                _raise(L.ETIMEDOUT, "acquire from pool '%s'" % core.pool_name, r)
+            result = r
+    except BaseException as e:  # handed to the awaiting task
+        exc = e
+    with w.lock:
+        gone = w.cancelled
+        if not gone:
+            w.result = result
+    if gone:
+        _give_back(result)
+        return
+
+    def deliver() -> None:
+        with w.lock:
+            if w.cancelled or fut.done():
+                return  # the task gave up and gave the lease back
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+
+    try:
+        loop.call_soon_threadsafe(deliver)
+    except RuntimeError:  # the loop is closed: nobody will take it
+        with w.lock:
+            mine = not w.cancelled
+            w.cancelled = True
+            w.result = None
+        if mine:
+            _give_back(result)
+
+
+async def _aacquire(core: Any, timeout: Optional[float], model: Optional[str], tokens: int,
+                    key_id: Optional[str], strategy: Any, track: bool) -> Any:
+    """A lease without blocking the loop: one non-blocking try; if no key
+    is admissible, a helper thread sleeps in km_acquire_wait (woken by the
+    release that frees a key, in any process) and hands the lease over
+    with call_soon_threadsafe.  Cancelling the awaiting task never leaks
+    a lease: one the thread gets afterwards is given back (cancelled)."""
+    args = (model, tokens, key_id, strategy, track)
+    r = core._try_lease(*args)
+    if not isinstance(r, int):
+        return r
+    t = core.acquire_timeout if timeout is None else float(timeout)
+    if t <= 0:
+        _raise(L.EAGAIN, "acquire from pool '%s'" % core.pool_name, r)
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+    w = _Waiter()
+    th = threading.Thread(target=_wait_thread, name="keymesh-wait", daemon=True,
+                          args=(core, loop, fut, w, lib.km_now_ns() + int(t * 1e9), args))
+    th.start()
+    try:
+        return await fut
+    except BaseException:
+        # Cancelled (or the loop is going away): a lease the thread stored,
+        # even one already set on fut that this task never received, is
+        # given back; one it gets later, it gives back itself.
+        with w.lock:
+            w.cancelled = True
+            res, w.result = w.result, None
+        _give_back(res)
+        raise
+
+
+async def _aenter(lease: Any) -> Any:
+    if not lease._acquired:
+        timeout, key_id, strategy = lease._request()
+        pool = lease._pool
+        got = await _aacquire(pool, timeout, lease.model, lease.estimated_tokens, key_id,
+                              strategy, False)
+        pool._adopt(lease, got)
+    return lease
+
+
+async def _aexit(lease: Any, et: Any, e: Any, tb: Any) -> bool:
+    return lease.__exit__(et, e, tb)
+
+
+class KeyPool(_HotCore, _Core):
     """SyncKeyPool's API for asyncio.  acquire() never blocks the event
-    loop: while no key is admissible it awaits asyncio.sleep() until the
-    time KeyMesh says one may be (at most 250 ms, so releases, enables and
-    refunds are noticed), then tries again."""
+    loop: when no key is admissible it awaits a helper thread asleep in
+    km_acquire_wait, woken by the release that frees one (in any process),
+    not a polling loop.  status() and available_count() are plain methods
+    (as in the in-process KeyPool)."""
+
+    def __init__(self, keys: Optional[Sequence[str]] = None,
+                 strategy: Union[SchedulerStrategy, str] = SchedulerStrategy.LEAST_BUSY,
+                 default_cooldown: float = 60.0, max_failures: int = 10,
+                 acquire_timeout: float = 30.0, **kw: Any) -> None:
+        _Core.__init__(self, keys, strategy, default_cooldown, max_failures, acquire_timeout,
+                       **kw)
 
     @classmethod
     def create(cls, name: str, config: ConfigLike, *, mode: int = 0o600,
-               pool: Optional[str] = None, acquire_timeout: float = 30.0) -> "KeyPool":
+               pool: Optional[str] = None, acquire_timeout: float = 30.0,
+               exhaust_on_max_failures: bool = False) -> "KeyPool":
         """As SyncKeyPool.create (a quick system call: not a coroutine)."""
         self = cls.__new__(cls)
-        _Core.__init__(self, acquire_timeout=acquire_timeout, _create=(name, config, mode))
+        _Core.__init__(self, acquire_timeout=acquire_timeout,
+                       exhaust_on_max_failures=exhaust_on_max_failures,
+                       _create=(name, config, mode))
         if pool is not None:
             SyncKeyPool._select(self, pool)  # type: ignore[arg-type]
         return self
 
     @classmethod
-    def open(cls, name: str, pool: Optional[str] = None, *,
-             acquire_timeout: float = 30.0) -> "KeyPool":
+    def open(cls, name: str, pool: Optional[str] = None, *, acquire_timeout: float = 30.0,
+             exhaust_on_max_failures: bool = False) -> "KeyPool":
         self = cls.__new__(cls)
-        _Core.__init__(self, acquire_timeout=acquire_timeout, _attach_to=(name, pool))
+        _Core.__init__(self, acquire_timeout=acquire_timeout,
+                       exhaust_on_max_failures=exhaust_on_max_failures,
+                       _attach_to=(name, pool))
         return self
 
     def pool(self, name: str) -> "KeyPool":
-        return type(self).open(self.segment, name, acquire_timeout=self.acquire_timeout)
+        return type(self).open(self.segment, name, acquire_timeout=self.acquire_timeout,
+                               exhaust_on_max_failures=self._exhaust)
 
-    async def acquire(self, timeout: Optional[float] = None, *, model: Optional[str] = None,
-                      estimated_tokens: int = 0, key_id: Optional[str] = None,
+    async def acquire(self, timeout: Optional[float] = None, *,  # type: ignore[override]
+                      model: Optional[str] = None, estimated_tokens: int = 0,
+                      key_id: Optional[str] = None,
                       strategy: Union[SchedulerStrategy, str, None] = None) -> str:
-        return (await self._acquire(timeout, model, estimated_tokens, key_id, strategy,
-                                    True)).key
+        r = self._try_lease(model, estimated_tokens, key_id, strategy, True)
+        if not isinstance(r, int):
+            return r.key
+        return (await _aacquire(self, timeout, model, estimated_tokens, key_id, strategy,
+                                True)).key
 
-    async def _acquire(self, timeout: Optional[float], model: Optional[str], tokens: int,
-                       key_id: Optional[str], strategy: Any, track: bool) -> Lease:
-        t = self.acquire_timeout if timeout is None else float(timeout)
-        req = self._request(model, tokens, key_id, strategy)
-        deadline = lib.km_now_ns() + int(t * 1e9)
-        while True:
-            rc, c = self._try(req)
-            if rc == 0:
-                return self._made(c, model, tokens, track)
-            now = lib.km_now_ns()
-            if rc != L.EAGAIN or now >= deadline:
-                if rc == L.EAGAIN:
-                    rc = L.ETIMEDOUT
-                _raise(rc, "acquire from pool '%s'" % self.pool_name, c.retry_at_ns)
-            wake = c.retry_at_ns if c.retry_at_ns > now else now + 1_000_000
-            wake = min(wake, deadline, now + int(_POLL_CAP_S * 1e9))
-            await asyncio.sleep((wake - now) / 1e9)
-
-    async def release(self, key: str, latency: float = 0.0, *,
+    async def release(self, key: str, latency: float = 0.0, *,  # type: ignore[override]
                       tokens: Optional[int] = None) -> None:
-        SyncKeyPool.release(self, key, latency, tokens=tokens)  # type: ignore[arg-type]
+        self._release_key(key, latency, tokens=tokens)
 
     async def mark_failed(self, key: str) -> None:
         self._mark(key, L.OUT_FAILURE, None)
@@ -944,34 +1377,35 @@ class KeyPool(_Core):
     async def enable(self, key_or_id: str) -> None:
         self._set_state(key_or_id, L.KEY_ACTIVE)
 
-    async def status(self) -> Dict[str, Any]:
+    def status(self) -> Dict[str, Any]:
         return self._status()
 
-    async def available_count(self) -> int:
+    def available_count(self) -> int:
         return self._available_count()
 
     async def close(self) -> None:
         self._close()
-
-    @contextlib.asynccontextmanager
-    async def lease(self, model: Optional[str] = None, estimated_tokens: int = 0, *,
-                    timeout: Optional[float] = None, key_id: Optional[str] = None,
-                    strategy: Union[SchedulerStrategy, str, None] = None
-                    ) -> AsyncIterator[Lease]:
-        """As SyncKeyPool.lease, in `async with`."""
-        lease = await self._acquire(timeout, model, estimated_tokens, key_id, strategy, False)
-        try:
-            yield lease
-        except BaseException as exc:
-            if not lease._done:
-                self._finish(lease, self._outcome_for(exc), None)
-            raise
-        else:
-            if not lease._done:
-                lease.release()
 
     async def __aenter__(self) -> "KeyPool":
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
         self._close()
+
+
+# ------------------------------------------------ helpers for both hot paths
+
+H.update({
+    "KeyMeshError": KeyMeshError,
+    "raise": _raise,
+    "raise_closed": _raise_closed,
+    "strategy_code": _strategy_code,
+    "meta_loads": _meta_loads,
+    "report_tuple": _report_tuple,
+    "outcome_for_exc": _outcome_for_exc,
+    "cancelled": _CANCELLED,
+    "aenter": _aenter,
+    "aexit": _aexit,
+})
+if _ext is not None:
+    _ext.setup(H)

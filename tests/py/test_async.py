@@ -1,0 +1,191 @@
+"""KeyPool (asyncio): a free key without a thread; no free key: a helper
+thread asleep in km_acquire_wait, woken by the release that frees one (in
+another process too), never a polling loop; cancellation never leaks."""
+import asyncio
+import os
+import struct
+import threading
+import time
+
+import pytest
+
+from keymesh import KeyPool, NoAvailableKeyError, SyncKeyPool
+from keymesh import _lib as L
+
+from conftest import cfg
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def waiters():
+    return [t for t in threading.enumerate() if t.name == "keymesh-wait"]
+
+
+def test_free_key_needs_no_thread(secrets):
+    async def main():
+        pool = KeyPool(keys=secrets[:2])
+        n = threading.active_count()
+        k = await pool.acquire()
+        assert k in secrets and threading.active_count() == n
+        await pool.release(k)
+        async with pool.lease() as lease:
+            assert lease.key in secrets
+        assert pool.status()["inflight"] == 0
+        await pool.close()
+    run(main())
+
+
+def test_woken_by_a_release_in_another_process(seg, secrets):
+    name = seg("wake")
+    pool = KeyPool.create(name, cfg(secrets[:1], max_inflight=1), acquire_timeout=10)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            p = SyncKeyPool.open(name)
+            k = p.acquire()
+            os.write(w, b"H")
+            time.sleep(0.5)
+            os.write(w, struct.pack("Q", L.lib.km_now_ns()))
+            p.release(k)
+            p.close()
+        finally:
+            os._exit(0)
+    os.close(w)
+    assert os.read(r, 1) == b"H"
+
+    async def main():
+        ticks = 0
+        stop = False
+
+        async def ticker():
+            nonlocal ticks
+            while not stop:
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        tt = asyncio.create_task(ticker())
+        t0 = time.monotonic()
+        k = await pool.acquire()
+        got = L.lib.km_now_ns()
+        waited = time.monotonic() - t0
+        stop = True
+        await tt
+        return k, got, waited, ticks
+
+    k, got, waited, ticks = run(main())
+    released = struct.unpack("Q", os.read(r, 8))[0]
+    os.waitpid(pid, 0)
+    assert k == secrets[0] and 0.3 <= waited < 5
+    assert ticks >= 20                     # the loop ran while we waited
+    assert got >= released and got - released < 200_000_000, (got - released) / 1e6
+    pool._release_key(k)
+    pool._close()
+
+
+def test_waiting_thread_sleeps_not_polls(seg, secrets):
+    name = seg("poll")
+    pool = KeyPool.create(name, cfg(secrets[:1], max_inflight=1), acquire_timeout=10)
+    holder = SyncKeyPool.open(name)
+    held = holder.acquire()
+
+    async def main():
+        task = asyncio.create_task(pool.acquire())
+        await asyncio.sleep(0.3)
+        assert len(waiters()) == 1
+        assert pool.status()["waiters"] == 1   # asleep on the segment's futex
+        holder.release(held)
+        return await asyncio.wait_for(task, 5)
+
+    k = run(main())
+    assert k == secrets[0]
+    pool._release_key(k)
+    time.sleep(0.05)
+    assert not waiters()
+    holder.close()
+    pool._close()
+
+
+@pytest.mark.parametrize("when", ["while asleep", "as the key comes back"])
+def test_cancel_never_leaks_a_lease(seg, secrets, kmctl, when):
+    import subprocess
+    name = seg("cancel")
+    pool = KeyPool.create(name, cfg(secrets[:1], max_inflight=1), acquire_timeout=10)
+    holder = SyncKeyPool.open(name)
+    held = holder.acquire()
+
+    async def main():
+        task = asyncio.create_task(pool.acquire())
+        await asyncio.sleep(0.2)
+        if when == "as the key comes back":
+            holder.release(held)   # the helper thread may take it ...
+            task.cancel()          # ... for a task that gave up
+        else:
+            task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        if when == "while asleep":
+            holder.release(held)
+
+    run(main())
+    deadline = time.monotonic() + 3
+    while (waiters() or pool.status()["inflight"]) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    st = pool.status()
+    assert not waiters() and st["inflight"] == 0 and st["held_here"] == 0
+    assert st["keys"][0]["success"] == 1 and st["keys"][0]["cancelled"] <= 1
+    out = subprocess.run([kmctl, "check", name], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert holder.acquire(timeout=0) == secrets[0]   # the key is free again
+    holder.close()
+    pool._close()
+
+
+def test_timeout_and_lease_wait(seg, secrets):
+    name = seg("tmo")
+    pool = KeyPool.create(name, cfg(secrets[:1], max_inflight=1), acquire_timeout=10)
+
+    async def main():
+        k = await pool.acquire()
+        t = time.monotonic()
+        with pytest.raises(NoAvailableKeyError):
+            await pool.acquire(timeout=0.2)
+        assert 0.15 <= time.monotonic() - t < 1.5
+        with pytest.raises(NoAvailableKeyError):
+            await pool.acquire(timeout=0)
+
+        async def later():
+            await asyncio.sleep(0.2)
+            await pool.release(k)
+        rel = asyncio.create_task(later())
+        async with pool.lease(timeout=5) as lease:
+            assert lease.key == secrets[0]
+        await rel
+        assert pool.status()["inflight"] == 0
+        await pool.close()
+    run(main())
+
+
+def test_many_tasks_share_few_keys(seg, secrets):
+    name = seg("many")
+    pool = KeyPool.create(name, cfg(secrets[:2], max_inflight=1), acquire_timeout=10)
+
+    async def main():
+        peak = cur = 0
+
+        async def job():
+            nonlocal peak, cur
+            async with pool.lease() as lease:
+                cur += 1
+                peak = max(peak, cur)
+                await asyncio.sleep(0.005)
+                cur -= 1
+                return lease.key_id
+        ids = await asyncio.gather(*(job() for _ in range(30)))
+        assert peak == 2 and sorted(set(ids)) == ["k1", "k2"]
+        st = pool.status()
+        assert st["inflight"] == 0 and sum(k["success"] for k in st["keys"]) == 30
+        await pool.close()
+    run(main())
