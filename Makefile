@@ -58,7 +58,7 @@ KMCTL   := $(BUILD)/kmctl
 TEST_SRC := $(wildcard tests/t_*.c)
 TEST_BIN := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 # Helpers other tests start; built with the tests, not run by prove.
-TEST_HELPERS := $(BUILD)/tests/t_hold
+TEST_HELPERS := $(BUILD)/tests/t_hold $(BUILD)/tests/t_loadgen
 TEST_RUN := $(filter-out $(TEST_HELPERS),$(TEST_BIN))
 TEST_SH  := $(wildcard tests/t_*.sh)
 BENCH_SRC := $(wildcard bench/bench_*.c)

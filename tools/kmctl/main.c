@@ -249,6 +249,10 @@ static const command commands[] = {
       "(NUM_OPENAI, OPENAI_API_KEY_1, ...)"}},
     {"inspect", cmd_inspect, usage_inspect,
      {"inspect NAME [--json]", "show pools and keys as a table (or snapshot JSON)"}},
+    {"stats", cmd_stats, usage_stats,
+     {"stats NAME [--json] [--pool P] [--key K] [--model M]",
+      "per pool, key and model: use of every limit window\n"
+      "now, counters, latency, spend, cooldowns"}},
     {"snapshot", cmd_snapshot, usage_snapshot,
      {"snapshot NAME [-o FILE] [--include-secrets (--key-file F | --key-env V)]",
       "write the segment's state as JSON to stdout or FILE"}},
