@@ -244,11 +244,18 @@ int cmd_set_limits(int argc, char **argv);
 int cmd_reap(int argc, char **argv);           /* cmd_repair.c */
 int cmd_check(int argc, char **argv);
 int cmd_stats(int argc, char **argv);          /* cmd_stats.c */
+int cmd_metrics(int argc, char **argv);        /* cmd_metrics.c */
+int cmd_serve(int argc, char **argv);          /* cmd_serve.c */
 
 extern const char usage_create[], usage_inspect[], usage_ps[], usage_snapshot[],
     usage_restore[], usage_keygen[], usage_destroy[], usage_persist[], usage_usage[],
     usage_enable[], usage_disable[], usage_add_key[], usage_remove_key[],
-    usage_set_weight[], usage_set_limits[], usage_reap[], usage_check[], usage_stats[];
+    usage_set_weight[], usage_set_limits[], usage_reap[], usage_check[], usage_stats[],
+    usage_metrics[], usage_serve[];
+
+/* The Prometheus exposition of the segment (cmd_metrics.c) into *out
+ * (malloc'd, *len bytes); a KeyMesh error code. */
+int metrics_text(km_env *env, const char *segment, char **out, size_t *len);
 
 /* Micro-USD as dollars with 2 to 6 decimals: 100.00, 0.0025 (cmd_stats.c). */
 void fmt_usd(uint64_t micro, char *b, size_t n);

@@ -253,6 +253,12 @@ static const command commands[] = {
      {"stats NAME [--json] [--pool P] [--key K] [--model M]",
       "per pool, key and model: use of every limit window\n"
       "now, counters, latency, spend, cooldowns"}},
+    {"metrics", cmd_metrics, usage_metrics,
+     {"metrics NAME", "print the statistics in Prometheus' text format"}},
+    {"serve", cmd_serve, usage_serve,
+     {"serve NAME [--listen ADDR:PORT]",
+      "serve /metrics and /healthz over HTTP for Prometheus\n"
+      "(default 127.0.0.1:9464)"}},
     {"snapshot", cmd_snapshot, usage_snapshot,
      {"snapshot NAME [-o FILE] [--include-secrets (--key-file F | --key-env V)]",
       "write the segment's state as JSON to stdout or FILE"}},
