@@ -279,6 +279,12 @@ static void window_families(expo *x, int models)
         for (int which = 0; which < WF_COUNT; which++) {
             if (which == WF_FULL && unit)
                 continue; /* one full_in family covers both units */
+            /* Key x model: only what differs per key (used, left).  A
+             * model's limit and burst are the same on every key of its
+             * pool: model_families() writes them once per model, which
+             * keeps a scrape of 1024 keys x 8 models to ~70k series. */
+            if (models && which != WF_USED && which != WF_LEFT)
+                continue;
             snprintf(name, sizeof name, "keymesh_%s_window_%s_%s", obj, wf_name[which],
                      which == WF_FULL ? "seconds" : u);
             snprintf(help, sizeof help, "%s, %s%s.", wf_help[which],
@@ -310,6 +316,47 @@ static void window_families(expo *x, int models)
                             s_dbl(f, name, lab, (double)ws[w].full_in_ms / 1e3);
                         else
                             s_u64(f, name, lab, wf_value(&ws[w], which));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* A model's own limits (per_model pools), the same on every key of its
+ * pool: read from the first key that has them. */
+static void model_families(expo *x)
+{
+    FILE *f = x->f;
+    char name[96], help[160], lab[512], ml[2 * KM_ID_MAX + 2];
+
+    for (int unit = 0; unit < 2; unit++) {
+        const char *u = unit ? "tokens" : "requests";
+        int w0 = unit ? KM_WIN_TPM : KM_WIN_RPM;
+        for (int which = WF_LIMIT; which <= WF_BURST; which++) {
+            snprintf(name, sizeof name, "keymesh_model_window_%s_%s", wf_name[which], u);
+            snprintf(help, sizeof help, "%s, %s: a model's own limit, on each key of its pool.",
+                     wf_help[which], u);
+            family(f, name, "gauge", help);
+            for (uint32_t p = 0; p < x->s->n_pools; p++) {
+                const pool_view *pv = &x->s->pools[p];
+                uint32_t nm = pv->ps.n_models;
+                for (uint32_t m = 0; pv->key_models && m < nm; m++) {
+                    esc_label(pv->models[m].name, ml, sizeof ml);
+                    for (int w = w0; w < w0 + 3; w++) {
+                        const km_window_stats *ws = NULL;
+                        for (uint32_t i = 0; i < pv->n_keys && !ws; i++)
+                            if (pv->key_models[(size_t)i * nm + m].windows[w].limit)
+                                ws = &pv->key_models[(size_t)i * nm + m].windows[w];
+                        if (!ws)
+                            continue;
+                        snprintf(lab, sizeof lab, "%s,model=\"%s\",window=\"%s\"", x->pl[p], ml,
+                                 km_window_name(w));
+                        if (which == WF_LIMIT) {
+                            size_t n = strlen(lab);
+                            snprintf(lab + n, sizeof lab - n, ",mode=\"%s\"", mode_name(ws->mode));
+                        }
+                        s_u64(f, name, lab, wf_value(ws, which));
                     }
                 }
             }
@@ -352,6 +399,7 @@ int metrics_text(km_env *env, const char *segment, char **out, size_t *len)
     key_counter_families(&x);
     key_gauge_families(&x);
     window_families(&x, 0);
+    model_families(&x);
     window_families(&x, 1);
     family(x.f, "keymesh_exporter_scrape_duration_seconds", "gauge",
            "Time this exposition took to read the segment and write.");
