@@ -92,6 +92,7 @@ deps: deps-extra
 	pkg-config --exists libsodium 2>/dev/null || missing="$$missing libsodium-dev"; \
 	pkg-config --exists sqlite3 2>/dev/null || missing="$$missing libsqlite3-dev"; \
 	pkg-config --exists libmicrohttpd 2>/dev/null || missing="$$missing libmicrohttpd-dev"; \
+	pkg-config --exists ncursesw 2>/dev/null || missing="$$missing libncurses-dev"; \
 	command -v pkg-config >/dev/null || missing="$$missing pkg-config"; \
 	command -v prove >/dev/null      || missing="$$missing perl"; \
 	command -v $(CC) >/dev/null      || missing="$$missing gcc"; \
@@ -136,8 +137,12 @@ $(BUILD)/tools/kmctl/cmd_usage.o: CFLAGS += $(SQLITE_CFLAGS)
 MHD_CFLAGS := $(shell pkg-config --cflags libmicrohttpd 2>/dev/null)
 MHD_LIBS   := $(shell pkg-config --libs libmicrohttpd 2>/dev/null)
 $(BUILD)/tools/kmctl/cmd_serve.o: CFLAGS += $(MHD_CFLAGS)
+CURSES_CFLAGS := $(shell pkg-config --cflags ncursesw 2>/dev/null)
+CURSES_LIBS   := $(shell pkg-config --libs ncursesw 2>/dev/null || echo -lncursesw)
+$(BUILD)/tools/kmctl/cmd_top.o: CFLAGS += $(CURSES_CFLAGS)
 $(KMCTL): $(KMCTL_OBJ) $(STLIB)
-	$(CC) $(CFLAGS) -o $@ $(KMCTL_OBJ) $(STLIB) $(LDFLAGS) $(LIBS) $(SQLITE_LIBS) $(MHD_LIBS)
+	$(CC) $(CFLAGS) -o $@ $(KMCTL_OBJ) $(STLIB) $(LDFLAGS) $(LIBS) $(SQLITE_LIBS) $(MHD_LIBS) \
+	  $(CURSES_LIBS)
 
 $(BUILD)/tests/%: tests/%.c tests/tap.h tests/testlib.h $(STLIB)
 	@mkdir -p $(dir $@)

@@ -7,16 +7,11 @@
  * the main thread only waits for SIGTERM/SIGINT and stops the server.
  *
  * The segment may vanish and come back while serve runs (kmctl destroy,
- * then create or restore).  A mapping outlives the name, so before each
- * scrape serve looks at the name: gone, and /metrics answers 503 saying
- * so; replaced by another object (another inode), and serve attaches to the
- * new one.  It never creates, changes or unlinks anything.
- *
- * Read-only.  The exporter should need no process slot and write nothing.
- * The library cannot attach without a slot yet (issue 17 adds it), so
- * serve attaches with KM_OPEN_NO_REAP: it reaps nothing and changes no key,
- * but km_open still registers it in the process table.  EXPORTER_OPEN is
- * the one line to change when the read-only attach exists.
+ * then create or restore): before each scrape the watcher (watch.c) looks
+ * at the name; gone, and /metrics answers 503 saying so; replaced, and
+ * serve attaches to the new one.  It never creates, changes or unlinks
+ * anything.  How it attaches (read-only, one line to switch when the
+ * library can attach without a process slot): watch.c, WATCH_OPEN.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -35,10 +30,7 @@
 
 #include "kmctl.h"
 
-/* The exporter's attach: no reaping, nothing changed (see above). */
-#define EXPORTER_OPEN(name, env) km_open_flags((name), KM_OPEN_NO_REAP, (env))
-
-const char usage_serve[] =
+const char usage_serve[] = 
     "Usage: kmctl serve NAME [--listen ADDR:PORT]\n"
     "\n"
     "Serve the statistics of segment NAME over HTTP for a Prometheus\n"
@@ -64,49 +56,9 @@ const char usage_serve[] =
     "  curl -s http://127.0.0.1:9464/metrics | grep keymesh_key_requests_total\n";
 
 typedef struct exporter {
-    const char *name;
-    char path[KM_SEG_NAME_MAX + 16]; /* /dev/shm/NAME */
-    km_env *env;                     /* NULL while not attached */
-    dev_t dev;
-    ino_t ino;
-    char why[512];                   /* why not attached */
+    seg_watch w;
     uint64_t scrapes, errors;
 } exporter;
-
-static void detach(exporter *x)
-{
-    km_close(x->env);
-    x->env = NULL;
-}
-
-/* Attached to the segment that has the name now, or x->why says why not. */
-static int ensure_attached(exporter *x)
-{
-    struct stat st;
-    if (stat(x->path, &st) != 0) {
-        int e = errno;
-        detach(x);
-        snprintf(x->why, sizeof x->why, "segment '%s': %s", x->name,
-                 e == ENOENT ? km_strerror(KM_ENOENT) : strerror(e));
-        return -1;
-    }
-    if (x->env && st.st_dev == x->dev && st.st_ino == x->ino)
-        return 0;
-    detach(x); /* another object has the name now: follow it */
-    int rc = EXPORTER_OPEN(x->name, &x->env);
-    if (rc != KM_OK) {
-        int e = errno;
-        x->env = NULL;
-        snprintf(x->why, sizeof x->why, "segment '%s': %s", x->name, err_text(rc, e));
-        return -1;
-    }
-    /* What was attached is what had the name just before: if it was
-     * replaced in between, the next scrape sees another inode again. */
-    x->dev = st.st_dev;
-    x->ino = st.st_ino;
-    x->why[0] = '\0';
-    return 0;
-}
 
 static enum MHD_Result reply(struct MHD_Connection *c, unsigned status, const char *type,
                              char *body, size_t len, int owned)
@@ -153,32 +105,32 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
         return text(c, MHD_HTTP_METHOD_NOT_ALLOWED, "only GET and HEAD\n");
     if (strcmp(url, "/metrics") == 0) {
         x->scrapes++;
-        if (ensure_attached(x) != 0) {
+        if (watch_attach(&x->w, NULL) != 0) {
             x->errors++;
             return text(c, MHD_HTTP_SERVICE_UNAVAILABLE,
-                        "kmctl serve: %s; serving again once it is back\n", x->why);
+                        "kmctl serve: %s; serving again once it is back\n", x->w.why);
         }
         char *body;
         size_t len;
-        int rc = metrics_text(x->env, x->name, &body, &len);
+        int rc = metrics_text(x->w.env, x->w.name, &body, &len);
         if (rc != KM_OK) {
             x->errors++;
             int e = errno;
             return text(c, MHD_HTTP_SERVICE_UNAVAILABLE, "kmctl serve: segment '%s': %s\n",
-                        x->name, err_text(rc, e));
+                        x->w.name, err_text(rc, e));
         }
         return reply(c, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8", body, len, 1);
     }
     if (strcmp(url, "/healthz") == 0) {
-        if (ensure_attached(x) != 0)
-            return text(c, MHD_HTTP_SERVICE_UNAVAILABLE, "%s\n", x->why);
+        if (watch_attach(&x->w, NULL) != 0)
+            return text(c, MHD_HTTP_SERVICE_UNAVAILABLE, "%s\n", x->w.why);
         return text(c, MHD_HTTP_OK, "ok\n");
     }
     if (strcmp(url, "/") == 0)
         return text(c, MHD_HTTP_OK,
                     "kmctl serve: KeyMesh segment '%s'\n/metrics  Prometheus exposition\n"
                     "/healthz  200 while the segment can be read\n",
-                    x->name);
+                    x->w.name);
     return text(c, MHD_HTTP_NOT_FOUND, "not found: try /metrics or /healthz\n");
 }
 
@@ -245,10 +197,8 @@ int cmd_serve(int argc, char **argv)
     if ((rc = parse_args(&serve_syntax, argc, argv, &o)) >= 0)
         return rc;
     memset(&x, 0, sizeof x);
-    x.name = argv[optind];
-    if (strlen(x.name) > KM_SEG_NAME_MAX || !x.name[0] || strchr(x.name + 1, '/'))
-        return usage_error("NAME: '%s' is not a segment name", x.name);
-    snprintf(x.path, sizeof x.path, "/dev/shm/%s", x.name[0] == '/' ? x.name + 1 : x.name);
+    if (watch_init(&x.w, argv[optind]) != 0)
+        return usage_error("NAME: '%s' is not a segment name", argv[optind]);
 
     int fd = listen_on(o.listen);
     if (fd < 0)
@@ -262,24 +212,24 @@ int cmd_serve(int argc, char **argv)
     sigaddset(&stop, SIGINT);
     pthread_sigmask(SIG_BLOCK, &stop, NULL);
 
-    if (ensure_attached(&x) != 0)
-        errline("warning: %s; serving 503 until it exists", x.why);
+    if (watch_attach(&x.w, NULL) != 0)
+        errline("warning: %s; serving 503 until it exists", x.w.why);
     struct MHD_Daemon *d = MHD_start_daemon(
         MHD_USE_INTERNAL_POLLING_THREAD, 0, NULL, NULL, handle, &x, MHD_OPTION_LISTEN_SOCKET, fd,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30, MHD_OPTION_END);
     if (!d) {
         errline("--listen %s: cannot start the HTTP server", o.listen);
         close(fd);
-        detach(&x);
+        watch_detach(&x.w);
         return EX_FAILED;
     }
-    printf("kmctl serve: segment '%s' on http://%s/metrics\n", x.name, o.listen);
+    printf("kmctl serve: segment '%s' on http://%s/metrics\n", x.w.name, o.listen);
     fflush(stdout);
     int sig = 0;
     sigwait(&stop, &sig);
     MHD_stop_daemon(d);
     close(fd);
-    detach(&x);
+    watch_detach(&x.w);
     printf("kmctl serve: stopped by %s after %" PRIu64 " scrapes (%" PRIu64 " answered 503)\n",
            sig == SIGTERM ? "SIGTERM" : "SIGINT", x.scrapes, x.errors);
     return flush_stdout(EX_SUCCESS);

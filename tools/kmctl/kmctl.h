@@ -21,6 +21,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <sys/stat.h>
+
 #include <jansson.h>
 
 #include "keymesh.h"
@@ -208,6 +210,24 @@ typedef struct seg_stats {
 int collect(km_env *env, unsigned flags, seg_stats *s);
 void collect_free(seg_stats *s);
 
+/* --------------------------- following a segment by name (watch.c) */
+
+typedef struct seg_watch {
+    const char *name;
+    char path[KM_SEG_NAME_MAX + 16]; /* /dev/shm/NAME */
+    km_env *env;                     /* NULL while not attached */
+    dev_t dev;
+    ino_t ino;
+    char why[512];                   /* why not attached */
+} seg_watch;
+
+/* -1 if `name` cannot be a segment name. */
+int watch_init(seg_watch *w, const char *name);
+/* Attached to the segment that has the name now: 0 (*changed = 1 if it
+ * attached just now, to a new segment or again), or -1 with w->why. */
+int watch_attach(seg_watch *w, int *changed);
+void watch_detach(seg_watch *w);
+
 /* ------------------------------------------ text tables (table.c) */
 
 typedef struct table {
@@ -246,12 +266,13 @@ int cmd_check(int argc, char **argv);
 int cmd_stats(int argc, char **argv);          /* cmd_stats.c */
 int cmd_metrics(int argc, char **argv);        /* cmd_metrics.c */
 int cmd_serve(int argc, char **argv);          /* cmd_serve.c */
+int cmd_top(int argc, char **argv);            /* cmd_top.c */
 
 extern const char usage_create[], usage_inspect[], usage_ps[], usage_snapshot[],
     usage_restore[], usage_keygen[], usage_destroy[], usage_persist[], usage_usage[],
     usage_enable[], usage_disable[], usage_add_key[], usage_remove_key[],
     usage_set_weight[], usage_set_limits[], usage_reap[], usage_check[], usage_stats[],
-    usage_metrics[], usage_serve[];
+    usage_metrics[], usage_serve[], usage_top[];
 
 /* The Prometheus exposition of the segment (cmd_metrics.c) into *out
  * (malloc'd, *len bytes); a KeyMesh error code. */

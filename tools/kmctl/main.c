@@ -259,6 +259,10 @@ static const command commands[] = {
      {"serve NAME [--listen ADDR:PORT]",
       "serve /metrics and /healthz over HTTP for Prometheus\n"
       "(default 127.0.0.1:9464)"}},
+    {"top", cmd_top, usage_top,
+     {"top NAME [--pool P] [--interval S]",
+      "live view in the terminal: per key state, in flight,\n"
+      "requests/s, tokens/s, limit use as bars, cooldown"}},
     {"snapshot", cmd_snapshot, usage_snapshot,
      {"snapshot NAME [-o FILE] [--include-secrets (--key-file F | --key-env V)]",
       "write the segment's state as JSON to stdout or FILE"}},
