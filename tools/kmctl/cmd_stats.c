@@ -413,7 +413,7 @@ static int print_pool(const pool_view *v, const stats_opts *o)
 
 static int stats_table(const char *name, const seg_stats *s, const stats_opts *o)
 {
-    printf("segment %s: format %" PRIu32 ", %" PRIu32 " pool%s, %" PRIu32 " key%s, %" PRIu32
+    printf("segment %s: segment format %" PRIu32 ", %" PRIu32 " pool%s, %" PRIu32 " key%s, %" PRIu32
            " process%s attached\n",
            name, s->info.format, s->info.n_pools, s->info.n_pools == 1 ? "" : "s",
            s->info.n_keys, s->info.n_keys == 1 ? "" : "s", s->info.n_procs,

@@ -139,12 +139,18 @@ int seg_chgrp(const char *name, const char *group);
 /* After KM_EACCES: say what the segment allows and what this process is. */
 void explain_access(const char *name);
 
+/* What create or restore (kind) made: one line, or with json a document;
+ * `from` the snapshot file of a restore (NULL for create).  Exit status. */
+int created(km_env *env, const char *kind, const char *name, const km_info *info, unsigned mode,
+            const char *from, int json);
+
 /* ---------------------------------------------- snapshots (cmd_snapshot.c) */
 
 typedef struct snap_opts {
     const char *out, *key_file, *key_env, *group;
     int secrets;
     unsigned mode;
+    int json; /* restore --json */
 } snap_opts;
 
 /* The snapshot key from o->key_file or o->key_env into key[]; -1 to go on,
