@@ -113,7 +113,7 @@ static const opt_spec create_optv[] = {
     OPT_FLAG("json", 'j', 1, create_opts, json),
 };
 
-static const cmd_syntax create_syntax = {usage_create, "NAME", create_optv, N_OPTS(create_optv)};
+const cmd_syntax create_syntax = {usage_create, "NAME", create_optv, N_OPTS(create_optv)};
 
 int created(km_env *env, const char *kind, const char *name, const km_info *info, unsigned mode,
             const char *from, int json)

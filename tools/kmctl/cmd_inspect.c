@@ -608,7 +608,7 @@ static int inspect_json(km_env *env, const char *name)
 
 static const opt_spec json_optv[] = {OPT_FLAG("json", 'j', 1, flag_opts, on)};
 
-static const cmd_syntax inspect_syntax = {usage_inspect, "NAME", json_optv, N_OPTS(json_optv)};
+const cmd_syntax inspect_syntax = {usage_inspect, "NAME", json_optv, N_OPTS(json_optv)};
 
 int cmd_inspect(int argc, char **argv)
 {
@@ -626,7 +626,7 @@ int cmd_inspect(int argc, char **argv)
 
 /* -------------------------------------------------------------------- ps */
 
-static const cmd_syntax ps_syntax = {usage_ps, "NAME", json_optv, N_OPTS(json_optv)};
+const cmd_syntax ps_syntax = {usage_ps, "NAME", json_optv, N_OPTS(json_optv)};
 
 int cmd_ps(int argc, char **argv)
 {

@@ -138,8 +138,8 @@ const char usage_set_limits[] =
 
 /* ------------------------------------------------------ enable / disable */
 
-static const cmd_syntax enable_syntax = {usage_enable, "NAME POOL KEY_ID", NULL, 0};
-static const cmd_syntax disable_syntax = {usage_disable, "NAME POOL KEY_ID", NULL, 0};
+const cmd_syntax enable_syntax = {usage_enable, "NAME POOL KEY_ID", NULL, 0};
+const cmd_syntax disable_syntax = {usage_disable, "NAME POOL KEY_ID", NULL, 0};
 
 static int set_state(const cmd_syntax *syn, int argc, char **argv, int state)
 {
@@ -372,13 +372,13 @@ static const opt_spec timeout_optv[] = {
     OPT_U32("timeout", 't', 1, reconf_opts, timeout_ms, 0, 3600000),
 };
 
-static const cmd_syntax add_key_syntax = {usage_add_key, "NAME POOL KEY_ID", add_key_optv,
+const cmd_syntax add_key_syntax = {usage_add_key, "NAME POOL KEY_ID", add_key_optv,
                                           N_OPTS(add_key_optv)};
-static const cmd_syntax remove_key_syntax = {usage_remove_key, "NAME POOL KEY_ID",
+const cmd_syntax remove_key_syntax = {usage_remove_key, "NAME POOL KEY_ID",
                                              timeout_optv, N_OPTS(timeout_optv)};
-static const cmd_syntax set_weight_syntax = {usage_set_weight, "NAME POOL KEY_ID WEIGHT",
+const cmd_syntax set_weight_syntax = {usage_set_weight, "NAME POOL KEY_ID WEIGHT",
                                              timeout_optv, N_OPTS(timeout_optv)};
-static const cmd_syntax set_limits_syntax = {usage_set_limits, "NAME POOL KEY_ID JSON",
+const cmd_syntax set_limits_syntax = {usage_set_limits, "NAME POOL KEY_ID JSON",
                                              timeout_optv, N_OPTS(timeout_optv)};
 
 int cmd_add_key(int argc, char **argv)

@@ -421,7 +421,7 @@ out:
     return rc;
 }
 
-static const cmd_syntax metrics_syntax = {usage_metrics, "NAME", NULL, 0};
+const cmd_syntax metrics_syntax = {usage_metrics, "NAME", NULL, 0};
 
 int cmd_metrics(int argc, char **argv)
 {

@@ -62,7 +62,7 @@ const char usage_check[] =
 
 static const opt_spec reap_optv[] = {OPT_FLAG("json", 'j', 1, flag_opts, on)};
 
-static const cmd_syntax reap_syntax = {usage_reap, "NAME", reap_optv, N_OPTS(reap_optv)};
+const cmd_syntax reap_syntax = {usage_reap, "NAME", reap_optv, N_OPTS(reap_optv)};
 
 int cmd_reap(int argc, char **argv)
 {
@@ -121,7 +121,7 @@ typedef struct check_opts {
 static const opt_spec check_optv[] = {OPT_FLAG("quiet", 'q', 1, check_opts, quiet),
                                       OPT_FLAG("json", 'j', 1, check_opts, json)};
 
-static const cmd_syntax check_syntax = {usage_check, "NAME", check_optv, N_OPTS(check_optv)};
+const cmd_syntax check_syntax = {usage_check, "NAME", check_optv, N_OPTS(check_optv)};
 
 /* km_check's callback: one violation, one line on stdout. */
 static void check_line(void *ctx, const char *line)

@@ -186,7 +186,7 @@ typedef struct serve_opts {
 
 static const opt_spec serve_optv[] = {OPT_STR("listen", 'l', 1, serve_opts, listen)};
 
-static const cmd_syntax serve_syntax = {usage_serve, "NAME", serve_optv, N_OPTS(serve_optv)};
+const cmd_syntax serve_syntax = {usage_serve, "NAME", serve_optv, N_OPTS(serve_optv)};
 
 int cmd_serve(int argc, char **argv)
 {

@@ -240,7 +240,7 @@ static const opt_spec snapshot_optv[] = {
     OPT_STR("key-env", 'K', 0, snap_opts, key_env),
 };
 
-static const cmd_syntax snapshot_syntax = {usage_snapshot, "NAME", snapshot_optv,
+const cmd_syntax snapshot_syntax = {usage_snapshot, "NAME", snapshot_optv,
                                            N_OPTS(snapshot_optv)};
 
 int cmd_snapshot(int argc, char **argv)
@@ -277,7 +277,7 @@ static const opt_spec restore_optv[] = {
     OPT_FLAG("json", 'j', 1, snap_opts, json),
 };
 
-static const cmd_syntax restore_syntax = {usage_restore, "NAME FILE", restore_optv,
+const cmd_syntax restore_syntax = {usage_restore, "NAME FILE", restore_optv,
                                           N_OPTS(restore_optv)};
 
 int cmd_restore(int argc, char **argv)
@@ -345,7 +345,7 @@ int cmd_restore(int argc, char **argv)
 
 /* ---------------------------------------------------------------- keygen */
 
-static const cmd_syntax keygen_syntax = {usage_keygen, "FILE", NULL, 0};
+const cmd_syntax keygen_syntax = {usage_keygen, "FILE", NULL, 0};
 
 int cmd_keygen(int argc, char **argv)
 {
@@ -379,7 +379,7 @@ int cmd_keygen(int argc, char **argv)
 
 /* --------------------------------------------------------------- destroy */
 
-static const cmd_syntax destroy_syntax = {usage_destroy, "NAME", NULL, 0};
+const cmd_syntax destroy_syntax = {usage_destroy, "NAME", NULL, 0};
 
 int cmd_destroy(int argc, char **argv)
 {

@@ -52,7 +52,7 @@ static const opt_spec stats_optv[] = {
     OPT_STR("model", 'm', 1, stats_opts, model),
 };
 
-static const cmd_syntax stats_syntax = {usage_stats, "NAME", stats_optv, N_OPTS(stats_optv)};
+const cmd_syntax stats_syntax = {usage_stats, "NAME", stats_optv, N_OPTS(stats_optv)};
 
 /* ------------------------------------------------------------ filtering */
 

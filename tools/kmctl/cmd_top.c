@@ -420,7 +420,7 @@ static const opt_spec top_optv[] = {
     OPT_U32("interval", 'i', 1, top_opts, interval, 1, 3600),
 };
 
-static const cmd_syntax top_syntax = {usage_top, "NAME", top_optv, N_OPTS(top_optv)};
+const cmd_syntax top_syntax = {usage_top, "NAME", top_optv, N_OPTS(top_optv)};
 
 int cmd_top(int argc, char **argv)
 {

@@ -190,7 +190,7 @@ static const opt_spec persist_optv[] = {
     OPT_STR("key-env", 'K', 0, persist_opts, snap.key_env),
 };
 
-static const cmd_syntax persist_syntax = {usage_persist, "NAME", persist_optv,
+const cmd_syntax persist_syntax = {usage_persist, "NAME", persist_optv,
                                           N_OPTS(persist_optv)};
 
 int cmd_persist(int argc, char **argv)
@@ -360,7 +360,7 @@ static const opt_spec usage_optv[] = {
     OPT_FLAG("json", 'j', 1, usage_opts, json),
 };
 
-static const cmd_syntax usage_syntax = {usage_usage, "NAME", usage_optv, N_OPTS(usage_optv)};
+const cmd_syntax usage_syntax = {usage_usage, "NAME", usage_optv, N_OPTS(usage_optv)};
 
 int cmd_usage(int argc, char **argv)
 {

@@ -284,6 +284,13 @@ extern const char usage_create[], usage_inspect[], usage_ps[], usage_snapshot[],
  * (malloc'd, *len bytes); a KeyMesh error code. */
 int metrics_text(km_env *env, const char *segment, char **out, size_t *len);
 
+/* Each command's command line (in its cmd_*.c), for the table in main.c,
+ * `kmctl --complete` and the shell completion built on it. */
+extern const cmd_syntax create_syntax, inspect_syntax, ps_syntax, snapshot_syntax,
+    restore_syntax, keygen_syntax, destroy_syntax, persist_syntax, usage_syntax, enable_syntax,
+    disable_syntax, add_key_syntax, remove_key_syntax, set_weight_syntax, set_limits_syntax,
+    reap_syntax, check_syntax, stats_syntax, metrics_syntax, serve_syntax, top_syntax;
+
 /* Micro-USD as dollars with 2 to 6 decimals: 100.00, 0.0025 (cmd_stats.c). */
 void fmt_usd(uint64_t micro, char *b, size_t n);
 
