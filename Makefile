@@ -99,6 +99,8 @@ deps: deps-extra
 	pkg-config --exists libmicrohttpd 2>/dev/null || missing="$$missing libmicrohttpd-dev"; \
 	pkg-config --exists ncursesw 2>/dev/null || missing="$$missing libncurses-dev"; \
 	command -v scdoc >/dev/null      || missing="$$missing scdoc"; \
+	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	command -v tmux >/dev/null       || missing="$$missing tmux"; \
 	command -v pkg-config >/dev/null || missing="$$missing pkg-config"; \
 	command -v prove >/dev/null      || missing="$$missing perl"; \
 	command -v $(CC) >/dev/null      || missing="$$missing gcc"; \
