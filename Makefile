@@ -4,7 +4,9 @@
 #   make test       build and run the TAP suite with prove (installs missing deps)
 #   make demo       create a segment, run a prefork pool against it, inspect it
 #   make bench      short benchmark run (SUMMARY lines)
-#   make install    PREFIX=/usr/local DESTDIR= libdir= includedir=
+#   make install    PREFIX=/usr/local DESTDIR= libdir= includedir= mandir=
+#   make man        the man pages kmctl(1), keymesh(3), keymesh-config(5)
+#   make help       every target, one line each
 #   make SAN=address,undefined test   sanitizer build (separate build dir)
 #   make WERROR=1   warnings are errors (CI)
 
@@ -17,6 +19,9 @@ libdir     ?= $(PREFIX)/lib
 includedir ?= $(PREFIX)/include
 bindir     ?= $(PREFIX)/bin
 pkgconfigdir ?= $(libdir)/pkgconfig
+datadir    ?= $(PREFIX)/share
+mandir     ?= $(datadir)/man
+bashcompdir ?= $(datadir)/bash-completion/completions
 
 CC      ?= cc
 PKGS    := ck jansson libsodium
@@ -67,7 +72,7 @@ KMCTL   := $(BUILD)/kmctl
 TEST_SRC := $(wildcard tests/t_*.c)
 TEST_BIN := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 # Helpers other tests start; built with the tests, not run by prove.
-TEST_HELPERS := $(BUILD)/tests/t_hold
+TEST_HELPERS := $(BUILD)/tests/t_hold $(BUILD)/tests/t_loadgen
 TEST_RUN := $(filter-out $(TEST_HELPERS),$(TEST_BIN))
 TEST_SH  := $(wildcard tests/t_*.sh)
 BENCH_SRC := $(wildcard bench/bench_*.c)
@@ -79,7 +84,7 @@ EXAMPLE_BIN := $(patsubst examples/%.c,$(BUILD)/examples/%,$(EXAMPLE_SRC))
 TEST_TIMEOUT ?= 300
 
 .PHONY: all deps test check torture bench demo install uninstall clean examples \
-        deps-extra bench-compare
+        deps-extra bench-compare man help
 
 # Fragments owned by the benchmark suite and the bindings: each may add
 # targets and hook `deps-extra` (packages its tests or runs need) and
@@ -100,6 +105,11 @@ deps: deps-extra
 	pkg-config --exists jansson 2>/dev/null || missing="$$missing libjansson-dev"; \
 	pkg-config --exists libsodium 2>/dev/null || missing="$$missing libsodium-dev"; \
 	pkg-config --exists sqlite3 2>/dev/null || missing="$$missing libsqlite3-dev"; \
+	pkg-config --exists libmicrohttpd 2>/dev/null || missing="$$missing libmicrohttpd-dev"; \
+	pkg-config --exists ncursesw 2>/dev/null || missing="$$missing libncurses-dev"; \
+	command -v scdoc >/dev/null      || missing="$$missing scdoc"; \
+	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	command -v tmux >/dev/null       || missing="$$missing tmux"; \
 	command -v pkg-config >/dev/null || missing="$$missing pkg-config"; \
 	command -v prove >/dev/null      || missing="$$missing perl"; \
 	command -v $(CC) >/dev/null      || missing="$$missing gcc"; \
@@ -140,8 +150,16 @@ $(BUILD)/tools/kmctl/%.o: tools/kmctl/%.c tools/kmctl/kmctl.h include/keymesh.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 $(BUILD)/tools/kmctl/cmd_usage.o: CFLAGS += $(SQLITE_CFLAGS)
+# kmctl serve alone links libmicrohttpd, kmctl top alone ncurses.
+MHD_CFLAGS := $(shell pkg-config --cflags libmicrohttpd 2>/dev/null)
+MHD_LIBS   := $(shell pkg-config --libs libmicrohttpd 2>/dev/null)
+$(BUILD)/tools/kmctl/cmd_serve.o: CFLAGS += $(MHD_CFLAGS)
+CURSES_CFLAGS := $(shell pkg-config --cflags ncursesw 2>/dev/null)
+CURSES_LIBS   := $(shell pkg-config --libs ncursesw 2>/dev/null || echo -lncursesw)
+$(BUILD)/tools/kmctl/cmd_top.o: CFLAGS += $(CURSES_CFLAGS)
 $(KMCTL): $(KMCTL_OBJ) $(STLIB)
-	$(CC) $(CFLAGS) -o $@ $(KMCTL_OBJ) $(STLIB) $(LDFLAGS) $(LIBS) $(SQLITE_LIBS)
+	$(CC) $(CFLAGS) -o $@ $(KMCTL_OBJ) $(STLIB) $(LDFLAGS) $(LIBS) $(SQLITE_LIBS) $(MHD_LIBS) \
+	  $(CURSES_LIBS)
 
 $(BUILD)/tests/%: tests/%.c tests/tap.h tests/testlib.h $(STLIB)
 	@mkdir -p $(dir $@)
@@ -189,7 +207,17 @@ $(BUILD)/keymesh.pc: Makefile
 	  'Version: $(VERSION)' 'Requires.private: ck jansson libsodium' \
 	  'Libs: -L$${libdir} -lkeymesh' 'Libs.private: -lpthread' 'Cflags: -I$${includedir}' > $@
 
-install: all $(BUILD)/keymesh.pc
+# ---------------------------------------------------------------- man pages
+# From scdoc sources in docs/man/ (NAME.SECTION.scd -> NAME.SECTION).
+MAN_SRC := $(wildcard docs/man/*.scd)
+MAN_OUT := $(patsubst docs/man/%.scd,$(BUILD)/man/%,$(MAN_SRC))
+man: $(MAN_OUT)
+$(BUILD)/man/%: docs/man/%.scd
+	@mkdir -p $(dir $@)
+	@command -v scdoc >/dev/null || { echo "man: scdoc not found: run make deps (as root) or apt-get install scdoc" >&2; exit 1; }
+	scdoc <$< >$@.tmp && mv $@.tmp $@
+
+install: all $(BUILD)/keymesh.pc man
 	install -d $(DESTDIR)$(libdir) $(DESTDIR)$(includedir) $(DESTDIR)$(bindir) $(DESTDIR)$(pkgconfigdir)
 	install -m 0755 $(SHLIB) $(DESTDIR)$(libdir)/
 	ln -sf libkeymesh.so.$(VERSION) $(DESTDIR)$(libdir)/$(SONAME)
@@ -198,15 +226,38 @@ install: all $(BUILD)/keymesh.pc
 	install -m 0644 include/keymesh.h $(DESTDIR)$(includedir)/
 	install -m 0755 $(KMCTL) $(DESTDIR)$(bindir)/
 	install -m 0644 $(BUILD)/keymesh.pc $(DESTDIR)$(pkgconfigdir)/
+	for m in $(MAN_OUT); do s=$${m##*.}; install -d $(DESTDIR)$(mandir)/man$$s && \
+	  install -m 0644 $$m $(DESTDIR)$(mandir)/man$$s/ || exit 1; done
+	install -d $(DESTDIR)$(bashcompdir)
+	install -m 0644 tools/kmctl/kmctl.bash $(DESTDIR)$(bashcompdir)/kmctl
 
 uninstall:
 	rm -f $(DESTDIR)$(libdir)/libkeymesh.so.$(VERSION) $(DESTDIR)$(libdir)/$(SONAME) \
 	      $(DESTDIR)$(libdir)/libkeymesh.so $(DESTDIR)$(libdir)/libkeymesh.a \
 	      $(DESTDIR)$(includedir)/keymesh.h $(DESTDIR)$(bindir)/kmctl \
-	      $(DESTDIR)$(pkgconfigdir)/keymesh.pc
+	      $(DESTDIR)$(pkgconfigdir)/keymesh.pc $(DESTDIR)$(bashcompdir)/kmctl
+	for m in $(notdir $(MAN_OUT)); do rm -f $(DESTDIR)$(mandir)/man$${m##*.}/$$m; done
 
 clean:
 	rm -rf build build-san build-*
+
+help:
+	@echo 'make              build the library (shared and static) and kmctl in $(BUILD)/'
+	@echo 'make deps         install what is missing to build and test (as root; apt-get)'
+	@echo 'make test         build and run the TAP suite with prove (make check: the same)'
+	@echo 'make torture      long crash-torture runs (TORTURE_S=30 seconds each)'
+	@echo 'make bench        short benchmark run (SUMMARY lines), then bench-compare'
+	@echo 'make demo         create a segment, run a prefork pool against it, inspect it'
+	@echo 'make examples     build examples/*.c'
+	@echo 'make man          the man pages kmctl(1), keymesh(3), keymesh-config(5) (scdoc)'
+	@echo 'make install      library, header, kmctl, keymesh.pc, man pages, bash completion'
+	@echo '                  (PREFIX=$(PREFIX) DESTDIR= libdir= includedir= bindir= mandir=)'
+	@echo 'make uninstall    remove what install put there'
+	@echo 'make clean        remove the build directories'
+	@echo 'make help         this list'
+	@echo 'Fragments: make bench-full (long comparisons, bench/bench.mk), make fuzz and'
+	@echo '  fuzz-build (libFuzzer targets, tests/fuzz/fuzz.mk), deps-extra (bindings/bindings.mk)'
+	@echo 'Options: WERROR=1 (warnings are errors), SAN=address,undefined (sanitizers, in build-san/)'
 
 # Empty unless a fragment above adds prerequisites or recipes (double-colon
 # rules, so each fragment can add its own).

@@ -652,6 +652,164 @@ KM_EXTERN void km_mask_secret(const char *secret, char out[24]);
 KM_EXTERN int km_presets_json(const char *provider, char **out, char *errbuf,
                               size_t errlen);
 
+/* ------------------------------------------------------------- statistics
+ *
+ * What an operator asks of a segment ("which keys are hot, which cool down,
+ * how close is each limit"), computed from the readers above as of now:
+ * per key, per pool, per model of a pool and per key x model.  kmctl stats,
+ * metrics, serve and top, and the bindings' stats(), are built on these.
+ *
+ * Growth without an ABI break.  Every km_*_stats struct is filled up to the
+ * `size` its caller passes (sizeof the struct it was compiled with), and
+ * its first member `size` says how many bytes the library filled: fields
+ * are only ever appended, so a caller built against an older, shorter
+ * struct gets the fields it knows, and a caller built against a newer one
+ * sees from `size` which trailing fields this library did not fill (they
+ * are zero).  Pass sizeof(*out).
+ *
+ * Windows.  For each limit window (km_window) a km_window_stats gives the
+ * limit as configured and its use now, in units (requests or tokens) in
+ * both limit modes:
+ *   left  units admissible now (km_limit_info.available): a request of
+ *         `left` units or fewer would pass this window;
+ *   used  burst - left: units counted against the window now, including
+ *         the token reservations of leases still out.  token_bucket: units
+ *         drawn from the bucket and not yet refilled.  sliding: units still
+ *         held against the tolerance; `left` never exceeds `burst`, so a
+ *         sliding window with the default burst (limit/10) shows at most
+ *         limit/10 left even when idle;
+ *   full_in_ms  time until `used` is back to 0 if nothing more is admitted
+ *         (used x the emission interval; see km_limit_mode).
+ * used/burst is how close the window is to refusing (0..1).
+ *
+ * Per-model counters.  Requests and outcomes are counted per key today, not
+ * per key x model: km_model_stats.counters_valid is 0 and its counters are
+ * 0 until the segment keeps them (a later format).  Per-model windows
+ * (per_model pools) are there now.
+ */
+
+#define KM_KEY_STATE_COUNT 6 /* km_key_state values: ACTIVE .. EXHAUSTED */
+
+typedef struct km_window_stats {
+    uint64_t limit;      /* units per period; 0: no limit (all fields 0) */
+    uint64_t burst;      /* most units admissible at once */
+    int32_t mode;        /* km_limit_mode */
+    uint32_t period_s;   /* 60, 3600 or 86400 */
+    uint64_t used;       /* burst - left */
+    uint64_t left;       /* admissible now */
+    uint64_t full_in_ms; /* until used is 0, if nothing more is admitted */
+} km_window_stats;
+
+typedef struct km_stats_counters {
+    uint64_t requests;               /* leases acquired */
+    uint64_t outcomes[KM_OUT_COUNT]; /* leases released, by km_outcome_kind */
+    uint64_t abandoned;              /* leases released by km_close/a reaper */
+    uint64_t stale_releases;         /* releases ignored as stale */
+    uint64_t tokens;                 /* tokens settled at release */
+} km_stats_counters;
+
+typedef struct km_key_stats {
+    uint32_t size;              /* bytes filled by the library */
+    uint32_t key;               /* key index in the segment */
+    uint32_t gen;               /* generation of the key slot */
+    uint32_t pool;
+    char id[KM_ID_MAX + 1];
+    int32_t state;              /* km_key_state (cooling derived from the clock) */
+    uint32_t weight;
+    uint64_t taken_ns;          /* CLOCK_MONOTONIC when read */
+    uint64_t cooldown_remaining_ms; /* 0: none */
+    uint32_t inflight, max_inflight;
+    uint32_t consecutive_failures, consecutive_429s;
+    uint64_t latency_ema_us;    /* moving average; 0 before the first sample */
+    uint32_t success_ppm;       /* moving average of success, parts per million */
+    uint32_t n_models;          /* models of its pool (km_key_model_stats_get) */
+    km_stats_counters counters;
+    km_window_stats windows[KM_WIN_COUNT];
+    uint64_t spent_microusd;
+    uint64_t budget_microusd;   /* 0: none */
+    int32_t budget_hard;
+    uint32_t reserved0;
+    uint64_t price_in_microusd_per_1k, price_out_microusd_per_1k;
+} km_key_stats;
+
+typedef struct km_pool_stats {
+    uint32_t size;              /* bytes filled by the library */
+    int32_t pool;
+    char name[KM_ID_MAX + 1];
+    int32_t strategy;           /* km_strategy */
+    int32_t model_mode;         /* km_model_mode */
+    uint64_t taken_ns;
+    uint32_t n_keys;            /* keys in the pool now */
+    uint32_t keys_by_state[KM_KEY_STATE_COUNT];
+    uint32_t inflight, max_inflight; /* sums over its keys */
+    uint32_t waiters;           /* processes sleeping in km_acquire_wait */
+    uint32_t n_models;
+    km_stats_counters counters; /* sums over its keys now (keys removed are
+                                 * no longer counted) */
+    uint64_t latency_ema_us;    /* mean of its keys' moving averages (keys
+                                 * with a sample); 0: none */
+    uint32_t success_ppm;       /* mean over its keys */
+    uint32_t reserved0;
+    /* Sums over the keys that have each window: limit, burst, used, left;
+     * full_in_ms the longest; mode is that of the keys, or -1 if mixed. */
+    km_window_stats windows[KM_WIN_COUNT];
+    uint32_t keys_limited[KM_WIN_COUNT]; /* keys that have the window */
+    uint64_t spent_microusd;
+    uint64_t budget_microusd;   /* 0: none */
+    int32_t budget_hard;
+    uint32_t reserved1;
+} km_pool_stats;
+
+/* A model of a pool: over all its keys (km_model_stats_get, key
+ * KM_STATS_ALL_KEYS) or on one key (km_key_model_stats_get). */
+#define KM_STATS_ALL_KEYS UINT32_MAX
+typedef struct km_model_stats {
+    uint32_t size;              /* bytes filled by the library */
+    int32_t pool;
+    uint32_t model;             /* 0-based index in the pool */
+    uint32_t key;               /* key index, or KM_STATS_ALL_KEYS */
+    char name[KM_ID_MAX + 1];
+    uint64_t taken_ns;
+    uint32_t n_keys;            /* keys summed (1 for one key) */
+    int32_t counters_valid;     /* 0: the segment keeps no per-model counters
+                                 * (this format); counters are 0 */
+    km_stats_counters counters;
+    /* The model's own limits (per_model pools; limit 0 elsewhere); over all
+     * keys, sums as in km_pool_stats. */
+    km_window_stats windows[KM_WIN_COUNT];
+    uint32_t keys_limited[KM_WIN_COUNT];
+} km_model_stats;
+
+/* Statistics of key `key` (an index from km_pool_key).  KM_ENOKEY for a
+ * free or removed slot, KM_EINVAL for NULL or size < 8.
+ * @note Thread and process safety: like the *_info readers it may run
+ * concurrently with every call on the segment from any thread of any
+ * process; it takes no lock, makes no system call (the clock is read
+ * through the vDSO) and writes nothing to the segment.  Each number is read
+ * atomically, but the numbers of one struct need not be mutually
+ * consistent while leases move (e.g. requests may run ahead of the sum of
+ * outcomes plus in-flight by the acquires in progress). */
+KM_EXTERN int km_key_stats_get(km_env *env, uint32_t key, km_key_stats *out, size_t size);
+
+/* Statistics of a pool, summed over the keys in its member list now.
+ * KM_ENOPOOL for an unknown index.  Reads every key of the pool (cost grows
+ * with keys x max in-flight; see bench/README.md, "scrape").
+ * @note As km_key_stats_get; keys added or removed meanwhile may be counted
+ * or not. */
+KM_EXTERN int km_pool_stats_get(km_env *env, int pool, km_pool_stats *out, size_t size);
+
+/* Model `model` (0-based, < km_pool_stats.n_models) of `pool` over every key
+ * of the pool.  KM_ENOPOOL, KM_ENOMODEL past the end.
+ * @note As km_pool_stats_get. */
+KM_EXTERN int km_model_stats_get(km_env *env, int pool, uint32_t model, km_model_stats *out,
+                                 size_t size);
+
+/* Model `model` of the key's pool on key `key`: the model's windows on that
+ * key.  KM_ENOKEY, KM_ENOMODEL past the end.
+ * @note As km_key_stats_get. */
+KM_EXTERN int km_key_model_stats_get(km_env *env, uint32_t key, uint32_t model,
+                                     km_model_stats *out, size_t size);
+
 #ifdef __cplusplus
 }
 #endif

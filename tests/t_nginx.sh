@@ -53,7 +53,7 @@ fi
 diag "upstream on port $UP_PORT, nginx on port $PORT (master $NGX_PID)"
 "$KMCTL" inspect "$SEG" >/dev/null 2>&1
 ok $? "the nginx master created segment $SEG (init_by_lua)"
-nproc=$("$KMCTL" ps "$SEG" --json | "$PY" -c 'import json, sys; print(sum(1 for p in json.load(sys.stdin) if p["alive"] and not p["self"]))')
+nproc=$("$KMCTL" ps "$SEG" --json | "$PY" -c 'import json, sys; print(sum(1 for p in json.load(sys.stdin)["processes"] if p["alive"] and not p["self"]))')
 ok $([ "$nproc" -eq $W ]; echo $?) "the $W workers attached, once each; the master detached ($nproc)"
 
 load "$URL/call?pool=llm" $((2 * RPM)) 8 "$TMP/p1"
@@ -77,7 +77,7 @@ grep '\[error\]\|\[alert\]\|\[crit\]\|\[emerg\]' "$TMP/nginx-error.log" | head -
 no_secret "$(cat "$TMP/nginx-error.log" "$TMP/nginx-access.log" "$TMP/snap.json")"
 ok $? "no secret in nginx's logs or the snapshot"
 stop_pid "$NGX_PID"
-dead=$("$KMCTL" ps "$SEG" --json | "$PY" -c 'import json, sys; print(sum(1 for p in json.load(sys.stdin) if not p["self"]))')
+dead=$("$KMCTL" ps "$SEG" --json | "$PY" -c 'import json, sys; print(sum(1 for p in json.load(sys.stdin)["processes"] if not p["self"]))')
 ok $([ "$dead" = 0 ]; echo $?) "nginx's workers detached when they exited (exit_worker_by_lua) ($dead left)"
 no_sanitizer_report
 finish

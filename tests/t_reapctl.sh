@@ -80,8 +80,8 @@ for c in ps reap check; do
     echo "$ERR" | grep -q "^kmctl: $c: unknown option '--bogus'"
     check_text "$c with an unknown option: message"
 done
-run "$KMCTL" check "$SEG" --json
-expect 2 "check has no --json"
+run "$KMCTL" check "$SEG" --quiet --bogus
+expect 2 "check --bogus: usage error"
 run "$KMCTL" reap "$SEG" --quiet
 expect 2 "reap has no --quiet"
 
@@ -123,10 +123,15 @@ echo "$OUT" | grep -Eq "^  [0-9]+ +$HOLD_PID +yes +2 +[0-9]+\$"
 check_text "ps: the holder is alive with 2 leases"
 run "$KMCTL" ps "$SEG" --json
 expect 0 "ps --json with a live holder"
-echo "$OUT" | grep -Eq "\{\"slot\": [0-9]+, \"pid\": $HOLD_PID, \"alive\": true, \"leases\": 2, \"attached_s\": [0-9]+\.[0-9]{3}, \"self\": false\}" &&
-    echo "$OUT" | grep -q '"self": true}' && echo "$OUT" | head -1 | grep -q '^\[$' &&
-    echo "$OUT" | tail -1 | grep -q '^\]$'
-check_text "ps --json: an array with the holder and kmctl itself"
+echo "$OUT" | /usr/bin/python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+p = d["processes"]
+h = [x for x in p if x["pid"] == int(sys.argv[1])]
+sys.exit(0 if d["json_schema"] == 1 and d["kind"] == "ps" and len(h) == 1 and h[0]["alive"]
+         and h[0]["leases"] == 2 and isinstance(h[0]["attached_ms"], int) and not h[0]["self"]
+         and sum(1 for x in p if x["self"]) == 1 else 1)' "$HOLD_PID"
+check_text "ps --json: the holder and kmctl itself in \"processes\""
 run "$KMCTL" check "$SEG"
 expect 0 "check with a live holder: its leases are legitimate"
 
@@ -150,7 +155,10 @@ expect 0 "ps after SIGKILL"
 echo "$OUT" | grep -Eq "^  [0-9]+ +$DEAD_PID +no +2 +[0-9]+\$"
 check_text "ps: the dead process, alive no, still holding 2 leases"
 run "$KMCTL" ps "$SEG" --json
-echo "$OUT" | grep -q "\"pid\": $DEAD_PID, \"alive\": false, \"leases\": 2,"
+echo "$OUT" | /usr/bin/python3 -c '
+import json, sys
+h = [x for x in json.load(sys.stdin)["processes"] if x["pid"] == int(sys.argv[1])]
+sys.exit(0 if len(h) == 1 and not h[0]["alive"] and h[0]["leases"] == 2 else 1)' "$DEAD_PID"
 check_text "ps --json: alive false, leases 2"
 run "$KMCTL" inspect "$SEG"
 expect 0 "inspect after SIGKILL"
@@ -189,8 +197,11 @@ ok $? "a second holder takes 1 lease"
 die
 run "$KMCTL" reap "$SEG" --json
 expect 0 "reap --json"
-[ "$OUT" = '{"processes": 1, "leases": 1, "recounted": 0, "pending": 0, "repaired": 0}' ]
-check_text "reap --json: the report as a JSON object"
+echo "$OUT" | /usr/bin/python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+sys.exit(0 if d["kind"] == "reap" and [d[k] for k in ("processes", "leases", "recounted", "pending", "repaired")] == [1, 1, 0, 0, 0] else 1)'
+check_text "reap --json: the report as a JSON document"
 run "$KMCTL" check "$SEG" --quiet
 expect 0 "check --quiet after the second reap"
 [ -z "$OUT" ] && [ "$ERR" = "0 violations" ]

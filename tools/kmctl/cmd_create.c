@@ -58,8 +58,9 @@ void explain_access(const char *name)
 /* ---------------------------------------------------------------- create */
 
 const char usage_create[] =
-    "Usage: kmctl create NAME --config FILE [--mode OCTAL] [--group NAME]\n"
+    "Usage: kmctl create NAME --config FILE [--mode OCTAL] [--group NAME] [--json]\n"
     "       kmctl create NAME --from-env PROVIDERS [--mode OCTAL] [--group NAME]\n"
+    "                    [--json]\n"
     "\n"
     "Create shared-memory segment NAME from the JSON configuration FILE\n"
     "(format: docs/config.md) and initialise every pool and key in it.\n"
@@ -83,6 +84,8 @@ const char usage_create[] =
     "  -m, --mode OCTAL           permission bits of the segment (default 0600)\n"
     "  -g, --group NAME           give the segment to group NAME, so that with\n"
     "                             --mode 0660 its members' workers can attach\n"
+    "  -j, --json                 print what was created as one JSON document\n"
+    "                             (docs/kmctl.md) instead of a line\n"
     "  -h, --help                 show this help\n"
     "\n"
     "Exit status: 0 created; 1 invalid configuration (the message names\n"
@@ -99,6 +102,7 @@ typedef struct create_opts {
     const char *from_env;
     const char *group;
     unsigned mode;
+    int json;
 } create_opts;
 
 static const opt_spec create_optv[] = {
@@ -106,9 +110,36 @@ static const opt_spec create_optv[] = {
     OPT_STR("from-env", 'e', 1, create_opts, from_env),
     OPT_MODE("mode", 'm', 1, create_opts, mode),
     OPT_STR("group", 'g', 1, create_opts, group),
+    OPT_FLAG("json", 'j', 1, create_opts, json),
 };
 
-static const cmd_syntax create_syntax = {usage_create, "NAME", create_optv, N_OPTS(create_optv)};
+const cmd_syntax create_syntax = {usage_create, "NAME", create_optv, N_OPTS(create_optv)};
+
+int created(km_env *env, const char *kind, const char *name, const km_info *info, unsigned mode,
+            const char *from, int json)
+{
+    if (json) {
+        char m[8];
+        snprintf(m, sizeof m, "%04o", mode);
+        json_t *d = jdoc(kind, name, env);
+        if (d && json_object_update_new(d, json_pack("{s:o, s:o, s:o, s:s}", "pools",
+                                                 ju64(info->n_pools), "keys", ju64(info->n_keys),
+                                                 "size_bytes", ju64(info->size_bytes), "mode",
+                                                 m)) < 0) {
+            json_decref(d);
+            d = NULL;
+        }
+        if (d && from)
+            json_object_set_new(d, "from", jstr(from));
+        return jemit(d);
+    }
+    printf("%s segment '%s'%s%s: %" PRIu32 " pool%s, %" PRIu32 " key%s, %" PRIu64
+           " bytes, mode %04o\n",
+           strcmp(kind, "create") == 0 ? "created" : "restored", name, from ? " from " : "",
+           from ? from : "", info->n_pools, info->n_pools == 1 ? "" : "s", info->n_keys,
+           info->n_keys == 1 ? "" : "s", info->size_bytes, mode);
+    return flush_stdout(EX_SUCCESS);
+}
 
 /* km_config_from_env's warnings: names of variables, never values. */
 static void create_warning(void *ctx, const char *msg)
@@ -119,7 +150,7 @@ static void create_warning(void *ctx, const char *msg)
 
 int cmd_create(int argc, char **argv)
 {
-    create_opts o = {NULL, NULL, NULL, 0600};
+    create_opts o = {NULL, NULL, NULL, 0600, 0};
     km_config *cfg = NULL;
     km_env *env = NULL;
     km_info info;
@@ -159,14 +190,11 @@ int cmd_create(int argc, char **argv)
         km_unlink(name); /* nothing half made is left behind */
         return rc;
     }
+    int out = EX_SUCCESS;
     if (km_info_get(env, &info) == KM_OK)
-        printf("created segment '%s': %" PRIu32 " pool%s, %" PRIu32
-               " key%s, %" PRIu64 " bytes, mode %04o\n",
-               name, info.n_pools, info.n_pools == 1 ? "" : "s", info.n_keys,
-               info.n_keys == 1 ? "" : "s", info.size_bytes,
-               o.mode ? o.mode : 0600);
+        out = created(env, "create", name, &info, o.mode ? o.mode : 0600, NULL, o.json);
     rc = km_close(env);
     if (rc != KM_OK)
         return seg_error(name, rc);
-    return EX_SUCCESS;
+    return out;
 }

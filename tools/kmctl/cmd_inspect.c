@@ -36,8 +36,9 @@ const char usage_inspect[] =
     "marked \"(this kmctl)\".\n"
     "\n"
     "Options:\n"
-    "  -j, --json   print the snapshot JSON instead (as `kmctl snapshot`;\n"
-    "               it has no process list: use `kmctl ps NAME --json`)\n"
+    "  -j, --json   print one JSON document instead (docs/kmctl.md): the\n"
+    "               snapshot's pools and keys, \"processes\" as `kmctl ps\n"
+    "               --json` lists them, and \"epochs\"\n"
     "  -h, --help   show this help\n"
     "\n"
     "Exit status: 0 shown; 1 failure; 2 usage error; 3 no such segment.\n"
@@ -59,9 +60,10 @@ const char usage_ps[] =
     "kmctl itself is attached while it looks and is marked \"(this kmctl)\".\n"
     "\n"
     "Options:\n"
-    "  -j, --json   print a JSON array instead, one object per process:\n"
-    "               {\"slot\", \"pid\", \"alive\", \"leases\", \"attached_s\",\n"
-    "               \"self\"} (self: true for this kmctl)\n"
+    "  -j, --json   print one JSON document instead (docs/kmctl.md) whose\n"
+    "               \"processes\" has one object per process: {\"slot\",\n"
+    "               \"pid\", \"alive\", \"leases\", \"attached_ms\", \"self\"}\n"
+    "               (attached_ms: null while attaching; self: this kmctl)\n"
     "  -h, --help   show this help\n"
     "\n"
     "Exit status: 0 listed; 1 failure; 2 usage error; 3 no such segment.\n"
@@ -425,27 +427,26 @@ static void print_proc_table(const proc_row *rows, uint32_t n, uint64_t now)
     }
 }
 
-static void print_proc_json(const proc_row *rows, uint32_t n, uint64_t now)
+/* The process table as a JSON array (ps --json, inspect --json). */
+static json_t *procs_json(const proc_row *rows, uint32_t n, uint64_t now)
 {
     uint32_t self = (uint32_t)getpid();
-
-    putchar('[');
-    for (uint32_t i = 0; i < n; i++) {
+    json_t *a = json_array();
+    for (uint32_t i = 0; a && i < n; i++) {
         const km_proc_info *p = &rows[i].pi;
-        printf("%s\n  {\"slot\": %" PRIu32 ", \"pid\": %" PRIu32
-               ", \"alive\": %s, \"leases\": %" PRIu32 ", \"attached_s\": ",
-               i ? "," : "", rows[i].slot, p->pid,
-               p->alive ? "true" : "false", p->leases);
-        if (p->attached_ns) {
-            uint64_t d = now > p->attached_ns ? now - p->attached_ns : 0;
-            printf("%" PRIu64 ".%03" PRIu64, d / 1000000000,
-                   d / 1000000 % 1000);
-        } else {
-            fputs("null", stdout);
+        json_t *o = json_pack("{s:o, s:o, s:b, s:o, s:o, s:b}", "slot", ju64(rows[i].slot),
+                              "pid", ju64(p->pid), "alive", p->alive, "leases", ju64(p->leases),
+                              "attached_ms",
+                              p->attached_ns ? ju64((now > p->attached_ns ? now - p->attached_ns
+                                                                          : 0) / 1000000)
+                                             : json_null(),
+                              "self", p->pid == self);
+        if (!o || json_array_append_new(a, o) < 0) {
+            json_decref(a);
+            return NULL;
         }
-        printf(", \"self\": %s}", p->pid == self ? "true" : "false");
     }
-    puts(n ? "\n]" : "]");
+    return a;
 }
 
 /* inspect's last section: "processes: N attached[, D dead]" and the table. */
@@ -501,6 +502,16 @@ static void reader_row(void *ctx, const km_reader_info *ri)
            ri->shared ? "shared" : tid, ri->epochs_behind, (double)ri->inside_ns / 1e9);
 }
 
+/* One reader holding back reclamation, as JSON (inspect --json). */
+static void reader_json(void *ctx, const km_reader_info *ri)
+{
+    json_array_append_new(ctx, json_pack("{s:o, s:o, s:b, s:o, s:o}", "pid", ju64(ri->pid),
+                                         "tid", ri->shared ? json_null() : ju64(ri->tid),
+                                         "shared", ri->shared, "epochs_behind",
+                                         ju64(ri->epochs_behind), "inside_ms",
+                                         ju64(ri->inside_ns / 1000000)));
+}
+
 /* inspect's epoch section: the global epoch and every reader inside an
  * acquire that began before it (those hold back reclamation). */
 static int inspect_epochs(km_env *env, const char *name)
@@ -527,7 +538,7 @@ static int inspect_table(km_env *env, const char *name)
     int rc = km_info_get(env, &info);
     if (rc != KM_OK)
         return seg_error(name, rc);
-    printf("segment %s: format %" PRIu32 ", %" PRIu32 " pool%s, %" PRIu32
+    printf("segment %s: segment format %" PRIu32 ", %" PRIu32 " pool%s, %" PRIu32
            " key%s, %" PRIu64 " bytes, %" PRIu32
            " process%s attached (this one included)\n",
            name, info.format, info.n_pools, info.n_pools == 1 ? "" : "s",
@@ -546,9 +557,58 @@ static int inspect_table(km_env *env, const char *name)
     return inspect_epochs(env, name);
 }
 
+/* inspect --json: the snapshot's fields, its "format" named
+ * "snapshot_format" (it versions the snapshot, not the segment), then the
+ * process table and the epochs, under kmctl's document header. */
+static int inspect_json(km_env *env, const char *name)
+{
+    char *js;
+    json_error_t jerr;
+    int rc = km_snapshot_json(env, &js);
+    if (rc != KM_OK)
+        return seg_error(name, rc);
+    json_t *snap = json_loads(js, 0, &jerr), *d = jdoc("inspect", name, env);
+    free(js);
+    if (!snap || !d || !json_is_object(snap)) {
+        json_decref(snap);
+        json_decref(d);
+        errline("segment '%s': cannot read the snapshot JSON", name);
+        return EX_FAILED;
+    }
+    const char *k;
+    json_t *v;
+    json_object_foreach(snap, k, v)
+        json_object_set(d, strcmp(k, "format") == 0 ? "snapshot_format" : k, v);
+    json_decref(snap);
+    proc_row *rows;
+    uint32_t n;
+    if ((rc = read_procs(env, name, &rows, &n)) != EX_SUCCESS) {
+        json_decref(d);
+        return rc;
+    }
+    json_object_set_new(d, "processes", procs_json(rows, n, km_now_ns()));
+    free(rows);
+    km_epoch_info ei;
+    if ((rc = km_epoch_info_get(env, &ei)) != KM_OK) {
+        json_decref(d);
+        return seg_error(name, rc);
+    }
+    json_t *readers = json_array();
+    if ((rc = lagging_readers(env, reader_json, readers)) < 0) {
+        json_decref(readers);
+        json_decref(d);
+        return seg_error(name, rc);
+    }
+    json_object_set_new(d, "epochs",
+                        json_pack("{s:o, s:o, s:o, s:o}", "epoch", ju64(ei.epoch), "reclaimed_up_to",
+                                  ju64(ei.synced), "reconfigurations", ju64(ei.reconfigs),
+                                  "lagging_readers", readers));
+    return jemit(d);
+}
+
 static const opt_spec json_optv[] = {OPT_FLAG("json", 'j', 1, flag_opts, on)};
 
-static const cmd_syntax inspect_syntax = {usage_inspect, "NAME", json_optv, N_OPTS(json_optv)};
+const cmd_syntax inspect_syntax = {usage_inspect, "NAME", json_optv, N_OPTS(json_optv)};
 
 int cmd_inspect(int argc, char **argv)
 {
@@ -559,16 +619,14 @@ int cmd_inspect(int argc, char **argv)
 
     if ((rc = parse_and_open(&inspect_syntax, argc, argv, &json, &name, &env)) >= 0)
         return rc;
-    snap_opts to_stdout = {0};
-    rc = json.on ? emit_snapshot(env, name, &to_stdout, NULL)
-                 : flush_stdout(inspect_table(env, name));
+    rc = json.on ? inspect_json(env, name) : flush_stdout(inspect_table(env, name));
     km_close(env);
     return rc;
 }
 
 /* -------------------------------------------------------------------- ps */
 
-static const cmd_syntax ps_syntax = {usage_ps, "NAME", json_optv, N_OPTS(json_optv)};
+const cmd_syntax ps_syntax = {usage_ps, "NAME", json_optv, N_OPTS(json_optv)};
 
 int cmd_ps(int argc, char **argv)
 {
@@ -582,11 +640,14 @@ int cmd_ps(int argc, char **argv)
     if ((rc = parse_and_open(&ps_syntax, argc, argv, &json, &name, &env)) >= 0)
         return rc;
     rc = read_procs(env, name, &rows, &n);
-    if (rc == EX_SUCCESS) {
-        if (json.on)
-            print_proc_json(rows, n, km_now_ns());
-        else
-            print_proc_table(rows, n, km_now_ns());
+    if (rc == EX_SUCCESS && json.on) {
+        json_t *d = jdoc("ps", name, env);
+        if (d)
+            json_object_set_new(d, "processes", procs_json(rows, n, km_now_ns()));
+        free(rows);
+        rc = jemit(d);
+    } else if (rc == EX_SUCCESS) {
+        print_proc_table(rows, n, km_now_ns());
         free(rows);
         rc = flush_stdout(rc);
     }

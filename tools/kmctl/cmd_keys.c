@@ -17,6 +17,8 @@ const char usage_enable[] =
     "\n"
     "Put key KEY_ID of pool POOL back in service: its state becomes active\n"
     "and invalid, exhausted, cooldown and failure counts are cleared.\n"
+    "Prints one line saying what changed, e.g.\n"
+    "  enabled key 'b' in pool 'openai' of segment 'llm' (was disabled)\n"
     "\n"
     "Options:\n"
     "  -h, --help   show this help\n"
@@ -31,7 +33,9 @@ const char usage_disable[] =
     "Usage: kmctl disable NAME POOL KEY_ID\n"
     "\n"
     "Take key KEY_ID of pool POOL out of service: no new lease is handed out\n"
-    "on it until `kmctl enable`.  Leases already out may finish.\n"
+    "on it until `kmctl enable`.  Leases already out may finish.  Prints one\n"
+    "line saying what changed, e.g.\n"
+    "  disabled key 'b' in pool 'openai' of segment 'llm' (was active, 2 leases out)\n"
     "\n"
     "Options:\n"
     "  -h, --help   show this help\n"
@@ -53,7 +57,8 @@ const char usage_add_key[] =
     "defaults.  The secret never goes on the command line: --secret-env\n"
     "names an environment variable holding it, --secret-file a file (its\n"
     "trailing newline is dropped).  A removed key's slot is reused only after\n"
-    "a grace period and once its last lease is back.\n"
+    "a grace period and once its last lease is back.  Prints one line: the\n"
+    "key added, its weight, in-flight cap and limits.\n"
     "\n"
     "Options:\n"
     "  --secret-env VAR    the secret is in environment variable VAR\n"
@@ -79,7 +84,8 @@ const char usage_remove_key[] =
     "command returns gets the key; leases already out may finish and are\n"
     "settled as usual.  The key's slot and secret bytes are reused only\n"
     "after a grace period (every acquire that could have seen the key has\n"
-    "finished) and once its last lease is back.\n"
+    "finished) and once its last lease is back.  Prints one line: the key\n"
+    "removed and how many of its leases are still out.\n"
     "\n"
     "Options:\n"
     "  --timeout MS   longest wait for a grace period (default 1000); the\n"
@@ -97,6 +103,7 @@ const char usage_set_weight[] =
     "\n"
     "Change the weight (1..1000000) of key KEY_ID, used by the weighted\n"
     "strategy.  Acquires running meanwhile use the old or the new weights.\n"
+    "Prints one line: the old weight and the new.\n"
     "\n"
     "Options:\n"
     "  --timeout MS   longest wait for a grace period (default 1000)\n"
@@ -116,7 +123,8 @@ const char usage_set_limits[] =
     "replaced, null removes a window's limit, the others are kept.  A\n"
     "window's debt carries over in units: requests or tokens already counted\n"
     "count against the new limit.  While the change is applied (one grace\n"
-    "period) acquirers skip the key.\n"
+    "period) acquirers skip the key.  Prints one line: each window that\n"
+    "changed, old -> new (\"none\": no limit).\n"
     "\n"
     "Options:\n"
     "  --timeout MS   longest wait for a grace period (default 1000)\n"
@@ -130,8 +138,8 @@ const char usage_set_limits[] =
 
 /* ------------------------------------------------------ enable / disable */
 
-static const cmd_syntax enable_syntax = {usage_enable, "NAME POOL KEY_ID", NULL, 0};
-static const cmd_syntax disable_syntax = {usage_disable, "NAME POOL KEY_ID", NULL, 0};
+const cmd_syntax enable_syntax = {usage_enable, "NAME POOL KEY_ID", NULL, 0};
+const cmd_syntax disable_syntax = {usage_disable, "NAME POOL KEY_ID", NULL, 0};
 
 static int set_state(const cmd_syntax *syn, int argc, char **argv, int state)
 {
@@ -156,13 +164,25 @@ static int set_state(const cmd_syntax *syn, int argc, char **argv, int state)
         rc = exit_for(key);
         goto out;
     }
+    km_key_info before;
+    int known = km_key_info_get(env, (uint32_t)key, &before) == KM_OK;
     rc = km_key_set_state(env, (uint32_t)key, state);
     if (rc != KM_OK) {
         errline("key '%s' in pool '%s': %s", kid, pname, err_text(rc, errno));
         rc = exit_for(rc);
         goto out;
     }
-    rc = EX_SUCCESS;
+    printf("%s key '%s' in pool '%s' of segment '%s'", state == KM_KEY_ACTIVE ? "enabled" : "disabled",
+           kid, pname, name);
+    if (known) {
+        printf(" (was %s", km_key_state_name(before.state));
+        if (state == KM_KEY_DISABLED && before.inflight)
+            printf(", %" PRIu32 " lease%s out may finish", before.inflight,
+                   before.inflight == 1 ? "" : "s");
+        putchar(')');
+    }
+    putchar('\n');
+    rc = flush_stdout(EX_SUCCESS);
 out:
     km_close(env);
     return rc;
@@ -237,12 +257,38 @@ static int reconf_attach(char **argv, reconf_opts *o, km_env **env, int *pool, i
     return -1;
 }
 
-/* Report the result of a reconfiguration call. */
+/* " rpm 60, tpm 100000 (sliding)" of a key's limits, or " no limits". */
+static void limits_text(const km_limit_info lim[KM_WIN_COUNT], char *b, size_t n)
+{
+    size_t o = 0;
+    b[0] = '\0';
+    for (int w = 0; w < KM_WIN_COUNT && o < n; w++)
+        if (lim[w].limit)
+            o += (size_t)snprintf(b + o, n - o, "%s %s %" PRIu64 "%s", o ? "," : "",
+                                  km_window_name(w), lim[w].limit,
+                                  lim[w].mode == KM_MODE_SLIDING ? " (sliding)" : "");
+    if (!o)
+        snprintf(b, n, " no limits");
+}
+
+/* One window, as set-limits prints it: "60", "100000 (sliding)", "none". */
+static void window_text(const km_limit_info *l, char *b, size_t n)
+{
+    if (!l->limit)
+        snprintf(b, n, "none");
+    else
+        snprintf(b, n, "%" PRIu64 "%s", l->limit, l->mode == KM_MODE_SLIDING ? " (sliding)" : "");
+}
+
+/* Report the result of a reconfiguration call: on success the line in
+ * `line` (what changed), else the error. */
 static int reconf_done(km_env *env, int rc, const char *kid, const char *pname,
-                       const char *detail)
+                       const char *detail, const char *line)
 {
     if (rc >= 0) {
-        rc = EX_SUCCESS;
+        if (line)
+            puts(line);
+        rc = flush_stdout(EX_SUCCESS);
     } else {
         errline("key '%s' in pool '%s': %s%s%s", kid, pname, err_text(rc, errno),
                 detail && *detail ? ": " : "", detail ? detail : "");
@@ -326,13 +372,13 @@ static const opt_spec timeout_optv[] = {
     OPT_U32("timeout", 't', 1, reconf_opts, timeout_ms, 0, 3600000),
 };
 
-static const cmd_syntax add_key_syntax = {usage_add_key, "NAME POOL KEY_ID", add_key_optv,
+const cmd_syntax add_key_syntax = {usage_add_key, "NAME POOL KEY_ID", add_key_optv,
                                           N_OPTS(add_key_optv)};
-static const cmd_syntax remove_key_syntax = {usage_remove_key, "NAME POOL KEY_ID",
+const cmd_syntax remove_key_syntax = {usage_remove_key, "NAME POOL KEY_ID",
                                              timeout_optv, N_OPTS(timeout_optv)};
-static const cmd_syntax set_weight_syntax = {usage_set_weight, "NAME POOL KEY_ID WEIGHT",
+const cmd_syntax set_weight_syntax = {usage_set_weight, "NAME POOL KEY_ID WEIGHT",
                                              timeout_optv, N_OPTS(timeout_optv)};
-static const cmd_syntax set_limits_syntax = {usage_set_limits, "NAME POOL KEY_ID JSON",
+const cmd_syntax set_limits_syntax = {usage_set_limits, "NAME POOL KEY_ID JSON",
                                              timeout_optv, N_OPTS(timeout_optv)};
 
 int cmd_add_key(int argc, char **argv)
@@ -385,7 +431,19 @@ int cmd_add_key(int argc, char **argv)
     }
     rc = km_key_add(env, pool, js, err, sizeof err);
     explicit_bzero(js, sizeof js);
-    return reconf_done(env, rc, kid, pname, err);
+    char line[1024] = "", lim[256];
+    km_key_info ki;
+    if (rc >= 0 && km_key_info_get(env, (uint32_t)rc, &ki) == KM_OK) {
+        limits_text(ki.limits, lim, sizeof lim);
+        snprintf(line, sizeof line,
+                 "added key '%s' to pool '%s' of segment '%s' (weight %" PRIu32
+                 ", max_inflight %" PRIu32 ",%s)",
+                 kid, pname, argv[optind], ki.weight, ki.max_inflight, lim);
+    } else if (rc >= 0) {
+        snprintf(line, sizeof line, "added key '%s' to pool '%s' of segment '%s'", kid, pname,
+                 argv[optind]);
+    }
+    return reconf_done(env, rc, kid, pname, err, line);
 }
 
 int cmd_remove_key(int argc, char **argv)
@@ -396,8 +454,18 @@ int cmd_remove_key(int argc, char **argv)
     if ((rc = reconf_parse(&remove_key_syntax, argc, argv, &o)) >= 0 ||
         (rc = reconf_attach(argv, &o, &env, &pool, 1, &key)) >= 0)
         return rc;
+    km_key_info ki;
+    int known = km_key_info_get(env, (uint32_t)key, &ki) == KM_OK;
+    char line[512];
+    snprintf(line, sizeof line, "removed key '%s' from pool '%s' of segment '%s'",
+             argv[optind + 2], argv[optind + 1], argv[optind]);
+    if (known && ki.inflight) {
+        size_t n = strlen(line);
+        snprintf(line + n, sizeof line - n, " (%" PRIu32 " lease%s out may finish)", ki.inflight,
+                 ki.inflight == 1 ? "" : "s");
+    }
     return reconf_done(env, km_key_remove(env, (uint32_t)key), argv[optind + 2],
-                       argv[optind + 1], NULL);
+                       argv[optind + 1], NULL, line);
 }
 
 int cmd_set_weight(int argc, char **argv)
@@ -413,8 +481,17 @@ int cmd_set_weight(int argc, char **argv)
         km_close(env);
         return rc;
     }
+    km_key_info ki;
+    char line[512];
+    if (km_key_info_get(env, (uint32_t)key, &ki) == KM_OK)
+        snprintf(line, sizeof line,
+                 "key '%s' in pool '%s' of segment '%s': weight %" PRIu32 " -> %" PRIu32,
+                 argv[optind + 2], argv[optind + 1], argv[optind], ki.weight, w);
+    else
+        snprintf(line, sizeof line, "key '%s' in pool '%s' of segment '%s': weight %" PRIu32,
+                 argv[optind + 2], argv[optind + 1], argv[optind], w);
     return reconf_done(env, km_key_set_weight(env, (uint32_t)key, w), argv[optind + 2],
-                       argv[optind + 1], NULL);
+                       argv[optind + 1], NULL, line);
 }
 
 int cmd_set_limits(int argc, char **argv)
@@ -426,6 +503,38 @@ int cmd_set_limits(int argc, char **argv)
     if ((rc = reconf_parse(&set_limits_syntax, argc, argv, &o)) >= 0 ||
         (rc = reconf_attach(argv, &o, &env, &pool, 1, &key)) >= 0)
         return rc;
+    km_key_info before, after;
+    int known = km_key_info_get(env, (uint32_t)key, &before) == KM_OK;
     rc = km_key_set_limits(env, (uint32_t)key, argv[optind + 3], err, sizeof err);
-    return reconf_done(env, rc, argv[optind + 2], argv[optind + 1], err);
+    char line[1024];
+    size_t n = (size_t)snprintf(line, sizeof line, "key '%s' in pool '%s' of segment '%s': ",
+                                argv[optind + 2], argv[optind + 1], argv[optind]);
+    if (rc == KM_OK && known && km_key_info_get(env, (uint32_t)key, &after) == KM_OK) {
+        int changed = 0;
+        for (int w = 0; w < KM_WIN_COUNT && n < sizeof line; w++) {
+            const km_limit_info *a = &before.limits[w], *b = &after.limits[w];
+            if (a->limit == b->limit && a->burst == b->burst && a->mode == b->mode)
+                continue;
+            char t1[48], t2[48];
+            window_text(a, t1, sizeof t1);
+            window_text(b, t2, sizeof t2);
+            n += (size_t)snprintf(line + n, sizeof line - n, "%s%s %s -> %s", changed ? ", " : "",
+                                  km_window_name(w), t1, t2);
+            /* The burst only where one is not the default (= limit for a
+             * token bucket), else it is noise: "rpm 60 -> 500". */
+            if (a->limit && b->limit && a->burst != b->burst && n < sizeof line &&
+                (a->burst != a->limit || b->burst != b->limit))
+                n += (size_t)snprintf(line + n, sizeof line - n, " (burst %" PRIu64 " -> %" PRIu64 ")",
+                                      a->burst, b->burst);
+            changed = 1;
+        }
+        if (!changed) {
+            char lim[256];
+            limits_text(after.limits, lim, sizeof lim);
+            snprintf(line + n, sizeof line - n, "limits unchanged:%s", lim);
+        }
+    } else {
+        snprintf(line + n, sizeof line - n, "limits set");
+    }
+    return reconf_done(env, rc, argv[optind + 2], argv[optind + 1], err, line);
 }

@@ -21,8 +21,9 @@ const char usage_reap[] =
     "dead is not an error.\n"
     "\n"
     "Options:\n"
-    "  -j, --json   print the report as a JSON object instead:\n"
-    "               {\"processes\", \"leases\", \"recounted\", \"pending\", \"repaired\"}\n"
+    "  -j, --json   print the report as one JSON document instead\n"
+    "               (docs/kmctl.md) with \"processes\", \"leases\",\n"
+    "               \"recounted\", \"pending\", \"repaired\"\n"
     "  -h, --help   show this help\n"
     "\n"
     "Exit status: 0 reaped (also when nothing was dead); 1 failure; 2 usage\n"
@@ -32,7 +33,7 @@ const char usage_reap[] =
     "  kmctl reap llm\n";
 
 const char usage_check[] =
-    "Usage: kmctl check NAME [--quiet]\n"
+    "Usage: kmctl check NAME [--quiet] [--json]\n"
     "\n"
     "Verify the invariants of segment NAME: in-flight counts equal the live\n"
     "leases, no lease on a free key slot or held by no attached process,\n"
@@ -46,6 +47,8 @@ const char usage_check[] =
     "\n"
     "Options:\n"
     "  -q, --quiet  print only the summary line\n"
+    "  -j, --json   print one JSON document instead (docs/kmctl.md):\n"
+    "               \"violations\" (the lines) and \"count\"; no summary line\n"
     "  -h, --help   show this help\n"
     "\n"
     "Exit status: 0 no violation; 1 violations found (or the check failed:\n"
@@ -59,7 +62,7 @@ const char usage_check[] =
 
 static const opt_spec reap_optv[] = {OPT_FLAG("json", 'j', 1, flag_opts, on)};
 
-static const cmd_syntax reap_syntax = {usage_reap, "NAME", reap_optv, N_OPTS(reap_optv)};
+const cmd_syntax reap_syntax = {usage_reap, "NAME", reap_optv, N_OPTS(reap_optv)};
 
 int cmd_reap(int argc, char **argv)
 {
@@ -78,10 +81,18 @@ int cmd_reap(int argc, char **argv)
         goto out;
     }
     if (json) {
-        printf("{\"processes\": %" PRIu32 ", \"leases\": %" PRIu64
-               ", \"recounted\": %" PRIu32 ", \"pending\": %" PRIu32
-               ", \"repaired\": %" PRIu32 "}\n",
-               r.processes, r.leases, r.recounted, r.pending, r.repaired);
+        json_t *d = jdoc("reap", name, env);
+        if (d && json_object_update_new(d, json_pack("{s:o, s:o, s:o, s:o, s:o}",
+                                                 "processes", ju64(r.processes),
+                                                 "leases", ju64(r.leases),
+                                                 "recounted", ju64(r.recounted),
+                                                 "pending", ju64(r.pending),
+                                                 "repaired", ju64(r.repaired))) < 0) {
+            json_decref(d);
+            d = NULL;
+        }
+        rc = jemit(d);
+        goto out;
     } else {
         printf("reaped %" PRIu32 " dead process%s, %" PRIu64
                " lease%s released, %" PRIu32 " key%s recounted",
@@ -103,9 +114,14 @@ out:
 
 /* ----------------------------------------------------------------- check */
 
-static const opt_spec check_optv[] = {OPT_FLAG("quiet", 'q', 1, flag_opts, on)};
+typedef struct check_opts {
+    int quiet, json;
+} check_opts;
 
-static const cmd_syntax check_syntax = {usage_check, "NAME", check_optv, N_OPTS(check_optv)};
+static const opt_spec check_optv[] = {OPT_FLAG("quiet", 'q', 1, check_opts, quiet),
+                                      OPT_FLAG("json", 'j', 1, check_opts, json)};
+
+const cmd_syntax check_syntax = {usage_check, "NAME", check_optv, N_OPTS(check_optv)};
 
 /* km_check's callback: one violation, one line on stdout. */
 static void check_line(void *ctx, const char *line)
@@ -114,17 +130,42 @@ static void check_line(void *ctx, const char *line)
     printf("violation: %s\n", line);
 }
 
+/* ... or one string of the JSON array in ctx. */
+static void check_json_line(void *ctx, const char *line)
+{
+    json_array_append_new(ctx, jstr(line));
+}
+
 int cmd_check(int argc, char **argv)
 {
-    flag_opts o = {0};
+    check_opts o = {0};
     const char *name;
     km_env *env;
     int rc, n;
 
     if ((rc = parse_and_open(&check_syntax, argc, argv, &o, &name, &env)) >= 0)
         return rc;
-    int quiet = o.on;
-    n = km_check(env, quiet ? NULL : check_line, NULL);
+    if (o.json) {
+        json_t *v = json_array(), *d = jdoc("check", name, env);
+        n = km_check(env, check_json_line, v);
+        if (n < 0) {
+            json_decref(v);
+            json_decref(d);
+            rc = seg_error(name, n);
+            goto out;
+        }
+        if (d) {
+            json_object_set_new(d, "count", ju64((uint64_t)n));
+            json_object_set_new(d, "violations", v);
+        } else {
+            json_decref(v);
+        }
+        rc = jemit(d);
+        if (rc == EX_SUCCESS && n)
+            rc = EX_FAILED;
+        goto out;
+    }
+    n = km_check(env, o.quiet ? NULL : check_line, NULL);
     if (n < 0) {
         rc = seg_error(name, n);
         goto out;

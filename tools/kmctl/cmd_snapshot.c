@@ -43,7 +43,7 @@ const char usage_snapshot[] =
 
 const char usage_restore[] =
     "Usage: kmctl restore NAME FILE (--key-file FILE | --key-env VAR)\n"
-    "                     [--mode OCTAL] [--group NAME]\n"
+    "                     [--mode OCTAL] [--group NAME] [--json]\n"
     "\n"
     "Recreate segment NAME from FILE, a snapshot taken with\n"
     "--include-secrets: the same pools, keys, weights, limits, counters,\n"
@@ -58,6 +58,7 @@ const char usage_restore[] =
     "  --key-env VAR       ... or the environment variable holding it\n"
     "  -m, --mode OCTAL    permissions of the segment (default 0600)\n"
     "  -g, --group NAME    give the segment to group NAME (with --mode 0660)\n"
+    "  -j, --json          print what was restored as one JSON document\n"
     "  -h, --help          show this help\n"
     "\n"
     "Exit status: 0 restored; 1 failure (wrong key, altered file, segment\n"
@@ -239,7 +240,7 @@ static const opt_spec snapshot_optv[] = {
     OPT_STR("key-env", 'K', 0, snap_opts, key_env),
 };
 
-static const cmd_syntax snapshot_syntax = {usage_snapshot, "NAME", snapshot_optv,
+const cmd_syntax snapshot_syntax = {usage_snapshot, "NAME", snapshot_optv,
                                            N_OPTS(snapshot_optv)};
 
 int cmd_snapshot(int argc, char **argv)
@@ -273,9 +274,10 @@ static const opt_spec restore_optv[] = {
     OPT_STR("key-env", 'K', 0, snap_opts, key_env),
     OPT_MODE("mode", 'm', 1, snap_opts, mode),
     OPT_STR("group", 'g', 1, snap_opts, group),
+    OPT_FLAG("json", 'j', 1, snap_opts, json),
 };
 
-static const cmd_syntax restore_syntax = {usage_restore, "NAME FILE", restore_optv,
+const cmd_syntax restore_syntax = {usage_restore, "NAME FILE", restore_optv,
                                           N_OPTS(restore_optv)};
 
 int cmd_restore(int argc, char **argv)
@@ -334,17 +336,16 @@ int cmd_restore(int argc, char **argv)
         return rc;
     }
     km_info info;
+    rc = EX_SUCCESS;
     if (km_info_get(env, &info) == KM_OK)
-        printf("restored segment '%s' from %s: %" PRIu32 " pool%s, %" PRIu32 " key%s, mode %04o\n",
-               name, file, info.n_pools, info.n_pools == 1 ? "" : "s", info.n_keys,
-               info.n_keys == 1 ? "" : "s", o.mode);
+        rc = created(env, "restore", name, &info, o.mode, file, o.json);
     km_close(env);
-    return flush_stdout(EX_SUCCESS);
+    return rc;
 }
 
 /* ---------------------------------------------------------------- keygen */
 
-static const cmd_syntax keygen_syntax = {usage_keygen, "FILE", NULL, 0};
+const cmd_syntax keygen_syntax = {usage_keygen, "FILE", NULL, 0};
 
 int cmd_keygen(int argc, char **argv)
 {
@@ -378,7 +379,7 @@ int cmd_keygen(int argc, char **argv)
 
 /* --------------------------------------------------------------- destroy */
 
-static const cmd_syntax destroy_syntax = {usage_destroy, "NAME", NULL, 0};
+const cmd_syntax destroy_syntax = {usage_destroy, "NAME", NULL, 0};
 
 int cmd_destroy(int argc, char **argv)
 {

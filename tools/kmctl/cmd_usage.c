@@ -48,7 +48,7 @@ const char usage_persist[] =
     "  kmctl persist llm --db /var/lib/keymesh/usage.db --snapshot /var/lib/keymesh/llm.json\n";
 
 const char usage_usage[] =
-    "Usage: kmctl usage NAME --db FILE [--since DURATION] [--by FIELDS]\n"
+    "Usage: kmctl usage NAME --db FILE [--since DURATION] [--by FIELDS] [--json]\n"
     "\n"
     "Report the usage of segment NAME recorded by `kmctl persist` in FILE:\n"
     "requests, tokens, outcomes and mean latency, grouped by FIELDS (a comma\n"
@@ -59,6 +59,10 @@ const char usage_usage[] =
     "  --db FILE          the database `kmctl persist` writes\n"
     "  --since DURATION   how far back (default 1h)\n"
     "  --by FIELDS        grouping (default key,model)\n"
+    "  -j, --json         print one JSON document instead (docs/kmctl.md):\n"
+    "                     \"rows\", each with the FIELDS and requests,\n"
+    "                     tokens, success, rate_limited, failed,\n"
+    "                     latency_avg_us (null: none reported)\n"
     "  -h, --help         show this help\n"
     "\n"
     "Exit status: 0 reported; 1 failure; 2 usage error; 3 no such segment\n"
@@ -186,7 +190,7 @@ static const opt_spec persist_optv[] = {
     OPT_STR("key-env", 'K', 0, persist_opts, snap.key_env),
 };
 
-static const cmd_syntax persist_syntax = {usage_persist, "NAME", persist_optv,
+const cmd_syntax persist_syntax = {usage_persist, "NAME", persist_optv,
                                           N_OPTS(persist_optv)};
 
 int cmd_persist(int argc, char **argv)
@@ -293,19 +297,74 @@ static int usage_known(sqlite3 *db, const char *name)
 
 typedef struct usage_opts {
     const char *db, *since, *by;
+    int json;
 } usage_opts;
+
+/* usage --json: the rows of the prepared statement as one document; the
+ * statement's first ncols columns are the fields named in cols. */
+static int usage_json(sqlite3 *db, sqlite3_stmt *st, const char *name, const usage_opts *o,
+                      const char *cols, int ncols, uint64_t since_ms)
+{
+    json_t *d = jdoc("usage", name, NULL), *rows = json_array(), *by = json_array();
+    const char *names[4];
+    char buf[128];
+    snprintf(buf, sizeof buf, "%s", cols);
+    char *save = NULL, *tok = strtok_r(buf, ", ", &save);
+    for (int i = 0; i < ncols && tok; i++, tok = strtok_r(NULL, ", ", &save)) {
+        names[i] = tok;
+        json_array_append_new(by, json_string(tok));
+    }
+    int rc = SQLITE_DONE;
+    while (d && rows && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        json_t *r = json_object();
+        for (int i = 0; r && i < ncols; i++) {
+            const unsigned char *t = sqlite3_column_text(st, i);
+            json_object_set_new(r, names[i], jstr(t ? (const char *)t : ""));
+        }
+        if (!r)
+            break;
+        json_object_set_new(r, "requests", json_integer(sqlite3_column_int64(st, ncols)));
+        json_object_set_new(r, "tokens", json_integer(sqlite3_column_int64(st, ncols + 1)));
+        json_object_set_new(r, "success", json_integer(sqlite3_column_int64(st, ncols + 2)));
+        json_object_set_new(r, "rate_limited", json_integer(sqlite3_column_int64(st, ncols + 3)));
+        json_object_set_new(r, "failed", json_integer(sqlite3_column_int64(st, ncols + 4)));
+        json_object_set_new(r, "latency_avg_us",
+                            sqlite3_column_type(st, ncols + 5) == SQLITE_NULL
+                                ? json_null()
+                                : json_integer((json_int_t)(sqlite3_column_double(st, ncols + 5) + 0.5)));
+        json_array_append_new(rows, r);
+    }
+    if (d && rows && rc != SQLITE_DONE) {
+        errline("database '%s': %s", o->db, sqlite3_errmsg(db));
+        json_decref(d);
+        json_decref(rows);
+        json_decref(by);
+        return EX_FAILED;
+    }
+    if (d) {
+        json_object_set_new(d, "since", jstr(o->since));
+        json_object_set_new(d, "since_ms", ju64(since_ms));
+        json_object_set_new(d, "by", by);
+        json_object_set_new(d, "rows", rows);
+    } else {
+        json_decref(by);
+        json_decref(rows);
+    }
+    return jemit(d);
+}
 
 static const opt_spec usage_optv[] = {
     OPT_STR("db", 'd', 0, usage_opts, db),
     OPT_STR("since", 's', 0, usage_opts, since),
     OPT_STR("by", 'b', 0, usage_opts, by),
+    OPT_FLAG("json", 'j', 1, usage_opts, json),
 };
 
-static const cmd_syntax usage_syntax = {usage_usage, "NAME", usage_optv, N_OPTS(usage_optv)};
+const cmd_syntax usage_syntax = {usage_usage, "NAME", usage_optv, N_OPTS(usage_optv)};
 
 int cmd_usage(int argc, char **argv)
 {
-    usage_opts o = {NULL, "1h", "key,model"};
+    usage_opts o = {NULL, "1h", "key,model", 0};
     char cols[128] = "", sql[1024];
     int rc, ncols = 0;
     if ((rc = parse_args(&usage_syntax, argc, argv, &o)) >= 0)
@@ -359,6 +418,12 @@ int cmd_usage(int argc, char **argv)
     }
     sqlite3_bind_text(st, 1, argv[optind], -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, (sqlite3_int64)((uint64_t)time(NULL) * 1000 - since));
+    if (o.json) {
+        rc = usage_json(db, st, argv[optind], &o, cols, ncols, since);
+        sqlite3_finalize(st);
+        sqlite3_close(db);
+        return rc;
+    }
     for (int i = 0; i < ncols; i++) {
         char up[16];
         const char *c = cols;

@@ -21,6 +21,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <sys/stat.h>
+
+#include <jansson.h>
+
 #include "keymesh.h"
 
 enum {
@@ -135,12 +139,18 @@ int seg_chgrp(const char *name, const char *group);
 /* After KM_EACCES: say what the segment allows and what this process is. */
 void explain_access(const char *name);
 
+/* What create or restore (kind) made: one line, or with json a document;
+ * `from` the snapshot file of a restore (NULL for create).  Exit status. */
+int created(km_env *env, const char *kind, const char *name, const km_info *info, unsigned mode,
+            const char *from, int json);
+
 /* ---------------------------------------------- snapshots (cmd_snapshot.c) */
 
 typedef struct snap_opts {
     const char *out, *key_file, *key_env, *group;
     int secrets;
     unsigned mode;
+    int json; /* restore --json */
 } snap_opts;
 
 /* The snapshot key from o->key_file or o->key_env into key[]; -1 to go on,
@@ -159,6 +169,86 @@ int emit_snapshot(km_env *env, const char *name, const snap_opts *o,
  * KeyMesh error. */
 int lagging_readers(km_env *env, void (*fn)(void *ctx, const km_reader_info *ri),
                     void *ctx);
+
+/* ------------------------------------------------ JSON output (json.c) */
+
+/* The version of kmctl's JSON shapes: every document carries it as
+ * "json_schema" (docs/kmctl.md, "JSON output"). */
+#define KMCTL_JSON_SCHEMA 1
+
+/* A new document {"json_schema", "kind", "segment" (if not NULL),
+ * "segment_format" (if env is not NULL)}; NULL when out of memory. */
+json_t *jdoc(const char *kind, const char *segment, km_env *env);
+/* Print a document (indented, keys in insertion order) and free it; an
+ * exit status (EX_FAILED when doc is NULL or stdout fails). */
+int jemit(json_t *doc);
+json_t *ju64(uint64_t v);          /* an integer, clamped to INT64_MAX */
+json_t *jusd(uint64_t micro);      /* micro-dollars as a dollar real */
+json_t *jstr(const char *s);       /* a string, never NULL for bad UTF-8 */
+json_t *jcounters(const km_stats_counters *c);
+/* The windows that have a limit, by name ("rpm": {...}); with "keys" when
+ * keys_limited is given (sums over keys). */
+json_t *jwindows(const km_window_stats w[KM_WIN_COUNT], const uint32_t *keys_limited);
+const char *mode_name(int mode);   /* "token_bucket", "sliding", "mixed" */
+uint64_t unix_ms_now(void);
+
+/* ------------------------------------- statistics (collect.c) */
+
+typedef struct pool_view {
+    km_pool_stats ps;
+    km_model_stats *models;     /* ps.n_models, over all keys */
+    km_key_stats *keys;         /* n_keys */
+    uint32_t n_keys;
+    km_model_stats *key_models; /* [n_keys][ps.n_models] with COLLECT_KEY_MODELS */
+} pool_view;
+
+typedef struct seg_stats {
+    km_info info;
+    uint64_t taken_unix_ms;
+    uint32_t n_pools;
+    pool_view *pools;
+} seg_stats;
+
+#define COLLECT_KEY_MODELS 1u /* also every key x model */
+
+/* Read every pool, model and key of the segment; a KeyMesh error code
+ * (nothing to free on failure). */
+int collect(km_env *env, unsigned flags, seg_stats *s);
+void collect_free(seg_stats *s);
+
+/* --------------------------- following a segment by name (watch.c) */
+
+typedef struct seg_watch {
+    const char *name;
+    char path[KM_SEG_NAME_MAX + 16]; /* /dev/shm/NAME */
+    km_env *env;                     /* NULL while not attached */
+    dev_t dev;
+    ino_t ino;
+    char why[512];                   /* why not attached */
+} seg_watch;
+
+/* -1 if `name` cannot be a segment name. */
+int watch_init(seg_watch *w, const char *name);
+/* Attached to the segment that has the name now: 0 (*changed = 1 if it
+ * attached just now, to a new segment or again), or -1 with w->why. */
+int watch_attach(seg_watch *w, int *changed);
+void watch_detach(seg_watch *w);
+
+/* ------------------------------------------ text tables (table.c) */
+
+typedef struct table {
+    size_t ncols, n, cap;
+    char **cells; /* row-major */
+    int failed;   /* out of memory: tbl_print reports it */
+} table;
+
+void tbl_init(table *t, size_t ncols);
+/* Append one cell (printf format) to the current row; rows wrap every
+ * ncols cells.  The first row is the titles. */
+void tbl_cell(table *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Print every row, each after `indent`; an exit status. */
+int tbl_print(table *t, const char *indent);
+void tbl_free(table *t);
 
 /* ----------------------------- the commands and their --help texts */
 
@@ -179,10 +269,29 @@ int cmd_set_weight(int argc, char **argv);
 int cmd_set_limits(int argc, char **argv);
 int cmd_reap(int argc, char **argv);           /* cmd_repair.c */
 int cmd_check(int argc, char **argv);
+int cmd_stats(int argc, char **argv);          /* cmd_stats.c */
+int cmd_metrics(int argc, char **argv);        /* cmd_metrics.c */
+int cmd_serve(int argc, char **argv);          /* cmd_serve.c */
+int cmd_top(int argc, char **argv);            /* cmd_top.c */
 
 extern const char usage_create[], usage_inspect[], usage_ps[], usage_snapshot[],
     usage_restore[], usage_keygen[], usage_destroy[], usage_persist[], usage_usage[],
     usage_enable[], usage_disable[], usage_add_key[], usage_remove_key[],
-    usage_set_weight[], usage_set_limits[], usage_reap[], usage_check[];
+    usage_set_weight[], usage_set_limits[], usage_reap[], usage_check[], usage_stats[],
+    usage_metrics[], usage_serve[], usage_top[];
+
+/* The Prometheus exposition of the segment (cmd_metrics.c) into *out
+ * (malloc'd, *len bytes); a KeyMesh error code. */
+int metrics_text(km_env *env, const char *segment, char **out, size_t *len);
+
+/* Each command's command line (in its cmd_*.c), for the table in main.c,
+ * `kmctl --complete` and the shell completion built on it. */
+extern const cmd_syntax create_syntax, inspect_syntax, ps_syntax, snapshot_syntax,
+    restore_syntax, keygen_syntax, destroy_syntax, persist_syntax, usage_syntax, enable_syntax,
+    disable_syntax, add_key_syntax, remove_key_syntax, set_weight_syntax, set_limits_syntax,
+    reap_syntax, check_syntax, stats_syntax, metrics_syntax, serve_syntax, top_syntax;
+
+/* Micro-USD as dollars with 2 to 6 decimals: 100.00, 0.0025 (cmd_stats.c). */
+void fmt_usd(uint64_t micro, char *b, size_t n);
 
 #endif /* KMCTL_H */

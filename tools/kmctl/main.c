@@ -230,7 +230,7 @@ int parse_and_open(const cmd_syntax *syn, int argc, char **argv, void *opts,
 typedef struct command {
     const char *name;
     int (*run)(int argc, char **argv);
-    const char *usage; /* `kmctl NAME --help`, defined beside the command */
+    const cmd_syntax *syntax; /* its --help text, operands and options */
     /* Its entries in `kmctl --help`: synopsis, summary[, synopsis, summary].
      * A synopsis's further lines are written with their indentation; each
      * line of a summary goes at column SUMMARY_COL. */
@@ -241,56 +241,72 @@ typedef struct command {
 
 /* In the order `kmctl --help` lists them. */
 static const command commands[] = {
-    {"create", cmd_create, usage_create,
-     {"create NAME --config FILE [--mode OCTAL] [--group NAME]",
+    {"create", cmd_create, &create_syntax,
+     {"create NAME --config FILE [--mode OCTAL] [--group NAME] [--json]",
       "create segment NAME from a JSON configuration",
-      "create NAME --from-env PROVIDERS [--mode OCTAL] [--group NAME]",
+      "create NAME --from-env PROVIDERS [--mode OCTAL] [--group NAME] [--json]",
       "create segment NAME from environment variables\n"
       "(NUM_OPENAI, OPENAI_API_KEY_1, ...)"}},
-    {"inspect", cmd_inspect, usage_inspect,
-     {"inspect NAME [--json]", "show pools and keys as a table (or snapshot JSON)"}},
-    {"snapshot", cmd_snapshot, usage_snapshot,
+    {"inspect", cmd_inspect, &inspect_syntax,
+     {"inspect NAME [--json]", "show pools, keys, processes and epochs"}},
+    {"stats", cmd_stats, &stats_syntax,
+     {"stats NAME [--json] [--pool P] [--key K] [--model M]",
+      "per pool, key and model: use of every limit window\n"
+      "now, counters, latency, spend, cooldowns"}},
+    {"metrics", cmd_metrics, &metrics_syntax,
+     {"metrics NAME", "print the statistics in Prometheus' text format"}},
+    {"serve", cmd_serve, &serve_syntax,
+     {"serve NAME [--listen ADDR:PORT]",
+      "serve /metrics and /healthz over HTTP for Prometheus\n"
+      "(default 127.0.0.1:9464)"}},
+    {"top", cmd_top, &top_syntax,
+     {"top NAME [--pool P] [--interval S]",
+      "live view in the terminal: per key state, in flight,\n"
+      "requests/s, tokens/s, limit use as bars, cooldown"}},
+    {"snapshot", cmd_snapshot, &snapshot_syntax,
      {"snapshot NAME [-o FILE] [--include-secrets (--key-file F | --key-env V)]",
       "write the segment's state as JSON to stdout or FILE"}},
-    {"restore", cmd_restore, usage_restore,
-     {"restore NAME FILE (--key-file F | --key-env V) [--mode OCTAL] [--group G]",
+    {"restore", cmd_restore, &restore_syntax,
+     {"restore NAME FILE (--key-file F | --key-env V) [--mode OCTAL] [--group G]\n"
+      "        [--json]",
       "recreate segment NAME from a snapshot taken with secrets"}},
-    {"keygen", cmd_keygen, usage_keygen,
+    {"keygen", cmd_keygen, &keygen_syntax,
      {"keygen FILE", "write a new snapshot key (mode 0600)"}},
-    {"persist", cmd_persist, usage_persist,
+    {"persist", cmd_persist, &persist_syntax,
      {"persist NAME --db FILE [--interval S] [--snapshot FILE [--key-file F]]",
       "drain usage events into SQLite until SIGTERM"}},
-    {"usage", cmd_usage, usage_usage,
-     {"usage NAME --db FILE [--since 1h] [--by key,model]", "report usage from that database"}},
-    {"destroy", cmd_destroy, usage_destroy,
+    {"usage", cmd_usage, &usage_syntax,
+     {"usage NAME --db FILE [--since 1h] [--by key,model] [--json]",
+      "report usage from that database"}},
+    {"destroy", cmd_destroy, &destroy_syntax,
      {"destroy NAME",
       "remove segment NAME (attached processes keep it\n"
       "until they close)"}},
-    {"enable", cmd_enable, usage_enable,
+    {"enable", cmd_enable, &enable_syntax,
      {"enable NAME POOL KEY_ID",
       "put a key back in service (clears invalid, exhausted,\n"
       "cooldown and failure counts)"}},
-    {"disable", cmd_disable, usage_disable,
+    {"disable", cmd_disable, &disable_syntax,
      {"disable NAME POOL KEY_ID", "take a key out of service (leases out may finish)"}},
-    {"add-key", cmd_add_key, usage_add_key,
+    {"add-key", cmd_add_key, &add_key_syntax,
      {"add-key NAME POOL KEY_ID (--secret-env VAR | --secret-file FILE)\n"
       "        [--weight N] [--limits JSON] [--max-inflight N]",
       "add a key to a pool while workers run"}},
-    {"remove-key", cmd_remove_key, usage_remove_key,
+    {"remove-key", cmd_remove_key, &remove_key_syntax,
      {"remove-key NAME POOL KEY_ID", "remove a key: no new lease from the moment it returns"}},
-    {"set-weight", cmd_set_weight, usage_set_weight,
+    {"set-weight", cmd_set_weight, &set_weight_syntax,
      {"set-weight NAME POOL KEY_ID WEIGHT", "change a key's weight (weighted strategy)"}},
-    {"set-limits", cmd_set_limits, usage_set_limits,
+    {"set-limits", cmd_set_limits, &set_limits_syntax,
      {"set-limits NAME POOL KEY_ID JSON",
       "change a key's limits, e.g. '{\"rpm\": 500, \"tpm\": null}'"}},
-    {"ps", cmd_ps, usage_ps,
+    {"ps", cmd_ps, &ps_syntax,
      {"ps NAME [--json]", "list the attached processes (pid, alive, leases)"}},
-    {"reap", cmd_reap, usage_reap,
+    {"reap", cmd_reap, &reap_syntax,
      {"reap NAME [--json]",
       "release what processes that died without detaching\n"
       "left behind (leases, table slots)"}},
-    {"check", cmd_check, usage_check,
-     {"check NAME [--quiet]",
+    {"check", cmd_check, &check_syntax,
+     {"check NAME [--quiet] [--json]",
       "verify the segment's invariants; status 1 if any\n"
       "is violated"}},
 };
@@ -308,6 +324,8 @@ static const char help_tail[] =
     "Options:\n"
     "  -h, --help        show this help (COMMAND --help: help on COMMAND)\n"
     "  -V, --version     show the version of kmctl and of the segment format\n"
+    "  --complete [COMMAND]  the commands, or COMMAND's options and operands,\n"
+    "                    one a line (for the shell completion)\n"
     "\n"
     "NAME is a POSIX shared-memory name, \"name\" or \"/name\" (on Linux the\n"
     "segment appears as /dev/shm/name).  Secrets are never printed: inspect\n"
@@ -363,6 +381,38 @@ static void help_main(void)
     fputs(help_tail, stdout);
 }
 
+/* kmctl --complete [COMMAND]: for the shell completion (tools/kmctl/
+ * kmctl.bash), read from the table so it cannot drift.  Without COMMAND:
+ * the commands, one a line.  With one: its long options, one a line, with
+ * "=FILE" or "=ARG" when the option takes an argument (FILE for names that
+ * say so: file, config, db, output, snapshot), then "operands: NAME ...".
+ * Status 2 for an unknown command. */
+static int complete(const char *cmd)
+{
+    size_t n = sizeof commands / sizeof commands[0];
+    if (!cmd) {
+        for (size_t i = 0; i < n; i++)
+            puts(commands[i].name);
+        return flush_stdout(EX_SUCCESS);
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(cmd, commands[i].name) != 0)
+            continue;
+        const cmd_syntax *syn = commands[i].syntax;
+        for (size_t j = 0; j < syn->n_opts; j++) {
+            const opt_spec *o = &syn->opts[j];
+            int file = strstr(o->name, "file") || !strcmp(o->name, "config") ||
+                       !strcmp(o->name, "db") || !strcmp(o->name, "output") ||
+                       !strcmp(o->name, "snapshot");
+            printf("--%s%s\n", o->name,
+                   o->kind == OPT_KIND_FLAG ? "" : file ? "=FILE" : "=ARG");
+        }
+        printf("--help\noperands: %s\n", syn->operands);
+        return flush_stdout(EX_SUCCESS);
+    }
+    return EX_USAGE;
+}
+
 /* ------------------------------------------------------------------ main */
 
 int main(int argc, char **argv)
@@ -372,6 +422,8 @@ int main(int argc, char **argv)
                                        {NULL, 0, NULL, 0}};
     int c;
 
+    if (argc >= 2 && strcmp(argv[1], "--complete") == 0 && argc <= 3)
+        return complete(argc == 3 ? argv[2] : NULL);
     opterr = 0;
     /* '+': stop at the command; its own options are parsed after it. */
     while ((c = getopt_long(argc, argv, "+:hV", lo, NULL)) != -1) {

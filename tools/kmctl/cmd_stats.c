@@ -1,0 +1,451 @@
+/*
+ * tools/kmctl/cmd_stats.c - kmctl stats: per pool, model, key and
+ * key x model, the use of every window now, counters, moving averages,
+ * in-flight, spend and cooldown (km_*_stats_get through collect.c).
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kmctl.h"
+
+const char usage_stats[] =
+    "Usage: kmctl stats NAME [--json] [--pool P] [--key K] [--model M]\n"
+    "\n"
+    "Show the statistics of segment NAME as of now: for each pool its totals\n"
+    "(keys by state, in flight, requests and outcomes, tokens, moving\n"
+    "averages, spend against budget) and one row per key, then the use of\n"
+    "every limit window of each key and of the pool (summed over its keys):\n"
+    "  LIMIT, BURST  as configured (units per period; most units at once)\n"
+    "  USED          units held against the window now (burst - left),\n"
+    "                token reservations of leases out included\n"
+    "  LEFT          units admissible now\n"
+    "  USE_%         used / burst: how close the window is to refusing\n"
+    "  FULL_IN_S     seconds until USED is 0 if nothing more is admitted\n"
+    "then each model's windows (per_model pools).  Requests and outcomes are\n"
+    "counted per key, not yet per key x model.\n"
+    "\n"
+    "Options:\n"
+    "  -j, --json      print one JSON document instead (docs/kmctl.md)\n"
+    "  -p, --pool P    only pool P\n"
+    "  -k, --key K     only keys with id K\n"
+    "  -m, --model M   only model M (in the model sections)\n"
+    "  -h, --help      show this help\n"
+    "\n"
+    "Exit status: 0 shown; 1 failure; 2 usage error; 3 no such segment,\n"
+    "pool, key or model.\n"
+    "\n"
+    "Example:\n"
+    "  kmctl stats llm --pool openai --key a\n";
+
+typedef struct stats_opts {
+    int json;
+    const char *pool, *key, *model;
+} stats_opts;
+
+static const opt_spec stats_optv[] = {
+    OPT_FLAG("json", 'j', 1, stats_opts, json),
+    OPT_STR("pool", 'p', 1, stats_opts, pool),
+    OPT_STR("key", 'k', 1, stats_opts, key),
+    OPT_STR("model", 'm', 1, stats_opts, model),
+};
+
+const cmd_syntax stats_syntax = {usage_stats, "NAME", stats_optv, N_OPTS(stats_optv)};
+
+/* ------------------------------------------------------------ filtering */
+
+static int pool_wanted(const stats_opts *o, const pool_view *v)
+{
+    return !o->pool || strcmp(o->pool, v->ps.name) == 0;
+}
+
+static int key_wanted(const stats_opts *o, const km_key_stats *k)
+{
+    return !o->key || strcmp(o->key, k->id) == 0;
+}
+
+static int model_wanted(const stats_opts *o, const km_model_stats *m)
+{
+    return !o->model || strcmp(o->model, m->name) == 0;
+}
+
+/* Status 3 with a message if a filter matches nothing; -1 to go on. */
+static int check_filters(const stats_opts *o, const seg_stats *s)
+{
+    int pools = 0, keys = 0, models = 0;
+    for (uint32_t p = 0; p < s->n_pools; p++) {
+        const pool_view *v = &s->pools[p];
+        if (!pool_wanted(o, v))
+            continue;
+        pools++;
+        for (uint32_t i = 0; i < v->n_keys; i++)
+            keys += key_wanted(o, &v->keys[i]);
+        for (uint32_t m = 0; m < v->ps.n_models; m++)
+            models += model_wanted(o, &v->models[m]);
+    }
+    if (!pools) {
+        errline("pool '%s': %s", o->pool, km_strerror(KM_ENOPOOL));
+        return EX_NOTFOUND;
+    }
+    if (!keys && o->key) {
+        errline("key '%s'%s%s%s: %s", o->key, o->pool ? " in pool '" : "",
+                o->pool ? o->pool : "", o->pool ? "'" : "", km_strerror(KM_ENOKEY));
+        return EX_NOTFOUND;
+    }
+    if (!models && o->model) {
+        errline("model '%s'%s%s%s: %s", o->model, o->pool ? " in pool '" : "",
+                o->pool ? o->pool : "", o->pool ? "'" : "", km_strerror(KM_ENOMODEL));
+        return EX_NOTFOUND;
+    }
+    return -1;
+}
+
+/* ----------------------------------------------------------------- JSON */
+
+static json_t *key_json(const km_key_stats *k, const km_model_stats *km, uint32_t nm,
+                        const stats_opts *o)
+{
+    json_t *j = json_pack(
+        "{s:o, s:s, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o}",
+        "id", jstr(k->id),
+        "state", km_key_state_name(k->state),
+        "weight", ju64(k->weight),
+        "cooldown_remaining_ms", ju64(k->cooldown_remaining_ms),
+        "inflight", ju64(k->inflight),
+        "max_inflight", ju64(k->max_inflight),
+        "consecutive_failures", ju64(k->consecutive_failures),
+        "consecutive_429s", ju64(k->consecutive_429s),
+        "latency_ema_us", k->latency_ema_us ? ju64(k->latency_ema_us) : json_null(),
+        "success_rate", json_real((double)k->success_ppm / 1e6),
+        "counters", jcounters(&k->counters),
+        "windows", jwindows(k->windows, NULL),
+        "spent_usd", jusd(k->spent_microusd),
+        "budget_usd", k->budget_microusd ? jusd(k->budget_microusd) : json_null(),
+        "budget_hard", k->budget_microusd ? json_boolean(k->budget_hard) : json_null());
+    json_t *models = json_array();
+    for (uint32_t m = 0; j && models && km && m < nm; m++) {
+        if (!model_wanted(o, &km[m]))
+            continue;
+        json_array_append_new(models, json_pack("{s:o, s:o, s:o}", "name", jstr(km[m].name),
+                                                "counters", json_null(),
+                                                "windows", jwindows(km[m].windows, NULL)));
+    }
+    if (!j || !models || json_object_set_new(j, "models", models) < 0) {
+        json_decref(j);
+        return NULL;
+    }
+    return j;
+}
+
+static json_t *pool_json(const pool_view *v, const stats_opts *o)
+{
+    const km_pool_stats *p = &v->ps;
+    json_t *states = json_object();
+    for (int s = 0; states && s < KM_KEY_STATE_COUNT; s++)
+        json_object_set_new(states, km_key_state_name(s), ju64(p->keys_by_state[s]));
+    json_t *j = json_pack(
+        "{s:o, s:s, s:s, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o}",
+        "name", jstr(p->name),
+        "strategy", km_strategy_name(p->strategy),
+        "model_limits", p->model_mode == KM_MODELS_PER_MODEL ? "per_model" : "global",
+        "keys_total", ju64(p->n_keys),
+        "keys_by_state", states,
+        "inflight", ju64(p->inflight),
+        "max_inflight", ju64(p->max_inflight),
+        "waiters", ju64(p->waiters),
+        "counters", jcounters(&p->counters),
+        "latency_ema_us", p->latency_ema_us ? ju64(p->latency_ema_us) : json_null(),
+        "success_rate", json_real((double)p->success_ppm / 1e6),
+        "spent_usd", jusd(p->spent_microusd),
+        "budget_usd", p->budget_microusd ? jusd(p->budget_microusd) : json_null(),
+        "budget_hard", p->budget_microusd ? json_boolean(p->budget_hard) : json_null(),
+        "windows", jwindows(p->windows, p->keys_limited));
+    json_t *models = json_array(), *keys = json_array();
+    for (uint32_t m = 0; j && models && m < p->n_models; m++)
+        if (model_wanted(o, &v->models[m]))
+            json_array_append_new(
+                models, json_pack("{s:o, s:o, s:o}", "name", jstr(v->models[m].name),
+                                  "counters", json_null(),
+                                  "windows", jwindows(v->models[m].windows,
+                                                      v->models[m].keys_limited)));
+    for (uint32_t i = 0; j && keys && i < v->n_keys; i++)
+        if (key_wanted(o, &v->keys[i]))
+            json_array_append_new(
+                keys, key_json(&v->keys[i],
+                               v->key_models ? &v->key_models[(size_t)i * p->n_models] : NULL,
+                               p->n_models, o));
+    if (!j || !models || !keys || json_object_set_new(j, "models", models) < 0 ||
+        json_object_set_new(j, "keys", keys) < 0) {
+        json_decref(j);
+        return NULL;
+    }
+    return j;
+}
+
+static int stats_json(km_env *env, const char *name, const seg_stats *s, const stats_opts *o)
+{
+    json_t *d = jdoc("stats", name, env), *pools = json_array();
+    if (!d || !pools) {
+        json_decref(d);
+        json_decref(pools);
+        return jemit(NULL);
+    }
+    json_object_set_new(d, "taken_unix_ms", ju64(s->taken_unix_ms));
+    for (uint32_t p = 0; p < s->n_pools; p++)
+        if (pool_wanted(o, &s->pools[p]))
+            json_array_append_new(pools, pool_json(&s->pools[p], o));
+    json_object_set_new(d, "pools", pools);
+    return jemit(d);
+}
+
+/* ---------------------------------------------------------------- table */
+
+/* Micro-USD as dollars with 2 to 6 decimals: 100.00, 0.0025, 1.234567. */
+void fmt_usd(uint64_t micro, char *b, size_t n)
+{
+    int len = snprintf(b, n, "%" PRIu64 ".%06" PRIu64, micro / 1000000, micro % 1000000);
+    if (len < 0 || (size_t)len >= n)
+        return;
+    char *dot = strchr(b, '.');
+    while (b + len - 1 > dot + 2 && b[len - 1] == '0')
+        b[--len] = '\0';
+}
+
+static void window_row(table *t, const char *w, const char *who, const km_window_stats *x)
+{
+    tbl_cell(t, "%s", w);
+    tbl_cell(t, "%s", who);
+    tbl_cell(t, "%s", mode_name(x->mode));
+    tbl_cell(t, "%" PRIu64, x->limit);
+    tbl_cell(t, "%" PRIu64, x->burst);
+    tbl_cell(t, "%" PRIu64, x->used);
+    tbl_cell(t, "%" PRIu64, x->left);
+    tbl_cell(t, "%.1f", x->burst ? 100.0 * (double)x->used / (double)x->burst : 0.0);
+    tbl_cell(t, "%.1f", (double)x->full_in_ms / 1000.0);
+}
+
+static void window_titles(table *t, const char *who)
+{
+    tbl_init(t, 9);
+    const char *titles[] = {"WINDOW", who, "MODE", "LIMIT", "BURST", "USED", "LEFT", "USE_%",
+                            "FULL_IN_S"};
+    for (int i = 0; i < 9; i++)
+        tbl_cell(t, "%s", titles[i]);
+}
+
+static int print_pool(const pool_view *v, const stats_opts *o)
+{
+    const km_pool_stats *p = &v->ps;
+    const km_stats_counters *c = &p->counters;
+    char u1[32], u2[32];
+    int rc = EX_SUCCESS;
+
+    printf("\npool %s (%s): %" PRIu32 " key%s:", p->name, km_strategy_name(p->strategy),
+           p->n_keys, p->n_keys == 1 ? "" : "s");
+    for (int s = 0, first = 1; s < KM_KEY_STATE_COUNT; s++)
+        if (p->keys_by_state[s]) {
+            printf("%s %" PRIu32 " %s", first ? "" : ",", p->keys_by_state[s],
+                   km_key_state_name(s));
+            first = 0;
+        }
+    printf("; in flight %" PRIu32 "/%" PRIu32 "; %" PRIu32 " waiting\n", p->inflight,
+           p->max_inflight, p->waiters);
+    printf("  requests %" PRIu64 ", success %" PRIu64 ", 429 %" PRIu64 ", failure %" PRIu64
+           ", auth %" PRIu64 ", quota %" PRIu64 ", cancelled %" PRIu64 ", abandoned %" PRIu64
+           ", stale releases %" PRIu64 "\n",
+           c->requests, c->outcomes[KM_OUT_SUCCESS], c->outcomes[KM_OUT_RATE_LIMITED],
+           c->outcomes[KM_OUT_FAILURE], c->outcomes[KM_OUT_AUTH], c->outcomes[KM_OUT_QUOTA],
+           c->outcomes[KM_OUT_CANCELLED], c->abandoned, c->stale_releases);
+    printf("  tokens %" PRIu64 ", latency EMA ", c->tokens);
+    if (p->latency_ema_us)
+        printf("%.1f ms", (double)p->latency_ema_us / 1000.0);
+    else
+        printf("-");
+    fmt_usd(p->spent_microusd, u1, sizeof u1);
+    printf(", success rate %.1f%%, spent $%s", (double)p->success_ppm / 1e4, u1);
+    if (p->budget_microusd) {
+        fmt_usd(p->budget_microusd, u2, sizeof u2);
+        printf(" of $%s (%s)", u2, p->budget_hard ? "hard" : "soft");
+    }
+    putchar('\n');
+
+    table t;
+    tbl_init(&t, 14);
+    const char *titles[] = {"KEY",      "STATE", "COOLDOWN_S", "INFLIGHT",  "REQUESTS",
+                            "OK",       "429",   "FAIL",       "CANCELLED", "ABANDONED",
+                            "STALE",    "TOKENS", "LAT_EMA_MS", "OK_%"};
+    for (int i = 0; i < 14; i++)
+        tbl_cell(&t, "%s", titles[i]);
+    int rows = 0;
+    for (uint32_t i = 0; i < v->n_keys; i++) {
+        const km_key_stats *k = &v->keys[i];
+        if (!key_wanted(o, k))
+            continue;
+        rows++;
+        tbl_cell(&t, "%s", k->id);
+        tbl_cell(&t, "%s", km_key_state_name(k->state));
+        if (k->cooldown_remaining_ms)
+            tbl_cell(&t, "%.1f", (double)k->cooldown_remaining_ms / 1000.0);
+        else
+            tbl_cell(&t, "-");
+        tbl_cell(&t, "%" PRIu32 "/%" PRIu32, k->inflight, k->max_inflight);
+        tbl_cell(&t, "%" PRIu64, k->counters.requests);
+        tbl_cell(&t, "%" PRIu64, k->counters.outcomes[KM_OUT_SUCCESS]);
+        tbl_cell(&t, "%" PRIu64, k->counters.outcomes[KM_OUT_RATE_LIMITED]);
+        tbl_cell(&t, "%" PRIu64, k->counters.outcomes[KM_OUT_FAILURE] +
+                                     k->counters.outcomes[KM_OUT_AUTH] +
+                                     k->counters.outcomes[KM_OUT_QUOTA]);
+        tbl_cell(&t, "%" PRIu64, k->counters.outcomes[KM_OUT_CANCELLED]);
+        tbl_cell(&t, "%" PRIu64, k->counters.abandoned);
+        tbl_cell(&t, "%" PRIu64, k->counters.stale_releases);
+        tbl_cell(&t, "%" PRIu64, k->counters.tokens);
+        if (k->latency_ema_us)
+            tbl_cell(&t, "%.1f", (double)k->latency_ema_us / 1000.0);
+        else
+            tbl_cell(&t, "-");
+        tbl_cell(&t, "%.1f", (double)k->success_ppm / 1e4);
+    }
+    if (rows)
+        rc = tbl_print(&t, "  ");
+    tbl_free(&t);
+
+    /* Spend per key, where something is priced or budgeted. */
+    int priced = 0;
+    for (uint32_t i = 0; i < v->n_keys; i++)
+        priced |= key_wanted(o, &v->keys[i]) &&
+                  (v->keys[i].spent_microusd || v->keys[i].budget_microusd);
+    if (rc == EX_SUCCESS && priced) {
+        tbl_init(&t, 3);
+        tbl_cell(&t, "KEY");
+        tbl_cell(&t, "SPENT_USD");
+        tbl_cell(&t, "BUDGET_USD");
+        for (uint32_t i = 0; i < v->n_keys; i++) {
+            const km_key_stats *k = &v->keys[i];
+            if (!key_wanted(o, k))
+                continue;
+            fmt_usd(k->spent_microusd, u1, sizeof u1);
+            tbl_cell(&t, "%s", k->id);
+            tbl_cell(&t, "%s", u1);
+            if (k->budget_microusd) {
+                fmt_usd(k->budget_microusd, u2, sizeof u2);
+                tbl_cell(&t, "%s%s", u2, k->budget_hard ? "" : " (soft)");
+            } else {
+                tbl_cell(&t, "-");
+            }
+        }
+        rc = tbl_print(&t, "  ");
+        tbl_free(&t);
+    }
+
+    /* Windows: each key's, then the pool's sum (without --key). */
+    window_titles(&t, "KEY");
+    rows = 0;
+    for (int w = 0; w < KM_WIN_COUNT; w++) {
+        for (uint32_t i = 0; i < v->n_keys; i++) {
+            const km_key_stats *k = &v->keys[i];
+            if (!key_wanted(o, k) || !k->windows[w].limit)
+                continue;
+            window_row(&t, km_window_name(w), k->id, &k->windows[w]);
+            rows++;
+        }
+        if (!o->key && p->keys_limited[w] > 1) {
+            char who[48];
+            snprintf(who, sizeof who, "(pool, %" PRIu32 " keys)", p->keys_limited[w]);
+            window_row(&t, km_window_name(w), who, &p->windows[w]);
+            rows++;
+        }
+    }
+    if (rc == EX_SUCCESS && rows)
+        rc = tbl_print(&t, "  ");
+    tbl_free(&t);
+
+    /* Models: their windows over the pool, then on each key. */
+    int nm = 0;
+    for (uint32_t m = 0; m < p->n_models; m++)
+        nm += model_wanted(o, &v->models[m]);
+    if (rc != EX_SUCCESS || !nm)
+        return rc;
+    printf("  models (%s limits; requests are counted per key, not per model):",
+           p->model_mode == KM_MODELS_PER_MODEL ? "per_model" : "global");
+    for (uint32_t m = 0, first = 1; m < p->n_models; m++)
+        if (model_wanted(o, &v->models[m])) {
+            printf("%s %s", first ? "" : ",", v->models[m].name);
+            first = 0;
+        }
+    putchar('\n');
+    tbl_init(&t, 10);
+    const char *mt[] = {"MODEL", "WINDOW", "KEY", "MODE", "LIMIT", "BURST", "USED", "LEFT",
+                        "USE_%", "FULL_IN_S"};
+    for (int i = 0; i < 10; i++)
+        tbl_cell(&t, "%s", mt[i]);
+    rows = 0;
+    for (uint32_t m = 0; m < p->n_models; m++) {
+        const km_model_stats *ms = &v->models[m];
+        if (!model_wanted(o, ms))
+            continue;
+        for (int w = 0; w < KM_WIN_COUNT; w++) {
+            for (uint32_t i = 0; v->key_models && i < v->n_keys; i++) {
+                const km_model_stats *km = &v->key_models[(size_t)i * p->n_models + m];
+                if (!key_wanted(o, &v->keys[i]) || !km->windows[w].limit)
+                    continue;
+                tbl_cell(&t, "%s", ms->name);
+                window_row(&t, km_window_name(w), v->keys[i].id, &km->windows[w]);
+                rows++;
+            }
+            if (!o->key && ms->keys_limited[w] > 1) {
+                char who[48];
+                snprintf(who, sizeof who, "(pool, %" PRIu32 " keys)", ms->keys_limited[w]);
+                tbl_cell(&t, "%s", ms->name);
+                window_row(&t, km_window_name(w), who, &ms->windows[w]);
+                rows++;
+            }
+        }
+    }
+    if (rows)
+        rc = tbl_print(&t, "  ");
+    else
+        printf("  (no model has limits of its own)\n");
+    tbl_free(&t);
+    return rc;
+}
+
+static int stats_table(const char *name, const seg_stats *s, const stats_opts *o)
+{
+    printf("segment %s: segment format %" PRIu32 ", %" PRIu32 " pool%s, %" PRIu32 " key%s, %" PRIu32
+           " process%s attached\n",
+           name, s->info.format, s->info.n_pools, s->info.n_pools == 1 ? "" : "s",
+           s->info.n_keys, s->info.n_keys == 1 ? "" : "s", s->info.n_procs,
+           s->info.n_procs == 1 ? "" : "es");
+    for (uint32_t p = 0; p < s->n_pools; p++) {
+        if (!pool_wanted(o, &s->pools[p]))
+            continue;
+        int rc = print_pool(&s->pools[p], o);
+        if (rc != EX_SUCCESS)
+            return rc;
+    }
+    return flush_stdout(EX_SUCCESS);
+}
+
+int cmd_stats(int argc, char **argv)
+{
+    stats_opts o = {0};
+    const char *name;
+    km_env *env;
+    seg_stats s;
+    int rc;
+
+    if ((rc = parse_and_open(&stats_syntax, argc, argv, &o, &name, &env)) >= 0)
+        return rc;
+    if ((rc = collect(env, COLLECT_KEY_MODELS, &s)) != KM_OK) {
+        rc = seg_error(name, rc);
+        km_close(env);
+        return rc;
+    }
+    if ((rc = check_filters(&o, &s)) < 0)
+        rc = o.json ? stats_json(env, name, &s, &o) : stats_table(name, &s, &o);
+    collect_free(&s);
+    km_close(env);
+    return rc;
+}
