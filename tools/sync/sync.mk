@@ -11,8 +11,10 @@
 
 KM__SYNC_SAVED_GOAL := $(.DEFAULT_GOAL)
 
+# Only what the client needs (hiredis, libsodium), asked for on its own so
+# it does not depend on the library's other packages being found.
 SYNC_HIREDIS_CFLAGS := $(shell pkg-config --cflags hiredis 2>/dev/null)
-SYNC_HIREDIS_LIBS   := $(shell pkg-config --libs hiredis 2>/dev/null || echo -lhiredis)
+SYNC_HIREDIS_LIBS   := $(shell pkg-config --libs hiredis libsodium 2>/dev/null || echo -lhiredis -lsodium)
 SYNC_LUA_C := $(BUILD)/tools/sync/ledger_lua.c
 SYNC_OBJ   := $(BUILD)/tools/sync/store.o $(BUILD)/tools/sync/ledger_lua.o
 FLEET_TESTS := $(patsubst tests/fleet/%.c,$(BUILD)/tests/fleet/%,$(wildcard tests/fleet/t_*.c))
@@ -46,7 +48,7 @@ $(FLEET_TESTS): $(BUILD)/tests/fleet/%: tests/fleet/%.c tests/fleet/rig.h tests/
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(SYNC_HIREDIS_CFLAGS) -Itests -Itools/sync \
 	  -DRIG_PROXY_PY='"$(CURDIR)/tests/fleet/proxy.py"' -o $@ $< $(SYNC_OBJ) \
-	  $(LDFLAGS) $(SYNC_HIREDIS_LIBS) $(LIBS)
+	  $(LDFLAGS) $(SYNC_HIREDIS_LIBS) -lpthread -lm
 
 fleet-test: deps
 	@$(MAKE) --no-print-directory $(FLEET_TESTS)
