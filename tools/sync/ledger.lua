@@ -57,6 +57,12 @@ Why the fleet stays within the limit (argument; the invariants close it).
 Nothing is written before every input and every report is checked: an error
 leaves the ledger as it was (state is read into `ctx`, changed in memory and
 flushed at the end).
+
+Cost.  A call reads and writes O(its kws) fields, plus the silent hosts the
+sweep visits; the demand shares of a kw are recomputed over all its hosts at
+most every S/2 (or at once for a host new to the table) and cached as one
+field, so a fleet of N hosts costs O(N) per kw per S/2, not per call.  The
+sums I5 needs (promises held, learning claims) are kept per kw.
 ]]
 
 local LEDGER_VERSION = 1
@@ -104,41 +110,41 @@ local function id_arg(s, what)
     return s
 end
 
--- Records are stored as space-separated numbers ('%.17g': exact for every
--- double), one schema per kind, so redis-cli shows them as they are.
+-- Records are cmsgpack arrays in a fixed order per kind (exact for every
+-- number; cheap to decode, which matters: a call decodes a few, a share
+-- recomputation one per host).  `kmctl fleet` (info) shows them decoded.
 local XF = { 'out', 'rc', 'fq', 'al', 'alt', 'fb', 'fbt', 'fba', 'fbat', 'fc',
-             'dem', 'want', 'L', 'B', 'P', 'mode', 'strict', 'sh', 'lcl',
+             'dem', 'want', 'L', 'B', 'P', 'mode', 'strict', 'sh', 'lcl', 'hc',
              'V', 'F', 'S', 'err' }
-local KF = { 'lv', 'lt', 'rs', 'P', 'mode', 'L', 'B', 'strict' }
+local KF = { 'lv', 'lt', 'rs', 'P', 'mode', 'L', 'B', 'strict', 'sha', 'sumh', 'suml' }
 local HF = { 'seq', 'tiss', 'tack', 'V', 'F', 'S' }
 local HLF = { 'st', 'untl', 'hv' }
+local SCHEMA_OF = { x = XF, k = KF, h = HF, s = HLF }
 
 local function pack(schema, r)
     local t = {}
     for i = 1, #schema do
-        t[i] = fmt('%.17g', r[schema[i]])
+        t[i] = r[schema[i]]
     end
-    return table.concat(t, ' ')
+    return cmsgpack.pack(t)
 end
 
 local function unpack_rec(schema, s, what)
-    local r, i = {}, 0
-    for tok in s:gmatch('%S+') do
-        i = i + 1
-        local v = tonumber(tok)
-        if i > #schema or v == nil then
-            fail('corrupt ledger state in ' .. what)
-        end
-        r[schema[i]] = v
-    end
-    if i ~= #schema then
+    local ok, t = pcall(cmsgpack.unpack, s)
+    if not ok or type(t) ~= 'table' or #t ~= #schema then
         fail('corrupt ledger state in ' .. what)
+    end
+    local r = {}
+    for i = 1, #schema do
+        if type(t[i]) ~= 'number' then fail('corrupt ledger state in ' .. what) end
+        r[schema[i]] = t[i]
     end
     return r
 end
 
 -- ------------------------------------------------------------ the context
--- Everything a call reads is cached here and written back by flush().
+-- Everything a call reads is cached in `ctx` (most of it fetched by one
+-- HMGET), changed in memory, and written back by flush() at the end.
 
 local function ctx_new(keys)
     if #keys ~= 2 then
@@ -148,22 +154,42 @@ local function ctx_new(keys)
     if not tag or keys[2] ~= tag .. ':hosts' then
         fail('keys must be {km:<fleet>}:ledger and {km:<fleet>}:hosts')
     end
-    return { LK = keys[1], HK = keys[2], rec = {}, dirty = {}, gone = {},
-             zadd = {}, zrem = {} }
+    return { LK = keys[1], HK = keys[2], rec = {}, raw = {}, dirty = {}, gone = {},
+             extra = {}, zadd = {}, zrem = {} }
+end
+
+-- Fetch fields in one HMGET: records are decoded into c.rec (false when
+-- absent), anything else kept as text in c.raw.
+local function ctx_prefetch(c, fields)
+    if #fields == 0 then return end
+    local vals = redis.call('HMGET', c.LK, unpack(fields))
+    for i, f in ipairs(fields) do
+        local schema = SCHEMA_OF[f:sub(1, 1)]
+        if schema and f:sub(2, 2) == ':' then
+            if vals[i] then c.rec[f] = unpack_rec(schema, vals[i], f) else c.rec[f] = false end
+        else
+            c.raw[f] = vals[i] or false
+        end
+    end
 end
 
 local function ctx_get(c, field, schema)
     local r = c.rec[field]
     if r == nil then
         local s = redis.call('HGET', c.LK, field)
-        if s then
-            r = unpack_rec(schema, s, field)
-        else
-            r = false
-        end
+        if s then r = unpack_rec(schema, s, field) else r = false end
         c.rec[field] = r
     end
     return r or nil
+end
+
+local function ctx_raw(c, field)
+    local v = c.raw[field]
+    if v == nil then
+        v = redis.call('HGET', c.LK, field) or false
+        c.raw[field] = v
+    end
+    return v or nil
 end
 
 local function ctx_put(c, field, r)
@@ -178,24 +204,36 @@ local function ctx_del(c, field)
     c.gone[field] = true
 end
 
-local SCHEMA_OF = { x = XF, k = KF, h = HF, s = HLF }
+local function ctx_set_raw(c, field, v)
+    c.raw[field] = v
+    c.extra[field] = v
+    c.gone[field] = nil
+end
 
-local function flush(c, extra)
+local function ctx_del_raw(c, field)
+    c.raw[field] = false
+    c.extra[field] = nil
+    c.gone[field] = true
+end
+
+local function flush(c)
     local args, dels = { 'HSET', c.LK }, { 'HDEL', c.LK }
     for f in pairs(c.dirty) do
-        local kind = f:sub(1, 1)
         args[#args + 1] = f
-        args[#args + 1] = pack(SCHEMA_OF[kind], c.rec[f])
+        args[#args + 1] = pack(SCHEMA_OF[f:sub(1, 1)], c.rec[f])
     end
-    for f, v in pairs(extra) do
+    for f, v in pairs(c.extra) do
         args[#args + 1] = f
         args[#args + 1] = v
     end
     for f in pairs(c.gone) do
-        if extra[f] == nil then dels[#dels + 1] = f end
+        dels[#dels + 1] = f
     end
-    if c.newepoch then redis.call('DEL', c.HK) end
-    if #dels > 2 then redis.call(unpack(dels)) end
+    if c.wipe then
+        redis.call('DEL', c.LK, c.HK)
+    elseif #dels > 2 then
+        redis.call(unpack(dels))
+    end
     if #args > 2 then redis.call(unpack(args)) end
     for h, score in pairs(c.zadd) do
         redis.call('ZADD', c.HK, fmt('%.17g', score), h)
@@ -207,17 +245,16 @@ end
 
 -- The ledger's clock, in microseconds: Redis's TIME, never going backwards
 -- across calls.  Tests set the field `clock` to drive it; nothing else does.
-local function clock_us(c)
-    local m = redis.call('HMGET', c.LK, 'clock', 'last')
+local function clock_us(clock, last)
     local now
-    if m[1] then
-        now = tonumber(m[1])
+    if clock then
+        now = tonumber(clock)
     else
         local t = redis.call('TIME')
         now = tonumber(t[1]) * 1000000 + tonumber(t[2])
     end
-    if m[2] and tonumber(m[2]) > now then
-        now = tonumber(m[2])
+    if last and tonumber(last) > now then
+        now = tonumber(last)
     end
     return now
 end
@@ -276,7 +313,7 @@ end
 -- t_iss + F.  Runs before any report or grant of the call (I3, I4).
 
 local function host_kws(c, h)
-    local s = redis.call('HGET', c.LK, 'w:' .. h)
+    local s = ctx_raw(c, 'w:' .. h)
     local t = {}
     if s then
         for kw in s:gmatch('%S+') do t[#t + 1] = kw end
@@ -302,6 +339,27 @@ local function fb_burst(ppm, C)
     return max(1, ceil(ppm * C / PPM))
 end
 
+-- Forget host h: its records, its place in every kw's sums.
+local function drop_host(c, h, kws)
+    for _, kw in ipairs(kws) do
+        local xf = 'x:' .. kw .. ':' .. h
+        local x = ctx_get(c, xf, XF)
+        local k = ctx_get(c, 'k:' .. kw, KF)
+        if x and k then
+            k.rs = k.rs - x.out
+            k.sumh = k.sumh - x.hc
+            k.suml = k.suml - x.lcl
+            ctx_put(c, 'k:' .. kw, k)
+        end
+        ctx_del(c, xf)
+    end
+    ctx_del(c, 'h:' .. h)
+    ctx_del_raw(c, 'w:' .. h)
+    ctx_del_raw(c, 'r:' .. h)
+    c.zrem[h] = true
+    c.zadd[h] = nil
+end
+
 local function sweep(c, now)
     local due = redis.call('ZRANGEBYSCORE', c.HK, '-inf', fmt('%.17g', now))
     for _, h in ipairs(due) do
@@ -310,7 +368,6 @@ local function sweep(c, now)
             c.zrem[h] = true
         else
             local kws = host_kws(c, h)
-            local drop = now > hr.tiss + hr.F + SLACK_US
             for _, kw in ipairs(kws) do
                 local x = ctx_get(c, 'x:' .. kw .. ':' .. h, XF)
                 local k, T, _, C = kw_T(c, kw, hr.V)
@@ -334,20 +391,12 @@ local function sweep(c, now)
                         x.fq = x.fq + units
                         x.fc = to
                     end
-                    if drop then
-                        k.rs = k.rs - x.out
-                        ctx_del(c, 'x:' .. kw .. ':' .. h)
-                    else
-                        ctx_put(c, 'x:' .. kw .. ':' .. h, x)
-                    end
+                    ctx_put(c, 'x:' .. kw .. ':' .. h, x)
                     ctx_put(c, 'k:' .. kw, k)
                 end
             end
-            if drop then
-                ctx_del(c, 'h:' .. h)
-                c.gone['w:' .. h] = true
-                c.gone['r:' .. h] = true
-                c.zrem[h] = true
+            if now > hr.tiss + hr.F + SLACK_US then
+                drop_host(c, h, kws)
             end
         end
     end
@@ -384,8 +433,101 @@ local function doorman(d, cap)
     return a
 end
 
--- ------------------------------------------------------------------- sync
+-- A host's demand for the share computation, units per second: what it
+-- reports, and at least its largest waiting request once per sync period.
+local function dem_eff(dem, want, S_us)
+    return max(dem, ceil(want * 1000000 / S_us))
+end
 
+-- The cached share table of a kw: " host:ppm host:ppm ...".
+local function share_of(tbl, h)
+    if not tbl then return nil end
+    local i = string.find(tbl, ' ' .. h .. ':', 1, true)
+    if not i then return nil end
+    return tonumber(tbl:match('^(%d+)', i + #h + 2))
+end
+
+-- Recompute the shares of kw over every host the ledger knows: one pass
+-- over their records (O(hosts)), at most every S/2 per kw, or at once for
+-- a host new to the table.  Also settles the kw's configuration: period
+-- and mode must agree (the first reporter's stand until no live host uses
+-- them), limit and burst are the smallest any live host reports.  Returns
+-- the table and the requester's configuration error (0, or 1: disagrees).
+local function recompute(c, kw, k, me, x, t, q, now, hosts, bye)
+    local names, fields = {}, {}
+    for _, h in ipairs(hosts.names) do
+        if h ~= me then
+            names[#names + 1] = h
+            fields[#fields + 1] = 'x:' .. kw .. ':' .. h
+        end
+    end
+    local others = {}
+    if #fields > 0 then
+        local vals = redis.call('HMGET', c.LK, unpack(fields))
+        for j, h in ipairs(names) do
+            local r = c.rec[fields[j]]
+            if r == nil and vals[j] then r = unpack_rec(XF, vals[j], fields[j]) end
+            if r then others[#others + 1] = { h = h, x = r } end
+        end
+    end
+    local same = 0
+    for _, o in ipairs(others) do
+        if o.x.P == k.P and o.x.mode == k.mode then same = same + 1 end
+    end
+    local err = 0
+    if t.P ~= k.P or t.mode ~= k.mode then
+        if same == 0 then
+            local _, cap0 = gcra(t.L, t.B, t.P, t.mode)
+            k.P, k.mode, k.lv, k.lt = t.P, t.mode, cap0, now
+        else
+            err = 1
+        end
+    end
+    local L, B, strict = t.L, t.B, t.strict
+    if err == 1 then L, B, strict = k.L, k.B, k.strict end
+    for _, o in ipairs(others) do
+        if o.x.P == k.P and o.x.mode == k.mode and o.x.err == 0 then
+            L, B, strict = min(L, o.x.L), min(B, o.x.B), max(strict, o.x.strict)
+        end
+    end
+    k.L, k.B, k.strict = L, B, strict
+    local T = kw_params(k.L, k.B, k.P, k.mode, k.strict, q.V)
+    if not T then T = gcra(k.L, k.B, k.P, k.mode) end
+    -- Demand-proportional shares of what silent hosts' fallback leaves.
+    local silent_held, d, who = 0, {}, {}
+    for _, o in ipairs(others) do
+        if hosts.score[o.h] <= now then
+            silent_held = silent_held + held_ppm(o.x, now)
+        elseif o.x.err == 0 and o.x.P == k.P and o.x.mode == k.mode then
+            d[#d + 1] = dem_eff(o.x.dem, o.x.want, o.x.S) * T / 1000
+            who[#who + 1] = o.h
+        end
+    end
+    if err == 0 and not bye then
+        d[#d + 1] = dem_eff(t.dem, t.want, q.S) * T / 1000
+        who[#who + 1] = me
+    end
+    local active, idle = {}, {}
+    for i = 1, #d do
+        if d[i] > 0 then
+            active[#active + 1] = i
+        else
+            idle[#idle + 1] = i
+        end
+    end
+    local da = {}
+    for j, i in ipairs(active) do da[j] = d[i] end
+    local a = doorman(da, max(0, PPM - silent_held))
+    local parts = {}
+    for j, i in ipairs(active) do parts[#parts + 1] = who[i] .. ':' .. fmt('%d', a[j]) end
+    for _, i in ipairs(idle) do parts[#parts + 1] = who[i] .. ':0' end
+    local tbl = ' ' .. table.concat(parts, ' ') .. ' '
+    k.sha = now
+    ctx_set_raw(c, 't:' .. kw, tbl)
+    return tbl, err
+end
+
+-- ------------------------------------------------------------------- sync
 local function parse_sync(args)
     if args[2] ~= PROTO then
         fail('bad request: protocol ' .. tostring(args[2]) .. ', expected ' .. PROTO)
@@ -458,7 +600,7 @@ end
 local function new_x(t, q, now)
     return { out = 0, rc = 0, fq = 0, al = 0, alt = now, fb = 0, fbt = 0,
              fba = 0, fbat = 0, fc = 0, dem = 0, want = 0, L = t.L, B = t.B,
-             P = t.P, mode = t.mode, strict = t.strict, sh = 0, lcl = 0,
+             P = t.P, mode = t.mode, strict = t.strict, sh = 0, lcl = 0, hc = 0,
              V = q.V, F = q.F, S = q.S, err = 0 }
 end
 
@@ -486,70 +628,92 @@ end
 local function sync(keys, args)
     local q = parse_sync(args)
     local c = ctx_new(keys)
-    local now = clock_us(c)
-    local hf = 'h:' .. q.host
-    local hr = ctx_get(c, hf, HF)
+    local me = q.host
+    local hf = 'h:' .. me
+
+    -- One HMGET for what every call reads.
+    local fields = { 'clock', 'last', 'epoch', 'learn', 'fmt', 'born', hf, 'w:' .. me }
+    local kids = {}
+    for _, t in ipairs(q.ent) do
+        fields[#fields + 1] = 'x:' .. t.kw .. ':' .. me
+        fields[#fields + 1] = 'k:' .. t.kw
+        fields[#fields + 1] = 't:' .. t.kw
+        kids[#kids + 1] = t.kid
+    end
+    for _, ev in ipairs(q.ev) do kids[#kids + 1] = ev.kid end
+    local named = {}
+    for _, kid in ipairs(kids) do
+        if not named[kid] then
+            named[kid] = true
+            fields[#fields + 1] = 's:' .. kid
+        end
+    end
+    ctx_prefetch(c, fields)
+    local now = clock_us(c.raw.clock, c.raw.last)
+    local hr = c.rec[hf] or nil
 
     -- Idempotence: the same seq gets the same answer and changes nothing.
     if hr and q.seq == hr.seq then
-        local stored = redis.call('HGET', c.LK, 'r:' .. q.host)
+        local stored = redis.call('HGET', c.LK, 'r:' .. me)
         if stored then return cmsgpack.unpack(stored) end
     end
     if hr and q.seq < hr.seq then
         fail(fmt('stale seq %d last %d', q.seq, hr.seq))
     end
 
-    -- The epoch: an empty ledger (new, flushed, restarted empty) starts a
-    -- new one, with one learning period.
-    -- A caller that never synced (epoch 0) finding the ledger empty starts
+    -- The epoch.  An empty ledger (new, flushed, restarted empty) starts a
+    -- new one.  A caller that never synced (epoch 0) finding it empty starts
     -- a fresh fleet: no promise of an earlier epoch can be out, no learning.
     -- A report from an older epoch within F of this one's birth means the
     -- store lost its state while promises were out: learning until birth + F.
-    local meta = redis.call('HMGET', c.LK, 'epoch', 'learn', 'fmt', 'born')
-    local extra = { last = fmt('%.17g', now) }
+    c.extra.last = fmt('%.17g', now)
     local epoch, learn_until
-    if not meta[1] then
+    if not c.raw.epoch then
         epoch = floor(now / 1000)
         if epoch == q.epoch then epoch = epoch + 1 end
         learn_until = now
         if q.epoch ~= 0 then learn_until = now + q.F end
-        c.newepoch = true -- flush empties the host set: nothing in it holds
-        extra.epoch = fmt('%.17g', epoch)
-        extra.learn = fmt('%.17g', learn_until)
-        extra.born = fmt('%.17g', now)
-        extra.fmt = tostring(STATE_FORMAT)
+        -- Whatever is left in the hash or the host set cannot be trusted
+        -- (flush deletes both; a test's clock survives).
+        local clock_v = c.raw.clock
+        c.wipe = true
+        for f in pairs(c.rec) do c.rec[f] = false end
+        for f in pairs(c.raw) do c.raw[f] = false end
+        if clock_v then c.extra.clock = clock_v end
+        hr = nil
+        c.extra.epoch = fmt('%.17g', epoch)
+        c.extra.learn = fmt('%.17g', learn_until)
+        c.extra.born = fmt('%.17g', now)
+        c.extra.fmt = tostring(STATE_FORMAT)
     else
-        if tonumber(meta[3]) ~= STATE_FORMAT then
-            fail('ledger state format ' .. tostring(meta[3]) .. ' is not ' .. STATE_FORMAT)
+        if tonumber(c.raw.fmt) ~= STATE_FORMAT then
+            fail('ledger state format ' .. tostring(c.raw.fmt) .. ' is not ' .. STATE_FORMAT)
         end
-        epoch, learn_until = tonumber(meta[1]), tonumber(meta[2])
-        local born = tonumber(meta[4])
+        epoch, learn_until = tonumber(c.raw.epoch), tonumber(c.raw.learn)
+        local born = tonumber(c.raw.born)
         if q.epoch ~= 0 and q.epoch ~= epoch and now < born + q.F
            and learn_until < born + q.F then
             learn_until = born + q.F
-            extra.learn = fmt('%.17g', learn_until)
+            c.extra.learn = fmt('%.17g', learn_until)
         end
+        sweep(c, now)
+        hr = ctx_get(c, hf, HF) -- the sweep may have dropped it
     end
     local learning = now < learn_until
 
-    if not c.newepoch then
-        sweep(c, now)
-    end
-    hr = ctx_get(c, hf, HF) -- the sweep may have dropped it
-
-    -- Settle the host's reports.  First contact (no record in this epoch):
-    -- what it spent was counted before (or by an epoch now gone); the
-    -- credit it still holds is reserved from now on.
+    -- Check every report before changing anything.  First contact (no
+    -- record in this epoch): what it spent was counted before (or by an
+    -- epoch now gone); the credit it still holds is reserved from now on.
     local X = {}
     for e, t in ipairs(q.ent) do
-        local xf = 'x:' .. t.kw .. ':' .. q.host
+        local xf = 'x:' .. t.kw .. ':' .. me
         local x = ctx_get(c, xf, XF)
         local k = ctx_get(c, 'k:' .. t.kw, KF)
         if not k then
-            local T0, cap0 = gcra(t.L, t.B, t.P, t.mode)
+            local _, cap0 = gcra(t.L, t.B, t.P, t.mode)
             -- A new kw starts full: nothing is known of what was spent.
-            k = { lv = cap0, lt = now, rs = 0, P = t.P, mode = t.mode,
-                  L = t.L, B = t.B, strict = t.strict }
+            k = { lv = cap0, lt = now, rs = 0, P = t.P, mode = t.mode, L = t.L,
+                  B = t.B, strict = t.strict, sha = 0, sumh = 0, suml = 0 }
         end
         if x then
             local P = x.out + x.rc
@@ -559,8 +723,12 @@ local function sync(keys, args)
                          t.kw, t.spent, t.ret, t.left, P))
             end
         end
-        X[e] = { x = x, k = k, xf = xf }
+        if q.flags == 1 and t.left > 0 then
+            fail('bye with credit left on ' .. t.kw)
+        end
+        X[e] = { x = x, k = k, xf = xf, fresh = not x }
     end
+
     for e, t in ipairs(q.ent) do
         local x, k = X[e].x, X[e].k
         local T = kw_params(k.L, k.B, k.P, k.mode, k.strict, q.V)
@@ -580,8 +748,6 @@ local function sync(keys, args)
         x.L, x.B, x.P, x.mode, x.strict = t.L, t.B, t.P, t.mode, t.strict
         x.V, x.F, x.S = q.V, q.F, q.S
         X[e].x = x
-        ctx_put(c, X[e].xf, x)
-        ctx_put(c, 'k:' .. t.kw, k)
     end
 
     for _, ev in ipairs(q.ev) do
@@ -590,108 +756,63 @@ local function sync(keys, args)
 
     -- The acknowledgement: the host applied our previous reply, so the
     -- promise in it is the one it holds (I5 counts both until then).
+    local acked = hr and q.ack == hr.seq
     local tack = now
     if hr then
         tack = hr.tack
-        if q.ack == hr.seq then
-            tack = hr.tiss
-        end
+        if acked then tack = hr.tiss end
     end
-    local acked = hr and q.ack == hr.seq
 
-    -- Shares and grants, per kw, over the hosts the ledger knows.
-    local hosts = {}
-    if not c.newepoch then
-        hosts = redis.call('ZRANGE', c.HK, '0', '-1', 'WITHSCORES')
-    end
-    local names, score = {}, {}
-    for j = 1, #hosts, 2 do
-        local h = hosts[j]
-        if h ~= q.host and not c.zrem[h] then
-            names[#names + 1] = h
-            score[h] = tonumber(hosts[j + 1])
+    -- The hosts the ledger knows (fetched once, only if a share table must
+    -- be recomputed).
+    local hosts
+    local function known_hosts()
+        if hosts then return hosts end
+        hosts = { names = {}, score = {} }
+        if not c.wipe then
+            local z = redis.call('ZRANGE', c.HK, '0', '-1', 'WITHSCORES')
+            for j = 1, #z, 2 do
+                if not c.zrem[z[j]] then
+                    hosts.names[#hosts.names + 1] = z[j]
+                    hosts.score[z[j]] = tonumber(z[j + 1])
+                end
+            end
         end
+        return hosts
     end
+
     local bye = q.flags == 1
     local entries = {}
     for e, t in ipairs(q.ent) do
         local x, k = X[e].x, X[e].k
         if acked then x.fba, x.fbat = x.fb, x.fbt end
-        -- Other hosts' records of this kw.
-        local others = {}
-        if #names > 0 then
-            local fields = {}
-            for j, h in ipairs(names) do fields[j] = 'x:' .. t.kw .. ':' .. h end
-            local vals = redis.call('HMGET', c.LK, unpack(fields))
-            for j, h in ipairs(names) do
-                local cached = c.rec[fields[j]]
-                local r
-                if cached ~= nil then
-                    r = cached or nil
-                elseif vals[j] then
-                    r = unpack_rec(XF, vals[j], fields[j])
-                end
-                if r then others[#others + 1] = { h = h, x = r } end
-            end
-        end
-        -- Configuration: period and mode must agree; limit and burst are the
-        -- smallest any live host reports.
-        local same = 0
-        for _, o in ipairs(others) do
-            if o.x.P == k.P and o.x.mode == k.mode then same = same + 1 end
-        end
+        if t.L < k.L and t.P == k.P and t.mode == k.mode then k.L = t.L end
+        if t.B < k.B and t.P == k.P and t.mode == k.mode then k.B = t.B end
+        if t.strict > k.strict then k.strict = t.strict end
+        local tbl = ctx_raw(c, 't:' .. t.kw)
+        local share = share_of(tbl, me)
         local err = 0
-        if t.P ~= k.P or t.mode ~= k.mode then
-            if same == 0 then
-                local T0, cap0 = gcra(t.L, t.B, t.P, t.mode)
-                k.P, k.mode, k.lv, k.lt = t.P, t.mode, cap0, now
-            else
-                err = 1
-            end
+        if X[e].fresh or share == nil or now - k.sha >= q.S / 2 or t.P ~= k.P
+           or t.mode ~= k.mode or (share == 0 and dem_eff(t.dem, t.want, q.S) > 0) then
+            tbl, err = recompute(c, t.kw, k, me, x, t, q, now, known_hosts(), bye)
+            share = share_of(tbl, me) or 0
         end
-        local L, B, strict = t.L, t.B, t.strict
-        for _, o in ipairs(others) do
-            if o.x.P == k.P and o.x.mode == k.mode and o.x.err == 0 then
-                L, B = min(L, o.x.L), min(B, o.x.B)
-                strict = max(strict, o.x.strict)
-            end
-        end
-        if err == 0 then k.L, k.B, k.strict = L, B, strict end
+        if err ~= 0 or bye then share = 0 end
         local T, cap, C = kw_params(k.L, k.B, k.P, k.mode, k.strict, q.V)
         if not T then
             err = 2
             T, cap = gcra(k.L, k.B, k.P, k.mode)
             C = 0
+            share = 0
         end
-        -- Demand-proportional share of what silent hosts' fallback leaves.
-        local silent_held, others_held, others_lcl = 0, 0, 0
-        local d, idx = {}, 0
-        for _, o in ipairs(others) do
-            local hp = held_ppm(o.x, now)
-            others_held = others_held + hp
-            others_lcl = others_lcl + o.x.lcl
-            if score[o.h] <= now then
-                silent_held = silent_held + hp
-            elseif o.x.err == 0 and (o.x.dem > 0 or o.x.want > 0) then
-                local de = max(o.x.dem, ceil(o.x.want * 1000000 / o.x.S))
-                d[#d + 1] = de * T / 1000
-            end
-        end
-        local my = max(t.dem, ceil(t.want * 1000000 / q.S))
-        local share = 0
-        if err == 0 and not bye and my > 0 then
-            d[#d + 1] = my * T / 1000
-            idx = #d
-            local a = doorman(d, max(0, PPM - silent_held))
-            share = a[idx]
-        end
+        -- Learning: each host at most the promise it held before.
+        local lcl = 0
         if learning then
-            local lcl = max(0, min(t.held, PPM - others_lcl))
-            x.lcl = lcl
+            lcl = max(0, min(t.held, PPM - (k.suml - x.lcl)))
             share = min(share, lcl)
-        else
-            x.lcl = 0
         end
+        k.suml = k.suml - x.lcl + lcl
+        x.lcl = lcl
         -- The grant: top the balance up to share x C, within the host's
         -- allowance (its share of the rate since it last asked), the
         -- bucket's room and the cap on credit outstanding; never less than
@@ -709,71 +830,74 @@ local function sync(keys, args)
         x.al, x.alt = al - g, now
         x.out = x.out + g
         k.rs = k.rs + g
-        -- The fallback promise: at most what other valid promises leave.
+        -- The fallback promise: at most what the other hosts' promises
+        -- leave (I5).  Their sum counts a promise until its host syncs
+        -- again or is dropped, expired or not: never less than what holds.
+        local others_held = k.sumh - x.hc
         local fb = 0
         if not bye then fb = max(0, min(share, PPM - others_held)) end
         x.fb, x.fbt = fb, now
+        local hc = fb
+        if x.fbat + x.F + SLACK_US > now and x.fba > hc then hc = x.fba end
+        k.sumh = others_held + hc
+        x.hc = hc
         x.sh, x.err = share, err
-        if bye then
-            if t.left > 0 then fail('bye with credit left on ' .. t.kw) end
-            ctx_del(c, X[e].xf)
-        else
-            ctx_put(c, X[e].xf, x)
-        end
+        ctx_put(c, X[e].xf, x)
         ctx_put(c, 'k:' .. t.kw, k)
         entries[e] = { g, floor(q.V / 1000), fb, fb_burst(fb, C), floor(q.F / 1000),
                        share, x.out, err }
     end
 
     -- Fleet-wide health of every key named in the call.
-    local health, named = {}, {}
-    local function add_health(kid)
-        if named[kid] then return end
-        named[kid] = true
-        local s = ctx_get(c, 's:' .. kid, HLF) or { st = 0, untl = 0, hv = 0 }
-        local st, left = s.st, 0
-        if s.untl > now then
-            left = ceil((s.untl - now) / 1000)
-            if st == 0 then st = 1 end
+    local health = {}
+    named = {}
+    for _, kid in ipairs(kids) do
+        if not named[kid] then
+            named[kid] = true
+            local s = ctx_get(c, 's:' .. kid, HLF) or { st = 0, untl = 0, hv = 0 }
+            local st, left = s.st, 0
+            if s.untl > now then
+                left = ceil((s.untl - now) / 1000)
+                if st == 0 then st = 1 end
+            end
+            health[#health + 1] = { kid, st, left, s.hv }
         end
-        health[#health + 1] = { kid, st, left, s.hv }
     end
-    for _, t in ipairs(q.ent) do add_health(t.kid) end
-    for _, ev in ipairs(q.ev) do add_health(ev.kid) end
 
-    local kwl = {}
-    for _, t in ipairs(q.ent) do kwl[#kwl + 1] = t.kw end
-    local n_hosts = #names
+    local n_hosts = #known_hosts().names
     if bye then
-        ctx_del(c, hf)
-        c.gone['w:' .. q.host] = true
-        c.gone['r:' .. q.host] = true
-        c.zrem[q.host] = true
+        local kwl = {}
+        for _, t in ipairs(q.ent) do kwl[#kwl + 1] = t.kw end
+        for _, kw in ipairs(host_kws(c, me)) do kwl[#kwl + 1] = kw end
+        drop_host(c, me, kwl)
     else
-        -- A kw the host no longer reports keeps its record until it is
-        -- dropped; the list covers both.
+        -- A kw the host no longer reports keeps its record until the host
+        -- is dropped; the list covers both.
+        local kwl, seenkw = {}, {}
+        for _, t in ipairs(q.ent) do
+            kwl[#kwl + 1] = t.kw
+            seenkw[t.kw] = true
+        end
         if hr then
-            local seenkw = {}
-            for _, kw in ipairs(kwl) do seenkw[kw] = true end
-            for _, kw in ipairs(host_kws(c, q.host)) do
-                if not seenkw[kw] and c.rec['x:' .. kw .. ':' .. q.host] ~= false then
+            for _, kw in ipairs(host_kws(c, me)) do
+                if not seenkw[kw] and c.rec['x:' .. kw .. ':' .. me] then
                     kwl[#kwl + 1] = kw
                 end
             end
         end
         ctx_put(c, hf, { seq = q.seq, tiss = now, tack = tack, V = q.V, F = q.F, S = q.S })
-        extra['w:' .. q.host] = table.concat(kwl, ' ')
-        c.zadd[q.host] = tack + q.V - SLACK_US
-        c.zrem[q.host] = nil
+        ctx_set_raw(c, 'w:' .. me, table.concat(kwl, ' '))
+        c.zadd[me] = tack + q.V - SLACK_US
+        c.zrem[me] = nil
         n_hosts = n_hosts + 1
     end
     local learn_left = 0
     if learning then learn_left = ceil((learn_until - now) / 1000) end
     local reply = { LEDGER_VERSION, 'ok', epoch, learn_left, q.seq, n_hosts, entries, health }
     if not bye then
-        extra['r:' .. q.host] = cmsgpack.pack(reply)
+        ctx_set_raw(c, 'r:' .. me, cmsgpack.pack(reply))
     end
-    flush(c, extra)
+    flush(c)
     return reply
 end
 
@@ -783,12 +907,12 @@ end
 
 local function info(keys)
     local c = ctx_new(keys)
-    local now = clock_us(c)
-    local meta = redis.call('HMGET', c.LK, 'epoch', 'learn')
-    local epoch = tonumber(meta[1] or '0')
+    local m = redis.call('HMGET', c.LK, 'clock', 'last', 'epoch', 'learn')
+    local now = clock_us(m[1], m[2])
+    local epoch = tonumber(m[3] or '0')
     local learn_left = 0
-    if meta[2] and tonumber(meta[2]) > now then
-        learn_left = ceil((tonumber(meta[2]) - now) / 1000)
+    if m[4] and tonumber(m[4]) > now then
+        learn_left = ceil((tonumber(m[4]) - now) / 1000)
     end
     local hosts = redis.call('ZRANGE', c.HK, '0', '-1', 'WITHSCORES')
     local out, kws = {}, {}

@@ -5,6 +5,7 @@
 #   make test          also runs tests/fleet/t_* (a redis-server each, started
 #                      by the test on 127.0.0.1 at a free port)
 #   make fleet-test    only the fleet tests, verbose
+#   make fleet-bench   what one sync costs the store (SUMMARY lines)
 #
 # The ledger (tools/sync/ledger.lua) is compiled into the client as a byte
 # array (od, no xxd needed), so the agent loads exactly the text it speaks.
@@ -22,7 +23,9 @@ FLEET_TESTS := $(patsubst tests/fleet/%.c,$(BUILD)/tests/fleet/%,$(wildcard test
 TEST_BIN += $(FLEET_TESTS)
 TEST_RUN += $(FLEET_TESTS)
 
-.PHONY: fleet-test
+SYNC_BENCH := $(BUILD)/tools/sync/bench_ledger
+
+.PHONY: fleet-test fleet-bench
 
 $(SYNC_LUA_C): tools/sync/ledger.lua tools/sync/sync.mk
 	@mkdir -p $(dir $@)
@@ -49,6 +52,17 @@ $(FLEET_TESTS): $(BUILD)/tests/fleet/%: tests/fleet/%.c tests/fleet/rig.h tests/
 	$(CC) $(CFLAGS) $(SYNC_HIREDIS_CFLAGS) -Itests -Itools/sync \
 	  -DRIG_PROXY_PY='"$(CURDIR)/tests/fleet/proxy.py"' -o $@ $< $(SYNC_OBJ) \
 	  $(LDFLAGS) $(SYNC_HIREDIS_LIBS) -lpthread -lm
+
+$(SYNC_BENCH): tools/sync/bench_ledger.c tests/fleet/rig.h tests/fleet/sim.h tools/sync/store.h $(SYNC_OBJ)
+	$(CC) $(CFLAGS) $(SYNC_HIREDIS_CFLAGS) -Itests -Itests/fleet -Itools/sync -o $@ $< $(SYNC_OBJ) \
+	  $(LDFLAGS) $(SYNC_HIREDIS_LIBS) -lpthread -lm
+
+# What one sync costs the store, for a few fleet sizes (see DESIGN.md).
+fleet-bench: $(SYNC_BENCH)
+	$(SYNC_BENCH) --hosts 10 --keys 2
+	$(SYNC_BENCH) --hosts 100 --keys 2
+	$(SYNC_BENCH) --hosts 100 --keys 4
+	$(SYNC_BENCH) --hosts 300 --keys 2 --rounds 8
 
 fleet-test: deps
 	@$(MAKE) --no-print-directory $(FLEET_TESTS)
