@@ -864,7 +864,6 @@ local function sync(keys, args)
         end
     end
 
-    local n_hosts = #known_hosts().names
     if bye then
         local kwl = {}
         for _, t in ipairs(q.ent) do kwl[#kwl + 1] = t.kw end
@@ -889,15 +888,17 @@ local function sync(keys, args)
         ctx_set_raw(c, 'w:' .. me, table.concat(kwl, ' '))
         c.zadd[me] = tack + q.V - SLACK_US
         c.zrem[me] = nil
-        n_hosts = n_hosts + 1
-    end
-    local learn_left = 0
-    if learning then learn_left = ceil((learn_until - now) / 1000) end
-    local reply = { LEDGER_VERSION, 'ok', epoch, learn_left, q.seq, n_hosts, entries, health }
-    if not bye then
-        ctx_set_raw(c, 'r:' .. me, cmsgpack.pack(reply))
     end
     flush(c)
+    -- The reply, stored for a retry of the same seq.  ZCARD: counting the
+    -- hosts must not cost a pass over them.
+    local learn_left = 0
+    if learning then learn_left = ceil((learn_until - now) / 1000) end
+    local n_hosts = redis.call('ZCARD', c.HK)
+    local reply = { LEDGER_VERSION, 'ok', epoch, learn_left, q.seq, n_hosts, entries, health }
+    if not bye then
+        redis.call('HSET', c.LK, 'r:' .. me, cmsgpack.pack(reply))
+    end
     return reply
 end
 

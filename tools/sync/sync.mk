@@ -63,6 +63,7 @@ fleet-bench: $(SYNC_BENCH)
 	$(SYNC_BENCH) --hosts 100 --keys 2
 	$(SYNC_BENCH) --hosts 100 --keys 4
 	$(SYNC_BENCH) --hosts 300 --keys 2 --rounds 8
+	$(SYNC_BENCH) --hosts 1000 --keys 2 --rounds 6
 
 fleet-test: deps
 	@$(MAKE) --no-print-directory $(FLEET_TESTS)
