@@ -93,6 +93,7 @@ TEST_TIMEOUT ?= 300
 -include bench/bench.mk
 -include bindings/bindings.mk
 -include tests/fuzz/fuzz.mk
+-include tools/sync/sync.mk
 
 all: $(SHLIB) $(STLIB) $(KMCTL)
 
