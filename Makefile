@@ -70,7 +70,7 @@ EXAMPLE_BIN := $(patsubst examples/%.c,$(BUILD)/examples/%,$(EXAMPLE_SRC))
 TEST_TIMEOUT ?= 300
 
 .PHONY: all deps test check torture bench demo install uninstall clean examples \
-        deps-extra bench-compare
+        deps-extra bench-compare check-layers
 
 # Fragments owned by the benchmark suite and the bindings: each may add
 # targets and hook `deps-extra` (packages its tests or runs need) and
@@ -191,6 +191,13 @@ uninstall:
 
 clean:
 	rm -rf build build-san build-*
+
+# ------------------------------------------------------------------ layering
+# shm/ below src/, tools/ and bindings/ on keymesh.h only (.ci/check-layers.sh:
+# one line per edge, non-zero if any).  Reads the objects of $(BUILD)/obj and
+# compiles tools/ itself, with CFLAGS less -Isrc -Ishm.
+check-layers: all
+	CC='$(CC)' CFLAGS='$(CFLAGS) $(SQLITE_CFLAGS)' bash .ci/check-layers.sh $(BUILD)
 
 # Empty unless a fragment above adds prerequisites or recipes (double-colon
 # rules, so each fragment can add its own).
