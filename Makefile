@@ -57,9 +57,10 @@ KMCTL   := $(BUILD)/kmctl
 
 TEST_SRC := $(wildcard tests/t_*.c)
 TEST_BIN := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
-# Helpers other tests start; built with the tests, not run by prove.
-TEST_HELPERS := $(BUILD)/tests/t_hold
-TEST_RUN := $(filter-out $(TEST_HELPERS),$(TEST_BIN))
+# Helpers other tests start (tests/helpers/): built with the tests, not run
+# by prove.
+TEST_HELPERS := $(BUILD)/tests/helpers/hold
+TEST_RUN := $(TEST_BIN)
 TEST_SH  := $(wildcard tests/t_*.sh)
 BENCH_SRC := $(wildcard bench/bench_*.c)
 BENCH_BIN := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
@@ -145,7 +146,7 @@ examples: $(EXAMPLE_BIN)
 # Each program runs in its own process under a time limit; prove prints TAP
 # and exits non-zero on any failure.
 test: deps
-	@$(MAKE) --no-print-directory all $(TEST_BIN)
+	@$(MAKE) --no-print-directory all $(TEST_BIN) $(TEST_HELPERS)
 	KM_BUILD=$(BUILD) prove -f --exec 'timeout $(TEST_TIMEOUT)' $(TEST_RUN) $(TEST_SH)
 
 check: test
@@ -153,7 +154,7 @@ check: test
 # Long crash-torture runs (not part of make test): KM_TORTURE_S seconds each.
 TORTURE_S ?= 30
 torture: deps
-	@$(MAKE) --no-print-directory all $(TEST_BIN)
+	@$(MAKE) --no-print-directory all $(TEST_BIN) $(TEST_HELPERS)
 	KM_BUILD=$(BUILD) KM_TORTURE_S=$(TORTURE_S) prove -v $(BUILD)/tests/t_crash $(BUILD)/tests/t_reconfig
 
 bench: deps
