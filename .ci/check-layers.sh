@@ -13,7 +13,7 @@
 # Prints one line per edge, "FILE[:LINE]: NAME (why)", and exits 1 if there
 # is any (2 if the tree is not built).  `make check-layers` builds and runs it.
 set -u
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 B=${1:-build}
 CC=${CC:-cc}
 CFLAGS=${CFLAGS:--std=c11 -D_GNU_SOURCE -Iinclude}
@@ -22,9 +22,12 @@ edge() { echo "$*"; edges=$((edges + 1)); }
 tmp=$(mktemp -d) || exit 2
 trap 'rm -rf "$tmp"' EXIT
 
-# Objects whose source still exists (a build dir may keep those of removed files).
-objs() { find "$B/obj/$1" -name '*.o' 2>/dev/null | sort | while read -r o; do
-    s=${o#"$B"/obj/}; [ -f "${s%.o}.c" ] && echo "$o"; done; }
+# The object of every source under DIR (not those a build dir keeps of
+# removed files); a source without one stops the check.
+objs() { find "$1" -name '*.c' | sort | while read -r s; do
+    o="$B/obj/${s%.c}.o"
+    [ -f "$o" ] || { echo "check-layers: $o missing (make first)" >&2; echo MISSING; }
+    echo "$o"; done; }
 # Line of the first use of NAME in FILE that is not in a comment line.
 line() { grep -nw -- "$2" "$1" | grep -vE '^[0-9]+:\s*(\*|/\*|//)' | head -1 | cut -d: -f1; }
 # What `#include "X"` in FILE means: the file next to it, else include/X,
@@ -40,7 +43,8 @@ includes() { local f=$1 n h r a; shift
         echo "$f:$n: #include \"$h\" ($r)"
     done; }
 
-[ -d "$B/obj/src" ] && [ -d "$B/obj/shm" ] || { echo "check-layers: no objects in $B/obj (make first)"; exit 2; }
+objs shm >"$tmp/shm_objs" && objs src >"$tmp/src_objs" || exit 2
+! grep -qx MISSING "$tmp/shm_objs" "$tmp/src_objs" || exit 2
 
 # keymesh.h's names: every km_ identifier of the header without its comments.
 $CC -E -P -Iinclude include/keymesh.h 2>/dev/null | grep -oE '\bkm_[a-z0-9_]+' | sort -u >"$tmp/api"
@@ -50,15 +54,15 @@ $CC -E -P -Iinclude include/keymesh.h 2>/dev/null | grep -oE '\bkm_[a-z0-9_]+' |
 for f in shm/*.[ch]; do
     while read -r l; do edge "$l"; done < <(includes "$f" shm include)
 done
-for o in $(objs src); do nm -g -P --defined-only "$o" | awk -v s="${o#"$B"/obj/}" '{ print $1, s }'; done |
-    sed 's/\.o$/.c/' | sort -k1,1 >"$tmp/src_defs"
-for o in $(objs shm); do
+while read -r o; do nm -g -P --defined-only "$o" | awk -v s="${o#"$B"/obj/}" '{ print $1, s }'
+done <"$tmp/src_objs" | sed 's/\.o$/.c/' | sort -k1,1 >"$tmp/src_defs"
+while read -r o; do
     c=${o#"$B"/obj/}; c=${c%.o}.c
     nm -u -P "$o" | awk '{ print $1 }' | sort -u | join - "$tmp/src_defs" >"$tmp/up"
     while read -r sym def; do
         edge "$c:$(line "$c" "$sym"): $sym (defined in $def)"
     done <"$tmp/up"
-done
+done <"$tmp/shm_objs"
 
 # 2. tools/ and bindings/, C: includes, then the symbols of their objects.
 while read -r f; do

@@ -30,6 +30,6 @@ while IFS= read -r line; do
     *) echo "$line" ;;
     esac
 done <"$TMP/tap"
-ok $([ "$lrc" = 0 ] && [ "${planned:-0}" -gt 0 ]; echo $?) "lua_layout.lua ran to its plan (exit $lrc, ${planned:-no} tests)"
+ok "$([ "$lrc" = 0 ] && [ "${planned:-0}" -gt 0 ]; echo $?)" "lua_layout.lua ran to its plan (exit $lrc, ${planned:-no} tests)"
 [ "$lrc" = 0 ] || diag "$(tail -n 20 "$TMP/lua.err")"
 finish
