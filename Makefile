@@ -71,9 +71,10 @@ KMCTL   := $(BUILD)/kmctl
 
 TEST_SRC := $(wildcard tests/t_*.c)
 TEST_BIN := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
-# Helpers other tests start; built with the tests, not run by prove.
-TEST_HELPERS := $(BUILD)/tests/t_hold $(BUILD)/tests/t_loadgen
-TEST_RUN := $(filter-out $(TEST_HELPERS),$(TEST_BIN))
+# Helpers other tests start (tests/helpers/): built with the tests, not run
+# by prove.
+TEST_HELPERS := $(BUILD)/tests/helpers/hold $(BUILD)/tests/helpers/loadgen
+TEST_RUN := $(TEST_BIN)
 TEST_SH  := $(wildcard tests/t_*.sh)
 BENCH_SRC := $(wildcard bench/bench_*.c)
 BENCH_BIN := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
@@ -84,7 +85,7 @@ EXAMPLE_BIN := $(patsubst examples/%.c,$(BUILD)/examples/%,$(EXAMPLE_SRC))
 TEST_TIMEOUT ?= 300
 
 .PHONY: all deps test check torture bench demo install uninstall clean examples \
-        deps-extra bench-compare man help
+        deps-extra bench-compare man help check-layers cross-deps cross-test
 
 # Fragments owned by the benchmark suite and the bindings: each may add
 # targets and hook `deps-extra` (packages its tests or runs need) and
@@ -180,7 +181,7 @@ examples: $(EXAMPLE_BIN)
 # Each program runs in its own process under a time limit; prove prints TAP
 # and exits non-zero on any failure.
 test: deps
-	@$(MAKE) --no-print-directory all $(TEST_BIN)
+	@$(MAKE) --no-print-directory all $(TEST_BIN) $(TEST_HELPERS)
 	KM_BUILD=$(BUILD) prove -f --exec 'timeout $(TEST_TIMEOUT)' $(TEST_RUN) $(TEST_SH)
 
 check: test
@@ -188,7 +189,7 @@ check: test
 # Long crash-torture runs (not part of make test): KM_TORTURE_S seconds each.
 TORTURE_S ?= 30
 torture: deps
-	@$(MAKE) --no-print-directory all $(TEST_BIN)
+	@$(MAKE) --no-print-directory all $(TEST_BIN) $(TEST_HELPERS)
 	KM_BUILD=$(BUILD) KM_TORTURE_S=$(TORTURE_S) prove -v $(BUILD)/tests/t_crash $(BUILD)/tests/t_reconfig
 
 bench: deps
@@ -255,10 +256,89 @@ help:
 	@echo '                  (PREFIX=$(PREFIX) DESTDIR= libdir= includedir= bindir= mandir=)'
 	@echo 'make uninstall    remove what install put there'
 	@echo 'make clean        remove the build directories'
+	@echo 'make check-layers shm/ below src/, tools/ and bindings/ on keymesh.h only'
+	@echo 'make cross-test   the library and C tests for aarch64 under qemu-user (cross-deps: as root)'
 	@echo 'make help         this list'
 	@echo 'Fragments: make bench-full (long comparisons, bench/bench.mk), make fuzz and'
 	@echo '  fuzz-build (libFuzzer targets, tests/fuzz/fuzz.mk), deps-extra (bindings/bindings.mk)'
 	@echo 'Options: WERROR=1 (warnings are errors), SAN=address,undefined (sanitizers, in build-san/)'
+
+# ------------------------------------------------------------------ layering
+# shm/ below src/, tools/ and bindings/ on keymesh.h only (.ci/check-layers.sh:
+# one line per edge, non-zero if any).  Reads the objects of $(BUILD)/obj and
+# compiles tools/ itself, with CFLAGS less -Isrc -Ishm.
+check-layers: all
+	CC='$(CC)' CFLAGS='$(CFLAGS) $(SQLITE_CFLAGS)' bash .ci/check-layers.sh $(BUILD)
+
+# ------------------------------------------------------------------- aarch64
+# make cross-test: the library and the C tests built with Debian's cross
+# compiler into build-aarch64/ and run under qemu-user (about 35 s from
+# clean; .ci/run runs it).  jansson, libsodium and SQLite come from Debian multiarch (make
+# cross-deps, as root).  ck does not: libck-dev:amd64 and :arm64 cannot be
+# installed together (their ck_md.h differ: CK_MD_TSO against CK_MD_RMO),
+# and installing one removes the other, so libck-dev:arm64 is unpacked into
+# build-aarch64/ck and linked statically.  pkg-config reads arm64 .pc files
+# only (amd64's ck.pc adds -D__x86_64__).
+CROSS       ?= aarch64-linux-gnu
+CROSS_BUILD ?= build-aarch64
+CROSS_PKGS  := libjansson-dev:arm64 libsodium-dev:arm64 libsqlite3-dev:arm64
+CROSS_CK    := $(CROSS_BUILD)/ck
+CROSS_PC    := $(abspath $(CROSS_CK))/pkgconfig:/usr/lib/$(CROSS)/pkgconfig:/usr/share/pkgconfig
+# No -L /usr/$(CROSS): with it qemu runs the cross toolchain's ld.so with the
+# libc of libc6:arm64 (from the host's ld.so.cache), a mismatch that hangs
+# forked children.  Without it, libc6:arm64 (pulled in by CROSS_PKGS)
+# provides both.
+QEMU        ?= qemu-aarch64
+CROSS_TESTS := $(patsubst $(BUILD)/%,$(CROSS_BUILD)/%,$(TEST_RUN))
+
+cross-deps:
+	@missing=""; \
+	command -v $(CROSS)-gcc >/dev/null || missing="$$missing gcc-$(CROSS)"; \
+	command -v $(firstword $(QEMU)) >/dev/null || missing="$$missing qemu-user"; \
+	for p in $(CROSS_PKGS); do \
+	  dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "cross-deps: installing:$$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "cross-deps: need root to install:$$missing" >&2; exit 1; fi; \
+	  dpkg --print-foreign-architectures | grep -qx arm64 || dpkg --add-architecture arm64; \
+	  (apt-get update -qq -o DPkg::Lock::Timeout=600 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	     -o DPkg::Lock::Timeout=600 --no-remove $$missing >/dev/null) \
+	    || { echo "cross-deps: apt-get install$$missing failed" >&2; exit 1; }; \
+	fi
+
+# libck-dev:arm64 unpacked, its ck.pc pointed there, libck.a only.
+$(CROSS_CK)/pkgconfig/ck.pc: | cross-deps
+	rm -rf $(CROSS_CK) && mkdir -p $(CROSS_CK)/pkgconfig
+	cd $(CROSS_CK) && apt-get download -qq -o APT::Sandbox::User=root libck-dev:arm64
+	dpkg-deb -x $(CROSS_CK)/libck-dev_*_arm64.deb $(CROSS_CK)/root
+	rm -f $(CROSS_CK)/root/usr/lib/$(CROSS)/libck.so
+	sed 's|=/usr|=$(abspath $(CROSS_CK))/root/usr|' \
+	  $(CROSS_CK)/root/usr/lib/$(CROSS)/pkgconfig/ck.pc >$@
+	printf '#include <ck_md.h>\n#ifndef CK_MD_RMO\n#error ck_md.h is not arm64 (RMO)\n#endif\n' | \
+	  $(CROSS)-gcc $$(PKG_CONFIG_LIBDIR=$(CROSS_PC) pkg-config --cflags ck) -E -x c - >/dev/null \
+	  || { rm -f $@; exit 1; }
+
+# The programs link tests/helpers/qemu_procstat.c (qemu's own /proc/self/stat
+# is a tick off the kernel's; see there).  Tests exec kmctl through a script
+# that starts it under qemu (no binfmt_misc here).
+CROSS_SHIM := $(CROSS_BUILD)/tests/helpers/qemu_procstat.o
+$(CROSS_SHIM): tests/helpers/qemu_procstat.c | cross-deps
+	@mkdir -p $(dir $@)
+	$(CROSS)-gcc -std=c11 -D_GNU_SOURCE -O2 $(WARN) -c $< -o $@
+
+# Rebuilt when the shim or the unpacked ck changes.
+$(CROSS_TESTS) $(CROSS_BUILD)/kmctl: $(CROSS_SHIM)
+$(CROSS_TESTS) $(CROSS_BUILD)/kmctl $(patsubst $(BUILD)/%,$(CROSS_BUILD)/%,$(LIB_OBJ)): \
+  $(CROSS_CK)/pkgconfig/ck.pc
+
+cross-test: $(CROSS_SHIM) $(CROSS_CK)/pkgconfig/ck.pc
+	PKG_CONFIG_LIBDIR=$(CROSS_PC) $(MAKE) --no-print-directory BUILD=$(CROSS_BUILD) \
+	  CC=$(CROSS)-gcc SAN= LDFLAGS='-Wl,--wrap=fopen $(CROSS_SHIM)' $(CROSS_BUILD)/kmctl $(CROSS_TESTS)
+	@mkdir -p $(CROSS_BUILD)/qemu
+	printf '#!/bin/sh\nexec %s %s/kmctl "$$@"\n' '$(QEMU)' '$(abspath $(CROSS_BUILD))' >$(CROSS_BUILD)/qemu/kmctl
+	chmod +x $(CROSS_BUILD)/qemu/kmctl
+	KM_BUILD=$(CROSS_BUILD)/qemu prove -f --exec 'timeout $(TEST_TIMEOUT) $(QEMU)' $(CROSS_TESTS)
 
 # Empty unless a fragment above adds prerequisites or recipes (double-colon
 # rules, so each fragment can add its own).

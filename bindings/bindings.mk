@@ -14,6 +14,10 @@
 #   make python-install   pip-install bindings/python (the extension built
 #                         against $(DESTDIR)$(includedir) and $(libdir), as
 #                         `make install` put them) for $(PYTHON)
+#
+#   tests/t_lua_layout.sh runs luajit: Debian's luajit2 (OpenResty's branch,
+#   the one libnginx-mod-http-lua uses), not luajit, whose install removes the
+#   nginx module; --no-remove makes any such install fail instead.
 
 # This file is read before the Makefile's first target: keep `all` the
 # default goal whatever the rules below define.
@@ -60,12 +64,13 @@ deps-extra::
 	[ -x /usr/sbin/nginx ]                || missing="$$missing nginx"; \
 	have_pkg libnginx-mod-http-lua        || missing="$$missing libnginx-mod-http-lua"; \
 	command -v curl >/dev/null            || missing="$$missing curl"; \
+	command -v luajit >/dev/null          || missing="$$missing luajit2"; \
 	command -v gcc >/dev/null             || missing="$$missing gcc"; \
 	if [ -n "$$missing" ]; then \
 	  echo "deps (bindings): installing:$$missing"; \
 	  if [ "$$(id -u)" != 0 ]; then echo "deps: need root to install:$$missing" >&2; exit 1; fi; \
 	  (apt-get update -qq && RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive \
-	     apt-get install -y -qq $$missing >/dev/null) \
+	     apt-get install -y -qq --no-remove $$missing >/dev/null) \
 	    || { echo "deps: apt-get install$$missing failed" >&2; exit 1; }; \
 	fi
 

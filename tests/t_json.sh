@@ -11,7 +11,7 @@
 . "$(dirname "$0")/lib.sh"
 
 HOLD="$B/tests/t_hold"
-LOADGEN="$B/tests/t_loadgen"
+LOADGEN="$B/tests/helpers/loadgen"
 PY=/usr/bin/python3
 begin json "$HOLD" "$LOADGEN"
 new_seg RSEG json-restored

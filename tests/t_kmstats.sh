@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # tests/t_kmstats.sh - kmctl stats: counters against what forked workers
-# counted themselves (tests/t_loadgen.c), the JSON document's shape
+# counted themselves (tests/helpers/loadgen.c), the JSON document's shape
 # (json_schema, kind, segment_format), window arithmetic (used + left =
 # burst), the filters and their errors, units named in the table's titles,
 # and no secret anywhere.  TAP output (plan at the end).
 # shellcheck source=tests/lib.sh
 . "$(dirname "$0")/lib.sh"
 
-LOADGEN="$B/tests/t_loadgen"
+LOADGEN="$B/tests/helpers/loadgen"
 PY=/usr/bin/python3
 begin kmstats "$LOADGEN"
 

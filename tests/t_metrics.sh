@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tests/t_metrics.sh - kmctl metrics and kmctl serve: the exposition passes
 # `promtool check metrics`, its values equal what forked workers counted
-# (tests/t_loadgen.c), label values are escaped, no secret appears; serve
+# (tests/helpers/loadgen.c), label values are escaped, no secret appears; serve
 # answers /metrics, /healthz, 404 and 405, refuses a port in use (status
 # 1, a clear line), answers 503 with a clear line while the segment is
 # gone and follows it when it is back, and stops on SIGTERM; the Grafana
@@ -10,7 +10,7 @@
 # shellcheck source=tests/lib.sh
 . "$(dirname "$0")/lib.sh"
 
-LOADGEN="$B/tests/t_loadgen"
+LOADGEN="$B/tests/helpers/loadgen"
 PY=/usr/bin/python3
 begin metrics "$LOADGEN"
 for t in promtool curl; do

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tests/t_prometheus.sh - kmctl serve scraped by the real thing: Debian's
 # prometheus server on 127.0.0.1 (free ports) with a scrape config for
-# `kmctl serve`, forked workers (tests/t_loadgen.c) drive load through the
+# `kmctl serve`, forked workers (tests/helpers/loadgen.c) drive load through the
 # segment and count what they did, and Prometheus' own HTTP query API must
 # show the series, the workers' exact counts, and
 # rate(keymesh_key_requests_total[..]) equal to the workers' rate (within
@@ -10,7 +10,7 @@
 # shellcheck source=tests/lib.sh
 . "$(dirname "$0")/lib.sh"
 
-LOADGEN="$B/tests/t_loadgen"
+LOADGEN="$B/tests/helpers/loadgen"
 PY=/usr/bin/python3
 begin prometheus "$LOADGEN"
 for t in prometheus promtool; do

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # tests/t_reapctl.sh - kmctl ps / check / reap / inspect's process section
-# around a worker that dies without detaching.  A helper (t_hold) attaches,
-# takes leases and is killed with SIGKILL; kmctl must show it dead with its
-# leases, check must report it, reap must release exactly what it held, and
-# afterwards the segment must check clean.  TAP output (plan at the end).
+# around a worker that dies without detaching.  A helper
+# (tests/helpers/hold.c) attaches, takes leases and is killed with SIGKILL;
+# kmctl must show it dead with its leases, check must report it, reap must
+# release exactly what it held, and afterwards the segment must check clean.
+# TAP output (plan at the end).
 # Binaries from ${KM_BUILD:-build}.
 # shellcheck source=tests/lib.sh
 . "$(dirname "$0")/lib.sh"
 
-HOLD="$B/tests/t_hold"
+HOLD="$B/tests/helpers/hold"
 HOLD_PID=
 begin reapctl "$HOLD"
 MISSING="kmt-reapctl-missing-$$" # never created
@@ -27,7 +28,7 @@ check_text() { # check_text NAME: ok if the last command ran, else show output
 # sum FIELD: sum of every "FIELD": <integer> in the JSON on stdin
 sum() { grep -o "\"$1\": [0-9]*" | awk '{ s += $2 } END { print s + 0 }'; }
 
-# hold N: start t_hold with N leases on pool p; wait for "held N".
+# hold N: start the helper with N leases on pool p; wait for "held N".
 hold() {
     "$HOLD" "$SEG" p "$1" >"$TMP/hold" 2>"$TMP/hold.err" &
     HOLD_PID=$!
@@ -36,7 +37,7 @@ hold() {
         kill -0 "$HOLD_PID" 2>/dev/null || break
         sleep 0.1
     done
-    diag "t_hold did not hold $1 leases: $(cat "$TMP/hold.err")"
+    diag "the helper did not hold $1 leases: $(cat "$TMP/hold.err")"
     return 1
 }
 # die: SIGKILL the holder and collect it (no zombie: it is dead to kmctl).
@@ -116,7 +117,7 @@ check_text "ps a fresh segment: header and kmctl's own row"
 
 # ---------------------------------------------------- a live holder
 hold 2
-ok $? "t_hold attached and holds 2 leases"
+ok $? "the helper attached and holds 2 leases"
 run "$KMCTL" ps "$SEG"
 expect 0 "ps with a live holder"
 echo "$OUT" | grep -Eq "^  [0-9]+ +$HOLD_PID +yes +2 +[0-9]+\$"

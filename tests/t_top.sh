@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tests/t_top.sh - kmctl top under tmux (a private server: new-session,
 # send-keys, capture-pane): the header, pool totals and key rows, request
-# rates against the load forked workers put through (tests/t_loadgen.c),
+# rates against the load forked workers put through (tests/helpers/loadgen.c),
 # limit bars, pool switching, sorting, a 20x10 terminal (from the start and
 # after a resize), the segment vanishing and coming back, and `q` quitting
 # with status 0; outside a terminal it refuses with a clear line.  TAP
@@ -9,7 +9,7 @@
 # shellcheck source=tests/lib.sh
 . "$(dirname "$0")/lib.sh"
 
-LOADGEN="$B/tests/t_loadgen"
+LOADGEN="$B/tests/helpers/loadgen"
 begin top "$LOADGEN"
 command -v tmux >/dev/null || { echo "Bail out! tmux not installed (make deps)"; exit 1; }
 

@@ -9,27 +9,10 @@
  * not spin while it sleeps (its CPU time stays far below the time it
  * waited).
  */
-#include <stdio.h>
-#include <string.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
-#include <unistd.h>
 
-#include "keymesh.h"
-#include "tap.h"
-
-static char name[64];
-
-static km_env *make(const char *js, km_config **cfg)
-{
-    char err[256];
-    km_env *e = NULL;
-    km_unlink(name);
-    if (km_config_parse(js, strlen(js), "t_wait", cfg, err, sizeof err) ||
-        km_create(name, *cfg, 0, &e))
-        bail_out("cannot create segment %s: %s", name, err);
-    return e;
-}
+#include "testlib.h"
 
 static double cpu_s(void)
 {
@@ -54,7 +37,7 @@ static pid_t holder(int hold_ms, int *ready_fd)
         km_outcome ok = {.kind = KM_OUT_SUCCESS, .latency_us = 100, .tokens = -1,
                          .input_tokens = -1, .output_tokens = -1};
         close(fd[0]);
-        if (km_open(name, &c) != KM_OK || km_acquire(c, &rq, &l) != KM_OK)
+        if (km_open(seg, &c) != KM_OK || km_acquire(c, &rq, &l) != KM_OK)
             _exit(2);
         if (write(fd[1], "h", 1) != 1)
             _exit(3);
@@ -94,7 +77,6 @@ static int child_status(pid_t pid)
 
 int main(void)
 {
-    km_config *cfg;
     km_lease l;
     km_request rq = {.pool = 0};
     km_outcome ok = {.kind = KM_OUT_SUCCESS, .latency_us = 100, .tokens = -1,
@@ -103,11 +85,10 @@ int main(void)
     (void)fd;
 
     plan(32);
-    snprintf(name, sizeof name, "kmt-wait-%d", (int)getpid());
+    fixtures_init("wait");
     /* One key with a single lease slot: while a child holds it, no lease. */
-    km_env *e = make("{\"capacity\":{\"inflight_per_key\":1},\"pools\":[{\"name\":\"p\","
-                     "\"cooldown_s\":1,\"keys\":[{\"id\":\"only\",\"secret\":\"sk-test-wait0001\"}]}]}",
-                     &cfg);
+    km_env *e = mkseg("{\"capacity\":{\"inflight_per_key\":1},\"pools\":[{\"name\":\"p\","
+                     "\"cooldown_s\":1,\"keys\":[{\"id\":\"only\",\"secret\":\"sk-test-wait0001\"}]}]}");
 
     /* 1. Woken by a release in another process. */
     pid_t pid = holder(300, &fd);
@@ -154,7 +135,7 @@ int main(void)
         km_env *c = NULL;
         char err[128];
         usleep(300 * 1000);
-        if (km_open(name, &c) != KM_OK)
+        if (km_open(seg, &c) != KM_OK)
             _exit(2);
         int r = km_key_add(c, 0, "{\"id\": \"new\", \"secret\": \"sk-test-wait0new\"}", err, sizeof err);
         km_close(c);
@@ -168,14 +149,11 @@ int main(void)
     is_int(child_status(pid), 0, "the adding process succeeded");
     km_release(e, &l2, &ok);
     km_release(e, &l, &ok);
-    km_close(e);
-    km_unlink(name);
-    km_config_free(cfg);
+    rmseg(e);
 
     /* 3. Wakes by itself when a cooldown ends. */
-    e = make("{\"pools\":[{\"name\":\"p\",\"cooldown_s\":30,\"keys\":["
-             "{\"id\":\"a\",\"secret\":\"sk-test-wait000a\"},{\"id\":\"b\",\"secret\":\"sk-test-wait000b\"}]}]}",
-             &cfg);
+    e = mkseg("{\"pools\":[{\"name\":\"p\",\"cooldown_s\":30,\"keys\":["
+             "{\"id\":\"a\",\"secret\":\"sk-test-wait000a\"},{\"id\":\"b\",\"secret\":\"sk-test-wait000b\"}]}]}");
     km_outcome rl = {.kind = KM_OUT_RATE_LIMITED, .latency_us = 10, .tokens = 0,
                      .retry_after_s = 0.4, .input_tokens = -1, .output_tokens = -1};
     for (int i = 0; i < 2; i++) {
@@ -204,7 +182,7 @@ int main(void)
     if (pid == 0) {
         km_env *c = NULL;
         usleep(300 * 1000);
-        if (km_open(name, &c) != KM_OK)
+        if (km_open(seg, &c) != KM_OK)
             _exit(2);
         km_pool_info cpi;
         km_pool_info_get(c, 0, &cpi);
@@ -238,15 +216,12 @@ int main(void)
     km_release(e, &l, &rl);
     is_int(km_acquire(e, &pin, &l), KM_EAGAIN, "pinned key cooling: EAGAIN although key a is free");
     ok(l.retry_at_ns > km_now_ns() + 4000000000ull, "retry time is the pinned key's cooldown end");
-    km_close(e);
-    km_unlink(name);
-    km_config_free(cfg);
+    rmseg(e);
 
     /* 6. fill_first: stick to the first key until it is limited. */
-    e = make("{\"pools\":[{\"name\":\"p\",\"strategy\":\"fill_first\",\"limits\":{\"rpm\":2},\"keys\":["
+    e = mkseg("{\"pools\":[{\"name\":\"p\",\"strategy\":\"fill_first\",\"limits\":{\"rpm\":2},\"keys\":["
              "{\"id\":\"a\",\"secret\":\"sk-test-fill000a\"},{\"id\":\"b\",\"secret\":\"sk-test-fill000b\"},"
-             "{\"id\":\"c\",\"secret\":\"sk-test-fill000c\"}]}]}",
-             &cfg);
+             "{\"id\":\"c\",\"secret\":\"sk-test-fill000c\"}]}]}");
     char seq[16] = "";
     size_t n = 0;
     for (int i = 0; i < 6; i++) {
@@ -256,8 +231,6 @@ int main(void)
         }
     }
     is_str(seq, "aabbcc", "fill_first drains a, then b, then c");
-    km_close(e);
-    km_unlink(name);
-    km_config_free(cfg);
+    rmseg(e);
     return exit_status();
 }

@@ -52,11 +52,11 @@ $(FUZZ_BUILD)/plain/%.o: %.c $(FUZZ_HDRS)
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -O2 -c $< -o $@
 
-$(FUZZ_BUILD)/fuzz_attach: tests/fuzz/fuzz_attach.c $(FUZZ_LIB_OBJ)
-	$(FUZZ_CC) $(FUZZ_CFLAGS) $(FUZZ_SAN) -o $@ $^ -Wl,--wrap=mmap,--wrap=munmap $(FUZZ_LIBS)
+$(FUZZ_BUILD)/fuzz_attach: tests/fuzz/fuzz_attach.c tests/fuzz/fuzz_common.h $(FUZZ_LIB_OBJ)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) $(FUZZ_SAN) -o $@ $(filter-out %.h,$^) -Wl,--wrap=mmap,--wrap=munmap $(FUZZ_LIBS)
 
-$(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIB_OBJ)
-	$(FUZZ_CC) $(FUZZ_CFLAGS) $(FUZZ_SAN) -o $@ $^ $(FUZZ_LIBS)
+$(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_common.h $(FUZZ_LIB_OBJ)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) $(FUZZ_SAN) -o $@ $(filter-out %.h,$^) $(FUZZ_LIBS)
 
 $(FUZZ_BUILD)/mkseeds: tests/fuzz/mkseeds.c $(FUZZ_SEED_OBJ)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -O2 -o $@ $^ $(FUZZ_LIBS)

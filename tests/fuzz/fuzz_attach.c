@@ -39,24 +39,15 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <jansson.h>
 
+#define FUZZ_NAME "attach"
+#include "fuzz_common.h"
 #include "internal.h"
-
-#define FAIL(...)                                                              \
-    do {                                                                       \
-        fprintf(stderr, "fuzz_attach: oracle: " __VA_ARGS__);                  \
-        fputc('\n', stderr);                                                   \
-        abort();                                                               \
-    } while (0)
 
 /* ------------------------------------------------------------ guard pages */
 
@@ -285,7 +276,6 @@ static void repair_known(uint8_t *data, size_t size)
 
 /* ------------------------------------------------------------ the target */
 
-int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc;

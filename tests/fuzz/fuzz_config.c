@@ -15,21 +15,12 @@
  *   3. A syntax error's message never depends on string contents: the same
  *      with every letter and digit inside a string literal rotated.
  */
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 
 #include <jansson.h>
 
+#define FUZZ_NAME "config"
+#include "fuzz_common.h"
 #include "internal.h"
-
-#define FAIL(...)                                                              \
-    do {                                                                       \
-        fprintf(stderr, "fuzz_config: oracle: " __VA_ARGS__);                  \
-        fputc('\n', stderr);                                                   \
-        abort();                                                               \
-    } while (0)
 
 static int printable_nospace(const char *s, size_t n)
 {

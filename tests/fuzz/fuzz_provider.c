@@ -17,21 +17,12 @@
  */
 #include <ctype.h>
 #include <math.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 
+#define FUZZ_NAME "provider"
+#include "fuzz_common.h"
 #include "keymesh.h"
 
 #define MAX_HDRS 64
-
-#define FAIL(...)                                                              \
-    do {                                                                       \
-        fprintf(stderr, "fuzz_provider: oracle: " __VA_ARGS__);                \
-        fputc('\n', stderr);                                                   \
-        abort();                                                               \
-    } while (0)
 
 static int run(const km_http_response *r, km_outcome *o)
 {

@@ -19,20 +19,12 @@
  */
 #include <dirent.h>
 #include <signal.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
+#define FUZZ_NAME "restore"
+#include "fuzz_common.h"
 #include "keymesh.h"
-
-#define FAIL(...)                                                              \
-    do {                                                                       \
-        fprintf(stderr, "fuzz_restore: oracle: " __VA_ARGS__);                 \
-        fputc('\n', stderr);                                                   \
-        abort();                                                               \
-    } while (0)
 
 /* The key of the seeds (mkseeds.c): 32 bytes of 0x42. */
 static unsigned char key[KM_SNAPSHOT_KEY_BYTES];
@@ -42,7 +34,6 @@ static const char *const secrets[] = {
     "sk-test-aaaa1111", "sk-test-bbbb2222", "gsk_1234567890abcdef", "gsk_fedcba0987654321",
 };
 
-int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc;

@@ -1,8 +1,8 @@
 /*
- * t_loadgen.c - not a test: a load generator for tests/t_ops.sh and
+ * tests/helpers/loadgen.c - not a test: a load generator for tests/t_ops.sh and
  * tests/t_prometheus.sh, whose workers count what they did themselves.
  *
- *   t_loadgen NAME POOL WORKERS RATE DURATION_S OUT [TOKENS [MODEL]]
+ *   loadgen NAME POOL WORKERS RATE DURATION_S OUT [TOKENS [MODEL]]
  *
  * Forks WORKERS processes; each attaches to segment NAME and, on an
  * absolute schedule of RATE operations per second for DURATION_S seconds,
@@ -54,12 +54,12 @@ static int worker(int w, const char *name, const char *pool, double rate, double
     km_env *e;
     int rc = km_open(name, &e);
     if (rc != KM_OK) {
-        fprintf(stderr, "t_loadgen: worker %d: open %s: %s\n", w, name, km_strerror(rc));
+        fprintf(stderr, "loadgen: worker %d: open %s: %s\n", w, name, km_strerror(rc));
         return 1;
     }
     km_request rq = {.pool = km_pool_find(e, pool), .tokens = tokens, .model = model};
     if (rq.pool < 0) {
-        fprintf(stderr, "t_loadgen: no pool %s\n", pool);
+        fprintf(stderr, "loadgen: no pool %s\n", pool);
         return 1;
     }
     uint64_t step = (uint64_t)(1e9 / rate), start = km_now_ns();
@@ -77,7 +77,7 @@ static int worker(int w, const char *name, const char *pool, double rate, double
             continue;
         }
         if (rc != KM_OK) {
-            fprintf(stderr, "t_loadgen: worker %d: acquire: %s\n", w, km_strerror(rc));
+            fprintf(stderr, "loadgen: worker %d: acquire: %s\n", w, km_strerror(rc));
             return 1;
         }
         int fail = i % 7 == 6;
@@ -85,7 +85,7 @@ static int worker(int w, const char *name, const char *pool, double rate, double
                         .tokens = tokens, .input_tokens = -1, .output_tokens = -1};
         tally *x = tally_of(l.key_id);
         if ((rc = km_release(e, &l, &o)) != KM_OK || !x) {
-            fprintf(stderr, "t_loadgen: worker %d: release: %s\n", w, km_strerror(rc));
+            fprintf(stderr, "loadgen: worker %d: release: %s\n", w, km_strerror(rc));
             return 1;
         }
         x->requests++;
@@ -111,7 +111,7 @@ static int worker(int w, const char *name, const char *pool, double rate, double
 int main(int argc, char **argv)
 {
     if (argc < 7 || argc > 9) {
-        fprintf(stderr, "usage: t_loadgen NAME POOL WORKERS RATE DURATION_S OUT [TOKENS [MODEL]]\n");
+        fprintf(stderr, "usage: loadgen NAME POOL WORKERS RATE DURATION_S OUT [TOKENS [MODEL]]\n");
         return 2;
     }
     int workers = atoi(argv[3]);

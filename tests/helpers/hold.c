@@ -1,11 +1,11 @@
 /*
- * t_hold.c - not a test: a helper for tests/t_reapctl.sh.
+ * tests/helpers/hold.c - not a test: a helper for tests/t_reapctl.sh.
  *
- *   t_hold NAME POOL N     attach to NAME, acquire N leases from POOL,
+ *   hold NAME POOL N       attach to NAME, acquire N leases from POOL,
  *                          print "held N" and sleep until killed.
  *
  * Exit status 2 if it cannot attach or acquire.  The Makefile builds it with
- * the tests but does not give it to prove.
+ * the tests (build/tests/helpers/hold); prove does not run it.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,18 +18,18 @@ int main(int argc, char **argv)
     km_env *e = NULL;
     km_lease l;
     if (argc != 4) {
-        fprintf(stderr, "usage: t_hold NAME POOL N\n");
+        fprintf(stderr, "usage: hold NAME POOL N\n");
         return 2;
     }
     int rc = km_open(argv[1], &e), n = atoi(argv[3]);
     if (rc != KM_OK) {
-        fprintf(stderr, "t_hold: open %s: %s\n", argv[1], km_strerror(rc));
+        fprintf(stderr, "hold: open %s: %s\n", argv[1], km_strerror(rc));
         return 2;
     }
     km_request rq = {.pool = km_pool_find(e, argv[2]), .tokens = 10};
     for (int i = 0; i < n; i++) {
         if ((rc = km_acquire(e, &rq, &l)) != KM_OK) {
-            fprintf(stderr, "t_hold: acquire %d: %s\n", i, km_strerror(rc));
+            fprintf(stderr, "hold: acquire %d: %s\n", i, km_strerror(rc));
             return 2;
         }
     }
