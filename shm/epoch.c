@@ -212,7 +212,7 @@ int km__epoch_sync(km_env *e, uint32_t timeout_ms)
 
     uint64_t deadline = km__now() + (uint64_t)timeout_ms * 1000000u;
     int rc = KM_OK;
-    for (uint32_t i = 0; i < e->cfg.cap_procs && rc == KM_OK; i++) {
+    for (uint32_t i = 0; i < e->geom.cap_procs && rc == KM_OK; i++) {
         km__rdr *r = km__rdrs(e, i);
         int live = -1; /* checked once per slot, only if a row is behind */
         for (uint32_t j = 0; j < KM__RDR_PER_PROC; j++) {
@@ -251,7 +251,7 @@ int km__epoch_sync(km_env *e, uint32_t timeout_ms)
 KM_EXTERN int km_reader_info_get(km_env *e, uint32_t slot, uint32_t row,
                                  km_reader_info *out)
 {
-    if (!e || !out || slot >= e->cfg.cap_procs || row >= KM__RDR_PER_PROC)
+    if (!e || !out || slot >= e->geom.cap_procs || row >= KM__RDR_PER_PROC)
         return KM_EINVAL;
     km__proc *p = &km__procs(e)[slot];
     uint64_t tag = ck_pr_load_64(&p->tag);

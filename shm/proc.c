@@ -106,7 +106,7 @@ int km__proc_register(km_env *e, int reap)
     if (reap)
         km__reap_dead(e, NULL, 0);
     for (int pass = 0; pass < 2; pass++) {
-        for (uint32_t i = 0; i < e->cfg.cap_procs; i++) {
+        for (uint32_t i = 0; i < e->geom.cap_procs; i++) {
             if (ck_pr_load_64(&pt[i].tag) != 0)
                 continue;
             uint64_t tag = ((uint64_t)(i + 1) << 32) | pid;
@@ -132,7 +132,7 @@ int km__proc_register(km_env *e, int reap)
         }
         /* Full: nothing was freed by the reap above; look once more in
          * case a process detached meanwhile. */
-        if (pass == 0 && ck_pr_load_32(&h->n_procs) >= e->cfg.cap_procs)
+        if (pass == 0 && ck_pr_load_32(&h->n_procs) >= e->geom.cap_procs)
             break;
     }
     return KM_EPROCS;
@@ -161,7 +161,7 @@ int km__reap_dead(km_env *e, km_reap_report *rep, int repair)
      * while reaping.  Then the table entries of dead processes that hold
      * nothing any more. */
     km__reap_leases(e, &r, repair);
-    for (uint32_t i = 0; i < e->cfg.cap_procs; i++) {
+    for (uint32_t i = 0; i < e->geom.cap_procs; i++) {
         uint64_t tag = ck_pr_load_64(&pt[i].tag);
         if (tag == 0 || tag == e->owner)
             continue;
@@ -194,7 +194,7 @@ KM_EXTERN int km_reap(km_env *e, km_reap_report *out)
 
 KM_EXTERN int km_proc_info_get(km_env *e, uint32_t slot, km_proc_info *out)
 {
-    if (!e || !out || slot >= e->cfg.cap_procs)
+    if (!e || !out || slot >= e->geom.cap_procs)
         return KM_EINVAL;
     km__proc *p = &km__procs(e)[slot];
     uint64_t tag = ck_pr_load_64(&p->tag);

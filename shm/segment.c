@@ -227,7 +227,7 @@ int km__seg_create(const char *name, const km_config *cfg, unsigned mode,
     h->epoch = 1;  /* 0 in a reader row means idle */
     h->synced = 1;
     h->created_wall_ns = (uint64_t)wall.tv_sec * KM__NS_PER_S + (uint64_t)wall.tv_nsec;
-    e->cfg = *h; /* the creator's own values (see km_env.cfg) */
+    e->geom = *h; /* the creator's own values (see km_env.geom) */
     km__pool_init(e, cfg);
     km__admin_init(e);
     km__epoch_attach(e);
@@ -260,7 +260,7 @@ fail:
 
 /* Check a mapped object of `size` bytes; KM_OK if it is a usable segment,
  * with its header copied to *copy.  Everything after the magic is checked on
- * that copy, which the handle keeps (km_env.cfg): what was validated is
+ * that copy, which the handle keeps (km_env.geom): what was validated is
  * what is used, whatever shared memory holds later. */
 static int km__seg_validate(const void *base, uint64_t size, km__hdr *copy)
 {
@@ -343,7 +343,7 @@ int km__seg_open(const char *name, unsigned flags, km_env **out)
     if (rc == KM_OK && !(e = km__env_new(base, (size_t)st.st_size)))
         rc = KM_ENOMEM;
     if (rc == KM_OK)
-        e->cfg = copy;
+        e->geom = copy;
     if (rc == KM_OK)
         km__epoch_attach(e);
     if (rc == KM_OK && (rc = km__proc_register(e, !(flags & KM_OPEN_NO_REAP))) != KM_OK)

@@ -59,7 +59,7 @@ static int km__owner_known(km_env *e, uint64_t owner)
     if (owner >> 62 == 3) /* an attaching reaper's pid mark */
         return 1;
     uint32_t slot = (uint32_t)(tag >> 32);
-    return slot >= 1 && slot <= e->cfg.cap_procs &&
+    return slot >= 1 && slot <= e->geom.cap_procs &&
            ck_pr_load_64(&km__procs(e)[slot - 1].tag) == tag;
 }
 
@@ -77,13 +77,13 @@ static void km__check_key(km_env *e, uint32_t ki, uint64_t now, km__checker *c)
 {
     km__key *k = &km__keys(e)[ki];
     const km__lease *ls = km__leases(e, ki);
-    uint32_t n = e->cfg.cap_inflight, st = ck_pr_load_32(&k->state);
+    uint32_t n = e->geom.cap_inflight, st = ck_pr_load_32(&k->state);
     char idbuf[KM_ID_MAX + 1], mname[KM_ID_MAX + 1];
     const char *id = st == KM__ST_FREE ? "(free slot)" : km__name(idbuf, k->id);
 
-    const km__pool *pool = st != KM__ST_FREE && k->pool < e->cfg.n_pools ? &km__pools(e)[k->pool] : NULL;
+    const km__pool *pool = st != KM__ST_FREE && k->pool < e->geom.n_pools ? &km__pools(e)[k->pool] : NULL;
     uint32_t n_models = pool && pool->model_mode == KM_MODELS_PER_MODEL
-                            ? (pool->n_models < e->cfg.cap_models ? pool->n_models : e->cfg.cap_models)
+                            ? (pool->n_models < e->geom.cap_models ? pool->n_models : e->geom.cap_models)
                             : 0;
 
     for (int t = 0; t < KM__CHECK_TRIES; t++) {
@@ -189,29 +189,29 @@ KM_EXTERN int km_check(km_env *e, void (*report)(void *, const char *), void *ct
     if (!e)
         return KM_EINVAL;
     h = e->hdr;
-    for (uint32_t ki = 0; ki < e->cfg.cap_keys; ki++)
+    for (uint32_t ki = 0; ki < e->geom.cap_keys; ki++)
         km__check_key(e, ki, now, &c);
 
     /* Pools: the current member list names each live key of the pool once
      * (a removed key may linger until the list is rebuilt). */
-    uint8_t *seen = calloc(e->cfg.cap_keys, 1);
+    uint8_t *seen = calloc(e->geom.cap_keys, 1);
     char name[KM_ID_MAX + 1];
     if (!seen)
         return KM_ENOMEM;
-    for (uint32_t p = 0; p < e->cfg.n_pools; p++) {
+    for (uint32_t p = 0; p < e->geom.n_pools; p++) {
         const km__pool *pool = &km__pools(e)[p];
         const char *pname = km__name(name, pool->name);
         uint32_t b = ck_pr_load_32(&pool->cur) & 1;
         ck_pr_fence_load(); /* cur before the list it names */
         const km__member *m = km__members(e, p, b);
         uint32_t n = ck_pr_load_32(&pool->view[b].n_keys);
-        if (n > e->cfg.cap_keys) {
-            km__violation(&c, "pool %u: %u keys above capacity %u", p, n, e->cfg.cap_keys);
+        if (n > e->geom.cap_keys) {
+            km__violation(&c, "pool %u: %u keys above capacity %u", p, n, e->geom.cap_keys);
             continue;
         }
         for (uint32_t i = 0; i < n; i++) {
             uint32_t ki = ck_pr_load_32(&m[i].key);
-            if (ki >= e->cfg.cap_keys || km__keys(e)[ki].pool != p ||
+            if (ki >= e->geom.cap_keys || km__keys(e)[ki].pool != p ||
                 ck_pr_load_32(&km__keys(e)[ki].state) == KM__ST_FREE) {
                 km__violation(&c, "pool %s: member %u names key slot %u, not a key of this pool",
                               pname, i, ki);
@@ -221,7 +221,7 @@ KM_EXTERN int km_check(km_env *e, void (*report)(void *, const char *), void *ct
                 km__violation(&c, "pool %s: key slot %u is listed twice", pname, ki);
         }
     }
-    for (uint32_t ki = 0; ki < e->cfg.cap_keys; ki++) {
+    for (uint32_t ki = 0; ki < e->geom.cap_keys; ki++) {
         const km__key *k = &km__keys(e)[ki];
         uint32_t st = ck_pr_load_32(&k->state);
         if (st < KM__ST_FREE && !seen[ki])
@@ -236,7 +236,7 @@ KM_EXTERN int km_check(km_env *e, void (*report)(void *, const char *), void *ct
     if (synced > g)
         km__violation(&c, "epochs: synced %llu is ahead of the epoch %llu",
                       (unsigned long long)synced, (unsigned long long)g);
-    for (uint32_t i = 0; i < e->cfg.cap_procs; i++) {
+    for (uint32_t i = 0; i < e->geom.cap_procs; i++) {
         const km__rdr *r = km__rdrs(e, i);
         for (uint32_t j = 0; j < KM__RDR_PER_PROC; j++) {
             uint64_t ep = km__row_epoch(&r[j], j);
@@ -249,7 +249,7 @@ KM_EXTERN int km_check(km_env *e, void (*report)(void *, const char *), void *ct
     /* Process table. */
     uint32_t used = 0;
     km__proc *pt = km__procs(e);
-    for (uint32_t i = 0; i < e->cfg.cap_procs; i++) {
+    for (uint32_t i = 0; i < e->geom.cap_procs; i++) {
         uint64_t tag = ck_pr_load_64(&pt[i].tag);
         if (!tag)
             continue;
@@ -261,7 +261,7 @@ KM_EXTERN int km_check(km_env *e, void (*report)(void *, const char *), void *ct
         if (tag != e->owner && !km__tag_alive(&pt[i], tag))
             km__violation(&c, "process %u (slot %u) died without detaching, holding %llu leases; run reap",
                           (uint32_t)tag, i, (unsigned long long)km__count_owned(e, tag));
-        for (uint32_t j = i + 1; pid && j < e->cfg.cap_procs; j++)
+        for (uint32_t j = i + 1; pid && j < e->geom.cap_procs; j++)
             if (ck_pr_load_64(&pt[j].tag) && ck_pr_load_32(&pt[j].pid) == pid &&
                 ck_pr_load_64(&pt[j].start_time) == ck_pr_load_64(&pt[i].start_time))
                 km__violation(&c, "process %u is registered twice (slots %u and %u)", pid, i, j);

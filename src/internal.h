@@ -105,7 +105,7 @@ struct km_env {
      * capacity, offset and n_pools is read from here, never again from
      * shared memory, so a header rewritten after attach cannot steer an
      * access outside the mapping. */
-    km__hdr cfg;
+    km__hdr geom;
     uint32_t proc_slot;
     uint64_t owner;    /* tag of this process's slot: lease owner value */
     int pid;           /* getpid() at attach: fork detection */
@@ -146,48 +146,48 @@ void km__reap_leases(km_env *env, km_reap_report *r, int repair);
 
 static inline km__pool *km__pools(const km_env *e)
 {
-    return (km__pool *)KM__AT(e->base, e->cfg.off_pools);
+    return (km__pool *)KM__AT(e->base, e->geom.off_pools);
 }
 /* Member list `buf` (0 or 1) of a pool; the current one is pool.cur. */
 static inline km__member *km__members(const km_env *e, uint32_t pool, uint32_t buf)
 {
-    return (km__member *)KM__AT(e->base, e->cfg.off_members) +
-           ((size_t)pool * 2 + (buf & 1)) * e->cfg.cap_keys;
+    return (km__member *)KM__AT(e->base, e->geom.off_members) +
+           ((size_t)pool * 2 + (buf & 1)) * e->geom.cap_keys;
 }
 static inline km__model *km__models(const km_env *e, uint32_t pool)
 {
-    return (km__model *)KM__AT(e->base, e->cfg.off_models) +
-           (size_t)pool * e->cfg.cap_models;
+    return (km__model *)KM__AT(e->base, e->geom.off_models) +
+           (size_t)pool * e->geom.cap_models;
 }
 static inline km__mwin *km__mwins(const km_env *e, uint32_t key)
 {
-    return (km__mwin *)KM__AT(e->base, e->cfg.off_mwin) +
-           (size_t)key * e->cfg.cap_models;
+    return (km__mwin *)KM__AT(e->base, e->geom.off_mwin) +
+           (size_t)key * e->geom.cap_models;
 }
 static inline km__key *km__keys(const km_env *e)
 {
-    return (km__key *)KM__AT(e->base, e->cfg.off_keys);
+    return (km__key *)KM__AT(e->base, e->geom.off_keys);
 }
 static inline km__lease *km__leases(const km_env *e, uint32_t key)
 {
-    return (km__lease *)KM__AT(e->base, e->cfg.off_leases) +
-           (size_t)key * e->cfg.cap_inflight;
+    return (km__lease *)KM__AT(e->base, e->geom.off_leases) +
+           (size_t)key * e->geom.cap_inflight;
 }
 /* In-flight flags of key `key`: byte s is 1 while lease slot s is in
  * flight (see km__lease in shm/seg.h). */
 static inline uint8_t *km__busy(const km_env *e, uint32_t key)
 {
-    return (uint8_t *)KM__AT(e->base, e->cfg.off_busy) +
-           (size_t)key * km__busy_stride(e->cfg.cap_inflight);
+    return (uint8_t *)KM__AT(e->base, e->geom.off_busy) +
+           (size_t)key * km__busy_stride(e->geom.cap_inflight);
 }
 static inline km__proc *km__procs(const km_env *e)
 {
-    return (km__proc *)KM__AT(e->base, e->cfg.off_procs);
+    return (km__proc *)KM__AT(e->base, e->geom.off_procs);
 }
 
 static inline km__rdr *km__rdrs(const km_env *e, uint32_t proc_slot)
 {
-    return (km__rdr *)KM__AT(e->base, e->cfg.off_readers) +
+    return (km__rdr *)KM__AT(e->base, e->geom.off_readers) +
            (size_t)proc_slot * KM__RDR_PER_PROC;
 }
 
@@ -216,14 +216,14 @@ void km__epoch_rows_reset(km_env *e, uint32_t slot);
  * rings (cap_usage is 0 or a power of two >= 2, checked at attach). */
 static inline uint32_t km__uring_cap(const km_env *e)
 {
-    return e->cfg.cap_usage / KM__URINGS_PER_PROC;
+    return e->geom.cap_usage / KM__URINGS_PER_PROC;
 }
 /* Usage ring `ring` (0: the slot's single-writer ring, 1: its shared one)
  * of process slot proc_slot. */
 static inline km__uring *km__urings(const km_env *e, uint32_t proc_slot, uint32_t ring)
 {
-    return (km__uring *)KM__AT(e->base, e->cfg.off_usage +
-                                            ((uint64_t)proc_slot * (KM__URINGS_PER_PROC + e->cfg.cap_usage) +
+    return (km__uring *)KM__AT(e->base, e->geom.off_usage +
+                                            ((uint64_t)proc_slot * (KM__URINGS_PER_PROC + e->geom.cap_usage) +
                                              (uint64_t)ring * (1 + km__uring_cap(e))) *
                                                 KM__LINE);
 }

@@ -200,8 +200,8 @@ void km__key_write(km_env *e, km__key *k, uint32_t pool, const km__key_cfg *kc)
     k->min_tok_burst = km__min_tok_burst(k->win_mask, k->burst);
     k->weight = kc->weight ? kc->weight : 1;
     k->pool = pool;
-    k->max_inflight = kc->max_inflight && kc->max_inflight <= e->cfg.cap_inflight
-                          ? kc->max_inflight : e->cfg.cap_inflight;
+    k->max_inflight = kc->max_inflight && kc->max_inflight <= e->geom.cap_inflight
+                          ? kc->max_inflight : e->geom.cap_inflight;
     memcpy(k->id, kc->id, sizeof(k->id));
     memcpy(k->secret, kc->secret, sizeof(k->secret));
     k->secret_len = kc->secret_len;
@@ -239,7 +239,7 @@ void km__pool_init(km_env *e, const km_config *cfg)
     km__key *keys = km__keys(e);
 
     h->n_pools = cfg->n_pools;
-    e->cfg.n_pools = cfg->n_pools;
+    e->geom.n_pools = cfg->n_pools;
     h->n_keys = cfg->n_keys;
     for (uint32_t p = 0; p < cfg->n_pools; p++) {
         const km__pool_cfg *pc = &cfg->pools[p];
@@ -299,7 +299,7 @@ void km__pool_init(km_env *e, const km_config *cfg)
         pool->view[0].total_weight = cum;
         pool->view[0].rr_magic = km__rr_magic(pc->n_keys);
     }
-    for (uint32_t ki = cfg->n_keys; ki < e->cfg.cap_keys; ki++)
+    for (uint32_t ki = cfg->n_keys; ki < e->geom.cap_keys; ki++)
         keys[ki].state = KM__ST_FREE;
 }
 
@@ -498,7 +498,7 @@ static inline uint64_t km__flag_word(const uint8_t *fl, uint32_t w)
 static uint32_t km__inflight(const km_env *e, uint32_t ki, const km__key *k)
 {
     const uint8_t *fl = km__busy(e, ki);
-    uint32_t slots = km__slots(k, e->cfg.cap_inflight), full = slots / 8;
+    uint32_t slots = km__slots(k, e->geom.cap_inflight), full = slots / 8;
     uint64_t sum = 0, any = 0;
     _Static_assert(KM_INFLIGHT_MAX / 8 <= 255, "byte counters must not overflow");
     for (uint32_t w = 0; w < full; w++) {
@@ -571,7 +571,7 @@ static int km__slot_claim(km_env *e, uint32_t ki, km__key *k)
 {
     km__lease *ls = km__leases(e, ki);
     const uint8_t *fl = km__busy(e, ki);
-    uint32_t slots = km__slots(k, e->cfg.cap_inflight), nw = (slots + 7) / 8;
+    uint32_t slots = km__slots(k, e->geom.cap_inflight), nw = (slots + 7) / 8;
     uint32_t rot = (e->proc_slot * 7u) & 63u;
     if (rot >= slots && slots) /* within the slots: below their highest power of two */
         rot &= (1u << (31 - __builtin_clz(slots))) - 1;
@@ -719,7 +719,7 @@ static void km__wake(const km_env *e, km__pool *pool);
  * (sc updated: usable keys lower sc->retry). */
 static int km__try_key(km_env *e, uint32_t ki, km__scan *sc, km_lease *out)
 {
-    if (ki >= e->cfg.cap_keys) /* a member list is shared memory: never trusted */
+    if (ki >= e->geom.cap_keys) /* a member list is shared memory: never trusted */
         return 0;
     km__key *k = &km__keys(e)[ki];
     uint32_t st = ck_pr_load_32(&k->state), probe = 0;
@@ -857,7 +857,7 @@ static int km__try_key(km_env *e, uint32_t ki, km__scan *sc, km_lease *out)
 
 undo_probe:
     if (probe && ck_pr_cas_32(&k->state, KM__ST_PROBING, KM__ST_FAILING) &&
-        k->pool < e->cfg.n_pools) /* sleepers saw PROBING: the next may probe */
+        k->pool < e->geom.n_pools) /* sleepers saw PROBING: the next may probe */
         km__wake(e, &km__pools(e)[k->pool]);
 undo_slot:
     km__slot_free(ls);
@@ -868,7 +868,7 @@ undo_slot:
  * the limit words.  Nothing is claimed. */
 static int km__eligible(km_env *e, uint32_t ki, km__scan *sc)
 {
-    if (ki >= e->cfg.cap_keys)
+    if (ki >= e->geom.cap_keys)
         return 0;
     km__key *k = &km__keys(e)[ki];
     uint32_t st = ck_pr_load_32(&k->state);
@@ -974,7 +974,7 @@ static int km__model_find(km_env *e, uint32_t p, const char *name)
 {
     const km__pool *pool = &km__pools(e)[p];
     const km__model *md = km__models(e, p);
-    uint32_t h = km__hash(name), n = km__min64(pool->n_models, e->cfg.cap_models);
+    uint32_t h = km__hash(name), n = km__min64(pool->n_models, e->geom.cap_models);
     for (uint32_t i = 0; i < n; i++)
         if (md[i].hash == h && strncmp(md[i].name, name, KM_ID_MAX + 1) == 0)
             return (int)i;
@@ -1038,7 +1038,7 @@ static int km__find_in(km_env *e, const km__member *m, uint32_t n, const char *i
     const km__key *keys = km__keys(e);
     for (uint32_t i = 0; i < n; i++) {
         uint32_t ki = ck_pr_load_32(&m[i].key);
-        if (ki < e->cfg.cap_keys && strncmp(keys[ki].id, id, KM_ID_MAX + 1) == 0 &&
+        if (ki < e->geom.cap_keys && strncmp(keys[ki].id, id, KM_ID_MAX + 1) == 0 &&
             ck_pr_load_32(&keys[ki].state) < KM__ST_FREE)
             return (int)ki;
     }
@@ -1060,7 +1060,7 @@ KM__HOT int km__acquire_in(km_env *e, uint32_t p, int strategy, const km_request
     const km__member *m = km__members(e, p, b);
     uint32_t n = ck_pr_load_32(&v->n_keys), start = 0;
 
-    if (n == 0 || n > e->cfg.cap_keys)
+    if (n == 0 || n > e->geom.cap_keys)
         return n == 0 ? KM_EUNAVAIL : KM_ECORRUPT;
     if (req->key_id) { /* pinned: that key or nothing */
         int ki = km__find_in(e, m, n, req->key_id);
@@ -1119,7 +1119,7 @@ KM__HOT int km__acquire_once(km_env *e, const km_request *req, km_lease *out, ui
 {
     if (!e || !req || !out || req->pool < 0)
         return KM_EINVAL;
-    if ((uint32_t)req->pool >= e->cfg.n_pools)
+    if ((uint32_t)req->pool >= e->geom.n_pools)
         return KM_ENOPOOL;
     uint32_t p = (uint32_t)req->pool;
     km__pool *pool = &km__pools(e)[p];
@@ -1221,7 +1221,7 @@ KM_EXTERN int km_acquire_wait(km_env *e, const km_request *req, km_lease *out,
 {
     if (!e || !req || !out || req->pool < 0)
         return KM_EINVAL;
-    if ((uint32_t)req->pool >= e->cfg.n_pools)
+    if ((uint32_t)req->pool >= e->geom.n_pools)
         return KM_ENOPOOL;
     km__pool *pool = &km__pools(e)[req->pool];
     uint64_t deadline = km__now() + (uint64_t)timeout_ms * 1000000u, wake;
@@ -1295,7 +1295,7 @@ KM__HOT void km__settle(km_env *e, uint32_t ki, km__key *k, km__lease *ls,
     /* The windows the lease reserved, at today's rates: a window removed
      * since (km_key_set_limits) has T = 0 and only drops the reservation. */
     km__settle_set(&kset, lv, actual, lv->res_mask & KM__TOKEN_WINS);
-    if (lv->model && k->pool < e->cfg.n_pools && lv->model <= e->cfg.cap_models) {
+    if (lv->model && k->pool < e->geom.n_pools && lv->model <= e->geom.cap_models) {
         km__lset mset = km__model_lset(e, ki, &km__models(e, k->pool)[lv->model - 1],
                                        lv->model - 1);
         km__settle_set(&mset, lv, actual, mset.mask & KM__TOKEN_WINS);
@@ -1383,7 +1383,7 @@ static void km__health(km_env *e, km__key *k, const km__lease *ls, int kind,
 {
     if (kind != KM_OUT_SUCCESS && kind != KM_OUT_CANCELLED)
         km__success_ema(k, 0);
-    km__pool *pool = &km__pools(e)[k->pool < e->cfg.n_pools ? k->pool : 0];
+    km__pool *pool = &km__pools(e)[k->pool < e->geom.n_pools ? k->pool : 0];
     uint64_t now;
     uint32_t n;
 
@@ -1485,7 +1485,7 @@ KM_EXTERN int km_release(km_env *e, const km_lease *l, const km_outcome *o)
         o = &cancelled;
     if (o->kind < 0 || o->kind >= KM_OUT_COUNT)
         return KM_EINVAL;
-    if (l->key >= e->cfg.cap_keys || l->slot >= e->cfg.cap_inflight)
+    if (l->key >= e->geom.cap_keys || l->slot >= e->geom.cap_inflight)
         return KM_EINVAL;
     km__key *k = &km__keys(e)[l->key];
     km__lease *ls = &km__leases(e, l->key)[l->slot];
@@ -1507,7 +1507,7 @@ KM_EXTERN int km_release(km_env *e, const km_lease *l, const km_outcome *o)
                       : (uint64_t)o->tokens > UINT32_MAX ? UINT32_MAX
                                                : (uint64_t)o->tokens;
     int stale = lv.key_gen != ck_pr_load_32(&k->gen);
-    km__pool *pool = k->pool < e->cfg.n_pools ? &km__pools(e)[k->pool] : NULL;
+    km__pool *pool = k->pool < e->geom.n_pools ? &km__pools(e)[k->pool] : NULL;
     if (!stale) {
         km__settle(e, l->key, k, ls, &lv, actual);
         km__health(e, k, ls, kind, o);
@@ -1561,16 +1561,16 @@ static void km__abandon(km_env *e, uint32_t ki, km__key *k, km__lease *ls, uint3
     KM__SLOT_ADD(ls->abandoned, 1);
     ck_pr_fence_store(); /* the count before the slot is free (I3) */
     km__slot_free(ls);
-    if (k->pool < e->cfg.n_pools)
+    if (k->pool < e->geom.n_pools)
         km__wake(e, &km__pools(e)[k->pool]);
 }
 
 void km__release_all_owned(km_env *e, uint64_t owner)
 {
     km__key *keys = km__keys(e);
-    for (uint32_t ki = 0; ki < e->cfg.cap_keys; ki++) {
+    for (uint32_t ki = 0; ki < e->geom.cap_keys; ki++) {
         km__lease *ls = km__leases(e, ki);
-        for (uint32_t s = 0; s < e->cfg.cap_inflight; s++)
+        for (uint32_t s = 0; s < e->geom.cap_inflight; s++)
             if (ck_pr_load_64(&ls[s].owner) == owner &&
                 ck_pr_load_32(&ls[s].phase) == KM__LP_ACTIVE)
                 km__abandon(e, ki, &keys[ki], &ls[s], s);
@@ -1611,7 +1611,7 @@ static int km__owner_alive(km_env *e, uint64_t owner, km__live_cache *c)
         alive = kill(pid, 0) == 0 || errno != ESRCH;
     } else {
         uint32_t slot = (uint32_t)(tag >> 32);
-        km__proc *pr = slot >= 1 && slot <= e->cfg.cap_procs ? &km__procs(e)[slot - 1] : NULL;
+        km__proc *pr = slot >= 1 && slot <= e->geom.cap_procs ? &km__procs(e)[slot - 1] : NULL;
         alive = pr && ck_pr_load_64(&pr->tag) == tag && km__tag_alive(pr, tag);
     }
     if (c->n < 64) {
@@ -1683,13 +1683,13 @@ static int km__recount_key(km_env *e, uint32_t ki, km__live_cache *lc, int repai
 {
     km__key *k = &km__keys(e)[ki];
     km__lease *ls = km__leases(e, ki);
-    uint32_t n = e->cfg.cap_inflight, taken = 0, done = 0;
+    uint32_t n = e->geom.cap_inflight, taken = 0, done = 0;
     uint64_t mine = km__reaper_mark(e);
     uint8_t releasing[KM_INFLIGHT_MAX] = {0};
     uint64_t prev[KM_INFLIGHT_MAX];
-    const km__pool *pool = k->pool < e->cfg.n_pools ? &km__pools(e)[k->pool] : NULL;
+    const km__pool *pool = k->pool < e->geom.n_pools ? &km__pools(e)[k->pool] : NULL;
     uint32_t n_models = pool && pool->model_mode == KM_MODELS_PER_MODEL
-                            ? (uint32_t)km__min64(pool->n_models, e->cfg.cap_models) : 0;
+                            ? (uint32_t)km__min64(pool->n_models, e->geom.cap_models) : 0;
     km__lset kset = km__key_lset(k);
 
     for (uint32_t s = 0; s < n; s++) {
@@ -1785,9 +1785,9 @@ static int km__recount_key(km_env *e, uint32_t ki, km__live_cache *lc, int repai
 uint64_t km__count_owned(km_env *e, uint64_t owner)
 {
     uint64_t n = 0;
-    for (uint32_t ki = 0; ki < e->cfg.cap_keys; ki++) {
+    for (uint32_t ki = 0; ki < e->geom.cap_keys; ki++) {
         const km__lease *ls = km__leases(e, ki);
-        for (uint32_t s = 0; s < e->cfg.cap_inflight; s++)
+        for (uint32_t s = 0; s < e->geom.cap_inflight; s++)
             n += (ck_pr_load_64(&ls[s].owner) & ~(UINT64_C(1) << 63)) == owner;
     }
     return n;
@@ -1803,10 +1803,10 @@ void km__reap_leases(km_env *e, km_reap_report *r, int repair)
     uint64_t mine = km__reaper_mark(e);
     km__live_cache lc = {0};
 
-    for (uint32_t ki = 0; ki < e->cfg.cap_keys; ki++) {
+    for (uint32_t ki = 0; ki < e->geom.cap_keys; ki++) {
         km__lease *ls = km__leases(e, ki);
         int transient = 0;
-        for (uint32_t s = 0; s < e->cfg.cap_inflight; s++) {
+        for (uint32_t s = 0; s < e->geom.cap_inflight; s++) {
             uint64_t o = ck_pr_load_64(&ls[s].owner);
             if (!o || o == mine || km__owner_alive(e, o, &lc))
                 continue;
@@ -1874,12 +1874,12 @@ KM_EXTERN int km_info_get(km_env *e, km_info *out)
     const km__hdr *h = e->hdr;
     memset(out, 0, sizeof(*out));
     out->format = h->format;
-    out->cap_keys = e->cfg.cap_keys;
-    out->cap_pools = e->cfg.cap_pools;
-    out->cap_procs = e->cfg.cap_procs;
-    out->cap_inflight = e->cfg.cap_inflight;
+    out->cap_keys = e->geom.cap_keys;
+    out->cap_pools = e->geom.cap_pools;
+    out->cap_procs = e->geom.cap_procs;
+    out->cap_inflight = e->geom.cap_inflight;
     out->n_keys = h->n_keys;
-    out->n_pools = e->cfg.n_pools;
+    out->n_pools = e->geom.n_pools;
     out->n_procs = ck_pr_load_32(&h->n_procs);
     out->size_bytes = h->seg_size;
     out->created_wall_ns = h->created_wall_ns;
@@ -1890,7 +1890,7 @@ KM_EXTERN int km_pool_find(km_env *e, const char *name)
 {
     if (!e || !name)
         return KM_EINVAL;
-    for (uint32_t p = 0; p < e->cfg.n_pools; p++)
+    for (uint32_t p = 0; p < e->geom.n_pools; p++)
         if (strncmp(km__pools(e)[p].name, name, KM_ID_MAX + 1) == 0)
             return (int)p;
     return KM_ENOPOOL;
@@ -1900,7 +1900,7 @@ KM_EXTERN int km_pool_info_get(km_env *e, int pool, km_pool_info *out)
 {
     if (!e || !out)
         return KM_EINVAL;
-    if (pool < 0 || (uint32_t)pool >= e->cfg.n_pools)
+    if (pool < 0 || (uint32_t)pool >= e->geom.n_pools)
         return KM_ENOPOOL;
     const km__pool *p = &km__pools(e)[pool];
     memset(out, 0, sizeof(*out));
@@ -1923,29 +1923,29 @@ KM_EXTERN int km_pool_key(km_env *e, int pool, uint32_t i)
 {
     if (!e)
         return KM_EINVAL;
-    if (pool < 0 || (uint32_t)pool >= e->cfg.n_pools)
+    if (pool < 0 || (uint32_t)pool >= e->geom.n_pools)
         return KM_ENOPOOL;
     const km__pool *p = &km__pools(e)[pool];
     uint32_t b = ck_pr_load_32(&p->cur) & 1;
     ck_pr_fence_load(); /* cur before the list it names */
-    if (i >= ck_pr_load_32(&p->view[b].n_keys) || i >= e->cfg.cap_keys)
+    if (i >= ck_pr_load_32(&p->view[b].n_keys) || i >= e->geom.cap_keys)
         return KM_ENOKEY;
     uint32_t ki = ck_pr_load_32(&km__members(e, (uint32_t)pool, b)[i].key);
-    return ki < e->cfg.cap_keys ? (int)ki : KM_ECORRUPT;
+    return ki < e->geom.cap_keys ? (int)ki : KM_ECORRUPT;
 }
 
 KM_EXTERN int km_key_find(km_env *e, int pool, const char *id)
 {
     if (!e || !id)
         return KM_EINVAL;
-    if (pool < 0 || (uint32_t)pool >= e->cfg.n_pools)
+    if (pool < 0 || (uint32_t)pool >= e->geom.n_pools)
         return KM_ENOPOOL;
     const km__pool *p = &km__pools(e)[pool];
     km__rdr *r = km__rd_enter(e, km__now());
     uint32_t b = ck_pr_load_32(&p->cur) & 1;
     ck_pr_fence_load(); /* cur before the list it names */
     int rc = km__find_in(e, km__members(e, (uint32_t)pool, b),
-                         km__min64(ck_pr_load_32(&p->view[b].n_keys), e->cfg.cap_keys), id);
+                         km__min64(ck_pr_load_32(&p->view[b].n_keys), e->geom.cap_keys), id);
     km__rd_exit(r);
     return rc;
 }
@@ -1954,7 +1954,7 @@ KM_EXTERN int km_key_info_get(km_env *e, uint32_t key, km_key_info *out)
 {
     if (!e || !out)
         return KM_EINVAL;
-    if (key >= e->cfg.cap_keys || ck_pr_load_32(&km__keys(e)[key].state) >= KM__ST_FREE)
+    if (key >= e->geom.cap_keys || ck_pr_load_32(&km__keys(e)[key].state) >= KM__ST_FREE)
         return KM_ENOKEY;
     const km__key *k = &km__keys(e)[key];
     uint64_t now = km__now();
@@ -1984,7 +1984,7 @@ KM_EXTERN int km_key_info_get(km_env *e, uint32_t key, km_key_info *out)
     out->latency_ema_us = ck_pr_load_64(&k->latency_ema_ns) / 1000;
     /* Counters are per lease slot (see km__lease); sum them. */
     const km__lease *ls = km__leases(e, key);
-    for (uint32_t s = 0; s < e->cfg.cap_inflight; s++) {
+    for (uint32_t s = 0; s < e->geom.cap_inflight; s++) {
         out->acquired += ck_pr_load_64(&ls[s].acquired);
         out->outcomes[KM_OUT_SUCCESS] += ck_pr_load_64(&ls[s].succeeded);
         for (int i = 1; i < KM_OUT_COUNT; i++)
@@ -2010,10 +2010,10 @@ KM_EXTERN int km_model_info_get(km_env *e, int pool, uint32_t i, uint32_t key,
 {
     if (!e)
         return KM_EINVAL;
-    if (pool < 0 || (uint32_t)pool >= e->cfg.n_pools)
+    if (pool < 0 || (uint32_t)pool >= e->geom.n_pools)
         return KM_ENOPOOL;
     const km__pool *p = &km__pools(e)[pool];
-    if (i >= p->n_models || i >= e->cfg.cap_models)
+    if (i >= p->n_models || i >= e->geom.cap_models)
         return KM_ENOMODEL;
     const km__model *md = &km__models(e, (uint32_t)pool)[i];
     if (name) {
@@ -2021,7 +2021,7 @@ KM_EXTERN int km_model_info_get(km_env *e, int pool, uint32_t i, uint32_t key,
         name[KM_ID_MAX] = '\0'; /* the segment's copy may lack it */
     }
     if (limits) {
-        if (key >= e->cfg.cap_keys || km__keys(e)[key].pool != (uint32_t)pool)
+        if (key >= e->geom.cap_keys || km__keys(e)[key].pool != (uint32_t)pool)
             return KM_ENOKEY;
         uint32_t mask = p->model_mode == KM_MODELS_PER_MODEL ? md->win_mask : 0;
         km__limit_info(km__mwins(e, key)[i].win, md->emission_ns, md->tau_ns, md->limit,
@@ -2034,7 +2034,7 @@ KM_EXTERN int km_key_set_state(km_env *e, uint32_t key, int state)
 {
     if (!e || (state != KM_KEY_ACTIVE && state != KM_KEY_DISABLED))
         return KM_EINVAL;
-    if (key >= e->cfg.cap_keys || ck_pr_load_32(&km__keys(e)[key].state) >= KM__ST_FREE)
+    if (key >= e->geom.cap_keys || ck_pr_load_32(&km__keys(e)[key].state) >= KM__ST_FREE)
         return KM_ENOKEY;
     km__key *k = &km__keys(e)[key];
     /* Never out of FREE or REMOVED: those rows belong to reconfiguration. */
@@ -2046,7 +2046,7 @@ KM_EXTERN int km_key_set_state(km_env *e, uint32_t key, int state)
         ck_pr_store_64(&k->cooldown_until, 0);
         ck_pr_fence_store();
         km__state_to(k, ~gone & ~(1u << KM__ST_ACTIVE), KM__ST_ACTIVE);
-        if (k->pool < e->cfg.n_pools)
+        if (k->pool < e->geom.n_pools)
             km__wake(e, &km__pools(e)[k->pool]);
     } else {
         km__state_to(k, ~gone, KM__ST_DISABLED);

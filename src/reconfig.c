@@ -116,15 +116,15 @@ static int km__list_publish(km_env *e, uint32_t p, uint32_t add)
 
     const km__member *src = km__members(e, p, b);
     km__member *dst = km__members(e, p, nb);
-    uint32_t sn = (uint32_t)(ck_pr_load_32(&pool->view[b].n_keys) < e->cfg.cap_keys
-                                 ? ck_pr_load_32(&pool->view[b].n_keys) : e->cfg.cap_keys);
+    uint32_t sn = (uint32_t)(ck_pr_load_32(&pool->view[b].n_keys) < e->geom.cap_keys
+                                 ? ck_pr_load_32(&pool->view[b].n_keys) : e->geom.cap_keys);
     uint32_t *order = malloc(((size_t)sn + 1) * sizeof(uint32_t));
     uint64_t cum = 0;
     if (!order)
         return KM_ENOMEM;
     for (uint32_t i = 0; i <= sn; i++) {
         uint32_t ki = i < sn ? src[i].key : add;
-        if (ki >= e->cfg.cap_keys || ck_pr_load_32(&keys[ki].state) >= KM__ST_FREE)
+        if (ki >= e->geom.cap_keys || ck_pr_load_32(&keys[ki].state) >= KM__ST_FREE)
             continue;
         cum += keys[ki].weight;
         if (cum > UINT32_MAX) {
@@ -163,7 +163,7 @@ static int km__row_reusable(km_env *e, uint32_t ki)
     if (st != KM__ST_REMOVED || ck_pr_load_64(&k->retire_epoch) >= ck_pr_load_64(&e->hdr->synced))
         return 0;
     const km__lease *ls = km__leases(e, ki);
-    for (uint32_t s = 0; s < e->cfg.cap_inflight; s++)
+    for (uint32_t s = 0; s < e->geom.cap_inflight; s++)
         if (ck_pr_load_64(&ls[s].owner) != 0)
             return 0;
     return 1;
@@ -180,7 +180,7 @@ static void km__row_clear(km_env *e, uint32_t ki)
         ck_pr_store_64(&k->win[w].tat, 0);
         ck_pr_store_64(&k->win[w].reserved, 0);
     }
-    for (uint32_t s = 0; s < e->cfg.cap_inflight; s++)
+    for (uint32_t s = 0; s < e->geom.cap_inflight; s++)
         ck_pr_store_8(&km__busy(e, ki)[s], 0);
     ck_pr_store_64(&k->latency_ema_ns, 0);
     ck_pr_store_64(&k->stale, 0);
@@ -190,8 +190,8 @@ static void km__row_clear(km_env *e, uint32_t ki)
     ck_pr_store_32(&k->consec_429, 0);
     ck_pr_store_32(&k->updating, 0);
     ck_pr_store_64(&k->retire_epoch, 0);
-    memset(km__mwins(e, ki), 0, (size_t)e->cfg.cap_models * sizeof(km__mwin));
-    for (uint32_t s = 0; s < e->cfg.cap_inflight; s++) {
+    memset(km__mwins(e, ki), 0, (size_t)e->geom.cap_models * sizeof(km__mwin));
+    for (uint32_t s = 0; s < e->geom.cap_inflight; s++) {
         km__lease *l = &ls[s];
         ck_pr_store_64(&l->acquired, 0);
         ck_pr_store_64(&l->succeeded, 0);
@@ -210,11 +210,11 @@ static int km__admin_lock_key(km_env *e, uint32_t key)
     int rc = km__admin_lock(e);
     if (rc != KM_OK)
         return rc;
-    if (key >= e->cfg.cap_keys || ck_pr_load_32(&km__keys(e)[key].state) >= KM__ST_FREE) {
+    if (key >= e->geom.cap_keys || ck_pr_load_32(&km__keys(e)[key].state) >= KM__ST_FREE) {
         km__admin_unlock(e);
         return KM_ENOKEY;
     }
-    if (km__keys(e)[key].pool >= e->cfg.n_pools) { /* a corrupted row */
+    if (km__keys(e)[key].pool >= e->geom.n_pools) { /* a corrupted row */
         km__admin_unlock(e);
         return KM_ECORRUPT;
     }
@@ -247,14 +247,14 @@ KM_EXTERN int km_key_add(km_env *e, int pool, const char *key_json, char *errbuf
         errbuf[0] = '\0';
     if (!e || !key_json)
         return KM_EINVAL;
-    if (pool < 0 || (uint32_t)pool >= e->cfg.n_pools)
+    if (pool < 0 || (uint32_t)pool >= e->geom.n_pools)
         return KM_ENOPOOL;
     km__hdr *h = e->hdr;
     uint32_t p = (uint32_t)pool;
     km__pool_defaults pd;
     km__key_cfg kc;
     km__pool_defaults_of(&km__pools(e)[p], &pd);
-    int rc = km__config_parse_key(key_json, &pd, e->cfg.cap_inflight, &kc, errbuf, errlen);
+    int rc = km__config_parse_key(key_json, &pd, e->geom.cap_inflight, &kc, errbuf, errlen);
     if (rc != KM_OK)
         return rc;
     if ((rc = km__admin_lock(e)) != KM_OK)
@@ -263,7 +263,7 @@ KM_EXTERN int km_key_add(km_env *e, int pool, const char *key_json, char *errbuf
     km__key *keys = km__keys(e);
     uint32_t ki = UINT32_MAX;
     int waiting = 0; /* a removed row that a grace period would free */
-    for (uint32_t i = 0; i < e->cfg.cap_keys; i++) {
+    for (uint32_t i = 0; i < e->geom.cap_keys; i++) {
         uint32_t st = ck_pr_load_32(&keys[i].state);
         if (st < KM__ST_FREE && keys[i].pool == p &&
             strncmp(keys[i].id, kc.id, KM_ID_MAX + 1) == 0) {
@@ -272,7 +272,7 @@ KM_EXTERN int km_key_add(km_env *e, int pool, const char *key_json, char *errbuf
         }
     }
     for (int pass = 0; pass < 2 && ki == UINT32_MAX; pass++) {
-        for (uint32_t i = 0; i < e->cfg.cap_keys && ki == UINT32_MAX; i++) {
+        for (uint32_t i = 0; i < e->geom.cap_keys && ki == UINT32_MAX; i++) {
             if (km__row_reusable(e, i))
                 ki = i;
             else if (ck_pr_load_32(&keys[i].state) == KM__ST_REMOVED)
@@ -413,7 +413,7 @@ KM_EXTERN int km_key_set_limits(km_env *e, uint32_t key, const char *limits_json
     /* New parameters before the flag that lets acquirers back in. */
     ck_pr_fence_store();
     ck_pr_store_32(&k->updating, 0);
-    if (k->pool < e->cfg.n_pools)
+    if (k->pool < e->geom.n_pools)
         km__wake_pool(e, k->pool); /* a raised limit may admit sleepers */
     km__admin_unlock(e);
     return rc;

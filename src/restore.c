@@ -327,7 +327,7 @@ static void rs_state(const rs_ctx *c, km_env *e, json_t *root)
             ls->tokens_used = rs_u64(k, "tokens_used", 0);
             rs_windows(c, key->win, json_object_get(k, "limits"));
             json_object_foreach(models, mname, ml) {
-                for (uint32_t m = 0; m < pool->n_models && m < e->cfg.cap_models; m++)
+                for (uint32_t m = 0; m < pool->n_models && m < e->geom.cap_models; m++)
                     if (!strcmp(km__models(e, (uint32_t)pi)[m].name, mname))
                         rs_windows(c, km__mwins(e, (uint32_t)ki)[m].win, ml);
             }

@@ -260,7 +260,7 @@ static json_t *defaults_json(km_env *env, uint32_t pool)
 {
     const km__pool *p = &km__pools(env)[pool];
     json_t *models = json_object();
-    uint32_t n = p->n_models < env->cfg.cap_models ? p->n_models : env->cfg.cap_models;
+    uint32_t n = p->n_models < env->geom.cap_models ? p->n_models : env->geom.cap_models;
     for (uint32_t i = 0; models && i < n; i++) {
         const km__model *md = &km__models(env, pool)[i];
         char name[KM_ID_MAX + 1]; /* the segment's copy may lack its NUL */
@@ -291,7 +291,7 @@ static int pool_json(km_env *env, int pool, const km__snap *sn, json_t **out)
     if (!(keys = json_array()))
         return KM_ENOMEM;
     /* n_keys comes from the segment: never past the member list's capacity. */
-    for (uint32_t i = 0; i < pi.n_keys && i < env->cfg.cap_keys; i++) {
+    for (uint32_t i = 0; i < pi.n_keys && i < env->geom.cap_keys; i++) {
         int key = km_pool_key(env, pool, i);
         /* A key removed meanwhile (or still listed, skipped, after a
          * removal) is not part of the pool any more: left out. */
@@ -435,7 +435,7 @@ KM_EXTERN int km_snapshot_json_ex(km_env *env, unsigned flags, const unsigned ch
                      "pools", jint(info.cap_pools),
                      "processes", jint(info.cap_procs),
                      "inflight_per_key", jint(info.cap_inflight),
-                     "models", jint(env->cfg.cap_models),
+                     "models", jint(env->geom.cap_models),
                      "size_bytes", jint(info.size_bytes),
                      "processes_attached", jint(info.n_procs),
                      "pools", pools);

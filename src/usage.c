@@ -78,13 +78,13 @@ static void km__usage_event(km_env *e, const km__uev *ev, uint64_t now_mono, uin
     out->tokens = ev->tokens;
     out->outcome = ev->outcome <= KM_OUT_COUNT ? (int)ev->outcome : KM_OUT_COUNT;
     out->pid = ev->pid;
-    if (ev->pool < e->cfg.n_pools) {
+    if (ev->pool < e->geom.n_pools) {
         const km__pool *p = &km__pools(e)[ev->pool];
         memcpy(out->pool, p->name, KM_ID_MAX);
-        if (ev->model && ev->model <= p->n_models && ev->model <= e->cfg.cap_models)
+        if (ev->model && ev->model <= p->n_models && ev->model <= e->geom.cap_models)
             memcpy(out->model, km__models(e, ev->pool)[ev->model - 1].name, KM_ID_MAX);
     }
-    const km__key *k = ev->key < e->cfg.cap_keys ? &km__keys(e)[ev->key] : NULL;
+    const km__key *k = ev->key < e->geom.cap_keys ? &km__keys(e)[ev->key] : NULL;
     /* The id is the row's while the row holds that generation (removed rows
      * keep their id until reused). */
     if (k && ck_pr_load_32(&k->gen) == ev->key_gen && ck_pr_load_32(&k->state) != KM__ST_FREE) {
@@ -104,7 +104,7 @@ static int km__drainer_take(km_env *e)
         return KM_OK;
     if (cur != 0) {
         uint32_t slot = (uint32_t)(cur >> 32);
-        km__proc *p = slot >= 1 && slot <= e->cfg.cap_procs ? &km__procs(e)[slot - 1] : NULL;
+        km__proc *p = slot >= 1 && slot <= e->geom.cap_procs ? &km__procs(e)[slot - 1] : NULL;
         if (p && ck_pr_load_64(&p->tag) == cur && km__tag_alive(p, cur))
             return KM_EBUSY;
     }
@@ -125,7 +125,7 @@ KM_EXTERN int km_usage_drain(km_env *e, int (*fn)(void *ctx, const km_usage_even
     clock_gettime(CLOCK_REALTIME, &wall);
     uint64_t now_mono = km__now(), now_wall = (uint64_t)wall.tv_sec * KM__NS_PER_S + (uint64_t)wall.tv_nsec;
     rc = KM_OK;
-    for (uint32_t ri = 0; n && ri < e->cfg.cap_procs * KM__URINGS_PER_PROC && rc == KM_OK; ri++) {
+    for (uint32_t ri = 0; n && ri < e->geom.cap_procs * KM__URINGS_PER_PROC && rc == KM_OK; ri++) {
         uint32_t s = ri / KM__URINGS_PER_PROC;
         km__proc *p = &km__procs(e)[s];
         uint64_t tag = ck_pr_load_64(&p->tag);
@@ -181,7 +181,7 @@ KM_EXTERN int km_usage_drain(km_env *e, int (*fn)(void *ctx, const km_usage_even
             ck_pr_store_64(&r->dropped, ck_pr_load_64(&r->dropped) + dropped);
         rep.dropped += dropped;
     }
-    for (uint32_t s = 0; n && s < e->cfg.cap_procs; s++)
+    for (uint32_t s = 0; n && s < e->geom.cap_procs; s++)
         for (uint32_t ring = 0; ring < KM__URINGS_PER_PROC; ring++)
             rep.dropped_total += ck_pr_load_64(&km__urings(e, s, ring)->dropped);
     if (out)

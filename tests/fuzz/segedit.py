@@ -159,8 +159,8 @@ int main(int argc, char **argv)
 {
     static km_env env;
     km_env *e = &env;
-    km__hdr *h = &env.cfg;
-#define C (env.cfg)
+    km__hdr *h = &env.geom;
+#define C (env.geom)
     uint64_t off[KM__OFF_N];
     FILE *f = fopen(argv[1], "rb");
     if (!f) NO("cannot open %%s", argv[1]);
