@@ -58,9 +58,7 @@ static int km__owner_known(km_env *e, uint64_t owner)
     uint64_t tag = owner & ~(UINT64_C(1) << 63);
     if (owner >> 62 == 3) /* an attaching reaper's pid mark */
         return 1;
-    uint32_t slot = (uint32_t)(tag >> 32);
-    return slot >= 1 && slot <= e->geom.cap_procs &&
-           ck_pr_load_64(&km__procs(e)[slot - 1].tag) == tag;
+    return km__proc_tag_held(&e->seg, tag);
 }
 
 /* A name from the segment, for a message: at most its array's length.  A
@@ -188,7 +186,7 @@ KM_EXTERN int km_check(km_env *e, void (*report)(void *, const char *), void *ct
 
     if (!e)
         return KM_EINVAL;
-    h = e->hdr;
+    h = e->seg.hdr;
     for (uint32_t ki = 0; ki < e->geom.cap_keys; ki++)
         km__check_key(e, ki, now, &c);
 
@@ -237,7 +235,7 @@ KM_EXTERN int km_check(km_env *e, void (*report)(void *, const char *), void *ct
         km__violation(&c, "epochs: synced %llu is ahead of the epoch %llu",
                       (unsigned long long)synced, (unsigned long long)g);
     for (uint32_t i = 0; i < e->geom.cap_procs; i++) {
-        const km__rdr *r = km__rdrs(e, i);
+        const km__rdr *r = km__rdrs(&e->seg, i);
         for (uint32_t j = 0; j < KM__RDR_PER_PROC; j++) {
             uint64_t ep = km__row_epoch(&r[j], j);
             if (ep > g)
@@ -248,7 +246,7 @@ KM_EXTERN int km_check(km_env *e, void (*report)(void *, const char *), void *ct
 
     /* Process table. */
     uint32_t used = 0;
-    km__proc *pt = km__procs(e);
+    km__proc *pt = km__procs(&e->seg);
     for (uint32_t i = 0; i < e->geom.cap_procs; i++) {
         uint64_t tag = ck_pr_load_64(&pt[i].tag);
         if (!tag)
@@ -258,7 +256,7 @@ KM_EXTERN int km_check(km_env *e, void (*report)(void *, const char *), void *ct
         uint32_t pid = ck_pr_load_32(&pt[i].pid);
         if ((uint32_t)(tag >> 32) != i + 1)
             km__violation(&c, "process slot %u holds the tag of slot %u", i, (uint32_t)(tag >> 32) - 1);
-        if (tag != e->owner && !km__tag_alive(&pt[i], tag))
+        if (!km__proc_entry_live(&e->seg, i, tag))
             km__violation(&c, "process %u (slot %u) died without detaching, holding %llu leases; run reap",
                           (uint32_t)tag, i, (unsigned long long)km__count_owned(e, tag));
         for (uint32_t j = i + 1; pid && j < e->geom.cap_procs; j++)

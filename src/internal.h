@@ -9,7 +9,8 @@
 #include <time.h>
 
 #include "keymesh.h"
-#include "../shm/seg.h"
+#include "../shm/shm.h"
+#include "layout.h"
 #include "util.h"
 
 /* Defaults applied by the config parser (documented in README). */
@@ -98,36 +99,20 @@ int km__limit_gcra(const km__limit_cfg *l, uint64_t period_ns,
 
 /* ------------------------------------------------------------------ handle */
 struct km_env {
-    void *base;        /* mapping of the whole segment */
-    size_t map_size;
-    km__hdr *hdr;      /* the shared header: its live words (epoch, locks) */
-    /* A private copy of the header taken and validated at attach: every
-     * capacity, offset and n_pools is read from here, never again from
-     * shared memory, so a header rewritten after attach cannot steer an
-     * access outside the mapping. */
+    km__seg seg;       /* the mapping, our process slot, epochs (shm/shm.h) */
+    /* A private copy of the header taken and validated at attach (by shm/
+     * for its words, by src/attach.c for the rest): every capacity, offset
+     * and n_pools is read from here, never again from shared memory, so a
+     * header rewritten after attach cannot steer an access outside the
+     * mapping. */
     km__hdr geom;
-    uint32_t proc_slot;
-    uint64_t owner;    /* tag of this process's slot: lease owner value */
-    int pid;           /* getpid() at attach: fork detection */
     uint64_t last_reap_ns; /* km_acquire's reap at most once a second */
-    int rd_fence;      /* 1: membarrier unavailable; readers fence themselves */
-    uint64_t serial;   /* unique per handle in this process (never 0) */
     uint32_t admin_timeout_ms; /* grace-period waits of reconfiguration */
 };
 
-/* shm/segment.c */
-int km__seg_name(const char *name, char out[KM_SEG_NAME_MAX + 2]);
-int km__seg_create(const char *name, const km_config *cfg, unsigned mode,
-                   km_env **out);
-int km__seg_open(const char *name, unsigned flags, km_env **out);
-int km__seg_close(km_env *env);
-
-/* shm/proc.c */
-int km__proc_register(km_env *env, int reap);
-void km__proc_deregister(km_env *env);
-uint64_t km__proc_start_time(int pid);
-int km__proc_alive(uint32_t pid, uint64_t start_time);
-int km__tag_alive(const km__proc *p, uint64_t tag);
+/* src/reap.c */
+/* Free the process slots of dead processes, releasing their leases (see
+ * km_reap in keymesh.h).  Returns the number of process slots freed. */
 int km__reap_dead(km_env *env, km_reap_report *report, int repair);
 
 /* src/pool.c */
@@ -146,71 +131,40 @@ void km__reap_leases(km_env *env, km_reap_report *r, int repair);
 
 static inline km__pool *km__pools(const km_env *e)
 {
-    return (km__pool *)KM__AT(e->base, e->geom.off_pools);
+    return (km__pool *)KM__AT(e->seg.base, e->geom.off_pools);
 }
 /* Member list `buf` (0 or 1) of a pool; the current one is pool.cur. */
 static inline km__member *km__members(const km_env *e, uint32_t pool, uint32_t buf)
 {
-    return (km__member *)KM__AT(e->base, e->geom.off_members) +
+    return (km__member *)KM__AT(e->seg.base, e->geom.off_members) +
            ((size_t)pool * 2 + (buf & 1)) * e->geom.cap_keys;
 }
 static inline km__model *km__models(const km_env *e, uint32_t pool)
 {
-    return (km__model *)KM__AT(e->base, e->geom.off_models) +
+    return (km__model *)KM__AT(e->seg.base, e->geom.off_models) +
            (size_t)pool * e->geom.cap_models;
 }
 static inline km__mwin *km__mwins(const km_env *e, uint32_t key)
 {
-    return (km__mwin *)KM__AT(e->base, e->geom.off_mwin) +
+    return (km__mwin *)KM__AT(e->seg.base, e->geom.off_mwin) +
            (size_t)key * e->geom.cap_models;
 }
 static inline km__key *km__keys(const km_env *e)
 {
-    return (km__key *)KM__AT(e->base, e->geom.off_keys);
+    return (km__key *)KM__AT(e->seg.base, e->geom.off_keys);
 }
 static inline km__lease *km__leases(const km_env *e, uint32_t key)
 {
-    return (km__lease *)KM__AT(e->base, e->geom.off_leases) +
+    return (km__lease *)KM__AT(e->seg.base, e->geom.off_leases) +
            (size_t)key * e->geom.cap_inflight;
 }
 /* In-flight flags of key `key`: byte s is 1 while lease slot s is in
  * flight (see km__lease in shm/seg.h). */
 static inline uint8_t *km__busy(const km_env *e, uint32_t key)
 {
-    return (uint8_t *)KM__AT(e->base, e->geom.off_busy) +
+    return (uint8_t *)KM__AT(e->seg.base, e->geom.off_busy) +
            (size_t)key * km__busy_stride(e->geom.cap_inflight);
 }
-static inline km__proc *km__procs(const km_env *e)
-{
-    return (km__proc *)KM__AT(e->base, e->geom.off_procs);
-}
-
-static inline km__rdr *km__rdrs(const km_env *e, uint32_t proc_slot)
-{
-    return (km__rdr *)KM__AT(e->base, e->geom.off_readers) +
-           (size_t)proc_slot * KM__RDR_PER_PROC;
-}
-
-/* shm/epoch.c: cross-process epochs (the argument is at the top of it). */
-/* This thread's reader row in e's process group (claimed on first use). */
-km__rdr *km__epoch_bind(km_env *e);
-void km__epoch_enter_ovf(km_env *e, km__rdr *r, uint64_t now);
-void km__epoch_exit_ovf(km__rdr *r);
-/* Wait until every reader that entered before this call has left (dead
- * processes excepted), at most timeout_ms.  KM_OK, or KM_EBUSY (a live
- * reader held it back), or KM_ESYS (no membarrier). */
-int km__epoch_sync(km_env *e, uint32_t timeout_ms);
-/* A full memory barrier on every CPU running a thread of a process that
- * registered at attach: membarrier GLOBAL_EXPEDITED, else, if slow_ok,
- * GLOBAL (10-15 ms here).  KM_OK, or KM_ESYS if none was available. */
-int km__barrier_all(int slow_ok);
-/* Register for expedited membarrier at attach; sets e->rd_fence if not. */
-void km__epoch_attach(km_env *e);
-/* Epoch row i (0: the shared overflow row) holds back; 0 if none. */
-uint64_t km__row_epoch(const km__rdr *r, uint32_t i);
-/* Clear the reader rows of process slot `slot` (its owner is gone). */
-void km__epoch_rows_reset(km_env *e, uint32_t slot);
-
 /* src/usage.c */
 /* Events per usage ring: a process slot's cap_usage, split between its
  * rings (cap_usage is 0 or a power of two >= 2, checked at attach). */
@@ -222,7 +176,7 @@ static inline uint32_t km__uring_cap(const km_env *e)
  * of process slot proc_slot. */
 static inline km__uring *km__urings(const km_env *e, uint32_t proc_slot, uint32_t ring)
 {
-    return (km__uring *)KM__AT(e->base, e->geom.off_usage +
+    return (km__uring *)KM__AT(e->seg.base, e->geom.off_usage +
                                             ((uint64_t)proc_slot * (KM__URINGS_PER_PROC + e->geom.cap_usage) +
                                              (uint64_t)ring * (1 + km__uring_cap(e))) *
                                                 KM__LINE);

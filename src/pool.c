@@ -92,15 +92,6 @@
  * them inline keeps the path free of calls (measured: ~15 ns per pair). */
 #define KM__HOT static inline __attribute__((always_inline))
 
-static inline uint64_t km__max64(uint64_t a, uint64_t b) { return a > b ? a : b; }
-static inline uint64_t km__min64(uint64_t a, uint64_t b) { return a < b ? a : b; }
-
-static inline uint64_t km__mul_sat(uint64_t a, uint64_t b)
-{
-    uint64_t r;
-    return __builtin_mul_overflow(a, b, &r) ? (UINT64_MAX >> 2) : r;
-}
-
 /* Read a limit pair.  The two loads may tear; every use ends in a 16-byte
  * CAS that compares both halves, so a torn read only costs a retry. */
 static inline void km__gcra_load(km__gcra *g, uint64_t v[2])
@@ -235,7 +226,7 @@ static int km__cmp_cost(const void *a, const void *b)
 
 void km__pool_init(km_env *e, const km_config *cfg)
 {
-    km__hdr *h = e->hdr;
+    km__hdr *h = e->seg.hdr;
     km__key *keys = km__keys(e);
 
     h->n_pools = cfg->n_pools;
@@ -528,7 +519,7 @@ static uint32_t km__inflight(const km_env *e, uint32_t ki, const km__key *k)
  * where atomics are relaxed). */
 static inline int km__claim_at(km_env *e, km__lease *ls, uint32_t s)
 {
-    if (ck_pr_load_64(&ls[s].owner) != 0 || !ck_pr_cas_64(&ls[s].owner, 0, e->owner))
+    if (ck_pr_load_64(&ls[s].owner) != 0 || !ck_pr_cas_64(&ls[s].owner, 0, e->seg.tag))
         return 0;
     ck_pr_fence_atomic_store();
     return 1;
@@ -572,7 +563,7 @@ static int km__slot_claim(km_env *e, uint32_t ki, km__key *k)
     km__lease *ls = km__leases(e, ki);
     const uint8_t *fl = km__busy(e, ki);
     uint32_t slots = km__slots(k, e->geom.cap_inflight), nw = (slots + 7) / 8;
-    uint32_t rot = (e->proc_slot * 7u) & 63u;
+    uint32_t rot = (e->seg.proc_slot * 7u) & 63u;
     if (rot >= slots && slots) /* within the slots: below their highest power of two */
         rot &= (1u << (31 - __builtin_clz(slots))) - 1;
     if (rot >= slots)
@@ -639,21 +630,21 @@ static void km__atfork_child(void)
 KM__HOT km__rdr *km__rd_enter(km_env *e, uint64_t now)
 {
     km__rdr *r = km__rd_row;
-    if (__builtin_expect(km__rd_env != e->serial, 0)) {
+    if (__builtin_expect(km__rd_env != e->seg.serial, 0)) {
         /* A handle used across fork() (the child should open its own) gets
          * the shared overflow row: never a row, nor the usage ring 0, that a
          * thread of the process that opened it holds. */
-        r = km__rd_row = e->pid == (int)getpid() ? km__epoch_bind(e) : km__rdrs(e, e->proc_slot);
-        km__rd_slow = r == km__rdrs(e, e->proc_slot) ? 1 : e->rd_fence ? 2 : 0;
-        km__rd_ring0 = r == km__rdrs(e, e->proc_slot) + 1;
-        km__rd_env = e->serial;
+        r = km__rd_row = e->seg.pid == (int)getpid() ? km__epoch_bind(&e->seg) : km__rdrs(&e->seg, e->seg.proc_slot);
+        km__rd_slow = r == km__rdrs(&e->seg, e->seg.proc_slot) ? 1 : e->seg.rd_fence ? 2 : 0;
+        km__rd_ring0 = r == km__rdrs(&e->seg, e->seg.proc_slot) + 1;
+        km__rd_env = e->seg.serial;
     }
     if (__builtin_expect(km__rd_slow == 1, 0)) {
-        km__epoch_enter_ovf(e, r, now);
+        km__epoch_enter_ovf(&e->seg, r, now);
         return r;
     }
     ck_pr_store_64(&r->enter_ns, now);
-    ck_pr_store_64(&r->word, ck_pr_load_64(&e->hdr->epoch));
+    ck_pr_store_64(&r->word, ck_pr_load_64(&e->seg.hdr->epoch));
     if (__builtin_expect(km__rd_slow, 0))
         ck_pr_fence_memory(); /* row store before the section's loads */
     else
@@ -666,7 +657,7 @@ KM__HOT km__rdr *km__rd_enter(km_env *e, uint64_t now)
  * bound the row with; a thread that never acquired uses ring 1. */
 static inline int km__rd_own_ring(const km_env *e)
 {
-    return km__rd_env == e->serial && km__rd_ring0;
+    return km__rd_env == e->seg.serial && km__rd_ring0;
 }
 
 /* Leave: every load of the section completes before the row reads idle. */
@@ -1341,7 +1332,7 @@ static void km__spend(km__pool *pool, km__key *k, const km_outcome *o, uint64_t 
  * (rd_fence) fences here itself. */
 static void km__wake(const km_env *e, km__pool *pool)
 {
-    if (__builtin_expect(e->rd_fence, 0))
+    if (__builtin_expect(e->seg.rd_fence, 0))
         ck_pr_fence_memory(); /* the freeing stores before the load of waiters */
     if (ck_pr_load_32(&pool->waiters) == 0)
         return;
@@ -1492,7 +1483,7 @@ KM_EXTERN int km_release(km_env *e, const km_lease *l, const km_outcome *o)
 
     /* Ours and still this lease?  owner is written only by us while we own
      * the slot, so these loads cannot race with a change we care about. */
-    if (ck_pr_load_64(&ls->owner) != e->owner || ck_pr_load_32(&ls->seq) != l->seq ||
+    if (ck_pr_load_64(&ls->owner) != e->seg.tag || ck_pr_load_32(&ls->seq) != l->seq ||
         ck_pr_load_32(&ls->phase) != KM__LP_ACTIVE) {
         ck_pr_inc_64(&k->stale);
         return KM_ESTALE;
@@ -1583,7 +1574,7 @@ void km__release_all_owned(km_env *e, uint64_t owner)
 static uint64_t km__reaper_mark(const km_env *e)
 {
     return (UINT64_C(1) << 63) |
-           (e->owner ? e->owner : (UINT64_C(1) << 62) | (uint64_t)(uint32_t)getpid());
+           (e->seg.tag ? e->seg.tag : (UINT64_C(1) << 62) | (uint64_t)(uint32_t)getpid());
 }
 
 /* Is the process behind a slot's owner value alive?  A tag is alive while
@@ -1604,15 +1595,12 @@ static int km__owner_alive(km_env *e, uint64_t owner, km__live_cache *c)
             return c->alive[i];
     int alive;
     uint64_t tag = owner & ~(UINT64_C(1) << 63);
-    if (tag == e->owner) {
+    if (tag == e->seg.tag) {
         alive = 1;
     } else if ((owner >> 62) == 3) { /* an attaching reaper: its pid */
-        pid_t pid = (pid_t)(uint32_t)owner;
-        alive = kill(pid, 0) == 0 || errno != ESRCH;
+        alive = km__pid_exists((uint32_t)owner);
     } else {
-        uint32_t slot = (uint32_t)(tag >> 32);
-        km__proc *pr = slot >= 1 && slot <= e->geom.cap_procs ? &km__procs(e)[slot - 1] : NULL;
-        alive = pr && ck_pr_load_64(&pr->tag) == tag && km__tag_alive(pr, tag);
+        alive = km__proc_tag_live(&e->seg, tag);
     }
     if (c->n < 64) {
         c->owner[c->n] = owner;
@@ -1871,7 +1859,7 @@ KM_EXTERN int km_info_get(km_env *e, km_info *out)
 {
     if (!e || !out)
         return KM_EINVAL;
-    const km__hdr *h = e->hdr;
+    const km__hdr *h = e->seg.hdr;
     memset(out, 0, sizeof(*out));
     out->format = h->format;
     out->cap_keys = e->geom.cap_keys;

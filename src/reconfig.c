@@ -48,7 +48,7 @@ _Static_assert(sizeof(pthread_mutex_t) <= sizeof(((km__hdr *)0)->admin),
                "the admin lock fits its header line");
 
 
-static pthread_mutex_t *km__admin(km_env *e) { return (pthread_mutex_t *)(void *)e->hdr->admin; }
+static pthread_mutex_t *km__admin(km_env *e) { return (pthread_mutex_t *)(void *)e->seg.hdr->admin; }
 
 void km__admin_init(km_env *e)
 {
@@ -85,9 +85,9 @@ void km__admin_unlock(km_env *e) { pthread_mutex_unlock(km__admin(e)); }
  * retired at `epoch` is already known to have left. */
 static int km__grace(km_env *e, uint64_t epoch)
 {
-    if (epoch < ck_pr_load_64(&e->hdr->synced))
+    if (epoch < ck_pr_load_64(&e->seg.hdr->synced))
         return KM_OK;
-    return km__epoch_sync(e, e->admin_timeout_ms);
+    return km__epoch_sync(&e->seg, e->admin_timeout_ms);
 }
 
 static int km__cmp_price(const void *a, const void *b, void *keys)
@@ -106,7 +106,7 @@ static int km__cmp_price(const void *a, const void *b, void *keys)
  * list is still in its grace period and the wait timed out. */
 static int km__list_publish(km_env *e, uint32_t p, uint32_t add)
 {
-    km__hdr *h = e->hdr;
+    km__hdr *h = e->seg.hdr;
     km__pool *pool = &km__pools(e)[p];
     km__key *keys = km__keys(e);
     uint32_t b = ck_pr_load_32(&pool->cur) & 1, nb = b ^ 1, n = 0;
@@ -160,7 +160,7 @@ static int km__row_reusable(km_env *e, uint32_t ki)
     uint32_t st = ck_pr_load_32(&k->state);
     if (st == KM__ST_FREE)
         return 1;
-    if (st != KM__ST_REMOVED || ck_pr_load_64(&k->retire_epoch) >= ck_pr_load_64(&e->hdr->synced))
+    if (st != KM__ST_REMOVED || ck_pr_load_64(&k->retire_epoch) >= ck_pr_load_64(&e->seg.hdr->synced))
         return 0;
     const km__lease *ls = km__leases(e, ki);
     for (uint32_t s = 0; s < e->geom.cap_inflight; s++)
@@ -224,7 +224,7 @@ static int km__admin_lock_key(km_env *e, uint32_t key)
 /* Only writers holding the admin lock count. */
 static void km__count_reconfig(km_env *e)
 {
-    ck_pr_store_64(&e->hdr->reconfigs, ck_pr_load_64(&e->hdr->reconfigs) + 1);
+    ck_pr_store_64(&e->seg.hdr->reconfigs, ck_pr_load_64(&e->seg.hdr->reconfigs) + 1);
 }
 
 static void km__pool_defaults_of(const km__pool *pl, km__pool_defaults *pd)
@@ -249,7 +249,7 @@ KM_EXTERN int km_key_add(km_env *e, int pool, const char *key_json, char *errbuf
         return KM_EINVAL;
     if (pool < 0 || (uint32_t)pool >= e->geom.n_pools)
         return KM_ENOPOOL;
-    km__hdr *h = e->hdr;
+    km__hdr *h = e->seg.hdr;
     uint32_t p = (uint32_t)pool;
     km__pool_defaults pd;
     km__key_cfg kc;
@@ -280,7 +280,7 @@ KM_EXTERN int km_key_add(km_env *e, int pool, const char *key_json, char *errbuf
         }
         if (ki != UINT32_MAX || !waiting || pass == 1)
             break;
-        if ((rc = km__epoch_sync(e, e->admin_timeout_ms)) != KM_OK)
+        if ((rc = km__epoch_sync(&e->seg, e->admin_timeout_ms)) != KM_OK)
             goto unlock;
     }
     if (ki == UINT32_MAX) {
@@ -329,7 +329,7 @@ KM_EXTERN int km_key_remove(km_env *e, uint32_t key)
      * REMOVED.  The exchange is locked (a full barrier): the state is
      * visible to every acquire that starts after this call returns. */
     ck_pr_fas_32(&k->state, KM__ST_REMOVED);
-    ck_pr_store_64(&k->retire_epoch, ck_pr_load_64(&e->hdr->epoch));
+    ck_pr_store_64(&k->retire_epoch, ck_pr_load_64(&e->seg.hdr->epoch));
     /* The list is rebuilt without it; if a stalled reader holds the spare
      * list, the removed key stays listed (and skipped) until the next add,
      * remove or re-weight in the pool rebuilds it. */
@@ -402,7 +402,7 @@ KM_EXTERN int km_key_set_limits(km_env *e, uint32_t key, const char *limits_json
     /* Acquirers skip the key from here; the grace period lets those that
      * read the old parameters finish.  The exchange is a full barrier. */
     ck_pr_fas_32(&k->updating, 1);
-    rc = km__epoch_sync(e, e->admin_timeout_ms);
+    rc = km__epoch_sync(&e->seg, e->admin_timeout_ms);
     if (rc == KM_OK) {
         km__key_limits_write(k, lc);
         uint64_t now = km__now();

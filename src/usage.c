@@ -98,17 +98,13 @@ static void km__usage_event(km_env *e, const km__uev *ev, uint64_t now_mono, uin
 /* Take the drainer's word: free, ours, or held by a process gone. */
 static int km__drainer_take(km_env *e)
 {
-    km__hdr *h = e->hdr;
+    km__hdr *h = e->seg.hdr;
     uint64_t cur = ck_pr_load_64(&h->usage_drainer);
-    if (cur == e->owner)
+    if (cur == e->seg.tag)
         return KM_OK;
-    if (cur != 0) {
-        uint32_t slot = (uint32_t)(cur >> 32);
-        km__proc *p = slot >= 1 && slot <= e->geom.cap_procs ? &km__procs(e)[slot - 1] : NULL;
-        if (p && ck_pr_load_64(&p->tag) == cur && km__tag_alive(p, cur))
-            return KM_EBUSY;
-    }
-    return ck_pr_cas_64(&h->usage_drainer, cur, e->owner) ? KM_OK : KM_EBUSY;
+    if (cur != 0 && km__proc_tag_live(&e->seg, cur))
+        return KM_EBUSY;
+    return ck_pr_cas_64(&h->usage_drainer, cur, e->seg.tag) ? KM_OK : KM_EBUSY;
 }
 
 KM_EXTERN int km_usage_drain(km_env *e, int (*fn)(void *ctx, const km_usage_event *ev), void *ctx,
@@ -127,7 +123,7 @@ KM_EXTERN int km_usage_drain(km_env *e, int (*fn)(void *ctx, const km_usage_even
     rc = KM_OK;
     for (uint32_t ri = 0; n && ri < e->geom.cap_procs * KM__URINGS_PER_PROC && rc == KM_OK; ri++) {
         uint32_t s = ri / KM__URINGS_PER_PROC;
-        km__proc *p = &km__procs(e)[s];
+        km__proc *p = &km__procs(&e->seg)[s];
         uint64_t tag = ck_pr_load_64(&p->tag);
         km__uring *r = km__urings(e, s, ri % KM__URINGS_PER_PROC);
         uint64_t head = ck_pr_load_64(&r->head), d = ck_pr_load_64(&r->drained), dropped = 0;
@@ -171,7 +167,7 @@ KM_EXTERN int km_usage_drain(km_env *e, int (*fn)(void *ctx, const km_usage_even
             }
             /* Still being written: wait for it, unless its writer is gone. */
             if (alive < 0)
-                alive = tag && (tag == e->owner || km__tag_alive(p, tag));
+                alive = tag && km__proc_entry_live(&e->seg, s, tag);
             if (alive)
                 break;
             dropped++;

@@ -24,7 +24,7 @@ static inline void km__usage_put(km_env *e, int own, uint32_t key, uint32_t key_
     uint32_t n = km__uring_cap(e);
     if (!n)
         return;
-    km__uring *r = km__urings(e, e->proc_slot, own ? 0 : 1);
+    km__uring *r = km__urings(e, e->seg.proc_slot, own ? 0 : 1);
     uint64_t i;
     if (own) {
         /* Ring 0 has one writer, this thread: a plain increment.  Ownership
@@ -51,7 +51,7 @@ static inline void km__usage_put(km_env *e, int own, uint32_t key, uint32_t key_
     ck_pr_store_32(&ev->outcome, (uint32_t)outcome);
     /* A reap at attach runs before this process has a slot: it records in
      * slot 0's ring 1 (fetch-adds: any process may) with its pid. */
-    ck_pr_store_32(&ev->pid, e->owner ? (uint32_t)e->owner : (uint32_t)getpid());
+    ck_pr_store_32(&ev->pid, e->seg.tag ? (uint32_t)e->seg.tag : (uint32_t)getpid());
     ck_pr_fence_store(); /* the fields before seq (pairs with the drainer's acquire) */
     ck_pr_store_64(&ev->seq, i + 1);
 }

@@ -29,7 +29,7 @@ FUZZ_LIB_SRC := $(wildcard shm/*.c) $(wildcard src/*.c)
 FUZZ_LIB_OBJ := $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(FUZZ_LIB_SRC))
 FUZZ_SEED_OBJ := $(patsubst %.c,$(FUZZ_BUILD)/plain/%.o,$(FUZZ_LIB_SRC))
 FUZZ_BIN := $(patsubst %,$(FUZZ_BUILD)/fuzz_%,$(FUZZ_TARGETS))
-FUZZ_HDRS := include/keymesh.h shm/seg.h src/internal.h src/usage.h
+FUZZ_HDRS := include/keymesh.h $(wildcard shm/*.h src/*.h)
 
 .PHONY: fuzz fuzz-build fuzz-seeds fuzz-deps
 
