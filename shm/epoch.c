@@ -92,6 +92,7 @@
  *       thing retired at an epoch r < synced is unreachable by anyone.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <linux/membarrier.h>
 #include <sched.h>
 #include <signal.h>
@@ -111,6 +112,25 @@
  * long between looks. */
 #define KM__SYNC_SPINS 64
 #define KM__SYNC_SLEEP_NS (50 * 1000) /* 50 us */
+
+/* The reader's row cache (shm/epoch.h). */
+KM__TLS km__rdr *km__rd_row;
+KM__TLS uint64_t km__rd_serial;
+KM__TLS int km__rd_slow;
+KM__TLS int km__rd_row1;
+
+/* A child after fork() must not use its parent's row: the parent's threads
+ * hold it (and row 1 what the client keys to it). */
+static void atfork_child(void)
+{
+    km__rd_serial = 0;
+    km__rd_row1 = 0;
+}
+
+__attribute__((constructor)) static void register_atfork(void)
+{
+    pthread_atfork(NULL, NULL, atfork_child);
+}
 
 static long sys_membarrier(int cmd)
 {

@@ -591,14 +591,6 @@ static inline void km__slot_free(km__lease *ls)
 
 /* ------------------------------------------------------------ acquire */
 
-/* Thread-local variables use the initial-exec model: an offset from the
- * thread pointer, where the shared library's default (general dynamic)
- * calls __tls_get_addr at every access (measured: ~4 ns of a pair through
- * libkeymesh.so).  The variables take a few dozen bytes of the static TLS
- * surplus that glibc keeps for libraries loaded with dlopen (Python's ctypes
- * does so). */
-#define KM__TLS __thread __attribute__((tls_model("initial-exec")))
-
 /* Per-thread state for choosing keys: random choices and the round-robin
  * cursor write no shared word.  A child after fork() starts afresh (see
  * km__atfork_child), or every worker forked from one master would pick the
@@ -607,68 +599,11 @@ static KM__TLS uint64_t km__rng;
 static KM__TLS uint32_t km__rr_cursor;
 static uint32_t km__pid; /* cached at load and in a forked child: no getpid() per seed */
 
-/* This thread's reader row (shm/epoch.c) for the handle it last used,
- * known by the handle's serial number, not its address: a handle closed and
- * another opened at the same address must not find the old row. */
-static KM__TLS km__rdr *km__rd_row;
-static KM__TLS uint64_t km__rd_env;
-static KM__TLS int km__rd_slow; /* 1: the overflow row; 2: fence after the row store */
-static KM__TLS int km__rd_ring0; /* the row is row 1: this thread writes usage ring 0 */
-
 static void km__atfork_child(void)
 {
     km__rng = 0;
     km__rr_cursor = 0;
     km__pid = (uint32_t)getpid();
-    km__rd_env = 0; /* the parent's row is the parent's */
-    km__rd_ring0 = 0;
-}
-
-/* Enter an epoch section (see shm/epoch.c for the argument).  The row
- * store is plain: a writer's membarrier supplies the store-load barrier,
- * unless this process could not register for it (rd_fence). */
-KM__HOT km__rdr *km__rd_enter(km_env *e, uint64_t now)
-{
-    km__rdr *r = km__rd_row;
-    if (__builtin_expect(km__rd_env != e->seg.serial, 0)) {
-        /* A handle used across fork() (the child should open its own) gets
-         * the shared overflow row: never a row, nor the usage ring 0, that a
-         * thread of the process that opened it holds. */
-        r = km__rd_row = e->seg.pid == (int)getpid() ? km__epoch_bind(&e->seg) : km__rdrs(&e->seg, e->seg.proc_slot);
-        km__rd_slow = r == km__rdrs(&e->seg, e->seg.proc_slot) ? 1 : e->seg.rd_fence ? 2 : 0;
-        km__rd_ring0 = r == km__rdrs(&e->seg, e->seg.proc_slot) + 1;
-        km__rd_env = e->seg.serial;
-    }
-    if (__builtin_expect(km__rd_slow == 1, 0)) {
-        km__epoch_enter_ovf(&e->seg, r, now);
-        return r;
-    }
-    ck_pr_store_64(&r->enter_ns, now);
-    ck_pr_store_64(&r->word, ck_pr_load_64(&e->seg.hdr->epoch));
-    if (__builtin_expect(km__rd_slow, 0))
-        ck_pr_fence_memory(); /* row store before the section's loads */
-    else
-        ck_pr_barrier(); /* the compiler keeps the order; the CPU's is the writer's membarrier */
-    return r;
-}
-
-/* Does this thread write e's usage ring 0 (src/usage.c)?  Only the holder
- * of the process slot's reader row 1 does, and only through the handle it
- * bound the row with; a thread that never acquired uses ring 1. */
-static inline int km__rd_own_ring(const km_env *e)
-{
-    return km__rd_env == e->seg.serial && km__rd_ring0;
-}
-
-/* Leave: every load of the section completes before the row reads idle. */
-KM__HOT void km__rd_exit(km__rdr *r)
-{
-    if (__builtin_expect(km__rd_slow == 1, 0)) {
-        km__epoch_exit_ovf(r);
-        return;
-    }
-    ck_pr_fence_release();
-    ck_pr_store_64(&r->word, 0);
 }
 
 __attribute__((constructor)) static void km__register_atfork(void)
@@ -1133,7 +1068,7 @@ KM__HOT int km__acquire_once(km_env *e, const km_request *req, km_lease *out, ui
         ck_pr_load_64(&pool->spent_microusd) >= pool->budget_microusd)
         return KM_EBUDGET;
 
-    km__rdr *r = km__rd_enter(e, sc.now);
+    km__rdr *r = km__rd_enter(&e->seg, sc.now);
     int rc = km__acquire_in(e, p, strategy, req, &sc, out, wake);
     km__rd_exit(r);
     return rc;
@@ -1505,7 +1440,7 @@ KM_EXTERN int km_release(km_env *e, const km_lease *l, const km_outcome *o)
         if (o->view_flags)
             km__apply_view(k, o);
         km__spend(pool, k, o, actual);
-        km__usage_put(e, km__rd_own_ring(e), l->key, lv.key_gen, k->pool, lv.model, lv.start_ns, actual,
+        km__usage_put(e, km__rd_holds_row1(&e->seg), l->key, lv.key_gen, k->pool, lv.model, lv.start_ns, actual,
                       o->latency_us, kind);
     } else {
         ck_pr_inc_64(&k->stale);
@@ -1539,7 +1474,7 @@ static void km__abandon(km_env *e, uint32_t ki, km__key *k, km__lease *ls, uint3
     km__lview lv = km__lease_read(ls);
     if (lv.key_gen == ck_pr_load_32(&k->gen)) {
         km__settle(e, ki, k, ls, &lv, lv.tokens);
-        km__usage_put(e, km__rd_own_ring(e), ki, lv.key_gen, k->pool, lv.model, lv.start_ns,
+        km__usage_put(e, km__rd_holds_row1(&e->seg), ki, lv.key_gen, k->pool, lv.model, lv.start_ns,
                       lv.tokens, -1, KM_OUT_COUNT);
     }
     /* A probe that will never report lets the next one go. */
@@ -1929,7 +1864,7 @@ KM_EXTERN int km_key_find(km_env *e, int pool, const char *id)
     if (pool < 0 || (uint32_t)pool >= e->geom.n_pools)
         return KM_ENOPOOL;
     const km__pool *p = &km__pools(e)[pool];
-    km__rdr *r = km__rd_enter(e, km__now());
+    km__rdr *r = km__rd_enter(&e->seg, km__now());
     uint32_t b = ck_pr_load_32(&p->cur) & 1;
     ck_pr_fence_load(); /* cur before the list it names */
     int rc = km__find_in(e, km__members(e, (uint32_t)pool, b),
