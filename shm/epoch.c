@@ -41,7 +41,7 @@
  *       the locked add of step 1, a full barrier).  So S's row store came
  *       before P and is visible to the loads of step 3.
  *   (b) S's word w satisfies 0 < w < E.  S loaded G before its loads of X
- *       (program order; loads are not reordered with loads).  Had that load
+ *       (the load fence after it; see "Ordering").  Had that load
  *       returned >= E, it followed step 1, and so would S's loads of X,
  *       which would then see X unreachable.
  *   (c) only S's thread writes its row: w stays until S leaves (0), and the
@@ -73,8 +73,10 @@
  * membarrier fails falls back to MEMBARRIER_CMD_GLOBAL (slow, every CPU);
  * if that fails too, km__epoch_sync returns KM_ESYS and nothing is
  * reclaimed.  Leaving is a release store: the section's loads complete
- * before the row reads 0.  Loads of G and of the section are in program
- * order (acquire loads on x86; ck_pr_fence_load elsewhere).
+ * before the row reads 0.  The load of G is ordered before the section's
+ * loads by ck_pr_fence_load() right after it (km__rd_enter, shm/epoch.h):
+ * a compiler barrier under TSO (x86-64, where loads are not reordered with
+ * loads), a real load fence where they may be (aarch64).
  *
  * Overflow.  A thread that finds no free row in its group (more threads
  * than KM__RDR_PER_PROC - 1) uses row 0, shared by CAS: word = epoch << 20

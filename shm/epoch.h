@@ -75,7 +75,14 @@ KM__HOT km__rdr *km__rd_enter(km__seg *s, uint64_t now)
         return r;
     }
     ck_pr_store_64(&r->enter_ns, now);
-    ck_pr_store_64(&r->word, ck_pr_load_64(&s->hdr->epoch));
+    uint64_t g = ck_pr_load_64(&s->hdr->epoch);
+    /* The load of G before every load of the section: point (b) of the
+     * argument.  A no-op under TSO (x86-64: loads are not reordered with
+     * loads), a real fence where loads may pass loads (aarch64), where a
+     * section could otherwise read a retired row or secret and still
+     * publish an epoch >= E. */
+    ck_pr_fence_load();
+    ck_pr_store_64(&r->word, g);
     if (__builtin_expect(km__rd_slow, 0))
         ck_pr_fence_memory(); /* row store before the section's loads */
     else
