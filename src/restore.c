@@ -8,8 +8,9 @@
  * a created one.  The segment is created under a temporary name, its state
  * is written (counters, latency and health, cooldowns, limit windows, spend,
  * the pools' defaults for keys added later), and only then renamed into
- * place (renameat2 with RENAME_NOREPLACE on /dev/shm): no worker can attach
- * to a half-restored segment, and an existing segment is never replaced.
+ * place without replacing anything (km__seg_rename_noreplace, shm/): no
+ * worker can attach to a half-restored segment, and an existing segment is
+ * never replaced.
  *
  * Times.  The snapshot holds wall-clock times (cooldown ends, each window's
  * GCRA word); they become monotonic ones as of now, so what was owed at the
@@ -24,14 +25,11 @@
  * they are parsed, and are wiped after.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -82,7 +80,7 @@ static uint64_t rs_u64(json_t *o, const char *k, uint64_t def)
 static uint64_t rs_microusd(json_t *o, const char *k)
 {
     json_t *v = json_object_get(o, k);
-    return json_is_number(v) && json_number_value(v) > 0 ? (uint64_t)llround(json_number_value(v) * 1e6) : 0;
+    return json_is_number(v) ? km__usd_to_micro(json_number_value(v)) : 0;
 }
 
 /* Wall-clock microseconds to CLOCK_MONOTONIC nanoseconds (0: past or none). */
@@ -341,8 +339,7 @@ KM_EXTERN int km_restore(const char *name, const char *json, size_t len, const u
                          unsigned mode, km_env **out, char *errbuf, size_t errlen)
 {
     rs_ctx c = {errbuf, errlen, key, 0, 0};
-    char nm[KM_SEG_NAME_MAX + 2], tmp[KM_SEG_NAME_MAX + 2], from[KM_SEG_NAME_MAX + 40],
-        to[KM_SEG_NAME_MAX + 40];
+    char nm[KM_SEG_NAME_MAX + 2], tmp[KM_SEG_NAME_MAX + 2];
     json_error_t jerr;
     json_t *root, *cfgj = NULL;
     km_config *cfg = NULL;
@@ -395,13 +392,8 @@ KM_EXTERN int km_restore(const char *name, const char *json, size_t len, const u
         }
     }
     /* Refuse early if the name is taken (checked again at the rename). */
-    int fd = shm_open(nm, O_RDONLY, 0);
-    if (fd >= 0 || errno != ENOENT) {
-        if (fd >= 0)
-            close(fd);
-        rc = fd >= 0 ? KM_EEXIST : KM_ESYS;
+    if ((rc = km__seg_name_free(nm)) != KM_OK)
         goto out;
-    }
     if ((rc = rs_config(&c, root, &cfgj)) != KM_OK)
         goto out;
     text = json_dumps(cfgj, JSON_COMPACT);
@@ -421,21 +413,16 @@ KM_EXTERN int km_restore(const char *name, const char *json, size_t len, const u
         rs_err(&c, rc, "creating the segment: %s", km_strerror(rc));
         goto out;
     }
-    struct timespec wall;
-    clock_gettime(CLOCK_REALTIME, &wall);
     c.now_mono = km__now();
-    c.now_wall = (uint64_t)wall.tv_sec * KM__NS_PER_S + (uint64_t)wall.tv_nsec;
+    c.now_wall = km__wall_ns();
     rs_state(&c, e, root);
     /* Publish under the real name; never over an existing segment. */
-    snprintf(from, sizeof from, "/dev/shm/%s", tmp);
-    snprintf(to, sizeof to, "/dev/shm%s", nm);
-    if (renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) != 0) {
+    if ((rc = km__seg_rename_noreplace(tmp, nm)) != KM_OK) {
         int saved = errno;
         km_close(e);
         e = NULL;
         km_unlink(tmp);
         errno = saved;
-        rc = saved == EEXIST ? KM_EEXIST : KM_ESYS;
         goto out;
     }
     if (out) {
