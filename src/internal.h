@@ -1,5 +1,32 @@
 /*
  * src/internal.h - declarations shared by the library's files.  Not installed.
+ *
+ * Where things are.  src/ is the pool; shm/ (shm/shm.h) the segment it
+ * lives in.  The pool's schema is src/layout.h; its hot paths are inline in
+ * src/gcra.h (admission), src/slots.h (lease slots), src/usage.h (usage
+ * events), src/wait.h (waking sleepers), src/owner.h (who holds a slot);
+ * the entry points are in one file each: attach.c, create.c, acquire.c,
+ * wait.c, release.c, reap.c, info.c, check.c, reconfig.c, usage.c,
+ * snapshot.c, restore.c, provider.c, config.c, names.c.
+ *
+ * Memory ordering.  Words that change while processes run (limit pairs,
+ * key states and cooldowns, counters, in-flight flags, lease slots, epochs,
+ * reader rows) are read and written with ck_pr loads, stores and
+ * read-modify-writes.  Configuration words (a key's parameters, id, secret
+ * and metadata, a pool's settings, the header's geometry) are written
+ * before they are published and read plainly after: by creation before the
+ * magic (km__seg_publish), by the epoch protocol (a key row reused, a member
+ * list replaced: shm/epoch.c), or behind a key's `updating` flag (limits
+ * rewritten: src/reconfig.c).  A single-word load (state, cooldown_until, a
+ * limit word, an in-flight flag) needs no ordering of its own: a stale
+ * value can only steer a choice, and every choice is decided by a locked
+ * read-modify-write that sees the current value.  Where one write must be
+ * seen before another, the comment at that point says which: the lease
+ * phase before the limit atomics (ck_pr_fence_store_atomic, free on x86-64
+ * where locked instructions are full barriers; P2 in src/layout.h),
+ * cooldown before state, phase before owner when a slot is freed (I3), and
+ * the pool's waiter count after the locked instructions that free capacity
+ * (src/wait.c).
  */
 #ifndef KM_INTERNAL_H
 #define KM_INTERNAL_H
@@ -7,6 +34,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <time.h>
+
+#include <ck_pr.h>
 
 #include "keymesh.h"
 #include "../shm/shm.h"
@@ -110,25 +139,7 @@ struct km_env {
     uint32_t admin_timeout_ms; /* grace-period waits of reconfiguration */
 };
 
-/* src/reap.c */
-/* Free the process slots of dead processes, releasing their leases (see
- * km_reap in keymesh.h).  Returns the number of process slots freed. */
-int km__reap_dead(km_env *env, km_reap_report *report, int repair);
-
-/* src/pool.c */
-uint32_t km__hash(const char *s);
-uint64_t km__rr_magic(uint32_t n);
-void km__key_write(km_env *e, km__key *k, uint32_t pool, const km__key_cfg *kc);
-uint32_t km__key_limits_write(km__key *k, const km__limit_cfg *lc);
-void km__wake_pool(km_env *e, uint32_t pool);
-void km__pool_init(km_env *env, const km_config *cfg);
-/* Release (as abandoned) every ACTIVE lease held by `owner`. */
-void km__release_all_owned(km_env *env, uint64_t owner);
-/* Number of lease slots `owner` holds (any phase). */
-uint64_t km__count_owned(km_env *env, uint64_t owner);
-/* Release every lease slot whose owner is dead (see km_reap). */
-void km__reap_leases(km_env *env, km_reap_report *r, int repair);
-
+/* ---------------------------------------------------- the pool's regions */
 static inline km__pool *km__pools(const km_env *e)
 {
     return (km__pool *)KM__AT(e->seg.base, e->geom.off_pools);
@@ -159,12 +170,57 @@ static inline km__lease *km__leases(const km_env *e, uint32_t key)
            (size_t)key * e->geom.cap_inflight;
 }
 /* In-flight flags of key `key`: byte s is 1 while lease slot s is in
- * flight (see km__lease in shm/seg.h). */
+ * flight (see km__lease in src/layout.h). */
 static inline uint8_t *km__busy(const km_env *e, uint32_t key)
 {
     return (uint8_t *)KM__AT(e->seg.base, e->geom.off_busy) +
            (size_t)key * km__busy_stride(e->geom.cap_inflight);
 }
+
+/* ------------------------------------------------------------ key state */
+
+/* Move state from any of the states in `from_mask` (bit per KM__ST_*) to
+ * `to`, by CAS: the one way a key's state changes outside the admin lock. */
+static inline void km__state_to(km__key *k, uint32_t from_mask, uint32_t to)
+{
+    uint32_t cur = ck_pr_load_32(&k->state);
+    while (cur < 32 && (from_mask & (1u << cur)) && !ck_pr_cas_32_value(&k->state, cur, to, &cur))
+        ;
+}
+
+#define KM__LIVE_STATES ((1u << KM__ST_ACTIVE) | (1u << KM__ST_FAILING) | (1u << KM__ST_PROBING))
+
+/* --------------------------------------------- functions across files */
+
+/* src/create.c */
+/* ceil(2^64 / n): the round-robin cursor modulo n without a division. */
+uint64_t km__rr_magic(uint32_t n);
+/* Write a key row's configuration and identity (a row no reader reaches). */
+void km__key_write(km_env *e, km__key *k, uint32_t pool, const km__key_cfg *kc);
+/* Write a key's limit parameters; returns its new window mask. */
+uint32_t km__key_limits_write(km__key *k, const km__limit_cfg *lc);
+/* Write the pools, member lists, models and keys of a new segment. */
+void km__pool_init(km_env *env, const km_config *cfg);
+
+/* src/acquire.c */
+/* km_acquire out of line, with the clock time a key may be admissible in
+ * *wake (KM__NEVER: only a release or an operator can help). */
+int km__acquire_slow(km_env *e, const km_request *req, km_lease *out, uint64_t *wake);
+/* Key index of `id` among the n members of m, or KM_ENOKEY (removed keys
+ * are not found).  Inside an epoch section. */
+int km__find_in(km_env *e, const km__member *m, uint32_t n, const char *id);
+
+/* src/reap.c */
+/* Release (as abandoned) every ACTIVE lease held by `owner`. */
+void km__release_all_owned(km_env *env, uint64_t owner);
+/* Number of lease slots `owner` holds (any phase, reaper marks of it too). */
+uint64_t km__count_owned(km_env *env, uint64_t owner);
+/* Release every lease slot whose owner is dead (see km_reap). */
+void km__reap_leases(km_env *env, km_reap_report *r, int repair);
+/* Free the process slots of dead processes, releasing their leases (see
+ * km_reap in keymesh.h).  Returns the number of process slots freed. */
+int km__reap_dead(km_env *env, km_reap_report *report, int repair);
+
 /* src/usage.c */
 /* Events per usage ring: a process slot's cap_usage, split between its
  * rings (cap_usage is 0 or a power of two >= 2, checked at attach). */

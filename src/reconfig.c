@@ -42,7 +42,9 @@
 
 #include <ck_pr.h>
 
+#include "gcra.h"
 #include "internal.h"
+#include "wait.h"
 
 _Static_assert(sizeof(pthread_mutex_t) <= sizeof(((km__hdr *)0)->admin),
                "the admin lock fits its header line");
@@ -424,5 +426,29 @@ KM_EXTERN int km_set_admin_timeout(km_env *e, uint32_t timeout_ms)
     if (!e)
         return KM_EINVAL;
     e->admin_timeout_ms = timeout_ms;
+    return KM_OK;
+}
+
+KM_EXTERN int km_key_set_state(km_env *e, uint32_t key, int state)
+{
+    if (!e || (state != KM_KEY_ACTIVE && state != KM_KEY_DISABLED))
+        return KM_EINVAL;
+    if (key >= e->geom.cap_keys || ck_pr_load_32(&km__keys(e)[key].state) >= KM__ST_FREE)
+        return KM_ENOKEY;
+    km__key *k = &km__keys(e)[key];
+    /* Never out of FREE or REMOVED: those rows belong to reconfiguration. */
+    const uint32_t gone = (1u << KM__ST_FREE) | (1u << KM__ST_REMOVED);
+    if (state == KM_KEY_ACTIVE) {
+        /* Health first, then the state that lets acquirers in. */
+        ck_pr_store_32(&k->consec_fail, 0);
+        ck_pr_store_32(&k->consec_429, 0);
+        ck_pr_store_64(&k->cooldown_until, 0);
+        ck_pr_fence_store();
+        km__state_to(k, ~gone & ~(1u << KM__ST_ACTIVE), KM__ST_ACTIVE);
+        if (k->pool < e->geom.n_pools)
+            km__wake(e, &km__pools(e)[k->pool]);
+    } else {
+        km__state_to(k, ~gone, KM__ST_DISABLED);
+    }
     return KM_OK;
 }
