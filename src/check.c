@@ -3,7 +3,7 @@
  *
  * It reads with the same atomic loads as everyone else and changes nothing.
  * Per key it takes a consistent view the way the reaper does (src/layout.h,
- * src/pool.c): scan the lease slots, read the counters, scan again, and use
+ * src/reap.c): scan the lease slots, read the counters, scan again, and use
  * the view only if no slot moved; a key that keeps moving is re-read a few
  * times and then reported as "busy", never as a false violation.
  */

@@ -153,7 +153,7 @@ _Static_assert(sizeof(km__member) == 16, "km__member size");
  * (cmpxchg16b), so an admission sees a consistent pair.  Request windows
  * charge `tat` at acquire and never reserve; token windows reserve the
  * estimate at acquire and commit the actual count into `tat` at release
- * (see the proof at the top of src/pool.c). */
+ * (see the proof at the top of src/gcra.h). */
 typedef struct km__gcra {
     uint64_t tat;      /* theoretical arrival time, CLOCK_MONOTONIC ns */
     uint64_t reserved; /* units reserved by leases not yet released */
@@ -225,7 +225,7 @@ typedef struct km__mwin {
 _Static_assert(sizeof(km__mwin) == 2 * KM__LINE, "km__mwin size");
 
 /* A lease slot.  owner != 0 while claimed: the owner's process-table tag,
- * (process slot + 1) << 32 | pid, or a reaper's mark (see src/pool.c).
+ * (process slot + 1) << 32 | pid, or a reaper's mark (src/owner.h).
  *
  * Crash consistency.  Counters such as "tokens reserved on window w" are
  * anonymous sums: if a process dies between changing one and recording that
@@ -268,7 +268,7 @@ typedef struct km__lease {
     uint64_t pad1;
 } km__lease;
 _Static_assert(offsetof(km__lease, outcomes) == KM__LINE, "lease slot line 1");
-/* Acquire writes these pairs with one 8-byte store each (src/pool.c). */
+/* Acquire writes these pairs with one 8-byte store each (src/acquire.c). */
 _Static_assert(offsetof(km__lease, tokens) == offsetof(km__lease, seq) + 4 &&
                    offsetof(km__lease, seq) % 8 == 0, "seq, tokens: one word");
 _Static_assert(offsetof(km__lease, phase) == offsetof(km__lease, key_gen) + 4 &&

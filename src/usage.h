@@ -1,6 +1,6 @@
 /*
  * src/usage.h - the producer side of usage events, inline: it runs in every
- * release (src/pool.c), where a call across files cost ~1 ns of the pair.
+ * release (src/release.c), where a call across files cost ~1 ns of the pair.
  * The protocol is described at the top of src/usage.c.  Internal.
  */
 #ifndef KM_USAGE_H

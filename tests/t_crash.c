@@ -11,7 +11,7 @@
  *     holds only the parent;
  *   - counters: sum(outcomes) + abandoned <= acquired, and falls short by at
  *     most the number of kills (a death between a release's in-flight flag
- *     and its counter store; see src/pool.c);
+ *     and its counter store; see src/release.c);
  *   - no limit was exceeded: over the admissions the workers recorded, for
  *     every key and every pair of admissions, the token_bucket bound holds
  *     for rpm and tpm;

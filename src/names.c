@@ -1,6 +1,7 @@
 /*
- * src/errors.c - error strings, enum names, version, clock and secret masking.
- * Everything here is pure: no shared state.
+ * src/names.c - names: error strings and names, the names of strategies,
+ * windows, key states and outcomes, the version, the public clock read and
+ * secret masking.  Everything here is pure: no shared state.
  */
 #include <stdio.h>
 #include <string.h>
