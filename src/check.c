@@ -7,7 +7,6 @@
  * the view only if no slot moved; a key that keeps moving is re-read a few
  * times and then reported as "busy", never as a false violation.
  */
-#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +15,8 @@
 #include <ck_pr.h>
 
 #include "internal.h"
+#include "owner.h"
+#include "slots.h"
 
 #define KM__CHECK_TRIES 200
 
@@ -37,28 +38,21 @@ __attribute__((format(printf, 2, 3))) static void km__violation(km__checker *c, 
         c->report(c->ctx, line);
 }
 
-/* A hash of every slot's (owner, seq, phase): equal twice means no lease of
- * the key started or ended between the two scans. */
+/* The signature of a key's slots (see "Validated scans", src/slots.h):
+ * equal twice, with no slot mid-operation, means no lease of the key
+ * started or ended between the two scans. */
 static uint64_t km__slots_sig(const km__lease *ls, uint32_t n, int *moving)
 {
-    uint64_t h = 0xcbf29ce484222325ull;
+    uint64_t h = KM__FNV64_INIT;
     *moving = 0;
     for (uint32_t s = 0; s < n; s++) {
         uint64_t o = ck_pr_load_64(&ls[s].owner);
         uint32_t ph = ck_pr_load_32(&ls[s].phase), q = ck_pr_load_32(&ls[s].seq);
-        if (o && (ph == KM__LP_ADMITTING || ph == KM__LP_RELEASING))
+        if (km__slot_moving(o, ph))
             *moving = 1;
-        h = (h ^ o ^ ((uint64_t)ph << 32) ^ q) * 0x100000001b3ull;
+        h = km__slot_sig(h, o, ph, q);
     }
     return h;
-}
-
-static int km__owner_known(km_env *e, uint64_t owner)
-{
-    uint64_t tag = owner & ~(UINT64_C(1) << 63);
-    if (owner >> 62 == 3) /* an attaching reaper's pid mark */
-        return 1;
-    return km__proc_tag_held(&e->seg, tag);
 }
 
 /* A name from the segment, for a message: at most its array's length.  A

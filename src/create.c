@@ -71,15 +71,14 @@ uint32_t km__key_limits_write(km__key *k, const km__limit_cfg *lc)
     return k->win_mask;
 }
 
-static const km__key_cfg *km__sort_keys; /* creation is single-threaded */
-static int km__cmp_cost(const void *a, const void *b)
+int km__cmp_price(const void *a, const void *b, void *keys)
 {
-    const km__key_cfg *x = &km__sort_keys[*(const uint32_t *)a];
-    const km__key_cfg *y = &km__sort_keys[*(const uint32_t *)b];
-    uint64_t px = x->price_in + x->price_out, py = y->price_in + y->price_out;
-    if (px != py)
-        return px < py ? -1 : 1;
-    return *(const uint32_t *)a < *(const uint32_t *)b ? -1 : 1; /* stable */
+    const km__key *k = keys;
+    uint32_t i = *(const uint32_t *)a, j = *(const uint32_t *)b;
+    uint64_t pi = k[i].price_in + k[i].price_out, pj = k[j].price_in + k[j].price_out;
+    if (pi != pj)
+        return pi < pj ? -1 : 1;
+    return i < j ? -1 : (i > j); /* by index among equals: stable */
 }
 
 void km__pool_init(km_env *e, const km_config *cfg)
@@ -135,12 +134,14 @@ void km__pool_init(km_env *e, const km_config *cfg)
             m[j].cum_weight = (uint32_t)cum;
             m[j].by_cost = ki;
         }
-        km__sort_keys = cfg->keys;
         uint32_t *order = (uint32_t *)malloc((size_t)pc->n_keys * sizeof(uint32_t));
         if (order) { /* without memory the cost order stays config order */
             for (uint32_t j = 0; j < pc->n_keys; j++)
                 order[j] = pc->first_key + j;
-            qsort(order, pc->n_keys, sizeof(uint32_t), km__cmp_cost);
+            /* The rows were written above: sort by the segment's prices,
+             * with the comparator reconfiguration uses (no shared state:
+             * km_create may run in several threads at once). */
+            qsort_r(order, pc->n_keys, sizeof(uint32_t), km__cmp_price, keys);
             for (uint32_t j = 0; j < pc->n_keys; j++)
                 m[j].by_cost = order[j];
             free(order);

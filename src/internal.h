@@ -201,6 +201,10 @@ void km__key_write(km_env *e, km__key *k, uint32_t pool, const km__key_cfg *kc);
 uint32_t km__key_limits_write(km__key *k, const km__limit_cfg *lc);
 /* Write the pools, member lists, models and keys of a new segment. */
 void km__pool_init(km_env *env, const km_config *cfg);
+/* qsort_r comparator of key indices by price (input + output, per 1000
+ * tokens), then index; the context is the segment's key rows (km__keys).
+ * The price order of a pool's member list (km__member.by_cost). */
+int km__cmp_price(const void *a, const void *b, void *keys);
 
 /* src/acquire.c */
 /* km_acquire out of line, with the clock time a key may be admissible in

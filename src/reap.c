@@ -109,13 +109,13 @@ static int km__owner_alive(km_env *e, uint64_t owner, km__live_cache *c)
 static int km__scan_slots(const km__lease *ls, uint32_t n, uint64_t mine, uint64_t *sig,
                           uint64_t *sum, uint64_t *msum, uint32_t n_models)
 {
-    uint64_t h = 0xcbf29ce484222325ull, tot[KM_WIN_COUNT] = {0};
+    uint64_t h = KM__FNV64_INIT, tot[KM_WIN_COUNT] = {0};
     if (msum && n_models)
         memset(msum, 0, sizeof(uint64_t) * n_models);
     for (uint32_t s = 0; s < n; s++) {
         uint64_t o = ck_pr_load_64(&ls[s].owner);
         uint32_t ph = ck_pr_load_32(&ls[s].phase), q = ck_pr_load_32(&ls[s].seq);
-        if (o && o != mine && (ph == KM__LP_ADMITTING || ph == KM__LP_RELEASING))
+        if (o != mine && km__slot_moving(o, ph))
             return 0; /* a live operation in flight */
         if (o && ph == KM__LP_ACTIVE) {
             km__lview lv = km__lease_read(&ls[s]);
@@ -125,10 +125,7 @@ static int km__scan_slots(const km__lease *ls, uint32_t n, uint64_t mine, uint64
             if (msum && lv.model && lv.model <= n_models)
                 msum[lv.model - 1] += lv.tokens;
         }
-        /* Each field its own FNV step: no two changes cancel out. */
-        h = (h ^ o) * 0x100000001b3ull;
-        h = (h ^ ph) * 0x100000001b3ull;
-        h = (h ^ q) * 0x100000001b3ull;
+        h = km__slot_sig(h, o, ph, q); /* see "Validated scans", src/slots.h */
     }
     *sig = h;
     if (sum)

@@ -92,16 +92,6 @@ static int km__grace(km_env *e, uint64_t epoch)
     return km__epoch_sync(&e->seg, e->admin_timeout_ms);
 }
 
-static int km__cmp_price(const void *a, const void *b, void *keys)
-{
-    const km__key *k = keys;
-    uint32_t i = *(const uint32_t *)a, j = *(const uint32_t *)b;
-    uint64_t pi = k[i].price_in + k[i].price_out, pj = k[j].price_in + k[j].price_out;
-    if (pi != pj)
-        return pi < pj ? -1 : 1;
-    return i < j ? -1 : (i > j);
-}
-
 /* Publish a new member list for pool p: the current one without keys that
  * are removed, plus `add` (a key index, or UINT32_MAX for none), with
  * running weights and the price order recomputed.  KM_EBUSY if the spare
@@ -367,13 +357,12 @@ KM_EXTERN int km_key_set_weight(km_env *e, uint32_t key, uint32_t weight)
 static void km__rescale(km__gcra *g, uint64_t old_T, uint64_t new_T, uint64_t now)
 {
     uint64_t cur[2], nv[2];
-    cur[0] = ck_pr_load_64(&g->tat);
-    cur[1] = ck_pr_load_64(&g->reserved);
+    km__gcra_load(g, cur);
     do {
         uint64_t debt = cur[0] > now && old_T ? (cur[0] - now) / old_T : 0;
         nv[0] = new_T && debt ? now + debt * new_T : 0;
         nv[1] = cur[1]; /* reservations belong to leases still out */
-    } while (!ck_pr_cas_64_2_value((uint64_t *)(void *)g, cur, nv, cur));
+    } while (!km__gcra_cas(g, cur, nv)); /* the pair's one CAS (src/gcra.h) */
 }
 
 KM_EXTERN int km_key_set_limits(km_env *e, uint32_t key, const char *limits_json,

@@ -177,6 +177,28 @@ static inline void km__slot_free(km__lease *ls)
     ck_pr_store_64(&ls->owner, 0);
 }
 
+/* Validated scans.  A reader that needs a consistent view of a key's lease
+ * slots without stopping anyone (the reaper's recount, src/reap.c;
+ * km_check, src/check.c) scans the slots, reads the counters, scans again,
+ * and uses what it read only if both scans have the same signature and no
+ * slot was mid-operation: every acquirer and releaser changes its slot's
+ * phase before it touches a shared counter (P2, P3), so an unchanged
+ * signature means no counter changed in between.  The signature folds in
+ * every slot's owner, phase and seq, each field its own FNV-1a step:
+ * fields mixed into one value first (o ^ ph << 32 ^ q) can cancel out. */
+static inline uint64_t km__slot_sig(uint64_t h, uint64_t owner, uint32_t phase, uint32_t seq)
+{
+    h = km__fnv64_step(h, owner);
+    h = km__fnv64_step(h, phase);
+    return km__fnv64_step(h, seq);
+}
+
+/* Is a slot mid-operation: held and ADMITTING or RELEASING? */
+static inline int km__slot_moving(uint64_t owner, uint32_t phase)
+{
+    return owner && (phase == KM__LP_ADMITTING || phase == KM__LP_RELEASING);
+}
+
 /* Settle a lease's tokens on its key and, if it charged one, its model. */
 KM__HOT void km__settle(km_env *e, uint32_t ki, km__key *k, km__lease *ls,
                         const km__lview *lv, uint64_t actual)
