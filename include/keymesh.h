@@ -74,6 +74,7 @@ KM_EXTERN int km_format_version(void);      /* KM_FORMAT_VERSION */
 #define KM_INFLIGHT_MAX 1024  /* concurrent leases on one key */
 #define KM_MODELS_MAX 64      /* models of one pool (per-model limits) */
 #define KM_META_MAX 255       /* bytes of a key's metadata (JSON), without NUL */
+#define KM_MASKED_MAX 24      /* bytes of a masked secret (km_mask_secret), NUL included */
 
 /* ------------------------------------------------------------------ errors */
 
@@ -384,7 +385,7 @@ typedef struct km_pool_info {
 
 typedef struct km_key_info {
     char id[KM_ID_MAX + 1];
-    char secret_masked[24]; /* "sk-…abcd"; never the secret */
+    char secret_masked[KM_MASKED_MAX]; /* "sk-…abcd"; never the secret */
     uint32_t pool, weight, gen;
     int state;                /* km_key_state, COOLING derived from the clock */
     uint64_t cooldown_until_ns;
@@ -627,8 +628,9 @@ typedef struct km_usage_report {
 KM_EXTERN int km_usage_drain(km_env *env, int (*fn)(void *ctx, const km_usage_event *ev),
                              void *ctx, km_usage_report *out);
 
-/* Mask a secret for display: "sk-…abcd" style, at most 23 bytes + NUL. */
-KM_EXTERN void km_mask_secret(const char *secret, char out[24]);
+/* Mask a secret for display: "sk-…abcd" style, at most KM_MASKED_MAX - 1
+ * bytes + NUL. */
+KM_EXTERN void km_mask_secret(const char *secret, char out[KM_MASKED_MAX]);
 
 #ifdef __cplusplus
 }

@@ -13,6 +13,9 @@
 #define KM__NS_PER_S UINT64_C(1000000000)
 #define KM__NS_PER_MS UINT64_C(1000000)
 #define KM__NS_PER_US UINT64_C(1000)
+#define KM__US_PER_MS UINT64_C(1000)
+#define KM__MS_PER_S UINT64_C(1000)
+#define KM__S_PER_DAY UINT64_C(86400)
 
 /* CLOCK_MONOTONIC in ns, inline: the hot path's one clock read should not
  * cost a call into another file on top of the vDSO call. */

@@ -268,7 +268,7 @@ static uint64_t km__score(const km_env *e, uint32_t ki, int strategy)
     case KM_STRATEGY_LATENCY:
         return ck_pr_load_64(&k->latency_ema_ns); /* 0: never sampled, try it */
     default: /* KM_STRATEGY_RELIABILITY */
-        return 1000000u - km__min64(ck_pr_load_32(&k->success_ppm), 1000000u);
+        return KM__PPM - km__min64(ck_pr_load_32(&k->success_ppm), KM__PPM);
     }
 }
 

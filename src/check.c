@@ -152,9 +152,9 @@ static void km__check_key(km_env *e, uint32_t ki, uint64_t now, km__checker *c)
             uint64_t tat = ck_pr_load_64(&k->win[w].tat);
             /* An extra charge (actual above the estimate) may push tat past
              * now + tau; a day beyond that is no longer plausible. */
-            if (tat > now + k->tau_ns[w] + 86400 * KM__NS_PER_S)
+            if (tat > now + k->tau_ns[w] + KM__S_PER_DAY * KM__NS_PER_S)
                 km__violation(c, "key %s: %s limit word %.0f s ahead of the clock", id,
-                              km_window_name(w), (double)(tat - now) / 1e9);
+                              km_window_name(w), (double)(tat - now) / (double)KM__NS_PER_S);
         }
         /* Per-model windows of a per_model pool: the same rule per model. */
         for (uint32_t m = 0; m < n_models; m++) {

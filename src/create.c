@@ -60,7 +60,7 @@ void km__key_write(km_env *e, km__key *k, uint32_t pool, const km__key_cfg *kc)
     k->price_out = kc->price_out;
     k->budget_microusd = kc->budget_microusd;
     k->budget_hard = (uint32_t)kc->budget_hard;
-    k->success_ppm = 1000000; /* healthy until shown otherwise */
+    k->success_ppm = KM__PPM; /* healthy until shown otherwise */
 }
 
 /* Limit parameters of one set of windows from kc (set-limits). */

@@ -184,7 +184,7 @@ KM_EXTERN int km_key_info_get(km_env *e, uint32_t key, km_key_info *out)
     out->max_inflight = k->max_inflight;
     out->consecutive_failures = ck_pr_load_32(&k->consec_fail);
     out->consecutive_429s = ck_pr_load_32(&k->consec_429);
-    out->latency_ema_us = ck_pr_load_64(&k->latency_ema_ns) / 1000;
+    out->latency_ema_us = ck_pr_load_64(&k->latency_ema_ns) / KM__NS_PER_US;
     /* Counters are per lease slot (see km__lease); sum them. */
     const km__lease *ls = km__leases(e, key);
     for (uint32_t s = 0; s < e->geom.cap_inflight; s++) {

@@ -54,6 +54,11 @@
 #define KM__DEF_CAP_MODELS 8
 #define KM__DEF_CAP_USAGE 4096
 #define KM__WEIGHT_MAX 1000000u
+/* Prices are in micro-USD per this many tokens. */
+#define KM__PRICE_TOKENS 1000
+/* The longest a provider's answer is believed: a Retry-After (provider.c),
+ * a limit window's reset (release.c).  One day. */
+#define KM__VIEW_CAP_S KM__S_PER_DAY
 #define KM__MAX_CAP_USAGE (1u << 20)
 
 /* ------------------------------------------------------------ configuration

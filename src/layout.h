@@ -173,7 +173,7 @@ typedef struct km__key {
     uint64_t latency_ema_ns;  /* 0: no sample yet */
     uint64_t stale;           /* releases ignored as stale */
     uint64_t spent_microusd;  /* added at every priced release */
-    uint32_t success_ppm;     /* EMA of success (1e6) vs failure (0) */
+    uint32_t success_ppm;     /* EMA of success (KM__PPM) vs failure (0) */
     uint32_t pad4a;
     uint8_t pad4[KM__LINE - 32];
     /* line 3: written on failures, 429s and admin actions; state and
@@ -200,7 +200,7 @@ typedef struct km__key {
     uint8_t pad6[2];
     uint32_t secret_len;
     uint32_t meta_len;
-    uint64_t price_in, price_out;       /* micro-USD per 1000 tokens */
+    uint64_t price_in, price_out;       /* micro-USD per KM__PRICE_TOKENS */
     uint64_t budget_microusd;           /* 0: none */
     uint32_t budget_hard;
     uint32_t min_tok_burst;             /* smallest token-window burst, capped
@@ -216,6 +216,9 @@ _Static_assert(offsetof(km__key, emission_ns) == 4 * KM__LINE, "config lines");
 _Static_assert(offsetof(km__key, id) == 8 * KM__LINE, "id aligned");
 _Static_assert(offsetof(km__key, meta) == 13 * KM__LINE, "meta aligned");
 _Static_assert(sizeof(km__key) == 17 * KM__LINE, "km__key size");
+
+/* Parts per million: success_ppm of a key that has always succeeded. */
+#define KM__PPM 1000000u
 
 /* The limit pairs of one model on one key (per_model pools). */
 typedef struct km__mwin {
@@ -303,12 +306,18 @@ typedef struct km__uev {
     uint32_t key, key_gen;
     uint32_t model;      /* model index + 1; 0: none */
     uint32_t pool;
-    uint32_t outcome;    /* km_outcome_kind, or KM_OUT_COUNT: abandoned;
-                          * KM_OUT_COUNT + 1: a writer died mid-event */
+    uint32_t outcome;    /* km_outcome_kind, or KM__OUT_ABANDONED,
+                          * KM__OUT_DEAD */
     uint32_t pid;        /* the recording process */
     uint8_t pad[KM__LINE - 52];
 } km__uev;
 _Static_assert(sizeof(km__uev) == KM__LINE, "usage event: one line");
+/* Outcomes of usage events beyond the public kinds: a lease released by
+ * km_close or a reaper (the public event says KM_OUT_COUNT), and an event
+ * whose writer died before finishing it, sealed by the slot's next occupant
+ * (never delivered: counted as dropped). */
+#define KM__OUT_ABANDONED KM_OUT_COUNT
+#define KM__OUT_DEAD (KM_OUT_COUNT + 1)
 
 /* ------------------------------------------------------------ the layout */
 

@@ -20,7 +20,7 @@
 
 #include "internal.h"
 
-#define KM__RETRY_CAP_S 86400.0 /* Retry-After is capped at one day */
+#define KM__RETRY_CAP_S ((double)KM__VIEW_CAP_S) /* Retry-After is capped */
 #define KM__CODE_MAX 64         /* longer error codes are ignored */
 
 /* ------------------------------------------------------------ characters */

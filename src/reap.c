@@ -28,7 +28,7 @@ static void km__abandon(km_env *e, uint32_t ki, km__key *k, km__lease *ls, uint3
     if (lv.key_gen == ck_pr_load_32(&k->gen)) {
         km__settle(e, ki, k, ls, &lv, lv.tokens);
         km__usage_put(e, km__rd_holds_row1(&e->seg), ki, lv.key_gen, k->pool, lv.model, lv.start_ns,
-                      lv.tokens, -1, KM_OUT_COUNT);
+                      lv.tokens, -1, KM__OUT_ABANDONED);
     }
     /* A probe that will never report lets the next one go. */
     km__state_to(k, 1u << KM__ST_PROBING, KM__ST_FAILING);
@@ -176,7 +176,8 @@ static int km__recount_key(km_env *e, uint32_t ki, km__live_cache *lc, int repai
     int tries = taken ? KM__RECOUNT_TRIES : KM__RECOUNT_TRIES / 20;
     for (int t = 0; t < tries && !done; t++) {
         uint64_t sig1, sig2, rk[KM_WIN_COUNT], sk[KM_WIN_COUNT] = {0}, tot[KM_WIN_COUNT];
-        uint64_t rm[KM_MODELS_MAX][3], sm[KM_MODELS_MAX][3], msum[KM_MODELS_MAX];
+        uint64_t rm[KM_MODELS_MAX][KM__TOKEN_WIN_COUNT], sm[KM_MODELS_MAX][KM__TOKEN_WIN_COUNT];
+        uint64_t msum[KM_MODELS_MAX];
         if (!km__scan_slots(ls, n, mine, &sig1, NULL, NULL, 0)) {
             sched_yield();
             continue;
@@ -184,7 +185,7 @@ static int km__recount_key(km_env *e, uint32_t ki, km__live_cache *lc, int repai
         for (int w = KM_WIN_TPM; w <= KM_WIN_TPD; w++)
             rk[w] = ck_pr_load_64(&k->win[w].reserved);
         for (uint32_t m = 0; m < n_models; m++)
-            for (int w = 0; w < 3; w++)
+            for (int w = 0; w < KM__TOKEN_WIN_COUNT; w++)
                 rm[m][w] = ck_pr_load_64(&km__mwins(e, ki)[m].win[KM_WIN_TPM + w].reserved);
         if (!km__scan_slots(ls, n, mine, &sig2, tot, msum, n_models) || sig1 != sig2)
             continue;
@@ -192,7 +193,7 @@ static int km__recount_key(km_env *e, uint32_t ki, km__live_cache *lc, int repai
         for (int w = KM_WIN_TPM; w <= KM_WIN_TPD; w++)
             sk[w] = tot[w];
         for (uint32_t m = 0; m < n_models; m++)
-            for (int w = 0; w < 3; w++)
+            for (int w = 0; w < KM__TOKEN_WIN_COUNT; w++)
                 sm[m][w] = msum[m];
         done = 1;
         for (int w = KM_WIN_TPM; w <= KM_WIN_TPD && done; w++) {
@@ -204,7 +205,7 @@ static int km__recount_key(km_env *e, uint32_t ki, km__live_cache *lc, int repai
                 done = 0;
         }
         for (uint32_t m = 0; m < n_models && done; m++)
-            for (int w = 0; w < 3 && done; w++) {
+            for (int w = 0; w < KM__TOKEN_WIN_COUNT && done; w++) {
                 km__gcra *g = &km__mwins(e, ki)[m].win[KM_WIN_TPM + w];
                 if (rm[m][w] != sm[m][w]) {
                     if (ck_pr_cas_64(&g->reserved, rm[m][w], sm[m][w]))

@@ -64,11 +64,9 @@ void km__admin_init(km_env *e)
 
 int km__admin_lock(km_env *e)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    uint64_t ns = (uint64_t)ts.tv_nsec + (uint64_t)e->admin_timeout_ms * 1000000u;
-    ts.tv_sec += (time_t)(ns / KM__NS_PER_S);
-    ts.tv_nsec = (long)(ns % KM__NS_PER_S);
+    /* pthread_mutex_timedlock takes a CLOCK_REALTIME deadline. */
+    uint64_t ns = km__wall_ns() + (uint64_t)e->admin_timeout_ms * KM__NS_PER_MS;
+    struct timespec ts = {.tv_sec = (time_t)(ns / KM__NS_PER_S), .tv_nsec = (long)(ns % KM__NS_PER_S)};
     int rc = pthread_mutex_timedlock(km__admin(e), &ts);
     if (rc == EOWNERDEAD) /* see the top of this file */
         rc = pthread_mutex_consistent(km__admin(e));

@@ -12,6 +12,10 @@
 #include "usage.h"
 #include "wait.h"
 
+/* A Retry-After at or above this many seconds (~31 years) is not believed:
+ * the pool's backoff applies instead (and the product in ns fits). */
+#define KM__RETRY_AFTER_MAX_S 1e9
+
 /* Add a request's spend to its key and pool; a hard key budget that is now
  * spent makes the key exhausted. */
 static void km__spend(km__pool *pool, km__key *k, const km_outcome *o, uint64_t actual)
@@ -29,7 +33,10 @@ static void km__spend(km__pool *pool, km__key *k, const km_outcome *o, uint64_t 
         in = 0;
         out = actual;
     }
-    uint64_t cost = (km__mul_sat(in, k->price_in) + km__mul_sat(out, k->price_out) + 999) / 1000;
+    /* Prices are per KM__PRICE_TOKENS tokens; a fraction of a micro-dollar
+     * is charged as a whole one. */
+    uint64_t cost = (km__mul_sat(in, k->price_in) + km__mul_sat(out, k->price_out) +
+                     KM__PRICE_TOKENS - 1) / KM__PRICE_TOKENS;
     if (cost == 0)
         return;
     /* Statistics and budget checks: atomicity is all that is needed. */
@@ -57,13 +64,18 @@ static void km__cool_until(km__key *k, uint64_t until)
 }
 
 
-/* Recent success rate, EMA with alpha 1/8 in parts per million.  Plain
- * load and store, like the latency EMA: a lost sample is tolerable. */
+/* The weights of the two averages kept per key: each sample moves the
+ * average by 1/DIV of its distance to the sample (alpha = 1/DIV). */
+#define KM__SUCCESS_EMA_DIV 8 /* success rate: alpha 1/8 */
+#define KM__LATENCY_EMA_DIV 5 /* latency: alpha 0.2 */
+
+/* Recent success rate, EMA in parts per million.  Plain load and store,
+ * like the latency EMA: a lost sample is tolerable. */
 static void km__success_ema(km__key *k, int ok)
 {
-    int64_t cur = ck_pr_load_32(&k->success_ppm), target = ok ? 1000000 : 0;
+    int64_t cur = ck_pr_load_32(&k->success_ppm), target = ok ? KM__PPM : 0;
     if (cur != target) /* a healthy key's line is not written */
-        ck_pr_store_32(&k->success_ppm, (uint32_t)(cur + (target - cur) / 8));
+        ck_pr_store_32(&k->success_ppm, (uint32_t)(cur + (target - cur) / KM__SUCCESS_EMA_DIV));
 }
 
 static void km__health(km_env *e, km__key *k, const km__lease *ls, int kind,
@@ -84,18 +96,18 @@ static void km__health(km_env *e, km__key *k, const km__lease *ls, int kind,
         if (ck_pr_load_32(&k->consec_429))
             ck_pr_store_32(&k->consec_429, 0);
         km__state_to(k, (1u << KM__ST_PROBING) | (1u << KM__ST_FAILING), KM__ST_ACTIVE);
-        uint64_t lat = o->latency_us >= 0 ? km__mul_sat((uint64_t)o->latency_us, 1000)
+        uint64_t lat = o->latency_us >= 0 ? km__mul_sat((uint64_t)o->latency_us, KM__NS_PER_US)
                                           : km__now() - ck_pr_load_64(&ls->start_ns);
         if (lat == 0)
             lat = 1; /* 0 means "no sample yet" */
-        /* EMA, alpha = 0.2; the first sample seeds it.  A plain load and
+        /* EMA, alpha 1/KM__LATENCY_EMA_DIV; the first sample seeds it.  A plain load and
          * store: two releases racing may lose one sample, which an average
          * tolerates; a CAS loop would cost a locked op on every release. */
         /* Both within 2^62, so the signed difference below cannot overflow
          * (the shared word may be corrupted; a latency, absurd). */
         uint64_t cur = km__min64(ck_pr_load_64(&k->latency_ema_ns), UINT64_C(1) << 62);
         lat = km__min64(lat, UINT64_C(1) << 62);
-        uint64_t set = cur == 0 ? lat : (uint64_t)((int64_t)cur + ((int64_t)lat - (int64_t)cur) / 5);
+        uint64_t set = cur == 0 ? lat : (uint64_t)((int64_t)cur + ((int64_t)lat - (int64_t)cur) / KM__LATENCY_EMA_DIV);
         if (set != cur) /* a steady latency leaves the line unwritten */
             ck_pr_store_64(&k->latency_ema_ns, set ? set : 1);
         break;
@@ -103,8 +115,8 @@ static void km__health(km_env *e, km__key *k, const km__lease *ls, int kind,
     case KM_OUT_RATE_LIMITED:
         n = ck_pr_faa_32(&k->consec_429, 1) + 1;
         now = km__now();
-        if (o->retry_after_s > 0 && o->retry_after_s < 1e9)
-            km__cool_until(k, now + (uint64_t)(o->retry_after_s * 1e9));
+        if (o->retry_after_s > 0 && o->retry_after_s < KM__RETRY_AFTER_MAX_S)
+            km__cool_until(k, now + (uint64_t)(o->retry_after_s * (double)KM__NS_PER_S));
         else
             km__cool_until(k, now + km__backoff_ns(pool->cooldown_s, pool->max_cooldown_s, n));
         /* A 429 proves the key authenticates: a probe succeeded. */
@@ -148,7 +160,8 @@ static void km__tighten(km__key *k, int w, uint64_t now, uint64_t remaining,
     uint64_t res = ck_pr_load_64(&g->reserved);
     uint64_t give = km__mul_sat(km__min64(remaining, UINT64_MAX / 4) + res, T);
     uint64_t target = give < tau ? now + tau - give : 0;
-    target = km__max64(target, now + km__mul_sat(km__min64(reset_ms, 86400000), 1000000));
+    target = km__max64(target, now + km__mul_sat(km__min64(reset_ms, KM__VIEW_CAP_S * KM__MS_PER_S),
+                                                 KM__NS_PER_MS));
     uint64_t tat = ck_pr_load_64(&g->tat);
     /* CAS on tat alone: atomic against the pair CAS; retried while lower. */
     while (tat < target && !ck_pr_cas_64_value(&g->tat, tat, target, &tat))

@@ -86,7 +86,7 @@ static uint64_t rs_microusd(json_t *o, const char *k)
 /* Wall-clock microseconds to CLOCK_MONOTONIC nanoseconds (0: past or none). */
 static uint64_t rs_mono(const rs_ctx *c, uint64_t unix_us)
 {
-    uint64_t ns = unix_us * 1000;
+    uint64_t ns = unix_us * KM__NS_PER_US;
     return unix_us && ns > c->now_wall ? c->now_mono + (ns - c->now_wall) : 0;
 }
 
@@ -306,11 +306,11 @@ static void rs_state(const rs_ctx *c, km_env *e, json_t *root)
             uint32_t fails = (uint32_t)rs_u64(k, "consecutive_failures", 0);
             key->consec_fail = fails;
             key->consec_429 = (uint32_t)rs_u64(k, "consecutive_429s", 0);
-            key->cooldown_until = rs_mono(c, rs_u64(k, "cooldown_until_unix_ms", 0) * 1000);
-            key->latency_ema_ns = rs_u64(k, "latency_ema_us", 0) * 1000;
+            key->cooldown_until = rs_mono(c, rs_u64(k, "cooldown_until_unix_ms", 0) * KM__US_PER_MS);
+            key->latency_ema_ns = rs_u64(k, "latency_ema_us", 0) * KM__NS_PER_US;
             json_t *sr = json_object_get(k, "success_rate");
             if (json_is_number(sr))
-                key->success_ppm = (uint32_t)llround(json_number_value(sr) * 1e6);
+                key->success_ppm = (uint32_t)llround(json_number_value(sr) * KM__PPM);
             key->spent_microusd = rs_microusd(k, "spent_usd");
             key->stale = rs_u64(cn, "stale_releases", 0);
             /* Counters are sums over lease slots; slot 0 carries them. */

@@ -140,10 +140,16 @@ static inline int km__claim_in(km_env *e, km__lease *ls, const uint8_t *fl, uint
     return seen;
 }
 
+/* Where a process starts looking for a free lease slot: one of
+ * KM__ROT_PLACES places, process slot * KM__ROT_STEP (odd, so consecutive
+ * process slots spread over all the places before two share one). */
+#define KM__ROT_PLACES 64u
+#define KM__ROT_STEP 7u
+
 /* Claim a free lease slot of key ki, skipping slots whose flag says in
  * flight, a word of eight at a time.  Starts from a rotation that depends
- * on the process slot (one of 64 places), so processes do not all race for
- * the lowest free slot.  Returns the slot index; -1 if every slot is in
+ * on the process slot (KM__ROT_PLACES places), so processes do not all race
+ * for the lowest free slot.  Returns the slot index; -1 if every slot is in
  * flight; -2 if a slot whose flag was clear was still owned (mid-release)
  * or lost to another claimer. */
 static inline int km__slot_claim(km_env *e, uint32_t ki, km__key *k)
@@ -151,7 +157,7 @@ static inline int km__slot_claim(km_env *e, uint32_t ki, km__key *k)
     km__lease *ls = km__leases(e, ki);
     const uint8_t *fl = km__busy(e, ki);
     uint32_t slots = km__slots(k, e->geom.cap_inflight), nw = (slots + 7) / 8;
-    uint32_t rot = (e->seg.proc_slot * 7u) & 63u;
+    uint32_t rot = (e->seg.proc_slot * KM__ROT_STEP) & (KM__ROT_PLACES - 1);
     if (rot >= slots && slots) /* within the slots: below their highest power of two */
         rot &= (1u << (31 - __builtin_clz(slots))) - 1;
     if (rot >= slots)

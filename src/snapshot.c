@@ -51,7 +51,7 @@ typedef struct km__clocks {
 
 static uint64_t km__to_unix_us(const km__clocks *c, uint64_t mono_ns)
 {
-    return mono_ns > c->mono_ns ? (c->wall_ns + (mono_ns - c->mono_ns)) / 1000 : 0;
+    return mono_ns > c->mono_ns ? (c->wall_ns + (mono_ns - c->mono_ns)) / KM__NS_PER_US : 0;
 }
 
 /* json_integer takes a signed 64-bit value; counters never get near 2^63,
@@ -77,7 +77,7 @@ static const char *mode_name(int mode)
 /* Micro-USD as US dollars. */
 static json_t *jusd(uint64_t microusd)
 {
-    return json_real((double)microusd / 1e6);
+    return json_real(km__micro_to_usd(microusd));
 }
 
 /* {"rpm": {"limit", "burst", "mode", "available"}, ...}: the windows that
@@ -145,7 +145,7 @@ static json_t *key_json(const km_key_info *k, const km__clocks *clk)
         return NULL;
     /* Round the remaining cooldown up, so a cooling key never shows 0. */
     uint64_t cool_ms = k->cooldown_until_ns > now
-                           ? (k->cooldown_until_ns - now + 999999) / 1000000
+                           ? (k->cooldown_until_ns - now + KM__NS_PER_MS - 1) / KM__NS_PER_MS
                            : 0;
     json_t *counters = json_pack(
         "{s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o}",
@@ -192,10 +192,10 @@ static json_t *key_json(const km_key_info *k, const km__clocks *clk)
         "output_per_1k", jusd(k->price_out_microusd_per_1k),
         "budget", budget,
         "spent_usd", jusd(k->spent_microusd),
-        "success_rate", json_real((double)k->success_ppm / 1e6),
+        "success_rate", json_real((double)k->success_ppm / KM__PPM),
         "meta", meta_json(k->meta));
     if (more && json_object_set_new(more, "cooldown_until_unix_ms",
-                                    jint(km__to_unix_us(clk, k->cooldown_until_ns) / 1000)) < 0) {
+                                    jint(km__to_unix_us(clk, k->cooldown_until_ns) / KM__US_PER_MS)) < 0) {
         json_decref(more);
         more = NULL;
     }
@@ -385,7 +385,6 @@ KM_EXTERN int km_snapshot_json_ex(km_env *env, unsigned flags, const unsigned ch
                                   char **out)
 {
     km_info info;
-    struct timespec wall;
     json_t *root = NULL, *pools;
     km__snap sn = {{0, 0}, NULL};
     int rc, locked = 0;
@@ -405,10 +404,9 @@ KM_EXTERN int km_snapshot_json_ex(km_env *env, unsigned flags, const unsigned ch
         locked = 1;
         sn.key = key;
     }
-    clock_gettime(CLOCK_REALTIME, &wall);
-    sn.clk.mono_ns = km_now_ns();
-    sn.clk.wall_ns = (uint64_t)wall.tv_sec * 1000000000u + (uint64_t)wall.tv_nsec;
-    uint64_t taken_ms = sn.clk.wall_ns / 1000000;
+    sn.clk.mono_ns = km__now();
+    sn.clk.wall_ns = km__wall_ns();
+    uint64_t taken_ms = sn.clk.wall_ns / KM__NS_PER_MS;
 
     if (!(pools = json_array())) {
         rc = KM_ENOMEM;

@@ -29,7 +29,7 @@
  * to take the slot appends after what its predecessor left, so nothing a
  * worker recorded before it exited is lost.  Each event names its pid.  An
  * event the predecessor died writing (seq still 0) is sealed at attach as
- * "dead" (outcome KM_OUT_COUNT + 1), which the drainer counts as dropped,
+ * "dead" (outcome KM__OUT_DEAD), which the drainer counts as dropped,
  * so no ring waits forever on a writer that is gone.
  *
  * Order: a drain delivers each ring's events in the order they were
@@ -59,7 +59,7 @@ void km__usage_reset(km_env *e, uint32_t slot)
         for (uint64_t i = head > n && head - n > d ? head - n : d; i < head; i++) {
             km__uev *ev = &km__uevs(r)[i & (n - 1)];
             if (ck_pr_load_64(&ev->seq) != i + 1) {
-                ck_pr_store_32(&ev->outcome, KM_OUT_COUNT + 1);
+                ck_pr_store_32(&ev->outcome, KM__OUT_DEAD);
                 ck_pr_fence_store(); /* the mark before seq */
                 ck_pr_store_64(&ev->seq, i + 1);
             }
@@ -76,7 +76,7 @@ static void km__usage_event(km_env *e, const km__uev *ev, uint64_t now_mono, uin
     out->start_unix_ns = now_wall - (now_mono > start ? now_mono - start : 0);
     out->latency_us = ev->latency_us == UINT32_MAX ? UINT64_MAX : ev->latency_us;
     out->tokens = ev->tokens;
-    out->outcome = ev->outcome <= KM_OUT_COUNT ? (int)ev->outcome : KM_OUT_COUNT;
+    out->outcome = ev->outcome <= KM__OUT_ABANDONED ? (int)ev->outcome : KM__OUT_ABANDONED;
     out->pid = ev->pid;
     if (ev->pool < e->geom.n_pools) {
         const km__pool *p = &km__pools(e)[ev->pool];
@@ -117,9 +117,7 @@ KM_EXTERN int km_usage_drain(km_env *e, int (*fn)(void *ctx, const km_usage_even
     uint32_t n = km__uring_cap(e);
     if (n && (rc = km__drainer_take(e)) != KM_OK)
         return rc;
-    struct timespec wall;
-    clock_gettime(CLOCK_REALTIME, &wall);
-    uint64_t now_mono = km__now(), now_wall = (uint64_t)wall.tv_sec * KM__NS_PER_S + (uint64_t)wall.tv_nsec;
+    uint64_t now_mono = km__now(), now_wall = km__wall_ns();
     rc = KM_OK;
     for (uint32_t ri = 0; n && ri < e->geom.cap_procs * KM__URINGS_PER_PROC && rc == KM_OK; ri++) {
         uint32_t s = ri / KM__URINGS_PER_PROC;
@@ -149,7 +147,7 @@ KM_EXTERN int km_usage_drain(km_env *e, int (*fn)(void *ctx, const km_usage_even
             copy.pid = ck_pr_load_32(&ev->pid);
             ck_pr_fence_load(); /* the fields before the second look at seq */
             uint64_t s2 = ck_pr_load_64(&ev->seq);
-            if (s1 == d + 1 && s2 == s1 && copy.outcome > KM_OUT_COUNT) { /* sealed: dead writer */
+            if (s1 == d + 1 && s2 == s1 && copy.outcome > KM__OUT_ABANDONED) { /* sealed: dead writer */
                 dropped++;
                 continue;
             }
