@@ -4,7 +4,7 @@
  *
  * One acquire is one epoch section (shm/epoch.h): the member list it loads
  * and the key row it copies stay what they were until it leaves.  Within
- * it, each candidate key goes through km__try_key: state, budget and
+ * it, each candidate key goes through try_key: state, budget and
  * cooldown checks, a lease slot claimed (src/slots.h), the limits admitted
  * (src/gcra.h), the lease copied out.  Nothing here makes a system call
  * except the clock read (vDSO) and, at most once a second when no key was
@@ -29,7 +29,7 @@
 #define KM__RETRY_TRANSIENT_NS (50 * 1000)    /* 50 us */
 
 /* What one acquire's pass over the keys has seen. */
-typedef struct km__scan {
+typedef struct key_scan {
     km__adm a;            /* clock, cost, and when to look again (src/gcra.h):
                            * retry also takes cooldowns, poll probes */
     uint32_t usable;      /* keys that could admit without an operator */
@@ -38,59 +38,59 @@ typedef struct km__scan {
     int allow_soft;        /* second pass: take keys over a soft budget */
     uint32_t model;        /* model index + 1, recorded in the lease; 0: none */
     const km__model *md;   /* per_model pools: the model whose limits apply */
-} km__scan;
+} key_scan;
 
 /* Per-thread state for choosing keys: random choices and the round-robin
  * cursor write no shared word.  A child after fork() starts afresh (see
- * km__atfork_child), or every worker forked from one master would pick the
+ * atfork_child), or every worker forked from one master would pick the
  * same sequence of keys. */
-static KM__TLS uint64_t km__rng;
-static KM__TLS uint32_t km__rr_cursor;
-static uint32_t km__pid; /* cached at load and in a forked child: no getpid() per seed */
+static KM__TLS uint64_t rng_state;
+static KM__TLS uint32_t rr_cursor;
+static uint32_t cached_pid; /* cached at load and in a forked child: no getpid() per seed */
 
-static void km__atfork_child(void)
+static void atfork_child(void)
 {
-    km__rng = 0;
-    km__rr_cursor = 0;
-    km__pid = (uint32_t)getpid();
+    rng_state = 0;
+    rr_cursor = 0;
+    cached_pid = (uint32_t)getpid();
 }
 
-__attribute__((constructor)) static void km__register_atfork(void)
+__attribute__((constructor)) static void register_atfork(void)
 {
-    km__pid = (uint32_t)getpid();
-    pthread_atfork(NULL, NULL, km__atfork_child);
+    cached_pid = (uint32_t)getpid();
+    pthread_atfork(NULL, NULL, atfork_child);
 }
 
-static uint64_t km__rand(void)
+static uint64_t rng_next(void)
 {
-    uint64_t s = km__rng;
+    uint64_t s = rng_state;
     if (s == 0)
-        s = (km__now() ^ ((uint64_t)km__pid << 32) ^ (uint64_t)(uintptr_t)&km__rng) | 1;
+        s = (km__now() ^ ((uint64_t)cached_pid << 32) ^ (uint64_t)(uintptr_t)&rng_state) | 1;
     s ^= s >> 12;
     s ^= s << 25;
     s ^= s >> 27;
-    km__rng = s;
+    rng_state = s;
     return s * 0x2545f4914f6cdd1dull;
 }
 
-static inline uint32_t km__rand_below(uint32_t n)
+static inline uint32_t rng_below(uint32_t n)
 {
-    return (uint32_t)(((km__rand() >> 32) * (uint64_t)n) >> 32);
+    return (uint32_t)(((rng_next() >> 32) * (uint64_t)n) >> 32);
 }
 
-static inline int km__live(uint32_t st)
+static inline int live_state(uint32_t st)
 {
     return st == KM__ST_ACTIVE || st == KM__ST_FAILING || st == KM__ST_PROBING;
 }
 
-static inline int km__over_budget(const km__key *k)
+static inline int over_budget(const km__key *k)
 {
     return k->budget_microusd && ck_pr_load_64(&k->spent_microusd) >= k->budget_microusd;
 }
 
 /* Try to lease key ki.  Returns 1 and fills *out on success; 0 otherwise
  * (sc updated: usable keys lower sc->a.retry). */
-static int km__try_key(km_env *e, uint32_t ki, km__scan *sc, km_lease *out)
+static int try_key(km_env *e, uint32_t ki, key_scan *sc, km_lease *out)
 {
     if (ki >= e->geom.cap_keys) /* a member list is shared memory: never trusted */
         return 0;
@@ -99,14 +99,14 @@ static int km__try_key(km_env *e, uint32_t ki, km__scan *sc, km_lease *out)
     km__lset kset = km__key_lset(k), mset;
     uint32_t mi = sc->model ? sc->model - 1 : 0;
 
-    if (!km__live(st))
+    if (!live_state(st))
         return 0;
     if (ck_pr_load_32(&k->updating)) { /* limits being changed: briefly */
         sc->usable++;
         sc->a.retry = km__min64(sc->a.retry, sc->a.now + KM__POLL_BUSY_NS);
         return 0;
     }
-    if (km__over_budget(k)) {
+    if (over_budget(k)) {
         if (k->budget_hard) { /* spent: the key is exhausted until enabled */
             km__state_to(k, KM__LIVE_STATES, KM__ST_EXHAUSTED);
             return 0;
@@ -135,7 +135,7 @@ static int km__try_key(km_env *e, uint32_t ki, km__scan *sc, km_lease *out)
     /* No pre-check by plain loads here: admission refuses before it changes
      * any limit word, so a refused key costs one slot claim more, while a
      * pre-check would cost every admitted request ~20 instructions.  The
-     * sampling strategies pre-check while choosing (km__eligible). */
+     * sampling strategies pre-check while choosing (eligible). */
     int s = km__slot_claim(e, ki, k);
     if (s == -1) { /* every slot taken: a release will wake sleepers */
         sc->a.poll = km__min64(sc->a.poll, KM__POLL_BUSY_NS);
@@ -239,7 +239,7 @@ undo_slot:
 
 /* Cheap eligibility for scoring: usable now by state, cooldown and loads of
  * the limit words.  Nothing is claimed. */
-static int km__eligible(km_env *e, uint32_t ki, km__scan *sc)
+static int eligible(km_env *e, uint32_t ki, key_scan *sc)
 {
     if (ki >= e->geom.cap_keys)
         return 0;
@@ -255,13 +255,13 @@ static int km__eligible(km_env *e, uint32_t ki, km__scan *sc)
         if (!km__precheck(&mset, &sc->a))
             return 0;
     }
-    return !km__over_budget(k) || sc->allow_soft;
+    return !over_budget(k) || sc->allow_soft;
 }
 
 /* Scores for the sampling strategies: lower is better. */
-static uint64_t km__score(const km_env *e, uint32_t ki, int strategy)
+static uint64_t score(const km_env *e, uint32_t ki, int strategy)
 {
-    const km__key *k = &km__keys(e)[ki]; /* ki was checked by km__eligible */
+    const km__key *k = &km__keys(e)[ki]; /* ki was checked by eligible */
     switch (strategy) {
     case KM_STRATEGY_LEAST_BUSY:
         return km__inflight(e, ki, k);
@@ -279,13 +279,13 @@ static uint64_t km__score(const km_env *e, uint32_t ki, int strategy)
  * eligible key, so a key that recovered gets sampled again. */
 #define KM__EXPLORE_MASK 15u
 
-static int km__pick_scored(km_env *e, const km__member *m, uint32_t n, int strategy,
-                           km__scan *sc, km_lease *out)
+static int pick_scored(km_env *e, const km__member *m, uint32_t n, int strategy,
+                           key_scan *sc, km_lease *out)
 {
     int explore = strategy != KM_STRATEGY_LEAST_BUSY;
 
     if (n <= KM__SCAN_MAX) {
-        uint32_t tried = 0, start = km__rand_below(n);
+        uint32_t tried = 0, start = rng_below(n);
         for (uint32_t round = 0; round < n; round++) {
             uint32_t best = UINT32_MAX, n_ok = 0, ok[KM__SCAN_MAX];
             uint64_t best_score = UINT64_MAX;
@@ -293,15 +293,15 @@ static int km__pick_scored(km_env *e, const km__member *m, uint32_t n, int strat
                 uint32_t i = (start + j) % n;
                 if (tried & (1u << i))
                     continue;
-                if (!km__eligible(e, m[i].key, sc)) {
-                    /* Let km__try_key account for it (usable, retry, cost). */
+                if (!eligible(e, m[i].key, sc)) {
+                    /* Let try_key account for it (usable, retry, cost). */
                     tried |= 1u << i;
-                    if (km__try_key(e, m[i].key, sc, out))
+                    if (try_key(e, m[i].key, sc, out))
                         return 1;
                     continue;
                 }
                 ok[n_ok++] = i;
-                uint64_t sc_i = km__score(e, m[i].key, strategy);
+                uint64_t sc_i = score(e, m[i].key, strategy);
                 if (sc_i < best_score) {
                     best_score = sc_i;
                     best = i;
@@ -313,37 +313,37 @@ static int km__pick_scored(km_env *e, const km__member *m, uint32_t n, int strat
             }
             if (best == UINT32_MAX)
                 return 0;
-            if (explore && n_ok > 1 && (km__rand() & KM__EXPLORE_MASK) == 0)
-                best = ok[km__rand_below(n_ok)];
+            if (explore && n_ok > 1 && (rng_next() & KM__EXPLORE_MASK) == 0)
+                best = ok[rng_below(n_ok)];
             tried |= 1u << best;
-            if (km__try_key(e, m[best].key, sc, out))
+            if (try_key(e, m[best].key, sc, out))
                 return 1;
         }
         return 0;
     }
     for (int attempt = 0; attempt < 4; attempt++) {
-        uint32_t a = km__rand_below(n), b = km__rand_below(n), pick;
-        int ea = km__eligible(e, m[a].key, sc), eb = a != b && km__eligible(e, m[b].key, sc);
+        uint32_t a = rng_below(n), b = rng_below(n), pick;
+        int ea = eligible(e, m[a].key, sc), eb = a != b && eligible(e, m[b].key, sc);
         if (!ea && !eb)
             continue;
-        if (!ea || !eb || (explore && (km__rand() & KM__EXPLORE_MASK) == 0))
+        if (!ea || !eb || (explore && (rng_next() & KM__EXPLORE_MASK) == 0))
             pick = ea ? a : b;
         else
-            pick = km__score(e, m[b].key, strategy) < km__score(e, m[a].key, strategy) ? b : a;
-        if (km__try_key(e, m[pick].key, sc, out))
+            pick = score(e, m[b].key, strategy) < score(e, m[a].key, strategy) ? b : a;
+        if (try_key(e, m[pick].key, sc, out))
             return 1;
     }
     /* Sampling kept finding limited keys: most of the pool is limited, so
      * look at every key once (which also computes the earliest retry). */
-    uint32_t start = km__rand_below(n);
+    uint32_t start = rng_below(n);
     for (uint32_t j = 0; j < n; j++)
-        if (km__try_key(e, m[(start + j) % n].key, sc, out))
+        if (try_key(e, m[(start + j) % n].key, sc, out))
             return 1;
     return 0;
 }
 
 /* Find a model of pool p by name: index, or -1. */
-static int km__model_find(km_env *e, uint32_t p, const char *name)
+static int model_find(km_env *e, uint32_t p, const char *name)
 {
     const km__pool *pool = &km__pools(e)[p];
     const km__model *md = km__models(e, p);
@@ -355,17 +355,17 @@ static int km__model_find(km_env *e, uint32_t p, const char *name)
 }
 
 /* One pass over the pool in the order of `strategy`. */
-KM__HOT int km__pass(km_env *e, const km__member *m, uint32_t n, int strategy, uint32_t start,
-                    km__scan *sc, km_lease *out)
+KM__HOT int pass(km_env *e, const km__member *m, uint32_t n, int strategy, uint32_t start,
+                    key_scan *sc, km_lease *out)
 {
     switch (strategy) {
     case KM_STRATEGY_LEAST_BUSY:
     case KM_STRATEGY_LATENCY:
     case KM_STRATEGY_RELIABILITY:
-        return km__pick_scored(e, m, n, strategy, sc, out);
+        return pick_scored(e, m, n, strategy, sc, out);
     case KM_STRATEGY_COST:
         for (uint32_t j = 0; j < n; j++) /* cheapest first: the price index */
-            if (km__try_key(e, m[j].by_cost, sc, out))
+            if (try_key(e, m[j].by_cost, sc, out))
                 return 1;
         return 0;
     default: /* round robin, weighted and fill-first differ in `start` */
@@ -373,7 +373,7 @@ KM__HOT int km__pass(km_env *e, const km__member *m, uint32_t n, int strategy, u
             uint32_t i = start + j;
             if (i >= n)
                 i -= n;
-            if (km__try_key(e, m[i].key, sc, out))
+            if (try_key(e, m[i].key, sc, out))
                 return 1;
         }
         return 0;
@@ -383,7 +383,7 @@ KM__HOT int km__pass(km_env *e, const km__member *m, uint32_t n, int strategy, u
 /* Result of a failed scan.  *wake (for km_acquire_wait) is the clock time
  * at which a key may be admissible, KM__NEVER if only a release or an
  * operator can help; the caller's retry_at_ns also folds in the poll hint. */
-static int km__finish(const km__scan *sc, km_lease *out, uint64_t *wake)
+static int finish_scan(const key_scan *sc, km_lease *out, uint64_t *wake)
 {
     out->retry_at_ns = 0;
     *wake = KM__NEVER;
@@ -396,12 +396,12 @@ static int km__finish(const km__scan *sc, km_lease *out, uint64_t *wake)
     return KM_EAGAIN;
 }
 
-KM__HOT int km__acquire(km_env *e, const km_request *req, km_lease *out, uint64_t *wake);
+KM__HOT int acquire(km_env *e, const km_request *req, km_lease *out, uint64_t *wake);
 
 KM_EXTERN int km_acquire(km_env *e, const km_request *req, km_lease *out)
 {
     uint64_t wake;
-    return km__acquire(e, req, out, &wake);
+    return acquire(e, req, out, &wake);
 }
 
 /* Key index of `id` among the n members of m, or KM_ENOKEY.  Removed keys
@@ -421,8 +421,8 @@ int km__find_in(km_env *e, const km__member *m, uint32_t n, const char *id)
 /* The choice of a key, inside an epoch section: the member list loaded here
  * is used throughout, and the key's row stays the key's until the section
  * ends (see shm/epoch.c). */
-KM__HOT int km__acquire_in(km_env *e, uint32_t p, int strategy, const km_request *req,
-                           km__scan *sc, km_lease *out, uint64_t *wake)
+KM__HOT int acquire_in(km_env *e, uint32_t p, int strategy, const km_request *req,
+                           key_scan *sc, km_lease *out, uint64_t *wake)
 {
     km__pool *pool = &km__pools(e)[p];
     /* Pairs with the writer's release store of cur: the list and view it
@@ -439,14 +439,14 @@ KM__HOT int km__acquire_in(km_env *e, uint32_t p, int strategy, const km_request
         int ki = km__find_in(e, m, n, req->key_id);
         if (ki < 0)
             return ki;
-        if (km__try_key(e, (uint32_t)ki, sc, out))
+        if (try_key(e, (uint32_t)ki, sc, out))
             return KM_OK;
         if (sc->soft_skipped) {
             sc->allow_soft = 1;
-            if (km__try_key(e, (uint32_t)ki, sc, out))
+            if (try_key(e, (uint32_t)ki, sc, out))
                 return KM_OK;
         }
-        return km__finish(sc, out, wake);
+        return finish_scan(sc, out, wake);
     }
     switch (strategy) {
     case KM_STRATEGY_ROUND_ROBIN: {
@@ -456,15 +456,15 @@ KM__HOT int km__acquire_in(km_env *e, uint32_t p, int strategy, const km_request
          * thread spreads its requests evenly over the keys, so all of them
          * together do too.  The modulo is Lemire's fastmod (a 64-bit div
          * costs ~10 ns here). */
-        if (km__rr_cursor == 0)
-            km__rr_cursor = (uint32_t)(km__rand() >> 33) | 1;
-        uint32_t c = km__rr_cursor++;
+        if (rr_cursor == 0)
+            rr_cursor = (uint32_t)(rng_next() >> 33) | 1;
+        uint32_t c = rr_cursor++;
         start = n == 1 ? 0 : (uint32_t)(((unsigned __int128)(v->rr_magic * c) * n) >> 64);
         break;
     }
     case KM_STRATEGY_WEIGHTED: {
         uint64_t total = v->total_weight ? v->total_weight : 1;
-        uint32_t r = (uint32_t)(km__rand() % total), lo = 0, hi = n - 1;
+        uint32_t r = (uint32_t)(rng_next() % total), lo = 0, hi = n - 1;
         while (lo < hi) { /* first member whose running sum exceeds r */
             uint32_t mid = lo + (hi - lo) / 2;
             if (m[mid].cum_weight > r)
@@ -478,17 +478,17 @@ KM__HOT int km__acquire_in(km_env *e, uint32_t p, int strategy, const km_request
     default: /* fill_first starts at the first key; the others ignore start */
         break;
     }
-    if (km__pass(e, m, n, strategy, start, sc, out))
+    if (pass(e, m, n, strategy, start, sc, out))
         return KM_OK;
     if (sc->soft_skipped) { /* only keys over a soft budget are left */
         sc->allow_soft = 1;
-        if (km__pass(e, m, n, strategy, start, sc, out))
+        if (pass(e, m, n, strategy, start, sc, out))
             return KM_OK;
     }
-    return km__finish(sc, out, wake);
+    return finish_scan(sc, out, wake);
 }
 
-KM__HOT int km__acquire_once(km_env *e, const km_request *req, km_lease *out, uint64_t *wake)
+KM__HOT int acquire_once(km_env *e, const km_request *req, km_lease *out, uint64_t *wake)
 {
     if (!e || !req || !out || req->pool < 0)
         return KM_EINVAL;
@@ -497,14 +497,14 @@ KM__HOT int km__acquire_once(km_env *e, const km_request *req, km_lease *out, ui
     uint32_t p = (uint32_t)req->pool;
     km__pool *pool = &km__pools(e)[p];
     int strategy = req->strategy ? req->strategy : (int)pool->strategy;
-    km__scan sc = {.a = {.now = km__now(), .retry = KM__NEVER, .poll = KM__NEVER,
+    key_scan sc = {.a = {.now = km__now(), .retry = KM__NEVER, .poll = KM__NEVER,
                          .tokens = req->tokens}};
 
     *wake = KM__NEVER;
     if (strategy <= KM_STRATEGY_DEFAULT || strategy >= KM_STRATEGY_COUNT)
         return KM_EINVAL;
     if (req->model && pool->n_models) {
-        int mi = km__model_find(e, p, req->model);
+        int mi = model_find(e, p, req->model);
         if (mi < 0)
             return KM_ENOMODEL;
         sc.model = (uint32_t)mi + 1;
@@ -516,7 +516,7 @@ KM__HOT int km__acquire_once(km_env *e, const km_request *req, km_lease *out, ui
         return KM_EBUDGET;
 
     km__rdr *r = km__rd_enter(&e->seg, sc.a.now);
-    int rc = km__acquire_in(e, p, strategy, req, &sc, out, wake);
+    int rc = acquire_in(e, p, strategy, req, &sc, out, wake);
     km__rd_exit(r);
     return rc;
 }
@@ -525,7 +525,7 @@ KM__HOT int km__acquire_once(km_env *e, const km_request *req, km_lease *out, ui
  * second one after reaping: capacity may be held by processes that died.
  * The reap runs at most once a second per process (system calls, off the
  * path of any acquire that succeeds). */
-static __attribute__((noinline)) int km__acquire_reaped(km_env *e, const km_request *req,
+static __attribute__((noinline)) int acquire_reaped(km_env *e, const km_request *req,
                                                          km_lease *out, uint64_t *wake, int rc)
 {
     uint64_t now = km__now();
@@ -534,16 +534,16 @@ static __attribute__((noinline)) int km__acquire_reaped(km_env *e, const km_requ
     km_reap_report r;
     ck_pr_store_64(&e->last_reap_ns, now);
     km__reap_dead(e, &r, 0);
-    return r.leases || r.recounted ? km__acquire_once(e, req, out, wake) : rc;
+    return r.leases || r.recounted ? acquire_once(e, req, out, wake) : rc;
 }
 
 /* Inline in km_acquire only; the retry after a reap is out of line. */
-KM__HOT int km__acquire(km_env *e, const km_request *req, km_lease *out, uint64_t *wake)
+KM__HOT int acquire(km_env *e, const km_request *req, km_lease *out, uint64_t *wake)
 {
-    int rc = km__acquire_once(e, req, out, wake);
+    int rc = acquire_once(e, req, out, wake);
     if (rc != KM_EAGAIN && rc != KM_EUNAVAIL)
         return rc;
-    return km__acquire_reaped(e, req, out, wake, rc);
+    return acquire_reaped(e, req, out, wake, rc);
 }
 
 /* The same, out of line, for km_acquire_wait (whose attempts are not the
@@ -551,6 +551,6 @@ KM__HOT int km__acquire(km_env *e, const km_request *req, km_lease *out, uint64_
 __attribute__((noinline)) int km__acquire_slow(km_env *e, const km_request *req,
                                                 km_lease *out, uint64_t *wake)
 {
-    return km__acquire(e, req, out, wake);
+    return acquire(e, req, out, wake);
 }
 

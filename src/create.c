@@ -10,7 +10,7 @@
 #include "internal.h"
 
 /* Fill one set of GCRA parameters from parsed limits. */
-static uint32_t km__limits_init(const km__limit_cfg *lc, uint64_t *T, uint64_t *tau,
+static uint32_t limits_init(const km__limit_cfg *lc, uint64_t *T, uint64_t *tau,
                                 uint64_t *limit, uint64_t *burst, uint8_t *mode)
 {
     uint32_t mask = 0;
@@ -27,7 +27,7 @@ static uint32_t km__limits_init(const km__limit_cfg *lc, uint64_t *T, uint64_t *
     return mask;
 }
 
-static uint32_t km__min_tok_burst(uint32_t mask, const uint64_t *burst)
+static uint32_t min_tok_burst(uint32_t mask, const uint64_t *burst)
 {
     uint64_t m = UINT32_MAX;
     for (int w = KM_WIN_TPM; w <= KM_WIN_TPD; w++)
@@ -44,9 +44,9 @@ uint64_t km__rr_magic(uint32_t n) { return n ? UINT64_MAX / n + 1 : 0; }
  * limit words and state are the caller's. */
 void km__key_write(km_env *e, km__key *k, uint32_t pool, const km__key_cfg *kc)
 {
-    k->win_mask = km__limits_init(kc->limits, k->emission_ns, k->tau_ns,
+    k->win_mask = limits_init(kc->limits, k->emission_ns, k->tau_ns,
                                   k->limit, k->burst, k->mode);
-    k->min_tok_burst = km__min_tok_burst(k->win_mask, k->burst);
+    k->min_tok_burst = min_tok_burst(k->win_mask, k->burst);
     k->weight = kc->weight ? kc->weight : 1;
     k->pool = pool;
     k->max_inflight = kc->max_inflight && kc->max_inflight <= e->geom.cap_inflight
@@ -66,8 +66,8 @@ void km__key_write(km_env *e, km__key *k, uint32_t pool, const km__key_cfg *kc)
 /* Limit parameters of one set of windows from kc (set-limits). */
 uint32_t km__key_limits_write(km__key *k, const km__limit_cfg *lc)
 {
-    k->win_mask = km__limits_init(lc, k->emission_ns, k->tau_ns, k->limit, k->burst, k->mode);
-    k->min_tok_burst = km__min_tok_burst(k->win_mask, k->burst);
+    k->win_mask = limits_init(lc, k->emission_ns, k->tau_ns, k->limit, k->burst, k->mode);
+    k->min_tok_burst = min_tok_burst(k->win_mask, k->burst);
     return k->win_mask;
 }
 
@@ -117,9 +117,9 @@ void km__pool_init(km_env *e, const km_config *cfg)
         for (uint32_t i = 0; i < pc->n_models; i++) {
             memcpy(md[i].name, pc->models[i].name, sizeof(md[i].name));
             md[i].hash = km__fnv32_str(md[i].name);
-            md[i].win_mask = km__limits_init(pc->models[i].limits, md[i].emission_ns,
+            md[i].win_mask = limits_init(pc->models[i].limits, md[i].emission_ns,
                                              md[i].tau_ns, md[i].limit, md[i].burst, md[i].mode);
-            md[i].min_tok_burst = km__min_tok_burst(md[i].win_mask, md[i].burst);
+            md[i].min_tok_burst = min_tok_burst(md[i].win_mask, md[i].burst);
         }
         for (uint32_t j = 0; j < pc->n_keys; j++) {
             uint32_t ki = pc->first_key + j;

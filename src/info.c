@@ -50,7 +50,7 @@ KM_EXTERN int km_epoch_info_get(km_env *e, km_epoch_info *out)
 }
 
 /* Fill limit info for one set of windows. */
-static void km__limit_info(const km__gcra *win, const uint64_t *T, const uint64_t *tau,
+static void limit_info(const km__gcra *win, const uint64_t *T, const uint64_t *tau,
                            const uint64_t *limit, const uint64_t *burst, const uint8_t *mode,
                            uint32_t mask, uint64_t now, km_limit_info *out)
 {
@@ -203,7 +203,7 @@ KM_EXTERN int km_key_info_get(km_env *e, uint32_t key, km_key_info *out)
     out->budget_hard = (int)k->budget_hard;
     out->spent_microusd = ck_pr_load_64(&k->spent_microusd);
     memcpy(out->meta, k->meta, KM_META_MAX);
-    km__limit_info(k->win, k->emission_ns, k->tau_ns, k->limit, k->burst, k->mode,
+    limit_info(k->win, k->emission_ns, k->tau_ns, k->limit, k->burst, k->mode,
                    k->win_mask, now, out->limits);
     return KM_OK;
 }
@@ -227,7 +227,7 @@ KM_EXTERN int km_model_info_get(km_env *e, int pool, uint32_t i, uint32_t key,
         if (key >= e->geom.cap_keys || km__keys(e)[key].pool != (uint32_t)pool)
             return KM_ENOKEY;
         uint32_t mask = p->model_mode == KM_MODELS_PER_MODEL ? md->win_mask : 0;
-        km__limit_info(km__mwins(e, key)[i].win, md->emission_ns, md->tau_ns, md->limit,
+        limit_info(km__mwins(e, key)[i].win, md->emission_ns, md->tau_ns, md->limit,
                        md->burst, md->mode, mask, km__now(), limits);
     }
     return KM_OK;

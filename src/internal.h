@@ -9,6 +9,18 @@
  * wait.c, release.c, reap.c, info.c, check.c, reconfig.c, usage.c,
  * snapshot.c, restore.c, provider.c, config.c, names.c.
  *
+ * Names.  One rule for the library (src/ and shm/):
+ *   - file-local (static) functions, variables and types: no prefix
+ *     (try_key, live_cache, restore_ctx): a name without one is defined in
+ *     the file that uses it;
+ *   - internal names shared by several files (declared in a header,
+ *     including the static inline helpers there): km__ (km__slot_claim,
+ *     km__seg); internal macros, file-local or not: KM__, since macros have
+ *     no scope;
+ *   - the public API (include/keymesh.h): km_ and KM_.
+ * So every km__ name crosses a file boundary, and a check of which folder
+ * calls which (shm/ never calls up into src/) only has to look at those.
+ *
  * Memory ordering.  Words that change while processes run (limit pairs,
  * key states and cooldowns, counters, in-flight flags, lease slots, epochs,
  * reader rows) are read and written with ck_pr loads, stores and

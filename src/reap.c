@@ -20,7 +20,7 @@
 
 /* Release an ACTIVE lease we hold or took from a dead owner: settle at the
  * estimate, count it abandoned, free the slot. */
-static void km__abandon(km_env *e, uint32_t ki, km__key *k, km__lease *ls, uint32_t slot)
+static void abandon(km_env *e, uint32_t ki, km__key *k, km__lease *ls, uint32_t slot)
 {
     ck_pr_store_32(&ls->phase, KM__LP_RELEASING);
     ck_pr_fence_store_atomic();
@@ -52,7 +52,7 @@ void km__release_all_owned(km_env *e, uint64_t owner)
         for (uint32_t s = 0; s < e->geom.cap_inflight; s++)
             if (ck_pr_load_64(&ls[s].owner) == owner &&
                 ck_pr_load_32(&ls[s].phase) == KM__LP_ACTIVE)
-                km__abandon(e, ki, &keys[ki], &ls[s], s);
+                abandon(e, ki, &keys[ki], &ls[s], s);
     }
 }
 
@@ -60,13 +60,13 @@ void km__release_all_owned(km_env *e, uint64_t owner)
  * src/owner.h)?  Answers are cached for one reap: each distinct owner costs
  * one check, up to KM__LIVE_CACHE owners. */
 #define KM__LIVE_CACHE 64
-typedef struct km__live_cache {
+typedef struct live_cache {
     uint32_t n;
     uint64_t owner[KM__LIVE_CACHE];
     uint8_t alive[KM__LIVE_CACHE];
-} km__live_cache;
+} live_cache;
 
-static int km__owner_alive(km_env *e, uint64_t owner, km__live_cache *c)
+static int owner_alive(km_env *e, uint64_t owner, live_cache *c)
 {
     for (uint32_t i = 0; i < c->n; i++)
         if (c->owner[i] == owner)
@@ -106,7 +106,7 @@ static int km__owner_alive(km_env *e, uint64_t owner, km__live_cache *c)
  * model in msum[] when n_models > 0).  The sums must come from the scan that
  * is validated: a slot that turns RELEASING after the scan would otherwise be
  * left out while its tokens are still reserved. */
-static int km__scan_slots(const km__lease *ls, uint32_t n, uint64_t mine, uint64_t *sig,
+static int scan_slots(const km__lease *ls, uint32_t n, uint64_t mine, uint64_t *sig,
                           uint64_t *sum, uint64_t *msum, uint32_t n_models)
 {
     uint64_t h = KM__FNV64_INIT, tot[KM_WIN_COUNT] = {0};
@@ -133,7 +133,7 @@ static int km__scan_slots(const km__lease *ls, uint32_t n, uint64_t mine, uint64
     return 1;
 }
 
-static int km__recount_key(km_env *e, uint32_t ki, km__live_cache *lc, int repair,
+static int recount_key(km_env *e, uint32_t ki, live_cache *lc, int repair,
                            int *changed)
 {
     km__key *k = &km__keys(e)[ki];
@@ -151,7 +151,7 @@ static int km__recount_key(km_env *e, uint32_t ki, km__live_cache *lc, int repai
         uint64_t o = ck_pr_load_64(&ls[s].owner);
         uint32_t ph = ck_pr_load_32(&ls[s].phase);
         if (!o || o == mine || (ph != KM__LP_ADMITTING && ph != KM__LP_RELEASING) ||
-            km__owner_alive(e, o, lc) || !ck_pr_cas_64(&ls[s].owner, o, mine))
+            owner_alive(e, o, lc) || !ck_pr_cas_64(&ls[s].owner, o, mine))
             continue;
         prev[s] = o;
         taken++;
@@ -178,7 +178,7 @@ static int km__recount_key(km_env *e, uint32_t ki, km__live_cache *lc, int repai
         uint64_t sig1, sig2, rk[KM_WIN_COUNT], sk[KM_WIN_COUNT] = {0}, tot[KM_WIN_COUNT];
         uint64_t rm[KM_MODELS_MAX][KM__TOKEN_WIN_COUNT], sm[KM_MODELS_MAX][KM__TOKEN_WIN_COUNT];
         uint64_t msum[KM_MODELS_MAX];
-        if (!km__scan_slots(ls, n, mine, &sig1, NULL, NULL, 0)) {
+        if (!scan_slots(ls, n, mine, &sig1, NULL, NULL, 0)) {
             sched_yield();
             continue;
         }
@@ -187,9 +187,9 @@ static int km__recount_key(km_env *e, uint32_t ki, km__live_cache *lc, int repai
         for (uint32_t m = 0; m < n_models; m++)
             for (int w = 0; w < KM__TOKEN_WIN_COUNT; w++)
                 rm[m][w] = ck_pr_load_64(&km__mwins(e, ki)[m].win[KM_WIN_TPM + w].reserved);
-        if (!km__scan_slots(ls, n, mine, &sig2, tot, msum, n_models) || sig1 != sig2)
+        if (!scan_slots(ls, n, mine, &sig2, tot, msum, n_models) || sig1 != sig2)
             continue;
-        /* The sums of the validated scan itself (see km__scan_slots). */
+        /* The sums of the validated scan itself (see scan_slots). */
         for (int w = KM_WIN_TPM; w <= KM_WIN_TPD; w++)
             sk[w] = tot[w];
         for (uint32_t m = 0; m < n_models; m++)
@@ -257,14 +257,14 @@ void km__reap_leases(km_env *e, km_reap_report *r, int repair)
 {
     km__key *keys = km__keys(e);
     uint64_t mine = km__reaper_mark(e);
-    km__live_cache lc = {0};
+    live_cache lc = {0};
 
     for (uint32_t ki = 0; ki < e->geom.cap_keys; ki++) {
         km__lease *ls = km__leases(e, ki);
         int transient = 0;
         for (uint32_t s = 0; s < e->geom.cap_inflight; s++) {
             uint64_t o = ck_pr_load_64(&ls[s].owner);
-            if (!o || o == mine || km__owner_alive(e, o, &lc))
+            if (!o || o == mine || owner_alive(e, o, &lc))
                 continue;
             uint32_t ph = ck_pr_load_32(&ls[s].phase);
             if (ph == KM__LP_ACTIVE) {
@@ -272,7 +272,7 @@ void km__reap_leases(km_env *e, km_reap_report *r, int repair)
                  * takes the slot; the CAS (a full barrier) also orders our
                  * mark before the abandon's phase store. */
                 if (ck_pr_cas_64(&ls[s].owner, o, mine)) {
-                    km__abandon(e, ki, &keys[ki], &ls[s], s);
+                    abandon(e, ki, &keys[ki], &ls[s], s);
                     r->leases++;
                 }
             } else if (ph == KM__LP_FREE) {
@@ -285,7 +285,7 @@ void km__reap_leases(km_env *e, km_reap_report *r, int repair)
         }
         int changed = 0;
         if (transient) {
-            if (km__recount_key(e, ki, &lc, 0, &changed))
+            if (recount_key(e, ki, &lc, 0, &changed))
                 r->recounted++;
             else
                 r->pending++;
@@ -293,8 +293,8 @@ void km__reap_leases(km_env *e, km_reap_report *r, int repair)
             /* An explicit reap also checks that reservations match the
              * key's live leases and sets right any drift, counting it: it
              * should be 0.  (Drift was once caused by summing the leases
-             * outside the validated scan; see km__scan_slots.) */
-            if (km__recount_key(e, ki, &lc, 1, &changed) && changed)
+             * outside the validated scan; see scan_slots.) */
+            if (recount_key(e, ki, &lc, 1, &changed) && changed)
                 r->repaired++;
         }
     }

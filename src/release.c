@@ -18,7 +18,7 @@
 
 /* Add a request's spend to its key and pool; a hard key budget that is now
  * spent makes the key exhausted. */
-static void km__spend(km__pool *pool, km__key *k, const km_outcome *o, uint64_t actual)
+static void spend(km__pool *pool, km__key *k, const km_outcome *o, uint64_t actual)
 {
     uint64_t in, out;
     if (k->price_in == 0 && k->price_out == 0)
@@ -47,7 +47,7 @@ static void km__spend(km__pool *pool, km__key *k, const km_outcome *o, uint64_t 
         km__state_to(k, KM__LIVE_STATES, KM__ST_EXHAUSTED);
 }
 
-static uint64_t km__backoff_ns(uint32_t base_s, uint32_t max_s, uint32_t n)
+static uint64_t backoff_ns(uint32_t base_s, uint32_t max_s, uint32_t n)
 {
     uint64_t d = (uint64_t)base_s * KM__NS_PER_S, cap = (uint64_t)max_s * KM__NS_PER_S;
     for (uint32_t i = 1; i < n && i < 64 && d && d < cap; i++) /* bounded, whatever n */
@@ -56,7 +56,7 @@ static uint64_t km__backoff_ns(uint32_t base_s, uint32_t max_s, uint32_t n)
 }
 
 /* cooldown_until := max(cooldown_until, until). */
-static void km__cool_until(km__key *k, uint64_t until)
+static void cool_until(km__key *k, uint64_t until)
 {
     uint64_t cur = ck_pr_load_64(&k->cooldown_until);
     while (cur < until && !ck_pr_cas_64_value(&k->cooldown_until, cur, until, &cur))
@@ -71,25 +71,25 @@ static void km__cool_until(km__key *k, uint64_t until)
 
 /* Recent success rate, EMA in parts per million.  Plain load and store,
  * like the latency EMA: a lost sample is tolerable. */
-static void km__success_ema(km__key *k, int ok)
+static void success_ema(km__key *k, int ok)
 {
     int64_t cur = ck_pr_load_32(&k->success_ppm), target = ok ? KM__PPM : 0;
     if (cur != target) /* a healthy key's line is not written */
         ck_pr_store_32(&k->success_ppm, (uint32_t)(cur + (target - cur) / KM__SUCCESS_EMA_DIV));
 }
 
-static void km__health(km_env *e, km__key *k, const km__lease *ls, int kind,
+static void health(km_env *e, km__key *k, const km__lease *ls, int kind,
                        const km_outcome *o)
 {
     if (kind != KM_OUT_SUCCESS && kind != KM_OUT_CANCELLED)
-        km__success_ema(k, 0);
+        success_ema(k, 0);
     km__pool *pool = &km__pools(e)[k->pool < e->geom.n_pools ? k->pool : 0];
     uint64_t now;
     uint32_t n;
 
     switch (kind) {
     case KM_OUT_SUCCESS: {
-        km__success_ema(k, 1);
+        success_ema(k, 1);
         /* Write the shared line only when something changes. */
         if (ck_pr_load_32(&k->consec_fail))
             ck_pr_store_32(&k->consec_fail, 0);
@@ -116,9 +116,9 @@ static void km__health(km_env *e, km__key *k, const km__lease *ls, int kind,
         n = ck_pr_faa_32(&k->consec_429, 1) + 1;
         now = km__now();
         if (o->retry_after_s > 0 && o->retry_after_s < KM__RETRY_AFTER_MAX_S)
-            km__cool_until(k, now + (uint64_t)(o->retry_after_s * (double)KM__NS_PER_S));
+            cool_until(k, now + (uint64_t)(o->retry_after_s * (double)KM__NS_PER_S));
         else
-            km__cool_until(k, now + km__backoff_ns(pool->cooldown_s, pool->max_cooldown_s, n));
+            cool_until(k, now + backoff_ns(pool->cooldown_s, pool->max_cooldown_s, n));
         /* A 429 proves the key authenticates: a probe succeeded. */
         km__state_to(k, 1u << KM__ST_PROBING, KM__ST_ACTIVE);
         break;
@@ -129,7 +129,7 @@ static void km__health(km_env *e, km__key *k, const km__lease *ls, int kind,
             now = km__now();
             /* Cooldown first, then the state: an acquirer that sees FAILING
              * also sees the cooldown (store order; the CAS is locked). */
-            km__cool_until(k, now + km__backoff_ns(pool->cooldown_s, pool->max_cooldown_s, over));
+            cool_until(k, now + backoff_ns(pool->cooldown_s, pool->max_cooldown_s, over));
             km__state_to(k, (1u << KM__ST_ACTIVE) | (1u << KM__ST_PROBING), KM__ST_FAILING);
         }
         break;
@@ -150,7 +150,7 @@ static void km__health(km_env *e, km__key *k, const km__lease *ls, int kind,
  * key stricter than configured, never looser.  The provider's `remaining`
  * already excludes requests it has seen, which are our reserved leases, so
  * they are added back rather than counted twice. */
-static void km__tighten(km__key *k, int w, uint64_t now, uint64_t remaining,
+static void tighten(km__key *k, int w, uint64_t now, uint64_t remaining,
                         uint64_t reset_ms)
 {
     if (!(k->win_mask & (1u << w)))
@@ -168,13 +168,13 @@ static void km__tighten(km__key *k, int w, uint64_t now, uint64_t remaining,
         ;
 }
 
-static void km__apply_view(km__key *k, const km_outcome *o)
+static void apply_view(km__key *k, const km_outcome *o)
 {
     uint64_t now = km__now();
     if (o->view_flags & KM_VIEW_REQUESTS)
-        km__tighten(k, KM_WIN_RPM, now, o->requests_remaining, o->requests_reset_ms);
+        tighten(k, KM_WIN_RPM, now, o->requests_remaining, o->requests_reset_ms);
     if (o->view_flags & KM_VIEW_TOKENS)
-        km__tighten(k, KM_WIN_TPM, now, o->tokens_remaining, o->tokens_reset_ms);
+        tighten(k, KM_WIN_TPM, now, o->tokens_remaining, o->tokens_reset_ms);
 }
 
 KM_EXTERN int km_release(km_env *e, const km_lease *l, const km_outcome *o)
@@ -211,10 +211,10 @@ KM_EXTERN int km_release(km_env *e, const km_lease *l, const km_outcome *o)
     km__pool *pool = k->pool < e->geom.n_pools ? &km__pools(e)[k->pool] : NULL;
     if (!stale) {
         km__settle(e, l->key, k, ls, &lv, actual);
-        km__health(e, k, ls, kind, o);
+        health(e, k, ls, kind, o);
         if (o->view_flags)
-            km__apply_view(k, o);
-        km__spend(pool, k, o, actual);
+            apply_view(k, o);
+        spend(pool, k, o, actual);
         km__usage_put(e, km__rd_holds_row1(&e->seg), l->key, lv.key_gen, k->pool, lv.model, lv.start_ns, actual,
                       o->latency_us, kind);
     } else {

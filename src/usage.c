@@ -68,7 +68,7 @@ void km__usage_reset(km_env *e, uint32_t slot)
 }
 
 /* Fill the public form of an event. */
-static void km__usage_event(km_env *e, const km__uev *ev, uint64_t now_mono, uint64_t now_wall,
+static void usage_event(km_env *e, const km__uev *ev, uint64_t now_mono, uint64_t now_wall,
                             km_usage_event *out)
 {
     memset(out, 0, sizeof *out);
@@ -96,7 +96,7 @@ static void km__usage_event(km_env *e, const km__uev *ev, uint64_t now_mono, uin
 }
 
 /* Take the drainer's word: free, ours, or held by a process gone. */
-static int km__drainer_take(km_env *e)
+static int drainer_take(km_env *e)
 {
     km__hdr *h = e->seg.hdr;
     uint64_t cur = ck_pr_load_64(&h->usage_drainer);
@@ -115,7 +115,7 @@ KM_EXTERN int km_usage_drain(km_env *e, int (*fn)(void *ctx, const km_usage_even
     if (!e || !fn)
         return KM_EINVAL;
     uint32_t n = km__uring_cap(e);
-    if (n && (rc = km__drainer_take(e)) != KM_OK)
+    if (n && (rc = drainer_take(e)) != KM_OK)
         return rc;
     uint64_t now_mono = km__now(), now_wall = km__wall_ns();
     rc = KM_OK;
@@ -153,7 +153,7 @@ KM_EXTERN int km_usage_drain(km_env *e, int (*fn)(void *ctx, const km_usage_even
             }
             if (s1 == d + 1 && s2 == s1) {
                 km_usage_event ue;
-                km__usage_event(e, &copy, now_mono, now_wall, &ue);
+                usage_event(e, &copy, now_mono, now_wall, &ue);
                 if ((rc = fn(ctx, &ue)) != 0)
                     break;
                 rep.events++;
