@@ -153,7 +153,7 @@ static int try_key(km_env *e, uint32_t ki, key_scan *sc, km_lease *out)
      * low half).  Each reader loads the fields one by one, and a reader that
      * needs them settled (release, a reaper, check) acts on phase ACTIVE,
      * stored after a fence further down; one that sees ADMITTING uses only
-     * owner, phase and seq.  The model: per_model windows settle by it
+     * owner, phase and seq (P3).  The model: per_model windows settle by it
      * at release (a global pool's models have none), and usage events name
      * it; res_mask: which token windows the lease reserves. */
     ck_pr_store_64(km__pair(&ls->seq), seq | (uint64_t)sc->a.tokens << 32);
@@ -161,7 +161,7 @@ static int try_key(km_env *e, uint32_t ki, key_scan *sc, km_lease *out)
     ck_pr_store_64(km__pair(&ls->model), sc->model | (uint64_t)(kset.mask & KM__TOKEN_WINS) << 32);
     ck_pr_store_64(km__pair(&ls->key_gen), gen | (uint64_t)KM__LP_ADMITTING << 32);
     /* The phase store must be visible before any limit word changes, so a
-     * reaper that finds our charges can find this slot.  The atomics below
+     * reaper that finds our charges can find this slot (P2).  The atomics below
      * are locked instructions, which order this store before them on x86;
      * the fence says so (and is a real fence elsewhere). */
     ck_pr_fence_store_atomic();
@@ -193,7 +193,7 @@ static int try_key(km_env *e, uint32_t ki, key_scan *sc, km_lease *out)
     ck_pr_fence_atomic_store();
     ck_pr_store_8(&km__busy(e, ki)[s], 1);
     ck_pr_fence_store();
-    ck_pr_store_32(&ls->phase, KM__LP_ACTIVE);
+    ck_pr_store_32(&ls->phase, KM__LP_ACTIVE); /* last (P3) */
 
     out->key = ki;
     out->key_gen = gen;

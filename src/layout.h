@@ -239,12 +239,27 @@ _Static_assert(sizeof(km__mwin) == 2 * KM__LINE, "km__mwin size");
  *   set the slot's in-flight flag, phase = ACTIVE
  *   ... release: phase = RELEASING, commit tokens, clear the in-flight
  *   flag, owner = 0.
+ * The rules, cited where the code relies on them:
+ *   P1  Only the owner writes a slot's fields, phase and in-flight flag; the
+ *       owner changes by CAS (a claim, a reaper taking a dead owner's slot
+ *       over) or by the owner's release store of 0 (km__slot_free).
+ *   P2  A slot's phase leaves FREE/ACTIVE (to ADMITTING, to RELEASING) and
+ *       is visible before the owner changes any shared counter of the key
+ *       (ck_pr_fence_store_atomic, then the locked instructions): a reaper
+ *       that finds a counter changed finds the slot mid-operation.
+ *   P3  Phase ACTIVE is stored after the lease's fields, its limit charges
+ *       and its in-flight flag: a reader that sees ACTIVE may use all of
+ *       them; one that sees ADMITTING uses only owner, phase and seq.
+ *   P4  A release clears the in-flight flag, then counts the outcome, then
+ *       frees the slot (phase FREE before owner 0, I3): a slot found
+ *       RELEASING with its flag set has not counted its outcome.
  * The in-flight flag is a byte of its own per slot, written only by the
  * slot's owner (plain stores; no locked instruction), so whether a dead
- * owner's lease counts in the key's in-flight is read from the flag itself.  A dead owner's ACTIVE lease
- * is released at its estimate.  Only a slot left ADMITTING or RELEASING by a
- * dead owner is ambiguous; its key's reserved sums are then recounted from
- * the ACTIVE slots (a validated double scan; see the reaper). */
+ * owner's lease counts in the key's in-flight is read from the flag itself.
+ * A dead owner's ACTIVE lease is released at its estimate.  Only a slot left
+ * ADMITTING or RELEASING by a dead owner is ambiguous; its key's reserved
+ * sums are then recounted from the ACTIVE slots (a validated double scan,
+ * src/slots.h; the recount is in src/reap.c). */
 enum { KM__LP_FREE = 0, KM__LP_ADMITTING = 1, KM__LP_ACTIVE = 2, KM__LP_RELEASING = 3 };
 
 /* Counters.  A slot has one owner at a time, and ownership passes by CAS

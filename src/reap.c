@@ -23,7 +23,7 @@
 static void abandon(km_env *e, uint32_t ki, km__key *k, km__lease *ls, uint32_t slot)
 {
     ck_pr_store_32(&ls->phase, KM__LP_RELEASING);
-    ck_pr_fence_store_atomic();
+    ck_pr_fence_store_atomic(); /* phase before the settle's CASes (P2) */
     km__lview lv = km__lease_read(ls);
     if (lv.key_gen == ck_pr_load_32(&k->gen)) {
         km__settle(e, ki, k, ls, &lv, lv.tokens);
@@ -32,9 +32,9 @@ static void abandon(km_env *e, uint32_t ki, km__key *k, km__lease *ls, uint32_t 
     }
     /* A probe that will never report lets the next one go. */
     km__state_to(k, 1u << KM__ST_PROBING, KM__ST_FAILING);
-    /* The flag, then the count, as in km_release: a reaper dying between
-     * them leaves the lease counted short by one, never twice (the next
-     * reaper counts a RELEASING slot abandoned only with its flag set). */
+    /* The flag, then the count, as in km_release (P4): a reaper dying
+     * between them leaves the lease counted short by one, never twice (the
+     * next reaper counts a RELEASING slot abandoned only with its flag set). */
     ck_pr_store_8(&km__busy(e, ki)[slot], 0);
     ck_pr_fence_store();
     KM__SLOT_ADD(ls->abandoned, 1);
@@ -87,10 +87,10 @@ static int owner_alive(km_env *e, uint64_t owner, live_cache *c)
  * slots account for.  That sum must be read while nothing moves: the reaper
  * scans the key's slots (owner, seq, phase), waits while a live process has
  * one mid-operation, reads the reserved words, scans again, and accepts only
- * an unchanged scan.  Every acquirer and releaser changes its slot's phase
- * before it touches a reserved word (phase store, then a locked
- * instruction), so an unchanged scan means no reserved word changed in
- * between.  Each window is then set by CAS from the value read: a
+ * an unchanged scan (the validated scan of src/slots.h).  Every acquirer
+ * and releaser changes its slot's phase before it touches a reserved word
+ * (P2: phase store, then a locked instruction), so an unchanged scan means
+ * no reserved word changed in between.  Each window is then set by CAS from the value read: a
  * reservation that lands after the scan makes the CAS fail, and the recount
  * starts again.  A dead RELEASING slot's request was sent, so its estimate is
  * committed to tat as well (possibly a second time: conservative).  Request
@@ -268,16 +268,17 @@ void km__reap_leases(km_env *e, km_reap_report *r, int repair)
                 continue;
             uint32_t ph = ck_pr_load_32(&ls[s].phase);
             if (ph == KM__LP_ACTIVE) {
-                /* CAS from the dead owner's value: of several reapers one
-                 * takes the slot; the CAS (a full barrier) also orders our
-                 * mark before the abandon's phase store. */
+                /* CAS from the dead owner's value (P1): of several reapers
+                 * one takes the slot; the CAS (a full barrier) also orders
+                 * our mark before the abandon's phase store.  ACTIVE: its
+                 * fields and charges are complete (P3). */
                 if (ck_pr_cas_64(&ls[s].owner, o, mine)) {
                     abandon(e, ki, &keys[ki], &ls[s], s);
                     r->leases++;
                 }
             } else if (ph == KM__LP_FREE) {
                 /* Died between claiming the slot and writing its phase:
-                 * nothing was charged yet. */
+                 * nothing was charged yet (P2). */
                 ck_pr_cas_64(&ls[s].owner, o, 0);
             } else {
                 transient = 1;

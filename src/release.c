@@ -221,7 +221,7 @@ KM_EXTERN int km_release(km_env *e, const km_lease *l, const km_outcome *o)
         ck_pr_inc_64(&k->stale);
     }
     /* In-flight -1: clear our flag (I1), then count the outcome, then free
-     * the slot (I3).  A reaper that finds this slot RELEASING with its flag
+     * the slot (I3): P4.  A reaper that finds this slot RELEASING with its flag
      * still set knows the outcome was not counted and counts it abandoned;
      * only a death between the flag and the counter store goes uncounted.
      * Plain stores in program order (fenced where stores may pass stores),

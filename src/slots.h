@@ -131,7 +131,7 @@ static inline int km__claim_in(km_env *e, km__lease *ls, const uint8_t *fl, uint
             if (s >= slots)
                 break;
             /* Claim: only the owner touches the slot's fields and its flag
-             * from here until it stores owner = 0 again. */
+             * from here until it stores owner = 0 again (P1). */
             if (km__claim_at(e, ls, s))
                 return (int)s;
             seen = -2;

@@ -1,12 +1,17 @@
 /*
  * src/snapshot.c - the whole segment as JSON (km_snapshot_json).
  *
- * Built only from the public readers (km_info_get, km_pool_info_get,
- * km_pool_key, km_key_info_get, km_model_info_get), so it sees exactly what
- * any other tool sees
- * and cannot depend on the layout.  Like the readers it runs concurrently
- * with acquire/release: each number is read atomically, but numbers of one
- * key need not be mutually consistent while operations run.
+ * Built from the public readers (km_info_get, km_pool_info_get,
+ * km_pool_key, km_key_info_get, km_model_info_get) for everything they
+ * give, so a key's state, limits and counters are what any other tool sees.
+ * Three things no reader gives are read from the segment itself (so this
+ * file does depend on src/layout.h): a pool's defaults for keys added later
+ * and its models' configured limits (configuration words, written at
+ * creation and never changed: defaults_json), and, with
+ * KM_SNAPSHOT_SECRETS, a key's secret (secret_enc), read under the admin
+ * lock so that its row is not reused meanwhile.  Like the readers it runs
+ * concurrently with acquire/release: each number is read atomically, but
+ * numbers of one key need not be mutually consistent while operations run.
  *
  * Secrets never appear in clear: a key's "secret" is
  * km_key_info.secret_masked; with KM_SNAPSHOT_SECRETS, "secret_enc" holds

@@ -3,8 +3,9 @@
  * one reader (km_usage_drain; `kmctl persist` writes them to SQLite).
  *
  * Producer.  A process slot has two rings.  Ring 0 belongs to the thread
- * holding the slot's reader row 1 (shm/epoch.c: the process's first thread
- * to acquire, until it exits): that thread alone writes it, and takes event
+ * holding the slot's reader row 1 (km__rd_holds_row1, shm/epoch.h: the
+ * process's first thread to acquire, until it exits): that thread alone
+ * writes it, and takes event
  * number i by a plain increment of `head`, also for the leases it reaps.
  * Every other writer (the process's other threads, a thread that releases
  * without ever acquiring, a reap on such a thread, a reap during attach)
@@ -35,6 +36,21 @@
  * Order: a drain delivers each ring's events in the order they were
  * numbered, ring 0 of a slot before its ring 1; events of different rings
  * are not ordered among themselves (each carries its start time).
+ *
+ * The rules, cited where the code relies on them:
+ *   U1  Ring 0 of a process slot has one writer at a time, the holder of
+ *       the slot's reader row 1, which numbers events by plain stores;
+ *       every other writer uses ring 1 and numbers them by fetch-add.
+ *   U2  An event is complete when its seq is its number + 1, stored last
+ *       (release); seq is 0 while its fields are written.  An event a dead
+ *       writer left with seq 0 is sealed (outcome KM__OUT_DEAD, seq set) by
+ *       the slot's next occupant when it attaches (km__usage_reset, called
+ *       by src/attach.c right after the claim), so no drain waits on it for
+ *       ever; a drainer that meets it before the seal waits only while the
+ *       slot's process is alive.
+ *   U3  One drainer at a time (hdr.usage_drainer holds its tag; a tag whose
+ *       process is dead may be taken over), and only the drainer writes
+ *       `drained` and `dropped`.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -52,7 +68,8 @@ void km__usage_reset(km_env *e, uint32_t slot)
     uint32_t n = km__uring_cap(e);
     if (!n)
         return;
-    /* The slot's previous occupant is gone: seal what it left half written. */
+    /* The slot's previous occupant is gone: seal what it left half written
+     * (U2). */
     for (uint32_t ring = 0; ring < KM__URINGS_PER_PROC; ring++) {
         km__uring *r = km__urings(e, slot, ring);
         uint64_t head = ck_pr_load_64(&r->head), d = ck_pr_load_64(&r->drained);
@@ -95,7 +112,7 @@ static void usage_event(km_env *e, const km__uev *ev, uint64_t now_mono, uint64_
     snprintf(out->key_id, sizeof out->key_id, "#%u.%u", ev->key, ev->key_gen);
 }
 
-/* Take the drainer's word: free, ours, or held by a process gone. */
+/* Take the drainer's word: free, ours, or held by a process gone (U3). */
 static int drainer_take(km_env *e)
 {
     km__hdr *h = e->seg.hdr;
@@ -163,7 +180,8 @@ KM_EXTERN int km_usage_drain(km_env *e, int (*fn)(void *ctx, const km_usage_even
                 dropped++;
                 continue;
             }
-            /* Still being written: wait for it, unless its writer is gone. */
+            /* Still being written: wait for it, unless its writer is gone
+             * (U2). */
             if (alive < 0)
                 alive = tag && km__proc_entry_live(&e->seg, s, tag);
             if (alive)

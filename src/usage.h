@@ -27,9 +27,9 @@ static inline void km__usage_put(km_env *e, int own, uint32_t key, uint32_t key_
     km__uring *r = km__urings(e, e->seg.proc_slot, own ? 0 : 1);
     uint64_t i;
     if (own) {
-        /* Ring 0 has one writer, this thread: a plain increment.  Ownership
-         * passes with reader row 1, by CAS on its tid, and only from a
-         * thread that has exited (shm/epoch.c). */
+        /* Ring 0 has one writer, this thread (U1): a plain increment.
+         * Ownership passes with reader row 1, by CAS on its tid, and only
+         * from a thread that has exited (shm/epoch.c). */
         i = ck_pr_load_64(&r->head);
         ck_pr_store_64(&r->head, i + 1);
     } else {
@@ -39,7 +39,7 @@ static inline void km__usage_put(km_env *e, int own, uint32_t key, uint32_t key_
     }
     km__uev *ev = &km__uevs(r)[i & (n - 1)];
     ck_pr_store_64(&ev->seq, 0);
-    ck_pr_fence_store(); /* seq 0 before the fields: a reader never takes them for the old event */
+    ck_pr_fence_store(); /* seq 0 before the fields (U2): a reader never takes them for the old event */
     ck_pr_store_64(&ev->start_ns, start_ns);
     ck_pr_store_64(&ev->tokens, tokens);
     ck_pr_store_32(&ev->latency_us,
@@ -52,7 +52,7 @@ static inline void km__usage_put(km_env *e, int own, uint32_t key, uint32_t key_
     /* A reap at attach runs before this process has a slot: it records in
      * slot 0's ring 1 (fetch-adds: any process may) with its pid. */
     ck_pr_store_32(&ev->pid, e->seg.tag ? (uint32_t)e->seg.tag : (uint32_t)getpid());
-    ck_pr_fence_store(); /* the fields before seq (pairs with the drainer's acquire) */
+    ck_pr_fence_store(); /* the fields before seq (U2; pairs with the drainer's acquire) */
     ck_pr_store_64(&ev->seq, i + 1);
 }
 
