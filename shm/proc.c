@@ -206,6 +206,9 @@ int km__proc_next_dead(const km__seg *s, uint32_t *slot, uint64_t *tagp)
 
 int km__proc_free_dead(km__seg *s, uint32_t slot, uint64_t tag)
 {
+    /* CAS from the dead tag: of several reapers one frees the slot, and a
+     * slot claimed again meanwhile (another tag) is left alone.  The count
+     * drops after, as it rose after the claim's CAS. */
     if (slot >= s->cap_procs || !ck_pr_cas_64(&km__procs(s)[slot].tag, tag, 0))
         return 0;
     ck_pr_dec_32(&s->hdr->n_procs);
