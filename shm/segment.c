@@ -158,7 +158,7 @@ void km__seg_discard(km__seg *s, const char *name)
 {
     char nm[KM_SEG_NAME_MAX + 2];
     int saved = errno;
-    km__seg_unmap(s);
+    km__seg_close_raw(s);
     if (km__seg_name(name, nm) == KM_OK)
         shm_unlink(nm);
     errno = saved;
@@ -239,7 +239,7 @@ out_fd:
     return rc;
 }
 
-void km__seg_unmap(km__seg *s)
+void km__seg_close_raw(km__seg *s)
 {
     int saved = errno;
     if (s->base)

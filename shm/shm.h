@@ -103,8 +103,9 @@ void km__seg_discard(km__seg *s, const char *name);
  * errno holds the reason of a KM_ESYS. */
 int km__seg_open_raw(const char *name, uint32_t format, uint64_t layout_sig, km__seg *s,
                      km__hdr *copy);
-/* Unmap.  errno is kept. */
-void km__seg_unmap(km__seg *s);
+/* Unmap (the process slot is the caller's to give back first).  errno is
+ * kept. */
+void km__seg_close_raw(km__seg *s);
 /* Remove a name; attached processes keep their mappings. */
 int km__seg_unlink(const char *name);
 /* KM_OK if no object has this name, KM_EEXIST if one has, else KM_ESYS. */

@@ -181,7 +181,7 @@ static int attach(const char *name, unsigned flags, km_env **out)
         rc = claim_slot(e);
     }
     if (rc != KM_OK) {
-        km__seg_unmap(&e->seg); /* keeps errno */
+        km__seg_close_raw(&e->seg); /* keeps errno */
         free(e);
         return rc;
     }
@@ -209,7 +209,7 @@ KM_EXTERN int km_close(km_env *e)
         km__epoch_rows_reset(&e->seg, e->seg.proc_slot);
         km__proc_release(&e->seg);
     }
-    km__seg_unmap(&e->seg);
+    km__seg_close_raw(&e->seg);
     free(e);
     return KM_OK;
 }
