@@ -3,9 +3,10 @@
  *
  * KeyMesh keeps a pool of API keys in one POSIX shared-memory segment that
  * every worker process of a host maps.  A worker acquires a key (lock-free,
- * no system call), uses it with any HTTP client, and releases it with the
- * outcome the provider gave.  Rate limits, cooldowns and health hold for all
- * processes together.  KeyMesh never sends a request itself.
+ * no system call in the steady state), uses it with any HTTP client, and
+ * releases it with the outcome the provider gave.  Rate limits, cooldowns
+ * and health hold for all processes together.  KeyMesh never sends a
+ * request itself.
  *
  * Conventions
  *   - Every function that can fail returns int: 0 (KM_OK) on success, a
@@ -27,12 +28,18 @@
  * Concurrency
  *   km_acquire(), km_release(), the *_info() readers and km_key_set_state()
  *   may run concurrently from any number of processes and threads of a
- *   process on the same segment.  km_acquire()/km_release() are lock-free and
- *   make no system call.  A lease's effects (limit charge, in-flight count)
- *   are visible to every other process once km_acquire() returns (each update
- *   is a locked read-modify-write, a full barrier on x86-64); the readers see
- *   each counter atomically but several counters need not be mutually
- *   consistent while operations run.
+ *   process on the same segment.  km_acquire()/km_release() are lock-free:
+ *   they take no lock and never wait for another process.  In the steady
+ *   state they make no system call; the exceptions are a thread's first
+ *   acquire through a handle (it binds a reader row: gettid, and tgkill to
+ *   take over rows of threads that exited), an acquire about to return
+ *   KM_EAGAIN or KM_EUNAVAIL (it reaps dead processes, at most once a second
+ *   per process), and a release while a km_acquire_wait() caller sleeps on
+ *   the pool (one FUTEX_WAKE).  A lease's effects (limit charge, in-flight
+ *   count) are made by atomic read-modify-writes on the segment before
+ *   km_acquire() returns, so every acquire that starts afterwards, in any
+ *   process, decides on them; the readers see each counter atomically but
+ *   several counters need not be mutually consistent while operations run.
  */
 #ifndef KEYMESH_H
 #define KEYMESH_H
@@ -74,6 +81,7 @@ KM_EXTERN int km_format_version(void);      /* KM_FORMAT_VERSION */
 #define KM_INFLIGHT_MAX 1024  /* concurrent leases on one key */
 #define KM_MODELS_MAX 64      /* models of one pool (per-model limits) */
 #define KM_META_MAX 255       /* bytes of a key's metadata (JSON), without NUL */
+#define KM_MASKED_MAX 24      /* bytes of a masked secret (km_mask_secret), NUL included */
 
 /* ------------------------------------------------------------------ errors */
 
@@ -277,7 +285,8 @@ typedef struct km_lease {
                                       * e.g. {"org":"org-1"}); "" if none */
 } km_lease;
 
-/* Acquire a key from a pool.  Lock-free, no system call, one clock read.
+/* Acquire a key from a pool.  Lock-free, one clock read, no system call in
+ * the steady state (see "Concurrency" at the top).
  * Skips keys that are disabled, invalid, exhausted, cooling down, at their
  * in-flight capacity, or over any limit; charges one request and `tokens` to
  * every applicable limit of the chosen key (all or none).
@@ -384,7 +393,7 @@ typedef struct km_pool_info {
 
 typedef struct km_key_info {
     char id[KM_ID_MAX + 1];
-    char secret_masked[24]; /* "sk-…abcd"; never the secret */
+    char secret_masked[KM_MASKED_MAX]; /* "sk-…abcd"; never the secret */
     uint32_t pool, weight, gen;
     int state;                /* km_key_state, COOLING derived from the clock */
     uint64_t cooldown_until_ns;
@@ -627,8 +636,9 @@ typedef struct km_usage_report {
 KM_EXTERN int km_usage_drain(km_env *env, int (*fn)(void *ctx, const km_usage_event *ev),
                              void *ctx, km_usage_report *out);
 
-/* Mask a secret for display: "sk-…abcd" style, at most 23 bytes + NUL. */
-KM_EXTERN void km_mask_secret(const char *secret, char out[24]);
+/* Mask a secret for display: "sk-…abcd" style, at most KM_MASKED_MAX - 1
+ * bytes + NUL. */
+KM_EXTERN void km_mask_secret(const char *secret, char out[KM_MASKED_MAX]);
 
 /* ---------------------------------------------------------- provider presets
  *

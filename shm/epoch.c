@@ -41,7 +41,7 @@
  *       the locked add of step 1, a full barrier).  So S's row store came
  *       before P and is visible to the loads of step 3.
  *   (b) S's word w satisfies 0 < w < E.  S loaded G before its loads of X
- *       (program order; loads are not reordered with loads).  Had that load
+ *       (the load fence after it; see "Ordering").  Had that load
  *       returned >= E, it followed step 1, and so would S's loads of X,
  *       which would then see X unreachable.
  *   (c) only S's thread writes its row: w stays until S leaves (0), and the
@@ -73,8 +73,10 @@
  * membarrier fails falls back to MEMBARRIER_CMD_GLOBAL (slow, every CPU);
  * if that fails too, km__epoch_sync returns KM_ESYS and nothing is
  * reclaimed.  Leaving is a release store: the section's loads complete
- * before the row reads 0.  Loads of G and of the section are in program
- * order (acquire loads on x86; ck_pr_fence_load elsewhere).
+ * before the row reads 0.  The load of G is ordered before the section's
+ * loads by ck_pr_fence_load() right after it (km__rd_enter, shm/epoch.h):
+ * a compiler barrier under TSO (x86-64, where loads are not reordered with
+ * loads), a real load fence where they may be (aarch64).
  *
  * Overflow.  A thread that finds no free row in its group (more threads
  * than KM__RDR_PER_PROC - 1) uses row 0, shared by CAS: word = epoch << 20
@@ -92,6 +94,7 @@
  *       thing retired at an epoch r < synced is unreachable by anyone.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <linux/membarrier.h>
 #include <sched.h>
 #include <signal.h>
@@ -102,38 +105,63 @@
 
 #include <ck_pr.h>
 
-#include "../src/internal.h"
+#include "clock.h"
+#include "shm.h"
 
 #define KM__OVF_COUNT_MASK ((UINT64_C(1) << KM__RDR_OVF_SHIFT) - 1)
+/* A grace-period wait on a row that is behind: yield this many times (a
+ * section lasts ~100 ns unless its thread is preempted), then sleep this
+ * long between looks. */
+#define KM__SYNC_SPINS 64
+#define KM__SYNC_SLEEP_NS (50 * 1000) /* 50 us */
 
-static long km__membarrier(int cmd)
+/* The reader's row cache (shm/epoch.h). */
+KM__TLS km__rdr *km__rd_row;
+KM__TLS uint64_t km__rd_serial;
+KM__TLS int km__rd_slow;
+KM__TLS int km__rd_row1;
+
+/* A child after fork() must not use its parent's row: the parent's threads
+ * hold it (and row 1 what the client keys to it). */
+static void atfork_child(void)
+{
+    km__rd_serial = 0;
+    km__rd_row1 = 0;
+}
+
+__attribute__((constructor)) static void register_atfork(void)
+{
+    pthread_atfork(NULL, NULL, atfork_child);
+}
+
+static long sys_membarrier(int cmd)
 {
     return syscall(SYS_membarrier, cmd, 0, 0);
 }
 
-void km__epoch_attach(km_env *e)
+void km__epoch_attach(km__seg *s)
 {
-    e->rd_fence = km__membarrier(MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED) != 0;
+    s->rd_fence = sys_membarrier(MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED) != 0;
 }
 
-void km__epoch_rows_reset(km_env *e, uint32_t slot)
+void km__epoch_rows_reset(km__seg *s, uint32_t slot)
 {
-    km__rdr *r = km__rdrs(e, slot);
+    km__rdr *r = km__rdrs(s, slot);
     for (uint32_t i = 0; i < KM__RDR_PER_PROC; i++) {
         ck_pr_store_64(&r[i].word, 0);
         ck_pr_store_32(&r[i].tid, 0);
     }
 }
 
-static uint32_t km__gettid(void) { return (uint32_t)syscall(SYS_gettid); }
+static uint32_t thread_id(void) { return (uint32_t)syscall(SYS_gettid); }
 
 /* Claim this thread's row: one it already holds (a thread id can only be
  * held by one live thread), else a free one, else one whose thread has
  * exited, else the shared overflow row 0. */
-km__rdr *km__epoch_bind(km_env *e)
+km__rdr *km__epoch_bind(km__seg *s)
 {
-    km__rdr *r = km__rdrs(e, e->proc_slot);
-    uint32_t tid = km__gettid();
+    km__rdr *r = km__rdrs(s, s->proc_slot);
+    uint32_t tid = thread_id();
 
     for (uint32_t i = 1; i < KM__RDR_PER_PROC; i++)
         if (ck_pr_load_32(&r[i].tid) == tid)
@@ -153,7 +181,7 @@ km__rdr *km__epoch_bind(km_env *e)
     return &r[0];
 }
 
-void km__epoch_enter_ovf(km_env *e, km__rdr *r, uint64_t now)
+void km__epoch_enter_ovf(km__seg *s, km__rdr *r, uint64_t now)
 {
     uint64_t w = ck_pr_load_64(&r->word), nw;
     do {
@@ -161,7 +189,7 @@ void km__epoch_enter_ovf(km_env *e, km__rdr *r, uint64_t now)
          * (conservative: grace periods wait for all of them).  The CAS is a
          * full barrier: no membarrier is needed for this row. */
         nw = (w & KM__OVF_COUNT_MASK) == 0
-                 ? (ck_pr_load_64(&e->hdr->epoch) << KM__RDR_OVF_SHIFT) | 1
+                 ? (ck_pr_load_64(&s->hdr->epoch) << KM__RDR_OVF_SHIFT) | 1
                  : w + 1;
     } while (!ck_pr_cas_64_value(&r->word, w, nw, &w));
     ck_pr_store_64(&r->enter_ns, now);
@@ -182,27 +210,17 @@ uint64_t km__row_epoch(const km__rdr *r, uint32_t i)
     return w;
 }
 
-/* Is process slot i live (its rows count)? */
-static int km__slot_live(km_env *e, uint32_t i)
-{
-    km__proc *p = &km__procs(e)[i];
-    uint64_t tag = ck_pr_load_64(&p->tag);
-    if (tag == 0)
-        return 0;
-    return tag == e->owner || km__tag_alive(p, tag);
-}
-
 int km__barrier_all(int slow_ok)
 {
-    if (km__membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED) == 0 ||
-        (slow_ok && km__membarrier(MEMBARRIER_CMD_GLOBAL) == 0))
+    if (sys_membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED) == 0 ||
+        (slow_ok && sys_membarrier(MEMBARRIER_CMD_GLOBAL) == 0))
         return KM_OK;
     return KM_ESYS;
 }
 
-int km__epoch_sync(km_env *e, uint32_t timeout_ms)
+int km__epoch_sync(km__seg *s, uint32_t timeout_ms)
 {
-    km__hdr *h = e->hdr;
+    km__hdr *h = s->hdr;
     /* Step 1: a locked add, a full barrier: everything the caller did to
      * make things unreachable is ordered before it. */
     uint64_t E = ck_pr_faa_64(&h->epoch, 1) + 1;
@@ -210,10 +228,10 @@ int km__epoch_sync(km_env *e, uint32_t timeout_ms)
     if (km__barrier_all(1) != KM_OK)
         return KM_ESYS;
 
-    uint64_t deadline = km__now() + (uint64_t)timeout_ms * 1000000u;
+    uint64_t deadline = km__now() + (uint64_t)timeout_ms * KM__NS_PER_MS;
     int rc = KM_OK;
-    for (uint32_t i = 0; i < e->cfg.cap_procs && rc == KM_OK; i++) {
-        km__rdr *r = km__rdrs(e, i);
+    for (uint32_t i = 0; i < s->cap_procs && rc == KM_OK; i++) {
+        km__rdr *r = km__rdrs(s, i);
         int live = -1; /* checked once per slot, only if a row is behind */
         for (uint32_t j = 0; j < KM__RDR_PER_PROC; j++) {
             for (unsigned spin = 0;; spin++) {
@@ -221,17 +239,17 @@ int km__epoch_sync(km_env *e, uint32_t timeout_ms)
                 if (ep == 0 || ep >= E)
                     break;
                 if (live < 0)
-                    live = km__slot_live(e, i);
+                    live = km__proc_slot_live(s, i);
                 if (!live)
                     break;
                 if (km__now() >= deadline) {
                     rc = KM_EBUSY;
                     break;
                 }
-                if (spin < 64) {
+                if (spin < KM__SYNC_SPINS) {
                     sched_yield(); /* a section lasts ~100 ns unless preempted */
                 } else {
-                    struct timespec ts = {0, 50 * 1000};
+                    struct timespec ts = {0, KM__SYNC_SLEEP_NS};
                     nanosleep(&ts, NULL);
                 }
             }
@@ -242,45 +260,9 @@ int km__epoch_sync(km_env *e, uint32_t timeout_ms)
     if (rc != KM_OK)
         return rc;
     /* Step 4: synced only grows (two syncs may finish out of order). */
-    uint64_t s = ck_pr_load_64(&h->synced);
-    while (s < E && !ck_pr_cas_64_value(&h->synced, s, E, &s))
+    uint64_t sy = ck_pr_load_64(&h->synced);
+    while (sy < E && !ck_pr_cas_64_value(&h->synced, sy, E, &sy))
         ;
     return KM_OK;
 }
 
-KM_EXTERN int km_reader_info_get(km_env *e, uint32_t slot, uint32_t row,
-                                 km_reader_info *out)
-{
-    if (!e || !out || slot >= e->cfg.cap_procs || row >= KM__RDR_PER_PROC)
-        return KM_EINVAL;
-    km__proc *p = &km__procs(e)[slot];
-    uint64_t tag = ck_pr_load_64(&p->tag);
-    km__rdr *r = &km__rdrs(e, slot)[row];
-    uint64_t ep = km__row_epoch(r, row);
-    if (tag == 0 || ep == 0)
-        return KM_ENOENT;
-    memset(out, 0, sizeof *out);
-    out->pid = (uint32_t)tag;
-    out->tid = row == 0 ? 0 : ck_pr_load_32(&r->tid);
-    out->shared = row == 0;
-    out->epoch = ep;
-    uint64_t g = ck_pr_load_64(&e->hdr->epoch), now = km__now(),
-             since = ck_pr_load_64(&r->enter_ns);
-    out->epochs_behind = g > ep ? g - ep : 0;
-    out->inside_ns = now > since ? now - since : 0;
-    out->alive = tag == e->owner || km__tag_alive(p, tag);
-    return KM_OK;
-}
-
-KM_EXTERN int km_epoch_info_get(km_env *e, km_epoch_info *out)
-{
-    if (!e || !out)
-        return KM_EINVAL;
-    memset(out, 0, sizeof *out);
-    out->epoch = ck_pr_load_64(&e->hdr->epoch);
-    out->synced = ck_pr_load_64(&e->hdr->synced);
-    out->reconfigs = ck_pr_load_64(&e->hdr->reconfigs);
-    out->rows_per_process = KM__RDR_PER_PROC;
-    out->membarrier = !e->rd_fence;
-    return KM_OK;
-}

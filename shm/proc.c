@@ -1,16 +1,26 @@
 /*
  * shm/proc.c - the process table: who is attached, and are they alive.
  *
- * A slot is claimed by CAS on `tag` from 0 to (slot+1) << 32 | pid, so the
- * tag alone says which process to check, even if it died before writing the
- * rest of its entry.  Leases record the tag as their owner.  A tag is never
- * reused while a lease could still carry it: a slot is freed only after every
- * lease with its tag was released (detach releases its own; a reaper frees a
- * dead process's slot only when none is left).
+ * A slot is claimed by CAS on `tag` from 0 to (slot+1) << 32 | pid
+ * (km__proc_tag), so the tag alone says which process to check, even if it
+ * died before writing the rest of its entry.  The client records the tag
+ * where a process holds something (src/: the owner of a lease slot, the
+ * usage drainer).
+ *
+ * Invariants.
+ *   T1  A tag is never reused while anything could still carry it: a slot
+ *       is freed only after everything carrying its tag was released.  The
+ *       client keeps this: detach releases its own first (src/attach.c),
+ *       and a reaper frees a dead process's slot only when nothing carries
+ *       its tag any more (src/reap.c, km__proc_free_dead).
+ *   T2  A slot counts as live from the CAS on its tag: while its pid field
+ *       does not yet name the tag's pid (the process is attaching, or died
+ *       attaching), liveness is judged by the tag's pid alone.
  *
  * Liveness is pid plus process start time (field 22 of /proc/<pid>/stat, in
  * clock ticks since boot): a pid reused by another process has another start
- * time, so it is not mistaken for the process that attached.
+ * time, so it is not mistaken for the process that attached.  Every caller
+ * asks the one question through km__proc_entry_live and its wrappers.
  */
 #include <errno.h>
 #include <signal.h>
@@ -20,11 +30,12 @@
 
 #include <ck_pr.h>
 
-#include "../src/internal.h"
+#include "clock.h"
+#include "shm.h"
 
 /* Start time of `pid` in clock ticks since boot, or 0 if it has none: gone,
  * or exited and not yet waited for (a zombie, state Z or X, holds nothing). */
-uint64_t km__proc_start_time(int pid)
+static uint64_t start_time_of(int pid)
 {
     char path[64], buf[1024];
     FILE *f;
@@ -52,21 +63,13 @@ uint64_t km__proc_start_time(int pid)
     return v;
 }
 
-/* Is the process behind table entry p (holding `tag`) alive?  The tag's
- * pid decides.  Once the entry's pid field names the same pid, its start
- * time is written too and tells a reused pid apart; before that (the process
- * is attaching, or died attaching, and the field may still hold a previous
- * occupant's pid) kill(pid, 0) is all there is. */
-int km__tag_alive(const km__proc *p, uint64_t tag)
+int km__pid_exists(uint32_t pid)
 {
-    uint32_t tp = (uint32_t)tag;
-    ck_pr_fence_load(); /* tag before pid and start time */
-    if (ck_pr_load_32(&p->pid) == tp)
-        return km__proc_alive(tp, ck_pr_load_64(&p->start_time));
-    return kill((pid_t)tp, 0) == 0 || errno != ESRCH;
+    return kill((pid_t)pid, 0) == 0 || errno != ESRCH;
 }
 
-int km__proc_alive(uint32_t pid, uint64_t start_time)
+/* Is the process that attached as `pid` at `start_time` alive? */
+static int proc_alive(uint32_t pid, uint64_t start_time)
 {
     if (pid == 0)
         return 0;
@@ -80,7 +83,7 @@ int km__proc_alive(uint32_t pid, uint64_t start_time)
      * start_time 0 means the owner died before writing it: a live process
      * with that pid is then a stranger unless it is mid-attach, which the
      * caller tells from the tag. */
-    uint64_t st = km__proc_start_time((int)pid);
+    uint64_t st = start_time_of((int)pid);
     if (st == 0 && start_time != 0 && other_user) {
         /* Another user's process whose /proc entry we cannot see (/proc
          * mounted with hidepid): alive for all we know.  Taking its leases
@@ -94,118 +97,120 @@ int km__proc_alive(uint32_t pid, uint64_t start_time)
     return st != 0 && st == start_time;
 }
 
-int km__proc_register(km_env *e, int reap)
+/* Is the process behind table entry p (holding `tag`) alive?  The tag's
+ * pid decides.  Once the entry's pid field names the same pid, its start
+ * time is written too and tells a reused pid apart; before that (T2: the
+ * process is attaching, or died attaching, and the field may still hold a
+ * previous occupant's pid) kill(pid, 0) is all there is. */
+static int tag_alive(const km__proc *p, uint64_t tag)
 {
-    km__hdr *h = e->hdr;
-    km__proc *pt = km__procs(e);
-    uint32_t pid = (uint32_t)getpid();
-    uint64_t start = km__proc_start_time((int)pid);
+    uint32_t tp = km__tag_pid(tag);
+    ck_pr_fence_load(); /* tag before pid and start time */
+    if (ck_pr_load_32(&p->pid) == tp)
+        return proc_alive(tp, ck_pr_load_64(&p->start_time));
+    return km__pid_exists(tp);
+}
 
-    /* Every attach first releases what dead processes left behind (our tag
-     * is not set yet; the reaper marks slots with our pid instead). */
-    if (reap)
-        km__reap_dead(e, NULL, 0);
+int km__proc_entry_live(const km__seg *s, uint32_t slot, uint64_t tag)
+{
+    return tag == s->tag || tag_alive(&km__procs(s)[slot], tag);
+}
+
+int km__proc_slot_live(const km__seg *s, uint32_t slot)
+{
+    uint64_t tag = ck_pr_load_64(&km__procs(s)[slot].tag);
+    return tag != 0 && km__proc_entry_live(s, slot, tag);
+}
+
+/* The slot a tag names, if it is inside the table; else UINT32_MAX. */
+static uint32_t slot_of(const km__seg *s, uint64_t tag)
+{
+    uint32_t slot1 = km__tag_slot1(tag);
+    return slot1 >= 1 && slot1 <= s->cap_procs ? slot1 - 1 : UINT32_MAX;
+}
+
+int km__proc_tag_held(const km__seg *s, uint64_t tag)
+{
+    uint32_t slot = slot_of(s, tag);
+    return slot != UINT32_MAX && ck_pr_load_64(&km__procs(s)[slot].tag) == tag;
+}
+
+int km__proc_tag_live(const km__seg *s, uint64_t tag)
+{
+    if (tag == s->tag)
+        return 1;
+    uint32_t slot = slot_of(s, tag);
+    return slot != UINT32_MAX && ck_pr_load_64(&km__procs(s)[slot].tag) == tag &&
+           km__proc_entry_live(s, slot, tag);
+}
+
+int km__proc_claim(km__seg *s)
+{
+    km__hdr *h = s->hdr;
+    km__proc *pt = km__procs(s);
+    uint32_t pid = (uint32_t)getpid();
+    uint64_t start = start_time_of((int)pid);
+
     for (int pass = 0; pass < 2; pass++) {
-        for (uint32_t i = 0; i < e->cfg.cap_procs; i++) {
+        for (uint32_t i = 0; i < s->cap_procs; i++) {
             if (ck_pr_load_64(&pt[i].tag) != 0)
                 continue;
-            uint64_t tag = ((uint64_t)(i + 1) << 32) | pid;
+            uint64_t tag = km__proc_tag(i, pid);
             if (!ck_pr_cas_64(&pt[i].tag, 0, tag))
                 continue;
-            /* Counted the moment the entry is ours: a reaper that frees it
-             * after we die mid-attach uncounts it. */
+            /* Counted the moment the entry is ours (T2): a reaper that
+             * frees it after we die mid-attach uncounts it. */
             ck_pr_inc_32(&h->n_procs);
-            /* Rows a previous occupant left are not ours to honour: it
-             * detached or died, and a dead section uses nothing. */
-            km__epoch_rows_reset(e, i);
-            km__usage_reset(e, i);
             /* The slot is ours.  pid and start time are read by reapers only
-             * after they load tag; a reaper that sees pid 0 treats the slot
-             * as being attached and leaves it alone. */
+             * after they load tag; a reaper that sees another pid treats the
+             * slot as being attached (T2) and judges it by the tag's pid. */
             ck_pr_store_64(&pt[i].start_time, start);
-            ck_pr_store_64(&pt[i].attach_ns, km_now_ns());
-            ck_pr_fence_store(); /* start_time before pid: pid != 0 means complete */
+            ck_pr_store_64(&pt[i].attach_ns, km__now());
+            ck_pr_fence_store(); /* start_time before pid: pid == tag's pid means complete */
             ck_pr_store_32(&pt[i].pid, pid);
-            e->proc_slot = i;
-            e->owner = tag;
+            s->proc_slot = i;
+            s->tag = tag;
             return KM_OK;
         }
-        /* Full: nothing was freed by the reap above; look once more in
-         * case a process detached meanwhile. */
-        if (pass == 0 && ck_pr_load_32(&h->n_procs) >= e->cfg.cap_procs)
+        /* Full: look once more only if a process detached meanwhile. */
+        if (pass == 0 && ck_pr_load_32(&h->n_procs) >= s->cap_procs)
             break;
     }
     return KM_EPROCS;
 }
 
-void km__proc_deregister(km_env *e)
+void km__proc_release(km__seg *s)
 {
-    km__proc *p = &km__procs(e)[e->proc_slot];
+    km__proc *p = &km__procs(s)[s->proc_slot];
 
-    km__release_all_owned(e, e->owner);
-    km__epoch_rows_reset(e, e->proc_slot);
     ck_pr_store_32(&p->pid, 0);
     ck_pr_fence_store(); /* pid cleared before the slot is offered again */
     ck_pr_store_64(&p->tag, 0);
-    ck_pr_dec_32(&e->hdr->n_procs);
+    ck_pr_dec_32(&s->hdr->n_procs);
 }
 
-/* Free the process slots of dead processes, releasing their leases (see
- * km_reap in keymesh.h).  Returns the number of process slots freed. */
-int km__reap_dead(km_env *e, km_reap_report *rep, int repair)
+int km__proc_next_dead(const km__seg *s, uint32_t *slot, uint64_t *tagp)
 {
-    km__proc *pt = km__procs(e);
-    km_reap_report r = {0};
-
-    /* Leases first, by slot: that also recovers slots of a reaper that died
-     * while reaping.  Then the table entries of dead processes that hold
-     * nothing any more. */
-    km__reap_leases(e, &r, repair);
-    for (uint32_t i = 0; i < e->cfg.cap_procs; i++) {
+    km__proc *pt = km__procs(s);
+    for (uint32_t i = *slot; i < s->cap_procs; i++) {
         uint64_t tag = ck_pr_load_64(&pt[i].tag);
-        if (tag == 0 || tag == e->owner)
+        if (tag == 0 || km__proc_entry_live(s, i, tag))
             continue;
-        if (km__tag_alive(&pt[i], tag))
-            continue;
-        if (km__count_owned(e, tag) != 0) {
-            r.pending++; /* a recount could not settle yet */
-            continue;
-        }
-        if (ck_pr_cas_64(&pt[i].tag, tag, 0)) {
-            ck_pr_dec_32(&e->hdr->n_procs);
-            r.processes++;
-        }
+        *slot = i;
+        *tagp = tag;
+        return 1;
     }
-    if (rep)
-        *rep = r;
-    return (int)r.processes;
+    *slot = s->cap_procs;
+    return 0;
 }
 
-KM_EXTERN int km_reap(km_env *e, km_reap_report *out)
+int km__proc_free_dead(km__seg *s, uint32_t slot, uint64_t tag)
 {
-    km_reap_report r;
-    if (!e)
-        return KM_EINVAL;
-    km__reap_dead(e, &r, 1);
-    if (out)
-        *out = r;
-    return KM_OK;
-}
-
-KM_EXTERN int km_proc_info_get(km_env *e, uint32_t slot, km_proc_info *out)
-{
-    if (!e || !out || slot >= e->cfg.cap_procs)
-        return KM_EINVAL;
-    km__proc *p = &km__procs(e)[slot];
-    uint64_t tag = ck_pr_load_64(&p->tag);
-    if (tag == 0)
-        return KM_ENOENT;
-    ck_pr_fence_load(); /* tag before the fields it guards */
-    memset(out, 0, sizeof(*out));
-    out->pid = ck_pr_load_32(&p->pid);
-    out->attached_ns = ck_pr_load_64(&p->attach_ns);
-    out->alive = tag == e->owner || km__tag_alive(p, tag);
-    out->pid = (uint32_t)tag; /* the tag's pid: the field may lag while attaching */
-    out->leases = (uint32_t)km__count_owned(e, tag);
-    return KM_OK;
+    /* CAS from the dead tag: of several reapers one frees the slot, and a
+     * slot claimed again meanwhile (another tag) is left alone.  The count
+     * drops after, as it rose after the claim's CAS. */
+    if (slot >= s->cap_procs || !ck_pr_cas_64(&km__procs(s)[slot].tag, tag, 0))
+        return 0;
+    ck_pr_dec_32(&s->hdr->n_procs);
+    return 1;
 }

@@ -1,29 +1,26 @@
 /*
- * shm/seg.h - layout of a KeyMesh segment.  Internal; not installed.
+ * shm/seg.h - what a segment looks like to shm/: its header, the process
+ * table and the reader rows.  Internal; not installed.
+ *
+ * A segment is one POSIX shared-memory object: a header (km__hdr) on page 0,
+ * then regions that the client (src/, the pool: src/layout.h) lays out.  Two
+ * regions belong to shm/: the process table, km__proc[cap_procs] at
+ * off_procs, and the reader rows of the epochs,
+ * km__rdr[cap_procs][KM__RDR_PER_PROC] at off_readers.
+ *
+ * The header holds shm/'s words (magic, format, hdr_size, layout_sig,
+ * seg_size, cap_procs, off_procs, off_readers, created_wall_ns, n_procs,
+ * epoch, synced) and, between them, the client's (marked "client" below:
+ * capacities, offsets and counters whose meaning src/layout.h gives).  shm/
+ * writes and validates its own words (shm/segment.c); the client writes
+ * its words before publication and validates them at attach
+ * (src/attach.c).  format and layout_sig are the client's values, which
+ * shm/ stores and compares without interpreting them.
  *
  * The segment holds no pointers: only offsets from its base and indices, so
- * every process may map it at a different address.  Order in memory:
- *
- *   km__hdr                    one per segment, page 0
- *   km__pool[cap_pools]
- *   km__member[cap_pools][2][cap_keys] each pool's two member lists
- *   km__model[cap_pools][cap_models]  each pool's models
- *   km__key[cap_keys]
- *   km__mwin[cap_keys][cap_models]    per-model limit pairs of each key
- *   km__lease[cap_keys][cap_inflight] lease slots, one row per key
- *   uint8_t[cap_keys][stride]  in-flight flags, one byte per lease slot;
- *                              stride = cap_inflight rounded up to a line
- *   km__proc[cap_procs]        process table
- *   km__rdr[cap_procs][KM__RDR_PER_PROC]  reader rows (epochs)
- *   (km__uring + km__uev[cap_usage / 2])[cap_procs][2]  usage rings
- *
- * Every struct here is pinned by _Static_assert and folded into the layout
- * signature (km__layout_signature), so a process built with other sizes is
- * refused at attach with KM_ELAYOUT instead of misreading the segment.
- *
- * False sharing: words many processes write for different reasons sit on
- * different 64-byte lines; words one operation writes together share a line
- * (one line transfer instead of several).  See each struct.
+ * every process may map it at a different address.  Every struct here is
+ * pinned by _Static_assert; the client folds their sizes into its layout
+ * signature.
  */
 #ifndef KM_SHM_SEG_H
 #define KM_SHM_SEG_H
@@ -31,60 +28,40 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "keymesh.h"
-
 #define KM__LINE 64
+#define KM__PAGE 4096 /* segments are sized in whole pages */
 
-/* Flag words and paired lease stores (src/pool.c) assume little-endian
+/* Flag words and paired lease stores (src/slots.h) assume little-endian
  * order; the layout signature only keeps CPUs of two orders apart. */
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "KeyMesh's segment is little-endian");
 #define KM__MAGIC UINT64_C(0x4853454d59454b00) /* "\0KEYMESH" little-endian */
-
-/* Bytes of in-flight flags per key: one per lease slot, a key's own lines. */
-static inline uint64_t km__busy_stride(uint32_t cap_inflight)
-{
-    return ((uint64_t)cap_inflight + KM__LINE - 1) & ~(uint64_t)(KM__LINE - 1);
-}
-_Static_assert(KM_WIN_COUNT == 6, "km__key lines 0-1 hold exactly 6 limit pairs");
-
-/* Internal key states stored in km__key.state.  COOLING is never stored: a
- * key is cooling while cooldown_until is in the future.  FAILING is shown as
- * COOLING: the key hit max_failures and waits for its cooldown; after it, one
- * acquirer moves it to PROBING by CAS and gets the only lease. */
-enum {
-    KM__ST_ACTIVE = KM_KEY_ACTIVE,
-    KM__ST_PROBING = KM_KEY_PROBING,
-    KM__ST_DISABLED = KM_KEY_DISABLED,
-    KM__ST_INVALID = KM_KEY_INVALID,
-    KM__ST_EXHAUSTED = KM_KEY_EXHAUSTED,
-    KM__ST_FAILING = 16,
-    KM__ST_FREE = 17,   /* row not in use: never used, or reclaimed */
-    KM__ST_REMOVED = 18 /* removed: no new lease; reclaimed after a grace
-                         * period once its last lease is back */
-};
 
 typedef struct km__hdr {
     /* magic and format are stored last by the creator (release); an attacher
      * loads magic with acquire before trusting anything else. */
     uint64_t magic;
-    uint32_t format;
-    uint32_t hdr_size;
-    uint64_t layout_sig;
-    uint64_t seg_size;
-    uint32_t cap_keys, cap_pools, cap_procs, cap_inflight;
-    uint32_t n_pools, n_keys; /* n_keys: key rows in use (admin lock) */
-    uint64_t off_pools, off_members, off_keys, off_leases, off_procs;
-    uint64_t created_wall_ns;
-    uint32_t cap_models;
+    uint32_t format;          /* the client's format version */
+    uint32_t hdr_size;        /* sizeof(km__hdr) */
+    uint64_t layout_sig;      /* the client's layout signature */
+    uint64_t seg_size;        /* bytes of the object the header describes */
+    uint32_t cap_keys, cap_pools; /* client */
+    uint32_t cap_procs;       /* process slots (and reader-row groups) */
+    uint32_t cap_inflight;    /* client */
+    uint32_t n_pools, n_keys; /* client; n_keys: key rows in use (admin lock) */
+    uint64_t off_pools, off_members, off_keys, off_leases; /* client */
+    uint64_t off_procs;       /* the process table */
+    uint64_t created_wall_ns; /* CLOCK_REALTIME at creation */
+    uint32_t cap_models;      /* client */
     uint32_t pad0;
-    uint64_t off_models, off_mwin;
+    uint64_t off_models, off_mwin; /* client */
     /* line 2, own line: written by every attach/detach */
     uint32_t n_procs;
     uint32_t pad1;
-    uint64_t off_readers;     /* configuration: the reader table (shm/epoch.c) */
+    uint64_t off_readers;     /* configuration: the reader rows (shm/epoch.c) */
     uint8_t pad2[KM__LINE - 16];
-    /* line 3: the admin lock, a robust process-shared mutex serialising
-     * reconfiguration (src/reconfig.c).  Never taken by acquire or release. */
+    /* line 3, client: the admin lock, a robust process-shared mutex
+     * serialising reconfiguration (src/reconfig.c).  Never taken by acquire
+     * or release. */
     uint8_t admin[KM__LINE];
     /* line 4, own line: the global epoch, read by every acquire, bumped by
      * every grace-period wait (shm/epoch.c). */
@@ -93,6 +70,7 @@ typedef struct km__hdr {
     /* line 5: written by grace-period waits: every reader that entered at an
      * epoch below `synced` has left.  Read by reconfiguration only. */
     uint64_t synced;
+    /* the rest of line 5 is the client's */
     uint64_t reconfigs;       /* reconfigurations applied, for inspect */
     /* usage rings (src/usage.c): configuration, and the drainer's words */
     uint64_t off_usage;
@@ -109,223 +87,6 @@ _Static_assert(offsetof(km__hdr, admin) == 3 * KM__LINE, "admin lock line");
 _Static_assert(offsetof(km__hdr, epoch) == 4 * KM__LINE, "epoch on its own line");
 _Static_assert(offsetof(km__hdr, synced) == 5 * KM__LINE, "synced line");
 _Static_assert(offsetof(km__hdr, off_busy) + 8 + 16 == 6 * KM__LINE, "line 5 holds off_busy");
-
-/* One published member list of a pool: its length and the figures derived
- * from it.  A pool has two (see km__pool.cur). */
-typedef struct km__pview {
-    uint32_t n_keys;
-    uint32_t pad;
-    uint64_t total_weight;
-    uint64_t rr_magic;  /* ceil(2^64 / n_keys): cursor % n_keys without div */
-} km__pview;
-_Static_assert(sizeof(km__pview) == 24, "km__pview size");
-
-typedef struct km__pool {
-    /* lines 0-1: configuration, written once at creation.  (Round robin
-     * keeps its cursor per thread: no word here is written per acquire.) */
-    char name[KM_ID_MAX + 1];
-    uint32_t strategy;
-    uint32_t cooldown_s, max_cooldown_s, max_failures;
-    uint32_t model_mode;
-    uint32_t n_models;
-    uint64_t budget_microusd; /* 0: none */
-    uint32_t budget_hard;
-    uint8_t pad2[KM__LINE - 36];
-    /* line 2: blocking acquire.  `wake_seq` is the futex word: a sleeper
-     * reads it, counts itself in `waiters`, re-checks, and sleeps while it
-     * is unchanged; a waker bumps it and calls FUTEX_WAKE only if `waiters`
-     * is non-zero.  Read by every release, written only around sleeps. */
-    uint32_t waiters;
-    uint32_t wake_seq;
-    uint8_t pad3[KM__LINE - 8];
-    /* line 3: spend of the pool, added at every priced release. */
-    uint64_t spent_microusd;
-    uint8_t pad4[KM__LINE - 8];
-    /* line 4: the published member list, read by every acquire, written by
-     * reconfiguration.  Two lists (members buffer 0 and 1) and their views:
-     * a writer fills the one not in use, then stores `cur` (release); a
-     * reader loads `cur` (acquire) inside its epoch section and uses that
-     * list throughout.  The other list is rewritten only after a grace
-     * period has passed since it was last current: `flip_epoch` is the
-     * epoch at which it stopped being current (see src/reconfig.c). */
-    uint32_t cur;
-    uint32_t pad5;
-    km__pview view[2];
-    uint64_t flip_epoch;
-    /* lines 5-7: defaults for keys added later (the pool's own limits,
-     * prices and max_inflight, as configured); written at creation. */
-    uint64_t def_limit[KM_WIN_COUNT];
-    uint64_t def_burst[KM_WIN_COUNT];
-    uint8_t def_mode[KM_WIN_COUNT];
-    uint8_t pad6[2];
-    uint32_t def_max_inflight;
-    uint32_t pad7;
-    uint64_t def_price_in, def_price_out;
-    uint8_t pad8[3 * KM__LINE - 96 - 8 - 8 - 16];
-} km__pool;
-_Static_assert(offsetof(km__pool, waiters) == 2 * KM__LINE, "pool wait line");
-_Static_assert(offsetof(km__pool, spent_microusd) == 3 * KM__LINE, "pool spend line");
-_Static_assert(offsetof(km__pool, cur) == 4 * KM__LINE, "pool member-list line");
-_Static_assert(offsetof(km__pool, flip_epoch) + 8 == 5 * KM__LINE, "member-list line full");
-_Static_assert(offsetof(km__pool, def_limit) == 5 * KM__LINE, "pool defaults lines");
-_Static_assert(sizeof(km__pool) == 8 * KM__LINE, "km__pool size");
-
-/* A model of a pool: its name and, in a per_model pool, the limits that
- * apply to it on each key.  Written at creation. */
-typedef struct km__model {
-    char name[KM_ID_MAX + 1];
-    uint64_t emission_ns[KM_WIN_COUNT];
-    uint64_t tau_ns[KM_WIN_COUNT];
-    uint64_t limit[KM_WIN_COUNT];
-    uint64_t burst[KM_WIN_COUNT];
-    uint32_t win_mask;
-    uint32_t hash;      /* FNV-1a of the name, to find it fast */
-    uint8_t mode[KM_WIN_COUNT];
-    uint8_t pad0[2];
-    uint32_t min_tok_burst; /* as in km__key */
-    uint8_t pad[KM__LINE - 20];
-} km__model;
-_Static_assert(sizeof(km__model) == 5 * KM__LINE, "km__model size");
-
-/* One member of a pool's list: key index and the running sum of weights up
- * to and including it (for weighted choice by binary search), and the index
- * by price: by_cost of member i is the key of the i-th cheapest member. */
-typedef struct km__member {
-    uint32_t key;
-    uint32_t cum_weight;
-    uint32_t by_cost;
-    uint32_t pad;
-} km__member;
-_Static_assert(sizeof(km__member) == 16, "km__member size");
-
-/* One limit: the GCRA word and, for token windows, the tokens reserved by
- * leases still out.  Both are updated together by one 16-byte CAS
- * (cmpxchg16b), so an admission sees a consistent pair.  Request windows
- * charge `tat` at acquire and never reserve; token windows reserve the
- * estimate at acquire and commit the actual count into `tat` at release
- * (see the proof at the top of src/pool.c). */
-typedef struct km__gcra {
-    uint64_t tat;      /* theoretical arrival time, CLOCK_MONOTONIC ns */
-    uint64_t reserved; /* units reserved by leases not yet released */
-} __attribute__((aligned(16))) km__gcra;
-_Static_assert(sizeof(km__gcra) == 16 && _Alignof(km__gcra) == 16, "km__gcra");
-
-typedef struct km__key {
-    /* lines 0-1: the limit pairs, CASed by every acquire of this key. */
-    km__gcra win[KM_WIN_COUNT];
-    uint8_t pad0[2 * KM__LINE - KM_WIN_COUNT * 16];
-    /* The in-flight flags are not here but in their own region (one byte
-     * per lease slot, see km__lease): a byte has one writer at a time, so it
-     * is set and cleared by plain stores, where bits of a shared word would
-     * need a locked instruction each. */
-    /* line 2: written by every successful release (EMA) and by stale ones.
-     * Per-lease counters live in the lease slots (see km__lease). */
-    uint64_t latency_ema_ns;  /* 0: no sample yet */
-    uint64_t stale;           /* releases ignored as stale */
-    uint64_t spent_microusd;  /* added at every priced release */
-    uint32_t success_ppm;     /* EMA of success (1e6) vs failure (0) */
-    uint32_t pad4a;
-    uint8_t pad4[KM__LINE - 32];
-    /* line 3: written on failures, 429s and admin actions; state and
-     * cooldown_until are read by every acquire. */
-    uint32_t state;           /* KM__ST_* */
-    uint32_t gen;             /* bumped when the slot is reused */
-    uint64_t cooldown_until;  /* CLOCK_MONOTONIC ns */
-    uint32_t consec_fail;
-    uint32_t consec_429;
-    uint64_t retire_epoch;    /* REMOVED: the epoch at removal (src/reconfig.c) */
-    uint32_t updating;        /* limits being changed: acquirers skip the key */
-    uint32_t pad5a;
-    uint8_t pad5[KM__LINE - 40];
-    /* lines 4-7: configuration, written at creation, read by acquire. */
-    uint64_t emission_ns[KM_WIN_COUNT]; /* T: ns per unit; 0 = no limit */
-    uint64_t tau_ns[KM_WIN_COUNT];      /* burst tolerance: burst * T */
-    uint64_t limit[KM_WIN_COUNT];       /* as configured, for display */
-    uint64_t burst[KM_WIN_COUNT];
-    uint32_t win_mask;                  /* bit w set: window w limited */
-    uint32_t weight;
-    uint32_t pool;
-    uint32_t max_inflight;              /* lease slots usable on this key */
-    uint8_t mode[KM_WIN_COUNT];
-    uint8_t pad6[2];
-    uint32_t secret_len;
-    uint32_t meta_len;
-    uint64_t price_in, price_out;       /* micro-USD per 1000 tokens */
-    uint64_t budget_microusd;           /* 0: none */
-    uint32_t budget_hard;
-    uint32_t min_tok_burst;             /* smallest token-window burst, capped
-                                         * at UINT32_MAX; UINT32_MAX: none */
-    /* lines 8-16: identity and metadata */
-    char id[KM_ID_MAX + 1];
-    char secret[KM_SECRET_MAX + 1];
-    char meta[KM_META_MAX + 1];
-} km__key;
-_Static_assert(offsetof(km__key, latency_ema_ns) == 2 * KM__LINE, "release line");
-_Static_assert(offsetof(km__key, state) == 3 * KM__LINE, "state line");
-_Static_assert(offsetof(km__key, emission_ns) == 4 * KM__LINE, "config lines");
-_Static_assert(offsetof(km__key, id) == 8 * KM__LINE, "id aligned");
-_Static_assert(offsetof(km__key, meta) == 13 * KM__LINE, "meta aligned");
-_Static_assert(sizeof(km__key) == 17 * KM__LINE, "km__key size");
-
-/* The limit pairs of one model on one key (per_model pools). */
-typedef struct km__mwin {
-    km__gcra win[KM_WIN_COUNT];
-    uint8_t pad[2 * KM__LINE - KM_WIN_COUNT * 16];
-} km__mwin;
-_Static_assert(sizeof(km__mwin) == 2 * KM__LINE, "km__mwin size");
-
-/* A lease slot.  owner != 0 while claimed: the owner's process-table tag,
- * (process slot + 1) << 32 | pid, or a reaper's mark (see src/pool.c).
- *
- * Crash consistency.  Counters such as "tokens reserved on window w" are
- * anonymous sums: if a process dies between changing one and recording that
- * it did, nobody can tell from the sum.  So every change a lease makes to
- * shared counters is bracketed by its phase, written by its owner:
- *   claim (CAS owner 0 -> me), phase = ADMITTING
- *   reserve/charge the key's limit windows (CAS each)
- *   set the slot's in-flight flag, phase = ACTIVE
- *   ... release: phase = RELEASING, commit tokens, clear the in-flight
- *   flag, owner = 0.
- * The in-flight flag is a byte of its own per slot, written only by the
- * slot's owner (plain stores; no locked instruction), so whether a dead
- * owner's lease counts in the key's in-flight is read from the flag itself.  A dead owner's ACTIVE lease
- * is released at its estimate.  Only a slot left ADMITTING or RELEASING by a
- * dead owner is ambiguous; its key's reserved sums are then recounted from
- * the ACTIVE slots (a validated double scan; see the reaper). */
-enum { KM__LP_FREE = 0, KM__LP_ADMITTING = 1, KM__LP_ACTIVE = 2, KM__LP_RELEASING = 3 };
-
-/* Counters.  A slot has one owner at a time, and ownership passes by CAS
- * (claim) and release store (free), so each owner's plain increments
- * happen-before the next owner's: the counters of a slot are exact without
- * locked instructions.  A key's totals are the sums over its slots. */
-typedef struct km__lease {
-    /* line 0: written by every acquire and release through this slot */
-    uint64_t owner;
-    uint32_t seq;     /* bumped at each claim; a release must match it */
-    uint32_t tokens;  /* tokens reserved at acquire */
-    uint64_t start_ns;
-    uint32_t key_gen;
-    uint32_t phase;   /* KM__LP_* */
-    uint64_t acquired;
-    uint64_t succeeded;   /* outcome SUCCESS */
-    uint64_t tokens_used; /* settled tokens (actual, or estimate) */
-    uint32_t model;       /* model index + 1 of this lease; 0: none */
-    uint32_t res_mask;    /* the key's token windows this lease reserved
-                           * (limits may change while it is out) */
-    /* line 1: the rarer outcomes */
-    uint64_t outcomes[KM_OUT_COUNT]; /* [KM_OUT_SUCCESS] unused: see succeeded */
-    uint64_t abandoned;
-    uint64_t pad1;
-} km__lease;
-_Static_assert(offsetof(km__lease, outcomes) == KM__LINE, "lease slot line 1");
-/* Acquire writes these pairs with one 8-byte store each (src/pool.c). */
-_Static_assert(offsetof(km__lease, tokens) == offsetof(km__lease, seq) + 4 &&
-                   offsetof(km__lease, seq) % 8 == 0, "seq, tokens: one word");
-_Static_assert(offsetof(km__lease, phase) == offsetof(km__lease, key_gen) + 4 &&
-                   offsetof(km__lease, key_gen) % 8 == 0, "key_gen, phase: one word");
-_Static_assert(offsetof(km__lease, res_mask) == offsetof(km__lease, model) + 4 &&
-                   offsetof(km__lease, model) % 8 == 0, "model, res_mask: one word");
-_Static_assert(sizeof(km__lease) == 2 * KM__LINE, "lease slot: two lines");
 
 /* A process-table slot, written by its process (and by a reaper once the
  * process is dead). */
@@ -356,42 +117,7 @@ typedef struct km__rdr {
 _Static_assert(sizeof(km__rdr) == KM__LINE, "one reader row per line");
 #define KM__RDR_OVF_SHIFT 20
 
-/* Usage events (src/usage.c): two rings per process slot (kept across the
- * slot's occupants), each a header line and cap_usage / 2 events of one line
- * each.  Ring 0 has one writer, the thread holding the slot's reader row 1
- * (a process's first acquiring thread), which advances `head` by plain
- * stores; ring 1 takes every other writer (the process's other threads, a
- * thread that never acquired, a reap on such a thread), which take event
- * numbers by fetch-add on `head`.  An event's `seq` is its number + 1,
- * stored last (release), so the drainer reads only complete events and
- * recognises overwritten ones. */
-#define KM__URINGS_PER_PROC 2
-typedef struct km__uring {
-    uint64_t head;     /* events written (see above) */
-    uint64_t drained;  /* events consumed (the drainer only) */
-    uint64_t dropped;  /* events overwritten before being drained */
-    uint8_t pad[KM__LINE - 24];
-} km__uring;
-_Static_assert(sizeof(km__uring) == KM__LINE, "usage ring header: one line");
-
-typedef struct km__uev {
-    uint64_t seq;        /* event number + 1; 0: being written or never */
-    uint64_t start_ns;   /* CLOCK_MONOTONIC at acquire */
-    uint64_t tokens;     /* settled (actual, or the estimate if abandoned) */
-    uint32_t latency_us; /* UINT32_MAX: unknown */
-    uint32_t key, key_gen;
-    uint32_t model;      /* model index + 1; 0: none */
-    uint32_t pool;
-    uint32_t outcome;    /* km_outcome_kind, or KM_OUT_COUNT: abandoned;
-                          * KM_OUT_COUNT + 1: a writer died mid-event */
-    uint32_t pid;        /* the recording process */
-    uint8_t pad[KM__LINE - 52];
-} km__uev;
-_Static_assert(sizeof(km__uev) == KM__LINE, "usage event: one line");
-
 /* Offset helpers: the only way code turns an offset into an address. */
 #define KM__AT(base, off) ((void *)((char *)(base) + (off)))
-
-uint64_t km__layout_signature(void);
 
 #endif /* KM_SHM_SEG_H */

@@ -2,12 +2,11 @@
  * src/check.c - km_check(): verify the segment's invariants.
  *
  * It reads with the same atomic loads as everyone else and changes nothing.
- * Per key it takes a consistent view the way the reaper does (shm/seg.h,
- * src/pool.c): scan the lease slots, read the counters, scan again, and use
+ * Per key it takes a consistent view the way the reaper does (src/layout.h,
+ * src/reap.c): scan the lease slots, read the counters, scan again, and use
  * the view only if no slot moved; a key that keeps moving is re-read a few
  * times and then reported as "busy", never as a false violation.
  */
-#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,16 +15,18 @@
 #include <ck_pr.h>
 
 #include "internal.h"
+#include "owner.h"
+#include "slots.h"
 
 #define KM__CHECK_TRIES 200
 
-typedef struct km__checker {
+typedef struct checker {
     void (*report)(void *, const char *);
     void *ctx;
     int n;
-} km__checker;
+} checker;
 
-__attribute__((format(printf, 2, 3))) static void km__violation(km__checker *c, const char *fmt, ...)
+__attribute__((format(printf, 2, 3))) static void violation(checker *c, const char *fmt, ...)
 {
     char line[512];
     va_list ap;
@@ -37,58 +38,49 @@ __attribute__((format(printf, 2, 3))) static void km__violation(km__checker *c, 
         c->report(c->ctx, line);
 }
 
-/* A hash of every slot's (owner, seq, phase): equal twice means no lease of
- * the key started or ended between the two scans. */
-static uint64_t km__slots_sig(const km__lease *ls, uint32_t n, int *moving)
+/* The signature of a key's slots (see "Validated scans", src/slots.h):
+ * equal twice, with no slot mid-operation, means no lease of the key
+ * started or ended between the two scans. */
+static uint64_t slots_sig(const km__lease *ls, uint32_t n, int *moving)
 {
-    uint64_t h = 0xcbf29ce484222325ull;
+    uint64_t h = KM__FNV64_INIT;
     *moving = 0;
     for (uint32_t s = 0; s < n; s++) {
         uint64_t o = ck_pr_load_64(&ls[s].owner);
         uint32_t ph = ck_pr_load_32(&ls[s].phase), q = ck_pr_load_32(&ls[s].seq);
-        if (o && (ph == KM__LP_ADMITTING || ph == KM__LP_RELEASING))
+        if (km__slot_moving(o, ph))
             *moving = 1;
-        h = (h ^ o ^ ((uint64_t)ph << 32) ^ q) * 0x100000001b3ull;
+        h = km__slot_sig(h, o, ph, q);
     }
     return h;
-}
-
-static int km__owner_known(km_env *e, uint64_t owner)
-{
-    uint64_t tag = owner & ~(UINT64_C(1) << 63);
-    if (owner >> 62 == 3) /* an attaching reaper's pid mark */
-        return 1;
-    uint32_t slot = (uint32_t)(tag >> 32);
-    return slot >= 1 && slot <= e->cfg.cap_procs &&
-           ck_pr_load_64(&km__procs(e)[slot - 1].tag) == tag;
 }
 
 /* A name from the segment, for a message: at most its array's length.  A
  * corrupted row may lack the NUL, and "%s" would read on into the secret
  * that follows an id. */
-static const char *km__name(char out[KM_ID_MAX + 1], const char *name)
+static const char *name_of(char out[KM_ID_MAX + 1], const char *name)
 {
     memcpy(out, name, KM_ID_MAX);
     out[KM_ID_MAX] = '\0';
     return out;
 }
 
-static void km__check_key(km_env *e, uint32_t ki, uint64_t now, km__checker *c)
+static void check_key(km_env *e, uint32_t ki, uint64_t now, checker *c)
 {
     km__key *k = &km__keys(e)[ki];
     const km__lease *ls = km__leases(e, ki);
-    uint32_t n = e->cfg.cap_inflight, st = ck_pr_load_32(&k->state);
+    uint32_t n = e->geom.cap_inflight, st = ck_pr_load_32(&k->state);
     char idbuf[KM_ID_MAX + 1], mname[KM_ID_MAX + 1];
-    const char *id = st == KM__ST_FREE ? "(free slot)" : km__name(idbuf, k->id);
+    const char *id = st == KM__ST_FREE ? "(free slot)" : name_of(idbuf, k->id);
 
-    const km__pool *pool = st != KM__ST_FREE && k->pool < e->cfg.n_pools ? &km__pools(e)[k->pool] : NULL;
+    const km__pool *pool = st != KM__ST_FREE && k->pool < e->geom.n_pools ? &km__pools(e)[k->pool] : NULL;
     uint32_t n_models = pool && pool->model_mode == KM_MODELS_PER_MODEL
-                            ? (pool->n_models < e->cfg.cap_models ? pool->n_models : e->cfg.cap_models)
+                            ? (pool->n_models < e->geom.cap_models ? pool->n_models : e->geom.cap_models)
                             : 0;
 
     for (int t = 0; t < KM__CHECK_TRIES; t++) {
         int moving;
-        uint64_t sig1 = km__slots_sig(ls, n, &moving), res[KM_WIN_COUNT];
+        uint64_t sig1 = slots_sig(ls, n, &moving), res[KM_WIN_COUNT];
         uint8_t busy[KM_INFLIGHT_MAX];
         uint64_t mres[KM_MODELS_MAX][KM_WIN_COUNT], mtok[KM_MODELS_MAX];
         if (moving)
@@ -103,7 +95,7 @@ static void km__check_key(km_env *e, uint32_t ki, uint64_t now, km__checker *c)
             for (int w = 0; w < KM_WIN_COUNT; w++)
                 mres[m][w] = ck_pr_load_64(&km__mwins(e, ki)[m].win[w].reserved);
         }
-        if (km__slots_sig(ls, n, &moving) != sig1 || moving)
+        if (slots_sig(ls, n, &moving) != sig1 || moving)
             continue;
 
         uint64_t active = 0, tokens[KM_WIN_COUNT] = {0};
@@ -113,9 +105,9 @@ static void km__check_key(km_env *e, uint32_t ki, uint64_t now, km__checker *c)
             int bit = busy[s] != 0;
             if (!o) {
                 if (ph != KM__LP_FREE)
-                    km__violation(c, "key %s: lease slot %u has no owner but phase %u", id, s, ph);
+                    violation(c, "key %s: lease slot %u has no owner but phase %u", id, s, ph);
                 if (bit)
-                    km__violation(c, "key %s: lease slot %u is free but counted in flight", id, s);
+                    violation(c, "key %s: lease slot %u is free but counted in flight", id, s);
                 continue;
             }
             if (ph == KM__LP_ACTIVE) {
@@ -128,41 +120,41 @@ static void km__check_key(km_env *e, uint32_t ki, uint64_t now, km__checker *c)
                 if (m && m <= n_models)
                     mtok[m - 1] += ck_pr_load_32(&ls[s].tokens);
                 if (!bit)
-                    km__violation(c, "key %s: lease slot %u is active but not counted in flight", id, s);
+                    violation(c, "key %s: lease slot %u is active but not counted in flight", id, s);
             }
             if (st == KM__ST_FREE)
-                km__violation(c, "key slot %u is free but lease slot %u is held", ki, s);
+                violation(c, "key slot %u is free but lease slot %u is held", ki, s);
             if (!km__owner_known(e, o))
-                km__violation(c, "key %s: lease slot %u is held by no attached process", id, s);
+                violation(c, "key %s: lease slot %u is held by no attached process", id, s);
             if (s >= k->max_inflight && st != KM__ST_FREE)
-                km__violation(c, "key %s: lease slot %u is beyond the key's max_inflight %u", id, s, k->max_inflight);
+                violation(c, "key %s: lease slot %u is beyond the key's max_inflight %u", id, s, k->max_inflight);
         }
         uint64_t inflight = 0;
         for (uint32_t s = 0; s < n; s++)
             inflight += busy[s] != 0;
         if (inflight != active)
-            km__violation(c, "key %s: in-flight %llu but %llu active leases", id,
+            violation(c, "key %s: in-flight %llu but %llu active leases", id,
                           (unsigned long long)inflight, (unsigned long long)active);
         for (int w = 0; w < KM_WIN_COUNT; w++) {
             if (!(k->win_mask & (1u << w))) {
                 if (res[w] != tokens[w]) /* a removed window: its leases' */
-                    km__violation(c, "key %s: %s reserves %llu without a limit", id, km_window_name(w),
+                    violation(c, "key %s: %s reserves %llu without a limit", id, km_window_name(w),
                                   (unsigned long long)res[w]);
                 continue;
             }
             uint64_t expect = km__window_is_requests(w) ? 0 : tokens[w];
             if (res[w] != expect)
-                km__violation(c, "key %s: %s reserved %llu but active leases hold %llu", id,
+                violation(c, "key %s: %s reserved %llu but active leases hold %llu", id,
                               km_window_name(w), (unsigned long long)res[w], (unsigned long long)expect);
             if (res[w] > k->burst[w])
-                km__violation(c, "key %s: %s reserved %llu above its burst %llu", id, km_window_name(w),
+                violation(c, "key %s: %s reserved %llu above its burst %llu", id, km_window_name(w),
                               (unsigned long long)res[w], (unsigned long long)k->burst[w]);
             uint64_t tat = ck_pr_load_64(&k->win[w].tat);
             /* An extra charge (actual above the estimate) may push tat past
              * now + tau; a day beyond that is no longer plausible. */
-            if (tat > now + k->tau_ns[w] + 86400 * KM__NS_PER_S)
-                km__violation(c, "key %s: %s limit word %.0f s ahead of the clock", id,
-                              km_window_name(w), (double)(tat - now) / 1e9);
+            if (tat > now + k->tau_ns[w] + KM__S_PER_DAY * KM__NS_PER_S)
+                violation(c, "key %s: %s limit word %.0f s ahead of the clock", id,
+                              km_window_name(w), (double)(tat - now) / (double)KM__NS_PER_S);
         }
         /* Per-model windows of a per_model pool: the same rule per model. */
         for (uint32_t m = 0; m < n_models; m++) {
@@ -170,62 +162,62 @@ static void km__check_key(km_env *e, uint32_t ki, uint64_t now, km__checker *c)
             for (int w = 0; w < KM_WIN_COUNT; w++) {
                 uint64_t expect = (md->win_mask & (1u << w)) && !km__window_is_requests(w) ? mtok[m] : 0;
                 if (mres[m][w] != expect)
-                    km__violation(c, "key %s, model %s: %s reserved %llu but active leases hold %llu", id,
-                                  km__name(mname, md->name), km_window_name(w), (unsigned long long)mres[m][w],
+                    violation(c, "key %s, model %s: %s reserved %llu but active leases hold %llu", id,
+                                  name_of(mname, md->name), km_window_name(w), (unsigned long long)mres[m][w],
                                   (unsigned long long)expect);
             }
         }
         return;
     }
-    km__violation(c, "key %s: leases kept moving; not checked (run check when quiet)", id);
+    violation(c, "key %s: leases kept moving; not checked (run check when quiet)", id);
 }
 
 KM_EXTERN int km_check(km_env *e, void (*report)(void *, const char *), void *ctx)
 {
-    km__checker c = {report, ctx, 0};
+    checker c = {report, ctx, 0};
     km__hdr *h;
     uint64_t now = km_now_ns();
 
     if (!e)
         return KM_EINVAL;
-    h = e->hdr;
-    for (uint32_t ki = 0; ki < e->cfg.cap_keys; ki++)
-        km__check_key(e, ki, now, &c);
+    h = e->seg.hdr;
+    for (uint32_t ki = 0; ki < e->geom.cap_keys; ki++)
+        check_key(e, ki, now, &c);
 
     /* Pools: the current member list names each live key of the pool once
      * (a removed key may linger until the list is rebuilt). */
-    uint8_t *seen = calloc(e->cfg.cap_keys, 1);
+    uint8_t *seen = calloc(e->geom.cap_keys, 1);
     char name[KM_ID_MAX + 1];
     if (!seen)
         return KM_ENOMEM;
-    for (uint32_t p = 0; p < e->cfg.n_pools; p++) {
+    for (uint32_t p = 0; p < e->geom.n_pools; p++) {
         const km__pool *pool = &km__pools(e)[p];
-        const char *pname = km__name(name, pool->name);
+        const char *pname = name_of(name, pool->name);
         uint32_t b = ck_pr_load_32(&pool->cur) & 1;
         ck_pr_fence_load(); /* cur before the list it names */
         const km__member *m = km__members(e, p, b);
         uint32_t n = ck_pr_load_32(&pool->view[b].n_keys);
-        if (n > e->cfg.cap_keys) {
-            km__violation(&c, "pool %u: %u keys above capacity %u", p, n, e->cfg.cap_keys);
+        if (n > e->geom.cap_keys) {
+            violation(&c, "pool %u: %u keys above capacity %u", p, n, e->geom.cap_keys);
             continue;
         }
         for (uint32_t i = 0; i < n; i++) {
             uint32_t ki = ck_pr_load_32(&m[i].key);
-            if (ki >= e->cfg.cap_keys || km__keys(e)[ki].pool != p ||
+            if (ki >= e->geom.cap_keys || km__keys(e)[ki].pool != p ||
                 ck_pr_load_32(&km__keys(e)[ki].state) == KM__ST_FREE) {
-                km__violation(&c, "pool %s: member %u names key slot %u, not a key of this pool",
+                violation(&c, "pool %s: member %u names key slot %u, not a key of this pool",
                               pname, i, ki);
                 continue;
             }
             if (seen[ki]++)
-                km__violation(&c, "pool %s: key slot %u is listed twice", pname, ki);
+                violation(&c, "pool %s: key slot %u is listed twice", pname, ki);
         }
     }
-    for (uint32_t ki = 0; ki < e->cfg.cap_keys; ki++) {
+    for (uint32_t ki = 0; ki < e->geom.cap_keys; ki++) {
         const km__key *k = &km__keys(e)[ki];
         uint32_t st = ck_pr_load_32(&k->state);
         if (st < KM__ST_FREE && !seen[ki])
-            km__violation(&c, "key %s is live but in no pool's member list", km__name(name, k->id));
+            violation(&c, "key %s is live but in no pool's member list", name_of(name, k->id));
     }
     free(seen);
 
@@ -234,22 +226,22 @@ KM_EXTERN int km_check(km_env *e, void (*report)(void *, const char *), void *ct
      * by the next process to claim the slot.) */
     uint64_t g = ck_pr_load_64(&h->epoch), synced = ck_pr_load_64(&h->synced);
     if (synced > g)
-        km__violation(&c, "epochs: synced %llu is ahead of the epoch %llu",
+        violation(&c, "epochs: synced %llu is ahead of the epoch %llu",
                       (unsigned long long)synced, (unsigned long long)g);
-    for (uint32_t i = 0; i < e->cfg.cap_procs; i++) {
-        const km__rdr *r = km__rdrs(e, i);
+    for (uint32_t i = 0; i < e->geom.cap_procs; i++) {
+        const km__rdr *r = km__rdrs(&e->seg, i);
         for (uint32_t j = 0; j < KM__RDR_PER_PROC; j++) {
             uint64_t ep = km__row_epoch(&r[j], j);
             if (ep > g)
-                km__violation(&c, "epochs: reader row %u of process slot %u holds epoch %llu, ahead of %llu",
+                violation(&c, "epochs: reader row %u of process slot %u holds epoch %llu, ahead of %llu",
                               j, i, (unsigned long long)ep, (unsigned long long)g);
         }
     }
 
     /* Process table. */
     uint32_t used = 0;
-    km__proc *pt = km__procs(e);
-    for (uint32_t i = 0; i < e->cfg.cap_procs; i++) {
+    km__proc *pt = km__procs(&e->seg);
+    for (uint32_t i = 0; i < e->geom.cap_procs; i++) {
         uint64_t tag = ck_pr_load_64(&pt[i].tag);
         if (!tag)
             continue;
@@ -257,17 +249,17 @@ KM_EXTERN int km_check(km_env *e, void (*report)(void *, const char *), void *ct
         ck_pr_fence_load(); /* tag before the fields it guards */
         uint32_t pid = ck_pr_load_32(&pt[i].pid);
         if ((uint32_t)(tag >> 32) != i + 1)
-            km__violation(&c, "process slot %u holds the tag of slot %u", i, (uint32_t)(tag >> 32) - 1);
-        if (tag != e->owner && !km__tag_alive(&pt[i], tag))
-            km__violation(&c, "process %u (slot %u) died without detaching, holding %llu leases; run reap",
+            violation(&c, "process slot %u holds the tag of slot %u", i, (uint32_t)(tag >> 32) - 1);
+        if (!km__proc_entry_live(&e->seg, i, tag))
+            violation(&c, "process %u (slot %u) died without detaching, holding %llu leases; run reap",
                           (uint32_t)tag, i, (unsigned long long)km__count_owned(e, tag));
-        for (uint32_t j = i + 1; pid && j < e->cfg.cap_procs; j++)
+        for (uint32_t j = i + 1; pid && j < e->geom.cap_procs; j++)
             if (ck_pr_load_64(&pt[j].tag) && ck_pr_load_32(&pt[j].pid) == pid &&
                 ck_pr_load_64(&pt[j].start_time) == ck_pr_load_64(&pt[i].start_time))
-                km__violation(&c, "process %u is registered twice (slots %u and %u)", pid, i, j);
+                violation(&c, "process %u is registered twice (slots %u and %u)", pid, i, j);
     }
     uint32_t counted = ck_pr_load_32(&h->n_procs);
     if (counted != used)
-        km__violation(&c, "process table: %u attached counted, %u slots in use", counted, used);
+        violation(&c, "process table: %u attached counted, %u slots in use", counted, used);
     return c.n;
 }

@@ -1,5 +1,44 @@
 /*
  * src/internal.h - declarations shared by the library's files.  Not installed.
+ *
+ * Where things are.  src/ is the pool; shm/ (shm/shm.h) the segment it
+ * lives in.  The pool's schema is src/layout.h; its hot paths are inline in
+ * src/gcra.h (admission), src/slots.h (lease slots), src/usage.h (usage
+ * events), src/wait.h (waking sleepers), src/owner.h (who holds a slot);
+ * the entry points are in one file each: attach.c, create.c, acquire.c,
+ * wait.c, release.c, reap.c, info.c, check.c, reconfig.c, usage.c,
+ * snapshot.c, restore.c, provider.c, config.c, names.c.
+ *
+ * Names.  One rule for the library (src/ and shm/):
+ *   - file-local (static) functions, variables and types: no prefix
+ *     (try_key, live_cache, restore_ctx): a name without one is defined in
+ *     the file that uses it;
+ *   - internal names shared by several files (declared in a header,
+ *     including the static inline helpers there): km__ (km__slot_claim,
+ *     km__seg); internal macros, file-local or not: KM__, since macros have
+ *     no scope;
+ *   - the public API (include/keymesh.h): km_ and KM_.
+ * So every km__ name crosses a file boundary, and a check of which folder
+ * calls which (shm/ never calls up into src/) only has to look at those.
+ *
+ * Memory ordering.  Words that change while processes run (limit pairs,
+ * key states and cooldowns, counters, in-flight flags, lease slots, epochs,
+ * reader rows) are read and written with ck_pr loads, stores and
+ * read-modify-writes.  Configuration words (a key's parameters, id, secret
+ * and metadata, a pool's settings, the header's geometry) are written
+ * before they are published and read plainly after: by creation before the
+ * magic (km__seg_publish), by the epoch protocol (a key row reused, a member
+ * list replaced: shm/epoch.c), or behind a key's `updating` flag (limits
+ * rewritten: src/reconfig.c).  A single-word load (state, cooldown_until, a
+ * limit word, an in-flight flag) needs no ordering of its own: a stale
+ * value can only steer a choice, and every choice is decided by a locked
+ * read-modify-write that sees the current value.  Where one write must be
+ * seen before another, the comment at that point says which: the lease
+ * phase before the limit atomics (ck_pr_fence_store_atomic, free on x86-64
+ * where locked instructions are full barriers; P2 in src/layout.h),
+ * cooldown before state, phase before owner when a slot is freed (I3), and
+ * the pool's waiter count after the locked instructions that free capacity
+ * (src/wait.c).
  */
 #ifndef KM_INTERNAL_H
 #define KM_INTERNAL_H
@@ -8,8 +47,11 @@
 #include <stdint.h>
 #include <time.h>
 
+#include <ck_pr.h>
+
 #include "keymesh.h"
-#include "../shm/seg.h"
+#include "../shm/shm.h"
+#include "layout.h"
 #include "util.h"
 
 /* Defaults applied by the config parser (documented in README). */
@@ -24,6 +66,11 @@
 #define KM__DEF_CAP_MODELS 8
 #define KM__DEF_CAP_USAGE 4096
 #define KM__WEIGHT_MAX 1000000u
+/* Prices are in micro-USD per this many tokens. */
+#define KM__PRICE_TOKENS 1000
+/* The longest a provider's answer is believed: a Retry-After (provider.c),
+ * a limit window's reset (release.c).  One day. */
+#define KM__VIEW_CAP_S KM__S_PER_DAY
 #define KM__MAX_CAP_USAGE (1u << 20)
 
 /* ------------------------------------------------------------ configuration
@@ -98,132 +145,116 @@ int km__limit_gcra(const km__limit_cfg *l, uint64_t period_ns,
 
 /* ------------------------------------------------------------------ handle */
 struct km_env {
-    void *base;        /* mapping of the whole segment */
-    size_t map_size;
-    km__hdr *hdr;      /* the shared header: its live words (epoch, locks) */
-    /* A private copy of the header taken and validated at attach: every
-     * capacity, offset and n_pools is read from here, never again from
-     * shared memory, so a header rewritten after attach cannot steer an
-     * access outside the mapping. */
-    km__hdr cfg;
-    uint32_t proc_slot;
-    uint64_t owner;    /* tag of this process's slot: lease owner value */
-    int pid;           /* getpid() at attach: fork detection */
+    km__seg seg;       /* the mapping, our process slot, epochs (shm/shm.h) */
+    /* A private copy of the header taken and validated at attach (by shm/
+     * for its words, by src/attach.c for the rest): every capacity, offset
+     * and n_pools is read from here, never again from shared memory, so a
+     * header rewritten after attach cannot steer an access outside the
+     * mapping. */
+    km__hdr geom;
     uint64_t last_reap_ns; /* km_acquire's reap at most once a second */
-    int rd_fence;      /* 1: membarrier unavailable; readers fence themselves */
-    uint64_t serial;   /* unique per handle in this process (never 0) */
     uint32_t admin_timeout_ms; /* grace-period waits of reconfiguration */
 };
 
-/* shm/segment.c */
-int km__seg_name(const char *name, char out[KM_SEG_NAME_MAX + 2]);
-int km__seg_create(const char *name, const km_config *cfg, unsigned mode,
-                   km_env **out);
-int km__seg_open(const char *name, unsigned flags, km_env **out);
-int km__seg_close(km_env *env);
-
-/* shm/proc.c */
-int km__proc_register(km_env *env, int reap);
-void km__proc_deregister(km_env *env);
-uint64_t km__proc_start_time(int pid);
-int km__proc_alive(uint32_t pid, uint64_t start_time);
-int km__tag_alive(const km__proc *p, uint64_t tag);
-int km__reap_dead(km_env *env, km_reap_report *report, int repair);
-
-/* src/pool.c */
-uint32_t km__hash(const char *s);
-uint64_t km__rr_magic(uint32_t n);
-void km__key_write(km_env *e, km__key *k, uint32_t pool, const km__key_cfg *kc);
-uint32_t km__key_limits_write(km__key *k, const km__limit_cfg *lc);
-void km__wake_pool(km_env *e, uint32_t pool);
-void km__pool_init(km_env *env, const km_config *cfg);
-/* Release (as abandoned) every ACTIVE lease held by `owner`. */
-void km__release_all_owned(km_env *env, uint64_t owner);
-/* Number of lease slots `owner` holds (any phase). */
-uint64_t km__count_owned(km_env *env, uint64_t owner);
-/* Release every lease slot whose owner is dead (see km_reap). */
-void km__reap_leases(km_env *env, km_reap_report *r, int repair);
-
+/* ---------------------------------------------------- the pool's regions */
 static inline km__pool *km__pools(const km_env *e)
 {
-    return (km__pool *)KM__AT(e->base, e->cfg.off_pools);
+    return (km__pool *)KM__AT(e->seg.base, e->geom.off_pools);
 }
 /* Member list `buf` (0 or 1) of a pool; the current one is pool.cur. */
 static inline km__member *km__members(const km_env *e, uint32_t pool, uint32_t buf)
 {
-    return (km__member *)KM__AT(e->base, e->cfg.off_members) +
-           ((size_t)pool * 2 + (buf & 1)) * e->cfg.cap_keys;
+    return (km__member *)KM__AT(e->seg.base, e->geom.off_members) +
+           ((size_t)pool * 2 + (buf & 1)) * e->geom.cap_keys;
 }
 static inline km__model *km__models(const km_env *e, uint32_t pool)
 {
-    return (km__model *)KM__AT(e->base, e->cfg.off_models) +
-           (size_t)pool * e->cfg.cap_models;
+    return (km__model *)KM__AT(e->seg.base, e->geom.off_models) +
+           (size_t)pool * e->geom.cap_models;
 }
 static inline km__mwin *km__mwins(const km_env *e, uint32_t key)
 {
-    return (km__mwin *)KM__AT(e->base, e->cfg.off_mwin) +
-           (size_t)key * e->cfg.cap_models;
+    return (km__mwin *)KM__AT(e->seg.base, e->geom.off_mwin) +
+           (size_t)key * e->geom.cap_models;
 }
 static inline km__key *km__keys(const km_env *e)
 {
-    return (km__key *)KM__AT(e->base, e->cfg.off_keys);
+    return (km__key *)KM__AT(e->seg.base, e->geom.off_keys);
 }
 static inline km__lease *km__leases(const km_env *e, uint32_t key)
 {
-    return (km__lease *)KM__AT(e->base, e->cfg.off_leases) +
-           (size_t)key * e->cfg.cap_inflight;
+    return (km__lease *)KM__AT(e->seg.base, e->geom.off_leases) +
+           (size_t)key * e->geom.cap_inflight;
 }
 /* In-flight flags of key `key`: byte s is 1 while lease slot s is in
- * flight (see km__lease in shm/seg.h). */
+ * flight (see km__lease in src/layout.h). */
 static inline uint8_t *km__busy(const km_env *e, uint32_t key)
 {
-    return (uint8_t *)KM__AT(e->base, e->cfg.off_busy) +
-           (size_t)key * km__busy_stride(e->cfg.cap_inflight);
-}
-static inline km__proc *km__procs(const km_env *e)
-{
-    return (km__proc *)KM__AT(e->base, e->cfg.off_procs);
+    return (uint8_t *)KM__AT(e->seg.base, e->geom.off_busy) +
+           (size_t)key * km__busy_stride(e->geom.cap_inflight);
 }
 
-static inline km__rdr *km__rdrs(const km_env *e, uint32_t proc_slot)
+/* ------------------------------------------------------------ key state */
+
+/* Move state from any of the states in `from_mask` (bit per KM__ST_*) to
+ * `to`, by CAS: the one way a key's state changes outside the admin lock. */
+static inline void km__state_to(km__key *k, uint32_t from_mask, uint32_t to)
 {
-    return (km__rdr *)KM__AT(e->base, e->cfg.off_readers) +
-           (size_t)proc_slot * KM__RDR_PER_PROC;
+    uint32_t cur = ck_pr_load_32(&k->state);
+    while (cur < 32 && (from_mask & (1u << cur)) && !ck_pr_cas_32_value(&k->state, cur, to, &cur))
+        ;
 }
 
-/* shm/epoch.c: cross-process epochs (the argument is at the top of it). */
-/* This thread's reader row in e's process group (claimed on first use). */
-km__rdr *km__epoch_bind(km_env *e);
-void km__epoch_enter_ovf(km_env *e, km__rdr *r, uint64_t now);
-void km__epoch_exit_ovf(km__rdr *r);
-/* Wait until every reader that entered before this call has left (dead
- * processes excepted), at most timeout_ms.  KM_OK, or KM_EBUSY (a live
- * reader held it back), or KM_ESYS (no membarrier). */
-int km__epoch_sync(km_env *e, uint32_t timeout_ms);
-/* A full memory barrier on every CPU running a thread of a process that
- * registered at attach: membarrier GLOBAL_EXPEDITED, else, if slow_ok,
- * GLOBAL (10-15 ms here).  KM_OK, or KM_ESYS if none was available. */
-int km__barrier_all(int slow_ok);
-/* Register for expedited membarrier at attach; sets e->rd_fence if not. */
-void km__epoch_attach(km_env *e);
-/* Epoch row i (0: the shared overflow row) holds back; 0 if none. */
-uint64_t km__row_epoch(const km__rdr *r, uint32_t i);
-/* Clear the reader rows of process slot `slot` (its owner is gone). */
-void km__epoch_rows_reset(km_env *e, uint32_t slot);
+#define KM__LIVE_STATES ((1u << KM__ST_ACTIVE) | (1u << KM__ST_FAILING) | (1u << KM__ST_PROBING))
+
+/* --------------------------------------------- functions across files */
+
+/* src/create.c */
+/* ceil(2^64 / n): the round-robin cursor modulo n without a division. */
+uint64_t km__rr_magic(uint32_t n);
+/* Write a key row's configuration and identity (a row no reader reaches). */
+void km__key_write(km_env *e, km__key *k, uint32_t pool, const km__key_cfg *kc);
+/* Write a key's limit parameters; returns its new window mask. */
+uint32_t km__key_limits_write(km__key *k, const km__limit_cfg *lc);
+/* Write the pools, member lists, models and keys of a new segment. */
+void km__pool_init(km_env *env, const km_config *cfg);
+/* qsort_r comparator of key indices by price (input + output, per 1000
+ * tokens), then index; the context is the segment's key rows (km__keys).
+ * The price order of a pool's member list (km__member.by_cost). */
+int km__cmp_price(const void *a, const void *b, void *keys);
+
+/* src/acquire.c */
+/* km_acquire out of line, with the clock time a key may be admissible in
+ * *wake (KM__NEVER: only a release or an operator can help). */
+int km__acquire_slow(km_env *e, const km_request *req, km_lease *out, uint64_t *wake);
+/* Key index of `id` among the n members of m, or KM_ENOKEY (removed keys
+ * are not found).  Inside an epoch section. */
+int km__find_in(km_env *e, const km__member *m, uint32_t n, const char *id);
+
+/* src/reap.c */
+/* Release (as abandoned) every ACTIVE lease held by `owner`. */
+void km__release_all_owned(km_env *env, uint64_t owner);
+/* Number of lease slots `owner` holds (any phase, reaper marks of it too). */
+uint64_t km__count_owned(km_env *env, uint64_t owner);
+/* Release every lease slot whose owner is dead (see km_reap). */
+void km__reap_leases(km_env *env, km_reap_report *r, int repair);
+/* Free the process slots of dead processes, releasing their leases (see
+ * km_reap in keymesh.h).  Returns the number of process slots freed. */
+int km__reap_dead(km_env *env, km_reap_report *report, int repair);
 
 /* src/usage.c */
 /* Events per usage ring: a process slot's cap_usage, split between its
  * rings (cap_usage is 0 or a power of two >= 2, checked at attach). */
 static inline uint32_t km__uring_cap(const km_env *e)
 {
-    return e->cfg.cap_usage / KM__URINGS_PER_PROC;
+    return e->geom.cap_usage / KM__URINGS_PER_PROC;
 }
 /* Usage ring `ring` (0: the slot's single-writer ring, 1: its shared one)
  * of process slot proc_slot. */
 static inline km__uring *km__urings(const km_env *e, uint32_t proc_slot, uint32_t ring)
 {
-    return (km__uring *)KM__AT(e->base, e->cfg.off_usage +
-                                            ((uint64_t)proc_slot * (KM__URINGS_PER_PROC + e->cfg.cap_usage) +
+    return (km__uring *)KM__AT(e->seg.base, e->geom.off_usage +
+                                            ((uint64_t)proc_slot * (KM__URINGS_PER_PROC + e->geom.cap_usage) +
                                              (uint64_t)ring * (1 + km__uring_cap(e))) *
                                                 KM__LINE);
 }

@@ -9,7 +9,7 @@
  *
  * Bound: take the admissions with times in a closed interval [a, b], the
  * first (in CAS order) at time s_f and the last at s_l.  tat never
- * decreases except by an exact undo (see pool.c), so after the last one
+ * decreases except by an exact undo (see src/gcra.h), so after the last one
  * tat >= s_f + T * (sum of costs), and the admission test gave
  * tat <= s_l + tau.  Hence  sum of costs <= (b - a)/T + burst.
  *

@@ -20,32 +20,32 @@
 
 #include "internal.h"
 
-#define KM__RETRY_CAP_S 86400.0 /* Retry-After is capped at one day */
+#define KM__RETRY_CAP_S ((double)KM__VIEW_CAP_S) /* Retry-After is capped */
 #define KM__CODE_MAX 64         /* longer error codes are ignored */
 
 /* ------------------------------------------------------------ characters */
 
-static int km__is_digit(int c) { return c >= '0' && c <= '9'; }
-static int km__is_alpha(int c) { return (c | 0x20) >= 'a' && (c | 0x20) <= 'z'; }
-static int km__lower(int c) { return c >= 'A' && c <= 'Z' ? c + 32 : c; }
+static int is_digit(int c) { return c >= '0' && c <= '9'; }
+static int is_alpha(int c) { return (c | 0x20) >= 'a' && (c | 0x20) <= 'z'; }
+static int lower(int c) { return c >= 'A' && c <= 'Z' ? c + 32 : c; }
 
 /* ASCII case-insensitive equality of two NUL-terminated strings. */
-static int km__ieq(const char *a, const char *b)
+static int ieq(const char *a, const char *b)
 {
     for (; *a && *b; a++, b++)
-        if (km__lower((unsigned char)*a) != km__lower((unsigned char)*b))
+        if (lower((unsigned char)*a) != lower((unsigned char)*b))
             return 0;
     return *a == *b;
 }
 
 /* A header value with optional whitespace (SP, HTAB) trimmed: [p, e). */
-typedef struct km__span {
+typedef struct span {
     const char *p, *e;
-} km__span;
+} span;
 
-static km__span km__trim(const char *s)
+static span trim(const char *s)
 {
-    km__span v = {s, s + strlen(s)};
+    span v = {s, s + strlen(s)};
     while (v.p < v.e && (*v.p == ' ' || *v.p == '\t'))
         v.p++;
     while (v.e > v.p && (v.e[-1] == ' ' || v.e[-1] == '\t'))
@@ -56,7 +56,7 @@ static km__span km__trim(const char *s)
 /* -------------------------------------------------------------- numbers */
 
 /* A non-empty run of digits and nothing else, without overflow. */
-static int km__parse_u64(km__span v, uint64_t *out)
+static int parse_u64(span v, uint64_t *out)
 {
     uint64_t n = 0;
     const char *q;
@@ -65,7 +65,7 @@ static int km__parse_u64(km__span v, uint64_t *out)
         return 0;
     for (q = v.p; q < v.e; q++) {
         unsigned d = (unsigned)(*q - '0');
-        if (!km__is_digit(*q) || n > (UINT64_MAX - d) / 10)
+        if (!is_digit(*q) || n > (UINT64_MAX - d) / 10)
             return 0;
         n = n * 10 + d;
     }
@@ -76,7 +76,7 @@ static int km__parse_u64(km__span v, uint64_t *out)
 /* Decimal number: ["-"] digits ["." digits], at least one digit, no
  * exponent.  A huge integer part saturates (callers cap the result); digits
  * past the ninth of the fraction are read and ignored. */
-static int km__parse_decimal(km__span v, double *out)
+static int parse_decimal(span v, double *out)
 {
     const char *q = v.p;
     uint64_t ip = 0, fp = 0, scale = 1;
@@ -86,12 +86,12 @@ static int km__parse_decimal(km__span v, double *out)
         neg = 1;
         q++;
     }
-    for (; q < v.e && km__is_digit(*q); q++, digits++) {
+    for (; q < v.e && is_digit(*q); q++, digits++) {
         unsigned d = (unsigned)(*q - '0');
         ip = ip > (UINT64_MAX - d) / 10 ? UINT64_MAX : ip * 10 + d;
     }
     if (q < v.e && *q == '.') {
-        for (q++; q < v.e && km__is_digit(*q); q++, digits++) {
+        for (q++; q < v.e && is_digit(*q); q++, digits++) {
             if (scale < 1000000000) {
                 fp = fp * 10 + (uint64_t)(*q - '0');
                 scale *= 10;
@@ -106,7 +106,7 @@ static int km__parse_decimal(km__span v, double *out)
 
 /* Nanoseconds to milliseconds, rounded up: a reset is never reported as
  * earlier than the provider said. */
-static uint64_t km__ns_to_ms_ceil(uint64_t ns)
+static uint64_t ns_to_ms_ceil(uint64_t ns)
 {
     return ns / 1000000 + (ns % 1000000 != 0);
 }
@@ -115,7 +115,7 @@ static uint64_t km__ns_to_ms_ceil(uint64_t ns)
  * ["+"|"-"] followed by one or more <decimal><unit>, units h m s ms us µs ns;
  * "0" alone is allowed.  Milliseconds, rounded up; a negative duration is 0.
  * Overflow or anything else is malformed. */
-static int km__parse_go_duration(km__span v, uint64_t *ms)
+static int parse_go_duration(span v, uint64_t *ms)
 {
     static const struct {
         const char *name;
@@ -149,14 +149,14 @@ static int km__parse_go_duration(km__span v, uint64_t *ms)
         int digits = 0;
         size_t i;
 
-        for (; q < v.e && km__is_digit(*q); q++, digits++) {
+        for (; q < v.e && is_digit(*q); q++, digits++) {
             unsigned d = (unsigned)(*q - '0');
             if (ip > (UINT64_MAX - d) / 10)
                 return 0;
             ip = ip * 10 + d;
         }
         if (q < v.e && *q == '.') {
-            for (q++; q < v.e && km__is_digit(*q); q++, digits++) {
+            for (q++; q < v.e && is_digit(*q); q++, digits++) {
                 if (scale < 1000000000) {
                     fp = fp * 10 + (uint64_t)(*q - '0');
                     scale *= 10;
@@ -183,7 +183,7 @@ static int km__parse_go_duration(km__span v, uint64_t *ms)
             return 0;
         total += part;
     }
-    *ms = neg ? 0 : km__ns_to_ms_ceil(total);
+    *ms = neg ? 0 : ns_to_ms_ceil(total);
     return 1;
 }
 
@@ -191,7 +191,7 @@ static int km__parse_go_duration(km__span v, uint64_t *ms)
 
 /* Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
  * days_from_civil): no time zone, no locale, no timegm(). */
-static int64_t km__days_from_civil(int64_t y, int m, int d)
+static int64_t days_from_civil(int64_t y, int m, int d)
 {
     int64_t era, yoe, doy, doe;
 
@@ -203,7 +203,7 @@ static int64_t km__days_from_civil(int64_t y, int m, int d)
     return era * 146097 + doe - 719468;
 }
 
-static int km__civil_ok(int y, int mo, int d, int h, int mi, int s)
+static int civil_ok(int y, int mo, int d, int h, int mi, int s)
 {
     static const int mdays[12] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
     int leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
@@ -216,20 +216,20 @@ static int km__civil_ok(int y, int mo, int d, int h, int mi, int s)
 }
 
 /* Unix seconds of a valid civil UTC time (a leap second rolls over). */
-static int64_t km__unix_s(int y, int mo, int d, int h, int mi, int s)
+static int64_t unix_seconds(int y, int mo, int d, int h, int mi, int s)
 {
-    return km__days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + s;
+    return days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + s;
 }
 
 /* Cursor helpers: each consumes what it matched and returns 1, or 0. */
-static int km__take_digits(const char **q, const char *e, int n, int *out)
+static int take_digits(const char **q, const char *e, int n, int *out)
 {
     int v = 0, i;
 
     if (e - *q < n)
         return 0;
     for (i = 0; i < n; i++) {
-        if (!km__is_digit((*q)[i]))
+        if (!is_digit((*q)[i]))
             return 0;
         v = v * 10 + ((*q)[i] - '0');
     }
@@ -238,7 +238,7 @@ static int km__take_digits(const char **q, const char *e, int n, int *out)
     return 1;
 }
 
-static int km__take_char(const char **q, const char *e, char c)
+static int take_char(const char **q, const char *e, char c)
 {
     if (*q >= e || **q != c)
         return 0;
@@ -246,27 +246,27 @@ static int km__take_char(const char **q, const char *e, char c)
     return 1;
 }
 
-static int km__take_word(const char **q, const char *e, const char *w)
+static int take_word(const char **q, const char *e, const char *w)
 {
     size_t n = strlen(w), i;
 
     if ((size_t)(e - *q) < n)
         return 0;
     for (i = 0; i < n; i++)
-        if (km__lower((unsigned char)(*q)[i]) != w[i])
+        if (lower((unsigned char)(*q)[i]) != w[i])
             return 0;
     *q += n;
     return 1;
 }
 
-static int km__take_month(const char **q, const char *e, int *mo)
+static int take_month(const char **q, const char *e, int *mo)
 {
     static const char *const names[12] = {"jan", "feb", "mar", "apr", "may", "jun",
                                           "jul", "aug", "sep", "oct", "nov", "dec"};
     int i;
 
     for (i = 0; i < 12; i++) {
-        if (km__take_word(q, e, names[i])) {
+        if (take_word(q, e, names[i])) {
             *mo = i + 1;
             return 1;
         }
@@ -275,35 +275,35 @@ static int km__take_month(const char **q, const char *e, int *mo)
 }
 
 /* "HH:MM:SS" */
-static int km__take_hms(const char **q, const char *e, int *h, int *mi, int *s)
+static int take_hms(const char **q, const char *e, int *h, int *mi, int *s)
 {
-    return km__take_digits(q, e, 2, h) && km__take_char(q, e, ':') &&
-           km__take_digits(q, e, 2, mi) && km__take_char(q, e, ':') &&
-           km__take_digits(q, e, 2, s);
+    return take_digits(q, e, 2, h) && take_char(q, e, ':') &&
+           take_digits(q, e, 2, mi) && take_char(q, e, ':') &&
+           take_digits(q, e, 2, s);
 }
 
 /* RFC 3339 date-time, as Anthropic's anthropic-ratelimit-*-reset:
  *   YYYY-MM-DD("T"|"t"|" ")HH:MM:SS["." digits]("Z"|"z"|("+"|"-")HH:MM)
  * Unix milliseconds, a fraction rounded up to the next millisecond. */
-static int km__parse_rfc3339(km__span v, int64_t *unix_ms)
+static int parse_rfc3339(span v, int64_t *unix_ms)
 {
     const char *q = v.p, *e = v.e;
     int y, mo, d, h, mi, s, oh = 0, om = 0, sign = 0;
     uint64_t frac_ns = 0, scale = KM__NS_PER_S;
     int64_t t;
 
-    if (!km__take_digits(&q, e, 4, &y) || !km__take_char(&q, e, '-') ||
-        !km__take_digits(&q, e, 2, &mo) || !km__take_char(&q, e, '-') ||
-        !km__take_digits(&q, e, 2, &d))
+    if (!take_digits(&q, e, 4, &y) || !take_char(&q, e, '-') ||
+        !take_digits(&q, e, 2, &mo) || !take_char(&q, e, '-') ||
+        !take_digits(&q, e, 2, &d))
         return 0;
-    if (!km__take_char(&q, e, 'T') && !km__take_char(&q, e, 't') &&
-        !km__take_char(&q, e, ' '))
+    if (!take_char(&q, e, 'T') && !take_char(&q, e, 't') &&
+        !take_char(&q, e, ' '))
         return 0;
-    if (!km__take_hms(&q, e, &h, &mi, &s))
+    if (!take_hms(&q, e, &h, &mi, &s))
         return 0;
-    if (km__take_char(&q, e, '.')) {
+    if (take_char(&q, e, '.')) {
         const char *f = q;
-        for (; q < e && km__is_digit(*q); q++) {
+        for (; q < e && is_digit(*q); q++) {
             if (scale > 1) {
                 scale /= 10;
                 frac_ns += (uint64_t)(*q - '0') * scale;
@@ -312,21 +312,21 @@ static int km__parse_rfc3339(km__span v, int64_t *unix_ms)
         if (q == f)
             return 0;
     }
-    if (km__take_char(&q, e, 'Z') || km__take_char(&q, e, 'z')) {
+    if (take_char(&q, e, 'Z') || take_char(&q, e, 'z')) {
         sign = 0;
     } else if (q < e && (*q == '+' || *q == '-')) {
         sign = *q++ == '-' ? -1 : 1;
-        if (!km__take_digits(&q, e, 2, &oh) || !km__take_char(&q, e, ':') ||
-            !km__take_digits(&q, e, 2, &om) || oh > 23 || om > 59)
+        if (!take_digits(&q, e, 2, &oh) || !take_char(&q, e, ':') ||
+            !take_digits(&q, e, 2, &om) || oh > 23 || om > 59)
             return 0;
     } else {
         return 0;
     }
-    if (q != e || !km__civil_ok(y, mo, d, h, mi, s))
+    if (q != e || !civil_ok(y, mo, d, h, mi, s))
         return 0;
     /* local = UTC + offset, so UTC = local - offset */
-    t = km__unix_s(y, mo, d, h, mi, s) - sign * (oh * 3600 + om * 60);
-    *unix_ms = t * 1000 + (int64_t)km__ns_to_ms_ceil(frac_ns);
+    t = unix_seconds(y, mo, d, h, mi, s) - sign * (oh * 3600 + om * 60);
+    *unix_ms = t * 1000 + (int64_t)ns_to_ms_ceil(frac_ns);
     return 1;
 }
 
@@ -336,50 +336,50 @@ static int km__parse_rfc3339(km__span v, int64_t *unix_ms)
  *   asctime      "Sun Nov  6 08:49:37 1994"
  * The day name is skipped, not checked against the date.  Month names and
  * "GMT" in any case.  Unix seconds. */
-static int km__parse_http_date(km__span v, int64_t *unix_s)
+static int parse_http_date(span v, int64_t *unix_s)
 {
     const char *q = v.p, *e = v.e;
     int y, mo, d, h, mi, s;
 
-    while (q < e && km__is_alpha(*q))
+    while (q < e && is_alpha(*q))
         q++;
     if (q == v.p)
         return 0;
-    if (km__take_char(&q, e, ',')) {
-        if (!km__take_char(&q, e, ' ') || !km__take_digits(&q, e, 2, &d))
+    if (take_char(&q, e, ',')) {
+        if (!take_char(&q, e, ' ') || !take_digits(&q, e, 2, &d))
             return 0;
-        if (km__take_char(&q, e, ' ')) { /* IMF-fixdate */
-            if (!km__take_month(&q, e, &mo) || !km__take_char(&q, e, ' ') ||
-                !km__take_digits(&q, e, 4, &y))
+        if (take_char(&q, e, ' ')) { /* IMF-fixdate */
+            if (!take_month(&q, e, &mo) || !take_char(&q, e, ' ') ||
+                !take_digits(&q, e, 4, &y))
                 return 0;
-        } else if (km__take_char(&q, e, '-')) { /* RFC 850 */
-            if (!km__take_month(&q, e, &mo) || !km__take_char(&q, e, '-') ||
-                !km__take_digits(&q, e, 2, &y))
+        } else if (take_char(&q, e, '-')) { /* RFC 850 */
+            if (!take_month(&q, e, &mo) || !take_char(&q, e, '-') ||
+                !take_digits(&q, e, 2, &y))
                 return 0;
             y += y < 70 ? 2000 : 1900;
         } else {
             return 0;
         }
-        if (!km__take_char(&q, e, ' ') || !km__take_hms(&q, e, &h, &mi, &s) ||
-            !km__take_char(&q, e, ' ') || !km__take_word(&q, e, "gmt"))
+        if (!take_char(&q, e, ' ') || !take_hms(&q, e, &h, &mi, &s) ||
+            !take_char(&q, e, ' ') || !take_word(&q, e, "gmt"))
             return 0;
     } else { /* asctime: day of month is " 6" or "06" or "16" */
-        if (!km__take_char(&q, e, ' ') || !km__take_month(&q, e, &mo) ||
-            !km__take_char(&q, e, ' '))
+        if (!take_char(&q, e, ' ') || !take_month(&q, e, &mo) ||
+            !take_char(&q, e, ' '))
             return 0;
-        if (km__take_char(&q, e, ' ')) {
-            if (!km__take_digits(&q, e, 1, &d))
+        if (take_char(&q, e, ' ')) {
+            if (!take_digits(&q, e, 1, &d))
                 return 0;
-        } else if (!km__take_digits(&q, e, 2, &d)) {
+        } else if (!take_digits(&q, e, 2, &d)) {
             return 0;
         }
-        if (!km__take_char(&q, e, ' ') || !km__take_hms(&q, e, &h, &mi, &s) ||
-            !km__take_char(&q, e, ' ') || !km__take_digits(&q, e, 4, &y))
+        if (!take_char(&q, e, ' ') || !take_hms(&q, e, &h, &mi, &s) ||
+            !take_char(&q, e, ' ') || !take_digits(&q, e, 4, &y))
             return 0;
     }
-    if (q != e || !km__civil_ok(y, mo, d, h, mi, s))
+    if (q != e || !civil_ok(y, mo, d, h, mi, s))
         return 0;
-    *unix_s = km__unix_s(y, mo, d, h, mi, s);
+    *unix_s = unix_seconds(y, mo, d, h, mi, s);
     return 1;
 }
 
@@ -401,7 +401,7 @@ enum {
     KM__H_COUNT
 };
 
-static const char *const km__hdr_names[KM__H_COUNT] = {
+static const char *const hdr_names[KM__H_COUNT] = {
     "retry-after",
     "retry-after-ms",
     "x-ratelimit-remaining-requests",
@@ -418,13 +418,13 @@ static const char *const km__hdr_names[KM__H_COUNT] = {
 
 /* What one call works with: the headers it knows (NULL: absent; the first
  * of duplicates wins) and the wall clock, read at most once. */
-typedef struct km__ctx {
+typedef struct hctx {
     const char *h[KM__H_COUNT];
     int64_t now_ms;
     int have_now;
-} km__ctx;
+} hctx;
 
-static int64_t km__wall_ms(km__ctx *c)
+static int64_t wall_ms(hctx *c)
 {
     struct timespec ts;
 
@@ -441,24 +441,24 @@ static int64_t km__wall_ms(km__ctx *c)
 /* Retry-After in seconds, from retry-after-ms if it parses, else from
  * retry-after (delta seconds or HTTP-date); clamped to [0, one day].
  * *out is left alone when neither header is readable. */
-static void km__retry_after(km__ctx *c, double *out)
+static void retry_after(hctx *c, double *out)
 {
     double s;
     int64_t at;
 
     if (c->h[KM__H_RETRY_AFTER_MS] &&
-        km__parse_decimal(km__trim(c->h[KM__H_RETRY_AFTER_MS]), &s)) {
+        parse_decimal(trim(c->h[KM__H_RETRY_AFTER_MS]), &s)) {
         s /= 1000.0;
     } else if (c->h[KM__H_RETRY_AFTER]) {
-        km__span v = km__trim(c->h[KM__H_RETRY_AFTER]);
-        if (km__parse_http_date(v, &at)) {
+        span v = trim(c->h[KM__H_RETRY_AFTER]);
+        if (parse_http_date(v, &at)) {
             /* The caller's clock may be anything: saturate, never overflow
              * (a date is at most year 9999, so at * 1000 fits). */
-            int64_t now = km__wall_ms(c), ms;
+            int64_t now = wall_ms(c), ms;
             if (__builtin_sub_overflow(at * 1000, now, &ms))
                 ms = now < 0 ? INT64_MAX : INT64_MIN;
             s = (double)ms / 1000.0;
-        } else if (!km__parse_decimal(v, &s)) {
+        } else if (!parse_decimal(v, &s)) {
             return;
         }
     } else {
@@ -470,21 +470,21 @@ static void km__retry_after(km__ctx *c, double *out)
 /* One "remaining" count and its reset: returns 1 if `rem` parsed.  The reset
  * is a Go duration (OpenAI) or an RFC 3339 time (Anthropic); absent or
  * malformed, it is 0. */
-static int km__view_pair(km__ctx *c, int rem, int reset, int rfc3339,
+static int view_pair(hctx *c, int rem, int reset, int rfc3339,
                          uint64_t *remaining, uint64_t *reset_ms)
 {
     int64_t at;
 
-    if (!c->h[rem] || !km__parse_u64(km__trim(c->h[rem]), remaining))
+    if (!c->h[rem] || !parse_u64(trim(c->h[rem]), remaining))
         return 0;
     *reset_ms = 0;
     if (!c->h[reset])
         return 1;
     if (!rfc3339) {
-        if (!km__parse_go_duration(km__trim(c->h[reset]), reset_ms))
+        if (!parse_go_duration(trim(c->h[reset]), reset_ms))
             *reset_ms = 0;
-    } else if (km__parse_rfc3339(km__trim(c->h[reset]), &at)) {
-        int64_t now = km__wall_ms(c);
+    } else if (parse_rfc3339(trim(c->h[reset]), &at)) {
+        int64_t now = wall_ms(c);
         /* at > now: the difference fits in 64 unsigned bits even when the
          * caller's clock is far off (signed subtraction could overflow). */
         *reset_ms = at > now ? (uint64_t)at - (uint64_t)now : 0;
@@ -492,18 +492,18 @@ static int km__view_pair(km__ctx *c, int rem, int reset, int rfc3339,
     return 1;
 }
 
-static void km__view(km__ctx *c, km_outcome *out)
+static void view(hctx *c, km_outcome *out)
 {
-    if (km__view_pair(c, KM__H_OAI_REQ_REM, KM__H_OAI_REQ_RESET, 0,
+    if (view_pair(c, KM__H_OAI_REQ_REM, KM__H_OAI_REQ_RESET, 0,
                       &out->requests_remaining, &out->requests_reset_ms) ||
-        km__view_pair(c, KM__H_ANT_REQ_REM, KM__H_ANT_REQ_RESET, 1,
+        view_pair(c, KM__H_ANT_REQ_REM, KM__H_ANT_REQ_RESET, 1,
                       &out->requests_remaining, &out->requests_reset_ms))
         out->view_flags |= KM_VIEW_REQUESTS;
-    if (km__view_pair(c, KM__H_OAI_TOK_REM, KM__H_OAI_TOK_RESET, 0,
+    if (view_pair(c, KM__H_OAI_TOK_REM, KM__H_OAI_TOK_RESET, 0,
                       &out->tokens_remaining, &out->tokens_reset_ms) ||
-        km__view_pair(c, KM__H_ANT_TOK_REM, KM__H_ANT_TOK_RESET, 1,
+        view_pair(c, KM__H_ANT_TOK_REM, KM__H_ANT_TOK_RESET, 1,
                       &out->tokens_remaining, &out->tokens_reset_ms) ||
-        km__view_pair(c, KM__H_ANT_IN_REM, KM__H_ANT_IN_RESET, 1,
+        view_pair(c, KM__H_ANT_IN_REM, KM__H_ANT_IN_RESET, 1,
                       &out->tokens_remaining, &out->tokens_reset_ms))
         out->view_flags |= KM_VIEW_TOKENS;
 }
@@ -516,7 +516,7 @@ static void km__view(km__ctx *c, km_outcome *out)
  * the HTTP status as a number), type (Anthropic; OpenAI without a code).
  * A body that is a one-element array around that object (Gemini's streaming
  * endpoints) is unwrapped.  Returns 1 if a code was found. */
-static int km__body_code(const char *body, size_t len, char *buf, size_t cap)
+static int body_code(const char *body, size_t len, char *buf, size_t cap)
 {
     static const char *const fields[] = {"code", "status", "type"};
     json_error_t jerr;
@@ -536,7 +536,7 @@ static int km__body_code(const char *body, size_t len, char *buf, size_t cap)
         size_t k;
         json_array_foreach(details, k, d) {
             const char *r = json_string_value(json_object_get(d, "reason"));
-            if (r && km__ieq(r, "API_KEY_INVALID")) {
+            if (r && ieq(r, "API_KEY_INVALID")) {
                 s = r;
                 n = strlen(r);
             }
@@ -557,25 +557,25 @@ static int km__body_code(const char *body, size_t len, char *buf, size_t cap)
 /* Codes that mean the account has no credit rather than a momentary limit:
  * "insufficient_quota" and any "billing..." (billing_not_active,
  * billing_hard_limit_reached). */
-static int km__is_quota_code(const char *code)
+static int is_quota_code(const char *code)
 {
     size_t i;
 
     if (!code)
         return 0;
-    if (km__ieq(code, "insufficient_quota"))
+    if (ieq(code, "insufficient_quota"))
         return 1;
     for (i = 0; i < 7; i++)
-        if (km__lower((unsigned char)code[i]) != "billing"[i])
+        if (lower((unsigned char)code[i]) != "billing"[i])
             return 0;
     return 1;
 }
 
-static int km__classify(int status, const char *code)
+static int classify(int status, const char *code)
 {
     if (status <= 0 || status >= 600) /* no answer, or not HTTP */
         return KM_OUT_FAILURE;
-    if (code && km__ieq(code, "overloaded_error")) /* also mid-stream */
+    if (code && ieq(code, "overloaded_error")) /* also mid-stream */
         return KM_OUT_FAILURE;
     if (status >= 200 && status <= 299)
         return KM_OUT_SUCCESS;
@@ -583,17 +583,17 @@ static int km__classify(int status, const char *code)
         return KM_OUT_FAILURE;
     switch (status) {
     case 429:
-        return km__is_quota_code(code) ? KM_OUT_QUOTA : KM_OUT_RATE_LIMITED;
+        return is_quota_code(code) ? KM_OUT_QUOTA : KM_OUT_RATE_LIMITED;
     case 402:
         return KM_OUT_QUOTA;
     case 401:
         return KM_OUT_AUTH;
     case 403:
-        return km__is_quota_code(code) ? KM_OUT_QUOTA : KM_OUT_AUTH;
+        return is_quota_code(code) ? KM_OUT_QUOTA : KM_OUT_AUTH;
     case 408:
         return KM_OUT_FAILURE;
     default: /* other 4xx, 1xx, 3xx: the key worked, unless it says not */
-        if (code && km__ieq(code, "API_KEY_INVALID"))
+        if (code && ieq(code, "API_KEY_INVALID"))
             return KM_OUT_AUTH;
         return KM_OUT_SUCCESS;
     }
@@ -601,7 +601,7 @@ static int km__classify(int status, const char *code)
 
 KM_EXTERN int km_outcome_from_http(const km_http_response *resp, km_outcome *out)
 {
-    km__ctx c;
+    hctx c;
     char buf[KM__CODE_MAX];
     const char *code;
     size_t i;
@@ -618,7 +618,7 @@ KM_EXTERN int km_outcome_from_http(const km_http_response *resp, km_outcome *out
         if (!name || !value)
             continue;
         for (j = 0; j < KM__H_COUNT; j++) {
-            if (!c.h[j] && km__ieq(name, km__hdr_names[j])) {
+            if (!c.h[j] && ieq(name, hdr_names[j])) {
                 c.h[j] = value;
                 break;
             }
@@ -629,15 +629,15 @@ KM_EXTERN int km_outcome_from_http(const km_http_response *resp, km_outcome *out
      * alone the code changes the outcome (a 2xx body is the completion). */
     code = resp->error_code;
     if (!code && resp->status >= 400 && resp->status <= 499 && resp->body &&
-        resp->body_len > 0 && km__body_code(resp->body, resp->body_len, buf, sizeof buf))
+        resp->body_len > 0 && body_code(resp->body, resp->body_len, buf, sizeof buf))
         code = buf;
 
-    out->kind = km__classify(resp->status, code);
+    out->kind = classify(resp->status, code);
     out->retry_after_s = 0;
     out->view_flags = 0;
     out->requests_remaining = out->tokens_remaining = 0;
     out->requests_reset_ms = out->tokens_reset_ms = 0;
-    km__retry_after(&c, &out->retry_after_s);
-    km__view(&c, out);
+    retry_after(&c, &out->retry_after_s);
+    view(&c, out);
     return KM_OK;
 }

@@ -42,13 +42,15 @@
 
 #include <ck_pr.h>
 
+#include "gcra.h"
 #include "internal.h"
+#include "wait.h"
 
 _Static_assert(sizeof(pthread_mutex_t) <= sizeof(((km__hdr *)0)->admin),
                "the admin lock fits its header line");
 
 
-static pthread_mutex_t *km__admin(km_env *e) { return (pthread_mutex_t *)(void *)e->hdr->admin; }
+static pthread_mutex_t *admin_mutex(km_env *e) { return (pthread_mutex_t *)(void *)e->seg.hdr->admin; }
 
 void km__admin_init(km_env *e)
 {
@@ -56,20 +58,18 @@ void km__admin_init(km_env *e)
     pthread_mutexattr_init(&a);
     pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
     pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
-    pthread_mutex_init(km__admin(e), &a);
+    pthread_mutex_init(admin_mutex(e), &a);
     pthread_mutexattr_destroy(&a);
 }
 
 int km__admin_lock(km_env *e)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    uint64_t ns = (uint64_t)ts.tv_nsec + (uint64_t)e->admin_timeout_ms * 1000000u;
-    ts.tv_sec += (time_t)(ns / KM__NS_PER_S);
-    ts.tv_nsec = (long)(ns % KM__NS_PER_S);
-    int rc = pthread_mutex_timedlock(km__admin(e), &ts);
+    /* pthread_mutex_timedlock takes a CLOCK_REALTIME deadline. */
+    uint64_t ns = km__wall_ns() + (uint64_t)e->admin_timeout_ms * KM__NS_PER_MS;
+    struct timespec ts = {.tv_sec = (time_t)(ns / KM__NS_PER_S), .tv_nsec = (long)(ns % KM__NS_PER_S)};
+    int rc = pthread_mutex_timedlock(admin_mutex(e), &ts);
     if (rc == EOWNERDEAD) /* see the top of this file */
-        rc = pthread_mutex_consistent(km__admin(e));
+        rc = pthread_mutex_consistent(admin_mutex(e));
     if (rc == ETIMEDOUT)
         return KM_EBUSY;
     if (rc != 0) {
@@ -79,52 +79,42 @@ int km__admin_lock(km_env *e)
     return KM_OK;
 }
 
-void km__admin_unlock(km_env *e) { pthread_mutex_unlock(km__admin(e)); }
+void km__admin_unlock(km_env *e) { pthread_mutex_unlock(admin_mutex(e)); }
 
 /* Wait for a grace period unless every reader that could see something
  * retired at `epoch` is already known to have left. */
-static int km__grace(km_env *e, uint64_t epoch)
+static int grace(km_env *e, uint64_t epoch)
 {
-    if (epoch < ck_pr_load_64(&e->hdr->synced))
+    if (epoch < ck_pr_load_64(&e->seg.hdr->synced))
         return KM_OK;
-    return km__epoch_sync(e, e->admin_timeout_ms);
-}
-
-static int km__cmp_price(const void *a, const void *b, void *keys)
-{
-    const km__key *k = keys;
-    uint32_t i = *(const uint32_t *)a, j = *(const uint32_t *)b;
-    uint64_t pi = k[i].price_in + k[i].price_out, pj = k[j].price_in + k[j].price_out;
-    if (pi != pj)
-        return pi < pj ? -1 : 1;
-    return i < j ? -1 : (i > j);
+    return km__epoch_sync(&e->seg, e->admin_timeout_ms);
 }
 
 /* Publish a new member list for pool p: the current one without keys that
  * are removed, plus `add` (a key index, or UINT32_MAX for none), with
  * running weights and the price order recomputed.  KM_EBUSY if the spare
  * list is still in its grace period and the wait timed out. */
-static int km__list_publish(km_env *e, uint32_t p, uint32_t add)
+static int list_publish(km_env *e, uint32_t p, uint32_t add)
 {
-    km__hdr *h = e->hdr;
+    km__hdr *h = e->seg.hdr;
     km__pool *pool = &km__pools(e)[p];
     km__key *keys = km__keys(e);
     uint32_t b = ck_pr_load_32(&pool->cur) & 1, nb = b ^ 1, n = 0;
-    int rc = km__grace(e, ck_pr_load_64(&pool->flip_epoch));
+    int rc = grace(e, ck_pr_load_64(&pool->flip_epoch));
     if (rc != KM_OK)
         return rc;
 
     const km__member *src = km__members(e, p, b);
     km__member *dst = km__members(e, p, nb);
-    uint32_t sn = (uint32_t)(ck_pr_load_32(&pool->view[b].n_keys) < e->cfg.cap_keys
-                                 ? ck_pr_load_32(&pool->view[b].n_keys) : e->cfg.cap_keys);
+    uint32_t sn = (uint32_t)(ck_pr_load_32(&pool->view[b].n_keys) < e->geom.cap_keys
+                                 ? ck_pr_load_32(&pool->view[b].n_keys) : e->geom.cap_keys);
     uint32_t *order = malloc(((size_t)sn + 1) * sizeof(uint32_t));
     uint64_t cum = 0;
     if (!order)
         return KM_ENOMEM;
     for (uint32_t i = 0; i <= sn; i++) {
         uint32_t ki = i < sn ? src[i].key : add;
-        if (ki >= e->cfg.cap_keys || ck_pr_load_32(&keys[ki].state) >= KM__ST_FREE)
+        if (ki >= e->geom.cap_keys || ck_pr_load_32(&keys[ki].state) >= KM__ST_FREE)
             continue;
         cum += keys[ki].weight;
         if (cum > UINT32_MAX) {
@@ -143,7 +133,7 @@ static int km__list_publish(km_env *e, uint32_t p, uint32_t add)
     pool->view[nb].total_weight = cum;
     pool->view[nb].rr_magic = km__rr_magic(n);
     /* The list and its view before `cur` (pairs with the acquire load in
-     * km__acquire_in); then the epoch at which the old list stopped being
+     * acquire_in); then the epoch at which the old list stopped being
      * current, read after the flip (see the top of this file). */
     ck_pr_fence_store();
     ck_pr_store_32(&pool->cur, nb);
@@ -154,25 +144,25 @@ static int km__list_publish(km_env *e, uint32_t p, uint32_t add)
 
 /* Is row ki free to be written for a new key?  FREE, or REMOVED with its
  * grace period over and no lease slot held. */
-static int km__row_reusable(km_env *e, uint32_t ki)
+static int row_reusable(km_env *e, uint32_t ki)
 {
     km__key *k = &km__keys(e)[ki];
     uint32_t st = ck_pr_load_32(&k->state);
     if (st == KM__ST_FREE)
         return 1;
-    if (st != KM__ST_REMOVED || ck_pr_load_64(&k->retire_epoch) >= ck_pr_load_64(&e->hdr->synced))
+    if (st != KM__ST_REMOVED || ck_pr_load_64(&k->retire_epoch) >= ck_pr_load_64(&e->seg.hdr->synced))
         return 0;
     const km__lease *ls = km__leases(e, ki);
-    for (uint32_t s = 0; s < e->cfg.cap_inflight; s++)
+    for (uint32_t s = 0; s < e->geom.cap_inflight; s++)
         if (ck_pr_load_64(&ls[s].owner) != 0)
             return 0;
     return 1;
 }
 
-/* Clear a row for a new key: no reader can reach it (see km__row_reusable)
+/* Clear a row for a new key: no reader can reach it (see row_reusable)
  * and no lease slot is held, so plain stores would do; atomic ones keep
  * concurrent readers of statistics (inspect, check) well-defined. */
-static void km__row_clear(km_env *e, uint32_t ki)
+static void row_clear(km_env *e, uint32_t ki)
 {
     km__key *k = &km__keys(e)[ki];
     km__lease *ls = km__leases(e, ki);
@@ -180,7 +170,7 @@ static void km__row_clear(km_env *e, uint32_t ki)
         ck_pr_store_64(&k->win[w].tat, 0);
         ck_pr_store_64(&k->win[w].reserved, 0);
     }
-    for (uint32_t s = 0; s < e->cfg.cap_inflight; s++)
+    for (uint32_t s = 0; s < e->geom.cap_inflight; s++)
         ck_pr_store_8(&km__busy(e, ki)[s], 0);
     ck_pr_store_64(&k->latency_ema_ns, 0);
     ck_pr_store_64(&k->stale, 0);
@@ -190,8 +180,8 @@ static void km__row_clear(km_env *e, uint32_t ki)
     ck_pr_store_32(&k->consec_429, 0);
     ck_pr_store_32(&k->updating, 0);
     ck_pr_store_64(&k->retire_epoch, 0);
-    memset(km__mwins(e, ki), 0, (size_t)e->cfg.cap_models * sizeof(km__mwin));
-    for (uint32_t s = 0; s < e->cfg.cap_inflight; s++) {
+    memset(km__mwins(e, ki), 0, (size_t)e->geom.cap_models * sizeof(km__mwin));
+    for (uint32_t s = 0; s < e->geom.cap_inflight; s++) {
         km__lease *l = &ls[s];
         ck_pr_store_64(&l->acquired, 0);
         ck_pr_store_64(&l->succeeded, 0);
@@ -205,16 +195,16 @@ static void km__row_clear(km_env *e, uint32_t ki)
 
 /* Take the admin lock for a change to an existing key: KM_OK with the lock
  * held, else an error with the lock released. */
-static int km__admin_lock_key(km_env *e, uint32_t key)
+static int admin_lock_key(km_env *e, uint32_t key)
 {
     int rc = km__admin_lock(e);
     if (rc != KM_OK)
         return rc;
-    if (key >= e->cfg.cap_keys || ck_pr_load_32(&km__keys(e)[key].state) >= KM__ST_FREE) {
+    if (key >= e->geom.cap_keys || ck_pr_load_32(&km__keys(e)[key].state) >= KM__ST_FREE) {
         km__admin_unlock(e);
         return KM_ENOKEY;
     }
-    if (km__keys(e)[key].pool >= e->cfg.n_pools) { /* a corrupted row */
+    if (km__keys(e)[key].pool >= e->geom.n_pools) { /* a corrupted row */
         km__admin_unlock(e);
         return KM_ECORRUPT;
     }
@@ -222,12 +212,12 @@ static int km__admin_lock_key(km_env *e, uint32_t key)
 }
 
 /* Only writers holding the admin lock count. */
-static void km__count_reconfig(km_env *e)
+static void count_reconfig(km_env *e)
 {
-    ck_pr_store_64(&e->hdr->reconfigs, ck_pr_load_64(&e->hdr->reconfigs) + 1);
+    ck_pr_store_64(&e->seg.hdr->reconfigs, ck_pr_load_64(&e->seg.hdr->reconfigs) + 1);
 }
 
-static void km__pool_defaults_of(const km__pool *pl, km__pool_defaults *pd)
+static void pool_defaults_of(const km__pool *pl, km__pool_defaults *pd)
 {
     memset(pd, 0, sizeof(*pd));
     for (int w = 0; w < KM_WIN_COUNT; w++) {
@@ -247,14 +237,14 @@ KM_EXTERN int km_key_add(km_env *e, int pool, const char *key_json, char *errbuf
         errbuf[0] = '\0';
     if (!e || !key_json)
         return KM_EINVAL;
-    if (pool < 0 || (uint32_t)pool >= e->cfg.n_pools)
+    if (pool < 0 || (uint32_t)pool >= e->geom.n_pools)
         return KM_ENOPOOL;
-    km__hdr *h = e->hdr;
+    km__hdr *h = e->seg.hdr;
     uint32_t p = (uint32_t)pool;
     km__pool_defaults pd;
     km__key_cfg kc;
-    km__pool_defaults_of(&km__pools(e)[p], &pd);
-    int rc = km__config_parse_key(key_json, &pd, e->cfg.cap_inflight, &kc, errbuf, errlen);
+    pool_defaults_of(&km__pools(e)[p], &pd);
+    int rc = km__config_parse_key(key_json, &pd, e->geom.cap_inflight, &kc, errbuf, errlen);
     if (rc != KM_OK)
         return rc;
     if ((rc = km__admin_lock(e)) != KM_OK)
@@ -263,7 +253,7 @@ KM_EXTERN int km_key_add(km_env *e, int pool, const char *key_json, char *errbuf
     km__key *keys = km__keys(e);
     uint32_t ki = UINT32_MAX;
     int waiting = 0; /* a removed row that a grace period would free */
-    for (uint32_t i = 0; i < e->cfg.cap_keys; i++) {
+    for (uint32_t i = 0; i < e->geom.cap_keys; i++) {
         uint32_t st = ck_pr_load_32(&keys[i].state);
         if (st < KM__ST_FREE && keys[i].pool == p &&
             strncmp(keys[i].id, kc.id, KM_ID_MAX + 1) == 0) {
@@ -272,15 +262,15 @@ KM_EXTERN int km_key_add(km_env *e, int pool, const char *key_json, char *errbuf
         }
     }
     for (int pass = 0; pass < 2 && ki == UINT32_MAX; pass++) {
-        for (uint32_t i = 0; i < e->cfg.cap_keys && ki == UINT32_MAX; i++) {
-            if (km__row_reusable(e, i))
+        for (uint32_t i = 0; i < e->geom.cap_keys && ki == UINT32_MAX; i++) {
+            if (row_reusable(e, i))
                 ki = i;
             else if (ck_pr_load_32(&keys[i].state) == KM__ST_REMOVED)
                 waiting = 1;
         }
         if (ki != UINT32_MAX || !waiting || pass == 1)
             break;
-        if ((rc = km__epoch_sync(e, e->admin_timeout_ms)) != KM_OK)
+        if ((rc = km__epoch_sync(&e->seg, e->admin_timeout_ms)) != KM_OK)
             goto unlock;
     }
     if (ki == UINT32_MAX) {
@@ -291,14 +281,14 @@ KM_EXTERN int km_key_add(km_env *e, int pool, const char *key_json, char *errbuf
     km__key *k = &keys[ki];
     int was_free = ck_pr_load_32(&k->state) == KM__ST_FREE;
     ck_pr_store_32(&k->state, KM__ST_FREE); /* not reachable while written */
-    km__row_clear(e, ki);
+    row_clear(e, ki);
     km__key_write(e, k, p, &kc);
     ck_pr_store_32(&k->gen, ck_pr_load_32(&k->gen) + 1);
     /* Everything above before the state that lets acquirers in (they reach
      * the row only through the list published next). */
     ck_pr_fence_store();
     ck_pr_store_32(&k->state, KM__ST_ACTIVE);
-    if ((rc = km__list_publish(e, p, ki)) != KM_OK) {
+    if ((rc = list_publish(e, p, ki)) != KM_OK) {
         ck_pr_store_32(&k->state, KM__ST_FREE); /* never reachable: undone */
         explicit_bzero(k->secret, sizeof(k->secret));
         if (!was_free)
@@ -307,7 +297,7 @@ KM_EXTERN int km_key_add(km_env *e, int pool, const char *key_json, char *errbuf
     }
     if (was_free)
         ck_pr_store_32(&h->n_keys, ck_pr_load_32(&h->n_keys) + 1);
-    km__count_reconfig(e);
+    count_reconfig(e);
     km__wake_pool(e, p); /* a new key may admit sleepers */
     rc = (int)ki;
 unlock:
@@ -321,7 +311,7 @@ KM_EXTERN int km_key_remove(km_env *e, uint32_t key)
 {
     if (!e)
         return KM_EINVAL;
-    int rc = km__admin_lock_key(e, key);
+    int rc = admin_lock_key(e, key);
     if (rc != KM_OK)
         return rc;
     km__key *k = &km__keys(e)[key];
@@ -329,12 +319,12 @@ KM_EXTERN int km_key_remove(km_env *e, uint32_t key)
      * REMOVED.  The exchange is locked (a full barrier): the state is
      * visible to every acquire that starts after this call returns. */
     ck_pr_fas_32(&k->state, KM__ST_REMOVED);
-    ck_pr_store_64(&k->retire_epoch, ck_pr_load_64(&e->hdr->epoch));
+    ck_pr_store_64(&k->retire_epoch, ck_pr_load_64(&e->seg.hdr->epoch));
     /* The list is rebuilt without it; if a stalled reader holds the spare
      * list, the removed key stays listed (and skipped) until the next add,
      * remove or re-weight in the pool rebuilds it. */
-    (void)km__list_publish(e, k->pool, UINT32_MAX);
-    km__count_reconfig(e);
+    (void)list_publish(e, k->pool, UINT32_MAX);
+    count_reconfig(e);
     km__admin_unlock(e);
     return KM_OK;
 }
@@ -343,18 +333,18 @@ KM_EXTERN int km_key_set_weight(km_env *e, uint32_t key, uint32_t weight)
 {
     if (!e || weight == 0 || weight > KM__WEIGHT_MAX)
         return KM_EINVAL;
-    int rc = km__admin_lock_key(e, key);
+    int rc = admin_lock_key(e, key);
     if (rc != KM_OK)
         return rc;
     km__key *k = &km__keys(e)[key];
     uint32_t old = k->weight;
     /* Read only by list building (under this lock) and by display. */
     ck_pr_store_32(&k->weight, weight);
-    rc = km__list_publish(e, k->pool, UINT32_MAX);
+    rc = list_publish(e, k->pool, UINT32_MAX);
     if (rc != KM_OK)
         ck_pr_store_32(&k->weight, old);
     else
-        km__count_reconfig(e);
+        count_reconfig(e);
     km__admin_unlock(e);
     return rc;
 }
@@ -362,16 +352,15 @@ KM_EXTERN int km_key_set_weight(km_env *e, uint32_t key, uint32_t weight)
 /* Carry a window's debt over to new parameters, in units: the key owes as
  * many requests or tokens against the new limit as against the old.  A
  * window that was not limited starts without debt. */
-static void km__rescale(km__gcra *g, uint64_t old_T, uint64_t new_T, uint64_t now)
+static void rescale(km__gcra *g, uint64_t old_T, uint64_t new_T, uint64_t now)
 {
     uint64_t cur[2], nv[2];
-    cur[0] = ck_pr_load_64(&g->tat);
-    cur[1] = ck_pr_load_64(&g->reserved);
+    km__gcra_load(g, cur);
     do {
         uint64_t debt = cur[0] > now && old_T ? (cur[0] - now) / old_T : 0;
         nv[0] = new_T && debt ? now + debt * new_T : 0;
         nv[1] = cur[1]; /* reservations belong to leases still out */
-    } while (!ck_pr_cas_64_2_value((uint64_t *)(void *)g, cur, nv, cur));
+    } while (!km__gcra_cas(g, cur, nv)); /* the pair's one CAS (src/gcra.h) */
 }
 
 KM_EXTERN int km_key_set_limits(km_env *e, uint32_t key, const char *limits_json,
@@ -386,7 +375,7 @@ KM_EXTERN int km_key_set_limits(km_env *e, uint32_t key, const char *limits_json
     int rc = km__config_parse_limits(limits_json, given, &set, errbuf, errlen);
     if (rc != KM_OK)
         return rc;
-    if ((rc = km__admin_lock_key(e, key)) != KM_OK)
+    if ((rc = admin_lock_key(e, key)) != KM_OK)
         return rc;
     km__key *k = &km__keys(e)[key];
     uint64_t old_T[KM_WIN_COUNT];
@@ -402,18 +391,18 @@ KM_EXTERN int km_key_set_limits(km_env *e, uint32_t key, const char *limits_json
     /* Acquirers skip the key from here; the grace period lets those that
      * read the old parameters finish.  The exchange is a full barrier. */
     ck_pr_fas_32(&k->updating, 1);
-    rc = km__epoch_sync(e, e->admin_timeout_ms);
+    rc = km__epoch_sync(&e->seg, e->admin_timeout_ms);
     if (rc == KM_OK) {
         km__key_limits_write(k, lc);
         uint64_t now = km__now();
         for (int w = 0; w < KM_WIN_COUNT; w++)
-            km__rescale(&k->win[w], old_T[w], (k->win_mask >> w) & 1 ? k->emission_ns[w] : 0, now);
-        km__count_reconfig(e);
+            rescale(&k->win[w], old_T[w], (k->win_mask >> w) & 1 ? k->emission_ns[w] : 0, now);
+        count_reconfig(e);
     }
     /* New parameters before the flag that lets acquirers back in. */
     ck_pr_fence_store();
     ck_pr_store_32(&k->updating, 0);
-    if (k->pool < e->cfg.n_pools)
+    if (k->pool < e->geom.n_pools)
         km__wake_pool(e, k->pool); /* a raised limit may admit sleepers */
     km__admin_unlock(e);
     return rc;
@@ -424,5 +413,29 @@ KM_EXTERN int km_set_admin_timeout(km_env *e, uint32_t timeout_ms)
     if (!e)
         return KM_EINVAL;
     e->admin_timeout_ms = timeout_ms;
+    return KM_OK;
+}
+
+KM_EXTERN int km_key_set_state(km_env *e, uint32_t key, int state)
+{
+    if (!e || (state != KM_KEY_ACTIVE && state != KM_KEY_DISABLED))
+        return KM_EINVAL;
+    if (key >= e->geom.cap_keys || ck_pr_load_32(&km__keys(e)[key].state) >= KM__ST_FREE)
+        return KM_ENOKEY;
+    km__key *k = &km__keys(e)[key];
+    /* Never out of FREE or REMOVED: those rows belong to reconfiguration. */
+    const uint32_t gone = (1u << KM__ST_FREE) | (1u << KM__ST_REMOVED);
+    if (state == KM_KEY_ACTIVE) {
+        /* Health first, then the state that lets acquirers in. */
+        ck_pr_store_32(&k->consec_fail, 0);
+        ck_pr_store_32(&k->consec_429, 0);
+        ck_pr_store_64(&k->cooldown_until, 0);
+        ck_pr_fence_store();
+        km__state_to(k, ~gone & ~(1u << KM__ST_ACTIVE), KM__ST_ACTIVE);
+        if (k->pool < e->geom.n_pools)
+            km__wake(e, &km__pools(e)[k->pool]);
+    } else {
+        km__state_to(k, ~gone, KM__ST_DISABLED);
+    }
     return KM_OK;
 }

@@ -8,8 +8,9 @@
  * a created one.  The segment is created under a temporary name, its state
  * is written (counters, latency and health, cooldowns, limit windows, spend,
  * the pools' defaults for keys added later), and only then renamed into
- * place (renameat2 with RENAME_NOREPLACE on /dev/shm): no worker can attach
- * to a half-restored segment, and an existing segment is never replaced.
+ * place without replacing anything (km__seg_rename_noreplace, shm/): no
+ * worker can attach to a half-restored segment, and an existing segment is
+ * never replaced.
  *
  * Times.  The snapshot holds wall-clock times (cooldown ends, each window's
  * GCRA word); they become monotonic ones as of now, so what was owed at the
@@ -24,14 +25,11 @@
  * they are parsed, and are wiped after.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -42,15 +40,15 @@
 #define KM__NPUB crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
 #define KM__ABYTES crypto_aead_xchacha20poly1305_ietf_ABYTES
 
-typedef struct rs_ctx {
+typedef struct restore_ctx {
     char *errbuf;
     size_t errlen;
     const unsigned char *key;
     uint64_t now_mono, now_wall;
-} rs_ctx;
+} restore_ctx;
 
-static int rs_err(rs_ctx *c, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int rs_err(rs_ctx *c, int code, const char *fmt, ...)
+static int fail_msg(restore_ctx *c, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int fail_msg(restore_ctx *c, int code, const char *fmt, ...)
 {
     if (c->errbuf && c->errlen) {
         va_list ap;
@@ -69,7 +67,7 @@ static int rs_err(rs_ctx *c, int code, const char *fmt, ...)
 }
 
 /* A non-negative number (integer or real) of an object, or `def`. */
-static uint64_t rs_u64(json_t *o, const char *k, uint64_t def)
+static uint64_t num_u64(json_t *o, const char *k, uint64_t def)
 {
     json_t *v = json_object_get(o, k);
     if (json_is_integer(v))
@@ -79,21 +77,21 @@ static uint64_t rs_u64(json_t *o, const char *k, uint64_t def)
     return def;
 }
 
-static uint64_t rs_microusd(json_t *o, const char *k)
+static uint64_t micro_usd_of(json_t *o, const char *k)
 {
     json_t *v = json_object_get(o, k);
-    return json_is_number(v) && json_number_value(v) > 0 ? (uint64_t)llround(json_number_value(v) * 1e6) : 0;
+    return json_is_number(v) ? km__usd_to_micro(json_number_value(v)) : 0;
 }
 
 /* Wall-clock microseconds to CLOCK_MONOTONIC nanoseconds (0: past or none). */
-static uint64_t rs_mono(const rs_ctx *c, uint64_t unix_us)
+static uint64_t mono_of(const restore_ctx *c, uint64_t unix_us)
 {
-    uint64_t ns = unix_us * 1000;
+    uint64_t ns = unix_us * KM__NS_PER_US;
     return unix_us && ns > c->now_wall ? c->now_mono + (ns - c->now_wall) : 0;
 }
 
 /* {"rpm": {"limit", "burst", "mode", ...}} -> the same without state. */
-static json_t *rs_limits(json_t *lim)
+static json_t *limits_config(json_t *lim)
 {
     json_t *out = json_object(), *v;
     const char *w;
@@ -110,7 +108,7 @@ static json_t *rs_limits(json_t *lim)
 
 /* A name from the snapshot for a one-line message: printable ASCII only,
  * at most KM_ID_MAX bytes (the file may hold anything). */
-static const char *rs_safe(const char *in, char out[KM_ID_MAX + 1])
+static const char *printable(const char *in, char out[KM_ID_MAX + 1])
 {
     size_t i = 0;
     for (; in && in[i] && i < KM_ID_MAX; i++)
@@ -120,7 +118,7 @@ static const char *rs_safe(const char *in, char out[KM_ID_MAX + 1])
 }
 
 /* Decrypt one secret into out (NUL-terminated).  KM_ECRYPTO on failure. */
-static int rs_secret(rs_ctx *c, const char *pool, const char *id, json_t *enc, char *out,
+static int open_secret(restore_ctx *c, const char *pool, const char *id, json_t *enc, char *out,
                      size_t outlen)
 {
     unsigned char bin[KM__NPUB + KM_SECRET_MAX + KM__ABYTES];
@@ -131,32 +129,32 @@ static int rs_secret(rs_ctx *c, const char *pool, const char *id, json_t *enc, c
     const char *b64 = json_string_value(enc);
     char sp[KM_ID_MAX + 1], si[KM_ID_MAX + 1];
     if (adlen < 0 || (size_t)adlen >= sizeof ad)
-        return rs_err(c, KM_ECONFIG, "pool %s, key %s: names too long", rs_safe(pool, sp),
-                      rs_safe(id, si));
+        return fail_msg(c, KM_ECONFIG, "pool %s, key %s: names too long", printable(pool, sp),
+                      printable(id, si));
 
     if (!b64)
-        return rs_err(c, KM_ECONFIG, "pool %s, key %s: no encrypted secret (secret_enc)",
-                      rs_safe(pool, sp), rs_safe(id, si));
+        return fail_msg(c, KM_ECONFIG, "pool %s, key %s: no encrypted secret (secret_enc)",
+                      printable(pool, sp), printable(id, si));
     if (sodium_base642bin(bin, sizeof bin, b64, strlen(b64), NULL, &blen, NULL,
                           sodium_base64_VARIANT_ORIGINAL) != 0 ||
         blen < KM__NPUB + KM__ABYTES)
-        return rs_err(c, KM_ECRYPTO, "pool %s, key %s: secret_enc is not a sealed secret",
-                      rs_safe(pool, sp), rs_safe(id, si));
+        return fail_msg(c, KM_ECRYPTO, "pool %s, key %s: secret_enc is not a sealed secret",
+                      printable(pool, sp), printable(id, si));
     if (crypto_aead_xchacha20poly1305_ietf_decrypt((unsigned char *)out, &mlen, NULL, bin + KM__NPUB,
                                                    blen - KM__NPUB, (const unsigned char *)ad,
                                                    (size_t)adlen, bin, c->key) != 0 ||
         mlen >= outlen) {
         sodium_memzero(out, outlen);
-        return rs_err(c, KM_ECRYPTO,
+        return fail_msg(c, KM_ECRYPTO,
                       "pool %s, key %s: the secret does not decrypt (altered, or not this key's)",
-                      rs_safe(pool, sp), rs_safe(id, si));
+                      printable(pool, sp), printable(id, si));
     }
     out[mlen] = '\0';
     return KM_OK;
 }
 
 /* Wipe every "secret" string of a configuration tree, then free it. */
-static void rs_free_cfg(json_t *cfg)
+static void config_wipe_free(json_t *cfg)
 {
     size_t i, j;
     json_t *p, *k;
@@ -171,7 +169,7 @@ static void rs_free_cfg(json_t *cfg)
 }
 
 /* The configuration of a snapshot, secrets decrypted. */
-static int rs_config(rs_ctx *c, json_t *root, json_t **out)
+static int snapshot_config(restore_ctx *c, json_t *root, json_t **out)
 {
     json_t *cap = json_object_get(root, "capacity"), *pools = json_object_get(root, "pools");
     json_t *cfg, *pa, *p;
@@ -179,13 +177,13 @@ static int rs_config(rs_ctx *c, json_t *root, json_t **out)
     int rc = KM_ENOMEM;
 
     if (!json_is_object(cap) || !json_is_array(pools))
-        return rs_err(c, KM_ECONFIG, "no capacity or pools: not a KeyMesh snapshot");
+        return fail_msg(c, KM_ECONFIG, "no capacity or pools: not a KeyMesh snapshot");
     cfg = json_pack("{s:{s:O, s:O, s:O, s:O}, s:[]}", "capacity", "keys",
                     json_object_get(cap, "keys"), "pools", json_object_get(cap, "pools"),
                     "processes", json_object_get(cap, "processes"), "inflight_per_key",
                     json_object_get(cap, "inflight_per_key"), "pools");
     if (!cfg)
-        return rs_err(c, KM_ECONFIG, "capacity: keys, pools, processes, inflight_per_key expected");
+        return fail_msg(c, KM_ECONFIG, "capacity: keys, pools, processes, inflight_per_key expected");
     if (json_object_get(cap, "models") &&
         json_object_set(json_object_get(cfg, "capacity"), "models", json_object_get(cap, "models")) < 0)
         goto fail;
@@ -194,7 +192,7 @@ static int rs_config(rs_ctx *c, json_t *root, json_t **out)
         const char *pname = json_string_value(json_object_get(p, "name"));
         json_t *def = json_object_get(p, "defaults"), *keys = json_object_get(p, "keys"), *k;
         if (!pname || !json_is_object(def) || !json_is_array(keys)) {
-            rc = rs_err(c, KM_ECONFIG, "pools[%zu]: name, defaults and keys expected", i);
+            rc = fail_msg(c, KM_ECONFIG, "pools[%zu]: name, defaults and keys expected", i);
             goto fail;
         }
         json_t *pc = json_pack("{s:O, s:O, s:O, s:O, s:O, s:O, s:[]}", "name",
@@ -204,7 +202,7 @@ static int rs_config(rs_ctx *c, json_t *root, json_t **out)
                                json_object_get(p, "max_failures"), "model_limits",
                                json_object_get(p, "model_limits"), "keys");
         if (!pc || json_array_append_new(pa, pc) < 0) {
-            rc = rs_err(c, KM_ECONFIG, "pools[%zu]: incomplete pool", i);
+            rc = fail_msg(c, KM_ECONFIG, "pools[%zu]: incomplete pool", i);
             goto fail;
         }
         json_t *models = json_object_get(def, "models"), *budget = json_object_get(p, "budget");
@@ -219,16 +217,16 @@ static int rs_config(rs_ctx *c, json_t *root, json_t **out)
             const char *id = json_string_value(json_object_get(k, "id"));
             char secret[KM_SECRET_MAX + 1];
             if (!id) {
-                rc = rs_err(c, KM_ECONFIG, "pools[%zu].keys[%zu]: no id", i, j);
+                rc = fail_msg(c, KM_ECONFIG, "pools[%zu].keys[%zu]: no id", i, j);
                 goto fail;
             }
-            if ((rc = rs_secret(c, pname, id, json_object_get(k, "secret_enc"), secret,
+            if ((rc = open_secret(c, pname, id, json_object_get(k, "secret_enc"), secret,
                                 sizeof secret)) != KM_OK)
                 goto fail;
             json_t *kc = json_pack("{s:s, s:s, s:O, s:O, s:o}", "id", id, "secret", secret, "weight",
                                    json_object_get(k, "weight"), "max_inflight",
                                    json_object_get(k, "max_inflight"), "limits",
-                                   rs_limits(json_object_get(k, "limits")));
+                                   limits_config(json_object_get(k, "limits")));
             sodium_memzero(secret, sizeof secret);
             rc = KM_ENOMEM;
             if (!kc || json_array_append_new(ka, kc) < 0)
@@ -245,21 +243,21 @@ static int rs_config(rs_ctx *c, json_t *root, json_t **out)
     *out = cfg;
     return KM_OK;
 fail:
-    rs_free_cfg(cfg);
-    return rc == KM_ENOMEM ? rs_err(c, KM_ENOMEM, "out of memory") : rc;
+    config_wipe_free(cfg);
+    return rc == KM_ENOMEM ? fail_msg(c, KM_ENOMEM, "out of memory") : rc;
 }
 
 /* The GCRA words of one set of windows, from {"rpm": {"tat_unix_us"}}. */
-static void rs_windows(const rs_ctx *c, km__gcra *win, json_t *lim)
+static void windows_restore(const restore_ctx *c, km__gcra *win, json_t *lim)
 {
     for (int w = 0; w < KM_WIN_COUNT; w++) {
         json_t *l = json_object_get(lim, km_window_name(w));
         if (l)
-            win[w].tat = rs_mono(c, rs_u64(l, "tat_unix_us", 0));
+            win[w].tat = mono_of(c, num_u64(l, "tat_unix_us", 0));
     }
 }
 
-static int rs_state_of(const char *s, uint32_t fails, uint32_t max_failures)
+static int state_of(const char *s, uint32_t fails, uint32_t max_failures)
 {
     if (!s || !strcmp(s, "active"))
         return KM__ST_ACTIVE;
@@ -275,7 +273,7 @@ static int rs_state_of(const char *s, uint32_t fails, uint32_t max_failures)
 }
 
 /* Write the snapshot's state into the new segment (not yet published). */
-static void rs_state(const rs_ctx *c, km_env *e, json_t *root)
+static void state_restore(const restore_ctx *c, km_env *e, json_t *root)
 {
     size_t i, j;
     json_t *p, *k;
@@ -285,18 +283,18 @@ static void rs_state(const rs_ctx *c, km_env *e, json_t *root)
             continue;
         km__pool *pool = &km__pools(e)[pi];
         json_t *def = json_object_get(p, "defaults"), *dl = json_object_get(def, "limits"), *dp;
-        pool->spent_microusd = rs_microusd(p, "spent_usd");
+        pool->spent_microusd = micro_usd_of(p, "spent_usd");
         for (int w = 0; w < KM_WIN_COUNT; w++) {
             json_t *l = json_object_get(dl, km_window_name(w));
             const char *mode = json_string_value(json_object_get(l, "mode"));
-            pool->def_limit[w] = rs_u64(l, "limit", 0);
-            pool->def_burst[w] = rs_u64(l, "burst", 0);
+            pool->def_limit[w] = num_u64(l, "limit", 0);
+            pool->def_burst[w] = num_u64(l, "burst", 0);
             pool->def_mode[w] = mode && !strcmp(mode, "sliding") ? KM_MODE_SLIDING : KM_MODE_TOKEN_BUCKET;
         }
-        pool->def_max_inflight = (uint32_t)rs_u64(def, "max_inflight", 0);
+        pool->def_max_inflight = (uint32_t)num_u64(def, "max_inflight", 0);
         dp = json_object_get(def, "price");
-        pool->def_price_in = rs_microusd(dp, "input_per_1k");
-        pool->def_price_out = rs_microusd(dp, "output_per_1k");
+        pool->def_price_in = micro_usd_of(dp, "input_per_1k");
+        pool->def_price_out = micro_usd_of(dp, "output_per_1k");
         json_array_foreach(json_object_get(p, "keys"), j, k) {
             int ki = km_key_find(e, pi, json_string_value(json_object_get(k, "id")));
             if (ki < 0)
@@ -305,33 +303,33 @@ static void rs_state(const rs_ctx *c, km_env *e, json_t *root)
             km__lease *ls = &km__leases(e, (uint32_t)ki)[0];
             json_t *cn = json_object_get(k, "counters"), *models = json_object_get(k, "models"), *ml;
             const char *mname;
-            uint32_t fails = (uint32_t)rs_u64(k, "consecutive_failures", 0);
+            uint32_t fails = (uint32_t)num_u64(k, "consecutive_failures", 0);
             key->consec_fail = fails;
-            key->consec_429 = (uint32_t)rs_u64(k, "consecutive_429s", 0);
-            key->cooldown_until = rs_mono(c, rs_u64(k, "cooldown_until_unix_ms", 0) * 1000);
-            key->latency_ema_ns = rs_u64(k, "latency_ema_us", 0) * 1000;
+            key->consec_429 = (uint32_t)num_u64(k, "consecutive_429s", 0);
+            key->cooldown_until = mono_of(c, num_u64(k, "cooldown_until_unix_ms", 0) * KM__US_PER_MS);
+            key->latency_ema_ns = num_u64(k, "latency_ema_us", 0) * KM__NS_PER_US;
             json_t *sr = json_object_get(k, "success_rate");
             if (json_is_number(sr))
-                key->success_ppm = (uint32_t)llround(json_number_value(sr) * 1e6);
-            key->spent_microusd = rs_microusd(k, "spent_usd");
-            key->stale = rs_u64(cn, "stale_releases", 0);
+                key->success_ppm = (uint32_t)llround(json_number_value(sr) * KM__PPM);
+            key->spent_microusd = micro_usd_of(k, "spent_usd");
+            key->stale = num_u64(cn, "stale_releases", 0);
             /* Counters are sums over lease slots; slot 0 carries them. */
-            ls->acquired = rs_u64(cn, "acquired", 0);
-            ls->succeeded = rs_u64(cn, "success", 0);
-            ls->outcomes[KM_OUT_RATE_LIMITED] = rs_u64(cn, "rate_limited", 0);
-            ls->outcomes[KM_OUT_FAILURE] = rs_u64(cn, "failure", 0);
-            ls->outcomes[KM_OUT_AUTH] = rs_u64(cn, "auth", 0);
-            ls->outcomes[KM_OUT_QUOTA] = rs_u64(cn, "quota", 0);
-            ls->outcomes[KM_OUT_CANCELLED] = rs_u64(cn, "cancelled", 0);
-            ls->abandoned = rs_u64(cn, "abandoned", 0);
-            ls->tokens_used = rs_u64(k, "tokens_used", 0);
-            rs_windows(c, key->win, json_object_get(k, "limits"));
+            ls->acquired = num_u64(cn, "acquired", 0);
+            ls->succeeded = num_u64(cn, "success", 0);
+            ls->outcomes[KM_OUT_RATE_LIMITED] = num_u64(cn, "rate_limited", 0);
+            ls->outcomes[KM_OUT_FAILURE] = num_u64(cn, "failure", 0);
+            ls->outcomes[KM_OUT_AUTH] = num_u64(cn, "auth", 0);
+            ls->outcomes[KM_OUT_QUOTA] = num_u64(cn, "quota", 0);
+            ls->outcomes[KM_OUT_CANCELLED] = num_u64(cn, "cancelled", 0);
+            ls->abandoned = num_u64(cn, "abandoned", 0);
+            ls->tokens_used = num_u64(k, "tokens_used", 0);
+            windows_restore(c, key->win, json_object_get(k, "limits"));
             json_object_foreach(models, mname, ml) {
-                for (uint32_t m = 0; m < pool->n_models && m < e->cfg.cap_models; m++)
+                for (uint32_t m = 0; m < pool->n_models && m < e->geom.cap_models; m++)
                     if (!strcmp(km__models(e, (uint32_t)pi)[m].name, mname))
-                        rs_windows(c, km__mwins(e, (uint32_t)ki)[m].win, ml);
+                        windows_restore(c, km__mwins(e, (uint32_t)ki)[m].win, ml);
             }
-            key->state = (uint32_t)rs_state_of(json_string_value(json_object_get(k, "state")), fails,
+            key->state = (uint32_t)state_of(json_string_value(json_object_get(k, "state")), fails,
                                                pool->max_failures);
         }
     }
@@ -340,9 +338,8 @@ static void rs_state(const rs_ctx *c, km_env *e, json_t *root)
 KM_EXTERN int km_restore(const char *name, const char *json, size_t len, const unsigned char *key,
                          unsigned mode, km_env **out, char *errbuf, size_t errlen)
 {
-    rs_ctx c = {errbuf, errlen, key, 0, 0};
-    char nm[KM_SEG_NAME_MAX + 2], tmp[KM_SEG_NAME_MAX + 2], from[KM_SEG_NAME_MAX + 40],
-        to[KM_SEG_NAME_MAX + 40];
+    restore_ctx c = {errbuf, errlen, key, 0, 0};
+    char nm[KM_SEG_NAME_MAX + 2], tmp[KM_SEG_NAME_MAX + 2];
     json_error_t jerr;
     json_t *root, *cfgj = NULL;
     km_config *cfg = NULL;
@@ -360,24 +357,24 @@ KM_EXTERN int km_restore(const char *name, const char *json, size_t len, const u
         return KM_ESYS;
     root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!root)
-        return rs_err(&c, KM_ECONFIG, "%d:%d: %s", jerr.line, jerr.column, jerr.text);
+        return fail_msg(&c, KM_ECONFIG, "%d:%d: %s", jerr.line, jerr.column, jerr.text);
     json_t *fmt = json_object_get(root, "format");
     if (!json_is_string(json_object_get(root, "keymesh")) || !json_is_integer(fmt)) {
-        rc = rs_err(&c, KM_ECONFIG, "not a KeyMesh snapshot");
+        rc = fail_msg(&c, KM_ECONFIG, "not a KeyMesh snapshot");
         goto out;
     }
     if (json_integer_value(fmt) != 2) {
-        rc = rs_err(&c, KM_ECONFIG, "format %lld cannot be restored (this version reads format 2)",
+        rc = fail_msg(&c, KM_ECONFIG, "format %lld cannot be restored (this version reads format 2)",
                     (long long)json_integer_value(fmt));
         goto out;
     }
     json_t *enc = json_object_get(root, "encryption");
     if (!enc) {
-        rc = rs_err(&c, KM_ECONFIG, "holds no secrets (masked): take it with --include-secrets");
+        rc = fail_msg(&c, KM_ECONFIG, "holds no secrets (masked): take it with --include-secrets");
         goto out;
     }
     if (!key) {
-        rc = rs_err(&c, KM_EINVAL, "its secrets are encrypted: a key is needed");
+        rc = fail_msg(&c, KM_EINVAL, "its secrets are encrypted: a key is needed");
         goto out;
     }
     {
@@ -390,22 +387,17 @@ KM_EXTERN int km_restore(const char *name, const char *json, size_t len, const u
         if (!b64 || sodium_base642bin(got, sizeof got, b64, strlen(b64), NULL, &glen, NULL,
                                       sodium_base64_VARIANT_ORIGINAL) != 0 ||
             glen != sizeof got || sodium_memcmp(chk, got, sizeof chk) != 0) {
-            rc = rs_err(&c, KM_ECRYPTO, "its secrets were encrypted with another key");
+            rc = fail_msg(&c, KM_ECRYPTO, "its secrets were encrypted with another key");
             goto out;
         }
     }
     /* Refuse early if the name is taken (checked again at the rename). */
-    int fd = shm_open(nm, O_RDONLY, 0);
-    if (fd >= 0 || errno != ENOENT) {
-        if (fd >= 0)
-            close(fd);
-        rc = fd >= 0 ? KM_EEXIST : KM_ESYS;
+    if ((rc = km__seg_name_free(nm)) != KM_OK)
         goto out;
-    }
-    if ((rc = rs_config(&c, root, &cfgj)) != KM_OK)
+    if ((rc = snapshot_config(&c, root, &cfgj)) != KM_OK)
         goto out;
     text = json_dumps(cfgj, JSON_COMPACT);
-    rs_free_cfg(cfgj);
+    config_wipe_free(cfgj);
     if (!text) {
         rc = KM_ENOMEM;
         goto out;
@@ -418,24 +410,19 @@ KM_EXTERN int km_restore(const char *name, const char *json, size_t len, const u
 
     snprintf(tmp, sizeof tmp, "%.*s.restore.%d", KM_SEG_NAME_MAX - 24, nm + 1, (int)getpid());
     if ((rc = km_create(tmp, cfg, mode, &e)) != KM_OK) {
-        rs_err(&c, rc, "creating the segment: %s", km_strerror(rc));
+        fail_msg(&c, rc, "creating the segment: %s", km_strerror(rc));
         goto out;
     }
-    struct timespec wall;
-    clock_gettime(CLOCK_REALTIME, &wall);
     c.now_mono = km__now();
-    c.now_wall = (uint64_t)wall.tv_sec * KM__NS_PER_S + (uint64_t)wall.tv_nsec;
-    rs_state(&c, e, root);
+    c.now_wall = km__wall_ns();
+    state_restore(&c, e, root);
     /* Publish under the real name; never over an existing segment. */
-    snprintf(from, sizeof from, "/dev/shm/%s", tmp);
-    snprintf(to, sizeof to, "/dev/shm%s", nm);
-    if (renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) != 0) {
+    if ((rc = km__seg_rename_noreplace(tmp, nm)) != KM_OK) {
         int saved = errno;
         km_close(e);
         e = NULL;
         km_unlink(tmp);
         errno = saved;
-        rc = saved == EEXIST ? KM_EEXIST : KM_ESYS;
         goto out;
     }
     if (out) {

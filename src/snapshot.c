@@ -1,12 +1,17 @@
 /*
  * src/snapshot.c - the whole segment as JSON (km_snapshot_json).
  *
- * Built only from the public readers (km_info_get, km_pool_info_get,
- * km_pool_key, km_key_info_get, km_model_info_get), so it sees exactly what
- * any other tool sees
- * and cannot depend on the layout.  Like the readers it runs concurrently
- * with acquire/release: each number is read atomically, but numbers of one
- * key need not be mutually consistent while operations run.
+ * Built from the public readers (km_info_get, km_pool_info_get,
+ * km_pool_key, km_key_info_get, km_model_info_get) for everything they
+ * give, so a key's state, limits and counters are what any other tool sees.
+ * Three things no reader gives are read from the segment itself (so this
+ * file does depend on src/layout.h): a pool's defaults for keys added later
+ * and its models' configured limits (configuration words, written at
+ * creation and never changed: defaults_json), and, with
+ * KM_SNAPSHOT_SECRETS, a key's secret (secret_enc), read under the admin
+ * lock so that its row is not reused meanwhile.  Like the readers it runs
+ * concurrently with acquire/release: each number is read atomically, but
+ * numbers of one key need not be mutually consistent while operations run.
  *
  * Secrets never appear in clear: a key's "secret" is
  * km_key_info.secret_masked; with KM_SNAPSHOT_SECRETS, "secret_enc" holds
@@ -45,25 +50,25 @@
 #define KM__SNAPSHOT_FORMAT 2
 
 /* Monotonic times as wall-clock ones: both clocks read once per snapshot. */
-typedef struct km__clocks {
+typedef struct clocks {
     uint64_t mono_ns, wall_ns;
-} km__clocks;
+} clocks;
 
-static uint64_t km__to_unix_us(const km__clocks *c, uint64_t mono_ns)
+static uint64_t to_unix_us(const clocks *c, uint64_t mono_ns)
 {
-    return mono_ns > c->mono_ns ? (c->wall_ns + (mono_ns - c->mono_ns)) / 1000 : 0;
+    return mono_ns > c->mono_ns ? (c->wall_ns + (mono_ns - c->mono_ns)) / KM__NS_PER_US : 0;
 }
 
 /* json_integer takes a signed 64-bit value; counters never get near 2^63,
  * but clamp rather than wrap to a negative number if one ever did. */
-static json_t *jint(uint64_t v)
+static json_t *int_json(uint64_t v)
 {
     return json_integer(v > (uint64_t)INT64_MAX ? INT64_MAX : (json_int_t)v);
 }
 
 /* A string that may not be valid UTF-8 (a masked secret cut inside a
  * multi-byte character): jansson refuses those, so show a placeholder. */
-static json_t *jstr(const char *s)
+static json_t *str_json(const char *s)
 {
     json_t *j = json_string(s);
     return j ? j : json_string("?");
@@ -75,14 +80,14 @@ static const char *mode_name(int mode)
 }
 
 /* Micro-USD as US dollars. */
-static json_t *jusd(uint64_t microusd)
+static json_t *usd_json(uint64_t microusd)
 {
-    return json_real((double)microusd / 1e6);
+    return json_real(km__micro_to_usd(microusd));
 }
 
 /* {"rpm": {"limit", "burst", "mode", "available"}, ...}: the windows that
  * have a limit. */
-static json_t *limits_json(const km_limit_info limits[KM_WIN_COUNT], const km__clocks *clk)
+static json_t *limits_json(const km_limit_info limits[KM_WIN_COUNT], const clocks *clk)
 {
     json_t *lim = json_object();
     if (!lim)
@@ -91,11 +96,11 @@ static json_t *limits_json(const km_limit_info limits[KM_WIN_COUNT], const km__c
         const km_limit_info *l = &limits[w];
         if (l->limit == 0)
             continue;
-        json_t *o = json_pack("{s:o, s:o, s:s, s:o, s:o}", "limit", jint(l->limit),
-                              "burst", jint(l->burst), "mode",
+        json_t *o = json_pack("{s:o, s:o, s:s, s:o, s:o}", "limit", int_json(l->limit),
+                              "burst", int_json(l->burst), "mode",
                               mode_name(l->mode), "available",
-                              jint(l->available), "tat_unix_us",
-                              jint(km__to_unix_us(clk, l->tat_ns)));
+                              int_json(l->available), "tat_unix_us",
+                              int_json(to_unix_us(clk, l->tat_ns)));
         if (!o || json_object_set_new(lim, km_window_name(w), o) < 0) {
             json_decref(lim);
             return NULL;
@@ -111,13 +116,13 @@ static json_t *meta_json(const char *meta)
     if (!meta[0])
         return json_object();
     json_t *m = json_loads(meta, 0, NULL);
-    return m ? m : jstr(meta);
+    return m ? m : str_json(meta);
 }
 
 /* The limits of each model of a per_model pool on key `key`:
  * {"<model>": {"rpm": {...}}, ...}. */
 static json_t *key_models_json(km_env *env, int pool, uint32_t n_models,
-                               uint32_t key, const km__clocks *clk)
+                               uint32_t key, const clocks *clk)
 {
     json_t *o = json_object();
     if (!o)
@@ -137,7 +142,7 @@ static json_t *key_models_json(km_env *env, int pool, uint32_t n_models,
     return o;
 }
 
-static json_t *key_json(const km_key_info *k, const km__clocks *clk)
+static json_t *key_json(const km_key_info *k, const clocks *clk)
 {
     uint64_t now = clk->mono_ns;
     json_t *lim = limits_json(k->limits, clk), *key;
@@ -145,19 +150,19 @@ static json_t *key_json(const km_key_info *k, const km__clocks *clk)
         return NULL;
     /* Round the remaining cooldown up, so a cooling key never shows 0. */
     uint64_t cool_ms = k->cooldown_until_ns > now
-                           ? (k->cooldown_until_ns - now + 999999) / 1000000
+                           ? (k->cooldown_until_ns - now + KM__NS_PER_MS - 1) / KM__NS_PER_MS
                            : 0;
     json_t *counters = json_pack(
         "{s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o}",
-        "acquired", jint(k->acquired),
-        "success", jint(k->outcomes[KM_OUT_SUCCESS]),
-        "rate_limited", jint(k->outcomes[KM_OUT_RATE_LIMITED]),
-        "failure", jint(k->outcomes[KM_OUT_FAILURE]),
-        "auth", jint(k->outcomes[KM_OUT_AUTH]),
-        "quota", jint(k->outcomes[KM_OUT_QUOTA]),
-        "cancelled", jint(k->outcomes[KM_OUT_CANCELLED]),
-        "abandoned", jint(k->abandoned),
-        "stale_releases", jint(k->stale_releases));
+        "acquired", int_json(k->acquired),
+        "success", int_json(k->outcomes[KM_OUT_SUCCESS]),
+        "rate_limited", int_json(k->outcomes[KM_OUT_RATE_LIMITED]),
+        "failure", int_json(k->outcomes[KM_OUT_FAILURE]),
+        "auth", int_json(k->outcomes[KM_OUT_AUTH]),
+        "quota", int_json(k->outcomes[KM_OUT_QUOTA]),
+        "cancelled", int_json(k->outcomes[KM_OUT_CANCELLED]),
+        "abandoned", int_json(k->abandoned),
+        "stale_releases", int_json(k->stale_releases));
     if (!counters) {
         json_decref(lim);
         return NULL;
@@ -165,37 +170,37 @@ static json_t *key_json(const km_key_info *k, const km__clocks *clk)
     /* "o" steals its reference even when json_pack fails (jansson >= 2.9). */
     key = json_pack(
         "{s:o, s:o, s:o, s:s, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o}",
-        "id", jstr(k->id),
-        "secret", jstr(k->secret_masked),
-        "weight", jint(k->weight),
+        "id", str_json(k->id),
+        "secret", str_json(k->secret_masked),
+        "weight", int_json(k->weight),
         "state", km_key_state_name(k->state),
-        "cooldown_remaining_ms", jint(cool_ms),
-        "inflight", jint(k->inflight),
-        "max_inflight", jint(k->max_inflight),
-        "consecutive_failures", jint(k->consecutive_failures),
-        "consecutive_429s", jint(k->consecutive_429s),
-        "latency_ema_us", jint(k->latency_ema_us),
+        "cooldown_remaining_ms", int_json(cool_ms),
+        "inflight", int_json(k->inflight),
+        "max_inflight", int_json(k->max_inflight),
+        "consecutive_failures", int_json(k->consecutive_failures),
+        "consecutive_429s", int_json(k->consecutive_429s),
+        "latency_ema_us", int_json(k->latency_ema_us),
         "counters", counters,
-        "tokens_used", jint(k->tokens_used),
+        "tokens_used", int_json(k->tokens_used),
         "limits", lim);
     if (!key)
         return NULL;
     json_t *budget = k->budget_microusd
                          ? json_pack("{s:o, s:b}", "usd",
-                                     jusd(k->budget_microusd), "hard",
+                                     usd_json(k->budget_microusd), "hard",
                                      k->budget_hard != 0)
                          : json_null();
     json_t *more = json_pack(
         "{s:{s:o, s:o}, s:o, s:o, s:o, s:o}",
         "price",
-        "input_per_1k", jusd(k->price_in_microusd_per_1k),
-        "output_per_1k", jusd(k->price_out_microusd_per_1k),
+        "input_per_1k", usd_json(k->price_in_microusd_per_1k),
+        "output_per_1k", usd_json(k->price_out_microusd_per_1k),
         "budget", budget,
-        "spent_usd", jusd(k->spent_microusd),
-        "success_rate", json_real((double)k->success_ppm / 1e6),
+        "spent_usd", usd_json(k->spent_microusd),
+        "success_rate", json_real((double)k->success_ppm / KM__PPM),
         "meta", meta_json(k->meta));
     if (more && json_object_set_new(more, "cooldown_until_unix_ms",
-                                    jint(km__to_unix_us(clk, k->cooldown_until_ns) / 1000)) < 0) {
+                                    int_json(to_unix_us(clk, k->cooldown_until_ns) / KM__US_PER_MS)) < 0) {
         json_decref(more);
         more = NULL;
     }
@@ -209,10 +214,10 @@ static json_t *key_json(const km_key_info *k, const km__clocks *clk)
 }
 
 /* What one snapshot is asked for. */
-typedef struct km__snap {
-    km__clocks clk;
+typedef struct snap {
+    clocks clk;
     const unsigned char *key; /* non-NULL: add "secret_enc" */
-} km__snap;
+} snap;
 
 /* base64(nonce || XChaCha20-Poly1305(secret)), with "pool/id" as
  * associated data so a ciphertext moved to another key fails to open. */
@@ -244,8 +249,8 @@ static json_t *cfg_limits_json(const uint64_t *limit, const uint64_t *burst, con
     for (int w = 0; lim && w < KM_WIN_COUNT; w++) {
         if (!limit[w])
             continue;
-        json_t *o = json_pack("{s:o, s:o, s:s}", "limit", jint(limit[w]), "burst",
-                              jint(burst[w]), "mode", mode_name(mode[w]));
+        json_t *o = json_pack("{s:o, s:o, s:s}", "limit", int_json(limit[w]), "burst",
+                              int_json(burst[w]), "mode", mode_name(mode[w]));
         if (!o || json_object_set_new(lim, km_window_name(w), o) < 0) {
             json_decref(lim);
             return NULL;
@@ -260,7 +265,7 @@ static json_t *defaults_json(km_env *env, uint32_t pool)
 {
     const km__pool *p = &km__pools(env)[pool];
     json_t *models = json_object();
-    uint32_t n = p->n_models < env->cfg.cap_models ? p->n_models : env->cfg.cap_models;
+    uint32_t n = p->n_models < env->geom.cap_models ? p->n_models : env->geom.cap_models;
     for (uint32_t i = 0; models && i < n; i++) {
         const km__model *md = &km__models(env, pool)[i];
         char name[KM_ID_MAX + 1]; /* the segment's copy may lack its NUL */
@@ -275,12 +280,12 @@ static json_t *defaults_json(km_env *env, uint32_t pool)
     }
     return json_pack("{s:o, s:o, s:{s:o, s:o}, s:o}", "limits",
                      cfg_limits_json(p->def_limit, p->def_burst, p->def_mode),
-                     "max_inflight", jint(p->def_max_inflight), "price", "input_per_1k",
-                     jusd(p->def_price_in), "output_per_1k", jusd(p->def_price_out),
+                     "max_inflight", int_json(p->def_max_inflight), "price", "input_per_1k",
+                     usd_json(p->def_price_in), "output_per_1k", usd_json(p->def_price_out),
                      "models", models);
 }
 
-static int pool_json(km_env *env, int pool, const km__snap *sn, json_t **out)
+static int pool_json(km_env *env, int pool, const snap *sn, json_t **out)
 {
     km_pool_info pi;
     km_key_info ki;
@@ -291,7 +296,7 @@ static int pool_json(km_env *env, int pool, const km__snap *sn, json_t **out)
     if (!(keys = json_array()))
         return KM_ENOMEM;
     /* n_keys comes from the segment: never past the member list's capacity. */
-    for (uint32_t i = 0; i < pi.n_keys && i < env->cfg.cap_keys; i++) {
+    for (uint32_t i = 0; i < pi.n_keys && i < env->geom.cap_keys; i++) {
         int key = km_pool_key(env, pool, i);
         /* A key removed meanwhile (or still listed, skipped, after a
          * removal) is not part of the pool any more: left out. */
@@ -337,30 +342,30 @@ static int pool_json(km_env *env, int pool, const km__snap *sn, json_t **out)
         if (km_model_info_get(env, pool, i, (uint32_t)first, name, lim) != KM_OK)
             break;
         name[KM_ID_MAX] = '\0';
-        if (json_array_append_new(models, jstr(name)) < 0) {
+        if (json_array_append_new(models, str_json(name)) < 0) {
             rc = KM_ENOMEM;
             goto fail;
         }
     }
     json_t *budget = pi.budget_microusd
                          ? json_pack("{s:o, s:b, s:o}", "usd",
-                                     jusd(pi.budget_microusd), "hard",
+                                     usd_json(pi.budget_microusd), "hard",
                                      pi.budget_hard != 0, "spent_usd",
-                                     jusd(pi.spent_microusd))
+                                     usd_json(pi.spent_microusd))
                          : json_null();
     /* "o" steals even on failure: models and keys are gone if p is NULL. */
     p = json_pack("{s:s, s:s, s:o, s:o, s:o, s:s, s:o, s:o, s:o, s:o, s:o}",
                   "name", pi.name,
                   "strategy", km_strategy_name(pi.strategy),
-                  "cooldown_s", jint(pi.cooldown_s),
-                  "max_cooldown_s", jint(pi.max_cooldown_s),
-                  "max_failures", jint(pi.max_failures),
+                  "cooldown_s", int_json(pi.cooldown_s),
+                  "max_cooldown_s", int_json(pi.max_cooldown_s),
+                  "max_failures", int_json(pi.max_failures),
                   "model_limits",
                   pi.model_mode == KM_MODELS_PER_MODEL ? "per_model" : "global",
                   "models", models,
                   "budget", budget,
-                  "spent_usd", jusd(pi.spent_microusd),
-                  "waiters", jint(pi.waiters),
+                  "spent_usd", usd_json(pi.spent_microusd),
+                  "waiters", int_json(pi.waiters),
                   "keys", keys);
     if (!p)
         return KM_ENOMEM;
@@ -385,9 +390,8 @@ KM_EXTERN int km_snapshot_json_ex(km_env *env, unsigned flags, const unsigned ch
                                   char **out)
 {
     km_info info;
-    struct timespec wall;
     json_t *root = NULL, *pools;
-    km__snap sn = {{0, 0}, NULL};
+    snap sn = {{0, 0}, NULL};
     int rc, locked = 0;
 
     if (!env || !out || (flags & ~KM_SNAPSHOT_SECRETS) || (!(flags & KM_SNAPSHOT_SECRETS) != !key))
@@ -405,10 +409,9 @@ KM_EXTERN int km_snapshot_json_ex(km_env *env, unsigned flags, const unsigned ch
         locked = 1;
         sn.key = key;
     }
-    clock_gettime(CLOCK_REALTIME, &wall);
-    sn.clk.mono_ns = km_now_ns();
-    sn.clk.wall_ns = (uint64_t)wall.tv_sec * 1000000000u + (uint64_t)wall.tv_nsec;
-    uint64_t taken_ms = sn.clk.wall_ns / 1000000;
+    sn.clk.mono_ns = km__now();
+    sn.clk.wall_ns = km__wall_ns();
+    uint64_t taken_ms = sn.clk.wall_ns / KM__NS_PER_MS;
 
     if (!(pools = json_array())) {
         rc = KM_ENOMEM;
@@ -429,15 +432,15 @@ KM_EXTERN int km_snapshot_json_ex(km_env *env, unsigned flags, const unsigned ch
     root = json_pack("{s:s, s:i, s:o, s:{s:o, s:o, s:o, s:o, s:o}, s:o, s:o, s:o}",
                      "keymesh", km_version(),
                      "format", KM__SNAPSHOT_FORMAT,
-                     "taken_unix_ms", jint(taken_ms),
+                     "taken_unix_ms", int_json(taken_ms),
                      "capacity",
-                     "keys", jint(info.cap_keys),
-                     "pools", jint(info.cap_pools),
-                     "processes", jint(info.cap_procs),
-                     "inflight_per_key", jint(info.cap_inflight),
-                     "models", jint(env->cfg.cap_models),
-                     "size_bytes", jint(info.size_bytes),
-                     "processes_attached", jint(info.n_procs),
+                     "keys", int_json(info.cap_keys),
+                     "pools", int_json(info.cap_pools),
+                     "processes", int_json(info.cap_procs),
+                     "inflight_per_key", int_json(info.cap_inflight),
+                     "models", int_json(env->geom.cap_models),
+                     "size_bytes", int_json(info.size_bytes),
+                     "processes_attached", int_json(info.n_procs),
                      "pools", pools);
     rc = KM_ENOMEM;
     if (!root)

@@ -3,8 +3,9 @@
  * one reader (km_usage_drain; `kmctl persist` writes them to SQLite).
  *
  * Producer.  A process slot has two rings.  Ring 0 belongs to the thread
- * holding the slot's reader row 1 (shm/epoch.c: the process's first thread
- * to acquire, until it exits): that thread alone writes it, and takes event
+ * holding the slot's reader row 1 (km__rd_holds_row1, shm/epoch.h: the
+ * process's first thread to acquire, until it exits): that thread alone
+ * writes it, and takes event
  * number i by a plain increment of `head`, also for the leases it reaps.
  * Every other writer (the process's other threads, a thread that releases
  * without ever acquiring, a reap on such a thread, a reap during attach)
@@ -29,12 +30,27 @@
  * to take the slot appends after what its predecessor left, so nothing a
  * worker recorded before it exited is lost.  Each event names its pid.  An
  * event the predecessor died writing (seq still 0) is sealed at attach as
- * "dead" (outcome KM_OUT_COUNT + 1), which the drainer counts as dropped,
+ * "dead" (outcome KM__OUT_DEAD), which the drainer counts as dropped,
  * so no ring waits forever on a writer that is gone.
  *
  * Order: a drain delivers each ring's events in the order they were
  * numbered, ring 0 of a slot before its ring 1; events of different rings
  * are not ordered among themselves (each carries its start time).
+ *
+ * The rules, cited where the code relies on them:
+ *   U1  Ring 0 of a process slot has one writer at a time, the holder of
+ *       the slot's reader row 1, which numbers events by plain stores;
+ *       every other writer uses ring 1 and numbers them by fetch-add.
+ *   U2  An event is complete when its seq is its number + 1, stored last
+ *       (release); seq is 0 while its fields are written.  An event a dead
+ *       writer left with seq 0 is sealed (outcome KM__OUT_DEAD, seq set) by
+ *       the slot's next occupant when it attaches (km__usage_reset, called
+ *       by src/attach.c right after the claim), so no drain waits on it for
+ *       ever; a drainer that meets it before the seal waits only while the
+ *       slot's process is alive.
+ *   U3  One drainer at a time (hdr.usage_drainer holds its tag; a tag whose
+ *       process is dead may be taken over), and only the drainer writes
+ *       `drained` and `dropped`.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -52,14 +68,15 @@ void km__usage_reset(km_env *e, uint32_t slot)
     uint32_t n = km__uring_cap(e);
     if (!n)
         return;
-    /* The slot's previous occupant is gone: seal what it left half written. */
+    /* The slot's previous occupant is gone: seal what it left half written
+     * (U2). */
     for (uint32_t ring = 0; ring < KM__URINGS_PER_PROC; ring++) {
         km__uring *r = km__urings(e, slot, ring);
         uint64_t head = ck_pr_load_64(&r->head), d = ck_pr_load_64(&r->drained);
         for (uint64_t i = head > n && head - n > d ? head - n : d; i < head; i++) {
             km__uev *ev = &km__uevs(r)[i & (n - 1)];
             if (ck_pr_load_64(&ev->seq) != i + 1) {
-                ck_pr_store_32(&ev->outcome, KM_OUT_COUNT + 1);
+                ck_pr_store_32(&ev->outcome, KM__OUT_DEAD);
                 ck_pr_fence_store(); /* the mark before seq */
                 ck_pr_store_64(&ev->seq, i + 1);
             }
@@ -68,7 +85,7 @@ void km__usage_reset(km_env *e, uint32_t slot)
 }
 
 /* Fill the public form of an event. */
-static void km__usage_event(km_env *e, const km__uev *ev, uint64_t now_mono, uint64_t now_wall,
+static void usage_event(km_env *e, const km__uev *ev, uint64_t now_mono, uint64_t now_wall,
                             km_usage_event *out)
 {
     memset(out, 0, sizeof *out);
@@ -76,15 +93,15 @@ static void km__usage_event(km_env *e, const km__uev *ev, uint64_t now_mono, uin
     out->start_unix_ns = now_wall - (now_mono > start ? now_mono - start : 0);
     out->latency_us = ev->latency_us == UINT32_MAX ? UINT64_MAX : ev->latency_us;
     out->tokens = ev->tokens;
-    out->outcome = ev->outcome <= KM_OUT_COUNT ? (int)ev->outcome : KM_OUT_COUNT;
+    out->outcome = ev->outcome <= KM__OUT_ABANDONED ? (int)ev->outcome : KM__OUT_ABANDONED;
     out->pid = ev->pid;
-    if (ev->pool < e->cfg.n_pools) {
+    if (ev->pool < e->geom.n_pools) {
         const km__pool *p = &km__pools(e)[ev->pool];
         memcpy(out->pool, p->name, KM_ID_MAX);
-        if (ev->model && ev->model <= p->n_models && ev->model <= e->cfg.cap_models)
+        if (ev->model && ev->model <= p->n_models && ev->model <= e->geom.cap_models)
             memcpy(out->model, km__models(e, ev->pool)[ev->model - 1].name, KM_ID_MAX);
     }
-    const km__key *k = ev->key < e->cfg.cap_keys ? &km__keys(e)[ev->key] : NULL;
+    const km__key *k = ev->key < e->geom.cap_keys ? &km__keys(e)[ev->key] : NULL;
     /* The id is the row's while the row holds that generation (removed rows
      * keep their id until reused). */
     if (k && ck_pr_load_32(&k->gen) == ev->key_gen && ck_pr_load_32(&k->state) != KM__ST_FREE) {
@@ -95,20 +112,16 @@ static void km__usage_event(km_env *e, const km__uev *ev, uint64_t now_mono, uin
     snprintf(out->key_id, sizeof out->key_id, "#%u.%u", ev->key, ev->key_gen);
 }
 
-/* Take the drainer's word: free, ours, or held by a process gone. */
-static int km__drainer_take(km_env *e)
+/* Take the drainer's word: free, ours, or held by a process gone (U3). */
+static int drainer_take(km_env *e)
 {
-    km__hdr *h = e->hdr;
+    km__hdr *h = e->seg.hdr;
     uint64_t cur = ck_pr_load_64(&h->usage_drainer);
-    if (cur == e->owner)
+    if (cur == e->seg.tag)
         return KM_OK;
-    if (cur != 0) {
-        uint32_t slot = (uint32_t)(cur >> 32);
-        km__proc *p = slot >= 1 && slot <= e->cfg.cap_procs ? &km__procs(e)[slot - 1] : NULL;
-        if (p && ck_pr_load_64(&p->tag) == cur && km__tag_alive(p, cur))
-            return KM_EBUSY;
-    }
-    return ck_pr_cas_64(&h->usage_drainer, cur, e->owner) ? KM_OK : KM_EBUSY;
+    if (cur != 0 && km__proc_tag_live(&e->seg, cur))
+        return KM_EBUSY;
+    return ck_pr_cas_64(&h->usage_drainer, cur, e->seg.tag) ? KM_OK : KM_EBUSY;
 }
 
 KM_EXTERN int km_usage_drain(km_env *e, int (*fn)(void *ctx, const km_usage_event *ev), void *ctx,
@@ -119,15 +132,13 @@ KM_EXTERN int km_usage_drain(km_env *e, int (*fn)(void *ctx, const km_usage_even
     if (!e || !fn)
         return KM_EINVAL;
     uint32_t n = km__uring_cap(e);
-    if (n && (rc = km__drainer_take(e)) != KM_OK)
+    if (n && (rc = drainer_take(e)) != KM_OK)
         return rc;
-    struct timespec wall;
-    clock_gettime(CLOCK_REALTIME, &wall);
-    uint64_t now_mono = km__now(), now_wall = (uint64_t)wall.tv_sec * KM__NS_PER_S + (uint64_t)wall.tv_nsec;
+    uint64_t now_mono = km__now(), now_wall = km__wall_ns();
     rc = KM_OK;
-    for (uint32_t ri = 0; n && ri < e->cfg.cap_procs * KM__URINGS_PER_PROC && rc == KM_OK; ri++) {
+    for (uint32_t ri = 0; n && ri < e->geom.cap_procs * KM__URINGS_PER_PROC && rc == KM_OK; ri++) {
         uint32_t s = ri / KM__URINGS_PER_PROC;
-        km__proc *p = &km__procs(e)[s];
+        km__proc *p = &km__procs(&e->seg)[s];
         uint64_t tag = ck_pr_load_64(&p->tag);
         km__uring *r = km__urings(e, s, ri % KM__URINGS_PER_PROC);
         uint64_t head = ck_pr_load_64(&r->head), d = ck_pr_load_64(&r->drained), dropped = 0;
@@ -153,13 +164,13 @@ KM_EXTERN int km_usage_drain(km_env *e, int (*fn)(void *ctx, const km_usage_even
             copy.pid = ck_pr_load_32(&ev->pid);
             ck_pr_fence_load(); /* the fields before the second look at seq */
             uint64_t s2 = ck_pr_load_64(&ev->seq);
-            if (s1 == d + 1 && s2 == s1 && copy.outcome > KM_OUT_COUNT) { /* sealed: dead writer */
+            if (s1 == d + 1 && s2 == s1 && copy.outcome > KM__OUT_ABANDONED) { /* sealed: dead writer */
                 dropped++;
                 continue;
             }
             if (s1 == d + 1 && s2 == s1) {
                 km_usage_event ue;
-                km__usage_event(e, &copy, now_mono, now_wall, &ue);
+                usage_event(e, &copy, now_mono, now_wall, &ue);
                 if ((rc = fn(ctx, &ue)) != 0)
                     break;
                 rep.events++;
@@ -169,9 +180,10 @@ KM_EXTERN int km_usage_drain(km_env *e, int (*fn)(void *ctx, const km_usage_even
                 dropped++;
                 continue;
             }
-            /* Still being written: wait for it, unless its writer is gone. */
+            /* Still being written: wait for it, unless its writer is gone
+             * (U2). */
             if (alive < 0)
-                alive = tag && (tag == e->owner || km__tag_alive(p, tag));
+                alive = tag && km__proc_entry_live(&e->seg, s, tag);
             if (alive)
                 break;
             dropped++;
@@ -181,7 +193,7 @@ KM_EXTERN int km_usage_drain(km_env *e, int (*fn)(void *ctx, const km_usage_even
             ck_pr_store_64(&r->dropped, ck_pr_load_64(&r->dropped) + dropped);
         rep.dropped += dropped;
     }
-    for (uint32_t s = 0; n && s < e->cfg.cap_procs; s++)
+    for (uint32_t s = 0; n && s < e->geom.cap_procs; s++)
         for (uint32_t ring = 0; ring < KM__URINGS_PER_PROC; ring++)
             rep.dropped_total += ck_pr_load_64(&km__urings(e, s, ring)->dropped);
     if (out)

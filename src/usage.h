@@ -1,6 +1,6 @@
 /*
  * src/usage.h - the producer side of usage events, inline: it runs in every
- * release (src/pool.c), where a call across files cost ~1 ns of the pair.
+ * release (src/release.c), where a call across files cost ~1 ns of the pair.
  * The protocol is described at the top of src/usage.c.  Internal.
  */
 #ifndef KM_USAGE_H
@@ -24,12 +24,12 @@ static inline void km__usage_put(km_env *e, int own, uint32_t key, uint32_t key_
     uint32_t n = km__uring_cap(e);
     if (!n)
         return;
-    km__uring *r = km__urings(e, e->proc_slot, own ? 0 : 1);
+    km__uring *r = km__urings(e, e->seg.proc_slot, own ? 0 : 1);
     uint64_t i;
     if (own) {
-        /* Ring 0 has one writer, this thread: a plain increment.  Ownership
-         * passes with reader row 1, by CAS on its tid, and only from a
-         * thread that has exited (shm/epoch.c). */
+        /* Ring 0 has one writer, this thread (U1): a plain increment.
+         * Ownership passes with reader row 1, by CAS on its tid, and only
+         * from a thread that has exited (shm/epoch.c). */
         i = ck_pr_load_64(&r->head);
         ck_pr_store_64(&r->head, i + 1);
     } else {
@@ -39,7 +39,7 @@ static inline void km__usage_put(km_env *e, int own, uint32_t key, uint32_t key_
     }
     km__uev *ev = &km__uevs(r)[i & (n - 1)];
     ck_pr_store_64(&ev->seq, 0);
-    ck_pr_fence_store(); /* seq 0 before the fields: a reader never takes them for the old event */
+    ck_pr_fence_store(); /* seq 0 before the fields (U2): a reader never takes them for the old event */
     ck_pr_store_64(&ev->start_ns, start_ns);
     ck_pr_store_64(&ev->tokens, tokens);
     ck_pr_store_32(&ev->latency_us,
@@ -51,8 +51,8 @@ static inline void km__usage_put(km_env *e, int own, uint32_t key, uint32_t key_
     ck_pr_store_32(&ev->outcome, (uint32_t)outcome);
     /* A reap at attach runs before this process has a slot: it records in
      * slot 0's ring 1 (fetch-adds: any process may) with its pid. */
-    ck_pr_store_32(&ev->pid, e->owner ? (uint32_t)e->owner : (uint32_t)getpid());
-    ck_pr_fence_store(); /* the fields before seq (pairs with the drainer's acquire) */
+    ck_pr_store_32(&ev->pid, e->seg.tag ? (uint32_t)e->seg.tag : (uint32_t)getpid());
+    ck_pr_fence_store(); /* the fields before seq (U2; pairs with the drainer's acquire) */
     ck_pr_store_64(&ev->seq, i + 1);
 }
 

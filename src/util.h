@@ -1,37 +1,19 @@
 /*
  * src/util.h - one home for the small conversions the library's files share:
- * the wall clock, US dollars to micro-dollars and back, and the FNV-1a hash.
+ * the clocks (from shm/clock.h), US dollars to micro-dollars and back, the
+ * FNV-1a hash and saturating arithmetic.
  * Internal; not installed.  Everything is inline and pure (but the clock).
  */
 #ifndef KM_UTIL_H
 #define KM_UTIL_H
 
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
-#include <time.h>
 
-#define KM__NS_PER_S UINT64_C(1000000000)
-#define KM__NS_PER_MS UINT64_C(1000000)
-#define KM__NS_PER_US UINT64_C(1000)
+#include "../shm/clock.h" /* km__now, km__wall_ns: the clocks live with the segment */
+
 #define KM__MICRO_PER_USD 1e6
-
-/* CLOCK_MONOTONIC in ns, inline: the hot path's one clock read should not
- * cost a call into another file on top of the vDSO call. */
-static inline uint64_t km__now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * KM__NS_PER_S + (uint64_t)ts.tv_nsec;
-}
-
-/* CLOCK_REALTIME in ns since the Unix epoch (creation stamps, usage events,
- * snapshots).  Never on the hot path. */
-static inline uint64_t km__wall_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * KM__NS_PER_S + (uint64_t)ts.tv_nsec;
-}
 
 /* US dollars to micro-dollars, rounded to nearest; negative, NaN and
  * infinite amounts give 0 (callers that must refuse them check first). */
@@ -68,6 +50,26 @@ static inline uint32_t km__fnv32_str(const char *s)
 static inline uint64_t km__fnv64_step(uint64_t h, uint64_t v)
 {
     return (h ^ v) * KM__FNV64_PRIME;
+}
+
+/* FNV-1a over n bytes, one step per byte (the layout signature). */
+static inline uint64_t km__fnv64_bytes(uint64_t h, const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ b[i]) * KM__FNV64_PRIME;
+    return h;
+}
+
+static inline uint64_t km__max64(uint64_t a, uint64_t b) { return a > b ? a : b; }
+static inline uint64_t km__min64(uint64_t a, uint64_t b) { return a < b ? a : b; }
+
+/* a * b, or a large value far from wrapping (2^62 - 1) if that overflows:
+ * limit arithmetic then refuses instead of wrapping to a small number. */
+static inline uint64_t km__mul_sat(uint64_t a, uint64_t b)
+{
+    uint64_t r;
+    return __builtin_mul_overflow(a, b, &r) ? (UINT64_MAX >> 2) : r;
 }
 
 #endif /* KM_UTIL_H */

@@ -11,7 +11,7 @@
  *     holds only the parent;
  *   - counters: sum(outcomes) + abandoned <= acquired, and falls short by at
  *     most the number of kills (a death between a release's in-flight flag
- *     and its counter store; see src/pool.c);
+ *     and its counter store; see src/release.c);
  *   - no limit was exceeded: over the admissions the workers recorded, for
  *     every key and every pair of admissions, the token_bucket bound holds
  *     for rpm and tpm;
@@ -105,16 +105,16 @@ static pid_t spawn(int slot)
 /* On failure: every key's token reservation and its non-free lease slots. */
 static void dump_keys(km_env *e)
 {
-    for (uint32_t ki = 0; ki < e->hdr->n_keys; ki++) {
+    for (uint32_t ki = 0; ki < e->seg.hdr->n_keys; ki++) {
         km__key *k = &km__keys(e)[ki];
         km__lease *ls = km__leases(e, ki);
         char fl[17] = {0}; /* in-flight flags of slots 0..15, in slot order */
-        for (int s = 0; s < 16 && (uint32_t)s < e->hdr->cap_inflight; s++)
+        for (int s = 0; s < 16 && (uint32_t)s < e->seg.hdr->cap_inflight; s++)
             fl[s] = ck_pr_load_8(&km__busy(e, ki)[s]) ? '1' : '0';
         diag("key %s: tpm reserved %llu tat-now %lld ms in-flight flags of slots 0-15 %s", k->id,
              (unsigned long long)ck_pr_load_64(&k->win[KM_WIN_TPM].reserved),
              (long long)((int64_t)ck_pr_load_64(&k->win[KM_WIN_TPM].tat) - (int64_t)km_now_ns()) / 1000000, fl);
-        for (uint32_t s = 0; s < e->hdr->cap_inflight; s++)
+        for (uint32_t s = 0; s < e->seg.hdr->cap_inflight; s++)
             if (ck_pr_load_64(&ls[s].owner) || ck_pr_load_32(&ls[s].phase))
                 diag("  slot %u owner %llx phase %u seq %u tokens %u", s,
                      (unsigned long long)ck_pr_load_64(&ls[s].owner), ck_pr_load_32(&ls[s].phase),
@@ -283,12 +283,12 @@ int main(void)
     if (gone == 0)
         _exit(0);
     waitpid(gone, NULL, 0);
-    km__proc *pt = km__procs(e);
+    km__proc *pt = km__procs(&e->seg);
     uint32_t free_slot = 0;
-    while (free_slot < e->hdr->cap_procs && ck_pr_load_64(&pt[free_slot].tag))
+    while (free_slot < e->seg.hdr->cap_procs && ck_pr_load_64(&pt[free_slot].tag))
         free_slot++;
     ck_pr_store_64(&pt[free_slot].tag, ((uint64_t)(free_slot + 1) << 32) | (uint32_t)gone);
-    ck_pr_inc_32(&e->hdr->n_procs);
+    ck_pr_inc_32(&e->seg.hdr->n_procs);
     is_int(km_check(e, show_violation, NULL), 1, "an entry left mid-attach by a dead process is a violation");
     km_reap(e, &rep);
     is_u64(rep.processes, 1, "reap frees the entry of a process that died mid-attach");

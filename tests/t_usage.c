@@ -160,7 +160,7 @@ static void threads_case(void)
         fails += a[t].failures;
     is_int(fails, 0, "threads: %d acquire+release pairs and one foreign release, all OK",
            (N_THR + 1) * N_PER);
-    km__uring *r0 = km__urings(env, env->proc_slot, 0), *r1 = km__urings(env, env->proc_slot, 1);
+    km__uring *r0 = km__urings(env, env->seg.proc_slot, 0), *r1 = km__urings(env, env->seg.proc_slot, 1);
     ok(ck_pr_load_64(&r0->head) == N_PER && ck_pr_load_64(&r1->head) == N_THR * N_PER + 1,
        "ring 0 took the first thread's %d events (%" PRIu64 "), ring 1 the other threads' %d (%" PRIu64 ")",
        N_PER, ck_pr_load_64(&r0->head), N_THR * N_PER + 1, ck_pr_load_64(&r1->head));
@@ -274,8 +274,8 @@ int main(void)
         nanosleep(&ts, NULL);
     }
     uint32_t slot = UINT32_MAX;
-    for (uint32_t s = 0; s < env->hdr->cap_procs; s++)
-        if ((uint32_t)ck_pr_load_64(&km__procs(env)[s].tag) == (uint32_t)c)
+    for (uint32_t s = 0; s < env->seg.hdr->cap_procs; s++)
+        if ((uint32_t)ck_pr_load_64(&km__procs(&env->seg)[s].tag) == (uint32_t)c)
             slot = s;
     ok(slot != UINT32_MAX, "the child's process slot");
     km__uring *ring = km__urings(env, slot, 0); /* the child's one thread writes ring 0 */

@@ -32,7 +32,7 @@ FUZZ_SEED_OBJ := $(patsubst %.c,$(FUZZ_BUILD)/plain/%.o,$(FUZZ_LIB_SRC))
 FUZZ_LIB_OBJ += $(FUZZ_BUILD)/obj/$(PRESETS_C:.c=.o)
 FUZZ_SEED_OBJ += $(FUZZ_BUILD)/plain/$(PRESETS_C:.c=.o)
 FUZZ_BIN := $(patsubst %,$(FUZZ_BUILD)/fuzz_%,$(FUZZ_TARGETS))
-FUZZ_HDRS := include/keymesh.h shm/seg.h src/internal.h src/usage.h
+FUZZ_HDRS := include/keymesh.h $(wildcard shm/*.h src/*.h)
 
 .PHONY: fuzz fuzz-build fuzz-seeds fuzz-deps
 

@@ -30,7 +30,7 @@ static int printable_nospace(const char *s, size_t n)
     return 1;
 }
 
-/* Mirrors the argument checks of km__seg_create (shm/segment.c). */
+/* Mirrors the argument checks of km_create (src/attach.c). */
 static void check_layout(const km_config *cfg)
 {
     if (cfg->n_pools == 0 || cfg->n_pools > cfg->cap_pools ||

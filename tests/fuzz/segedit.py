@@ -30,9 +30,9 @@ everything else as km_create() wrote it.
 
 Nothing is hard-coded here: every offset, size and region address is
 computed by a small C program compiled against this tree's headers
-(shm/seg.h, src/internal.h: the library's own accessors km__keys,
-km__busy, km__urings, ...) with the layout functions copied out of
-shm/segment.c.  The same program checks that SEED is a segment of this
+(shm/seg.h, src/layout.h, src/internal.h: the library's own accessors
+km__keys, km__busy, km__urings, ..., and its km__layout and
+km__layout_signature).  The same program checks that SEED is a segment of this
 tree's layout (magic, KM_FORMAT_VERSION, hdr_size, layout signature and
 every region offset the capacities imply) and refuses it otherwise, so a
 seed left over from an older format fails loudly instead of being edited
@@ -46,7 +46,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # region -> (number of indices, C expression of the element's address
 # (a, b, c: the indices; the field designator is appended), bound checks)
 REGIONS = {
-    'hdr':    (0, '((km__hdr *)e->base)', []),
+    'hdr':    (0, '((km__hdr *)e->seg.base)', []),
     'key':    (1, '&km__keys(e)[a]', ['a < C.cap_keys']),
     'pool':   (1, '&km__pools(e)[a]', ['a < C.cap_pools']),
     'model':  (2, '&km__models(e, a)[b]', ['a < C.cap_pools', 'b < C.cap_models']),
@@ -54,8 +54,8 @@ REGIONS = {
     'mwin':   (2, '&km__mwins(e, a)[b]', ['a < C.cap_keys', 'b < C.cap_models']),
     'lease':  (2, '&km__leases(e, a)[b]', ['a < C.cap_keys', 'b < C.cap_inflight']),
     'busy':   (2, '&km__busy(e, a)[b]', ['a < C.cap_keys', 'b < km__busy_stride(C.cap_inflight)']),
-    'proc':   (1, '&km__procs(e)[a]', ['a < C.cap_procs']),
-    'rdr':    (2, '&km__rdrs(e, a)[b]', ['a < C.cap_procs', 'b < KM__RDR_PER_PROC']),
+    'proc':   (1, '&km__procs(&e->seg)[a]', ['a < C.cap_procs']),
+    'rdr':    (2, '&km__rdrs(&e->seg, a)[b]', ['a < C.cap_procs', 'b < KM__RDR_PER_PROC']),
     'uring':  (2, 'km__urings(e, a, b)', ['C.cap_usage', 'a < C.cap_procs', 'b < KM__URINGS_PER_PROC']),
     'uev':    (3, '&((km__uev *)(void *)(km__urings(e, a, b) + 1))[c]',
                ['C.cap_usage', 'a < C.cap_procs', 'b < KM__URINGS_PER_PROC', 'c < km__uring_cap(e)']),
@@ -124,31 +124,11 @@ def compiler():
     die('no C compiler (set SEGEDIT_CC): the layout is computed by compiling shm/seg.h')
 
 
-def from_segment_c():
-    """The layout code of shm/segment.c, copied so that the probe computes
-    exactly what km_create() and attach do."""
-    src = open(os.path.join(ROOT, 'shm', 'segment.c')).read()
-    pats = [r'^uint64_t km__layout_signature\(void\)\n\{.*?^\}\n',
-            r'^static uint64_t km__align\(.*?\n',
-            r'^enum \{ KM__OFF_POOLS.*?\};\n',
-            r'^static uint64_t km__layout\(.*?^\}\n']
-    out = []
-    for p in pats:
-        m = re.search(p, src, re.S | re.M)
-        if not m:
-            die('shm/segment.c no longer matches /%s/: update from_segment_c() in %s'
-                % (p.split('\\')[0].strip('^'), __file__))
-        out.append(m.group(0))
-    return '\n'.join(out)
-
-
 PROBE = r'''
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "internal.h"
-
-%(segment_c)s
 
 #define KIND(x) _Generic((x), char *: "text", unsigned char *: "text", \
     uint8_t: "int", uint16_t: "int", uint32_t: "int", uint64_t: "int", \
@@ -159,8 +139,8 @@ int main(int argc, char **argv)
 {
     static km_env env;
     km_env *e = &env;
-    km__hdr *h = &env.cfg;
-#define C (env.cfg)
+    km__hdr *h = &env.geom;
+#define C (env.geom)
     uint64_t off[KM__OFF_N];
     FILE *f = fopen(argv[1], "rb");
     if (!f) NO("cannot open %%s", argv[1]);
@@ -187,8 +167,11 @@ int main(int argc, char **argv)
         off[KM__OFF_READERS] != h->off_readers || off[KM__OFF_USAGE] != h->off_usage)
         NO("capacities, offsets and size (%%llu, file %%ld) disagree with the layout",
            (unsigned long long)h->seg_size, size);
-    env.base = calloc(1, h->seg_size);
-    if (!env.base) NO("out of memory");
+    env.seg.base = calloc(1, h->seg_size);
+    if (!env.seg.base) NO("out of memory");
+    env.seg.cap_procs = h->cap_procs; /* shm/'s geometry, as km_open takes it */
+    env.seg.off_procs = h->off_procs;
+    env.seg.off_readers = h->off_readers;
     printf("OK %%u %%llu\n", h->format, (unsigned long long)h->seg_size);
 %(fields)s
     return 0;
@@ -199,7 +182,7 @@ FIELD = r'''    {
         uint64_t a = %(a)s, b = %(b)s, c = %(c)s;
         (void)a; (void)b; (void)c;
         if (!(%(bounds)s)) NO("%(edit)s: index out of range (%(bounds_s)s)");
-        printf("F %%td %%zu %%s\n", (char *)(%(lv)s) - (char *)env.base, sizeof(%(x)s), KIND(%(x)s));
+        printf("F %%td %%zu %%s\n", (char *)(%(lv)s) - (char *)env.seg.base, sizeof(%(x)s), KIND(%(x)s));
     }
 '''
 
@@ -221,7 +204,7 @@ def probe(seed, targets):
         fields.append(FIELD % dict(a=idx[0], b=idx[1], c=idx[2], bounds=bs,
                                    bounds_s=bs.replace('"', "'"), edit=edit.replace('"', "'"),
                                    lv='&' + x, x=x))
-    code = PROBE % dict(segment_c=from_segment_c(), fields=''.join(fields))
+    code = PROBE % dict(fields=''.join(fields))
     with tempfile.TemporaryDirectory(prefix='segedit-') as d:
         c, exe = os.path.join(d, 'probe.c'), os.path.join(d, 'probe')
         open(c, 'w').write(code)

@@ -1,6 +1,6 @@
 /*
  * tests/fuzz/repro/stale_row.c - a thread's cached reader row survives
- * km_close().  src/pool.c caches the reader row per thread, keyed by the
+ * km_close().  the epoch reader (shm/epoch.h) caches its row per thread, keyed by the
  * km_env pointer (km__rd_env); km_close() frees the env without clearing
  * it.  A later km_open() whose env malloc places at the same address makes
  * the next acquire use the old row: a pointer into the old mapping.  If
@@ -38,14 +38,14 @@ int main(void)
     km_config_free(c);
     if (km_acquire(h1, &rq, &l) || km_release(h1, &l, NULL)) /* binds a row of slot 1 */
         return 2;
-    void *old_env = h1, *old_base = h1->base;
+    void *old_env = h1, *old_base = h1->seg.base;
     km_close(h0);                                /* slot 0 free */
     km_close(h1);                                /* slot 1 free; env freed last */
     if (km_open(nm, &hx))                        /* takes slot 0 */
         return 2;
     printf("env %s (%p -> %p), mapping %s, slot %u\n", (void *)hx == old_env ? "reused" : "new",
-           old_env, (void *)hx, hx->base == old_base ? "same address" : "moved", hx->proc_slot);
-    km__rdr *slot1 = km__rdrs(hx, 1);
+           old_env, (void *)hx, hx->seg.base == old_base ? "same address" : "moved", hx->seg.proc_slot);
+    km__rdr *slot1 = km__rdrs(&hx->seg, 1);
     uint64_t before[KM__RDR_PER_PROC];
     for (int i = 0; i < KM__RDR_PER_PROC; i++)
         before[i] = slot1[i].enter_ns;
@@ -55,7 +55,7 @@ int main(void)
     for (int i = 0; i < KM__RDR_PER_PROC; i++)
         if (slot1[i].enter_ns != before[i]) {
             printf("STALE: the acquire of the handle in slot %u wrote reader row %d of slot 1\n",
-                   hx->proc_slot, i);
+                   hx->seg.proc_slot, i);
             stale = 1;
         }
     km_close(hx);

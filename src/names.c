@@ -1,6 +1,7 @@
 /*
- * src/errors.c - error strings, enum names, version, clock and secret masking.
- * Everything here is pure: no shared state.
+ * src/names.c - names: error strings and names, the names of strategies,
+ * windows, key states and outcomes, the version, the public clock read and
+ * secret masking.  Everything here is pure: no shared state.
  */
 #include <stdio.h>
 #include <string.h>
@@ -84,20 +85,20 @@ KM_EXTERN uint64_t km_now_ns(void)
  * first '-' (at most 8 bytes, so the provider stays recognisable) and the
  * last 4 bytes.  Secrets of 12 bytes or fewer show only "…" and the last
  * 2 bytes, so that most of a short secret never leaves the segment. */
-KM_EXTERN void km_mask_secret(const char *secret, char out[24])
+KM_EXTERN void km_mask_secret(const char *secret, char out[KM_MASKED_MAX])
 {
     size_t n = secret ? strlen(secret) : 0;
     if (n == 0) {
-        snprintf(out, 24, "(none)");
+        snprintf(out, KM_MASKED_MAX, "(none)");
         return;
     }
     if (n <= 12) {
-        snprintf(out, 24, "\xe2\x80\xa6%s", secret + (n > 2 ? n - 2 : n));
+        snprintf(out, KM_MASKED_MAX, "\xe2\x80\xa6%s", secret + (n > 2 ? n - 2 : n));
         return;
     }
     size_t pre = 0;
     const char *dash = memchr(secret, '-', n < 8 ? n : 8);
     if (dash)
         pre = (size_t)(dash - secret) + 1;
-    snprintf(out, 24, "%.*s\xe2\x80\xa6%s", (int)pre, secret, secret + n - 4);
+    snprintf(out, KM_MASKED_MAX, "%.*s\xe2\x80\xa6%s", (int)pre, secret, secret + n - 4);
 }

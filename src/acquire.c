@@ -1,0 +1,556 @@
+/*
+ * src/acquire.c - km_acquire: choosing a key by the pool's strategy and
+ * leasing it.
+ *
+ * One acquire is one epoch section (shm/epoch.h): the member list it loads
+ * and the key row it copies stay what they were until it leaves.  Within
+ * it, each candidate key goes through try_key: state, budget and
+ * cooldown checks, a lease slot claimed (src/slots.h), the limits admitted
+ * (src/gcra.h), the lease copied out.  Nothing here makes a system call
+ * except the clock read (vDSO) and, at most once a second when no key was
+ * admissible, a reap (src/reap.c).
+ */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <ck_pr.h>
+
+#include "internal.h"
+#include "slots.h"
+#include "wait.h"
+
+/* Poll hints for non-blocking callers where no clock time is known (see
+ * KM__POLL_BUSY_NS in src/gcra.h): a key whose one probe lease is out frees
+ * up at its release.  A slot seen mid-release (its flag clear, its owner
+ * not yet) is a few instructions from free: look again soon. */
+#define KM__POLL_PROBE_NS (100 * 1000 * 1000) /* 100 ms */
+#define KM__RETRY_TRANSIENT_NS (50 * 1000)    /* 50 us */
+
+/* What one acquire's pass over the keys has seen. */
+typedef struct key_scan {
+    km__adm a;            /* clock, cost, and when to look again (src/gcra.h):
+                           * retry also takes cooldowns, poll probes */
+    uint32_t usable;      /* keys that could admit without an operator */
+    uint32_t cost_blocked;
+    uint32_t soft_skipped; /* keys passed over for a soft budget */
+    int allow_soft;        /* second pass: take keys over a soft budget */
+    uint32_t model;        /* model index + 1, recorded in the lease; 0: none */
+    const km__model *md;   /* per_model pools: the model whose limits apply */
+} key_scan;
+
+/* Per-thread state for choosing keys: random choices and the round-robin
+ * cursor write no shared word.  A child after fork() starts afresh (see
+ * atfork_child), or every worker forked from one master would pick the
+ * same sequence of keys. */
+static KM__TLS uint64_t rng_state;
+static KM__TLS uint32_t rr_cursor;
+static uint32_t cached_pid; /* cached at load and in a forked child: no getpid() per seed */
+
+static void atfork_child(void)
+{
+    rng_state = 0;
+    rr_cursor = 0;
+    cached_pid = (uint32_t)getpid();
+}
+
+__attribute__((constructor)) static void register_atfork(void)
+{
+    cached_pid = (uint32_t)getpid();
+    pthread_atfork(NULL, NULL, atfork_child);
+}
+
+static uint64_t rng_next(void)
+{
+    uint64_t s = rng_state;
+    if (s == 0)
+        s = (km__now() ^ ((uint64_t)cached_pid << 32) ^ (uint64_t)(uintptr_t)&rng_state) | 1;
+    s ^= s >> 12;
+    s ^= s << 25;
+    s ^= s >> 27;
+    rng_state = s;
+    return s * 0x2545f4914f6cdd1dull;
+}
+
+static inline uint32_t rng_below(uint32_t n)
+{
+    return (uint32_t)(((rng_next() >> 32) * (uint64_t)n) >> 32);
+}
+
+static inline int live_state(uint32_t st)
+{
+    return st == KM__ST_ACTIVE || st == KM__ST_FAILING || st == KM__ST_PROBING;
+}
+
+static inline int over_budget(const km__key *k)
+{
+    return k->budget_microusd && ck_pr_load_64(&k->spent_microusd) >= k->budget_microusd;
+}
+
+/* Try to lease key ki.  Returns 1 and fills *out on success; 0 otherwise
+ * (sc updated: usable keys lower sc->a.retry). */
+static int try_key(km_env *e, uint32_t ki, key_scan *sc, km_lease *out)
+{
+    if (ki >= e->geom.cap_keys) /* a member list is shared memory: never trusted */
+        return 0;
+    km__key *k = &km__keys(e)[ki];
+    uint32_t st = ck_pr_load_32(&k->state), probe = 0;
+    km__lset kset = km__key_lset(k), mset;
+    uint32_t mi = sc->model ? sc->model - 1 : 0;
+
+    if (!live_state(st))
+        return 0;
+    if (ck_pr_load_32(&k->updating)) { /* limits being changed: briefly */
+        sc->usable++;
+        sc->a.retry = km__min64(sc->a.retry, sc->a.now + KM__POLL_BUSY_NS);
+        return 0;
+    }
+    if (over_budget(k)) {
+        if (k->budget_hard) { /* spent: the key is exhausted until enabled */
+            km__state_to(k, KM__LIVE_STATES, KM__ST_EXHAUSTED);
+            return 0;
+        }
+        if (!sc->allow_soft) {
+            sc->soft_skipped++;
+            return 0;
+        }
+    }
+    if (sc->md)
+        mset = km__model_lset(e, ki, sc->md, mi);
+    if (km__over_burst(&kset, sc->a.tokens) || (sc->md && km__over_burst(&mset, sc->a.tokens))) {
+        sc->cost_blocked++;
+        return 0;
+    }
+    sc->usable++;
+    uint64_t cu = ck_pr_load_64(&k->cooldown_until);
+    if (sc->a.now < cu) {
+        sc->a.retry = km__min64(sc->a.retry, cu);
+        return 0;
+    }
+    if (st == KM__ST_PROBING) {
+        sc->a.poll = km__min64(sc->a.poll, KM__POLL_PROBE_NS);
+        return 0;
+    }
+    /* No pre-check by plain loads here: admission refuses before it changes
+     * any limit word, so a refused key costs one slot claim more, while a
+     * pre-check would cost every admitted request ~20 instructions.  The
+     * sampling strategies pre-check while choosing (eligible). */
+    int s = km__slot_claim(e, ki, k);
+    if (s == -1) { /* every slot taken: a release will wake sleepers */
+        sc->a.poll = km__min64(sc->a.poll, KM__POLL_BUSY_NS);
+        return 0;
+    }
+    if (s < 0) { /* a slot is being released or claimed right now */
+        sc->a.retry = km__min64(sc->a.retry, sc->a.now + KM__RETRY_TRANSIENT_NS);
+        return 0;
+    }
+    km__lease *ls = &km__leases(e, ki)[s];
+    uint32_t seq = ck_pr_load_32(&ls->seq) + 1, gen = ck_pr_load_32(&k->gen);
+    km__undo ku;
+    /* The lease's fields, two adjacent 32-bit fields per 8-byte store (the
+     * pairs are pinned in src/layout.h; little-endian: the first field is the
+     * low half).  Each reader loads the fields one by one, and a reader that
+     * needs them settled (release, a reaper, check) acts on phase ACTIVE,
+     * stored after a fence further down; one that sees ADMITTING uses only
+     * owner, phase and seq (P3).  The model: per_model windows settle by it
+     * at release (a global pool's models have none), and usage events name
+     * it; res_mask: which token windows the lease reserves. */
+    ck_pr_store_64(km__pair(&ls->seq), seq | (uint64_t)sc->a.tokens << 32);
+    ck_pr_store_64(&ls->start_ns, sc->a.now);
+    ck_pr_store_64(km__pair(&ls->model), sc->model | (uint64_t)(kset.mask & KM__TOKEN_WINS) << 32);
+    ck_pr_store_64(km__pair(&ls->key_gen), gen | (uint64_t)KM__LP_ADMITTING << 32);
+    /* The phase store must be visible before any limit word changes, so a
+     * reaper that finds our charges can find this slot (P2).  The atomics below
+     * are locked instructions, which order this store before them on x86;
+     * the fence says so (and is a real fence elsewhere). */
+    ck_pr_fence_store_atomic();
+
+    if (st == KM__ST_FAILING) {
+        /* The failure cooldown is over: one acquirer takes the probe. */
+        if (!ck_pr_cas_32(&k->state, KM__ST_FAILING, KM__ST_PROBING))
+            goto undo_slot;
+        probe = 1;
+    }
+    if (!km__admit(&kset, &sc->a, &ku))
+        goto undo_probe;
+    if (sc->md) {
+        km__undo mu;
+        if (!km__admit(&mset, &sc->a, &mu)) {
+            km__admit_undo(&kset, &ku, sc->a.tokens);
+            goto undo_probe;
+        }
+    }
+    /* Count the acquire while still ADMITTING: a reaper counts a slot it
+     * finds ACTIVE as abandoned, so the acquire must be counted by then (a
+     * death before ACTIVE leaves it counted as acquired only: short by one,
+     * never over).  We own the slot: a plain increment is exact. */
+    KM__SLOT_ADD(ls->acquired, 1);
+    /* In-flight +1: our own flag (I1), a plain store (the byte has no other
+     * writer), after the limit atomics and before the phase store.  On x86
+     * the atomics are locked and stores keep their order, so both fences
+     * are compiler barriers; where atomics are relaxed they are real. */
+    ck_pr_fence_atomic_store();
+    ck_pr_store_8(&km__busy(e, ki)[s], 1);
+    ck_pr_fence_store();
+    ck_pr_store_32(&ls->phase, KM__LP_ACTIVE); /* last (P3) */
+
+    out->key = ki;
+    out->key_gen = gen;
+    out->slot = (uint32_t)s;
+    out->seq = seq;
+    out->pool = k->pool;
+    out->tokens = sc->a.tokens;
+    out->start_ns = sc->a.now;
+    out->retry_at_ns = 0;
+    out->model = sc->model;
+    out->secret_len = km__min64(k->secret_len, KM_SECRET_MAX);
+    /* The id in 16-byte blocks up to the block holding its NUL (the row is
+     * NUL-padded, like the secret below): one block for most ids.  Bytes
+     * after the NUL are unspecified (keymesh.h). */
+    _Static_assert((KM_ID_MAX + 1) % 16 == 0 && (KM_SECRET_MAX + 1) % 16 == 0,
+                   "id and secret are copied in 16-byte blocks");
+    for (uint32_t i = 0; i < sizeof(out->key_id); i += 16) {
+        memcpy(out->key_id + i, k->id + i, 16);
+        if (k->id[i + 15] == '\0')
+            break;
+    }
+    out->key_id[KM_ID_MAX] = '\0'; /* the segment's copy may be corrupted */
+    /* Copy the secret in 16-byte blocks up to its NUL: the key's array is
+     * NUL-padded past its length (written once from a zeroed config), and a
+     * typical secret takes 3-10 vector moves instead of a call or 16. */
+    for (uint32_t i = 0; i <= out->secret_len && i < sizeof(out->secret); i += 16)
+        memcpy(out->secret + i, k->secret + i, 16);
+    out->secret[out->secret_len] = '\0';
+    out->meta_len = km__min64(k->meta_len, KM_META_MAX);
+    if (out->meta_len)
+        memcpy(out->meta, k->meta, sizeof(out->meta));
+    out->meta[out->meta_len] = '\0';
+    return 1;
+
+undo_probe:
+    if (probe && ck_pr_cas_32(&k->state, KM__ST_PROBING, KM__ST_FAILING) &&
+        k->pool < e->geom.n_pools) /* sleepers saw PROBING: the next may probe */
+        km__wake(e, &km__pools(e)[k->pool]);
+undo_slot:
+    km__slot_free(ls);
+    return 0;
+}
+
+/* Cheap eligibility for scoring: usable now by state, cooldown and loads of
+ * the limit words.  Nothing is claimed. */
+static int eligible(km_env *e, uint32_t ki, key_scan *sc)
+{
+    if (ki >= e->geom.cap_keys)
+        return 0;
+    km__key *k = &km__keys(e)[ki];
+    uint32_t st = ck_pr_load_32(&k->state);
+    km__lset kset = km__key_lset(k);
+
+    if ((st != KM__ST_ACTIVE && st != KM__ST_FAILING) || ck_pr_load_32(&k->updating) ||
+        sc->a.now < ck_pr_load_64(&k->cooldown_until) || !km__precheck(&kset, &sc->a))
+        return 0;
+    if (sc->md) {
+        km__lset mset = km__model_lset(e, ki, sc->md, sc->model - 1);
+        if (!km__precheck(&mset, &sc->a))
+            return 0;
+    }
+    return !over_budget(k) || sc->allow_soft;
+}
+
+/* Scores for the sampling strategies: lower is better. */
+static uint64_t score(const km_env *e, uint32_t ki, int strategy)
+{
+    const km__key *k = &km__keys(e)[ki]; /* ki was checked by eligible */
+    switch (strategy) {
+    case KM_STRATEGY_LEAST_BUSY:
+        return km__inflight(e, ki, k);
+    case KM_STRATEGY_LATENCY:
+        return ck_pr_load_64(&k->latency_ema_ns); /* 0: never sampled, try it */
+    default: /* KM_STRATEGY_RELIABILITY */
+        return KM__PPM - km__min64(ck_pr_load_32(&k->success_ppm), KM__PPM);
+    }
+}
+
+/* Pools up to this size are scanned whole for the best score (bounded work);
+ * larger ones sample two keys and take the better (power of two choices). */
+#define KM__SCAN_MAX 16
+/* Exploration for latency and reliability: 1 pick in 16 is a random
+ * eligible key, so a key that recovered gets sampled again. */
+#define KM__EXPLORE_MASK 15u
+
+static int pick_scored(km_env *e, const km__member *m, uint32_t n, int strategy,
+                           key_scan *sc, km_lease *out)
+{
+    int explore = strategy != KM_STRATEGY_LEAST_BUSY;
+
+    if (n <= KM__SCAN_MAX) {
+        uint32_t tried = 0, start = rng_below(n);
+        for (uint32_t round = 0; round < n; round++) {
+            uint32_t best = UINT32_MAX, n_ok = 0, ok[KM__SCAN_MAX];
+            uint64_t best_score = UINT64_MAX;
+            for (uint32_t j = 0; j < n; j++) {
+                uint32_t i = (start + j) % n;
+                if (tried & (1u << i))
+                    continue;
+                if (!eligible(e, m[i].key, sc)) {
+                    /* Let try_key account for it (usable, retry, cost). */
+                    tried |= 1u << i;
+                    if (try_key(e, m[i].key, sc, out))
+                        return 1;
+                    continue;
+                }
+                ok[n_ok++] = i;
+                uint64_t sc_i = score(e, m[i].key, strategy);
+                if (sc_i < best_score) {
+                    best_score = sc_i;
+                    best = i;
+                }
+                /* Nothing beats 0 (the first minimum wins): an idle key
+                 * ends the scan when no exploration follows. */
+                if (sc_i == 0 && !explore)
+                    break;
+            }
+            if (best == UINT32_MAX)
+                return 0;
+            if (explore && n_ok > 1 && (rng_next() & KM__EXPLORE_MASK) == 0)
+                best = ok[rng_below(n_ok)];
+            tried |= 1u << best;
+            if (try_key(e, m[best].key, sc, out))
+                return 1;
+        }
+        return 0;
+    }
+    for (int attempt = 0; attempt < 4; attempt++) {
+        uint32_t a = rng_below(n), b = rng_below(n), pick;
+        int ea = eligible(e, m[a].key, sc), eb = a != b && eligible(e, m[b].key, sc);
+        if (!ea && !eb)
+            continue;
+        if (!ea || !eb || (explore && (rng_next() & KM__EXPLORE_MASK) == 0))
+            pick = ea ? a : b;
+        else
+            pick = score(e, m[b].key, strategy) < score(e, m[a].key, strategy) ? b : a;
+        if (try_key(e, m[pick].key, sc, out))
+            return 1;
+    }
+    /* Sampling kept finding limited keys: most of the pool is limited, so
+     * look at every key once (which also computes the earliest retry). */
+    uint32_t start = rng_below(n);
+    for (uint32_t j = 0; j < n; j++)
+        if (try_key(e, m[(start + j) % n].key, sc, out))
+            return 1;
+    return 0;
+}
+
+/* Find a model of pool p by name: index, or -1. */
+static int model_find(km_env *e, uint32_t p, const char *name)
+{
+    const km__pool *pool = &km__pools(e)[p];
+    const km__model *md = km__models(e, p);
+    uint32_t h = km__fnv32_str(name), n = km__min64(pool->n_models, e->geom.cap_models);
+    for (uint32_t i = 0; i < n; i++)
+        if (md[i].hash == h && strncmp(md[i].name, name, KM_ID_MAX + 1) == 0)
+            return (int)i;
+    return -1;
+}
+
+/* One pass over the pool in the order of `strategy`. */
+KM__HOT int pass(km_env *e, const km__member *m, uint32_t n, int strategy, uint32_t start,
+                    key_scan *sc, km_lease *out)
+{
+    switch (strategy) {
+    case KM_STRATEGY_LEAST_BUSY:
+    case KM_STRATEGY_LATENCY:
+    case KM_STRATEGY_RELIABILITY:
+        return pick_scored(e, m, n, strategy, sc, out);
+    case KM_STRATEGY_COST:
+        for (uint32_t j = 0; j < n; j++) /* cheapest first: the price index */
+            if (try_key(e, m[j].by_cost, sc, out))
+                return 1;
+        return 0;
+    default: /* round robin, weighted and fill-first differ in `start` */
+        for (uint32_t j = 0; j < n; j++) {
+            uint32_t i = start + j;
+            if (i >= n)
+                i -= n;
+            if (try_key(e, m[i].key, sc, out))
+                return 1;
+        }
+        return 0;
+    }
+}
+
+/* Result of a failed scan.  *wake (for km_acquire_wait) is the clock time
+ * at which a key may be admissible, KM__NEVER if only a release or an
+ * operator can help; the caller's retry_at_ns also folds in the poll hint. */
+static int finish_scan(const key_scan *sc, km_lease *out, uint64_t *wake)
+{
+    out->retry_at_ns = 0;
+    *wake = KM__NEVER;
+    if (sc->usable == 0)
+        return sc->cost_blocked ? KM_ECOST : KM_EUNAVAIL;
+    *wake = sc->a.retry == KM__NEVER ? KM__NEVER : km__max64(sc->a.retry, sc->a.now);
+    out->retry_at_ns = km__min64(*wake, sc->a.poll == KM__NEVER ? KM__NEVER : sc->a.now + sc->a.poll);
+    if (out->retry_at_ns == KM__NEVER) /* nothing timed: look again soon */
+        out->retry_at_ns = sc->a.now + KM__POLL_BUSY_NS;
+    return KM_EAGAIN;
+}
+
+KM__HOT int acquire(km_env *e, const km_request *req, km_lease *out, uint64_t *wake);
+
+KM_EXTERN int km_acquire(km_env *e, const km_request *req, km_lease *out)
+{
+    uint64_t wake;
+    return acquire(e, req, out, &wake);
+}
+
+/* Key index of `id` among the n members of m, or KM_ENOKEY.  Removed keys
+ * are not found. */
+int km__find_in(km_env *e, const km__member *m, uint32_t n, const char *id)
+{
+    const km__key *keys = km__keys(e);
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t ki = ck_pr_load_32(&m[i].key);
+        if (ki < e->geom.cap_keys && strncmp(keys[ki].id, id, KM_ID_MAX + 1) == 0 &&
+            ck_pr_load_32(&keys[ki].state) < KM__ST_FREE)
+            return (int)ki;
+    }
+    return KM_ENOKEY;
+}
+
+/* The choice of a key, inside an epoch section: the member list loaded here
+ * is used throughout, and the key's row stays the key's until the section
+ * ends (see shm/epoch.c). */
+KM__HOT int acquire_in(km_env *e, uint32_t p, int strategy, const km_request *req,
+                           key_scan *sc, km_lease *out, uint64_t *wake)
+{
+    km__pool *pool = &km__pools(e)[p];
+    /* Pairs with the writer's release store of cur: the list and view it
+     * names were written before (src/reconfig.c). */
+    uint32_t b = ck_pr_load_32(&pool->cur) & 1;
+    ck_pr_fence_load();
+    const km__pview *v = &pool->view[b];
+    const km__member *m = km__members(e, p, b);
+    uint32_t n = ck_pr_load_32(&v->n_keys), start = 0;
+
+    if (n == 0 || n > e->geom.cap_keys)
+        return n == 0 ? KM_EUNAVAIL : KM_ECORRUPT;
+    if (req->key_id) { /* pinned: that key or nothing */
+        int ki = km__find_in(e, m, n, req->key_id);
+        if (ki < 0)
+            return ki;
+        if (try_key(e, (uint32_t)ki, sc, out))
+            return KM_OK;
+        if (sc->soft_skipped) {
+            sc->allow_soft = 1;
+            if (try_key(e, (uint32_t)ki, sc, out))
+                return KM_OK;
+        }
+        return finish_scan(sc, out, wake);
+    }
+    switch (strategy) {
+    case KM_STRATEGY_ROUND_ROBIN: {
+        /* Each thread rotates its own cursor, seeded at a random key, so
+         * round robin writes no shared word: a pool-wide cursor would be
+         * the one line every acquire of every process fights over.  Every
+         * thread spreads its requests evenly over the keys, so all of them
+         * together do too.  The modulo is Lemire's fastmod (a 64-bit div
+         * costs ~10 ns here). */
+        if (rr_cursor == 0)
+            rr_cursor = (uint32_t)(rng_next() >> 33) | 1;
+        uint32_t c = rr_cursor++;
+        start = n == 1 ? 0 : (uint32_t)(((unsigned __int128)(v->rr_magic * c) * n) >> 64);
+        break;
+    }
+    case KM_STRATEGY_WEIGHTED: {
+        uint64_t total = v->total_weight ? v->total_weight : 1;
+        uint32_t r = (uint32_t)(rng_next() % total), lo = 0, hi = n - 1;
+        while (lo < hi) { /* first member whose running sum exceeds r */
+            uint32_t mid = lo + (hi - lo) / 2;
+            if (m[mid].cum_weight > r)
+                hi = mid;
+            else
+                lo = mid + 1;
+        }
+        start = lo;
+        break;
+    }
+    default: /* fill_first starts at the first key; the others ignore start */
+        break;
+    }
+    if (pass(e, m, n, strategy, start, sc, out))
+        return KM_OK;
+    if (sc->soft_skipped) { /* only keys over a soft budget are left */
+        sc->allow_soft = 1;
+        if (pass(e, m, n, strategy, start, sc, out))
+            return KM_OK;
+    }
+    return finish_scan(sc, out, wake);
+}
+
+KM__HOT int acquire_once(km_env *e, const km_request *req, km_lease *out, uint64_t *wake)
+{
+    if (!e || !req || !out || req->pool < 0)
+        return KM_EINVAL;
+    if ((uint32_t)req->pool >= e->geom.n_pools)
+        return KM_ENOPOOL;
+    uint32_t p = (uint32_t)req->pool;
+    km__pool *pool = &km__pools(e)[p];
+    int strategy = req->strategy ? req->strategy : (int)pool->strategy;
+    key_scan sc = {.a = {.now = km__now(), .retry = KM__NEVER, .poll = KM__NEVER,
+                         .tokens = req->tokens}};
+
+    *wake = KM__NEVER;
+    if (strategy <= KM_STRATEGY_DEFAULT || strategy >= KM_STRATEGY_COUNT)
+        return KM_EINVAL;
+    if (req->model && pool->n_models) {
+        int mi = model_find(e, p, req->model);
+        if (mi < 0)
+            return KM_ENOMODEL;
+        sc.model = (uint32_t)mi + 1;
+        if (pool->model_mode == KM_MODELS_PER_MODEL)
+            sc.md = &km__models(e, p)[mi];
+    }
+    if (pool->budget_microusd && pool->budget_hard &&
+        ck_pr_load_64(&pool->spent_microusd) >= pool->budget_microusd)
+        return KM_EBUDGET;
+
+    km__rdr *r = km__rd_enter(&e->seg, sc.a.now);
+    int rc = acquire_in(e, p, strategy, req, &sc, out, wake);
+    km__rd_exit(r);
+    return rc;
+}
+
+/* One acquire, and if nothing was admissible (KM_EAGAIN, KM_EUNAVAIL), a
+ * second one after reaping: capacity may be held by processes that died.
+ * The reap runs at most once a second per process (system calls, off the
+ * path of any acquire that succeeds). */
+static __attribute__((noinline)) int acquire_reaped(km_env *e, const km_request *req,
+                                                         km_lease *out, uint64_t *wake, int rc)
+{
+    uint64_t now = km__now();
+    if (now - ck_pr_load_64(&e->last_reap_ns) < KM__NS_PER_S)
+        return rc;
+    km_reap_report r;
+    ck_pr_store_64(&e->last_reap_ns, now);
+    km__reap_dead(e, &r, 0);
+    return r.leases || r.recounted ? acquire_once(e, req, out, wake) : rc;
+}
+
+/* Inline in km_acquire only; the retry after a reap is out of line. */
+KM__HOT int acquire(km_env *e, const km_request *req, km_lease *out, uint64_t *wake)
+{
+    int rc = acquire_once(e, req, out, wake);
+    if (rc != KM_EAGAIN && rc != KM_EUNAVAIL)
+        return rc;
+    return acquire_reaped(e, req, out, wake, rc);
+}
+
+/* The same, out of line, for km_acquire_wait (whose attempts are not the
+ * path a nanosecond is counted on). */
+__attribute__((noinline)) int km__acquire_slow(km_env *e, const km_request *req,
+                                                km_lease *out, uint64_t *wake)
+{
+    return acquire(e, req, out, wake);
+}
+

@@ -1,0 +1,155 @@
+/*
+ * src/create.c - the pool's rows as a configuration describes them: pools,
+ * member lists, models and keys, written into a segment before it is
+ * published (src/attach.c), and a key row written again by reconfiguration
+ * (src/reconfig.c) on a row no reader can reach.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+/* Fill one set of GCRA parameters from parsed limits. */
+static uint32_t limits_init(const km__limit_cfg *lc, uint64_t *T, uint64_t *tau,
+                                uint64_t *limit, uint64_t *burst, uint8_t *mode)
+{
+    uint32_t mask = 0;
+    for (int w = 0; w < KM_WIN_COUNT; w++) {
+        T[w] = tau[w] = limit[w] = burst[w] = 0;
+        mode[w] = 0;
+        if (lc[w].limit == 0 ||
+            km__limit_gcra(&lc[w], km__window_period_ns(w), &T[w], &tau[w], &burst[w]))
+            continue; /* the parser already refused unrealisable limits */
+        limit[w] = lc[w].limit;
+        mode[w] = (uint8_t)lc[w].mode;
+        mask |= 1u << w;
+    }
+    return mask;
+}
+
+static uint32_t min_tok_burst(uint32_t mask, const uint64_t *burst)
+{
+    uint64_t m = UINT32_MAX;
+    for (int w = KM_WIN_TPM; w <= KM_WIN_TPD; w++)
+        if (mask & (1u << w))
+            m = km__min64(m, burst[w]);
+    return (uint32_t)m;
+}
+
+/* ceil(2^64 / n); wraps to 0 for n == 1, which fastmod maps to 0. */
+uint64_t km__rr_magic(uint32_t n) { return n ? UINT64_MAX / n + 1 : 0; }
+
+/* Write a key row's configuration and identity from kc: at creation, and
+ * by km_key_add on a row no reader can reach (state FREE).  Counters,
+ * limit words and state are the caller's. */
+void km__key_write(km_env *e, km__key *k, uint32_t pool, const km__key_cfg *kc)
+{
+    k->win_mask = limits_init(kc->limits, k->emission_ns, k->tau_ns,
+                                  k->limit, k->burst, k->mode);
+    k->min_tok_burst = min_tok_burst(k->win_mask, k->burst);
+    k->weight = kc->weight ? kc->weight : 1;
+    k->pool = pool;
+    k->max_inflight = kc->max_inflight && kc->max_inflight <= e->geom.cap_inflight
+                          ? kc->max_inflight : e->geom.cap_inflight;
+    memcpy(k->id, kc->id, sizeof(k->id));
+    memcpy(k->secret, kc->secret, sizeof(k->secret));
+    k->secret_len = kc->secret_len;
+    memcpy(k->meta, kc->meta, sizeof(k->meta));
+    k->meta_len = (uint32_t)strnlen(kc->meta, KM_META_MAX);
+    k->price_in = kc->price_in;
+    k->price_out = kc->price_out;
+    k->budget_microusd = kc->budget_microusd;
+    k->budget_hard = (uint32_t)kc->budget_hard;
+    k->success_ppm = KM__PPM; /* healthy until shown otherwise */
+}
+
+/* Limit parameters of one set of windows from kc (set-limits). */
+uint32_t km__key_limits_write(km__key *k, const km__limit_cfg *lc)
+{
+    k->win_mask = limits_init(lc, k->emission_ns, k->tau_ns, k->limit, k->burst, k->mode);
+    k->min_tok_burst = min_tok_burst(k->win_mask, k->burst);
+    return k->win_mask;
+}
+
+int km__cmp_price(const void *a, const void *b, void *keys)
+{
+    const km__key *k = keys;
+    uint32_t i = *(const uint32_t *)a, j = *(const uint32_t *)b;
+    uint64_t pi = k[i].price_in + k[i].price_out, pj = k[j].price_in + k[j].price_out;
+    if (pi != pj)
+        return pi < pj ? -1 : 1;
+    return i < j ? -1 : (i > j); /* by index among equals: stable */
+}
+
+void km__pool_init(km_env *e, const km_config *cfg)
+{
+    km__hdr *h = e->seg.hdr;
+    km__key *keys = km__keys(e);
+
+    h->n_pools = cfg->n_pools;
+    e->geom.n_pools = cfg->n_pools;
+    h->n_keys = cfg->n_keys;
+    for (uint32_t p = 0; p < cfg->n_pools; p++) {
+        const km__pool_cfg *pc = &cfg->pools[p];
+        km__pool *pool = &km__pools(e)[p];
+        km__member *m = km__members(e, p, 0);
+        km__model *md = km__models(e, p);
+        uint64_t cum = 0;
+
+        memcpy(pool->name, pc->name, sizeof(pool->name));
+        pool->strategy = (uint32_t)pc->strategy;
+        pool->view[0].n_keys = pc->n_keys;
+        for (int w = 0; w < KM_WIN_COUNT; w++) {
+            pool->def_limit[w] = pc->defaults.limits[w].limit;
+            pool->def_burst[w] = pc->defaults.limits[w].burst;
+            pool->def_mode[w] = (uint8_t)pc->defaults.limits[w].mode;
+        }
+        pool->def_max_inflight = pc->defaults.max_inflight;
+        pool->def_price_in = pc->defaults.price_in;
+        pool->def_price_out = pc->defaults.price_out;
+        pool->cooldown_s = pc->cooldown_s;
+        pool->max_cooldown_s = pc->max_cooldown_s;
+        pool->max_failures = pc->max_failures;
+        pool->model_mode = (uint32_t)pc->model_mode;
+        pool->n_models = pc->n_models;
+        pool->budget_microusd = pc->budget_microusd;
+        pool->budget_hard = (uint32_t)pc->budget_hard;
+        for (uint32_t i = 0; i < pc->n_models; i++) {
+            memcpy(md[i].name, pc->models[i].name, sizeof(md[i].name));
+            md[i].hash = km__fnv32_str(md[i].name);
+            md[i].win_mask = limits_init(pc->models[i].limits, md[i].emission_ns,
+                                             md[i].tau_ns, md[i].limit, md[i].burst, md[i].mode);
+            md[i].min_tok_burst = min_tok_burst(md[i].win_mask, md[i].burst);
+        }
+        for (uint32_t j = 0; j < pc->n_keys; j++) {
+            uint32_t ki = pc->first_key + j;
+            const km__key_cfg *kc = &cfg->keys[ki];
+            km__key *k = &keys[ki];
+
+            km__key_write(e, k, p, kc);
+            k->state = KM__ST_ACTIVE;
+            k->gen = 1;
+            cum += k->weight;
+            m[j].key = ki;
+            m[j].cum_weight = (uint32_t)cum;
+            m[j].by_cost = ki;
+        }
+        uint32_t *order = (uint32_t *)malloc((size_t)pc->n_keys * sizeof(uint32_t));
+        if (order) { /* without memory the cost order stays config order */
+            for (uint32_t j = 0; j < pc->n_keys; j++)
+                order[j] = pc->first_key + j;
+            /* The rows were written above: sort by the segment's prices,
+             * with the comparator reconfiguration uses (no shared state:
+             * km_create may run in several threads at once). */
+            qsort_r(order, pc->n_keys, sizeof(uint32_t), km__cmp_price, keys);
+            for (uint32_t j = 0; j < pc->n_keys; j++)
+                m[j].by_cost = order[j];
+            free(order);
+        }
+        pool->view[0].total_weight = cum;
+        pool->view[0].rr_magic = km__rr_magic(pc->n_keys);
+    }
+    for (uint32_t ki = cfg->n_keys; ki < e->geom.cap_keys; ki++)
+        keys[ki].state = KM__ST_FREE;
+}
+

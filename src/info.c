@@ -1,0 +1,235 @@
+/*
+ * src/info.c - the readers: what km_*_info_get and the lookups report.
+ *
+ * Readers run concurrently with everything else: each number is read
+ * atomically, but numbers of one key need not be mutually consistent while
+ * operations run.  They change nothing.
+ */
+#include <string.h>
+
+#include <ck_pr.h>
+
+#include "internal.h"
+#include "slots.h"
+
+KM_EXTERN int km_reader_info_get(km_env *e, uint32_t slot, uint32_t row,
+                                 km_reader_info *out)
+{
+    if (!e || !out || slot >= e->geom.cap_procs || row >= KM__RDR_PER_PROC)
+        return KM_EINVAL;
+    km__proc *p = &km__procs(&e->seg)[slot];
+    uint64_t tag = ck_pr_load_64(&p->tag);
+    km__rdr *r = &km__rdrs(&e->seg, slot)[row];
+    uint64_t ep = km__row_epoch(r, row);
+    if (tag == 0 || ep == 0)
+        return KM_ENOENT;
+    memset(out, 0, sizeof *out);
+    out->pid = km__tag_pid(tag);
+    out->tid = row == 0 ? 0 : ck_pr_load_32(&r->tid);
+    out->shared = row == 0;
+    out->epoch = ep;
+    uint64_t g = ck_pr_load_64(&e->seg.hdr->epoch), now = km__now(),
+             since = ck_pr_load_64(&r->enter_ns);
+    out->epochs_behind = g > ep ? g - ep : 0;
+    out->inside_ns = now > since ? now - since : 0;
+    out->alive = km__proc_entry_live(&e->seg, slot, tag);
+    return KM_OK;
+}
+
+KM_EXTERN int km_epoch_info_get(km_env *e, km_epoch_info *out)
+{
+    if (!e || !out)
+        return KM_EINVAL;
+    memset(out, 0, sizeof *out);
+    out->epoch = ck_pr_load_64(&e->seg.hdr->epoch);
+    out->synced = ck_pr_load_64(&e->seg.hdr->synced);
+    out->reconfigs = ck_pr_load_64(&e->seg.hdr->reconfigs);
+    out->rows_per_process = KM__RDR_PER_PROC;
+    out->membarrier = !e->seg.rd_fence;
+    return KM_OK;
+}
+
+/* Fill limit info for one set of windows. */
+static void limit_info(const km__gcra *win, const uint64_t *T, const uint64_t *tau,
+                           const uint64_t *limit, const uint64_t *burst, const uint8_t *mode,
+                           uint32_t mask, uint64_t now, km_limit_info *out)
+{
+    for (int w = 0; w < KM_WIN_COUNT; w++) {
+        km_limit_info *li = &out[w];
+        memset(li, 0, sizeof(*li));
+        if (!(mask & (1u << w)))
+            continue;
+        uint64_t tat = ck_pr_load_64(&win[w].tat), res = ck_pr_load_64(&win[w].reserved);
+        uint64_t used = km__max64(tat, now) - now + km__mul_sat(res, T[w]);
+        li->limit = limit[w];
+        li->burst = burst[w];
+        li->mode = mode[w];
+        li->tat_ns = tat;
+        li->available = used >= tau[w] || !T[w] ? 0 : (tau[w] - used) / T[w];
+    }
+}
+
+
+KM_EXTERN int km_info_get(km_env *e, km_info *out)
+{
+    if (!e || !out)
+        return KM_EINVAL;
+    const km__hdr *h = e->seg.hdr;
+    memset(out, 0, sizeof(*out));
+    out->format = h->format;
+    out->cap_keys = e->geom.cap_keys;
+    out->cap_pools = e->geom.cap_pools;
+    out->cap_procs = e->geom.cap_procs;
+    out->cap_inflight = e->geom.cap_inflight;
+    out->n_keys = h->n_keys;
+    out->n_pools = e->geom.n_pools;
+    out->n_procs = ck_pr_load_32(&h->n_procs);
+    out->size_bytes = h->seg_size;
+    out->created_wall_ns = h->created_wall_ns;
+    return KM_OK;
+}
+
+KM_EXTERN int km_pool_find(km_env *e, const char *name)
+{
+    if (!e || !name)
+        return KM_EINVAL;
+    for (uint32_t p = 0; p < e->geom.n_pools; p++)
+        if (strncmp(km__pools(e)[p].name, name, KM_ID_MAX + 1) == 0)
+            return (int)p;
+    return KM_ENOPOOL;
+}
+
+KM_EXTERN int km_pool_info_get(km_env *e, int pool, km_pool_info *out)
+{
+    if (!e || !out)
+        return KM_EINVAL;
+    if (pool < 0 || (uint32_t)pool >= e->geom.n_pools)
+        return KM_ENOPOOL;
+    const km__pool *p = &km__pools(e)[pool];
+    memset(out, 0, sizeof(*out));
+    memcpy(out->name, p->name, KM_ID_MAX);
+    out->strategy = (int)p->strategy;
+    out->n_keys = ck_pr_load_32(&p->view[ck_pr_load_32(&p->cur) & 1].n_keys);
+    out->cooldown_s = p->cooldown_s;
+    out->max_cooldown_s = p->max_cooldown_s;
+    out->max_failures = p->max_failures;
+    out->model_mode = (int)p->model_mode;
+    out->n_models = p->n_models;
+    out->budget_microusd = p->budget_microusd;
+    out->budget_hard = (int)p->budget_hard;
+    out->spent_microusd = ck_pr_load_64(&p->spent_microusd);
+    out->waiters = ck_pr_load_32(&p->waiters);
+    return KM_OK;
+}
+
+KM_EXTERN int km_pool_key(km_env *e, int pool, uint32_t i)
+{
+    if (!e)
+        return KM_EINVAL;
+    if (pool < 0 || (uint32_t)pool >= e->geom.n_pools)
+        return KM_ENOPOOL;
+    const km__pool *p = &km__pools(e)[pool];
+    uint32_t b = ck_pr_load_32(&p->cur) & 1;
+    ck_pr_fence_load(); /* cur before the list it names */
+    if (i >= ck_pr_load_32(&p->view[b].n_keys) || i >= e->geom.cap_keys)
+        return KM_ENOKEY;
+    uint32_t ki = ck_pr_load_32(&km__members(e, (uint32_t)pool, b)[i].key);
+    return ki < e->geom.cap_keys ? (int)ki : KM_ECORRUPT;
+}
+
+KM_EXTERN int km_key_find(km_env *e, int pool, const char *id)
+{
+    if (!e || !id)
+        return KM_EINVAL;
+    if (pool < 0 || (uint32_t)pool >= e->geom.n_pools)
+        return KM_ENOPOOL;
+    const km__pool *p = &km__pools(e)[pool];
+    km__rdr *r = km__rd_enter(&e->seg, km__now());
+    uint32_t b = ck_pr_load_32(&p->cur) & 1;
+    ck_pr_fence_load(); /* cur before the list it names */
+    int rc = km__find_in(e, km__members(e, (uint32_t)pool, b),
+                         km__min64(ck_pr_load_32(&p->view[b].n_keys), e->geom.cap_keys), id);
+    km__rd_exit(r);
+    return rc;
+}
+
+KM_EXTERN int km_key_info_get(km_env *e, uint32_t key, km_key_info *out)
+{
+    if (!e || !out)
+        return KM_EINVAL;
+    if (key >= e->geom.cap_keys || ck_pr_load_32(&km__keys(e)[key].state) >= KM__ST_FREE)
+        return KM_ENOKEY;
+    const km__key *k = &km__keys(e)[key];
+    uint64_t now = km__now();
+    uint32_t st = ck_pr_load_32(&k->state);
+
+    memset(out, 0, sizeof(*out));
+    memcpy(out->id, k->id, KM_ID_MAX);
+    {   /* A bounded, terminated copy: the row may be corrupted. */
+        char sec[KM_SECRET_MAX + 1];
+        memcpy(sec, k->secret, KM_SECRET_MAX);
+        sec[KM_SECRET_MAX] = '\0';
+        km_mask_secret(sec, out->secret_masked);
+        explicit_bzero(sec, sizeof sec);
+    }
+    out->pool = k->pool;
+    out->weight = k->weight;
+    out->gen = ck_pr_load_32(&k->gen);
+    out->cooldown_until_ns = ck_pr_load_64(&k->cooldown_until);
+    if (st == KM__ST_FAILING || (st == KM__ST_ACTIVE && now < out->cooldown_until_ns))
+        out->state = KM_KEY_COOLING;
+    else
+        out->state = (int)st;
+    out->inflight = km__inflight(e, key, k);
+    out->max_inflight = k->max_inflight;
+    out->consecutive_failures = ck_pr_load_32(&k->consec_fail);
+    out->consecutive_429s = ck_pr_load_32(&k->consec_429);
+    out->latency_ema_us = ck_pr_load_64(&k->latency_ema_ns) / KM__NS_PER_US;
+    /* Counters are per lease slot (see km__lease); sum them. */
+    const km__lease *ls = km__leases(e, key);
+    for (uint32_t s = 0; s < e->geom.cap_inflight; s++) {
+        out->acquired += ck_pr_load_64(&ls[s].acquired);
+        out->outcomes[KM_OUT_SUCCESS] += ck_pr_load_64(&ls[s].succeeded);
+        for (int i = 1; i < KM_OUT_COUNT; i++)
+            out->outcomes[i] += ck_pr_load_64(&ls[s].outcomes[i]);
+        out->abandoned += ck_pr_load_64(&ls[s].abandoned);
+        out->tokens_used += ck_pr_load_64(&ls[s].tokens_used);
+    }
+    out->stale_releases = ck_pr_load_64(&k->stale);
+    out->success_ppm = ck_pr_load_32(&k->success_ppm);
+    out->price_in_microusd_per_1k = k->price_in;
+    out->price_out_microusd_per_1k = k->price_out;
+    out->budget_microusd = k->budget_microusd;
+    out->budget_hard = (int)k->budget_hard;
+    out->spent_microusd = ck_pr_load_64(&k->spent_microusd);
+    memcpy(out->meta, k->meta, KM_META_MAX);
+    limit_info(k->win, k->emission_ns, k->tau_ns, k->limit, k->burst, k->mode,
+                   k->win_mask, now, out->limits);
+    return KM_OK;
+}
+
+KM_EXTERN int km_model_info_get(km_env *e, int pool, uint32_t i, uint32_t key,
+                                char name[KM_ID_MAX + 1], km_limit_info limits[KM_WIN_COUNT])
+{
+    if (!e)
+        return KM_EINVAL;
+    if (pool < 0 || (uint32_t)pool >= e->geom.n_pools)
+        return KM_ENOPOOL;
+    const km__pool *p = &km__pools(e)[pool];
+    if (i >= p->n_models || i >= e->geom.cap_models)
+        return KM_ENOMODEL;
+    const km__model *md = &km__models(e, (uint32_t)pool)[i];
+    if (name) {
+        memcpy(name, md->name, KM_ID_MAX + 1);
+        name[KM_ID_MAX] = '\0'; /* the segment's copy may lack it */
+    }
+    if (limits) {
+        if (key >= e->geom.cap_keys || km__keys(e)[key].pool != (uint32_t)pool)
+            return KM_ENOKEY;
+        uint32_t mask = p->model_mode == KM_MODELS_PER_MODEL ? md->win_mask : 0;
+        limit_info(km__mwins(e, key)[i].win, md->emission_ns, md->tau_ns, md->limit,
+                       md->burst, md->mode, mask, km__now(), limits);
+    }
+    return KM_OK;
+}
+

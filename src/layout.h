@@ -1,0 +1,404 @@
+/*
+ * src/layout.h - the pool's schema: the structs it keeps in the segment,
+ * where each region lies, and the layout signature.  Internal; not
+ * installed.
+ *
+ * Order in memory (km__layout computes the offsets):
+ *
+ *   km__hdr                    one per segment, page 0 (shm/seg.h)
+ *   km__pool[cap_pools]
+ *   km__member[cap_pools][2][cap_keys] each pool's two member lists
+ *   km__model[cap_pools][cap_models]  each pool's models
+ *   km__key[cap_keys]
+ *   km__mwin[cap_keys][cap_models]    per-model limit pairs of each key
+ *   km__lease[cap_keys][cap_inflight] lease slots, one row per key
+ *   uint8_t[cap_keys][stride]  in-flight flags, one byte per lease slot;
+ *                              stride = cap_inflight rounded up to a line
+ *   km__proc[cap_procs]        process table (shm/seg.h)
+ *   km__rdr[cap_procs][KM__RDR_PER_PROC]  reader rows (epochs, shm/seg.h)
+ *   (km__uring + km__uev[cap_usage / 2])[cap_procs][2]  usage rings
+ *
+ * Every struct here and in shm/seg.h is pinned by _Static_assert and folded
+ * into the layout signature (km__layout_signature), so a process built with
+ * other sizes is refused at attach with KM_ELAYOUT instead of misreading the
+ * segment.
+ *
+ * False sharing: words many processes write for different reasons sit on
+ * different 64-byte lines; words one operation writes together share a line
+ * (one line transfer instead of several).  See each struct.
+ */
+#ifndef KM_LAYOUT_H
+#define KM_LAYOUT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "keymesh.h"
+#include "../shm/seg.h"
+#include "util.h"
+
+/* Bytes of in-flight flags per key: one per lease slot, a key's own lines. */
+static inline uint64_t km__busy_stride(uint32_t cap_inflight)
+{
+    return ((uint64_t)cap_inflight + KM__LINE - 1) & ~(uint64_t)(KM__LINE - 1);
+}
+_Static_assert(KM_WIN_COUNT == 6, "km__key lines 0-1 hold exactly 6 limit pairs");
+
+/* Internal key states stored in km__key.state.  COOLING is never stored: a
+ * key is cooling while cooldown_until is in the future.  FAILING is shown as
+ * COOLING: the key hit max_failures and waits for its cooldown; after it, one
+ * acquirer moves it to PROBING by CAS and gets the only lease. */
+enum {
+    KM__ST_ACTIVE = KM_KEY_ACTIVE,
+    KM__ST_PROBING = KM_KEY_PROBING,
+    KM__ST_DISABLED = KM_KEY_DISABLED,
+    KM__ST_INVALID = KM_KEY_INVALID,
+    KM__ST_EXHAUSTED = KM_KEY_EXHAUSTED,
+    KM__ST_FAILING = 16,
+    KM__ST_FREE = 17,   /* row not in use: never used, or reclaimed */
+    KM__ST_REMOVED = 18 /* removed: no new lease; reclaimed after a grace
+                         * period once its last lease is back */
+};
+
+/* One published member list of a pool: its length and the figures derived
+ * from it.  A pool has two (see km__pool.cur). */
+typedef struct km__pview {
+    uint32_t n_keys;
+    uint32_t pad;
+    uint64_t total_weight;
+    uint64_t rr_magic;  /* ceil(2^64 / n_keys): cursor % n_keys without div */
+} km__pview;
+_Static_assert(sizeof(km__pview) == 24, "km__pview size");
+
+typedef struct km__pool {
+    /* lines 0-1: configuration, written once at creation.  (Round robin
+     * keeps its cursor per thread: no word here is written per acquire.) */
+    char name[KM_ID_MAX + 1];
+    uint32_t strategy;
+    uint32_t cooldown_s, max_cooldown_s, max_failures;
+    uint32_t model_mode;
+    uint32_t n_models;
+    uint64_t budget_microusd; /* 0: none */
+    uint32_t budget_hard;
+    uint8_t pad2[KM__LINE - 36];
+    /* line 2: blocking acquire.  `wake_seq` is the futex word: a sleeper
+     * reads it, counts itself in `waiters`, re-checks, and sleeps while it
+     * is unchanged; a waker bumps it and calls FUTEX_WAKE only if `waiters`
+     * is non-zero.  Read by every release, written only around sleeps. */
+    uint32_t waiters;
+    uint32_t wake_seq;
+    uint8_t pad3[KM__LINE - 8];
+    /* line 3: spend of the pool, added at every priced release. */
+    uint64_t spent_microusd;
+    uint8_t pad4[KM__LINE - 8];
+    /* line 4: the published member list, read by every acquire, written by
+     * reconfiguration.  Two lists (members buffer 0 and 1) and their views:
+     * a writer fills the one not in use, then stores `cur` (release); a
+     * reader loads `cur` (acquire) inside its epoch section and uses that
+     * list throughout.  The other list is rewritten only after a grace
+     * period has passed since it was last current: `flip_epoch` is the
+     * epoch at which it stopped being current (see src/reconfig.c). */
+    uint32_t cur;
+    uint32_t pad5;
+    km__pview view[2];
+    uint64_t flip_epoch;
+    /* lines 5-7: defaults for keys added later (the pool's own limits,
+     * prices and max_inflight, as configured); written at creation. */
+    uint64_t def_limit[KM_WIN_COUNT];
+    uint64_t def_burst[KM_WIN_COUNT];
+    uint8_t def_mode[KM_WIN_COUNT];
+    uint8_t pad6[2];
+    uint32_t def_max_inflight;
+    uint32_t pad7;
+    uint64_t def_price_in, def_price_out;
+    uint8_t pad8[3 * KM__LINE - 96 - 8 - 8 - 16];
+} km__pool;
+_Static_assert(offsetof(km__pool, waiters) == 2 * KM__LINE, "pool wait line");
+_Static_assert(offsetof(km__pool, spent_microusd) == 3 * KM__LINE, "pool spend line");
+_Static_assert(offsetof(km__pool, cur) == 4 * KM__LINE, "pool member-list line");
+_Static_assert(offsetof(km__pool, flip_epoch) + 8 == 5 * KM__LINE, "member-list line full");
+_Static_assert(offsetof(km__pool, def_limit) == 5 * KM__LINE, "pool defaults lines");
+_Static_assert(sizeof(km__pool) == 8 * KM__LINE, "km__pool size");
+
+/* A model of a pool: its name and, in a per_model pool, the limits that
+ * apply to it on each key.  Written at creation. */
+typedef struct km__model {
+    char name[KM_ID_MAX + 1];
+    uint64_t emission_ns[KM_WIN_COUNT];
+    uint64_t tau_ns[KM_WIN_COUNT];
+    uint64_t limit[KM_WIN_COUNT];
+    uint64_t burst[KM_WIN_COUNT];
+    uint32_t win_mask;
+    uint32_t hash;      /* FNV-1a of the name, to find it fast */
+    uint8_t mode[KM_WIN_COUNT];
+    uint8_t pad0[2];
+    uint32_t min_tok_burst; /* as in km__key */
+    uint8_t pad[KM__LINE - 20];
+} km__model;
+_Static_assert(sizeof(km__model) == 5 * KM__LINE, "km__model size");
+
+/* One member of a pool's list: key index and the running sum of weights up
+ * to and including it (for weighted choice by binary search), and the index
+ * by price: by_cost of member i is the key of the i-th cheapest member. */
+typedef struct km__member {
+    uint32_t key;
+    uint32_t cum_weight;
+    uint32_t by_cost;
+    uint32_t pad;
+} km__member;
+_Static_assert(sizeof(km__member) == 16, "km__member size");
+
+/* One limit: the GCRA word and, for token windows, the tokens reserved by
+ * leases still out.  Both are updated together by one 16-byte CAS
+ * (cmpxchg16b), so an admission sees a consistent pair.  Request windows
+ * charge `tat` at acquire and never reserve; token windows reserve the
+ * estimate at acquire and commit the actual count into `tat` at release
+ * (see the proof at the top of src/gcra.h). */
+typedef struct km__gcra {
+    uint64_t tat;      /* theoretical arrival time, CLOCK_MONOTONIC ns */
+    uint64_t reserved; /* units reserved by leases not yet released */
+} __attribute__((aligned(16))) km__gcra;
+_Static_assert(sizeof(km__gcra) == 16 && _Alignof(km__gcra) == 16, "km__gcra");
+
+typedef struct km__key {
+    /* lines 0-1: the limit pairs, CASed by every acquire of this key. */
+    km__gcra win[KM_WIN_COUNT];
+    uint8_t pad0[2 * KM__LINE - KM_WIN_COUNT * 16];
+    /* The in-flight flags are not here but in their own region (one byte
+     * per lease slot, see km__lease): a byte has one writer at a time, so it
+     * is set and cleared by plain stores, where bits of a shared word would
+     * need a locked instruction each. */
+    /* line 2: written by every successful release (EMA) and by stale ones.
+     * Per-lease counters live in the lease slots (see km__lease). */
+    uint64_t latency_ema_ns;  /* 0: no sample yet */
+    uint64_t stale;           /* releases ignored as stale */
+    uint64_t spent_microusd;  /* added at every priced release */
+    uint32_t success_ppm;     /* EMA of success (KM__PPM) vs failure (0) */
+    uint32_t pad4a;
+    uint8_t pad4[KM__LINE - 32];
+    /* line 3: written on failures, 429s and admin actions; state and
+     * cooldown_until are read by every acquire. */
+    uint32_t state;           /* KM__ST_* */
+    uint32_t gen;             /* bumped when the slot is reused */
+    uint64_t cooldown_until;  /* CLOCK_MONOTONIC ns */
+    uint32_t consec_fail;
+    uint32_t consec_429;
+    uint64_t retire_epoch;    /* REMOVED: the epoch at removal (src/reconfig.c) */
+    uint32_t updating;        /* limits being changed: acquirers skip the key */
+    uint32_t pad5a;
+    uint8_t pad5[KM__LINE - 40];
+    /* lines 4-7: configuration, written at creation, read by acquire. */
+    uint64_t emission_ns[KM_WIN_COUNT]; /* T: ns per unit; 0 = no limit */
+    uint64_t tau_ns[KM_WIN_COUNT];      /* burst tolerance: burst * T */
+    uint64_t limit[KM_WIN_COUNT];       /* as configured, for display */
+    uint64_t burst[KM_WIN_COUNT];
+    uint32_t win_mask;                  /* bit w set: window w limited */
+    uint32_t weight;
+    uint32_t pool;
+    uint32_t max_inflight;              /* lease slots usable on this key */
+    uint8_t mode[KM_WIN_COUNT];
+    uint8_t pad6[2];
+    uint32_t secret_len;
+    uint32_t meta_len;
+    uint64_t price_in, price_out;       /* micro-USD per KM__PRICE_TOKENS */
+    uint64_t budget_microusd;           /* 0: none */
+    uint32_t budget_hard;
+    uint32_t min_tok_burst;             /* smallest token-window burst, capped
+                                         * at UINT32_MAX; UINT32_MAX: none */
+    /* lines 8-16: identity and metadata */
+    char id[KM_ID_MAX + 1];
+    char secret[KM_SECRET_MAX + 1];
+    char meta[KM_META_MAX + 1];
+} km__key;
+_Static_assert(offsetof(km__key, latency_ema_ns) == 2 * KM__LINE, "release line");
+_Static_assert(offsetof(km__key, state) == 3 * KM__LINE, "state line");
+_Static_assert(offsetof(km__key, emission_ns) == 4 * KM__LINE, "config lines");
+_Static_assert(offsetof(km__key, id) == 8 * KM__LINE, "id aligned");
+_Static_assert(offsetof(km__key, meta) == 13 * KM__LINE, "meta aligned");
+_Static_assert(sizeof(km__key) == 17 * KM__LINE, "km__key size");
+
+/* Parts per million: success_ppm of a key that has always succeeded. */
+#define KM__PPM 1000000u
+
+/* The limit pairs of one model on one key (per_model pools). */
+typedef struct km__mwin {
+    km__gcra win[KM_WIN_COUNT];
+    uint8_t pad[2 * KM__LINE - KM_WIN_COUNT * 16];
+} km__mwin;
+_Static_assert(sizeof(km__mwin) == 2 * KM__LINE, "km__mwin size");
+
+/* A lease slot.  owner != 0 while claimed: the owner's process-table tag,
+ * (process slot + 1) << 32 | pid, or a reaper's mark (src/owner.h).
+ *
+ * Crash consistency.  Counters such as "tokens reserved on window w" are
+ * anonymous sums: if a process dies between changing one and recording that
+ * it did, nobody can tell from the sum.  So every change a lease makes to
+ * shared counters is bracketed by its phase, written by its owner:
+ *   claim (CAS owner 0 -> me), phase = ADMITTING
+ *   reserve/charge the key's limit windows (CAS each)
+ *   set the slot's in-flight flag, phase = ACTIVE
+ *   ... release: phase = RELEASING, commit tokens, clear the in-flight
+ *   flag, owner = 0.
+ * The rules, cited where the code relies on them:
+ *   P1  Only the owner writes a slot's fields, phase and in-flight flag; the
+ *       owner changes by CAS (a claim, a reaper taking a dead owner's slot
+ *       over) or by the owner's release store of 0 (km__slot_free).
+ *   P2  A slot's phase leaves FREE/ACTIVE (to ADMITTING, to RELEASING) and
+ *       is visible before the owner changes any shared counter of the key
+ *       (ck_pr_fence_store_atomic, then the locked instructions): a reaper
+ *       that finds a counter changed finds the slot mid-operation.
+ *   P3  Phase ACTIVE is stored after the lease's fields, its limit charges
+ *       and its in-flight flag: a reader that sees ACTIVE may use all of
+ *       them; one that sees ADMITTING uses only owner, phase and seq.
+ *   P4  A release clears the in-flight flag, then counts the outcome, then
+ *       frees the slot (phase FREE before owner 0, I3): a slot found
+ *       RELEASING with its flag set has not counted its outcome.
+ * The in-flight flag is a byte of its own per slot, written only by the
+ * slot's owner (plain stores; no locked instruction), so whether a dead
+ * owner's lease counts in the key's in-flight is read from the flag itself.
+ * A dead owner's ACTIVE lease is released at its estimate.  Only a slot left
+ * ADMITTING or RELEASING by a dead owner is ambiguous; its key's reserved
+ * sums are then recounted from the ACTIVE slots (a validated double scan,
+ * src/slots.h; the recount is in src/reap.c). */
+enum { KM__LP_FREE = 0, KM__LP_ADMITTING = 1, KM__LP_ACTIVE = 2, KM__LP_RELEASING = 3 };
+
+/* Counters.  A slot has one owner at a time, and ownership passes by CAS
+ * (claim) and release store (free), so each owner's plain increments
+ * happen-before the next owner's: the counters of a slot are exact without
+ * locked instructions.  A key's totals are the sums over its slots. */
+typedef struct km__lease {
+    /* line 0: written by every acquire and release through this slot */
+    uint64_t owner;
+    uint32_t seq;     /* bumped at each claim; a release must match it */
+    uint32_t tokens;  /* tokens reserved at acquire */
+    uint64_t start_ns;
+    uint32_t key_gen;
+    uint32_t phase;   /* KM__LP_* */
+    uint64_t acquired;
+    uint64_t succeeded;   /* outcome SUCCESS */
+    uint64_t tokens_used; /* settled tokens (actual, or estimate) */
+    uint32_t model;       /* model index + 1 of this lease; 0: none */
+    uint32_t res_mask;    /* the key's token windows this lease reserved
+                           * (limits may change while it is out) */
+    /* line 1: the rarer outcomes */
+    uint64_t outcomes[KM_OUT_COUNT]; /* [KM_OUT_SUCCESS] unused: see succeeded */
+    uint64_t abandoned;
+    uint64_t pad1;
+} km__lease;
+_Static_assert(offsetof(km__lease, outcomes) == KM__LINE, "lease slot line 1");
+/* Acquire writes these pairs with one 8-byte store each (src/acquire.c). */
+_Static_assert(offsetof(km__lease, tokens) == offsetof(km__lease, seq) + 4 &&
+                   offsetof(km__lease, seq) % 8 == 0, "seq, tokens: one word");
+_Static_assert(offsetof(km__lease, phase) == offsetof(km__lease, key_gen) + 4 &&
+                   offsetof(km__lease, key_gen) % 8 == 0, "key_gen, phase: one word");
+_Static_assert(offsetof(km__lease, res_mask) == offsetof(km__lease, model) + 4 &&
+                   offsetof(km__lease, model) % 8 == 0, "model, res_mask: one word");
+_Static_assert(sizeof(km__lease) == 2 * KM__LINE, "lease slot: two lines");
+
+/* Usage events (src/usage.c): two rings per process slot (kept across the
+ * slot's occupants), each a header line and cap_usage / 2 events of one line
+ * each.  Ring 0 has one writer, the thread holding the slot's reader row 1
+ * (a process's first acquiring thread), which advances `head` by plain
+ * stores; ring 1 takes every other writer (the process's other threads, a
+ * thread that never acquired, a reap on such a thread), which take event
+ * numbers by fetch-add on `head`.  An event's `seq` is its number + 1,
+ * stored last (release), so the drainer reads only complete events and
+ * recognises overwritten ones. */
+#define KM__URINGS_PER_PROC 2
+typedef struct km__uring {
+    uint64_t head;     /* events written (see above) */
+    uint64_t drained;  /* events consumed (the drainer only) */
+    uint64_t dropped;  /* events overwritten before being drained */
+    uint8_t pad[KM__LINE - 24];
+} km__uring;
+_Static_assert(sizeof(km__uring) == KM__LINE, "usage ring header: one line");
+
+typedef struct km__uev {
+    uint64_t seq;        /* event number + 1; 0: being written or never */
+    uint64_t start_ns;   /* CLOCK_MONOTONIC at acquire */
+    uint64_t tokens;     /* settled (actual, or the estimate if abandoned) */
+    uint32_t latency_us; /* UINT32_MAX: unknown */
+    uint32_t key, key_gen;
+    uint32_t model;      /* model index + 1; 0: none */
+    uint32_t pool;
+    uint32_t outcome;    /* km_outcome_kind, or KM__OUT_ABANDONED,
+                          * KM__OUT_DEAD */
+    uint32_t pid;        /* the recording process */
+    uint8_t pad[KM__LINE - 52];
+} km__uev;
+_Static_assert(sizeof(km__uev) == KM__LINE, "usage event: one line");
+/* Outcomes of usage events beyond the public kinds: a lease released by
+ * km_close or a reaper (the public event says KM_OUT_COUNT), and an event
+ * whose writer died before finishing it, sealed by the slot's next occupant
+ * (never delivered: counted as dropped). */
+#define KM__OUT_ABANDONED KM_OUT_COUNT
+#define KM__OUT_DEAD (KM_OUT_COUNT + 1)
+
+/* ------------------------------------------------------------ the layout */
+
+static inline uint64_t km__align_up(uint64_t x, uint64_t a) { return (x + a - 1) & ~(a - 1); }
+
+/* Regions, in the order km__layout places them. */
+enum { KM__OFF_POOLS, KM__OFF_MEMBERS, KM__OFF_MODELS, KM__OFF_KEYS,
+       KM__OFF_MWIN, KM__OFF_LEASES, KM__OFF_BUSY, KM__OFF_PROCS, KM__OFF_READERS,
+       KM__OFF_USAGE, KM__OFF_N };
+
+/* Offsets of each region for the given capacities; returns the total size
+ * (a multiple of the page).  Used by the creator to lay out and by an
+ * attacher to validate (src/attach.c); inline so that tools reading a
+ * segment file (tests/fuzz/segedit.py) compute exactly the same. */
+static inline uint64_t km__layout(uint32_t keys, uint32_t pools, uint32_t procs,
+                                  uint32_t inflight, uint32_t models, uint32_t usage,
+                                  uint64_t off[KM__OFF_N])
+{
+    uint64_t o = km__align_up(sizeof(km__hdr), KM__LINE);
+    off[KM__OFF_POOLS] = o;
+    o += (uint64_t)pools * sizeof(km__pool);
+    off[KM__OFF_MEMBERS] = o;
+    o = km__align_up(o + (uint64_t)pools * 2 * keys * sizeof(km__member), KM__LINE);
+    off[KM__OFF_MODELS] = o;
+    o += (uint64_t)pools * models * sizeof(km__model);
+    off[KM__OFF_KEYS] = o;
+    o += (uint64_t)keys * sizeof(km__key);
+    off[KM__OFF_MWIN] = o;
+    o += (uint64_t)keys * models * sizeof(km__mwin);
+    off[KM__OFF_LEASES] = o;
+    o += (uint64_t)keys * inflight * sizeof(km__lease);
+    off[KM__OFF_BUSY] = o;
+    o += (uint64_t)keys * km__busy_stride(inflight);
+    off[KM__OFF_PROCS] = o;
+    o += (uint64_t)procs * sizeof(km__proc);
+    off[KM__OFF_READERS] = o;
+    o += (uint64_t)procs * KM__RDR_PER_PROC * sizeof(km__rdr);
+    off[KM__OFF_USAGE] = o;
+    o += (uint64_t)procs * (KM__URINGS_PER_PROC + (uint64_t)usage) * KM__LINE;
+    return km__align_up(o, KM__PAGE);
+}
+
+/* FNV-1a, byte by byte, over the sizes, alignments and offsets that define
+ * the layout (shm/'s structs included). */
+static inline uint64_t km__layout_signature(void)
+{
+    const uint64_t v[] = {
+        sizeof(km__hdr), offsetof(km__hdr, n_procs),
+        sizeof(km__pool), offsetof(km__pool, name), offsetof(km__pool, waiters),
+        sizeof(km__model), sizeof(km__mwin), offsetof(km__key, meta), KM_META_MAX,
+        sizeof(km__member),
+        sizeof(km__gcra), _Alignof(km__gcra),
+        sizeof(km__key), offsetof(km__hdr, off_busy), offsetof(km__key, latency_ema_ns),
+        offsetof(km__key, state), offsetof(km__key, emission_ns),
+        offsetof(km__key, id), offsetof(km__key, secret),
+        sizeof(km__lease), offsetof(km__lease, phase), offsetof(km__lease, outcomes),
+        sizeof(km__proc), offsetof(km__proc, start_time),
+        sizeof(km__rdr), KM__RDR_PER_PROC, KM__RDR_OVF_SHIFT,
+        offsetof(km__hdr, epoch), offsetof(km__pool, cur), sizeof(km__pview),
+        offsetof(km__key, retire_epoch), sizeof(km__uring), sizeof(km__uev),
+        offsetof(km__hdr, off_usage), offsetof(km__uev, outcome),
+        KM_WIN_COUNT, KM_OUT_COUNT, KM_ID_MAX, KM_SECRET_MAX, KM_INFLIGHT_MAX,
+        KM__URINGS_PER_PROC,
+        0x0102030405060708ull /* byte order */
+    };
+    return km__fnv64_bytes(KM__FNV64_INIT, v, sizeof v);
+}
+
+#endif /* KM_LAYOUT_H */

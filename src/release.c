@@ -1,0 +1,242 @@
+/*
+ * src/release.c - km_release: a lease's outcome applied to its key (health,
+ * cooldowns, the provider's view of the limits, spend, usage events), its
+ * reservation settled and its slot freed, and sleepers woken.
+ */
+#include <string.h>
+
+#include <ck_pr.h>
+
+#include "internal.h"
+#include "slots.h"
+#include "usage.h"
+#include "wait.h"
+
+/* A Retry-After at or above this many seconds (~31 years) is not believed:
+ * the pool's backoff applies instead (and the product in ns fits). */
+#define KM__RETRY_AFTER_MAX_S 1e9
+
+/* Add a request's spend to its key and pool; a hard key budget that is now
+ * spent makes the key exhausted. */
+static void spend(km__pool *pool, km__key *k, const km_outcome *o, uint64_t actual)
+{
+    uint64_t in, out;
+    if (k->price_in == 0 && k->price_out == 0)
+        return;
+    /* A zero-initialised outcome says 0 in and 0 out; with tokens used that
+     * means "split not given", not "free". */
+    if (o->input_tokens >= 0 && o->output_tokens >= 0 &&
+        (o->input_tokens + o->output_tokens > 0 || actual == 0)) {
+        in = (uint64_t)o->input_tokens;
+        out = (uint64_t)o->output_tokens;
+    } else { /* split unknown: price everything as output (the dearer side) */
+        in = 0;
+        out = actual;
+    }
+    /* Prices are per KM__PRICE_TOKENS tokens; a fraction of a micro-dollar
+     * is charged as a whole one. */
+    uint64_t cost = (km__mul_sat(in, k->price_in) + km__mul_sat(out, k->price_out) +
+                     KM__PRICE_TOKENS - 1) / KM__PRICE_TOKENS;
+    if (cost == 0)
+        return;
+    /* Statistics and budget checks: atomicity is all that is needed. */
+    uint64_t spent = ck_pr_faa_64(&k->spent_microusd, cost) + cost;
+    if (pool)
+        ck_pr_add_64(&pool->spent_microusd, cost);
+    if (k->budget_microusd && k->budget_hard && spent >= k->budget_microusd)
+        km__state_to(k, KM__LIVE_STATES, KM__ST_EXHAUSTED);
+}
+
+static uint64_t backoff_ns(uint32_t base_s, uint32_t max_s, uint32_t n)
+{
+    uint64_t d = (uint64_t)base_s * KM__NS_PER_S, cap = (uint64_t)max_s * KM__NS_PER_S;
+    for (uint32_t i = 1; i < n && i < 64 && d && d < cap; i++) /* bounded, whatever n */
+        d *= 2;
+    return km__min64(d, cap);
+}
+
+/* cooldown_until := max(cooldown_until, until). */
+static void cool_until(km__key *k, uint64_t until)
+{
+    uint64_t cur = ck_pr_load_64(&k->cooldown_until);
+    while (cur < until && !ck_pr_cas_64_value(&k->cooldown_until, cur, until, &cur))
+        ;
+}
+
+
+/* The weights of the two averages kept per key: each sample moves the
+ * average by 1/DIV of its distance to the sample (alpha = 1/DIV). */
+#define KM__SUCCESS_EMA_DIV 8 /* success rate: alpha 1/8 */
+#define KM__LATENCY_EMA_DIV 5 /* latency: alpha 0.2 */
+
+/* Recent success rate, EMA in parts per million.  Plain load and store,
+ * like the latency EMA: a lost sample is tolerable. */
+static void success_ema(km__key *k, int ok)
+{
+    int64_t cur = ck_pr_load_32(&k->success_ppm), target = ok ? KM__PPM : 0;
+    if (cur != target) /* a healthy key's line is not written */
+        ck_pr_store_32(&k->success_ppm, (uint32_t)(cur + (target - cur) / KM__SUCCESS_EMA_DIV));
+}
+
+static void health(km_env *e, km__key *k, const km__lease *ls, int kind,
+                       const km_outcome *o)
+{
+    if (kind != KM_OUT_SUCCESS && kind != KM_OUT_CANCELLED)
+        success_ema(k, 0);
+    km__pool *pool = &km__pools(e)[k->pool < e->geom.n_pools ? k->pool : 0];
+    uint64_t now;
+    uint32_t n;
+
+    switch (kind) {
+    case KM_OUT_SUCCESS: {
+        success_ema(k, 1);
+        /* Write the shared line only when something changes. */
+        if (ck_pr_load_32(&k->consec_fail))
+            ck_pr_store_32(&k->consec_fail, 0);
+        if (ck_pr_load_32(&k->consec_429))
+            ck_pr_store_32(&k->consec_429, 0);
+        km__state_to(k, (1u << KM__ST_PROBING) | (1u << KM__ST_FAILING), KM__ST_ACTIVE);
+        uint64_t lat = o->latency_us >= 0 ? km__mul_sat((uint64_t)o->latency_us, KM__NS_PER_US)
+                                          : km__now() - ck_pr_load_64(&ls->start_ns);
+        if (lat == 0)
+            lat = 1; /* 0 means "no sample yet" */
+        /* EMA, alpha 1/KM__LATENCY_EMA_DIV; the first sample seeds it.  A plain load and
+         * store: two releases racing may lose one sample, which an average
+         * tolerates; a CAS loop would cost a locked op on every release. */
+        /* Both within 2^62, so the signed difference below cannot overflow
+         * (the shared word may be corrupted; a latency, absurd). */
+        uint64_t cur = km__min64(ck_pr_load_64(&k->latency_ema_ns), UINT64_C(1) << 62);
+        lat = km__min64(lat, UINT64_C(1) << 62);
+        uint64_t set = cur == 0 ? lat : (uint64_t)((int64_t)cur + ((int64_t)lat - (int64_t)cur) / KM__LATENCY_EMA_DIV);
+        if (set != cur) /* a steady latency leaves the line unwritten */
+            ck_pr_store_64(&k->latency_ema_ns, set ? set : 1);
+        break;
+    }
+    case KM_OUT_RATE_LIMITED:
+        n = ck_pr_faa_32(&k->consec_429, 1) + 1;
+        now = km__now();
+        if (o->retry_after_s > 0 && o->retry_after_s < KM__RETRY_AFTER_MAX_S)
+            cool_until(k, now + (uint64_t)(o->retry_after_s * (double)KM__NS_PER_S));
+        else
+            cool_until(k, now + backoff_ns(pool->cooldown_s, pool->max_cooldown_s, n));
+        /* A 429 proves the key authenticates: a probe succeeded. */
+        km__state_to(k, 1u << KM__ST_PROBING, KM__ST_ACTIVE);
+        break;
+    case KM_OUT_FAILURE:
+        n = ck_pr_faa_32(&k->consec_fail, 1) + 1;
+        if (n >= pool->max_failures || ck_pr_load_32(&k->state) == KM__ST_PROBING) {
+            uint32_t over = n > pool->max_failures ? n - pool->max_failures + 1 : 1;
+            now = km__now();
+            /* Cooldown first, then the state: an acquirer that sees FAILING
+             * also sees the cooldown (store order; the CAS is locked). */
+            cool_until(k, now + backoff_ns(pool->cooldown_s, pool->max_cooldown_s, over));
+            km__state_to(k, (1u << KM__ST_ACTIVE) | (1u << KM__ST_PROBING), KM__ST_FAILING);
+        }
+        break;
+    case KM_OUT_AUTH:
+        km__state_to(k, KM__LIVE_STATES, KM__ST_INVALID);
+        break;
+    case KM_OUT_QUOTA:
+        km__state_to(k, KM__LIVE_STATES, KM__ST_EXHAUSTED);
+        break;
+    default: /* CANCELLED: a probe that was never sent lets the next one go */
+        km__state_to(k, 1u << KM__ST_PROBING, KM__ST_FAILING);
+        break;
+    }
+}
+
+/* Tighten window w to the provider's view: what it says remains, and when it
+ * says the window is full again.  Only ever raises tat, so it can make the
+ * key stricter than configured, never looser.  The provider's `remaining`
+ * already excludes requests it has seen, which are our reserved leases, so
+ * they are added back rather than counted twice. */
+static void tighten(km__key *k, int w, uint64_t now, uint64_t remaining,
+                        uint64_t reset_ms)
+{
+    if (!(k->win_mask & (1u << w)))
+        return;
+    km__gcra *g = &k->win[w];
+    uint64_t T = k->emission_ns[w], tau = k->tau_ns[w];
+    uint64_t res = ck_pr_load_64(&g->reserved);
+    uint64_t give = km__mul_sat(km__min64(remaining, UINT64_MAX / 4) + res, T);
+    uint64_t target = give < tau ? now + tau - give : 0;
+    target = km__max64(target, now + km__mul_sat(km__min64(reset_ms, KM__VIEW_CAP_S * KM__MS_PER_S),
+                                                 KM__NS_PER_MS));
+    uint64_t tat = ck_pr_load_64(&g->tat);
+    /* CAS on tat alone: atomic against the pair CAS; retried while lower. */
+    while (tat < target && !ck_pr_cas_64_value(&g->tat, tat, target, &tat))
+        ;
+}
+
+static void apply_view(km__key *k, const km_outcome *o)
+{
+    uint64_t now = km__now();
+    if (o->view_flags & KM_VIEW_REQUESTS)
+        tighten(k, KM_WIN_RPM, now, o->requests_remaining, o->requests_reset_ms);
+    if (o->view_flags & KM_VIEW_TOKENS)
+        tighten(k, KM_WIN_TPM, now, o->tokens_remaining, o->tokens_reset_ms);
+}
+
+KM_EXTERN int km_release(km_env *e, const km_lease *l, const km_outcome *o)
+{
+    static const km_outcome cancelled = {.kind = KM_OUT_CANCELLED, .latency_us = -1, .tokens = 0};
+    if (!e || !l)
+        return KM_EINVAL;
+    if (!o)
+        o = &cancelled;
+    if (o->kind < 0 || o->kind >= KM_OUT_COUNT)
+        return KM_EINVAL;
+    if (l->key >= e->geom.cap_keys || l->slot >= e->geom.cap_inflight)
+        return KM_EINVAL;
+    km__key *k = &km__keys(e)[l->key];
+    km__lease *ls = &km__leases(e, l->key)[l->slot];
+
+    /* Ours and still this lease?  owner is written only by us while we own
+     * the slot, so these loads cannot race with a change we care about. */
+    if (ck_pr_load_64(&ls->owner) != e->seg.tag || ck_pr_load_32(&ls->seq) != l->seq ||
+        ck_pr_load_32(&ls->phase) != KM__LP_ACTIVE) {
+        ck_pr_inc_64(&k->stale);
+        return KM_ESTALE;
+    }
+    ck_pr_store_32(&ls->phase, KM__LP_RELEASING);
+    ck_pr_fence_store_atomic(); /* phase before the limit CASes (P2, src/layout.h) */
+
+    int kind = o->kind;
+    km__lview lv = km__lease_read(ls);
+    uint64_t actual = kind == KM_OUT_CANCELLED ? 0
+                      : o->tokens < 0          ? lv.tokens
+                      : (uint64_t)o->tokens > UINT32_MAX ? UINT32_MAX
+                                               : (uint64_t)o->tokens;
+    int stale = lv.key_gen != ck_pr_load_32(&k->gen);
+    km__pool *pool = k->pool < e->geom.n_pools ? &km__pools(e)[k->pool] : NULL;
+    if (!stale) {
+        km__settle(e, l->key, k, ls, &lv, actual);
+        health(e, k, ls, kind, o);
+        if (o->view_flags)
+            apply_view(k, o);
+        spend(pool, k, o, actual);
+        km__usage_put(e, km__rd_holds_row1(&e->seg), l->key, lv.key_gen, k->pool, lv.model, lv.start_ns, actual,
+                      o->latency_us, kind);
+    } else {
+        ck_pr_inc_64(&k->stale);
+    }
+    /* In-flight -1: clear our flag (I1), then count the outcome, then free
+     * the slot (I3): P4.  A reaper that finds this slot RELEASING with its flag
+     * still set knows the outcome was not counted and counts it abandoned;
+     * only a death between the flag and the counter store goes uncounted.
+     * Plain stores in program order (fenced where stores may pass stores),
+     * after the locked settle above. */
+    ck_pr_store_8(&km__busy(e, l->key)[l->slot], 0);
+    ck_pr_fence_store();
+    if (!stale) {
+        if (kind == KM_OUT_SUCCESS)
+            KM__SLOT_ADD(ls->succeeded, 1);
+        else
+            KM__SLOT_ADD(ls->outcomes[kind], 1);
+    }
+    km__slot_free(ls);
+    if (pool)
+        km__wake(e, pool);
+    return stale ? KM_ESTALE : KM_OK;
+}
+
