@@ -21,7 +21,7 @@ def test_implementation_is_the_one_asked_for():
     if want == "c-extension":
         from keymesh import _ext
         # bound to the very copy of libkeymesh that ctypes loaded
-        assert _ext.km_acquire_address() == ctypes.cast(L.lib.km_acquire, ctypes.c_void_p).value
+        assert _ext.acquire_fn_address() == ctypes.cast(L.lib.km_acquire, ctypes.c_void_p).value
         assert isinstance(SyncKeyPool(keys=["sk-x-1"]).lease(), _ext.Lease)
 
 

@@ -23,7 +23,7 @@ FLEET_TESTS := $(patsubst tests/fleet/%.c,$(BUILD)/tests/fleet/%,$(wildcard test
 TEST_BIN += $(FLEET_TESTS)
 TEST_RUN += $(FLEET_TESTS)
 
-SYNC_BENCH := $(BUILD)/tools/sync/bench_ledger
+SYNC_BENCH := $(BUILD)/bench/fleet/bench_ledger
 
 .PHONY: fleet-test fleet-bench
 
@@ -53,7 +53,8 @@ $(FLEET_TESTS): $(BUILD)/tests/fleet/%: tests/fleet/%.c tests/fleet/rig.h tests/
 	  -DRIG_PROXY_PY='"$(CURDIR)/tests/fleet/proxy.py"' -o $@ $< $(SYNC_OBJ) \
 	  $(LDFLAGS) $(SYNC_HIREDIS_LIBS) -lpthread -lm
 
-$(SYNC_BENCH): tools/sync/bench_ledger.c tests/fleet/rig.h tests/fleet/sim.h tools/sync/store.h $(SYNC_OBJ)
+$(SYNC_BENCH): bench/fleet/bench_ledger.c tests/fleet/rig.h tests/fleet/sim.h tools/sync/store.h $(SYNC_OBJ)
+	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(SYNC_HIREDIS_CFLAGS) -Itests -Itests/fleet -Itools/sync -o $@ $< $(SYNC_OBJ) \
 	  $(LDFLAGS) $(SYNC_HIREDIS_LIBS) -lpthread -lm
 

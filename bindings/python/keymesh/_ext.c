@@ -13,7 +13,7 @@
  * itself: keymesh._lib loads it first with RTLD_GLOBAL (its discovery
  * rules: KEYMESH_LIBRARY, KM_BUILD, ...), and this module's reference to
  * libkeymesh.so.0 binds to that copy; keymesh._pool checks it did
- * (km_acquire_address) before using the module.
+ * (acquire_fn_address) before using the module.
  *
  * The GIL: a non-blocking acquire (km_acquire: lock-free, no system call,
  * ~100 ns) and a release hold it.  A blocking acquire releases it around
@@ -1488,7 +1488,7 @@ static PyObject *mod_setup(PyObject *m, PyObject *d)
     Py_RETURN_NONE;
 }
 
-static PyObject *mod_km_acquire_address(PyObject *m, PyObject *unused)
+static PyObject *mod_acquire_fn_address(PyObject *m, PyObject *unused)
 {
     (void)m;
     (void)unused;
@@ -1509,7 +1509,7 @@ static PyObject *mod_header_version(PyObject *m, PyObject *unused)
 
 static PyMethodDef mod_methods[] = {
     {"setup", (PyCFunction)mod_setup, METH_O, "setup(helpers): keymesh._pool's helpers."},
-    {"km_acquire_address", (PyCFunction)mod_km_acquire_address, METH_NOARGS,
+    {"acquire_fn_address", (PyCFunction)mod_acquire_fn_address, METH_NOARGS,
      "Address of the km_acquire this module calls."},
     {"header_version", (PyCFunction)mod_header_version, METH_NOARGS,
      "KM_VERSION_STRING of the keymesh.h this module was built with."},

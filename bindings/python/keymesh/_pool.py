@@ -451,7 +451,7 @@ def _load_ext() -> Tuple[Any, str]:
     except ImportError as e:
         return None, "not built (%s)" % (e,)
     addr = ctypes.cast(lib.km_acquire, ctypes.c_void_p).value
-    if m.km_acquire_address() != addr:
+    if m.acquire_fn_address() != addr:
         return None, "bound to another copy of libkeymesh than %s" % (lib.path,)
     if m.header_version() != lib.km_version().decode():
         return None, "built for libkeymesh %s, loaded %s" % (m.header_version(),

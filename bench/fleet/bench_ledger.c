@@ -1,12 +1,12 @@
 /*
- * tools/sync/bench_ledger.c - what one sync costs the store: N hosts, each
+ * bench/fleet/bench_ledger.c - what one sync costs the store: N hosts, each
  * reporting K (key, window) pairs every round, on a redis-server of its own
  * (127.0.0.1, free port).  The ledger's time per call is Redis's own
  * (INFO commandstats: usec_per_call of FCALL), so the client and the
  * loopback are not in it; the round trip as the client sees it is printed
  * too.  One SUMMARY line with every parameter and result.
  *
- *   build/tools/sync/bench_ledger [--hosts N] [--keys K] [--rounds R]
+ *   build/bench/fleet/bench_ledger [--hosts N] [--keys K] [--rounds R]
  *   make fleet-bench      a few sizes (not part of make test)
  */
 #include <getopt.h>
