@@ -318,4 +318,12 @@ ok $([ $? -eq 0 ] && grep -q 'done\.' "$TMP/demo.out"; echo $?) "demo.sh from an
 (cd "$TMP/elsewhere" && KM_BUILD=nowhere sh "$REPO/examples/demo.sh") >"$TMP/demo.out" 2>&1
 ok $([ $? -ne 0 ] && grep -q 'nowhere/kmctl not built' "$TMP/demo.out"; echo $?) \
     "demo.sh with a KM_BUILD that has no kmctl says so ($(head -n 1 "$TMP/demo.out"))"
+
+# ------------------------------------------------------------ 6. LICENSE, CHANGELOG
+ok $(head -n 1 "$REPO/LICENSE" | grep -qx 'MIT License' &&
+    grep -qx 'Copyright (c) 2026 the KeyMesh authors' "$REPO/LICENSE"; echo $?) "LICENSE: MIT, the KeyMesh authors"
+fmt=$("$KMCTL" -V | sed -n 's/.*segment format \([0-9]*\).*/\1/p')
+unrel=$(sed -n '/^## Unreleased/,/^## [0-9]/p' "$REPO/CHANGELOG.md")
+ok $([ -n "$fmt" ] && grep -q "^Segment format $fmt\b" <<<"$unrel"; echo $?) \
+    "CHANGELOG's Unreleased names the segment format kmctl -V prints ($fmt)"
 finish
