@@ -26,7 +26,9 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 case "$B" in /*) ;; *) B="$REPO/$B" ;; esac
 KMCTL="$B/kmctl"
 DOCS="/usr/bin/python3 $REPO/tests/newcomer/docblocks.py"
-mk() { env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -C "$REPO" --no-print-directory "$@"; }
+# make as a user types it: not the parent make's flags, nor the variables
+# its command line exported (SAN=..., under make SAN=... test).
+mk() { env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u SAN make -C "$REPO" --no-print-directory "$@"; }
 # The build's own flags (SAN): a sanitizer build's objects link only with them.
 SAN=
 nm "$B/obj/shm/segment.o" 2>/dev/null | grep -q __asan_ && SAN=address
@@ -35,7 +37,7 @@ nm "$B/obj/shm/segment.o" 2>/dev/null | grep -q __ubsan_ && SAN=${SAN:+$SAN,}und
 # ------------------------------------------------------------ 1. missing deps
 mkdir -p "$TMP/empty"
 run env -u PKG_CONFIG_PATH PKG_CONFIG_LIBDIR="$TMP/empty" \
-    env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -C "$REPO" --no-print-directory BUILD="$TMP/b1" all
+    env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u SAN make -C "$REPO" --no-print-directory BUILD="$TMP/b1" all
 ok $([ "$RC" -ne 0 ]; echo $?) "make without ck, jansson, libsodium fails (exit $RC)"
 want=$($DOCS find "$REPO/README.md" '^make: lib needs ' | grep '^make: ')
 got=$(grep '^make: ' <<<"$ERR" | grep -v '\*\*\*')
@@ -49,7 +51,7 @@ for m in ck jansson libsodium; do
     cp "$(pkg-config --variable=pcfiledir "$m")/$m.pc" "$TMP/pc3/"
 done
 run env -u PKG_CONFIG_PATH PKG_CONFIG_LIBDIR="$TMP/pc3" \
-    env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -C "$REPO" --no-print-directory BUILD="$TMP/b2" all
+    env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u SAN make -C "$REPO" --no-print-directory BUILD="$TMP/b2" all
 ok $([ "$RC" -ne 0 ] && grep -qx 'make: run make deps (as root) or install: libsqlite3-dev' <<<"$ERR" &&
     [ ! -e "$TMP/b2" ]; echo $?) "without sqlite3 only: make names libsqlite3-dev, before compiling"
 [ "$RC" -ne 0 ] || diag "exit $RC"
@@ -87,6 +89,9 @@ ok $([ "$got" = "$test_pkgs" ]; echo $?) "README: make deps-test adds $got(the M
 want=$(frag bench/bench.mk | tr '\n' ' ')
 got=$(row 'bench`')
 ok $([ "$got" = "$want" ]; echo $?) "README: make bench adds $got(bench.mk: $want)"
+want=$(grep -o 'apt-get install -y -qq [a-z0-9.+-]*' "$REPO/tests/fuzz/fuzz.mk" | sed 's/.* //' | sort -u | tr '\n' ' ')
+got=$(row 'fuzz`')
+ok $([ -n "$want" ] && [ "$got" = "$want" ]; echo $?) "README: make fuzz installs $got(fuzz.mk: $want)"
 
 # deps as another user: it checks first, names the packages, installs
 # nothing.  (The Makefile and its fragments are copied where that user can
@@ -96,7 +101,7 @@ if [ "$(id -u)" = 0 ]; then
     (cd "$REPO" && cp --parents Makefile bench/bench.mk bindings/bindings.mk tests/fuzz/fuzz.mk "$TMP/mk/")
     chmod -R a+rX "$TMP"
     run setpriv --reuid=65534 --regid=65534 --clear-groups env -u PKG_CONFIG_PATH \
-        PKG_CONFIG_LIBDIR="$TMP/empty" env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL \
+        PKG_CONFIG_LIBDIR="$TMP/empty" env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u SAN \
         make -C "$TMP/mk" --no-print-directory deps-test
 else
     run env -u PKG_CONFIG_PATH PKG_CONFIG_LIBDIR="$TMP/empty" mk deps-test
