@@ -1,8 +1,11 @@
 # KeyMesh - plain Makefile.
 #
 #   make            build build/libkeymesh.so.$(MAJOR), build/libkeymesh.a, build/kmctl
-#   make test       build and run the TAP suite with prove (installs missing deps)
-#   make demo       create a segment, run a prefork pool against it, inspect it
+#                   (checks its dependencies first: "Dependencies" below)
+#   make deps       install what make and make demo need (as root; only what is missing)
+#   make deps-test  install that and what make test needs (prove, the bindings' tests)
+#   make test       build and run the TAP suite with prove (runs deps-test)
+#   make demo       create a segment, run a prefork pool against it, inspect it (runs deps)
 #   make bench      short benchmark run (SUMMARY lines)
 #   make install    PREFIX=/usr/local DESTDIR= libdir= includedir= mandir=
 #   make man        the man pages kmctl(1), keymesh(3), keymesh-config(5)
@@ -96,47 +99,107 @@ TEST_TIMEOUT ?= 300
 -include tests/fuzz/fuzz.mk
 -include tools/sync/sync.mk
 
-all: $(SHLIB) $(STLIB) $(KMCTL)
+# The checks first, so that a missing dependency stops make before it
+# compiles anything.
+all: km-need-cc km-need-lib km-need-kmctl $(SHLIB) $(STLIB) $(KMCTL)
 
 # ---------------------------------------------------------------- dependencies
-# Ask pkg-config first; run apt-get only for what is missing.
-deps: deps-extra
-	@missing=""; \
-	pkg-config --exists ck      2>/dev/null || missing="$$missing libck-dev"; \
-	pkg-config --exists liburcu 2>/dev/null || missing="$$missing liburcu-dev"; \
-	pkg-config --exists jansson 2>/dev/null || missing="$$missing libjansson-dev"; \
-	pkg-config --exists libsodium 2>/dev/null || missing="$$missing libsodium-dev"; \
-	pkg-config --exists sqlite3 2>/dev/null || missing="$$missing libsqlite3-dev"; \
-	pkg-config --exists libmicrohttpd 2>/dev/null || missing="$$missing libmicrohttpd-dev"; \
-	pkg-config --exists ncursesw 2>/dev/null || missing="$$missing libncurses-dev"; \
-	command -v scdoc >/dev/null      || missing="$$missing scdoc"; \
-	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
-	command -v tmux >/dev/null       || missing="$$missing tmux"; \
-	command -v pkg-config >/dev/null || missing="$$missing pkg-config"; \
-	command -v prove >/dev/null      || missing="$$missing perl"; \
-	command -v $(CC) >/dev/null      || missing="$$missing gcc"; \
-	if [ -n "$$missing" ]; then \
-	  echo "deps: installing:$$missing"; \
-	  if [ "$$(id -u)" != 0 ]; then echo "deps: need root to install:$$missing" >&2; exit 1; fi; \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
-	    || { echo "deps: apt-get install$$missing failed" >&2; exit 1; }; \
-	fi
+# What each part of the build needs: KM_NEED_<part>, one KIND:NAME:PACKAGE
+# per dependency, PACKAGE being the Debian package that provides it:
+#   pc:NAME    pkg-config knows module NAME    cmd:NAME   command NAME is on PATH
+#   file:NAME  NAME is an executable file      deb:NAME   Debian says NAME is installed
+# A rule that needs a part names `| km-need-<part>` among its prerequisites:
+# a missing dependency stops make before anything is compiled or linked,
+# with one message naming what to install.  `make deps` installs the parts
+# of KM_DEPS_BUILD, `make deps-test` those of KM_DEPS_TEST too.  To add a
+# part: define KM_NEED_<part>, add `| km-need-<part>` to the rules that
+# need it, and name the part in KM_DEPS_BUILD (for what `make` builds) or
+# KM_DEPS_TEST.
+KM_NEED_cc    := cmd:$(firstword $(CC)):gcc cmd:pkg-config:pkg-config
+KM_NEED_lib   := pc:ck:libck-dev pc:jansson:libjansson-dev pc:libsodium:libsodium-dev
+# kmctl links SQLite (persist, usage), libmicrohttpd (serve) and ncurses (top).
+KM_NEED_kmctl := pc:sqlite3:libsqlite3-dev pc:libmicrohttpd:libmicrohttpd-dev pc:ncursesw:libncurses-dev
+# make man (and make install): scdoc.
+KM_NEED_man   := cmd:scdoc:scdoc
+KM_NEED_prove := cmd:prove:perl
+# The operator tests: a real Prometheus (and promtool) scraping kmctl serve,
+# kmctl top driven under tmux.
+KM_NEED_ops   := cmd:prometheus:prometheus cmd:promtool:prometheus cmd:tmux:tmux
+KM_DEPS_BUILD := cc lib kmctl man
+KM_DEPS_TEST  := prove ops
+
+# $(call km_missing,PART...): the Debian packages for what PARTs lack.
+# $(call km_lacking,PART...): what they lack, for the message.
+km_field    = $(word $(1),$(subst :, ,$(2)))
+km_present  = $(shell case '$(call km_field,1,$(1))' in \
+                (pc) pkg-config --exists '$(call km_field,2,$(1))' ;; \
+                (cmd) command -v '$(call km_field,2,$(1))' ;; \
+                (file) test -x '$(call km_field,2,$(1))' ;; \
+                (deb) dpkg-query -W -f='$${Status}' '$(call km_field,2,$(1))' | grep -q 'ok installed' ;; \
+                (*) false ;; esac >/dev/null 2>&1 && echo y)
+km_absent   = $(foreach d,$(foreach p,$(1),$(KM_NEED_$(p))),$(if $(call km_present,$(d)),,$(d)))
+km_missing  = $(sort $(foreach d,$(call km_absent,$(1)),$(call km_field,3,$(d))))
+km_comma   := ,
+km_space   := $(subst x,,x x)
+km_lacking  = $(subst $(km_space),$(km_comma)$(km_space),$(strip \
+                $(foreach d,$(call km_absent,$(1)),$(call km_field,2,$(d)))))
+
+# km-need-<part>: stop with the packages to install when the part lacks
+# something (pc: also check PKG_CONFIG_PATH / PKG_CONFIG_LIBDIR).
+KM_NEED_TARGETS := $(patsubst KM_NEED_%,km-need-%,$(filter KM_NEED_%,$(.VARIABLES)))
+.PHONY: $(KM_NEED_TARGETS)
+$(KM_NEED_TARGETS): km-need-%:
+	@$(if $(call km_missing,$*),\
+	  printf '%s\n' 'make: $* needs $(call km_lacking,$*): not found by pkg-config or on PATH' \
+	    'make: run make $(if $(filter $*,$(KM_DEPS_TEST)),deps-test,deps) (as root) or install: $(call km_missing,$*)' >&2; \
+	  exit 1,:)
+
+# $(call km_install,TARGET,PART...): install the missing packages of PARTs.
+# Checked first: nothing missing, nothing done; as another user than root,
+# it names them and fails.  RUNLEVEL=1: a package's postinst starts no
+# service (nginx would take port 80; the tests start their own servers).
+km_install = @missing='$(call km_missing,$(2))'; \
+  if [ -n "$$missing" ]; then \
+    if [ "$$(id -u)" != 0 ]; then echo "$(1): need root to install: $$missing" >&2; exit 1; fi; \
+    echo "$(1): installing: $$missing"; \
+    (apt-get update -qq -o DPkg::Lock::Timeout=600 && RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive \
+       apt-get install -y -qq -o DPkg::Lock::Timeout=600 $$missing >/dev/null) \
+      || { echo "$(1): apt-get install $$missing failed" >&2; exit 1; }; \
+  fi
+
+# make deps: what `make` and `make demo` need.  make deps-test: that, prove,
+# and deps-extra (the packages the fragments' tests need, e.g. the
+# bindings': python3, gunicorn, nginx with its Lua module, curl).
+deps:
+	$(call km_install,deps,$(KM_DEPS_BUILD))
+
+deps-test: deps deps-extra
+	$(call km_install,deps-test,$(KM_DEPS_TEST))
 
 # ------------------------------------------------------------------- library
-$(BUILD)/obj/%.o: %.c include/keymesh.h $(wildcard shm/*.h src/*.h)
+$(BUILD)/obj/%.o: %.c include/keymesh.h $(wildcard shm/*.h src/*.h) | km-need-cc km-need-lib
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -DKM_BUILDING_LIBRARY -fvisibility=hidden -c $< -o $@
 
-$(BUILD)/pic/%.o: %.c include/keymesh.h $(wildcard shm/*.h src/*.h)
+$(BUILD)/pic/%.o: %.c include/keymesh.h $(wildcard shm/*.h src/*.h) | km-need-cc km-need-lib
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -DKM_BUILDING_LIBRARY -fvisibility=hidden -fPIC -c $< -o $@
 
-$(STLIB): $(LIB_OBJ)
-	@mkdir -p $(dir $@)
-	rm -f $@ && ar rcs $@ $^
+# Both libraries are written under a temporary name and renamed into place:
+# a failed link or archive never leaves one behind.  The shared library is
+# linked with -z defs, so a symbol its dependencies should provide and do
+# not (a -l missing) fails the link instead of the first program that
+# loads it.
+KM_ZDEFS := -Wl,-z,defs
 
-$(SHLIB): $(LIB_PIC)
-	$(CC) $(LDFLAGS) -shared -Wl,-soname,$(SONAME) -o $@ $^ $(LIBS)
+$(STLIB): $(LIB_OBJ) | km-need-cc km-need-lib
+	@mkdir -p $(dir $@)
+	rm -f $@.tmp && ar rcs $@.tmp $(LIB_OBJ) && mv -f $@.tmp $@
+
+$(SHLIB): $(LIB_PIC) | km-need-cc km-need-lib
+	$(CC) $(LDFLAGS) -shared -Wl,-soname,$(SONAME) $(KM_ZDEFS) -o $@.tmp $(LIB_PIC) $(LIBS) \
+	  || { rm -f $@.tmp; exit 1; }
+	mv -f $@.tmp $@
 	ln -sf libkeymesh.so.$(VERSION) $(BUILD)/$(SONAME)
 	ln -sf $(SONAME) $(BUILD)/libkeymesh.so
 
@@ -148,7 +211,7 @@ SQLITE_CFLAGS := $(shell pkg-config --cflags sqlite3 2>/dev/null)
 SQLITE_LIBS   := $(shell pkg-config --libs sqlite3 2>/dev/null)
 KMCTL_SRC := $(wildcard tools/kmctl/*.c)
 KMCTL_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(KMCTL_SRC))
-$(BUILD)/tools/kmctl/%.o: tools/kmctl/%.c tools/kmctl/kmctl.h include/keymesh.h
+$(BUILD)/tools/kmctl/%.o: tools/kmctl/%.c tools/kmctl/kmctl.h include/keymesh.h | km-need-kmctl
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 $(BUILD)/tools/kmctl/cmd_usage.o: CFLAGS += $(SQLITE_CFLAGS)
@@ -180,15 +243,17 @@ examples: $(EXAMPLE_BIN)
 # --------------------------------------------------------------------- tests
 # Each program runs in its own process under a time limit; prove prints TAP
 # and exits non-zero on any failure.
-test: deps
-	@$(MAKE) --no-print-directory all $(TEST_BIN) $(TEST_HELPERS)
+# The examples are built too, so that they compile on every run (and
+# tests/t_newcomer*.sh run them).
+test: deps-test
+	@$(MAKE) --no-print-directory all $(TEST_BIN) $(TEST_HELPERS) $(EXAMPLE_BIN)
 	KM_BUILD=$(BUILD) prove -f --exec 'timeout $(TEST_TIMEOUT)' $(TEST_RUN) $(TEST_SH)
 
 check: test
 
 # Long crash-torture runs (not part of make test): KM_TORTURE_S seconds each.
 TORTURE_S ?= 30
-torture: deps
+torture: deps km-need-prove
 	@$(MAKE) --no-print-directory all $(TEST_BIN) $(TEST_HELPERS)
 	KM_BUILD=$(BUILD) KM_TORTURE_S=$(TORTURE_S) prove -v $(BUILD)/tests/t_crash $(BUILD)/tests/t_reconfig
 
@@ -202,12 +267,37 @@ demo: deps
 	KM_BUILD=$(BUILD) sh examples/demo.sh
 
 # ------------------------------------------------------------------- install
-$(BUILD)/keymesh.pc: Makefile
+# keymesh.pc holds PREFIX, libdir, includedir and VERSION: it is made again
+# whenever one of them differs from the last make (the stamp holds them and
+# is rewritten only then).  Requires.private and Libs.private are what
+# `pkg-config --static --libs keymesh` adds for a program that links
+# libkeymesh.a: the packages of KM_NEED_lib and the -l of LIBS.
+KM_PC_VALUES := $(PREFIX) $(libdir) $(includedir) $(VERSION)
+$(BUILD)/keymesh.pc.values: FORCE
+	@mkdir -p $(dir $@)
+	@[ "$$(cat $@ 2>/dev/null)" = '$(KM_PC_VALUES)' ] || printf '%s\n' '$(KM_PC_VALUES)' > $@
+
+$(BUILD)/keymesh.pc: $(BUILD)/keymesh.pc.values Makefile
 	@mkdir -p $(dir $@)
 	printf '%s\n' 'prefix=$(PREFIX)' 'libdir=$(libdir)' 'includedir=$(includedir)' '' \
 	  'Name: keymesh' 'Description: shared-memory API key pool with lock-free acquire' \
 	  'Version: $(VERSION)' 'Requires.private: ck jansson libsodium' \
-	  'Libs: -L$${libdir} -lkeymesh' 'Libs.private: -lpthread' 'Cflags: -I$${includedir}' > $@
+	  'Libs: -L$${libdir} -lkeymesh' 'Libs.private: -lpthread -lm' 'Cflags: -I$${includedir}' > $@
+
+# After installing the shared library, ldconfig updates the dynamic
+# linker's cache and the soname link, when libdir is a directory the
+# dynamic linker searches (one of KM_LDCONFIG_DIRS), DESTDIR is empty and
+# make runs as root.  A staged install (DESTDIR: packaging) leaves that to
+# the package's own trigger; any other libdir needs LD_LIBRARY_PATH or an
+# rpath anyway.
+LDCONFIG ?= ldconfig
+KM_LDCONFIG_DIRS = $(shell $(LDCONFIG) -v -N -X 2>/dev/null | sed -n 's|^\(/[^:]*\):.*|\1|p')
+km_ldconfig = @if [ -z '$(DESTDIR)' ] && [ "$$(id -u)" = 0 ]; then \
+    d=$$(realpath -m '$(libdir)'); \
+    for x in $(KM_LDCONFIG_DIRS); do \
+      if [ "$$(realpath -m "$$x")" = "$$d" ]; then echo '$(LDCONFIG)'; $(LDCONFIG); break; fi; \
+    done; \
+  fi
 
 # ---------------------------------------------------------------- man pages
 # From scdoc sources in docs/man/ (NAME.SECTION.scd -> NAME.SECTION).
@@ -225,6 +315,7 @@ install: all $(BUILD)/keymesh.pc man
 	ln -sf libkeymesh.so.$(VERSION) $(DESTDIR)$(libdir)/$(SONAME)
 	ln -sf $(SONAME) $(DESTDIR)$(libdir)/libkeymesh.so
 	install -m 0644 $(STLIB) $(DESTDIR)$(libdir)/
+	$(km_ldconfig)
 	install -m 0644 include/keymesh.h $(DESTDIR)$(includedir)/
 	install -m 0755 $(KMCTL) $(DESTDIR)$(bindir)/
 	install -m 0644 $(BUILD)/keymesh.pc $(DESTDIR)$(pkgconfigdir)/
@@ -245,7 +336,8 @@ clean:
 
 help:
 	@echo 'make              build the library (shared and static) and kmctl in $(BUILD)/'
-	@echo 'make deps         install what is missing to build and test (as root; apt-get)'
+	@echo 'make deps         install what make and make demo need (as root; only what is missing)'
+	@echo 'make deps-test    that, and what make test needs (prove, the tests of bindings, fleet, ops)'
 	@echo 'make test         build and run the TAP suite with prove (make check: the same)'
 	@echo 'make torture      long crash-torture runs (TORTURE_S=30 seconds each)'
 	@echo 'make bench        short benchmark run (SUMMARY lines), then bench-compare'
@@ -339,6 +431,11 @@ cross-test: $(CROSS_SHIM) $(CROSS_CK)/pkgconfig/ck.pc
 	printf '#!/bin/sh\nexec %s %s/kmctl "$$@"\n' '$(QEMU)' '$(abspath $(CROSS_BUILD))' >$(CROSS_BUILD)/qemu/kmctl
 	chmod +x $(CROSS_BUILD)/qemu/kmctl
 	KM_BUILD=$(CROSS_BUILD)/qemu prove -f --exec 'timeout $(TEST_TIMEOUT) $(QEMU)' $(CROSS_TESTS)
+
+# A recipe that fails leaves no half-written target behind.
+.DELETE_ON_ERROR:
+.PHONY: deps-test FORCE
+FORCE:
 
 # Empty unless a fragment above adds prerequisites or recipes (double-colon
 # rules, so each fragment can add its own).

@@ -67,8 +67,8 @@ deps-extra::
 	command -v luajit >/dev/null          || missing="$$missing luajit2"; \
 	command -v gcc >/dev/null             || missing="$$missing gcc"; \
 	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "deps (bindings): need root to install:$$missing" >&2; exit 1; fi; \
 	  echo "deps (bindings): installing:$$missing"; \
-	  if [ "$$(id -u)" != 0 ]; then echo "deps: need root to install:$$missing" >&2; exit 1; fi; \
 	  (apt-get update -qq && RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive \
 	     apt-get install -y -qq --no-remove $$missing >/dev/null) \
 	    || { echo "deps: apt-get install$$missing failed" >&2; exit 1; }; \

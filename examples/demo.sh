@@ -1,11 +1,14 @@
 #!/bin/sh
 # examples/demo.sh - KeyMesh in a few seconds: one segment, four prefork
-# workers, limits that demand exceeds.  Run by `make demo` (KM_BUILD names the
-# build directory); runnable by hand:  KM_BUILD=build sh examples/demo.sh
+# workers, limits that demand exceeds.  Run by `make demo`; runnable by hand
+# from any directory:  sh examples/demo.sh  (or /path/to/examples/demo.sh).
+# The binaries come from $KM_BUILD if set (a build directory, relative to the
+# current directory or absolute; `make demo` sets it), else from the build/
+# directory beside this script's examples/.
 set -eu
 
-B=${KM_BUILD:-build}
-HERE=$(dirname "$0")
+HERE=$(cd "$(dirname "$0")" && pwd)
+B=${KM_BUILD:-$HERE/../build}
 KMCTL=$B/kmctl
 DEMO=$B/examples/demo
 CONFIG=$HERE/demo.json
@@ -15,7 +18,7 @@ SECONDS_RUN=${DEMO_SECONDS:-4}
 
 for f in "$KMCTL" "$DEMO"; do
     if [ ! -x "$f" ]; then
-        echo "demo.sh: $f not built (run: make demo)" >&2
+        echo "demo.sh: $f not built (run make demo in $(cd "$HERE/.." && pwd), or set KM_BUILD)" >&2
         exit 1
     fi
 done

@@ -66,7 +66,7 @@ fleet-bench: $(SYNC_BENCH)
 	$(SYNC_BENCH) --hosts 300 --keys 2 --rounds 8
 	$(SYNC_BENCH) --hosts 1000 --keys 2 --rounds 6
 
-fleet-test: deps
+fleet-test: deps-test
 	@$(MAKE) --no-print-directory $(FLEET_TESTS)
 	KM_BUILD=$(BUILD) prove -v -f --exec 'timeout $(TEST_TIMEOUT)' $(FLEET_TESTS)
 
