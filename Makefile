@@ -94,6 +94,10 @@ TEST_TIMEOUT ?= 300
 # targets and hook `deps-extra` (packages its tests or runs need) and
 # `bench-compare` (baselines run by make bench).
 .DEFAULT_GOAL := all
+# The dependency checks come first among all's prerequisites, before any a
+# fragment adds (bindings.mk adds the Python extension, which links the
+# library): a missing package stops make before anything is compiled.
+all: km-need-cc km-need-lib km-need-kmctl
 -include bench/bench.mk
 -include bindings/bindings.mk
 -include tests/fuzz/fuzz.mk

@@ -45,10 +45,13 @@ ok $([ -n "$want" ] && [ "$got" = "$want" ]; echo $?) "it says what README's Set
 [ "$got" = "$want" ] || diag "README: $want" "make:   $got"
 ok $([ ! -e "$TMP/b1" ]; echo $?) "it stopped before compiling: no build directory, no libkeymesh.so"
 
-# Only kmctl's SQLite missing: the modules of ck, jansson and libsodium, not sqlite3.
+# Only kmctl's SQLite missing: the modules of ck, jansson, libsodium and
+# kmctl's libmicrohttpd and ncursesw, not sqlite3.
 mkdir -p "$TMP/pc3"
-for m in ck jansson libsodium; do
-    cp "$(pkg-config --variable=pcfiledir "$m")/$m.pc" "$TMP/pc3/"
+# Every module pkg-config knows but sqlite3 (libmicrohttpd's .pc requires
+# gnutls's and so on: copying a closure by hand would drift).
+for m in $(pkg-config --list-all | awk '{print $1}'); do
+    [ "$m" = sqlite3 ] || cp "$(pkg-config --variable=pcfiledir "$m")/$m.pc" "$TMP/pc3/" 2>/dev/null
 done
 run env -u PKG_CONFIG_PATH PKG_CONFIG_LIBDIR="$TMP/pc3" \
     env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u SAN make -C "$REPO" --no-print-directory BUILD="$TMP/b2" all
@@ -82,10 +85,10 @@ deps=$(sed -n 's/^deps //p' <<<"$lists" | tr ' ' '\n' | sort -u)
 want=$(tr '\n' ' ' <<<"$deps")
 got=$(row 'deps` (run by')
 ok $([ "$got" = "$want" ]; echo $?) "README: make deps installs $got(the Makefile: $want)"
-test_pkgs=$( (sed -n 's/^deps-test //p' <<<"$lists" | tr ' ' '\n'; frag bindings/bindings.mk) |
+test_pkgs=$( (sed -n 's/^deps-test //p' <<<"$lists" | tr ' ' '\n'; frag bindings/bindings.mk; frag tools/sync/sync.mk) |
     sort -u | comm -23 - <(printf '%s\n' $deps) | tr '\n' ' ')
 got=$(row 'deps-test` (run by')
-ok $([ "$got" = "$test_pkgs" ]; echo $?) "README: make deps-test adds $got(the Makefile and bindings.mk: $test_pkgs)"
+ok $([ "$got" = "$test_pkgs" ]; echo $?) "README: make deps-test adds $got(the Makefile, bindings.mk and sync.mk: $test_pkgs)"
 want=$(frag bench/bench.mk | tr '\n' ' ')
 got=$(row 'bench`')
 ok $([ "$got" = "$want" ]; echo $?) "README: make bench adds $got(bench.mk: $want)"
