@@ -114,7 +114,8 @@ KM_EXTERN int km_format_version(void);      /* KM_FORMAT_VERSION */
     XX(EBUSY, -25, "a stalled reader holds back reclamation (see inspect)")    \
     XX(EKEYEXISTS, -26, "a key of that id already exists in the pool")       \
     XX(EFULL, -27, "no free key slot (capacity, or removed keys in grace)")  \
-    XX(ECRYPTO, -28, "cannot decrypt the snapshot's secrets: wrong key or damaged file")
+    XX(ECRYPTO, -28, "cannot decrypt the snapshot's secrets: wrong key or damaged file") \
+    XX(ENOSLOT, -29, "nothing in that slot: a free process slot or an idle reader row")
 
 typedef enum {
     KM_OK = 0,
@@ -502,7 +503,7 @@ KM_EXTERN int km_epoch_info_get(km_env *env, km_epoch_info *out);
 
 /* A reader row inside an acquire right now.  Row `row` (0..rows_per_process
  * - 1; row 0 is shared by a process's extra threads) of process slot
- * `slot`; KM_ENOENT if the row is idle or its slot free. */
+ * `slot`; KM_ENOSLOT if the row is idle or its slot free. */
 typedef struct km_reader_info {
     uint32_t pid, tid;      /* tid 0: the shared row */
     int shared;
@@ -524,7 +525,7 @@ typedef struct km_proc_info {
 } km_proc_info;
 
 /* The process in table slot `slot` (0 <= slot < km_info.cap_procs);
- * KM_ENOENT for a free slot.  Checks liveness (a system call). */
+ * KM_ENOSLOT for a free slot.  Checks liveness (a system call). */
 KM_EXTERN int km_proc_info_get(km_env *env, uint32_t slot, km_proc_info *out);
 
 typedef struct km_reap_report {

@@ -22,7 +22,7 @@ KM_EXTERN int km_reader_info_get(km_env *e, uint32_t slot, uint32_t row,
     km__rdr *r = &km__rdrs(&e->seg, slot)[row];
     uint64_t ep = km__row_epoch(r, row);
     if (tag == 0 || ep == 0)
-        return KM_ENOENT;
+        return KM_ENOSLOT;
     memset(out, 0, sizeof *out);
     out->pid = km__tag_pid(tag);
     out->tid = row == 0 ? 0 : ck_pr_load_32(&r->tid);

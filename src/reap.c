@@ -341,7 +341,7 @@ KM_EXTERN int km_proc_info_get(km_env *e, uint32_t slot, km_proc_info *out)
     km__proc *p = &km__procs(&e->seg)[slot];
     uint64_t tag = ck_pr_load_64(&p->tag);
     if (tag == 0)
-        return KM_ENOENT;
+        return KM_ENOSLOT;
     ck_pr_fence_load(); /* tag before the fields it guards */
     memset(out, 0, sizeof(*out));
     out->attached_ns = ck_pr_load_64(&p->attach_ns);

@@ -302,6 +302,35 @@ static void test_create_open(void)
         is_int(info.n_procs, 1, "n_procs back to 1 after the child's km_close");
     }
 
+    /* The process table as the readers show it: our own slot, and
+     * KM_ENOSLOT (not KM_ENOENT, which names a missing segment) for every
+     * free slot and for every reader row while no acquire runs. */
+    {
+        km_proc_info pi;
+        km_reader_info ri;
+        km_epoch_info ei;
+        int mine = 0, free_slots = 0, idle = 0, other = 0;
+        km_info_get(env, &info);
+        for (int s = 0; s < (int)info.cap_procs; s++) {
+            rc = km_proc_info_get(env, s, &pi);
+            if (rc == KM_OK && pi.pid == (uint32_t)getpid() && pi.alive)
+                mine++;
+            else if (rc == KM_ENOSLOT)
+                free_slots++;
+            else
+                other++;
+        }
+        is_int(mine, 1, "km_proc_info_get: our own slot, alive");
+        is_int(free_slots + 1, (int)info.cap_procs, "km_proc_info_get: KM_ENOSLOT for the %d free slots (%d other)",
+               (int)info.cap_procs - 1, other);
+        is_int(km_epoch_info_get(env, &ei), KM_OK, "km_epoch_info_get");
+        for (int s = 0; s < (int)info.cap_procs; s++)
+            for (int r = 0; r < (int)ei.rows_per_process; r++)
+                idle += km_reader_info_get(env, s, r, &ri) == KM_ENOSLOT;
+        is_int(idle, (int)(info.cap_procs * ei.rows_per_process),
+               "km_reader_info_get: KM_ENOSLOT for every idle row (%u rows per process)", ei.rows_per_process);
+    }
+
     is_int(km_close(env), KM_OK, "km_close");
     is_int(km_unlink(name), KM_OK, "km_unlink");
     is_str(rcname(km_open(name, &env2)), "ENOENT", "km_open after km_unlink -> ENOENT");
@@ -472,7 +501,7 @@ int main(void)
     signal(SIGALRM, on_signal);
     atexit(unlink_all);
 
-    plan(56);
+    plan(60);
     test_versions_and_errors();
     test_names();
     test_create_open();

@@ -345,7 +345,7 @@ static int read_procs(km_env *env, const char *name, proc_row **rows,
     }
     for (uint32_t s = 0; s < info.cap_procs; s++) {
         rc = km_proc_info_get(env, s, &(*rows)[*n].pi);
-        if (rc == KM_ENOENT) /* a free slot */
+        if (rc == KM_ENOSLOT) /* a free slot */
             continue;
         if (rc != KM_OK) {
             free(*rows);

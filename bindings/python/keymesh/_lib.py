@@ -68,6 +68,7 @@ EBUSY = -25
 EKEYEXISTS = -26
 EFULL = -27
 ECRYPTO = -28
+ENOSLOT = -29
 
 # km_outcome_kind
 OUT_SUCCESS = 0
