@@ -63,12 +63,20 @@ extern "C" {
 #define KM_VERSION_MINOR 1
 #define KM_VERSION_PATCH 0
 #define KM_VERSION_STRING "0.1.0"
+/* The version as one number that compares in order:
+ * MAJOR * 10000 + MINOR * 100 + PATCH (0.1.0 is 100, 1.12.3 is 11203), so
+ * MINOR and PATCH stay below 100.  Test a feature at compile time with
+ * #if KM_VERSION_NUMBER >= 100, and at run time with km_version_number(),
+ * which is the library's (the two differ when a program runs against
+ * another build than the header it was compiled with). */
+#define KM_VERSION_NUMBER (KM_VERSION_MAJOR * 10000 + KM_VERSION_MINOR * 100 + KM_VERSION_PATCH)
 /* Version of the shared-memory format.  Processes attach only to segments of
  * their own format (and layout signature). */
 #define KM_FORMAT_VERSION 3
 
 KM_EXTERN const char *km_version(void);     /* "0.1.0" */
 KM_EXTERN int km_format_version(void);      /* KM_FORMAT_VERSION */
+KM_EXTERN int km_version_number(void);      /* KM_VERSION_NUMBER of the library */
 
 /* ------------------------------------------------------------------ limits */
 

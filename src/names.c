@@ -11,6 +11,9 @@
 
 KM_EXTERN const char *km_version(void) { return KM_VERSION_STRING; }
 KM_EXTERN int km_format_version(void) { return KM_FORMAT_VERSION; }
+KM_EXTERN int km_version_number(void) { return KM_VERSION_NUMBER; }
+_Static_assert(KM_VERSION_MINOR < 100 && KM_VERSION_PATCH < 100,
+               "KM_VERSION_NUMBER holds MINOR and PATCH in two decimal digits each");
 
 KM_EXTERN const char *km_strerror(int err)
 {

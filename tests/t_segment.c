@@ -185,6 +185,13 @@ static void test_versions_and_errors(void)
 
     is_int(km_format_version(), KM_FORMAT_VERSION, "km_format_version() == KM_FORMAT_VERSION");
     is_str(km_version(), KM_VERSION_STRING, "km_version() == KM_VERSION_STRING");
+    {
+        int maj = -1, min = -1, pat = -1;
+        sscanf(km_version(), "%d.%d.%d", &maj, &min, &pat);
+        is_int(km_version_number(), KM_VERSION_NUMBER, "km_version_number() == KM_VERSION_NUMBER");
+        is_int(km_version_number(), maj * 10000 + min * 100 + pat,
+               "km_version_number() is MAJOR*10000+MINOR*100+PATCH of km_version() %s", km_version());
+    }
 
     for (size_t i = 0; i < n; i++) {
         const char *m = km_strerror(codes[i]), *nm = km_err_name(codes[i]);
@@ -501,7 +508,7 @@ int main(void)
     signal(SIGALRM, on_signal);
     atexit(unlink_all);
 
-    plan(60);
+    plan(62);
     test_versions_and_errors();
     test_names();
     test_create_open();

@@ -174,6 +174,7 @@ REPORT_FN = ctypes.CFUNCTYPE(None, c_void_p, c_char_p)
 _PROTOS: dict = {
     "km_version": (c_char_p, []),
     "km_format_version": (c_int, []),
+    "km_version_number": (c_int, []),
     "km_strerror": (c_char_p, [c_int]),
     "km_err_name": (c_char_p, [c_int]),
     "km_strategy_name": (c_char_p, [c_int]),
