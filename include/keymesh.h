@@ -15,6 +15,10 @@
  *   - Times are CLOCK_MONOTONIC nanoseconds (km_now_ns()), which every
  *     process of one host shares.
  *   - Strings passed in are NUL-terminated UTF-8; nothing passed in is kept.
+ *   - Every index (pool, key, model, process slot, reader row, lease slot)
+ *     is an int >= 0, in arguments and in struct fields alike; a function
+ *     that looks one up returns it (>= 0) or a negative KM_E* code, so its
+ *     result is passed on without a cast.  uint32_t is for counts and sizes.
  *
  * Lifecycle of a handle (km_env)
  *   km_create() or km_open() returns a handle attached to a segment and
@@ -274,18 +278,18 @@ typedef struct km_request {
 
 typedef struct km_lease {
     /* Set on success: */
-    uint32_t key;          /* key index in the segment */
+    int key;               /* key index in the segment */
     uint32_t key_gen;      /* generation of the key slot */
-    uint32_t slot;         /* lease slot on the key */
+    int slot;              /* lease slot on the key */
     uint32_t seq;          /* lease sequence on that slot */
-    uint32_t pool;
+    int pool;              /* pool index */
     uint32_t tokens;       /* tokens charged at acquire */
     uint64_t start_ns;     /* CLOCK_MONOTONIC at acquire */
     /* On KM_EAGAIN: the earliest CLOCK_MONOTONIC time at which a key may be
      * admissible for the same request.  0 on success. */
     uint64_t retry_at_ns;
     uint32_t secret_len;
-    uint32_t model;        /* model index + 1 in the pool; 0: none */
+    int model;             /* model index + 1 in the pool; 0: none */
     uint32_t meta_len;
     char key_id[KM_ID_MAX + 1];      /* NUL-terminated; the bytes after the */
     char secret[KM_SECRET_MAX + 1];  /* NUL are unspecified.  secret: a copy
@@ -403,7 +407,8 @@ typedef struct km_pool_info {
 typedef struct km_key_info {
     char id[KM_ID_MAX + 1];
     char secret_masked[KM_MASKED_MAX]; /* "sk-…abcd"; never the secret */
-    uint32_t pool, weight, gen;
+    int pool;                 /* pool index */
+    uint32_t weight, gen;
     int state;                /* km_key_state, COOLING derived from the clock */
     uint64_t cooldown_until_ns;
     uint32_t inflight, max_inflight;
@@ -431,18 +436,18 @@ KM_EXTERN int km_pool_info_get(km_env *env, int pool, km_pool_info *out);
 KM_EXTERN int km_key_find(km_env *env, int pool, const char *id);
 /* Key index of the i-th member of a pool (0 <= i < km_pool_info.n_keys),
  * KM_ENOKEY past the end. */
-KM_EXTERN int km_pool_key(km_env *env, int pool, uint32_t i);
-KM_EXTERN int km_key_info_get(km_env *env, uint32_t key, km_key_info *out);
+KM_EXTERN int km_pool_key(km_env *env, int pool, int i);
+KM_EXTERN int km_key_info_get(km_env *env, int key, km_key_info *out);
 /* Name of model `i` (0-based) of a pool, and the limits of that model on
  * key `key` (limits[w].limit == 0: none).  KM_ENOMODEL past the end. */
-KM_EXTERN int km_model_info_get(km_env *env, int pool, uint32_t i, uint32_t key,
+KM_EXTERN int km_model_info_get(km_env *env, int pool, int i, int key,
                                 char name[KM_ID_MAX + 1], km_limit_info limits[KM_WIN_COUNT]);
 
 /* Operator action on a key: KM_KEY_ACTIVE (enable: clears invalid,
  * exhausted, cooldowns and failure counts; a key whose hard budget is spent
  * is exhausted again at its next acquire), KM_KEY_DISABLED (disable), and
  * nothing else.  Leases already out may finish. */
-KM_EXTERN int km_key_set_state(km_env *env, uint32_t key, int state);
+KM_EXTERN int km_key_set_state(km_env *env, int key, int state);
 
 /* ------------------------------------------------- live reconfiguration
  *
@@ -480,11 +485,11 @@ KM_EXTERN int km_key_add(km_env *env, int pool, const char *key_json,
  * KM_OK even if the member list could not be rebuilt within the admin
  * timeout (a stalled reader): the key is removed all the same, and the list
  * is rebuilt by the next add, remove or re-weight in the pool. */
-KM_EXTERN int km_key_remove(km_env *env, uint32_t key);
+KM_EXTERN int km_key_remove(km_env *env, int key);
 
 /* Change a key's weight (1..1000000), used by the weighted strategy.
  * KM_EBUSY: grace period timed out, nothing changed. */
-KM_EXTERN int km_key_set_weight(km_env *env, uint32_t key, uint32_t weight);
+KM_EXTERN int km_key_set_weight(km_env *env, int key, uint32_t weight);
 
 /* Change a key's limits.  limits_json is an object of windows as in the
  * configuration ("rpm": 500, "tpm": {"limit": 90000, "mode": "sliding"});
@@ -494,7 +499,7 @@ KM_EXTERN int km_key_set_weight(km_env *env, uint32_t key, uint32_t weight);
  * old).  While the change is applied (one grace period) acquirers skip the
  * key.  KM_ECONFIG (errbuf), KM_EBUSY (grace period timed out, nothing
  * changed). */
-KM_EXTERN int km_key_set_limits(km_env *env, uint32_t key, const char *limits_json,
+KM_EXTERN int km_key_set_limits(km_env *env, int key, const char *limits_json,
                                 char *errbuf, size_t errlen);
 
 /* How long this handle's reconfiguration calls wait for a grace period. */
@@ -520,7 +525,7 @@ typedef struct km_reader_info {
     uint64_t epochs_behind; /* global epoch minus that */
     uint64_t inside_ns;     /* how long it has been inside */
 } km_reader_info;
-KM_EXTERN int km_reader_info_get(km_env *env, uint32_t slot, uint32_t row,
+KM_EXTERN int km_reader_info_get(km_env *env, int slot, int row,
                                  km_reader_info *out);
 
 /* ------------------------------------------------------ processes, repair */
@@ -534,7 +539,7 @@ typedef struct km_proc_info {
 
 /* The process in table slot `slot` (0 <= slot < km_info.cap_procs);
  * KM_ENOSLOT for a free slot.  Checks liveness (a system call). */
-KM_EXTERN int km_proc_info_get(km_env *env, uint32_t slot, km_proc_info *out);
+KM_EXTERN int km_proc_info_get(km_env *env, int slot, km_proc_info *out);
 
 typedef struct km_reap_report {
     uint32_t processes; /* dead processes whose table slots were freed */
@@ -729,9 +734,9 @@ typedef struct km_stats_counters {
 
 typedef struct km_key_stats {
     uint32_t size;              /* bytes filled by the library */
-    uint32_t key;               /* key index in the segment */
+    int32_t key;                /* key index in the segment */
     uint32_t gen;               /* generation of the key slot */
-    uint32_t pool;
+    int32_t pool;
     char id[KM_ID_MAX + 1];
     int32_t state;              /* km_key_state (cooling derived from the clock) */
     uint32_t weight;
@@ -781,12 +786,12 @@ typedef struct km_pool_stats {
 
 /* A model of a pool: over all its keys (km_model_stats_get, key
  * KM_STATS_ALL_KEYS) or on one key (km_key_model_stats_get). */
-#define KM_STATS_ALL_KEYS UINT32_MAX
+#define KM_STATS_ALL_KEYS (-1)
 typedef struct km_model_stats {
     uint32_t size;              /* bytes filled by the library */
     int32_t pool;
-    uint32_t model;             /* 0-based index in the pool */
-    uint32_t key;               /* key index, or KM_STATS_ALL_KEYS */
+    int32_t model;              /* 0-based index in the pool */
+    int32_t key;                /* key index, or KM_STATS_ALL_KEYS */
     char name[KM_ID_MAX + 1];
     uint64_t taken_ns;
     uint32_t n_keys;            /* keys summed (1 for one key) */
@@ -808,7 +813,7 @@ typedef struct km_model_stats {
  * atomically, but the numbers of one struct need not be mutually
  * consistent while leases move (e.g. requests may run ahead of the sum of
  * outcomes plus in-flight by the acquires in progress). */
-KM_EXTERN int km_key_stats_get(km_env *env, uint32_t key, km_key_stats *out, size_t size);
+KM_EXTERN int km_key_stats_get(km_env *env, int key, km_key_stats *out, size_t size);
 
 /* Statistics of a pool, summed over the keys in its member list now.
  * KM_ENOPOOL for an unknown index.  Reads every key of the pool (cost grows
@@ -820,13 +825,13 @@ KM_EXTERN int km_pool_stats_get(km_env *env, int pool, km_pool_stats *out, size_
 /* Model `model` (0-based, < km_pool_stats.n_models) of `pool` over every key
  * of the pool.  KM_ENOPOOL, KM_ENOMODEL past the end.
  * @note As km_pool_stats_get. */
-KM_EXTERN int km_model_stats_get(km_env *env, int pool, uint32_t model, km_model_stats *out,
+KM_EXTERN int km_model_stats_get(km_env *env, int pool, int model, km_model_stats *out,
                                  size_t size);
 
 /* Model `model` of the key's pool on key `key`: the model's windows on that
  * key.  KM_ENOKEY, KM_ENOMODEL past the end.
  * @note As km_key_stats_get. */
-KM_EXTERN int km_key_model_stats_get(km_env *env, uint32_t key, uint32_t model,
+KM_EXTERN int km_key_model_stats_get(km_env *env, int key, int model,
                                      km_model_stats *out, size_t size);
 
 #ifdef __cplusplus

@@ -334,9 +334,9 @@ KM_EXTERN int km_reap(km_env *e, km_reap_report *out)
     return KM_OK;
 }
 
-KM_EXTERN int km_proc_info_get(km_env *e, uint32_t slot, km_proc_info *out)
+KM_EXTERN int km_proc_info_get(km_env *e, int slot, km_proc_info *out)
 {
-    if (!e || !out || slot >= e->geom.cap_procs)
+    if (!e || !out || (uint32_t)slot >= e->geom.cap_procs) /* negative: out of range too */
         return KM_EINVAL;
     km__proc *p = &km__procs(&e->seg)[slot];
     uint64_t tag = ck_pr_load_64(&p->tag);

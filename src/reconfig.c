@@ -195,7 +195,7 @@ static void row_clear(km_env *e, uint32_t ki)
 
 /* Take the admin lock for a change to an existing key: KM_OK with the lock
  * held, else an error with the lock released. */
-static int admin_lock_key(km_env *e, uint32_t key)
+static int admin_lock_key(km_env *e, uint32_t key) /* key < 0 arrives out of range */
 {
     int rc = km__admin_lock(e);
     if (rc != KM_OK)
@@ -307,7 +307,7 @@ out:
     return rc;
 }
 
-KM_EXTERN int km_key_remove(km_env *e, uint32_t key)
+KM_EXTERN int km_key_remove(km_env *e, int key)
 {
     if (!e)
         return KM_EINVAL;
@@ -329,7 +329,7 @@ KM_EXTERN int km_key_remove(km_env *e, uint32_t key)
     return KM_OK;
 }
 
-KM_EXTERN int km_key_set_weight(km_env *e, uint32_t key, uint32_t weight)
+KM_EXTERN int km_key_set_weight(km_env *e, int key, uint32_t weight)
 {
     if (!e || weight == 0 || weight > KM__WEIGHT_MAX)
         return KM_EINVAL;
@@ -363,7 +363,7 @@ static void rescale(km__gcra *g, uint64_t old_T, uint64_t new_T, uint64_t now)
     } while (!km__gcra_cas(g, cur, nv)); /* the pair's one CAS (src/gcra.h) */
 }
 
-KM_EXTERN int km_key_set_limits(km_env *e, uint32_t key, const char *limits_json,
+KM_EXTERN int km_key_set_limits(km_env *e, int key, const char *limits_json,
                                 char *errbuf, size_t errlen)
 {
     km__limit_cfg given[KM_WIN_COUNT], lc[KM_WIN_COUNT];
@@ -416,12 +416,12 @@ KM_EXTERN int km_set_admin_timeout(km_env *e, uint32_t timeout_ms)
     return KM_OK;
 }
 
-KM_EXTERN int km_key_set_state(km_env *e, uint32_t key, int state)
+KM_EXTERN int km_key_set_state(km_env *e, int key, int state)
 {
     if (!e || (state != KM_KEY_ACTIVE && state != KM_KEY_DISABLED))
         return KM_EINVAL;
-    if (key >= e->geom.cap_keys || ck_pr_load_32(&km__keys(e)[key].state) >= KM__ST_FREE)
-        return KM_ENOKEY;
+    if ((uint32_t)key >= e->geom.cap_keys || ck_pr_load_32(&km__keys(e)[key].state) >= KM__ST_FREE)
+        return KM_ENOKEY; /* (a negative index is out of range too) */
     km__key *k = &km__keys(e)[key];
     /* Never out of FREE or REMOVED: those rows belong to reconfiguration. */
     const uint32_t gone = (1u << KM__ST_FREE) | (1u << KM__ST_REMOVED);

@@ -186,7 +186,8 @@ KM_EXTERN int km_release(km_env *e, const km_lease *l, const km_outcome *o)
         o = &cancelled;
     if (o->kind < 0 || o->kind >= KM_OUT_COUNT)
         return KM_EINVAL;
-    if (l->key >= e->geom.cap_keys || l->slot >= e->geom.cap_inflight)
+    /* Unsigned compares: a negative index is out of range too. */
+    if ((uint32_t)l->key >= e->geom.cap_keys || (uint32_t)l->slot >= e->geom.cap_inflight)
         return KM_EINVAL;
     km__key *k = &km__keys(e)[l->key];
     km__lease *ls = &km__leases(e, l->key)[l->slot];

@@ -47,9 +47,9 @@ typedef struct km_request {
     int pool; int strategy; uint32_t tokens; const char *model; const char *key_id;
 } km_request;
 typedef struct km_lease {
-    uint32_t key, key_gen, slot, seq, pool, tokens;
+    int key; uint32_t key_gen; int slot; uint32_t seq; int pool; uint32_t tokens;
     uint64_t start_ns, retry_at_ns;
-    uint32_t secret_len, model, meta_len;
+    uint32_t secret_len; int model; uint32_t meta_len;
     char key_id[64]; char secret[256]; char meta[256];
 } km_lease;
 typedef struct km_outcome {
@@ -73,7 +73,7 @@ typedef struct km_pool_info {
 } km_pool_info;
 typedef struct km_key_info {
     char id[64]; char secret_masked[24];
-    uint32_t pool, weight, gen; int state; uint64_t cooldown_until_ns;
+    int pool; uint32_t weight, gen; int state; uint64_t cooldown_until_ns;
     uint32_t inflight, max_inflight, consecutive_failures, consecutive_429s;
     uint64_t latency_ema_us, acquired, outcomes[6], abandoned, stale_releases, tokens_used;
     km_limit_info limits[6]; uint32_t success_ppm;
@@ -100,10 +100,10 @@ int km_outcome_from_http(const km_http_response *resp, km_outcome *out);
 int km_release(km_env *env, const km_lease *lease, const km_outcome *outcome);
 int km_pool_find(km_env *env, const char *name);
 int km_pool_info_get(km_env *env, int pool, km_pool_info *out);
-int km_pool_key(km_env *env, int pool, uint32_t i);
+int km_pool_key(km_env *env, int pool, int i);
 int km_key_find(km_env *env, int pool, const char *id);
-int km_key_info_get(km_env *env, uint32_t key, km_key_info *out);
-int km_key_set_state(km_env *env, uint32_t key, int state);
+int km_key_info_get(km_env *env, int key, km_key_info *out);
+int km_key_set_state(km_env *env, int key, int state);
 void km_mask_secret(const char *secret, char out[24]);
 int getpid(void);
 ]]

@@ -1192,7 +1192,7 @@ static PyObject *Lease_tokens(Lease *L, void *unused)
 static PyObject *Lease_key_index(Lease *L, void *unused)
 {
     (void)unused;
-    return PyLong_FromUnsignedLong(L->c.key);
+    return PyLong_FromLong(L->c.key);
 }
 
 static PyObject *Lease_key_gen(Lease *L, void *unused)

@@ -96,10 +96,10 @@ class Request(Structure):
 
 
 class Lease(Structure):
-    _fields_ = [("key", c_uint32), ("key_gen", c_uint32), ("slot", c_uint32),
-                ("seq", c_uint32), ("pool", c_uint32), ("tokens", c_uint32),
+    _fields_ = [("key", c_int), ("key_gen", c_uint32), ("slot", c_int),
+                ("seq", c_uint32), ("pool", c_int), ("tokens", c_uint32),
                 ("start_ns", c_uint64), ("retry_at_ns", c_uint64),
-                ("secret_len", c_uint32), ("model", c_uint32), ("meta_len", c_uint32),
+                ("secret_len", c_uint32), ("model", c_int), ("meta_len", c_uint32),
                 ("key_id", c_char * (ID_MAX + 1)),
                 ("secret", c_char * (SECRET_MAX + 1)),
                 ("meta", c_char * (META_MAX + 1))]
@@ -142,7 +142,7 @@ class PoolInfo(Structure):
 
 class KeyInfo(Structure):
     _fields_ = [("id", c_char * (ID_MAX + 1)), ("secret_masked", c_char * 24),
-                ("pool", c_uint32), ("weight", c_uint32), ("gen", c_uint32),
+                ("pool", c_int), ("weight", c_uint32), ("gen", c_uint32),
                 ("state", c_int), ("cooldown_until_ns", c_uint64),
                 ("inflight", c_uint32), ("max_inflight", c_uint32),
                 ("consecutive_failures", c_uint32), ("consecutive_429s", c_uint32),
@@ -197,9 +197,9 @@ _PROTOS: dict = {
     "km_pool_find": (c_int, [env_p, c_char_p]),
     "km_pool_info_get": (c_int, [env_p, c_int, POINTER(PoolInfo)]),
     "km_key_find": (c_int, [env_p, c_int, c_char_p]),
-    "km_pool_key": (c_int, [env_p, c_int, c_uint32]),
-    "km_key_info_get": (c_int, [env_p, c_uint32, POINTER(KeyInfo)]),
-    "km_key_set_state": (c_int, [env_p, c_uint32, c_int]),
+    "km_pool_key": (c_int, [env_p, c_int, c_int]),
+    "km_key_info_get": (c_int, [env_p, c_int, POINTER(KeyInfo)]),
+    "km_key_set_state": (c_int, [env_p, c_int, c_int]),
     "km_reap": (c_int, [env_p, POINTER(ReapReport)]),
     "km_check": (c_int, [env_p, REPORT_FN, c_void_p]),
     "km_snapshot_json": (c_int, [env_p, POINTER(c_void_p)]),
@@ -210,8 +210,8 @@ _PROTOS: dict = {
     "km_snapshot_key_parse": (c_int, [c_char_p, c_size_t, c_char_p]),
     # Reconfiguration: bound when first used (see optional()).
     "km_key_add": (c_int, [env_p, c_int, c_char_p, c_char_p, c_size_t]),
-    "km_key_remove": (c_int, [env_p, c_uint32]),
-    "km_key_set_weight": (c_int, [env_p, c_uint32, c_uint32]),
+    "km_key_remove": (c_int, [env_p, c_int]),
+    "km_key_set_weight": (c_int, [env_p, c_int, c_uint32]),
 }
 OPTIONAL = {"km_key_add", "km_key_remove", "km_key_set_weight"}
 
