@@ -15,6 +15,18 @@
  *   - Times are CLOCK_MONOTONIC nanoseconds (km_now_ns()), which every
  *     process of one host shares.
  *   - Strings passed in are NUL-terminated UTF-8; nothing passed in is kept.
+ *   - Structs grow without breaking a program built against an older
+ *     header.  Those passed in (km_request, km_outcome, km_http_response)
+ *     and those the library fills (km_lease, the *_info structs,
+ *     km_reap_report, the usage structs) end in `reserved` room: a caller
+ *     zeroes what it passes in, reserved room included (a designated
+ *     initialiser such as `km_request rq = {.pool = p};` or a memset does),
+ *     and a later version gives a reserved word a meaning in which zero
+ *     means what this version does; the library zeroes the reserved room of
+ *     what it fills.  The km_*_stats structs are filled up to a size the
+ *     caller passes instead (see "statistics").  km_struct_size() gives the
+ *     library's size of each, which bindings that declare the structs
+ *     themselves compare with their own when they load the library.
  *   - Every index (pool, key, model, process slot, reader row, lease slot)
  *     is an int >= 0, in arguments and in struct fields alike; a function
  *     that looks one up returns it (>= 0) or a negative KM_E* code, so its
@@ -274,6 +286,7 @@ typedef struct km_request {
                           * a global pool with a model list checks the name. */
     const char *key_id;  /* pin: only this key (KM_ENOKEY if unknown), or NULL;
                           * the id is looked up by a scan of the pool */
+    uint64_t reserved[4];     /* zero (see "Conventions" at the top) */
 } km_request;
 
 typedef struct km_lease {
@@ -296,6 +309,7 @@ typedef struct km_lease {
                                       * of the key's secret */
     char meta[KM_META_MAX + 1];      /* the key's metadata (JSON object text,
                                       * e.g. {"org":"org-1"}); "" if none */
+    uint64_t reserved[4];            /* zeroed by km_acquire on success */
 } km_lease;
 
 /* Acquire a key from a pool.  Lock-free, one clock read, no system call in
@@ -340,6 +354,7 @@ typedef struct km_outcome {
      * tokens used also counts as unknown).  Without the split, all `tokens`
      * are priced at the output price. */
     int64_t input_tokens, output_tokens;
+    uint64_t reserved[4];     /* zero (see "Conventions" at the top) */
 } km_outcome;
 
 /* What a provider answered, for km_outcome_from_http(). */
@@ -352,6 +367,7 @@ typedef struct km_http_response {
     const char *const *headers; /* name/value pairs: [2i] name, [2i+1] value */
     size_t n_headers;
     int64_t now_unix_ms;        /* wall clock for HTTP dates; 0: read it */
+    uint64_t reserved[4];     /* zero (see "Conventions" at the top) */
 } km_http_response;
 
 /* Map a provider's answer to an outcome: sets out->kind, retry_after_s and
@@ -381,14 +397,18 @@ typedef struct km_info {
     uint32_t n_keys, n_pools, n_procs; /* n_procs: attached now */
     uint64_t size_bytes;
     uint64_t created_wall_ns; /* CLOCK_REALTIME at creation */
+    uint64_t reserved[4];     /* zeroed by the library */
 } km_info;
 
 typedef struct km_limit_info {
     uint64_t limit;      /* 0: no limit in this window */
     uint64_t burst;
     int mode;            /* km_limit_mode */
+    uint32_t reserved0;  /* zeroed by the library (as reserved[]) */
     uint64_t available;  /* units admissible right now */
     uint64_t tat_ns;     /* the GCRA word (theoretical arrival time) */
+    uint64_t reserved[2]; /* zeroed by the library; an array element of
+                           * km_key_info, so kept small */
 } km_limit_info;
 
 typedef struct km_pool_info {
@@ -402,6 +422,7 @@ typedef struct km_pool_info {
     int budget_hard;          /* 1: refuse (KM_EBUDGET) when spent; 0: report only */
     uint64_t spent_microusd;
     uint32_t waiters;         /* processes sleeping in km_acquire_wait */
+    uint64_t reserved[4];     /* zeroed by the library */
 } km_pool_info;
 
 typedef struct km_key_info {
@@ -426,6 +447,7 @@ typedef struct km_key_info {
     int budget_hard;
     uint64_t spent_microusd;
     char meta[KM_META_MAX + 1];
+    uint64_t reserved[4];     /* zeroed by the library */
 } km_key_info;
 
 KM_EXTERN int km_info_get(km_env *env, km_info *out);
@@ -511,6 +533,7 @@ typedef struct km_epoch_info {
     uint64_t reconfigs;  /* reconfigurations applied since creation */
     uint32_t rows_per_process;
     int membarrier;      /* 1: this process's readers rely on membarrier */
+    uint64_t reserved[4];     /* zeroed by the library */
 } km_epoch_info;
 KM_EXTERN int km_epoch_info_get(km_env *env, km_epoch_info *out);
 
@@ -524,6 +547,7 @@ typedef struct km_reader_info {
     uint64_t epoch;         /* epoch at which it entered */
     uint64_t epochs_behind; /* global epoch minus that */
     uint64_t inside_ns;     /* how long it has been inside */
+    uint64_t reserved[4];     /* zeroed by the library */
 } km_reader_info;
 KM_EXTERN int km_reader_info_get(km_env *env, int slot, int row,
                                  km_reader_info *out);
@@ -535,6 +559,7 @@ typedef struct km_proc_info {
     int alive;             /* 0: the process died without detaching */
     uint64_t attached_ns;  /* CLOCK_MONOTONIC at attach */
     uint32_t leases;       /* leases it holds now */
+    uint64_t reserved[4];     /* zeroed by the library */
 } km_proc_info;
 
 /* The process in table slot `slot` (0 <= slot < km_info.cap_procs);
@@ -551,6 +576,7 @@ typedef struct km_reap_report {
     uint32_t repaired;  /* keys whose token reservations had drifted from
                          * their live leases and were set right (km_reap
                          * only; should be 0, see docs/kmctl.md) */
+    uint64_t reserved[4];     /* zeroed by the library */
 } km_reap_report;
 
 /* Find processes that died without detaching and release what they held:
@@ -639,12 +665,14 @@ typedef struct km_usage_event {
     char pool[KM_ID_MAX + 1];
     char key_id[KM_ID_MAX + 1]; /* "#ROW.GEN" if the key's row was reused since */
     char model[KM_ID_MAX + 1];  /* "" if none */
+    uint64_t reserved[4];     /* zeroed by the library */
 } km_usage_event;
 
 typedef struct km_usage_report {
     uint64_t events;          /* handed to fn by this drain */
     uint64_t dropped;         /* found overwritten by this drain */
     uint64_t dropped_total;   /* since creation */
+    uint64_t reserved[4];     /* zeroed by the library */
 } km_usage_report;
 
 KM_EXTERN int km_usage_drain(km_env *env, int (*fn)(void *ctx, const km_usage_event *ev),
@@ -833,6 +861,40 @@ KM_EXTERN int km_model_stats_get(km_env *env, int pool, int model, km_model_stat
  * @note As km_key_stats_get. */
 KM_EXTERN int km_key_model_stats_get(km_env *env, int key, int model,
                                      km_model_stats *out, size_t size);
+
+/* ------------------------------------------------------- struct sizes
+ *
+ * km_struct_size(KM_ST_LEASE) is sizeof(km_lease) as this library was
+ * built; 0 for an id it does not know.  A binding that declares the
+ * structs itself (Python ctypes, LuaJIT ffi) or was compiled against
+ * another keymesh.h than the library it loads (the Python extension)
+ * compares its own sizes with these when it loads, and refuses to run on a
+ * mismatch rather than read or write past a struct.  The ids never change
+ * value; new structs get new ids.
+ * @note Thread-safe; a constant per id, callable before any handle exists. */
+typedef enum {
+    KM_ST_REQUEST = 1,
+    KM_ST_LEASE = 2,
+    KM_ST_OUTCOME = 3,
+    KM_ST_HTTP_RESPONSE = 4,
+    KM_ST_INFO = 5,
+    KM_ST_LIMIT_INFO = 6,
+    KM_ST_POOL_INFO = 7,
+    KM_ST_KEY_INFO = 8,
+    KM_ST_EPOCH_INFO = 9,
+    KM_ST_READER_INFO = 10,
+    KM_ST_PROC_INFO = 11,
+    KM_ST_REAP_REPORT = 12,
+    KM_ST_USAGE_EVENT = 13,
+    KM_ST_USAGE_REPORT = 14,
+    KM_ST_WINDOW_STATS = 15,
+    KM_ST_STATS_COUNTERS = 16,
+    KM_ST_KEY_STATS = 17,
+    KM_ST_POOL_STATS = 18,
+    KM_ST_MODEL_STATS = 19,
+    KM_ST_COUNT = 20 /* one past the last id */
+} km_struct_id;
+KM_EXTERN size_t km_struct_size(int which);
 
 #ifdef __cplusplus
 }
