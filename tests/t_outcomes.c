@@ -353,7 +353,7 @@ static void test_stale_and_counters(void)
 
     /* The slot is reused by a new lease: the old lease stays stale. */
     acq(env, p, &l2);
-    diag("old lease slot %u seq %u, new lease slot %u seq %u", l.slot, l.seq, l2.slot, l2.seq);
+    diag("old lease slot %d seq %u, new lease slot %d seq %u", l.slot, l.seq, l2.slot, l2.seq);
     is_str(E(rel(env, &l, KM_OUT_FAILURE, 100, 0)), "ESTALE", "old lease after its slot was reused -> ESTALE");
     ki = info(env, k);
     is_int(ki.inflight, 1, "the new lease is still in flight");
