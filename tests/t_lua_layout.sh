@@ -43,7 +43,8 @@ local ok = #km.size_mismatches(l) == 0
 local bad = km.size_mismatches(l, { km_request = 2 }) -- km_request against KM_ST_LEASE
 print((ok and "agree " or "differ ") .. #bad .. " " .. (bad[1] or ""))
 EOF
-out=$(luajit "$TMP/sizes.lua" "$REPO/bindings/lua" "$(cd "$B" && pwd)/libkeymesh.so.0" 2>&1)
+e2e_setup # $LIBKM; SANENV preloads the sanitizer runtime for a SAN= build
+out=$("${SANENV[@]}" luajit "$TMP/sizes.lua" "$REPO/bindings/lua" "$LIBKM" 2>&1)
 ok "$(case "$out" in "agree 1 km_request: "*" bytes in libkeymesh, "*" in this binding") echo 0 ;; *) echo 1 ;; esac)" \
     "keymesh.load() checks every cdef struct's size against km_struct_size, and names one that differs"
 [ "${out#agree 1}" != "$out" ] || diag "$out"
