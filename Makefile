@@ -378,6 +378,9 @@ check-layers: all
 CROSS       ?= aarch64-linux-gnu
 CROSS_BUILD ?= build-aarch64
 CROSS_PKGS  := libjansson-dev:arm64 libsodium-dev:arm64 libsqlite3-dev:arm64
+# The fleet tests (tests/fleet/, in TEST_RUN through tools/sync/sync.mk) link
+# the store client's hiredis.
+CROSS_PKGS  += libhiredis-dev:arm64
 CROSS_CK    := $(CROSS_BUILD)/ck
 CROSS_PC    := $(abspath $(CROSS_CK))/pkgconfig:/usr/lib/$(CROSS)/pkgconfig:/usr/share/pkgconfig
 # No -L /usr/$(CROSS): with it qemu runs the cross toolchain's ld.so with the
