@@ -412,7 +412,7 @@ static int run_scenario(const scenario *sc, int seq)
     for (int i = 0; pool >= 0 && i < sc->keys; i++) {
         km_key_info ki;
         int key = km_pool_key(env, pool, (uint32_t)i);
-        if (key < 0 || km_key_info_get(env, (uint32_t)key, &ki) != KM_OK)
+        if (key < 0 || km_key_info_get(env, key, &ki) != KM_OK)
             break;
         acq += ki.acquired;
         ok += ki.outcomes[KM_OUT_SUCCESS];

@@ -85,13 +85,13 @@ static void reconfigurer(int keys, int period_ms)
         snprintf(id, sizeof id, "k%d", next - keys); /* the oldest live key */
         int k = km_key_find(e, pool, id);
         if (k >= 0)
-            km_key_remove(e, (uint32_t)k);
+            km_key_remove(e, k);
         snprintf(js, sizeof js, "{\"id\": \"k%d\", \"secret\": \"sk-bench-%08d\"}", next, next);
         if (km_key_add(e, pool, js, err, sizeof err) >= 0)
             next++;
         snprintf(id, sizeof id, "k%d", next - 1 - (int)(i % (unsigned)keys));
         if ((k = km_key_find(e, pool, id)) >= 0)
-            km_key_set_weight(e, (uint32_t)k, 1 + i % 7);
+            km_key_set_weight(e, k, 1 + i % 7);
         sh->reconfigs++;
         struct timespec ts = {0, (long)period_ms * 1000000L};
         nanosleep(&ts, NULL);

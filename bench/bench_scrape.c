@@ -82,9 +82,9 @@ static uint64_t stats_once(km_env *e, int pool)
         int k = km_pool_key(e, pool, i);
         if (k < 0)
             break;
-        km_key_stats_get(e, (uint32_t)k, &ks, sizeof ks);
+        km_key_stats_get(e, k, &ks, sizeof ks);
         for (uint32_t m = 0; m < ps.n_models; m++)
-            km_key_model_stats_get(e, (uint32_t)k, m, &ms, sizeof ms);
+            km_key_model_stats_get(e, k, m, &ms, sizeof ms);
     }
     return km_now_ns() - t0;
 }

@@ -236,7 +236,7 @@ static void km_counts(km_env *env, uint64_t *acq, uint64_t *ok)
     for (uint32_t i = 0; i < pi.n_keys; i++) {
         km_key_info ki;
         int key = km_pool_key(env, pool, i);
-        if (key < 0 || km_key_info_get(env, (uint32_t)key, &ki) != KM_OK)
+        if (key < 0 || km_key_info_get(env, key, &ki) != KM_OK)
             return;
         *acq += ki.acquired;
         *ok += ki.outcomes[KM_OUT_SUCCESS];

@@ -64,7 +64,7 @@ static void sleep_until(uint64_t at_ns)
 }
 
 static int worker(const char *seg, const char *pool_name, uint64_t deadline,
-                  const uint32_t *members, uint32_t n_members, wstat *ws)
+                  const int *members, uint32_t n_members, wstat *ws)
 {
     km_env *env;
     int rc = km_open(seg, &env);
@@ -164,7 +164,8 @@ int main(int argc, char **argv)
     const char *pool_name = argc > 4 ? argv[4] : "openai";
     km_env *env;
     km_pool_info pi;
-    uint32_t members[MAX_KEYS], n_members;
+    int members[MAX_KEYS];
+    uint32_t n_members;
     int rc;
 
     if (n_workers < 1 || n_workers > MAX_WORKERS || !(seconds > 0 && seconds < 3600)) {
@@ -187,7 +188,7 @@ int main(int argc, char **argv)
     }
     n_members = pi.n_keys < MAX_KEYS ? pi.n_keys : MAX_KEYS;
     for (uint32_t i = 0; i < n_members; i++)
-        members[i] = (uint32_t)km_pool_key(env, pool, i);
+        members[i] = km_pool_key(env, pool, (int)i);
 
     size_t len = (size_t)n_workers * sizeof(wstat);
     wstat *ws = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,

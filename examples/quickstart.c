@@ -75,7 +75,7 @@ int main(int argc, char **argv)
 
     /* lease.secret is the key to put in the Authorization header.  Never log
      * it: print the key id. */
-    printf("acquired key %s (index %u)\n", lease.key_id, (unsigned)lease.key);
+    printf("acquired key %s (index %d)\n", lease.key_id, lease.key);
 
     /* ... send the HTTP request with lease.secret, using any client ... */
     int http_status = 200;

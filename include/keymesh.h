@@ -15,6 +15,22 @@
  *   - Times are CLOCK_MONOTONIC nanoseconds (km_now_ns()), which every
  *     process of one host shares.
  *   - Strings passed in are NUL-terminated UTF-8; nothing passed in is kept.
+ *   - Structs grow without breaking a program built against an older
+ *     header.  Those passed in (km_request, km_outcome, km_http_response)
+ *     and those the library fills (km_lease, the *_info structs,
+ *     km_reap_report, the usage structs) end in `reserved` room: a caller
+ *     zeroes what it passes in, reserved room included (a designated
+ *     initialiser such as `km_request rq = {.pool = p};` or a memset does),
+ *     and a later version gives a reserved word a meaning in which zero
+ *     means what this version does; the library zeroes the reserved room of
+ *     what it fills.  The km_*_stats structs are filled up to a size the
+ *     caller passes instead (see "statistics").  km_struct_size() gives the
+ *     library's size of each, which bindings that declare the structs
+ *     themselves compare with their own when they load the library.
+ *   - Every index (pool, key, model, process slot, reader row, lease slot)
+ *     is an int >= 0, in arguments and in struct fields alike; a function
+ *     that looks one up returns it (>= 0) or a negative KM_E* code, so its
+ *     result is passed on without a cast.  uint32_t is for counts and sizes.
  *
  * Lifecycle of a handle (km_env)
  *   km_create() or km_open() returns a handle attached to a segment and
@@ -40,6 +56,13 @@
  *   km_acquire() returns, so every acquire that starts afterwards, in any
  *   process, decides on them; the readers see each counter atomically but
  *   several counters need not be mutually consistent while operations run.
+ *   The clock read is a vDSO call, not a system call, where the kernel's
+ *   clock source can be read from user space (it cannot on some virtual
+ *   machines; then every acquire makes one).
+ *   Each function's comment ends in a @note saying which threads and
+ *   processes may call it at the same time as which others, as LMDB's do.
+ *   "Thread-safe" there means any number of threads and processes may call
+ *   it at once, on one handle or several.
  */
 #ifndef KEYMESH_H
 #define KEYMESH_H
@@ -63,12 +86,21 @@ extern "C" {
 #define KM_VERSION_MINOR 1
 #define KM_VERSION_PATCH 0
 #define KM_VERSION_STRING "0.1.0"
+/* The version as one number that compares in order:
+ * MAJOR * 10000 + MINOR * 100 + PATCH (0.1.0 is 100, 1.12.3 is 11203), so
+ * MINOR and PATCH stay below 100.  Test a feature at compile time with
+ * #if KM_VERSION_NUMBER >= 100, and at run time with km_version_number(),
+ * which is the library's (the two differ when a program runs against
+ * another build than the header it was compiled with). */
+#define KM_VERSION_NUMBER (KM_VERSION_MAJOR * 10000 + KM_VERSION_MINOR * 100 + KM_VERSION_PATCH)
 /* Version of the shared-memory format.  Processes attach only to segments of
  * their own format (and layout signature). */
-#define KM_FORMAT_VERSION 3
+#define KM_FORMAT_VERSION 4
 
+/* @note The three are thread-safe: constants of the library. */
 KM_EXTERN const char *km_version(void);     /* "0.1.0" */
 KM_EXTERN int km_format_version(void);      /* KM_FORMAT_VERSION */
+KM_EXTERN int km_version_number(void);      /* KM_VERSION_NUMBER of the library */
 
 /* ------------------------------------------------------------------ limits */
 
@@ -114,7 +146,8 @@ KM_EXTERN int km_format_version(void);      /* KM_FORMAT_VERSION */
     XX(EBUSY, -25, "a stalled reader holds back reclamation (see inspect)")    \
     XX(EKEYEXISTS, -26, "a key of that id already exists in the pool")       \
     XX(EFULL, -27, "no free key slot (capacity, or removed keys in grace)")  \
-    XX(ECRYPTO, -28, "cannot decrypt the snapshot's secrets: wrong key or damaged file")
+    XX(ECRYPTO, -28, "cannot decrypt the snapshot's secrets: wrong key or damaged file") \
+    XX(ENOSLOT, -29, "nothing in that slot: a free process slot or an idle reader row")
 
 typedef enum {
     KM_OK = 0,
@@ -123,9 +156,11 @@ typedef enum {
 #undef KM__ERR_ENUM
 } km_err;
 
-/* Message for a code; "unknown error" for one not in the map. Never NULL. */
+/* Message for a code; "unknown error" for one not in the map. Never NULL.
+ * @note Thread-safe: static strings, no shared state (unlike strerror). */
 KM_EXTERN const char *km_strerror(int err);
-/* Name of a code without prefix ("EAGAIN"); "UNKNOWN" if not in the map. */
+/* Name of a code without prefix ("EAGAIN"); "UNKNOWN" if not in the map.
+ * @note Thread-safe, as km_strerror(). */
 KM_EXTERN const char *km_err_name(int err);
 
 /* ------------------------------------------------------------ enumerations */
@@ -190,6 +225,8 @@ typedef enum {
     KM_OUT_COUNT = 6
 } km_outcome_kind;
 
+/* Names of the enumerations; "unknown" for a value out of range (never NULL).
+ * @note Thread-safe: static strings. */
 KM_EXTERN const char *km_strategy_name(int strategy); /* "round_robin", ... */
 KM_EXTERN const char *km_window_name(int window);     /* "rpm", ... */
 KM_EXTERN const char *km_key_state_name(int state);   /* "active", ... */
@@ -200,7 +237,9 @@ KM_EXTERN const char *km_outcome_name(int kind);      /* "success", ... */
 typedef struct km_env km_env;       /* an attached segment; opaque */
 typedef struct km_config km_config; /* a parsed configuration; opaque */
 
-/* Current CLOCK_MONOTONIC time in nanoseconds (vDSO, no system call). */
+/* Current CLOCK_MONOTONIC time in nanoseconds (through the vDSO: no system
+ * call where the kernel's clock source allows, see "Concurrency").
+ * @note Thread-safe. */
 KM_EXTERN uint64_t km_now_ns(void);
 
 /* Parse a JSON configuration (format in docs/config.md).  On failure returns
@@ -208,7 +247,12 @@ KM_EXTERN uint64_t km_now_ns(void);
  * naming the file, line and column or the field, e.g.
  *   "pool.json:3:14: pools[0].limits.rpm: must be a positive integer".
  * secret_env references are resolved from the environment at parse time.
- * `origin` names the source in messages (a path; NULL gives "<config>"). */
+ * `origin` names the source in messages (a path; NULL gives "<config>").
+ * @note Thread-safe, each call with its own `out` and `errbuf`, provided no
+ * thread changes the environment meanwhile (secret_env and KEYMESH_PRESETS
+ * are read with getenv).  A km_config is never changed after it is built:
+ * any number of threads may read it at once (km_create(), km_restore()),
+ * and km_config_free() runs once, after the last of them. */
 KM_EXTERN int km_config_parse(const char *json, size_t len, const char *origin,
                               km_config **out, char *errbuf, size_t errlen);
 KM_EXTERN int km_config_parse_file(const char *path, km_config **out,
@@ -223,31 +267,47 @@ KM_EXTERN void km_config_free(km_config *cfg);
  * the pool or P_RPM_i for one key.  Each provider becomes a pool named P.
  * Gaps (a missing P_API_KEY_i) are skipped and reported through `warn` (may
  * be NULL), one line each, naming the variable, never a value.  Fails with
- * KM_ECONFIG (message in errbuf) if a provider yields no key at all. */
+ * KM_ECONFIG (message in errbuf) if a provider yields no key at all.
+ * @note As km_config_parse(): thread-safe while no thread changes the
+ * environment; `warn` is called on the calling thread only. */
 KM_EXTERN int km_config_from_env(const char *providers, km_config **out,
                                  void (*warn)(void *ctx, const char *msg), void *ctx,
                                  char *errbuf, size_t errlen);
 
 /* Create segment `name` ("name" or "/name") from a configuration, with
  * permission bits `mode` (0 means 0600), and attach to it.  Fails with
- * KM_EEXIST if the name is taken; on any failure no segment is left behind. */
+ * KM_EEXIST if the name is taken; on any failure no segment is left behind.
+ * @note Thread-safe.  Threads that create the same name race as processes
+ * do: one gets the segment, the others KM_EEXIST. */
 KM_EXTERN int km_create(const char *name, const km_config *cfg, unsigned mode,
                         km_env **out);
 /* Attach to an existing segment.  Distinct errors for a name that does not
  * exist (KM_ENOENT), no permission (KM_EACCES), an object that is not a
  * KeyMesh segment (KM_ENOTKM), another format (KM_EFORMAT) or layout
  * (KM_ELAYOUT), a truncated object (KM_ETRUNC), one still being created
- * (KM_ENOTREADY), or a full process table (KM_EPROCS). */
+ * (KM_ENOTREADY), or a full process table (KM_EPROCS).
+ * @note Thread-safe.  Each handle takes its own slot in the process table,
+ * so one process may hold several handles, on one segment or several; its
+ * threads then share one handle or use one each.  A handle opened before a
+ * fork() belongs to the parent. */
 KM_EXTERN int km_open(const char *name, km_env **out);
 /* km_open() with flags.  KM_OPEN_NO_REAP: do not release what dead
  * processes left behind while attaching (kmctl check, ps and reap use it to
- * look at a segment as it is). */
+ * look at a segment as it is).
+ * @note As km_open(). */
 #define KM_OPEN_NO_REAP 1u
 KM_EXTERN int km_open_flags(const char *name, unsigned flags, km_env **out);
-/* Release this process's remaining leases (abandoned), deregister, unmap and
- * free the handle.  Accepts NULL. */
+/* Release the leases still out through this handle (abandoned), deregister,
+ * unmap and free the handle.  Accepts NULL.
+ * @note Not concurrently with any other call on the same handle, and no
+ * call on it may start afterwards: its memory is gone.  The caller makes
+ * sure every other thread using the handle has returned (as with LMDB's
+ * mdb_env_close).  Other handles, of this process or others, are
+ * unaffected and may run meanwhile. */
 KM_EXTERN int km_close(km_env *env);
-/* Remove the segment's name.  Attached processes are not affected. */
+/* Remove the segment's name.  Attached processes are not affected.
+ * @note Thread-safe; a km_open() of the name racing it either attaches to
+ * the old segment or gets KM_ENOENT. */
 KM_EXTERN int km_unlink(const char *name);
 
 /* ------------------------------------------------------ acquire / release */
@@ -261,28 +321,30 @@ typedef struct km_request {
                           * a global pool with a model list checks the name. */
     const char *key_id;  /* pin: only this key (KM_ENOKEY if unknown), or NULL;
                           * the id is looked up by a scan of the pool */
+    uint64_t reserved[4];     /* zero (see "Conventions" at the top) */
 } km_request;
 
 typedef struct km_lease {
     /* Set on success: */
-    uint32_t key;          /* key index in the segment */
+    int key;               /* key index in the segment */
     uint32_t key_gen;      /* generation of the key slot */
-    uint32_t slot;         /* lease slot on the key */
+    int slot;              /* lease slot on the key */
     uint32_t seq;          /* lease sequence on that slot */
-    uint32_t pool;
+    int pool;              /* pool index */
     uint32_t tokens;       /* tokens charged at acquire */
     uint64_t start_ns;     /* CLOCK_MONOTONIC at acquire */
     /* On KM_EAGAIN: the earliest CLOCK_MONOTONIC time at which a key may be
      * admissible for the same request.  0 on success. */
     uint64_t retry_at_ns;
     uint32_t secret_len;
-    uint32_t model;        /* model index + 1 in the pool; 0: none */
+    int model;             /* model index + 1 in the pool; 0: none */
     uint32_t meta_len;
     char key_id[KM_ID_MAX + 1];      /* NUL-terminated; the bytes after the */
     char secret[KM_SECRET_MAX + 1];  /* NUL are unspecified.  secret: a copy
                                       * of the key's secret */
     char meta[KM_META_MAX + 1];      /* the key's metadata (JSON object text,
                                       * e.g. {"org":"org-1"}); "" if none */
+    uint64_t reserved[4];            /* zeroed by km_acquire on success */
 } km_lease;
 
 /* Acquire a key from a pool.  Lock-free, one clock read, no system call in
@@ -293,7 +355,11 @@ typedef struct km_lease {
  * Returns 0 and fills `lease`; KM_EAGAIN with lease->retry_at_ns when no key
  * is admissible now; KM_EUNAVAIL when no key can become admissible without an
  * operator; KM_ECOST when `tokens` exceeds a token limit's burst on every
- * usable key; KM_ENOPOOL/KM_EINVAL for bad arguments. */
+ * usable key; KM_ENOPOOL/KM_EINVAL for bad arguments.
+ * @note Thread-safe: any number of threads through one handle or several,
+ * and any number of processes, concurrently with every call on the segment
+ * (reconfiguration included).  The lease belongs to the handle (its process
+ * slot), not to the thread: any thread may release it through that handle. */
 KM_EXTERN int km_acquire(km_env *env, const km_request *req, km_lease *lease);
 
 /* Blocking acquire: like km_acquire(), but while no key is admissible the
@@ -305,7 +371,9 @@ KM_EXTERN int km_acquire(km_env *env, const km_request *req, km_lease *lease);
  * membarrier call.
  * Fairness: every release wakes every sleeper of the pool and each retries;
  * there is no FIFO order, so under sustained contention a given waiter may
- * lose races until its timeout.  Errors other than KM_EAGAIN return at once. */
+ * lose races until its timeout.  Errors other than KM_EAGAIN return at once.
+ * @note As km_acquire(); a thread sleeping here holds no lock and blocks no
+ * other caller. */
 KM_EXTERN int km_acquire_wait(km_env *env, const km_request *req, km_lease *lease,
                               uint32_t timeout_ms);
 
@@ -327,6 +395,7 @@ typedef struct km_outcome {
      * tokens used also counts as unknown).  Without the split, all `tokens`
      * are priced at the output price. */
     int64_t input_tokens, output_tokens;
+    uint64_t reserved[4];     /* zero (see "Conventions" at the top) */
 } km_outcome;
 
 /* What a provider answered, for km_outcome_from_http(). */
@@ -339,6 +408,7 @@ typedef struct km_http_response {
     const char *const *headers; /* name/value pairs: [2i] name, [2i+1] value */
     size_t n_headers;
     int64_t now_unix_ms;        /* wall clock for HTTP dates; 0: read it */
+    uint64_t reserved[4];     /* zero (see "Conventions" at the top) */
 } km_http_response;
 
 /* Map a provider's answer to an outcome: sets out->kind, retry_after_s and
@@ -350,13 +420,20 @@ typedef struct km_http_response {
  * with RFC 3339 times), Gemini (RESOURCE_EXHAUSTED), and Retry-After in
  * seconds or as an HTTP date.  Never reads a secret; never fails on odd
  * headers (they are ignored).  Mapping table: docs/outcomes.md.  Returns
- * KM_EINVAL for NULL arguments (or NULL headers with n_headers > 0). */
+ * KM_EINVAL for NULL arguments (or NULL headers with n_headers > 0).
+ * @note Thread-safe: reads only its arguments (and the wall clock when
+ * now_unix_ms is 0). */
 KM_EXTERN int km_outcome_from_http(const km_http_response *resp, km_outcome *out);
 
 /* Release a lease with what happened.  Settles the token charge (refund or
  * extra charge), updates counters, latency EMA and health.  A lease already
  * released or reaped, or whose key slot was reused, is ignored, counted on
- * the key, and returns KM_ESTALE.  outcome NULL means CANCELLED. */
+ * the key, and returns KM_ESTALE.  outcome NULL means CANCELLED.
+ * @note Thread-safe for distinct leases, concurrently with every call on
+ * the segment.  A lease is released through the handle that acquired it
+ * (another handle gets KM_ESTALE), by one thread once: two threads
+ * releasing the same lease at the same time is a caller's race (after one
+ * release returned, another returns KM_ESTALE). */
 KM_EXTERN int km_release(km_env *env, const km_lease *lease,
                          const km_outcome *outcome);
 
@@ -368,14 +445,18 @@ typedef struct km_info {
     uint32_t n_keys, n_pools, n_procs; /* n_procs: attached now */
     uint64_t size_bytes;
     uint64_t created_wall_ns; /* CLOCK_REALTIME at creation */
+    uint64_t reserved[4];     /* zeroed by the library */
 } km_info;
 
 typedef struct km_limit_info {
     uint64_t limit;      /* 0: no limit in this window */
     uint64_t burst;
     int mode;            /* km_limit_mode */
+    uint32_t reserved0;  /* zeroed by the library (as reserved[]) */
     uint64_t available;  /* units admissible right now */
     uint64_t tat_ns;     /* the GCRA word (theoretical arrival time) */
+    uint64_t reserved[2]; /* zeroed by the library; an array element of
+                           * km_key_info, so kept small */
 } km_limit_info;
 
 typedef struct km_pool_info {
@@ -389,12 +470,14 @@ typedef struct km_pool_info {
     int budget_hard;          /* 1: refuse (KM_EBUDGET) when spent; 0: report only */
     uint64_t spent_microusd;
     uint32_t waiters;         /* processes sleeping in km_acquire_wait */
+    uint64_t reserved[4];     /* zeroed by the library */
 } km_pool_info;
 
 typedef struct km_key_info {
     char id[KM_ID_MAX + 1];
     char secret_masked[KM_MASKED_MAX]; /* "sk-…abcd"; never the secret */
-    uint32_t pool, weight, gen;
+    int pool;                 /* pool index */
+    uint32_t weight, gen;
     int state;                /* km_key_state, COOLING derived from the clock */
     uint64_t cooldown_until_ns;
     uint32_t inflight, max_inflight;
@@ -412,28 +495,46 @@ typedef struct km_key_info {
     int budget_hard;
     uint64_t spent_microusd;
     char meta[KM_META_MAX + 1];
+    uint64_t reserved[4];     /* zeroed by the library */
 } km_key_info;
 
+/* The readers below (km_info_get ... km_model_info_get) take no lock, write
+ * nothing to the segment and make no system call.
+ * @note Each is thread-safe, concurrently with every call on the segment
+ * from any thread of any process.  Each number is read atomically; the
+ * numbers of one struct need not be mutually consistent while leases move,
+ * and a key added or removed meanwhile may or may not be seen. */
 KM_EXTERN int km_info_get(km_env *env, km_info *out);
-/* Index of pool `name`, or KM_ENOPOOL. */
+/* Index of pool `name`, or KM_ENOPOOL.  Pools never change after creation:
+ * the index can be kept for the handle's life.
+ * @note As km_info_get(). */
 KM_EXTERN int km_pool_find(km_env *env, const char *name);
+/* Pool `pool`; KM_ENOPOOL for an index out of range.
+ * @note As km_info_get(). */
 KM_EXTERN int km_pool_info_get(km_env *env, int pool, km_pool_info *out);
-/* Key index of key `id` in `pool`, or KM_ENOKEY. */
+/* Key index of key `id` in `pool`, or KM_ENOKEY.
+ * @note As km_info_get(). */
 KM_EXTERN int km_key_find(km_env *env, int pool, const char *id);
 /* Key index of the i-th member of a pool (0 <= i < km_pool_info.n_keys),
- * KM_ENOKEY past the end. */
-KM_EXTERN int km_pool_key(km_env *env, int pool, uint32_t i);
-KM_EXTERN int km_key_info_get(km_env *env, uint32_t key, km_key_info *out);
+ * KM_ENOKEY past the end.
+ * @note As km_info_get(); members added or removed meanwhile shift i. */
+KM_EXTERN int km_pool_key(km_env *env, int pool, int i);
+/* The key in row `key`; KM_ENOKEY for a free or removed row.
+ * @note As km_info_get(). */
+KM_EXTERN int km_key_info_get(km_env *env, int key, km_key_info *out);
 /* Name of model `i` (0-based) of a pool, and the limits of that model on
- * key `key` (limits[w].limit == 0: none).  KM_ENOMODEL past the end. */
-KM_EXTERN int km_model_info_get(km_env *env, int pool, uint32_t i, uint32_t key,
+ * key `key` (limits[w].limit == 0: none).  KM_ENOMODEL past the end.
+ * @note As km_info_get(). */
+KM_EXTERN int km_model_info_get(km_env *env, int pool, int i, int key,
                                 char name[KM_ID_MAX + 1], km_limit_info limits[KM_WIN_COUNT]);
 
 /* Operator action on a key: KM_KEY_ACTIVE (enable: clears invalid,
  * exhausted, cooldowns and failure counts; a key whose hard budget is spent
  * is exhausted again at its next acquire), KM_KEY_DISABLED (disable), and
- * nothing else.  Leases already out may finish. */
-KM_EXTERN int km_key_set_state(km_env *env, uint32_t key, int state);
+ * nothing else.  Leases already out may finish.
+ * @note Thread-safe, lock-free: concurrently with every call on the
+ * segment, reconfiguration included (it takes no admin lock). */
+KM_EXTERN int km_key_set_state(km_env *env, int key, int state);
 
 /* ------------------------------------------------- live reconfiguration
  *
@@ -459,7 +560,10 @@ KM_EXTERN int km_key_set_state(km_env *env, uint32_t key, int state);
  * the new key's index (>= 0), or KM_ECONFIG (reason in errbuf, which never
  * holds the secret), KM_EKEYEXISTS (id in use in the pool), KM_EFULL (every
  * key row in use, or removed but not yet reclaimable: still in its grace
- * period or with leases out), KM_EBUSY (grace period timed out). */
+ * period or with leases out), KM_EBUSY (grace period timed out).
+ * @note Thread-safe: like every reconfiguration call it takes the admin
+ * lock, so calls from any threads and processes run one at a time, while
+ * acquire, release and the readers go on. */
 KM_EXTERN int km_key_add(km_env *env, int pool, const char *key_json,
                          char *errbuf, size_t errlen);
 
@@ -470,12 +574,14 @@ KM_EXTERN int km_key_add(km_env *env, int pool, const char *key_json,
  * km_key_add only after a grace period and once its last lease is back.
  * KM_OK even if the member list could not be rebuilt within the admin
  * timeout (a stalled reader): the key is removed all the same, and the list
- * is rebuilt by the next add, remove or re-weight in the pool. */
-KM_EXTERN int km_key_remove(km_env *env, uint32_t key);
+ * is rebuilt by the next add, remove or re-weight in the pool.
+ * @note As km_key_add(). */
+KM_EXTERN int km_key_remove(km_env *env, int key);
 
 /* Change a key's weight (1..1000000), used by the weighted strategy.
- * KM_EBUSY: grace period timed out, nothing changed. */
-KM_EXTERN int km_key_set_weight(km_env *env, uint32_t key, uint32_t weight);
+ * KM_EBUSY: grace period timed out, nothing changed.
+ * @note As km_key_add(). */
+KM_EXTERN int km_key_set_weight(km_env *env, int key, uint32_t weight);
 
 /* Change a key's limits.  limits_json is an object of windows as in the
  * configuration ("rpm": 500, "tpm": {"limit": 90000, "mode": "sliding"});
@@ -484,11 +590,14 @@ KM_EXTERN int km_key_set_weight(km_env *env, uint32_t key, uint32_t weight);
  * many requests or tokens still count against the new limit as against the
  * old).  While the change is applied (one grace period) acquirers skip the
  * key.  KM_ECONFIG (errbuf), KM_EBUSY (grace period timed out, nothing
- * changed). */
-KM_EXTERN int km_key_set_limits(km_env *env, uint32_t key, const char *limits_json,
+ * changed).
+ * @note As km_key_add(). */
+KM_EXTERN int km_key_set_limits(km_env *env, int key, const char *limits_json,
                                 char *errbuf, size_t errlen);
 
-/* How long this handle's reconfiguration calls wait for a grace period. */
+/* How long this handle's reconfiguration calls wait for a grace period.
+ * @note Thread-safe: a relaxed atomic store; a reconfiguration call on the
+ * handle running meanwhile waits with the old value or the new one. */
 KM_EXTERN int km_set_admin_timeout(km_env *env, uint32_t timeout_ms);
 
 typedef struct km_epoch_info {
@@ -497,12 +606,16 @@ typedef struct km_epoch_info {
     uint64_t reconfigs;  /* reconfigurations applied since creation */
     uint32_t rows_per_process;
     int membarrier;      /* 1: this process's readers rely on membarrier */
+    uint64_t reserved[4];     /* zeroed by the library */
 } km_epoch_info;
+/* @note As the readers above (km_info_get). */
 KM_EXTERN int km_epoch_info_get(km_env *env, km_epoch_info *out);
 
 /* A reader row inside an acquire right now.  Row `row` (0..rows_per_process
  * - 1; row 0 is shared by a process's extra threads) of process slot
- * `slot`; KM_ENOENT if the row is idle or its slot free. */
+ * `slot`; KM_ENOSLOT if the row is idle or its slot free.
+ * @note As the readers above; it also checks the process's liveness (a
+ * system call). */
 typedef struct km_reader_info {
     uint32_t pid, tid;      /* tid 0: the shared row */
     int shared;
@@ -510,8 +623,9 @@ typedef struct km_reader_info {
     uint64_t epoch;         /* epoch at which it entered */
     uint64_t epochs_behind; /* global epoch minus that */
     uint64_t inside_ns;     /* how long it has been inside */
+    uint64_t reserved[4];     /* zeroed by the library */
 } km_reader_info;
-KM_EXTERN int km_reader_info_get(km_env *env, uint32_t slot, uint32_t row,
+KM_EXTERN int km_reader_info_get(km_env *env, int slot, int row,
                                  km_reader_info *out);
 
 /* ------------------------------------------------------ processes, repair */
@@ -521,11 +635,13 @@ typedef struct km_proc_info {
     int alive;             /* 0: the process died without detaching */
     uint64_t attached_ns;  /* CLOCK_MONOTONIC at attach */
     uint32_t leases;       /* leases it holds now */
+    uint64_t reserved[4];     /* zeroed by the library */
 } km_proc_info;
 
 /* The process in table slot `slot` (0 <= slot < km_info.cap_procs);
- * KM_ENOENT for a free slot.  Checks liveness (a system call). */
-KM_EXTERN int km_proc_info_get(km_env *env, uint32_t slot, km_proc_info *out);
+ * KM_ENOSLOT for a free slot.  Checks liveness (a system call).
+ * @note As the readers above (km_info_get). */
+KM_EXTERN int km_proc_info_get(km_env *env, int slot, km_proc_info *out);
 
 typedef struct km_reap_report {
     uint32_t processes; /* dead processes whose table slots were freed */
@@ -537,6 +653,7 @@ typedef struct km_reap_report {
     uint32_t repaired;  /* keys whose token reservations had drifted from
                          * their live leases and were set right (km_reap
                          * only; should be 0, see docs/kmctl.md) */
+    uint64_t reserved[4];     /* zeroed by the library */
 } km_reap_report;
 
 /* Find processes that died without detaching and release what they held:
@@ -550,7 +667,8 @@ typedef struct km_reap_report {
  * sets right any drift, counted in `repaired`.
  * Makes system calls (one liveness check per attached process).  A process
  * that exited counts as dead even while it is a zombie (not yet waited for by
- * its parent). */
+ * its parent).
+ * @note Thread-safe, as said above. */
 KM_EXTERN int km_reap(km_env *env, km_reap_report *out);
 
 /* Check the segment's invariants: in-flight counts equal live leases, no
@@ -560,12 +678,15 @@ KM_EXTERN int km_reap(km_env *env, km_reap_report *out);
  * violations).  Calls `report` (may be NULL) once per violation with one
  * line; returns the number of violations, or a negative error.  Run it when
  * the segment is quiet for exact results: a lease moving while it looks is
- * re-read, not reported, but counts can shift between two reads. */
+ * re-read, not reported, but counts can shift between two reads.
+ * @note Thread-safe; writes nothing.  `report` runs on the calling thread. */
 KM_EXTERN int km_check(km_env *env, void (*report)(void *ctx, const char *line), void *ctx);
 
 /* Snapshot of the whole segment as JSON (format in docs/kmctl.md): every pool and
  * key with state, limits and counters.  Secrets are masked.  *out is
- * malloc'd; release it with free(). */
+ * malloc'd; release it with free().
+ * @note Thread-safe, a reader as km_key_info_get() (so keys may move while
+ * it walks them). */
 KM_EXTERN int km_snapshot_json(km_env *env, char **out);
 
 /* Snapshot with secrets, and restore.
@@ -588,7 +709,9 @@ KM_EXTERN int km_snapshot_json(km_env *env, char **out);
  * secrets are decrypted with `key`: KM_ECRYPTO if it is the wrong key or the
  * file was altered; KM_ECONFIG (errbuf says why) if the snapshot has no
  * secrets or is not a restorable snapshot.  *out (may be NULL) receives a
- * handle on the new segment. */
+ * handle on the new segment.
+ * @note km_snapshot_json_ex: as km_snapshot_json().  km_restore: as
+ * km_create(). */
 #define KM_SNAPSHOT_KEY_BYTES 32
 #define KM_SNAPSHOT_SECRETS 1u
 KM_EXTERN int km_snapshot_json_ex(km_env *env, unsigned flags, const unsigned char *key,
@@ -598,10 +721,12 @@ KM_EXTERN int km_restore(const char *name, const char *json, size_t len,
                          char *errbuf, size_t errlen);
 /* A snapshot key from text: 64 hex digits or 44 base64 characters (a
  * trailing newline is ignored), or exactly 32 raw bytes.  KM_EINVAL if it
- * is none of these. */
+ * is none of these.
+ * @note Thread-safe. */
 KM_EXTERN int km_snapshot_key_parse(const void *text, size_t len,
                                     unsigned char key[KM_SNAPSHOT_KEY_BYTES]);
-/* A new random snapshot key, as 64 hex digits and a NUL. */
+/* A new random snapshot key, as 64 hex digits and a NUL.
+ * @note Thread-safe (libsodium's generator). */
 KM_EXTERN int km_snapshot_keygen(char hex[2 * KM_SNAPSHOT_KEY_BYTES + 1]);
 
 /* ---------------------------------------------------------- usage events
@@ -625,19 +750,26 @@ typedef struct km_usage_event {
     char pool[KM_ID_MAX + 1];
     char key_id[KM_ID_MAX + 1]; /* "#ROW.GEN" if the key's row was reused since */
     char model[KM_ID_MAX + 1];  /* "" if none */
+    uint64_t reserved[4];     /* zeroed by the library */
 } km_usage_event;
 
 typedef struct km_usage_report {
     uint64_t events;          /* handed to fn by this drain */
     uint64_t dropped;         /* found overwritten by this drain */
     uint64_t dropped_total;   /* since creation */
+    uint64_t reserved[4];     /* zeroed by the library */
 } km_usage_report;
 
+/* @note One drainer per segment: another process's drain gets KM_EBUSY.
+ * Two threads must not drain through the same handle at once (they would
+ * share the drainer's claim); through different handles they exclude each
+ * other as processes do.  Appending (every release) never waits for it. */
 KM_EXTERN int km_usage_drain(km_env *env, int (*fn)(void *ctx, const km_usage_event *ev),
                              void *ctx, km_usage_report *out);
 
 /* Mask a secret for display: "sk-…abcd" style, at most KM_MASKED_MAX - 1
- * bytes + NUL. */
+ * bytes + NUL.
+ * @note Thread-safe. */
 KM_EXTERN void km_mask_secret(const char *secret, char out[KM_MASKED_MAX]);
 
 /* ---------------------------------------------------------- provider presets
@@ -720,9 +852,9 @@ typedef struct km_stats_counters {
 
 typedef struct km_key_stats {
     uint32_t size;              /* bytes filled by the library */
-    uint32_t key;               /* key index in the segment */
+    int32_t key;                /* key index in the segment */
     uint32_t gen;               /* generation of the key slot */
-    uint32_t pool;
+    int32_t pool;
     char id[KM_ID_MAX + 1];
     int32_t state;              /* km_key_state (cooling derived from the clock) */
     uint32_t weight;
@@ -772,12 +904,12 @@ typedef struct km_pool_stats {
 
 /* A model of a pool: over all its keys (km_model_stats_get, key
  * KM_STATS_ALL_KEYS) or on one key (km_key_model_stats_get). */
-#define KM_STATS_ALL_KEYS UINT32_MAX
+#define KM_STATS_ALL_KEYS (-1)
 typedef struct km_model_stats {
     uint32_t size;              /* bytes filled by the library */
     int32_t pool;
-    uint32_t model;             /* 0-based index in the pool */
-    uint32_t key;               /* key index, or KM_STATS_ALL_KEYS */
+    int32_t model;              /* 0-based index in the pool */
+    int32_t key;                /* key index, or KM_STATS_ALL_KEYS */
     char name[KM_ID_MAX + 1];
     uint64_t taken_ns;
     uint32_t n_keys;            /* keys summed (1 for one key) */
@@ -799,7 +931,7 @@ typedef struct km_model_stats {
  * atomically, but the numbers of one struct need not be mutually
  * consistent while leases move (e.g. requests may run ahead of the sum of
  * outcomes plus in-flight by the acquires in progress). */
-KM_EXTERN int km_key_stats_get(km_env *env, uint32_t key, km_key_stats *out, size_t size);
+KM_EXTERN int km_key_stats_get(km_env *env, int key, km_key_stats *out, size_t size);
 
 /* Statistics of a pool, summed over the keys in its member list now.
  * KM_ENOPOOL for an unknown index.  Reads every key of the pool (cost grows
@@ -811,14 +943,48 @@ KM_EXTERN int km_pool_stats_get(km_env *env, int pool, km_pool_stats *out, size_
 /* Model `model` (0-based, < km_pool_stats.n_models) of `pool` over every key
  * of the pool.  KM_ENOPOOL, KM_ENOMODEL past the end.
  * @note As km_pool_stats_get. */
-KM_EXTERN int km_model_stats_get(km_env *env, int pool, uint32_t model, km_model_stats *out,
+KM_EXTERN int km_model_stats_get(km_env *env, int pool, int model, km_model_stats *out,
                                  size_t size);
 
 /* Model `model` of the key's pool on key `key`: the model's windows on that
  * key.  KM_ENOKEY, KM_ENOMODEL past the end.
  * @note As km_key_stats_get. */
-KM_EXTERN int km_key_model_stats_get(km_env *env, uint32_t key, uint32_t model,
+KM_EXTERN int km_key_model_stats_get(km_env *env, int key, int model,
                                      km_model_stats *out, size_t size);
+
+/* ------------------------------------------------------- struct sizes
+ *
+ * km_struct_size(KM_ST_LEASE) is sizeof(km_lease) as this library was
+ * built; 0 for an id it does not know.  A binding that declares the
+ * structs itself (Python ctypes, LuaJIT ffi) or was compiled against
+ * another keymesh.h than the library it loads (the Python extension)
+ * compares its own sizes with these when it loads, and refuses to run on a
+ * mismatch rather than read or write past a struct.  The ids never change
+ * value; new structs get new ids.
+ * @note Thread-safe; a constant per id, callable before any handle exists. */
+typedef enum {
+    KM_ST_REQUEST = 1,
+    KM_ST_LEASE = 2,
+    KM_ST_OUTCOME = 3,
+    KM_ST_HTTP_RESPONSE = 4,
+    KM_ST_INFO = 5,
+    KM_ST_LIMIT_INFO = 6,
+    KM_ST_POOL_INFO = 7,
+    KM_ST_KEY_INFO = 8,
+    KM_ST_EPOCH_INFO = 9,
+    KM_ST_READER_INFO = 10,
+    KM_ST_PROC_INFO = 11,
+    KM_ST_REAP_REPORT = 12,
+    KM_ST_USAGE_EVENT = 13,
+    KM_ST_USAGE_REPORT = 14,
+    KM_ST_WINDOW_STATS = 15,
+    KM_ST_STATS_COUNTERS = 16,
+    KM_ST_KEY_STATS = 17,
+    KM_ST_POOL_STATS = 18,
+    KM_ST_MODEL_STATS = 19,
+    KM_ST_COUNT = 20 /* one past the last id */
+} km_struct_id;
+KM_EXTERN size_t km_struct_size(int which);
 
 #ifdef __cplusplus
 }

@@ -197,7 +197,7 @@ static int try_key(km_env *e, uint32_t ki, key_scan *sc, km_lease *out)
 
     out->key = ki;
     out->key_gen = gen;
-    out->slot = (uint32_t)s;
+    out->slot = s;
     out->seq = seq;
     out->pool = k->pool;
     out->tokens = sc->a.tokens;
@@ -226,6 +226,9 @@ static int try_key(km_env *e, uint32_t ki, key_scan *sc, km_lease *out)
     if (out->meta_len)
         memcpy(out->meta, k->meta, sizeof(out->meta));
     out->meta[out->meta_len] = '\0';
+    /* Zero, as keymesh.h promises: a field a later version puts there reads
+     * 0 ("not given") from this one.  Two vector stores. */
+    memset(out->reserved, 0, sizeof(out->reserved));
     return 1;
 
 undo_probe:

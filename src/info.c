@@ -12,17 +12,17 @@
 #include "internal.h"
 #include "slots.h"
 
-KM_EXTERN int km_reader_info_get(km_env *e, uint32_t slot, uint32_t row,
-                                 km_reader_info *out)
+KM_EXTERN int km_reader_info_get(km_env *e, int slot, int row, km_reader_info *out)
 {
-    if (!e || !out || slot >= e->geom.cap_procs || row >= KM__RDR_PER_PROC)
+    /* An index cast to uint32_t: a negative one is out of range too. */
+    if (!e || !out || (uint32_t)slot >= e->geom.cap_procs || (uint32_t)row >= KM__RDR_PER_PROC)
         return KM_EINVAL;
     km__proc *p = &km__procs(&e->seg)[slot];
     uint64_t tag = ck_pr_load_64(&p->tag);
     km__rdr *r = &km__rdrs(&e->seg, slot)[row];
     uint64_t ep = km__row_epoch(r, row);
     if (tag == 0 || ep == 0)
-        return KM_ENOENT;
+        return KM_ENOSLOT;
     memset(out, 0, sizeof *out);
     out->pid = km__tag_pid(tag);
     out->tid = row == 0 ? 0 : ck_pr_load_32(&r->tid);
@@ -122,7 +122,7 @@ KM_EXTERN int km_pool_info_get(km_env *e, int pool, km_pool_info *out)
     return KM_OK;
 }
 
-KM_EXTERN int km_pool_key(km_env *e, int pool, uint32_t i)
+KM_EXTERN int km_pool_key(km_env *e, int pool, int i)
 {
     if (!e)
         return KM_EINVAL;
@@ -131,7 +131,7 @@ KM_EXTERN int km_pool_key(km_env *e, int pool, uint32_t i)
     const km__pool *p = &km__pools(e)[pool];
     uint32_t b = ck_pr_load_32(&p->cur) & 1;
     ck_pr_fence_load(); /* cur before the list it names */
-    if (i >= ck_pr_load_32(&p->view[b].n_keys) || i >= e->geom.cap_keys)
+    if (i < 0 || (uint32_t)i >= ck_pr_load_32(&p->view[b].n_keys) || (uint32_t)i >= e->geom.cap_keys)
         return KM_ENOKEY;
     uint32_t ki = ck_pr_load_32(&km__members(e, (uint32_t)pool, b)[i].key);
     return ki < e->geom.cap_keys ? (int)ki : KM_ECORRUPT;
@@ -153,11 +153,11 @@ KM_EXTERN int km_key_find(km_env *e, int pool, const char *id)
     return rc;
 }
 
-KM_EXTERN int km_key_info_get(km_env *e, uint32_t key, km_key_info *out)
+KM_EXTERN int km_key_info_get(km_env *e, int key, km_key_info *out)
 {
     if (!e || !out)
         return KM_EINVAL;
-    if (key >= e->geom.cap_keys || ck_pr_load_32(&km__keys(e)[key].state) >= KM__ST_FREE)
+    if ((uint32_t)key >= e->geom.cap_keys || ck_pr_load_32(&km__keys(e)[key].state) >= KM__ST_FREE)
         return KM_ENOKEY;
     const km__key *k = &km__keys(e)[key];
     uint64_t now = km__now();
@@ -172,7 +172,7 @@ KM_EXTERN int km_key_info_get(km_env *e, uint32_t key, km_key_info *out)
         km_mask_secret(sec, out->secret_masked);
         explicit_bzero(sec, sizeof sec);
     }
-    out->pool = k->pool;
+    out->pool = (int)k->pool;
     out->weight = k->weight;
     out->gen = ck_pr_load_32(&k->gen);
     out->cooldown_until_ns = ck_pr_load_64(&k->cooldown_until);
@@ -208,7 +208,7 @@ KM_EXTERN int km_key_info_get(km_env *e, uint32_t key, km_key_info *out)
     return KM_OK;
 }
 
-KM_EXTERN int km_model_info_get(km_env *e, int pool, uint32_t i, uint32_t key,
+KM_EXTERN int km_model_info_get(km_env *e, int pool, int i, int key,
                                 char name[KM_ID_MAX + 1], km_limit_info limits[KM_WIN_COUNT])
 {
     if (!e)
@@ -216,7 +216,7 @@ KM_EXTERN int km_model_info_get(km_env *e, int pool, uint32_t i, uint32_t key,
     if (pool < 0 || (uint32_t)pool >= e->geom.n_pools)
         return KM_ENOPOOL;
     const km__pool *p = &km__pools(e)[pool];
-    if (i >= p->n_models || i >= e->geom.cap_models)
+    if (i < 0 || (uint32_t)i >= p->n_models || (uint32_t)i >= e->geom.cap_models)
         return KM_ENOMODEL;
     const km__model *md = &km__models(e, (uint32_t)pool)[i];
     if (name) {
@@ -224,7 +224,7 @@ KM_EXTERN int km_model_info_get(km_env *e, int pool, uint32_t i, uint32_t key,
         name[KM_ID_MAX] = '\0'; /* the segment's copy may lack it */
     }
     if (limits) {
-        if (key >= e->geom.cap_keys || km__keys(e)[key].pool != (uint32_t)pool)
+        if ((uint32_t)key >= e->geom.cap_keys || km__keys(e)[key].pool != (uint32_t)pool)
             return KM_ENOKEY;
         uint32_t mask = p->model_mode == KM_MODELS_PER_MODEL ? md->win_mask : 0;
         limit_info(km__mwins(e, key)[i].win, md->emission_ns, md->tau_ns, md->limit,

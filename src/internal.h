@@ -153,8 +153,17 @@ struct km_env {
      * mapping. */
     km__hdr geom;
     uint64_t last_reap_ns; /* km_acquire's reap at most once a second */
-    uint32_t admin_timeout_ms; /* grace-period waits of reconfiguration */
+    /* Grace-period waits of reconfiguration: set by km_set_admin_timeout
+     * while other threads of the handle may be reconfiguring, so stored and
+     * loaded atomically (relaxed: it orders nothing, each call reads one
+     * value or the other) through km__admin_timeout. */
+    uint32_t admin_timeout_ms;
 };
+
+static inline uint32_t km__admin_timeout(const km_env *e)
+{
+    return ck_pr_load_32(&e->admin_timeout_ms);
+}
 
 /* ---------------------------------------------------- the pool's regions */
 static inline km__pool *km__pools(const km_env *e)

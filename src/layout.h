@@ -30,6 +30,7 @@
 #ifndef KM_LAYOUT_H
 #define KM_LAYOUT_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -42,6 +43,12 @@ static inline uint64_t km__busy_stride(uint32_t cap_inflight)
 {
     return ((uint64_t)cap_inflight + KM__LINE - 1) & ~(uint64_t)(KM__LINE - 1);
 }
+/* The admin lock (src/reconfig.c) is a pthread_mutex_t placed in
+ * km__hdr.admin: it must fit that line and be aligned for the mutex there.
+ * Its size and alignment are in the layout signature below. */
+_Static_assert(sizeof(pthread_mutex_t) <= sizeof(((km__hdr *)0)->admin) &&
+                   offsetof(km__hdr, admin) % _Alignof(pthread_mutex_t) == 0,
+               "the admin mutex fits, aligned, in km__hdr.admin");
 _Static_assert(KM_WIN_COUNT == 6, "km__key lines 0-1 hold exactly 6 limit pairs");
 
 /* Internal key states stored in km__key.state.  COOLING is never stored: a
@@ -396,6 +403,11 @@ static inline uint64_t km__layout_signature(void)
         offsetof(km__hdr, off_usage), offsetof(km__uev, outcome),
         KM_WIN_COUNT, KM_OUT_COUNT, KM_ID_MAX, KM_SECRET_MAX, KM_INFLIGHT_MAX,
         KM__URINGS_PER_PROC,
+        /* The admin lock lives in km__hdr.admin as the C library lays a
+         * pthread_mutex_t out; a process built against another libc or ABI
+         * (musl vs glibc, another -m flag) would misread it (as LMDB's
+         * MDB_LOCK_FORMAT hashes pthread_mutex_t). */
+        sizeof(pthread_mutex_t), _Alignof(pthread_mutex_t),
         0x0102030405060708ull /* byte order */
     };
     return km__fnv64_bytes(KM__FNV64_INIT, v, sizeof v);

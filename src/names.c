@@ -11,6 +11,35 @@
 
 KM_EXTERN const char *km_version(void) { return KM_VERSION_STRING; }
 KM_EXTERN int km_format_version(void) { return KM_FORMAT_VERSION; }
+KM_EXTERN int km_version_number(void) { return KM_VERSION_NUMBER; }
+
+KM_EXTERN size_t km_struct_size(int which)
+{
+    static const size_t size[KM_ST_COUNT] = {
+        [KM_ST_REQUEST] = sizeof(km_request),
+        [KM_ST_LEASE] = sizeof(km_lease),
+        [KM_ST_OUTCOME] = sizeof(km_outcome),
+        [KM_ST_HTTP_RESPONSE] = sizeof(km_http_response),
+        [KM_ST_INFO] = sizeof(km_info),
+        [KM_ST_LIMIT_INFO] = sizeof(km_limit_info),
+        [KM_ST_POOL_INFO] = sizeof(km_pool_info),
+        [KM_ST_KEY_INFO] = sizeof(km_key_info),
+        [KM_ST_EPOCH_INFO] = sizeof(km_epoch_info),
+        [KM_ST_READER_INFO] = sizeof(km_reader_info),
+        [KM_ST_PROC_INFO] = sizeof(km_proc_info),
+        [KM_ST_REAP_REPORT] = sizeof(km_reap_report),
+        [KM_ST_USAGE_EVENT] = sizeof(km_usage_event),
+        [KM_ST_USAGE_REPORT] = sizeof(km_usage_report),
+        [KM_ST_WINDOW_STATS] = sizeof(km_window_stats),
+        [KM_ST_STATS_COUNTERS] = sizeof(km_stats_counters),
+        [KM_ST_KEY_STATS] = sizeof(km_key_stats),
+        [KM_ST_POOL_STATS] = sizeof(km_pool_stats),
+        [KM_ST_MODEL_STATS] = sizeof(km_model_stats),
+    };
+    return which > 0 && which < KM_ST_COUNT ? size[which] : 0;
+}
+_Static_assert(KM_VERSION_MINOR < 100 && KM_VERSION_PATCH < 100,
+               "KM_VERSION_NUMBER holds MINOR and PATCH in two decimal digits each");
 
 KM_EXTERN const char *km_strerror(int err)
 {

@@ -334,14 +334,14 @@ KM_EXTERN int km_reap(km_env *e, km_reap_report *out)
     return KM_OK;
 }
 
-KM_EXTERN int km_proc_info_get(km_env *e, uint32_t slot, km_proc_info *out)
+KM_EXTERN int km_proc_info_get(km_env *e, int slot, km_proc_info *out)
 {
-    if (!e || !out || slot >= e->geom.cap_procs)
+    if (!e || !out || (uint32_t)slot >= e->geom.cap_procs) /* negative: out of range too */
         return KM_EINVAL;
     km__proc *p = &km__procs(&e->seg)[slot];
     uint64_t tag = ck_pr_load_64(&p->tag);
     if (tag == 0)
-        return KM_ENOENT;
+        return KM_ENOSLOT;
     ck_pr_fence_load(); /* tag before the fields it guards */
     memset(out, 0, sizeof(*out));
     out->attached_ns = ck_pr_load_64(&p->attach_ns);

@@ -65,7 +65,7 @@ void km__admin_init(km_env *e)
 int km__admin_lock(km_env *e)
 {
     /* pthread_mutex_timedlock takes a CLOCK_REALTIME deadline. */
-    uint64_t ns = km__wall_ns() + (uint64_t)e->admin_timeout_ms * KM__NS_PER_MS;
+    uint64_t ns = km__wall_ns() + (uint64_t)km__admin_timeout(e) * KM__NS_PER_MS;
     struct timespec ts = {.tv_sec = (time_t)(ns / KM__NS_PER_S), .tv_nsec = (long)(ns % KM__NS_PER_S)};
     int rc = pthread_mutex_timedlock(admin_mutex(e), &ts);
     if (rc == EOWNERDEAD) /* see the top of this file */
@@ -87,7 +87,7 @@ static int grace(km_env *e, uint64_t epoch)
 {
     if (epoch < ck_pr_load_64(&e->seg.hdr->synced))
         return KM_OK;
-    return km__epoch_sync(&e->seg, e->admin_timeout_ms);
+    return km__epoch_sync(&e->seg, km__admin_timeout(e));
 }
 
 /* Publish a new member list for pool p: the current one without keys that
@@ -195,7 +195,7 @@ static void row_clear(km_env *e, uint32_t ki)
 
 /* Take the admin lock for a change to an existing key: KM_OK with the lock
  * held, else an error with the lock released. */
-static int admin_lock_key(km_env *e, uint32_t key)
+static int admin_lock_key(km_env *e, uint32_t key) /* key < 0 arrives out of range */
 {
     int rc = km__admin_lock(e);
     if (rc != KM_OK)
@@ -270,7 +270,7 @@ KM_EXTERN int km_key_add(km_env *e, int pool, const char *key_json, char *errbuf
         }
         if (ki != UINT32_MAX || !waiting || pass == 1)
             break;
-        if ((rc = km__epoch_sync(&e->seg, e->admin_timeout_ms)) != KM_OK)
+        if ((rc = km__epoch_sync(&e->seg, km__admin_timeout(e))) != KM_OK)
             goto unlock;
     }
     if (ki == UINT32_MAX) {
@@ -307,7 +307,7 @@ out:
     return rc;
 }
 
-KM_EXTERN int km_key_remove(km_env *e, uint32_t key)
+KM_EXTERN int km_key_remove(km_env *e, int key)
 {
     if (!e)
         return KM_EINVAL;
@@ -329,7 +329,7 @@ KM_EXTERN int km_key_remove(km_env *e, uint32_t key)
     return KM_OK;
 }
 
-KM_EXTERN int km_key_set_weight(km_env *e, uint32_t key, uint32_t weight)
+KM_EXTERN int km_key_set_weight(km_env *e, int key, uint32_t weight)
 {
     if (!e || weight == 0 || weight > KM__WEIGHT_MAX)
         return KM_EINVAL;
@@ -363,7 +363,7 @@ static void rescale(km__gcra *g, uint64_t old_T, uint64_t new_T, uint64_t now)
     } while (!km__gcra_cas(g, cur, nv)); /* the pair's one CAS (src/gcra.h) */
 }
 
-KM_EXTERN int km_key_set_limits(km_env *e, uint32_t key, const char *limits_json,
+KM_EXTERN int km_key_set_limits(km_env *e, int key, const char *limits_json,
                                 char *errbuf, size_t errlen)
 {
     km__limit_cfg given[KM_WIN_COUNT], lc[KM_WIN_COUNT];
@@ -391,7 +391,7 @@ KM_EXTERN int km_key_set_limits(km_env *e, uint32_t key, const char *limits_json
     /* Acquirers skip the key from here; the grace period lets those that
      * read the old parameters finish.  The exchange is a full barrier. */
     ck_pr_fas_32(&k->updating, 1);
-    rc = km__epoch_sync(&e->seg, e->admin_timeout_ms);
+    rc = km__epoch_sync(&e->seg, km__admin_timeout(e));
     if (rc == KM_OK) {
         km__key_limits_write(k, lc);
         uint64_t now = km__now();
@@ -412,16 +412,16 @@ KM_EXTERN int km_set_admin_timeout(km_env *e, uint32_t timeout_ms)
 {
     if (!e)
         return KM_EINVAL;
-    e->admin_timeout_ms = timeout_ms;
+    ck_pr_store_32(&e->admin_timeout_ms, timeout_ms); /* relaxed; see struct km_env */
     return KM_OK;
 }
 
-KM_EXTERN int km_key_set_state(km_env *e, uint32_t key, int state)
+KM_EXTERN int km_key_set_state(km_env *e, int key, int state)
 {
     if (!e || (state != KM_KEY_ACTIVE && state != KM_KEY_DISABLED))
         return KM_EINVAL;
-    if (key >= e->geom.cap_keys || ck_pr_load_32(&km__keys(e)[key].state) >= KM__ST_FREE)
-        return KM_ENOKEY;
+    if ((uint32_t)key >= e->geom.cap_keys || ck_pr_load_32(&km__keys(e)[key].state) >= KM__ST_FREE)
+        return KM_ENOKEY; /* (a negative index is out of range too) */
     km__key *k = &km__keys(e)[key];
     /* Never out of FREE or REMOVED: those rows belong to reconfiguration. */
     const uint32_t gone = (1u << KM__ST_FREE) | (1u << KM__ST_REMOVED);

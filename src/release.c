@@ -186,10 +186,13 @@ KM_EXTERN int km_release(km_env *e, const km_lease *l, const km_outcome *o)
         o = &cancelled;
     if (o->kind < 0 || o->kind >= KM_OUT_COUNT)
         return KM_EINVAL;
-    if (l->key >= e->geom.cap_keys || l->slot >= e->geom.cap_inflight)
+    /* The lease's indices as unsigned: a negative one is out of range too,
+     * and indexing with them needs no sign extension. */
+    const uint32_t ki = (uint32_t)l->key, si = (uint32_t)l->slot;
+    if (ki >= e->geom.cap_keys || si >= e->geom.cap_inflight)
         return KM_EINVAL;
-    km__key *k = &km__keys(e)[l->key];
-    km__lease *ls = &km__leases(e, l->key)[l->slot];
+    km__key *k = &km__keys(e)[ki];
+    km__lease *ls = &km__leases(e, ki)[si];
 
     /* Ours and still this lease?  owner is written only by us while we own
      * the slot, so these loads cannot race with a change we care about. */

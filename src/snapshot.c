@@ -306,7 +306,7 @@ static int pool_json(km_env *env, int pool, const snap *sn, json_t **out)
             rc = key;
             goto fail;
         }
-        if ((rc = km_key_info_get(env, (uint32_t)key, &ki)) == KM_ENOKEY)
+        if ((rc = km_key_info_get(env, key, &ki)) == KM_ENOKEY)
             continue;
         if (rc != KM_OK)
             goto fail;

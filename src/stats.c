@@ -133,7 +133,7 @@ static int deliver(void *out, const void *full, size_t full_size, size_t size)
 /* The smallest struct a caller may pass: `size` and the next member. */
 #define MIN_SIZE 8
 
-static int key_stats(km_env *env, uint32_t key, km_key_stats *s, km_key_info *ki)
+static int key_stats(km_env *env, int key, km_key_stats *s, km_key_info *ki)
 {
     int rc = km_key_info_get(env, key, ki);
     if (rc != KM_OK)
@@ -171,12 +171,12 @@ static int key_stats(km_env *env, uint32_t key, km_key_stats *s, km_key_info *ki
     s->price_in_microusd_per_1k = ki->price_in_microusd_per_1k;
     s->price_out_microusd_per_1k = ki->price_out_microusd_per_1k;
     km_pool_info pi;
-    if (km_pool_info_get(env, (int)ki->pool, &pi) == KM_OK)
+    if (km_pool_info_get(env, ki->pool, &pi) == KM_OK)
         s->n_models = pi.n_models;
     return KM_OK;
 }
 
-KM_EXTERN int km_key_stats_get(km_env *env, uint32_t key, km_key_stats *out, size_t size)
+KM_EXTERN int km_key_stats_get(km_env *env, int key, km_key_stats *out, size_t size)
 {
     km_key_stats s;
     km_key_info ki;
@@ -216,13 +216,13 @@ KM_EXTERN int km_pool_stats_get(km_env *env, int pool, km_pool_stats *out, size_
     /* The member list may change while it is walked (keys added or
      * removed): walk until km_pool_key says the list ends, skipping rows
      * removed meanwhile. */
-    for (uint32_t i = 0;; i++) {
+    for (int i = 0;; i++) {
         int k = km_pool_key(env, pool, i);
         if (k == KM_ENOKEY)
             break;
         if (k < 0)
             return k;
-        rc = key_stats(env, (uint32_t)k, &ks, &ki);
+        rc = key_stats(env, k, &ks, &ki);
         if (rc == KM_ENOKEY)
             continue;
         if (rc != KM_OK)
@@ -248,7 +248,7 @@ KM_EXTERN int km_pool_stats_get(km_env *env, int pool, km_pool_stats *out, size_
 }
 
 /* One model's windows on one key into *s (a fresh struct). */
-static int model_on_key(km_env *env, int pool, uint32_t model, uint32_t key, km_model_stats *s)
+static int model_on_key(km_env *env, int pool, int model, int key, km_model_stats *s)
 {
     km_limit_info lim[KM_WIN_COUNT];
     int rc = km_model_info_get(env, pool, model, key, s->name, lim);
@@ -261,7 +261,7 @@ static int model_on_key(km_env *env, int pool, uint32_t model, uint32_t key, km_
     return KM_OK;
 }
 
-static void model_init(km_model_stats *s, int pool, uint32_t model, uint32_t key)
+static void model_init(km_model_stats *s, int pool, int model, int key)
 {
     memset(s, 0, sizeof *s);
     s->size = sizeof *s;
@@ -273,7 +273,7 @@ static void model_init(km_model_stats *s, int pool, uint32_t model, uint32_t key
     s->counters_valid = 0;
 }
 
-KM_EXTERN int km_key_model_stats_get(km_env *env, uint32_t key, uint32_t model,
+KM_EXTERN int km_key_model_stats_get(km_env *env, int key, int model,
                                      km_model_stats *out, size_t size)
 {
     km_model_stats s;
@@ -283,14 +283,14 @@ KM_EXTERN int km_key_model_stats_get(km_env *env, uint32_t key, uint32_t model,
     int rc = km_key_info_get(env, key, &ki);
     if (rc != KM_OK)
         return rc;
-    model_init(&s, (int)ki.pool, model, key);
-    if ((rc = model_on_key(env, (int)ki.pool, model, key, &s)) != KM_OK)
+    model_init(&s, ki.pool, model, key);
+    if ((rc = model_on_key(env, ki.pool, model, key, &s)) != KM_OK)
         return rc;
     s.n_keys = 1;
     return deliver(out, &s, sizeof s, size);
 }
 
-KM_EXTERN int km_model_stats_get(km_env *env, int pool, uint32_t model, km_model_stats *out,
+KM_EXTERN int km_model_stats_get(km_env *env, int pool, int model, km_model_stats *out,
                                  size_t size)
 {
     km_model_stats s, one;
@@ -303,14 +303,14 @@ KM_EXTERN int km_model_stats_get(km_env *env, int pool, uint32_t model, km_model
     rc = km_model_info_get(env, pool, model, 0, s.name, NULL);
     if (rc != KM_OK)
         return rc;
-    for (uint32_t i = 0;; i++) {
+    for (int i = 0;; i++) {
         int k = km_pool_key(env, pool, i);
         if (k == KM_ENOKEY)
             break;
         if (k < 0)
             return k;
-        model_init(&one, pool, model, (uint32_t)k);
-        rc = model_on_key(env, pool, model, (uint32_t)k, &one);
+        model_init(&one, pool, model, k);
+        rc = model_on_key(env, pool, model, k, &one);
         if (rc == KM_ENOKEY)
             continue;
         if (rc != KM_OK)

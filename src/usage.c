@@ -127,7 +127,7 @@ static int drainer_take(km_env *e)
 KM_EXTERN int km_usage_drain(km_env *e, int (*fn)(void *ctx, const km_usage_event *ev), void *ctx,
                              km_usage_report *out)
 {
-    km_usage_report rep = {0, 0, 0};
+    km_usage_report rep = {0};
     int rc;
     if (!e || !fn)
         return KM_EINVAL;

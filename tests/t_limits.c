@@ -42,7 +42,7 @@ static void test_token_bucket_burst(void)
         " \"pools\": [{\"name\": \"p\", \"limits\": {\"rpm\": 10},"
         "   \"keys\": [{\"id\": \"k\", \"secret\": \"sk-test-aaaa\"}]}]}");
     int p = pool_of(env, "p"), n_ok = 0, bad_start = 0, bad_retry = 0, rc = KM_OK;
-    uint32_t k = key_of(env, p, 0);
+    int k = key_of(env, p, 0);
     km_key_info ki = info(env, k);
     km_lease l;
     uint64_t start0 = 0, T = 6 * NS, before, after;
@@ -100,7 +100,7 @@ static void test_cancel_refunds_tokens_not_request(void)
         " \"pools\": [{\"name\": \"p\", \"limits\": {\"rpm\": 10, \"tpm\": 1000},"
         "   \"keys\": [{\"id\": \"k\", \"secret\": \"sk-test-aaaa\"}]}]}");
     int p = pool_of(env, "p"), n_ok = 0;
-    uint32_t k = key_of(env, p, 0);
+    int k = key_of(env, p, 0);
     km_lease ls[10], l;
 
     for (int i = 0; i < 10; i++)
@@ -128,7 +128,7 @@ static void test_tokens_and_all_or_none(void)
         "  {\"name\": \"rt\", \"limits\": {\"rpm\": 5, \"tpm\": 1000},"
         "   \"keys\": [{\"id\": \"krt\", \"secret\": \"sk-test-rrrr\"}]}]}");
     int p = pool_of(env, "t"), q = pool_of(env, "rt"), rc, n;
-    uint32_t kq = key_of(env, q, 0);
+    int kq = key_of(env, q, 0);
     km_lease l, big, z;
     km_key_info ki;
     uint64_t tat_rpm;
@@ -171,7 +171,7 @@ static void test_settlement(void)
         " \"pools\": [{\"name\": \"p\", \"limits\": {\"tpm\": 60000},"
         "   \"keys\": [{\"id\": \"k\", \"secret\": \"sk-test-aaaa\"}]}]}");
     int p = pool_of(env, "p");
-    uint32_t k = key_of(env, p, 0);
+    int k = key_of(env, p, 0);
     km_lease l;
     km_key_info ki;
     uint64_t t0 = km_now_ns(), net = 0, avail, slack;
@@ -232,7 +232,7 @@ static void test_refund_after_refill(void)
         " \"pools\": [{\"name\": \"p\", \"limits\": {\"tpm\": 60000},"
         "   \"keys\": [{\"id\": \"k\", \"secret\": \"sk-test-aaaa\"}]}]}");
     int p = pool_of(env, "p");
-    uint32_t k = key_of(env, p, 0);
+    int k = key_of(env, p, 0);
     km_lease a, b;
     uint64_t avail, bound, now;
 
@@ -403,7 +403,7 @@ static void test_windows(void)
         "   \"keys\": [{\"id\": \"small\", \"secret\": \"sk-test-ssss\", \"limits\": {\"tpm\": 100}},"
         "              {\"id\": \"large\", \"secret\": \"sk-test-llll\"}]}]}");
     int h = pool_of(env, "h"), d = pool_of(env, "d"), t = pool_of(env, "t"), o = pool_of(env, "o"), n, rc;
-    uint32_t kt = key_of(env, t, 0), small = key_of(env, o, 0), large = key_of(env, o, 1);
+    int kt = key_of(env, t, 0), small = key_of(env, o, 0), large = key_of(env, o, 1);
     km_lease l, hold;
     uint64_t start0 = 0;
     km_key_info ki;

@@ -32,4 +32,20 @@ while IFS= read -r line; do
 done <"$TMP/tap"
 ok "$([ "$lrc" = 0 ] && [ "${planned:-0}" -gt 0 ]; echo $?)" "lua_layout.lua ran to its plan (exit $lrc, ${planned:-no} tests)"
 [ "$lrc" = 0 ] || diag "$(tail -n 20 "$TMP/lua.err")"
+
+# Loading the library checks the cdef's sizes against km_struct_size(): the
+# real library passes, and a struct declared with another size is named.
+cat >"$TMP/sizes.lua" <<'EOF'
+package.path = arg[1] .. "/?.lua;" .. package.path
+local km = require "keymesh"
+local l = km.load(arg[2])
+local ok = #km.size_mismatches(l) == 0
+local bad = km.size_mismatches(l, { km_request = 2 }) -- km_request against KM_ST_LEASE
+print((ok and "agree " or "differ ") .. #bad .. " " .. (bad[1] or ""))
+EOF
+e2e_setup # $LIBKM; SANENV preloads the sanitizer runtime for a SAN= build
+out=$("${SANENV[@]}" luajit "$TMP/sizes.lua" "$REPO/bindings/lua" "$LIBKM" 2>&1)
+ok "$(case "$out" in "agree 1 km_request: "*" bytes in libkeymesh, "*" in this binding") echo 0 ;; *) echo 1 ;; esac)" \
+    "keymesh.load() checks every cdef struct's size against km_struct_size, and names one that differs"
+[ "${out#agree 1}" != "$out" ] || diag "$out"
 finish

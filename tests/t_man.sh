@@ -58,6 +58,16 @@ for f in $fns; do grep -q "\*$f\*" "$ROOT/docs/man/keymesh.3.scd" || missing="$m
 ok $([ "$(echo "$fns" | wc -l)" -ge 50 ] && [ -z "$missing" ]; echo $?) \
     "keymesh(3) names every function keymesh.h exports ($(echo "$fns" | wc -l))${missing:+ (missing:$missing)}"
 
+# keymesh.h: every exported function's comment (the one right above it,
+# or above the group of declarations it belongs to) carries an LMDB-style
+# @note on thread safety.
+nonote=$(awk '/^$/ || /^\/\*/ { blk = "" } /^$/ { next } { blk = blk "\n" $0 }
+    /^KM_EXTERN / { if (blk !~ /@note/) { match($0, /km_[a-z0-9_]*\(/); print substr($0, RSTART, RLENGTH - 1) } }' \
+    "$ROOT/include/keymesh.h" | tr '\n' ' ')
+nfn=$(grep -c '^KM_EXTERN ' "$ROOT/include/keymesh.h")
+ok $([ "$nfn" -ge 50 ] && [ -z "$nonote" ]; echo $?) \
+    "keymesh.h: a @note on thread safety for every function ($nfn)${nonote:+ (missing: $nonote)}"
+
 # keymesh-config(5): every field of docs/config.md's tables.
 fields=$(grep -o '^| `[a-z_0-9]*`' "$ROOT/docs/config.md" | tr -d '|` ' | sort -u)
 missing=""

@@ -147,14 +147,14 @@ int main(void)
     km_request pin = {.pool = 0, .key_id = "hard"};
     km_acquire(e, &pin, &l);
     km_release(e, &l, &priced);
-    km_key_info_get(e, (uint32_t)key_idx(e, "hard"), &ki);
+    km_key_info_get(e, key_idx(e, "hard"), &ki);
     is_u64(ki.spent_microusd, 5000, "spend: 1 in at $1/1k + 2 out at $2/1k = 5000 micro-USD");
     is_int(ki.state, KM_KEY_ACTIVE, "under its $0.01 budget the key stays active");
     priced.input_tokens = 0;
     priced.output_tokens = 3; /* 3 * 2000 = 6000 micro-USD: past $0.01 */
     km_acquire(e, &pin, &l);
     km_release(e, &l, &priced);
-    km_key_info_get(e, (uint32_t)key_idx(e, "hard"), &ki);
+    km_key_info_get(e, key_idx(e, "hard"), &ki);
     is_u64(ki.spent_microusd, 11000, "spend accumulates");
     is_int(ki.state, KM_KEY_EXHAUSTED, "hard budget spent: key exhausted");
     is_int(km_acquire(e, &pin, &l), KM_EUNAVAIL, "an exhausted key is not handed out");
@@ -173,7 +173,7 @@ int main(void)
         km_release(e, &l, &ok);
     }
     is_int(soft_used, 0, "soft budget spent: passed over while another key is usable");
-    km_key_set_state(e, (uint32_t)key_idx(e, "free"), KM_KEY_DISABLED);
+    km_key_set_state(e, key_idx(e, "free"), KM_KEY_DISABLED);
     is_int(km_acquire(e, &any, &l), KM_OK, "soft budget: still used when nothing else is left");
     is_str(l.key_id, "soft", "... and that is the soft key");
     km_release(e, &l, &ok);
@@ -182,10 +182,10 @@ int main(void)
     {
         km_outcome zo = {.kind = KM_OUT_SUCCESS, .tokens = 3};
         km_request zp = {.pool = 0, .key_id = "free"};
-        km_key_set_state(e, (uint32_t)key_idx(e, "free"), KM_KEY_ACTIVE);
+        km_key_set_state(e, key_idx(e, "free"), KM_KEY_ACTIVE);
         km_acquire(e, &zp, &l);
         km_release(e, &l, &zo);
-        km_key_info_get(e, (uint32_t)key_idx(e, "free"), &ki);
+        km_key_info_get(e, key_idx(e, "free"), &ki);
         is_u64(ki.spent_microusd, 6000, "zero-initialised split with 3 tokens: priced as output (6000)");
     }
     done(e);
@@ -243,7 +243,7 @@ int main(void)
         km_acquire(e, &fl, &l);
         km_release(e, &l, &fail);
     }
-    km_key_info_get(e, (uint32_t)key_idx(e, "flaky"), &ki);
+    km_key_info_get(e, key_idx(e, "flaky"), &ki);
     /* EMA with alpha 1/8 from 100%: 0.875^10 = 26.3% */
     cmp_u64(ki.success_ppm, "<", 300000, "10 failures bring the success rate to ~26%% (%u ppm)", ki.success_ppm);
     int n_solid = 0;

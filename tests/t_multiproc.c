@@ -92,7 +92,7 @@ typedef struct rec {
     uint64_t start_ns;       /* lease.start_ns */
     uint64_t before, after;  /* clock around km_release */
     uint64_t cooldown_until; /* read right after a RATE_LIMITED release */
-    uint32_t key;
+    int key;
     uint32_t est;            /* lease.tokens */
     uint32_t actual;         /* tokens the limits must count (0 if CANCELLED) */
     int16_t kind;
@@ -161,7 +161,7 @@ static void run_worker(shared *sh, int wi)
             continue;
         }
         w->admitted++;
-        if (l.pool != (uint32_t)pools[p])
+        if (l.pool != pools[p])
             w->wrong_pool++;
         if (p == P_RR) {
             if (l.key < MAX_KEYS)
@@ -318,7 +318,7 @@ int main(void)
     shared *sh;
     pid_t pids[N_WORKERS];
     int n_keys_of[P_COUNT];
-    uint32_t keys_of[P_COUNT][MAX_KEYS];
+    int keys_of[P_COUNT][MAX_KEYS];
 
     fixtures_init("multiproc");
 
@@ -333,13 +333,13 @@ int main(void)
         if (pools[p] < 0)
             bail_out("pool %s: %s", pool_names[p], km_err_name(pools[p]));
         n_keys_of[p] = 0;
-        for (uint32_t i = 0;; i++) {
+        for (int i = 0;; i++) {
             int k = km_pool_key(env, pools[p], i);
             if (k < 0)
                 break;
-            if ((uint32_t)k >= MAX_KEYS)
+            if (k >= MAX_KEYS)
                 bail_out("key index %d >= MAX_KEYS", k);
-            keys_of[p][n_keys_of[p]++] = (uint32_t)k;
+            keys_of[p][n_keys_of[p]++] = k;
         }
     }
 
@@ -406,7 +406,7 @@ int main(void)
 
     for (int p = P_TB; p <= P_SR; p++) {
         for (int kk = 0; kk < n_keys_of[p]; kk++) {
-            uint32_t key = keys_of[p][kk];
+            int key = keys_of[p][kk];
             km_key_info ki;
             size_t n = 0;
             uint64_t tok_total = 0, req_total = 0;
@@ -469,7 +469,7 @@ int main(void)
     /* ---- (b) (c) counters per key */
     for (int p = 0; p < P_COUNT; p++) {
         for (int kk = 0; kk < n_keys_of[p]; kk++) {
-            uint32_t key = keys_of[p][kk];
+            int key = keys_of[p][kk];
             km_key_info ki;
             uint64_t n = 0, by_kind[KM_OUT_COUNT] = {0};
             km_key_info_get(env, key, &ki);

@@ -35,7 +35,7 @@ static int rel(km_env *env, const km_lease *l, int kind, int64_t lat_us, double 
 
 /* Acquire from `pool` until a lease on `key` comes out (releasing the others
  * with SUCCESS); at most `tries` acquires.  Returns 1 with *l held. */
-static int acq_key(km_env *env, int pool, uint32_t key, km_lease *l, int tries)
+static int acq_key(km_env *env, int pool, int key, km_lease *l, int tries)
 {
     for (int i = 0; i < tries; i++) {
         if (acq(env, pool, l) != KM_OK)
@@ -49,7 +49,7 @@ static int acq_key(km_env *env, int pool, uint32_t key, km_lease *l, int tries)
 
 /* Acquire `n` times from `pool` (releasing each with SUCCESS); returns how
  * many leases were on `key`. */
-static int count_on(km_env *env, int pool, uint32_t key, int n)
+static int count_on(km_env *env, int pool, int key, int n)
 {
     km_lease l;
     int c = 0;
@@ -83,7 +83,7 @@ static void test_success_ema(void)
 {
     km_env *env = mkseg(CFG_ONE);
     int p = pool_of(env, "p");
-    uint32_t k = key_of(env, p, 0);
+    int k = key_of(env, p, 0);
     km_lease l;
     km_key_info ki;
     static const struct { int64_t sample; uint64_t ema; } seq[] = {
@@ -132,7 +132,7 @@ static void test_rate_limited(void)
 {
     km_env *env = mkseg(CFG_ONE);
     int p = pool_of(env, "p"), rc;
-    uint32_t k = key_of(env, p, 0);
+    int k = key_of(env, p, 0);
     km_lease ls[4], l;
     km_key_info ki;
     uint64_t before, after;
@@ -197,7 +197,7 @@ static void test_rate_limited(void)
     /* Two keys: while k0 cools, every lease is on another key. */
     env = mkseg(CFG_TWO);
     p = pool_of(env, "p");
-    uint32_t k0 = key_of(env, p, 0);
+    int k0 = key_of(env, p, 0);
     int on_k0_early = 0, n = 0, on_k0_after = 0;
     if (!acq_key(env, p, k0, &l, 10))
         bail_out("could not get k0");
@@ -226,7 +226,7 @@ static void test_failure_probe(void)
 {
     km_env *env = mkseg(CFG_TWO);
     int p = pool_of(env, "p"), rc, skipped, got;
-    uint32_t k0 = key_of(env, p, 0);
+    int k0 = key_of(env, p, 0);
     km_lease a, b, probe, l;
     km_key_info ki;
     uint64_t before;
@@ -282,7 +282,7 @@ static void test_failure_probe(void)
     rmseg(env);
     env = mkseg(CFG_ONE);
     p = pool_of(env, "p");
-    uint32_t k = key_of(env, p, 0);
+    int k = key_of(env, p, 0);
     acq(env, p, &a);
     acq(env, p, &b);
     rel(env, &a, KM_OUT_FAILURE, 100, 0);
@@ -303,7 +303,7 @@ static void test_auth_quota_unavail(void)
 {
     km_env *env = mkseg(CFG_TWO);
     int p = pool_of(env, "p"), rc;
-    uint32_t k0 = key_of(env, p, 0), k1 = key_of(env, p, 1), k2 = key_of(env, p, 2);
+    int k0 = key_of(env, p, 0), k1 = key_of(env, p, 1), k2 = key_of(env, p, 2);
     km_lease l;
 
     if (!acq_key(env, p, k0, &l, 10))
@@ -335,7 +335,7 @@ static void test_stale_and_counters(void)
 {
     km_env *env = mkseg(CFG_ONE);
     int p = pool_of(env, "p");
-    uint32_t k = key_of(env, p, 0);
+    int k = key_of(env, p, 0);
     km_lease l, l2, held[3], forged;
     km_key_info ki;
     uint64_t sum;
@@ -353,7 +353,7 @@ static void test_stale_and_counters(void)
 
     /* The slot is reused by a new lease: the old lease stays stale. */
     acq(env, p, &l2);
-    diag("old lease slot %u seq %u, new lease slot %u seq %u", l.slot, l.seq, l2.slot, l2.seq);
+    diag("old lease slot %d seq %u, new lease slot %d seq %u", l.slot, l.seq, l2.slot, l2.seq);
     is_str(E(rel(env, &l, KM_OUT_FAILURE, 100, 0)), "ESTALE", "old lease after its slot was reused -> ESTALE");
     ki = info(env, k);
     is_int(ki.inflight, 1, "the new lease is still in flight");

@@ -100,7 +100,7 @@ static void t_add_remove(void)
         if (acquire_with(env, p, 0, 0, &l) != KM_OK)
             continue;
         n_ok++;
-        got_c += l.key == (uint32_t)c;
+        got_c += l.key == c;
         km_release(env, &l, NULL);
     }
     ok(n_ok > 0, "remove: the pool still hands out leases (%d)", n_ok);
@@ -144,7 +144,7 @@ static void t_weight(void)
 {
     km_env *env = mkseg(base_json);
     int p = pool_of(env, "p");
-    uint32_t a = key_of(env, p, 0), b = key_of(env, p, 1);
+    int a = key_of(env, p, 0), b = key_of(env, p, 1);
     is_int(km_key_set_weight(env, b, 3), KM_OK, "weight: b to 3");
     is_int(km_key_set_weight(env, b, 0), KM_EINVAL, "weight: 0 refused");
     int n[2] = {0, 0}, total = 40000;
@@ -170,7 +170,7 @@ static void t_limits(void)
                         " \"pools\": [{\"name\": \"p\", \"limits\": {\"rpm\": 600},"
                         "  \"keys\": [{\"id\": \"a\", \"secret\": \"sk-a-123456789\"}]}]}");
     int p = pool_of(env, "p");
-    uint32_t a = key_of(env, p, 0);
+    int a = key_of(env, p, 0);
     km_lease l[100];
     char err[256];
     for (int i = 0; i < 50; i++)
@@ -311,7 +311,7 @@ static void reconfigurer(uint64_t until)
             unsigned j = (unsigned)rand() % n;
             snprintf(id, sizeof id, "k%u", live[j]);
             int ki = km_key_find(e, p, id);
-            if (ki < 0 || km_key_remove(e, (uint32_t)ki) != KM_OK)
+            if (ki < 0 || km_key_remove(e, ki) != KM_OK)
                 _exit(5);
             sh->removed_at[live[j]] = km_now_ns(); /* after the removal returned */
             live[j] = live[--n];
@@ -321,7 +321,7 @@ static void reconfigurer(uint64_t until)
             int ki = km_key_find(e, p, id), rc;
             if (ki < 0)
                 _exit(6);
-            rc = km_key_set_weight(e, (uint32_t)ki, 1 + (uint32_t)(rand() % 9));
+            rc = km_key_set_weight(e, ki, 1 + (uint32_t)(rand() % 9));
             sh->weights += rc == KM_OK;
             sh->busy += rc == KM_EBUSY;
         } else {
@@ -329,7 +329,7 @@ static void reconfigurer(uint64_t until)
             int ki = km_key_find(e, p, id), rc;
             if (ki < 0)
                 _exit(6);
-            rc = km_key_set_limits(e, (uint32_t)ki,
+            rc = km_key_set_limits(e, ki,
                                    rand() % 2 ? "{\"tpm\": 100000000}" : "{\"tpm\": null}", err,
                                    sizeof err);
             sh->limits += rc == KM_OK;
@@ -480,7 +480,7 @@ static void t_stall(void)
     /* Reclamation is held back, and reported. */
     char err[256];
     km_set_admin_timeout(env, 200);
-    uint32_t a = key_of(env, p, 0);
+    int a = key_of(env, p, 0);
     int rc = km_key_set_limits(env, a, "{\"rpm\": 1000}", err, sizeof err);
     is_int(rc, KM_EBUSY, "stall: a grace period times out (KM_EBUSY)");
     is_u64(info(env, a).limits[KM_WIN_RPM].limit, 0, "stall: nothing changed");
@@ -504,7 +504,7 @@ static void t_stall(void)
     ok(shown, "stall: kmctl inspect lists pid %d as holding back reclamation", (int)pid);
 
     /* A removal takes effect all the same. */
-    uint32_t b = key_of(env, p, 1);
+    int b = key_of(env, p, 1);
     is_int(km_key_remove(env, b), KM_OK, "stall: removal returns OK");
     int got_b = 0;
     for (int i = 0; i < 1000; i++) {

@@ -185,6 +185,13 @@ static void test_versions_and_errors(void)
 
     is_int(km_format_version(), KM_FORMAT_VERSION, "km_format_version() == KM_FORMAT_VERSION");
     is_str(km_version(), KM_VERSION_STRING, "km_version() == KM_VERSION_STRING");
+    {
+        int maj = -1, min = -1, pat = -1;
+        sscanf(km_version(), "%d.%d.%d", &maj, &min, &pat);
+        is_int(km_version_number(), KM_VERSION_NUMBER, "km_version_number() == KM_VERSION_NUMBER");
+        is_int(km_version_number(), maj * 10000 + min * 100 + pat,
+               "km_version_number() is MAJOR*10000+MINOR*100+PATCH of km_version() %s", km_version());
+    }
 
     for (size_t i = 0; i < n; i++) {
         const char *m = km_strerror(codes[i]), *nm = km_err_name(codes[i]);
@@ -300,6 +307,35 @@ static void test_create_open(void)
         is_int(WIFEXITED(st2) ? WEXITSTATUS(st2) : 128 + WTERMSIG(st2), 0, "child exit status");
         km_info_get(env, &info);
         is_int(info.n_procs, 1, "n_procs back to 1 after the child's km_close");
+    }
+
+    /* The process table as the readers show it: our own slot, and
+     * KM_ENOSLOT (not KM_ENOENT, which names a missing segment) for every
+     * free slot and for every reader row while no acquire runs. */
+    {
+        km_proc_info pi;
+        km_reader_info ri;
+        km_epoch_info ei;
+        int mine = 0, free_slots = 0, idle = 0, other = 0;
+        km_info_get(env, &info);
+        for (int s = 0; s < (int)info.cap_procs; s++) {
+            rc = km_proc_info_get(env, s, &pi);
+            if (rc == KM_OK && pi.pid == (uint32_t)getpid() && pi.alive)
+                mine++;
+            else if (rc == KM_ENOSLOT)
+                free_slots++;
+            else
+                other++;
+        }
+        is_int(mine, 1, "km_proc_info_get: our own slot, alive");
+        is_int(free_slots + 1, (int)info.cap_procs, "km_proc_info_get: KM_ENOSLOT for the %d free slots (%d other)",
+               (int)info.cap_procs - 1, other);
+        is_int(km_epoch_info_get(env, &ei), KM_OK, "km_epoch_info_get");
+        for (int s = 0; s < (int)info.cap_procs; s++)
+            for (int r = 0; r < (int)ei.rows_per_process; r++)
+                idle += km_reader_info_get(env, s, r, &ri) == KM_ENOSLOT;
+        is_int(idle, (int)(info.cap_procs * ei.rows_per_process),
+               "km_reader_info_get: KM_ENOSLOT for every idle row (%u rows per process)", ei.rows_per_process);
     }
 
     is_int(km_close(env), KM_OK, "km_close");
@@ -464,6 +500,89 @@ static void test_truncated(void)
     km_unlink(name);
 }
 
+/* Room to grow: km_struct_size gives the library's sizeof of every public
+ * struct (what the bindings compare with at load), 0 for an unknown id;
+ * and every reserved word of what the library fills is zero, whatever the
+ * caller's buffer held before. */
+static int all_zero(const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++)
+        if (b[i])
+            return 0;
+    return 1;
+}
+
+static void test_growth(void)
+{
+    static const struct { int id; size_t size; const char *name; } st[] = {
+#define ST(ID, T) {ID, sizeof(T), #T}
+        ST(KM_ST_REQUEST, km_request), ST(KM_ST_LEASE, km_lease), ST(KM_ST_OUTCOME, km_outcome),
+        ST(KM_ST_HTTP_RESPONSE, km_http_response), ST(KM_ST_INFO, km_info),
+        ST(KM_ST_LIMIT_INFO, km_limit_info), ST(KM_ST_POOL_INFO, km_pool_info),
+        ST(KM_ST_KEY_INFO, km_key_info), ST(KM_ST_EPOCH_INFO, km_epoch_info),
+        ST(KM_ST_READER_INFO, km_reader_info), ST(KM_ST_PROC_INFO, km_proc_info),
+        ST(KM_ST_REAP_REPORT, km_reap_report), ST(KM_ST_USAGE_EVENT, km_usage_event),
+        ST(KM_ST_USAGE_REPORT, km_usage_report), ST(KM_ST_WINDOW_STATS, km_window_stats),
+        ST(KM_ST_STATS_COUNTERS, km_stats_counters), ST(KM_ST_KEY_STATS, km_key_stats),
+        ST(KM_ST_POOL_STATS, km_pool_stats), ST(KM_ST_MODEL_STATS, km_model_stats),
+#undef ST
+    };
+    int bad = 0;
+    for (size_t i = 0; i < sizeof st / sizeof st[0]; i++)
+        if (km_struct_size(st[i].id) != st[i].size) {
+            diag("km_struct_size(%d) = %zu, sizeof(%s) = %zu", st[i].id, km_struct_size(st[i].id),
+                 st[i].name, st[i].size);
+            bad++;
+        }
+    is_int(bad, 0, "km_struct_size: sizeof of each of the %d public structs",
+           (int)(sizeof st / sizeof st[0]));
+    ok(sizeof st / sizeof st[0] == KM_ST_COUNT - 1 && km_struct_size(0) == 0 &&
+           km_struct_size(-1) == 0 && km_struct_size(KM_ST_COUNT) == 0,
+       "km_struct_size: every id up to KM_ST_COUNT listed here; 0 for an unknown id");
+
+    const char *name = seg_name("grow");
+    km_env *env = create(name);
+    km_request rq = {.pool = km_pool_find(env, "p")};
+    km_lease l;
+    km_info in;
+    km_pool_info pi;
+    km_key_info ki;
+    km_proc_info pr;
+    km_epoch_info ei;
+    km_reap_report rr;
+    memset(&l, 0xa5, sizeof l);
+    memset(&in, 0xa5, sizeof in);
+    memset(&pi, 0xa5, sizeof pi);
+    memset(&ki, 0xa5, sizeof ki);
+    memset(&pr, 0xa5, sizeof pr);
+    memset(&ei, 0xa5, sizeof ei);
+    memset(&rr, 0xa5, sizeof rr);
+    int rc = km_acquire(env, &rq, &l);
+    is_int(rc, KM_OK, "grow: km_acquire into a poisoned lease");
+    int z = rc == KM_OK && all_zero(l.reserved, sizeof l.reserved);
+    if (rc == KM_OK)
+        km_release(env, &l, NULL);
+    ok(z, "grow: km_acquire zeroes km_lease.reserved");
+    int slot = -1;
+    for (int s = 0; s < 8 && slot < 0; s++)
+        if (km_proc_info_get(env, s, &pr) == KM_OK)
+            slot = s;
+    int lim = 1;
+    for (int w = 0; w < KM_WIN_COUNT; w++)
+        lim &= km_key_info_get(env, 0, &ki) == KM_OK && ki.limits[w].reserved0 == 0 &&
+               all_zero(ki.limits[w].reserved, sizeof ki.limits[w].reserved);
+    ok(km_info_get(env, &in) == KM_OK && all_zero(in.reserved, sizeof in.reserved) &&
+           km_pool_info_get(env, rq.pool, &pi) == KM_OK && all_zero(pi.reserved, sizeof pi.reserved) &&
+           km_key_info_get(env, 0, &ki) == KM_OK && all_zero(ki.reserved, sizeof ki.reserved) && lim &&
+           slot >= 0 && all_zero(pr.reserved, sizeof pr.reserved) &&
+           km_epoch_info_get(env, &ei) == KM_OK && all_zero(ei.reserved, sizeof ei.reserved) &&
+           km_reap(env, &rr) == KM_OK && all_zero(rr.reserved, sizeof rr.reserved),
+       "grow: the info getters and km_reap zero their reserved room (limits' reserved0 too)");
+    km_close(env);
+    km_unlink(name);
+}
+
 int main(void)
 {
     main_pid = getpid();
@@ -472,7 +591,7 @@ int main(void)
     signal(SIGALRM, on_signal);
     atexit(unlink_all);
 
-    plan(56);
+    plan(67);
     test_versions_and_errors();
     test_names();
     test_create_open();
@@ -480,5 +599,6 @@ int main(void)
     test_foreign_objects();
     test_header_fields();
     test_truncated();
+    test_growth();
     return exit_status();
 }

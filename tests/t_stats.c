@@ -57,7 +57,7 @@ static km_key_stats kstats(km_env *e, const char *id)
 {
     km_key_stats s;
     int k = km_key_find(e, 0, id);
-    if (k < 0 || km_key_stats_get(e, (uint32_t)k, &s, sizeof s) != KM_OK)
+    if (k < 0 || km_key_stats_get(e, k, &s, sizeof s) != KM_OK)
         bail_out("km_key_stats_get %s", id);
     return s;
 }
@@ -194,14 +194,14 @@ int main(void)
     memset(&shortk, 0xAB, sizeof shortk);
     size_t cut = offsetof(km_key_stats, counters);
     int k = km_key_find(e, 0, "a");
-    is_int(km_key_stats_get(e, (uint32_t)k, &shortk, cut), KM_OK, "short struct: OK");
+    is_int(km_key_stats_get(e, k, &shortk, cut), KM_OK, "short struct: OK");
     const unsigned char *tail = (const unsigned char *)&shortk + cut;
     int untouched = 1;
     for (size_t i = 0; i < sizeof shortk - cut; i++)
         untouched &= tail[i] == 0xAB;
     ok(shortk.size == cut && untouched && strcmp(shortk.id, "a") == 0,
        "short struct: filled up to its size (%u of %zu), nothing past it", shortk.size, cut);
-    is_int(km_key_stats_get(e, (uint32_t)k, &shortk, 4), KM_EINVAL, "size < 8: EINVAL");
+    is_int(km_key_stats_get(e, k, &shortk, 4), KM_EINVAL, "size < 8: EINVAL");
     is_int(km_key_stats_get(e, 3, &shortk, sizeof shortk), KM_ENOKEY, "free key slot: ENOKEY");
     is_int(km_pool_stats_get(e, 5, &p, sizeof p), KM_ENOPOOL, "no such pool: ENOPOOL");
     km_model_stats m;
@@ -220,8 +220,8 @@ int main(void)
     acq(e, "y", "b", 0, &l);
     rel(e, &l, KM_OUT_SUCCESS, 100, 0, 0);
     k = km_key_find(e, 0, "a");
-    is_int(km_key_model_stats_get(e, (uint32_t)k, 0, &m, sizeof m), KM_OK, "key x model stats");
-    ok(strcmp(m.name, "x") == 0 && m.key == (uint32_t)k && m.n_keys == 1,
+    is_int(km_key_model_stats_get(e, k, 0, &m, sizeof m), KM_OK, "key x model stats");
+    ok(strcmp(m.name, "x") == 0 && m.key == k && m.n_keys == 1,
        "key x model: name x, key a, one key");
     is_u64(m.windows[KM_WIN_RPD].used * 1000 + m.windows[KM_WIN_RPD].limit, 3100,
            "key x model: x's rpd on a: 3 used of 100");
@@ -232,7 +232,7 @@ int main(void)
        "model x over the pool: 2 keys, rpd 3 used of 200 (got %u keys, %llu of %llu)", m.n_keys,
        (unsigned long long)m.windows[KM_WIN_RPD].used,
        (unsigned long long)m.windows[KM_WIN_RPD].limit);
-    is_int(km_key_model_stats_get(e, (uint32_t)k, 2, &m, sizeof m), KM_ENOMODEL,
+    is_int(km_key_model_stats_get(e, k, 2, &m, sizeof m), KM_ENOMODEL,
            "model past the end: ENOMODEL");
     done(e);
     return exit_status();

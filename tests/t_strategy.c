@@ -42,14 +42,14 @@ static const char *CFG =
     " ]}";
 
 /* Member index (0..n-1) of key index `key` in `pool`, or -1. */
-static int member_of(km_env *env, int pool, uint32_t key)
+static int member_of(km_env *env, int pool, int key)
 {
-    for (uint32_t i = 0; i < 64; i++) {
+    for (int i = 0; i < 64; i++) {
         int k = km_pool_key(env, pool, i);
         if (k < 0)
             return -1;
-        if ((uint32_t)k == key)
-            return (int)i;
+        if (k == key)
+            return i;
     }
     return -1;
 }
@@ -158,7 +158,7 @@ static void test_least_busy(km_env *env)
     for (int i = 0; i < 8; i++)
         if (member_of(env, lb, held[i].key) == 2) {
             rel(env, &held[i]);
-            held[i].key = UINT32_MAX;
+            held[i].key = -1; /* not held */
         }
     km_lease c, t[3];
     rc = acq(env, lb, KM_STRATEGY_DEFAULT, &c);
@@ -167,12 +167,12 @@ static void test_least_busy(km_env *env)
     /* Free one on member 0 and one on member 3: loads 1,2,1,1. */
     int freed0 = 0, freed3 = 0;
     for (int i = 0; i < 8; i++) {
-        if (held[i].key == UINT32_MAX)
+        if (held[i].key < 0)
             continue;
         m = member_of(env, lb, held[i].key);
         if ((m == 0 && !freed0) || (m == 3 && !freed3)) {
             rel(env, &held[i]);
-            held[i].key = UINT32_MAX;
+            held[i].key = -1; /* not held */
             freed0 |= m == 0;
             freed3 |= m == 3;
         }
@@ -190,14 +190,14 @@ static void test_least_busy(km_env *env)
     if (rc == KM_OK)
         rel(env, &c);
     for (int i = 0; i < 8; i++)
-        if (held[i].key != UINT32_MAX)
+        if (held[i].key >= 0)
             rel(env, &held[i]);
 }
 
 static void test_disabled(km_env *env)
 {
     int d = pool_of(env, "d");
-    uint32_t k1 = (uint32_t)km_pool_key(env, d, 1);
+    int k1 = km_pool_key(env, d, 1);
     uint64_t cnt[4];
     km_key_info ki;
     static const int strategies[] = {KM_STRATEGY_ROUND_ROBIN, KM_STRATEGY_WEIGHTED, KM_STRATEGY_LEAST_BUSY};
@@ -292,7 +292,7 @@ static void test_slot_scan(void)
        bad, dup);
     km_lease l;
     is_str(km_err_name(acq(env, 0, KM_STRATEGY_DEFAULT, &l)), "EAGAIN", "the 78th -> EAGAIN");
-    const uint32_t probe[] = {40, 76, 0, 63, 64};
+    const int probe[] = {40, 76, 0, 63, 64};
     int found = 0;
     for (int j = 0; j < 5; j++) {
         int i = 0;

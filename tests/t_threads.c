@@ -92,7 +92,7 @@ int main(void)
         total += ops[i];
     for (int k = 0; k < KEYS; k++) {
         km_key_info ki;
-        km_key_info_get(env, (uint32_t)km_pool_key(env, 0, (uint32_t)k), &ki);
+        km_key_info_get(env, km_pool_key(env, 0, k), &ki);
         acquired += ki.acquired;
         for (int o = 0; o < KM_OUT_COUNT; o++)
             released += ki.outcomes[o];

@@ -13,7 +13,7 @@ int main(void)
     fixtures_init("view");
     km_env *e = mkseg("{\"pools\":[{\"name\":\"p\",\"limits\":{\"rpm\":60,\"tpm\":60000},"
                       "\"keys\":[{\"id\":\"a\",\"secret\":\"sk-test-view0001\"}]}]}");
-    uint32_t key = key_of(e, pool_of(e, "p"), 0);
+    int key = key_of(e, pool_of(e, "p"), 0);
 
     /* Provider says: 5 requests and 1000 tokens remain. */
     is_int(km_acquire(e, &rq, &l), KM_OK, "acquire");

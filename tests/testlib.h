@@ -114,20 +114,20 @@ static inline int pool_of(km_env *env, const char *name)
     return p;
 }
 
-static inline uint32_t key_of(km_env *env, int pool, uint32_t i)
+static inline int key_of(km_env *env, int pool, int i)
 {
     int k = km_pool_key(env, pool, i);
     if (k < 0)
-        bail_out("km_pool_key %d %u: %s", pool, i, km_err_name(k));
-    return (uint32_t)k;
+        bail_out("km_pool_key %d %d: %s", pool, i, km_err_name(k));
+    return k;
 }
 
-static inline km_key_info info(km_env *env, uint32_t key)
+static inline km_key_info info(km_env *env, int key)
 {
     km_key_info ki;
     int rc = km_key_info_get(env, key, &ki);
     if (rc != KM_OK)
-        bail_out("km_key_info_get %u: %s", key, km_err_name(rc));
+        bail_out("km_key_info_get %d: %s", key, km_err_name(rc));
     return ki;
 }
 

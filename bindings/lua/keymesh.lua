@@ -45,43 +45,51 @@ typedef struct km_env km_env;
 typedef struct km_config km_config;
 typedef struct km_request {
     int pool; int strategy; uint32_t tokens; const char *model; const char *key_id;
+    uint64_t reserved[4];
 } km_request;
 typedef struct km_lease {
-    uint32_t key, key_gen, slot, seq, pool, tokens;
+    int key; uint32_t key_gen; int slot; uint32_t seq; int pool; uint32_t tokens;
     uint64_t start_ns, retry_at_ns;
-    uint32_t secret_len, model, meta_len;
+    uint32_t secret_len; int model; uint32_t meta_len;
     char key_id[64]; char secret[256]; char meta[256];
+    uint64_t reserved[4];
 } km_lease;
 typedef struct km_outcome {
     int kind; int64_t latency_us; int64_t tokens; double retry_after_s;
     uint32_t view_flags;
     uint64_t requests_remaining, tokens_remaining, requests_reset_ms, tokens_reset_ms;
     int64_t input_tokens, output_tokens;
+    uint64_t reserved[4];
 } km_outcome;
 typedef struct km_http_response {
     int status; const char *error_code; const char *body; size_t body_len;
     const char *const *headers; size_t n_headers; int64_t now_unix_ms;
+    uint64_t reserved[4];
 } km_http_response;
 typedef struct km_limit_info {
-    uint64_t limit, burst; int mode; uint64_t available, tat_ns;
+    uint64_t limit, burst; int mode; uint32_t reserved0; uint64_t available, tat_ns;
+    uint64_t reserved[2];
 } km_limit_info;
 typedef struct km_pool_info {
     char name[64]; int strategy; uint32_t n_keys;
     uint32_t cooldown_s, max_cooldown_s, max_failures;
     int model_mode; uint32_t n_models; uint64_t budget_microusd; int budget_hard;
     uint64_t spent_microusd; uint32_t waiters;
+    uint64_t reserved[4];
 } km_pool_info;
 typedef struct km_key_info {
     char id[64]; char secret_masked[24];
-    uint32_t pool, weight, gen; int state; uint64_t cooldown_until_ns;
+    int pool; uint32_t weight, gen; int state; uint64_t cooldown_until_ns;
     uint32_t inflight, max_inflight, consecutive_failures, consecutive_429s;
     uint64_t latency_ema_us, acquired, outcomes[6], abandoned, stale_releases, tokens_used;
     km_limit_info limits[6]; uint32_t success_ppm;
     uint64_t price_in_microusd_per_1k, price_out_microusd_per_1k, budget_microusd;
     int budget_hard; uint64_t spent_microusd; char meta[256];
+    uint64_t reserved[4];
 } km_key_info;
 
 const char *km_version(void);
+size_t km_struct_size(int which);
 const char *km_strerror(int err);
 const char *km_err_name(int err);
 const char *km_key_state_name(int state);
@@ -100,10 +108,10 @@ int km_outcome_from_http(const km_http_response *resp, km_outcome *out);
 int km_release(km_env *env, const km_lease *lease, const km_outcome *outcome);
 int km_pool_find(km_env *env, const char *name);
 int km_pool_info_get(km_env *env, int pool, km_pool_info *out);
-int km_pool_key(km_env *env, int pool, uint32_t i);
+int km_pool_key(km_env *env, int pool, int i);
 int km_key_find(km_env *env, int pool, const char *id);
-int km_key_info_get(km_env *env, uint32_t key, km_key_info *out);
-int km_key_set_state(km_env *env, uint32_t key, int state);
+int km_key_info_get(km_env *env, int key, km_key_info *out);
+int km_key_set_state(km_env *env, int key, int state);
 void km_mask_secret(const char *secret, char out[24]);
 int getpid(void);
 ]]
@@ -139,12 +147,39 @@ function _M.load(path)
     for _, c in ipairs(cands) do
         local ok, l = pcall(ffi.load, c)
         if ok then
+            -- Structs of another size would be read and written past their
+            -- end: refuse a library that does not match the cdef above.
+            local bad = _M.size_mismatches(l)
+            if #bad > 0 then
+                error("keymesh: " .. c .. " does not match this binding (" .. table.concat(bad, "; ")
+                      .. "): use the binding and the library of one version", 2)
+            end
             lib, lib_path = l, c
             return lib
         end
         tried[#tried + 1] = c .. " (" .. tostring(l) .. ")"
     end
     error("keymesh: libkeymesh not found; tried: " .. table.concat(tried, "; "), 2)
+end
+
+-- km_struct_id (keymesh.h) of each struct the cdef declares.
+_M.struct_ids = { km_request = 1, km_lease = 2, km_outcome = 3, km_http_response = 4,
+                  km_limit_info = 6, km_pool_info = 7, km_key_info = 8 }
+
+-- The structs of `ids` (name -> km_struct_id; default _M.struct_ids) whose
+-- ffi size differs from the library's km_struct_size(), as text.
+function _M.size_mismatches(l, ids)
+    local ok, fn = pcall(function() return l.km_struct_size end)
+    if not ok then return { "km_struct_size: missing (a libkeymesh older than this binding)" } end
+    local bad = {}
+    for name, id in pairs(ids or _M.struct_ids) do
+        local n = tonumber(fn(id))
+        if n ~= ffi.sizeof(name) then
+            bad[#bad + 1] = ("%s: %d bytes in libkeymesh, %d in this binding"):format(name, n, ffi.sizeof(name))
+        end
+    end
+    table.sort(bad)
+    return bad
 end
 
 local function L() return lib or _M.load() end

@@ -96,6 +96,20 @@ def t_layout(path):
                 bad.append("%s.%s: offset %d, ctypes %d" % (name, f, off, getattr(st, f).offset))
     ok(len(c) == len(L.STRUCTS) and not bad,
        "ctypes structs match the C layout (%d structs)" % len(c), *bad)
+    # The same sizes as the loaded library says, which is what the binding
+    # checks when it loads one; and a struct of the wrong size is caught.
+    dll = L.lib.load()
+    ok(L.size_mismatches(dll) == [] and set(L.STRUCT_IDS) == set(L.STRUCTS),
+       "km_struct_size agrees with every ctypes struct (%d)" % len(L.STRUCTS),
+       *L.size_mismatches(dll))
+    wrong = L.size_mismatches(dll, {"km_lease": L.Request})
+    ok(len(wrong) == 1 and wrong[0].startswith("km_lease: %d bytes in libkeymesh, %d in"
+                                              % (ctypes.sizeof(L.Lease), ctypes.sizeof(L.Request))),
+       "a struct of another size is reported: %s" % wrong)
+    major, minor, patch = (int(x) for x in L.lib.km_version().decode().split("."))
+    ok(L.lib.km_version_number() == major * 10000 + minor * 100 + patch,
+       "km_version_number() %d is km_version() %s" % (L.lib.km_version_number(),
+                                                      L.lib.km_version().decode()))
 
 
 # ------------------------------------------------------------- private pool

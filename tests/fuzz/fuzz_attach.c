@@ -319,7 +319,7 @@ static void read_paths(km_env *e, const km__hdr *hdr, uint32_t knobs)
             if ((uint32_t)key >= info.cap_keys)
                 FAIL("km_pool_key %d beyond cap_keys %u", key, info.cap_keys);
             km_key_info ki;
-            if (km_key_info_get(e, (uint32_t)key, &ki) == KM_OK) {
+            if (km_key_info_get(e, key, &ki) == KM_OK) {
                 if (!terminated(ki.id, sizeof ki.id) ||
                     !terminated(ki.secret_masked, sizeof ki.secret_masked) ||
                     !terminated(ki.meta, sizeof ki.meta))
@@ -338,7 +338,7 @@ static void read_paths(km_env *e, const km__hdr *hdr, uint32_t knobs)
             for (uint32_t m = 0; m < nm; m++) {
                 char name[KM_ID_MAX + 1];
                 km_limit_info lim[KM_WIN_COUNT];
-                if (km_model_info_get(e, (int)p, m, (uint32_t)key, name, lim) != KM_OK)
+                if (km_model_info_get(e, (int)p, (int)m, key, name, lim) != KM_OK)
                     break;
                 if (!terminated(name, sizeof name))
                     FAIL("model name not terminated");
@@ -393,8 +393,9 @@ static void read_paths(km_env *e, const km__hdr *hdr, uint32_t knobs)
         int rc = km_acquire(e, &rq, &l);
         if (rc != KM_OK)
             break;
-        if (l.key >= hdr->cap_keys || l.slot >= hdr->cap_inflight)
-            FAIL("lease key %u slot %u outside the segment", l.key, l.slot);
+        if (l.key < 0 || (uint32_t)l.key >= hdr->cap_keys || l.slot < 0 ||
+            (uint32_t)l.slot >= hdr->cap_inflight)
+            FAIL("lease key %d slot %d outside the segment", l.key, l.slot);
         if (!terminated(l.key_id, sizeof l.key_id) || !terminated(l.secret, sizeof l.secret) ||
             !terminated(l.meta, sizeof l.meta))
             FAIL("lease string not terminated");

@@ -259,7 +259,7 @@ static int inspect_pool(km_env *env, const char *name, int pool)
     uint32_t nk = 0;
     for (uint32_t i = 0; i < pi.n_keys; i++) {
         int k = km_pool_key(env, pool, i);
-        if (k == KM_ENOKEY || (k >= 0 && (rc = km_key_info_get(env, (uint32_t)k, &keys[nk])) == KM_ENOKEY))
+        if (k == KM_ENOKEY || (k >= 0 && (rc = km_key_info_get(env, k, &keys[nk])) == KM_ENOKEY))
             continue;
         if (k < 0 || rc) {
             free(keys);
@@ -345,7 +345,7 @@ static int read_procs(km_env *env, const char *name, proc_row **rows,
     }
     for (uint32_t s = 0; s < info.cap_procs; s++) {
         rc = km_proc_info_get(env, s, &(*rows)[*n].pi);
-        if (rc == KM_ENOENT) /* a free slot */
+        if (rc == KM_ENOSLOT) /* a free slot */
             continue;
         if (rc != KM_OK) {
             free(*rows);

@@ -165,8 +165,8 @@ static int set_state(const cmd_syntax *syn, int argc, char **argv, int state)
         goto out;
     }
     km_key_info before;
-    int known = km_key_info_get(env, (uint32_t)key, &before) == KM_OK;
-    rc = km_key_set_state(env, (uint32_t)key, state);
+    int known = km_key_info_get(env, key, &before) == KM_OK;
+    rc = km_key_set_state(env, key, state);
     if (rc != KM_OK) {
         errline("key '%s' in pool '%s': %s", kid, pname, err_text(rc, errno));
         rc = exit_for(rc);
@@ -433,7 +433,7 @@ int cmd_add_key(int argc, char **argv)
     explicit_bzero(js, sizeof js);
     char line[1024] = "", lim[256];
     km_key_info ki;
-    if (rc >= 0 && km_key_info_get(env, (uint32_t)rc, &ki) == KM_OK) {
+    if (rc >= 0 && km_key_info_get(env, rc, &ki) == KM_OK) {
         limits_text(ki.limits, lim, sizeof lim);
         snprintf(line, sizeof line,
                  "added key '%s' to pool '%s' of segment '%s' (weight %" PRIu32
@@ -455,7 +455,7 @@ int cmd_remove_key(int argc, char **argv)
         (rc = reconf_attach(argv, &o, &env, &pool, 1, &key)) >= 0)
         return rc;
     km_key_info ki;
-    int known = km_key_info_get(env, (uint32_t)key, &ki) == KM_OK;
+    int known = km_key_info_get(env, key, &ki) == KM_OK;
     char line[512];
     snprintf(line, sizeof line, "removed key '%s' from pool '%s' of segment '%s'",
              argv[optind + 2], argv[optind + 1], argv[optind]);
@@ -464,7 +464,7 @@ int cmd_remove_key(int argc, char **argv)
         snprintf(line + n, sizeof line - n, " (%" PRIu32 " lease%s out may finish)", ki.inflight,
                  ki.inflight == 1 ? "" : "s");
     }
-    return reconf_done(env, km_key_remove(env, (uint32_t)key), argv[optind + 2],
+    return reconf_done(env, km_key_remove(env, key), argv[optind + 2],
                        argv[optind + 1], NULL, line);
 }
 
@@ -483,14 +483,14 @@ int cmd_set_weight(int argc, char **argv)
     }
     km_key_info ki;
     char line[512];
-    if (km_key_info_get(env, (uint32_t)key, &ki) == KM_OK)
+    if (km_key_info_get(env, key, &ki) == KM_OK)
         snprintf(line, sizeof line,
                  "key '%s' in pool '%s' of segment '%s': weight %" PRIu32 " -> %" PRIu32,
                  argv[optind + 2], argv[optind + 1], argv[optind], ki.weight, w);
     else
         snprintf(line, sizeof line, "key '%s' in pool '%s' of segment '%s': weight %" PRIu32,
                  argv[optind + 2], argv[optind + 1], argv[optind], w);
-    return reconf_done(env, km_key_set_weight(env, (uint32_t)key, w), argv[optind + 2],
+    return reconf_done(env, km_key_set_weight(env, key, w), argv[optind + 2],
                        argv[optind + 1], NULL, line);
 }
 
@@ -504,12 +504,12 @@ int cmd_set_limits(int argc, char **argv)
         (rc = reconf_attach(argv, &o, &env, &pool, 1, &key)) >= 0)
         return rc;
     km_key_info before, after;
-    int known = km_key_info_get(env, (uint32_t)key, &before) == KM_OK;
-    rc = km_key_set_limits(env, (uint32_t)key, argv[optind + 3], err, sizeof err);
+    int known = km_key_info_get(env, key, &before) == KM_OK;
+    rc = km_key_set_limits(env, key, argv[optind + 3], err, sizeof err);
     char line[1024];
     size_t n = (size_t)snprintf(line, sizeof line, "key '%s' in pool '%s' of segment '%s': ",
                                 argv[optind + 2], argv[optind + 1], argv[optind]);
-    if (rc == KM_OK && known && km_key_info_get(env, (uint32_t)key, &after) == KM_OK) {
+    if (rc == KM_OK && known && km_key_info_get(env, key, &after) == KM_OK) {
         int changed = 0;
         for (int w = 0; w < KM_WIN_COUNT && n < sizeof line; w++) {
             const km_limit_info *a = &before.limits[w], *b = &after.limits[w];

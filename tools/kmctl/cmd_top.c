@@ -79,6 +79,13 @@ typedef struct top_state {
     uint32_t interval_s;
 } top_state;
 
+/* Whether key index i (an int, as keymesh.h gives every index) is one of
+ * the n rows the rate history holds. */
+static int below(int i, uint32_t n)
+{
+    return i >= 0 && (uint32_t)i < n;
+}
+
 static int g_sort_reverse;
 static int g_sort;
 
@@ -154,8 +161,8 @@ static void refresh_data(top_state *t)
     for (uint32_t p = 0; p < t->cur.n_pools; p++)
         for (uint32_t i = 0; i < t->cur.pools[p].n_keys; i++) {
             const km_key_stats *k = &t->cur.pools[p].keys[i];
-            uint32_t x = k->key;
-            if (x >= t->cap)
+            int x = k->key;
+            if (!below(x, t->cap))
                 continue;
             t->rreq[x] = t->rtok[x] = -1;
             if (t->pvalid[x] && t->pgen[x] == k->gen && k->taken_ns > t->pns[x]) {
@@ -184,8 +191,8 @@ static row *make_rows(const top_state *t, const pool_view *v, double *req_s, dou
     for (uint32_t i = 0; i < v->n_keys; i++) {
         const km_key_stats *k = &v->keys[i];
         r[i].k = k;
-        r[i].req_s = k->key < t->cap ? t->rreq[k->key] : -1;
-        r[i].tok_s = k->key < t->cap ? t->rtok[k->key] : -1;
+        r[i].req_s = below(k->key, t->cap) ? t->rreq[k->key] : -1;
+        r[i].tok_s = below(k->key, t->cap) ? t->rtok[k->key] : -1;
         if (r[i].req_s >= 0) {
             *req_s += r[i].req_s;
             *tok_s += r[i].tok_s;

@@ -51,14 +51,14 @@ static int collect_pool(km_env *env, int p, unsigned flags, pool_view *v)
             break;
         if (k < 0)
             return k;
-        rc = km_key_stats_get(env, (uint32_t)k, &v->keys[v->n_keys], sizeof v->keys[0]);
+        rc = km_key_stats_get(env, k, &v->keys[v->n_keys], sizeof v->keys[0]);
         if (rc == KM_ENOKEY)
             continue;
         if (rc != KM_OK)
             return rc;
         for (uint32_t m = 0; v->key_models && m < nm; m++) {
             km_model_stats *km = &v->key_models[(size_t)v->n_keys * nm + m];
-            rc = km_key_model_stats_get(env, (uint32_t)k, m, km, sizeof *km);
+            rc = km_key_model_stats_get(env, k, m, km, sizeof *km);
             if (rc != KM_OK && rc != KM_ENOKEY)
                 return rc;
         }

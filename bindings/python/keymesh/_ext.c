@@ -1192,7 +1192,7 @@ static PyObject *Lease_tokens(Lease *L, void *unused)
 static PyObject *Lease_key_index(Lease *L, void *unused)
 {
     (void)unused;
-    return PyLong_FromUnsignedLong(L->c.key);
+    return PyLong_FromLong(L->c.key);
 }
 
 static PyObject *Lease_key_gen(Lease *L, void *unused)
@@ -1533,6 +1533,25 @@ PyMODINIT_FUNC PyInit__ext(void)
             return NULL;
         }
         atfork_done = 1;
+    }
+    /* Compiled against one keymesh.h, bound at run time to whatever
+     * libkeymesh.so.0 the dynamic linker found: refuse a library whose
+     * structs differ (keymesh._pool then uses ctypes, which checks its own
+     * declarations the same way). */
+    static const struct { int id; size_t size; const char *name; } structs[] = {
+        {KM_ST_REQUEST, sizeof(km_request), "km_request"},
+        {KM_ST_LEASE, sizeof(km_lease), "km_lease"},
+        {KM_ST_OUTCOME, sizeof(km_outcome), "km_outcome"},
+    };
+    for (size_t i = 0; i < sizeof structs / sizeof structs[0]; i++) {
+        size_t lib = km_struct_size(structs[i].id);
+        if (lib != structs[i].size) {
+            PyErr_Format(PyExc_ImportError,
+                         "keymesh._ext: built with %s of %zu bytes, libkeymesh has %zu: "
+                         "rebuild the extension against this library",
+                         structs[i].name, structs[i].size, lib);
+            return NULL;
+        }
     }
     if (PyType_Ready(&CoreType) < 0 || PyType_Ready(&LeaseType) < 0)
         return NULL;

@@ -68,6 +68,7 @@ EBUSY = -25
 EKEYEXISTS = -26
 EFULL = -27
 ECRYPTO = -28
+ENOSLOT = -29
 
 # km_outcome_kind
 OUT_SUCCESS = 0
@@ -89,19 +90,22 @@ WINDOWS = ("rpm", "rph", "rpd", "tpm", "tph", "tpd")
 OUTCOMES = ("success", "rate_limited", "failure", "auth", "quota", "cancelled")
 
 
+RESERVED = ("reserved", c_uint64 * 4)  # keymesh.h: zero in, zeroed out
+
+
 class Request(Structure):
     _fields_ = [("pool", c_int), ("strategy", c_int), ("tokens", c_uint32),
-                ("model", c_char_p), ("key_id", c_char_p)]
+                ("model", c_char_p), ("key_id", c_char_p), RESERVED]
 
 
 class Lease(Structure):
-    _fields_ = [("key", c_uint32), ("key_gen", c_uint32), ("slot", c_uint32),
-                ("seq", c_uint32), ("pool", c_uint32), ("tokens", c_uint32),
+    _fields_ = [("key", c_int), ("key_gen", c_uint32), ("slot", c_int),
+                ("seq", c_uint32), ("pool", c_int), ("tokens", c_uint32),
                 ("start_ns", c_uint64), ("retry_at_ns", c_uint64),
-                ("secret_len", c_uint32), ("model", c_uint32), ("meta_len", c_uint32),
+                ("secret_len", c_uint32), ("model", c_int), ("meta_len", c_uint32),
                 ("key_id", c_char * (ID_MAX + 1)),
                 ("secret", c_char * (SECRET_MAX + 1)),
-                ("meta", c_char * (META_MAX + 1))]
+                ("meta", c_char * (META_MAX + 1)), RESERVED]
 
 
 class Outcome(Structure):
@@ -109,25 +113,26 @@ class Outcome(Structure):
                 ("retry_after_s", c_double), ("view_flags", c_uint32),
                 ("requests_remaining", c_uint64), ("tokens_remaining", c_uint64),
                 ("requests_reset_ms", c_uint64), ("tokens_reset_ms", c_uint64),
-                ("input_tokens", c_int64), ("output_tokens", c_int64)]
+                ("input_tokens", c_int64), ("output_tokens", c_int64), RESERVED]
 
 
 class HttpResponse(Structure):
     _fields_ = [("status", c_int), ("error_code", c_char_p), ("body", c_char_p),
                 ("body_len", c_size_t), ("headers", POINTER(c_char_p)),
-                ("n_headers", c_size_t), ("now_unix_ms", c_int64)]
+                ("n_headers", c_size_t), ("now_unix_ms", c_int64), RESERVED]
 
 
 class Info(Structure):
     _fields_ = [("format", c_uint32), ("cap_keys", c_uint32), ("cap_pools", c_uint32),
                 ("cap_procs", c_uint32), ("cap_inflight", c_uint32),
                 ("n_keys", c_uint32), ("n_pools", c_uint32), ("n_procs", c_uint32),
-                ("size_bytes", c_uint64), ("created_wall_ns", c_uint64)]
+                ("size_bytes", c_uint64), ("created_wall_ns", c_uint64), RESERVED]
 
 
 class LimitInfo(Structure):
     _fields_ = [("limit", c_uint64), ("burst", c_uint64), ("mode", c_int),
-                ("available", c_uint64), ("tat_ns", c_uint64)]
+                ("reserved0", c_uint32), ("available", c_uint64), ("tat_ns", c_uint64),
+                ("reserved", c_uint64 * 2)]
 
 
 class PoolInfo(Structure):
@@ -136,12 +141,12 @@ class PoolInfo(Structure):
                 ("max_cooldown_s", c_uint32), ("max_failures", c_uint32),
                 ("model_mode", c_int), ("n_models", c_uint32),
                 ("budget_microusd", c_uint64), ("budget_hard", c_int),
-                ("spent_microusd", c_uint64), ("waiters", c_uint32)]
+                ("spent_microusd", c_uint64), ("waiters", c_uint32), RESERVED]
 
 
 class KeyInfo(Structure):
     _fields_ = [("id", c_char * (ID_MAX + 1)), ("secret_masked", c_char * 24),
-                ("pool", c_uint32), ("weight", c_uint32), ("gen", c_uint32),
+                ("pool", c_int), ("weight", c_uint32), ("gen", c_uint32),
                 ("state", c_int), ("cooldown_until_ns", c_uint64),
                 ("inflight", c_uint32), ("max_inflight", c_uint32),
                 ("consecutive_failures", c_uint32), ("consecutive_429s", c_uint32),
@@ -152,18 +157,43 @@ class KeyInfo(Structure):
                 ("price_in_microusd_per_1k", c_uint64),
                 ("price_out_microusd_per_1k", c_uint64),
                 ("budget_microusd", c_uint64), ("budget_hard", c_int),
-                ("spent_microusd", c_uint64), ("meta", c_char * (META_MAX + 1))]
+                ("spent_microusd", c_uint64), ("meta", c_char * (META_MAX + 1)),
+                RESERVED]
 
 
 class ReapReport(Structure):
     _fields_ = [("processes", c_uint32), ("leases", c_uint64),
-                ("recounted", c_uint32), ("pending", c_uint32), ("repaired", c_uint32)]
+                ("recounted", c_uint32), ("pending", c_uint32), ("repaired", c_uint32),
+                RESERVED]
 
 
 STRUCTS = {"km_request": Request, "km_lease": Lease, "km_outcome": Outcome,
            "km_http_response": HttpResponse, "km_info": Info,
            "km_limit_info": LimitInfo, "km_pool_info": PoolInfo,
            "km_key_info": KeyInfo, "km_reap_report": ReapReport}
+
+# km_struct_id (keymesh.h) of each struct above: km_struct_size(id) is the
+# library's sizeof, compared with ctypes' when the library is loaded.
+STRUCT_IDS = {"km_request": 1, "km_lease": 2, "km_outcome": 3, "km_http_response": 4,
+              "km_info": 5, "km_limit_info": 6, "km_pool_info": 7, "km_key_info": 8,
+              "km_reap_report": 12}
+
+
+def size_mismatches(dll: Any, structs: Optional[dict] = None) -> list:
+    """Each struct of `structs` (name -> ctypes class; default STRUCTS)
+    whose size differs from the library's km_struct_size(), as text; [] if
+    all agree.  A library without km_struct_size predates this binding."""
+    fn = getattr(dll, "km_struct_size", None)
+    if fn is None:
+        return ["km_struct_size: missing (a libkeymesh older than this binding)"]
+    fn.restype, fn.argtypes = c_size_t, [c_int]
+    out = []
+    for name, cls in (STRUCTS if structs is None else structs).items():
+        lib_size = fn(STRUCT_IDS[name])
+        if lib_size != ctypes.sizeof(cls):
+            out.append("%s: %d bytes in libkeymesh, %d in this binding"
+                       % (name, lib_size, ctypes.sizeof(cls)))
+    return out
 
 env_p = c_void_p
 cfg_p = c_void_p
@@ -173,6 +203,8 @@ REPORT_FN = ctypes.CFUNCTYPE(None, c_void_p, c_char_p)
 _PROTOS: dict = {
     "km_version": (c_char_p, []),
     "km_format_version": (c_int, []),
+    "km_version_number": (c_int, []),
+    "km_struct_size": (c_size_t, [c_int]),
     "km_strerror": (c_char_p, [c_int]),
     "km_err_name": (c_char_p, [c_int]),
     "km_strategy_name": (c_char_p, [c_int]),
@@ -195,9 +227,9 @@ _PROTOS: dict = {
     "km_pool_find": (c_int, [env_p, c_char_p]),
     "km_pool_info_get": (c_int, [env_p, c_int, POINTER(PoolInfo)]),
     "km_key_find": (c_int, [env_p, c_int, c_char_p]),
-    "km_pool_key": (c_int, [env_p, c_int, c_uint32]),
-    "km_key_info_get": (c_int, [env_p, c_uint32, POINTER(KeyInfo)]),
-    "km_key_set_state": (c_int, [env_p, c_uint32, c_int]),
+    "km_pool_key": (c_int, [env_p, c_int, c_int]),
+    "km_key_info_get": (c_int, [env_p, c_int, POINTER(KeyInfo)]),
+    "km_key_set_state": (c_int, [env_p, c_int, c_int]),
     "km_reap": (c_int, [env_p, POINTER(ReapReport)]),
     "km_check": (c_int, [env_p, REPORT_FN, c_void_p]),
     "km_snapshot_json": (c_int, [env_p, POINTER(c_void_p)]),
@@ -208,8 +240,8 @@ _PROTOS: dict = {
     "km_snapshot_key_parse": (c_int, [c_char_p, c_size_t, c_char_p]),
     # Reconfiguration: bound when first used (see optional()).
     "km_key_add": (c_int, [env_p, c_int, c_char_p, c_char_p, c_size_t]),
-    "km_key_remove": (c_int, [env_p, c_uint32]),
-    "km_key_set_weight": (c_int, [env_p, c_uint32, c_uint32]),
+    "km_key_remove": (c_int, [env_p, c_int]),
+    "km_key_set_weight": (c_int, [env_p, c_int, c_uint32]),
 }
 OPTIONAL = {"km_key_add", "km_key_remove", "km_key_set_weight"}
 
@@ -290,6 +322,13 @@ class _Lib:
                 raise OSError("keymesh: libkeymesh not found; build it with make, or set "
                               "KEYMESH_LIBRARY=/path/to/libkeymesh.so.0 (tried: %s)"
                               % "; ".join(tried))
+            bad = size_mismatches(dll)
+            if bad:
+                # Reading or writing through a struct of another size would
+                # corrupt memory: refuse, naming both sides.
+                raise OSError("keymesh: %s does not match this binding (%s): install the "
+                              "binding and the library from the same version"
+                              % (self.path, "; ".join(bad)))
             for name, (res, args) in _PROTOS.items():
                 if name in OPTIONAL:
                     continue
