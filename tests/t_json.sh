@@ -10,7 +10,7 @@
 # shellcheck source=tests/lib.sh
 . "$(dirname "$0")/lib.sh"
 
-HOLD="$B/tests/t_hold"
+HOLD="$B/tests/helpers/hold"
 LOADGEN="$B/tests/helpers/loadgen"
 PY=/usr/bin/python3
 begin json "$HOLD" "$LOADGEN"
