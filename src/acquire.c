@@ -492,8 +492,9 @@ KM__HOT int acquire_once(km_env *e, const km_request *req, km_lease *out, uint64
 {
     if (!e || !req || !out || req->pool < 0)
         return KM_EINVAL;
-    if ((uint32_t)req->pool >= e->geom.n_pools)
-        return KM_ENOPOOL;
+    /* acq_pools is 0 on a handle without a process slot (src/internal.h). */
+    if ((uint32_t)req->pool >= e->acq_pools)
+        return e->acq_pools ? KM_ENOPOOL : KM_EREADONLY;
     uint32_t p = (uint32_t)req->pool;
     km__pool *pool = &km__pools(e)[p];
     int strategy = req->strategy ? req->strategy : (int)pool->strategy;

@@ -195,6 +195,10 @@ KM_EXTERN int km_release(km_env *e, const km_lease *l, const km_outcome *o)
      * the slot, so these loads cannot race with a change we care about. */
     if (ck_pr_load_64(&ls->owner) != e->seg.tag || ck_pr_load_32(&ls->seq) != l->seq ||
         ck_pr_load_32(&ls->phase) != KM__LP_ACTIVE) {
+        /* A handle without a slot (tag 0) owns no lease: every release
+         * lands here, and counts nothing (a read-only one cannot). */
+        if (!e->seg.tag)
+            return KM_EREADONLY;
         ck_pr_inc_64(&k->stale);
         return KM_ESTALE;
     }
