@@ -302,16 +302,18 @@ static int row_reusable(km_env *e, uint32_t ki, const uint8_t *listed, int *ling
     uint64_t synced = ck_pr_load_64(&e->seg.hdr->synced);
     if (st == KM__ST_FREE)
         return 1;
-    if (st != KM__ST_REMOVED || ck_pr_load_64(&k->retire_epoch) >= synced)
+    if (st != KM__ST_REMOVED)
+        return 0;
+    if (listed[ki]) {
+        *lingering = 1;
+        return 0;
+    }
+    if (ck_pr_load_64(&k->retire_epoch) >= synced)
         return 0;
     const km__lease *ls = km__leases(e, ki);
     for (uint32_t s = 0; s < e->geom.cap_inflight; s++)
         if (ck_pr_load_64(&ls[s].owner) != 0)
             return 0;
-    if (listed[ki]) {
-        *lingering = 1;
-        return 0;
-    }
     return k->pool >= e->geom.n_pools ||
            ck_pr_load_64(&km__pools(e)[k->pool].flip_epoch) < synced;
 }
