@@ -68,6 +68,7 @@ EBUSY = -25
 EKEYEXISTS = -26
 EFULL = -27
 ECRYPTO = -28
+EREADONLY = -30
 
 # km_outcome_kind
 OUT_SUCCESS = 0
@@ -210,8 +211,14 @@ _PROTOS: dict = {
     "km_key_add": (c_int, [env_p, c_int, c_char_p, c_char_p, c_size_t]),
     "km_key_remove": (c_int, [env_p, c_uint32]),
     "km_key_set_weight": (c_int, [env_p, c_uint32, c_uint32]),
+    # Private segments (a memfd): bound when first used; without them a
+    # private pool is a named segment, as before.
+    "km_create_private": (c_int, [cfg_p, POINTER(env_p)]),
+    "km_open_fd": (c_int, [c_int, c_uint, POINTER(env_p)]),
+    "km_fd": (c_int, [env_p]),
 }
-OPTIONAL = {"km_key_add", "km_key_remove", "km_key_set_weight"}
+OPTIONAL = {"km_key_add", "km_key_remove", "km_key_set_weight", "km_create_private",
+            "km_open_fd", "km_fd"}
 
 
 def _here_repo() -> str:
