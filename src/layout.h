@@ -359,7 +359,12 @@ typedef struct km__intent {
     uint32_t rescaled;    /* set-limits: windows whose debt is carried over */
     uint64_t recovered;   /* reconfigurations finished or undone for a dead
                            * writer, since creation */
-    uint8_t pad0[KM__LINE - 48];
+    /* The holder of the admin lock (pid 0: free), for the one case where
+     * the kernel does not give the lock back when its holder dies (no
+     * robust futex list: qemu-user); src/reconfig.c, "Lock holders". */
+    uint32_t holder_pid;
+    uint32_t pad0a;
+    uint64_t holder_start;
     /* lines 1-3, set-limits: the windows' emission intervals before, and the
      * limits to write (as km__limit_cfg: limit, burst, mode); the window
      * being carried over (resc_win = window + 1, stored before its CAS) with
@@ -439,7 +444,7 @@ static inline uint64_t km__layout_signature(void)
         KM_WIN_COUNT, KM_OUT_COUNT, KM_ID_MAX, KM_SECRET_MAX, KM_INFLIGHT_MAX,
         KM__URINGS_PER_PROC,
         offsetof(km__hdr, intent), sizeof(km__intent), offsetof(km__intent, old_T),
-        offsetof(km__intent, recovered), KM__OP_COUNT,
+        offsetof(km__intent, recovered), offsetof(km__intent, holder_start), KM__OP_COUNT,
         0x0102030405060708ull /* byte order */
     };
     return km__fnv64_bytes(KM__FNV64_INIT, v, sizeof v);

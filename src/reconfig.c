@@ -71,6 +71,19 @@
  * recovered the same way.  Steps are stored before the stores they
  * announce: a step below a phase proves that phase wrote nothing.
  *
+ * Lock holders.  The kernel gives a robust mutex back (EOWNERDEAD) when its
+ * holder dies, through the holder's robust-futex list.  Where there is none
+ * (qemu-user does not implement set_robust_list), a dead holder would keep
+ * the lock for good.  So the holder also names itself in the intent record
+ * (holder_pid, holder_start: pid and start time, written after it takes the
+ * lock, cleared before it gives it back), and a writer or reaper that cannot
+ * take the lock and finds that holder dead breaks it: the one whose CAS on
+ * holder_pid (dead pid -> its own) succeeds initialises the mutex again and
+ * takes it as any locker would (a process asleep on the old lock word wakes
+ * at its timeout and competes normally; the mutex serialises them again).
+ * A holder that dies between taking the lock and naming itself cannot be
+ * told; with robust futexes (every Linux) that case never needs this.
+ *
  * Fault injection.  KM__FAULT(label) marks every point between two shared
  * stores of a writer and of the recovery; a build with -DKM_FAULT_INJECTION
  * (tests/t_fault.c) calls a hook there that kills the process at the n-th
@@ -122,27 +135,59 @@ void km__admin_init(km_env *e)
 static void recover(km_env *e);
 
 /* The lock is ours (rc 0, or EOWNERDEAD: its holder died); mark it
- * consistent and resolve any intent left: under the lock, an intent is
- * always a dead writer's (we clear ours before unlocking). */
+ * consistent, name ourselves its holder, and resolve any intent left: under
+ * the lock, an intent is always a dead writer's (we clear ours before
+ * unlocking). */
 static int admin_locked(km_env *e, int rc)
 {
     if (rc == EOWNERDEAD) /* see the top of this file */
         rc = pthread_mutex_consistent(admin_mutex(e));
     if (rc != 0)
         return rc;
-    if (ck_pr_load_32(&km__intent_of(e)->op) != KM__OP_NONE)
+    km__intent *in = km__intent_of(e);
+    uint32_t pid = (uint32_t)getpid();
+    ck_pr_store_64(&in->holder_start, km__pid_start_time(pid));
+    ck_pr_fence_store(); /* the start time before the pid that it qualifies */
+    ck_pr_store_32(&in->holder_pid, pid);
+    if (ck_pr_load_32(&in->op) != KM__OP_NONE)
         recover(e);
     return 0;
+}
+
+/* The lock could not be taken: if its named holder is dead (and the kernel
+ * did not give the lock back: see "Lock holders"), break it.  Returns the
+ * result of taking it then (0, EOWNERDEAD, EBUSY...), or EBUSY. */
+static int admin_break(km_env *e)
+{
+    km__intent *in = km__intent_of(e);
+    uint32_t pid = ck_pr_load_32(&in->holder_pid);
+    ck_pr_fence_load(); /* the pid before the start time written before it */
+    if (pid == 0 || km__pid_alive(pid, ck_pr_load_64(&in->holder_start)) ||
+        !ck_pr_cas_32(&in->holder_pid, pid, (uint32_t)getpid()))
+        return EBUSY;
+    km__admin_init(e); /* a dead holder's lock word, from nothing */
+    return pthread_mutex_trylock(admin_mutex(e));
 }
 
 int km__admin_lock(km_env *e)
 {
     if (e->seg.ro)
         return KM_EREADONLY; /* the lock word is not ours to write */
-    /* pthread_mutex_timedlock takes a CLOCK_REALTIME deadline. */
-    uint64_t ns = km__wall_ns() + (uint64_t)e->admin_timeout_ms * KM__NS_PER_MS;
-    struct timespec ts = {.tv_sec = (time_t)(ns / KM__NS_PER_S), .tv_nsec = (long)(ns % KM__NS_PER_S)};
-    int rc = admin_locked(e, pthread_mutex_timedlock(admin_mutex(e), &ts));
+    /* pthread_mutex_timedlock takes a CLOCK_REALTIME deadline; it is taken
+     * in slices of at most 100 ms, each followed by a look at the holder. */
+    uint64_t end = km__wall_ns() + (uint64_t)e->admin_timeout_ms * KM__NS_PER_MS;
+    int rc;
+    for (;;) {
+        uint64_t ns = km__min64(end, km__wall_ns() + 100 * KM__NS_PER_MS);
+        struct timespec ts = {.tv_sec = (time_t)(ns / KM__NS_PER_S),
+                              .tv_nsec = (long)(ns % KM__NS_PER_S)};
+        rc = pthread_mutex_timedlock(admin_mutex(e), &ts);
+        if (rc == ETIMEDOUT && (rc = admin_break(e)) == EBUSY)
+            rc = ETIMEDOUT;
+        if (rc != ETIMEDOUT || km__wall_ns() >= end)
+            break;
+    }
+    rc = admin_locked(e, rc);
     if (rc == ETIMEDOUT)
         return KM_EBUSY;
     if (rc != 0) {
@@ -152,7 +197,12 @@ int km__admin_lock(km_env *e)
     return KM_OK;
 }
 
-void km__admin_unlock(km_env *e) { pthread_mutex_unlock(admin_mutex(e)); }
+void km__admin_unlock(km_env *e)
+{
+    ck_pr_store_32(&km__intent_of(e)->holder_pid, 0);
+    ck_pr_fence_store(); /* no longer named before the lock is free */
+    pthread_mutex_unlock(admin_mutex(e));
+}
 
 /* ------------------------------------------------------------- intents */
 
@@ -846,7 +896,10 @@ void km__admin_recover_dead(km_env *e)
         return;
     /* Never wait here (km_acquire may be the caller): a holder of the lock
      * resolves the intent itself when it finds it. */
-    if (admin_locked(e, pthread_mutex_trylock(admin_mutex(e))) == 0)
+    int rc = pthread_mutex_trylock(admin_mutex(e));
+    if (rc == EBUSY)
+        rc = admin_break(e);
+    if (admin_locked(e, rc) == 0)
         km__admin_unlock(e);
 }
 
