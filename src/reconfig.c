@@ -81,8 +81,11 @@
  * holder_pid (dead pid -> its own) succeeds initialises the mutex again and
  * takes it as any locker would (a process asleep on the old lock word wakes
  * at its timeout and competes normally; the mutex serialises them again).
+ * Only where the kernel has no robust list (get_robust_list fails): with
+ * one, a dead holder's lock comes back through EOWNERDEAD, and a break
+ * could race a new holder that took it so and has not named itself yet.
  * A holder that dies between taking the lock and naming itself cannot be
- * told; with robust futexes (every Linux) that case never needs this.
+ * told apart from a live one.
  *
  * Fault injection.  KM__FAULT(label) marks every point between two shared
  * stores of a writer and of the recovery; a build with -DKM_FAULT_INJECTION
@@ -94,6 +97,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -159,6 +163,16 @@ static int admin_locked(km_env *e, int rc)
  * result of taking it then (0, EOWNERDEAD, EBUSY...), or EBUSY. */
 static int admin_break(km_env *e)
 {
+    static int robust = -1; /* does the kernel keep robust lists for us? */
+    int r = ck_pr_load_int(&robust); /* threads may ask at once: same answer */
+    if (r < 0) {
+        void *head;
+        size_t len;
+        r = syscall(SYS_get_robust_list, 0, &head, &len) == 0;
+        ck_pr_store_int(&robust, r);
+    }
+    if (r)
+        return EBUSY; /* the kernel gives a dead holder's lock back */
     km__intent *in = km__intent_of(e);
     uint32_t pid = ck_pr_load_32(&in->holder_pid);
     ck_pr_fence_load(); /* the pid before the start time written before it */
