@@ -263,8 +263,8 @@ KM_EXTERN int km_open(const char *name, km_env **out);
  * KM_OPEN_NO_SLOT: writable, but without a process slot (a full table does
  * not refuse it): km_reap, reconfiguration, km_key_set_state and the
  * readers work; km_acquire, km_acquire_wait, km_release and km_usage_drain
- * (which need a slot) return KM_EREADONLY.  kmctl reap and the commands
- * that change keys open this way. */
+ * (which need a slot) return KM_EREADONLY.  kmctl reap and kmctl snapshot
+ * --include-secrets open this way. */
 #define KM_OPEN_NO_REAP 1u
 #define KM_OPEN_READONLY 2u
 #define KM_OPEN_NO_SLOT 4u
@@ -591,9 +591,13 @@ KM_EXTERN int km_reap(km_env *env, km_reap_report *out);
 /* Check the segment's invariants: in-flight counts equal live leases, no
  * lease on a free key slot or owned by no process, reservations equal the
  * leases that made them and within their bursts, limit words within bounds,
- * and a consistent process table (dead processes not yet reaped count as
- * violations).  Calls `report` (may be NULL) once per violation with one
- * line; returns the number of violations, or a negative error.  Run it when
+ * a consistent process table (dead processes not yet reaped count as
+ * violations), and no reconfiguration left half made by a writer that died
+ * (its intent, a key live outside every member list or skipped for good,
+ * member weights against the keys', the count of rows in use).  Writes
+ * nothing: works on a KM_OPEN_READONLY handle.  Calls `report` (may be
+ * NULL) once per violation with one line; returns the number of
+ * violations, or a negative error.  Run it when
  * the segment is quiet for exact results: a lease moving while it looks is
  * re-read, not reported, but counts can shift between two reads. */
 KM_EXTERN int km_check(km_env *env, void (*report)(void *ctx, const char *line), void *ctx);
