@@ -234,6 +234,17 @@ $(BUILD)/tests/%: tests/%.c tests/tap.h tests/testlib.h $(STLIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Ishm -Isrc -o $@ $< $(STLIB) $(LDFLAGS) $(LIBS) -lm
 
+# tests/t_fault.c links the library compiled again with -DKM_FAULT_INJECTION
+# (a kill point between every two shared stores of an administrative writer,
+# src/reconfig.c), in $(BUILD)/fault/: the library proper has none.
+FAULT_OBJ := $(patsubst $(BUILD)/obj/%,$(BUILD)/fault/%,$(LIB_OBJ))
+$(BUILD)/fault/%.o: %.c include/keymesh.h $(wildcard shm/*.h src/*.h) | km-need-cc km-need-lib
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -DKM_FAULT_INJECTION -DKM_BUILDING_LIBRARY -fvisibility=hidden -c $< -o $@
+$(BUILD)/tests/t_fault: tests/t_fault.c tests/tap.h tests/testlib.h $(FAULT_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -DKM_FAULT_INJECTION -Ishm -Isrc -o $@ $< $(FAULT_OBJ) $(LDFLAGS) $(LIBS) -lm
+
 $(BUILD)/bench/%: bench/%.c $(STLIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< $(STLIB) $(LDFLAGS) $(LIBS) -lm
@@ -259,7 +270,7 @@ check: test
 TORTURE_S ?= 30
 torture: deps km-need-prove
 	@$(MAKE) --no-print-directory all $(TEST_BIN) $(TEST_HELPERS)
-	KM_BUILD=$(BUILD) KM_TORTURE_S=$(TORTURE_S) prove -v $(BUILD)/tests/t_crash $(BUILD)/tests/t_reconfig
+	KM_BUILD=$(BUILD) KM_TORTURE_S=$(TORTURE_S) prove -v $(BUILD)/tests/t_crash $(BUILD)/tests/t_reconfig $(BUILD)/tests/t_fault
 
 bench: deps
 	@$(MAKE) --no-print-directory all $(BENCH_BIN)

@@ -18,15 +18,16 @@
  *   - Structs grow without breaking a program built against an older
  *     header.  Those passed in (km_request, km_outcome, km_http_response)
  *     and those the library fills (km_lease, the *_info structs,
- *     km_reap_report, the usage structs) end in `reserved` room: a caller
- *     zeroes what it passes in, reserved room included (a designated
- *     initialiser such as `km_request rq = {.pool = p};` or a memset does),
- *     and a later version gives a reserved word a meaning in which zero
- *     means what this version does; the library zeroes the reserved room of
- *     what it fills.  The km_*_stats structs are filled up to a size the
- *     caller passes instead (see "statistics").  km_struct_size() gives the
- *     library's size of each, which bindings that declare the structs
- *     themselves compare with their own when they load the library.
+ *     km_reap_report, the usage structs, km_segment_desc) end in `reserved`
+ *     room: a caller zeroes what it passes in, reserved room included (a
+ *     designated initialiser such as `km_request rq = {.pool = p};` or a
+ *     memset does), and a later version gives a reserved word a meaning in
+ *     which zero means what this version does; the library zeroes the
+ *     reserved room of what it fills.  The km_*_stats structs are filled
+ *     up to a size the caller passes instead (see "statistics").
+ *     km_struct_size() gives the library's size of each, which bindings
+ *     that declare the structs themselves compare with their own when they
+ *     load the library.
  *   - Every index (pool, key, model, process slot, reader row, lease slot)
  *     is an int >= 0, in arguments and in struct fields alike; a function
  *     that looks one up returns it (>= 0) or a negative KM_E* code, so its
@@ -39,7 +40,8 @@
  *   unmaps.  km_unlink() removes the name; processes still attached keep
  *   working until they close.  After a failed km_create()/km_open() nothing
  *   is to be freed.  A handle must not be used after km_close(), nor across
- *   fork(): a child calls km_open() itself.
+ *   fork(): a child calls km_open() itself (for a private segment, which has
+ *   no name: km_open_fd(km_fd(inherited handle), ...)).
  *
  * Concurrency
  *   km_acquire(), km_release(), the *_info() readers and km_key_set_state()
@@ -147,7 +149,8 @@ KM_EXTERN int km_version_number(void);      /* KM_VERSION_NUMBER of the library 
     XX(EKEYEXISTS, -26, "a key of that id already exists in the pool")       \
     XX(EFULL, -27, "no free key slot (capacity, or removed keys in grace)")  \
     XX(ECRYPTO, -28, "cannot decrypt the snapshot's secrets: wrong key or damaged file") \
-    XX(ENOSLOT, -29, "nothing in that slot: a free process slot or an idle reader row")
+    XX(ENOSLOT, -29, "nothing in that slot: a free process slot or an idle reader row") \
+    XX(EREADONLY, -30, "not allowed on this handle (opened read-only or without a process slot)")
 
 typedef enum {
     KM_OK = 0,
@@ -277,6 +280,13 @@ KM_EXTERN int km_config_from_env(const char *providers, km_config **out,
 /* Create segment `name` ("name" or "/name") from a configuration, with
  * permission bits `mode` (0 means 0600), and attach to it.  Fails with
  * KM_EEXIST if the name is taken; on any failure no segment is left behind.
+ * Atomic: the segment is built under a hidden temporary name (see
+ * km_segment_sweep) and renamed into place without replacing anything, so
+ * no process ever attaches to it half made, and a creator killed at any
+ * instruction leaves no segment under `name`, only a temporary, which the
+ * next km_create of that name (or km_segment_sweep, `kmctl reap NAME`)
+ * removes once its creator is dead.  Names beginning ".kmtmp." are the
+ * temporaries': KM_ENAME.
  * @note Thread-safe.  Threads that create the same name race as processes
  * do: one gets the segment, the others KM_EEXIST. */
 KM_EXTERN int km_create(const char *name, const km_config *cfg, unsigned mode,
@@ -294,8 +304,24 @@ KM_EXTERN int km_open(const char *name, km_env **out);
 /* km_open() with flags.  KM_OPEN_NO_REAP: do not release what dead
  * processes left behind while attaching (kmctl check, ps and reap use it to
  * look at a segment as it is).
+ * KM_OPEN_READONLY: map the segment read-only and take no process slot: the
+ * handle writes nothing to the segment, ever (a store would fault), needs
+ * only read permission, works on a full process table, and does not count
+ * among the attached processes.  Every reader works on it (info, stats,
+ * km_check, km_snapshot_json, km_proc_info_get...); what writes returns
+ * KM_EREADONLY: km_acquire, km_acquire_wait, km_release, reconfiguration,
+ * km_key_set_state, km_reap, km_usage_drain, a snapshot with secrets (it
+ * takes the admin lock).  Implies KM_OPEN_NO_REAP.  kmctl's inspect, ps,
+ * check, stats, metrics, serve, top and snapshot open this way.
+ * KM_OPEN_NO_SLOT: writable, but without a process slot (a full table does
+ * not refuse it): km_reap, reconfiguration, km_key_set_state and the
+ * readers work; km_acquire, km_acquire_wait, km_release and km_usage_drain
+ * (which need a slot) return KM_EREADONLY.  kmctl reap and kmctl snapshot
+ * --include-secrets open this way.
  * @note As km_open(). */
 #define KM_OPEN_NO_REAP 1u
+#define KM_OPEN_READONLY 2u
+#define KM_OPEN_NO_SLOT 4u
 KM_EXTERN int km_open_flags(const char *name, unsigned flags, km_env **out);
 /* Release the leases still out through this handle (abandoned), deregister,
  * unmap and free the handle.  Accepts NULL.
@@ -531,17 +557,29 @@ KM_EXTERN int km_model_info_get(km_env *env, int pool, int i, int key,
 /* Operator action on a key: KM_KEY_ACTIVE (enable: clears invalid,
  * exhausted, cooldowns and failure counts; a key whose hard budget is spent
  * is exhausted again at its next acquire), KM_KEY_DISABLED (disable), and
- * nothing else.  Leases already out may finish.
- * @note Thread-safe, lock-free: concurrently with every call on the
- * segment, reconfiguration included (it takes no admin lock). */
+ * nothing else.  Leases already out may finish.  Takes the admin lock, as
+ * reconfiguration does ("live reconfiguration" below): KM_EBUSY if a
+ * reconfiguration holds it past the handle's admin timeout.
+ * @note Thread-safe: concurrently with every call on the segment; it
+ * serialises with reconfiguration (and other km_key_set_state calls) on
+ * the admin lock, while acquire, release and the readers never wait for
+ * it. */
 KM_EXTERN int km_key_set_state(km_env *env, int key, int state);
 
 /* ------------------------------------------------- live reconfiguration
  *
  * Keys are added, removed, re-weighted and given new limits while workers
- * acquire and release.  These calls serialise on an admin lock in the
- * segment (a robust process-shared mutex: one held by a process that dies is
- * recovered); acquire and release never take it and never wait for them.
+ * acquire and release.  These calls (and km_key_set_state) serialise on an
+ * admin lock in the segment, a robust process-shared mutex; acquire and
+ * release never take it and never wait for them.  Each records its intent in
+ * the segment before it changes anything, so a caller killed at any
+ * instruction (Ctrl-C on `kmctl add-key`) is finished or undone by whoever
+ * finds it dead: the next of these calls, a reap (km_reap, the reap of
+ * km_open, km_acquire's before it returns KM_EAGAIN) or an attach.  After
+ * that the key is either fully there or absent (add, remove), its weight,
+ * limits or state either old or new, never half of each; no key row is lost
+ * and no key stays skipped.  km_check reports an intent whose writer is
+ * dead until then.
  * What a running acquire may see is protected by epochs across processes
  * (shm/epoch.c): a member list, a key row or a key's limits replaced by a
  * reconfiguration is rewritten only after a grace period, once every
@@ -674,13 +712,100 @@ KM_EXTERN int km_reap(km_env *env, km_reap_report *out);
 /* Check the segment's invariants: in-flight counts equal live leases, no
  * lease on a free key slot or owned by no process, reservations equal the
  * leases that made them and within their bursts, limit words within bounds,
- * and a consistent process table (dead processes not yet reaped count as
- * violations).  Calls `report` (may be NULL) once per violation with one
- * line; returns the number of violations, or a negative error.  Run it when
+ * a consistent process table (dead processes not yet reaped count as
+ * violations), and no reconfiguration left half made by a writer that died
+ * (its intent, a key live outside every member list or skipped for good,
+ * member weights against the keys', the count of rows in use).  Writes
+ * nothing: works on a KM_OPEN_READONLY handle.  Calls `report` (may be
+ * NULL) once per violation with one line; returns the number of
+ * violations, or a negative error.  Run it when
  * the segment is quiet for exact results: a lease moving while it looks is
  * re-read, not reported, but counts can shift between two reads.
  * @note Thread-safe; writes nothing.  `report` runs on the calling thread. */
 KM_EXTERN int km_check(km_env *env, void (*report)(void *ctx, const char *line), void *ctx);
+
+/* ------------------------------------------- private segments, by descriptor
+ *
+ * A private segment has no name: it lives in a memfd (no file in /dev/shm)
+ * that the kernel frees when the last process that maps it or holds its
+ * descriptor ends, so a crash, SIGKILL included, leaves nothing behind, no
+ * secret either.  Children inherit it across fork() (the descriptor is
+ * close-on-exec: a program exec'd later does not) and attach through it:
+ *   km_env *child;
+ *   km_open_fd(km_fd(inherited), 0, &child);  (then never use `inherited`)
+ * Unrelated processes may receive the descriptor over a Unix socket
+ * (SCM_RIGHTS) and do the same.  Everything else works as on a named
+ * segment; km_unlink has nothing to remove. */
+
+/* Create a private segment from a configuration and attach to it.  Errors
+ * as km_create (KM_ENOMEM when the memory cannot be reserved).
+ * @note Thread-safe; any number of processes and threads may create
+ * private segments at once (each gets its own). */
+KM_EXTERN int km_create_private(const km_config *cfg, km_env **out);
+/* The descriptor of a private segment (>= 0, owned by the handle: it is
+ * closed by km_close, never by the caller), or KM_EINVAL for a named one.
+ * @note Thread-safe; reads the handle only. */
+KM_EXTERN int km_fd(km_env *env);
+/* Attach to the segment behind an open descriptor, as km_open_flags does by
+ * name (same flags, same errors; KM_EINVAL for a descriptor that is not
+ * open).  The handle keeps its own duplicate: the caller may close `fd`.
+ * @note Thread-safe, as km_open. */
+KM_EXTERN int km_open_fd(int fd, unsigned flags, km_env **out);
+
+/* --------------------------------------------- segments by name, unattached
+ *
+ * A creation (km_create, km_restore) builds its segment under a hidden
+ * temporary name, "/dev/shm/.kmtmp.<pid>.<start time>.<n>.<name>", that
+ * names its creator, and renames it into place at the end.  A creator
+ * killed half-way leaves the temporary (with whatever secrets it had
+ * written); km_segment_sweep removes those whose creator is dead. */
+
+typedef enum {
+    KM_SEG_KEYMESH = 0,   /* a KeyMesh segment (status: can this library attach?) */
+    KM_SEG_TEMPORARY = 1, /* a creation's temporary (creator_*, target) */
+    KM_SEG_FOREIGN = 2,   /* not KeyMesh's: another program's object */
+    KM_SEG_UNREADABLE = 3 /* this user may not read it (status KM_EACCES) */
+} km_segment_kind;
+
+typedef struct km_segment_desc {
+    int32_t kind;             /* km_segment_kind */
+    int32_t status;           /* what a read-only km_open_flags would answer:
+                               * KM_OK, KM_ENOTREADY (being created, or a
+                               * creation that died), KM_EFORMAT, KM_ELAYOUT
+                               * (another version), KM_ETRUNC, KM_ECORRUPT,
+                               * KM_ENOTKM, KM_EACCES */
+    uint64_t size_bytes;      /* the object's size (stat) */
+    uint32_t mode, uid, gid;  /* its permission bits and owner */
+    uint32_t format;          /* the header's format; 0 unless KeyMesh's magic */
+    uint32_t creator_pid;     /* TEMPORARY: who builds it */
+    int32_t creator_alive;    /* TEMPORARY: 1 if that process still runs */
+    char target[KM_SEG_NAME_MAX + 1]; /* TEMPORARY: the name it is to get */
+    /* status KM_OK: */
+    uint32_t attached;        /* processes in its process table */
+    uint32_t alive;           /* of those, alive (the others: dead, not reaped) */
+    uint32_t n_pools, n_keys, cap_keys, cap_procs;
+    uint64_t created_wall_ns; /* CLOCK_REALTIME at creation */
+    uint64_t reserved[4];     /* zero */
+} km_segment_desc;
+
+/* Describe object `name` in /dev/shm without attaching to it: what it is
+ * (KeyMesh's, a temporary, another program's), its size, mode and owner,
+ * and, for a KeyMesh segment this library reads, its processes, pools and
+ * keys.  Reads the segment read-only; takes no process slot; writes
+ * nothing.  KM_OK (then see out->kind and out->status), KM_ENOENT,
+ * KM_ENAME, KM_EINVAL (NULL), KM_ESYS.
+ * @note Thread-safe; may run concurrently with anything on the segment
+ * (the numbers are read as km_info_get reads them). */
+KM_EXTERN int km_segment_describe(const char *name, km_segment_desc *out);
+
+/* Remove the temporaries of segment `name` (NULL: of every segment) whose
+ * creator is dead (its pid gone, or reused by a process of another start
+ * time); a live creator's are left alone, and so are other users' that
+ * this user may not remove.  *removed (may be NULL) gets how many were
+ * removed.  km_create sweeps its own name's; `kmctl reap NAME` sweeps
+ * NAME's.  KM_OK, KM_ENAME, KM_ESYS (/dev/shm unreadable).
+ * @note Thread-safe; several sweepers remove each temporary once. */
+KM_EXTERN int km_segment_sweep(const char *name, uint32_t *removed);
 
 /* Snapshot of the whole segment as JSON (format in docs/kmctl.md): every pool and
  * key with state, limits and counters.  Secrets are masked.  *out is
@@ -700,7 +825,8 @@ KM_EXTERN int km_snapshot_json(km_env *env, char **out);
  * defaults, per-model windows.
  *
  * km_restore() creates segment `name` (mode as km_create; KM_EEXIST if it
- * exists) from such a snapshot: pools, keys, weights, limits, counters,
+ * exists; NULL: a private segment, as km_create_private) from such a
+ * snapshot: pools, keys, weights, limits, counters,
  * limit windows and cooldowns.  Wall-clock times are converted back to the
  * monotonic clock, so a cooldown or a window's debt runs out in real time,
  * across a reboot.  Leases that were out are not restored (their processes
@@ -982,7 +1108,8 @@ typedef enum {
     KM_ST_KEY_STATS = 17,
     KM_ST_POOL_STATS = 18,
     KM_ST_MODEL_STATS = 19,
-    KM_ST_COUNT = 20 /* one past the last id */
+    KM_ST_SEGMENT_DESC = 20,
+    KM_ST_COUNT = 21 /* one past the last id */
 } km_struct_id;
 KM_EXTERN size_t km_struct_size(int which);
 

@@ -214,3 +214,7 @@ int km__proc_free_dead(km__seg *s, uint32_t slot, uint64_t tag)
     ck_pr_dec_32(&s->hdr->n_procs);
     return 1;
 }
+
+uint64_t km__pid_start_time(uint32_t pid) { return pid ? start_time_of((int)pid) : 0; }
+
+int km__pid_alive(uint32_t pid, uint64_t start_time) { return proc_alive(pid, start_time); }

@@ -79,9 +79,15 @@ typedef struct km__hdr {
     uint64_t usage_drainer;   /* tag of the process draining; 0: none */
     uint64_t off_busy;        /* configuration: the in-flight flags */
     uint8_t pad5[KM__LINE - 48];
+    /* lines 6-9, client: the intent of the reconfiguration in progress, if
+     * any, written by the holder of the admin lock before its first shared
+     * store, so that whoever finds its writer dead can finish or undo it
+     * (src/reconfig.c, km__intent in src/layout.h). */
+    uint8_t intent[4 * KM__LINE];
 } km__hdr;
 _Static_assert(offsetof(km__hdr, off_mwin) + 8 == 2 * KM__LINE, "header lines 0-1");
-_Static_assert(sizeof(km__hdr) == 6 * KM__LINE, "km__hdr size");
+_Static_assert(offsetof(km__hdr, intent) == 6 * KM__LINE, "intent lines");
+_Static_assert(sizeof(km__hdr) == 10 * KM__LINE, "km__hdr size");
 _Static_assert(offsetof(km__hdr, n_procs) == 2 * KM__LINE, "n_procs on its own line");
 _Static_assert(offsetof(km__hdr, admin) == 3 * KM__LINE, "admin lock line");
 _Static_assert(offsetof(km__hdr, epoch) == 4 * KM__LINE, "epoch on its own line");

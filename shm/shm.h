@@ -22,6 +22,20 @@
  *                        everything written before
  * and km__seg_discard unlinks a segment whose creation failed, so a failed
  * create leaves nothing behind.
+ *
+ * Temporaries.  A segment is built under a hidden temporary name and renamed
+ * into place without replacing anything (km__seg_rename_noreplace), so a
+ * creator killed at any instruction leaves no half-made segment under the
+ * real name, only a temporary.  The temporary's name says whose it is:
+ *   .kmtmp.<pid>.<start time>.<serial>.<name>
+ * (the creator's pid and process start time, as the process table judges
+ * liveness, and a serial per process), so km__seg_sweep removes it once,
+ * and only once, its creator is dead.
+ *
+ * Private segments (km__seg_create_memfd) live in a memfd: no name in
+ * /dev/shm, freed by the kernel when the last process that maps it or holds
+ * its descriptor ends.  Children inherit both across fork(); they attach
+ * through the descriptor (km__seg_open_fd).
  */
 #ifndef KM_SHM_H
 #define KM_SHM_H
@@ -65,12 +79,27 @@ typedef struct km__seg {
     int pid;           /* getpid() when mapped: fork detection */
     int rd_fence;      /* 1: no expedited membarrier; readers fence */
     uint64_t serial;   /* unique per mapping in this process (never 0) */
+    int fd;            /* private segment: the descriptor kept (close_raw
+                        * closes it); -1 for a named one */
+    int ro;            /* mapped read-only (PROT_READ): writes fault */
 } km__seg;
+
+/* Bytes of a normalised object name: "/", up to KM__SEG_OBJ_MAX characters
+ * (a public name, at most KM_SEG_NAME_MAX, or a temporary's), NUL.
+ * NAME_MAX of /dev/shm is 255. */
+#define KM__SEG_OBJ_MAX 254
+#define KM__SEG_NAME_BUF (KM__SEG_OBJ_MAX + 2)
+/* Temporaries: this prefix, then "<pid>.<start>.<serial>.<name>". */
+#define KM__TMP_PREFIX ".kmtmp." /* see "Temporaries" above */
 
 /* ------------------------------------------------------- shm/segment.c */
 
-/* "name" or "/name" -> "/name"; KM_ENAME if it is not a usable name. */
-int km__seg_name(const char *name, char out[KM_SEG_NAME_MAX + 2]);
+/* "name" or "/name" -> "/name"; KM_ENAME if it is not a usable name: at
+ * most KM_SEG_NAME_MAX characters, or a temporary's name (KM__TMP_PREFIX,
+ * at most KM__SEG_OBJ_MAX). */
+int km__seg_name(const char *name, char out[KM__SEG_NAME_BUF]);
+/* Is `name` ("name" or "/name") a temporary's name (by its prefix)? */
+int km__seg_is_tmp(const char *name);
 
 /* What shm/ writes into a new header besides magic and format. */
 typedef struct km__seg_geom {
@@ -94,18 +123,57 @@ void km__seg_publish(km__seg *s, uint32_t format);
  * errno is kept. */
 void km__seg_discard(km__seg *s, const char *name);
 
+/* A private segment: as km__seg_create_raw, in a memfd (close-on-exec,
+ * sealed against growing and shrinking, so no one can truncate it under a
+ * mapping).  s->fd keeps the descriptor. */
+int km__seg_create_memfd(const km__seg_geom *g, km__seg *s);
+
 /* Map object `name` whole and check what shm/ knows of it: magic
  * (KM_ENOTREADY, KM_ENOTKM), the header's size (KM_ETRUNC), `format`
  * (KM_EFORMAT), hdr_size and `layout_sig` (KM_ELAYOUT), seg_size against
  * the object (KM_ETRUNC), and shm/'s geometry (KM_ECORRUPT).  On KM_OK the
  * header is copied to *copy, on which the client validates its own words,
  * and *s is filled from that same copy.  On error nothing stays mapped and
- * errno holds the reason of a KM_ESYS. */
-int km__seg_open_raw(const char *name, uint32_t format, uint64_t layout_sig, km__seg *s,
-                     km__hdr *copy);
-/* Unmap (the process slot is the caller's to give back first).  errno is
- * kept. */
+ * errno holds the reason of a KM_ESYS.  ro: open and map read-only (a user
+ * with read permission only may look; every store faults). */
+int km__seg_open_raw(const char *name, int ro, uint32_t format, uint64_t layout_sig,
+                     km__seg *s, km__hdr *copy);
+/* The same through an open descriptor (a private segment's, inherited
+ * across fork() or passed over a socket); s->fd gets a close-on-exec
+ * duplicate of `fd`. */
+int km__seg_open_fd(int fd, int ro, uint32_t format, uint64_t layout_sig, km__seg *s,
+                    km__hdr *copy);
+/* Unmap, and close s->fd (the process slot is the caller's to give back
+ * first).  errno is kept. */
 void km__seg_close_raw(km__seg *s);
+
+/* What stat says of object `name`: size, permission bits, owner.  KM_OK,
+ * KM_ENOENT, KM_ENAME or KM_ESYS. */
+typedef struct km__seg_stat {
+    uint64_t size;
+    uint32_t mode, uid, gid;
+} km__seg_stat;
+int km__seg_stat_of(const char *name, km__seg_stat *st);
+/* The first bytes of object `name`: the magic word and the format (0 where
+ * the object is shorter), for telling a KeyMesh object from another without
+ * attaching.  KM_OK, or the error of opening it (KM_EACCES, KM_ENOENT...). */
+int km__seg_peek(const char *name, uint64_t *magic, uint32_t *format);
+
+/* A temporary of this process for segment `name`: a new name each call. */
+int km__seg_tmp_name(const char *name, char out[KM__SEG_NAME_BUF]);
+/* The parts of a temporary's name ("name" or "/name"): its creator and the
+ * segment it was to become.  KM_OK, or KM_ENAME if it is not one. */
+typedef struct km__tmp_info {
+    uint32_t pid;
+    uint64_t start_time;
+    char target[KM_SEG_NAME_MAX + 1];
+} km__tmp_info;
+int km__seg_tmp_parse(const char *name, km__tmp_info *t);
+/* Remove the temporaries of segment `name` (NULL: of every segment) whose
+ * creator is dead; those this user may not remove are skipped.  *removed
+ * (may be NULL) counts what was removed.  KM_OK, or KM_ESYS if the
+ * directory cannot be read. */
+int km__seg_sweep(const char *name, uint32_t *removed);
 /* Remove a name; attached processes keep their mappings. */
 int km__seg_unlink(const char *name);
 /* KM_OK if no object has this name, KM_EEXIST if one has, else KM_ESYS. */
@@ -141,6 +209,12 @@ void km__proc_release(km__seg *s);
 
 /* Does pid exist (kill(pid, 0); EPERM counts as existing)? */
 int km__pid_exists(uint32_t pid);
+/* Start time of `pid` (field 22 of /proc/<pid>/stat, clock ticks since
+ * boot), or 0 if it has none (gone, or a zombie). */
+uint64_t km__pid_start_time(uint32_t pid);
+/* Is the process that was `pid` at `start_time` alive (the rule of the
+ * process table: a reused pid has another start time)? */
+int km__pid_alive(uint32_t pid, uint64_t start_time);
 /* Liveness, one rule for every caller: is the process behind `tag`, found
  * in process slot `slot`, alive?  Our own tag is; another by pid and start
  * time (a reused pid is not the process that attached; see shm/proc.c). */

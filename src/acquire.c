@@ -495,7 +495,9 @@ KM__HOT int acquire_once(km_env *e, const km_request *req, km_lease *out, uint64
 {
     if (!e || !req || !out || req->pool < 0)
         return KM_EINVAL;
-    if ((uint32_t)req->pool >= e->geom.n_pools)
+    /* acq_pools is 0 on a handle without a process slot (src/internal.h):
+     * KM_ENOPOOL here, told apart in acquire_failed. */
+    if ((uint32_t)req->pool >= e->acq_pools)
         return KM_ENOPOOL;
     uint32_t p = (uint32_t)req->pool;
     km__pool *pool = &km__pools(e)[p];
@@ -540,13 +542,26 @@ static __attribute__((noinline)) int acquire_reaped(km_env *e, const km_request 
     return r.leases || r.recounted ? acquire_once(e, req, out, wake) : rc;
 }
 
-/* Inline in km_acquire only; the retry after a reap is out of line. */
-KM__HOT int acquire(km_env *e, const km_request *req, km_lease *out, uint64_t *wake)
+/* A failed attempt: a handle without a slot is told apart from an unknown
+ * pool (both fail acquire_once's one bounds check); KM_EAGAIN and
+ * KM_EUNAVAIL get a reap and a second attempt. */
+static __attribute__((noinline)) int acquire_failed(km_env *e, const km_request *req,
+                                                    km_lease *out, uint64_t *wake, int rc)
 {
-    int rc = acquire_once(e, req, out, wake);
+    if (rc == KM_ENOPOOL && !e->acq_pools)
+        return KM_EREADONLY;
     if (rc != KM_EAGAIN && rc != KM_EUNAVAIL)
         return rc;
     return acquire_reaped(e, req, out, wake, rc);
+}
+
+/* Inline in km_acquire only; what did not succeed is out of line. */
+KM__HOT int acquire(km_env *e, const km_request *req, km_lease *out, uint64_t *wake)
+{
+    int rc = acquire_once(e, req, out, wake);
+    if (__builtin_expect(rc == KM_OK, 1))
+        return rc;
+    return acquire_failed(e, req, out, wake, rc);
 }
 
 /* The same, out of line, for km_acquire_wait (whose attempts are not the

@@ -7,13 +7,23 @@
  * joins lib/mmapped.c and the KRU limiter.  Neither side calls the other;
  * the order of what happens lives here:
  *
- *   km_create  lay out (km__layout), create the raw segment (shm/), write
- *              the pool's header words and rows, initialise the admin lock,
- *              publish (format, then magic), claim a process slot.
+ *   km_create  sweep the dead temporaries of the name, lay out
+ *              (km__layout), create the raw segment (shm/) under a new
+ *              temporary name, write the pool's header words and rows,
+ *              initialise the admin lock, publish (format, then magic),
+ *              claim a process slot, and rename it into place without
+ *              replacing anything: the rename is the commit, so a creator
+ *              killed at any instruction leaves no segment under the name,
+ *              only a temporary that names its dead creator.
+ *   km_create_private  the same in a memfd, with nothing to rename.
  *   km_open    map and validate what shm/ knows, then validate capacities
  *              and offsets here, register for membarrier, reap what dead
- *              processes left (unless KM_OPEN_NO_REAP), claim a process
- *              slot.
+ *              processes left (unless KM_OPEN_NO_REAP; this also resolves a
+ *              dead reconfiguration's intent), claim a process slot (unless
+ *              KM_OPEN_NO_SLOT or KM_OPEN_READONLY: a handle without one
+ *              cannot acquire, km_env.acq_pools).  KM_OPEN_READONLY maps
+ *              the segment read-only and does nothing else: no reap, no
+ *              membarrier registration, no slot.
  *   km_close   release the leases our tag holds, clear our reader rows,
  *              give the process slot back (T1: in that order), unmap.
  *
@@ -26,6 +36,7 @@
  */
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include <ck_pr.h>
@@ -85,36 +96,36 @@ static int claim_slot(km_env *e)
         return rc;
     km__epoch_rows_reset(&e->seg, e->seg.proc_slot);
     km__usage_reset(e, e->seg.proc_slot);
+    e->acq_pools = e->geom.n_pools; /* it may acquire */
     return KM_OK;
 }
 
-KM_EXTERN int km_create(const char *name, const km_config *cfg, unsigned mode,
-                        km_env **out)
+static int cfg_ok(const km_config *cfg)
 {
-    char nm[KM_SEG_NAME_MAX + 2];
-    int rc = km__seg_name(name, nm);
-    uint64_t off[KM__OFF_N], size;
-    km_env *e;
-
-    if (rc)
-        return rc;
-    if (!cfg || !out || cfg->n_pools == 0 || cfg->n_pools > cfg->cap_pools ||
+    if (!cfg || cfg->n_pools == 0 || cfg->n_pools > cfg->cap_pools ||
         cfg->n_keys > cfg->cap_keys || cfg->cap_keys == 0 ||
         cfg->cap_keys > KM_KEYS_MAX || cfg->cap_pools > KM_POOLS_MAX ||
         cfg->cap_procs == 0 || cfg->cap_procs > KM_PROCS_MAX ||
         cfg->cap_inflight == 0 || cfg->cap_inflight > KM_INFLIGHT_MAX ||
-        cfg->cap_models > KM_MODELS_MAX)
-        return KM_EINVAL;
+        cfg->cap_models > KM_MODELS_MAX || !usage_cap_ok(cfg->cap_usage))
+        return 0;
     /* 0 models of capacity means the default (a pool may name models). */
     uint32_t cap_models = cfg->cap_models ? cfg->cap_models : KM__DEF_CAP_MODELS;
     for (uint32_t p = 0; p < cfg->n_pools; p++)
         if (cfg->pools[p].n_models > cap_models)
-            return KM_EINVAL;
-    *out = NULL;
-    if (mode == 0)
-        mode = 0600;
-    if (!usage_cap_ok(cfg->cap_usage))
-        return KM_EINVAL;
+            return 0;
+    return 1;
+}
+
+/* Build a segment: object `obj` (a temporary's name), or a memfd if obj is
+ * NULL; fill, publish and attach to it. */
+static int build(const char *obj, const km_config *cfg, unsigned mode, km_env **out)
+{
+    uint64_t off[KM__OFF_N], size;
+    uint32_t cap_models = cfg->cap_models ? cfg->cap_models : KM__DEF_CAP_MODELS;
+    km_env *e;
+    int rc;
+
     size = km__layout(cfg->cap_keys, cfg->cap_pools, cfg->cap_procs,
                       cfg->cap_inflight, cap_models, cfg->cap_usage, off);
     if (!(e = env_new()))
@@ -122,10 +133,12 @@ KM_EXTERN int km_create(const char *name, const km_config *cfg, unsigned mode,
     km__seg_geom g = {.size = size, .layout_sig = km__layout_signature(),
                       .cap_procs = cfg->cap_procs, .off_procs = off[KM__OFF_PROCS],
                       .off_readers = off[KM__OFF_READERS]};
-    if ((rc = km__seg_create_raw(nm, &g, mode, &e->seg)) != KM_OK) {
+    rc = obj ? km__seg_create_raw(obj, &g, mode, &e->seg) : km__seg_create_memfd(&g, &e->seg);
+    if (rc != KM_OK) {
         free(e);
         return rc;
     }
+    KM__FAULT("create.mapped");
 
     /* The pool's header words; shm/ wrote its own. */
     km__hdr *h = e->seg.hdr;
@@ -144,13 +157,18 @@ KM_EXTERN int km_create(const char *name, const km_config *cfg, unsigned mode,
     h->cap_usage = cfg->cap_usage;
     e->geom = *h; /* the creator's own values (see km_env.geom) */
     km__pool_init(e, cfg);
+    KM__FAULT("create.filled");
     km__admin_init(e);
     km__epoch_attach(&e->seg);
     km__seg_publish(&e->seg, KM_FORMAT_VERSION);
+    KM__FAULT("create.published");
 
     /* A new segment has nothing to reap. */
     if ((rc = claim_slot(e)) != KM_OK) {
-        km__seg_discard(&e->seg, nm);
+        if (obj)
+            km__seg_discard(&e->seg, obj);
+        else
+            km__seg_close_raw(&e->seg);
         free(e);
         return rc;
     }
@@ -158,28 +176,107 @@ KM_EXTERN int km_create(const char *name, const km_config *cfg, unsigned mode,
     return KM_OK;
 }
 
-static int attach(const char *name, unsigned flags, km_env **out)
+int km__create_tmp(const char *name, const km_config *cfg, unsigned mode, km_env **out,
+                   char tmp[KM__SEG_NAME_BUF])
 {
-    char nm[KM_SEG_NAME_MAX + 2];
+    char nm[KM__SEG_NAME_BUF];
     int rc = km__seg_name(name, nm);
+
+    if (rc)
+        return rc;
+    if (km__seg_is_tmp(nm))
+        return KM_ENAME; /* the temporaries' names are not for segments */
+    if (!out || !cfg_ok(cfg))
+        return KM_EINVAL;
+    *out = NULL;
+    if (mode == 0)
+        mode = 0600;
+    /* Refuse early if the name is taken (the rename checks again). */
+    if ((rc = km__seg_name_free(nm)) != KM_OK)
+        return rc;
+    /* What killed creators of this name left (best effort). */
+    (void)km__seg_sweep(nm, NULL);
+    if ((rc = km__seg_tmp_name(nm, tmp)) != KM_OK)
+        return rc;
+    return build(tmp, cfg, mode, out);
+}
+
+int km__create_commit(km_env *e, const char *tmp, const char *name)
+{
+    KM__FAULT("create.renaming");
+    /* Publish under the real name; never over an existing segment. */
+    int rc = km__seg_rename_noreplace(tmp, name);
+    if (rc != KM_OK) {
+        int saved = errno;
+        km_close(e);
+        km__seg_unlink(tmp);
+        errno = saved;
+    }
+    return rc;
+}
+
+KM_EXTERN int km_create(const char *name, const km_config *cfg, unsigned mode,
+                        km_env **out)
+{
+    char tmp[KM__SEG_NAME_BUF];
+    km_env *e;
+    int rc = km__create_tmp(name, cfg, mode, &e, tmp);
+    if (rc != KM_OK)
+        return rc;
+    if ((rc = km__create_commit(e, tmp, name)) != KM_OK)
+        return rc;
+    *out = e;
+    return KM_OK;
+}
+
+int km__create_private(const km_config *cfg, km_env **out)
+{
+    if (!out || !cfg_ok(cfg))
+        return KM_EINVAL;
+    *out = NULL;
+    return build(NULL, cfg, 0600, out);
+}
+
+KM_EXTERN int km_create_private(const km_config *cfg, km_env **out)
+{
+    return km__create_private(cfg, out);
+}
+
+#define KM__OPEN_FLAGS (KM_OPEN_NO_REAP | KM_OPEN_READONLY | KM_OPEN_NO_SLOT)
+
+/* After the mapping was validated by shm/: the pool's words, then what the
+ * flags ask (see the top of this file). */
+static int attach_mapped(km_env *e, unsigned flags)
+{
+    int rc = geom_valid(&e->geom);
+    if (rc != KM_OK || (flags & KM_OPEN_READONLY))
+        return rc;
+    km__epoch_attach(&e->seg);
+    /* Every attach first releases what dead processes left behind (we
+     * have no tag yet: the reaper marks slots with our pid instead). */
+    if (!(flags & KM_OPEN_NO_REAP))
+        km__reap_dead(e, NULL, 0);
+    return flags & KM_OPEN_NO_SLOT ? KM_OK : claim_slot(e);
+}
+
+/* Attach by name, or through descriptor fd if name is NULL. */
+static int attach(const char *name, int fd, unsigned flags, km_env **out)
+{
+    char nm[KM__SEG_NAME_BUF];
+    int rc = name ? km__seg_name(name, nm) : KM_OK, ro = (flags & KM_OPEN_READONLY) != 0;
     km_env *e;
 
     if (rc)
         return rc;
-    if (!out)
+    if (!out || (flags & ~KM__OPEN_FLAGS))
         return KM_EINVAL;
     *out = NULL;
     if (!(e = env_new()))
         return KM_ENOMEM;
-    rc = km__seg_open_raw(nm, KM_FORMAT_VERSION, km__layout_signature(), &e->seg, &e->geom);
-    if (rc == KM_OK && (rc = geom_valid(&e->geom)) == KM_OK) {
-        km__epoch_attach(&e->seg);
-        /* Every attach first releases what dead processes left behind (we
-         * have no tag yet: the reaper marks slots with our pid instead). */
-        if (!(flags & KM_OPEN_NO_REAP))
-            km__reap_dead(e, NULL, 0);
-        rc = claim_slot(e);
-    }
+    rc = name ? km__seg_open_raw(nm, ro, KM_FORMAT_VERSION, km__layout_signature(), &e->seg, &e->geom)
+              : km__seg_open_fd(fd, ro, KM_FORMAT_VERSION, km__layout_signature(), &e->seg, &e->geom);
+    if (rc == KM_OK)
+        rc = attach_mapped(e, flags);
     if (rc != KM_OK) {
         km__seg_close_raw(&e->seg); /* keeps errno */
         free(e);
@@ -189,13 +286,21 @@ static int attach(const char *name, unsigned flags, km_env **out)
     return KM_OK;
 }
 
-KM_EXTERN int km_open(const char *name, km_env **out) { return attach(name, 0, out); }
+KM_EXTERN int km_open(const char *name, km_env **out) { return attach(name, -1, 0, out); }
 
 KM_EXTERN int km_open_flags(const char *name, unsigned flags, km_env **out)
 {
-    if (flags & ~KM_OPEN_NO_REAP)
-        return KM_EINVAL;
-    return attach(name, flags, out);
+    return name ? attach(name, -1, flags, out) : KM_ENAME;
+}
+
+KM_EXTERN int km_open_fd(int fd, unsigned flags, km_env **out)
+{
+    return fd < 0 ? KM_EINVAL : attach(NULL, fd, flags, out);
+}
+
+KM_EXTERN int km_fd(km_env *e)
+{
+    return e && e->seg.fd >= 0 ? e->seg.fd : KM_EINVAL;
 }
 
 KM_EXTERN int km_close(km_env *e)
@@ -203,8 +308,9 @@ KM_EXTERN int km_close(km_env *e)
     if (!e)
         return KM_OK;
     /* A child after fork() holds a copy of its parent's handle: it must not
-     * release the parent's leases nor its process slot. */
-    if ((int)getpid() == e->seg.pid) {
+     * release the parent's leases nor its process slot.  A handle without
+     * a slot (tag 0) holds neither. */
+    if ((int)getpid() == e->seg.pid && e->seg.tag) {
         km__release_all_owned(e, e->seg.tag); /* T1: before the slot is offered */
         km__epoch_rows_reset(&e->seg, e->seg.proc_slot);
         km__proc_release(&e->seg);

@@ -187,7 +187,11 @@ KM_EXTERN int km_check(km_env *e, void (*report)(void *, const char *), void *ct
     /* Pools: the current member list names each live key of the pool once
      * (a removed key may linger until the list is rebuilt). */
     uint8_t *seen = calloc(e->geom.cap_keys, 1);
-    char name[KM_ID_MAX + 1];
+    char name[KM_ID_MAX + 1], kname[KM_ID_MAX + 1];
+    km__intent_view iv;
+    /* A live writer may be between two stores (src/reconfig.c): what it
+     * changes is checked once it is done. */
+    int writing = km__admin_intent(e, &iv) != KM__OP_NONE && iv.alive;
     if (!seen)
         return KM_ENOMEM;
     for (uint32_t p = 0; p < e->geom.n_pools; p++) {
@@ -201,8 +205,11 @@ KM_EXTERN int km_check(km_env *e, void (*report)(void *, const char *), void *ct
             violation(&c, "pool %u: %u keys above capacity %u", p, n, e->geom.cap_keys);
             continue;
         }
+        uint32_t prev = 0;
         for (uint32_t i = 0; i < n; i++) {
-            uint32_t ki = ck_pr_load_32(&m[i].key);
+            uint32_t ki = ck_pr_load_32(&m[i].key), cum = ck_pr_load_32(&m[i].cum_weight);
+            uint32_t w = cum - prev;
+            prev = cum;
             if (ki >= e->geom.cap_keys || km__keys(e)[ki].pool != p ||
                 ck_pr_load_32(&km__keys(e)[ki].state) == KM__ST_FREE) {
                 violation(&c, "pool %s: member %u names key slot %u, not a key of this pool",
@@ -211,14 +218,42 @@ KM_EXTERN int km_check(km_env *e, void (*report)(void *, const char *), void *ct
             }
             if (seen[ki]++)
                 violation(&c, "pool %s: key slot %u is listed twice", pname, ki);
+            if (w != ck_pr_load_32(&km__keys(e)[ki].weight) && !writing)
+                violation(&c, "pool %s: key %s weighs %u in the member list but %u itself", pname,
+                          name_of(kname, km__keys(e)[ki].id), w,
+                          ck_pr_load_32(&km__keys(e)[ki].weight));
         }
     }
+    /* Reconfiguration (src/reconfig.c): an intent whose writer is dead is
+     * a change left half made until someone resolves it; a key skipped for
+     * a limits change, or live outside every list, is one only while its
+     * writer lives. */
+    static const char *const op_name[KM__OP_COUNT] = {"none", "add-key", "remove-key",
+                                                     "set-weight", "set-limits", "enable",
+                                                     "disable"};
+    int busy = writing;
+    if (iv.op != KM__OP_NONE && !iv.alive)
+        violation(&c, "reconfiguration %s (key slot %d) interrupted: its writer (pid %u) died; "
+                      "the next reconfiguration, kmctl reap or an attach finishes or undoes it",
+                  iv.op < KM__OP_COUNT ? op_name[iv.op] : "?", iv.key == UINT32_MAX ? -1 : (int)iv.key,
+                  iv.pid);
+    uint32_t rows = 0;
     for (uint32_t ki = 0; ki < e->geom.cap_keys; ki++) {
         const km__key *k = &km__keys(e)[ki];
         uint32_t st = ck_pr_load_32(&k->state);
+        rows += st != KM__ST_FREE;
+        if (busy)
+            continue;
         if (st < KM__ST_FREE && !seen[ki])
             violation(&c, "key %s is live but in no pool's member list", name_of(name, k->id));
+        if (st < KM__ST_FREE && ck_pr_load_32(&k->updating))
+            violation(&c, "key %s: skipped by every acquire (a limits change left unfinished)",
+                      name_of(name, k->id));
+        if (st == KM__ST_REMOVED && ck_pr_load_64(&k->retire_epoch) == 0)
+            violation(&c, "key slot %u: removed without a retire epoch (reusable too early)", ki);
     }
+    if (!busy && ck_pr_load_32(&h->n_keys) != rows)
+        violation(&c, "key rows: %u counted in use, %u in use", ck_pr_load_32(&h->n_keys), rows);
     free(seen);
 
     /* Epochs: rows hold epochs already handed out.  (Rows of a free slot

@@ -158,6 +158,10 @@ struct km_env {
      * loaded atomically (relaxed: it orders nothing, each call reads one
      * value or the other) through km__admin_timeout. */
     uint32_t admin_timeout_ms;
+    /* geom.n_pools if this handle holds a process slot, else 0 (opened
+     * KM_OPEN_READONLY or KM_OPEN_NO_SLOT): km_acquire's one bounds check on
+     * the pool refuses such a handle at no cost to the others. */
+    uint32_t acq_pools;
 };
 
 static inline uint32_t km__admin_timeout(const km_env *e)
@@ -203,6 +207,12 @@ static inline uint8_t *km__busy(const km_env *e, uint32_t key)
            (size_t)key * km__busy_stride(e->geom.cap_inflight);
 }
 
+/* The intent record in the header (src/layout.h). */
+static inline km__intent *km__intent_of(const km_env *e)
+{
+    return (km__intent *)(void *)e->seg.hdr->intent;
+}
+
 /* ------------------------------------------------------------ key state */
 
 /* Move state from any of the states in `from_mask` (bit per KM__ST_*) to
@@ -231,6 +241,18 @@ void km__pool_init(km_env *env, const km_config *cfg);
  * tokens), then index; the context is the segment's key rows (km__keys).
  * The price order of a pool's member list (km__member.by_cost). */
 int km__cmp_price(const void *a, const void *b, void *keys);
+
+/* src/attach.c */
+/* Build a segment for `name` under a new temporary name (written to tmp),
+ * published and attached, but not yet under its name: the first half of
+ * km_create, and of km_restore, which fills it further in between. */
+int km__create_tmp(const char *name, const km_config *cfg, unsigned mode, km_env **out,
+                   char tmp[KM__SEG_NAME_BUF]);
+/* The second half: rename tmp to name without replacing anything.  On
+ * failure the handle is closed and the temporary removed. */
+int km__create_commit(km_env *e, const char *tmp, const char *name);
+/* km_create_private (src/restore.c restores into one too). */
+int km__create_private(const km_config *cfg, km_env **out);
 
 /* src/acquire.c */
 /* km_acquire out of line, with the clock time a key may be admissible in
@@ -272,9 +294,36 @@ static inline km__uring *km__urings(const km_env *e, uint32_t proc_slot, uint32_
 void km__usage_reset(km_env *e, uint32_t slot);
 
 /* src/reconfig.c */
+/* Take the admin lock (KM_EBUSY after the handle's admin timeout,
+ * KM_EREADONLY on a read-only handle), resolving a dead writer's intent
+ * first (see the top of src/reconfig.c). */
 int km__admin_lock(km_env *e);
 void km__admin_unlock(km_env *e);
 void km__admin_init(km_env *e);
+/* If the intent record names a writer that is dead, finish or undo it, when
+ * the admin lock is free at once (never waits).  Reapers and attach. */
+void km__admin_recover_dead(km_env *e);
+/* The intent record as km_check reports it; returns its op (0: none). */
+typedef struct km__intent_view {
+    uint32_t op, step, key, pid;
+    int alive;          /* its writer is alive */
+    uint64_t recovered; /* intents of dead writers resolved since creation */
+} km__intent_view;
+int km__admin_intent(km_env *e, km__intent_view *v);
+
+/* Fault injection (tests/t_fault.c): a point between two shared stores of an
+ * administrative writer.  Only a build with -DKM_FAULT_INJECTION has it;
+ * there the test's hook may kill the process at it. */
+#ifdef KM_FAULT_INJECTION
+extern void (*km__fault_hook)(const char *where);
+#define KM__FAULT(where)                \
+    do {                                \
+        if (km__fault_hook)             \
+            km__fault_hook(where);      \
+    } while (0)
+#else
+#define KM__FAULT(where) ((void)0)
+#endif
 
 /* src/config.c: one key object, or a limits object, against a pool's
  * defaults (the segment's), for reconfiguration. */

@@ -341,6 +341,53 @@ _Static_assert(sizeof(km__uev) == KM__LINE, "usage event: one line");
 #define KM__OUT_ABANDONED KM_OUT_COUNT
 #define KM__OUT_DEAD (KM_OUT_COUNT + 1)
 
+/* The intent of a reconfiguration (src/reconfig.c): what the holder of the
+ * admin lock is doing, recorded in the header (km__hdr.intent) before its
+ * first shared store and cleared (op 0) after its last, so that whoever
+ * finds its writer dead -- the next holder of the lock (pthread's
+ * EOWNERDEAD), a reaper, an attach -- finishes or undoes it.  Written only
+ * by the holder of the admin lock; read without it by km_check and by
+ * reapers deciding whether to take the lock.  The writer is named by pid and
+ * process start time, not by a process-table tag: a writer needs no process
+ * slot (kmctl has none), and a tag could be freed and reused before the
+ * intent is resolved. */
+enum { KM__OP_NONE = 0, KM__OP_ADD, KM__OP_REMOVE, KM__OP_WEIGHT, KM__OP_LIMITS,
+       KM__OP_ENABLE, KM__OP_DISABLE, KM__OP_COUNT };
+typedef struct km__intent {
+    /* line 0 */
+    uint32_t op;          /* KM__OP_*; 0: no reconfiguration in progress */
+    uint32_t step;        /* how far the writer got (KM__STEP_*, src/reconfig.c) */
+    uint32_t pid;         /* the writer */
+    uint32_t key;         /* the key row it changes */
+    uint64_t start_time;  /* the writer's start time (shm/proc.c) */
+    uint32_t pool;        /* the pool whose member list it rebuilds */
+    uint32_t cur;         /* set-weight: that pool's cur before its rebuild */
+    uint32_t old_weight;  /* set-weight: the key's weight before */
+    uint32_t rescaled;    /* set-limits: windows whose debt is carried over */
+    uint64_t recovered;   /* reconfigurations finished or undone for a dead
+                           * writer, since creation */
+    /* The holder of the admin lock (pid 0: free), for the one case where
+     * the kernel does not give the lock back when its holder dies (no
+     * robust futex list: qemu-user); src/reconfig.c, "Lock holders". */
+    uint32_t holder_pid;
+    uint32_t pad0a;
+    uint64_t holder_start;
+    /* lines 1-3, set-limits: the windows' emission intervals before, and the
+     * limits to write (as km__limit_cfg: limit, burst, mode); the window
+     * being carried over (resc_win = window + 1, stored before its CAS) with
+     * the debt in units and the time it was computed for */
+    uint64_t old_T[KM_WIN_COUNT];
+    uint64_t limit[KM_WIN_COUNT];
+    uint64_t burst[KM_WIN_COUNT];
+    uint64_t resc_now, resc_debt;
+    uint32_t resc_win;
+    uint8_t mode[KM_WIN_COUNT];
+    uint8_t pad1[3 * KM__LINE - 3 * 8 * KM_WIN_COUNT - 16 - 4 - KM_WIN_COUNT];
+} km__intent;
+_Static_assert(offsetof(km__intent, old_T) == KM__LINE, "intent line 1");
+_Static_assert(sizeof(km__intent) == 4 * KM__LINE, "km__intent size");
+_Static_assert(sizeof(km__intent) <= sizeof(((km__hdr *)0)->intent), "the intent fits the header");
+
 /* ------------------------------------------------------------ the layout */
 
 static inline uint64_t km__align_up(uint64_t x, uint64_t a) { return (x + a - 1) & ~(a - 1); }
@@ -408,6 +455,8 @@ static inline uint64_t km__layout_signature(void)
          * (musl vs glibc, another -m flag) would misread it (as LMDB's
          * MDB_LOCK_FORMAT hashes pthread_mutex_t). */
         sizeof(pthread_mutex_t), _Alignof(pthread_mutex_t),
+        offsetof(km__hdr, intent), sizeof(km__intent), offsetof(km__intent, old_T),
+        offsetof(km__intent, recovered), offsetof(km__intent, holder_start), KM__OP_COUNT,
         0x0102030405060708ull /* byte order */
     };
     return km__fnv64_bytes(KM__FNV64_INIT, v, sizeof v);

@@ -35,6 +35,7 @@ KM_EXTERN size_t km_struct_size(int which)
         [KM_ST_KEY_STATS] = sizeof(km_key_stats),
         [KM_ST_POOL_STATS] = sizeof(km_pool_stats),
         [KM_ST_MODEL_STATS] = sizeof(km_model_stats),
+        [KM_ST_SEGMENT_DESC] = sizeof(km_segment_desc),
     };
     return which > 0 && which < KM_ST_COUNT ? size[which] : 0;
 }

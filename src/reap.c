@@ -306,9 +306,12 @@ int km__reap_dead(km_env *e, km_reap_report *rep, int repair)
     km_reap_report r = {0};
     uint64_t tag;
 
-    /* Leases first, by slot: that also recovers slots of a reaper that died
-     * while reaping.  Then the table entries of dead processes that hold
-     * nothing any more. */
+    /* A reconfiguration whose writer died (a key half added, a flag left
+     * set: src/reconfig.c) is finished or undone first, if the admin lock
+     * is free.  Then leases, by slot: that also recovers slots of a reaper
+     * that died while reaping.  Then the table entries of dead processes
+     * that hold nothing any more. */
+    km__admin_recover_dead(e);
     km__reap_leases(e, &r, repair);
     for (uint32_t i = 0; km__proc_next_dead(&e->seg, &i, &tag); i++) {
         if (km__count_owned(e, tag) != 0) {
@@ -328,6 +331,8 @@ KM_EXTERN int km_reap(km_env *e, km_reap_report *out)
     km_reap_report r;
     if (!e)
         return KM_EINVAL;
+    if (e->seg.ro)
+        return KM_EREADONLY;
     km__reap_dead(e, &r, 1);
     if (out)
         *out = r;

@@ -1,6 +1,7 @@
 /*
- * src/reconfig.c - live reconfiguration: add, remove, re-weight keys and
- * change their limits while workers acquire and release.
+ * src/reconfig.c - live reconfiguration: add, remove, re-weight keys, change
+ * their limits and their operator state while workers acquire and release;
+ * and the recovery of a reconfiguration whose writer died.
  *
  * Writers serialise on the admin lock, a robust process-shared mutex in the
  * segment header; acquire and release never take it.  What a running
@@ -15,7 +16,9 @@
  *   key rows      km_key_remove stores state REMOVED (acquirers skip the key
  *                 from then on) and `retire_epoch`.  The row, id and secret
  *                 included, is rewritten for another key only once synced >
- *                 retire_epoch and none of its lease slots is held.
+ *                 retire_epoch, none of its lease slots is held, no current
+ *                 member list names it, and synced > its pool's flip_epoch
+ *                 (a reader that loaded a list naming it has left).
  *   limits        km_key_set_limits sets the key's `updating` flag
  *                 (acquirers skip the key), waits for a grace period, so
  *                 that no acquire still uses the old parameters, rewrites
@@ -28,17 +31,75 @@
  * happened may still return the key: its lease is one of those "already
  * out" that may finish.
  *
- * A writer that dies holding the lock leaves at worst a spare list half
- * written (not published: `cur` is stored last) or a row half written in
- * state FREE (not reachable).  The next writer's pthread_mutex_lock returns
- * EOWNERDEAD; it marks the lock consistent and carries on, since every
- * operation rebuilds what it writes from published state.
+ * Death at any instruction.  Every writer records its intent in the header
+ * (km__intent, src/layout.h) before its first shared store: operation, key,
+ * pool, writer (pid and start time), and what an undo or a redo needs (the
+ * old weight, the pool's `cur` before, the new limits, the old emission
+ * intervals), then advances `step` before each phase that changes shared
+ * state, and clears `op` after its last store.  A writer that dies holding
+ * the lock is found by
+ *   - the next writer: pthread_mutex_lock returns EOWNERDEAD (the kernel's
+ *     robust-futex list); any intent found under the lock is a dead one;
+ *   - a reaper (km_reap, the reap of km_open, km_acquire's reap before it
+ *     gives up): an intent whose writer is dead makes it try the lock;
+ * and whoever holds the lock then finishes or undoes the intent (recover()),
+ * without waiting for any grace period:
+ *
+ *   add        The commit point is the member list: if the pool's current
+ *              list names the row, the key is in (counters are finished);
+ *              else the row goes back to FREE and its secret is wiped (it
+ *              was never reachable: a reusable row is in no current list).
+ *   remove     Finished: REMOVED, retire_epoch taken again (later is
+ *              safe).  A list not yet rebuilt keeps the key, skipped, as
+ *              when a rebuild times out.
+ *   set-weight Commit point: `cur` of the pool changed; else the old
+ *              weight is put back.
+ *   set-limits Before the grace period completed (step < SYNCED) no
+ *              parameter was written: the flag is cleared, the old limits
+ *              stand.  After it: the new parameters are written again from
+ *              the intent, every window whose debt was not yet carried over
+ *              is carried over (the one the writer was at, whose CAS may
+ *              have happened, is set to the target the writer recorded
+ *              before that CAS, if it is not already there), and the flag
+ *              is cleared.
+ *   enable, disable  Done again (both are idempotent).
+ * and in every case each pool's flip_epoch is set to the current epoch (a
+ * writer killed between storing `cur` and flip_epoch left it older than its
+ * flip; a later value only delays reuse), and n_keys is recounted from the
+ * rows.  The recovery follows the same protocol (it records itself as the
+ * writer and advances the same steps), so a recoverer killed in turn is
+ * recovered the same way.  Steps are stored before the stores they
+ * announce: a step below a phase proves that phase wrote nothing.
+ *
+ * Lock holders.  The kernel gives a robust mutex back (EOWNERDEAD) when its
+ * holder dies, through the holder's robust-futex list.  Where there is none
+ * (qemu-user does not implement set_robust_list), a dead holder would keep
+ * the lock for good.  So the holder also names itself in the intent record
+ * (holder_pid, holder_start: pid and start time, written after it takes the
+ * lock, cleared before it gives it back), and a writer or reaper that cannot
+ * take the lock and finds that holder dead breaks it: the one whose CAS on
+ * holder_pid (dead pid -> its own) succeeds initialises the mutex again and
+ * takes it as any locker would (a process asleep on the old lock word wakes
+ * at its timeout and competes normally; the mutex serialises them again).
+ * Only where the kernel has no robust list (get_robust_list fails): with
+ * one, a dead holder's lock comes back through EOWNERDEAD, and a break
+ * could race a new holder that took it so and has not named itself yet.
+ * A holder that dies between taking the lock and naming itself cannot be
+ * told apart from a live one.
+ *
+ * Fault injection.  KM__FAULT(label) marks every point between two shared
+ * stores of a writer and of the recovery; a build with -DKM_FAULT_INJECTION
+ * (tests/t_fault.c) calls a hook there that kills the process at the n-th
+ * point, for every n, and checks what the next writer, reaper or attach
+ * leaves.  In the library proper the macro is empty.
  */
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <ck_pr.h>
 
@@ -49,6 +110,19 @@
 _Static_assert(sizeof(pthread_mutex_t) <= sizeof(((km__hdr *)0)->admin),
                "the admin lock fits its header line");
 
+#ifdef KM_FAULT_INJECTION
+void (*km__fault_hook)(const char *where);
+#endif
+
+/* Steps of km__intent.step: the phase the writer has entered (its stores
+ * may have begun). */
+enum {
+    KM__STEP_BEGUN = 0,   /* recorded; nothing changed */
+    KM__STEP_ROW = 1,     /* add: the chosen row is being written (unreachable) */
+    KM__STEP_PUBLISH = 2, /* add, remove, set-weight: the key or its list change */
+    KM__STEP_SYNCED = 3   /* set-limits: the grace period passed; parameters are
+                           * being rewritten and windows rescaled */
+};
 
 static pthread_mutex_t *admin_mutex(km_env *e) { return (pthread_mutex_t *)(void *)e->seg.hdr->admin; }
 
@@ -62,14 +136,72 @@ void km__admin_init(km_env *e)
     pthread_mutexattr_destroy(&a);
 }
 
-int km__admin_lock(km_env *e)
+static void recover(km_env *e);
+
+/* The lock is ours (rc 0, or EOWNERDEAD: its holder died); mark it
+ * consistent, name ourselves its holder, and resolve any intent left: under
+ * the lock, an intent is always a dead writer's (we clear ours before
+ * unlocking). */
+static int admin_locked(km_env *e, int rc)
 {
-    /* pthread_mutex_timedlock takes a CLOCK_REALTIME deadline. */
-    uint64_t ns = km__wall_ns() + (uint64_t)km__admin_timeout(e) * KM__NS_PER_MS;
-    struct timespec ts = {.tv_sec = (time_t)(ns / KM__NS_PER_S), .tv_nsec = (long)(ns % KM__NS_PER_S)};
-    int rc = pthread_mutex_timedlock(admin_mutex(e), &ts);
     if (rc == EOWNERDEAD) /* see the top of this file */
         rc = pthread_mutex_consistent(admin_mutex(e));
+    if (rc != 0)
+        return rc;
+    km__intent *in = km__intent_of(e);
+    uint32_t pid = (uint32_t)getpid();
+    ck_pr_store_64(&in->holder_start, km__pid_start_time(pid));
+    ck_pr_fence_store(); /* the start time before the pid that it qualifies */
+    ck_pr_store_32(&in->holder_pid, pid);
+    if (ck_pr_load_32(&in->op) != KM__OP_NONE)
+        recover(e);
+    return 0;
+}
+
+/* The lock could not be taken: if its named holder is dead (and the kernel
+ * did not give the lock back: see "Lock holders"), break it.  Returns the
+ * result of taking it then (0, EOWNERDEAD, EBUSY...), or EBUSY. */
+static int admin_break(km_env *e)
+{
+    static int robust = -1; /* does the kernel keep robust lists for us? */
+    int r = ck_pr_load_int(&robust); /* threads may ask at once: same answer */
+    if (r < 0) {
+        void *head;
+        size_t len;
+        r = syscall(SYS_get_robust_list, 0, &head, &len) == 0;
+        ck_pr_store_int(&robust, r);
+    }
+    if (r)
+        return EBUSY; /* the kernel gives a dead holder's lock back */
+    km__intent *in = km__intent_of(e);
+    uint32_t pid = ck_pr_load_32(&in->holder_pid);
+    ck_pr_fence_load(); /* the pid before the start time written before it */
+    if (pid == 0 || km__pid_alive(pid, ck_pr_load_64(&in->holder_start)) ||
+        !ck_pr_cas_32(&in->holder_pid, pid, (uint32_t)getpid()))
+        return EBUSY;
+    km__admin_init(e); /* a dead holder's lock word, from nothing */
+    return pthread_mutex_trylock(admin_mutex(e));
+}
+
+int km__admin_lock(km_env *e)
+{
+    if (e->seg.ro)
+        return KM_EREADONLY; /* the lock word is not ours to write */
+    /* pthread_mutex_timedlock takes a CLOCK_REALTIME deadline; it is taken
+     * in slices of at most 100 ms, each followed by a look at the holder. */
+    uint64_t end = km__wall_ns() + (uint64_t)km__admin_timeout(e) * KM__NS_PER_MS;
+    int rc;
+    for (;;) {
+        uint64_t ns = km__min64(end, km__wall_ns() + 100 * KM__NS_PER_MS);
+        struct timespec ts = {.tv_sec = (time_t)(ns / KM__NS_PER_S),
+                              .tv_nsec = (long)(ns % KM__NS_PER_S)};
+        rc = pthread_mutex_timedlock(admin_mutex(e), &ts);
+        if (rc == ETIMEDOUT && (rc = admin_break(e)) == EBUSY)
+            rc = ETIMEDOUT;
+        if (rc != ETIMEDOUT || km__wall_ns() >= end)
+            break;
+    }
+    rc = admin_locked(e, rc);
     if (rc == ETIMEDOUT)
         return KM_EBUSY;
     if (rc != 0) {
@@ -79,7 +211,53 @@ int km__admin_lock(km_env *e)
     return KM_OK;
 }
 
-void km__admin_unlock(km_env *e) { pthread_mutex_unlock(admin_mutex(e)); }
+void km__admin_unlock(km_env *e)
+{
+    ck_pr_store_32(&km__intent_of(e)->holder_pid, 0);
+    ck_pr_fence_store(); /* no longer named before the lock is free */
+    pthread_mutex_unlock(admin_mutex(e));
+}
+
+/* ------------------------------------------------------------- intents */
+
+/* Record this process as the writer of `op` on key/pool.  Plain stores of
+ * the details, then `op` (release): a reader that sees op sees them. */
+static void intent_begin(km_env *e, uint32_t op, uint32_t key, uint32_t pool)
+{
+    km__intent *in = km__intent_of(e);
+    uint32_t pid = (uint32_t)getpid();
+    ck_pr_store_32(&in->step, KM__STEP_BEGUN);
+    ck_pr_store_32(&in->pid, pid);
+    ck_pr_store_64(&in->start_time, km__pid_start_time(pid));
+    ck_pr_store_32(&in->key, key);
+    ck_pr_store_32(&in->pool, pool);
+    ck_pr_store_32(&in->rescaled, 0);
+    ck_pr_store_32(&in->resc_win, 0);
+    ck_pr_fence_store(); /* the details before op */
+    ck_pr_store_32(&in->op, op);
+    /* op before the writer's first shared store (stores stay in order). */
+    ck_pr_fence_store();
+    KM__FAULT("intent.begun");
+}
+
+/* Enter a phase: the step before any store of it. */
+static void intent_step(km_env *e, uint32_t step)
+{
+    ck_pr_fence_store(); /* the previous phase's stores first */
+    ck_pr_store_32(&km__intent_of(e)->step, step);
+    ck_pr_fence_store(); /* the step before the phase's stores */
+}
+
+/* Done: every store of the operation before op reads 0. */
+static void intent_end(km_env *e)
+{
+    KM__FAULT("intent.ending");
+    ck_pr_fence_store();
+    ck_pr_store_32(&km__intent_of(e)->op, KM__OP_NONE);
+    KM__FAULT("intent.ended");
+}
+
+/* ------------------------------------------------------------- helpers */
 
 /* Wait for a grace period unless every reader that could see something
  * retired at `epoch` is already known to have left. */
@@ -103,6 +281,7 @@ static int list_publish(km_env *e, uint32_t p, uint32_t add)
     int rc = grace(e, ck_pr_load_64(&pool->flip_epoch));
     if (rc != KM_OK)
         return rc;
+    KM__FAULT("publish.graced");
 
     const km__member *src = km__members(e, p, b);
     km__member *dst = km__members(e, p, nb);
@@ -132,31 +311,75 @@ static int list_publish(km_env *e, uint32_t p, uint32_t add)
     pool->view[nb].n_keys = n;
     pool->view[nb].total_weight = cum;
     pool->view[nb].rr_magic = km__rr_magic(n);
+    KM__FAULT("publish.filled");
     /* The list and its view before `cur` (pairs with the acquire load in
      * acquire_in); then the epoch at which the old list stopped being
      * current, read after the flip (see the top of this file). */
     ck_pr_fence_store();
     ck_pr_store_32(&pool->cur, nb);
+    KM__FAULT("publish.flipped");
     ck_pr_fence_memory();
     ck_pr_store_64(&pool->flip_epoch, ck_pr_load_64(&h->epoch));
+    KM__FAULT("publish.done");
     return KM_OK;
 }
 
-/* Is row ki free to be written for a new key?  FREE, or REMOVED with its
- * grace period over and no lease slot held. */
-static int row_reusable(km_env *e, uint32_t ki)
+/* listed[ki] = 1 for every key row named by some pool's current list. */
+static void mark_listed(km_env *e, uint8_t *listed)
+{
+    memset(listed, 0, e->geom.cap_keys);
+    for (uint32_t p = 0; p < e->geom.n_pools; p++) {
+        const km__pool *pool = &km__pools(e)[p];
+        uint32_t b = ck_pr_load_32(&pool->cur) & 1;
+        uint32_t n = ck_pr_load_32(&pool->view[b].n_keys);
+        const km__member *m = km__members(e, p, b);
+        for (uint32_t i = 0; i < n && i < e->geom.cap_keys; i++) {
+            uint32_t ki = ck_pr_load_32(&m[i].key);
+            if (ki < e->geom.cap_keys)
+                listed[ki] = 1;
+        }
+    }
+}
+
+/* Does pool p's current member list name row ki? */
+static int in_list(km_env *e, uint32_t p, uint32_t ki)
+{
+    const km__pool *pool = &km__pools(e)[p];
+    uint32_t b = ck_pr_load_32(&pool->cur) & 1;
+    uint32_t n = ck_pr_load_32(&pool->view[b].n_keys);
+    const km__member *m = km__members(e, p, b);
+    for (uint32_t i = 0; i < n && i < e->geom.cap_keys; i++)
+        if (ck_pr_load_32(&m[i].key) == ki)
+            return 1;
+    return 0;
+}
+
+/* Is row ki free to be written for a new key?  FREE; or REMOVED with its
+ * grace period over, no lease slot held, named by no current member list,
+ * and a grace period past since its pool's list was last rebuilt (a reader
+ * that loaded the list that still named it has left).  A REMOVED row still
+ * listed (its list could not be rebuilt) sets *lingering. */
+static int row_reusable(km_env *e, uint32_t ki, const uint8_t *listed, int *lingering)
 {
     km__key *k = &km__keys(e)[ki];
     uint32_t st = ck_pr_load_32(&k->state);
+    uint64_t synced = ck_pr_load_64(&e->seg.hdr->synced);
     if (st == KM__ST_FREE)
         return 1;
-    if (st != KM__ST_REMOVED || ck_pr_load_64(&k->retire_epoch) >= ck_pr_load_64(&e->seg.hdr->synced))
+    if (st != KM__ST_REMOVED)
+        return 0;
+    if (listed[ki]) {
+        *lingering = 1;
+        return 0;
+    }
+    if (ck_pr_load_64(&k->retire_epoch) >= synced)
         return 0;
     const km__lease *ls = km__leases(e, ki);
     for (uint32_t s = 0; s < e->geom.cap_inflight; s++)
         if (ck_pr_load_64(&ls[s].owner) != 0)
             return 0;
-    return 1;
+    return k->pool >= e->geom.n_pools ||
+           ck_pr_load_64(&km__pools(e)[k->pool].flip_epoch) < synced;
 }
 
 /* Clear a row for a new key: no reader can reach it (see row_reusable)
@@ -191,6 +414,25 @@ static void row_clear(km_env *e, uint32_t ki)
             ck_pr_store_64(&l->outcomes[i], 0);
     }
     explicit_bzero(k->secret, sizeof(k->secret));
+}
+
+/* An unreachable row back to FREE, its secret wiped: an add undone. */
+static void row_free(km_env *e, uint32_t ki)
+{
+    km__key *k = &km__keys(e)[ki];
+    ck_pr_store_32(&k->state, KM__ST_FREE);
+    ck_pr_fence_store(); /* FREE before the bytes go (inspect skips FREE rows) */
+    explicit_bzero(k->secret, sizeof(k->secret));
+    ck_pr_store_32(&k->secret_len, 0);
+}
+
+/* n_keys: key rows in use (any state but FREE), counted from the rows. */
+static void count_rows(km_env *e)
+{
+    uint32_t n = 0;
+    for (uint32_t ki = 0; ki < e->geom.cap_keys; ki++)
+        n += ck_pr_load_32(&km__keys(e)[ki].state) != KM__ST_FREE;
+    ck_pr_store_32(&e->seg.hdr->n_keys, n);
 }
 
 /* Take the admin lock for a change to an existing key: KM_OK with the lock
@@ -230,6 +472,23 @@ static void pool_defaults_of(const km__pool *pl, km__pool_defaults *pd)
     pd->price_out = pl->def_price_out;
 }
 
+/* ------------------------------------------------------------------ add */
+
+/* Pass over the rows: the first reusable one (UINT32_MAX if none); *waiting
+ * if a removed row may become reusable after a grace period, *lingering if
+ * one is kept only by a list not yet rebuilt. */
+static uint32_t find_row(km_env *e, uint8_t *listed, int *waiting, int *lingering)
+{
+    mark_listed(e, listed);
+    for (uint32_t i = 0; i < e->geom.cap_keys; i++) {
+        if (row_reusable(e, i, listed, lingering))
+            return i;
+        if (ck_pr_load_32(&km__keys(e)[i].state) == KM__ST_REMOVED)
+            *waiting = 1;
+    }
+    return UINT32_MAX;
+}
+
 KM_EXTERN int km_key_add(km_env *e, int pool, const char *key_json, char *errbuf,
                          size_t errlen)
 {
@@ -239,20 +498,22 @@ KM_EXTERN int km_key_add(km_env *e, int pool, const char *key_json, char *errbuf
         return KM_EINVAL;
     if (pool < 0 || (uint32_t)pool >= e->geom.n_pools)
         return KM_ENOPOOL;
-    km__hdr *h = e->seg.hdr;
     uint32_t p = (uint32_t)pool;
     km__pool_defaults pd;
     km__key_cfg kc;
+    uint8_t *listed = NULL;
     pool_defaults_of(&km__pools(e)[p], &pd);
     int rc = km__config_parse_key(key_json, &pd, e->geom.cap_inflight, &kc, errbuf, errlen);
     if (rc != KM_OK)
         return rc;
+    if (!(listed = malloc(e->geom.cap_keys))) {
+        rc = KM_ENOMEM;
+        goto out;
+    }
     if ((rc = km__admin_lock(e)) != KM_OK)
         goto out;
 
     km__key *keys = km__keys(e);
-    uint32_t ki = UINT32_MAX;
-    int waiting = 0; /* a removed row that a grace period would free */
     for (uint32_t i = 0; i < e->geom.cap_keys; i++) {
         uint32_t st = ck_pr_load_32(&keys[i].state);
         if (st < KM__ST_FREE && keys[i].pool == p &&
@@ -261,50 +522,81 @@ KM_EXTERN int km_key_add(km_env *e, int pool, const char *key_json, char *errbuf
             goto unlock;
         }
     }
-    for (int pass = 0; pass < 2 && ki == UINT32_MAX; pass++) {
-        for (uint32_t i = 0; i < e->geom.cap_keys && ki == UINT32_MAX; i++) {
-            if (row_reusable(e, i))
-                ki = i;
-            else if (ck_pr_load_32(&keys[i].state) == KM__ST_REMOVED)
-                waiting = 1;
-        }
-        if (ki != UINT32_MAX || !waiting || pass == 1)
-            break;
+    /* From here the segment may change (lists rebuilt, epochs): recorded. */
+    intent_begin(e, KM__OP_ADD, UINT32_MAX, p);
+    int waiting = 0, lingering = 0;
+    uint32_t ki = find_row(e, listed, &waiting, &lingering);
+    if (ki == UINT32_MAX && (waiting || lingering)) {
+        /* Removed rows that a list rebuild (dropping them) and a grace
+         * period would free. */
+        for (uint32_t q = 0; lingering && q < e->geom.n_pools; q++)
+            for (uint32_t i = 0; i < e->geom.cap_keys; i++)
+                if (listed[i] && ck_pr_load_32(&keys[i].state) == KM__ST_REMOVED &&
+                    keys[i].pool == q) {
+                    (void)list_publish(e, q, UINT32_MAX); /* a timeout: EFULL below */
+                    break;
+                }
         if ((rc = km__epoch_sync(&e->seg, km__admin_timeout(e))) != KM_OK)
-            goto unlock;
+            goto end;
+        KM__FAULT("add.synced");
+        waiting = lingering = 0;
+        ki = find_row(e, listed, &waiting, &lingering);
     }
     if (ki == UINT32_MAX) {
         rc = KM_EFULL;
-        goto unlock;
+        goto end;
     }
 
+    /* The row, unreachable (FREE) while it is written. */
     km__key *k = &keys[ki];
-    int was_free = ck_pr_load_32(&k->state) == KM__ST_FREE;
-    ck_pr_store_32(&k->state, KM__ST_FREE); /* not reachable while written */
+    ck_pr_store_32(&km__intent_of(e)->key, ki);
+    intent_step(e, KM__STEP_ROW);
+    ck_pr_store_32(&k->state, KM__ST_FREE);
+    KM__FAULT("add.row.free");
     row_clear(e, ki);
+    KM__FAULT("add.row.cleared");
     km__key_write(e, k, p, &kc);
+    KM__FAULT("add.row.written");
     ck_pr_store_32(&k->gen, ck_pr_load_32(&k->gen) + 1);
     /* Everything above before the state that lets acquirers in (they reach
      * the row only through the list published next). */
     ck_pr_fence_store();
     ck_pr_store_32(&k->state, KM__ST_ACTIVE);
+    KM__FAULT("add.row.active");
+    intent_step(e, KM__STEP_PUBLISH);
     if ((rc = list_publish(e, p, ki)) != KM_OK) {
-        ck_pr_store_32(&k->state, KM__ST_FREE); /* never reachable: undone */
-        explicit_bzero(k->secret, sizeof(k->secret));
-        if (!was_free)
-            ck_pr_store_32(&h->n_keys, ck_pr_load_32(&h->n_keys) - 1);
-        goto unlock;
+        row_free(e, ki); /* never reachable: undone */
+        count_rows(e);
+        goto end;
     }
-    if (was_free)
-        ck_pr_store_32(&h->n_keys, ck_pr_load_32(&h->n_keys) + 1);
+    count_rows(e);
+    KM__FAULT("add.counted");
     count_reconfig(e);
     km__wake_pool(e, p); /* a new key may admit sleepers */
     rc = (int)ki;
+end:
+    intent_end(e);
 unlock:
     km__admin_unlock(e);
 out:
+    free(listed);
     explicit_bzero(&kc, sizeof(kc));
     return rc;
+}
+
+/* --------------------------------------------------------------- remove */
+
+/* Retire key row ki: REMOVED (acquirers skip it from the next load of its
+ * state), at the current epoch. */
+static void key_retire(km_env *e, km__key *k)
+{
+    /* Health transitions are CASes from live states: none overwrites
+     * REMOVED.  The exchange is locked (a full barrier): the state is
+     * visible to every acquire that starts after this call returns. */
+    ck_pr_fas_32(&k->state, KM__ST_REMOVED);
+    KM__FAULT("remove.state");
+    ck_pr_store_64(&k->retire_epoch, ck_pr_load_64(&e->seg.hdr->epoch));
+    KM__FAULT("remove.retired");
 }
 
 KM_EXTERN int km_key_remove(km_env *e, int key)
@@ -315,19 +607,21 @@ KM_EXTERN int km_key_remove(km_env *e, int key)
     if (rc != KM_OK)
         return rc;
     km__key *k = &km__keys(e)[key];
-    /* Health transitions are CASes from live states: none overwrites
-     * REMOVED.  The exchange is locked (a full barrier): the state is
-     * visible to every acquire that starts after this call returns. */
-    ck_pr_fas_32(&k->state, KM__ST_REMOVED);
-    ck_pr_store_64(&k->retire_epoch, ck_pr_load_64(&e->seg.hdr->epoch));
+    intent_begin(e, KM__OP_REMOVE, key, k->pool);
+    intent_step(e, KM__STEP_PUBLISH);
+    key_retire(e, k);
     /* The list is rebuilt without it; if a stalled reader holds the spare
-     * list, the removed key stays listed (and skipped) until the next add,
-     * remove or re-weight in the pool rebuilds it. */
+     * list, the removed key stays listed (and skipped) until a later
+     * rebuild of the pool (an add, remove or re-weight in it, or an add that
+     * needs the row). */
     (void)list_publish(e, k->pool, UINT32_MAX);
     count_reconfig(e);
+    intent_end(e);
     km__admin_unlock(e);
     return KM_OK;
 }
+
+/* ----------------------------------------------------------- set-weight */
 
 KM_EXTERN int km_key_set_weight(km_env *e, int key, uint32_t weight)
 {
@@ -337,30 +631,97 @@ KM_EXTERN int km_key_set_weight(km_env *e, int key, uint32_t weight)
     if (rc != KM_OK)
         return rc;
     km__key *k = &km__keys(e)[key];
+    km__intent *in = km__intent_of(e);
     uint32_t old = k->weight;
+    ck_pr_store_32(&in->old_weight, old);
+    ck_pr_store_32(&in->cur, ck_pr_load_32(&km__pools(e)[k->pool].cur));
+    intent_begin(e, KM__OP_WEIGHT, key, k->pool);
+    intent_step(e, KM__STEP_PUBLISH);
     /* Read only by list building (under this lock) and by display. */
     ck_pr_store_32(&k->weight, weight);
+    KM__FAULT("weight.stored");
     rc = list_publish(e, k->pool, UINT32_MAX);
     if (rc != KM_OK)
         ck_pr_store_32(&k->weight, old);
     else
         count_reconfig(e);
+    intent_end(e);
     km__admin_unlock(e);
     return rc;
 }
 
-/* Carry a window's debt over to new parameters, in units: the key owes as
+/* ----------------------------------------------------------- set-limits */
+
+/* Carry window w's debt over to new parameters, in units: the key owes as
  * many requests or tokens against the new limit as against the old.  A
- * window that was not limited starts without debt. */
-static void rescale(km__gcra *g, uint64_t old_T, uint64_t new_T, uint64_t now)
+ * window that was not limited starts without debt.  The debt and the time
+ * it is reckoned from are recorded (intent) before the CAS that applies it. */
+static void rescale(km__intent *in, km__gcra *g, int w, uint64_t old_T, uint64_t new_T)
 {
-    uint64_t cur[2], nv[2];
+    uint64_t cur[2], nv[2], now = ck_pr_load_64(&in->resc_now);
     km__gcra_load(g, cur);
     do {
         uint64_t debt = cur[0] > now && old_T ? (cur[0] - now) / old_T : 0;
-        nv[0] = new_T && debt ? now + debt * new_T : 0;
+        nv[0] = new_T && debt ? now + km__mul_sat(debt, new_T) : 0;
         nv[1] = cur[1]; /* reservations belong to leases still out */
+        ck_pr_store_64(&in->resc_debt, debt);
+        ck_pr_fence_store();
+        ck_pr_store_32(&in->resc_win, (uint32_t)w + 1);
     } while (!km__gcra_cas(g, cur, nv)); /* the pair's one CAS (src/gcra.h) */
+}
+
+/* A writer died carrying window w over, after recording its debt: its CAS
+ * may have happened.  Its target is resc_now + debt x new_T; releases since
+ * only raise tat.  So a tat below the target was not carried over: set the
+ * target.  A tat at or above it was, or it was not and the old reckoning
+ * owes more (new_T < old_T): keep it, but never more than a full window
+ * (tau) ahead where that exceeds the target. */
+static void rescale_resume(km__intent *in, km__gcra *g, uint64_t new_T, uint64_t tau, uint64_t now)
+{
+    uint64_t cur[2], nv[2], debt = ck_pr_load_64(&in->resc_debt);
+    uint64_t target = new_T && debt ? ck_pr_load_64(&in->resc_now) + km__mul_sat(debt, new_T) : 0;
+    km__gcra_load(g, cur);
+    do {
+        nv[0] = cur[0] < target ? target : cur[0];
+        if (nv[0] > target && nv[0] > now + tau)
+            nv[0] = km__max64(target, now + tau);
+        if (!new_T)
+            nv[0] = 0;
+        nv[1] = cur[1];
+    } while (!km__gcra_cas(g, cur, nv));
+}
+
+/* Write the intent's limits into key k and carry over the debt of every
+ * window that the record does not show carried over.  resume: a dead
+ * writer's, whose window in progress may have been carried over. */
+static void limits_apply(km_env *e, km__key *k, int resume)
+{
+    km__intent *in = km__intent_of(e);
+    km__limit_cfg lc[KM_WIN_COUNT];
+    for (int w = 0; w < KM_WIN_COUNT; w++)
+        lc[w] = (km__limit_cfg){ck_pr_load_64(&in->limit[w]), ck_pr_load_64(&in->burst[w]),
+                                in->mode[w]};
+    km__key_limits_write(k, lc);
+    KM__FAULT("limits.params");
+    uint32_t done = ck_pr_load_32(&in->rescaled), at = ck_pr_load_32(&in->resc_win);
+    if (!resume || !at) {
+        /* The time every window's debt is reckoned from, once. */
+        ck_pr_store_64(&in->resc_now, km__now());
+        ck_pr_fence_store();
+    }
+    for (int w = 0; w < KM_WIN_COUNT; w++) {
+        if (done & (1u << w))
+            continue;
+        int on = (k->win_mask >> w) & 1;
+        uint64_t new_T = on ? k->emission_ns[w] : 0;
+        if (resume && at == (uint32_t)w + 1)
+            rescale_resume(in, &k->win[w], new_T, on ? k->tau_ns[w] : 0, km__now());
+        else
+            rescale(in, &k->win[w], w, ck_pr_load_64(&in->old_T[w]), new_T);
+        KM__FAULT("limits.rescaled");
+        done |= 1u << w;
+        ck_pr_store_32(&in->rescaled, done); /* after the CAS (a locked op) */
+    }
 }
 
 KM_EXTERN int km_key_set_limits(km_env *e, int key, const char *limits_json,
@@ -378,32 +739,38 @@ KM_EXTERN int km_key_set_limits(km_env *e, int key, const char *limits_json,
     if ((rc = admin_lock_key(e, key)) != KM_OK)
         return rc;
     km__key *k = &km__keys(e)[key];
-    uint64_t old_T[KM_WIN_COUNT];
+    km__intent *in = km__intent_of(e);
     for (int w = 0; w < KM_WIN_COUNT; w++) {
         int had = (k->win_mask >> w) & 1;
-        old_T[w] = had ? k->emission_ns[w] : 0;
         if (set & (1u << w))
             lc[w] = given[w];
         else
             lc[w] = (km__limit_cfg){had ? k->limit[w] : 0, had ? k->burst[w] : 0,
                                     had ? k->mode[w] : KM_MODE_TOKEN_BUCKET};
+        /* Details of the intent (published by intent_begin's op store). */
+        ck_pr_store_64(&in->old_T[w], had ? k->emission_ns[w] : 0);
+        ck_pr_store_64(&in->limit[w], lc[w].limit);
+        ck_pr_store_64(&in->burst[w], lc[w].burst);
+        ck_pr_store_8(&in->mode[w], (uint8_t)lc[w].mode);
     }
+    intent_begin(e, KM__OP_LIMITS, key, k->pool);
     /* Acquirers skip the key from here; the grace period lets those that
      * read the old parameters finish.  The exchange is a full barrier. */
     ck_pr_fas_32(&k->updating, 1);
+    KM__FAULT("limits.updating");
     rc = km__epoch_sync(&e->seg, km__admin_timeout(e));
     if (rc == KM_OK) {
-        km__key_limits_write(k, lc);
-        uint64_t now = km__now();
-        for (int w = 0; w < KM_WIN_COUNT; w++)
-            rescale(&k->win[w], old_T[w], (k->win_mask >> w) & 1 ? k->emission_ns[w] : 0, now);
+        KM__FAULT("limits.synced");
+        intent_step(e, KM__STEP_SYNCED);
+        limits_apply(e, k, 0);
         count_reconfig(e);
     }
     /* New parameters before the flag that lets acquirers back in. */
     ck_pr_fence_store();
     ck_pr_store_32(&k->updating, 0);
-    if (k->pool < e->geom.n_pools)
-        km__wake_pool(e, k->pool); /* a raised limit may admit sleepers */
+    KM__FAULT("limits.cleared");
+    km__wake_pool(e, k->pool); /* a raised limit may admit sleepers */
+    intent_end(e);
     km__admin_unlock(e);
     return rc;
 }
@@ -416,13 +783,11 @@ KM_EXTERN int km_set_admin_timeout(km_env *e, uint32_t timeout_ms)
     return KM_OK;
 }
 
-KM_EXTERN int km_key_set_state(km_env *e, int key, int state)
+/* ------------------------------------------------------- enable, disable */
+
+/* The operator's state change (idempotent: the recovery does it again). */
+static void state_apply(km_env *e, km__key *k, int state)
 {
-    if (!e || (state != KM_KEY_ACTIVE && state != KM_KEY_DISABLED))
-        return KM_EINVAL;
-    if ((uint32_t)key >= e->geom.cap_keys || ck_pr_load_32(&km__keys(e)[key].state) >= KM__ST_FREE)
-        return KM_ENOKEY; /* (a negative index is out of range too) */
-    km__key *k = &km__keys(e)[key];
     /* Never out of FREE or REMOVED: those rows belong to reconfiguration. */
     const uint32_t gone = (1u << KM__ST_FREE) | (1u << KM__ST_REMOVED);
     if (state == KM_KEY_ACTIVE) {
@@ -430,12 +795,137 @@ KM_EXTERN int km_key_set_state(km_env *e, int key, int state)
         ck_pr_store_32(&k->consec_fail, 0);
         ck_pr_store_32(&k->consec_429, 0);
         ck_pr_store_64(&k->cooldown_until, 0);
+        KM__FAULT("state.health");
         ck_pr_fence_store();
         km__state_to(k, ~gone & ~(1u << KM__ST_ACTIVE), KM__ST_ACTIVE);
+        KM__FAULT("state.active");
         if (k->pool < e->geom.n_pools)
             km__wake(e, &km__pools(e)[k->pool]);
     } else {
         km__state_to(k, ~gone, KM__ST_DISABLED);
+        KM__FAULT("state.disabled");
     }
+}
+
+KM_EXTERN int km_key_set_state(km_env *e, int key, int state)
+{
+    if (!e || (state != KM_KEY_ACTIVE && state != KM_KEY_DISABLED))
+        return KM_EINVAL;
+    /* Under the admin lock: the change is recorded, so a caller killed
+     * half-way (health cleared, state not yet changed) is finished by
+     * whoever finds it. */
+    int rc = admin_lock_key(e, key);
+    if (rc != KM_OK)
+        return rc;
+    km__key *k = &km__keys(e)[key];
+    intent_begin(e, state == KM_KEY_ACTIVE ? KM__OP_ENABLE : KM__OP_DISABLE, key, k->pool);
+    intent_step(e, KM__STEP_PUBLISH);
+    state_apply(e, k, state);
+    intent_end(e);
+    km__admin_unlock(e);
     return KM_OK;
+}
+
+/* ------------------------------------------------------------- recovery */
+
+/* Finish or undo the intent of a dead writer (the lock is held; see the top
+ * of this file).  Never waits. */
+static void recover(km_env *e)
+{
+    km__intent *in = km__intent_of(e);
+    uint32_t op = ck_pr_load_32(&in->op);
+    ck_pr_fence_load(); /* op before the details it publishes */
+    uint32_t step = ck_pr_load_32(&in->step), ki = ck_pr_load_32(&in->key);
+    uint32_t p = ck_pr_load_32(&in->pool);
+    km__key *k = ki < e->geom.cap_keys ? &km__keys(e)[ki] : NULL;
+
+    /* We are the writer now: a reaper sees a live one and leaves it to us;
+     * if we die here too, the next one starts again from the same record. */
+    uint32_t pid = (uint32_t)getpid();
+    ck_pr_store_64(&in->start_time, km__pid_start_time(pid));
+    ck_pr_store_32(&in->pid, pid);
+    ck_pr_fence_store();
+    KM__FAULT("recover.begun");
+
+    switch (op) {
+    case KM__OP_ADD:
+        if (step < KM__STEP_ROW || !k || p >= e->geom.n_pools)
+            break; /* no row chosen yet */
+        if (!in_list(e, p, ki)) {
+            row_free(e, ki); /* never published: undone */
+            KM__FAULT("recover.add.undone");
+        }
+        break;
+    case KM__OP_REMOVE:
+        if (k && ck_pr_load_32(&k->state) < KM__ST_FREE)
+            key_retire(e, k);
+        else if (k && ck_pr_load_32(&k->state) == KM__ST_REMOVED)
+            /* The retire epoch may not have been stored: take it again. */
+            ck_pr_store_64(&k->retire_epoch, ck_pr_load_64(&e->seg.hdr->epoch));
+        break;
+    case KM__OP_WEIGHT:
+        if (k && p < e->geom.n_pools &&
+            ck_pr_load_32(&km__pools(e)[p].cur) == ck_pr_load_32(&in->cur))
+            ck_pr_store_32(&k->weight, ck_pr_load_32(&in->old_weight)); /* not published */
+        break;
+    case KM__OP_LIMITS:
+        if (!k)
+            break;
+        if (step >= KM__STEP_SYNCED)
+            limits_apply(e, k, 1);
+        ck_pr_fence_store(); /* the parameters before the flag */
+        ck_pr_store_32(&k->updating, 0);
+        KM__FAULT("recover.limits.cleared");
+        break;
+    case KM__OP_ENABLE:
+    case KM__OP_DISABLE:
+        if (k && ck_pr_load_32(&k->state) < KM__ST_FREE)
+            state_apply(e, k, op == KM__OP_ENABLE ? KM_KEY_ACTIVE : KM_KEY_DISABLED);
+        break;
+    default: /* not an operation of ours: nothing to redo */
+        break;
+    }
+    /* Every pool's spare list waits for a grace period from now: a writer
+     * killed between its flip and flip_epoch left that epoch too old. */
+    ck_pr_fence_memory();
+    uint64_t now_epoch = ck_pr_load_64(&e->seg.hdr->epoch);
+    for (uint32_t q = 0; q < e->geom.n_pools; q++)
+        ck_pr_store_64(&km__pools(e)[q].flip_epoch, now_epoch);
+    count_rows(e);
+    KM__FAULT("recover.counted");
+    ck_pr_store_64(&in->recovered, ck_pr_load_64(&in->recovered) + 1);
+    for (uint32_t q = 0; q < e->geom.n_pools; q++)
+        km__wake_pool(e, q); /* a key back, or a flag cleared */
+    intent_end(e);
+}
+
+void km__admin_recover_dead(km_env *e)
+{
+    km__intent *in = km__intent_of(e);
+    if (e->seg.ro || ck_pr_load_32(&in->op) == KM__OP_NONE)
+        return;
+    ck_pr_fence_load(); /* op before the writer it names */
+    /* A live writer (another thread of ours included) finishes its own. */
+    if (km__pid_alive(ck_pr_load_32(&in->pid), ck_pr_load_64(&in->start_time)))
+        return;
+    /* Never wait here (km_acquire may be the caller): a holder of the lock
+     * resolves the intent itself when it finds it. */
+    int rc = pthread_mutex_trylock(admin_mutex(e));
+    if (rc == EBUSY)
+        rc = admin_break(e);
+    if (admin_locked(e, rc) == 0)
+        km__admin_unlock(e);
+}
+
+int km__admin_intent(km_env *e, km__intent_view *v)
+{
+    km__intent *in = km__intent_of(e);
+    v->op = ck_pr_load_32(&in->op);
+    ck_pr_fence_load();
+    v->step = ck_pr_load_32(&in->step);
+    v->key = ck_pr_load_32(&in->key);
+    v->pid = ck_pr_load_32(&in->pid);
+    v->recovered = ck_pr_load_64(&in->recovered);
+    v->alive = v->op != KM__OP_NONE && km__pid_alive(v->pid, ck_pr_load_64(&in->start_time));
+    return v->op;
 }

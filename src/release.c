@@ -177,6 +177,18 @@ static void apply_view(km__key *k, const km_outcome *o)
         tighten(k, KM_WIN_TPM, now, o->tokens_remaining, o->tokens_reset_ms);
 }
 
+/* Not this handle's lease (any more): stale, and counted on the key; or a
+ * handle without a process slot (tag 0), which owns no lease and counts
+ * nothing (a read-only one cannot).  Out of line: the path that releases
+ * stays as it was. */
+static __attribute__((noinline, cold)) int refused(km_env *e, km__key *k)
+{
+    if (!e->seg.tag)
+        return KM_EREADONLY;
+    ck_pr_inc_64(&k->stale);
+    return KM_ESTALE;
+}
+
 KM_EXTERN int km_release(km_env *e, const km_lease *l, const km_outcome *o)
 {
     static const km_outcome cancelled = {.kind = KM_OUT_CANCELLED, .latency_us = -1, .tokens = 0};
@@ -197,10 +209,8 @@ KM_EXTERN int km_release(km_env *e, const km_lease *l, const km_outcome *o)
     /* Ours and still this lease?  owner is written only by us while we own
      * the slot, so these loads cannot race with a change we care about. */
     if (ck_pr_load_64(&ls->owner) != e->seg.tag || ck_pr_load_32(&ls->seq) != l->seq ||
-        ck_pr_load_32(&ls->phase) != KM__LP_ACTIVE) {
-        ck_pr_inc_64(&k->stale);
-        return KM_ESTALE;
-    }
+        ck_pr_load_32(&ls->phase) != KM__LP_ACTIVE)
+        return refused(e, k);
     ck_pr_store_32(&ls->phase, KM__LP_RELEASING);
     ck_pr_fence_store_atomic(); /* phase before the limit CASes (P2, src/layout.h) */
 

@@ -5,12 +5,15 @@
  * into a configuration: capacity, pools and keys with the limits, prices,
  * budgets and metadata they had, and the secrets decrypted.  That text goes
  * through km_config_parse, so a restored segment obeys exactly the rules of
- * a created one.  The segment is created under a temporary name, its state
- * is written (counters, latency and health, cooldowns, limit windows, spend,
- * the pools' defaults for keys added later), and only then renamed into
- * place without replacing anything (km__seg_rename_noreplace, shm/): no
- * worker can attach to a half-restored segment, and an existing segment is
- * never replaced.
+ * a created one.  The segment is created under a temporary name (the one
+ * km_create uses, naming this process: src/attach.c), its state is written
+ * (counters, latency and health, cooldowns, limit windows, spend, the
+ * pools' defaults for keys added later), and only then renamed into place
+ * without replacing anything (km__create_commit): no worker can attach to a
+ * half-restored segment, an existing segment is never replaced, and a
+ * restore killed at any instruction leaves only a temporary that a sweep
+ * removes (km_segment_sweep), never a half-restored segment under the name.
+ * A NULL name restores into a private segment (km_create_private).
  *
  * Times.  The snapshot holds wall-clock times (cooldown ends, each window's
  * GCRA word); they become monotonic ones as of now, so what was owed at the
@@ -339,7 +342,7 @@ KM_EXTERN int km_restore(const char *name, const char *json, size_t len, const u
                          unsigned mode, km_env **out, char *errbuf, size_t errlen)
 {
     restore_ctx c = {errbuf, errlen, key, 0, 0};
-    char nm[KM_SEG_NAME_MAX + 2], tmp[KM_SEG_NAME_MAX + 2];
+    char nm[KM__SEG_NAME_BUF], tmp[KM__SEG_NAME_BUF];
     json_error_t jerr;
     json_t *root, *cfgj = NULL;
     km_config *cfg = NULL;
@@ -351,8 +354,10 @@ KM_EXTERN int km_restore(const char *name, const char *json, size_t len, const u
         errbuf[0] = '\0';
     if (out)
         *out = NULL;
-    if (!json || (rc = km__seg_name(name, nm)) != KM_OK)
+    if (!json || (name && (rc = km__seg_name(name, nm)) != KM_OK))
         return json ? rc : KM_EINVAL;
+    if (name && km__seg_is_tmp(nm))
+        return KM_ENAME;
     if (sodium_init() < 0)
         return KM_ESYS;
     root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &jerr);
@@ -392,7 +397,7 @@ KM_EXTERN int km_restore(const char *name, const char *json, size_t len, const u
         }
     }
     /* Refuse early if the name is taken (checked again at the rename). */
-    if ((rc = km__seg_name_free(nm)) != KM_OK)
+    if (name && (rc = km__seg_name_free(nm)) != KM_OK)
         goto out;
     if ((rc = snapshot_config(&c, root, &cfgj)) != KM_OK)
         goto out;
@@ -408,21 +413,18 @@ KM_EXTERN int km_restore(const char *name, const char *json, size_t len, const u
     if (rc != KM_OK)
         goto out;
 
-    snprintf(tmp, sizeof tmp, "%.*s.restore.%d", KM_SEG_NAME_MAX - 24, nm + 1, (int)getpid());
-    if ((rc = km_create(tmp, cfg, mode, &e)) != KM_OK) {
+    rc = name ? km__create_tmp(nm, cfg, mode, &e, tmp) : km__create_private(cfg, &e);
+    if (rc != KM_OK) {
         fail_msg(&c, rc, "creating the segment: %s", km_strerror(rc));
         goto out;
     }
     c.now_mono = km__now();
     c.now_wall = km__wall_ns();
     state_restore(&c, e, root);
+    KM__FAULT("restore.filled");
     /* Publish under the real name; never over an existing segment. */
-    if ((rc = km__seg_rename_noreplace(tmp, nm)) != KM_OK) {
-        int saved = errno;
-        km_close(e);
-        e = NULL;
-        km_unlink(tmp);
-        errno = saved;
+    if (name && (rc = km__create_commit(e, tmp, nm)) != KM_OK) {
+        e = NULL; /* closed, and the temporary removed */
         goto out;
     }
     if (out) {

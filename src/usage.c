@@ -131,6 +131,8 @@ KM_EXTERN int km_usage_drain(km_env *e, int (*fn)(void *ctx, const km_usage_even
     int rc;
     if (!e || !fn)
         return KM_EINVAL;
+    if (!e->seg.tag)
+        return KM_EREADONLY; /* the drainer is named by its process slot's tag */
     uint32_t n = km__uring_cap(e);
     if (n && (rc = drainer_take(e)) != KM_OK)
         return rc;

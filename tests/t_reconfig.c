@@ -27,6 +27,15 @@
  * it makes a grace period time out (KM_EBUSY) and is reported by
  * km_reader_info_get and `kmctl inspect` (pid, epochs behind, time inside);
  * a removal still takes effect; after SIGCONT the grace period completes.
+ * Dead writers (issue 17, findings 1 and 2): a writer SIGKILLed while
+ * km_key_add or km_key_set_limits waits for a grace period (a stalled
+ * reader holds it) leaves no key row live outside every member list and no
+ * key skipped for good: km_check names the interrupted change until the
+ * next writer (add) or a reap (limits) resolves it; then km_check is clean,
+ * the key is absent or usable, its id can be added again, and keys added
+ * until KM_EFULL fill every row.  A removed key that its list still names
+ * (the rebuild timed out) is not reused for a key of another pool while
+ * that list names it.
  */
 #include <inttypes.h>
 #include <pthread.h>
@@ -538,14 +547,168 @@ static void t_stall(void)
     rmseg(env);
 }
 
+/* ---------------------------------------------------------- dead writers */
+
+/* A spinner process stopped inside an acquire (its reader row active):
+ * grace periods wait for it until it is continued.  Returns its pid. */
+static pid_t stall_reader(km_env *env)
+{
+    int *go = mmap(NULL, sizeof(int), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    *go = 0;
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0)
+        spinner(go);
+    while (!ck_pr_load_int(go))
+        sched_yield();
+    munmap(go, sizeof(int));
+    km_info inf;
+    km_info_get(env, &inf);
+    for (int tries = 0; tries < 5000; tries++) {
+        kill(pid, SIGSTOP);
+        waitpid(pid, NULL, WUNTRACED);
+        for (uint32_t s = 0; s < inf.cap_procs; s++)
+            for (uint32_t r = 0; r < KM__RDR_PER_PROC; r++) {
+                km_reader_info ri;
+                if (km_reader_info_get(env, s, r, &ri) == KM_OK && ri.pid == (uint32_t)pid)
+                    return pid;
+            }
+        kill(pid, SIGCONT);
+        struct timespec ts = {0, 100 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    bail_out("could not stop the spinner inside an acquire");
+}
+
+static void end_reader(pid_t pid)
+{
+    kill(pid, SIGKILL);
+    kill(pid, SIGCONT);
+    waitpid(pid, NULL, 0);
+}
+
+/* Run `what` in a child writer (admin timeout 10 s) and SIGKILL it 200 ms
+ * in, while a grace period keeps it waiting. */
+static void kill_waiting_writer(int what, int key)
+{
+    fflush(stdout);
+    pid_t w = fork();
+    if (w == 0) {
+        km_env *e;
+        char err[256];
+        if (km_open_flags(seg, KM_OPEN_NO_REAP, &e) != KM_OK)
+            _exit(3);
+        km_set_admin_timeout(e, 10000);
+        if (what == 0)
+            km_key_add(e, km_pool_find(e, "p"), "{\"id\": \"c\", \"secret\": \"sk-charlie-dead-0003\"}",
+                       err, sizeof err);
+        else
+            km_key_set_limits(e, key, "{\"rpm\": 1000}", err, sizeof err);
+        _exit(0);
+    }
+    struct timespec ts = {0, 200 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+    kill(w, SIGKILL);
+    waitpid(w, NULL, 0);
+}
+
+/* km_check's lines, but those about dead processes not yet reaped. */
+static void count_line(void *ctx, const char *line)
+{
+    if (strstr(line, "died without detaching"))
+        return;
+    (*(int *)ctx)++;
+    diag("  km_check: %s", line);
+}
+
+static void t_dead_writers(void)
+{
+    km_env *env = mkseg(base_json);
+    int p = pool_of(env, "p");
+    int a = key_of(env, p, 0);
+    char err[256];
+    km_lease l;
+    int n;
+
+    /* Finding 1: killed in km_key_add while it waits for a grace period. */
+    is_int(km_key_set_weight(env, key_of(env, p, 1), 2), KM_OK, "dead add: a re-weight first");
+    pid_t sp = stall_reader(env);
+    kill_waiting_writer(0, 0);
+    end_reader(sp);
+    n = 0;
+    km_check(env, count_line, &n);
+    ok(n > 0, "dead add: km_check reports the interrupted add (%d lines)", n);
+    int c = km_key_add(env, p, "{\"id\": \"c\", \"secret\": \"sk-charlie-live-0003\"}", err, sizeof err);
+    ok(c >= 0, "dead add: the next writer adds c again (%s)", c < 0 ? E(c) : "ok");
+    km_reap(env, NULL); /* the dead processes' slots */
+    is_int(km_check(env, count_line, &n), 0, "dead add: km_check clean after the next writer");
+    is_int(pinned(env, p, "c", &l), KM_OK, "dead add: c is handed out");
+    is_str(l.secret, "sk-charlie-live-0003", "dead add: with the secret of the add that finished");
+    km_release(env, &l, NULL);
+    int d = km_key_add(env, p, "{\"id\": \"d\", \"secret\": \"sk-delta-0000000004\"}", err, sizeof err);
+    ok(d >= 0, "dead add: no row lost, the fourth key fits (%s)", d < 0 ? E(d) : "ok");
+
+    /* Finding 2: killed in km_key_set_limits while it waits. */
+    km_key_remove(env, d);
+    is_int(km_key_set_weight(env, a, 3), KM_OK, "dead limits: a re-weight first");
+    sp = stall_reader(env);
+    kill_waiting_writer(1, a);
+    end_reader(sp);
+    n = 0;
+    km_check(env, count_line, &n);
+    ok(n > 0, "dead limits: km_check reports the key skipped for good (%d lines)", n);
+    km_reap(env, NULL);
+    is_int(km_check(env, count_line, &n), 0, "dead limits: km_check clean after a reap");
+    is_int(pinned(env, p, "a", &l), KM_OK, "dead limits: a is handed out again");
+    km_release(env, &l, NULL);
+    int got_a = 0;
+    for (int i = 0; i < 100; i++)
+        if (acquire_with(env, p, KM_STRATEGY_ROUND_ROBIN, 0, &l) == KM_OK) {
+            got_a += l.key == a;
+            km_release(env, &l, NULL);
+        }
+    ok(got_a >= 20, "dead limits: round robin gives a %d of 100 leases", got_a);
+    is_u64(info(env, a).limits[KM_WIN_RPM].limit, 0, "dead limits: the old limits stand");
+    rmseg(env);
+
+    /* A removed key still named by its list is not reused for another pool. */
+    env = mkseg("{\"capacity\": {\"keys\": 3},"
+                " \"pools\": [{\"name\": \"p\", \"keys\": [{\"id\": \"a\", \"secret\": \"sk-a-1111111111\"}]},"
+                "  {\"name\": \"q\", \"keys\": [{\"id\": \"x\", \"secret\": \"sk-x-2222222222\"},"
+                "                              {\"id\": \"y\", \"secret\": \"sk-y-3333333333\"}]}]}");
+    p = pool_of(env, "p");
+    int q = pool_of(env, "q");
+    int x = km_key_find(env, q, "x");
+    km_key_set_weight(env, x, 2); /* q's spare list now waits for a grace period */
+    sp = stall_reader(env);
+    km_set_admin_timeout(env, 100);
+    is_int(km_key_remove(env, x), KM_OK, "lingering: x removed while its list cannot be rebuilt");
+    end_reader(sp);
+    km_reap(env, NULL);
+    km_set_admin_timeout(env, 2000);
+    int z = km_key_add(env, p, "{\"id\": \"z\", \"secret\": \"sk-zulu-4444444444\"}", err, sizeof err);
+    ok(z >= 0, "lingering: a key of p takes x's row (%s)", z < 0 ? E(z) : "ok");
+    int wrong = 0;
+    km_request rq = {.pool = q};
+    for (int i = 0; i < 200; i++)
+        if (km_acquire(env, &rq, &l) == KM_OK) {
+            wrong += strcmp(l.secret, "sk-zulu-4444444444") == 0;
+            km_release(env, &l, NULL);
+        }
+    is_int(wrong, 0, "lingering: pool q never hands out p's new key");
+    is_int(km_check(env, count_line, &n), 0, "lingering: km_check clean");
+    rmseg(env);
+}
+
 int main(void)
 {
     fixtures_init("reconfig");
-    plan(30 + 5 + 16 + 10 + 16);
+    plan(30 + 5 + 16 + 10 + 16 + 17);
     t_add_remove();
     t_weight();
     t_limits();
     t_torture();
     t_stall();
+    t_dead_writers();
     return exit_status();
 }

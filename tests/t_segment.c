@@ -6,6 +6,13 @@
  * as a failed assertion naming the signal instead of killing the test.
  * White-box: the header is edited through a separate mmap of /dev/shm/<name>
  * using the layout in shm/seg.h.
+ *
+ * Issue 17: private segments (a memfd: no name, sealed, a forked child
+ * attaches through the descriptor, a snapshot restores into one); read-only
+ * and slotless handles on a full process table (readers work, every writer
+ * says KM_EREADONLY, no byte written, no slot taken); temporaries (a
+ * create sweeps a dead creator's, never a live one's) and
+ * km_segment_describe.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -20,7 +27,7 @@
 
 /* ------------------------------------------------ segment names and cleanup */
 
-#define MAX_NAMES 16
+#define MAX_NAMES 24
 static char names[MAX_NAMES][64];
 static int n_names;
 static pid_t main_pid;
@@ -526,6 +533,7 @@ static void test_growth(void)
         ST(KM_ST_USAGE_REPORT, km_usage_report), ST(KM_ST_WINDOW_STATS, km_window_stats),
         ST(KM_ST_STATS_COUNTERS, km_stats_counters), ST(KM_ST_KEY_STATS, km_key_stats),
         ST(KM_ST_POOL_STATS, km_pool_stats), ST(KM_ST_MODEL_STATS, km_model_stats),
+        ST(KM_ST_SEGMENT_DESC, km_segment_desc),
 #undef ST
     };
     int bad = 0;
@@ -583,6 +591,213 @@ static void test_growth(void)
     km_unlink(name);
 }
 
+/* ------------------------------------------------ private, read-only, named */
+
+/* Private segments (issue 17, item 3): no name, a descriptor children use. */
+static void test_private(void)
+{
+    km_config *cfg = parse(CFG);
+    km_env *env = NULL, *named;
+    int rc = km_create_private(cfg, &env);
+    km_config_free(cfg);
+    is_str(rcname(rc), "OK", "km_create_private");
+    if (rc != KM_OK)
+        bail_out("km_create_private: %s", km_err_name(rc));
+    int fd = km_fd(env);
+    ok(fd >= 0, "km_fd of a private segment: a descriptor (%d)", fd);
+    char link[256] = "", path[64];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(path, link, sizeof link - 1);
+    ok(n > 0 && strncmp(link, "/memfd:keymesh-private", 22) == 0, "it is a memfd (%s)", link);
+    ok(ftruncate(fd, 4096) != 0, "sealed: it cannot be truncated under a mapping");
+    km_lease l;
+    km_request rq = {.pool = 0};
+    is_int(km_acquire(env, &rq, &l), KM_OK, "a private segment hands out leases");
+    km_release(env, &l, NULL);
+
+    /* A child attaches through the inherited descriptor. */
+    fflush(stdout);
+    pid_t p = fork();
+    if (p == 0) {
+        km_env *c = NULL;
+        if (km_open_fd(km_fd(env), 0, &c) != KM_OK)
+            _exit(1);
+        km_lease cl;
+        int r = km_acquire(c, &rq, &cl);
+        if (r == KM_OK)
+            r = km_release(c, &cl, NULL);
+        km_close(c);
+        _exit(r == KM_OK ? 0 : 2);
+    }
+    int st;
+    waitpid(p, &st, 0);
+    is_int(WIFEXITED(st) ? WEXITSTATUS(st) : 100, 0, "a forked child attaches with km_open_fd(km_fd(...)) and acquires");
+    km_key_info ki;
+    km_key_info_get(env, 0, &ki);
+    km_key_info kj;
+    km_key_info_get(env, 1, &kj);
+    is_u64(ki.acquired + kj.acquired, 2, "the child's lease counted in the same segment");
+    is_int(km_open_fd(-1, 0, &named), KM_EINVAL, "km_open_fd(-1): KM_EINVAL");
+    int dn = open("/dev/null", O_RDONLY);
+    is_str(rcname(km_open_fd(dn, 0, &named)), "ENOTREADY", "km_open_fd of /dev/null: not a segment");
+    close(dn);
+    km_close(env);
+
+    /* A snapshot restored into a private segment (no name). */
+    const char *name = seg_name("priv");
+    env = create(name);
+    unsigned char key[KM_SNAPSHOT_KEY_BYTES] = {1, 2, 3};
+    char *js = NULL, err[256];
+    km_snapshot_json_ex(env, KM_SNAPSHOT_SECRETS, key, &js);
+    is_int(km_fd(env), KM_EINVAL, "km_fd of a named segment: KM_EINVAL");
+    km_env *r = NULL;
+    rc = km_restore(NULL, js ? js : "", js ? strlen(js) : 0, key, 0, &r, err, sizeof err);
+    is_str(rcname(rc), "OK", "km_restore with no name: a private segment (%s)", err);
+    ok(rc == KM_OK && km_fd(r) >= 0, "the restored one has a descriptor, no name");
+    km_close(r);
+    free(js);
+    km_close(env);
+    km_unlink(name);
+}
+
+/* The bytes of a mapping, to compare before and after. */
+static void *copy_of(km_env *e)
+{
+    void *c = malloc(e->seg.map_size);
+    if (!c)
+        bail_out("malloc");
+    memcpy(c, e->seg.base, e->seg.map_size);
+    return c;
+}
+
+static void no_report(void *ctx, const char *line)
+{
+    (void)ctx;
+    (void)line;
+}
+
+static int drain_none(void *ctx, const km_usage_event *ev)
+{
+    (void)ctx;
+    (void)ev;
+    return 0;
+}
+
+/* Read-only and slotless handles (item 4), on a full process table. */
+static void test_readonly(void)
+{
+    const char *name = seg_name("ro");
+    km_config *cfg = parse("{\"capacity\": {\"keys\": 4, \"processes\": 1},"
+                           " \"pools\": [{\"name\": \"p\", \"keys\": [{\"id\": \"k0\", \"secret\": \"sk-test-ro-00000000\"}]}]}");
+    km_env *env = NULL, *ro = NULL, *ns = NULL, *x = NULL;
+    if (km_create(name, cfg, 0, &env) != KM_OK)
+        bail_out("create ro");
+    km_config_free(cfg);
+    km_lease held;
+    km_request rq = {.pool = 0, .tokens = 5};
+    km_acquire(env, &rq, &held);
+    is_str(rcname(km_open(name, &x)), "EPROCS", "the process table (1 slot) is full");
+    is_str(rcname(km_open_flags(name, KM_OPEN_READONLY, &ro)), "OK", "KM_OPEN_READONLY attaches to a full table");
+    is_str(rcname(km_open_flags(name, KM_OPEN_NO_SLOT, &ns)), "OK", "KM_OPEN_NO_SLOT attaches to a full table");
+    is_str(rcname(km_open_flags(name, 64, &x)), "EINVAL", "an unknown flag: KM_EINVAL");
+    if (!ro || !ns)
+        bail_out("read-only attach");
+    void *before = copy_of(ro);
+    km_info inf;
+    km_key_info ki;
+    km_key_stats ks;
+    km_proc_info pi;
+    char *js = NULL;
+    int reads = km_info_get(ro, &inf) == KM_OK && km_key_info_get(ro, 0, &ki) == KM_OK &&
+                km_key_stats_get(ro, 0, &ks, sizeof ks) == KM_OK &&
+                km_proc_info_get(ro, 0, &pi) == KM_OK && km_check(ro, no_report, NULL) == 0 &&
+                km_snapshot_json(ro, &js) == KM_OK;
+    free(js);
+    ok(reads, "readers work on a read-only handle (info, stats, proc, check, snapshot)");
+    is_int(inf.n_procs, 1, "it takes no process slot (1 attached: the creator)");
+    km_lease l;
+    unsigned char key[KM_SNAPSHOT_KEY_BYTES] = {0};
+    char err[128];
+    is_str(rcname(km_acquire(ro, &rq, &l)), "EREADONLY", "read-only: km_acquire");
+    is_str(rcname(km_acquire_wait(ro, &rq, &l, 10)), "EREADONLY", "read-only: km_acquire_wait");
+    is_str(rcname(km_release(ro, &held, NULL)), "EREADONLY", "read-only: km_release (of another's lease)");
+    is_str(rcname(km_key_set_state(ro, 0, KM_KEY_DISABLED)), "EREADONLY", "read-only: km_key_set_state");
+    is_str(rcname(km_key_set_weight(ro, 0, 2)), "EREADONLY", "read-only: km_key_set_weight");
+    is_str(rcname(km_key_add(ro, 0, "{\"id\": \"k9\", \"secret\": \"sk-test-ro-99999999\"}", err, sizeof err)),
+           "EREADONLY", "read-only: km_key_add");
+    is_str(rcname(km_reap(ro, NULL)), "EREADONLY", "read-only: km_reap");
+    is_str(rcname(km_usage_drain(ro, drain_none, NULL, NULL)), "EREADONLY", "read-only: km_usage_drain");
+    is_str(rcname(km_snapshot_json_ex(ro, KM_SNAPSHOT_SECRETS, key, &js)), "EREADONLY",
+           "read-only: a snapshot with secrets (it takes the admin lock)");
+    ok(memcmp(before, ro->seg.base, ro->seg.map_size) == 0, "the read-only handle wrote no byte of the segment");
+    free(before);
+    is_str(rcname(km_acquire(ns, &rq, &l)), "EREADONLY", "slotless: km_acquire");
+    is_str(rcname(km_release(ns, &held, NULL)), "EREADONLY", "slotless: km_release (of another's lease)");
+    is_str(rcname(km_usage_drain(ns, drain_none, NULL, NULL)), "EREADONLY", "slotless: km_usage_drain");
+    is_str(rcname(km_key_set_weight(ns, 0, 3)), "OK", "slotless: reconfiguration works");
+    is_str(rcname(km_reap(ns, NULL)), "OK", "slotless: km_reap works");
+    is_str(rcname(km_release(env, &held, NULL)), "OK", "the lease is still its holder's");
+    km_close(ro);
+    km_close(ns);
+    km_info_get(env, &inf);
+    is_int(inf.n_procs, 1, "closing them gave back nothing: still 1 attached");
+    km_close(env);
+    km_unlink(name);
+}
+
+/* Temporaries and km_segment_describe / km_segment_sweep (items 2 and 5). */
+static void test_temporaries(void)
+{
+    const char *name = seg_name("tmp"), *foreign = seg_name("foreign");
+    char dead[160], live[160];
+    km_segment_desc d;
+    km_config *cfg = parse(CFG);
+    km_env *env = NULL;
+    /* A dead creator's temporary: pid of a child that exited. */
+    pid_t p = fork();
+    if (p == 0)
+        _exit(0);
+    waitpid(p, NULL, 0);
+    snprintf(dead, sizeof dead, ".kmtmp.%d.12345.0.%s", (int)p, name);
+    snprintf(live, sizeof live, ".kmtmp.%d.%llu.4000000000.%s", (int)getpid(),
+             (unsigned long long)km__pid_start_time((uint32_t)getpid()), name);
+    make_object(dead, 4096, 0);
+    make_object(live, 4096, 0);
+    is_str(rcname(km_create(".kmtmp.1.2.3.x", cfg, 0, &env)), "ENAME", "km_create refuses a temporary's name");
+    is_int(km_segment_describe(dead, &d), KM_OK, "describe a temporary");
+    ok(d.kind == KM_SEG_TEMPORARY && !d.creator_alive && d.creator_pid == (uint32_t)p &&
+           !strcmp(d.target, name) && d.status == KM_ENOTREADY,
+       "a dead creator's temporary (kind %d, alive %d, status %s)", d.kind, d.creator_alive, rcname(d.status));
+    is_int(km_segment_describe(live, &d), KM_OK, "describe a live creator's temporary");
+    ok(d.kind == KM_SEG_TEMPORARY && d.creator_alive, "its creator is alive");
+    /* km_create sweeps the dead one, keeps the live one. */
+    is_str(rcname(km_create(name, cfg, 0, &env)), "OK", "create while temporaries of the name lie around");
+    char p1[200], p2[200];
+    snprintf(p1, sizeof p1, "/dev/shm/%s", dead);
+    snprintf(p2, sizeof p2, "/dev/shm/%s", live);
+    ok(access(p1, F_OK) != 0 && access(p2, F_OK) == 0, "it removed the dead creator's temporary, not the live one's");
+    uint32_t removed = 99;
+    is_int(km_segment_sweep(name, &removed), KM_OK, "km_segment_sweep");
+    is_int(removed, 0, "a live creator's temporary is never swept");
+    shm_unlink(live);
+    is_int(km_segment_describe(name, &d), KM_OK, "describe a KeyMesh segment");
+    ok(d.kind == KM_SEG_KEYMESH && d.status == KM_OK && d.format == KM_FORMAT_VERSION && d.n_keys == 2 &&
+           d.attached == 1 && d.alive == 1 && d.cap_procs == 8 && d.mode == 0600,
+       "kind, status, format, keys, processes, mode (kind %d status %s keys %u attached %u alive %u)",
+       d.kind, rcname(d.status), d.n_keys, d.attached, d.alive);
+    memset(&d, 0xa5, sizeof d);
+    km_segment_describe(name, &d);
+    ok(d.kind == KM_SEG_KEYMESH && all_zero(d.reserved, sizeof d.reserved),
+       "km_segment_describe zeroes km_segment_desc.reserved");
+    make_object(foreign, 100, 0x5a);
+    km_segment_describe(foreign, &d);
+    ok(d.kind == KM_SEG_FOREIGN && d.status == KM_ENOTKM && d.size_bytes == 100, "another program's object: FOREIGN");
+    is_str(rcname(km_segment_describe("kmt-seg-none-x", &d)), "ENOENT", "describe a missing name: ENOENT");
+    km_close(env);
+    km_unlink(name);
+    km_config_free(cfg);
+}
+
 int main(void)
 {
     main_pid = getpid();
@@ -591,7 +806,7 @@ int main(void)
     signal(SIGALRM, on_signal);
     atexit(unlink_all);
 
-    plan(67);
+    plan(67 + 12 + 23 + 14);
     test_versions_and_errors();
     test_names();
     test_create_open();
@@ -600,5 +815,8 @@ int main(void)
     test_header_fields();
     test_truncated();
     test_growth();
+    test_private();
+    test_readonly();
+    test_temporaries();
     return exit_status();
 }

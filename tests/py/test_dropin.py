@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+import keymesh
+
 from keymesh import (JSONStorage, KeyExhaustedError, KeyMeshError, KeyPool,
                      NoAvailableKeyError, SchedulerStrategy, SegmentRemovedError, SyncKeyPool,
                      unlink)
@@ -262,9 +264,12 @@ def test_segment_removed_under_a_live_pool(seg, secrets):
     fresh.close()
 
 
-def test_private_segment_removed_under_a_live_pool():
+def test_private_segment_cannot_be_removed_under_a_live_pool():
+    # A private pool lives in a memfd (issue 17): it has no name in
+    # /dev/shm that anyone could remove or replace under it.
     pool = SyncKeyPool(keys=KEYS)
-    os.unlink("/dev/shm/" + pool.segment)
-    with pytest.raises(SegmentRemovedError):
-        pool.status()
+    assert not os.path.exists("/dev/shm/" + pool.segment)
+    with pytest.raises(KeyMeshError):
+        keymesh.unlink(pool.segment)
+    assert pool.status()["pool_metrics"]["total_releases"] == 0
     pool.close()   # never a crash, nothing raised

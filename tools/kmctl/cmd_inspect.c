@@ -1,6 +1,8 @@
 /*
  * tools/kmctl/cmd_inspect.c - kmctl inspect (pools and keys, processes,
- * epochs) and kmctl ps, which prints the same process table.
+ * epochs) and kmctl ps, which prints the same process table.  Both attach
+ * read-only (KM_OPEN_READONLY): no process slot, nothing written, so they
+ * work on a full process table and kmctl is not in the table it shows.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -32,8 +34,8 @@ const char usage_inspect[] =
     "              when a key of the pool has a price or a budget\n"
     "  META        the key's metadata (JSON); shown when a key has some\n"
     "\n"
-    "Then the attached processes, as `kmctl ps` lists them; kmctl itself is\n"
-    "marked \"(this kmctl)\".\n"
+    "Then the attached processes, as `kmctl ps` lists them.  kmctl looks\n"
+    "read-only: it takes no process slot and writes nothing.\n"
     "\n"
     "Options:\n"
     "  -j, --json   print one JSON document instead (docs/kmctl.md): the\n"
@@ -57,13 +59,15 @@ const char usage_ps[] =
     "              will release what it held\n"
     "  LEASES      leases it holds now\n"
     "  ATTACHED_S  seconds since it attached\n"
-    "kmctl itself is attached while it looks and is marked \"(this kmctl)\".\n"
+    "kmctl looks read-only: it takes no process slot (it works on a full\n"
+    "table) and is not in the list.\n"
     "\n"
     "Options:\n"
     "  -j, --json   print one JSON document instead (docs/kmctl.md) whose\n"
     "               \"processes\" has one object per process: {\"slot\",\n"
     "               \"pid\", \"alive\", \"leases\", \"attached_ms\", \"self\"}\n"
-    "               (attached_ms: null while attaching; self: this kmctl)\n"
+    "               (attached_ms: null while attaching; self: always\n"
+    "               false, kmctl takes no slot)\n"
     "  -h, --help   show this help\n"
     "\n"
     "Exit status: 0 listed; 1 failure; 2 usage error; 3 no such segment.\n"
@@ -540,7 +544,7 @@ static int inspect_table(km_env *env, const char *name)
         return seg_error(name, rc);
     printf("segment %s: segment format %" PRIu32 ", %" PRIu32 " pool%s, %" PRIu32
            " key%s, %" PRIu64 " bytes, %" PRIu32
-           " process%s attached (this one included)\n",
+           " process%s attached\n",
            name, info.format, info.n_pools, info.n_pools == 1 ? "" : "s",
            info.n_keys, info.n_keys == 1 ? "" : "s", info.size_bytes,
            info.n_procs, info.n_procs == 1 ? "" : "es");

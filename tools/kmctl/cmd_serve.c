@@ -10,8 +10,8 @@
  * then create or restore): before each scrape the watcher (watch.c) looks
  * at the name; gone, and /metrics answers 503 saying so; replaced, and
  * serve attaches to the new one.  It never creates, changes or unlinks
- * anything.  How it attaches (read-only, one line to switch when the
- * library can attach without a process slot): watch.c, WATCH_OPEN.
+ * anything.  It attaches read-only, without a process slot (watch.c,
+ * WATCH_OPEN).
  */
 #include <errno.h>
 #include <inttypes.h>

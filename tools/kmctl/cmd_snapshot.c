@@ -2,6 +2,12 @@
  * tools/kmctl/cmd_snapshot.c - kmctl snapshot, restore, keygen and
  * destroy: a segment's state to a file and back, the key that encrypts
  * its secrets, and the end of a segment.
+ *
+ * snapshot takes no process slot: it attaches read-only, or, with
+ * --include-secrets (which takes the admin lock, so that no key row is
+ * reused while its secret is read), writable without a slot.  destroy looks
+ * at what it removes first (km_segment_describe) and removes only KeyMesh
+ * segments and the temporaries of creations that died, unless --force.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -80,15 +86,22 @@ const char usage_keygen[] =
     "Exit status: 0 written; 1 failure; 2 usage error.\n";
 
 const char usage_destroy[] =
-    "Usage: kmctl destroy NAME\n"
+    "Usage: kmctl destroy NAME [--force]\n"
     "\n"
     "Remove the name of segment NAME.  Processes still attached keep using\n"
     "it until they close; the memory is freed when the last one detaches.\n"
+    "Only a KeyMesh segment (of any version) or the temporary of a creation\n"
+    "that died (.kmtmp.PID...) is removed; anything else in /dev/shm is\n"
+    "refused, with what it is, unless --force.\n"
     "\n"
     "Options:\n"
+    "  -f, --force  remove it whatever it is (another program's object, a\n"
+    "               temporary whose creator still runs: that creation then\n"
+    "               fails); says what it was\n"
     "  -h, --help   show this help\n"
     "\n"
-    "Exit status: 0 removed; 1 failure; 2 usage error; 3 no such segment.\n"
+    "Exit status: 0 removed; 1 failure, or refused (not KeyMesh's); 2 usage\n"
+    "error; 3 no such segment.\n"
     "\n"
     "Example:\n"
     "  kmctl destroy llm\n";
@@ -259,7 +272,8 @@ int cmd_snapshot(int argc, char **argv)
         return usage_error("--key-file and --key-env go with --include-secrets");
     if (o.secrets && (rc = load_key(&o, key)) >= 0)
         return rc;
-    if ((rc = open_seg(name, &env)) != EX_SUCCESS)
+    if ((rc = open_seg_as(name, o.secrets ? KM_OPEN_NO_SLOT : KM_OPEN_READONLY, &env)) !=
+        EX_SUCCESS)
         return rc;
     rc = emit_snapshot(env, name, &o, o.secrets ? key : NULL);
     explicit_bzero(key, sizeof key);
@@ -379,14 +393,63 @@ int cmd_keygen(int argc, char **argv)
 
 /* --------------------------------------------------------------- destroy */
 
-const cmd_syntax destroy_syntax = {usage_destroy, "NAME", NULL, 0};
+static const opt_spec destroy_optv[] = {OPT_FLAG("force", 'f', 1, flag_opts, on)};
+
+const cmd_syntax destroy_syntax = {usage_destroy, "NAME", destroy_optv, N_OPTS(destroy_optv)};
+
+/* What object d is, in a few words (destroy's messages). */
+static void describe_line(const km_segment_desc *d, char *b, size_t n)
+{
+    char own[96];
+    snprintf(own, sizeof own, "%" PRIu64 " bytes, mode %04o, uid %" PRIu32, d->size_bytes,
+             (unsigned)d->mode, d->uid);
+    switch (d->kind) {
+    case KM_SEG_KEYMESH:
+        if (d->status == KM_OK)
+            snprintf(b, n, "a KeyMesh segment (format %" PRIu32 ", %" PRIu32 " keys, %" PRIu32
+                     " of %" PRIu32 " attached processes alive; %s)", d->format, d->n_keys, d->alive,
+                     d->attached, own);
+        else
+            snprintf(b, n, "a KeyMesh segment this kmctl does not read (format %" PRIu32 ": %s; %s)",
+                     d->format, km_strerror(d->status), own);
+        break;
+    case KM_SEG_TEMPORARY:
+        snprintf(b, n, "the temporary of a creation of '%s' by pid %" PRIu32 ", %s (%s)", d->target,
+                 d->creator_pid, d->creator_alive ? "still running" : "which died", own);
+        break;
+    case KM_SEG_UNREADABLE:
+        snprintf(b, n, "an object this user may not read (%s)", own);
+        break;
+    default:
+        snprintf(b, n, "not a KeyMesh segment: %s (%s)",
+                 d->size_bytes ? "no KeyMesh header (another program's, or a creation by an "
+                                 "older KeyMesh that died)"
+                               : "an empty object",
+                 own);
+    }
+}
 
 int cmd_destroy(int argc, char **argv)
 {
+    flag_opts o = {0};
+    km_segment_desc d;
+    char what[512];
     int rc;
-    if ((rc = parse_args(&destroy_syntax, argc, argv, NULL)) >= 0)
+    if ((rc = parse_args(&destroy_syntax, argc, argv, &o)) >= 0)
         return rc;
     const char *name = argv[optind];
+    if ((rc = km_segment_describe(name, &d)) != KM_OK)
+        return seg_error(name, rc);
+    describe_line(&d, what, sizeof what);
+    int ours = d.kind == KM_SEG_KEYMESH || (d.kind == KM_SEG_TEMPORARY && !d.creator_alive);
+    if (!ours && !o.on) {
+        errline("segment '%s': %s; not removed (--force removes it)", name, what);
+        return EX_FAILED;
+    }
     rc = km_unlink(name);
-    return rc == KM_OK ? EX_SUCCESS : seg_error(name, rc);
+    if (rc != KM_OK)
+        return seg_error(name, rc);
+    if (!ours)
+        printf("removed '%s': %s\n", name, what);
+    return flush_stdout(EX_SUCCESS);
 }

@@ -53,6 +53,11 @@ int seg_error(const char *name, int err);
 
 /* Attach to segment `name` without reaping (see main.c); an exit status. */
 int open_seg(const char *name, km_env **env);
+/* The same with km_open_flags flags (KM_OPEN_NO_REAP is always added):
+ * KM_OPEN_READONLY for commands that only look, KM_OPEN_NO_SLOT for those
+ * that repair (neither needs a process slot, so a full table does not stop
+ * them). */
+int open_seg_as(const char *name, unsigned flags, km_env **env);
 
 /* Flush standard output; on a write error report it and return EX_FAILED,
  * else return rc. */
@@ -121,8 +126,9 @@ typedef struct cmd_syntax {
  * shown, or a usage error reported. */
 int parse_args(const cmd_syntax *syn, int argc, char **argv, void *opts);
 
-/* parse_args, then attach to the one operand NAME (inspect, ps, reap,
- * check).  Returns -1 with *name and *env set, or an exit status. */
+/* parse_args, then attach read-only to the one operand NAME (inspect, ps,
+ * check, stats, metrics).  Returns -1 with *name and *env set, or an exit
+ * status. */
 int parse_and_open(const cmd_syntax *syn, int argc, char **argv, void *opts,
                    const char **name, km_env **env);
 

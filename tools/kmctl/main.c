@@ -77,7 +77,12 @@ int seg_error(const char *name, int err)
  * check and reap, so kmctl attaches with KM_OPEN_NO_REAP. */
 int open_seg(const char *name, km_env **env)
 {
-    int rc = km_open_flags(name, KM_OPEN_NO_REAP, env);
+    return open_seg_as(name, 0, env);
+}
+
+int open_seg_as(const char *name, unsigned flags, km_env **env)
+{
+    int rc = km_open_flags(name, KM_OPEN_NO_REAP | flags, env);
     return rc == KM_OK ? EX_SUCCESS : seg_error(name, rc);
 }
 
@@ -221,7 +226,8 @@ int parse_and_open(const cmd_syntax *syn, int argc, char **argv, void *opts,
     if (rc >= 0)
         return rc;
     *name = argv[optind];
-    rc = open_seg(*name, env);
+    /* They only look: no process slot, nothing written (issue 17). */
+    rc = open_seg_as(*name, KM_OPEN_READONLY, env);
     return rc == EX_SUCCESS ? -1 : rc;
 }
 

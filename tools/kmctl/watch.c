@@ -8,11 +8,8 @@
  * and says why; another object under the name (another inode: the segment
  * was created or restored again), and it attaches to the new one.
  *
- * Read-only.  The watchers should need no process slot and write nothing.
- * The library cannot attach without a slot yet (issue 17 adds it), so they
- * attach with KM_OPEN_NO_REAP: nothing is reaped or changed, but km_open
- * still registers the process.  WATCH_OPEN is the one line to change when
- * the read-only attach exists.
+ * Read-only: the watchers attach with KM_OPEN_READONLY, so they take no
+ * process slot and write nothing to the segment.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -20,7 +17,7 @@
 
 #include "kmctl.h"
 
-#define WATCH_OPEN(name, env) km_open_flags((name), KM_OPEN_NO_REAP, (env))
+#define WATCH_OPEN(name, env) km_open_flags((name), KM_OPEN_READONLY, (env))
 
 int watch_init(seg_watch *w, const char *name)
 {

@@ -69,6 +69,7 @@ EKEYEXISTS = -26
 EFULL = -27
 ECRYPTO = -28
 ENOSLOT = -29
+EREADONLY = -30
 
 # km_outcome_kind
 OUT_SUCCESS = 0
@@ -242,8 +243,14 @@ _PROTOS: dict = {
     "km_key_add": (c_int, [env_p, c_int, c_char_p, c_char_p, c_size_t]),
     "km_key_remove": (c_int, [env_p, c_int]),
     "km_key_set_weight": (c_int, [env_p, c_int, c_uint32]),
+    # Private segments (a memfd): bound when first used; without them a
+    # private pool is a named segment, as before.
+    "km_create_private": (c_int, [cfg_p, POINTER(env_p)]),
+    "km_open_fd": (c_int, [c_int, c_uint, POINTER(env_p)]),
+    "km_fd": (c_int, [env_p]),
 }
-OPTIONAL = {"km_key_add", "km_key_remove", "km_key_set_weight"}
+OPTIONAL = {"km_key_add", "km_key_remove", "km_key_set_weight", "km_create_private",
+            "km_open_fd", "km_fd"}
 
 
 def _here_repo() -> str:

@@ -170,11 +170,17 @@ class _Env:
         self.refs = 0
         self.busy = 0
         self.closing = False
-        self.ident = _seg_ident(name)
+        # A private segment has no name that could be removed or replaced.
+        self.ident = None if name in _private_fds else _seg_ident(name)
 
 
 _envs: Dict[str, _Env] = {}
 _stale_envs: set = set()  # replaced in _envs, still used by older pools
+# Private segments (km_create_private: a memfd, no name in /dev/shm): their
+# pool's name -> the descriptor of the handle that created it.  Kept across
+# fork(): the child inherits the descriptor and attaches through it
+# (km_open_fd); it is dropped when the creating handle closes it.
+_private_fds: Dict[str, int] = {}
 _envs_lock = threading.Lock()
 _storage_pools: "weakref.WeakSet[_Core]" = weakref.WeakSet()
 
@@ -194,6 +200,8 @@ if hasattr(os, "register_at_fork"):
 
 def _km_close(env: _Env) -> None:
     ptr, env.ptr = env.ptr, 0
+    if ptr and env.name in _private_fds and lib.km_fd(ptr) == _private_fds[env.name]:
+        del _private_fds[env.name]  # km_close closes that descriptor
     env.closing = True
     # Threads inside km_acquire_wait on this handle leave within one chunk.
     deadline = time.monotonic() + 5 * _hot.WAIT_CHUNK_MS / 1000.0
@@ -228,7 +236,17 @@ def _close_all_at_exit() -> None:
 atexit.register(_close_all_at_exit)
 
 
-def _attach(name: str, create_cfg: Optional[int] = None, mode: int = 0o600) -> _Env:
+def _private_env(name: str, ptr: int) -> _Env:
+    """Register a handle on a new private segment (under _envs_lock)."""
+    _private_fds[name] = lib.km_fd(ptr)
+    env = _Env(name, ptr)
+    env.refs = 1
+    _envs[name] = env
+    return env
+
+
+def _attach(name: str, create_cfg: Optional[int] = None, mode: int = 0o600,
+            private: bool = False) -> _Env:
     with _envs_lock:
         env = _envs.get(name)
         if env is not None and env.pid == os.getpid() and env.ident is not None and \
@@ -244,8 +262,15 @@ def _attach(name: str, create_cfg: Optional[int] = None, mode: int = 0o600) -> _
             env.refs += 1
             return env
         ptr = ctypes.c_void_p()
-        if create_cfg is not None:
+        if private:
+            rc = lib.km_create_private(create_cfg, ctypes.byref(ptr))
+            if rc == 0:
+                return _private_env(name, ptr.value or 0)
+        elif create_cfg is not None:
             rc = lib.km_create(name.encode(), create_cfg, mode, ctypes.byref(ptr))
+        elif name in _private_fds:
+            # A private segment inherited across fork(): its descriptor.
+            rc = lib.km_open_fd(_private_fds[name], 0, ctypes.byref(ptr))
         else:
             rc = lib.km_open(name.encode(), ctypes.byref(ptr))
         if rc != 0:
@@ -281,8 +306,9 @@ def unlink(name: str) -> None:
         _raise(rc, "segment '%s'" % _segname(name))
 
 
-def _unlink_quietly(name: str, pid: int) -> None:
-    if os.getpid() == pid:
+def _unlink_quietly(name: str, pid: int, memfd: bool = False) -> None:
+    # A private segment in a memfd has no name: it goes with its last user.
+    if os.getpid() == pid and not memfd:
         lib.km_unlink(name.encode())
 
 
@@ -611,8 +637,12 @@ class _Core:
 
     def _make_private(self, keys: List[str], strategy: Any, default_cooldown: float,
                       max_failures: int, storage: Any, storage_key: Any) -> None:
-        # A private segment: one pool "default", unlinked when this object
-        # is closed or collected, or at exit, by its creator.
+        # A private segment: one pool "default", in a memfd
+        # (km_create_private) that the kernel frees with the last process
+        # using it, so that a SIGKILL leaves no file and no secret behind;
+        # forked children attach through its descriptor.  With a libkeymesh
+        # that lacks it: a named segment, unlinked when this object is
+        # closed or collected, or at exit, by its creator.
         if not keys:
             raise ValueError("keys: at least one key is required")
         seen: Dict[str, int] = {}
@@ -631,27 +661,31 @@ class _Core:
             "capacity": {"keys": max(_KM_KEYS_DEFAULT_SPARE, 2 * len(keys))},
             "pools": [dict(pool_cfg, keys=[{"id": "key-%d" % (i + 1), "secret": k}
                                            for i, k in enumerate(keys)])]}
-        self.segment = "keymesh-py-%d-%s" % (os.getpid(), uuid.uuid4().hex[:12])
+        memfd = lib.optional("km_create_private") is not None and \
+            lib.optional("km_open_fd") is not None and lib.optional("km_fd") is not None
+        self.segment = "%s-%d-%s" % ("private:keymesh-py" if memfd else "keymesh-py",
+                                     os.getpid(), uuid.uuid4().hex[:12])
         self._known = {k: "key-%d" % (i + 1) for i, k in enumerate(keys)}
         path = _storage_path(storage)
         restored = False
         if path is not None:
             self._storage_path = path
             self._storage_key = _storage_key(keys, storage_key)
-            restored = self._restore_from(path, pool_cfg)
+            restored = self._restore_from(path, pool_cfg, memfd)
         if not restored:
             cfg = _parse_config(config)
             try:
-                self._envh = _attach(self.segment, create_cfg=cfg)
+                self._envh = _attach(self.segment, create_cfg=cfg, private=memfd)
             finally:
                 lib.km_config_free(cfg)
         self._private = True
-        self._finalizer = weakref.finalize(self, _unlink_quietly, self.segment, os.getpid())
+        self._finalizer = weakref.finalize(self, _unlink_quietly, self.segment, os.getpid(),
+                                           memfd)
         if path is not None:
             _storage_pools.add(self)
 
     # -- storage
-    def _restore_from(self, path: str, pool_cfg: Dict[str, Any]) -> bool:
+    def _restore_from(self, path: str, pool_cfg: Dict[str, Any], memfd: bool = False) -> bool:
         try:
             with open(path, "rb") as f:
                 doc = json.loads(f.read())
@@ -666,15 +700,22 @@ class _Core:
                 p[k] = pool_cfg[k]
         text = json.dumps(snap).encode()
         err = ctypes.create_string_buffer(512)
-        rc = lib.km_restore(self.segment.encode(), text, len(text), self._storage_key, 0o600,
-                            None, err, len(err))
+        ptr = ctypes.c_void_p()
+        # A NULL name restores into a private segment (km_restore).
+        rc = lib.km_restore(None if memfd else self.segment.encode(), text, len(text),
+                            self._storage_key, 0o600, ctypes.byref(ptr) if memfd else None,
+                            err, len(err))
         if rc == L.ECRYPTO:
             return False  # made with other secrets: start afresh, overwritten on save
         if rc != 0:
             raise KeyMeshError("storage %s: cannot restore: %s%s" % (
                 path, L.strerror(rc), (": " + err.value.decode("utf-8", "replace"))
                 if err.value else ""), rc)
-        self._envh = _attach(self.segment)
+        if memfd:
+            with _envs_lock:
+                self._envh = _private_env(self.segment, ptr.value or 0)
+        else:
+            self._envh = _attach(self.segment)
         return True
 
     def save(self) -> None:
