@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# tests/t_php.sh - the PHP binding (bindings/php, on PHP's FFI) in PHP's CLI.
+#   layout   every struct the binding declares (bindings/php/src/keymesh.h,
+#            libc.h) against the C compiler's layout: tests/e2e/layout.c and
+#            tests/php/libc_layout.c print the offsets, tests/php/layout.php
+#            compares them with FFI\CType's;
+#   binding  tests/php/binding.php twice: the declarations given to
+#            FFI::cdef (how the CLI runs it), then preloaded by ffi.preload
+#            from a header written by bin/keymesh-ffi-header (how php-fpm
+#            runs it).
+# The PHP programs print TAP, renumbered here.  Needs php8.2-cli with FFI
+# and pcntl, and gcc (make deps-test).  Binaries from ${KM_BUILD:-build}.
+# shellcheck source=tests/lib.sh
+. "$(dirname "$0")/lib.sh"
+# shellcheck source=tests/e2e/e2e.sh
+. "$(dirname "$0")/e2e/e2e.sh"
+
+begin php
+e2e_need php gcc
+e2e_setup
+PHPDIR="$REPO/tests/php"
+for m in FFI pcntl posix; do
+    if ! php -m | grep -qx "$m"; then
+        echo "Bail out! php has no $m extension (php8.2-cli: make deps-test)"
+        exit 1
+    fi
+done
+
+# php_tap NAME CMD...: run a PHP TAP program, its lines renumbered into ours
+php_tap() {
+    local name=$1 planned= rc line
+    shift
+    "$@" >"$TMP/tap" 2>"$TMP/php.err"
+    rc=$?
+    while IFS= read -r line; do
+        case "$line" in
+        "ok "*) ok 0 "$name: ${line#ok [0-9]* - }" ;;
+        "not ok "*) ok 1 "$name: ${line#not ok [0-9]* - }" ;;
+        "1.."*) planned=${line#1..} ;;
+        *) echo "$line" ;;
+        esac
+    done <"$TMP/tap"
+    ok "$([ "$rc" = 0 ] && [ "${planned:-0}" -gt 0 ]; echo $?)" "$name ran to its plan (exit $rc, ${planned:-no} tests)"
+    [ "$rc" = 0 ] || diag "$(tail -n 20 "$TMP/php.err")"
+}
+
+# ------------------------------------------------------------------ layout
+if ! gcc -I"$REPO/include" -o "$TMP/layout" "$E2E_DIR/layout.c" 2>"$TMP/gcc.err" ||
+    ! gcc -o "$TMP/libc_layout" "$PHPDIR/libc_layout.c" 2>>"$TMP/gcc.err"; then
+    echo "Bail out! the layout programs do not build: $(cat "$TMP/gcc.err")"
+    exit 1
+fi
+"$TMP/layout" >"$TMP/layout.txt"
+"$TMP/libc_layout" >"$TMP/libc_layout.txt"
+php_tap layout php "$PHPDIR/layout.php" "$TMP/layout.txt" "$TMP/libc_layout.txt"
+
+# ------------------------------------------------------------------ binding
+export KMCTL KMT_TMP="$TMP"
+run_binding() { # run_binding HOW PHP...
+    local how=$1
+    shift
+    KMT_HOW=$how KMT_TAG="$how-$$" KMT_PHP=$("$PY" -c 'import json, sys; print(json.dumps(sys.argv[1:]))' "$@") \
+        php_tap "binding ($how)" "${SANENV[@]}" "$@" "$PHPDIR/binding.php"
+}
+run_binding cdef php
+
+php "$REPO/bindings/php/bin/keymesh-ffi-header" --lib "$LIBKM" -o "$TMP/keymesh.h"
+grep -q "^#define FFI_LIB \"$LIBKM\"\$" "$TMP/keymesh.h"
+ok $? "bin/keymesh-ffi-header --lib writes the header with FFI_LIB set to the library"
+run_binding preload php -d "ffi.preload=$TMP/keymesh.h:$REPO/bindings/php/src/libc.h"
+
+no_secret "$(cat "$TMP"/*.err 2>/dev/null)"
+ok $? "no secret on the PHP programs' standard error"
+no_sanitizer_report
+finish
