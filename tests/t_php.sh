@@ -69,7 +69,28 @@ grep -q "^#define FFI_LIB \"$LIBKM\"\$" "$TMP/keymesh.h"
 ok $? "bin/keymesh-ffi-header --lib writes the header with FFI_LIB set to the library"
 run_binding preload php -d "ffi.preload=$TMP/keymesh.h:$REPO/bindings/php/src/libc.h"
 
-no_secret "$(cat "$TMP"/*.err 2>/dev/null)"
+# ------------------------------------------------------------------ example
+new_seg EXSEG php-example
+ex() { KEYMESH_SEGMENT=$EXSEG "${SANENV[@]}" php "$REPO/examples/laravel-style.php" 2>&1; }
+out1=$(ex)
+rc1=$?
+out2=$(ex)
+rc2=$?
+ok $([ "$rc1" = 0 ] && [ "$rc2" = 0 ] && grep -q "^created segment $EXSEG\$" <<<"$out1" &&
+    ! grep -q '^created' <<<"$out2" && [ "$(grep -c '^request .*: 200 hello' <<<"$out1")" = 9 ] &&
+    [ "$(grep -c '^request .*: 502 upstream answered 429' <<<"$out1")" = 1 ]; echo $?) \
+    "examples/laravel-style.php: creates the segment, then reuses it; 9 answers and the 429 (exit $rc1, $rc2)"
+[ "$rc1" = 0 ] || diag "$out1"
+acq=$("$KMCTL" inspect "$EXSEG" --json | "$PY" -c 'import json, sys; s = json.load(sys.stdin); print(sum(k["counters"]["acquired"] for p in s["pools"] for k in p["keys"]), s["processes_attached"])')
+ok $([ "$acq" = "20 1" ]; echo $?) "... 20 keys acquired over the two runs; nothing attached after they exited but kmctl itself ($acq)"
+run "$KMCTL" check "$EXSEG"
+expect 0 "... kmctl check clean"
+SECRETS+=(sk-example-aaaa1111 sk-example-bbbb2222)
+no_secret "$out1$out2"
+ok $? "... no secret in its output"
+
+# binding.php's secrets are random, all "sk-test-php-..."
+! cat "$TMP"/*.err 2>/dev/null | grep -q 'sk-test-php-\|sk-example-'
 ok $? "no secret on the PHP programs' standard error"
 no_sanitizer_report
 finish

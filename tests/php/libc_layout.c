@@ -14,12 +14,12 @@
 
 int main(void)
 {
-    S("km_php_statx", struct statx);
+    S("kmphp_statx", struct statx);
     F(struct statx, stx_mask); F(struct statx, stx_ino); F(struct statx, stx_dev_major);
     F(struct statx, stx_dev_minor);
-    S("km_php_statx_ts", struct statx_timestamp);
+    S("kmphp_statx_ts", struct statx_timestamp);
     F(struct statx_timestamp, tv_sec); F(struct statx_timestamp, tv_nsec);
-    S("km_php_dl_info", Dl_info);
+    S("kmphp_dl_info", Dl_info);
     F(Dl_info, dli_fname); F(Dl_info, dli_fbase); F(Dl_info, dli_sname); F(Dl_info, dli_saddr);
     printf("\n");
     return 0;

@@ -45,6 +45,8 @@ final class Lease implements \Stringable, \JsonSerializable
     public ?Pool $pool;
     /** @internal */
     public bool $done = false;
+    /** @internal its key in Pool's list of leases out */
+    public int $id = 0;
 
     /** @internal made by Pool::acquire() */
     public function __construct(Pool $pool, CData $c, string $keyId, string $secret, array $meta,

@@ -232,7 +232,7 @@ final class Native
 
     private static function libraryOf(FFI $km, FFI $libc): string
     {
-        $info = $libc->new('km_php_dl_info');
+        $info = $libc->new('kmphp_dl_info');
         if ($libc->dladdr(FFI::cast('void *', $km->km_version), FFI::addr($info)) !== 0
             && $info->dli_fname !== null) {
             return (string) $info->dli_fname;
@@ -400,7 +400,7 @@ final class Native
     public static function segmentIdent(string $segment): string
     {
         $libc = self::$libc ?? self::libc();
-        $st = $libc->new('km_php_statx');
+        $st = $libc->new('kmphp_statx');
         if ($libc->statx(self::AT_FDCWD, '/dev/shm/' . $segment, 0, self::STATX_INO, FFI::addr($st)) !== 0) {
             $errno = $libc->__errno_location()[0];
             return ($errno === 2 || $errno === 20) ? '-' : ''; // ENOENT, ENOTDIR
@@ -414,6 +414,21 @@ final class Native
     /** Forget this request's handles (tests: after pcntl_fork in a child). */
     public static function forget(): void
     {
+        self::$envs = [];
+    }
+
+    /**
+     * Forget everything the end of a request frees (the FFI instances too),
+     * so the next call starts as a new php-fpm request does: tests and
+     * bench/php measure that path with it.
+     */
+    public static function reset(): void
+    {
+        self::$km = null;
+        self::$libc = null;
+        self::$how = '';
+        self::$path = '';
+        self::$nonce = null;
         self::$envs = [];
     }
 }

@@ -25,9 +25,9 @@ use FFI\CData;
  */
 final class Pool
 {
-    /** HTTP headers km_outcome_from_http reads: Retry-After(-Ms), *ratelimit* */
-    private const HEADER_PREFIX = 'retry-after';
-    private const HEADER_PART = 'ratelimit';
+    /** The HTTP headers km_outcome_from_http reads: Retry-After(-Ms) and
+     * *ratelimit* (docs/outcomes.md); a raw line "Name: value" or a name. */
+    private const HEADER_RE = '/^(?:retry-after|[^:]*ratelimit)/i';
 
     private const STATES = ['active', 'cooling', 'probing', 'disabled', 'invalid', 'exhausted'];
     private const OUTCOMES = ['success', 'rate_limited', 'failure', 'auth', 'quota', 'cancelled'];
@@ -45,8 +45,28 @@ final class Pool
     private FFI $km;
     private CData $env;
     private int $pid;
+    /** the request, reused: pool set once, the rest per acquire */
     private CData $req;
     private CData $reqp;
+    /** outcomes reused by release (the C library only reads them) */
+    private CData $ok;
+    private CData $okp;
+    private CData $cancel;
+    private CData $cancelp;
+    private CData $scratch;
+    private CData $scratchp;
+    private CData $resp;
+    private CData $respp;
+    /** mapHttp's buffers: header names, values and the body; their pointers */
+    private ?CData $hbuf = null;
+    private ?CData $harr = null;
+    private ?CData $harrp = null;
+    private int $hbase = 0;
+    private const HBUF = 4096;
+    private const HMAX = 32;
+    private \FFI\CType $leaseType;
+    private int $outcomeSize;
+    private int $respSize;
     /** @var array<string, array{0: CData, 1: CData}> C copies of model names and key ids, and their char * */
     private array $cstr = [];
 
@@ -62,6 +82,28 @@ final class Pool
         $this->req = $this->km->new('km_request');
         $this->req->pool = $index;
         $this->reqp = FFI::addr($this->req);
+        $this->ok = $this->fixedOutcome(Outcome::Success);
+        $this->okp = FFI::addr($this->ok);
+        $this->cancel = $this->fixedOutcome(Outcome::Cancelled);
+        $this->cancelp = FFI::addr($this->cancel);
+        $this->scratch = $this->km->new('km_outcome');
+        $this->scratchp = FFI::addr($this->scratch);
+        $this->leaseType = $this->km->type('km_lease');
+        $this->resp = $this->km->new('km_http_response');
+        $this->respp = FFI::addr($this->resp);
+        $this->outcomeSize = FFI::sizeof($this->scratch);
+        $this->respSize = FFI::sizeof($this->resp);
+    }
+
+    private function fixedOutcome(Outcome $kind): CData
+    {
+        $o = $this->km->new('km_outcome');
+        $o->kind = $kind->value;
+        $o->latency_us = -1;
+        $o->tokens = -1;
+        $o->input_tokens = -1;
+        $o->output_tokens = -1;
+        return $o;
     }
 
     /**
@@ -213,22 +255,26 @@ final class Pool
         }
         if ($timeout === null) {
             $timeout = $this->timeout;
-        } else {
+        } elseif (!($timeout >= 0.0) || $timeout > 4294967.0) {
             self::checkTimeout($timeout);
         }
-        $env = $this->handle();
+        // A pid that changed: this object crossed a fork(); the child attaches.
+        $pid = getmypid();
+        if ($pid !== $this->pid) {
+            $this->env = Native::env($this->segment);
+            $this->pid = $pid;
+        }
         $km = $this->km;
         $req = $this->req;
         $req->tokens = $tokens;
         $req->model = $model === null ? null : $this->cstr($model);
         $req->key_id = $keyId === null ? null : $this->cstr($keyId);
         $req->strategy = $strategy === null ? 0 : $strategy->value;
-        $c = $km->new('km_lease');
+        $c = $km->new($this->leaseType);
         if ($timeout > 0.0) {
-            $ms = (int) ceil($timeout * 1000.0);
-            $rc = $km->km_acquire_wait($env, $this->reqp, FFI::addr($c), $ms);
+            $rc = $km->km_acquire_wait($this->env, $this->reqp, FFI::addr($c), (int) ceil($timeout * 1000.0));
         } else {
-            $rc = $km->km_acquire($env, $this->reqp, FFI::addr($c));
+            $rc = $km->km_acquire($this->env, $this->reqp, FFI::addr($c));
         }
         if ($rc !== 0) {
             throw Native::error($rc, "acquire from pool '{$this->name}'", $c->retry_at_ns);
@@ -241,12 +287,12 @@ final class Pool
             }
         }
         $lease = new Lease($this, $c, FFI::string($c->key_id), FFI::string($c->secret, $c->secret_len),
-            $meta, $model, $tokens, $this->pid);
+            $meta, $model, $tokens, $pid);
         if (self::$out === null) {
             self::$out = [];
             register_shutdown_function([self::class, 'releaseLeftovers']);
         }
-        self::$out[spl_object_id($lease)] = [$this, $lease];
+        self::$out[$lease->id = spl_object_id($lease)] = [$this, $lease];
         return $lease;
     }
 
@@ -282,49 +328,72 @@ final class Pool
             throw new LeaseException("keymesh: lease of key '{$lease->keyId}' released twice",
                 Exception::ESTALE, 'ESTALE');
         }
+        if ($lease->pool !== $this) {
+            $this->checkOwner($lease);
+        }
+        $pid = getmypid();
+        if ($lease->pid !== $pid) {
+            $lease->done = true;
+            unset(self::$out[$lease->id]);
+            throw new LeaseException("keymesh: lease of key '{$lease->keyId}' was acquired by process "
+                . "{$lease->pid}, not this one ($pid): it is released there", Exception::ESTALE, 'ESTALE');
+        }
+        if ($status === null && $tokens === null && $outcome === null && $response === null
+            && $latency === null && $inputTokens === null && $outputTokens === null) {
+            $op = $this->okp;        // success, the estimate stands, latency measured
+        } else {
+            $op = $this->outcome($status, $headers, $tokens, $body, $inputTokens, $outputTokens, $latency,
+                $outcome, $retryAfter, $response);
+        }
+        return $this->finish($lease, $op);
+    }
+
+    private function checkOwner(Lease $lease): void
+    {
         $owner = $lease->pool;
-        if ($owner !== $this && ($owner === null || $owner->segment !== $this->segment
-                || $owner->index !== $this->index)) {
+        if ($owner === null || $owner->segment !== $this->segment || $owner->index !== $this->index) {
             throw new LeaseException("keymesh: lease of key '{$lease->keyId}' belongs to pool '"
                 . ($owner?->name ?? '?') . "', not '{$this->name}'", Exception::EINVAL, 'EINVAL');
         }
-        foreach (['tokens' => $tokens, 'inputTokens' => $inputTokens, 'outputTokens' => $outputTokens] as $n => $v) {
-            if ($v !== null && $v < 0) {
-                throw new InvalidArgumentException("keymesh: $n must not be negative (got $v)",
-                    Exception::EINVAL, 'EINVAL');
+    }
+
+    /**
+     * The scratch km_outcome filled from release()'s arguments.
+     *
+     * @param iterable<mixed>|null $headers
+     */
+    private function outcome(?int $status, ?iterable $headers, ?int $tokens, ?string $body, ?int $inputTokens,
+                             ?int $outputTokens, ?float $latency, ?Outcome $outcome, ?float $retryAfter,
+                             ?object $response): CData
+    {
+        if (($tokens ?? 0) < 0 || ($inputTokens ?? 0) < 0 || ($outputTokens ?? 0) < 0) {
+            foreach (['tokens' => $tokens, 'inputTokens' => $inputTokens, 'outputTokens' => $outputTokens] as $n => $v) {
+                if ($v !== null && $v < 0) {
+                    throw new InvalidArgumentException("keymesh: $n must not be negative (got $v)",
+                        Exception::EINVAL, 'EINVAL');
+                }
             }
         }
         if ($latency !== null && (!($latency >= 0.0) || is_infinite($latency))) {
-            throw new InvalidArgumentException("keymesh: latency must be a finite number of seconds >= 0",
+            throw new InvalidArgumentException('keymesh: latency must be a finite number of seconds >= 0',
                 Exception::EINVAL, 'EINVAL');
         }
-        if ($lease->pid !== getmypid()) {
-            $lease->done = true;
-            throw new LeaseException("keymesh: lease of key '{$lease->keyId}' was acquired by process "
-                . "{$lease->pid}, not this one ({$this->pidNow()}): it is released there",
-                Exception::ESTALE, 'ESTALE');
+        if ($response !== null) {
+            [$status, $headers, $body] = self::fromResponse($response);
         }
-        $km = $this->km;
-        $o = $km->new('km_outcome');
+        $o = $this->scratch;
+        FFI::memset($this->scratchp, 0, $this->outcomeSize);
         $o->latency_us = $latency === null ? -1 : (int) ($latency * 1e6);
         $o->tokens = $tokens ?? -1;
         $o->input_tokens = $inputTokens ?? -1;
         $o->output_tokens = $outputTokens ?? -1;
-        if ($response !== null) {
-            [$status, $headers, $body] = self::fromResponse($response);
-        }
         if ($outcome !== null) {
             $o->kind = $outcome->value;
             $o->retry_after_s = $retryAfter ?? 0.0;
         } elseif ($status !== null) {
-            $this->mapHttp($status, $headers, $body, $o);
+            $this->mapHttp($status, $headers, $body);
         }
-        return $this->finish($lease, $o);
-    }
-
-    private function pidNow(): int
-    {
-        return getmypid();
+        return $this->scratchp;
     }
 
     /** @return array{0: int, 1: iterable<mixed>, 2: ?string} */
@@ -350,67 +419,106 @@ final class Pool
         return [$status, $headers, $body];
     }
 
-    /** @param iterable<mixed>|null $headers */
-    private function mapHttp(int $status, ?iterable $headers, ?string $body, CData $o): void
+    /**
+     * km_outcome_from_http into the scratch outcome.  Only the headers the
+     * library reads are passed (Retry-After, Retry-After-Ms and every
+     * *ratelimit* header: docs/outcomes.md), copied with the error body into
+     * one C buffer, reused while they fit.
+     *
+     * @param iterable<mixed>|null $headers
+     */
+    private function mapHttp(int $status, ?iterable $headers, ?string $body): void
     {
-        $km = $this->km;
-        $resp = $km->new('km_http_response');
+        $resp = $this->resp;
+        FFI::memset($this->respp, 0, $this->respSize);
         $resp->status = $status;
-        $keep = [];
-        $pairs = [];
-        if ($headers !== null) {
-            foreach ($headers as $name => $value) {
-                if (is_int($name)) {
-                    if (!is_string($value) || ($p = strpos($value, ':')) === false) {
+        // Names and values, NUL-terminated, one after the other in $text; their
+        // offsets in $offs.  The library compares names without regard to
+        // case and trims spaces and tabs around values.
+        $text = '';
+        $offs = [];
+        if ($headers !== null && $headers !== []) {
+            if (!is_array($headers)) {
+                $headers = iterator_to_array($headers, true);
+            }
+            if (array_is_list($headers)) {          // ["Name: value", ...]
+                foreach (preg_grep(self::HEADER_RE, $headers) as $line) {
+                    $p = strpos($line, ':');
+                    if ($p === false) {
                         continue;
                     }
-                    $name = substr($value, 0, $p);
-                    $value = ltrim(substr($value, $p + 1));
+                    $at = strlen($text);
+                    $text .= rtrim($line, "\r\n") . "\0";
+                    $text[$at + $p] = "\0";
+                    $offs[] = $at;
+                    $offs[] = $at + $p + 1;
                 }
-                $lname = strtolower(trim((string) $name));
-                if (!str_starts_with($lname, self::HEADER_PREFIX) && !str_contains($lname, self::HEADER_PART)) {
-                    continue;
+            } else {                                // ["Name" => "value" or ["value", ...]]
+                foreach (preg_grep(self::HEADER_RE, array_map('strval', array_keys($headers))) as $name) {
+                    $value = $headers[$name];
+                    if (is_array($value)) {
+                        $value = reset($value);
+                    }
+                    if (!is_scalar($value) || $value === false) {
+                        continue;
+                    }
+                    $offs[] = strlen($text);
+                    $text .= trim($name) . "\0";
+                    $offs[] = strlen($text);
+                    $text .= rtrim((string) $value, "\r\n") . "\0";
                 }
-                if (is_array($value)) {
-                    $value = reset($value);
-                }
-                if ($value === null || $value === false) {
-                    continue;
-                }
-                $pairs[] = $lname;
-                $pairs[] = rtrim((string) $value);
             }
         }
-        if ($pairs !== []) {
-            $n = count($pairs);
-            $arr = $km->new("const char *[$n]");
-            foreach ($pairs as $i => $s) {
-                $buf = FFI::new('char[' . (strlen($s) + 1) . ']');
-                FFI::memcpy($buf, $s, strlen($s));
-                $keep[] = $buf;
-                $arr[$i] = FFI::cast('char *', $buf);
+        $hasBody = $body !== null && $body !== '' && ($status < 200 || $status >= 300);
+        if ($offs !== [] || $hasBody) {
+            $bodyAt = strlen($text);
+            if ($hasBody) {
+                $text .= $body;
             }
-            $keep[] = $arr;
-            $resp->headers = FFI::cast('const char *const *', $arr);
-            $resp->n_headers = intdiv($n, 2);
+            $len = strlen($text);
+            $n = count($offs);
+            if ($len <= self::HBUF && $n <= self::HMAX) {
+                if ($this->hbuf === null) {
+                    $this->hbuf = FFI::new('char[' . self::HBUF . ']');
+                    $this->harr = FFI::new('uintptr_t[' . self::HMAX . ']');
+                    $this->hbase = FFI::cast('uintptr_t', FFI::cast('char *', $this->hbuf))->cdata;
+                    $this->harrp = FFI::cast('const char *const *', FFI::addr($this->harr));
+                }
+                $buf = $this->hbuf;
+                $arr = $this->harr;
+                $base = $this->hbase;
+                $arrp = $this->harrp;
+            } else {
+                $buf = FFI::new("char[$len]");
+                $arr = FFI::new('uintptr_t[' . max(1, $n) . ']');
+                $base = FFI::cast('uintptr_t', FFI::cast('char *', $buf))->cdata;
+                $arrp = FFI::cast('const char *const *', FFI::addr($arr));
+            }
+            FFI::memcpy($buf, $text, $len);
+            // Addresses as integers: PHP's FFI pointer arithmetic (CData + int)
+            // is not reliable (8.2 refuses it after a variable 0), and an array
+            // of uintptr_t is laid out as one of pointers.
+            foreach ($offs as $i => $off) {
+                $arr[$i] = $base + $off;
+            }
+            if ($n > 0) {
+                $resp->headers = $arrp;
+                $resp->n_headers = intdiv($n, 2);
+            }
+            if ($hasBody) {
+                $resp->body = FFI::cast('char *', $base + $bodyAt);
+                $resp->body_len = strlen($body);
+            }
         }
-        if ($body !== null && $body !== '' && ($status < 200 || $status >= 300)) {
-            $len = strlen($body);
-            $buf = FFI::new("char[$len]");
-            FFI::memcpy($buf, $body, $len);
-            $keep[] = $buf;
-            $resp->body = FFI::cast('char *', $buf);
-            $resp->body_len = $len;
-        }
-        $km->km_outcome_from_http(FFI::addr($resp), FFI::addr($o));
-        unset($keep);
+        // ($buf and $arr are referenced until the call returns)
+        $this->km->km_outcome_from_http($this->respp, $this->scratchp);
     }
 
-    private function finish(Lease $lease, CData $o): bool
+    private function finish(Lease $lease, CData $op): bool
     {
         $lease->done = true;
-        unset(self::$out[spl_object_id($lease)]);
-        $rc = $this->km->km_release($this->handle(), FFI::addr($lease->c), FFI::addr($o));
+        unset(self::$out[$lease->id]);
+        $rc = $this->km->km_release($this->env, FFI::addr($lease->c), $op);
         if ($rc === 0) {
             return true;
         }
@@ -426,14 +534,8 @@ final class Pool
         if ($lease->done || $lease->pid !== getmypid()) {
             return;
         }
-        $o = $this->km->new('km_outcome');
-        $o->kind = Outcome::Cancelled->value;
-        $o->latency_us = -1;
-        $o->tokens = -1;
-        $o->input_tokens = -1;
-        $o->output_tokens = -1;
         try {
-            $this->finish($lease, $o);
+            $this->finish($lease, $this->cancelp);
         } catch (\Throwable) {
             // a destructor must not throw; the lease is left to km_close/a reaper
         }

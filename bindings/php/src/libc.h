@@ -18,13 +18,13 @@
  * struct statx is the kernel's (linux/stat.h): the same 256 bytes on every
  * architecture; tests/php/libc_layout.c checks the offsets used here.
  */
-typedef struct km_php_statx_ts {
+typedef struct kmphp_statx_ts {
     int64_t tv_sec;
     uint32_t tv_nsec;
     int32_t reserved;
-} km_php_statx_ts;
+} kmphp_statx_ts;
 
-typedef struct km_php_statx {
+typedef struct kmphp_statx {
     uint32_t stx_mask;
     uint32_t stx_blksize;
     uint64_t stx_attributes;
@@ -37,26 +37,26 @@ typedef struct km_php_statx {
     uint64_t stx_size;
     uint64_t stx_blocks;
     uint64_t stx_attributes_mask;
-    km_php_statx_ts stx_atime, stx_btime, stx_ctime, stx_mtime;
+    kmphp_statx_ts stx_atime, stx_btime, stx_ctime, stx_mtime;
     uint32_t stx_rdev_major, stx_rdev_minor;
     uint32_t stx_dev_major, stx_dev_minor;
     uint64_t spare[14];
-} km_php_statx;
+} kmphp_statx;
 
-typedef struct km_php_dl_info {
+typedef struct kmphp_dl_info {
     const char *dli_fname;
     void *dli_fbase;
     const char *dli_sname;
     void *dli_saddr;
-} km_php_dl_info;
+} kmphp_dl_info;
 
 int getpid(void);
 unsigned long getauxval(unsigned long type);
 char *getenv(const char *name);
 int setenv(const char *name, const char *value, int overwrite);
 int *__errno_location(void);
-int statx(int dirfd, const char *path, int flags, unsigned int mask, km_php_statx *buf);
-int dladdr(const void *addr, km_php_dl_info *info);
+int statx(int dirfd, const char *path, int flags, unsigned int mask, kmphp_statx *buf);
+int dladdr(const void *addr, kmphp_dl_info *info);
 void *dlopen(const char *file, int mode);
 char *dlerror(void);
 int __cxa_atexit(void (*fn)(void *), void *arg, void *dso_handle);
