@@ -55,7 +55,7 @@ fi
 php_tap layout php "$PHPDIR/layout.php" "$TMP/layout.txt" "$TMP/libc_layout.txt"
 
 # ------------------------------------------------------------------ binding
-export KMCTL KMT_TMP="$TMP"
+export KMCTL KMT_TMP="$TMP" REPO
 run_binding() { # run_binding HOW PHP...
     local how=$1
     shift
@@ -68,6 +68,20 @@ php "$REPO/bindings/php/bin/keymesh-ffi-header" --lib "$LIBKM" -o "$TMP/keymesh.
 grep -q "^#define FFI_LIB \"$LIBKM\"\$" "$TMP/keymesh.h"
 ok $? "bin/keymesh-ffi-header --lib writes the header with FFI_LIB set to the library"
 run_binding preload php -d "ffi.preload=$TMP/keymesh.h:$REPO/bindings/php/src/libc.h"
+
+# Loading checks every declared struct's size against km_struct_size(): a
+# km_lease declared one word longer is refused, by name, before any use.
+sed '/^typedef struct km_lease {/,/^} km_lease;/s/uint64_t reserved\[4\];/uint64_t reserved[5];/' \
+    "$TMP/keymesh.h" >"$TMP/keymesh-bad.h"
+out=$("${SANENV[@]}" php -d "ffi.preload=$TMP/keymesh-bad.h:$REPO/bindings/php/src/libc.h" -r '
+require getenv("REPO") . "/bindings/php/src/autoload.php";
+try { KeyMesh\Pool::open("kmt-php-none-'$$'"); echo "opened\n"; } catch (KeyMesh\Exception $e) { echo get_class($e), ": ", $e->getMessage(), "\n"; }' 2>&1)
+case "$out" in
+"KeyMesh\Exception: keymesh: $LIBKM does not match this binding (km_lease: 664 bytes in libkeymesh, 672 in this binding)"*) r=0 ;;
+*) r=1 ;;
+esac
+ok $r "a binding whose km_lease differs from the library's is refused at load, naming it"
+[ $r = 0 ] || diag "$out"
 
 # ------------------------------------------------------------------ example
 new_seg EXSEG php-example

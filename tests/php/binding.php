@@ -371,7 +371,7 @@ is(trim((string) $chk), '0', 'kmctl check: no violation');
 // (it would point into memory that no longer exists).
 file_put_contents("$TMP/exec2.php", "<?php\nrequire " . var_export(dirname(__DIR__, 2) . '/bindings/php/src/autoload.php', true)
     . ";\n\$p = KeyMesh\\Pool::open(" . var_export($A, true) . ", 'llm');\n\$p->release(\$p->acquire());\n"
-    . "echo getmypid(), ' ', count(array_filter(array_keys(getenv()), fn (\$v) => str_starts_with(\$v, 'KEYMESH_PHP_'))), \"\\n\";\n");
+    . "echo getmypid(), ' ', count(array_filter(array_keys(getenv()), fn (\$v) => str_starts_with(\$v, 'KEYMESH_PHP_') && \$v !== 'KEYMESH_PHP_CHECKED')), \"\\n\";\n");
 [$rc, $out, $err] = php_run('$p = KeyMesh\Pool::open(' . var_export($A, true) . ', "llm");
 $p->release($p->acquire());
 echo getmypid(), "\n";

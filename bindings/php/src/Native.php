@@ -111,7 +111,9 @@ final class Native
     /** The path of the libkeymesh this process runs. */
     public static function path(): string
     {
-        self::km();
+        if (self::$path === '') {
+            self::$path = self::libraryOf(self::km(), self::$libc);
+        }
         return self::$path;
     }
 
@@ -171,15 +173,25 @@ final class Native
             [$km, $libc] = self::cdef();
             $how = 'cdef';
         }
-        $bad = self::sizeMismatches($km);
-        if ($bad !== []) {
-            throw new Exception('keymesh: ' . self::libraryOf($km, $libc) . ' does not match this binding ('
-                . implode('; ', $bad) . '): use the binding and the library of one version');
+        // Preloaded declarations and their library are fixed from PHP's start
+        // to the process's exit (a forked child keeps them; an exec starts
+        // PHP again): checked once per exec, a record in the environment
+        // saying so.  FFI::cdef loads whatever the candidates say now.
+        $checked = $how === 'preload' ? 'KEYMESH_PHP_CHECKED' : null;
+        $rec = $checked !== null ? $libc->getenv($checked) : null;
+        if ($rec === null || FFI::string($rec) !== self::nonceOf($libc)) {
+            $bad = self::sizeMismatches($km);
+            if ($bad !== []) {
+                throw new Exception('keymesh: ' . self::libraryOf($km, $libc) . ' does not match this binding ('
+                    . implode('; ', $bad) . '): use the binding and the library of one version');
+            }
+            if ($checked !== null) {
+                $libc->setenv($checked, self::nonceOf($libc), 1);
+            }
         }
         self::$km = $km;
         self::$libc = $libc;
         self::$how = $how;
-        self::$path = self::libraryOf($km, $libc);
         return $km;
     }
 
@@ -385,8 +397,12 @@ final class Native
     /** This exec's AT_RANDOM bytes, as hex. */
     private static function nonce(): string
     {
+        return self::nonceOf(self::$libc ?? self::libc());
+    }
+
+    private static function nonceOf(FFI $libc): string
+    {
         if (self::$nonce === null) {
-            $libc = self::$libc ?? self::libc();
             $p = $libc->getauxval(self::AT_RANDOM);
             self::$nonce = $p !== 0 ? bin2hex(FFI::string(FFI::cast('char *', $p), 16)) : 'none';
         }

@@ -51,12 +51,14 @@ final class Pool
     /** outcomes reused by release (the C library only reads them) */
     private CData $ok;
     private CData $okp;
-    private CData $cancel;
-    private CData $cancelp;
-    private CData $scratch;
-    private CData $scratchp;
-    private CData $resp;
-    private CData $respp;
+    /** made on first use: most requests release with a status (scratch,
+     * resp) and few drop a lease (cancel) */
+    private ?CData $cancel = null;
+    private ?CData $cancelp = null;
+    private ?CData $scratch = null;
+    private ?CData $scratchp = null;
+    private ?CData $resp = null;
+    private ?CData $respp = null;
     /** mapHttp's buffers: header names, values and the body; their pointers */
     private ?CData $hbuf = null;
     private ?CData $harr = null;
@@ -65,8 +67,8 @@ final class Pool
     private const HBUF = 4096;
     private const HMAX = 32;
     private \FFI\CType $leaseType;
-    private int $outcomeSize;
-    private int $respSize;
+    private int $outcomeSize = 0;
+    private int $respSize = 0;
     /** @var array<string, array{0: CData, 1: CData}> C copies of model names and key ids, and their char * */
     private array $cstr = [];
 
@@ -84,15 +86,7 @@ final class Pool
         $this->reqp = FFI::addr($this->req);
         $this->ok = $this->fixedOutcome(Outcome::Success);
         $this->okp = FFI::addr($this->ok);
-        $this->cancel = $this->fixedOutcome(Outcome::Cancelled);
-        $this->cancelp = FFI::addr($this->cancel);
-        $this->scratch = $this->km->new('km_outcome');
-        $this->scratchp = FFI::addr($this->scratch);
         $this->leaseType = $this->km->type('km_lease');
-        $this->resp = $this->km->new('km_http_response');
-        $this->respp = FFI::addr($this->resp);
-        $this->outcomeSize = FFI::sizeof($this->scratch);
-        $this->respSize = FFI::sizeof($this->resp);
     }
 
     private function fixedOutcome(Outcome $kind): CData
@@ -381,6 +375,14 @@ final class Pool
         if ($response !== null) {
             [$status, $headers, $body] = self::fromResponse($response);
         }
+        if ($this->scratch === null) {
+            $this->scratch = $this->km->new('km_outcome');
+            $this->scratchp = FFI::addr($this->scratch);
+            $this->outcomeSize = FFI::sizeof($this->scratch);
+            $this->resp = $this->km->new('km_http_response');
+            $this->respp = FFI::addr($this->resp);
+            $this->respSize = FFI::sizeof($this->resp);
+        }
         $o = $this->scratch;
         FFI::memset($this->scratchp, 0, $this->outcomeSize);
         $o->latency_us = $latency === null ? -1 : (int) ($latency * 1e6);
@@ -533,6 +535,10 @@ final class Pool
     {
         if ($lease->done || $lease->pid !== getmypid()) {
             return;
+        }
+        if ($this->cancel === null) {
+            $this->cancel = $this->fixedOutcome(Outcome::Cancelled);
+            $this->cancelp = FFI::addr($this->cancel);
         }
         try {
             $this->finish($lease, $this->cancelp);
