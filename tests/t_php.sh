@@ -4,7 +4,8 @@
 #            libc.h) against the C compiler's layout: tests/e2e/layout.c and
 #            tests/php/libc_layout.c print the offsets, tests/php/layout.php
 #            compares them with FFI\CType's;
-#   binding  tests/php/binding.php twice: the declarations given to
+#   binding  (not with a sanitizer build of the library: tests/php/php.sh)
+#            tests/php/binding.php twice: the declarations given to
 #            FFI::cdef (how the CLI runs it), then preloaded by ffi.preload
 #            from a header written by bin/keymesh-ffi-header (how php-fpm
 #            runs it).
@@ -18,6 +19,8 @@
 begin php
 e2e_need php gcc
 e2e_setup
+# shellcheck source=tests/php/php.sh
+. "$REPO/tests/php/php.sh"
 PHPDIR="$REPO/tests/php"
 for m in FFI pcntl posix; do
     if ! php -m | grep -qx "$m"; then
@@ -55,6 +58,11 @@ fi
 php_tap layout php "$PHPDIR/layout.php" "$TMP/layout.txt" "$TMP/libc_layout.txt"
 
 # ------------------------------------------------------------------ binding
+if php_sanitized; then
+    ok 0 "the binding's tests # SKIP $PHP_SKIP_WHY"
+    finish
+    exit
+fi
 export KMCTL KMT_TMP="$TMP" REPO
 run_binding() { # run_binding HOW PHP...
     local how=$1

@@ -23,6 +23,9 @@
 begin php-fpm-kill
 e2e_need /usr/sbin/php-fpm8.2 php cgi-fcgi /usr/sbin/nginx curl "$PY"
 e2e_setup
+# shellcheck source=tests/php/php.sh
+. "$REPO/tests/php/php.sh"
+php_needs_plain_library
 # shellcheck source=tests/php/fpm.sh
 . "$REPO/tests/php/fpm.sh"
 on_cleanup() { e2e_cleanup; }
