@@ -327,7 +327,8 @@ final class Native
         if ($rec !== null) {
             $f = explode(' ', FFI::string($rec));
             if (count($f) === 4 && (int) $f[0] === $pid && $f[1] === self::nonce()) {
-                if ($f[3] === $ident) {
+                // ('': statx could not tell this time; the record stands)
+                if ($f[3] === $ident || $ident === '') {
                     $env = $km->cast('km_env *', (int) $f[2]);
                     self::$envs[$segment] = [$env, $pid];
                     return $env;
