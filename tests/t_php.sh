@@ -67,6 +67,8 @@ export KMCTL KMT_TMP="$TMP" REPO
 run_binding() { # run_binding HOW PHP...
     local how=$1
     shift
+    # binding.php removes its segments as it exits; if it crashes, begin's trap does
+    KM_SEGS+=("kmt-php-$how-$$-a" "kmt-php-$how-$$-b" "kmt-php-$how-$$-bad")
     KMT_HOW=$how KMT_TAG="$how-$$" KMT_PHP=$("$PY" -c 'import json, sys; print(json.dumps(sys.argv[1:]))' "$@") \
         php_tap "binding ($how)" "${SANENV[@]}" "$@" "$PHPDIR/binding.php"
 }
