@@ -74,6 +74,26 @@ deps-extra::
 	    || { echo "deps: apt-get install$$missing failed" >&2; exit 1; }; \
 	fi
 
+# PHP (bindings/php; tests/t_php*.sh): Debian's php8.2 (the CLI, with FFI
+# and pcntl, and FPM) and cgi-fcgi (libfcgi-bin); nginx, curl and gcc come
+# with the list above.  RUNLEVEL=1: php8.2-fpm's postinst starts no service.
+deps-extra::
+	@missing=""; \
+	[ -x /usr/bin/php8.2 ]                || missing="$$missing php8.2-cli"; \
+	[ -x /usr/sbin/php-fpm8.2 ]           || missing="$$missing php8.2-fpm"; \
+	command -v cgi-fcgi >/dev/null        || missing="$$missing libfcgi-bin"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "deps (php): need root to install:$$missing" >&2; exit 1; fi; \
+	  echo "deps (php): installing:$$missing"; \
+	  (apt-get update -qq && RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive \
+	     apt-get install -y -qq --no-remove -o DPkg::Lock::Timeout=600 $$missing >/dev/null) \
+	    || { echo "deps: apt-get install$$missing failed" >&2; exit 1; }; \
+	fi
+
+# make bench: the PHP binding's short run (bench/php/bench_php.php --short).
+bench-compare::
+	KM_BUILD=$(BUILD) php bench/php/bench_php.php --short
+
 # make bench: the Python binding's short run (bench/py/bench_py.py --short).
 bench-compare:: $(PYEXT)
 	KEYMESH_LIBRARY=$(abspath $(BUILD))/libkeymesh.so.0 PYTHONPATH=bindings/python \
