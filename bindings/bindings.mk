@@ -79,4 +79,7 @@ bench-compare:: $(PYEXT)
 	KEYMESH_LIBRARY=$(abspath $(BUILD))/libkeymesh.so.0 PYTHONPATH=bindings/python \
 	  $(PYTHON) bench/py/bench_py.py --short
 
+# The Node.js binding: its addon, npm packages of its tests, its bench.
+-include bindings/node/node.mk
+
 .DEFAULT_GOAL := $(KM__BINDINGS_SAVED_GOAL)
