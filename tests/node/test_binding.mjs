@@ -10,6 +10,7 @@ import util from 'node:util';
 import { spawnSync, spawn } from 'node:child_process';
 import { Worker } from 'node:worker_threads';
 import path from 'node:path';
+import os from 'node:os';
 import {
   km, N, REPO, segment, segName, keys, kmctl, inspect, child, sleep, until, SECRET_PREFIX,
 } from './helpers.mjs';
@@ -89,6 +90,31 @@ test('a pool that does not exist: KM_ENOPOOL, and Pool.open leaves no attachment
   assert.throws(() => seg.pool('nope'), { code: 'KM_ENOPOOL' });
   assert.equal(seg.info().processes, before, 'the failed open detached again');
   seg.close();
+});
+
+test('Pool.open of two pools of one segment attaches once (kmctl check clean); the last close detaches', () => {
+  // Made by kmctl, so that this process's only attachments are Pool.open's.
+  const name = segName('share');
+  const cfg = path.join(os.tmpdir(), `${name}.json`);
+  fs.writeFileSync(cfg, JSON.stringify({ pools: [{ name: 'a', keys: keys(1, 'sharea') }, { name: 'b', keys: keys(1, 'shareb') }] }));
+  const mk = kmctl('create', name, '--config', cfg);
+  fs.unlinkSync(cfg);
+  assert.equal(mk.rc, 0, mk.err);
+  const a = Pool.open(name, 'a');
+  const b = Pool.open(`/${name}`, 'b');
+  assert.equal(a.segment, b.segment, 'one Segment');
+  assert.equal(a.segment.info().processes, 1, 'one attachment, not two');
+  const ck = kmctl('check', name);
+  assert.equal(ck.rc, 0, ck.out + ck.err);
+  a.close();
+  assert.equal(b.segment.closed, false);
+  b.release(b.tryAcquire());
+  b.close();
+  assert.equal(b.segment.closed, true);
+  const c = Pool.open(name, 'a');
+  assert.notEqual(c.segment, a.segment, 'a new attachment after the last close');
+  assert.equal(c.segment.info().processes, 1);
+  c.close();
 });
 
 test('a lease released twice: KM_ESTALE, counted once on the key', () => {

@@ -3,8 +3,10 @@
 // documents it for users; this comment says how it works).
 //
 // A Segment is one attachment (km_open: a slot in the segment's process
-// table); a Pool is one pool of it.  Pool.open(segment, pool) opens both
-// and closes both.  Attach in every process that uses the pool: under
+// table); a Pool is one pool of it.  Pool.open(segment, pool) shares one
+// attachment per segment name among the pools it opens in this process
+// (one process, one slot: what kmctl check expects) and detaches with the
+// last of them.  Attach in every process that uses the pool: under
 // `cluster` or PM2, in each worker (a handle never crosses processes;
 // Node workers are separate processes, so there is no fork to survive).
 //
@@ -329,7 +331,7 @@ class Segment {
     const h = this.#handle();
     const idx = N.poolFind(h, name);
     if (idx < 0) throw kmError(idx, `pool '${name}' in segment '${this.#name}'`, { segment: this.#name, pool: name });
-    const p = new Pool(kNew, this, h, idx, name, options || {}, false);
+    const p = new Pool(kNew, this, h, idx, name, options || {});
     this.#pools.add(p);
     return p;
   }
@@ -358,9 +360,13 @@ class Segment {
 
 // ------------------------------------------------------------ Pool
 
+// Pool.open()'s attachments, by segment name: {seg, pools}.
+const shared = new Map();
+const segKey = (name) => name.replace(/^\/+/, '');
+
 class Pool {
   #seg;
-  #owns;
+  #share = null;
   #core;
   #name;
   #s = new Float64Array(8); // scratch shared with the addon
@@ -371,30 +377,42 @@ class Pool {
   #seq = 0;
   #closed = false;
 
-  constructor(token, seg, h, idx, name, options, owns) {
+  constructor(token, seg, h, idx, name, options) {
     if (token !== kNew) throw new TypeError('use Pool.open() or segment.pool()');
     if (options === null || typeof options !== 'object') throw argType('options', 'an object', options);
     this.#seg = seg;
-    this.#owns = owns;
     this.#name = name;
     this.#timeout = timeoutArg(options.timeout, 30000);
     const maxWaiters = intArg(options.maxWaiters, 'maxWaiters', 4, 64);
     this.#core = N.coreNew(h, idx, this.#s, (id, rc, i) => this.#dispatch(id, rc, i), Math.max(1, maxWaiters));
   }
 
-  /** Attach to `segment` and open pool `pool` of it; close() detaches.
+  /** Open pool `pool` of segment `segment`, attaching to it unless a pool
+   * of this process opened this way already did (one attachment per
+   * process and segment); the last such pool's close() detaches.
    * options: {timeout: default acquire timeout in ms (30000), maxWaiters:
    * threads that may sleep in km_acquire_wait for this pool (4)}. */
   static open(segment, pool, options) {
-    const seg = Segment.open(segment);
-    try {
-      const h = seg.pool(pool, options);
-      h.#owns = true;
-      return h;
-    } catch (e) {
-      seg.close();
-      throw e;
+    if (typeof segment !== 'string') throw argType('segment', 'of type string', segment);
+    const key = segKey(segment);
+    let e = shared.get(key);
+    if (e === undefined || e.seg.closed) {
+      e = { seg: Segment.open(segment), pools: 0 };
+      shared.set(key, e);
     }
+    let h;
+    try {
+      h = e.seg.pool(pool, options);
+    } catch (err) {
+      if (e.pools === 0) {
+        shared.delete(key);
+        e.seg.close();
+      }
+      throw err;
+    }
+    h.#share = e;
+    e.pools++;
+    return h;
   }
 
   get name() { return this.#name; }
@@ -608,7 +626,11 @@ class Pool {
     this.#waiting = 0;
     this.#keys = [];
     this.#seg._forget(this);
-    if (this.#owns) this.#seg.close();
+    const e = this.#share;
+    if (e !== null && --e.pools === 0) {
+      if (shared.get(segKey(this.#seg.name)) === e) shared.delete(segKey(this.#seg.name));
+      e.seg.close();
+    }
   }
 
   [util.inspect.custom]() {
