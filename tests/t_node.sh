@@ -8,6 +8,7 @@
 #                     loop, other processes and threads, exit and kill
 #   test_fetch.mjs    keymeshFetch against a mock provider, and the OpenAI
 #                     and Anthropic SDKs through their `fetch` option
+# then README's Node example, run as written against tests/e2e/upstream.py,
 # The SDKs come from npm into the build tree (make node-test-deps, run here:
 # tests/node/package-lock.json, cached in $B/node/npm-cache).  Needs node,
 # npm, gcc (make deps-test).  Binaries from ${KM_BUILD:-build}.
@@ -17,7 +18,7 @@
 . "$(dirname "$0")/e2e/e2e.sh"
 
 begin node
-e2e_need node npm gcc
+e2e_need node npm gcc "$PY"
 e2e_setup
 on_cleanup() { e2e_cleanup; }
 NODE_ADDON="$B/node/keymesh.node"
@@ -64,6 +65,43 @@ run_node_tests test_binding.mjs
 run_node_tests test_fetch.mjs
 no_secret "$(cat "$TMP"/*.mjs.out "$TMP"/*.mjs.err)"
 ok $? "no secret in the tests' output"
+
+# ------------------------------------------------- README's Node example
+# The block as a reader runs it, in a directory where 'keymesh' and
+# 'openai' resolve (node_modules: the binding and the tests' SDK), against
+# the mock upstream (tests/e2e/upstream.py): the SDK through
+# OPENAI_BASE_URL, the fetch by hand with the URL replaced, segment "llm"
+# with the test's name.
+new_seg RSEG readme
+start_upstream 100
+mkdir -p "$TMP/readme/node_modules"
+ln -s "$REPO/bindings/node" "$TMP/readme/node_modules/keymesh"
+ln -s "$B/node/deps/tests/node_modules/openai" "$TMP/readme/node_modules/openai"
+SECRETS+=(sk-test-readme-aaaa7001 sk-test-readme-bbbb7002)
+cat >"$TMP/readme/pool.json" <<EOF
+{"pools": [{"name": "openai", "strategy": "round_robin",
+            "keys": [{"id": "r1", "secret": "${SECRETS[1]}"}, {"id": "r2", "secret": "${SECRETS[2]}"}]}]}
+EOF
+"$KMCTL" create "$RSEG" --config "$TMP/readme/pool.json" >/dev/null
+if /usr/bin/python3 "$REPO/tests/newcomer/docblocks.py" find "$REPO/README.md" "^import \{ Pool, keymeshFetch \} from 'keymesh';" \
+    >"$TMP/readme/block.mjs" 2>"$TMP/readme/find.err"; then
+    sed -e "s|Pool.open('llm'|Pool.open('$RSEG'|" -e "s|https://api.openai.com/v1|http://127.0.0.1:$UP_PORT/v1|" \
+        "$TMP/readme/block.mjs" >"$TMP/readme/app.mjs"
+    out=$(cd "$TMP/readme" && "${SANENV[@]}" OPENAI_BASE_URL="http://127.0.0.1:$UP_PORT/v1" node app.mjs 2>&1)
+    ok "$(case "$out" in $'ok\nr'[12]' 200') echo 0 ;; *) echo 1 ;; esac)" \
+        "README's Node example runs: the SDK's answer, then a lease by hand ($(echo $out))"
+    run "$KMCTL" inspect "$RSEG" --json
+    echo "$OUT" | "$PY" -c '
+import json, sys
+k = json.load(sys.stdin)["pools"][0]["keys"]
+c = [x["counters"] for x in k]
+sys.exit(0 if sum(x["success"] for x in c) == 2 and sum(x["inflight"] for x in k) == 0 and sum(x["tokens_used"] for x in k) == 15 else 1)'
+    ok $? "README's Node example: 2 leases released as successes, in-flight 0, usage settled by hand (15 tokens; the SDK's keeps its estimate, 0)"
+    no_secret "$out"
+    ok $? "README's Node example prints no secret"
+else
+    ok 1 "README.md still has its Node example ($(cat "$TMP/readme/find.err"))"
+fi
 
 # ------------------------------------------------- npm install (node-gyp)
 # The package as a user installs it: a copy of bindings/node, built by npm's

@@ -53,28 +53,6 @@ $(NODE_DEPS)/%/.installed: %/node/package.json %/node/package-lock.json
 node-test-deps: $(NODE_DEPS)/tests/.installed
 node-bench-deps: $(NODE_DEPS)/bench/.installed
 
-# make test (deps-test) and make deps-extra: node, npm and Node's headers.
-# Debian's nodejs ships node_api.h in libnode-dev; NodeSource's nodejs
-# (which bundles npm) ships it itself.  A node without headers and not from
-# Debian is named, not replaced.
-deps-extra::
-	@missing=""; \
-	if ! command -v $(NODE) >/dev/null 2>&1; then missing="nodejs npm libnode-dev"; \
-	else \
-	  command -v $(NPM) >/dev/null 2>&1 || missing="$$missing npm"; \
-	  if [ -z "$(NODE_INCLUDE)" ]; then \
-	    if dpkg -S "$$(command -v $(NODE))" 2>/dev/null | grep -q '^nodejs:'; then missing="$$missing libnode-dev"; \
-	    else echo "deps (node): $$(command -v $(NODE)) has no node_api.h in /usr/include/node: set NODE_INCLUDE=DIR" >&2; exit 1; fi; \
-	  fi; \
-	fi; \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" != 0 ]; then echo "deps (node): need root to install:$$missing" >&2; exit 1; fi; \
-	  echo "deps (node): installing:$$missing"; \
-	  (apt-get update -qq -o DPkg::Lock::Timeout=600 && DEBIAN_FRONTEND=noninteractive \
-	     apt-get install -y -qq -o DPkg::Lock::Timeout=600 --no-remove $$missing >/dev/null) \
-	    || { echo "deps: apt-get install$$missing failed" >&2; exit 1; }; \
-	fi
-
 bench-compare:: node-bench
 
 node-bench: $(NODE_ADDON) $(BUILD)/bench/bench_acquire

@@ -441,6 +441,13 @@ class Pool {
     return [intArg(o.tokens, 'tokens', 0), strArg(o.model, 'model'), strArg(o.keyId, 'keyId'), strategyArg(o.strategy)];
   }
 
+  // km_acquire with only the arguments that are set: every argument the
+  // addon reads costs (undefined ones too).
+  #try(tokens, model, keyId, strategy) {
+    if (model === undefined && keyId === undefined && strategy === 0) return N.acquire(this.#core, tokens);
+    return N.acquire(this.#core, tokens, model, keyId, strategy);
+  }
+
   #what(model, keyId) {
     let w = `pool '${this.#name}'`;
     if (model !== undefined) w += `, model '${model}'`;
@@ -458,8 +465,19 @@ class Pool {
    * KeyMeshError for anything but "not now" (KM_EUNAVAIL: none will be). */
   tryAcquire(options) {
     this.#check();
-    const [tokens, model, keyId, strategy] = this.#args(options);
-    const i = N.acquire(this.#core, tokens, model, keyId, strategy);
+    let tokens = 0;
+    let model;
+    let keyId;
+    let strategy = 0;
+    if (options !== undefined && options !== null) {
+      if (typeof options !== 'object') throw argType('options', 'an object', options);
+      const t = options.tokens;
+      tokens = typeof t === 'number' && t >= 0 && t <= U32 && Number.isInteger(t) ? t : intArg(t, 'tokens', 0);
+      if (options.model !== undefined) model = strArg(options.model, 'model');
+      if (options.keyId !== undefined) keyId = strArg(options.keyId, 'keyId');
+      if (options.strategy !== undefined) strategy = strategyArg(options.strategy);
+    }
+    const i = this.#try(tokens, model, keyId, strategy);
     if (i >= 0) return this.#lease(i, model, tokens);
     if (i === codes.EAGAIN) return null;
     throw this.#err(i, model, keyId);
@@ -488,11 +506,11 @@ class Pool {
     const [tokens, model, keyId, strategy] = a;
     if (signal && signal.aborted) return Promise.reject(abortReason(signal));
     if (this.#waiting === 0) {
-      const i = N.acquire(this.#core, tokens, model, keyId, strategy);
+      const i = this.#try(tokens, model, keyId, strategy);
       if (i >= 0) return Promise.resolve(this.#lease(i, model, tokens));
       if (i !== codes.EAGAIN || timeout === 0) return Promise.reject(this.#err(i, model, keyId));
     } else if (timeout === 0) {
-      const i = N.acquire(this.#core, tokens, model, keyId, strategy);
+      const i = this.#try(tokens, model, keyId, strategy);
       if (i >= 0) return Promise.resolve(this.#lease(i, model, tokens));
       return Promise.reject(this.#err(i, model, keyId));
     }
