@@ -15,6 +15,9 @@
 #                         against $(DESTDIR)$(includedir) and $(libdir), as
 #                         `make install` put them) for $(PYTHON)
 #
+#   The Node binding (bindings/node/node.mk) needs node, npm and Node's
+#   headers (Debian's libnode-dev; NodeSource's nodejs has them itself).
+#
 #   tests/t_lua_layout.sh runs luajit: Debian's luajit2 (OpenResty's branch,
 #   the one libnginx-mod-http-lua uses), not luajit, whose install removes the
 #   nginx module; --no-remove makes any such install fail instead.
@@ -66,6 +69,10 @@ deps-extra::
 	command -v curl >/dev/null            || missing="$$missing curl"; \
 	command -v luajit >/dev/null          || missing="$$missing luajit2"; \
 	command -v gcc >/dev/null             || missing="$$missing gcc"; \
+	command -v node >/dev/null            || missing="$$missing nodejs"; \
+	command -v npm >/dev/null             || missing="$$missing npm"; \
+	[ -f /usr/include/node/node_api.h ] || [ -f /usr/local/include/node/node_api.h ] \
+	                                      || missing="$$missing libnode-dev"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" != 0 ]; then echo "deps (bindings): need root to install:$$missing" >&2; exit 1; fi; \
 	  echo "deps (bindings): installing:$$missing"; \
@@ -98,5 +105,8 @@ bench-compare::
 bench-compare:: $(PYEXT)
 	KEYMESH_LIBRARY=$(abspath $(BUILD))/libkeymesh.so.0 PYTHONPATH=bindings/python \
 	  $(PYTHON) bench/py/bench_py.py --short
+
+# The Node.js binding: its addon, npm packages of its tests, its bench.
+-include bindings/node/node.mk
 
 .DEFAULT_GOAL := $(KM__BINDINGS_SAVED_GOAL)
