@@ -82,8 +82,12 @@ static int geom_valid(const km__hdr *h)
 static km_env *env_new(void)
 {
     km_env *e = calloc(1, sizeof(*e));
-    if (e)
+    if (e) {
         e->admin_timeout_ms = KM__ADMIN_TIMEOUT_MS;
+        /* No descriptor yet: km__seg_close_raw on a failed attach must not
+         * close descriptor 0 (calloc's value), the caller's stdin. */
+        e->seg.fd = -1;
+    }
     return e;
 }
 

@@ -798,6 +798,23 @@ static void test_temporaries(void)
     km_config_free(cfg);
 }
 
+/* A failed attach closes no descriptor of the caller's: a fresh handle's
+ * descriptor was 0 (calloc) and km_open of a missing name closed stdin. */
+static void test_failed_open_keeps_fds(void)
+{
+    int fd = dup(0);
+    int probe = dup(fd); /* the lowest free number after it */
+    close(probe);
+    km_env *e = NULL;
+    int rc = km_open("kmt-segment-no-such-name", &e);
+    is_int(rc, KM_ENOENT, "km_open of a missing name: KM_ENOENT");
+    ok(fcntl(0, F_GETFD) != -1, "... and descriptor 0 is still open");
+    int again = dup(fd);
+    is_int(again, probe, "... and no descriptor number was freed by it");
+    close(again);
+    close(fd);
+}
+
 int main(void)
 {
     main_pid = getpid();
@@ -806,7 +823,7 @@ int main(void)
     signal(SIGALRM, on_signal);
     atexit(unlink_all);
 
-    plan(67 + 12 + 23 + 14);
+    plan(67 + 12 + 23 + 14 + 3);
     test_versions_and_errors();
     test_names();
     test_create_open();
@@ -818,5 +835,6 @@ int main(void)
     test_private();
     test_readonly();
     test_temporaries();
+    test_failed_open_keeps_fds();
     return exit_status();
 }
