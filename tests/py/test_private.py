@@ -14,13 +14,19 @@ import keymesh
 SECRET = "sk-test-pyt-private-7f3a9c"
 
 
-def shm_entries():
-    """What a private pool could leave in /dev/shm: a named private segment
-    (keymesh-py-..., as before issue 17) or a creation's temporary.  Other
-    tests (and other users of the machine) make other names meanwhile."""
-    return set(n for n in os.listdir("/dev/shm")
-               if n.startswith("keymesh-py-") or n.startswith("private:") or
-               n.startswith(".kmtmp."))
+def shm_entries(pids):
+    """What a private pool of processes `pids` could leave in /dev/shm: a
+    named private segment (keymesh-py-PID-..., as before issue 17) or a
+    creation's temporary (.kmtmp.PID....).  Other tests, here or in another
+    tree on the same machine, create segments (and so temporaries) all the
+    while: only names made by `pids` count."""
+    pids = set(str(p) for p in pids)
+    found = set()
+    for n in os.listdir("/dev/shm"):
+        for prefix in ("keymesh-py-", "private:keymesh-py-", ".kmtmp."):
+            if n.startswith(prefix) and n[len(prefix):].split("-")[0].split(".")[0] in pids:
+                found.add(n)
+    return found
 
 
 def shm_holding(secret):
@@ -46,10 +52,11 @@ def gone(pid):
 
 
 def test_private_pool_has_no_name_and_a_child_uses_it():
-    before = shm_entries()
+    pids = [os.getpid()]
+    before = shm_entries(pids)
     pool = keymesh.SyncKeyPool(keys=[SECRET, SECRET + "-2"])
     try:
-        assert shm_entries() - before == set(), "a private pool made a file in /dev/shm"
+        assert shm_entries(pids) - before == set(), "a private pool made a file in /dev/shm"
         fds = []
         for fd in os.listdir("/proc/self/fd"):
             try:
@@ -71,6 +78,7 @@ def test_private_pool_has_no_name_and_a_child_uses_it():
                 os.write(w, str(ok).encode())
                 os._exit(0)
         os.close(w)
+        pids.append(pid)
         assert os.read(r, 16) == b"5"
         os.waitpid(pid, 0)
         k = pool.acquire()
@@ -79,23 +87,25 @@ def test_private_pool_has_no_name_and_a_child_uses_it():
         assert pool.status()["pool_metrics"]["total_releases"] == 6
     finally:
         pool.close()
-    assert shm_entries() - before == set()
+    assert shm_entries(pids) - before == set()
 
 
 def test_sigkilled_private_pool_leaves_nothing():
-    before = shm_entries()
     code = textwrap.dedent("""
         import os, sys, time
         import keymesh
         pool = keymesh.SyncKeyPool(keys=[%r])
         k = pool.acquire()
         child = os.fork()
+        # Both processes write to one pipe: one write(2) per line (atomic
+        # below PIPE_BUF), as print() is not always, and the other's line
+        # split one ("4190child" then " 4191" under the sanitizer build).
         if child == 0:
             k2 = pool.acquire()
-            print("child", flush=True)
+            os.write(1, b"child\\n")
             time.sleep(60)
             os._exit(0)
-        print(os.getpid(), child, flush=True)
+        os.write(1, ("%%d %%d\\n" %% (os.getpid(), child)).encode())
         time.sleep(60)
     """ % SECRET)
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
@@ -115,5 +125,6 @@ def test_sigkilled_private_pool_leaves_nothing():
         if p.poll() is None:
             p.kill()
             p.wait()
-    assert shm_entries() - before == set(), "SIGKILL left %s" % (shm_entries() - before)
+    left = shm_entries(pids)  # the two pids are new: nothing of theirs was there before
+    assert left == set(), "SIGKILL left %s" % left
     assert shm_holding(SECRET) == []
