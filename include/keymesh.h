@@ -538,7 +538,10 @@ KM_EXTERN int km_pool_find(km_env *env, const char *name);
 /* Pool `pool`; KM_ENOPOOL for an index out of range.
  * @note As km_info_get(). */
 KM_EXTERN int km_pool_info_get(km_env *env, int pool, km_pool_info *out);
-/* Key index of key `id` in `pool`, or KM_ENOKEY.
+/* Key index of key `id` in `pool`, or KM_ENOKEY.  On a handle without a
+ * process slot (KM_OPEN_READONLY, KM_OPEN_NO_SLOT) the lookup cannot hold
+ * reclamation back: it rescans while a grace period starts under it, and
+ * returns KM_EBUSY if one keeps starting (reconfiguration without pause).
  * @note As km_info_get(). */
 KM_EXTERN int km_key_find(km_env *env, int pool, const char *id);
 /* Key index of the i-th member of a pool (0 <= i < km_pool_info.n_keys),

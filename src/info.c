@@ -5,12 +5,17 @@
  * atomically, but numbers of one key need not be mutually consistent while
  * operations run.  They change nothing.
  */
+#include <sched.h>
 #include <string.h>
 
 #include <ck_pr.h>
 
 #include "internal.h"
 #include "slots.h"
+
+/* find_slotless: scans to try while grace periods keep starting, before
+ * KM_EBUSY (each scan is a few hundred ns; a grace period lasts longer). */
+#define KM__FIND_TRIES 64
 
 KM_EXTERN int km_reader_info_get(km_env *e, int slot, int row, km_reader_info *out)
 {
@@ -137,6 +142,47 @@ KM_EXTERN int km_pool_key(km_env *e, int pool, int i)
     return ki < e->geom.cap_keys ? (int)ki : KM_ECORRUPT;
 }
 
+/* km_key_find for a handle without a process slot (KM_OPEN_READONLY,
+ * KM_OPEN_NO_SLOT): it has no reader rows (they belong to a slot; a
+ * read-only mapping could not even store to one), so it cannot hold
+ * reclamation back.  It reads optimistically instead and keeps an answer
+ * only if no grace period began meanwhile.  A member list or key row is
+ * rewritten only after a grace period that began after it was retired
+ * (shm/epoch.c E3, src/reconfig.c), and step 1 of a grace period is a
+ * locked add on hdr.epoch that follows the retirement: a scan that reads
+ * the same epoch before and after (each read ordered by a load fence
+ * against the scan's loads) saw no rewrite of anything current when it
+ * began.  A row being filled for a new key is FREE until its id, limits
+ * and gen are written (a store fence, then ACTIVE): the state is read
+ * before the id, so a row seen live has its id whole. */
+static int find_slotless(km_env *e, uint32_t pool, const char *id)
+{
+    const km__pool *p = &km__pools(e)[pool];
+    const km__key *keys = km__keys(e);
+    for (unsigned tries = 0; tries < KM__FIND_TRIES; tries++) {
+        uint64_t g = ck_pr_load_64(&e->seg.hdr->epoch);
+        ck_pr_fence_load(); /* the epoch before cur, the list and the rows */
+        uint32_t b = ck_pr_load_32(&p->cur) & 1;
+        ck_pr_fence_load(); /* cur before the list it names */
+        const km__member *m = km__members(e, pool, b);
+        uint32_t n = (uint32_t)km__min64(ck_pr_load_32(&p->view[b].n_keys), e->geom.cap_keys);
+        int rc = KM_ENOKEY;
+        for (uint32_t i = 0; i < n && rc == KM_ENOKEY; i++) {
+            uint32_t ki = ck_pr_load_32(&m[i].key);
+            if (ki >= e->geom.cap_keys || ck_pr_load_32(&keys[ki].state) >= KM__ST_FREE)
+                continue;
+            ck_pr_fence_load(); /* a live state before the id it guards */
+            if (strncmp(keys[ki].id, id, KM_ID_MAX + 1) == 0)
+                rc = (int)ki;
+        }
+        ck_pr_fence_load(); /* the scan's loads before the second epoch read */
+        if (ck_pr_load_64(&e->seg.hdr->epoch) == g)
+            return rc;
+        sched_yield(); /* a writer is between two steps: let it finish */
+    }
+    return KM_EBUSY;
+}
+
 KM_EXTERN int km_key_find(km_env *e, int pool, const char *id)
 {
     if (!e || !id)
@@ -144,6 +190,8 @@ KM_EXTERN int km_key_find(km_env *e, int pool, const char *id)
     if (pool < 0 || (uint32_t)pool >= e->geom.n_pools)
         return KM_ENOPOOL;
     const km__pool *p = &km__pools(e)[pool];
+    if (!e->seg.tag)
+        return find_slotless(e, (uint32_t)pool, id);
     km__rdr *r = km__rd_enter(&e->seg, km__now());
     uint32_t b = ck_pr_load_32(&p->cur) & 1;
     ck_pr_fence_load(); /* cur before the list it names */
