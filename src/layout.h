@@ -366,9 +366,9 @@ typedef struct km__intent {
     uint32_t rescaled;    /* set-limits: windows whose debt is carried over */
     uint64_t recovered;   /* reconfigurations finished or undone for a dead
                            * writer, since creation */
-    /* The holder of the admin lock (pid 0: free), for the one case where
-     * the kernel does not give the lock back when its holder dies (no
-     * robust futex list: qemu-user); src/reconfig.c, "Lock holders". */
+    /* Unused since the lock word itself names the admin lock's holder
+     * (src/reconfig.c, "Lock holders"); kept so the layout does not change.
+     * Written as 0 by creation, read by nobody. */
     uint32_t holder_pid;
     uint32_t pad0a;
     uint64_t holder_start;
