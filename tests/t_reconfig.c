@@ -4,6 +4,8 @@
  * Unit scenarios (one process):
  *   - add: index, member list, pinned acquire, the lease's copy of the secret;
  *     duplicate id, bad JSON (message without the secret), full capacity;
+ *   - one API key, one row: a secret already held by a key of any pool is
+ *     refused (KM_EDUPSECRET, message naming that key, not the secret);
  *   - remove: no acquire after it gets the key, a lease out releases OK;
  *     the row is reused only once that lease is back and a grace period
  *     passed, with a new generation; the old lease's second release is
@@ -700,15 +702,50 @@ static void t_dead_writers(void)
     rmseg(env);
 }
 
+/* One API key, one row: km_key_add refuses a secret that a live key of any
+ * pool holds (it would get its limits twice), names that key, never the
+ * secret, and changes nothing; a removed key's secret may come back. */
+static void t_dup_secret(void)
+{
+    km_env *env = mkseg("{\"capacity\": {\"keys\": 5},"
+                        " \"pools\": [{\"name\": \"p\", \"keys\": [{\"id\": \"a\", \"secret\": \"sk-dup-aaaa1111\"}]},"
+                        "  {\"name\": \"q\", \"keys\": [{\"id\": \"x\", \"secret\": \"sk-dup-xxxx2222\"}]}]}");
+    int p = pool_of(env, "p"), q = pool_of(env, "q");
+    char err[256];
+    km_info in;
+
+    int rc = km_key_add(env, p, "{\"id\": \"b\", \"secret\": \"sk-dup-aaaa1111\"}", err, sizeof err);
+    is_str(E(rc), "EDUPSECRET", "dup secret: a's secret under id b in a's pool is refused");
+    ok(strstr(err, "\"a\"") && !strstr(err, "aaaa1111"),
+       "dup secret: the message names key a, not the secret: %s", err);
+    rc = km_key_add(env, q, "{\"id\": \"y\", \"secret\": \"sk-dup-aaaa1111\", \"weight\": 3}",
+                    err, sizeof err);
+    is_str(E(rc), "EDUPSECRET", "dup secret: a's secret in another pool is refused");
+    ok(strstr(err, "\"p\"") != NULL, "dup secret: the message names a's pool: %s", err);
+    km_info_get(env, &in);
+    is_int(in.n_keys, 2, "dup secret: no row taken by the refused adds");
+    rc = km_key_add(env, q, "{\"id\": \"y\", \"secret\": \"sk-dup-aaaa111\"}", err, sizeof err);
+    ok(rc >= 0, "dup secret: a prefix of a's secret is another key (%s)", rc < 0 ? E(rc) : "ok");
+    rc = km_key_add(env, q, "{\"id\": \"z\", \"secret\": \"sk-dup-aaaa11112\"}", err, sizeof err);
+    ok(rc >= 0, "dup secret: a's secret with one more byte is another key (%s)", rc < 0 ? E(rc) : "ok");
+    is_int(km_key_remove(env, km_key_find(env, p, "a")), KM_OK, "dup secret: remove a");
+    rc = km_key_add(env, q, "{\"id\": \"a2\", \"secret\": \"sk-dup-aaaa1111\"}", err, sizeof err);
+    ok(rc >= 0, "dup secret: a removed key's secret may be added again (%s %s)", rc < 0 ? E(rc) : "",
+       err);
+    is_int(km_check(env, NULL, NULL), 0, "dup secret: km_check clean");
+    rmseg(env);
+}
+
 int main(void)
 {
     fixtures_init("reconfig");
-    plan(30 + 5 + 16 + 10 + 16 + 17);
+    plan(30 + 5 + 16 + 10 + 16 + 17 + 10);
     t_add_remove();
     t_weight();
     t_limits();
     t_torture();
     t_stall();
     t_dead_writers();
+    t_dup_secret();
     return exit_status();
 }

@@ -70,6 +70,7 @@ EFULL = -27
 ECRYPTO = -28
 ENOSLOT = -29
 EREADONLY = -30
+EDUPSECRET = -31
 
 # km_outcome_kind
 OUT_SUCCESS = 0
