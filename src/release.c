@@ -113,6 +113,12 @@ static void health(km_env *e, km__key *k, const km__lease *ls, int kind,
         break;
     }
     case KM_OUT_RATE_LIMITED:
+        /* The key answered: limited, not failing.  A 429 ends a failure
+         * streak, as in the in-process pools, so failures on both sides of
+         * it do not add up to max_failures.  A plain store, as SUCCESS's:
+         * a failure counted meanwhile may be lost, never a state. */
+        if (ck_pr_load_32(&k->consec_fail))
+            ck_pr_store_32(&k->consec_fail, 0);
         n = ck_pr_faa_32(&k->consec_429, 1) + 1;
         now = km__now();
         if (o->retry_after_s > 0 && o->retry_after_s < KM__RETRY_AFTER_MAX_S)

@@ -78,6 +78,18 @@ def test_rate_limited_key_leaves_the_rotation():
     pool.close()
 
 
+def test_a_429_clears_the_failure_streak():
+    pool = SyncKeyPool(keys=["sk-key-streak01"], max_failures=3, acquire_timeout=0.1)
+    held = [pool.acquire() for _ in range(3)]   # one key, three leases out
+    pool.mark_failed(held[0])
+    pool.mark_failed(held[1])
+    assert pool.status()["keys"][0]["consecutive_failures"] == 2
+    pool.mark_rate_limited(held[2], cooldown=0.05)
+    k = pool.status()["keys"][0]
+    assert k["consecutive_failures"] == 0 and k["consecutive_429s"] == 1
+    pool.close()
+
+
 def test_all_keys_cooling_no_available_key():
     pool = SyncKeyPool(keys=KEYS, acquire_timeout=0.1)
     for _ in KEYS:
