@@ -542,6 +542,15 @@ KM_EXTERN int km_pool_info_get(km_env *env, int pool, km_pool_info *out);
 /* Key index of key `id` in `pool`, or KM_ENOKEY.
  * @note As km_info_get(). */
 KM_EXTERN int km_key_find(km_env *env, int pool, const char *id);
+/* Key index of the key of `pool` whose secret is `secret` (NUL-terminated),
+ * or KM_ENOKEY: for a caller that holds the API key but not its id (pinning
+ * by secret, re-adding a key).  Every key's secret is compared in constant
+ * time, all of them whatever matches; the secret is never copied, logged
+ * or put in an error.  A removed key is not found.
+ * @note Thread-safe, as km_key_find(): concurrently with every call on the
+ * segment from any thread of any process, without a lock or a system call;
+ * a key added or removed meanwhile may or may not be found. */
+KM_EXTERN int km_key_find_secret(km_env *env, int pool, const char *secret);
 /* Key index of the i-th member of a pool (0 <= i < km_pool_info.n_keys),
  * KM_ENOKEY past the end.
  * @note As km_info_get(); members added or removed meanwhile shift i. */

@@ -6,6 +6,8 @@
  *     duplicate id, bad JSON (message without the secret), full capacity;
  *   - one API key, one row: a secret already held by a key of any pool is
  *     refused (KM_EDUPSECRET, message naming that key, not the secret);
+ *   - km_key_find_secret: the key holding a secret, in its pool only, not
+ *     once removed; no prefix, longer string, id or empty string matches;
  *   - remove: no acquire after it gets the key, a lease out releases OK;
  *     the row is reused only once that lease is back and a grace period
  *     passed, with a new generation; the old lease's second release is
@@ -736,10 +738,49 @@ static void t_dup_secret(void)
     rmseg(env);
 }
 
+/* km_key_find_secret: the key holding a secret, in its pool only; a key
+ * added is found, a removed one is not; the secret is in no error. */
+static void t_find_secret(void)
+{
+    km_env *env = mkseg("{\"capacity\": {\"keys\": 4},"
+                        " \"pools\": [{\"name\": \"p\", \"keys\": [{\"id\": \"a\", \"secret\": \"sk-find-aaaa1111\"},"
+                        "                                       {\"id\": \"b\", \"secret\": \"sk-find-bbbb2222\"}]},"
+                        "  {\"name\": \"q\", \"keys\": [{\"id\": \"x\", \"secret\": \"sk-find-xxxx3333\"}]}]}");
+    int p = pool_of(env, "p"), q = pool_of(env, "q");
+    char err[256], big[KM_SECRET_MAX + 8];
+    km_lease l;
+
+    is_int(km_key_find_secret(env, p, "sk-find-bbbb2222"), km_key_find(env, p, "b"),
+           "find secret: b's secret gives b's index");
+    is_int(km_key_find_secret(env, p, "sk-find-aaaa1111"), km_key_find(env, p, "a"),
+           "find secret: a's secret gives a's index");
+    is_str(E(km_key_find_secret(env, p, "sk-find-xxxx3333")), "ENOKEY",
+           "find secret: a key of another pool is not found in p");
+    is_int(km_key_find_secret(env, q, "sk-find-xxxx3333"), km_key_find(env, q, "x"),
+           "find secret: ... but in its own pool");
+    is_str(E(km_key_find_secret(env, p, "sk-find-bbbb222")), "ENOKEY", "find secret: a prefix is no key");
+    is_str(E(km_key_find_secret(env, p, "sk-find-bbbb22222")), "ENOKEY", "find secret: one byte more is no key");
+    is_str(E(km_key_find_secret(env, p, "b")), "ENOKEY", "find secret: an id is not a secret");
+    is_str(E(km_key_find_secret(env, p, "")), "ENOKEY", "find secret: the empty string");
+    memset(big, 'k', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    is_str(E(km_key_find_secret(env, p, big)), "ENOKEY", "find secret: longer than KM_SECRET_MAX");
+    is_str(E(km_key_find_secret(env, 7, "sk-find-aaaa1111")), "ENOPOOL", "find secret: pool out of range");
+    is_str(E(km_key_find_secret(env, p, NULL)), "EINVAL", "find secret: NULL secret");
+    is_str(E(km_key_find_secret(NULL, p, "sk-find-aaaa1111")), "EINVAL", "find secret: NULL handle");
+    int c = km_key_add(env, p, "{\"id\": \"c\", \"secret\": \"sk-find-cccc4444\"}", err, sizeof err);
+    is_int(km_key_find_secret(env, p, "sk-find-cccc4444"), c, "find secret: an added key is found");
+    is_int(pinned(env, p, "a", &l), KM_OK, "find secret: a lease on a is out");
+    is_int(km_key_remove(env, km_key_find(env, p, "a")), KM_OK, "find secret: remove a");
+    is_str(E(km_key_find_secret(env, p, "sk-find-aaaa1111")), "ENOKEY", "find secret: a removed key is not");
+    km_release(env, &l, NULL);
+    rmseg(env);
+}
+
 int main(void)
 {
     fixtures_init("reconfig");
-    plan(30 + 5 + 16 + 10 + 16 + 17 + 10);
+    plan(30 + 5 + 16 + 10 + 16 + 17 + 10 + 16);
     t_add_remove();
     t_weight();
     t_limits();
@@ -747,5 +788,6 @@ int main(void)
     t_stall();
     t_dead_writers();
     t_dup_secret();
+    t_find_secret();
     return exit_status();
 }
