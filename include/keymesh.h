@@ -150,7 +150,8 @@ KM_EXTERN int km_version_number(void);      /* KM_VERSION_NUMBER of the library 
     XX(EFULL, -27, "no free key slot (capacity, or removed keys in grace)")  \
     XX(ECRYPTO, -28, "cannot decrypt the snapshot's secrets: wrong key or damaged file") \
     XX(ENOSLOT, -29, "nothing in that slot: a free process slot or an idle reader row") \
-    XX(EREADONLY, -30, "not allowed on this handle (opened read-only or without a process slot)")
+    XX(EREADONLY, -30, "not allowed on this handle (opened read-only or without a process slot)") \
+    XX(EDUPSECRET, -31, "that API key is already in the segment, under another id")
 
 typedef enum {
     KM_OK = 0,
@@ -544,6 +545,15 @@ KM_EXTERN int km_pool_info_get(km_env *env, int pool, km_pool_info *out);
  * returns KM_EBUSY if one keeps starting (reconfiguration without pause).
  * @note As km_info_get(). */
 KM_EXTERN int km_key_find(km_env *env, int pool, const char *id);
+/* Key index of the key of `pool` whose secret is `secret` (NUL-terminated),
+ * or KM_ENOKEY: for a caller that holds the API key but not its id (pinning
+ * by secret, re-adding a key).  Every key's secret is compared in constant
+ * time, all of them whatever matches; the secret is never copied, logged
+ * or put in an error.  A removed key is not found.
+ * @note Thread-safe, as km_key_find(): concurrently with every call on the
+ * segment from any thread of any process, without a lock or a system call;
+ * a key added or removed meanwhile may or may not be found. */
+KM_EXTERN int km_key_find_secret(km_env *env, int pool, const char *secret);
 /* Key index of the i-th member of a pool (0 <= i < km_pool_info.n_keys),
  * KM_ENOKEY past the end.
  * @note As km_info_get(); members added or removed meanwhile shift i. */
@@ -599,9 +609,11 @@ KM_EXTERN int km_key_set_state(km_env *env, int key, int state);
  * max_inflight it leaves out take the pool's configured defaults.  The key
  * is active and in the pool's member list when the call returns.  Returns
  * the new key's index (>= 0), or KM_ECONFIG (reason in errbuf, which never
- * holds the secret), KM_EKEYEXISTS (id in use in the pool), KM_EFULL (every
- * key row in use, or removed but not yet reclaimable: still in its grace
- * period or with leases out), KM_EBUSY (grace period timed out).
+ * holds the secret), KM_EKEYEXISTS (id in use in the pool), KM_EDUPSECRET
+ * (a key of any pool already holds that secret, which would get its limits
+ * twice; errbuf names that key's id and pool, never the secret), KM_EFULL
+ * (every key row in use, or removed but not yet reclaimable: still in its
+ * grace period or with leases out), KM_EBUSY (grace period timed out).
  * @note Thread-safe: like every reconfiguration call it takes the admin
  * lock, so calls from any threads and processes run one at a time, while
  * acquire, release and the readers go on. */

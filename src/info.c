@@ -201,6 +201,43 @@ KM_EXTERN int km_key_find(km_env *e, int pool, const char *id)
     return rc;
 }
 
+/* Every member's secret is compared, in constant time each (km__secret_eq
+ * reads every byte up to KM_SECRET_MAX), and the loop does not stop at a
+ * match: the time says neither which bytes differ nor which key matched.
+ * Inside a reader section, as km_key_find: the rows the list names keep
+ * their secrets until it ends (a removed row is rewritten only after a
+ * grace period).  Nothing is copied out; the secret is in no error. */
+KM_EXTERN int km_key_find_secret(km_env *e, int pool, const char *secret)
+{
+    if (!e || !secret)
+        return KM_EINVAL;
+    if (pool < 0 || (uint32_t)pool >= e->geom.n_pools)
+        return KM_ENOPOOL;
+    size_t len = strnlen(secret, KM_SECRET_MAX + 1);
+    if (len == 0 || len > KM_SECRET_MAX)
+        return KM_ENOKEY; /* no key can hold it */
+    const km__pool *p = &km__pools(e)[pool];
+    const km__key *keys = km__keys(e);
+    int rc = KM_ENOKEY;
+    km__rdr *r = km__rd_enter(&e->seg, km__now());
+    uint32_t b = ck_pr_load_32(&p->cur) & 1;
+    ck_pr_fence_load(); /* cur before the list it names */
+    const km__member *m = km__members(e, (uint32_t)pool, b);
+    uint32_t n = (uint32_t)km__min64(ck_pr_load_32(&p->view[b].n_keys), e->geom.cap_keys);
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t ki = ck_pr_load_32(&m[i].key);
+        if (ki >= e->geom.cap_keys)
+            continue;
+        const km__key *k = &keys[ki];
+        size_t klen = km__min64(ck_pr_load_32(&k->secret_len), KM_SECRET_MAX);
+        int eq = km__secret_eq(k->secret, klen, secret, len);
+        if (eq && rc < 0 && ck_pr_load_32(&k->state) < KM__ST_FREE)
+            rc = (int)ki;
+    }
+    km__rd_exit(r);
+    return rc;
+}
+
 KM_EXTERN int km_key_info_get(km_env *e, int key, km_key_info *out)
 {
     if (!e || !out)

@@ -100,6 +100,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -495,6 +496,36 @@ static uint32_t find_row(km_env *e, uint8_t *listed, int *waiting, int *lingerin
     return UINT32_MAX;
 }
 
+/* One API key, one row (as km__cfg_check_secrets for a configuration): a
+ * secret already held by a live key of any pool would give that key its
+ * limits twice.  Under the admin lock, so no row's secret changes meanwhile
+ * (only writers rewrite rows); removed rows do not count (a key removed
+ * and added back is one key).  Every live row is compared, in constant
+ * time; the message names the ids, never the secret. */
+static int secret_taken(km_env *e, const km__key_cfg *kc, char *errbuf, size_t errlen)
+{
+    const km__key *keys = km__keys(e);
+    uint32_t hit = UINT32_MAX;
+    for (uint32_t i = 0; i < e->geom.cap_keys; i++) {
+        if (ck_pr_load_32(&keys[i].state) >= KM__ST_FREE)
+            continue;
+        size_t len = km__min64(ck_pr_load_32(&keys[i].secret_len), KM_SECRET_MAX);
+        if (km__secret_eq(keys[i].secret, len, kc->secret, kc->secret_len) && hit == UINT32_MAX)
+            hit = i;
+    }
+    if (hit == UINT32_MAX)
+        return KM_OK;
+    if (errbuf && errlen) {
+        uint32_t q = keys[hit].pool;
+        snprintf(errbuf, errlen,
+                 "key \"%s\" has the same secret as key \"%.*s\" of pool \"%.*s\"; "
+                 "list each API key once, or it gets its limits twice",
+                 kc->id, KM_ID_MAX, keys[hit].id, KM_ID_MAX,
+                 q < e->geom.n_pools ? km__pools(e)[q].name : "?");
+    }
+    return KM_EDUPSECRET;
+}
+
 KM_EXTERN int km_key_add(km_env *e, int pool, const char *key_json, char *errbuf,
                          size_t errlen)
 {
@@ -528,6 +559,8 @@ KM_EXTERN int km_key_add(km_env *e, int pool, const char *key_json, char *errbuf
             goto unlock;
         }
     }
+    if ((rc = secret_taken(e, &kc, errbuf, errlen)) != KM_OK)
+        goto unlock;
     /* From here the segment may change (lists rebuilt, epochs): recorded. */
     intent_begin(e, KM__OP_ADD, UINT32_MAX, p);
     int waiting = 0, lingering = 0;

@@ -113,6 +113,12 @@ static void health(km_env *e, km__key *k, const km__lease *ls, int kind,
         break;
     }
     case KM_OUT_RATE_LIMITED:
+        /* The key answered: limited, not failing.  A 429 ends a failure
+         * streak, as in the in-process pools, so failures on both sides of
+         * it do not add up to max_failures.  A plain store, as SUCCESS's:
+         * a failure counted meanwhile may be lost, never a state. */
+        if (ck_pr_load_32(&k->consec_fail))
+            ck_pr_store_32(&k->consec_fail, 0);
         n = ck_pr_faa_32(&k->consec_429, 1) + 1;
         now = km__now();
         if (o->retry_after_s > 0 && o->retry_after_s < KM__RETRY_AFTER_MAX_S)
@@ -149,19 +155,28 @@ static void health(km_env *e, km__key *k, const km__lease *ls, int kind,
  * says the window is full again.  Only ever raises tat, so it can make the
  * key stricter than configured, never looser.  The provider's `remaining`
  * already excludes requests it has seen, which are our reserved leases, so
- * they are added back rather than counted twice. */
+ * they are added back rather than counted twice.
+ * A window with no limit configured has no tat to pace with, but when the
+ * provider says nothing remains it will refuse the key until the reset:
+ * the key cools until then, as for a 429's Retry-After (cooldown_until,
+ * only ever raised; acquire answers KM_EAGAIN with that retry time).  A
+ * count above 0, or 0 without a reset, changes nothing there. */
 static void tighten(km__key *k, int w, uint64_t now, uint64_t remaining,
                         uint64_t reset_ms)
 {
-    if (!(k->win_mask & (1u << w)))
+    uint64_t reset_ns = km__mul_sat(km__min64(reset_ms, KM__VIEW_CAP_S * KM__MS_PER_S),
+                                    KM__NS_PER_MS);
+    if (!(k->win_mask & (1u << w))) {
+        if (remaining == 0 && reset_ns)
+            cool_until(k, now + reset_ns);
         return;
+    }
     km__gcra *g = &k->win[w];
     uint64_t T = k->emission_ns[w], tau = k->tau_ns[w];
     uint64_t res = ck_pr_load_64(&g->reserved);
     uint64_t give = km__mul_sat(km__min64(remaining, UINT64_MAX / 4) + res, T);
     uint64_t target = give < tau ? now + tau - give : 0;
-    target = km__max64(target, now + km__mul_sat(km__min64(reset_ms, KM__VIEW_CAP_S * KM__MS_PER_S),
-                                                 KM__NS_PER_MS));
+    target = km__max64(target, now + reset_ns);
     uint64_t tat = ck_pr_load_64(&g->tat);
     /* CAS on tat alone: atomic against the pair CAS; retried while lower. */
     while (tat < target && !ck_pr_cas_64_value(&g->tat, tat, target, &tat))

@@ -5,7 +5,9 @@
  *                 the consecutive failure and 429 counts.
  *   RATE_LIMITED  cooling until now + retry_after if > 0, else
  *                 cooldown_s * 2^(consecutive_429s - 1) up to max_cooldown_s;
- *                 the key is never handed out before cooldown_until.
+ *                 the key is never handed out before cooldown_until; resets
+ *                 the consecutive failure count (a failure after it starts
+ *                 a new streak).
  *   FAILURE       at max_failures consecutive ones: cooling for cooldown_s,
  *                 then exactly one probe lease (state PROBING); the probe's
  *                 SUCCESS makes it ACTIVE, its FAILURE cools it again.
@@ -115,6 +117,24 @@ static void test_success_ema(void)
     is_int(acq(env, p, &l), KM_OK, "acquire after the 50 ms cooldown");
     rel(env, &l, KM_OUT_SUCCESS, 100, 0);
     is_int(info(env, k).consecutive_429s, 0, "SUCCESS resets consecutive_429s");
+
+    /* A 429 ends a failure streak: the key answered, it is limited, not
+     * failing.  Three leases out at once; failure, 429, failure. */
+    km_lease h[3];
+    for (int i = 0; i < 3; i++)
+        if (acq(env, p, &h[i]) != KM_OK)
+            bail_out("acquire for the 429-streak test");
+    rel(env, &h[0], KM_OUT_FAILURE, 100, 0);
+    is_int(info(env, k).consecutive_failures, 1, "FAILURE ahead of a 429: consecutive_failures 1");
+    rel(env, &h[1], KM_OUT_RATE_LIMITED, 100, 0.05);
+    is_int(info(env, k).consecutive_failures, 0, "RATE_LIMITED resets consecutive_failures");
+    uint64_t cool429 = info(env, k).cooldown_until_ns;
+    rel(env, &h[2], KM_OUT_FAILURE, 100, 0);
+    is_int(info(env, k).consecutive_failures, 1, "a failure after a 429 starts a new streak");
+    sleep_until(cool429);
+    is_int(acq(env, p, &l), KM_OK, "two failures around a 429 are no streak of max_failures 2: "
+           "handed out after the 429's 50 ms");
+    rel(env, &l, KM_OUT_SUCCESS, 100, 0);
 
     /* latency_us < 0: measured from lease.start_ns */
     rmseg(env);
@@ -418,7 +438,7 @@ int main(void)
 {
     fixtures_init("outcomes");
 
-    plan(83);
+    plan(87);
     test_success_ema();
     test_rate_limited();
     test_failure_probe();

@@ -70,6 +70,7 @@ EFULL = -27
 ECRYPTO = -28
 ENOSLOT = -29
 EREADONLY = -30
+EDUPSECRET = -31
 
 # km_outcome_kind
 OUT_SUCCESS = 0
@@ -243,6 +244,9 @@ _PROTOS: dict = {
     "km_key_add": (c_int, [env_p, c_int, c_char_p, c_char_p, c_size_t]),
     "km_key_remove": (c_int, [env_p, c_int]),
     "km_key_set_weight": (c_int, [env_p, c_int, c_uint32]),
+    # Lookup by secret (pinning by secret, add_key of a known secret):
+    # without it, a masked-secret match confirmed by a pinned lease.
+    "km_key_find_secret": (c_int, [env_p, c_int, c_char_p]),
     # Private segments (a memfd): bound when first used; without them a
     # private pool is a named segment, as before.
     "km_create_private": (c_int, [cfg_p, POINTER(env_p)]),
@@ -250,7 +254,7 @@ _PROTOS: dict = {
     "km_fd": (c_int, [env_p]),
 }
 OPTIONAL = {"km_key_add", "km_key_remove", "km_key_set_weight", "km_create_private",
-            "km_open_fd", "km_fd"}
+            "km_open_fd", "km_fd", "km_key_find_secret"}
 
 
 def _here_repo() -> str:

@@ -876,12 +876,17 @@ class _Core:
             self._raise_if_exhausted(k, self._exhausted[k])
 
     def _key_id_of(self, key: str) -> Optional[str]:
-        """The id of the key whose secret is `key`, or None.  Exact where
-        this process knows the secret (keys it created or added); otherwise
-        a key whose masked secret matches is confirmed by a pinned lease
-        (the lease carries the secret; compared in constant time) and
-        given back cancelled.  Keys that cannot be leased now cannot be
-        confirmed (the library has no lookup by secret yet)."""
+        """The id of the key of this pool whose secret is `key`, or None.
+        Asks the library (km_key_find_secret: every key's secret compared
+        in constant time), which finds a key in any state, cooling or
+        disabled included, whoever added it.  With a libkeymesh without
+        it: exact where this process knows the secret (keys it created or
+        added); otherwise a key whose masked secret matches is confirmed
+        by a pinned lease (the lease carries the secret; compared in
+        constant time) and given back cancelled, so a key that cannot be
+        leased now is not found."""
+        if lib.optional("km_key_find_secret") is not None:
+            return _hot.id_by_secret(self._ptr(), self._pool, key)
         kid = self._known.get(key)
         if kid is not None:
             return kid
@@ -1031,7 +1036,10 @@ class _Core:
             if auto and rc == L.EKEYEXISTS:
                 n += 1
                 continue
-            msg = err.value.decode("utf-8", "replace") if rc == L.ECONFIG else ""
+            if rc == L.EDUPSECRET and self._key_id_of(key) is not None:
+                # Added to this pool meanwhile (another process): reset it.
+                return self._add_key(key, id, fields)
+            msg = err.value.decode("utf-8", "replace") if rc in (L.ECONFIG, L.EDUPSECRET) else ""
             msg = msg.replace(key, L.mask(key)) if key else msg
             raise KeyMeshError("add_key %r: %s%s" % (kid, L.strerror(rc),
                                                      (": " + msg) if msg else ""), rc)
@@ -1040,7 +1048,7 @@ class _Core:
     def _key_index(self, key_or_id: str) -> int:
         ptr = self._slow_ptr()
         k = lib.km_key_find(ptr, self._pool, key_or_id.encode())
-        if k < 0:
+        if k < 0:  # not an id: the secret of a key?
             kid = self._key_id_of(key_or_id)
             if kid is not None:
                 k = lib.km_key_find(ptr, self._pool, kid.encode())
