@@ -745,6 +745,8 @@ static void test_readonly(void)
         is_int(km_key_find(ro, 0, "k0"), 0, "read-only: km_key_find finds k0");
         is_int(km_key_find(ns, 0, "k0"), 0, "slotless: km_key_find finds k0");
         is_str(rcname(km_key_find(ns, 0, "k7")), "ENOKEY", "slotless: km_key_find of an absent id");
+        is_int(km_key_find_secret(ro, 0, "sk-test-ro-00000000"), 0, "read-only: km_key_find_secret finds k0");
+        is_int(km_key_find_secret(ns, 0, "sk-test-ro-00000000"), 0, "slotless: km_key_find_secret finds k0");
         ok(memcmp(rows, km__rdrs(&env->seg, 0), rows_sz) == 0,
            "slotless lookups left slot 0's reader rows alone");
         free(rows);
@@ -861,7 +863,7 @@ int main(void)
     signal(SIGALRM, on_signal);
     atexit(unlink_all);
 
-    plan(67 + 12 + 29 + 14 + 3);
+    plan(67 + 12 + 31 + 14 + 3);
     test_versions_and_errors();
     test_names();
     test_create_open();
