@@ -9,7 +9,8 @@
 # with what is known.  ls touches nothing: the segment's bytes are the same
 # before and after (sha256), it takes no process slot (it works on a full
 # table, and ps then shows the holder alone), it reaps nothing (the dead
-# process stays).  --json parses and has kmctl's one shape.
+# process stays).  --json parses and has kmctl's one shape.  kmctl metrics
+# counts the processes ls counts (not itself: it attaches read-only).
 # presets: the table of the compiled-in presets (limits, source, date
 # read), one PROVIDER, --json, KEYMESH_PRESETS, an unknown provider (a
 # usage error naming the known ones), a malformed file.
@@ -125,6 +126,17 @@ ok $("$PY" -c 'import json,sys; d=json.loads(sys.argv[1]); sys.exit(not (len(d["
 run "$KMCTL" ps "$FULL" --json
 ok $("$PY" -c 'import json,sys; d=json.loads(sys.argv[1]); sys.exit(not ([p["pid"] for p in d["processes"]] == [int(sys.argv[2])]))' "$OUT" "$HOLD_PID"; echo $?) \
     "ls took no process slot: the holder alone in the table"
+
+# metrics counts what ls counts: the holder, or the dead process not yet
+# reaped; the exporter itself attaches read-only (its HELP says so).
+run "$KMCTL" metrics "$FULL"
+m_full=$(echo "$OUT" | sed -n 's/^keymesh_segment_processes_attached //p')
+help=$(echo "$OUT" | grep '^# HELP keymesh_segment_processes_attached ')
+run "$KMCTL" metrics "$SEG"
+m_seg=$(echo "$OUT" | sed -n 's/^keymesh_segment_processes_attached //p')
+ok $([ "$m_full" = 1 ] && [ "$m_seg" = 1 ] && [ "$(row "$FULL" | cut -d' ' -f7)" = 1 ] &&
+     echo "$help" | grep -q "not yet reaped (the exporter attaches read-only and is not one of them)"; echo $?) \
+    "metrics: keymesh_segment_processes_attached as ls's PROCS ($m_full, $m_seg), the exporter not counted ($help)"
 
 # --------------------------------------------------------------------- JSON
 run "$KMCTL" ls --json
