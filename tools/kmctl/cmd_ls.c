@@ -186,22 +186,25 @@ static int has_counts(const ls_row *r)
            (r->kind == LS_KEYMESH || r->kind == LS_TEMPORARY);
 }
 
+/* An owner or group by name, or by number when it has none. */
+static void id_name(const char *name, uint32_t id, char *b, size_t n)
+{
+    if (name)
+        snprintf(b, n, "%s", name);
+    else
+        snprintf(b, n, "%" PRIu32, id);
+}
+
 static void user_of(uid_t uid, char *b, size_t n)
 {
     struct passwd *pw = getpwuid(uid);
-    if (pw)
-        snprintf(b, n, "%s", pw->pw_name);
-    else
-        snprintf(b, n, "%" PRIu32, (uint32_t)uid);
+    id_name(pw ? pw->pw_name : NULL, (uint32_t)uid, b, n);
 }
 
 static void group_of(gid_t gid, char *b, size_t n)
 {
     struct group *gr = getgrgid(gid);
-    if (gr)
-        snprintf(b, n, "%s", gr->gr_name);
-    else
-        snprintf(b, n, "%" PRIu32, (uint32_t)gid);
+    id_name(gr ? gr->gr_name : NULL, (uint32_t)gid, b, n);
 }
 
 /* The NOTE column: what else an operator needs to know of the object. */

@@ -153,21 +153,6 @@ static int print_table(const char *origin, json_t *provs)
     return flush_stdout(rc);
 }
 
-/* The provider names of `provs`, ", "-separated, into b. */
-static void known_providers(json_t *provs, char *b, size_t n)
-{
-    const char *pn;
-    json_t *p;
-    size_t k = 0;
-    b[0] = '\0';
-    json_object_foreach(provs, pn, p) {
-        int w = snprintf(b + k, n - k, "%s%s", k ? ", " : "", pn);
-        if (w < 0 || (size_t)w >= n - k)
-            break;
-        k += (size_t)w;
-    }
-}
-
 int cmd_presets(int argc, char **argv)
 {
     flag_opts json = {0};
@@ -178,9 +163,14 @@ int cmd_presets(int argc, char **argv)
     if ((rc = parse_args(&presets_syntax, argc, argv, &json)) >= 0)
         return rc;
     const char *provider = optind < argc ? argv[optind] : NULL;
-    /* All of them, then PROVIDER picked out here: an unknown one is then
-     * a usage error naming the known ones from the same document. */
-    if ((rc = km_presets_json(NULL, &text, err, sizeof err)) != KM_OK) {
+    rc = km_presets_json(provider, &text, err, sizeof err);
+    if (rc == KM_EINVAL && provider) {
+        /* An unknown provider: a usage error, with the library's list. */
+        const char *known = strstr(err, "(known: ");
+        return usage_error("unknown provider '%.64s'%s%s", provider, known ? " " : "",
+                           known ? known : "");
+    }
+    if (rc != KM_OK) {
         int e = errno;
         errline("%s", err[0] ? err : err_text(rc, e));
         return EX_FAILED;
@@ -193,23 +183,6 @@ int cmd_presets(int argc, char **argv)
     }
     json_t *provs = json_object_get(all, "providers");
     const char *origin = json_string_value(json_object_get(all, "origin"));
-    if (provider) {
-        json_t *p = json_object_get(provs, provider);
-        if (!p) {
-            char known[512];
-            known_providers(provs, known, sizeof known);
-            json_decref(all);
-            return usage_error("unknown provider '%.64s' (known: %s)", provider, known);
-        }
-        json_t *one = json_object();
-        if (!one || json_object_set(one, provider, p) < 0) {
-            json_decref(one);
-            json_decref(all);
-            return jemit(NULL);
-        }
-        json_object_set_new(all, "providers", one);
-        provs = one;
-    }
     if (json.on) {
         json_t *d = jdoc("presets", NULL, NULL);
         if (d) {
