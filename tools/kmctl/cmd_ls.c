@@ -110,7 +110,8 @@ static const char *type_name(mode_t m)
            : S_ISFIFO(m) ? "fifo" : S_ISSOCK(m) ? "socket" : "other";
 }
 
-/* Read /dev/shm into *rows (sorted by name); an exit status. */
+/* Read /dev/shm into *rows, in directory order; an exit status (*rows and
+ * *n hold what was read even on failure: free them). */
 static int read_rows(ls_row **rows, size_t *n)
 {
     size_t cap = 0;
