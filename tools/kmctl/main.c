@@ -148,17 +148,19 @@ static int set_opt(const opt_spec *o, const char *arg, void *opts)
     }
 }
 
-/* Number of words in "NAME POOL KEY_ID". */
-static int count_words(const char *s)
+/* How many operands "NAME POOL KEY_ID" or "[PROVIDER]" takes: *most
+ * words, of which *least are not in brackets (optional ones come last). */
+static void count_operands(const char *s, int *least, int *most)
 {
-    int n = 0;
+    *least = *most = 0;
     while (*s) {
         s += strspn(s, " ");
-        if (*s)
-            n++;
+        if (!*s)
+            break;
+        (*most)++;
+        *least += *s != '[';
         s += strcspn(s, " ");
     }
-    return n;
 }
 
 int parse_args(const cmd_syntax *syn, int argc, char **argv, void *opts)
@@ -211,10 +213,11 @@ int parse_args(const cmd_syntax *syn, int argc, char **argv, void *opts)
         if (rc >= 0)
             return rc;
     }
-    int want = count_words(syn->operands), have = argc - optind;
-    if (have < want)
+    int least, most, have = argc - optind;
+    count_operands(syn->operands, &least, &most);
+    if (have < least)
         return usage_error("missing %s", syn->operands);
-    if (have > want)
+    if (have > most)
         return usage_error("too many arguments");
     return -1;
 }
@@ -269,6 +272,14 @@ static const command commands[] = {
      {"top NAME [--pool P] [--interval S]",
       "live view in the terminal: per key state, in flight,\n"
       "requests/s, tokens/s, limit use as bars, cooldown"}},
+    {"ls", cmd_ls, &ls_syntax,
+     {"ls [--json]",
+      "list the KeyMesh segments of this host (and what else\n"
+      "is in /dev/shm): size, owner, mode, processes, format"}},
+    {"presets", cmd_presets, &presets_syntax,
+     {"presets [PROVIDER] [--json]",
+      "list the provider presets (limits per tier and model,\n"
+      "where and when they were read)"}},
     {"snapshot", cmd_snapshot, &snapshot_syntax,
      {"snapshot NAME [-o FILE] [--include-secrets (--key-file F | --key-env V)]",
       "write the segment's state as JSON to stdout or FILE"}},
