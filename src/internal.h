@@ -207,6 +207,15 @@ static inline uint8_t *km__busy(const km_env *e, uint32_t key)
            (size_t)key * km__busy_stride(e->geom.cap_inflight);
 }
 
+/* The sleeper row of process slot `slot` (km__wrow, src/layout.h): the
+ * region after the usage rings, whose offset the header does not store. */
+static inline km__wrow *km__wrows(const km_env *e, uint32_t slot)
+{
+    return (km__wrow *)KM__AT(e->seg.base, e->geom.off_usage +
+                                           km__usage_bytes(e->geom.cap_procs, e->geom.cap_usage) +
+                                           (uint64_t)slot * km__wrow_stride(e->geom.cap_pools));
+}
+
 /* The intent record in the header (src/layout.h). */
 static inline km__intent *km__intent_of(const km_env *e)
 {
