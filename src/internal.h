@@ -282,6 +282,18 @@ void km__reap_leases(km_env *env, km_reap_report *r, int repair);
  * km_reap in keymesh.h).  Returns the number of process slots freed. */
 int km__reap_dead(km_env *env, km_reap_report *report, int repair);
 
+/* src/wait.c */
+/* Take the sleepers that dead processes left counted out of every pool
+ * where process slot `slot` (whose process is dead) counted any, then clear
+ * its row.  Returns 1 when the row is clear (the slot may be freed), 0 when
+ * live sleepers kept the rows moving (a later reap retries). */
+int km__waiters_reap(km_env *env, uint32_t slot);
+/* A consistent view of pool p's sleepers for km_check: the pool's count,
+ * the sum over the rows of live processes (and free slots) and over all
+ * rows.  Returns 0 if the rows kept moving. */
+int km__waiters_view(km_env *env, uint32_t pool, uint32_t *counted, uint64_t *live,
+                     uint64_t *all);
+
 /* src/usage.c */
 /* Events per usage ring: a process slot's cap_usage, split between its
  * rings (cap_usage is 0 or a power of two >= 2, checked at attach). */

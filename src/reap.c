@@ -3,9 +3,10 @@
  * process slot.
  *
  * shm/ says which process slots belong to dead processes
- * (km__proc_next_dead); this file releases what their tags hold and only
- * then frees the slots (km__proc_free_dead), which keeps T1 (shm/proc.c):
- * a tag is never reused while a lease could still carry it.
+ * (km__proc_next_dead); this file releases what their tags hold, takes
+ * their sleepers out of the pools' counts (src/wait.c), and only then frees
+ * the slots (km__proc_free_dead), which keeps T1 (shm/proc.c): a tag is
+ * never reused while a lease could still carry it.
  */
 #include <sched.h>
 #include <string.h>
@@ -314,7 +315,9 @@ int km__reap_dead(km_env *e, km_reap_report *rep, int repair)
     km__admin_recover_dead(e);
     km__reap_leases(e, &r, repair);
     for (uint32_t i = 0; km__proc_next_dead(&e->seg, &i, &tag); i++) {
-        if (km__count_owned(e, tag) != 0) {
+        /* Its sleepers out of the pools' counts and its row cleared
+         * (src/wait.c) before the slot can be claimed again. */
+        if (km__count_owned(e, tag) != 0 || !km__waiters_reap(e, i)) {
             r.pending++; /* a recount could not settle yet */
             continue;
         }
