@@ -235,6 +235,33 @@ static inline void km__state_to(km__key *k, uint32_t from_mask, uint32_t to)
 
 #define KM__LIVE_STATES ((1u << KM__ST_ACTIVE) | (1u << KM__ST_FAILING) | (1u << KM__ST_PROBING))
 
+/* The probe lease (km__key.probe).  Only the holder of lease slot `slot`
+ * -- its owner, or a reaper that took the slot over -- sets the probe word
+ * to slot + 1 or clears it, so while it holds the slot this answers for
+ * good whether its lease is the key's probe. */
+static inline int km__is_probe(const km__key *k, uint32_t slot)
+{
+    return ck_pr_load_32(&k->probe) == slot + 1;
+}
+/* End the probe of the holder of lease slot `slot`, after its outcome moved
+ * the key's state (so the word never frees while the key still says
+ * PROBING: an acquirer that sees FAILING and a free word may probe). */
+static inline void km__probe_clear(km__key *k)
+{
+    ck_pr_fence_atomic_store(); /* the state's CAS before the word is free */
+    ck_pr_store_32(&k->probe, 0);
+}
+/* A probe that will never report (cancelled, abandoned, reaped mid-way)
+ * lets the next one go: PROBING -> FAILING, then the word.  Nothing if
+ * slot `slot` does not hold the probe: another lease of the key ends none. */
+static inline void km__probe_drop(km__key *k, uint32_t slot)
+{
+    if (!km__is_probe(k, slot))
+        return;
+    km__state_to(k, 1u << KM__ST_PROBING, KM__ST_FAILING);
+    km__probe_clear(k);
+}
+
 /* --------------------------------------------- functions across files */
 
 /* src/create.c */

@@ -31,8 +31,9 @@ static void abandon(km_env *e, uint32_t ki, km__key *k, km__lease *ls, uint32_t 
         km__usage_put(e, km__rd_holds_row1(&e->seg), ki, lv.key_gen, k->pool, lv.model, lv.start_ns,
                       lv.tokens, -1, KM__OUT_ABANDONED);
     }
-    /* A probe that will never report lets the next one go. */
-    km__state_to(k, 1u << KM__ST_PROBING, KM__ST_FAILING);
+    /* A probe that will never report lets the next one go; any other
+     * lease of the key ends no probe (src/layout.h, km__key.probe). */
+    km__probe_drop(k, slot);
     /* The flag, then the count, as in km_release (P4): a reaper dying
      * between them leaves the lease counted short by one, never twice (the
      * next reaper counts a RELEASING slot abandoned only with its flag set). */
@@ -223,7 +224,7 @@ static int recount_key(km_env *e, uint32_t ki, live_cache *lc, int repair,
             ck_pr_store_64(&ls[s].owner, prev[s]);
             continue;
         }
-        km__state_to(k, 1u << KM__ST_PROBING, KM__ST_FAILING);
+        km__probe_drop(k, s); /* only if this slot held the probe */
         /* Died mid-release with its flag still set: counted as acquired, not
          * yet as released, so abandoned.  Died mid-acquire: the lease was
          * never handed out (nor counted as acquired) and counts nowhere. */
