@@ -15,10 +15,10 @@
 
 /*
  * Blocking acquire.  A caller that cannot be served at once counts itself
- * in pool.waiters (a locked increment, once per call, recorded in its
- * process's row: "Sleepers that die" below), forces a full
- * barrier on every CPU that runs a thread of an attached process
- * (km__barrier_all: membarrier), and then loops: read wake_seq, try to
+ * in pool.waiters (a locked increment, once per call, and in its process's
+ * row: "Sleepers that die" below), forces a full barrier on every CPU that
+ * runs a thread of an attached process (km__barrier_all: membarrier), and
+ * then loops: read wake_seq, try to
  * acquire, and if that fails sleep while wake_seq is unchanged, for at most
  * the time the failed attempt said a key may be admissible.  A releaser
  * frees capacity (locked instructions on limit words; plain stores on its
