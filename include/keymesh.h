@@ -53,11 +53,13 @@
  *   take over rows of threads that exited), an acquire about to return
  *   KM_EAGAIN or KM_EUNAVAIL (it reaps dead processes, at most once a second
  *   per process), and a release while a km_acquire_wait() caller sleeps on
- *   the pool (one FUTEX_WAKE).  A lease's effects (limit charge, in-flight
- *   count) are made by atomic read-modify-writes on the segment before
- *   km_acquire() returns, so every acquire that starts afterwards, in any
- *   process, decides on them; the readers see each counter atomically but
- *   several counters need not be mutually consistent while operations run.
+ *   the pool (one FUTEX_WAKE; sleepers are counted per process, and one
+ *   killed in its sleep stops counting at the reap that frees its process
+ *   slot).  A lease's effects (limit charge, in-flight count) are made by
+ *   atomic read-modify-writes on the segment before km_acquire() returns,
+ *   so every acquire that starts afterwards, in any process, decides on
+ *   them; the readers see each counter atomically but several counters need
+ *   not be mutually consistent while operations run.
  *   The clock read is a vDSO call, not a system call, where the kernel's
  *   clock source can be read from user space (it cannot on some virtual
  *   machines; then every acquire makes one).
@@ -211,7 +213,8 @@ typedef enum { KM_MODE_TOKEN_BUCKET = 0, KM_MODE_SLIDING = 1 } km_limit_mode;
 typedef enum {
     KM_KEY_ACTIVE = 0,    /* may be handed out */
     KM_KEY_COOLING = 1,   /* cooling down after 429s or failures, until cooldown_until */
-    KM_KEY_PROBING = 2,   /* after a failure cooldown: one probe lease is out */
+    KM_KEY_PROBING = 2,   /* after a failure cooldown: one probe lease is out;
+                           * only its own release or reaping ends it */
     KM_KEY_DISABLED = 3,  /* disabled by an operator */
     KM_KEY_INVALID = 4,   /* authentication failed (401/403) */
     KM_KEY_EXHAUSTED = 5  /* quota or payment failure (402, insufficient quota) */
@@ -395,7 +398,9 @@ KM_EXTERN int km_acquire(km_env *env, const km_request *req, km_lease *lease);
  * second at a time, so the lease of a holder that died is reaped) or
  * `timeout_ms` passes (KM_ETIMEDOUT; at once for 0).  Waking costs a system
  * call only when a waiter is counted; a caller about to sleep makes one
- * membarrier call.
+ * membarrier call.  Waiters are counted per process: one killed while it
+ * waits is no longer counted once its process is reaped (km_reap(), an
+ * attach, an acquire that finds no key).
  * Fairness: every release wakes every sleeper of the pool and each retries;
  * there is no FIFO order, so under sustained contention a given waiter may
  * lose races until its timeout.  Errors other than KM_EAGAIN return at once.
@@ -496,7 +501,8 @@ typedef struct km_pool_info {
     uint64_t budget_microusd; /* 0: none */
     int budget_hard;          /* 1: refuse (KM_EBUDGET) when spent; 0: report only */
     uint64_t spent_microusd;
-    uint32_t waiters;         /* processes sleeping in km_acquire_wait */
+    uint32_t waiters;         /* callers sleeping in km_acquire_wait (one
+                               * killed there until its process is reaped) */
     uint64_t reserved[4];     /* zeroed by the library */
 } km_pool_info;
 

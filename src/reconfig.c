@@ -409,6 +409,7 @@ static void row_clear(km_env *e, uint32_t ki)
     ck_pr_store_32(&k->consec_fail, 0);
     ck_pr_store_32(&k->consec_429, 0);
     ck_pr_store_32(&k->updating, 0);
+    ck_pr_store_32(&k->probe, 0); /* no lease slot held: no probe out */
     ck_pr_store_64(&k->retire_epoch, 0);
     memset(km__mwins(e, ki), 0, (size_t)e->geom.cap_models * sizeof(km__mwin));
     for (uint32_t s = 0; s < e->geom.cap_inflight; s++) {

@@ -78,9 +78,15 @@ static void success_ema(km__key *k, int ok)
         ck_pr_store_32(&k->success_ppm, (uint32_t)(cur + (target - cur) / KM__SUCCESS_EMA_DIV));
 }
 
+/* The outcome's effect on the key's health.  `probe`: this lease is the
+ * key's probe (km__key.probe).  Only the probe moves the key out of
+ * PROBING (and its release then frees the probe word, in km_release): a
+ * lease taken before the key failed, released while the probe is out,
+ * counts but decides nothing -- "a single probe lease". */
 static void health(km_env *e, km__key *k, const km__lease *ls, int kind,
-                       const km_outcome *o)
+                       const km_outcome *o, int probe)
 {
+    const uint32_t probing = probe ? 1u << KM__ST_PROBING : 0;
     if (kind != KM_OUT_SUCCESS && kind != KM_OUT_CANCELLED)
         success_ema(k, 0);
     km__pool *pool = &km__pools(e)[k->pool < e->geom.n_pools ? k->pool : 0];
@@ -95,7 +101,7 @@ static void health(km_env *e, km__key *k, const km__lease *ls, int kind,
             ck_pr_store_32(&k->consec_fail, 0);
         if (ck_pr_load_32(&k->consec_429))
             ck_pr_store_32(&k->consec_429, 0);
-        km__state_to(k, (1u << KM__ST_PROBING) | (1u << KM__ST_FAILING), KM__ST_ACTIVE);
+        km__state_to(k, probing | (1u << KM__ST_FAILING), KM__ST_ACTIVE);
         uint64_t lat = o->latency_us >= 0 ? km__mul_sat((uint64_t)o->latency_us, KM__NS_PER_US)
                                           : km__now() - ck_pr_load_64(&ls->start_ns);
         if (lat == 0)
@@ -125,18 +131,18 @@ static void health(km_env *e, km__key *k, const km__lease *ls, int kind,
             cool_until(k, now + (uint64_t)(o->retry_after_s * (double)KM__NS_PER_S));
         else
             cool_until(k, now + backoff_ns(pool->cooldown_s, pool->max_cooldown_s, n));
-        /* A 429 proves the key authenticates: a probe succeeded. */
-        km__state_to(k, 1u << KM__ST_PROBING, KM__ST_ACTIVE);
+        /* A 429 proves the key authenticates: the probe succeeded. */
+        km__state_to(k, probing, KM__ST_ACTIVE);
         break;
     case KM_OUT_FAILURE:
         n = ck_pr_faa_32(&k->consec_fail, 1) + 1;
-        if (n >= pool->max_failures || ck_pr_load_32(&k->state) == KM__ST_PROBING) {
+        if (n >= pool->max_failures || probe) {
             uint32_t over = n > pool->max_failures ? n - pool->max_failures + 1 : 1;
             now = km__now();
             /* Cooldown first, then the state: an acquirer that sees FAILING
              * also sees the cooldown (store order; the CAS is locked). */
             cool_until(k, now + backoff_ns(pool->cooldown_s, pool->max_cooldown_s, over));
-            km__state_to(k, (1u << KM__ST_ACTIVE) | (1u << KM__ST_PROBING), KM__ST_FAILING);
+            km__state_to(k, (1u << KM__ST_ACTIVE) | probing, KM__ST_FAILING);
         }
         break;
     case KM_OUT_AUTH:
@@ -146,7 +152,7 @@ static void health(km_env *e, km__key *k, const km__lease *ls, int kind,
         km__state_to(k, KM__LIVE_STATES, KM__ST_EXHAUSTED);
         break;
     default: /* CANCELLED: a probe that was never sent lets the next one go */
-        km__state_to(k, 1u << KM__ST_PROBING, KM__ST_FAILING);
+        km__state_to(k, probing, KM__ST_FAILING);
         break;
     }
 }
@@ -236,10 +242,12 @@ KM_EXTERN int km_release(km_env *e, const km_lease *l, const km_outcome *o)
                       : (uint64_t)o->tokens > UINT32_MAX ? UINT32_MAX
                                                : (uint64_t)o->tokens;
     int stale = lv.key_gen != ck_pr_load_32(&k->gen);
+    /* Ours to answer while we hold the slot (km__is_probe). */
+    int probe = km__is_probe(k, si);
     km__pool *pool = k->pool < e->geom.n_pools ? &km__pools(e)[k->pool] : NULL;
     if (!stale) {
         km__settle(e, l->key, k, ls, &lv, actual);
-        health(e, k, ls, kind, o);
+        health(e, k, ls, kind, o, probe);
         if (o->view_flags)
             apply_view(k, o);
         spend(pool, k, o, actual);
@@ -248,6 +256,11 @@ KM_EXTERN int km_release(km_env *e, const km_lease *l, const km_outcome *o)
     } else {
         ck_pr_inc_64(&k->stale);
     }
+    /* The probe ends with its own release, after its outcome moved the
+     * state, and while we still hold the slot: dying before this store, we
+     * leave the word to the reaper of our slot (km__probe_drop). */
+    if (probe)
+        km__probe_clear(k);
     /* In-flight -1: clear our flag (I1), then count the outcome, then free
      * the slot (I3): P4.  A reaper that finds this slot RELEASING with its flag
      * still set knows the outcome was not counted and counts it abandoned;
