@@ -390,6 +390,19 @@ def test_struct_sizes_agree_with_the_library():
     assert set(_stats.STRUCTS) == set(_stats.STRUCT_IDS)
     # keymesh.h's KM_ST_* ids: 15..19, one each.
     assert sorted(_stats.STRUCT_IDS.values()) == [15, 16, 17, 18, 19]
+    # Another library: a longer km_key_stats is passed by its size (fields
+    # are only appended), an embedded struct of another size is refused.
+    sizes = _stats.library_sizes(dll)
+    grown = dict(sizes, km_key_stats=sizes["km_key_stats"] + 16)
+    assert _stats.size_mismatches(dll, grown) == [
+        "km_key_stats: %d bytes in libkeymesh, %d in this binding"
+        % (sizes["km_key_stats"] + 16, sizes["km_key_stats"])]
+    assert _stats.size_mismatches(dll, grown, fatal_only=True) == []
+    other = dict(grown, km_window_stats=56)
+    assert _stats.size_mismatches(dll, other, fatal_only=True) == [
+        "km_window_stats: 56 bytes in libkeymesh, 48 in this binding"]
+    assert _stats.size_mismatches(dll, {}) == [
+        "km_struct_size: missing (a libkeymesh older than this binding)"]
 
 
 def test_stats_is_not_on_the_hot_path():

@@ -19,9 +19,14 @@ numbers are read one by one while workers run, so those of one key need
 not be consistent with each other to the request (see keymesh.h).
 
 Every struct here mirrors the C one field for field and is compared with
-the library's km_struct_size() when this module is imported (refused with
-OSError on a mismatch, as keymesh._lib does for its own structs);
-tests/e2e/layout.c and test_binding.py compare every field's offset.
+the library's km_struct_size() when this module is imported: OSError, as
+keymesh._lib does for its own structs, when km_window_stats or
+km_stats_counters differ; km_key_stats, km_pool_stats and km_model_stats
+are passed with their size, which keymesh.h lets grow ("Growth without an
+ABI break"), so a library with longer ones is used (see GROWABLE).  With
+the library of its own tree every size agrees: tests/e2e/layout.c and
+test_binding.py compare every field's offset, tests/py/test_stats.py the
+sizes.
 """
 
 from __future__ import annotations
@@ -107,28 +112,44 @@ _PROTOS: Dict[str, Any] = {
 }
 
 
-def size_mismatches(dll: Any) -> List[str]:
-    """Each struct of STRUCTS whose ctypes size differs from the library's
-    km_struct_size(), as text (keymesh._lib.size_mismatches' wording)."""
-    fn = getattr(dll, "km_struct_size", None)
-    if fn is None:
-        return ["km_struct_size: missing (a libkeymesh older than this binding)"]
+# Passed by their size (the `size` argument; the library fills at most
+# that and says in `size` how much it filled): a library with longer or
+# shorter ones (fields are only appended) still serves this binding.  The
+# two structs embedded in them have no such room: their size must agree.
+GROWABLE = ("km_key_stats", "km_pool_stats", "km_model_stats")
+
+
+def library_sizes(dll: Any) -> Dict[str, int]:
+    """km_struct_size() of every struct of STRUCTS ({} if the library has
+    no km_struct_size: older than this binding)."""
+    if getattr(dll, "km_struct_size", None) is None:
+        return {}
     fn = dll._FuncPtr(("km_struct_size", dll))
     fn.restype, fn.argtypes = c_size_t, [c_int]
-    out = []
-    for name, cls in STRUCTS.items():
-        lib_size = fn(STRUCT_IDS[name])
-        if lib_size != ctypes.sizeof(cls):
-            out.append("%s: %d bytes in libkeymesh, %d in this binding"
-                       % (name, lib_size, ctypes.sizeof(cls)))
-    return out
+    return {name: fn(STRUCT_IDS[name]) for name in STRUCTS}
+
+
+def size_mismatches(dll: Any, sizes: Optional[Dict[str, int]] = None,
+                    fatal_only: bool = False) -> List[str]:
+    """Each struct of STRUCTS whose ctypes size differs from the library's
+    km_struct_size() (or `sizes`), as text in keymesh._lib.size_mismatches'
+    wording; with fatal_only, only those this binding cannot use (not
+    GROWABLE)."""
+    if sizes is None:
+        sizes = library_sizes(dll)
+    if not sizes:
+        return ["km_struct_size: missing (a libkeymesh older than this binding)"]
+    return ["%s: %d bytes in libkeymesh, %d in this binding"
+            % (name, sizes[name], ctypes.sizeof(cls))
+            for name, cls in STRUCTS.items()
+            if sizes[name] != ctypes.sizeof(cls) and not (fatal_only and name in GROWABLE)]
 
 
 def _bind() -> Dict[str, Any]:
     """The stats functions of the loaded libkeymesh, with prototypes, after
     checking every struct's size against km_struct_size()."""
     dll = lib.load()
-    bad = size_mismatches(dll)
+    bad = size_mismatches(dll, fatal_only=True)
     if bad:
         # Reading through a struct of another size would write past it.
         raise OSError("keymesh: %s does not match this binding (%s): install the binding and "
