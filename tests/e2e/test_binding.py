@@ -80,6 +80,9 @@ def kmctl_check(name):
 
 # ------------------------------------------------------------------ layout
 def t_layout(path):
+    from keymesh import _stats as S
+    structs = dict(L.STRUCTS)
+    structs.update(S.STRUCTS)  # pool.stats()'s, declared in keymesh._stats
     c = {}
     for line in open(path):
         w = line.split()
@@ -88,13 +91,13 @@ def t_layout(path):
         c[w[0]] = (int(w[1]), dict((w[i], int(w[i + 1])) for i in range(2, len(w), 2)))
     bad = []
     for name, (size, fields) in c.items():
-        st = L.STRUCTS[name]
+        st = structs[name]
         if ctypes.sizeof(st) != size:
             bad.append("%s: sizeof %d, ctypes %d" % (name, size, ctypes.sizeof(st)))
         for f, off in fields.items():
             if getattr(st, f).offset != off:
                 bad.append("%s.%s: offset %d, ctypes %d" % (name, f, off, getattr(st, f).offset))
-    ok(len(c) == len(L.STRUCTS) and not bad,
+    ok(set(c) == set(structs) and not bad,
        "ctypes structs match the C layout (%d structs)" % len(c), *bad)
     # The same sizes as the loaded library says, which is what the binding
     # checks when it loads one; and a struct of the wrong size is caught.
@@ -102,6 +105,9 @@ def t_layout(path):
     ok(L.size_mismatches(dll) == [] and set(L.STRUCT_IDS) == set(L.STRUCTS),
        "km_struct_size agrees with every ctypes struct (%d)" % len(L.STRUCTS),
        *L.size_mismatches(dll))
+    ok(S.size_mismatches(dll) == [] and set(S.STRUCT_IDS) == set(S.STRUCTS),
+       "km_struct_size agrees with every ctypes struct of keymesh._stats (%d)" % len(S.STRUCTS),
+       *S.size_mismatches(dll))
     wrong = L.size_mismatches(dll, {"km_lease": L.Request})
     ok(len(wrong) == 1 and wrong[0].startswith("km_lease: %d bytes in libkeymesh, %d in"
                                               % (ctypes.sizeof(L.Lease), ctypes.sizeof(L.Request))),

@@ -997,6 +997,21 @@ class _Core:
                 "waiters": pinfo.waiters, "spent_usd": pinfo.spent_microusd / 1e6,
                 "pool_metrics": metrics, "keys": keys}
 
+    def stats(self, key: Optional[str] = None, model: Optional[str] = None) -> Dict[str, Any]:
+        """The statistics of this pool as of now, with the field names and
+        units of one pool of ``kmctl stats --json``: totals, keys by state,
+        in flight, counters, moving averages, spend against budget, the use
+        of every limit window ("windows": used/left/full_in_ms), its models,
+        and per key (``["keys"][id]``) the same with cooldown and its
+        key x model windows.  "keys" and "models" are dicts by id and name;
+        "segment" and "taken_unix_ms" are added.  Ids only, never a secret.
+        ``key=ID`` / ``model=NAME`` keep only that key / model, as kmctl's
+        --key / --model (UnknownKeyError, KeyMeshError KM_ENOMODEL if none).
+        Not the hot path: ctypes in both implementations (keymesh._stats);
+        a plain method on KeyPool too (no I/O to wait for)."""
+        from . import _stats
+        return _stats.pool_stats(self._slow_ptr(), self._pool, self.segment, key, model)
+
     def _available_count(self) -> int:
         self._slow_ptr()
         return sum(1 for k in self._keys_raw() if k["available"])
