@@ -370,6 +370,7 @@ help:
 	@echo 'make deps-test    that, and what make test needs (prove, the tests of bindings, fleet, ops)'
 	@echo 'make test         build and run the TAP suite with prove (make check: the same)'
 	@echo 'make torture      long crash-torture runs (TORTURE_S=30 seconds each)'
+	@echo 'make soak         the soak, tests/soak.c (SOAK_S=600 seconds; any length)'
 	@echo 'make bench        short benchmark run (SUMMARY lines), then bench-compare'
 	@echo 'make demo         create a segment, run a prefork pool against it, inspect it'
 	@echo 'make examples     build examples/*.c'
