@@ -80,6 +80,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -172,6 +173,24 @@ static void sleep_us(long us)
     nanosleep(&ts, NULL);
 }
 
+/* kill(2) of one child: never of a pid <= 0 (a process group, or every
+ * process there is), whatever went wrong before. */
+static void sig(pid_t pid, int signo)
+{
+    if (pid <= 0)
+        bail_out("signal %d to pid %ld", signo, (long)pid);
+    kill(pid, signo);
+}
+
+/* In a child: die with the parent (a parent that bails out, or is killed by
+ * prove's timeout, leaves no worker running). */
+static void die_with_parent(pid_t parent)
+{
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent)
+        _exit(1);
+}
+
 /* A store the parent reads after the process died: plain, but whole. */
 static void put(uint64_t *p, uint64_t v) { ck_pr_store_64(p, v); }
 
@@ -260,9 +279,13 @@ static pid_t spawn_worker(int w)
 {
     memset(&sh->w[w], 0, sizeof sh->w[w]);
     fflush(stdout);
-    pid_t p = fork();
-    if (p == 0)
+    pid_t me = getpid(), p = fork();
+    if (p == 0) {
+        die_with_parent(me);
         worker(w);
+    }
+    if (p < 0)
+        bail_out("fork: %s", strerror(errno));
     return p;
 }
 
@@ -366,19 +389,22 @@ static void show_violation(void *ctx, const char *line)
 static int persist(uint64_t *rnd)
 {
     fflush(stdout);
-    pid_t p = fork();
+    pid_t me = getpid(), p = fork();
     if (p == 0) {
+        die_with_parent(me);
         int fd = open("/dev/null", O_WRONLY);
         if (fd >= 0)
             dup2(fd, 1);
         execl(kmctl, "kmctl", "persist", seg, "--db", dbpath, "--once", (char *)NULL);
         _exit(127);
     }
+    if (p < 0)
+        bail_out("fork: %s", strerror(errno));
     if (xs(rnd) % 4 == 0) {
         sleep_us(2000);
         if (kill(p, SIGSTOP) == 0) { /* a stopped drainer holds no worker back */
             sleep_us(100000);
-            kill(p, SIGCONT);
+            sig(p, SIGCONT);
             T.persist_stops++;
         }
     }
@@ -460,15 +486,20 @@ static unsigned wseed;
 static void writer_start(void)
 {
     fflush(stdout);
+    pid_t me = getpid();
     wr = fork();
-    if (wr == 0)
+    if (wr == 0) {
+        die_with_parent(me);
         writer(wseed);
+    }
+    if (wr < 0)
+        bail_out("fork: %s", strerror(errno));
     wseed++;
 }
 
 static void writer_kill(void)
 {
-    kill(wr, SIGKILL);
+    sig(wr, SIGKILL);
     waitpid(wr, NULL, 0);
     T.writer_kills++;
 }
@@ -582,7 +613,7 @@ int main(void)
     writer_start();
 
     uint64_t t0 = km_now_ns(), t_end = t0 + (uint64_t)(secs * 1e9);
-    uint64_t next_persist = t0 + NS / 2, next_snap = t0 + 10 * NS;
+    uint64_t next_persist = t0 + NS / 2, next_snap = t0 + 10 * NS, next_note = t0 + 60 * NS;
     uint64_t next_restart = restart_s > 0 ? t0 + (uint64_t)(restart_s * 1e9) : UINT64_MAX;
     int progress_ok = 1;
     while (km_now_ns() < t_end) {
@@ -591,19 +622,19 @@ int main(void)
         int v = (int)(r % WORKERS);
         unsigned act = (unsigned)(r >> 8) % 100;
         if (act < 50) { /* SIGKILL a worker, wherever it is */
-            kill(wk[v], SIGKILL);
+            sig(wk[v], SIGKILL);
             waitpid(wk[v], NULL, 0);
             fold(v, 1);
             wk[v] = spawn_worker(v);
         } else if (act < 60) { /* SIGSTOP one: the others go on */
             uint64_t before = 0, after = 0;
-            kill(wk[v], SIGSTOP);
+            sig(wk[v], SIGSTOP);
             for (int i = 0; i < WORKERS; i++)
                 before += i == v ? 0 : ck_pr_load_64(&sh->w[i].ops);
             sleep_us(50000 + (long)((r >> 16) % 100000));
             for (int i = 0; i < WORKERS; i++)
                 after += i == v ? 0 : ck_pr_load_64(&sh->w[i].ops);
-            kill(wk[v], SIGCONT);
+            sig(wk[v], SIGCONT);
             T.stops++;
             /* Nobody died meanwhile (the parent alone kills), so the sums
              * compare the same incarnations. */
@@ -615,10 +646,16 @@ int main(void)
             writer_kill();
             writer_start();
         } else { /* SIGSTOP the writer a while */
-            kill(wr, SIGSTOP);
+            sig(wr, SIGSTOP);
             sleep_us(50000);
-            kill(wr, SIGCONT);
+            sig(wr, SIGCONT);
             T.writer_stops++;
+        }
+        if (now >= next_note) {
+            diag("%.0f s: %" PRIu64 " kills, %" PRIu64 " writer kills, %" PRIu64 " persists, %" PRIu64
+                 " restarts", (double)(now - t0) / 1e9, T.kills, T.writer_kills, T.persists, T.restarts);
+            fflush(stdout);
+            next_note = now + 60 * NS;
         }
         if (now >= next_persist) {
             persist(&rnd);
@@ -635,7 +672,7 @@ int main(void)
     }
     /* The end: every worker and the writer killed where they stand. */
     for (int w = 0; w < WORKERS; w++) {
-        kill(wk[w], SIGKILL);
+        sig(wk[w], SIGKILL);
         waitpid(wk[w], NULL, 0);
         fold(w, 1);
     }
