@@ -17,10 +17,12 @@
  *     and adds and removes keys of the churn pool (with and without a
  *     process slot, as kmctl does), and starts a new one;
  *   - every 0.5 s runs `kmctl persist --once` into one SQLite database,
- *     sometimes SIGSTOPped for 100 ms while the workers go on;
+ *     sometimes SIGSTOPped for 100 ms while the workers go on (never
+ *     SIGKILLed: persist consumes a drain's events before it commits them,
+ *     so a kill in between loses them, and the books below would say so);
  *   - every 10 s snapshots the segment with its secrets and restores the
- *     snapshot under another name (km_check clean, every key there);
- *   - every SOAK_RESTART_S (default a third of the run, at most 120 s)
+ *     snapshot under another name (km_check clean on the copy);
+ *   - every KM_SOAK_RESTART_S (default a third of the run, at most 120 s)
  *     restarts the segment: the workers detach, the writer is killed, a
  *     last persist drains, the segment is snapshotted, removed and restored
  *     under its name, and the workers attach to the new one.
@@ -583,7 +585,7 @@ int main(void)
 {
     const char *ss = getenv("KM_SOAK_S");
     double secs = ss ? atof(ss) : 20;
-    const char *rs = getenv("SOAK_RESTART_S");
+    const char *rs = getenv("KM_SOAK_RESTART_S");
     double restart_s = rs ? atof(rs) : secs / 3 < 120 ? secs / 3 : 120;
     const char *bd = getenv("KM_BUILD");
     snprintf(kmctl, sizeof kmctl, "%s/kmctl", bd && *bd ? bd : "build");
