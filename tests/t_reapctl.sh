@@ -215,8 +215,8 @@ ok $([ "$abandoned" -eq 3 ]; echo $?) "abandoned 3 in total (got $abandoned)"
 # entry.  It must not take the holder's lease over (a live lease with two
 # writers); once the holder is dead, the lease is reaped.
 new_seg HSEG hidden
-run "$KMCTL" create "$HSEG" --config "$TMP/pool.json" --mode 0666
-expect 0 "create a segment every user may attach (0666)"
+run "$KMCTL" create "$HSEG" --config "$TMP/pool.json" --mode 0666 --force
+expect 0 "create a segment every user may attach (0666, --force)"
 MAIN_SEG=$SEG
 SEG=$HSEG
 hold 1

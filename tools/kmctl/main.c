@@ -66,6 +66,8 @@ int exit_for(int err)
 int seg_error(const char *name, int err)
 {
     int e = errno;
+    if ((err == KM_ENOTREADY || err == KM_ENOTKM) && explain_object(name))
+        return exit_for(err);
     errline("segment '%s': %s", name, err_text(err, e));
     if (err == KM_EACCES)
         explain_access(name);

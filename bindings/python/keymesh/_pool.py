@@ -20,11 +20,13 @@ import asyncio
 import atexit
 import ctypes
 import enum
+import grp
 import hashlib
 import hmac
 import json
 import math
 import os
+import pwd
 import re
 import threading
 import time
@@ -99,6 +101,63 @@ def _raise(rc: int, what: str, retry_at_ns: int = 0) -> None:
         raise NoAvailableKeyError(msg, rc, ra)
     if rc in (L.EUNAVAIL, L.EBUDGET):
         raise KeyExhaustedError(msg, rc)
+    raise KeyMeshError(msg, rc)
+
+
+def _segment_detail(name: str, rc: int, mode: Optional[int] = None) -> str:
+    """What kmctl says after its first line for a segment error (its
+    explain_access and the description of an object that is no segment),
+    as text to append; "" when there is nothing to add.  From the object's
+    stat, as kmctl and km_segment_describe take it."""
+    if rc == L.EINVAL and mode is not None:
+        if mode & ~0o777:
+            return ("mode %04o: the setuid, setgid and sticky bits have no meaning on a "
+                    "segment and are refused; give permission bits only (0o600, or 0o660 "
+                    "shared with a group)" % mode)
+        if mode & 0o002:
+            return ("mode %04o makes the segment world-writable: any local user could change "
+                    "its keys and limits and read every secret in it; use 0o600, or 0o660 "
+                    "shared with a group" % mode)
+        return ""
+    if rc not in (L.EACCES, L.ENOTREADY, L.ENOTKM):
+        return ""
+    path = "/dev/shm/" + name
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ""
+    if rc == L.EACCES:
+        try:
+            owner = pwd.getpwuid(st.st_uid).pw_name
+        except KeyError:
+            owner = "?"
+        try:
+            group = grp.getgrgid(st.st_gid).gr_name
+        except KeyError:
+            group = "?"
+        me = os.geteuid()
+        if st.st_uid == me:
+            need = "its owner's read and write bits"
+        elif st.st_gid == os.getegid() or st.st_gid in os.getgroups():
+            need = "read and write for its group (--mode 0660)"
+        else:
+            need = "membership of its group, or its owner's user id"
+        return ("segment '%s' is mode %04o, owner %s, group %s; this process (uid %d) needs %s"
+                % (name, st.st_mode & 0o7777, owner, group, me, need))
+    if st.st_size == 0:
+        return ("it is an empty shared-memory object (0 bytes, mode %04o, uid %d), not a KeyMesh "
+                "segment: another program's, or a creation that died before sizing it; remove "
+                "it with 'kmctl destroy --force %s' or 'rm %s'"
+                % (st.st_mode & 0o7777, st.st_uid, name, path))
+    return ""
+
+
+def _raise_segment(rc: int, name: str, mode: Optional[int] = None) -> None:
+    """_raise for an error on segment `name`, with kmctl's detail."""
+    detail = _segment_detail(name, rc, mode)
+    if not detail:
+        _raise(rc, "segment '%s'" % name)
+    msg = "segment '%s': %s; %s" % (name, L.strerror(rc), detail)
     raise KeyMeshError(msg, rc)
 
 
@@ -277,7 +336,7 @@ def _attach(name: str, create_cfg: Optional[int] = None, mode: int = 0o600,
             if rc == L.ENOENT:
                 raise SegmentRemovedError("segment '%s': %s (removed, or never created)"
                                           % (name, L.strerror(rc)), rc)
-            _raise(rc, "segment '%s'" % name)
+            _raise_segment(rc, name, mode if create_cfg is not None and not private else None)
         env = _Env(name, ptr.value or 0)
         env.refs = 1
         _envs[name] = env
