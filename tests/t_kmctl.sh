@@ -90,7 +90,7 @@ expect 0 "inspect"
 echo "$OUT" | grep -q '^pool openai: least_busy, 2 keys' &&
     echo "$OUT" | grep -q '^pool groq: round_robin, 1 key'
 ok $? "inspect shows pool headers"
-echo "$OUT" | grep -q 'ID  *SECRET  *STATE  *W  *INFLIGHT  *RPM  *TPM  *ACQ  *OK  *429  *FAIL  *EMA_MS  *COOLDOWN_S'
+echo "$OUT" | grep -q 'ID  *SECRET  *STATE  *W  *INFLIGHT  *RPM  *TPM  *ACQ  *OK  *429  *FAIL  *EMA_US  *COOLDOWN_MS'
 ok $? "inspect shows the key columns"
 echo "$OUT" | grep -Eq '^  b +[^ ]*2222 +active +1 +0/8 +30/30 '
 ok $? "inspect row of key b (masked secret, state, weight, in-flight, rpm)"
@@ -229,7 +229,7 @@ echo "$OUT" | grep -q '^  models (global limits): llama-3.1-8b$'
 ok $? "inspect: global pool's model list"
 echo "$OUT" | grep -q '^  budget: \$0.00 spent of \$100.00 (hard'
 ok $? "inspect: pool budget in USD"
-echo "$OUT" | grep -q 'COOLDOWN_S  *SPENT_USD  *META$' &&
+echo "$OUT" | grep -q 'COOLDOWN_MS  *SPENT_USD  *META$' &&
     echo "$OUT" | grep -Eq '^  a .* 0\.00 +\{"org":"org-1"\}$' &&
     echo "$OUT" | grep -Eq '^  b .* 0\.00/5\.50 \(soft\) +-$'
 ok $? "inspect: SPENT_USD (with key budget) and META columns"

@@ -110,7 +110,7 @@ expect 0 "reap a fresh segment"
 check_text "reap a fresh segment: nothing reaped"
 run "$KMCTL" ps "$SEG"
 expect 0 "ps a fresh segment"
-echo "$OUT" | head -1 | grep -Eq '^  SLOT +PID +ALIVE +LEASES +ATTACHED_S$' &&
+echo "$OUT" | head -1 | grep -Eq '^  SLOT +PID +ALIVE +LEASES +ATTACHED_MS$' &&
     [ "$(echo "$OUT" | wc -l)" -eq 1 ]
 check_text "ps a fresh segment: the header only (kmctl looks read-only, without a slot)"
 
