@@ -156,7 +156,7 @@ def test_add_key_of_a_cooling_key_from_another_process_resets_it(seg, secrets):
     st = pool.status()
     assert st["total_keys"] == 2 and pool.available_count() == 2
     k1 = [x for x in st["keys"] if x["id"] == "k1"][0]
-    assert k1["state"] == "active" and k1["cooldown_remaining_s"] == 0
+    assert k1["state"] == "active" and k1["cooldown_remaining_ms"] == 0
     pool.close()
 
 
