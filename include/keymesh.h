@@ -284,6 +284,12 @@ KM_EXTERN int km_config_from_env(const char *providers, km_config **out,
 /* Create segment `name` ("name" or "/name") from a configuration, with
  * permission bits `mode` (0 means 0600), and attach to it.  Fails with
  * KM_EEXIST if the name is taken; on any failure no segment is left behind.
+ * The segment holds the secrets, so `mode` is checked: KM_EINVAL for bits
+ * outside 0777 (setuid, setgid, sticky: meaningless on a segment, never
+ * silently dropped) and for a world-writable mode (o+w: any local user
+ * could rewrite the pool and read every secret) unless KM_MODE_FORCE is
+ * or'ed into `mode`.  The segment gets exactly `mode`'s permission bits
+ * (the umask does not apply).
  * Atomic: the segment is built under a hidden temporary name (see
  * km_segment_sweep) and renamed into place without replacing anything, so
  * no process ever attaches to it half made, and a creator killed at any
@@ -295,6 +301,9 @@ KM_EXTERN int km_config_from_env(const char *providers, km_config **out,
  * do: one gets the segment, the others KM_EEXIST. */
 KM_EXTERN int km_create(const char *name, const km_config *cfg, unsigned mode,
                         km_env **out);
+/* Or'ed into km_create's or km_restore's `mode`: accept a world-writable
+ * mode (kmctl create --force). */
+#define KM_MODE_FORCE 0x10000u
 /* Attach to an existing segment.  Distinct errors for a name that does not
  * exist (KM_ENOENT), no permission (KM_EACCES), an object that is not a
  * KeyMesh segment (KM_ENOTKM), another format (KM_EFORMAT) or layout

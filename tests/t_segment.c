@@ -371,6 +371,26 @@ static void test_mode_access(void)
     km_close(env);
     km_unlink(name);
 
+    /* Modes a segment holding secrets may not have: refused, not masked,
+     * and nothing left behind; o+w only with KM_MODE_FORCE. */
+    static const unsigned refused[] = {04777, 02770, 01600, 0666, 0602, 0777};
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        env = NULL;
+        rc = km_create(name, cfg, refused[i], &env);
+        ok(rc == KM_EINVAL && !env && access(path, F_OK) != 0,
+           "km_create mode %04o -> EINVAL, no object (got %s)", refused[i], rcname(rc));
+    }
+    rc = km_create(name, cfg, 04666 | KM_MODE_FORCE, &env);
+    is_str(rcname(rc), "EINVAL", "KM_MODE_FORCE does not admit a setuid bit");
+    env = NULL;
+    old = umask(077);
+    rc = km_create(name, cfg, 0666 | KM_MODE_FORCE, &env);
+    umask(old);
+    is_int(rc == KM_OK && stat(path, &st) == 0 ? (int)(st.st_mode & 07777) : -1, 0666,
+           "0666 | KM_MODE_FORCE: created with mode 0666 exactly (%s)", rcname(rc));
+    km_close(env);
+    km_unlink(name);
+
     env = NULL;
     rc = km_create(name, cfg, 0, &env);
     if (rc != KM_OK)
@@ -863,7 +883,7 @@ int main(void)
     signal(SIGALRM, on_signal);
     atexit(unlink_all);
 
-    plan(67 + 12 + 31 + 14 + 3);
+    plan(67 + 12 + 31 + 14 + 3 + 8);
     test_versions_and_errors();
     test_names();
     test_create_open();

@@ -156,7 +156,7 @@ def test_add_key_of_a_cooling_key_from_another_process_resets_it(seg, secrets):
     st = pool.status()
     assert st["total_keys"] == 2 and pool.available_count() == 2
     k1 = [x for x in st["keys"] if x["id"] == "k1"][0]
-    assert k1["state"] == "active" and k1["cooldown_remaining_s"] == 0
+    assert k1["state"] == "active" and k1["cooldown_remaining_ms"] == 0
     pool.close()
 
 
@@ -283,7 +283,7 @@ def test_storage_json_state_file(tmp_path):
     st = {x["id"]: x for x in again.status()["keys"]}
     assert sum(x["success"] for x in st.values()) == 3 and added in st
     cooling = [x for x in st.values() if x["state"] == "cooling"]
-    assert len(cooling) == 1 and 590 <= cooling[0]["cooldown_remaining_s"] <= 600
+    assert len(cooling) == 1 and 590000 <= cooling[0]["cooldown_remaining_ms"] <= 600000
     assert again.add_key(k) == cooling[0]["id"]   # the secret is known again
     again.close()
     # Other keys: the file cannot be opened (sealed with the keys); fresh.

@@ -147,6 +147,15 @@ int seg_chgrp(const char *name, const char *group);
 /* After KM_EACCES: say what the segment allows and what this process is. */
 void explain_access(const char *name);
 
+/* After KM_ENOTREADY or KM_ENOTKM: if `name` is another program's object
+ * (an empty one, or one without KeyMesh's header), say what it is and how
+ * to remove it, in place of the error line; 1 if said, else 0. */
+int explain_object(const char *name);
+
+/* -1 if --mode `mode` may be given to a segment (a world-writable one only
+ * with `force`), else the usage error's exit status, the reason printed. */
+int mode_refused(unsigned mode, int force);
+
 /* What create or restore (kind) made: one line, or with json a document;
  * `from` the snapshot file of a restore (NULL for create).  Exit status. */
 int created(km_env *env, const char *kind, const char *name, const km_info *info, unsigned mode,
@@ -158,7 +167,8 @@ typedef struct snap_opts {
     const char *out, *key_file, *key_env, *group;
     int secrets;
     unsigned mode;
-    int json; /* restore --json */
+    int json;  /* restore --json */
+    int force; /* restore --force: a world-writable --mode */
 } snap_opts;
 
 /* The snapshot key from o->key_file or o->key_env into key[]; -1 to go on,

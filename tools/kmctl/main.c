@@ -66,6 +66,8 @@ int exit_for(int err)
 int seg_error(const char *name, int err)
 {
     int e = errno;
+    if ((err == KM_ENOTREADY || err == KM_ENOTKM) && explain_object(name))
+        return exit_for(err);
     errline("segment '%s': %s", name, err_text(err, e));
     if (err == KM_EACCES)
         explain_access(name);
@@ -251,9 +253,11 @@ typedef struct command {
 /* In the order `kmctl --help` lists them. */
 static const command commands[] = {
     {"create", cmd_create, &create_syntax,
-     {"create NAME --config FILE [--mode OCTAL] [--group NAME] [--json]",
-      "create segment NAME from a JSON configuration",
-      "create NAME --from-env PROVIDERS [--mode OCTAL] [--group NAME] [--json]",
+     {"create NAME --config FILE [--mode OCTAL [--force]] [--group NAME] [--json]",
+      "create segment NAME from a JSON configuration\n"
+      "(a world-writable --mode only with --force)",
+      "create NAME --from-env PROVIDERS [--mode OCTAL [--force]] [--group NAME]\n"
+      "       [--json]",
       "create segment NAME from environment variables\n"
       "(NUM_OPENAI, OPENAI_API_KEY_1, ...)"}},
     {"inspect", cmd_inspect, &inspect_syntax,
@@ -284,8 +288,8 @@ static const command commands[] = {
      {"snapshot NAME [-o FILE] [--include-secrets (--key-file F | --key-env V)]",
       "write the segment's state as JSON to stdout or FILE"}},
     {"restore", cmd_restore, &restore_syntax,
-     {"restore NAME FILE (--key-file F | --key-env V) [--mode OCTAL] [--group G]\n"
-      "        [--json]",
+     {"restore NAME FILE (--key-file F | --key-env V) [--mode OCTAL [--force]]\n"
+      "        [--group G] [--json]",
       "recreate segment NAME from a snapshot taken with secrets"}},
     {"keygen", cmd_keygen, &keygen_syntax,
      {"keygen FILE", "write a new snapshot key (mode 0600)"}},

@@ -292,6 +292,12 @@ def ext_dirs() -> list:
     return [d for d in out if os.path.isdir(d)]
 
 
+def _reason(path: str, err: str) -> str:
+    """dlopen's message without the path it repeats ("PATH: undefined
+    symbol: x" -> "undefined symbol: x")."""
+    return err[len(path) + 2:] if err.startswith(path + ": ") else err
+
+
 class _Lib:
     def __init__(self) -> None:
         self._dll: Optional[ctypes.CDLL] = None
@@ -304,6 +310,7 @@ class _Lib:
             if self._dll is not None:
                 return self._dll
             tried = []
+            failed = []  # (path, reason): found, but the dynamic linker refused it
             dll = None
             explicit = os.environ.get("KEYMESH_LIBRARY")
             for path in candidates():
@@ -320,6 +327,7 @@ class _Lib:
                         # An explicit choice that fails is an error, not a hint.
                         raise OSError("keymesh: cannot load KEYMESH_LIBRARY=%s: %s"
                                       % (path, e)) from None
+                    failed.append((path, str(e)))
             if dll is None:
                 for name in filter(None, [ctypes.util.find_library("keymesh"),
                                           "libkeymesh.so.0"]):
@@ -329,6 +337,18 @@ class _Lib:
                         break
                     except OSError as e:
                         tried.append("%s (%s)" % (name, e))
+                        # A bare name the linker did not find is "not
+                        # found"; any other failure is of a library found.
+                        if "cannot open shared object file" not in str(e):
+                            failed.append((name, str(e)))
+            if dll is None and failed:
+                # Found, but it does not load (a half-linked build, a missing
+                # dependency, another architecture): say so, not "not found".
+                path, why = failed[0]
+                raise OSError("keymesh: libkeymesh was found at %s and failed to load: %s%s"
+                              % (path, _reason(path, why),
+                                 "" if len(failed) == 1 else " (also tried: %s)"
+                                 % "; ".join(tried)))
             if dll is None:
                 raise OSError("keymesh: libkeymesh not found; build it with make, or set "
                               "KEYMESH_LIBRARY=/path/to/libkeymesh.so.0 (tried: %s)"
