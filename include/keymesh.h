@@ -869,7 +869,8 @@ KM_EXTERN int km_snapshot_keygen(char hex[2 * KM_SNAPSHOT_KEY_BYTES + 1]);
  * km_usage_drain returns that value.  `kmctl persist` drains into SQLite. */
 typedef struct km_usage_event {
     uint64_t start_unix_ns;   /* when the lease was acquired, wall clock */
-    uint64_t latency_us;      /* as reported; UINT64_MAX: not reported */
+    uint64_t latency_us;      /* as reported, or measured where the release
+                               * gave < 0; UINT64_MAX: none (reaped) */
     uint64_t tokens;          /* settled tokens */
     int outcome;              /* km_outcome_kind, or KM_OUT_COUNT: abandoned */
     uint32_t pid;             /* process that recorded it */

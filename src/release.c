@@ -78,8 +78,7 @@ static void success_ema(km__key *k, int ok)
         ck_pr_store_32(&k->success_ppm, (uint32_t)(cur + (target - cur) / KM__SUCCESS_EMA_DIV));
 }
 
-static void health(km_env *e, km__key *k, const km__lease *ls, int kind,
-                       const km_outcome *o)
+static void health(km_env *e, km__key *k, int kind, const km_outcome *o, uint64_t lat)
 {
     if (kind != KM_OUT_SUCCESS && kind != KM_OUT_CANCELLED)
         success_ema(k, 0);
@@ -96,8 +95,6 @@ static void health(km_env *e, km__key *k, const km__lease *ls, int kind,
         if (ck_pr_load_32(&k->consec_429))
             ck_pr_store_32(&k->consec_429, 0);
         km__state_to(k, (1u << KM__ST_PROBING) | (1u << KM__ST_FAILING), KM__ST_ACTIVE);
-        uint64_t lat = o->latency_us >= 0 ? km__mul_sat((uint64_t)o->latency_us, KM__NS_PER_US)
-                                          : km__now() - ck_pr_load_64(&ls->start_ns);
         if (lat == 0)
             lat = 1; /* 0 means "no sample yet" */
         /* EMA, alpha 1/KM__LATENCY_EMA_DIV; the first sample seeds it.  A plain load and
@@ -223,13 +220,22 @@ KM_EXTERN int km_release(km_env *e, const km_lease *l, const km_outcome *o)
     int stale = lv.key_gen != ck_pr_load_32(&k->gen);
     km__pool *pool = k->pool < e->geom.n_pools ? &km__pools(e)[k->pool] : NULL;
     if (!stale) {
+        /* The latency: the caller's, or measured from the lease's start
+         * (keymesh.h: latency_us < 0), once, for the EMA and the usage event
+         * alike.  The clock is read only where one of them takes it. */
+        int64_t lat_us = o->latency_us;
+        uint64_t lat_ns = lat_us >= 0 ? km__mul_sat((uint64_t)lat_us, KM__NS_PER_US)
+                          : kind == KM_OUT_SUCCESS || km__uring_cap(e) ? km__now() - lv.start_ns
+                                                                         : 0;
+        if (lat_us < 0)
+            lat_us = (int64_t)(lat_ns / KM__NS_PER_US);
         km__settle(e, l->key, k, ls, &lv, actual);
-        health(e, k, ls, kind, o);
+        health(e, k, kind, o, lat_ns);
         if (o->view_flags)
             apply_view(k, o);
         spend(pool, k, o, actual);
         km__usage_put(e, km__rd_holds_row1(&e->seg), l->key, lv.key_gen, k->pool, lv.model, lv.start_ns, actual,
-                      o->latency_us, kind);
+                      lat_us, kind);
     } else {
         ck_pr_inc_64(&k->stale);
     }

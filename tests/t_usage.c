@@ -194,7 +194,7 @@ static void threads_case(void)
 int main(void)
 {
     fixtures_init("usage");
-    plan(36);
+    plan(38);
     km_env *env = mkseg("{\"capacity\": {\"keys\": 4, \"usage_events\": 12, \"processes\": 8},"
                         " \"pools\": [{\"name\": \"p\", \"model_limits\": \"global\","
                         "  \"models\": {\"m1\": {}}, \"keys\": [{\"id\": \"a\", \"secret\": \"sk-a-12345678\"}]}]}");
@@ -208,8 +208,19 @@ int main(void)
     lease_with(env, 0, NULL, KM_OUT_RATE_LIMITED, 99, 0);
     km_key_set_state(env, 0, KM_KEY_ACTIVE); /* clear the cooldown */
     lease_with(env, 0, NULL, KM_OUT_FAILURE, -1, -1);
+    /* latency_us = -1 (README, Python's lease()): the library measures it,
+     * and the event stores what it measured (~20 ms here). */
+    uint64_t t0 = km_now_ns();
+    km_request rq = {.pool = 0, .tokens = 5};
+    km_lease l;
+    if (km_acquire(env, &rq, &l) != KM_OK)
+        bail_out("acquire");
+    struct timespec ms20 = {0, 20 * 1000000};
+    nanosleep(&ms20, NULL);
+    release_with(env, &l, KM_OUT_SUCCESS, -1, 5, 0);
+    uint64_t held_us = (km_now_ns() - t0) / 1000;
     is_int(drain(env, &g, &r), KM_OK, "drain");
-    is_int(g.n, 3, "3 releases, 3 events");
+    is_int(g.n, 4, "4 releases, 4 events");
     ok(!strcmp(g.ev[0].pool, "p") && !strcmp(g.ev[0].key_id, "a") && !strcmp(g.ev[0].model, "m1") &&
            g.ev[0].tokens == 40 && g.ev[0].outcome == KM_OUT_SUCCESS && g.ev[0].latency_us == 1234 &&
            g.ev[0].pid == (uint32_t)getpid(),
@@ -217,9 +228,18 @@ int main(void)
     int64_t dt = (int64_t)(g.ev[0].start_unix_ns - now_wall);
     ok(dt > -(int64_t)NS && dt < (int64_t)NS, "event 1: start time is now (%" PRId64 " ns)", dt);
     ok(g.ev[1].outcome == KM_OUT_RATE_LIMITED && g.ev[1].model[0] == '\0', "event 2: a 429, no model");
-    ok(g.ev[2].outcome == KM_OUT_FAILURE && g.ev[2].latency_us == UINT64_MAX && g.ev[2].tokens == 50,
-       "event 3: latency not reported, tokens settled at the estimate");
-    is_u64(r.events, 3, "report: 3 events");
+    ok(g.ev[2].outcome == KM_OUT_FAILURE && g.ev[2].latency_us < 1000000 && g.ev[2].tokens == 50,
+       "event 3: latency -1 is measured (%" PRIu64 " us), tokens settled at the estimate",
+       g.ev[2].latency_us);
+    ok(g.ev[3].outcome == KM_OUT_SUCCESS && g.ev[3].latency_us >= 20000 &&
+           g.ev[3].latency_us <= held_us,
+       "event 4: latency -1 stores the measured latency (%" PRIu64 " us, held 20000..%" PRIu64 ")",
+       g.ev[3].latency_us, held_us);
+    uint64_t ema = info(env, 0).latency_ema_us, want = 1234 + (g.ev[3].latency_us - 1234) / 5;
+    ok(ema + 1 >= want && ema <= want + 1,
+       "... the one the latency EMA took (EMA %" PRIu64 " us, 1234 + (it - 1234) / 5 = %" PRIu64 ")",
+       ema, want);
+    is_u64(r.events, 4, "report: 4 events");
     is_int(drain(env, &g, &r), KM_OK, "drain again");
     is_int(g.n, 0, "nothing twice");
 
