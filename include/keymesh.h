@@ -876,7 +876,9 @@ typedef struct km_usage_event {
     uint32_t pid;             /* process that recorded it */
     char pool[KM_ID_MAX + 1];
     char key_id[KM_ID_MAX + 1]; /* "#ROW.GEN" if the key's row was reused since */
-    char model[KM_ID_MAX + 1];  /* "" if none */
+    char model[KM_ID_MAX + 1];  /* the request's; "" if none; "?" if a pool
+                                 * without a models list has met more than
+                                 * capacity.models names (docs/kmctl.md) */
     uint64_t reserved[4];     /* zeroed by the library */
 } km_usage_event;
 

@@ -3,6 +3,10 @@
  *
  *   - every release is one event with its pool, key id, model, tokens,
  *     outcome, latency, pid and start time; a second drain finds nothing;
+ *   - a latency given as -1 is the one the library measured (the EMA's);
+ *   - a pool without a models list names the model each request gave
+ *     (kept in its model rows, capacity.models of them, "?" beyond; a row
+ *     whose taker died unwritten is taken over);
  *   - a ring overrun keeps the newest events and counts the others dropped,
  *     exactly; appending never waited;
  *   - a lease a reaper releases is an "abandoned" event (KM_OUT_COUNT);
@@ -15,7 +19,7 @@
  *     lease it did not acquire, in ring 1; every event is drained exactly
  *     once;
  *   - `kmctl persist` drains into SQLite, writes a final snapshot on
- *     SIGTERM and exits 0; `kmctl usage` reports per key and per outcome,
+ *     SIGTERM and exits 0; `kmctl usage` reports per key, model and outcome,
  *     also after the segment is gone, and a name in neither the database
  *     nor /dev/shm is status 3.
  */
@@ -191,10 +195,62 @@ static void threads_case(void)
     rmseg(env);
 }
 
+/* A pool without a models list takes any model name, and its events name
+ * the one each request gave (docs/kmctl.md): its model rows keep the names
+ * (src/acquire.c, N1-N3), capacity.models of them, truncated to 63 bytes;
+ * a row a taker died before writing is taken over. */
+static void named_models_case(void)
+{
+    km_env *env = mkseg("{\"capacity\": {\"keys\": 2, \"models\": 3, \"processes\": 4},"
+                        " \"pools\": [{\"name\": \"free\","
+                        "  \"keys\": [{\"id\": \"a\", \"secret\": \"sk-a-12345678\"}]}]}");
+    char longname[100];
+    memset(longname, 'x', sizeof longname - 1);
+    longname[sizeof longname - 1] = '\0';
+    got g;
+    km_usage_report r;
+    lease_with(env, 0, "gpt-4o", KM_OUT_SUCCESS, 10, 1);
+    lease_with(env, 0, "gpt-4o-mini", KM_OUT_SUCCESS, 10, 1);
+    lease_with(env, 0, NULL, KM_OUT_SUCCESS, 10, 1);
+    lease_with(env, 0, "gpt-4o", KM_OUT_SUCCESS, 10, 1);
+    drain(env, &g, &r);
+    ok(g.n == 4 && !strcmp(g.ev[0].model, "gpt-4o") && !strcmp(g.ev[1].model, "gpt-4o-mini") &&
+           g.ev[2].model[0] == '\0' && !strcmp(g.ev[3].model, "gpt-4o"),
+       "a pool without a models list: each event names its request's model, '' for none "
+       "(%s, %s, '%s', %s)", g.ev[0].model, g.ev[1].model, g.ev[2].model, g.ev[3].model);
+    km_pool_info pi;
+    km_pool_info_get(env, 0, &pi);
+    is_int((int)pi.n_models, 0, "... and the pool still has no models list");
+
+    /* The third and last row: a taker that died before writing it (N1). */
+    pid_t c = fork();
+    if (c == 0) {
+        km_env *e;
+        if (km_open(seg, &e) != KM_OK)
+            _exit(3);
+        ck_pr_store_64(&km__models(e, 0)[2].named_by, e->seg.tag);
+        _exit(0); /* dies holding the row, its name unwritten */
+    }
+    waitpid(c, NULL, 0);
+    lease_with(env, 0, longname, KM_OUT_SUCCESS, 10, 1);
+    lease_with(env, 0, "llama-3", KM_OUT_SUCCESS, 10, 1); /* no row left */
+    lease_with(env, 0, "gpt-4o-mini", KM_OUT_SUCCESS, 10, 1);
+    drain(env, &g, &r);
+    ok(g.n == 3 && strlen(g.ev[0].model) == KM_ID_MAX && !strncmp(g.ev[0].model, longname, KM_ID_MAX),
+       "a dead taker's row is taken over; a name is kept to 63 bytes (%zu)", strlen(g.ev[0].model));
+    ok(g.n == 3 && !strcmp(g.ev[1].model, "?") && !strcmp(g.ev[2].model, "gpt-4o-mini"),
+       "once every row holds a name, another is '?', the kept ones still named (%s, %s)",
+       g.ev[1].model, g.ev[2].model);
+    km_reap_report rr;
+    km_reap(env, &rr); /* the child that died */
+    is_int(km_check(env, NULL, NULL), 0, "km_check finds nothing amiss");
+    rmseg(env);
+}
+
 int main(void)
 {
     fixtures_init("usage");
-    plan(38);
+    plan(44);
     km_env *env = mkseg("{\"capacity\": {\"keys\": 4, \"usage_events\": 12, \"processes\": 8},"
                         " \"pools\": [{\"name\": \"p\", \"model_limits\": \"global\","
                         "  \"models\": {\"m1\": {}}, \"keys\": [{\"id\": \"a\", \"secret\": \"sk-a-12345678\"}]}]}");
@@ -331,6 +387,7 @@ int main(void)
     rmseg(env);
 
     threads_case();
+    named_models_case();
 
     /* kmctl persist and usage. */
     env = mkseg("{\"capacity\": {\"keys\": 4}, \"pools\": [{\"name\": \"p\","
@@ -352,7 +409,8 @@ int main(void)
         _exit(127);
     }
     for (int i = 0; i < 10; i++) {
-        lease_with(env, 0, NULL, i < 7 ? KM_OUT_SUCCESS : KM_OUT_RATE_LIMITED, 2000, 100);
+        lease_with(env, 0, i % 2 ? "gpt-4o" : NULL, i < 7 ? KM_OUT_SUCCESS : KM_OUT_RATE_LIMITED,
+                   2000, 100);
         km_key_set_state(env, 0, KM_KEY_ACTIVE); /* end any cooldown a 429 began */
         km_key_set_state(env, 1, KM_KEY_ACTIVE);
     }
@@ -386,6 +444,20 @@ int main(void)
     }
     prc = f ? pclose(f) : -1;
     is_int(total, 10, "kmctl usage --by key: 10 requests over keys a and b");
+    /* The pool has no models list: the database names the model each
+     * request gave, and none where it gave none. */
+    snprintf(cmd, sizeof cmd, "%s usage %s --db %s --by model", kmctl, seg, dbf);
+    f = popen(cmd, "r");
+    int named = 0, unnamed = 0;
+    while (f && fgets(line, sizeof line, f)) {
+        char m[64];
+        long long req;
+        if (sscanf(line, "%63s %lld", m, &req) == 2)
+            named += !strcmp(m, "gpt-4o") ? (int)req : 0, unnamed += !strcmp(m, "-") ? (int)req : 0;
+    }
+    prc = f ? pclose(f) : -1;
+    ok(prc == 0 && named == 5 && unnamed == 5,
+       "kmctl usage --by model: 5 gpt-4o, 5 without a model (got %d, %d)", named, unnamed);
     snprintf(cmd, sizeof cmd, "%s usage %s --db %s --by colour 2>/dev/null", kmctl, seg, dbf);
     is_int(WEXITSTATUS(system(cmd)), 2, "kmctl usage refuses an unknown field (status 2)");
     /* The database's history outlives the segment; a name in neither is
