@@ -13,6 +13,10 @@
  *   estimate, the estimate when actual < 0, everything back on CANCELLED;
  *   a refund never credits back capacity that already drained.
  *
+ *   Range: limits and bursts up to 2^40 with burst*T <= 2^62 ns, checked
+ *   for every window and both modes; the error of one beyond names the
+ *   largest burst that fits, exactly; huge actual counts never wrap tat.
+ *
  * Exact white-box checks (retry_at_ns, tat_ns) follow from the formulas
  * above and the fact that lease.start_ns is the `now` used for admission.
  */
