@@ -195,6 +195,20 @@ static void threads_case(void)
     rmseg(env);
 }
 
+/* Named rows under contention: events whose latency tags the name given. */
+static const char *const RACE_NAMES[] = {"m-alpha", "m-beta", "m-gamma"};
+typedef struct race_count {
+    uint64_t events, wrong;
+} race_count;
+
+static int count_named(void *ctx, const km_usage_event *ev)
+{
+    race_count *c = ctx;
+    c->events++;
+    c->wrong += ev->latency_us >= 3 || strcmp(ev->model, RACE_NAMES[ev->latency_us]) != 0;
+    return 0;
+}
+
 /* A pool without a models list takes any model name, and its events name
  * the one each request gave (docs/kmctl.md): its model rows keep the names
  * (src/acquire.c, N1-N3), capacity.models of them, truncated to 63 bytes;
@@ -245,12 +259,49 @@ static void named_models_case(void)
     km_reap(env, &rr); /* the child that died */
     is_int(km_check(env, NULL, NULL), 0, "km_check finds nothing amiss");
     rmseg(env);
+
+    /* Four processes meet three new names at once, each name in turn. */
+    env = mkseg("{\"capacity\": {\"keys\": 2, \"models\": 8, \"processes\": 8,"
+                " \"usage_events\": 1024, \"inflight_per_key\": 16},"
+                " \"pools\": [{\"name\": \"free\","
+                "  \"keys\": [{\"id\": \"a\", \"secret\": \"sk-a-12345678\"}]}]}");
+    int go[2];
+    if (pipe(go) != 0)
+        bail_out("pipe");
+    pid_t kids[4];
+    for (int i = 0; i < 4; i++) {
+        if ((kids[i] = fork()) == 0) {
+            km_env *e;
+            char b;
+            close(go[1]);
+            if (km_open(seg, &e) != KM_OK || read(go[0], &b, 1) != 0)
+                _exit(3);
+            for (int j = 0; j < 200; j++)
+                lease_with(e, 0, RACE_NAMES[(i + j) % 3], KM_OUT_SUCCESS, (i + j) % 3, 1);
+            km_close(e);
+            _exit(0);
+        }
+    }
+    close(go[0]);
+    close(go[1]); /* all start together */
+    int bad = 0;
+    for (int i = 0; i < 4; i++) {
+        int st;
+        waitpid(kids[i], &st, 0);
+        bad += !WIFEXITED(st) || WEXITSTATUS(st) != 0;
+    }
+    race_count rc = {0, 0};
+    km_usage_drain(env, count_named, &rc, &r);
+    ok(!bad && rc.events == 800 && rc.wrong == 0 && r.dropped == 0,
+       "4 processes, 3 new names at once: 800 events, each naming its request's model "
+       "(%" PRIu64 " events, %" PRIu64 " wrong)", rc.events, rc.wrong);
+    rmseg(env);
 }
 
 int main(void)
 {
     fixtures_init("usage");
-    plan(44);
+    plan(45);
     km_env *env = mkseg("{\"capacity\": {\"keys\": 4, \"usage_events\": 12, \"processes\": 8},"
                         " \"pools\": [{\"name\": \"p\", \"model_limits\": \"global\","
                         "  \"models\": {\"m1\": {}}, \"keys\": [{\"id\": \"a\", \"secret\": \"sk-a-12345678\"}]}]}");
