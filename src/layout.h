@@ -453,7 +453,8 @@ static inline uint64_t km__layout_signature(void)
     const uint64_t v[] = {
         sizeof(km__hdr), offsetof(km__hdr, n_procs),
         sizeof(km__pool), offsetof(km__pool, name), offsetof(km__pool, waiters),
-        sizeof(km__model), sizeof(km__mwin), offsetof(km__key, meta), KM_META_MAX,
+        sizeof(km__model), offsetof(km__model, named_by), KM__MODEL_NAMED,
+        sizeof(km__mwin), offsetof(km__key, meta), KM_META_MAX,
         sizeof(km__member),
         sizeof(km__gcra), _Alignof(km__gcra),
         sizeof(km__key), offsetof(km__hdr, off_busy), offsetof(km__key, latency_ema_ns),
