@@ -344,7 +344,9 @@ typedef struct km_request {
     uint32_t tokens;     /* estimated tokens, charged to token limits now */
     const char *model;   /* model name, or NULL.  A per_model pool applies
                           * that model's limits too (KM_ENOMODEL if unknown);
-                          * a global pool with a model list checks the name. */
+                          * a global pool with a model list checks the name;
+                          * a pool without one takes any name.  Usage events
+                          * name it (km_usage_event.model). */
     const char *key_id;  /* pin: only this key (KM_ENOKEY if unknown), or NULL;
                           * the id is looked up by a scan of the pool */
     uint64_t reserved[4];     /* zero (see "Conventions" at the top) */
