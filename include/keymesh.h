@@ -357,7 +357,9 @@ typedef struct km_request {
     uint32_t tokens;     /* estimated tokens, charged to token limits now */
     const char *model;   /* model name, or NULL.  A per_model pool applies
                           * that model's limits too (KM_ENOMODEL if unknown);
-                          * a global pool with a model list checks the name. */
+                          * a global pool with a model list checks the name;
+                          * a pool without one takes any name.  Usage events
+                          * name it (km_usage_event.model). */
     const char *key_id;  /* pin: only this key (KM_ENOKEY if unknown), or NULL;
                           * the id is looked up by a scan of the pool */
     uint64_t reserved[4];     /* zero (see "Conventions" at the top) */
@@ -899,13 +901,16 @@ KM_EXTERN int km_snapshot_keygen(char hex[2 * KM_SNAPSHOT_KEY_BYTES + 1]);
  * km_usage_drain returns that value.  `kmctl persist` drains into SQLite. */
 typedef struct km_usage_event {
     uint64_t start_unix_ns;   /* when the lease was acquired, wall clock */
-    uint64_t latency_us;      /* as reported; UINT64_MAX: not reported */
+    uint64_t latency_us;      /* as reported, or measured where the release
+                               * gave < 0; UINT64_MAX: none (reaped) */
     uint64_t tokens;          /* settled tokens */
     int outcome;              /* km_outcome_kind, or KM_OUT_COUNT: abandoned */
     uint32_t pid;             /* process that recorded it */
     char pool[KM_ID_MAX + 1];
     char key_id[KM_ID_MAX + 1]; /* "#ROW.GEN" if the key's row was reused since */
-    char model[KM_ID_MAX + 1];  /* "" if none */
+    char model[KM_ID_MAX + 1];  /* the request's; "" if none; "?" if a pool
+                                 * without a models list has met more than
+                                 * capacity.models names (docs/kmctl.md) */
     uint64_t reserved[4];     /* zeroed by the library */
 } km_usage_event;
 

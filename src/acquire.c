@@ -37,6 +37,8 @@ typedef struct key_scan {
     uint32_t soft_skipped; /* keys passed over for a soft budget */
     int allow_soft;        /* second pass: take keys over a soft budget */
     uint32_t model;        /* model index + 1, recorded in the lease; 0: none */
+    uint32_t named;        /* pools without a models list: the named row
+                            * recorded in the lease instead (model_named) */
     const km__model *md;   /* per_model pools: the model whose limits apply */
 } key_scan;
 
@@ -161,7 +163,8 @@ static int try_key(km_env *e, uint32_t ki, key_scan *sc, km_lease *out)
      * it; res_mask: which token windows the lease reserves. */
     ck_pr_store_64(km__pair(&ls->seq), seq | (uint64_t)sc->a.tokens << 32);
     ck_pr_store_64(&ls->start_ns, sc->a.now);
-    ck_pr_store_64(km__pair(&ls->model), sc->model | (uint64_t)(kset.mask & KM__TOKEN_WINS) << 32);
+    ck_pr_store_64(km__pair(&ls->model),
+                   (sc->model | sc->named) | (uint64_t)(kset.mask & KM__TOKEN_WINS) << 32);
     ck_pr_store_64(km__pair(&ls->key_gen), gen | (uint64_t)KM__LP_ADMITTING << 32);
     /* The phase store must be visible before any limit word changes, so a
      * reaper that finds our charges can find this slot (P2).  The atomics below
@@ -371,6 +374,58 @@ static int model_find(km_env *e, uint32_t p, const char *name)
     return -1;
 }
 
+/* A pool without a models list accepts any model name, and its usage
+ * events name the one each request gave (docs/kmctl.md, persist).  Its
+ * model rows, unused otherwise (models are set at creation only), keep the
+ * names its requests gave, first come first served; a lease records
+ * KM__MODEL_NAMED | (row + 1), or KM__MODEL_NAMED alone once every row
+ * holds another name (src/layout.h).  A name is kept to its first
+ * KM_ID_MAX bytes.  The rules:
+ *   N1  A row is taken by CAS of named_by from 0, or from the tag of a
+ *       process that died before N2, to the taker's tag.  Rows are never
+ *       freed, so the taken rows come first: a scan that reaches a free row
+ *       has passed every name recorded before it began.
+ *   N2  The taker writes the name, then stores hash (never 0) with release
+ *       semantics; a reader that loads a hash other than 0 (acquire) may
+ *       read the name, which nobody writes again.
+ *   N3  A row taken but not yet written (N2) is passed over while its taker
+ *       lives: the name may then be taken twice, in two rows that both name
+ *       it rightly.
+ * Called only when a request names a model in such a pool; the scan is
+ * that of model_find. */
+static __attribute__((noinline)) uint32_t model_named(km_env *e, uint32_t p, const char *name)
+{
+    km__model *md = km__models(e, p);
+    size_t len = strnlen(name, KM_ID_MAX);
+    uint32_t h = KM__FNV32_INIT;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (uint8_t)name[i]) * KM__FNV32_PRIME;
+    h += !h; /* 0: not written (N2) */
+    for (uint32_t i = 0; i < e->geom.cap_models; i++) {
+        km__model *m = &md[i];
+        uint32_t v = ck_pr_load_32(&m->hash);
+        if (v) {
+            ck_pr_fence_load(); /* the hash before the name (N2) */
+            if (v == h && memcmp(m->name, name, len) == 0 && m->name[len] == '\0')
+                return KM__MODEL_NAMED | (i + 1);
+            continue;
+        }
+        uint64_t by = ck_pr_load_64(&m->named_by);
+        if (by && km__proc_tag_live(&e->seg, by))
+            continue; /* being written by a live taker (N3) */
+        if (!ck_pr_cas_64(&m->named_by, by, e->seg.tag)) {
+            i--; /* taken meanwhile: look at the row again */
+            continue;
+        }
+        memcpy(m->name, name, len);
+        m->name[len] = '\0';
+        ck_pr_fence_store(); /* the name before the hash (N2; pairs with the fence above) */
+        ck_pr_store_32(&m->hash, h);
+        return KM__MODEL_NAMED | (i + 1);
+    }
+    return KM__MODEL_NAMED;
+}
+
 /* One pass over the pool in the order of `strategy`. */
 KM__HOT int pass(km_env *e, const km__member *m, uint32_t n, int strategy, uint32_t start,
                     key_scan *sc, km_lease *out)
@@ -529,6 +584,8 @@ KM__HOT int acquire_once(km_env *e, const km_request *req, km_lease *out, uint64
         sc.model = (uint32_t)mi + 1;
         if (pool->model_mode == KM_MODELS_PER_MODEL)
             sc.md = &km__models(e, p)[mi];
+    } else if (req->model) {
+        sc.named = model_named(e, p, req->model);
     }
     if (pool->budget_microusd && pool->budget_hard &&
         ck_pr_load_64(&pool->spent_microusd) >= pool->budget_microusd)

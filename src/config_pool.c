@@ -100,10 +100,12 @@ int km__cfg_parse_limit(km__cfg_ctx *c, json_t *v, const char *path, int w,
     }
 
     uint64_t t, tau, b;
-    if (km__limit_gcra(&l, km__window_period_ns(w), &t, &tau, &b) != KM_OK)
-        return km__cfg_err(c, KM_ECONFIG,
-                           "%s: cannot be realised (limit or burst too large)",
-                           path);
+    if (km__limit_gcra(&l, km__window_period_ns(w), &t, &tau, &b) != KM_OK) {
+        char why[192];
+        km__limit_why(&l, km__window_period_ns(w), why, sizeof why);
+        return km__cfg_err(c, KM_ECONFIG, "%s: cannot be realised: %s (docs/config.md, Limits)",
+                           path, why);
+    }
     l.burst = b; /* the configuration always carries an explicit burst */
     *out = l;
     return KM_OK;

@@ -236,6 +236,20 @@ refuse:
     return 0;
 }
 
+/* The latest time a settle moves tat to: 2^62 ns of CLOCK_MONOTONIC (146
+ * years of uptime).  An actual count far above the estimate (up to 2^32
+ * tokens, each T up to a day) would otherwise add without bound and, over
+ * a few releases, wrap tat past 2^64 into the past, opening the window.
+ * A key capped here owes decades; the bounds of src/limits.c ("Range")
+ * rest on it. */
+#define KM__TAT_CAP (UINT64_C(1) << 62)
+
+static inline uint64_t km__tat_charge(uint64_t base, uint64_t units, uint64_t T)
+{
+    uint64_t d = km__mul_sat(units, T);
+    return base >= KM__TAT_CAP - d ? km__max64(base, KM__TAT_CAP) : base + d;
+}
+
 /* Commit one set's token reservation: `actual` tokens charged as of the
  * lease's start, reservation dropped, in one 16-byte CAS per window (see
  * the top of this file). */
@@ -249,7 +263,7 @@ KM__HOT void km__settle_set(const km__lset *set, uint64_t start_ns, uint64_t res
         uint64_t cur[2], nv[2];
         km__gcra_load(g, cur);
         do {
-            nv[0] = actual ? km__max64(cur[0], start_ns) + km__mul_sat(actual, set->T[w])
+            nv[0] = actual ? km__tat_charge(km__max64(cur[0], start_ns), actual, set->T[w])
                            : cur[0];
             nv[1] = cur[1] - reserved;
         } while (!km__gcra_cas(g, cur, nv));

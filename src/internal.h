@@ -142,6 +142,9 @@ static inline int km__window_is_requests(int w)
  * the limit cannot be realised (e.g. sliding with burst >= limit). */
 int km__limit_gcra(const km__limit_cfg *l, uint64_t period_ns,
                    uint64_t *emission_ns, uint64_t *tau_ns, uint64_t *burst);
+/* Why km__limit_gcra refused l, for a configuration error: one phrase into
+ * buf (NUL-terminated, truncated to len). */
+void km__limit_why(const km__limit_cfg *l, uint64_t period_ns, char *buf, size_t len);
 
 /* ------------------------------------------------------------------ handle */
 struct km_env {

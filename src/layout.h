@@ -132,7 +132,10 @@ _Static_assert(offsetof(km__pool, def_limit) == 5 * KM__LINE, "pool defaults lin
 _Static_assert(sizeof(km__pool) == 8 * KM__LINE, "km__pool size");
 
 /* A model of a pool: its name and, in a per_model pool, the limits that
- * apply to it on each key.  Written at creation. */
+ * apply to it on each key.  Written at creation.  In a pool without a
+ * models list (n_models 0) the rows keep instead the model names its
+ * requests gave, written by acquirers as they first meet them: name, hash
+ * and named_by only (src/acquire.c, model_named, rules N1-N3). */
 typedef struct km__model {
     char name[KM_ID_MAX + 1];
     uint64_t emission_ns[KM_WIN_COUNT];
@@ -140,13 +143,26 @@ typedef struct km__model {
     uint64_t limit[KM_WIN_COUNT];
     uint64_t burst[KM_WIN_COUNT];
     uint32_t win_mask;
-    uint32_t hash;      /* FNV-1a of the name, to find it fast */
+    uint32_t hash;      /* FNV-1a of the name, to find it fast; a named row:
+                         * 0 until the name is written (never 0 after) */
     uint8_t mode[KM_WIN_COUNT];
     uint8_t pad0[2];
     uint32_t min_tok_burst; /* as in km__key */
-    uint8_t pad[KM__LINE - 20];
+    uint32_t pad1;
+    uint64_t named_by;  /* a named row: tag of the process that took it;
+                         * 0: free */
+    uint8_t pad[KM__LINE - 32];
 } km__model;
 _Static_assert(sizeof(km__model) == 5 * KM__LINE, "km__model size");
+_Static_assert(offsetof(km__model, named_by) % 8 == 0 &&
+                   offsetof(km__model, named_by) / KM__LINE == offsetof(km__model, hash) / KM__LINE,
+               "named_by: one aligned word, on the line of hash");
+/* A lease's or usage event's model (km__lease.model, km__uev.model) with
+ * this bit set is a named row of a pool without a models list: row + 1, or
+ * 0 when every row holds another name.  Above any n_models or cap_models, so
+ * code that looks up a listed model's limits or counters passes it by. */
+#define KM__MODEL_NAMED (UINT32_C(1) << 31)
+_Static_assert(KM_MODELS_MAX < KM__MODEL_NAMED, "named rows are told apart from listed models");
 
 /* One member of a pool's list: key index and the running sum of weights up
  * to and including it (for weighted choice by binary search), and the index
@@ -291,7 +307,8 @@ typedef struct km__lease {
     uint64_t acquired;
     uint64_t succeeded;   /* outcome SUCCESS */
     uint64_t tokens_used; /* settled tokens (actual, or estimate) */
-    uint32_t model;       /* model index + 1 of this lease; 0: none */
+    uint32_t model;       /* model index + 1 of this lease; 0: none;
+                           * KM__MODEL_NAMED | row + 1: a named row */
     uint32_t res_mask;    /* the key's token windows this lease reserved
                            * (limits may change while it is out) */
     /* line 1: the rarer outcomes */
@@ -333,7 +350,7 @@ typedef struct km__uev {
     uint64_t tokens;     /* settled (actual, or the estimate if abandoned) */
     uint32_t latency_us; /* UINT32_MAX: unknown */
     uint32_t key, key_gen;
-    uint32_t model;      /* model index + 1; 0: none */
+    uint32_t model;      /* as km__lease.model */
     uint32_t pool;
     uint32_t outcome;    /* km_outcome_kind, or KM__OUT_ABANDONED,
                           * KM__OUT_DEAD */
@@ -473,7 +490,8 @@ static inline uint64_t km__layout_signature(void)
     const uint64_t v[] = {
         sizeof(km__hdr), offsetof(km__hdr, n_procs),
         sizeof(km__pool), offsetof(km__pool, name), offsetof(km__pool, waiters),
-        sizeof(km__model), sizeof(km__mwin), offsetof(km__key, meta), KM_META_MAX,
+        sizeof(km__model), offsetof(km__model, named_by), KM__MODEL_NAMED,
+        sizeof(km__mwin), offsetof(km__key, meta), KM_META_MAX,
         sizeof(km__member),
         sizeof(km__gcra), _Alignof(km__gcra),
         sizeof(km__key), offsetof(km__hdr, off_busy), offsetof(km__key, latency_ema_ns),

@@ -78,13 +78,13 @@ static void success_ema(km__key *k, int ok)
         ck_pr_store_32(&k->success_ppm, (uint32_t)(cur + (target - cur) / KM__SUCCESS_EMA_DIV));
 }
 
-/* The outcome's effect on the key's health.  `probe`: this lease is the
- * key's probe (km__key.probe).  Only the probe moves the key out of
- * PROBING (and its release then frees the probe word, in km_release): a
- * lease taken before the key failed, released while the probe is out,
- * counts but decides nothing -- "a single probe lease". */
-static void health(km_env *e, km__key *k, const km__lease *ls, int kind,
-                       const km_outcome *o, int probe)
+/* The outcome's effect on the key's health.  `lat`: the request's latency
+ * in ns (km_release works it out once).  `probe`: this lease is the key's
+ * probe (km__key.probe).  Only the probe moves the key out of PROBING (and
+ * its release then frees the probe word, in km_release): a lease taken
+ * before the key failed, released while the probe is out, counts but
+ * decides nothing -- "a single probe lease". */
+static void health(km_env *e, km__key *k, int kind, const km_outcome *o, uint64_t lat, int probe)
 {
     const uint32_t probing = probe ? 1u << KM__ST_PROBING : 0;
     if (kind != KM_OUT_SUCCESS && kind != KM_OUT_CANCELLED)
@@ -102,8 +102,6 @@ static void health(km_env *e, km__key *k, const km__lease *ls, int kind,
         if (ck_pr_load_32(&k->consec_429))
             ck_pr_store_32(&k->consec_429, 0);
         km__state_to(k, probing | (1u << KM__ST_FAILING), KM__ST_ACTIVE);
-        uint64_t lat = o->latency_us >= 0 ? km__mul_sat((uint64_t)o->latency_us, KM__NS_PER_US)
-                                          : km__now() - ck_pr_load_64(&ls->start_ns);
         if (lat == 0)
             lat = 1; /* 0 means "no sample yet" */
         /* EMA, alpha 1/KM__LATENCY_EMA_DIV; the first sample seeds it.  A plain load and
@@ -246,13 +244,22 @@ KM_EXTERN int km_release(km_env *e, const km_lease *l, const km_outcome *o)
     int probe = km__is_probe(k, si);
     km__pool *pool = k->pool < e->geom.n_pools ? &km__pools(e)[k->pool] : NULL;
     if (!stale) {
+        /* The latency: the caller's, or measured from the lease's start
+         * (keymesh.h: latency_us < 0), once, for the EMA and the usage event
+         * alike.  The clock is read only where one of them takes it. */
+        int64_t lat_us = o->latency_us;
+        uint64_t lat_ns = lat_us >= 0 ? km__mul_sat((uint64_t)lat_us, KM__NS_PER_US)
+                          : kind == KM_OUT_SUCCESS || km__uring_cap(e) ? km__now() - lv.start_ns
+                                                                         : 0;
+        if (lat_us < 0)
+            lat_us = (int64_t)(lat_ns / KM__NS_PER_US);
         km__settle(e, l->key, k, ls, &lv, actual);
-        health(e, k, ls, kind, o, probe);
+        health(e, k, kind, o, lat_ns, probe);
         if (o->view_flags)
             apply_view(k, o);
         spend(pool, k, o, actual);
         km__usage_put(e, km__rd_holds_row1(&e->seg), l->key, lv.key_gen, k->pool, lv.model, lv.start_ns, actual,
-                      o->latency_us, kind);
+                      lat_us, kind);
     } else {
         ck_pr_inc_64(&k->stale);
     }

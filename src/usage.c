@@ -98,8 +98,21 @@ static void usage_event(km_env *e, const km__uev *ev, uint64_t now_mono, uint64_
     if (ev->pool < e->geom.n_pools) {
         const km__pool *p = &km__pools(e)[ev->pool];
         memcpy(out->pool, p->name, KM_ID_MAX);
-        if (ev->model && ev->model <= p->n_models && ev->model <= e->geom.cap_models)
-            memcpy(out->model, km__models(e, ev->pool)[ev->model - 1].name, KM_ID_MAX);
+        uint32_t m = ev->model & ~KM__MODEL_NAMED;
+        if (!(ev->model & KM__MODEL_NAMED)) {
+            if (m && m <= p->n_models && m <= e->geom.cap_models)
+                memcpy(out->model, km__models(e, ev->pool)[m - 1].name, KM_ID_MAX);
+        } else if (!m) {
+            out->model[0] = '?'; /* the pool's rows all held other names */
+        } else if (m <= e->geom.cap_models && !p->n_models) {
+            /* A name the pool without a models list recorded (src/acquire.c,
+             * model_named): written before its hash, never again (N2). */
+            const km__model *md = &km__models(e, ev->pool)[m - 1];
+            if (ck_pr_load_32(&md->hash)) {
+                ck_pr_fence_load(); /* the hash before the name (N2) */
+                memcpy(out->model, md->name, KM_ID_MAX);
+            }
+        }
     }
     const km__key *k = ev->key < e->geom.cap_keys ? &km__keys(e)[ev->key] : NULL;
     /* The id is the row's while the row holds that generation (removed rows

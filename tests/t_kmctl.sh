@@ -375,4 +375,24 @@ expect 3 "usage of a segment that does not exist: status 3"
 ok $([ -z "$OUT" ] && [ "$ERR" = "kmctl: usage: segment '$SEG-none': no segment of that name" ]
     echo $?) "... one error line, nothing on stdout"
 
+# ------------------------- persist: one at a time, and it says so (issue 17, 7)
+"$KMCTL" persist "$RECSEG" --db "$TMP/p1.db" --interval 1 >/dev/null 2>"$TMP/p1.err" &
+P1=$!
+for _ in $(seq 50); do # its first drain follows the database's creation
+    [ -e "$TMP/p1.db" ] && break
+    sleep 0.1
+done
+sleep 0.5
+run "$KMCTL" persist "$RECSEG" --db "$TMP/p2.db" --once
+expect 1 "a second persist while one runs: status 1"
+ok $([ "$ERR" = "kmctl: persist: segment '$RECSEG': another process is draining its usage events (a kmctl persist already running?): one persist per segment at a time" ]
+    echo $?) "... saying another drains, not a stalled reader (got: $ERR)"
+kill -0 "$P1" 2>/dev/null
+ok $? "... while the first goes on draining"
+kill -TERM "$P1"
+wait "$P1"
+ok $? "the first exits 0 on SIGTERM"
+run "$KMCTL" persist "$RECSEG" --db "$TMP/p2.db" --once
+expect 0 "once it has gone, persist drains again"
+
 finish

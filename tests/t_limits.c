@@ -13,9 +13,15 @@
  *   estimate, the estimate when actual < 0, everything back on CANCELLED;
  *   a refund never credits back capacity that already drained.
  *
+ *   Range: limits and bursts up to 2^40 with burst*T <= 2^62 ns, checked
+ *   for every window and both modes; the error of one beyond names the
+ *   largest burst that fits, exactly; huge actual counts never wrap tat.
+ *
  * Exact white-box checks (retry_at_ns, tat_ns) follow from the formulas
  * above and the fact that lease.start_ns is the `now` used for admission.
  */
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "testlib.h"
@@ -454,11 +460,140 @@ static void test_windows(void)
     rmseg(env);
 }
 
+/* ---------------------------------------------------------------- range */
+
+static const uint64_t PERIOD_S[KM_WIN_COUNT] = {60, 3600, 86400, 60, 3600, 86400};
+
+/* One key under one limit {limit, mode, burst} on window w. */
+static void limit_json(char *buf, size_t n, int w, uint64_t limit, int sliding, uint64_t burst)
+{
+    snprintf(buf, n,
+             "{\"capacity\": {\"keys\": 1, \"processes\": 4, \"pools\": 1, \"inflight_per_key\": 8},"
+             " \"pools\": [{\"name\": \"p\", \"limits\": {\"%s\": {\"limit\": %llu, \"mode\": \"%s\","
+             " \"burst\": %llu}}, \"keys\": [{\"id\": \"k\", \"secret\": \"sk-test-aaaa\"}]}]}",
+             km_window_name(w), (unsigned long long)limit, sliding ? "sliding" : "token_bucket",
+             (unsigned long long)burst);
+}
+
+static int parse_limit(int w, uint64_t limit, int sliding, uint64_t burst, char *err, size_t n)
+{
+    char json[512];
+    km_config *cfg = NULL;
+    limit_json(json, sizeof json, w, limit, sliding, burst);
+    err[0] = '\0';
+    int rc = km_config_parse(json, strlen(json), "test", &cfg, err, n);
+    km_config_free(cfg);
+    return rc;
+}
+
+/* The documented rule (docs/config.md, Limits): burst x T <= 2^62 ns. */
+static int fits(int w, uint64_t limit, int sliding, uint64_t burst)
+{
+    uint64_t P = PERIOD_S[w] * NS;
+    uint64_t T = sliding ? P / (limit + 1 - burst) + 1 : (P + limit - 1) / limit;
+    return (unsigned __int128)burst * T <= (unsigned __int128)1 << 62;
+}
+
+/* Every window, both modes, limit = burst at 1, 2^20 and 2^40: accepted
+ * where burst x T <= 2^62 ns, and then exact (a fresh key has the whole
+ * burst, one unit leaves burst - 1); refused elsewhere, the error naming
+ * the largest burst that fits, which is exactly the boundary. */
+static void test_range(void)
+{
+    static const uint64_t L[] = {1, UINT64_C(1) << 20, UINT64_C(1) << 40};
+    char err[256], json[512];
+    for (int sliding = 0; sliding < 2; sliding++)
+        for (int w = 0; w < KM_WIN_COUNT; w++)
+            for (int i = 0; i < 3; i++) {
+                uint64_t lim = L[i];
+                int want = fits(w, lim, sliding, lim);
+                int rc = parse_limit(w, lim, sliding, lim, err, sizeof err);
+                const char *mode = sliding ? "sliding" : "token_bucket";
+                if (!want) {
+                    const char *at = strstr(err, "the largest burst for this limit is ");
+                    uint64_t x = at ? strtoull(at + 36, NULL, 10) : 0;
+                    char e2[256];
+                    int edge = x && fits(w, lim, sliding, x) && !fits(w, lim, sliding, x + 1) &&
+                               parse_limit(w, lim, sliding, x, e2, sizeof e2) == KM_OK &&
+                               parse_limit(w, lim, sliding, x + 1, e2, sizeof e2) == KM_ECONFIG;
+                    ok(rc == KM_ECONFIG && strstr(err, "cannot be realised: burst") && edge,
+                       "%s %s limit=burst=%llu: refused, naming the largest burst %llu, exactly the "
+                       "edge (%s)", km_window_name(w), mode, (unsigned long long)lim,
+                       (unsigned long long)x, err);
+                    continue;
+                }
+                if (rc != KM_OK) {
+                    ok(0, "%s %s limit=burst=%llu: accepted (%s)", km_window_name(w), mode,
+                       (unsigned long long)lim, err);
+                    continue;
+                }
+                limit_json(json, sizeof json, w, lim, sliding, lim);
+                km_env *env = mkseg(json);
+                km_key_info before = info(env, 0), after;
+                km_lease l;
+                int arc = acq(env, 0, km__window_is_requests(w) ? 0 : 1, &l);
+                after = info(env, 0);
+                if (arc == KM_OK)
+                    rel(env, &l, KM_OUT_SUCCESS, -1);
+                /* A token window holds the unit reserved until the release; a
+                 * request window's charge drains in T, which may be a few ns. */
+                uint64_t P = PERIOD_S[w] * NS, T = sliding ? P + 1 : (P + lim - 1) / lim;
+                uint64_t av = after.limits[w].available;
+                int exact = av == lim - 1 || (km__window_is_requests(w) && T < NS && av == lim);
+                ok(before.limits[w].burst == lim && before.limits[w].available == lim &&
+                       arc == KM_OK && exact,
+                   "%s %s limit=burst=%llu: accepted; available %llu, after one unit %llu (%s)",
+                   km_window_name(w), mode, (unsigned long long)lim,
+                   (unsigned long long)before.limits[w].available,
+                   (unsigned long long)after.limits[w].available, E(arc));
+                rmseg(env);
+            }
+}
+
+/* The case of issue 17 (finding 10): tpd {limit 20000, sliding, burst
+ * 20000}.  T = 1 day + 1 ns: the whole burst at once, then the next token
+ * one T after the first admission, exactly. */
+static void test_sliding_day_burst(void)
+{
+    char json[512];
+    limit_json(json, sizeof json, KM_WIN_TPD, 20000, 1, 20000);
+    km_env *env = mkseg(json);
+    km_lease l, l2;
+    is_int(acq(env, 0, 20000, &l), KM_OK, "tpd 20000 sliding, burst 20000: 20000 tokens at once");
+    rel(env, &l, KM_OUT_SUCCESS, -1);
+    is_int(acq(env, 0, 1, &l2), KM_EAGAIN, "... then not one more");
+    is_u64(l2.retry_at_ns, l.start_ns + 86400 * NS + 1, "... until start + T (1 day + 1 ns), exactly");
+    rmseg(env);
+}
+
+/* Actual counts far above the estimate: each release adds up to 2^62 ns of
+ * debt (the product saturates); four of them wrapped tat past 2^64 into the
+ * past and opened the key.  A settle caps tat (src/gcra.h, KM__TAT_CAP). */
+static void test_settle_no_wrap(void)
+{
+    char json[512];
+    limit_json(json, sizeof json, KM_WIN_TPD, 53375, 1, 53375);
+    km_env *env = mkseg(json);
+    km_lease l[4], more;
+    int got = 0;
+    for (int i = 0; i < 4; i++)
+        got += acq(env, 0, 1, &l[i]) == KM_OK;
+    for (int i = 0; i < got; i++)
+        rel(env, &l[i], KM_OUT_SUCCESS, UINT32_MAX);
+    int rc = acq(env, 0, 1, &more);
+    is_str(E(rc), "EAGAIN", "4 leases settled at 2^32 - 1 tokens each (tpd, T 1 day): the key stays closed");
+    uint64_t tat = info(env, 0).limits[KM_WIN_TPD].tat_ns;
+    ok(tat == UINT64_C(1) << 62, "... its tat capped at 2^62 ns (%llu)", (unsigned long long)tat);
+    if (rc == KM_OK)
+        rel(env, &more, KM_OUT_CANCELLED, 0);
+    rmseg(env);
+}
+
 int main(void)
 {
     fixtures_init("limits");
 
-    plan(93);
+    plan(134);
     test_token_bucket_burst();
     test_cancel_refunds_tokens_not_request();
     test_tokens_and_all_or_none();
@@ -468,5 +603,8 @@ int main(void)
     test_sliding();
     test_token_bucket_rate();
     test_windows();
+    test_range();
+    test_sliding_day_burst();
+    test_settle_no_wrap();
     return exit_status();
 }

@@ -3,6 +3,10 @@
  *
  *   - every release is one event with its pool, key id, model, tokens,
  *     outcome, latency, pid and start time; a second drain finds nothing;
+ *   - a latency given as -1 is the one the library measured (the EMA's);
+ *   - a pool without a models list names the model each request gave
+ *     (kept in its model rows, capacity.models of them, "?" beyond; a row
+ *     whose taker died unwritten is taken over);
  *   - a ring overrun keeps the newest events and counts the others dropped,
  *     exactly; appending never waited;
  *   - a lease a reaper releases is an "abandoned" event (KM_OUT_COUNT);
@@ -15,7 +19,7 @@
  *     lease it did not acquire, in ring 1; every event is drained exactly
  *     once;
  *   - `kmctl persist` drains into SQLite, writes a final snapshot on
- *     SIGTERM and exits 0; `kmctl usage` reports per key and per outcome,
+ *     SIGTERM and exits 0; `kmctl usage` reports per key, model and outcome,
  *     also after the segment is gone, and a name in neither the database
  *     nor /dev/shm is status 3.
  */
@@ -191,10 +195,113 @@ static void threads_case(void)
     rmseg(env);
 }
 
+/* Named rows under contention: events whose latency tags the name given. */
+static const char *const RACE_NAMES[] = {"m-alpha", "m-beta", "m-gamma"};
+typedef struct race_count {
+    uint64_t events, wrong;
+} race_count;
+
+static int count_named(void *ctx, const km_usage_event *ev)
+{
+    race_count *c = ctx;
+    c->events++;
+    c->wrong += ev->latency_us >= 3 || strcmp(ev->model, RACE_NAMES[ev->latency_us]) != 0;
+    return 0;
+}
+
+/* A pool without a models list takes any model name, and its events name
+ * the one each request gave (docs/kmctl.md): its model rows keep the names
+ * (src/acquire.c, N1-N3), capacity.models of them, truncated to 63 bytes;
+ * a row a taker died before writing is taken over. */
+static void named_models_case(void)
+{
+    km_env *env = mkseg("{\"capacity\": {\"keys\": 2, \"models\": 3, \"processes\": 4},"
+                        " \"pools\": [{\"name\": \"free\","
+                        "  \"keys\": [{\"id\": \"a\", \"secret\": \"sk-a-12345678\"}]}]}");
+    char longname[100];
+    memset(longname, 'x', sizeof longname - 1);
+    longname[sizeof longname - 1] = '\0';
+    got g;
+    km_usage_report r;
+    lease_with(env, 0, "gpt-4o", KM_OUT_SUCCESS, 10, 1);
+    lease_with(env, 0, "gpt-4o-mini", KM_OUT_SUCCESS, 10, 1);
+    lease_with(env, 0, NULL, KM_OUT_SUCCESS, 10, 1);
+    lease_with(env, 0, "gpt-4o", KM_OUT_SUCCESS, 10, 1);
+    drain(env, &g, &r);
+    ok(g.n == 4 && !strcmp(g.ev[0].model, "gpt-4o") && !strcmp(g.ev[1].model, "gpt-4o-mini") &&
+           g.ev[2].model[0] == '\0' && !strcmp(g.ev[3].model, "gpt-4o"),
+       "a pool without a models list: each event names its request's model, '' for none "
+       "(%s, %s, '%s', %s)", g.ev[0].model, g.ev[1].model, g.ev[2].model, g.ev[3].model);
+    km_pool_info pi;
+    km_pool_info_get(env, 0, &pi);
+    is_int((int)pi.n_models, 0, "... and the pool still has no models list");
+
+    /* The third and last row: a taker that died before writing it (N1). */
+    pid_t c = fork();
+    if (c == 0) {
+        km_env *e;
+        if (km_open(seg, &e) != KM_OK)
+            _exit(3);
+        ck_pr_store_64(&km__models(e, 0)[2].named_by, e->seg.tag);
+        _exit(0); /* dies holding the row, its name unwritten */
+    }
+    waitpid(c, NULL, 0);
+    lease_with(env, 0, longname, KM_OUT_SUCCESS, 10, 1);
+    lease_with(env, 0, "llama-3", KM_OUT_SUCCESS, 10, 1); /* no row left */
+    lease_with(env, 0, "gpt-4o-mini", KM_OUT_SUCCESS, 10, 1);
+    drain(env, &g, &r);
+    ok(g.n == 3 && strlen(g.ev[0].model) == KM_ID_MAX && !strncmp(g.ev[0].model, longname, KM_ID_MAX),
+       "a dead taker's row is taken over; a name is kept to 63 bytes (%zu)", strlen(g.ev[0].model));
+    ok(g.n == 3 && !strcmp(g.ev[1].model, "?") && !strcmp(g.ev[2].model, "gpt-4o-mini"),
+       "once every row holds a name, another is '?', the kept ones still named (%s, %s)",
+       g.ev[1].model, g.ev[2].model);
+    km_reap_report rr;
+    km_reap(env, &rr); /* the child that died */
+    is_int(km_check(env, NULL, NULL), 0, "km_check finds nothing amiss");
+    rmseg(env);
+
+    /* Four processes meet three new names at once, each name in turn. */
+    env = mkseg("{\"capacity\": {\"keys\": 2, \"models\": 8, \"processes\": 8,"
+                " \"usage_events\": 1024, \"inflight_per_key\": 16},"
+                " \"pools\": [{\"name\": \"free\","
+                "  \"keys\": [{\"id\": \"a\", \"secret\": \"sk-a-12345678\"}]}]}");
+    int go[2];
+    if (pipe(go) != 0)
+        bail_out("pipe");
+    pid_t kids[4];
+    for (int i = 0; i < 4; i++) {
+        if ((kids[i] = fork()) == 0) {
+            km_env *e;
+            char b;
+            close(go[1]);
+            if (km_open(seg, &e) != KM_OK || read(go[0], &b, 1) != 0)
+                _exit(3);
+            for (int j = 0; j < 200; j++)
+                lease_with(e, 0, RACE_NAMES[(i + j) % 3], KM_OUT_SUCCESS, (i + j) % 3, 1);
+            km_close(e);
+            _exit(0);
+        }
+    }
+    close(go[0]);
+    close(go[1]); /* all start together */
+    int bad = 0;
+    for (int i = 0; i < 4; i++) {
+        int st;
+        waitpid(kids[i], &st, 0);
+        bad += !WIFEXITED(st) || WEXITSTATUS(st) != 0;
+    }
+    race_count rc = {0, 0};
+    km_usage_drain(env, count_named, &rc, &r);
+    ok(!bad && rc.events == 800 && rc.wrong == 0 && r.dropped == 0,
+       "4 processes, 3 new names at once: 800 events, each naming its request's model "
+       "(%" PRIu64 " events, %" PRIu64 " wrong)", rc.events, rc.wrong);
+    rmseg(env);
+}
+
 int main(void)
 {
     fixtures_init("usage");
-    plan(36);
+    plan(45);
     km_env *env = mkseg("{\"capacity\": {\"keys\": 4, \"usage_events\": 12, \"processes\": 8},"
                         " \"pools\": [{\"name\": \"p\", \"model_limits\": \"global\","
                         "  \"models\": {\"m1\": {}}, \"keys\": [{\"id\": \"a\", \"secret\": \"sk-a-12345678\"}]}]}");
@@ -208,8 +315,19 @@ int main(void)
     lease_with(env, 0, NULL, KM_OUT_RATE_LIMITED, 99, 0);
     km_key_set_state(env, 0, KM_KEY_ACTIVE); /* clear the cooldown */
     lease_with(env, 0, NULL, KM_OUT_FAILURE, -1, -1);
+    /* latency_us = -1 (README, Python's lease()): the library measures it,
+     * and the event stores what it measured (~20 ms here). */
+    uint64_t t0 = km_now_ns();
+    km_request rq = {.pool = 0, .tokens = 5};
+    km_lease l;
+    if (km_acquire(env, &rq, &l) != KM_OK)
+        bail_out("acquire");
+    struct timespec ms20 = {0, 20 * 1000000};
+    nanosleep(&ms20, NULL);
+    release_with(env, &l, KM_OUT_SUCCESS, -1, 5, 0);
+    uint64_t held_us = (km_now_ns() - t0) / 1000;
     is_int(drain(env, &g, &r), KM_OK, "drain");
-    is_int(g.n, 3, "3 releases, 3 events");
+    is_int(g.n, 4, "4 releases, 4 events");
     ok(!strcmp(g.ev[0].pool, "p") && !strcmp(g.ev[0].key_id, "a") && !strcmp(g.ev[0].model, "m1") &&
            g.ev[0].tokens == 40 && g.ev[0].outcome == KM_OUT_SUCCESS && g.ev[0].latency_us == 1234 &&
            g.ev[0].pid == (uint32_t)getpid(),
@@ -217,9 +335,18 @@ int main(void)
     int64_t dt = (int64_t)(g.ev[0].start_unix_ns - now_wall);
     ok(dt > -(int64_t)NS && dt < (int64_t)NS, "event 1: start time is now (%" PRId64 " ns)", dt);
     ok(g.ev[1].outcome == KM_OUT_RATE_LIMITED && g.ev[1].model[0] == '\0', "event 2: a 429, no model");
-    ok(g.ev[2].outcome == KM_OUT_FAILURE && g.ev[2].latency_us == UINT64_MAX && g.ev[2].tokens == 50,
-       "event 3: latency not reported, tokens settled at the estimate");
-    is_u64(r.events, 3, "report: 3 events");
+    ok(g.ev[2].outcome == KM_OUT_FAILURE && g.ev[2].latency_us < 1000000 && g.ev[2].tokens == 50,
+       "event 3: latency -1 is measured (%" PRIu64 " us), tokens settled at the estimate",
+       g.ev[2].latency_us);
+    ok(g.ev[3].outcome == KM_OUT_SUCCESS && g.ev[3].latency_us >= 20000 &&
+           g.ev[3].latency_us <= held_us,
+       "event 4: latency -1 stores the measured latency (%" PRIu64 " us, held 20000..%" PRIu64 ")",
+       g.ev[3].latency_us, held_us);
+    uint64_t ema = info(env, 0).latency_ema_us, want = 1234 + (g.ev[3].latency_us - 1234) / 5;
+    ok(ema + 1 >= want && ema <= want + 1,
+       "... the one the latency EMA took (EMA %" PRIu64 " us, 1234 + (it - 1234) / 5 = %" PRIu64 ")",
+       ema, want);
+    is_u64(r.events, 4, "report: 4 events");
     is_int(drain(env, &g, &r), KM_OK, "drain again");
     is_int(g.n, 0, "nothing twice");
 
@@ -311,6 +438,7 @@ int main(void)
     rmseg(env);
 
     threads_case();
+    named_models_case();
 
     /* kmctl persist and usage. */
     env = mkseg("{\"capacity\": {\"keys\": 4}, \"pools\": [{\"name\": \"p\","
@@ -332,7 +460,8 @@ int main(void)
         _exit(127);
     }
     for (int i = 0; i < 10; i++) {
-        lease_with(env, 0, NULL, i < 7 ? KM_OUT_SUCCESS : KM_OUT_RATE_LIMITED, 2000, 100);
+        lease_with(env, 0, i % 2 ? "gpt-4o" : NULL, i < 7 ? KM_OUT_SUCCESS : KM_OUT_RATE_LIMITED,
+                   2000, 100);
         km_key_set_state(env, 0, KM_KEY_ACTIVE); /* end any cooldown a 429 began */
         km_key_set_state(env, 1, KM_KEY_ACTIVE);
     }
@@ -366,6 +495,20 @@ int main(void)
     }
     prc = f ? pclose(f) : -1;
     is_int(total, 10, "kmctl usage --by key: 10 requests over keys a and b");
+    /* The pool has no models list: the database names the model each
+     * request gave, and none where it gave none. */
+    snprintf(cmd, sizeof cmd, "%s usage %s --db %s --by model", kmctl, seg, dbf);
+    f = popen(cmd, "r");
+    int named = 0, unnamed = 0;
+    while (f && fgets(line, sizeof line, f)) {
+        char m[64];
+        long long req;
+        if (sscanf(line, "%63s %lld", m, &req) == 2)
+            named += !strcmp(m, "gpt-4o") ? (int)req : 0, unnamed += !strcmp(m, "-") ? (int)req : 0;
+    }
+    prc = f ? pclose(f) : -1;
+    ok(prc == 0 && named == 5 && unnamed == 5,
+       "kmctl usage --by model: 5 gpt-4o, 5 without a model (got %d, %d)", named, unnamed);
     snprintf(cmd, sizeof cmd, "%s usage %s --db %s --by colour 2>/dev/null", kmctl, seg, dbf);
     is_int(WEXITSTATUS(system(cmd)), 2, "kmctl usage refuses an unknown field (status 2)");
     /* The database's history outlives the segment; a name in neither is

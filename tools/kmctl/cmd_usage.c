@@ -30,7 +30,8 @@ const char usage_persist[] =
     "SIGINT it drains once more, writes a final snapshot and exits 0.\n"
     "Events overwritten before they were drained (each process slot keeps\n"
     "capacity.usage_events of them) are counted, never waited for:\n"
-    "workers never block on persist.  One persist per segment at a time.\n"
+    "workers never block on persist.  One persist per segment at a time: a\n"
+    "second one fails (status 1), saying another process drains the events.\n"
     "\n"
     "Options:\n"
     "  --db FILE            the SQLite database (created if missing)\n"
@@ -146,6 +147,14 @@ static int persist_once(km_env *env, const char *name, sqlite3 *db, sqlite3_stmt
     int rc = km_usage_drain(env, persist_event, &p, &r);
     if (rc < 0) { /* nothing consumed */
         sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+        /* KM_EBUSY from a drain means one thing only, and not what
+         * km_strerror says of it elsewhere (a stalled reader). */
+        if (rc == KM_EBUSY) {
+            errline("segment '%s': another process is draining its usage events (a kmctl persist "
+                    "already running?): one persist per segment at a time",
+                    name);
+            return EX_FAILED;
+        }
         return seg_error(name, rc);
     }
     if (r.dropped) {
