@@ -147,7 +147,7 @@ KM_EXTERN int km_version_number(void);      /* KM_VERSION_NUMBER of the library 
     XX(ENOMODEL, -22, "no model of that name in the pool")                     \
     XX(EBUDGET, -23, "spend budget exhausted")                                 \
     XX(ETIMEDOUT, -24, "timed out waiting for a key")                         \
-    XX(EBUSY, -25, "a stalled reader holds back reclamation (see inspect)")    \
+    XX(EBUSY, -25, "busy: a stalled reader, a writer or a drainer holds it up (see inspect)") \
     XX(EKEYEXISTS, -26, "a key of that id already exists in the pool")       \
     XX(EFULL, -27, "no free key slot (capacity, or removed keys in grace)")  \
     XX(ECRYPTO, -28, "cannot decrypt the snapshot's secrets: wrong key or damaged file") \
