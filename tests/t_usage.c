@@ -265,16 +265,20 @@ static void named_models_case(void)
                 " \"usage_events\": 1024, \"inflight_per_key\": 16},"
                 " \"pools\": [{\"name\": \"free\","
                 "  \"keys\": [{\"id\": \"a\", \"secret\": \"sk-a-12345678\"}]}]}");
-    int go[2];
-    if (pipe(go) != 0)
+    /* Every child attaches before any starts: a child that finished and
+     * closed would give its slot, and its ring, to one still attaching,
+     * and 400 events in one ring of 512 plus 200 more overrun it. */
+    int go[2], ready[2];
+    if (pipe(go) != 0 || pipe(ready) != 0)
         bail_out("pipe");
     pid_t kids[4];
     for (int i = 0; i < 4; i++) {
         if ((kids[i] = fork()) == 0) {
             km_env *e;
-            char b;
+            char b = 'r';
             close(go[1]);
-            if (km_open(seg, &e) != KM_OK || read(go[0], &b, 1) != 0)
+            close(ready[0]);
+            if (km_open(seg, &e) != KM_OK || write(ready[1], &b, 1) != 1 || read(go[0], &b, 1) != 0)
                 _exit(3);
             for (int j = 0; j < 200; j++)
                 lease_with(e, 0, RACE_NAMES[(i + j) % 3], KM_OUT_SUCCESS, (i + j) % 3, 1);
@@ -283,6 +287,12 @@ static void named_models_case(void)
         }
     }
     close(go[0]);
+    close(ready[1]);
+    char rb[4];
+    size_t nready = 0;
+    for (ssize_t k; nready < sizeof rb && (k = read(ready[0], rb + nready, sizeof rb - nready)) > 0;)
+        nready += (size_t)k; /* each child attached (or died: EOF) */
+    close(ready[0]);
     close(go[1]); /* all start together */
     int bad = 0;
     for (int i = 0; i < 4; i++) {
@@ -295,6 +305,15 @@ static void named_models_case(void)
     ok(!bad && rc.events == 800 && rc.wrong == 0 && r.dropped == 0,
        "4 processes, 3 new names at once: 800 events, each naming its request's model "
        "(%" PRIu64 " events, %" PRIu64 " wrong)", rc.events, rc.wrong);
+    if (bad || r.dropped)
+        diag("  %d children failed; %" PRIu64 " events dropped", bad, r.dropped);
+    for (uint32_t sl = 0; (bad || r.dropped) && sl < env->geom.cap_procs; sl++)
+        for (uint32_t rg = 0; rg < KM__URINGS_PER_PROC; rg++) {
+            km__uring *u = km__urings(env, sl, rg);
+            if (ck_pr_load_64(&u->head))
+                diag("  slot %u ring %u: head %" PRIu64 " drained %" PRIu64 " dropped %" PRIu64, sl, rg,
+                     ck_pr_load_64(&u->head), ck_pr_load_64(&u->drained), ck_pr_load_64(&u->dropped));
+        }
     rmseg(env);
 }
 
