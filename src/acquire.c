@@ -371,6 +371,26 @@ static int model_find(km_env *e, uint32_t p, const char *name)
     return -1;
 }
 
+/* The pool's reserve is held (rsv, non-zero: src/wait.c, "Fair waiting"):
+ * does this acquire yield to it?  Not if this thread's own wait holds it,
+ * nor once it expired (its holder stopped renewing: stopped or dead, and
+ * not reaped yet).  A yielding acquire fails as if no key were admissible:
+ * a sleeper sleeps until the holder drops the reserve and wakes it, or the
+ * reserve expires; a non-blocking caller is told to look again in a
+ * millisecond. */
+static __attribute__((noinline)) int reserve_yield(const km__pool *pool, uint64_t rsv, uint64_t now,
+                                                   km_lease *out, uint64_t *wake)
+{
+    if (rsv == km__wait_token)
+        return 0;
+    uint64_t until = ck_pr_load_64(&pool->reserve_until);
+    if (now >= until)
+        return 0;
+    *wake = until;
+    out->retry_at_ns = km__min64(until, now + KM__POLL_BUSY_NS);
+    return 1;
+}
+
 /* One pass over the pool in the order of `strategy`. */
 KM__HOT int pass(km_env *e, const km__member *m, uint32_t n, int strategy, uint32_t start,
                     key_scan *sc, km_lease *out)
@@ -533,6 +553,12 @@ KM__HOT int acquire_once(km_env *e, const km_request *req, km_lease *out, uint64
     if (pool->budget_microusd && pool->budget_hard &&
         ck_pr_load_64(&pool->spent_microusd) >= pool->budget_microusd)
         return KM_EBUDGET;
+    /* A starving waiter's reserve: one load of a word in the line read
+     * above (budget), 0 unless a km_acquire_wait caller starves.  A sleeper
+     * loads it after wake_seq (its fence), so a drop it missed wakes it. */
+    uint64_t rsv = ck_pr_load_64(&pool->reserve);
+    if (__builtin_expect(rsv != 0, 0) && reserve_yield(pool, rsv, sc.a.now, out, wake))
+        return KM_EAGAIN;
 
     km__rdr *r = km__rd_enter(&e->seg, sc.a.now);
     int rc = acquire_in(e, p, strategy, req, &sc, out, wake);
