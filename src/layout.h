@@ -90,13 +90,14 @@ typedef struct km__pool {
     uint32_t n_models;
     uint64_t budget_microusd; /* 0: none */
     uint32_t budget_hard;
-    uint32_t pad2;
     /* The pool's reserve (src/wait.c, "Fair waiting"): 0, or the token of
-     * the one waiter that other acquires yield to until `reserve_until`
-     * (clock ns).  In this line because every acquire reads the line
-     * already (strategy, budget): the no-waiter path costs one load of a
-     * word it has in cache.  Written only by a waiter that has starved,
-     * at its claim, renewal (every second) and drop, and by a reaper. */
+     * the one waiter for which other acquires pass over key `reserve_key`
+     * - 1 until `reserve_until` (clock ns).  In this line because every
+     * acquire reads the line already (strategy, budget): the no-waiter
+     * path costs one load of a word it has in cache.  Written only by a
+     * waiter that has starved, at its claim, renewal and drop, and by a
+     * reaper. */
+    uint32_t reserve_key;
     uint64_t reserve;
     uint64_t reserve_until;
     uint8_t pad2b[KM__LINE - 56];
@@ -137,7 +138,8 @@ typedef struct km__pool {
     uint64_t def_price_in, def_price_out;
     uint8_t pad8[3 * KM__LINE - 96 - 8 - 8 - 16];
 } km__pool;
-_Static_assert(offsetof(km__pool, reserve) == KM__LINE + 40 &&
+_Static_assert(offsetof(km__pool, reserve_key) == KM__LINE + 36 &&
+                   offsetof(km__pool, reserve) == KM__LINE + 40 &&
                    offsetof(km__pool, reserve_until) == KM__LINE + 48,
                "the reserve shares the line every acquire reads (strategy, budget)");
 _Static_assert(offsetof(km__pool, budget_microusd) / KM__LINE == 1 &&
@@ -519,6 +521,7 @@ static inline uint64_t km__layout_signature(void)
         KM__OFF_N, sizeof(km__wrow), KM__WROW_GEN, offsetof(km__key, probe),
         /* The pool's reserve and sleeper tickets (issue 17, fair waiting). */
         offsetof(km__pool, reserve), offsetof(km__pool, reserve_until), offsetof(km__pool, ticket),
+        offsetof(km__pool, reserve_key),
         0x0102030405060708ull /* byte order */
     };
     return km__fnv64_bytes(KM__FNV64_INIT, v, sizeof v);

@@ -82,12 +82,16 @@
  * waited longer), and its token is ticket << 32 | its process slot + 1.
  * After KM__WAIT_FAIR_TRIES failed attempts a sleeper that named no key
  * claims the pool's reserve (pool.reserve, CAS): if it is free, expired
- * (reserve_until past), or held by a younger ticket.  While the reserve is
- * held and not expired, every other acquire of the pool yields (fails as
- * if no key were admissible: src/acquire.c, reserve_yield), so capacity
- * builds up for the holder alone, which gets it at the wake time its own
- * attempt computes.  Its wait is thus bounded by the tries, the time older
- * holders need, and the time its request needs on an idle pool.  The
+ * (reserve_until past), or held by a younger ticket, for the key whose
+ * limits or cooldown its attempt found would admit it first (reserve_key;
+ * none: waiting for a lease slot or a probe, which a release frees for
+ * whoever retries first whatever its size, it claims nothing).  While the
+ * reserve is held and not expired, every other acquire of the pool passes
+ * over that key (src/acquire.c, reserve_yield and lease_key), so capacity
+ * builds up there for the holder alone, which gets it at the wake time its
+ * own attempt computes; the other keys serve the rest.  Its wait is thus
+ * bounded by the tries, the time older holders need, and the time its
+ * request needs on an idle key.  The
  * holder drops the reserve (CAS to 0, then a wake) when it returns, leased
  * or not (timed out, or any error).  Lost wake-ups: a yielding sleeper read
  * wake_seq before it loaded `reserve` (the same fence as above); the drop
@@ -114,6 +118,7 @@
 #define KM__RESERVE_HOLD_NS (2 * KM__NS_PER_S)
 
 KM__TLS uint64_t km__wait_token;
+KM__TLS uint32_t km__wait_key;
 
 /* Has token a waited longer than token b (an earlier ticket)? */
 static int older(uint64_t a, uint64_t b)
@@ -121,21 +126,28 @@ static int older(uint64_t a, uint64_t b)
     return (int32_t)((uint32_t)(a >> 32) - (uint32_t)(b >> 32)) < 0;
 }
 
-/* Claim pool's reserve for `token`, or renew it if held; 1 if held.  The
- * holder's identity is the CAS on `reserve`; `reserve_until` is stored
- * after it (a moment with an older expiry only lets others past, R1). */
-static int reserve_claim(km__pool *pool, uint64_t token, uint64_t now)
+/* Claim pool's reserve for `token` on key index + 1 `key` (0: none to
+ * claim), or renew it if held (following `key` if it moved); 1 if held.
+ * The holder's identity is the CAS on `reserve`; its key and expiry are
+ * plain stores after it, each a word of its own: a moment with the last
+ * holder's key or an older expiry costs fairness, not safety (R1).  No
+ * fence: the words are read by plain loads that tolerate any order. */
+static int reserve_claim(km__pool *pool, uint64_t token, uint32_t key, uint64_t now)
 {
     uint64_t r = ck_pr_load_64(&pool->reserve);
     if (r == token) {
+        if (key && ck_pr_load_32(&pool->reserve_key) != key)
+            ck_pr_store_32(&pool->reserve_key, key);
         if (ck_pr_load_64(&pool->reserve_until) < now + KM__RESERVE_HOLD_NS / 2)
             ck_pr_store_64(&pool->reserve_until, now + KM__RESERVE_HOLD_NS);
         return 1;
     }
-    if (r != 0 && !older(token, r) && now < ck_pr_load_64(&pool->reserve_until))
+    if (key == 0 ||
+        (r != 0 && !older(token, r) && now < ck_pr_load_64(&pool->reserve_until)))
         return 0;
-    if (!ck_pr_cas_64(&pool->reserve, r, token))
+    if (!ck_pr_cas_64(&pool->reserve, r, token)) /* a claim or drop meanwhile */
         return 0;
+    ck_pr_store_32(&pool->reserve_key, key);
     ck_pr_store_64(&pool->reserve_until, now + KM__RESERVE_HOLD_NS);
     return 1;
 }
@@ -198,11 +210,12 @@ KM_EXTERN int km_acquire_wait(km_env *e, const km_request *req, km_lease *out,
     /* Fair waiting (above): a ticket, and the token our attempts pass the
      * reserve with.  A pinned request never claims: it would hold back
      * every key of the pool for one. */
-    uint32_t ticket = ck_pr_faa_32(&pool->ticket, 1);
+    uint32_t ticket = ck_pr_faa_32(&pool->ticket, 1); /* orders nothing: a number */
     uint64_t token = (uint64_t)ticket << 32 | (e->seg.proc_slot + 1);
     uint32_t fails = 0;
     int fair = req->key_id == NULL, held = 0;
     km__wait_token = token;
+    km__wait_key = 0;
     for (;;) {
         uint32_t seq = ck_pr_load_32(&pool->wake_seq);
         ck_pr_fence_load(); /* wake_seq before the attempt's loads (free on x86) */
@@ -215,7 +228,7 @@ KM_EXTERN int km_acquire_wait(km_env *e, const km_request *req, km_lease *out,
             break;
         }
         if (fair && ++fails >= KM__WAIT_FAIR_TRIES)
-            held = reserve_claim(pool, token, now);
+            held = reserve_claim(pool, token, km__wait_key, now);
         /* Sleep until the clock may admit (wake) or a release wakes us;
          * never past the deadline, nor past the renewal of a reserve held. */
         uint64_t until = km__min64(km__max64(wake, now + KM__WAIT_MIN_NS), deadline);

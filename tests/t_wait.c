@@ -138,11 +138,15 @@ static pid_t large_wait(int64_t tokens, uint32_t ms)
     if (c == 0) {
         km_env *e = NULL;
         km_request rq = {.pool = 0, .tokens = tokens};
+        km_outcome o = {.kind = KM_OUT_SUCCESS, .latency_us = 100, .tokens = -1,
+                        .input_tokens = -1, .output_tokens = -1};
         km_lease l;
         if (km_open(seg, &e) != KM_OK)
             _exit(2);
         fsh->slot = e->seg.proc_slot + 1;
         int rc = km_acquire_wait(e, &rq, &l, ms);
+        if (rc == KM_OK)
+            km_release(e, &l, &o);
         uint64_t r = ck_pr_load_64(&km__pools(e)[0].reserve);
         if ((uint32_t)r == e->seg.proc_slot + 1)
             _exit(4); /* returned still holding the reserve */
@@ -245,6 +249,30 @@ static void test_fair(void)
     fsh->stop = 1;
     for (int i = 0; i < 3; i++)
         is_int(child_status(sm[i]), 0, "small loop %d ended cleanly", i);
+    rmseg(e);
+
+    /* 7e. The reserve holds back only the key the waiter waits for: key a
+     * (burst 1000) admits 300 tokens, key b (burst 100) never does; the
+     * small requests go on on b while a builds up for the large one. */
+    e = mkseg("{\"capacity\":{\"processes\":16},\"pools\":[{\"name\":\"p\",\"keys\":["
+              "{\"id\":\"a\",\"secret\":\"sk-test-fair000a\",\"limits\":{\"tpm\":{\"limit\":60000,\"burst\":1000}}},"
+              "{\"id\":\"b\",\"secret\":\"sk-test-fair000b\",\"limits\":{\"tpm\":{\"limit\":600000,\"burst\":100}}}"
+              "]}]}");
+    pool = &km__pools(e)[0];
+    uint32_t ka = (uint32_t)km_key_find(e, 0, "a");
+    memset(fsh, 0, sizeof *fsh);
+    for (int i = 0; i < 3; i++)
+        sm[i] = small_loop();
+    while (fsh->granted < 150)
+        sleep_ms(5);
+    c = large_wait(900, 30000);
+    ok(await_reserve(e, 0), "a large waiter claims the reserve");
+    is_int((int)ck_pr_load_32(&pool->reserve_key), (int)ka + 1, "for the key that can admit it (a)");
+    ok(granted_in(300) > 10, "the small requests go on on the other key (b)");
+    is_int(child_status(c), 0, "the large request is leased");
+    fsh->stop = 1;
+    for (int i = 0; i < 3; i++)
+        child_status(sm[i]);
     munmap(fsh, sizeof *fsh);
     rmseg(e);
 }
@@ -258,7 +286,7 @@ int main(void)
     int fd;
     (void)fd;
 
-    plan(48);
+    plan(52);
     fixtures_init("wait");
     /* One key with a single lease slot: while a child holds it, no lease. */
     km_env *e = mkseg("{\"capacity\":{\"inflight_per_key\":1},\"pools\":[{\"name\":\"p\","
