@@ -412,9 +412,18 @@ KM_EXTERN int km_acquire(km_env *env, const km_request *req, km_lease *lease);
  * membarrier call.  Waiters are counted per process: one killed while it
  * waits is no longer counted once its process is reaped (km_reap(), an
  * attach, an acquire that finds no key).
- * Fairness: every release wakes every sleeper of the pool and each retries;
- * there is no FIFO order, so under sustained contention a given waiter may
- * lose races until its timeout.  Errors other than KM_EAGAIN return at once.
+ * Fairness: every release wakes every sleeper of the pool and each retries.
+ * A caller that has failed 8 attempts (and named no key, req->key_id NULL)
+ * claims the pool's reserve (the longest waiting such caller wins it) on
+ * the key whose limits or cooldown will admit its request first: while it
+ * holds it, every other acquire of the pool (km_acquire included) passes
+ * over that key (KM_EAGAIN, retry_at_ns at most 1 ms ahead, if no other
+ * key admits) and capacity builds up there for it alone, so a large
+ * request under sustained overload by small ones waits a bounded time
+ * instead of losing races until its timeout.  It drops the reserve when it
+ * returns (leased, timed out or failed); a holder killed loses it at the
+ * reap of its process, a stopped one within 2 s.
+ * Errors other than KM_EAGAIN return at once.
  * @note As km_acquire(); a thread sleeping here holds no lock and blocks no
  * other caller. */
 KM_EXTERN int km_acquire_wait(km_env *env, const km_request *req, km_lease *lease,

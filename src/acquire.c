@@ -40,6 +40,9 @@ typedef struct key_scan {
     uint32_t named;        /* pools without a models list: the named row
                             * recorded in the lease instead (model_named) */
     const km__model *md;   /* per_model pools: the model whose limits apply */
+    uint32_t yield_key;    /* key index + 1 held for a starving waiter (its
+                            * reserve, src/wait.c), passed over; 0: none */
+    uint32_t retry_key;    /* key index + 1 that set the earliest retry */
 } key_scan;
 
 /* Per-thread state for choosing keys: random choices and the round-robin
@@ -92,7 +95,7 @@ static inline int over_budget(const km__key *k)
 
 /* Try to lease key ki.  Returns 1 and fills *out on success; 0 otherwise
  * (sc updated: usable keys lower sc->a.retry). */
-static int try_key(km_env *e, uint32_t ki, key_scan *sc, km_lease *out)
+static int lease_key(km_env *e, uint32_t ki, key_scan *sc, km_lease *out)
 {
     if (ki >= e->geom.cap_keys) /* a member list is shared memory: never trusted */
         return 0;
@@ -125,6 +128,12 @@ static int try_key(km_env *e, uint32_t ki, key_scan *sc, km_lease *out)
         return 0;
     }
     sc->usable++;
+    if (__builtin_expect(ki + 1 == sc->yield_key, 0)) {
+        /* Held for a starving waiter: its drop wakes sleepers; a caller
+         * that does not sleep looks again soon. */
+        sc->a.poll = km__min64(sc->a.poll, KM__POLL_BUSY_NS);
+        return 0;
+    }
     uint64_t cu = ck_pr_load_64(&k->cooldown_until);
     if (sc->a.now < cu) {
         sc->a.retry = km__min64(sc->a.retry, cu);
@@ -254,6 +263,18 @@ undo_probe:
     }
 undo_slot:
     km__slot_free(ls);
+    return 0;
+}
+
+/* lease_key, and which key set the earliest retry (the key a starving
+ * waiter reserves: src/wait.c). */
+KM__HOT int try_key(km_env *e, uint32_t ki, key_scan *sc, km_lease *out)
+{
+    uint64_t r0 = sc->a.retry;
+    if (lease_key(e, ki, sc, out))
+        return 1;
+    if (sc->a.retry < r0)
+        sc->retry_key = ki + 1;
     return 0;
 }
 
@@ -426,6 +447,20 @@ static __attribute__((noinline)) uint32_t model_named(km_env *e, uint32_t p, con
     return KM__MODEL_NAMED;
 }
 
+/* The pool's reserve is held (rsv, non-zero: src/wait.c, "Fair waiting"):
+ * which key (index + 1) does this acquire pass over for it?  None if this
+ * thread's own wait holds it, or once it expired (its holder stopped
+ * renewing: stopped or dead, and not reaped yet).  A reserve and its key
+ * are two words: a key read just after a change of holder may be the
+ * previous holder's for a moment, which costs fairness, not safety. */
+static __attribute__((noinline)) uint32_t reserve_yield(const km__pool *pool, uint64_t rsv,
+                                                        uint64_t now)
+{
+    if (rsv == km__wait_token || now >= ck_pr_load_64(&pool->reserve_until))
+        return 0;
+    return ck_pr_load_32(&pool->reserve_key);
+}
+
 /* One pass over the pool in the order of `strategy`. */
 KM__HOT int pass(km_env *e, const km__member *m, uint32_t n, int strategy, uint32_t start,
                     key_scan *sc, km_lease *out)
@@ -457,6 +492,8 @@ KM__HOT int pass(km_env *e, const km__member *m, uint32_t n, int strategy, uint3
  * operator can help; the caller's retry_at_ns also folds in the poll hint. */
 static int finish_scan(const key_scan *sc, km_lease *out, uint64_t *wake)
 {
+    if (km__wait_token) /* a km_acquire_wait attempt: the key it waits for */
+        km__wait_key = sc->retry_key;
     out->retry_at_ns = 0;
     *wake = KM__NEVER;
     if (sc->usable == 0)
@@ -590,6 +627,14 @@ KM__HOT int acquire_once(km_env *e, const km_request *req, km_lease *out, uint64
     if (pool->budget_microusd && pool->budget_hard &&
         ck_pr_load_64(&pool->spent_microusd) >= pool->budget_microusd)
         return KM_EBUDGET;
+    /* A starving waiter's reserve: one load of a word in the line read
+     * above (budget), 0 unless a km_acquire_wait caller starves.  A sleeper
+     * loads it after wake_seq (its fence), so a drop it missed wakes it.
+     * Plain loads: a stale view passes over a key once too often or too
+     * rarely, nothing more. */
+    uint64_t rsv = ck_pr_load_64(&pool->reserve);
+    if (__builtin_expect(rsv != 0, 0))
+        sc.yield_key = reserve_yield(pool, rsv, sc.a.now);
 
     km__rdr *r = km__rd_enter(&e->seg, sc.a.now);
     int rc = acquire_in(e, p, strategy, req, &sc, out, wake);

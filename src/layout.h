@@ -80,8 +80,9 @@ typedef struct km__pview {
 _Static_assert(sizeof(km__pview) == 24, "km__pview size");
 
 typedef struct km__pool {
-    /* lines 0-1: configuration, written once at creation.  (Round robin
-     * keeps its cursor per thread: no word here is written per acquire.) */
+    /* lines 0-1: configuration, written once at creation, and the reserve
+     * (below), written only while a waiter starves.  (Round robin keeps
+     * its cursor per thread: no word here is written per acquire.) */
     char name[KM_ID_MAX + 1];
     uint32_t strategy;
     uint32_t cooldown_s, max_cooldown_s, max_failures;
@@ -89,7 +90,17 @@ typedef struct km__pool {
     uint32_t n_models;
     uint64_t budget_microusd; /* 0: none */
     uint32_t budget_hard;
-    uint8_t pad2[KM__LINE - 36];
+    /* The pool's reserve (src/wait.c, "Fair waiting"): 0, or the token of
+     * the one waiter for which other acquires pass over key `reserve_key`
+     * - 1 until `reserve_until` (clock ns).  In this line because every
+     * acquire reads the line already (strategy, budget): the no-waiter
+     * path costs one load of a word it has in cache.  Written only by a
+     * waiter that has starved, at its claim, renewal and drop, and by a
+     * reaper. */
+    uint32_t reserve_key;
+    uint64_t reserve;
+    uint64_t reserve_until;
+    uint8_t pad2b[KM__LINE - 56];
     /* line 2: blocking acquire.  `wake_seq` is the futex word: a sleeper
      * reads it, counts itself in `waiters`, re-checks, and sleeps while it
      * is unchanged; a waker bumps it and calls FUTEX_WAKE only if `waiters`
@@ -98,7 +109,10 @@ typedef struct km__pool {
      * what dead ones left until a reaper takes it out (src/wait.c). */
     uint32_t waiters;
     uint32_t wake_seq;
-    uint8_t pad3[KM__LINE - 8];
+    /* Tickets of km_acquire_wait's sleepers, one taken at each count-in:
+     * the lower (in wrap-around order) waited longer (src/wait.c). */
+    uint32_t ticket;
+    uint8_t pad3[KM__LINE - 12];
     /* line 3: spend of the pool, added at every priced release. */
     uint64_t spent_microusd;
     uint8_t pad4[KM__LINE - 8];
@@ -124,7 +138,15 @@ typedef struct km__pool {
     uint64_t def_price_in, def_price_out;
     uint8_t pad8[3 * KM__LINE - 96 - 8 - 8 - 16];
 } km__pool;
+_Static_assert(offsetof(km__pool, reserve_key) == KM__LINE + 36 &&
+                   offsetof(km__pool, reserve) == KM__LINE + 40 &&
+                   offsetof(km__pool, reserve_until) == KM__LINE + 48,
+               "the reserve shares the line every acquire reads (strategy, budget)");
+_Static_assert(offsetof(km__pool, budget_microusd) / KM__LINE == 1 &&
+                   offsetof(km__pool, strategy) / KM__LINE == 1,
+               "the line of the reserve is one acquire reads anyway");
 _Static_assert(offsetof(km__pool, waiters) == 2 * KM__LINE, "pool wait line");
+_Static_assert(offsetof(km__pool, ticket) == 2 * KM__LINE + 8, "tickets in the wait line");
 _Static_assert(offsetof(km__pool, spent_microusd) == 3 * KM__LINE, "pool spend line");
 _Static_assert(offsetof(km__pool, cur) == 4 * KM__LINE, "pool member-list line");
 _Static_assert(offsetof(km__pool, flip_epoch) + 8 == 5 * KM__LINE, "member-list line full");
@@ -515,6 +537,9 @@ static inline uint64_t km__layout_signature(void)
         /* Per-process sleeper rows (a region after the usage rings) and the
          * probe lease's slot in the key row (issue 17, findings 3 and 4). */
         KM__OFF_N, sizeof(km__wrow), KM__WROW_GEN, offsetof(km__key, probe),
+        /* The pool's reserve and sleeper tickets (issue 17, fair waiting). */
+        offsetof(km__pool, reserve), offsetof(km__pool, reserve_until), offsetof(km__pool, ticket),
+        offsetof(km__pool, reserve_key),
         0x0102030405060708ull /* byte order */
     };
     return km__fnv64_bytes(KM__FNV64_INIT, v, sizeof v);

@@ -12,6 +12,7 @@
 
 #include "gcra.h"
 #include "internal.h"
+#include "wait.h"
 
 /*
  * Blocking acquire.  A caller that cannot be served at once counts itself
@@ -72,11 +73,94 @@
  * row is zero when a process claims its slot (the dead are dead for good:
  * a tag is pid, slot and, in the table, start time).  km_check verifies
  * sum(live rows) <= waiters <= sum(all rows).
+ *
+ * Fair waiting.  Every release wakes every sleeper and the first to retry
+ * wins, so under sustained overload a request that needs much capacity at
+ * once (a large token count) loses to the small ones that take each bit as
+ * it frees up, until its timeout.  So a sleeper takes a ticket at its
+ * count-in (pool.ticket, fetch-add: a lower one, in wrap-around order, has
+ * waited longer), and its token is ticket << 32 | its process slot + 1.
+ * After KM__WAIT_FAIR_TRIES failed attempts a sleeper that named no key
+ * claims the pool's reserve (pool.reserve, CAS): if it is free, expired
+ * (reserve_until past), or held by a younger ticket, for the key whose
+ * limits or cooldown its attempt found would admit it first (reserve_key;
+ * none: waiting for a lease slot or a probe, which a release frees for
+ * whoever retries first whatever its size, it claims nothing).  While the
+ * reserve is held and not expired, every other acquire of the pool passes
+ * over that key (src/acquire.c, reserve_yield and lease_key), so capacity
+ * builds up there for the holder alone, which gets it at the wake time its
+ * own attempt computes; the other keys serve the rest.  Its wait is thus
+ * bounded by the tries, the time older holders need, and the time its
+ * request needs on an idle key.  The
+ * holder drops the reserve (CAS to 0, then a wake) when it returns, leased
+ * or not (timed out, or any error).  Lost wake-ups: a yielding sleeper read
+ * wake_seq before it loaded `reserve` (the same fence as above); the drop
+ * is a locked CAS before the bump of wake_seq, so a sleeper that saw the
+ * reserve held either sees the bump or is woken by it.
+ *   R1  A holder that dies is not waited for: a reaper of its process slot
+ *       (km__waiters_reap, before the slot is freed) drops a reserve whose
+ *       low half names that slot and wakes the sleepers; until then, and
+ *       for a holder that is stopped, `reserve_until` (renewed by a live
+ *       holder at least every KM__RESERVE_HOLD_NS / 4, as its sleeps are
+ *       capped so) lets others past it after at most KM__RESERVE_HOLD_NS.
+ *   R2  No acquire path writes more than before when nobody starves: the
+ *       acquire loads `reserve` from a line it reads anyway, a release
+ *       does not look at it.
  */
 #define KM__WAIT_IDLE_NS KM__NS_PER_S
 /* The shortest sleep: a wake time already past sleeps this long (a
  * futex wait, not a spin). */
 #define KM__WAIT_MIN_NS KM__NS_PER_US
+
+/* Failed attempts after which a sleeper that named no key claims the
+ * pool's reserve, and how long a claim lasts unless renewed. */
+#define KM__WAIT_FAIR_TRIES 8
+#define KM__RESERVE_HOLD_NS (2 * KM__NS_PER_S)
+
+KM__TLS uint64_t km__wait_token;
+KM__TLS uint32_t km__wait_key;
+
+/* Has token a waited longer than token b (an earlier ticket)? */
+static int older(uint64_t a, uint64_t b)
+{
+    return (int32_t)((uint32_t)(a >> 32) - (uint32_t)(b >> 32)) < 0;
+}
+
+/* Claim pool's reserve for `token` on key index + 1 `key` (0: none to
+ * claim), or renew it if held (following `key` if it moved); 1 if held.
+ * The holder's identity is the CAS on `reserve`; its key and expiry are
+ * plain stores after it, each a word of its own: a moment with the last
+ * holder's key or an older expiry costs fairness, not safety (R1).  No
+ * fence: the words are read by plain loads that tolerate any order. */
+static int reserve_claim(km__pool *pool, uint64_t token, uint32_t key, uint64_t now)
+{
+    uint64_t r = ck_pr_load_64(&pool->reserve);
+    if (r == token) {
+        if (key && ck_pr_load_32(&pool->reserve_key) != key)
+            ck_pr_store_32(&pool->reserve_key, key);
+        if (ck_pr_load_64(&pool->reserve_until) < now + KM__RESERVE_HOLD_NS / 2)
+            ck_pr_store_64(&pool->reserve_until, now + KM__RESERVE_HOLD_NS);
+        return 1;
+    }
+    if (key == 0 ||
+        (r != 0 && !older(token, r) && now < ck_pr_load_64(&pool->reserve_until)))
+        return 0;
+    if (!ck_pr_cas_64(&pool->reserve, r, token)) /* a claim or drop meanwhile */
+        return 0;
+    ck_pr_store_32(&pool->reserve_key, key);
+    ck_pr_store_64(&pool->reserve_until, now + KM__RESERVE_HOLD_NS);
+    return 1;
+}
+
+/* Drop pool's reserve if `token` holds it, and wake the sleepers that
+ * yielded to it: the CAS (locked) is ordered before the bump of wake_seq
+ * in km__wake ("Fair waiting" above).  Called while the dropper is still
+ * counted or by a reaper: `waiters` is non-zero when anyone yielded. */
+static void reserve_drop(km_env *e, km__pool *pool, uint64_t token)
+{
+    if (ck_pr_load_64(&pool->reserve) == token && ck_pr_cas_64(&pool->reserve, token, 0))
+        km__wake(e, pool);
+}
 
 /* Count the calling thread in or out of pool p's sleepers: the pool's
  * count and its process's row, in the order of "Sleepers that die" above.
@@ -123,6 +207,15 @@ KM_EXTERN int km_acquire_wait(km_env *e, const km_request *req, km_lease *out,
     km__wrow *row = km__wrows(e, e->seg.proc_slot); /* a slot: the attempt ran */
     count(row, pool, (uint32_t)req->pool, 1);
     int fenced = km__barrier_all(0) == KM_OK; /* see above */
+    /* Fair waiting (above): a ticket, and the token our attempts pass the
+     * reserve with.  A pinned request never claims: it would hold back
+     * every key of the pool for one. */
+    uint32_t ticket = ck_pr_faa_32(&pool->ticket, 1); /* orders nothing: a number */
+    uint64_t token = (uint64_t)ticket << 32 | (e->seg.proc_slot + 1);
+    uint32_t fails = 0;
+    int fair = req->key_id == NULL, held = 0;
+    km__wait_token = token;
+    km__wait_key = 0;
     for (;;) {
         uint32_t seq = ck_pr_load_32(&pool->wake_seq);
         ck_pr_fence_load(); /* wake_seq before the attempt's loads (free on x86) */
@@ -134,15 +227,22 @@ KM_EXTERN int km_acquire_wait(km_env *e, const km_request *req, km_lease *out,
             rc = KM_ETIMEDOUT;
             break;
         }
+        if (fair && ++fails >= KM__WAIT_FAIR_TRIES)
+            held = reserve_claim(pool, token, km__wait_key, now);
         /* Sleep until the clock may admit (wake) or a release wakes us;
-         * never past the deadline. */
+         * never past the deadline, nor past the renewal of a reserve held. */
         uint64_t until = km__min64(km__max64(wake, now + KM__WAIT_MIN_NS), deadline);
         until = km__min64(until, now + (fenced ? KM__WAIT_IDLE_NS : KM__POLL_BUSY_NS));
+        if (held)
+            until = km__min64(until, now + KM__RESERVE_HOLD_NS / 4);
         struct timespec ts = {.tv_sec = (time_t)((until - now) / KM__NS_PER_S),
                               .tv_nsec = (long)((until - now) % KM__NS_PER_S)};
         /* Shared futex (no FUTEX_PRIVATE_FLAG): wakers are other processes. */
         syscall(SYS_futex, &pool->wake_seq, FUTEX_WAIT, seq, &ts, NULL, 0);
     }
+    km__wait_token = 0;
+    if (fails >= KM__WAIT_FAIR_TRIES)
+        reserve_drop(e, pool, token); /* leased or not: the others go on */
     count(row, pool, (uint32_t)req->pool, 0);
     return rc;
 }
@@ -240,6 +340,14 @@ int km__waiters_reap(km_env *e, uint32_t slot)
 {
     km__wrow *row = km__wrows(e, slot);
     wlive lc = {0};
+    /* A reserve the dead process held (R1): its low half names the slot,
+     * which no live process holds until the caller frees it. */
+    for (uint32_t p = 0; p < e->geom.cap_pools; p++) {
+        km__pool *pool = &km__pools(e)[p];
+        uint64_t r = ck_pr_load_64(&pool->reserve);
+        if (r != 0 && (uint32_t)r == slot + 1)
+            reserve_drop(e, pool, r);
+    }
     int any = ck_pr_load_64(&row->busy) != 0;
     for (uint32_t p = 0; p < e->geom.cap_pools; p++) {
         if (ck_pr_load_32(&row->n[p]) == 0)

@@ -15,6 +15,15 @@
 
 #include "internal.h"
 
+/* The token of the calling thread's km_acquire_wait while it runs, else 0:
+ * an acquire whose pool's reserve holds this token does not yield to it
+ * (src/wait.c, "Fair waiting"; src/acquire.c). */
+extern KM__TLS uint64_t km__wait_token;
+/* Set by a failed attempt of that wait: index + 1 of the key whose limits
+ * or cooldown will admit its request first, 0 if none will by time alone
+ * (a lease slot, a probe: a release frees those for whoever retries). */
+extern KM__TLS uint32_t km__wait_key;
+
 /* Wake the pool's sleepers, if any (see km_acquire_wait).  Called after
  * the stores that freed capacity.  A release may have made them with plain
  * stores only (an in-flight flag, a slot's owner): on x86 the load of

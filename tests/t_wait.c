@@ -8,7 +8,14 @@
  * by an operator's enable; wakes by itself when a cooldown ends; and does
  * not spin while it sleeps (its CPU time stays far below the time it
  * waited).
+ *
+ * Fair waiting (issue 17): under sustained overload by small requests, a
+ * large one gets its lease within a bounded number of small leases granted
+ * meanwhile (before, it lost every race until its timeout); the pool's
+ * reserve it claims is dropped when it times out, when it is killed (by
+ * the reap of its process) and, while it is stopped, lapses.
  */
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 
@@ -75,6 +82,201 @@ static int child_status(pid_t pid)
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
+/* ------------------------------------------------------- fair waiting */
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+/* Shared with the children: small leases granted so far, and the process
+ * slot of a large waiter. */
+typedef struct fair_sh {
+    volatile uint64_t granted;
+    volatile uint32_t slot, stop;
+} fair_sh;
+static fair_sh *fsh;
+
+/* Child: a closed loop of small requests (10 tokens) through
+ * km_acquire_wait, counting its leases, until told to stop. */
+static pid_t small_loop(void)
+{
+    fflush(stdout);
+    pid_t c = fork();
+    if (c == 0) {
+        km_env *e = NULL;
+        km_request rq = {.pool = 0, .tokens = 10};
+        km_outcome o = {.kind = KM_OUT_SUCCESS, .latency_us = 100, .tokens = -1,
+                        .input_tokens = -1, .output_tokens = -1};
+        km_lease l;
+        if (km_open(seg, &e) != KM_OK)
+            _exit(2);
+        while (!fsh->stop) {
+            int rc = km_acquire_wait(e, &rq, &l, 3000);
+            if (rc == KM_OK) {
+                km_release(e, &l, &o);
+                __atomic_fetch_add(&fsh->granted, 1, __ATOMIC_SEQ_CST);
+            } else if (rc != KM_ETIMEDOUT) {
+                _exit(3);
+            }
+        }
+        km_close(e);
+        _exit(0);
+    }
+    return c;
+}
+
+/* Child: one large request (tokens) waiting up to ms; tells its process
+ * slot first.  Exit status: 0 leased, 1 timed out with its reserve
+ * dropped, 2-5 otherwise. */
+static pid_t large_wait(int64_t tokens, uint32_t ms)
+{
+    fflush(stdout);
+    pid_t c = fork();
+    if (c == 0) {
+        km_env *e = NULL;
+        km_request rq = {.pool = 0, .tokens = tokens};
+        km_outcome o = {.kind = KM_OUT_SUCCESS, .latency_us = 100, .tokens = -1,
+                        .input_tokens = -1, .output_tokens = -1};
+        km_lease l;
+        if (km_open(seg, &e) != KM_OK)
+            _exit(2);
+        fsh->slot = e->seg.proc_slot + 1;
+        int rc = km_acquire_wait(e, &rq, &l, ms);
+        if (rc == KM_OK)
+            km_release(e, &l, &o);
+        uint64_t r = ck_pr_load_64(&km__pools(e)[0].reserve);
+        if ((uint32_t)r == e->seg.proc_slot + 1)
+            _exit(4); /* returned still holding the reserve */
+        _exit(rc == KM_OK ? 0 : rc == KM_ETIMEDOUT ? 1 : 5);
+    }
+    return c;
+}
+
+/* Wait up to 5 s for the pool's reserve to name process slot + 1 `s`. */
+static int await_reserve(km_env *e, uint32_t s)
+{
+    for (int i = 0; i < 5000; i++) {
+        if (s && (uint32_t)ck_pr_load_64(&km__pools(e)[0].reserve) == s)
+            return 1;
+        sleep_ms(1);
+        s = fsh->slot;
+    }
+    return 0;
+}
+
+static uint64_t granted_in(uint32_t ms)
+{
+    uint64_t g0 = fsh->granted;
+    sleep_ms(ms);
+    return fsh->granted - g0;
+}
+
+static void test_fair(void)
+{
+    /* tpm 60000: 1000 tokens a second, 100 small requests; burst 1000. */
+    km_env *e = mkseg("{\"capacity\":{\"processes\":16},\"pools\":[{\"name\":\"p\",\"limits\":"
+                      "{\"tpm\":{\"limit\":60000,\"burst\":1000}},"
+                      "\"keys\":[{\"id\":\"k\",\"secret\":\"sk-test-fair0001\"}]}]}");
+    km__pool *pool = &km__pools(e)[0];
+    fsh = mmap(NULL, sizeof *fsh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (fsh == MAP_FAILED)
+        bail_out("mmap");
+    pid_t sm[3];
+    for (int i = 0; i < 3; i++)
+        sm[i] = small_loop();
+    while (fsh->granted < 150) /* the burst taken: from now on, overload */
+        sleep_ms(5);
+
+    /* 7a. A large request (30 % of the burst) under sustained overload.
+     * Counted, not timed: the small leases granted while it waits.  It
+     * claims the reserve after KM__WAIT_FAIR_TRIES failed attempts (a few
+     * small leases each, the 3 loops racing), then only the 300 tokens it
+     * needs accrue.  Before, it lost every race until its 20 s timeout
+     * (about 2000 small leases). */
+    km_request big = {.pool = 0, .tokens = 300};
+    km_lease l;
+    uint64_t g0 = fsh->granted, t0 = km_now_ns();
+    int rc = km_acquire_wait(e, &big, &l, 20000);
+    uint64_t during = fsh->granted - g0;
+    is_int(rc, KM_OK, "a large request under sustained small-request overload gets its lease");
+    ok(during <= 60, "within a bounded number of small leases granted meanwhile (%llu, bound 60; "
+       "waited %.3f s)", (unsigned long long)during, (double)(km_now_ns() - t0) / 1e9);
+    ok((uint32_t)ck_pr_load_64(&pool->reserve) != e->seg.proc_slot + 1, "its reserve dropped once leased");
+    km_release(e, &l, NULL);
+    ok(granted_in(300) > 0, "the small requests go on");
+
+    /* 7b. A holder that times out drops the reserve (900 tokens need 0.9 s
+     * to accrue; it waits 500 ms). */
+    fsh->slot = 0;
+    pid_t c = large_wait(900, 500);
+    ok(await_reserve(e, 0), "a large waiter claims the reserve");
+    is_int(child_status(c), 1, "it times out and returns with its reserve dropped");
+    ok(granted_in(300) > 0, "the small requests go on");
+
+    /* 7c. A holder killed: the reap of its process drops the reserve at
+     * once (not when it lapses, 2 s after its last renewal). */
+    fsh->slot = 0;
+    c = large_wait(900, 30000);
+    ok(await_reserve(e, 0), "a large waiter claims the reserve");
+    uint32_t dead = fsh->slot;
+    kill(c, SIGKILL);
+    child_status(c);
+    km_reap_report rep;
+    km_reap(e, &rep);
+    ok((uint32_t)ck_pr_load_64(&pool->reserve) != dead, "killed holding it: the reap dropped its reserve");
+    ok(granted_in(300) > 0, "the small requests go on");
+
+    /* 7d. A holder stopped (alive, not reaped): its reserve lapses, the
+     * others go on before it resumes. */
+    fsh->slot = 0;
+    c = large_wait(900, 30000);
+    ok(await_reserve(e, 0), "a large waiter claims the reserve");
+    kill(c, SIGSTOP);
+    uint64_t g = fsh->granted;
+    sleep_ms(1000);
+    ok(fsh->granted - g <= 3, "stopped holding it: the others still yield (%llu small leases in 1 s)",
+       (unsigned long long)(fsh->granted - g));
+    int lapsed = 0;
+    for (int i = 0; i < 500 && !lapsed; i++, sleep_ms(10))
+        lapsed = fsh->granted - g > 10;
+    ok(lapsed, "then its reserve lapses (2 s after its last renewal): the small requests go on");
+    kill(c, SIGKILL);
+    child_status(c);
+
+    fsh->stop = 1;
+    for (int i = 0; i < 3; i++)
+        is_int(child_status(sm[i]), 0, "small loop %d ended cleanly", i);
+    rmseg(e);
+
+    /* 7e. The reserve holds back only the key the waiter waits for: key a
+     * (burst 1000) admits 300 tokens, key b (burst 100) never does; the
+     * small requests go on on b while a builds up for the large one. */
+    e = mkseg("{\"capacity\":{\"processes\":16},\"pools\":[{\"name\":\"p\",\"keys\":["
+              "{\"id\":\"a\",\"secret\":\"sk-test-fair000a\",\"limits\":{\"tpm\":{\"limit\":60000,\"burst\":1000}}},"
+              "{\"id\":\"b\",\"secret\":\"sk-test-fair000b\",\"limits\":{\"tpm\":{\"limit\":600000,\"burst\":100}}}"
+              "]}]}");
+    pool = &km__pools(e)[0];
+    uint32_t ka = (uint32_t)km_key_find(e, 0, "a");
+    memset(fsh, 0, sizeof *fsh);
+    for (int i = 0; i < 3; i++)
+        sm[i] = small_loop();
+    while (fsh->granted < 150)
+        sleep_ms(5);
+    c = large_wait(900, 30000);
+    ok(await_reserve(e, 0), "a large waiter claims the reserve");
+    is_int((int)ck_pr_load_32(&pool->reserve_key), (int)ka + 1, "for the key that can admit it (a)");
+    ok(granted_in(300) > 10, "the small requests go on on the other key (b)");
+    is_int(child_status(c), 0, "the large request is leased");
+    fsh->stop = 1;
+    for (int i = 0; i < 3; i++)
+        child_status(sm[i]);
+    munmap(fsh, sizeof *fsh);
+    rmseg(e);
+}
+
 int main(void)
 {
     km_lease l;
@@ -84,7 +286,7 @@ int main(void)
     int fd;
     (void)fd;
 
-    plan(32);
+    plan(52);
     fixtures_init("wait");
     /* One key with a single lease slot: while a child holds it, no lease. */
     km_env *e = mkseg("{\"capacity\":{\"inflight_per_key\":1},\"pools\":[{\"name\":\"p\","
@@ -232,5 +434,8 @@ int main(void)
     }
     is_str(seq, "aabbcc", "fill_first drains a, then b, then c");
     rmseg(e);
+
+    /* 7. Fair waiting. */
+    test_fair();
     return exit_status();
 }
