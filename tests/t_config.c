@@ -1078,7 +1078,7 @@ static void write_text(const char *path, const char *text)
 static void test_presets(void)
 {
     static const char *const providers[] = {"groq", "cerebras", "openai",
-                                            "anthropic", "openrouter"};
+                                            "anthropic", "openrouter", "mistral"};
     char *out = NULL;
     km_config *cfg;
     int rc;
@@ -1107,7 +1107,7 @@ static void test_presets(void)
             cited &= url && strncmp(url, "https://", 8) == 0 && rd && strlen(rd) == 10;
         }
     }
-    ok(all, "presets: groq, cerebras, openai, anthropic and openrouter are there");
+    ok(all, "presets: groq, cerebras, openai, anthropic, openrouter and mistral are there");
     ok(cited, "presets: every tier cites an https source and the date it was read");
     json_decref(doc);
     free(out);
@@ -1124,7 +1124,7 @@ static void test_presets(void)
     rc = km_presets_json("nope", &out, err, sizeof err);
     ok(rc == KM_EINVAL && out == NULL &&
            strstr(err, "unknown preset \"nope\" (known: groq, cerebras, openai, "
-                       "anthropic, openrouter)"),
+                       "anthropic, openrouter, mistral)"),
        "presets: unknown provider names the known ones (%s)", err);
     is_int(km_presets_json(NULL, NULL, err, sizeof err), KM_EINVAL,
            "presets: out NULL");
@@ -1174,7 +1174,8 @@ static void test_presets(void)
            "preset anthropic: rpm 50 on each key, no model list");
         km_config_free(cfg);
     }
-    cfg = good(preset_pool("\"preset\": \"anthropic\", \"limits\": {\"rpm\": 40, \"tpm\": 9000}",
+    cfg = good(preset_pool("\"preset\": \"anthropic\", \"tier\": \"tier_1\", "
+                           "\"limits\": {\"rpm\": 40, \"tpm\": 9000}",
                            "\"limits\": {\"rpm\": 5}"),
                "preset anthropic with pool and key limits");
     if (cfg) {
@@ -1184,6 +1185,47 @@ static void test_presets(void)
            "preset anthropic: pool rpm 40 over the preset's 50, key a's own 5");
         km_config_free(cfg);
     }
+    /* Anthropic's tiers 2 to 4: rpm on every key, the figure the file gives. */
+    static const struct {
+        const char *tier;
+        uint64_t rpm;
+    } anth[] = {{"tier_2", 1000}, {"tier_3", 2000}, {"tier_4", 4000}};
+    for (size_t i = 0; i < sizeof anth / sizeof anth[0]; i++) {
+        char sel[96];
+        snprintf(sel, sizeof sel, "\"preset\": \"anthropic\", \"tier\": \"%s\"", anth[i].tier);
+        cfg = good(preset_pool(sel, ""), "preset anthropic tier_2..4");
+        if (cfg) {
+            ok(cfg->keys[0].limits[KM_WIN_RPM].limit == anth[i].rpm &&
+                   cfg->keys[1].limits[KM_WIN_RPM].limit == anth[i].rpm &&
+                   cfg->keys[0].limits[KM_WIN_TPM].limit == 0 &&
+                   cfg->pools[0].model_mode == KM_MODELS_GLOBAL,
+               "preset anthropic %s: rpm %llu on each key, no token window (%llu)",
+               anth[i].tier, (unsigned long long)anth[i].rpm,
+               (unsigned long long)cfg->keys[0].limits[KM_WIN_RPM].limit);
+            km_config_free(cfg);
+        }
+    }
+    /* Mistral's one tier (none named): 1 request per second as rpm 60 with
+     * a burst of 1, on every key; no model list. */
+    cfg = good(preset_pool("\"preset\": \"mistral\"", ""), "preset mistral (one tier, none named)");
+    if (cfg) {
+        ok(cfg->keys[0].limits[KM_WIN_RPM].limit == 60 &&
+               cfg->keys[0].limits[KM_WIN_RPM].burst == 1 &&
+               cfg->keys[0].limits[KM_WIN_RPM].mode == KM_MODE_TOKEN_BUCKET &&
+               cfg->keys[1].limits[KM_WIN_RPM].limit == 60 &&
+               cfg->keys[0].limits[KM_WIN_TPM].limit == 0 && cfg->pools[0].n_models == 0,
+           "preset mistral: rpm 60 burst 1 (1 request/s) on each key, no tpm, no models "
+           "(%llu, burst %llu)",
+           (unsigned long long)cfg->keys[0].limits[KM_WIN_RPM].limit,
+           (unsigned long long)cfg->keys[0].limits[KM_WIN_RPM].burst);
+        km_config_free(cfg);
+    }
+    bad(preset_pool("\"preset\": \"anthropic\"", ""),
+        "pools[0].tier: missing: preset \"anthropic\" has several tiers (known: tier_1, "
+        "tier_2, tier_3, tier_4)", "anthropic: several tiers now, none named");
+    bad(preset_pool("\"preset\": \"anthropic\", \"tier\": \"tier_5\"", ""),
+        "pools[0].tier: no such tier of preset \"anthropic\" (known: tier_1, tier_2, "
+        "tier_3, tier_4)", "anthropic: its known tiers named");
     cfg = good(preset_pool("\"preset\": \"openrouter\", \"tier\": \"credits_10\"", ""),
                "preset openrouter credits_10");
     if (cfg) {
@@ -1200,10 +1242,31 @@ static void test_presets(void)
            "preset openai tier_2: gpt-4o-mini 5000 rpm, 2000000 tpm");
         km_config_free(cfg);
     }
+    /* OpenAI's gpt-4o and gpt-6-astra at every tier, gpt-4o-mini's tiers 4
+     * and 5: the figures the file gives. */
+    static const struct {
+        const char *tier, *model;
+        uint64_t rpm, tpm;
+    } oai[] = {{"tier_1", "gpt-4o", 500, 30000},           {"tier_3", "gpt-6-astra", 5000, 2000000},
+               {"tier_4", "gpt-4o-mini", 10000, 10000000}, {"tier_5", "gpt-4o-mini", 30000, 150000000},
+               {"tier_5", "gpt-6-astra", 15000, 40000000}};
+    for (size_t i = 0; i < sizeof oai / sizeof oai[0]; i++) {
+        char sel[96];
+        snprintf(sel, sizeof sel, "\"preset\": \"openai\", \"tier\": \"%s\"", oai[i].tier);
+        cfg = good(preset_pool(sel, ""), "preset openai, a tier with the new models");
+        if (cfg) {
+            const km__model_cfg *m = model_named(&cfg->pools[0], oai[i].model);
+            ok(m && m->limits[KM_WIN_RPM].limit == oai[i].rpm &&
+                   m->limits[KM_WIN_TPM].limit == oai[i].tpm,
+               "preset openai %s: %s %llu rpm, %llu tpm", oai[i].tier, oai[i].model,
+               (unsigned long long)oai[i].rpm, (unsigned long long)oai[i].tpm);
+            km_config_free(cfg);
+        }
+    }
 
     bad(preset_pool("\"preset\": \"nope\"", ""),
         "pools[0].preset: unknown preset (known: groq, cerebras, openai, "
-        "anthropic, openrouter)", "unknown preset: the known ones named");
+        "anthropic, openrouter, mistral)", "unknown preset: the known ones named");
     bad(preset_pool("\"preset\": \"openai\", \"tier\": \"tier_9\"", ""),
         "pools[0].tier: no such tier of preset \"openai\" (known: tier_1, "
         "tier_2, tier_3, tier_4, tier_5)", "unknown tier: the known ones named");
@@ -1591,7 +1654,7 @@ static void test_env_single(void)
 
 int main(void)
 {
-    plan(347);
+    plan(367);
     test_good();
     test_defaults();
     test_syntax();

@@ -214,7 +214,7 @@ comp() { # comp WORDS...: the completions of the last word, sorted, on one line
 }
 ok $([ "$(comp l)" = "ls " ] && [ "$(comp pr)" = "presets " ] && [ "$(comp ls -)" = "--help --json " ]; echo $?) \
     "completion: ls, presets, ls's options"
-ok $([ "$(comp presets '')" = "anthropic cerebras groq openai openrouter " ] && [ "$(comp presets --json o)" = "openai openrouter " ] &&
+ok $([ "$(comp presets '')" = "anthropic cerebras groq mistral openai openrouter " ] && [ "$(comp presets --json o)" = "openai openrouter " ] &&
      [ -z "$(comp presets groq '')" ]; echo $?) "completion: presets' PROVIDER from the presets, one of them ($(comp presets ''))"
 
 # ------------------------------------------------------------------ presets
@@ -227,8 +227,11 @@ ok $(grep -q '^PROVIDER  *TIER  *MODEL  *RPM  *RPH  *RPD  *TPM  *TPH  *TPD$' "$T
      [ "$(awk '$1 == "groq" && $3 == "llama-3.3-70b-versatile"' "$TMP/presets.txt" | tr -s ' ')" = \
        "groq free llama-3.3-70b-versatile 30 - 1000 12000 - 100000" ]; echo $?) \
     "presets: a model's limits, '-' for a window it lacks"
-ok $([ "$(awk '$1 == "anthropic" && $3 == "(all"' "$TMP/presets.txt" | tr -s ' ')" = \
-       "anthropic tier_1 (all models) 50 - - - - -" ]; echo $?) "presets: limits on the key as a whole"
+ok $([ "$(awk '$1 == "anthropic" && $2 == "tier_1" && $3 == "(all"' "$TMP/presets.txt" | tr -s ' ')" = \
+       "anthropic tier_1 (all models) 50 - - - - -" ] &&
+     [ "$(awk '$1 == "mistral" && $3 == "(all"' "$TMP/presets.txt" | tr -s ' ')" = \
+       "mistral free (all models) 60 burst 1 - - - - -" ]; echo $?) \
+    "presets: limits on the key as a whole, a burst shown beside its limit"
 ok $(grep -q '^PROVIDER  *TIER  *READ  *SOURCE$' "$TMP/presets.txt" &&
      grep -Eq '^groq +free +2026-12-02 +https://console.groq.com/docs/rate-limits$' "$TMP/presets.txt" &&
      [ "$(grep -c '^openai ' "$TMP/presets.txt")" -ge 5 ]; echo $?) "presets: each tier's source and the date it was read"
@@ -246,7 +249,7 @@ sys.exit(not (list(d)[:2] == ["json_schema", "kind"] and d["kind"] == "presets" 
               and d["providers"]["groq"]["tiers"]["free"]["sources"][0]["read"] == "2026-12-02"))' "$OUT"; echo $?) \
     "presets groq --json: kmctl's shape, the provider alone, its limits and sources"
 run "$KMCTL" presets nosuch
-ok $([ "$RC" = 2 ] && echo "$ERR" | grep -q "^kmctl: presets: unknown provider 'nosuch' (known: groq, cerebras, openai, anthropic, openrouter)$"; echo $?) \
+ok $([ "$RC" = 2 ] && echo "$ERR" | grep -q "^kmctl: presets: unknown provider 'nosuch' (known: groq, cerebras, openai, anthropic, openrouter, mistral)$"; echo $?) \
     "presets nosuch: status 2, the known providers named ($ERR)"
 run "$KMCTL" presets groq extra
 expect 2 "presets takes one PROVIDER at most"
