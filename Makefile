@@ -87,7 +87,7 @@ EXAMPLE_BIN := $(patsubst examples/%.c,$(BUILD)/examples/%,$(EXAMPLE_SRC))
 # Per-test time limit (seconds); prove runs each program under it.
 TEST_TIMEOUT ?= 300
 
-.PHONY: all deps test check torture bench demo install uninstall clean examples \
+.PHONY: all deps test check torture soak bench demo install uninstall clean examples \
         deps-extra bench-compare man help check-layers cross-deps cross-test
 
 # Fragments owned by the benchmark suite and the bindings: each may add
@@ -234,6 +234,13 @@ $(BUILD)/tests/%: tests/%.c tests/tap.h tests/testlib.h $(STLIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Ishm -Isrc -o $@ $< $(STLIB) $(LDFLAGS) $(LIBS) -lm
 
+# tests/soak.c (make soak; a short run in make test) reads the usage
+# database that kmctl persist writes, so it links SQLite too.
+SOAK_BIN := $(BUILD)/tests/soak
+$(SOAK_BIN): tests/soak.c tests/tap.h tests/testlib.h $(STLIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(SQLITE_CFLAGS) -Ishm -Isrc -o $@ $< $(STLIB) $(LDFLAGS) $(LIBS) $(SQLITE_LIBS) -lm
+
 # tests/t_fault.c links the library compiled again with -DKM_FAULT_INJECTION
 # (a kill point between every two shared stores of an administrative writer,
 # src/reconfig.c), in $(BUILD)/fault/: the library proper has none.
@@ -261,8 +268,8 @@ examples: $(EXAMPLE_BIN)
 # The examples are built too, so that they compile on every run (and
 # tests/t_newcomer*.sh run them).
 test: deps-test
-	@$(MAKE) --no-print-directory all $(TEST_BIN) $(TEST_HELPERS) $(EXAMPLE_BIN)
-	KM_BUILD=$(BUILD) prove -f --exec 'timeout $(TEST_TIMEOUT)' $(TEST_RUN) $(TEST_SH)
+	@$(MAKE) --no-print-directory all $(TEST_BIN) $(TEST_HELPERS) $(EXAMPLE_BIN) $(SOAK_BIN)
+	KM_BUILD=$(BUILD) prove -f --exec 'timeout $(TEST_TIMEOUT)' $(TEST_RUN) $(SOAK_BIN) $(TEST_SH)
 
 check: test
 
@@ -271,6 +278,14 @@ TORTURE_S ?= 30
 torture: deps km-need-prove
 	@$(MAKE) --no-print-directory all $(TEST_BIN) $(TEST_HELPERS)
 	KM_BUILD=$(BUILD) KM_TORTURE_S=$(TORTURE_S) prove -v $(BUILD)/tests/t_crash $(BUILD)/tests/t_reconfig $(BUILD)/tests/t_fault
+
+# The soak (tests/soak.c): SOAK_S seconds of workers and writers killed and
+# stopped, live reconfiguration, persist, snapshots and a segment restart;
+# its last line is the summary README quotes.  make test runs it for 20 s.
+SOAK_S ?= 600
+soak: deps km-need-prove
+	@$(MAKE) --no-print-directory all $(SOAK_BIN)
+	KM_BUILD=$(BUILD) KM_SOAK_S=$(SOAK_S) $(SOAK_BIN)
 
 bench: deps
 	@$(MAKE) --no-print-directory all $(BENCH_BIN)
@@ -355,6 +370,7 @@ help:
 	@echo 'make deps-test    that, and what make test needs (prove, the tests of bindings, fleet, ops)'
 	@echo 'make test         build and run the TAP suite with prove (make check: the same)'
 	@echo 'make torture      long crash-torture runs (TORTURE_S=30 seconds each)'
+	@echo 'make soak         the soak, tests/soak.c (SOAK_S=600 seconds; any length)'
 	@echo 'make bench        short benchmark run (SUMMARY lines), then bench-compare'
 	@echo 'make demo         create a segment, run a prefork pool against it, inspect it'
 	@echo 'make examples     build examples/*.c'

@@ -3,10 +3,12 @@
 # (bindings/lua/keymesh.lua) load libkeymesh.so.0 at run time.  The Python
 # binding's hot path also has a C extension (keymesh._ext), built here into
 # $(BUILD)/python/keymesh/ when Python's headers are installed (python3-dev;
-# `make deps` installs it): keymesh finds it there beside the library it was
-# built with, and falls back to ctypes without it.  Their end-to-end tests
-# (tests/t_py*.sh, t_gunicorn*.sh, t_nginx*.sh) need Debian packages,
-# installed by `make deps` (which `make test` runs) only when missing.
+# `make deps-extra` installs it, as `make deps-test` and so `make test` do;
+# plain `make deps` does not): keymesh finds it there beside the library it
+# was built with, and falls back to ctypes without it.  Their end-to-end
+# tests (tests/t_py*.sh, t_gunicorn*.sh, t_nginx*.sh) need Debian packages,
+# installed by `make deps-extra` below (run by `make deps-test`, which
+# `make test` runs) only when missing.
 # apt-get runs with RUNLEVEL=1 so that the nginx package's postinst does not
 # start a system nginx on port 80 (the tests start their own on 127.0.0.1).
 #

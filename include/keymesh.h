@@ -53,11 +53,13 @@
  *   take over rows of threads that exited), an acquire about to return
  *   KM_EAGAIN or KM_EUNAVAIL (it reaps dead processes, at most once a second
  *   per process), and a release while a km_acquire_wait() caller sleeps on
- *   the pool (one FUTEX_WAKE).  A lease's effects (limit charge, in-flight
- *   count) are made by atomic read-modify-writes on the segment before
- *   km_acquire() returns, so every acquire that starts afterwards, in any
- *   process, decides on them; the readers see each counter atomically but
- *   several counters need not be mutually consistent while operations run.
+ *   the pool (one FUTEX_WAKE; sleepers are counted per process, and one
+ *   killed in its sleep stops counting at the reap that frees its process
+ *   slot).  A lease's effects (limit charge, in-flight count) are made by
+ *   atomic read-modify-writes on the segment before km_acquire() returns,
+ *   so every acquire that starts afterwards, in any process, decides on
+ *   them; the readers see each counter atomically but several counters need
+ *   not be mutually consistent while operations run.
  *   The clock read is a vDSO call, not a system call, where the kernel's
  *   clock source can be read from user space (it cannot on some virtual
  *   machines; then every acquire makes one).
@@ -150,7 +152,8 @@ KM_EXTERN int km_version_number(void);      /* KM_VERSION_NUMBER of the library 
     XX(EFULL, -27, "no free key slot (capacity, or removed keys in grace)")  \
     XX(ECRYPTO, -28, "cannot decrypt the snapshot's secrets: wrong key or damaged file") \
     XX(ENOSLOT, -29, "nothing in that slot: a free process slot or an idle reader row") \
-    XX(EREADONLY, -30, "not allowed on this handle (opened read-only or without a process slot)")
+    XX(EREADONLY, -30, "not allowed on this handle (opened read-only or without a process slot)") \
+    XX(EDUPSECRET, -31, "that API key is already in the segment, under another id")
 
 typedef enum {
     KM_OK = 0,
@@ -210,7 +213,8 @@ typedef enum { KM_MODE_TOKEN_BUCKET = 0, KM_MODE_SLIDING = 1 } km_limit_mode;
 typedef enum {
     KM_KEY_ACTIVE = 0,    /* may be handed out */
     KM_KEY_COOLING = 1,   /* cooling down after 429s or failures, until cooldown_until */
-    KM_KEY_PROBING = 2,   /* after a failure cooldown: one probe lease is out */
+    KM_KEY_PROBING = 2,   /* after a failure cooldown: one probe lease is out;
+                           * only its own release or reaping ends it */
     KM_KEY_DISABLED = 3,  /* disabled by an operator */
     KM_KEY_INVALID = 4,   /* authentication failed (401/403) */
     KM_KEY_EXHAUSTED = 5  /* quota or payment failure (402, insufficient quota) */
@@ -280,6 +284,12 @@ KM_EXTERN int km_config_from_env(const char *providers, km_config **out,
 /* Create segment `name` ("name" or "/name") from a configuration, with
  * permission bits `mode` (0 means 0600), and attach to it.  Fails with
  * KM_EEXIST if the name is taken; on any failure no segment is left behind.
+ * The segment holds the secrets, so `mode` is checked: KM_EINVAL for bits
+ * outside 0777 (setuid, setgid, sticky: meaningless on a segment, never
+ * silently dropped) and for a world-writable mode (o+w: any local user
+ * could rewrite the pool and read every secret) unless KM_MODE_FORCE is
+ * or'ed into `mode`.  The segment gets exactly `mode`'s permission bits
+ * (the umask does not apply).
  * Atomic: the segment is built under a hidden temporary name (see
  * km_segment_sweep) and renamed into place without replacing anything, so
  * no process ever attaches to it half made, and a creator killed at any
@@ -291,6 +301,9 @@ KM_EXTERN int km_config_from_env(const char *providers, km_config **out,
  * do: one gets the segment, the others KM_EEXIST. */
 KM_EXTERN int km_create(const char *name, const km_config *cfg, unsigned mode,
                         km_env **out);
+/* Or'ed into km_create's or km_restore's `mode`: accept a world-writable
+ * mode (kmctl create --force). */
+#define KM_MODE_FORCE 0x10000u
 /* Attach to an existing segment.  Distinct errors for a name that does not
  * exist (KM_ENOENT), no permission (KM_EACCES), an object that is not a
  * KeyMesh segment (KM_ENOTKM), another format (KM_EFORMAT) or layout
@@ -396,7 +409,9 @@ KM_EXTERN int km_acquire(km_env *env, const km_request *req, km_lease *lease);
  * second at a time, so the lease of a holder that died is reaped) or
  * `timeout_ms` passes (KM_ETIMEDOUT; at once for 0).  Waking costs a system
  * call only when a waiter is counted; a caller about to sleep makes one
- * membarrier call.
+ * membarrier call.  Waiters are counted per process: one killed while it
+ * waits is no longer counted once its process is reaped (km_reap(), an
+ * attach, an acquire that finds no key).
  * Fairness: every release wakes every sleeper of the pool and each retries;
  * there is no FIFO order, so under sustained contention a given waiter may
  * lose races until its timeout.  Errors other than KM_EAGAIN return at once.
@@ -497,7 +512,8 @@ typedef struct km_pool_info {
     uint64_t budget_microusd; /* 0: none */
     int budget_hard;          /* 1: refuse (KM_EBUDGET) when spent; 0: report only */
     uint64_t spent_microusd;
-    uint32_t waiters;         /* processes sleeping in km_acquire_wait */
+    uint32_t waiters;         /* callers sleeping in km_acquire_wait (one
+                               * killed there until its process is reaped) */
     uint64_t reserved[4];     /* zeroed by the library */
 } km_pool_info;
 
@@ -540,9 +556,21 @@ KM_EXTERN int km_pool_find(km_env *env, const char *name);
 /* Pool `pool`; KM_ENOPOOL for an index out of range.
  * @note As km_info_get(). */
 KM_EXTERN int km_pool_info_get(km_env *env, int pool, km_pool_info *out);
-/* Key index of key `id` in `pool`, or KM_ENOKEY.
+/* Key index of key `id` in `pool`, or KM_ENOKEY.  On a handle without a
+ * process slot (KM_OPEN_READONLY, KM_OPEN_NO_SLOT) the lookup cannot hold
+ * reclamation back: it rescans while a grace period starts under it, and
+ * returns KM_EBUSY if one keeps starting (reconfiguration without pause).
  * @note As km_info_get(). */
 KM_EXTERN int km_key_find(km_env *env, int pool, const char *id);
+/* Key index of the key of `pool` whose secret is `secret` (NUL-terminated),
+ * or KM_ENOKEY: for a caller that holds the API key but not its id (pinning
+ * by secret, re-adding a key).  Every key's secret is compared in constant
+ * time, all of them whatever matches; the secret is never copied, logged
+ * or put in an error.  A removed key is not found.
+ * @note Thread-safe, as km_key_find(): concurrently with every call on the
+ * segment from any thread of any process, without a lock or a system call;
+ * a key added or removed meanwhile may or may not be found. */
+KM_EXTERN int km_key_find_secret(km_env *env, int pool, const char *secret);
 /* Key index of the i-th member of a pool (0 <= i < km_pool_info.n_keys),
  * KM_ENOKEY past the end.
  * @note As km_info_get(); members added or removed meanwhile shift i. */
@@ -598,9 +626,11 @@ KM_EXTERN int km_key_set_state(km_env *env, int key, int state);
  * max_inflight it leaves out take the pool's configured defaults.  The key
  * is active and in the pool's member list when the call returns.  Returns
  * the new key's index (>= 0), or KM_ECONFIG (reason in errbuf, which never
- * holds the secret), KM_EKEYEXISTS (id in use in the pool), KM_EFULL (every
- * key row in use, or removed but not yet reclaimable: still in its grace
- * period or with leases out), KM_EBUSY (grace period timed out).
+ * holds the secret), KM_EKEYEXISTS (id in use in the pool), KM_EDUPSECRET
+ * (a key of any pool already holds that secret, which would get its limits
+ * twice; errbuf names that key's id and pool, never the secret), KM_EFULL
+ * (every key row in use, or removed but not yet reclaimable: still in its
+ * grace period or with leases out), KM_EBUSY (grace period timed out).
  * @note Thread-safe: like every reconfiguration call it takes the admin
  * lock, so calls from any threads and processes run one at a time, while
  * acquire, release and the readers go on. */

@@ -130,7 +130,10 @@ static int try_key(km_env *e, uint32_t ki, key_scan *sc, km_lease *out)
         sc->a.retry = km__min64(sc->a.retry, cu);
         return 0;
     }
-    if (st == KM__ST_PROBING) {
+    /* The probe is out (or, FAILING, one from before is still out: an
+     * operator enabled the key meanwhile and it failed again): only that
+     * lease's release frees the key (km__key.probe). */
+    if (st == KM__ST_PROBING || (st == KM__ST_FAILING && ck_pr_load_32(&k->probe))) {
         sc->a.poll = km__min64(sc->a.poll, KM__POLL_PROBE_NS);
         return 0;
     }
@@ -170,9 +173,17 @@ static int try_key(km_env *e, uint32_t ki, key_scan *sc, km_lease *out)
     ck_pr_fence_store_atomic();
 
     if (st == KM__ST_FAILING) {
-        /* The failure cooldown is over: one acquirer takes the probe. */
-        if (!ck_pr_cas_32(&k->state, KM__ST_FAILING, KM__ST_PROBING))
+        /* The failure cooldown is over: one acquirer takes the probe.  It
+         * names its lease slot in the probe word first (CAS from 0, after
+         * our phase ADMITTING: a reaper of this slot finds the word), then
+         * moves the state; only this lease's release, or its reaper, frees
+         * the word again, so no other lease ends the probe. */
+        if (!ck_pr_cas_32(&k->probe, 0, (uint32_t)s + 1))
             goto undo_slot;
+        if (!ck_pr_cas_32(&k->state, KM__ST_FAILING, KM__ST_PROBING)) {
+            km__probe_clear(k);
+            goto undo_slot;
+        }
         probe = 1;
     }
     if (!km__admit(&kset, &sc->a, &ku))
@@ -235,9 +246,12 @@ static int try_key(km_env *e, uint32_t ki, key_scan *sc, km_lease *out)
     return 1;
 
 undo_probe:
-    if (probe && ck_pr_cas_32(&k->state, KM__ST_PROBING, KM__ST_FAILING) &&
-        k->pool < e->geom.n_pools) /* sleepers saw PROBING: the next may probe */
-        km__wake(e, &km__pools(e)[k->pool]);
+    if (probe) {
+        int back = ck_pr_cas_32(&k->state, KM__ST_PROBING, KM__ST_FAILING);
+        km__probe_clear(k);
+        if (back && k->pool < e->geom.n_pools) /* sleepers saw PROBING: the next may probe */
+            km__wake(e, &km__pools(e)[k->pool]);
+    }
 undo_slot:
     km__slot_free(ls);
     return 0;

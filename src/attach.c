@@ -180,6 +180,20 @@ static int build(const char *obj, const km_config *cfg, unsigned mode, km_env **
     return KM_OK;
 }
 
+/* The permission bits a named segment gets from a caller's `mode` (see
+ * km_create): 0 is 0600; bits outside 0777 are refused, and so is o+w
+ * unless KM_MODE_FORCE. */
+static int mode_check(unsigned *mode)
+{
+    unsigned perm = *mode & ~KM_MODE_FORCE;
+    if (perm & ~0777u)
+        return KM_EINVAL;
+    if ((perm & 0002u) && !(*mode & KM_MODE_FORCE))
+        return KM_EINVAL;
+    *mode = perm ? perm : 0600;
+    return KM_OK;
+}
+
 int km__create_tmp(const char *name, const km_config *cfg, unsigned mode, km_env **out,
                    char tmp[KM__SEG_NAME_BUF])
 {
@@ -193,8 +207,8 @@ int km__create_tmp(const char *name, const km_config *cfg, unsigned mode, km_env
     if (!out || !cfg_ok(cfg))
         return KM_EINVAL;
     *out = NULL;
-    if (mode == 0)
-        mode = 0600;
+    if ((rc = mode_check(&mode)) != KM_OK)
+        return rc;
     /* Refuse early if the name is taken (the rename checks again). */
     if ((rc = km__seg_name_free(nm)) != KM_OK)
         return rc;

@@ -273,6 +273,20 @@ KM_EXTERN int km_check(km_env *e, void (*report)(void *, const char *), void *ct
         }
     }
 
+    /* Sleepers of km_acquire_wait: the pool's count lies between what the
+     * rows of live processes and what all rows account for (src/wait.c).
+     * Above all rows: a sleeper counted by no process, and every release
+     * makes a wake-up system call for nobody. */
+    for (uint32_t p = 0; p < e->geom.n_pools; p++) {
+        uint32_t counted;
+        uint64_t live, all;
+        if (!km__waiters_view(e, p, &counted, &live, &all))
+            continue; /* sleepers kept coming and going: no view, no verdict */
+        if (counted < live || counted > all)
+            violation(&c, "pool %u: %u sleepers counted, but the processes' rows account for %llu (%llu with the dead)",
+                          p, counted, (unsigned long long)live, (unsigned long long)all);
+    }
+
     /* Process table. */
     uint32_t used = 0;
     km__proc *pt = km__procs(&e->seg);

@@ -5,12 +5,17 @@
  * atomically, but numbers of one key need not be mutually consistent while
  * operations run.  They change nothing.
  */
+#include <sched.h>
 #include <string.h>
 
 #include <ck_pr.h>
 
 #include "internal.h"
 #include "slots.h"
+
+/* find_member: scans to try while grace periods keep starting, before
+ * KM_EBUSY (each scan is a few hundred ns; a grace period lasts longer). */
+#define KM__FIND_TRIES 64
 
 KM_EXTERN int km_reader_info_get(km_env *e, int slot, int row, km_reader_info *out)
 {
@@ -137,20 +142,117 @@ KM_EXTERN int km_pool_key(km_env *e, int pool, int i)
     return ki < e->geom.cap_keys ? (int)ki : KM_ECORRUPT;
 }
 
+/* A lookup: does key row k match?  `all`: compare every member and keep
+ * the first match (constant time over the pool, for secrets); else stop at
+ * the first. */
+typedef struct lookup {
+    int (*match)(const km__key *k, const void *arg);
+    const void *arg;
+    int all;
+} lookup;
+
+/* One pass over pool p's current member list.  Rows not live are skipped
+ * by state, read before what the match reads: a row being filled for a
+ * new key is FREE until its id, secret and gen are written (a store fence,
+ * then ACTIVE), so a row seen live has them whole. */
+static int scan_members(km_env *e, uint32_t pool, const lookup *q)
+{
+    const km__pool *p = &km__pools(e)[pool];
+    const km__key *keys = km__keys(e);
+    uint32_t b = ck_pr_load_32(&p->cur) & 1;
+    ck_pr_fence_load(); /* cur before the list it names */
+    const km__member *m = km__members(e, pool, b);
+    uint32_t n = (uint32_t)km__min64(ck_pr_load_32(&p->view[b].n_keys), e->geom.cap_keys);
+    int rc = KM_ENOKEY;
+    for (uint32_t i = 0; i < n && (q->all || rc == KM_ENOKEY); i++) {
+        uint32_t ki = ck_pr_load_32(&m[i].key);
+        if (ki >= e->geom.cap_keys || ck_pr_load_32(&keys[ki].state) >= KM__ST_FREE)
+            continue;
+        ck_pr_fence_load(); /* a live state before the fields it guards */
+        if (q->match(&keys[ki], q->arg) && rc == KM_ENOKEY)
+            rc = (int)ki;
+    }
+    return rc;
+}
+
+/* A lookup in pool p's current members, safe against reconfiguration.
+ *
+ * With a process slot: inside an epoch section, as an acquire (the rows
+ * the list names keep their ids and secrets until it ends).
+ *
+ * Without one (KM_OPEN_READONLY, KM_OPEN_NO_SLOT) there are no reader rows
+ * to use (they belong to a slot; a read-only mapping could not even store
+ * to one), so the lookup cannot hold reclamation back.  It reads
+ * optimistically and keeps an answer only if no grace period began
+ * meanwhile: a member list or key row is rewritten only after a grace
+ * period that began after it was retired (shm/epoch.c E3, src/reconfig.c),
+ * and step 1 of a grace period is a locked add on hdr.epoch that follows
+ * the retirement; a scan that reads the same epoch before and after (each
+ * read ordered by a load fence against the scan's loads) saw no rewrite of
+ * anything current when it began. */
+static int find_member(km_env *e, uint32_t pool, const lookup *q)
+{
+    if (e->seg.tag) {
+        km__rdr *r = km__rd_enter(&e->seg, km__now());
+        int rc = scan_members(e, pool, q);
+        km__rd_exit(r);
+        return rc;
+    }
+    for (unsigned tries = 0; tries < KM__FIND_TRIES; tries++) {
+        uint64_t g = ck_pr_load_64(&e->seg.hdr->epoch);
+        ck_pr_fence_load(); /* the epoch before cur, the list and the rows */
+        int rc = scan_members(e, pool, q);
+        ck_pr_fence_load(); /* the scan's loads before the second epoch read */
+        if (ck_pr_load_64(&e->seg.hdr->epoch) == g)
+            return rc;
+        sched_yield(); /* a writer is between two steps: let it finish */
+    }
+    return KM_EBUSY;
+}
+
+static int match_id(const km__key *k, const void *id)
+{
+    return strncmp(k->id, (const char *)id, KM_ID_MAX + 1) == 0;
+}
+
 KM_EXTERN int km_key_find(km_env *e, int pool, const char *id)
 {
     if (!e || !id)
         return KM_EINVAL;
     if (pool < 0 || (uint32_t)pool >= e->geom.n_pools)
         return KM_ENOPOOL;
-    const km__pool *p = &km__pools(e)[pool];
-    km__rdr *r = km__rd_enter(&e->seg, km__now());
-    uint32_t b = ck_pr_load_32(&p->cur) & 1;
-    ck_pr_fence_load(); /* cur before the list it names */
-    int rc = km__find_in(e, km__members(e, (uint32_t)pool, b),
-                         km__min64(ck_pr_load_32(&p->view[b].n_keys), e->geom.cap_keys), id);
-    km__rd_exit(r);
-    return rc;
+    lookup q = {match_id, id, 0};
+    return find_member(e, (uint32_t)pool, &q);
+}
+
+typedef struct secret_arg {
+    const char *s;
+    size_t len;
+} secret_arg;
+
+static int match_secret(const km__key *k, const void *arg)
+{
+    const secret_arg *a = arg;
+    size_t klen = km__min64(ck_pr_load_32(&k->secret_len), KM_SECRET_MAX);
+    return km__secret_eq(k->secret, klen, a->s, a->len);
+}
+
+/* Every live member's secret is compared, in constant time each
+ * (km__secret_eq reads every byte up to KM_SECRET_MAX), and the scan does
+ * not stop at a match: the time says neither which bytes differ nor which
+ * key matched.  Nothing is copied out; the secret is in no error. */
+KM_EXTERN int km_key_find_secret(km_env *e, int pool, const char *secret)
+{
+    if (!e || !secret)
+        return KM_EINVAL;
+    if (pool < 0 || (uint32_t)pool >= e->geom.n_pools)
+        return KM_ENOPOOL;
+    size_t len = strnlen(secret, KM_SECRET_MAX + 1);
+    if (len == 0 || len > KM_SECRET_MAX)
+        return KM_ENOKEY; /* no key can hold it */
+    secret_arg a = {secret, len};
+    lookup q = {match_secret, &a, 1};
+    return find_member(e, (uint32_t)pool, &q);
 }
 
 KM_EXTERN int km_key_info_get(km_env *e, int key, km_key_info *out)

@@ -215,6 +215,15 @@ static inline uint8_t *km__busy(const km_env *e, uint32_t key)
            (size_t)key * km__busy_stride(e->geom.cap_inflight);
 }
 
+/* The sleeper row of process slot `slot` (km__wrow, src/layout.h): the
+ * region after the usage rings, whose offset the header does not store. */
+static inline km__wrow *km__wrows(const km_env *e, uint32_t slot)
+{
+    return (km__wrow *)KM__AT(e->seg.base, e->geom.off_usage +
+                                           km__usage_bytes(e->geom.cap_procs, e->geom.cap_usage) +
+                                           (uint64_t)slot * km__wrow_stride(e->geom.cap_pools));
+}
+
 /* The intent record in the header (src/layout.h). */
 static inline km__intent *km__intent_of(const km_env *e)
 {
@@ -233,6 +242,33 @@ static inline void km__state_to(km__key *k, uint32_t from_mask, uint32_t to)
 }
 
 #define KM__LIVE_STATES ((1u << KM__ST_ACTIVE) | (1u << KM__ST_FAILING) | (1u << KM__ST_PROBING))
+
+/* The probe lease (km__key.probe).  Only the holder of lease slot `slot`
+ * -- its owner, or a reaper that took the slot over -- sets the probe word
+ * to slot + 1 or clears it, so while it holds the slot this answers for
+ * good whether its lease is the key's probe. */
+static inline int km__is_probe(const km__key *k, uint32_t slot)
+{
+    return ck_pr_load_32(&k->probe) == slot + 1;
+}
+/* End the probe of the holder of lease slot `slot`, after its outcome moved
+ * the key's state (so the word never frees while the key still says
+ * PROBING: an acquirer that sees FAILING and a free word may probe). */
+static inline void km__probe_clear(km__key *k)
+{
+    ck_pr_fence_atomic_store(); /* the state's CAS before the word is free */
+    ck_pr_store_32(&k->probe, 0);
+}
+/* A probe that will never report (cancelled, abandoned, reaped mid-way)
+ * lets the next one go: PROBING -> FAILING, then the word.  Nothing if
+ * slot `slot` does not hold the probe: another lease of the key ends none. */
+static inline void km__probe_drop(km__key *k, uint32_t slot)
+{
+    if (!km__is_probe(k, slot))
+        return;
+    km__state_to(k, 1u << KM__ST_PROBING, KM__ST_FAILING);
+    km__probe_clear(k);
+}
 
 /* --------------------------------------------- functions across files */
 
@@ -280,6 +316,18 @@ void km__reap_leases(km_env *env, km_reap_report *r, int repair);
 /* Free the process slots of dead processes, releasing their leases (see
  * km_reap in keymesh.h).  Returns the number of process slots freed. */
 int km__reap_dead(km_env *env, km_reap_report *report, int repair);
+
+/* src/wait.c */
+/* Take the sleepers that dead processes left counted out of every pool
+ * where process slot `slot` (whose process is dead) counted any, then clear
+ * its row.  Returns 1 when the row is clear (the slot may be freed), 0 when
+ * live sleepers kept the rows moving (a later reap retries). */
+int km__waiters_reap(km_env *env, uint32_t slot);
+/* A consistent view of pool p's sleepers for km_check: the pool's count,
+ * the sum over the rows of live processes (and free slots) and over all
+ * rows.  Returns 0 if the rows kept moving. */
+int km__waiters_view(km_env *env, uint32_t pool, uint32_t *counted, uint64_t *live,
+                     uint64_t *all);
 
 /* src/usage.c */
 /* Events per usage ring: a process slot's cap_usage, split between its

@@ -17,6 +17,8 @@
  *   km__proc[cap_procs]        process table (shm/seg.h)
  *   km__rdr[cap_procs][KM__RDR_PER_PROC]  reader rows (epochs, shm/seg.h)
  *   (km__uring + km__uev[cap_usage / 2])[cap_procs][2]  usage rings
+ *   km__wrow[cap_procs]        sleepers of km_acquire_wait per process slot,
+ *                              km__wrow_stride(cap_pools) bytes each
  *
  * Every struct here and in shm/seg.h is pinned by _Static_assert and folded
  * into the layout signature (km__layout_signature), so a process built with
@@ -91,7 +93,9 @@ typedef struct km__pool {
     /* line 2: blocking acquire.  `wake_seq` is the futex word: a sleeper
      * reads it, counts itself in `waiters`, re-checks, and sleeps while it
      * is unchanged; a waker bumps it and calls FUTEX_WAKE only if `waiters`
-     * is non-zero.  Read by every release, written only around sleeps. */
+     * is non-zero.  Read by every release, written only around sleeps.
+     * `waiters` is the sum of the live processes' rows (km__wrow) and of
+     * what dead ones left until a reaper takes it out (src/wait.c). */
     uint32_t waiters;
     uint32_t wake_seq;
     uint8_t pad3[KM__LINE - 8];
@@ -208,7 +212,10 @@ typedef struct km__key {
     uint32_t consec_429;
     uint64_t retire_epoch;    /* REMOVED: the epoch at removal (src/reconfig.c) */
     uint32_t updating;        /* limits being changed: acquirers skip the key */
-    uint32_t pad5a;
+    uint32_t probe;           /* lease slot + 1 of the key's probe lease; 0:
+                               * none.  Claimed by CAS from 0 before the state
+                               * goes PROBING; cleared only by that lease's
+                               * release or by its reaper (src/acquire.c) */
     uint8_t pad5[KM__LINE - 40];
     /* lines 4-7: configuration, written at creation, read by acquire. */
     uint64_t emission_ns[KM_WIN_COUNT]; /* T: ns per unit; 0 = no limit */
@@ -383,9 +390,9 @@ typedef struct km__intent {
     uint32_t rescaled;    /* set-limits: windows whose debt is carried over */
     uint64_t recovered;   /* reconfigurations finished or undone for a dead
                            * writer, since creation */
-    /* The holder of the admin lock (pid 0: free), for the one case where
-     * the kernel does not give the lock back when its holder dies (no
-     * robust futex list: qemu-user); src/reconfig.c, "Lock holders". */
+    /* Unused since the lock word itself names the admin lock's holder
+     * (src/reconfig.c, "Lock holders"); kept so the layout does not change.
+     * Written as 0 by creation, read by nobody. */
     uint32_t holder_pid;
     uint32_t pad0a;
     uint64_t holder_start;
@@ -409,10 +416,38 @@ _Static_assert(sizeof(km__intent) <= sizeof(((km__hdr *)0)->intent), "the intent
 
 static inline uint64_t km__align_up(uint64_t x, uint64_t a) { return (x + a - 1) & ~(a - 1); }
 
+/* The sleepers of km_acquire_wait of one process slot (src/wait.c), so that
+ * a reaper can take a dead process's sleepers out of the pools' `waiters`
+ * counts.  One row per process slot, in whole lines of its own: written by
+ * that process's sleepers (locked instructions: several threads may sleep)
+ * and, once the process is dead, by a reaper.
+ *   n[p]  the process's threads counted in pool p's `waiters`; raised
+ *         before the pool's count, lowered after it (so n[p] is never less
+ *         than what the process contributes to the pool's count);
+ *   busy  low half: threads between the first and the last store of such
+ *         a change; high half: changes completed (a generation), so that
+ *         two equal reads of a row with busy's low half 0 mean that no
+ *         change overlapped the time between them. */
+typedef struct km__wrow {
+    uint64_t busy;
+    uint32_t n[]; /* cap_pools counts */
+} km__wrow;
+_Static_assert(sizeof(km__wrow) == 8 && offsetof(km__wrow, n) == 8, "km__wrow header");
+#define KM__WROW_GEN (UINT64_C(1) << 32) /* one change completed, in km__wrow.busy */
+static inline uint64_t km__wrow_stride(uint32_t cap_pools)
+{
+    return km__align_up(sizeof(km__wrow) + (uint64_t)cap_pools * sizeof(uint32_t), KM__LINE);
+}
+/* Bytes of the usage rings of all process slots (whole lines). */
+static inline uint64_t km__usage_bytes(uint32_t procs, uint32_t usage)
+{
+    return (uint64_t)procs * (KM__URINGS_PER_PROC + (uint64_t)usage) * KM__LINE;
+}
+
 /* Regions, in the order km__layout places them. */
 enum { KM__OFF_POOLS, KM__OFF_MEMBERS, KM__OFF_MODELS, KM__OFF_KEYS,
        KM__OFF_MWIN, KM__OFF_LEASES, KM__OFF_BUSY, KM__OFF_PROCS, KM__OFF_READERS,
-       KM__OFF_USAGE, KM__OFF_N };
+       KM__OFF_USAGE, KM__OFF_WAITS, KM__OFF_N };
 
 /* Offsets of each region for the given capacities; returns the total size
  * (a multiple of the page).  Used by the creator to lay out and by an
@@ -442,7 +477,9 @@ static inline uint64_t km__layout(uint32_t keys, uint32_t pools, uint32_t procs,
     off[KM__OFF_READERS] = o;
     o += (uint64_t)procs * KM__RDR_PER_PROC * sizeof(km__rdr);
     off[KM__OFF_USAGE] = o;
-    o += (uint64_t)procs * (KM__URINGS_PER_PROC + (uint64_t)usage) * KM__LINE;
+    o += km__usage_bytes(procs, usage);
+    off[KM__OFF_WAITS] = o; /* not in the header: km__wrows derives it */
+    o += (uint64_t)procs * km__wrow_stride(pools);
     return km__align_up(o, KM__PAGE);
 }
 
@@ -475,6 +512,9 @@ static inline uint64_t km__layout_signature(void)
         sizeof(pthread_mutex_t), _Alignof(pthread_mutex_t),
         offsetof(km__hdr, intent), sizeof(km__intent), offsetof(km__intent, old_T),
         offsetof(km__intent, recovered), offsetof(km__intent, holder_start), KM__OP_COUNT,
+        /* Per-process sleeper rows (a region after the usage rings) and the
+         * probe lease's slot in the key row (issue 17, findings 3 and 4). */
+        KM__OFF_N, sizeof(km__wrow), KM__WROW_GEN, offsetof(km__key, probe),
         0x0102030405060708ull /* byte order */
     };
     return km__fnv64_bytes(KM__FNV64_INIT, v, sizeof v);

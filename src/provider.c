@@ -104,13 +104,6 @@ static int parse_decimal(span v, double *out)
     return 1;
 }
 
-/* Nanoseconds to milliseconds, rounded up: a reset is never reported as
- * earlier than the provider said. */
-static uint64_t ns_to_ms_ceil(uint64_t ns)
-{
-    return ns / 1000000 + (ns % 1000000 != 0);
-}
-
 /* Go duration (time.ParseDuration, what OpenAI's x-ratelimit-reset-* use):
  * ["+"|"-"] followed by one or more <decimal><unit>, units h m s ms us µs ns;
  * "0" alone is allowed.  Milliseconds, rounded up; a negative duration is 0.
@@ -124,10 +117,10 @@ static int parse_go_duration(span v, uint64_t *ms)
     } units[] = {
         /* "ms" before "m"; "µs" as U+00B5 and as U+03BC, as Go accepts. */
         {"ns", 2, 1},
-        {"us", 2, 1000},
-        {"\xc2\xb5s", 3, 1000},
-        {"\xce\xbcs", 3, 1000},
-        {"ms", 2, 1000000},
+        {"us", 2, KM__NS_PER_US},
+        {"\xc2\xb5s", 3, KM__NS_PER_US},
+        {"\xce\xbcs", 3, KM__NS_PER_US},
+        {"ms", 2, KM__NS_PER_MS},
         {"s", 1, KM__NS_PER_S},
         {"m", 1, 60 * KM__NS_PER_S},
         {"h", 1, 3600 * KM__NS_PER_S},
@@ -183,7 +176,7 @@ static int parse_go_duration(span v, uint64_t *ms)
             return 0;
         total += part;
     }
-    *ms = neg ? 0 : ns_to_ms_ceil(total);
+    *ms = neg ? 0 : km__ns_to_ms_ceil(total);
     return 1;
 }
 
@@ -326,7 +319,7 @@ static int parse_rfc3339(span v, int64_t *unix_ms)
         return 0;
     /* local = UTC + offset, so UTC = local - offset */
     t = unix_seconds(y, mo, d, h, mi, s) - sign * (oh * 3600 + om * 60);
-    *unix_ms = t * 1000 + (int64_t)ns_to_ms_ceil(frac_ns);
+    *unix_ms = t * 1000 + (int64_t)km__ns_to_ms_ceil(frac_ns);
     return 1;
 }
 
@@ -426,14 +419,9 @@ typedef struct hctx {
 
 static int64_t wall_ms(hctx *c)
 {
-    struct timespec ts;
-
     if (!c->have_now) {
         c->have_now = 1;
-        /* On failure (not seen on Linux) every date counts as in the future
-         * by its full value, then capped: conservative. */
-        if (clock_gettime(CLOCK_REALTIME, &ts) == 0)
-            c->now_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+        c->now_ms = (int64_t)(km__wall_ns() / KM__NS_PER_MS);
     }
     return c->now_ms;
 }

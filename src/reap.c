@@ -3,9 +3,10 @@
  * process slot.
  *
  * shm/ says which process slots belong to dead processes
- * (km__proc_next_dead); this file releases what their tags hold and only
- * then frees the slots (km__proc_free_dead), which keeps T1 (shm/proc.c):
- * a tag is never reused while a lease could still carry it.
+ * (km__proc_next_dead); this file releases what their tags hold, takes
+ * their sleepers out of the pools' counts (src/wait.c), and only then frees
+ * the slots (km__proc_free_dead), which keeps T1 (shm/proc.c): a tag is
+ * never reused while a lease could still carry it.
  */
 #include <sched.h>
 #include <string.h>
@@ -30,8 +31,9 @@ static void abandon(km_env *e, uint32_t ki, km__key *k, km__lease *ls, uint32_t 
         km__usage_put(e, km__rd_holds_row1(&e->seg), ki, lv.key_gen, k->pool, lv.model, lv.start_ns,
                       lv.tokens, -1, KM__OUT_ABANDONED);
     }
-    /* A probe that will never report lets the next one go. */
-    km__state_to(k, 1u << KM__ST_PROBING, KM__ST_FAILING);
+    /* A probe that will never report lets the next one go; any other
+     * lease of the key ends no probe (src/layout.h, km__key.probe). */
+    km__probe_drop(k, slot);
     /* The flag, then the count, as in km_release (P4): a reaper dying
      * between them leaves the lease counted short by one, never twice (the
      * next reaper counts a RELEASING slot abandoned only with its flag set). */
@@ -222,7 +224,7 @@ static int recount_key(km_env *e, uint32_t ki, live_cache *lc, int repair,
             ck_pr_store_64(&ls[s].owner, prev[s]);
             continue;
         }
-        km__state_to(k, 1u << KM__ST_PROBING, KM__ST_FAILING);
+        km__probe_drop(k, s); /* only if this slot held the probe */
         /* Died mid-release with its flag still set: counted as acquired, not
          * yet as released, so abandoned.  Died mid-acquire: the lease was
          * never handed out (nor counted as acquired) and counts nowhere. */
@@ -314,7 +316,9 @@ int km__reap_dead(km_env *e, km_reap_report *rep, int repair)
     km__admin_recover_dead(e);
     km__reap_leases(e, &r, repair);
     for (uint32_t i = 0; km__proc_next_dead(&e->seg, &i, &tag); i++) {
-        if (km__count_owned(e, tag) != 0) {
+        /* Its sleepers out of the pools' counts and its row cleared
+         * (src/wait.c) before the slot can be claimed again. */
+        if (km__count_owned(e, tag) != 0 || !km__waiters_reap(e, i)) {
             r.pending++; /* a recount could not settle yet */
             continue;
         }

@@ -71,21 +71,22 @@
  * recovered the same way.  Steps are stored before the stores they
  * announce: a step below a phase proves that phase wrote nothing.
  *
- * Lock holders.  The kernel gives a robust mutex back (EOWNERDEAD) when its
- * holder dies, through the holder's robust-futex list.  Where there is none
- * (qemu-user does not implement set_robust_list), a dead holder would keep
- * the lock for good.  So the holder also names itself in the intent record
- * (holder_pid, holder_start: pid and start time, written after it takes the
- * lock, cleared before it gives it back), and a writer or reaper that cannot
- * take the lock and finds that holder dead breaks it: the one whose CAS on
- * holder_pid (dead pid -> its own) succeeds initialises the mutex again and
- * takes it as any locker would (a process asleep on the old lock word wakes
- * at its timeout and competes normally; the mutex serialises them again).
- * Only where the kernel has no robust list (get_robust_list fails): with
- * one, a dead holder's lock comes back through EOWNERDEAD, and a break
- * could race a new holder that took it so and has not named itself yet.
- * A holder that dies between taking the lock and naming itself cannot be
- * told apart from a live one.
+ * Lock holders.  The kernel gives a robust mutex back when its holder dies:
+ * at the holder's exit it walks the holder's robust-futex list and sets
+ * FUTEX_OWNER_DIED in the lock word, and the next locker gets EOWNERDEAD.
+ * Where there is no such list (qemu-user does not implement
+ * set_robust_list), a dead holder would keep the lock for good.  There a
+ * writer or reaper that times out on the lock does what the kernel would
+ * have done: the lock word names its holder (glibc keeps the owner's
+ * thread id in its low bits, FUTEX_TID_MASK); if that thread is gone
+ * (kill(tid, 0): ESRCH), one CAS on the lock word from that value to
+ * FUTEX_OWNER_DIED (keeping FUTEX_WAITERS) gives it back, and glibc's own
+ * robust path hands the next locker EOWNERDEAD, as the kernel's would.  One
+ * CAS decides: two breakers cannot both succeed (the second finds the word
+ * changed), and a lock taken meanwhile changed the word too.  A holder
+ * that dies anywhere between taking the lock and giving it back is found
+ * this way.  A dead holder's thread id reused by a new thread keeps the
+ * lock held until that thread exits (conservative: never a second holder).
  *
  * Fault injection.  KM__FAULT(label) marks every point between two shared
  * stores of a writer and of the recovery; a build with -DKM_FAULT_INJECTION
@@ -94,7 +95,12 @@
  * leaves.  In the library proper the macro is empty.
  */
 #include <errno.h>
+#include <linux/futex.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -139,28 +145,28 @@ void km__admin_init(km_env *e)
 static void recover(km_env *e);
 
 /* The lock is ours (rc 0, or EOWNERDEAD: its holder died); mark it
- * consistent, name ourselves its holder, and resolve any intent left: under
- * the lock, an intent is always a dead writer's (we clear ours before
- * unlocking). */
+ * consistent and resolve any intent left: under the lock, an intent is
+ * always a dead writer's (we clear ours before unlocking). */
 static int admin_locked(km_env *e, int rc)
 {
     if (rc == EOWNERDEAD) /* see the top of this file */
         rc = pthread_mutex_consistent(admin_mutex(e));
     if (rc != 0)
         return rc;
-    km__intent *in = km__intent_of(e);
-    uint32_t pid = (uint32_t)getpid();
-    ck_pr_store_64(&in->holder_start, km__pid_start_time(pid));
-    ck_pr_fence_store(); /* the start time before the pid that it qualifies */
-    ck_pr_store_32(&in->holder_pid, pid);
-    if (ck_pr_load_32(&in->op) != KM__OP_NONE)
+    if (ck_pr_load_32(&km__intent_of(e)->op) != KM__OP_NONE)
         recover(e);
     return 0;
 }
 
-/* The lock could not be taken: if its named holder is dead (and the kernel
- * did not give the lock back: see "Lock holders"), break it.  Returns the
- * result of taking it then (0, EOWNERDEAD, EBUSY...), or EBUSY. */
+/* glibc's lock word: the first member of pthread_mutex_t, the owner's
+ * thread id in FUTEX_TID_MASK, and the robust futex bits (linux/futex.h). */
+_Static_assert(offsetof(pthread_mutex_t, __data.__lock) == 0, "the lock word leads the mutex");
+_Static_assert(sizeof(((pthread_mutex_t *)0)->__data.__lock) == sizeof(uint32_t), "a 32-bit futex");
+
+/* The lock could not be taken: if the thread its word names is gone (and
+ * the kernel, which has no robust list for us, did not say so), give it
+ * back as the kernel would (see "Lock holders").  Returns the result of
+ * taking it then (0, EOWNERDEAD, EBUSY...), or EBUSY. */
 static int admin_break(km_env *e)
 {
     static int robust = -1; /* does the kernel keep robust lists for us? */
@@ -173,13 +179,16 @@ static int admin_break(km_env *e)
     }
     if (r)
         return EBUSY; /* the kernel gives a dead holder's lock back */
-    km__intent *in = km__intent_of(e);
-    uint32_t pid = ck_pr_load_32(&in->holder_pid);
-    ck_pr_fence_load(); /* the pid before the start time written before it */
-    if (pid == 0 || km__pid_alive(pid, ck_pr_load_64(&in->holder_start)) ||
-        !ck_pr_cas_32(&in->holder_pid, pid, (uint32_t)getpid()))
+    uint32_t *word = (uint32_t *)(void *)admin_mutex(e);
+    uint32_t w = ck_pr_load_32(word), tid = w & FUTEX_TID_MASK;
+    if (tid == 0 || (w & FUTEX_OWNER_DIED) || kill((pid_t)tid, 0) == 0 || errno != ESRCH)
+        return EBUSY; /* free, already given back, or its holder lives */
+    /* The one CAS that decides (a full barrier): it fails if the word moved
+     * (taken, or given back by another breaker) since it named the dead. */
+    if (!ck_pr_cas_32(word, w, FUTEX_OWNER_DIED | (w & FUTEX_WAITERS)))
         return EBUSY;
-    km__admin_init(e); /* a dead holder's lock word, from nothing */
+    if (w & FUTEX_WAITERS) /* sleepers on the old holder: let them compete */
+        syscall(SYS_futex, word, FUTEX_WAKE, INT32_MAX, NULL, NULL, 0);
     return pthread_mutex_trylock(admin_mutex(e));
 }
 
@@ -213,8 +222,6 @@ int km__admin_lock(km_env *e)
 
 void km__admin_unlock(km_env *e)
 {
-    ck_pr_store_32(&km__intent_of(e)->holder_pid, 0);
-    ck_pr_fence_store(); /* no longer named before the lock is free */
     pthread_mutex_unlock(admin_mutex(e));
 }
 
@@ -402,6 +409,7 @@ static void row_clear(km_env *e, uint32_t ki)
     ck_pr_store_32(&k->consec_fail, 0);
     ck_pr_store_32(&k->consec_429, 0);
     ck_pr_store_32(&k->updating, 0);
+    ck_pr_store_32(&k->probe, 0); /* no lease slot held: no probe out */
     ck_pr_store_64(&k->retire_epoch, 0);
     memset(km__mwins(e, ki), 0, (size_t)e->geom.cap_models * sizeof(km__mwin));
     for (uint32_t s = 0; s < e->geom.cap_inflight; s++) {
@@ -489,6 +497,36 @@ static uint32_t find_row(km_env *e, uint8_t *listed, int *waiting, int *lingerin
     return UINT32_MAX;
 }
 
+/* One API key, one row (as km__cfg_check_secrets for a configuration): a
+ * secret already held by a live key of any pool would give that key its
+ * limits twice.  Under the admin lock, so no row's secret changes meanwhile
+ * (only writers rewrite rows); removed rows do not count (a key removed
+ * and added back is one key).  Every live row is compared, in constant
+ * time; the message names the ids, never the secret. */
+static int secret_taken(km_env *e, const km__key_cfg *kc, char *errbuf, size_t errlen)
+{
+    const km__key *keys = km__keys(e);
+    uint32_t hit = UINT32_MAX;
+    for (uint32_t i = 0; i < e->geom.cap_keys; i++) {
+        if (ck_pr_load_32(&keys[i].state) >= KM__ST_FREE)
+            continue;
+        size_t len = km__min64(ck_pr_load_32(&keys[i].secret_len), KM_SECRET_MAX);
+        if (km__secret_eq(keys[i].secret, len, kc->secret, kc->secret_len) && hit == UINT32_MAX)
+            hit = i;
+    }
+    if (hit == UINT32_MAX)
+        return KM_OK;
+    if (errbuf && errlen) {
+        uint32_t q = keys[hit].pool;
+        snprintf(errbuf, errlen,
+                 "key \"%s\" has the same secret as key \"%.*s\" of pool \"%.*s\"; "
+                 "list each API key once, or it gets its limits twice",
+                 kc->id, KM_ID_MAX, keys[hit].id, KM_ID_MAX,
+                 q < e->geom.n_pools ? km__pools(e)[q].name : "?");
+    }
+    return KM_EDUPSECRET;
+}
+
 KM_EXTERN int km_key_add(km_env *e, int pool, const char *key_json, char *errbuf,
                          size_t errlen)
 {
@@ -522,6 +560,8 @@ KM_EXTERN int km_key_add(km_env *e, int pool, const char *key_json, char *errbuf
             goto unlock;
         }
     }
+    if ((rc = secret_taken(e, &kc, errbuf, errlen)) != KM_OK)
+        goto unlock;
     /* From here the segment may change (lists rebuilt, epochs): recorded. */
     intent_begin(e, KM__OP_ADD, UINT32_MAX, p);
     int waiting = 0, lingering = 0;

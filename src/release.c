@@ -78,8 +78,15 @@ static void success_ema(km__key *k, int ok)
         ck_pr_store_32(&k->success_ppm, (uint32_t)(cur + (target - cur) / KM__SUCCESS_EMA_DIV));
 }
 
-static void health(km_env *e, km__key *k, int kind, const km_outcome *o, uint64_t lat)
+/* The outcome's effect on the key's health.  `lat`: the request's latency
+ * in ns (km_release works it out once).  `probe`: this lease is the key's
+ * probe (km__key.probe).  Only the probe moves the key out of PROBING (and
+ * its release then frees the probe word, in km_release): a lease taken
+ * before the key failed, released while the probe is out, counts but
+ * decides nothing -- "a single probe lease". */
+static void health(km_env *e, km__key *k, int kind, const km_outcome *o, uint64_t lat, int probe)
 {
+    const uint32_t probing = probe ? 1u << KM__ST_PROBING : 0;
     if (kind != KM_OUT_SUCCESS && kind != KM_OUT_CANCELLED)
         success_ema(k, 0);
     km__pool *pool = &km__pools(e)[k->pool < e->geom.n_pools ? k->pool : 0];
@@ -94,7 +101,7 @@ static void health(km_env *e, km__key *k, int kind, const km_outcome *o, uint64_
             ck_pr_store_32(&k->consec_fail, 0);
         if (ck_pr_load_32(&k->consec_429))
             ck_pr_store_32(&k->consec_429, 0);
-        km__state_to(k, (1u << KM__ST_PROBING) | (1u << KM__ST_FAILING), KM__ST_ACTIVE);
+        km__state_to(k, probing | (1u << KM__ST_FAILING), KM__ST_ACTIVE);
         if (lat == 0)
             lat = 1; /* 0 means "no sample yet" */
         /* EMA, alpha 1/KM__LATENCY_EMA_DIV; the first sample seeds it.  A plain load and
@@ -110,24 +117,30 @@ static void health(km_env *e, km__key *k, int kind, const km_outcome *o, uint64_
         break;
     }
     case KM_OUT_RATE_LIMITED:
+        /* The key answered: limited, not failing.  A 429 ends a failure
+         * streak, as in the in-process pools, so failures on both sides of
+         * it do not add up to max_failures.  A plain store, as SUCCESS's:
+         * a failure counted meanwhile may be lost, never a state. */
+        if (ck_pr_load_32(&k->consec_fail))
+            ck_pr_store_32(&k->consec_fail, 0);
         n = ck_pr_faa_32(&k->consec_429, 1) + 1;
         now = km__now();
         if (o->retry_after_s > 0 && o->retry_after_s < KM__RETRY_AFTER_MAX_S)
             cool_until(k, now + (uint64_t)(o->retry_after_s * (double)KM__NS_PER_S));
         else
             cool_until(k, now + backoff_ns(pool->cooldown_s, pool->max_cooldown_s, n));
-        /* A 429 proves the key authenticates: a probe succeeded. */
-        km__state_to(k, 1u << KM__ST_PROBING, KM__ST_ACTIVE);
+        /* A 429 proves the key authenticates: the probe succeeded. */
+        km__state_to(k, probing, KM__ST_ACTIVE);
         break;
     case KM_OUT_FAILURE:
         n = ck_pr_faa_32(&k->consec_fail, 1) + 1;
-        if (n >= pool->max_failures || ck_pr_load_32(&k->state) == KM__ST_PROBING) {
+        if (n >= pool->max_failures || probe) {
             uint32_t over = n > pool->max_failures ? n - pool->max_failures + 1 : 1;
             now = km__now();
             /* Cooldown first, then the state: an acquirer that sees FAILING
              * also sees the cooldown (store order; the CAS is locked). */
             cool_until(k, now + backoff_ns(pool->cooldown_s, pool->max_cooldown_s, over));
-            km__state_to(k, (1u << KM__ST_ACTIVE) | (1u << KM__ST_PROBING), KM__ST_FAILING);
+            km__state_to(k, (1u << KM__ST_ACTIVE) | probing, KM__ST_FAILING);
         }
         break;
     case KM_OUT_AUTH:
@@ -137,7 +150,7 @@ static void health(km_env *e, km__key *k, int kind, const km_outcome *o, uint64_
         km__state_to(k, KM__LIVE_STATES, KM__ST_EXHAUSTED);
         break;
     default: /* CANCELLED: a probe that was never sent lets the next one go */
-        km__state_to(k, 1u << KM__ST_PROBING, KM__ST_FAILING);
+        km__state_to(k, probing, KM__ST_FAILING);
         break;
     }
 }
@@ -146,19 +159,28 @@ static void health(km_env *e, km__key *k, int kind, const km_outcome *o, uint64_
  * says the window is full again.  Only ever raises tat, so it can make the
  * key stricter than configured, never looser.  The provider's `remaining`
  * already excludes requests it has seen, which are our reserved leases, so
- * they are added back rather than counted twice. */
+ * they are added back rather than counted twice.
+ * A window with no limit configured has no tat to pace with, but when the
+ * provider says nothing remains it will refuse the key until the reset:
+ * the key cools until then, as for a 429's Retry-After (cooldown_until,
+ * only ever raised; acquire answers KM_EAGAIN with that retry time).  A
+ * count above 0, or 0 without a reset, changes nothing there. */
 static void tighten(km__key *k, int w, uint64_t now, uint64_t remaining,
                         uint64_t reset_ms)
 {
-    if (!(k->win_mask & (1u << w)))
+    uint64_t reset_ns = km__mul_sat(km__min64(reset_ms, KM__VIEW_CAP_S * KM__MS_PER_S),
+                                    KM__NS_PER_MS);
+    if (!(k->win_mask & (1u << w))) {
+        if (remaining == 0 && reset_ns)
+            cool_until(k, now + reset_ns);
         return;
+    }
     km__gcra *g = &k->win[w];
     uint64_t T = k->emission_ns[w], tau = k->tau_ns[w];
     uint64_t res = ck_pr_load_64(&g->reserved);
     uint64_t give = km__mul_sat(km__min64(remaining, UINT64_MAX / 4) + res, T);
     uint64_t target = give < tau ? now + tau - give : 0;
-    target = km__max64(target, now + km__mul_sat(km__min64(reset_ms, KM__VIEW_CAP_S * KM__MS_PER_S),
-                                                 KM__NS_PER_MS));
+    target = km__max64(target, now + reset_ns);
     uint64_t tat = ck_pr_load_64(&g->tat);
     /* CAS on tat alone: atomic against the pair CAS; retried while lower. */
     while (tat < target && !ck_pr_cas_64_value(&g->tat, tat, target, &tat))
@@ -218,6 +240,8 @@ KM_EXTERN int km_release(km_env *e, const km_lease *l, const km_outcome *o)
                       : (uint64_t)o->tokens > UINT32_MAX ? UINT32_MAX
                                                : (uint64_t)o->tokens;
     int stale = lv.key_gen != ck_pr_load_32(&k->gen);
+    /* Ours to answer while we hold the slot (km__is_probe). */
+    int probe = km__is_probe(k, si);
     km__pool *pool = k->pool < e->geom.n_pools ? &km__pools(e)[k->pool] : NULL;
     if (!stale) {
         /* The latency: the caller's, or measured from the lease's start
@@ -230,7 +254,7 @@ KM_EXTERN int km_release(km_env *e, const km_lease *l, const km_outcome *o)
         if (lat_us < 0)
             lat_us = (int64_t)(lat_ns / KM__NS_PER_US);
         km__settle(e, l->key, k, ls, &lv, actual);
-        health(e, k, kind, o, lat_ns);
+        health(e, k, kind, o, lat_ns, probe);
         if (o->view_flags)
             apply_view(k, o);
         spend(pool, k, o, actual);
@@ -239,6 +263,11 @@ KM_EXTERN int km_release(km_env *e, const km_lease *l, const km_outcome *o)
     } else {
         ck_pr_inc_64(&k->stale);
     }
+    /* The probe ends with its own release, after its outcome moved the
+     * state, and while we still hold the slot: dying before this store, we
+     * leave the word to the reaper of our slot (km__probe_drop). */
+    if (probe)
+        km__probe_clear(k);
     /* In-flight -1: clear our flag (I1), then count the outcome, then free
      * the slot (I3): P4.  A reaper that finds this slot RELEASING with its flag
      * still set knows the outcome was not counted and counts it abandoned;

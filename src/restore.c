@@ -187,9 +187,13 @@ static int snapshot_config(restore_ctx *c, json_t *root, json_t **out)
                     json_object_get(cap, "inflight_per_key"), "pools");
     if (!cfg)
         return fail_msg(c, KM_ECONFIG, "capacity: keys, pools, processes, inflight_per_key expected");
-    if (json_object_get(cap, "models") &&
-        json_object_set(json_object_get(cfg, "capacity"), "models", json_object_get(cap, "models")) < 0)
-        goto fail;
+    /* Optional: snapshots of older libraries have neither (the defaults). */
+    static const char *const optional[] = {"models", "usage_events"};
+    for (i = 0; i < sizeof optional / sizeof *optional; i++)
+        if (json_object_get(cap, optional[i]) &&
+            json_object_set(json_object_get(cfg, "capacity"), optional[i],
+                            json_object_get(cap, optional[i])) < 0)
+            goto fail;
     pa = json_object_get(cfg, "pools");
     json_array_foreach(pools, i, p) {
         const char *pname = json_string_value(json_object_get(p, "name"));

@@ -20,7 +20,9 @@
  * Format 2 adds what km_restore() needs (src/restore.c): per limit window
  * "tat_unix_us" (the GCRA word as wall-clock time, 0: no debt), per key
  * "cooldown_until_unix_ms", per pool "defaults" (limits, max_inflight,
- * price given to keys added later), capacity "models".
+ * price given to keys added later), capacity "models".  Capacity
+ * "usage_events" came later within format 2 (optional: a restore without
+ * it takes the default).
  *
  * Shape (format 1; docs/kmctl.md):
  *   {"keymesh", "format", "taken_unix_ms", "capacity": {...}, "size_bytes",
@@ -429,7 +431,7 @@ KM_EXTERN int km_snapshot_json_ex(km_env *env, unsigned flags, const unsigned ch
             goto out;
         }
     }
-    root = json_pack("{s:s, s:i, s:o, s:{s:o, s:o, s:o, s:o, s:o}, s:o, s:o, s:o}",
+    root = json_pack("{s:s, s:i, s:o, s:{s:o, s:o, s:o, s:o, s:o, s:o}, s:o, s:o, s:o}",
                      "keymesh", km_version(),
                      "format", KM__SNAPSHOT_FORMAT,
                      "taken_unix_ms", int_json(taken_ms),
@@ -439,6 +441,7 @@ KM_EXTERN int km_snapshot_json_ex(km_env *env, unsigned flags, const unsigned ch
                      "processes", int_json(info.cap_procs),
                      "inflight_per_key", int_json(info.cap_inflight),
                      "models", int_json(env->geom.cap_models),
+                     "usage_events", int_json(env->geom.cap_usage),
                      "size_bytes", int_json(info.size_bytes),
                      "processes_attached", int_json(info.n_procs),
                      "pools", pools);

@@ -28,6 +28,7 @@
 #include <string.h>
 
 #include "keymesh.h"
+#include "util.h" /* clock units and conversions; no layout */
 
 /* Public structs: appended to only.  These pin sizes and the offset of the
  * first field of each part, so an edit that moves one fails to compile. */
@@ -46,8 +47,6 @@ _Static_assert(offsetof(km_model_stats, size) == 0 && offsetof(km_model_stats, n
                    offsetof(km_model_stats, windows) == 176 && sizeof(km_model_stats) == 488,
                "km_model_stats layout");
 _Static_assert(KM_KEY_STATE_COUNT == KM_KEY_EXHAUSTED + 1, "KM_KEY_STATE_COUNT");
-
-#define NS_PER_S UINT64_C(1000000000)
 
 static uint32_t window_period_s(int w)
 {
@@ -84,10 +83,10 @@ static void window_from(const km_limit_info *l, int w, km_window_stats *o)
     o->period_s = window_period_s(w);
     o->left = l->available < l->burst ? l->available : l->burst;
     o->used = l->burst - o->left;
-    uint64_t t = emission_ns(l, (uint64_t)o->period_s * NS_PER_S), ns;
+    uint64_t t = emission_ns(l, (uint64_t)o->period_s * KM__NS_PER_S), ns;
     if (__builtin_mul_overflow(o->used, t, &ns))
         ns = UINT64_MAX;
-    o->full_in_ms = ns / 1000000 + (ns % 1000000 != 0);
+    o->full_in_ms = km__ns_to_ms_ceil(ns);
 }
 
 /* Add window `w` of one key into a sum (pool or model over keys). */
@@ -151,7 +150,7 @@ static int key_stats(km_env *env, int key, km_key_stats *s, km_key_info *ki)
     s->taken_ns = now;
     /* Round up, so a cooling key never shows 0 ms left. */
     s->cooldown_remaining_ms =
-        ki->cooldown_until_ns > now ? (ki->cooldown_until_ns - now + 999999) / 1000000 : 0;
+        ki->cooldown_until_ns > now ? km__ns_to_ms_ceil(ki->cooldown_until_ns - now) : 0;
     s->inflight = ki->inflight;
     s->max_inflight = ki->max_inflight;
     s->consecutive_failures = ki->consecutive_failures;

@@ -61,6 +61,13 @@ static inline uint64_t km__fnv64_bytes(uint64_t h, const void *p, size_t n)
     return h;
 }
 
+/* Nanoseconds to milliseconds, rounded up: a wait, a reset or a cooldown
+ * is never reported as shorter than it is (0 only when none is left). */
+static inline uint64_t km__ns_to_ms_ceil(uint64_t ns)
+{
+    return ns / KM__NS_PER_MS + (ns % KM__NS_PER_MS != 0);
+}
+
 static inline uint64_t km__max64(uint64_t a, uint64_t b) { return a > b ? a : b; }
 static inline uint64_t km__min64(uint64_t a, uint64_t b) { return a < b ? a : b; }
 

@@ -3,6 +3,7 @@
  * segment.  The waker's half is src/wait.h.
  */
 #include <linux/futex.h>
+#include <sched.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -14,9 +15,10 @@
 
 /*
  * Blocking acquire.  A caller that cannot be served at once counts itself
- * in pool.waiters (a locked increment, once per call), forces a full
- * barrier on every CPU that runs a thread of an attached process
- * (km__barrier_all: membarrier), and then loops: read wake_seq, try to
+ * in pool.waiters (a locked increment, once per call, and in its process's
+ * row: "Sleepers that die" below), forces a full barrier on every CPU that
+ * runs a thread of an attached process (km__barrier_all: membarrier), and
+ * then loops: read wake_seq, try to
  * acquire, and if that fails sleep while wake_seq is unchanged, for at most
  * the time the failed attempt said a key may be admissible.  A releaser
  * frees capacity (locked instructions on limit words; plain stores on its
@@ -44,11 +46,60 @@
  * is bounded by KM__WAIT_IDLE_NS.  A slot seen mid-release is retried
  * after 50 us.  A sleeper whose expedited membarrier fails polls every
  * KM__POLL_BUSY_NS.
+ *
+ * Sleepers that die.  `waiters` is an anonymous sum: a sleeper killed
+ * inside this call would stay in it for good, and every later release
+ * would make a FUTEX_WAKE for nobody.  So each process also counts its
+ * sleepers per pool in its own row (km__wrow, src/layout.h):
+ *   count in:  busy += 1; n[p] += 1; waiters += 1; busy += GEN - 1
+ *   count out: busy += 1; waiters -= 1; n[p] -= 1; busy += GEN - 1
+ * (locked instructions, in this order).  Let C_i be what process i has
+ * added to `waiters` and not taken back.  Then
+ *   W1  n_i[p] >= C_i, and n_i[p] == C_i whenever busy_i's low half is 0;
+ *   W2  waiters == sum of C_i over the processes not yet reaped out of it:
+ *       each change of `waiters` by a sleeper changes its own C_i alike.
+ * A reaper (km__waiters_reap, for each dead process slot before it is
+ * freed) recomputes `waiters` without the dead: it reads every row (tag,
+ * busy, n[p]), then `waiters` (V), then every row again in reverse order of
+ * fields.  If no live row was busy and no row changed, no change of a live
+ * process overlapped the read of V, so the live rows' sum S was the live
+ * part of V (W1, W2), and V - S is what the dead hold.  It then sets
+ * `waiters` from V to S by CAS: whatever live sleepers changed since moved
+ * `waiters` and their C_i alike, so if `waiters` still reads V the live
+ * part is still S; if not, the CAS fails and it reads again.  A live
+ * sleeper's count is thus never removed, and the wake argument above is
+ * untouched.  Only then is the dead row cleared and its slot freed, so a
+ * row is zero when a process claims its slot (the dead are dead for good:
+ * a tag is pid, slot and, in the table, start time).  km_check verifies
+ * sum(live rows) <= waiters <= sum(all rows).
  */
 #define KM__WAIT_IDLE_NS KM__NS_PER_S
 /* The shortest sleep: a wake time already past sleeps this long (a
  * futex wait, not a spin). */
 #define KM__WAIT_MIN_NS KM__NS_PER_US
+
+/* Count the calling thread in or out of pool p's sleepers: the pool's
+ * count and its process's row, in the order of "Sleepers that die" above.
+ * Each step is a locked instruction; the fences order them where atomics
+ * may pass each other (none on x86). */
+static void count(km__wrow *row, km__pool *pool, uint32_t p, int in)
+{
+    ck_pr_inc_64(&row->busy); /* busy before the counts change (W1) */
+    ck_pr_fence_atomic();
+    if (in) {
+        ck_pr_inc_32(&row->n[p]);
+        ck_pr_fence_atomic(); /* the row before the pool: n[p] >= C (W1) */
+        ck_pr_inc_32(&pool->waiters);
+    } else {
+        ck_pr_dec_32(&pool->waiters);
+        ck_pr_fence_atomic(); /* the pool before the row: n[p] >= C (W1) */
+        ck_pr_dec_32(&row->n[p]);
+    }
+    ck_pr_fence_atomic(); /* the counts before busy drops */
+    /* One change more, busy - 1 (xadd: the addend does not fit an add's
+     * 32-bit immediate). */
+    (void)ck_pr_faa_64(&row->busy, KM__WROW_GEN - 1);
+}
 
 KM_EXTERN int km_acquire_wait(km_env *e, const km_request *req, km_lease *out,
                               uint32_t timeout_ms)
@@ -69,7 +120,8 @@ KM_EXTERN int km_acquire_wait(km_env *e, const km_request *req, km_lease *out,
         return rc;
     if (timeout_ms == 0)
         return KM_ETIMEDOUT;
-    ck_pr_inc_32(&pool->waiters);
+    km__wrow *row = km__wrows(e, e->seg.proc_slot); /* a slot: the attempt ran */
+    count(row, pool, (uint32_t)req->pool, 1);
     int fenced = km__barrier_all(0) == KM_OK; /* see above */
     for (;;) {
         uint32_t seq = ck_pr_load_32(&pool->wake_seq);
@@ -91,7 +143,126 @@ KM_EXTERN int km_acquire_wait(km_env *e, const km_request *req, km_lease *out,
         /* Shared futex (no FUTEX_PRIVATE_FLAG): wakers are other processes. */
         syscall(SYS_futex, &pool->wake_seq, FUTEX_WAIT, seq, &ts, NULL, 0);
     }
-    ck_pr_dec_32(&pool->waiters);
+    count(row, pool, (uint32_t)req->pool, 0);
     return rc;
+}
+
+/* ------------------------------------------------- the dead's sleepers */
+
+/* Rows whose tag was judged, for one reap: each distinct tag costs one
+ * liveness check (a system call or two), up to KM__WLIVE_CACHE tags. */
+#define KM__WLIVE_CACHE 64
+typedef struct wlive {
+    uint32_t n;
+    uint64_t tag[KM__WLIVE_CACHE];
+    uint8_t alive[KM__WLIVE_CACHE];
+} wlive;
+
+/* Is the process of row `slot`, holding `tag`, alive?  A free slot (tag 0)
+ * counts as alive: its row is zero, and a process claiming it meanwhile
+ * changes the tag, which the validation sees. */
+static int row_alive(km_env *e, uint32_t slot, uint64_t tag, wlive *c)
+{
+    if (tag == 0 || tag == e->seg.tag)
+        return 1;
+    for (uint32_t i = 0; i < c->n; i++)
+        if (c->tag[i] == tag)
+            return c->alive[i];
+    int alive = km__proc_entry_live(&e->seg, slot, tag);
+    if (c->n < KM__WLIVE_CACHE) {
+        c->tag[c->n] = tag;
+        c->alive[c->n++] = (uint8_t)alive;
+    }
+    return alive;
+}
+
+/* Re-reads of the rows before a reap leaves a pool to a later one. */
+#define KM__WAIT_REAP_TRIES 200
+
+/* One validated view of pool p's sleepers ("Sleepers that die" above):
+ * *counted is `waiters` as read between two equal reads of every row, *live
+ * the sum of the rows of live processes (free slots included), *all that of
+ * every row.  Returns 0 if a live process kept changing its row. */
+static int view(km_env *e, uint32_t p, wlive *lc, uint32_t *counted, uint64_t *live,
+                uint64_t *all)
+{
+    const km__proc *pt = km__procs(&e->seg);
+    const uint32_t np = e->geom.cap_procs;
+    for (int t = 0; t < KM__WAIT_REAP_TRIES; t++) {
+        uint64_t h1 = KM__FNV64_INIT, h2 = KM__FNV64_INIT, sl = 0, sa = 0;
+        int moving = 0;
+        for (uint32_t i = 0; i < np; i++) {
+            const km__wrow *r = km__wrows(e, i);
+            uint64_t tag = ck_pr_load_64(&pt[i].tag);
+            ck_pr_fence_load(); /* the tag, then busy, then the count */
+            uint64_t b = ck_pr_load_64(&r->busy);
+            ck_pr_fence_load();
+            uint32_t n = ck_pr_load_32(&r->n[p]);
+            h1 = km__fnv64_step(km__fnv64_step(km__fnv64_step(h1, tag), b), n);
+            if (tag == 0 && b == 0 && n == 0)
+                continue; /* a slot never used, or cleared */
+            sa += n;
+            if (row_alive(e, i, tag, lc)) {
+                moving |= (uint32_t)b != 0;
+                sl += n;
+            }
+        }
+        ck_pr_fence_load(); /* the first reads of the rows before `waiters` */
+        uint32_t v = ck_pr_load_32(&km__pools(e)[p].waiters);
+        ck_pr_fence_load(); /* `waiters` before the second reads */
+        for (uint32_t i = 0; i < np; i++) {
+            const km__wrow *r = km__wrows(e, i);
+            uint32_t n = ck_pr_load_32(&r->n[p]);
+            ck_pr_fence_load(); /* the count, then busy, then the tag */
+            uint64_t b = ck_pr_load_64(&r->busy);
+            ck_pr_fence_load();
+            uint64_t tag = ck_pr_load_64(&pt[i].tag);
+            h2 = km__fnv64_step(km__fnv64_step(km__fnv64_step(h2, tag), b), n);
+        }
+        if (!moving && h1 == h2) {
+            *counted = v;
+            *live = sl;
+            *all = sa;
+            return 1;
+        }
+        sched_yield();
+    }
+    return 0;
+}
+
+int km__waiters_view(km_env *e, uint32_t p, uint32_t *counted, uint64_t *live, uint64_t *all)
+{
+    wlive lc = {0};
+    return p < e->geom.cap_pools && view(e, p, &lc, counted, live, all);
+}
+
+int km__waiters_reap(km_env *e, uint32_t slot)
+{
+    km__wrow *row = km__wrows(e, slot);
+    wlive lc = {0};
+    int any = ck_pr_load_64(&row->busy) != 0;
+    for (uint32_t p = 0; p < e->geom.cap_pools; p++) {
+        if (ck_pr_load_32(&row->n[p]) == 0)
+            continue;
+        any = 1;
+        for (int done = 0; !done;) {
+            uint32_t v;
+            uint64_t live, all;
+            if (!view(e, p, &lc, &v, &live, &all))
+                return 0;
+            /* From V to the live sum (see above); a failed CAS means a live
+             * sleeper moved `waiters` since: read again. */
+            done = v == live || ck_pr_cas_32(&km__pools(e)[p].waiters, v, (uint32_t)live);
+        }
+    }
+    if (!any)
+        return 1;
+    /* The dead process's share is out of every pool: clear its row, before
+     * its slot can be claimed again (the caller's CAS on the tag). */
+    for (uint32_t p = 0; p < e->geom.cap_pools; p++)
+        ck_pr_store_32(&row->n[p], 0);
+    ck_pr_store_64(&row->busy, 0);
+    ck_pr_fence_store_atomic(); /* the cleared row before the slot is freed */
+    return 1;
 }
 

@@ -131,6 +131,22 @@ ok $(echo "$OUT" | grep -q "^removed '$FOREIGN': not a KeyMesh segment" && [ ! -
 : >"/dev/shm/$FOREIGN"
 run "$KMCTL" destroy "$FOREIGN"
 expect 1 "destroy refuses an empty object"
+echo "$ERR" | grep -q "an empty shared-memory object (another program's, or a creation that died before sizing it)"
+ok $? "destroy says what an empty object is: $ERR"
+# Every other command says what it is and how to remove it, not "not
+# initialised (being created?)".
+for c in inspect stats ps check snapshot; do
+    run "$KMCTL" $c "$FOREIGN"
+    [ "$RC" = 1 ] && [ "$ERR" = "kmctl: $c: segment '$FOREIGN': an empty shared-memory object (0 bytes, mode $(stat -c %04a "/dev/shm/$FOREIGN"), uid $(id -u)), not a KeyMesh segment: another program's, or a creation that died before sizing it; remove it with 'kmctl destroy --force $FOREIGN' or 'rm /dev/shm/$FOREIGN'" ]
+    ok $? "$c on an empty object: what it is and how to remove it (exit $RC: $ERR)"
+done
+run "$KMCTL" destroy --force "$FOREIGN"
+expect 0 "the command it names removes it"
+ok $([ ! -e "/dev/shm/$FOREIGN" ]; echo $?) "the empty object is gone"
+head -c 100 /dev/urandom >"/dev/shm/$FOREIGN"
+run "$KMCTL" inspect "$FOREIGN"
+echo "$ERR" | grep -q "^kmctl: inspect: segment '$FOREIGN': not a KeyMesh segment: an object of 100 bytes .*kmctl destroy --force $FOREIGN'$"
+ok $? "inspect on another program's object: what it is and how to remove it ($ERR)"
 rm -f "/dev/shm/$FOREIGN"
 # A temporary of a creation that died: destroy removes it, without --force.
 "$KMCTL" create "$BIG" --config "$TMP/big.json" >/dev/null 2>&1 &

@@ -16,6 +16,10 @@
  *     every key and every pair of admissions, the token_bucket bound holds
  *     for rpm and tpm;
  *   - while a worker was stopped, the others completed operations.
+ * Then sleepers of km_acquire_wait die (test_dead_sleepers): asleep, after
+ * each store of their count's way in and out, and at random; the reap takes
+ * each out of the pool's waiter count (a live one stays), so releases issue
+ * no wake-up again, and km_check is clean.
  * KM_TORTURE_S=<seconds> runs longer (make torture).
  */
 #include <signal.h>
@@ -142,6 +146,193 @@ static void sleep_ms(long ms)
     nanosleep(&ts, NULL);
 }
 
+/* ------------------------------------------------ sleepers that die
+ * (issue 17, finding 3).  A sleeper killed inside km_acquire_wait left the
+ * pool's waiter count raised for good, and every later release made a
+ * FUTEX_WAKE for nobody.  Now the reap that frees its process slot takes it
+ * out: killed while asleep; "killed" after each store of its count's way
+ * in and out (a dead process's row written by hand); and killed at random
+ * among sleepers that count in and out every millisecond.  A live sleeper
+ * stays counted throughout.  Releases issue no wake-up (wake_seq, bumped
+ * by each one, stays put) once the dead are reaped. */
+
+static char wname[64];
+
+/* Child: attach and sleep on the pool, in waits of `ms` each (0: one wait
+ * of a minute), until killed; or, with `once`, take the key when it comes
+ * free, release it and detach. */
+static pid_t sleeper(uint32_t ms, int once)
+{
+    fflush(stdout);
+    pid_t c = fork();
+    if (c == 0) {
+        km_env *e = NULL;
+        km_request rq = {.pool = 0};
+        km_lease l;
+        if (km_open(wname, &e) != KM_OK)
+            _exit(2);
+        for (;;) {
+            int rc = km_acquire_wait(e, &rq, &l, ms ? ms : 60000);
+            if (rc == KM_OK) {
+                km_release(e, &l, NULL);
+                if (once) {
+                    km_close(e);
+                    _exit(0);
+                }
+            } else if (rc != KM_ETIMEDOUT) {
+                _exit(3);
+            }
+        }
+    }
+    return c;
+}
+
+static uint32_t waiters_of(km_env *e)
+{
+    km_pool_info pi;
+    if (km_pool_info_get(e, 0, &pi) != KM_OK)
+        bail_out("km_pool_info_get");
+    return pi.waiters;
+}
+
+/* Wait up to 5 s for the pool to count n sleepers. */
+static int await_waiters(km_env *e, uint32_t n)
+{
+    for (int i = 0; i < 5000 && waiters_of(e) != n; i++)
+        sleep_ms(1);
+    return waiters_of(e) == n;
+}
+
+static int row_clear_at(km_env *e, uint32_t slot)
+{
+    km__wrow *r = km__wrows(e, slot);
+    return ck_pr_load_64(&r->busy) == 0 && ck_pr_load_32(&r->n[0]) == 0;
+}
+
+static void test_dead_sleepers(void)
+{
+    const char *js = "{\"capacity\":{\"processes\":16,\"inflight_per_key\":1},\"pools\":[{\"name\":\"p\","
+                     "\"keys\":[{\"id\":\"k\",\"secret\":\"sk-test-sleeper1\"}]}]}";
+    char err[256];
+    km_config *cfg;
+    km_env *e;
+    km_lease held;
+    km_request rq = {.pool = 0};
+    km_reap_report rep;
+
+    snprintf(wname, sizeof wname, "kmt-crashw-%d", (int)getpid());
+    km_unlink(wname);
+    if (km_config_parse(js, strlen(js), "t_crash", &cfg, err, sizeof err) ||
+        km_create(wname, cfg, 0, &e))
+        bail_out("create: %s", err);
+    km_config_free(cfg);
+    km__pool *pool = &km__pools(e)[0];
+    if (km_acquire(e, &rq, &held) != KM_OK) /* the only lease: sleepers sleep */
+        bail_out("acquire");
+
+    /* Killed asleep. */
+    pid_t c = sleeper(0, 0);
+    ok(await_waiters(e, 1), "a sleeper is counted");
+    kill(c, SIGKILL);
+    waitpid(c, NULL, 0);
+    is_u64(waiters_of(e), 1, "killed asleep: still counted until a reap");
+    km_reap(e, &rep);
+    is_u64(rep.processes, 1, "the reap frees the sleeper's process slot");
+    is_u64(waiters_of(e), 0, "and takes its sleeper out of the pool's count");
+    uint32_t seq0 = ck_pr_load_32(&pool->wake_seq);
+    int bad = 0;
+    for (int i = 0; i < 100; i++)
+        bad += km_release(e, &held, NULL) != KM_OK || km_acquire(e, &rq, &held) != KM_OK;
+    is_int(bad, 0, "100 releases and acquires");
+    is_u64(ck_pr_load_32(&pool->wake_seq) - seq0, 0, "the 100 releases issued no wake-up");
+    is_int(km_check(e, show_violation, NULL), 0, "km_check clean");
+
+    /* Killed after each store of the way in and out (src/wait.c: busy,
+     * n[p], waiters, busy), beside a live sleeper that must stay counted. */
+    pid_t live = sleeper(0, 1);
+    ok(await_waiters(e, 1), "a live sleeper is counted");
+    static const struct { uint64_t busy; uint32_t n, counted; } step[] = {
+        {1, 0, 0}, {1, 1, 0}, {1, 1, 1}, {KM__WROW_GEN, 1, 1},                  /* in */
+        {KM__WROW_GEN + 1, 1, 1}, {KM__WROW_GEN + 1, 1, 0}, {KM__WROW_GEN + 1, 0, 0}, /* out */
+    };
+    int wrong = 0, unclear = 0, unfreed = 0;
+    for (size_t i = 0; i < sizeof step / sizeof step[0]; i++) {
+        pid_t gone = fork();
+        if (gone == 0)
+            _exit(0);
+        waitpid(gone, NULL, 0);
+        km__proc *pt = km__procs(&e->seg);
+        uint32_t fs = 0;
+        while (fs < e->geom.cap_procs && ck_pr_load_64(&pt[fs].tag))
+            fs++;
+        if (fs == e->geom.cap_procs)
+            bail_out("no free process slot");
+        /* A dead process in slot fs, left at step i. */
+        ck_pr_store_64(&pt[fs].tag, ((uint64_t)(fs + 1) << 32) | (uint32_t)gone);
+        ck_pr_inc_32(&e->seg.hdr->n_procs);
+        ck_pr_store_64(&km__wrows(e, fs)->busy, step[i].busy);
+        ck_pr_store_32(&km__wrows(e, fs)->n[0], step[i].n);
+        ck_pr_add_32(&pool->waiters, step[i].counted);
+        km_reap(e, &rep);
+        if (waiters_of(e) != 1) {
+            diag("step %zu: %u counted after the reap, want the live sleeper's 1", i, waiters_of(e));
+            wrong++;
+            ck_pr_store_32(&pool->waiters, 1);
+        }
+        unclear += !row_clear_at(e, fs);
+        unfreed += rep.processes != 1;
+    }
+    is_int(wrong, 0, "each of the 7 steps: the dead one's count gone, the live one's kept");
+    is_int(unclear, 0, "each dead process's row cleared");
+    is_int(unfreed, 0, "each dead process's slot freed");
+    km_release(e, &held, NULL);
+    int st;
+    waitpid(live, &st, 0);
+    is_int(WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st), 0, "the live sleeper got the key and left");
+    is_u64(waiters_of(e), 0, "nobody counted once it returned");
+
+    /* Killed at random among sleepers that count in and out every 1-3 ms;
+     * each replacement reaps at attach while the others go on. */
+    if (km_acquire(e, &rq, &held) != KM_OK)
+        bail_out("acquire");
+    enum { NSL = 4 };
+    pid_t sl[NSL];
+    unsigned r = (unsigned)getpid();
+    for (int i = 0; i < NSL; i++)
+        sl[i] = sleeper(1 + (uint32_t)i % 3, 0);
+    int kills = 0;
+    for (int round = 0; round < 60; round++) {
+        struct timespec ts = {0, (long)(rand_r(&r) % 3000) * 1000};
+        nanosleep(&ts, NULL);
+        int v = (int)(rand_r(&r) % NSL);
+        kill(sl[v], SIGKILL);
+        waitpid(sl[v], NULL, 0);
+        kills++;
+        sl[v] = sleeper(1 + (uint32_t)rand_r(&r) % 3, 0);
+    }
+    for (int i = 0; i < NSL; i++) {
+        kill(sl[i], SIGKILL);
+        waitpid(sl[i], NULL, 0);
+        kills++;
+    }
+    km_reap(e, &rep);
+    diag("%d sleepers killed; the last reap: %u processes, %u pending", kills, rep.processes, rep.pending);
+    is_u64(rep.pending, 0, "nothing pending after the reap");
+    is_u64(waiters_of(e), 0, "no sleeper left counted");
+    km_info inf;
+    km_info_get(e, &inf);
+    is_u64(inf.n_procs, 1, "only the parent attached");
+    seq0 = ck_pr_load_32(&pool->wake_seq);
+    km_release(e, &held, NULL);
+    is_u64(ck_pr_load_32(&pool->wake_seq) - seq0, 0, "a release issues no wake-up");
+    is_int(km_check(e, show_violation, NULL), 0, "km_check clean");
+    ck_pr_inc_32(&pool->waiters); /* what a dead sleeper left before: no row holds it */
+    is_int(km_check(e, NULL, NULL), 1, "km_check reports a sleeper counted by no process");
+    ck_pr_dec_32(&pool->waiters);
+    km_close(e);
+    km_unlink(wname);
+}
+
 int main(void)
 {
     char js[2048], err[256];
@@ -153,7 +344,7 @@ int main(void)
         secs = 1.0;
 #endif
 
-    plan(14);
+    plan(33);
     snprintf(name, sizeof name, "kmt-crash-%d", (int)getpid());
     size_t o = (size_t)snprintf(js, sizeof js,
         "{\"capacity\":{\"processes\":32},\"pools\":[{\"name\":\"p\",\"limits\":{"
@@ -294,6 +485,8 @@ int main(void)
     is_u64(rep.processes, 1, "reap frees the entry of a process that died mid-attach");
     km_info_get(e, &inf);
     is_u64(inf.n_procs, 1, "only the parent is attached again");
+
+    test_dead_sleepers();
 
     munmap(sh, sizeof(shared));
     km_close(e);

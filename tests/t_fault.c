@@ -212,6 +212,25 @@ static void report(void *ctx, const char *line)
     diag("  %s: %s", (const char *)ctx, line);
 }
 
+/* The reader rows inside a section, as diagnostics (what a grace period
+ * that timed out waited for). */
+static void stalled_rows(km_env *e)
+{
+    km_info inf;
+    km_epoch_info ep;
+    if (km_info_get(e, &inf) != KM_OK || km_epoch_info_get(e, &ep) != KM_OK)
+        return;
+    diag("  epoch %" PRIu64 ", synced %" PRIu64, ep.epoch, ep.synced);
+    for (int s = 0; s < (int)inf.cap_procs; s++)
+        for (int r = 0; r < (int)ep.rows_per_process; r++) {
+            km_reader_info ri;
+            if (km_reader_info_get(e, s, r, &ri) == KM_OK)
+                diag("  slot %d row %d: pid %u tid %u alive %d epoch %" PRIu64 " behind %" PRIu64
+                     " inside %" PRIu64 " ms", s, r, ri.pid, ri.tid, ri.alive, ri.epoch,
+                     ri.epochs_behind, ri.inside_ns / 1000000);
+        }
+}
+
 /* Is `needle` anywhere in the segment's memory? */
 static int in_segment(km_env *env, const char *needle)
 {
@@ -590,8 +609,12 @@ static void t_random_kills(void)
     int added = 0;
     for (int i = 0; i < 12; i++) {
         snprintf(js, sizeof js, "{\"id\": \"after%d\", \"secret\": \"sk-rand-after-%04d\"}", i, i);
-        if (km_key_add(env, km_pool_find(env, "p"), js, err, sizeof err) < 0)
+        int k = km_key_add(env, km_pool_find(env, "p"), js, err, sizeof err);
+        if (k < 0) {
+            diag("random kills: km_key_add after%d: %s: %s", i, km_strerror(k), err);
+            stalled_rows(env);
             break;
+        }
         added++;
     }
     km_info inf;

@@ -2,7 +2,8 @@
 # tests/t_json.sh - kmctl's one JSON shape: every --json document (create,
 # inspect, stats, ps, reap, check, restore, usage) is one object beginning
 # json_schema, kind, segment and (where it read a segment) segment_format
-# equal to what `kmctl -V` reads; inspect --json names the snapshot's
+# equal to what `kmctl -V` reads (ls and presets, about the host: json_schema
+# and kind, no segment); inspect --json names the snapshot's
 # format snapshot_format; one unit per quantity across every document (no
 # latency in ms, no cooldown or attach time in s); check --json lists
 # violations with status 1; and the commands that change a key print one
@@ -31,21 +32,24 @@ cat >"$TMP/pool.json" <<EOF
                      {"id": "b", "secret": "sk-test-json-bbbb2222", "limits": {"rpm": 30}}]}]}
 EOF
 
-# doc FILE KIND [nofmt]: "STATUS NAME" lines about the document's header
+# doc FILE KIND [nofmt|host]: "STATUS NAME" lines about the document's
+# header (host: a document about the host, ls and presets: no segment)
 doc() {
     "$PY" - "$1" "$2" "$SEG" "$FMT" "${3:-}" <<'PYEOF'
 import json, sys
 path, kind, seg, fmt, nofmt = sys.argv[1:6]
+host = nofmt == "host"
 try:
     d = json.load(open(path))
 except Exception as e:
     print(1, "%s: not JSON (%s)" % (kind, e))
     sys.exit(0)
 keys = list(d)
-want = ["json_schema", "kind", "segment"] + ([] if nofmt else ["segment_format"])
+want = ["json_schema", "kind"] + ([] if host else ["segment"]) + ([] if nofmt else ["segment_format"])
 print(0 if keys[:len(want)] == want else 1, "%s: begins %s (%s)" % (kind, ",".join(want), ",".join(keys[:4])))
-print(0 if d["json_schema"] == 1 and d["kind"] == kind and d["segment"] in (seg, seg + "-r") else 1,
-      "%s: json_schema 1, kind %s, segment" % (kind, kind))
+print(0 if d["json_schema"] == 1 and d["kind"] == kind and (host and "segment" not in d and "segment_format" not in d
+                                                            or not host and d["segment"] in (seg, seg + "-r")) else 1,
+      "%s: json_schema 1, kind %s, %s" % (kind, kind, "no segment" if host else "segment"))
 if not nofmt:
     print(0 if d["segment_format"] == int(fmt) else 1,
           "%s: segment_format %s = kmctl -V's %s" % (kind, d.get("segment_format"), fmt))
@@ -164,5 +168,17 @@ no_secret "$OUT$ERR"
 ok $? "add-key: no secret printed"
 run "$KMCTL" remove-key "$SEG" p c
 ok $([ "$RC" = 0 ] && [ "$OUT" = "removed key 'c' from pool 'p' of segment '$SEG'" ]; echo $?) "remove-key: one line ($OUT)"
+
+# ------------------------- documents about the host: ls, presets
+for c in ls presets; do
+    run "$KMCTL" "$c" --json
+    expect 0 "$c --json"
+    echo "$OUT" >"$TMP/$c.json"
+    doc "$TMP/$c.json" "$c" host >"$TMP/checks"; checks
+done
+ok $([ "$(jget "$TMP/ls.json" "[(o['kind'], o['segment_format'], o['size_bytes'] > 0, o['mode']) for o in d['objects'] if o['name'] == '$SEG']")" = \
+       "[('keymesh', $FMT, True, '0600')]" ]; echo $?) "ls --json: the segment, its segment_format, size_bytes and mode"
+ok $([ "$(jget "$TMP/presets.json" 'd["presets_schema"], sorted(d["providers"])[:2]')" = "1 ['anthropic', 'cerebras']" ]; echo $?) \
+    "presets --json: presets_schema and the providers"
 
 finish

@@ -90,7 +90,7 @@ expect 0 "inspect"
 echo "$OUT" | grep -q '^pool openai: least_busy, 2 keys' &&
     echo "$OUT" | grep -q '^pool groq: round_robin, 1 key'
 ok $? "inspect shows pool headers"
-echo "$OUT" | grep -q 'ID  *SECRET  *STATE  *W  *INFLIGHT  *RPM  *TPM  *ACQ  *OK  *429  *FAIL  *EMA_MS  *COOLDOWN_S'
+echo "$OUT" | grep -q 'ID  *SECRET  *STATE  *W  *INFLIGHT  *RPM  *TPM  *ACQ  *OK  *429  *FAIL  *EMA_US  *COOLDOWN_MS'
 ok $? "inspect shows the key columns"
 echo "$OUT" | grep -Eq '^  b +[^ ]*2222 +active +1 +0/8 +30/30 '
 ok $? "inspect row of key b (masked secret, state, weight, in-flight, rpm)"
@@ -171,6 +171,40 @@ if [ -d /dev/shm ]; then
 fi
 "$KMCTL" destroy "$MODESEG" >/dev/null 2>&1
 
+# Unsafe modes: world-writable only with --force; set-id and sticky bits
+# never; nothing is created when refused; the line gives the object's mode.
+for m in 0777 0666 0602; do
+    run "$KMCTL" create "$MODESEG" --config "$TMP/pool.json" --mode $m
+    expect 2 "create --mode $m (world-writable) without --force: refused"
+    echo "$ERR" | grep -q "^kmctl: create: --mode $m makes the segment world-writable: .*add --force" &&
+        [ ! -e "/dev/shm/$MODESEG" ]
+    ok $? "create --mode $m: says why and what to do, creates nothing"
+done
+for m in 4777 2660 1600 4600; do
+    for f in "" --force; do
+        run "$KMCTL" create "$MODESEG" --config "$TMP/pool.json" --mode $m $f
+        expect 2 "create --mode $m $f: set-id/sticky bits refused"
+        echo "$ERR" | grep -q "^kmctl: create: --mode $m: the setuid, setgid and sticky bits" &&
+            [ ! -e "/dev/shm/$MODESEG" ]
+        ok $? "create --mode $m $f: says why, creates nothing"
+    done
+done
+run "$KMCTL" create "$MODESEG" --config "$TMP/pool.json" --mode 0666 --force
+expect 0 "create --mode 0666 --force"
+mode=$(stat -c %04a "/dev/shm/$MODESEG" 2>/dev/null)
+[ "$mode" = 0666 ] && echo "$OUT" | grep -q ", mode 0666$"
+ok $? "--force: the segment is 0666 and the line says so (stat: $mode; $OUT)"
+"$KMCTL" destroy "$MODESEG" >/dev/null 2>&1
+run "$KMCTL" restore "$MODESEG" "$TMP/none.json" --key-env KMT_NO_KEY --mode 0666
+expect 2 "restore --mode 0666 without --force: refused"
+echo "$ERR" | grep -q "^kmctl: restore: --mode 0666 makes the segment world-writable"
+ok $? "restore --mode 0666: says why"
+(umask 0077 && "$KMCTL" create "$MODESEG" --config "$TMP/pool.json" --mode 0660 --json) >"$TMP/out"
+mode=$(stat -c %04a "/dev/shm/$MODESEG" 2>/dev/null)
+[ "$mode" = 0660 ] && grep -q '"mode": *"0660"' "$TMP/out"
+ok $? "create --json under umask 0077: mode 0660 as stat shows it (stat: $mode; $(cat "$TMP/out"))"
+"$KMCTL" destroy "$MODESEG" >/dev/null 2>&1
+
 # ------------------------------------ models, prices, budgets, metadata
 cat >"$TMP/models.json" <<EOF
 {"pools": [{"name": "openai", "strategy": "latency", "model_limits": "per_model",
@@ -195,7 +229,7 @@ echo "$OUT" | grep -q '^  models (global limits): llama-3.1-8b$'
 ok $? "inspect: global pool's model list"
 echo "$OUT" | grep -q '^  budget: \$0.00 spent of \$100.00 (hard'
 ok $? "inspect: pool budget in USD"
-echo "$OUT" | grep -q 'COOLDOWN_S  *SPENT_USD  *META$' &&
+echo "$OUT" | grep -q 'COOLDOWN_MS  *SPENT_USD  *META$' &&
     echo "$OUT" | grep -Eq '^  a .* 0\.00 +\{"org":"org-1"\}$' &&
     echo "$OUT" | grep -Eq '^  b .* 0\.00/5\.50 \(soft\) +-$'
 ok $? "inspect: SPENT_USD (with key budget) and META columns"

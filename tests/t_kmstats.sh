@@ -117,7 +117,7 @@ expect 0 "stats"
 no_secret "$OUT"
 ok $? "stats shows no secret"
 echo "$OUT" | grep -q '^pool p (round_robin): 2 keys: 2 active' &&
-    echo "$OUT" | grep -Eq '^  KEY +STATE +COOLDOWN_S +INFLIGHT +REQUESTS .* LAT_EMA_MS +OK_%$'
+    echo "$OUT" | grep -Eq '^  KEY +STATE +COOLDOWN_MS +INFLIGHT +REQUESTS .* LAT_EMA_US +OK_%$'
 ok $? "stats: pool line and key table with units in the titles"
 reqa=$(awk '$1 == "a" {r += $2} END {print r + 0}' "$TMP/counts")
 echo "$OUT" | grep -Eq "^  a +active +- +0/[0-9]+ +$reqa "

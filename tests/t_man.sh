@@ -100,6 +100,7 @@ ok $([ "$(comp '' | wc -l)" = "$(echo "$cmds" | wc -l)" ]; echo $?) "completes e
 ok $([ "$(comp stats x --p | tr '\n' ' ')" = "--pool " ]; echo $?) "completes 'kmctl stats x --p' to --pool"
 ok $([ "$(comp check x -- | tr '\n' ' ')" = "--help --json --quiet " ]; echo $?) "completes check's options ($(comp check x -- | tr '\n' ' '))"
 ok $([ "$(comp create x --config p | tr '\n' ' ')" = "pool.json " ]; echo $?) "completes --config FILE with a file name"
+ok $([ "$(comp create x --mode 0666 --fo | tr '\n' ' ')" = "--force " ]; echo $?) "completes create's --force"
 ok $([ -z "$(comp stats x --pool '')" ]; echo $?) "no file names for --pool's argument"
 comp inspect "${SEG%-*}" | grep -qx "$SEG"
 ok $? "completes NAME from the segments of this host"

@@ -5,10 +5,14 @@
  *                 the consecutive failure and 429 counts.
  *   RATE_LIMITED  cooling until now + retry_after if > 0, else
  *                 cooldown_s * 2^(consecutive_429s - 1) up to max_cooldown_s;
- *                 the key is never handed out before cooldown_until.
+ *                 the key is never handed out before cooldown_until; resets
+ *                 the consecutive failure count (a failure after it starts
+ *                 a new streak).
  *   FAILURE       at max_failures consecutive ones: cooling for cooldown_s,
  *                 then exactly one probe lease (state PROBING); the probe's
  *                 SUCCESS makes it ACTIVE, its FAILURE cools it again.
+ *                 Older leases released or reaped meanwhile end no probe:
+ *                 no second probe until the probe's own release or reap.
  *   AUTH / QUOTA  INVALID / EXHAUSTED until km_key_set_state(ACTIVE).
  *   All keys disabled, invalid or exhausted: KM_EUNAVAIL.
  *   A second release of a lease: KM_ESTALE, counted in stale_releases.
@@ -115,6 +119,24 @@ static void test_success_ema(void)
     is_int(acq(env, p, &l), KM_OK, "acquire after the 50 ms cooldown");
     rel(env, &l, KM_OUT_SUCCESS, 100, 0);
     is_int(info(env, k).consecutive_429s, 0, "SUCCESS resets consecutive_429s");
+
+    /* A 429 ends a failure streak: the key answered, it is limited, not
+     * failing.  Three leases out at once; failure, 429, failure. */
+    km_lease h[3];
+    for (int i = 0; i < 3; i++)
+        if (acq(env, p, &h[i]) != KM_OK)
+            bail_out("acquire for the 429-streak test");
+    rel(env, &h[0], KM_OUT_FAILURE, 100, 0);
+    is_int(info(env, k).consecutive_failures, 1, "FAILURE ahead of a 429: consecutive_failures 1");
+    rel(env, &h[1], KM_OUT_RATE_LIMITED, 100, 0.05);
+    is_int(info(env, k).consecutive_failures, 0, "RATE_LIMITED resets consecutive_failures");
+    uint64_t cool429 = info(env, k).cooldown_until_ns;
+    rel(env, &h[2], KM_OUT_FAILURE, 100, 0);
+    is_int(info(env, k).consecutive_failures, 1, "a failure after a 429 starts a new streak");
+    sleep_until(cool429);
+    is_int(acq(env, p, &l), KM_OK, "two failures around a 429 are no streak of max_failures 2: "
+           "handed out after the 429's 50 ms");
+    rel(env, &l, KM_OUT_SUCCESS, 100, 0);
 
     /* latency_us < 0: measured from lease.start_ns */
     rmseg(env);
@@ -299,6 +321,118 @@ static void test_failure_probe(void)
     rmseg(env);
 }
 
+/* A child that attaches, takes one lease of the pool, says so on a pipe and
+ * waits to be killed: a lease that only a reap gives back. */
+static pid_t holder_of(int pool)
+{
+    int fd[2];
+    char b;
+    if (pipe(fd) != 0)
+        bail_out("pipe");
+    fflush(stdout);
+    pid_t c = fork();
+    if (c == 0) {
+        km_env *e = NULL;
+        km_lease x;
+        close(fd[0]);
+        if (km_open(seg, &e) != KM_OK || acq(e, pool, &x) != KM_OK)
+            _exit(1);
+        if (write(fd[1], "h", 1) != 1)
+            _exit(2);
+        for (;;)
+            pause();
+    }
+    close(fd[1]);
+    if (read(fd[0], &b, 1) != 1)
+        bail_out("holder did not take its lease");
+    close(fd[0]);
+    return c;
+}
+
+static void kill_reap(km_env *env, pid_t c)
+{
+    km_reap_report rep;
+    kill(c, SIGKILL);
+    waitpid(c, NULL, 0);
+    if (km_reap(env, &rep) != KM_OK || rep.leases != 1)
+        bail_out("reap of holder %d: %llu leases", (int)c, (unsigned long long)rep.leases);
+}
+
+/* "A single probe lease" (issue 17, finding 4): leases taken before the key
+ * failed may still be out while its probe is; cancelling, failing,
+ * succeeding or abandoning (a holder killed, then reaped) any of them ends
+ * no probe, so no second probe is handed out.  Only the probe's own release
+ * or its reaping does: its success makes the key active, its cancellation
+ * or death lets the next acquirer probe. */
+static void test_single_probe(void)
+{
+    km_env *env = mkseg(CFG_ONE);
+    int p = pool_of(env, "p"), k = key_of(env, p, 0), rc;
+    km_lease f1, f2, c1, c2, c3, probe, l;
+
+    /* Out before the key fails: three leases here, one in a child. */
+    if (acq(env, p, &c1) || acq(env, p, &c2) || acq(env, p, &c3) || acq(env, p, &f1) ||
+        acq(env, p, &f2))
+        bail_out("five leases");
+    pid_t h1 = holder_of(p), h2 = holder_of(p);
+    rel(env, &f1, KM_OUT_FAILURE, 100, 0);
+    rel(env, &f2, KM_OUT_FAILURE, 100, 0);
+    is_str(S(info(env, k).state), "cooling", "max_failures reached: cooling, 5 older leases out");
+    sleep_until(info(env, k).cooldown_until_ns + 1 * MS);
+    is_str(E(acq(env, p, &probe)), "OK", "after the cooldown: the probe");
+    is_str(S(info(env, k).state), "probing", "probing");
+
+    is_int(km_release(env, &c1, NULL), KM_OK, "an older lease cancelled while the probe is out");
+    is_str(S(info(env, k).state), "probing", "still probing after another lease's cancel");
+    rc = acq(env, p, &l);
+    is_str(E(rc), "EAGAIN", "no second probe after another lease's cancel");
+    if (rc == KM_OK)
+        rel(env, &l, KM_OUT_SUCCESS, 100, 0);
+
+    kill_reap(env, h1);
+    is_str(S(info(env, k).state), "probing", "still probing after another lease was reaped");
+    rc = acq(env, p, &l);
+    is_str(E(rc), "EAGAIN", "no second probe after another lease was reaped");
+    if (rc == KM_OK)
+        rel(env, &l, KM_OUT_SUCCESS, 100, 0);
+
+    rel(env, &c2, KM_OUT_FAILURE, 100, 0);
+    rel(env, &c3, KM_OUT_RATE_LIMITED, 100, 0.001);
+    is_str(S(info(env, k).state), "probing", "an older lease's FAILURE or 429 decides nothing either");
+    is_int(km_check(env, NULL, NULL), 0, "km_check clean while probing");
+    rel(env, &probe, KM_OUT_SUCCESS, 100, 0);
+    /* The older FAILURE cooled the key further: active once that is over. */
+    sleep_until(info(env, k).cooldown_until_ns + 1 * MS);
+    is_str(S(info(env, k).state), "active", "the probe's own SUCCESS makes the key active");
+    rc = acq(env, p, &l);
+    is_str(E(rc), "OK", "and the key is handed out again");
+    if (rc == KM_OK)
+        rel(env, &l, KM_OUT_SUCCESS, 100, 0);
+
+    /* The probe's own cancel, and its own death, let the next probe go;
+     * an older lease in another process still ends nothing. */
+    if (acq(env, p, &f1) || acq(env, p, &f2))
+        bail_out("two leases");
+    rel(env, &f1, KM_OUT_FAILURE, 100, 0);
+    rel(env, &f2, KM_OUT_FAILURE, 100, 0);
+    sleep_until(info(env, k).cooldown_until_ns + 1 * MS);
+    is_str(E(acq(env, p, &probe)), "OK", "a probe again");
+    km_release(env, &probe, NULL);
+    is_str(S(info(env, k).state), "cooling", "the probe's own cancel: no longer probing");
+    pid_t pr = holder_of(p); /* the next probe, in a child */
+    is_str(S(info(env, k).state), "probing", "the child holds the probe");
+    kill_reap(env, h2); /* an older lease, in another child */
+    is_str(S(info(env, k).state), "probing", "reaping another child's older lease ends no probe");
+    kill_reap(env, pr);
+    is_str(S(info(env, k).state), "cooling", "reaping the probe's holder ends the probe");
+    rc = acq(env, p, &probe);
+    is_str(E(rc), "OK", "and the next acquire probes");
+    is_int(rc == KM_OK ? rel(env, &probe, KM_OUT_SUCCESS, 100, 0) : rc, KM_OK, "its success");
+    is_str(S(info(env, k).state), "active", "makes the key active");
+    is_int(km_check(env, NULL, NULL), 0, "km_check clean");
+    rmseg(env);
+}
+
 static void test_auth_quota_unavail(void)
 {
     km_env *env = mkseg(CFG_TWO);
@@ -418,10 +552,11 @@ int main(void)
 {
     fixtures_init("outcomes");
 
-    plan(83);
+    plan(108);
     test_success_ema();
     test_rate_limited();
     test_failure_probe();
+    test_single_probe();
     test_auth_quota_unavail();
     test_stale_and_counters();
     return exit_status();

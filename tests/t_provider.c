@@ -13,12 +13,18 @@
  * anthropic-ratelimit-* headers with RFC 3339 times.  Rows with a fixed
  * now_unix_ms are exact; the few that read the real clock come after the
  * table.
+ *
+ * Then the view applied by km_release() to a key with no limit configured:
+ * "none remains" with a reset (OpenAI's x-ratelimit-remaining-requests: 0,
+ * x-ratelimit-reset-requests: 2s) keeps the key from being handed out until
+ * the reset (KM_EAGAIN, retry_at_ns at the reset), and it is handed out
+ * after; a count above 0 changes nothing.
  */
 #include <math.h>
 #include <time.h>
 
 #include "keymesh.h"
-#include "tap.h"
+#include "testlib.h"
 
 #define NOW_2024 INT64_C(1717243200000) /* 2024-06-01T12:00:00Z */
 #define NOW_2015 INT64_C(1445412420000) /* 2015-10-21T07:27:00Z */
@@ -527,13 +533,78 @@ static void run_extra(void)
     is_retry(o.retry_after_s, 0, "real clock: a date an hour ago gives 0");
 }
 
+/* Release the lease with the outcome km_outcome_from_http() makes of a 200
+ * carrying `hdr` (n pairs); *t0 and *t1 bracket the release. */
+static int release_http(km_env *e, km_lease *l, const char *const *hdr, size_t n, uint64_t *t0,
+                        uint64_t *t1)
+{
+    km_http_response resp = {.status = 200, .headers = hdr, .n_headers = n};
+    km_outcome o = {.latency_us = -1, .tokens = -1};
+    if (km_outcome_from_http(&resp, &o) != KM_OK)
+        bail_out("km_outcome_from_http");
+    *t0 = km_now_ns();
+    int rc = km_release(e, l, &o);
+    *t1 = km_now_ns();
+    return rc;
+}
+
+#define N_UNCONFIGURED 11
+static void run_unconfigured(void)
+{
+    static const char *const none_left[] = {"x-ratelimit-remaining-requests", "0",
+                                            "x-ratelimit-reset-requests", "2s"};
+    static const char *const some_left[] = {"x-ratelimit-remaining-requests", "5",
+                                            "x-ratelimit-reset-requests", "2s"};
+    static const char *const no_tokens[] = {"x-ratelimit-remaining-tokens", "0",
+                                            "x-ratelimit-reset-tokens", "300ms"};
+    km_env *e = mkseg("{\"pools\": [{\"name\": \"p\","
+                      " \"keys\": [{\"id\": \"a\", \"secret\": \"sk-test-prov0001\"}]}]}");
+    int p = pool_of(e, "p"), key = key_of(e, p, 0), rc;
+    km_request rq = {.pool = p};
+    km_lease l;
+    uint64_t t0, t1;
+
+    is_int(acquire_with(e, p, 0, 0, &l), KM_OK, "no limits: acquire");
+    is_u64(info(e, key).limits[KM_WIN_RPM].limit + info(e, key).limits[KM_WIN_TPM].limit, 0,
+           "no limits: neither rpm nor tpm configured");
+    is_int(release_http(e, &l, none_left, 2, &t0, &t1), KM_OK,
+           "no limits: release with remaining-requests 0, reset 2s");
+    rc = km_acquire(e, &rq, &l);
+    is_str(E(rc), "EAGAIN", "no limits, none remaining: not handed out");
+    uint64_t at = l.retry_at_ns;
+    ok(at >= t0 + 2 * NS && at <= t1 + 2 * NS,
+       "no limits: retry_at is the provider's reset (%.3f s after the release)",
+       ((double)at - (double)t0) / 1e9);
+    sleep_until(t0 + NS);
+    rc = km_acquire(e, &rq, &l);
+    ok(rc == KM_EAGAIN || (rc == KM_OK && l.start_ns >= at),
+       "no limits: 1 s later, still not handed out (%s)", E(rc));
+    if (rc == KM_OK)
+        km_release(e, &l, NULL);
+    sleep_until(at);
+    is_str(E(km_acquire(e, &rq, &l)), "OK", "no limits: handed out at the reset");
+    is_int(release_http(e, &l, some_left, 2, &t0, &t1), KM_OK,
+           "no limits: release with remaining-requests 5");
+    rc = km_acquire(e, &rq, &l);
+    is_str(E(rc), "OK", "no limits: 5 remaining holds nothing back");
+    is_int(release_http(e, &l, no_tokens, 2, &t0, &t1), KM_OK,
+           "no limits: release with remaining-tokens 0, reset 300ms");
+    rc = km_acquire(e, &rq, &l);
+    ok(rc == KM_EAGAIN && l.retry_at_ns >= t0 + 300 * MS && l.retry_at_ns <= t1 + 300 * MS,
+       "no limits, no tokens remaining: held back until the reset (%s, %.3f s)", E(rc),
+       ((double)l.retry_at_ns - (double)t0) / 1e9);
+    rmseg(e);
+}
+
 int main(void)
 {
     size_t i;
 
-    plan((int)(N_ROWS * CHECKS_PER_ROW + N_EXTRA));
+    fixtures_init("provider");
+    plan((int)(N_ROWS * CHECKS_PER_ROW + N_EXTRA + N_UNCONFIGURED));
     for (i = 0; i < N_ROWS; i++)
         run_row(&rows[i]);
     run_extra();
+    run_unconfigured();
     return exit_status();
 }

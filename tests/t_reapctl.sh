@@ -110,7 +110,7 @@ expect 0 "reap a fresh segment"
 check_text "reap a fresh segment: nothing reaped"
 run "$KMCTL" ps "$SEG"
 expect 0 "ps a fresh segment"
-echo "$OUT" | head -1 | grep -Eq '^  SLOT +PID +ALIVE +LEASES +ATTACHED_S$' &&
+echo "$OUT" | head -1 | grep -Eq '^  SLOT +PID +ALIVE +LEASES +ATTACHED_MS$' &&
     [ "$(echo "$OUT" | wc -l)" -eq 1 ]
 check_text "ps a fresh segment: the header only (kmctl looks read-only, without a slot)"
 
@@ -215,8 +215,8 @@ ok $([ "$abandoned" -eq 3 ]; echo $?) "abandoned 3 in total (got $abandoned)"
 # entry.  It must not take the holder's lease over (a live lease with two
 # writers); once the holder is dead, the lease is reaped.
 new_seg HSEG hidden
-run "$KMCTL" create "$HSEG" --config "$TMP/pool.json" --mode 0666
-expect 0 "create a segment every user may attach (0666)"
+run "$KMCTL" create "$HSEG" --config "$TMP/pool.json" --mode 0666 --force
+expect 0 "create a segment every user may attach (0666, --force)"
 MAIN_SEG=$SEG
 SEG=$HSEG
 hold 1

@@ -4,6 +4,10 @@
  * Unit scenarios (one process):
  *   - add: index, member list, pinned acquire, the lease's copy of the secret;
  *     duplicate id, bad JSON (message without the secret), full capacity;
+ *   - one API key, one row: a secret already held by a key of any pool is
+ *     refused (KM_EDUPSECRET, message naming that key, not the secret);
+ *   - km_key_find_secret: the key holding a secret, in its pool only, not
+ *     once removed; no prefix, longer string, id or empty string matches;
  *   - remove: no acquire after it gets the key, a lease out releases OK;
  *     the row is reused only once that lease is back and a grace period
  *     passed, with a new generation; the old lease's second release is
@@ -700,15 +704,90 @@ static void t_dead_writers(void)
     rmseg(env);
 }
 
+/* One API key, one row: km_key_add refuses a secret that a live key of any
+ * pool holds (it would get its limits twice), names that key, never the
+ * secret, and changes nothing; a removed key's secret may come back. */
+static void t_dup_secret(void)
+{
+    km_env *env = mkseg("{\"capacity\": {\"keys\": 5},"
+                        " \"pools\": [{\"name\": \"p\", \"keys\": [{\"id\": \"a\", \"secret\": \"sk-dup-aaaa1111\"}]},"
+                        "  {\"name\": \"q\", \"keys\": [{\"id\": \"x\", \"secret\": \"sk-dup-xxxx2222\"}]}]}");
+    int p = pool_of(env, "p"), q = pool_of(env, "q");
+    char err[256];
+    km_info in;
+
+    int rc = km_key_add(env, p, "{\"id\": \"b\", \"secret\": \"sk-dup-aaaa1111\"}", err, sizeof err);
+    is_str(E(rc), "EDUPSECRET", "dup secret: a's secret under id b in a's pool is refused");
+    ok(strstr(err, "\"a\"") && !strstr(err, "aaaa1111"),
+       "dup secret: the message names key a, not the secret: %s", err);
+    rc = km_key_add(env, q, "{\"id\": \"y\", \"secret\": \"sk-dup-aaaa1111\", \"weight\": 3}",
+                    err, sizeof err);
+    is_str(E(rc), "EDUPSECRET", "dup secret: a's secret in another pool is refused");
+    ok(strstr(err, "\"p\"") != NULL, "dup secret: the message names a's pool: %s", err);
+    km_info_get(env, &in);
+    is_int(in.n_keys, 2, "dup secret: no row taken by the refused adds");
+    rc = km_key_add(env, q, "{\"id\": \"y\", \"secret\": \"sk-dup-aaaa111\"}", err, sizeof err);
+    ok(rc >= 0, "dup secret: a prefix of a's secret is another key (%s)", rc < 0 ? E(rc) : "ok");
+    rc = km_key_add(env, q, "{\"id\": \"z\", \"secret\": \"sk-dup-aaaa11112\"}", err, sizeof err);
+    ok(rc >= 0, "dup secret: a's secret with one more byte is another key (%s)", rc < 0 ? E(rc) : "ok");
+    is_int(km_key_remove(env, km_key_find(env, p, "a")), KM_OK, "dup secret: remove a");
+    rc = km_key_add(env, q, "{\"id\": \"a2\", \"secret\": \"sk-dup-aaaa1111\"}", err, sizeof err);
+    ok(rc >= 0, "dup secret: a removed key's secret may be added again (%s %s)", rc < 0 ? E(rc) : "",
+       err);
+    is_int(km_check(env, NULL, NULL), 0, "dup secret: km_check clean");
+    rmseg(env);
+}
+
+/* km_key_find_secret: the key holding a secret, in its pool only; a key
+ * added is found, a removed one is not; the secret is in no error. */
+static void t_find_secret(void)
+{
+    km_env *env = mkseg("{\"capacity\": {\"keys\": 4},"
+                        " \"pools\": [{\"name\": \"p\", \"keys\": [{\"id\": \"a\", \"secret\": \"sk-find-aaaa1111\"},"
+                        "                                       {\"id\": \"b\", \"secret\": \"sk-find-bbbb2222\"}]},"
+                        "  {\"name\": \"q\", \"keys\": [{\"id\": \"x\", \"secret\": \"sk-find-xxxx3333\"}]}]}");
+    int p = pool_of(env, "p"), q = pool_of(env, "q");
+    char err[256], big[KM_SECRET_MAX + 8];
+    km_lease l;
+
+    is_int(km_key_find_secret(env, p, "sk-find-bbbb2222"), km_key_find(env, p, "b"),
+           "find secret: b's secret gives b's index");
+    is_int(km_key_find_secret(env, p, "sk-find-aaaa1111"), km_key_find(env, p, "a"),
+           "find secret: a's secret gives a's index");
+    is_str(E(km_key_find_secret(env, p, "sk-find-xxxx3333")), "ENOKEY",
+           "find secret: a key of another pool is not found in p");
+    is_int(km_key_find_secret(env, q, "sk-find-xxxx3333"), km_key_find(env, q, "x"),
+           "find secret: ... but in its own pool");
+    is_str(E(km_key_find_secret(env, p, "sk-find-bbbb222")), "ENOKEY", "find secret: a prefix is no key");
+    is_str(E(km_key_find_secret(env, p, "sk-find-bbbb22222")), "ENOKEY", "find secret: one byte more is no key");
+    is_str(E(km_key_find_secret(env, p, "b")), "ENOKEY", "find secret: an id is not a secret");
+    is_str(E(km_key_find_secret(env, p, "")), "ENOKEY", "find secret: the empty string");
+    memset(big, 'k', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    is_str(E(km_key_find_secret(env, p, big)), "ENOKEY", "find secret: longer than KM_SECRET_MAX");
+    is_str(E(km_key_find_secret(env, 7, "sk-find-aaaa1111")), "ENOPOOL", "find secret: pool out of range");
+    is_str(E(km_key_find_secret(env, p, NULL)), "EINVAL", "find secret: NULL secret");
+    is_str(E(km_key_find_secret(NULL, p, "sk-find-aaaa1111")), "EINVAL", "find secret: NULL handle");
+    int c = km_key_add(env, p, "{\"id\": \"c\", \"secret\": \"sk-find-cccc4444\"}", err, sizeof err);
+    is_int(km_key_find_secret(env, p, "sk-find-cccc4444"), c, "find secret: an added key is found");
+    is_int(pinned(env, p, "a", &l), KM_OK, "find secret: a lease on a is out");
+    is_int(km_key_remove(env, km_key_find(env, p, "a")), KM_OK, "find secret: remove a");
+    is_str(E(km_key_find_secret(env, p, "sk-find-aaaa1111")), "ENOKEY", "find secret: a removed key is not");
+    km_release(env, &l, NULL);
+    rmseg(env);
+}
+
 int main(void)
 {
     fixtures_init("reconfig");
-    plan(30 + 5 + 16 + 10 + 16 + 17);
+    plan(30 + 5 + 16 + 10 + 16 + 17 + 10 + 16);
     t_add_remove();
     t_weight();
     t_limits();
     t_torture();
     t_stall();
     t_dead_writers();
+    t_dup_secret();
+    t_find_secret();
     return exit_status();
 }

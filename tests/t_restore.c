@@ -23,7 +23,7 @@
 #include "testlib.h"
 
 static const char cfg_json[] =
-    "{\"capacity\": {\"keys\": 8, \"models\": 4},"
+    "{\"capacity\": {\"keys\": 8, \"models\": 4, \"usage_events\": 64},"
     " \"pools\": ["
     "  {\"name\": \"p\", \"strategy\": \"round_robin\", \"cooldown_s\": 30, \"max_failures\": 2,"
     "   \"limits\": {\"rpm\": 600, \"tpm\": {\"limit\": 100000, \"mode\": \"sliding\"}},"
@@ -139,7 +139,7 @@ static void compare(km_env *x, km_env *y)
 int main(void)
 {
     fixtures_init("restore");
-    plan(58);
+    plan(59);
     km_env *x = mkseg(cfg_json);
     drive(x);
     char hex[2 * KM_SNAPSHOT_KEY_BYTES + 1];
@@ -193,6 +193,7 @@ int main(void)
     if (!y)
         bail_out("restore failed: %s", err);
     compare(x, y);
+    is_int((int)y->geom.cap_usage, 64, "capacity.usage_events kept (64, not the default)");
 
     /* Secrets, by acquiring the keys that are usable. */
     int p = pool_of(y, "p");

@@ -371,6 +371,26 @@ static void test_mode_access(void)
     km_close(env);
     km_unlink(name);
 
+    /* Modes a segment holding secrets may not have: refused, not masked,
+     * and nothing left behind; o+w only with KM_MODE_FORCE. */
+    static const unsigned refused[] = {04777, 02770, 01600, 0666, 0602, 0777};
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        env = NULL;
+        rc = km_create(name, cfg, refused[i], &env);
+        ok(rc == KM_EINVAL && !env && access(path, F_OK) != 0,
+           "km_create mode %04o -> EINVAL, no object (got %s)", refused[i], rcname(rc));
+    }
+    rc = km_create(name, cfg, 04666 | KM_MODE_FORCE, &env);
+    is_str(rcname(rc), "EINVAL", "KM_MODE_FORCE does not admit a setuid bit");
+    env = NULL;
+    old = umask(077);
+    rc = km_create(name, cfg, 0666 | KM_MODE_FORCE, &env);
+    umask(old);
+    is_int(rc == KM_OK && stat(path, &st) == 0 ? (int)(st.st_mode & 07777) : -1, 0666,
+           "0666 | KM_MODE_FORCE: created with mode 0666 exactly (%s)", rcname(rc));
+    km_close(env);
+    km_unlink(name);
+
     env = NULL;
     rc = km_create(name, cfg, 0, &env);
     if (rc != KM_OK)
@@ -736,6 +756,46 @@ static void test_readonly(void)
     is_str(rcname(km_usage_drain(ns, drain_none, NULL, NULL)), "EREADONLY", "slotless: km_usage_drain");
     is_str(rcname(km_key_set_weight(ns, 0, 3)), "OK", "slotless: reconfiguration works");
     is_str(rcname(km_reap(ns, NULL)), "OK", "slotless: km_reap works");
+    {   /* km_key_find has no reader row to use on these handles: it must
+         * neither store to the read-only mapping nor use the rows of slot 0
+         * (the creator's). */
+        size_t rows_sz = KM__RDR_PER_PROC * sizeof(km__rdr);
+        void *rows = malloc(rows_sz);
+        memcpy(rows, km__rdrs(&env->seg, 0), rows_sz);
+        is_int(km_key_find(ro, 0, "k0"), 0, "read-only: km_key_find finds k0");
+        is_int(km_key_find(ns, 0, "k0"), 0, "slotless: km_key_find finds k0");
+        is_str(rcname(km_key_find(ns, 0, "k7")), "ENOKEY", "slotless: km_key_find of an absent id");
+        is_int(km_key_find_secret(ro, 0, "sk-test-ro-00000000"), 0, "read-only: km_key_find_secret finds k0");
+        is_int(km_key_find_secret(ns, 0, "sk-test-ro-00000000"), 0, "slotless: km_key_find_secret finds k0");
+        ok(memcmp(rows, km__rdrs(&env->seg, 0), rows_sz) == 0,
+           "slotless lookups left slot 0's reader rows alone");
+        free(rows);
+        /* While another process adds and removes keys (grace periods, rows
+         * reused), a slotless lookup of a key that stays is never wrong. */
+        pid_t w = fork();
+        if (w == 0) {
+            km_env *c = NULL;
+            if (km_open_flags(name, KM_OPEN_NO_SLOT, &c) != KM_OK)
+                _exit(2);
+            for (int i = 0; i < 150; i++) {
+                int k = km_key_add(c, 0, "{\"id\": \"t\", \"secret\": \"sk-test-ro-tttttttt\"}", NULL, 0);
+                if (k < 0 || km_key_remove(c, k) != KM_OK)
+                    _exit(3);
+            }
+            km_close(c);
+            _exit(0);
+        }
+        int wrong = 0, busy = 0, n = 0, st = 0;
+        while (waitpid(w, &st, WNOHANG) == 0) {
+            int k = km_key_find(ns, 0, "k0");
+            busy += k == KM_EBUSY;
+            wrong += k != 0 && k != KM_EBUSY;
+            n++;
+        }
+        is_int(WIFEXITED(st) ? WEXITSTATUS(st) : -1, 0, "a writer added and removed key t 150 times");
+        is_int(wrong, 0, "slotless km_key_find of a key that stays: never a wrong answer");
+        diag("%d lookups during the reconfiguration, %d KM_EBUSY", n, busy);
+    }
     is_str(rcname(km_release(env, &held, NULL)), "OK", "the lease is still its holder's");
     km_close(ro);
     km_close(ns);
@@ -823,7 +883,7 @@ int main(void)
     signal(SIGALRM, on_signal);
     atexit(unlink_all);
 
-    plan(67 + 12 + 23 + 14 + 3);
+    plan(67 + 12 + 31 + 14 + 3 + 8);
     test_versions_and_errors();
     test_names();
     test_create_open();

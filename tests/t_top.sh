@@ -64,7 +64,7 @@ LOADPID=$!
 start main 100 24 "$SEG"
 wait_for main "^$SEG  pool alpha \(1/2\)"
 ok $? "header: segment and pool alpha (1 of 2)"
-wait_for main '^KEY +STATE +INFL +REQ/S +TOK/S +COOL_S +RPM +TPM'
+wait_for main '^KEY +STATE +INFL +REQ/S +TOK/S +COOL_MS +RPM +TPM'
 ok $? "column titles with a bar per limit window (RPM, TPM)"
 # After two readings the rates show; look at a few screens.
 sleep 2.5

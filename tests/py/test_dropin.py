@@ -78,6 +78,18 @@ def test_rate_limited_key_leaves_the_rotation():
     pool.close()
 
 
+def test_a_429_clears_the_failure_streak():
+    pool = SyncKeyPool(keys=["sk-key-streak01"], max_failures=3, acquire_timeout=0.1)
+    held = [pool.acquire() for _ in range(3)]   # one key, three leases out
+    pool.mark_failed(held[0])
+    pool.mark_failed(held[1])
+    assert pool.status()["keys"][0]["consecutive_failures"] == 2
+    pool.mark_rate_limited(held[2], cooldown=0.05)
+    k = pool.status()["keys"][0]
+    assert k["consecutive_failures"] == 0 and k["consecutive_429s"] == 1
+    pool.close()
+
+
 def test_all_keys_cooling_no_available_key():
     pool = SyncKeyPool(keys=KEYS, acquire_timeout=0.1)
     for _ in KEYS:
@@ -116,6 +128,51 @@ def test_add_key_on_a_shared_pool_confirms_the_secret_by_a_lease(seg, secrets):
     assert creator.status()["total_keys"] == 3
     other.close()
     creator.close()
+
+
+def test_add_key_of_a_cooling_key_from_another_process_resets_it(seg, secrets):
+    """The key cannot be leased (cooling), and the other process never saw
+    its secret: found by km_key_find_secret, reset, never added twice."""
+    name = seg("addcool")
+    pool = SyncKeyPool.create(name, cfg(secrets[:2], capacity=4))
+    k = pool.acquire(key_id="k1")
+    pool.mark_rate_limited(k, cooldown=9999)
+    assert pool.status()["total_keys"] == 2 and pool.available_count() == 1
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            other = SyncKeyPool.open(name)
+            kid = other.add_key(secrets[0])
+            other.close()
+            os.write(w, kid.encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    got = os.read(r, 100).decode()
+    os.close(r)
+    os.waitpid(pid, 0)
+    assert got == "k1"
+    st = pool.status()
+    assert st["total_keys"] == 2 and pool.available_count() == 2
+    k1 = [x for x in st["keys"] if x["id"] == "k1"][0]
+    assert k1["state"] == "active" and k1["cooldown_remaining_ms"] == 0
+    pool.close()
+
+
+def test_add_key_of_a_secret_in_another_pool_is_refused(seg, secrets):
+    name = seg("addpq")
+    c = cfg(secrets[:1])
+    c["pools"].append({"name": "q", "keys": [{"id": "x", "secret": secrets[1]}]})
+    pool = SyncKeyPool.create(name, c)
+    q = SyncKeyPool.open(name, "q")
+    with pytest.raises(KeyMeshError) as e:
+        q.add_key(secrets[0])            # pool p's key: its limits twice
+    assert e.value.errname == "EDUPSECRET" and no_secret(str(e.value))
+    assert '"k1"' in str(e.value)        # names the key that holds it
+    assert q.status()["total_keys"] == 1 and pool.status()["total_keys"] == 1
+    q.close()
+    pool.close()
 
 
 def test_exhaust_on_max_failures_opt_in():
@@ -226,7 +283,7 @@ def test_storage_json_state_file(tmp_path):
     st = {x["id"]: x for x in again.status()["keys"]}
     assert sum(x["success"] for x in st.values()) == 3 and added in st
     cooling = [x for x in st.values() if x["state"] == "cooling"]
-    assert len(cooling) == 1 and 590 <= cooling[0]["cooldown_remaining_s"] <= 600
+    assert len(cooling) == 1 and 590000 <= cooling[0]["cooldown_remaining_ms"] <= 600000
     assert again.add_key(k) == cooling[0]["id"]   # the secret is known again
     again.close()
     # Other keys: the file cannot be opened (sealed with the keys); fresh.

@@ -1,5 +1,6 @@
 """The hot path (acquire, release, lease enter/exit, outcome mapping) on
 whichever implementation this run uses (C extension or ctypes)."""
+import asyncio
 import ctypes
 import os
 import threading
@@ -44,7 +45,7 @@ def test_release_latency_and_tokens(secrets):
     k = pool.acquire(estimated_tokens=100)
     pool.release(k, latency=0.05, tokens=42)
     st = pool.status()["keys"][0]
-    assert st["latency_ema_ms"] == pytest.approx(50.0) and st["tokens_used"] == 42
+    assert st["latency_ema_us"] == 50000 and st["tokens_used"] == 42
     pool.close()
 
 
@@ -94,7 +95,7 @@ def test_lease_outcomes_from_exceptions(secrets):
             kid = lease.key_id
             raise RateLimitError()
     k = {x["id"]: x for x in pool.status()["keys"]}[kid]
-    assert k["rate_limited"] == 1 and k["state"] == "cooling" and 18 <= k["cooldown_remaining_s"] <= 20
+    assert k["rate_limited"] == 1 and k["state"] == "cooling" and 18000 <= k["cooldown_remaining_ms"] <= 20000
     with pytest.raises(ConnectionError):
         with pool.lease() as lease:
             kid = lease.key_id
@@ -259,6 +260,44 @@ def test_strategies_and_pinning(secrets):
         p.acquire(key_id="nope")
     assert e.value.errname == "ENOKEY"
     p.close()
+
+
+def test_pinning_by_secret(seg, secrets):
+    """key_id= takes the id or the secret (km_key_find_secret), in every
+    way of acquiring, also in a process that never saw the secrets."""
+    name = seg("pin")
+    creator = SyncKeyPool.create(name, cfg(secrets[:3], max_inflight=1))
+    p = SyncKeyPool.open(name)
+    p._known.clear()
+    assert p.acquire(key_id="k2") == secrets[1]            # by id, as before
+    p.release(secrets[1])
+    k = p.acquire(key_id=secrets[2])                       # by secret
+    assert k == secrets[2]
+    # The key is busy (max_inflight 1): a pinned blocking acquire by its
+    # secret waits for it, and gets it when it comes back.
+    threading.Timer(0.05, p.release, (k,)).start()
+    t0 = time.monotonic()
+    assert p.acquire(key_id=secrets[2], timeout=5) == secrets[2]
+    assert time.monotonic() - t0 < 4
+    p.release(secrets[2])
+    with p.lease(key_id=secrets[0]) as lease:
+        assert lease.key == secrets[0] and lease.key_id == "k1"
+
+    async def pinned_async():
+        ap = keymesh.KeyPool.open(name)
+        got = await ap.acquire(key_id=secrets[1])
+        await ap.release(got)
+        await ap.close()
+        return got
+    assert asyncio.run(pinned_async()) == secrets[1]
+    for bad in (secrets[3], secrets[1][:-1], secrets[1] + "0", "sk-test-pyt-bbbb\x002222"):
+        with pytest.raises(KeyMeshError) as e:
+            p.acquire(key_id=bad)
+        assert e.value.errname == "ENOKEY" and no_secret(str(e.value))
+        assert "bbbb" not in str(e.value) and "dddd" not in str(e.value)
+    assert p.status()["inflight"] == 0
+    p.close()
+    creator.close()
 
 
 def test_no_secret_in_errors_and_reprs(secrets, seg):

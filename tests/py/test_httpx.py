@@ -52,7 +52,7 @@ def test_429_retried_once_on_another_key(provider, secrets):
     assert provider.secrets_called() == [rl, secrets[0]]
     k = by_id(pool)
     assert k["key-1"]["rate_limited"] == 1 and k["key-1"]["state"] == "cooling"
-    assert 6 <= k["key-1"]["cooldown_remaining_s"] <= 7          # Retry-After: 7
+    assert 6000 <= k["key-1"]["cooldown_remaining_ms"] <= 7000         # Retry-After: 7
     assert k["key-2"]["success"] == 1 and pool.status()["inflight"] == 0
     pool.close()
 

@@ -1,6 +1,7 @@
 /*
  * tools/kmctl/cmd_create.c - kmctl create, and the segment permissions it
- * and restore set (--group) and every command explains (KM_EACCES).
+ * and restore set (--mode, --group) and every command explains (KM_EACCES),
+ * and what an object that is no segment is (KM_ENOTREADY, KM_ENOTKM).
  */
 #include <errno.h>
 #include <grp.h>
@@ -55,12 +56,54 @@ void explain_access(const char *name)
             (unsigned)me, need);
 }
 
+/* A --mode a segment may not have: -1 if `mode` is fine, else the exit
+ * status of the refusal (status 2, as any bad option value).  The library
+ * refuses the same (KM_EINVAL, see km_create); this says why.  With
+ * `force` a world-writable mode is accepted; the set-id and sticky bits
+ * never are (the kernel ignores them on a segment, and the line printed
+ * would claim bits the object does not have). */
+int mode_refused(unsigned mode, int force)
+{
+    if (mode & ~0777u)
+        return usage_error("--mode %04o: the setuid, setgid and sticky bits (%04o) have no meaning "
+                           "on a segment and are refused; give permission bits only (e.g. 0600, or "
+                           "0660 with --group)",
+                           mode, mode & ~0777u);
+    if ((mode & 0002u) && !force)
+        return usage_error("--mode %04o makes the segment world-writable: any local user could "
+                           "change its keys and limits and read every secret in it; use 0600, or "
+                           "0660 with --group, or add --force if that is really meant",
+                           mode);
+    return -1;
+}
+
+int explain_object(const char *name)
+{
+    km_segment_desc d;
+    if (km_segment_describe(name, &d) != KM_OK || d.kind != KM_SEG_FOREIGN)
+        return 0;
+    const char *n = name[0] == '/' ? name + 1 : name;
+    if (d.size_bytes == 0)
+        errline("segment '%s': an empty shared-memory object (0 bytes, mode %04o, uid %" PRIu32
+                "), not a KeyMesh segment: another program's, or a creation that died before "
+                "sizing it; remove it with 'kmctl destroy --force %s' or 'rm /dev/shm/%s'",
+                name, (unsigned)d.mode, d.uid, n, n);
+    else
+        errline("segment '%s': not a KeyMesh segment: an object of %" PRIu64 " bytes (mode %04o, "
+                "uid %" PRIu32 ") without KeyMesh's header, another program's or a creation by "
+                "an older KeyMesh that died; if it is no one's, remove it with 'kmctl destroy "
+                "--force %s'",
+                name, d.size_bytes, (unsigned)d.mode, d.uid, n);
+    return 1;
+}
+
 /* ---------------------------------------------------------------- create */
 
 const char usage_create[] =
-    "Usage: kmctl create NAME --config FILE [--mode OCTAL] [--group NAME] [--json]\n"
-    "       kmctl create NAME --from-env PROVIDERS [--mode OCTAL] [--group NAME]\n"
+    "Usage: kmctl create NAME --config FILE [--mode OCTAL [--force]] [--group NAME]\n"
     "                    [--json]\n"
+    "       kmctl create NAME --from-env PROVIDERS [--mode OCTAL [--force]]\n"
+    "                    [--group NAME] [--json]\n"
     "\n"
     "Create shared-memory segment NAME from the JSON configuration FILE\n"
     "(format: docs/config.md) and initialise every pool and key in it.\n"
@@ -81,7 +124,13 @@ const char usage_create[] =
     "  -c, --config FILE          the configuration\n"
     "  -e, --from-env PROVIDERS   build it from the environment instead\n"
     "                             (exactly one of --config, --from-env)\n"
-    "  -m, --mode OCTAL           permission bits of the segment (default 0600)\n"
+    "  -m, --mode OCTAL           permission bits of the segment (default 0600);\n"
+    "                             the segment holds the secrets, so a world-\n"
+    "                             writable mode (o+w, e.g. 0666) is refused\n"
+    "                             unless --force, and setuid, setgid and sticky\n"
+    "                             bits (e.g. 4777) always are.  The line printed\n"
+    "                             gives the mode the segment has\n"
+    "  -f, --force                accept a world-writable --mode\n"
     "  -g, --group NAME           give the segment to group NAME, so that with\n"
     "                             --mode 0660 its members' workers can attach\n"
     "  -j, --json                 print what was created as one JSON document\n"
@@ -90,7 +139,8 @@ const char usage_create[] =
     "\n"
     "Exit status: 0 created; 1 invalid configuration (the message names\n"
     "FILE:LINE:COLUMN, the field or the variable), unreadable FILE, NAME\n"
-    "already exists or another failure; 2 usage error.\n"
+    "already exists or another failure; 2 usage error (a refused --mode\n"
+    "too).\n"
     "\n"
     "Examples:\n"
     "  kmctl create llm --config pool.json --mode 0660\n"
@@ -103,6 +153,7 @@ typedef struct create_opts {
     const char *group;
     unsigned mode;
     int json;
+    int force;
 } create_opts;
 
 static const opt_spec create_optv[] = {
@@ -111,6 +162,7 @@ static const opt_spec create_optv[] = {
     OPT_MODE("mode", 'm', 1, create_opts, mode),
     OPT_STR("group", 'g', 1, create_opts, group),
     OPT_FLAG("json", 'j', 1, create_opts, json),
+    OPT_FLAG("force", 'f', 1, create_opts, force),
 };
 
 const cmd_syntax create_syntax = {usage_create, "NAME", create_optv, N_OPTS(create_optv)};
@@ -118,6 +170,10 @@ const cmd_syntax create_syntax = {usage_create, "NAME", create_optv, N_OPTS(crea
 int created(km_env *env, const char *kind, const char *name, const km_info *info, unsigned mode,
             const char *from, int json)
 {
+    /* The mode the object has (as stat shows it), not the one asked for. */
+    km_segment_desc sd;
+    if (km_segment_describe(name, &sd) == KM_OK)
+        mode = sd.mode;
     if (json) {
         char m[8];
         snprintf(m, sizeof m, "%04o", mode);
@@ -150,7 +206,7 @@ static void create_warning(void *ctx, const char *msg)
 
 int cmd_create(int argc, char **argv)
 {
-    create_opts o = {NULL, NULL, NULL, 0600, 0};
+    create_opts o = {NULL, NULL, NULL, 0600, 0, 0};
     km_config *cfg = NULL;
     km_env *env = NULL;
     km_info info;
@@ -163,6 +219,8 @@ int cmd_create(int argc, char **argv)
         return usage_error("give either --config or --from-env, not both");
     if (!o.config && !o.from_env)
         return usage_error("missing --config FILE or --from-env PROVIDERS");
+    if ((rc = mode_refused(o.mode, o.force)) >= 0)
+        return rc;
     const char *name = argv[optind];
 
     if (o.config)
@@ -176,7 +234,7 @@ int cmd_create(int argc, char **argv)
         errline("%s", err[0] ? err : km_strerror(rc));
         return EX_FAILED;
     }
-    rc = km_create(name, cfg, o.mode, &env);
+    rc = km_create(name, cfg, o.mode | (o.force ? KM_MODE_FORCE : 0), &env);
     km_config_free(cfg); /* wipes the secrets of the parsed copy */
     if (rc != KM_OK) {
         int e = errno;

@@ -28,8 +28,10 @@ const char usage_inspect[] =
     "  ACQ         leases acquired\n"
     "  OK, 429     releases with success, with rate_limited\n"
     "  FAIL        releases with failure, auth or quota\n"
-    "  EMA_MS      moving average of latency in ms (\"-\": no sample yet)\n"
-    "  COOLDOWN_S  seconds of cooldown left (\"-\": none)\n"
+    "  EMA_US      moving average of latency in microseconds (\"-\": no\n"
+    "              sample yet), as latency_ema_us in --json\n"
+    "  COOLDOWN_MS milliseconds of cooldown left, rounded up (\"-\": none),\n"
+    "              as cooldown_remaining_ms in --json\n"
     "  SPENT_USD   US dollars spent (/ budget, if the key has one); shown\n"
     "              when a key of the pool has a price or a budget\n"
     "  META        the key's metadata (JSON); shown when a key has some\n"
@@ -58,7 +60,7 @@ const char usage_ps[] =
     "  ALIVE       yes, or no: it died without detaching and `kmctl reap`\n"
     "              will release what it held\n"
     "  LEASES      leases it holds now\n"
-    "  ATTACHED_S  seconds since it attached\n"
+    "  ATTACHED_MS milliseconds since it attached (attached_ms in --json)\n"
     "kmctl looks read-only: it takes no process slot (it works on a full\n"
     "table) and is not in the list.\n"
     "\n"
@@ -96,7 +98,7 @@ enum {
 
 static const char *const col_title[NCOLS] = {
     "ID", "SECRET", "STATE", "W", "INFLIGHT", "RPM", "RPH", "RPD",
-    "TPM", "TPH", "TPD", "ACQ", "OK", "429", "FAIL", "EMA_MS", "COOLDOWN_S",
+    "TPM", "TPH", "TPD", "ACQ", "OK", "429", "FAIL", "EMA_US", "COOLDOWN_MS",
     "SPENT_USD", "META"};
 
 /* Micro-USD as dollars with 2 to 6 decimals: 100.00, 0.0025, 1.234567. */
@@ -162,14 +164,13 @@ static void cell(const km_key_info *k, int col, uint64_t now, char *b,
         break;
     case COL_EMA:
         if (k->latency_ema_us)
-            snprintf(b, n, "%.1f", (double)k->latency_ema_us / 1000.0);
+            snprintf(b, n, "%" PRIu64, k->latency_ema_us);
         else
             snprintf(b, n, "-");
         break;
     case COL_COOL:
         if (k->cooldown_until_ns > now)
-            snprintf(b, n, "%" PRIu64,
-                     (k->cooldown_until_ns - now + 999999999) / 1000000000);
+            snprintf(b, n, "%" PRIu64, (k->cooldown_until_ns - now + 999999) / 1000000);
         else
             snprintf(b, n, "-");
         break;
@@ -361,20 +362,21 @@ static int read_procs(km_env *env, const char *name, proc_row **rows,
     return EX_SUCCESS;
 }
 
-/* Whole seconds since `attached_ns`, or "-" while the process attaches. */
-static void attached_s(uint64_t attached_ns, uint64_t now, char *b, size_t n)
+/* Whole milliseconds since `attached_ns` (as attached_ms in the JSON), or
+ * "-" while the process attaches. */
+static void attached_ms(uint64_t attached_ns, uint64_t now, char *b, size_t n)
 {
     if (!attached_ns)
         snprintf(b, n, "-");
     else
         snprintf(b, n, "%" PRIu64,
-                 (now > attached_ns ? now - attached_ns : 0) / 1000000000);
+                 (now > attached_ns ? now - attached_ns : 0) / 1000000);
 }
 
 enum { PCOL_SLOT, PCOL_PID, PCOL_ALIVE, PCOL_LEASES, PCOL_ATTACHED, NPCOLS };
 
 static const char *const pcol_title[NPCOLS] = {"SLOT", "PID", "ALIVE",
-                                               "LEASES", "ATTACHED_S"};
+                                               "LEASES", "ATTACHED_MS"};
 
 static void pcell(const proc_row *r, int col, uint64_t now, char *b, size_t n)
 {
@@ -395,7 +397,7 @@ static void pcell(const proc_row *r, int col, uint64_t now, char *b, size_t n)
         snprintf(b, n, "%" PRIu32, r->pi.leases);
         break;
     default:
-        attached_s(r->pi.attached_ns, now, b, n);
+        attached_ms(r->pi.attached_ns, now, b, n);
     }
 }
 

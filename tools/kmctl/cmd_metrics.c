@@ -115,7 +115,8 @@ static void segment_families(expo *x, const char *segment)
     fprintf(f, "keymesh_segment_created_timestamp_seconds %.3f\n",
             (double)in->created_wall_ns / 1e9);
     family(f, "keymesh_segment_processes_attached", "gauge",
-           "Processes attached to the segment now (the exporter included).");
+           "Processes in the segment's process table now: attached, or dead and not yet "
+           "reaped (the exporter attaches read-only and is not one of them).");
     fprintf(f, "keymesh_segment_processes_attached %" PRIu32 "\n", in->n_procs);
     family(f, "keymesh_segment_keys", "gauge", "Keys in the segment now.");
     fprintf(f, "keymesh_segment_keys %" PRIu32 "\n", in->n_keys);

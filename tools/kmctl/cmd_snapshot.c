@@ -49,7 +49,7 @@ const char usage_snapshot[] =
 
 const char usage_restore[] =
     "Usage: kmctl restore NAME FILE (--key-file FILE | --key-env VAR)\n"
-    "                     [--mode OCTAL] [--group NAME] [--json]\n"
+    "                     [--mode OCTAL [--force]] [--group NAME] [--json]\n"
     "\n"
     "Recreate segment NAME from FILE, a snapshot taken with\n"
     "--include-secrets: the same pools, keys, weights, limits, counters,\n"
@@ -62,7 +62,10 @@ const char usage_restore[] =
     "Options:\n"
     "  --key-file FILE     the snapshot key the secrets were encrypted with\n"
     "  --key-env VAR       ... or the environment variable holding it\n"
-    "  -m, --mode OCTAL    permissions of the segment (default 0600)\n"
+    "  -m, --mode OCTAL    permissions of the segment (default 0600); as for\n"
+    "                      create, a world-writable mode is refused unless\n"
+    "                      --force, set-id and sticky bits always are\n"
+    "  -f, --force         accept a world-writable --mode\n"
     "  -g, --group NAME    give the segment to group NAME (with --mode 0660)\n"
     "  -j, --json          print what was restored as one JSON document\n"
     "  -h, --help          show this help\n"
@@ -289,6 +292,7 @@ static const opt_spec restore_optv[] = {
     OPT_MODE("mode", 'm', 1, snap_opts, mode),
     OPT_STR("group", 'g', 1, snap_opts, group),
     OPT_FLAG("json", 'j', 1, snap_opts, json),
+    OPT_FLAG("force", 'f', 1, snap_opts, force),
 };
 
 const cmd_syntax restore_syntax = {usage_restore, "NAME FILE", restore_optv,
@@ -303,6 +307,8 @@ int cmd_restore(int argc, char **argv)
     int rc;
 
     if ((rc = parse_args(&restore_syntax, argc, argv, &o)) >= 0)
+        return rc;
+    if ((rc = mode_refused(o.mode, o.force)) >= 0)
         return rc;
     if ((rc = load_key(&o, key)) >= 0)
         return rc;
@@ -336,7 +342,8 @@ int cmd_restore(int argc, char **argv)
         errline("%s: %s", file, strerror(rerr));
         return EX_FAILED;
     }
-    rc = km_restore(name, buf ? buf : "", len, key, o.mode, &env, err, sizeof err);
+    rc = km_restore(name, buf ? buf : "", len, key, o.mode | (o.force ? KM_MODE_FORCE : 0), &env,
+                    err, sizeof err);
     explicit_bzero(key, sizeof key);
     free(buf);
     if (rc != KM_OK) {
@@ -424,7 +431,8 @@ static void describe_line(const km_segment_desc *d, char *b, size_t n)
         snprintf(b, n, "not a KeyMesh segment: %s (%s)",
                  d->size_bytes ? "no KeyMesh header (another program's, or a creation by an "
                                  "older KeyMesh that died)"
-                               : "an empty object",
+                               : "an empty shared-memory object (another program's, or a "
+                                 "creation that died before sizing it)",
                  own);
     }
 }

@@ -23,7 +23,7 @@ const char usage_stats[] =
     "                token reservations of leases out included\n"
     "  LEFT          units admissible now\n"
     "  USE_%         used / burst: how close the window is to refusing\n"
-    "  FULL_IN_S     seconds until USED is 0 if nothing more is admitted\n"
+    "  FULL_IN_MS    milliseconds until USED is 0 if nothing more is admitted\n"
     "then each model's windows (per_model pools).  Requests and outcomes are\n"
     "counted per key, not yet per key x model.\n"
     "\n"
@@ -223,14 +223,14 @@ static void window_row(table *t, const char *w, const char *who, const km_window
     tbl_cell(t, "%" PRIu64, x->used);
     tbl_cell(t, "%" PRIu64, x->left);
     tbl_cell(t, "%.1f", x->burst ? 100.0 * (double)x->used / (double)x->burst : 0.0);
-    tbl_cell(t, "%.1f", (double)x->full_in_ms / 1000.0);
+    tbl_cell(t, "%" PRIu64, x->full_in_ms);
 }
 
 static void window_titles(table *t, const char *who)
 {
     tbl_init(t, 9);
     const char *titles[] = {"WINDOW", who, "MODE", "LIMIT", "BURST", "USED", "LEFT", "USE_%",
-                            "FULL_IN_S"};
+                            "FULL_IN_MS"};
     for (int i = 0; i < 9; i++)
         tbl_cell(t, "%s", titles[i]);
 }
@@ -260,7 +260,7 @@ static int print_pool(const pool_view *v, const stats_opts *o)
            c->outcomes[KM_OUT_CANCELLED], c->abandoned, c->stale_releases);
     printf("  tokens %" PRIu64 ", latency EMA ", c->tokens);
     if (p->latency_ema_us)
-        printf("%.1f ms", (double)p->latency_ema_us / 1000.0);
+        printf("%" PRIu64 " us", p->latency_ema_us);
     else
         printf("-");
     fmt_usd(p->spent_microusd, u1, sizeof u1);
@@ -273,9 +273,9 @@ static int print_pool(const pool_view *v, const stats_opts *o)
 
     table t;
     tbl_init(&t, 14);
-    const char *titles[] = {"KEY",      "STATE", "COOLDOWN_S", "INFLIGHT",  "REQUESTS",
-                            "OK",       "429",   "FAIL",       "CANCELLED", "ABANDONED",
-                            "STALE",    "TOKENS", "LAT_EMA_MS", "OK_%"};
+    const char *titles[] = {"KEY",      "STATE",  "COOLDOWN_MS", "INFLIGHT",  "REQUESTS",
+                            "OK",       "429",    "FAIL",        "CANCELLED", "ABANDONED",
+                            "STALE",    "TOKENS", "LAT_EMA_US",  "OK_%"};
     for (int i = 0; i < 14; i++)
         tbl_cell(&t, "%s", titles[i]);
     int rows = 0;
@@ -287,7 +287,7 @@ static int print_pool(const pool_view *v, const stats_opts *o)
         tbl_cell(&t, "%s", k->id);
         tbl_cell(&t, "%s", km_key_state_name(k->state));
         if (k->cooldown_remaining_ms)
-            tbl_cell(&t, "%.1f", (double)k->cooldown_remaining_ms / 1000.0);
+            tbl_cell(&t, "%" PRIu64, k->cooldown_remaining_ms);
         else
             tbl_cell(&t, "-");
         tbl_cell(&t, "%" PRIu32 "/%" PRIu32, k->inflight, k->max_inflight);
@@ -302,7 +302,7 @@ static int print_pool(const pool_view *v, const stats_opts *o)
         tbl_cell(&t, "%" PRIu64, k->counters.stale_releases);
         tbl_cell(&t, "%" PRIu64, k->counters.tokens);
         if (k->latency_ema_us)
-            tbl_cell(&t, "%.1f", (double)k->latency_ema_us / 1000.0);
+            tbl_cell(&t, "%" PRIu64, k->latency_ema_us);
         else
             tbl_cell(&t, "-");
         tbl_cell(&t, "%.1f", (double)k->success_ppm / 1e4);
@@ -377,7 +377,7 @@ static int print_pool(const pool_view *v, const stats_opts *o)
     putchar('\n');
     tbl_init(&t, 10);
     const char *mt[] = {"MODEL", "WINDOW", "KEY", "MODE", "LIMIT", "BURST", "USED", "LEFT",
-                        "USE_%", "FULL_IN_S"};
+                        "USE_%", "FULL_IN_MS"};
     for (int i = 0; i < 10; i++)
         tbl_cell(&t, "%s", mt[i]);
     rows = 0;

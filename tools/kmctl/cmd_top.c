@@ -30,7 +30,7 @@ const char usage_top[] =
     "pool's totals, then one row per key:\n"
     "  KEY      key id               STATE    active, cooling, ...\n"
     "  INFL     leases out/allowed   REQ/S    requests per second\n"
-    "  TOK/S    tokens per second    COOL_S   seconds of cooldown left\n"
+    "  TOK/S    tokens per second    COOL_MS  milliseconds of cooldown left\n"
     "  RPM, TPM, ...  each limit window's use (used / burst) as a bar\n"
     "Columns that do not fit the terminal's width are left out; keys that\n"
     "do not fit its height scroll.\n"
@@ -39,7 +39,7 @@ const char usage_top[] =
     "  q            quit\n"
     "  TAB, n, p    next / previous pool (also right and left arrows)\n"
     "  s            sort by the next column (KEY, STATE, INFL, REQ/S, TOK/S,\n"
-    "               USE: the fullest window, COOL_S); r reverses the order\n"
+    "               USE: the fullest window, COOL_MS); r reverses the order\n"
     "  up, down, PgUp, PgDn   scroll the keys\n"
     "\n"
     "Options:\n"
@@ -53,7 +53,7 @@ const char usage_top[] =
 enum sort_by { BY_ID, BY_STATE, BY_INFL, BY_REQ, BY_TOK, BY_USE, BY_COOL, BY_COUNT };
 
 static const char *const sort_name[BY_COUNT] = {"KEY", "STATE", "INFL", "REQ/S",
-                                                "TOK/S", "USE", "COOL_S"};
+                                                "TOK/S", "USE", "COOL_MS"};
 
 /* One key as shown: its stats and its rates since the last reading. */
 typedef struct row {
@@ -313,8 +313,8 @@ static void draw(top_state *t)
     }
     if (idw > 20)
         idw = 20;
-    int width[C_COUNT] = {idw, 9, 7, 7, 8, 6};
-    const char *title[C_COUNT] = {"KEY", "STATE", "INFL", "REQ/S", "TOK/S", "COOL_S"};
+    int width[C_COUNT] = {idw, 9, 7, 7, 8, 7}; /* COOL_MS: up to 3600000 */
+    const char *title[C_COUNT] = {"KEY", "STATE", "INFL", "REQ/S", "TOK/S", "COOL_MS"};
     for (int w = 0; w < KM_WIN_COUNT; w++) {
         width[C_WIN0 + w] = 14;
         title[C_WIN0 + w] = NULL;
@@ -388,7 +388,7 @@ static void draw(top_state *t)
             case C_TOK: fmt_rate(rows[i].tok_s, cell, sizeof cell); break;
             case C_COOL:
                 if (k->cooldown_remaining_ms)
-                    snprintf(cell, sizeof cell, "%.1f", (double)k->cooldown_remaining_ms / 1e3);
+                    snprintf(cell, sizeof cell, "%" PRIu64, k->cooldown_remaining_ms);
                 else
                     snprintf(cell, sizeof cell, "-");
                 break;

@@ -573,7 +573,7 @@ int cmd_usage(int argc, char **argv)
         printf("%-20s ", up);
     }
     printf("%10s %12s %10s %10s %10s %12s\n", "REQUESTS", "TOKENS", "SUCCESS", "429", "FAILED",
-           "AVG_LAT_MS");
+           "AVG_LAT_US");
     int rows = 0;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         for (int i = 0; i < ncols; i++) {
@@ -586,7 +586,7 @@ int cmd_usage(int argc, char **argv)
         if (sqlite3_column_type(st, ncols + 5) == SQLITE_NULL)
             printf("%12s\n", "-");
         else
-            printf("%12.1f\n", sqlite3_column_double(st, ncols + 5) / 1000.0);
+            printf("%12.0f\n", sqlite3_column_double(st, ncols + 5));
         rows++;
     }
     int ok = rc == SQLITE_DONE;

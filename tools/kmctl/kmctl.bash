@@ -4,7 +4,8 @@
 # (`kmctl --complete` for the commands, `kmctl --complete COMMAND` for a
 # command's options and operands), so it always matches that kmctl's table.
 # Completes commands, long options, NAME from the shared-memory objects of
-# this host, and FILE operands and FILE options with file names.
+# this host, PROVIDER from `kmctl presets`, and FILE operands and FILE
+# options with file names.
 # Installed by `make install` as $(bashcompdir)/kmctl.
 
 _kmctl()
@@ -72,6 +73,11 @@ _kmctl()
         mapfile -t COMPREPLY < <(compgen -W "$shm" -- "$cur") ;;
     FILE)
         mapfile -t COMPREPLY < <(compgen -f -- "$cur") ;;
+    "[PROVIDER]")
+        # The providers of the presets in effect: the first column of the
+        # first table of `kmctl presets` (after its origin line and titles).
+        mapfile -t COMPREPLY < <(compgen -W "$("$kmctl" presets 2>/dev/null |
+            awk 'NR > 3 && !NF {exit} NR > 3 && !seen[$1]++ {print $1}')" -- "$cur") ;;
     esac
     return 0
 }

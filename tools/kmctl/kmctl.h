@@ -111,8 +111,9 @@ typedef struct flag_opts {
 } flag_opts;
 
 /* A command's command line: its --help text, its operands (one word each,
- * e.g. "NAME POOL KEY_ID"; the words name them in "missing ..." errors) and
- * its options. */
+ * e.g. "NAME POOL KEY_ID"; the words name them in "missing ..." errors; a
+ * word in brackets, "[PROVIDER]", may be left out, and only the last ones
+ * may be) and its options. */
 typedef struct cmd_syntax {
     const char *help;
     const char *operands;
@@ -121,7 +122,8 @@ typedef struct cmd_syntax {
 } cmd_syntax;
 
 /* Parse argv (argv[0] is the command) by `syn`: options, before or after
- * the operands, into the struct at `opts`, then exactly the operands.
+ * the operands, into the struct at `opts`, then the operands (all of
+ * them but those in brackets, which may be left out).
  * Returns -1 to go on (operands from argv[optind]), or an exit status: help
  * shown, or a usage error reported. */
 int parse_args(const cmd_syntax *syn, int argc, char **argv, void *opts);
@@ -145,6 +147,15 @@ int seg_chgrp(const char *name, const char *group);
 /* After KM_EACCES: say what the segment allows and what this process is. */
 void explain_access(const char *name);
 
+/* After KM_ENOTREADY or KM_ENOTKM: if `name` is another program's object
+ * (an empty one, or one without KeyMesh's header), say what it is and how
+ * to remove it, in place of the error line; 1 if said, else 0. */
+int explain_object(const char *name);
+
+/* -1 if --mode `mode` may be given to a segment (a world-writable one only
+ * with `force`), else the usage error's exit status, the reason printed. */
+int mode_refused(unsigned mode, int force);
+
 /* What create or restore (kind) made: one line, or with json a document;
  * `from` the snapshot file of a restore (NULL for create).  Exit status. */
 int created(km_env *env, const char *kind, const char *name, const km_info *info, unsigned mode,
@@ -156,7 +167,8 @@ typedef struct snap_opts {
     const char *out, *key_file, *key_env, *group;
     int secrets;
     unsigned mode;
-    int json; /* restore --json */
+    int json;  /* restore --json */
+    int force; /* restore --force: a world-writable --mode */
 } snap_opts;
 
 /* The snapshot key from o->key_file or o->key_env into key[]; -1 to go on,
@@ -279,12 +291,14 @@ int cmd_stats(int argc, char **argv);          /* cmd_stats.c */
 int cmd_metrics(int argc, char **argv);        /* cmd_metrics.c */
 int cmd_serve(int argc, char **argv);          /* cmd_serve.c */
 int cmd_top(int argc, char **argv);            /* cmd_top.c */
+int cmd_ls(int argc, char **argv);             /* cmd_ls.c */
+int cmd_presets(int argc, char **argv);        /* cmd_presets.c */
 
 extern const char usage_create[], usage_inspect[], usage_ps[], usage_snapshot[],
     usage_restore[], usage_keygen[], usage_destroy[], usage_persist[], usage_usage[],
     usage_enable[], usage_disable[], usage_add_key[], usage_remove_key[],
     usage_set_weight[], usage_set_limits[], usage_reap[], usage_check[], usage_stats[],
-    usage_metrics[], usage_serve[], usage_top[];
+    usage_metrics[], usage_serve[], usage_top[], usage_ls[], usage_presets[];
 
 /* The Prometheus exposition of the segment (cmd_metrics.c) into *out
  * (malloc'd, *len bytes); a KeyMesh error code. */
@@ -295,7 +309,8 @@ int metrics_text(km_env *env, const char *segment, char **out, size_t *len);
 extern const cmd_syntax create_syntax, inspect_syntax, ps_syntax, snapshot_syntax,
     restore_syntax, keygen_syntax, destroy_syntax, persist_syntax, usage_syntax, enable_syntax,
     disable_syntax, add_key_syntax, remove_key_syntax, set_weight_syntax, set_limits_syntax,
-    reap_syntax, check_syntax, stats_syntax, metrics_syntax, serve_syntax, top_syntax;
+    reap_syntax, check_syntax, stats_syntax, metrics_syntax, serve_syntax, top_syntax, ls_syntax,
+    presets_syntax;
 
 /* Micro-USD as dollars with 2 to 6 decimals: 100.00, 0.0025 (cmd_stats.c). */
 void fmt_usd(uint64_t micro, char *b, size_t n);

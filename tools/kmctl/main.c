@@ -66,6 +66,8 @@ int exit_for(int err)
 int seg_error(const char *name, int err)
 {
     int e = errno;
+    if ((err == KM_ENOTREADY || err == KM_ENOTKM) && explain_object(name))
+        return exit_for(err);
     errline("segment '%s': %s", name, err_text(err, e));
     if (err == KM_EACCES)
         explain_access(name);
@@ -148,17 +150,19 @@ static int set_opt(const opt_spec *o, const char *arg, void *opts)
     }
 }
 
-/* Number of words in "NAME POOL KEY_ID". */
-static int count_words(const char *s)
+/* How many operands "NAME POOL KEY_ID" or "[PROVIDER]" takes: *most
+ * words, of which *least are not in brackets (optional ones come last). */
+static void count_operands(const char *s, int *least, int *most)
 {
-    int n = 0;
+    *least = *most = 0;
     while (*s) {
         s += strspn(s, " ");
-        if (*s)
-            n++;
+        if (!*s)
+            break;
+        (*most)++;
+        *least += *s != '[';
         s += strcspn(s, " ");
     }
-    return n;
 }
 
 int parse_args(const cmd_syntax *syn, int argc, char **argv, void *opts)
@@ -211,10 +215,11 @@ int parse_args(const cmd_syntax *syn, int argc, char **argv, void *opts)
         if (rc >= 0)
             return rc;
     }
-    int want = count_words(syn->operands), have = argc - optind;
-    if (have < want)
+    int least, most, have = argc - optind;
+    count_operands(syn->operands, &least, &most);
+    if (have < least)
         return usage_error("missing %s", syn->operands);
-    if (have > want)
+    if (have > most)
         return usage_error("too many arguments");
     return -1;
 }
@@ -248,9 +253,11 @@ typedef struct command {
 /* In the order `kmctl --help` lists them. */
 static const command commands[] = {
     {"create", cmd_create, &create_syntax,
-     {"create NAME --config FILE [--mode OCTAL] [--group NAME] [--json]",
-      "create segment NAME from a JSON configuration",
-      "create NAME --from-env PROVIDERS [--mode OCTAL] [--group NAME] [--json]",
+     {"create NAME --config FILE [--mode OCTAL [--force]] [--group NAME] [--json]",
+      "create segment NAME from a JSON configuration\n"
+      "(a world-writable --mode only with --force)",
+      "create NAME --from-env PROVIDERS [--mode OCTAL [--force]] [--group NAME]\n"
+      "       [--json]",
       "create segment NAME from environment variables\n"
       "(NUM_OPENAI, OPENAI_API_KEY_1, ...)"}},
     {"inspect", cmd_inspect, &inspect_syntax,
@@ -269,12 +276,20 @@ static const command commands[] = {
      {"top NAME [--pool P] [--interval S]",
       "live view in the terminal: per key state, in flight,\n"
       "requests/s, tokens/s, limit use as bars, cooldown"}},
+    {"ls", cmd_ls, &ls_syntax,
+     {"ls [--json]",
+      "list the KeyMesh segments of this host (and what else\n"
+      "is in /dev/shm): size, owner, mode, processes, format"}},
+    {"presets", cmd_presets, &presets_syntax,
+     {"presets [PROVIDER] [--json]",
+      "list the provider presets (limits per tier and model,\n"
+      "where and when they were read)"}},
     {"snapshot", cmd_snapshot, &snapshot_syntax,
      {"snapshot NAME [-o FILE] [--include-secrets (--key-file F | --key-env V)]",
       "write the segment's state as JSON to stdout or FILE"}},
     {"restore", cmd_restore, &restore_syntax,
-     {"restore NAME FILE (--key-file F | --key-env V) [--mode OCTAL] [--group G]\n"
-      "        [--json]",
+     {"restore NAME FILE (--key-file F | --key-env V) [--mode OCTAL [--force]]\n"
+      "        [--group G] [--json]",
       "recreate segment NAME from a snapshot taken with secrets"}},
     {"keygen", cmd_keygen, &keygen_syntax,
      {"keygen FILE", "write a new snapshot key (mode 0600)"}},

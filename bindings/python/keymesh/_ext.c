@@ -511,6 +511,23 @@ static int wait_once(Core *self, km_env *env, const km_request *req, Lease *L, u
     return rc;
 }
 
+/* After KM_ENOKEY for a pinned request: key_id may be a key's secret (the
+ * in-process pools pin by secret).  If a key of the pool holds it, its id
+ * goes to id[] and req->key_id points there: 1 (try again); else 0.  Off
+ * the hot path: only a pin that names no id comes here. */
+static int pin_by_secret(km_env *env, km_request *req, char id[KM_ID_MAX + 1])
+{
+    km_key_info ki;
+    if (!req->key_id)
+        return 0;
+    int k = km_key_find_secret(env, req->pool, req->key_id);
+    if (k < 0 || km_key_info_get(env, k, &ki) != KM_OK) /* none, or removed meanwhile */
+        return 0;
+    memcpy(id, ki.id, KM_ID_MAX + 1);
+    req->key_id = id;
+    return 1;
+}
+
 /* Acquire into L: one try, then (timeout > 0) waits in chunks until the
  * deadline.  0, or -1 with an exception. */
 static int acquire_into(Core *self, Lease *L, double timeout, PyObject *model,
@@ -525,7 +542,10 @@ static int acquire_into(Core *self, Lease *L, double timeout, PyObject *model,
     if (strategy_code(strategy, &req.strategy) < 0 || opt_utf8(model, "model", &req.model) < 0 ||
         opt_utf8(key_id, "key_id", &req.key_id) < 0)
         return -1;
+    char pin[KM_ID_MAX + 1];
     int rc = km_acquire(env, &req, &L->c);
+    if (rc == KM_ENOKEY && pin_by_secret(env, &req, pin))
+        rc = km_acquire(env, &req, &L->c);
     if (rc == KM_EAGAIN && timeout > 0) {
         uint64_t deadline = km_now_ns() + (uint64_t)(timeout * 1e9);
         for (;;) {
@@ -705,7 +725,10 @@ static PyObject *Core__try_lease(Core *self, PyObject *const *args, Py_ssize_t n
     Lease *L = lease_new(self, args[0], tok);
     if (!L)
         return NULL;
+    char pin[KM_ID_MAX + 1];
     int rc = km_acquire(env, &req, &L->c);
+    if (rc == KM_ENOKEY && pin_by_secret(env, &req, pin))
+        rc = km_acquire(env, &req, &L->c);
     if (rc == KM_EAGAIN) {
         uint64_t at = L->c.retry_at_ns ? L->c.retry_at_ns : 1;
         Py_DECREF(L);
@@ -752,7 +775,11 @@ static PyObject *Core__wait_lease(Core *self, PyObject *const *args, Py_ssize_t 
     Lease *L = lease_new(self, args[0], tok);
     if (!L)
         return NULL;
-    int rc = wait_once(self, env, &req, L, ms < 0 ? 0u : ms > 0x7fffffffL ? 0x7fffffffu : (uint32_t)ms);
+    uint32_t wms = ms < 0 ? 0u : ms > 0x7fffffffL ? 0x7fffffffu : (uint32_t)ms;
+    char pin[KM_ID_MAX + 1];
+    int rc = wait_once(self, env, &req, L, wms);
+    if (rc == KM_ENOKEY && pin_by_secret(env, &req, pin))
+        rc = wait_once(self, env, &req, L, wms);
     if (rc == 1) {
         Py_DECREF(L);
         return NULL;
@@ -1079,8 +1106,8 @@ static PyMethodDef Core_methods[] = {
      "acquire(timeout=None, *, model=None, estimated_tokens=0, key_id=None, strategy=None)"
      " -> str\n\nA key (the secret).  Waits up to `timeout` seconds (default "
      "acquire_timeout) for one\nto become admissible, then raises NoAvailableKeyError; "
-     "KeyExhaustedError if\nnone can without an operator.  Give it back with release(key), "
-     "mark_failed(key)\nor mark_rate_limited(key)."},
+     "KeyExhaustedError if\nnone can without an operator.  key_id= pins one key, by its id or "
+     "its secret.\nGive it back with release(key), mark_failed(key) or mark_rate_limited(key)."},
     {"release", (PyCFunction)(void (*)(void))Core_release, METH_FASTCALL | METH_KEYWORDS,
      "release(key, latency=0.0, *, tokens=None)\n\nThe request made with `key` succeeded; "
      "`latency` in seconds (0: measured\nsince acquire); `tokens` used if known."},

@@ -224,6 +224,22 @@ class _PyLease:
         return H["aexit"](self, et, e, tb)
 
 
+def id_by_secret(ptr: int, pool: int, secret: str) -> Optional[str]:
+    """The id of the key of `pool` whose secret is `secret`, or None (also
+    with a libkeymesh without km_key_find_secret).  The library compares
+    every key's secret in constant time."""
+    find = lib.optional("km_key_find_secret")
+    if find is None or not secret or "\0" in secret:
+        return None  # no key holds it (and C would stop at the NUL)
+    k = find(ptr, pool, secret.encode())
+    if k < 0:
+        return None
+    ki = L.KeyInfo()
+    if lib.km_key_info_get(ptr, k, ctypes.byref(ki)) != 0:
+        return None  # removed meanwhile
+    return ki.id.decode()
+
+
 class _PyCore:
     """Hot path of a pool on ctypes (keymesh._ext.Core in C)."""
 
@@ -281,6 +297,12 @@ class _PyCore:
         req = self._req(model, tokens, key_id, strategy)
         c = L.Lease()
         rc = lib.km_acquire(ptr, ctypes.byref(req), ctypes.byref(c))
+        if rc == L.ENOKEY and key_id:
+            # No key of that id: pinned by the key's secret?
+            kid = id_by_secret(ptr, self._hpool, key_id)
+            if kid is not None:
+                req = self._req(model, tokens, kid, strategy)
+                rc = lib.km_acquire(ptr, ctypes.byref(req), ctypes.byref(c))
         if rc == 0:
             return self._made(c, model, tokens, track)
         if rc == L.EAGAIN:
@@ -301,6 +323,12 @@ class _PyCore:
         try:
             rc = lib.km_acquire_wait(ptr, ctypes.byref(req), ctypes.byref(c),
                                      max(0, min(int(timeout_ms), 0xFFFFFFFF)))
+            if rc == L.ENOKEY and key_id:  # pinned by the key's secret?
+                kid = id_by_secret(ptr, self._hpool, key_id)
+                if kid is not None:
+                    req = self._req(model, tokens, kid, strategy)
+                    rc = lib.km_acquire_wait(ptr, ctypes.byref(req), ctypes.byref(c),
+                                             max(0, min(int(timeout_ms), 0xFFFFFFFF)))
         finally:
             env.busy -= 1
         if rc == 0:
@@ -344,7 +372,8 @@ class _PyCore:
         """A key (the secret).  Waits up to `timeout` seconds (default
         acquire_timeout) for one to become admissible, then raises
         NoAvailableKeyError; KeyExhaustedError if none can without an
-        operator.  Give it back with release(key), mark_failed(key) or
+        operator.  key_id= pins one key, by its id or by its secret.  Give
+        it back with release(key), mark_failed(key) or
         mark_rate_limited(key)."""
         return self._acquire_lease(timeout, model, estimated_tokens, key_id, strategy,
                                    True).key

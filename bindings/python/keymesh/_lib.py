@@ -70,6 +70,7 @@ EFULL = -27
 ECRYPTO = -28
 ENOSLOT = -29
 EREADONLY = -30
+EDUPSECRET = -31
 
 # km_outcome_kind
 OUT_SUCCESS = 0
@@ -243,6 +244,9 @@ _PROTOS: dict = {
     "km_key_add": (c_int, [env_p, c_int, c_char_p, c_char_p, c_size_t]),
     "km_key_remove": (c_int, [env_p, c_int]),
     "km_key_set_weight": (c_int, [env_p, c_int, c_uint32]),
+    # Lookup by secret (pinning by secret, add_key of a known secret):
+    # without it, a masked-secret match confirmed by a pinned lease.
+    "km_key_find_secret": (c_int, [env_p, c_int, c_char_p]),
     # Private segments (a memfd): bound when first used; without them a
     # private pool is a named segment, as before.
     "km_create_private": (c_int, [cfg_p, POINTER(env_p)]),
@@ -250,7 +254,7 @@ _PROTOS: dict = {
     "km_fd": (c_int, [env_p]),
 }
 OPTIONAL = {"km_key_add", "km_key_remove", "km_key_set_weight", "km_create_private",
-            "km_open_fd", "km_fd"}
+            "km_open_fd", "km_fd", "km_key_find_secret"}
 
 
 def _here_repo() -> str:
@@ -288,6 +292,12 @@ def ext_dirs() -> list:
     return [d for d in out if os.path.isdir(d)]
 
 
+def _reason(path: str, err: str) -> str:
+    """dlopen's message without the path it repeats ("PATH: undefined
+    symbol: x" -> "undefined symbol: x")."""
+    return err[len(path) + 2:] if err.startswith(path + ": ") else err
+
+
 class _Lib:
     def __init__(self) -> None:
         self._dll: Optional[ctypes.CDLL] = None
@@ -300,6 +310,7 @@ class _Lib:
             if self._dll is not None:
                 return self._dll
             tried = []
+            failed = []  # (path, reason): found, but the dynamic linker refused it
             dll = None
             explicit = os.environ.get("KEYMESH_LIBRARY")
             for path in candidates():
@@ -316,6 +327,7 @@ class _Lib:
                         # An explicit choice that fails is an error, not a hint.
                         raise OSError("keymesh: cannot load KEYMESH_LIBRARY=%s: %s"
                                       % (path, e)) from None
+                    failed.append((path, str(e)))
             if dll is None:
                 for name in filter(None, [ctypes.util.find_library("keymesh"),
                                           "libkeymesh.so.0"]):
@@ -325,6 +337,18 @@ class _Lib:
                         break
                     except OSError as e:
                         tried.append("%s (%s)" % (name, e))
+                        # A bare name the linker did not find is "not
+                        # found"; any other failure is of a library found.
+                        if "cannot open shared object file" not in str(e):
+                            failed.append((name, str(e)))
+            if dll is None and failed:
+                # Found, but it does not load (a half-linked build, a missing
+                # dependency, another architecture): say so, not "not found".
+                path, why = failed[0]
+                raise OSError("keymesh: libkeymesh was found at %s and failed to load: %s%s"
+                              % (path, _reason(path, why),
+                                 "" if len(failed) == 1 else " (also tried: %s)"
+                                 % "; ".join(tried)))
             if dll is None:
                 raise OSError("keymesh: libkeymesh not found; build it with make, or set "
                               "KEYMESH_LIBRARY=/path/to/libkeymesh.so.0 (tried: %s)"

@@ -20,11 +20,13 @@ import asyncio
 import atexit
 import ctypes
 import enum
+import grp
 import hashlib
 import hmac
 import json
 import math
 import os
+import pwd
 import re
 import threading
 import time
@@ -100,6 +102,66 @@ def _raise(rc: int, what: str, retry_at_ns: int = 0) -> None:
     if rc in (L.EUNAVAIL, L.EBUDGET):
         raise KeyExhaustedError(msg, rc)
     raise KeyMeshError(msg, rc)
+
+
+def _segment_detail(name: str, rc: int, mode: Optional[int] = None) -> str:
+    """What kmctl says after its first line for a segment error (its
+    explain_access and the description of an object that is no segment),
+    as text to append; "" when there is nothing to add.  From the object's
+    stat, as kmctl and km_segment_describe take it."""
+    if rc == L.EINVAL and mode is not None:
+        if mode & ~0o777:
+            return ("mode %04o: the setuid, setgid and sticky bits have no meaning on a "
+                    "segment and are refused; give permission bits only (0o600, or 0o660 "
+                    "shared with a group)" % mode)
+        if mode & 0o002:
+            return ("mode %04o makes the segment world-writable: any local user could change "
+                    "its keys and limits and read every secret in it; use 0o600, or 0o660 "
+                    "shared with a group" % mode)
+        return ""
+    if rc not in (L.EACCES, L.ENOTREADY, L.ENOTKM):
+        return ""
+    path = "/dev/shm/" + name
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ""
+    if rc == L.EACCES:
+        try:
+            owner = pwd.getpwuid(st.st_uid).pw_name
+        except KeyError:
+            owner = "?"
+        try:
+            group = grp.getgrgid(st.st_gid).gr_name
+        except KeyError:
+            group = "?"
+        me = os.geteuid()
+        if st.st_uid == me:
+            need = "its owner's read and write bits"
+        elif st.st_gid == os.getegid() or st.st_gid in os.getgroups():
+            need = "read and write for its group (--mode 0660)"
+        else:
+            need = "membership of its group, or its owner's user id"
+        return ("segment '%s' is mode %04o, owner %s, group %s; this process (uid %d) needs %s"
+                % (name, st.st_mode & 0o7777, owner, group, me, need))
+    if st.st_size == 0:
+        return ("an empty shared-memory object (0 bytes, mode %04o, uid %d), not a KeyMesh "
+                "segment: another program's, or a creation that died before sizing it; remove "
+                "it with 'kmctl destroy --force %s' or 'rm %s'"
+                % (st.st_mode & 0o7777, st.st_uid, name, path))
+    return ""
+
+
+def _raise_segment(rc: int, name: str, mode: Optional[int] = None) -> None:
+    """_raise for an error on segment `name`, with kmctl's detail.  An
+    object that is no segment is named for what it is instead of the code's
+    message ("not initialised (being created?)"), as kmctl does."""
+    detail = _segment_detail(name, rc, mode)
+    if not detail:
+        _raise(rc, "segment '%s'" % name)
+    if rc in (L.ENOTREADY, L.ENOTKM):
+        raise KeyMeshError("segment '%s': %s" % (name, detail), rc)
+    raise KeyMeshError("segment '%s': %s; %s" % (name, L.strerror(rc), detail), rc)
 
 
 def _raise_closed() -> None:
@@ -277,7 +339,7 @@ def _attach(name: str, create_cfg: Optional[int] = None, mode: int = 0o600,
             if rc == L.ENOENT:
                 raise SegmentRemovedError("segment '%s': %s (removed, or never created)"
                                           % (name, L.strerror(rc)), rc)
-            _raise(rc, "segment '%s'" % name)
+            _raise_segment(rc, name, mode if create_cfg is not None and not private else None)
         env = _Env(name, ptr.value or 0)
         env.refs = 1
         _envs[name] = env
@@ -876,12 +938,17 @@ class _Core:
             self._raise_if_exhausted(k, self._exhausted[k])
 
     def _key_id_of(self, key: str) -> Optional[str]:
-        """The id of the key whose secret is `key`, or None.  Exact where
-        this process knows the secret (keys it created or added); otherwise
-        a key whose masked secret matches is confirmed by a pinned lease
-        (the lease carries the secret; compared in constant time) and
-        given back cancelled.  Keys that cannot be leased now cannot be
-        confirmed (the library has no lookup by secret yet)."""
+        """The id of the key of this pool whose secret is `key`, or None.
+        Asks the library (km_key_find_secret: every key's secret compared
+        in constant time), which finds a key in any state, cooling or
+        disabled included, whoever added it.  With a libkeymesh without
+        it: exact where this process knows the secret (keys it created or
+        added); otherwise a key whose masked secret matches is confirmed
+        by a pinned lease (the lease carries the secret; compared in
+        constant time) and given back cancelled, so a key that cannot be
+        leased now is not found."""
+        if lib.optional("km_key_find_secret") is not None:
+            return _hot.id_by_secret(self._ptr(), self._pool, key)
         kid = self._known.get(key)
         if kid is not None:
             return kid
@@ -925,7 +992,10 @@ class _Core:
                     limits[wname] = {"limit": li.limit, "burst": li.burst,
                                      "mode": "sliding" if li.mode == 1 else "token_bucket",
                                      "available": li.available}
-            cool = max(0, ki.cooldown_until_ns - now) / 1e9 if ki.cooldown_until_ns else 0.0
+            # As kmctl's (km_key_stats_get): whole ms, rounded up, so a
+            # cooling key never shows 0.
+            cool_ms = (ki.cooldown_until_ns - now + 999999) // 1000000 \
+                if ki.cooldown_until_ns > now else 0
             state = lib.km_key_state_name(ki.state).decode()
             if self._exhausted.get(k) == ki.gen and ki.state == L.KEY_DISABLED:
                 state = "exhausted"
@@ -936,9 +1006,11 @@ class _Core:
                 "acquired": ki.acquired,
                 "consecutive_failures": ki.consecutive_failures,
                 "consecutive_429s": ki.consecutive_429s,
-                "latency_ema_ms": ki.latency_ema_us / 1000.0 if ki.latency_ema_us else None,
+                # kmctl's units and names (docs/kmctl.md, JSON output):
+                # latency in us (None before the first sample), durations in ms.
+                "latency_ema_us": ki.latency_ema_us or None,
                 "success_rate": ki.success_ppm / 1e6,
-                "cooldown_remaining_s": round(cool, 3),
+                "cooldown_remaining_ms": cool_ms,
                 "abandoned": ki.abandoned, "stale_releases": ki.stale_releases,
                 "tokens_used": ki.tokens_used, "spent_usd": ki.spent_microusd / 1e6,
                 "limits": limits,
@@ -992,6 +1064,21 @@ class _Core:
                 "waiters": pinfo.waiters, "spent_usd": pinfo.spent_microusd / 1e6,
                 "pool_metrics": metrics, "keys": keys}
 
+    def stats(self, key: Optional[str] = None, model: Optional[str] = None) -> Dict[str, Any]:
+        """The statistics of this pool as of now, with the field names and
+        units of one pool of ``kmctl stats --json``: totals, keys by state,
+        in flight, counters, moving averages, spend against budget, the use
+        of every limit window ("windows": used/left/full_in_ms), its models,
+        and per key (``["keys"][id]``) the same with cooldown and its
+        key x model windows.  "keys" and "models" are dicts by id and name;
+        "segment" and "taken_unix_ms" are added.  Ids only, never a secret.
+        ``key=ID`` / ``model=NAME`` keep only that key / model, as kmctl's
+        --key / --model (UnknownKeyError, KeyMeshError KM_ENOMODEL if none).
+        Not the hot path: ctypes in both implementations (keymesh._stats);
+        a plain method on KeyPool too (no I/O to wait for)."""
+        from . import _stats
+        return _stats.pool_stats(self._slow_ptr(), self._pool, self.segment, key, model)
+
     def _available_count(self) -> int:
         self._slow_ptr()
         return sum(1 for k in self._keys_raw() if k["available"])
@@ -1031,7 +1118,10 @@ class _Core:
             if auto and rc == L.EKEYEXISTS:
                 n += 1
                 continue
-            msg = err.value.decode("utf-8", "replace") if rc == L.ECONFIG else ""
+            if rc == L.EDUPSECRET and self._key_id_of(key) is not None:
+                # Added to this pool meanwhile (another process): reset it.
+                return self._add_key(key, id, fields)
+            msg = err.value.decode("utf-8", "replace") if rc in (L.ECONFIG, L.EDUPSECRET) else ""
             msg = msg.replace(key, L.mask(key)) if key else msg
             raise KeyMeshError("add_key %r: %s%s" % (kid, L.strerror(rc),
                                                      (": " + msg) if msg else ""), rc)
@@ -1040,7 +1130,7 @@ class _Core:
     def _key_index(self, key_or_id: str) -> int:
         ptr = self._slow_ptr()
         k = lib.km_key_find(ptr, self._pool, key_or_id.encode())
-        if k < 0:
+        if k < 0:  # not an id: the secret of a key?
             kid = self._key_id_of(key_or_id)
             if kid is not None:
                 k = lib.km_key_find(ptr, self._pool, kid.encode())
@@ -1081,10 +1171,10 @@ class _Core:
 def _upstream_view(k: Dict[str, Any]) -> Dict[str, Any]:
     """A key's entry under the names the in-process pools use."""
     return {"key_suffix": k["key"], "active_requests": k["inflight"],
-            "cooldown_remaining": k["cooldown_remaining_s"],
+            "cooldown_remaining": k["cooldown_remaining_ms"] / 1000.0,
             "success_count": k["success"],
             "failure_count": k["failure"] + k["auth"] + k["quota"],
-            "latency_avg": round((k["latency_ema_ms"] or 0.0) / 1000.0, 4),
+            "latency_avg": round((k["latency_ema_us"] or 0) / 1e6, 4),
             "last_used": k["last_used"], "is_available": k["available"],
             "health_score": k["health_score"]}
 
@@ -1197,7 +1287,10 @@ class SyncKeyPool(_HotCore, _Core):
 
     def status(self) -> Dict[str, Any]:
         """The pool and each key: state, in-flight, counters, limits, health;
-        "pool_metrics" totals (every process's); secrets masked."""
+        "pool_metrics" totals (every process's); secrets masked.  Units as
+        kmctl's JSON: latency_ema_us (microseconds, None before the first
+        sample), cooldown_remaining_ms; the in-process pools' names
+        (cooldown_remaining, latency_avg: seconds) are there too."""
         return self._status()
 
     def available_count(self) -> int:
