@@ -23,15 +23,6 @@ PY=/usr/bin/python3
 begin persist_kill "$LOADGEN"
 KILLS=${KM_PERSIST_KILLS:-40}
 
-# py_checks: "STATUS NAME" lines (0: pass) into ok (from a file: ok counts
-# in this shell).
-py_checks() {
-    local st name
-    while read -r st name; do
-        ok "$st" "$name"
-    done
-}
-
 cat >"$TMP/pool.json" <<EOF
 {"capacity": {"keys": 4, "processes": 16, "usage_events": 65536},
  "pools": [{"name": "p", "keys": [{"id": "a", "secret": "sk-test-pk-aaaa1111"},
