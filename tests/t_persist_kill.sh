@@ -7,7 +7,8 @@
 #     the identity (seg_ns, ring, seq);
 #   - a persist killed between its SQLite COMMIT and km_usage_commit (gdb
 #     stops it there; skipped without gdb): the next persist is handed the
-#     same events again and stores none of them twice ("N stored already");
+#     same events again and stores none of them twice ("N stored already"),
+#     nor the drops of an overrun ring;
 #   - random kills: workers (tests/helpers/loadgen.c, which counts what it
 #     released) release leases with success and failure outcomes while
 #     persist is started and SIGKILLed at random points dozens of times;
@@ -119,8 +120,20 @@ if command -v gdb >/dev/null 2>&1; then
         "the next persist is handed the 40 again and stores none twice ($OUT)"
     stored=$(count "$DB")
     ok $([ "$stored" = 40 ]; echo $?) "... 40 rows ($stored)"
+    # The same with drops: 8 events per ring, 20 released, 12 overwritten.
+    new_seg SMALL small
+    sed 's/"usage_events": 65536/"usage_events": 16/' "$TMP/pool.json" >"$TMP/small.json"
+    "$KMCTL" create "$SMALL" --config "$TMP/small.json" >/dev/null
+    "$LOADGEN" "$SMALL" p 1 200 0.1 "$TMP/small" >/dev/null
+    DB="$TMP/drops.db"
+    gdb -q -batch -ex 'break km_usage_commit' -ex run -ex kill \
+        --args "$KMCTL" persist "$SMALL" --db "$DB" --once >"$TMP/gdb.out" 2>&1
+    run "$KMCTL" persist "$SMALL" --db "$DB" --once
+    got=$("$PY" -c "import sqlite3,sys; d=sqlite3.connect(sys.argv[1]); print(d.execute('SELECT COUNT(*) FROM usage').fetchone()[0], d.execute('SELECT SUM(dropped) FROM drops').fetchone()[0])" "$DB")
+    ok $([ "$got" = "8 12" ] && echo "$OUT" | grep -q "(12 dropped in all; 8 stored already)"; echo $?) \
+        "an overrun ring, persist killed between its commits: 8 rows, 12 drops counted once ($got; $OUT)"
 else
-    for t in "killed after its COMMIT" "handed out again" "40 rows"; do
+    for t in "killed after its COMMIT" "handed out again" "40 rows" "12 drops counted once"; do
         ok 0 "$t # SKIP gdb not installed"
     done
 fi

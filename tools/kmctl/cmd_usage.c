@@ -210,8 +210,9 @@ static void persist_drops(sqlite3 *db, const char *name, uint64_t seg_ns, const 
             last = (uint64_t)sqlite3_column_int64(st, 0);
         sqlite3_finalize(st);
     }
-    if (r->dropped_total - last < add)
-        add = r->dropped_total > last ? r->dropped_total - last : 0;
+    uint64_t fresh = r->dropped_total > last ? r->dropped_total - last : 0;
+    if (fresh < add)
+        add = fresh;
     if (!add)
         return;
     if (sqlite3_prepare_v2(db, "INSERT INTO drops(ts_ms, segment, dropped, seg_ns, total)"
@@ -266,9 +267,10 @@ static int persist_once(km_env *env, const char *name, sqlite3 *db, sqlite3_stmt
         return EX_FAILED;
     }
     if ((rc = km_usage_commit(env)) != KM_OK) { /* stored, not consumed: handed out again */
-        errline("segment '%s': %s (another process took over draining its usage events; what "
-                "this drain stored is not stored twice)",
-                name, km_strerror(rc));
+        /* Not km_strerror: KM_EBUSY's text speaks of stalled readers. */
+        errline("segment '%s': another process took over draining its usage events before this "
+                "persist consumed what it stored (it will not be stored twice)",
+                name);
         return EX_FAILED;
     }
     *total += r.events - p.again;
