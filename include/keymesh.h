@@ -907,7 +907,15 @@ KM_EXTERN int km_snapshot_keygen(char hex[2 * KM_SNAPSHOT_KEY_BYTES + 1]);
  * once, in order per ring, calling fn for each event; one drainer at a time per segment
  * (KM_EBUSY if another live process is draining).  fn returning non-zero
  * stops the drain there (that event stays for the next drain) and
- * km_usage_drain returns that value.  `kmctl persist` drains into SQLite. */
+ * km_usage_drain returns that value.  `kmctl persist` drains into SQLite.
+ *
+ * A drain consumes what it hands out.  To lose nothing when the drainer
+ * dies before it has stored the events elsewhere, drain in two phases:
+ * km_usage_drain_ex(KM_USAGE_DEFER), store, km_usage_commit().  A drainer
+ * that dies in between leaves the events in the rings, and the next drain
+ * hands them out again, each with the same identity (segment_ns, ring,
+ * seq): a consumer that keeps it under a unique index (kmctl persist does)
+ * stores every event exactly once. */
 typedef struct km_usage_event {
     uint64_t start_unix_ns;   /* when the lease was acquired, wall clock */
     uint64_t latency_us;      /* as reported, or measured where the release
@@ -920,7 +928,15 @@ typedef struct km_usage_event {
     char model[KM_ID_MAX + 1];  /* the request's; "" if none; "?" if a pool
                                  * without a models list has met more than
                                  * capacity.models names (docs/kmctl.md) */
-    uint64_t reserved[4];     /* zeroed by the library */
+    /* The event's identity, the same every time a drain hands it out: */
+    uint64_t seq;             /* its number in its ring, from 0 */
+    uint64_t segment_ns;      /* the segment's created_wall_ns (km_info): a
+                               * segment created anew (restart, restore)
+                               * numbers its events anew */
+    int ring;                 /* its ring, 0 .. 2 * cap_procs - 1: process
+                               * slot * 2, + 1 for the slot's shared ring */
+    uint32_t reserved0;       /* zeroed by the library (as reserved[]) */
+    uint64_t reserved[1];     /* zeroed by the library */
 } km_usage_event;
 
 typedef struct km_usage_report {
@@ -936,6 +952,34 @@ typedef struct km_usage_report {
  * other as processes do.  Appending (every release) never waits for it. */
 KM_EXTERN int km_usage_drain(km_env *env, int (*fn)(void *ctx, const km_usage_event *ev),
                              void *ctx, km_usage_report *out);
+/* km_usage_drain() with flags (0: exactly km_usage_drain).
+ * KM_USAGE_DEFER: hand the events out as km_usage_drain does, but consume
+ * nothing yet: the cursors reached and the drops found are kept in the
+ * handle until km_usage_commit().  Without a commit, the next drain (any
+ * flags; of this handle or, once this process is gone, of another) starts
+ * where the last committed one ended and hands the same events out again,
+ * with the same seq, ring and segment_ns; it forgets the uncommitted one.
+ * Meanwhile this process stays the drainer, and releases go on appending
+ * (a ring overrun counts what it overwrote, delivered or not, as dropped
+ * at the next drain).  out->dropped_total includes this drain's drops.
+ * KM_EINVAL for another flag; KM_ENOMEM if the handle's room for the
+ * cursors (16 bytes per ring, once) cannot be allocated.
+ * @note As km_usage_drain(); the commit belongs to the same handle, and no
+ * other drain of that handle may run between the two. */
+#define KM_USAGE_DEFER 1u
+KM_EXTERN int km_usage_drain_ex(km_env *env, unsigned flags,
+                                int (*fn)(void *ctx, const km_usage_event *ev), void *ctx,
+                                km_usage_report *out);
+/* Consume what the last km_usage_drain_ex(KM_USAGE_DEFER) of this handle
+ * handed out: store its cursors and drop counts in the segment.  KM_OK
+ * also when nothing is pending (no deferred drain, or committed already).
+ * KM_EBUSY (and nothing stored: the next drain hands the events out
+ * again) if this process is no longer the drainer, which happens only if
+ * the segment was written behind the library's back: a live drainer's
+ * claim is never taken.
+ * @note Not concurrently with a drain or another commit through the same
+ * handle.  Appending (every release) never waits for it. */
+KM_EXTERN int km_usage_commit(km_env *env);
 
 /* Mask a secret for display: "sk-…abcd" style, at most KM_MASKED_MAX - 1
  * bytes + NUL.

@@ -147,6 +147,7 @@ int km__limit_gcra(const km__limit_cfg *l, uint64_t period_ns,
 void km__limit_why(const km__limit_cfg *l, uint64_t period_ns, char *buf, size_t len);
 
 /* ------------------------------------------------------------------ handle */
+typedef struct km__udefer km__udefer; /* src/usage.c */
 struct km_env {
     km__seg seg;       /* the mapping, our process slot, epochs (shm/shm.h) */
     /* A private copy of the header taken and validated at attach (by shm/
@@ -165,6 +166,10 @@ struct km_env {
      * KM_OPEN_READONLY or KM_OPEN_NO_SLOT): km_acquire's one bounds check on
      * the pool refuses such a handle at no cost to the others. */
     uint32_t acq_pools;
+    /* A drain with KM_USAGE_DEFER keeps here what km_usage_commit stores
+     * (src/usage.c, U4): per ring, the cursor and the count it dropped.
+     * NULL until the first deferred drain; freed by km_close. */
+    km__udefer *usage_defer;
 };
 
 static inline uint32_t km__admin_timeout(const km_env *e)

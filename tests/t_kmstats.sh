@@ -15,15 +15,6 @@ SECRET_A="sk-test-stats-aaaa1111"
 SECRET_B="sk-test-stats-bbbb2222"
 SECRETS=("$SECRET_A" "$SECRET_B")
 
-# py_checks: read "STATUS NAME" lines (0: pass) and turn each into ok
-# (from a file, not a pipe: ok must run in this shell to count).
-py_checks() {
-    local st name
-    while read -r st name; do
-        ok "$st" "$name"
-    done
-}
-
 cat >"$TMP/pool.json" <<EOF
 {"capacity": {"keys": 8, "processes": 16},
  "pools": [{"name": "p", "strategy": "round_robin",
