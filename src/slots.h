@@ -221,6 +221,10 @@ KM__HOT void km__settle(km_env *e, uint32_t ki, km__key *k, km__lease *ls,
         km__settle_set(&mset, lv->start_ns, lv->tokens, actual, mset.mask & KM__TOKEN_WINS);
     }
     KM__SLOT_ADD(ls->tokens_used, actual);
+    /* The key x model row's share: a locked add (shared row, km__mwin). */
+    km__mwin *mr = km__mrow(e, ki, lv->model);
+    if (mr && actual)
+        ck_pr_add_64(&mr->tokens, actual);
 }
 
 #endif /* KM_SLOTS_H */
