@@ -382,11 +382,12 @@ int km__model_row_read(km_env *e, int pool, int row, int key, char name[KM_ID_MA
         const km__mwin *r = &km__mwins(e, (uint32_t)key)[row];
         memset(c, 0, sizeof *c);
         c->requests = ck_pr_load_64(&r->requests);
-        for (int i = 0; i < KM_OUT_COUNT; i++)
-            c->outcomes[i] = ck_pr_load_64(&r->outcomes[i]);
+        c->outcomes[KM_OUT_SUCCESS] = ck_pr_load_64(&r->ok.n);
+        for (int i = 1; i < KM_OUT_COUNT; i++)
+            c->outcomes[i] = ck_pr_load_64(&r->outcomes[i - 1]);
         c->abandoned = ck_pr_load_64(&r->abandoned);
         c->stale_releases = ck_pr_load_64(&r->stale);
-        c->tokens = ck_pr_load_64(&r->tokens);
+        c->tokens = ck_pr_load_64(&r->ok.tokens);
     }
     return KM_OK;
 }

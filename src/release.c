@@ -290,11 +290,11 @@ KM_EXTERN int km_release(km_env *e, const km_lease *l, const km_outcome *o)
             KM__SLOT_ADD(ls->succeeded, 1);
         else
             KM__SLOT_ADD(ls->outcomes[kind], 1);
-        /* The row's count after the slot's, still before the slot is
-         * free: a kill between them leaves the row short by one (km__mwin).
-         * A locked add (shared row), ordered against nothing. */
+        /* The row's count (and the tokens settled above) after the
+         * slot's, still before the slot is free: a kill between them
+         * leaves the row short by one (km__mwin). */
         if (mr)
-            ck_pr_inc_64(&mr->outcomes[kind]);
+            km__mrow_outcome(mr, kind, actual);
     }
     km__slot_free(ls);
     if (pool)
