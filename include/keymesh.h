@@ -1038,10 +1038,19 @@ KM_EXTERN int km_presets_json(const char *provider, char **out, char *errbuf,
  *         (used x the emission interval; see km_limit_mode).
  * used/burst is how close the window is to refusing (0..1).
  *
- * Per-model counters.  Requests and outcomes are counted per key today, not
- * per key x model: km_model_stats.counters_valid is 0 and its counters are
- * 0 until the segment keeps them (a later format).  Per-model windows
- * (per_model pools) are there now.
+ * Per-model counters.  Requests, outcomes, abandoned and stale releases
+ * and tokens are counted per key and per key x model
+ * (km_model_stats.counters_valid is 1): a request that names a model counts
+ * on its key and on that key x model, one that names none on its key only;
+ * a model's counters over a pool are the sums over its keys.  The models of
+ * a pool are its listed ones or, in a pool without a models list, the
+ * names its requests gave (in the order first given, at most
+ * capacity.models): n_models of km_pool_stats and km_key_stats counts
+ * either.  A process killed between a key's count and its key x model
+ * count leaves the latter short by one (as a kill between a lease's phases
+ * leaves the key's own, README "Counters").  A stale release whose lease
+ * names a model of a pool without a models list counts on the key only.
+ * Per-model windows are those of per_model pools.
  */
 
 #define KM_KEY_STATE_COUNT 6 /* km_key_state values: ACTIVE .. EXHAUSTED */
@@ -1078,7 +1087,8 @@ typedef struct km_key_stats {
     uint32_t consecutive_failures, consecutive_429s;
     uint64_t latency_ema_us;    /* moving average; 0 before the first sample */
     uint32_t success_ppm;       /* moving average of success, parts per million */
-    uint32_t n_models;          /* models of its pool (km_key_model_stats_get) */
+    uint32_t n_models;          /* models of its pool (km_key_model_stats_get):
+                                 * listed, or named by requests (above) */
     km_stats_counters counters;
     km_window_stats windows[KM_WIN_COUNT];
     uint64_t spent_microusd;
@@ -1127,8 +1137,8 @@ typedef struct km_model_stats {
     char name[KM_ID_MAX + 1];
     uint64_t taken_ns;
     uint32_t n_keys;            /* keys summed (1 for one key) */
-    int32_t counters_valid;     /* 0: the segment keeps no per-model counters
-                                 * (this format); counters are 0 */
+    int32_t counters_valid;     /* 1: counters filled (per key x model); 0
+                                 * from a library that keeps none */
     km_stats_counters counters;
     /* The model's own limits (per_model pools; limit 0 elsewhere); over all
      * keys, sums as in km_pool_stats. */
@@ -1155,13 +1165,15 @@ KM_EXTERN int km_key_stats_get(km_env *env, int key, km_key_stats *out, size_t s
 KM_EXTERN int km_pool_stats_get(km_env *env, int pool, km_pool_stats *out, size_t size);
 
 /* Model `model` (0-based, < km_pool_stats.n_models) of `pool` over every key
- * of the pool.  KM_ENOPOOL, KM_ENOMODEL past the end.
+ * of the pool: its counters summed, its windows as above.  KM_ENOPOOL,
+ * KM_ENOMODEL past the end.
  * @note As km_pool_stats_get. */
 KM_EXTERN int km_model_stats_get(km_env *env, int pool, int model, km_model_stats *out,
                                  size_t size);
 
-/* Model `model` of the key's pool on key `key`: the model's windows on that
- * key.  KM_ENOKEY, KM_ENOMODEL past the end.
+/* Model `model` of the key's pool on key `key`: the key x model counters
+ * and the model's windows on that key.  KM_ENOKEY, KM_ENOMODEL past the
+ * end.
  * @note As km_key_stats_get. */
 KM_EXTERN int km_key_model_stats_get(km_env *env, int key, int model,
                                      km_model_stats *out, size_t size);

@@ -198,6 +198,15 @@ static inline km__mwin *km__mwins(const km_env *e, uint32_t key)
     return (km__mwin *)KM__AT(e->seg.base, e->geom.off_mwin) +
            (size_t)key * e->geom.cap_models;
 }
+/* The model row a lease's or usage event's model word names (listed model
+ * index + 1, or KM__MODEL_NAMED | row + 1), counted on in km__mwin; NULL
+ * for none (0, a named request past every row) or a word out of range (the
+ * lease slot is shared memory: never trusted). */
+static inline km__mwin *km__mrow(const km_env *e, uint32_t key, uint32_t model)
+{
+    uint32_t row = (model & ~KM__MODEL_NAMED) - 1; /* 0 wraps: out of range */
+    return row < e->geom.cap_models ? &km__mwins(e, key)[row] : NULL;
+}
 static inline km__key *km__keys(const km_env *e)
 {
     return (km__key *)KM__AT(e->seg.base, e->geom.off_keys);
