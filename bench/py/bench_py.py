@@ -36,9 +36,11 @@ operation).  Then:
             the only key; that process releases it; latency from just before
             its km_release to the task running again (km_now_ns, one clock
             for both), --wakes samples: p50, p99, max
-            (with the extension, split at the helper thread: futex wake-up
-            to km_acquire_wait returning, GIL taken back, hand-over to the
-            loop; and the load average over the run)
+            (with the extension, split by the lease's stamps: futex: to
+            km_acquire_wait returning in the helper thread; gil: to that
+            thread holding the GIL again; handover: to the task running
+            (call_soon_threadsafe, the loop's wake-up); and the load
+            average over the run)
 
 Output: one SUMMARY line per figure (every parameter and result, units).
 The machine is shared: run it several times and compare medians.
