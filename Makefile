@@ -254,7 +254,7 @@ $(BUILD)/tests/t_fault: tests/t_fault.c tests/tap.h tests/testlib.h $(FAULT_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -DKM_FAULT_INJECTION -Ishm -Isrc -o $@ $< $(FAULT_OBJ) $(LDFLAGS) $(LIBS) -lm
 
-$(BUILD)/bench/%: bench/%.c $(STLIB)
+$(BUILD)/bench/%: bench/%.c bench/bench.h $(STLIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< $(STLIB) $(LDFLAGS) $(LIBS) -lm
 

@@ -66,6 +66,7 @@
 #include <unistd.h>
 
 #include "keymesh.h"
+#include "bench.h"
 
 #define BATCH 64
 #if defined(__x86_64__) || defined(__i386__)
@@ -111,13 +112,6 @@ static uint64_t cpu_time_ns(void)
     getrusage(RUSAGE_SELF, &ru);
     return (uint64_t)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000000u +
            (uint64_t)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1000u;
-}
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
 static void on_signal(int sig)

@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "keymesh.h"
+#include "bench.h"
 
 #define BUCKETS 4096 /* 16 ns buckets up to 64 us, then one overflow bucket */
 #define BUCKET_NS 16
@@ -37,13 +38,6 @@ typedef struct shared {
 
 static shared *sh;
 static char seg[64];
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 static void worker(int w)
 {

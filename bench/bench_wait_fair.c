@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include "keymesh.h"
+#include "bench.h"
 
 #define MAX_SMALL 32
 #define MAX_SAMPLES 65536
@@ -45,13 +46,6 @@ typedef struct shared {
 
 static shared *sh;
 static char seg[64];
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 static void sleep_until(uint64_t t)
 {
