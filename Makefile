@@ -397,7 +397,7 @@ check-layers: all
 
 # ------------------------------------------------------------------- aarch64
 # make cross-test: the library and the C tests built with Debian's cross
-# compiler into build-aarch64/ and run under qemu-user (about 35 s from
+# compiler into build-aarch64/ and run under qemu-user (about a minute from
 # clean; .ci/run runs it).  jansson, libsodium and SQLite come from Debian multiarch (make
 # cross-deps, as root).  ck does not: libck-dev:amd64 and :arm64 cannot be
 # installed together (their ck_md.h differ: CK_MD_TSO against CK_MD_RMO),
