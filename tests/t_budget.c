@@ -216,6 +216,30 @@ static void hard_and_soft(void)
     km_key_info_get(e, 0, &ki);
     is_u64(ki.prev_spent_microusd, 10000, "  last period's spend is the previous one");
     is_u64(ki.spent_microusd, 5000, "  this one holds the new request");
+    /* A snapshot and its restore keep the period, the zone, both periods'
+     * spend and the period's end. */
+    unsigned char skey[KM_SNAPSHOT_KEY_BYTES] = {7};
+    char *js = NULL, err[256] = "", name2[80];
+    km_env *r = NULL;
+    snprintf(name2, sizeof name2, "%s_r", name);
+    km_unlink(name2);
+    is_int(km_snapshot_json_ex(e, KM_SNAPSHOT_SECRETS, skey, &js), KM_OK, "snapshot");
+    ok(js && strstr(js, "\"period\": \"month\"") && strstr(js, "\"tz\": \"+02:00\""),
+       "  the snapshot names the period and the zone");
+    is_int(km_restore(name2, js, strlen(js), skey, 0, &r, err, sizeof err), KM_OK, "restore: %s", err);
+    if (r) {
+        km_key_info rk;
+        km_key_info_get(r, 0, &rk);
+        ok(rk.budget_period == KM_BUDGET_MONTH && rk.budget_tz_min == 120 && rk.budget_hard == 1,
+           "  restored: a hard month budget at +02:00");
+        ok(rk.spent_microusd == 5000 && rk.prev_spent_microusd == 10000,
+           "  restored: this period's and the previous period's spend");
+        is_u64(rk.period_end_unix_ns / KM__NS_PER_MS, ki.period_end_unix_ns / KM__NS_PER_MS,
+               "  restored: the same period end");
+        km_close(r);
+    }
+    km_unlink(name2);
+    free(js);
     /* Operator reset. */
     uint64_t was = 0;
     is_int(km_spend_reset(e, 0, &was), KM_OK, "km_spend_reset");
@@ -235,7 +259,7 @@ static void hard_and_soft(void)
 int main(void)
 {
     snprintf(name, sizeof name, "/km_t_budget_%d", (int)getpid());
-    plan(68);
+    plan(74);
     calendar();
     bad_input();
     roll_once();

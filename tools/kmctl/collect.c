@@ -17,10 +17,18 @@ void collect_free(seg_stats *s)
     for (uint32_t p = 0; s->pools && p < s->n_pools; p++) {
         free(s->pools[p].models);
         free(s->pools[p].keys);
+        free(s->pools[p].kb);
         free(s->pools[p].key_models);
     }
     free(s->pools);
     memset(s, 0, sizeof *s);
+}
+
+static void budget_of(budget_view *b, uint64_t prev, uint64_t end, int32_t period,
+                      int32_t tz_min, uint32_t warnings, uint32_t over)
+{
+    *b = (budget_view){.prev = prev, .end = end, .period = period, .tz_min = tz_min,
+                       .warnings = warnings, .over = over};
 }
 
 static int collect_pool(km_env *env, int p, unsigned flags, pool_view *v)
@@ -39,8 +47,10 @@ static int collect_pool(km_env *env, int p, unsigned flags, pool_view *v)
     km_pool_info pi;
     if ((rc = km_pool_info_get(env, p, &pi)) != KM_OK)
         return rc;
+    budget_of(&v->pb, pi.prev_spent_microusd, pi.period_end_unix_ns, pi.budget_period,
+              pi.budget_tz_min, pi.budget_warnings, pi.budget_over);
     uint32_t cap = pi.n_keys > v->ps.n_keys ? pi.n_keys : v->ps.n_keys;
-    if (cap && !(v->keys = calloc(cap, sizeof *v->keys)))
+    if (cap && (!(v->keys = calloc(cap, sizeof *v->keys)) || !(v->kb = calloc(cap, sizeof *v->kb))))
         return KM_ENOMEM;
     if (cap && nm && (flags & COLLECT_KEY_MODELS) &&
         !(v->key_models = calloc((size_t)cap * nm, sizeof *v->key_models)))
@@ -56,6 +66,10 @@ static int collect_pool(km_env *env, int p, unsigned flags, pool_view *v)
             continue;
         if (rc != KM_OK)
             return rc;
+        km_key_info ki;
+        if (km_key_info_get(env, k, &ki) == KM_OK)
+            budget_of(&v->kb[v->n_keys], ki.prev_spent_microusd, ki.period_end_unix_ns,
+                      ki.budget_period, ki.budget_tz_min, ki.budget_warnings, ki.budget_over);
         for (uint32_t m = 0; v->key_models && m < nm; m++) {
             km_model_stats *km = &v->key_models[(size_t)v->n_keys * nm + m];
             rc = km_key_model_stats_get(env, k, m, km, sizeof *km);
