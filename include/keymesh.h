@@ -522,26 +522,6 @@ typedef enum km_budget_period {
     KM_BUDGET_MONTH = 3     /* from the 1st, 00:00 */
 } km_budget_period;
 
-/* The last 32 bytes of km_pool_info and km_key_info, which were
- * reserved[4] (still its name, so code and bindings that mirror the
- * struct's layout by that name see the same size and offsets): the
- * budget's period and the previous period's spend. */
-#define KM_BUDGET_PERIOD_FIELDS                                                    \
-    union {                                                                        \
-        struct {                                                                   \
-            uint64_t prev_spent_microusd; /* the period before (0: none) */       \
-            uint64_t period_end_unix_ns;  /* when spend resets (CLOCK_REALTIME   \
-                                           * ns); 0: no period */                 \
-            int32_t budget_period;        /* km_budget_period */                  \
-            int16_t budget_tz_min;        /* its zone, minutes east of UTC */     \
-            uint16_t budget_rolls;        /* periods ended so far (wraps) */      \
-            uint32_t budget_warnings;     /* times spend crossed a soft budget   \
-                                           * (once per period at most) */         \
-            uint32_t budget_over;         /* 1: spend >= budget now */            \
-        };                                                                         \
-        uint64_t reserved[4];                                                      \
-    };
-
 typedef struct km_pool_info {
     char name[KM_ID_MAX + 1];
     int strategy;
@@ -555,7 +535,23 @@ typedef struct km_pool_info {
     uint64_t spent_microusd;
     uint32_t waiters;         /* callers sleeping in km_acquire_wait (one
                                * killed there until its process is reaped) */
-    KM_BUDGET_PERIOD_FIELDS   /* (below) the budget's period */
+    /* The budget's period (was reserved[4], still so named: code and
+     * bindings that mirror this struct by that name see the same size and
+     * offsets). */
+    union {
+        struct {
+            uint64_t prev_spent_microusd; /* the period before (0: none) */
+            uint64_t period_end_unix_ns;  /* when spent_microusd resets
+                                           * (CLOCK_REALTIME ns); 0: no period */
+            int32_t budget_period;        /* km_budget_period */
+            int16_t budget_tz_min;        /* its zone, minutes east of UTC */
+            uint16_t budget_rolls;        /* periods ended so far (wraps) */
+            uint32_t budget_warnings;     /* times spend crossed a soft budget
+                                           * (at most once per period) */
+            uint32_t budget_over;         /* 1: spend >= budget now */
+        };
+        uint64_t reserved[4];
+    };
 } km_pool_info;
 
 typedef struct km_key_info {
@@ -580,7 +576,23 @@ typedef struct km_key_info {
     int budget_hard;
     uint64_t spent_microusd;
     char meta[KM_META_MAX + 1];
-    KM_BUDGET_PERIOD_FIELDS   /* (below) the budget's period */
+    /* The budget's period (was reserved[4], still so named: code and
+     * bindings that mirror this struct by that name see the same size and
+     * offsets). */
+    union {
+        struct {
+            uint64_t prev_spent_microusd; /* the period before (0: none) */
+            uint64_t period_end_unix_ns;  /* when spent_microusd resets
+                                           * (CLOCK_REALTIME ns); 0: no period */
+            int32_t budget_period;        /* km_budget_period */
+            int16_t budget_tz_min;        /* its zone, minutes east of UTC */
+            uint16_t budget_rolls;        /* periods ended so far (wraps) */
+            uint32_t budget_warnings;     /* times spend crossed a soft budget
+                                           * (at most once per period) */
+            uint32_t budget_over;         /* 1: spend >= budget now */
+        };
+        uint64_t reserved[4];
+    };
 } km_key_info;
 
 /* The readers below (km_info_get ... km_model_info_get) take no lock, write

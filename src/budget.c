@@ -40,6 +40,12 @@
 #include "budget.h"
 #include "internal.h"
 
+_Static_assert((int)KM__PERIOD_NONE == (int)KM_BUDGET_LIFETIME &&
+                   (int)KM__PERIOD_DAY == (int)KM_BUDGET_DAY &&
+                   (int)KM__PERIOD_WEEK == (int)KM_BUDGET_WEEK &&
+                   (int)KM__PERIOD_MONTH == (int)KM_BUDGET_MONTH,
+               "km_budget_period is the segment's period number");
+
 static int64_t floor_div(int64_t a, int64_t b)
 {
     return a / b - (a % b != 0 && (a < 0) != (b < 0));

@@ -100,7 +100,7 @@ BUDGET_PERIODS = ("lifetime", "day", "week", "month")
 
 
 class _BudgetFields(Structure):
-    # keymesh.h KM_BUDGET_PERIOD_FIELDS: the budget's period, in what was
+    # keymesh.h: the budget's period, in the union of what was
     # reserved[4] of km_pool_info and km_key_info.
     _fields_ = [("prev_spent_microusd", c_uint64), ("period_end_unix_ns", c_uint64),
                 ("budget_period", c_int32), ("budget_tz_min", c_int16),
