@@ -522,6 +522,20 @@ typedef enum km_budget_period {
     KM_BUDGET_MONTH = 3     /* from the 1st, 00:00 */
 } km_budget_period;
 
+/* A budget's period and the spend of the period before (km_pool_info and
+ * km_key_info .budget); all 0 without a budget. */
+typedef struct km_budget_state {
+    uint64_t prev_spent_microusd; /* the period before the current one (0: none) */
+    uint64_t period_end_unix_ns;  /* when spent_microusd resets (CLOCK_REALTIME
+                                   * ns); 0: no period */
+    int32_t period;               /* km_budget_period */
+    int16_t tz_min;               /* the period's zone, minutes east of UTC */
+    uint16_t rolls;               /* periods ended so far (wraps) */
+    uint32_t warnings;            /* times spend crossed a soft budget (at most
+                                   * once per period) */
+    uint32_t over;                /* 1: spend >= budget now (soft or hard) */
+} km_budget_state;
+
 typedef struct km_pool_info {
     char name[KM_ID_MAX + 1];
     int strategy;
@@ -531,25 +545,15 @@ typedef struct km_pool_info {
     uint32_t n_models;
     uint64_t budget_microusd; /* 0: none */
     int budget_hard;          /* 1: refuse (KM_EBUDGET) when spent; 0: soft (counted
-                               * in budget_warnings, flagged in budget_over) */
+                               * in budget.warnings, flagged in budget.over) */
     uint64_t spent_microusd;
     uint32_t waiters;         /* callers sleeping in km_acquire_wait (one
                                * killed there until its process is reaped) */
-    /* The budget's period (was reserved[4], still so named: code and
-     * bindings that mirror this struct by that name see the same size and
-     * offsets). */
+    /* The budget's period, in what was reserved[4] (still so named: code
+     * and bindings that mirror this struct by that name see the same size
+     * and offsets). */
     union {
-        struct {
-            uint64_t prev_spent_microusd; /* the period before (0: none) */
-            uint64_t period_end_unix_ns;  /* when spent_microusd resets
-                                           * (CLOCK_REALTIME ns); 0: no period */
-            int32_t budget_period;        /* km_budget_period */
-            int16_t budget_tz_min;        /* its zone, minutes east of UTC */
-            uint16_t budget_rolls;        /* periods ended so far (wraps) */
-            uint32_t budget_warnings;     /* times spend crossed a soft budget
-                                           * (at most once per period) */
-            uint32_t budget_over;         /* 1: spend >= budget now */
-        };
+        km_budget_state budget;
         uint64_t reserved[4];
     };
 } km_pool_info;
@@ -576,21 +580,11 @@ typedef struct km_key_info {
     int budget_hard;
     uint64_t spent_microusd;
     char meta[KM_META_MAX + 1];
-    /* The budget's period (was reserved[4], still so named: code and
-     * bindings that mirror this struct by that name see the same size and
-     * offsets). */
+    /* The budget's period, in what was reserved[4] (still so named: code
+     * and bindings that mirror this struct by that name see the same size
+     * and offsets). */
     union {
-        struct {
-            uint64_t prev_spent_microusd; /* the period before (0: none) */
-            uint64_t period_end_unix_ns;  /* when spent_microusd resets
-                                           * (CLOCK_REALTIME ns); 0: no period */
-            int32_t budget_period;        /* km_budget_period */
-            int16_t budget_tz_min;        /* its zone, minutes east of UTC */
-            uint16_t budget_rolls;        /* periods ended so far (wraps) */
-            uint32_t budget_warnings;     /* times spend crossed a soft budget
-                                           * (at most once per period) */
-            uint32_t budget_over;         /* 1: spend >= budget now */
-        };
+        km_budget_state budget;
         uint64_t reserved[4];
     };
 } km_key_info;

@@ -106,21 +106,20 @@ KM_EXTERN int km_pool_find(km_env *e, const char *name)
     return KM_ENOPOOL;
 }
 
-/* The budget fields of km_pool_info and km_key_info. */
+/* The spend and budget fields of km_pool_info and km_key_info. */
 static void budget_fields(const km__spend *s, uint32_t period, int32_t tz_min, uint64_t budget,
-                          uint64_t *spent, uint64_t *prev, uint64_t *end, int32_t *per,
-                          int16_t *tz, uint16_t *rolls, uint32_t *warnings, uint32_t *over)
+                          uint64_t *spent, km_budget_state *out)
 {
     km__budget_view v;
     km__budget_info(s, period, tz_min, budget, &v);
     *spent = v.spent;
-    *prev = v.prev;
-    *end = v.end;
-    *per = v.period;
-    *tz = (int16_t)v.tz_min;
-    *rolls = (uint16_t)v.rolls;
-    *warnings = v.warnings;
-    *over = v.over;
+    out->prev_spent_microusd = v.prev;
+    out->period_end_unix_ns = v.end;
+    out->period = v.period;
+    out->tz_min = (int16_t)v.tz_min;
+    out->rolls = (uint16_t)v.rolls;
+    out->warnings = v.warnings;
+    out->over = v.over;
 }
 
 KM_EXTERN int km_pool_info_get(km_env *e, int pool, km_pool_info *out)
@@ -142,9 +141,7 @@ KM_EXTERN int km_pool_info_get(km_env *e, int pool, km_pool_info *out)
     out->budget_microusd = p->budget_microusd;
     out->budget_hard = (int)p->budget_hard;
     budget_fields(&p->spend, p->budget_period, p->budget_tz_min, p->budget_microusd,
-                  &out->spent_microusd, &out->prev_spent_microusd, &out->period_end_unix_ns,
-                  &out->budget_period, &out->budget_tz_min, &out->budget_rolls,
-                  &out->budget_warnings, &out->budget_over);
+                  &out->spent_microusd, &out->budget);
     out->waiters = ck_pr_load_32(&p->waiters);
     return KM_OK;
 }
@@ -326,9 +323,7 @@ KM_EXTERN int km_key_info_get(km_env *e, int key, km_key_info *out)
     out->budget_microusd = k->budget_microusd;
     out->budget_hard = (int)k->budget_hard;
     budget_fields(&k->spend, k->budget_period, k->budget_tz_min, k->budget_microusd,
-                  &out->spent_microusd, &out->prev_spent_microusd, &out->period_end_unix_ns,
-                  &out->budget_period, &out->budget_tz_min, &out->budget_rolls,
-                  &out->budget_warnings, &out->budget_over);
+                  &out->spent_microusd, &out->budget);
     memcpy(out->meta, k->meta, KM_META_MAX);
     limit_info(k->win, k->emission_ns, k->tau_ns, k->limit, k->burst, k->mode,
                    k->win_mask, now, out->limits);

@@ -94,14 +94,14 @@ static json_t *usd_json(uint64_t microusd)
 /* A budget as configured ({"usd", "hard", "mode", "period", "tz"}; a
  * pool's also "spent_usd", as before periods).  restore.c gives all but
  * "spent_usd" back to the configuration parser. */
-static json_t *budget_json(uint64_t microusd, int hard, int32_t period, int32_t tz_min,
+static json_t *budget_json(uint64_t microusd, int hard, const km_budget_state *bs,
                            const uint64_t *spent)
 {
     char tz[16];
     json_t *b = json_pack("{s:o, s:b, s:s, s:s, s:s}", "usd", usd_json(microusd), "hard",
                           hard != 0, "mode", hard ? "hard" : "soft", "period",
-                          km__period_name((uint32_t)period), "tz",
-                          km__tz_name(tz_min, tz, sizeof tz));
+                          km__period_name((uint32_t)bs->period), "tz",
+                          km__tz_name(bs->tz_min, tz, sizeof tz));
     if (b && spent && json_object_set_new(b, "spent_usd", usd_json(*spent)) < 0) {
         json_decref(b);
         return NULL;
@@ -210,8 +210,7 @@ static json_t *key_json(const km_key_info *k, const clocks *clk)
     if (!key)
         return NULL;
     json_t *budget = k->budget_microusd
-                         ? budget_json(k->budget_microusd, k->budget_hard, k->budget_period,
-                                       k->budget_tz_min, NULL)
+                         ? budget_json(k->budget_microusd, k->budget_hard, &k->budget, NULL)
                          : json_null();
     json_t *more = json_pack(
         "{s:{s:o, s:o}, s:o, s:o, s:o, s:o, s:o}",
@@ -220,14 +219,14 @@ static json_t *key_json(const km_key_info *k, const clocks *clk)
         "output_per_1k", usd_json(k->price_out_microusd_per_1k),
         "budget", budget,
         "spent_usd", usd_json(k->spent_microusd),
-        "prev_spent_usd", usd_json(k->prev_spent_microusd),
+        "prev_spent_usd", usd_json(k->budget.prev_spent_microusd),
         "success_rate", json_real((double)k->success_ppm / KM__PPM),
         "meta", meta_json(k->meta));
     if (more && (json_object_set_new(more, "cooldown_until_unix_ms",
                                      int_json(to_unix_us(clk, k->cooldown_until_ns) / KM__US_PER_MS)) < 0 ||
                  json_object_set_new(more, "period_end_unix_ms",
-                                     int_json(k->period_end_unix_ns / KM__NS_PER_MS)) < 0 ||
-                 json_object_set_new(more, "budget_warnings", int_json(k->budget_warnings)) < 0)) {
+                                     int_json(k->budget.period_end_unix_ns / KM__NS_PER_MS)) < 0 ||
+                 json_object_set_new(more, "budget_warnings", int_json(k->budget.warnings)) < 0)) {
         json_decref(more);
         more = NULL;
     }
@@ -375,8 +374,8 @@ static int pool_json(km_env *env, int pool, const snap *sn, json_t **out)
         }
     }
     json_t *budget = pi.budget_microusd
-                         ? budget_json(pi.budget_microusd, pi.budget_hard, pi.budget_period,
-                                       pi.budget_tz_min, &pi.spent_microusd)
+                         ? budget_json(pi.budget_microusd, pi.budget_hard, &pi.budget,
+                                       &pi.spent_microusd)
                          : json_null();
     /* "o" steals even on failure: models and keys are gone if p is NULL. */
     p = json_pack("{s:s, s:s, s:o, s:o, s:o, s:s, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o}",
@@ -390,9 +389,9 @@ static int pool_json(km_env *env, int pool, const snap *sn, json_t **out)
                   "models", models,
                   "budget", budget,
                   "spent_usd", usd_json(pi.spent_microusd),
-                  "prev_spent_usd", usd_json(pi.prev_spent_microusd),
-                  "period_end_unix_ms", int_json(pi.period_end_unix_ns / KM__NS_PER_MS),
-                  "budget_warnings", int_json(pi.budget_warnings),
+                  "prev_spent_usd", usd_json(pi.budget.prev_spent_microusd),
+                  "period_end_unix_ms", int_json(pi.budget.period_end_unix_ns / KM__NS_PER_MS),
+                  "budget_warnings", int_json(pi.budget.warnings),
                   "waiters", int_json(pi.waiters),
                   "keys", keys);
     if (!p)

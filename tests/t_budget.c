@@ -153,18 +153,18 @@ static void roll_once(void)
     km_pool_info pi;
     km_key_info_get(e, 0, &ki);
     km_pool_info_get(e, 0, &pi);
-    diag("%" PRIu64 " releases; key: prev %" PRIu64 " now %" PRIu64, n, ki.prev_spent_microusd,
+    diag("%" PRIu64 " releases; key: prev %" PRIu64 " now %" PRIu64, n, ki.budget.prev_spent_microusd,
          ki.spent_microusd);
     is_int(ck_pr_load_32(&k->spend.rolls), 1, "the key's period rolled exactly once");
     is_int(ck_pr_load_32(&p->spend.rolls), 1, "the pool's period rolled exactly once");
-    is_u64(ki.prev_spent_microusd + ki.spent_microusd, total,
+    is_u64(ki.budget.prev_spent_microusd + ki.spent_microusd, total,
            "key: previous + current period = every cost settled (none lost or doubled)");
-    is_u64(pi.prev_spent_microusd + pi.spent_microusd, total, "pool: the same");
-    ok(ki.prev_spent_microusd > 0 && ki.spent_microusd > 0, "spend on both sides of the boundary");
-    is_u64(ki.period_end_unix_ns, km__period_end(KM__PERIOD_DAY, 0, km__wall_ns()),
+    is_u64(pi.budget.prev_spent_microusd + pi.spent_microusd, total, "pool: the same");
+    ok(ki.budget.prev_spent_microusd > 0 && ki.spent_microusd > 0, "spend on both sides of the boundary");
+    is_u64(ki.budget.period_end_unix_ns, km__period_end(KM__PERIOD_DAY, 0, km__wall_ns()),
            "the new period ends at the next real midnight");
-    is_int(ki.budget_period, KM_BUDGET_DAY, "km_key_info.budget_period");
-    is_int(pi.budget_rolls, 1, "km_pool_info.budget_rolls");
+    is_int(ki.budget.period, KM_BUDGET_DAY, "km_key_info.budget.period");
+    is_int(pi.budget.rolls, 1, "km_pool_info.budget.rolls");
 
     /* A suspend (or a stopped segment) past whole periods: the ended
      * period was not the one before, so nothing is "previous". */
@@ -176,7 +176,7 @@ static void roll_once(void)
     is_int(km_acquire(e, &any, &l), KM_OK, "acquire after a long suspend");
     km_release(e, &l, &o);
     km_key_info_get(e, 0, &ki);
-    is_u64(ki.prev_spent_microusd, 0, "periods skipped: previous spend 0");
+    is_u64(ki.budget.prev_spent_microusd, 0, "periods skipped: previous spend 0");
     is_u64(ki.spent_microusd, 5000, "  the new period holds only the new cost");
     is_int(ck_pr_load_32(&k->spend.rolls), 2, "  one roll more");
     /* A clock set back does not un-roll. */
@@ -205,16 +205,16 @@ static void hard_and_soft(void)
     km_pool_info_get(e, 0, &pi);
     is_u64(ki.spent_microusd, 10000, "the key has spent its $0.01");
     is_int(ki.state, KM_KEY_ACTIVE, "a budget with a period does not make the key exhausted");
-    ok(ki.budget_over == 1 && ki.budget_tz_min == 120, "budget_over 1, tz +120 min");
+    ok(ki.budget.over == 1 && ki.budget.tz_min == 120, "budget_over 1, tz +120 min");
     is_int(km_acquire(e, &any, &l), KM_EUNAVAIL, "spent: the key is passed over this month");
-    is_int(pi.budget_warnings, 1, "the soft pool budget ($0.008) was crossed: one warning");
-    is_int(pi.budget_over, 1, "  and it is flagged over");
+    is_int(pi.budget.warnings, 1, "the soft pool budget ($0.008) was crossed: one warning");
+    is_int(pi.budget.over, 1, "  and it is flagged over");
     /* The month ends (injected): the first acquire rolls and gets the key. */
     ck_pr_store_64(&km__keys(e)[0].spend.end_ns, km__wall_ns() - 1);
     is_int(km_acquire(e, &any, &l), KM_OK, "the period ended: the key serves again");
     km_release(e, &l, &o);
     km_key_info_get(e, 0, &ki);
-    is_u64(ki.prev_spent_microusd, 10000, "  last period's spend is the previous one");
+    is_u64(ki.budget.prev_spent_microusd, 10000, "  last period's spend is the previous one");
     is_u64(ki.spent_microusd, 5000, "  this one holds the new request");
     /* A snapshot and its restore keep the period, the zone, both periods'
      * spend and the period's end. */
@@ -230,11 +230,11 @@ static void hard_and_soft(void)
     if (r) {
         km_key_info rk;
         km_key_info_get(r, 0, &rk);
-        ok(rk.budget_period == KM_BUDGET_MONTH && rk.budget_tz_min == 120 && rk.budget_hard == 1,
+        ok(rk.budget.period == KM_BUDGET_MONTH && rk.budget.tz_min == 120 && rk.budget_hard == 1,
            "  restored: a hard month budget at +02:00");
-        ok(rk.spent_microusd == 5000 && rk.prev_spent_microusd == 10000,
+        ok(rk.spent_microusd == 5000 && rk.budget.prev_spent_microusd == 10000,
            "  restored: this period's and the previous period's spend");
-        is_u64(rk.period_end_unix_ns / KM__NS_PER_MS, ki.period_end_unix_ns / KM__NS_PER_MS,
+        is_u64(rk.budget.period_end_unix_ns / KM__NS_PER_MS, ki.budget.period_end_unix_ns / KM__NS_PER_MS,
                "  restored: the same period end");
         km_close(r);
     }
@@ -246,11 +246,11 @@ static void hard_and_soft(void)
     is_u64(was, 5000, "  says what the spend was");
     km_key_info_get(e, 0, &ki);
     is_u64(ki.spent_microusd, 0, "  and it is 0");
-    is_u64(ki.prev_spent_microusd, 10000, "  the previous period is kept");
+    is_u64(ki.budget.prev_spent_microusd, 10000, "  the previous period is kept");
     is_int(km_pool_spend_reset(e, 0, &was), KM_OK, "km_pool_spend_reset");
     is_u64(was, 15000, "  the pool had spent $0.015");
     km_pool_info_get(e, 0, &pi);
-    ok(pi.spent_microusd == 0 && pi.budget_over == 0, "  now 0, no longer over");
+    ok(pi.spent_microusd == 0 && pi.budget.over == 0, "  now 0, no longer over");
     is_int(km_spend_reset(e, 5, NULL), KM_ENOKEY, "a key row not in use: KM_ENOKEY");
     is_int(km_pool_spend_reset(e, 3, NULL), KM_ENOPOOL, "no such pool: KM_ENOPOOL");
     done(e);

@@ -73,7 +73,7 @@ int cmd_reset_spend(int argc, char **argv)
             goto out;
         }
         budget = ki.budget_microusd;
-        period = ki.budget_period;
+        period = ki.budget.period;
     } else {
         km_pool_info pi;
         if ((rc = km_pool_info_get(env, pool, &pi)) != KM_OK ||
@@ -83,7 +83,7 @@ int cmd_reset_spend(int argc, char **argv)
             goto out;
         }
         budget = pi.budget_microusd;
-        period = pi.budget_period;
+        period = pi.budget.period;
     }
     char u1[32], u2[32];
     fmt_usd(was, u1, sizeof u1);

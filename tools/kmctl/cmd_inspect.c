@@ -179,8 +179,8 @@ static void cell(const km_key_info *k, int col, uint64_t now, char *b,
         if (k->budget_microusd) {
             usd(k->budget_microusd, u2, sizeof u2);
             snprintf(b, n, "%s/%s%s%s%s", u1, u2,
-                     k->budget_period ? " per " : "",
-                     k->budget_period ? budget_period_name(k->budget_period) : "",
+                     k->budget.period ? " per " : "",
+                     k->budget.period ? budget_period_name(k->budget.period) : "",
                      k->budget_hard ? "" : " (soft)");
         } else {
             snprintf(b, n, "%s", u1);
@@ -248,8 +248,8 @@ static int inspect_pool(km_env *env, const char *name, int pool)
     }
     if (pi.budget_microusd) {
         fmt_budget_line("  budget: ", pi.budget_microusd, pi.budget_hard, pi.spent_microusd,
-                        pi.prev_spent_microusd, pi.period_end_unix_ns, pi.budget_period,
-                        pi.budget_tz_min, pi.budget_warnings);
+                        pi.budget.prev_spent_microusd, pi.budget.period_end_unix_ns, pi.budget.period,
+                        pi.budget.tz_min, pi.budget.warnings);
     } else if (pi.spent_microusd) {
         usd(pi.spent_microusd, b, sizeof b);
         printf("  spent: $%s\n", b);

@@ -183,14 +183,15 @@ static void pool_families(expo *x)
            "whose budget has a period).");
     for (uint32_t p = 0; p < s->n_pools; p++)
         if (s->pools[p].ps.budget_microusd && s->pools[p].pb.period)
-            s_dbl(f, "keymesh_pool_prev_spent_usd", x->pl[p], (double)s->pools[p].pb.prev / 1e6);
+            s_dbl(f, "keymesh_pool_prev_spent_usd", x->pl[p],
+                  (double)s->pools[p].pb.prev_spent_microusd / 1e6);
     family(f, "keymesh_pool_budget_period_end_seconds", "gauge",
            "When the pool's budget period ends and its spend resets, Unix seconds (pools "
            "whose budget has a period).");
     for (uint32_t p = 0; p < s->n_pools; p++)
         if (s->pools[p].ps.budget_microusd && s->pools[p].pb.period)
             s_u64(f, "keymesh_pool_budget_period_end_seconds", x->pl[p],
-                  s->pools[p].pb.end / 1000000000u);
+                  s->pools[p].pb.period_end_unix_ns / 1000000000u);
 }
 
 static void key_counter_families(expo *x)

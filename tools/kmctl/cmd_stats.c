@@ -104,12 +104,12 @@ static int check_filters(const stats_opts *o, const seg_stats *s)
 
 /* The pool line's budget tail: its period, the previous period's spend
  * and when it resets; a soft budget's warnings. */
-static void budget_tail(const budget_view *b, int hard, int over)
+static void budget_tail(const km_budget_state *b, int hard, int over)
 {
     char u[32], e[48];
     if (b->period) {
-        fmt_usd(b->prev, u, sizeof u);
-        fmt_period_end(b->end, b->tz_min, e, sizeof e);
+        fmt_usd(b->prev_spent_microusd, u, sizeof u);
+        fmt_period_end(b->period_end_unix_ns, b->tz_min, e, sizeof e);
         printf(" per %s, previous %s $%s, resets %s", budget_period_name(b->period),
                budget_period_name(b->period), u, e);
     }
@@ -122,7 +122,7 @@ static void budget_tail(const budget_view *b, int hard, int over)
 
 /* A budget's period fields, after "budget_hard" (keymesh._stats has the
  * same, in the same order): null where there is no budget. */
-static int budget_json(json_t *j, uint64_t budget, const budget_view *b)
+static int budget_json(json_t *j, uint64_t budget, const km_budget_state *b)
 {
     char tz[16];
     int32_t a = b->tz_min < 0 ? -b->tz_min : b->tz_min;
@@ -135,8 +135,9 @@ static int budget_json(json_t *j, uint64_t budget, const budget_view *b)
         "{s:o, s:o, s:o, s:o, s:o, s:o}",
         "budget_period", budget ? json_string(budget_period_name(b->period)) : json_null(),
         "budget_tz", budget ? json_string(tz) : json_null(),
-        "prev_spent_usd", jusd(b->prev),
-        "period_end_unix_ms", b->end ? ju64(b->end / 1000000u) : json_null(),
+        "prev_spent_usd", jusd(b->prev_spent_microusd),
+        "period_end_unix_ms",
+        b->period_end_unix_ns ? ju64(b->period_end_unix_ns / 1000000u) : json_null(),
         "budget_warnings", ju64(b->warnings),
         "budget_over", budget ? json_boolean(b->over) : json_null());
     int rc = more ? json_object_update(j, more) : -1;
@@ -144,8 +145,8 @@ static int budget_json(json_t *j, uint64_t budget, const budget_view *b)
     return rc;
 }
 
-static json_t *key_json(const km_key_stats *k, const budget_view *kb, const km_model_stats *km,
-                        uint32_t nm, const stats_opts *o)
+static json_t *key_json(const km_key_stats *k, const km_budget_state *kb,
+                        const km_model_stats *km, uint32_t nm, const stats_opts *o)
 {
     json_t *j = json_pack(
         "{s:o, s:s, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o}",
@@ -394,8 +395,8 @@ static int print_pool(const pool_view *v, const stats_opts *o)
             }
             if (periods && k->budget_microusd && v->kb[i].period) {
                 char e[48];
-                fmt_usd(v->kb[i].prev, u2, sizeof u2);
-                fmt_period_end(v->kb[i].end, v->kb[i].tz_min, e, sizeof e);
+                fmt_usd(v->kb[i].prev_spent_microusd, u2, sizeof u2);
+                fmt_period_end(v->kb[i].period_end_unix_ns, v->kb[i].tz_min, e, sizeof e);
                 tbl_cell(&t, "%s", u2);
                 tbl_cell(&t, "%s", e);
             } else if (periods) {

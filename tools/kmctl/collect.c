@@ -24,13 +24,6 @@ void collect_free(seg_stats *s)
     memset(s, 0, sizeof *s);
 }
 
-static void budget_of(budget_view *b, uint64_t prev, uint64_t end, int32_t period,
-                      int32_t tz_min, uint32_t warnings, uint32_t over)
-{
-    *b = (budget_view){.prev = prev, .end = end, .period = period, .tz_min = tz_min,
-                       .warnings = warnings, .over = over};
-}
-
 static int collect_pool(km_env *env, int p, unsigned flags, pool_view *v)
 {
     int rc = km_pool_stats_get(env, p, &v->ps, sizeof v->ps);
@@ -47,8 +40,7 @@ static int collect_pool(km_env *env, int p, unsigned flags, pool_view *v)
     km_pool_info pi;
     if ((rc = km_pool_info_get(env, p, &pi)) != KM_OK)
         return rc;
-    budget_of(&v->pb, pi.prev_spent_microusd, pi.period_end_unix_ns, pi.budget_period,
-              pi.budget_tz_min, pi.budget_warnings, pi.budget_over);
+    v->pb = pi.budget;
     uint32_t cap = pi.n_keys > v->ps.n_keys ? pi.n_keys : v->ps.n_keys;
     if (cap && (!(v->keys = calloc(cap, sizeof *v->keys)) || !(v->kb = calloc(cap, sizeof *v->kb))))
         return KM_ENOMEM;
@@ -68,8 +60,7 @@ static int collect_pool(km_env *env, int p, unsigned flags, pool_view *v)
             return rc;
         km_key_info ki;
         if (km_key_info_get(env, k, &ki) == KM_OK)
-            budget_of(&v->kb[v->n_keys], ki.prev_spent_microusd, ki.period_end_unix_ns,
-                      ki.budget_period, ki.budget_tz_min, ki.budget_warnings, ki.budget_over);
+            v->kb[v->n_keys] = ki.budget;
         for (uint32_t m = 0; v->key_models && m < nm; m++) {
             km_model_stats *km = &v->key_models[(size_t)v->n_keys * nm + m];
             rc = km_key_model_stats_get(env, k, m, km, sizeof *km);

@@ -212,19 +212,11 @@ uint64_t unix_ms_now(void);
 
 /* ------------------------------------- statistics (collect.c) */
 
-/* A budget's period figures (from km_pool_info / km_key_info: the stats
- * structs do not carry them). */
-typedef struct budget_view {
-    uint64_t prev;          /* spend of the previous period */
-    uint64_t end;           /* CLOCK_REALTIME ns the period ends; 0: none */
-    int32_t period, tz_min; /* km_budget_period; minutes east of UTC */
-    uint32_t warnings, over;
-} budget_view;
-
 typedef struct pool_view {
     km_pool_stats ps;
-    budget_view pb;             /* the pool's budget */
-    budget_view *kb;            /* n_keys: each key's */
+    km_budget_state pb;         /* the pool's budget period (from km_pool_info:
+                                 * the stats structs do not carry it) */
+    km_budget_state *kb;        /* n_keys: each key's (km_key_info) */
     km_model_stats *models;     /* ps.n_models, over all keys */
     km_key_stats *keys;         /* n_keys */
     uint32_t n_keys;

@@ -99,18 +99,16 @@ BUDGET_LIFETIME, BUDGET_DAY, BUDGET_WEEK, BUDGET_MONTH = 0, 1, 2, 3
 BUDGET_PERIODS = ("lifetime", "day", "week", "month")
 
 
-class _BudgetFields(Structure):
-    # keymesh.h: the budget's period, in the union of what was
-    # reserved[4] of km_pool_info and km_key_info.
+class BudgetState(Structure):
+    # keymesh.h km_budget_state: km_pool_info.budget and km_key_info.budget,
+    # in a union with what was their reserved[4].
     _fields_ = [("prev_spent_microusd", c_uint64), ("period_end_unix_ns", c_uint64),
-                ("budget_period", c_int32), ("budget_tz_min", c_int16),
-                ("budget_rolls", c_uint16), ("budget_warnings", c_uint32),
-                ("budget_over", c_uint32)]
+                ("period", c_int32), ("tz_min", c_int16), ("rolls", c_uint16),
+                ("warnings", c_uint32), ("over", c_uint32)]
 
 
 class _BudgetUnion(Union):
-    _anonymous_ = ("_b",)
-    _fields_ = [("_b", _BudgetFields), RESERVED]
+    _fields_ = [("budget", BudgetState), RESERVED]
 
 
 BUDGET_TAIL = ("_budget", _BudgetUnion)  # the last field of PoolInfo, KeyInfo

@@ -316,17 +316,18 @@ def _spend(s: Any, info: Any) -> Dict[str, Any]:
     # kmctl's cmd_stats.c budget_json: the period fields come from the
     # info struct (km_pool_info / km_key_info), as kmctl reads them.
     b = s.budget_microusd
-    period = info.budget_period if 0 <= info.budget_period < len(L.BUDGET_PERIODS) else 0
+    st = info.budget
+    period = st.period if 0 <= st.period < len(L.BUDGET_PERIODS) else 0
     return {"spent_usd": _usd(s.spent_microusd),
             "budget_usd": _usd(b) if b else None,
             "budget_hard": bool(s.budget_hard) if b else None,
             "budget_period": L.BUDGET_PERIODS[period] if b else None,
-            "budget_tz": _tz(info.budget_tz_min) if b else None,
-            "prev_spent_usd": _usd(info.prev_spent_microusd),
-            "period_end_unix_ms": _u64(info.period_end_unix_ns // 1000000)
-            if info.period_end_unix_ns else None,
-            "budget_warnings": info.budget_warnings,
-            "budget_over": bool(info.budget_over) if b else None}
+            "budget_tz": _tz(st.tz_min) if b else None,
+            "prev_spent_usd": _usd(st.prev_spent_microusd),
+            "period_end_unix_ms": _u64(st.period_end_unix_ns // 1000000)
+            if st.period_end_unix_ns else None,
+            "budget_warnings": st.warnings,
+            "budget_over": bool(st.over) if b else None}
 
 
 def model_dict(m: ModelStats, summed: bool) -> Dict[str, Any]:
