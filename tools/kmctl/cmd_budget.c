@@ -54,20 +54,12 @@ int cmd_reset_spend(int argc, char **argv)
         return rc;
     const char *name = argv[optind], *pname = argv[optind + 1],
                *kid = optind + 2 < argc ? argv[optind + 2] : NULL;
-    if ((rc = open_seg(name, &env)) != EX_SUCCESS)
+    if ((rc = open_pool_key(name, pname, kid, &env, &pool, &key)) >= 0)
         return rc;
-    pool = km_pool_find(env, pname);
-    if (pool < 0) {
-        errline("pool '%s': %s", pname, err_text(pool, errno));
-        rc = exit_for(pool);
-        goto out;
-    }
     if (kid) {
         km_key_info ki;
-        key = km_key_find(env, pool, kid);
-        if (key < 0 || (rc = km_key_info_get(env, key, &ki)) != KM_OK ||
+        if ((rc = km_key_info_get(env, key, &ki)) != KM_OK ||
             (rc = km_spend_reset(env, key, &was)) != KM_OK) {
-            rc = key < 0 ? key : rc;
             errline("key '%s' in pool '%s': %s", kid, pname, err_text(rc, errno));
             rc = exit_for(rc);
             goto out;

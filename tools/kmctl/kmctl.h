@@ -317,6 +317,12 @@ extern const cmd_syntax create_syntax, inspect_syntax, ps_syntax, snapshot_synta
     reap_syntax, check_syntax, stats_syntax, metrics_syntax, serve_syntax, top_syntax, ls_syntax,
     presets_syntax, reset_spend_syntax;
 
+/* Attach to segment NAME, find POOL and (kid not NULL) its key KID,
+ * errline-ing what is missing (cmd_keys.c); -1 to go on with *env open,
+ * else an exit status with nothing open. */
+int open_pool_key(const char *name, const char *pname, const char *kid, km_env **env,
+                  int *pool, int *key);
+
 /* Budgets (cmd_budget.c): a period's name ("day", "week", "month",
  * "lifetime"); a period's end as "2027-01-01 00:00 +02:00" in its zone
  * ("-": none); and the one line `inspect` and `stats` print for a budget. */
