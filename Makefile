@@ -129,8 +129,10 @@ KM_NEED_prove := cmd:prove:perl
 # The operator tests: a real Prometheus (and promtool) scraping kmctl serve,
 # kmctl top driven under tmux.
 KM_NEED_ops   := cmd:prometheus:prometheus cmd:promtool:prometheus cmd:tmux:tmux
+# t_persist_kill.sh stops a persist at a chosen instruction under gdb.
+KM_NEED_gdb   := cmd:gdb:gdb
 KM_DEPS_BUILD := cc lib kmctl man
-KM_DEPS_TEST  := prove ops
+KM_DEPS_TEST  := prove ops gdb
 
 # $(call km_missing,PART...): the Debian packages for what PARTs lack.
 # $(call km_lacking,PART...): what they lack, for the message.

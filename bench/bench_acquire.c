@@ -80,6 +80,9 @@ typedef struct scenario {
     int procs, keys, strategy, limits;
     uint32_t tokens;
     int usage_events; /* capacity.usage_events; -1: the library's default */
+    const char *model; /* --model: the pool lists it and every request names
+                        * it (one key x model counter more per acquire and
+                        * release); NULL: none */
     double seconds;
     int reps;
 } scenario;
@@ -207,11 +210,12 @@ static int make_config(const scenario *sc, km_config **cfg)
                           "{\"capacity\": {\"keys\": %d, \"processes\": %d, "
                           "\"pools\": 1, \"inflight_per_key\": %d%s},\n"
                           " \"pools\": [{\"name\": \"bench\", "
-                          "\"strategy\": \"%s\",\n",
+                          "\"strategy\": \"%s\",%s%s%s\n",
                           sc->keys, sc->procs + 4, sc->procs + 4,
                           sc->usage_events < 0 ? "" : sc->usage_events ? ", \"usage_events\": 4096"
                                                                      : ", \"usage_events\": 0",
-                          km_strategy_name(sc->strategy));
+                          km_strategy_name(sc->strategy), sc->model ? " \"models\": {\"" : "",
+                          sc->model ? sc->model : "", sc->model ? "\": {}}," : "");
     if (sc->limits)
         /* Never binding: rpm 1e9 and tpm 1e12 give the GCRA words a burst
          * tolerance of a full minute, far more than a run consumes. */
@@ -255,7 +259,8 @@ static void worker(const scenario *sc, volatile shared *sh, wres *res,
         _exit(1);
     }
     pool = km_pool_find(env, "bench");
-    km_request req = {.pool = pool, .strategy = sc->strategy, .tokens = sc->tokens};
+    km_request req = {.pool = pool, .strategy = sc->strategy, .tokens = sc->tokens,
+                      .model = sc->model};
     km_outcome out = {.kind = KM_OUT_SUCCESS, .latency_us = 1000,
                       .tokens = (int64_t)sc->tokens, .retry_after_s = 0,
                       .input_tokens = -1, .output_tokens = -1};
@@ -439,11 +444,12 @@ static int run_scenario(const scenario *sc, int seq)
     double med = sc->reps % 2 ? rate[sc->reps / 2]
                               : (rate[sc->reps / 2 - 1] + rate[sc->reps / 2]) / 2;
     printf("SUMMARY acquire_release procs=%d keys=%d strategy=%s limits=%s "
-           "tokens=%u usage_events=%s seconds=%g reps=%d p50_ns=%llu p99_ns=%llu p999_ns=%llu "
-           "ops_per_s=%.0f\n",
+           "tokens=%u usage_events=%s model=%s seconds=%g reps=%d p50_ns=%llu p99_ns=%llu "
+           "p999_ns=%llu ops_per_s=%.0f\n",
            sc->procs, sc->keys, km_strategy_name(sc->strategy),
            sc->limits ? "on" : "off", (unsigned)sc->tokens,
-           sc->usage_events == 0 ? "off" : "on", sc->seconds, sc->reps,
+           sc->usage_events == 0 ? "off" : "on", sc->model ? sc->model : "-", sc->seconds,
+           sc->reps,
            (unsigned long long)pct_pair_ns(all, n_all, 0.50),
            (unsigned long long)pct_pair_ns(all, n_all, 0.99),
            (unsigned long long)pct_pair_ns(all, n_all, 0.999), med);
@@ -472,7 +478,7 @@ static void usage(void)
 {
     fprintf(stderr, "usage: bench_acquire [--procs N] [--keys N] [--strategy S]\n"
                     "                     [--seconds S] [--reps R] [--limits on|off] "
-                    "[--tokens N] [--usage-events on|off] [--short]\n"
+                    "[--tokens N] [--usage-events on|off] [--model M] [--short]\n"
                     "       bench_acquire [--matrix base|strategies|all] [--seconds S] "
                     "[--reps R]\n"
                     "                     [--limits on|off] [--tokens N] [--short]\n"
@@ -519,6 +525,7 @@ int main(int argc, char **argv)
         {"limits", required_argument, NULL, 'l'},
         {"tokens", required_argument, NULL, 't'},
         {"usage-events", required_argument, NULL, 'u'},
+        {"model", required_argument, NULL, 'M'},
         {"short", no_argument, NULL, 'q'},
         {"matrix", required_argument, NULL, 'm'},
         {"help", no_argument, NULL, 'h'},
@@ -584,6 +591,15 @@ int main(int argc, char **argv)
                 base.usage_events = 0;
             else
                 usage();
+            break;
+        case 'M':
+            /* A model name as the config takes it (docs/config.md), so it
+             * goes into the JSON as is. */
+            if (!*optarg || strlen(optarg) > KM_ID_MAX ||
+                strspn(optarg, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                               "0123456789_.:/-") != strlen(optarg))
+                usage();
+            base.model = optarg;
             break;
         case 'q':
             shortrun = 1;

@@ -957,7 +957,15 @@ KM_EXTERN int km_snapshot_keygen(char hex[2 * KM_SNAPSHOT_KEY_BYTES + 1]);
  * once, in order per ring, calling fn for each event; one drainer at a time per segment
  * (KM_EBUSY if another live process is draining).  fn returning non-zero
  * stops the drain there (that event stays for the next drain) and
- * km_usage_drain returns that value.  `kmctl persist` drains into SQLite. */
+ * km_usage_drain returns that value.  `kmctl persist` drains into SQLite.
+ *
+ * A drain consumes what it hands out.  To lose nothing when the drainer
+ * dies before it has stored the events elsewhere, drain in two phases:
+ * km_usage_drain_ex(KM_USAGE_DEFER), store, km_usage_commit().  A drainer
+ * that dies in between leaves the events in the rings, and the next drain
+ * hands them out again, each with the same identity (segment_ns, ring,
+ * seq): a consumer that keeps it under a unique index (kmctl persist does)
+ * stores every event exactly once. */
 typedef struct km_usage_event {
     uint64_t start_unix_ns;   /* when the lease was acquired, wall clock */
     uint64_t latency_us;      /* as reported, or measured where the release
@@ -970,7 +978,15 @@ typedef struct km_usage_event {
     char model[KM_ID_MAX + 1];  /* the request's; "" if none; "?" if a pool
                                  * without a models list has met more than
                                  * capacity.models names (docs/kmctl.md) */
-    uint64_t reserved[4];     /* zeroed by the library */
+    /* The event's identity, the same every time a drain hands it out: */
+    uint64_t seq;             /* its number in its ring, from 0 */
+    uint64_t segment_ns;      /* the segment's created_wall_ns (km_info): a
+                               * segment created anew (restart, restore)
+                               * numbers its events anew */
+    int ring;                 /* its ring, 0 .. 2 * cap_procs - 1: process
+                               * slot * 2, + 1 for the slot's shared ring */
+    uint32_t reserved0;       /* zeroed by the library (as reserved[]) */
+    uint64_t reserved[1];     /* zeroed by the library */
 } km_usage_event;
 
 typedef struct km_usage_report {
@@ -986,6 +1002,34 @@ typedef struct km_usage_report {
  * other as processes do.  Appending (every release) never waits for it. */
 KM_EXTERN int km_usage_drain(km_env *env, int (*fn)(void *ctx, const km_usage_event *ev),
                              void *ctx, km_usage_report *out);
+/* km_usage_drain() with flags (0: exactly km_usage_drain).
+ * KM_USAGE_DEFER: hand the events out as km_usage_drain does, but consume
+ * nothing yet: the cursors reached and the drops found are kept in the
+ * handle until km_usage_commit().  Without a commit, the next drain (any
+ * flags; of this handle or, once this process is gone, of another) starts
+ * where the last committed one ended and hands the same events out again,
+ * with the same seq, ring and segment_ns; it forgets the uncommitted one.
+ * Meanwhile this process stays the drainer, and releases go on appending
+ * (a ring overrun counts what it overwrote, delivered or not, as dropped
+ * at the next drain).  out->dropped_total includes this drain's drops.
+ * KM_EINVAL for another flag; KM_ENOMEM if the handle's room for the
+ * cursors (16 bytes per ring, once) cannot be allocated.
+ * @note As km_usage_drain(); the commit belongs to the same handle, and no
+ * other drain of that handle may run between the two. */
+#define KM_USAGE_DEFER 1u
+KM_EXTERN int km_usage_drain_ex(km_env *env, unsigned flags,
+                                int (*fn)(void *ctx, const km_usage_event *ev), void *ctx,
+                                km_usage_report *out);
+/* Consume what the last km_usage_drain_ex(KM_USAGE_DEFER) of this handle
+ * handed out: store its cursors and drop counts in the segment.  KM_OK
+ * also when nothing is pending (no deferred drain, or committed already).
+ * KM_EBUSY (and nothing stored: the next drain hands the events out
+ * again) if this process is no longer the drainer, which happens only if
+ * the segment was written behind the library's back: a live drainer's
+ * claim is never taken.
+ * @note Not concurrently with a drain or another commit through the same
+ * handle.  Appending (every release) never waits for it. */
+KM_EXTERN int km_usage_commit(km_env *env);
 
 /* Mask a secret for display: "sk-…abcd" style, at most KM_MASKED_MAX - 1
  * bytes + NUL.
@@ -1044,10 +1088,19 @@ KM_EXTERN int km_presets_json(const char *provider, char **out, char *errbuf,
  *         (used x the emission interval; see km_limit_mode).
  * used/burst is how close the window is to refusing (0..1).
  *
- * Per-model counters.  Requests and outcomes are counted per key today, not
- * per key x model: km_model_stats.counters_valid is 0 and its counters are
- * 0 until the segment keeps them (a later format).  Per-model windows
- * (per_model pools) are there now.
+ * Per-model counters.  Requests, outcomes, abandoned and stale releases
+ * and tokens are counted per key and per key x model
+ * (km_model_stats.counters_valid is 1): a request that names a model counts
+ * on its key and on that key x model, one that names none on its key only;
+ * a model's counters over a pool are the sums over its keys.  The models of
+ * a pool are its listed ones or, in a pool without a models list, the
+ * names its requests gave (in the order first given, at most
+ * capacity.models): n_models of km_pool_stats and km_key_stats counts
+ * either.  A process killed between a key's count and its key x model
+ * count leaves the latter short by one (as a kill between a lease's phases
+ * leaves the key's own, README "Counters").  A stale release whose lease
+ * names a model of a pool without a models list counts on the key only.
+ * Per-model windows are those of per_model pools.
  */
 
 #define KM_KEY_STATE_COUNT 6 /* km_key_state values: ACTIVE .. EXHAUSTED */
@@ -1084,7 +1137,8 @@ typedef struct km_key_stats {
     uint32_t consecutive_failures, consecutive_429s;
     uint64_t latency_ema_us;    /* moving average; 0 before the first sample */
     uint32_t success_ppm;       /* moving average of success, parts per million */
-    uint32_t n_models;          /* models of its pool (km_key_model_stats_get) */
+    uint32_t n_models;          /* models of its pool (km_key_model_stats_get):
+                                 * listed, or named by requests (above) */
     km_stats_counters counters;
     km_window_stats windows[KM_WIN_COUNT];
     uint64_t spent_microusd;
@@ -1133,8 +1187,8 @@ typedef struct km_model_stats {
     char name[KM_ID_MAX + 1];
     uint64_t taken_ns;
     uint32_t n_keys;            /* keys summed (1 for one key) */
-    int32_t counters_valid;     /* 0: the segment keeps no per-model counters
-                                 * (this format); counters are 0 */
+    int32_t counters_valid;     /* 1: counters filled (per key x model); 0
+                                 * from a library that keeps none */
     km_stats_counters counters;
     /* The model's own limits (per_model pools; limit 0 elsewhere); over all
      * keys, sums as in km_pool_stats. */
@@ -1161,13 +1215,15 @@ KM_EXTERN int km_key_stats_get(km_env *env, int key, km_key_stats *out, size_t s
 KM_EXTERN int km_pool_stats_get(km_env *env, int pool, km_pool_stats *out, size_t size);
 
 /* Model `model` (0-based, < km_pool_stats.n_models) of `pool` over every key
- * of the pool.  KM_ENOPOOL, KM_ENOMODEL past the end.
+ * of the pool: its counters summed, its windows as above.  KM_ENOPOOL,
+ * KM_ENOMODEL past the end.
  * @note As km_pool_stats_get. */
 KM_EXTERN int km_model_stats_get(km_env *env, int pool, int model, km_model_stats *out,
                                  size_t size);
 
-/* Model `model` of the key's pool on key `key`: the model's windows on that
- * key.  KM_ENOKEY, KM_ENOMODEL past the end.
+/* Model `model` of the key's pool on key `key`: the key x model counters
+ * and the model's windows on that key.  KM_ENOKEY, KM_ENOMODEL past the
+ * end.
  * @note As km_key_stats_get. */
 KM_EXTERN int km_key_model_stats_get(km_env *env, int key, int model,
                                      km_model_stats *out, size_t size);

@@ -216,6 +216,13 @@ static int lease_key(km_env *e, uint32_t ki, key_scan *sc, km_lease *out)
      * death before ACTIVE leaves it counted as acquired only: short by one,
      * never over).  We own the slot: a plain increment is exact. */
     KM__SLOT_ADD(ls->acquired, 1);
+    /* And on the key x model row the request named, if any, in the same
+     * phase: a locked add, the row being shared by the key's leases
+     * (km__mwin; statistics, ordered against nothing).  No model: one
+     * compare (km__mrow's bound). */
+    km__mwin *mr = km__mrow(e, ki, sc->model | sc->named);
+    if (mr)
+        ck_pr_inc_64(&mr->requests);
     /* In-flight +1: our own flag (I1), a plain store (the byte has no other
      * writer), after the limit atomics and before the phase store.  On x86
      * the atomics are locked and stores keep their order, so both fences

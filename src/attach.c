@@ -334,6 +334,7 @@ KM_EXTERN int km_close(km_env *e)
         km__proc_release(&e->seg);
     }
     km__seg_close_raw(&e->seg);
+    free(e->usage_defer); /* an uncommitted deferred drain: delivered again */
     free(e);
     return KM_OK;
 }

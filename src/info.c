@@ -14,6 +14,7 @@
 
 #include "internal.h"
 #include "slots.h"
+#include "stats_read.h"
 
 /* find_member: scans to try while grace periods keep starting, before
  * KM_EBUSY (each scan is a few hundred ns; a grace period lasts longer). */
@@ -355,3 +356,58 @@ KM_EXTERN int km_model_info_get(km_env *e, int pool, int i, int key,
     return KM_OK;
 }
 
+
+/* ------------------------------------------- model rows (src/stats_read.h) */
+
+uint32_t km__model_rows(km_env *e, int pool)
+{
+    if (!e || pool < 0 || (uint32_t)pool >= e->geom.n_pools)
+        return 0;
+    const km__pool *p = &km__pools(e)[pool];
+    if (p->n_models)
+        return (uint32_t)km__min64(p->n_models, e->geom.cap_models);
+    /* Named rows: taken ones first, never freed (N1). */
+    const km__model *md = km__models(e, (uint32_t)pool);
+    uint32_t n = 0;
+    while (n < e->geom.cap_models && ck_pr_load_64(&md[n].named_by))
+        n++;
+    return n;
+}
+
+int km__model_row_read(km_env *e, int pool, int row, int key, char name[KM_ID_MAX + 1],
+                       km_stats_counters *c)
+{
+    if (!e || pool < 0 || (uint32_t)pool >= e->geom.n_pools)
+        return KM_ENOPOOL;
+    if (row < 0 || (uint32_t)row >= km__model_rows(e, pool))
+        return KM_ENOMODEL;
+    const km__pool *p = &km__pools(e)[pool];
+    const km__model *md = &km__models(e, (uint32_t)pool)[row];
+    if (name) {
+        /* A named row's name is readable once its hash is (N2); a listed
+         * model's was written at creation. */
+        if (!p->n_models && !ck_pr_load_32(&md->hash)) {
+            name[0] = '\0';
+        } else {
+            ck_pr_fence_load(); /* the hash before the name (N2) */
+            memcpy(name, md->name, KM_ID_MAX + 1);
+        }
+        name[KM_ID_MAX] = '\0'; /* the segment's copy may lack it */
+    }
+    if (c) {
+        if (key < 0 || (uint32_t)key >= e->geom.cap_keys ||
+            km__keys(e)[key].pool != (uint32_t)pool)
+            return KM_ENOKEY;
+        /* Locked adds by many leases (km__mwin): each load is one number. */
+        const km__mwin *r = &km__mwins(e, (uint32_t)key)[row];
+        memset(c, 0, sizeof *c);
+        c->requests = ck_pr_load_64(&r->requests);
+        c->outcomes[KM_OUT_SUCCESS] = ck_pr_load_64(&r->ok.n);
+        for (int i = 1; i < KM_OUT_COUNT; i++)
+            c->outcomes[i] = ck_pr_load_64(&r->outcomes[i - 1]);
+        c->abandoned = ck_pr_load_64(&r->abandoned);
+        c->stale_releases = ck_pr_load_64(&r->stale);
+        c->tokens = ck_pr_load_64(&r->ok.tokens);
+    }
+    return KM_OK;
+}

@@ -150,6 +150,7 @@ int km__limit_gcra(const km__limit_cfg *l, uint64_t period_ns,
 void km__limit_why(const km__limit_cfg *l, uint64_t period_ns, char *buf, size_t len);
 
 /* ------------------------------------------------------------------ handle */
+typedef struct km__udefer km__udefer; /* src/usage.c */
 struct km_env {
     km__seg seg;       /* the mapping, our process slot, epochs (shm/shm.h) */
     /* A private copy of the header taken and validated at attach (by shm/
@@ -168,6 +169,10 @@ struct km_env {
      * KM_OPEN_READONLY or KM_OPEN_NO_SLOT): km_acquire's one bounds check on
      * the pool refuses such a handle at no cost to the others. */
     uint32_t acq_pools;
+    /* A drain with KM_USAGE_DEFER keeps here what km_usage_commit stores
+     * (src/usage.c, U4): per ring, the cursor and the count it dropped.
+     * NULL until the first deferred drain; freed by km_close. */
+    km__udefer *usage_defer;
 };
 
 static inline uint32_t km__admin_timeout(const km_env *e)
@@ -195,6 +200,15 @@ static inline km__mwin *km__mwins(const km_env *e, uint32_t key)
 {
     return (km__mwin *)KM__AT(e->seg.base, e->geom.off_mwin) +
            (size_t)key * e->geom.cap_models;
+}
+/* The model row a lease's or usage event's model word names (listed model
+ * index + 1, or KM__MODEL_NAMED | row + 1), counted on in km__mwin; NULL
+ * for none (0, a named request past every row) or a word out of range (the
+ * lease slot is shared memory: never trusted). */
+static inline km__mwin *km__mrow(const km_env *e, uint32_t key, uint32_t model)
+{
+    uint32_t row = (model & ~KM__MODEL_NAMED) - 1; /* 0 wraps: out of range */
+    return row < e->geom.cap_models ? &km__mwins(e, key)[row] : NULL;
 }
 static inline km__key *km__keys(const km_env *e)
 {

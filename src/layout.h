@@ -10,7 +10,8 @@
  *   km__member[cap_pools][2][cap_keys] each pool's two member lists
  *   km__model[cap_pools][cap_models]  each pool's models
  *   km__key[cap_keys]
- *   km__mwin[cap_keys][cap_models]    per-model limit pairs of each key
+ *   km__mwin[cap_keys][cap_models]    per-model limit pairs and counters of
+ *                                     each key
  *   km__lease[cap_keys][cap_inflight] lease slots, one row per key
  *   uint8_t[cap_keys][stride]  in-flight flags, one byte per lease slot;
  *                              stride = cap_inflight rounded up to a line
@@ -303,12 +304,56 @@ _Static_assert(sizeof(km__key) == 17 * KM__LINE, "km__key size");
 /* Parts per million: success_ppm of a key that has always succeeded. */
 #define KM__PPM 1000000u
 
-/* The limit pairs of one model on one key (per_model pools). */
+/* Successes and tokens of a key x model: one 16-byte pair (see km__mwin). */
+typedef struct km__mok {
+    uint64_t n;      /* releases with outcome SUCCESS */
+    uint64_t tokens; /* tokens settled at release, every outcome */
+} __attribute__((aligned(16))) km__mok;
+_Static_assert(sizeof(km__mok) == 16 && _Alignof(km__mok) == 16, "km__mok");
+
+/* One model row of one key: the model's limit pairs (per_model pools) and
+ * the key x model counters (every pool whose request named a model row: a
+ * listed model, or a named row of a pool without a models list; the row is
+ * the one the lease records, km__lease.model).
+ *
+ * Counters.  Unlike a key's own counters, which live in its lease slots
+ * (one owner each: plain increments), a row is shared by every lease of the
+ * key that names the model, so each count is one locked add (statistics:
+ * atomicity is all that is needed, no ordering against other words).  They
+ * are added where the key's own are, in the same phase (P1-P4): requests
+ * next to km__lease.acquired (ADMITTING), the outcome and its tokens next
+ * to the slot's outcome count (after the in-flight flag, P4), abandoned
+ * and its tokens next to the slot's (src/reap.c), stale with
+ * km__key.stale.
+ * A process killed between the two counts leaves the row's count short by
+ * one against the key's, as a kill between phases leaves the key's own
+ * (README, "Counters"); never over.  Cleared with the row when a key row is
+ * reused (src/reconfig.c). */
 typedef struct km__mwin {
+    /* lines 0-1: the limit pairs, CASed by every acquire of this key and
+     * model in a per_model pool */
     km__gcra win[KM_WIN_COUNT];
-    uint8_t pad[2 * KM__LINE - KM_WIN_COUNT * 16];
+    /* line 1, after the pairs: the rare counts (stale releases; leases
+     * released by km_close or a reaper) */
+    uint64_t stale;
+    uint64_t abandoned;
+    uint8_t pad[2 * KM__LINE - KM_WIN_COUNT * 16 - 16];
+    /* line 2: what every acquire (requests) and release (outcome, tokens
+     * settled) naming the model adds: one line for both.  A success and
+     * its tokens are one pair, added by one 16-byte CAS (km__mrow_ok), so
+     * the common release costs one locked instruction, not two; the other
+     * outcomes add their count and their tokens apart (tokens by a locked
+     * add on its half, atomic against the pair CAS, as tighten()'s CAS on
+     * a limit pair's tat). */
+    km__mok ok;                           /* successes, and all tokens settled */
+    uint64_t requests;
+    uint64_t outcomes[KM_OUT_COUNT - 1];  /* kind k > 0 at [k - 1] */
 } km__mwin;
-_Static_assert(sizeof(km__mwin) == 2 * KM__LINE, "km__mwin size");
+_Static_assert(offsetof(km__mwin, stale) == KM_WIN_COUNT * 16, "mwin: rare counts after the pairs");
+_Static_assert(offsetof(km__mwin, ok) % 16 == 0 && KM_OUT_SUCCESS == 0,
+               "mwin: the success pair is 16-byte aligned for its CAS");
+_Static_assert(offsetof(km__mwin, ok) == 2 * KM__LINE, "mwin: counter line");
+_Static_assert(sizeof(km__mwin) == 3 * KM__LINE, "km__mwin size");
 
 /* A lease slot.  owner != 0 while claimed: the owner's process-table tag,
  * (process slot + 1) << 32 | pid, or a reaper's mark (src/owner.h).
@@ -571,6 +616,9 @@ static inline uint64_t km__layout_signature(void)
         /* The pool's reserve and sleeper tickets (issue 17, fair waiting). */
         offsetof(km__pool, reserve), offsetof(km__pool, reserve_until), offsetof(km__pool, ticket),
         offsetof(km__pool, reserve_key),
+        /* Key x model counters in the model rows (issue 13, item 1). */
+        offsetof(km__mwin, ok), offsetof(km__mwin, stale), offsetof(km__mwin, requests),
+        offsetof(km__mwin, abandoned), offsetof(km__mwin, outcomes),
         /* Budgets with a period (issue 18): spend pairs and periods. */
         sizeof(km__spend), offsetof(km__key, spend), offsetof(km__key, budget_period),
         offsetof(km__pool, spend), offsetof(km__pool, budget_period),

@@ -26,7 +26,9 @@ static void abandon(km_env *e, uint32_t ki, km__key *k, km__lease *ls, uint32_t 
     ck_pr_store_32(&ls->phase, KM__LP_RELEASING);
     ck_pr_fence_store_atomic(); /* phase before the settle's CASes (P2) */
     km__lview lv = km__lease_read(ls);
+    uint64_t settled = 0;
     if (lv.key_gen == ck_pr_load_32(&k->gen)) {
+        settled = lv.tokens;
         km__settle(e, ki, k, ls, &lv, lv.tokens);
         km__usage_put(e, km__rd_holds_row1(&e->seg), ki, lv.key_gen, k->pool, lv.model, lv.start_ns,
                       lv.tokens, -1, KM__OUT_ABANDONED);
@@ -40,6 +42,12 @@ static void abandon(km_env *e, uint32_t ki, km__key *k, km__lease *ls, uint32_t 
     ck_pr_store_8(&km__busy(e, ki)[slot], 0);
     ck_pr_fence_store();
     KM__SLOT_ADD(ls->abandoned, 1);
+    km__mwin *mr = km__mrow(e, ki, lv.model);
+    if (mr) { /* locked: a shared row (km__mwin); short by one if killed here */
+        ck_pr_inc_64(&mr->abandoned);
+        if (settled)
+            ck_pr_add_64(&mr->ok.tokens, settled); /* atomic against the pair CAS */
+    }
     ck_pr_fence_store(); /* the count before the slot is free (I3) */
     km__slot_free(ls);
     if (k->pool < e->geom.n_pools)
@@ -229,8 +237,13 @@ static int recount_key(km_env *e, uint32_t ki, live_cache *lc, int repair,
          * yet as released, so abandoned.  Died mid-acquire: the lease was
          * never handed out (nor counted as acquired) and counts nowhere. */
         uint8_t *fl = &km__busy(e, ki)[s];
-        if (releasing[s] && ck_pr_load_8(fl))
+        if (releasing[s] && ck_pr_load_8(fl)) {
             KM__SLOT_ADD(ls[s].abandoned, 1);
+            /* RELEASING: past ACTIVE, so its model word is settled (P3). */
+            km__mwin *mr = km__mrow(e, ki, ck_pr_load_32(&ls[s].model));
+            if (mr) /* locked: a shared row (km__mwin) */
+                ck_pr_inc_64(&mr->abandoned);
+        }
         ck_pr_store_8(fl, 0);
         ck_pr_fence_store(); /* the flag before the slot is free (I3) */
         km__slot_free(&ls[s]);

@@ -208,11 +208,17 @@ static void apply_view(km__key *k, const km_outcome *o)
  * handle without a process slot (tag 0), which owns no lease and counts
  * nothing (a read-only one cannot).  Out of line: the path that releases
  * stays as it was. */
-static __attribute__((noinline, cold)) int refused(km_env *e, km__key *k)
+static __attribute__((noinline, cold)) int refused(km_env *e, km__key *k, const km_lease *l)
 {
     if (!e->seg.tag)
         return KM_EREADONLY;
     ck_pr_inc_64(&k->stale);
+    /* On the model row too, by the caller's copy of the lease: it names a
+     * listed model only (a named row is in the slot, no longer the
+     * lease's).  A locked add, as the key's (km__mwin). */
+    km__mwin *mr = l->model > 0 ? km__mrow(e, (uint32_t)l->key, (uint32_t)l->model) : NULL;
+    if (mr)
+        ck_pr_inc_64(&mr->stale);
     return KM_ESTALE;
 }
 
@@ -237,7 +243,7 @@ KM_EXTERN int km_release(km_env *e, const km_lease *l, const km_outcome *o)
      * the slot, so these loads cannot race with a change we care about. */
     if (ck_pr_load_64(&ls->owner) != e->seg.tag || ck_pr_load_32(&ls->seq) != l->seq ||
         ck_pr_load_32(&ls->phase) != KM__LP_ACTIVE)
-        return refused(e, k);
+        return refused(e, k, l);
     ck_pr_store_32(&ls->phase, KM__LP_RELEASING);
     ck_pr_fence_store_atomic(); /* phase before the limit CASes (P2, src/layout.h) */
 
@@ -248,6 +254,7 @@ KM_EXTERN int km_release(km_env *e, const km_lease *l, const km_outcome *o)
                       : (uint64_t)o->tokens > UINT32_MAX ? UINT32_MAX
                                                : (uint64_t)o->tokens;
     int stale = lv.key_gen != ck_pr_load_32(&k->gen);
+    km__mwin *mr = km__mrow(e, ki, lv.model); /* key x model counters, if named */
     /* Ours to answer while we hold the slot (km__is_probe). */
     int probe = km__is_probe(k, si);
     km__pool *pool = k->pool < e->geom.n_pools ? &km__pools(e)[k->pool] : NULL;
@@ -270,6 +277,8 @@ KM_EXTERN int km_release(km_env *e, const km_lease *l, const km_outcome *o)
                       lat_us, kind);
     } else {
         ck_pr_inc_64(&k->stale);
+        if (mr)
+            ck_pr_inc_64(&mr->stale); /* locked, as the key's (km__mwin) */
     }
     /* The probe ends with its own release, after its outcome moved the
      * state, and while we still hold the slot: dying before this store, we
@@ -289,6 +298,11 @@ KM_EXTERN int km_release(km_env *e, const km_lease *l, const km_outcome *o)
             KM__SLOT_ADD(ls->succeeded, 1);
         else
             KM__SLOT_ADD(ls->outcomes[kind], 1);
+        /* The row's count (and the tokens settled above) after the
+         * slot's, still before the slot is free: a kill between them
+         * leaves the row short by one (km__mwin). */
+        if (mr)
+            km__mrow_outcome(mr, kind, actual);
     }
     km__slot_free(ls);
     if (pool)

@@ -80,6 +80,23 @@ static uint64_t num_u64(json_t *o, const char *k, uint64_t def)
     return def;
 }
 
+/* A key x model row's counters from a snapshot's "model_counters" entry
+ * (src/snapshot.c), before the segment is visible: plain stores. */
+static void model_counters_restore(km__mwin *r, json_t *mc)
+{
+    static const char *const kinds[KM_OUT_COUNT] = {
+        [KM_OUT_SUCCESS] = "success", [KM_OUT_RATE_LIMITED] = "rate_limited",
+        [KM_OUT_FAILURE] = "failure", [KM_OUT_AUTH] = "auth", [KM_OUT_QUOTA] = "quota",
+        [KM_OUT_CANCELLED] = "cancelled"};
+    r->requests = num_u64(mc, "acquired", 0);
+    r->ok.n = num_u64(mc, kinds[KM_OUT_SUCCESS], 0);
+    for (int i = 1; i < KM_OUT_COUNT; i++)
+        r->outcomes[i - 1] = num_u64(mc, kinds[i], 0);
+    r->abandoned = num_u64(mc, "abandoned", 0);
+    r->stale = num_u64(mc, "stale_releases", 0);
+    r->ok.tokens = num_u64(mc, "tokens_used", 0);
+}
+
 static uint64_t micro_usd_of(json_t *o, const char *k)
 {
     json_t *v = json_object_get(o, k);
@@ -362,6 +379,11 @@ static void state_restore(const restore_ctx *c, km_env *e, json_t *root)
                 for (uint32_t m = 0; m < pool->n_models && m < e->geom.cap_models; m++)
                     if (!strcmp(km__models(e, (uint32_t)pi)[m].name, mname))
                         windows_restore(c, km__mwins(e, (uint32_t)ki)[m].win, ml);
+            }
+            json_object_foreach(json_object_get(k, "model_counters"), mname, ml) {
+                for (uint32_t m = 0; m < pool->n_models && m < e->geom.cap_models; m++)
+                    if (!strcmp(km__models(e, (uint32_t)pi)[m].name, mname))
+                        model_counters_restore(&km__mwins(e, (uint32_t)ki)[m], ml);
             }
             key->state = (uint32_t)state_of(json_string_value(json_object_get(k, "state")), fails,
                                                pool->max_failures);

@@ -223,4 +223,24 @@ KM__HOT void km__settle(km_env *e, uint32_t ki, km__key *k, km__lease *ls,
     KM__SLOT_ADD(ls->tokens_used, actual);
 }
 
+/* Count a released lease's outcome and its settled tokens on its key x
+ * model row (km__mwin): a success and its tokens by one 16-byte CAS (one
+ * locked instruction; the loads may tear, the CAS compares both halves),
+ * another kind by a locked add each.  Statistics: ordered against nothing
+ * else. */
+static inline void km__mrow_outcome(km__mwin *mr, int kind, uint64_t tokens)
+{
+    if (kind == KM_OUT_SUCCESS) {
+        uint64_t cur[2] = {ck_pr_load_64(&mr->ok.n), ck_pr_load_64(&mr->ok.tokens)}, set[2];
+        do {
+            set[0] = cur[0] + 1;
+            set[1] = cur[1] + tokens;
+        } while (!ck_pr_cas_64_2_value((uint64_t *)(void *)&mr->ok, cur, set, cur));
+        return;
+    }
+    ck_pr_inc_64(&mr->outcomes[kind - 1]);
+    if (tokens)
+        ck_pr_add_64(&mr->ok.tokens, tokens);
+}
+
 #endif /* KM_SLOTS_H */

@@ -36,8 +36,11 @@
  *               "keys": [{... "counters": {...}, "tokens_used",
  *                         "limits": {"rpm": {...}, ...},
  *                         "models": {"<name>": {"rpm": {...}}} (per_model
- *                         pools only), "price": {...}, "budget", "spent_usd",
- *                         "prev_spent_usd", "period_end_unix_ms", "budget_warnings",
+ *                         pools only), "model_counters": {"<name>":
+ *                         {... as "counters", "tokens_used"}} (pools with a
+ *                         models list; models the key served), "price":
+ *                         {...}, "budget", "spent_usd", "prev_spent_usd",
+ *                         "period_end_unix_ms", "budget_warnings",
  *                         "success_rate", "meta": {...}}]}]}
  *   Money is in US dollars (JSON reals, from micro-USD counters).
  *   Additions to format 1 keep every earlier field; readers ignore fields
@@ -52,6 +55,7 @@
 
 #include "budget.h"
 #include "internal.h"
+#include "stats_read.h"
 
 #define KM__SNAPSHOT_FORMAT 2
 
@@ -239,6 +243,39 @@ static json_t *key_json(const km_key_info *k, const clocks *clk)
     return key;
 }
 
+/* A key's counters per listed model, for the models it served:
+ * {"<name>": {"acquired", "success", ..., "stale_releases", "tokens_used"}}
+ * (the names of the key's own "counters").  The rows a pool without a
+ * models list named are not carried: their names would have to be. */
+static json_t *model_counters_json(km_env *env, int pool, uint32_t n_models, int key)
+{
+    json_t *o = json_object();
+    for (uint32_t m = 0; o && m < n_models; m++) {
+        char name[KM_ID_MAX + 1];
+        km_stats_counters c;
+        if (km__model_row_read(env, pool, (int)m, key, name, &c) != KM_OK ||
+            !(c.requests || c.abandoned || c.stale_releases))
+            continue;
+        json_t *j = json_pack(
+            "{s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o}",
+            "acquired", int_json(c.requests),
+            "success", int_json(c.outcomes[KM_OUT_SUCCESS]),
+            "rate_limited", int_json(c.outcomes[KM_OUT_RATE_LIMITED]),
+            "failure", int_json(c.outcomes[KM_OUT_FAILURE]),
+            "auth", int_json(c.outcomes[KM_OUT_AUTH]),
+            "quota", int_json(c.outcomes[KM_OUT_QUOTA]),
+            "cancelled", int_json(c.outcomes[KM_OUT_CANCELLED]),
+            "abandoned", int_json(c.abandoned),
+            "stale_releases", int_json(c.stale_releases),
+            "tokens_used", int_json(c.tokens));
+        if (!j || json_object_set_new(o, name, j) < 0) {
+            json_decref(o);
+            return NULL;
+        }
+    }
+    return o;
+}
+
 /* What one snapshot is asked for. */
 typedef struct snap {
     clocks clk;
@@ -346,6 +383,13 @@ static int pool_json(km_env *env, int pool, const snap *sn, json_t **out)
         if (k && pi.model_mode == KM_MODELS_PER_MODEL) {
             json_t *m = key_models_json(env, pool, pi.n_models, (uint32_t)key, &sn->clk);
             if (!m || json_object_set_new(k, "models", m) < 0) {
+                json_decref(k);
+                k = NULL;
+            }
+        }
+        if (k && pi.n_models) {
+            json_t *mc = model_counters_json(env, pool, pi.n_models, key);
+            if (!mc || json_object_set_new(k, "model_counters", mc) < 0) {
                 json_decref(k);
                 k = NULL;
             }

@@ -2,9 +2,10 @@
  * src/stats.c - statistics of keys, pools and models (km_*_stats_get).
  *
  * Built only on the public readers of keymesh.h (km_key_info_get,
- * km_pool_info_get, km_pool_key, km_model_info_get), like src/snapshot.c:
- * it sees what any tool sees, cannot depend on the layout, and writes
- * nothing to the segment.  Every number comes from one atomic load inside
+ * km_pool_info_get, km_pool_key, km_model_info_get), like src/snapshot.c,
+ * and on the two readers of model rows of src/stats_read.h (a pool's rows,
+ * the key x model counters), which no public reader gives: it cannot
+ * depend on the layout, and writes nothing to the segment.  Every number comes from one atomic load inside
  * those readers; this file adds no atomics and no fences of its own, so
  * the consistency is theirs: each number is exact as read, and the numbers
  * of one struct may be read at slightly different moments while workers
@@ -28,6 +29,7 @@
 #include <string.h>
 
 #include "keymesh.h"
+#include "stats_read.h" /* model rows: names and key x model counters */
 #include "util.h" /* clock units and conversions; no layout */
 
 /* Public structs: appended to only.  These pin sizes and the offset of the
@@ -169,9 +171,7 @@ static int key_stats(km_env *env, int key, km_key_stats *s, km_key_info *ki)
     s->budget_hard = ki->budget_hard;
     s->price_in_microusd_per_1k = ki->price_in_microusd_per_1k;
     s->price_out_microusd_per_1k = ki->price_out_microusd_per_1k;
-    km_pool_info pi;
-    if (km_pool_info_get(env, ki->pool, &pi) == KM_OK)
-        s->n_models = pi.n_models;
+    s->n_models = km__model_rows(env, ki->pool);
     return KM_OK;
 }
 
@@ -208,7 +208,7 @@ KM_EXTERN int km_pool_stats_get(km_env *env, int pool, km_pool_stats *out, size_
     s.model_mode = pi.model_mode;
     s.taken_ns = km_now_ns();
     s.waiters = pi.waiters;
-    s.n_models = pi.n_models;
+    s.n_models = km__model_rows(env, pool);
     s.spent_microusd = pi.spent_microusd;
     s.budget_microusd = pi.budget_microusd;
     s.budget_hard = pi.budget_hard;
@@ -246,11 +246,17 @@ KM_EXTERN int km_pool_stats_get(km_env *env, int pool, km_pool_stats *out, size_
     return deliver(out, &s, sizeof s, size);
 }
 
-/* One model's windows on one key into *s (a fresh struct). */
+/* One model row's counters and windows on one key into *s (a fresh
+ * struct).  A named row (a pool without a models list) has no windows. */
 static int model_on_key(km_env *env, int pool, int model, int key, km_model_stats *s)
 {
     km_limit_info lim[KM_WIN_COUNT];
-    int rc = km_model_info_get(env, pool, model, key, s->name, lim);
+    int rc = km__model_row_read(env, pool, model, key, s->name, &s->counters);
+    if (rc != KM_OK)
+        return rc;
+    rc = km_model_info_get(env, pool, model, key, NULL, lim);
+    if (rc == KM_ENOMODEL) /* a named row: not a listed model */
+        return KM_OK;
     if (rc != KM_OK)
         return rc;
     for (int w = 0; w < KM_WIN_COUNT; w++) {
@@ -268,8 +274,7 @@ static void model_init(km_model_stats *s, int pool, int model, int key)
     s->model = model;
     s->key = key;
     s->taken_ns = km_now_ns();
-    /* No per-model counters in this segment format (see keymesh.h). */
-    s->counters_valid = 0;
+    s->counters_valid = 1; /* kept per key x model since format 4 */
 }
 
 KM_EXTERN int km_key_model_stats_get(km_env *env, int key, int model,
@@ -295,11 +300,8 @@ KM_EXTERN int km_model_stats_get(km_env *env, int pool, int model, km_model_stat
     km_model_stats s, one;
     if (!env || !out || size < MIN_SIZE)
         return KM_EINVAL;
-    int rc = km_model_info_get(env, pool, model, 0, NULL, NULL);
-    if (rc != KM_OK)
-        return rc;
     model_init(&s, pool, model, KM_STATS_ALL_KEYS);
-    rc = km_model_info_get(env, pool, model, 0, s.name, NULL);
+    int rc = km__model_row_read(env, pool, model, -1, s.name, NULL);
     if (rc != KM_OK)
         return rc;
     for (int i = 0;; i++) {
@@ -315,6 +317,7 @@ KM_EXTERN int km_model_stats_get(km_env *env, int pool, int model, km_model_stat
         if (rc != KM_OK)
             return rc;
         s.n_keys++;
+        counters_add(&s.counters, &one.counters);
         for (int w = 0; w < KM_WIN_COUNT; w++) {
             uint32_t n = s.keys_limited[w];
             window_add(&s.windows[w], &n, &one.windows[w]);

@@ -51,9 +51,23 @@
  *   U3  One drainer at a time (hdr.usage_drainer holds its tag; a tag whose
  *       process is dead may be taken over), and only the drainer writes
  *       `drained` and `dropped`.
+ *   U4  A drain with KM_USAGE_DEFER stores neither: it keeps each ring's
+ *       new cursor and drop count in the handle (km__udefer), and
+ *       km_usage_commit stores them, while its caller is still the drainer
+ *       (U3).  Until then the events stay in the rings, so a drainer killed
+ *       between writing them elsewhere and committing hands them out again
+ *       from its next drain (or its successor's).  Every drain starts from
+ *       the stored cursors and forgets an uncommitted deferred one.  An
+ *       event is the same event each time it is handed out: its ring, its
+ *       number in the ring (heads only grow while the segment lives; the
+ *       number of the slot it is read from, checked by its seq) and the
+ *       segment's creation time name it (km_usage_event.seq, ring,
+ *       segment_ns), so a consumer can drop what it already has.
  */
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -84,11 +98,29 @@ void km__usage_reset(km_env *e, uint32_t slot)
     }
 }
 
-/* Fill the public form of an event. */
-static void usage_event(km_env *e, const km__uev *ev, uint64_t now_mono, uint64_t now_wall,
-                            km_usage_event *out)
+/* The identity took reserved room: the public struct keeps its size. */
+_Static_assert(sizeof(km_usage_event) == 256 && offsetof(km_usage_event, reserved) == 248,
+               "km_usage_event: 256 bytes, as before its identity");
+
+/* What a deferred drain read and km_usage_commit stores (U4): per ring,
+ * the cursor reached and the events found dropped, for the first n_done
+ * rings (a drain stopped by its callback leaves the others untouched). */
+struct km__udefer {
+    uint32_t n_rings, n_done;
+    int pending; /* a deferred drain awaits km_usage_commit */
+    struct {
+        uint64_t drained, dropped;
+    } ring[];
+};
+
+/* Fill the public form of event number `seq` of ring `ring`. */
+static void usage_event(km_env *e, const km__uev *ev, uint32_t ring, uint64_t seq,
+                        uint64_t now_mono, uint64_t now_wall, km_usage_event *out)
 {
     memset(out, 0, sizeof *out);
+    out->seq = seq;
+    out->ring = (int)ring;
+    out->segment_ns = e->geom.created_wall_ns;
     uint64_t start = ev->start_ns;
     out->start_unix_ns = now_wall - (now_mono > start ? now_mono - start : 0);
     out->latency_us = ev->latency_us == UINT32_MAX ? UINT64_MAX : ev->latency_us;
@@ -137,21 +169,35 @@ static int drainer_take(km_env *e)
     return ck_pr_cas_64(&h->usage_drainer, cur, e->seg.tag) ? KM_OK : KM_EBUSY;
 }
 
-KM_EXTERN int km_usage_drain(km_env *e, int (*fn)(void *ctx, const km_usage_event *ev), void *ctx,
-                             km_usage_report *out)
+KM_EXTERN int km_usage_drain_ex(km_env *e, unsigned flags,
+                                int (*fn)(void *ctx, const km_usage_event *ev), void *ctx,
+                                km_usage_report *out)
 {
     km_usage_report rep = {0};
     int rc;
-    if (!e || !fn)
+    if (!e || !fn || (flags & ~KM_USAGE_DEFER))
         return KM_EINVAL;
     if (!e->seg.tag)
         return KM_EREADONLY; /* the drainer is named by its process slot's tag */
-    uint32_t n = km__uring_cap(e);
+    uint32_t n = km__uring_cap(e), n_rings = e->geom.cap_procs * KM__URINGS_PER_PROC;
+    km__udefer *df = e->usage_defer;
+    if (df)
+        df->pending = 0; /* every drain starts from the stored cursors (U4) */
+    if (n && (flags & KM_USAGE_DEFER) && !df) {
+        df = calloc(1, sizeof *df + (size_t)n_rings * sizeof df->ring[0]);
+        if (!df)
+            return KM_ENOMEM;
+        df->n_rings = n_rings;
+        e->usage_defer = df;
+    }
+    if (!(flags & KM_USAGE_DEFER))
+        df = NULL;
     if (n && (rc = drainer_take(e)) != KM_OK)
         return rc;
     uint64_t now_mono = km__now(), now_wall = km__wall_ns();
     rc = KM_OK;
-    for (uint32_t ri = 0; n && ri < e->geom.cap_procs * KM__URINGS_PER_PROC && rc == KM_OK; ri++) {
+    uint32_t ri = 0;
+    for (; n && ri < n_rings && rc == KM_OK; ri++) {
         uint32_t s = ri / KM__URINGS_PER_PROC;
         km__proc *p = &km__procs(&e->seg)[s];
         uint64_t tag = ck_pr_load_64(&p->tag);
@@ -185,7 +231,7 @@ KM_EXTERN int km_usage_drain(km_env *e, int (*fn)(void *ctx, const km_usage_even
             }
             if (s1 == d + 1 && s2 == s1) {
                 km_usage_event ue;
-                usage_event(e, &copy, now_mono, now_wall, &ue);
+                usage_event(e, &copy, ri, d, now_mono, now_wall, &ue);
                 if ((rc = fn(ctx, &ue)) != 0)
                     break;
                 rep.events++;
@@ -203,10 +249,20 @@ KM_EXTERN int km_usage_drain(km_env *e, int (*fn)(void *ctx, const km_usage_even
                 break;
             dropped++;
         }
-        ck_pr_store_64(&r->drained, d);
-        if (dropped)
-            ck_pr_store_64(&r->dropped, ck_pr_load_64(&r->dropped) + dropped);
+        if (df) { /* kept for km_usage_commit (U4) */
+            df->ring[ri].drained = d;
+            df->ring[ri].dropped = dropped;
+        } else {
+            ck_pr_store_64(&r->drained, d);
+            if (dropped)
+                ck_pr_store_64(&r->dropped, ck_pr_load_64(&r->dropped) + dropped);
+        }
         rep.dropped += dropped;
+    }
+    if (df) {
+        df->n_done = ri;
+        df->pending = 1;
+        rep.dropped_total = rep.dropped; /* plus the stored counts, below */
     }
     for (uint32_t s = 0; n && s < e->geom.cap_procs; s++)
         for (uint32_t ring = 0; ring < KM__URINGS_PER_PROC; ring++)
@@ -214,4 +270,36 @@ KM_EXTERN int km_usage_drain(km_env *e, int (*fn)(void *ctx, const km_usage_even
     if (out)
         *out = rep;
     return rc;
+}
+
+KM_EXTERN int km_usage_drain(km_env *e, int (*fn)(void *ctx, const km_usage_event *ev), void *ctx,
+                             km_usage_report *out)
+{
+    return km_usage_drain_ex(e, 0, fn, ctx, out);
+}
+
+KM_EXTERN int km_usage_commit(km_env *e)
+{
+    if (!e)
+        return KM_EINVAL;
+    km__udefer *df = e->usage_defer;
+    if (!df || !df->pending)
+        return KM_OK; /* nothing deferred, or committed already */
+    df->pending = 0;
+    /* Still the drainer (U3)?  Nobody takes the claim of a live process,
+     * so this fails only if the segment was tampered with: store nothing,
+     * and the next drain hands the events out again. */
+    if (ck_pr_load_64(&e->seg.hdr->usage_drainer) != e->seg.tag)
+        return KM_EBUSY;
+    for (uint32_t ri = 0; ri < df->n_done && ri < df->n_rings; ri++) {
+        km__uring *r = km__urings(e, ri / KM__URINGS_PER_PROC, ri % KM__URINGS_PER_PROC);
+        /* Plain stores, as a drain without KM_USAGE_DEFER makes them: the
+         * drainer alone writes these words (U3), and what a slot's next
+         * occupant reads of `drained` (km__usage_reset) only bounds its
+         * seal, which is idempotent. */
+        ck_pr_store_64(&r->drained, df->ring[ri].drained);
+        if (df->ring[ri].dropped)
+            ck_pr_store_64(&r->dropped, ck_pr_load_64(&r->dropped) + df->ring[ri].dropped);
+    }
+    return KM_OK;
 }

@@ -13,6 +13,9 @@
 #   expect RC_WANTED NAME   ok if $RC is RC_WANTED; on failure shows stderr
 #                           (and stdout too with EXPECT_SHOWS_STDOUT=1)
 #   no_secret TEXT          true if none of "${SECRETS[@]}" appears in TEXT
+#   py_checks <FILE         one ok per "STATUS NAME" line (0: pass), e.g. what
+#                           a Python check script printed (from a file, not a
+#                           pipe: ok must run in this shell to count)
 #   finish                  the plan (at the end) and the exit status
 #
 # Binaries come from ${KM_BUILD:-build}: $B, $KMCTL.  A test may define
@@ -99,6 +102,13 @@ no_secret() { # no_secret TEXT
         case "$1" in *"$s"*) return 1 ;; esac
     done
     return 0
+}
+
+py_checks() {
+    local st name
+    while read -r st name; do
+        ok "$st" "$name"
+    done
 }
 
 finish() {

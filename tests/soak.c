@@ -17,9 +17,13 @@
  *     and adds and removes keys of the churn pool (with and without a
  *     process slot, as kmctl does), and starts a new one;
  *   - every 0.5 s runs `kmctl persist --once` into one SQLite database,
- *     sometimes SIGSTOPped for 100 ms while the workers go on (never
- *     SIGKILLed: persist consumes a drain's events before it commits them,
- *     so a kill in between loses them, and the books below would say so);
+ *     sometimes SIGSTOPped for 100 ms while the workers go on, and more
+ *     often SIGKILLed 0-20 ms after its start, wherever it is (opening,
+ *     draining, inserting, between its SQLite COMMIT and km_usage_commit):
+ *     it consumes a drain's events only after its COMMIT, and the next
+ *     persist stores what it is handed again once, so B4 holds both ways;
+ *     the persist that drains before a restart, and the last, are not
+ *     killed (the segment they drain is removed next);
  *   - every 10 s snapshots the segment with its secrets and restores the
  *     snapshot under another name (km_check clean on the copy);
  *   - every KM_SOAK_RESTART_S (default a third of the run, at most 120 s)
@@ -152,7 +156,8 @@ typedef struct soak_sh {
 typedef struct totals {
     uint64_t acq[NPOOLS], rel[NPOOLS], stale[NPOOLS], bad_acq, bad_rel, ops;
     uint64_t k_held[NPOOLS], k_acq[NPOOLS], k_rel[NPOOLS], k_idle, k_open;
-    uint64_t kills, stops, writer_kills, writer_stops, persist_stops, persists, persist_bad;
+    uint64_t kills, stops, writer_kills, writer_stops, persist_stops, persist_kills, persists,
+        persist_bad;
     uint64_t snaps, snap_bad, restarts, restart_diff, check_bad;
 } totals;
 
@@ -387,8 +392,10 @@ static void show_violation(void *ctx, const char *line)
     diag("violation (%s): %s", (const char *)ctx, line);
 }
 
-/* kmctl persist --once, stopped a while now and then.  0 if it exited 0. */
-static int persist(uint64_t *rnd)
+/* kmctl persist --once, stopped a while now and then, and if `may_kill`
+ * SIGKILLed at a random point now and then.  0 if it exited 0 or died of
+ * our SIGKILL. */
+static int persist(uint64_t *rnd, int may_kill)
 {
     fflush(stdout);
     pid_t me = getpid(), p = fork();
@@ -402,17 +409,28 @@ static int persist(uint64_t *rnd)
     }
     if (p < 0)
         bail_out("fork: %s", strerror(errno));
-    if (xs(rnd) % 4 == 0) {
+    uint64_t what = xs(rnd) % 8, killed = 0;
+    if (what < 2) {
         sleep_us(2000);
         if (kill(p, SIGSTOP) == 0) { /* a stopped drainer holds no worker back */
             sleep_us(100000);
             sig(p, SIGCONT);
             T.persist_stops++;
         }
+    } else if (what < 5 && may_kill) {
+        /* Anywhere in its run (a persist --once takes some 5-30 ms here),
+         * or after it exited (a zombie: no effect). */
+        sleep_us((long)(xs(rnd) % 20000));
+        sig(p, SIGKILL);
+        killed = 1;
     }
     int st;
     waitpid(p, &st, 0);
     T.persists++;
+    if (killed && WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL) {
+        T.persist_kills++;
+        return 0;
+    }
     if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
         diag("kmctl persist: status %d", st);
         T.persist_bad++;
@@ -525,7 +543,7 @@ static km_env *restart(km_env *e, uint64_t *rnd)
         sleep_us(2000);
     }
     km_reap(e, NULL);
-    persist(rnd);
+    persist(rnd, 0);
     if (km_check(e, show_violation, "before restart") != 0)
         T.check_bad++;
     ledger a = ledger_of(e);
@@ -593,7 +611,7 @@ int main(void)
         bail_out("%s not found (KM_BUILD names the build directory)", kmctl);
 
     fixtures_init("soak");
-    plan(21);
+    plan(22);
     snprintf(tmpdir, sizeof tmpdir, "/tmp/kmt-soak-XXXXXX");
     if (!mkdtemp(tmpdir))
         bail_out("mkdtemp");
@@ -660,7 +678,7 @@ int main(void)
             next_note = now + 60 * NS;
         }
         if (now >= next_persist) {
-            persist(&rnd);
+            persist(&rnd, 1);
             next_persist = km_now_ns() + NS / 2;
         }
         if (now >= next_snap) {
@@ -683,7 +701,7 @@ int main(void)
 
     km_reap_report rep;
     is_int(km_reap(env, &rep), KM_OK, "final reap");
-    is_int(persist(&rnd), 0, "final persist");
+    is_int(persist(&rnd, 0), 0, "final persist");
     int violations = km_check(env, show_violation, "end");
     is_int(violations, 0, "km_check clean at the end");
     is_int(T.check_bad, 0, "km_check clean before and after every restart");
@@ -762,20 +780,24 @@ int main(void)
     ok(T.restarts >= 1 || restart_s <= 0 || secs < 6, "the segment was restarted (%" PRIu64 " times)",
        T.restarts);
     is_u64(T.snap_bad, 0, "every snapshot restored as a clean copy (%" PRIu64 " cycles)", T.snaps);
-    is_u64(T.persist_bad, 0, "every persist exited 0 (%" PRIu64 " runs, %" PRIu64 " stopped a while)",
-           T.persists, T.persist_stops);
+    is_u64(T.persist_bad, 0,
+           "every persist exited 0 (%" PRIu64 " runs, %" PRIu64 " stopped a while) or was killed by us (%" PRIu64 ")",
+           T.persists, T.persist_stops, T.persist_kills);
+    ok(T.persist_kills > 0 || secs < 6, "persist was SIGKILLed at random (%" PRIu64 " times)",
+       T.persist_kills);
     is_u64(ck_pr_load_64(&sh->writer_bad), 0, "the writers failed only as allowed (full, timeout, busy)");
     ok(progress_ok, "while a worker was stopped (%" PRIu64 " times) the others completed operations", T.stops);
     ok(T.kills > 0 && T.writer_kills > 0 && sh->reconf > 0, "workers and writers were killed, the pools reconfigured");
 
     diag("kills by place: %" PRIu64 " idle, %" PRIu64 " holding, %" PRIu64 " in acquire, %" PRIu64
-         " in release, %" PRIu64 " in open/close; writer: %" PRIu64 " kills, %" PRIu64 " stops",
+         " in release, %" PRIu64 " in open/close; writer: %" PRIu64 " kills, %" PRIu64 " stops;"
+         " persist: %" PRIu64 " kills",
          T.k_idle, k_held_l + T.k_held[CHURN], k_acq_l + T.k_acq[CHURN], k_rel_all, T.k_open,
-         T.writer_kills, T.writer_stops);
+         T.writer_kills, T.writer_stops, T.persist_kills);
     int clean = violations == 0 && T.check_bad == 0;
     printf("soak: %.0f s, %" PRIu64 " operations, %" PRIu64 " kills, %" PRIu64 " stops, %" PRIu64
            " reconfigurations, %" PRId64 " events persisted, lost=%" PRIu64 ", check %s\n",
-           ran, T.ops, T.kills + T.writer_kills, T.stops + T.writer_stops + T.persist_stops,
+           ran, T.ops, T.kills + T.writer_kills + T.persist_kills, T.stops + T.writer_stops + T.persist_stops,
            ck_pr_load_64(&sh->reconf), ev_all, lost, clean ? "clean" : "NOT clean");
     munmap(sh, sizeof *sh);
     rmseg(env);

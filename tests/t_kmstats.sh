@@ -15,15 +15,6 @@ SECRET_A="sk-test-stats-aaaa1111"
 SECRET_B="sk-test-stats-bbbb2222"
 SECRETS=("$SECRET_A" "$SECRET_B")
 
-# py_checks: read "STATUS NAME" lines (0: pass) and turn each into ok
-# (from a file, not a pipe: ok must run in this shell to count).
-py_checks() {
-    local st name
-    while read -r st name; do
-        ok "$st" "$name"
-    done
-}
-
 cat >"$TMP/pool.json" <<EOF
 {"capacity": {"keys": 8, "processes": 16},
  "pools": [{"name": "p", "strategy": "round_robin",
@@ -90,9 +81,15 @@ good = True
 for k in p["keys"]:
     for wn, w in k["windows"].items():
         good &= w["used"] + w["left"] == w["burst"] and w["period_s"] == 86400
-    for m in k["models"]:
-        good &= m["counters"] is None
-ok(good, "windows: used + left = burst, period 1 day; per-model counters null")
+ok(good, "windows: used + left = burst, period 1 day")
+# Every request named m1: each key's m1 counters are its own, m2's are 0.
+for k in p["keys"]:
+    km = {m["name"]: m["counters"] for m in k["models"]}
+    ok(km["m1"] == k["counters"] and km["m2"]["requests"] == 0 and km["m2"]["tokens"] == 0,
+       "key %s x m1: counters = the key's (%s); x m2: none" % (k["id"], km["m1"]))
+pm = {m["name"]: m["counters"] for m in p["models"]}
+ok(pm["m1"] == p["counters"] and pm["m2"]["requests"] == 0,
+   "model m1 over the pool: the pool's counters; m2: none")
 ok(set(keys["a"]["windows"]) == {"rpd", "tpd"} and keys["a"]["windows"]["tpd"]["mode"] == "sliding",
    "key a: windows rpd and tpd (sliding)")
 m1 = [m for m in p["models"] if m["name"] == "m1"][0]
@@ -126,6 +123,10 @@ echo "$OUT" | grep -Eq '^  rpd +\(pool, 2 keys\) +token_bucket +200000 '
 ok $? "stats: the pool's rpd summed over its keys"
 echo "$OUT" | grep -Eq '^  m1 +rpd +a +token_bucket +50000 '
 ok $? "stats: model m1's rpd on key a"
+echo "$OUT" | grep -Eq "^  m1 +a +$reqa( +[0-9]+){7}$" &&
+    echo "$OUT" | grep -Eq '^  m2 +b( +0){8}$' &&
+    echo "$OUT" | grep -Eq '^  MODEL +KEY +REQUESTS +OK +429 +FAIL +CANCELLED +ABANDONED +STALE +TOKENS$'
+ok $? "stats: key x model counters (m1 on a: its $reqa requests; m2 on b: none)"
 
 # ------------------------------------------------------------ filters
 run "$KMCTL" stats "$SEG" --json --pool q

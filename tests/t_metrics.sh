@@ -86,6 +86,14 @@ grep -q '^keymesh_key_window_limit_tokens{pool="p",key="a",window="tpd",mode="sl
 ok $? "tpd limit with its mode label"
 grep -Eq '^keymesh_key_model_window_used_tokens\{pool="p",key="a",model="m1",window="tpd"\} [1-9]' "$TMP/m.txt"
 ok $? "key x model window (m1's tpd on key a) used"
+# Every request of the workers named m1: key x m1 counters are the key's.
+want=$(awk '$1 == "a" {r += $2; s += $3; t += $5} END {print r + 0, s + 0, t + 0}' "$TMP/counts")
+got="$(sample keymesh_key_model_requests_total 'pool="p",key="a",model="m1"') $(sample keymesh_key_model_outcomes_total 'pool="p",key="a",model="m1",outcome="success"') $(sample keymesh_key_model_tokens_total 'pool="p",key="a",model="m1"')"
+ok $([ "$got" = "$want" ] && [ "${want%% *}" -gt 0 ]; echo $?) "key a x m1: requests, success, tokens $got = workers' $want"
+grep -q '^keymesh_key_model_abandoned_total{pool="p",key="a",model="m1"} 0$' "$TMP/m.txt" &&
+    grep -q '^keymesh_key_model_stale_releases_total{pool="p",key="a",model="m1"} 0$' "$TMP/m.txt" &&
+    ! grep -q '^keymesh_key_model_requests_total{pool="p",key="a",model="m2"}' "$TMP/m.txt"
+ok $? "key x model counters: abandoned, stale 0; a model never requested (m2) has no series"
 grep -q '^keymesh_key_budget_usd{pool="p",key="a",hard="false"} 10$' "$TMP/m.txt" &&
     grep -q '^keymesh_pool_budget_usd{pool="p",hard="true"} 1000$' "$TMP/m.txt"
 ok $? "budgets in US dollars with their hard label"

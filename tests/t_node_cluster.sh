@@ -90,9 +90,13 @@ EXPECT_SHOWS_STDOUT=0
 no_secret "$(cat "$TMP/cluster.log" "$TMP/p1" "$TMP/p2" "$TMP/p3" "$TMP/snap.json")"
 ok $? "no secret in the cluster's log, the responses or the snapshot"
 
+t0=$(date +%s%N)
 stop_pid "$NC_PID"
+t1=$(date +%s%N)
 grep -q 'primary stopped, segment removed' "$TMP/cluster.log"
-ok $? "the cluster stopped"
+ok $? "the cluster stopped (in $(((t1 - t0) / 1000000)) ms of stop_pid's 10 s)"
+grep -q 'primary stopped, segment removed' "$TMP/cluster.log" ||
+    { diag "the cluster's last lines:"; tail -n 12 "$TMP/cluster.log" | sed 's/^/#   /'; }
 run "$KMCTL" inspect "$SEG"
 expect 3 "the primary removed the segment when it stopped"
 

@@ -81,6 +81,7 @@ static void drive(km_env *env)
 
 static void compare(km_env *x, km_env *y)
 {
+    int mcount_bad = 0, mcount_rows = 0;
     for (int p = 0; p < 2; p++) {
         km_pool_info a, b;
         km_pool_info_get(x, p, &a);
@@ -128,18 +129,29 @@ static void compare(km_env *x, km_env *y)
                          u->available, v->available);
             }
             ok(lim, "key %s: limits exact, available units within refill", s.id);
+            /* Key x model counters (listed models) are carried too. */
+            for (uint32_t m = 0; m < a.n_models; m++) {
+                km_model_stats u, v;
+                if (km_key_model_stats_get(x, (int)key_of(x, p, i), (int)m, &u, sizeof u) ||
+                    km_key_model_stats_get(y, kj, (int)m, &v, sizeof v) ||
+                    memcmp(&u.counters, &v.counters, sizeof u.counters) || !strcmp(u.name, ""))
+                    mcount_bad++;
+                mcount_rows += u.counters.requests != 0;
+            }
             int64_t dc = (int64_t)(t.cooldown_until_ns - s.cooldown_until_ns);
             ok((s.cooldown_until_ns == 0) == (t.cooldown_until_ns == 0) && dc < 5 * (int64_t)MS &&
                    dc > -5 * (int64_t)MS,
                "key %s: cooldown end kept (diff %" PRId64 " ns)", s.id, dc);
         }
     }
+    ok(mcount_bad == 0 && mcount_rows == 2,
+       "key x model counters kept (d x m1, d x m2 served; %d rows differ)", mcount_bad);
 }
 
 int main(void)
 {
     fixtures_init("restore");
-    plan(59);
+    plan(60);
     km_env *x = mkseg(cfg_json);
     drive(x);
     char hex[2 * KM_SNAPSHOT_KEY_BYTES + 1];

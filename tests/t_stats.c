@@ -70,10 +70,189 @@ static uint64_t t_sliding(uint64_t limit, uint64_t burst)
 }
 static uint64_t ms_up(uint64_t ns) { return ns / 1000000 + (ns % 1000000 != 0); }
 
+/* ------------------------------------------- key x model, forked workers */
+
+#define W_PROCS 3
+static const char *const w_keys[] = {"a", "b"}, *const w_models[] = {"x", "y"};
+
+/* Acquire on pool p, key `key`, model `model`, retrying while the key
+ * cools (the 429s below cool it for a microsecond). */
+static int w_acq(km_env *e, int p, const char *key, const char *model, km_lease *l)
+{
+    km_request r = {.pool = p, .tokens = 3, .model = model, .key_id = key};
+    for (int i = 0; i < 100000; i++) {
+        int rc = km_acquire(e, &r, l);
+        if (rc != KM_EAGAIN)
+            return rc;
+        usleep(10);
+    }
+    return KM_EAGAIN;
+}
+
+static int w_rel(km_env *e, const km_lease *l, int kind, int64_t tokens)
+{
+    km_outcome o = {.kind = kind, .latency_us = 100, .tokens = tokens,
+                    .retry_after_s = kind == KM_OUT_RATE_LIMITED ? 1e-6 : 0,
+                    .input_tokens = -1, .output_tokens = -1};
+    return km_release(e, l, &o);
+}
+
+/* Worker c: on every key x model of pool 0, 1 + c successes (7 tokens
+ * each), one 429, two failures (1 token each), one cancelled; one lease
+ * left out at exit on a x x (abandoned, 3 tokens: its estimate) and one
+ * released twice on b x y (a success, then a stale release).  On pool 1
+ * (no models list), model "free" on key c: c + 1 successes, one failure.
+ * Exit status: the number of calls that did not answer as expected. */
+static int w_run(int c)
+{
+    km_env *e;
+    km_lease l;
+    int bad = 0;
+    if (km_open(name, &e) != KM_OK)
+        return 100;
+    for (int k = 0; k < 2; k++)
+        for (int m = 0; m < 2; m++) {
+            for (int i = 0; i < 1 + c; i++)
+                bad += w_acq(e, 0, w_keys[k], w_models[m], &l) != KM_OK ||
+                       w_rel(e, &l, KM_OUT_SUCCESS, 7) != KM_OK;
+            bad += w_acq(e, 0, w_keys[k], w_models[m], &l) != KM_OK ||
+                   w_rel(e, &l, KM_OUT_RATE_LIMITED, 0) != KM_OK;
+            for (int i = 0; i < 2; i++)
+                bad += w_acq(e, 0, w_keys[k], w_models[m], &l) != KM_OK ||
+                       w_rel(e, &l, KM_OUT_FAILURE, 1) != KM_OK;
+            bad += w_acq(e, 0, w_keys[k], w_models[m], &l) != KM_OK ||
+                   km_release(e, &l, NULL) != KM_OK;
+        }
+    bad += w_acq(e, 0, "b", "y", &l) != KM_OK || w_rel(e, &l, KM_OUT_SUCCESS, 7) != KM_OK ||
+           w_rel(e, &l, KM_OUT_SUCCESS, 7) != KM_ESTALE;
+    for (int i = 0; i < c + 1; i++)
+        bad += w_acq(e, 1, "c", "free", &l) != KM_OK || w_rel(e, &l, KM_OUT_SUCCESS, 7) != KM_OK;
+    bad += w_acq(e, 1, "c", "free", &l) != KM_OK || w_rel(e, &l, KM_OUT_FAILURE, 1) != KM_OK;
+    bad += w_acq(e, 0, "a", "x", &l) != KM_OK; /* left out: abandoned */
+    _exit(bad > 99 ? 99 : bad); /* without km_close: a dead process's lease */
+}
+
+static void workers_by_model(void)
+{
+    km_env *e = make("{\"capacity\":{\"processes\":8,\"inflight_per_key\":8},"
+                     "\"pools\":[{\"name\":\"w\",\"max_failures\":1000,"
+                     "\"models\":{\"x\":{},\"y\":{}},"
+                     "\"keys\":[{\"id\":\"a\",\"secret\":\"sk-test-stats-www1\"},"
+                     "{\"id\":\"b\",\"secret\":\"sk-test-stats-www2\"}]},"
+                     "{\"name\":\"n\",\"max_failures\":1000,"
+                     "\"keys\":[{\"id\":\"c\",\"secret\":\"sk-test-stats-www3\"}]}]}");
+    km_lease l;
+    /* Name "free" in pool n before the workers race to (N3 would allow two
+     * rows of one name): one request, cancelled, counted below. */
+    is_int(w_acq(e, 1, "c", "free", &l), KM_OK, "pool without a models list: a named request");
+    km_release(e, &l, NULL);
+    pid_t pid[W_PROCS];
+    for (int c = 0; c < W_PROCS; c++)
+        if ((pid[c] = fork()) == 0)
+            w_run(c);
+    int clean = 1;
+    for (int c = 0; c < W_PROCS; c++) {
+        int st = -1;
+        waitpid(pid[c], &st, 0);
+        clean &= WIFEXITED(st) && WEXITSTATUS(st) == 0;
+    }
+    ok(clean, "%d workers: every acquire and release answered as expected", W_PROCS);
+    km_reap_report rr;
+    is_int(km_reap(e, &rr), KM_OK, "the workers' leases left out are reaped");
+
+    /* Expected on each key x model of pool w, summed over the workers. */
+    uint64_t succ = 0, ok_sum = 1;
+    for (int c = 0; c < W_PROCS; c++)
+        succ += 1 + (uint64_t)c;
+    for (int m = 0; m < 2; m++) {
+        km_stats_counters sum = {0};
+        for (int k = 0; k < 2; k++) {
+            int ki = km_key_find(e, 0, w_keys[k]), ax = k == 0 && m == 0, by = k == 1 && m == 1;
+            km_model_stats s;
+            km_stats_counters x = {0};
+            x.outcomes[KM_OUT_SUCCESS] = succ + (by ? W_PROCS : 0);
+            x.outcomes[KM_OUT_RATE_LIMITED] = W_PROCS;
+            x.outcomes[KM_OUT_FAILURE] = 2 * W_PROCS;
+            x.outcomes[KM_OUT_CANCELLED] = W_PROCS;
+            x.abandoned = ax ? W_PROCS : 0;
+            x.stale_releases = by ? W_PROCS : 0;
+            x.requests = x.outcomes[KM_OUT_SUCCESS] + 4 * W_PROCS + x.abandoned;
+            x.tokens = 7 * x.outcomes[KM_OUT_SUCCESS] + 2 * W_PROCS + 3 * x.abandoned;
+            int rc = km_key_model_stats_get(e, ki, m, &s, sizeof s);
+            int same = rc == KM_OK && s.counters_valid == 1 &&
+                       memcmp(&s.counters, &x, sizeof x) == 0;
+            ok(same,
+               "key %s x model %s: requests %llu/%llu, ok %llu/%llu, 429 %llu/%llu, fail "
+               "%llu/%llu, cancelled %llu/%llu, abandoned %llu/%llu, stale %llu/%llu, tokens "
+               "%llu/%llu (got/expected)", w_keys[k], w_models[m],
+               (unsigned long long)s.counters.requests, (unsigned long long)x.requests,
+               (unsigned long long)s.counters.outcomes[0], (unsigned long long)x.outcomes[0],
+               (unsigned long long)s.counters.outcomes[1], (unsigned long long)x.outcomes[1],
+               (unsigned long long)s.counters.outcomes[2], (unsigned long long)x.outcomes[2],
+               (unsigned long long)s.counters.outcomes[5], (unsigned long long)x.outcomes[5],
+               (unsigned long long)s.counters.abandoned, (unsigned long long)x.abandoned,
+               (unsigned long long)s.counters.stale_releases,
+               (unsigned long long)x.stale_releases, (unsigned long long)s.counters.tokens,
+               (unsigned long long)x.tokens);
+            sum.requests += x.requests;
+            for (int i = 0; i < KM_OUT_COUNT; i++)
+                sum.outcomes[i] += x.outcomes[i];
+            sum.abandoned += x.abandoned;
+            sum.stale_releases += x.stale_releases;
+            sum.tokens += x.tokens;
+        }
+        km_model_stats s;
+        ok_sum &= km_model_stats_get(e, 0, m, &s, sizeof s) == KM_OK && s.counters_valid == 1 &&
+                  s.n_keys == 2 && memcmp(&s.counters, &sum, sizeof sum) == 0;
+    }
+    ok(ok_sum, "model x and y over pool w: the sums of their key x model counters");
+    /* Every request named a model: each key's own counters are the sums of
+     * its model rows. */
+    for (int k = 0; k < 2; k++) {
+        km_key_stats ks;
+        km_model_stats a, b;
+        int ki = km_key_find(e, 0, w_keys[k]);
+        km_key_stats_get(e, ki, &ks, sizeof ks);
+        km_key_model_stats_get(e, ki, 0, &a, sizeof a);
+        km_key_model_stats_get(e, ki, 1, &b, sizeof b);
+        ok(ks.n_models == 2 && ks.counters.requests == a.counters.requests + b.counters.requests &&
+               ks.counters.abandoned == a.counters.abandoned + b.counters.abandoned &&
+               ks.counters.stale_releases == a.counters.stale_releases + b.counters.stale_releases &&
+               ks.counters.tokens == a.counters.tokens + b.counters.tokens,
+           "key %s: its counters are the sums over its models", w_keys[k]);
+    }
+
+    /* Pool n, no models list: the row "free" its requests named. */
+    km_pool_stats ps;
+    km_model_stats s;
+    is_int(km_pool_stats_get(e, 1, &ps, sizeof ps), KM_OK, "pool n stats");
+    is_int(ps.n_models, 1, "pool n: one named model row");
+    int kc = km_key_find(e, 1, "c");
+    is_int(km_key_model_stats_get(e, kc, 0, &s, sizeof s), KM_OK, "named row on key c");
+    ok(strcmp(s.name, "free") == 0 && s.counters_valid == 1 &&
+           s.counters.requests == 1 + succ + W_PROCS &&
+           s.counters.outcomes[KM_OUT_SUCCESS] == succ &&
+           s.counters.outcomes[KM_OUT_FAILURE] == W_PROCS &&
+           s.counters.outcomes[KM_OUT_CANCELLED] == 1 &&
+           s.counters.tokens == 7 * succ + W_PROCS && !s.windows[KM_WIN_RPM].limit,
+       "named row free on c: requests %llu, ok %llu, fail %llu, cancelled %llu, tokens %llu",
+       (unsigned long long)s.counters.requests,
+       (unsigned long long)s.counters.outcomes[KM_OUT_SUCCESS],
+       (unsigned long long)s.counters.outcomes[KM_OUT_FAILURE],
+       (unsigned long long)s.counters.outcomes[KM_OUT_CANCELLED],
+       (unsigned long long)s.counters.tokens);
+    is_int(km_model_stats_get(e, 1, 0, &s, sizeof s), KM_OK, "named row over pool n");
+    ok(strcmp(s.name, "free") == 0 && s.n_keys == 1 && s.counters.requests == 1 + succ + W_PROCS,
+       "named row over pool n: the key's counters");
+    is_int(km_model_stats_get(e, 1, 1, &s, sizeof s), KM_ENOMODEL,
+           "pool n: past its named rows, ENOMODEL");
+    done(e);
+}
+
 int main(void)
 {
     km_lease l, held;
-    plan(63);
+    plan(81);
     snprintf(name, sizeof name, "kmt-stats-%d", (int)getpid());
 
     /* Key a: rpd 1000 (token bucket, burst 1000), tpd 10000 sliding with
@@ -225,7 +404,11 @@ int main(void)
        "key x model: name x, key a, one key");
     is_u64(m.windows[KM_WIN_RPD].used * 1000 + m.windows[KM_WIN_RPD].limit, 3100,
            "key x model: x's rpd on a: 3 used of 100");
-    is_int(m.counters_valid, 0, "key x model: no per-model counters in this format");
+    is_int(m.counters_valid, 1, "key x model: counters kept per key x model");
+    ok(m.counters.requests == 3 && m.counters.outcomes[KM_OUT_SUCCESS] == 3,
+       "key x model: x on a: 3 requests, 3 successes (got %llu, %llu)",
+       (unsigned long long)m.counters.requests,
+       (unsigned long long)m.counters.outcomes[KM_OUT_SUCCESS]);
     is_int(km_model_stats_get(e, 0, 0, &m, sizeof m), KM_OK, "model stats over the pool");
     ok(m.key == KM_STATS_ALL_KEYS && m.n_keys == 2 && m.windows[KM_WIN_RPD].limit == 200 &&
            m.windows[KM_WIN_RPD].used == 3 && m.keys_limited[KM_WIN_RPD] == 2,
@@ -235,5 +418,7 @@ int main(void)
     is_int(km_key_model_stats_get(e, k, 2, &m, sizeof m), KM_ENOMODEL,
            "model past the end: ENOMODEL");
     done(e);
+
+    workers_by_model();
     return exit_status();
 }

@@ -317,10 +317,137 @@ static void named_models_case(void)
     rmseg(env);
 }
 
+/* Stop a drain after `left` events. */
+typedef struct stop_after {
+    got g;
+    int left;
+} stop_after;
+
+static int collect_some(void *ctx, const km_usage_event *ev)
+{
+    stop_after *sa = ctx;
+    if (sa->left-- <= 0)
+        return 7;
+    return collect(&sa->g, ev);
+}
+
+static int drain_defer(km_env *env, got *g, km_usage_report *r)
+{
+    memset(g, 0, sizeof *g);
+    return km_usage_drain_ex(env, KM_USAGE_DEFER, collect, g, r);
+}
+
+/* Two-phase drains (KM_USAGE_DEFER, km_usage_commit) and the events'
+ * identity (seq, ring, segment_ns). */
+static void defer_case(uint64_t other_segment_ns)
+{
+    km_env *env = mkseg("{\"capacity\": {\"keys\": 4, \"usage_events\": 16, \"processes\": 4},"
+                        " \"pools\": [{\"name\": \"p\", \"keys\": [{\"id\": \"a\", \"secret\": \"sk-a-12345678\"}]}]}");
+    got g, g2;
+    km_usage_report r;
+    km_info in;
+    km_info_get(env, &in);
+    /* A drainer killed between its deferred drain and its commit: the
+     * next drainer gets the events again.  (First: once this process has
+     * drained, it is the drainer while it lives.) */
+    for (int i = 0; i < 2; i++)
+        lease_with(env, 0, NULL, KM_OUT_SUCCESS, 400 + i, 1);
+    int pfd[2];
+    if (pipe(pfd) != 0)
+        bail_out("pipe");
+    pid_t c = fork();
+    if (c == 0) {
+        km_env *e;
+        static got gc; /* zero */
+        if (km_open(seg, &e) != KM_OK)
+            _exit(3);
+        char n = (char)(km_usage_drain_ex(e, KM_USAGE_DEFER, collect, &gc, NULL) == KM_OK ? gc.n : -1);
+        if (write(pfd[1], &n, 1) != 1)
+            _exit(4);
+        for (;;)
+            pause();
+    }
+    char cn = -1;
+    if (read(pfd[0], &cn, 1) != 1)
+        cn = -1;
+    is_int(km_usage_drain(env, collect, &g, &r), KM_EBUSY, "a live deferred drainer keeps the claim");
+    kill(c, SIGKILL);
+    waitpid(c, NULL, 0);
+    close(pfd[0]);
+    close(pfd[1]);
+    is_int(drain(env, &g, &r), KM_OK, "its successor drains");
+    ok(cn == 2 && g.n == 2 && g.ev[0].latency_us == 400 && g.ev[1].latency_us == 401,
+       "... the 2 events the killed one had read (child %d, %d)", cn, g.n);
+    for (int i = 0; i < 3; i++)
+        lease_with(env, 0, NULL, KM_OUT_SUCCESS, 100 + i, 1);
+    is_int(drain_defer(env, &g, &r), KM_OK, "defer: drain_ex(KM_USAGE_DEFER)");
+    ok(g.n == 3 && r.events == 3, "defer: it hands out the 3 events (%d)", g.n);
+    int distinct = g.ev[0].seq == 2 && g.ev[1].seq == 3 && g.ev[2].seq == 4, same = 1;
+    for (int i = 0; i < 3; i++)
+        same &= g.ev[i].ring == g.ev[0].ring && g.ev[i].segment_ns == in.created_wall_ns &&
+                g.ev[i].reserved0 == 0 && g.ev[i].reserved[0] == 0;
+    ok(distinct && same,
+       "identity: seq 2, 3, 4 (after the 2 above) in one ring (%d), segment_ns = km_info.created_wall_ns, reserved zero",
+       g.ev[0].ring);
+    ok(g.ev[0].segment_ns != other_segment_ns, "identity: another segment has another segment_ns");
+    is_int(drain_defer(env, &g2, &r), KM_OK, "defer: no commit, drain again");
+    int again = g2.n == 3;
+    for (int i = 0; again && i < 3; i++)
+        again = g2.ev[i].seq == g.ev[i].seq && g2.ev[i].ring == g.ev[i].ring &&
+                g2.ev[i].segment_ns == g.ev[i].segment_ns && g2.ev[i].latency_us == g.ev[i].latency_us;
+    ok(again, "... the same 3 events again, same identity (%d)", g2.n);
+    /* A plain drain also starts where the last commit ended. */
+    lease_with(env, 0, NULL, KM_OUT_SUCCESS, 103, 1);
+    is_int(drain_defer(env, &g, &r), KM_OK, "defer: a fourth event, drain");
+    ok(g.n == 4 && g.ev[3].seq == 5 && g.ev[3].latency_us == 103, "... 4 events, the new one seq 5");
+    is_int(km_usage_commit(env), KM_OK, "km_usage_commit");
+    is_int(km_usage_commit(env), KM_OK, "km_usage_commit again: nothing pending, KM_OK");
+    is_int(drain(env, &g, &r), KM_OK, "drain after the commit");
+    is_int(g.n, 0, "... nothing: the commit consumed them");
+
+    /* A deferred drain stopped by its callback: the commit consumes up to
+     * there. */
+    for (int i = 0; i < 3; i++)
+        lease_with(env, 0, NULL, KM_OUT_SUCCESS, 200 + i, 1);
+    stop_after sa = {.left = 2};
+    is_int(km_usage_drain_ex(env, KM_USAGE_DEFER, collect_some, &sa, &r), 7,
+           "defer: fn stops the drain after 2 (its value returned)");
+    is_int(km_usage_commit(env), KM_OK, "... commit");
+    drain(env, &g, &r);
+    ok(g.n == 1 && g.ev[0].latency_us == 202 && g.ev[0].seq == 8,
+       "... the third event is what remains (%d events, seq %" PRIu64 ")", g.n, g.n ? g.ev[0].seq : 0);
+
+    /* Drops are counted once, at the commit. */
+    for (int i = 0; i < 12; i++) /* 8 per ring: 4 overwritten */
+        lease_with(env, 0, NULL, KM_OUT_SUCCESS, 300 + i, 1);
+    drain_defer(env, &g, &r);
+    ok(g.n == 8 && r.dropped == 4 && r.dropped_total == 4,
+       "defer: an overrun hands out 8, 4 dropped, 4 in all (%d, %" PRIu64 ", %" PRIu64 ")", g.n,
+       r.dropped, r.dropped_total);
+    drain_defer(env, &g, &r);
+    ok(g.n == 8 && r.dropped == 4 && r.dropped_total == 4,
+       "... again without a commit: the same, not counted twice (%" PRIu64 " in all)", r.dropped_total);
+    km_usage_commit(env);
+    drain(env, &g, &r);
+    ok(g.n == 0 && r.dropped == 0 && r.dropped_total == 4,
+       "... committed: nothing left, 4 dropped in all (%d, %" PRIu64 ")", g.n, r.dropped_total);
+
+    is_int(km_usage_drain_ex(env, 2, collect, &g, &r), KM_EINVAL, "drain_ex: unknown flag, KM_EINVAL");
+    km_env *ro;
+    if (km_open_flags(seg, KM_OPEN_READONLY, &ro) == KM_OK) {
+        is_int(km_usage_drain_ex(ro, KM_USAGE_DEFER, collect, &g, &r), KM_EREADONLY,
+               "drain_ex on a read-only handle: KM_EREADONLY");
+        km_close(ro);
+    } else {
+        ok(0, "read-only open");
+    }
+    rmseg(env);
+}
+
 int main(void)
 {
     fixtures_init("usage");
-    plan(45);
+    plan(68);
     km_env *env = mkseg("{\"capacity\": {\"keys\": 4, \"usage_events\": 12, \"processes\": 8},"
                         " \"pools\": [{\"name\": \"p\", \"model_limits\": \"global\","
                         "  \"models\": {\"m1\": {}}, \"keys\": [{\"id\": \"a\", \"secret\": \"sk-a-12345678\"}]}]}");
@@ -454,10 +581,13 @@ int main(void)
     int st;
     waitpid(c, &st, 0);
     ok(WIFEXITED(st) && WEXITSTATUS(st) == 0, "a second live drainer gets KM_EBUSY");
+    km_info in0;
+    km_info_get(env, &in0);
     rmseg(env);
 
     threads_case();
     named_models_case();
+    defer_case(in0.created_wall_ns);
 
     /* kmctl persist and usage. */
     env = mkseg("{\"capacity\": {\"keys\": 4}, \"pools\": [{\"name\": \"p\","

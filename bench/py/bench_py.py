@@ -15,6 +15,15 @@ in the same run and alternated rep by rep:
   lease     with pool.lease(): pass            (ext and ctypes)
   async     k = await pool.acquire() with a key free (KeyPool, ext and ctypes);
             the release is outside the timed span
+  http      with pool.lease() as l: l.report(200, headers=HDRS), HDRS the 12
+            headers of an OpenAI success (6 x-ratelimit-*): a release with
+            the answer mapped by km_outcome_from_http.  ext: in C;
+            before: the extension's lease, the mapping in Python and ctypes
+            (keymesh._pool._report_tuple, what report() ran until the
+            mapping moved into keymesh._ext); ctypes: the fallback
+  httpx     KeyMeshAuth's release of an httpx.Response's headers: ext:
+            l._release_http(200, headers.raw); before: _report_tuple on
+            the httpx.Headers, l._set_outcome(), l.release() (if python3-httpx)
 
 Each rep times batches of 64 operations with time.perf_counter_ns(); a
 figure is the median over reps of each rep's median batch mean (ns per
@@ -27,6 +36,11 @@ operation).  Then:
             the only key; that process releases it; latency from just before
             its km_release to the task running again (km_now_ns, one clock
             for both), --wakes samples: p50, p99, max
+            (with the extension, split by the lease's stamps: futex: to
+            km_acquire_wait returning in the helper thread; gil: to that
+            thread holding the GIL again; handover: to the task running
+            (call_soon_threadsafe, the loop's wake-up); and the load
+            average over the run)
 
 Output: one SUMMARY line per figure (every parameter and result, units).
 The machine is shared: run it several times and compare medians.
@@ -51,6 +65,13 @@ import inproc_model  # noqa: E402
 
 KEYS = ["sk-bench-py-%04d" % i for i in range(4)]
 BATCH = 64
+# An OpenAI chat completion's response headers (a success).
+HDRS = {"date": "Thu, 03 Dec 2026 07:00:00 GMT", "content-type": "application/json",
+        "openai-organization": "org-bench", "openai-processing-ms": "412",
+        "openai-version": "2020-10-01", "x-request-id": "req_0123456789abcdef",
+        "x-ratelimit-limit-requests": "10000", "x-ratelimit-limit-tokens": "2000000",
+        "x-ratelimit-remaining-requests": "9999", "x-ratelimit-remaining-tokens": "1999950",
+        "x-ratelimit-reset-requests": "6ms", "x-ratelimit-reset-tokens": "1ms"}
 
 
 class CtypesSyncKeyPool(_hot._PyCore, _pool._Core):
@@ -91,6 +112,43 @@ def time_lease(pool, seconds):
                 pass
         means.append((clock() - t0) / BATCH)
     return statistics.median(means)
+
+
+def time_http(pool, seconds, settle):
+    means = []
+    end = time.perf_counter() + seconds
+    clock = time.perf_counter_ns
+    lease = pool.lease
+    while time.perf_counter() < end:
+        t0 = clock()
+        for _ in range(BATCH):
+            with lease() as lz:
+                settle(lz)
+        means.append((clock() - t0) / BATCH)
+    return statistics.median(means)
+
+
+def http_settles():
+    """name -> (uses the ctypes pool, settle(lease)) for the http figures."""
+    rt = _pool._report_tuple
+    out = {
+        "http_ext": (False, lambda lz: lz.report(200, headers=HDRS)),
+        "http_before": (False, lambda lz: lz._set_outcome(rt(200, HDRS, None, None, None,
+                                                              None, None))),
+        "http_ctypes": (True, lambda lz: lz.report(200, headers=HDRS)),
+    }
+    try:
+        import httpx
+    except ImportError:
+        return out
+    hh = httpx.Headers(HDRS)
+
+    def before(lz):
+        lz._set_outcome(rt(200, hh, None, None, None, None, None))
+        lz.release()
+    out["httpx_ext"] = (False, lambda lz: lz._release_http(200, hh.raw, None))
+    out["httpx_before"] = (False, before)
+    return out
 
 
 def time_async(pool, seconds):
@@ -165,7 +223,7 @@ def procs_throughput(nprocs, seconds):
     return total / seconds
 
 
-def wake_latency(samples):
+def wake_latency(samples, busy=False):
     name = "kmb-pyw-%d" % os.getpid()
     lib.km_unlink(name.encode())
     cfg = {"capacity": {"keys": 2, "processes": 8},
@@ -192,17 +250,35 @@ def wake_latency(samples):
         finally:
             os._exit(0)
 
+    async def spin(stop):
+        # A loop never idle: short Python callbacks back to back (a busy
+        # server), so the loop thread holds the GIL but for its epoll calls.
+        while not stop:
+            sum(range(300))
+            await asyncio.sleep(0)
+
     async def run():
-        lat = []
+        lat, split = [], []
+        stop = []
+        spinner = asyncio.ensure_future(spin(stop)) if busy else None
         for _ in range(samples):
             os.read(held_r, 1)  # the other process holds the key now
-            k = await pool.acquire()
+            # pool.acquire() is this, returning lz.key: the lease is kept
+            # for the helper thread's stamps
+            lz = await _pool._aacquire(pool, None, None, 0, None, None, True)
             got = lib.km_now_ns()
             rel = struct.unpack("Q", os.read(t_r, 8))[0]
             lat.append((got - rel) / 1000.0)
-            await pool.release(k)
+            woke, gil = getattr(lz, "_wait_stamps", (0, 0))
+            if woke:
+                split.append(((woke - rel) / 1000.0, (gil - woke) / 1000.0,
+                              (got - gil) / 1000.0))
+            await pool.release(lz.key)
             os.write(got_w, b"g")
-        return lat
+        if spinner is not None:
+            stop.append(1)
+            await spinner
+        return lat, split
     lat = asyncio.run(run())
     os.waitpid(pid, 0)
     pool._close()
@@ -217,12 +293,66 @@ def main():
     ap.add_argument("--procs-seconds", type=float, default=2.0)
     ap.add_argument("--wakes", type=int, default=300)
     ap.add_argument("--short", action="store_true", help="smoke run")
+    ap.add_argument("--only", default="pair,http,procs,wake",
+                    help="comma-separated figures to run: pair,http,procs,wake,wakebusy")
     a = ap.parse_args()
+    only = set(a.only.split(","))
     if a.short:
         a.reps, a.seconds, a.procs_seconds, a.wakes = 1, 0.05, 0.2, 20
     if keymesh.implementation() != "c-extension":
         sys.exit("bench_py: the extension is not in use: %s" % keymesh.implementation_detail())
 
+    common = "procs=1 keys=4 strategy=round_robin limits=none reps=%d seconds=%.2f batch=%d" % (
+        a.reps, a.seconds, BATCH)
+    if "http" in only:
+        ext = keymesh.SyncKeyPool(keys=KEYS, strategy="round_robin")
+        cty = CtypesSyncKeyPool(KEYS, "round_robin")
+        settles = http_settles()
+        r = {k: [] for k in ["lease_ext"] + list(settles)}
+        for _ in range(a.reps):  # alternated
+            r["lease_ext"].append(time_lease(ext, a.seconds))
+            for k, (on_ctypes, fn) in settles.items():
+                r[k].append(time_http(cty if on_ctypes else ext, a.seconds, fn))
+        med = {k: statistics.median(v) for k, v in r.items()}
+        for k in r:
+            what, var = k.split("_")
+            print("SUMMARY bench=py_%s variant=%s %s headers=%d p50_ns=%.0f min_ns=%.0f "
+                  "max_ns=%.0f" % (what, var, common, len(HDRS), med[k], min(r[k]), max(r[k])))
+        print("SUMMARY bench=py_http_ratio %s before_over_ext=%.1f ctypes_over_ext=%.1f%s" % (
+            common, med["http_before"] / med["http_ext"], med["http_ctypes"] / med["http_ext"],
+            " httpx_before_over_ext=%.1f" % (med["httpx_before"] / med["httpx_ext"])
+            if "httpx_ext" in med else ""))
+        ext._close()
+        cty._close()
+    if "pair" in only:
+        pairs(a, common)
+    if "procs" in only:
+        for n in (1, 2, 8):
+            ops = procs_throughput(n, a.procs_seconds)
+            print("SUMMARY bench=py_procs variant=ext procs=%d keys=4 strategy=round_robin "
+                  "limits=none seconds=%.1f pairs_per_s=%.0f cpus=%d" % (
+                      n, a.procs_seconds, ops, os.cpu_count() or 0))
+    for busy in (False, True):
+        if ("wakebusy" if busy else "wake") not in only:
+            continue
+        var = "ext_busyloop" if busy else "ext"
+        l0 = os.getloadavg()[0]
+        lat, split = wake_latency(a.wakes, busy)
+        l1 = os.getloadavg()[0]
+        print("SUMMARY bench=py_wake variant=%s procs=2 keys=1 samples=%d p50_us=%.0f "
+              "p99_us=%.0f max_us=%.0f loadavg1=%.2f-%.2f cpus=%d target: p99<=1000us %s" % (
+                  var, len(lat), pct(lat, 50), pct(lat, 99), max(lat), l0, l1,
+                  os.cpu_count() or 0, "met" if pct(lat, 99) <= 1000 else "MISSED"))
+        if split:
+            parts = ("futex", "gil", "handover")
+            print("SUMMARY bench=py_wake_split variant=%s samples=%d %s" % (
+                var, len(split), " ".join(
+                    "%s_p50_us=%.0f %s_p99_us=%.0f" % (n, pct([x[i] for x in split], 50), n,
+                                                      pct([x[i] for x in split], 99))
+                    for i, n in enumerate(parts))))
+
+
+def pairs(a, common):
     ext = keymesh.SyncKeyPool(keys=KEYS, strategy="round_robin")
     cty = CtypesSyncKeyPool(KEYS, "round_robin")
     aext = keymesh.KeyPool(keys=KEYS, strategy="round_robin")
@@ -240,8 +370,6 @@ def main():
         r["async_ext"].append(time_async(aext, a.seconds))
         r["async_ctypes"].append(time_async(acty, a.seconds))
     med = {k: statistics.median(v) for k, v in r.items()}
-    common = "procs=1 keys=4 strategy=round_robin limits=none reps=%d seconds=%.2f batch=%d" % (
-        a.reps, a.seconds, BATCH)
     for k in ("ext", "ctypes", "inproc", "pypool"):
         print("SUMMARY bench=py_pair variant=%s %s p50_ns=%.0f min_ns=%.0f max_ns=%.0f" % (
             k, common, med[k], min(r[k]), max(r[k])))
@@ -259,17 +387,6 @@ def main():
     for p in (ext, cty, aext):
         p._close()
     acty._close()
-
-    for n in (1, 2, 8):
-        ops = procs_throughput(n, a.procs_seconds)
-        print("SUMMARY bench=py_procs variant=ext procs=%d keys=4 strategy=round_robin "
-              "limits=none seconds=%.1f pairs_per_s=%.0f cpus=%d" % (
-                  n, a.procs_seconds, ops, os.cpu_count() or 0))
-    lat = wake_latency(a.wakes)
-    print("SUMMARY bench=py_wake variant=ext procs=2 keys=1 samples=%d p50_us=%.0f p99_us=%.0f "
-          "max_us=%.0f target: p99<=1000us %s" % (
-              len(lat), pct(lat, 50), pct(lat, 99), max(lat),
-              "met" if pct(lat, 99) <= 1000 else "MISSED"))
 
 
 if __name__ == "__main__":

@@ -189,3 +189,32 @@ def test_many_tasks_share_few_keys(seg, secrets):
         assert st["inflight"] == 0 and sum(k["success"] for k in st["keys"]) == 30
         await pool.close()
     run(main())
+
+
+def test_waited_lease_carries_wake_stamps(seg, secrets):
+    # keymesh._ext stamps a lease a blocking wait got: when km_acquire_wait
+    # returned and when the thread held the GIL again (bench/py splits the
+    # wake-up latency with them); a lease got at once has none.  The ctypes
+    # leases have no stamps.
+    from keymesh import implementation
+    from keymesh._pool import _aacquire
+    ext = implementation() == "c-extension"
+
+    async def main():
+        pool = KeyPool.create(seg("stamps"), cfg(secrets[:1], max_inflight=1),
+                              acquire_timeout=5)
+        first = await _aacquire(pool, None, None, 0, None, None, False)
+        assert getattr(first, "_wait_stamps", None) == ((0, 0) if ext else None)
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.05, first.release)
+        before = L.lib.km_now_ns()
+        second = await _aacquire(pool, None, None, 0, None, None, False)
+        after = L.lib.km_now_ns()
+        if ext:
+            woke, gil = second._wait_stamps
+            assert before < woke <= gil <= after
+        else:
+            assert not hasattr(second, "_wait_stamps")
+        second.release()
+        await pool.close()
+    run(main())

@@ -312,3 +312,94 @@ def test_no_secret_in_errors_and_reprs(secrets, seg):
         text += str(e.value)
     assert no_secret(text) and "nothere9999" not in text
     pool.close()
+
+
+class _Items:
+    """A mapping-like object with items() only (requests' headers, ...)."""
+
+    def __init__(self, d):
+        self.d = d
+
+    def items(self):
+        return list(self.d.items())
+
+
+RL_HEADERS = {"Retry-After": "20", "x-ratelimit-remaining-requests": "0",
+              "x-note": "caf\u00e9 \u2603", "x-count": 3}
+
+
+@pytest.mark.parametrize("shape", ["dict", "pairs", "bytes", "items", "repeated"])
+def test_report_headers_in_every_shape(secrets, shape):
+    # report()'s headers: a dict, (name, value) pairs of str or of bytes
+    # (httpx.Headers.raw), an object with items(); values that are not
+    # latin-1 or not str are fine.  Retry-After: 20 cools the key 20 s.
+    h = {"dict": RL_HEADERS,
+         "pairs": list(RL_HEADERS.items()),
+         "bytes": [(k.encode(), str(v).encode("utf-8")) for k, v in RL_HEADERS.items()],
+         "items": _Items(RL_HEADERS),
+         "repeated": [("x-a", "1"), ("x-a", "2")] + list(RL_HEADERS.items())}[shape]
+    pool = SyncKeyPool(keys=secrets[:2], strategy="round_robin")
+    with pool.lease() as lease:
+        lease.report(429, headers=h, body='{"error": {"code": "rate_limit_exceeded"}}')
+        kid = lease.key_id
+    k = {x["id"]: x for x in pool.status()["keys"]}[kid]
+    assert k["rate_limited"] == 1 and k["state"] == "cooling"
+    assert 18000 <= k["cooldown_remaining_ms"] <= 20000
+    pool.close()
+
+
+def test_report_bad_headers_and_body(secrets):
+    pool = SyncKeyPool(keys=secrets[:1])
+    with pool.lease() as lease:
+        with pytest.raises(ValueError):
+            lease.report(429, headers=[("retry-after",)])
+        with pytest.raises(TypeError):
+            lease.report(429, headers=5)
+        with pytest.raises(ValueError):
+            lease.report(200, tokens=-1)
+    assert pool.status()["keys"][0]["success"] == 1  # nothing recorded: success
+    pool.close()
+
+
+def test_http_outcomes_are_mapped_in_the_extension(secrets, monkeypatch):
+    # With keymesh._ext, report(), fail(exc), an exception leaving a lease
+    # and _release_http() (keymesh.httpx) map the answer in C; the ctypes
+    # fallback goes through keymesh.outcome_from_http.  Same outcomes.
+    from keymesh import _pool
+    calls = []
+    real = _pool.outcome_from_http
+
+    def spy(*a, **kw):
+        calls.append(a[0])
+        return real(*a, **kw)
+    monkeypatch.setattr(_pool, "outcome_from_http", spy)
+
+    class Limited(Exception):
+        status_code = 429
+        headers = {"retry-after": "20"}
+
+    pool = SyncKeyPool(keys=secrets[:4], strategy="round_robin")
+    ids = []
+    with pool.lease() as lease:
+        lease.report(429, headers={"retry-after": "20"})
+        ids.append(lease.key_id)
+    lease = pool.lease().__enter__()
+    ids.append(lease.key_id)
+    lease.fail(Limited())
+    with pytest.raises(Limited):
+        with pool.lease() as lease:
+            ids.append(lease.key_id)
+            raise Limited()
+    lease = pool.lease().__enter__()
+    ids.append(lease.key_id)
+    lease.usage(input_tokens=3, output_tokens=4)
+    assert lease._release_http(429, [(b"retry-after", b"20")], b"") == L.OUT_RATE_LIMITED
+    keys = {x["id"]: x for x in pool.status()["keys"]}
+    for kid in ids:
+        assert keys[kid]["rate_limited"] == 1 and keys[kid]["state"] == "cooling"
+        assert 18000 <= keys[kid]["cooldown_remaining_ms"] <= 20000
+    if keymesh.implementation() == "c-extension":
+        assert calls == []
+    else:
+        assert calls == [429, 429, 429, 200, 429]  # usage() maps a 200
+    pool.close()

@@ -138,3 +138,23 @@ def test_no_secret_in_errors(provider, secrets):
             c.post("/v1/chat/completions", json=BODY)
     assert "cccc7777" not in str(e.value) and no_secret(str(pool.status()))
     pool.close()
+
+
+def test_release_in_one_call_with_the_raw_headers(provider, secrets, monkeypatch):
+    # KeyMeshAuth releases through lease._release_http(status,
+    # response.headers.raw, body): with keymesh._ext nothing goes back to
+    # keymesh.outcome_from_http (ctypes); the provider's headers still count.
+    from keymesh import _pool, implementation
+    calls = []
+    real = _pool.outcome_from_http
+    monkeypatch.setattr(_pool, "outcome_from_http",
+                        lambda *a, **kw: (calls.append(a[0]), real(*a, **kw))[1])
+    pool = SyncKeyPool(keys=["sk-rl-ffff4444", secrets[0]], strategy="fill_first")
+    with httpx.Client(base_url=provider.url, auth=KeyMeshAuth(pool)) as c:
+        assert c.post("/v1/chat/completions", json=BODY).status_code == 200  # 429, retried
+    k = by_id(pool)
+    assert k["key-1"]["rate_limited"] == 1 and k["key-1"]["state"] == "cooling"
+    assert 5000 <= k["key-1"]["cooldown_remaining_ms"] <= 7000   # Retry-After: 7
+    assert k["key-2"]["success"] == 1
+    assert calls == ([] if implementation() == "c-extension" else [429, 200])
+    pool.close()

@@ -232,7 +232,8 @@ def test_per_model_windows_and_filters(seg, secrets):
     assert st["model_limits"] == "per_model"
     assert list(st["models"]) == ["m1", "m2"]
     m1 = st["models"]["m1"]
-    assert m1["name"] == "m1" and m1["counters"] is None   # not counted per model yet
+    assert m1["name"] == "m1" and m1["counters"]["requests"] == 3   # counted per key x model
+    assert m1["counters"]["success"] == 3 and st["models"]["m2"]["counters"]["requests"] == 1
     assert m1["windows"]["rpm"]["keys"] == 2 and m1["windows"]["rpm"]["limit"] == 10
     assert m1["windows"]["rpm"]["used"] == 3
     assert st["models"]["m2"]["windows"] == {}
@@ -243,6 +244,9 @@ def test_per_model_windows_and_filters(seg, secrets):
     assert (k2m1["used"], k2m1["left"]) == (0, 5)
     assert st["keys"]["k1"]["counters"]["requests"] == 3
     assert st["keys"]["k2"]["counters"]["requests"] == 1
+    assert st["keys"]["k1"]["models"]["m1"]["counters"]["requests"] == 3
+    assert st["keys"]["k1"]["models"]["m2"]["counters"]["requests"] == 0
+    assert st["keys"]["k2"]["models"]["m2"]["counters"]["requests"] == 1
 
     # Filters: only that key / model; the pool's own numbers stay whole.
     only = pool.stats(key="k2")

@@ -225,6 +225,71 @@ static void key_counter_families(expo *x)
                                    (double)k->spent_microusd / 1e6);
 }
 
+/* Has key i of pool view pv served model row m (a request named it, or
+ * a release or reap counted on it)?  Rows that never did are left out of
+ * the key x model counter families, as a client library leaves out label
+ * sets it never observed: 1024 keys x 8 models would otherwise add ~80k
+ * zero series to every scrape.  A named row not yet written (its name "")
+ * is left out too. */
+static const km_model_stats *served(const pool_view *pv, uint32_t i, uint32_t m)
+{
+    const km_model_stats *km = &pv->key_models[(size_t)i * pv->ps.n_models + m];
+    const km_stats_counters *c = &km->counters;
+    return km->counters_valid && km->name[0] && (c->requests || c->abandoned || c->stale_releases)
+               ? km
+               : NULL;
+}
+
+/* One key x model counter family: `which` a field of km_stats_counters
+ * (KMC_*), or KMC_OUTCOMES for one sample per outcome kind. */
+enum { KMC_REQUESTS, KMC_OUTCOMES, KMC_ABANDONED, KMC_STALE, KMC_TOKENS };
+
+static void key_model_family(expo *x, const char *name, const char *help, int which)
+{
+    char lab[768], ml[2 * KM_ID_MAX + 2];
+    family(x->f, name, "counter", help);
+    FOR_KEYS(x, pv, p, k, i) for (uint32_t m = 0; pv->key_models && m < pv->ps.n_models; m++)
+    {
+        const km_model_stats *km = served(pv, i, m);
+        if (!km)
+            continue;
+        const km_stats_counters *c = &km->counters;
+        esc_label(km->name, ml, sizeof ml);
+        for (int o = 0; o < (which == KMC_OUTCOMES ? KM_OUT_COUNT : 1); o++) {
+            snprintf(lab, sizeof lab, "%s,model=\"%s\"%s%s%s", klab(x, p, i), ml,
+                     which == KMC_OUTCOMES ? ",outcome=\"" : "",
+                     which == KMC_OUTCOMES ? km_outcome_name(o) : "",
+                     which == KMC_OUTCOMES ? "\"" : "");
+            s_u64(x->f, name, lab,
+                  which == KMC_REQUESTS    ? c->requests
+                  : which == KMC_OUTCOMES  ? c->outcomes[o]
+                  : which == KMC_ABANDONED ? c->abandoned
+                  : which == KMC_STALE     ? c->stale_releases
+                                           : c->tokens);
+        }
+    }
+}
+
+/* The key x model counters (km_key_model_stats_get), labelled as the
+ * key's with model added. */
+static void key_model_counter_families(expo *x)
+{
+    key_model_family(x, "keymesh_key_model_requests_total",
+                     "Leases acquired on the key for requests naming the model.", KMC_REQUESTS);
+    key_model_family(x, "keymesh_key_model_outcomes_total",
+                     "Leases naming the model released on the key, by the outcome the "
+                     "provider gave.", KMC_OUTCOMES);
+    key_model_family(x, "keymesh_key_model_abandoned_total",
+                     "Leases naming the model on the key released by km_close or a reaper.",
+                     KMC_ABANDONED);
+    key_model_family(x, "keymesh_key_model_stale_releases_total",
+                     "Releases of leases naming the model on the key ignored as stale.",
+                     KMC_STALE);
+    key_model_family(x, "keymesh_key_model_tokens_total",
+                     "Tokens settled at release on the key for requests naming the model.",
+                     KMC_TOKENS);
+}
+
 static void key_gauge_families(expo *x)
 {
     FILE *f = x->f;
@@ -423,6 +488,7 @@ int metrics_text(km_env *env, const char *segment, char **out, size_t *len)
     segment_families(&x, segment);
     pool_families(&x);
     key_counter_families(&x);
+    key_model_counter_families(&x);
     key_gauge_families(&x);
     window_families(&x, 0);
     model_families(&x);

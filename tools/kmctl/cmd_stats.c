@@ -24,8 +24,9 @@ const char usage_stats[] =
     "  LEFT          units admissible now\n"
     "  USE_%         used / burst: how close the window is to refusing\n"
     "  FULL_IN_MS    milliseconds until USED is 0 if nothing more is admitted\n"
-    "then each model's windows (per_model pools).  Requests and outcomes are\n"
-    "counted per key, not yet per key x model.\n"
+    "then each model's counters (requests and outcomes per key x model, and\n"
+    "over the pool) and windows (per_model pools).  A pool without a models\n"
+    "list shows the model names its requests gave.\n"
     "\n"
     "Options:\n"
     "  -j, --json      print one JSON document instead (docs/kmctl.md)\n"
@@ -145,6 +146,12 @@ static int budget_json(json_t *j, uint64_t budget, const km_budget_state *b)
     return rc;
 }
 
+/* A model's counters, or null from a library that keeps none. */
+static json_t *model_counters(const km_model_stats *m)
+{
+    return m->counters_valid ? jcounters(&m->counters) : json_null();
+}
+
 static json_t *key_json(const km_key_stats *k, const km_budget_state *kb,
                         const km_model_stats *km, uint32_t nm, const stats_opts *o)
 {
@@ -174,7 +181,7 @@ static json_t *key_json(const km_key_stats *k, const km_budget_state *kb,
         if (!model_wanted(o, &km[m]))
             continue;
         json_array_append_new(models, json_pack("{s:o, s:o, s:o}", "name", jstr(km[m].name),
-                                                "counters", json_null(),
+                                                "counters", model_counters(&km[m]),
                                                 "windows", jwindows(km[m].windows, NULL)));
     }
     if (!j || !models || json_object_set_new(j, "models", models) < 0) {
@@ -216,7 +223,7 @@ static json_t *pool_json(const pool_view *v, const stats_opts *o)
         if (model_wanted(o, &v->models[m]))
             json_array_append_new(
                 models, json_pack("{s:o, s:o, s:o}", "name", jstr(v->models[m].name),
-                                  "counters", json_null(),
+                                  "counters", model_counters(&v->models[m]),
                                   "windows", jwindows(v->models[m].windows,
                                                       v->models[m].keys_limited)));
     for (uint32_t i = 0; j && keys && i < v->n_keys; i++)
@@ -282,6 +289,56 @@ static void window_titles(table *t, const char *who)
                             "FULL_IN_MS"};
     for (int i = 0; i < 9; i++)
         tbl_cell(t, "%s", titles[i]);
+}
+
+/* One row of counters: who, requests, outcomes, abandoned, stale, tokens. */
+static void counter_row(table *t, const char *model, const char *who, const km_stats_counters *c)
+{
+    tbl_cell(t, "%s", model);
+    tbl_cell(t, "%s", who);
+    tbl_cell(t, "%" PRIu64, c->requests);
+    tbl_cell(t, "%" PRIu64, c->outcomes[KM_OUT_SUCCESS]);
+    tbl_cell(t, "%" PRIu64, c->outcomes[KM_OUT_RATE_LIMITED]);
+    tbl_cell(t, "%" PRIu64,
+             c->outcomes[KM_OUT_FAILURE] + c->outcomes[KM_OUT_AUTH] + c->outcomes[KM_OUT_QUOTA]);
+    tbl_cell(t, "%" PRIu64, c->outcomes[KM_OUT_CANCELLED]);
+    tbl_cell(t, "%" PRIu64, c->abandoned);
+    tbl_cell(t, "%" PRIu64, c->stale_releases);
+    tbl_cell(t, "%" PRIu64, c->tokens);
+}
+
+/* Requests and outcomes per model: on each key, then over the pool
+ * (without --key).  Columns as the key table's. */
+static int model_counter_table(const pool_view *v, const stats_opts *o)
+{
+    const km_pool_stats *p = &v->ps;
+    table t;
+    tbl_init(&t, 10);
+    const char *titles[] = {"MODEL",     "KEY",       "REQUESTS", "OK",    "429",
+                            "FAIL",      "CANCELLED", "ABANDONED", "STALE", "TOKENS"};
+    for (int i = 0; i < 10; i++)
+        tbl_cell(&t, "%s", titles[i]);
+    int rows = 0;
+    for (uint32_t m = 0; m < p->n_models; m++) {
+        const km_model_stats *ms = &v->models[m];
+        if (!model_wanted(o, ms) || !ms->counters_valid)
+            continue;
+        for (uint32_t i = 0; v->key_models && i < v->n_keys; i++)
+            if (key_wanted(o, &v->keys[i])) {
+                counter_row(&t, ms->name, v->keys[i].id,
+                            &v->key_models[(size_t)i * p->n_models + m].counters);
+                rows++;
+            }
+        if (!o->key && v->n_keys > 1) {
+            char who[48];
+            snprintf(who, sizeof who, "(pool, %" PRIu32 " keys)", ms->n_keys);
+            counter_row(&t, ms->name, who, &ms->counters);
+            rows++;
+        }
+    }
+    int rc = rows ? tbl_print(&t, "  ") : EX_SUCCESS;
+    tbl_free(&t);
+    return rc;
 }
 
 static int print_pool(const pool_view *v, const stats_opts *o)
@@ -430,20 +487,23 @@ static int print_pool(const pool_view *v, const stats_opts *o)
         rc = tbl_print(&t, "  ");
     tbl_free(&t);
 
-    /* Models: their windows over the pool, then on each key. */
+    /* Models: their counters on each key and over the pool, then their
+     * windows over the pool and on each key. */
     int nm = 0;
     for (uint32_t m = 0; m < p->n_models; m++)
         nm += model_wanted(o, &v->models[m]);
     if (rc != EX_SUCCESS || !nm)
         return rc;
-    printf("  models (%s limits; requests are counted per key, not per model):",
-           p->model_mode == KM_MODELS_PER_MODEL ? "per_model" : "global");
+    printf("  models (%s limits):", p->model_mode == KM_MODELS_PER_MODEL ? "per_model" : "global");
     for (uint32_t m = 0, first = 1; m < p->n_models; m++)
         if (model_wanted(o, &v->models[m])) {
             printf("%s %s", first ? "" : ",", v->models[m].name);
             first = 0;
         }
     putchar('\n');
+    rc = model_counter_table(v, o);
+    if (rc != EX_SUCCESS)
+        return rc;
     tbl_init(&t, 10);
     const char *mt[] = {"MODEL", "WINDOW", "KEY", "MODE", "LIMIT", "BURST", "USED", "LEFT",
                         "USE_%", "FULL_IN_MS"};

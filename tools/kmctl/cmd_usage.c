@@ -32,6 +32,10 @@ const char usage_persist[] =
     "capacity.usage_events of them) are counted, never waited for:\n"
     "workers never block on persist.  One persist per segment at a time: a\n"
     "second one fails (status 1), saying another process drains the events.\n"
+    "Killed at any point, persist loses no event and stores none twice: it\n"
+    "consumes the events of a drain only once its transaction has committed,\n"
+    "and the next persist stores what it is handed again only once (each\n"
+    "event's identity is a unique key).  An older database is migrated.\n"
     "\n"
     "Options:\n"
     "  --db FILE            the SQLite database (created if missing)\n"
@@ -78,8 +82,10 @@ static volatile sig_atomic_t g_stop;
 static void on_stop(int sig) { (void)sig; g_stop = 1; }
 
 typedef struct persist_ctx {
+    sqlite3 *db;
     sqlite3_stmt *ins;
     const char *segment;
+    uint64_t again; /* events the database had already (handed out again) */
     int failed;
 } persist_ctx;
 
@@ -105,11 +111,63 @@ static int persist_event(void *ctx, const km_usage_event *ev)
     else
         sqlite3_bind_int64(st, 8, (sqlite3_int64)ev->latency_us);
     sqlite3_bind_int(st, 9, (int)ev->pid);
+    /* The event's identity, under the unique index usage_event: an event
+     * handed out again (its persist was killed after COMMIT, before
+     * km_usage_commit) is ignored, so each is stored once. */
+    sqlite3_bind_int64(st, 10, (sqlite3_int64)ev->segment_ns);
+    sqlite3_bind_int(st, 11, ev->ring);
+    sqlite3_bind_int64(st, 12, (sqlite3_int64)ev->seq);
     if (sqlite3_step(st) != SQLITE_DONE) {
         p->failed = 1;
-        return 1; /* stop: this event stays for the next drain */
+        return 1; /* stop: nothing of this drain is consumed */
     }
+    if (!sqlite3_changes(p->db))
+        p->again++;
     return 0;
+}
+
+/* Columns that databases of an older kmctl lack: added by db_migrate,
+ * NULL in the rows stored before (a unique index holds any number of
+ * those). */
+static const struct {
+    const char *table, *column;
+} db_added[] = {
+    {"usage", "seg_ns"}, {"usage", "ring"}, {"usage", "seq"}, /* the event's identity */
+    {"drops", "seg_ns"}, {"drops", "total"}, /* dropped_total after the drain */
+};
+
+/* Bring the tables to this kmctl's schema, in one transaction: BEGIN
+ * IMMEDIATE so that two persists (of two segments) opening one old
+ * database migrate it once. */
+static int db_migrate(sqlite3 *db)
+{
+    if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+        return -1;
+    for (size_t i = 0; i < sizeof db_added / sizeof db_added[0]; i++) {
+        sqlite3_stmt *st;
+        int have = -1;
+        if (sqlite3_prepare_v2(db, "SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2", -1,
+                               &st, NULL) == SQLITE_OK) {
+            sqlite3_bind_text(st, 1, db_added[i].table, -1, SQLITE_STATIC);
+            sqlite3_bind_text(st, 2, db_added[i].column, -1, SQLITE_STATIC);
+            if (sqlite3_step(st) == SQLITE_ROW)
+                have = sqlite3_column_int(st, 0);
+            sqlite3_finalize(st);
+        }
+        char sql[128];
+        snprintf(sql, sizeof sql, "ALTER TABLE %s ADD COLUMN %s INTEGER", db_added[i].table,
+                 db_added[i].column);
+        if (have < 0 || (!have && sqlite3_exec(db, sql, NULL, NULL, NULL) != SQLITE_OK))
+            goto fail;
+    }
+    if (sqlite3_exec(db,
+                     "CREATE UNIQUE INDEX IF NOT EXISTS usage_event ON usage(segment, seg_ns, ring, seq);"
+                     "COMMIT",
+                     NULL, NULL, NULL) == SQLITE_OK)
+        return 0;
+fail:
+    sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+    return -1;
 }
 
 static int db_open(const char *path, sqlite3 **db)
@@ -117,14 +175,15 @@ static int db_open(const char *path, sqlite3 **db)
     static const char schema[] =
         "CREATE TABLE IF NOT EXISTS usage(ts_ms INTEGER NOT NULL, segment TEXT NOT NULL,"
         " pool TEXT NOT NULL, key TEXT NOT NULL, model TEXT NOT NULL, tokens INTEGER NOT NULL,"
-        " outcome TEXT NOT NULL, latency_us INTEGER, pid INTEGER);"
+        " outcome TEXT NOT NULL, latency_us INTEGER, pid INTEGER,"
+        " seg_ns INTEGER, ring INTEGER, seq INTEGER);"
         "CREATE INDEX IF NOT EXISTS usage_seg_ts ON usage(segment, ts_ms);"
         "CREATE TABLE IF NOT EXISTS drops(ts_ms INTEGER NOT NULL, segment TEXT NOT NULL,"
-        " dropped INTEGER NOT NULL);";
+        " dropped INTEGER NOT NULL, seg_ns INTEGER, total INTEGER);";
     if (sqlite3_open_v2(path, db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) != SQLITE_OK ||
         sqlite3_busy_timeout(*db, 5000) != SQLITE_OK ||
         sqlite3_exec(*db, "PRAGMA journal_mode=WAL;", NULL, NULL, NULL) != SQLITE_OK ||
-        sqlite3_exec(*db, schema, NULL, NULL, NULL) != SQLITE_OK) {
+        sqlite3_exec(*db, schema, NULL, NULL, NULL) != SQLITE_OK || db_migrate(*db) != 0) {
         errline("database '%s': %s", path, *db ? sqlite3_errmsg(*db) : "cannot open");
         sqlite3_close(*db);
         *db = NULL;
@@ -134,17 +193,57 @@ static int db_open(const char *path, sqlite3 **db)
     return EX_SUCCESS;
 }
 
-/* One drain in one transaction.  Returns an exit status. */
-static int persist_once(km_env *env, const char *name, sqlite3 *db, sqlite3_stmt *ins,
-                        uint64_t *total, uint64_t *dropped)
+/* Record this drain's drops once: a drain after a killed persist finds
+ * again the drops its predecessor recorded (and maybe more).  `total` is
+ * the segment's count after the drain; the increment over the last total
+ * recorded for this segment is what is new, and never more than the drain
+ * found (the database may have missed drains: another one was used). */
+static void persist_drops(sqlite3 *db, const char *name, uint64_t seg_ns, const km_usage_report *r)
 {
-    persist_ctx p = {ins, name, 0};
+    sqlite3_stmt *st;
+    uint64_t last = 0, add = r->dropped;
+    if (sqlite3_prepare_v2(db, "SELECT MAX(total) FROM drops WHERE segment = ?1 AND seg_ns = ?2", -1,
+                           &st, NULL) == SQLITE_OK) {
+        sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, (sqlite3_int64)seg_ns);
+        if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL)
+            last = (uint64_t)sqlite3_column_int64(st, 0);
+        sqlite3_finalize(st);
+    }
+    uint64_t fresh = r->dropped_total > last ? r->dropped_total - last : 0;
+    if (fresh < add)
+        add = fresh;
+    if (!add)
+        return;
+    if (sqlite3_prepare_v2(db, "INSERT INTO drops(ts_ms, segment, dropped, seg_ns, total)"
+                               " VALUES(?1, ?2, ?3, ?4, ?5)", -1, &st, NULL) == SQLITE_OK) {
+        sqlite3_bind_int64(st, 1, (sqlite3_int64)time(NULL) * 1000);
+        sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 3, (sqlite3_int64)add);
+        sqlite3_bind_int64(st, 4, (sqlite3_int64)seg_ns);
+        sqlite3_bind_int64(st, 5, (sqlite3_int64)r->dropped_total);
+        sqlite3_step(st);
+        sqlite3_finalize(st);
+    }
+}
+
+/* One drain in one transaction, in two phases so that a kill at any point
+ * loses nothing: the drain defers consuming the events (KM_USAGE_DEFER),
+ * the transaction commits, then km_usage_commit consumes them.  Killed
+ * before the COMMIT, the transaction is rolled back and the events are
+ * still in the segment; killed after it, the next drain hands them out
+ * again and the unique index on their identity ignores them.  Returns an
+ * exit status. */
+static int persist_once(km_env *env, const char *name, sqlite3 *db, sqlite3_stmt *ins,
+                        uint64_t seg_ns, uint64_t *total, uint64_t *again, uint64_t *dropped)
+{
+    persist_ctx p = {db, ins, name, 0, 0};
     km_usage_report r;
     if (sqlite3_exec(db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
         errline("database: %s", sqlite3_errmsg(db));
         return EX_FAILED;
     }
-    int rc = km_usage_drain(env, persist_event, &p, &r);
+    int rc = km_usage_drain_ex(env, KM_USAGE_DEFER, persist_event, &p, &r);
     if (rc < 0) { /* nothing consumed */
         sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
         /* KM_EBUSY from a drain means one thing only, and not what
@@ -157,28 +256,47 @@ static int persist_once(km_env *env, const char *name, sqlite3 *db, sqlite3_stmt
         }
         return seg_error(name, rc);
     }
-    if (r.dropped) {
-        char sql[160];
-        snprintf(sql, sizeof sql, "INSERT INTO drops VALUES(%lld, ?, %llu)",
-                 (long long)time(NULL) * 1000, (unsigned long long)r.dropped);
-        sqlite3_stmt *st;
-        if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK) {
-            sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
-            sqlite3_step(st);
-            sqlite3_finalize(st);
-        }
-    }
-    /* The events were consumed from the rings: the commit must not fail
-     * silently (they would be lost); report it loudly if it does. */
+    if (r.dropped && !p.failed)
+        persist_drops(db, name, seg_ns, &r);
+    /* Nothing is consumed yet: a failed transaction leaves the events in
+     * the segment, for the next persist. */
     if (p.failed || sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
-        errline("database: %s (%llu events of this drain lost)", sqlite3_errmsg(db),
-                (unsigned long long)r.events);
+        errline("database: %s (the %llu events of this drain stay in the segment)",
+                sqlite3_errmsg(db), (unsigned long long)r.events);
         sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
         return EX_FAILED;
     }
-    *total += r.events;
+    if ((rc = km_usage_commit(env)) != KM_OK) { /* stored, not consumed: handed out again */
+        /* Not km_strerror: KM_EBUSY's text speaks of stalled readers. */
+        errline("segment '%s': another process took over draining its usage events before this "
+                "persist consumed what it stored (it will not be stored twice)",
+                name);
+        return EX_FAILED;
+    }
+    *total += r.events - p.again;
+    *again += p.again;
     *dropped = r.dropped_total;
     return EX_SUCCESS;
+}
+
+/* Attach with a process slot (a drainer needs one).  kmctl does not reap
+ * on its own (main.c, open_seg), but a persist restarted after kills
+ * (systemd's Restart=) must not find the table full of its dead
+ * predecessors: on a full table it reaps, as a worker's attach would, and
+ * tries once more. */
+static int persist_open(const char *name, km_env **env)
+{
+    int rc = km_open_flags(name, KM_OPEN_NO_REAP, env);
+    if (rc == KM_EPROCS) {
+        km_env *r;
+        if (km_open_flags(name, KM_OPEN_NO_REAP | KM_OPEN_NO_SLOT, &r) == KM_OK) {
+            km_reap_report rr;
+            km_reap(r, &rr);
+            km_close(r);
+        }
+        rc = km_open_flags(name, KM_OPEN_NO_REAP, env);
+    }
+    return rc == KM_OK ? EX_SUCCESS : seg_error(name, rc);
 }
 
 typedef struct persist_opts {
@@ -222,12 +340,20 @@ int cmd_persist(int argc, char **argv)
     if (o.snap.secrets && (rc = load_key(&o.snap, key)) >= 0)
         return rc;
     const char *name = argv[optind];
-    if ((rc = open_seg(name, &env)) != EX_SUCCESS)
+    if ((rc = persist_open(name, &env)) != EX_SUCCESS)
         return rc;
     if ((rc = db_open(o.db, &db)) != EX_SUCCESS)
         goto out;
-    if (sqlite3_prepare_v2(db, "INSERT INTO usage VALUES(?,?,?,?,?,?,?,?,?)", -1, &ins, NULL) !=
-        SQLITE_OK) {
+    km_info in;
+    if ((rc = km_info_get(env, &in)) != KM_OK) {
+        rc = seg_error(name, rc);
+        goto out;
+    }
+    if (sqlite3_prepare_v2(db,
+                           "INSERT OR IGNORE INTO usage(ts_ms, segment, pool, key, model, tokens,"
+                           " outcome, latency_us, pid, seg_ns, ring, seq)"
+                           " VALUES(?,?,?,?,?,?,?,?,?,?,?,?)",
+                           -1, &ins, NULL) != SQLITE_OK) {
         errline("database '%s': %s", o.db, sqlite3_errmsg(db));
         rc = EX_FAILED;
         goto out;
@@ -237,10 +363,11 @@ int cmd_persist(int argc, char **argv)
     sa.sa_handler = on_stop;
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
-    uint64_t total = 0, dropped = 0, next_snap = 0;
+    uint64_t total = 0, again = 0, dropped = 0, next_snap = 0;
     for (;;) {
         int last = o.once || g_stop;
-        if ((rc = persist_once(env, name, db, ins, &total, &dropped)) != EX_SUCCESS)
+        if ((rc = persist_once(env, name, db, ins, in.created_wall_ns, &total, &again, &dropped)) !=
+            EX_SUCCESS)
             goto out;
         uint64_t now = km_now_ns();
         if (o.snap.out && (last || now >= next_snap)) {
@@ -253,8 +380,11 @@ int cmd_persist(int argc, char **argv)
         struct timespec ts = {(time_t)o.interval_s.v, 0};
         nanosleep(&ts, NULL); /* a signal ends the sleep early */
     }
-    printf("persisted %llu events of segment '%s' to %s (%llu dropped in all)\n",
-           (unsigned long long)total, name, o.db, (unsigned long long)dropped);
+    printf("persisted %llu events of segment '%s' to %s (%llu dropped in all", (unsigned long long)total,
+           name, o.db, (unsigned long long)dropped);
+    if (again) /* a persist before was killed between its two commits */
+        printf("; %llu stored already", (unsigned long long)again);
+    printf(")\n");
     rc = flush_stdout(EX_SUCCESS);
 out:
     explicit_bzero(key, sizeof key);

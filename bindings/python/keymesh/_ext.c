@@ -21,14 +21,20 @@
  * that between two sleeps the waiter sees a signal (Ctrl-C), a pool closed
  * under it, and (for asyncio's helper thread) a cancelled task.
  *
+ * An HTTP answer (status, headers, body) becomes a km_outcome here
+ * (http_outcome: km_http_response straight from the Python objects, then
+ * km_outcome_from_http), for report(), _release_http() (keymesh.httpx) and
+ * an exception that carries one; the outcome is kept in the Lease as a
+ * km_outcome until km_release.
+ *
  * Slow or rare work calls back into Python helpers handed over by setup()
- * (raising the binding's exceptions, mapping an exception or an HTTP answer
- * to an outcome, asyncio entry and exit) and into methods of the Python
+ * (raising the binding's exceptions, finding the HTTP answer an exception
+ * carries or what its text says, asyncio entry and exit) and into methods of the Python
  * subclass (_reattach after fork or close, _check_segment once a second,
  * _exhausted_check after a failure when exhaust_on_max_failures is set).
  *
- * Outcomes cross between Python and C as an 11-tuple in km_outcome's field
- * order (keymesh._hot.OTUPLE_FIELDS).
+ * Outcomes made in Python cross into C as an 11-tuple in km_outcome's
+ * field order (keymesh._hot.OTUPLE_FIELDS).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -49,7 +55,7 @@
 /* ------------------------------------------------------- Python helpers */
 
 static PyObject *H_KeyMeshError, *H_raise, *H_raise_closed, *H_strategy_code,
-    *H_meta_loads, *H_report_tuple, *H_outcome_for_exc, *H_cancelled, *H_aenter, *H_aexit;
+    *H_meta_loads, *H_exc_http, *H_cancelled, *H_aenter, *H_aexit;
 
 static PyObject *S_reattach, *S_check_segment, *S_exhausted_check, *S_busy, *S_closing,
     *S_ptr, *S_pool_name;
@@ -89,13 +95,18 @@ struct Lease {
     PyObject *pool;      /* Core */
     PyObject *model;     /* str or None */
     PyObject *secret;    /* str, made on first use */
-    PyObject *outcome;   /* tuple, or NULL: success */
     PyObject *next;      /* next lease of the same secret in Core.tracked */
     PyObject *req_timeout, *req_key_id, *req_strategy; /* until entered */
     PyObject *weakreflist;
     unsigned long gen;
     uint32_t tokens;
     char done, acquired, tracked;
+    char has_oc;         /* oc holds what report()/_set_outcome() recorded */
+    /* A lease a blocking wait got: when km_acquire_wait returned and when
+     * this thread held the GIL again (km_now_ns; 0: it did not wait).
+     * bench/py splits the asyncio wake-up latency with them. */
+    uint64_t woke_ns, gil_ns;
+    km_outcome oc;       /* else the lease ends as a success */
 };
 
 static PyTypeObject CoreType, LeaseType;
@@ -231,12 +242,13 @@ static int opt_utf8(PyObject *o, const char *what, const char **out)
     return 0;
 }
 
+static void outcome_success(km_outcome *o);
+
 static int outcome_from_tuple(PyObject *t, km_outcome *o)
 {
     memset(o, 0, sizeof *o);
     if (!t || t == Py_None) {
-        o->kind = KM_OUT_SUCCESS;
-        o->latency_us = o->tokens = o->input_tokens = o->output_tokens = -1;
+        outcome_success(o);
         return 0;
     }
     if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 11) {
@@ -268,6 +280,260 @@ static int outcome_from_tuple(PyObject *t, km_outcome *o)
     return 0;
 }
 
+/* A success with nothing known (what a lease without report() ends with). */
+static void outcome_success(km_outcome *o)
+{
+    memset(o, 0, sizeof *o);
+    o->kind = KM_OUT_SUCCESS;
+    o->latency_us = o->tokens = o->input_tokens = o->output_tokens = -1;
+}
+
+/* One header name or value as km_http_response takes it (bytes, 8 bits a
+ * character): a new reference to an ASCII str or to bytes, whose text
+ * hdr_ptr() gives.  A str with other characters is encoded as latin-1 ('?'
+ * for what it cannot hold), anything else goes through str() first: as
+ * keymesh._pool._headers_list does for the ctypes path. */
+static PyObject *hdr_text(PyObject *x)
+{
+    if (PyBytes_Check(x) || (PyUnicode_Check(x) && PyUnicode_IS_ASCII(x)))
+        return Py_NewRef(x);
+    PyObject *s = PyUnicode_Check(x) ? Py_NewRef(x) : PyObject_Str(x);
+    if (!s)
+        return NULL;
+    if (PyUnicode_IS_ASCII(s))
+        return s;
+    PyObject *b = PyUnicode_AsEncodedString(s, "latin-1", "replace");
+    Py_DECREF(s);
+    return b;
+}
+
+static const char *hdr_ptr(PyObject *t)
+{
+    /* An ASCII str's UTF-8 is its own (NUL-terminated) storage. */
+    return PyBytes_Check(t) ? PyBytes_AS_STRING(t) : PyUnicode_AsUTF8(t);
+}
+
+static int hdr_pair(PyObject *keep, PyObject *k, PyObject *v)
+{
+    PyObject *tk = hdr_text(k);
+    if (!tk)
+        return -1;
+    int rc = PyList_Append(keep, tk);
+    Py_DECREF(tk);
+    if (rc < 0)
+        return -1;
+    PyObject *tv = hdr_text(v);
+    if (!tv)
+        return -1;
+    rc = PyList_Append(keep, tv);
+    Py_DECREF(tv);
+    return rc;
+}
+
+/* keep: a new list of 2n header texts (name, value, ...) from `headers`:
+ * None, a dict, an object with multi_items() (httpx.Headers: every value
+ * of a repeated header) or items() (a mapping), or an iterable of (name,
+ * value) pairs such as httpx.Headers.raw. */
+static PyObject *hdr_list(PyObject *headers)
+{
+    PyObject *keep = PyList_New(0);
+    if (!keep || headers == Py_None)
+        return keep;
+    if (PyDict_CheckExact(headers)) {
+        Py_ssize_t pos = 0;
+        PyObject *k, *v;
+        while (PyDict_Next(headers, &pos, &k, &v)) {
+            /* hdr_text() may run str(): hold the pair meanwhile. */
+            Py_INCREF(k);
+            Py_INCREF(v);
+            int rc = hdr_pair(keep, k, v);
+            Py_DECREF(k);
+            Py_DECREF(v);
+            if (rc < 0)
+                goto fail;
+        }
+        return keep;
+    }
+    PyObject *items, *it;
+    if (PyObject_HasAttrString(headers, "multi_items"))
+        items = PyObject_CallMethod(headers, "multi_items", NULL);
+    else if (PyObject_HasAttrString(headers, "items"))
+        items = PyObject_CallMethod(headers, "items", NULL);
+    else
+        items = Py_NewRef(headers);
+    if (!items)
+        goto fail;
+    it = PyObject_GetIter(items);
+    Py_DECREF(items);
+    if (!it)
+        goto fail;
+    PyObject *item;
+    while ((item = PyIter_Next(it))) {
+        PyObject *f = PySequence_Fast(item, "keymesh: a header is a (name, value) pair");
+        Py_DECREF(item);
+        if (!f)
+            break;
+        int rc = -1;
+        if (PySequence_Fast_GET_SIZE(f) != 2)
+            PyErr_SetString(PyExc_ValueError, "keymesh: a header is a (name, value) pair");
+        else
+            rc = hdr_pair(keep, PySequence_Fast_GET_ITEM(f, 0), PySequence_Fast_GET_ITEM(f, 1));
+        Py_DECREF(f);
+        if (rc < 0)
+            break;
+    }
+    Py_DECREF(it);
+    if (PyErr_Occurred())
+        goto fail;
+    return keep;
+fail:
+    Py_DECREF(keep);
+    return NULL;
+}
+
+/* km_outcome_from_http() on a provider's answer given as Python objects:
+ * status (int(), None: 200), headers (hdr_list), body (bytes, bytearray,
+ * str as UTF-8, or None) and error_code (str or None).  latency_us, tokens,
+ * input_tokens and output_tokens come out unknown (-1).  The header texts
+ * live in a list held until the call returns, so the pointers handed to
+ * the library stay valid: nothing runs Python code between building the
+ * array and the call. */
+static int http_outcome(PyObject *status, PyObject *headers, PyObject *body, PyObject *ecode,
+                        km_outcome *o)
+{
+    km_http_response resp;
+    memset(&resp, 0, sizeof resp);
+    resp.status = 200;
+    if (status && status != Py_None) {
+        PyObject *n = PyNumber_Long(status);
+        if (!n)
+            return -1;
+        long st = PyLong_AsLong(n);
+        Py_DECREF(n);
+        if (st == -1 && PyErr_Occurred())
+            return -1;
+        if (st < INT32_MIN || st > INT32_MAX) {
+            PyErr_Format(PyExc_ValueError, "status out of range (got %ld)", st);
+            return -1;
+        }
+        resp.status = (int)st;
+    }
+    if (ecode && ecode != Py_None) {
+        if (!PyUnicode_Check(ecode)) {
+            PyErr_SetString(PyExc_TypeError, "error_code must be a str or None");
+            return -1;
+        }
+        if (!(resp.error_code = PyUnicode_AsUTF8(ecode)))
+            return -1;
+    }
+    if (body && body != Py_None) {
+        Py_ssize_t n = 0;
+        if (PyBytes_Check(body)) {
+            resp.body = PyBytes_AS_STRING(body);
+            n = PyBytes_GET_SIZE(body);
+        } else if (PyByteArray_Check(body)) {
+            resp.body = PyByteArray_AS_STRING(body);
+            n = PyByteArray_GET_SIZE(body);
+        } else if (PyUnicode_Check(body)) {
+            if (!(resp.body = PyUnicode_AsUTF8AndSize(body, &n)))
+                return -1;
+        } else {
+            PyErr_SetString(PyExc_TypeError, "body must be bytes, str or None");
+            return -1;
+        }
+        resp.body_len = (size_t)n;
+    }
+    PyObject *keep = hdr_list(headers);
+    if (!keep)
+        return -1;
+    Py_ssize_t nh = PyList_GET_SIZE(keep);
+    const char *stackv[64], **hv = stackv;
+    if (nh > (Py_ssize_t)(sizeof stackv / sizeof stackv[0])) {
+        hv = PyMem_Malloc((size_t)nh * sizeof *hv);
+        if (!hv) {
+            Py_DECREF(keep);
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
+    int rc = 0;
+    for (Py_ssize_t i = 0; i < nh; i++)
+        if (!(hv[i] = hdr_ptr(PyList_GET_ITEM(keep, i))))
+            rc = -1;
+    if (rc == 0) {
+        resp.headers = hv;
+        resp.n_headers = (size_t)nh / 2;
+        outcome_success(o);
+        o->kind = KM_OUT_FAILURE;
+        km_outcome_from_http(&resp, o); /* KM_EINVAL only for NULL pointers */
+    }
+    if (hv != stackv)
+        PyMem_Free(hv);
+    Py_DECREF(keep);
+    return rc;
+}
+
+/* tokens=, input_tokens=, output_tokens=: None (-1: unknown) or an int >= 0. */
+static int opt_count(PyObject *v, const char *name, long long *out)
+{
+    *out = -1;
+    if (!v || v == Py_None)
+        return 0;
+    PyObject *n = PyNumber_Long(v);
+    if (!n)
+        return -1;
+    long long x = PyLong_AsLongLong(n);
+    Py_DECREF(n);
+    if (x == -1 && PyErr_Occurred())
+        return -1;
+    if (x < 0) {
+        PyErr_Format(PyExc_ValueError, "%s must be >= 0 (got %lld)", name, x);
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
+/* report()'s outcome: the answer mapped, then the tokens (as
+ * keymesh._pool._report_tuple on the ctypes path). */
+static int report_outcome(PyObject *st, PyObject *h, PyObject *b, PyObject *ec, PyObject *tk,
+                          PyObject *in, PyObject *out, km_outcome *o)
+{
+    long long tokens, ni, no;
+    if (opt_count(tk, "tokens", &tokens) < 0 || opt_count(in, "input_tokens", &ni) < 0 ||
+        opt_count(out, "output_tokens", &no) < 0)
+        return -1;
+    if (http_outcome(st, h, b, ec, o) < 0)
+        return -1;
+    if (ni >= 0 || no >= 0) {
+        o->input_tokens = ni;
+        o->output_tokens = no;
+        if (tokens < 0)
+            tokens = (ni > 0 ? ni : 0) + (no > 0 ? no : 0);
+    }
+    o->tokens = tokens;
+    return 0;
+}
+
+/* The outcome for an exception leaving a lease (or given to fail()):
+ * H_exc_http says what it carries, either (status, headers, body), mapped
+ * here, or an outcome tuple (cancelled, rate limited by its text,
+ * failure). */
+static int exc_outcome(PyObject *exc, km_outcome *o)
+{
+    PyObject *r = PyObject_CallOneArg(H_exc_http, exc);
+    if (!r)
+        return -1;
+    int rc;
+    if (PyTuple_Check(r) && PyTuple_GET_SIZE(r) == 3)
+        rc = http_outcome(PyTuple_GET_ITEM(r, 0), PyTuple_GET_ITEM(r, 1), PyTuple_GET_ITEM(r, 2),
+                          NULL, o);
+    else
+        rc = outcome_from_tuple(r, o);
+    Py_DECREF(r);
+    return rc;
+}
+
 static PyObject *lease_secret(Lease *L)
 {
     if (!L->secret) {
@@ -292,12 +558,13 @@ static Lease *lease_new(Core *pool, PyObject *model, uint32_t tokens)
     Py_INCREF(pool);
     L->model = model ? model : Py_None;
     Py_INCREF(L->model);
-    L->secret = L->outcome = L->next = NULL;
+    L->secret = L->next = NULL;
     L->req_timeout = L->req_key_id = L->req_strategy = NULL;
     L->weakreflist = NULL;
     L->gen = fork_gen;
     L->tokens = tokens;
-    L->done = L->acquired = L->tracked = 0;
+    L->done = L->acquired = L->tracked = L->has_oc = 0;
+    L->woke_ns = L->gil_ns = 0;
     PyObject_GC_Track(L);
     return L;
 }
@@ -306,7 +573,6 @@ static int lease_traverse(Lease *L, visitproc visit, void *arg)
 {
     Py_VISIT(L->pool);
     Py_VISIT(L->model);
-    Py_VISIT(L->outcome);
     Py_VISIT(L->next);
     Py_VISIT(L->req_timeout);
     Py_VISIT(L->req_key_id);
@@ -319,7 +585,6 @@ static int lease_clear(Lease *L)
     Py_CLEAR(L->pool);
     Py_CLEAR(L->model);
     Py_CLEAR(L->secret);
-    Py_CLEAR(L->outcome);
     Py_CLEAR(L->next);
     Py_CLEAR(L->req_timeout);
     Py_CLEAR(L->req_key_id);
@@ -491,9 +756,13 @@ static int wait_once(Core *self, km_env *env, const km_request *req, Lease *L, u
         return 1;
     }
     int rc;
+    uint64_t woke;
     Py_BEGIN_ALLOW_THREADS
     rc = km_acquire_wait(env, req, &L->c, ms);
+    woke = km_now_ns();
     Py_END_ALLOW_THREADS
+    L->woke_ns = woke;
+    L->gil_ns = km_now_ns();
     int bad = env_busy(self, envobj, -1) < 0;
     int closing = bad ? 0 : env_closing(envobj);
     Py_DECREF(envobj);
@@ -802,7 +1071,9 @@ static PyObject *Core__wait_lease(Core *self, PyObject *const *args, Py_ssize_t 
 
 /* --------------------------------------------------------- Core: release */
 
-static int finish(Core *self, Lease *L, PyObject *otuple, double latency)
+/* End the lease with outcome *o (latency > 0: seconds, overriding the
+ * measured one). */
+static int finish_o(Core *self, Lease *L, km_outcome *o, double latency)
 {
     if (L->done)
         { kmerror("lease already finished"); return -1; }
@@ -813,20 +1084,17 @@ static int finish(Core *self, Lease *L, PyObject *otuple, double latency)
     km_env *env = core_env(self);
     if (!env)
         return -1;
-    km_outcome o;
-    if (outcome_from_tuple(otuple, &o) < 0)
-        return -1;
     if (latency > 0)
-        o.latency_us = (int64_t)(latency * 1e6);
+        o->latency_us = (int64_t)(latency * 1e6);
     L->done = 1;
     if (L->tracked && untrack(self, L) < 0)
         return -1;
-    int rc = km_release(env, &L->c, &o);
+    int rc = km_release(env, &L->c, o);
     if (rc != 0 && rc != KM_ESTALE) {
         raise_rc(rc, "release", NULL, 0);
         return -1;
     }
-    if (o.kind == KM_OUT_FAILURE && self->exhaust) {
+    if (o->kind == KM_OUT_FAILURE && self->exhaust) {
         PyObject *r = PyObject_CallMethodObjArgs((PyObject *)self, S_exhausted_check,
                                                  (PyObject *)L, Py_False, NULL);
         if (!r)
@@ -834,6 +1102,27 @@ static int finish(Core *self, Lease *L, PyObject *otuple, double latency)
         Py_DECREF(r);
     }
     return 0;
+}
+
+/* The same with an outcome tuple (None: success). */
+static int finish(Core *self, Lease *L, PyObject *otuple, double latency)
+{
+    km_outcome o;
+    if (outcome_from_tuple(otuple, &o) < 0)
+        return -1;
+    return finish_o(self, L, &o, latency);
+}
+
+/* The outcome a lease ends with when nothing else is said: what report()
+ * recorded, else a success. */
+static km_outcome *lease_outcome(Lease *L, km_outcome *tmp)
+{
+    if (L->has_oc) {
+        *tmp = L->oc;
+        return tmp;
+    }
+    outcome_success(tmp);
+    return tmp;
 }
 
 /* release(key, latency=0.0, *, tokens=None) */
@@ -1234,6 +1523,12 @@ static PyObject *Lease_start_ns(Lease *L, void *unused)
     return PyLong_FromUnsignedLongLong(L->c.start_ns);
 }
 
+static PyObject *Lease_wait_stamps(Lease *L, void *unused)
+{
+    (void)unused;
+    return Py_BuildValue("(KK)", (unsigned long long)L->woke_ns, (unsigned long long)L->gil_ns);
+}
+
 static PyObject *Lease_pool(Lease *L, void *unused)
 {
     (void)unused;
@@ -1287,7 +1582,8 @@ static PyObject *Lease_release(Lease *L, PyObject *const *args, Py_ssize_t nargs
     double latency;
     if (check_latency(lat, &latency) < 0)
         return NULL;
-    if (finish(lease_core(L), L, L->outcome, latency) < 0)
+    km_outcome o;
+    if (finish_o(lease_core(L), L, lease_outcome(L, &o), latency) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -1306,20 +1602,49 @@ static PyObject *Lease_fail(Lease *L, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "fail(exc=None)");
         return NULL;
     }
-    PyObject *t = PyObject_CallOneArg(H_outcome_for_exc, nargs ? args[0] : Py_None);
-    if (!t)
-        return NULL;
-    int rc = finish(lease_core(L), L, t, -1.0);
-    Py_DECREF(t);
-    if (rc < 0)
+    km_outcome o;
+    if (exc_outcome(nargs ? args[0] : Py_None, &o) < 0 ||
+        finish_o(lease_core(L), L, &o, -1.0) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
 
 static PyObject *Lease__set_outcome(Lease *L, PyObject *t)
 {
-    Py_XSETREF(L->outcome, t == Py_None ? NULL : Py_NewRef(t));
+    if (t == Py_None) {
+        L->has_oc = 0;
+        Py_RETURN_NONE;
+    }
+    km_outcome o;
+    if (outcome_from_tuple(t, &o) < 0)
+        return NULL;
+    L->oc = o;
+    L->has_oc = 1;
     Py_RETURN_NONE;
+}
+
+/* _release_http(status, headers=None, body=None): end the lease with the
+ * provider's answer in one call (km_outcome_from_http, then km_release;
+ * the tokens report()/usage() recorded are kept).  Returns the outcome
+ * kind.  keymesh.httpx's KeyMeshAuth releases through it. */
+static PyObject *Lease__release_http(Lease *L, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "_release_http(status, headers=None, body=None)");
+        return NULL;
+    }
+    km_outcome o;
+    if (http_outcome(args[0], nargs > 1 ? args[1] : Py_None, nargs > 2 ? args[2] : Py_None, NULL,
+                     &o) < 0)
+        return NULL;
+    if (L->has_oc) {
+        o.tokens = L->oc.tokens;
+        o.input_tokens = L->oc.input_tokens;
+        o.output_tokens = L->oc.output_tokens;
+    }
+    if (finish_o(lease_core(L), L, &o, -1.0) < 0)
+        return NULL;
+    return PyLong_FromLong(o.kind);
 }
 
 static PyObject *Lease_report(Lease *L, PyObject *args, PyObject *kw)
@@ -1331,10 +1656,11 @@ static PyObject *Lease_report(Lease *L, PyObject *args, PyObject *kw)
     if (!PyArg_ParseTupleAndKeywords(args, kw, "|O$OOOOOO:report", kwl, &st, &h, &b, &ec, &tk,
                                      &in, &out))
         return NULL;
-    PyObject *t = PyObject_CallFunctionObjArgs(H_report_tuple, st, h, b, ec, tk, in, out, NULL);
-    if (!t)
+    km_outcome o;
+    if (report_outcome(st, h, b, ec, tk, in, out, &o) < 0)
         return NULL;
-    Py_XSETREF(L->outcome, t);
+    L->oc = o;
+    L->has_oc = 1;
     Py_RETURN_NONE;
 }
 
@@ -1344,11 +1670,11 @@ static PyObject *Lease_usage(Lease *L, PyObject *args, PyObject *kw)
     PyObject *in = Py_None, *out = Py_None, *tk = Py_None;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "|OOO:usage", kwl, &in, &out, &tk))
         return NULL;
-    PyObject *t = PyObject_CallFunctionObjArgs(H_report_tuple, Py_None, Py_None, Py_None,
-                                               Py_None, tk, in, out, NULL);
-    if (!t)
+    km_outcome o;
+    if (report_outcome(Py_None, Py_None, Py_None, Py_None, tk, in, out, &o) < 0)
         return NULL;
-    Py_XSETREF(L->outcome, t);
+    L->oc = o;
+    L->has_oc = 1;
     Py_RETURN_NONE;
 }
 
@@ -1388,18 +1714,17 @@ static PyObject *Lease_exit(Lease *L, PyObject *const *args, Py_ssize_t nargs)
     if (L->done || !L->acquired)
         Py_RETURN_FALSE;
     int rc;
+    km_outcome o;
     if (args[0] == Py_None) {
-        rc = finish(lease_core(L), L, L->outcome, -1.0);
+        rc = finish_o(lease_core(L), L, lease_outcome(L, &o), -1.0);
     } else if (!PyObject_TypeCheck(args[1], (PyTypeObject *)PyExc_Exception)) {
         /* Cancellation, KeyboardInterrupt, SystemExit: the caller gave
          * up; the key did nothing wrong. */
         rc = finish(lease_core(L), L, H_cancelled, -1.0);
     } else {
-        PyObject *t = PyObject_CallOneArg(H_outcome_for_exc, args[1]);
-        if (!t)
+        if (exc_outcome(args[1], &o) < 0)
             return NULL;
-        rc = finish(lease_core(L), L, t, -1.0);
-        Py_DECREF(t);
+        rc = finish_o(lease_core(L), L, &o, -1.0);
     }
     if (rc < 0)
         return NULL;
@@ -1437,6 +1762,7 @@ static PyMethodDef Lease_methods[] = {
      "usage(input_tokens=None, output_tokens=None, tokens=None)\n\nRecord the tokens a "
      "successful response used."},
     {"_set_outcome", (PyCFunction)Lease__set_outcome, METH_O, NULL},
+    {"_release_http", (PyCFunction)(void (*)(void))Lease__release_http, METH_FASTCALL, NULL},
     {"_request", (PyCFunction)Lease__request, METH_NOARGS, NULL},
     {"__enter__", (PyCFunction)Lease_enter, METH_NOARGS, NULL},
     {"__exit__", (PyCFunction)(void (*)(void))Lease_exit, METH_FASTCALL, NULL},
@@ -1456,6 +1782,7 @@ static PyGetSetDef Lease_getset[] = {
     {"_key_gen", (getter)Lease_key_gen, NULL, NULL, NULL},
     {"_start_ns", (getter)Lease_start_ns, NULL, NULL, NULL},
     {"_pool", (getter)Lease_pool, NULL, NULL, NULL},
+    {"_wait_stamps", (getter)Lease_wait_stamps, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL}};
 
 static PyMemberDef Lease_members[] = {
@@ -1507,8 +1834,7 @@ static PyObject *mod_setup(PyObject *m, PyObject *d)
         take_helper(d, "raise_closed", &H_raise_closed) < 0 ||
         take_helper(d, "strategy_code", &H_strategy_code) < 0 ||
         take_helper(d, "meta_loads", &H_meta_loads) < 0 ||
-        take_helper(d, "report_tuple", &H_report_tuple) < 0 ||
-        take_helper(d, "outcome_for_exc", &H_outcome_for_exc) < 0 ||
+        take_helper(d, "exc_http", &H_exc_http) < 0 ||
         take_helper(d, "cancelled", &H_cancelled) < 0 || take_helper(d, "aenter", &H_aenter) < 0 ||
         take_helper(d, "aexit", &H_aexit) < 0)
         return NULL;

@@ -184,6 +184,16 @@ class _PyLease:
     def _set_outcome(self, t: Optional[tuple]) -> None:
         self._outcome = t
 
+    def _release_http(self, status: int, headers: Any = None,
+                      body: Union[bytes, str, None] = None) -> int:
+        """End the lease with the provider's answer (keymesh.httpx): the
+        tokens report()/usage() recorded are kept.  The outcome kind."""
+        t = H["report_tuple"](status, headers, body, None, None, None, None)
+        if self._outcome is not None:
+            t = t[:2] + (self._outcome[2],) + t[3:9] + self._outcome[9:]
+        self._pool._finish(self, t, None)
+        return int(t[0])
+
     def release(self, latency: Optional[float] = None) -> None:
         """End the lease with what report() recorded (success if nothing)."""
         self._pool._finish(self, self._outcome, latency)

@@ -394,14 +394,21 @@ def _parse_config(config: ConfigLike) -> int:
 
 # ---------------------------------------------------------------- outcomes
 
+def _hdr_text(x: Any) -> str:
+    return x.decode("latin-1") if isinstance(x, (bytes, bytearray)) else str(x)
+
+
 def _headers_list(headers: Any) -> List[Tuple[str, str]]:
+    """(name, value) pairs of a mapping, an httpx.Headers (every value of
+    a repeated header) or an iterable of pairs (httpx.Headers.raw: bytes);
+    keymesh._ext's hdr_list() reads the same shapes."""
     if headers is None:
         return []
     if hasattr(headers, "multi_items"):      # httpx.Headers: every value
         items = headers.multi_items()
     else:
         items = headers.items() if hasattr(headers, "items") else headers
-    return [(str(k), str(v)) for k, v in items]
+    return [(_hdr_text(k), _hdr_text(v)) for k, v in items]
 
 
 def _status_of(exc: BaseException) -> Tuple[Optional[int], Any, Optional[bytes]]:
@@ -504,7 +511,10 @@ def _report_tuple(status: Optional[int], headers: Any, body: Any, error_code: Op
 _RATE_TEXT = re.compile(r"(?<!\d)429(?!\d)|rate[ _-]?limit|too many requests", re.I)
 
 
-def _outcome_for_exc(exc: Optional[BaseException]) -> tuple:
+def _exc_http(exc: Optional[BaseException]) -> tuple:
+    """What an exception ending a lease says: (status, headers, body) if it
+    carries an HTTP answer (mapped by km_outcome_from_http: in keymesh._ext
+    directly, here by _outcome_for_exc), else an outcome tuple."""
     if exc is not None and not isinstance(exc, Exception):
         # Cancellation (asyncio.CancelledError), KeyboardInterrupt,
         # SystemExit: the caller gave up, the key did nothing wrong.
@@ -513,13 +523,20 @@ def _outcome_for_exc(exc: Optional[BaseException]) -> tuple:
         return _FAILURE
     status, headers, body = _status_of(exc)
     if status is not None:
-        return _otuple(outcome_from_http(status, headers, body))
+        return (status, headers, body)
     text = "%s %s" % (type(exc).__name__, exc)
     if _RATE_TEXT.search(text):
         ra = getattr(exc, "retry_after", None)
         ra = float(ra) if isinstance(ra, (int, float)) and ra > 0 else 0.0
         return _kind_tuple(L.OUT_RATE_LIMITED, ra)
     return _FAILURE
+
+
+def _outcome_for_exc(exc: Optional[BaseException]) -> tuple:
+    r = _exc_http(exc)
+    if len(r) == 3:
+        return _otuple(outcome_from_http(*r))
+    return r
 
 
 def _meta_loads(text: str) -> Dict[str, Any]:
@@ -1537,6 +1554,7 @@ H.update({
     "meta_loads": _meta_loads,
     "report_tuple": _report_tuple,
     "outcome_for_exc": _outcome_for_exc,
+    "exc_http": _exc_http,
     "cancelled": _CANCELLED,
     "aenter": _aenter,
     "aexit": _aexit,

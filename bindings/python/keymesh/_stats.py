@@ -201,7 +201,7 @@ class CountersDict(TypedDict):
 
 class ModelDict(TypedDict):
     name: str
-    counters: Optional[CountersDict]   # None: not counted per model yet
+    counters: Optional[CountersDict]   # None: a library that keeps none
     windows: Dict[str, WindowDict]
 
 
@@ -331,8 +331,8 @@ def _spend(s: Any, info: Any) -> Dict[str, Any]:
 
 
 def model_dict(m: ModelStats, summed: bool) -> Dict[str, Any]:
-    # Per-model counters: not kept by this segment format (counters_valid
-    # 0), so None as in kmctl; a later format fills them.
+    # Per key x model counters: kept since segment format 4 (counters_valid
+    # 1); None, as in kmctl, from a library that keeps none.
     return {"name": m.name.decode("utf-8", "replace"),
             "counters": counters(m.counters) if m.counters_valid else None,
             "windows": windows(m.windows, m.keys_limited if summed else None)}

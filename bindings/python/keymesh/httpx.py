@@ -34,8 +34,7 @@ from typing import Any, AsyncGenerator, Generator, Optional, Sequence
 
 import httpx
 
-from ._pool import (KeyPool, NoAvailableKeyError, SchedulerStrategy, SyncKeyPool, _aacquire,
-                    _report_tuple)
+from ._pool import KeyPool, NoAvailableKeyError, SchedulerStrategy, SyncKeyPool, _aacquire
 
 __all__ = ["KeyMeshAuth", "OpenAIHandler", "AsyncOpenAIHandler", "PROVIDER_HEADERS"]
 
@@ -103,10 +102,10 @@ class KeyMeshAuth(httpx.Auth):
 
     @staticmethod
     def _settle(lease: Any, response: httpx.Response, body: Optional[bytes]) -> int:
-        t = _report_tuple(response.status_code, response.headers, body, None, None, None, None)
-        lease._set_outcome(t)
-        lease.release()
-        return int(t[0])
+        # One call: the status and the raw header pairs (bytes, no
+        # decoding) to km_outcome_from_http, then km_release (in C with
+        # keymesh._ext).
+        return lease._release_http(response.status_code, response.headers.raw, body)
 
     def _args(self) -> tuple:
         return (self.model, self.estimated_tokens, self.key_id, self.strategy, False)
