@@ -511,6 +511,31 @@ typedef struct km_limit_info {
                            * km_key_info, so kept small */
 } km_limit_info;
 
+/* A budget's period ("budget": {"period": ...}): spend_microusd counts
+ * from the start of the current one and resets at its end, by the
+ * calendar in the budget's time zone (CLOCK_REALTIME; see km_spend_reset
+ * and docs/config.md for clock changes and suspend). */
+typedef enum km_budget_period {
+    KM_BUDGET_LIFETIME = 0, /* no period: the segment's life */
+    KM_BUDGET_DAY = 1,
+    KM_BUDGET_WEEK = 2,     /* from Monday 00:00 */
+    KM_BUDGET_MONTH = 3     /* from the 1st, 00:00 */
+} km_budget_period;
+
+/* A budget's period and the spend of the period before (km_pool_info and
+ * km_key_info .budget); all 0 without a budget. */
+typedef struct km_budget_state {
+    uint64_t prev_spent_microusd; /* the period before the current one (0: none) */
+    uint64_t period_end_unix_ns;  /* when spent_microusd resets (CLOCK_REALTIME
+                                   * ns); 0: no period */
+    int32_t period;               /* km_budget_period */
+    int16_t tz_min;               /* the period's zone, minutes east of UTC */
+    uint16_t rolls;               /* periods ended so far (wraps) */
+    uint32_t warnings;            /* times spend crossed a soft budget (at most
+                                   * once per period) */
+    uint32_t over;                /* 1: spend >= budget now (soft or hard) */
+} km_budget_state;
+
 typedef struct km_pool_info {
     char name[KM_ID_MAX + 1];
     int strategy;
@@ -519,11 +544,18 @@ typedef struct km_pool_info {
     int model_mode;           /* km_model_mode */
     uint32_t n_models;
     uint64_t budget_microusd; /* 0: none */
-    int budget_hard;          /* 1: refuse (KM_EBUDGET) when spent; 0: report only */
+    int budget_hard;          /* 1: refuse (KM_EBUDGET) when spent; 0: soft (counted
+                               * in budget.warnings, flagged in budget.over) */
     uint64_t spent_microusd;
     uint32_t waiters;         /* callers sleeping in km_acquire_wait (one
                                * killed there until its process is reaped) */
-    uint64_t reserved[4];     /* zeroed by the library */
+    /* The budget's period, in what was reserved[4] (still so named: code
+     * and bindings that mirror this struct by that name see the same size
+     * and offsets). */
+    union {
+        km_budget_state budget;
+        uint64_t reserved[4];
+    };
 } km_pool_info;
 
 typedef struct km_key_info {
@@ -548,7 +580,13 @@ typedef struct km_key_info {
     int budget_hard;
     uint64_t spent_microusd;
     char meta[KM_META_MAX + 1];
-    uint64_t reserved[4];     /* zeroed by the library */
+    /* The budget's period, in what was reserved[4] (still so named: code
+     * and bindings that mirror this struct by that name see the same size
+     * and offsets). */
+    union {
+        km_budget_state budget;
+        uint64_t reserved[4];
+    };
 } km_key_info;
 
 /* The readers below (km_info_get ... km_model_info_get) take no lock, write
@@ -604,6 +642,18 @@ KM_EXTERN int km_model_info_get(km_env *env, int pool, int i, int key,
  * the admin lock, while acquire, release and the readers never wait for
  * it. */
 KM_EXTERN int km_key_set_state(km_env *env, int key, int state);
+
+/* Operator action: set the spend of key `key` (km_spend_reset) or of pool
+ * `pool` (km_pool_spend_reset) in its current period to 0, and store what
+ * it was in *was_microusd (may be NULL).  The previous period's figure and
+ * the period's end are left as they are; a key that a hard lifetime budget
+ * made exhausted stays exhausted until enabled (km_key_set_state).
+ * KM_ENOKEY / KM_ENOPOOL, KM_EREADONLY for a read-only handle.
+ * @note Thread-safe, concurrently with every call on the segment: one
+ * atomic exchange, so a release settling meanwhile counts wholly before the
+ * reset (and is part of *was_microusd) or after it.  Takes no lock. */
+KM_EXTERN int km_spend_reset(km_env *env, int key, uint64_t *was_microusd);
+KM_EXTERN int km_pool_spend_reset(km_env *env, int pool, uint64_t *was_microusd);
 
 /* ------------------------------------------------- live reconfiguration
  *

@@ -17,6 +17,7 @@
 
 #include <ck_pr.h>
 
+#include "budget.h"
 #include "internal.h"
 #include "slots.h"
 #include "wait.h"
@@ -88,9 +89,12 @@ static inline int live_state(uint32_t st)
     return st == KM__ST_ACTIVE || st == KM__ST_FAILING || st == KM__ST_PROBING;
 }
 
-static inline int over_budget(const km__key *k)
+/* Over its budget: the period is rolled (clock read) only when the spend
+ * seen is over, so a key under its budget costs one load as before. */
+static inline int over_budget(km__key *k)
 {
-    return k->budget_microusd && ck_pr_load_64(&k->spent_microusd) >= k->budget_microusd;
+    return k->budget_microusd && ck_pr_load_64(&k->spend.spent) >= k->budget_microusd &&
+           km__spend_now(&k->spend, k->budget_period, k->budget_tz_min) >= k->budget_microusd;
 }
 
 /* Try to lease key ki.  Returns 1 and fills *out on success; 0 otherwise
@@ -112,8 +116,11 @@ static int lease_key(km_env *e, uint32_t ki, key_scan *sc, km_lease *out)
         return 0;
     }
     if (over_budget(k)) {
-        if (k->budget_hard) { /* spent: the key is exhausted until enabled */
-            km__state_to(k, KM__LIVE_STATES, KM__ST_EXHAUSTED);
+        if (k->budget_hard) {
+            /* Spent: a lifetime budget's key is exhausted until enabled; a
+             * period's is passed over until the period rolls. */
+            if (k->budget_period == KM__PERIOD_NONE)
+                km__state_to(k, KM__LIVE_STATES, KM__ST_EXHAUSTED);
             return 0;
         }
         if (!sc->allow_soft) {
@@ -632,7 +639,9 @@ KM__HOT int acquire_once(km_env *e, const km_request *req, km_lease *out, uint64
         sc.named = model_named(e, p, req->model);
     }
     if (pool->budget_microusd && pool->budget_hard &&
-        ck_pr_load_64(&pool->spent_microusd) >= pool->budget_microusd)
+        ck_pr_load_64(&pool->spend.spent) >= pool->budget_microusd &&
+        km__spend_now(&pool->spend, pool->budget_period, pool->budget_tz_min) >=
+            pool->budget_microusd) /* rolled first if its period ended */
         return KM_EBUDGET;
     /* A starving waiter's reserve: one load of a word in the line read
      * above (budget), 0 unless a km_acquire_wait caller starves.  A sleeper

@@ -215,11 +215,41 @@ static int parse_price(km__cfg_ctx *c, json_t *v, const char *owner,
     return KM_OK;
 }
 
-/* "budget": {"usd" (required, > 0), "hard" (default true)}. */
-static int parse_budget(km__cfg_ctx *c, json_t *v, const char *owner,
-                        uint64_t *microusd, int *hard)
+/* A budget's "tz": "UTC" or a fixed offset "+HH:MM" / "-HH:MM" (-12:00 to
+ * +14:00), as minutes east of UTC.  Zone names (Europe/Paris) are refused
+ * with a message saying what is accepted: their offsets change with
+ * daylight saving time, which a boundary computed once per period would
+ * get wrong for an hour. */
+static int parse_tz(km__cfg_ctx *c, const char *path, const char *tz, int *tz_min)
 {
-    static const char *const fields[] = {"usd", "hard", NULL};
+#define KM__DIGIT(ch) ((ch) >= '0' && (ch) <= '9')
+    if (!strcmp(tz, "UTC") || !strcmp(tz, "Z")) {
+        *tz_min = 0;
+        return KM_OK;
+    }
+    if (strlen(tz) == 6 && (tz[0] == '+' || tz[0] == '-') && KM__DIGIT(tz[1]) &&
+        KM__DIGIT(tz[2]) && tz[3] == ':' && KM__DIGIT(tz[4]) && KM__DIGIT(tz[5])) {
+        int h = (tz[1] - '0') * 10 + (tz[2] - '0'), m = (tz[4] - '0') * 10 + (tz[5] - '0');
+        if (m < 60 && h * 60 + m <= (tz[0] == '+' ? 14 * 60 : 12 * 60)) {
+            *tz_min = (h * 60 + m) * (tz[0] == '-' ? -1 : 1);
+            return KM_OK;
+        }
+    }
+#undef KM__DIGIT
+    return km__cfg_err(c, KM_ECONFIG,
+                       "%s.tz: \"%.64s\" is not a time zone this version accepts: use "
+                       "\"UTC\" or a fixed offset such as \"+02:00\" or \"-05:00\" (zone "
+                       "names such as Europe/Paris are not supported)", path, tz);
+}
+
+/* "budget": {"usd" (required, > 0), "mode": "hard" | "soft" (or the older
+ * "hard": true | false; default hard), "period": "day" | "week" | "month"
+ * | "none" (default none: the segment's life), "tz" (default UTC)}. */
+static int parse_budget(km__cfg_ctx *c, json_t *v, const char *owner,
+                        uint64_t *microusd, int *hard, int *period, int *tz_min)
+{
+    static const char *const fields[] = {"usd", "hard", "mode", "period", "tz", NULL};
+    static const char *const periods[KM__PERIOD_COUNT] = {"none", "day", "week", "month"};
     char path[128];
     uint64_t m = 0;
     int given, rc;
@@ -227,7 +257,7 @@ static int parse_budget(km__cfg_ctx *c, json_t *v, const char *owner,
     snprintf(path, sizeof path, "%s.budget", owner);
     if (!json_is_object(v))
         return km__cfg_err(c, KM_ECONFIG,
-                           "%s: must be an object {\"usd\", \"hard\"}", path);
+                           "%s: must be an object {\"usd\", \"mode\", \"period\", \"tz\"}", path);
     if ((rc = km__cfg_check_fields(c, v, path, fields)) ||
         (rc = get_usd(c, v, path, "usd", KM__BUDGET_MAX_USD, &m, &given)))
         return rc;
@@ -237,11 +267,43 @@ static int parse_budget(km__cfg_ctx *c, json_t *v, const char *owner,
         return km__cfg_err(c, KM_ECONFIG,
                            "%s.usd: must be at least 0.000001 (a budget of 0 is "
                            "no budget: leave it out)", path);
-    json_t *h = json_object_get(v, "hard");
+    json_t *h = json_object_get(v, "hard"), *md = json_object_get(v, "mode");
+    json_t *pd = json_object_get(v, "period"), *tz = json_object_get(v, "tz");
     if (h && !json_is_boolean(h))
         return km__cfg_err(c, KM_ECONFIG, "%s.hard: must be true or false", path);
-    *microusd = m;
     *hard = h ? json_is_true(h) : 1;
+    if (md) {
+        const char *ms = json_string_value(md);
+        int mh = ms && !strcmp(ms, "hard") ? 1 : ms && !strcmp(ms, "soft") ? 0 : -1;
+        if (mh < 0)
+            return km__cfg_err(c, KM_ECONFIG, "%s.mode: must be \"hard\" or \"soft\"", path);
+        if (h && mh != *hard)
+            return km__cfg_err(c, KM_ECONFIG, "%s: \"mode\" and \"hard\" disagree (give one)",
+                               path);
+        *hard = mh;
+    }
+    *period = KM__PERIOD_NONE;
+    if (pd && !json_is_null(pd)) {
+        const char *ps = json_string_value(pd);
+        int i = 0;
+        while (ps && i < KM__PERIOD_COUNT && strcmp(ps, periods[i]))
+            i++;
+        if (!ps || i == KM__PERIOD_COUNT)
+            return km__cfg_err(c, KM_ECONFIG,
+                               "%s.period: \"%.32s\" is not a period: use \"day\", \"week\" "
+                               "(from Monday), \"month\" or \"none\" (the segment's life)",
+                               path, ps ? ps : "(not a string)");
+        *period = i;
+    }
+    *tz_min = 0;
+    if (tz) {
+        if (!json_is_string(tz))
+            return km__cfg_err(c, KM_ECONFIG, "%s.tz: must be a string such as \"UTC\" or "
+                               "\"+02:00\"", path);
+        if ((rc = parse_tz(c, path, json_string_value(tz), tz_min)))
+            return rc;
+    }
+    *microusd = m;
     return KM_OK;
 }
 
@@ -560,7 +622,8 @@ int km__cfg_parse_key(km__cfg_ctx *c, json_t *kobj, const char *path,
         return rc;
     /* A pool's budget is the pool's own: not copied to its keys. */
     if ((v = json_object_get(kobj, "budget")) &&
-        (rc = parse_budget(c, v, path, &k->budget_microusd, &k->budget_hard)))
+        (rc = parse_budget(c, v, path, &k->budget_microusd, &k->budget_hard, &k->budget_period,
+                            &k->budget_tz_min)))
         return rc;
     if ((v = json_object_get(kobj, "meta")) &&
         (rc = parse_meta(c, v, path, k->meta)))
@@ -791,7 +854,8 @@ int km__cfg_parse_pool(km__cfg_ctx *c, json_t *pobj, uint32_t pi,
     if (v && (rc = parse_price(c, v, path, &pd.price_in, &pd.price_out)))
         return rc;
     if ((v = json_object_get(pobj, "budget")) &&
-        (rc = parse_budget(c, v, path, &p->budget_microusd, &p->budget_hard)))
+        (rc = parse_budget(c, v, path, &p->budget_microusd, &p->budget_hard, &p->budget_period,
+                            &p->budget_tz_min)))
         return rc;
 
     /* Array shape was checked by the caller when it counted the keys. */

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "budget.h"
 #include "internal.h"
 
 /* Fill one set of GCRA parameters from parsed limits. */
@@ -60,6 +61,9 @@ void km__key_write(km_env *e, km__key *k, uint32_t pool, const km__key_cfg *kc)
     k->price_out = kc->price_out;
     k->budget_microusd = kc->budget_microusd;
     k->budget_hard = (uint32_t)kc->budget_hard;
+    k->budget_period = (uint16_t)kc->budget_period;
+    k->budget_tz_min = (int16_t)kc->budget_tz_min;
+    km__spend_init(&k->spend, k->budget_period, k->budget_tz_min, km__wall_ns());
     k->success_ppm = KM__PPM; /* healthy until shown otherwise */
 }
 
@@ -114,6 +118,9 @@ void km__pool_init(km_env *e, const km_config *cfg)
         pool->n_models = pc->n_models;
         pool->budget_microusd = pc->budget_microusd;
         pool->budget_hard = (uint32_t)pc->budget_hard;
+        pool->budget_period = (uint32_t)pc->budget_period;
+        pool->budget_tz_min = pc->budget_tz_min;
+        km__spend_init(&pool->spend, pool->budget_period, pool->budget_tz_min, km__wall_ns());
         for (uint32_t i = 0; i < pc->n_models; i++) {
             memcpy(md[i].name, pc->models[i].name, sizeof(md[i].name));
             md[i].hash = km__fnv32_str(md[i].name);

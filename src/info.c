@@ -10,6 +10,8 @@
 
 #include <ck_pr.h>
 
+#include "budget.h"
+
 #include "internal.h"
 #include "slots.h"
 #include "stats_read.h"
@@ -105,6 +107,22 @@ KM_EXTERN int km_pool_find(km_env *e, const char *name)
     return KM_ENOPOOL;
 }
 
+/* The spend and budget fields of km_pool_info and km_key_info. */
+static void budget_fields(const km__spend *s, uint32_t period, int32_t tz_min, uint64_t budget,
+                          uint64_t *spent, km_budget_state *out)
+{
+    km__budget_view v;
+    km__budget_info(s, period, tz_min, budget, &v);
+    *spent = v.spent;
+    out->prev_spent_microusd = v.prev;
+    out->period_end_unix_ns = v.end;
+    out->period = v.period;
+    out->tz_min = (int16_t)v.tz_min;
+    out->rolls = (uint16_t)v.rolls;
+    out->warnings = v.warnings;
+    out->over = v.over;
+}
+
 KM_EXTERN int km_pool_info_get(km_env *e, int pool, km_pool_info *out)
 {
     if (!e || !out)
@@ -123,7 +141,8 @@ KM_EXTERN int km_pool_info_get(km_env *e, int pool, km_pool_info *out)
     out->n_models = p->n_models;
     out->budget_microusd = p->budget_microusd;
     out->budget_hard = (int)p->budget_hard;
-    out->spent_microusd = ck_pr_load_64(&p->spent_microusd);
+    budget_fields(&p->spend, p->budget_period, p->budget_tz_min, p->budget_microusd,
+                  &out->spent_microusd, &out->budget);
     out->waiters = ck_pr_load_32(&p->waiters);
     return KM_OK;
 }
@@ -304,7 +323,8 @@ KM_EXTERN int km_key_info_get(km_env *e, int key, km_key_info *out)
     out->price_out_microusd_per_1k = k->price_out;
     out->budget_microusd = k->budget_microusd;
     out->budget_hard = (int)k->budget_hard;
-    out->spent_microusd = ck_pr_load_64(&k->spent_microusd);
+    budget_fields(&k->spend, k->budget_period, k->budget_tz_min, k->budget_microusd,
+                  &out->spent_microusd, &out->budget);
     memcpy(out->meta, k->meta, KM_META_MAX);
     limit_info(k->win, k->emission_ns, k->tau_ns, k->limit, k->burst, k->mode,
                    k->win_mask, now, out->limits);

@@ -93,6 +93,8 @@ typedef struct km__key_cfg {
     uint64_t price_in, price_out;
     uint64_t budget_microusd; /* 0: none */
     int budget_hard;
+    int budget_period;        /* KM__PERIOD_* (src/budget.h) */
+    int budget_tz_min;        /* the period's zone, minutes east of UTC */
     char meta[KM_META_MAX + 1]; /* compact JSON object text, or "" */
 } km__key_cfg;
 
@@ -119,6 +121,7 @@ typedef struct km__pool_cfg {
     km__model_cfg *models;      /* n_models entries (owned by the config) */
     uint64_t budget_microusd;   /* 0: none */
     int budget_hard;
+    int budget_period, budget_tz_min; /* as in km__key_cfg */
     km__pool_defaults defaults;
 } km__pool_cfg;
 

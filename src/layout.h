@@ -70,6 +70,32 @@ enum {
                          * period once its last lease is back */
 };
 
+/* A budget's spend (src/budget.c has the argument): micro-USD of the
+ * current period and of the one before, and the wall-clock instant
+ * (CLOCK_REALTIME ns) at which the current period ends, UINT64_MAX for a
+ * budget without a period (or no budget).  `end_ns` and `spent` are one
+ * 16-byte pair: a settle adds its cost to `spent` by fetch-add; the one
+ * that first finds the clock at or past `end_ns` rolls the period with one
+ * 16-byte CAS (end, spent) -> (next end, 0), so each boundary is crossed
+ * exactly once and no cost is lost (an add between its load and its CAS
+ * fails the CAS).  Only the winner then writes `prev` and counts `rolls`.
+ * `warned` counts the settles that took a soft budget from under to at or
+ * over its figure (once per period). */
+/* A budget's period: none (the segment's life), or a calendar day, week
+ * (from Monday 00:00) or month (from the 1st, 00:00) in its time zone. */
+enum { KM__PERIOD_NONE, KM__PERIOD_DAY, KM__PERIOD_WEEK, KM__PERIOD_MONTH, KM__PERIOD_COUNT };
+
+typedef struct km__spend {
+    uint64_t end_ns;
+    uint64_t spent;
+    uint64_t prev;
+    uint32_t rolls;
+    uint32_t warned;
+} __attribute__((aligned(16))) km__spend;
+_Static_assert(sizeof(km__spend) == 32 && _Alignof(km__spend) == 16 &&
+                   offsetof(km__spend, spent) == 8,
+               "km__spend: (end_ns, spent) one 16-byte CAS pair");
+
 /* One published member list of a pool: its length and the figures derived
  * from it.  A pool has two (see km__pool.cur). */
 typedef struct km__pview {
@@ -114,9 +140,13 @@ typedef struct km__pool {
      * the lower (in wrap-around order) waited longer (src/wait.c). */
     uint32_t ticket;
     uint8_t pad3[KM__LINE - 12];
-    /* line 3: spend of the pool, added at every priced release. */
-    uint64_t spent_microusd;
-    uint8_t pad4[KM__LINE - 8];
+    /* line 3: spend of the pool, added at every priced release, and its
+     * budget's period (KM__PERIOD_*) and time zone (minutes east of UTC),
+     * written at creation. */
+    km__spend spend;
+    uint32_t budget_period;
+    int32_t budget_tz_min;
+    uint8_t pad4[KM__LINE - 40];
     /* line 4: the published member list, read by every acquire, written by
      * reconfiguration.  Two lists (members buffer 0 and 1) and their views:
      * a writer fills the one not in use, then stores `cur` (release); a
@@ -148,7 +178,7 @@ _Static_assert(offsetof(km__pool, budget_microusd) / KM__LINE == 1 &&
                "the line of the reserve is one acquire reads anyway");
 _Static_assert(offsetof(km__pool, waiters) == 2 * KM__LINE, "pool wait line");
 _Static_assert(offsetof(km__pool, ticket) == 2 * KM__LINE + 8, "tickets in the wait line");
-_Static_assert(offsetof(km__pool, spent_microusd) == 3 * KM__LINE, "pool spend line");
+_Static_assert(offsetof(km__pool, spend) == 3 * KM__LINE, "pool spend line");
 _Static_assert(offsetof(km__pool, cur) == 4 * KM__LINE, "pool member-list line");
 _Static_assert(offsetof(km__pool, flip_epoch) + 8 == 5 * KM__LINE, "member-list line full");
 _Static_assert(offsetof(km__pool, def_limit) == 5 * KM__LINE, "pool defaults lines");
@@ -220,12 +250,13 @@ typedef struct km__key {
      * need a locked instruction each. */
     /* line 2: written by every successful release (EMA) and by stale ones.
      * Per-lease counters live in the lease slots (see km__lease). */
+    km__spend spend;          /* added at every priced release */
     uint64_t latency_ema_ns;  /* 0: no sample yet */
     uint64_t stale;           /* releases ignored as stale */
-    uint64_t spent_microusd;  /* added at every priced release */
     uint32_t success_ppm;     /* EMA of success (KM__PPM) vs failure (0) */
-    uint32_t pad4a;
-    uint8_t pad4[KM__LINE - 32];
+    uint16_t budget_period;   /* KM__PERIOD_*, written with the key */
+    int16_t budget_tz_min;    /* minutes east of UTC */
+    uint8_t pad4[KM__LINE - 56];
     /* line 3: written on failures, 429s and admin actions; state and
      * cooldown_until are read by every acquire. */
     uint32_t state;           /* KM__ST_* */
@@ -263,7 +294,7 @@ typedef struct km__key {
     char secret[KM_SECRET_MAX + 1];
     char meta[KM_META_MAX + 1];
 } km__key;
-_Static_assert(offsetof(km__key, latency_ema_ns) == 2 * KM__LINE, "release line");
+_Static_assert(offsetof(km__key, spend) == 2 * KM__LINE, "release line");
 _Static_assert(offsetof(km__key, state) == 3 * KM__LINE, "state line");
 _Static_assert(offsetof(km__key, emission_ns) == 4 * KM__LINE, "config lines");
 _Static_assert(offsetof(km__key, id) == 8 * KM__LINE, "id aligned");
@@ -588,6 +619,9 @@ static inline uint64_t km__layout_signature(void)
         /* Key x model counters in the model rows (issue 13, item 1). */
         offsetof(km__mwin, ok), offsetof(km__mwin, stale), offsetof(km__mwin, requests),
         offsetof(km__mwin, abandoned), offsetof(km__mwin, outcomes),
+        /* Budgets with a period (issue 18): spend pairs and periods. */
+        sizeof(km__spend), offsetof(km__key, spend), offsetof(km__key, budget_period),
+        offsetof(km__pool, spend), offsetof(km__pool, budget_period),
         0x0102030405060708ull /* byte order */
     };
     return km__fnv64_bytes(KM__FNV64_INIT, v, sizeof v);

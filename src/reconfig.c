@@ -404,7 +404,6 @@ static void row_clear(km_env *e, uint32_t ki)
         ck_pr_store_8(&km__busy(e, ki)[s], 0);
     ck_pr_store_64(&k->latency_ema_ns, 0);
     ck_pr_store_64(&k->stale, 0);
-    ck_pr_store_64(&k->spent_microusd, 0);
     ck_pr_store_64(&k->cooldown_until, 0);
     ck_pr_store_32(&k->consec_fail, 0);
     ck_pr_store_32(&k->consec_429, 0);

@@ -7,6 +7,7 @@
 
 #include <ck_pr.h>
 
+#include "budget.h"
 #include "internal.h"
 #include "slots.h"
 #include "usage.h"
@@ -16,8 +17,11 @@
  * the pool's backoff applies instead (and the product in ns fits). */
 #define KM__RETRY_AFTER_MAX_S 1e9
 
-/* Add a request's spend to its key and pool; a hard key budget that is now
- * spent makes the key exhausted. */
+/* Add a request's spend to its key and pool (each rolled to its current
+ * period first if it has one, src/budget.c); a hard lifetime key budget
+ * that is now spent makes the key exhausted.  A hard budget with a period
+ * leaves the state alone: acquire passes the key over until the period
+ * rolls (src/acquire.c, over_budget). */
 static void spend(km__pool *pool, km__key *k, const km_outcome *o, uint64_t actual)
 {
     uint64_t in, out;
@@ -39,11 +43,15 @@ static void spend(km__pool *pool, km__key *k, const km_outcome *o, uint64_t actu
                      KM__PRICE_TOKENS - 1) / KM__PRICE_TOKENS;
     if (cost == 0)
         return;
-    /* Statistics and budget checks: atomicity is all that is needed. */
-    uint64_t spent = ck_pr_faa_64(&k->spent_microusd, cost) + cost;
+    /* Statistics and budget checks: atomicity is all that is needed
+     * (km__spend_add says how a roll orders against these adds). */
+    uint64_t spent = km__spend_add(&k->spend, k->budget_period, k->budget_tz_min, cost,
+                                   k->budget_microusd, k->budget_hard);
     if (pool)
-        ck_pr_add_64(&pool->spent_microusd, cost);
-    if (k->budget_microusd && k->budget_hard && spent >= k->budget_microusd)
+        km__spend_add(&pool->spend, pool->budget_period, pool->budget_tz_min, cost,
+                      pool->budget_microusd, pool->budget_hard);
+    if (k->budget_microusd && k->budget_hard && k->budget_period == KM__PERIOD_NONE &&
+        spent >= k->budget_microusd)
         km__state_to(k, KM__LIVE_STATES, KM__ST_EXHAUSTED);
 }
 

@@ -103,6 +103,37 @@ static uint64_t micro_usd_of(json_t *o, const char *k)
     return json_is_number(v) ? km__usd_to_micro(json_number_value(v)) : 0;
 }
 
+/* A snapshot's budget as configuration: what the parser takes ("usd",
+ * "hard", and from snapshots with periods "mode", "period", "tz"); NULL
+ * (a failed set) when out of memory. */
+static json_t *budget_config(json_t *b)
+{
+    json_t *c = json_pack("{s:O, s:O}", "usd", json_object_get(b, "usd"), "hard",
+                          json_object_get(b, "hard"));
+    static const char *const more[] = {"period", "tz"};
+    for (size_t i = 0; c && i < sizeof more / sizeof *more; i++) {
+        json_t *v = json_object_get(b, more[i]);
+        if (v && json_object_set(c, more[i], v) < 0) {
+            json_decref(c);
+            return NULL;
+        }
+    }
+    return c;
+}
+
+/* A spend record as the snapshot left it: the period's spend, the one
+ * before and the period's end (an end that has passed since rolls at the
+ * first settle, as if the segment had lived on). */
+static void spend_of(json_t *o, km__spend *s)
+{
+    uint64_t end = num_u64(o, "period_end_unix_ms", 0);
+    s->spent = micro_usd_of(o, "spent_usd");
+    s->prev = micro_usd_of(o, "prev_spent_usd");
+    s->warned = (uint32_t)num_u64(o, "budget_warnings", 0);
+    if (end && s->end_ns != UINT64_MAX)
+        s->end_ns = end * KM__NS_PER_MS;
+}
+
 /* Wall-clock microseconds to CLOCK_MONOTONIC nanoseconds (0: past or none). */
 static uint64_t mono_of(const restore_ctx *c, uint64_t unix_us)
 {
@@ -232,9 +263,7 @@ static int snapshot_config(restore_ctx *c, json_t *root, json_t **out)
         json_t *models = json_object_get(def, "models"), *budget = json_object_get(p, "budget");
         if (json_object_size(models) && json_object_set(pc, "models", models) < 0)
             goto fail;
-        if (json_is_object(budget) &&
-            json_object_set_new(pc, "budget", json_pack("{s:O, s:O}", "usd", json_object_get(budget, "usd"),
-                                                        "hard", json_object_get(budget, "hard"))) < 0)
+        if (json_is_object(budget) && json_object_set_new(pc, "budget", budget_config(budget)) < 0)
             goto fail;
         json_t *ka = json_object_get(pc, "keys");
         json_array_foreach(keys, j, k) {
@@ -257,9 +286,7 @@ static int snapshot_config(restore_ctx *c, json_t *root, json_t **out)
                 goto fail;
             json_t *kb = json_object_get(k, "budget"), *meta = json_object_get(k, "meta");
             if ((json_object_get(k, "price") && json_object_set(kc, "price", json_object_get(k, "price")) < 0) ||
-                (json_is_object(kb) &&
-                 json_object_set_new(kc, "budget", json_pack("{s:O, s:O}", "usd", json_object_get(kb, "usd"),
-                                                             "hard", json_object_get(kb, "hard"))) < 0) ||
+                (json_is_object(kb) && json_object_set_new(kc, "budget", budget_config(kb)) < 0) ||
                 (json_object_size(meta) && json_object_set(kc, "meta", meta) < 0))
                 goto fail;
         }
@@ -307,7 +334,7 @@ static void state_restore(const restore_ctx *c, km_env *e, json_t *root)
             continue;
         km__pool *pool = &km__pools(e)[pi];
         json_t *def = json_object_get(p, "defaults"), *dl = json_object_get(def, "limits"), *dp;
-        pool->spent_microusd = micro_usd_of(p, "spent_usd");
+        spend_of(p, &pool->spend);
         for (int w = 0; w < KM_WIN_COUNT; w++) {
             json_t *l = json_object_get(dl, km_window_name(w));
             const char *mode = json_string_value(json_object_get(l, "mode"));
@@ -335,7 +362,7 @@ static void state_restore(const restore_ctx *c, km_env *e, json_t *root)
             json_t *sr = json_object_get(k, "success_rate");
             if (json_is_number(sr))
                 key->success_ppm = (uint32_t)llround(json_number_value(sr) * KM__PPM);
-            key->spent_microusd = micro_usd_of(k, "spent_usd");
+            spend_of(k, &key->spend);
             key->stale = num_u64(cn, "stale_releases", 0);
             /* Counters are sums over lease slots; slot 0 carries them. */
             ls->acquired = num_u64(cn, "acquired", 0);

@@ -29,7 +29,9 @@
  *    "processes_attached",
  *    "pools": [{"name", "strategy", "cooldown_s", "max_cooldown_s",
  *               "max_failures", "model_limits", "models": [names],
- *               "budget": {"usd", "hard", "spent_usd"} | null, "spent_usd",
+ *               "budget": {"usd", "hard", "mode", "period", "tz", "spent_usd"}
+ *               | null, "spent_usd", "prev_spent_usd", "period_end_unix_ms"
+ *               (0: no period), "budget_warnings",
  *               "waiters",
  *               "keys": [{... "counters": {...}, "tokens_used",
  *                         "limits": {"rpm": {...}, ...},
@@ -37,7 +39,8 @@
  *                         pools only), "model_counters": {"<name>":
  *                         {... as "counters", "tokens_used"}} (pools with a
  *                         models list; models the key served), "price":
- *                         {...}, "budget", "spent_usd",
+ *                         {...}, "budget", "spent_usd", "prev_spent_usd",
+ *                         "period_end_unix_ms", "budget_warnings",
  *                         "success_rate", "meta": {...}}]}]}
  *   Money is in US dollars (JSON reals, from micro-USD counters).
  *   Additions to format 1 keep every earlier field; readers ignore fields
@@ -50,6 +53,7 @@
 #include <jansson.h>
 #include <sodium.h>
 
+#include "budget.h"
 #include "internal.h"
 #include "stats_read.h"
 
@@ -89,6 +93,24 @@ static const char *mode_name(int mode)
 static json_t *usd_json(uint64_t microusd)
 {
     return json_real(km__micro_to_usd(microusd));
+}
+
+/* A budget as configured ({"usd", "hard", "mode", "period", "tz"}; a
+ * pool's also "spent_usd", as before periods).  restore.c gives all but
+ * "spent_usd" back to the configuration parser. */
+static json_t *budget_json(uint64_t microusd, int hard, const km_budget_state *bs,
+                           const uint64_t *spent)
+{
+    char tz[16];
+    json_t *b = json_pack("{s:o, s:b, s:s, s:s, s:s}", "usd", usd_json(microusd), "hard",
+                          hard != 0, "mode", hard ? "hard" : "soft", "period",
+                          km__period_name((uint32_t)bs->period), "tz",
+                          km__tz_name(bs->tz_min, tz, sizeof tz));
+    if (b && spent && json_object_set_new(b, "spent_usd", usd_json(*spent)) < 0) {
+        json_decref(b);
+        return NULL;
+    }
+    return b;
 }
 
 /* {"rpm": {"limit", "burst", "mode", "available"}, ...}: the windows that
@@ -192,21 +214,23 @@ static json_t *key_json(const km_key_info *k, const clocks *clk)
     if (!key)
         return NULL;
     json_t *budget = k->budget_microusd
-                         ? json_pack("{s:o, s:b}", "usd",
-                                     usd_json(k->budget_microusd), "hard",
-                                     k->budget_hard != 0)
+                         ? budget_json(k->budget_microusd, k->budget_hard, &k->budget, NULL)
                          : json_null();
     json_t *more = json_pack(
-        "{s:{s:o, s:o}, s:o, s:o, s:o, s:o}",
+        "{s:{s:o, s:o}, s:o, s:o, s:o, s:o, s:o}",
         "price",
         "input_per_1k", usd_json(k->price_in_microusd_per_1k),
         "output_per_1k", usd_json(k->price_out_microusd_per_1k),
         "budget", budget,
         "spent_usd", usd_json(k->spent_microusd),
+        "prev_spent_usd", usd_json(k->budget.prev_spent_microusd),
         "success_rate", json_real((double)k->success_ppm / KM__PPM),
         "meta", meta_json(k->meta));
-    if (more && json_object_set_new(more, "cooldown_until_unix_ms",
-                                    int_json(to_unix_us(clk, k->cooldown_until_ns) / KM__US_PER_MS)) < 0) {
+    if (more && (json_object_set_new(more, "cooldown_until_unix_ms",
+                                     int_json(to_unix_us(clk, k->cooldown_until_ns) / KM__US_PER_MS)) < 0 ||
+                 json_object_set_new(more, "period_end_unix_ms",
+                                     int_json(k->budget.period_end_unix_ns / KM__NS_PER_MS)) < 0 ||
+                 json_object_set_new(more, "budget_warnings", int_json(k->budget.warnings)) < 0)) {
         json_decref(more);
         more = NULL;
     }
@@ -394,13 +418,11 @@ static int pool_json(km_env *env, int pool, const snap *sn, json_t **out)
         }
     }
     json_t *budget = pi.budget_microusd
-                         ? json_pack("{s:o, s:b, s:o}", "usd",
-                                     usd_json(pi.budget_microusd), "hard",
-                                     pi.budget_hard != 0, "spent_usd",
-                                     usd_json(pi.spent_microusd))
+                         ? budget_json(pi.budget_microusd, pi.budget_hard, &pi.budget,
+                                       &pi.spent_microusd)
                          : json_null();
     /* "o" steals even on failure: models and keys are gone if p is NULL. */
-    p = json_pack("{s:s, s:s, s:o, s:o, s:o, s:s, s:o, s:o, s:o, s:o, s:o}",
+    p = json_pack("{s:s, s:s, s:o, s:o, s:o, s:s, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o}",
                   "name", pi.name,
                   "strategy", km_strategy_name(pi.strategy),
                   "cooldown_s", int_json(pi.cooldown_s),
@@ -411,6 +433,9 @@ static int pool_json(km_env *env, int pool, const snap *sn, json_t **out)
                   "models", models,
                   "budget", budget,
                   "spent_usd", usd_json(pi.spent_microusd),
+                  "prev_spent_usd", usd_json(pi.budget.prev_spent_microusd),
+                  "period_end_unix_ms", int_json(pi.budget.period_end_unix_ns / KM__NS_PER_MS),
+                  "budget_warnings", int_json(pi.budget.warnings),
                   "waiters", int_json(pi.waiters),
                   "keys", keys);
     if (!p)

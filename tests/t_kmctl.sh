@@ -11,6 +11,7 @@ begin kmctl
 new_seg BADSEG kmctl-bad
 new_seg MODESEG kmctl-mode
 new_seg MODELSEG kmctl-models
+new_seg BUDSEG kmctl-budget
 new_seg RECSEG kmctl-reconf
 
 SECRET_A="sk-test-aaaa1111"
@@ -394,5 +395,58 @@ wait "$P1"
 ok $? "the first exits 0 on SIGTERM"
 run "$KMCTL" persist "$RECSEG" --db "$TMP/p2.db" --once
 expect 0 "once it has gone, persist drains again"
+
+# ------------------------------------------------------------ budgets by period
+cat >"$TMP/budget.json" <<EOF
+{"pools": [{"name": "openai", "price": {"output_per_1k": 1},
+            "budget": {"usd": 500, "period": "month", "mode": "soft", "tz": "+02:00"},
+            "keys": [{"id": "a", "secret": "$SECRET_A", "budget": {"usd": 5, "period": "day"}},
+                     {"id": "b", "secret": "$SECRET_B"}]}]}
+EOF
+run "$KMCTL" create "$BUDSEG" --config "$TMP/budget.json"
+expect 0 "create with budgets by period"
+run "$KMCTL" inspect "$BUDSEG"
+echo "$OUT" | grep -Eq '^  budget: \$0\.00 spent of \$500\.00 this month \(resets [0-9]{4}-[0-9]{2}-01 00:00 \+02:00; previous month \$0\.00\) \(soft: .*0 warnings\)$'
+ok $? "inspect: the pool's period, its end in its zone, the previous period, warnings"
+echo "$OUT" | grep -Eq '^  a .* 0\.00/5\.00 per day$'
+ok $? "inspect: a key's budget per day"
+run "$KMCTL" stats "$BUDSEG" --json
+echo "$OUT" | python3 -c '
+import json, sys
+p = json.load(sys.stdin)["pools"][0]
+k = p["keys"][0]
+assert (p["budget_period"], p["budget_tz"], p["budget_over"], p["budget_warnings"]) == ("month", "+02:00", False, 0), p
+assert p["prev_spent_usd"] == 0 and p["period_end_unix_ms"] > 0
+assert (k["budget_period"], k["budget_tz"]) == ("day", "UTC"), k
+assert p["keys"][1]["budget_period"] is None and p["keys"][1]["period_end_unix_ms"] is None
+'
+ok $? "stats --json: budget_period, budget_tz, prev_spent_usd, period_end_unix_ms, warnings, over"
+run "$KMCTL" metrics "$BUDSEG"
+echo "$OUT" | grep -q '^keymesh_pool_budget_over{pool="openai"} 0$' &&
+    echo "$OUT" | grep -q '^keymesh_pool_budget_warnings_total{pool="openai"} 0$' &&
+    echo "$OUT" | grep -Eq '^keymesh_pool_budget_period_end_seconds\{pool="openai"\} [0-9]+$'
+ok $? "metrics: the soft budget's over flag and warnings, the period's end"
+run "$KMCTL" reset-spend "$BUDSEG" openai
+expect 0 "reset-spend of a pool"
+ok $([ "$OUT" = "reset spend of pool 'openai' of segment '$BUDSEG': \$0.00 -> \$0 (month budget \$500.00)" ]
+    echo $?) "... says what changed (got: $OUT)"
+run "$KMCTL" reset-spend "$BUDSEG" openai a
+ok $([ "$RC" -eq 0 ] && [ "$OUT" = "reset spend of key 'a' in pool 'openai' of segment '$BUDSEG': \$0.00 -> \$0 (day budget \$5.00)" ]
+    echo $?) "reset-spend of a key (got: $OUT)"
+run "$KMCTL" reset-spend "$BUDSEG" openai nokey
+expect 3 "reset-spend of an unknown key: status 3"
+run "$KMCTL" reset-spend "$BUDSEG"
+expect 2 "reset-spend without its POOL: usage error"
+run "$KMCTL" reset-spend "$BUDSEG" nopool a
+expect 3 "reset-spend in an unknown pool: status 3"
+sed 's/"month"/"fortnight"/' "$TMP/budget.json" >"$TMP/bad.json"
+run "$KMCTL" create "$BUDSEG-bad" --config "$TMP/bad.json"
+ok $([ "$RC" -ne 0 ] && echo "$ERR" | grep -q 'budget.period: "fortnight" is not a period'; echo $?) \
+    "create refuses a period that does not exist ($ERR)"
+sed 's/"+02:00"/"Europe\/Paris"/' "$TMP/budget.json" >"$TMP/bad.json"
+run "$KMCTL" create "$BUDSEG-bad" --config "$TMP/bad.json"
+ok $([ "$RC" -ne 0 ] && echo "$ERR" | grep -q 'budget.tz: "Europe/Paris" is not a time zone this version accepts: use "UTC" or a fixed offset'; echo $?) \
+    "create refuses a zone name, saying what is accepted ($ERR)"
+"$KMCTL" destroy "$BUDSEG" >/dev/null 2>&1
 
 finish

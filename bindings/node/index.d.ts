@@ -112,6 +112,16 @@ export interface PoolInfo {
   /** Processes asleep in km_acquire_wait on this pool, all processes. */
   waiters: number;
   cooldownS: number; maxFailures: number; budgetMicroUsd: number; spentMicroUsd: number;
+  /** The budget's period ("lifetime", "day", "week", "month") and its zone,
+   * minutes east of UTC; spentMicroUsd counts from the period's start. */
+  budgetPeriod: string; budgetTzMin: number;
+  /** Spend of the period before the current one. */
+  prevSpentMicroUsd: number;
+  /** When spentMicroUsd resets, Unix ms; 0: no period. */
+  periodEndUnixMs: number;
+  /** Times the spend crossed a soft budget (once per period at most);
+   * budgetOver 1 while the spend is at or over the budget. */
+  budgetWarnings: number; budgetOver: number;
 }
 
 export declare class Pool {

@@ -92,6 +92,22 @@ test('a pool that does not exist: KM_ENOPOOL, and Pool.open leaves no attachment
   seg.close();
 });
 
+test('pool.info(): a budget\'s period, its end, the previous period and a soft budget\'s warnings', () => {
+  const seg = segment('budget', [{ name: 'p', keys: keys(1, 'budget'),
+    budget: { usd: 500, period: 'month', mode: 'soft', tz: '+02:00' } }]);
+  const pool = Pool.open(seg.name, 'p');
+  const i = pool.info();
+  assert.equal(i.budgetMicroUsd, 500e6);
+  assert.equal(i.budgetPeriod, 'month');
+  assert.equal(i.budgetTzMin, 120);
+  assert.equal(i.prevSpentMicroUsd, 0);
+  assert.ok(i.periodEndUnixMs > Date.now(), `the month ends after now (${i.periodEndUnixMs})`);
+  assert.equal(i.budgetWarnings, 0);
+  assert.equal(i.budgetOver, 0);
+  pool.close();
+  seg.close();
+});
+
 test('Pool.open of two pools of one segment attaches once (kmctl check clean); the last close detaches', () => {
   // Made by kmctl, so that this process's only attachments are Pool.open's.
   const name = segName('share');

@@ -27,10 +27,13 @@ COUNTER_FIELDS = ("requests",) + OUTCOME_FIELDS + ("abandoned", "stale_releases"
 POOL_FIELDS = ("segment", "taken_unix_ms", "name", "strategy", "model_limits", "keys_total",
                "keys_by_state", "inflight", "max_inflight", "waiters", "counters",
                "latency_ema_us", "success_rate", "spent_usd", "budget_usd", "budget_hard",
-               "windows", "models", "keys")
+               "budget_period", "budget_tz", "prev_spent_usd", "period_end_unix_ms",
+               "budget_warnings", "budget_over", "windows", "models", "keys")
 KEY_FIELDS = ("id", "state", "weight", "cooldown_remaining_ms", "inflight", "max_inflight",
               "consecutive_failures", "consecutive_429s", "latency_ema_us", "success_rate",
-              "counters", "windows", "spent_usd", "budget_usd", "budget_hard", "models")
+              "counters", "windows", "spent_usd", "budget_usd", "budget_hard", "budget_period",
+              "budget_tz", "prev_spent_usd", "period_end_unix_ms", "budget_warnings",
+              "budget_over", "models")
 
 
 def masked_forms():
@@ -353,7 +356,7 @@ def test_stats_equal_kmctl_stats_json(seg, secrets, kmctl):
                  max_failures=1000, model_limits="per_model",
                  models={"m1": {"rpd": 50}, "m2": {}},
                  price={"input_per_1k": 0.5, "output_per_1k": 1.5},
-                 budget={"usd": 100.0, "hard": True})
+                 budget={"usd": 100.0, "mode": "hard", "period": "month", "tz": "+02:00"})
     pool = SyncKeyPool.create(name, config)
     for i in range(9):
         with pool.lease(model="m1" if i % 2 else "m2", key_id="k%d" % (i % 3 + 1),
@@ -376,6 +379,11 @@ def test_stats_equal_kmctl_stats_json(seg, secrets, kmctl):
     assert mine["inflight"] == 1 and mine["keys_by_state"]["cooling"] == 1
     assert mine["keys"]["k3"]["cooldown_remaining_ms"] > 0
     assert mine["spent_usd"] > 0 and mine["budget_usd"] == 100.0 and mine["budget_hard"] is True
+    # The budget's period (issue 18), as kmctl shows it.
+    assert (mine["budget_period"], mine["budget_tz"]) == ("month", "+02:00")
+    assert mine["prev_spent_usd"] == 0 and mine["budget_warnings"] == 0
+    assert mine["period_end_unix_ms"] > mine["taken_unix_ms"] and mine["budget_over"] is False
+    assert mine["keys"]["k1"]["budget_period"] is None
     assert mine["keys"]["k1"]["models"]["m1"]["windows"]["rpd"]["limit"] == 50
 
     # Filters, as kmctl's --key and --model.

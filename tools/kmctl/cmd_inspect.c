@@ -178,7 +178,10 @@ static void cell(const km_key_info *k, int col, uint64_t now, char *b,
         usd(k->spent_microusd, u1, sizeof u1);
         if (k->budget_microusd) {
             usd(k->budget_microusd, u2, sizeof u2);
-            snprintf(b, n, "%s/%s%s", u1, u2, k->budget_hard ? "" : " (soft)");
+            snprintf(b, n, "%s/%s%s%s%s", u1, u2,
+                     k->budget.period ? " per " : "",
+                     k->budget.period ? budget_period_name(k->budget.period) : "",
+                     k->budget_hard ? "" : " (soft)");
         } else {
             snprintf(b, n, "%s", u1);
         }
@@ -244,12 +247,9 @@ static int inspect_pool(km_env *env, const char *name, int pool)
         putchar('\n');
     }
     if (pi.budget_microusd) {
-        char u1[32], u2[32];
-        usd(pi.spent_microusd, u1, sizeof u1);
-        usd(pi.budget_microusd, u2, sizeof u2);
-        printf("  budget: $%s spent of $%s (%s)\n", u1, u2,
-               pi.budget_hard ? "hard: refused when spent"
-                              : "soft: deprioritised when spent");
+        fmt_budget_line("  budget: ", pi.budget_microusd, pi.budget_hard, pi.spent_microusd,
+                        pi.budget.prev_spent_microusd, pi.budget.period_end_unix_ns, pi.budget.period,
+                        pi.budget.tz_min, pi.budget.warnings);
     } else if (pi.spent_microusd) {
         usd(pi.spent_microusd, b, sizeof b);
         printf("  spent: $%s\n", b);

@@ -138,6 +138,33 @@ const char usage_set_limits[] =
 
 /* ------------------------------------------------------ enable / disable */
 
+/* Attach to segment NAME and find pool PNAME and, if kid is not NULL, its
+ * key KID; -1 to go on (*env open), else an exit status (nothing open). */
+int open_pool_key(const char *name, const char *pname, const char *kid, km_env **env,
+                  int *pool, int *key)
+{
+    int rc;
+    if ((rc = open_seg(name, env)) != EX_SUCCESS)
+        return rc;
+    *pool = km_pool_find(*env, pname);
+    if (*pool < 0) {
+        errline("pool '%s': %s", pname, err_text(*pool, errno));
+        rc = exit_for(*pool);
+        km_close(*env);
+        return rc;
+    }
+    if (kid) {
+        *key = km_key_find(*env, *pool, kid);
+        if (*key < 0) {
+            errline("key '%s' in pool '%s': %s", kid, pname, err_text(*key, errno));
+            rc = exit_for(*key);
+            km_close(*env);
+            return rc;
+        }
+    }
+    return -1;
+}
+
 const cmd_syntax enable_syntax = {usage_enable, "NAME POOL KEY_ID", NULL, 0};
 const cmd_syntax disable_syntax = {usage_disable, "NAME POOL KEY_ID", NULL, 0};
 
@@ -150,20 +177,8 @@ static int set_state(const cmd_syntax *syn, int argc, char **argv, int state)
         return rc;
     const char *name = argv[optind], *pname = argv[optind + 1],
                *kid = argv[optind + 2];
-    if ((rc = open_seg(name, &env)) != EX_SUCCESS)
+    if ((rc = open_pool_key(name, pname, kid, &env, &pool, &key)) >= 0)
         return rc;
-    pool = km_pool_find(env, pname);
-    if (pool < 0) {
-        errline("pool '%s': %s", pname, err_text(pool, errno));
-        rc = exit_for(pool);
-        goto out;
-    }
-    key = km_key_find(env, pool, kid);
-    if (key < 0) {
-        errline("key '%s' in pool '%s': %s", kid, pname, err_text(key, errno));
-        rc = exit_for(key);
-        goto out;
-    }
     km_key_info before;
     int known = km_key_info_get(env, key, &before) == KM_OK;
     rc = km_key_set_state(env, key, state);
@@ -233,28 +248,11 @@ static int reconf_parse(const cmd_syntax *syn, int argc, char **argv, reconf_opt
 static int reconf_attach(char **argv, reconf_opts *o, km_env **env, int *pool, int want_key,
                          int *key)
 {
-    int rc;
-    const char *name = argv[optind], *pname = argv[optind + 1], *kid = argv[optind + 2];
-    if ((rc = open_seg(name, env)) != EX_SUCCESS)
-        return rc;
-    km_set_admin_timeout(*env, o->timeout_ms.v);
-    *pool = km_pool_find(*env, pname);
-    if (*pool < 0) {
-        errline("pool '%s': %s", pname, err_text(*pool, errno));
-        rc = exit_for(*pool);
-        km_close(*env);
-        return rc;
-    }
-    if (want_key) {
-        *key = km_key_find(*env, *pool, kid);
-        if (*key < 0) {
-            errline("key '%s' in pool '%s': %s", kid, pname, err_text(*key, errno));
-            rc = exit_for(*key);
-            km_close(*env);
-            return rc;
-        }
-    }
-    return -1;
+    int rc = open_pool_key(argv[optind], argv[optind + 1], want_key ? argv[optind + 2] : NULL,
+                           env, pool, key);
+    if (rc < 0)
+        km_set_admin_timeout(*env, o->timeout_ms.v);
+    return rc;
 }
 
 /* " rpm 60, tpm 100000 (sliding)" of a key's limits, or " no limits". */

@@ -167,6 +167,31 @@ static void pool_families(expo *x)
         snprintf(lab, sizeof lab, "%s,hard=\"%s\"", x->pl[p], ps->budget_hard ? "true" : "false");
         s_dbl(f, "keymesh_pool_budget_usd", lab, (double)ps->budget_microusd / 1e6);
     }
+    family(f, "keymesh_pool_budget_over", "gauge",
+           "1 while the pool's spend in its budget period is at or over its budget (pools "
+           "that have one; alert on it for a soft budget).");
+    for (uint32_t p = 0; p < s->n_pools; p++)
+        if (s->pools[p].ps.budget_microusd)
+            s_u64(f, "keymesh_pool_budget_over", x->pl[p], s->pools[p].pb.over);
+    family(f, "keymesh_pool_budget_warnings_total", "counter",
+           "Times the pool's spend crossed its soft budget (at most once per period).");
+    for (uint32_t p = 0; p < s->n_pools; p++)
+        if (s->pools[p].ps.budget_microusd && !s->pools[p].ps.budget_hard)
+            s_u64(f, "keymesh_pool_budget_warnings_total", x->pl[p], s->pools[p].pb.warnings);
+    family(f, "keymesh_pool_prev_spent_usd", "gauge",
+           "US dollars the pool spent in the budget period before the current one (pools "
+           "whose budget has a period).");
+    for (uint32_t p = 0; p < s->n_pools; p++)
+        if (s->pools[p].ps.budget_microusd && s->pools[p].pb.period)
+            s_dbl(f, "keymesh_pool_prev_spent_usd", x->pl[p],
+                  (double)s->pools[p].pb.prev_spent_microusd / 1e6);
+    family(f, "keymesh_pool_budget_period_end_seconds", "gauge",
+           "When the pool's budget period ends and its spend resets, Unix seconds (pools "
+           "whose budget has a period).");
+    for (uint32_t p = 0; p < s->n_pools; p++)
+        if (s->pools[p].ps.budget_microusd && s->pools[p].pb.period)
+            s_u64(f, "keymesh_pool_budget_period_end_seconds", x->pl[p],
+                  s->pools[p].pb.period_end_unix_ns / 1000000000u);
 }
 
 static void key_counter_families(expo *x)

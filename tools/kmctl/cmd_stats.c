@@ -103,7 +103,48 @@ static int check_filters(const stats_opts *o, const seg_stats *s)
     return -1;
 }
 
+/* The pool line's budget tail: its period, the previous period's spend
+ * and when it resets; a soft budget's warnings. */
+static void budget_tail(const km_budget_state *b, int hard, int over)
+{
+    char u[32], e[48];
+    if (b->period) {
+        fmt_usd(b->prev_spent_microusd, u, sizeof u);
+        fmt_period_end(b->period_end_unix_ns, b->tz_min, e, sizeof e);
+        printf(" per %s, previous %s $%s, resets %s", budget_period_name(b->period),
+               budget_period_name(b->period), u, e);
+    }
+    if (!hard)
+        printf(", %" PRIu32 " warning%s%s", b->warnings, b->warnings == 1 ? "" : "s",
+               over ? ", OVER" : "");
+}
+
 /* ----------------------------------------------------------------- JSON */
+
+/* A budget's period fields, after "budget_hard" (keymesh._stats has the
+ * same, in the same order): null where there is no budget. */
+static int budget_json(json_t *j, uint64_t budget, const km_budget_state *b)
+{
+    char tz[16];
+    int32_t a = b->tz_min < 0 ? -b->tz_min : b->tz_min;
+    if (b->tz_min)
+        snprintf(tz, sizeof tz, "%c%02d:%02d", b->tz_min < 0 ? '-' : '+', (int)(a / 60),
+                 (int)(a % 60));
+    else
+        snprintf(tz, sizeof tz, "UTC");
+    json_t *more = json_pack(
+        "{s:o, s:o, s:o, s:o, s:o, s:o}",
+        "budget_period", budget ? json_string(budget_period_name(b->period)) : json_null(),
+        "budget_tz", budget ? json_string(tz) : json_null(),
+        "prev_spent_usd", jusd(b->prev_spent_microusd),
+        "period_end_unix_ms",
+        b->period_end_unix_ns ? ju64(b->period_end_unix_ns / 1000000u) : json_null(),
+        "budget_warnings", ju64(b->warnings),
+        "budget_over", budget ? json_boolean(b->over) : json_null());
+    int rc = more ? json_object_update(j, more) : -1;
+    json_decref(more);
+    return rc;
+}
 
 /* A model's counters, or null from a library that keeps none. */
 static json_t *model_counters(const km_model_stats *m)
@@ -111,8 +152,8 @@ static json_t *model_counters(const km_model_stats *m)
     return m->counters_valid ? jcounters(&m->counters) : json_null();
 }
 
-static json_t *key_json(const km_key_stats *k, const km_model_stats *km, uint32_t nm,
-                        const stats_opts *o)
+static json_t *key_json(const km_key_stats *k, const km_budget_state *kb,
+                        const km_model_stats *km, uint32_t nm, const stats_opts *o)
 {
     json_t *j = json_pack(
         "{s:o, s:s, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o}",
@@ -131,6 +172,10 @@ static json_t *key_json(const km_key_stats *k, const km_model_stats *km, uint32_
         "spent_usd", jusd(k->spent_microusd),
         "budget_usd", k->budget_microusd ? jusd(k->budget_microusd) : json_null(),
         "budget_hard", k->budget_microusd ? json_boolean(k->budget_hard) : json_null());
+    if (j && budget_json(j, k->budget_microusd, kb) < 0) {
+        json_decref(j);
+        return NULL;
+    }
     json_t *models = json_array();
     for (uint32_t m = 0; j && models && km && m < nm; m++) {
         if (!model_wanted(o, &km[m]))
@@ -153,7 +198,7 @@ static json_t *pool_json(const pool_view *v, const stats_opts *o)
     for (int s = 0; states && s < KM_KEY_STATE_COUNT; s++)
         json_object_set_new(states, km_key_state_name(s), ju64(p->keys_by_state[s]));
     json_t *j = json_pack(
-        "{s:o, s:s, s:s, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o}",
+        "{s:o, s:s, s:s, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o}",
         "name", jstr(p->name),
         "strategy", km_strategy_name(p->strategy),
         "model_limits", p->model_mode == KM_MODELS_PER_MODEL ? "per_model" : "global",
@@ -167,8 +212,12 @@ static json_t *pool_json(const pool_view *v, const stats_opts *o)
         "success_rate", json_real((double)p->success_ppm / 1e6),
         "spent_usd", jusd(p->spent_microusd),
         "budget_usd", p->budget_microusd ? jusd(p->budget_microusd) : json_null(),
-        "budget_hard", p->budget_microusd ? json_boolean(p->budget_hard) : json_null(),
-        "windows", jwindows(p->windows, p->keys_limited));
+        "budget_hard", p->budget_microusd ? json_boolean(p->budget_hard) : json_null());
+    if (j && (budget_json(j, p->budget_microusd, &v->pb) < 0 ||
+              json_object_set_new(j, "windows", jwindows(p->windows, p->keys_limited)) < 0)) {
+        json_decref(j);
+        j = NULL;
+    }
     json_t *models = json_array(), *keys = json_array();
     for (uint32_t m = 0; j && models && m < p->n_models; m++)
         if (model_wanted(o, &v->models[m]))
@@ -180,7 +229,7 @@ static json_t *pool_json(const pool_view *v, const stats_opts *o)
     for (uint32_t i = 0; j && keys && i < v->n_keys; i++)
         if (key_wanted(o, &v->keys[i]))
             json_array_append_new(
-                keys, key_json(&v->keys[i],
+                keys, key_json(&v->keys[i], &v->kb[i],
                                v->key_models ? &v->key_models[(size_t)i * p->n_models] : NULL,
                                p->n_models, o));
     if (!j || !models || !keys || json_object_set_new(j, "models", models) < 0 ||
@@ -325,6 +374,7 @@ static int print_pool(const pool_view *v, const stats_opts *o)
     if (p->budget_microusd) {
         fmt_usd(p->budget_microusd, u2, sizeof u2);
         printf(" of $%s (%s)", u2, p->budget_hard ? "hard" : "soft");
+        budget_tail(&v->pb, p->budget_hard, p->spent_microusd >= p->budget_microusd);
     }
     putchar('\n');
 
@@ -368,16 +418,23 @@ static int print_pool(const pool_view *v, const stats_opts *o)
         rc = tbl_print(&t, "  ");
     tbl_free(&t);
 
-    /* Spend per key, where something is priced or budgeted. */
-    int priced = 0;
-    for (uint32_t i = 0; i < v->n_keys; i++)
+    /* Spend per key, where something is priced or budgeted; the previous
+     * period's where a key's budget has a period. */
+    int priced = 0, periods = 0;
+    for (uint32_t i = 0; i < v->n_keys; i++) {
         priced |= key_wanted(o, &v->keys[i]) &&
                   (v->keys[i].spent_microusd || v->keys[i].budget_microusd);
+        periods |= key_wanted(o, &v->keys[i]) && v->keys[i].budget_microusd && v->kb[i].period;
+    }
     if (rc == EX_SUCCESS && priced) {
-        tbl_init(&t, 3);
+        tbl_init(&t, periods ? 5 : 3);
         tbl_cell(&t, "KEY");
         tbl_cell(&t, "SPENT_USD");
         tbl_cell(&t, "BUDGET_USD");
+        if (periods) {
+            tbl_cell(&t, "PREV_USD");
+            tbl_cell(&t, "RESETS");
+        }
         for (uint32_t i = 0; i < v->n_keys; i++) {
             const km_key_stats *k = &v->keys[i];
             if (!key_wanted(o, k))
@@ -387,8 +444,20 @@ static int print_pool(const pool_view *v, const stats_opts *o)
             tbl_cell(&t, "%s", u1);
             if (k->budget_microusd) {
                 fmt_usd(k->budget_microusd, u2, sizeof u2);
-                tbl_cell(&t, "%s%s", u2, k->budget_hard ? "" : " (soft)");
+                tbl_cell(&t, "%s%s%s%s", u2, v->kb[i].period ? " per " : "",
+                         v->kb[i].period ? budget_period_name(v->kb[i].period) : "",
+                         k->budget_hard ? "" : " (soft)");
             } else {
+                tbl_cell(&t, "-");
+            }
+            if (periods && k->budget_microusd && v->kb[i].period) {
+                char e[48];
+                fmt_usd(v->kb[i].prev_spent_microusd, u2, sizeof u2);
+                fmt_period_end(v->kb[i].period_end_unix_ns, v->kb[i].tz_min, e, sizeof e);
+                tbl_cell(&t, "%s", u2);
+                tbl_cell(&t, "%s", e);
+            } else if (periods) {
+                tbl_cell(&t, "-");
                 tbl_cell(&t, "-");
             }
         }

@@ -17,6 +17,7 @@ void collect_free(seg_stats *s)
     for (uint32_t p = 0; s->pools && p < s->n_pools; p++) {
         free(s->pools[p].models);
         free(s->pools[p].keys);
+        free(s->pools[p].kb);
         free(s->pools[p].key_models);
     }
     free(s->pools);
@@ -39,8 +40,9 @@ static int collect_pool(km_env *env, int p, unsigned flags, pool_view *v)
     km_pool_info pi;
     if ((rc = km_pool_info_get(env, p, &pi)) != KM_OK)
         return rc;
+    v->pb = pi.budget;
     uint32_t cap = pi.n_keys > v->ps.n_keys ? pi.n_keys : v->ps.n_keys;
-    if (cap && !(v->keys = calloc(cap, sizeof *v->keys)))
+    if (cap && (!(v->keys = calloc(cap, sizeof *v->keys)) || !(v->kb = calloc(cap, sizeof *v->kb))))
         return KM_ENOMEM;
     if (cap && nm && (flags & COLLECT_KEY_MODELS) &&
         !(v->key_models = calloc((size_t)cap * nm, sizeof *v->key_models)))
@@ -56,6 +58,9 @@ static int collect_pool(km_env *env, int p, unsigned flags, pool_view *v)
             continue;
         if (rc != KM_OK)
             return rc;
+        km_key_info ki;
+        if (km_key_info_get(env, k, &ki) == KM_OK)
+            v->kb[v->n_keys] = ki.budget;
         for (uint32_t m = 0; v->key_models && m < nm; m++) {
             km_model_stats *km = &v->key_models[(size_t)v->n_keys * nm + m];
             rc = km_key_model_stats_get(env, k, m, km, sizeof *km);

@@ -214,6 +214,9 @@ uint64_t unix_ms_now(void);
 
 typedef struct pool_view {
     km_pool_stats ps;
+    km_budget_state pb;         /* the pool's budget period (from km_pool_info:
+                                 * the stats structs do not carry it) */
+    km_budget_state *kb;        /* n_keys: each key's (km_key_info) */
     km_model_stats *models;     /* ps.n_models, over all keys */
     km_key_stats *keys;         /* n_keys */
     uint32_t n_keys;
@@ -293,12 +296,14 @@ int cmd_serve(int argc, char **argv);          /* cmd_serve.c */
 int cmd_top(int argc, char **argv);            /* cmd_top.c */
 int cmd_ls(int argc, char **argv);             /* cmd_ls.c */
 int cmd_presets(int argc, char **argv);        /* cmd_presets.c */
+int cmd_reset_spend(int argc, char **argv);    /* cmd_budget.c */
 
 extern const char usage_create[], usage_inspect[], usage_ps[], usage_snapshot[],
     usage_restore[], usage_keygen[], usage_destroy[], usage_persist[], usage_usage[],
     usage_enable[], usage_disable[], usage_add_key[], usage_remove_key[],
     usage_set_weight[], usage_set_limits[], usage_reap[], usage_check[], usage_stats[],
-    usage_metrics[], usage_serve[], usage_top[], usage_ls[], usage_presets[];
+    usage_metrics[], usage_serve[], usage_top[], usage_ls[], usage_presets[],
+    usage_reset_spend[];
 
 /* The Prometheus exposition of the segment (cmd_metrics.c) into *out
  * (malloc'd, *len bytes); a KeyMesh error code. */
@@ -310,7 +315,22 @@ extern const cmd_syntax create_syntax, inspect_syntax, ps_syntax, snapshot_synta
     restore_syntax, keygen_syntax, destroy_syntax, persist_syntax, usage_syntax, enable_syntax,
     disable_syntax, add_key_syntax, remove_key_syntax, set_weight_syntax, set_limits_syntax,
     reap_syntax, check_syntax, stats_syntax, metrics_syntax, serve_syntax, top_syntax, ls_syntax,
-    presets_syntax;
+    presets_syntax, reset_spend_syntax;
+
+/* Attach to segment NAME, find POOL and (kid not NULL) its key KID,
+ * errline-ing what is missing (cmd_keys.c); -1 to go on with *env open,
+ * else an exit status with nothing open. */
+int open_pool_key(const char *name, const char *pname, const char *kid, km_env **env,
+                  int *pool, int *key);
+
+/* Budgets (cmd_budget.c): a period's name ("day", "week", "month",
+ * "lifetime"); a period's end as "2027-01-01 00:00 +02:00" in its zone
+ * ("-": none); and the one line `inspect` and `stats` print for a budget. */
+const char *budget_period_name(int32_t period);
+void fmt_period_end(uint64_t end_ns, int32_t tz_min, char *b, size_t n);
+void fmt_budget_line(const char *lead, uint64_t budget, int hard, uint64_t spent,
+                     uint64_t prev, uint64_t end_ns, int32_t period, int32_t tz_min,
+                     uint32_t warnings);
 
 /* Micro-USD as dollars with 2 to 6 decimals: 100.00, 0.0025 (cmd_stats.c). */
 void fmt_usd(uint64_t micro, char *b, size_t n);

@@ -320,6 +320,10 @@ static const command commands[] = {
     {"set-limits", cmd_set_limits, &set_limits_syntax,
      {"set-limits NAME POOL KEY_ID JSON",
       "change a key's limits, e.g. '{\"rpm\": 500, \"tpm\": null}'"}},
+    {"reset-spend", cmd_reset_spend, &reset_spend_syntax,
+     {"reset-spend NAME POOL [KEY_ID]",
+      "set a pool's or a key's spend in its budget period\n"
+      "back to 0"}},
     {"ps", cmd_ps, &ps_syntax,
      {"ps NAME [--json]", "list the attached processes (pid, alive, leases)"}},
     {"reap", cmd_reap, &reap_syntax,

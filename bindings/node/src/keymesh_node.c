@@ -1624,6 +1624,16 @@ static napi_value n_pool_info(napi_env env, napi_callback_info info)
     SETN(r, "maxFailures", pi.max_failures);
     SETN(r, "budgetMicroUsd", pi.budget_microusd);
     SETN(r, "spentMicroUsd", pi.spent_microusd);
+    /* The budget's period (km_budget_state): the previous period's spend,
+     * when the current one ends (0: no period), a soft budget's warnings. */
+    static const char *const periods[] = {"lifetime", "day", "week", "month"};
+    int per = pi.budget.period >= 0 && pi.budget.period < 4 ? pi.budget.period : 0;
+    CHECK(napi_set_named_property(env, r, "budgetPeriod", str(env, periods[per])));
+    SETN(r, "budgetTzMin", pi.budget.tz_min);
+    SETN(r, "prevSpentMicroUsd", pi.budget.prev_spent_microusd);
+    SETN(r, "periodEndUnixMs", pi.budget.period_end_unix_ns / 1000000u);
+    SETN(r, "budgetWarnings", pi.budget.warnings);
+    SETN(r, "budgetOver", pi.budget.over);
     return r;
 }
 

@@ -27,8 +27,9 @@ import ctypes
 import ctypes.util
 import os
 import threading
-from ctypes import (POINTER, Structure, c_char, c_char_p, c_double, c_int,
-                    c_int64, c_size_t, c_uint, c_uint32, c_uint64, c_void_p)
+from ctypes import (POINTER, Structure, Union, c_char, c_char_p, c_double, c_int,
+                    c_int16, c_int32, c_int64, c_size_t, c_uint, c_uint16, c_uint32,
+                    c_uint64, c_void_p)
 from typing import Any, Callable, Optional
 
 ID_MAX = 63
@@ -94,6 +95,24 @@ OUTCOMES = ("success", "rate_limited", "failure", "auth", "quota", "cancelled")
 
 RESERVED = ("reserved", c_uint64 * 4)  # keymesh.h: zero in, zeroed out
 
+BUDGET_LIFETIME, BUDGET_DAY, BUDGET_WEEK, BUDGET_MONTH = 0, 1, 2, 3
+BUDGET_PERIODS = ("lifetime", "day", "week", "month")
+
+
+class BudgetState(Structure):
+    # keymesh.h km_budget_state: km_pool_info.budget and km_key_info.budget,
+    # in a union with what was their reserved[4].
+    _fields_ = [("prev_spent_microusd", c_uint64), ("period_end_unix_ns", c_uint64),
+                ("period", c_int32), ("tz_min", c_int16), ("rolls", c_uint16),
+                ("warnings", c_uint32), ("over", c_uint32)]
+
+
+class _BudgetUnion(Union):
+    _fields_ = [("budget", BudgetState), RESERVED]
+
+
+BUDGET_TAIL = ("_budget", _BudgetUnion)  # the last field of PoolInfo, KeyInfo
+
 
 class Request(Structure):
     _fields_ = [("pool", c_int), ("strategy", c_int), ("tokens", c_uint32),
@@ -138,15 +157,17 @@ class LimitInfo(Structure):
 
 
 class PoolInfo(Structure):
+    _anonymous_ = ("_budget",)
     _fields_ = [("name", c_char * (ID_MAX + 1)), ("strategy", c_int),
                 ("n_keys", c_uint32), ("cooldown_s", c_uint32),
                 ("max_cooldown_s", c_uint32), ("max_failures", c_uint32),
                 ("model_mode", c_int), ("n_models", c_uint32),
                 ("budget_microusd", c_uint64), ("budget_hard", c_int),
-                ("spent_microusd", c_uint64), ("waiters", c_uint32), RESERVED]
+                ("spent_microusd", c_uint64), ("waiters", c_uint32), BUDGET_TAIL]
 
 
 class KeyInfo(Structure):
+    _anonymous_ = ("_budget",)
     _fields_ = [("id", c_char * (ID_MAX + 1)), ("secret_masked", c_char * 24),
                 ("pool", c_int), ("weight", c_uint32), ("gen", c_uint32),
                 ("state", c_int), ("cooldown_until_ns", c_uint64),
@@ -160,7 +181,7 @@ class KeyInfo(Structure):
                 ("price_out_microusd_per_1k", c_uint64),
                 ("budget_microusd", c_uint64), ("budget_hard", c_int),
                 ("spent_microusd", c_uint64), ("meta", c_char * (META_MAX + 1)),
-                RESERVED]
+                BUDGET_TAIL]
 
 
 class ReapReport(Structure):

@@ -221,6 +221,12 @@ class KeyDict(TypedDict):
     spent_usd: float
     budget_usd: Optional[float]
     budget_hard: Optional[bool]
+    budget_period: Optional[str]
+    budget_tz: Optional[str]
+    prev_spent_usd: float
+    period_end_unix_ms: Optional[int]
+    budget_warnings: int
+    budget_over: Optional[bool]
     models: Dict[str, ModelDict]
 
 
@@ -241,6 +247,12 @@ class PoolStatsDict(TypedDict):
     spent_usd: float
     budget_usd: Optional[float]
     budget_hard: Optional[bool]
+    budget_period: Optional[str]
+    budget_tz: Optional[str]
+    prev_spent_usd: float
+    period_end_unix_ms: Optional[int]
+    budget_warnings: int
+    budget_over: Optional[bool]
     windows: Dict[str, WindowDict]
     models: Dict[str, ModelDict]
     keys: Dict[str, KeyDict]
@@ -293,10 +305,29 @@ def _usd(micro: int) -> float:
     return micro / 1e6
 
 
-def _spend(s: Any) -> Dict[str, Any]:
+def _tz(tz_min: int) -> str:
+    if not tz_min:
+        return "UTC"
+    a = abs(tz_min)
+    return "%s%02d:%02d" % ("-" if tz_min < 0 else "+", a // 60, a % 60)
+
+
+def _spend(s: Any, info: Any) -> Dict[str, Any]:
+    # kmctl's cmd_stats.c budget_json: the period fields come from the
+    # info struct (km_pool_info / km_key_info), as kmctl reads them.
+    b = s.budget_microusd
+    st = info.budget
+    period = st.period if 0 <= st.period < len(L.BUDGET_PERIODS) else 0
     return {"spent_usd": _usd(s.spent_microusd),
-            "budget_usd": _usd(s.budget_microusd) if s.budget_microusd else None,
-            "budget_hard": bool(s.budget_hard) if s.budget_microusd else None}
+            "budget_usd": _usd(b) if b else None,
+            "budget_hard": bool(s.budget_hard) if b else None,
+            "budget_period": L.BUDGET_PERIODS[period] if b else None,
+            "budget_tz": _tz(st.tz_min) if b else None,
+            "prev_spent_usd": _usd(st.prev_spent_microusd),
+            "period_end_unix_ms": _u64(st.period_end_unix_ns // 1000000)
+            if st.period_end_unix_ns else None,
+            "budget_warnings": st.warnings,
+            "budget_over": bool(st.over) if b else None}
 
 
 def model_dict(m: ModelStats, summed: bool) -> Dict[str, Any]:
@@ -307,7 +338,7 @@ def model_dict(m: ModelStats, summed: bool) -> Dict[str, Any]:
             "windows": windows(m.windows, m.keys_limited if summed else None)}
 
 
-def key_dict(k: KeyStats, models: List[ModelStats]) -> Dict[str, Any]:
+def key_dict(k: KeyStats, models: List[ModelStats], info: Any) -> Dict[str, Any]:
     d: Dict[str, Any] = {
         "id": k.id.decode("utf-8", "replace"),
         "state": _STATE_NAMES[k.state] if 0 <= k.state < KEY_STATE_COUNT else str(k.state),
@@ -322,12 +353,13 @@ def key_dict(k: KeyStats, models: List[ModelStats]) -> Dict[str, Any]:
         "counters": counters(k.counters),
         "windows": windows(k.windows),
     }
-    d.update(_spend(k))
+    d.update(_spend(k, info))
     d["models"] = {m["name"]: m for m in (model_dict(x, False) for x in models)}
     return d
 
 
-def pool_dict(p: PoolStats, models: List[ModelStats], keys: Dict[str, Any]) -> Dict[str, Any]:
+def pool_dict(p: PoolStats, models: List[ModelStats], keys: Dict[str, Any],
+              info: Any) -> Dict[str, Any]:
     d: Dict[str, Any] = {
         "name": p.name.decode("utf-8", "replace"),
         "strategy": lib.km_strategy_name(p.strategy).decode(),
@@ -341,7 +373,7 @@ def pool_dict(p: PoolStats, models: List[ModelStats], keys: Dict[str, Any]) -> D
         "latency_ema_us": _u64(p.latency_ema_us) if p.latency_ema_us else None,
         "success_rate": p.success_ppm / 1e6,
     }
-    d.update(_spend(p))
+    d.update(_spend(p, info))
     d["windows"] = windows(p.windows, p.keys_limited)
     d["models"] = {m["name"]: m for m in (model_dict(x, True) for x in models)}
     d["keys"] = keys
@@ -384,6 +416,8 @@ def pool_stats(ptr: int, pool: int, segment: str, key: Optional[str] = None,
         raise KeyMeshError("model %r in pool '%s': %s" % (model, pname, L.strerror(L.ENOMODEL)),
                            L.ENOMODEL)
 
+    pi = L.PoolInfo()
+    _check(lib.km_pool_info_get(ptr, pool, ctypes.byref(pi)), "pool '%s'" % pname)
     # Keys: the pool's member list now (it may change while read: stop at
     # its end, skip a key removed meanwhile), or the one asked for.
     if key is not None:
@@ -394,8 +428,6 @@ def pool_stats(ptr: int, pool: int, segment: str, key: Optional[str] = None,
         indices = [k]
     else:
         indices = []
-        pi = L.PoolInfo()
-        _check(lib.km_pool_info_get(ptr, pool, ctypes.byref(pi)), "pool '%s'" % pname)
         for i in range(max(pi.n_keys, ps.n_keys)):
             k = lib.km_pool_key(ptr, pool, i)
             if k == L.ENOKEY:
@@ -410,6 +442,9 @@ def pool_stats(ptr: int, pool: int, segment: str, key: Optional[str] = None,
         if rc == L.ENOKEY and key is None:
             continue  # removed while we read
         _check(rc, "key %d" % k)
+        ki = L.KeyInfo()
+        if lib.km_key_info_get(ptr, k, ctypes.byref(ki)) != 0:
+            ki = L.KeyInfo()  # removed since: no period figures
         kms = []
         for m in midx:
             x = ModelStats()
@@ -418,8 +453,8 @@ def pool_stats(ptr: int, pool: int, segment: str, key: Optional[str] = None,
                 break
             _check(rc, "model %d of key %d" % (m, k))
             kms.append(x)
-        kd = key_dict(ks, kms)
+        kd = key_dict(ks, kms, ki)
         keys[kd["id"]] = kd
     out: Dict[str, Any] = {"segment": segment, "taken_unix_ms": taken_unix_ms}
-    out.update(pool_dict(ps, pmodels, keys))
+    out.update(pool_dict(ps, pmodels, keys, pi))
     return out
