@@ -16,6 +16,12 @@
  *   T2  A slot counts as live from the CAS on its tag: while its pid field
  *       does not yet name the tag's pid (the process is attaching, or died
  *       attaching), liveness is judged by the tag's pid alone.
+ *   T3  One reaper at a time frees a dead slot: it first CASes the dead tag
+ *       to its reaping mark (km__proc_reap_take), which no claim (it needs
+ *       0) and no other reaper (it needs a dead tag, or the mark of a dead
+ *       reaper) can take; what it clears for the slot then cannot meet a
+ *       process that claimed the slot meanwhile.  A marked slot holds no
+ *       live process.
  *
  * Liveness is pid plus process start time (field 22 of /proc/<pid>/stat, in
  * clock ticks since boot): a pid reused by another process has another start
@@ -113,6 +119,8 @@ static int tag_alive(const km__proc *p, uint64_t tag)
 
 int km__proc_entry_live(const km__seg *s, uint32_t slot, uint64_t tag)
 {
+    if (km__tag_reaping(tag))
+        return 0; /* T3: being freed; its process is dead */
     return tag == s->tag || tag_alive(&km__procs(s)[slot], tag);
 }
 
@@ -196,12 +204,33 @@ int km__proc_next_dead(const km__seg *s, uint32_t *slot, uint64_t *tagp)
         uint64_t tag = ck_pr_load_64(&pt[i].tag);
         if (tag == 0 || km__proc_entry_live(s, i, tag))
             continue;
+        /* A slot a live reaper is freeing is its (T3); a dead one's mark
+         * is taken over. */
+        if (km__tag_reaping(tag) && km__pid_exists(km__tag_pid(tag)))
+            continue;
         *slot = i;
         *tagp = tag;
         return 1;
     }
     *slot = s->cap_procs;
     return 0;
+}
+
+int km__proc_reap_take(km__seg *s, uint32_t slot, uint64_t tag, uint64_t *mark)
+{
+    uint64_t m = ((uint64_t)km__tag_slot1(tag) << 32) | KM__TAG_REAPING | (uint32_t)getpid();
+    /* The CAS is the whole claim (T3): of several reapers one wins, and a
+     * slot freed or claimed again meanwhile no longer holds `tag`. */
+    if (slot >= s->cap_procs || !ck_pr_cas_64(&km__procs(s)[slot].tag, tag, m))
+        return 0;
+    *mark = m;
+    return 1;
+}
+
+void km__proc_reap_undo(km__seg *s, uint32_t slot, uint64_t mark, uint64_t tag)
+{
+    if (slot < s->cap_procs)
+        (void)ck_pr_cas_64(&km__procs(s)[slot].tag, mark, tag); /* ours: it holds */
 }
 
 int km__proc_free_dead(km__seg *s, uint32_t slot, uint64_t tag)

@@ -192,9 +192,15 @@ static inline uint64_t km__proc_tag(uint32_t slot, uint32_t pid)
 {
     return ((uint64_t)(slot + 1) << 32) | pid;
 }
-/* The slot a tag names, plus 1 (0: not a tag of any slot), and its pid. */
+/* A slot's tag while a reaper frees it (T3): (slot + 1) << 32 | this bit |
+ * the reaper's pid.  Pids stay below 2^22 (PID_MAX_LIMIT), so bit 31 is
+ * never a pid's. */
+#define KM__TAG_REAPING (UINT64_C(1) << 31)
+static inline int km__tag_reaping(uint64_t tag) { return (tag & KM__TAG_REAPING) != 0; }
+/* The slot a tag names, plus 1 (0: not a tag of any slot), and its pid (a
+ * reaper's, for a reaping mark). */
 static inline uint32_t km__tag_slot1(uint64_t tag) { return (uint32_t)(tag >> 32); }
-static inline uint32_t km__tag_pid(uint64_t tag) { return (uint32_t)tag; }
+static inline uint32_t km__tag_pid(uint64_t tag) { return (uint32_t)(tag & ~KM__TAG_REAPING); }
 
 static inline km__proc *km__procs(const km__seg *s)
 {
@@ -231,8 +237,19 @@ int km__proc_tag_live(const km__seg *s, uint64_t tag);
  * set, 0 when there is none.  Typical use:
  *   for (uint32_t i = 0; km__proc_next_dead(s, &i, &tag); i++) ... */
 int km__proc_next_dead(const km__seg *s, uint32_t *slot, uint64_t *tag);
-/* Free a dead process's slot if it still holds `tag`.  The caller has made
- * sure nothing carries the tag any more (T1).  1 if freed. */
+/* Take a dead process's slot for this reaper (T3): CAS its tag to the mark
+ * (slot + 1) << 32 | KM__TAG_REAPING | our pid.  `tag` is what
+ * km__proc_next_dead returned: the dead process's tag, or the mark of a
+ * reaper that died, taken over.  While marked the slot can be neither
+ * claimed nor taken by another reaper, so what the client clears for a dead
+ * slot (src/wait.c: its sleeper row) cannot meet a new occupant.  1 with
+ * *mark set; 0 if the slot moved meanwhile. */
+int km__proc_reap_take(km__seg *s, uint32_t slot, uint64_t tag, uint64_t *mark);
+/* Give a taken slot back as it was (`tag`), for a later reap. */
+void km__proc_reap_undo(km__seg *s, uint32_t slot, uint64_t mark, uint64_t tag);
+/* Free a dead process's slot if it still holds `tag` (its tag, or our
+ * mark).  The caller has made sure nothing carries the dead process's tag
+ * any more (T1).  1 if freed. */
 int km__proc_free_dead(km__seg *s, uint32_t slot, uint64_t tag);
 
 /* ---------------------------------------------------------- shm/epoch.c */

@@ -329,13 +329,23 @@ int km__reap_dead(km_env *e, km_reap_report *rep, int repair)
     km__admin_recover_dead(e);
     km__reap_leases(e, &r, repair);
     for (uint32_t i = 0; km__proc_next_dead(&e->seg, &i, &tag); i++) {
-        /* Its sleepers out of the pools' counts and its row cleared
-         * (src/wait.c) before the slot can be claimed again. */
-        if (km__count_owned(e, tag) != 0 || !km__waiters_reap(e, i)) {
-            r.pending++; /* a recount could not settle yet */
+        /* Nothing may carry the dead tag (T1; a mark taken over from a
+         * reaper that died was set once that held).  Then the slot is this
+         * reaper's alone (T3, shm/proc.c) while its sleepers leave the
+         * pools' counts and its row is cleared (src/wait.c): no process can
+         * claim the slot and start sleeping in that row meanwhile. */
+        uint64_t mark;
+        if ((!km__tag_reaping(tag) && km__count_owned(e, tag) != 0) ||
+            !km__proc_reap_take(&e->seg, i, tag, &mark)) {
+            r.pending++; /* a recount could not settle yet, or the slot moved */
             continue;
         }
-        if (km__proc_free_dead(&e->seg, i, tag)) /* T1 */
+        if (!km__waiters_reap(e, i)) {
+            km__proc_reap_undo(&e->seg, i, mark, tag);
+            r.pending++;
+            continue;
+        }
+        if (km__proc_free_dead(&e->seg, i, mark)) /* T1 */
             r.processes++;
     }
     if (rep)

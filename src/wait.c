@@ -341,7 +341,8 @@ int km__waiters_reap(km_env *e, uint32_t slot)
     km__wrow *row = km__wrows(e, slot);
     wlive lc = {0};
     /* A reserve the dead process held (R1): its low half names the slot,
-     * which no live process holds until the caller frees it. */
+     * which the caller holds marked for reaping (T3, shm/proc.c): no live
+     * process holds it until the caller frees it. */
     for (uint32_t p = 0; p < e->geom.cap_pools; p++) {
         km__pool *pool = &km__pools(e)[p];
         uint64_t r = ck_pr_load_64(&pool->reserve);
@@ -365,8 +366,9 @@ int km__waiters_reap(km_env *e, uint32_t slot)
     }
     if (!any)
         return 1;
-    /* The dead process's share is out of every pool: clear its row, before
-     * its slot can be claimed again (the caller's CAS on the tag). */
+    /* The dead process's share is out of every pool: clear its row.  The
+     * caller holds the slot marked for reaping (T3), so no process claims
+     * it and counts itself in this row before the caller frees it. */
     for (uint32_t p = 0; p < e->geom.cap_pools; p++)
         ck_pr_store_32(&row->n[p], 0);
     ck_pr_store_64(&row->busy, 0);

@@ -333,6 +333,71 @@ static void test_dead_sleepers(void)
     km_unlink(wname);
 }
 
+/* T3 (shm/proc.c): a dead slot marked by its reaper can be neither
+ * claimed nor reaped by another process until the reaper frees it or gives
+ * it back, and a reaper that dies holding the mark is taken over.  Without
+ * it a second reaper could clear the sleeper row of a process that claimed
+ * the slot in between. */
+static void test_reap_mark(void)
+{
+    const char *js = "{\"capacity\":{\"processes\":2},\"pools\":[{\"name\":\"p\","
+                     "\"keys\":[{\"id\":\"k\",\"secret\":\"sk-test-reapmark1\"}]}]}";
+    char err[256], rname[64];
+    km_config *cfg;
+    km_env *e;
+    snprintf(rname, sizeof rname, "kmt-crashr-%d", (int)getpid());
+    km_unlink(rname);
+    if (km_config_parse(js, strlen(js), "t_crash", &cfg, err, sizeof err) ||
+        km_create(rname, cfg, 0, &e))
+        bail_out("create: %s", err);
+    km_config_free(cfg);
+    pid_t c = fork();
+    if (c == 0) {
+        km_env *x;
+        _exit(km_open_flags(rname, KM_OPEN_NO_REAP, &x) == KM_OK ? 0 : 1); /* dies attached */
+    }
+    int st;
+    waitpid(c, &st, 0);
+    uint32_t slot = 0;
+    uint64_t tag = 0, mark = 0;
+    int found = km__proc_next_dead(&e->seg, &slot, &tag);
+    ok(found && WIFEXITED(st) && WEXITSTATUS(st) == 0 && slot == 1, "a dead process holds slot 1");
+    ok(km__proc_reap_take(&e->seg, slot, tag, &mark) && km__tag_reaping(mark),
+       "the reaper marks the dead slot");
+    /* Another process attaching reaps first: it must neither reap nor claim
+     * the marked slot while its reaper lives. */
+    c = fork();
+    if (c == 0) {
+        km_env *x;
+        int rc = km_open(rname, &x);
+        _exit(rc == KM_EPROCS ? 0 : rc == KM_OK ? 1 : 2);
+    }
+    waitpid(c, &st, 0);
+    is_int(WIFEXITED(st) ? WEXITSTATUS(st) : -1, 0, "an attach meanwhile finds the table full (KM_EPROCS)");
+    is_int(ck_pr_load_64(&km__procs(&e->seg)[slot].tag), (int64_t)mark, "the mark is still the reaper's");
+    km__proc_reap_undo(&e->seg, slot, mark, tag);
+    is_int(ck_pr_load_64(&km__procs(&e->seg)[slot].tag), (int64_t)tag, "given back, the slot holds the dead tag again");
+    /* A reaper that dies holding the mark: the next reap takes it over. */
+    c = fork();
+    if (c == 0) {
+        uint64_t m;
+        _exit(km__proc_reap_take(&e->seg, slot, tag, &m) ? 0 : 1);
+    }
+    waitpid(c, &st, 0);
+    uint64_t left = ck_pr_load_64(&km__procs(&e->seg)[slot].tag);
+    ok(WIFEXITED(st) && WEXITSTATUS(st) == 0 && km__tag_reaping(left) && left != mark,
+       "a reaper that died left its own mark");
+    km_reap_report rep;
+    km_reap(e, &rep);
+    is_int(ck_pr_load_64(&km__procs(&e->seg)[slot].tag), 0, "the next reap took the dead reaper's mark over and freed the slot");
+    km_info inf;
+    km_info_get(e, &inf);
+    is_int(inf.n_procs, 1, "one process attached, the reaper's own count right");
+    is_int(km_check(e, NULL, NULL), 0, "km_check clean");
+    km_close(e);
+    km_unlink(rname);
+}
+
 int main(void)
 {
     char js[2048], err[256];
@@ -344,7 +409,7 @@ int main(void)
         secs = 1.0;
 #endif
 
-    plan(33);
+    plan(42);
     snprintf(name, sizeof name, "kmt-crash-%d", (int)getpid());
     size_t o = (size_t)snprintf(js, sizeof js,
         "{\"capacity\":{\"processes\":32},\"pools\":[{\"name\":\"p\",\"limits\":{"
@@ -487,6 +552,7 @@ int main(void)
     is_u64(inf.n_procs, 1, "only the parent is attached again");
 
     test_dead_sleepers();
+    test_reap_mark();
 
     munmap(sh, sizeof(shared));
     km_close(e);
