@@ -215,8 +215,12 @@ static __attribute__((noinline, cold)) int refused(km_env *e, km__key *k, const 
     ck_pr_inc_64(&k->stale);
     /* On the model row too, by the caller's copy of the lease: it names a
      * listed model only (a named row is in the slot, no longer the
-     * lease's).  A locked add, as the key's (km__mwin). */
-    km__mwin *mr = l->model > 0 ? km__mrow(e, (uint32_t)l->key, (uint32_t)l->model) : NULL;
+     * lease's), and only while the key row is still the lease's key (a
+     * reused row's model rows are another key's).  A locked add, as the
+     * key's (km__mwin). */
+    km__mwin *mr = l->model > 0 && l->key_gen == ck_pr_load_32(&k->gen)
+                       ? km__mrow(e, (uint32_t)l->key, (uint32_t)l->model)
+                       : NULL;
     if (mr)
         ck_pr_inc_64(&mr->stale);
     return KM_ESTALE;
@@ -276,15 +280,23 @@ KM_EXTERN int km_release(km_env *e, const km_lease *l, const km_outcome *o)
         km__usage_put(e, km__rd_holds_row1(&e->seg), l->key, lv.key_gen, k->pool, lv.model, lv.start_ns, actual,
                       lat_us, kind);
     } else {
+        /* The row was reused since: the count goes on the key row, as
+         * always; its model rows are the new key's and name its pool's
+         * models, not this lease's, so none is counted. */
         ck_pr_inc_64(&k->stale);
-        if (mr)
-            ck_pr_inc_64(&mr->stale); /* locked, as the key's (km__mwin) */
     }
     /* The probe ends with its own release, after its outcome moved the
      * state, and while we still hold the slot: dying before this store, we
-     * leave the word to the reaper of our slot (km__probe_drop). */
-    if (probe)
-        km__probe_clear(k);
+     * leave the word to the reaper of our slot (km__probe_drop).  A stale
+     * probe's outcome moved nothing (health is skipped): it ends as a probe
+     * that never reports, PROBING -> FAILING, so the key is not left
+     * PROBING with no probe out. */
+    if (probe) {
+        if (stale)
+            km__probe_drop(k, si);
+        else
+            km__probe_clear(k);
+    }
     /* In-flight -1: clear our flag (I1), then count the outcome, then free
      * the slot (I3): P4.  A reaper that finds this slot RELEASING with its flag
      * still set knows the outcome was not counted and counts it abandoned;
