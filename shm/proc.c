@@ -230,7 +230,10 @@ int km__proc_reap_take(km__seg *s, uint32_t slot, uint64_t tag, uint64_t *mark)
 void km__proc_reap_undo(km__seg *s, uint32_t slot, uint64_t mark, uint64_t tag)
 {
     if (slot < s->cap_procs)
-        (void)ck_pr_cas_64(&km__procs(s)[slot].tag, mark, tag); /* ours: it holds */
+        /* Only we hold the mark, so the CAS succeeds; it is one anyway, so
+         * a slot that is not ours (a bad argument) is left alone.  Locked: the
+         * row work we abandon is ordered before the slot reads dead again. */
+        (void)ck_pr_cas_64(&km__procs(s)[slot].tag, mark, tag);
 }
 
 int km__proc_free_dead(km__seg *s, uint32_t slot, uint64_t tag)

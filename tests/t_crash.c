@@ -209,23 +209,32 @@ static int row_clear_at(km_env *e, uint32_t slot)
     return ck_pr_load_64(&r->busy) == 0 && ck_pr_load_32(&r->n[0]) == 0;
 }
 
+/* A segment of its own for one test: kmt-TAG-PID from configuration js. */
+static km_env *create_seg(char *name_out, size_t n, const char *tag, const char *js)
+{
+    char err[256] = "";
+    km_config *cfg;
+    km_env *e;
+    snprintf(name_out, n, "kmt-%s-%d", tag, (int)getpid());
+    km_unlink(name_out);
+    if (km_config_parse(js, strlen(js), "t_crash", &cfg, err, sizeof err))
+        bail_out("config: %s", err);
+    if (km_create(name_out, cfg, 0, &e) != KM_OK)
+        bail_out("create %s", name_out);
+    km_config_free(cfg);
+    return e;
+}
+
 static void test_dead_sleepers(void)
 {
     const char *js = "{\"capacity\":{\"processes\":16,\"inflight_per_key\":1},\"pools\":[{\"name\":\"p\","
                      "\"keys\":[{\"id\":\"k\",\"secret\":\"sk-test-sleeper1\"}]}]}";
-    char err[256];
-    km_config *cfg;
     km_env *e;
     km_lease held;
     km_request rq = {.pool = 0};
     km_reap_report rep;
 
-    snprintf(wname, sizeof wname, "kmt-crashw-%d", (int)getpid());
-    km_unlink(wname);
-    if (km_config_parse(js, strlen(js), "t_crash", &cfg, err, sizeof err) ||
-        km_create(wname, cfg, 0, &e))
-        bail_out("create: %s", err);
-    km_config_free(cfg);
+    e = create_seg(wname, sizeof wname, "crashw", js);
     km__pool *pool = &km__pools(e)[0];
     if (km_acquire(e, &rq, &held) != KM_OK) /* the only lease: sleepers sleep */
         bail_out("acquire");
@@ -342,15 +351,8 @@ static void test_reap_mark(void)
 {
     const char *js = "{\"capacity\":{\"processes\":2},\"pools\":[{\"name\":\"p\","
                      "\"keys\":[{\"id\":\"k\",\"secret\":\"sk-test-reapmark1\"}]}]}";
-    char err[256], rname[64];
-    km_config *cfg;
-    km_env *e;
-    snprintf(rname, sizeof rname, "kmt-crashr-%d", (int)getpid());
-    km_unlink(rname);
-    if (km_config_parse(js, strlen(js), "t_crash", &cfg, err, sizeof err) ||
-        km_create(rname, cfg, 0, &e))
-        bail_out("create: %s", err);
-    km_config_free(cfg);
+    char rname[64];
+    km_env *e = create_seg(rname, sizeof rname, "crashr", js);
     pid_t c = fork();
     if (c == 0) {
         km_env *x;
