@@ -121,7 +121,7 @@ int main(void)
 {
     char err[512];
     fixtures_init("keymodels");
-    plan(40);
+    plan(42);
 
     km_env *env = mkseg(config);
     int ka = km_key_find(env, 0, "a"), kb = km_key_find(env, 0, "b"), own;
@@ -189,6 +189,10 @@ int main(void)
     ok(strstr(err, "zz") != NULL, "the message names it: %s", err);
     is_int(km_key_set_model_limits(env, kb, "m", "{\"rpm\": 0}", err, sizeof err), KM_ECONFIG,
            "a bad number: KM_ECONFIG");
+    is_int(km_key_add(env, 0, "{\"id\": \"c\", \"secret\": \"sk-test-keymodels-c\", "
+                      "\"models\": {\"m\": {\"rph\": 5}}}", err, sizeof err), KM_ECONFIG,
+           "km_key_add with models: refused");
+    ok(strstr(err, "km_key_set_model_limits") != NULL, "and told where they go: %s", err);
 
     /* 6. Snapshot and restore keep the own limits (and only the own). */
     unsigned char key[32];
