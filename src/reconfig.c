@@ -907,12 +907,11 @@ KM_EXTERN int km_key_set_model_limits(km_env *e, int key, const char *model,
     const km__model *md = &mds[mi];
     const km__mwin *mw = &km__mwins(e, (uint32_t)key)[mi];
     km__intent *in = km__intent_of(e);
-    int had = (int)((k->own_models >> mi) & 1);
-    uint32_t own = had ? mw->own_set : 0;
+    /* What applies now: the key's own set, or the pool's model. */
+    km__lset cur = km__model_lset(e, k, (uint32_t)key, md, mi);
+    uint32_t own = (k->own_models >> mi) & 1 ? mw->own_set : 0;
     for (int w = 0; w < KM_WIN_COUNT; w++) {
-        /* What applies now (the key's own set, or the pool's model), what
-         * the pool's model gives, and what the key keeps of its own. */
-        km__lset cur = km__model_lset(e, k, (uint32_t)key, md, mi);
+        /* What the pool's model gives, and what the key keeps of its own. */
         km__limit_cfg pl = window_cfg(md->win_mask, md->limit, md->burst, md->mode, w), lc;
         if (set & (1u << w)) { /* named: the key's own; null: the pool's again */
             own = given[w].limit ? own | 1u << w : own & ~(1u << w);
