@@ -84,6 +84,12 @@ typedef struct scenario {
     const char *model; /* --model: the pool lists it and every request names
                         * it (one key x model counter more per acquire and
                         * release); NULL: none */
+    int per_model;     /* --per-model: the pool's "model_limits" is per_model
+                        * and the model has limits (never binding), checked
+                        * on each key next to the key's own */
+    int own_keys;      /* --own-keys N: the first N keys have their own
+                        * limits of the model (per-key model limits, never
+                        * binding either) */
     double seconds;
     int reps;
 } scenario;
@@ -209,7 +215,11 @@ static int make_config(const scenario *sc, km_config **cfg)
                           sc->usage_events < 0 ? "" : sc->usage_events ? ", \"usage_events\": 4096"
                                                                      : ", \"usage_events\": 0",
                           km_strategy_name(sc->strategy), sc->model ? " \"models\": {\"" : "",
-                          sc->model ? sc->model : "", sc->model ? "\": {}}," : "");
+                          sc->model ? sc->model : "",
+                          !sc->model       ? ""
+                          : sc->per_model ? "\": {\"rpm\": 1000000000, \"tpm\": 1000000000000}},"
+                                            " \"model_limits\": \"per_model\","
+                                          : "\": {}},");
     if (sc->limits)
         /* Never binding: rpm 1e9 and tpm 1e12 give the GCRA words a burst
          * tolerance of a full minute, far more than a run consumes. */
@@ -222,6 +232,11 @@ static int make_config(const scenario *sc, km_config **cfg)
                               "   {\"id\": \"k%03d\", \"secret\": "
                               "\"sk-bench-%08d\", \"weight\": %d",
                               i, i, sc->strategy == KM_STRATEGY_WEIGHTED ? 1 + i % 4 : 1);
+        if (i < sc->own_keys) /* its own limits of the model, as loose */
+            n += (size_t)snprintf(js + n, cap - n,
+                                  ", \"models\": {\"%s\": {\"rpm\": 1500000000, "
+                                  "\"tpm\": 1000000000000}}",
+                                  sc->model);
         if (sc->strategy == KM_STRATEGY_COST) {
             /* Distinct prices, shuffled (see the head comment). */
             int r = (int)(((long)i * 4099 + sc->keys / 2) % sc->keys);
@@ -438,11 +453,12 @@ static int run_scenario(const scenario *sc, int seq)
     double med = sc->reps % 2 ? rate[sc->reps / 2]
                               : (rate[sc->reps / 2 - 1] + rate[sc->reps / 2]) / 2;
     printf("SUMMARY acquire_release procs=%d keys=%d strategy=%s limits=%s "
-           "tokens=%u usage_events=%s model=%s seconds=%g reps=%d p50_ns=%llu p99_ns=%llu "
-           "p999_ns=%llu ops_per_s=%.0f\n",
+           "tokens=%u usage_events=%s model=%s model_limits=%s own_keys=%d seconds=%g reps=%d "
+           "p50_ns=%llu p99_ns=%llu p999_ns=%llu ops_per_s=%.0f\n",
            sc->procs, sc->keys, km_strategy_name(sc->strategy),
            sc->limits ? "on" : "off", (unsigned)sc->tokens,
-           sc->usage_events == 0 ? "off" : "on", sc->model ? sc->model : "-", sc->seconds,
+           sc->usage_events == 0 ? "off" : "on", sc->model ? sc->model : "-",
+           !sc->model ? "-" : sc->per_model ? "per_model" : "global", sc->own_keys, sc->seconds,
            sc->reps,
            (unsigned long long)pct_pair_ns(all, n_all, 0.50),
            (unsigned long long)pct_pair_ns(all, n_all, 0.99),
@@ -473,6 +489,7 @@ static void usage(void)
     fprintf(stderr, "usage: bench_acquire [--procs N] [--keys N] [--strategy S]\n"
                     "                     [--seconds S] [--reps R] [--limits on|off] "
                     "[--tokens N] [--usage-events on|off] [--model M] [--short]\n"
+                    "                     [--per-model] [--own-keys N]\n"
                     "       bench_acquire [--matrix base|strategies|all] [--seconds S] "
                     "[--reps R]\n"
                     "                     [--limits on|off] [--tokens N] [--short]\n"
@@ -520,6 +537,8 @@ int main(int argc, char **argv)
         {"tokens", required_argument, NULL, 't'},
         {"usage-events", required_argument, NULL, 'u'},
         {"model", required_argument, NULL, 'M'},
+        {"per-model", no_argument, NULL, 'P'},
+        {"own-keys", required_argument, NULL, 'O'},
         {"short", no_argument, NULL, 'q'},
         {"matrix", required_argument, NULL, 'm'},
         {"help", no_argument, NULL, 'h'},
@@ -595,6 +614,12 @@ int main(int argc, char **argv)
                 usage();
             base.model = optarg;
             break;
+        case 'P':
+            base.per_model = 1;
+            break;
+        case 'O':
+            base.own_keys = (int)parse_long(optarg, 0, 4096, "own-keys");
+            break;
         case 'q':
             shortrun = 1;
             break;
@@ -604,6 +629,14 @@ int main(int argc, char **argv)
     }
     if (optind != argc)
         usage();
+    if ((base.per_model || base.own_keys) && !base.model) {
+        fprintf(stderr, "bench_acquire: --per-model and --own-keys need --model\n");
+        usage();
+    }
+    if (base.own_keys && !base.per_model) {
+        fprintf(stderr, "bench_acquire: --own-keys needs --per-model\n");
+        usage();
+    }
     if (single && sets) {
         fprintf(stderr, "bench_acquire: --matrix runs sets of scenarios; it does "
                 "not go with --procs, --keys or --strategy\n");

@@ -630,6 +630,14 @@ KM_EXTERN int km_key_info_get(km_env *env, int key, km_key_info *out);
  * @note As km_info_get(). */
 KM_EXTERN int km_model_info_get(km_env *env, int pool, int i, int key,
                                 char name[KM_ID_MAX + 1], km_limit_info limits[KM_WIN_COUNT]);
+/* Which windows of model `i` of a pool key `key` sets itself
+ * (km_key_set_model_limits, or the key's "models" in the configuration):
+ * bit w set in *windows for window w (KM_WIN_*); 0 when the key has the
+ * pool's limits of that model.  km_model_info_get gives the limits in
+ * force, own or not.  KM_ENOMODEL past the end, KM_ENOKEY for a key not
+ * of the pool.
+ * @note As km_info_get(). */
+KM_EXTERN int km_model_own_get(km_env *env, int pool, int i, int key, uint32_t *windows);
 
 /* Operator action on a key: KM_KEY_ACTIVE (enable: clears invalid,
  * exhausted, cooldowns and failure counts; a key whose hard budget is spent
@@ -723,6 +731,20 @@ KM_EXTERN int km_key_set_weight(km_env *env, int key, uint32_t weight);
  * @note As km_key_add(). */
 KM_EXTERN int km_key_set_limits(km_env *env, int key, const char *limits_json,
                                 char *errbuf, size_t errlen);
+
+/* Change a key's own limits of one model of its pool (a per_model pool):
+ * limits_json as for km_key_set_limits; windows it names become the key's
+ * own for that model, null gives a window back to the pool's limit of the
+ * model, and the others are kept (the key's own, or the pool's).  A key
+ * with no window of its own left has the pool's limits of the model
+ * again.  The model's current debt on the key carries over in units, and
+ * acquirers skip the key for one grace period, as for km_key_set_limits.
+ * KM_ENOMODEL (the pool lists no such model), KM_ECONFIG (errbuf: bad
+ * limits, or a pool without per-model limits), KM_EBUSY (grace period
+ * timed out, nothing changed).
+ * @note As km_key_add(). */
+KM_EXTERN int km_key_set_model_limits(km_env *env, int key, const char *model,
+                                      const char *limits_json, char *errbuf, size_t errlen);
 
 /* How long this handle's reconfiguration calls wait for a grace period.
  * @note Thread-safe: a relaxed atomic store; a reconfiguration call on the

@@ -129,7 +129,7 @@ static int lease_key(km_env *e, uint32_t ki, key_scan *sc, km_lease *out)
         }
     }
     if (sc->md)
-        mset = km__model_lset(e, ki, sc->md, mi);
+        mset = km__model_lset(e, k, ki, sc->md, mi);
     if (km__over_burst(&kset, sc->a.tokens) || (sc->md && km__over_burst(&mset, sc->a.tokens))) {
         sc->cost_blocked++;
         return 0;
@@ -176,11 +176,13 @@ static int lease_key(km_env *e, uint32_t ki, key_scan *sc, km_lease *out)
      * stored after a fence further down; one that sees ADMITTING uses only
      * owner, phase and seq (P3).  The model: per_model windows settle by it
      * at release (a global pool's models have none), and usage events name
-     * it; res_mask: which token windows the lease reserves. */
+     * it; res_mask: which token windows of the key and of the model the
+     * lease reserves. */
     ck_pr_store_64(km__pair(&ls->seq), seq | (uint64_t)sc->a.tokens << 32);
     ck_pr_store_64(&ls->start_ns, sc->a.now);
-    ck_pr_store_64(km__pair(&ls->model),
-                   (sc->model | sc->named) | (uint64_t)(kset.mask & KM__TOKEN_WINS) << 32);
+    uint32_t res = (kset.mask & KM__TOKEN_WINS) |
+                   (sc->md ? (mset.mask & KM__TOKEN_WINS) << KM__RES_MODEL_SHIFT : 0);
+    ck_pr_store_64(km__pair(&ls->model), (sc->model | sc->named) | (uint64_t)res << 32);
     ck_pr_store_64(km__pair(&ls->key_gen), gen | (uint64_t)KM__LP_ADMITTING << 32);
     /* The phase store must be visible before any limit word changes, so a
      * reaper that finds our charges can find this slot (P2).  The atomics below
@@ -306,7 +308,7 @@ static int eligible(km_env *e, uint32_t ki, key_scan *sc)
         sc->a.now < ck_pr_load_64(&k->cooldown_until) || !km__precheck(&kset, &sc->a))
         return 0;
     if (sc->md) {
-        km__lset mset = km__model_lset(e, ki, sc->md, sc->model - 1);
+        km__lset mset = km__model_lset(e, k, ki, sc->md, sc->model - 1);
         if (!km__precheck(&mset, &sc->a))
             return 0;
     }

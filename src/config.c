@@ -339,6 +339,8 @@ void km__cfg_syntax_text(const json_error_t *e, char *out, size_t outlen)
 void km__cfg_destroy(km_config *cfg)
 {
     if (cfg->keys) {
+        for (uint32_t i = 0; i < cfg->n_keys; i++)
+            free(cfg->keys[i].own);
         explicit_bzero(cfg->keys, (size_t)cfg->n_keys * sizeof *cfg->keys);
         free(cfg->keys);
     }

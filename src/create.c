@@ -75,6 +75,15 @@ uint32_t km__key_limits_write(km__key *k, const km__limit_cfg *lc)
     return k->win_mask;
 }
 
+/* A key's own limits of one model into its model row (km__mwin lines 1
+ * and 3-5); the caller sets the key's own_models bit. */
+void km__mwin_limits_write(km__mwin *mw, const km__limit_cfg *lc, uint32_t own_set)
+{
+    mw->win_mask = limits_init(lc, mw->emission_ns, mw->tau_ns, mw->limit, mw->burst, mw->mode);
+    mw->min_tok_burst = min_tok_burst(mw->win_mask, mw->burst);
+    mw->own_set = (uint8_t)own_set;
+}
+
 int km__cmp_price(const void *a, const void *b, void *keys)
 {
     const km__key *k = keys;
@@ -134,6 +143,13 @@ void km__pool_init(km_env *e, const km_config *cfg)
             km__key *k = &keys[ki];
 
             km__key_write(e, k, p, kc);
+            for (uint32_t o = 0; o < kc->n_own; o++) {
+                const km__own_cfg *oc = &kc->own[o];
+                if (oc->model >= pc->n_models || oc->model >= e->geom.cap_models)
+                    continue; /* the parser named only listed models */
+                km__mwin_limits_write(&km__mwins(e, ki)[oc->model], oc->limits, oc->own_set);
+                k->own_models |= UINT64_C(1) << oc->model;
+            }
             k->state = KM__ST_ACTIVE;
             k->gen = 1;
             cum += k->weight;

@@ -96,7 +96,20 @@ typedef struct km__key_cfg {
     int budget_period;        /* KM__PERIOD_* (src/budget.h) */
     int budget_tz_min;        /* the period's zone, minutes east of UTC */
     char meta[KM_META_MAX + 1]; /* compact JSON object text, or "" */
+    /* The key's own limits of its pool's models ("models": per_model
+     * pools): n_own entries, owned by the configuration (km__cfg_destroy
+     * frees them). */
+    uint32_t n_own;
+    struct km__own_cfg *own;
 } km__key_cfg;
+
+/* One model's limits on one key: every window resolved (`own_set`'s from
+ * the key, the others the pool's model's). */
+typedef struct km__own_cfg {
+    uint32_t model;   /* index in the pool's models */
+    uint32_t own_set; /* bit w: the key names window w */
+    km__limit_cfg limits[KM_WIN_COUNT];
+} km__own_cfg;
 
 /* What a pool gives keys that do not say otherwise (kept in the segment
  * for keys added later). */
@@ -104,6 +117,12 @@ typedef struct km__pool_defaults {
     km__limit_cfg limits[KM_WIN_COUNT];
     uint32_t max_inflight;
     uint64_t price_in, price_out; /* micro-USD per 1000 tokens */
+    /* The pool's models, which a key's "models" may name (configuration
+     * files only: NULL where a key is parsed alone, km_key_add). */
+    int in_config;  /* 1: a configuration's pool; 0: km_key_add's */
+    int model_mode;
+    uint32_t n_models;
+    const struct km__model_cfg *models;
 } km__pool_defaults;
 
 typedef struct km__model_cfg {
@@ -291,6 +310,9 @@ uint64_t km__rr_magic(uint32_t n);
 void km__key_write(km_env *e, km__key *k, uint32_t pool, const km__key_cfg *kc);
 /* Write a key's limit parameters; returns its new window mask. */
 uint32_t km__key_limits_write(km__key *k, const km__limit_cfg *lc);
+/* Write a key's own limits of one model (all windows resolved; own_set:
+ * those the key names) into its model row. */
+void km__mwin_limits_write(km__mwin *mw, const km__limit_cfg *lc, uint32_t own_set);
 /* Write the pools, member lists, models and keys of a new segment. */
 void km__pool_init(km_env *env, const km_config *cfg);
 /* qsort_r comparator of key indices by price (input + output, per 1000

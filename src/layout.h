@@ -10,8 +10,8 @@
  *   km__member[cap_pools][2][cap_keys] each pool's two member lists
  *   km__model[cap_pools][cap_models]  each pool's models
  *   km__key[cap_keys]
- *   km__mwin[cap_keys][cap_models]    per-model limit pairs and counters of
- *                                     each key
+ *   km__mwin[cap_keys][cap_models]    per-model limit pairs, counters and
+ *                                     the key's own model limits
  *   km__lease[cap_keys][cap_inflight] lease slots, one row per key
  *   uint8_t[cap_keys][stride]  in-flight flags, one byte per lease slot;
  *                              stride = cap_inflight rounded up to a line
@@ -270,7 +270,15 @@ typedef struct km__key {
                                * none.  Claimed by CAS from 0 before the state
                                * goes PROBING; cleared only by that lease's
                                * release or by its reaper (src/acquire.c) */
-    uint8_t pad5[KM__LINE - 40];
+    /* Per-key model limits (per_model pools): bit m set while model m of
+     * the pool has the key's own limits, kept in the key's model row
+     * (km__mwin, lines 3-5) instead of the pool's (km__model).  On the line
+     * every acquire reads (state, updating): a key without own limits pays
+     * one bit test of a word in cache.  Written only by the creator and by
+     * reconfiguration while `updating` keeps acquirers off the key
+     * (src/reconfig.c); cleared with the row. */
+    uint64_t own_models;
+    uint8_t pad5[KM__LINE - 48];
     /* lines 4-7: configuration, written at creation, read by acquire. */
     uint64_t emission_ns[KM_WIN_COUNT]; /* T: ns per unit; 0 = no limit */
     uint64_t tau_ns[KM_WIN_COUNT];      /* burst tolerance: burst * T */
@@ -296,6 +304,10 @@ typedef struct km__key {
 } km__key;
 _Static_assert(offsetof(km__key, spend) == 2 * KM__LINE, "release line");
 _Static_assert(offsetof(km__key, state) == 3 * KM__LINE, "state line");
+_Static_assert(offsetof(km__key, own_models) / KM__LINE == offsetof(km__key, updating) / KM__LINE &&
+                   offsetof(km__key, own_models) % 8 == 0,
+               "own_models: one aligned word on the line acquire reads for state and updating");
+_Static_assert(KM_MODELS_MAX <= 64, "km__key.own_models has one bit per model");
 _Static_assert(offsetof(km__key, emission_ns) == 4 * KM__LINE, "config lines");
 _Static_assert(offsetof(km__key, id) == 8 * KM__LINE, "id aligned");
 _Static_assert(offsetof(km__key, meta) == 13 * KM__LINE, "meta aligned");
@@ -337,7 +349,16 @@ typedef struct km__mwin {
      * released by km_close or a reaper) */
     uint64_t stale;
     uint64_t abandoned;
-    uint8_t pad[2 * KM__LINE - KM_WIN_COUNT * 16 - 16];
+    /* and the key's own limits of this model (km__key.own_models bit set):
+     * the window mask and smallest token burst, as in km__model, read with
+     * the parameters of lines 3-5 by an acquire of such a key only.
+     * `own_set`: the windows the key names itself (the others are the
+     * pool model's, copied, for display and snapshots). */
+    uint32_t win_mask;
+    uint32_t min_tok_burst;
+    uint8_t mode[KM_WIN_COUNT];
+    uint8_t own_set;
+    uint8_t pad;
     /* line 2: what every acquire (requests) and release (outcome, tokens
      * settled) naming the model adds: one line for both.  A success and
      * its tokens are one pair, added by one 16-byte CAS (km__mrow_ok), so
@@ -348,12 +369,27 @@ typedef struct km__mwin {
     km__mok ok;                           /* successes, and all tokens settled */
     uint64_t requests;
     uint64_t outcomes[KM_OUT_COUNT - 1];  /* kind k > 0 at [k - 1] */
+    /* lines 3-5: the key's own limits of this model, all windows resolved
+     * (own_set's from the key, the others from the pool's model), written
+     * at creation or by reconfiguration while acquirers are kept off the
+     * key (src/reconfig.c); meaningless while the key's own_models bit is
+     * clear.  emission_ns and tau_ns are read by acquire and release. */
+    uint64_t emission_ns[KM_WIN_COUNT];
+    uint64_t tau_ns[KM_WIN_COUNT];
+    uint64_t limit[KM_WIN_COUNT];
+    uint64_t burst[KM_WIN_COUNT];
 } km__mwin;
 _Static_assert(offsetof(km__mwin, stale) == KM_WIN_COUNT * 16, "mwin: rare counts after the pairs");
 _Static_assert(offsetof(km__mwin, ok) % 16 == 0 && KM_OUT_SUCCESS == 0,
                "mwin: the success pair is 16-byte aligned for its CAS");
 _Static_assert(offsetof(km__mwin, ok) == 2 * KM__LINE, "mwin: counter line");
-_Static_assert(sizeof(km__mwin) == 3 * KM__LINE, "km__mwin size");
+_Static_assert(offsetof(km__mwin, win_mask) / KM__LINE == 1 && offsetof(km__mwin, pad) + 1 == 2 * KM__LINE,
+               "mwin: the own mask, burst and modes fill line 1");
+_Static_assert(offsetof(km__mwin, emission_ns) == 3 * KM__LINE &&
+                   offsetof(km__mwin, tau_ns) == 3 * KM__LINE + 8 * KM_WIN_COUNT,
+               "mwin: the own parameters that acquire reads on lines 3-4");
+_Static_assert(KM_WIN_COUNT <= 8, "km__mwin.own_set has one bit per window");
+_Static_assert(sizeof(km__mwin) == 6 * KM__LINE, "km__mwin size");
 
 /* A lease slot.  owner != 0 while claimed: the owner's process-table tag,
  * (process slot + 1) << 32 | pid, or a reaper's mark (src/owner.h).
@@ -408,7 +444,8 @@ typedef struct km__lease {
     uint32_t model;       /* model index + 1 of this lease; 0: none;
                            * KM__MODEL_NAMED | row + 1: a named row */
     uint32_t res_mask;    /* the key's token windows this lease reserved
-                           * (limits may change while it is out) */
+                           * (limits may change while it is out), and in
+                           * bits KM__RES_MODEL_SHIFT up the model's */
     /* line 1: the rarer outcomes */
     uint64_t outcomes[KM_OUT_COUNT]; /* [KM_OUT_SUCCESS] unused: see succeeded */
     uint64_t abandoned;
@@ -423,6 +460,10 @@ _Static_assert(offsetof(km__lease, phase) == offsetof(km__lease, key_gen) + 4 &&
 _Static_assert(offsetof(km__lease, res_mask) == offsetof(km__lease, model) + 4 &&
                    offsetof(km__lease, model) % 8 == 0, "model, res_mask: one word");
 _Static_assert(sizeof(km__lease) == 2 * KM__LINE, "lease slot: two lines");
+/* km__lease.res_mask: the model's token windows the lease reserved, above
+ * the key's (a key's own model limits may change while it is out). */
+#define KM__RES_MODEL_SHIFT 8
+_Static_assert(KM_WIN_COUNT <= KM__RES_MODEL_SHIFT, "key and model windows apart in res_mask");
 
 /* Usage events (src/usage.c): two rings per process slot (kept across the
  * slot's occupants), each a header line and cap_usage / 2 events of one line
@@ -474,7 +515,7 @@ _Static_assert(sizeof(km__uev) == KM__LINE, "usage event: one line");
  * slot (kmctl has none), and a tag could be freed and reused before the
  * intent is resolved. */
 enum { KM__OP_NONE = 0, KM__OP_ADD, KM__OP_REMOVE, KM__OP_WEIGHT, KM__OP_LIMITS,
-       KM__OP_ENABLE, KM__OP_DISABLE, KM__OP_COUNT };
+       KM__OP_ENABLE, KM__OP_DISABLE, KM__OP_MLIMITS, KM__OP_COUNT };
 typedef struct km__intent {
     /* line 0 */
     uint32_t op;          /* KM__OP_*; 0: no reconfiguration in progress */
@@ -504,8 +545,15 @@ typedef struct km__intent {
     uint64_t resc_now, resc_debt;
     uint32_t resc_win;
     uint8_t mode[KM_WIN_COUNT];
-    uint8_t pad1[3 * KM__LINE - 3 * 8 * KM_WIN_COUNT - 16 - 4 - KM_WIN_COUNT];
+    /* set-limits of a model (KM__OP_MLIMITS): the key's windows of model
+     * `model` (index) change; `own_set` the windows the key then names
+     * itself (0: back to the pool's model limits) */
+    uint8_t own_set;
+    uint8_t pad1a;
+    uint32_t model;
+    uint8_t pad1[3 * KM__LINE - 3 * 8 * KM_WIN_COUNT - 16 - 4 - KM_WIN_COUNT - 2 - 4];
 } km__intent;
+_Static_assert(offsetof(km__intent, model) % 4 == 0, "intent: model aligned");
 _Static_assert(offsetof(km__intent, old_T) == KM__LINE, "intent line 1");
 _Static_assert(sizeof(km__intent) == 4 * KM__LINE, "km__intent size");
 _Static_assert(sizeof(km__intent) <= sizeof(((km__hdr *)0)->intent), "the intent fits the header");
@@ -622,6 +670,12 @@ static inline uint64_t km__layout_signature(void)
         /* Budgets with a period (issue 18): spend pairs and periods. */
         sizeof(km__spend), offsetof(km__key, spend), offsetof(km__key, budget_period),
         offsetof(km__pool, spend), offsetof(km__pool, budget_period),
+        /* Per-key model limits (issue 18, item 3): the key's bits, its
+         * model rows' parameters, the model windows a lease reserved, and
+         * the intent of their change. */
+        offsetof(km__key, own_models), offsetof(km__mwin, win_mask), offsetof(km__mwin, own_set),
+        offsetof(km__mwin, emission_ns), offsetof(km__mwin, burst), KM__RES_MODEL_SHIFT,
+        offsetof(km__intent, model),
         0x0102030405060708ull /* byte order */
     };
     return km__fnv64_bytes(KM__FNV64_INIT, v, sizeof v);

@@ -36,7 +36,9 @@
  *               "keys": [{... "counters": {...}, "tokens_used",
  *                         "limits": {"rpm": {...}, ...},
  *                         "models": {"<name>": {"rpm": {...}}} (per_model
- *                         pools only), "model_counters": {"<name>":
+ *                         pools only; the limits in force on the key, a
+ *                         window the key sets itself with "own": true),
+ *                         "model_counters": {"<name>":
  *                         {... as "counters", "tokens_used"}} (pools with a
  *                         models list; models the key served), "price":
  *                         {...}, "budget", "spent_usd", "prev_spent_usd",
@@ -162,6 +164,15 @@ static json_t *key_models_json(km_env *env, int pool, uint32_t n_models,
             break; /* fewer models than counted: show what there is */
         name[KM_ID_MAX] = '\0'; /* copied whole from the segment, maybe without its NUL */
         json_t *l = limits_json(lim, clk);
+        uint32_t own = 0;
+        (void)km_model_own_get(env, pool, (int)i, (int)key, &own);
+        /* The key's own windows of the model (the others are the pool's). */
+        for (int w = 0; l && w < KM_WIN_COUNT; w++)
+            if ((own >> w) & 1 && json_object_set_new(json_object_get(l, km_window_name(w)), "own",
+                                                     json_true()) < 0) {
+                json_decref(l);
+                l = NULL;
+            }
         if (!l || json_object_set_new(o, name, l) < 0) {
             json_decref(o);
             return NULL;

@@ -202,6 +202,48 @@ static void print_cell(const char *s, size_t w, int last)
             putchar(' ');
 }
 
+/* A key of the pool without own limits of model i (km_model_own_get),
+ * else `first`. */
+static int pool_limits_key(km_env *env, int pool, int i, uint32_t n_keys, int first)
+{
+    for (uint32_t j = 0; j < n_keys; j++) {
+        int k = km_pool_key(env, pool, (int)j);
+        uint32_t own = 1;
+        if (k >= 0 && km_model_own_get(env, pool, i, k, &own) == KM_OK && own == 0)
+            return k;
+    }
+    return first;
+}
+
+/* Per key with own limits of a model of the pool, one line: "key a, model
+ * gpt-4o: rpm 10000 (own), tpm 30000" (the limits in force, the key's own
+ * marked; the others are the pool's). */
+static void own_model_lines(km_env *env, int pool, uint32_t n_models, const km_key_info *keys,
+                            uint32_t n_keys)
+{
+    for (uint32_t j = 0; j < n_keys; j++) {
+        int k = km_key_find(env, pool, keys[j].id);
+        for (uint32_t i = 0; k >= 0 && i < n_models; i++) {
+            char mname[KM_ID_MAX + 1];
+            km_limit_info lim[KM_WIN_COUNT];
+            uint32_t own = 0;
+            if (km_model_own_get(env, pool, (int)i, k, &own) != KM_OK || !own ||
+                km_model_info_get(env, pool, (int)i, k, mname, lim) != KM_OK)
+                continue;
+            printf("  key %s, model %s:", keys[j].id, mname);
+            int any = 0;
+            for (int w = 0; w < KM_WIN_COUNT; w++)
+                if (lim[w].limit) {
+                    printf("%s %s %" PRIu64 "%s%s", any ? "," : "", km_window_name(w), lim[w].limit,
+                           lim[w].mode == KM_MODE_SLIDING ? " sliding" : "",
+                           (own >> w) & 1 ? " (own)" : "");
+                    any = 1;
+                }
+            putchar('\n');
+        }
+    }
+}
+
 static int inspect_pool(km_env *env, const char *name, int pool)
 {
     km_pool_info pi;
@@ -230,10 +272,14 @@ static int inspect_pool(km_env *env, const char *name, int pool)
         for (uint32_t i = 0; first >= 0 && i < pi.n_models; i++) {
             char mname[KM_ID_MAX + 1];
             km_limit_info lim[KM_WIN_COUNT];
-            if (km_model_info_get(env, pool, i, (uint32_t)first, mname, lim))
+            /* The pool's limits of the model: those of a key that has no
+             * own limits of it (the first key if every key has). */
+            int from = pool_limits_key(env, pool, (int)i, pi.n_keys, first);
+            if (km_model_info_get(env, pool, i, from, mname, lim))
                 break;
             printf("%s %s", i ? "," : "", mname);
-            /* Per-model limits are the same on every key: show them once. */
+            /* Per-model limits are the pool's on every key but those
+             * listed below: show them once. */
             int any = 0;
             for (int w = 0; w < KM_WIN_COUNT; w++)
                 if (lim[w].limit) {
@@ -322,6 +368,8 @@ static int inspect_pool(km_env *env, const char *name, int pool)
         }
         putchar('\n');
     }
+    if (pi.model_mode == KM_MODELS_PER_MODEL)
+        own_model_lines(env, pool, pi.n_models, keys, pi.n_keys);
     free(keys);
     return EX_SUCCESS;
 }

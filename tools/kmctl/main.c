@@ -318,8 +318,9 @@ static const command commands[] = {
     {"set-weight", cmd_set_weight, &set_weight_syntax,
      {"set-weight NAME POOL KEY_ID WEIGHT", "change a key's weight (weighted strategy)"}},
     {"set-limits", cmd_set_limits, &set_limits_syntax,
-     {"set-limits NAME POOL KEY_ID JSON",
-      "change a key's limits, e.g. '{\"rpm\": 500, \"tpm\": null}'"}},
+     {"set-limits NAME POOL KEY_ID JSON [--model M]",
+      "change a key's limits, e.g. '{\"rpm\": 500, \"tpm\": null}',\n"
+      "or with --model M its own limits of model M"}},
     {"reset-spend", cmd_reset_spend, &reset_spend_syntax,
      {"reset-spend NAME POOL [KEY_ID]",
       "set a pool's or a key's spend in its budget period\n"
