@@ -695,15 +695,18 @@ KM_EXTERN int km_key_set_weight(km_env *e, int key, uint32_t weight)
 /* ----------------------------------------------------------- set-limits */
 
 /* Carry window w's debt over to new parameters, in units: the key owes as
- * many requests or tokens against the new limit as against the old.  A
- * window that was not limited starts without debt.  The debt and the time
- * it is reckoned from are recorded (intent) before the CAS that applies it. */
+ * many requests or tokens against the new limit as against the old, a part
+ * of a unit counted as a whole one (rounded down, a key that had used all
+ * of an old limit of 100 and is raised to 400 was let through 301 more in
+ * the same window).  A window that was not limited starts without debt.
+ * The debt and the time it is reckoned from are recorded (intent) before
+ * the CAS that applies it. */
 static void rescale(km__intent *in, km__gcra *g, int w, uint64_t old_T, uint64_t new_T)
 {
     uint64_t cur[2], nv[2], now = ck_pr_load_64(&in->resc_now);
     km__gcra_load(g, cur);
     do {
-        uint64_t debt = cur[0] > now && old_T ? (cur[0] - now) / old_T : 0;
+        uint64_t debt = cur[0] > now && old_T ? (cur[0] - now - 1) / old_T + 1 : 0;
         nv[0] = new_T && debt ? now + km__mul_sat(debt, new_T) : 0;
         nv[1] = cur[1]; /* reservations belong to leases still out */
         ck_pr_store_64(&in->resc_debt, debt);
