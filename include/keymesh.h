@@ -99,7 +99,7 @@ extern "C" {
 #define KM_VERSION_NUMBER (KM_VERSION_MAJOR * 10000 + KM_VERSION_MINOR * 100 + KM_VERSION_PATCH)
 /* Version of the shared-memory format.  Processes attach only to segments of
  * their own format (and layout signature). */
-#define KM_FORMAT_VERSION 4
+#define KM_FORMAT_VERSION 5
 
 /* @note The three are thread-safe: constants of the library. */
 KM_EXTERN const char *km_version(void);     /* "0.1.0" */

@@ -18,6 +18,7 @@
 #include <ck_pr.h>
 
 #include "budget.h"
+#include "fleet.h"
 #include "internal.h"
 #include "slots.h"
 #include "wait.h"
@@ -204,12 +205,20 @@ static int lease_key(km_env *e, uint32_t ki, key_scan *sc, km_lease *out)
     }
     if (!km__admit(&kset, &sc->a, &ku))
         goto undo_probe;
-    if (sc->md) {
-        km__undo mu;
-        if (!km__admit(&mset, &sc->a, &mu)) {
-            km__admit_undo(&kset, &ku, sc->a.tokens);
-            goto undo_probe;
-        }
+    km__undo mu;
+    if (sc->md && !km__admit(&mset, &sc->a, &mu)) {
+        km__admit_undo(&kset, &ku, sc->a.tokens);
+        goto undo_probe;
+    }
+    /* Fleet-wide limits (src/fleet.h): after the local admission, the
+     * key's credit must cover the cost too.  A key outside the fleet pays
+     * this load (the line of the limit pairs just CASed) and one branch. */
+    uint32_t fmask = k->fleet_mask;
+    if (__builtin_expect(fmask != 0, 0) && !km__fleet_admit(e, ki, k, fmask, &sc->a)) {
+        km__admit_undo(&kset, &ku, sc->a.tokens);
+        if (sc->md)
+            km__admit_undo(&mset, &mu, sc->a.tokens);
+        goto undo_probe;
     }
     /* Count the acquire while still ADMITTING: a reaper counts a slot it
      * finds ACTIVE as abandoned, so the acquire must be counted by then (a
