@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include <ck_pr.h>
+#include <jansson.h>
 
 #include "testlib.h"
 
@@ -285,6 +286,54 @@ static void test_gen(void)
        "  the local refusals took no credit: spent 5, left 45");
 }
 
+static const char *jstr(json_t *o, const char *k)
+{
+    const char *v = json_string_value(json_object_get(o, k));
+    return v ? v : "";
+}
+
+/* kmctl inspect shows the fleet: the agent's status, per fleet key the
+ * credit per window, deadline and fallback (human and --json). */
+static void test_inspect(void)
+{
+    const char *b = getenv("KM_BUILD") ? getenv("KM_BUILD") : "build";
+    char cmd[256], line[512];
+    snprintf(cmd, sizeof cmd, "%s/kmctl inspect %s", b, seg);
+    FILE *f = popen(cmd, "r");
+    int head = 0, keyh = 0, keyg = 0;
+    while (f && fgets(line, sizeof line, f)) {
+        head |= strstr(line, "fleet: store ok, epoch 7, 3 hosts, last sync ") != NULL;
+        keyh |= strstr(line, "  q/h: credit rpm 45, deadline in ") != NULL;
+        keyg |= strstr(line, "/g:") != NULL;
+    }
+    if (f)
+        pclose(f);
+    ok(head, "kmctl inspect: the fleet's store state, epoch and hosts");
+    ok(keyh, "kmctl inspect: key h's credit and deadline");
+    ok(!keyg, "kmctl inspect: a key outside the fleet is not listed there");
+    snprintf(cmd, sizeof cmd, "%s/kmctl inspect --json %s", b, seg);
+    f = popen(cmd, "r");
+    json_error_t je;
+    json_t *d = f ? json_loadf(f, 0, &je) : NULL;
+    if (f)
+        pclose(f);
+    json_t *fl = json_object_get(d, "fleet"), *ks = json_object_get(fl, "keys"), *h = NULL;
+    size_t i;
+    json_t *k;
+    json_array_foreach(ks, i, k)
+        if (strcmp(jstr(k, "key"), "h") == 0)
+            h = k;
+    ok(fl && strcmp(jstr(fl, "store_state"), "ok") == 0 &&
+           json_integer_value(json_object_get(fl, "epoch")) == 7 &&
+           json_integer_value(json_object_get(fl, "hosts")) == 3,
+       "kmctl inspect --json: fleet.store_state, epoch, hosts");
+    json_int_t dl = json_integer_value(json_object_get(h, "deadline_in_ms"));
+    ok(h && json_integer_value(json_object_get(json_object_get(h, "credit"), "rpm")) == 45 &&
+           dl > 50000 && dl <= 60000 && json_array_size(ks) == 2,
+       "kmctl inspect --json: key h's credit (45) and deadline (%lld ms)", (long long)dl);
+    json_decref(d);
+}
+
 /* A deadline lapses: stop refuses; collect voids the credit (returned). */
 static void test_lapse(void)
 {
@@ -534,7 +583,7 @@ static void test_health(void)
 
 int main(void)
 {
-    plan(92);
+    plan(97);
     fixtures_init("fleet_seg");
     test_config();
     env = mkseg(CFG);
@@ -548,6 +597,7 @@ int main(void)
     test_policy();
     test_collect_apply();
     test_gen();
+    test_inspect();
     test_lapse();
     test_fallback();
     test_release_void();
