@@ -334,6 +334,40 @@ static void test_inspect(void)
     json_decref(d);
 }
 
+/* snapshot and restore keep the fleet configuration (not the credit). */
+static void test_restore(void)
+{
+    char *js = NULL, err[256] = "", name[80];
+    snprintf(name, sizeof name, "%s-r", seg);
+    km_unlink(name);
+    char hex[2 * KM_SNAPSHOT_KEY_BYTES + 1];
+    unsigned char key[KM_SNAPSHOT_KEY_BYTES];
+    if (km_snapshot_keygen(hex) || km_snapshot_key_parse(hex, strlen(hex), key))
+        bail_out("snapshot key");
+    is_int(km_snapshot_json_ex(env, KM_SNAPSHOT_SECRETS, key, &js), KM_OK, "snapshot");
+    ok(js && strstr(js, "\"fleet\""), "  names the fleet");
+    km_env *r = NULL;
+    int rc = js ? km_restore(name, js, strlen(js), key, 0, &r, err, sizeof err) : KM_EINVAL;
+    is_int(rc, KM_OK, "restore: %s", err);
+    km_fleet_key_info fi;
+    int kf = r ? km_key_find(r, km_pool_find(r, "p"), "f") : -1;
+    ok(kf >= 0 && km_fleet_key_info_get(r, (uint32_t)kf, &fi) == KM_OK && fi.mask &&
+           fi.credit[KM_WIN_RPM] == 0,
+       "  the restored key f is a fleet key, without credit");
+    int kg = r ? km_key_find(r, km_pool_find(r, "p"), "g") : -1;
+    ok(kg >= 0 && km_fleet_key_info_get(r, (uint32_t)kg, &fi) == KM_OK && !fi.mask,
+       "  key g is not");
+    char *js2 = NULL;
+    if (r)
+        km_snapshot_json(r, &js2);
+    ok(js2 && strstr(js2, "\"acme.f\"") != NULL, "  f keeps its fleet id");
+    if (r)
+        km_close(r);
+    km_unlink(name);
+    free(js);
+    free(js2);
+}
+
 /* A deadline lapses: stop refuses; collect voids the credit (returned). */
 static void test_lapse(void)
 {
@@ -583,7 +617,7 @@ static void test_health(void)
 
 int main(void)
 {
-    plan(97);
+    plan(103);
     fixtures_init("fleet_seg");
     test_config();
     env = mkseg(CFG);
@@ -598,6 +632,7 @@ int main(void)
     test_collect_apply();
     test_gen();
     test_inspect();
+    test_restore();
     test_lapse();
     test_fallback();
     test_release_void();
