@@ -1307,7 +1307,10 @@ typedef struct km_fleet_slot {      /* one fleet-limited (key, window) */
  * now_ns: km_now_ns() of the caller; UINT64_MAX voids every credit, which
  * is the bye of rule 5 (then km_fleet_release(env, 1) ends the fallback).
  * The counts are exact: spent + returned + left never exceeds the credit
- * held at the previous collect plus what was applied since. */
+ * held at the previous collect plus what was applied since.
+ * @note The role holder's, one thread at a time; concurrently with every
+ * acquire and release of any process (their words are read by one load or
+ * exchange each). */
 KM_EXTERN int km_fleet_collect(km_env *env, uint64_t now_ns, km_fleet_slot *out,
                                size_t cap, size_t *n);
 
@@ -1324,7 +1327,10 @@ typedef struct km_fleet_grant {
  * 0 is skipped.  A key's windows share one deadline: the last grant's.
  * The fallback share admits at fb_ppm/1e6 of the window's rate with burst
  * fb_burst, from fb_from_ns until fb_until_ns, once credit has lapsed.
- * KM_EINVAL if the caller does not hold the role. */
+ * KM_EINVAL if the caller does not hold the role.
+ * @note The role holder's, one thread at a time; acquirers see the credit
+ * no later than the deadline that covers it (release order), and the
+ * fallback share whole or not at all (a seqlock). */
 KM_EXTERN int km_fleet_apply(km_env *env, const km_fleet_grant *g, size_t n);
 
 typedef struct km_fleet_status {
@@ -1334,7 +1340,8 @@ typedef struct km_fleet_status {
 } km_fleet_status;
 /* set: the role holder's; next_sync_ns is the retry hint acquirers give
  * when credit is short.  get: anyone (kmctl inspect); fields may tear
- * while the agent writes them. */
+ * while the agent writes them.
+ * @note set: the role holder's; get: thread-safe, read only. */
 KM_EXTERN int km_fleet_status_set(km_env *env, const km_fleet_status *st);
 KM_EXTERN int km_fleet_status_get(km_env *env, km_fleet_status *st);
 
@@ -1345,7 +1352,10 @@ KM_EXTERN int km_fleet_status_get(km_env *env, km_fleet_status *st);
  * counting it as a local change: KM_KEY_ACTIVE and KM_KEY_DISABLED as
  * km_key_set_state (admin lock), KM_KEY_COOLING for cool_ms (the cooldown
  * only ever extended), KM_KEY_INVALID / KM_KEY_EXHAUSTED.  Both are the
- * role holder's (KM_EINVAL otherwise); KM_ENOKEY for no such key. */
+ * role holder's (KM_EINVAL otherwise); KM_ENOKEY for no such key.
+ * @note The role holder's, one thread at a time, concurrently with
+ * acquires, releases and reconfiguration (set takes the admin lock for
+ * enable and disable). */
 typedef struct km_fleet_health { uint32_t key; int kind; uint64_t arg_ms; } km_fleet_health;
 KM_EXTERN int km_fleet_health_changes(km_env *env, km_fleet_health *out, size_t cap, size_t *n);
 KM_EXTERN int km_fleet_health_set(km_env *env, uint32_t key, int state, uint64_t cool_ms);
