@@ -257,6 +257,35 @@ static void test_collect_apply(void)
     is_u64(S(KF, KM_WIN_RPM)->left, 10, "  the request unit given back (rpm left 10)");
 }
 
+/* The low-water mark: credit left below about a quarter of what the last
+ * apply left (a power of two: 2^floor(log2(held / 4))) kicks the agent. */
+static void test_kick(void)
+{
+    km__fhdr *fh = km__fleet(env);
+    km_fleet_status st = {.next_sync_ns = km_now_ns() + 250 * MS, .store_state = KM_FLEET_STORE_OK,
+                          .epoch = 7, .seq = 12, .ack = 11, .last_sync_ns = km_now_ns(), .n_hosts = 3};
+    collect(km_now_ns());
+    uint64_t held = S(KF, KM_WIN_RPM)->left + 40, dl = km_now_ns() + 60 * NS;
+    grant(KF, KM_WIN_RPM, 40, dl);
+    grant(KF, KM_WIN_RPH, 100, dl);
+    km_fleet_status_set(env, &st); /* kick 0 */
+    uint64_t mark = 1;
+    while (mark * 2 <= held / 4)
+        mark *= 2;
+    km_lease l;
+    int bad = 0;
+    for (uint64_t i = 0; i < held - mark; i++) {
+        bad |= acq_pin(env, P, "f", 0, &l) != KM_OK;
+        rel_ok(env, &l, -1);
+    }
+    ok(!bad && ck_pr_load_32(&fh->kick) == 0, "credit down to the mark (%llu of %llu): no kick",
+       (unsigned long long)mark, (unsigned long long)held);
+    bad |= acq_pin(env, P, "f", 0, &l) != KM_OK;
+    rel_ok(env, &l, -1);
+    ok(!bad && ck_pr_load_32(&fh->kick) == 1, "one below it: the agent is kicked");
+    collect(km_now_ns());
+}
+
 /* A grant for a key whose generation changed is skipped. */
 static void test_gen(void)
 {
@@ -606,7 +635,7 @@ static void test_health(void)
 
 int main(void)
 {
-    plan(103);
+    plan(105);
     fixtures_init("fleet_seg");
     test_config();
     env = mkseg(CFG);
@@ -619,6 +648,7 @@ int main(void)
     test_claim();
     test_policy();
     test_collect_apply();
+    test_kick();
     test_gen();
     test_inspect();
     test_restore();
