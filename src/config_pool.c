@@ -630,12 +630,47 @@ static int parse_secret(km__cfg_ctx *c, json_t *kobj, const char *path,
     return KM_OK;
 }
 
+/* A key's "fleet": true, false, or {"id": "...", "strict": bool} (a fleet
+ * key with an operator-chosen fleet id and/or the strict bound). */
+static int parse_key_fleet(km__cfg_ctx *c, json_t *v, const char *path, km__key_cfg *k)
+{
+    static const char *const fields[] = {"id", "strict", NULL};
+    char sub[160];
+    int rc;
+    if (json_is_boolean(v)) {
+        k->fleet = json_is_true(v) ? 1 : -1;
+        return KM_OK;
+    }
+    if (!json_is_object(v))
+        return km__cfg_err(c, KM_ECONFIG, "%s.fleet: must be true, false or an object", path);
+    snprintf(sub, sizeof sub, "%s.fleet", path);
+    if ((rc = km__cfg_check_fields(c, v, sub, fields)) != KM_OK)
+        return rc;
+    const char *id;
+    size_t len;
+    if ((rc = km__cfg_get_str(c, v, sub, "id", KM_ID_MAX, &id, &len)) != KM_OK)
+        return rc;
+    if (id) {
+        /* The ledger's alphabet (tools/sync/ledger.lua, id_arg). */
+        if (len == 0 || !km__cfg_name_ok(id, 1))
+            return km__cfg_err(c, KM_ECONFIG, "%s.id: must be 1-63 characters of [A-Za-z0-9_.-]",
+                               sub);
+        memcpy(k->fleet_id, id, len + 1);
+    }
+    json_t *st = json_object_get(v, "strict");
+    if (st && !json_is_boolean(st))
+        return km__cfg_err(c, KM_ECONFIG, "%s.strict: must be true or false", sub);
+    k->fleet_strict = st && json_is_true(st);
+    k->fleet = 1;
+    return KM_OK;
+}
+
 int km__cfg_parse_key(km__cfg_ctx *c, json_t *kobj, const char *path,
                       const km__pool_defaults *pd, km__key_cfg *k)
 {
     static const char *const fields[] = {"id", "secret", "secret_env", "secret_file",
                                          "weight", "limits", "max_inflight",
-                                         "price", "budget", "meta", "models", NULL};
+                                         "price", "budget", "meta", "models", "fleet", NULL};
     km__limit_cfg own[KM_WIN_COUNT];
     const char *id;
     size_t len;
@@ -692,6 +727,8 @@ int km__cfg_parse_key(km__cfg_ctx *c, json_t *kobj, const char *path,
         return rc;
     if ((v = json_object_get(kobj, "models")) &&
         (rc = parse_key_models(c, v, path, pd, k)))
+        return rc;
+    if ((v = json_object_get(kobj, "fleet")) && (rc = parse_key_fleet(c, v, path, k)))
         return rc;
     return KM_OK;
 }

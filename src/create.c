@@ -65,6 +65,7 @@ void km__key_write(km_env *e, km__key *k, uint32_t pool, const km__key_cfg *kc)
     k->budget_tz_min = (int16_t)kc->budget_tz_min;
     km__spend_init(&k->spend, k->budget_period, k->budget_tz_min, km__wall_ns());
     k->success_ppm = KM__PPM; /* healthy until shown otherwise */
+    km__fleet_key_init(e, (uint32_t)(k - km__keys(e)), kc);
 }
 
 /* Limit parameters of one set of windows from kc (set-limits). */
@@ -72,6 +73,9 @@ uint32_t km__key_limits_write(km__key *k, const km__limit_cfg *lc)
 {
     k->win_mask = limits_init(lc, k->emission_ns, k->tau_ns, k->limit, k->burst, k->mode);
     k->min_tok_burst = min_tok_burst(k->win_mask, k->burst);
+    /* A fleet key's windows under the fleet follow its limits (behind the
+     * key's `updating` flag, like them). */
+    k->fleet_mask = k->fleet ? k->win_mask : 0;
     return k->win_mask;
 }
 

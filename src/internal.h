@@ -101,6 +101,12 @@ typedef struct km__key_cfg {
      * frees them). */
     uint32_t n_own;
     struct km__own_cfg *own;
+    /* "fleet": 1 under the fleet; 0 not said (the segment's "fleet"
+     * decides), -1 refused by the key ("fleet": false).  fleet_strict, fleet_id: its object
+     * form ({"strict": true, "id": "..."}). */
+    int fleet;
+    int fleet_strict;
+    char fleet_id[KM_ID_MAX + 1];
 } km__key_cfg;
 
 /* One model's limits on one key: every window resolved (`own_set`'s from
@@ -151,6 +157,11 @@ struct km_config {
     uint32_t n_pools, n_keys;
     km__pool_cfg *pools;
     km__key_cfg *keys; /* pools' keys, contiguous per pool */
+    /* Fleet-wide limits: fleet_region 1 if the segment gets a fleet region
+     * (a fleet key, the top-level "fleet", or capacity.fleet); fleet_all:
+     * every key not saying "fleet": false is a fleet key; fleet_policy:
+     * KM_FLEET_STOP or KM_FLEET_LOCAL until an agent claims. */
+    int fleet_region, fleet_all, fleet_policy;
 };
 
 /* Period of a window in ns, and whether it counts requests (else tokens). */
@@ -246,6 +257,17 @@ static inline uint8_t *km__busy(const km_env *e, uint32_t key)
            (size_t)key * km__busy_stride(e->geom.cap_inflight);
 }
 
+/* The fleet region (src/layout.h), or NULL: a segment without fleet keys. */
+static inline km__fhdr *km__fleet(const km_env *e)
+{
+    return e->geom.off_fleet ? (km__fhdr *)KM__AT(e->seg.base, e->geom.off_fleet) : NULL;
+}
+/* The fleet block of key `key` (the segment has a fleet region). */
+static inline km__fkey *km__fkeys(const km_env *e, uint32_t key)
+{
+    return (km__fkey *)KM__AT(e->seg.base, e->geom.off_fleet + sizeof(km__fhdr)) + key;
+}
+
 /* The sleeper row of process slot `slot` (km__wrow, src/layout.h): the
  * region after the usage rings, whose offset the header does not store. */
 static inline km__wrow *km__wrows(const km_env *e, uint32_t slot)
@@ -319,6 +341,21 @@ void km__pool_init(km_env *env, const km_config *cfg);
  * tokens), then index; the context is the segment's key rows (km__keys).
  * The price order of a pool's member list (km__member.by_cost). */
 int km__cmp_price(const void *a, const void *b, void *keys);
+
+/* src/fleet.c */
+/* The fleet header of a new segment (before its keys are written). */
+void km__fleet_init(km_env *e, const km_config *cfg);
+/* A key row's fleet words (fleet flag and mask, credit, its fleet block),
+ * from kc: with km__key_write, on a row no reader reaches. */
+void km__fleet_key_init(km_env *e, uint32_t ki, const km__key_cfg *kc);
+/* Key k's health changed here (KM_FLEET_EV_* kind): the agent tells the
+ * fleet.  Nothing for a key outside the fleet. */
+void km__fleet_health_note(km_env *e, km__key *k, int kind);
+
+/* src/reconfig.c */
+/* km_key_set_state; note 0: the fleet's verdict applied by its agent, not
+ * a change made here (km__fleet_health_note not called). */
+int km__key_set_state(km_env *e, int key, int state, int note);
 
 /* src/attach.c */
 /* Build a segment for `name` under a new temporary name (written to tmp),

@@ -240,10 +240,45 @@ typedef struct km__gcra {
 } __attribute__((aligned(16))) km__gcra;
 _Static_assert(sizeof(km__gcra) == 16 && _Alignof(km__gcra) == 16, "km__gcra");
 
+/* A pair of fleet credit words (src/fleet.h): requests and tokens of one
+ * period, taken together by one 16-byte CAS. */
+typedef struct km__cpair {
+    uint64_t req, tok;
+} __attribute__((aligned(16))) km__cpair;
+_Static_assert(sizeof(km__cpair) == 16 && _Alignof(km__cpair) == 16, "km__cpair");
+
 typedef struct km__key {
     /* lines 0-1: the limit pairs, CASed by every acquire of this key. */
     km__gcra win[KM_WIN_COUNT];
-    uint8_t pad0[2 * KM__LINE - KM_WIN_COUNT * 16];
+    /* Line 1, after the pairs: the fleet credit of the minute windows
+     * (src/fleet.h, tools/sync/DESIGN.md section 3), on the line every
+     * acquire of the key has just CASed, so a fleet key's admission costs
+     * one more locked instruction on a line it owns, and a key without the
+     * fleet one load of fleet_mask and one branch.
+     *   credit  (credit.req, credit.tok) of rpm and tpm: units the host
+     *       may still admit, one 16-byte pair: acquirers take both by one
+     *       cmpxchg16b (down), the agent adds by locked add at apply and
+     *       takes all by exchange at void; the value alone decides (locked
+     *       read-modify-writes only, ordered against nothing else).
+     *   credit_deadline  CLOCK_MONOTONIC ns: credit is usable while now <
+     *       it.  The agent stores it (release) after its top-up; a stale
+     *       value only makes an acquirer conservative or lets it spend
+     *       credit the ledger still reserves (DESIGN.md section 3).
+     *   fleet_mask  windows under the fleet (bit per km_window); 0: not a
+     *       fleet key.  Written with the limits (creation, or behind the
+     *       key's `updating` flag), read plainly like them.
+     *   fleet  1: a fleet key (written with the row).
+     *   low_lg  the agent's low-water marks of the pair: an acquirer that
+     *       leaves credit.req (low_lg[0]) or credit.tok (low_lg[1]) below
+     *       2^low_lg kicks the agent (an early sync); written by the agent at
+     *       apply (a quarter of the credit it leaves), 0 at creation. */
+    km__cpair credit;       /* (rpm, tpm) */
+    uint64_t credit_deadline;
+    uint32_t fleet_mask;
+    uint8_t low_lg[2];
+    uint8_t fleet;          /* configured a fleet key: fleet_mask follows
+                             * win_mask through set-limits */
+    uint8_t pad0;
     /* The in-flight flags are not here but in their own region (one byte
      * per lease slot, see km__lease): a byte has one writer at a time, so it
      * is set and cleared by plain stores, where bits of a shared word would
@@ -303,6 +338,10 @@ typedef struct km__key {
     char meta[KM_META_MAX + 1];
 } km__key;
 _Static_assert(offsetof(km__key, spend) == 2 * KM__LINE, "release line");
+_Static_assert(offsetof(km__key, credit) == KM_WIN_COUNT * 16 &&
+                   offsetof(km__key, credit) / KM__LINE == 1 &&
+                   offsetof(km__key, fleet_mask) / KM__LINE == 1,
+               "minute credit: one 16-byte CAS pair on the line of the limit pairs");
 _Static_assert(offsetof(km__key, state) == 3 * KM__LINE, "state line");
 _Static_assert(offsetof(km__key, own_models) / KM__LINE == offsetof(km__key, updating) / KM__LINE &&
                    offsetof(km__key, own_models) % 8 == 0,
@@ -449,7 +488,11 @@ typedef struct km__lease {
     /* line 1: the rarer outcomes */
     uint64_t outcomes[KM_OUT_COUNT]; /* [KM_OUT_SUCCESS] unused: see succeeded */
     uint64_t abandoned;
-    uint64_t pad1;
+    /* Estimates of the settled leases of a fleet key (the estimate each
+     * reserved), added by the slot's owner beside tokens_used: their
+     * difference, summed over a key's slots, is what the fleet agent
+     * reports as actual minus estimated tokens (km_fleet_slot.adj). */
+    uint64_t tokens_est;
 } km__lease;
 _Static_assert(offsetof(km__lease, outcomes) == KM__LINE, "lease slot line 1");
 /* Acquire writes these pairs with one 8-byte store each (src/acquire.c). */
@@ -557,6 +600,112 @@ _Static_assert(offsetof(km__intent, model) % 4 == 0, "intent: model aligned");
 _Static_assert(offsetof(km__intent, old_T) == KM__LINE, "intent line 1");
 _Static_assert(sizeof(km__intent) == 4 * KM__LINE, "km__intent size");
 _Static_assert(sizeof(km__intent) <= sizeof(((km__hdr *)0)->intent), "the intent fits the header");
+
+/* ------------------------------------------------------------ the fleet
+ *
+ * Fleet-wide limits (tools/sync/DESIGN.md sections 2-4; the hot path and
+ * its argument in src/fleet.h, the agent's calls in src/fleet.c).  A
+ * segment with fleet keys has a fleet region at km__hdr.off_fleet, after
+ * every other region: a km__fhdr, then one km__fkey per key row.  The
+ * credit of a key's minute windows lives in its own row (km__key line 1);
+ * everything else the fleet needs is here. */
+
+/* The agent's header.  Line 0 is written by the agent only (plain stores,
+ * after its claim; inspect tolerates tearing) except `agent` (CAS); line
+ * 1 is the acquirers' kick word. */
+typedef struct km__fhdr {
+    /* line 0 */
+    uint64_t agent;          /* tag of the agent's process; 0: none (CAS) */
+    uint32_t policy;         /* KM_FLEET_STOP / KM_FLEET_LOCAL (claim) */
+    uint32_t learn_ms;
+    uint64_t epoch, last_sync_ns, next_sync_ns;
+    uint64_t seq, ack;       /* the agent's, so a restarted agent continues */
+    uint32_t store_state;    /* KM_FLEET_STORE_* */
+    uint32_t n_hosts;
+    /* line 1, own line: set to 1 by an acquirer that found credit short
+     * (refused, or left below the low-water mark) and read 0; the agent
+     * polls it and syncs early, storing 0.  A plain store either way: a
+     * lost kick costs one early sync, nothing more. */
+    uint32_t kick;
+    uint32_t all;            /* configuration: every key is a fleet key */
+    uint8_t pad1[KM__LINE - 8];
+} km__fhdr;
+_Static_assert(offsetof(km__fhdr, kick) == KM__LINE && sizeof(km__fhdr) == 2 * KM__LINE,
+               "km__fhdr: the agent's line, then the kick line");
+
+/* km__fkey.flags */
+#define KM__FK_STRICT 1u /* "fleet": {"strict": true} */
+
+/* One key's fleet block.  Lines 1, 4, 5 and 6 are written by acquirers on
+ * the slow paths only (fallback, refusal); the agent reads them by
+ * exchange.  Line 7 is the agent's own. */
+typedef struct km__fkey {
+    /* line 0: hour/day credit, as the minute pair: (RPH, TPH), (RPD, TPD),
+     * each a 16-byte CAS pair (locked RMW only, as km__key.credit);
+     * then the agent's configuration words (plain; creation or the agent) */
+    km__cpair credit_hd[2];  /* [0] hour, [1] day */
+    uint32_t flags;          /* KM__FK_*, written with the key row */
+    uint32_t gen;            /* credit voids by the agent (inspect) */
+    uint32_t fb_ppm;         /* the share last applied, for inspect */
+    uint32_t pad0;
+    uint8_t pad0b[KM__LINE - 48];
+    /* line 1: fallback GCRA words, CASed only while on fallback */
+    uint64_t fb_tat[KM_WIN_COUNT];
+    uint64_t pad1[2];
+    /* lines 2-3: the fallback share; the agent writes it under the seqlock
+     * fb_seq (odd while being written; release stores), acquirers read it
+     * and retry while the count is odd or changed */
+    uint32_t fb_seq, pad2;
+    uint64_t fb_from, fb_until;       /* rule 2's window, CLOCK_MONOTONIC */
+    uint64_t fb_T[KM_WIN_COUNT];      /* ns per unit at the share's rate; 0: none */
+    uint64_t fb_tau[KM_WIN_COUNT];    /* burst x fb_T */
+    uint8_t pad3[8];
+    /* line 4: units refused for want of credit (fetch-add) */
+    uint64_t refused[KM_WIN_COUNT];
+    uint64_t pad4[2];
+    /* line 5: largest request refused (CAS-max) */
+    uint64_t want[KM_WIN_COUNT];
+    uint64_t pad5[2];
+    /* line 6: units admitted on the fallback share (fetch-add); the key's
+     * health changes made here (release's 429/auth/quota, an operator's
+     * enable/disable): hv_kind (KM_FLEET_EV_*) stored, then hv_local
+     * bumped (fetch-add); the agent compares hv_local with a_hv */
+    uint64_t fb_used[KM_WIN_COUNT];
+    uint32_t hv_local;
+    uint32_t hv_kind;
+    uint64_t pad6;
+    /* line 7: the agent's own (single writer): credit held after its last
+     * apply or collect, per window, so `spent` survives an agent restart;
+     * the sum over lease slots of tokens_used - tokens_est at the last
+     * collect; hv_local last reported */
+    uint64_t a_last[KM_WIN_COUNT];
+    int64_t a_adj;
+    uint64_t a_hv;
+    /* line 8: the fleet id the operator configured ("fleet": {"id": ...}),
+     * NUL-padded; "" lets the agent derive one (written with the key row) */
+    char fleet_id[KM_ID_MAX + 1];
+    /* line 9, the agent's own: credit voided (lapsed, or voided by
+     * km_fleet_release) and not yet reported as returned */
+    uint64_t a_ret[KM_WIN_COUNT];
+    uint64_t pad9[2];
+} km__fkey;
+_Static_assert(offsetof(km__fkey, fb_tat) == KM__LINE && offsetof(km__fkey, fb_seq) == 2 * KM__LINE &&
+                   offsetof(km__fkey, refused) == 4 * KM__LINE &&
+                   offsetof(km__fkey, want) == 5 * KM__LINE &&
+                   offsetof(km__fkey, fb_used) == 6 * KM__LINE &&
+                   offsetof(km__fkey, a_last) == 7 * KM__LINE &&
+                   offsetof(km__fkey, fleet_id) == 8 * KM__LINE &&
+                   offsetof(km__fkey, a_ret) == 9 * KM__LINE,
+               "km__fkey lines");
+_Static_assert(sizeof(km__fkey) == 10 * KM__LINE, "km__fkey size");
+
+/* Bytes of a fleet region for cap_keys key rows (whole pages: it is the
+ * segment's last region). */
+static inline uint64_t km__fleet_bytes(uint32_t cap_keys)
+{
+    return (sizeof(km__fhdr) + (uint64_t)cap_keys * sizeof(km__fkey) + KM__PAGE - 1) &
+           ~(uint64_t)(KM__PAGE - 1);
+}
 
 /* ------------------------------------------------------------ the layout */
 
@@ -676,6 +825,11 @@ static inline uint64_t km__layout_signature(void)
         offsetof(km__key, own_models), offsetof(km__mwin, win_mask), offsetof(km__mwin, own_set),
         offsetof(km__mwin, emission_ns), offsetof(km__mwin, burst), KM__RES_MODEL_SHIFT,
         offsetof(km__intent, model),
+        /* Fleet-wide limits (issue 12): the minute credit in the key row,
+         * the fleet region, estimates in the lease slots. */
+        offsetof(km__key, credit), offsetof(km__key, fleet_mask), sizeof(km__fhdr),
+        sizeof(km__fkey), offsetof(km__fkey, fb_seq), offsetof(km__fkey, a_last),
+        offsetof(km__lease, tokens_est), offsetof(km__hdr, off_fleet),
         0x0102030405060708ull /* byte order */
     };
     return km__fnv64_bytes(KM__FNV64_INIT, v, sizeof v);

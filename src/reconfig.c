@@ -419,6 +419,7 @@ static void row_clear(km_env *e, uint32_t ki)
         ck_pr_store_64(&l->acquired, 0);
         ck_pr_store_64(&l->succeeded, 0);
         ck_pr_store_64(&l->tokens_used, 0);
+        ck_pr_store_64(&l->tokens_est, 0);
         ck_pr_store_64(&l->abandoned, 0);
         for (int i = 0; i < KM_OUT_COUNT; i++)
             ck_pr_store_64(&l->outcomes[i], 0);
@@ -986,6 +987,11 @@ static void state_apply(km_env *e, km__key *k, int state)
 
 KM_EXTERN int km_key_set_state(km_env *e, int key, int state)
 {
+    return km__key_set_state(e, key, state, 1);
+}
+
+int km__key_set_state(km_env *e, int key, int state, int note)
+{
     if (!e || (state != KM_KEY_ACTIVE && state != KM_KEY_DISABLED))
         return KM_EINVAL;
     /* Under the admin lock: the change is recorded, so a caller killed
@@ -998,6 +1004,9 @@ KM_EXTERN int km_key_set_state(km_env *e, int key, int state)
     intent_begin(e, state == KM_KEY_ACTIVE ? KM__OP_ENABLE : KM__OP_DISABLE, key, k->pool);
     intent_step(e, KM__STEP_PUBLISH);
     state_apply(e, k, state);
+    if (note) /* an operator's change here: the fleet agent passes it on */
+        km__fleet_health_note(e, k, state == KM_KEY_ACTIVE ? KM_FLEET_EV_ENABLE
+                                                           : KM_FLEET_EV_DISABLE);
     intent_end(e);
     km__admin_unlock(e);
     return KM_OK;

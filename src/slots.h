@@ -223,6 +223,11 @@ KM__HOT void km__settle(km_env *e, uint32_t ki, km__key *k, km__lease *ls,
         km__settle_set(&mset, lv->start_ns, lv->tokens, actual,
                        (lv->res_mask >> KM__RES_MODEL_SHIFT) & KM__TOKEN_WINS);
     }
+    /* A fleet key's estimates beside its settled tokens (km__lease.tokens_est):
+     * the agent reports the difference.  The key's line 1 is in cache
+     * (the settle's CAS above); another key pays one branch. */
+    if (__builtin_expect(k->fleet_mask & KM__TOKEN_WINS, 0))
+        KM__SLOT_ADD(ls->tokens_est, lv->tokens);
     KM__SLOT_ADD(ls->tokens_used, actual);
 }
 
