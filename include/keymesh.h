@@ -1367,6 +1367,14 @@ typedef struct km_fleet_status {
 KM_EXTERN int km_fleet_status_set(km_env *env, const km_fleet_status *st);
 KM_EXTERN int km_fleet_status_get(km_env *env, km_fleet_status *st);
 
+/* Has an acquirer asked for an early sync since the last call (a refusal
+ * for want of credit, or credit below its low-water mark)?  1 and the
+ * request taken, 0 if none; KM_EINVAL unless the caller holds the agent's
+ * role.  km_fleet_status_set also clears it (a sync answers every request
+ * so far).  A poll that finds none writes nothing.
+ * @note the role holder's. */
+KM_EXTERN int km_fleet_kicked(km_env *env);
+
 /* Health.  changes: fleet keys whose health changed here since the last
  * call (a release's 429 with its cooldown left in arg_ms, auth, quota; an
  * operator's km_key_set_state), at most cap of them (the rest at the next

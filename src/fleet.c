@@ -470,6 +470,7 @@ KM_EXTERN int km_fleet_apply(km_env *e, const km_fleet_grant *g, size_t n)
         return KM_EINVAL;
     if (!holds_role(e))
         return KM_EINVAL;
+    uint64_t now = km__now();
     for (size_t i = 0; i < n; i++) {
         const km_fleet_grant *gr = &g[i];
         if (gr->key >= e->geom.cap_keys || gr->window < 0 || gr->window >= KM_WIN_COUNT ||
@@ -502,8 +503,14 @@ KM_EXTERN int km_fleet_apply(km_env *e, const km_fleet_grant *g, size_t n)
         }
         fb_write(fk, w, gr->fb_from_ns, gr->fb_until_ns, T, tau);
         fk->fb_ppm = gr->fb_ppm;
-        if (gr->grant && k->pool < e->geom.n_pools)
-            km__wake_pool(e, k->pool); /* credit may admit sleepers */
+        /* Credit, or a fallback share open now (a reply after an outage
+         * grants no credit but opens the fallback at once), may admit
+         * sleepers: wake them rather than leave them to their own retry
+         * time.  The wake's bump of wake_seq is ordered after the stores
+         * above by km__wake's own fence. */
+        if ((gr->grant || (gr->fb_ppm && gr->fb_from_ns <= now && now < gr->fb_until_ns)) &&
+            k->pool < e->geom.n_pools)
+            km__wake_pool(e, k->pool);
     }
     return KM_OK;
 }
@@ -544,6 +551,19 @@ KM_EXTERN int km_fleet_status_get(km_env *e, km_fleet_status *st)
     st->n_hosts = ck_pr_load_32(&fh->n_hosts);
     st->learn_ms = ck_pr_load_32(&fh->learn_ms);
     return KM_OK;
+}
+
+KM_EXTERN int km_fleet_kicked(km_env *e)
+{
+    if (!e || !holds_role(e))
+        return KM_EINVAL;
+    km__fhdr *fh = km__fleet(e);
+    if (!fh || !ck_pr_load_32(&fh->kick))
+        return 0; /* the common poll: a load, no write to the kick line */
+    /* Take the kick: an acquirer's store of 1 after this exchange is a
+     * new kick, seen at the next poll (a lost kick costs one early sync,
+     * km__fhdr.kick). */
+    return ck_pr_fas_32(&fh->kick, 0) != 0;
 }
 
 KM_EXTERN int km_fleet_health_changes(km_env *e, km_fleet_health *out, size_t cap, size_t *n)

@@ -283,6 +283,9 @@ static void test_kick(void)
     bad |= acq_pin(env, P, "f", 0, &l) != KM_OK;
     rel_ok(env, &l, -1);
     ok(!bad && ck_pr_load_32(&fh->kick) == 1, "one below it: the agent is kicked");
+    is_int(km_fleet_kicked(env), 1, "km_fleet_kicked: the agent sees the kick");
+    is_int(km_fleet_kicked(env), 0, "  and took it: the next poll finds none");
+    is_int((int)ck_pr_load_32(&fh->kick), 0, "  the kick word is clear");
     collect(km_now_ns());
 }
 
@@ -467,6 +470,30 @@ static void test_fallback(void)
         g[i].fb_until_ns = km_now_ns() - 1;
     km_fleet_apply(env, g, 3);
     is_int(acq_pin(env, P, "f", 0, &x), KM_EAGAIN, "fallback window over: refused (stop)");
+
+    /* Sleepers are woken by a reply that opens a fallback share without
+     * credit (a reply after an outage), not only by credit: one counted
+     * sleeper stands in for a km_acquire_wait caller (km__wake bumps the
+     * futex word only when someone sleeps). */
+    km__pool *pool = &km__pools(env)[km__keys(env)[KF].pool];
+    ck_pr_inc_32(&pool->waiters);
+    uint32_t w0 = ck_pr_load_32(&pool->wake_seq);
+    for (int i = 0; i < 3; i++) {
+        g[i].fb_from_ns = km_now_ns() + 60 * NS; /* not open yet */
+        g[i].fb_until_ns = g[i].fb_from_ns + 2 * NS;
+    }
+    km_fleet_apply(env, g, 3);
+    is_int((int)(ck_pr_load_32(&pool->wake_seq) - w0), 0, "a share that opens later wakes nobody");
+    for (int i = 0; i < 3; i++) {
+        g[i].fb_from_ns = km_now_ns();
+        g[i].fb_until_ns = g[i].fb_from_ns + 2 * NS;
+    }
+    km_fleet_apply(env, g, 3);
+    ok(ck_pr_load_32(&pool->wake_seq) != w0, "a share open now, no credit: the sleepers are woken");
+    ck_pr_dec_32(&pool->waiters);
+    for (int i = 0; i < 3; i++)
+        g[i].fb_until_ns = km_now_ns() - 1;
+    km_fleet_apply(env, g, 3);
 }
 
 /* km_fleet_release(1): credit voided (returned at the next collect),
@@ -635,7 +662,7 @@ static void test_health(void)
 
 int main(void)
 {
-    plan(105);
+    plan(110);
     fixtures_init("fleet_seg");
     test_config();
     env = mkseg(CFG);
