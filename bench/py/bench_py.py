@@ -2,7 +2,8 @@
 """bench/py/bench_py.py - the Python binding's hot path, side by side.
 
     make && KEYMESH_LIBRARY=build/libkeymesh.so.0 PYTHONPATH=bindings/python \\
-        /usr/bin/python3 bench/py/bench_py.py [--reps 7] [--seconds 0.5] [--short]
+        /usr/bin/python3 bench/py/bench_py.py [--reps 7] [--seconds 0.5] [--short] \\
+        [--only pair,http,procs,wake,wakebusy] [--load N]
 
 One process, 4 keys, round robin, no limits (the in-process pool has none),
 in the same run and alternated rep by rep:
@@ -29,18 +30,27 @@ Each rep times batches of 64 operations with time.perf_counter_ns(); a
 figure is the median over reps of each rep's median batch mean (ns per
 operation).  Then:
 
-  procs     8 (and 1, 2) forked processes on one shared segment of 4 keys,
-            each looping acquire()+release() on the extension for --seconds:
-            pairs per second over all of them
-  wake      a KeyPool task awaiting acquire() while another process holds
-            the only key; that process releases it; latency from just before
-            its km_release to the task running again (km_now_ns, one clock
-            for both), --wakes samples: p50, p99, max
-            (with the extension, split by the lease's stamps: futex: to
-            km_acquire_wait returning in the helper thread; gil: to that
-            thread holding the GIL again; handover: to the task running
-            (call_soon_threadsafe, the loop's wake-up); and the load
-            average over the run)
+  procs     1, 2, 4, 8 forked processes started together, each looping
+            for --procs-seconds, alternated rep by rep (--procs-reps):
+            cpu (a pure-Python loop sharing nothing: the machine's ceiling
+            for Python in this run), inproc (each process its own
+            inproc_model pool), ext with 4 and with 64 keys (SyncKeyPool on
+            one shared segment): operations per second, x over 1 process,
+            and eff, operations per CPU-second over 1 process (1.00: no
+            contention, whatever else runs on the machine)
+  wake      a waiter while another process holds the only key; that
+            process releases it; latency from just before its km_release
+            to the waiter having the key (km_now_ns, one clock for both),
+            --wakes samples per variant in --wake-reps alternated blocks:
+            c (km_acquire_wait itself, stamped in C: the floor), ext (a
+            KeyPool task, idle loop: it waits in the loop's thread), and
+            ext_helper (the same through the helper thread, as on a loop
+            with sockets or timers); wakebusy: ext_busyloop (the loop never
+            idle).  p50, p90, p99, max and the load average; with the
+            extension, split by the lease's stamps: futex (to
+            km_acquire_wait returning), gil (to that thread holding the GIL
+            again), handover (to the task running).  --load N: N processes
+            spinning meanwhile
 
 Output: one SUMMARY line per figure (every parameter and result, units).
 The machine is shared: run it several times and compare medians.
