@@ -313,3 +313,26 @@ def test_idle_loop_wait_gives_way_to_a_signal(seg, secrets, monkeypatch):
     assert len(ran) == 1 and ran[0] < 0.1 + 0.5, ran   # a chunk is 20 ms
     pool._release_key(k)
     pool._close()
+
+
+def test_idle_wait_lets_the_rest_of_the_batch_run(seg, secrets):
+    # Tasks made ready together run one after the other: one that finds no
+    # key must not sleep in the loop's thread while another of the batch,
+    # still to run, would release one (it is in loop._ready until then).
+    name = seg("batch")
+    pool = KeyPool.create(name, cfg(secrets[:1], max_inflight=1), acquire_timeout=5)
+    _alone()
+
+    async def main():
+        k = await pool.acquire()
+
+        async def give_back():
+            await pool.release(k)
+        t0 = time.monotonic()
+        got, _ = await asyncio.gather(pool.acquire(), give_back())
+        return got, time.monotonic() - t0
+
+    got, took = run(main())
+    assert got == secrets[0] and took < 1, took
+    pool._release_key(got)
+    pool._close()
