@@ -40,21 +40,7 @@ def test_free_key_needs_no_thread(secrets):
 def test_woken_by_a_release_in_another_process(seg, secrets):
     name = seg("wake")
     pool = KeyPool.create(name, cfg(secrets[:1], max_inflight=1), acquire_timeout=10)
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            p = SyncKeyPool.open(name)
-            k = p.acquire()
-            os.write(w, b"H")
-            time.sleep(0.5)
-            os.write(w, struct.pack("Q", L.lib.km_now_ns()))
-            p.release(k)
-            p.close()
-        finally:
-            os._exit(0)
-    os.close(w)
-    assert os.read(r, 1) == b"H"
+    pid, r = _held_by_child(name, 0.5)
 
     async def main():
         ticks = 0
@@ -251,18 +237,25 @@ def _alone():
     assert threading.active_count() == 1, threading.enumerate()
 
 
-def test_idle_loop_waits_in_its_own_thread(seg, secrets, monkeypatch):
-    # Nothing else on the loop (no timer, no socket, no other thread): the
-    # loop's thread itself sleeps in km_acquire_wait, no helper thread (one
-    # thread switch less between the release and the task).
+def _idle_rig(name, secrets, monkeypatch, hold_s):
+    """A pool of one key that a child process holds for hold_s, this
+    thread alone, and the list that each helper thread started appends to:
+    (pool, child pid, the child's pipe, that list)."""
     from keymesh import _pool
     helpers = []
     real = _pool._wait_thread
     monkeypatch.setattr(_pool, "_wait_thread", lambda *a: (helpers.append(1), real(*a)))
-    name = seg("idle")
     pool = KeyPool.create(name, cfg(secrets[:1], max_inflight=1), acquire_timeout=10)
-    pid, r = _held_by_child(name, 0.3)
+    pid, r = _held_by_child(name, hold_s)
     _alone()
+    return pool, pid, r, helpers
+
+
+def test_idle_loop_waits_in_its_own_thread(seg, secrets, monkeypatch):
+    # Nothing else on the loop (no timer, no socket, no other thread): the
+    # loop's thread itself sleeps in km_acquire_wait, no helper thread (one
+    # thread switch less between the release and the task).
+    pool, pid, r, helpers = _idle_rig(seg("idle"), secrets, monkeypatch, 0.3)
 
     async def main():
         t0 = time.monotonic()
@@ -284,14 +277,7 @@ def test_idle_loop_wait_gives_way_to_a_signal(seg, secrets, monkeypatch):
     # IDLE_CHUNK_MS and goes on in the helper thread; the handler runs long
     # before the key comes back.
     import signal
-    from keymesh import _pool
-    helpers = []
-    real = _pool._wait_thread
-    monkeypatch.setattr(_pool, "_wait_thread", lambda *a: (helpers.append(1), real(*a)))
-    name = seg("idlesig")
-    pool = KeyPool.create(name, cfg(secrets[:1], max_inflight=1), acquire_timeout=10)
-    pid, r = _held_by_child(name, 1.5)
-    _alone()
+    pool, pid, r, helpers = _idle_rig(seg("idlesig"), secrets, monkeypatch, 1.5)
 
     async def main():
         loop = asyncio.get_running_loop()
