@@ -1,6 +1,8 @@
 """KeyPool (asyncio): a free key without a thread; no free key: a helper
 thread asleep in km_acquire_wait, woken by the release that frees one (in
-another process too), never a polling loop; cancellation never leaks."""
+another process too), never a polling loop, or on a loop where nothing
+else can run the loop's own thread asleep there; cancellation never
+leaks."""
 import asyncio
 import os
 import struct
