@@ -2,7 +2,8 @@
 """bench/py/bench_py.py - the Python binding's hot path, side by side.
 
     make && KEYMESH_LIBRARY=build/libkeymesh.so.0 PYTHONPATH=bindings/python \\
-        /usr/bin/python3 bench/py/bench_py.py [--reps 7] [--seconds 0.5] [--short]
+        /usr/bin/python3 bench/py/bench_py.py [--reps 7] [--seconds 0.5] [--short] \\
+        [--only pair,http,procs,wake,wakebusy] [--load N]
 
 One process, 4 keys, round robin, no limits (the in-process pool has none),
 in the same run and alternated rep by rep:
@@ -29,18 +30,27 @@ Each rep times batches of 64 operations with time.perf_counter_ns(); a
 figure is the median over reps of each rep's median batch mean (ns per
 operation).  Then:
 
-  procs     8 (and 1, 2) forked processes on one shared segment of 4 keys,
-            each looping acquire()+release() on the extension for --seconds:
-            pairs per second over all of them
-  wake      a KeyPool task awaiting acquire() while another process holds
-            the only key; that process releases it; latency from just before
-            its km_release to the task running again (km_now_ns, one clock
-            for both), --wakes samples: p50, p99, max
-            (with the extension, split by the lease's stamps: futex: to
-            km_acquire_wait returning in the helper thread; gil: to that
-            thread holding the GIL again; handover: to the task running
-            (call_soon_threadsafe, the loop's wake-up); and the load
-            average over the run)
+  procs     1, 2, 4, 8 forked processes started together, each looping
+            for --procs-seconds, alternated rep by rep (--procs-reps):
+            cpu (a pure-Python loop sharing nothing: the machine's ceiling
+            for Python in this run), inproc (each process its own
+            inproc_model pool), ext with 4 and with 64 keys (SyncKeyPool on
+            one shared segment): operations per second, x over 1 process,
+            and eff, operations per CPU-second over 1 process (1.00: no
+            contention, whatever else runs on the machine)
+  wake      a waiter while another process holds the only key; that
+            process releases it; latency from just before its km_release
+            to the waiter having the key (km_now_ns, one clock for both),
+            --wakes samples per variant in --wake-reps alternated blocks:
+            c (km_acquire_wait itself, stamped in C: the floor), ext (a
+            KeyPool task, idle loop: it waits in the loop's thread), and
+            ext_helper (the same through the helper thread, as on a loop
+            with sockets or timers); wakebusy: ext_busyloop (the loop never
+            idle).  p50, p90, p99, max and the load average; with the
+            extension, split by the lease's stamps: futex (to
+            km_acquire_wait returning), gil (to that thread holding the GIL
+            again), handover (to the task running).  --load N: N processes
+            spinning meanwhile
 
 Output: one SUMMARY line per figure (every parameter and result, units).
 The machine is shared: run it several times and compare medians.
@@ -48,6 +58,7 @@ The machine is shared: run it several times and compare medians.
 import argparse
 import asyncio
 import os
+import signal
 import statistics
 import struct
 import sys
@@ -185,13 +196,50 @@ def pypool_pair(seconds):
     return time_pairs(acq, rel, seconds)
 
 
-def procs_throughput(nprocs, seconds):
+def _spin(seconds):
+    """A pure-Python CPU loop (no memory shared with anyone): the machine's
+    ceiling for Python code in this run."""
+    n, end = 0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        x = 0
+        for i in range(BATCH):
+            x += i
+        n += BATCH
+    return n
+
+
+def _scale_step(variant, name):
+    """The timed loop body of one forked process: None (the CPU loop) or a
+    function running BATCH acquire()+release() pairs."""
+    if variant == "cpu":
+        return None
+    if variant == "inproc":
+        p = inproc_model.InProcPool(KEYS)
+    else:
+        p = keymesh.SyncKeyPool.open(name)
+    acq, rel = p.acquire, p.release
+
+    def step():
+        for _ in range(BATCH):
+            rel(acq())
+    return step
+
+
+def procs_throughput(variant, nprocs, nkeys, seconds):
+    """nprocs forked processes started together, each looping for
+    `seconds`: (operations per second over all of them, CPU seconds per
+    wall second over all of them).  variant: "ext" (SyncKeyPool.open on one
+    shared segment of nkeys keys, round robin, no limits), "inproc" (each
+    process its own inproc_model pool: nothing shared) or "cpu" (_spin)."""
     name = "kmb-py-%d" % os.getpid()
-    lib.km_unlink(name.encode())
-    cfg = {"capacity": {"keys": 8, "processes": 64},
-           "pools": [{"name": "p", "strategy": "round_robin",
-                      "keys": [{"id": "k%d" % i, "secret": s} for i, s in enumerate(KEYS)]}]}
-    owner = keymesh.SyncKeyPool.create(name, cfg)
+    owner = None
+    if variant == "ext":
+        lib.km_unlink(name.encode())
+        cfg = {"capacity": {"keys": max(8, nkeys), "processes": 64},
+               "pools": [{"name": "p", "strategy": "round_robin",
+                          "keys": [{"id": "k%d" % i, "secret": "sk-bench-py-%04d" % i}
+                                   for i in range(nkeys)]}]}
+        owner = keymesh.SyncKeyPool.create(name, cfg)
     go_r, go_w = os.pipe()
     res_r, res_w = os.pipe()
     pids = []
@@ -199,31 +247,93 @@ def procs_throughput(nprocs, seconds):
         pid = os.fork()
         if pid == 0:
             try:
-                p = keymesh.SyncKeyPool.open(name)
-                acq, rel = p.acquire, p.release
+                step = _scale_step(variant, name)
                 os.read(go_r, 1)
-                n = 0
-                end = time.perf_counter() + seconds
-                while time.perf_counter() < end:
-                    for _ in range(BATCH):
-                        rel(acq())
-                    n += BATCH
-                p.close()
-                os.write(res_w, struct.pack("Q", n))
+                t0, c0 = time.perf_counter(), time.process_time()
+                if step is None:
+                    n = _spin(seconds)
+                else:
+                    n, end = 0, t0 + seconds
+                    while time.perf_counter() < end:
+                        step()
+                        n += BATCH
+                wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+                os.write(res_w, struct.pack("Qdd", n, wall, cpu))
             finally:
                 os._exit(0)
         pids.append(pid)
     time.sleep(0.2)
     os.write(go_w, b"g" * nprocs)
-    total = sum(struct.unpack("Q", os.read(res_r, 8))[0] for _ in pids)
+    ops = cpu = 0.0
+    for _ in pids:
+        n, wall, c = struct.unpack("Qdd", os.read(res_r, 24))
+        ops += n / wall
+        cpu += c / wall
     for pid in pids:
         os.waitpid(pid, 0)
-    owner.close()
-    keymesh.unlink(name)
-    return total / seconds
+    for fd in (go_r, go_w, res_r, res_w):
+        os.close(fd)
+    if owner is not None:
+        owner.close()
+        keymesh.unlink(name)
+    return ops, cpu
 
 
-def wake_latency(samples, busy=False):
+# The scaling figure's variants: (name, variant, keys).
+SCALE = (("cpu", "cpu", 0), ("inproc", "inproc", 0), ("ext", "ext", 4), ("ext", "ext", 64))
+
+
+def procs_scale(a):
+    """Every variant at 1, 2, 4, 8 processes, alternated: each rep runs
+    every (processes, variant) once, so the ceiling and the pool are
+    measured within seconds of each other.  Two figures per point: x, the
+    operations per second over the 1-process figure of the same rep (what
+    the wall clock gives; less than the cores whenever anything else runs),
+    and eff, the operations per CPU-second over the 1-process figure: what
+    a core does once it has one (1.00: no contention; a cache line that
+    processes fight over costs CPU time and lowers it)."""
+    ns = (1, 2, 4, 8)
+    r = {(v, k, n): [] for v, _, k in SCALE for n in ns}
+    for _ in range(a.procs_reps):
+        for n in ns:
+            for v, var, k in SCALE:
+                r[(v, k, n)].append(procs_throughput(var, n, k, a.procs_seconds))
+    cpus = os.cpu_count() or 0
+    x, eff = {}, {}
+    for v, _, k in SCALE:
+        base = r[(v, k, 1)]
+        for n in ns:
+            xs = r[(v, k, n)]
+            xr = [o[0] / b[0] for o, b in zip(xs, base)]
+            er = [(o[0] / o[1]) / (b[0] / b[1]) for o, b in zip(xs, base)]
+            x[(v, k, n)], eff[(v, k, n)] = statistics.median(xr), statistics.median(er)
+            print("SUMMARY bench=py_procs variant=%s procs=%d keys=%d strategy=round_robin "
+                  "limits=none seconds=%.2f reps=%d ops_per_s=%.0f cpu_busy=%.2f "
+                  "ops_per_cpu_s=%.0f x=%.2f x_min=%.2f x_max=%.2f eff=%.2f eff_min=%.2f "
+                  "eff_max=%.2f cpus=%d" % (
+                      v, n, k, a.procs_seconds, a.procs_reps,
+                      statistics.median(o[0] for o in xs), statistics.median(o[1] for o in xs),
+                      statistics.median(o[0] / o[1] for o in xs), x[(v, k, n)], min(xr),
+                      max(xr), eff[(v, k, n)], min(er), max(er), cpus))
+    # The ceiling beside the pool: the CPU loop's figures at the same n.
+    for n in ns[1:]:
+        print("SUMMARY bench=py_procs_ceiling procs=%d reps=%d cpus=%d %s %s" % (
+            n, a.procs_reps, cpus,
+            " ".join("%s_x=%.2f" % (v + (str(k) if k else ""), x[(v, k, n)])
+                     for v, _, k in SCALE),
+            " ".join("%s_eff=%.2f" % (v + (str(k) if k else ""), eff[(v, k, n)])
+                     for v, _, k in SCALE)))
+
+
+def wake_latency(samples, variant):
+    """A release in another process waking a waiter: (latencies in us,
+    split).  variant: "c" (the waiter in km_acquire_wait itself, the
+    extension's _wait_lease in this process's main thread, no event loop:
+    the wake-up's floor, stamped in C as km_acquire_wait returns), "ext"
+    (a KeyPool task awaiting acquire() on an idle loop, which waits in the
+    loop's thread: keymesh._pool._loop_idle), "ext_helper" (the same
+    through the helper thread, as on a loop with sockets or timers) or
+    "ext_busyloop" (the loop never idle: the helper thread)."""
     name = "kmb-pyw-%d" % os.getpid()
     lib.km_unlink(name.encode())
     cfg = {"capacity": {"keys": 2, "processes": 8},
@@ -250,6 +360,25 @@ def wake_latency(samples, busy=False):
         finally:
             os._exit(0)
 
+    def sample(lz, got):
+        rel = struct.unpack("Q", os.read(t_r, 8))[0]
+        woke, gil = getattr(lz, "_wait_stamps", (0, 0))
+        split = ((woke - rel) / 1000.0, (gil - woke) / 1000.0, (got - gil) / 1000.0) \
+            if woke else None
+        return (got - rel) / 1000.0, split
+
+    def run_c():
+        out = []
+        for _ in range(samples):
+            os.read(held_r, 1)  # the other process holds the key now
+            lz = 0
+            while isinstance(lz, int):  # EAGAIN at the end of a chunk
+                lz = pool._wait_lease(None, 0, None, None, False, 1000)
+            out.append(sample(lz, lib.km_now_ns()))
+            lz.release()
+            os.write(got_w, b"g")
+        return out
+
     async def spin(stop):
         # A loop never idle: short Python callbacks back to back (a busy
         # server), so the loop thread holds the GIL but for its epoll calls.
@@ -258,47 +387,103 @@ def wake_latency(samples, busy=False):
             await asyncio.sleep(0)
 
     async def run():
-        lat, split = [], []
-        stop = []
-        spinner = asyncio.ensure_future(spin(stop)) if busy else None
+        out, stop = [], []
+        spinner = asyncio.ensure_future(spin(stop)) if variant == "ext_busyloop" else None
         for _ in range(samples):
             os.read(held_r, 1)  # the other process holds the key now
             # pool.acquire() is this, returning lz.key: the lease is kept
             # for the helper thread's stamps
             lz = await _pool._aacquire(pool, None, None, 0, None, None, True)
-            got = lib.km_now_ns()
-            rel = struct.unpack("Q", os.read(t_r, 8))[0]
-            lat.append((got - rel) / 1000.0)
-            woke, gil = getattr(lz, "_wait_stamps", (0, 0))
-            if woke:
-                split.append(((woke - rel) / 1000.0, (gil - woke) / 1000.0,
-                              (got - gil) / 1000.0))
+            out.append(sample(lz, lib.km_now_ns()))
             await pool.release(lz.key)
             os.write(got_w, b"g")
         if spinner is not None:
             stop.append(1)
             await spinner
-        return lat, split
-    lat = asyncio.run(run())
+        return out
+    _pool._IDLE_WAIT = variant != "ext_helper"
+    try:
+        res = run_c() if variant == "c" else asyncio.run(run())
+    finally:
+        _pool._IDLE_WAIT = True
     os.waitpid(pid, 0)
+    for fd in (held_r, held_w, t_r, t_w, got_r, got_w):
+        os.close(fd)
     pool._close()
     keymesh.unlink(name)
-    return lat
+    return [x[0] for x in res], [x[1] for x in res if x[1]]
+
+
+def hogs(n):
+    """n processes spinning in Python for the load: their pids."""
+    pids = []
+    for _ in range(n):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                while True:
+                    pass
+            finally:
+                os._exit(0)
+        pids.append(pid)
+    return pids
+
+
+def wake_figures(a, variants):
+    """The variants alternated, --wake-reps blocks of --wakes / --wake-reps
+    samples each; percentiles over every sample of a variant."""
+    hog = hogs(a.load)
+    try:
+        lat = {v: [] for v in variants}
+        split = {v: [] for v in variants}
+        l0 = os.getloadavg()[0]
+        per = max(1, a.wakes // a.wake_reps)
+        for _ in range(a.wake_reps):
+            for v in variants:
+                x, sp = wake_latency(per, v)
+                lat[v] += x
+                split[v] += sp
+        l1 = os.getloadavg()[0]
+    finally:
+        for pid in hog:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    for v in variants:
+        xs = lat[v]
+        print("SUMMARY bench=py_wake variant=%s procs=2 keys=1 load_procs=%d samples=%d "
+              "p50_us=%.0f p90_us=%.0f p99_us=%.0f max_us=%.0f loadavg1=%.2f-%.2f cpus=%d "
+              "target: p99<=1000us %s" % (
+                  v, a.load, len(xs), pct(xs, 50), pct(xs, 90), pct(xs, 99), max(xs), l0, l1,
+                  os.cpu_count() or 0, "met" if pct(xs, 99) <= 1000 else "MISSED"))
+        sp = split[v]
+        if sp:
+            parts = ("futex", "gil", "handover")
+            print("SUMMARY bench=py_wake_split variant=%s load_procs=%d samples=%d %s" % (
+                v, a.load, len(sp), " ".join(
+                    "%s_p50_us=%.0f %s_p99_us=%.0f" % (n, pct([x[i] for x in sp], 50), n,
+                                                      pct([x[i] for x in sp], 99))
+                    for i, n in enumerate(parts))))
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--seconds", type=float, default=0.5, help="per figure per rep")
-    ap.add_argument("--procs-seconds", type=float, default=2.0)
-    ap.add_argument("--wakes", type=int, default=300)
+    ap.add_argument("--procs-seconds", type=float, default=0.5)
+    ap.add_argument("--procs-reps", type=int, default=5)
+    ap.add_argument("--wakes", type=int, default=300, help="wake-up samples per variant")
+    ap.add_argument("--wake-reps", type=int, default=3,
+                    help="blocks the wake-up samples are taken in, variants alternated")
+    ap.add_argument("--load", type=int, default=0,
+                    help="processes spinning in Python during the wake-up figures")
     ap.add_argument("--short", action="store_true", help="smoke run")
     ap.add_argument("--only", default="pair,http,procs,wake",
                     help="comma-separated figures to run: pair,http,procs,wake,wakebusy")
     a = ap.parse_args()
     only = set(a.only.split(","))
     if a.short:
-        a.reps, a.seconds, a.procs_seconds, a.wakes = 1, 0.05, 0.2, 20
+        a.reps, a.seconds, a.procs_seconds, a.procs_reps, a.wakes, a.wake_reps = \
+            1, 0.05, 0.1, 1, 20, 1
     if keymesh.implementation() != "c-extension":
         sys.exit("bench_py: the extension is not in use: %s" % keymesh.implementation_detail())
 
@@ -327,29 +512,11 @@ def main():
     if "pair" in only:
         pairs(a, common)
     if "procs" in only:
-        for n in (1, 2, 8):
-            ops = procs_throughput(n, a.procs_seconds)
-            print("SUMMARY bench=py_procs variant=ext procs=%d keys=4 strategy=round_robin "
-                  "limits=none seconds=%.1f pairs_per_s=%.0f cpus=%d" % (
-                      n, a.procs_seconds, ops, os.cpu_count() or 0))
-    for busy in (False, True):
-        if ("wakebusy" if busy else "wake") not in only:
-            continue
-        var = "ext_busyloop" if busy else "ext"
-        l0 = os.getloadavg()[0]
-        lat, split = wake_latency(a.wakes, busy)
-        l1 = os.getloadavg()[0]
-        print("SUMMARY bench=py_wake variant=%s procs=2 keys=1 samples=%d p50_us=%.0f "
-              "p99_us=%.0f max_us=%.0f loadavg1=%.2f-%.2f cpus=%d target: p99<=1000us %s" % (
-                  var, len(lat), pct(lat, 50), pct(lat, 99), max(lat), l0, l1,
-                  os.cpu_count() or 0, "met" if pct(lat, 99) <= 1000 else "MISSED"))
-        if split:
-            parts = ("futex", "gil", "handover")
-            print("SUMMARY bench=py_wake_split variant=%s samples=%d %s" % (
-                var, len(split), " ".join(
-                    "%s_p50_us=%.0f %s_p99_us=%.0f" % (n, pct([x[i] for x in split], 50), n,
-                                                      pct([x[i] for x in split], 99))
-                    for i, n in enumerate(parts))))
+        procs_scale(a)
+    variants = [v for v, o in (("c", "wake"), ("ext", "wake"), ("ext_helper", "wake"),
+                               ("ext_busyloop", "wakebusy")) if o in only]
+    if variants:
+        wake_figures(a, variants)
 
 
 def pairs(a, common):

@@ -1,6 +1,8 @@
 """KeyPool (asyncio): a free key without a thread; no free key: a helper
 thread asleep in km_acquire_wait, woken by the release that frees one (in
-another process too), never a polling loop; cancellation never leaks."""
+another process too), never a polling loop, or on a loop where nothing
+else can run the loop's own thread asleep there; cancellation never
+leaks."""
 import asyncio
 import os
 import struct
@@ -40,21 +42,7 @@ def test_free_key_needs_no_thread(secrets):
 def test_woken_by_a_release_in_another_process(seg, secrets):
     name = seg("wake")
     pool = KeyPool.create(name, cfg(secrets[:1], max_inflight=1), acquire_timeout=10)
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            p = SyncKeyPool.open(name)
-            k = p.acquire()
-            os.write(w, b"H")
-            time.sleep(0.5)
-            os.write(w, struct.pack("Q", L.lib.km_now_ns()))
-            p.release(k)
-            p.close()
-        finally:
-            os._exit(0)
-    os.close(w)
-    assert os.read(r, 1) == b"H"
+    pid, r = _held_by_child(name, 0.5)
 
     async def main():
         ticks = 0
@@ -218,3 +206,121 @@ def test_waited_lease_carries_wake_stamps(seg, secrets):
         second.release()
         await pool.close()
     run(main())
+
+
+def _held_by_child(name, hold_s):
+    """A child process that takes the pool's one key, says so, and releases
+    it after hold_s: its pid and a pipe giving b"H", then the release's
+    km_now_ns."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            p = SyncKeyPool.open(name)
+            k = p.acquire()
+            os.write(w, b"H")
+            time.sleep(hold_s)
+            os.write(w, struct.pack("Q", L.lib.km_now_ns()))
+            p.release(k)
+            p.close()
+        finally:
+            os._exit(0)
+    os.close(w)
+    assert os.read(r, 1) == b"H"
+    return pid, r
+
+
+def _alone():
+    """Wait for threads of earlier tests (helpers ending, a provider) to
+    end: the idle-loop path needs this thread alone."""
+    deadline = time.monotonic() + 5
+    while threading.active_count() > 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert threading.active_count() == 1, threading.enumerate()
+
+
+def _idle_rig(name, secrets, monkeypatch, hold_s):
+    """A pool of one key that a child process holds for hold_s, this
+    thread alone, and the list that each helper thread started appends to:
+    (pool, child pid, the child's pipe, that list)."""
+    from keymesh import _pool
+    helpers = []
+    real = _pool._wait_thread
+    monkeypatch.setattr(_pool, "_wait_thread", lambda *a: (helpers.append(1), real(*a)))
+    pool = KeyPool.create(name, cfg(secrets[:1], max_inflight=1), acquire_timeout=10)
+    pid, r = _held_by_child(name, hold_s)
+    _alone()
+    return pool, pid, r, helpers
+
+
+def test_idle_loop_waits_in_its_own_thread(seg, secrets, monkeypatch):
+    # Nothing else on the loop (no timer, no socket, no other thread): the
+    # loop's thread itself sleeps in km_acquire_wait, no helper thread (one
+    # thread switch less between the release and the task).
+    pool, pid, r, helpers = _idle_rig(seg("idle"), secrets, monkeypatch, 0.3)
+
+    async def main():
+        t0 = time.monotonic()
+        k = await pool.acquire()
+        return k, L.lib.km_now_ns(), time.monotonic() - t0
+
+    k, got, waited = run(main())
+    released = struct.unpack("Q", os.read(r, 8))[0]
+    os.waitpid(pid, 0)
+    assert k == secrets[0] and 0.2 <= waited < 5 and helpers == []
+    assert got >= released and got - released < 200_000_000, (got - released) / 1e6
+    pool._release_key(k)
+    pool._close()
+
+
+def test_idle_loop_wait_gives_way_to_a_signal(seg, secrets, monkeypatch):
+    # A signal handler (loop.add_signal_handler) that runs during the idle
+    # wait makes the loop busy: the wait gives the loop back within
+    # IDLE_CHUNK_MS and goes on in the helper thread; the handler runs long
+    # before the key comes back.
+    import signal
+    pool, pid, r, helpers = _idle_rig(seg("idlesig"), secrets, monkeypatch, 1.5)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        ran = []
+        loop.add_signal_handler(signal.SIGALRM, lambda: ran.append(time.monotonic()))
+        t0 = time.monotonic()
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        try:
+            k = await pool.acquire()
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            loop.remove_signal_handler(signal.SIGALRM)
+        return k, [t - t0 for t in ran], time.monotonic() - t0
+
+    k, ran, waited = run(main())
+    os.read(r, 8)
+    os.waitpid(pid, 0)
+    assert (k, helpers) == (secrets[0], [1]) and waited >= 1.2, waited
+    assert len(ran) == 1 and ran[0] < 0.1 + 0.5, ran   # a chunk is 20 ms
+    pool._release_key(k)
+    pool._close()
+
+
+def test_idle_wait_lets_the_rest_of_the_batch_run(seg, secrets):
+    # Tasks made ready together run one after the other: one that finds no
+    # key must not sleep in the loop's thread while another of the batch,
+    # still to run, would release one (it is in loop._ready until then).
+    name = seg("batch")
+    pool = KeyPool.create(name, cfg(secrets[:1], max_inflight=1), acquire_timeout=5)
+    _alone()
+
+    async def main():
+        k = await pool.acquire()
+
+        async def give_back():
+            await pool.release(k)
+        t0 = time.monotonic()
+        got, _ = await asyncio.gather(pool.acquire(), give_back())
+        return got, time.monotonic() - t0
+
+    got, took = run(main())
+    assert got == secrets[0] and took < 1, took
+    pool._release_key(got)
+    pool._close()

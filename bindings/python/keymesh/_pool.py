@@ -28,6 +28,7 @@ import math
 import os
 import pwd
 import re
+import select
 import threading
 import time
 import uuid
@@ -1403,13 +1404,44 @@ def _wait_thread(core: Any, loop: asyncio.AbstractEventLoop, fut: "asyncio.Futur
             _give_back(result)
 
 
+# An idle loop's own wait (_loop_idle): the longest one chunk of it holds
+# the loop's thread, which is what a signal's handler may wait.  _IDLE_WAIT
+# False: always the helper thread (bench/py times both).
+IDLE_CHUNK_MS = 20
+_IDLE_WAIT = True
+
+
+def _loop_idle(loop: asyncio.AbstractEventLoop) -> bool:
+    """True if nothing but the awaiting task's acquire can happen on loop:
+    an asyncio selector loop with no callback ready, no timer, no file
+    descriptor but its own wake-up socket, nothing to read on that (a
+    signal for loop.add_signal_handler), and no thread but this one to call
+    it (call_soon_threadsafe).  Then waiting for a key in the loop's own
+    thread delays nothing -- but a signal's handler, by at most
+    IDLE_CHUNK_MS -- and saves the wake-up two thread switches (the helper
+    thread's, and the loop's when the helper hands the lease over).  Any
+    other loop (uvloop, a loop with a server socket, a connection, a
+    timer, an executor thread): False."""
+    try:
+        if (threading.active_count() > 1 or loop._ready  # type: ignore[attr-defined]
+                or loop._scheduled  # type: ignore[attr-defined]
+                or len(loop._selector.get_map()) > 1):  # type: ignore[attr-defined]
+            return False
+        ssock = loop._ssock  # type: ignore[attr-defined]
+    except AttributeError:
+        return False
+    return ssock is not None and not select.select([ssock], [], [], 0)[0]
+
+
 async def _aacquire(core: Any, timeout: Optional[float], model: Optional[str], tokens: int,
                     key_id: Optional[str], strategy: Any, track: bool) -> Any:
     """A lease without blocking the loop: one non-blocking try; if no key
     is admissible, a helper thread sleeps in km_acquire_wait (woken by the
     release that frees a key, in any process) and hands the lease over
-    with call_soon_threadsafe.  Cancelling the awaiting task never leaks
-    a lease: one the thread gets afterwards is given back (cancelled)."""
+    with call_soon_threadsafe -- or, on a loop where nothing else can run
+    (_loop_idle), the loop's own thread sleeps there.  Cancelling the
+    awaiting task never leaks a lease: one the thread gets afterwards is
+    given back (cancelled)."""
     args = (model, tokens, key_id, strategy, track)
     r = core._try_lease(*args)
     if not isinstance(r, int):
@@ -1418,10 +1450,28 @@ async def _aacquire(core: Any, timeout: Optional[float], model: Optional[str], t
     if t <= 0:
         _raise(L.EAGAIN, "acquire from pool '%s'" % core.pool_name, r)
     loop = asyncio.get_running_loop()
+    deadline_ns = lib.km_now_ns() + int(t * 1e9)
+    if _IDLE_WAIT and _loop_idle(loop):
+        # Nothing else can run on this loop: wait in its own thread, in
+        # chunks, while that stays so (_loop_idle); then the helper thread.
+        while True:
+            left = (deadline_ns - lib.km_now_ns()) // 1_000_000
+            if left <= 0:
+                break
+            r = core._wait_lease(*args, min(left, IDLE_CHUNK_MS))
+            if not isinstance(r, int):
+                return r
+            if not _loop_idle(loop):
+                break
+        if lib.km_now_ns() >= deadline_ns:  # as the helper thread ends a wait
+            r = core._try_lease(*args)
+            if isinstance(r, int):
+                _raise(L.ETIMEDOUT, "acquire from pool '%s'" % core.pool_name, r)
+            return r
     fut = loop.create_future()
     w = _Waiter()
     th = threading.Thread(target=_wait_thread, name="keymesh-wait", daemon=True,
-                          args=(core, loop, fut, w, lib.km_now_ns() + int(t * 1e9), args))
+                          args=(core, loop, fut, w, deadline_ns, args))
     th.start()
     try:
         return await fut
