@@ -230,7 +230,9 @@ KM_EXTERN int km_check(km_env *e, void (*report)(void *, const char *), void *ct
      * writer lives. */
     static const char *const op_name[KM__OP_COUNT] = {"none", "add-key", "remove-key",
                                                      "set-weight", "set-limits", "enable",
-                                                     "disable"};
+                                                     "disable", "add-pool", "remove-pool",
+                                                     "set-pool", "set-pool limits",
+                                                     "set-pool model"};
     int busy = writing;
     if (iv.op != KM__OP_NONE && !iv.alive)
         violation(&c, "reconfiguration %s (key slot %d) interrupted: its writer (pid %u) died; "

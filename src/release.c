@@ -280,9 +280,13 @@ KM_EXTERN int km_release(km_env *e, const km_lease *l, const km_outcome *o)
         km__usage_put(e, km__rd_holds_row1(&e->seg), l->key, lv.key_gen, k->pool, lv.model, lv.start_ns, actual,
                       lat_us, kind);
     } else {
-        /* The row was reused since: the count goes on the key row, as
-         * always; its model rows are the new key's and name its pool's
-         * models, not this lease's, so none is counted. */
+        /* The key's generation moved on while we held the slot: its pool
+         * was removed with this lease out (km_pool_remove, KM_POOL_FORCE).
+         * The row cannot have been reused meanwhile (reuse needs every slot
+         * free), so what the lease reserved there is still its own: given
+         * back, nothing charged (actual 0).  The count goes on the key row;
+         * no model row counts it. */
+        km__settle(e, l->key, k, ls, &lv, 0);
         ck_pr_inc_64(&k->stale);
     }
     /* The probe ends with its own release, after its outcome moved the
