@@ -1157,9 +1157,16 @@ KM_EXTERN int km_pool_remove(km_env *e, int pool, uint32_t timeout_ms, unsigned 
     km__wake_pool(e, p); /* sleepers of km_acquire_wait: KM_ENOPOOL */
     rc = km__epoch_sync(&e->seg, km__admin_timeout(e));
     if (rc == KM_OK) {
-        uint64_t end = km__now() + (uint64_t)timeout_ms * KM__NS_PER_MS;
+        uint64_t end = km__now() + (uint64_t)timeout_ms * KM__NS_PER_MS, reaped = 0;
         uint32_t n;
         while ((n = pool_leases(e, p)) != 0 && km__now() < end) {
+            /* Leases of processes that died come back by a reap (which
+             * leaves our intent alone: its writer lives), every 100 ms. */
+            if (km__now() - reaped >= 100 * KM__NS_PER_MS) {
+                km__reap_dead(e, NULL, 0);
+                reaped = km__now();
+                continue;
+            }
             struct timespec ts = {0, 1000 * 1000}; /* 1 ms */
             nanosleep(&ts, NULL);
         }
