@@ -218,6 +218,26 @@ static void t_api(void)
     is_int(b2, b, "remove: its row and its keys' rows reused by the next add (%s)", err);
     ok(all_keys_lease(env, b2), "remove: the new pool's 6 keys are handed out");
     is_int(km_check(env, report, "api"), 0, "km_check clean");
+
+    /* Snapshot and restore of a segment whose pools changed live. */
+    unsigned char key[KM_SNAPSHOT_KEY_BYTES];
+    memset(key, 7, sizeof key);
+    char *snap = NULL;
+    km_env *re = NULL;
+    rc = km_snapshot_json_ex(env, KM_SNAPSHOT_SECRETS, key, &snap);
+    if (rc == KM_OK)
+        rc = km_restore(NULL, snap, strlen(snap), key, 0, &re, err, sizeof err);
+    is_int(rc, KM_OK, "snapshot and restore after pools changed (%s)", err);
+    if (re) {
+        int ra = km_pool_find(re, "a"), rbp = km_pool_find(re, "b"), rcp = km_pool_find(re, "c");
+        km_pool_info ai;
+        km_pool_info_get(re, ra, &ai);
+        ok(ra >= 0 && rbp >= 0 && rcp >= 0 && ai.n_models == 2 && all_keys_lease(re, rbp),
+           "restored: pools a, b (6 keys, handed out) and c; a with its appended model");
+        is_int(add_pool(re, "d", 1, NULL), KM_EFULL, "restored: capacity.pools carried over (3: full)");
+        km_close(re);
+    }
+    free(snap);
     rmseg(env);
 }
 
@@ -264,6 +284,31 @@ static void t_remove_wait(void)
     ok(rc == KM_OK && dt >= 50 * MS && dt < 4000 * MS,
        "remove waits for another process's lease, then removes (%s, %" PRIu64 " ms)", E(rc), dt / MS);
     ok(WIFEXITED(st) && WEXITSTATUS(st) == 0, "that lease released KM_OK");
+
+    /* A sleeper of km_acquire_wait on a pool being removed: KM_ENOPOOL. */
+    b = add_pool(env, "s", 1, "\"limits\": {\"rpm\": 1}");
+    rc = acquire_with(env, b, 0, 1, &l); /* its one request of the minute */
+    km_release(env, &l, NULL);
+    fflush(stdout);
+    pid = fork();
+    if (pid == 0) {
+        km_env *e2;
+        if (km_open(seg, &e2) != KM_OK)
+            _exit(1);
+        km_request r = {.pool = b, .tokens = 1};
+        km_lease lw;
+        uint64_t w0 = now_ns();
+        int r2 = km_acquire_wait(e2, &r, &lw, 20000);
+        km_close(e2);
+        _exit(r2 == KM_ENOPOOL && now_ns() - w0 < 10 * NS ? 0 : 10 + (r2 < 0 ? -r2 : r2));
+    }
+    usleep(200 * 1000);
+    t0 = now_ns();
+    rc = km_pool_remove(env, b, 1000, 0);
+    waitpid(pid, &st, 0);
+    ok(rc == KM_OK && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+       "a sleeper in km_acquire_wait on the removed pool wakes with KM_ENOPOOL (%s, status %d)", E(rc),
+       WIFEXITED(st) ? WEXITSTATUS(st) : -1);
 
     /* Forced: the late release is stale. */
     b = add_pool(env, "c", 1, NULL);
@@ -815,7 +860,7 @@ int main(void)
     fs = mmap(NULL, sizeof *fs, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (fs == MAP_FAILED)
         bail_out("mmap");
-    plan(37 + 10 + 13 + 3 * OP_N + 8);
+    plan(40 + 11 + 13 + 3 * OP_N + 8);
     t_api();
     t_remove_wait();
     t_live();
