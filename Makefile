@@ -250,7 +250,7 @@ FAULT_OBJ := $(patsubst $(BUILD)/obj/%,$(BUILD)/fault/%,$(LIB_OBJ))
 $(BUILD)/fault/%.o: %.c include/keymesh.h $(wildcard shm/*.h src/*.h) | km-need-cc km-need-lib
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -DKM_FAULT_INJECTION -DKM_BUILDING_LIBRARY -fvisibility=hidden -c $< -o $@
-$(BUILD)/tests/t_fault $(BUILD)/tests/t_livepool: $(BUILD)/tests/%: tests/%.c tests/tap.h tests/testlib.h $(FAULT_OBJ)
+$(BUILD)/tests/t_fault $(BUILD)/tests/t_livepool: $(BUILD)/tests/%: tests/%.c tests/tap.h tests/testlib.h tests/killlib.h $(FAULT_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -DKM_FAULT_INJECTION -Ishm -Isrc -o $@ $< $(FAULT_OBJ) $(LDFLAGS) $(LIBS) -lm
 

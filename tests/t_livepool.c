@@ -48,7 +48,7 @@
 
 #include <ck_pr.h>
 
-#include "testlib.h"
+#include "killlib.h"
 
 static char err[512];
 
@@ -341,8 +341,9 @@ typedef struct live_sh {
     uint64_t lim_last[WORKERS];         /* latest start among them */
 } live_sh;
 
-static void live_worker(live_sh *sh, int w)
+static void live_worker(void *arg, int w)
 {
+    live_sh *sh = arg;
     km_env *e;
     if (km_open(seg, &e) != KM_OK)
         _exit(1);
@@ -396,15 +397,9 @@ static void t_live(void)
     km_env *env = mkseg("{\"capacity\": {\"keys\": 8, \"pools\": 2, \"processes\": 8, \"models\": 2},"
                         " \"pools\": [{\"name\": \"a\","
                         "   \"keys\": [{\"id\": \"a0\", \"secret\": \"sk-livew-a0-0000000\"}]}]}");
-    live_sh *sh = mmap(NULL, sizeof *sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (sh == MAP_FAILED)
-        bail_out("mmap");
-    memset(sh, 0, sizeof *sh);
+    live_sh *sh = shared_map(sizeof *sh);
     pid_t wk[WORKERS];
-    fflush(stdout);
-    for (int w = 0; w < WORKERS; w++)
-        if ((wk[w] = fork()) == 0)
-            live_worker(sh, w);
+    workers_start(wk, WORKERS, live_worker, sh);
     usleep(100 * 1000);
     int x = add_pool(env, "x", LKEYS, "\"strategy\": \"round_robin\", \"models\": {\"m\": {}}");
     ok(x >= 0, "live: pool x added while workers run (%s)", err);
@@ -428,11 +423,7 @@ static void t_live(void)
     is_int(rc, KM_OK, "live: pool x removed while workers acquire from it");
     usleep(300 * 1000);
     ck_pr_store_int(&sh->stop, 1);
-    int wbad = 0, st;
-    for (int w = 0; w < WORKERS; w++) {
-        waitpid(wk[w], &st, 0);
-        wbad += !WIFEXITED(st) || WEXITSTATUS(st) != 0;
-    }
+    int wbad = workers_wait(wk, WORKERS);
     uint64_t leases = 0, found = 0, after = 0, notf = 0, firsts = 0, bad = 0, last = 0, cnt[LKEYS] = {0};
     for (int w = 0; w < WORKERS; w++) {
         leases += sh->leases[w], found += sh->found[w], after += sh->after_rm[w];
@@ -464,23 +455,6 @@ static void t_live(void)
 }
 
 /* --------------------------------------------------------- every point */
-
-typedef struct fault_sh {
-    int target;
-    char label[48];
-    char where[48];
-} fault_sh;
-static fault_sh *fs;
-static int hits;
-
-static void hook(const char *where)
-{
-    hits++;
-    if ((fs->target && hits == fs->target) || (fs->label[0] && !strcmp(where, fs->label))) {
-        snprintf(fs->where, sizeof fs->where, "%s", where);
-        raise(SIGKILL);
-    }
-}
 
 enum { OP_ADD, OP_ADD_REUSE, OP_REMOVE, OP_REMOVE_FORCE, OP_SET, OP_LIMITS, OP_MODEL,
        OP_MODEL_ADD, OP_RECOVER_LIMITS, OP_N };
@@ -535,9 +509,7 @@ static int run_op(km_env *e, int op)
 
 static int writer_dies(int op, int target, const char *label)
 {
-    memset(fs, 0, sizeof *fs);
-    fs->target = target;
-    snprintf(fs->label, sizeof fs->label, "%s", label ? label : "");
+    fault_arm(target, label);
     fflush(stdout);
     pid_t pid = fork();
     if (pid == 0) {
@@ -545,19 +517,13 @@ static int writer_dies(int op, int target, const char *label)
         if (km_open_flags(seg, KM_OPEN_NO_REAP | KM_OPEN_NO_SLOT, &e) != KM_OK)
             _exit(2);
         km_set_admin_timeout(e, 2000);
-        km__fault_hook = hook;
+        km__fault_hook = fault_hook;
         int rc = op == OP_RECOVER_LIMITS && target ? (km_reap(e, NULL), 0) : run_op(e, op);
         km__fault_hook = NULL;
         km_close(e);
         _exit(rc);
     }
-    int st;
-    waitpid(pid, &st, 0);
-    if (WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL)
-        return 1;
-    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
-        bail_out("%s: the writer failed (status %d) with target %d: %s", op_name[op], st, target, err);
-    return 0;
+    return fault_reaped(pid, op_name[op], target);
 }
 
 /* The limits of key `id` of pool p: rpm (0: none). */
@@ -652,34 +618,9 @@ static int one_case(int op, int target, int *killed_out, char *where, size_t wle
     killed = writer_dies(op, target, NULL);
     *killed_out = killed;
     snprintf(where, wlen, "%s", killed ? fs->where : "(none)");
-    const char *trig;
-    switch (target % 3) {
-    case 0: {
-        trig = "next writer";
-        int k = km_key_find(env, pq, "z");
-        if (km_key_set_weight(env, k, 2) != KM_OK)
-            ok_all = 0, diag("%s @%s: the next writer failed", op_name[op], where);
-        break;
-    }
-    case 1:
-        trig = "reap";
-        km_reap(env, NULL);
-        break;
-    default: {
-        trig = "attach";
-        pid_t c = fork();
-        if (c == 0) {
-            km_env *e2;
-            _exit(km_open(seg, &e2) == KM_OK && km_close(e2) == KM_OK ? 0 : 1);
-        }
-        int st;
-        waitpid(c, &st, 0);
-        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
-            ok_all = 0, diag("%s @%s: the attach failed", op_name[op], where);
-    }
-    }
-    if (ck_pr_load_32(&km__intent_of(env)->op) != KM__OP_NONE)
-        ok_all = 0, diag("%s @%s: the %s left the intent unresolved", op_name[op], where, trig);
+    char at[96];
+    snprintf(at, sizeof at, "%s @%s", op_name[op], where);
+    const char *trig = fault_trigger(env, target, km_key_find(env, pq, "z"), at, &ok_all);
     char ctx[128];
     snprintf(ctx, sizeof ctx, "%s @%s after %s", op_name[op], where, trig);
     if (km_check(env, report, ctx) != 0)
@@ -708,28 +649,7 @@ static int one_case(int op, int target, int *killed_out, char *where, size_t wle
 
 static void t_every_point(void)
 {
-    for (int op = 0; op < OP_N; op++) {
-        int points = 0, good = 0, finished = 0, killed;
-        char where[48], first[48] = "", last[48] = "";
-        for (int target = 1; target < 300; target++) {
-            int fine = one_case(op, target, &killed, where, sizeof where);
-            if (!killed) {
-                finished = fine;
-                break;
-            }
-            points++;
-            good += fine;
-            if (points == 1)
-                snprintf(first, sizeof first, "%s", where);
-            snprintf(last, sizeof last, "%s", where);
-        }
-        diag("%s: %d kill points, %s .. %s", op_name[op], points, first, last);
-        ok(points >= min_points[op], "%s: killed at each of its %d points (at least %d)", op_name[op],
-           points, min_points[op]);
-        is_int(good, points, "%s: every death finished or undone, check clean, no row lost",
-               op_name[op]);
-        ok(finished, "%s: uninterrupted, it does what it says", op_name[op]);
-    }
+    every_point(OP_N, op_name, min_points, 300, one_case);
 }
 
 /* --------------------------------------------------------------- random */
@@ -739,8 +659,9 @@ typedef struct rnd_sh {
     uint64_t ops[WORKERS], bad[WORKERS];
 } rnd_sh;
 
-static void rnd_worker(rnd_sh *sh, int w)
+static void rnd_worker(void *arg, int w)
 {
+    rnd_sh *sh = arg;
     km_env *e;
     if (km_open(seg, &e) != KM_OK)
         _exit(1);
@@ -802,33 +723,12 @@ static void t_random(void)
     km_env *env = mkseg("{\"capacity\": {\"keys\": 8, \"pools\": 3, \"inflight_per_key\": 4, \"processes\": 16},"
                         " \"pools\": [{\"name\": \"base\","
                         "   \"keys\": [{\"id\": \"b0\", \"secret\": \"sk-rnd-b0-00000000\"}]}]}");
-    rnd_sh *sh = mmap(NULL, sizeof *sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (sh == MAP_FAILED)
-        bail_out("mmap");
-    memset(sh, 0, sizeof *sh);
+    rnd_sh *sh = shared_map(sizeof *sh);
     pid_t wk[WORKERS];
-    fflush(stdout);
-    for (int w = 0; w < WORKERS; w++)
-        if ((wk[w] = fork()) == 0)
-            rnd_worker(sh, w);
-    uint64_t until = now_ns() + (uint64_t)(secs * 1e9);
-    unsigned kills = 0, seed = (unsigned)getpid();
-    while (now_ns() < until) {
-        pid_t p = fork();
-        if (p == 0)
-            rnd_writer(seed + kills);
-        struct timespec d = {0, (long)(200000 + (unsigned)rand() % 12000000)};
-        nanosleep(&d, NULL);
-        kill(p, SIGKILL);
-        waitpid(p, NULL, 0);
-        kills++;
-    }
+    workers_start(wk, WORKERS, rnd_worker, sh);
+    unsigned kills = kill_writers(secs, rnd_writer);
     ck_pr_store_int(&sh->stop, 1);
-    int wbad = 0, st;
-    for (int w = 0; w < WORKERS; w++) {
-        waitpid(wk[w], &st, 0);
-        wbad += !WIFEXITED(st) || WEXITSTATUS(st) != 0;
-    }
+    int wbad = workers_wait(wk, WORKERS);
     uint64_t ops = 0, bad = 0;
     for (int w = 0; w < WORKERS; w++)
         ops += sh->ops[w], bad += sh->bad[w];
@@ -857,9 +757,7 @@ static void t_random(void)
 int main(void)
 {
     fixtures_init("livepool");
-    fs = mmap(NULL, sizeof *fs, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (fs == MAP_FAILED)
-        bail_out("mmap");
+    fault_init();
     plan(40 + 11 + 13 + 3 * OP_N + 8);
     t_api();
     t_remove_wait();
