@@ -627,7 +627,10 @@ KM__HOT int acquire_pool(km_env *e, uint32_t p, const km_request *req, uint64_t 
      * grace period of km_pool_remove reads as such here (shm/epoch.c). */
     if (__builtin_expect(ck_pr_load_32(&pool->state) != KM__PST_LIVE, 0))
         return KM_ENOPOOL;
-    int strategy = req->strategy ? req->strategy : (int)pool->strategy;
+    /* The pool's settings: single words km_pool_set stores while we run
+     * (relaxed loads; each steers a choice, nothing more; a call that
+     * returned before this acquire began is seen, src/reconfig.c). */
+    int strategy = req->strategy ? req->strategy : (int)ck_pr_load_32(&pool->strategy);
     if (strategy <= KM_STRATEGY_DEFAULT || strategy >= KM_STRATEGY_COUNT)
         return KM_EINVAL;
     if (req->model && pool->n_models) {
@@ -640,10 +643,12 @@ KM__HOT int acquire_pool(km_env *e, uint32_t p, const km_request *req, uint64_t 
     } else if (req->model) {
         sc.named = model_named(e, p, req->model);
     }
-    if (pool->budget_microusd && pool->budget_hard &&
-        ck_pr_load_64(&pool->spend.spent) >= pool->budget_microusd &&
-        km__spend_now(&pool->spend, pool->budget_period, pool->budget_tz_min) >=
-            pool->budget_microusd) /* rolled first if its period ended */
+    uint64_t budget = ck_pr_load_64(&pool->budget_microusd);
+    if (budget && ck_pr_load_32(&pool->budget_hard) &&
+        ck_pr_load_64(&pool->spend.spent) >= budget &&
+        km__spend_now(&pool->spend, ck_pr_load_32(&pool->budget_period),
+                      (int32_t)ck_pr_load_32((uint32_t *)&pool->budget_tz_min)) >=
+            budget) /* rolled first if its period ended */
         return KM_EBUDGET;
     /* A starving waiter's reserve: one load of a word in the line read
      * above (budget), 0 unless a km_acquire_wait caller starves.  A sleeper

@@ -29,7 +29,10 @@
  * before they are published and read plainly after: by creation before the
  * magic (km__seg_publish), by the epoch protocol (a key row reused, a member
  * list replaced: shm/epoch.c), or behind a key's `updating` flag (limits
- * rewritten: src/reconfig.c).  A single-word load (state, cooldown_until, a
+ * rewritten: src/reconfig.c).  A pool's strategy, cooldowns, failure
+ * threshold and budget words change live (km_pool_set): single words,
+ * stored and loaded with ck_pr, each read as old or new.  A single-word
+ * load (state, cooldown_until, a
  * limit word, an in-flight flag) needs no ordering of its own: a stale
  * value can only steer a choice, and every choice is decided by a locked
  * read-modify-write that sees the current value.  Where one write must be

@@ -127,9 +127,12 @@ typedef struct km__pview {
 _Static_assert(sizeof(km__pview) == 24, "km__pview size");
 
 typedef struct km__pool {
-    /* lines 0-1: configuration, written once at creation, and the reserve
-     * (below), written only while a waiter starves.  (Round robin keeps
-     * its cursor per thread: no word here is written per acquire.) */
+    /* lines 0-1: configuration, written at creation or by km_pool_add on
+     * a row no acquire reads; strategy, cooldowns, max_failures and the
+     * budget's words stored one by one by km_pool_set (src/reconfig.c,
+     * "Pools"); the reserve (below), written only while a waiter starves;
+     * the row's state.  (Round robin keeps its cursor per thread: no word
+     * here is written per acquire.) */
     char name[KM_ID_MAX + 1];
     uint32_t strategy;
     uint32_t cooldown_s, max_cooldown_s, max_failures;
@@ -184,7 +187,8 @@ typedef struct km__pool {
     km__pview view[2];
     uint64_t flip_epoch;
     /* lines 5-7: defaults for keys added later (the pool's own limits,
-     * prices and max_inflight, as configured); written at creation. */
+     * prices and max_inflight, as configured); written at creation, the
+     * limits also by km_pool_set (read only under the admin lock). */
     uint64_t def_limit[KM_WIN_COUNT];
     uint64_t def_burst[KM_WIN_COUNT];
     uint8_t def_mode[KM_WIN_COUNT];

@@ -1,7 +1,8 @@
 /*
  * src/reconfig.c - live reconfiguration: add, remove, re-weight keys, change
- * their limits and their operator state while workers acquire and release;
- * and the recovery of a reconfiguration whose writer died.
+ * their limits and their operator state; add, change and remove pools; all
+ * while workers acquire and release; and the recovery of a reconfiguration
+ * whose writer died.
  *
  * Writers serialise on the admin lock, a robust process-shared mutex in the
  * segment header; acquire and release never take it.  What a running
@@ -87,6 +88,35 @@
  * that dies anywhere between taking the lock and giving it back is found
  * this way.  A dead holder's thread id reused by a new thread keeps the
  * lock held until that thread exits (conservative: never a second holder).
+ *
+ * Pools.  A pool row has a state (KM__PST_*, src/layout.h) that every
+ * acquire loads inside its epoch section, before any other word of the
+ * pool; km_pool_find and the readers see only LIVE pools.
+ *   add        The row (FREE, or REMOVED with every key row naming it
+ *              reusable and a grace period past its removal) goes ADDING,
+ *              is written with its keys' rows and a member list (nobody
+ *              reads it), and the release store of LIVE is the commit
+ *              point.  Undone (ADDING): every key row naming it FREE, lists
+ *              empty, the row FREE.
+ *   remove     REMOVING (a full barrier: acquires refused), a grace period
+ *              (every acquire that saw LIVE has its lease in a slot), then
+ *              a wait for the pool's lease slots to free.  Past it (step
+ *              SYNCED, the commit point) REMOVED, its keys retired and
+ *              their generation moved on (a lease still out, KM_POOL_FORCE,
+ *              is released stale, its reservation given back), the list
+ *              emptied.  Before it, undone: LIVE again.
+ *   set        Settings are staged in the pool row (km__pool.stage) before
+ *              the intent, then stored word by word (step PUBLISH: redone
+ *              from the stage).  Limits of every key, or of a model, are
+ *              changed as set-limits changes a key's: every key's updating
+ *              flag, one grace period (step SYNCED), then key by key in row
+ *              order, the key in progress and what its rescale needs in the
+ *              intent before its first store, its flag cleared last (a key
+ *              with its flag clear is done); before SYNCED, undone (flags
+ *              cleared).  A model is appended in a row past n_models, and
+ *              the store of n_models + 1 is the commit point.
+ * A writer's call returns after a full fence: an acquire that starts after
+ * it loads the new state and settings.
  *
  * Fault injection.  KM__FAULT(label) marks every point between two shared
  * stores of a writer and of the recovery; a build with -DKM_FAULT_INJECTION
