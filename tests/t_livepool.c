@@ -218,6 +218,15 @@ static void t_api(void)
     is_int(b2, b, "remove: its row and its keys' rows reused by the next add (%s)", err);
     ok(all_keys_lease(env, b2), "remove: the new pool's 6 keys are handed out");
     is_int(km_check(env, report, "api"), 0, "km_check clean");
+    /* km_check sees a pool row in a state no writer left it in. */
+    km__pool *cp = &km__pools(env)[c];
+    ck_pr_store_32(&cp->state, KM__PST_REMOVED);
+    int v1 = km_check(env, NULL, NULL);
+    ck_pr_store_32(&cp->state, KM__PST_ADDING);
+    int v2 = km_check(env, NULL, NULL);
+    ck_pr_store_32(&cp->state, KM__PST_LIVE);
+    ok(v1 == 1 && v2 == 1 && km_check(env, NULL, NULL) == 0,
+       "km_check reports a live key in a removed pool, and a pool left half added (%d, %d)", v1, v2);
 
     /* Snapshot and restore of a segment whose pools changed live. */
     unsigned char key[KM_SNAPSHOT_KEY_BYTES];
@@ -758,7 +767,7 @@ int main(void)
 {
     fixtures_init("livepool");
     fault_init();
-    plan(40 + 11 + 13 + 3 * OP_N + 8);
+    plan(41 + 11 + 13 + 3 * OP_N + 8);
     t_api();
     t_remove_wait();
     t_live();
