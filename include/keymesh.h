@@ -99,7 +99,7 @@ extern "C" {
 #define KM_VERSION_NUMBER (KM_VERSION_MAJOR * 10000 + KM_VERSION_MINOR * 100 + KM_VERSION_PATCH)
 /* Version of the shared-memory format.  Processes attach only to segments of
  * their own format (and layout signature). */
-#define KM_FORMAT_VERSION 4
+#define KM_FORMAT_VERSION 5
 
 /* @note The three are thread-safe: constants of the library. */
 KM_EXTERN const char *km_version(void);     /* "0.1.0" */
@@ -633,6 +633,14 @@ KM_EXTERN int km_key_info_get(km_env *env, int key, km_key_info *out);
  * @note As km_info_get(). */
 KM_EXTERN int km_model_info_get(km_env *env, int pool, int i, int key,
                                 char name[KM_ID_MAX + 1], km_limit_info limits[KM_WIN_COUNT]);
+/* Which windows of model `i` of a pool key `key` sets itself
+ * (km_key_set_model_limits, or the key's "models" in the configuration):
+ * bit w set in *windows for window w (KM_WIN_*); 0 when the key has the
+ * pool's limits of that model.  km_model_info_get gives the limits in
+ * force, own or not.  KM_ENOMODEL past the end, KM_ENOKEY for a key not
+ * of the pool.
+ * @note As km_info_get(). */
+KM_EXTERN int km_model_own_get(km_env *env, int pool, int i, int key, uint32_t *windows);
 
 /* Operator action on a key: KM_KEY_ACTIVE (enable: clears invalid,
  * exhausted, cooldowns and failure counts; a key whose hard budget is spent
@@ -727,6 +735,20 @@ KM_EXTERN int km_key_set_weight(km_env *env, int key, uint32_t weight);
 KM_EXTERN int km_key_set_limits(km_env *env, int key, const char *limits_json,
                                 char *errbuf, size_t errlen);
 
+/* Change a key's own limits of one model of its pool (a per_model pool):
+ * limits_json as for km_key_set_limits; windows it names become the key's
+ * own for that model, null gives a window back to the pool's limit of the
+ * model, and the others are kept (the key's own, or the pool's).  A key
+ * with no window of its own left has the pool's limits of the model
+ * again.  The model's current debt on the key carries over in units, and
+ * acquirers skip the key for one grace period, as for km_key_set_limits.
+ * KM_ENOMODEL (the pool lists no such model), KM_ECONFIG (errbuf: bad
+ * limits, or a pool without per-model limits), KM_EBUSY (grace period
+ * timed out, nothing changed).
+ * @note As km_key_add(). */
+KM_EXTERN int km_key_set_model_limits(km_env *env, int key, const char *model,
+                                      const char *limits_json, char *errbuf, size_t errlen);
+
 /* Pools change live too, on the same admin lock, intents and grace periods
  * as keys (crash-safe: a writer killed anywhere is finished or undone by
  * the next writer, a reap, an attach or `kmctl repair`).  Workers attached
@@ -750,7 +772,8 @@ KM_EXTERN int km_pool_add(km_env *env, const char *pool_json, char *errbuf, size
  * removes one; debts carry over as in km_key_set_limits), "models" (a
  * named model's limits replace its limits, per_model pools; a model not in
  * the pool is appended, up to capacity.models, in a pool that has a models
- * list).  A model cannot be removed or renamed, nor a pool's name,
+ * list; a key's own limits of a model, km_key_set_model_limits, stand).
+ * A model cannot be removed or renamed, nor a pool's name,
  * model_limits, price or max_inflight changed: KM_ECONFIG says so.  The
  * parts are applied in turn (settings, models, limits), each recorded and
  * crash-safe on its own; while a part with limits is applied (one grace
@@ -1279,6 +1302,150 @@ KM_EXTERN int km_model_stats_get(km_env *env, int pool, int model, km_model_stat
  * @note As km_key_stats_get. */
 KM_EXTERN int km_key_model_stats_get(km_env *env, int key, int model,
                                      km_model_stats *out, size_t size);
+
+/* ------------------------------------------------------------ fleet agent
+ *
+ * Fleet-wide limits (README "Fleet-wide limits", tools/sync/DESIGN.md):
+ * a key marked "fleet": true (docs/config.md) is admitted only if its local
+ * limits admit the request and its credit, leased from a ledger shared by
+ * every host, covers the cost.  The credit lives in the segment; one agent
+ * process per segment (kmctl sync) keeps it topped up through these calls.
+ * Workers need nothing new: km_acquire() spends the credit (one
+ * compare-and-swap, no system call) and answers KM_EAGAIN, retry_at_ns at
+ * the next sync, when it does not cover the cost.
+ *
+ * Credit covers a key's own windows (requests and tokens per minute, hour,
+ * day; per-model windows are not under the fleet in this version).  When
+ * both the credit (deadline_ns) and the fallback share (fb_until_ns) of a
+ * key have lapsed, policy KM_FLEET_STOP refuses it (KM_EAGAIN; also before
+ * any agent has synced) and KM_FLEET_LOCAL admits it on its local limits
+ * alone.  The policy until an agent claims is the configuration's
+ * ("fleet": {"policy": ...}, default stop).
+ * A segment without a fleet region returns KM_EINVAL from the agent's
+ * calls; km_fleet_status_get (store_state KM_FLEET_STORE_NONE, all zero)
+ * and km_fleet_key_info_get (mask 0) answer on any segment. */
+
+#define KM_FLEET_STOP 0  /* credit and fallback lapsed: refuse (default) */
+#define KM_FLEET_LOCAL 1 /* credit and fallback lapsed: local limits alone */
+
+/* km_fleet_status.store_state */
+#define KM_FLEET_STORE_NONE 0        /* no agent has synced yet */
+#define KM_FLEET_STORE_OK 1
+#define KM_FLEET_STORE_LEARNING 2    /* a new epoch of the ledger: shares capped */
+#define KM_FLEET_STORE_UNREACHABLE 3 /* no reply for longer than the validity */
+#define KM_FLEET_STORE_ERROR 4       /* the store refuses (password, version, ...) */
+
+/* km_fleet_health.kind: the ledger's event kinds */
+#define KM_FLEET_EV_RATE_LIMITED 1 /* 429: arg_ms the cooldown left */
+#define KM_FLEET_EV_AUTH 2         /* 401/403: invalid */
+#define KM_FLEET_EV_QUOTA 3        /* quota: exhausted */
+#define KM_FLEET_EV_DISABLE 4      /* operator disable */
+#define KM_FLEET_EV_ENABLE 5       /* operator enable (or back to active) */
+
+/* Take the agent's role on the segment: a CAS of the agent word from none
+ * (or from a process found dead) to the caller's process slot.  policy:
+ * KM_FLEET_STOP or KM_FLEET_LOCAL, what acquirers do when credit and
+ * fallback have lapsed.  KM_EBUSY while a live process holds the role;
+ * KM_EREADONLY on a handle without a process slot.
+ * km_fleet_release gives the role up; void_credit 1 also voids every
+ * key's credit and ends its fallback window (rule 5: the agent's bye), so
+ * acquirers stop (or go local) at once.  KM_EINVAL if the caller does not
+ * hold the role.
+ * @note Thread-safe; the calls below are the role holder's, from one
+ * thread at a time, concurrently with acquirers in any process. */
+KM_EXTERN int km_fleet_claim(km_env *env, int policy);
+KM_EXTERN int km_fleet_release(km_env *env, int void_credit);
+
+typedef struct km_fleet_slot {      /* one fleet-limited (key, window) */
+    uint32_t key, key_gen, model;   /* model: 0 the key's own windows, m+1 model m */
+    int window;                     /* km_window */
+    char pool[KM_ID_MAX + 1], key_id[KM_ID_MAX + 1];
+    char fleet_id[KM_ID_MAX + 1];   /* the id the operator configured
+                                     * ("fleet_id"), or "": the agent derives
+                                     * one (kms_fleet_id of pool and key id) */
+    char model_name[KM_ID_MAX + 1];
+    uint64_t limit, burst, period_ms;
+    int mode, strict;               /* km_limit_mode; strict: the key's
+                                     * "fleet_strict" (DESIGN.md section 2) */
+    /* since the previous collect (rule 4) */
+    uint64_t spent, fb_spent, refused, returned, want, left;
+    int64_t adj;                    /* actual minus estimated tokens of the
+                                     * leases settled since (token windows) */
+} km_fleet_slot;
+
+/* Void credit past its deadline (counted in returned), then read and reset
+ * every counter: spent = credit taken by acquirers since the last collect,
+ * left = credit held now, returned = credit voided since (lapsed here, or
+ * by km_fleet_release of this or an earlier agent).  One slot per (key,
+ * window) under the fleet, keys in index order.  KM_EINVAL if cap is too
+ * small (*n says how many) or the caller does not hold the role.
+ * now_ns: km_now_ns() of the caller; UINT64_MAX voids every credit, which
+ * is the bye of rule 5 (then km_fleet_release(env, 1) ends the fallback).
+ * The counts are exact: spent + returned + left never exceeds the credit
+ * held at the previous collect plus what was applied since.
+ * @note The role holder's, one thread at a time; concurrently with every
+ * acquire and release of any process (their words are read by one load or
+ * exchange each). */
+KM_EXTERN int km_fleet_collect(km_env *env, uint64_t now_ns, km_fleet_slot *out,
+                               size_t cap, size_t *n);
+
+typedef struct km_fleet_grant {
+    uint32_t key, key_gen, model;
+    int window;
+    uint64_t grant, deadline_ns;          /* rule 2: credit usable while now < deadline */
+    uint32_t fb_ppm;                      /* fallback share, parts per million of the rate */
+    uint64_t fb_burst, fb_from_ns, fb_until_ns;
+} km_fleet_grant;
+/* Top up credit (a locked add of `grant` to what the host holds), set
+ * deadlines and fallback shares, wake sleepers.  A grant whose key_gen
+ * changed, whose window is not under the fleet, or with a model other than
+ * 0 is skipped.  A key's windows share one deadline: the last grant's.
+ * The fallback share admits at fb_ppm/1e6 of the window's rate with burst
+ * fb_burst, from fb_from_ns until fb_until_ns, once credit has lapsed.
+ * KM_EINVAL if the caller does not hold the role.
+ * @note The role holder's, one thread at a time; acquirers see the credit
+ * no later than the deadline that covers it (release order), and the
+ * fallback share whole or not at all (a seqlock). */
+KM_EXTERN int km_fleet_apply(km_env *env, const km_fleet_grant *g, size_t n);
+
+typedef struct km_fleet_status {
+    uint64_t epoch, seq, ack, last_sync_ns, next_sync_ns;
+    int store_state;                      /* KM_FLEET_STORE_* */
+    uint32_t n_hosts, learn_ms;
+} km_fleet_status;
+/* set: the role holder's; next_sync_ns is the retry hint acquirers give
+ * when credit is short.  get: anyone (kmctl inspect); fields may tear
+ * while the agent writes them.
+ * @note set: the role holder's; get: thread-safe, read only. */
+KM_EXTERN int km_fleet_status_set(km_env *env, const km_fleet_status *st);
+KM_EXTERN int km_fleet_status_get(km_env *env, km_fleet_status *st);
+
+/* Health.  changes: fleet keys whose health changed here since the last
+ * call (a release's 429 with its cooldown left in arg_ms, auth, quota; an
+ * operator's km_key_set_state), at most cap of them (the rest at the next
+ * call), kind KM_FLEET_EV_*.  set: apply the fleet's state without
+ * counting it as a local change: KM_KEY_ACTIVE and KM_KEY_DISABLED as
+ * km_key_set_state (admin lock), KM_KEY_COOLING for cool_ms (the cooldown
+ * only ever extended), KM_KEY_INVALID / KM_KEY_EXHAUSTED.  Both are the
+ * role holder's (KM_EINVAL otherwise); KM_ENOKEY for no such key.
+ * @note The role holder's, one thread at a time, concurrently with
+ * acquires, releases and reconfiguration (set takes the admin lock for
+ * enable and disable). */
+typedef struct km_fleet_health { uint32_t key; int kind; uint64_t arg_ms; } km_fleet_health;
+KM_EXTERN int km_fleet_health_changes(km_env *env, km_fleet_health *out, size_t cap, size_t *n);
+KM_EXTERN int km_fleet_health_set(km_env *env, uint32_t key, int state, uint64_t cool_ms);
+
+/* inspect: per fleet window of a key, share, credit, deadline, fallback.
+ * KM_ENOKEY for a key index out of range or free; a key not under the
+ * fleet gives mask 0 and the rest zero.
+ * @note Thread-safe, read only; the fields may tear while the agent applies. */
+typedef struct km_fleet_key_info {
+    uint32_t mask;                        /* windows under the fleet, bit per km_window */
+    uint64_t credit[KM_WIN_COUNT], deadline_ns;
+    uint32_t fb_ppm;
+    uint64_t fb_until_ns;
+} km_fleet_key_info;
+KM_EXTERN int km_fleet_key_info_get(km_env *env, uint32_t key, km_fleet_key_info *out);
 
 /* ------------------------------------------------------- struct sizes
  *

@@ -78,7 +78,9 @@ typedef struct km__hdr {
     uint32_t pad5a;
     uint64_t usage_drainer;   /* tag of the process draining; 0: none */
     uint64_t off_busy;        /* configuration: the in-flight flags */
-    uint8_t pad5[KM__LINE - 48];
+    uint64_t off_fleet;       /* configuration: the fleet region (src/layout.h,
+                               * km__fhdr); 0: the segment has no fleet keys */
+    uint8_t pad5[KM__LINE - 56];
     /* lines 6-9, client: the intent of the reconfiguration in progress, if
      * any, written by the holder of the admin lock before its first shared
      * store, so that whoever finds its writer dead can finish or undo it
@@ -92,7 +94,7 @@ _Static_assert(offsetof(km__hdr, n_procs) == 2 * KM__LINE, "n_procs on its own l
 _Static_assert(offsetof(km__hdr, admin) == 3 * KM__LINE, "admin lock line");
 _Static_assert(offsetof(km__hdr, epoch) == 4 * KM__LINE, "epoch on its own line");
 _Static_assert(offsetof(km__hdr, synced) == 5 * KM__LINE, "synced line");
-_Static_assert(offsetof(km__hdr, off_busy) + 8 + 16 == 6 * KM__LINE, "line 5 holds off_busy");
+_Static_assert(offsetof(km__hdr, off_fleet) + 8 + 8 == 6 * KM__LINE, "line 5 holds off_busy, off_fleet");
 
 /* A process-table slot, written by its process (and by a reaper once the
  * process is dead). */

@@ -19,6 +19,7 @@
 #include <ck_pr.h>
 
 #include "budget.h"
+#include "fleet.h"
 #include "internal.h"
 #include "slots.h"
 #include "wait.h"
@@ -130,7 +131,7 @@ static int lease_key(km_env *e, uint32_t ki, key_scan *sc, km_lease *out)
         }
     }
     if (sc->md)
-        mset = km__model_lset(e, ki, sc->md, mi);
+        mset = km__model_lset(e, k, ki, sc->md, mi);
     if (km__over_burst(&kset, sc->a.tokens) || (sc->md && km__over_burst(&mset, sc->a.tokens))) {
         sc->cost_blocked++;
         return 0;
@@ -177,11 +178,13 @@ static int lease_key(km_env *e, uint32_t ki, key_scan *sc, km_lease *out)
      * stored after a fence further down; one that sees ADMITTING uses only
      * owner, phase and seq (P3).  The model: per_model windows settle by it
      * at release (a global pool's models have none), and usage events name
-     * it; res_mask: which token windows the lease reserves. */
+     * it; res_mask: which token windows of the key and of the model the
+     * lease reserves. */
     ck_pr_store_64(km__pair(&ls->seq), seq | (uint64_t)sc->a.tokens << 32);
     ck_pr_store_64(&ls->start_ns, sc->a.now);
-    ck_pr_store_64(km__pair(&ls->model),
-                   (sc->model | sc->named) | (uint64_t)(kset.mask & KM__TOKEN_WINS) << 32);
+    uint32_t res = (kset.mask & KM__TOKEN_WINS) |
+                   (sc->md ? (mset.mask & KM__TOKEN_WINS) << KM__RES_MODEL_SHIFT : 0);
+    ck_pr_store_64(km__pair(&ls->model), (sc->model | sc->named) | (uint64_t)res << 32);
     ck_pr_store_64(km__pair(&ls->key_gen), gen | (uint64_t)KM__LP_ADMITTING << 32);
     /* The phase store must be visible before any limit word changes, so a
      * reaper that finds our charges can find this slot (P2).  The atomics below
@@ -203,13 +206,24 @@ static int lease_key(km_env *e, uint32_t ki, key_scan *sc, km_lease *out)
         }
         probe = 1;
     }
-    if (!km__admit(&kset, &sc->a, &ku))
+    /* Fleet-wide limits (src/fleet.h): the key's credit must cover the
+     * cost as well as its local limits.  Credit first: giving credit back
+     * is exact (a sum), undoing a local request charge is not once another
+     * acquire was admitted (src/gcra.h), so a fleet refusal taken after
+     * the local admission would waste local capacity under contention.
+     * A key outside the fleet pays this load (line 1 of the row, beside
+     * the limit pairs admitted next) and one branch. */
+    uint32_t fmask = k->fleet_mask;
+    int fl = 0;
+    if (__builtin_expect(fmask != 0, 0) && !(fl = km__fleet_admit(e, ki, k, fmask, &sc->a)))
         goto undo_probe;
+    if (!km__admit(&kset, &sc->a, &ku))
+        goto undo_fleet;
     if (sc->md) {
         km__undo mu;
         if (!km__admit(&mset, &sc->a, &mu)) {
             km__admit_undo(&kset, &ku, sc->a.tokens);
-            goto undo_probe;
+            goto undo_fleet;
         }
     }
     /* Count the acquire while still ADMITTING: a reaper counts a slot it
@@ -269,6 +283,9 @@ static int lease_key(km_env *e, uint32_t ki, key_scan *sc, km_lease *out)
     memset(out->reserved, 0, sizeof(out->reserved));
     return 1;
 
+undo_fleet:
+    if (__builtin_expect(fl != 0, 0))
+        km__fleet_undo(e, ki, k, fmask, &sc->a, fl);
 undo_probe:
     if (probe) {
         int back = ck_pr_cas_32(&k->state, KM__ST_PROBING, KM__ST_FAILING);
@@ -307,7 +324,7 @@ static int eligible(km_env *e, uint32_t ki, key_scan *sc)
         sc->a.now < ck_pr_load_64(&k->cooldown_until) || !km__precheck(&kset, &sc->a))
         return 0;
     if (sc->md) {
-        km__lset mset = km__model_lset(e, ki, sc->md, sc->model - 1);
+        km__lset mset = km__model_lset(e, k, ki, sc->md, sc->model - 1);
         if (!km__precheck(&mset, &sc->a))
             return 0;
     }

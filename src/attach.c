@@ -67,8 +67,14 @@ static int geom_valid(const km__hdr *h)
         return KM_ECORRUPT;
     if (!usage_cap_ok(h->cap_usage))
         return KM_ECORRUPT;
-    if (km__layout(h->cap_keys, h->cap_pools, h->cap_procs, h->cap_inflight,
-                   h->cap_models, h->cap_usage, off) != h->seg_size ||
+    uint64_t size = km__layout(h->cap_keys, h->cap_pools, h->cap_procs, h->cap_inflight,
+                               h->cap_models, h->cap_usage, off);
+    /* The fleet region, if any, is the last: right after the others. */
+    if (h->off_fleet && h->off_fleet != size)
+        return KM_ECORRUPT;
+    if (h->off_fleet)
+        size += km__fleet_bytes(h->cap_keys);
+    if (size != h->seg_size ||
         off[KM__OFF_POOLS] != h->off_pools || off[KM__OFF_MEMBERS] != h->off_members ||
         off[KM__OFF_MODELS] != h->off_models || off[KM__OFF_KEYS] != h->off_keys ||
         off[KM__OFF_MWIN] != h->off_mwin || off[KM__OFF_LEASES] != h->off_leases ||
@@ -132,6 +138,11 @@ static int build(const char *obj, const km_config *cfg, unsigned mode, km_env **
 
     size = km__layout(cfg->cap_keys, cfg->cap_pools, cfg->cap_procs,
                       cfg->cap_inflight, cap_models, cfg->cap_usage, off);
+    uint64_t off_fleet = 0;
+    if (cfg->fleet_region) { /* the fleet region last (src/layout.h) */
+        off_fleet = size;
+        size += km__fleet_bytes(cfg->cap_keys);
+    }
     if (!(e = env_new()))
         return KM_ENOMEM;
     km__seg_geom g = {.size = size, .layout_sig = km__layout_signature(),
@@ -159,7 +170,9 @@ static int build(const char *obj, const km_config *cfg, unsigned mode, km_env **
     h->off_busy = off[KM__OFF_BUSY];
     h->off_usage = off[KM__OFF_USAGE];
     h->cap_usage = cfg->cap_usage;
+    h->off_fleet = off_fleet;
     e->geom = *h; /* the creator's own values (see km_env.geom) */
+    km__fleet_init(e, cfg); /* before the keys: they read its "all" */
     km__pool_init(e, cfg);
     KM__FAULT("create.filled");
     km__admin_init(e);

@@ -82,7 +82,7 @@ static void check_key(km_env *e, uint32_t ki, uint64_t now, checker *c)
         int moving;
         uint64_t sig1 = slots_sig(ls, n, &moving), res[KM_WIN_COUNT];
         uint8_t busy[KM_INFLIGHT_MAX];
-        uint64_t mres[KM_MODELS_MAX][KM_WIN_COUNT], mtok[KM_MODELS_MAX];
+        uint64_t mres[KM_MODELS_MAX][KM_WIN_COUNT], mtok[KM_MODELS_MAX][KM_WIN_COUNT];
         if (moving)
             continue;
         ck_pr_fence_load(); /* the first scan before the flags (free on x86) */
@@ -90,11 +90,11 @@ static void check_key(km_env *e, uint32_t ki, uint64_t now, checker *c)
             busy[s] = ck_pr_load_8(&km__busy(e, ki)[s]);
         for (int w = 0; w < KM_WIN_COUNT; w++)
             res[w] = ck_pr_load_64(&k->win[w].reserved);
-        for (uint32_t m = 0; m < n_models; m++) {
-            mtok[m] = 0;
-            for (int w = 0; w < KM_WIN_COUNT; w++)
+        for (uint32_t m = 0; m < n_models; m++)
+            for (int w = 0; w < KM_WIN_COUNT; w++) {
+                mtok[m][w] = 0;
                 mres[m][w] = ck_pr_load_64(&km__mwins(e, ki)[m].win[w].reserved);
-        }
+            }
         if (slots_sig(ls, n, &moving) != sig1 || moving)
             continue;
 
@@ -117,8 +117,10 @@ static void check_key(km_env *e, uint32_t ki, uint64_t now, checker *c)
                 for (int w = 0; w < KM_WIN_COUNT; w++)
                     if (rm & (1u << w))
                         tokens[w] += ck_pr_load_32(&ls[s].tokens);
-                if (m && m <= n_models)
-                    mtok[m - 1] += ck_pr_load_32(&ls[s].tokens);
+                /* The model's windows it reserved: res_mask's upper bits. */
+                for (int w = 0; m && m <= n_models && w < KM_WIN_COUNT; w++)
+                    if ((rm >> KM__RES_MODEL_SHIFT) & (1u << w))
+                        mtok[m - 1][w] += ck_pr_load_32(&ls[s].tokens);
                 if (!bit)
                     violation(c, "key %s: lease slot %u is active but not counted in flight", id, s);
             }
@@ -156,11 +158,12 @@ static void check_key(km_env *e, uint32_t ki, uint64_t now, checker *c)
                 violation(c, "key %s: %s limit word %.0f s ahead of the clock", id,
                               km_window_name(w), (double)(tat - now) / (double)KM__NS_PER_S);
         }
-        /* Per-model windows of a per_model pool: the same rule per model. */
+        /* Per-model windows of a per_model pool: the same rule per model
+         * (the windows each lease reserved, as for the key's). */
         for (uint32_t m = 0; m < n_models; m++) {
             const km__model *md = &km__models(e, k->pool)[m];
             for (int w = 0; w < KM_WIN_COUNT; w++) {
-                uint64_t expect = (md->win_mask & (1u << w)) && !km__window_is_requests(w) ? mtok[m] : 0;
+                uint64_t expect = !km__window_is_requests(w) ? mtok[m][w] : 0;
                 if (mres[m][w] != expect)
                     violation(c, "key %s, model %s: %s reserved %llu but active leases hold %llu", id,
                                   name_of(mname, md->name), km_window_name(w), (unsigned long long)mres[m][w],
@@ -230,7 +233,8 @@ KM_EXTERN int km_check(km_env *e, void (*report)(void *, const char *), void *ct
      * writer lives. */
     static const char *const op_name[KM__OP_COUNT] = {"none", "add-key", "remove-key",
                                                      "set-weight", "set-limits", "enable",
-                                                     "disable", "add-pool", "remove-pool",
+                                                     "disable", "set-limits --model",
+                                                     "add-pool", "remove-pool",
                                                      "set-pool", "set-pool limits",
                                                      "set-pool model"};
     int busy = writing;

@@ -159,7 +159,7 @@ static int parse_capacity(km__cfg_ctx *c, json_t *cap, km_config *cfg,
 {
     static const char *const fields[] = {"keys", "processes", "pools",
                                          "inflight_per_key", "models",
-                                         "usage_events", NULL};
+                                         "usage_events", "fleet", NULL};
     int rc;
     *keys_given = *pools_given = *models_given = 0;
     if (!cap)
@@ -190,15 +190,55 @@ static int parse_capacity(km__cfg_ctx *c, json_t *cap, km_config *cfg,
     }
     if (cfg->cap_usage == 1)
         cfg->cap_usage = 2;
+    json_t *fl = json_object_get(cap, "fleet");
+    if (fl && !json_is_boolean(fl))
+        return km__cfg_err(c, KM_ECONFIG, "capacity.fleet: must be true or false");
+    cfg->fleet_region = fl && json_is_true(fl);
     *keys_given = json_object_get(cap, "keys") != NULL;
     *pools_given = json_object_get(cap, "pools") != NULL;
     *models_given = json_object_get(cap, "models") != NULL;
     return KM_OK;
 }
 
+/* The segment's "fleet": true (every key a fleet key unless it says
+ * "fleet": false), false, or {"all": bool, "policy": "stop"|"local"}. */
+static int parse_fleet(km__cfg_ctx *c, json_t *v, km_config *cfg)
+{
+    static const char *const fields[] = {"all", "policy", NULL};
+    int rc;
+    cfg->fleet_policy = KM_FLEET_STOP;
+    if (!v)
+        return KM_OK;
+    if (json_is_boolean(v)) {
+        cfg->fleet_all = json_is_true(v);
+        return KM_OK;
+    }
+    if (!json_is_object(v))
+        return km__cfg_err(c, KM_ECONFIG, "fleet: must be true, false or an object");
+    if ((rc = km__cfg_check_fields(c, v, "fleet", fields)) != KM_OK)
+        return rc;
+    json_t *all = json_object_get(v, "all"), *pol = json_object_get(v, "policy");
+    if (all && !json_is_boolean(all))
+        return km__cfg_err(c, KM_ECONFIG, "fleet.all: must be true or false");
+    cfg->fleet_all = all && json_is_true(all);
+    if (pol) {
+        const char *ps = json_string_value(pol);
+        if (ps && strcmp(ps, "stop") == 0)
+            cfg->fleet_policy = KM_FLEET_STOP;
+        else if (ps && strcmp(ps, "local") == 0)
+            cfg->fleet_policy = KM_FLEET_LOCAL;
+        else
+            return km__cfg_err(c, KM_ECONFIG, "fleet.policy: must be \"stop\" or \"local\"");
+    }
+    /* An object asks for the region even when no key is a fleet key yet
+     * (keys added later may be). */
+    cfg->fleet_region = 1;
+    return KM_OK;
+}
+
 int km__cfg_parse_root(km__cfg_ctx *c, json_t *root, km_config *cfg)
 {
-    static const char *const fields[] = {"capacity", "pools", NULL};
+    static const char *const fields[] = {"capacity", "pools", "fleet", NULL};
     int keys_given, pools_given, models_given, rc;
     size_t i, total = 0, most_models = 0;
     json_t *pobj;
@@ -218,6 +258,8 @@ int km__cfg_parse_root(km__cfg_ctx *c, json_t *root, km_config *cfg)
                              &keys_given, &pools_given, &models_given)))
         return rc;
     c->cap_inflight = cfg->cap_inflight;
+    if ((rc = parse_fleet(c, json_object_get(root, "fleet"), cfg)) != KM_OK)
+        return rc;
 
     json_t *pools = json_object_get(root, "pools");
     if (!pools)
@@ -315,6 +357,10 @@ int km__cfg_parse_root(km__cfg_ctx *c, json_t *root, km_config *cfg)
     }
     if ((rc = km__cfg_check_secrets(c, cfg)) != KM_OK)
         return rc;
+    /* The fleet region: asked for, or needed by a fleet key. */
+    for (uint32_t k = 0; k < cfg->n_keys; k++)
+        if (cfg->keys[k].fleet > 0 || (cfg->keys[k].fleet == 0 && cfg->fleet_all))
+            cfg->fleet_region = 1;
     return KM_OK;
 }
 
@@ -339,6 +385,8 @@ void km__cfg_syntax_text(const json_error_t *e, char *out, size_t outlen)
 void km__cfg_destroy(km_config *cfg)
 {
     if (cfg->keys) {
+        for (uint32_t i = 0; i < cfg->n_keys; i++)
+            free(cfg->keys[i].own);
         explicit_bzero(cfg->keys, (size_t)cfg->n_keys * sizeof *cfg->keys);
         free(cfg->keys);
     }

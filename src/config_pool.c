@@ -396,6 +396,68 @@ static int parse_models(km__cfg_ctx *c, json_t *pobj, const char *path,
     return KM_OK;
 }
 
+/* A key's "models" at `path` (pools[P].keys[K].models): per model of the
+ * pool, the windows the key sets itself, as a pool's model gives them.  A
+ * window the key does not name keeps the pool model's limit (copied into
+ * the resolved set); a model the key does not name keeps the pool's
+ * limits altogether. */
+static int parse_key_models(km__cfg_ctx *c, json_t *mo, const char *path,
+                            const km__pool_defaults *pd, km__key_cfg *k)
+{
+    const char *name;
+    json_t *v;
+    int rc;
+
+    if (!pd->in_config)
+        return km__cfg_err(c, KM_ECONFIG,
+                           "%s.models: a key added live takes its own model limits from "
+                           "km_key_set_model_limits (kmctl set-limits --model) once added",
+                           path);
+    if (pd->model_mode != KM_MODELS_PER_MODEL)
+        return km__cfg_err(c, KM_ECONFIG,
+                           "%s.models: a key's own model limits need its pool's "
+                           "\"model_limits\": \"per_model\"", path);
+    if (!json_is_object(mo))
+        return km__cfg_err(c, KM_ECONFIG,
+                           "%s.models: must be an object {\"<model name>\": {limits}, ...}",
+                           path);
+    size_t n = json_object_size(mo);
+    if (n == 0)
+        return KM_OK;
+    if (!(k->own = calloc(n, sizeof *k->own)))
+        return km__cfg_err(c, KM_ENOMEM, "out of memory");
+    json_object_foreach(mo, name, v) {
+        char mpath[192];
+        uint32_t mi = 0;
+        km__limit_cfg given[KM_WIN_COUNT];
+        km__own_cfg *o = &k->own[k->n_own];
+        snprintf(mpath, sizeof mpath, "%s.models.%.*s", path, KM_ID_MAX, name);
+        while (mi < pd->n_models && strcmp(pd->models[mi].name, name))
+            mi++;
+        if (mi == pd->n_models)
+            return km__cfg_err(c, KM_ECONFIG,
+                               "%s: not a model of this pool (a key's own limits apply to "
+                               "a model its pool lists in \"models\")", mpath);
+        if (!json_is_object(v))
+            return km__cfg_err(c, KM_ECONFIG, "%s: must be an object (the key's limits "
+                               "of this model)", mpath);
+        if (json_object_size(v) == 0)
+            return km__cfg_err(c, KM_ECONFIG, "%s: names no window (leave the model out "
+                               "to keep the pool's limits)", mpath);
+        memset(given, 0, sizeof given);
+        if ((rc = parse_windows(c, v, mpath, given)) != KM_OK)
+            return rc;
+        o->model = mi;
+        for (int w = 0; w < KM_WIN_COUNT; w++) {
+            int named = json_object_get(v, km_window_name(w)) != NULL;
+            o->own_set |= (uint32_t)named << w;
+            o->limits[w] = named ? given[w] : pd->models[mi].limits[w];
+        }
+        k->n_own++;
+    }
+    return KM_OK;
+}
+
 /* ------------------------------------------------------------------ meta */
 
 static int meta_name_ok(const char *s, size_t len)
@@ -568,12 +630,47 @@ static int parse_secret(km__cfg_ctx *c, json_t *kobj, const char *path,
     return KM_OK;
 }
 
+/* A key's "fleet": true, false, or {"id": "...", "strict": bool} (a fleet
+ * key with an operator-chosen fleet id and/or the strict bound). */
+static int parse_key_fleet(km__cfg_ctx *c, json_t *v, const char *path, km__key_cfg *k)
+{
+    static const char *const fields[] = {"id", "strict", NULL};
+    char sub[160];
+    int rc;
+    if (json_is_boolean(v)) {
+        k->fleet = json_is_true(v) ? 1 : -1;
+        return KM_OK;
+    }
+    if (!json_is_object(v))
+        return km__cfg_err(c, KM_ECONFIG, "%s.fleet: must be true, false or an object", path);
+    snprintf(sub, sizeof sub, "%s.fleet", path);
+    if ((rc = km__cfg_check_fields(c, v, sub, fields)) != KM_OK)
+        return rc;
+    const char *id;
+    size_t len;
+    if ((rc = km__cfg_get_str(c, v, sub, "id", KM_ID_MAX, &id, &len)) != KM_OK)
+        return rc;
+    if (id) {
+        /* The ledger's alphabet (tools/sync/ledger.lua, id_arg). */
+        if (len == 0 || !km__cfg_name_ok(id, 1))
+            return km__cfg_err(c, KM_ECONFIG, "%s.id: must be 1-63 characters of [A-Za-z0-9_.-]",
+                               sub);
+        memcpy(k->fleet_id, id, len + 1);
+    }
+    json_t *st = json_object_get(v, "strict");
+    if (st && !json_is_boolean(st))
+        return km__cfg_err(c, KM_ECONFIG, "%s.strict: must be true or false", sub);
+    k->fleet_strict = st && json_is_true(st);
+    k->fleet = 1;
+    return KM_OK;
+}
+
 int km__cfg_parse_key(km__cfg_ctx *c, json_t *kobj, const char *path,
                       const km__pool_defaults *pd, km__key_cfg *k)
 {
     static const char *const fields[] = {"id", "secret", "secret_env", "secret_file",
                                          "weight", "limits", "max_inflight",
-                                         "price", "budget", "meta", NULL};
+                                         "price", "budget", "meta", "models", "fleet", NULL};
     km__limit_cfg own[KM_WIN_COUNT];
     const char *id;
     size_t len;
@@ -627,6 +724,11 @@ int km__cfg_parse_key(km__cfg_ctx *c, json_t *kobj, const char *path,
         return rc;
     if ((v = json_object_get(kobj, "meta")) &&
         (rc = parse_meta(c, v, path, k->meta)))
+        return rc;
+    if ((v = json_object_get(kobj, "models")) &&
+        (rc = parse_key_models(c, v, path, pd, k)))
+        return rc;
+    if ((v = json_object_get(kobj, "fleet")) && (rc = parse_key_fleet(c, v, path, k)))
         return rc;
     return KM_OK;
 }
@@ -850,6 +952,10 @@ int km__cfg_parse_pool(km__cfg_ctx *c, json_t *pobj, uint32_t pi,
         return rc;
     if ((rc = parse_models(c, pobj, path, p)) != KM_OK)
         return rc;
+    pd.in_config = 1;
+    pd.model_mode = p->model_mode;
+    pd.n_models = p->n_models;
+    pd.models = p->models;
     json_t *v = json_object_get(pobj, "price");
     if (v && (rc = parse_price(c, v, path, &pd.price_in, &pd.price_out)))
         return rc;

@@ -65,6 +65,7 @@ void km__key_write(km_env *e, km__key *k, uint32_t pool, const km__key_cfg *kc)
     k->budget_tz_min = (int16_t)kc->budget_tz_min;
     km__spend_init(&k->spend, k->budget_period, k->budget_tz_min, km__wall_ns());
     k->success_ppm = KM__PPM; /* healthy until shown otherwise */
+    km__fleet_key_init(e, (uint32_t)(k - km__keys(e)), kc);
 }
 
 /* Limit parameters of one set of windows from kc (set-limits). */
@@ -72,7 +73,19 @@ uint32_t km__key_limits_write(km__key *k, const km__limit_cfg *lc)
 {
     k->win_mask = limits_init(lc, k->emission_ns, k->tau_ns, k->limit, k->burst, k->mode);
     k->min_tok_burst = min_tok_burst(k->win_mask, k->burst);
+    /* A fleet key's windows under the fleet follow its limits (behind the
+     * key's `updating` flag, like them). */
+    k->fleet_mask = k->fleet ? k->win_mask : 0;
     return k->win_mask;
+}
+
+/* A key's own limits of one model into its model row (km__mwin lines 1
+ * and 3-5); the caller sets the key's own_models bit. */
+void km__mwin_limits_write(km__mwin *mw, const km__limit_cfg *lc, uint32_t own_set)
+{
+    mw->win_mask = limits_init(lc, mw->emission_ns, mw->tau_ns, mw->limit, mw->burst, mw->mode);
+    mw->min_tok_burst = min_tok_burst(mw->win_mask, mw->burst);
+    mw->own_set = (uint8_t)own_set;
 }
 
 int km__cmp_price(const void *a, const void *b, void *keys)
@@ -136,6 +149,19 @@ uint32_t km__model_limits_write(km__model *md, const km__limit_cfg *lc)
     return md->win_mask;
 }
 
+/* A key's own limits of its pool's models, from kc (a row no reader
+ * reaches, own_models 0): each model row, then its bit. */
+void km__key_own_write(km_env *e, km__key *k, uint32_t ki, const km__key_cfg *kc, uint32_t n_models)
+{
+    for (uint32_t o = 0; o < kc->n_own; o++) {
+        const km__own_cfg *oc = &kc->own[o];
+        if (oc->model >= n_models || oc->model >= e->geom.cap_models)
+            continue; /* the parser named only listed models */
+        km__mwin_limits_write(&km__mwins(e, ki)[oc->model], oc->limits, oc->own_set);
+        k->own_models |= UINT64_C(1) << oc->model;
+    }
+}
+
 void km__pool_init(km_env *e, const km_config *cfg)
 {
     km__hdr *h = e->seg.hdr;
@@ -161,6 +187,7 @@ void km__pool_init(km_env *e, const km_config *cfg)
             km__key *k = &keys[ki];
 
             km__key_write(e, k, p, kc);
+            km__key_own_write(e, k, ki, kc, pc->n_models);
             k->state = KM__ST_ACTIVE;
             k->gen = 1;
             cum += k->weight;

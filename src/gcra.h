@@ -98,11 +98,19 @@ static inline km__lset km__key_lset(km__key *k)
     return (km__lset){k->win, k->emission_ns, k->tau_ns, k->win_mask, k->min_tok_burst};
 }
 
-static inline km__lset km__model_lset(const km_env *e, uint32_t ki, const km__model *md,
-                                      uint32_t mi)
+/* Model mi's limits on key ki (k): the pool's model row md, or, when the
+ * key has its own limits of that model (km__key.own_models), the key's
+ * model row.  The bit is on the key's state line, which the acquire has
+ * read already, so a key without own limits pays a bit test; both rows
+ * are written only while acquirers are kept off the key (`updating`,
+ * src/reconfig.c), so a plain load of the bit is enough. */
+static inline km__lset km__model_lset(const km_env *e, const km__key *k, uint32_t ki,
+                                      const km__model *md, uint32_t mi)
 {
-    return (km__lset){km__mwins(e, ki)[mi].win, md->emission_ns, md->tau_ns, md->win_mask,
-                      md->min_tok_burst};
+    km__mwin *mw = &km__mwins(e, ki)[mi];
+    if (__builtin_expect((ck_pr_load_64(&k->own_models) >> mi) & 1, 0))
+        return (km__lset){mw->win, mw->emission_ns, mw->tau_ns, mw->win_mask, mw->min_tok_burst};
+    return (km__lset){mw->win, md->emission_ns, md->tau_ns, md->win_mask, md->min_tok_burst};
 }
 
 /* One admission attempt's clock and cost, and what a refusal says about

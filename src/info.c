@@ -356,10 +356,33 @@ KM_EXTERN int km_model_info_get(km_env *e, int pool, int i, int key,
     if (limits) {
         if ((uint32_t)key >= e->geom.cap_keys || km__keys(e)[key].pool != (uint32_t)pool)
             return KM_ENOKEY;
-        uint32_t mask = p->model_mode == KM_MODELS_PER_MODEL ? md->win_mask : 0;
-        limit_info(km__mwins(e, key)[i].win, md->emission_ns, md->tau_ns, md->limit,
-                       md->burst, md->mode, mask, km__now(), limits);
+        const km__mwin *mw = &km__mwins(e, key)[i];
+        if ((ck_pr_load_64(&km__keys(e)[key].own_models) >> i) & 1) /* the key's own */
+            limit_info(mw->win, mw->emission_ns, mw->tau_ns, mw->limit, mw->burst, mw->mode,
+                       p->model_mode == KM_MODELS_PER_MODEL ? mw->win_mask : 0, km__now(),
+                       limits);
+        else
+            limit_info(mw->win, md->emission_ns, md->tau_ns, md->limit, md->burst, md->mode,
+                       p->model_mode == KM_MODELS_PER_MODEL ? md->win_mask : 0, km__now(),
+                       limits);
     }
+    return KM_OK;
+}
+
+KM_EXTERN int km_model_own_get(km_env *e, int pool, int i, int key, uint32_t *windows)
+{
+    if (!e || !windows)
+        return KM_EINVAL;
+    *windows = 0;
+    if (pool < 0 || (uint32_t)pool >= e->geom.n_pools)
+        return KM_ENOPOOL;
+    const km__pool *p = &km__pools(e)[pool];
+    if (i < 0 || (uint32_t)i >= p->n_models || (uint32_t)i >= e->geom.cap_models)
+        return KM_ENOMODEL;
+    if (key < 0 || (uint32_t)key >= e->geom.cap_keys || km__keys(e)[key].pool != (uint32_t)pool)
+        return KM_ENOKEY;
+    if ((ck_pr_load_64(&km__keys(e)[key].own_models) >> i) & 1)
+        *windows = ck_pr_load_8(&km__mwins(e, key)[i].own_set) & ((1u << KM_WIN_COUNT) - 1);
     return KM_OK;
 }
 

@@ -99,7 +99,26 @@ typedef struct km__key_cfg {
     int budget_period;        /* KM__PERIOD_* (src/budget.h) */
     int budget_tz_min;        /* the period's zone, minutes east of UTC */
     char meta[KM_META_MAX + 1]; /* compact JSON object text, or "" */
+    /* The key's own limits of its pool's models ("models": per_model
+     * pools): n_own entries, owned by the configuration (km__cfg_destroy
+     * frees them). */
+    uint32_t n_own;
+    struct km__own_cfg *own;
+    /* "fleet": 1 under the fleet; 0 not said (the segment's "fleet"
+     * decides), -1 refused by the key ("fleet": false).  fleet_strict, fleet_id: its object
+     * form ({"strict": true, "id": "..."}). */
+    int fleet;
+    int fleet_strict;
+    char fleet_id[KM_ID_MAX + 1];
 } km__key_cfg;
+
+/* One model's limits on one key: every window resolved (`own_set`'s from
+ * the key, the others the pool's model's). */
+typedef struct km__own_cfg {
+    uint32_t model;   /* index in the pool's models */
+    uint32_t own_set; /* bit w: the key names window w */
+    km__limit_cfg limits[KM_WIN_COUNT];
+} km__own_cfg;
 
 /* What a pool gives keys that do not say otherwise (kept in the segment
  * for keys added later). */
@@ -107,6 +126,12 @@ typedef struct km__pool_defaults {
     km__limit_cfg limits[KM_WIN_COUNT];
     uint32_t max_inflight;
     uint64_t price_in, price_out; /* micro-USD per 1000 tokens */
+    /* The pool's models, which a key's "models" may name (configuration
+     * files only: NULL where a key is parsed alone, km_key_add). */
+    int in_config;  /* 1: a configuration's pool; 0: km_key_add's */
+    int model_mode;
+    uint32_t n_models;
+    const struct km__model_cfg *models;
 } km__pool_defaults;
 
 typedef struct km__model_cfg {
@@ -135,6 +160,11 @@ struct km_config {
     uint32_t n_pools, n_keys;
     km__pool_cfg *pools;
     km__key_cfg *keys; /* pools' keys, contiguous per pool */
+    /* Fleet-wide limits: fleet_region 1 if the segment gets a fleet region
+     * (a fleet key, the top-level "fleet", or capacity.fleet); fleet_all:
+     * every key not saying "fleet": false is a fleet key; fleet_policy:
+     * KM_FLEET_STOP or KM_FLEET_LOCAL until an agent claims. */
+    int fleet_region, fleet_all, fleet_policy;
 };
 
 /* Period of a window in ns, and whether it counts requests (else tokens). */
@@ -230,6 +260,17 @@ static inline uint8_t *km__busy(const km_env *e, uint32_t key)
            (size_t)key * km__busy_stride(e->geom.cap_inflight);
 }
 
+/* The fleet region (src/layout.h), or NULL: a segment without fleet keys. */
+static inline km__fhdr *km__fleet(const km_env *e)
+{
+    return e->geom.off_fleet ? (km__fhdr *)KM__AT(e->seg.base, e->geom.off_fleet) : NULL;
+}
+/* The fleet block of key `key` (the segment has a fleet region). */
+static inline km__fkey *km__fkeys(const km_env *e, uint32_t key)
+{
+    return (km__fkey *)KM__AT(e->seg.base, e->geom.off_fleet + sizeof(km__fhdr)) + key;
+}
+
 /* The sleeper row of process slot `slot` (km__wrow, src/layout.h): the
  * region after the usage rings, whose offset the header does not store. */
 static inline km__wrow *km__wrows(const km_env *e, uint32_t slot)
@@ -311,11 +352,17 @@ uint64_t km__rr_magic(uint32_t n);
 void km__key_write(km_env *e, km__key *k, uint32_t pool, const km__key_cfg *kc);
 /* Write a key's limit parameters; returns its new window mask. */
 uint32_t km__key_limits_write(km__key *k, const km__limit_cfg *lc);
+/* Write a key's own limits of one model (all windows resolved; own_set:
+ * those the key names) into its model row. */
+void km__mwin_limits_write(km__mwin *mw, const km__limit_cfg *lc, uint32_t own_set);
 /* Write the pools, member lists, models and keys of a new segment. */
 void km__pool_init(km_env *env, const km_config *cfg);
 /* Pool row p's settings and models (every model row of it rewritten), from
  * pc: at creation, and by km_pool_add on a row in state ADDING. */
 void km__pool_write(km_env *e, uint32_t p, const km__pool_cfg *pc);
+/* A key's own limits of its pool's n_models models (a configuration's
+ * keys[i].models), on a row no reader reaches. */
+void km__key_own_write(km_env *e, km__key *k, uint32_t ki, const km__key_cfg *kc, uint32_t n_models);
 /* A model row's name and limits; its limit parameters alone. */
 void km__model_write(km__model *md, const km__model_cfg *mc);
 uint32_t km__model_limits_write(km__model *md, const km__limit_cfg *lc);
@@ -323,6 +370,21 @@ uint32_t km__model_limits_write(km__model *md, const km__limit_cfg *lc);
  * tokens), then index; the context is the segment's key rows (km__keys).
  * The price order of a pool's member list (km__member.by_cost). */
 int km__cmp_price(const void *a, const void *b, void *keys);
+
+/* src/fleet.c */
+/* The fleet header of a new segment (before its keys are written). */
+void km__fleet_init(km_env *e, const km_config *cfg);
+/* A key row's fleet words (fleet flag and mask, credit, its fleet block),
+ * from kc: with km__key_write, on a row no reader reaches. */
+void km__fleet_key_init(km_env *e, uint32_t ki, const km__key_cfg *kc);
+/* Key k's health changed here (KM_FLEET_EV_* kind): the agent tells the
+ * fleet.  Nothing for a key outside the fleet. */
+void km__fleet_health_note(km_env *e, km__key *k, int kind);
+
+/* src/reconfig.c */
+/* km_key_set_state; note 0: the fleet's verdict applied by its agent, not
+ * a change made here (km__fleet_health_note not called). */
+int km__key_set_state(km_env *e, int key, int state, int note);
 
 /* src/attach.c */
 /* Build a segment for `name` under a new temporary name (written to tmp),

@@ -10,8 +10,8 @@
  *   km__member[cap_pools][2][cap_keys] each pool's two member lists
  *   km__model[cap_pools][cap_models]  each pool's models
  *   km__key[cap_keys]
- *   km__mwin[cap_keys][cap_models]    per-model limit pairs and counters of
- *                                     each key
+ *   km__mwin[cap_keys][cap_models]    per-model limit pairs, counters and
+ *                                     the key's own model limits
  *   km__lease[cap_keys][cap_inflight] lease slots, one row per key
  *   uint8_t[cap_keys][stride]  in-flight flags, one byte per lease slot;
  *                              stride = cap_inflight rounded up to a line
@@ -277,10 +277,45 @@ typedef struct km__gcra {
 } __attribute__((aligned(16))) km__gcra;
 _Static_assert(sizeof(km__gcra) == 16 && _Alignof(km__gcra) == 16, "km__gcra");
 
+/* A pair of fleet credit words (src/fleet.h): requests and tokens of one
+ * period, taken together by one 16-byte CAS. */
+typedef struct km__cpair {
+    uint64_t req, tok;
+} __attribute__((aligned(16))) km__cpair;
+_Static_assert(sizeof(km__cpair) == 16 && _Alignof(km__cpair) == 16, "km__cpair");
+
 typedef struct km__key {
     /* lines 0-1: the limit pairs, CASed by every acquire of this key. */
     km__gcra win[KM_WIN_COUNT];
-    uint8_t pad0[2 * KM__LINE - KM_WIN_COUNT * 16];
+    /* Line 1, after the pairs: the fleet credit of the minute windows
+     * (src/fleet.h, tools/sync/DESIGN.md section 3), on the line every
+     * acquire of the key has just CASed, so a fleet key's admission costs
+     * one more locked instruction on a line it owns, and a key without the
+     * fleet one load of fleet_mask and one branch.
+     *   credit  (credit.req, credit.tok) of rpm and tpm: units the host
+     *       may still admit, one 16-byte pair: acquirers take both by one
+     *       cmpxchg16b (down), the agent adds by locked add at apply and
+     *       takes all by exchange at void; the value alone decides (locked
+     *       read-modify-writes only, ordered against nothing else).
+     *   credit_deadline  CLOCK_MONOTONIC ns: credit is usable while now <
+     *       it.  The agent stores it (release) after its top-up; a stale
+     *       value only makes an acquirer conservative or lets it spend
+     *       credit the ledger still reserves (DESIGN.md section 3).
+     *   fleet_mask  windows under the fleet (bit per km_window); 0: not a
+     *       fleet key.  Written with the limits (creation, or behind the
+     *       key's `updating` flag), read plainly like them.
+     *   fleet  1: a fleet key (written with the row).
+     *   low_lg  the agent's low-water marks of the pair: an acquirer that
+     *       leaves credit.req (low_lg[0]) or credit.tok (low_lg[1]) below
+     *       2^low_lg kicks the agent (an early sync); written by the agent at
+     *       apply (a quarter of the credit it leaves), 0 at creation. */
+    km__cpair credit;       /* (rpm, tpm) */
+    uint64_t credit_deadline;
+    uint32_t fleet_mask;
+    uint8_t low_lg[2];
+    uint8_t fleet;          /* configured a fleet key: fleet_mask follows
+                             * win_mask through set-limits */
+    uint8_t pad0;
     /* The in-flight flags are not here but in their own region (one byte
      * per lease slot, see km__lease): a byte has one writer at a time, so it
      * is set and cleared by plain stores, where bits of a shared word would
@@ -307,7 +342,15 @@ typedef struct km__key {
                                * none.  Claimed by CAS from 0 before the state
                                * goes PROBING; cleared only by that lease's
                                * release or by its reaper (src/acquire.c) */
-    uint8_t pad5[KM__LINE - 40];
+    /* Per-key model limits (per_model pools): bit m set while model m of
+     * the pool has the key's own limits, kept in the key's model row
+     * (km__mwin, lines 3-5) instead of the pool's (km__model).  On the line
+     * every acquire reads (state, updating): a key without own limits pays
+     * one bit test of a word in cache.  Written only by the creator and by
+     * reconfiguration while `updating` keeps acquirers off the key
+     * (src/reconfig.c); cleared with the row. */
+    uint64_t own_models;
+    uint8_t pad5[KM__LINE - 48];
     /* lines 4-7: configuration, written at creation, read by acquire. */
     uint64_t emission_ns[KM_WIN_COUNT]; /* T: ns per unit; 0 = no limit */
     uint64_t tau_ns[KM_WIN_COUNT];      /* burst tolerance: burst * T */
@@ -332,7 +375,15 @@ typedef struct km__key {
     char meta[KM_META_MAX + 1];
 } km__key;
 _Static_assert(offsetof(km__key, spend) == 2 * KM__LINE, "release line");
+_Static_assert(offsetof(km__key, credit) == KM_WIN_COUNT * 16 &&
+                   offsetof(km__key, credit) / KM__LINE == 1 &&
+                   offsetof(km__key, fleet_mask) / KM__LINE == 1,
+               "minute credit: one 16-byte CAS pair on the line of the limit pairs");
 _Static_assert(offsetof(km__key, state) == 3 * KM__LINE, "state line");
+_Static_assert(offsetof(km__key, own_models) / KM__LINE == offsetof(km__key, updating) / KM__LINE &&
+                   offsetof(km__key, own_models) % 8 == 0,
+               "own_models: one aligned word on the line acquire reads for state and updating");
+_Static_assert(KM_MODELS_MAX <= 64, "km__key.own_models has one bit per model");
 _Static_assert(offsetof(km__key, emission_ns) == 4 * KM__LINE, "config lines");
 _Static_assert(offsetof(km__key, id) == 8 * KM__LINE, "id aligned");
 _Static_assert(offsetof(km__key, meta) == 13 * KM__LINE, "meta aligned");
@@ -374,7 +425,16 @@ typedef struct km__mwin {
      * released by km_close or a reaper) */
     uint64_t stale;
     uint64_t abandoned;
-    uint8_t pad[2 * KM__LINE - KM_WIN_COUNT * 16 - 16];
+    /* and the key's own limits of this model (km__key.own_models bit set):
+     * the window mask and smallest token burst, as in km__model, read with
+     * the parameters of lines 3-5 by an acquire of such a key only.
+     * `own_set`: the windows the key names itself (the others are the
+     * pool model's, copied, for display and snapshots). */
+    uint32_t win_mask;
+    uint32_t min_tok_burst;
+    uint8_t mode[KM_WIN_COUNT];
+    uint8_t own_set;
+    uint8_t pad;
     /* line 2: what every acquire (requests) and release (outcome, tokens
      * settled) naming the model adds: one line for both.  A success and
      * its tokens are one pair, added by one 16-byte CAS (km__mrow_ok), so
@@ -385,12 +445,27 @@ typedef struct km__mwin {
     km__mok ok;                           /* successes, and all tokens settled */
     uint64_t requests;
     uint64_t outcomes[KM_OUT_COUNT - 1];  /* kind k > 0 at [k - 1] */
+    /* lines 3-5: the key's own limits of this model, all windows resolved
+     * (own_set's from the key, the others from the pool's model), written
+     * at creation or by reconfiguration while acquirers are kept off the
+     * key (src/reconfig.c); meaningless while the key's own_models bit is
+     * clear.  emission_ns and tau_ns are read by acquire and release. */
+    uint64_t emission_ns[KM_WIN_COUNT];
+    uint64_t tau_ns[KM_WIN_COUNT];
+    uint64_t limit[KM_WIN_COUNT];
+    uint64_t burst[KM_WIN_COUNT];
 } km__mwin;
 _Static_assert(offsetof(km__mwin, stale) == KM_WIN_COUNT * 16, "mwin: rare counts after the pairs");
 _Static_assert(offsetof(km__mwin, ok) % 16 == 0 && KM_OUT_SUCCESS == 0,
                "mwin: the success pair is 16-byte aligned for its CAS");
 _Static_assert(offsetof(km__mwin, ok) == 2 * KM__LINE, "mwin: counter line");
-_Static_assert(sizeof(km__mwin) == 3 * KM__LINE, "km__mwin size");
+_Static_assert(offsetof(km__mwin, win_mask) / KM__LINE == 1 && offsetof(km__mwin, pad) + 1 == 2 * KM__LINE,
+               "mwin: the own mask, burst and modes fill line 1");
+_Static_assert(offsetof(km__mwin, emission_ns) == 3 * KM__LINE &&
+                   offsetof(km__mwin, tau_ns) == 3 * KM__LINE + 8 * KM_WIN_COUNT,
+               "mwin: the own parameters that acquire reads on lines 3-4");
+_Static_assert(KM_WIN_COUNT <= 8, "km__mwin.own_set has one bit per window");
+_Static_assert(sizeof(km__mwin) == 6 * KM__LINE, "km__mwin size");
 
 /* A lease slot.  owner != 0 while claimed: the owner's process-table tag,
  * (process slot + 1) << 32 | pid, or a reaper's mark (src/owner.h).
@@ -445,11 +520,16 @@ typedef struct km__lease {
     uint32_t model;       /* model index + 1 of this lease; 0: none;
                            * KM__MODEL_NAMED | row + 1: a named row */
     uint32_t res_mask;    /* the key's token windows this lease reserved
-                           * (limits may change while it is out) */
+                           * (limits may change while it is out), and in
+                           * bits KM__RES_MODEL_SHIFT up the model's */
     /* line 1: the rarer outcomes */
     uint64_t outcomes[KM_OUT_COUNT]; /* [KM_OUT_SUCCESS] unused: see succeeded */
     uint64_t abandoned;
-    uint64_t pad1;
+    /* Estimates of the settled leases of a fleet key (the estimate each
+     * reserved), added by the slot's owner beside tokens_used: their
+     * difference, summed over a key's slots, is what the fleet agent
+     * reports as actual minus estimated tokens (km_fleet_slot.adj). */
+    uint64_t tokens_est;
 } km__lease;
 _Static_assert(offsetof(km__lease, outcomes) == KM__LINE, "lease slot line 1");
 /* Acquire writes these pairs with one 8-byte store each (src/acquire.c). */
@@ -460,6 +540,10 @@ _Static_assert(offsetof(km__lease, phase) == offsetof(km__lease, key_gen) + 4 &&
 _Static_assert(offsetof(km__lease, res_mask) == offsetof(km__lease, model) + 4 &&
                    offsetof(km__lease, model) % 8 == 0, "model, res_mask: one word");
 _Static_assert(sizeof(km__lease) == 2 * KM__LINE, "lease slot: two lines");
+/* km__lease.res_mask: the model's token windows the lease reserved, above
+ * the key's (a key's own model limits may change while it is out). */
+#define KM__RES_MODEL_SHIFT 8
+_Static_assert(KM_WIN_COUNT <= KM__RES_MODEL_SHIFT, "key and model windows apart in res_mask");
 
 /* Usage events (src/usage.c): two rings per process slot (kept across the
  * slot's occupants), each a header line and cap_usage / 2 events of one line
@@ -511,7 +595,7 @@ _Static_assert(sizeof(km__uev) == KM__LINE, "usage event: one line");
  * slot (kmctl has none), and a tag could be freed and reused before the
  * intent is resolved. */
 enum { KM__OP_NONE = 0, KM__OP_ADD, KM__OP_REMOVE, KM__OP_WEIGHT, KM__OP_LIMITS,
-       KM__OP_ENABLE, KM__OP_DISABLE,
+       KM__OP_ENABLE, KM__OP_DISABLE, KM__OP_MLIMITS,
        /* pools (issue 18): add, remove, set (staged settings), the limits of
         * every key of a pool or of one of its models, a model appended */
        KM__OP_POOL_ADD, KM__OP_POOL_REMOVE, KM__OP_POOL_SET, KM__OP_POOL_LIMITS,
@@ -548,11 +632,124 @@ typedef struct km__intent {
     uint64_t resc_now, resc_debt;
     uint32_t resc_win;
     uint8_t mode[KM_WIN_COUNT];
-    uint8_t pad1[3 * KM__LINE - 3 * 8 * KM_WIN_COUNT - 16 - 4 - KM_WIN_COUNT];
+    /* set-limits of a model (KM__OP_MLIMITS): the key's windows of model
+     * `model` (index) change; `own_set` the windows the key then names
+     * itself (0: back to the pool's model limits) */
+    uint8_t own_set;
+    uint8_t pad1a;
+    uint32_t model;
+    uint8_t pad1[3 * KM__LINE - 3 * 8 * KM_WIN_COUNT - 16 - 4 - KM_WIN_COUNT - 2 - 4];
 } km__intent;
+_Static_assert(offsetof(km__intent, model) % 4 == 0, "intent: model aligned");
 _Static_assert(offsetof(km__intent, old_T) == KM__LINE, "intent line 1");
 _Static_assert(sizeof(km__intent) == 4 * KM__LINE, "km__intent size");
 _Static_assert(sizeof(km__intent) <= sizeof(((km__hdr *)0)->intent), "the intent fits the header");
+
+/* ------------------------------------------------------------ the fleet
+ *
+ * Fleet-wide limits (tools/sync/DESIGN.md sections 2-4; the hot path and
+ * its argument in src/fleet.h, the agent's calls in src/fleet.c).  A
+ * segment with fleet keys has a fleet region at km__hdr.off_fleet, after
+ * every other region: a km__fhdr, then one km__fkey per key row.  The
+ * credit of a key's minute windows lives in its own row (km__key line 1);
+ * everything else the fleet needs is here. */
+
+/* The agent's header.  Line 0 is written by the agent only (plain stores,
+ * after its claim; inspect tolerates tearing) except `agent` (CAS); line
+ * 1 is the acquirers' kick word. */
+typedef struct km__fhdr {
+    /* line 0 */
+    uint64_t agent;          /* tag of the agent's process; 0: none (CAS) */
+    uint32_t policy;         /* KM_FLEET_STOP / KM_FLEET_LOCAL (claim) */
+    uint32_t learn_ms;
+    uint64_t epoch, last_sync_ns, next_sync_ns;
+    uint64_t seq, ack;       /* the agent's, so a restarted agent continues */
+    uint32_t store_state;    /* KM_FLEET_STORE_* */
+    uint32_t n_hosts;
+    /* line 1, own line: set to 1 by an acquirer that found credit short
+     * (refused, or left below the low-water mark) and read 0; the agent
+     * polls it and syncs early, storing 0.  A plain store either way: a
+     * lost kick costs one early sync, nothing more. */
+    uint32_t kick;
+    uint32_t all;            /* configuration: every key is a fleet key */
+    uint8_t pad1[KM__LINE - 8];
+} km__fhdr;
+_Static_assert(offsetof(km__fhdr, kick) == KM__LINE && sizeof(km__fhdr) == 2 * KM__LINE,
+               "km__fhdr: the agent's line, then the kick line");
+
+/* km__fkey.flags */
+#define KM__FK_STRICT 1u /* "fleet": {"strict": true} */
+
+/* One key's fleet block.  Lines 1, 4, 5 and 6 are written by acquirers on
+ * the slow paths only (fallback, refusal); the agent reads them by
+ * exchange.  Line 7 is the agent's own. */
+typedef struct km__fkey {
+    /* line 0: hour/day credit, as the minute pair: (RPH, TPH), (RPD, TPD),
+     * each a 16-byte CAS pair (locked RMW only, as km__key.credit);
+     * then the agent's configuration words (plain; creation or the agent) */
+    km__cpair credit_hd[2];  /* [0] hour, [1] day */
+    uint32_t flags;          /* KM__FK_*, written with the key row */
+    uint32_t gen;            /* credit voids by the agent (inspect) */
+    uint32_t fb_ppm;         /* the share last applied, for inspect */
+    uint32_t pad0;
+    uint8_t pad0b[KM__LINE - 48];
+    /* line 1: fallback GCRA words, CASed only while on fallback */
+    uint64_t fb_tat[KM_WIN_COUNT];
+    uint64_t pad1[2];
+    /* lines 2-3: the fallback share; the agent writes it under the seqlock
+     * fb_seq (odd while being written; release stores), acquirers read it
+     * and retry while the count is odd or changed */
+    uint32_t fb_seq, pad2;
+    uint64_t fb_from, fb_until;       /* rule 2's window, CLOCK_MONOTONIC */
+    uint64_t fb_T[KM_WIN_COUNT];      /* ns per unit at the share's rate; 0: none */
+    uint64_t fb_tau[KM_WIN_COUNT];    /* burst x fb_T */
+    uint8_t pad3[8];
+    /* line 4: units refused for want of credit (fetch-add) */
+    uint64_t refused[KM_WIN_COUNT];
+    uint64_t pad4[2];
+    /* line 5: largest request refused (CAS-max) */
+    uint64_t want[KM_WIN_COUNT];
+    uint64_t pad5[2];
+    /* line 6: units admitted on the fallback share (fetch-add); the key's
+     * health changes made here (release's 429/auth/quota, an operator's
+     * enable/disable): hv_kind (KM_FLEET_EV_*) stored, then hv_local
+     * bumped (fetch-add); the agent compares hv_local with a_hv */
+    uint64_t fb_used[KM_WIN_COUNT];
+    uint32_t hv_local;
+    uint32_t hv_kind;
+    uint64_t pad6;
+    /* line 7: the agent's own (single writer): credit held after its last
+     * apply or collect, per window, so `spent` survives an agent restart;
+     * the sum over lease slots of tokens_used - tokens_est at the last
+     * collect; hv_local last reported */
+    uint64_t a_last[KM_WIN_COUNT];
+    int64_t a_adj;
+    uint64_t a_hv;
+    /* line 8: the fleet id the operator configured ("fleet": {"id": ...}),
+     * NUL-padded; "" lets the agent derive one (written with the key row) */
+    char fleet_id[KM_ID_MAX + 1];
+    /* line 9, the agent's own: credit voided (lapsed, or voided by
+     * km_fleet_release) and not yet reported as returned */
+    uint64_t a_ret[KM_WIN_COUNT];
+    uint64_t pad9[2];
+} km__fkey;
+_Static_assert(offsetof(km__fkey, fb_tat) == KM__LINE && offsetof(km__fkey, fb_seq) == 2 * KM__LINE &&
+                   offsetof(km__fkey, refused) == 4 * KM__LINE &&
+                   offsetof(km__fkey, want) == 5 * KM__LINE &&
+                   offsetof(km__fkey, fb_used) == 6 * KM__LINE &&
+                   offsetof(km__fkey, a_last) == 7 * KM__LINE &&
+                   offsetof(km__fkey, fleet_id) == 8 * KM__LINE &&
+                   offsetof(km__fkey, a_ret) == 9 * KM__LINE,
+               "km__fkey lines");
+_Static_assert(sizeof(km__fkey) == 10 * KM__LINE, "km__fkey size");
+
+/* Bytes of a fleet region for cap_keys key rows (whole pages: it is the
+ * segment's last region). */
+static inline uint64_t km__fleet_bytes(uint32_t cap_keys)
+{
+    return (sizeof(km__fhdr) + (uint64_t)cap_keys * sizeof(km__fkey) + KM__PAGE - 1) &
+           ~(uint64_t)(KM__PAGE - 1);
+}
 
 /* ------------------------------------------------------------ the layout */
 
@@ -666,6 +863,17 @@ static inline uint64_t km__layout_signature(void)
         /* Budgets with a period (issue 18): spend pairs and periods. */
         sizeof(km__spend), offsetof(km__key, spend), offsetof(km__key, budget_period),
         offsetof(km__pool, spend), offsetof(km__pool, budget_period),
+        /* Per-key model limits (issue 18, item 3): the key's bits, its
+         * model rows' parameters, the model windows a lease reserved, and
+         * the intent of their change. */
+        offsetof(km__key, own_models), offsetof(km__mwin, win_mask), offsetof(km__mwin, own_set),
+        offsetof(km__mwin, emission_ns), offsetof(km__mwin, burst), KM__RES_MODEL_SHIFT,
+        offsetof(km__intent, model),
+        /* Fleet-wide limits (issue 12): the minute credit in the key row,
+         * the fleet region, estimates in the lease slots. */
+        offsetof(km__key, credit), offsetof(km__key, fleet_mask), sizeof(km__fhdr),
+        sizeof(km__fkey), offsetof(km__fkey, fb_seq), offsetof(km__fkey, a_last),
+        offsetof(km__lease, tokens_est), offsetof(km__hdr, off_fleet),
         /* Pools added, changed and removed live (issue 18, item 1). */
         offsetof(km__pool, state), offsetof(km__pool, stage), sizeof(km__pstage),
         0x0102030405060708ull /* byte order */

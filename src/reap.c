@@ -117,15 +117,15 @@ static int owner_alive(km_env *e, uint64_t owner, live_cache *c)
 /* One scan of a key's slots.  Returns 0 if a live operation is in flight;
  * else the signature of every slot's (owner, phase, seq), and in sum[] the
  * tokens of the slots ACTIVE in this very scan (per key window set, and per
- * model in msum[] when n_models > 0).  The sums must come from the scan that
+ * model and token window in msum[] when n_models > 0).  The sums must come from the scan that
  * is validated: a slot that turns RELEASING after the scan would otherwise be
  * left out while its tokens are still reserved. */
 static int scan_slots(const km__lease *ls, uint32_t n, uint64_t mine, uint64_t *sig,
-                          uint64_t *sum, uint64_t *msum, uint32_t n_models)
+                          uint64_t *sum, uint64_t (*msum)[KM__TOKEN_WIN_COUNT], uint32_t n_models)
 {
     uint64_t h = KM__FNV64_INIT, tot[KM_WIN_COUNT] = {0};
     if (msum && n_models)
-        memset(msum, 0, sizeof(uint64_t) * n_models);
+        memset(msum, 0, sizeof(*msum) * n_models);
     for (uint32_t s = 0; s < n; s++) {
         uint64_t o = ck_pr_load_64(&ls[s].owner);
         uint32_t ph = ck_pr_load_32(&ls[s].phase), q = ck_pr_load_32(&ls[s].seq);
@@ -136,8 +136,11 @@ static int scan_slots(const km__lease *ls, uint32_t n, uint64_t mine, uint64_t *
             for (int w = KM_WIN_TPM; w <= KM_WIN_TPD; w++)
                 if (lv.res_mask & (1u << w))
                     tot[w] += lv.tokens;
-            if (msum && lv.model && lv.model <= n_models)
-                msum[lv.model - 1] += lv.tokens;
+            /* The model's windows this lease reserved (res_mask's upper
+             * bits: a key's own model limits may have changed since). */
+            for (int w = 0; msum && lv.model && lv.model <= n_models && w < KM__TOKEN_WIN_COUNT; w++)
+                if ((lv.res_mask >> KM__RES_MODEL_SHIFT) & (1u << (KM_WIN_TPM + w)))
+                    msum[lv.model - 1][w] += lv.tokens;
         }
         h = km__slot_sig(h, o, ph, q); /* see "Validated scans", src/slots.h */
     }
@@ -191,7 +194,7 @@ static int recount_key(km_env *e, uint32_t ki, live_cache *lc, int repair,
     for (int t = 0; t < tries && !done; t++) {
         uint64_t sig1, sig2, rk[KM_WIN_COUNT], sk[KM_WIN_COUNT] = {0}, tot[KM_WIN_COUNT];
         uint64_t rm[KM_MODELS_MAX][KM__TOKEN_WIN_COUNT], sm[KM_MODELS_MAX][KM__TOKEN_WIN_COUNT];
-        uint64_t msum[KM_MODELS_MAX];
+        uint64_t msum[KM_MODELS_MAX][KM__TOKEN_WIN_COUNT];
         if (!scan_slots(ls, n, mine, &sig1, NULL, NULL, 0)) {
             sched_yield();
             continue;
@@ -208,7 +211,7 @@ static int recount_key(km_env *e, uint32_t ki, live_cache *lc, int repair,
             sk[w] = tot[w];
         for (uint32_t m = 0; m < n_models; m++)
             for (int w = 0; w < KM__TOKEN_WIN_COUNT; w++)
-                sm[m][w] = msum[m];
+                sm[m][w] = msum[m][w];
         done = 1;
         for (int w = KM_WIN_TPM; w <= KM_WIN_TPD && done; w++) {
             if (rk[w] == sk[w]) /* a removed window too: its leases still count */

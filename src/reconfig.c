@@ -55,7 +55,9 @@
  *              when a rebuild times out.
  *   set-weight Commit point: `cur` of the pool changed; else the old
  *              weight is put back.
- *   set-limits Before the grace period completed (step < SYNCED) no
+ *   set-limits (of the key, or of one model on the key: the same steps,
+ *              on the key's model row and its own_models bit)
+ *              Before the grace period completed (step < SYNCED) no
  *              parameter was written: the flag is cleared, the old limits
  *              stand.  After it: the new parameters are written again from
  *              the intent, every window whose debt was not yet carried over
@@ -461,12 +463,14 @@ static void row_clear(km_env *e, uint32_t ki)
     ck_pr_store_32(&k->updating, 0);
     ck_pr_store_32(&k->probe, 0); /* no lease slot held: no probe out */
     ck_pr_store_64(&k->retire_epoch, 0);
+    ck_pr_store_64(&k->own_models, 0); /* the pool's model limits, as configured */
     memset(km__mwins(e, ki), 0, (size_t)e->geom.cap_models * sizeof(km__mwin));
     for (uint32_t s = 0; s < e->geom.cap_inflight; s++) {
         km__lease *l = &ls[s];
         ck_pr_store_64(&l->acquired, 0);
         ck_pr_store_64(&l->succeeded, 0);
         ck_pr_store_64(&l->tokens_used, 0);
+        ck_pr_store_64(&l->tokens_est, 0);
         ck_pr_store_64(&l->abandoned, 0);
         for (int i = 0; i < KM_OUT_COUNT; i++)
             ck_pr_store_64(&l->outcomes[i], 0);
@@ -747,15 +751,18 @@ KM_EXTERN int km_key_set_weight(km_env *e, int key, uint32_t weight)
 /* ----------------------------------------------------------- set-limits */
 
 /* Carry window w's debt over to new parameters, in units: the key owes as
- * many requests or tokens against the new limit as against the old.  A
- * window that was not limited starts without debt.  The debt and the time
- * it is reckoned from are recorded (intent) before the CAS that applies it. */
+ * many requests or tokens against the new limit as against the old, a part
+ * of a unit counted as a whole one (rounded down, a key that had used all
+ * of an old limit of 100 and is raised to 400 was let through 301 more in
+ * the same window).  A window that was not limited starts without debt.
+ * The debt and the time it is reckoned from are recorded (intent) before
+ * the CAS that applies it. */
 static void rescale(km__intent *in, km__gcra *g, int w, uint64_t old_T, uint64_t new_T)
 {
     uint64_t cur[2], nv[2], now = ck_pr_load_64(&in->resc_now);
     km__gcra_load(g, cur);
     do {
-        uint64_t debt = cur[0] > now && old_T ? (cur[0] - now) / old_T : 0;
+        uint64_t debt = cur[0] > now && old_T ? (cur[0] - now - 1) / old_T + 1 : 0;
         nv[0] = new_T && debt ? now + km__mul_sat(debt, new_T) : 0;
         nv[1] = cur[1]; /* reservations belong to leases still out */
         ck_pr_store_64(&in->resc_debt, debt);
@@ -785,30 +792,62 @@ static void rescale_resume(km__intent *in, km__gcra *g, uint64_t new_T, uint64_t
     } while (!km__gcra_cas(g, cur, nv));
 }
 
-/* Write the intent's limits into key k and carry over the debt of every
- * window that the record does not show carried over.  resume: a dead
- * writer's, whose window in progress may have been carried over. */
-static void rescale_windows(km_env *e, km__gcra *win, const uint64_t *T, const uint64_t *tau,
-                            uint32_t mask, int resume);
-
-static void limits_apply(km_env *e, km__key *k, int resume)
+/* The intent's limits (set-limits, and set-limits of a model). */
+static void intent_limits(km__intent *in, km__limit_cfg lc[KM_WIN_COUNT])
 {
-    km__intent *in = km__intent_of(e);
-    km__limit_cfg lc[KM_WIN_COUNT];
     for (int w = 0; w < KM_WIN_COUNT; w++)
         lc[w] = (km__limit_cfg){ck_pr_load_64(&in->limit[w]), ck_pr_load_64(&in->burst[w]),
                                 in->mode[w]};
-    km__key_limits_write(k, lc);
-    KM__FAULT("limits.params");
-    rescale_windows(e, k->win, k->emission_ns, k->tau_ns, k->win_mask, resume);
 }
 
-/* Carry over the debt of every window of `win` (a key's limit pairs, or
- * its pairs of one model) to the parameters T, tau, mask now written,
- * from the intent's old_T, except windows the record shows carried over
- * (resume: a dead writer's, whose window in progress may have been). */
-static void rescale_windows(km_env *e, km__gcra *win, const uint64_t *T, const uint64_t *tau,
-                            uint32_t mask, int resume)
+static void rescale_set(km_env *e, const km__lset *set, int resume);
+
+/* Write the intent's limits into key k and carry over the debt of every
+ * window that the record does not show carried over.  resume: a dead
+ * writer's, whose window in progress may have been carried over. */
+static void limits_apply(km_env *e, km__key *k, int resume)
+{
+    km__limit_cfg lc[KM_WIN_COUNT];
+    intent_limits(km__intent_of(e), lc);
+    km__key_limits_write(k, lc);
+    KM__FAULT("limits.params");
+    km__lset set = km__key_lset(k);
+    rescale_set(e, &set, resume);
+}
+
+/* Write the intent's limits of model `model` into key row ki (k): the
+ * key's own (own_set non-zero: its model row, then its own_models bit),
+ * or the pool's again (the bit cleared); then carry the debt of the
+ * model's windows over to the parameters now in force, as limits_apply
+ * does for the key's.  Idempotent up to the rescale record: the recovery
+ * runs it again. */
+static void mlimits_apply(km_env *e, km__key *k, uint32_t ki, int resume)
+{
+    km__intent *in = km__intent_of(e);
+    uint32_t mi = ck_pr_load_32(&in->model), own = in->own_set;
+    if (mi >= e->geom.cap_models || k->pool >= e->geom.n_pools)
+        return; /* not a record this writer would make */
+    km__mwin *mw = &km__mwins(e, ki)[mi];
+    uint64_t bits = ck_pr_load_64(&k->own_models);
+    if (own) {
+        km__limit_cfg lc[KM_WIN_COUNT];
+        intent_limits(in, lc);
+        km__mwin_limits_write(mw, lc, own);
+        KM__FAULT("mlimits.params");
+        ck_pr_fence_store(); /* the row's parameters before the bit that selects them */
+        bits |= UINT64_C(1) << mi;
+    } else {
+        bits &= ~(UINT64_C(1) << mi);
+    }
+    ck_pr_store_64(&k->own_models, bits);
+    KM__FAULT("mlimits.bit");
+    km__lset set = km__model_lset(e, k, ki, &km__models(e, k->pool)[mi], mi);
+    rescale_set(e, &set, resume);
+}
+
+/* Carry the debt of every window of `set` (its parameters already the new
+ * ones) that the intent does not show carried over. */
+static void rescale_set(km_env *e, const km__lset *set, int resume)
 {
     km__intent *in = km__intent_of(e);
     uint32_t done = ck_pr_load_32(&in->rescaled), at = ck_pr_load_32(&in->resc_win);
@@ -820,12 +859,12 @@ static void rescale_windows(km_env *e, km__gcra *win, const uint64_t *T, const u
     for (int w = 0; w < KM_WIN_COUNT; w++) {
         if (done & (1u << w))
             continue;
-        int on = (mask >> w) & 1;
-        uint64_t new_T = on ? T[w] : 0;
+        int on = (set->mask >> w) & 1;
+        uint64_t new_T = on ? set->T[w] : 0;
         if (resume && at == (uint32_t)w + 1)
-            rescale_resume(in, &win[w], new_T, on ? tau[w] : 0, km__now());
+            rescale_resume(in, &set->win[w], new_T, on ? set->tau[w] : 0, km__now());
         else
-            rescale(in, &win[w], w, ck_pr_load_64(&in->old_T[w]), new_T);
+            rescale(in, &set->win[w], w, ck_pr_load_64(&in->old_T[w]), new_T);
         KM__FAULT("limits.rescaled");
         done |= 1u << w;
         ck_pr_store_32(&in->rescaled, done); /* after the CAS (a locked op) */
@@ -883,6 +922,92 @@ KM_EXTERN int km_key_set_limits(km_env *e, int key, const char *limits_json,
     return rc;
 }
 
+/* ------------------------------------------------- set-limits of a model */
+
+/* Window w of a limit set as a configuration limit (none: limit 0). */
+static km__limit_cfg window_cfg(uint32_t mask, const uint64_t *limit, const uint64_t *burst,
+                                const uint8_t *mode, int w)
+{
+    if (!((mask >> w) & 1))
+        return (km__limit_cfg){0, 0, KM_MODE_TOKEN_BUCKET};
+    return (km__limit_cfg){limit[w], burst[w], mode[w]};
+}
+
+KM_EXTERN int km_key_set_model_limits(km_env *e, int key, const char *model,
+                                      const char *limits_json, char *errbuf, size_t errlen)
+{
+    km__limit_cfg given[KM_WIN_COUNT];
+    uint32_t set;
+    if (errbuf && errlen)
+        errbuf[0] = '\0';
+    if (!e || !model || !limits_json)
+        return KM_EINVAL;
+    int rc = km__config_parse_limits(limits_json, given, &set, errbuf, errlen);
+    if (rc != KM_OK)
+        return rc;
+    if ((rc = admin_lock_key(e, key)) != KM_OK)
+        return rc;
+    km__key *k = &km__keys(e)[key];
+    const km__pool *pool = &km__pools(e)[k->pool];
+    uint32_t n = (uint32_t)km__min64(pool->n_models, e->geom.cap_models), mi = 0;
+    const km__model *mds = km__models(e, k->pool);
+    while (mi < n && strncmp(mds[mi].name, model, KM_ID_MAX + 1))
+        mi++;
+    if (mi == n || pool->model_mode != KM_MODELS_PER_MODEL) {
+        if (errbuf && errlen)
+            snprintf(errbuf, errlen, mi == n ? "pool \"%.*s\" lists no model \"%.*s\""
+                                             : "pool \"%.*s\" has no per-model limits "
+                                               "(\"model_limits\": \"per_model\"), so no key "
+                                               "of it has its own for \"%.*s\"",
+                     KM_ID_MAX, pool->name, KM_ID_MAX, model);
+        km__admin_unlock(e);
+        return mi == n ? KM_ENOMODEL : KM_ECONFIG;
+    }
+    const km__model *md = &mds[mi];
+    const km__mwin *mw = &km__mwins(e, (uint32_t)key)[mi];
+    km__intent *in = km__intent_of(e);
+    /* What applies now: the key's own set, or the pool's model. */
+    km__lset cur = km__model_lset(e, k, (uint32_t)key, md, mi);
+    uint32_t own = (k->own_models >> mi) & 1 ? mw->own_set : 0;
+    for (int w = 0; w < KM_WIN_COUNT; w++) {
+        /* What the pool's model gives, and what the key keeps of its own. */
+        km__limit_cfg pl = window_cfg(md->win_mask, md->limit, md->burst, md->mode, w), lc;
+        if (set & (1u << w)) { /* named: the key's own; null: the pool's again */
+            own = given[w].limit ? own | 1u << w : own & ~(1u << w);
+            lc = given[w].limit ? given[w] : pl;
+        } else {
+            lc = (own >> w) & 1 ? window_cfg(mw->win_mask, mw->limit, mw->burst, mw->mode, w) : pl;
+        }
+        /* Details of the intent (published by intent_begin's op store). */
+        ck_pr_store_64(&in->old_T[w], (cur.mask >> w) & 1 ? cur.T[w] : 0);
+        ck_pr_store_64(&in->limit[w], lc.limit);
+        ck_pr_store_64(&in->burst[w], lc.burst);
+        ck_pr_store_8(&in->mode[w], (uint8_t)lc.mode);
+    }
+    ck_pr_store_8(&in->own_set, (uint8_t)own);
+    ck_pr_store_32(&in->model, mi);
+    intent_begin(e, KM__OP_MLIMITS, (uint32_t)key, k->pool);
+    /* As km_key_set_limits: acquirers skip the key while its parameters
+     * change, and a grace period lets those that read the old ones finish
+     * (the exchange is a full barrier). */
+    ck_pr_fas_32(&k->updating, 1);
+    KM__FAULT("mlimits.updating");
+    rc = km__epoch_sync(&e->seg, km__admin_timeout(e));
+    if (rc == KM_OK) {
+        KM__FAULT("mlimits.synced");
+        intent_step(e, KM__STEP_SYNCED);
+        mlimits_apply(e, k, (uint32_t)key, 0);
+        count_reconfig(e);
+    }
+    ck_pr_fence_store(); /* new parameters before the flag that lets acquirers back in */
+    ck_pr_store_32(&k->updating, 0);
+    KM__FAULT("mlimits.cleared");
+    km__wake_pool(e, k->pool); /* a raised limit may admit sleepers */
+    intent_end(e);
+    km__admin_unlock(e);
+    return rc;
+}
+
 KM_EXTERN int km_set_admin_timeout(km_env *e, uint32_t timeout_ms)
 {
     if (!e)
@@ -917,6 +1042,11 @@ static void state_apply(km_env *e, km__key *k, int state)
 
 KM_EXTERN int km_key_set_state(km_env *e, int key, int state)
 {
+    return km__key_set_state(e, key, state, 1);
+}
+
+int km__key_set_state(km_env *e, int key, int state, int note)
+{
     if (!e || (state != KM_KEY_ACTIVE && state != KM_KEY_DISABLED))
         return KM_EINVAL;
     /* Under the admin lock: the change is recorded, so a caller killed
@@ -929,6 +1059,9 @@ KM_EXTERN int km_key_set_state(km_env *e, int key, int state)
     intent_begin(e, state == KM_KEY_ACTIVE ? KM__OP_ENABLE : KM__OP_DISABLE, key, k->pool);
     intent_step(e, KM__STEP_PUBLISH);
     state_apply(e, k, state);
+    if (note) /* an operator's change here: the fleet agent passes it on */
+        km__fleet_health_note(e, k, state == KM_KEY_ACTIVE ? KM_FLEET_EV_ENABLE
+                                                           : KM_FLEET_EV_DISABLE);
     intent_end(e);
     km__admin_unlock(e);
     return KM_OK;
@@ -1104,6 +1237,7 @@ KM_EXTERN int km_pool_add(km_env *e, const char *pool_json, char *errbuf, size_t
         ck_pr_store_32(&k->state, KM__ST_FREE);
         row_clear(e, rows[j]);
         km__key_write(e, k, p, &cfg->keys[j]);
+        km__key_own_write(e, k, rows[j], &cfg->keys[j], pc->n_models);
         ck_pr_store_32(&k->gen, ck_pr_load_32(&k->gen) + 1);
         ck_pr_fence_store(); /* the row before its state */
         ck_pr_store_32(&k->state, KM__ST_ACTIVE);
@@ -1311,6 +1445,14 @@ static void pool_limits_apply(km_env *e, uint32_t p, int resume)
         km__key *k = &keys[ki];
         if (!key_of_pool(e, ki, p, 1) || !ck_pr_load_32(&k->updating))
             continue;
+        if (md && (ck_pr_load_64(&k->own_models) >> (model - 1)) & 1) {
+            /* The key's own limits of the model (km_key_set_model_limits)
+             * stand, in its model row: nothing of the pool's applies. */
+            ck_pr_fence_store();
+            ck_pr_store_32(&k->updating, 0);
+            KM__FAULT("poollimits.own");
+            continue;
+        }
         if (ki != at) {
             ck_pr_store_32(&in->rescaled, 0);
             ck_pr_store_32(&in->resc_win, 0);
@@ -1328,11 +1470,12 @@ static void pool_limits_apply(km_env *e, uint32_t p, int resume)
             ck_pr_fence_store();
             KM__FAULT("poollimits.key");
         }
-        if (md)
-            rescale_windows(e, km__mwins(e, ki)[model - 1].win, md->emission_ns, md->tau_ns,
-                            md->win_mask, ki == at);
-        else
+        if (md) {
+            km__lset ms = km__model_lset(e, k, ki, md, model - 1);
+            rescale_set(e, &ms, ki == at);
+        } else {
             limits_apply(e, k, ki == at);
+        }
         /* The key's new parameters and debts before its flag (release). */
         ck_pr_fence_store();
         ck_pr_store_32(&k->updating, 0);
@@ -1523,6 +1666,15 @@ static void recover(km_env *e)
         ck_pr_fence_store(); /* the parameters before the flag */
         ck_pr_store_32(&k->updating, 0);
         KM__FAULT("recover.limits.cleared");
+        break;
+    case KM__OP_MLIMITS: /* as set-limits, on the key's model row */
+        if (!k)
+            break;
+        if (step >= KM__STEP_SYNCED)
+            mlimits_apply(e, k, ki, 1);
+        ck_pr_fence_store(); /* the parameters before the flag */
+        ck_pr_store_32(&k->updating, 0);
+        KM__FAULT("recover.mlimits.cleared");
         break;
     case KM__OP_ENABLE:
     case KM__OP_DISABLE:

@@ -148,6 +148,7 @@ static void health(km_env *e, km__key *k, int kind, const km_outcome *o, uint64_
             cool_until(k, now + pool_backoff(pool, n));
         /* A 429 proves the key authenticates: the probe succeeded. */
         km__state_to(k, probing, KM__ST_ACTIVE);
+        km__fleet_health_note(e, k, KM_FLEET_EV_RATE_LIMITED); /* every host cools */
         break;
     case KM_OUT_FAILURE:
         n = ck_pr_faa_32(&k->consec_fail, 1) + 1;
@@ -163,9 +164,11 @@ static void health(km_env *e, km__key *k, int kind, const km_outcome *o, uint64_
         break;
     case KM_OUT_AUTH:
         km__state_to(k, KM__LIVE_STATES, KM__ST_INVALID);
+        km__fleet_health_note(e, k, KM_FLEET_EV_AUTH);
         break;
     case KM_OUT_QUOTA:
         km__state_to(k, KM__LIVE_STATES, KM__ST_EXHAUSTED);
+        km__fleet_health_note(e, k, KM_FLEET_EV_QUOTA);
         break;
     default: /* CANCELLED: a probe that was never sent lets the next one go */
         km__state_to(k, probing, KM__ST_FAILING);

@@ -157,6 +157,32 @@ static json_t *limits_config(json_t *lim)
     return out;
 }
 
+/* A key's own model limits, {"<model>": {"rpm": {...}}}, from the windows
+ * its snapshot marks "own" (the others are the pool's); NULL if none. */
+static json_t *own_models_config(json_t *models)
+{
+    json_t *out = json_object(), *ml, *v;
+    const char *mname, *w;
+    json_object_foreach(models, mname, ml) {
+        json_t *own = json_object();
+        json_object_foreach(ml, w, v)
+            if (json_is_true(json_object_get(v, "own")) &&
+                json_object_set_new(own, w, json_pack("{s:O, s:O, s:O}", "limit",
+                                                      json_object_get(v, "limit"), "burst",
+                                                      json_object_get(v, "burst"), "mode",
+                                                      json_object_get(v, "mode"))) < 0)
+                break;
+        if (json_object_size(own) && json_object_set(out, mname, own) < 0)
+            json_object_clear(out);
+        json_decref(own);
+    }
+    if (!json_object_size(out)) {
+        json_decref(out);
+        return NULL;
+    }
+    return out;
+}
+
 /* A name from the snapshot for a one-line message: printable ASCII only,
  * at most KM_ID_MAX bytes (the file may hold anything). */
 static const char *printable(const char *in, char out[KM_ID_MAX + 1])
@@ -236,12 +262,15 @@ static int snapshot_config(restore_ctx *c, json_t *root, json_t **out)
     if (!cfg)
         return fail_msg(c, KM_ECONFIG, "capacity: keys, pools, processes, inflight_per_key expected");
     /* Optional: snapshots of older libraries have neither (the defaults). */
-    static const char *const optional[] = {"models", "usage_events"};
+    static const char *const optional[] = {"models", "usage_events", "fleet"};
     for (i = 0; i < sizeof optional / sizeof *optional; i++)
         if (json_object_get(cap, optional[i]) &&
             json_object_set(json_object_get(cfg, "capacity"), optional[i],
                             json_object_get(cap, optional[i])) < 0)
             goto fail;
+    if (json_object_get(root, "fleet") &&
+        json_object_set(cfg, "fleet", json_object_get(root, "fleet")) < 0)
+        goto fail;
     pa = json_object_get(cfg, "pools");
     json_array_foreach(pools, i, p) {
         const char *pname = json_string_value(json_object_get(p, "name"));
@@ -285,7 +314,11 @@ static int snapshot_config(restore_ctx *c, json_t *root, json_t **out)
             if (!kc || json_array_append_new(ka, kc) < 0)
                 goto fail;
             json_t *kb = json_object_get(k, "budget"), *meta = json_object_get(k, "meta");
-            if ((json_object_get(k, "price") && json_object_set(kc, "price", json_object_get(k, "price")) < 0) ||
+            json_t *own = own_models_config(json_object_get(k, "models"));
+            json_t *kf = json_object_get(k, "fleet");
+            if ((own && json_object_set_new(kc, "models", own) < 0) ||
+                (kf && json_object_set(kc, "fleet", kf) < 0) ||
+                (json_object_get(k, "price") && json_object_set(kc, "price", json_object_get(k, "price")) < 0) ||
                 (json_is_object(kb) && json_object_set_new(kc, "budget", budget_config(kb)) < 0) ||
                 (json_object_size(meta) && json_object_set(kc, "meta", meta) < 0))
                 goto fail;

@@ -216,10 +216,18 @@ KM__HOT void km__settle(km_env *e, uint32_t ki, km__key *k, km__lease *ls,
      * since (km_key_set_limits) has T = 0 and only drops the reservation. */
     km__settle_set(&kset, lv->start_ns, lv->tokens, actual, lv->res_mask & KM__TOKEN_WINS);
     if (lv->model && k->pool < e->geom.n_pools && lv->model <= e->geom.cap_models) {
-        km__lset mset = km__model_lset(e, ki, &km__models(e, k->pool)[lv->model - 1],
+        km__lset mset = km__model_lset(e, k, ki, &km__models(e, k->pool)[lv->model - 1],
                                        lv->model - 1);
-        km__settle_set(&mset, lv->start_ns, lv->tokens, actual, mset.mask & KM__TOKEN_WINS);
+        /* The model's windows the lease reserved (the key's own model
+         * limits may have changed since), at today's rates, as the key's. */
+        km__settle_set(&mset, lv->start_ns, lv->tokens, actual,
+                       (lv->res_mask >> KM__RES_MODEL_SHIFT) & KM__TOKEN_WINS);
     }
+    /* A fleet key's estimates beside its settled tokens (km__lease.tokens_est):
+     * the agent reports the difference.  The key's line 1 is in cache
+     * (the settle's CAS above); another key pays one branch. */
+    if (__builtin_expect(k->fleet_mask & KM__TOKEN_WINS, 0))
+        KM__SLOT_ADD(ls->tokens_est, lv->tokens);
     KM__SLOT_ADD(ls->tokens_used, actual);
 }
 

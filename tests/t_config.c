@@ -770,6 +770,55 @@ static void test_models(void)
         "pools[0].models.m.rpd: cannot be realised", "model limit too large");
 }
 
+/* A key's own limits of its pool's models (issue 18, item 3). */
+static void test_key_models(void)
+{
+    static const char pm[] = "\"model_limits\": \"per_model\", \"models\": "
+                             "{\"gpt-4o\": {\"rpm\": 500, \"tpm\": 30000}, \"o1\": {}}";
+    km_config *cfg = good(one_key("\"models\": {\"gpt-4o\": {\"rpm\": 10000, \"rpd\": "
+                                  "{\"limit\": 90, \"mode\": \"sliding\"}}, \"o1\": {\"tpm\": 7}}",
+                                  pm),
+                          "key models: a key's own limits of two models");
+    if (cfg) {
+        const km__key_cfg *k = &cfg->keys[0];
+        ok(k->n_own == 2 && k->own[0].model == 0 && k->own[1].model == 1,
+           "key models: two entries, by the pool's model index");
+        const km__limit_cfg *l = k->own[0].limits;
+        ok(k->own[0].own_set == ((1u << KM_WIN_RPM) | (1u << KM_WIN_RPD)) &&
+               l[KM_WIN_RPM].limit == 10000 && l[KM_WIN_RPD].limit == 90 &&
+               l[KM_WIN_RPD].mode == KM_MODE_SLIDING,
+           "key models: the windows the key names are its own");
+        ok(l[KM_WIN_TPM].limit == 30000 && l[KM_WIN_TPH].limit == 0,
+           "key models: a window it does not name is the pool model's (tpm 30000, no tph)");
+        ok(k->own[1].own_set == 1u << KM_WIN_TPM && k->own[1].limits[KM_WIN_TPM].limit == 7,
+           "key models: own limits of a model without pool limits");
+        ok(k->limits[KM_WIN_RPM].limit == 0, "key models: not the key's own limits");
+        km_config_free(cfg);
+    }
+    bad(one_key("\"models\": {\"gpt-5\": {\"rpm\": 5}}", pm),
+        "pools[0].keys[0].models.gpt-5: not a model of this pool", "key models: unknown model");
+    bad(one_key("\"models\": {\"gpt-4o\": {\"rpm\": 5}}", "\"models\": {\"gpt-4o\": {}}"),
+        "pools[0].keys[0].models: a key's own model limits need its pool's \"model_limits\": "
+        "\"per_model\"", "key models: a global pool refused");
+    bad(one_key("\"models\": {\"gpt-4o\": {\"rpm\": 5}}", ""),
+        "pools[0].keys[0].models: a key's own model limits need", "key models: a pool without models");
+    bad(one_key("\"models\": {\"gpt-4o\": {\"rpm\": 0}}", pm),
+        "pools[0].keys[0].models.gpt-4o.rpm: must be a positive integer", "key models: limit 0");
+    bad(one_key("\"models\": {\"gpt-4o\": {\"rpm\": -3}}", pm),
+        "pools[0].keys[0].models.gpt-4o.rpm: must be a positive integer", "key models: negative");
+    bad(one_key("\"models\": {\"gpt-4o\": {\"tpm\": {\"limit\": 10, \"mode\": \"sliding\", "
+                "\"burst\": 11}}}", pm),
+        "pools[0].keys[0].models.gpt-4o.tpm.burst: must not exceed limit", "key models: burst");
+    bad(one_key("\"models\": {\"gpt-4o\": {\"rpz\": 1}}", pm),
+        "pools[0].keys[0].models.gpt-4o.rpz: unknown field", "key models: unknown window");
+    bad(one_key("\"models\": {\"gpt-4o\": {}}", pm),
+        "pools[0].keys[0].models.gpt-4o: names no window", "key models: empty limits");
+    bad(one_key("\"models\": {\"gpt-4o\": 5}", pm),
+        "pools[0].keys[0].models.gpt-4o: must be an object", "key models: not an object");
+    bad(one_key("\"models\": [\"gpt-4o\"]", pm),
+        "pools[0].keys[0].models: must be an object", "key models: an array");
+}
+
 /* A pool with `n` models (m0..), after `capacity`. */
 static char *n_models(unsigned n, const char *capacity)
 {
@@ -1654,7 +1703,7 @@ static void test_env_single(void)
 
 int main(void)
 {
-    plan(367);
+    plan(383);
     test_good();
     test_defaults();
     test_syntax();
@@ -1666,6 +1715,7 @@ int main(void)
     test_file();
     test_strategies();
     test_models();
+    test_key_models();
     test_capacity_models();
     test_price();
     test_budget();

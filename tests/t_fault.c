@@ -5,8 +5,9 @@
  * $(BUILD)/fault/), which has a kill point (KM__FAULT) between every two
  * shared stores of every administrative writer: km_key_add (a free row, and
  * a removed row reused after a grace period), km_key_remove,
- * km_key_set_weight, km_key_set_limits, km_key_set_state (enable, disable),
- * km_create, km_restore, and the recovery itself.
+ * km_key_set_weight, km_key_set_limits, km_key_set_model_limits (a key's own
+ * limits of a model), km_key_set_state (enable, disable), km_create,
+ * km_restore, and the recovery itself.
  *
  * Exhaustive: for each writer, a child runs it on a fresh segment with a
  * hook that SIGKILLs it at the n-th point it reaches, for n = 1, 2, ... until
@@ -20,7 +21,8 @@
  *     weights consistent, n_keys right, no dead intent);
  *   - the key is there or absent as its writer's intent says: an added key
  *     is absent (its secret wiped from the segment) or present and leased
- *     with its secret; a removed key is absent; a weight, limits or state is
+ *     with its secret; a removed key is absent; a weight, limits (the
+ *     key's, or its own of a model) or state is
  *     the old or the new one, and the key is handed out (not skipped);
  *   - no capacity is lost: keys added until KM_EFULL fill exactly the rows
  *     the present keys leave;
@@ -57,6 +59,7 @@ static const char CFG[] =
     "{\"capacity\": {\"keys\": 6, \"inflight_per_key\": 4, \"processes\": 8, \"pools\": 2},"
     " \"pools\": [{\"name\": \"p\", \"strategy\": \"weighted\","
     "   \"limits\": {\"rpm\": 100000, \"tpm\": 10000000},"
+    "   \"model_limits\": \"per_model\", \"models\": {\"m\": {\"rpm\": 100000, \"tpm\": 10000000}},"
     "   \"keys\": [{\"id\": \"a\", \"secret\": \"sk-fault-aaaa-0001\"},"
     "              {\"id\": \"b\", \"secret\": \"sk-fault-bbbb-0002\"},"
     "              {\"id\": \"r\", \"secret\": \"sk-fault-rrrr-0003\"}]},"
@@ -66,12 +69,14 @@ static const char NEW_KEY[] = "{\"id\": \"n\", \"secret\": \"" NEW_SECRET "\", \
 static const char *const IDS[] = {"a", "b", "r", "n", "f0", "f1", "f2", "f3", "f4", "f5"};
 
 enum { OP_ADD, OP_ADD_REUSE, OP_REMOVE, OP_WEIGHT, OP_LIMITS, OP_ENABLE, OP_DISABLE,
-       OP_CREATE, OP_RESTORE, OP_RECOVER_ADD, OP_RECOVER_LIMITS, OP_N };
+       OP_CREATE, OP_RESTORE, OP_RECOVER_ADD, OP_RECOVER_LIMITS, OP_MLIMITS, OP_RECOVER_MLIMITS,
+       OP_N };
 static const char *const op_name[OP_N] = {
     "add (free row)", "add (removed row reused)", "remove", "set-weight", "set-limits",
-    "enable", "disable", "create", "restore", "recovery of an add", "recovery of a limits change"};
+    "enable", "disable", "create", "restore", "recovery of an add", "recovery of a limits change",
+    "set-limits of a model", "recovery of a model limits change"};
 /* Fewest kill points each must have (a regression that drops points shows). */
-static const int min_points[OP_N] = {10, 11, 6, 7, 12, 5, 4, 4, 5, 4, 6};
+static const int min_points[OP_N] = {10, 11, 6, 7, 12, 5, 4, 4, 5, 4, 6, 12, 6};
 
 static char other[64]; /* create, restore: the new segment's name */
 static unsigned char snapkey[KM_SNAPSHOT_KEY_BYTES];
@@ -90,9 +95,10 @@ static void setup(km_env *env, int op)
     key_b = km_key_find(env, pool_p, "b");
     key_z = km_key_find(env, pool_q, "z");
     km_lease l;
-    /* Some debt on a's windows (set-limits carries it over). */
+    /* Some debt on a's windows and on its model m's (set-limits carries
+     * it over). */
     for (int i = 0; i < 5; i++) {
-        km_request r = {.pool = pool_p, .key_id = "a", .tokens = 100};
+        km_request r = {.pool = pool_p, .key_id = "a", .tokens = 100, .model = "m"};
         if (km_acquire(env, &r, &l) == KM_OK)
             km_release(env, &l, NULL);
     }
@@ -135,6 +141,10 @@ static int run_op(km_env *e, int op)
         return km_key_set_limits(e, key_a,
                                  "{\"rpm\": 600, \"tpm\": {\"limit\": 50000, \"mode\": \"sliding\"}}",
                                  err, sizeof err) == KM_OK ? 0 : 13;
+    case OP_MLIMITS:
+        return km_key_set_model_limits(e, key_a, "m",
+                                       "{\"rpm\": 600, \"tpm\": {\"limit\": 50000, \"mode\": \"sliding\"}}",
+                                       err, sizeof err) == KM_OK ? 0 : 20;
     case OP_ENABLE:
         return km_key_set_state(e, key_a, KM_KEY_ACTIVE) == KM_OK ? 0 : 14;
     case OP_DISABLE:
@@ -311,6 +321,30 @@ static const char *outcome(km_env *env, int op, int killed)
         if (!why[0])
             km_release(env, &l, NULL);
         break;
+    case OP_MLIMITS:
+    case OP_RECOVER_MLIMITS: {
+        km_limit_info ml[KM_WIN_COUNT];
+        uint32_t own = 0;
+        if (km_model_info_get(env, pool_p, 0, key_a, NULL, ml) != KM_OK ||
+            km_model_own_get(env, pool_p, 0, key_a, &own) != KM_OK)
+            return "the model's limits are unreadable";
+        if (ml[KM_WIN_RPM].limit != 100000 && ml[KM_WIN_RPM].limit != 600)
+            snprintf(why, sizeof why, "model rpm %" PRIu64 ", neither old nor new", ml[KM_WIN_RPM].limit);
+        else if ((ml[KM_WIN_RPM].limit == 600) != (ml[KM_WIN_TPM].limit == 50000) ||
+                 (ml[KM_WIN_RPM].limit == 600) != (own != 0))
+            return "half the new model limits";
+        else if (!killed && ml[KM_WIN_RPM].limit != 600)
+            return "the change finished but the model limits are old";
+        else if (km__keys(env)[key_a].updating)
+            return "the key is still skipped (updating)";
+        pin.key_id = "a";
+        pin.model = "m";
+        if (!why[0] && km_acquire(env, &pin, &l) != KM_OK)
+            return "the key is not handed out for the model";
+        if (!why[0])
+            km_release(env, &l, NULL);
+        break;
+    }
     case OP_ENABLE:
     case OP_DISABLE:
         ki = info(env, key_a);
@@ -367,10 +401,12 @@ static int one_case(int op, int target, int *killed_out, char *where, size_t wle
     km_request rb = {.pool = pool_p, .key_id = "b", .tokens = 10};
     if (km_acquire(env, &rb, &held) != KM_OK)
         bail_out("lease on b");
-    if (op == OP_RECOVER_ADD || op == OP_RECOVER_LIMITS) {
+    if (op == OP_RECOVER_ADD || op == OP_RECOVER_LIMITS || op == OP_RECOVER_MLIMITS) {
         /* First a writer dies mid-way, then a reaper dies at `target`. */
-        if (!writer_dies(op == OP_RECOVER_ADD ? OP_ADD : OP_LIMITS, 0,
-                         op == OP_RECOVER_ADD ? "add.row.active" : "limits.rescaled", 0))
+        if (!writer_dies(op == OP_RECOVER_ADD      ? OP_ADD
+                         : op == OP_RECOVER_LIMITS ? OP_LIMITS
+                                                   : OP_MLIMITS,
+                         0, op == OP_RECOVER_ADD ? "add.row.active" : "limits.rescaled", 0))
             bail_out("%s: the first writer was not killed", op_name[op]);
     }
     killed = writer_dies(op, target, NULL, slotless);
@@ -428,7 +464,9 @@ static void rnd_worker(void *arg, int w)
         _exit(3);
     int p = km_pool_find(e, "p");
     while (!ck_pr_load_int(&sh->stop)) {
-        km_request r = {.pool = p, .tokens = 10};
+        /* Every other request names the model whose limits writers change
+         * on single keys. */
+        km_request r = {.pool = p, .tokens = 10, .model = sh->ops[w] % 2 ? "m" : NULL};
         km_lease l;
         int rc = km_acquire(e, &r, &l);
         if (rc != KM_OK) {
@@ -457,7 +495,7 @@ static void rnd_writer(unsigned seed)
     for (unsigned i = 0;; i++) {
         char js[160], err[256];
         int ki = km_pool_key(e, p, rand() % 8);
-        switch (rand() % 6) {
+        switch (rand() % 7) {
         case 0:
         case 1:
             snprintf(js, sizeof js, "{\"id\": \"w%u-%u\", \"secret\": \"sk-rand-%08u-%04u\"}", seed, i,
@@ -477,6 +515,12 @@ static void rnd_writer(unsigned seed)
                 km_key_set_limits(e, ki, rand() % 2 ? "{\"tpm\": 50000000}" : "{\"tpm\": null}",
                                   err, sizeof err);
             break;
+        case 5:
+            if (ki >= 0)
+                km_key_set_model_limits(e, ki, "m",
+                                        rand() % 2 ? "{\"tpm\": 50000000}" : "{\"tpm\": null}", err,
+                                        sizeof err);
+            break;
         default:
             if (ki >= 0)
                 km_key_set_state(e, ki, rand() % 3 ? KM_KEY_ACTIVE : KM_KEY_DISABLED);
@@ -491,6 +535,7 @@ static void t_random_kills(void)
     km_env *env = mkseg("{\"capacity\": {\"keys\": 12, \"inflight_per_key\": 4, \"processes\": 16},"
                         " \"pools\": [{\"name\": \"p\", \"strategy\": \"round_robin\","
                         "  \"limits\": {\"rpm\": 100000000},"
+                        "  \"model_limits\": \"per_model\", \"models\": {\"m\": {\"rpm\": 100000000}},"
                         "  \"keys\": [{\"id\": \"k0\", \"secret\": \"sk-rand-k0-00000000\"},"
                         "            {\"id\": \"k1\", \"secret\": \"sk-rand-k1-00000001\"},"
                         "            {\"id\": \"k2\", \"secret\": \"sk-rand-k2-00000002\"}]}]}");

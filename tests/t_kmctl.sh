@@ -14,6 +14,7 @@ new_seg MODELSEG kmctl-models
 new_seg BUDSEG kmctl-budget
 new_seg RECSEG kmctl-reconf
 new_seg POOLSEG kmctl-pools
+new_seg KMODSEG kmctl-keymodels
 
 SECRET_A="sk-test-aaaa1111"
 SECRET_B="sk-test-bbbb2222"
@@ -435,6 +436,60 @@ run "$KMCTL" check "$POOLSEG"
 expect 0 "check is clean after pools changed"
 no_secret "$OUT$ERR"
 ok $? "no secret printed"
+
+# ----------------------------------------------- a key's own model limits
+cat >"$TMP/kmod.json" <<EOF
+{"pools": [{"name": "p", "model_limits": "per_model",
+  "models": {"gpt-4o": {"rpm": 500, "tpm": 30000}, "o1": {"rpm": 20}},
+  "keys": [{"id": "a", "secret": "$SECRET_A", "models": {"gpt-4o": {"rpm": 10000}}},
+           {"id": "b", "secret": "$SECRET_B"}]}]}
+EOF
+run "$KMCTL" create "$KMODSEG" --config "$TMP/kmod.json"
+expect 0 "create with a key's own model limits"
+run "$KMCTL" inspect "$KMODSEG"
+ok $(echo "$OUT" | grep -q "models (per_model limits): gpt-4o (rpm 500, tpm 30000), o1 (rpm 20)"; echo $?) \
+    "inspect: the pool's model limits (not a key's own)"
+ok $(echo "$OUT" | grep -qx "  key a, model gpt-4o: rpm 10000 (own), tpm 30000"; echo $?) \
+    "inspect: a's own rpm of gpt-4o, the pool's tpm"
+ok $(echo "$OUT" | grep -q "key b, model"; [ $? -ne 0 ]; echo $?) "inspect: b has no line of its own"
+run "$KMCTL" set-limits "$KMODSEG" p b '{"tpm": 60000}' --model gpt-4o
+expect 0 "set-limits --model"
+ok $(echo "$OUT" | grep -qx "key 'b' in pool 'p' of segment '$KMODSEG', model 'gpt-4o': tpm 30000 -> 60000"; echo $?) \
+    "set-limits --model says what changed"
+run "$KMCTL" inspect "$KMODSEG" --json
+echo "$OUT" >"$TMP/kmod-inspect.json"
+python3 - "$TMP/kmod-inspect.json" >"$TMP/kmod-checks" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+keys = {k["id"]: k for k in d["pools"][0]["keys"]}
+a, b = keys["a"]["models"]["gpt-4o"], keys["b"]["models"]["gpt-4o"]
+print(0 if a["rpm"]["limit"] == 10000 and a["rpm"].get("own") is True and "own" not in a["tpm"] else 1,
+      "inspect --json: a's own rpm of gpt-4o marked own, its tpm not")
+print(0 if b["tpm"]["limit"] == 60000 and b["tpm"].get("own") is True and "own" not in b["rpm"] else 1,
+      "inspect --json: b's own tpm of gpt-4o (set live) marked own")
+print(0 if "own" not in json.dumps(keys["b"]["models"]["o1"]) else 1, "inspect --json: o1 the pool's on b")
+PY
+py_checks <"$TMP/kmod-checks"
+run "$KMCTL" set-limits "$KMODSEG" p b '{"tpm": null}' --model gpt-4o
+expect 0 "set-limits --model with null"
+ok $(echo "$OUT" | grep -q "tpm 60000 -> 30000 (the pool's limits of the model)"; echo $?) \
+    "null gives the window back to the pool's"
+run "$KMCTL" set-limits "$KMODSEG" p b '{"rpm": 5}' --model gpt-5
+expect 3 "set-limits --model of a model the pool does not list: not found"
+ok $(echo "$ERR" | grep -q 'pool "p" lists no model "gpt-5"'; echo $?) "... and says which"
+run "$KMCTL" set-limits "$RECSEG" p a '{"rpm": 5}' --model gpt-4o
+expect 3 "set-limits --model in a pool without models: not found"
+run "$KMCTL" set-limits "$KMODSEG" p b '{"rpm": 0}' --model gpt-4o
+expect 1 "set-limits --model refuses a bad number"
+run "$KMCTL" check "$KMODSEG"
+expect 0 "check is clean after the model limits changed"
+cat >"$TMP/kmod-bad.json" <<EOF
+{"pools": [{"name": "p", "models": {"gpt-4o": {}},
+  "keys": [{"id": "a", "secret": "$SECRET_A", "models": {"gpt-4o": {"rpm": 10000}}}]}]}
+EOF
+bad_config "a key's own model limits in a global pool" \
+    "pools[0].keys[0].models: a key's own model limits need its pool's \"model_limits\": \"per_model\"" \
+    "$TMP/kmod-bad.json"
 
 # ------------------------------------ usage: its own errors (issue 14, 8)
 "$KMCTL" persist "$RECSEG" --db "$TMP/u.db" --once >/dev/null # the schema, no event

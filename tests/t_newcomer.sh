@@ -167,6 +167,7 @@ skip	docs/kmctl.md	^\$ kmctl usage llm	its output is that of a database of real 
 run	docs/kmctl.md	^\$ export OPENAI_KEY_C=	transcript
 run	docs/kmctl.md	^kmctl set-limits llm openai a '\{"rpm"	script
 run	docs/kmctl.md	^\$ export MISTRAL_KEY_0=	transcript
+skip	docs/kmctl.md	^kmctl set-limits llm openai tier5	the keys of docs/config.md's tiered example, not of this pool.json; t_kmctl.sh runs set-limits --model
 skip	docs/kmctl.md	^kmctl ps llm +# the dead worker	needs a worker killed holding leases: t_reapctl.sh runs this sequence
 run	docs/kmctl.md	^kmctl create llm --config pool\.json --mode 0660	script
 EOF

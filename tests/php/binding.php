@@ -448,6 +448,22 @@ ok($leak === [] && str_contains($shown, $l->keyId) && str_contains($shown, '…'
     'leaked: ' . implode(',', array_keys($leak)));
 ok($e1 instanceof LeaseException, 'a lease cannot be serialized');
 
+// Every code the library names (km_err_name, from keymesh.h's list) is a
+// constant of KeyMesh\Exception with the library's value.
+$missing = [];
+for ($rc = -1; $rc > -100; $rc--) {
+    $name = (string) Native::km()->km_err_name($rc);
+    if ($name === 'UNKNOWN') {
+        break;
+    }
+    $const = KmException::class . '::' . $name;
+    if (!defined($const) || constant($const) !== $rc) {
+        $missing[] = "$name=$rc";
+    }
+}
+ok($rc < -30 && $missing === [], 'Exception has a constant for every KM_E* code, with its value',
+    'missing or wrong: ' . implode(',', $missing) . " (stopped at $rc)");
+
 done();
 
 /** a minimal PSR-7-like response */

@@ -116,7 +116,7 @@ const char usage_set_weight[] =
     "  kmctl set-weight llm openai a 3\n";
 
 const char usage_set_limits[] =
-    "Usage: kmctl set-limits NAME POOL KEY_ID JSON [--timeout MS]\n"
+    "Usage: kmctl set-limits NAME POOL KEY_ID JSON [--model MODEL] [--timeout MS]\n"
     "\n"
     "Change the limits of key KEY_ID.  JSON is an object of windows as in\n"
     "the configuration (rpm, rph, rpd, tpm, tph, tpd); windows it names are\n"
@@ -126,15 +126,23 @@ const char usage_set_limits[] =
     "period) acquirers skip the key.  Prints one line: each window that\n"
     "changed, old -> new (\"none\": no limit).\n"
     "\n"
+    "With --model, the key's own limits of MODEL, a model of its per_model\n"
+    "pool: windows JSON names become the key's own for that model, null\n"
+    "gives a window back to the pool's limit of the model, the others are\n"
+    "kept (the key's own, or the pool's).\n"
+    "\n"
     "Options:\n"
+    "  --model MODEL  change the key's own limits of MODEL, not the key's\n"
     "  --timeout MS   longest wait for a grace period (default 1000)\n"
     "  -h, --help     show this help\n"
     "\n"
-    "Exit status: 0 changed; 1 failure (invalid limits, or a stalled reader:\n"
-    "nothing changed); 2 usage error; 3 no such segment, pool or key.\n"
+    "Exit status: 0 changed; 1 failure (invalid limits, a pool without\n"
+    "per-model limits, or a stalled reader: nothing changed); 2 usage error;\n"
+    "3 no such segment, pool, key or model.\n"
     "\n"
-    "Example:\n"
-    "  kmctl set-limits llm openai a '{\"rpm\": 500, \"tpm\": {\"limit\": 90000}}'\n";
+    "Examples:\n"
+    "  kmctl set-limits llm openai a '{\"rpm\": 500, \"tpm\": {\"limit\": 90000}}'\n"
+    "  kmctl set-limits llm openai a '{\"rpm\": 10000}' --model gpt-4o\n";
 
 /* ------------------------------------------------------ enable / disable */
 
@@ -235,6 +243,7 @@ typedef struct reconf_opts {
     opt_u32 timeout_ms;
     const char *secret_env, *secret_file, *limits;
     opt_u32 weight, max_inflight;
+    const char *model; /* set-limits --model */
 } reconf_opts;
 
 /* Parse with reconf_opts' defaults; -1 to go on, else an exit status. */
@@ -376,8 +385,13 @@ const cmd_syntax remove_key_syntax = {usage_remove_key, "NAME POOL KEY_ID",
                                              timeout_optv, N_OPTS(timeout_optv)};
 const cmd_syntax set_weight_syntax = {usage_set_weight, "NAME POOL KEY_ID WEIGHT",
                                              timeout_optv, N_OPTS(timeout_optv)};
+/* set-limits: --timeout, and --model for a key's own limits of a model. */
+static const opt_spec set_limits_optv[] = {
+    OPT_U32("timeout", 't', 1, reconf_opts, timeout_ms, 0, 3600000),
+    OPT_STR("model", 'm', 1, reconf_opts, model),
+};
 const cmd_syntax set_limits_syntax = {usage_set_limits, "NAME POOL KEY_ID JSON",
-                                             timeout_optv, N_OPTS(timeout_optv)};
+                                             set_limits_optv, N_OPTS(set_limits_optv)};
 
 int cmd_add_key(int argc, char **argv)
 {
@@ -492,6 +506,70 @@ int cmd_set_weight(int argc, char **argv)
                        argv[optind + 1], NULL, line);
 }
 
+/* The windows that differ between two limit sets, "rpm 60 -> 500, ..."
+ * (the burst only where one is not the default), appended at line + n;
+ * returns the new length, *changed set if any differ. */
+static size_t limits_diff(const km_limit_info *before, const km_limit_info *after, char *line,
+                          size_t size, size_t n, int *changed)
+{
+    for (int w = 0; w < KM_WIN_COUNT && n < size; w++) {
+        const km_limit_info *a = &before[w], *b = &after[w];
+        if (a->limit == b->limit && a->burst == b->burst && a->mode == b->mode)
+            continue;
+        char t1[48], t2[48];
+        window_text(a, t1, sizeof t1);
+        window_text(b, t2, sizeof t2);
+        n += (size_t)snprintf(line + n, size - n, "%s%s %s -> %s", *changed ? ", " : "",
+                              km_window_name(w), t1, t2);
+        /* The burst only where one is not the default (= limit for a
+         * token bucket), else it is noise: "rpm 60 -> 500". */
+        if (a->limit && b->limit && a->burst != b->burst && n < size &&
+            (a->burst != a->limit || b->burst != b->limit))
+            n += (size_t)snprintf(line + n, size - n, " (burst %" PRIu64 " -> %" PRIu64 ")",
+                                  a->burst, b->burst);
+        *changed = 1;
+    }
+    return n;
+}
+
+/* set-limits --model: the key's own limits of one model of its pool. */
+static int set_model_limits(km_env *env, int pool, int key, const char *model, char **argv)
+{
+    char err[512] = "", line[1024];
+    km_limit_info before[KM_WIN_COUNT], after[KM_WIN_COUNT];
+    int mi = 0, known = 0;
+    for (;; mi++) { /* the model's index, and its limits on the key now */
+        char name[KM_ID_MAX + 1];
+        if (km_model_info_get(env, pool, mi, key, name, before) != KM_OK)
+            break;
+        if (strcmp(name, model) == 0) {
+            known = 1;
+            break;
+        }
+    }
+    int rc = km_key_set_model_limits(env, key, model, argv[optind + 3], err, sizeof err);
+    size_t n = (size_t)snprintf(line, sizeof line,
+                                "key '%s' in pool '%s' of segment '%s', model '%s': ",
+                                argv[optind + 2], argv[optind + 1], argv[optind], model);
+    uint32_t own = 0;
+    if (rc == KM_OK && known && km_model_info_get(env, pool, mi, key, NULL, after) == KM_OK &&
+        km_model_own_get(env, pool, mi, key, &own) == KM_OK && n < sizeof line) {
+        int changed = 0;
+        n = limits_diff(before, after, line, sizeof line, n, &changed);
+        if (!changed && n < sizeof line) {
+            char lim[256];
+            limits_text(after, lim, sizeof lim);
+            n += (size_t)snprintf(line + n, sizeof line - n, "limits unchanged:%s", lim);
+        }
+        if (!own && n < sizeof line) /* every window back to the pool's */
+            snprintf(line + n, sizeof line - n, " (the pool's limits of the model)");
+    } else if (n < sizeof line) {
+        snprintf(line + n, sizeof line - n, "limits set");
+    }
+    int ex = reconf_done(env, rc, argv[optind + 2], argv[optind + 1], err, line);
+    return rc == KM_ENOMODEL ? EX_NOTFOUND : ex;
+}
+
 int cmd_set_limits(int argc, char **argv)
 {
     reconf_opts o = {0};
@@ -501,6 +579,8 @@ int cmd_set_limits(int argc, char **argv)
     if ((rc = reconf_parse(&set_limits_syntax, argc, argv, &o)) >= 0 ||
         (rc = reconf_attach(argv, &o, &env, &pool, 1, &key)) >= 0)
         return rc;
+    if (o.model)
+        return set_model_limits(env, pool, key, o.model, argv);
     km_key_info before, after;
     int known = km_key_info_get(env, key, &before) == KM_OK;
     rc = km_key_set_limits(env, key, argv[optind + 3], err, sizeof err);
@@ -509,23 +589,7 @@ int cmd_set_limits(int argc, char **argv)
                                 argv[optind + 2], argv[optind + 1], argv[optind]);
     if (rc == KM_OK && known && km_key_info_get(env, key, &after) == KM_OK) {
         int changed = 0;
-        for (int w = 0; w < KM_WIN_COUNT && n < sizeof line; w++) {
-            const km_limit_info *a = &before.limits[w], *b = &after.limits[w];
-            if (a->limit == b->limit && a->burst == b->burst && a->mode == b->mode)
-                continue;
-            char t1[48], t2[48];
-            window_text(a, t1, sizeof t1);
-            window_text(b, t2, sizeof t2);
-            n += (size_t)snprintf(line + n, sizeof line - n, "%s%s %s -> %s", changed ? ", " : "",
-                                  km_window_name(w), t1, t2);
-            /* The burst only where one is not the default (= limit for a
-             * token bucket), else it is noise: "rpm 60 -> 500". */
-            if (a->limit && b->limit && a->burst != b->burst && n < sizeof line &&
-                (a->burst != a->limit || b->burst != b->limit))
-                n += (size_t)snprintf(line + n, sizeof line - n, " (burst %" PRIu64 " -> %" PRIu64 ")",
-                                      a->burst, b->burst);
-            changed = 1;
-        }
+        n = limits_diff(before.limits, after.limits, line, sizeof line, n, &changed);
         if (!changed) {
             char lim[256];
             limits_text(after.limits, lim, sizeof lim);

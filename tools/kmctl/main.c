@@ -261,7 +261,7 @@ static const command commands[] = {
       "create segment NAME from environment variables\n"
       "(NUM_OPENAI, OPENAI_API_KEY_1, ...)"}},
     {"inspect", cmd_inspect, &inspect_syntax,
-     {"inspect NAME [--json]", "show pools, keys, processes and epochs"}},
+     {"inspect NAME [--json]", "show pools, keys, the fleet, processes and epochs"}},
     {"stats", cmd_stats, &stats_syntax,
      {"stats NAME [--json] [--pool P] [--key K] [--model M]",
       "per pool, key and model: use of every limit window\n"
@@ -318,8 +318,9 @@ static const command commands[] = {
     {"set-weight", cmd_set_weight, &set_weight_syntax,
      {"set-weight NAME POOL KEY_ID WEIGHT", "change a key's weight (weighted strategy)"}},
     {"set-limits", cmd_set_limits, &set_limits_syntax,
-     {"set-limits NAME POOL KEY_ID JSON",
-      "change a key's limits, e.g. '{\"rpm\": 500, \"tpm\": null}'"}},
+     {"set-limits NAME POOL KEY_ID JSON [--model M]",
+      "change a key's limits, e.g. '{\"rpm\": 500, \"tpm\": null}',\n"
+      "or with --model M its own limits of model M"}},
     {"add-pool", cmd_add_pool, &add_pool_syntax,
      {"add-pool NAME --config FILE", "add a pool (one element of \"pools\") while workers run"}},
     {"set-pool", cmd_set_pool, &set_pool_syntax,

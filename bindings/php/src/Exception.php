@@ -56,6 +56,7 @@ class Exception extends \RuntimeException
     public const EFULL = -27;
     public const ECRYPTO = -28;
     public const ENOSLOT = -29;
+    public const EREADONLY = -30;
     public const EDUPSECRET = -31;
 
     /** The code's name without prefix ("EAGAIN"); "" for the binding's own errors. */

@@ -1,0 +1,634 @@
+/*
+ * src/fleet.c - fleet-wide limits: the acquirer's slow paths (hour/day
+ * credit, the fallback share, the policy once both lapsed, the refusal's
+ * bookkeeping) and the agent's calls (km_fleet_*, include/keymesh.h).
+ * The hot path and the argument for it are in src/fleet.h; the protocol
+ * and the bound in tools/sync/DESIGN.md.
+ *
+ * The agent's accounting (rule 4 of DESIGN.md), per fleet (key, window),
+ * in words only the agent writes (km__fkey lines 7 and 9):
+ *   a_last  credit the word would hold had nothing been spent since the
+ *           last report: set to the word at collect, raised by a grant,
+ *           lowered by what a void takes.  Acquirers only ever lower the
+ *           word, so a_last >= word, and spent = a_last - word, exactly:
+ *           each decrement linearises before or after collect's one load.
+ *   a_ret   credit voided (lapsed, or km_fleet_release) since the last
+ *           report: returned.
+ * A unit an acquirer took and gives back (the local limits refused, F3)
+ * may be seen taken by one collect (reported spent: the ledger commits
+ * it, conservative) and back in the word by the next: the word then
+ * exceeds a_last by it.  That unit is the ledger's no more, so every
+ * report counts the word only up to a_last (left = min(word, a_last),
+ * and a void returns at most a_last): whatever the word holds above is
+ * spent without being reported again, and the ledger's check that
+ * spent + returned + left never exceeds what it granted holds.
+ * Both live in the segment, so an agent that restarts reports what its
+ * predecessor had not.
+ */
+#include <string.h>
+
+#include <ck_pr.h>
+
+#include "fleet.h"
+#include "wait.h"
+
+/* --------------------------------------------------------- credit words */
+
+/* The credit word of window w of key ki: the minute pair in the key row,
+ * the hour/day pairs in its fleet block, (requests, tokens) each. */
+static uint64_t *credit_word(km_env *e, uint32_t ki, km__key *k, int w)
+{
+    switch (w) {
+    case KM_WIN_RPM: return &k->credit.req;
+    case KM_WIN_TPM: return &k->credit.tok;
+    case KM_WIN_RPH: return &km__fkeys(e, ki)->credit_hd[0].req;
+    case KM_WIN_TPH: return &km__fkeys(e, ki)->credit_hd[0].tok;
+    case KM_WIN_RPD: return &km__fkeys(e, ki)->credit_hd[1].req;
+    default: return &km__fkeys(e, ki)->credit_hd[1].tok;
+    }
+}
+
+/* ------------------------------------------------------ acquirer, slow */
+
+/* Take the hour and day credit of mask (the minute pair is taken), each
+ * pair by one 16-byte CAS (F1 of src/fleet.h); on a refusal give back what
+ * was taken here (F3) and count the refusal. */
+int km__fleet_take_hd(km_env *e, uint32_t ki, km__key *k, uint32_t mask, km__adm *a)
+{
+    km__fkey *fk = km__fkeys(e, ki);
+    uint64_t taken[2][2] = {{0, 0}, {0, 0}};
+    static const int req_w[2] = {KM_WIN_RPH, KM_WIN_RPD}, tok_w[2] = {KM_WIN_TPH, KM_WIN_TPD};
+
+    (void)k;
+    for (int p = 0; p < 2; p++) {
+        uint64_t nr = (mask >> req_w[p]) & 1, nt = (mask >> tok_w[p]) & 1 ? a->tokens : 0;
+        if (!(nr | nt))
+            continue;
+        km__cpair *pair = &fk->credit_hd[p];
+        uint64_t cur[2] = {ck_pr_load_64(&pair->req), ck_pr_load_64(&pair->tok)}, set[2];
+        do {
+            if (cur[0] < nr || cur[1] < nt) {
+                for (int q = 0; q < p; q++) { /* exact give-back (F3) */
+                    if (taken[q][0])
+                        ck_pr_add_64(&fk->credit_hd[q].req, taken[q][0]);
+                    if (taken[q][1])
+                        ck_pr_add_64(&fk->credit_hd[q].tok, taken[q][1]);
+                }
+                return km__fleet_refuse(e, ki, mask, a);
+            }
+            set[0] = cur[0] - nr;
+            set[1] = cur[1] - nt;
+        } while (!km__cpair_cas(pair, cur, set));
+        taken[p][0] = nr;
+        taken[p][1] = nt;
+    }
+    return 1;
+}
+
+/* A refusal for want of credit: counted for the agent's demand (refused,
+ * want: locked RMWs, statistics ordered against nothing), the agent kicked,
+ * and the caller told to look again at the next sync. */
+int km__fleet_refuse(km_env *e, uint32_t ki, uint32_t mask, km__adm *a)
+{
+    km__fkey *fk = km__fkeys(e, ki);
+    km__fhdr *fh = km__fleet(e);
+    uint32_t m = mask;
+    uint64_t cost;
+    for (int w; (w = km__fleet_next(&m, a->tokens, &cost)) >= 0;) {
+        ck_pr_add_64(&fk->refused[w], cost);
+        uint64_t cur = ck_pr_load_64(&fk->want[w]);
+        while (cur < cost && !ck_pr_cas_64_value(&fk->want[w], cur, cost, &cur))
+            ;
+    }
+    if (!ck_pr_load_32(&fh->kick))
+        ck_pr_store_32(&fh->kick, 1); /* see km__fhdr.kick */
+    uint64_t next = ck_pr_load_64(&fh->next_sync_ns);
+    a->retry = km__min64(a->retry, next > a->now ? next : a->now + KM__FLEET_POLL_NS);
+    return 0;
+}
+
+/* The fallback share of key ki as the agent last published it, read under
+ * its seqlock.  Returns 0 if none could be read (a writer that died half
+ * way leaves the count odd: after a bounded number of tries the share is
+ * taken as absent, which only refuses). */
+typedef struct fb_view {
+    uint64_t from, until, T[KM_WIN_COUNT], tau[KM_WIN_COUNT];
+} fb_view;
+
+static int fb_read(km__fkey *fk, fb_view *v)
+{
+    for (int tries = 0; tries < 64; tries++) {
+        uint32_t s0 = ck_pr_load_32(&fk->fb_seq);
+        if (s0 & 1) {
+            ck_pr_stall();
+            continue;
+        }
+        ck_pr_fence_load(); /* the count before the fields (pairs with the writer's fence) */
+        v->from = ck_pr_load_64(&fk->fb_from);
+        v->until = ck_pr_load_64(&fk->fb_until);
+        for (int w = 0; w < KM_WIN_COUNT; w++) {
+            v->T[w] = ck_pr_load_64(&fk->fb_T[w]);
+            v->tau[w] = ck_pr_load_64(&fk->fb_tau[w]);
+        }
+        ck_pr_fence_load(); /* the fields before the count's second load */
+        if (ck_pr_load_32(&fk->fb_seq) == s0)
+            return 1;
+    }
+    return 0;
+}
+
+/* Credit lapsed: the fallback share inside its window (F4), else the
+ * policy (stop: refuse; local: the local limits alone). */
+int km__fleet_lapsed(km_env *e, uint32_t ki, km__key *k, uint32_t mask, km__adm *a)
+{
+    km__fkey *fk = km__fkeys(e, ki);
+    km__fhdr *fh = km__fleet(e);
+    fb_view v;
+    uint64_t old[KM_WIN_COUNT], set[KM_WIN_COUNT];
+    uint32_t done = 0;
+
+    (void)k;
+    if (fb_read(fk, &v) && v.from <= a->now && a->now < v.until) {
+        uint32_t m = mask;
+        uint64_t cost;
+        for (int w; (w = km__fleet_next(&m, a->tokens, &cost)) >= 0;) {
+            uint64_t T = v.T[w], tau = v.tau[w], need = km__mul_sat(cost, T);
+            uint64_t tat = ck_pr_load_64(&fk->fb_tat[w]), nt;
+            for (;;) {
+                uint64_t base = km__max64(tat, a->now);
+                if (T == 0 || base + need - a->now > tau) {
+                    /* No share on w, or over it: when may it admit? */
+                    if (T != 0 && need <= tau)
+                        a->retry = km__min64(a->retry, km__min64(tat + need - tau, v.until));
+                    goto refused;
+                }
+                nt = base + need;
+                /* The share's GCRA word: CAS, as a request window's tat. */
+                if (ck_pr_cas_64_value(&fk->fb_tat[w], tat, nt, &tat))
+                    break;
+            }
+            old[w] = tat;
+            set[w] = nt;
+            done |= 1u << w;
+        }
+        m = done; /* admitted: counted for the agent (fb_spent) */
+        for (int w; (w = km__fleet_next(&m, a->tokens, &cost)) >= 0;)
+            ck_pr_add_64(&fk->fb_used[w], cost);
+        return KM__FL_FALLBACK;
+    refused:
+        while (done) { /* exact only if nothing was admitted since (src/gcra.h) */
+            int w = __builtin_ctz(done);
+            done &= done - 1;
+            ck_pr_cas_64(&fk->fb_tat[w], set[w], old[w]);
+        }
+        return km__fleet_refuse(e, ki, mask, a);
+    }
+    if (ck_pr_load_32(&fh->policy) == KM_FLEET_LOCAL)
+        return KM__FL_LOCAL;
+    return km__fleet_refuse(e, ki, mask, a);
+}
+
+void km__fleet_undo(km_env *e, uint32_t ki, km__key *k, uint32_t mask, const km__adm *a, int how)
+{
+    km__fkey *fk = km__fkeys(e, ki);
+    if (how == KM__FL_CREDIT) {
+        /* What the take took is fixed by mask and cost (all or nothing). */
+        km__fleet_giveback_min(k, (mask >> KM_WIN_RPM) & 1,
+                               (mask >> KM_WIN_TPM) & 1 ? a->tokens : 0);
+        for (int p = 0; p < 2; p++) {
+            int rw = p ? KM_WIN_RPD : KM_WIN_RPH, tw = p ? KM_WIN_TPD : KM_WIN_TPH;
+            if ((mask >> rw) & 1)
+                ck_pr_add_64(&fk->credit_hd[p].req, 1); /* a sum: exact (F3) */
+            if (((mask >> tw) & 1) && a->tokens)
+                ck_pr_add_64(&fk->credit_hd[p].tok, a->tokens);
+        }
+    } else if (how == KM__FL_FALLBACK) {
+        uint32_t m = mask;
+        uint64_t cost;
+        for (int w; (w = km__fleet_next(&m, a->tokens, &cost)) >= 0;)
+            ck_pr_sub_64(&fk->fb_used[w], cost); /* not admitted after all */
+    }
+}
+
+/* A key's health changed here (src/release.c: a 429, auth or quota
+ * failure; an operator's enable or disable): the agent tells the fleet.
+ * The kind first, then the count the agent compares (release order, so a
+ * count it sees has its kind). */
+void km__fleet_health_note(km_env *e, km__key *k, int kind)
+{
+    if (!k->fleet || !e->geom.off_fleet)
+        return;
+    km__fkey *fk = km__fkeys(e, (uint32_t)(k - km__keys(e)));
+    ck_pr_store_32(&fk->hv_kind, (uint32_t)kind);
+    ck_pr_fence_store_atomic(); /* the kind before the count */
+    ck_pr_inc_32(&fk->hv_local);
+}
+
+/* ------------------------------------------------------------- creation */
+
+void km__fleet_key_init(km_env *e, uint32_t ki, const km__key_cfg *kc)
+{
+    km__key *k = &km__keys(e)[ki];
+    km__fhdr *fh = km__fleet(e);
+    int on = fh && (kc->fleet > 0 || (kc->fleet == 0 && fh->all));
+
+    k->fleet = (uint8_t)on;
+    k->fleet_mask = on ? k->win_mask : 0;
+    k->low_lg[0] = k->low_lg[1] = 0;
+    ck_pr_store_64(&k->credit.req, 0);
+    ck_pr_store_64(&k->credit.tok, 0);
+    ck_pr_store_64(&k->credit_deadline, 0);
+    if (!fh)
+        return;
+    km__fkey *fk = km__fkeys(e, ki);
+    memset(fk, 0, sizeof(*fk)); /* a row no reader reaches (see km__key_write) */
+    fk->flags = on && kc->fleet_strict ? KM__FK_STRICT : 0;
+    memcpy(fk->fleet_id, kc->fleet_id, sizeof(fk->fleet_id));
+    fk->fleet_id[KM_ID_MAX] = '\0';
+}
+
+void km__fleet_init(km_env *e, const km_config *cfg)
+{
+    km__fhdr *fh = km__fleet(e);
+    if (!fh)
+        return;
+    fh->all = (uint32_t)cfg->fleet_all;
+    fh->policy = (uint32_t)cfg->fleet_policy;
+}
+
+/* -------------------------------------------------------------- the agent */
+
+/* The caller holds the agent's role. */
+static int holds_role(km_env *e)
+{
+    km__fhdr *fh = km__fleet(e);
+    return fh && e->seg.tag && ck_pr_load_64(&fh->agent) == e->seg.tag;
+}
+
+/* A key row in use and under the fleet: its mask, else 0. */
+static uint32_t fleet_mask_of(km_env *e, uint32_t ki)
+{
+    km__key *k = &km__keys(e)[ki];
+    if (ck_pr_load_32(&k->state) >= KM__ST_FREE)
+        return 0;
+    return ck_pr_load_32(&k->fleet_mask) & ((1u << KM_WIN_COUNT) - 1);
+}
+
+KM_EXTERN int km_fleet_claim(km_env *e, int policy)
+{
+    if (!e || (policy != KM_FLEET_STOP && policy != KM_FLEET_LOCAL))
+        return KM_EINVAL;
+    km__fhdr *fh = km__fleet(e);
+    if (!fh)
+        return KM_EINVAL;
+    if (!e->seg.tag)
+        return KM_EREADONLY;
+    uint64_t cur = ck_pr_load_64(&fh->agent);
+    for (;;) {
+        if (cur == e->seg.tag)
+            break;
+        if (cur && km__proc_tag_live(&e->seg, cur))
+            return KM_EBUSY;
+        /* None, or a dead agent's: taken over by CAS (two claimants: one
+         * wins, the other sees a live holder). */
+        if (ck_pr_cas_64_value(&fh->agent, cur, e->seg.tag, &cur))
+            break;
+    }
+    ck_pr_store_32(&fh->policy, (uint32_t)policy);
+    /* A predecessor killed while it wrote a fallback share left its count
+     * odd: end that share (its window lapses) and even the count. */
+    for (uint32_t ki = 0; ki < e->geom.cap_keys; ki++) {
+        km__fkey *fk = km__fkeys(e, ki);
+        uint32_t s = ck_pr_load_32(&fk->fb_seq);
+        if (s & 1) {
+            ck_pr_store_64(&fk->fb_until, 0);
+            ck_pr_fence_store(); /* the ended window before the even count */
+            ck_pr_store_32(&fk->fb_seq, s + 1);
+        }
+    }
+    return KM_OK;
+}
+
+/* Publish key ki's fallback share (one window, or all with w = -1) under
+ * its seqlock: count odd, fields, count even, each step ordered by a store
+ * fence (the readers' fences in fb_read pair with these). */
+static void fb_write(km__fkey *fk, int w, uint64_t from, uint64_t until, uint64_t T, uint64_t tau)
+{
+    uint32_t s = ck_pr_load_32(&fk->fb_seq);
+    ck_pr_store_32(&fk->fb_seq, s + 1);
+    ck_pr_fence_store(); /* odd before the fields */
+    ck_pr_store_64(&fk->fb_from, from);
+    ck_pr_store_64(&fk->fb_until, until);
+    for (int i = 0; i < KM_WIN_COUNT; i++)
+        if (w < 0 || i == w) {
+            ck_pr_store_64(&fk->fb_T[i], T);
+            ck_pr_store_64(&fk->fb_tau[i], tau);
+        }
+    ck_pr_fence_store(); /* the fields before even */
+    ck_pr_store_32(&fk->fb_seq, s + 2);
+}
+
+/* Void key ki's credit of mask: each word exchanged to 0 (locked), what it
+ * held moved from a_last to a_ret (see the top of this file). */
+static void credit_void(km_env *e, uint32_t ki, km__key *k, uint32_t mask)
+{
+    km__fkey *fk = km__fkeys(e, ki);
+    while (mask) {
+        int w = __builtin_ctz(mask);
+        mask &= mask - 1;
+        uint64_t v = km__min64(ck_pr_fas_64(credit_word(e, ki, k, w), 0), fk->a_last[w]);
+        fk->a_last[w] -= v;
+        fk->a_ret[w] += v;
+    }
+    fk->gen++;
+}
+
+KM_EXTERN int km_fleet_release(km_env *e, int void_credit)
+{
+    if (!e || !holds_role(e))
+        return KM_EINVAL;
+    km__fhdr *fh = km__fleet(e);
+    if (void_credit) {
+        for (uint32_t ki = 0; ki < e->geom.cap_keys; ki++) {
+            uint32_t mask = fleet_mask_of(e, ki);
+            if (!mask)
+                continue;
+            km__key *k = &km__keys(e)[ki];
+            /* The deadline first: acquirers stop taking (or go to the
+             * policy) before the words empty; one preempted after its load
+             * may still take a unit, which the next collect reports spent
+             * (F2). */
+            ck_pr_store_64(&k->credit_deadline, 0);
+            ck_pr_fence_store_atomic(); /* the deadline before the exchanges */
+            credit_void(e, ki, k, mask);
+            fb_write(km__fkeys(e, ki), -1, 0, 0, 0, 0);
+            km__fkeys(e, ki)->fb_ppm = 0;
+        }
+        ck_pr_store_32(&fh->store_state, KM_FLEET_STORE_NONE);
+    }
+    /* The role last: nothing above is done by a successor meanwhile. */
+    ck_pr_fence_store_atomic();
+    return ck_pr_cas_64(&fh->agent, e->seg.tag, 0) ? KM_OK : KM_EINVAL;
+}
+
+/* Sum over key ki's lease slots of tokens_used - tokens_est (plain loads of
+ * words each slot's owner adds to: each is atomic, the sum a snapshot that
+ * the next collect completes). */
+static int64_t slot_adj(km_env *e, uint32_t ki)
+{
+    km__lease *ls = km__leases(e, ki);
+    uint64_t used = 0, est = 0;
+    for (uint32_t s = 0; s < e->geom.cap_inflight; s++) {
+        est += ck_pr_load_64(&ls[s].tokens_est);
+        used += ck_pr_load_64(&ls[s].tokens_used);
+    }
+    return (int64_t)(used - est);
+}
+
+static void copy_id(char *dst, const char *src)
+{
+    memcpy(dst, src, KM_ID_MAX + 1);
+    dst[KM_ID_MAX] = '\0'; /* the segment's copy may be corrupted */
+}
+
+KM_EXTERN int km_fleet_collect(km_env *e, uint64_t now, km_fleet_slot *out, size_t cap,
+                               size_t *n)
+{
+    if (!e || !n || (cap && !out))
+        return KM_EINVAL;
+    *n = 0;
+    if (!holds_role(e))
+        return KM_EINVAL;
+    size_t need = 0;
+    for (uint32_t ki = 0; ki < e->geom.cap_keys; ki++)
+        need += (size_t)__builtin_popcount(fleet_mask_of(e, ki));
+    if (need > cap) {
+        *n = need;
+        return KM_EINVAL;
+    }
+    size_t j = 0;
+    for (uint32_t ki = 0; ki < e->geom.cap_keys && j < cap; ki++) {
+        uint32_t mask = fleet_mask_of(e, ki);
+        if (!mask)
+            continue;
+        km__key *k = &km__keys(e)[ki];
+        km__fkey *fk = km__fkeys(e, ki);
+        uint64_t dl = ck_pr_load_64(&k->credit_deadline);
+        if (dl && now >= dl) /* lapsed: void it, counted as returned */
+            credit_void(e, ki, k, mask);
+        int64_t adj = 0;
+        if (mask & KM__TOKEN_WINS) {
+            int64_t sum = slot_adj(e, ki);
+            adj = sum - fk->a_adj;
+            fk->a_adj = sum;
+        }
+        const km__pool *pool = &km__pools(e)[k->pool < e->geom.n_pools ? k->pool : 0];
+        for (uint32_t m = mask; m && j < cap; m &= m - 1) {
+            int w = __builtin_ctz(m);
+            km_fleet_slot *o = &out[j++];
+            memset(o, 0, sizeof(*o));
+            o->key = ki;
+            o->key_gen = ck_pr_load_32(&k->gen);
+            o->window = w;
+            copy_id(o->pool, pool->name);
+            copy_id(o->key_id, k->id);
+            copy_id(o->fleet_id, fk->fleet_id);
+            o->limit = k->limit[w];
+            o->burst = k->burst[w];
+            o->period_ms = km__window_period_ns(w) / KM__NS_PER_MS;
+            o->mode = k->mode[w];
+            o->strict = (fk->flags & KM__FK_STRICT) != 0;
+            /* One load of the word: every acquirer's decrement is before
+             * or after it (see the top of this file). */
+            uint64_t cur = km__min64(ck_pr_load_64(credit_word(e, ki, k, w)), fk->a_last[w]);
+            o->spent = fk->a_last[w] - cur;
+            o->left = cur;
+            o->returned = fk->a_ret[w];
+            fk->a_last[w] = cur;
+            fk->a_ret[w] = 0;
+            /* Counters of the slow paths, read and reset in one locked
+             * exchange each (a concurrent add lands before or after). */
+            o->fb_spent = ck_pr_fas_64(&fk->fb_used[w], 0);
+            o->refused = ck_pr_fas_64(&fk->refused[w], 0);
+            o->want = ck_pr_fas_64(&fk->want[w], 0);
+            o->adj = km__window_is_requests(w) ? 0 : adj;
+        }
+    }
+    *n = j;
+    return KM_OK;
+}
+
+/* floor(log2(x)) for x >= 1, as a low-water mark's exponent. */
+static uint8_t lg_floor(uint64_t x)
+{
+    return (uint8_t)(63 - __builtin_clzll(x ? x : 1));
+}
+
+KM_EXTERN int km_fleet_apply(km_env *e, const km_fleet_grant *g, size_t n)
+{
+    if (!e || (n && !g))
+        return KM_EINVAL;
+    if (!holds_role(e))
+        return KM_EINVAL;
+    for (size_t i = 0; i < n; i++) {
+        const km_fleet_grant *gr = &g[i];
+        if (gr->key >= e->geom.cap_keys || gr->window < 0 || gr->window >= KM_WIN_COUNT ||
+            gr->model != 0)
+            continue; /* per-model credit: not in this version */
+        uint32_t ki = gr->key, mask = fleet_mask_of(e, ki);
+        km__key *k = &km__keys(e)[ki];
+        km__fkey *fk = km__fkeys(e, ki);
+        int w = gr->window;
+        /* The key changed since the collect this answers: its credit
+         * is not this grant's (the next collect reports the new key). */
+        if (!(mask & (1u << w)) || ck_pr_load_32(&k->gen) != gr->key_gen)
+            continue;
+        if (gr->grant) {
+            ck_pr_add_64(credit_word(e, ki, k, w), gr->grant); /* a sum: locked add (F1) */
+            fk->a_last[w] += gr->grant;
+        }
+        /* Low water at a quarter of what the host now holds. */
+        if (w == KM_WIN_RPM || w == KM_WIN_TPM)
+            ck_pr_store_8(&k->low_lg[w == KM_WIN_TPM], lg_floor(fk->a_last[w] / 4));
+        /* The deadline after the top-up (release: an acquirer that sees
+         * the new deadline sees the credit too). */
+        ck_pr_fence_atomic_store();
+        ck_pr_store_64(&k->credit_deadline, gr->deadline_ns);
+        /* The fallback share: rate fb_ppm of the window's, burst fb_burst. */
+        uint64_t T = 0, tau = 0;
+        if (gr->fb_ppm && k->emission_ns[w]) {
+            T = km__mul_sat(k->emission_ns[w], 1000000) / gr->fb_ppm;
+            tau = km__mul_sat(gr->fb_burst, T);
+        }
+        fb_write(fk, w, gr->fb_from_ns, gr->fb_until_ns, T, tau);
+        fk->fb_ppm = gr->fb_ppm;
+        if (gr->grant && k->pool < e->geom.n_pools)
+            km__wake_pool(e, k->pool); /* credit may admit sleepers */
+    }
+    return KM_OK;
+}
+
+KM_EXTERN int km_fleet_status_set(km_env *e, const km_fleet_status *st)
+{
+    if (!e || !st || !holds_role(e))
+        return KM_EINVAL;
+    km__fhdr *fh = km__fleet(e);
+    /* The agent's own words (plain; inspect tolerates tearing).
+     * next_sync_ns is read by refused acquirers as their retry time. */
+    ck_pr_store_64(&fh->epoch, st->epoch);
+    ck_pr_store_64(&fh->seq, st->seq);
+    ck_pr_store_64(&fh->ack, st->ack);
+    ck_pr_store_64(&fh->last_sync_ns, st->last_sync_ns);
+    ck_pr_store_64(&fh->next_sync_ns, st->next_sync_ns);
+    ck_pr_store_32(&fh->store_state, (uint32_t)st->store_state);
+    ck_pr_store_32(&fh->n_hosts, st->n_hosts);
+    ck_pr_store_32(&fh->learn_ms, st->learn_ms);
+    ck_pr_store_32(&fh->kick, 0); /* a sync answered the kicks so far */
+    return KM_OK;
+}
+
+KM_EXTERN int km_fleet_status_get(km_env *e, km_fleet_status *st)
+{
+    if (!e || !st)
+        return KM_EINVAL;
+    memset(st, 0, sizeof(*st));
+    km__fhdr *fh = km__fleet(e);
+    if (!fh)
+        return KM_OK; /* store_state KM_FLEET_STORE_NONE */
+    st->epoch = ck_pr_load_64(&fh->epoch);
+    st->seq = ck_pr_load_64(&fh->seq);
+    st->ack = ck_pr_load_64(&fh->ack);
+    st->last_sync_ns = ck_pr_load_64(&fh->last_sync_ns);
+    st->next_sync_ns = ck_pr_load_64(&fh->next_sync_ns);
+    st->store_state = (int)ck_pr_load_32(&fh->store_state);
+    st->n_hosts = ck_pr_load_32(&fh->n_hosts);
+    st->learn_ms = ck_pr_load_32(&fh->learn_ms);
+    return KM_OK;
+}
+
+KM_EXTERN int km_fleet_health_changes(km_env *e, km_fleet_health *out, size_t cap, size_t *n)
+{
+    if (!e || !n || (cap && !out))
+        return KM_EINVAL;
+    *n = 0;
+    if (!holds_role(e))
+        return KM_EINVAL;
+    uint64_t now = km__now();
+    size_t j = 0;
+    for (uint32_t ki = 0; ki < e->geom.cap_keys && j < cap; ki++) {
+        km__key *k = &km__keys(e)[ki];
+        if (!k->fleet || ck_pr_load_32(&k->state) >= KM__ST_FREE)
+            continue;
+        km__fkey *fk = km__fkeys(e, ki);
+        uint32_t hv = ck_pr_load_32(&fk->hv_local);
+        if (hv == (uint32_t)fk->a_hv)
+            continue;
+        ck_pr_fence_load(); /* the count before its kind (km__fleet_health_note) */
+        km_fleet_health *h = &out[j++];
+        h->key = ki;
+        h->kind = (int)ck_pr_load_32(&fk->hv_kind);
+        uint64_t cu = ck_pr_load_64(&k->cooldown_until);
+        h->arg_ms = h->kind == KM_FLEET_EV_RATE_LIMITED && cu > now
+                        ? (cu - now + KM__NS_PER_MS - 1) / KM__NS_PER_MS : 0;
+        fk->a_hv = hv;
+    }
+    *n = j;
+    return KM_OK;
+}
+
+/* cooldown_until := max(cooldown_until, until), as a 429 does. */
+static void cool_until(km__key *k, uint64_t until)
+{
+    uint64_t cur = ck_pr_load_64(&k->cooldown_until);
+    while (cur < until && !ck_pr_cas_64_value(&k->cooldown_until, cur, until, &cur))
+        ;
+}
+
+KM_EXTERN int km_fleet_health_set(km_env *e, uint32_t key, int state, uint64_t cool_ms)
+{
+    if (!e || !holds_role(e))
+        return KM_EINVAL;
+    if (key >= e->geom.cap_keys || ck_pr_load_32(&km__keys(e)[key].state) >= KM__ST_FREE)
+        return KM_ENOKEY;
+    km__key *k = &km__keys(e)[key];
+    switch (state) {
+    case KM_KEY_ACTIVE:
+    case KM_KEY_DISABLED:
+        /* The operator's path (admin lock, intent), not noted as a local
+         * change: this is the fleet's verdict coming back. */
+        return km__key_set_state(e, (int)key, state, 0);
+    case KM_KEY_COOLING:
+        cool_until(k, km__now() + km__mul_sat(km__min64(cool_ms, KM__VIEW_CAP_S * KM__MS_PER_S),
+                                              KM__NS_PER_MS));
+        return KM_OK;
+    case KM_KEY_INVALID:
+    case KM_KEY_EXHAUSTED:
+        km__state_to(k, KM__LIVE_STATES, (uint32_t)state);
+        return KM_OK;
+    default:
+        return KM_EINVAL;
+    }
+}
+
+KM_EXTERN int km_fleet_key_info_get(km_env *e, uint32_t key, km_fleet_key_info *out)
+{
+    if (!e || !out)
+        return KM_EINVAL;
+    memset(out, 0, sizeof(*out));
+    if (key >= e->geom.cap_keys || ck_pr_load_32(&km__keys(e)[key].state) >= KM__ST_FREE)
+        return KM_ENOKEY;
+    uint32_t mask = fleet_mask_of(e, key);
+    if (!mask || !e->geom.off_fleet)
+        return KM_OK;
+    km__key *k = &km__keys(e)[key];
+    km__fkey *fk = km__fkeys(e, key);
+    out->mask = mask;
+    for (uint32_t m = mask; m; m &= m - 1) {
+        int w = __builtin_ctz(m);
+        out->credit[w] = ck_pr_load_64(credit_word(e, key, k, w));
+    }
+    out->deadline_ns = ck_pr_load_64(&k->credit_deadline);
+    out->fb_ppm = ck_pr_load_32(&fk->fb_ppm);
+    out->fb_until_ns = ck_pr_load_64(&fk->fb_until);
+    return KM_OK;
+}
