@@ -253,6 +253,41 @@ static void t_api(void)
     rmseg(env);
 }
 
+/* A pool added with keys that have their own limits of a model (issue 18,
+ * item 3): they hold, and a change of the pool's limits of that model
+ * leaves them standing while the other keys follow it. */
+static void t_own_models(void)
+{
+    km_env *env = mkseg("{\"capacity\": {\"keys\": 4, \"pools\": 2},"
+                        " \"pools\": [{\"name\": \"a\","
+                        "   \"keys\": [{\"id\": \"a0\", \"secret\": \"sk-own-a0-00000000\"}]}]}");
+    int p = km_pool_add(env, "{\"name\": \"m\", \"model_limits\": \"per_model\","
+                             " \"models\": {\"gpt\": {\"rpm\": 5}},"
+                             " \"keys\": [{\"id\": \"own\", \"secret\": \"sk-own-own-0000000\","
+                             "   \"models\": {\"gpt\": {\"rpm\": 1}}},"
+                             "  {\"id\": \"pool\", \"secret\": \"sk-own-pool-000000\"}]}",
+                        err, sizeof err);
+    ok(p >= 0, "own models: a pool whose key has its own limits of a model added (%s)", err);
+    km_request r = {.pool = p, .model = "gpt", .key_id = "own", .tokens = 1};
+    km_lease l;
+    int got = 0;
+    while (got < 10 && km_acquire(env, &r, &l) == KM_OK)
+        got++, km_release(env, &l, NULL);
+    is_int(got, 1, "own models: the key's own rpm 1 of the model holds (not the pool's 5)");
+    int rc = km_pool_set(env, p, "{\"models\": {\"gpt\": {\"rpm\": 20}}}", err, sizeof err);
+    r.key_id = "pool";
+    got = 0;
+    while (got < 30 && km_acquire(env, &r, &l) == KM_OK)
+        got++, km_release(env, &l, NULL);
+    r.key_id = "own";
+    int own = km_acquire(env, &r, &l);
+    ok(rc == KM_OK && got == 20 && own == KM_EAGAIN,
+       "own models: the pool's rpm of the model now 20 on the other key (%d), the own rpm 1 stands (%s)",
+       got, E(own));
+    is_int(km_check(env, report, "own models"), 0, "own models: km_check clean");
+    rmseg(env);
+}
+
 /* ------------------------------------------------------- remove and wait */
 
 static void t_remove_wait(void)
@@ -770,8 +805,9 @@ int main(void)
 {
     fixtures_init("livepool");
     fault_init();
-    plan(41 + 11 + 13 + 3 * OP_N + 8);
+    plan(41 + 4 + 11 + 13 + 3 * OP_N + 8);
     t_api();
+    t_own_models();
     t_remove_wait();
     t_live();
     t_every_point();
