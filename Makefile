@@ -243,14 +243,14 @@ $(SOAK_BIN): tests/soak.c tests/tap.h tests/testlib.h $(STLIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(SQLITE_CFLAGS) -Ishm -Isrc -o $@ $< $(STLIB) $(LDFLAGS) $(LIBS) $(SQLITE_LIBS) -lm
 
-# tests/t_fault.c links the library compiled again with -DKM_FAULT_INJECTION
+# tests/t_fault.c and t_livepool.c link the library compiled again with -DKM_FAULT_INJECTION
 # (a kill point between every two shared stores of an administrative writer,
 # src/reconfig.c), in $(BUILD)/fault/: the library proper has none.
 FAULT_OBJ := $(patsubst $(BUILD)/obj/%,$(BUILD)/fault/%,$(LIB_OBJ))
 $(BUILD)/fault/%.o: %.c include/keymesh.h $(wildcard shm/*.h src/*.h) | km-need-cc km-need-lib
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -DKM_FAULT_INJECTION -DKM_BUILDING_LIBRARY -fvisibility=hidden -c $< -o $@
-$(BUILD)/tests/t_fault: tests/t_fault.c tests/tap.h tests/testlib.h $(FAULT_OBJ)
+$(BUILD)/tests/t_fault $(BUILD)/tests/t_livepool: $(BUILD)/tests/%: tests/%.c tests/tap.h tests/testlib.h tests/killlib.h $(FAULT_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -DKM_FAULT_INJECTION -Ishm -Isrc -o $@ $< $(FAULT_OBJ) $(LDFLAGS) $(LIBS) -lm
 

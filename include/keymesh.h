@@ -494,7 +494,10 @@ KM_EXTERN int km_release(km_env *env, const km_lease *lease,
 typedef struct km_info {
     uint32_t format;
     uint32_t cap_keys, cap_pools, cap_procs, cap_inflight;
-    uint32_t n_keys, n_pools, n_procs; /* n_procs: attached now */
+    uint32_t n_keys, n_pools, n_procs; /* n_procs: attached now; n_pools:
+                                        * pool rows ever used, so every pool
+                                        * index is below it (a removed one:
+                                        * KM_ENOPOOL from km_pool_info_get) */
     uint64_t size_bytes;
     uint64_t created_wall_ns; /* CLOCK_REALTIME at creation */
     uint64_t reserved[4];     /* zeroed by the library */
@@ -596,11 +599,11 @@ typedef struct km_key_info {
  * numbers of one struct need not be mutually consistent while leases move,
  * and a key added or removed meanwhile may or may not be seen. */
 KM_EXTERN int km_info_get(km_env *env, km_info *out);
-/* Index of pool `name`, or KM_ENOPOOL.  Pools never change after creation:
- * the index can be kept for the handle's life.
+/* Index of pool `name`, or KM_ENOPOOL.  The index stays the pool's until
+ * the pool is removed (km_pool_remove); a removed pool is not found.
  * @note As km_info_get(). */
 KM_EXTERN int km_pool_find(km_env *env, const char *name);
-/* Pool `pool`; KM_ENOPOOL for an index out of range.
+/* Pool `pool`; KM_ENOPOOL for an index out of range or a removed pool.
  * @note As km_info_get(). */
 KM_EXTERN int km_pool_info_get(km_env *env, int pool, km_pool_info *out);
 /* Key index of key `id` in `pool`, or KM_ENOKEY.  On a handle without a
@@ -745,6 +748,56 @@ KM_EXTERN int km_key_set_limits(km_env *env, int key, const char *limits_json,
  * @note As km_key_add(). */
 KM_EXTERN int km_key_set_model_limits(km_env *env, int key, const char *model,
                                       const char *limits_json, char *errbuf, size_t errlen);
+
+/* Pools change live too, on the same admin lock, intents and grace periods
+ * as keys (crash-safe: a writer killed anywhere is finished or undone by
+ * the next writer, a reap, an attach or `kmctl repair`).  Workers attached
+ * see a change without attaching again; an acquire that starts after one
+ * of these calls returns sees only the new configuration.  The number of
+ * pools is bounded by capacity.pools, fixed at creation.
+ *
+ * Add a pool: pool_json is one element of a configuration's "pools" (name,
+ * strategy, limits, models, keys..., presets too), checked as a
+ * configuration is (and its secrets against the segment's).  Returns the
+ * new pool's index (>= 0), or KM_ECONFIG (errbuf says why: bad JSON, a
+ * pool of that name already, ...), KM_EDUPSECRET, KM_EFULL (no free pool
+ * row, or not enough key rows: errbuf says which), KM_EBUSY.
+ * @note As km_key_add(). */
+KM_EXTERN int km_pool_add(km_env *env, const char *pool_json, char *errbuf, size_t errlen);
+
+/* Change a pool.  settings_json names what changes: "strategy",
+ * "cooldown_s", "max_cooldown_s", "max_failures", "budget" (an object as in
+ * the configuration, or null for none), "limits" (windows named replace
+ * the pool's on every key of the pool and for keys added later, null
+ * removes one; debts carry over as in km_key_set_limits), "models" (a
+ * named model's limits replace its limits, per_model pools; a model not in
+ * the pool is appended, up to capacity.models, in a pool that has a models
+ * list; a key's own limits of a model, km_key_set_model_limits, stand).
+ * A model cannot be removed or renamed, nor a pool's name,
+ * model_limits, price or max_inflight changed: KM_ECONFIG says so.  The
+ * parts are applied in turn (settings, models, limits), each recorded and
+ * crash-safe on its own; while a part with limits is applied (one grace
+ * period) acquirers skip the pool's keys.  KM_ENOPOOL, KM_ECONFIG, KM_EFULL
+ * (models beyond capacity), KM_EBUSY (grace period timed out: that part
+ * and the ones after it not applied).
+ * @note As km_key_add(). */
+KM_EXTERN int km_pool_set(km_env *env, int pool, const char *settings_json, char *errbuf,
+                          size_t errlen);
+
+/* km_pool_remove flag: remove even if leases are still out after the
+ * timeout (their releases are then stale: counted, nothing settled). */
+#define KM_POOL_FORCE 1u
+/* Remove a pool.  Acquires are refused at once (KM_ENOPOOL, sleepers of
+ * km_acquire_wait too); the call then waits up to timeout_ms for the
+ * pool's leases to come back.  KM_EBUSY if some are still out (nothing
+ * removed: the pool is handed out again) unless flags has KM_POOL_FORCE.
+ * After KM_OK no acquire gets a key of the pool, km_pool_find no longer
+ * finds it, and its keys' rows and the pool's row are reused by later adds.
+ * An index kept from km_pool_find may then name a pool added later in the
+ * same row: find pools by name again after KM_ENOPOOL.  The admin lock is
+ * held while waiting.
+ * @note As km_key_add(). */
+KM_EXTERN int km_pool_remove(km_env *env, int pool, uint32_t timeout_ms, unsigned flags);
 
 /* How long this handle's reconfiguration calls wait for a grace period.
  * @note Thread-safe: a relaxed atomic store; a reconfiguration call on the

@@ -2,8 +2,9 @@
  * src/acquire.c - km_acquire: choosing a key by the pool's strategy and
  * leasing it.
  *
- * One acquire is one epoch section (shm/epoch.h): the member list it loads
- * and the key row it copies stay what they were until it leaves.  Within
+ * One acquire is one epoch section (shm/epoch.h): the pool's state and
+ * settings it reads, the member list it loads and the key row it copies
+ * stay what they were until it leaves.  Within
  * it, each candidate key goes through try_key: state, budget and
  * cooldown checks, a lease slot claimed (src/slots.h), the limits admitted
  * (src/gcra.h), the lease copied out.  Nothing here makes a system call
@@ -419,7 +420,10 @@ static int model_find(km_env *e, uint32_t p, const char *name)
 {
     const km__pool *pool = &km__pools(e)[p];
     const km__model *md = km__models(e, p);
-    uint32_t h = km__fnv32_str(name), n = km__min64(pool->n_models, e->geom.cap_models);
+    uint32_t h = km__fnv32_str(name), n = km__min64(ck_pr_load_32(&pool->n_models), e->geom.cap_models);
+    /* n_models before the rows it counts: a model appended live is written
+     * before n_models is raised (src/reconfig.c, model_append). */
+    ck_pr_fence_load();
     for (uint32_t i = 0; i < n; i++)
         if (md[i].hash == h && strncmp(md[i].name, name, KM_ID_MAX + 1) == 0)
             return (int)i;
@@ -628,21 +632,22 @@ KM__HOT int acquire_in(km_env *e, uint32_t p, int strategy, const km_request *re
     return finish_scan(sc, out, wake);
 }
 
-KM__HOT int acquire_once(km_env *e, const km_request *req, km_lease *out, uint64_t *wake)
+/* The pool's part of an acquire, inside its epoch section. */
+KM__HOT int acquire_pool(km_env *e, uint32_t p, const km_request *req, uint64_t now,
+                         km_lease *out, uint64_t *wake)
 {
-    if (!e || !req || !out || req->pool < 0)
-        return KM_EINVAL;
-    /* acq_pools is 0 on a handle without a process slot (src/internal.h):
-     * KM_ENOPOOL here, told apart in acquire_failed. */
-    if ((uint32_t)req->pool >= e->acq_pools)
-        return KM_ENOPOOL;
-    uint32_t p = (uint32_t)req->pool;
     km__pool *pool = &km__pools(e)[p];
-    int strategy = req->strategy ? req->strategy : (int)pool->strategy;
-    key_scan sc = {.a = {.now = km__now(), .retry = KM__NEVER, .poll = KM__NEVER,
+    key_scan sc = {.a = {.now = now, .retry = KM__NEVER, .poll = KM__NEVER,
                          .tokens = req->tokens}};
-
-    *wake = KM__NEVER;
+    /* Only a LIVE pool is handed out.  Loaded inside the section, after its
+     * load of the epoch (km__rd_enter's fence): a pool removed before the
+     * grace period of km_pool_remove reads as such here (shm/epoch.c). */
+    if (__builtin_expect(ck_pr_load_32(&pool->state) != KM__PST_LIVE, 0))
+        return KM_ENOPOOL;
+    /* The pool's settings: single words km_pool_set stores while we run
+     * (relaxed loads; each steers a choice, nothing more; a call that
+     * returned before this acquire began is seen, src/reconfig.c). */
+    int strategy = req->strategy ? req->strategy : (int)ck_pr_load_32(&pool->strategy);
     if (strategy <= KM_STRATEGY_DEFAULT || strategy >= KM_STRATEGY_COUNT)
         return KM_EINVAL;
     if (req->model && pool->n_models) {
@@ -655,10 +660,12 @@ KM__HOT int acquire_once(km_env *e, const km_request *req, km_lease *out, uint64
     } else if (req->model) {
         sc.named = model_named(e, p, req->model);
     }
-    if (pool->budget_microusd && pool->budget_hard &&
-        ck_pr_load_64(&pool->spend.spent) >= pool->budget_microusd &&
-        km__spend_now(&pool->spend, pool->budget_period, pool->budget_tz_min) >=
-            pool->budget_microusd) /* rolled first if its period ended */
+    uint64_t budget = ck_pr_load_64(&pool->budget_microusd);
+    if (budget && ck_pr_load_32(&pool->budget_hard) &&
+        ck_pr_load_64(&pool->spend.spent) >= budget &&
+        km__spend_now(&pool->spend, ck_pr_load_32(&pool->budget_period),
+                      (int32_t)ck_pr_load_32((uint32_t *)&pool->budget_tz_min)) >=
+            budget) /* rolled first if its period ended */
         return KM_EBUDGET;
     /* A starving waiter's reserve: one load of a word in the line read
      * above (budget), 0 unless a km_acquire_wait caller starves.  A sleeper
@@ -668,9 +675,24 @@ KM__HOT int acquire_once(km_env *e, const km_request *req, km_lease *out, uint64
     uint64_t rsv = ck_pr_load_64(&pool->reserve);
     if (__builtin_expect(rsv != 0, 0))
         sc.yield_key = reserve_yield(pool, rsv, sc.a.now);
+    return acquire_in(e, p, strategy, req, &sc, out, wake);
+}
 
-    km__rdr *r = km__rd_enter(&e->seg, sc.a.now);
-    int rc = acquire_in(e, p, strategy, req, &sc, out, wake);
+KM__HOT int acquire_once(km_env *e, const km_request *req, km_lease *out, uint64_t *wake)
+{
+    if (!e || !req || !out || req->pool < 0)
+        return KM_EINVAL;
+    /* acq_pools is 0 on a handle without a process slot (src/internal.h):
+     * KM_ENOPOOL here, told apart in acquire_failed. */
+    if ((uint32_t)req->pool >= e->acq_pools)
+        return KM_ENOPOOL;
+    uint64_t now = km__now();
+    *wake = KM__NEVER;
+    /* The whole acquire is one epoch section, the pool's settings and
+     * state included: a pool removed, or its row reused, is rewritten only
+     * after every section that could read it has left (src/reconfig.c). */
+    km__rdr *r = km__rd_enter(&e->seg, now);
+    int rc = acquire_pool(e, (uint32_t)req->pool, req, now, out, wake);
     km__rd_exit(r);
     return rc;
 }

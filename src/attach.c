@@ -280,6 +280,10 @@ KM_EXTERN int km_create_private(const km_config *cfg, km_env **out)
 static int attach_mapped(km_env *e, unsigned flags)
 {
     int rc = geom_valid(&e->geom);
+    /* Pools are added and removed live (src/reconfig.c): the handle
+     * addresses every pool row, and each row's state says whether it holds
+     * a pool (the header's n_pools only counts the rows ever used). */
+    e->geom.n_pools = e->geom.cap_pools;
     if (rc != KM_OK || (flags & KM_OPEN_READONLY))
         return rc;
     km__epoch_attach(&e->seg);

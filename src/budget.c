@@ -186,7 +186,7 @@ KM_EXTERN int km_pool_spend_reset(km_env *e, int pool, uint64_t *was)
 {
     if (!e)
         return KM_EINVAL;
-    if (pool < 0 || (uint32_t)pool >= e->geom.n_pools)
+    if (!km__pool_live(e, pool))
         return KM_ENOPOOL;
     if (e->seg.ro)
         return KM_EREADONLY;

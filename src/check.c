@@ -233,7 +233,10 @@ KM_EXTERN int km_check(km_env *e, void (*report)(void *, const char *), void *ct
      * writer lives. */
     static const char *const op_name[KM__OP_COUNT] = {"none", "add-key", "remove-key",
                                                      "set-weight", "set-limits", "enable",
-                                                     "disable"};
+                                                     "disable", "set-limits --model",
+                                                     "add-pool", "remove-pool",
+                                                     "set-pool", "set-pool limits",
+                                                     "set-pool model"};
     int busy = writing;
     if (iv.op != KM__OP_NONE && !iv.alive)
         violation(&c, "reconfiguration %s (key slot %d) interrupted: its writer (pid %u) died; "
@@ -254,6 +257,27 @@ KM_EXTERN int km_check(km_env *e, void (*report)(void *, const char *), void *ct
                       name_of(name, k->id));
         if (st == KM__ST_REMOVED && ck_pr_load_64(&k->retire_epoch) == 0)
             violation(&c, "key slot %u: removed without a retire epoch (reusable too early)", ki);
+        /* Pools change live (src/reconfig.c, "Pools"): a live key belongs
+         * to a pool that is, or is being added or removed. */
+        uint32_t ps = k->pool < e->geom.cap_pools ? ck_pr_load_32(&km__pools(e)[k->pool].state)
+                                                  : KM__PST_FREE;
+        if (st < KM__ST_FREE && (ps == KM__PST_FREE || ps == KM__PST_REMOVED))
+            violation(&c, "key %s is live in pool slot %u, which holds no pool", name_of(name, k->id),
+                      k->pool);
+    }
+    /* Pool rows: a known state; no two pools of one name. */
+    for (uint32_t p = 0; !busy && p < e->geom.cap_pools; p++) {
+        const km__pool *pl = &km__pools(e)[p];
+        uint32_t ps = ck_pr_load_32(&pl->state);
+        if (ps > KM__PST_REMOVED)
+            violation(&c, "pool slot %u: state %u unknown", p, ps);
+        if (ps == KM__PST_ADDING || ps == KM__PST_REMOVING)
+            violation(&c, "pool %s: left %s by a writer that is gone", name_of(name, pl->name),
+                      ps == KM__PST_ADDING ? "half added" : "half removed");
+        for (uint32_t q = p + 1; ps == KM__PST_LIVE && q < e->geom.cap_pools; q++)
+            if (ck_pr_load_32(&km__pools(e)[q].state) == KM__PST_LIVE &&
+                strncmp(pl->name, km__pools(e)[q].name, KM_ID_MAX + 1) == 0)
+                violation(&c, "pools %u and %u are both named %s", p, q, name_of(name, pl->name));
     }
     if (!busy && ck_pr_load_32(&h->n_keys) != rows)
         violation(&c, "key rows: %u counted in use, %u in use", ck_pr_load_32(&h->n_keys), rows);

@@ -625,3 +625,162 @@ KM_EXTERN void km_config_free(km_config *cfg)
         km__cfg_destroy(cfg);
 }
 
+
+/* ---------------------------------------------- pools, for reconfiguration */
+
+typedef struct pool_job {
+    const km__hdr *geom;
+    km_config *cfg;
+} pool_job;
+
+/* One pool object, parsed as the only pool of a configuration whose
+ * capacities are the segment's: every rule of a configuration file holds
+ * (presets, keys, models, secrets listed once). */
+static int pool_job_run(km__cfg_ctx *c, json_t *root, void *arg)
+{
+    pool_job *j = arg;
+    if (!json_is_object(root))
+        return km__cfg_err(c, KM_ECONFIG, "pool: must be a JSON object (one element of \"pools\")");
+    json_t *top = json_pack("{s:{s:i,s:i,s:i},s:[O]}", "capacity", "keys", (json_int_t)j->geom->cap_keys,
+                            "inflight_per_key", (json_int_t)j->geom->cap_inflight, "models",
+                            (json_int_t)j->geom->cap_models, "pools", root);
+    if (!top)
+        return km__cfg_err(c, KM_ENOMEM, "out of memory");
+    int rc = km__cfg_parse_root(c, top, j->cfg);
+    json_decref(top);
+    return rc;
+}
+
+int km__config_parse_pool(const char *json, const km__hdr *geom, km_config **out,
+                          char *errbuf, size_t errlen)
+{
+    km__cfg_ctx c = {"pool", errbuf, errlen, geom->cap_inflight, NULL};
+    pool_job j = {geom, calloc(1, sizeof(km_config))};
+    *out = NULL;
+    if (!j.cfg)
+        return km__cfg_err(&c, KM_ENOMEM, "out of memory");
+    int rc = parse_one(&c, json, pool_job_run, &j);
+    json_decref(c.presets);
+    if (rc != KM_OK) {
+        km__cfg_destroy(j.cfg); /* wipes every key slot, parsed or not */
+        return rc;
+    }
+    *out = j.cfg;
+    return KM_OK;
+}
+
+typedef struct pool_set_job {
+    const km__pool *cur;
+    km__pool_setcfg *out;
+} pool_set_job;
+
+/* What km_pool_set may change, and what it may not (with the reason). */
+static const char *const pool_set_fields[] = {"strategy", "cooldown_s", "max_cooldown_s",
+                                              "max_failures", "budget", "limits", "models", NULL};
+
+/* The settings object of km_pool_set: parsed as a pool made of the pool's
+ * current settings with the given ones over them (so every rule of a
+ * configuration holds, e.g. max_cooldown_s >= cooldown_s), plus the
+ * limits ("limits": windows named replace, null removes) and the models
+ * named (their new limits, or models to append). */
+static int pool_set_run(km__cfg_ctx *c, json_t *root, void *arg)
+{
+    pool_set_job *j = arg;
+    km__pool_setcfg *o = j->out;
+    const char *k;
+    json_t *v;
+    int rc;
+
+    if (!json_is_object(root))
+        return km__cfg_err(c, KM_ECONFIG, "settings: must be a JSON object");
+    if (json_object_size(root) == 0)
+        return km__cfg_err(c, KM_ECONFIG, "settings: name nothing to change (%s)",
+                           "strategy, cooldown_s, max_cooldown_s, max_failures, budget, limits, models");
+    json_object_foreach(root, k, v) {
+        int ok = 0;
+        for (size_t i = 0; pool_set_fields[i]; i++)
+            ok |= strcmp(k, pool_set_fields[i]) == 0;
+        if (!ok)
+            return km__cfg_err(c, KM_ECONFIG,
+                               "%s: cannot be changed live (strategy, cooldown_s, max_cooldown_s, "
+                               "max_failures, budget, limits and models can; a pool's name, "
+                               "model_limits, price and max_inflight stay as created, its keys "
+                               "change with add-key, remove-key and set-limits)", k);
+    }
+    json_t *mo = json_object_get(root, "models");
+    if (mo && json_is_object(mo))
+        json_object_foreach(mo, k, v)
+            if (json_is_null(v))
+                return km__cfg_err(c, KM_ECONFIG,
+                                   "models.%s: a model cannot be removed live (only its limits "
+                                   "changed, or models appended up to capacity.models)", k);
+    /* The pool as it is, with the given settings over it. */
+    json_t *p = json_deep_copy(root);
+    json_t *key = json_pack("[{s:s,s:s}]", "id", "k", "secret", "placeholder-of-set-pool");
+    if (!p || !key) {
+        json_decref(p);
+        json_decref(key);
+        return km__cfg_err(c, KM_ENOMEM, "out of memory");
+    }
+    json_t *lim = json_object_get(root, "limits");
+    json_t *bud = json_object_get(root, "budget");
+    json_object_del(p, "limits"); /* parsed below: null removes a window */
+    if (bud && json_is_null(bud))
+        json_object_del(p, "budget"); /* no budget any more */
+    json_object_set_new(p, "name", json_string("set"));
+    json_object_set_new(p, "keys", key);
+    json_object_set_new(p, "model_limits",
+                        json_string(j->cur->model_mode == KM_MODELS_PER_MODEL ? "per_model" : "global"));
+    if (!json_object_get(p, "cooldown_s"))
+        json_object_set_new(p, "cooldown_s", json_integer(j->cur->cooldown_s));
+    if (!json_object_get(p, "max_cooldown_s"))
+        json_object_set_new(p, "max_cooldown_s", json_integer(j->cur->max_cooldown_s));
+    if (!json_object_get(p, "max_failures"))
+        json_object_set_new(p, "max_failures", json_integer(j->cur->max_failures));
+    if (!json_object_get(p, "models") && j->cur->model_mode == KM_MODELS_PER_MODEL)
+        json_object_set_new(p, "model_limits", json_string("global")); /* models untouched */
+    km__pool_cfg pc;
+    km__key_cfg kc;
+    memset(&pc, 0, sizeof pc);
+    pc.n_keys = 1;
+    rc = km__cfg_parse_pool(c, p, 0, &pc, &kc);
+    json_decref(p);
+    explicit_bzero(&kc, sizeof kc);
+    if (rc == KM_OK && pc.n_models > KM_MODELS_MAX)
+        rc = km__cfg_err(c, KM_ECONFIG, "models: more than %d", KM_MODELS_MAX);
+    if (rc == KM_OK) {
+        km__pstage *s = &o->stage;
+        s->strategy = (uint32_t)pc.strategy;
+        s->cooldown_s = pc.cooldown_s;
+        s->max_cooldown_s = pc.max_cooldown_s;
+        s->max_failures = pc.max_failures;
+        s->budget_microusd = pc.budget_microusd;
+        s->budget_hard = (uint32_t)pc.budget_hard;
+        s->budget_period = (uint32_t)pc.budget_period;
+        s->budget_tz_min = pc.budget_tz_min;
+        s->set = (json_object_get(root, "strategy") ? KM__PSET_STRATEGY : 0) |
+                 (json_object_get(root, "cooldown_s") ? KM__PSET_COOLDOWN : 0) |
+                 (json_object_get(root, "max_cooldown_s") ? KM__PSET_MAX_COOLDOWN : 0) |
+                 (json_object_get(root, "max_failures") ? KM__PSET_MAX_FAILURES : 0) |
+                 (bud ? KM__PSET_BUDGET : 0);
+        o->n_models = mo ? pc.n_models : 0;
+        for (uint32_t i = 0; i < o->n_models; i++)
+            o->models[i] = pc.models[i];
+    }
+    free(pc.models);
+    if (rc != KM_OK || !lim)
+        return rc;
+    limits_job lj = {o->limits, &o->win_set};
+    return limits_job_run(c, lim, &lj);
+}
+
+int km__config_parse_pool_set(const char *json, const km__pool *cur, uint32_t cap_inflight,
+                              km__pool_setcfg *out, char *errbuf, size_t errlen)
+{
+    km__cfg_ctx c = {"settings", errbuf, errlen, cap_inflight, NULL};
+    pool_set_job j = {cur, out};
+    memset(out, 0, sizeof *out);
+    int rc = parse_one(&c, json, pool_set_run, &j);
+    json_decref(c.presets);
+    return rc;
+}

@@ -98,62 +98,96 @@ int km__cmp_price(const void *a, const void *b, void *keys)
     return i < j ? -1 : (i > j); /* by index among equals: stable */
 }
 
+/* Write pool row p's settings and models from pc (at creation; and by
+ * km_pool_add on a row no acquire reaches: state ADDING).  Its member
+ * lists, state and counters are the caller's. */
+void km__pool_write(km_env *e, uint32_t p, const km__pool_cfg *pc)
+{
+    km__pool *pool = &km__pools(e)[p];
+    km__model *md = km__models(e, p);
+
+    memcpy(pool->name, pc->name, sizeof(pool->name));
+    pool->strategy = (uint32_t)pc->strategy;
+    for (int w = 0; w < KM_WIN_COUNT; w++) {
+        pool->def_limit[w] = pc->defaults.limits[w].limit;
+        pool->def_burst[w] = pc->defaults.limits[w].burst;
+        pool->def_mode[w] = (uint8_t)pc->defaults.limits[w].mode;
+    }
+    pool->def_max_inflight = pc->defaults.max_inflight;
+    pool->def_price_in = pc->defaults.price_in;
+    pool->def_price_out = pc->defaults.price_out;
+    pool->cooldown_s = pc->cooldown_s;
+    pool->max_cooldown_s = pc->max_cooldown_s;
+    pool->max_failures = pc->max_failures;
+    pool->model_mode = (uint32_t)pc->model_mode;
+    pool->n_models = pc->n_models;
+    pool->budget_microusd = pc->budget_microusd;
+    pool->budget_hard = (uint32_t)pc->budget_hard;
+    pool->budget_period = (uint32_t)pc->budget_period;
+    pool->budget_tz_min = pc->budget_tz_min;
+    km__spend_init(&pool->spend, pool->budget_period, pool->budget_tz_min, km__wall_ns());
+    /* Every row: a reused pool row's models, or the names its requests
+     * gave (a pool without a models list), are not the new pool's. */
+    memset(md, 0, (size_t)e->geom.cap_models * sizeof(*md));
+    for (uint32_t i = 0; i < pc->n_models; i++)
+        km__model_write(&md[i], &pc->models[i]);
+}
+
+/* Model row md from mc (a row no acquire reaches, or at creation). */
+void km__model_write(km__model *md, const km__model_cfg *mc)
+{
+    memcpy(md->name, mc->name, sizeof(md->name));
+    md->hash = km__fnv32_str(md->name);
+    km__model_limits_write(md, mc->limits);
+}
+
+/* A model's limit parameters (set-pool, behind its keys' updating flags). */
+uint32_t km__model_limits_write(km__model *md, const km__limit_cfg *lc)
+{
+    md->win_mask = limits_init(lc, md->emission_ns, md->tau_ns, md->limit, md->burst, md->mode);
+    md->min_tok_burst = min_tok_burst(md->win_mask, md->burst);
+    return md->win_mask;
+}
+
+/* A key's own limits of its pool's models, from kc (a row no reader
+ * reaches, own_models 0): each model row, then its bit. */
+void km__key_own_write(km_env *e, km__key *k, uint32_t ki, const km__key_cfg *kc, uint32_t n_models)
+{
+    for (uint32_t o = 0; o < kc->n_own; o++) {
+        const km__own_cfg *oc = &kc->own[o];
+        if (oc->model >= n_models || oc->model >= e->geom.cap_models)
+            continue; /* the parser named only listed models */
+        km__mwin_limits_write(&km__mwins(e, ki)[oc->model], oc->limits, oc->own_set);
+        k->own_models |= UINT64_C(1) << oc->model;
+    }
+}
+
 void km__pool_init(km_env *e, const km_config *cfg)
 {
     km__hdr *h = e->seg.hdr;
     km__key *keys = km__keys(e);
 
+    /* Pool rows in use: those below n_pools (more are added live, up to
+     * cap_pools); the handle addresses every row (src/attach.c). */
     h->n_pools = cfg->n_pools;
-    e->geom.n_pools = cfg->n_pools;
+    e->geom.n_pools = e->geom.cap_pools;
     h->n_keys = cfg->n_keys;
     for (uint32_t p = 0; p < cfg->n_pools; p++) {
         const km__pool_cfg *pc = &cfg->pools[p];
         km__pool *pool = &km__pools(e)[p];
         km__member *m = km__members(e, p, 0);
-        km__model *md = km__models(e, p);
         uint64_t cum = 0;
 
-        memcpy(pool->name, pc->name, sizeof(pool->name));
-        pool->strategy = (uint32_t)pc->strategy;
+        km__pool_write(e, p, pc);
+        pool->state = KM__PST_LIVE;
         pool->view[0].n_keys = pc->n_keys;
-        for (int w = 0; w < KM_WIN_COUNT; w++) {
-            pool->def_limit[w] = pc->defaults.limits[w].limit;
-            pool->def_burst[w] = pc->defaults.limits[w].burst;
-            pool->def_mode[w] = (uint8_t)pc->defaults.limits[w].mode;
-        }
-        pool->def_max_inflight = pc->defaults.max_inflight;
-        pool->def_price_in = pc->defaults.price_in;
-        pool->def_price_out = pc->defaults.price_out;
-        pool->cooldown_s = pc->cooldown_s;
-        pool->max_cooldown_s = pc->max_cooldown_s;
-        pool->max_failures = pc->max_failures;
-        pool->model_mode = (uint32_t)pc->model_mode;
-        pool->n_models = pc->n_models;
-        pool->budget_microusd = pc->budget_microusd;
-        pool->budget_hard = (uint32_t)pc->budget_hard;
-        pool->budget_period = (uint32_t)pc->budget_period;
-        pool->budget_tz_min = pc->budget_tz_min;
-        km__spend_init(&pool->spend, pool->budget_period, pool->budget_tz_min, km__wall_ns());
-        for (uint32_t i = 0; i < pc->n_models; i++) {
-            memcpy(md[i].name, pc->models[i].name, sizeof(md[i].name));
-            md[i].hash = km__fnv32_str(md[i].name);
-            md[i].win_mask = limits_init(pc->models[i].limits, md[i].emission_ns,
-                                             md[i].tau_ns, md[i].limit, md[i].burst, md[i].mode);
-            md[i].min_tok_burst = min_tok_burst(md[i].win_mask, md[i].burst);
-        }
         for (uint32_t j = 0; j < pc->n_keys; j++) {
             uint32_t ki = pc->first_key + j;
             const km__key_cfg *kc = &cfg->keys[ki];
             km__key *k = &keys[ki];
 
             km__key_write(e, k, p, kc);
-            for (uint32_t o = 0; o < kc->n_own; o++) {
-                const km__own_cfg *oc = &kc->own[o];
-                if (oc->model >= pc->n_models || oc->model >= e->geom.cap_models)
-                    continue; /* the parser named only listed models */
-                km__mwin_limits_write(&km__mwins(e, ki)[oc->model], oc->limits, oc->own_set);
-                k->own_models |= UINT64_C(1) << oc->model;
-            }
+            km__key_own_write(e, k, ki, kc, pc->n_models);
             k->state = KM__ST_ACTIVE;
             k->gen = 1;
             cum += k->weight;

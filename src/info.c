@@ -90,7 +90,7 @@ KM_EXTERN int km_info_get(km_env *e, km_info *out)
     out->cap_procs = e->geom.cap_procs;
     out->cap_inflight = e->geom.cap_inflight;
     out->n_keys = h->n_keys;
-    out->n_pools = e->geom.n_pools;
+    out->n_pools = km__pools_used(e); /* an index bound: see km_info */
     out->n_procs = ck_pr_load_32(&h->n_procs);
     out->size_bytes = h->seg_size;
     out->created_wall_ns = h->created_wall_ns;
@@ -101,9 +101,16 @@ KM_EXTERN int km_pool_find(km_env *e, const char *name)
 {
     if (!e || !name)
         return KM_EINVAL;
-    for (uint32_t p = 0; p < e->geom.n_pools; p++)
+    /* Live pools only: a removed pool's row keeps its name, and a pool
+     * being added is not one yet.  The state before the name (pairs with
+     * the writer's release store of LIVE, src/reconfig.c). */
+    for (uint32_t p = 0; p < e->geom.cap_pools; p++) {
+        if (!km__pool_live(e, (int)p))
+            continue;
+        ck_pr_fence_load();
         if (strncmp(km__pools(e)[p].name, name, KM_ID_MAX + 1) == 0)
             return (int)p;
+    }
     return KM_ENOPOOL;
 }
 
@@ -127,7 +134,7 @@ KM_EXTERN int km_pool_info_get(km_env *e, int pool, km_pool_info *out)
 {
     if (!e || !out)
         return KM_EINVAL;
-    if (pool < 0 || (uint32_t)pool >= e->geom.n_pools)
+    if (!km__pool_live(e, pool))
         return KM_ENOPOOL;
     const km__pool *p = &km__pools(e)[pool];
     memset(out, 0, sizeof(*out));
@@ -151,7 +158,7 @@ KM_EXTERN int km_pool_key(km_env *e, int pool, int i)
 {
     if (!e)
         return KM_EINVAL;
-    if (pool < 0 || (uint32_t)pool >= e->geom.n_pools)
+    if (!km__pool_live(e, pool))
         return KM_ENOPOOL;
     const km__pool *p = &km__pools(e)[pool];
     uint32_t b = ck_pr_load_32(&p->cur) & 1;
@@ -239,7 +246,7 @@ KM_EXTERN int km_key_find(km_env *e, int pool, const char *id)
 {
     if (!e || !id)
         return KM_EINVAL;
-    if (pool < 0 || (uint32_t)pool >= e->geom.n_pools)
+    if (!km__pool_live(e, pool))
         return KM_ENOPOOL;
     lookup q = {match_id, id, 0};
     return find_member(e, (uint32_t)pool, &q);
@@ -265,7 +272,7 @@ KM_EXTERN int km_key_find_secret(km_env *e, int pool, const char *secret)
 {
     if (!e || !secret)
         return KM_EINVAL;
-    if (pool < 0 || (uint32_t)pool >= e->geom.n_pools)
+    if (!km__pool_live(e, pool))
         return KM_ENOPOOL;
     size_t len = strnlen(secret, KM_SECRET_MAX + 1);
     if (len == 0 || len > KM_SECRET_MAX)
@@ -336,7 +343,7 @@ KM_EXTERN int km_model_info_get(km_env *e, int pool, int i, int key,
 {
     if (!e)
         return KM_EINVAL;
-    if (pool < 0 || (uint32_t)pool >= e->geom.n_pools)
+    if (!km__pool_live(e, pool))
         return KM_ENOPOOL;
     const km__pool *p = &km__pools(e)[pool];
     if (i < 0 || (uint32_t)i >= p->n_models || (uint32_t)i >= e->geom.cap_models)
@@ -384,7 +391,7 @@ KM_EXTERN int km_model_own_get(km_env *e, int pool, int i, int key, uint32_t *wi
 
 uint32_t km__model_rows(km_env *e, int pool)
 {
-    if (!e || pool < 0 || (uint32_t)pool >= e->geom.n_pools)
+    if (!e || !km__pool_live(e, pool))
         return 0;
     const km__pool *p = &km__pools(e)[pool];
     if (p->n_models)
@@ -400,7 +407,7 @@ uint32_t km__model_rows(km_env *e, int pool)
 int km__model_row_read(km_env *e, int pool, int row, int key, char name[KM_ID_MAX + 1],
                        km_stats_counters *c)
 {
-    if (!e || pool < 0 || (uint32_t)pool >= e->geom.n_pools)
+    if (!e || !km__pool_live(e, pool))
         return KM_ENOPOOL;
     if (row < 0 || (uint32_t)row >= km__model_rows(e, pool))
         return KM_ENOMODEL;

@@ -29,7 +29,10 @@
  * before they are published and read plainly after: by creation before the
  * magic (km__seg_publish), by the epoch protocol (a key row reused, a member
  * list replaced: shm/epoch.c), or behind a key's `updating` flag (limits
- * rewritten: src/reconfig.c).  A single-word load (state, cooldown_until, a
+ * rewritten: src/reconfig.c).  A pool's strategy, cooldowns, failure
+ * threshold and budget words change live (km_pool_set): single words,
+ * stored and loaded with ck_pr, each read as old or new.  A single-word
+ * load (state, cooldown_until, a
  * limit word, an in-flight flag) needs no ordering of its own: a stale
  * value can only steer a choice, and every choice is decided by a locked
  * read-modify-write that sees the current value.  Where one write must be
@@ -277,6 +280,23 @@ static inline km__wrow *km__wrows(const km_env *e, uint32_t slot)
                                            (uint64_t)slot * km__wrow_stride(e->geom.cap_pools));
 }
 
+/* Does pool index `pool` name a pool now (state LIVE)?  Pools are added
+ * and removed live: an index below cap_pools may name a free or removed
+ * row.  An acquire re-checks inside its epoch section (src/acquire.c); a
+ * reader of statistics takes the answer as of its call. */
+static inline int km__pool_live(const km_env *e, int pool)
+{
+    return pool >= 0 && (uint32_t)pool < e->geom.cap_pools &&
+           ck_pr_load_32(&km__pools(e)[pool].state) == KM__PST_LIVE;
+}
+/* Pool rows ever used (the header's n_pools, under cap_pools): every pool
+ * index below it may name a pool, none above. */
+static inline uint32_t km__pools_used(const km_env *e)
+{
+    uint32_t n = ck_pr_load_32(&e->seg.hdr->n_pools);
+    return n < e->geom.cap_pools ? n : e->geom.cap_pools;
+}
+
 /* The intent record in the header (src/layout.h). */
 static inline km__intent *km__intent_of(const km_env *e)
 {
@@ -337,6 +357,15 @@ uint32_t km__key_limits_write(km__key *k, const km__limit_cfg *lc);
 void km__mwin_limits_write(km__mwin *mw, const km__limit_cfg *lc, uint32_t own_set);
 /* Write the pools, member lists, models and keys of a new segment. */
 void km__pool_init(km_env *env, const km_config *cfg);
+/* Pool row p's settings and models (every model row of it rewritten), from
+ * pc: at creation, and by km_pool_add on a row in state ADDING. */
+void km__pool_write(km_env *e, uint32_t p, const km__pool_cfg *pc);
+/* A key's own limits of its pool's n_models models (a configuration's
+ * keys[i].models), on a row no reader reaches. */
+void km__key_own_write(km_env *e, km__key *k, uint32_t ki, const km__key_cfg *kc, uint32_t n_models);
+/* A model row's name and limits; its limit parameters alone. */
+void km__model_write(km__model *md, const km__model_cfg *mc);
+uint32_t km__model_limits_write(km__model *md, const km__limit_cfg *lc);
 /* qsort_r comparator of key indices by price (input + output, per 1000
  * tokens), then index; the context is the segment's key rows (km__keys).
  * The price order of a pool's member list (km__member.by_cost). */
@@ -461,6 +490,23 @@ int km__config_parse_key(const char *json, const km__pool_defaults *pd,
  * *set: bit w given (with a limit or null). */
 int km__config_parse_limits(const char *json, km__limit_cfg out[KM_WIN_COUNT],
                             uint32_t *set, char *errbuf, size_t errlen);
+/* src/config.c: one pool object (an element of a configuration's "pools")
+ * for km_pool_add, as the only pool of a configuration with the segment's
+ * capacities (geom); *out is the caller's to free (km_config_free). */
+int km__config_parse_pool(const char *json, const km__hdr *geom, km_config **out,
+                          char *errbuf, size_t errlen);
+/* The settings of km_pool_set: those given (stage.set), the windows of
+ * "limits" (win_set; null removes), and the models named with their limits
+ * (to change, or to append). */
+typedef struct km__pool_setcfg {
+    km__pstage stage;
+    uint32_t win_set;
+    km__limit_cfg limits[KM_WIN_COUNT];
+    uint32_t n_models;
+    km__model_cfg models[KM_MODELS_MAX];
+} km__pool_setcfg;
+int km__config_parse_pool_set(const char *json, const km__pool *cur, uint32_t cap_inflight,
+                              km__pool_setcfg *out, char *errbuf, size_t errlen);
 /* src/config_pool.c: one API key, one entry.  km__secret_eq: 1 if the two
  * secrets are equal, compared in constant time (every byte up to
  * KM_SECRET_MAX is read).  km__config_secret_dup: 1 if two of keys[0..n)

@@ -96,6 +96,26 @@ _Static_assert(sizeof(km__spend) == 32 && _Alignof(km__spend) == 16 &&
                    offsetof(km__spend, spent) == 8,
                "km__spend: (end_ns, spent) one 16-byte CAS pair");
 
+/* The life of a pool row (km__pool.state).  FREE: never used (zeroed at
+ * creation).  ADDING: being written by km_pool_add (unreachable).  LIVE.
+ * REMOVING: km_pool_remove waits for its leases (acquires refused; back to
+ * LIVE if they do not come back in time).  REMOVED: its keys retired; the
+ * row is written again for another pool once no key row names it. */
+enum { KM__PST_FREE = 0, KM__PST_ADDING, KM__PST_LIVE, KM__PST_REMOVING, KM__PST_REMOVED };
+
+/* A km_pool_set's settings, staged in the pool row (km__pool.stage): which
+ * are given (KM__PSET_* bits) and their values. */
+enum { KM__PSET_STRATEGY = 1, KM__PSET_COOLDOWN = 2, KM__PSET_MAX_COOLDOWN = 4,
+       KM__PSET_MAX_FAILURES = 8, KM__PSET_BUDGET = 16 };
+typedef struct km__pstage {
+    uint32_t set;
+    uint32_t strategy, cooldown_s, max_cooldown_s, max_failures;
+    uint32_t budget_hard, budget_period;
+    int32_t budget_tz_min;
+    uint64_t budget_microusd;
+} km__pstage;
+_Static_assert(sizeof(km__pstage) == 40, "km__pstage size");
+
 /* One published member list of a pool: its length and the figures derived
  * from it.  A pool has two (see km__pool.cur). */
 typedef struct km__pview {
@@ -107,9 +127,12 @@ typedef struct km__pview {
 _Static_assert(sizeof(km__pview) == 24, "km__pview size");
 
 typedef struct km__pool {
-    /* lines 0-1: configuration, written once at creation, and the reserve
-     * (below), written only while a waiter starves.  (Round robin keeps
-     * its cursor per thread: no word here is written per acquire.) */
+    /* lines 0-1: configuration, written at creation or by km_pool_add on
+     * a row no acquire reads; strategy, cooldowns, max_failures and the
+     * budget's words stored one by one by km_pool_set (src/reconfig.c,
+     * "Pools"); the reserve (below), written only while a waiter starves;
+     * the row's state.  (Round robin keeps its cursor per thread: no word
+     * here is written per acquire.) */
     char name[KM_ID_MAX + 1];
     uint32_t strategy;
     uint32_t cooldown_s, max_cooldown_s, max_failures;
@@ -127,7 +150,12 @@ typedef struct km__pool {
     uint32_t reserve_key;
     uint64_t reserve;
     uint64_t reserve_until;
-    uint8_t pad2b[KM__LINE - 56];
+    /* The pool row's life (KM__PST_*, src/reconfig.c "Pools"): only a LIVE
+     * pool is found by name or handed out.  Read inside every acquire's
+     * epoch section, in this line it reads anyway; written only by the
+     * holder of the admin lock. */
+    uint32_t state;
+    uint8_t pad2b[KM__LINE - 60];
     /* line 2: blocking acquire.  `wake_seq` is the futex word: a sleeper
      * reads it, counts itself in `waiters`, re-checks, and sleeps while it
      * is unchanged; a waker bumps it and calls FUTEX_WAKE only if `waiters`
@@ -159,7 +187,8 @@ typedef struct km__pool {
     km__pview view[2];
     uint64_t flip_epoch;
     /* lines 5-7: defaults for keys added later (the pool's own limits,
-     * prices and max_inflight, as configured); written at creation. */
+     * prices and max_inflight, as configured); written at creation, the
+     * limits also by km_pool_set (read only under the admin lock). */
     uint64_t def_limit[KM_WIN_COUNT];
     uint64_t def_burst[KM_WIN_COUNT];
     uint8_t def_mode[KM_WIN_COUNT];
@@ -167,7 +196,12 @@ typedef struct km__pool {
     uint32_t def_max_inflight;
     uint32_t pad7;
     uint64_t def_price_in, def_price_out;
-    uint8_t pad8[3 * KM__LINE - 96 - 8 - 8 - 16];
+    /* line 7, after the defaults: the settings a km_pool_set writes, staged
+     * here under the admin lock before its intent is recorded, so that the
+     * recovery of a writer killed part-way writes them again (the intent
+     * has no room for them; src/reconfig.c). */
+    km__pstage stage;
+    uint8_t pad8[3 * KM__LINE - 96 - 8 - 8 - 16 - sizeof(km__pstage)];
 } km__pool;
 _Static_assert(offsetof(km__pool, reserve_key) == KM__LINE + 36 &&
                    offsetof(km__pool, reserve) == KM__LINE + 40 &&
@@ -183,6 +217,9 @@ _Static_assert(offsetof(km__pool, cur) == 4 * KM__LINE, "pool member-list line")
 _Static_assert(offsetof(km__pool, flip_epoch) + 8 == 5 * KM__LINE, "member-list line full");
 _Static_assert(offsetof(km__pool, def_limit) == 5 * KM__LINE, "pool defaults lines");
 _Static_assert(sizeof(km__pool) == 8 * KM__LINE, "km__pool size");
+_Static_assert(offsetof(km__pool, state) / KM__LINE == offsetof(km__pool, strategy) / KM__LINE,
+               "the pool's state shares the line every acquire reads");
+_Static_assert(offsetof(km__pool, stage) == 7 * KM__LINE, "the staged settings after the defaults");
 
 /* A model of a pool: its name and, in a per_model pool, the limits that
  * apply to it on each key.  Written at creation.  In a pool without a
@@ -558,7 +595,11 @@ _Static_assert(sizeof(km__uev) == KM__LINE, "usage event: one line");
  * slot (kmctl has none), and a tag could be freed and reused before the
  * intent is resolved. */
 enum { KM__OP_NONE = 0, KM__OP_ADD, KM__OP_REMOVE, KM__OP_WEIGHT, KM__OP_LIMITS,
-       KM__OP_ENABLE, KM__OP_DISABLE, KM__OP_MLIMITS, KM__OP_COUNT };
+       KM__OP_ENABLE, KM__OP_DISABLE, KM__OP_MLIMITS,
+       /* pools (issue 18): add, remove, set (staged settings), the limits of
+        * every key of a pool or of one of its models, a model appended */
+       KM__OP_POOL_ADD, KM__OP_POOL_REMOVE, KM__OP_POOL_SET, KM__OP_POOL_LIMITS,
+       KM__OP_MODEL_ADD, KM__OP_COUNT };
 typedef struct km__intent {
     /* line 0 */
     uint32_t op;          /* KM__OP_*; 0: no reconfiguration in progress */
@@ -567,8 +608,11 @@ typedef struct km__intent {
     uint32_t key;         /* the key row it changes */
     uint64_t start_time;  /* the writer's start time (shm/proc.c) */
     uint32_t pool;        /* the pool whose member list it rebuilds */
-    uint32_t cur;         /* set-weight: that pool's cur before its rebuild */
-    uint32_t old_weight;  /* set-weight: the key's weight before */
+    uint32_t cur;         /* set-weight: that pool's cur before its rebuild;
+                           * pool limits: the model's index + 1, 0 for the
+                           * keys' own windows; model add: n_models before */
+    uint32_t old_weight;  /* set-weight: the key's weight before; pool
+                           * limits: the windows given (bit per window) */
     uint32_t rescaled;    /* set-limits: windows whose debt is carried over */
     uint64_t recovered;   /* reconfigurations finished or undone for a dead
                            * writer, since creation */
@@ -830,6 +874,8 @@ static inline uint64_t km__layout_signature(void)
         offsetof(km__key, credit), offsetof(km__key, fleet_mask), sizeof(km__fhdr),
         sizeof(km__fkey), offsetof(km__fkey, fb_seq), offsetof(km__fkey, a_last),
         offsetof(km__lease, tokens_est), offsetof(km__hdr, off_fleet),
+        /* Pools added, changed and removed live (issue 18, item 1). */
+        offsetof(km__pool, state), offsetof(km__pool, stage), sizeof(km__pstage),
         0x0102030405060708ull /* byte order */
     };
     return km__fnv64_bytes(KM__FNV64_INIT, v, sizeof v);

@@ -32,6 +32,10 @@ static void abandon(km_env *e, uint32_t ki, km__key *k, km__lease *ls, uint32_t 
         km__settle(e, ki, k, ls, &lv, lv.tokens);
         km__usage_put(e, km__rd_holds_row1(&e->seg), ki, lv.key_gen, k->pool, lv.model, lv.start_ns,
                       lv.tokens, -1, KM__OUT_ABANDONED);
+    } else {
+        /* Its pool was removed with the lease out (km_release's stale
+         * case): the reservation given back, nothing charged. */
+        km__settle(e, ki, k, ls, &lv, 0);
     }
     /* A probe that will never report lets the next one go; any other
      * lease of the key ends no probe (src/layout.h, km__key.probe). */

@@ -1,7 +1,8 @@
 /*
  * src/reconfig.c - live reconfiguration: add, remove, re-weight keys, change
- * their limits and their operator state while workers acquire and release;
- * and the recovery of a reconfiguration whose writer died.
+ * their limits and their operator state; add, change and remove pools; all
+ * while workers acquire and release; and the recovery of a reconfiguration
+ * whose writer died.
  *
  * Writers serialise on the admin lock, a robust process-shared mutex in the
  * segment header; acquire and release never take it.  What a running
@@ -90,6 +91,35 @@
  * this way.  A dead holder's thread id reused by a new thread keeps the
  * lock held until that thread exits (conservative: never a second holder).
  *
+ * Pools.  A pool row has a state (KM__PST_*, src/layout.h) that every
+ * acquire loads inside its epoch section, before any other word of the
+ * pool; km_pool_find and the readers see only LIVE pools.
+ *   add        The row (FREE, or REMOVED with every key row naming it
+ *              reusable and a grace period past its removal) goes ADDING,
+ *              is written with its keys' rows and a member list (nobody
+ *              reads it), and the release store of LIVE is the commit
+ *              point.  Undone (ADDING): every key row naming it FREE, lists
+ *              empty, the row FREE.
+ *   remove     REMOVING (a full barrier: acquires refused), a grace period
+ *              (every acquire that saw LIVE has its lease in a slot), then
+ *              a wait for the pool's lease slots to free.  Past it (step
+ *              SYNCED, the commit point) REMOVED, its keys retired and
+ *              their generation moved on (a lease still out, KM_POOL_FORCE,
+ *              is released stale, its reservation given back), the list
+ *              emptied.  Before it, undone: LIVE again.
+ *   set        Settings are staged in the pool row (km__pool.stage) before
+ *              the intent, then stored word by word (step PUBLISH: redone
+ *              from the stage).  Limits of every key, or of a model, are
+ *              changed as set-limits changes a key's: every key's updating
+ *              flag, one grace period (step SYNCED), then key by key in row
+ *              order, the key in progress and what its rescale needs in the
+ *              intent before its first store, its flag cleared last (a key
+ *              with its flag clear is done); before SYNCED, undone (flags
+ *              cleared).  A model is appended in a row past n_models, and
+ *              the store of n_models + 1 is the commit point.
+ * A writer's call returns after a full fence: an acquire that starts after
+ * it loads the new state and settings.
+ *
  * Fault injection.  KM__FAULT(label) marks every point between two shared
  * stores of a writer and of the recovery; a build with -DKM_FAULT_INJECTION
  * (tests/t_fault.c) calls a hook there that kills the process at the n-th
@@ -111,6 +141,7 @@
 
 #include <ck_pr.h>
 
+#include "budget.h"
 #include "gcra.h"
 #include "internal.h"
 #include "wait.h"
@@ -277,31 +308,21 @@ static int grace(km_env *e, uint64_t epoch)
     return km__epoch_sync(&e->seg, km__admin_timeout(e));
 }
 
-/* Publish a new member list for pool p: the current one without keys that
- * are removed, plus `add` (a key index, or UINT32_MAX for none), with
- * running weights and the price order recomputed.  KM_EBUSY if the spare
- * list is still in its grace period and the wait timed out. */
-static int list_publish(km_env *e, uint32_t p, uint32_t add)
+/* Write member list nb of pool p (and its view) from the key rows
+ * cand[0..nc) that are not FREE or REMOVED, in that order, with running
+ * weights and the price order.  The list must be one no reader uses. */
+static int list_fill(km_env *e, uint32_t p, uint32_t nb, const uint32_t *cand, uint32_t nc)
 {
-    km__hdr *h = e->seg.hdr;
     km__pool *pool = &km__pools(e)[p];
     km__key *keys = km__keys(e);
-    uint32_t b = ck_pr_load_32(&pool->cur) & 1, nb = b ^ 1, n = 0;
-    int rc = grace(e, ck_pr_load_64(&pool->flip_epoch));
-    if (rc != KM_OK)
-        return rc;
-    KM__FAULT("publish.graced");
-
-    const km__member *src = km__members(e, p, b);
     km__member *dst = km__members(e, p, nb);
-    uint32_t sn = (uint32_t)(ck_pr_load_32(&pool->view[b].n_keys) < e->geom.cap_keys
-                                 ? ck_pr_load_32(&pool->view[b].n_keys) : e->geom.cap_keys);
-    uint32_t *order = malloc(((size_t)sn + 1) * sizeof(uint32_t));
+    uint32_t *order = malloc(((size_t)nc + 1) * sizeof(uint32_t));
     uint64_t cum = 0;
+    uint32_t n = 0;
     if (!order)
         return KM_ENOMEM;
-    for (uint32_t i = 0; i <= sn; i++) {
-        uint32_t ki = i < sn ? src[i].key : add;
+    for (uint32_t i = 0; i < nc; i++) {
+        uint32_t ki = cand[i];
         if (ki >= e->geom.cap_keys || ck_pr_load_32(&keys[ki].state) >= KM__ST_FREE)
             continue;
         cum += keys[ki].weight;
@@ -320,6 +341,36 @@ static int list_publish(km_env *e, uint32_t p, uint32_t add)
     pool->view[nb].n_keys = n;
     pool->view[nb].total_weight = cum;
     pool->view[nb].rr_magic = km__rr_magic(n);
+    return KM_OK;
+}
+
+/* Publish a new member list for pool p: the current one without keys that
+ * are removed, plus `add` (a key index, or UINT32_MAX for none), with
+ * running weights and the price order recomputed.  KM_EBUSY if the spare
+ * list is still in its grace period and the wait timed out. */
+static int list_publish(km_env *e, uint32_t p, uint32_t add)
+{
+    km__hdr *h = e->seg.hdr;
+    km__pool *pool = &km__pools(e)[p];
+    uint32_t b = ck_pr_load_32(&pool->cur) & 1, nb = b ^ 1;
+    int rc = grace(e, ck_pr_load_64(&pool->flip_epoch));
+    if (rc != KM_OK)
+        return rc;
+    KM__FAULT("publish.graced");
+
+    const km__member *src = km__members(e, p, b);
+    uint32_t sn = (uint32_t)(ck_pr_load_32(&pool->view[b].n_keys) < e->geom.cap_keys
+                                 ? ck_pr_load_32(&pool->view[b].n_keys) : e->geom.cap_keys);
+    uint32_t *cand = malloc(((size_t)sn + 1) * sizeof(uint32_t));
+    if (!cand)
+        return KM_ENOMEM;
+    for (uint32_t i = 0; i < sn; i++)
+        cand[i] = src[i].key;
+    cand[sn] = add;
+    rc = list_fill(e, p, nb, cand, sn + 1);
+    free(cand);
+    if (rc != KM_OK)
+        return rc;
     KM__FAULT("publish.filled");
     /* The list and its view before `cur` (pairs with the acquire load in
      * acquire_in); then the epoch at which the old list stopped being
@@ -537,7 +588,7 @@ KM_EXTERN int km_key_add(km_env *e, int pool, const char *key_json, char *errbuf
         errbuf[0] = '\0';
     if (!e || !key_json)
         return KM_EINVAL;
-    if (pool < 0 || (uint32_t)pool >= e->geom.n_pools)
+    if (!km__pool_live(e, pool))
         return KM_ENOPOOL;
     uint32_t p = (uint32_t)pool;
     km__pool_defaults pd;
@@ -553,6 +604,10 @@ KM_EXTERN int km_key_add(km_env *e, int pool, const char *key_json, char *errbuf
     }
     if ((rc = km__admin_lock(e)) != KM_OK)
         goto out;
+    if (!km__pool_live(e, pool)) { /* removed meanwhile (pools: under the lock) */
+        rc = KM_ENOPOOL;
+        goto unlock;
+    }
 
     km__key *keys = km__keys(e);
     for (uint32_t i = 0; i < e->geom.cap_keys; i++) {
@@ -1012,6 +1067,555 @@ int km__key_set_state(km_env *e, int key, int state, int note)
     return KM_OK;
 }
 
+/* ---------------------------------------------------------------- pools */
+
+/* Is row ki a key of pool p (any state but FREE; live: not REMOVED)? */
+static int key_of_pool(km_env *e, uint32_t ki, uint32_t p, int live)
+{
+    const km__key *k = &km__keys(e)[ki];
+    uint32_t st = ck_pr_load_32(&k->state);
+    return k->pool == p && st != KM__ST_FREE && (!live || st < KM__ST_FREE);
+}
+
+/* Lease slots held on the keys of pool p (removed keys' included). */
+static uint32_t pool_leases(km_env *e, uint32_t p)
+{
+    uint32_t n = 0;
+    for (uint32_t ki = 0; ki < e->geom.cap_keys; ki++) {
+        if (!key_of_pool(e, ki, p, 0))
+            continue;
+        const km__lease *ls = km__leases(e, ki);
+        for (uint32_t s = 0; s < e->geom.cap_inflight; s++)
+            n += ck_pr_load_64(&ls[s].owner) != 0;
+    }
+    return n;
+}
+
+/* May pool row q be written for a new pool?  FREE; or REMOVED with every
+ * key row that names it reusable (row_reusable) and a grace period past
+ * since its removal (flip_epoch), so that no acquire still reads its
+ * settings.  *waiting: a removed row that a grace period, or its leases
+ * coming back, may free. */
+static int pool_row_reusable(km_env *e, uint32_t q, const uint8_t *listed, int *waiting,
+                             int *lingering)
+{
+    const km__pool *pl = &km__pools(e)[q];
+    uint32_t st = ck_pr_load_32(&pl->state);
+    if (st == KM__PST_FREE)
+        return 1;
+    if (st != KM__PST_REMOVED)
+        return 0;
+    *waiting = 1;
+    if (ck_pr_load_64(&pl->flip_epoch) >= ck_pr_load_64(&e->seg.hdr->synced))
+        return 0;
+    for (uint32_t ki = 0; ki < e->geom.cap_keys; ki++)
+        if (key_of_pool(e, ki, q, 0) && !row_reusable(e, ki, listed, lingering))
+            return 0;
+    return 1;
+}
+
+/* Undo a pool add that did not reach LIVE: its key rows (unreachable: no
+ * live pool lists them) back to FREE, the row FREE. */
+static void pool_add_undo(km_env *e, uint32_t p)
+{
+    km__pool *pl = &km__pools(e)[p];
+    if (ck_pr_load_32(&pl->state) != KM__PST_ADDING)
+        return; /* LIVE: done; FREE or REMOVED: nothing written yet */
+    for (uint32_t ki = 0; ki < e->geom.cap_keys; ki++)
+        if (key_of_pool(e, ki, p, 0)) {
+            row_free(e, ki);
+            KM__FAULT("recover.pooladd.row");
+        }
+    /* Its lists named those rows: empty (nobody reads a FREE pool's). */
+    ck_pr_store_32(&pl->view[0].n_keys, 0);
+    ck_pr_store_32(&pl->view[1].n_keys, 0);
+    ck_pr_store_32(&pl->state, KM__PST_FREE);
+    KM__FAULT("recover.pooladd.undone");
+}
+
+KM_EXTERN int km_pool_add(km_env *e, const char *pool_json, char *errbuf, size_t errlen)
+{
+    if (errbuf && errlen)
+        errbuf[0] = '\0';
+    if (!e || !pool_json)
+        return KM_EINVAL;
+    if (e->seg.ro)
+        return KM_EREADONLY;
+    km_config *cfg = NULL;
+    uint8_t *listed = NULL;
+    uint32_t *rows = NULL, p = UINT32_MAX, nk = 0;
+    int rc = km__config_parse_pool(pool_json, &e->geom, &cfg, errbuf, errlen);
+    if (rc != KM_OK)
+        return rc;
+    const km__pool_cfg *pc = &cfg->pools[0];
+    if (!(listed = malloc(e->geom.cap_keys)) || !(rows = malloc((size_t)pc->n_keys * sizeof *rows))) {
+        rc = KM_ENOMEM;
+        goto out;
+    }
+    if ((rc = km__admin_lock(e)) != KM_OK)
+        goto out;
+    km__pool *pools = km__pools(e);
+    km__key *keys = km__keys(e);
+    for (uint32_t q = 0; q < e->geom.cap_pools; q++) {
+        uint32_t st = ck_pr_load_32(&pools[q].state);
+        if ((st == KM__PST_LIVE || st == KM__PST_REMOVING) &&
+            strncmp(pools[q].name, pc->name, KM_ID_MAX + 1) == 0) {
+            rc = KM_ECONFIG;
+            if (errbuf && errlen)
+                snprintf(errbuf, errlen, "pool \"%s\" already exists (remove it first, or change it with set-pool)",
+                         pc->name);
+            goto unlock;
+        }
+    }
+    for (uint32_t j = 0; j < pc->n_keys; j++)
+        if ((rc = secret_taken(e, &cfg->keys[j], errbuf, errlen)) != KM_OK)
+            goto unlock;
+    /* From here the segment may change (lists rebuilt, epochs): recorded.
+     * The pool row is named in the intent once chosen. */
+    intent_begin(e, KM__OP_POOL_ADD, UINT32_MAX, UINT32_MAX);
+    for (int attempt = 0;; attempt++) {
+        int waiting = 0, lingering = 0;
+        mark_listed(e, listed);
+        p = UINT32_MAX;
+        for (uint32_t q = 0; q < e->geom.cap_pools && p == UINT32_MAX; q++)
+            if (pool_row_reusable(e, q, listed, &waiting, &lingering))
+                p = q;
+        nk = 0;
+        for (uint32_t i = 0; i < e->geom.cap_keys && nk < pc->n_keys; i++) {
+            if (row_reusable(e, i, listed, &lingering))
+                rows[nk++] = i;
+            else if (ck_pr_load_32(&keys[i].state) == KM__ST_REMOVED)
+                waiting = 1;
+        }
+        if (p != UINT32_MAX && nk == pc->n_keys)
+            break;
+        if (attempt == 0 && (waiting || lingering)) {
+            /* Removed rows that a list rebuild and a grace period may free
+             * (as in km_key_add). */
+            for (uint32_t i = 0; lingering && i < e->geom.cap_keys; i++)
+                if (listed[i] && ck_pr_load_32(&keys[i].state) == KM__ST_REMOVED &&
+                    keys[i].pool < e->geom.cap_pools)
+                    (void)list_publish(e, keys[i].pool, UINT32_MAX);
+            if ((rc = km__epoch_sync(&e->seg, km__admin_timeout(e))) != KM_OK)
+                goto end;
+            KM__FAULT("pooladd.synced");
+            continue;
+        }
+        rc = KM_EFULL;
+        if (errbuf && errlen && p == UINT32_MAX)
+            snprintf(errbuf, errlen,
+                     "no free pool row: capacity.pools is %u, and each row holds a pool or a "
+                     "removed pool whose leases are not all back (capacity is fixed at creation)",
+                     e->geom.cap_pools);
+        else if (errbuf && errlen)
+            snprintf(errbuf, errlen,
+                     "not enough free key rows: pool \"%s\" has %u keys, %u rows are free "
+                     "(capacity.keys is %u; a removed key's row frees once its leases are back)",
+                     pc->name, pc->n_keys, nk, e->geom.cap_keys);
+        goto end;
+    }
+
+    km__pool *pl = &pools[p];
+    ck_pr_store_32(&km__intent_of(e)->pool, p);
+    intent_step(e, KM__STEP_ROW);
+    /* A reused row: its removed keys' rows, unreachable and reusable, back
+     * to FREE first, so that every key row naming p is this add's from
+     * ADDING on (pool_add_undo). */
+    for (uint32_t ki = 0; ki < e->geom.cap_keys; ki++)
+        if (key_of_pool(e, ki, p, 0))
+            row_free(e, ki);
+    KM__FAULT("pooladd.freed");
+    ck_pr_store_32(&pl->state, KM__PST_ADDING);
+    KM__FAULT("pooladd.adding");
+    if (p >= ck_pr_load_32(&e->seg.hdr->n_pools))
+        ck_pr_store_32(&e->seg.hdr->n_pools, p + 1);
+    km__pool_write(e, p, pc);
+    ck_pr_store_64(&pl->reserve, 0); /* a removed pool's waiter left with KM_ENOPOOL */
+    KM__FAULT("pooladd.written");
+    for (uint32_t j = 0; j < nk; j++) {
+        km__key *k = &keys[rows[j]];
+        ck_pr_store_32(&k->state, KM__ST_FREE);
+        row_clear(e, rows[j]);
+        km__key_write(e, k, p, &cfg->keys[j]);
+        km__key_own_write(e, k, rows[j], &cfg->keys[j], pc->n_models);
+        ck_pr_store_32(&k->gen, ck_pr_load_32(&k->gen) + 1);
+        ck_pr_fence_store(); /* the row before its state */
+        ck_pr_store_32(&k->state, KM__ST_ACTIVE);
+        KM__FAULT("pooladd.key");
+    }
+    /* No acquire reads the pool (ADDING): its current list is written in
+     * place. */
+    if ((rc = list_fill(e, p, ck_pr_load_32(&pl->cur) & 1, rows, nk)) != KM_OK) {
+        pool_add_undo(e, p);
+        count_rows(e);
+        goto end;
+    }
+    ck_pr_store_64(&pl->flip_epoch, ck_pr_load_64(&e->seg.hdr->epoch));
+    count_rows(e);
+    KM__FAULT("pooladd.filled");
+    intent_step(e, KM__STEP_PUBLISH);
+    /* The commit point: every row, list and setting above before the state
+     * that lets acquirers and km_pool_find in (pairs with their loads of
+     * state; see km__pool_live). */
+    ck_pr_fence_store();
+    ck_pr_store_32(&pl->state, KM__PST_LIVE);
+    KM__FAULT("pooladd.live");
+    ck_pr_fence_memory(); /* LIVE before the call returns */
+    count_reconfig(e);
+    rc = (int)p;
+end:
+    intent_end(e);
+unlock:
+    km__admin_unlock(e);
+out:
+    free(rows);
+    free(listed);
+    km_config_free(cfg);
+    return rc;
+}
+
+/* A pool removed for good: REMOVED, its keys retired, and their generation
+ * moved on so that a lease still out (KM_POOL_FORCE) is released as stale
+ * (counted, nothing settled: its row is reused only once it is back).
+ * Idempotent: the recovery of a dead remover does it again. */
+static void pool_retire(km_env *e, uint32_t p)
+{
+    km__pool *pl = &km__pools(e)[p];
+    km__key *keys = km__keys(e);
+    ck_pr_fas_32(&pl->state, KM__PST_REMOVED); /* a full barrier */
+    KM__FAULT("poolrm.removed");
+    for (uint32_t ki = 0; ki < e->geom.cap_keys; ki++) {
+        if (!key_of_pool(e, ki, p, 0))
+            continue;
+        if (ck_pr_load_32(&keys[ki].state) < KM__ST_FREE)
+            key_retire(e, &keys[ki]);
+        else /* removed before, or by a writer killed before its epoch: later is safe */
+            ck_pr_store_64(&keys[ki].retire_epoch, ck_pr_load_64(&e->seg.hdr->epoch));
+        ck_pr_store_32(&keys[ki].gen, ck_pr_load_32(&keys[ki].gen) + 1);
+        KM__FAULT("poolrm.key");
+    }
+    ck_pr_fence_memory(); /* the removal before the epoch of its reuse grace */
+    ck_pr_store_64(&pl->flip_epoch, ck_pr_load_64(&e->seg.hdr->epoch));
+}
+
+KM_EXTERN int km_pool_remove(km_env *e, int pool, uint32_t timeout_ms, unsigned flags)
+{
+    if (!e || (flags & ~KM_POOL_FORCE))
+        return KM_EINVAL;
+    int rc = km__admin_lock(e);
+    if (rc != KM_OK)
+        return rc;
+    if (!km__pool_live(e, pool)) {
+        km__admin_unlock(e);
+        return KM_ENOPOOL;
+    }
+    uint32_t p = (uint32_t)pool;
+    km__pool *pl = &km__pools(e)[p];
+    intent_begin(e, KM__OP_POOL_REMOVE, UINT32_MAX, p);
+    intent_step(e, KM__STEP_PUBLISH);
+    /* Acquirers refused from here (the exchange is a full barrier); the
+     * grace period lets those that read LIVE finish: after it every lease
+     * of the pool is in a slot, where it is counted. */
+    ck_pr_fas_32(&pl->state, KM__PST_REMOVING);
+    KM__FAULT("poolrm.removing");
+    km__wake_pool(e, p); /* sleepers of km_acquire_wait: KM_ENOPOOL */
+    rc = km__epoch_sync(&e->seg, km__admin_timeout(e));
+    if (rc == KM_OK) {
+        uint64_t end = km__now() + (uint64_t)timeout_ms * KM__NS_PER_MS, reaped = 0;
+        uint32_t n;
+        while ((n = pool_leases(e, p)) != 0 && km__now() < end) {
+            /* Leases of processes that died come back by a reap (which
+             * leaves our intent alone: its writer lives), every 100 ms. */
+            if (km__now() - reaped >= 100 * KM__NS_PER_MS) {
+                km__reap_dead(e, NULL, 0);
+                reaped = km__now();
+                continue;
+            }
+            struct timespec ts = {0, 1000 * 1000}; /* 1 ms */
+            nanosleep(&ts, NULL);
+        }
+        if (n && !(flags & KM_POOL_FORCE))
+            rc = KM_EBUSY;
+    }
+    if (rc != KM_OK) {
+        /* Not removed: handed out again. */
+        ck_pr_fas_32(&pl->state, KM__PST_LIVE);
+        KM__FAULT("poolrm.undone");
+        km__wake_pool(e, p);
+    } else {
+        intent_step(e, KM__STEP_SYNCED); /* the commit point */
+        pool_retire(e, p);
+        /* An empty list (a stalled reader: the keys stay listed, skipped,
+         * until a later rebuild, as for km_key_remove). */
+        (void)list_publish(e, p, UINT32_MAX);
+        count_reconfig(e);
+    }
+    intent_end(e);
+    km__admin_unlock(e);
+    return rc;
+}
+
+/* The staged settings of pool p (km__pool.stage) into the pool.
+ * Idempotent: the recovery of a dead writer does it again. */
+static void stage_apply(km__pool *pl)
+{
+    const km__pstage *s = &pl->stage;
+    uint32_t set = s->set;
+    if (set & KM__PSET_STRATEGY)
+        ck_pr_store_32(&pl->strategy, s->strategy);
+    if (set & KM__PSET_COOLDOWN)
+        ck_pr_store_32(&pl->cooldown_s, s->cooldown_s);
+    if (set & KM__PSET_MAX_COOLDOWN)
+        ck_pr_store_32(&pl->max_cooldown_s, s->max_cooldown_s);
+    if (set & KM__PSET_MAX_FAILURES)
+        ck_pr_store_32(&pl->max_failures, s->max_failures);
+    KM__FAULT("poolset.health");
+    if (set & KM__PSET_BUDGET) {
+        ck_pr_store_32(&pl->budget_hard, s->budget_hard);
+        ck_pr_store_32(&pl->budget_period, s->budget_period);
+        ck_pr_store_32((uint32_t *)&pl->budget_tz_min, (uint32_t)s->budget_tz_min);
+        /* The current period's end by the new calendar; the spend so far
+         * stays.  A period already over is left to its roll (which reads
+         * the new calendar): the spend of the ended period goes to prev. */
+        uint64_t wall = km__wall_ns();
+        if (ck_pr_load_64(&pl->spend.end_ns) > wall)
+            ck_pr_store_64(&pl->spend.end_ns,
+                           km__period_end(s->budget_period, s->budget_tz_min, wall));
+        ck_pr_store_64(&pl->budget_microusd, s->budget_microusd);
+        KM__FAULT("poolset.budget");
+    }
+    /* The settings before the call returns: an acquire or release that
+     * starts afterwards loads the new ones. */
+    ck_pr_fence_memory();
+}
+
+/* Stop acquirers using the keys of pool p (their updating flags), or let
+ * them back in (the parameters written before, release). */
+static void pool_flags(km_env *e, uint32_t p, uint32_t on)
+{
+    for (uint32_t ki = 0; ki < e->geom.cap_keys; ki++)
+        if (key_of_pool(e, ki, p, 1)) {
+            if (on) {
+                ck_pr_fas_32(&km__keys(e)[ki].updating, 1); /* a full barrier */
+            } else {
+                ck_pr_fence_store();
+                ck_pr_store_32(&km__keys(e)[ki].updating, 0);
+            }
+        }
+}
+
+/* New limits of pool p, as the intent records them: for model index + 1
+ * in->cur, that model's limits (in->limit...) on every key, each key's
+ * debt on the model carried over from the model's old parameters
+ * (in->old_T); for in->cur 0, the windows in->old_weight of every key and
+ * of the pool's defaults.  Keys are done in row order; a key is done once
+ * its updating flag is clear.  The key in progress is in->key: before it
+ * moves there, what the key's rescale needs (its old emission intervals
+ * and, for the keys' own windows, its new limits: the given windows and
+ * its own others) is recorded, so a recovery (resume) finishes that key
+ * from the record and every key after it afresh. */
+static void pool_limits_apply(km_env *e, uint32_t p, int resume)
+{
+    km__intent *in = km__intent_of(e);
+    km__pool *pl = &km__pools(e)[p];
+    km__key *keys = km__keys(e);
+    uint32_t model = ck_pr_load_32(&in->cur), set = ck_pr_load_32(&in->old_weight);
+    km__model *md = model && model <= e->geom.cap_models ? &km__models(e, p)[model - 1] : NULL;
+    if (model && !md)
+        return; /* not a record of ours */
+    if (md) {
+        km__limit_cfg lc[KM_WIN_COUNT];
+        for (int w = 0; w < KM_WIN_COUNT; w++)
+            lc[w] = (km__limit_cfg){ck_pr_load_64(&in->limit[w]), ck_pr_load_64(&in->burst[w]),
+                                    in->mode[w]};
+        km__model_limits_write(md, lc);
+    } else {
+        /* The given windows hold the given limits whichever key's record
+         * the intent holds (the others are that key's own). */
+        for (int w = 0; w < KM_WIN_COUNT; w++)
+            if (set & (1u << w)) {
+                pl->def_limit[w] = ck_pr_load_64(&in->limit[w]);
+                pl->def_burst[w] = ck_pr_load_64(&in->burst[w]);
+                pl->def_mode[w] = in->mode[w];
+            }
+    }
+    KM__FAULT("poollimits.params");
+    uint32_t at = resume ? ck_pr_load_32(&in->key) : UINT32_MAX;
+    for (uint32_t ki = 0; ki < e->geom.cap_keys; ki++) {
+        km__key *k = &keys[ki];
+        if (!key_of_pool(e, ki, p, 1) || !ck_pr_load_32(&k->updating))
+            continue;
+        if (md && (ck_pr_load_64(&k->own_models) >> (model - 1)) & 1) {
+            /* The key's own limits of the model (km_key_set_model_limits)
+             * stand, in its model row: nothing of the pool's applies. */
+            ck_pr_fence_store();
+            ck_pr_store_32(&k->updating, 0);
+            KM__FAULT("poollimits.own");
+            continue;
+        }
+        if (ki != at) {
+            ck_pr_store_32(&in->rescaled, 0);
+            ck_pr_store_32(&in->resc_win, 0);
+            for (int w = 0; !md && w < KM_WIN_COUNT; w++) {
+                int had = (k->win_mask >> w) & 1;
+                ck_pr_store_64(&in->old_T[w], had ? k->emission_ns[w] : 0);
+                if (set & (1u << w))
+                    continue;
+                ck_pr_store_64(&in->limit[w], had ? k->limit[w] : 0);
+                ck_pr_store_64(&in->burst[w], had ? k->burst[w] : 0);
+                ck_pr_store_8(&in->mode[w], had ? k->mode[w] : (uint8_t)KM_MODE_TOKEN_BUCKET);
+            }
+            ck_pr_fence_store(); /* the record before the key it is for */
+            ck_pr_store_32(&in->key, ki);
+            ck_pr_fence_store();
+            KM__FAULT("poollimits.key");
+        }
+        if (md) {
+            km__lset ms = km__model_lset(e, k, ki, md, model - 1);
+            rescale_set(e, &ms, ki == at);
+        } else {
+            limits_apply(e, k, ki == at);
+        }
+        /* The key's new parameters and debts before its flag (release). */
+        ck_pr_fence_store();
+        ck_pr_store_32(&k->updating, 0);
+        KM__FAULT("poollimits.done");
+    }
+}
+
+/* Pool p's limits: of its model index + 1 `model`, or of its keys' own
+ * windows `set` (model 0); lc the new limits. */
+static int pool_limits(km_env *e, uint32_t p, uint32_t model, const km__limit_cfg *lc, uint32_t set)
+{
+    km__intent *in = km__intent_of(e);
+    const km__model *md = model ? &km__models(e, p)[model - 1] : NULL;
+    /* Details of the intent (published by intent_begin's op store). */
+    for (int w = 0; w < KM_WIN_COUNT; w++) {
+        ck_pr_store_64(&in->limit[w], lc[w].limit);
+        ck_pr_store_64(&in->burst[w], lc[w].burst);
+        ck_pr_store_8(&in->mode[w], (uint8_t)lc[w].mode);
+        ck_pr_store_64(&in->old_T[w], md && (md->win_mask >> w) & 1 ? md->emission_ns[w] : 0);
+    }
+    ck_pr_store_32(&in->cur, model);
+    ck_pr_store_32(&in->old_weight, set);
+    intent_begin(e, KM__OP_POOL_LIMITS, UINT32_MAX, p);
+    /* Acquirers skip the pool's keys from here; the grace period lets
+     * those that read the old parameters finish. */
+    pool_flags(e, p, 1);
+    KM__FAULT("poollimits.updating");
+    int rc = km__epoch_sync(&e->seg, km__admin_timeout(e));
+    if (rc == KM_OK) {
+        KM__FAULT("poollimits.synced");
+        intent_step(e, KM__STEP_SYNCED);
+        pool_limits_apply(e, p, 0);
+        count_reconfig(e);
+    } else {
+        pool_flags(e, p, 0);
+    }
+    km__wake_pool(e, p); /* raised limits may admit sleepers */
+    intent_end(e);
+    return rc;
+}
+
+/* Append model mc to pool p (a row past n_models, which no lookup reads,
+ * then n_models raised: the commit point). */
+static void model_append(km_env *e, uint32_t p, const km__model_cfg *mc)
+{
+    km__pool *pl = &km__pools(e)[p];
+    uint32_t n = ck_pr_load_32(&pl->n_models);
+    km__model_write(&km__models(e, p)[n], mc);
+    ck_pr_store_32(&km__intent_of(e)->cur, n);
+    intent_begin(e, KM__OP_MODEL_ADD, UINT32_MAX, p);
+    intent_step(e, KM__STEP_PUBLISH);
+    /* The keys' rows of the new model: never used in a pool with a models
+     * list, cleared all the same (nobody reads them before n_models). */
+    for (uint32_t ki = 0; ki < e->geom.cap_keys; ki++)
+        if (key_of_pool(e, ki, p, 0))
+            memset(&km__mwins(e, ki)[n], 0, sizeof(km__mwin));
+    KM__FAULT("modeladd.rows");
+    /* The row before the count that makes it found (pairs with the load of
+     * n_models in model_find, src/acquire.c). */
+    ck_pr_fence_store();
+    ck_pr_store_32(&pl->n_models, n + 1);
+    KM__FAULT("modeladd.published");
+    count_reconfig(e);
+    intent_end(e);
+}
+
+KM_EXTERN int km_pool_set(km_env *e, int pool, const char *settings_json, char *errbuf,
+                          size_t errlen)
+{
+    if (errbuf && errlen)
+        errbuf[0] = '\0';
+    if (!e || !settings_json)
+        return KM_EINVAL;
+    if (!km__pool_live(e, pool))
+        return KM_ENOPOOL;
+    uint32_t p = (uint32_t)pool;
+    km__pool *pl = &km__pools(e)[p];
+    km__pool_setcfg *sc = malloc(sizeof *sc);
+    int idx[KM_MODELS_MAX], rc;
+    if (!sc)
+        return KM_ENOMEM;
+    if ((rc = km__config_parse_pool_set(settings_json, pl, e->geom.cap_inflight, sc, errbuf,
+                                        errlen)) != KM_OK)
+        goto out;
+    if ((rc = km__admin_lock(e)) != KM_OK)
+        goto out;
+    if (!km__pool_live(e, pool)) {
+        rc = KM_ENOPOOL;
+        goto unlock;
+    }
+    /* Every refusal before the first change. */
+    uint32_t n_models = ck_pr_load_32(&pl->n_models), added = 0;
+    for (uint32_t i = 0; i < sc->n_models; i++) {
+        idx[i] = -1;
+        for (uint32_t m = 0; m < n_models && m < e->geom.cap_models; m++)
+            if (strncmp(km__models(e, p)[m].name, sc->models[i].name, KM_ID_MAX + 1) == 0)
+                idx[i] = (int)m;
+        added += idx[i] < 0;
+    }
+    if (added && n_models == 0) {
+        rc = KM_ECONFIG;
+        if (errbuf && errlen)
+            snprintf(errbuf, errlen,
+                     "models: pool \"%.*s\" has no models list (it takes any model name); a "
+                     "list cannot be given to it live, only models appended to a list", KM_ID_MAX,
+                     pl->name);
+        goto unlock;
+    }
+    if (n_models + added > e->geom.cap_models) {
+        rc = KM_EFULL;
+        if (errbuf && errlen)
+            snprintf(errbuf, errlen,
+                     "models: %u models and %u new ones exceed capacity.models (%u, fixed at "
+                     "creation)", n_models, added, e->geom.cap_models);
+        goto unlock;
+    }
+    if (sc->stage.set) {
+        pl->stage = sc->stage; /* read by the recovery once op is stored */
+        intent_begin(e, KM__OP_POOL_SET, UINT32_MAX, p);
+        intent_step(e, KM__STEP_PUBLISH);
+        stage_apply(pl);
+        count_reconfig(e);
+        intent_end(e);
+    }
+    for (uint32_t i = 0; i < sc->n_models && rc == KM_OK; i++) {
+        if (idx[i] < 0)
+            model_append(e, p, &sc->models[i]);
+        else if (pl->model_mode == KM_MODELS_PER_MODEL)
+            rc = pool_limits(e, p, (uint32_t)idx[i] + 1, sc->models[i].limits,
+                             (1u << KM_WIN_COUNT) - 1);
+    }
+    if (rc == KM_OK && sc->win_set)
+        rc = pool_limits(e, p, 0, sc->limits, sc->win_set);
+unlock:
+    km__admin_unlock(e);
+out:
+    free(sc);
+    return rc;
+}
+
 /* ------------------------------------------------------------- recovery */
 
 /* Finish or undo the intent of a dead writer (the lock is held; see the top
@@ -1076,6 +1680,34 @@ static void recover(km_env *e)
     case KM__OP_DISABLE:
         if (k && ck_pr_load_32(&k->state) < KM__ST_FREE)
             state_apply(e, k, op == KM__OP_ENABLE ? KM_KEY_ACTIVE : KM_KEY_DISABLED);
+        break;
+    case KM__OP_POOL_ADD:
+        if (p < e->geom.cap_pools) /* else no row chosen yet */
+            pool_add_undo(e, p);
+        break;
+    case KM__OP_POOL_REMOVE:
+        if (p >= e->geom.cap_pools)
+            break;
+        if (step >= KM__STEP_SYNCED) {
+            pool_retire(e, p); /* past the commit point: finished */
+        } else if (ck_pr_load_32(&km__pools(e)[p].state) == KM__PST_REMOVING) {
+            ck_pr_fas_32(&km__pools(e)[p].state, KM__PST_LIVE); /* undone */
+            KM__FAULT("recover.poolrm.undone");
+        }
+        break;
+    case KM__OP_POOL_SET:
+        if (p < e->geom.cap_pools && step >= KM__STEP_PUBLISH)
+            stage_apply(&km__pools(e)[p]);
+        break;
+    case KM__OP_POOL_LIMITS:
+        if (p >= e->geom.cap_pools)
+            break;
+        if (step >= KM__STEP_SYNCED)
+            pool_limits_apply(e, p, 1);
+        else
+            pool_flags(e, p, 0); /* nothing written: the old limits stand */
+        break;
+    case KM__OP_MODEL_ADD: /* n_models raised (done) or not (unreachable) */
         break;
     default: /* not an operation of ours: nothing to redo */
         break;

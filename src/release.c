@@ -48,8 +48,10 @@ static void spend(km__pool *pool, km__key *k, const km_outcome *o, uint64_t actu
     uint64_t spent = km__spend_add(&k->spend, k->budget_period, k->budget_tz_min, cost,
                                    k->budget_microusd, k->budget_hard);
     if (pool)
-        km__spend_add(&pool->spend, pool->budget_period, pool->budget_tz_min, cost,
-                      pool->budget_microusd, pool->budget_hard);
+        /* Settings km_pool_set may store meanwhile: relaxed loads. */
+        km__spend_add(&pool->spend, ck_pr_load_32(&pool->budget_period),
+                      (int32_t)ck_pr_load_32((uint32_t *)&pool->budget_tz_min), cost,
+                      ck_pr_load_64(&pool->budget_microusd), ck_pr_load_32(&pool->budget_hard));
     if (k->budget_microusd && k->budget_hard && k->budget_period == KM__PERIOD_NONE &&
         spent >= k->budget_microusd)
         km__state_to(k, KM__LIVE_STATES, KM__ST_EXHAUSTED);
@@ -84,6 +86,13 @@ static void success_ema(km__key *k, int ok)
     int64_t cur = ck_pr_load_32(&k->success_ppm), target = ok ? KM__PPM : 0;
     if (cur != target) /* a healthy key's line is not written */
         ck_pr_store_32(&k->success_ppm, (uint32_t)(cur + (target - cur) / KM__SUCCESS_EMA_DIV));
+}
+
+/* The pool's backoff for the n-th consecutive 429 or failure: its
+ * cooldowns are words km_pool_set may store meanwhile (relaxed loads). */
+static uint64_t pool_backoff(const km__pool *pool, uint32_t n)
+{
+    return backoff_ns(ck_pr_load_32(&pool->cooldown_s), ck_pr_load_32(&pool->max_cooldown_s), n);
 }
 
 /* The outcome's effect on the key's health.  `lat`: the request's latency
@@ -136,19 +145,20 @@ static void health(km_env *e, km__key *k, int kind, const km_outcome *o, uint64_
         if (o->retry_after_s > 0 && o->retry_after_s < KM__RETRY_AFTER_MAX_S)
             cool_until(k, now + (uint64_t)(o->retry_after_s * (double)KM__NS_PER_S));
         else
-            cool_until(k, now + backoff_ns(pool->cooldown_s, pool->max_cooldown_s, n));
+            cool_until(k, now + pool_backoff(pool, n));
         /* A 429 proves the key authenticates: the probe succeeded. */
         km__state_to(k, probing, KM__ST_ACTIVE);
         km__fleet_health_note(e, k, KM_FLEET_EV_RATE_LIMITED); /* every host cools */
         break;
     case KM_OUT_FAILURE:
         n = ck_pr_faa_32(&k->consec_fail, 1) + 1;
-        if (n >= pool->max_failures || probe) {
-            uint32_t over = n > pool->max_failures ? n - pool->max_failures + 1 : 1;
+        uint32_t maxf = ck_pr_load_32(&pool->max_failures); /* km_pool_set may store it */
+        if (n >= maxf || probe) {
+            uint32_t over = n > maxf ? n - maxf + 1 : 1;
             now = km__now();
             /* Cooldown first, then the state: an acquirer that sees FAILING
              * also sees the cooldown (store order; the CAS is locked). */
-            cool_until(k, now + backoff_ns(pool->cooldown_s, pool->max_cooldown_s, over));
+            cool_until(k, now + pool_backoff(pool, over));
             km__state_to(k, (1u << KM__ST_ACTIVE) | probing, KM__ST_FAILING);
         }
         break;
@@ -283,9 +293,13 @@ KM_EXTERN int km_release(km_env *e, const km_lease *l, const km_outcome *o)
         km__usage_put(e, km__rd_holds_row1(&e->seg), l->key, lv.key_gen, k->pool, lv.model, lv.start_ns, actual,
                       lat_us, kind);
     } else {
-        /* The row was reused since: the count goes on the key row, as
-         * always; its model rows are the new key's and name its pool's
-         * models, not this lease's, so none is counted. */
+        /* The key's generation moved on while we held the slot: its pool
+         * was removed with this lease out (km_pool_remove, KM_POOL_FORCE).
+         * The row cannot have been reused meanwhile (reuse needs every slot
+         * free), so what the lease reserved there is still its own: given
+         * back, nothing charged (actual 0).  The count goes on the key row;
+         * no model row counts it. */
+        km__settle(e, l->key, k, ls, &lv, 0);
         ck_pr_inc_64(&k->stale);
     }
     /* The probe ends with its own release, after its outcome moved the

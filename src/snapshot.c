@@ -518,6 +518,9 @@ KM_EXTERN int km_snapshot_json_ex(km_env *env, unsigned flags, const unsigned ch
     }
     for (uint32_t p = 0; p < info.n_pools; p++) {
         json_t *pj;
+        /* Removed pools (and rows never used) are not in a snapshot. */
+        if (!km__pool_live(env, (int)p))
+            continue;
         if ((rc = pool_json(env, (int)p, &sn, &pj)) != KM_OK) {
             json_decref(pools);
             goto out;

@@ -52,7 +52,7 @@
 
 #include <ck_pr.h>
 
-#include "testlib.h"
+#include "killlib.h"
 
 #define CAP 6
 static const char CFG[] =
@@ -67,24 +67,6 @@ static const char CFG[] =
 #define NEW_SECRET "sk-fault-new-nnnn-0042"
 static const char NEW_KEY[] = "{\"id\": \"n\", \"secret\": \"" NEW_SECRET "\", \"weight\": 3}";
 static const char *const IDS[] = {"a", "b", "r", "n", "f0", "f1", "f2", "f3", "f4", "f5"};
-
-/* What the hook shares with the parent. */
-typedef struct fault_sh {
-    int target;        /* die at this point reached (1-based); 0: never */
-    char label[48];    /* ...or at the first point of this name ("" none) */
-    char where[48];    /* the point it died at */
-} fault_sh;
-static fault_sh *fs;
-static int hits;
-
-static void hook(const char *where)
-{
-    hits++;
-    if ((fs->target && hits == fs->target) || (fs->label[0] && !strcmp(where, fs->label))) {
-        snprintf(fs->where, sizeof fs->where, "%s", where);
-        raise(SIGKILL);
-    }
-}
 
 enum { OP_ADD, OP_ADD_REUSE, OP_REMOVE, OP_WEIGHT, OP_LIMITS, OP_ENABLE, OP_DISABLE,
        OP_CREATE, OP_RESTORE, OP_RECOVER_ADD, OP_RECOVER_LIMITS, OP_MLIMITS, OP_RECOVER_MLIMITS,
@@ -188,9 +170,7 @@ static int run_op(km_env *e, int op)
  * on anything else. */
 static int writer_dies(int op, int target, const char *label, int slotless)
 {
-    memset(fs, 0, sizeof *fs);
-    fs->target = target;
-    snprintf(fs->label, sizeof fs->label, "%s", label ? label : "");
+    fault_arm(target, label);
     fflush(stdout);
     pid_t pid = fork();
     if (pid == 0) {
@@ -201,19 +181,13 @@ static int writer_dies(int op, int target, const char *label, int slotless)
         if (rc != KM_OK)
             _exit(2);
         km_set_admin_timeout(e, 2000);
-        km__fault_hook = hook;
+        km__fault_hook = fault_hook;
         rc = run_op(e, op);
         km__fault_hook = NULL;
         km_close(e);
         _exit(rc);
     }
-    int st;
-    waitpid(pid, &st, 0);
-    if (WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL)
-        return 1;
-    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
-        bail_out("%s: the writer failed (status %d) with target %d", op_name[op], st, target);
-    return 0;
+    return fault_reaped(pid, op_name[op], target);
 }
 
 /* km_check, its lines as diagnostics. */
@@ -442,31 +416,9 @@ static int one_case(int op, int target, int *killed_out, char *where, size_t wle
     /* The trigger, in turn: the next writer, a reap, an attach. */
     const char *trig = "";
     if (op != OP_CREATE && op != OP_RESTORE) {
-        switch (target % 3) {
-        case 0:
-            trig = "next writer";
-            if (km_key_set_weight(env, key_z, 2) != KM_OK)
-                ok_all = 0, diag("%s @%s: the next writer failed", op_name[op], where);
-            break;
-        case 1:
-            trig = "reap";
-            km_reap(env, NULL);
-            break;
-        default: {
-            trig = "attach";
-            pid_t p = fork();
-            if (p == 0) {
-                km_env *e2;
-                _exit(km_open(seg, &e2) == KM_OK && km_close(e2) == KM_OK ? 0 : 1);
-            }
-            int st;
-            waitpid(p, &st, 0);
-            if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
-                ok_all = 0, diag("%s @%s: the attach failed", op_name[op], where);
-        }
-        }
-        if (ck_pr_load_32(&km__intent_of(env)->op) != KM__OP_NONE)
-            ok_all = 0, diag("%s @%s: the %s left the intent unresolved", op_name[op], where, trig);
+        char at[96];
+        snprintf(at, sizeof at, "%s @%s", op_name[op], where);
+        trig = fault_trigger(env, target, key_z, at, &ok_all);
     }
     km_reap(env, NULL); /* the dead writer's process slot */
     char ctx[96];
@@ -493,28 +445,7 @@ static int one_case(int op, int target, int *killed_out, char *where, size_t wle
 
 static void t_every_point(void)
 {
-    for (int op = 0; op < OP_N; op++) {
-        int points = 0, good = 0, finished = 0, killed;
-        char where[48], first[48] = "", last[48] = "";
-        for (int target = 1; target < 200; target++) {
-            int fine = one_case(op, target, &killed, where, sizeof where);
-            if (!killed) {
-                finished = fine;
-                break;
-            }
-            points++;
-            good += fine;
-            if (points == 1)
-                snprintf(first, sizeof first, "%s", where);
-            snprintf(last, sizeof last, "%s", where);
-        }
-        diag("%s: %d kill points, %s .. %s", op_name[op], points, first, last);
-        ok(points >= min_points[op], "%s: killed at each of its %d points (at least %d)",
-           op_name[op], points, min_points[op]);
-        is_int(good, points, "%s: every death finished or undone, check clean, no capacity lost",
-               op_name[op]);
-        ok(finished, "%s: uninterrupted, it does what it says", op_name[op]);
-    }
+    every_point(OP_N, op_name, min_points, 200, one_case);
 }
 
 /* ---------------------------------------------------------- random kills */
@@ -525,8 +456,9 @@ typedef struct rnd_sh {
     int stop;
 } rnd_sh;
 
-static void rnd_worker(rnd_sh *sh, int w)
+static void rnd_worker(void *arg, int w)
 {
+    rnd_sh *sh = arg;
     km_env *e;
     if (km_open(seg, &e) != KM_OK)
         _exit(3);
@@ -607,34 +539,12 @@ static void t_random_kills(void)
                         "  \"keys\": [{\"id\": \"k0\", \"secret\": \"sk-rand-k0-00000000\"},"
                         "            {\"id\": \"k1\", \"secret\": \"sk-rand-k1-00000001\"},"
                         "            {\"id\": \"k2\", \"secret\": \"sk-rand-k2-00000002\"}]}]}");
-    rnd_sh *sh = mmap(NULL, sizeof *sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (sh == MAP_FAILED)
-        bail_out("mmap");
-    memset(sh, 0, sizeof *sh);
+    rnd_sh *sh = shared_map(sizeof *sh);
     pid_t wk[WORKERS];
-    fflush(stdout);
-    for (int w = 0; w < WORKERS; w++)
-        if ((wk[w] = fork()) == 0)
-            rnd_worker(sh, w);
-    uint64_t until = km_now_ns() + (uint64_t)(secs * 1e9);
-    unsigned kills = 0, seed = (unsigned)getpid();
-    while (km_now_ns() < until) {
-        pid_t p = fork();
-        if (p == 0)
-            rnd_writer(seed + kills);
-        /* Alive 0.2 to 12 ms: deaths land anywhere, grace waits included. */
-        struct timespec d = {0, (long)(200000 + (unsigned)rand() % 12000000)};
-        nanosleep(&d, NULL);
-        kill(p, SIGKILL);
-        waitpid(p, NULL, 0);
-        kills++;
-    }
+    workers_start(wk, WORKERS, rnd_worker, sh);
+    unsigned kills = kill_writers(secs, rnd_writer);
     ck_pr_store_int(&sh->stop, 1);
-    int wbad = 0, st;
-    for (int w = 0; w < WORKERS; w++) {
-        waitpid(wk[w], &st, 0);
-        wbad += !WIFEXITED(st) || WEXITSTATUS(st) != 0;
-    }
+    int wbad = workers_wait(wk, WORKERS);
     uint64_t ops = 0, bada = 0, badr = 0;
     for (int w = 0; w < WORKERS; w++)
         ops += sh->ops[w], bada += sh->bad_acq[w], badr += sh->bad_rel[w];
@@ -675,9 +585,7 @@ static void t_random_kills(void)
 int main(void)
 {
     fixtures_init("fault");
-    fs = mmap(NULL, sizeof *fs, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (fs == MAP_FAILED)
-        bail_out("mmap");
+    fault_init();
     for (size_t i = 0; i < sizeof snapkey; i++)
         snapkey[i] = (unsigned char)(i * 7 + 1);
     plan(3 * OP_N + 9);

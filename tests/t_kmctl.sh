@@ -13,6 +13,7 @@ new_seg MODESEG kmctl-mode
 new_seg MODELSEG kmctl-models
 new_seg BUDSEG kmctl-budget
 new_seg RECSEG kmctl-reconf
+new_seg POOLSEG kmctl-pools
 new_seg KMODSEG kmctl-keymodels
 
 SECRET_A="sk-test-aaaa1111"
@@ -357,6 +358,82 @@ ok $(echo "$OUT" | grep -q "^  b "; [ $? -ne 0 ]; echo $?) "the removed key is g
 ok $(echo "$OUT" | grep -q "^epochs: .* 4 reconfigurations"; echo $?) "inspect counts 4 reconfigurations"
 run "$KMCTL" check "$RECSEG"
 expect 0 "check is clean after reconfiguration"
+no_secret "$OUT$ERR"
+ok $? "no secret printed"
+
+# ------------------------------------------- pools changed live (issue 18, 1)
+cat >"$TMP/pools.json" <<EOF
+{"capacity": {"keys": 5, "pools": 2, "processes": 8},
+ "pools": [{"name": "openai", "keys": [{"id": "a", "secret": "$SECRET_A"}]}]}
+EOF
+cat >"$TMP/groq.json" <<EOF
+{"name": "groq", "strategy": "fill_first", "limits": {"rpm": 30},
+ "keys": [{"id": "g0", "secret": "$SECRET_G"}, {"id": "g1", "secret": "$SECRET_B"}]}
+EOF
+cat >"$TMP/third.json" <<EOF
+{"pools": [{"name": "third", "keys": [{"id": "t", "secret": "sk-test-third-3333"}]}]}
+EOF
+"$KMCTL" create "$POOLSEG" --config "$TMP/pools.json" >/dev/null
+for c in add-pool set-pool remove-pool; do
+    run "$KMCTL" "$c" --help
+    ok $([ "$RC" -eq 0 ] && echo "$OUT" | grep -q "^Usage: kmctl $c"; echo $?) "$c --help"
+done
+run "$KMCTL" add-pool "$POOLSEG"
+expect 2 "add-pool without --config: usage error"
+run "$KMCTL" add-pool "$POOLSEG" --config "$TMP/groq.json"
+expect 0 "add-pool"
+ok $([ "$OUT" = "added pool 'groq' to segment '$POOLSEG' (fill_first, 2 keys, 0 models)" ]; echo $?) \
+    "add-pool prints the pool added (got: $OUT)"
+run "$KMCTL" add-pool "$POOLSEG" --config "$TMP/groq.json"
+expect 1 "add-pool of a name already there: status 1"
+ok $(echo "$ERR" | grep -q 'pool "groq" already exists'; echo $?) "... and says so"
+echo '{"name": "x", "keys": [' >"$TMP/badpool.json"
+run "$KMCTL" add-pool "$POOLSEG" --config "$TMP/badpool.json"
+ok $([ "$RC" -eq 1 ] && echo "$ERR" | grep -q "config '$TMP/badpool.json':2:0: invalid JSON"; echo $?) \
+    "add-pool of bad JSON: status 1, file:line:column ($ERR)"
+run "$KMCTL" add-pool "$POOLSEG" --config "$TMP/third.json"
+ok $([ "$RC" -eq 1 ] && echo "$ERR" | grep -q "no free pool row: capacity.pools is 2"; echo $?) \
+    "add-pool beyond capacity.pools: status 1, says so ($ERR)"
+run "$KMCTL" set-pool "$POOLSEG" groq '{"strategy": "least_busy", "cooldown_s": 5, "limits": {"rpm": 60}}'
+expect 0 "set-pool"
+ok $([ "$OUT" = "pool 'groq' of segment '$POOLSEG': strategy fill_first -> least_busy, cooldown_s 60 -> 5, limits {\"rpm\":60} on its 2 keys" ]
+    echo $?) "set-pool says what changed (got: $OUT)"
+run "$KMCTL" inspect "$POOLSEG"
+ok $(echo "$OUT" | grep -q '^pool groq: least_busy, 2 keys, cooldown 5s' &&
+    echo "$OUT" | grep -Eq '^  g1 .* 60/60 '; echo $?) "inspect shows the new strategy, cooldown and rpm"
+run "$KMCTL" set-pool "$POOLSEG" groq '{"name": "other"}'
+ok $([ "$RC" -eq 1 ] && echo "$ERR" | grep -q "name: cannot be changed live"; echo $?) \
+    "set-pool refuses what cannot change live, saying so"
+run "$KMCTL" set-pool "$POOLSEG" nopool '{"strategy": "fill_first"}'
+expect 3 "set-pool of an unknown pool: status 3"
+"$B/tests/helpers/hold" "$POOLSEG" groq 1 >"$TMP/hold.out" 2>&1 &
+HOLD=$!
+for _ in $(seq 50); do
+    grep -q held "$TMP/hold.out" 2>/dev/null && break
+    sleep 0.1
+done
+run "$KMCTL" remove-pool "$POOLSEG" groq --timeout-ms 300
+ok $([ "$RC" -eq 1 ] && echo "$ERR" | grep -Eq "^kmctl: remove-pool: pool 'groq': 1 lease still out after [0-9]+ ms; nothing removed"; echo $?) \
+    "remove-pool with a lease out times out: status 1, nothing removed ($ERR)"
+run "$KMCTL" inspect "$POOLSEG"
+ok $(echo "$OUT" | grep -q '^pool groq:'; echo $?) "... the pool is still there"
+kill "$HOLD" 2>/dev/null
+wait "$HOLD" 2>/dev/null
+run "$KMCTL" remove-pool "$POOLSEG" groq
+expect 0 "remove-pool once its lease is back (its dead holder reaped)"
+ok $([ "$OUT" = "removed pool 'groq' (2 keys) from segment '$POOLSEG'" ]; echo $?) "remove-pool prints the pool removed ($OUT)"
+run "$KMCTL" remove-pool "$POOLSEG" groq
+expect 3 "remove-pool again: no such pool"
+run "$KMCTL" inspect "$POOLSEG"
+ok $(echo "$OUT" | grep -q '^segment .*: segment format [0-9]*, 1 pool,' && ! echo "$OUT" | grep -q '^pool groq'; echo $?) \
+    "inspect: one pool left"
+run "$KMCTL" add-pool "$POOLSEG" --config "$TMP/third.json"
+expect 0 "add-pool of a configuration of one pool, in the removed pool's row"
+run "$KMCTL" snapshot "$POOLSEG"
+ok $(echo "$OUT" | python3 -c 'import json,sys; print(*[p["name"] for p in json.load(sys.stdin)["pools"]])' | grep -qx "openai third"; echo $?) \
+    "snapshot lists the pools there are"
+run "$KMCTL" check "$POOLSEG"
+expect 0 "check is clean after pools changed"
 no_secret "$OUT$ERR"
 ok $? "no secret printed"
 

@@ -101,6 +101,9 @@ ok $([ "$(comp stats x --p | tr '\n' ' ')" = "--pool " ]; echo $?) "completes 'k
 ok $([ "$(comp check x -- | tr '\n' ' ')" = "--help --json --quiet " ]; echo $?) "completes check's options ($(comp check x -- | tr '\n' ' '))"
 ok $([ "$(comp create x --config p | tr '\n' ' ')" = "pool.json " ]; echo $?) "completes --config FILE with a file name"
 ok $([ "$(comp create x --mode 0666 --fo | tr '\n' ' ')" = "--force " ]; echo $?) "completes create's --force"
+ok $([ "$(comp remove-pool x p -- | tr '\n' ' ')" = "--force --help --timeout-ms " ]; echo $?) \
+    "completes remove-pool's options ($(comp remove-pool x p -- | tr '\n' ' '))"
+ok $([ "$(comp add-pool x --config p | tr '\n' ' ')" = "pool.json " ]; echo $?) "completes add-pool's --config FILE"
 ok $([ -z "$(comp stats x --pool '')" ]; echo $?) "no file names for --pool's argument"
 comp inspect "${SEG%-*}" | grep -qx "$SEG"
 ok $? "completes NAME from the segments of this host"

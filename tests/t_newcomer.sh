@@ -166,6 +166,7 @@ run	docs/kmctl.md	^kmctl keygen /etc/keymesh/snapshot\.key	script
 skip	docs/kmctl.md	^\$ kmctl usage llm	its output is that of a database of real traffic (t_usage runs persist and usage)
 run	docs/kmctl.md	^\$ export OPENAI_KEY_C=	transcript
 run	docs/kmctl.md	^kmctl set-limits llm openai a '\{"rpm"	script
+run	docs/kmctl.md	^\$ export MISTRAL_KEY_0=	transcript
 skip	docs/kmctl.md	^kmctl set-limits llm openai tier5	the keys of docs/config.md's tiered example, not of this pool.json; t_kmctl.sh runs set-limits --model
 skip	docs/kmctl.md	^kmctl ps llm +# the dead worker	needs a worker killed holding leases: t_reapctl.sh runs this sequence
 run	docs/kmctl.md	^kmctl create llm --config pool\.json --mode 0660	script
@@ -180,7 +181,7 @@ while read -r what where rest; do
     esac
 done <"$TMP/classes"
 nrun=$(grep -c '^run ' "$TMP/classes")
-ok $([ "$nrun" -eq 7 ]; echo $?) "7 documentation blocks to run, found ($nrun)"
+ok $([ "$nrun" -eq 8 ]; echo $?) "8 documentation blocks to run, found ($nrun)"
 
 # A commented transcript: the block is one script; its "# " lines after the
 # commands are the output (stderr, then stdout).
@@ -239,6 +240,8 @@ fresh
 transcript docs/kmctl.md '^\$ env NUM_OPENAI=3' "create --from-env with key 2 missing"
 make_llm
 transcript docs/kmctl.md '^\$ export OPENAI_KEY_C=' "add-key, then the same id again"
+make_llm
+transcript docs/kmctl.md '^\$ export MISTRAL_KEY_0=' "add-pool, set-pool, remove-pool"
 
 # A script: the block run as it is (with the mappings).
 make_llm

@@ -700,10 +700,15 @@ static int inspect_table(km_env *env, const char *name)
     int rc = km_info_get(env, &info);
     if (rc != KM_OK)
         return seg_error(name, rc);
+    uint32_t live = 0; /* info.n_pools counts removed pools' rows too */
+    for (uint32_t p = 0; p < info.n_pools; p++) {
+        km_pool_info pi;
+        live += km_pool_info_get(env, (int)p, &pi) == KM_OK;
+    }
     printf("segment %s: segment format %" PRIu32 ", %" PRIu32 " pool%s, %" PRIu32
            " key%s, %" PRIu64 " bytes, %" PRIu32
            " process%s attached\n",
-           name, info.format, info.n_pools, info.n_pools == 1 ? "" : "s",
+           name, info.format, live, live == 1 ? "" : "s",
            info.n_keys, info.n_keys == 1 ? "" : "s", info.size_bytes,
            info.n_procs, info.n_procs == 1 ? "" : "es");
     printf("capacity: %" PRIu32 " key%s, %" PRIu32 " pool%s, %" PRIu32
@@ -711,9 +716,13 @@ static int inspect_table(km_env *env, const char *name)
            info.cap_keys, info.cap_keys == 1 ? "" : "s", info.cap_pools,
            info.cap_pools == 1 ? "" : "s", info.cap_procs, info.cap_procs == 1 ? "" : "es",
            info.cap_inflight, info.cap_inflight == 1 ? "" : "s");
-    for (uint32_t p = 0; p < info.n_pools; p++)
+    for (uint32_t p = 0; p < info.n_pools; p++) {
+        km_pool_info pi;
+        if (km_pool_info_get(env, (int)p, &pi) == KM_ENOPOOL)
+            continue; /* a pool removed live: its index stays unused */
         if ((rc = inspect_pool(env, name, (int)p)) != EX_SUCCESS)
             return rc;
+    }
     if ((rc = inspect_fleet(env, name, NULL)) != EX_SUCCESS)
         return rc;
     if ((rc = inspect_procs(env, name)) != EX_SUCCESS)

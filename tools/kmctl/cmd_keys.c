@@ -234,7 +234,7 @@ static void busy_line(void *ctx, const km_reader_info *ri)
             (double)ri->inside_ns / 1e9);
 }
 
-static void explain_busy(km_env *env)
+void explain_busy(km_env *env)
 {
     lagging_readers(env, busy_line, NULL);
 }

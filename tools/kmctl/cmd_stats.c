@@ -544,7 +544,7 @@ static int stats_table(const char *name, const seg_stats *s, const stats_opts *o
 {
     printf("segment %s: segment format %" PRIu32 ", %" PRIu32 " pool%s, %" PRIu32 " key%s, %" PRIu32
            " process%s attached\n",
-           name, s->info.format, s->info.n_pools, s->info.n_pools == 1 ? "" : "s",
+           name, s->info.format, s->n_pools, s->n_pools == 1 ? "" : "s",
            s->info.n_keys, s->info.n_keys == 1 ? "" : "s", s->info.n_procs,
            s->info.n_procs == 1 ? "" : "es");
     for (uint32_t p = 0; p < s->n_pools; p++) {

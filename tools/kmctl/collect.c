@@ -82,9 +82,20 @@ int collect(km_env *env, unsigned flags, seg_stats *s)
     s->pools = calloc(s->info.n_pools ? s->info.n_pools : 1, sizeof *s->pools);
     if (!s->pools)
         return KM_ENOMEM;
+    /* Pools removed live (km_pool_remove) leave their index unused: skipped,
+     * so s->pools holds the pools there are, in index order. */
     for (uint32_t p = 0; p < s->info.n_pools; p++) {
-        s->n_pools = p + 1;
-        if ((rc = collect_pool(env, (int)p, flags, &s->pools[p])) != KM_OK) {
+        pool_view *v = &s->pools[s->n_pools++];
+        if ((rc = collect_pool(env, (int)p, flags, v)) == KM_ENOPOOL) {
+            free(v->models);
+            free(v->keys);
+            free(v->kb);
+            free(v->key_models);
+            memset(v, 0, sizeof *v);
+            s->n_pools--;
+            continue;
+        }
+        if (rc != KM_OK) {
             collect_free(s);
             return rc;
         }

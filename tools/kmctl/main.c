@@ -321,6 +321,15 @@ static const command commands[] = {
      {"set-limits NAME POOL KEY_ID JSON [--model M]",
       "change a key's limits, e.g. '{\"rpm\": 500, \"tpm\": null}',\n"
       "or with --model M its own limits of model M"}},
+    {"add-pool", cmd_add_pool, &add_pool_syntax,
+     {"add-pool NAME --config FILE", "add a pool (one element of \"pools\") while workers run"}},
+    {"set-pool", cmd_set_pool, &set_pool_syntax,
+     {"set-pool NAME POOL JSON",
+      "change a pool's strategy, limits, models, cooldowns,\n"
+      "failure threshold or budget while workers run"}},
+    {"remove-pool", cmd_remove_pool, &remove_pool_syntax,
+     {"remove-pool NAME POOL [--timeout-ms MS] [--force]",
+      "remove a pool once its leases are back"}},
     {"reset-spend", cmd_reset_spend, &reset_spend_syntax,
      {"reset-spend NAME POOL [KEY_ID]",
       "set a pool's or a key's spend in its budget period\n"
