@@ -603,6 +603,11 @@ KM_EXTERN int km_info_get(km_env *env, km_info *out);
  * the pool is removed (km_pool_remove); a removed pool is not found.
  * @note As km_info_get(). */
 KM_EXTERN int km_pool_find(km_env *env, const char *name);
+/* Index of the segment's first pool still in use (the lowest index; pool 0
+ * until it is removed), or KM_ENOPOOL if every pool was removed: the pool
+ * the bindings open when none is named.
+ * @note As km_info_get(). */
+KM_EXTERN int km_pool_first(km_env *env);
 /* Pool `pool`; KM_ENOPOOL for an index out of range or a removed pool.
  * @note As km_info_get(). */
 KM_EXTERN int km_pool_info_get(km_env *env, int pool, km_pool_info *out);

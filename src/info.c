@@ -114,6 +114,16 @@ KM_EXTERN int km_pool_find(km_env *e, const char *name)
     return KM_ENOPOOL;
 }
 
+KM_EXTERN int km_pool_first(km_env *e)
+{
+    if (!e)
+        return KM_EINVAL;
+    for (uint32_t p = 0; p < e->geom.cap_pools; p++)
+        if (km__pool_live(e, (int)p))
+            return (int)p;
+    return KM_ENOPOOL;
+}
+
 /* The spend and budget fields of km_pool_info and km_key_info. */
 static void budget_fields(const km__spend *s, uint32_t period, int32_t tz_min, uint64_t budget,
                           uint64_t *spent, km_budget_state *out)

@@ -107,6 +107,7 @@ int km_acquire_wait(km_env *env, const km_request *req, km_lease *lease, uint32_
 int km_outcome_from_http(const km_http_response *resp, km_outcome *out);
 int km_release(km_env *env, const km_lease *lease, const km_outcome *outcome);
 int km_pool_find(km_env *env, const char *name);
+int km_pool_first(km_env *env);
 int km_pool_info_get(km_env *env, int pool, km_pool_info *out);
 int km_pool_key(km_env *env, int pool, int i);
 int km_key_find(km_env *env, int pool, const char *id);
@@ -242,9 +243,11 @@ local function new_pool(name, e, pool)
     local l = L()
     local idx
     if pool == nil then
+        -- the first pool still in use (pool 0 until it is removed)
         local pi = ffi.new("km_pool_info")
-        local rc = l.km_pool_info_get(e.ptr, 0, pi)
-        if rc ~= 0 then detach(name, e) return nil, errstr(rc, "pool 0") end
+        local first = l.km_pool_first(e.ptr)
+        local rc = first < 0 and first or l.km_pool_info_get(e.ptr, first, pi)
+        if rc ~= 0 then detach(name, e) return nil, errstr(rc, "the segment's first pool") end
         pool = ffi.string(pi.name)
     end
     idx = l.km_pool_find(e.ptr, pool)

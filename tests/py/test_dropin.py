@@ -330,3 +330,20 @@ def test_private_segment_cannot_be_removed_under_a_live_pool():
         keymesh.unlink(pool.segment)
     assert pool.status()["pool_metrics"]["total_releases"] == 0
     pool.close()   # never a crash, nothing raised
+
+
+def test_open_without_a_pool_name_after_pool_0_was_removed(seg, secrets, kmctl):
+    """The pool opened when none is named is the first one still in use:
+    pool 0 until it is removed live (kmctl remove-pool), then the next."""
+    import subprocess
+    name = seg("first")
+    c = cfg(secrets[:1])
+    c["pools"].append({"name": "q", "keys": [{"id": "q1", "secret": secrets[1]}]})
+    made = SyncKeyPool.create(name, c)
+    assert SyncKeyPool.open(name).pool_name == "p"
+    r = subprocess.run([kmctl, "remove-pool", name, "p"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    pool = SyncKeyPool.open(name)
+    assert pool.pool_name == "q" and pool.acquire() == secrets[1]
+    pool.close()
+    made.close()

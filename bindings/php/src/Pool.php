@@ -181,10 +181,12 @@ final class Pool
     {
         $km = Native::km();
         if ($pool === null) {
+            // The first pool still in use (pool 0 until it is removed).
             $pi = $km->new('km_pool_info');
-            $rc = $km->km_pool_info_get($env, 0, FFI::addr($pi));
+            $first = $km->km_pool_first($env);
+            $rc = $first < 0 ? $first : $km->km_pool_info_get($env, $first, FFI::addr($pi));
             if ($rc !== 0) {
-                throw Native::error($rc, "segment '$segment': pool 0");
+                throw Native::error($rc, "segment '$segment': its first pool");
             }
             $pool = FFI::string($pi->name);
         }

@@ -162,6 +162,7 @@ int km_outcome_from_http(const km_http_response *resp, km_outcome *out);
 int km_release(km_env *env, const km_lease *lease, const km_outcome *outcome);
 int km_info_get(km_env *env, km_info *out);
 int km_pool_find(km_env *env, const char *name);
+int km_pool_first(km_env *env);
 int km_pool_info_get(km_env *env, int pool, km_pool_info *out);
 int km_key_find(km_env *env, int pool, const char *id);
 int km_pool_key(km_env *env, int pool, int i);

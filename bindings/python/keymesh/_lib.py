@@ -248,6 +248,7 @@ _PROTOS: dict = {
     "km_release": (c_int, [env_p, POINTER(Lease), POINTER(Outcome)]),
     "km_info_get": (c_int, [env_p, POINTER(Info)]),
     "km_pool_find": (c_int, [env_p, c_char_p]),
+    "km_pool_first": (c_int, [env_p]),
     "km_pool_info_get": (c_int, [env_p, c_int, POINTER(PoolInfo)]),
     "km_key_find": (c_int, [env_p, c_int, c_char_p]),
     "km_pool_key": (c_int, [env_p, c_int, c_int]),

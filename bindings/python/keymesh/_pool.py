@@ -701,11 +701,13 @@ class _Core:
         env = self._envh
         assert env is not None
         if pool_name is None:
+            # The first pool still in use (pool 0 until it is removed).
             info = L.PoolInfo()
-            rc = lib.km_pool_info_get(env.ptr, 0, ctypes.byref(info))
+            first = lib.km_pool_first(env.ptr)
+            rc = first if first < 0 else lib.km_pool_info_get(env.ptr, first, ctypes.byref(info))
             if rc != 0:
                 _detach(env)
-                _raise(rc, "pool 0")
+                _raise(rc, "the segment's first pool")
             pool_name = info.name.decode()
         idx = lib.km_pool_find(env.ptr, pool_name.encode())
         if idx < 0:
