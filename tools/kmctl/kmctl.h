@@ -297,13 +297,15 @@ int cmd_top(int argc, char **argv);            /* cmd_top.c */
 int cmd_ls(int argc, char **argv);             /* cmd_ls.c */
 int cmd_presets(int argc, char **argv);        /* cmd_presets.c */
 int cmd_reset_spend(int argc, char **argv);    /* cmd_budget.c */
+int cmd_sync(int argc, char **argv);           /* cmd_sync.c */
+int cmd_fleet(int argc, char **argv);
 
 extern const char usage_create[], usage_inspect[], usage_ps[], usage_snapshot[],
     usage_restore[], usage_keygen[], usage_destroy[], usage_persist[], usage_usage[],
     usage_enable[], usage_disable[], usage_add_key[], usage_remove_key[],
     usage_set_weight[], usage_set_limits[], usage_reap[], usage_check[], usage_stats[],
     usage_metrics[], usage_serve[], usage_top[], usage_ls[], usage_presets[],
-    usage_reset_spend[];
+    usage_reset_spend[], usage_sync[], usage_fleet[];
 
 /* The Prometheus exposition of the segment (cmd_metrics.c) into *out
  * (malloc'd, *len bytes); a KeyMesh error code. */
@@ -315,7 +317,7 @@ extern const cmd_syntax create_syntax, inspect_syntax, ps_syntax, snapshot_synta
     restore_syntax, keygen_syntax, destroy_syntax, persist_syntax, usage_syntax, enable_syntax,
     disable_syntax, add_key_syntax, remove_key_syntax, set_weight_syntax, set_limits_syntax,
     reap_syntax, check_syntax, stats_syntax, metrics_syntax, serve_syntax, top_syntax, ls_syntax,
-    presets_syntax, reset_spend_syntax;
+    presets_syntax, reset_spend_syntax, sync_syntax, fleet_syntax;
 
 /* Attach to segment NAME, find POOL and (kid not NULL) its key KID,
  * errline-ing what is missing (cmd_keys.c); -1 to go on with *env open,
