@@ -51,6 +51,16 @@
  *                at 100% and tie;
  *   fill_first   every pair lands on the first key (its behaviour).
  * Every other strategy releases with latency 1000 us.
+ *
+ * --fleet (issue 12: fleet credit on vs off, same run): the scenario runs
+ * 2 x --reps times, alternating a segment without fleet keys and one whose
+ * keys are all fleet keys ("fleet": true; --limits on, so each pair also
+ * takes rpm and tpm credit by one 16-byte CAS), each time one repetition;
+ * the parent holds the agent's role and grants credit that never runs out
+ * (10^12 units, deadline an hour ahead), untimed.  Output:
+ *   SUMMARY acquire_release_fleet procs=.. keys=.. strategy=.. tokens=..
+ *           seconds=.. reps=.. p50_off_ns=NN p50_on_ns=NN delta_p50_ns=NN
+ *           p99_off_ns=NN p99_on_ns=NN
  */
 #include <errno.h>
 #include <getopt.h>
@@ -86,6 +96,7 @@ typedef struct scenario {
                         * release); NULL: none */
     double seconds;
     int reps;
+    int fleet; /* every key a fleet key, credit granted by the parent */
 } scenario;
 
 /* Shared (anonymous, MAP_SHARED) area between the parent and its workers. */
@@ -201,11 +212,12 @@ static int make_config(const scenario *sc, km_config **cfg)
     if (!js)
         return KM_ENOMEM;
     n += (size_t)snprintf(js + n, cap - n,
-                          "{\"capacity\": {\"keys\": %d, \"processes\": %d, "
+                          "{%s\"capacity\": {\"keys\": %d, \"processes\": %d, "
                           "\"pools\": 1, \"inflight_per_key\": %d%s},\n"
                           " \"pools\": [{\"name\": \"bench\", "
                           "\"strategy\": \"%s\",%s%s%s\n",
-                          sc->keys, sc->procs + 4, sc->procs + 4,
+                          sc->fleet ? "\"fleet\": true, " : "", sc->keys, sc->procs + 4,
+                          sc->procs + 4,
                           sc->usage_events < 0 ? "" : sc->usage_events ? ", \"usage_events\": 4096"
                                                                      : ", \"usage_events\": 0",
                           km_strategy_name(sc->strategy), sc->model ? " \"models\": {\"" : "",
@@ -301,7 +313,45 @@ fail:
     _exit(1);
 }
 
+/* --fleet: hold the agent's role on env and grant every key's fleet
+ * windows credit that does not run out during the run. */
+static int grant_forever(km_env *env, int keys)
+{
+    km_fleet_slot *sl = calloc((size_t)keys * KM_WIN_COUNT, sizeof *sl);
+    km_fleet_grant *g = calloc((size_t)keys * KM_WIN_COUNT, sizeof *g);
+    size_t n = 0;
+    int rc = !sl || !g ? KM_ENOMEM : km_fleet_claim(env, KM_FLEET_STOP);
+    if (rc == KM_OK)
+        rc = km_fleet_collect(env, now_ns(), sl, (size_t)keys * KM_WIN_COUNT, &n);
+    for (size_t i = 0; rc == KM_OK && i < n; i++)
+        g[i] = (km_fleet_grant){.key = sl[i].key, .key_gen = sl[i].key_gen,
+                                .window = sl[i].window, .grant = 1000000000000ull,
+                                .deadline_ns = now_ns() + 3600 * 1000000000ull};
+    if (rc == KM_OK)
+        rc = km_fleet_apply(env, g, n);
+    if (rc == KM_OK && n == 0)
+        rc = KM_EINVAL; /* --limits off: nothing under the fleet */
+    if (rc != KM_OK)
+        fprintf(stderr, "bench_acquire: fleet credit: %s\n", km_strerror(rc));
+    free(sl);
+    free(g);
+    return rc;
+}
+
+/* Samples a run keeps for its caller instead of printing its SUMMARY
+ * (--fleet); NULL: print. */
+typedef struct keep {
+    uint32_t *v;
+    size_t n, cap;
+} keep;
+
+static int run_scenario_keep(const scenario *sc, int seq, keep *kp);
 static int run_scenario(const scenario *sc, int seq)
+{
+    return run_scenario_keep(sc, seq, NULL);
+}
+
+static int run_scenario_keep(const scenario *sc, int seq, keep *kp)
 {
     km_config *cfg = NULL;
     km_env *env = NULL;
@@ -330,6 +380,8 @@ static int run_scenario(const scenario *sc, int seq)
         g_seg[0] = 0;
         goto out;
     }
+    if (sc->fleet && grant_forever(env, sc->keys) != KM_OK)
+        goto out;
 
     for (int r = 0; r < sc->reps; r++) {
         wres *res = (wres *)(sh + 1);
@@ -433,6 +485,20 @@ static int run_scenario(const scenario *sc, int seq)
                 "include waiting for a CPU\n",
                 100 * min_share, sc->procs, sysconf(_SC_NPROCESSORS_ONLN));
 
+    if (kp) { /* the caller prints */
+        if (kp->n + n_all > kp->cap) {
+            size_t ncap = 2 * (kp->n + n_all);
+            uint32_t *nv = realloc(kp->v, ncap * sizeof *nv);
+            if (!nv)
+                goto out;
+            kp->v = nv;
+            kp->cap = ncap;
+        }
+        memcpy(kp->v + kp->n, all, n_all * sizeof *all);
+        kp->n += n_all;
+        status = 0;
+        goto out;
+    }
     qsort(all, n_all, sizeof all[0], cmp_u32);
     qsort(rate, (size_t)sc->reps, sizeof rate[0], cmp_dbl);
     double med = sc->reps % 2 ? rate[sc->reps / 2]
@@ -473,6 +539,7 @@ static void usage(void)
     fprintf(stderr, "usage: bench_acquire [--procs N] [--keys N] [--strategy S]\n"
                     "                     [--seconds S] [--reps R] [--limits on|off] "
                     "[--tokens N] [--usage-events on|off] [--model M] [--short]\n"
+                    "                     [--fleet]  (fleet credit off vs on, alternated)\n"
                     "       bench_acquire [--matrix base|strategies|all] [--seconds S] "
                     "[--reps R]\n"
                     "                     [--limits on|off] [--tokens N] [--short]\n"
@@ -521,12 +588,13 @@ int main(int argc, char **argv)
         {"usage-events", required_argument, NULL, 'u'},
         {"model", required_argument, NULL, 'M'},
         {"short", no_argument, NULL, 'q'},
+        {"fleet", no_argument, NULL, 'F'},
         {"matrix", required_argument, NULL, 'm'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
     scenario base = {.procs = 1, .keys = 4, .strategy = KM_STRATEGY_ROUND_ROBIN,
                      .limits = 1, .tokens = 100, .usage_events = -1, .seconds = 0, .reps = 0};
-    int single = 0, shortrun = 0, sets = 0, c;
+    int single = 0, shortrun = 0, sets = 0, fleet = 0, c;
     double set_seconds = 0; /* --seconds as given, 0 if not */
 
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -598,6 +666,9 @@ int main(int argc, char **argv)
         case 'q':
             shortrun = 1;
             break;
+        case 'F':
+            fleet = 1;
+            break;
         default:
             usage();
         }
@@ -624,6 +695,38 @@ int main(int argc, char **argv)
     baseline();
 
     int seq = 0, rc = 0;
+    if (fleet) {
+        /* Off and on alternated, one repetition each, so drift of the
+         * machine (other programs, frequency) falls on both alike. */
+        keep k[2] = {{0}, {0}};
+        scenario sc = base;
+        int reps = sc.reps;
+        sc.reps = 1;
+        for (int r = 0; r < reps && !rc; r++)
+            for (int f = 0; f < 2 && !rc; f++) {
+                sc.fleet = f;
+                rc = run_scenario_keep(&sc, seq++, &k[f]);
+            }
+        if (rc)
+            return 1;
+        for (int f = 0; f < 2; f++)
+            qsort(k[f].v, k[f].n, sizeof k[f].v[0], cmp_u32);
+        uint64_t p50[2], p99[2];
+        for (int f = 0; f < 2; f++) {
+            p50[f] = pct_pair_ns(k[f].v, k[f].n, 0.50);
+            p99[f] = pct_pair_ns(k[f].v, k[f].n, 0.99);
+        }
+        printf("SUMMARY acquire_release_fleet procs=%d keys=%d strategy=%s tokens=%u "
+               "seconds=%g reps=%d p50_off_ns=%llu p50_on_ns=%llu delta_p50_ns=%lld "
+               "p99_off_ns=%llu p99_on_ns=%llu\n",
+               base.procs, base.keys, km_strategy_name(base.strategy), (unsigned)base.tokens,
+               base.seconds, reps, (unsigned long long)p50[0], (unsigned long long)p50[1],
+               (long long)p50[1] - (long long)p50[0], (unsigned long long)p99[0],
+               (unsigned long long)p99[1]);
+        free(k[0].v);
+        free(k[1].v);
+        return 0;
+    }
     if (single)
         return run_scenario(&base, seq) ? 1 : 0;
 

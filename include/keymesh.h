@@ -1240,11 +1240,15 @@ KM_EXTERN int km_key_model_stats_get(km_env *env, int key, int model,
  * the next sync, when it does not cover the cost.
  *
  * Credit covers a key's own windows (requests and tokens per minute, hour,
- * day).  When both the credit (deadline_ns) and the fallback share
- * (fb_until_ns) of a key have lapsed, policy KM_FLEET_STOP refuses it
- * (KM_EAGAIN) and KM_FLEET_LOCAL admits it on its local limits alone.
- * A segment without fleet keys returns KM_EINVAL from every call below
- * except km_fleet_status_get (store_state KM_FLEET_STORE_NONE, all zero). */
+ * day; per-model windows are not under the fleet in this version).  When
+ * both the credit (deadline_ns) and the fallback share (fb_until_ns) of a
+ * key have lapsed, policy KM_FLEET_STOP refuses it (KM_EAGAIN; also before
+ * any agent has synced) and KM_FLEET_LOCAL admits it on its local limits
+ * alone.  The policy until an agent claims is the configuration's
+ * ("fleet": {"policy": ...}, default stop).
+ * A segment without a fleet region returns KM_EINVAL from the agent's
+ * calls; km_fleet_status_get (store_state KM_FLEET_STORE_NONE, all zero)
+ * and km_fleet_key_info_get (mask 0) answer on any segment. */
 
 #define KM_FLEET_STOP 0  /* credit and fallback lapsed: refuse (default) */
 #define KM_FLEET_LOCAL 1 /* credit and fallback lapsed: local limits alone */
@@ -1295,10 +1299,18 @@ typedef struct km_fleet_slot {      /* one fleet-limited (key, window) */
 } km_fleet_slot;
 
 /* Void credit past its deadline (counted in returned), then read and reset
- * every counter: spent = credit taken by acquirers since the last collect
- * or apply, left = credit held now.  One slot per (key, window) under the
- * fleet, keys in index order.  KM_EINVAL if cap is too small (*n says how
- * many).  now_ns: km_now_ns() of the caller. */
+ * every counter: spent = credit taken by acquirers since the last collect,
+ * left = credit held now, returned = credit voided since (lapsed here, or
+ * by km_fleet_release of this or an earlier agent).  One slot per (key,
+ * window) under the fleet, keys in index order.  KM_EINVAL if cap is too
+ * small (*n says how many) or the caller does not hold the role.
+ * now_ns: km_now_ns() of the caller; UINT64_MAX voids every credit, which
+ * is the bye of rule 5 (then km_fleet_release(env, 1) ends the fallback).
+ * The counts are exact: spent + returned + left never exceeds the credit
+ * held at the previous collect plus what was applied since.
+ * @note The role holder's, one thread at a time; concurrently with every
+ * acquire and release of any process (their words are read by one load or
+ * exchange each). */
 KM_EXTERN int km_fleet_collect(km_env *env, uint64_t now_ns, km_fleet_slot *out,
                                size_t cap, size_t *n);
 
@@ -1309,9 +1321,16 @@ typedef struct km_fleet_grant {
     uint32_t fb_ppm;                      /* fallback share, parts per million of the rate */
     uint64_t fb_burst, fb_from_ns, fb_until_ns;
 } km_fleet_grant;
-/* Top up credit (CAS), set deadlines and fallback shares, wake sleepers.
- * A slot whose key_gen changed is skipped.  The deadline of a key is the
- * smallest of its grants' (credit of every window shares one deadline). */
+/* Top up credit (a locked add of `grant` to what the host holds), set
+ * deadlines and fallback shares, wake sleepers.  A grant whose key_gen
+ * changed, whose window is not under the fleet, or with a model other than
+ * 0 is skipped.  A key's windows share one deadline: the last grant's.
+ * The fallback share admits at fb_ppm/1e6 of the window's rate with burst
+ * fb_burst, from fb_from_ns until fb_until_ns, once credit has lapsed.
+ * KM_EINVAL if the caller does not hold the role.
+ * @note The role holder's, one thread at a time; acquirers see the credit
+ * no later than the deadline that covers it (release order), and the
+ * fallback share whole or not at all (a seqlock). */
 KM_EXTERN int km_fleet_apply(km_env *env, const km_fleet_grant *g, size_t n);
 
 typedef struct km_fleet_status {
@@ -1321,14 +1340,22 @@ typedef struct km_fleet_status {
 } km_fleet_status;
 /* set: the role holder's; next_sync_ns is the retry hint acquirers give
  * when credit is short.  get: anyone (kmctl inspect); fields may tear
- * while the agent writes them. */
+ * while the agent writes them.
+ * @note set: the role holder's; get: thread-safe, read only. */
 KM_EXTERN int km_fleet_status_set(km_env *env, const km_fleet_status *st);
 KM_EXTERN int km_fleet_status_get(km_env *env, km_fleet_status *st);
 
-/* Health.  changes: keys whose health changed here since the last call
- * (429 with its cooldown, auth, quota, operator enable/disable).  set:
- * apply the fleet's state without counting it as a local change.
- * state: km_key_state; cool_ms: the cooldown for KM_KEY_COOLING. */
+/* Health.  changes: fleet keys whose health changed here since the last
+ * call (a release's 429 with its cooldown left in arg_ms, auth, quota; an
+ * operator's km_key_set_state), at most cap of them (the rest at the next
+ * call), kind KM_FLEET_EV_*.  set: apply the fleet's state without
+ * counting it as a local change: KM_KEY_ACTIVE and KM_KEY_DISABLED as
+ * km_key_set_state (admin lock), KM_KEY_COOLING for cool_ms (the cooldown
+ * only ever extended), KM_KEY_INVALID / KM_KEY_EXHAUSTED.  Both are the
+ * role holder's (KM_EINVAL otherwise); KM_ENOKEY for no such key.
+ * @note The role holder's, one thread at a time, concurrently with
+ * acquires, releases and reconfiguration (set takes the admin lock for
+ * enable and disable). */
 typedef struct km_fleet_health { uint32_t key; int kind; uint64_t arg_ms; } km_fleet_health;
 KM_EXTERN int km_fleet_health_changes(km_env *env, km_fleet_health *out, size_t cap, size_t *n);
 KM_EXTERN int km_fleet_health_set(km_env *env, uint32_t key, int state, uint64_t cool_ms);

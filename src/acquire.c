@@ -203,22 +203,25 @@ static int lease_key(km_env *e, uint32_t ki, key_scan *sc, km_lease *out)
         }
         probe = 1;
     }
-    if (!km__admit(&kset, &sc->a, &ku))
-        goto undo_probe;
-    km__undo mu;
-    if (sc->md && !km__admit(&mset, &sc->a, &mu)) {
-        km__admit_undo(&kset, &ku, sc->a.tokens);
-        goto undo_probe;
-    }
-    /* Fleet-wide limits (src/fleet.h): after the local admission, the
-     * key's credit must cover the cost too.  A key outside the fleet pays
-     * this load (the line of the limit pairs just CASed) and one branch. */
+    /* Fleet-wide limits (src/fleet.h): the key's credit must cover the
+     * cost as well as its local limits.  Credit first: giving credit back
+     * is exact (a sum), undoing a local request charge is not once another
+     * acquire was admitted (src/gcra.h), so a fleet refusal taken after
+     * the local admission would waste local capacity under contention.
+     * A key outside the fleet pays this load (line 1 of the row, beside
+     * the limit pairs admitted next) and one branch. */
     uint32_t fmask = k->fleet_mask;
-    if (__builtin_expect(fmask != 0, 0) && !km__fleet_admit(e, ki, k, fmask, &sc->a)) {
-        km__admit_undo(&kset, &ku, sc->a.tokens);
-        if (sc->md)
-            km__admit_undo(&mset, &mu, sc->a.tokens);
+    int fl = 0;
+    if (__builtin_expect(fmask != 0, 0) && !(fl = km__fleet_admit(e, ki, k, fmask, &sc->a)))
         goto undo_probe;
+    if (!km__admit(&kset, &sc->a, &ku))
+        goto undo_fleet;
+    if (sc->md) {
+        km__undo mu;
+        if (!km__admit(&mset, &sc->a, &mu)) {
+            km__admit_undo(&kset, &ku, sc->a.tokens);
+            goto undo_fleet;
+        }
     }
     /* Count the acquire while still ADMITTING: a reaper counts a slot it
      * finds ACTIVE as abandoned, so the acquire must be counted by then (a
@@ -277,6 +280,9 @@ static int lease_key(km_env *e, uint32_t ki, key_scan *sc, km_lease *out)
     memset(out->reserved, 0, sizeof(out->reserved));
     return 1;
 
+undo_fleet:
+    if (__builtin_expect(fl != 0, 0))
+        km__fleet_undo(e, ki, k, fmask, &sc->a, fl);
 undo_probe:
     if (probe) {
         int back = ck_pr_cas_32(&k->state, KM__ST_PROBING, KM__ST_FAILING);

@@ -14,6 +14,14 @@
  *           each decrement linearises before or after collect's one load.
  *   a_ret   credit voided (lapsed, or km_fleet_release) since the last
  *           report: returned.
+ * A unit an acquirer took and gives back (the local limits refused, F3)
+ * may be seen taken by one collect (reported spent: the ledger commits
+ * it, conservative) and back in the word by the next: the word then
+ * exceeds a_last by it.  That unit is the ledger's no more, so every
+ * report counts the word only up to a_last (left = min(word, a_last),
+ * and a void returns at most a_last): whatever the word holds above is
+ * spent without being reported again, and the ledger's check that
+ * spent + returned + left never exceeds what it granted holds.
  * Both live in the segment, so an agent that restarts reports what its
  * predecessor had not.
  */
@@ -177,7 +185,7 @@ int km__fleet_lapsed(km_env *e, uint32_t ki, km__key *k, uint32_t mask, km__adm 
             m &= m - 1;
             ck_pr_add_64(&fk->fb_used[w], km__fleet_cost(w, a->tokens));
         }
-        return 1;
+        return KM__FL_FALLBACK;
     refused:
         while (done) { /* exact only if nothing was admitted since (src/gcra.h) */
             int w = __builtin_ctz(done);
@@ -187,8 +195,32 @@ int km__fleet_lapsed(km_env *e, uint32_t ki, km__key *k, uint32_t mask, km__adm 
         return km__fleet_refuse(e, ki, mask, a);
     }
     if (ck_pr_load_32(&fh->policy) == KM_FLEET_LOCAL)
-        return 1;
+        return KM__FL_LOCAL;
     return km__fleet_refuse(e, ki, mask, a);
+}
+
+void km__fleet_undo(km_env *e, uint32_t ki, km__key *k, uint32_t mask, const km__adm *a, int how)
+{
+    km__fkey *fk = km__fkeys(e, ki);
+    if (how == KM__FL_CREDIT) {
+        /* What the take took is fixed by mask and cost (all or nothing). */
+        km__fleet_giveback_min(k, (mask >> KM_WIN_RPM) & 1,
+                               (mask >> KM_WIN_TPM) & 1 ? a->tokens : 0);
+        for (int p = 0; p < 2; p++) {
+            int rw = p ? KM_WIN_RPD : KM_WIN_RPH, tw = p ? KM_WIN_TPD : KM_WIN_TPH;
+            if ((mask >> rw) & 1)
+                ck_pr_add_64(&fk->credit_hd[p].req, 1); /* a sum: exact (F3) */
+            if (((mask >> tw) & 1) && a->tokens)
+                ck_pr_add_64(&fk->credit_hd[p].tok, a->tokens);
+        }
+    } else if (how == KM__FL_FALLBACK) {
+        for (uint32_t m = mask; m; m &= m - 1) {
+            int w = __builtin_ctz(m);
+            uint64_t cost = km__fleet_cost(w, a->tokens);
+            if (cost)
+                ck_pr_sub_64(&fk->fb_used[w], cost); /* not admitted after all */
+        }
+    }
 }
 
 /* A key's health changed here (src/release.c: a 429, auth or quota
@@ -317,8 +349,8 @@ static void credit_void(km_env *e, uint32_t ki, km__key *k, uint32_t mask)
     while (mask) {
         int w = __builtin_ctz(mask);
         mask &= mask - 1;
-        uint64_t v = ck_pr_fas_64(credit_word(e, ki, k, w), 0);
-        fk->a_last[w] = fk->a_last[w] >= v ? fk->a_last[w] - v : 0;
+        uint64_t v = km__min64(ck_pr_fas_64(credit_word(e, ki, k, w), 0), fk->a_last[w]);
+        fk->a_last[w] -= v;
         fk->a_ret[w] += v;
     }
     fk->gen++;
@@ -421,8 +453,8 @@ KM_EXTERN int km_fleet_collect(km_env *e, uint64_t now, km_fleet_slot *out, size
             o->strict = (fk->flags & KM__FK_STRICT) != 0;
             /* One load of the word: every acquirer's decrement is before
              * or after it (see the top of this file). */
-            uint64_t cur = ck_pr_load_64(credit_word(e, ki, k, w));
-            o->spent = fk->a_last[w] >= cur ? fk->a_last[w] - cur : 0;
+            uint64_t cur = km__min64(ck_pr_load_64(credit_word(e, ki, k, w)), fk->a_last[w]);
+            o->spent = fk->a_last[w] - cur;
             o->left = cur;
             o->returned = fk->a_ret[w];
             fk->a_last[w] = cur;

@@ -47,8 +47,8 @@
 #define KM__FLEET_POLL_NS (5 * KM__NS_PER_MS)
 
 /* The out-of-line paths (src/fleet.c): hour/day credit, fallback share and
- * policy, and the refusal's bookkeeping.  Each returns 1 if admitted, 0
- * refused with a->retry lowered. */
+ * policy, and the refusal's bookkeeping.  Each returns 0 if refused (with
+ * a->retry lowered), else 1 (km__fleet_lapsed: KM__FL_*). */
 int km__fleet_take_hd(km_env *e, uint32_t ki, km__key *k, uint32_t mask, km__adm *a);
 int km__fleet_lapsed(km_env *e, uint32_t ki, km__key *k, uint32_t mask, km__adm *a);
 int km__fleet_refuse(km_env *e, uint32_t ki, uint32_t mask, km__adm *a);
@@ -75,10 +75,18 @@ static inline void km__fleet_giveback_min(km__key *k, uint64_t r, uint64_t t)
         ck_pr_add_64(&k->credit.tok, t);
 }
 
-/* Admit one request of a fleet key (mask = k->fleet_mask, not 0) after its
- * local admission.  Returns 1 if admitted; 0 if refused, with a->retry
- * lowered and nothing of the fleet's taken (the caller undoes the local
- * admission). */
+/* How km__fleet_admit admitted: by credit, on the fallback share, or on
+ * the local limits alone (policy local).  0: refused. */
+enum { KM__FL_CREDIT = 1, KM__FL_FALLBACK = 2, KM__FL_LOCAL = 3 };
+
+/* The local limits refused what km__fleet_admit admitted (how = its
+ * result): credit given back exactly (F3); a fallback unit uncounted (its
+ * GCRA charge stays: conservative). */
+void km__fleet_undo(km_env *e, uint32_t ki, km__key *k, uint32_t mask, const km__adm *a, int how);
+
+/* Admit one request of a fleet key (mask = k->fleet_mask, not 0), before
+ * its local admission.  Returns KM__FL_* if admitted; 0 if refused, with
+ * a->retry lowered and nothing of the fleet's taken. */
 KM__HOT int km__fleet_admit(km_env *e, uint32_t ki, km__key *k, uint32_t mask, km__adm *a)
 {
     /* A stale deadline only makes us conservative or spends credit the
@@ -110,7 +118,7 @@ KM__HOT int km__fleet_admit(km_env *e, uint32_t ki, km__key *k, uint32_t mask, k
         km__fleet_giveback_min(k, need_r, need_t);
         return 0;
     }
-    return 1;
+    return KM__FL_CREDIT;
 }
 
 #endif /* KM_FLEET_H */

@@ -236,12 +236,15 @@ static int snapshot_config(restore_ctx *c, json_t *root, json_t **out)
     if (!cfg)
         return fail_msg(c, KM_ECONFIG, "capacity: keys, pools, processes, inflight_per_key expected");
     /* Optional: snapshots of older libraries have neither (the defaults). */
-    static const char *const optional[] = {"models", "usage_events"};
+    static const char *const optional[] = {"models", "usage_events", "fleet"};
     for (i = 0; i < sizeof optional / sizeof *optional; i++)
         if (json_object_get(cap, optional[i]) &&
             json_object_set(json_object_get(cfg, "capacity"), optional[i],
                             json_object_get(cap, optional[i])) < 0)
             goto fail;
+    if (json_object_get(root, "fleet") &&
+        json_object_set(cfg, "fleet", json_object_get(root, "fleet")) < 0)
+        goto fail;
     pa = json_object_get(cfg, "pools");
     json_array_foreach(pools, i, p) {
         const char *pname = json_string_value(json_object_get(p, "name"));
@@ -285,7 +288,9 @@ static int snapshot_config(restore_ctx *c, json_t *root, json_t **out)
             if (!kc || json_array_append_new(ka, kc) < 0)
                 goto fail;
             json_t *kb = json_object_get(k, "budget"), *meta = json_object_get(k, "meta");
-            if ((json_object_get(k, "price") && json_object_set(kc, "price", json_object_get(k, "price")) < 0) ||
+            json_t *kf = json_object_get(k, "fleet");
+            if ((kf && json_object_set(kc, "fleet", kf) < 0) ||
+                (json_object_get(k, "price") && json_object_set(kc, "price", json_object_get(k, "price")) < 0) ||
                 (json_is_object(kb) && json_object_set_new(kc, "budget", budget_config(kb)) < 0) ||
                 (json_object_size(meta) && json_object_set(kc, "meta", meta) < 0))
                 goto fail;

@@ -22,7 +22,11 @@
  * "cooldown_until_unix_ms", per pool "defaults" (limits, max_inflight,
  * price given to keys added later), capacity "models".  Capacity
  * "usage_events" came later within format 2 (optional: a restore without
- * it takes the default).
+ * it takes the default), and so did the fleet (segment format 5): capacity
+ * "fleet": true, a top-level "fleet": {"all", "policy"} and a fleet key's
+ * "fleet" (true, or {"strict", "id"}) as configured, only in a segment
+ * with a fleet region.  Credit is not kept: it lapses, and a restored
+ * segment starts with none.
  *
  * Shape (format 1; docs/kmctl.md):
  *   {"keymesh", "format", "taken_unix_ms", "capacity": {...}, "size_bytes",
@@ -380,6 +384,19 @@ static int pool_json(km_env *env, int pool, const snap *sn, json_t **out)
             json_decref(k);
             k = NULL;
         }
+        if (k && km__keys(env)[key].fleet) { /* a fleet key: as configured */
+            const km__fkey *fk = km__fkeys(env, (uint32_t)key);
+            json_t *fl = fk->fleet_id[0] || (fk->flags & KM__FK_STRICT)
+                             ? json_pack("{s:b}", "strict", (fk->flags & KM__FK_STRICT) != 0)
+                             : json_true();
+            if (fl && fk->fleet_id[0])
+                json_object_set_new(fl, "id", json_stringn(fk->fleet_id,
+                                                           strnlen(fk->fleet_id, KM_ID_MAX)));
+            if (!fl || json_object_set_new(k, "fleet", fl) < 0) {
+                json_decref(k);
+                k = NULL;
+            }
+        }
         if (k && pi.model_mode == KM_MODELS_PER_MODEL) {
             json_t *m = key_models_json(env, pool, pi.n_models, (uint32_t)key, &sn->clk);
             if (!m || json_object_set_new(k, "models", m) < 0) {
@@ -516,6 +533,12 @@ KM_EXTERN int km_snapshot_json_ex(km_env *env, unsigned flags, const unsigned ch
                      "pools", pools);
     rc = KM_ENOMEM;
     if (!root)
+        goto out;
+    const km__fhdr *fh = km__fleet(env);
+    if (fh && (json_object_set_new(json_object_get(root, "capacity"), "fleet", json_true()) < 0 ||
+               json_object_set_new(root, "fleet",
+                                   json_pack("{s:b, s:s}", "all", fh->all != 0, "policy",
+                                             fh->policy == KM_FLEET_LOCAL ? "local" : "stop")) < 0))
         goto out;
     if (sn.key) {
         /* A check value of the key (a keyed hash of a fixed text), so a

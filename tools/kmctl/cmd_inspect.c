@@ -538,6 +538,114 @@ static int inspect_epochs(km_env *env, const char *name)
 
 /* --------------------------------------------------------------- inspect */
 
+/* ------------------------------------------------------------------ fleet */
+
+static const char *store_state_name(int st)
+{
+    static const char *const n[] = {"none", "ok", "learning", "unreachable", "error"};
+    return st >= 0 && st < (int)(sizeof n / sizeof n[0]) ? n[st] : "unknown";
+}
+
+/* Signed milliseconds from now to t (CLOCK_MONOTONIC ns). */
+static int64_t ms_to(uint64_t t, uint64_t now)
+{
+    return t >= now ? (int64_t)((t - now) / 1000000) : -(int64_t)((now - t) / 1000000);
+}
+
+/* "in 1.2 s", "1.2 s ago", or "none" (t == 0). */
+static void when(uint64_t t, uint64_t now, char *b, size_t n)
+{
+    if (!t) {
+        snprintf(b, n, "none");
+        return;
+    }
+    int64_t ms = ms_to(t, now);
+    snprintf(b, n, ms >= 0 ? "in %.1f s" : "%.1f s ago", (double)(ms >= 0 ? ms : -ms) / 1000.0);
+}
+
+/* The fleet: the agent's status (km_fleet_status_get) and, per fleet key,
+ * its share, credit per window, deadline and fallback window
+ * (km_fleet_key_info_get).  Printed (j NULL) or added to j as "fleet";
+ * nothing for a segment without fleet keys or agent. */
+static int inspect_fleet(km_env *env, const char *name, json_t *j)
+{
+    km_fleet_status st;
+    km_info info;
+    int rc;
+    if ((rc = km_fleet_status_get(env, &st)) != KM_OK || (rc = km_info_get(env, &info)) != KM_OK)
+        return seg_error(name, rc);
+    uint64_t now = km_now_ns();
+    json_t *keys = j ? json_array() : NULL;
+    int header = 0;
+    char b1[48], b2[48];
+    for (uint32_t p = 0; p < info.n_pools; p++) {
+        km_pool_info pi;
+        if (km_pool_info_get(env, (int)p, &pi) != KM_OK)
+            continue;
+        for (uint32_t i = 0; i < pi.n_keys; i++) {
+            int k = km_pool_key(env, (int)p, i);
+            km_key_info ki;
+            km_fleet_key_info fi;
+            if (k < 0 || km_key_info_get(env, k, &ki) != KM_OK ||
+                km_fleet_key_info_get(env, (uint32_t)k, &fi) != KM_OK || !fi.mask)
+                continue;
+            if (j) {
+                json_t *cr = json_object(), *ws = json_array();
+                for (int w = 0; w < KM_WIN_COUNT; w++)
+                    if (fi.mask & (1u << w)) {
+                        json_array_append_new(ws, json_string(km_window_name(w)));
+                        json_object_set_new(cr, km_window_name(w), ju64(fi.credit[w]));
+                    }
+                json_array_append_new(
+                    keys, json_pack("{s:s, s:s, s:o, s:o, s:o, s:I, s:o, s:o}", "pool", pi.name,
+                                    "key", ki.id, "windows", ws, "credit", cr, "deadline_in_ms",
+                                    fi.deadline_ns ? json_integer(ms_to(fi.deadline_ns, now))
+                                                   : json_null(),
+                                    "share_ppm", (json_int_t)fi.fb_ppm, "fallback_ppm",
+                                    json_integer(fi.fb_ppm), "fallback_until_in_ms",
+                                    fi.fb_until_ns ? json_integer(ms_to(fi.fb_until_ns, now))
+                                                   : json_null()));
+                continue;
+            }
+            if (!header) {
+                when(st.last_sync_ns, now, b1, sizeof b1);
+                when(st.next_sync_ns, now, b2, sizeof b2);
+                printf("\nfleet: store %s, epoch %" PRIu64 ", %" PRIu32 " host%s, last sync %s, "
+                       "next sync %s%s\n",
+                       store_state_name(st.store_state), st.epoch, st.n_hosts,
+                       st.n_hosts == 1 ? "" : "s", b1, b2,
+                       st.learn_ms ? ", learning" : "");
+                header = 1;
+            }
+            printf("  %s/%s: credit", pi.name, ki.id);
+            for (int w = 0; w < KM_WIN_COUNT; w++)
+                if (fi.mask & (1u << w))
+                    printf(" %s %" PRIu64, km_window_name(w), fi.credit[w]);
+            when(fi.deadline_ns, now, b1, sizeof b1);
+            when(fi.fb_until_ns, now, b2, sizeof b2);
+            printf(", deadline %s, share (fallback) %.1f%%, fallback until %s\n", b1,
+                   (double)fi.fb_ppm / 1e4, b2);
+        }
+    }
+    if (j) {
+        if (json_array_size(keys) == 0 && st.store_state == KM_FLEET_STORE_NONE && !st.epoch) {
+            json_decref(keys);
+            return EX_SUCCESS;
+        }
+        json_object_set_new(
+            j, "fleet",
+            json_pack("{s:s, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o}", "store_state",
+                      store_state_name(st.store_state), "epoch", ju64(st.epoch), "seq",
+                      ju64(st.seq), "ack", ju64(st.ack), "hosts", ju64(st.n_hosts), "learn_ms",
+                      ju64(st.learn_ms), "last_sync_ago_ms",
+                      st.last_sync_ns ? json_integer(-ms_to(st.last_sync_ns, now)) : json_null(),
+                      "next_sync_in_ms",
+                      st.next_sync_ns ? json_integer(ms_to(st.next_sync_ns, now)) : json_null(),
+                      "keys", keys));
+    }
+    return EX_SUCCESS;
+}
+
 static int inspect_table(km_env *env, const char *name)
 {
     km_info info;
@@ -558,6 +666,8 @@ static int inspect_table(km_env *env, const char *name)
     for (uint32_t p = 0; p < info.n_pools; p++)
         if ((rc = inspect_pool(env, name, (int)p)) != EX_SUCCESS)
             return rc;
+    if ((rc = inspect_fleet(env, name, NULL)) != EX_SUCCESS)
+        return rc;
     if ((rc = inspect_procs(env, name)) != EX_SUCCESS)
         return rc;
     return inspect_epochs(env, name);
@@ -594,6 +704,10 @@ static int inspect_json(km_env *env, const char *name)
     }
     json_object_set_new(d, "processes", procs_json(rows, n, km_now_ns()));
     free(rows);
+    if ((rc = inspect_fleet(env, name, d)) != EX_SUCCESS) {
+        json_decref(d);
+        return rc;
+    }
     km_epoch_info ei;
     if ((rc = km_epoch_info_get(env, &ei)) != KM_OK) {
         json_decref(d);

@@ -261,7 +261,7 @@ static const command commands[] = {
       "create segment NAME from environment variables\n"
       "(NUM_OPENAI, OPENAI_API_KEY_1, ...)"}},
     {"inspect", cmd_inspect, &inspect_syntax,
-     {"inspect NAME [--json]", "show pools, keys, processes and epochs"}},
+     {"inspect NAME [--json]", "show pools, keys, the fleet, processes and epochs"}},
     {"stats", cmd_stats, &stats_syntax,
      {"stats NAME [--json] [--pool P] [--key K] [--model M]",
       "per pool, key and model: use of every limit window\n"

@@ -1,0 +1,644 @@
+/*
+ * t_fleet_seg.c - fleet-wide limits, the segment side (issue 12 item 3,
+ * tools/sync/DESIGN.md sections 3-4): "fleet" in the configuration; the
+ * agent's role (claim, release, a dead agent's role taken over); collect
+ * and apply (spent, left, returned, refused, want, adj, exact to the unit);
+ * admission against credit across 4 processes never above the credit
+ * granted nor the local limits; a lapsed deadline; the fallback share;
+ * policy stop vs local; a grant for a changed key skipped; health changes
+ * and the fleet's verdict applied; status and key info for inspect.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <ck_pr.h>
+#include <jansson.h>
+
+#include "testlib.h"
+
+/* Pool "p": key "f" under the fleet (rpm 6000, tpm 600000, rph 100000),
+ * key "g" not; pool "q": key "h" under the fleet with a small local burst. */
+static const char *CFG =
+    "{\"capacity\":{\"processes\":16},"
+    " \"pools\":[{\"name\":\"p\",\"strategy\":\"fill_first\",\"keys\":["
+    "  {\"id\":\"f\",\"secret\":\"sk-fleet-aaaaaaaa\",\"fleet\":{\"id\":\"acme.f\"},"
+    "   \"limits\":{\"rpm\":{\"limit\":6000,\"burst\":6000,\"mode\":\"token_bucket\"},"
+    "              \"tpm\":{\"limit\":600000,\"burst\":600000,\"mode\":\"token_bucket\"},"
+    "              \"rph\":100000}},"
+    "  {\"id\":\"g\",\"secret\":\"sk-fleet-bbbbbbbb\",\"fleet\":false,"
+    "   \"limits\":{\"rpm\":6000}}]},"
+    "  {\"name\":\"q\",\"keys\":[{\"id\":\"h\",\"secret\":\"sk-fleet-cccccccc\",\"fleet\":true,"
+    "   \"limits\":{\"rpm\":{\"limit\":600,\"burst\":5,\"mode\":\"sliding\"}}}]}]}";
+
+static km_env *env;
+static int P, Q, KF, KG, KH;
+
+static int acq_pin(km_env *e, int pool, const char *id, uint32_t tokens, km_lease *l)
+{
+    km_request r = {.pool = pool, .tokens = tokens, .key_id = id};
+    memset(l, 0, sizeof *l);
+    return km_acquire(e, &r, l);
+}
+
+static void rel_ok(km_env *e, km_lease *l, int64_t tokens)
+{
+    if (release_with(e, l, KM_OUT_SUCCESS, 1000, tokens, 0) != KM_OK)
+        bail_out("release failed");
+}
+
+static km_fleet_slot *slot_of(km_fleet_slot *s, size_t n, int key, int w)
+{
+    for (size_t i = 0; i < n; i++)
+        if ((int)s[i].key == key && s[i].window == w)
+            return &s[i];
+    return NULL;
+}
+
+static km_fleet_slot slots[64];
+static size_t nslots;
+
+static void collect(uint64_t now)
+{
+    int rc = km_fleet_collect(env, now, slots, 64, &nslots);
+    if (rc != KM_OK)
+        bail_out("km_fleet_collect: %s", E(rc));
+}
+
+static km_fleet_slot *S(int key, int w)
+{
+    km_fleet_slot *s = slot_of(slots, nslots, key, w);
+    if (!s)
+        bail_out("no slot for key %d window %d", key, w);
+    return s;
+}
+
+static int grant(int key, int w, uint64_t units, uint64_t deadline)
+{
+    km_key_info ki = info(env, key);
+    km_fleet_grant g = {.key = (uint32_t)key, .key_gen = ki.gen, .window = w, .grant = units,
+                        .deadline_ns = deadline};
+    return km_fleet_apply(env, &g, 1);
+}
+
+static void test_config(void)
+{
+    const char *bad[] = {
+        "{\"pools\":[{\"name\":\"p\",\"keys\":[{\"id\":\"a\",\"secret\":\"sk-x-aaaaaaaa\",\"fleet\":1}]}]}",
+        "{\"pools\":[{\"name\":\"p\",\"keys\":[{\"id\":\"a\",\"secret\":\"sk-x-aaaaaaaa\",\"fleet\":{\"id\":\"a b\"}}]}]}",
+        "{\"pools\":[{\"name\":\"p\",\"keys\":[{\"id\":\"a\",\"secret\":\"sk-x-aaaaaaaa\",\"fleet\":{\"nope\":1}}]}]}",
+        "{\"fleet\":{\"policy\":\"maybe\"},\"pools\":[{\"name\":\"p\",\"keys\":[{\"id\":\"a\",\"secret\":\"sk-x-aaaaaaaa\"}]}]}",
+        "{\"capacity\":{\"fleet\":\"yes\"},\"pools\":[{\"name\":\"p\",\"keys\":[{\"id\":\"a\",\"secret\":\"sk-x-aaaaaaaa\"}]}]}",
+    };
+    const char *why[] = {"fleet: must be true", "fleet.id: must be", "unknown field",
+                         "fleet.policy", "capacity.fleet"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        km_config *c = NULL;
+        char err[256] = "";
+        int rc = km_config_parse(bad[i], strlen(bad[i]), "t", &c, err, sizeof err);
+        ok(rc == KM_ECONFIG && strstr(err, why[i]), "config refused (%s): %s", why[i], err);
+        km_config_free(c);
+    }
+    /* A segment without fleet keys has no fleet region. */
+    km_env *e = mkseg("{\"pools\":[{\"name\":\"p\",\"keys\":[{\"id\":\"a\",\"secret\":\"sk-x-aaaaaaaa\"}]}]}");
+    km_fleet_status st;
+    km_fleet_key_info fi;
+    is_int(km_fleet_claim(e, KM_FLEET_STOP), KM_EINVAL, "no fleet keys: claim is KM_EINVAL");
+    is_int(km_fleet_status_get(e, &st), KM_OK, "no fleet keys: status_get answers");
+    is_int(st.store_state, KM_FLEET_STORE_NONE, "  store state none");
+    is_int(km_fleet_key_info_get(e, 0, &fi), KM_OK, "no fleet keys: key info answers");
+    is_int((int)fi.mask, 0, "  mask 0");
+    rmseg(e);
+    /* The segment-wide switch: every key but one saying false. */
+    e = mkseg("{\"fleet\":{\"all\":true,\"policy\":\"local\"},\"pools\":[{\"name\":\"p\",\"keys\":["
+              "{\"id\":\"a\",\"secret\":\"sk-x-aaaaaaaa\",\"limits\":{\"rpm\":60}},"
+              "{\"id\":\"b\",\"secret\":\"sk-x-bbbbbbbb\",\"fleet\":false,\"limits\":{\"rpm\":60}}]}]}");
+    km_fleet_key_info_get(e, 0, &fi);
+    is_int((int)fi.mask, 1 << KM_WIN_RPM, "\"fleet\": {\"all\": true}: key a under the fleet (rpm)");
+    km_fleet_key_info_get(e, 1, &fi);
+    is_int((int)fi.mask, 0, "  key b says false: not");
+    km_lease l;
+    is_int(acquire_with(e, 0, 0, 0, &l), KM_OK, "  policy local from the config: admitted before any agent");
+    rmseg(e);
+}
+
+/* Role: claim, a second claimant refused, a dead agent's role taken over. */
+static void test_claim(void)
+{
+    int up[2], down[2]; /* child -> parent "claimed", parent -> child "go" */
+    if (pipe(up) || pipe(down))
+        bail_out("pipe");
+    pid_t c = fork();
+    if (c == 0) { /* a live agent holds the role until told */
+        km_env *e;
+        char b = 0;
+        if (km_open(seg, &e) || km_fleet_claim(e, KM_FLEET_STOP))
+            _exit(1);
+        if (write(up[1], "x", 1) != 1 || read(down[0], &b, 1) != 1)
+            _exit(2);
+        _exit(0); /* killed in effect: no release, no close */
+    }
+    char b;
+    if (read(up[0], &b, 1) != 1)
+        bail_out("child");
+    is_int(km_fleet_claim(env, KM_FLEET_STOP), KM_EBUSY, "claim while a live agent holds it: KM_EBUSY");
+    is_int(km_fleet_release(env, 0), KM_EINVAL, "release by a non-holder: KM_EINVAL");
+    size_t n;
+    is_int(km_fleet_collect(env, km_now_ns(), slots, 64, &n), KM_EINVAL, "collect by a non-holder: KM_EINVAL");
+    if (write(down[1], "x", 1) != 1)
+        bail_out("pipe");
+    int st;
+    waitpid(c, &st, 0);
+    close(up[0]);
+    close(up[1]);
+    close(down[0]);
+    close(down[1]);
+    is_int(WEXITSTATUS(st), 0, "the first agent exited without releasing");
+    is_int(km_fleet_claim(env, KM_FLEET_STOP), KM_OK, "its role is taken over once it is dead");
+    is_int(km_fleet_claim(env, KM_FLEET_STOP), KM_OK, "claiming again is a no-op");
+    is_int(km_fleet_release(env, 0), KM_OK, "release");
+    is_int(km_fleet_claim(env, KM_FLEET_STOP), KM_OK, "claim again after release");
+}
+
+static void test_policy(void)
+{
+    km_lease l;
+    km_fleet_status st = {.next_sync_ns = km_now_ns() + 250 * MS, .store_state = KM_FLEET_STORE_OK,
+                          .epoch = 7, .seq = 11, .ack = 10, .last_sync_ns = km_now_ns(),
+                          .n_hosts = 3};
+    is_int(km_fleet_status_set(env, &st), KM_OK, "status_set");
+    int rc = acq_pin(env, P, "f", 0, &l);
+    is_int(rc, KM_EAGAIN, "policy stop, no credit: KM_EAGAIN");
+    is_u64(l.retry_at_ns, st.next_sync_ns, "  retry at the next sync");
+    is_int(acq_pin(env, P, "g", 0, &l), KM_OK, "a key outside the fleet is admitted");
+    rel_ok(env, &l, -1);
+    km__fhdr *fh = km__fleet(env);
+    is_int((int)ck_pr_load_32(&fh->kick), 1, "the refusal kicked the agent");
+    km_fleet_status got;
+    km_fleet_status_get(env, &got);
+    ok(got.epoch == 7 && got.seq == 11 && got.ack == 10 && got.n_hosts == 3 &&
+           got.store_state == KM_FLEET_STORE_OK && got.next_sync_ns == st.next_sync_ns,
+       "status_get gives back what status_set stored");
+    km_fleet_status_set(env, &st);
+    is_int((int)ck_pr_load_32(&fh->kick), 0, "a sync (status_set) clears the kick");
+
+    is_int(km_fleet_claim(env, KM_FLEET_LOCAL), KM_OK, "claim again with policy local");
+    is_int(acq_pin(env, P, "f", 0, &l), KM_OK, "policy local, no credit: the local limits alone");
+    rel_ok(env, &l, -1);
+    km_fleet_claim(env, KM_FLEET_STOP);
+    collect(km_now_ns()); /* reset the counters */
+}
+
+/* Collect and apply, exact to the unit. */
+static void test_collect_apply(void)
+{
+    uint64_t now = km_now_ns(), dl = now + 60 * NS;
+    km_lease l[8];
+
+    collect(now);
+    is_u64(nslots, 4, "collect: one slot per fleet (key, window): f rpm, rph, tpm; h rpm");
+    km_fleet_slot *s = S(KF, KM_WIN_RPM);
+    ok(s->limit == 6000 && s->period_ms == 60000 && s->mode == KM_MODE_TOKEN_BUCKET &&
+           strcmp(s->key_id, "f") == 0 && strcmp(s->pool, "p") == 0 &&
+           strcmp(s->fleet_id, "acme.f") == 0 && s->model == 0 && !s->strict,
+       "  the slot describes its limit, key, pool and configured fleet id");
+    is_str(S(KH, KM_WIN_RPM)->fleet_id, "", "  no configured id: \"\"");
+
+    is_int(grant(KF, KM_WIN_RPM, 5, dl), KM_OK, "apply 5 rpm");
+    grant(KF, KM_WIN_RPH, 100, dl);
+    grant(KF, KM_WIN_TPM, 1000, dl);
+    int n = 0;
+    for (int i = 0; i < 8; i++)
+        if (acq_pin(env, P, "f", 10, &l[n]) == KM_OK)
+            n++;
+    is_int(n, 5, "5 units of rpm credit admit exactly 5");
+    km_lease x;
+    is_int(acq_pin(env, P, "f", 10, &x), KM_EAGAIN, "the 6th is refused (policy stop)");
+    km_fleet_key_info fi;
+    km_fleet_key_info_get(env, (uint32_t)KF, &fi);
+    ok(fi.credit[KM_WIN_RPM] == 0 && fi.credit[KM_WIN_RPH] == 95 && fi.credit[KM_WIN_TPM] == 950,
+       "refused on rpm: rph and tpm were given back exactly (rpm %llu rph %llu tpm %llu)",
+       (unsigned long long)fi.credit[KM_WIN_RPM], (unsigned long long)fi.credit[KM_WIN_RPH],
+       (unsigned long long)fi.credit[KM_WIN_TPM]);
+    is_u64(fi.deadline_ns, dl, "key info: the deadline");
+    is_int((int)fi.mask, (1 << KM_WIN_RPM) | (1 << KM_WIN_RPH) | (1 << KM_WIN_TPM), "key info: the mask");
+    for (int i = 0; i < n; i++)
+        rel_ok(env, &l[i], i == 0 ? 30 : -1); /* one lease used 20 tokens above its estimate */
+
+    collect(km_now_ns());
+    s = S(KF, KM_WIN_RPM);
+    ok(s->spent == 5 && s->left == 0 && s->returned == 0 && s->refused == 8 - 5 + 1 && s->want == 1,
+       "collect rpm: spent 5 left 0 returned 0 refused 4 want 1 (got %llu %llu %llu %llu %llu)",
+       (unsigned long long)s->spent, (unsigned long long)s->left, (unsigned long long)s->returned,
+       (unsigned long long)s->refused, (unsigned long long)s->want);
+    s = S(KF, KM_WIN_TPM);
+    ok(s->spent == 50 && s->left == 950 && s->refused == 40 && s->want == 10 && s->adj == 20,
+       "collect tpm: spent 50 left 950 refused 40 want 10 adj +20 (got %llu %llu %llu %llu %lld)",
+       (unsigned long long)s->spent, (unsigned long long)s->left, (unsigned long long)s->refused,
+       (unsigned long long)s->want, (long long)s->adj);
+    is_int((int)S(KF, KM_WIN_RPM)->adj, 0, "  adj only on token windows");
+    s = S(KF, KM_WIN_RPH);
+    ok(s->spent == 5 && s->left == 95, "collect rph: spent 5 left 95");
+
+    collect(km_now_ns());
+    s = S(KF, KM_WIN_TPM);
+    ok(s->spent == 0 && s->left == 950 && s->refused == 0 && s->want == 0 && s->adj == 0,
+       "a second collect: nothing new, the credit still held");
+
+    /* A token request larger than the token credit: refused, its size is
+     * the largest waiting (want). */
+    grant(KF, KM_WIN_RPM, 10, dl);
+    is_int(acq_pin(env, P, "f", 2000, &x), KM_EAGAIN, "2000 tokens against 950: refused");
+    collect(km_now_ns());
+    is_u64(S(KF, KM_WIN_TPM)->want, 2000, "  want 2000");
+    is_u64(S(KF, KM_WIN_RPM)->left, 10, "  the request unit given back (rpm left 10)");
+}
+
+/* A grant for a key whose generation changed is skipped. */
+static void test_gen(void)
+{
+    km_key_info ki = info(env, KH);
+    km_fleet_grant g = {.key = (uint32_t)KH, .key_gen = ki.gen + 1, .window = KM_WIN_RPM,
+                        .grant = 50, .deadline_ns = km_now_ns() + 60 * NS};
+    is_int(km_fleet_apply(env, &g, 1), KM_OK, "apply with a stale key_gen");
+    km_fleet_key_info fi;
+    km_fleet_key_info_get(env, (uint32_t)KH, &fi);
+    is_u64(fi.credit[KM_WIN_RPM], 0, "  skipped: no credit");
+    g.key_gen = ki.gen;
+    km_fleet_apply(env, &g, 1);
+    km_fleet_key_info_get(env, (uint32_t)KH, &fi);
+    is_u64(fi.credit[KM_WIN_RPM], 50, "  with the key's gen: applied");
+    /* Local rules still hold: burst 5 sliding admits 5 at once whatever
+     * the credit. */
+    km_lease l[10];
+    int n = 0;
+    for (int i = 0; i < 10; i++)
+        if (acq_pin(env, Q, "h", 0, &l[n]) == KM_OK)
+            n++;
+    is_int(n, 5, "credit 50, local burst 5: 5 admitted (local rules and credit both)");
+    for (int i = 0; i < n; i++)
+        rel_ok(env, &l[i], -1);
+    collect(km_now_ns());
+    ok(S(KH, KM_WIN_RPM)->spent == 5 && S(KH, KM_WIN_RPM)->left == 45,
+       "  the local refusals took no credit: spent 5, left 45");
+}
+
+static const char *jstr(json_t *o, const char *k)
+{
+    const char *v = json_string_value(json_object_get(o, k));
+    return v ? v : "";
+}
+
+/* kmctl inspect shows the fleet: the agent's status, per fleet key the
+ * credit per window, deadline and fallback (human and --json). */
+static void test_inspect(void)
+{
+    const char *b = getenv("KM_BUILD") ? getenv("KM_BUILD") : "build";
+    char cmd[256], line[512];
+    snprintf(cmd, sizeof cmd, "%s/kmctl inspect %s", b, seg);
+    FILE *f = popen(cmd, "r");
+    int head = 0, keyh = 0, keyg = 0;
+    while (f && fgets(line, sizeof line, f)) {
+        head |= strstr(line, "fleet: store ok, epoch 7, 3 hosts, last sync ") != NULL;
+        keyh |= strstr(line, "  q/h: credit rpm 45, deadline in ") != NULL;
+        keyg |= strstr(line, "/g:") != NULL;
+    }
+    if (f)
+        pclose(f);
+    ok(head, "kmctl inspect: the fleet's store state, epoch and hosts");
+    ok(keyh, "kmctl inspect: key h's credit and deadline");
+    ok(!keyg, "kmctl inspect: a key outside the fleet is not listed there");
+    snprintf(cmd, sizeof cmd, "%s/kmctl inspect --json %s", b, seg);
+    f = popen(cmd, "r");
+    json_error_t je;
+    json_t *d = f ? json_loadf(f, 0, &je) : NULL;
+    if (f)
+        pclose(f);
+    json_t *fl = json_object_get(d, "fleet"), *ks = json_object_get(fl, "keys"), *h = NULL;
+    size_t i;
+    json_t *k;
+    json_array_foreach(ks, i, k)
+        if (strcmp(jstr(k, "key"), "h") == 0)
+            h = k;
+    ok(fl && strcmp(jstr(fl, "store_state"), "ok") == 0 &&
+           json_integer_value(json_object_get(fl, "epoch")) == 7 &&
+           json_integer_value(json_object_get(fl, "hosts")) == 3,
+       "kmctl inspect --json: fleet.store_state, epoch, hosts");
+    json_int_t dl = json_integer_value(json_object_get(h, "deadline_in_ms"));
+    ok(h && json_integer_value(json_object_get(json_object_get(h, "credit"), "rpm")) == 45 &&
+           dl > 50000 && dl <= 60000 && json_array_size(ks) == 2,
+       "kmctl inspect --json: key h's credit (45) and deadline (%lld ms)", (long long)dl);
+    json_decref(d);
+}
+
+/* snapshot and restore keep the fleet configuration (not the credit). */
+static void test_restore(void)
+{
+    char *js = NULL, err[256] = "", name[80];
+    snprintf(name, sizeof name, "%s-r", seg);
+    km_unlink(name);
+    char hex[2 * KM_SNAPSHOT_KEY_BYTES + 1];
+    unsigned char key[KM_SNAPSHOT_KEY_BYTES];
+    if (km_snapshot_keygen(hex) || km_snapshot_key_parse(hex, strlen(hex), key))
+        bail_out("snapshot key");
+    is_int(km_snapshot_json_ex(env, KM_SNAPSHOT_SECRETS, key, &js), KM_OK, "snapshot");
+    ok(js && strstr(js, "\"fleet\""), "  names the fleet");
+    km_env *r = NULL;
+    int rc = js ? km_restore(name, js, strlen(js), key, 0, &r, err, sizeof err) : KM_EINVAL;
+    is_int(rc, KM_OK, "restore: %s", err);
+    km_fleet_key_info fi;
+    int kf = r ? km_key_find(r, km_pool_find(r, "p"), "f") : -1;
+    ok(kf >= 0 && km_fleet_key_info_get(r, (uint32_t)kf, &fi) == KM_OK && fi.mask &&
+           fi.credit[KM_WIN_RPM] == 0,
+       "  the restored key f is a fleet key, without credit");
+    int kg = r ? km_key_find(r, km_pool_find(r, "p"), "g") : -1;
+    ok(kg >= 0 && km_fleet_key_info_get(r, (uint32_t)kg, &fi) == KM_OK && !fi.mask,
+       "  key g is not");
+    char *js2 = NULL;
+    if (r)
+        km_snapshot_json(r, &js2);
+    ok(js2 && strstr(js2, "\"acme.f\"") != NULL, "  f keeps its fleet id");
+    if (r)
+        km_close(r);
+    km_unlink(name);
+    free(js);
+    free(js2);
+}
+
+/* A deadline lapses: stop refuses; collect voids the credit (returned). */
+static void test_lapse(void)
+{
+    uint64_t now = km_now_ns();
+    collect(now);
+    grant(KH, KM_WIN_RPM, 0, now + 100 * MS); /* 45 held, deadline in 100 ms */
+    km_lease l;
+    sleep_until(now + 150 * MS);
+    is_int(acq_pin(env, Q, "h", 0, &l), KM_EAGAIN, "credit past its deadline: refused (stop)");
+    collect(km_now_ns());
+    km_fleet_slot *s = S(KH, KM_WIN_RPM);
+    ok(s->returned == 45 && s->left == 0 && s->spent == 0,
+       "collect voids lapsed credit: returned 45 left 0 spent 0 (got %llu %llu %llu)",
+       (unsigned long long)s->returned, (unsigned long long)s->left, (unsigned long long)s->spent);
+    km_fleet_key_info fi;
+    km_fleet_key_info_get(env, (uint32_t)KH, &fi);
+    is_u64(fi.credit[KM_WIN_RPM], 0, "  the word is 0");
+    collect(km_now_ns());
+    is_u64(S(KH, KM_WIN_RPM)->returned, 0, "  returned once only");
+}
+
+/* The fallback share: a GCRA at fb_ppm of the rate, burst fb_burst, only
+ * inside its window and once credit lapsed. */
+static void test_fallback(void)
+{
+    uint64_t now = km_now_ns();
+    km_key_info ki = info(env, KF);
+    /* f's rpm: 6000/min = T 10 ms; half the rate: 20 ms per unit, burst 3.
+     * rph and tpm: no share (fb_ppm 0) -> only rpm windows... so give every
+     * window of f a share. */
+    km_fleet_grant g[3];
+    int ws[3] = {KM_WIN_RPM, KM_WIN_RPH, KM_WIN_TPM};
+    for (int i = 0; i < 3; i++)
+        g[i] = (km_fleet_grant){.key = (uint32_t)KF, .key_gen = ki.gen, .window = ws[i],
+                                .grant = 0, .deadline_ns = now - 1, .fb_ppm = 500000,
+                                .fb_burst = 3, .fb_from_ns = now, .fb_until_ns = now + 2 * NS};
+    is_int(km_fleet_apply(env, g, 3), KM_OK, "apply: credit lapsed, a fallback share of 50 %% burst 3");
+    collect(now + 1); /* voids what was left */
+    km_lease l[6];
+    int n = 0;
+    for (int i = 0; i < 6; i++)
+        if (acq_pin(env, P, "f", 0, &l[n]) == KM_OK)
+            n++;
+    is_int(n, 3, "on fallback: the share's burst (3) admitted at once");
+    km_lease x;
+    is_int(acq_pin(env, P, "f", 0, &x), KM_EAGAIN, "  then refused");
+    ok(x.retry_at_ns > km_now_ns() && x.retry_at_ns <= km_now_ns() + 25 * MS,
+       "  retry at the share's next unit (~20 ms): %.1f ms",
+       (double)(int64_t)(x.retry_at_ns - km_now_ns()) / 1e6);
+    /* rph is the binding share: 100000/h at 50 %% is 72 ms a unit, burst 3
+     * (216 ms): 165 ms on, two more fit (rpm's share has refilled). */
+    sleep_until(km_now_ns() + 165 * MS);
+    int m = 0;
+    for (int i = 0; i < 3; i++)
+        if (acq_pin(env, P, "f", 0, &l[n + m]) == KM_OK)
+            m++;
+    ok(m >= 2 && m <= 3, "165 ms later: 2 more on the binding (rph) share (got %d)", m);
+    for (int i = 0; i < n + m; i++)
+        rel_ok(env, &l[i], -1);
+    collect(km_now_ns());
+    is_u64(S(KF, KM_WIN_RPM)->fb_spent, (uint64_t)(n + m), "collect: fb_spent counts them");
+    is_u64(S(KF, KM_WIN_RPM)->spent, 0, "  and no credit spent");
+    km_fleet_key_info fi;
+    km_fleet_key_info_get(env, (uint32_t)KF, &fi);
+    ok(fi.fb_ppm == 500000 && fi.fb_until_ns == now + 2 * NS, "key info: the share and its end");
+    /* Past the fallback window: stop again. */
+    for (int i = 0; i < 3; i++)
+        g[i].fb_until_ns = km_now_ns() - 1;
+    km_fleet_apply(env, g, 3);
+    is_int(acq_pin(env, P, "f", 0, &x), KM_EAGAIN, "fallback window over: refused (stop)");
+}
+
+/* km_fleet_release(1): credit voided (returned at the next collect),
+ * fallback ended. */
+static void test_release_void(void)
+{
+    uint64_t now = km_now_ns();
+    grant(KH, KM_WIN_RPM, 30, now + 60 * NS);
+    collect(now);
+    is_int(km_fleet_release(env, 1), KM_OK, "release, voiding the credit");
+    km_lease l;
+    is_int(acq_pin(env, Q, "h", 0, &l), KM_EAGAIN, "  acquirers stop at once");
+    is_int(km_fleet_claim(env, KM_FLEET_STOP), KM_OK, "a new agent claims");
+    collect(km_now_ns());
+    ok(S(KH, KM_WIN_RPM)->returned == 30 && S(KH, KM_WIN_RPM)->left == 0,
+       "  its first collect reports the voided credit as returned (30)");
+}
+
+/* Exact admission against credit, 4 processes, while the agent tops up:
+ * never more than granted, and what collect reports spent is what was
+ * admitted. */
+#define WORKERS 4
+static void test_multiproc(void)
+{
+    uint64_t *admitted = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (admitted == MAP_FAILED)
+        bail_out("mmap");
+    collect(km_now_ns());
+    uint64_t t0 = km_now_ns(), end = t0 + 400 * MS, granted = 0, spent = 0, left = 0;
+    pid_t kids[WORKERS];
+    for (int w = 0; w < WORKERS; w++) {
+        if ((kids[w] = fork()) == 0) {
+            km_env *e;
+            if (km_open(seg, &e))
+                _exit(1);
+            uint64_t mine = 0;
+            km_lease l;
+            while (km_now_ns() < end + 50 * MS) {
+                if (acq_pin(e, P, "f", 3, &l) == KM_OK) {
+                    mine++;
+                    release_with(e, &l, KM_OUT_SUCCESS, 10, -1, 0);
+                }
+            }
+            ck_pr_add_64(&admitted[w], mine);
+            km_close(e);
+            _exit(0);
+        }
+    }
+    /* The agent: 40 units of every window per 10 ms round, deadline far. */
+    while (km_now_ns() < end) {
+        grant(KF, KM_WIN_RPM, 40, end + 10 * NS);
+        grant(KF, KM_WIN_RPH, 40, end + 10 * NS);
+        grant(KF, KM_WIN_TPM, 120, end + 10 * NS);
+        granted += 40;
+        collect(km_now_ns());
+        spent += S(KF, KM_WIN_RPM)->spent;
+        sleep_until(km_now_ns() + 10 * MS);
+    }
+    for (int w = 0; w < WORKERS; w++) {
+        int st;
+        waitpid(kids[w], &st, 0);
+        if (!WIFEXITED(st) || WEXITSTATUS(st))
+            bail_out("worker %d failed", w);
+    }
+    collect(km_now_ns());
+    spent += S(KF, KM_WIN_RPM)->spent;
+    left = S(KF, KM_WIN_RPM)->left;
+    uint64_t total = 0;
+    for (int w = 0; w < WORKERS; w++)
+        total += admitted[w];
+    diag("%d workers: %llu admitted of %llu granted, %llu left", WORKERS,
+         (unsigned long long)total, (unsigned long long)granted, (unsigned long long)left);
+    is_u64(total + left, granted, "admitted + left == granted: no unit spent twice or lost");
+    is_u64(spent, total, "the collects' spent sums to what was admitted");
+    ok(total > 0 && left == 0, "the workers spent all of it");
+    is_u64(S(KF, KM_WIN_TPM)->left + 3 * total, 3 * granted, "tpm: 3 per request, exact");
+    munmap(admitted, 4096);
+}
+
+/* The local rules bind while credit is plenty: 4 processes on key h
+ * (sliding 600 rpm, burst 5) with 1000 units of credit admit no more than
+ * the local bound, and every unit the local limits refused went back into
+ * the credit word exactly (F3): left = 1000 - admitted. */
+static void test_multiproc_local(void)
+{
+    uint64_t *admitted = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (admitted == MAP_FAILED)
+        bail_out("mmap");
+    km_fleet_health_set(env, (uint32_t)KH, KM_KEY_ACTIVE, 0);
+    collect(km_now_ns());
+    uint64_t t0 = km_now_ns(), end = t0 + 250 * MS;
+    grant(KH, KM_WIN_RPM, 1000, t0 + 60 * NS);
+    pid_t kids[WORKERS];
+    for (int w = 0; w < WORKERS; w++) {
+        if ((kids[w] = fork()) == 0) {
+            km_env *e;
+            if (km_open(seg, &e))
+                _exit(1);
+            uint64_t mine = 0;
+            km_lease l;
+            while (km_now_ns() < end)
+                if (acq_pin(e, Q, "h", 0, &l) == KM_OK) {
+                    mine++;
+                    release_with(e, &l, KM_OUT_SUCCESS, 10, -1, 0);
+                }
+            ck_pr_add_64(&admitted[w], mine);
+            km_close(e);
+            _exit(0);
+        }
+    }
+    for (int w = 0; w < WORKERS; w++) {
+        int st;
+        waitpid(kids[w], &st, 0);
+        if (!WIFEXITED(st) || WEXITSTATUS(st))
+            bail_out("worker %d failed", w);
+    }
+    uint64_t total = 0, el = km_now_ns() - t0;
+    for (int w = 0; w < WORKERS; w++)
+        total += admitted[w];
+    /* sliding 600/min, burst 5: T = 60 s / 596 (src/limits.c) */
+    uint64_t bound = 5 + el / (60 * NS / 596) + 1;
+    collect(km_now_ns());
+    diag("key h: %llu admitted in %.0f ms (local bound %llu), credit left %llu",
+         (unsigned long long)total, (double)el / 1e6, (unsigned long long)bound,
+         (unsigned long long)S(KH, KM_WIN_RPM)->left);
+    ok(total >= 5 && total <= bound, "4 processes: admitted within the local bound");
+    is_u64(S(KH, KM_WIN_RPM)->left, 1000 - total, "credit left = 1000 - admitted: refusals gave it back exactly");
+    is_u64(S(KH, KM_WIN_RPM)->spent, total, "  spent = admitted");
+    munmap(admitted, 4096);
+}
+
+/* Health: changes made here are listed once; the fleet's verdict is not. */
+static void test_health(void)
+{
+    km_fleet_health h[8];
+    size_t n;
+    km_fleet_health_changes(env, h, 8, &n); /* drain what earlier tests did */
+    km_lease l;
+    grant(KF, KM_WIN_RPM, 10, km_now_ns() + 60 * NS);
+    grant(KF, KM_WIN_RPH, 10, km_now_ns() + 60 * NS);
+    if (acq_pin(env, P, "f", 0, &l) != KM_OK)
+        bail_out("acquire f");
+    release_with(env, &l, KM_OUT_RATE_LIMITED, 1000, -1, 2.0);
+    is_int(km_fleet_health_changes(env, h, 8, &n), KM_OK, "health_changes");
+    ok(n == 1 && (int)h[0].key == KF && h[0].kind == KM_FLEET_EV_RATE_LIMITED &&
+           h[0].arg_ms > 1500 && h[0].arg_ms <= 2000,
+       "a 429 with Retry-After 2 s: listed, rate limited, %llu ms", n ? (unsigned long long)h[0].arg_ms : 0ULL);
+    km_fleet_health_changes(env, h, 8, &n);
+    is_u64(n, 0, "listed once");
+    /* A key outside the fleet is never listed. */
+    if (acq_pin(env, P, "g", 0, &l) != KM_OK)
+        bail_out("acquire g");
+    release_with(env, &l, KM_OUT_AUTH, 1000, -1, 0);
+    km_fleet_health_changes(env, h, 8, &n);
+    is_u64(n, 0, "a key outside the fleet: not listed");
+    km_key_set_state(env, KH, KM_KEY_DISABLED);
+    km_fleet_health_changes(env, h, 8, &n);
+    ok(n == 1 && (int)h[0].key == KH && h[0].kind == KM_FLEET_EV_DISABLE, "an operator's disable: listed");
+    km_key_set_state(env, KH, KM_KEY_ACTIVE);
+    km_fleet_health_changes(env, h, 8, &n);
+    ok(n == 1 && h[0].kind == KM_FLEET_EV_ENABLE, "an operator's enable: listed");
+    /* The fleet's verdicts. */
+    is_int(km_fleet_health_set(env, (uint32_t)KH, KM_KEY_DISABLED, 0), KM_OK, "health_set disabled");
+    is_int(info(env, KH).state, KM_KEY_DISABLED, "  the key is disabled");
+    is_int(km_fleet_health_set(env, (uint32_t)KH, KM_KEY_ACTIVE, 0), KM_OK, "health_set active");
+    is_int(info(env, KH).state, KM_KEY_ACTIVE, "  the key is active");
+    is_int(km_fleet_health_set(env, (uint32_t)KH, KM_KEY_COOLING, 3000), KM_OK, "health_set cooling 3 s");
+    km_key_info ki = info(env, KH);
+    ok(ki.state == KM_KEY_COOLING && ki.cooldown_until_ns > km_now_ns() + 2500 * MS,
+       "  the key cools for 3 s");
+    is_int(km_fleet_health_set(env, (uint32_t)KH, KM_KEY_INVALID, 0), KM_OK, "health_set invalid");
+    is_int(info(env, KH).state, KM_KEY_INVALID, "  the key is invalid");
+    km_fleet_health_changes(env, h, 8, &n);
+    is_u64(n, 0, "the fleet's verdicts are not listed as changes here");
+    is_int(km_fleet_health_set(env, 9999, KM_KEY_ACTIVE, 0), KM_ENOKEY, "health_set on no key: KM_ENOKEY");
+}
+
+int main(void)
+{
+    plan(103);
+    fixtures_init("fleet_seg");
+    test_config();
+    env = mkseg(CFG);
+    P = pool_of(env, "p");
+    Q = pool_of(env, "q");
+    KF = key_of(env, P, 0);
+    KG = key_of(env, P, 1);
+    KH = key_of(env, Q, 0);
+    (void)KG;
+    test_claim();
+    test_policy();
+    test_collect_apply();
+    test_gen();
+    test_inspect();
+    test_restore();
+    test_lapse();
+    test_fallback();
+    test_release_void();
+    test_multiproc();
+    test_multiproc_local();
+    test_health();
+    rmseg(env);
+    return exit_status();
+}
