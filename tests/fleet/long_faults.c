@@ -66,12 +66,12 @@ int main(void)
             diag("kmctl fleet failed");
     }
     if (getenv("FH_WATCH")) {
-        /* kmctl fleet every 250 ms over FH_WATCH=FROM-TO seconds, for
+        /* kmctl fleet every STEP ms over FH_WATCH=FROM-TO[/STEP] s, for
          * looking at a recovery (shares, grants, the bucket's room). */
-        int wa = 0, wb = 0;
-        sscanf(getenv("FH_WATCH"), "%d-%d", &wa, &wb);
+        int wa = 0, wb = 0, step = 250;
+        sscanf(getenv("FH_WATCH"), "%d-%d/%d", &wa, &wb, &step);
         if (fork() == 0) {
-            for (uint64_t x = t0 + (uint64_t)wa * SEC; x < t0 + (uint64_t)wb * SEC; x += 250 * MS) {
+            for (uint64_t x = t0 + (uint64_t)wa * SEC; x < t0 + (uint64_t)wb * SEC; x += (uint64_t)step * MS) {
                 fh_sleep_until(x);
                 char cmd[600];
                 snprintf(cmd, sizeof cmd,

@@ -339,10 +339,15 @@ local function kw_T(c, kw, V_us)
 end
 
 -- A fallback share is a token bucket of rate ppm x R and this burst: the
--- share of C (rate x V), at least one unit.
-local function fb_burst(ppm, C)
+-- share of what the rate gives in one sync period S, at least one unit.
+-- Every host may take its burst at the start of an outage, and the ledger
+-- charges them all when the store is back (the fleet then waits for them
+-- to drain): the share of rate x V made that wait ~V after every outage
+-- (0.15-0.2 s at V = 4 S in tests/fleet/long_faults), the share of one S
+-- a quarter of it.
+local function fb_burst(ppm, T, S_us)
     if ppm <= 0 then return 0 end
-    return max(1, ceil(ppm * C / PPM))
+    return max(1, ceil(ppm * ceil(S_us * 1000 / T) / PPM))
 end
 
 -- Forget host h: its records, its place in every kw's sums.
@@ -387,7 +392,7 @@ local function sweep(c, now)
             local kws = host_kws(c, h)
             for _, kw in ipairs(kws) do
                 local x = ctx_get(c, 'x:' .. kw .. ':' .. h, XF)
-                local k, T, _, C = kw_T(c, kw, hr.V)
+                local k, T = kw_T(c, kw, hr.V)
                 if x and k then
                     local a = acc[kw]
                     if not a then
@@ -413,7 +418,7 @@ local function sweep(c, now)
                         a.point = a.point + before
                         if x.fc < from then
                             -- a new fallback episode: its burst once
-                            local b = fb_burst(ppm, C)
+                            local b = fb_burst(ppm, T, hr.S)
                             a.point = a.point + b
                             units = units + b
                         end
@@ -904,7 +909,7 @@ local function sync(keys, args)
         x.sh, x.err = share, err
         ctx_put(c, X[e].xf, x)
         ctx_put(c, 'k:' .. t.kw, k)
-        entries[e] = { g, floor(q.V / 1000), fb, fb_burst(fb, C), floor(q.F / 1000),
+        entries[e] = { g, floor(q.V / 1000), fb, fb_burst(fb, T, q.S), floor(q.F / 1000),
                        share, x.out, err }
     end
 
