@@ -33,7 +33,7 @@ static int run_cmd_out(const char *cmd, char *out, size_t cap)
 
 int main(void)
 {
-    plan(14);
+    plan(15);
     fh_init(&fl, 3, 3000, 30, PASSWORD);
     double R = 1e9 / (double)fl.T;
     uint64_t C = (uint64_t)ceil(R * fl.V / 1000.0) + fl.B;
@@ -53,6 +53,28 @@ int main(void)
     int rc = run_cmd_out(cmd, out, sizeof out);
     is_int(rc, 3, "a second agent on a segment exits 3");
     ok(strstr(out, "agent") != NULL, "and says why: %.200s", out);
+
+    /* A segment without fleet keys: nothing to sync, exit 1, said why. */
+    {
+        char seg[64], cfgp[256];
+        snprintf(seg, sizeof seg, "kmt-fleet-%d-nofleet", (int)getpid());
+        snprintf(cfgp, sizeof cfgp, "%s/nofleet.json", fl.dir);
+        FILE *c = fopen(cfgp, "w");
+        if (!c)
+            bail_out("%s: %s", cfgp, strerror(errno));
+        fputs("{\"pools\": [{\"name\": \"p\", \"keys\": [{\"id\": \"a\", "
+              "\"secret\": \"sk-fleet-test-0002\"}]}]}\n",
+              c);
+        fclose(c);
+        snprintf(cmd, sizeof cmd,
+                 "%s create %s --config %s >/dev/null && %s sync %s --store "
+                 "redis://127.0.0.1:%d --host-id hy 2>&1; rc=$?; %s destroy %s >/dev/null; "
+                 "exit $rc",
+                 fl.kmctl, seg, cfgp, fl.kmctl, seg, fl.redis.port, fl.kmctl, seg);
+        rc = run_cmd_out(cmd, out, sizeof out);
+        ok(rc == 1 && strstr(out, "no fleet keys"),
+           "a segment without fleet keys: exit 1, said why (rc %d: %.200s)", rc, out);
+    }
 
     uint64_t t0 = fh_now() + 200000000ull, t1 = t0 + 6000000000ull;
     fh_work wk = {.rate = 2 * R / 4, .until = t1};

@@ -371,7 +371,7 @@ static int build_request(kma *a, unsigned flags)
 {
     kma_req *r = &a->req;
     kms_entry *e = grow(r->ent, &r->cap_ent, a->n_sl, sizeof *e);
-    if (!e)
+    if (!e && a->n_sl)
         return KM_ENOMEM;
     r->ent = e;
     size_t cap_id = r->cap_ent;
@@ -412,7 +412,8 @@ static int build_request(kma *a, unsigned flags)
         s->spent = s->fb_spent = s->returned = s->want = 0;
         s->adj = 0;
     }
-    memcpy(r->ev, a->pev, a->n_pev * sizeof *a->pev);
+    if (a->n_pev)
+        memcpy(r->ev, a->pev, a->n_pev * sizeof *a->pev);
     r->n_ev = a->n_pev;
     a->n_pev = 0;
     uint64_t seq = realtime_us();
@@ -730,6 +731,9 @@ int kma_run(km_env *env, const kma_opts *o, volatile sig_atomic_t *stop)
     if (rc != KM_OK) {
         if (rc == KM_EBUSY)
             alog(a, "another live agent holds the segment (kmctl inspect shows its pid)");
+        else if (rc == KM_EINVAL)
+            alog(a, "the segment has no fleet keys (\"fleet\": true in its configuration, "
+                    "docs/config.md)");
         else
             alog(a, "cannot take the agent role: %s", km_strerror(rc));
         free(a);
