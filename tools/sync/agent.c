@@ -322,6 +322,19 @@ static int collect(kma *a, uint64_t now, uint64_t clock_ns)
     return KM_OK;
 }
 
+/* A new (zeroed) event at the end of the pending list; NULL when out of
+ * memory. */
+static kms_event *event_push(kma *a)
+{
+    kms_event *e = grow(a->pev, &a->cap_pev, a->n_pev + 1, sizeof *e);
+    if (!e)
+        return NULL;
+    a->pev = e;
+    e = &a->pev[a->n_pev++];
+    memset(e, 0, sizeof *e);
+    return e;
+}
+
 /* Health changes here (429, auth, quota, operator) into events for the
  * next request. */
 static int health_out(kma *a)
@@ -340,12 +353,9 @@ static int health_out(kma *a)
             }
         if (!s)
             continue; /* a key the fleet does not limit */
-        kms_event *e = grow(a->pev, &a->cap_pev, a->n_pev + 1, sizeof *e);
+        kms_event *e = event_push(a);
         if (!e)
             return KM_ENOMEM;
-        a->pev = e;
-        e = &a->pev[a->n_pev++];
-        memset(e, 0, sizeof *e);
         snprintf(e->kid, sizeof e->kid, "%s", s->kid);
         e->kind = h[i].kind;
         e->arg_ms = h[i].arg_ms;
@@ -445,11 +455,10 @@ static void unbuild_request(kma *a)
             s->want = r->ent[i].want;
     }
     for (size_t i = 0; i < r->n_ev; i++) {
-        kms_event *e = grow(a->pev, &a->cap_pev, a->n_pev + 1, sizeof *e);
+        kms_event *e = event_push(a);
         if (!e)
             break;
-        a->pev = e;
-        a->pev[a->n_pev++] = r->ev[i];
+        *e = r->ev[i];
     }
     r->active = 0;
 }
