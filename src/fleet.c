@@ -93,12 +93,8 @@ int km__fleet_refuse(km_env *e, uint32_t ki, uint32_t mask, km__adm *a)
     km__fkey *fk = km__fkeys(e, ki);
     km__fhdr *fh = km__fleet(e);
     uint32_t m = mask;
-    while (m) {
-        int w = __builtin_ctz(m);
-        m &= m - 1;
-        uint64_t cost = km__fleet_cost(w, a->tokens);
-        if (!cost)
-            continue;
+    uint64_t cost;
+    for (int w; (w = km__fleet_next(&m, a->tokens, &cost)) >= 0;) {
         ck_pr_add_64(&fk->refused[w], cost);
         uint64_t cur = ck_pr_load_64(&fk->want[w]);
         while (cur < cost && !ck_pr_cas_64_value(&fk->want[w], cur, cost, &cur))
@@ -154,12 +150,8 @@ int km__fleet_lapsed(km_env *e, uint32_t ki, km__key *k, uint32_t mask, km__adm 
     (void)k;
     if (fb_read(fk, &v) && v.from <= a->now && a->now < v.until) {
         uint32_t m = mask;
-        while (m) {
-            int w = __builtin_ctz(m);
-            m &= m - 1;
-            uint64_t cost = km__fleet_cost(w, a->tokens);
-            if (!cost)
-                continue;
+        uint64_t cost;
+        for (int w; (w = km__fleet_next(&m, a->tokens, &cost)) >= 0;) {
             uint64_t T = v.T[w], tau = v.tau[w], need = km__mul_sat(cost, T);
             uint64_t tat = ck_pr_load_64(&fk->fb_tat[w]), nt;
             for (;;) {
@@ -179,12 +171,9 @@ int km__fleet_lapsed(km_env *e, uint32_t ki, km__key *k, uint32_t mask, km__adm 
             set[w] = nt;
             done |= 1u << w;
         }
-        m = done;
-        while (m) { /* admitted: counted for the agent (fb_spent) */
-            int w = __builtin_ctz(m);
-            m &= m - 1;
-            ck_pr_add_64(&fk->fb_used[w], km__fleet_cost(w, a->tokens));
-        }
+        m = done; /* admitted: counted for the agent (fb_spent) */
+        for (int w; (w = km__fleet_next(&m, a->tokens, &cost)) >= 0;)
+            ck_pr_add_64(&fk->fb_used[w], cost);
         return KM__FL_FALLBACK;
     refused:
         while (done) { /* exact only if nothing was admitted since (src/gcra.h) */
@@ -214,12 +203,10 @@ void km__fleet_undo(km_env *e, uint32_t ki, km__key *k, uint32_t mask, const km_
                 ck_pr_add_64(&fk->credit_hd[p].tok, a->tokens);
         }
     } else if (how == KM__FL_FALLBACK) {
-        for (uint32_t m = mask; m; m &= m - 1) {
-            int w = __builtin_ctz(m);
-            uint64_t cost = km__fleet_cost(w, a->tokens);
-            if (cost)
-                ck_pr_sub_64(&fk->fb_used[w], cost); /* not admitted after all */
-        }
+        uint32_t m = mask;
+        uint64_t cost;
+        for (int w; (w = km__fleet_next(&m, a->tokens, &cost)) >= 0;)
+            ck_pr_sub_64(&fk->fb_used[w], cost); /* not admitted after all */
     }
 }
 

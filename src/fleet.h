@@ -66,6 +66,20 @@ static inline uint64_t km__fleet_cost(int w, uint32_t tokens)
     return km__window_is_requests(w) ? 1 : tokens;
 }
 
+/* The windows of *m in turn that a request of `tokens` costs something
+ * (a token window costs nothing to a request of 0 tokens): the next one,
+ * taken out of *m, with its cost; -1 when none is left. */
+static inline int km__fleet_next(uint32_t *m, uint32_t tokens, uint64_t *cost)
+{
+    while (*m) {
+        int w = __builtin_ctz(*m);
+        *m &= *m - 1;
+        if ((*cost = km__fleet_cost(w, tokens)) != 0)
+            return w;
+    }
+    return -1;
+}
+
 /* Give back what km__fleet_admit's minute CAS took (F3). */
 static inline void km__fleet_giveback_min(km__key *k, uint64_t r, uint64_t t)
 {

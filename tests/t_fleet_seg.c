@@ -257,6 +257,35 @@ static void test_collect_apply(void)
     is_u64(S(KF, KM_WIN_RPM)->left, 10, "  the request unit given back (rpm left 10)");
 }
 
+/* The low-water mark: credit left below about a quarter of what the last
+ * apply left (a power of two: 2^floor(log2(held / 4))) kicks the agent. */
+static void test_kick(void)
+{
+    km__fhdr *fh = km__fleet(env);
+    km_fleet_status st = {.next_sync_ns = km_now_ns() + 250 * MS, .store_state = KM_FLEET_STORE_OK,
+                          .epoch = 7, .seq = 12, .ack = 11, .last_sync_ns = km_now_ns(), .n_hosts = 3};
+    collect(km_now_ns());
+    uint64_t held = S(KF, KM_WIN_RPM)->left + 40, dl = km_now_ns() + 60 * NS;
+    grant(KF, KM_WIN_RPM, 40, dl);
+    grant(KF, KM_WIN_RPH, 100, dl);
+    km_fleet_status_set(env, &st); /* kick 0 */
+    uint64_t mark = 1;
+    while (mark * 2 <= held / 4)
+        mark *= 2;
+    km_lease l;
+    int bad = 0;
+    for (uint64_t i = 0; i < held - mark; i++) {
+        bad |= acq_pin(env, P, "f", 0, &l) != KM_OK;
+        rel_ok(env, &l, -1);
+    }
+    ok(!bad && ck_pr_load_32(&fh->kick) == 0, "credit down to the mark (%llu of %llu): no kick",
+       (unsigned long long)mark, (unsigned long long)held);
+    bad |= acq_pin(env, P, "f", 0, &l) != KM_OK;
+    rel_ok(env, &l, -1);
+    ok(!bad && ck_pr_load_32(&fh->kick) == 1, "one below it: the agent is kicked");
+    collect(km_now_ns());
+}
+
 /* A grant for a key whose generation changed is skipped. */
 static void test_gen(void)
 {
@@ -460,32 +489,58 @@ static void test_release_void(void)
  * never more than granted, and what collect reports spent is what was
  * admitted. */
 #define WORKERS 4
-static void test_multiproc(void)
-{
-    uint64_t *admitted = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (admitted == MAP_FAILED)
-        bail_out("mmap");
-    collect(km_now_ns());
-    uint64_t t0 = km_now_ns(), end = t0 + 400 * MS, granted = 0, spent = 0, left = 0;
+typedef struct crew {
     pid_t kids[WORKERS];
+    uint64_t *admitted; /* shared with the workers: one count each */
+} crew;
+
+/* WORKERS processes acquiring key `id` of `pool` (tokens each) and
+ * releasing at once until `end`, each counting what it was admitted. */
+static void crew_start(crew *c, int pool, const char *id, uint32_t tokens, uint64_t end)
+{
+    c->admitted = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (c->admitted == MAP_FAILED)
+        bail_out("mmap");
     for (int w = 0; w < WORKERS; w++) {
-        if ((kids[w] = fork()) == 0) {
+        if ((c->kids[w] = fork()) == 0) {
             km_env *e;
             if (km_open(seg, &e))
                 _exit(1);
             uint64_t mine = 0;
             km_lease l;
-            while (km_now_ns() < end + 50 * MS) {
-                if (acq_pin(e, P, "f", 3, &l) == KM_OK) {
+            while (km_now_ns() < end)
+                if (acq_pin(e, pool, id, tokens, &l) == KM_OK) {
                     mine++;
                     release_with(e, &l, KM_OUT_SUCCESS, 10, -1, 0);
                 }
-            }
-            ck_pr_add_64(&admitted[w], mine);
+            ck_pr_add_64(&c->admitted[w], mine);
             km_close(e);
             _exit(0);
         }
     }
+}
+
+/* Wait for the crew; the sum of what its workers were admitted. */
+static uint64_t crew_wait(crew *c)
+{
+    uint64_t total = 0;
+    for (int w = 0; w < WORKERS; w++) {
+        int st;
+        waitpid(c->kids[w], &st, 0);
+        if (!WIFEXITED(st) || WEXITSTATUS(st))
+            bail_out("worker %d failed", w);
+        total += c->admitted[w];
+    }
+    munmap(c->admitted, 4096);
+    return total;
+}
+
+static void test_multiproc(void)
+{
+    collect(km_now_ns());
+    uint64_t t0 = km_now_ns(), end = t0 + 400 * MS, granted = 0, spent = 0, left = 0;
+    crew c;
+    crew_start(&c, P, "f", 3, end + 50 * MS);
     /* The agent: 40 units of every window per 10 ms round, deadline far. */
     while (km_now_ns() < end) {
         grant(KF, KM_WIN_RPM, 40, end + 10 * NS);
@@ -496,25 +551,16 @@ static void test_multiproc(void)
         spent += S(KF, KM_WIN_RPM)->spent;
         sleep_until(km_now_ns() + 10 * MS);
     }
-    for (int w = 0; w < WORKERS; w++) {
-        int st;
-        waitpid(kids[w], &st, 0);
-        if (!WIFEXITED(st) || WEXITSTATUS(st))
-            bail_out("worker %d failed", w);
-    }
+    uint64_t total = crew_wait(&c);
     collect(km_now_ns());
     spent += S(KF, KM_WIN_RPM)->spent;
     left = S(KF, KM_WIN_RPM)->left;
-    uint64_t total = 0;
-    for (int w = 0; w < WORKERS; w++)
-        total += admitted[w];
     diag("%d workers: %llu admitted of %llu granted, %llu left", WORKERS,
          (unsigned long long)total, (unsigned long long)granted, (unsigned long long)left);
     is_u64(total + left, granted, "admitted + left == granted: no unit spent twice or lost");
     is_u64(spent, total, "the collects' spent sums to what was admitted");
     ok(total > 0 && left == 0, "the workers spent all of it");
     is_u64(S(KF, KM_WIN_TPM)->left + 3 * total, 3 * granted, "tpm: 3 per request, exact");
-    munmap(admitted, 4096);
 }
 
 /* The local rules bind while credit is plenty: 4 processes on key h
@@ -523,40 +569,13 @@ static void test_multiproc(void)
  * the credit word exactly (F3): left = 1000 - admitted. */
 static void test_multiproc_local(void)
 {
-    uint64_t *admitted = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (admitted == MAP_FAILED)
-        bail_out("mmap");
     km_fleet_health_set(env, (uint32_t)KH, KM_KEY_ACTIVE, 0);
     collect(km_now_ns());
-    uint64_t t0 = km_now_ns(), end = t0 + 250 * MS;
+    uint64_t t0 = km_now_ns();
     grant(KH, KM_WIN_RPM, 1000, t0 + 60 * NS);
-    pid_t kids[WORKERS];
-    for (int w = 0; w < WORKERS; w++) {
-        if ((kids[w] = fork()) == 0) {
-            km_env *e;
-            if (km_open(seg, &e))
-                _exit(1);
-            uint64_t mine = 0;
-            km_lease l;
-            while (km_now_ns() < end)
-                if (acq_pin(e, Q, "h", 0, &l) == KM_OK) {
-                    mine++;
-                    release_with(e, &l, KM_OUT_SUCCESS, 10, -1, 0);
-                }
-            ck_pr_add_64(&admitted[w], mine);
-            km_close(e);
-            _exit(0);
-        }
-    }
-    for (int w = 0; w < WORKERS; w++) {
-        int st;
-        waitpid(kids[w], &st, 0);
-        if (!WIFEXITED(st) || WEXITSTATUS(st))
-            bail_out("worker %d failed", w);
-    }
-    uint64_t total = 0, el = km_now_ns() - t0;
-    for (int w = 0; w < WORKERS; w++)
-        total += admitted[w];
+    crew c;
+    crew_start(&c, Q, "h", 0, t0 + 250 * MS);
+    uint64_t total = crew_wait(&c), el = km_now_ns() - t0;
     /* sliding 600/min, burst 5: T = 60 s / 596 (src/limits.c) */
     uint64_t bound = 5 + el / (60 * NS / 596) + 1;
     collect(km_now_ns());
@@ -566,7 +585,6 @@ static void test_multiproc_local(void)
     ok(total >= 5 && total <= bound, "4 processes: admitted within the local bound");
     is_u64(S(KH, KM_WIN_RPM)->left, 1000 - total, "credit left = 1000 - admitted: refusals gave it back exactly");
     is_u64(S(KH, KM_WIN_RPM)->spent, total, "  spent = admitted");
-    munmap(admitted, 4096);
 }
 
 /* Health: changes made here are listed once; the fleet's verdict is not. */
@@ -617,7 +635,7 @@ static void test_health(void)
 
 int main(void)
 {
-    plan(103);
+    plan(105);
     fixtures_init("fleet_seg");
     test_config();
     env = mkseg(CFG);
@@ -630,6 +648,7 @@ int main(void)
     test_claim();
     test_policy();
     test_collect_apply();
+    test_kick();
     test_gen();
     test_inspect();
     test_restore();
