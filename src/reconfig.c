@@ -598,6 +598,7 @@ KM_EXTERN int km_key_add(km_env *e, int pool, const char *key_json, char *errbuf
     int rc = km__config_parse_key(key_json, &pd, e->geom.cap_inflight, &kc, errbuf, errlen);
     if (rc != KM_OK)
         return rc;
+    KM__FAULT("add.parsed");
     if (!(listed = malloc(e->geom.cap_keys))) {
         rc = KM_ENOMEM;
         goto out;
@@ -607,6 +608,18 @@ KM_EXTERN int km_key_add(km_env *e, int pool, const char *key_json, char *errbuf
     if (!km__pool_live(e, pool)) { /* removed meanwhile (pools: under the lock) */
         rc = KM_ENOPOOL;
         goto unlock;
+    }
+    /* The pool's defaults were read before the lock (the parse may read a
+     * secret file): a km_pool_set, or a remove and an add that reused the
+     * row, in between changed them.  Parsed again with what now holds, so
+     * the new key never takes limits the pool no longer has. */
+    km__pool_defaults now_pd;
+    pool_defaults_of(&km__pools(e)[p], &now_pd);
+    if (memcmp(&now_pd, &pd, sizeof pd) != 0) {
+        explicit_bzero(&kc, sizeof(kc));
+        rc = km__config_parse_key(key_json, &now_pd, e->geom.cap_inflight, &kc, errbuf, errlen);
+        if (rc != KM_OK)
+            goto unlock;
     }
 
     km__key *keys = km__keys(e);

@@ -306,6 +306,36 @@ static void t_own_models(void)
     rmseg(env);
 }
 
+/* km_key_add parses the key against the pool's defaults before it takes
+ * the admin lock; a km_pool_set landing in between (run here from the
+ * fault hook at that point) must not leave the new key with the old
+ * pool-wide limits. */
+static km_env *race_env;
+static int race_pool, race_rc = -1;
+static void set_between(const char *where)
+{
+    if (race_rc == -1 && !strcmp(where, "add.parsed"))
+        race_rc = km_pool_set(race_env, race_pool, "{\"limits\": {\"rpm\": 7}}", NULL, 0);
+}
+
+static void t_add_races_set(void)
+{
+    km_env *env = mkseg("{\"capacity\": {\"keys\": 4, \"pools\": 2},"
+                        " \"pools\": [{\"name\": \"a\", \"limits\": {\"rpm\": 100},"
+                        "   \"keys\": [{\"id\": \"a0\", \"secret\": \"sk-race-a0-0000000\"}]}]}");
+    race_env = env;
+    race_pool = km_pool_find(env, "a");
+    km__fault_hook = set_between;
+    int k = km_key_add(env, race_pool, "{\"id\": \"a1\", \"secret\": \"sk-race-a1-0000000\"}", err,
+                       sizeof err);
+    km__fault_hook = NULL;
+    km_key_info ki = info(env, k >= 0 ? k : 0);
+    ok(race_rc == KM_OK && k >= 0 && ki.limits[KM_WIN_RPM].limit == 7,
+       "add racing set-pool: the new key has the pool's new rpm 7 (got %" PRIu64 ", set %s, add %s)",
+       ki.limits[KM_WIN_RPM].limit, E(race_rc), E(k < 0 ? k : 0));
+    rmseg(env);
+}
+
 /* ------------------------------------------------------- remove and wait */
 
 static void t_remove_wait(void)
@@ -823,9 +853,10 @@ int main(void)
 {
     fixtures_init("livepool");
     fault_init();
-    plan(41 + 4 + 11 + 13 + 3 * OP_N + 8 + 3);
+    plan(41 + 4 + 11 + 13 + 3 * OP_N + 8 + 3 + 1);
     t_api();
     t_own_models();
+    t_add_races_set();
     t_remove_wait();
     t_live();
     t_every_point();
