@@ -22,8 +22,15 @@
  * and a void returns at most a_last): whatever the word holds above is
  * spent without being reported again, and the ledger's check that
  * spent + returned + left never exceeds what it granted holds.
- * Both live in the segment, so an agent that restarts reports what its
- * predecessor had not.
+ * Both live in the segment, so an agent that restarts reports what was
+ * spent since its predecessor's last collect.  Not what that collect
+ * took: a collect resets the counters, and the report it built lives in
+ * the agent's memory until the ledger answers it, so an agent killed with
+ * a report unanswered loses it (the ledger then drops those units from
+ * the host's reservation without charging them: an overshoot of at most
+ * what the host spent between its last answered report and the kill).
+ * Keeping the report in the segment until the reply that acknowledges it
+ * is applied would close that; not done yet (README, "Not yet").
  */
 #include <string.h>
 
