@@ -493,6 +493,36 @@ static void post_request(kma *a)
 
 /* ---------------------------------------------------------------- replies */
 
+/* The emission interval (ns per unit) the ledger gives (L, B, P, mode):
+ * tools/sync/ledger.lua gcra(), as src/limits.c. */
+static uint64_t gcra_T(uint64_t L, uint64_t B, uint64_t P_ms, int mode)
+{
+    uint64_t Pns = P_ms * KMA_MS;
+    if (mode == KM_MODE_TOKEN_BUCKET)
+        return (Pns + L - 1) / L;
+    return Pns / (L + 1 - B) + 1;
+}
+
+/* The fallback share to apply, in ppm of the key's local rate.  The
+ * ledger's fb_ppm is of the rate its bucket runs at; the segment scales the
+ * local limit's.  They differ only in strict mode, where the bucket runs at
+ * Ls = L - ceil(R V) - B (ledger.lua kw_params): a share of the local rate
+ * would spend up to R/Rs of what the ledger charges for it through an
+ * outage, past the strict bound (DESIGN.md section 2).  Rounded down. */
+static uint32_t fb_local_ppm(const kma *a, const kma_slot *s, uint32_t ppm)
+{
+    if (!s->strict || !ppm || !s->limit || !s->period_ms)
+        return ppm;
+    uint64_t L = s->limit, B = s->mode == KM_MODE_SLIDING && s->burst > L ? L : s->burst;
+    uint64_t T = gcra_T(L, B, s->period_ms, s->mode);
+    uint64_t C = ((uint64_t)a->o->valid_ms * KMA_MS + T - 1) / T;
+    if (L < C + B + 1)
+        return ppm; /* strict impossible: the grant says err 2, no share */
+    uint64_t Ls = L - C - B, Bs = B < Ls ? B : Ls;
+    uint64_t Ts = gcra_T(Ls, Bs, s->period_ms, s->mode);
+    return (uint32_t)((uint64_t)ppm * T / Ts);
+}
+
 static void apply_reply(kma *a, const kms_reply *rep, uint64_t t_recv)
 {
     kma_req *r = &a->req;
@@ -510,7 +540,7 @@ static void apply_reply(kma *a, const kms_reply *rep, uint64_t t_recv)
         y->window = r->id[i].window;
         y->grant = x->err ? 0 : x->grant;
         y->deadline_ns = r->t_send_ns + valid;
-        y->fb_ppm = x->fb_ppm;
+        y->fb_ppm = s ? fb_local_ppm(a, s, x->fb_ppm) : x->fb_ppm;
         y->fb_burst = x->fb_burst;
         /* Rule 2: the share from t_recv + V.  A reply that arrives with
          * its credit already lapsed (a retry answered after an outage) has
