@@ -53,6 +53,7 @@ typedef struct fh_fleet {
     uint64_t L, B;                 /* rpm, sliding */
     unsigned S, V, F, timeout_ms;  /* agent options, ms */
     const char *password;          /* what the agents get (NULL: none) */
+    int strict;                    /* hosts created after: "fleet": {"strict": true} */
     uint64_t T;                    /* ns per unit: (L + 1 - B) per 60 s */
 } fh_fleet;
 
@@ -163,8 +164,9 @@ static inline void fh_host_create(fh_fleet *f, int i, const char *extra_key_json
             " \"pools\": [{\"name\": \"p\", \"cooldown_s\": 2,\n"
             "   \"limits\": {\"rpm\": {\"limit\": %" PRIu64 ", \"mode\": \"sliding\", "
             "\"burst\": %" PRIu64 "}},\n"
-            "   \"keys\": [{\"id\": \"a\", \"secret\": \"sk-fleet-test-0001\", \"fleet\": true%s}]}]}\n",
-            f->L, f->B, extra_key_json ? extra_key_json : "");
+            "   \"keys\": [{\"id\": \"a\", \"secret\": \"sk-fleet-test-0001\", \"fleet\": %s%s}]}]}\n",
+            f->L, f->B, f->strict ? "{\"strict\": true}" : "true",
+            extra_key_json ? extra_key_json : "");
     fclose(c);
     char cmd[600];
     snprintf(cmd, sizeof cmd, "%s create %s --config %s >/dev/null", f->kmctl, h->seg, h->cfg);
@@ -229,10 +231,12 @@ static inline int fh_agent_stop(fh_host *h)
 /* What a worker does at admission `n`: 0 success; else the outcome kind
  * to release with (a 429 at a chosen time). */
 typedef struct fh_work {
-    double rate;        /* attempts per second, this worker */
+    double rate;        /* attempts per second, this worker (> 0; tiny: idle) */
     uint64_t until;     /* monotonic end */
     uint64_t t429;      /* first admission at or after this: released as 429 */
     double retry_after_s;
+    uint64_t step_at;   /* from this monotonic time (0: never) ... */
+    double step_rate;   /*   attempts per second, this worker */
 } fh_work;
 
 static inline _Noreturn void fh__worker(fh_fleet *f, fh_host *h, int w, const fh_work *wk)
@@ -246,8 +250,18 @@ static inline _Noreturn void fh__worker(fh_fleet *f, fh_host *h, int w, const fh
     int pool = km_pool_find(env, "p");
     uint64_t iv = (uint64_t)(1e9 / wk->rate);
     uint64_t next = fh_now() + (uint64_t)(((unsigned)getpid() * 7919u) % 1000u) * iv / 1000u;
-    int did429 = 0;
-    while (next < wk->until) {
+    int did429 = 0, stepped = 0;
+    for (;;) {
+        if (!stepped && wk->step_at && next >= wk->step_at) {
+            /* The step: worker w's first arrival at the new rate is w/4
+             * of its interval after step_at, so the host's arrivals are
+             * evenly spaced at the new total rate from step_at on. */
+            iv = (uint64_t)(1e9 / wk->step_rate);
+            next = wk->step_at + (uint64_t)w * iv / FH_MAX_WORKERS;
+            stepped = 1;
+        }
+        if (next >= wk->until)
+            break;
         fh_sleep_until(next);
         uint64_t arrival = next, now = fh_now();
         next += iv;

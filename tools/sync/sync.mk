@@ -20,7 +20,7 @@ SYNC_LUA_C := $(BUILD)/tools/sync/ledger_lua.c
 SYNC_OBJ   := $(BUILD)/tools/sync/store.o $(BUILD)/tools/sync/ledger_lua.o
 FLEET_TESTS := $(patsubst tests/fleet/%.c,$(BUILD)/tests/fleet/%,$(wildcard tests/fleet/t_*.c))
 # The fault scenarios of several hosts (about a minute): make fleet-test only.
-FLEET_LONG := $(BUILD)/tests/fleet/long_faults
+FLEET_LONG := $(BUILD)/tests/fleet/long_faults $(BUILD)/tests/fleet/long_strict
 
 TEST_BIN += $(FLEET_TESTS)
 TEST_RUN += $(FLEET_TESTS)
