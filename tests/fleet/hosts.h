@@ -453,4 +453,19 @@ static inline void fh_show_log(const char *path, int max)
     fclose(fp);
 }
 
+/* SIGTERM every agent still running; if one did not exit 0, or a check
+ * failed, show every agent's log (its first 20 lines). */
+static inline void fh_agents_stop(fh_fleet *f)
+{
+    int bad = 0;
+    for (int i = 0; i < f->n; i++)
+        if (f->h[i].agent > 0 && fh_agent_stop(&f->h[i]) != 0)
+            bad = 1;
+    if (bad || tap_failures())
+        for (int i = 0; i < f->n; i++) {
+            diag("agent %d log:", i);
+            fh_show_log(f->h[i].log, 20);
+        }
+}
+
 #endif /* KM_TESTS_FLEET_HOSTS_H */

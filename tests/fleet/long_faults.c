@@ -231,14 +231,6 @@ int main(void)
                (double)(t_stop - t0) / 1e9, (double)(t_rst - t0) / 1e9);
     }
     free(t);
-    int st = 0;
-    for (int i = 0; i < H; i++)
-        if (fl.h[i].agent > 0 && fh_agent_stop(&fl.h[i]) != 0)
-            st = 1;
-    if (st || tap_failures())
-        for (int i = 0; i < H; i++) {
-            diag("agent %d log:", i);
-            fh_show_log(fl.h[i].log, 20);
-        }
+    fh_agents_stop(&fl);
     return exit_status();
 }

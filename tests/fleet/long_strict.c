@@ -9,7 +9,10 @@
  *             outages and restarts"): a black-holed link, Redis stopped,
  *             Redis restarted empty.  Checked: every sliding window of one
  *             period (60 s, real, not scaled) of the merged admissions log
- *             holds <= L, exactly; the steady goodput; the fallback shares
+ *             holds <= L, exactly; the same in long_faults's scaled form on
+ *             the strict bucket's parameters (with no fault, every window
+ *             <= L - C + 1); that the saturated fleet runs at the strict
+ *             rate; the steady goodput; the fallback shares
  *             the segments apply, in the local rate R, add up to at most
  *             the strict bucket's rate Rs (alone: 1e6 x Rs/R; all, while
  *             Redis is stopped: at most that).
@@ -116,7 +119,7 @@ static int cmp_u32(const void *a, const void *b)
 int main(void)
 {
     const int H = 8, W = 4;
-    plan(8);
+    plan(11);
     fh_init(&fl, H, 6000, 60, NULL);
     fl.strict = !getenv("FH_NOT_STRICT"); /* to see the checks fail without strict */
     double R = 1e9 / (double)fl.T;
@@ -214,6 +217,26 @@ int main(void)
     size_t worst = window_max(t, n, P, &at);
     /* From 3 s: the bucket's burst (full while host 1 was alone) spent. */
     double gp0 = fh_goodput(&fl, t, n, t0 + 3 * SEC, t0 + 13 * SEC);
+    /* The same bound in the scaled form long_faults checks, on the strict
+     * bucket's own parameters (Ts, Bs): every interval holds at most
+     * len/Ts + Bs + X, X = 1 (rounding) with no fault, so every window of
+     * P <= Ls + 1 = L - C + 1, and X = Cs = ceil(Rs V) + Bs across faults,
+     * so every window <= L + 1.  The first fails without strict (the fleet
+     * runs at R: about +13 over the 10 s). */
+    fh_fleet fs = fl;
+    fs.T = Ts;
+    fs.B = fl.B < Ls ? fl.B : Ls;
+    uint64_t Cs = (uint64_t)ceil((double)fl.V * 1e6 / (double)Ts) + fs.B;
+    double exs_steady = fh_excess(&fs, t, n, t0 + 3 * SEC, t0 + 13 * SEC, NULL);
+    double exs_all = fh_excess(&fs, t, n, 0, UINT64_MAX, NULL);
+    /* With the bucket saturated (2 x offered) and no fault, the fleet runs
+     * at the strict rate Rs, not at R: over 3-14 s and 35-50 s (26 s) the
+     * admissions above 26 s x Rs are a few units (credit granted before
+     * the stretch, rounding), and about (R - Rs) x 26 s = 35 without
+     * strict. */
+    double over_rs = (double)(fh_count(t, n, t0 + 3 * SEC, t0 + 14 * SEC) +
+                              fh_count(t, n, t0 + 35 * SEC, t0 + 50 * SEC)) -
+                     26e9 / (double)Ts;
     double gp_run = (double)fh_count(t, n, t0, t0 + P) / (double)fl.L;
 
     /* Shares before and after the step (medians), and the time the share
@@ -251,6 +274,15 @@ int main(void)
        "strict, faults included: every 60 s window <= L: worst %zu <= %" PRIu64
        " (%.4f L, window from %.2f s)",
        worst, fl.L, (double)worst / (double)fl.L, at ? ((double)at - (double)t0) / 1e9 : 0.0);
+    ok(exs_steady <= 1.0,
+       "strict, 3-13 s (no fault): every window <= Ls + 1, scaled: excess %.1f <= 1 (Ls = %" PRIu64
+       ")", exs_steady, Ls);
+    ok(exs_all <= (double)Cs,
+       "strict, the whole run: every window <= Ls + 1 + Cs, scaled: excess %.1f <= Cs = %" PRIu64,
+       exs_all, Cs);
+    ok(over_rs <= 15.0,
+       "strict, 3-14 s and 35-50 s: the fleet runs at Rs: %.1f units above 26 s x Rs <= 15",
+       over_rs);
     ok(gp0 >= 0.95 * (double)Ls / (double)fl.L,
        "strict steady goodput %.3f of L >= 0.95 x Ls/L = %.3f", gp0,
        0.95 * (double)Ls / (double)fl.L);
@@ -262,9 +294,9 @@ int main(void)
     printf("# SUMMARY long_strict hosts=%d workers=%d L=%" PRIu64 "rpm B=%" PRIu64
            " S=%ums V=%ums F=%ums C=%" PRIu64 " Ls=%" PRIu64 " admitted=%zu worst_60s=%zu"
            " worst_over_L=%.4f goodput_steady=%.3f goodput_first_60s=%.3f share_old_ppm=%u"
-           " share_new_ppm=%u step_t90_ms=%.0f poll_ms=%.1f\n",
+           " share_new_ppm=%u step_t90_ms=%.0f poll_ms=%.1f excess_s_steady=%.1f excess_s_all=%.1f over_rs=%.1f\n",
            H, W, fl.L, fl.B, fl.S, fl.V, fl.F, C, Ls, n, worst, (double)worst / (double)fl.L, gp0,
-           gp_run, sh_old, sh_new, t90, poll_ms);
+           gp_run, sh_old, sh_new, t90, poll_ms, exs_steady, exs_all, over_rs);
     fflush(stdout);
     if (getenv("FH_SHARES"))
         for (size_t i = 0; i < ns; i++)
@@ -272,14 +304,6 @@ int main(void)
                 printf("# share %.3f %u\n", ((double)sm[i].t - (double)t_step) / 1e9, sm[i].ppm);
     free(sm);
     free(t);
-    int stc = 0;
-    for (int i = 0; i < H; i++)
-        if (fl.h[i].agent > 0 && fh_agent_stop(&fl.h[i]) != 0)
-            stc = 1;
-    if (stc || tap_failures())
-        for (int i = 0; i < H; i++) {
-            diag("agent %d log:", i);
-            fh_show_log(fl.h[i].log, 20);
-        }
+    fh_agents_stop(&fl);
     return exit_status();
 }
