@@ -758,6 +758,7 @@ static int pool_set_run(km__cfg_ctx *c, json_t *root, void *arg)
         s->budget_hard = (uint32_t)pc.budget_hard;
         s->budget_period = (uint32_t)pc.budget_period;
         s->budget_tz_min = pc.budget_tz_min;
+        memcpy(o->budget_tz, pc.budget_tz, sizeof o->budget_tz);
         s->set = (json_object_get(root, "strategy") ? KM__PSET_STRATEGY : 0) |
                  (json_object_get(root, "cooldown_s") ? KM__PSET_COOLDOWN : 0) |
                  (json_object_get(root, "max_cooldown_s") ? KM__PSET_MAX_COOLDOWN : 0) |
