@@ -34,6 +34,19 @@
  * first settle (or hard-budget acquire) after it resumes; nothing runs at
  * the boundary itself.  Invariants: end_ns only grows; spent + prev moved
  * = sum of costs added; rolls = number of successful CASes.
+ *
+ * Zones.  A budget's zone is a code (src/layout.h): a fixed offset, or a
+ * row of the segment's zone table that src/tz.c filled at configuration
+ * time and never rewrites.  A boundary is a local midnight (Monday's, the
+ * 1st's) converted with the offset in force then (src/tz.c: a midnight in
+ * a gap is the gap's end, a repeated one the first).  The argument above
+ * needs only that the end computed from a clock is later than it: a local
+ * day holding `wall` ends at the next local midnight, after `wall`, with
+ * one exception: in an hour repeated across midnight (a fall-back at
+ * 00:00), the clock's local day is the day before again and its "next"
+ * midnight the first one, behind the clock.  The roll then computes no
+ * later end (set[0] <= end0 below) and waits for the repeat to end: the
+ * period ends up to that hour late, and end_ns never moves back.
  */
 #include <ck_pr.h>
 

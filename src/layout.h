@@ -20,6 +20,7 @@
  *   (km__uring + km__uev[cap_usage / 2])[cap_procs][2]  usage rings
  *   km__wrow[cap_procs]        sleepers of km_acquire_wait per process slot,
  *                              km__wrow_stride(cap_pools) bytes each
+ *   km__tzone[KM__TZ_ZONES]    named time zones of budgets (src/tz.c)
  *
  * Every struct here and in shm/seg.h is pinned by _Static_assert and folded
  * into the layout signature (km__layout_signature), so a process built with
