@@ -177,14 +177,8 @@ static int build(const char *obj, const km_config *cfg, unsigned mode, km_env **
     /* Named zones of budgets into the zone table, before the rows that
      * name them; the parser read each already: only a file that changed
      * since, or more zones than the table keeps, fails here. */
-    if ((rc = km__tz_bind_config(e, cfg, NULL, 0)) != KM_OK) {
-        if (obj)
-            km__seg_discard(&e->seg, obj);
-        else
-            km__seg_close_raw(&e->seg);
-        free(e);
-        return rc;
-    }
+    if ((rc = km__tz_bind_config(e, cfg, NULL, 0)) != KM_OK)
+        goto fail;
     km__fleet_init(e, cfg); /* before the keys: they read its "all" */
     km__pool_init(e, cfg);
     KM__FAULT("create.filled");
@@ -194,16 +188,17 @@ static int build(const char *obj, const km_config *cfg, unsigned mode, km_env **
     KM__FAULT("create.published");
 
     /* A new segment has nothing to reap. */
-    if ((rc = claim_slot(e)) != KM_OK) {
-        if (obj)
-            km__seg_discard(&e->seg, obj);
-        else
-            km__seg_close_raw(&e->seg);
-        free(e);
-        return rc;
-    }
+    if ((rc = claim_slot(e)) != KM_OK)
+        goto fail;
     *out = e;
     return KM_OK;
+fail:
+    if (obj)
+        km__seg_discard(&e->seg, obj);
+    else
+        km__seg_close_raw(&e->seg);
+    free(e);
+    return rc;
 }
 
 /* The permission bits a named segment gets from a caller's `mode` (see

@@ -67,7 +67,7 @@ static int64_t floor_div(int64_t a, int64_t b)
 
 /* Days since 1970-01-01 of a proleptic Gregorian date, and back
  * (H. Hinnant, "chrono-Compatible Low-Level Date Algorithms"). */
-static int64_t days_from_civil(int64_t y, unsigned m, unsigned d)
+int64_t km__days_from_civil(int64_t y, unsigned m, unsigned d)
 {
     y -= m <= 2;
     int64_t era = (y >= 0 ? y : y - 399) / 400;
@@ -77,7 +77,7 @@ static int64_t days_from_civil(int64_t y, unsigned m, unsigned d)
     return era * 146097 + (int64_t)doe - 719468;
 }
 
-static void civil_from_days(int64_t z, int64_t *y, unsigned *m)
+void km__civil_from_days(int64_t z, int64_t *y, unsigned *m)
 {
     z += 719468;
     int64_t era = (z >= 0 ? z : z - 146096) / 146097;
@@ -101,12 +101,12 @@ static int64_t period_day(uint32_t period, int64_t day, int next)
     case KM__PERIOD_WEEK: /* 1970-01-01 was a Thursday: Monday is 0 */
         return day - (((day + 3) % 7) + 7) % 7 + 7 * next;
     default: /* KM__PERIOD_MONTH */
-        civil_from_days(day, &y, &m);
+        km__civil_from_days(day, &y, &m);
         if (next && ++m == 13) {
             m = 1;
             y++;
         }
-        return days_from_civil(y, m, 1);
+        return km__days_from_civil(y, m, 1);
     }
 }
 

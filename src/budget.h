@@ -21,6 +21,11 @@
 uint64_t km__period_start(uint32_t period, int32_t tz, const km__tzone *zt, uint64_t wall);
 uint64_t km__period_end(uint32_t period, int32_t tz, const km__tzone *zt, uint64_t wall);
 
+/* Days since 1970-01-01 of a proleptic Gregorian date, and back (the
+ * year and month of a day). */
+int64_t km__days_from_civil(int64_t y, unsigned m, unsigned d);
+void km__civil_from_days(int64_t z, int64_t *y, unsigned *m);
+
 /* "none", "day", "week", "month"; and a zone as "UTC", "+HH:MM" or its
  * name into buf (at least KM__TZ_NAME_MAX + 1 bytes). */
 const char *km__period_name(uint32_t period);

@@ -32,6 +32,7 @@
 
 #include <ck_pr.h>
 
+#include "budget.h"
 #include "internal.h"
 #include "tz.h"
 #include "tz.h"
@@ -39,26 +40,13 @@
 #define DAY 86400
 #define KM__DIGIT(ch) ((ch) >= '0' && (ch) <= '9')
 
-/* Days since 1970-01-01 of a proleptic Gregorian date (as src/budget.c). */
-static int64_t days_civil(int64_t y, unsigned m, unsigned d)
-{
-    y -= m <= 2;
-    int64_t era = (y >= 0 ? y : y - 399) / 400;
-    unsigned yoe = (unsigned)(y - era * 400);
-    unsigned doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
-    unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    return era * 146097 + (int64_t)doe - 719468;
-}
-
+/* The year of UTC second t. */
 static int64_t year_of(int64_t t)
 {
-    int64_t z = (t >= 0 ? t : t - (DAY - 1)) / DAY + 719468;
-    int64_t era = (z >= 0 ? z : z - 146096) / 146097;
-    unsigned doe = (unsigned)(z - era * 146097);
-    unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    unsigned mp = (5 * doy + 2) / 153;
-    return (int64_t)yoe + era * 400 + (mp >= 10);
+    int64_t y;
+    unsigned m;
+    km__civil_from_days((t >= 0 ? t : t - (DAY - 1)) / DAY, &y, &m);
+    return y;
 }
 
 static int leap(int64_t y) { return (y % 4 == 0 && y % 100 != 0) || y % 400 == 0; }
@@ -68,12 +56,12 @@ static int64_t rule_local(const km__tzdate *r, int64_t y)
 {
     int64_t day;
     if (r->kind == 1)
-        day = days_civil(y, 1, 1) + r->n - 1 + (leap(y) && r->n >= 60);
+        day = km__days_from_civil(y, 1, 1) + r->n - 1 + (leap(y) && r->n >= 60);
     else if (r->kind == 2)
-        day = days_civil(y, 1, 1) + r->n;
+        day = km__days_from_civil(y, 1, 1) + r->n;
     else { /* a row of the segment is read as it is: fields clamped */
         unsigned m = r->m >= 1 && r->m <= 12 ? r->m : 1, w = r->w >= 1 && r->w <= 5 ? r->w : 1;
-        int64_t first = days_civil(y, m, 1);
+        int64_t first = km__days_from_civil(y, m, 1);
         int wd = (int)(((first + 4) % 7 + 7) % 7); /* 1970-01-01: Thursday */
         day = first + (r->d % 7 - wd + 7) % 7 + 7 * (w - 1);
         static const unsigned mdays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
