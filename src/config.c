@@ -355,7 +355,8 @@ int km__cfg_parse_root(km__cfg_ctx *c, json_t *root, km_config *cfg)
                                    "pools[%zu].name: duplicate pool name \"%s\" "
                                    "(also pools[%zu])", i, p->name, j);
     }
-    if ((rc = km__cfg_check_secrets(c, cfg)) != KM_OK)
+    if ((rc = km__cfg_check_secrets(c, cfg)) != KM_OK ||
+        (rc = km__cfg_check_zones(c, cfg)) != KM_OK)
         return rc;
     /* The fleet region: asked for, or needed by a fleet key. */
     for (uint32_t k = 0; k < cfg->n_keys; k++)

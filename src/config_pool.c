@@ -857,6 +857,27 @@ int km__cfg_check_secrets(km__cfg_ctx *c, const km_config *cfg)
                        "twice", pb, cfg->keys[b].id, cfg->keys[a].id, pa);
 }
 
+int km__cfg_check_zones(km__cfg_ctx *c, const km_config *cfg)
+{
+    const char *seen[KM__TZ_ZONES];
+    uint32_t n = 0, total = cfg->n_pools + cfg->n_keys;
+    for (uint32_t i = 0; i < total; i++) {
+        const char *z = i < cfg->n_pools ? cfg->pools[i].budget_tz
+                                         : cfg->keys[i - cfg->n_pools].budget_tz;
+        uint32_t j = 0;
+        while (z[0] && j < n && strcmp(seen[j], z) != 0)
+            j++;
+        if (!z[0] || j < n)
+            continue;
+        if (n == KM__TZ_ZONES)
+            return km__cfg_err(c, KM_ECONFIG,
+                               "budgets name more than %d time zones (\"%s\" is one more): "
+                               "a segment keeps %d", KM__TZ_ZONES, z, KM__TZ_ZONES);
+        seen[n++] = z;
+    }
+    return KM_OK;
+}
+
 /* ----------------------------------------------------------------- pools */
 
 static int cmp_key_idx(const void *a, const void *b, void *keys)

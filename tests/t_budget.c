@@ -110,6 +110,22 @@ static void bad_input(void)
     refused("{\"usd\":5,\"period\":\"day\",\"tz\":\"+15:00\"}", "not a time zone", "offset +15:00");
     refused("{\"usd\":5,\"period\":\"day\",\"tz\":\"+2:00\"}", "not a time zone", "offset +2:00");
     refused("{\"usd\":5,\"period\":\"day\",\"tz\":\"+-1:00\"}", "not a time zone", "offset +-1:00");
+    /* More distinct zones than a segment keeps: refused at parse time. */
+    static const char *const zones[] = {"Europe/Paris", "Europe/London", "Europe/Berlin",
+                                        "America/New_York", "America/Chicago", "Asia/Tokyo",
+                                        "Asia/Kolkata", "Australia/Sydney", "Africa/Cairo"};
+    char js[2048], err[512] = "";
+    int n = snprintf(js, sizeof js, "{\"pools\":[{\"name\":\"p\",\"keys\":[");
+    for (int i = 0; i < 9; i++)
+        n += snprintf(js + n, sizeof js - (size_t)n,
+                      "%s{\"id\":\"k%d\",\"secret\":\"sk-test-budgetz%d\",\"budget\":{\"usd\":1,"
+                      "\"tz\":\"%s\"}}", i ? "," : "", i, i, zones[i]);
+    snprintf(js + n, sizeof js - (size_t)n, "]}]}");
+    km_config *c9 = NULL;
+    is_int(km_config_parse(js, strlen(js), "t_budget", &c9, err, sizeof err), KM_ECONFIG,
+           "9 distinct zones: refused (a segment keeps 8)");
+    ok(strstr(err, "Africa/Cairo") && strstr(err, "more than 8 time zones"), "  the message says so: %s", err);
+    km_config_free(c9);
     refused("{\"usd\":5,\"mode\":\"medium\"}", "\"hard\" or \"soft\"", "mode \"medium\"");
     refused("{\"usd\":5,\"mode\":\"soft\",\"hard\":true}", "disagree", "mode soft with hard true");
     refused("{\"usd\":5,\"per\":\"day\"}", "unknown field", "a misspelt field");
@@ -542,7 +558,7 @@ static void live_zones(void)
 int main(void)
 {
     snprintf(name, sizeof name, "/km_t_budget_%d", (int)getpid());
-    plan(150);
+    plan(152);
     calendar();
     bad_input();
     roll_once("UTC");
