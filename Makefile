@@ -121,8 +121,10 @@ all: km-need-cc km-need-lib km-need-kmctl $(SHLIB) $(STLIB) $(KMCTL)
 # KM_DEPS_TEST.
 KM_NEED_cc    := cmd:$(firstword $(CC)):gcc cmd:pkg-config:pkg-config
 KM_NEED_lib   := pc:ck:libck-dev pc:jansson:libjansson-dev pc:libsodium:libsodium-dev
-# kmctl links SQLite (persist, usage), libmicrohttpd (serve) and ncurses (top).
-KM_NEED_kmctl := pc:sqlite3:libsqlite3-dev pc:libmicrohttpd:libmicrohttpd-dev pc:ncursesw:libncurses-dev
+# kmctl links SQLite (persist, usage), libmicrohttpd (serve), ncurses (top)
+# and hiredis (sync, fleet: the fleet ledger's client, tools/sync/).
+KM_NEED_kmctl := pc:sqlite3:libsqlite3-dev pc:libmicrohttpd:libmicrohttpd-dev pc:ncursesw:libncurses-dev \
+                 pc:hiredis:libhiredis-dev
 # make man (and make install): scdoc.
 KM_NEED_man   := cmd:scdoc:scdoc
 KM_NEED_prove := cmd:prove:perl
@@ -219,7 +221,9 @@ $(SHLIB): $(LIB_PIC) | km-need-cc km-need-lib
 SQLITE_CFLAGS := $(shell pkg-config --cflags sqlite3 2>/dev/null)
 SQLITE_LIBS   := $(shell pkg-config --libs sqlite3 2>/dev/null)
 KMCTL_SRC := $(wildcard tools/kmctl/*.c)
-KMCTL_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(KMCTL_SRC))
+# kmctl sync and kmctl fleet link the agent and the store client
+# (tools/sync/sync.mk: SYNC_KMCTL_OBJ, SYNC_HIREDIS_LIBS).
+KMCTL_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(KMCTL_SRC)) $(SYNC_KMCTL_OBJ)
 $(BUILD)/tools/kmctl/%.o: tools/kmctl/%.c tools/kmctl/kmctl.h include/keymesh.h | km-need-kmctl
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
@@ -233,7 +237,7 @@ CURSES_LIBS   := $(shell pkg-config --libs ncursesw 2>/dev/null || echo -lncurse
 $(BUILD)/tools/kmctl/cmd_top.o: CFLAGS += $(CURSES_CFLAGS)
 $(KMCTL): $(KMCTL_OBJ) $(STLIB)
 	$(CC) $(CFLAGS) -o $@ $(KMCTL_OBJ) $(STLIB) $(LDFLAGS) $(LIBS) $(SQLITE_LIBS) $(MHD_LIBS) \
-	  $(CURSES_LIBS)
+	  $(CURSES_LIBS) $(SYNC_HIREDIS_LIBS)
 
 $(BUILD)/tests/%: tests/%.c tests/tap.h tests/testlib.h $(STLIB)
 	@mkdir -p $(dir $@)
@@ -410,7 +414,7 @@ check-layers: all
 CROSS       ?= aarch64-linux-gnu
 CROSS_BUILD ?= build-aarch64
 CROSS_PKGS  := libjansson-dev:arm64 libsodium-dev:arm64 libsqlite3-dev:arm64 \
-               libmicrohttpd-dev:arm64 libncurses-dev:arm64
+               libmicrohttpd-dev:arm64 libncurses-dev:arm64 libhiredis-dev:arm64
 CROSS_CK    := $(CROSS_BUILD)/ck
 CROSS_PC    := $(abspath $(CROSS_CK))/pkgconfig:/usr/lib/$(CROSS)/pkgconfig:/usr/share/pkgconfig
 # No -L /usr/$(CROSS): with it qemu runs the cross toolchain's ld.so with the

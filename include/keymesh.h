@@ -1436,7 +1436,9 @@ KM_EXTERN int km_fleet_status_get(km_env *env, km_fleet_status *st);
  * for want of credit, or credit below its low-water mark)?  1 and the
  * request taken, 0 if none; KM_EINVAL unless the caller holds the agent's
  * role.  km_fleet_status_set also clears it (a sync answers every request
- * so far).  A poll that finds none writes nothing.
+ * so far).  A poll that finds none writes nothing.  kmctl sync does not
+ * sync early on it: issue 12 holds a host to one store call per sync
+ * period, and early syncs measured 37 calls/s against 20 at S = 50 ms.
  * @note the role holder's. */
 KM_EXTERN int km_fleet_kicked(km_env *env);
 

@@ -108,7 +108,7 @@ static int lease_key(km_env *e, uint32_t ki, key_scan *sc, km_lease *out)
         return 0;
     km__key *k = &km__keys(e)[ki];
     uint32_t st = ck_pr_load_32(&k->state), probe = 0;
-    km__lset kset = km__key_lset(k), mset;
+    km__lset kset, mset;
     uint32_t mi = sc->model ? sc->model - 1 : 0;
 
     if (!live_state(st))
@@ -118,6 +118,12 @@ static int lease_key(km_env *e, uint32_t ki, key_scan *sc, km_lease *out)
         sc->a.retry = km__min64(sc->a.retry, sc->a.now + KM__POLL_BUSY_NS);
         return 0;
     }
+    /* The flag before the parameters it guards (the key's, its own model
+     * rows', own_models, fleet_mask): pairs with the writer's store fence
+     * between writing them and clearing `updating` (src/reconfig.c).  A
+     * compiler barrier on x86. */
+    ck_pr_fence_load();
+    kset = km__key_lset(k);
     if (over_budget(e, k)) {
         if (k->budget_hard) {
             /* Spent: a lifetime budget's key is exhausted until enabled; a
@@ -214,7 +220,7 @@ static int lease_key(km_env *e, uint32_t ki, key_scan *sc, km_lease *out)
      * the local admission would waste local capacity under contention.
      * A key outside the fleet pays this load (line 1 of the row, beside
      * the limit pairs admitted next) and one branch. */
-    uint32_t fmask = k->fleet_mask;
+    uint32_t fmask = ck_pr_load_32(&k->fleet_mask); /* once: the undo gives back what this took */
     int fl = 0;
     if (__builtin_expect(fmask != 0, 0) && !(fl = km__fleet_admit(e, ki, k, fmask, &sc->a)))
         goto undo_probe;
@@ -645,6 +651,10 @@ KM__HOT int acquire_pool(km_env *e, uint32_t p, const km_request *req, uint64_t 
      * grace period of km_pool_remove reads as such here (shm/epoch.c). */
     if (__builtin_expect(ck_pr_load_32(&pool->state) != KM__PST_LIVE, 0))
         return KM_ENOPOOL;
+    /* The state before the pool's rows (name, models, member lists): pairs
+     * with km_pool_add's store fence before it stores LIVE (src/reconfig.c),
+     * so a pool seen LIVE is seen whole.  A compiler barrier on x86. */
+    ck_pr_fence_load();
     /* The pool's settings: single words km_pool_set stores while we run
      * (relaxed loads; each steers a choice, nothing more; a call that
      * returned before this acquire began is seen, src/reconfig.c). */

@@ -22,8 +22,15 @@
  * and a void returns at most a_last): whatever the word holds above is
  * spent without being reported again, and the ledger's check that
  * spent + returned + left never exceeds what it granted holds.
- * Both live in the segment, so an agent that restarts reports what its
- * predecessor had not.
+ * Both live in the segment, so an agent that restarts reports what was
+ * spent since its predecessor's last collect.  Not what that collect
+ * took: a collect resets the counters, and the report it built lives in
+ * the agent's memory until the ledger answers it, so an agent killed with
+ * a report unanswered loses it (the ledger then drops those units from
+ * the host's reservation without charging them: an overshoot of at most
+ * what the host spent between its last answered report and the kill).
+ * Keeping the report in the segment until the reply that acknowledges it
+ * is applied would close that; not done yet (README, "Not yet").
  */
 #include <string.h>
 
@@ -148,7 +155,17 @@ int km__fleet_lapsed(km_env *e, uint32_t ki, km__key *k, uint32_t mask, km__adm 
     uint32_t done = 0;
 
     (void)k;
-    if (fb_read(fk, &v) && v.from <= a->now && a->now < v.until) {
+    int have = fb_read(fk, &v);
+    if (!have && a->now < ck_pr_load_64(&fh->next_sync_ns) + KM__NS_PER_S) {
+        /* The agent, alive (it published its next sync lately), is
+         * writing the share: refuse and look again soon, whatever the
+         * policy, which applies only where no share is open.  An agent
+         * that died half way through the write leaves the count odd for
+         * good: past its next sync by a second, the policy applies. */
+        a->retry = km__min64(a->retry, a->now + KM__FLEET_POLL_NS);
+        return km__fleet_refuse(e, ki, mask, a);
+    }
+    if (have && v.from <= a->now && a->now < v.until) {
         uint32_t m = mask;
         uint64_t cost;
         for (int w; (w = km__fleet_next(&m, a->tokens, &cost)) >= 0;) {
@@ -205,8 +222,16 @@ void km__fleet_undo(km_env *e, uint32_t ki, km__key *k, uint32_t mask, const km_
     } else if (how == KM__FL_FALLBACK) {
         uint32_t m = mask;
         uint64_t cost;
-        for (int w; (w = km__fleet_next(&m, a->tokens, &cost)) >= 0;)
-            ck_pr_sub_64(&fk->fb_used[w], cost); /* not admitted after all */
+        for (int w; (w = km__fleet_next(&m, a->tokens, &cost)) >= 0;) {
+            /* Not admitted after all: taken back only while the count
+             * still holds it.  A collect may have taken and zeroed it since
+             * the admission: the unit then stays reported as spent
+             * (conservative: the share's charge stays too), never a count
+             * wrapped below zero, which the ledger would refuse whole. */
+            uint64_t cur = ck_pr_load_64(&fk->fb_used[w]);
+            while (cur >= cost && !ck_pr_cas_64_value(&fk->fb_used[w], cur, cur - cost, &cur))
+                ;
+        }
     }
 }
 
@@ -391,6 +416,8 @@ static void copy_id(char *dst, const char *src)
     dst[KM_ID_MAX] = '\0'; /* the segment's copy may be corrupted */
 }
 
+static int collect_in(km_env *e, uint64_t now, km_fleet_slot *out, size_t cap, size_t *n);
+
 KM_EXTERN int km_fleet_collect(km_env *e, uint64_t now, km_fleet_slot *out, size_t cap,
                                size_t *n)
 {
@@ -399,6 +426,18 @@ KM_EXTERN int km_fleet_collect(km_env *e, uint64_t now, km_fleet_slot *out, size
     *n = 0;
     if (!holds_role(e))
         return KM_EINVAL;
+    /* An epoch section (the role holder has a process slot): a key row
+     * removed meanwhile is not reused (rewritten by km__fleet_key_init for
+     * another key) until the section ends, so the gen read with a row's
+     * counters is that row's. */
+    km__rdr *r = km__rd_enter(&e->seg, km__now());
+    int rc = collect_in(e, now, out, cap, n);
+    km__rd_exit(r);
+    return rc;
+}
+
+static int collect_in(km_env *e, uint64_t now, km_fleet_slot *out, size_t cap, size_t *n)
+{
     size_t need = 0;
     for (uint32_t ki = 0; ki < e->geom.cap_keys; ki++)
         need += (size_t)__builtin_popcount(fleet_mask_of(e, ki));
@@ -464,12 +503,24 @@ static uint8_t lg_floor(uint64_t x)
     return (uint8_t)(63 - __builtin_clzll(x ? x : 1));
 }
 
+static void apply_in(km_env *e, const km_fleet_grant *g, size_t n);
+
 KM_EXTERN int km_fleet_apply(km_env *e, const km_fleet_grant *g, size_t n)
 {
     if (!e || (n && !g))
         return KM_EINVAL;
     if (!holds_role(e))
         return KM_EINVAL;
+    /* An epoch section, as km_fleet_collect: between the gen check and the
+     * top-up the row cannot be reused by a key added meanwhile. */
+    km__rdr *r = km__rd_enter(&e->seg, km__now());
+    apply_in(e, g, n);
+    km__rd_exit(r);
+    return KM_OK;
+}
+
+static void apply_in(km_env *e, const km_fleet_grant *g, size_t n)
+{
     uint64_t now = km__now();
     for (size_t i = 0; i < n; i++) {
         const km_fleet_grant *gr = &g[i];
@@ -512,7 +563,6 @@ KM_EXTERN int km_fleet_apply(km_env *e, const km_fleet_grant *g, size_t n)
             k->pool < e->geom.n_pools)
             km__wake_pool(e, k->pool);
     }
-    return KM_OK;
 }
 
 KM_EXTERN int km_fleet_status_set(km_env *e, const km_fleet_status *st)

@@ -599,6 +599,7 @@ KM_EXTERN int km_key_add(km_env *e, int pool, const char *key_json, char *errbuf
     int rc = km__config_parse_key(key_json, &pd, e->geom.cap_inflight, &kc, errbuf, errlen);
     if (rc != KM_OK)
         return rc;
+    KM__FAULT("add.parsed");
     if (!(listed = malloc(e->geom.cap_keys))) {
         rc = KM_ENOMEM;
         goto out;
@@ -608,6 +609,18 @@ KM_EXTERN int km_key_add(km_env *e, int pool, const char *key_json, char *errbuf
     if (!km__pool_live(e, pool)) { /* removed meanwhile (pools: under the lock) */
         rc = KM_ENOPOOL;
         goto unlock;
+    }
+    /* The pool's defaults were read before the lock (the parse may read a
+     * secret file): a km_pool_set, or a remove and an add that reused the
+     * row, in between changed them.  Parsed again with what now holds, so
+     * the new key never takes limits the pool no longer has. */
+    km__pool_defaults now_pd;
+    pool_defaults_of(&km__pools(e)[p], &now_pd);
+    if (memcmp(&now_pd, &pd, sizeof pd) != 0) {
+        explicit_bzero(&kc, sizeof(kc));
+        rc = km__config_parse_key(key_json, &now_pd, e->geom.cap_inflight, &kc, errbuf, errlen);
+        if (rc != KM_OK)
+            goto unlock;
     }
 
     km__key *keys = km__keys(e);
@@ -1453,16 +1466,17 @@ static void pool_limits_apply(km_env *e, uint32_t p, int resume)
         km__key *k = &keys[ki];
         if (!key_of_pool(e, ki, p, 1) || !ck_pr_load_32(&k->updating))
             continue;
-        if (md && (ck_pr_load_64(&k->own_models) >> (model - 1)) & 1) {
-            /* The key's own limits of the model (km_key_set_model_limits)
-             * stand, in its model row: nothing of the pool's applies. */
-            ck_pr_fence_store();
-            ck_pr_store_32(&k->updating, 0);
-            KM__FAULT("poollimits.own");
-            continue;
-        }
+        /* A key with its own limits of the model (a model row of its own:
+         * km_key_set_model_limits, keys[i].models) keeps the windows it
+         * names and takes the pool's new limits in the others, which it
+         * inherits (docs/config.md): its row is rewritten, and only those
+         * windows' debts are carried over (its own windows' parameters do
+         * not change: they are marked carried in the record). */
+        km__mwin *own_row = md && (ck_pr_load_64(&k->own_models) >> (model - 1)) & 1
+                                ? &km__mwins(e, ki)[model - 1]
+                                : NULL;
         if (ki != at) {
-            ck_pr_store_32(&in->rescaled, 0);
+            ck_pr_store_32(&in->rescaled, own_row ? own_row->own_set : 0);
             ck_pr_store_32(&in->resc_win, 0);
             for (int w = 0; !md && w < KM_WIN_COUNT; w++) {
                 int had = (k->win_mask >> w) & 1;
@@ -1477,6 +1491,21 @@ static void pool_limits_apply(km_env *e, uint32_t p, int resume)
             ck_pr_store_32(&in->key, ki);
             ck_pr_fence_store();
             KM__FAULT("poollimits.key");
+        }
+        if (own_row) {
+            /* Idempotent: the own windows are rewritten with what they
+             * hold, the inherited ones with the intent's limits. */
+            km__limit_cfg lc[KM_WIN_COUNT];
+            for (int w = 0; w < KM_WIN_COUNT; w++)
+                lc[w] = (own_row->own_set >> w) & 1
+                            ? ((own_row->win_mask >> w) & 1
+                                   ? (km__limit_cfg){own_row->limit[w], own_row->burst[w],
+                                                     own_row->mode[w]}
+                                   : (km__limit_cfg){0, 0, KM_MODE_TOKEN_BUCKET})
+                            : (km__limit_cfg){ck_pr_load_64(&in->limit[w]),
+                                              ck_pr_load_64(&in->burst[w]), in->mode[w]};
+            km__mwin_limits_write(own_row, lc, own_row->own_set);
+            KM__FAULT("poollimits.own");
         }
         if (md) {
             km__lset ms = km__model_lset(e, k, ki, md, model - 1);

@@ -614,6 +614,70 @@ static void test_multiproc_local(void)
     is_u64(S(KH, KM_WIN_RPM)->spent, total, "  spent = admitted");
 }
 
+/* On the fallback share, the local limits refuse most of 4 processes'
+ * requests on key h (burst 5), and each refusal takes its unit back from
+ * the share's count while the agent collects (and zeroes) that count in a
+ * loop: a count taken back after a collect must not wrap below zero (the
+ * ledger refuses a report with such a figure whole, losing every key's
+ * spending in it). */
+static void test_fallback_undo_race(void)
+{
+    km_fleet_health_set(env, (uint32_t)KH, KM_KEY_ACTIVE, 0);
+    uint64_t t0 = km_now_ns();
+    km_key_info ki = info(env, KH);
+    km_fleet_grant g = {.key = (uint32_t)KH, .key_gen = ki.gen, .window = KM_WIN_RPM,
+                        .grant = 0, .deadline_ns = t0 - 1, .fb_ppm = 1000000,
+                        .fb_burst = 1000000000, .fb_from_ns = t0, .fb_until_ns = t0 + 60 * NS};
+    km_fleet_apply(env, &g, 1);
+    collect(t0 + 1); /* voids the credit left: the share alone admits */
+    /* One acquirer (as several, but a single one makes the count's dips
+     * below the collect's zero show: nobody else's admission fills them). */
+    uint64_t *adm = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (adm == MAP_FAILED)
+        bail_out("mmap");
+    fflush(stdout);
+    pid_t kid = fork();
+    if (kid == 0) {
+        km_env *e;
+        if (km_open(seg, &e))
+            _exit(1);
+        km_lease l;
+        while (km_now_ns() < t0 + 1000 * MS && ++adm[1])
+            if (acq_pin(e, Q, "h", 0, &l) == KM_OK) {
+                adm[0]++;
+                release_with(e, &l, KM_OUT_SUCCESS, 10, -1, 0);
+            }
+        km_close(e);
+        _exit(0);
+    }
+    uint64_t worst = 0, sum = 0, collects = 0;
+    while (km_now_ns() < t0 + 1000 * MS) {
+        collect(km_now_ns());
+        uint64_t f = S(KH, KM_WIN_RPM)->fb_spent;
+        worst = f > worst ? f : worst;
+        sum += f < (UINT64_C(1) << 50) ? f : 0;
+        collects++;
+    }
+    int st;
+    waitpid(kid, &st, 0);
+    if (!WIFEXITED(st) || WEXITSTATUS(st))
+        bail_out("acquirer failed");
+    uint64_t total = adm[0];
+    diag("attempts %llu", (unsigned long long)adm[1]);
+    munmap(adm, 4096);
+    collect(km_now_ns());
+    uint64_t f = S(KH, KM_WIN_RPM)->fb_spent;
+    worst = f > worst ? f : worst;
+    sum += f < (UINT64_C(1) << 50) ? f : 0;
+    diag("key h on its share: %llu admitted, %llu collects, fb_spent summed %llu, largest %llu",
+         (unsigned long long)total, (unsigned long long)collects, (unsigned long long)sum,
+         (unsigned long long)worst);
+    ok(worst < (UINT64_C(1) << 50), "fallback count never wraps below zero while collected");
+    ok(sum >= total, "fb_spent summed covers what was admitted (never under; refusals taken back)");
+    g.fb_until_ns = km_now_ns() - 1;
+    km_fleet_apply(env, &g, 1);
+}
+
 /* Health: changes made here are listed once; the fleet's verdict is not. */
 static void test_health(void)
 {
@@ -662,7 +726,7 @@ static void test_health(void)
 
 int main(void)
 {
-    plan(110);
+    plan(112);
     fixtures_init("fleet_seg");
     test_config();
     env = mkseg(CFG);
@@ -684,6 +748,7 @@ int main(void)
     test_release_void();
     test_multiproc();
     test_multiproc_local();
+    test_fallback_undo_race();
     test_health();
     rmseg(env);
     return exit_status();

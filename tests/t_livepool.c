@@ -262,7 +262,7 @@ static void t_own_models(void)
                         " \"pools\": [{\"name\": \"a\","
                         "   \"keys\": [{\"id\": \"a0\", \"secret\": \"sk-own-a0-00000000\"}]}]}");
     int p = km_pool_add(env, "{\"name\": \"m\", \"model_limits\": \"per_model\","
-                             " \"models\": {\"gpt\": {\"rpm\": 5}},"
+                             " \"models\": {\"gpt\": {\"rpm\": 5, \"rph\": 100}},"
                              " \"keys\": [{\"id\": \"own\", \"secret\": \"sk-own-own-0000000\","
                              "   \"models\": {\"gpt\": {\"rpm\": 1}}},"
                              "  {\"id\": \"pool\", \"secret\": \"sk-own-pool-000000\"}]}",
@@ -274,7 +274,8 @@ static void t_own_models(void)
     while (got < 10 && km_acquire(env, &r, &l) == KM_OK)
         got++, km_release(env, &l, NULL);
     is_int(got, 1, "own models: the key's own rpm 1 of the model holds (not the pool's 5)");
-    int rc = km_pool_set(env, p, "{\"models\": {\"gpt\": {\"rpm\": 20}}}", err, sizeof err);
+    int rc = km_pool_set(env, p, "{\"models\": {\"gpt\": {\"rpm\": 20, \"rph\": 100}}}", err,
+                         sizeof err);
     r.key_id = "pool";
     got = 0;
     while (got < 30 && km_acquire(env, &r, &l) == KM_OK)
@@ -284,7 +285,54 @@ static void t_own_models(void)
     ok(rc == KM_OK && got == 20 && own == KM_EAGAIN,
        "own models: the pool's rpm of the model now 20 on the other key (%d), the own rpm 1 stands (%s)",
        got, E(own));
+    /* The windows the key does not name are the pool's: they follow it
+     * (rph 100 -> 3: the key had served 1 this hour, so 2 more at most). */
+    int ko = km_key_find(env, p, "own");
+    km_limit_info li[KM_WIN_COUNT];
+    char mname[KM_ID_MAX + 1];
+    km_model_info_get(env, p, 0, ko, mname, li);
+    is_u64(li[KM_WIN_RPH].limit, 100, "own models: the own key inherits the pool's rph 100");
+    rc = km_pool_set(env, p, "{\"models\": {\"gpt\": {\"rpm\": 20, \"rph\": 3}}}", err,
+                     sizeof err);
+    km_model_info_get(env, p, 0, ko, mname, li);
+    ok(rc == KM_OK && li[KM_WIN_RPH].limit == 3 && li[KM_WIN_RPM].limit == 1,
+       "own models: set-pool rph 3: the own key's inherited rph follows (%" PRIu64
+       "), its own rpm 1 stands (%" PRIu64 ") (%s)",
+       li[KM_WIN_RPH].limit, li[KM_WIN_RPM].limit, err);
+    uint32_t ow = 0;
+    km_model_own_get(env, p, 0, ko, &ow);
+    is_int((int)ow, 1 << KM_WIN_RPM, "own models: and only rpm is still the key's own");
     is_int(km_check(env, report, "own models"), 0, "own models: km_check clean");
+    rmseg(env);
+}
+
+/* km_key_add parses the key against the pool's defaults before it takes
+ * the admin lock; a km_pool_set landing in between (run here from the
+ * fault hook at that point) must not leave the new key with the old
+ * pool-wide limits. */
+static km_env *race_env;
+static int race_pool, race_rc = -1;
+static void set_between(const char *where)
+{
+    if (race_rc == -1 && !strcmp(where, "add.parsed"))
+        race_rc = km_pool_set(race_env, race_pool, "{\"limits\": {\"rpm\": 7}}", NULL, 0);
+}
+
+static void t_add_races_set(void)
+{
+    km_env *env = mkseg("{\"capacity\": {\"keys\": 4, \"pools\": 2},"
+                        " \"pools\": [{\"name\": \"a\", \"limits\": {\"rpm\": 100},"
+                        "   \"keys\": [{\"id\": \"a0\", \"secret\": \"sk-race-a0-0000000\"}]}]}");
+    race_env = env;
+    race_pool = km_pool_find(env, "a");
+    km__fault_hook = set_between;
+    int k = km_key_add(env, race_pool, "{\"id\": \"a1\", \"secret\": \"sk-race-a1-0000000\"}", err,
+                       sizeof err);
+    km__fault_hook = NULL;
+    km_key_info ki = info(env, k >= 0 ? k : 0);
+    ok(race_rc == KM_OK && k >= 0 && ki.limits[KM_WIN_RPM].limit == 7,
+       "add racing set-pool: the new key has the pool's new rpm 7 (got %" PRIu64 ", set %s, add %s)",
+       ki.limits[KM_WIN_RPM].limit, E(race_rc), E(k < 0 ? k : 0));
     rmseg(env);
 }
 
@@ -805,9 +853,10 @@ int main(void)
 {
     fixtures_init("livepool");
     fault_init();
-    plan(41 + 4 + 11 + 13 + 3 * OP_N + 8);
+    plan(41 + 4 + 11 + 13 + 3 * OP_N + 8 + 3 + 1);
     t_api();
     t_own_models();
+    t_add_races_set();
     t_remove_wait();
     t_live();
     t_every_point();

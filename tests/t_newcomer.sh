@@ -158,6 +158,9 @@ skip	README.md	^make examples	builds, installs into the system and runs the suit
 skip	README.md	^cc -o app app\.c \$\(pkg-config --cflags --libs keymesh\)$	run by t_newcomer_build.sh against a temporary PREFIX (an app.c of its own)
 skip	README.md	^# libkeymesh\.a	run by t_newcomer_build.sh against a temporary PREFIX (an app.c of its own)
 skip	README.md	^kmctl create NAME --config FILE	a synopsis: NAME, FILE, POOL... are placeholders
+skip	README.md	^export KEYMESH_STORE_PASSWORD=	needs the fleet's Redis (10.0.0.5); tests/fleet/t_agent runs sync and fleet against a redis-server of its own
+skip	docs/kmctl.md	^KEYMESH_STORE_PASSWORD=\$\(cat	needs the fleet's Redis; tests/fleet/t_agent runs sync and fleet against a redis-server of its own
+skip	docs/kmctl.md	^\$ kmctl fleet llm	its output is that of a fleet of two hosts on a Redis of their own; tests/fleet/t_agent checks kmctl fleet --json against one
 skip	docs/kmctl.md	^kmctl \[-h	a synopsis
 run	docs/config.md	^export OPENAI_API_KEY=	commented transcript
 run	docs/config.md	^export NUM_OPENAI=3	commented transcript

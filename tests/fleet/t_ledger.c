@@ -15,6 +15,9 @@
  *   fallback           promises valid at any time sum to <= 1e6 ppm
  *   drop-out           a silent host's fallback share is held back for F,
  *                      then it is dropped and the others get its share
+ *   outage             a store stall with every host on fallback: the
+ *                      bucket comes out with room (fallback charged once,
+ *                      as a flow the stall's drain absorbs)
  *   health             a 429, an auth failure, enable, disable: fleet-wide
  *   input              bad requests and impossible reports change nothing
  *
@@ -588,6 +591,68 @@ static void test_dropout(void)
     kms_close(s);
 }
 
+/* ------------------------------------------------------------------ outage */
+/* The store stalls 2 s while two hosts spend their fallback shares (their
+ * sum: the whole rate).  The first call after it is a retry of a report
+ * built before the stall (no fallback in it); the fallback arrives in the
+ * next reports.  The bucket must come out with room: the fallback ran at
+ * most at the kw's rate, so the drain of the stall absorbed it (charged as
+ * a flow), and the later reports of what the sweep charged add nothing.
+ * Charged as a point at the end, or once more when reported, it left the
+ * bucket ~240 units over full: the whole fleet idle for ~2 s more.  The
+ * bursts the hosts may take at the outage's start are charged at once:
+ * one S's worth of their shares, not V's. */
+static void test_outage(void)
+{
+    kms_store *s = open_fleet("outage");
+    sim_host h[2];
+    uint64_t t = T0;
+    kms_info in;
+    for (int i = 0; i < 2; i++) {
+        sim_init(&h[i], i ? "o2" : "o1");
+        h[i].sync_ms = 50;
+        h[i].valid_ms = 200;
+        h[i].fallback_ms = 3000;
+        size_t e = sim_entry(&h[i], "kO", 0, 6000, 60000, 60, 1, 0);
+        h[i].ent[e].demand = 100;
+    }
+    for (int r = 0; r < 40; r++, t += 50 * MS) {
+        ledger_clock(dc, "outage", t);
+        for (int i = 0; i < 2; i++) {
+            spend_all(&h[i]);
+            must(sim_sync(s, &h[i], t, 1), &h[i]);
+        }
+    }
+    uint32_t fb = h[0].held[0] + h[1].held[0];
+    uint64_t stall = t - 50 * MS, back = stall + 2000 * MS;
+    /* What each spent on fallback from its last reply + V to the end of
+     * the stall: its share of 99 units/s. */
+    uint64_t spent_fb[2];
+    for (int i = 0; i < 2; i++)
+        spent_fb[i] = (uint64_t)h[i].held[0] * 99 * 1800 / 1000 / 1000000;
+    ledger_clock(dc, "outage", back);
+    must(sim_sync(s, &h[0], back, 1), &h[0]); /* the retry: no fallback yet */
+    for (int i = 1; i >= 0; i--) {
+        h[i].ent[0].fb_spent = spent_fb[i];
+        ledger_clock(dc, "outage", back + (uint64_t)(2 - i) * 10 * MS);
+        must(sim_sync(s, &h[i], back + (uint64_t)(2 - i) * 10 * MS, 1), &h[i]);
+        h[i].ent[0].fb_spent = 0;
+    }
+    if (kms_info_get(s, &in, err, sizeof err) != KMS_OK || in.n_kws != 1)
+        bail_out("info: %s", err);
+    int64_t room = in.kws[0].room;
+    kms_info_free(&in);
+    /* The episode bursts: the shares of one S's worth, ceil(99 x 0.05) = 5,
+     * plus one unit per host for rounding up (V's worth: 20, room -10). */
+    ok(fb >= 990000 && room >= -7,
+       "after a 2 s stall on fallback (shares %u ppm, %" PRIu64 " + %" PRIu64
+       " units spent) the bucket is over full by at most the episode bursts (7): room %" PRId64,
+       fb, spent_fb[0], spent_fb[1], room);
+    for (int i = 0; i < 2; i++)
+        kms_reply_free(&h[i].rep);
+    kms_close(s);
+}
+
 /* ------------------------------------------------------------------ health */
 static const kms_health *health_of(const kms_reply *r, const char *kid)
 {
@@ -736,7 +801,7 @@ static void test_input(void)
 
 int main(void)
 {
-    plan(45);
+    plan(46);
     rig_redis_start(&rs, NULL);
     if (!(dc = rig_redis_conn(&rs)))
         bail_out("no connection to the test redis");
@@ -746,6 +811,7 @@ int main(void)
     test_input();        /* 5 */
     test_fallback_sum(); /* 2 */
     test_dropout();      /* 4 */
+    test_outage();       /* 1 */
     test_learning();     /* 6 */
     test_bound();        /* 5 */
     redisFree(dc);

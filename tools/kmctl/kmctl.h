@@ -302,13 +302,16 @@ int cmd_reset_spend(int argc, char **argv);    /* cmd_budget.c */
 int cmd_add_pool(int argc, char **argv);       /* cmd_pools.c */
 int cmd_set_pool(int argc, char **argv);
 int cmd_remove_pool(int argc, char **argv);
+int cmd_sync(int argc, char **argv);           /* cmd_sync.c */
+int cmd_fleet(int argc, char **argv);
 
 extern const char usage_create[], usage_inspect[], usage_ps[], usage_snapshot[],
     usage_restore[], usage_keygen[], usage_destroy[], usage_persist[], usage_usage[],
     usage_enable[], usage_disable[], usage_add_key[], usage_remove_key[],
     usage_set_weight[], usage_set_limits[], usage_reap[], usage_check[], usage_stats[],
     usage_metrics[], usage_serve[], usage_top[], usage_ls[], usage_presets[],
-    usage_reset_spend[], usage_add_pool[], usage_set_pool[], usage_remove_pool[];
+    usage_reset_spend[], usage_add_pool[], usage_set_pool[], usage_remove_pool[], usage_sync[],
+    usage_fleet[];
 
 /* The Prometheus exposition of the segment (cmd_metrics.c) into *out
  * (malloc'd, *len bytes); a KeyMesh error code. */
@@ -320,7 +323,8 @@ extern const cmd_syntax create_syntax, inspect_syntax, ps_syntax, snapshot_synta
     restore_syntax, keygen_syntax, destroy_syntax, persist_syntax, usage_syntax, enable_syntax,
     disable_syntax, add_key_syntax, remove_key_syntax, set_weight_syntax, set_limits_syntax,
     reap_syntax, check_syntax, stats_syntax, metrics_syntax, serve_syntax, top_syntax, ls_syntax,
-    presets_syntax, reset_spend_syntax, add_pool_syntax, set_pool_syntax, remove_pool_syntax;
+    presets_syntax, reset_spend_syntax, add_pool_syntax, set_pool_syntax, remove_pool_syntax,
+    sync_syntax, fleet_syntax;
 
 /* Attach to segment NAME, find POOL and (kid not NULL) its key KID,
  * errline-ing what is missing (cmd_keys.c); -1 to go on with *env open,

@@ -344,6 +344,14 @@ static const command commands[] = {
      {"check NAME [--quiet] [--json]",
       "verify the segment's invariants; status 1 if any\n"
       "is violated"}},
+    {"sync", cmd_sync, &sync_syntax,
+     {"sync NAME --store URL --host-id ID [--fleet NAME] [--sync-ms MS]\n"
+      "        [--valid-ms MS] [--fallback-ms MS] [--policy stop|local]",
+      "run the fleet agent: share the limits of NAME's fleet\n"
+      "keys with other hosts through Redis, until SIGTERM"}},
+    {"fleet", cmd_fleet, &fleet_syntax,
+     {"fleet NAME --store URL [--fleet NAME] [--json]",
+      "show the fleet ledger: hosts, demand, shares, credit"}},
 };
 
 static const char help_head[] =

@@ -43,6 +43,11 @@ Why the fleet stays within the limit (argument; the invariants close it).
   is known to hold, plus the validity) the ledger charges its share's rate
   (and the share's burst) into lv at every call, before any grant of that
   call, so every grant sees all fallback spending that can precede it (I3).
+  The rate is charged as a flow: the shares' rates sum to at most 1/T (I5),
+  so the level a bucket fed at those rates would have now is
+  max(0, lv + flow - drain) + the bursts (the sweep); the units a host then
+  reports as spent on fallback are netted against what was charged (fq),
+  whichever report carries them.
   A host unseen past t_iss + V has its reservation committed as spent (I4:
   its credit has lapsed by then, the bound holds whatever it spent).
   Shares promised sum to at most 1e6 ppm over promises still valid (I5):
@@ -77,6 +82,7 @@ local MAX_EVENTS = 1024
 local INT_MAX = 2 ^ 53
 local UNIT_MAX = 2 ^ 50
 local LIMIT_MAX = 2 ^ 40
+local FQ_FRESH = 2 ^ 45         -- fq of a new record: see sync's reports
 
 -- Redis 7.0 runs a library's top level without math, string or table (they
 -- exist only while a function runs), so these look them up at call time.
@@ -333,10 +339,15 @@ local function kw_T(c, kw, V_us)
 end
 
 -- A fallback share is a token bucket of rate ppm x R and this burst: the
--- share of C (rate x V), at least one unit.
-local function fb_burst(ppm, C)
+-- share of what the rate gives in one sync period S, at least one unit.
+-- Every host may take its burst at the start of an outage, and the ledger
+-- charges them all when the store is back (the fleet then waits for them
+-- to drain): the share of rate x V made that wait ~V after every outage
+-- (0.15-0.2 s at V = 4 S in tests/fleet/long_faults), the share of one S
+-- a quarter of it.
+local function fb_burst(ppm, T, S_us)
     if ppm <= 0 then return 0 end
-    return max(1, ceil(ppm * C / PPM))
+    return max(1, ceil(ppm * ceil(S_us * 1000 / T) / PPM))
 end
 
 -- Forget host h: its records, its place in every kw's sums.
@@ -362,6 +373,17 @@ end
 
 local function sweep(c, now)
     local due = redis.call('ZRANGEBYSCORE', c.HK, '-inf', fmt('%.17g', now))
+    -- Per kw, what the sweep commits: `flow`, the fallback units charged
+    -- for time after the bucket's last update (k.lt), and `point`, the
+    -- rest (reclaimed credit, episode bursts, fallback before k.lt).
+    -- Fallback shares are token buckets whose rates sum to at most the
+    -- kw's rate (I5), so their flow drains as it comes: committed as a
+    -- flow, max(0, lv + flow - drain) + point is the level a bucket fed as
+    -- the hosts spent would have now.  Committing the flow at `now` on top
+    -- of the drained level (as a point) counted the drain of an outage as
+    -- lost: after a store stall of d seconds every grant waited about d
+    -- more, the fleet at a standstill.
+    local acc, order = {}, {}
     for _, h in ipairs(due) do
         local hr = ctx_get(c, 'h:' .. h, HF)
         if not hr then
@@ -370,10 +392,16 @@ local function sweep(c, now)
             local kws = host_kws(c, h)
             for _, kw in ipairs(kws) do
                 local x = ctx_get(c, 'x:' .. kw .. ':' .. h, XF)
-                local k, T, _, C = kw_T(c, kw, hr.V)
+                local k, T = kw_T(c, kw, hr.V)
                 if x and k then
+                    local a = acc[kw]
+                    if not a then
+                        a = { k = k, T = T, flow = 0, point = 0 }
+                        acc[kw] = a
+                        order[#order + 1] = kw
+                    end
                     if x.out > 0 and now > hr.tiss + hr.V + SLACK_US then
-                        commit(k, now, T, x.out)
+                        a.point = a.point + x.out
                         k.rs = k.rs - x.out
                         x.rc = x.rc + x.out
                         x.out = 0
@@ -381,13 +409,19 @@ local function sweep(c, now)
                     local ppm = max(x.fb, x.fba)
                     local from = hr.tack + hr.V - SLACK_US
                     local to = min(now, hr.tiss + hr.F + SLACK_US)
-                    if ppm > 0 and to > max(from, x.fc) then
-                        local units = ppm * (to - max(from, x.fc)) / (T * 1000)
+                    local s0 = max(from, x.fc)
+                    if ppm > 0 and to > s0 then
+                        local units = ppm * (to - s0) / (T * 1000)
+                        local s1 = min(to, max(s0, k.lt))
+                        local before = ppm * (s1 - s0) / (T * 1000)
+                        a.flow = a.flow + (units - before)
+                        a.point = a.point + before
                         if x.fc < from then
                             -- a new fallback episode: its burst once
-                            units = units + fb_burst(ppm, C)
+                            local b = fb_burst(ppm, T, hr.S)
+                            a.point = a.point + b
+                            units = units + b
                         end
-                        commit(k, now, T, units)
                         x.fq = x.fq + units
                         x.fc = to
                     end
@@ -398,6 +432,17 @@ local function sweep(c, now)
             if now > hr.tiss + hr.F + SLACK_US then
                 drop_host(c, h, kws)
             end
+        end
+    end
+    for _, kw in ipairs(order) do
+        local a = acc[kw]
+        local k = a.k
+        if a.flow > 0 or a.point > 0 then
+            local lv = k.lv + a.flow - (now - k.lt) * 1000 / a.T
+            if lv < 0 then lv = 0 end
+            k.lv = lv + a.point
+            k.lt = now
+            ctx_put(c, 'k:' .. kw, k)
         end
     end
 end
@@ -598,7 +643,7 @@ local function parse_sync(args)
 end
 
 local function new_x(t, q, now)
-    return { out = 0, rc = 0, fq = 0, al = 0, alt = now, fb = 0, fbt = 0,
+    return { out = 0, rc = 0, fq = FQ_FRESH, al = 0, alt = now, fb = 0, fbt = 0,
              fba = 0, fbat = 0, fc = 0, dem = 0, want = 0, L = t.L, B = t.B,
              P = t.P, mode = t.mode, strict = t.strict, sh = 0, lcl = 0, hc = 0,
              V = q.V, F = q.F, S = q.S, err = 0 }
@@ -735,10 +780,30 @@ local function sync(keys, args)
         if not T then T = gcra(k.L, k.B, k.P, k.mode) end
         if x then
             local spent_new = max(0, t.spent + t.adj - x.rc)
-            local fb_new = max(0, t.fbspent - x.fq)
+            -- Fallback units the sweep charged (fq) stay charged until
+            -- reports have covered them: the report that follows a charge
+            -- may well predate it (a retry of a request built before the
+            -- outage carries the same bytes, rule 1), and the spending then
+            -- arrives in the next one.  Resetting fq at every report
+            -- committed an outage's fallback twice (a stall of about the
+            -- outage's length after every SIGSTOP of the store).  What is
+            -- left of fq absorbs only later fallback reports, which the
+            -- sweep charges anyway (a host spends fallback only while
+            -- silent).  A record's first report after first contact
+            -- (fq >= FQ_FRESH) carries fallback spent before the ledger
+            -- knew the host: charged to the record a sweep dropped, or to
+            -- an epoch now gone (the learning cap covers that).
+            local fq, fb_new = x.fq, 0
+            if fq >= FQ_FRESH then
+                fq = fq - FQ_FRESH
+                x.fq = fq
+            else
+                fb_new = max(0, t.fbspent - fq)
+                x.fq = max(0, fq - t.fbspent)
+            end
             commit(k, now, T, spent_new + fb_new)
             k.rs = k.rs + (t.left - x.out)
-            x.out, x.rc, x.fq = t.left, 0, 0
+            x.out, x.rc = t.left, 0
         else
             x = new_x(t, q, now)
             k.rs = k.rs + t.left
@@ -844,7 +909,7 @@ local function sync(keys, args)
         x.sh, x.err = share, err
         ctx_put(c, X[e].xf, x)
         ctx_put(c, 'k:' .. t.kw, k)
-        entries[e] = { g, floor(q.V / 1000), fb, fb_burst(fb, C), floor(q.F / 1000),
+        entries[e] = { g, floor(q.V / 1000), fb, fb_burst(fb, T, q.S), floor(q.F / 1000),
                        share, x.out, err }
     end
 

@@ -19,11 +19,21 @@ SYNC_HIREDIS_LIBS   := $(shell pkg-config --libs hiredis libsodium 2>/dev/null |
 SYNC_LUA_C := $(BUILD)/tools/sync/ledger_lua.c
 SYNC_OBJ   := $(BUILD)/tools/sync/store.o $(BUILD)/tools/sync/ledger_lua.o
 FLEET_TESTS := $(patsubst tests/fleet/%.c,$(BUILD)/tests/fleet/%,$(wildcard tests/fleet/t_*.c))
+# The fault scenarios of several hosts (about a minute): make fleet-test only.
+FLEET_LONG := $(BUILD)/tests/fleet/long_faults
 
 TEST_BIN += $(FLEET_TESTS)
 TEST_RUN += $(FLEET_TESTS)
 
 SYNC_BENCH := $(BUILD)/bench/fleet/bench_ledger
+
+# kmctl sync / kmctl fleet: the agent and the store client, linked into
+# kmctl by the main Makefile (KMCTL_OBJ).
+SYNC_KMCTL_OBJ := $(BUILD)/tools/sync/agent.o $(SYNC_OBJ)
+$(BUILD)/tools/sync/agent.o: tools/sync/agent.c tools/sync/agent.h tools/sync/store.h include/keymesh.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+$(BUILD)/tools/kmctl/cmd_sync.o: tools/sync/agent.h tools/sync/store.h
 
 .PHONY: fleet-test fleet-bench
 
@@ -45,13 +55,14 @@ $(BUILD)/tools/sync/store.o: tools/sync/store.c tools/sync/store.h
 	$(CC) $(CFLAGS) $(SYNC_HIREDIS_CFLAGS) -c $< -o $@
 
 # A static pattern rule: explicit, so it wins over the Makefile's
-# $(BUILD)/tests/% rule for tests/*.c.
-$(FLEET_TESTS): $(BUILD)/tests/fleet/%: tests/fleet/%.c tests/fleet/rig.h tests/tap.h \
-                tools/sync/store.h $(SYNC_OBJ)
+# $(BUILD)/tests/% rule for tests/*.c.  The agent's tests (t_agent,
+# long_faults) run kmctl sync and fork workers on the library.
+$(FLEET_TESTS) $(FLEET_LONG): $(BUILD)/tests/fleet/%: tests/fleet/%.c tests/fleet/rig.h \
+                tests/fleet/hosts.h tests/tap.h tools/sync/store.h $(SYNC_OBJ) $(STLIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(SYNC_HIREDIS_CFLAGS) -Itests -Itools/sync \
-	  -DRIG_PROXY_PY='"$(CURDIR)/tests/fleet/proxy.py"' -o $@ $< $(SYNC_OBJ) \
-	  $(LDFLAGS) $(SYNC_HIREDIS_LIBS) -lpthread -lm
+	  -DRIG_PROXY_PY='"$(CURDIR)/tests/fleet/proxy.py"' -o $@ $< $(SYNC_OBJ) $(STLIB) \
+	  $(LDFLAGS) $(SYNC_HIREDIS_LIBS) $(LIBS) -lm
 
 $(SYNC_BENCH): bench/fleet/bench_ledger.c tests/fleet/rig.h tests/fleet/sim.h tools/sync/store.h $(SYNC_OBJ)
 	@mkdir -p $(dir $@)
@@ -67,8 +78,8 @@ fleet-bench: $(SYNC_BENCH)
 	$(SYNC_BENCH) --hosts 1000 --keys 2 --rounds 6
 
 fleet-test: deps-test
-	@$(MAKE) --no-print-directory $(FLEET_TESTS)
-	KM_BUILD=$(BUILD) prove -v -f --exec 'timeout $(TEST_TIMEOUT)' $(FLEET_TESTS)
+	@$(MAKE) --no-print-directory $(FLEET_TESTS) $(FLEET_LONG) $(KMCTL)
+	KM_BUILD=$(BUILD) prove -v -f --exec 'timeout $(TEST_TIMEOUT)' $(FLEET_TESTS) $(FLEET_LONG)
 
 # What the fleet tests need: ask first, run apt-get only for what is missing.
 deps-extra::

@@ -1,0 +1,442 @@
+/*
+ * tests/fleet/hosts.h - several "hosts" on one machine for the agent's
+ * tests (issue 12, DESIGN.md section 6).  Header-only, static inline, like
+ * rig.h, on which it builds.
+ *
+ * A host is a segment of its own (one pool "p", one key "a" marked
+ * "fleet": true, a sliding rpm limit), its agent (`kmctl sync`, started and
+ * stopped by pid, its standard error in a log file) talking to the rig's
+ * redis-server through a proxy of its own (rig_proxy: delay, black-hole,
+ * cut, garbage), and forked workers.  A worker is the "provider": requests
+ * arrive at its offered rate (open loop), each waits for a key at most
+ * FH_WAIT_MS in km_acquire_wait and is dropped after that; it appends the CLOCK_MONOTONIC time of every admission to a
+ * file of its own with one write(2) (nothing is lost when it is killed),
+ * so no IPC touches the hot path.  fh_times() merges every file.
+ *
+ * The check is exact over every interval of the merged log (fh_excess):
+ * the ledger's bound (DESIGN.md section 2) is `spent <= (b - a)/T + B`
+ * fleet-wide over any [a, b] for credit, plus C = ceil(R V) + B once
+ * fallback shares or a restart are involved; for a window of one period P
+ * that is L + C.  fh_excess returns max over all pairs of admissions
+ * i <= j of (j - i + 1) - (t_j - t_i)/T - B: the fleet stayed within
+ * L + X in every window iff it is <= X.
+ */
+#ifndef KM_TESTS_FLEET_HOSTS_H
+#define KM_TESTS_FLEET_HOSTS_H
+
+#include <fcntl.h>
+#include <math.h>
+
+#include "keymesh.h"
+#include "rig.h"
+
+#define FH_MAX_HOSTS 8
+#define FH_MAX_WORKERS 4
+#define FH_WAIT_MS 1000u /* how long a worker's request waits for a key */
+
+typedef struct fh_host {
+    int idx;
+    char seg[64], cfg[200], log[200];
+    pid_t agent;
+    pid_t worker[FH_MAX_WORKERS];
+    int n_workers;
+    rig_proxy proxy;
+    int has_proxy;
+} fh_host;
+
+typedef struct fh_fleet {
+    rig_redis redis;
+    int n;
+    fh_host h[FH_MAX_HOSTS];
+    char dir[128];
+    const char *kmctl;
+    uint64_t L, B;                 /* rpm, sliding */
+    unsigned S, V, F, timeout_ms;  /* agent options, ms */
+    const char *password;          /* what the agents get (NULL: none) */
+    uint64_t T;                    /* ns per unit: (L + 1 - B) per 60 s */
+} fh_fleet;
+
+static fh_fleet *fh__g;
+
+static inline uint64_t fh_now(void)
+{
+    return km_now_ns();
+}
+
+static inline void fh_sleep_until(uint64_t t)
+{
+    struct timespec ts = {(time_t)(t / 1000000000u), (long)(t % 1000000000u)};
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
+        ;
+}
+
+static inline void fh__kill_wait(pid_t *pid, int sig)
+{
+    if (*pid <= 0)
+        return;
+    kill(*pid, sig);
+    waitpid(*pid, NULL, 0);
+    *pid = 0;
+}
+
+static inline void fh_cleanup(void)
+{
+    fh_fleet *f = fh__g;
+    if (!f || rig__st.owner != getpid())
+        return;
+    for (int i = 0; i < f->n; i++) {
+        fh_host *h = &f->h[i];
+        for (int w = 0; w < h->n_workers; w++)
+            fh__kill_wait(&h->worker[w], SIGKILL);
+        fh__kill_wait(&h->agent, SIGKILL);
+        if (h->seg[0]) {
+            char cmd[400];
+            snprintf(cmd, sizeof cmd, "%s destroy %s >/dev/null 2>&1", f->kmctl, h->seg);
+            if (system(cmd) != 0) {
+                /* already gone */
+            }
+            unlink(h->cfg);
+            h->seg[0] = '\0';
+        }
+    }
+}
+
+/* Kept logs (agent logs, admissions) are removed unless FH_KEEP is set. */
+static inline void fh_rmdir(void)
+{
+    fh_fleet *f = fh__g;
+    if (!f || rig__st.owner != getpid() || !f->dir[0] || getenv("FH_KEEP"))
+        return;
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", f->dir);
+    if (system(cmd) != 0)
+        diag("cannot remove %s", f->dir);
+    f->dir[0] = '\0';
+}
+
+static inline void fh__atexit(void)
+{
+    fh_cleanup();
+    fh_rmdir();
+}
+
+static inline void fh_init(fh_fleet *f, int n, uint64_t L, uint64_t B, const char *password)
+{
+    memset(f, 0, sizeof *f);
+    fh__g = f;
+    static char kmctl[256];
+    const char *b = getenv("KM_BUILD") ? getenv("KM_BUILD") : "build";
+    snprintf(kmctl, sizeof kmctl, "%s/kmctl", b);
+    if (access(kmctl, X_OK) != 0)
+        bail_out("%s not found (KM_BUILD names the build directory)", kmctl);
+    f->kmctl = kmctl;
+    f->n = n;
+    f->L = L;
+    f->B = B;
+    f->T = 60000000000ull / (L + 1 - B) + 1;
+    f->S = getenv("FH_S") ? (unsigned)atoi(getenv("FH_S")) : 50;
+    f->V = getenv("FH_V") ? (unsigned)atoi(getenv("FH_V")) : 200;
+    f->F = getenv("FH_F") ? (unsigned)atoi(getenv("FH_F")) : 3000;
+    f->timeout_ms = 200;
+    f->password = password;
+    snprintf(f->dir, sizeof f->dir, "%s/kmt-fleet-hosts.XXXXXX",
+             getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+    if (!mkdtemp(f->dir))
+        bail_out("mkdtemp: %s", strerror(errno));
+    rig_redis_start(&f->redis, password);
+    atexit(fh__atexit);
+}
+
+/* Create host i's segment; its proxy in front of the rig's redis. */
+static inline void fh_host_create(fh_fleet *f, int i, const char *extra_key_json)
+{
+    fh_host *h = &f->h[i];
+    h->idx = i;
+    snprintf(h->seg, sizeof h->seg, "kmt-fleet-%d-%d", (int)getpid(), i);
+    snprintf(h->cfg, sizeof h->cfg, "%s/h%d.json", f->dir, i);
+    snprintf(h->log, sizeof h->log, "%s/agent%d.log", f->dir, i);
+    FILE *c = fopen(h->cfg, "w");
+    if (!c)
+        bail_out("%s: %s", h->cfg, strerror(errno));
+    fprintf(c,
+            "{\"capacity\": {\"processes\": 16},\n"
+            " \"pools\": [{\"name\": \"p\", \"cooldown_s\": 2,\n"
+            "   \"limits\": {\"rpm\": {\"limit\": %" PRIu64 ", \"mode\": \"sliding\", "
+            "\"burst\": %" PRIu64 "}},\n"
+            "   \"keys\": [{\"id\": \"a\", \"secret\": \"sk-fleet-test-0001\", \"fleet\": true%s}]}]}\n",
+            f->L, f->B, extra_key_json ? extra_key_json : "");
+    fclose(c);
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "%s create %s --config %s >/dev/null", f->kmctl, h->seg, h->cfg);
+    if (system(cmd) != 0)
+        bail_out("%s failed", cmd);
+    rig_proxy_start(&h->proxy, f->redis.port);
+    h->has_proxy = 1;
+}
+
+/* Start host i's agent; `password` overrides the fleet's (NULL: the
+ * fleet's).  Its standard error goes to h->log (appended). */
+static inline void fh_agent_start(fh_fleet *f, int i, const char *password)
+{
+    fh_host *h = &f->h[i];
+    char url[64], id[16], S[16], V[16], F[16], tmo[16];
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", h->proxy.port);
+    snprintf(id, sizeof id, "h%d", i);
+    snprintf(S, sizeof S, "%u", f->S);
+    snprintf(V, sizeof V, "%u", f->V);
+    snprintf(F, sizeof F, "%u", f->F);
+    snprintf(tmo, sizeof tmo, "%u", f->timeout_ms);
+    pid_t pid = fork();
+    if (pid < 0)
+        bail_out("fork: %s", strerror(errno));
+    if (pid == 0) {
+        int fd = open(h->log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+        if (fd >= 0) {
+            dup2(fd, 2);
+            close(fd);
+        }
+        const char *pw = password ? password : f->password;
+        if (pw)
+            setenv("KEYMESH_STORE_PASSWORD", pw, 1);
+        else
+            unsetenv("KEYMESH_STORE_PASSWORD");
+        execl(f->kmctl, f->kmctl, "sync", h->seg, "--store", url, "--host-id", id, "--sync-ms",
+              S, "--valid-ms", V, "--fallback-ms", F, "--timeout-ms", tmo, (char *)NULL);
+        _exit(127);
+    }
+    h->agent = pid;
+}
+
+/* SIGTERM the agent; its exit status (-1 if it did not exit normally
+ * within 5 s, then killed). */
+static inline int fh_agent_stop(fh_host *h)
+{
+    int st;
+    if (h->agent <= 0)
+        return -1;
+    kill(h->agent, SIGTERM);
+    for (int i = 0; i < 500; i++) {
+        if (waitpid(h->agent, &st, WNOHANG) == h->agent) {
+            h->agent = 0;
+            return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+        }
+        rig__sleep_ms(10);
+    }
+    fh__kill_wait(&h->agent, SIGKILL);
+    return -1;
+}
+
+/* What a worker does at admission `n`: 0 success; else the outcome kind
+ * to release with (a 429 at a chosen time). */
+typedef struct fh_work {
+    double rate;        /* attempts per second, this worker */
+    uint64_t until;     /* monotonic end */
+    uint64_t t429;      /* first admission at or after this: released as 429 */
+    double retry_after_s;
+} fh_work;
+
+static inline _Noreturn void fh__worker(fh_fleet *f, fh_host *h, int w, const fh_work *wk)
+{
+    char path[256];
+    km_env *env;
+    snprintf(path, sizeof path, "%s/h%d-w%d.bin", f->dir, h->idx, w);
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND, 0600);
+    if (fd < 0 || km_open(h->seg, &env) != KM_OK)
+        _exit(2);
+    int pool = km_pool_find(env, "p");
+    uint64_t iv = (uint64_t)(1e9 / wk->rate);
+    uint64_t next = fh_now() + (uint64_t)(((unsigned)getpid() * 7919u) % 1000u) * iv / 1000u;
+    int did429 = 0;
+    while (next < wk->until) {
+        fh_sleep_until(next);
+        uint64_t arrival = next, now = fh_now();
+        next += iv;
+        /* A request waits for a key at most FH_WAIT_MS (km_acquire_wait,
+         * woken when the agent tops the credit up), as an API server's
+         * request would; one that waited that long in the worker's queue
+         * is dropped (the offered load stays open-loop). */
+        if (now - arrival >= FH_WAIT_MS * 1000000ull)
+            continue;
+        km_request rq = {0};
+        km_lease ls;
+        rq.pool = pool;
+        uint32_t left = (uint32_t)(FH_WAIT_MS - (now - arrival) / 1000000ull);
+        if (km_acquire_wait(env, &rq, &ls, left) != KM_OK)
+            continue;
+        uint64_t t = fh_now();
+        if (write(fd, &t, sizeof t) != (ssize_t)sizeof t)
+            _exit(3);
+        km_outcome oc = {0};
+        oc.kind = KM_OUT_SUCCESS;
+        oc.latency_us = 1000;
+        oc.tokens = -1;
+        if (wk->t429 && !did429 && t >= wk->t429) {
+            oc.kind = KM_OUT_RATE_LIMITED;
+            oc.retry_after_s = wk->retry_after_s;
+            did429 = 1;
+        }
+        km_release(env, &ls, &oc);
+    }
+    km_close(env);
+    _exit(0);
+}
+
+static inline void fh_workers_start(fh_fleet *f, int i, int n, const fh_work *wk)
+{
+    fh_host *h = &f->h[i];
+    for (int w = 0; w < n; w++) {
+        fh_work x = *wk;
+        if (w != 0)
+            x.t429 = 0;
+        pid_t pid = fork();
+        if (pid < 0)
+            bail_out("fork: %s", strerror(errno));
+        if (pid == 0)
+            fh__worker(f, h, w, &x);
+        h->worker[w] = pid;
+    }
+    h->n_workers = n;
+}
+
+static inline void fh_workers_wait(fh_host *h)
+{
+    for (int w = 0; w < h->n_workers; w++)
+        if (h->worker[w] > 0) {
+            waitpid(h->worker[w], NULL, 0);
+            h->worker[w] = 0;
+        }
+    h->n_workers = 0;
+}
+
+/* SIGKILL a host: its agent and its workers, nothing said to anyone. */
+static inline void fh_host_kill(fh_host *h)
+{
+    fh__kill_wait(&h->agent, SIGKILL);
+    for (int w = 0; w < h->n_workers; w++)
+        fh__kill_wait(&h->worker[w], SIGKILL);
+    h->n_workers = 0;
+}
+
+static inline int fh__cmp(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Every admission of host `only` (-1: every host), sorted; *n of them.
+ * Free with free(). */
+static inline uint64_t *fh_times(fh_fleet *f, int only, size_t *n)
+{
+    size_t cap = 1024, k = 0;
+    uint64_t *t = malloc(cap * sizeof *t);
+    for (int i = 0; i < f->n; i++) {
+        if (only >= 0 && i != only)
+            continue;
+        for (int w = 0; w < FH_MAX_WORKERS; w++) {
+            char path[256];
+            snprintf(path, sizeof path, "%s/h%d-w%d.bin", f->dir, i, w);
+            int fd = open(path, O_RDONLY);
+            if (fd < 0)
+                continue;
+            uint64_t x;
+            while (read(fd, &x, sizeof x) == (ssize_t)sizeof x) {
+                if (k == cap) {
+                    cap *= 2;
+                    t = realloc(t, cap * sizeof *t);
+                    if (!t)
+                        bail_out("out of memory");
+                }
+                t[k++] = x;
+            }
+            close(fd);
+        }
+    }
+    qsort(t, k, sizeof *t, fh__cmp);
+    *n = k;
+    return t;
+}
+
+/* max over i <= j of (j - i + 1) - (t_j - t_i)/T - B, over admissions in
+ * [from, to); *at receives t_j of the worst pair.  In O(n): with
+ * g(i) = i - t_i/T, the excess is g(j) - g(i) + 1 - B, the best i <= j being
+ * the running minimum of g. */
+static inline double fh_excess(const fh_fleet *f, const uint64_t *t, size_t n, uint64_t from,
+                               uint64_t to, uint64_t *at)
+{
+    double best = -1e18, gmin = 1e18;
+    size_t k = 0;
+    for (size_t j = 0; j < n; j++) {
+        if (t[j] < from || t[j] >= to)
+            continue;
+        double g = (double)k - (double)(t[j] - from) / (double)f->T;
+        if (g < gmin)
+            gmin = g;
+        double e = g - gmin + 1.0 - (double)f->B;
+        if (e > best) {
+            best = e;
+            if (at)
+                *at = t[j];
+        }
+        k++;
+    }
+    return best;
+}
+
+/* Admissions in [a, b). */
+static inline size_t fh_count(const uint64_t *t, size_t n, uint64_t a, uint64_t b)
+{
+    size_t c = 0;
+    for (size_t i = 0; i < n; i++)
+        c += t[i] >= a && t[i] < b;
+    return c;
+}
+
+/* Goodput over [a, b): admissions / (what the limit's rate allows). */
+static inline double fh_goodput(const fh_fleet *f, const uint64_t *t, size_t n, uint64_t a,
+                                uint64_t b)
+{
+    return (double)fh_count(t, n, a, b) * (double)f->T / (double)(b - a);
+}
+
+/* The first time >= a from which goodput over every following `win` ns
+ * stays >= `target` until `b` (checked at steps of win/10); b if never. */
+static inline uint64_t fh_recovered(const fh_fleet *f, const uint64_t *t, size_t n, uint64_t a,
+                                    uint64_t b, uint64_t win, double target)
+{
+    uint64_t step = win / 10, cand = a;
+    for (uint64_t x = a; x + win <= b; x += step) {
+        if (fh_goodput(f, t, n, x, x + win) < target)
+            cand = x + step;
+    }
+    return cand;
+}
+
+/* 1 if file `path` contains `needle`. */
+static inline int fh_file_has(const char *path, const char *needle)
+{
+    FILE *fp = fopen(path, "r");
+    char line[2048];
+    int found = 0;
+    if (!fp)
+        return 0;
+    while (!found && fgets(line, sizeof line, fp))
+        found = strstr(line, needle) != NULL;
+    fclose(fp);
+    return found;
+}
+
+static inline void fh_show_log(const char *path, int max)
+{
+    FILE *fp = fopen(path, "r");
+    char line[2048];
+    int k = 0;
+    if (!fp)
+        return;
+    while (k++ < max && fgets(line, sizeof line, fp)) {
+        line[strcspn(line, "\n")] = '\0';
+        diag("  %s", line);
+    }
+    fclose(fp);
+}
+
+#endif /* KM_TESTS_FLEET_HOSTS_H */
