@@ -133,7 +133,10 @@ KM_NEED_prove := cmd:prove:perl
 KM_NEED_ops   := cmd:prometheus:prometheus cmd:promtool:prometheus cmd:tmux:tmux
 # t_persist_kill.sh stops a persist at a chosen instruction under gdb.
 KM_NEED_gdb   := cmd:gdb:gdb
-KM_DEPS_BUILD := cc lib kmctl man
+# Budgets in named time zones read the system's tzdata at configuration
+# time (src/tz.c); t_budget and t_kmctl.sh use it.
+KM_NEED_tzdata := deb:tzdata:tzdata
+KM_DEPS_BUILD := cc lib kmctl man tzdata
 KM_DEPS_TEST  := prove ops gdb
 
 # $(call km_missing,PART...): the Debian packages for what PARTs lack.

@@ -671,6 +671,13 @@ KM_EXTERN int km_key_set_state(km_env *env, int key, int state);
 KM_EXTERN int km_spend_reset(km_env *env, int key, uint64_t *was_microusd);
 KM_EXTERN int km_pool_spend_reset(km_env *env, int pool, uint64_t *was_microusd);
 
+/* The time zone of the budget of key `key` (key >= 0) or else of pool
+ * `pool`, as configured: "UTC", a fixed offset "+HH:MM", or a tz database
+ * name such as "Europe/Paris" (km_budget_state.tz_min is then the offset
+ * in force now), into buf (n bytes; 64 hold any).  KM_ENOKEY / KM_ENOPOOL.
+ * @note Thread-safe; takes no lock. */
+KM_EXTERN int km_budget_tz(km_env *env, int pool, int key, char *buf, size_t n);
+
 /* ------------------------------------------------- live reconfiguration
  *
  * Keys are added, removed, re-weighted and given new limits while workers

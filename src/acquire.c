@@ -93,10 +93,11 @@ static inline int live_state(uint32_t st)
 
 /* Over its budget: the period is rolled (clock read) only when the spend
  * seen is over, so a key under its budget costs one load as before. */
-static inline int over_budget(km__key *k)
+static inline int over_budget(const km_env *e, km__key *k)
 {
     return k->budget_microusd && ck_pr_load_64(&k->spend.spent) >= k->budget_microusd &&
-           km__spend_now(&k->spend, k->budget_period, k->budget_tz_min) >= k->budget_microusd;
+           km__spend_now(&k->spend, k->budget_period, k->budget_tz_min, e->tzt) >=
+               k->budget_microusd;
 }
 
 /* Try to lease key ki.  Returns 1 and fills *out on success; 0 otherwise
@@ -123,7 +124,7 @@ static int lease_key(km_env *e, uint32_t ki, key_scan *sc, km_lease *out)
      * compiler barrier on x86. */
     ck_pr_fence_load();
     kset = km__key_lset(k);
-    if (over_budget(k)) {
+    if (over_budget(e, k)) {
         if (k->budget_hard) {
             /* Spent: a lifetime budget's key is exhausted until enabled; a
              * period's is passed over until the period rolls. */
@@ -334,7 +335,7 @@ static int eligible(km_env *e, uint32_t ki, key_scan *sc)
         if (!km__precheck(&mset, &sc->a))
             return 0;
     }
-    return !over_budget(k) || sc->allow_soft;
+    return !over_budget(e, k) || sc->allow_soft;
 }
 
 /* Scores for the sampling strategies: lower is better. */
@@ -674,7 +675,7 @@ KM__HOT int acquire_pool(km_env *e, uint32_t p, const km_request *req, uint64_t 
     if (budget && ck_pr_load_32(&pool->budget_hard) &&
         ck_pr_load_64(&pool->spend.spent) >= budget &&
         km__spend_now(&pool->spend, ck_pr_load_32(&pool->budget_period),
-                      (int32_t)ck_pr_load_32((uint32_t *)&pool->budget_tz_min)) >=
+                      (int32_t)ck_pr_load_32((uint32_t *)&pool->budget_tz_min), e->tzt) >=
             budget) /* rolled first if its period ended */
         return KM_EBUDGET;
     /* A starving waiter's reserve: one load of a word in the line read

@@ -42,6 +42,7 @@
 #include <ck_pr.h>
 
 #include "internal.h"
+#include "tz.h"
 
 /* The default of km_set_admin_timeout (documented in keymesh.h). */
 #define KM__ADMIN_TIMEOUT_MS 1000
@@ -172,6 +173,12 @@ static int build(const char *obj, const km_config *cfg, unsigned mode, km_env **
     h->cap_usage = cfg->cap_usage;
     h->off_fleet = off_fleet;
     e->geom = *h; /* the creator's own values (see km_env.geom) */
+    e->tzt = km__tz_table(e);
+    /* Named zones of budgets into the zone table, before the rows that
+     * name them; the parser read each already: only a file that changed
+     * since, or more zones than the table keeps, fails here. */
+    if ((rc = km__tz_bind_config(e, cfg, NULL, 0)) != KM_OK)
+        goto fail;
     km__fleet_init(e, cfg); /* before the keys: they read its "all" */
     km__pool_init(e, cfg);
     KM__FAULT("create.filled");
@@ -181,16 +188,17 @@ static int build(const char *obj, const km_config *cfg, unsigned mode, km_env **
     KM__FAULT("create.published");
 
     /* A new segment has nothing to reap. */
-    if ((rc = claim_slot(e)) != KM_OK) {
-        if (obj)
-            km__seg_discard(&e->seg, obj);
-        else
-            km__seg_close_raw(&e->seg);
-        free(e);
-        return rc;
-    }
+    if ((rc = claim_slot(e)) != KM_OK)
+        goto fail;
     *out = e;
     return KM_OK;
+fail:
+    if (obj)
+        km__seg_discard(&e->seg, obj);
+    else
+        km__seg_close_raw(&e->seg);
+    free(e);
+    return rc;
 }
 
 /* The permission bits a named segment gets from a caller's `mode` (see
@@ -280,6 +288,8 @@ KM_EXTERN int km_create_private(const km_config *cfg, km_env **out)
 static int attach_mapped(km_env *e, unsigned flags)
 {
     int rc = geom_valid(&e->geom);
+    if (rc == KM_OK)
+        e->tzt = km__tz_table(e);
     /* Pools are added and removed live (src/reconfig.c): the handle
      * addresses every pool row, and each row's state says whether it holds
      * a pool (the header's n_pools only counts the rows ever used). */

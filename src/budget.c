@@ -34,11 +34,25 @@
  * first settle (or hard-budget acquire) after it resumes; nothing runs at
  * the boundary itself.  Invariants: end_ns only grows; spent + prev moved
  * = sum of costs added; rolls = number of successful CASes.
+ *
+ * Zones.  A budget's zone is a code (src/layout.h): a fixed offset, or a
+ * row of the segment's zone table that src/tz.c filled at configuration
+ * time and never rewrites.  A boundary is a local midnight (Monday's, the
+ * 1st's) converted with the offset in force then (src/tz.c: a midnight in
+ * a gap is the gap's end, a repeated one the first).  The argument above
+ * needs only that the end computed from a clock is later than it: a local
+ * day holding `wall` ends at the next local midnight, after `wall`, with
+ * one exception: in an hour repeated across midnight (a fall-back at
+ * 00:00), the clock's local day is the day before again and its "next"
+ * midnight the first one, behind the clock.  The roll then computes no
+ * later end (set[0] <= end0 below) and waits for the repeat to end: the
+ * period ends up to that hour late, and end_ns never moves back.
  */
 #include <ck_pr.h>
 
 #include "budget.h"
 #include "internal.h"
+#include "tz.h"
 
 _Static_assert((int)KM__PERIOD_NONE == (int)KM_BUDGET_LIFETIME &&
                    (int)KM__PERIOD_DAY == (int)KM_BUDGET_DAY &&
@@ -53,7 +67,7 @@ static int64_t floor_div(int64_t a, int64_t b)
 
 /* Days since 1970-01-01 of a proleptic Gregorian date, and back
  * (H. Hinnant, "chrono-Compatible Low-Level Date Algorithms"). */
-static int64_t days_from_civil(int64_t y, unsigned m, unsigned d)
+int64_t km__days_from_civil(int64_t y, unsigned m, unsigned d)
 {
     y -= m <= 2;
     int64_t era = (y >= 0 ? y : y - 399) / 400;
@@ -63,7 +77,7 @@ static int64_t days_from_civil(int64_t y, unsigned m, unsigned d)
     return era * 146097 + (int64_t)doe - 719468;
 }
 
-static void civil_from_days(int64_t z, int64_t *y, unsigned *m)
+void km__civil_from_days(int64_t z, int64_t *y, unsigned *m)
 {
     z += 719468;
     int64_t era = (z >= 0 ? z : z - 146096) / 146097;
@@ -87,34 +101,39 @@ static int64_t period_day(uint32_t period, int64_t day, int next)
     case KM__PERIOD_WEEK: /* 1970-01-01 was a Thursday: Monday is 0 */
         return day - (((day + 3) % 7) + 7) % 7 + 7 * next;
     default: /* KM__PERIOD_MONTH */
-        civil_from_days(day, &y, &m);
+        km__civil_from_days(day, &y, &m);
         if (next && ++m == 13) {
             m = 1;
             y++;
         }
-        return days_from_civil(y, m, 1);
+        return km__days_from_civil(y, m, 1);
     }
 }
 
-static uint64_t boundary(uint32_t period, int32_t tz_min, uint64_t wall, int next)
+/* Local day and zone offsets: a fixed offset, or a named zone's at the
+ * local midnight (src/tz.c: a gap's end, the first of two). */
+static uint64_t boundary(uint32_t period, int32_t tz, const km__tzone *zt, uint64_t wall,
+                         int next)
 {
-    int64_t off = (int64_t)tz_min * 60;
-    int64_t local = (int64_t)(wall / KM__NS_PER_S) + off;
-    int64_t s = period_day(period, floor_div(local, (int64_t)KM__S_PER_DAY), next) *
-                    (int64_t)KM__S_PER_DAY - off;
+    const km__tzone *z = km__tz_zone(zt, tz);
+    int64_t w = (int64_t)(wall / KM__NS_PER_S);
+    int64_t off = z ? km__tz_offset(z, w) : (int64_t)(tz >= KM__TZ_NAMED ? 0 : tz) * 60;
+    int64_t day = period_day(period, floor_div(w + off, (int64_t)KM__S_PER_DAY), next);
+    int64_t local = day * (int64_t)KM__S_PER_DAY;
+    int64_t s = z ? km__tz_utc(z, local) : local - off;
     return s <= 0 ? 0 : (uint64_t)s * KM__NS_PER_S;
 }
 
-uint64_t km__period_start(uint32_t period, int32_t tz_min, uint64_t wall)
+uint64_t km__period_start(uint32_t period, int32_t tz, const km__tzone *zt, uint64_t wall)
 {
     return period == KM__PERIOD_NONE || period >= KM__PERIOD_COUNT
-               ? 0 : boundary(period, tz_min, wall, 0);
+               ? 0 : boundary(period, tz, zt, wall, 0);
 }
 
-uint64_t km__period_end(uint32_t period, int32_t tz_min, uint64_t wall)
+uint64_t km__period_end(uint32_t period, int32_t tz, const km__tzone *zt, uint64_t wall)
 {
     return period == KM__PERIOD_NONE || period >= KM__PERIOD_COUNT
-               ? UINT64_MAX : boundary(period, tz_min, wall, 1);
+               ? UINT64_MAX : boundary(period, tz, zt, wall, 1);
 }
 
 const char *km__period_name(uint32_t period)
@@ -123,17 +142,29 @@ const char *km__period_name(uint32_t period)
     return period < KM__PERIOD_COUNT ? names[period] : "none";
 }
 
-const char *km__tz_name(int32_t tz_min, char *buf, size_t n)
+int32_t km__tz_minutes(int32_t tz, const km__tzone *zt, uint64_t wall)
 {
-    int32_t a = tz_min < 0 ? -tz_min : tz_min;
-    if (tz_min == 0)
+    const km__tzone *z = km__tz_zone(zt, tz);
+    if (z)
+        return km__tz_offset(z, (int64_t)(wall / KM__NS_PER_S)) / 60;
+    return tz >= KM__TZ_NAMED ? 0 : tz;
+}
+
+const char *km__tz_name(int32_t tz, const km__tzone *zt, char *buf, size_t n)
+{
+    const km__tzone *z = km__tz_zone(zt, tz);
+    int32_t a = tz < 0 ? -tz : tz;
+    if (z)
+        snprintf(buf, n, "%.*s", KM__TZ_NAME_MAX, z->name);
+    else if (tz == 0 || tz >= KM__TZ_NAMED)
         snprintf(buf, n, "UTC");
     else
-        snprintf(buf, n, "%c%02d:%02d", tz_min < 0 ? '-' : '+', (int)(a / 60), (int)(a % 60));
+        snprintf(buf, n, "%c%02d:%02d", tz < 0 ? '-' : '+', (int)(a / 60), (int)(a % 60));
     return buf;
 }
 
-int km__spend_roll(km__spend *s, uint32_t period, int32_t tz_min, uint64_t wall)
+int km__spend_roll(km__spend *s, uint32_t period, int32_t tz_min, const km__tzone *zt,
+                   uint64_t wall)
 {
     uint64_t cur[2], set[2];
     cur[0] = ck_pr_load_64(&s->end_ns);
@@ -141,8 +172,8 @@ int km__spend_roll(km__spend *s, uint32_t period, int32_t tz_min, uint64_t wall)
     const uint64_t end0 = cur[0];
     if (wall < end0 || period == KM__PERIOD_NONE)
         return 0;
-    const uint64_t start = km__period_start(period, tz_min, wall);
-    set[0] = km__period_end(period, tz_min, wall);
+    const uint64_t start = km__period_start(period, tz_min, zt, wall);
+    set[0] = km__period_end(period, tz_min, zt, wall);
     set[1] = 0;
     if (set[0] <= end0) /* a clock the boundary math cannot place: never
                          * move end_ns back */
@@ -196,22 +227,41 @@ KM_EXTERN int km_pool_spend_reset(km_env *e, int pool, uint64_t *was)
     return KM_OK;
 }
 
-void km__budget_info(const km__spend *s, uint32_t period, int32_t tz_min, uint64_t budget,
-                     km__budget_view *out)
+KM_EXTERN int km_budget_tz(km_env *e, int pool, int key, char *buf, size_t n)
+{
+    if (!e || !buf || !n)
+        return KM_EINVAL;
+    int32_t tz;
+    if (key >= 0) {
+        if ((uint32_t)key >= e->geom.cap_keys ||
+            ck_pr_load_32(&km__keys(e)[key].state) >= KM__ST_FREE)
+            return KM_ENOKEY;
+        tz = km__keys(e)[key].budget_tz_min;
+    } else {
+        if (!km__pool_live(e, pool))
+            return KM_ENOPOOL;
+        tz = (int32_t)ck_pr_load_32((uint32_t *)&km__pools(e)[pool].budget_tz_min);
+    }
+    km__tz_name(tz, e->tzt, buf, n);
+    return KM_OK;
+}
+
+void km__budget_info(const km__spend *s, uint32_t period, int32_t tz_min, const km__tzone *zt,
+                     uint64_t budget, km__budget_view *out)
 {
     uint64_t end = ck_pr_load_64(&s->end_ns), spent = ck_pr_load_64(&s->spent);
     uint64_t wall = km__wall_ns();
     out->period = (int32_t)period;
-    out->tz_min = tz_min;
+    out->tz_min = km__tz_minutes(tz_min, zt, wall);
     out->rolls = ck_pr_load_32(&s->rolls);
     out->warnings = ck_pr_load_32(&s->warned);
     out->end = end == UINT64_MAX ? 0 : end;
     /* A reader does not roll (it writes nothing): a period that has ended
      * but not yet rolled is shown as rolled. */
     if (period != KM__PERIOD_NONE && wall >= end) {
-        out->prev = km__period_start(period, tz_min, wall) <= end ? spent : 0;
+        out->prev = km__period_start(period, tz_min, zt, wall) <= end ? spent : 0;
         out->spent = 0;
-        out->end = km__period_end(period, tz_min, wall);
+        out->end = km__period_end(period, tz_min, zt, wall);
     } else {
         out->prev = ck_pr_load_64(&s->prev);
         out->spent = spent;

@@ -355,7 +355,8 @@ int km__cfg_parse_root(km__cfg_ctx *c, json_t *root, km_config *cfg)
                                    "pools[%zu].name: duplicate pool name \"%s\" "
                                    "(also pools[%zu])", i, p->name, j);
     }
-    if ((rc = km__cfg_check_secrets(c, cfg)) != KM_OK)
+    if ((rc = km__cfg_check_secrets(c, cfg)) != KM_OK ||
+        (rc = km__cfg_check_zones(c, cfg)) != KM_OK)
         return rc;
     /* The fleet region: asked for, or needed by a fleet key. */
     for (uint32_t k = 0; k < cfg->n_keys; k++)
@@ -758,6 +759,7 @@ static int pool_set_run(km__cfg_ctx *c, json_t *root, void *arg)
         s->budget_hard = (uint32_t)pc.budget_hard;
         s->budget_period = (uint32_t)pc.budget_period;
         s->budget_tz_min = pc.budget_tz_min;
+        memcpy(o->budget_tz, pc.budget_tz, sizeof o->budget_tz);
         s->set = (json_object_get(root, "strategy") ? KM__PSET_STRATEGY : 0) |
                  (json_object_get(root, "cooldown_s") ? KM__PSET_COOLDOWN : 0) |
                  (json_object_get(root, "max_cooldown_s") ? KM__PSET_MAX_COOLDOWN : 0) |

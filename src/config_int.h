@@ -102,6 +102,8 @@ int km__cfg_parse_pool(km__cfg_ctx *c, json_t *pobj, uint32_t pi,
 /* No API key listed twice in the whole configuration (see
  * km__config_secret_dup); the message names both keys, never the secret. */
 int km__cfg_check_secrets(km__cfg_ctx *c, const km_config *cfg);
+/* No more distinct named time zones than a segment keeps (KM__TZ_ZONES). */
+int km__cfg_check_zones(km__cfg_ctx *c, const km_config *cfg);
 
 /* ------------------------------------------------------ config_preset.c */
 

@@ -20,6 +20,7 @@
 #include <jansson.h>
 
 #include "config_int.h"
+#include "tz.h"
 
 /* ---------------------------------------------------------------- limits */
 
@@ -216,13 +217,14 @@ static int parse_price(km__cfg_ctx *c, json_t *v, const char *owner,
 }
 
 /* A budget's "tz": "UTC" or a fixed offset "+HH:MM" / "-HH:MM" (-12:00 to
- * +14:00), as minutes east of UTC.  Zone names (Europe/Paris) are refused
- * with a message saying what is accepted: their offsets change with
- * daylight saving time, which a boundary computed once per period would
- * get wrong for an hour. */
-static int parse_tz(km__cfg_ctx *c, const char *path, const char *tz, int *tz_min)
+ * +14:00), as minutes east of UTC; or a tz database name (Europe/Paris),
+ * read now from tzdata (src/tz.c) so that a zone that does not exist, or a
+ * file that is not one, is refused here with nothing created, and kept by
+ * name in `name` for km__tz_bind, which writes it to the segment. */
+static int parse_tz(km__cfg_ctx *c, const char *path, const char *tz, int *tz_min, char *name)
 {
 #define KM__DIGIT(ch) ((ch) >= '0' && (ch) <= '9')
+    name[0] = 0;
     if (!strcmp(tz, "UTC") || !strcmp(tz, "Z")) {
         *tz_min = 0;
         return KM_OK;
@@ -236,17 +238,29 @@ static int parse_tz(km__cfg_ctx *c, const char *path, const char *tz, int *tz_mi
         }
     }
 #undef KM__DIGIT
-    return km__cfg_err(c, KM_ECONFIG,
-                       "%s.tz: \"%.64s\" is not a time zone this version accepts: use "
-                       "\"UTC\" or a fixed offset such as \"+02:00\" or \"-05:00\" (zone "
-                       "names such as Europe/Paris are not supported)", path, tz);
+    if (tz[0] == '+' || tz[0] == '-')
+        return km__cfg_err(c, KM_ECONFIG,
+                           "%s.tz: \"%.64s\" is not a time zone: a fixed offset is \"+HH:MM\" "
+                           "or \"-HH:MM\" from -12:00 to +14:00", path, tz);
+    km__tzone z;
+    char err[512];
+    int rc = km__tz_load(tz, (int64_t)(km__wall_ns() / KM__NS_PER_S), &z, err, sizeof err);
+    if (rc == KM_ECONFIG)
+        return km__cfg_err(c, rc, "%s.tz: %s: not a time zone this host can read: use \"UTC\", "
+                           "a fixed offset such as \"+02:00\", or a tz database name such as "
+                           "\"Europe/Paris\"", path, err);
+    if (rc != KM_OK)
+        return km__cfg_err(c, rc, "%s.tz: out of memory", path);
+    *tz_min = 0;
+    snprintf(name, KM__TZ_NAME_MAX + 1, "%s", tz);
+    return KM_OK;
 }
 
 /* "budget": {"usd" (required, > 0), "mode": "hard" | "soft" (or the older
  * "hard": true | false; default hard), "period": "day" | "week" | "month"
  * | "none" (default none: the segment's life), "tz" (default UTC)}. */
 static int parse_budget(km__cfg_ctx *c, json_t *v, const char *owner,
-                        uint64_t *microusd, int *hard, int *period, int *tz_min)
+                        uint64_t *microusd, int *hard, int *period, int *tz_min, char *tz_name)
 {
     static const char *const fields[] = {"usd", "hard", "mode", "period", "tz", NULL};
     static const char *const periods[KM__PERIOD_COUNT] = {"none", "day", "week", "month"};
@@ -296,11 +310,12 @@ static int parse_budget(km__cfg_ctx *c, json_t *v, const char *owner,
         *period = i;
     }
     *tz_min = 0;
+    tz_name[0] = 0;
     if (tz) {
         if (!json_is_string(tz))
-            return km__cfg_err(c, KM_ECONFIG, "%s.tz: must be a string such as \"UTC\" or "
-                               "\"+02:00\"", path);
-        if ((rc = parse_tz(c, path, json_string_value(tz), tz_min)))
+            return km__cfg_err(c, KM_ECONFIG, "%s.tz: must be a string such as \"UTC\", "
+                               "\"+02:00\" or \"Europe/Paris\"", path);
+        if ((rc = parse_tz(c, path, json_string_value(tz), tz_min, tz_name)))
             return rc;
     }
     *microusd = m;
@@ -720,7 +735,7 @@ int km__cfg_parse_key(km__cfg_ctx *c, json_t *kobj, const char *path,
     /* A pool's budget is the pool's own: not copied to its keys. */
     if ((v = json_object_get(kobj, "budget")) &&
         (rc = parse_budget(c, v, path, &k->budget_microusd, &k->budget_hard, &k->budget_period,
-                            &k->budget_tz_min)))
+                            &k->budget_tz_min, k->budget_tz)))
         return rc;
     if ((v = json_object_get(kobj, "meta")) &&
         (rc = parse_meta(c, v, path, k->meta)))
@@ -842,6 +857,27 @@ int km__cfg_check_secrets(km__cfg_ctx *c, const km_config *cfg)
                        "twice", pb, cfg->keys[b].id, cfg->keys[a].id, pa);
 }
 
+int km__cfg_check_zones(km__cfg_ctx *c, const km_config *cfg)
+{
+    const char *seen[KM__TZ_ZONES];
+    uint32_t n = 0, total = cfg->n_pools + cfg->n_keys;
+    for (uint32_t i = 0; i < total; i++) {
+        const char *z = i < cfg->n_pools ? cfg->pools[i].budget_tz
+                                         : cfg->keys[i - cfg->n_pools].budget_tz;
+        uint32_t j = 0;
+        while (z[0] && j < n && strcmp(seen[j], z) != 0)
+            j++;
+        if (!z[0] || j < n)
+            continue;
+        if (n == KM__TZ_ZONES)
+            return km__cfg_err(c, KM_ECONFIG,
+                               "budgets name more than %d time zones (\"%s\" is one more): "
+                               "a segment keeps %d", KM__TZ_ZONES, z, KM__TZ_ZONES);
+        seen[n++] = z;
+    }
+    return KM_OK;
+}
+
 /* ----------------------------------------------------------------- pools */
 
 static int cmp_key_idx(const void *a, const void *b, void *keys)
@@ -961,7 +997,7 @@ int km__cfg_parse_pool(km__cfg_ctx *c, json_t *pobj, uint32_t pi,
         return rc;
     if ((v = json_object_get(pobj, "budget")) &&
         (rc = parse_budget(c, v, path, &p->budget_microusd, &p->budget_hard, &p->budget_period,
-                            &p->budget_tz_min)))
+                            &p->budget_tz_min, p->budget_tz)))
         return rc;
 
     /* Array shape was checked by the caller when it counted the keys. */

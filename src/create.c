@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "budget.h"
+#include "tz.h"
 #include "internal.h"
 
 /* Fill one set of GCRA parameters from parsed limits. */
@@ -62,8 +63,8 @@ void km__key_write(km_env *e, km__key *k, uint32_t pool, const km__key_cfg *kc)
     k->budget_microusd = kc->budget_microusd;
     k->budget_hard = (uint32_t)kc->budget_hard;
     k->budget_period = (uint16_t)kc->budget_period;
-    k->budget_tz_min = (int16_t)kc->budget_tz_min;
-    km__spend_init(&k->spend, k->budget_period, k->budget_tz_min, km__wall_ns());
+    k->budget_tz_min = (int16_t)km__tz_code(e, kc->budget_tz, kc->budget_tz_min);
+    km__spend_init(&k->spend, k->budget_period, k->budget_tz_min, e->tzt, km__wall_ns());
     k->success_ppm = KM__PPM; /* healthy until shown otherwise */
     km__fleet_key_init(e, (uint32_t)(k - km__keys(e)), kc);
 }
@@ -124,8 +125,9 @@ void km__pool_write(km_env *e, uint32_t p, const km__pool_cfg *pc)
     pool->budget_microusd = pc->budget_microusd;
     pool->budget_hard = (uint32_t)pc->budget_hard;
     pool->budget_period = (uint32_t)pc->budget_period;
-    pool->budget_tz_min = pc->budget_tz_min;
-    km__spend_init(&pool->spend, pool->budget_period, pool->budget_tz_min, km__wall_ns());
+    pool->budget_tz_min = km__tz_code(e, pc->budget_tz, pc->budget_tz_min);
+    km__spend_init(&pool->spend, pool->budget_period, pool->budget_tz_min, e->tzt,
+                   km__wall_ns());
     /* Every row: a reused pool row's models, or the names its requests
      * gave (a pool without a models list), are not the new pool's. */
     memset(md, 0, (size_t)e->geom.cap_models * sizeof(*md));

@@ -125,11 +125,11 @@ KM_EXTERN int km_pool_first(km_env *e)
 }
 
 /* The spend and budget fields of km_pool_info and km_key_info. */
-static void budget_fields(const km__spend *s, uint32_t period, int32_t tz_min, uint64_t budget,
-                          uint64_t *spent, km_budget_state *out)
+static void budget_fields(const km_env *e, const km__spend *s, uint32_t period, int32_t tz_min,
+                          uint64_t budget, uint64_t *spent, km_budget_state *out)
 {
     km__budget_view v;
-    km__budget_info(s, period, tz_min, budget, &v);
+    km__budget_info(s, period, tz_min, e->tzt, budget, &v);
     *spent = v.spent;
     out->prev_spent_microusd = v.prev;
     out->period_end_unix_ns = v.end;
@@ -158,7 +158,7 @@ KM_EXTERN int km_pool_info_get(km_env *e, int pool, km_pool_info *out)
     out->n_models = p->n_models;
     out->budget_microusd = p->budget_microusd;
     out->budget_hard = (int)p->budget_hard;
-    budget_fields(&p->spend, p->budget_period, p->budget_tz_min, p->budget_microusd,
+    budget_fields(e, &p->spend, p->budget_period, p->budget_tz_min, p->budget_microusd,
                   &out->spent_microusd, &out->budget);
     out->waiters = ck_pr_load_32(&p->waiters);
     return KM_OK;
@@ -340,7 +340,7 @@ KM_EXTERN int km_key_info_get(km_env *e, int key, km_key_info *out)
     out->price_out_microusd_per_1k = k->price_out;
     out->budget_microusd = k->budget_microusd;
     out->budget_hard = (int)k->budget_hard;
-    budget_fields(&k->spend, k->budget_period, k->budget_tz_min, k->budget_microusd,
+    budget_fields(e, &k->spend, k->budget_period, k->budget_tz_min, k->budget_microusd,
                   &out->spent_microusd, &out->budget);
     memcpy(out->meta, k->meta, KM_META_MAX);
     limit_info(k->win, k->emission_ns, k->tau_ns, k->limit, k->burst, k->mode,

@@ -97,7 +97,9 @@ typedef struct km__key_cfg {
     uint64_t budget_microusd; /* 0: none */
     int budget_hard;
     int budget_period;        /* KM__PERIOD_* (src/budget.h) */
-    int budget_tz_min;        /* the period's zone, minutes east of UTC */
+    int budget_tz_min;        /* the period's zone, minutes east of UTC, or
+                               * after km__tz_bind its code (src/layout.h) */
+    char budget_tz[KM__TZ_NAME_MAX + 1]; /* a named zone ("tz"), or "" */
     char meta[KM_META_MAX + 1]; /* compact JSON object text, or "" */
     /* The key's own limits of its pool's models ("models": per_model
      * pools): n_own entries, owned by the configuration (km__cfg_destroy
@@ -150,6 +152,7 @@ typedef struct km__pool_cfg {
     uint64_t budget_microusd;   /* 0: none */
     int budget_hard;
     int budget_period, budget_tz_min; /* as in km__key_cfg */
+    char budget_tz[KM__TZ_NAME_MAX + 1];
     km__pool_defaults defaults;
 } km__pool_cfg;
 
@@ -192,6 +195,9 @@ struct km_env {
      * header rewritten after attach cannot steer an access outside the
      * mapping. */
     km__hdr geom;
+    /* The segment's zone table (src/tz.c), derived from geom at attach:
+     * budgets in named time zones place their boundaries with it. */
+    const km__tzone *tzt;
     uint64_t last_reap_ns; /* km_acquire's reap at most once a second */
     /* Grace-period waits of reconfiguration: set by km_set_admin_timeout
      * while other threads of the handle may be reconfiguring, so stored and
@@ -500,6 +506,8 @@ int km__config_parse_pool(const char *json, const km__hdr *geom, km_config **out
  * (to change, or to append). */
 typedef struct km__pool_setcfg {
     km__pstage stage;
+    char budget_tz[KM__TZ_NAME_MAX + 1]; /* the budget's named zone, or "":
+                                          * km_pool_set binds it (src/tz.c) */
     uint32_t win_set;
     km__limit_cfg limits[KM_WIN_COUNT];
     uint32_t n_models;

@@ -20,6 +20,7 @@
  *   (km__uring + km__uev[cap_usage / 2])[cap_procs][2]  usage rings
  *   km__wrow[cap_procs]        sleepers of km_acquire_wait per process slot,
  *                              km__wrow_stride(cap_pools) bytes each
+ *   km__tzone[KM__TZ_ZONES]    named time zones of budgets (src/tz.c)
  *
  * Every struct here and in shm/seg.h is pinned by _Static_assert and folded
  * into the layout signature (km__layout_signature), so a process built with
@@ -95,6 +96,45 @@ typedef struct km__spend {
 _Static_assert(sizeof(km__spend) == 32 && _Alignof(km__spend) == 16 &&
                    offsetof(km__spend, spent) == 8,
                "km__spend: (end_ns, spent) one 16-byte CAS pair");
+
+/* A named time zone of a budget (src/tz.c): what every process needs to
+ * place a period's boundary without reading tzdata.  Budgets name a zone by
+ * code (km__key.budget_tz_min, km__pool.budget_tz_min): -840..840 is a fixed
+ * offset in minutes; KM__TZ_NAMED + i is row i of the segment's zone table
+ * (a region after the sleeper rows, KM__TZ_ZONES rows).  A row is written
+ * once, by the creator or the holder of the admin lock, before any budget
+ * names its code; `used` is stored last (release) and rows are never
+ * rewritten: a reader that found the code finds the row whole. */
+#define KM__TZ_NAMED 1000
+#define KM__TZ_ZONES 8
+#define KM__TZ_TRANS 32
+#define KM__TZ_NAME_MAX 63
+/* A POSIX TZ rule date: kind 1 Jn (1-365, no Feb 29), 2 n (0-365), 3
+ * Mm.w.d; secs: local time of day of the change (may be < 0 or > 24h). */
+typedef struct km__tzdate {
+    uint8_t kind, m, w, d;
+    uint16_t n;
+    uint16_t pad;
+    int32_t secs;
+} km__tzdate;
+_Static_assert(sizeof(km__tzdate) == 12, "km__tzdate size");
+typedef struct km__tzone {
+    char name[KM__TZ_NAME_MAX + 1];
+    uint32_t used;      /* 1: the row is whole (stored last, release) */
+    uint32_t n_trans;   /* explicit changes kept in at[]/off[] */
+    int32_t base_off;   /* seconds east before at[0] */
+    int32_t std_off;    /* the TZif footer's rule (seconds east) */
+    int32_t dst_off;
+    uint32_t has_dst;   /* 0: std_off all year */
+    km__tzdate start, end; /* DST starts (local std time), ends (local DST) */
+    int64_t rule_from;  /* UTC s: the rule from here on, the table before */
+    int64_t at[KM__TZ_TRANS];  /* UTC s of each change, ascending */
+    int32_t off[KM__TZ_TRANS]; /* seconds east from at[i] */
+    uint8_t pad[8];
+} km__tzone;
+_Static_assert(sizeof(km__tzone) == 8 * KM__LINE && offsetof(km__tzone, rule_from) % 8 == 0 &&
+                   offsetof(km__tzone, at) == 120,
+               "km__tzone: eight lines, one row of the zone table");
 
 /* The life of a pool row (km__pool.state).  FREE: never used (zeroed at
  * creation).  ADDING: being written by km_pool_add (unreachable).  LIVE.
@@ -786,7 +826,7 @@ static inline uint64_t km__usage_bytes(uint32_t procs, uint32_t usage)
 /* Regions, in the order km__layout places them. */
 enum { KM__OFF_POOLS, KM__OFF_MEMBERS, KM__OFF_MODELS, KM__OFF_KEYS,
        KM__OFF_MWIN, KM__OFF_LEASES, KM__OFF_BUSY, KM__OFF_PROCS, KM__OFF_READERS,
-       KM__OFF_USAGE, KM__OFF_WAITS, KM__OFF_N };
+       KM__OFF_USAGE, KM__OFF_WAITS, KM__OFF_TZ, KM__OFF_N };
 
 /* Offsets of each region for the given capacities; returns the total size
  * (a multiple of the page).  Used by the creator to lay out and by an
@@ -819,6 +859,8 @@ static inline uint64_t km__layout(uint32_t keys, uint32_t pools, uint32_t procs,
     o += km__usage_bytes(procs, usage);
     off[KM__OFF_WAITS] = o; /* not in the header: km__wrows derives it */
     o += (uint64_t)procs * km__wrow_stride(pools);
+    off[KM__OFF_TZ] = o = km__align_up(o, KM__LINE); /* derived, as the waits */
+    o += KM__TZ_ZONES * sizeof(km__tzone);
     return km__align_up(o, KM__PAGE);
 }
 
@@ -876,6 +918,8 @@ static inline uint64_t km__layout_signature(void)
         offsetof(km__lease, tokens_est), offsetof(km__hdr, off_fleet),
         /* Pools added, changed and removed live (issue 18, item 1). */
         offsetof(km__pool, state), offsetof(km__pool, stage), sizeof(km__pstage),
+        /* Budgets in named time zones (issue 18, item 2): the zone table. */
+        sizeof(km__tzone), KM__TZ_ZONES, KM__TZ_TRANS, KM__TZ_NAMED, offsetof(km__tzone, at),
         0x0102030405060708ull /* byte order */
     };
     return km__fnv64_bytes(KM__FNV64_INIT, v, sizeof v);

@@ -144,6 +144,7 @@
 #include "budget.h"
 #include "gcra.h"
 #include "internal.h"
+#include "tz.h"
 #include "wait.h"
 
 _Static_assert(sizeof(pthread_mutex_t) <= sizeof(((km__hdr *)0)->admin),
@@ -632,6 +633,11 @@ KM_EXTERN int km_key_add(km_env *e, int pool, const char *key_json, char *errbuf
         }
     }
     if ((rc = secret_taken(e, &kc, errbuf, errlen)) != KM_OK)
+        goto unlock;
+    /* A named zone of its budget into the segment's table (before the
+     * intent: a zone row is complete or unused, src/tz.c). */
+    if ((rc = km__tz_bind(e, kc.budget_tz, kc.budget_tz_min, &kc.budget_tz_min, errbuf,
+                          errlen)) != KM_OK)
         goto unlock;
     /* From here the segment may change (lists rebuilt, epochs): recorded. */
     intent_begin(e, KM__OP_ADD, UINT32_MAX, p);
@@ -1183,6 +1189,8 @@ KM_EXTERN int km_pool_add(km_env *e, const char *pool_json, char *errbuf, size_t
     for (uint32_t j = 0; j < pc->n_keys; j++)
         if ((rc = secret_taken(e, &cfg->keys[j], errbuf, errlen)) != KM_OK)
             goto unlock;
+    if ((rc = km__tz_bind_config(e, cfg, errbuf, errlen)) != KM_OK) /* zones: src/tz.c */
+        goto unlock;
     /* From here the segment may change (lists rebuilt, epochs): recorded.
      * The pool row is named in the intent once chosen. */
     intent_begin(e, KM__OP_POOL_ADD, UINT32_MAX, UINT32_MAX);
@@ -1370,7 +1378,7 @@ KM_EXTERN int km_pool_remove(km_env *e, int pool, uint32_t timeout_ms, unsigned 
 
 /* The staged settings of pool p (km__pool.stage) into the pool.
  * Idempotent: the recovery of a dead writer does it again. */
-static void stage_apply(km__pool *pl)
+static void stage_apply(const km_env *e, km__pool *pl)
 {
     const km__pstage *s = &pl->stage;
     uint32_t set = s->set;
@@ -1393,7 +1401,7 @@ static void stage_apply(km__pool *pl)
         uint64_t wall = km__wall_ns();
         if (ck_pr_load_64(&pl->spend.end_ns) > wall)
             ck_pr_store_64(&pl->spend.end_ns,
-                           km__period_end(s->budget_period, s->budget_tz_min, wall));
+                           km__period_end(s->budget_period, s->budget_tz_min, e->tzt, wall));
         ck_pr_store_64(&pl->budget_microusd, s->budget_microusd);
         KM__FAULT("poolset.budget");
     }
@@ -1621,11 +1629,15 @@ KM_EXTERN int km_pool_set(km_env *e, int pool, const char *settings_json, char *
                      "creation)", n_models, added, e->geom.cap_models);
         goto unlock;
     }
+    if ((sc->stage.set & KM__PSET_BUDGET) &&
+        (rc = km__tz_bind(e, sc->budget_tz, sc->stage.budget_tz_min, &sc->stage.budget_tz_min,
+                          errbuf, errlen)) != KM_OK)
+        goto unlock;
     if (sc->stage.set) {
         pl->stage = sc->stage; /* read by the recovery once op is stored */
         intent_begin(e, KM__OP_POOL_SET, UINT32_MAX, p);
         intent_step(e, KM__STEP_PUBLISH);
-        stage_apply(pl);
+        stage_apply(e, pl);
         count_reconfig(e);
         intent_end(e);
     }
@@ -1726,7 +1738,7 @@ static void recover(km_env *e)
         break;
     case KM__OP_POOL_SET:
         if (p < e->geom.cap_pools && step >= KM__STEP_PUBLISH)
-            stage_apply(&km__pools(e)[p]);
+            stage_apply(e, &km__pools(e)[p]);
         break;
     case KM__OP_POOL_LIMITS:
         if (p >= e->geom.cap_pools)

@@ -22,7 +22,8 @@
  * that is now spent makes the key exhausted.  A hard budget with a period
  * leaves the state alone: acquire passes the key over until the period
  * rolls (src/acquire.c, over_budget). */
-static void spend(km__pool *pool, km__key *k, const km_outcome *o, uint64_t actual)
+static void spend(const km_env *e, km__pool *pool, km__key *k, const km_outcome *o,
+                  uint64_t actual)
 {
     uint64_t in, out;
     if (k->price_in == 0 && k->price_out == 0)
@@ -45,12 +46,12 @@ static void spend(km__pool *pool, km__key *k, const km_outcome *o, uint64_t actu
         return;
     /* Statistics and budget checks: atomicity is all that is needed
      * (km__spend_add says how a roll orders against these adds). */
-    uint64_t spent = km__spend_add(&k->spend, k->budget_period, k->budget_tz_min, cost,
+    uint64_t spent = km__spend_add(&k->spend, k->budget_period, k->budget_tz_min, e->tzt, cost,
                                    k->budget_microusd, k->budget_hard);
     if (pool)
         /* Settings km_pool_set may store meanwhile: relaxed loads. */
         km__spend_add(&pool->spend, ck_pr_load_32(&pool->budget_period),
-                      (int32_t)ck_pr_load_32((uint32_t *)&pool->budget_tz_min), cost,
+                      (int32_t)ck_pr_load_32((uint32_t *)&pool->budget_tz_min), e->tzt, cost,
                       ck_pr_load_64(&pool->budget_microusd), ck_pr_load_32(&pool->budget_hard));
     if (k->budget_microusd && k->budget_hard && k->budget_period == KM__PERIOD_NONE &&
         spent >= k->budget_microusd)
@@ -289,7 +290,7 @@ KM_EXTERN int km_release(km_env *e, const km_lease *l, const km_outcome *o)
         health(e, k, kind, o, lat_ns, probe);
         if (o->view_flags)
             apply_view(k, o);
-        spend(pool, k, o, actual);
+        spend(e, pool, k, o, actual);
         km__usage_put(e, km__rd_holds_row1(&e->seg), l->key, lv.key_gen, k->pool, lv.model, lv.start_ns, actual,
                       lat_us, kind);
     } else {

@@ -105,13 +105,12 @@ static json_t *usd_json(uint64_t microusd)
  * pool's also "spent_usd", as before periods).  restore.c gives all but
  * "spent_usd" back to the configuration parser. */
 static json_t *budget_json(uint64_t microusd, int hard, const km_budget_state *bs,
-                           const uint64_t *spent)
+                           const char *tz, const uint64_t *spent)
 {
-    char tz[16];
     json_t *b = json_pack("{s:o, s:b, s:s, s:s, s:s}", "usd", usd_json(microusd), "hard",
                           hard != 0, "mode", hard ? "hard" : "soft", "period",
                           km__period_name((uint32_t)bs->period), "tz",
-                          km__tz_name(bs->tz_min, tz, sizeof tz));
+                          tz);
     if (b && spent && json_object_set_new(b, "spent_usd", usd_json(*spent)) < 0) {
         json_decref(b);
         return NULL;
@@ -185,7 +184,7 @@ static json_t *key_models_json(km_env *env, int pool, uint32_t n_models,
     return o;
 }
 
-static json_t *key_json(const km_key_info *k, const clocks *clk)
+static json_t *key_json(const km_key_info *k, const char *tz, const clocks *clk)
 {
     uint64_t now = clk->mono_ns;
     json_t *lim = limits_json(k->limits, clk), *key;
@@ -229,7 +228,7 @@ static json_t *key_json(const km_key_info *k, const clocks *clk)
     if (!key)
         return NULL;
     json_t *budget = k->budget_microusd
-                         ? budget_json(k->budget_microusd, k->budget_hard, &k->budget, NULL)
+                         ? budget_json(k->budget_microusd, k->budget_hard, &k->budget, tz, NULL)
                          : json_null();
     json_t *more = json_pack(
         "{s:{s:o, s:o}, s:o, s:o, s:o, s:o, s:o}",
@@ -388,7 +387,9 @@ static int pool_json(km_env *env, int pool, const snap *sn, json_t **out)
             continue;
         if (rc != KM_OK)
             goto fail;
-        json_t *k = key_json(&ki, &sn->clk);
+        char tz[KM__TZ_NAME_MAX + 1];
+        km_budget_tz(env, -1, key, tz, sizeof tz);
+        json_t *k = key_json(&ki, tz, &sn->clk);
         if (k && sn->key &&
             json_object_set_new(k, "secret_enc",
                                 secret_enc(pi.name, &km__keys(env)[key], sn->key)) < 0) {
@@ -445,8 +446,10 @@ static int pool_json(km_env *env, int pool, const snap *sn, json_t **out)
             goto fail;
         }
     }
+    char tz[KM__TZ_NAME_MAX + 1];
+    km_budget_tz(env, pool, -1, tz, sizeof tz);
     json_t *budget = pi.budget_microusd
-                         ? budget_json(pi.budget_microusd, pi.budget_hard, &pi.budget,
+                         ? budget_json(pi.budget_microusd, pi.budget_hard, &pi.budget, tz,
                                        &pi.spent_microusd)
                          : json_null();
     /* "o" steals even on failure: models and keys are gone if p is NULL. */

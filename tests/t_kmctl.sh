@@ -575,10 +575,29 @@ sed 's/"month"/"fortnight"/' "$TMP/budget.json" >"$TMP/bad.json"
 run "$KMCTL" create "$BUDSEG-bad" --config "$TMP/bad.json"
 ok $([ "$RC" -ne 0 ] && echo "$ERR" | grep -q 'budget.period: "fortnight" is not a period'; echo $?) \
     "create refuses a period that does not exist ($ERR)"
-sed 's/"+02:00"/"Europe\/Paris"/' "$TMP/budget.json" >"$TMP/bad.json"
+sed 's/"+02:00"/"Mars\/Olympus"/' "$TMP/budget.json" >"$TMP/bad.json"
 run "$KMCTL" create "$BUDSEG-bad" --config "$TMP/bad.json"
-ok $([ "$RC" -ne 0 ] && echo "$ERR" | grep -q 'budget.tz: "Europe/Paris" is not a time zone this version accepts: use "UTC" or a fixed offset'; echo $?) \
-    "create refuses a zone name, saying what is accepted ($ERR)"
+ok $([ "$RC" -ne 0 ] && echo "$ERR" | grep -q 'budget.tz: time zone "Mars/Olympus": .*/Mars/Olympus: No such file' &&
+     ! "$KMCTL" inspect "$BUDSEG-bad" >/dev/null 2>&1; echo $?) \
+    "create refuses a zone that does not exist, naming the path; nothing created ($ERR)"
+"$KMCTL" destroy "$BUDSEG" >/dev/null 2>&1
+sed 's/"+02:00"/"Europe\/Paris"/' "$TMP/budget.json" >"$TMP/paris.json"
+run "$KMCTL" create "$BUDSEG" --config "$TMP/paris.json"
+expect 0 "create with a budget in a named zone (Europe/Paris)"
+run "$KMCTL" inspect "$BUDSEG"
+echo "$OUT" | grep -Eq '^  budget: \$0\.00 spent of \$500\.00 this month \(resets [0-9]{4}-[0-9]{2}-01 00:00 Europe/Paris; '
+ok $? "inspect: the period ends at 00:00 on the 1st, Paris time, the zone named"
+run "$KMCTL" stats "$BUDSEG" --json
+echo "$OUT" | python3 -c '
+import json, sys
+p = json.load(sys.stdin)["pools"][0]
+assert p["budget_tz"] == "Europe/Paris", p["budget_tz"]
+assert p["keys"][0]["budget_tz"] == "UTC"
+'
+ok $? "stats --json: budget_tz is the zone's name"
+run "$KMCTL" inspect "$BUDSEG" --json
+echo "$OUT" | grep -q '"tz": "Europe/Paris"'
+ok $? "inspect --json: the zone's name as configured"
 "$KMCTL" destroy "$BUDSEG" >/dev/null 2>&1
 
 finish

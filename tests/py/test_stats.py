@@ -396,6 +396,21 @@ def test_stats_equal_kmctl_stats_json(seg, secrets, kmctl):
 
 # ---------------------------------------------------------- the binding
 
+def test_budget_in_a_named_zone_shown_by_name(seg, secrets, kmctl):
+    # A budget in a named time zone: stats() and kmctl name the zone as
+    # configured (km_budget_tz), not the offset in force.
+    name = seg("tzname")
+    config = cfg(secrets[:1], price={"input_per_1k": 0.5, "output_per_1k": 1.5},
+                 budget={"usd": 100.0, "period": "day", "tz": "Europe/Paris"})
+    pool = SyncKeyPool.create(name, config)
+    mine = pool.stats()
+    assert (mine["budget_period"], mine["budget_tz"]) == ("day", "Europe/Paris")
+    theirs = kmctl_stats(kmctl, name)["pools"][0]
+    assert theirs["budget_tz"] == "Europe/Paris"
+    assert mine["period_end_unix_ms"] == theirs["period_end_unix_ms"]
+    pool.close()
+
+
 def test_struct_sizes_agree_with_the_library():
     dll = L.lib.load()
     assert _stats.size_mismatches(dll) == []

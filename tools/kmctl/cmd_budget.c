@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -97,11 +98,39 @@ out:
     return rc;
 }
 
-void fmt_period_end(uint64_t end_ns, int32_t tz_min, char *b, size_t n)
+/* A named zone ("Europe/Paris"): not "UTC" nor an offset. */
+static int tz_named(const char *tz)
+{
+    return tz && tz[0] && tz[0] != '+' && tz[0] != '-' && strcmp(tz, "UTC") != 0;
+}
+
+void fmt_period_end(uint64_t end_ns, int32_t tz_min, const char *tz, char *b, size_t n)
 {
     time_t t = (time_t)(end_ns / 1000000000u) + (time_t)tz_min * 60;
     struct tm tm;
     int32_t a = tz_min < 0 ? -tz_min : tz_min;
+    if (end_ns && tz_named(tz)) {
+        /* The zone's own offset at the end (its DST may differ from now). */
+        const char *was = getenv("TZ");
+        char saved[256], env[80];
+        int had = was != NULL;
+        snprintf(saved, sizeof saved, "%s", had ? was : "");
+        snprintf(env, sizeof env, ":%s", tz);
+        setenv("TZ", env, 1);
+        tzset();
+        t = (time_t)(end_ns / 1000000000u);
+        int got = localtime_r(&t, &tm) != NULL;
+        if (had)
+            setenv("TZ", saved, 1);
+        else
+            unsetenv("TZ");
+        tzset();
+        if (got) {
+            snprintf(b, n, "%04d-%02d-%02d %02d:%02d %s", tm.tm_year + 1900, tm.tm_mon + 1,
+                     tm.tm_mday, tm.tm_hour, tm.tm_min, tz);
+            return;
+        }
+    }
     if (!end_ns || !gmtime_r(&t, &tm)) {
         snprintf(b, n, "-");
         return;
@@ -117,16 +146,16 @@ void fmt_period_end(uint64_t end_ns, int32_t tz_min, char *b, size_t n)
 
 void fmt_budget_line(const char *lead, uint64_t budget, int hard, uint64_t spent,
                      uint64_t prev, uint64_t end_ns, int32_t period, int32_t tz_min,
-                     uint32_t warnings)
+                     const char *tz, uint32_t warnings)
 {
-    char u1[32], u2[32], u3[32], e[48];
+    char u1[32], u2[32], u3[32], e[112];
     fmt_usd(spent, u1, sizeof u1);
     fmt_usd(budget, u2, sizeof u2);
     if (period == KM_BUDGET_LIFETIME) {
         printf("%s$%s spent of $%s", lead, u1, u2);
     } else {
         fmt_usd(prev, u3, sizeof u3);
-        fmt_period_end(end_ns, tz_min, e, sizeof e);
+        fmt_period_end(end_ns, tz_min, tz, e, sizeof e);
         printf("%s$%s spent of $%s this %s (resets %s; previous %s $%s)", lead, u1, u2,
                budget_period_name(period), e, budget_period_name(period), u3);
     }

@@ -293,9 +293,11 @@ static int inspect_pool(km_env *env, const char *name, int pool)
         putchar('\n');
     }
     if (pi.budget_microusd) {
+        char pz[64] = "";
+        km_budget_tz(env, pool, -1, pz, sizeof pz);
         fmt_budget_line("  budget: ", pi.budget_microusd, pi.budget_hard, pi.spent_microusd,
                         pi.budget.prev_spent_microusd, pi.budget.period_end_unix_ns, pi.budget.period,
-                        pi.budget.tz_min, pi.budget.warnings);
+                        pi.budget.tz_min, pz, pi.budget.warnings);
     } else if (pi.spent_microusd) {
         usd(pi.spent_microusd, b, sizeof b);
         printf("  spent: $%s\n", b);

@@ -105,12 +105,12 @@ static int check_filters(const stats_opts *o, const seg_stats *s)
 
 /* The pool line's budget tail: its period, the previous period's spend
  * and when it resets; a soft budget's warnings. */
-static void budget_tail(const km_budget_state *b, int hard, int over)
+static void budget_tail(const km_budget_state *b, const char *tz, int hard, int over)
 {
-    char u[32], e[48];
+    char u[32], e[112];
     if (b->period) {
         fmt_usd(b->prev_spent_microusd, u, sizeof u);
-        fmt_period_end(b->period_end_unix_ns, b->tz_min, e, sizeof e);
+        fmt_period_end(b->period_end_unix_ns, b->tz_min, tz, e, sizeof e);
         printf(" per %s, previous %s $%s, resets %s", budget_period_name(b->period),
                budget_period_name(b->period), u, e);
     }
@@ -123,11 +123,13 @@ static void budget_tail(const km_budget_state *b, int hard, int over)
 
 /* A budget's period fields, after "budget_hard" (keymesh._stats has the
  * same, in the same order): null where there is no budget. */
-static int budget_json(json_t *j, uint64_t budget, const km_budget_state *b)
+static int budget_json(json_t *j, uint64_t budget, const km_budget_state *b, const char *name)
 {
-    char tz[16];
+    char tz[64];
     int32_t a = b->tz_min < 0 ? -b->tz_min : b->tz_min;
-    if (b->tz_min)
+    if (name && name[0]) /* as configured: "UTC", "+HH:MM" or a zone's name */
+        snprintf(tz, sizeof tz, "%s", name);
+    else if (b->tz_min)
         snprintf(tz, sizeof tz, "%c%02d:%02d", b->tz_min < 0 ? '-' : '+', (int)(a / 60),
                  (int)(a % 60));
     else
@@ -152,7 +154,7 @@ static json_t *model_counters(const km_model_stats *m)
     return m->counters_valid ? jcounters(&m->counters) : json_null();
 }
 
-static json_t *key_json(const km_key_stats *k, const km_budget_state *kb,
+static json_t *key_json(const km_key_stats *k, const km_budget_state *kb, const char *kb_tz,
                         const km_model_stats *km, uint32_t nm, const stats_opts *o)
 {
     json_t *j = json_pack(
@@ -172,7 +174,7 @@ static json_t *key_json(const km_key_stats *k, const km_budget_state *kb,
         "spent_usd", jusd(k->spent_microusd),
         "budget_usd", k->budget_microusd ? jusd(k->budget_microusd) : json_null(),
         "budget_hard", k->budget_microusd ? json_boolean(k->budget_hard) : json_null());
-    if (j && budget_json(j, k->budget_microusd, kb) < 0) {
+    if (j && budget_json(j, k->budget_microusd, kb, kb_tz) < 0) {
         json_decref(j);
         return NULL;
     }
@@ -213,7 +215,7 @@ static json_t *pool_json(const pool_view *v, const stats_opts *o)
         "spent_usd", jusd(p->spent_microusd),
         "budget_usd", p->budget_microusd ? jusd(p->budget_microusd) : json_null(),
         "budget_hard", p->budget_microusd ? json_boolean(p->budget_hard) : json_null());
-    if (j && (budget_json(j, p->budget_microusd, &v->pb) < 0 ||
+    if (j && (budget_json(j, p->budget_microusd, &v->pb, v->pb_tz) < 0 ||
               json_object_set_new(j, "windows", jwindows(p->windows, p->keys_limited)) < 0)) {
         json_decref(j);
         j = NULL;
@@ -229,7 +231,7 @@ static json_t *pool_json(const pool_view *v, const stats_opts *o)
     for (uint32_t i = 0; j && keys && i < v->n_keys; i++)
         if (key_wanted(o, &v->keys[i]))
             json_array_append_new(
-                keys, key_json(&v->keys[i], &v->kb[i],
+                keys, key_json(&v->keys[i], &v->kb[i], v->kb_tz[i],
                                v->key_models ? &v->key_models[(size_t)i * p->n_models] : NULL,
                                p->n_models, o));
     if (!j || !models || !keys || json_object_set_new(j, "models", models) < 0 ||
@@ -374,7 +376,7 @@ static int print_pool(const pool_view *v, const stats_opts *o)
     if (p->budget_microusd) {
         fmt_usd(p->budget_microusd, u2, sizeof u2);
         printf(" of $%s (%s)", u2, p->budget_hard ? "hard" : "soft");
-        budget_tail(&v->pb, p->budget_hard, p->spent_microusd >= p->budget_microusd);
+        budget_tail(&v->pb, v->pb_tz, p->budget_hard, p->spent_microusd >= p->budget_microusd);
     }
     putchar('\n');
 
@@ -451,9 +453,10 @@ static int print_pool(const pool_view *v, const stats_opts *o)
                 tbl_cell(&t, "-");
             }
             if (periods && k->budget_microusd && v->kb[i].period) {
-                char e[48];
+                char e[112];
                 fmt_usd(v->kb[i].prev_spent_microusd, u2, sizeof u2);
-                fmt_period_end(v->kb[i].period_end_unix_ns, v->kb[i].tz_min, e, sizeof e);
+                fmt_period_end(v->kb[i].period_end_unix_ns, v->kb[i].tz_min, v->kb_tz[i], e,
+                               sizeof e);
                 tbl_cell(&t, "%s", u2);
                 tbl_cell(&t, "%s", e);
             } else if (periods) {

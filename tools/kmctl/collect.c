@@ -18,6 +18,7 @@ void collect_free(seg_stats *s)
         free(s->pools[p].models);
         free(s->pools[p].keys);
         free(s->pools[p].kb);
+        free(s->pools[p].kb_tz);
         free(s->pools[p].key_models);
     }
     free(s->pools);
@@ -41,8 +42,10 @@ static int collect_pool(km_env *env, int p, unsigned flags, pool_view *v)
     if ((rc = km_pool_info_get(env, p, &pi)) != KM_OK)
         return rc;
     v->pb = pi.budget;
+    km_budget_tz(env, p, -1, v->pb_tz, sizeof v->pb_tz);
     uint32_t cap = pi.n_keys > v->ps.n_keys ? pi.n_keys : v->ps.n_keys;
-    if (cap && (!(v->keys = calloc(cap, sizeof *v->keys)) || !(v->kb = calloc(cap, sizeof *v->kb))))
+    if (cap && (!(v->keys = calloc(cap, sizeof *v->keys)) || !(v->kb = calloc(cap, sizeof *v->kb)) ||
+                !(v->kb_tz = calloc(cap, sizeof *v->kb_tz))))
         return KM_ENOMEM;
     if (cap && nm && (flags & COLLECT_KEY_MODELS) &&
         !(v->key_models = calloc((size_t)cap * nm, sizeof *v->key_models)))
@@ -61,6 +64,7 @@ static int collect_pool(km_env *env, int p, unsigned flags, pool_view *v)
         km_key_info ki;
         if (km_key_info_get(env, k, &ki) == KM_OK)
             v->kb[v->n_keys] = ki.budget;
+        km_budget_tz(env, p, k, v->kb_tz[v->n_keys], sizeof v->kb_tz[0]);
         for (uint32_t m = 0; v->key_models && m < nm; m++) {
             km_model_stats *km = &v->key_models[(size_t)v->n_keys * nm + m];
             rc = km_key_model_stats_get(env, k, m, km, sizeof *km);
@@ -90,6 +94,7 @@ int collect(km_env *env, unsigned flags, seg_stats *s)
             free(v->models);
             free(v->keys);
             free(v->kb);
+            free(v->kb_tz);
             free(v->key_models);
             memset(v, 0, sizeof *v);
             s->n_pools--;

@@ -217,6 +217,8 @@ typedef struct pool_view {
     km_budget_state pb;         /* the pool's budget period (from km_pool_info:
                                  * the stats structs do not carry it) */
     km_budget_state *kb;        /* n_keys: each key's (km_key_info) */
+    char pb_tz[64];             /* the zones by name (km_budget_tz) */
+    char (*kb_tz)[64];          /* n_keys */
     km_model_stats *models;     /* ps.n_models, over all keys */
     km_key_stats *keys;         /* n_keys */
     uint32_t n_keys;
@@ -337,10 +339,13 @@ void explain_busy(km_env *env);
  * "lifetime"); a period's end as "2027-01-01 00:00 +02:00" in its zone
  * ("-": none); and the one line `inspect` and `stats` print for a budget. */
 const char *budget_period_name(int32_t period);
-void fmt_period_end(uint64_t end_ns, int32_t tz_min, char *b, size_t n);
+/* A period's end in its zone: tz the zone as km_budget_tz names it (NULL:
+ * the fixed offset tz_min); a named zone's local time is glibc's (kmctl,
+ * not the library, may set TZ). */
+void fmt_period_end(uint64_t end_ns, int32_t tz_min, const char *tz, char *b, size_t n);
 void fmt_budget_line(const char *lead, uint64_t budget, int hard, uint64_t spent,
                      uint64_t prev, uint64_t end_ns, int32_t period, int32_t tz_min,
-                     uint32_t warnings);
+                     const char *tz, uint32_t warnings);
 
 /* Micro-USD as dollars with 2 to 6 decimals: 100.00, 0.0025 (cmd_stats.c). */
 void fmt_usd(uint64_t micro, char *b, size_t n);

@@ -253,6 +253,7 @@ _PROTOS: dict = {
     "km_key_find": (c_int, [env_p, c_int, c_char_p]),
     "km_pool_key": (c_int, [env_p, c_int, c_int]),
     "km_key_info_get": (c_int, [env_p, c_int, POINTER(KeyInfo)]),
+    "km_budget_tz": (c_int, [env_p, c_int, c_int, c_char_p, c_size_t]),
     "km_key_set_state": (c_int, [env_p, c_int, c_int]),
     "km_reap": (c_int, [env_p, POINTER(ReapReport)]),
     "km_check": (c_int, [env_p, REPORT_FN, c_void_p]),

@@ -312,9 +312,19 @@ def _tz(tz_min: int) -> str:
     return "%s%02d:%02d" % ("-" if tz_min < 0 else "+", a // 60, a % 60)
 
 
-def _spend(s: Any, info: Any) -> Dict[str, Any]:
+def budget_tz(ptr: Any, pool: int, key: int) -> Optional[str]:
+    """The budget's zone as configured (km_budget_tz): "UTC", "+HH:MM" or a
+    name such as "Europe/Paris"; None if the key or pool is gone."""
+    buf = ctypes.create_string_buffer(64)
+    if lib.km_budget_tz(ptr, pool, key, buf, len(buf)) != 0:
+        return None
+    return buf.value.decode("utf-8", "replace")
+
+
+def _spend(s: Any, info: Any, tz: Optional[str] = None) -> Dict[str, Any]:
     # kmctl's cmd_stats.c budget_json: the period fields come from the
-    # info struct (km_pool_info / km_key_info), as kmctl reads them.
+    # info struct (km_pool_info / km_key_info), as kmctl reads them, the
+    # zone by name (km_budget_tz).
     b = s.budget_microusd
     st = info.budget
     period = st.period if 0 <= st.period < len(L.BUDGET_PERIODS) else 0
@@ -322,7 +332,7 @@ def _spend(s: Any, info: Any) -> Dict[str, Any]:
             "budget_usd": _usd(b) if b else None,
             "budget_hard": bool(s.budget_hard) if b else None,
             "budget_period": L.BUDGET_PERIODS[period] if b else None,
-            "budget_tz": _tz(st.tz_min) if b else None,
+            "budget_tz": (tz or _tz(st.tz_min)) if b else None,
             "prev_spent_usd": _usd(st.prev_spent_microusd),
             "period_end_unix_ms": _u64(st.period_end_unix_ns // 1000000)
             if st.period_end_unix_ns else None,
@@ -338,7 +348,8 @@ def model_dict(m: ModelStats, summed: bool) -> Dict[str, Any]:
             "windows": windows(m.windows, m.keys_limited if summed else None)}
 
 
-def key_dict(k: KeyStats, models: List[ModelStats], info: Any) -> Dict[str, Any]:
+def key_dict(k: KeyStats, models: List[ModelStats], info: Any,
+             tz: Optional[str] = None) -> Dict[str, Any]:
     d: Dict[str, Any] = {
         "id": k.id.decode("utf-8", "replace"),
         "state": _STATE_NAMES[k.state] if 0 <= k.state < KEY_STATE_COUNT else str(k.state),
@@ -353,13 +364,13 @@ def key_dict(k: KeyStats, models: List[ModelStats], info: Any) -> Dict[str, Any]
         "counters": counters(k.counters),
         "windows": windows(k.windows),
     }
-    d.update(_spend(k, info))
+    d.update(_spend(k, info, tz))
     d["models"] = {m["name"]: m for m in (model_dict(x, False) for x in models)}
     return d
 
 
 def pool_dict(p: PoolStats, models: List[ModelStats], keys: Dict[str, Any],
-              info: Any) -> Dict[str, Any]:
+              info: Any, tz: Optional[str] = None) -> Dict[str, Any]:
     d: Dict[str, Any] = {
         "name": p.name.decode("utf-8", "replace"),
         "strategy": lib.km_strategy_name(p.strategy).decode(),
@@ -373,7 +384,7 @@ def pool_dict(p: PoolStats, models: List[ModelStats], keys: Dict[str, Any],
         "latency_ema_us": _u64(p.latency_ema_us) if p.latency_ema_us else None,
         "success_rate": p.success_ppm / 1e6,
     }
-    d.update(_spend(p, info))
+    d.update(_spend(p, info, tz))
     d["windows"] = windows(p.windows, p.keys_limited)
     d["models"] = {m["name"]: m for m in (model_dict(x, True) for x in models)}
     d["keys"] = keys
@@ -453,8 +464,8 @@ def pool_stats(ptr: int, pool: int, segment: str, key: Optional[str] = None,
                 break
             _check(rc, "model %d of key %d" % (m, k))
             kms.append(x)
-        kd = key_dict(ks, kms, ki)
+        kd = key_dict(ks, kms, ki, budget_tz(ptr, pool, k))
         keys[kd["id"]] = kd
     out: Dict[str, Any] = {"segment": segment, "taken_unix_ms": taken_unix_ms}
-    out.update(pool_dict(ps, pmodels, keys, pi))
+    out.update(pool_dict(ps, pmodels, keys, pi, budget_tz(ptr, pool, -1)))
     return out
