@@ -1594,15 +1594,19 @@ KM_EXTERN int km_pool_set(km_env *e, int pool, const char *settings_json, char *
     int idx[KM_MODELS_MAX], rc;
     if (!sc)
         return KM_ENOMEM;
-    if ((rc = km__config_parse_pool_set(settings_json, pl, e->geom.cap_inflight, sc, errbuf,
-                                        errlen)) != KM_OK)
-        goto out;
     if ((rc = km__admin_lock(e)) != KM_OK)
         goto out;
     if (!km__pool_live(e, pool)) {
         rc = KM_ENOPOOL;
         goto unlock;
     }
+    /* Parsed under the lock: the settings it does not name are taken from
+     * the pool row (cooldowns, failure threshold, model_limits), which
+     * another writer could change, or a remove and an add replace, between
+     * a parse before the lock and the lock (as km_key_add re-parses). */
+    if ((rc = km__config_parse_pool_set(settings_json, pl, e->geom.cap_inflight, sc, errbuf,
+                                        errlen)) != KM_OK)
+        goto unlock;
     /* Every refusal before the first change. */
     uint32_t n_models = ck_pr_load_32(&pl->n_models), added = 0;
     for (uint32_t i = 0; i < sc->n_models; i++) {
