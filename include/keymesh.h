@@ -494,10 +494,12 @@ KM_EXTERN int km_release(km_env *env, const km_lease *lease,
 typedef struct km_info {
     uint32_t format;
     uint32_t cap_keys, cap_pools, cap_procs, cap_inflight;
-    uint32_t n_keys, n_pools, n_procs; /* n_procs: attached now; n_pools:
-                                        * pool rows ever used, so every pool
-                                        * index is below it (a removed one:
-                                        * KM_ENOPOOL from km_pool_info_get) */
+    uint32_t n_keys, n_pools, n_procs; /* n_keys: keys in pools now (a
+                                        * removed key not counted); n_procs:
+                                        * attached now; n_pools: pool rows
+                                        * ever used, so every pool index is
+                                        * below it (a removed one: KM_ENOPOOL
+                                        * from km_pool_info_get) */
     uint64_t size_bytes;
     uint64_t created_wall_ns; /* CLOCK_REALTIME at creation */
     uint64_t reserved[4];     /* zeroed by the library */
@@ -961,7 +963,8 @@ typedef struct km_segment_desc {
     /* status KM_OK: */
     uint32_t attached;        /* processes in its process table */
     uint32_t alive;           /* of those, alive (the others: dead, not reaped) */
-    uint32_t n_pools, n_keys, cap_keys, cap_procs;
+    uint32_t n_pools, n_keys, cap_keys, cap_procs; /* pools and keys now
+                                                    * (removed ones not counted) */
     uint64_t created_wall_ns; /* CLOCK_REALTIME at creation */
     uint64_t reserved[4];     /* zero */
 } km_segment_desc;

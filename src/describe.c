@@ -61,7 +61,7 @@ KM_EXTERN int km_segment_describe(const char *name, km_segment_desc *out)
     out->n_pools = 0; /* pools now: removed and free rows not counted */
     for (uint32_t p = 0; p < e->geom.cap_pools; p++)
         out->n_pools += km__pool_live(e, (int)p);
-    out->n_keys = ck_pr_load_32(&e->seg.hdr->n_keys);
+    out->n_keys = km__keys_live(e); /* removed keys not counted */
     out->cap_keys = e->geom.cap_keys;
     out->cap_procs = e->geom.cap_procs;
     out->created_wall_ns = e->geom.created_wall_ns;

@@ -78,6 +78,16 @@ static void limit_info(const km__gcra *win, const uint64_t *T, const uint64_t *t
 }
 
 
+uint32_t km__keys_live(const km_env *e)
+{
+    uint32_t n = 0;
+    for (uint32_t ki = 0; ki < e->geom.cap_keys; ki++) {
+        uint32_t st = ck_pr_load_32(&km__keys(e)[ki].state);
+        n += st != KM__ST_FREE && st != KM__ST_REMOVED;
+    }
+    return n;
+}
+
 KM_EXTERN int km_info_get(km_env *e, km_info *out)
 {
     if (!e || !out)
@@ -89,7 +99,7 @@ KM_EXTERN int km_info_get(km_env *e, km_info *out)
     out->cap_pools = e->geom.cap_pools;
     out->cap_procs = e->geom.cap_procs;
     out->cap_inflight = e->geom.cap_inflight;
-    out->n_keys = h->n_keys;
+    out->n_keys = km__keys_live(e); /* not the header's: see km_info */
     out->n_pools = km__pools_used(e); /* an index bound: see km_info */
     out->n_procs = ck_pr_load_32(&h->n_procs);
     out->size_bytes = h->seg_size;

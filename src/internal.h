@@ -303,6 +303,11 @@ static inline uint32_t km__pools_used(const km_env *e)
     return n < e->geom.cap_pools ? n : e->geom.cap_pools;
 }
 
+/* Keys in pools now: rows neither free nor removed (a removed key's row
+ * counts in the header's n_keys until it is reclaimed).  A figure for
+ * people, read row by row (src/info.c). */
+uint32_t km__keys_live(const km_env *e);
+
 /* The intent record in the header (src/layout.h). */
 static inline km__intent *km__intent_of(const km_env *e)
 {

@@ -212,7 +212,14 @@ static void t_api(void)
 
     /* remove */
     is_int(km_pool_remove(env, 7, 0, 0), KM_ENOPOOL, "remove: unknown pool");
+    km_info inf0, inf1;
+    km_info_get(env, &inf0);
+    uint32_t b_keys = km_pool_info_get(env, b, &pi) == KM_OK ? pi.n_keys : 0;
     is_int(km_pool_remove(env, b, 0, 0), KM_OK, "remove: pool b");
+    km_info_get(env, &inf1);
+    ok(b_keys > 0 && inf1.n_keys == inf0.n_keys - b_keys,
+       "remove: km_info counts the keys left in pools (%u -> %u, pool b had %u)", inf0.n_keys,
+       inf1.n_keys, b_keys);
     is_int(km_pool_find(env, "b"), KM_ENOPOOL, "remove: not found any more");
     is_int(km_acquire(env, &rb, &l), KM_ENOPOOL, "remove: its index acquires nothing");
     is_int(km_pool_remove(env, b, 0, 0), KM_ENOPOOL, "remove: twice: KM_ENOPOOL");
@@ -853,7 +860,7 @@ int main(void)
 {
     fixtures_init("livepool");
     fault_init();
-    plan(41 + 4 + 11 + 13 + 3 * OP_N + 8 + 3 + 1);
+    plan(42 + 4 + 11 + 13 + 3 * OP_N + 8 + 3 + 1);
     t_api();
     t_own_models();
     t_add_races_set();

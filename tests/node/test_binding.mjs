@@ -41,6 +41,16 @@ test('loads libkeymesh: versions, format, paths', () => {
   assert.ok(km.strategies.includes('round_robin') && km.outcomes.includes('rate_limited'));
 });
 
+test('info(): a removed pool and its keys are not counted', () => {
+  const seg = segment('live', [{ name: 'a', keys: keys(1, 'la') }, { name: 'b', keys: keys(2, 'lb') }],
+    { pools: 4, keys: 8 });
+  assert.deepEqual([seg.info().pools, seg.info().keys], [2, 3]);
+  const r = kmctl('remove-pool', seg.name, 'b');
+  assert.equal(r.rc, 0, r.err);
+  assert.deepEqual([seg.info().pools, seg.info().keys], [1, 1], 'pool b and its 2 keys removed');
+  seg.close();
+});
+
 test('layout: every struct the addon passes has the C compiler\'s offsets (tests/e2e/layout.c)', () => {
   const file = process.env.KMT_LAYOUT;
   assert.ok(file && fs.existsSync(file), 'KMT_LAYOUT: the output of tests/e2e/layout.c');

@@ -734,7 +734,13 @@ static napi_value n_seg_info(napi_env env, napi_callback_info info)
     SETN(r, "capProcs", in.cap_procs);
     SETN(r, "capInflight", in.cap_inflight);
     SETN(r, "keys", in.n_keys);
-    SETN(r, "pools", in.n_pools);
+    /* Pools now: km_info's n_pools is an index bound (removed rows too). */
+    uint32_t live = 0;
+    for (uint32_t p = 0; p < in.n_pools; p++) {
+        km_pool_info pi;
+        live += L.km_pool_info_get(s->env, (int)p, &pi) == KM_OK;
+    }
+    SETN(r, "pools", live);
     SETN(r, "processes", in.n_procs);
     SETN(r, "sizeBytes", in.size_bytes);
     SETN(r, "createdMs", (double)in.created_wall_ns / 1e6);
