@@ -1471,6 +1471,7 @@ typedef struct km_fleet_key_info {
      * last applied it (0: none known for this period).  The fleet's total
      * is km_key_info's spent_microusd plus this. */
     uint64_t spend_others_microusd;
+    uint32_t spend_fleet;                 /* 1: the key's budget counts fleet-wide */
 } km_fleet_key_info;
 KM_EXTERN int km_fleet_key_info_get(km_env *env, uint32_t key, km_fleet_key_info *out);
 

@@ -689,8 +689,10 @@ KM_EXTERN int km_fleet_key_info_get(km_env *e, uint32_t key, km_fleet_key_info *
     if (key >= e->geom.cap_keys || ck_pr_load_32(&km__keys(e)[key].state) >= KM__ST_FREE)
         return KM_ENOKEY;
     km__key *k = &km__keys(e)[key];
-    if (k->fleet && k->budget_microusd) /* a fleet key's budget, limits or not */
+    if (k->fleet && k->budget_microusd) { /* a fleet key's budget, limits or not */
+        out->spend_fleet = 1;
         out->spend_others_microusd = km__fleet_spend_others(e, k);
+    }
     uint32_t mask = fleet_mask_of(e, key);
     if (!mask || !e->geom.off_fleet)
         return KM_OK;
