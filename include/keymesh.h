@@ -99,7 +99,7 @@ extern "C" {
 #define KM_VERSION_NUMBER (KM_VERSION_MAJOR * 10000 + KM_VERSION_MINOR * 100 + KM_VERSION_PATCH)
 /* Version of the shared-memory format.  Processes attach only to segments of
  * their own format (and layout signature). */
-#define KM_FORMAT_VERSION 5
+#define KM_FORMAT_VERSION 6
 
 /* @note The three are thread-safe: constants of the library. */
 KM_EXTERN const char *km_version(void);     /* "0.1.0" */
@@ -1469,8 +1469,48 @@ typedef struct km_fleet_key_info {
     uint64_t credit[KM_WIN_COUNT], deadline_ns;
     uint32_t fb_ppm;
     uint64_t fb_until_ns;
+    /* The key's budget across the fleet (a fleet key with a budget): what
+     * the other hosts spent in its current period, micro-USD, as the agent
+     * last applied it (0: none known for this period).  The fleet's total
+     * is km_key_info's spent_microusd plus this. */
+    uint64_t spend_others_microusd;
+    uint32_t spend_fleet;                 /* 1: the key's budget counts fleet-wide */
 } km_fleet_key_info;
 KM_EXTERN int km_fleet_key_info_get(km_env *env, uint32_t key, km_fleet_key_info *out);
+
+/* Fleet-wide spend budgets (post-paid; tools/sync/DESIGN.md section 8).
+ * The budget of a fleet key counts what every host spent in its period:
+ * an acquire compares the local spend plus the other hosts' (as the agent
+ * last applied it) with the budget (hard: refused; soft: passed over while
+ * another key is under its budget, and warned at the settle that crosses).
+ *
+ * collect: per fleet key with a budget, the micro-USD spent here in the
+ * budget's current period since the previous collect (`spent`; the first
+ * collect of a period: all of it), the period named by its start in UTC
+ * seconds computed in the budget's zone (`period_start_s`, 0 for a
+ * lifetime budget), so every host names it alike; a period that has ended
+ * is rolled first.  KM_EINVAL if cap is too small (*n says how many).
+ * apply: the other hosts' spend in the period whose local record ends at
+ * period_end_ns (as collected): within one period only a larger figure is
+ * stored (the last one seen is the floor).  KM_ENOKEY if the key is gone
+ * or changed (key_gen).  Both are the role holder's (KM_EINVAL otherwise).
+ * @note The role holder's, one thread at a time, concurrently with
+ * acquires and releases. */
+typedef struct km_fleet_budget {
+    uint32_t key, key_gen;
+    char pool[KM_ID_MAX + 1], key_id[KM_ID_MAX + 1], fleet_id[KM_ID_MAX + 1];
+    uint64_t budget_microusd;
+    int hard, period;            /* km_budget_period */
+    uint64_t period_start_s;     /* the period's name: its start, UTC seconds */
+    uint64_t period_end_ns;      /* the local record's end (CLOCK_REALTIME);
+                                  * UINT64_MAX for a lifetime budget */
+    uint64_t spent;              /* here, since the previous collect */
+    uint64_t local;              /* here, in the period */
+    uint64_t others;             /* the other hosts', as last applied */
+} km_fleet_budget;
+KM_EXTERN int km_fleet_spend_collect(km_env *env, km_fleet_budget *out, size_t cap, size_t *n);
+KM_EXTERN int km_fleet_spend_apply(km_env *env, uint32_t key, uint32_t key_gen,
+                                   uint64_t period_end_ns, uint64_t others_microusd);
 
 /* ------------------------------------------------------- struct sizes
  *

@@ -92,12 +92,19 @@ static inline int live_state(uint32_t st)
 }
 
 /* Over its budget: the period is rolled (clock read) only when the spend
- * seen is over, so a key under its budget costs one load as before. */
+ * seen is over, so a key under its budget costs one load as before.  A
+ * fleet key's budget counts the other hosts' spend too (src/fleet.c); a
+ * key with a budget outside the fleet pays one load of `fleet` (line 1,
+ * which the limit CAS has just brought in) and one branch, a key without a
+ * budget nothing. */
 static inline int over_budget(const km_env *e, km__key *k)
 {
-    return k->budget_microusd && ck_pr_load_64(&k->spend.spent) >= k->budget_microusd &&
-           km__spend_now(&k->spend, k->budget_period, k->budget_tz_min, e->tzt) >=
-               k->budget_microusd;
+    return k->budget_microusd &&
+           (__builtin_expect(k->fleet, 0)
+                ? km__fleet_over_budget(e, k)
+                : ck_pr_load_64(&k->spend.spent) >= k->budget_microusd &&
+                      km__spend_now(&k->spend, k->budget_period, k->budget_tz_min, e->tzt) >=
+                          k->budget_microusd);
 }
 
 /* Try to lease key ki.  Returns 1 and fills *out on success; 0 otherwise

@@ -36,6 +36,7 @@
 
 #include <ck_pr.h>
 
+#include "budget.h"
 #include "fleet.h"
 #include "wait.h"
 
@@ -687,10 +688,14 @@ KM_EXTERN int km_fleet_key_info_get(km_env *e, uint32_t key, km_fleet_key_info *
     memset(out, 0, sizeof(*out));
     if (key >= e->geom.cap_keys || ck_pr_load_32(&km__keys(e)[key].state) >= KM__ST_FREE)
         return KM_ENOKEY;
+    km__key *k = &km__keys(e)[key];
+    if (k->fleet && k->budget_microusd) { /* a fleet key's budget, limits or not */
+        out->spend_fleet = 1;
+        out->spend_others_microusd = km__fleet_spend_others(e, k);
+    }
     uint32_t mask = fleet_mask_of(e, key);
     if (!mask || !e->geom.off_fleet)
         return KM_OK;
-    km__key *k = &km__keys(e)[key];
     km__fkey *fk = km__fkeys(e, key);
     out->mask = mask;
     for (uint32_t m = mask; m; m &= m - 1) {
@@ -701,4 +706,176 @@ KM_EXTERN int km_fleet_key_info_get(km_env *e, uint32_t key, km_fleet_key_info *
     out->fb_ppm = ck_pr_load_32(&fk->fb_ppm);
     out->fb_until_ns = ck_pr_load_64(&fk->fb_until);
     return KM_OK;
+}
+
+/* ------------------------------------------------- fleet-wide spend budgets
+ *
+ * Post-paid (tools/sync/DESIGN.md section 8): a request's cost is known
+ * only at its release, so the fleet's spend is summed after the fact.
+ * Every sync the agent collects what this host spent per budget since its
+ * last report (km_fleet_spend_collect: the spend record against a_sp_rep),
+ * the ledger adds it to a counter per (budget, period) and answers with
+ * the fleet's total and this host's part of it; the agent stores the
+ * difference, the other hosts' spend, in sp_others (km_fleet_spend_apply).
+ * An acquire then compares the local spend (exact, current) plus
+ * sp_others (at most one sync period old) with the budget.  The fleet
+ * overshoots by at most what the other hosts spend between two of this
+ * host's syncs, plus the requests in flight when the budget is reached
+ * (README, "Fleet-wide limits").
+ *
+ * Periods.  A figure applies to the local spend record's period it was
+ * computed for: sp_end is that record's end_ns.  After the record rolls
+ * (src/budget.c) its end_ns differs, and sp_others counts as 0 until the
+ * agent applies the new period's figure: a new period starts with what is
+ * known of it, nothing.  The agent names a period by its start in UTC
+ * seconds, computed from the budget's zone, so hosts agree.
+ */
+
+uint64_t km__fleet_spend_others(const km_env *e, const km__key *k)
+{
+    if (!e->geom.off_fleet)
+        return 0;
+    const km__fkey *fk = km__fkeys(e, (uint32_t)(k - km__keys(e)));
+    /* sp_end before sp_others (the agent's stores are ordered the other
+     * way round by its fences, km_fleet_spend_apply): a figure read with
+     * its period's end belongs to that period or to the next one, which is
+     * stored only once the local record has rolled too. */
+    uint64_t end = ck_pr_load_64((uint64_t *)&fk->sp_end);
+    if (!end || end != ck_pr_load_64((uint64_t *)&k->spend.end_ns))
+        return 0;
+    ck_pr_fence_load(); /* sp_end before sp_others */
+    return ck_pr_load_64((uint64_t *)&fk->sp_others);
+}
+
+int km__fleet_over_budget(const km_env *e, km__key *k)
+{
+    uint64_t b = k->budget_microusd;
+    /* As the local check: the period rolled (clock read) only when the
+     * spend seen is over; after a roll the old period's figure no longer
+     * applies (its sp_end is the old end), so others is read again. */
+    if (ck_pr_load_64(&k->spend.spent) + km__fleet_spend_others(e, k) < b)
+        return 0;
+    uint64_t s = km__spend_now(&k->spend, k->budget_period, k->budget_tz_min, e->tzt);
+    return s + km__fleet_spend_others(e, k) >= b;
+}
+
+uint64_t km__fleet_budget_left(const km_env *e, const km__key *k)
+{
+    uint64_t b = k->budget_microusd, o = km__fleet_spend_others(e, k);
+    return o < b ? b - o : 1;
+}
+
+/* A fleet key with a budget, in use: the key row, else NULL. */
+static km__key *budget_key(km_env *e, uint32_t ki)
+{
+    km__key *k = &km__keys(e)[ki];
+    if (ck_pr_load_32(&k->state) >= KM__ST_FREE || !k->fleet || !k->budget_microusd)
+        return NULL;
+    return k;
+}
+
+static int spend_collect_in(km_env *e, km_fleet_budget *out, size_t cap, size_t *n)
+{
+    size_t need = 0;
+    for (uint32_t ki = 0; ki < e->geom.cap_keys; ki++)
+        need += budget_key(e, ki) != NULL;
+    if (need > cap) {
+        *n = need;
+        return KM_EINVAL;
+    }
+    size_t j = 0;
+    for (uint32_t ki = 0; ki < e->geom.cap_keys && j < cap; ki++) {
+        km__key *k = budget_key(e, ki);
+        if (!k)
+            continue;
+        km__fkey *fk = km__fkeys(e, ki);
+        uint32_t period = k->budget_period;
+        /* Roll the record if its period ended with nothing settled since,
+         * so the report names the period the clock is in (the roll is any
+         * process's to make, src/budget.c). */
+        km__spend_due(&k->spend, period, k->budget_tz_min, e->tzt);
+        uint64_t end = ck_pr_load_64(&k->spend.end_ns);
+        uint64_t cur = ck_pr_load_64(&k->spend.spent);
+        uint64_t d;
+        if (end == fk->a_sp_end)
+            /* below what was reported: km_spend_reset zeroed the record
+             * since; what it holds now was spent after the reset */
+            d = cur >= fk->a_sp_rep ? cur - fk->a_sp_rep : cur;
+        else
+            /* A new period.  What the ended one spent after its last
+             * report is not reported: no check can use it any more. */
+            d = cur;
+        fk->a_sp_rep = cur;
+        fk->a_sp_end = end;
+        km_fleet_budget *o = &out[j++];
+        memset(o, 0, sizeof(*o));
+        o->key = ki;
+        o->key_gen = ck_pr_load_32(&k->gen);
+        const km__pool *pool = &km__pools(e)[k->pool < e->geom.n_pools ? k->pool : 0];
+        copy_id(o->pool, pool->name);
+        copy_id(o->key_id, k->id);
+        copy_id(o->fleet_id, fk->fleet_id);
+        o->budget_microusd = k->budget_microusd;
+        o->hard = k->budget_hard != 0;
+        o->period = (int)period;
+        o->period_end_ns = end;
+        o->period_start_s = period == KM__PERIOD_NONE || end == UINT64_MAX || !end
+                                ? 0
+                                : km__period_start(period, k->budget_tz_min, e->tzt, end - 1) /
+                                      KM__NS_PER_S;
+        o->spent = d;
+        o->local = cur;
+        o->others = km__fleet_spend_others(e, k);
+    }
+    *n = j;
+    return KM_OK;
+}
+
+KM_EXTERN int km_fleet_spend_collect(km_env *e, km_fleet_budget *out, size_t cap, size_t *n)
+{
+    if (!e || !n || (cap && !out))
+        return KM_EINVAL;
+    *n = 0;
+    if (!holds_role(e))
+        return KM_EINVAL;
+    /* An epoch section, as km_fleet_collect: a row read with its gen. */
+    km__rdr *r = km__rd_enter(&e->seg, km__now());
+    int rc = spend_collect_in(e, out, cap, n);
+    km__rd_exit(r);
+    return rc;
+}
+
+KM_EXTERN int km_fleet_spend_apply(km_env *e, uint32_t key, uint32_t key_gen,
+                                   uint64_t period_end_ns, uint64_t others)
+{
+    if (!e || !period_end_ns)
+        return KM_EINVAL;
+    if (!holds_role(e))
+        return KM_EINVAL;
+    if (key >= e->geom.cap_keys)
+        return KM_ENOKEY;
+    km__rdr *r = km__rd_enter(&e->seg, km__now());
+    int rc = KM_OK;
+    km__key *k = budget_key(e, key);
+    if (!k || ck_pr_load_32(&k->gen) != key_gen) {
+        rc = KM_ENOKEY; /* removed, or another key in the row since */
+    } else {
+        km__fkey *fk = km__fkeys(e, key);
+        if (ck_pr_load_64(&fk->sp_end) == period_end_ns) {
+            /* The same period: the figure only grows (a smaller one is a
+             * store that lost its state, and the last seen is the floor). */
+            if (others > ck_pr_load_64(&fk->sp_others))
+                ck_pr_store_64(&fk->sp_others, others);
+        } else {
+            /* Another period: no reader may pair the new figure with the
+             * old end (km__fleet_spend_others loads sp_end first). */
+            ck_pr_store_64(&fk->sp_end, 0);
+            ck_pr_fence_store(); /* end cleared before the new figure */
+            ck_pr_store_64(&fk->sp_others, others);
+            ck_pr_fence_store(); /* the figure before its end */
+            ck_pr_store_64(&fk->sp_end, period_end_ns);
+        }
+    }
+    km__rd_exit(r);
+    return rc;
 }

@@ -391,6 +391,15 @@ void km__fleet_key_init(km_env *e, uint32_t ki, const km__key_cfg *kc);
 /* Key k's health changed here (KM_FLEET_EV_* kind): the agent tells the
  * fleet.  Nothing for a key outside the fleet. */
 void km__fleet_health_note(km_env *e, km__key *k, int kind);
+/* Fleet-wide spend budgets (src/fleet.c; called only for a key with a
+ * budget and the fleet flag).  others: what the other hosts spent in the
+ * budget's current period, as the agent last applied it (0 if for another
+ * period).  over: is the key's budget spent, fleet-wide (the local spend
+ * plus others)?  left: the budget less others, at least 1 (what the local
+ * spend may reach before the fleet's budget is spent). */
+uint64_t km__fleet_spend_others(const km_env *e, const km__key *k);
+int km__fleet_over_budget(const km_env *e, km__key *k);
+uint64_t km__fleet_budget_left(const km_env *e, const km__key *k);
 
 /* src/reconfig.c */
 /* km_key_set_state; note 0: the fleet's verdict applied by its agent, not

@@ -772,6 +772,23 @@ typedef struct km__fkey {
      * km_fleet_release) and not yet reported as returned */
     uint64_t a_ret[KM_WIN_COUNT];
     uint64_t pad9[2];
+    /* line 10: the key's budget across the fleet (post-paid, DESIGN.md
+     * section 8).  sp_others: what the other hosts spent (micro-USD) in
+     * the budget's period whose local spend record ends at sp_end (the
+     * record's end_ns; 0: none known).  The agent stores them (sp_end to 0,
+     * sp_others, sp_end, each step after a store fence; within one period
+     * sp_others only grows); an acquire or settle of a key with a budget
+     * loads sp_end, compares it with its spend record's end_ns, then loads
+     * sp_others: a torn read pairs a new period's figure with the old
+     * period's end only while that end is being replaced, i.e. while the
+     * local record is rolling too (src/fleet.c, km__fleet_spend_others).
+     * The rest is the agent's own (single writer): a_sp_rep, the local
+     * spend already reported in the period ending a_sp_end. */
+    uint64_t sp_others;
+    uint64_t sp_end;
+    uint64_t a_sp_rep;
+    uint64_t a_sp_end;
+    uint64_t pad10[4];
 } km__fkey;
 _Static_assert(offsetof(km__fkey, fb_tat) == KM__LINE && offsetof(km__fkey, fb_seq) == 2 * KM__LINE &&
                    offsetof(km__fkey, refused) == 4 * KM__LINE &&
@@ -779,9 +796,11 @@ _Static_assert(offsetof(km__fkey, fb_tat) == KM__LINE && offsetof(km__fkey, fb_s
                    offsetof(km__fkey, fb_used) == 6 * KM__LINE &&
                    offsetof(km__fkey, a_last) == 7 * KM__LINE &&
                    offsetof(km__fkey, fleet_id) == 8 * KM__LINE &&
-                   offsetof(km__fkey, a_ret) == 9 * KM__LINE,
+                   offsetof(km__fkey, a_ret) == 9 * KM__LINE &&
+                   offsetof(km__fkey, sp_others) == 10 * KM__LINE &&
+                   offsetof(km__fkey, sp_end) == 10 * KM__LINE + 8,
                "km__fkey lines");
-_Static_assert(sizeof(km__fkey) == 10 * KM__LINE, "km__fkey size");
+_Static_assert(sizeof(km__fkey) == 11 * KM__LINE, "km__fkey size");
 
 /* Bytes of a fleet region for cap_keys key rows (whole pages: it is the
  * segment's last region). */
@@ -916,6 +935,8 @@ static inline uint64_t km__layout_signature(void)
         offsetof(km__key, credit), offsetof(km__key, fleet_mask), sizeof(km__fhdr),
         sizeof(km__fkey), offsetof(km__fkey, fb_seq), offsetof(km__fkey, a_last),
         offsetof(km__lease, tokens_est), offsetof(km__hdr, off_fleet),
+        /* Fleet-wide spend budgets (issue 12, item 3): others' spend. */
+        offsetof(km__fkey, sp_others), offsetof(km__fkey, a_sp_end),
         /* Pools added, changed and removed live (issue 18, item 1). */
         offsetof(km__pool, state), offsetof(km__pool, stage), sizeof(km__pstage),
         /* Budgets in named time zones (issue 18, item 2): the zone table. */

@@ -46,15 +46,17 @@ static void spend(const km_env *e, km__pool *pool, km__key *k, const km_outcome 
         return;
     /* Statistics and budget checks: atomicity is all that is needed
      * (km__spend_add says how a roll orders against these adds). */
+    uint64_t budget = k->budget_microusd;
+    if (__builtin_expect(k->fleet, 0) && budget) /* what the other hosts left of it */
+        budget = km__fleet_budget_left(e, k);
     uint64_t spent = km__spend_add(&k->spend, k->budget_period, k->budget_tz_min, e->tzt, cost,
-                                   k->budget_microusd, k->budget_hard);
+                                   budget, k->budget_hard);
     if (pool)
         /* Settings km_pool_set may store meanwhile: relaxed loads. */
         km__spend_add(&pool->spend, ck_pr_load_32(&pool->budget_period),
                       (int32_t)ck_pr_load_32((uint32_t *)&pool->budget_tz_min), e->tzt, cost,
                       ck_pr_load_64(&pool->budget_microusd), ck_pr_load_32(&pool->budget_hard));
-    if (k->budget_microusd && k->budget_hard && k->budget_period == KM__PERIOD_NONE &&
-        spent >= k->budget_microusd)
+    if (budget && k->budget_hard && k->budget_period == KM__PERIOD_NONE && spent >= budget)
         km__state_to(k, KM__LIVE_STATES, KM__ST_EXHAUSTED);
 }
 

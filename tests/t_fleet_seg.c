@@ -724,9 +724,109 @@ static void test_health(void)
     is_int(km_fleet_health_set(env, 9999, KM_KEY_ACTIVE, 0), KM_ENOKEY, "health_set on no key: KM_ENOKEY");
 }
 
+/* Fleet-wide spend budgets (post-paid, DESIGN.md section 8): collect
+ * reports the spend since the last collect with its period's name; the
+ * other hosts' spend, applied, counts in the acquire's check (hard:
+ * refused; a figure of another period: not counted) and in the settle's
+ * soft warning; a key outside the fleet keeps its budget local. */
+static const char *SPEND_CFG =
+    "{\"pools\":[{\"name\":\"s\",\"strategy\":\"fill_first\",\"keys\":["
+    "  {\"id\":\"a\",\"secret\":\"sk-spend-aaaaaaaa\",\"fleet\":true,"
+    "   \"price\":{\"output_per_1k\":1.0},"
+    "   \"budget\":{\"usd\":1.0,\"mode\":\"hard\",\"period\":\"day\",\"tz\":\"UTC\"}},"
+    "  {\"id\":\"b\",\"secret\":\"sk-spend-bbbbbbbb\",\"fleet\":true,"
+    "   \"price\":{\"output_per_1k\":1.0},"
+    "   \"budget\":{\"usd\":1.0,\"mode\":\"soft\"}},"
+    "  {\"id\":\"c\",\"secret\":\"sk-spend-cccccccc\","
+    "   \"price\":{\"output_per_1k\":1.0},"
+    "   \"budget\":{\"usd\":1.0,\"mode\":\"hard\"}}]}]}";
+
+static km_fleet_budget *bud_of(km_fleet_budget *b, size_t n, int key)
+{
+    for (size_t i = 0; i < n; i++)
+        if ((int)b[i].key == key)
+            return &b[i];
+    return NULL;
+}
+
+static void test_spend(void)
+{
+    km_env *e = mkseg(SPEND_CFG);
+    int ps = pool_of(e, "s"), ka = key_of(e, ps, 0), kb = key_of(e, ps, 1), kc = key_of(e, ps, 2);
+    km_fleet_budget b[8];
+    size_t n = 0;
+    km_lease l;
+
+    is_int(km_fleet_spend_collect(e, b, 8, &n), KM_EINVAL, "spend collect: the agent's role only");
+    if (km_fleet_claim(e, KM_FLEET_STOP) != KM_OK)
+        bail_out("claim");
+    /* Key a spends 250 tokens x 1 USD / 1k = 250 000 micro-USD. */
+    if (acq_pin(e, ps, "a", 0, &l) != KM_OK || release_with(e, &l, KM_OUT_SUCCESS, 1000, 250, 0))
+        bail_out("spend on a");
+    is_int(km_fleet_spend_collect(e, b, 1, &n), KM_EINVAL, "spend collect: cap too small");
+    is_int((int)n, 2, "  says 2 (the fleet keys with a budget; c is not a fleet key)");
+    is_int(km_fleet_spend_collect(e, b, 8, &n), KM_OK, "spend collect");
+    km_fleet_budget *x = bud_of(b, n, ka);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t day = (uint64_t)ts.tv_sec / 86400 * 86400;
+    ok(x && x->spent == 250000 && x->local == 250000 && x->others == 0 && x->hard == 1 &&
+           x->period == KM_BUDGET_DAY && x->period_start_s == day &&
+           x->period_end_ns == (day + 86400) * 1000000000ull && strcmp(x->key_id, "a") == 0,
+       "key a: 250000 spent since the last collect, the period named by its UTC start");
+    x = bud_of(b, n, kb);
+    ok(x && x->spent == 0 && x->period == KM_BUDGET_LIFETIME && x->period_start_s == 0 &&
+           x->period_end_ns == UINT64_MAX,
+       "key b (lifetime): period 0, end UINT64_MAX");
+    km_fleet_spend_collect(e, b, 8, &n);
+    x = bud_of(b, n, ka);
+    ok(x && x->spent == 0 && x->local == 250000, "the next collect: nothing new since");
+
+    /* The other hosts spent 749 999: 1 micro-USD left fleet-wide. */
+    km_key_info ki = info(e, ka);
+    uint64_t end = (day + 86400) * 1000000000ull;
+    is_int(km_fleet_spend_apply(e, (uint32_t)ka, ki.gen, end, 749999), KM_OK, "spend apply");
+    km_fleet_key_info fi;
+    km_fleet_key_info_get(e, (uint32_t)ka, &fi);
+    ok(fi.spend_others_microusd == 749999, "key info shows the others' spend: %llu",
+       (unsigned long long)fi.spend_others_microusd);
+    is_int(acq_pin(e, ps, "a", 0, &l), KM_OK, "local 250000 + others 749999 < 1 USD: admitted");
+    release_with(e, &l, KM_OUT_SUCCESS, 1000, 0, 0);
+    km_fleet_spend_apply(e, (uint32_t)ka, ki.gen, end, 750000);
+    ok(acq_pin(e, ps, "a", 0, &l) != KM_OK, "others 750000: the hard budget is spent fleet-wide, refused");
+    km_fleet_spend_apply(e, (uint32_t)ka, ki.gen, end, 10);
+    km_fleet_key_info_get(e, (uint32_t)ka, &fi);
+    ok(fi.spend_others_microusd == 750000 && acq_pin(e, ps, "a", 0, &l) != KM_OK,
+       "a smaller figure for the same period: the last one is the floor");
+    km_fleet_spend_apply(e, (uint32_t)ka, ki.gen, end + 86400000000000ull, 999999);
+    km_fleet_key_info_get(e, (uint32_t)ka, &fi);
+    ok(fi.spend_others_microusd == 0 && acq_pin(e, ps, "a", 0, &l) == KM_OK,
+       "a figure of another period does not count in this one");
+    release_with(e, &l, KM_OUT_SUCCESS, 1000, 0, 0);
+    is_int(km_fleet_spend_apply(e, (uint32_t)ka, ki.gen + 1, end, 1), KM_ENOKEY,
+           "apply for a changed key (gen): KM_ENOKEY");
+    is_int(km_fleet_spend_apply(e, (uint32_t)kc, info(e, kc).gen, UINT64_MAX, 1), KM_ENOKEY,
+           "apply for a key outside the fleet: KM_ENOKEY");
+
+    /* Soft, lifetime: crossing the budget fleet-wide warns at the settle. */
+    km_fleet_spend_apply(e, (uint32_t)kb, info(e, kb).gen, UINT64_MAX, 995000);
+    if (acq_pin(e, ps, "b", 0, &l) != KM_OK || release_with(e, &l, KM_OUT_SUCCESS, 1000, 10, 0))
+        bail_out("spend on b");
+    ki = info(e, kb);
+    ok(ki.budget.warnings == 1 && ki.budget.over == 0,
+       "soft: a settle that takes the fleet's spend over warns (warnings %u)", ki.budget.warnings);
+    is_int(acq_pin(e, ps, "b", 0, &l), KM_OK, "  and a soft budget still admits (the only key left)");
+    release_with(e, &l, KM_OUT_SUCCESS, 1000, 0, 0);
+    /* Key c, outside the fleet: only its own spend counts. */
+    is_int(acq_pin(e, ps, "c", 0, &l), KM_OK, "a key outside the fleet: its budget is local");
+    release_with(e, &l, KM_OUT_SUCCESS, 1000, 0, 0);
+    km_fleet_release(e, 1);
+    rmseg(e);
+}
+
 int main(void)
 {
-    plan(112);
+    plan(130);
     fixtures_init("fleet_seg");
     test_config();
     env = mkseg(CFG);
@@ -750,6 +850,7 @@ int main(void)
     test_multiproc_local();
     test_fallback_undo_race();
     test_health();
+    test_spend();
     rmseg(env);
     return exit_status();
 }

@@ -19,7 +19,10 @@
  *                      bucket comes out with room (fallback charged once,
  *                      as a flow the stall's drain absorbs)
  *   health             a 429, an auth failure, enable, disable: fleet-wide
- *   input              bad requests and impossible reports change nothing
+ *   input              bad requests and impossible reports change nothing;
+ *                      an agent older or newer than the library: refused
+ *   spend budgets      reports sum per (budget, period), a retry counts
+ *                      once, a new period starts at 0, bye drops parts
  *
  * Units in the comments: the kw "360000 per hour, token bucket" has
  * T = 10 ms per unit, R = 100 units/s, C = rate x V = 100 units (V = 1 s).
@@ -709,7 +712,113 @@ static void test_health(void)
     kms_close(s);
 }
 
+/* ------------------------------------------------------------ spend budgets */
+/* One sync of host `h` reporting `spent` micro-USD of budget `bid` in the
+ * period starting `start` (no kw entries). */
+static int bsync(kms_store *s, const char *h, uint64_t seq, const char *bid, uint64_t start,
+                 uint64_t spent, kms_reply *rep)
+{
+    kms_budget b = {.period_start = start, .spent = spent};
+    snprintf(b.bid, sizeof b.bid, "%s", bid);
+    kms_request q = {.host = h, .seq = seq, .sync_ms = 250, .valid_ms = 1000,
+                     .fallback_ms = 15000, .bud = &b, .n_bud = 1};
+    memset(rep, 0, sizeof *rep);
+    return kms_sync(s, &q, rep, NULL, err, sizeof err);
+}
+
+static int spend_is(kms_store *s, const char *h, uint64_t seq, const char *bid, uint64_t start,
+                    uint64_t spent, uint64_t total, uint64_t mine)
+{
+    kms_reply rep;
+    int rc = bsync(s, h, seq, bid, start, spent, &rep);
+    int good = rc == KMS_OK && rep.n_spend == 1 && rep.spend[0].total == total &&
+               rep.spend[0].mine == mine;
+    if (!good)
+        diag("%s seq %" PRIu64 ": %s, total %" PRIu64 " mine %" PRIu64 " (want %" PRIu64
+             " %" PRIu64 ")", h, seq, kms_err_name(rc), rc == KMS_OK ? rep.spend[0].total : 0,
+             rc == KMS_OK ? rep.spend[0].mine : 0, total, mine);
+    kms_reply_free(&rep);
+    return good;
+}
+
+static void test_spend(void)
+{
+    kms_store *s = open_fleet("sp");
+    ledger_clock(dc, "sp", T0);
+    /* Sums: every host's reports add up in the period's counter, and the
+     * reply tells each host its own part. */
+    int sums = spend_is(s, "hA", 1, "kB", 86400, 300, 300, 300) &&
+               spend_is(s, "hB", 1, "kB", 86400, 500, 800, 500) &&
+               spend_is(s, "hA", 2, "kB", 86400, 100, 900, 400) &&
+               spend_is(s, "hB", 2, "kB", 86400, 0, 900, 500);
+    ok(sums, "spend reports sum per (budget, period): 300 + 500 + 100, each host's part apart");
+
+    /* A retry of the same seq (same bytes, rule 1): the stored answer,
+     * nothing added. */
+    char *before = ledger_dump(dc, "sp");
+    int same = spend_is(s, "hA", 2, "kB", 86400, 100, 900, 400);
+    char *after = ledger_dump(dc, "sp");
+    ok(same && strcmp(before, after) == 0, "a retried report: the same total, counted once");
+    free(before);
+    free(after);
+
+    /* Period change: a report of the next period rolls the counter; a host
+     * whose clock is still in the previous one adds there; one older than
+     * both periods kept is dropped (0 0). */
+    int roll = spend_is(s, "hA", 3, "kB", 2 * 86400, 50, 50, 50) &&
+               spend_is(s, "hB", 3, "kB", 86400, 10, 910, 510) &&
+               spend_is(s, "hB", 4, "kB", 2 * 86400, 20, 70, 20) &&
+               spend_is(s, "hC", 1, "kB", 0, 99, 0, 0);
+    kms_info in;
+    int irc = kms_info_get(s, &in, err, sizeof err);
+    ok(roll && irc == KMS_OK && in.n_budgets == 1 && strcmp(in.budgets[0].bid, "kB") == 0 &&
+           in.budgets[0].period_start == 2 * 86400 && in.budgets[0].total == 70 &&
+           in.budgets[0].prev_start == 86400 && in.budgets[0].prev_total == 910,
+       "a new period starts at 0, the previous is kept for late hosts (info: %zu budget(s))",
+       irc == KMS_OK ? in.n_budgets : 0);
+    if (irc == KMS_OK)
+        kms_info_free(&in);
+
+    /* Several budgets in one call, and a host's bye takes its parts along
+     * (the totals stay). */
+    kms_budget b[2] = {{.bid = "kB", .period_start = 2 * 86400, .spent = 5},
+                       {.bid = "kZ", .period_start = 0, .spent = 7}};
+    kms_request q = {.host = "hA", .seq = 4, .sync_ms = 250, .valid_ms = 1000,
+                     .fallback_ms = 15000, .bud = b, .n_bud = 2, .flags = KMS_BYE};
+    kms_reply rep = {0};
+    int rc = kms_sync(s, &q, &rep, NULL, err, sizeof err);
+    redisReply *ex = redisCommand(dc, "HEXISTS {km:sp}:ledger c:kB:hA");
+    redisReply *ex2 = redisCommand(dc, "HEXISTS {km:sp}:ledger c:kB:hB");
+    ok(rc == KMS_OK && rep.n_spend == 2 && rep.spend[0].total == 75 && rep.spend[0].mine == 55 &&
+           rep.spend[1].total == 7 && rep.spend[1].mine == 7 && ex && ex->integer == 0 && ex2 &&
+           ex2->integer == 1,
+       "two budgets in one call (a lifetime one: period 0); bye drops the host's parts only");
+    if (ex)
+        freeReplyObject(ex);
+    if (ex2)
+        freeReplyObject(ex2);
+    kms_reply_free(&rep);
+    kms_close(s);
+}
+
 /* ------------------------------------------------------------------- input */
+/* args with @v, @n, @o: this client's ledger version, one above, one below. */
+static void vsubst(const char *in, char *out, size_t n)
+{
+    size_t j = 0;
+    int v = kms_client_version();
+    for (size_t i = 0; in[i] && j + 12 < n; i++) {
+        if (in[i] == '@' && (in[i + 1] == 'v' || in[i + 1] == 'n' || in[i + 1] == 'o')) {
+            int x = in[i + 1] == 'v' ? v : in[i + 1] == 'n' ? v + 1 : v - 1;
+            j += (size_t)snprintf(out + j, n - j, "%d", x);
+            i++;
+        } else {
+            out[j++] = in[i];
+        }
+    }
+    out[j] = '\0';
+}
+
 static redisReply *raw(const char *fleet, const char *args)
 {
     char cmd[2048];
@@ -733,29 +842,40 @@ static void test_input(void)
     static const struct {
         const char *args, *msg;
     } bad[] = {
-        {"sync KMS1 1 bad/host 9 0 0 0 250 1000 15000 0 0", "host id"},
-        {"sync KMS1 1 i1 x9 0 0 0 250 1000 15000 0 0", "seq is not an integer"},
-        {"sync KMS1 1 i1 -9 0 0 0 250 1000 15000 0 0", "seq out of range"},
-        {"sync KMS1 1 i1 9 0 0 0 250 1000 15000 0 0 extra", "trailing"},
-        {"sync KMS1 1 i1 9 0 0 0 250 100 15000 0 0", "sync period <= validity"},
+        {"sync KMS1 @v bad/host 9 0 0 0 250 1000 15000 0 0", "host id"},
+        {"sync KMS1 @v i1 x9 0 0 0 250 1000 15000 0 0", "seq is not an integer"},
+        {"sync KMS1 @v i1 -9 0 0 0 250 1000 15000 0 0", "seq out of range"},
+        {"sync KMS1 @v i1 9 0 0 0 250 1000 15000 0 0 0 extra", "trailing"},
+        {"sync KMS1 @v i1 9 0 0 0 250 1000 15000 0 0 extra", "budget count is not"},
+        {"sync KMS1 @v i1 9 0 0 0 250 100 15000 0 0", "sync period <= validity"},
         {"sync KMS2 1 i1 9 0 0 0 250 1000 15000 0 0", "protocol"},
-        {"sync KMS1 2 i1 9 0 0 0 250 1000 15000 0 0", "version: ledger 1, client 2"},
-        {"sync KMS1 1 i1 9 0 0 0 250 1000 15000 2 k 0 10 60000 10 0 0 0 0 0 0 0 0 0 0 "
+        {"sync KMS1 @n i1 9 0 0 0 250 1000 15000 0 0", "version: ledger @v, client @n"},
+        /* an agent older than the library (the store client refuses it at
+         * open, t_store; its requests are refused too, nothing applied) */
+        {"sync KMS1 @o i1 9 0 0 0 250 1000 15000 0 0", "version: ledger @v, client @o"},
+        {"sync KMS1 @v i1 9 0 0 0 250 1000 15000 0 0 1 b 0 x5", "budget spent is not"},
+        {"sync KMS1 @v i1 9 0 0 0 250 1000 15000 0 0 2 b 0 5 b 0 5", "budget b twice"},
+        {"sync KMS1 @v i1 9 0 0 0 250 1000 15000 0 0 1 b/x 0 5", "budget id"},
+        {"sync KMS1 @v i1 9 0 0 0 250 1000 15000 0 0 1 b 0 5 extra", "trailing"},
+        {"sync KMS1 @v i1 9 0 0 0 250 1000 15000 2 k 0 10 60000 10 0 0 0 0 0 0 0 0 0 0 "
          "k 0 10 60000 10 0 0 0 0 0 0 0 0 0 0 0", "twice"},
-        {"sync KMS1 1 i1 9 0 0 0 250 1000 15000 1 k 0 10 60000 20 1 0 0 0 0 0 0 0 0 0 0",
+        {"sync KMS1 @v i1 9 0 0 0 250 1000 15000 1 k 0 10 60000 20 1 0 0 0 0 0 0 0 0 0 0",
          "sliding burst"},
-        {"sync KMS1 1 i1 9 0 0 0 250 1000 15000 1 k 7 10 60000 10 0 0 0 0 0 0 0 0 0 0 0",
+        {"sync KMS1 @v i1 9 0 0 0 250 1000 15000 1 k 7 10 60000 10 0 0 0 0 0 0 0 0 0 0 0",
          "window out of range"},
-        {"sync KMS1 1 i1 9 0 0 0 250 1000 15000 0 1 k 9 0", "event kind"},
+        {"sync KMS1 @v i1 9 0 0 0 250 1000 15000 0 1 k 9 0", "event kind"},
         {"frobnicate", "unknown operation"},
     };
     int all = 1;
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        redisReply *r = raw("in", bad[i].args);
+        char args[512], msg[128];
+        vsubst(bad[i].args, args, sizeof args);
+        vsubst(bad[i].msg, msg, sizeof msg);
+        redisReply *r = raw("in", args);
         int good = r && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "KMLEDGER ", 9) == 0 &&
-                   strstr(r->str, bad[i].msg);
+                   strstr(r->str, msg);
         if (!good) {
-            diag("%s -> %s", bad[i].args, r && r->str ? r->str : "(no error)");
+            diag("%s -> %s", args, r && r->str ? r->str : "(no error)");
             all = 0;
         }
         if (r)
@@ -801,7 +921,7 @@ static void test_input(void)
 
 int main(void)
 {
-    plan(46);
+    plan(50);
     rig_redis_start(&rs, NULL);
     if (!(dc = rig_redis_conn(&rs)))
         bail_out("no connection to the test redis");
@@ -814,6 +934,7 @@ int main(void)
     test_outage();       /* 1 */
     test_learning();     /* 6 */
     test_bound();        /* 5 */
+    test_spend();        /* 4 */
     redisFree(dc);
     rig_redis_stop(&rs);
     return exit_status();

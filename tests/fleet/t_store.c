@@ -310,9 +310,9 @@ int main(void)
     char resp[512];
     seq++;
     snprintf(resp, sizeof resp,
-             "*8\r\n:1\r\n$2\r\nok\r\n:1000\r\n:0\r\n:%" PRIu64 "\r\n:1\r\n"
-             "*1\r\n*8\r\n$1\r\n5\r\n:1000\r\n:0\r\n:0\r\n:15000\r\n:0\r\n:0\r\n:0\r\n*0\r\n",
-             seq);
+             "*9\r\n:%d\r\n$2\r\nok\r\n:1000\r\n:0\r\n:%" PRIu64 "\r\n:1\r\n"
+             "*1\r\n*8\r\n$1\r\n5\r\n:1000\r\n:0\r\n:0\r\n:15000\r\n:0\r\n:0\r\n:0\r\n*0\r\n*0\r\n",
+             kms_client_version(), seq);
     canned(&px, "FCALL", resp);
     rep = untouched;
     rc = sync_once(s, "hA", seq, &rep);
@@ -320,8 +320,8 @@ int main(void)
            memcmp(&rep, &untouched, sizeof rep) == 0,
        "a string where a grant belongs: KMS_EPROTO naming the field");
     snprintf(resp, sizeof resp,
-             "*8\r\n:1\r\n$2\r\nok\r\n:1000\r\n:0\r\n:%" PRIu64 "\r\n:1\r\n*2\r\n*0\r\n*0\r\n*0\r\n",
-             seq);
+             "*9\r\n:%d\r\n$2\r\nok\r\n:1000\r\n:0\r\n:%" PRIu64 "\r\n:1\r\n*2\r\n*0\r\n*0\r\n*0\r\n*0\r\n",
+             kms_client_version(), seq);
     canned(&px, "FCALL", resp);
     rc = sync_once(s, "hA", seq, &rep);
     ok(rc == KMS_EPROTO && has(err, "grants: 2 elements, expected 1"),
@@ -332,16 +332,16 @@ int main(void)
     ok(rc == KMS_EVERSION && has(err, "version 0") && memcmp(&rep, &untouched, sizeof rep) == 0,
        "a reply of ledger version 0: KMS_EVERSION, nothing applied");
     snprintf(resp, sizeof resp,
-             "*8\r\n:1\r\n$2\r\nok\r\n:1000\r\n:0\r\n:%" PRIu64 "\r\n:1\r\n"
-             "*1\r\n*8\r\n:5\r\n:1000\r\n:2000000\r\n:0\r\n:15000\r\n:0\r\n:0\r\n:0\r\n*0\r\n",
-             seq);
+             "*9\r\n:%d\r\n$2\r\nok\r\n:1000\r\n:0\r\n:%" PRIu64 "\r\n:1\r\n"
+             "*1\r\n*8\r\n:5\r\n:1000\r\n:2000000\r\n:0\r\n:15000\r\n:0\r\n:0\r\n:0\r\n*0\r\n*0\r\n",
+             kms_client_version(), seq);
     canned(&px, "FCALL", resp);
     rc = sync_once(s, "hA", seq, &rep);
     ok(rc == KMS_EPROTO && has(err, "fb_ppm: 2000000 out of range"),
        "a fallback share above 100 %%: KMS_EPROTO");
     snprintf(resp, sizeof resp,
-             "*8\r\n:1\r\n$2\r\nok\r\n:1000\r\n:0\r\n:%" PRIu64 "\r\n:1\r\n*0\r\n*0\r\n",
-             seq + 7);
+             "*9\r\n:%d\r\n$2\r\nok\r\n:1000\r\n:0\r\n:%" PRIu64 "\r\n:1\r\n*0\r\n*0\r\n*0\r\n",
+             kms_client_version(), seq + 7);
     canned(&px, "FCALL", resp);
     rc = sync_once(s, "hA", seq, &rep);
     ok(rc == KMS_EPROTO && has(err, "answers another request"),

@@ -613,6 +613,17 @@ static void when(uint64_t t, uint64_t now, char *b, size_t n)
     snprintf(b, n, ms >= 0 ? "in %.1f s" : "%.1f s ago", (double)(ms >= 0 ? ms : -ms) / 1000.0);
 }
 
+/* A fleet key's budget across the fleet: what this host and the others
+ * spent in the period (the others' as the agent last applied it). */
+static json_t *fleet_budget_json(const km_key_info *ki, const km_fleet_key_info *fi)
+{
+    return json_pack("{s:o, s:b, s:o, s:o, s:o}", "budget_microusd", ju64(ki->budget_microusd),
+                     "hard", ki->budget_hard != 0, "spent_here_microusd",
+                     ju64(ki->spent_microusd), "spent_others_microusd",
+                     ju64(fi->spend_others_microusd), "spent_fleet_microusd",
+                     ju64(ki->spent_microusd + fi->spend_others_microusd));
+}
+
 /* The fleet: the agent's status (km_fleet_status_get) and, per fleet key,
  * its share, credit per window, deadline and fallback window
  * (km_fleet_key_info_get).  Printed (j NULL) or added to j as "fleet";
@@ -637,7 +648,8 @@ static int inspect_fleet(km_env *env, const char *name, json_t *j)
             km_key_info ki;
             km_fleet_key_info fi;
             if (k < 0 || km_key_info_get(env, k, &ki) != KM_OK ||
-                km_fleet_key_info_get(env, (uint32_t)k, &fi) != KM_OK || !fi.mask)
+                km_fleet_key_info_get(env, (uint32_t)k, &fi) != KM_OK ||
+                (!fi.mask && !fi.spend_fleet))
                 continue;
             if (j) {
                 json_t *cr = json_object(), *ws = json_array();
@@ -655,6 +667,9 @@ static int inspect_fleet(km_env *env, const char *name, json_t *j)
                                     json_integer(fi.fb_ppm), "fallback_until_in_ms",
                                     fi.fb_until_ns ? json_integer(ms_to(fi.fb_until_ns, now))
                                                    : json_null()));
+                if (fi.spend_fleet)
+                    json_object_set_new(json_array_get(keys, json_array_size(keys) - 1),
+                                        "budget", fleet_budget_json(&ki, &fi));
                 continue;
             }
             if (!header) {
@@ -675,6 +690,13 @@ static int inspect_fleet(km_env *env, const char *name, json_t *j)
             when(fi.fb_until_ns, now, b2, sizeof b2);
             printf(", deadline %s, share (fallback) %.1f%%, fallback until %s\n", b1,
                    (double)fi.fb_ppm / 1e4, b2);
+            if (fi.spend_fleet)
+                printf("    budget (fleet-wide, %s): %.6f of %.6f USD spent by the fleet "
+                       "(%.6f here, %.6f by the other hosts)\n",
+                       ki.budget_hard ? "hard" : "soft",
+                       (double)(ki.spent_microusd + fi.spend_others_microusd) / 1e6,
+                       (double)ki.budget_microusd / 1e6, (double)ki.spent_microusd / 1e6,
+                       (double)fi.spend_others_microusd / 1e6);
         }
     }
     if (j) {

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "kmctl.h"
@@ -271,6 +272,73 @@ static void kw_split(const char *kw, const kid_name *names, size_t n, char *who,
     snprintf(who, wlen, "%s", kid);
 }
 
+/* A budget's id (its key's fleet id) into the key's name in this segment. */
+static void bid_name(const char *bid, const kid_name *names, size_t n, char *who, size_t wlen)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(names[i].kid, bid) == 0) {
+            snprintf(who, wlen, "%s/%s", names[i].pool, names[i].key);
+            return;
+        }
+    snprintf(who, wlen, "%s", bid);
+}
+
+/* A period's start (UTC seconds) as "YYYY-MM-DDTHH:MM:SSZ"; 0: "lifetime". */
+static const char *period_text(uint64_t start, char *b, size_t n)
+{
+    if (!start) {
+        snprintf(b, n, "lifetime");
+        return b;
+    }
+    time_t t = (time_t)start;
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(b, n, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    return b;
+}
+
+/* The spend budgets the ledger counts (ledger version 2): JSON rows. */
+static json_t *fleet_budgets_json(const kms_info *in, const kid_name *names, size_t nn)
+{
+    json_t *a = json_array();
+    char who[2 * KMS_ID_MAX + 8];
+    for (size_t i = 0; a && i < in->n_budgets; i++) {
+        const kms_info_budget *b = &in->budgets[i];
+        bid_name(b->bid, names, nn, who, sizeof who);
+        json_array_append_new(
+            a, json_pack("{s:s,s:s,s:o,s:o,s:o,s:o}", "budget", b->bid, "key", who,
+                         "period_start", ju64(b->period_start), "spent_microusd", ju64(b->total),
+                         "prev_period_start", ju64(b->prev_start), "prev_spent_microusd",
+                         ju64(b->prev_total)));
+    }
+    return a;
+}
+
+static int fleet_budgets_text(const kms_info *in, const kid_name *names, size_t nn)
+{
+    char who[2 * KMS_ID_MAX + 8], p1[32], p2[32];
+    table t;
+    if (!in->n_budgets)
+        return EX_SUCCESS;
+    printf("budgets (spend reported by every host, USD):\n");
+    tbl_init(&t, 5);
+    const char *hd[] = {"KEY", "PERIOD FROM", "SPENT", "PREVIOUS FROM", "PREVIOUS SPENT"};
+    for (size_t i = 0; i < 5; i++)
+        tbl_cell(&t, "%s", hd[i]);
+    for (size_t i = 0; i < in->n_budgets; i++) {
+        const kms_info_budget *b = &in->budgets[i];
+        bid_name(b->bid, names, nn, who, sizeof who);
+        tbl_cell(&t, "%s", who);
+        tbl_cell(&t, "%s", period_text(b->period_start, p1, sizeof p1));
+        tbl_cell(&t, "%.6f", (double)b->total / 1e6);
+        tbl_cell(&t, "%s", b->prev_start ? period_text(b->prev_start, p2, sizeof p2) : "-");
+        tbl_cell(&t, "%.6f", (double)b->prev_total / 1e6);
+    }
+    int rc = tbl_print(&t, "  ");
+    tbl_free(&t);
+    return rc;
+}
+
 static int fleet_json(const sync_opts *o, const char *name, km_env *env, const kms_url *url,
                       const kms_info *in, const kid_name *names, size_t nn)
 {
@@ -316,6 +384,7 @@ static int fleet_json(const sync_opts *o, const char *name, km_env *env, const k
     }
     json_object_set_new(d, "hosts", hosts);
     json_object_set_new(d, "keys", keys);
+    json_object_set_new(d, "budgets", fleet_budgets_json(in, names, nn));
     return jemit(d);
 }
 
@@ -393,6 +462,8 @@ static int fleet_text(const sync_opts *o, const kms_url *url, const kms_info *in
         }
         tbl_free(&t);
     }
+    if (fleet_budgets_text(in, names, nn) != EX_SUCCESS)
+        return EX_FAILED;
     return flush_stdout(EX_SUCCESS);
 }
 

@@ -18,6 +18,8 @@
  *      another seq is dropped).  ack = the last seq whose reply was applied.
  *   4. spent, returned, left, fb_spent and adj come from km_fleet_collect
  *      (the credit words); the agent only adds them up between reports.
+ *      Spend budgets (km_fleet_spend_collect) are reported alike: what
+ *      was spent since the last report, per budget and period.
  *   5. bye: the deadline and the fallback window of every slot are ended
  *      (km_fleet_apply), the credit voided and counted (km_fleet_collect
  *      with an infinite now), a report with left = 0 and KMS_BYE sent, the
@@ -71,6 +73,29 @@ typedef struct kma_slot {
     int err_logged;           /* grant err last logged */
 } kma_slot;
 
+/* The agent's state of one fleet key's budget (post-paid, DESIGN.md
+ * section 8): the spend collected and not yet reported, and the other
+ * hosts' spend as last applied with what it was built from. */
+typedef struct kma_bud {
+    uint32_t key, key_gen;
+    char bid[KMS_ID_MAX + 1];
+    uint64_t budget;
+    int hard, present, over_logged;
+    uint64_t start, end_ns;  /* the period pending is of */
+    uint64_t pending;        /* micro-USD spent here, not yet in a request */
+    uint64_t local;          /* spent here in the period, at the last collect */
+    /* the others' figure: in (a_start, a_end) and ledger epoch a_epoch,
+     * base (carried from an earlier epoch) + total - mine, never below
+     * the last one (others) */
+    uint64_t a_start, a_end, a_epoch, base, others;
+} kma_bud;
+
+/* A budget entry of the request in flight: which period it reported. */
+typedef struct kma_bref {
+    uint32_t key, key_gen;
+    uint64_t start, end_ns;
+} kma_bref;
+
 typedef struct kma_req {
     int active;  /* a request exists: posted, or waiting for a retry */
     int posted;  /* with the store thread now */
@@ -82,6 +107,9 @@ typedef struct kma_req {
     size_t n_ent, cap_ent;
     kms_event *ev;
     size_t n_ev, cap_ev;
+    kms_budget *bud;
+    kma_bref *bref;
+    size_t n_bud, cap_bud;
 } kma_req;
 
 typedef struct kma_io {
@@ -108,6 +136,10 @@ typedef struct kma {
     size_t cap_buf;
     kms_event *pev; /* health events for the next request */
     size_t n_pev, cap_pev;
+    kma_bud *bd;    /* fleet keys' budgets */
+    size_t n_bd, cap_bd;
+    km_fleet_budget *bbuf;
+    size_t cap_bbuf;
     km_fleet_status st;
     uint64_t last_seq, last_collect_ns, started_ns;
     uint64_t cfg_logged_ns;
@@ -363,6 +395,161 @@ static int health_out(kma *a)
     return KM_OK;
 }
 
+/* -------------------------------------------------------- spend budgets */
+
+static kma_bud *bud_find(kma *a, uint32_t key, uint32_t key_gen)
+{
+    for (size_t i = 0; i < a->n_bd; i++)
+        if (a->bd[i].key == key && a->bd[i].key_gen == key_gen)
+            return &a->bd[i];
+    return NULL;
+}
+
+/* The spend of every fleet key's budget since the last collect into the
+ * budgets' pending report.  A period that changed before its pending
+ * spend went out drops it (no check can use an ended period's spend). */
+static int spend_collect(kma *a)
+{
+    size_t n = 0;
+    int rc;
+    for (;;) {
+        rc = km_fleet_spend_collect(a->env, a->bbuf, a->cap_bbuf, &n);
+        if (rc != KM_EINVAL || n <= a->cap_bbuf)
+            break;
+        km_fleet_budget *b = grow(a->bbuf, &a->cap_bbuf, n, sizeof *b);
+        if (!b)
+            return KM_ENOMEM;
+        a->bbuf = b;
+    }
+    if (rc != KM_OK)
+        return rc;
+    for (size_t i = 0; i < a->n_bd; i++)
+        a->bd[i].present = 0;
+    for (size_t i = 0; i < n; i++) {
+        const km_fleet_budget *f = &a->bbuf[i];
+        kma_bud *b = bud_find(a, f->key, f->key_gen);
+        if (!b) {
+            kma_bud *g = grow(a->bd, &a->cap_bd, a->n_bd + 1, sizeof *g);
+            if (!g)
+                return KM_ENOMEM;
+            a->bd = g;
+            b = &a->bd[a->n_bd++];
+            memset(b, 0, sizeof *b);
+            b->key = f->key;
+            b->key_gen = f->key_gen;
+            /* What the segment holds for this period is the floor (an
+             * agent restarted: the ledger's total still counts our part). */
+            b->a_start = f->period_start_s;
+            b->a_end = f->period_end_ns;
+            b->a_epoch = a->st.epoch;
+            b->others = f->others;
+        }
+        km_fleet_slot ks = {0};
+        snprintf(ks.pool, sizeof ks.pool, "%s", f->pool);
+        snprintf(ks.key_id, sizeof ks.key_id, "%s", f->key_id);
+        snprintf(ks.fleet_id, sizeof ks.fleet_id, "%s", f->fleet_id);
+        slot_kid(&ks, b->bid);
+        if (b->end_ns != f->period_end_ns) {
+            b->pending = 0;
+            b->over_logged = 0;
+        }
+        b->start = f->period_start_s;
+        b->end_ns = f->period_end_ns;
+        b->pending += f->spent;
+        b->local = f->local;
+        b->budget = f->budget_microusd;
+        b->hard = f->hard;
+        b->present = 1;
+    }
+    size_t w = 0; /* a budget gone (key removed, budget dropped) is forgotten */
+    for (size_t i = 0; i < a->n_bd; i++)
+        if (a->bd[i].present)
+            a->bd[w++] = a->bd[i];
+    a->n_bd = w;
+    return KM_OK;
+}
+
+/* Every budget's pending spend into the new request (all of them, spent
+ * or not: the reply carries the fleet's total). */
+static int spend_build(kma *a)
+{
+    kma_req *r = &a->req;
+    kms_budget *b = grow(r->bud, &r->cap_bud, a->n_bd, sizeof *b);
+    if (!b && a->n_bd)
+        return KM_ENOMEM;
+    if (b)
+        r->bud = b;
+    kma_bref *f = realloc(r->bref, (r->cap_bud ? r->cap_bud : 1) * sizeof *f);
+    if (!f)
+        return KM_ENOMEM;
+    r->bref = f;
+    r->n_bud = 0;
+    for (size_t i = 0; i < a->n_bd; i++) {
+        kma_bud *d = &a->bd[i];
+        kms_budget *x = &r->bud[r->n_bud];
+        memset(x, 0, sizeof *x);
+        snprintf(x->bid, sizeof x->bid, "%s", d->bid);
+        x->period_start = d->start;
+        x->spent = d->pending;
+        r->bref[r->n_bud] = (kma_bref){d->key, d->key_gen, d->start, d->end_ns};
+        r->n_bud++;
+        d->pending = 0;
+    }
+    return KM_OK;
+}
+
+/* A request not sent: its budgets' spend back into the pending report
+ * (of the same period only). */
+static void spend_unbuild(kma *a)
+{
+    kma_req *r = &a->req;
+    for (size_t i = 0; i < r->n_bud; i++) {
+        kma_bud *d = bud_find(a, r->bref[i].key, r->bref[i].key_gen);
+        if (d && d->end_ns == r->bref[i].end_ns)
+            d->pending += r->bud[i].spent;
+    }
+    r->n_bud = 0;
+}
+
+/* The fleet's totals of a reply: the other hosts' spend of each budget
+ * into the segment.  A new ledger epoch (Redis restarted empty) lost the
+ * period's total: the figure then continues from the last one seen (base)
+ * plus what the others report in the new epoch; it never goes down. */
+static void spend_apply(kma *a, const kms_reply *rep)
+{
+    kma_req *r = &a->req;
+    for (size_t i = 0; i < r->n_bud && i < rep->n_spend; i++) {
+        const kma_bref *f = &r->bref[i];
+        const kms_spend *x = &rep->spend[i];
+        kma_bud *d = bud_find(a, f->key, f->key_gen);
+        if (!d || (x->total == 0 && x->mine == 0 && r->bud[i].spent))
+            continue; /* gone, or a period the ledger no longer keeps */
+        if (d->a_start != f->start || d->a_end != f->end_ns) {
+            d->a_start = f->start; /* a new period: nothing carried */
+            d->a_end = f->end_ns;
+            d->a_epoch = rep->epoch;
+            d->base = d->others = 0;
+        } else if (d->a_epoch != rep->epoch) {
+            d->base = d->others; /* the last figure of the lost epoch */
+            d->a_epoch = rep->epoch;
+        }
+        uint64_t o = d->base + (x->total - x->mine);
+        if (o < d->others)
+            o = d->others;
+        d->others = o;
+        int rc = km_fleet_spend_apply(a->env, f->key, f->key_gen, f->end_ns, o);
+        if (rc != KM_OK && rc != KM_ENOKEY)
+            alog(a, "%s: applying the fleet's spend: %s", d->bid, km_strerror(rc));
+        if (d->end_ns == f->end_ns && d->local + o >= d->budget && !d->over_logged) {
+            alog(a, "%s: %s budget of %" PRIu64 " micro-USD spent fleet-wide (%" PRIu64
+                    " here, %" PRIu64 " by the other hosts)%s",
+                 d->bid, d->hard ? "hard" : "soft", d->budget, d->local, o,
+                 d->hard ? ": refused on every host" : "");
+            d->over_logged = 1;
+        }
+    }
+}
+
 /* ------------------------------------------------------------- requests */
 
 static uint64_t demand_units(const kma_slot *s)
@@ -426,6 +613,8 @@ static int build_request(kma *a, unsigned flags)
         memcpy(r->ev, a->pev, a->n_pev * sizeof *a->pev);
     r->n_ev = a->n_pev;
     a->n_pev = 0;
+    if (spend_build(a) != KM_OK)
+        r->n_bud = 0; /* out of memory: the spend stays pending */
     uint64_t seq = realtime_us();
     if (seq <= a->last_seq)
         seq = a->last_seq + 1;
@@ -460,6 +649,7 @@ static void unbuild_request(kma *a)
             break;
         *e = r->ev[i];
     }
+    spend_unbuild(a);
     r->active = 0;
 }
 
@@ -483,7 +673,9 @@ static void post_request(kma *a)
                           .ent = r->ent,
                           .n_ent = r->n_ent,
                           .ev = r->ev,
-                          .n_ev = r->n_ev};
+                          .n_ev = r->n_ev,
+                          .bud = r->bud,
+                          .n_bud = r->n_bud};
     io->posted = 1;
     io->done = 0;
     r->posted = 1;
@@ -636,6 +828,7 @@ static void on_done(kma *a)
             alog(a, "new ledger epoch %" PRIu64 " (was %" PRIu64 ")%s", rep.epoch, old_epoch,
                  learning ? ": learning" : "");
         apply_reply(a, &rep, t_recv);
+        spend_apply(a, &rep);
         a->st.ack = r->seq;
         a->st.n_hosts = (uint32_t)rep.n_hosts;
         a->st.learn_ms = rep.learn_ms > UINT32_MAX ? UINT32_MAX : (uint32_t)rep.learn_ms;
@@ -739,6 +932,8 @@ static void say_bye(kma *a)
         free(g);
     }
     int crc = collect(a, UINT64_MAX, km_now_ns());
+    if (crc == KM_OK)
+        crc = spend_collect(a);
     if (crc != KM_OK)
         alog(a, "collect at exit: %s", km_strerror(crc));
 
@@ -821,6 +1016,8 @@ int kma_run(km_env *env, const kma_opts *o, volatile sig_atomic_t *stop)
             int crc = collect(a, now, now);
             if (crc == KM_OK)
                 crc = health_out(a);
+            if (crc == KM_OK)
+                crc = spend_collect(a);
             if (crc != KM_OK && !collect_logged) {
                 alog(a, "collect: %s", km_strerror(crc));
                 collect_logged = 1;
@@ -859,6 +1056,10 @@ int kma_run(km_env *env, const kma_opts *o, volatile sig_atomic_t *stop)
     free(a->req.ent);
     free(a->req.id);
     free(a->req.ev);
+    free(a->req.bud);
+    free(a->req.bref);
+    free(a->bd);
+    free(a->bbuf);
     free(a);
     return KMA_EX_OK;
 }

@@ -15,6 +15,22 @@ and the library works on Redis Cluster (one slot).
 
 Operations (ARGV[1]): "version", "info" (read-only), "sync".
 
+Spend budgets (version 2; DESIGN.md section 8, "As built").  Budgets are
+post-paid: the cost of a request is known at its release only, so there is
+no credit to lease.  Each sync carries, per budget, the micro-USD the host
+spent since its previous report in the budget's period (named by its start,
+UTC seconds, which every host computes alike from the budget's zone).  The
+ledger adds it to a counter without refill, field `b:<bid>` (this period's
+start and total, and the previous period's, for a host whose clock is still
+there), and to the host's own part, field `c:<bid>:<host>`; the reply
+carries both, so the host knows what the others spent.  A report for a
+newer period rolls the counter; one for an older period than both kept is
+dropped (answered 0 0).  Repeated seqs get the stored reply (rule 1): no
+report is added twice.  The fields hold two periods at most: older ones are
+gone with the roll.  A host dropped by the sweep or saying bye takes its
+`c:` fields with it (listed in `v:<host>`); a `b:` field of a budget no
+host reports any more stays (one small field per budget).
+
 Units.  A limit of L units per period P on a (key, window) -- a "kw" -- is a
 GCRA bucket mirroring src/limits.c: emission interval T ns per unit, capacity
 `cap` = burst units.  The ledger keeps, per kw, the committed level `lv`
@@ -70,13 +86,16 @@ field, so a fleet of N hosts costs O(N) per kw per S/2, not per call.  The
 sums I5 needs (promises held, learning claims) are kept per kw.
 ]]
 
-local LEDGER_VERSION = 1
+local LEDGER_VERSION = 2
 local PROTO = 'KMS1'
 local STATE_FORMAT = 1
 local PPM = 1000000
 local SLACK_US = 50000          -- clock rates, scheduling: see DESIGN.md
 local NF_ENTRY = 15
 local NF_EVENT = 3
+local NF_BUDGET = 3
+local MAX_BUDGETS = 4096
+local USD_MAX = 2 ^ 53
 local MAX_ENTRIES = 4096
 local MAX_EVENTS = 1024
 local INT_MAX = 2 ^ 53
@@ -125,7 +144,8 @@ local XF = { 'out', 'rc', 'fq', 'al', 'alt', 'fb', 'fbt', 'fba', 'fbat', 'fc',
 local KF = { 'lv', 'lt', 'rs', 'P', 'mode', 'L', 'B', 'strict', 'sha', 'sumh', 'suml' }
 local HF = { 'seq', 'tiss', 'tack', 'V', 'F', 'S' }
 local HLF = { 'st', 'untl', 'hv' }
-local SCHEMA_OF = { x = XF, k = KF, h = HF, s = HLF }
+local BF = { 'st', 'tot', 'pst', 'ptot' }
+local SCHEMA_OF = { x = XF, k = KF, h = HF, s = HLF, b = BF }
 
 local function pack(schema, r)
     local t = {}
@@ -365,6 +385,11 @@ local function drop_host(c, h, kws)
         ctx_del(c, xf)
     end
     ctx_del(c, 'h:' .. h)
+    local bl = ctx_raw(c, 'v:' .. h)
+    if bl then
+        for bid in bl:gmatch('%S+') do ctx_del_raw(c, 'c:' .. bid .. ':' .. h) end
+        ctx_del_raw(c, 'v:' .. h)
+    end
     ctx_del_raw(c, 'w:' .. h)
     ctx_del_raw(c, 'r:' .. h)
     c.zrem[h] = true
@@ -590,7 +615,7 @@ local function parse_sync(args)
         S = int_arg(args[9], 1, 60000, 'sync period') * 1000,
         V = int_arg(args[10], 1, 600000, 'validity') * 1000,
         F = int_arg(args[11], 1, 3600000, 'fallback period') * 1000,
-        ent = {}, ev = {},
+        ent = {}, ev = {}, bud = {},
     }
     if q.V < q.S or q.F < q.V then
         fail('bad request: need sync period <= validity <= fallback period')
@@ -636,6 +661,26 @@ local function parse_sync(args)
         }
         i = i + NF_EVENT
     end
+    q.bud = {}
+    local nb = 0 -- the budget count may be left out: none
+    if args[i] ~= nil then
+        nb = int_arg(args[i], 0, MAX_BUDGETS, 'budget count')
+        i = i + 1
+    end
+    local seenb = {}
+    for e = 1, nb do
+        local b = {
+            bid = id_arg(args[i], 'budget id'),
+            st = int_arg(args[i + 1], 0, INT_MAX, 'period start'),
+            spent = int_arg(args[i + 2], 0, USD_MAX, 'budget spent'),
+        }
+        if seenb[b.bid] then
+            fail('bad request: budget ' .. b.bid .. ' twice')
+        end
+        seenb[b.bid] = true
+        q.bud[e] = b
+        i = i + NF_BUDGET
+    end
     if args[i] ~= nil then
         fail('bad request: trailing arguments')
     end
@@ -670,6 +715,64 @@ local function apply_event(c, ev, now)
     ctx_put(c, f, s)
 end
 
+-- ---------------------------------------------------------- spend budgets
+-- Add each report to its budget's counter (this period, or the previous
+-- one) and to the host's part; the reply's entry: { total, the host's }.
+local function spend_budgets(c, q, me)
+    local out = {}
+    for e, b in ipairs(q.bud) do
+        local bf, cf = 'b:' .. b.bid, 'c:' .. b.bid .. ':' .. me
+        local r = ctx_get(c, bf, BF) or { st = b.st, tot = 0, pst = -1, ptot = 0 }
+        if b.st > r.st then -- a new period: the current one becomes the previous
+            r.pst, r.ptot = r.st, r.tot
+            r.st, r.tot = b.st, 0
+        end
+        local mine = ctx_raw(c, cf)
+        local mst, mv = -1, 0
+        if mine then
+            local a, v = mine:match('^(%d+) (%d+)$')
+            if a then mst, mv = tonumber(a), tonumber(v) end
+        end
+        if mst ~= b.st then mst, mv = b.st, 0 end
+        if b.st == r.st then
+            r.tot = r.tot + b.spent
+        elseif b.st == r.pst then
+            r.ptot = r.ptot + b.spent
+        else
+            mst = -1 -- older than both periods kept: dropped
+        end
+        if mst >= 0 then
+            mv = mv + b.spent
+            ctx_set_raw(c, cf, fmt('%.17g %.17g', mst, mv))
+            ctx_put(c, bf, r)
+            if b.st == r.st then out[e] = { r.tot, mv } else out[e] = { r.ptot, mv } end
+        else
+            out[e] = { 0, 0 }
+        end
+    end
+    return out
+end
+
+-- The budgets this host reports, for drop_host: written when they change.
+local function spend_host_list(c, q, me)
+    local l = {}
+    local old = ctx_raw(c, 'v:' .. me)
+    local seen = {}
+    for _, b in ipairs(q.bud) do
+        l[#l + 1] = b.bid
+        seen[b.bid] = true
+    end
+    if old then -- a budget no longer reported keeps its field until the host goes
+        for bid in old:gmatch('%S+') do
+            if not seen[bid] and ctx_raw(c, 'c:' .. bid .. ':' .. me) then l[#l + 1] = bid end
+        end
+    end
+    local v = table.concat(l, ' ')
+    if v ~= (old or '') then
+        if v == '' then ctx_del_raw(c, 'v:' .. me) else ctx_set_raw(c, 'v:' .. me, v) end
+    end
+end
+
 local function sync(keys, args)
     local q = parse_sync(args)
     local c = ctx_new(keys)
@@ -686,6 +789,11 @@ local function sync(keys, args)
         kids[#kids + 1] = t.kid
     end
     for _, ev in ipairs(q.ev) do kids[#kids + 1] = ev.kid end
+    for _, b in ipairs(q.bud) do
+        fields[#fields + 1] = 'b:' .. b.bid
+        fields[#fields + 1] = 'c:' .. b.bid .. ':' .. me
+    end
+    fields[#fields + 1] = 'v:' .. me
     local named = {}
     for _, kid in ipairs(kids) do
         if not named[kid] then
@@ -819,6 +927,8 @@ local function sync(keys, args)
         apply_event(c, ev, now)
     end
 
+    local budgets = spend_budgets(c, q, me)
+
     -- The acknowledgement: the host applied our previous reply, so the
     -- promise in it is the one it holds (I5 counts both until then).
     local acked = hr and q.ack == hr.seq
@@ -933,6 +1043,7 @@ local function sync(keys, args)
         local kwl = {}
         for _, t in ipairs(q.ent) do kwl[#kwl + 1] = t.kw end
         for _, kw in ipairs(host_kws(c, me)) do kwl[#kwl + 1] = kw end
+        spend_host_list(c, q, me) -- so drop_host finds this call's fields too
         drop_host(c, me, kwl)
     else
         -- A kw the host no longer reports keeps its record until the host
@@ -951,6 +1062,7 @@ local function sync(keys, args)
         end
         ctx_put(c, hf, { seq = q.seq, tiss = now, tack = tack, V = q.V, F = q.F, S = q.S })
         ctx_set_raw(c, 'w:' .. me, table.concat(kwl, ' '))
+        spend_host_list(c, q, me)
         c.zadd[me] = tack + q.V - SLACK_US
         c.zrem[me] = nil
     end
@@ -960,7 +1072,8 @@ local function sync(keys, args)
     local learn_left = 0
     if learning then learn_left = ceil((learn_until - now) / 1000) end
     local n_hosts = redis.call('ZCARD', c.HK)
-    local reply = { LEDGER_VERSION, 'ok', epoch, learn_left, q.seq, n_hosts, entries, health }
+    local reply = { LEDGER_VERSION, 'ok', epoch, learn_left, q.seq, n_hosts, entries, health,
+                    budgets }
     if not bye then
         redis.call('HSET', c.LK, 'r:' .. me, cmsgpack.pack(reply))
     end
@@ -1009,7 +1122,17 @@ local function info(keys)
         end
     end
     table.sort(krows, function(a, b) return a[1] < b[1] end)
-    return { LEDGER_VERSION, epoch, learn_left, out, krows }
+    -- Spend budgets: every counter (HKEYS: a read-only pass over the hash,
+    -- for an operator's command, never a sync).
+    local brows = {}
+    for _, f in ipairs(redis.call('HKEYS', c.LK)) do
+        if f:sub(1, 2) == 'b:' then
+            local r = ctx_get(c, f, BF)
+            if r then brows[#brows + 1] = { f:sub(3), r.st, r.tot, max(r.pst, 0), r.ptot } end
+        end
+    end
+    table.sort(brows, function(a, b) return a[1] < b[1] end)
+    return { LEDGER_VERSION, epoch, learn_left, out, krows, brows }
 end
 
 local function dispatch(keys, args, ro)

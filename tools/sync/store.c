@@ -35,7 +35,7 @@ extern const unsigned long kms__ledger_lua_len;
 #define KMS__PROTO "KMS1"
 #define KMS__SPLIT "\n--@@ functions"
 #define KMS__EVAL_TAIL "\nreturn dispatch(KEYS, ARGV, false)\n"
-#define KMS__REPLY_FIELDS 8
+#define KMS__REPLY_FIELDS 9
 #define KMS__GRANT_FIELDS 8
 
 struct kms_store {
@@ -876,6 +876,7 @@ void kms_reply_free(kms_reply *r)
         return;
     free(r->grant);
     free(r->health);
+    free(r->spend);
     memset(r, 0, sizeof *r);
 }
 
@@ -923,16 +924,19 @@ static int kms__parse_sync(kms_store *s, const redisReply *r, const kms_request 
     if (!kms__int(&k, r->element[5], 0, 10000000, "hosts", &v))
         return k.rc;
     t.n_hosts = (uint64_t)v;
-    const redisReply *ga = r->element[6], *ha = r->element[7];
-    if (!kms__arr(&k, ga, q->n_ent, "grants") || !kms__arr(&k, ha, (size_t)-1, "health"))
+    const redisReply *ga = r->element[6], *ha = r->element[7], *ba = r->element[8];
+    if (!kms__arr(&k, ga, q->n_ent, "grants") || !kms__arr(&k, ha, (size_t)-1, "health") ||
+        !kms__arr(&k, ba, q->n_bud, "budgets"))
         return k.rc;
     if (ha->elements > q->n_ent + q->n_ev)
         return kms__bad(&k, "health: %zu keys, more than the request named", ha->elements), k.rc;
     t.n_grant = q->n_ent;
     t.n_health = ha->elements;
+    t.n_spend = q->n_bud;
     t.grant = calloc(t.n_grant ? t.n_grant : 1, sizeof *t.grant);
     t.health = calloc(t.n_health ? t.n_health : 1, sizeof *t.health);
-    if (!t.grant || !t.health) {
+    t.spend = calloc(t.n_spend ? t.n_spend : 1, sizeof *t.spend);
+    if (!t.grant || !t.health || !t.spend) {
         kms_reply_free(&t);
         return kms__fail(KMS_ENOMEM, err, errlen, "out of memory");
     }
@@ -983,6 +987,20 @@ static int kms__parse_sync(kms_store *s, const redisReply *r, const kms_request 
             break;
         o->version = (uint64_t)v;
     }
+    for (size_t i = 0; i < t.n_spend && k.rc == KMS_OK; i++) {
+        const redisReply *b = ba->element[i];
+        long long tot, mine;
+        if (!kms__arr(&k, b, 2, "budget entry") ||
+            !kms__int(&k, b->element[0], 0, IMAX, "budget total", &tot) ||
+            !kms__int(&k, b->element[1], 0, IMAX, "budget mine", &mine))
+            break;
+        if (mine > tot) {
+            kms__bad(&k, "budget %zu: this host's %lld above the total %lld", i, mine, tot);
+            break;
+        }
+        t.spend[i].total = (uint64_t)tot;
+        t.spend[i].mine = (uint64_t)mine;
+    }
     if (k.rc != KMS_OK) {
         kms_reply_free(&t);
         return k.rc;
@@ -1001,8 +1019,13 @@ static int kms__check_request(const kms_request *q, char *err, size_t errlen)
     if (!q->sync_ms || q->sync_ms > q->valid_ms || q->valid_ms > q->fallback_ms)
         return kms__fail(KMS_EINVAL, err, errlen,
                          "need 0 < sync period <= validity <= fallback period");
-    if ((q->n_ent && !q->ent) || (q->n_ev && !q->ev) || q->n_ent > 4096 || q->n_ev > 1024)
-        return kms__fail(KMS_EINVAL, err, errlen, "bad entry or event list");
+    if ((q->n_ent && !q->ent) || (q->n_ev && !q->ev) || q->n_ent > 4096 || q->n_ev > 1024 ||
+        (q->n_bud && !q->bud) || q->n_bud > 4096)
+        return kms__fail(KMS_EINVAL, err, errlen, "bad entry, event or budget list");
+    for (size_t i = 0; i < q->n_bud; i++)
+        if (!kms__id_ok(q->bud[i].bid) || q->bud[i].period_start > (UINT64_C(1) << 53) ||
+            q->bud[i].spent > (UINT64_C(1) << 53))
+            return kms__fail(KMS_EINVAL, err, errlen, "budget %zu: bad id or figure", i);
     for (size_t i = 0; i < q->n_ent; i++)
         if (!kms__id_ok(q->ent[i].kid) || q->ent[i].win < 0 || q->ent[i].win > 5)
             return kms__fail(KMS_EINVAL, err, errlen, "entry %zu: bad key id or window", i);
@@ -1015,13 +1038,13 @@ static int kms__check_request(const kms_request *q, char *err, size_t errlen)
 int kms_sync(kms_store *s, const kms_request *q, kms_reply *r, uint64_t *stale_last, char *err,
              size_t errlen)
 {
-    enum { NE = 15, NV = 3, NH = 11 };
+    enum { NE = 15, NV = 3, NB = 3, NH = 11 };
     int rc;
     if (!s || !q || !r)
         return kms__fail(KMS_EINVAL, err, errlen, "kms_sync: missing argument");
     if ((rc = kms__check_request(q, err, errlen)) != KMS_OK)
         return rc;
-    size_t argc = NH + 1 + NE * q->n_ent + 1 + NV * q->n_ev;
+    size_t argc = NH + 1 + NE * q->n_ent + 1 + NV * q->n_ev + 1 + NB * q->n_bud;
     const char **av = calloc(argc, sizeof *av);
     size_t *al = calloc(argc, sizeof *al);
     char *nums = calloc(argc, 24);
@@ -1071,6 +1094,12 @@ int kms_sync(kms_store *s, const kms_request *q, kms_reply *r, uint64_t *stale_l
         KMS__U(q->ev[e].kind);
         KMS__U(q->ev[e].arg_ms);
     }
+    KMS__U(q->n_bud);
+    for (size_t b = 0; b < q->n_bud; b++) {
+        KMS__S(q->bud[b].bid);
+        KMS__U(q->bud[b].period_start);
+        KMS__U(q->bud[b].spent);
+    }
 #undef KMS__S
 #undef KMS__U
 #undef KMS__I
@@ -1099,6 +1128,7 @@ void kms_info_free(kms_info *in)
         free(in->hosts[i].rows);
     free(in->hosts);
     free(in->kws);
+    free(in->budgets);
     memset(in, 0, sizeof *in);
 }
 
@@ -1119,11 +1149,18 @@ int kms_info_get(kms_store *s, kms_info *out, char *err, size_t errlen)
     kms__chk k = {err, errlen, kms__where(s, w), KMS_OK};
     kms_info t = {0};
     long long v;
-    if (kms__arr(&k, r, 5, "info") && kms__int(&k, r->element[0], 0, 1000000, "version", &v)) {
+    /* The version before the shape: another version's info is a version
+     * error whatever its shape. */
+    if (kms__arr(&k, r, (size_t)-1, "info") && r->elements >= 1 &&
+        kms__int(&k, r->element[0], 0, 1000000, "version", &v)) {
         t.version = (int)v;
         if (v != kms_client_version())
             k.rc = kms__fail(KMS_EVERSION, err, errlen, "%s: ledger info of version %lld", w, v);
+    } else if (k.rc == KMS_OK) {
+        kms__bad(&k, "info: empty array");
     }
+    if (k.rc == KMS_OK)
+        kms__arr(&k, r, 6, "info");
     if (k.rc == KMS_OK && kms__int(&k, r->element[1], 0, 1LL << 53, "epoch", &v))
         t.epoch = (uint64_t)v;
     if (k.rc == KMS_OK && kms__int(&k, r->element[2], 0, 1LL << 53, "learning", &v))
@@ -1195,6 +1232,27 @@ int kms_info_get(kms_store *s, kms_info *out, char *err, size_t errlen)
         o->strict = (int)f[4];
         o->room = f[5];
         o->reserved = (uint64_t)f[6];
+    }
+    const redisReply *bs = k.rc == KMS_OK ? r->element[5] : NULL;
+    if (k.rc == KMS_OK && kms__arr(&k, bs, (size_t)-1, "budgets") &&
+        !(t.budgets = calloc(bs->elements + 1, sizeof *t.budgets)))
+        k.rc = kms__fail(KMS_ENOMEM, err, errlen, "out of memory");
+    for (size_t i = 0; k.rc == KMS_OK && i < bs->elements; i++) {
+        const redisReply *x = bs->element[i];
+        kms_info_budget *o = &t.budgets[i];
+        long long f[4];
+        t.n_budgets = i + 1;
+        if (!kms__arr(&k, x, 5, "budget") ||
+            !kms__str_id(&k, x->element[0], KMS_ID_MAX, o->bid, "budget id"))
+            break;
+        for (int j = 0; j < 4 && k.rc == KMS_OK; j++)
+            kms__int(&k, x->element[j + 1], 0, 1LL << 53, "budget field", &f[j]);
+        if (k.rc != KMS_OK)
+            break;
+        o->period_start = (uint64_t)f[0];
+        o->total = (uint64_t)f[1];
+        o->prev_start = (uint64_t)f[2];
+        o->prev_total = (uint64_t)f[3];
     }
     freeReplyObject(r);
     if (k.rc != KMS_OK) {

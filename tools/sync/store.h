@@ -147,6 +147,14 @@ typedef struct kms_event {
     uint64_t arg_ms;
 } kms_event;
 
+/* Spend budgets (post-paid, ledger version 2): per budget, the micro-USD
+ * the host spent in the period since its previous report. */
+typedef struct kms_budget {
+    char bid[KMS_ID_MAX + 1]; /* the budget's fleet id (its key's) */
+    uint64_t period_start;    /* the period's start, UTC seconds; 0: lifetime */
+    uint64_t spent;           /* micro-USD since the previous report */
+} kms_budget;
+
 #define KMS_BYE 1u /* flags: the host leaves (all credit returned) */
 
 typedef struct kms_request {
@@ -161,6 +169,8 @@ typedef struct kms_request {
     size_t n_ent;
     const kms_event *ev;
     size_t n_ev;
+    const kms_budget *bud;
+    size_t n_bud;
 } kms_request;
 
 typedef struct kms_grant {
@@ -185,6 +195,13 @@ typedef struct kms_health {
     uint64_t version;      /* bumped at every change */
 } kms_health;
 
+/* A budget's counter in the ledger: the fleet's total in the period
+ * reported, and this host's part of it (0 0: a period older than the two
+ * the ledger keeps). */
+typedef struct kms_spend {
+    uint64_t total, mine;
+} kms_spend;
+
 typedef struct kms_reply {
     int version;
     uint64_t epoch;
@@ -195,6 +212,8 @@ typedef struct kms_reply {
     size_t n_grant;
     kms_health *health;   /* every key named in the request */
     size_t n_health;
+    kms_spend *spend;     /* one per request budget, same order */
+    size_t n_spend;
 } kms_reply;
 
 /* One sync.  KMS_ESTALE: the ledger has seen a larger seq from this host
@@ -229,6 +248,12 @@ typedef struct kms_info_kw {
     uint64_t reserved;  /* credit outstanding */
 } kms_info_kw;
 
+typedef struct kms_info_budget {
+    char bid[KMS_ID_MAX + 1];
+    uint64_t period_start, total;      /* the latest period reported */
+    uint64_t prev_start, prev_total;   /* the one before (0 0: none) */
+} kms_info_budget;
+
 typedef struct kms_info {
     int version;
     uint64_t epoch, learn_ms;
@@ -236,6 +261,8 @@ typedef struct kms_info {
     size_t n_hosts;
     kms_info_kw *kws;
     size_t n_kws;
+    kms_info_budget *budgets;
+    size_t n_budgets;
 } kms_info;
 
 int kms_info_get(kms_store *s, kms_info *out, char *err, size_t errlen);
