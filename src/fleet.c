@@ -666,7 +666,10 @@ KM_EXTERN int km_fleet_report_ack(km_env *e, uint64_t seq)
         return KM_EINVAL;
     /* The counts first, the seq last: a holder killed half way leaves the
      * report stamped, and its successor resends that seq, which the ledger
-     * answers from its stored reply whatever the counts now say. */
+     * answers from its stored reply whatever the counts now say.  In an
+     * epoch section, as collect: a removed key's row is not rewritten by
+     * km__fleet_key_init meanwhile. */
+    km__rdr *r = km__rd_enter(&e->seg, km__now());
     for (uint32_t ki = 0; ki < e->geom.cap_keys; ki++) {
         km__fkey *fk = km__fkeys(e, ki);
         if (fk->p_mask) {
@@ -674,6 +677,7 @@ KM_EXTERN int km_fleet_report_ack(km_env *e, uint64_t seq)
             fk->p_mask = 0;
         }
     }
+    km__rd_exit(r);
     ck_pr_barrier(); /* see km_fleet_report_take */
     ck_pr_store_64(&fh->rp_seq, 0);
     return KM_OK;
