@@ -647,9 +647,11 @@ KM_EXTERN int km_fleet_report_take(km_env *e, km_fleet_report *rep, km_fleet_slo
         fh->rp_t_send = rep->t_send_ns;
         fh->rp_flags = rep->flags;
         /* The seq last: a holder killed before it leaves no report
-         * stamped (the counts stay pending).  A compiler barrier is
-         * enough: only a successor reads these, after its claim's CAS. */
-        ck_pr_barrier();
+         * stamped (the counts stay pending).  Only a successor reads
+         * these, after its claim's CAS (a full barrier); the fence orders
+         * the header before the seq for it, whatever the architecture
+         * drains of a dead writer's stores. */
+        ck_pr_fence_store();
         ck_pr_store_64(&fh->rp_seq, rep->seq);
     }
 out:
@@ -678,7 +680,7 @@ KM_EXTERN int km_fleet_report_ack(km_env *e, uint64_t seq)
         }
     }
     km__rd_exit(r);
-    ck_pr_barrier(); /* see km_fleet_report_take */
+    ck_pr_fence_store(); /* the cleared counts before the seq (see km_fleet_report_take) */
     ck_pr_store_64(&fh->rp_seq, 0);
     return KM_OK;
 }
