@@ -251,7 +251,6 @@ static kma_slot *slot_find(kma *a, const kma_id *id)
     return NULL;
 }
 
-
 /* The slot of f (made if new), its description taken from f unless f has
  * none (a report's key removed since: km_fleet_report_take); NULL when out
  * of memory. */
@@ -412,8 +411,11 @@ static int build_request(kma *a, unsigned flags)
         seq = a->last_seq + 1;
     /* t_send from the stamp, just before the first send (rule 2: earlier
      * is only more conservative). */
-    km_fleet_report rep = {
-        .seq = seq, .ack = a->st.ack, .epoch = a->st.epoch, .t_send_ns = km_now_ns(), .flags = flags};
+    km_fleet_report rep = {.seq = seq,
+                           .ack = a->st.ack,
+                           .epoch = a->st.epoch,
+                           .t_send_ns = km_now_ns(),
+                           .flags = flags};
     size_t n = 0;
     int rc = report_take(a, &rep, &n);
     if (rc < 0)
