@@ -1398,11 +1398,44 @@ typedef struct km_fleet_slot {      /* one fleet-limited (key, window) */
  * is the bye of rule 5 (then km_fleet_release(env, 1) ends the fallback).
  * The counts are exact: spent + returned + left never exceeds the credit
  * held at the previous collect plus what was applied since.
+ * What a collect takes is also added, in the segment, to the pending
+ * report (km_fleet_report_take below).  While a report is stamped and not
+ * acknowledged, a collect resets nothing: it voids lapsed credit (for the
+ * next report) and returns the stamped report again, unchanged.
  * @note The role holder's, one thread at a time; concurrently with every
  * acquire and release of any process (their words are read by one load or
  * exchange each). */
 KM_EXTERN int km_fleet_collect(km_env *env, uint64_t now_ns, km_fleet_slot *out,
                                size_t cap, size_t *n);
+
+/* The report in flight, kept in the segment until the reply to it is
+ * applied, so that an agent killed with it unanswered does not lose it
+ * (DESIGN.md rule 1).  The counts collected since the last acknowledged
+ * report are pending in the segment; take stamps them as the report
+ * `rep` (seq > 0, ack, epoch, t_send_ns: its first send, flags: the
+ * request's) and returns them, one slot per (key, window) as collect
+ * does (spent, fb_spent, returned, left, adj, want; refused 0; a key
+ * removed since keeps its counts with its description zeroed).  If a
+ * report is already stamped (by this or a dead agent), take changes
+ * nothing: it returns that report, *rep filled as it was stamped, and
+ * 1 -- a successor sends it first under that seq and applies no credit
+ * from its reply (its predecessor may have).  Otherwise 0.  KM_EINVAL if
+ * cap is short (*n says how many), rep->seq is 0, or the caller does not
+ * hold the role.
+ * ack: the reply to seq was applied (or the ledger refused the report):
+ * its counts are forgotten and collects go on; KM_EINVAL unless seq is
+ * the report stamped.  undo: the stamped report becomes pending counts
+ * again (a renumbered retry, or a bye that carries an unanswered report);
+ * KM_EINVAL if none is stamped.
+ * @note The role holder's, one thread at a time, as km_fleet_collect. */
+typedef struct km_fleet_report {
+    uint64_t seq, ack, epoch, t_send_ns;
+    unsigned flags;
+} km_fleet_report;
+KM_EXTERN int km_fleet_report_take(km_env *env, km_fleet_report *rep, km_fleet_slot *out,
+                                   size_t cap, size_t *n);
+KM_EXTERN int km_fleet_report_ack(km_env *env, uint64_t seq);
+KM_EXTERN int km_fleet_report_undo(km_env *env);
 
 typedef struct km_fleet_grant {
     uint32_t key, key_gen, model;

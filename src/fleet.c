@@ -23,14 +23,35 @@
  * spent without being reported again, and the ledger's check that
  * spent + returned + left never exceeds what it granted holds.
  * Both live in the segment, so an agent that restarts reports what was
- * spent since its predecessor's last collect.  Not what that collect
- * took: a collect resets the counters, and the report it built lives in
- * the agent's memory until the ledger answers it, so an agent killed with
- * a report unanswered loses it (the ledger then drops those units from
- * the host's reservation without charging them: an overshoot of at most
- * what the host spent between its last answered report and the kill).
- * Keeping the report in the segment until the reply that acknowledges it
- * is applied would close that; not done yet (README, "Not yet").
+ * spent since its predecessor's last collect; and what the collects took
+ * stays there too until the ledger has answered the report that carries
+ * it (below).
+ *
+ * The report in the segment (km_fleet_report_*, km__fkey lines 11-15,
+ * km__fhdr line 2).  A collect resets the counters above; what it took is
+ * added to the key's p_* counts, which are the agent's pending report.
+ * km_fleet_report_take stamps them with the request's seq (rule 1: from
+ * then on they are that seq's, fixed), km_fleet_report_ack clears them
+ * once the reply to that seq is applied.  While a report is stamped a
+ * collect resets nothing and returns the stamped counts again: what
+ * acquirers spend meanwhile waits in the counters above for the report
+ * after it.  So at every instant each unit taken is in exactly one of:
+ * the credit counters (a_last - word, a_ret, fb_used, the lease slots'
+ * adj), the p_* counts, or a report the ledger has answered -- whatever
+ * process dies.  An agent killed with a report unanswered leaves it
+ * stamped; its successor (after km_fleet_claim) takes it back with the
+ * same seq, ack, epoch and first send, sends it first (the ledger answers
+ * a seq it saw with the stored reply, or applies it), and applies no
+ * credit from the reply (its predecessor may have applied it already).
+ * The p_* counts are single-writer (the role holder) plain words; each
+ * call writes rp_seq last when stamping and first when clearing, so a
+ * holder killed inside one leaves either the old report or none stamped
+ * with the counts it holds.  Not covered: a holder killed between a
+ * counter's reset and the add to p_* in one collect (a few instructions
+ * per key: those units go unreported, as before this change), and a key
+ * whose row is reused by another key while its counts are pending
+ * (km__fleet_key_init clears the row: the ledger keeps that key's credit
+ * reserved, never charged nor freed).
  */
 #include <string.h>
 
@@ -418,6 +439,28 @@ static void copy_id(char *dst, const char *src)
 }
 
 static int collect_in(km_env *e, uint64_t now, km_fleet_slot *out, size_t cap, size_t *n);
+static int report_collect(km_env *e, uint64_t now, km_fleet_slot *out, size_t cap, size_t *n);
+static void pending_add(km__fkey *fk, const km_fleet_slot *o);
+
+/* A fleet slot's description of key ki's window w (its counts zero). */
+static void slot_meta(km_env *e, uint32_t ki, int w, km_fleet_slot *o)
+{
+    km__key *k = &km__keys(e)[ki];
+    km__fkey *fk = km__fkeys(e, ki);
+    const km__pool *pool = &km__pools(e)[k->pool < e->geom.n_pools ? k->pool : 0];
+    memset(o, 0, sizeof(*o));
+    o->key = ki;
+    o->key_gen = ck_pr_load_32(&k->gen);
+    o->window = w;
+    copy_id(o->pool, pool->name);
+    copy_id(o->key_id, k->id);
+    copy_id(o->fleet_id, fk->fleet_id);
+    o->limit = k->limit[w];
+    o->burst = k->burst[w];
+    o->period_ms = km__window_period_ns(w) / KM__NS_PER_MS;
+    o->mode = k->mode[w];
+    o->strict = (fk->flags & KM__FK_STRICT) != 0;
+}
 
 KM_EXTERN int km_fleet_collect(km_env *e, uint64_t now, km_fleet_slot *out, size_t cap,
                                size_t *n)
@@ -439,6 +482,8 @@ KM_EXTERN int km_fleet_collect(km_env *e, uint64_t now, km_fleet_slot *out, size
 
 static int collect_in(km_env *e, uint64_t now, km_fleet_slot *out, size_t cap, size_t *n)
 {
+    if (km__fleet(e)->rp_seq) /* a report stamped: it again, nothing reset */
+        return report_collect(e, now, out, cap, n);
     size_t need = 0;
     for (uint32_t ki = 0; ki < e->geom.cap_keys; ki++)
         need += (size_t)__builtin_popcount(fleet_mask_of(e, ki));
@@ -462,22 +507,10 @@ static int collect_in(km_env *e, uint64_t now, km_fleet_slot *out, size_t cap, s
             adj = sum - fk->a_adj;
             fk->a_adj = sum;
         }
-        const km__pool *pool = &km__pools(e)[k->pool < e->geom.n_pools ? k->pool : 0];
         for (uint32_t m = mask; m && j < cap; m &= m - 1) {
             int w = __builtin_ctz(m);
             km_fleet_slot *o = &out[j++];
-            memset(o, 0, sizeof(*o));
-            o->key = ki;
-            o->key_gen = ck_pr_load_32(&k->gen);
-            o->window = w;
-            copy_id(o->pool, pool->name);
-            copy_id(o->key_id, k->id);
-            copy_id(o->fleet_id, fk->fleet_id);
-            o->limit = k->limit[w];
-            o->burst = k->burst[w];
-            o->period_ms = km__window_period_ns(w) / KM__NS_PER_MS;
-            o->mode = k->mode[w];
-            o->strict = (fk->flags & KM__FK_STRICT) != 0;
+            slot_meta(e, ki, w, o);
             /* One load of the word: every acquirer's decrement is before
              * or after it (see the top of this file). */
             uint64_t cur = km__min64(ck_pr_load_64(credit_word(e, ki, k, w)), fk->a_last[w]);
@@ -492,9 +525,175 @@ static int collect_in(km_env *e, uint64_t now, km_fleet_slot *out, size_t cap, s
             o->refused = ck_pr_fas_64(&fk->refused[w], 0);
             o->want = ck_pr_fas_64(&fk->want[w], 0);
             o->adj = km__window_is_requests(w) ? 0 : adj;
+            pending_add(fk, o);
         }
     }
     *n = j;
+    return KM_OK;
+}
+
+/* ----------------------------------------------- the report in the segment
+ * (the top of this file; km__fhdr line 2, km__fkey lines 11-15) */
+
+/* What collect took from one (key, window), added to the key's pending
+ * counts (a window of another key generation starts them anew: the row was
+ * reused, see the top of this file). */
+static void pending_add(km__fkey *fk, const km_fleet_slot *o)
+{
+    int w = o->window;
+    if (fk->p_gen != o->key_gen) {
+        memset(fk->p_spent, 0, offsetof(km__fkey, p_mask) - offsetof(km__fkey, p_spent));
+        fk->p_mask = 0;
+        fk->p_gen = o->key_gen;
+    }
+    if (!(fk->p_mask & (1u << w))) {
+        fk->p_spent[w] = fk->p_fb_spent[w] = fk->p_returned[w] = fk->p_want[w] = 0;
+        fk->p_adj[w] = 0;
+    }
+    fk->p_spent[w] += o->spent;
+    fk->p_fb_spent[w] += o->fb_spent;
+    fk->p_returned[w] += o->returned;
+    fk->p_adj[w] += o->adj;
+    fk->p_left[w] = o->left;
+    fk->p_want[w] = km__max64(fk->p_want[w], o->want);
+    fk->p_mask |= 1u << w;
+}
+
+/* The pending counts of every key as slots (as a collect gives them: the
+ * key's description from its row while the row still holds that key
+ * generation, else only its identity and counts); KM_EINVAL with *n the
+ * count if cap is short. */
+static int pending_out(km_env *e, km_fleet_slot *out, size_t cap, size_t *n)
+{
+    size_t need = 0, j = 0;
+    for (uint32_t ki = 0; ki < e->geom.cap_keys; ki++)
+        need += (size_t)__builtin_popcount(km__fkeys(e, ki)->p_mask);
+    if (need > cap) {
+        *n = need;
+        return KM_EINVAL;
+    }
+    for (uint32_t ki = 0; ki < e->geom.cap_keys; ki++) {
+        km__fkey *fk = km__fkeys(e, ki);
+        int same = fleet_mask_of(e, ki) && ck_pr_load_32(&km__keys(e)[ki].gen) == fk->p_gen;
+        for (uint32_t m = fk->p_mask; m; m &= m - 1) {
+            int w = __builtin_ctz(m);
+            km_fleet_slot *o = &out[j++];
+            if (same) {
+                slot_meta(e, ki, w, o);
+            } else {
+                memset(o, 0, sizeof(*o));
+                o->key = ki;
+                o->window = w;
+            }
+            o->key_gen = fk->p_gen;
+            o->spent = fk->p_spent[w];
+            o->fb_spent = fk->p_fb_spent[w];
+            o->returned = fk->p_returned[w];
+            o->left = fk->p_left[w];
+            o->adj = fk->p_adj[w];
+            o->want = fk->p_want[w];
+        }
+    }
+    *n = j;
+    return KM_OK;
+}
+
+/* km_fleet_collect while a report is stamped: lapsed credit voided (into
+ * a_ret: the next report's), the stamped report returned again. */
+static int report_collect(km_env *e, uint64_t now, km_fleet_slot *out, size_t cap, size_t *n)
+{
+    for (uint32_t ki = 0; ki < e->geom.cap_keys; ki++) {
+        uint32_t mask = fleet_mask_of(e, ki);
+        km__key *k = &km__keys(e)[ki];
+        uint64_t dl = ck_pr_load_64(&k->credit_deadline);
+        if (mask && dl && now >= dl)
+            credit_void(e, ki, k, mask);
+    }
+    return pending_out(e, out, cap, n);
+}
+
+static void report_get(const km__fhdr *fh, km_fleet_report *rep)
+{
+    rep->seq = fh->rp_seq;
+    rep->ack = fh->rp_ack;
+    rep->epoch = fh->rp_epoch;
+    rep->t_send_ns = fh->rp_t_send;
+    rep->flags = fh->rp_flags;
+}
+
+KM_EXTERN int km_fleet_report_take(km_env *e, km_fleet_report *rep, km_fleet_slot *out,
+                                   size_t cap, size_t *n)
+{
+    if (!e || !rep || !n || (cap && !out))
+        return KM_EINVAL;
+    *n = 0;
+    if (!holds_role(e))
+        return KM_EINVAL;
+    km__fhdr *fh = km__fleet(e);
+    /* An epoch section, as km_fleet_collect: a row's generation and its
+     * description are read together. */
+    km__rdr *r = km__rd_enter(&e->seg, km__now());
+    int stamped = fh->rp_seq != 0, rc = KM_EINVAL;
+    if (!stamped && rep->seq == 0)
+        goto out; /* seq 0 is no report's */
+    rc = pending_out(e, out, cap, n);
+    if (rc != KM_OK)
+        goto out;
+    if (stamped) {
+        report_get(fh, rep); /* the one in flight, as it was stamped */
+        rc = 1;
+    } else {
+        fh->rp_ack = rep->ack;
+        fh->rp_epoch = rep->epoch;
+        fh->rp_t_send = rep->t_send_ns;
+        fh->rp_flags = rep->flags;
+        /* The seq last: a holder killed before it leaves no report
+         * stamped (the counts stay pending).  Only a successor reads
+         * these, after its claim's CAS (a full barrier); the fence orders
+         * the header before the seq for it, whatever the architecture
+         * drains of a dead writer's stores. */
+        ck_pr_fence_store();
+        ck_pr_store_64(&fh->rp_seq, rep->seq);
+    }
+out:
+    km__rd_exit(r);
+    return rc;
+}
+
+KM_EXTERN int km_fleet_report_ack(km_env *e, uint64_t seq)
+{
+    if (!e || !holds_role(e))
+        return KM_EINVAL;
+    km__fhdr *fh = km__fleet(e);
+    if (!seq || fh->rp_seq != seq)
+        return KM_EINVAL;
+    /* The counts first, the seq last: a holder killed half way leaves the
+     * report stamped, and its successor resends that seq, which the ledger
+     * answers from its stored reply whatever the counts now say.  In an
+     * epoch section, as collect: a removed key's row is not rewritten by
+     * km__fleet_key_init meanwhile. */
+    km__rdr *r = km__rd_enter(&e->seg, km__now());
+    for (uint32_t ki = 0; ki < e->geom.cap_keys; ki++) {
+        km__fkey *fk = km__fkeys(e, ki);
+        if (fk->p_mask) {
+            memset(fk->p_spent, 0, offsetof(km__fkey, p_mask) - offsetof(km__fkey, p_spent));
+            fk->p_mask = 0;
+        }
+    }
+    km__rd_exit(r);
+    ck_pr_fence_store(); /* the cleared counts before the seq (see km_fleet_report_take) */
+    ck_pr_store_64(&fh->rp_seq, 0);
+    return KM_OK;
+}
+
+KM_EXTERN int km_fleet_report_undo(km_env *e)
+{
+    if (!e || !holds_role(e))
+        return KM_EINVAL;
+    km__fhdr *fh = km__fleet(e);
+    if (!fh->rp_seq)
+        return KM_EINVAL;
+    ck_pr_store_64(&fh->rp_seq, 0); /* the counts stay pending */
     return KM_OK;
 }
 

@@ -713,9 +713,21 @@ typedef struct km__fhdr {
     uint32_t kick;
     uint32_t all;            /* configuration: every key is a fleet key */
     uint8_t pad1[KM__LINE - 8];
+    /* line 2, the agent's own (plain stores, single writer; a successor
+     * reads them after its claim): the report in flight, kept until the
+     * reply that answers it is applied (km_fleet_report_*, src/fleet.c).
+     * rp_seq 0: none stamped (the counts collected since the last ack are
+     * km__fkey's p_*, not yet a report); else the report's seq, ack,
+     * epoch, first send (CLOCK_MONOTONIC) and flags.  rp_seq is written
+     * last when stamping and first when undoing. */
+    uint64_t rp_seq, rp_ack, rp_epoch, rp_t_send;
+    uint32_t rp_flags;
+    uint32_t pad2a;
+    uint8_t pad2[KM__LINE - 40];
 } km__fhdr;
-_Static_assert(offsetof(km__fhdr, kick) == KM__LINE && sizeof(km__fhdr) == 2 * KM__LINE,
-               "km__fhdr: the agent's line, then the kick line");
+_Static_assert(offsetof(km__fhdr, kick) == KM__LINE && offsetof(km__fhdr, rp_seq) == 2 * KM__LINE &&
+                   sizeof(km__fhdr) == 3 * KM__LINE,
+               "km__fhdr: the agent's line, the kick line, the report line");
 
 /* km__fkey.flags */
 #define KM__FK_STRICT 1u /* "fleet": {"strict": true} */
@@ -789,6 +801,20 @@ typedef struct km__fkey {
     uint64_t a_sp_rep;
     uint64_t a_sp_end;
     uint64_t pad10[4];
+    /* lines 11-15, the agent's own (plain, single writer): what collects
+     * took since the last acknowledged report, per window (p_mask: the
+     * windows that hold any, of the key of generation p_gen): the report
+     * km_fleet_report_take stamps and a reply acknowledges (km__fhdr line
+     * 2), so that it survives the agent (src/fleet.c, "The report in the
+     * segment").  As km_fleet_slot's counts of the same names. */
+    uint64_t p_spent[KM_WIN_COUNT];
+    uint64_t p_fb_spent[KM_WIN_COUNT];
+    uint64_t p_returned[KM_WIN_COUNT];
+    uint64_t p_left[KM_WIN_COUNT];
+    int64_t p_adj[KM_WIN_COUNT];
+    uint64_t p_want[KM_WIN_COUNT];
+    uint32_t p_mask, p_gen;
+    uint8_t pad14[5 * KM__LINE - 6 * 8 * KM_WIN_COUNT - 8];
 } km__fkey;
 _Static_assert(offsetof(km__fkey, fb_tat) == KM__LINE && offsetof(km__fkey, fb_seq) == 2 * KM__LINE &&
                    offsetof(km__fkey, refused) == 4 * KM__LINE &&
@@ -798,9 +824,10 @@ _Static_assert(offsetof(km__fkey, fb_tat) == KM__LINE && offsetof(km__fkey, fb_s
                    offsetof(km__fkey, fleet_id) == 8 * KM__LINE &&
                    offsetof(km__fkey, a_ret) == 9 * KM__LINE &&
                    offsetof(km__fkey, sp_others) == 10 * KM__LINE &&
-                   offsetof(km__fkey, sp_end) == 10 * KM__LINE + 8,
+                   offsetof(km__fkey, sp_end) == 10 * KM__LINE + 8 &&
+                   offsetof(km__fkey, p_spent) == 11 * KM__LINE,
                "km__fkey lines");
-_Static_assert(sizeof(km__fkey) == 11 * KM__LINE, "km__fkey size");
+_Static_assert(sizeof(km__fkey) == 16 * KM__LINE, "km__fkey size");
 
 /* Bytes of a fleet region for cap_keys key rows (whole pages: it is the
  * segment's last region). */

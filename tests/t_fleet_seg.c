@@ -824,9 +824,113 @@ static void test_spend(void)
     rmseg(e);
 }
 
+/* Spend n units of key f's credit (requests, 0 tokens). */
+static void spend_f(int n)
+{
+    for (int i = 0; i < n; i++) {
+        km_lease l;
+        if (acq_pin(env, P, "f", 0, &l) != KM_OK)
+            bail_out("spend_f: not admitted");
+        rel_ok(env, &l, -1);
+    }
+}
+
+static km_fleet_slot rslots[64];
+
+/* The report in the segment (issue 12: a report unanswered must survive
+ * its agent): what collects take stays pending until the report stamped
+ * with it is acknowledged, a collect while it is stamped gives it again
+ * and resets nothing, and a new role holder finds both. */
+static void test_report(void)
+{
+    uint64_t now = km_now_ns();
+    km_fleet_report rep = {.seq = 100};
+    size_t n = 0;
+    collect(now);
+    is_int(km_fleet_report_take(env, &rep, rslots, 64, &n), 0, "report: take stamps the pending counts (0)");
+    is_int(km_fleet_report_ack(env, 100), KM_OK, "  ack of its seq: forgotten");
+    is_int(km_fleet_report_ack(env, 100), KM_EINVAL, "  ack with none stamped: KM_EINVAL");
+    is_int(km_fleet_report_undo(env), KM_EINVAL, "  undo with none stamped: KM_EINVAL");
+    rep.seq = 0;
+    is_int(km_fleet_report_take(env, &rep, rslots, 64, &n), KM_EINVAL, "  take with seq 0: KM_EINVAL");
+
+    grant(KF, KM_WIN_RPM, 20, now + 60 * NS);
+    grant(KF, KM_WIN_RPH, 20, now + 60 * NS);
+    spend_f(3);
+    collect(now);
+    is_u64(S(KF, KM_WIN_RPM)->spent, 3, "  collect still gives what was spent since the last (3)");
+    spend_f(2);
+    collect(now);
+    is_u64(S(KF, KM_WIN_RPM)->spent, 2, "  and again (2)");
+    rep = (km_fleet_report){.seq = 200, .ack = 100, .epoch = 7, .t_send_ns = now, .flags = 0};
+    int rc = km_fleet_report_take(env, &rep, rslots, 64, &n);
+    km_fleet_slot *x = slot_of(rslots, n, KF, KM_WIN_RPM);
+    ok(rc == 0 && x && x->spent == 5 && x->left == 15 && x->limit == 6000 && !strcmp(x->key_id, "f"),
+       "  take: the report holds both collects (spent 5, left 15) and the key's description");
+    spend_f(4);
+    collect(now);
+    ok(S(KF, KM_WIN_RPM)->spent == 5 && S(KF, KM_WIN_RPM)->left == 15,
+       "  a collect while it is stamped returns it again, unchanged (spent %llu left %llu)",
+       (unsigned long long)S(KF, KM_WIN_RPM)->spent, (unsigned long long)S(KF, KM_WIN_RPM)->left);
+    km_fleet_report again = {.seq = 300};
+    rc = km_fleet_report_take(env, &again, rslots, 64, &n);
+    x = slot_of(rslots, n, KF, KM_WIN_RPM);
+    ok(rc == 1 && again.seq == 200 && again.ack == 100 && again.epoch == 7 && again.t_send_ns == now &&
+           x && x->spent == 5,
+       "  take while stamped: 1, the report as stamped (seq %llu)", (unsigned long long)again.seq);
+    is_int(km_fleet_report_ack(env, 199), KM_EINVAL, "  ack of another seq: KM_EINVAL");
+
+    /* A new role holder: the agent dies with report 200 unanswered. */
+    is_int(km_fleet_release(env, 0), KM_OK, "  the agent gives its role up (as if killed)");
+    pid_t c = fork();
+    if (c == 0) {
+        km_env *e;
+        km_fleet_report r = {.seq = 900};
+        size_t m = 0;
+        if (km_open(seg, &e) || km_fleet_claim(e, KM_FLEET_STOP))
+            _exit(10);
+        if (km_fleet_report_take(e, &r, rslots, 64, &m) != 1 || r.seq != 200 || r.t_send_ns != now)
+            _exit(11);
+        km_fleet_slot *y = slot_of(rslots, m, KF, KM_WIN_RPM);
+        if (!y || y->spent != 5 || y->left != 15)
+            _exit(12);
+        if (km_fleet_report_ack(e, 200) != KM_OK)
+            _exit(13);
+        /* its first collect after the ack: the 4 spent while stamped */
+        if (km_fleet_collect(e, km_now_ns(), rslots, 64, &m) != KM_OK)
+            _exit(14);
+        y = slot_of(rslots, m, KF, KM_WIN_RPM);
+        if (!y || y->spent != 4 || y->left != 11)
+            _exit(15);
+        _exit(0); /* killed in effect: no release, no report stamped */
+    }
+    int st;
+    waitpid(c, &st, 0);
+    is_int(WIFEXITED(st) ? WEXITSTATUS(st) : -1, 0,
+           "  a new holder takes report 200 back as stamped, acks it, collects the 4 spent since");
+    is_int(km_fleet_claim(env, KM_FLEET_STOP), KM_OK, "  its role is taken over once it is dead");
+    rep = (km_fleet_report){.seq = 400};
+    rc = km_fleet_report_take(env, &rep, rslots, 64, &n);
+    x = slot_of(rslots, n, KF, KM_WIN_RPM);
+    ok(rc == 0 && x && x->spent == 4 && x->left == 11,
+       "  what it collected and did not report yet is still pending: the next take has it (spent 4)");
+    is_int(km_fleet_report_undo(env), KM_OK, "  undo: the stamp taken off");
+    spend_f(1);
+    collect(now);
+    is_u64(S(KF, KM_WIN_RPM)->spent, 1, "  collects go on");
+    rep = (km_fleet_report){.seq = 500};
+    rc = km_fleet_report_take(env, &rep, rslots, 64, &n);
+    x = slot_of(rslots, n, KF, KM_WIN_RPM);
+    ok(rc == 0 && x && x->spent == 5 && x->left == 10,
+       "  the next take carries the undone report and what came after (spent 4 + 1)");
+    is_int(km_fleet_report_ack(env, 500), KM_OK, "  ack");
+    collect(now);
+    is_u64(S(KF, KM_WIN_RPM)->spent, 0, "  nothing counted twice");
+}
+
 int main(void)
 {
-    plan(130);
+    plan(150);
     fixtures_init("fleet_seg");
     test_config();
     env = mkseg(CFG);
@@ -849,6 +953,7 @@ int main(void)
     test_multiproc();
     test_multiproc_local();
     test_fallback_undo_race();
+    test_report();
     test_health();
     test_spend();
     rmseg(env);

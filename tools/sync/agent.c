@@ -7,9 +7,16 @@
  *   1. One request in flight, bytes fixed per seq.  `a->req` is the one
  *      request; it is built once (build_request) and only re-sent as it is
  *      (a retry) until a reply to it is applied or the ledger refuses it.
- *      What is collected meanwhile stays in the slots' pending counters for
- *      the next seq.  seq = max(last + 1, CLOCK_REALTIME in us); after
- *      KMS_ESTALE the same report goes out again as seq = stale + 1.
+ *      Its counts live in the segment, not here: km_fleet_report_take
+ *      stamps what the collects took with the seq, km_fleet_report_ack
+ *      forgets them once the reply is applied, and the agent does not
+ *      collect meanwhile (what acquirers spend waits in the segment's
+ *      counters for the next seq).  An agent killed with a report
+ *      unanswered leaves it stamped; its successor's first take returns
+ *      it, and it goes out first, as it was (seq, ack, epoch, first send),
+ *      its reply applied without credit (rule 2: the predecessor may have
+ *      applied it).  seq = max(last + 1, CLOCK_REALTIME in us); after
+ *      KMS_ESTALE the same report goes out again numbered above stale.
  *   2. t_send is the first send of the seq: credit granted by its reply is
  *      usable until t_send + V, the fallback share from t_recv + V until
  *      t_send + F (apply_reply).
@@ -60,9 +67,8 @@ typedef struct kma_slot {
     uint64_t limit, burst, period_ms;
     int mode, strict;
     int present;              /* in the last collect */
-    /* pending: collected, not yet in a request */
-    uint64_t spent, fb_spent, returned, want, left;
-    int64_t adj;
+    int unreported;           /* collected, not yet in a request (the
+                               * counts are the segment's: rule 1) */
     uint64_t seen_units;      /* spent + fb_spent + refused, for demand */
     double demand;            /* EWMA (alpha 0.5) of units per second */
     /* held: the fallback promise of the last reply applied */
@@ -99,8 +105,9 @@ typedef struct kma_bref {
 typedef struct kma_req {
     int active;  /* a request exists: posted, or waiting for a retry */
     int posted;  /* with the store thread now */
-    uint64_t seq, t_send_ns;
+    uint64_t seq, t_send_ns, ack, epoch;
     int sent;    /* t_send_ns is set (first send done) */
+    int recovered; /* a dead predecessor's report: its reply grants nothing */
     unsigned flags;
     kms_entry *ent;
     kma_id *id;
@@ -276,13 +283,36 @@ static kma_slot *slot_find(kma *a, const kma_id *id)
     return NULL;
 }
 
-static int slot_pending(const kma_slot *s)
+/* The slot of f (made if new), its description taken from f unless f has
+ * none (a report's key removed since: km_fleet_report_take); NULL when out
+ * of memory. */
+static kma_slot *slot_upsert(kma *a, const km_fleet_slot *f)
 {
-    return s->spent || s->fb_spent || s->returned || s->adj || s->want || s->left;
+    kma_id id = {f->key, f->key_gen, f->model, f->window};
+    kma_slot *s = slot_find(a, &id);
+    if (!s) {
+        kma_slot *g = grow(a->sl, &a->cap_sl, a->n_sl + 1, sizeof *g);
+        if (!g)
+            return NULL;
+        a->sl = g;
+        s = &a->sl[a->n_sl++];
+        memset(s, 0, sizeof *s);
+        s->id = id;
+    }
+    if (!f->limit)
+        return s;
+    slot_kid(f, s->kid);
+    s->limit = f->limit;
+    s->burst = f->burst ? f->burst : 1;
+    s->period_ms = f->period_ms;
+    s->mode = f->mode;
+    s->strict = f->strict;
+    return s;
 }
 
-/* Collect the segment's counters at `now` (UINT64_MAX: void all credit)
- * into the slots' pending report; update each slot's demand. */
+/* Collect the segment's counters at `now` (UINT64_MAX: void all credit):
+ * the segment adds them to its pending report (rule 1); here they mark the
+ * slots and update each slot's demand. */
 static int collect(kma *a, uint64_t now, uint64_t clock_ns)
 {
     size_t n = 0;
@@ -304,31 +334,12 @@ static int collect(kma *a, uint64_t now, uint64_t clock_ns)
         a->sl[i].present = 0;
     for (size_t i = 0; i < n; i++) {
         const km_fleet_slot *f = &a->buf[i];
-        kma_id id = {f->key, f->key_gen, f->model, f->window};
-        kma_slot *s = slot_find(a, &id);
-        if (!s) {
-            kma_slot *g = grow(a->sl, &a->cap_sl, a->n_sl + 1, sizeof *g);
-            if (!g)
-                return KM_ENOMEM;
-            a->sl = g;
-            s = &a->sl[a->n_sl++];
-            memset(s, 0, sizeof *s);
-            s->id = id;
-        }
-        slot_kid(f, s->kid);
-        s->limit = f->limit;
-        s->burst = f->burst ? f->burst : 1;
-        s->period_ms = f->period_ms;
-        s->mode = f->mode;
-        s->strict = f->strict;
+        kma_slot *s = slot_upsert(a, f);
+        if (!s)
+            return KM_ENOMEM;
         s->present = 1;
-        s->spent += f->spent;
-        s->fb_spent += f->fb_spent;
-        s->returned += f->returned;
-        s->adj += f->adj;
-        s->left = f->left;
-        if (f->want > s->want)
-            s->want = f->want;
+        if (f->spent || f->fb_spent || f->returned || f->adj || f->want || f->left)
+            s->unreported = 1;
         s->seen_units += f->spent + f->fb_spent + f->refused;
     }
     /* Demand: units per second over the interval, an EWMA of alpha 0.5. */
@@ -343,11 +354,8 @@ static int collect(kma *a, uint64_t now, uint64_t clock_ns)
     size_t w = 0;
     for (size_t i = 0; i < a->n_sl; i++) {
         kma_slot *s = &a->sl[i];
-        if (!s->present) {
-            s->left = 0;
-            if (!slot_pending(s))
-                continue;
-        }
+        if (!s->present && !s->unreported)
+            continue;
         a->sl[w++] = *s;
     }
     a->n_sl = w;
@@ -563,12 +571,49 @@ static uint64_t demand_units(const kma_slot *s)
     return (double)u < d ? u + 1 : u;
 }
 
-/* The pending report of every slot becomes the new request (rule 1). */
+/* The segment's pending report, stamped as report *rep (or the one
+ * stamped already: 1, *rep as it was), into a->buf; *n slots. */
+static int report_take(kma *a, km_fleet_report *rep, size_t *n)
+{
+    int rc;
+    for (;;) {
+        rc = km_fleet_report_take(a->env, rep, a->buf, a->cap_buf, n);
+        if (rc != KM_EINVAL || *n <= a->cap_buf)
+            return rc;
+        km_fleet_slot *b = grow(a->buf, &a->cap_buf, *n, sizeof *b);
+        if (!b)
+            return KM_ENOMEM;
+        a->buf = b;
+    }
+}
+
+/* The segment's pending report becomes the new request, stamped there
+ * with its seq (rule 1); or, if a dead predecessor left one stamped, that
+ * one, as it was. */
 static int build_request(kma *a, unsigned flags)
 {
     kma_req *r = &a->req;
-    kms_entry *e = grow(r->ent, &r->cap_ent, a->n_sl, sizeof *e);
-    if (!e && a->n_sl)
+    uint64_t seq = realtime_us();
+    if (seq <= a->last_seq)
+        seq = a->last_seq + 1;
+    /* t_send from the stamp, just before the first send (rule 2: earlier
+     * is only more conservative). */
+    km_fleet_report rep = {.seq = seq,
+                           .ack = a->st.ack,
+                           .epoch = a->st.epoch,
+                           .t_send_ns = km_now_ns(),
+                           .flags = flags};
+    size_t n = 0;
+    int rc = report_take(a, &rep, &n);
+    if (rc < 0)
+        return rc;
+    r->recovered = rc == 1;
+    if (r->recovered)
+        alog(a, "resending report %" PRIu64 " left unanswered by the previous agent", rep.seq);
+    if (rep.seq > a->last_seq)
+        a->last_seq = rep.seq;
+    kms_entry *e = grow(r->ent, &r->cap_ent, n, sizeof *e);
+    if (!e && n)
         return KM_ENOMEM;
     r->ent = e;
     size_t cap_id = r->cap_ent;
@@ -576,17 +621,23 @@ static int build_request(kma *a, unsigned flags)
     if (!id)
         return KM_ENOMEM;
     r->id = id;
-    kms_event *v = grow(r->ev, &r->cap_ev, a->n_pev, sizeof *v);
-    if (!v && a->n_pev)
+    size_t n_ev = r->recovered ? 0 : a->n_pev; /* ours go into the next one */
+    kms_event *v = grow(r->ev, &r->cap_ev, n_ev, sizeof *v);
+    if (!v && n_ev)
         return KM_ENOMEM;
     if (v)
         r->ev = v;
     uint64_t now_mono = km_now_ns();
+    int bye = (rep.flags & KMS_BYE) != 0;
     r->n_ent = 0;
-    for (size_t i = 0; i < a->n_sl; i++) {
-        kma_slot *s = &a->sl[i];
+    for (size_t i = 0; i < n; i++) {
+        const km_fleet_slot *f = &a->buf[i];
+        kma_slot *s = slot_upsert(a, f);
+        if (!s)
+            return KM_ENOMEM;
+        s->unreported = 0;
         if (!s->limit || !s->period_ms)
-            continue;
+            continue; /* a key removed before this agent knew it */
         kms_entry *x = &r->ent[r->n_ent];
         memset(x, 0, sizeof *x);
         snprintf(x->kid, sizeof x->kid, "%s", s->kid);
@@ -596,53 +647,47 @@ static int build_request(kma *a, unsigned flags)
         x->burst = s->mode == KM_MODE_SLIDING && s->burst > s->limit ? s->limit : s->burst;
         x->mode = s->mode;
         x->strict = s->strict;
-        x->demand = (flags & KMS_BYE) ? 0 : demand_units(s);
-        x->want = (flags & KMS_BYE) ? 0 : s->want;
-        x->spent = s->spent;
-        x->fb_spent = s->fb_spent;
-        x->adj = s->adj;
-        x->returned = s->returned;
-        x->left = (flags & KMS_BYE) ? 0 : s->left;
-        x->fb_held_ppm = (!(flags & KMS_BYE) && now_mono < s->fb_until_ns) ? s->fb_ppm : 0;
+        x->demand = bye ? 0 : demand_units(s);
+        x->want = bye ? 0 : f->want;
+        x->spent = f->spent;
+        x->fb_spent = f->fb_spent;
+        x->adj = f->adj;
+        x->returned = f->returned;
+        x->left = bye ? 0 : f->left;
+        x->fb_held_ppm = (!bye && now_mono < s->fb_until_ns) ? s->fb_ppm : 0;
         r->id[r->n_ent] = s->id;
         r->n_ent++;
-        s->spent = s->fb_spent = s->returned = s->want = 0;
-        s->adj = 0;
     }
-    if (a->n_pev)
-        memcpy(r->ev, a->pev, a->n_pev * sizeof *a->pev);
-    r->n_ev = a->n_pev;
-    a->n_pev = 0;
-    if (spend_build(a) != KM_OK)
+    if (n_ev)
+        memcpy(r->ev, a->pev, n_ev * sizeof *a->pev);
+    r->n_ev = n_ev;
+    a->n_pev -= n_ev;
+    /* Budgets: not in a predecessor's report (the ledger may answer it
+     * with the reply it stored, which holds none of ours): they go into
+     * the next one. */
+    r->n_bud = 0;
+    if (!r->recovered && spend_build(a) != KM_OK)
         r->n_bud = 0; /* out of memory: the spend stays pending */
-    uint64_t seq = realtime_us();
-    if (seq <= a->last_seq)
-        seq = a->last_seq + 1;
-    a->last_seq = seq;
-    r->seq = seq;
-    r->flags = flags;
-    r->sent = 0;
+    r->seq = rep.seq;
+    r->ack = rep.ack;
+    r->epoch = rep.epoch;
+    r->t_send_ns = rep.t_send_ns;
+    r->flags = rep.flags;
+    r->sent = 1;
     r->active = 1;
     r->posted = 0;
     return KM_OK;
 }
 
-/* A request that will not be sent (bye after a failed one): its report
- * goes back to the slots, so the next request carries it. */
+/* A request that will not be sent as it is (renumbered, or a bye after a
+ * failed one): its counts become pending in the segment again and its
+ * events go back to the list, so the next request carries both. */
 static void unbuild_request(kma *a)
 {
     kma_req *r = &a->req;
-    for (size_t i = 0; i < r->n_ent; i++) {
-        kma_slot *s = slot_find(a, &r->id[i]);
-        if (!s)
-            continue;
-        s->spent += r->ent[i].spent;
-        s->fb_spent += r->ent[i].fb_spent;
-        s->returned += r->ent[i].returned;
-        s->adj += r->ent[i].adj;
-        if (r->ent[i].want > s->want)
-            s->want = r->ent[i].want;
-    }
+    int rc = km_fleet_report_undo(a->env);
+    if (rc != KM_OK)
+        alog(a, "taking report %" PRIu64 " back: %s", r->seq, km_strerror(rc));
     for (size_t i = 0; i < r->n_ev; i++) {
         kms_event *e = event_push(a);
         if (!e)
@@ -650,6 +695,7 @@ static void unbuild_request(kma *a)
         *e = r->ev[i];
     }
     spend_unbuild(a);
+    r->n_ev = 0;
     r->active = 0;
 }
 
@@ -664,8 +710,8 @@ static void post_request(kma *a)
     pthread_mutex_lock(&io->mu);
     io->q = (kms_request){.host = a->o->host_id,
                           .seq = r->seq,
-                          .ack = a->st.ack,
-                          .epoch = a->st.epoch,
+                          .ack = r->ack,
+                          .epoch = r->epoch,
                           .flags = r->flags,
                           .sync_ms = a->o->sync_ms,
                           .valid_ms = a->o->valid_ms,
@@ -730,7 +776,9 @@ static void apply_reply(kma *a, const kms_reply *rep, uint64_t t_recv)
         y->key_gen = r->id[i].key_gen;
         y->model = r->id[i].model;
         y->window = r->id[i].window;
-        y->grant = x->err ? 0 : x->grant;
+        /* A predecessor's report: its reply may have been applied before
+         * the kill, and its credit is the predecessor's (rule 2). */
+        y->grant = x->err || r->recovered ? 0 : x->grant;
         y->deadline_ns = r->t_send_ns + valid;
         y->fb_ppm = s ? fb_local_ppm(a, s, x->fb_ppm) : x->fb_ppm;
         y->fb_burst = x->fb_burst;
@@ -802,6 +850,15 @@ static void set_state(kma *a, int st)
     a->st.store_state = st;
 }
 
+/* The request in flight is answered (or refused): its counts are
+ * forgotten in the segment (rule 1). */
+static void report_done(kma *a)
+{
+    int rc = km_fleet_report_ack(a->env, a->req.seq);
+    if (rc != KM_OK)
+        alog(a, "acknowledging report %" PRIu64 ": %s", a->req.seq, km_strerror(rc));
+}
+
 /* The store thread finished the request in flight. */
 static void on_done(kma *a)
 {
@@ -829,6 +886,7 @@ static void on_done(kma *a)
                  learning ? ": learning" : "");
         apply_reply(a, &rep, t_recv);
         spend_apply(a, &rep);
+        report_done(a);
         a->st.ack = r->seq;
         a->st.n_hosts = (uint32_t)rep.n_hosts;
         a->st.learn_ms = rep.learn_ms > UINT32_MAX ? UINT32_MAX : (uint32_t)rep.learn_ms;
@@ -842,13 +900,15 @@ static void on_done(kma *a)
          * the same report, numbered above it. */
         if (stale > a->last_seq)
             a->last_seq = stale;
-        r->seq = ++a->last_seq;
-        r->sent = 0;
+        unbuild_request(a);
+        if (build_request(a, r->flags) != KM_OK)
+            alog(a, "out of memory");
         alog(a, "seq renumbered above the ledger's %" PRIu64, stale);
     } else if (rc == KMS_ELEDGER && r->sent && err[0] && strstr(err, "KMLEDGER")) {
         /* The ledger refused this report (nothing applied): resending the
          * same bytes would be refused again. */
         alog(a, "%s; the report is dropped", err);
+        report_done(a);
         r->active = 0;
     } else if (retryable(rc)) {
         if (!a->unreachable_logged)
@@ -931,17 +991,23 @@ static void say_bye(kma *a)
         km_fleet_apply(a->env, g, a->n_sl);
         free(g);
     }
+    if (a->req.posted)
+        wait_done(a, km_now_ns() + tmo + 200 * KMA_MS);
+    if (a->req.active && !a->req.posted)
+        unbuild_request(a); /* unanswered: its counts go into the bye */
+    if (a->req.posted) {
+        /* Still with the store: it stays stamped in the segment (the next
+         * agent sends it first); the credit is voided by the release. */
+        alog(a, "stopped: credit voided, report %" PRIu64 " left in the segment for the next "
+                "agent (the store did not answer)", a->req.seq);
+        return;
+    }
     int crc = collect(a, UINT64_MAX, km_now_ns());
     if (crc == KM_OK)
         crc = spend_collect(a);
     if (crc != KM_OK)
         alog(a, "collect at exit: %s", km_strerror(crc));
-
-    if (a->req.posted && wait_done(a, km_now_ns() + tmo + 200 * KMA_MS) && a->req.active)
-        unbuild_request(a); /* failed: its report goes into the bye */
-    else if (a->req.active && !a->req.posted)
-        unbuild_request(a);
-    if (!a->req.posted && build_request(a, KMS_BYE) == KM_OK) {
+    if (build_request(a, KMS_BYE) == KM_OK) {
         post_request(a);
         if (wait_done(a, until) && !a->req.active)
             answered = 1;
@@ -1013,7 +1079,9 @@ int kma_run(km_env *env, const kma_opts *o, volatile sig_atomic_t *stop)
         if (a->req.posted && io_done(a))
             on_done(a);
         if (now >= next) {
-            int crc = collect(a, now, now);
+            /* No collect while a report is in flight: the segment keeps
+             * what acquirers spend for the next one (rule 1). */
+            int crc = a->req.active ? KM_OK : collect(a, now, now);
             if (crc == KM_OK)
                 crc = health_out(a);
             if (crc == KM_OK)
