@@ -41,13 +41,18 @@
 
 /* --------------------------------------------------------- credit words */
 
-/* The credit word of window w of key ki: the minute pair in the key row,
- * the hour/day pairs in its fleet block, (requests, tokens) each. */
+/* Fleet blocks.  The code below the hot path takes a fleet block by its
+ * index ki: a key's (ki < cap_keys, k its row), or a model's
+ * (km__fmodel_ix, k unused), whose block holds all its credit.
+ *
+ * The credit word of window w of block ki: a key's minute pair in its key
+ * row, the rest in the block, (requests, tokens) each. */
 static uint64_t *credit_word(km_env *e, uint32_t ki, km__key *k, int w)
 {
+    km__fkey *fm = ki >= e->geom.cap_keys ? km__fkeys(e, ki) : NULL; /* a model's block */
     switch (w) {
-    case KM_WIN_RPM: return &k->credit.req;
-    case KM_WIN_TPM: return &k->credit.tok;
+    case KM_WIN_RPM: return fm ? &fm->credit_min.req : &k->credit.req;
+    case KM_WIN_TPM: return fm ? &fm->credit_min.tok : &k->credit.tok;
     case KM_WIN_RPH: return &km__fkeys(e, ki)->credit_hd[0].req;
     case KM_WIN_TPH: return &km__fkeys(e, ki)->credit_hd[0].tok;
     case KM_WIN_RPD: return &km__fkeys(e, ki)->credit_hd[1].req;
@@ -258,7 +263,7 @@ void km__fleet_key_init(km_env *e, uint32_t ki, const km__key_cfg *kc)
     int on = fh && (kc->fleet > 0 || (kc->fleet == 0 && fh->all));
 
     k->fleet = (uint8_t)on;
-    k->fleet_mask = on ? k->win_mask : 0;
+    k->fleet_mask = on ? k->win_mask | KM__FLEET_MODELS : 0;
     k->low_lg[0] = k->low_lg[1] = 0;
     ck_pr_store_64(&k->credit.req, 0);
     ck_pr_store_64(&k->credit.tok, 0);
@@ -267,6 +272,8 @@ void km__fleet_key_init(km_env *e, uint32_t ki, const km__key_cfg *kc)
         return;
     km__fkey *fk = km__fkeys(e, ki);
     memset(fk, 0, sizeof(*fk)); /* a row no reader reaches (see km__key_write) */
+    for (uint32_t m = 0; m < e->geom.cap_models; m++) /* and its model blocks */
+        memset(km__fkeys(e, km__fmodel_ix(e, ki, m)), 0, sizeof(km__fkey));
     fk->flags = on && kc->fleet_strict ? KM__FK_STRICT : 0;
     memcpy(fk->fleet_id, kc->fleet_id, sizeof(fk->fleet_id));
     fk->fleet_id[KM_ID_MAX] = '\0';
@@ -368,6 +375,8 @@ static void credit_void(km_env *e, uint32_t ki, km__key *k, uint32_t mask)
     fk->gen++;
 }
 
+static void release_models(km_env *e, uint32_t ki);
+
 KM_EXTERN int km_fleet_release(km_env *e, int void_credit)
 {
     if (!e || !holds_role(e))
@@ -376,6 +385,7 @@ KM_EXTERN int km_fleet_release(km_env *e, int void_credit)
     if (void_credit) {
         for (uint32_t ki = 0; ki < e->geom.cap_keys; ki++) {
             uint32_t mask = fleet_mask_of(e, ki);
+            release_models(e, ki);
             if (!mask)
                 continue;
             km__key *k = &km__keys(e)[ki];
@@ -417,6 +427,8 @@ static void copy_id(char *dst, const char *src)
 }
 
 static int collect_in(km_env *e, uint64_t now, km_fleet_slot *out, size_t cap, size_t *n);
+static size_t models_slots(km_env *e, uint32_t ki);
+static size_t collect_models(km_env *e, uint32_t ki, uint64_t now, km_fleet_slot *out, size_t cap);
 
 KM_EXTERN int km_fleet_collect(km_env *e, uint64_t now, km_fleet_slot *out, size_t cap,
                                size_t *n)
@@ -440,7 +452,7 @@ static int collect_in(km_env *e, uint64_t now, km_fleet_slot *out, size_t cap, s
 {
     size_t need = 0;
     for (uint32_t ki = 0; ki < e->geom.cap_keys; ki++)
-        need += (size_t)__builtin_popcount(fleet_mask_of(e, ki));
+        need += (size_t)__builtin_popcount(fleet_mask_of(e, ki)) + models_slots(e, ki);
     if (need > cap) {
         *n = need;
         return KM_EINVAL;
@@ -448,6 +460,7 @@ static int collect_in(km_env *e, uint64_t now, km_fleet_slot *out, size_t cap, s
     size_t j = 0;
     for (uint32_t ki = 0; ki < e->geom.cap_keys && j < cap; ki++) {
         uint32_t mask = fleet_mask_of(e, ki);
+        j += collect_models(e, ki, now, out + j, cap - j);
         if (!mask)
             continue;
         km__key *k = &km__keys(e)[ki];
@@ -504,6 +517,7 @@ static uint8_t lg_floor(uint64_t x)
 }
 
 static void apply_in(km_env *e, const km_fleet_grant *g, size_t n);
+static void apply_model(km_env *e, const km_fleet_grant *gr, uint64_t now);
 
 KM_EXTERN int km_fleet_apply(km_env *e, const km_fleet_grant *g, size_t n)
 {
@@ -524,9 +538,12 @@ static void apply_in(km_env *e, const km_fleet_grant *g, size_t n)
     uint64_t now = km__now();
     for (size_t i = 0; i < n; i++) {
         const km_fleet_grant *gr = &g[i];
-        if (gr->key >= e->geom.cap_keys || gr->window < 0 || gr->window >= KM_WIN_COUNT ||
-            gr->model != 0)
-            continue; /* per-model credit: not in this version */
+        if (gr->key >= e->geom.cap_keys || gr->window < 0 || gr->window >= KM_WIN_COUNT)
+            continue;
+        if (gr->model != 0) { /* a model's window (per_model pools) */
+            apply_model(e, gr, now);
+            continue;
+        }
         uint32_t ki = gr->key, mask = fleet_mask_of(e, ki);
         km__key *k = &km__keys(e)[ki];
         km__fkey *fk = km__fkeys(e, ki);
@@ -700,5 +717,205 @@ KM_EXTERN int km_fleet_key_info_get(km_env *e, uint32_t key, km_fleet_key_info *
     out->deadline_ns = ck_pr_load_64(&k->credit_deadline);
     out->fb_ppm = ck_pr_load_32(&fk->fb_ppm);
     out->fb_until_ns = ck_pr_load_64(&fk->fb_until);
+    return KM_OK;
+}
+
+/* -------------------------------------------------------- model windows
+ *
+ * A fleet key of a per_model pool has its model windows under the fleet
+ * too (src/fleet.h, "model windows"): each (key, model) has a fleet block
+ * of its own (src/layout.h, "Model blocks") with the same accounting as a
+ * key's (the top of this file), reported as slots with model m + 1 and
+ * answered by grants with that model.  The agent names each in the ledger
+ * by the key's fleet id and the model's name.  Not kept per model: `adj`
+ * (actual minus estimated tokens is summed per key, in its lease slots),
+ * so a model's token windows commit the estimates, and health (the key's). */
+
+/* The limits model m of key ki is under: the key's own limits of it
+ * (km__key.own_models), else the pool's, as the acquire resolves them
+ * (km__model_lset).  Both rows change only behind the key's `updating`
+ * flag or under the admin lock: the agent reads them plainly, as it reads
+ * a key's limits; a change between two reads is the next collect's. */
+typedef struct mlim {
+    uint32_t mask;
+    const uint64_t *T, *limit, *burst;
+    const uint8_t *mode;
+} mlim;
+
+static mlim model_lim(km_env *e, uint32_t ki, uint32_t m)
+{
+    km__key *k = &km__keys(e)[ki];
+    if ((ck_pr_load_64(&k->own_models) >> m) & 1) {
+        const km__mwin *mw = &km__mwins(e, ki)[m];
+        return (mlim){mw->win_mask & KM__FLEET_WINS, mw->emission_ns, mw->limit, mw->burst, mw->mode};
+    }
+    const km__model *md = &km__models(e, k->pool)[m];
+    return (mlim){md->win_mask & KM__FLEET_WINS, md->emission_ns, md->limit, md->burst, md->mode};
+}
+
+/* How many models of key ki have their windows under the fleet: those of
+ * its pool if it is a fleet key in use of a per_model pool, else 0. */
+static uint32_t fleet_models_of(km_env *e, uint32_t ki)
+{
+    km__key *k = &km__keys(e)[ki];
+    if (ck_pr_load_32(&k->state) >= KM__ST_FREE ||
+        !(ck_pr_load_32(&k->fleet_mask) & KM__FLEET_MODELS) || k->pool >= e->geom.n_pools)
+        return 0;
+    const km__pool *p = &km__pools(e)[k->pool];
+    if (ck_pr_load_32(&p->model_mode) != KM_MODELS_PER_MODEL)
+        return 0;
+    return (uint32_t)km__min64(ck_pr_load_32(&p->n_models), e->geom.cap_models);
+}
+
+static size_t models_slots(km_env *e, uint32_t ki)
+{
+    size_t n = 0;
+    for (uint32_t m = 0, nm = fleet_models_of(e, ki); m < nm; m++)
+        n += (size_t)__builtin_popcount(model_lim(e, ki, m).mask);
+    return n;
+}
+
+/* Window w of block fi since the last collect (rule 4, the top of this
+ * file): spent, left, returned, and the slow paths' counts, each read and
+ * reset (one load of the word; one locked exchange per count). */
+static void block_counts(km_env *e, uint32_t fi, int w, km_fleet_slot *o)
+{
+    km__fkey *fk = km__fkeys(e, fi);
+    uint64_t cur = km__min64(ck_pr_load_64(credit_word(e, fi, NULL, w)), fk->a_last[w]);
+    o->spent = fk->a_last[w] - cur;
+    o->left = cur;
+    o->returned = fk->a_ret[w];
+    fk->a_last[w] = cur;
+    fk->a_ret[w] = 0;
+    o->fb_spent = ck_pr_fas_64(&fk->fb_used[w], 0);
+    o->refused = ck_pr_fas_64(&fk->refused[w], 0);
+    o->want = ck_pr_fas_64(&fk->want[w], 0);
+}
+
+/* The model slots of key ki, at most cap, into out: how many. */
+static size_t collect_models(km_env *e, uint32_t ki, uint64_t now, km_fleet_slot *out, size_t cap)
+{
+    uint32_t nm = fleet_models_of(e, ki);
+    if (!nm)
+        return 0;
+    km__key *k = &km__keys(e)[ki];
+    const km__fkey *fk = km__fkeys(e, ki);
+    size_t j = 0;
+    for (uint32_t m = 0; m < nm && j < cap; m++) {
+        mlim ml = model_lim(e, ki, m);
+        if (!ml.mask)
+            continue;
+        uint32_t fi = km__fmodel_ix(e, ki, m);
+        uint64_t dl = ck_pr_load_64(&km__fkeys(e, fi)->m_deadline);
+        if (dl && now >= dl) /* lapsed: void it, counted as returned */
+            credit_void(e, fi, NULL, ml.mask);
+        for (uint32_t b = ml.mask; b && j < cap; b &= b - 1) {
+            int w = __builtin_ctz(b);
+            km_fleet_slot *o = &out[j++];
+            memset(o, 0, sizeof(*o));
+            o->key = ki;
+            o->key_gen = ck_pr_load_32(&k->gen);
+            o->model = m + 1;
+            o->window = w;
+            copy_id(o->pool, km__pools(e)[k->pool].name);
+            copy_id(o->key_id, k->id);
+            copy_id(o->fleet_id, fk->fleet_id);
+            copy_id(o->model_name, km__models(e, k->pool)[m].name);
+            o->limit = ml.limit[w];
+            o->burst = ml.burst[w];
+            o->period_ms = km__window_period_ns(w) / KM__NS_PER_MS;
+            o->mode = ml.mode[w];
+            o->strict = (fk->flags & KM__FK_STRICT) != 0;
+            block_counts(e, fi, w, o); /* adj stays 0: see above */
+        }
+    }
+    return j;
+}
+
+static void apply_model(km_env *e, const km_fleet_grant *gr, uint64_t now)
+{
+    uint32_t ki = gr->key, m = gr->model - 1;
+    km__key *k = &km__keys(e)[ki];
+    int w = gr->window;
+    /* The key changed since the collect this answers, or the model's
+     * window is no longer limited: not this grant's (as a key's). */
+    if (m >= fleet_models_of(e, ki) || ck_pr_load_32(&k->gen) != gr->key_gen)
+        return;
+    mlim ml = model_lim(e, ki, m);
+    if (!(ml.mask & (1u << w)))
+        return;
+    uint32_t fi = km__fmodel_ix(e, ki, m);
+    km__fkey *fm = km__fkeys(e, fi);
+    if (gr->grant) {
+        ck_pr_add_64(credit_word(e, fi, NULL, w), gr->grant); /* a sum: locked add (F1) */
+        fm->a_last[w] += gr->grant;
+    }
+    /* The deadline after the top-up (release: an acquirer that sees the
+     * new deadline sees the credit too). */
+    ck_pr_fence_atomic_store();
+    ck_pr_store_64(&fm->m_deadline, gr->deadline_ns);
+    /* The fallback share at fb_ppm of the model window's rate. */
+    uint64_t T = 0, tau = 0;
+    if (gr->fb_ppm && ml.T[w]) {
+        T = km__mul_sat(ml.T[w], 1000000) / gr->fb_ppm;
+        tau = km__mul_sat(gr->fb_burst, T);
+    }
+    fb_write(fm, w, gr->fb_from_ns, gr->fb_until_ns, T, tau);
+    fm->fb_ppm = gr->fb_ppm;
+    /* Sleepers may be admitted now (km__wake's own fence orders the bump
+     * after the stores above). */
+    if (gr->grant || (gr->fb_ppm && gr->fb_from_ns <= now && now < gr->fb_until_ns))
+        km__wake_pool(e, k->pool);
+}
+
+/* km_fleet_release's void of key ki's model blocks, as of its own: the
+ * deadline first, then the words (F2), then the fallback window ended. */
+static void release_models(km_env *e, uint32_t ki)
+{
+    for (uint32_t m = 0, nm = fleet_models_of(e, ki); m < nm; m++) {
+        uint32_t fi = km__fmodel_ix(e, ki, m);
+        km__fkey *fm = km__fkeys(e, fi);
+        ck_pr_store_64(&fm->m_deadline, 0);
+        ck_pr_fence_store_atomic(); /* the deadline before the exchanges */
+        credit_void(e, fi, NULL, model_lim(e, ki, m).mask);
+        fb_write(fm, -1, 0, 0, 0, 0);
+        fm->fb_ppm = 0;
+    }
+}
+
+void km__fleet_undo_model(km_env *e, uint32_t ki, uint32_t mi, uint32_t mask, const km__adm *a,
+                          int how)
+{
+    uint32_t fi = km__fmodel_ix(e, ki, mi);
+    if (how != KM__FL_CREDIT) { /* the fallback count, as a key's */
+        km__fleet_undo(e, fi, NULL, mask, a, how);
+        return;
+    }
+    uint32_t m = mask;
+    uint64_t cost;
+    for (int w; (w = km__fleet_next(&m, a->tokens, &cost)) >= 0;)
+        ck_pr_add_64(credit_word(e, fi, NULL, w), cost); /* a sum: exact (F3) */
+}
+
+KM_EXTERN int km_fleet_model_info_get(km_env *e, uint32_t key, uint32_t model,
+                                      km_fleet_key_info *out)
+{
+    if (!e || !out)
+        return KM_EINVAL;
+    memset(out, 0, sizeof(*out));
+    if (key >= e->geom.cap_keys || ck_pr_load_32(&km__keys(e)[key].state) >= KM__ST_FREE)
+        return KM_ENOKEY;
+    if (!e->geom.off_fleet || model >= fleet_models_of(e, key))
+        return KM_OK;
+    uint32_t fi = km__fmodel_ix(e, key, model);
+    km__fkey *fm = km__fkeys(e, fi);
+    out->mask = model_lim(e, key, model).mask;
+    for (uint32_t m = out->mask; m; m &= m - 1) {
+        int w = __builtin_ctz(m);
+        out->credit[w] = ck_pr_load_64(credit_word(e, fi, NULL, w));
+    }
+    out->deadline_ns = ck_pr_load_64(&fm->m_deadline);
+    out->fb_ppm = ck_pr_load_32(&fm->fb_ppm);
+    out->fb_until_ns = ck_pr_load_64(&fm->fb_until);
     return KM_OK;
 }
