@@ -448,6 +448,27 @@ KM_EXTERN int km_fleet_collect(km_env *e, uint64_t now, km_fleet_slot *out, size
     return rc;
 }
 
+/* Window w of fleet block fi (a key's, k its row, or a model's) since the
+ * last collect (rule 4, the top of this file): spent, left, returned, and
+ * the slow paths' counts, into o. */
+static void block_counts(km_env *e, uint32_t fi, km__key *k, int w, km_fleet_slot *o)
+{
+    km__fkey *fk = km__fkeys(e, fi);
+    /* One load of the word: every acquirer's decrement is before or after
+     * it (see the top of this file). */
+    uint64_t cur = km__min64(ck_pr_load_64(credit_word(e, fi, k, w)), fk->a_last[w]);
+    o->spent = fk->a_last[w] - cur;
+    o->left = cur;
+    o->returned = fk->a_ret[w];
+    fk->a_last[w] = cur;
+    fk->a_ret[w] = 0;
+    /* Counters of the slow paths, read and reset in one locked exchange
+     * each (a concurrent add lands before or after). */
+    o->fb_spent = ck_pr_fas_64(&fk->fb_used[w], 0);
+    o->refused = ck_pr_fas_64(&fk->refused[w], 0);
+    o->want = ck_pr_fas_64(&fk->want[w], 0);
+}
+
 static int collect_in(km_env *e, uint64_t now, km_fleet_slot *out, size_t cap, size_t *n)
 {
     size_t need = 0;
@@ -490,19 +511,7 @@ static int collect_in(km_env *e, uint64_t now, km_fleet_slot *out, size_t cap, s
             o->period_ms = km__window_period_ns(w) / KM__NS_PER_MS;
             o->mode = k->mode[w];
             o->strict = (fk->flags & KM__FK_STRICT) != 0;
-            /* One load of the word: every acquirer's decrement is before
-             * or after it (see the top of this file). */
-            uint64_t cur = km__min64(ck_pr_load_64(credit_word(e, ki, k, w)), fk->a_last[w]);
-            o->spent = fk->a_last[w] - cur;
-            o->left = cur;
-            o->returned = fk->a_ret[w];
-            fk->a_last[w] = cur;
-            fk->a_ret[w] = 0;
-            /* Counters of the slow paths, read and reset in one locked
-             * exchange each (a concurrent add lands before or after). */
-            o->fb_spent = ck_pr_fas_64(&fk->fb_used[w], 0);
-            o->refused = ck_pr_fas_64(&fk->refused[w], 0);
-            o->want = ck_pr_fas_64(&fk->want[w], 0);
+            block_counts(e, ki, k, w, o);
             o->adj = km__window_is_requests(w) ? 0 : adj;
         }
     }
@@ -775,22 +784,6 @@ static size_t models_slots(km_env *e, uint32_t ki)
     return n;
 }
 
-/* Window w of block fi since the last collect (rule 4, the top of this
- * file): spent, left, returned, and the slow paths' counts, each read and
- * reset (one load of the word; one locked exchange per count). */
-static void block_counts(km_env *e, uint32_t fi, int w, km_fleet_slot *o)
-{
-    km__fkey *fk = km__fkeys(e, fi);
-    uint64_t cur = km__min64(ck_pr_load_64(credit_word(e, fi, NULL, w)), fk->a_last[w]);
-    o->spent = fk->a_last[w] - cur;
-    o->left = cur;
-    o->returned = fk->a_ret[w];
-    fk->a_last[w] = cur;
-    fk->a_ret[w] = 0;
-    o->fb_spent = ck_pr_fas_64(&fk->fb_used[w], 0);
-    o->refused = ck_pr_fas_64(&fk->refused[w], 0);
-    o->want = ck_pr_fas_64(&fk->want[w], 0);
-}
 
 /* The model slots of key ki, at most cap, into out: how many. */
 static size_t collect_models(km_env *e, uint32_t ki, uint64_t now, km_fleet_slot *out, size_t cap)
@@ -826,7 +819,7 @@ static size_t collect_models(km_env *e, uint32_t ki, uint64_t now, km_fleet_slot
             o->period_ms = km__window_period_ns(w) / KM__NS_PER_MS;
             o->mode = ml.mode[w];
             o->strict = (fk->flags & KM__FK_STRICT) != 0;
-            block_counts(e, fi, w, o); /* adj stays 0: see above */
+            block_counts(e, fi, NULL, w, o); /* adj stays 0: see above */
         }
     }
     return j;

@@ -985,35 +985,37 @@ static void test_model_live(void)
     ok(MSL(KB, MINI, KM_WIN_RPM)->limit == 1200, "  on key b too");
 }
 
+/* kmctl's standard output of `kmctl ARGS <segment>` into out (cap bytes). */
+static void kmctl_out(const char *args, char *out, size_t cap)
+{
+    const char *b = getenv("KM_BUILD") ? getenv("KM_BUILD") : "build";
+    char cmd[256];
+    size_t k = 0, r;
+    snprintf(cmd, sizeof cmd, "%s/kmctl %s %s", b, args, seg);
+    FILE *f = popen(cmd, "r");
+    while (f && k + 1 < cap && (r = fread(out + k, 1, cap - 1 - k, f)) > 0)
+        k += r;
+    out[k] = '\0';
+    if (f)
+        pclose(f);
+}
+
 /* inspect (human and --json) lists a key's model credit. */
 static void test_model_inspect(void)
 {
-    const char *b = getenv("KM_BUILD") ? getenv("KM_BUILD") : "build";
-    char cmd[256], line[512];
-    snprintf(cmd, sizeof cmd, "%s/kmctl inspect %s", b, seg);
-    FILE *f = popen(cmd, "r");
-    int keya = 0, gpt = 0;
-    while (f && fgets(line, sizeof line, f)) {
-        keya |= strstr(line, "  m/a: credit") != NULL;
-        gpt |= strstr(line, "    model gpt: credit rpm 85 tpm ") != NULL;
-    }
-    if (f)
-        pclose(f);
-    ok(keya && gpt, "kmctl inspect: key a and its gpt credit");
-    snprintf(cmd, sizeof cmd, "%s/kmctl inspect --json %s", b, seg);
-    f = popen(cmd, "r");
-    json_error_t je;
-    json_t *d = f ? json_loadf(f, 0, &je) : NULL;
-    if (f)
-        pclose(f);
-    json_t *ks = json_object_get(json_object_get(d, "fleet"), "keys"), *k, *a = NULL, *mo, *g = NULL;
+    static char out[65536];
+    kmctl_out("inspect", out, sizeof out);
+    ok(strstr(out, "\n  m/a: credit,") && strstr(out, "\n    model gpt: credit rpm 85 tpm "),
+       "kmctl inspect: key a and its gpt credit");
+    kmctl_out("inspect --json", out, sizeof out);
+    json_t *d = json_loads(out, 0, NULL), *a = NULL, *g = NULL, *x;
     size_t i;
-    json_array_foreach(ks, i, k)
-        if (strcmp(jstr(k, "key"), "a") == 0)
-            a = k;
-    json_array_foreach(json_object_get(a, "models"), i, mo)
-        if (strcmp(jstr(mo, "model"), "gpt") == 0)
-            g = mo;
+    json_array_foreach(json_object_get(json_object_get(d, "fleet"), "keys"), i, x)
+        if (strcmp(jstr(x, "key"), "a") == 0)
+            a = x;
+    json_array_foreach(json_object_get(a, "models"), i, x)
+        if (strcmp(jstr(x, "model"), "gpt") == 0)
+            g = x;
     ok(g && json_integer_value(json_object_get(json_object_get(g, "credit"), "rpm")) == 85,
        "kmctl inspect --json: keys[a].models[gpt].credit.rpm 85");
     json_decref(d);

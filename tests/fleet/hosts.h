@@ -439,6 +439,25 @@ static inline uint64_t fh_recovered(const fh_fleet *f, const uint64_t *t, size_t
     return cand;
 }
 
+/* Run cmd (sh -c); its standard output into out (cap bytes); its exit
+ * status (-1 if it did not exit). */
+static inline int fh_cmd_out(const char *cmd, char *out, size_t cap)
+{
+    FILE *p = popen(cmd, "r");
+    size_t k = 0;
+    if (!p)
+        return -1;
+    while (k + 1 < cap) {
+        size_t r = fread(out + k, 1, cap - 1 - k, p);
+        if (r == 0)
+            break;
+        k += r;
+    }
+    out[k] = '\0';
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
 /* 1 if file `path` contains `needle`. */
 static inline int fh_file_has(const char *path, const char *needle)
 {

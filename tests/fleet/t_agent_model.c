@@ -13,23 +13,6 @@
 
 static fh_fleet fl;
 
-static int run_cmd_out(const char *cmd, char *out, size_t cap)
-{
-    FILE *p = popen(cmd, "r");
-    size_t k = 0;
-    if (!p)
-        return -1;
-    while (k + 1 < cap) {
-        size_t r = fread(out + k, 1, cap - 1 - k, p);
-        if (r == 0)
-            break;
-        k += r;
-    }
-    out[k] = '\0';
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 int main(void)
 {
     plan(6);
@@ -52,13 +35,13 @@ int main(void)
     char cmd[800], out[65536];
     snprintf(cmd, sizeof cmd, "%s fleet %s --store redis://127.0.0.1:%d --json 2>&1", fl.kmctl,
              fl.h[0].seg, fl.redis.port);
-    int rc = run_cmd_out(cmd, out, sizeof out);
+    int rc = fh_cmd_out(cmd, out, sizeof out);
     ok(rc == 0 && strstr(out, "\"key\": \"p/a model gpt\"") && strstr(out, "\"host\": \"h1\""),
        "kmctl fleet --json names the model's windows: p/a model gpt (rc %d)", rc);
     if (rc != 0 || !strstr(out, "model gpt"))
         diag("%.600s", out);
     snprintf(cmd, sizeof cmd, "%s inspect %s 2>&1", fl.kmctl, fl.h[0].seg);
-    rc = run_cmd_out(cmd, out, sizeof out);
+    rc = fh_cmd_out(cmd, out, sizeof out);
     ok(rc == 0 && strstr(out, "    model gpt: credit rpm "), "kmctl inspect shows gpt's credit");
 
     for (int i = 0; i < 2; i++)
