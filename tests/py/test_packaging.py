@@ -41,7 +41,7 @@ def test_pip_install_offline_builds_the_extension(tmp_path):
     lines = r.stdout.splitlines()
     assert lines[0] == "keymesh-python 0.1.0"
     assert lines[1].startswith("libkeymesh 0.1.0 (") and "libkeymesh" in lines[1]
-    assert lines[2] == "segment format 5"
+    assert lines[2] == "segment format 6"
     assert lines[3].startswith("hot path: keymesh._ext (%s" % pkg), lines[3]
     r = subprocess.run([sys.executable, "-c",
                         "import keymesh; p = keymesh.SyncKeyPool(keys=['sk-pkg-1111']);"
@@ -54,7 +54,7 @@ def test_pip_install_offline_builds_the_extension(tmp_path):
 def test_version_command_in_tree():
     r = subprocess.run([sys.executable, "-m", "keymesh", "--version"], capture_output=True,
                        text=True, timeout=60)
-    assert r.returncode == 0 and "segment format 5" in r.stdout
+    assert r.returncode == 0 and "segment format 6" in r.stdout
     r = subprocess.run([sys.executable, "-m", "keymesh"], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 2 and "usage" in r.stderr
