@@ -697,7 +697,8 @@ _Static_assert(sizeof(km__intent) <= sizeof(((km__hdr *)0)->intent), "the intent
  * Fleet-wide limits (tools/sync/DESIGN.md sections 2-4; the hot path and
  * its argument in src/fleet.h, the agent's calls in src/fleet.c).  A
  * segment with fleet keys has a fleet region at km__hdr.off_fleet, after
- * every other region: a km__fhdr, then one km__fkey per key row.  The
+ * every other region: a km__fhdr, then one km__fkey per key row, then one
+ * per key row x model (cap_models each; "Model blocks" below).  The
  * credit of a key's minute windows lives in its own row (km__key line 1);
  * everything else the fleet needs is here. */
 
