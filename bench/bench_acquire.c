@@ -61,6 +61,8 @@
  *   SUMMARY acquire_release_fleet procs=.. keys=.. strategy=.. tokens=..
  *           seconds=.. reps=.. p50_off_ns=NN p50_on_ns=NN delta_p50_ns=NN
  *           p99_off_ns=NN p99_on_ns=NN
+ * With --model M --per-model, the fleet keys' windows of model M are under
+ * the fleet too: each pair also takes the model's credit (its own CAS).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -332,14 +334,16 @@ fail:
  * windows credit that does not run out during the run. */
 static int grant_forever(km_env *env, int keys)
 {
-    km_fleet_slot *sl = calloc((size_t)keys * KM_WIN_COUNT, sizeof *sl);
-    km_fleet_grant *g = calloc((size_t)keys * KM_WIN_COUNT, sizeof *g);
+    /* A key's windows and, in a per_model pool (--per-model), its model's. */
+    size_t cap = (size_t)keys * KM_WIN_COUNT * (1 + KM_MODELS_MAX);
+    km_fleet_slot *sl = calloc(cap, sizeof *sl);
+    km_fleet_grant *g = calloc(cap, sizeof *g);
     size_t n = 0;
     int rc = !sl || !g ? KM_ENOMEM : km_fleet_claim(env, KM_FLEET_STOP);
     if (rc == KM_OK)
-        rc = km_fleet_collect(env, now_ns(), sl, (size_t)keys * KM_WIN_COUNT, &n);
+        rc = km_fleet_collect(env, now_ns(), sl, cap, &n);
     for (size_t i = 0; rc == KM_OK && i < n; i++)
-        g[i] = (km_fleet_grant){.key = sl[i].key, .key_gen = sl[i].key_gen,
+        g[i] = (km_fleet_grant){.key = sl[i].key, .key_gen = sl[i].key_gen, .model = sl[i].model,
                                 .window = sl[i].window, .grant = 1000000000000ull,
                                 .deadline_ns = now_ns() + 3600 * 1000000000ull};
     if (rc == KM_OK)

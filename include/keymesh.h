@@ -1330,7 +1330,9 @@ KM_EXTERN int km_key_model_stats_get(km_env *env, int key, int model,
  * the next sync, when it does not cover the cost.
  *
  * Credit covers a key's own windows (requests and tokens per minute, hour,
- * day; per-model windows are not under the fleet in this version).  When
+ * day) and, for a fleet key of a per_model pool, each model's windows on
+ * it: a request that names the model takes the model's credit as well
+ * (slots and grants with model m + 1, km_fleet_model_info_get).  When
  * both the credit (deadline_ns) and the fallback share (fb_until_ns) of a
  * key have lapsed, policy KM_FLEET_STOP refuses it (KM_EAGAIN; also before
  * any agent has synced) and KM_FLEET_LOCAL admits it on its local limits
@@ -1392,8 +1394,10 @@ typedef struct km_fleet_slot {      /* one fleet-limited (key, window) */
  * every counter: spent = credit taken by acquirers since the last collect,
  * left = credit held now, returned = credit voided since (lapsed here, or
  * by km_fleet_release of this or an earlier agent).  One slot per (key,
- * window) under the fleet, keys in index order.  KM_EINVAL if cap is too
- * small (*n says how many) or the caller does not hold the role.
+ * window) and per (key, model, window) under the fleet, keys in index
+ * order (a model's slots carry model_name and adj 0: actual minus
+ * estimated tokens is kept per key).  KM_EINVAL if cap is too small (*n
+ * says how many) or the caller does not hold the role.
  * now_ns: km_now_ns() of the caller; UINT64_MAX voids every credit, which
  * is the bye of rule 5 (then km_fleet_release(env, 1) ends the fallback).
  * The counts are exact: spent + returned + left never exceeds the credit
@@ -1446,8 +1450,9 @@ typedef struct km_fleet_grant {
 } km_fleet_grant;
 /* Top up credit (a locked add of `grant` to what the host holds), set
  * deadlines and fallback shares, wake sleepers.  A grant whose key_gen
- * changed, whose window is not under the fleet, or with a model other than
- * 0 is skipped.  A key's windows share one deadline: the last grant's.
+ * changed, or whose window (of the key, or of model `model` - 1 on it) is
+ * not under the fleet, is skipped.  A key's windows share one deadline:
+ * the last grant's; so do a model's windows on a key (their own).
  * The fallback share admits at fb_ppm/1e6 of the window's rate with burst
  * fb_burst, from fb_from_ns until fb_until_ns, once credit has lapsed.
  * KM_EINVAL if the caller does not hold the role.
@@ -1510,6 +1515,12 @@ typedef struct km_fleet_key_info {
     uint32_t spend_fleet;                 /* 1: the key's budget counts fleet-wide */
 } km_fleet_key_info;
 KM_EXTERN int km_fleet_key_info_get(km_env *env, uint32_t key, km_fleet_key_info *out);
+/* The same for model `model` (0-based) of the key's pool on key `key`: its
+ * windows under the fleet (a fleet key of a per_model pool; else mask 0),
+ * credit, deadline and fallback share.
+ * @note Thread-safe, read only; the fields may tear while the agent applies. */
+KM_EXTERN int km_fleet_model_info_get(km_env *env, uint32_t key, uint32_t model,
+                                      km_fleet_key_info *out);
 
 /* Fleet-wide spend budgets (post-paid; tools/sync/DESIGN.md section 8).
  * The budget of a fleet key counts what every host spent in its period:

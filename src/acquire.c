@@ -226,11 +226,18 @@ static int lease_key(km_env *e, uint32_t ki, key_scan *sc, km_lease *out)
      * acquire was admitted (src/gcra.h), so a fleet refusal taken after
      * the local admission would waste local capacity under contention.
      * A key outside the fleet pays this load (line 1 of the row, beside
-     * the limit pairs admitted next) and one branch. */
+     * the limit pairs admitted next) and one branch.  A fleet key's model
+     * windows (per_model pools) take the model's credit right after. */
     uint32_t fmask = ck_pr_load_32(&k->fleet_mask); /* once: the undo gives back what this took */
-    int fl = 0;
-    if (__builtin_expect(fmask != 0, 0) && !(fl = km__fleet_admit(e, ki, k, fmask, &sc->a)))
-        goto undo_probe;
+    int fl = 0, flm = 0;
+    if (__builtin_expect(fmask != 0, 0)) {
+        if ((fmask & KM__FLEET_WINS) &&
+            !(fl = km__fleet_admit(e, ki, k, fmask & KM__FLEET_WINS, &sc->a)))
+            goto undo_probe;
+        if ((fmask & KM__FLEET_MODELS) && sc->md && mset.mask &&
+            !(flm = km__fleet_admit_model(e, ki, mi, mset.mask, &sc->a)))
+            goto undo_fleet;
+    }
     if (!km__admit(&kset, &sc->a, &ku))
         goto undo_fleet;
     if (sc->md) {
@@ -298,8 +305,10 @@ static int lease_key(km_env *e, uint32_t ki, key_scan *sc, km_lease *out)
     return 1;
 
 undo_fleet:
+    if (__builtin_expect(flm != 0, 0))
+        km__fleet_undo_model(e, ki, mi, mset.mask, &sc->a, flm);
     if (__builtin_expect(fl != 0, 0))
-        km__fleet_undo(e, ki, k, fmask, &sc->a, fl);
+        km__fleet_undo(e, ki, k, fmask & KM__FLEET_WINS, &sc->a, fl);
 undo_probe:
     if (probe) {
         int back = ck_pr_cas_32(&k->state, KM__ST_PROBING, KM__ST_FAILING);

@@ -74,7 +74,7 @@ static int geom_valid(const km__hdr *h)
     if (h->off_fleet && h->off_fleet != size)
         return KM_ECORRUPT;
     if (h->off_fleet)
-        size += km__fleet_bytes(h->cap_keys);
+        size += km__fleet_bytes(h->cap_keys, h->cap_models);
     if (size != h->seg_size ||
         off[KM__OFF_POOLS] != h->off_pools || off[KM__OFF_MEMBERS] != h->off_members ||
         off[KM__OFF_MODELS] != h->off_models || off[KM__OFF_KEYS] != h->off_keys ||
@@ -142,7 +142,7 @@ static int build(const char *obj, const km_config *cfg, unsigned mode, km_env **
     uint64_t off_fleet = 0;
     if (cfg->fleet_region) { /* the fleet region last (src/layout.h) */
         off_fleet = size;
-        size += km__fleet_bytes(cfg->cap_keys);
+        size += km__fleet_bytes(cfg->cap_keys, cap_models);
     }
     if (!(e = env_new()))
         return KM_ENOMEM;

@@ -76,7 +76,7 @@ uint32_t km__key_limits_write(km__key *k, const km__limit_cfg *lc)
     k->min_tok_burst = min_tok_burst(k->win_mask, k->burst);
     /* A fleet key's windows under the fleet follow its limits (behind the
      * key's `updating` flag, like them). */
-    k->fleet_mask = k->fleet ? k->win_mask : 0;
+    k->fleet_mask = k->fleet ? k->win_mask | KM__FLEET_MODELS : 0;
     return k->win_mask;
 }
 

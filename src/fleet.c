@@ -63,13 +63,18 @@
 
 /* --------------------------------------------------------- credit words */
 
-/* The credit word of window w of key ki: the minute pair in the key row,
- * the hour/day pairs in its fleet block, (requests, tokens) each. */
+/* Fleet blocks.  The code below the hot path takes a fleet block by its
+ * index ki: a key's (ki < cap_keys, k its row), or a model's
+ * (km__fmodel_ix, k unused), whose block holds all its credit.
+ *
+ * The credit word of window w of block ki: a key's minute pair in its key
+ * row, the rest in the block, (requests, tokens) each. */
 static uint64_t *credit_word(km_env *e, uint32_t ki, km__key *k, int w)
 {
+    km__fkey *fm = ki >= e->geom.cap_keys ? km__fkeys(e, ki) : NULL; /* a model's block */
     switch (w) {
-    case KM_WIN_RPM: return &k->credit.req;
-    case KM_WIN_TPM: return &k->credit.tok;
+    case KM_WIN_RPM: return fm ? &fm->credit_min.req : &k->credit.req;
+    case KM_WIN_TPM: return fm ? &fm->credit_min.tok : &k->credit.tok;
     case KM_WIN_RPH: return &km__fkeys(e, ki)->credit_hd[0].req;
     case KM_WIN_TPH: return &km__fkeys(e, ki)->credit_hd[0].tok;
     case KM_WIN_RPD: return &km__fkeys(e, ki)->credit_hd[1].req;
@@ -280,7 +285,7 @@ void km__fleet_key_init(km_env *e, uint32_t ki, const km__key_cfg *kc)
     int on = fh && (kc->fleet > 0 || (kc->fleet == 0 && fh->all));
 
     k->fleet = (uint8_t)on;
-    k->fleet_mask = on ? k->win_mask : 0;
+    k->fleet_mask = on ? k->win_mask | KM__FLEET_MODELS : 0;
     k->low_lg[0] = k->low_lg[1] = 0;
     ck_pr_store_64(&k->credit.req, 0);
     ck_pr_store_64(&k->credit.tok, 0);
@@ -289,6 +294,8 @@ void km__fleet_key_init(km_env *e, uint32_t ki, const km__key_cfg *kc)
         return;
     km__fkey *fk = km__fkeys(e, ki);
     memset(fk, 0, sizeof(*fk)); /* a row no reader reaches (see km__key_write) */
+    for (uint32_t m = 0; m < e->geom.cap_models; m++) /* and its model blocks */
+        memset(km__fkeys(e, km__fmodel_ix(e, ki, m)), 0, sizeof(km__fkey));
     fk->flags = on && kc->fleet_strict ? KM__FK_STRICT : 0;
     memcpy(fk->fleet_id, kc->fleet_id, sizeof(fk->fleet_id));
     fk->fleet_id[KM_ID_MAX] = '\0';
@@ -390,6 +397,8 @@ static void credit_void(km_env *e, uint32_t ki, km__key *k, uint32_t mask)
     fk->gen++;
 }
 
+static void release_models(km_env *e, uint32_t ki);
+
 KM_EXTERN int km_fleet_release(km_env *e, int void_credit)
 {
     if (!e || !holds_role(e))
@@ -398,6 +407,7 @@ KM_EXTERN int km_fleet_release(km_env *e, int void_credit)
     if (void_credit) {
         for (uint32_t ki = 0; ki < e->geom.cap_keys; ki++) {
             uint32_t mask = fleet_mask_of(e, ki);
+            release_models(e, ki);
             if (!mask)
                 continue;
             km__key *k = &km__keys(e)[ki];
@@ -461,6 +471,11 @@ static void slot_meta(km_env *e, uint32_t ki, int w, km_fleet_slot *o)
     o->mode = k->mode[w];
     o->strict = (fk->flags & KM__FK_STRICT) != 0;
 }
+static size_t models_slots(km_env *e, uint32_t ki);
+static void models_void_lapsed(km_env *e, uint32_t ki, uint64_t now);
+static size_t model_pending_out(km_env *e, uint32_t ki, uint32_t m, km_fleet_slot *out);
+static void pending_get(const km__fkey *fk, int w, km_fleet_slot *o);
+static size_t collect_models(km_env *e, uint32_t ki, uint64_t now, km_fleet_slot *out, size_t cap);
 
 KM_EXTERN int km_fleet_collect(km_env *e, uint64_t now, km_fleet_slot *out, size_t cap,
                                size_t *n)
@@ -480,13 +495,34 @@ KM_EXTERN int km_fleet_collect(km_env *e, uint64_t now, km_fleet_slot *out, size
     return rc;
 }
 
+/* Window w of fleet block fi (a key's, k its row, or a model's) since the
+ * last collect (rule 4, the top of this file): spent, left, returned, and
+ * the slow paths' counts, into o. */
+static void block_counts(km_env *e, uint32_t fi, km__key *k, int w, km_fleet_slot *o)
+{
+    km__fkey *fk = km__fkeys(e, fi);
+    /* One load of the word: every acquirer's decrement is before or after
+     * it (see the top of this file). */
+    uint64_t cur = km__min64(ck_pr_load_64(credit_word(e, fi, k, w)), fk->a_last[w]);
+    o->spent = fk->a_last[w] - cur;
+    o->left = cur;
+    o->returned = fk->a_ret[w];
+    fk->a_last[w] = cur;
+    fk->a_ret[w] = 0;
+    /* Counters of the slow paths, read and reset in one locked exchange
+     * each (a concurrent add lands before or after). */
+    o->fb_spent = ck_pr_fas_64(&fk->fb_used[w], 0);
+    o->refused = ck_pr_fas_64(&fk->refused[w], 0);
+    o->want = ck_pr_fas_64(&fk->want[w], 0);
+}
+
 static int collect_in(km_env *e, uint64_t now, km_fleet_slot *out, size_t cap, size_t *n)
 {
     if (km__fleet(e)->rp_seq) /* a report stamped: it again, nothing reset */
         return report_collect(e, now, out, cap, n);
     size_t need = 0;
     for (uint32_t ki = 0; ki < e->geom.cap_keys; ki++)
-        need += (size_t)__builtin_popcount(fleet_mask_of(e, ki));
+        need += (size_t)__builtin_popcount(fleet_mask_of(e, ki)) + models_slots(e, ki);
     if (need > cap) {
         *n = need;
         return KM_EINVAL;
@@ -494,6 +530,7 @@ static int collect_in(km_env *e, uint64_t now, km_fleet_slot *out, size_t cap, s
     size_t j = 0;
     for (uint32_t ki = 0; ki < e->geom.cap_keys && j < cap; ki++) {
         uint32_t mask = fleet_mask_of(e, ki);
+        j += collect_models(e, ki, now, out + j, cap - j);
         if (!mask)
             continue;
         km__key *k = &km__keys(e)[ki];
@@ -511,19 +548,7 @@ static int collect_in(km_env *e, uint64_t now, km_fleet_slot *out, size_t cap, s
             int w = __builtin_ctz(m);
             km_fleet_slot *o = &out[j++];
             slot_meta(e, ki, w, o);
-            /* One load of the word: every acquirer's decrement is before
-             * or after it (see the top of this file). */
-            uint64_t cur = km__min64(ck_pr_load_64(credit_word(e, ki, k, w)), fk->a_last[w]);
-            o->spent = fk->a_last[w] - cur;
-            o->left = cur;
-            o->returned = fk->a_ret[w];
-            fk->a_last[w] = cur;
-            fk->a_ret[w] = 0;
-            /* Counters of the slow paths, read and reset in one locked
-             * exchange each (a concurrent add lands before or after). */
-            o->fb_spent = ck_pr_fas_64(&fk->fb_used[w], 0);
-            o->refused = ck_pr_fas_64(&fk->refused[w], 0);
-            o->want = ck_pr_fas_64(&fk->want[w], 0);
+            block_counts(e, ki, k, w, o);
             o->adj = km__window_is_requests(w) ? 0 : adj;
             pending_add(fk, o);
         }
@@ -559,15 +584,27 @@ static void pending_add(km__fkey *fk, const km_fleet_slot *o)
     fk->p_mask |= 1u << w;
 }
 
-/* The pending counts of every key as slots (as a collect gives them: the
+/* Block fk's pending counts of window w into slot o. */
+static void pending_get(const km__fkey *fk, int w, km_fleet_slot *o)
+{
+    o->key_gen = fk->p_gen;
+    o->spent = fk->p_spent[w];
+    o->fb_spent = fk->p_fb_spent[w];
+    o->returned = fk->p_returned[w];
+    o->left = fk->p_left[w];
+    o->adj = fk->p_adj[w];
+    o->want = fk->p_want[w];
+}
+
+/* The pending counts of every key (and of its models' blocks) as slots (as a collect gives them: the
  * key's description from its row while the row still holds that key
  * generation, else only its identity and counts); KM_EINVAL with *n the
  * count if cap is short. */
 static int pending_out(km_env *e, km_fleet_slot *out, size_t cap, size_t *n)
 {
     size_t need = 0, j = 0;
-    for (uint32_t ki = 0; ki < e->geom.cap_keys; ki++)
-        need += (size_t)__builtin_popcount(km__fkeys(e, ki)->p_mask);
+    for (uint64_t fi = 0; fi < km__fleet_blocks(e->geom.cap_keys, e->geom.cap_models); fi++)
+        need += (size_t)__builtin_popcount(km__fkeys(e, (uint32_t)fi)->p_mask);
     if (need > cap) {
         *n = need;
         return KM_EINVAL;
@@ -585,14 +622,10 @@ static int pending_out(km_env *e, km_fleet_slot *out, size_t cap, size_t *n)
                 o->key = ki;
                 o->window = w;
             }
-            o->key_gen = fk->p_gen;
-            o->spent = fk->p_spent[w];
-            o->fb_spent = fk->p_fb_spent[w];
-            o->returned = fk->p_returned[w];
-            o->left = fk->p_left[w];
-            o->adj = fk->p_adj[w];
-            o->want = fk->p_want[w];
+            pending_get(fk, w, o);
         }
+        for (uint32_t m = 0; m < e->geom.cap_models; m++)
+            j += model_pending_out(e, ki, m, out + j);
     }
     *n = j;
     return KM_OK;
@@ -608,6 +641,7 @@ static int report_collect(km_env *e, uint64_t now, km_fleet_slot *out, size_t ca
         uint64_t dl = ck_pr_load_64(&k->credit_deadline);
         if (mask && dl && now >= dl)
             credit_void(e, ki, k, mask);
+        models_void_lapsed(e, ki, now);
     }
     return pending_out(e, out, cap, n);
 }
@@ -673,8 +707,8 @@ KM_EXTERN int km_fleet_report_ack(km_env *e, uint64_t seq)
      * epoch section, as collect: a removed key's row is not rewritten by
      * km__fleet_key_init meanwhile. */
     km__rdr *r = km__rd_enter(&e->seg, km__now());
-    for (uint32_t ki = 0; ki < e->geom.cap_keys; ki++) {
-        km__fkey *fk = km__fkeys(e, ki);
+    for (uint64_t fi = 0; fi < km__fleet_blocks(e->geom.cap_keys, e->geom.cap_models); fi++) {
+        km__fkey *fk = km__fkeys(e, (uint32_t)fi);
         if (fk->p_mask) {
             memset(fk->p_spent, 0, offsetof(km__fkey, p_mask) - offsetof(km__fkey, p_spent));
             fk->p_mask = 0;
@@ -704,6 +738,7 @@ static uint8_t lg_floor(uint64_t x)
 }
 
 static void apply_in(km_env *e, const km_fleet_grant *g, size_t n);
+static void apply_model(km_env *e, const km_fleet_grant *gr, uint64_t now);
 
 KM_EXTERN int km_fleet_apply(km_env *e, const km_fleet_grant *g, size_t n)
 {
@@ -724,9 +759,12 @@ static void apply_in(km_env *e, const km_fleet_grant *g, size_t n)
     uint64_t now = km__now();
     for (size_t i = 0; i < n; i++) {
         const km_fleet_grant *gr = &g[i];
-        if (gr->key >= e->geom.cap_keys || gr->window < 0 || gr->window >= KM_WIN_COUNT ||
-            gr->model != 0)
-            continue; /* per-model credit: not in this version */
+        if (gr->key >= e->geom.cap_keys || gr->window < 0 || gr->window >= KM_WIN_COUNT)
+            continue;
+        if (gr->model != 0) { /* a model's window (per_model pools) */
+            apply_model(e, gr, now);
+            continue;
+        }
         uint32_t ki = gr->key, mask = fleet_mask_of(e, ki);
         km__key *k = &km__keys(e)[ki];
         km__fkey *fk = km__fkeys(e, ki);
@@ -1077,4 +1115,237 @@ KM_EXTERN int km_fleet_spend_apply(km_env *e, uint32_t key, uint32_t key_gen,
     }
     km__rd_exit(r);
     return rc;
+}
+
+/* -------------------------------------------------------- model windows
+ *
+ * A fleet key of a per_model pool has its model windows under the fleet
+ * too (src/fleet.h, "model windows"): each (key, model) has a fleet block
+ * of its own (src/layout.h, "Model blocks") with the same accounting as a
+ * key's (the top of this file), reported as slots with model m + 1 and
+ * answered by grants with that model.  The agent names each in the ledger
+ * by the key's fleet id and the model's name.  Not kept per model: `adj`
+ * (actual minus estimated tokens is summed per key, in its lease slots),
+ * so a model's token windows commit the estimates, and health (the key's). */
+
+/* The limits model m of key ki is under: the key's own limits of it
+ * (km__key.own_models), else the pool's, as the acquire resolves them
+ * (km__model_lset).  Both rows change only behind the key's `updating`
+ * flag or under the admin lock: the agent reads them plainly, as it reads
+ * a key's limits; a change between two reads is the next collect's. */
+typedef struct mlim {
+    uint32_t mask;
+    const uint64_t *T, *limit, *burst;
+    const uint8_t *mode;
+} mlim;
+
+static mlim model_lim(km_env *e, uint32_t ki, uint32_t m)
+{
+    km__key *k = &km__keys(e)[ki];
+    if ((ck_pr_load_64(&k->own_models) >> m) & 1) {
+        const km__mwin *mw = &km__mwins(e, ki)[m];
+        return (mlim){mw->win_mask & KM__FLEET_WINS, mw->emission_ns, mw->limit, mw->burst, mw->mode};
+    }
+    const km__model *md = &km__models(e, k->pool)[m];
+    return (mlim){md->win_mask & KM__FLEET_WINS, md->emission_ns, md->limit, md->burst, md->mode};
+}
+
+/* How many models of key ki have their windows under the fleet: those of
+ * its pool if it is a fleet key in use of a per_model pool, else 0. */
+static uint32_t fleet_models_of(km_env *e, uint32_t ki)
+{
+    km__key *k = &km__keys(e)[ki];
+    if (ck_pr_load_32(&k->state) >= KM__ST_FREE ||
+        !(ck_pr_load_32(&k->fleet_mask) & KM__FLEET_MODELS) || k->pool >= e->geom.n_pools)
+        return 0;
+    const km__pool *p = &km__pools(e)[k->pool];
+    if (ck_pr_load_32(&p->model_mode) != KM_MODELS_PER_MODEL)
+        return 0;
+    return (uint32_t)km__min64(ck_pr_load_32(&p->n_models), e->geom.cap_models);
+}
+
+static size_t models_slots(km_env *e, uint32_t ki)
+{
+    size_t n = 0;
+    for (uint32_t m = 0, nm = fleet_models_of(e, ki); m < nm; m++)
+        n += (size_t)__builtin_popcount(model_lim(e, ki, m).mask);
+    return n;
+}
+
+
+/* A slot's description of window w of model m of key ki (limits ml),
+ * its counts zero. */
+static void model_slot_meta(km_env *e, uint32_t ki, uint32_t m, const mlim *ml, int w,
+                            km_fleet_slot *o)
+{
+    km__key *k = &km__keys(e)[ki];
+    const km__fkey *fk = km__fkeys(e, ki);
+    memset(o, 0, sizeof(*o));
+    o->key = ki;
+    o->key_gen = ck_pr_load_32(&k->gen);
+    o->model = m + 1;
+    o->window = w;
+    copy_id(o->pool, km__pools(e)[k->pool].name);
+    copy_id(o->key_id, k->id);
+    copy_id(o->fleet_id, fk->fleet_id);
+    copy_id(o->model_name, km__models(e, k->pool)[m].name);
+    o->limit = ml->limit[w];
+    o->burst = ml->burst[w];
+    o->period_ms = km__window_period_ns(w) / KM__NS_PER_MS;
+    o->mode = ml->mode[w];
+    o->strict = (fk->flags & KM__FK_STRICT) != 0;
+}
+
+/* Model block fi's credit, if lapsed, voided (counted as returned). */
+static void model_void_lapsed(km_env *e, uint32_t fi, const mlim *ml, uint64_t now)
+{
+    uint64_t dl = ck_pr_load_64(&km__fkeys(e, fi)->m_deadline);
+    if (dl && now >= dl)
+        credit_void(e, fi, NULL, ml->mask);
+}
+
+/* The model slots of key ki, at most cap, into out: how many. */
+static size_t collect_models(km_env *e, uint32_t ki, uint64_t now, km_fleet_slot *out, size_t cap)
+{
+    uint32_t nm = fleet_models_of(e, ki);
+    if (!nm)
+        return 0;
+    size_t j = 0;
+    for (uint32_t m = 0; m < nm && j < cap; m++) {
+        mlim ml = model_lim(e, ki, m);
+        if (!ml.mask)
+            continue;
+        uint32_t fi = km__fmodel_ix(e, ki, m);
+        model_void_lapsed(e, fi, &ml, now);
+        for (uint32_t b = ml.mask; b && j < cap; b &= b - 1) {
+            int w = __builtin_ctz(b);
+            km_fleet_slot *o = &out[j++];
+            model_slot_meta(e, ki, m, &ml, w, o);
+            block_counts(e, fi, NULL, w, o); /* adj stays 0: see above */
+            pending_add(km__fkeys(e, fi), o);
+        }
+    }
+    return j;
+}
+
+/* The report in the segment (the top of this file) for model blocks: the
+ * lapsed credit of every model block of key ki voided (a stamped report's
+ * collect), and the pending counts of model m as slots. */
+static void models_void_lapsed(km_env *e, uint32_t ki, uint64_t now)
+{
+    for (uint32_t m = 0, nm = fleet_models_of(e, ki); m < nm; m++) {
+        mlim ml = model_lim(e, ki, m);
+        if (ml.mask)
+            model_void_lapsed(e, km__fmodel_ix(e, ki, m), &ml, now);
+    }
+}
+
+static size_t model_pending_out(km_env *e, uint32_t ki, uint32_t m, km_fleet_slot *out)
+{
+    km__fkey *fm = km__fkeys(e, km__fmodel_ix(e, ki, m));
+    int same = m < fleet_models_of(e, ki) && ck_pr_load_32(&km__keys(e)[ki].gen) == fm->p_gen;
+    mlim ml = same ? model_lim(e, ki, m) : (mlim){0};
+    size_t j = 0;
+    for (uint32_t b = fm->p_mask; b; b &= b - 1) {
+        int w = __builtin_ctz(b);
+        km_fleet_slot *o = &out[j++];
+        if (same && (ml.mask >> w) & 1) {
+            model_slot_meta(e, ki, m, &ml, w, o);
+        } else {
+            memset(o, 0, sizeof(*o));
+            o->key = ki;
+            o->model = m + 1;
+            o->window = w;
+        }
+        pending_get(fm, w, o);
+    }
+    return j;
+}
+
+static void apply_model(km_env *e, const km_fleet_grant *gr, uint64_t now)
+{
+    uint32_t ki = gr->key, m = gr->model - 1;
+    km__key *k = &km__keys(e)[ki];
+    int w = gr->window;
+    /* The key changed since the collect this answers, or the model's
+     * window is no longer limited: not this grant's (as a key's). */
+    if (m >= fleet_models_of(e, ki) || ck_pr_load_32(&k->gen) != gr->key_gen)
+        return;
+    mlim ml = model_lim(e, ki, m);
+    if (!(ml.mask & (1u << w)))
+        return;
+    uint32_t fi = km__fmodel_ix(e, ki, m);
+    km__fkey *fm = km__fkeys(e, fi);
+    if (gr->grant) {
+        ck_pr_add_64(credit_word(e, fi, NULL, w), gr->grant); /* a sum: locked add (F1) */
+        fm->a_last[w] += gr->grant;
+    }
+    /* The deadline after the top-up (release: an acquirer that sees the
+     * new deadline sees the credit too). */
+    ck_pr_fence_atomic_store();
+    ck_pr_store_64(&fm->m_deadline, gr->deadline_ns);
+    /* The fallback share at fb_ppm of the model window's rate. */
+    uint64_t T = 0, tau = 0;
+    if (gr->fb_ppm && ml.T[w]) {
+        T = km__mul_sat(ml.T[w], 1000000) / gr->fb_ppm;
+        tau = km__mul_sat(gr->fb_burst, T);
+    }
+    fb_write(fm, w, gr->fb_from_ns, gr->fb_until_ns, T, tau);
+    fm->fb_ppm = gr->fb_ppm;
+    /* Sleepers may be admitted now (km__wake's own fence orders the bump
+     * after the stores above). */
+    if (gr->grant || (gr->fb_ppm && gr->fb_from_ns <= now && now < gr->fb_until_ns))
+        km__wake_pool(e, k->pool);
+}
+
+/* km_fleet_release's void of key ki's model blocks, as of its own: the
+ * deadline first, then the words (F2), then the fallback window ended. */
+static void release_models(km_env *e, uint32_t ki)
+{
+    for (uint32_t m = 0, nm = fleet_models_of(e, ki); m < nm; m++) {
+        uint32_t fi = km__fmodel_ix(e, ki, m);
+        km__fkey *fm = km__fkeys(e, fi);
+        ck_pr_store_64(&fm->m_deadline, 0);
+        ck_pr_fence_store_atomic(); /* the deadline before the exchanges */
+        credit_void(e, fi, NULL, model_lim(e, ki, m).mask);
+        fb_write(fm, -1, 0, 0, 0, 0);
+        fm->fb_ppm = 0;
+    }
+}
+
+void km__fleet_undo_model(km_env *e, uint32_t ki, uint32_t mi, uint32_t mask, const km__adm *a,
+                          int how)
+{
+    uint32_t fi = km__fmodel_ix(e, ki, mi);
+    if (how != KM__FL_CREDIT) { /* the fallback count, as a key's */
+        km__fleet_undo(e, fi, NULL, mask, a, how);
+        return;
+    }
+    uint32_t m = mask;
+    uint64_t cost;
+    for (int w; (w = km__fleet_next(&m, a->tokens, &cost)) >= 0;)
+        ck_pr_add_64(credit_word(e, fi, NULL, w), cost); /* a sum: exact (F3) */
+}
+
+KM_EXTERN int km_fleet_model_info_get(km_env *e, uint32_t key, uint32_t model,
+                                      km_fleet_key_info *out)
+{
+    if (!e || !out)
+        return KM_EINVAL;
+    memset(out, 0, sizeof(*out));
+    if (key >= e->geom.cap_keys || ck_pr_load_32(&km__keys(e)[key].state) >= KM__ST_FREE)
+        return KM_ENOKEY;
+    if (!e->geom.off_fleet || model >= fleet_models_of(e, key))
+        return KM_OK;
+    uint32_t fi = km__fmodel_ix(e, key, model);
+    km__fkey *fm = km__fkeys(e, fi);
+    out->mask = model_lim(e, key, model).mask;
+    for (uint32_t m = out->mask; m; m &= m - 1) {
+        int w = __builtin_ctz(m);
+        out->credit[w] = ck_pr_load_64(credit_word(e, fi, NULL, w));
+    }
+    out->deadline_ns = ck_pr_load_64(&fm->m_deadline);
+    out->fb_ppm = ck_pr_load_32(&fm->fb_ppm);
+    out->fb_until_ns = ck_pr_load_64(&fm->fb_until);
+    return KM_OK;
 }

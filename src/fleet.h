@@ -48,7 +48,8 @@
 
 /* The out-of-line paths (src/fleet.c): hour/day credit, fallback share and
  * policy, and the refusal's bookkeeping.  Each returns 0 if refused (with
- * a->retry lowered), else 1 (km__fleet_lapsed: KM__FL_*). */
+ * a->retry lowered), else 1 (km__fleet_lapsed: KM__FL_*).  ki is a fleet
+ * block's index: a key's, or a model's (km__fmodel_ix, k NULL). */
 int km__fleet_take_hd(km_env *e, uint32_t ki, km__key *k, uint32_t mask, km__adm *a);
 int km__fleet_lapsed(km_env *e, uint32_t ki, km__key *k, uint32_t mask, km__adm *a);
 int km__fleet_refuse(km_env *e, uint32_t ki, uint32_t mask, km__adm *a);
@@ -130,6 +131,59 @@ KM__HOT int km__fleet_admit(km_env *e, uint32_t ki, km__key *k, uint32_t mask, k
     }
     if (__builtin_expect(mask & ~KM__MINUTE_WINS, 0) && !km__fleet_take_hd(e, ki, k, mask, a)) {
         km__fleet_giveback_min(k, need_r, need_t);
+        return 0;
+    }
+    return KM__FL_CREDIT;
+}
+
+/* ------------------------------------------------------ model windows
+ *
+ * A fleet key of a per_model pool has its model windows under the fleet
+ * too (KM__FLEET_MODELS in its fleet_mask): model mi's credit, deadline
+ * and fallback share live in the model's fleet block (src/layout.h,
+ * "Model blocks"), and an acquire that names the model takes that credit
+ * right after the key's own, by the same rules F1-F4 on the model's
+ * words.  A refusal on the model gives back the key's credit (the
+ * caller's undo: exact, F3). */
+
+void km__fleet_undo_model(km_env *e, uint32_t ki, uint32_t mi, uint32_t mask, const km__adm *a,
+                          int how);
+
+/* Take (need_r, need_t) off a credit pair by one 16-byte CAS (F1): 1, or 0
+ * with nothing taken when the pair does not cover it. */
+static inline int km__cpair_take(km__cpair *p, uint64_t need_r, uint64_t need_t)
+{
+    /* The loads may tear, the CAS compares both halves. */
+    uint64_t cur[2] = {ck_pr_load_64(&p->req), ck_pr_load_64(&p->tok)}, set[2];
+    do {
+        if (cur[0] < need_r || cur[1] < need_t)
+            return 0;
+        set[0] = cur[0] - need_r;
+        set[1] = cur[1] - need_t;
+    } while (!km__cpair_cas(p, cur, set));
+    return 1;
+}
+
+/* Admit one request on model mi's windows `mask` (not 0: the model's
+ * limited windows, as the acquire resolved them) of fleet key ki, after
+ * km__fleet_admit and before the local admission.  Returns KM__FL_* if
+ * admitted; 0 if refused, with a->retry lowered and nothing of the model's
+ * taken. */
+KM__HOT int km__fleet_admit_model(km_env *e, uint32_t ki, uint32_t mi, uint32_t mask, km__adm *a)
+{
+    uint32_t fi = km__fmodel_ix(e, ki, mi);
+    km__fkey *fm = km__fkeys(e, fi);
+    /* A plain load, as the key's deadline (F2). */
+    if (__builtin_expect(a->now >= ck_pr_load_64(&fm->m_deadline), 0))
+        return km__fleet_lapsed(e, fi, NULL, mask, a);
+    uint64_t need_r = (mask >> KM_WIN_RPM) & 1, need_t = (mask >> KM_WIN_TPM) & 1 ? a->tokens : 0;
+    if ((need_r | need_t) && !km__cpair_take(&fm->credit_min, need_r, need_t))
+        return km__fleet_refuse(e, fi, mask, a);
+    if (__builtin_expect(mask & ~KM__MINUTE_WINS, 0) && !km__fleet_take_hd(e, fi, NULL, mask, a)) {
+        if (need_r)
+            ck_pr_add_64(&fm->credit_min.req, need_r); /* a sum: locked add, exact (F3) */
+        if (need_t)
+            ck_pr_add_64(&fm->credit_min.tok, need_t);
         return 0;
     }
     return KM__FL_CREDIT;

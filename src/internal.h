@@ -276,6 +276,12 @@ static inline km__fkey *km__fkeys(const km_env *e, uint32_t key)
 {
     return (km__fkey *)KM__AT(e->seg.base, e->geom.off_fleet + sizeof(km__fhdr)) + key;
 }
+/* The index, among the fleet blocks, of model `model` (0-based) of key
+ * `key`: after every key's block (src/layout.h, "Model blocks"). */
+static inline uint32_t km__fmodel_ix(const km_env *e, uint32_t key, uint32_t model)
+{
+    return e->geom.cap_keys + key * e->geom.cap_models + model;
+}
 
 /* The sleeper row of process slot `slot` (km__wrow, src/layout.h): the
  * region after the usage rings, whose offset the header does not store. */

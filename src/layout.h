@@ -341,9 +341,11 @@ typedef struct km__key {
      *       it.  The agent stores it (release) after its top-up; a stale
      *       value only makes an acquirer conservative or lets it spend
      *       credit the ledger still reserves (DESIGN.md section 3).
-     *   fleet_mask  windows under the fleet (bit per km_window); 0: not a
-     *       fleet key.  Written with the limits (creation, or behind the
-     *       key's `updating` flag), read plainly like them.
+     *   fleet_mask  windows under the fleet (bit per km_window), and
+     *       KM__FLEET_MODELS on every fleet key (its model windows, in a
+     *       per_model pool, are under the fleet too); 0: not a fleet key.
+     *       Written with the limits (creation, or behind the key's
+     *       `updating` flag), read plainly like them.
      *   fleet  1: a fleet key (written with the row).
      *   low_lg  the agent's low-water marks of the pair: an acquirer that
      *       leaves credit.req (low_lg[0]) or credit.tok (low_lg[1]) below
@@ -428,6 +430,11 @@ _Static_assert(offsetof(km__key, emission_ns) == 4 * KM__LINE, "config lines");
 _Static_assert(offsetof(km__key, id) == 8 * KM__LINE, "id aligned");
 _Static_assert(offsetof(km__key, meta) == 13 * KM__LINE, "meta aligned");
 _Static_assert(sizeof(km__key) == 17 * KM__LINE, "km__key size");
+/* km__key.fleet_mask: a fleet key, whose model windows (per_model pools)
+ * are under the fleet as well as its own windows (the low bits). */
+#define KM__FLEET_MODELS (UINT32_C(1) << 31)
+#define KM__FLEET_WINS ((UINT32_C(1) << KM_WIN_COUNT) - 1)
+_Static_assert(KM_WIN_COUNT < 31, "km__key.fleet_mask: windows below KM__FLEET_MODELS");
 
 /* Parts per million: success_ppm of a key that has always succeeded. */
 #define KM__PPM 1000000u
@@ -690,7 +697,8 @@ _Static_assert(sizeof(km__intent) <= sizeof(((km__hdr *)0)->intent), "the intent
  * Fleet-wide limits (tools/sync/DESIGN.md sections 2-4; the hot path and
  * its argument in src/fleet.h, the agent's calls in src/fleet.c).  A
  * segment with fleet keys has a fleet region at km__hdr.off_fleet, after
- * every other region: a km__fhdr, then one km__fkey per key row.  The
+ * every other region: a km__fhdr, then one km__fkey per key row, then one
+ * per key row x model (cap_models each; "Model blocks" below).  The
  * credit of a key's minute windows lives in its own row (km__key line 1);
  * everything else the fleet needs is here. */
 
@@ -734,7 +742,15 @@ _Static_assert(offsetof(km__fhdr, kick) == KM__LINE && offsetof(km__fhdr, rp_seq
 
 /* One key's fleet block.  Lines 1, 4, 5 and 6 are written by acquirers on
  * the slow paths only (fallback, refusal); the agent reads them by
- * exchange.  Line 7 is the agent's own. */
+ * exchange.  Line 7 is the agent's own.
+ *
+ * Model blocks.  A fleet key of a per_model pool has its model windows
+ * under the fleet too: each (key, model) has a block of the same struct
+ * after the keys' blocks (km__fmodel), its own credit (all six windows:
+ * credit_min and credit_hd), deadline (m_deadline), fallback share, counts
+ * and agent's words, and no fleet_id or health of its own (the key's).
+ * The code below the hot path takes a block by its index, key or model
+ * alike (src/fleet.c, "fleet blocks"). */
 typedef struct km__fkey {
     /* line 0: hour/day credit, as the minute pair: (RPH, TPH), (RPD, TPD),
      * each a 16-byte CAS pair (locked RMW only, as km__key.credit);
@@ -744,10 +760,15 @@ typedef struct km__fkey {
     uint32_t gen;            /* credit voids by the agent (inspect) */
     uint32_t fb_ppm;         /* the share last applied, for inspect */
     uint32_t pad0;
-    uint8_t pad0b[KM__LINE - 48];
+    /* A model block only (below): the model's minute pair (rpm, tpm), as
+     * km__key.credit (a key block's minute pair is in its key row). */
+    km__cpair credit_min;
     /* line 1: fallback GCRA words, CASed only while on fallback */
     uint64_t fb_tat[KM_WIN_COUNT];
-    uint64_t pad1[2];
+    /* A model block only: its credit deadline, as km__key.credit_deadline
+     * (the agent's release store after its top-up; acquirers load it). */
+    uint64_t m_deadline;
+    uint64_t pad1;
     /* lines 2-3: the fallback share; the agent writes it under the seqlock
      * fb_seq (odd while being written; release stores), acquirers read it
      * and retry while the count is odd or changed */
@@ -828,13 +849,24 @@ _Static_assert(offsetof(km__fkey, fb_tat) == KM__LINE && offsetof(km__fkey, fb_s
                    offsetof(km__fkey, p_spent) == 11 * KM__LINE,
                "km__fkey lines");
 _Static_assert(sizeof(km__fkey) == 16 * KM__LINE, "km__fkey size");
+_Static_assert(offsetof(km__fkey, credit_min) == 3 * 16 && offsetof(km__fkey, credit_min) / KM__LINE == 0,
+               "a model block's minute pair: 16-byte aligned, on line 0 with its hour/day pairs");
+_Static_assert(offsetof(km__fkey, m_deadline) / KM__LINE == 1 && offsetof(km__fkey, m_deadline) % 8 == 0,
+               "a model block's deadline: one aligned word on line 1");
 
-/* Bytes of a fleet region for cap_keys key rows (whole pages: it is the
- * segment's last region). */
-static inline uint64_t km__fleet_bytes(uint32_t cap_keys)
+/* Fleet blocks of a fleet region: one per key row, then one per key row x
+ * model (cap_models each). */
+static inline uint64_t km__fleet_blocks(uint32_t cap_keys, uint32_t cap_models)
 {
-    return (sizeof(km__fhdr) + (uint64_t)cap_keys * sizeof(km__fkey) + KM__PAGE - 1) &
-           ~(uint64_t)(KM__PAGE - 1);
+    return (uint64_t)cap_keys * (1 + (uint64_t)cap_models);
+}
+
+/* Bytes of a fleet region for cap_keys key rows of cap_models models (whole
+ * pages: it is the segment's last region). */
+static inline uint64_t km__fleet_bytes(uint32_t cap_keys, uint32_t cap_models)
+{
+    return (sizeof(km__fhdr) + km__fleet_blocks(cap_keys, cap_models) * sizeof(km__fkey) +
+            KM__PAGE - 1) & ~(uint64_t)(KM__PAGE - 1);
 }
 
 /* ------------------------------------------------------------ the layout */
@@ -964,6 +996,9 @@ static inline uint64_t km__layout_signature(void)
         offsetof(km__lease, tokens_est), offsetof(km__hdr, off_fleet),
         /* Fleet-wide spend budgets (issue 12, item 3): others' spend. */
         offsetof(km__fkey, sp_others), offsetof(km__fkey, a_sp_end),
+        /* Per-model fleet windows (issue 12, item 3): the model blocks'
+         * minute pair and deadline. */
+        offsetof(km__fkey, credit_min), offsetof(km__fkey, m_deadline),
         /* Pools added, changed and removed live (issue 18, item 1). */
         offsetof(km__pool, state), offsetof(km__pool, stage), sizeof(km__pstage),
         /* Budgets in named time zones (issue 18, item 2): the zone table. */

@@ -7,6 +7,10 @@
  * granted nor the local limits; a lapsed deadline; the fallback share;
  * policy stop vs local; a grant for a changed key skipped; health changes
  * and the fleet's verdict applied; status and key info for inspect.
+ * Model windows of a per_model pool's fleet keys (test_models): slots and
+ * grants per (key, model, window), admission on the model's credit exact
+ * across 4 processes and within the local limits, lapse, fallback and
+ * policy, live limit changes, the bye, inspect.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,10 +40,11 @@ static const char *CFG =
 
 static km_env *env;
 static int P, Q, KF, KG, KH;
+static const char *req_model; /* the model acq_pin's requests name (test_models) */
 
 static int acq_pin(km_env *e, int pool, const char *id, uint32_t tokens, km_lease *l)
 {
-    km_request r = {.pool = pool, .tokens = tokens, .key_id = id};
+    km_request r = {.pool = pool, .tokens = tokens, .key_id = id, .model = req_model};
     memset(l, 0, sizeof *l);
     return km_acquire(e, &r, l);
 }
@@ -53,7 +58,7 @@ static void rel_ok(km_env *e, km_lease *l, int64_t tokens)
 static km_fleet_slot *slot_of(km_fleet_slot *s, size_t n, int key, int w)
 {
     for (size_t i = 0; i < n; i++)
-        if ((int)s[i].key == key && s[i].window == w)
+        if ((int)s[i].key == key && s[i].model == 0 && s[i].window == w)
             return &s[i];
     return NULL;
 }
@@ -928,9 +933,377 @@ static void test_report(void)
     is_u64(S(KF, KM_WIN_RPM)->spent, 0, "  nothing counted twice");
 }
 
+/* ------------------------------------------------------- model windows */
+
+/* Pool "m" (per_model): model gpt (token bucket rpm 6000, tpm 600000) and
+ * mini (sliding rpm 600, burst 5); fleet key a (no limits of its own),
+ * fleet key b (its own rpm, and its own gpt rpm 3000), key c not a fleet
+ * key. */
+static const char *MCFG =
+    "{\"capacity\":{\"processes\":16},"
+    " \"pools\":[{\"name\":\"m\",\"strategy\":\"fill_first\",\"model_limits\":\"per_model\","
+    "  \"models\":{\"gpt\":{\"rpm\":{\"limit\":6000,\"burst\":6000,\"mode\":\"token_bucket\"},"
+    "                      \"tpm\":{\"limit\":600000,\"burst\":600000,\"mode\":\"token_bucket\"}},"
+    "             \"mini\":{\"rpm\":{\"limit\":600,\"burst\":5,\"mode\":\"sliding\"}}},"
+    "  \"keys\":[{\"id\":\"a\",\"secret\":\"sk-model-aaaaaaaa\",\"fleet\":true},"
+    "   {\"id\":\"b\",\"secret\":\"sk-model-bbbbbbbb\",\"fleet\":true,\"limits\":{\"rpm\":60000},"
+    "    \"models\":{\"gpt\":{\"rpm\":{\"limit\":3000,\"burst\":3000,\"mode\":\"token_bucket\"}}}},"
+    "   {\"id\":\"c\",\"secret\":\"sk-model-cccccccc\",\"fleet\":false}]}]}";
+static int PM, KA, KB, KC;
+enum { GPT = 1, MINI = 2 }; /* km_fleet_slot.model: index + 1 */
+
+static km_fleet_slot *MSL(int key, uint32_t model, int w)
+{
+    for (size_t i = 0; i < nslots; i++)
+        if ((int)slots[i].key == key && slots[i].model == model && slots[i].window == w)
+            return &slots[i];
+    bail_out("no slot for key %d model %u window %d", key, model, w);
+}
+
+static int mgrant(int key, uint32_t model, int w, uint64_t units, uint64_t deadline)
+{
+    km_fleet_grant g = {.key = (uint32_t)key, .key_gen = info(env, key).gen, .model = model,
+                        .window = w, .grant = units, .deadline_ns = deadline};
+    return km_fleet_apply(env, &g, 1);
+}
+
+static km_fleet_key_info minfo(int key, uint32_t model)
+{
+    km_fleet_key_info fi;
+    if (km_fleet_model_info_get(env, (uint32_t)key, model - 1, &fi) != KM_OK)
+        bail_out("km_fleet_model_info_get");
+    return fi;
+}
+
+/* n attempts on key id naming model (tokens each): how many admitted, the
+ * leases in l (at most 16). */
+static int attempts(const char *id, const char *model, uint32_t tokens, int n, km_lease *l)
+{
+    int got = 0;
+    req_model = model;
+    for (int i = 0; i < n; i++)
+        if (acq_pin(env, PM, id, tokens, &l[got]) == KM_OK)
+            got++;
+    req_model = NULL;
+    return got;
+}
+
+static void rel_all(km_lease *l, int n)
+{
+    for (int i = 0; i < n; i++)
+        rel_ok(env, &l[i], -1);
+}
+
+static void test_model_collect_apply(void)
+{
+    uint64_t now = km_now_ns(), dl = now + 60 * NS;
+    km_lease l[16];
+    collect(now);
+    is_u64(nslots, 7, "models: a gpt rpm, tpm, mini rpm; b rpm, gpt rpm, tpm, mini rpm");
+    km_fleet_slot *s = MSL(KA, GPT, KM_WIN_RPM);
+    ok(s->limit == 6000 && s->mode == KM_MODE_TOKEN_BUCKET && s->period_ms == 60000 &&
+           strcmp(s->model_name, "gpt") == 0 && strcmp(s->key_id, "a") == 0 &&
+           strcmp(s->pool, "m") == 0,
+       "a model slot: model 1, its name, the pool's limit of the model");
+    is_u64(MSL(KB, GPT, KM_WIN_RPM)->limit, 3000, "  key b's own limit of gpt (3000)");
+    is_u64(MSL(KB, GPT, KM_WIN_TPM)->limit, 600000, "  and the pool's tpm of gpt");
+    is_u64(MSL(KA, MINI, KM_WIN_RPM)->limit, 600, "  mini: 600");
+
+    is_int(attempts("a", "gpt", 0, 1, l), 0, "no model credit yet: refused (policy stop)");
+    int n = attempts("a", NULL, 0, 1, l);
+    is_int(n, 1, "a request naming no model: the key has no fleet window of its own, admitted");
+    rel_all(l, n);
+    n = attempts("c", "gpt", 0, 1, l);
+    is_int(n, 1, "key c, not a fleet key: admitted on gpt without credit");
+    rel_all(l, n);
+
+    is_int(mgrant(KA, GPT, KM_WIN_RPM, 5, dl), KM_OK, "apply 5 units of a's gpt rpm");
+    mgrant(KA, GPT, KM_WIN_TPM, 1000, dl);
+    n = attempts("a", "gpt", 10, 8, l);
+    is_int(n, 5, "5 units of gpt credit admit exactly 5 requests naming gpt");
+    km_fleet_key_info fi = minfo(KA, GPT);
+    ok(fi.mask == ((1u << KM_WIN_RPM) | (1u << KM_WIN_TPM)) && fi.credit[KM_WIN_RPM] == 0 &&
+           fi.credit[KM_WIN_TPM] == 950 && fi.deadline_ns == dl,
+       "model info: mask, rpm 0, tpm 950 (refusals gave back exactly), deadline");
+    is_int(attempts("a", "mini", 0, 1, l + n), 0, "  mini has no credit: refused");
+    rel_all(l, n);
+
+    /* Key b: its own rpm credit and gpt's; refused on gpt, the key's own
+     * unit goes back. */
+    grant(KB, KM_WIN_RPM, 100, dl);
+    mgrant(KB, GPT, KM_WIN_RPM, 2, dl);
+    mgrant(KB, GPT, KM_WIN_TPM, 1000, dl);
+    n = attempts("b", "gpt", 1, 5, l);
+    is_int(n, 2, "key b: 2 units of gpt credit admit 2");
+    km_fleet_key_info kf;
+    km_fleet_key_info_get(env, (uint32_t)KB, &kf);
+    is_u64(kf.credit[KM_WIN_RPM], 98, "  the key's own rpm credit: 100 - 2 (refused on gpt: given back)");
+    rel_all(l, n);
+
+    collect(km_now_ns());
+    s = MSL(KA, GPT, KM_WIN_RPM);
+    ok(s->spent == 5 && s->left == 0 && s->returned == 0 && s->refused == 1 + 3 && s->want == 1,
+       "collect a/gpt rpm: spent 5 left 0 refused 4 want 1 (got %llu %llu %llu %llu)",
+       (unsigned long long)s->spent, (unsigned long long)s->left,
+       (unsigned long long)s->refused, (unsigned long long)s->want);
+    s = MSL(KA, GPT, KM_WIN_TPM);
+    ok(s->spent == 50 && s->left == 950 && s->adj == 0, "  tpm: spent 50 left 950, adj 0 (per key)");
+    ok(MSL(KA, MINI, KM_WIN_RPM)->refused == 1, "  mini rpm: 1 refused (got %llu)",
+       (unsigned long long)MSL(KA, MINI, KM_WIN_RPM)->refused);
+    ok(S(KB, KM_WIN_RPM)->spent == 2 && S(KB, KM_WIN_RPM)->left == 98 &&
+           MSL(KB, GPT, KM_WIN_RPM)->spent == 2 && MSL(KB, GPT, KM_WIN_RPM)->refused == 3,
+       "  b: own rpm spent 2 left 98; gpt rpm spent 2 refused 3 (got %llu %llu %llu %llu)",
+       (unsigned long long)S(KB, KM_WIN_RPM)->spent, (unsigned long long)S(KB, KM_WIN_RPM)->left,
+       (unsigned long long)MSL(KB, GPT, KM_WIN_RPM)->spent,
+       (unsigned long long)MSL(KB, GPT, KM_WIN_RPM)->refused);
+
+    /* Grants skipped: a window the model does not limit, another key gen,
+     * a model past the pool's. */
+    mgrant(KA, MINI, KM_WIN_TPM, 7, dl);
+    km_fleet_grant g = {.key = (uint32_t)KA, .key_gen = info(env, KA).gen + 1, .model = GPT,
+                        .window = KM_WIN_RPM, .grant = 7, .deadline_ns = dl};
+    km_fleet_apply(env, &g, 1);
+    mgrant(KA, 5, KM_WIN_RPM, 7, dl);
+    ok(minfo(KA, MINI).credit[KM_WIN_TPM] == 0 && minfo(KA, GPT).credit[KM_WIN_RPM] == 0,
+       "grants for an unlimited model window, a changed key, no such model: skipped");
+    collect(km_now_ns());
+}
+
+/* 4 processes on key a naming gpt while the agent tops up: admitted +
+ * left == granted, exactly; then on mini (sliding 600, burst 5) with
+ * plenty of credit: within the local bound, refusals given back. */
+static void test_model_multiproc(void)
+{
+    uint64_t t0 = km_now_ns(), end = t0 + 400 * MS, granted = 0, spent = 0;
+    uint64_t tpm0 = minfo(KA, GPT).credit[KM_WIN_TPM];
+    crew c;
+    req_model = "gpt";
+    crew_start(&c, PM, "a", 3, end + 50 * MS);
+    while (km_now_ns() < end) {
+        mgrant(KA, GPT, KM_WIN_RPM, 40, end + 10 * NS);
+        mgrant(KA, GPT, KM_WIN_TPM, 120, end + 10 * NS);
+        granted += 40;
+        collect(km_now_ns());
+        spent += MSL(KA, GPT, KM_WIN_RPM)->spent;
+        sleep_until(km_now_ns() + 10 * MS);
+    }
+    uint64_t total = crew_wait(&c);
+    collect(km_now_ns());
+    spent += MSL(KA, GPT, KM_WIN_RPM)->spent;
+    uint64_t left = MSL(KA, GPT, KM_WIN_RPM)->left;
+    diag("gpt: %llu admitted of %llu granted, %llu left", (unsigned long long)total,
+         (unsigned long long)granted, (unsigned long long)left);
+    is_u64(total + left, granted, "4 processes on a model: admitted + left == granted");
+    is_u64(spent, total, "  the collects' spent sums to what was admitted");
+    ok(total > 0 && left == 0, "  the workers spent all of it");
+    is_u64(MSL(KA, GPT, KM_WIN_TPM)->left + 3 * total, tpm0 + 3 * granted,
+           "  gpt tpm: 3 per request, exact");
+
+    collect(km_now_ns());
+    t0 = km_now_ns();
+    mgrant(KA, MINI, KM_WIN_RPM, 1000, t0 + 60 * NS);
+    req_model = "mini";
+    crew_start(&c, PM, "a", 0, t0 + 250 * MS);
+    total = crew_wait(&c);
+    req_model = NULL;
+    uint64_t el = km_now_ns() - t0, bound = 5 + el / (60 * NS / 596) + 1;
+    collect(km_now_ns());
+    diag("mini: %llu admitted in %.0f ms (local bound %llu)", (unsigned long long)total,
+         (double)el / 1e6, (unsigned long long)bound);
+    ok(total >= 5 && total <= bound, "mini: 4 processes within the model's local bound");
+    is_u64(MSL(KA, MINI, KM_WIN_RPM)->left, 1000 - total, "  credit left = 1000 - admitted (exact)");
+}
+
+/* Lapse, fallback share and policy on a model's windows. */
+static void test_model_lapse_fallback(void)
+{
+    km_lease l[16];
+    uint64_t now = km_now_ns();
+    uint64_t held = minfo(KA, MINI).credit[KM_WIN_RPM];
+    mgrant(KA, MINI, KM_WIN_RPM, 0, now + 100 * MS);
+    sleep_until(now + 150 * MS);
+    is_int(attempts("a", "mini", 0, 1, l), 0, "model credit past its deadline: refused (stop)");
+    collect(km_now_ns());
+    ok(MSL(KA, MINI, KM_WIN_RPM)->returned == held && MSL(KA, MINI, KM_WIN_RPM)->left == 0,
+       "  collect voids it: returned %llu (held %llu)",
+       (unsigned long long)MSL(KA, MINI, KM_WIN_RPM)->returned, (unsigned long long)held);
+
+    /* gpt rpm 6000: T 10 ms; a share of 50 %%: 20 ms a unit, burst 3. */
+    now = km_now_ns();
+    km_fleet_grant g = {.key = (uint32_t)KA, .key_gen = info(env, KA).gen, .model = GPT,
+                        .window = KM_WIN_RPM, .deadline_ns = now - 1, .fb_ppm = 500000,
+                        .fb_burst = 3, .fb_from_ns = now, .fb_until_ns = now + 2 * NS};
+    km_fleet_apply(env, &g, 1);
+    collect(now + 1);
+    int n = attempts("a", "gpt", 0, 6, l);
+    is_int(n, 3, "model on fallback: the share's burst (3) admitted");
+    rel_all(l, n);
+    collect(km_now_ns());
+    is_u64(MSL(KA, GPT, KM_WIN_RPM)->fb_spent, 3, "  fb_spent 3");
+    km_fleet_key_info fi = minfo(KA, GPT);
+    ok(fi.fb_ppm == 500000 && fi.fb_until_ns == now + 2 * NS, "  model info: the share and its end");
+
+    g.fb_until_ns = km_now_ns() - 1;
+    km_fleet_apply(env, &g, 1);
+    is_int(attempts("a", "gpt", 0, 1, l), 0, "credit and share lapsed, policy stop: refused");
+    km_fleet_claim(env, KM_FLEET_LOCAL);
+    n = attempts("a", "gpt", 0, 1, l);
+    is_int(n, 1, "  policy local: admitted on the local limits");
+    rel_all(l, n);
+    km_fleet_claim(env, KM_FLEET_STOP);
+    collect(km_now_ns());
+}
+
+/* A model's limits changed live, by the key (set-limits --model) and by the
+ * pool: the slot follows, the counts stay exact across the change. */
+static void test_model_live(void)
+{
+    km_lease l[16];
+    char err[256];
+    uint64_t dl = km_now_ns() + 60 * NS;
+    mgrant(KA, GPT, KM_WIN_RPM, 100, dl);
+    mgrant(KA, GPT, KM_WIN_TPM, 100000, dl);
+    int n = attempts("a", "gpt", 1, 10, l);
+    rel_all(l, n);
+    is_int(km_key_set_model_limits(env, KA, "gpt",
+                                   "{\"rpm\":{\"limit\":3000,\"burst\":3000,\"mode\":\"token_bucket\"}}",
+                                   err, sizeof err),
+           KM_OK, "set-limits --model gpt rpm 3000 on key a: %s", err);
+    int m = attempts("a", "gpt", 1, 5, l);
+    rel_all(l, m);
+    collect(km_now_ns());
+    km_fleet_slot *s = MSL(KA, GPT, KM_WIN_RPM);
+    ok(n == 10 && m == 5 && s->limit == 3000 && s->spent == 15 && s->left == 85,
+       "  the slot says 3000; spent 15 left 85 across the change (got %d+%d, %llu %llu)", n, m,
+       (unsigned long long)s->spent, (unsigned long long)s->left);
+    is_int(km_pool_set(env, PM, "{\"models\":{\"mini\":{\"rpm\":1200}}}", err, sizeof err), KM_OK,
+           "set-pool: mini rpm 1200: %s", err);
+    mgrant(KA, MINI, KM_WIN_RPM, 4, dl);
+    n = attempts("a", "mini", 0, 6, l);
+    rel_all(l, n);
+    collect(km_now_ns());
+    s = MSL(KA, MINI, KM_WIN_RPM);
+    ok(n == 4 && s->limit == 1200 && s->spent == 4 && s->left == 0,
+       "  mini's slot says 1200; 4 granted, 4 admitted and spent (got %d, %llu)", n,
+       (unsigned long long)s->spent);
+    ok(MSL(KB, MINI, KM_WIN_RPM)->limit == 1200, "  on key b too");
+}
+
+/* kmctl's standard output of `kmctl ARGS <segment>` into out (cap bytes). */
+static void kmctl_out(const char *args, char *out, size_t cap)
+{
+    const char *b = getenv("KM_BUILD") ? getenv("KM_BUILD") : "build";
+    char cmd[256];
+    size_t k = 0, r;
+    snprintf(cmd, sizeof cmd, "%s/kmctl %s %s", b, args, seg);
+    FILE *f = popen(cmd, "r");
+    while (f && k + 1 < cap && (r = fread(out + k, 1, cap - 1 - k, f)) > 0)
+        k += r;
+    out[k] = '\0';
+    if (f)
+        pclose(f);
+}
+
+/* inspect (human and --json) lists a key's model credit. */
+static void test_model_inspect(void)
+{
+    static char out[65536];
+    kmctl_out("inspect", out, sizeof out);
+    ok(strstr(out, "\n  m/a: credit,") && strstr(out, "\n    model gpt: credit rpm 85 tpm "),
+       "kmctl inspect: key a and its gpt credit");
+    kmctl_out("inspect --json", out, sizeof out);
+    json_t *d = json_loads(out, 0, NULL), *a = NULL, *g = NULL, *x;
+    size_t i;
+    json_array_foreach(json_object_get(json_object_get(d, "fleet"), "keys"), i, x)
+        if (strcmp(jstr(x, "key"), "a") == 0)
+            a = x;
+    json_array_foreach(json_object_get(a, "models"), i, x)
+        if (strcmp(jstr(x, "model"), "gpt") == 0)
+            g = x;
+    ok(g && json_integer_value(json_object_get(json_object_get(g, "credit"), "rpm")) == 85,
+       "kmctl inspect --json: keys[a].models[gpt].credit.rpm 85");
+    json_decref(d);
+}
+
+/* The bye voids the model credit too. */
+static void test_model_release(void)
+{
+    uint64_t held = minfo(KA, GPT).credit[KM_WIN_RPM];
+    is_int(km_fleet_release(env, 1), KM_OK, "release, voiding");
+    ok(held == 85 && minfo(KA, GPT).credit[KM_WIN_RPM] == 0 && minfo(KA, GPT).deadline_ns == 0,
+       "  the model's credit and deadline are gone");
+    km_fleet_claim(env, KM_FLEET_STOP);
+    collect(km_now_ns());
+    is_u64(MSL(KA, GPT, KM_WIN_RPM)->returned, held, "  the next collect returns it (85)");
+}
+
+/* A model block's counts go through the report in the segment as a key's
+ * do: pending across collects, the stamped report returned unchanged while
+ * it is in flight, cleared by its ack. */
+static km_fleet_slot *mslot_of(km_fleet_slot *a, size_t n, int key, uint32_t model, int w)
+{
+    for (size_t i = 0; i < n; i++)
+        if ((int)a[i].key == key && a[i].model == model && a[i].window == w)
+            return &a[i];
+    return NULL;
+}
+
+static void test_model_report(void)
+{
+    km_fleet_slot rs[64];
+    size_t n = 0;
+    km_lease l[8];
+    uint64_t now = km_now_ns(), dl = now + 60 * NS;
+    km_fleet_report rep = {.seq = 600};
+    collect(now);
+    if (km_fleet_report_take(env, &rep, rs, 64, &n) != 0 || km_fleet_report_ack(env, 600) != KM_OK)
+        bail_out("model report: clearing what earlier tests left pending");
+    mgrant(KA, GPT, KM_WIN_RPM, 10, dl);
+    mgrant(KA, GPT, KM_WIN_TPM, 1000, dl);
+    int got = attempts("a", "gpt", 10, 3, l);
+    rel_all(l, got);
+    collect(now);
+    is_u64(MSL(KA, GPT, KM_WIN_RPM)->spent, 3, "model report: a/gpt spent 3 since the last collect");
+    uint64_t lim = MSL(KA, GPT, KM_WIN_RPM)->limit;
+    rep = (km_fleet_report){.seq = 700, .ack = 600, .t_send_ns = now};
+    int rc = km_fleet_report_take(env, &rep, rs, 64, &n);
+    km_fleet_slot *x = mslot_of(rs, n, KA, GPT, KM_WIN_RPM);
+    ok(rc == 0 && x && x->spent == 3 && x->limit == lim && lim && !strcmp(x->model_name, "gpt"),
+       "  take: the model's slot in the report (spent 3, its limit and name; rc %d, spent %llu, "
+       "limit %llu of %llu)", rc, x ? (unsigned long long)x->spent : 0ull,
+       x ? (unsigned long long)x->limit : 0ull, (unsigned long long)lim);
+    got = attempts("a", "gpt", 10, 2, l);
+    rel_all(l, got);
+    collect(now);
+    is_u64(MSL(KA, GPT, KM_WIN_RPM)->spent, 3, "  a collect while it is stamped: the model's 3 again");
+    is_int(km_fleet_report_ack(env, 700), KM_OK, "  ack");
+    collect(now);
+    is_u64(MSL(KA, GPT, KM_WIN_RPM)->spent, 2, "  then the 2 spent while it was in flight, once");
+}
+
+static void test_models(void)
+{
+    env = mkseg(MCFG);
+    PM = pool_of(env, "m");
+    KA = key_of(env, PM, 0);
+    KB = key_of(env, PM, 1);
+    KC = key_of(env, PM, 2);
+    (void)KC;
+    if (km_fleet_claim(env, KM_FLEET_STOP) != KM_OK)
+        bail_out("claim");
+    test_model_collect_apply();
+    test_model_multiproc();
+    test_model_lapse_fallback();
+    test_model_live();
+    test_model_inspect();
+    test_model_release();
+    test_model_report();
+    rmseg(env);
+}
+
 int main(void)
 {
-    plan(150);
+    plan(150 + 42 + 5);
     fixtures_init("fleet_seg");
     test_config();
     env = mkseg(CFG);
@@ -957,5 +1330,6 @@ int main(void)
     test_health();
     test_spend();
     rmseg(env);
+    test_models();
     return exit_status();
 }

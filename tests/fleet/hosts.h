@@ -54,6 +54,9 @@ typedef struct fh_fleet {
     unsigned S, V, F, timeout_ms;  /* agent options, ms */
     const char *password;          /* what the agents get (NULL: none) */
     int strict;                    /* hosts created after: "fleet": {"strict": true} */
+    const char *model;             /* hosts created after: the limit is this model's in a
+                                    * per_model pool (the key has none of its own), and
+                                    * every request names it */
     uint64_t T;                    /* ns per unit: (L + 1 - B) per 60 s */
 } fh_fleet;
 
@@ -159,14 +162,24 @@ static inline void fh_host_create(fh_fleet *f, int i, const char *extra_key_json
     FILE *c = fopen(h->cfg, "w");
     if (!c)
         bail_out("%s: %s", h->cfg, strerror(errno));
-    fprintf(c,
-            "{\"capacity\": {\"processes\": 16},\n"
-            " \"pools\": [{\"name\": \"p\", \"cooldown_s\": 2,\n"
-            "   \"limits\": {\"rpm\": {\"limit\": %" PRIu64 ", \"mode\": \"sliding\", "
-            "\"burst\": %" PRIu64 "}},\n"
-            "   \"keys\": [{\"id\": \"a\", \"secret\": \"sk-fleet-test-0001\", \"fleet\": %s%s}]}]}\n",
-            f->L, f->B, f->strict ? "{\"strict\": true}" : "true",
-            extra_key_json ? extra_key_json : "");
+    if (f->model)
+        fprintf(c,
+                "{\"capacity\": {\"processes\": 16},\n"
+                " \"pools\": [{\"name\": \"p\", \"cooldown_s\": 2, \"model_limits\": \"per_model\",\n"
+                "   \"models\": {\"%s\": {\"rpm\": {\"limit\": %" PRIu64 ", \"mode\": \"sliding\", "
+                "\"burst\": %" PRIu64 "}}},\n"
+                "   \"keys\": [{\"id\": \"a\", \"secret\": \"sk-fleet-test-0001\", \"fleet\": %s%s}]}]}\n",
+                f->model, f->L, f->B, f->strict ? "{\"strict\": true}" : "true",
+                extra_key_json ? extra_key_json : "");
+    else
+        fprintf(c,
+                "{\"capacity\": {\"processes\": 16},\n"
+                " \"pools\": [{\"name\": \"p\", \"cooldown_s\": 2,\n"
+                "   \"limits\": {\"rpm\": {\"limit\": %" PRIu64 ", \"mode\": \"sliding\", "
+                "\"burst\": %" PRIu64 "}},\n"
+                "   \"keys\": [{\"id\": \"a\", \"secret\": \"sk-fleet-test-0001\", \"fleet\": %s%s}]}]}\n",
+                f->L, f->B, f->strict ? "{\"strict\": true}" : "true",
+                extra_key_json ? extra_key_json : "");
     fclose(c);
     char cmd[600];
     snprintf(cmd, sizeof cmd, "%s create %s --config %s >/dev/null", f->kmctl, h->seg, h->cfg);
@@ -274,6 +287,7 @@ static inline _Noreturn void fh__worker(fh_fleet *f, fh_host *h, int w, const fh
         km_request rq = {0};
         km_lease ls;
         rq.pool = pool;
+        rq.model = f->model;
         uint32_t left = (uint32_t)(FH_WAIT_MS - (now - arrival) / 1000000ull);
         if (km_acquire_wait(env, &rq, &ls, left) != KM_OK)
             continue;
@@ -423,6 +437,25 @@ static inline uint64_t fh_recovered(const fh_fleet *f, const uint64_t *t, size_t
             cand = x + step;
     }
     return cand;
+}
+
+/* Run cmd (sh -c); its standard output into out (cap bytes); its exit
+ * status (-1 if it did not exit). */
+static inline int fh_cmd_out(const char *cmd, char *out, size_t cap)
+{
+    FILE *p = popen(cmd, "r");
+    size_t k = 0;
+    if (!p)
+        return -1;
+    while (k + 1 < cap) {
+        size_t r = fread(out + k, 1, cap - 1 - k, p);
+        if (r == 0)
+            break;
+        k += r;
+    }
+    out[k] = '\0';
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
 /* 1 if file `path` contains `needle`. */

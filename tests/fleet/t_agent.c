@@ -14,23 +14,6 @@
 
 static fh_fleet fl;
 
-static int run_cmd_out(const char *cmd, char *out, size_t cap)
-{
-    FILE *p = popen(cmd, "r");
-    size_t k = 0;
-    if (!p)
-        return -1;
-    while (k + 1 < cap) {
-        size_t r = fread(out + k, 1, cap - 1 - k, p);
-        if (r == 0)
-            break;
-        k += r;
-    }
-    out[k] = '\0';
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 int main(void)
 {
     plan(15);
@@ -50,7 +33,7 @@ int main(void)
              "KEYMESH_STORE_PASSWORD=%s %s sync %s --store redis://127.0.0.1:%d --host-id hx "
              "2>&1",
              PASSWORD, fl.kmctl, fl.h[0].seg, fl.redis.port);
-    int rc = run_cmd_out(cmd, out, sizeof out);
+    int rc = fh_cmd_out(cmd, out, sizeof out);
     is_int(rc, 3, "a second agent on a segment exits 3");
     ok(strstr(out, "agent") != NULL, "and says why: %.200s", out);
 
@@ -71,7 +54,7 @@ int main(void)
                  "redis://127.0.0.1:%d --host-id hy 2>&1; rc=$?; %s destroy %s >/dev/null; "
                  "exit $rc",
                  fl.kmctl, seg, cfgp, fl.kmctl, seg, fl.redis.port, fl.kmctl, seg);
-        rc = run_cmd_out(cmd, out, sizeof out);
+        rc = fh_cmd_out(cmd, out, sizeof out);
         ok(rc == 1 && strstr(out, "no fleet keys"),
            "a segment without fleet keys: exit 1, said why (rc %d: %.200s)", rc, out);
     }
@@ -91,7 +74,7 @@ int main(void)
     snprintf(cmd, sizeof cmd,
              "KEYMESH_STORE_PASSWORD=%s %s fleet %s --store redis://127.0.0.1:%d --json 2>&1",
              PASSWORD, fl.kmctl, fl.h[0].seg, fl.redis.port);
-    rc = run_cmd_out(cmd, out, sizeof out);
+    rc = fh_cmd_out(cmd, out, sizeof out);
     ok(rc == 0 && strstr(out, "\"host\": \"h0\"") && strstr(out, "\"host\": \"h1\"") &&
            strstr(out, "\"key\": \"p/a\"") && !strstr(out, "\"host\": \"h2\""),
        "kmctl fleet --json lists h0 and h1 (not h2) and names the key p/a (rc %d)", rc);

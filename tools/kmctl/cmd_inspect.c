@@ -624,9 +624,79 @@ static json_t *fleet_budget_json(const km_key_info *ki, const km_fleet_key_info 
                      ju64(ki->spent_microusd + fi->spend_others_microusd));
 }
 
+/* A fleet key's (or a model's on it) windows under the fleet into o:
+ * "windows", "credit", "deadline_in_ms", ("share_ppm" for a key),
+ * "fallback_ppm", "fallback_until_in_ms"; returns o. */
+static json_t *fleet_info_json(json_t *o, const km_fleet_key_info *fi, uint64_t now, int share)
+{
+    json_t *cr = json_object(), *ws = json_array();
+    for (int w = 0; w < KM_WIN_COUNT; w++)
+        if (fi->mask & (1u << w)) {
+            json_array_append_new(ws, json_string(km_window_name(w)));
+            json_object_set_new(cr, km_window_name(w), ju64(fi->credit[w]));
+        }
+    json_object_set_new(o, "windows", ws);
+    json_object_set_new(o, "credit", cr);
+    json_object_set_new(o, "deadline_in_ms",
+                        fi->deadline_ns ? json_integer(ms_to(fi->deadline_ns, now)) : json_null());
+    if (share)
+        json_object_set_new(o, "share_ppm", json_integer(fi->fb_ppm));
+    json_object_set_new(o, "fallback_ppm", json_integer(fi->fb_ppm));
+    json_object_set_new(o, "fallback_until_in_ms",
+                        fi->fb_until_ns ? json_integer(ms_to(fi->fb_until_ns, now)) : json_null());
+    return o;
+}
+
+/* The rest of a fleet line after its name: " credit rpm N ..., deadline
+ * ..., share (fallback) P%, fallback until ...". */
+static void fleet_info_print(const km_fleet_key_info *fi, uint64_t now)
+{
+    char b1[48], b2[48];
+    printf(": credit");
+    for (int w = 0; w < KM_WIN_COUNT; w++)
+        if (fi->mask & (1u << w))
+            printf(" %s %" PRIu64, km_window_name(w), fi->credit[w]);
+    when(fi->deadline_ns, now, b1, sizeof b1);
+    when(fi->fb_until_ns, now, b2, sizeof b2);
+    printf(", deadline %s, share (fallback) %.1f%%, fallback until %s\n", b1,
+           (double)fi->fb_ppm / 1e4, b2);
+}
+
+/* A fleet key's model windows (a per_model pool): per model under the
+ * fleet, its credit per window, deadline and fallback share
+ * (km_fleet_model_info_get).  Added to o as "models", or printed one line
+ * each under the key's (print), or only counted; how many. */
+static int inspect_fleet_models(km_env *env, int pool, const km_pool_info *pi, int k,
+                                uint64_t now, json_t *o, int print)
+{
+    json_t *ms = o ? json_array() : NULL;
+    char name[KM_ID_MAX + 1];
+    km_limit_info li[KM_WIN_COUNT];
+    int n = 0;
+    for (uint32_t m = 0; pi->model_mode == KM_MODELS_PER_MODEL && m < pi->n_models; m++) {
+        km_fleet_key_info fi;
+        if (km_fleet_model_info_get(env, (uint32_t)k, m, &fi) != KM_OK || !fi.mask ||
+            km_model_info_get(env, pool, (int)m, k, name, li) != KM_OK)
+            continue;
+        n++;
+        if (!print && !o)
+            continue;
+        if (o) {
+            json_array_append_new(ms, fleet_info_json(json_pack("{s:s}", "model", name), &fi, now, 0));
+            continue;
+        }
+        printf("    model %s", name);
+        fleet_info_print(&fi, now);
+    }
+    if (o)
+        json_object_set_new(o, "models", ms);
+    return n;
+}
+
 /* The fleet: the agent's status (km_fleet_status_get) and, per fleet key,
  * its share, credit per window, deadline and fallback window
- * (km_fleet_key_info_get).  Printed (j NULL) or added to j as "fleet";
+ * (km_fleet_key_info_get), and its model windows' (inspect_fleet_models).
+ * Printed (j NULL) or added to j as "fleet";
  * nothing for a segment without fleet keys or agent. */
 static int inspect_fleet(km_env *env, const char *name, json_t *j)
 {
@@ -649,27 +719,15 @@ static int inspect_fleet(km_env *env, const char *name, json_t *j)
             km_fleet_key_info fi;
             if (k < 0 || km_key_info_get(env, k, &ki) != KM_OK ||
                 km_fleet_key_info_get(env, (uint32_t)k, &fi) != KM_OK ||
-                (!fi.mask && !fi.spend_fleet))
+                (!fi.mask && !fi.spend_fleet && !inspect_fleet_models(env, (int)p, &pi, k, now, NULL, 0)))
                 continue;
             if (j) {
-                json_t *cr = json_object(), *ws = json_array();
-                for (int w = 0; w < KM_WIN_COUNT; w++)
-                    if (fi.mask & (1u << w)) {
-                        json_array_append_new(ws, json_string(km_window_name(w)));
-                        json_object_set_new(cr, km_window_name(w), ju64(fi.credit[w]));
-                    }
-                json_array_append_new(
-                    keys, json_pack("{s:s, s:s, s:o, s:o, s:o, s:I, s:o, s:o}", "pool", pi.name,
-                                    "key", ki.id, "windows", ws, "credit", cr, "deadline_in_ms",
-                                    fi.deadline_ns ? json_integer(ms_to(fi.deadline_ns, now))
-                                                   : json_null(),
-                                    "share_ppm", (json_int_t)fi.fb_ppm, "fallback_ppm",
-                                    json_integer(fi.fb_ppm), "fallback_until_in_ms",
-                                    fi.fb_until_ns ? json_integer(ms_to(fi.fb_until_ns, now))
-                                                   : json_null()));
+                json_t *ko = fleet_info_json(json_pack("{s:s, s:s}", "pool", pi.name, "key", ki.id),
+                                             &fi, now, 1);
+                inspect_fleet_models(env, (int)p, &pi, k, now, ko, 0);
                 if (fi.spend_fleet)
-                    json_object_set_new(json_array_get(keys, json_array_size(keys) - 1),
-                                        "budget", fleet_budget_json(&ki, &fi));
+                    json_object_set_new(ko, "budget", fleet_budget_json(&ki, &fi));
+                json_array_append_new(keys, ko);
                 continue;
             }
             if (!header) {
@@ -682,14 +740,8 @@ static int inspect_fleet(km_env *env, const char *name, json_t *j)
                        st.learn_ms ? ", learning" : "");
                 header = 1;
             }
-            printf("  %s/%s: credit", pi.name, ki.id);
-            for (int w = 0; w < KM_WIN_COUNT; w++)
-                if (fi.mask & (1u << w))
-                    printf(" %s %" PRIu64, km_window_name(w), fi.credit[w]);
-            when(fi.deadline_ns, now, b1, sizeof b1);
-            when(fi.fb_until_ns, now, b2, sizeof b2);
-            printf(", deadline %s, share (fallback) %.1f%%, fallback until %s\n", b1,
-                   (double)fi.fb_ppm / 1e4, b2);
+            printf("  %s/%s", pi.name, ki.id);
+            fleet_info_print(&fi, now);
             if (fi.spend_fleet)
                 printf("    budget (fleet-wide, %s): %.6f of %.6f USD spent by the fleet "
                        "(%.6f here, %.6f by the other hosts)\n",
@@ -697,6 +749,7 @@ static int inspect_fleet(km_env *env, const char *name, json_t *j)
                        (double)(ki.spent_microusd + fi.spend_others_microusd) / 1e6,
                        (double)ki.budget_microusd / 1e6, (double)ki.spent_microusd / 1e6,
                        (double)fi.spend_others_microusd / 1e6);
+            inspect_fleet_models(env, (int)p, &pi, k, now, NULL, 1);
         }
     }
     if (j) {

@@ -208,11 +208,51 @@ int cmd_sync(int argc, char **argv)
 
 /* ------------------------------------------------------------------ fleet */
 
-/* A fleet id of segment NAME's keys, with its pool and key id. */
+/* A fleet id of segment NAME's keys, with its pool and key id, and the
+ * model of a model's windows ("" for the key's own). */
 typedef struct kid_name {
     char kid[KMS_ID_MAX + 1];
-    char pool[KM_ID_MAX + 1], key[KM_ID_MAX + 1];
+    char pool[KM_ID_MAX + 1], key[KM_ID_MAX + 1], model[KM_ID_MAX + 1];
 } kid_name;
+
+/* Room for one more name in *out; NULL when out of memory. */
+static kid_name *kid_push(kid_name **out, size_t *n, size_t *cap)
+{
+    if (*n == *cap) {
+        size_t c = *cap ? 2 * *cap : 16;
+        kid_name *g = realloc(*out, c * sizeof *g);
+        if (!g)
+            return NULL;
+        *out = g;
+        *cap = c;
+    }
+    kid_name *x = &(*out)[(*n)++];
+    memset(x, 0, sizeof *x);
+    return x;
+}
+
+/* The names of key k's model windows (a per_model pool's models), after
+ * the key's own name x. */
+static int kid_models(km_env *env, int p, const km_pool_info *pi, int k, kid_name **out,
+                      size_t *n, size_t *cap)
+{
+    char model[KM_ID_MAX + 1];
+    km_limit_info li[KM_WIN_COUNT];
+    for (uint32_t m = 0; pi->model_mode == KM_MODELS_PER_MODEL && m < pi->n_models; m++) {
+        if (km_model_info_get(env, p, (int)m, k, model, li) != KM_OK)
+            continue;
+        size_t key = *n - 1; /* the key's own entry: *out may move */
+        kid_name *x = kid_push(out, n, cap);
+        if (!x)
+            return KM_ENOMEM;
+        const kid_name *y = &(*out)[key];
+        memcpy(x->pool, y->pool, sizeof x->pool);
+        memcpy(x->key, y->key, sizeof x->key);
+        snprintf(x->model, sizeof x->model, "%s", model);
+        kma_fleet_kid(x->pool, x->key, NULL, model, x->kid);
+    }
+    return KM_OK;
+}
 
 static int kid_names(km_env *env, kid_name **out, size_t *n)
 {
@@ -232,26 +272,22 @@ static int kid_names(km_env *env, kid_name **out, size_t *n)
             km_key_info ki;
             if (k < 0 || km_key_info_get(env, k, &ki) != KM_OK)
                 continue;
-            if (*n == cap) {
-                size_t c = cap ? 2 * cap : 16;
-                kid_name *g = realloc(*out, c * sizeof *g);
-                if (!g)
-                    return KM_ENOMEM;
-                *out = g;
-                cap = c;
-            }
-            kid_name *x = &(*out)[(*n)++];
+            kid_name *x = kid_push(out, n, &cap);
+            if (!x)
+                return KM_ENOMEM;
             snprintf(x->pool, sizeof x->pool, "%s", pi.name);
             snprintf(x->key, sizeof x->key, "%s", ki.id);
             if (kms_fleet_id(pi.name, ki.id, x->kid) != KMS_OK)
                 x->kid[0] = '\0';
+            if ((rc = kid_models(env, (int)p, &pi, k, out, n, &cap)) != KM_OK)
+                return rc;
         }
     }
     return KM_OK;
 }
 
-/* "<kid>/<window>" into the key's name in this segment ("pool/key", or the
- * kid) and the window's name. */
+/* "<kid>/<window>" into the key's name in this segment ("pool/key", "pool/key
+ * model M" for a model's windows, or the kid) and the window's name. */
 static void kw_split(const char *kw, const kid_name *names, size_t n, char *who, size_t wlen,
                      const char **win)
 {
@@ -266,7 +302,10 @@ static void kw_split(const char *kw, const kid_name *names, size_t n, char *who,
     }
     for (size_t i = 0; i < n; i++)
         if (strcmp(names[i].kid, kid) == 0) {
-            snprintf(who, wlen, "%s/%s", names[i].pool, names[i].key);
+            if (names[i].model[0]) /* a model's windows on the key */
+                snprintf(who, wlen, "%s/%s model %s", names[i].pool, names[i].key, names[i].model);
+            else
+                snprintf(who, wlen, "%s/%s", names[i].pool, names[i].key);
             return;
         }
     snprintf(who, wlen, "%s", kid);
@@ -343,7 +382,7 @@ static int fleet_json(const sync_opts *o, const char *name, km_env *env, const k
                       const kms_info *in, const kid_name *names, size_t nn)
 {
     json_t *d = jdoc("fleet", name, env), *hosts = json_array(), *keys = json_array();
-    char who[2 * KMS_ID_MAX + 8];
+    char who[3 * KMS_ID_MAX + 16];
     const char *win;
     if (!d || !hosts || !keys) {
         json_decref(hosts);
@@ -391,7 +430,7 @@ static int fleet_json(const sync_opts *o, const char *name, km_env *env, const k
 static int fleet_text(const sync_opts *o, const kms_url *url, const kms_info *in,
                       const kid_name *names, size_t nn)
 {
-    char who[2 * KMS_ID_MAX + 8];
+    char who[3 * KMS_ID_MAX + 16];
     const char *win;
     table t;
     printf("fleet '%s' at %s:%u/%u: ledger version %d, epoch %" PRIu64, o->fleet, url->host,

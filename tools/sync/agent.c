@@ -255,21 +255,27 @@ static void *store_main(void *arg)
 
 /* --------------------------------------------------------------- slots */
 
-static void slot_kid(const km_fleet_slot *f, char out[KMS_ID_MAX + 1])
+void kma_fleet_kid(const char *pool, const char *key_id, const char *fleet_id, const char *model,
+                   char out[KMS_ID_MAX + 1])
 {
     char base[KMS_ID_MAX + 1], mh[KMS_ID_MAX + 1];
-    if (f->fleet_id[0])
-        snprintf(base, sizeof base, "%s", f->fleet_id);
-    else if (kms_fleet_id(f->pool, f->key_id, base) != KMS_OK)
+    if (fleet_id && fleet_id[0])
+        snprintf(base, sizeof base, "%s", fleet_id);
+    else if (kms_fleet_id(pool, key_id, base) != KMS_OK)
         snprintf(base, sizeof base, "k-invalid");
-    if (f->model == 0 || strstr(base, ".m")) {
+    if (!model || !model[0] || strstr(base, ".m")) {
         snprintf(out, KMS_ID_MAX + 1, "%s", base);
         return;
     }
     /* Per-model windows: "<kid>.m<16 hex of the model name's hash>". */
-    if (kms_fleet_id(base, f->model_name, mh) != KMS_OK)
+    if (kms_fleet_id(base, model, mh) != KMS_OK)
         snprintf(mh, sizeof mh, "k0000000000000000");
     snprintf(out, KMS_ID_MAX + 1, "%.46s.m%.16s", base, mh + 1);
+}
+
+static void slot_kid(const km_fleet_slot *f, char out[KMS_ID_MAX + 1])
+{
+    kma_fleet_kid(f->pool, f->key_id, f->fleet_id, f->model ? f->model_name : NULL, out);
 }
 
 static kma_slot *slot_find(kma *a, const kma_id *id)
