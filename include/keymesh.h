@@ -1529,15 +1529,23 @@ KM_EXTERN int km_fleet_model_info_get(km_env *env, uint32_t key, uint32_t model,
  * another key is under its budget, and warned at the settle that crosses).
  *
  * collect: per fleet key with a budget, the micro-USD spent here in the
- * budget's current period since the previous collect (`spent`; the first
- * collect of a period: all of it), the period named by its start in UTC
+ * budget's current period and not yet reported (`spent`: since the last
+ * km_fleet_spend_reported of the period; the first collect of a period:
+ * all of it; a collect resets nothing, so what an agent killed before the
+ * ledger answered had collected is collected again by the next), the
+ * period named by its start in UTC
  * seconds computed in the budget's zone (`period_start_s`, 0 for a
  * lifetime budget), so every host names it alike; a period that has ended
  * is rolled first.  KM_EINVAL if cap is too small (*n says how many).
  * apply: the other hosts' spend in the period whose local record ends at
  * period_end_ns (as collected): within one period only a larger figure is
  * stored (the last one seen is the floor).  KM_ENOKEY if the key is gone
- * or changed (key_gen).  Both are the role holder's (KM_EINVAL otherwise).
+ * or changed (key_gen).
+ * reported: the ledger has counted this host's spend of the period whose
+ * local record ends at period_end_ns up to `local_microusd` (a collect's
+ * `local`, sent in a report the ledger answered): later collects give
+ * only what was spent since.  KM_ENOKEY as apply.
+ * All three are the role holder's (KM_EINVAL otherwise).
  * @note The role holder's, one thread at a time, concurrently with
  * acquires and releases. */
 typedef struct km_fleet_budget {
@@ -1548,13 +1556,16 @@ typedef struct km_fleet_budget {
     uint64_t period_start_s;     /* the period's name: its start, UTC seconds */
     uint64_t period_end_ns;      /* the local record's end (CLOCK_REALTIME);
                                   * UINT64_MAX for a lifetime budget */
-    uint64_t spent;              /* here, since the previous collect */
+    uint64_t spent;              /* here, not yet reported */
     uint64_t local;              /* here, in the period */
     uint64_t others;             /* the other hosts', as last applied */
+    uint64_t reserved[4];        /* zeroed by the library */
 } km_fleet_budget;
 KM_EXTERN int km_fleet_spend_collect(km_env *env, km_fleet_budget *out, size_t cap, size_t *n);
 KM_EXTERN int km_fleet_spend_apply(km_env *env, uint32_t key, uint32_t key_gen,
                                    uint64_t period_end_ns, uint64_t others_microusd);
+KM_EXTERN int km_fleet_spend_reported(km_env *env, uint32_t key, uint32_t key_gen,
+                                      uint64_t period_end_ns, uint64_t local_microusd);
 
 /* ------------------------------------------------------- struct sizes
  *

@@ -1042,8 +1042,9 @@ static int spend_collect_in(km_env *e, km_fleet_budget *out, size_t cap, size_t 
             /* A new period.  What the ended one spent after its last
              * report is not reported: no check can use it any more. */
             d = cur;
-        fk->a_sp_rep = cur;
-        fk->a_sp_end = end;
+        /* a_sp_rep moves when the ledger has answered the report
+         * (km_fleet_spend_reported), not here: an agent killed with its
+         * report unanswered leaves it to be collected again. */
         km_fleet_budget *o = &out[j++];
         memset(o, 0, sizeof(*o));
         o->key = ki;
@@ -1078,6 +1079,32 @@ KM_EXTERN int km_fleet_spend_collect(km_env *e, km_fleet_budget *out, size_t cap
     /* An epoch section, as km_fleet_collect: a row read with its gen. */
     km__rdr *r = km__rd_enter(&e->seg, km__now());
     int rc = spend_collect_in(e, out, cap, n);
+    km__rd_exit(r);
+    return rc;
+}
+
+KM_EXTERN int km_fleet_spend_reported(km_env *e, uint32_t key, uint32_t key_gen,
+                                      uint64_t period_end_ns, uint64_t local)
+{
+    if (!e || !period_end_ns)
+        return KM_EINVAL;
+    if (!holds_role(e))
+        return KM_EINVAL;
+    if (key >= e->geom.cap_keys)
+        return KM_ENOKEY;
+    /* An epoch section, as collect: the row is this key's while we write. */
+    km__rdr *r = km__rd_enter(&e->seg, km__now());
+    int rc = KM_OK;
+    km__key *k = budget_key(e, key);
+    if (!k || ck_pr_load_32(&k->gen) != key_gen) {
+        rc = KM_ENOKEY;
+    } else {
+        /* The agent's own words (single writer, plain): the base the next
+         * collects count from. */
+        km__fkey *fk = km__fkeys(e, key);
+        fk->a_sp_rep = local;
+        fk->a_sp_end = period_end_ns;
+    }
     km__rd_exit(r);
     return rc;
 }

@@ -785,7 +785,16 @@ static void test_spend(void)
        "key b (lifetime): period 0, end UINT64_MAX");
     km_fleet_spend_collect(e, b, 8, &n);
     x = bud_of(b, n, ka);
+    ok(x && x->spent == 250000 && x->local == 250000,
+       "the next collect, nothing answered: the same 250000 again (an agent killed loses none)");
+    is_int(km_fleet_spend_reported(e, (uint32_t)ka, x ? x->key_gen : 0, x ? x->period_end_ns : 1,
+                                   250000),
+           KM_OK, "spend reported: the ledger answered a report of 250000");
+    km_fleet_spend_collect(e, b, 8, &n);
+    x = bud_of(b, n, ka);
     ok(x && x->spent == 0 && x->local == 250000, "the next collect: nothing new since");
+    is_int(km_fleet_spend_reported(e, (uint32_t)kc, info(e, kc).gen, UINT64_MAX, 1), KM_ENOKEY,
+           "spend reported for a key outside the fleet: KM_ENOKEY");
 
     /* The other hosts spent 749 999: 1 micro-USD left fleet-wide. */
     km_key_info ki = info(e, ka);
@@ -1303,7 +1312,7 @@ static void test_models(void)
 
 int main(void)
 {
-    plan(150 + 42 + 5);
+    plan(153 + 42 + 5);
     fixtures_init("fleet_seg");
     test_config();
     env = mkseg(CFG);

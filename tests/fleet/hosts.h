@@ -250,6 +250,7 @@ typedef struct fh_work {
     double retry_after_s;
     uint64_t step_at;   /* from this monotonic time (0: never) ... */
     double step_rate;   /*   attempts per second, this worker */
+    int32_t out_tokens; /* released with this many tokens (0: the estimate) */
 } fh_work;
 
 static inline _Noreturn void fh__worker(fh_fleet *f, fh_host *h, int w, const fh_work *wk)
@@ -297,7 +298,7 @@ static inline _Noreturn void fh__worker(fh_fleet *f, fh_host *h, int w, const fh
         km_outcome oc = {0};
         oc.kind = KM_OUT_SUCCESS;
         oc.latency_us = 1000;
-        oc.tokens = -1;
+        oc.tokens = wk->out_tokens ? wk->out_tokens : -1;
         if (wk->t429 && !did429 && t >= wk->t429) {
             oc.kind = KM_OUT_RATE_LIMITED;
             oc.retry_after_s = wk->retry_after_s;

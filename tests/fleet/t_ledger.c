@@ -790,13 +790,24 @@ static void test_spend(void)
     redisReply *ex = redisCommand(dc, "HEXISTS {km:sp}:ledger c:kB:hA");
     redisReply *ex2 = redisCommand(dc, "HEXISTS {km:sp}:ledger c:kB:hB");
     ok(rc == KMS_OK && rep.n_spend == 2 && rep.spend[0].total == 75 && rep.spend[0].mine == 55 &&
-           rep.spend[1].total == 7 && rep.spend[1].mine == 7 && ex && ex->integer == 0 && ex2 &&
+           rep.spend[1].total == 7 && rep.spend[1].mine == 7 && ex && ex->integer == 1 && ex2 &&
            ex2->integer == 1,
-       "two budgets in one call (a lifetime one: period 0); bye drops the host's parts only");
+       "two budgets in one call (a lifetime one: period 0); bye keeps the host's parts");
     if (ex)
         freeReplyObject(ex);
     if (ex2)
         freeReplyObject(ex2);
+    kms_reply_free(&rep);
+    /* The host comes back (a restarted agent): its part continues, so the
+     * others' spend it reads (total - mine) is hB's 20, not its own too. */
+    kms_budget b1 = {.bid = "kB", .period_start = 2 * 86400, .spent = 1};
+    q = (kms_request){.host = "hA", .seq = 5, .sync_ms = 250, .valid_ms = 1000,
+                      .fallback_ms = 15000, .bud = &b1, .n_bud = 1};
+    rc = kms_sync(s, &q, &rep, NULL, err, sizeof err);
+    ok(rc == KMS_OK && rep.n_spend == 1 && rep.spend[0].total == 76 && rep.spend[0].mine == 56,
+       "after its bye, a host's part continues: total 76, mine 56, others 20 (got %.0f %.0f)",
+       rc == KMS_OK && rep.n_spend ? (double)rep.spend[0].total : -1.0,
+       rc == KMS_OK && rep.n_spend ? (double)rep.spend[0].mine : -1.0);
     kms_reply_free(&rep);
     kms_close(s);
 }
@@ -921,7 +932,7 @@ static void test_input(void)
 
 int main(void)
 {
-    plan(50);
+    plan(51);
     rig_redis_start(&rs, NULL);
     if (!(dc = rig_redis_conn(&rs)))
         bail_out("no connection to the test redis");

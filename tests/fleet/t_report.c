@@ -15,6 +15,9 @@
  * restored, a new agent started.  Before the fix the units of the
  * unanswered report (and those collected during the black hole) were
  * dropped from the reservation uncharged: lv grew by less than admitted.
+ * The key has a budget too (post-paid, fleet-wide): the ledger's total for
+ * it must equal what the host spent, the spend of the unanswered report
+ * included (before that fix it was lost with the agent).
  */
 #include "hosts.h"
 #include "sim.h"
@@ -39,6 +42,22 @@ static void ledger_kw(redisContext *c, double *lv, double *rs)
     freeReplyObject(r);
 }
 
+/* The ledger's total of the fleet's only budget (its `b:` field). */
+static double ledger_budget_total(redisContext *c)
+{
+    redisReply *r = redisCommand(
+        c, "EVAL %s 1 {km:default}:ledger",
+        "local h = redis.call('HGETALL', KEYS[1]) "
+        "for i = 1, #h, 2 do if h[i]:sub(1, 2) == 'b:' then "
+        "local t = cmsgpack.unpack(h[i + 1]) "
+        "return string.format('%.17g', t.tot or t[2]) end end "
+        "return '0'");
+    double v = r && r->type == REDIS_REPLY_STRING ? strtod(r->str, NULL) : -1;
+    if (r)
+        freeReplyObject(r);
+    return v;
+}
+
 static uint64_t redis_time_us(redisContext *c)
 {
     redisReply *r = redisCommand(c, "TIME");
@@ -54,20 +73,22 @@ static uint64_t redis_time_us(redisContext *c)
 
 int main(void)
 {
-    plan(7);
+    plan(8);
     fh_init(&fl, 1, 3000, 30, NULL);
     fl.V = 2000;
     fl.F = 4000;
     double R = 1e9 / (double)fl.T;
     uint64_t C = (uint64_t)ceil(R * fl.V / 1000.0) + fl.B;
     fh_host *h = &fl.h[0];
-    fh_host_create(&fl, 0, NULL);
+    /* 10 output tokens at 1 USD per 1k: 10 000 micro-USD a request. */
+    fh_host_create(&fl, 0, ", \"price\": {\"output_per_1k\": 1.0}, "
+                           "\"budget\": {\"usd\": 100000, \"mode\": \"soft\"}");
     fh_agent_start(&fl, 0, NULL);
     redisContext *dc = rig_redis_conn(&fl.redis);
 
     /* Phase 1, the clock free: spend, then idle so the host fills up. */
     uint64_t t0 = fh_now() + 200 * MS_NS, t1 = t0 + 1000 * MS_NS;
-    fh_work wk = {.rate = R, .until = t1};
+    fh_work wk = {.rate = R, .until = t1, .out_tokens = 10};
     fh_workers_start(&fl, 0, 2, &wk);
     fh_workers_wait(h);
     fh_sleep_until(t1 + 1500 * MS_NS);
@@ -86,7 +107,7 @@ int main(void)
 
     /* Phase 2: spend what is held; black hole, kill, restore, restart. */
     uint64_t t2 = fh_now(), t3 = t2 + 2500 * MS_NS;
-    wk = (fh_work){.rate = R, .until = t3};
+    wk = (fh_work){.rate = R, .until = t3, .out_tokens = 10};
     fh_workers_start(&fl, 0, 2, &wk);
     fh_sleep_until(t2 + 150 * MS_NS);
     ok(rig_ctl(&h->proxy, "blackhole") == 0, "the host's link black-holed");
@@ -110,6 +131,14 @@ int main(void)
     ok(fabs(charged - (double)n2) < 1e-6,
        "the ledger charged exactly what was admitted: %.3f charged, %zu admitted", charged, n2);
     ok(fh_file_has(h->log, "resending report"), "the new agent resent the report it found");
+    km_key_info kinfo;
+    int kix = km_key_find(env, km_pool_find(env, "p"), "a");
+    uint64_t here = kix >= 0 && km_key_info_get(env, kix, &kinfo) == KM_OK ? kinfo.spent_microusd : 0;
+    double total = ledger_budget_total(dc);
+    ok(here > 0 && fabs(total - (double)here) < 0.5,
+       "the ledger's budget total is what the host spent, the unanswered report's spend "
+       "included: %.0f of %" PRIu64 " micro-USD",
+       total, here);
     double ex = fh_excess(&fl, t, n, 0, UINT64_MAX, &at);
     ok(ex <= (double)C, "every window <= L + C: worst excess %.1f units (C = %" PRIu64 ")", ex, C);
     diag("SUMMARY t_report admitted2=%zu charged=%.3f lv %.3f -> %.3f rs %.3f -> %.3f", n2,

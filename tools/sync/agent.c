@@ -88,7 +88,8 @@ typedef struct kma_bud {
     uint64_t budget;
     int hard, present, over_logged;
     uint64_t start, end_ns;  /* the period pending is of */
-    uint64_t pending;        /* micro-USD spent here, not yet in a request */
+    uint64_t pending;        /* micro-USD spent here, not yet reported (the
+                              * segment's count: each collect sets it) */
     uint64_t local;          /* spent here in the period, at the last collect */
     /* the others' figure: in (a_start, a_end) and ledger epoch a_epoch,
      * base (carried from an earlier epoch) + total - mine, never below
@@ -100,6 +101,7 @@ typedef struct kma_bud {
 typedef struct kma_bref {
     uint32_t key, key_gen;
     uint64_t start, end_ns;
+    uint64_t local;          /* the local spend the report counts up to */
 } kma_bref;
 
 typedef struct kma_req {
@@ -419,9 +421,13 @@ static kma_bud *bud_find(kma *a, uint32_t key, uint32_t key_gen)
     return NULL;
 }
 
-/* The spend of every fleet key's budget since the last collect into the
- * budgets' pending report.  A period that changed before its pending
- * spend went out drops it (no check can use an ended period's spend). */
+/* The spend of every fleet key's budget not yet reported into the
+ * budgets' pending report.  The segment keeps the count until a reply
+ * acknowledges it (km_fleet_spend_reported), so each collect replaces
+ * pending: an agent killed with a report unanswered loses nothing (its
+ * successor reports it again; if the ledger had counted it, twice:
+ * conservative).  A period that changed before its pending spend went out
+ * drops it (no check can use an ended period's spend). */
 static int spend_collect(kma *a)
 {
     size_t n = 0;
@@ -469,7 +475,7 @@ static int spend_collect(kma *a)
         }
         b->start = f->period_start_s;
         b->end_ns = f->period_end_ns;
-        b->pending += f->spent;
+        b->pending = f->spent;
         b->local = f->local;
         b->budget = f->budget_microusd;
         b->hard = f->hard;
@@ -505,7 +511,7 @@ static int spend_build(kma *a)
         snprintf(x->bid, sizeof x->bid, "%s", d->bid);
         x->period_start = d->start;
         x->spent = d->pending;
-        r->bref[r->n_bud] = (kma_bref){d->key, d->key_gen, d->start, d->end_ns};
+        r->bref[r->n_bud] = (kma_bref){d->key, d->key_gen, d->start, d->end_ns, d->local};
         r->n_bud++;
         d->pending = 0;
     }
@@ -536,6 +542,10 @@ static void spend_apply(kma *a, const kms_reply *rep)
         const kma_bref *f = &r->bref[i];
         const kms_spend *x = &rep->spend[i];
         kma_bud *d = bud_find(a, f->key, f->key_gen);
+        /* Answered: the next collects count from what this one carried. */
+        int prc = km_fleet_spend_reported(a->env, f->key, f->key_gen, f->end_ns, f->local);
+        if (prc != KM_OK && prc != KM_ENOKEY)
+            alog(a, "%s: marking the spend reported: %s", d ? d->bid : "?", km_strerror(prc));
         if (!d || (x->total == 0 && x->mine == 0 && r->bud[i].spent))
             continue; /* gone, or a period the ledger no longer keeps */
         if (d->a_start != f->start || d->a_end != f->end_ns) {

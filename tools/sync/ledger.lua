@@ -27,9 +27,12 @@ carries both, so the host knows what the others spent.  A report for a
 newer period rolls the counter; one for an older period than both kept is
 dropped (answered 0 0).  Repeated seqs get the stored reply (rule 1): no
 report is added twice.  The fields hold two periods at most: older ones are
-gone with the roll.  A host dropped by the sweep or saying bye takes its
-`c:` fields with it (listed in `v:<host>`); a `b:` field of a budget no
-host reports any more stays (one small field per budget).
+gone with the roll.  A host dropped by the sweep or saying bye keeps its
+`c:` fields (the totals keep what it reported: a host that comes back
+continues its part, and reads the others' spend as total - its part); a
+`b:` field of a budget no host reports any more, and the `c:` fields of a
+host that never comes back, stay (one small field per budget, and per
+budget and host; `v:<host>` lists a host's).
 
 Units.  A limit of L units per period P on a (key, window) -- a "kw" -- is a
 GCRA bucket mirroring src/limits.c: emission interval T ns per unit, capacity
@@ -385,11 +388,9 @@ local function drop_host(c, h, kws)
         ctx_del(c, xf)
     end
     ctx_del(c, 'h:' .. h)
-    local bl = ctx_raw(c, 'v:' .. h)
-    if bl then
-        for bid in bl:gmatch('%S+') do ctx_del_raw(c, 'c:' .. bid .. ':' .. h) end
-        ctx_del_raw(c, 'v:' .. h)
-    end
+    -- Its parts of the budgets' totals (c:<bid>:<h>) stay: the totals keep
+    -- what it reported, so a host that comes back must find its part there,
+    -- or it would count its own spend as the others' (total - mine).
     ctx_del_raw(c, 'w:' .. h)
     ctx_del_raw(c, 'r:' .. h)
     c.zrem[h] = true
