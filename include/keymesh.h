@@ -1388,6 +1388,7 @@ typedef struct km_fleet_slot {      /* one fleet-limited (key, window) */
     uint64_t spent, fb_spent, refused, returned, want, left;
     int64_t adj;                    /* actual minus estimated tokens of the
                                      * leases settled since (token windows) */
+    uint64_t reserved[4];           /* zeroed by the library */
 } km_fleet_slot;
 
 /* Void credit past its deadline (counted in returned), then read and reset
@@ -1435,6 +1436,7 @@ KM_EXTERN int km_fleet_collect(km_env *env, uint64_t now_ns, km_fleet_slot *out,
 typedef struct km_fleet_report {
     uint64_t seq, ack, epoch, t_send_ns;
     unsigned flags;
+    uint64_t reserved[4];                 /* zero */
 } km_fleet_report;
 KM_EXTERN int km_fleet_report_take(km_env *env, km_fleet_report *rep, km_fleet_slot *out,
                                    size_t cap, size_t *n);
@@ -1447,6 +1449,7 @@ typedef struct km_fleet_grant {
     uint64_t grant, deadline_ns;          /* rule 2: credit usable while now < deadline */
     uint32_t fb_ppm;                      /* fallback share, parts per million of the rate */
     uint64_t fb_burst, fb_from_ns, fb_until_ns;
+    uint64_t reserved[4];                 /* zero */
 } km_fleet_grant;
 /* Top up credit (a locked add of `grant` to what the host holds), set
  * deadlines and fallback shares, wake sleepers.  A grant whose key_gen
@@ -1465,6 +1468,7 @@ typedef struct km_fleet_status {
     uint64_t epoch, seq, ack, last_sync_ns, next_sync_ns;
     int store_state;                      /* KM_FLEET_STORE_* */
     uint32_t n_hosts, learn_ms;
+    uint64_t reserved[4];                 /* zero (set); zeroed by the library (get) */
 } km_fleet_status;
 /* set: the role holder's; next_sync_ns is the retry hint acquirers give
  * when credit is short.  get: anyone (kmctl inspect); fields may tear
@@ -1513,6 +1517,7 @@ typedef struct km_fleet_key_info {
      * is km_key_info's spent_microusd plus this. */
     uint64_t spend_others_microusd;
     uint32_t spend_fleet;                 /* 1: the key's budget counts fleet-wide */
+    uint64_t reserved[4];                 /* zeroed by the library */
 } km_fleet_key_info;
 KM_EXTERN int km_fleet_key_info_get(km_env *env, uint32_t key, km_fleet_key_info *out);
 /* The same for model `model` (0-based) of the key's pool on key `key`: its

@@ -47,7 +47,7 @@ static void spend(const km_env *e, km__pool *pool, km__key *k, const km_outcome 
     /* Statistics and budget checks: atomicity is all that is needed
      * (km__spend_add says how a roll orders against these adds). */
     uint64_t budget = k->budget_microusd;
-    if (__builtin_expect(k->fleet, 0) && budget) /* what the other hosts left of it */
+    if (budget && __builtin_expect(k->fleet, 0)) /* what the other hosts left of it */
         budget = km__fleet_budget_left(e, k);
     uint64_t spent = km__spend_add(&k->spend, k->budget_period, k->budget_tz_min, e->tzt, cost,
                                    budget, k->budget_hard);

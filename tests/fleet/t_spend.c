@@ -72,7 +72,7 @@ static _Noreturn void worker(fh_host *h, int w, uint64_t until)
 
 int main(void)
 {
-    plan(9);
+    plan(10);
     fh_init(&fl, 3, 60000, 1000, NULL);
     char extra[256];
     snprintf(extra, sizeof extra,
@@ -138,6 +138,15 @@ int main(void)
        "every host refuses within 2 S of the budget's end, and after Redis restarted empty "
        "(1.3 s before the end of the run): last admissions %+.0f %+.0f %+.0f ms after it", ((double)last[0] - (double)tc) / 1e6, ((double)last[1] - (double)tc) / 1e6,
        ((double)last[2] - (double)tc) / 1e6);
+    /* No host stops early: a host sees the others' spend late, never
+     * early, so each admits until about tc (one of its 100 attempts a
+     * second, or S, before it at most; counting its own spend as the
+     * others' stopped one 201 ms early). */
+    uint64_t early = tc - (uint64_t)fl.S * 1000000ull;
+    ok(last[0] >= early && last[1] >= early && last[2] >= early,
+       "no host stops early: last admissions %+.0f %+.0f %+.0f ms from the crossing (>= -%u)",
+       ((double)last[0] - (double)tc) / 1e6, ((double)last[1] - (double)tc) / 1e6,
+       ((double)last[2] - (double)tc) / 1e6, fl.S);
     diag("SUMMARY t_spend hosts=3 budget_usd=%.2f spent_usd=%.2f over_usd=%.2f bound_usd=%.2f "
          "rate_per_s=%.0f S_ms=%u",
          BUDGET / 1e6, spent / 1e6, ((double)spent - BUDGET) / 1e6, bound / 1e6, rate, fl.S);
@@ -148,7 +157,8 @@ int main(void)
     int rc = run_cmd_out(cmd, out, sizeof out);
     const char *bl = strstr(out, "budget (fleet-wide, hard): ");
     double fleet_usd = bl ? atof(bl + strlen("budget (fleet-wide, hard): ")) : 0;
-    ok(rc == 0 && bl && fleet_usd * 1e6 + 0.5 >= (double)spent - 1,
+    ok(rc == 0 && bl && fleet_usd * 1e6 + 0.5 >= (double)spent - 1 &&
+           fleet_usd * 1e6 <= (double)spent + 0.5,
        "kmctl inspect shows the fleet's total: %.6f USD (rc %d)", fleet_usd, rc);
     if (!bl)
         diag("%.600s", out);
