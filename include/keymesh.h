@@ -1553,8 +1553,10 @@ KM_EXTERN int km_fleet_model_info_get(km_env *env, uint32_t key, uint32_t model,
  * All three are the role holder's (KM_EINVAL otherwise).
  * @note The role holder's, one thread at a time, concurrently with
  * acquires and releases. */
+#define KM_FLEET_BUDGET_POOL 0x80000000u /* km_fleet_budget.key: a pool's budget */
 typedef struct km_fleet_budget {
-    uint32_t key, key_gen;
+    uint32_t key, key_gen;       /* a pool's: KM_FLEET_BUDGET_POOL | pool_index,
+                                  * and a hash of the pool's name */
     char pool[KM_ID_MAX + 1], key_id[KM_ID_MAX + 1], fleet_id[KM_ID_MAX + 1];
     uint64_t budget_microusd;
     int hard, period;            /* km_budget_period */
@@ -1564,7 +1566,10 @@ typedef struct km_fleet_budget {
     uint64_t spent;              /* here, not yet reported */
     uint64_t local;              /* here, in the period */
     uint64_t others;             /* the other hosts', as last applied */
-    uint64_t reserved[4];        /* zeroed by the library */
+    /* 1: a pool's budget (key_id and fleet_id then ""), of pool pool_index
+     * (in what was reserved[0]) */
+    uint32_t pool_budget, pool_index;
+    uint64_t reserved[3];        /* zeroed by the library */
 } km_fleet_budget;
 KM_EXTERN int km_fleet_spend_collect(km_env *env, km_fleet_budget *out, size_t cap, size_t *n);
 KM_EXTERN int km_fleet_spend_apply(km_env *env, uint32_t key, uint32_t key_gen,

@@ -406,6 +406,10 @@ void km__fleet_health_note(km_env *e, km__key *k, int kind);
 uint64_t km__fleet_spend_others(const km_env *e, const km__key *k);
 int km__fleet_over_budget(const km_env *e, km__key *k);
 uint64_t km__fleet_budget_left(const km_env *e, const km__key *k);
+/* The same for a pool whose budget counts fleet-wide (km__pool.fleet):
+ * over, and left (the settle's budget). */
+int km__fleet_pool_over(const km_env *e, km__pool *pool);
+uint64_t km__fleet_pool_budget_left(const km__pool *pool);
 
 /* src/reconfig.c */
 /* km_key_set_state; note 0: the fleet's verdict applied by its agent, not

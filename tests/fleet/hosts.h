@@ -151,8 +151,9 @@ static inline void fh_init(fh_fleet *f, int n, uint64_t L, uint64_t B, const cha
     atexit(fh__atexit);
 }
 
-/* Create host i's segment; its proxy in front of the rig's redis. */
-static inline void fh_host_create(fh_fleet *f, int i, const char *extra_key_json)
+/* Host i's segment from the configuration `json` (written to its file),
+ * and its proxy to the fleet's Redis. */
+static inline void fh_host_create_cfg(fh_fleet *f, int i, const char *json)
 {
     fh_host *h = &f->h[i];
     h->idx = i;
@@ -162,8 +163,23 @@ static inline void fh_host_create(fh_fleet *f, int i, const char *extra_key_json
     FILE *c = fopen(h->cfg, "w");
     if (!c)
         bail_out("%s: %s", h->cfg, strerror(errno));
+    fputs(json, c);
+    fclose(c);
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "%s create %s --config %s >/dev/null", f->kmctl, h->seg, h->cfg);
+    if (system(cmd) != 0)
+        bail_out("%s failed", cmd);
+    rig_proxy_start(&h->proxy, f->redis.port);
+    h->has_proxy = 1;
+}
+
+/* Create host i's segment (pool "p", key "a" under the fleet's limit);
+ * its proxy in front of the rig's redis. */
+static inline void fh_host_create(fh_fleet *f, int i, const char *extra_key_json)
+{
+    char c[2048];
     if (f->model)
-        fprintf(c,
+        snprintf(c, sizeof c,
                 "{\"capacity\": {\"processes\": 16},\n"
                 " \"pools\": [{\"name\": \"p\", \"cooldown_s\": 2, \"model_limits\": \"per_model\",\n"
                 "   \"models\": {\"%s\": {\"rpm\": {\"limit\": %" PRIu64 ", \"mode\": \"sliding\", "
@@ -172,7 +188,7 @@ static inline void fh_host_create(fh_fleet *f, int i, const char *extra_key_json
                 f->model, f->L, f->B, f->strict ? "{\"strict\": true}" : "true",
                 extra_key_json ? extra_key_json : "");
     else
-        fprintf(c,
+        snprintf(c, sizeof c,
                 "{\"capacity\": {\"processes\": 16},\n"
                 " \"pools\": [{\"name\": \"p\", \"cooldown_s\": 2,\n"
                 "   \"limits\": {\"rpm\": {\"limit\": %" PRIu64 ", \"mode\": \"sliding\", "
@@ -180,13 +196,7 @@ static inline void fh_host_create(fh_fleet *f, int i, const char *extra_key_json
                 "   \"keys\": [{\"id\": \"a\", \"secret\": \"sk-fleet-test-0001\", \"fleet\": %s%s}]}]}\n",
                 f->L, f->B, f->strict ? "{\"strict\": true}" : "true",
                 extra_key_json ? extra_key_json : "");
-    fclose(c);
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "%s create %s --config %s >/dev/null", f->kmctl, h->seg, h->cfg);
-    if (system(cmd) != 0)
-        bail_out("%s failed", cmd);
-    rig_proxy_start(&h->proxy, f->redis.port);
-    h->has_proxy = 1;
+    fh_host_create_cfg(f, i, c);
 }
 
 /* Start host i's agent; `password` overrides the fleet's (NULL: the

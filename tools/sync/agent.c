@@ -275,6 +275,19 @@ void kma_fleet_kid(const char *pool, const char *key_id, const char *fleet_id, c
     snprintf(out, KMS_ID_MAX + 1, "%.46s.m%.16s", base, mh + 1);
 }
 
+/* A pool budget's id in the ledger: "p<32 hex>", the fleet id scheme's
+ * hash of (pool name, "") with its first letter 'p' - distinct from every
+ * derived key id ("k..."; a key id is never empty) and from the model ids
+ * derived from them.  The same pool name on every host names one budget;
+ * nothing secret goes in. */
+void kma_pool_bid(const char *pool, char out[KMS_ID_MAX + 1])
+{
+    if (kms_fleet_id(pool, "", out) != KMS_OK)
+        snprintf(out, KMS_ID_MAX + 1, "p-invalid");
+    else
+        out[0] = 'p';
+}
+
 static void slot_kid(const km_fleet_slot *f, char out[KMS_ID_MAX + 1])
 {
     kma_fleet_kid(f->pool, f->key_id, f->fleet_id, f->model ? f->model_name : NULL, out);
@@ -464,11 +477,15 @@ static int spend_collect(kma *a)
             b->a_epoch = a->st.epoch;
             b->others = f->others;
         }
-        km_fleet_slot ks = {0};
-        snprintf(ks.pool, sizeof ks.pool, "%s", f->pool);
-        snprintf(ks.key_id, sizeof ks.key_id, "%s", f->key_id);
-        snprintf(ks.fleet_id, sizeof ks.fleet_id, "%s", f->fleet_id);
-        slot_kid(&ks, b->bid);
+        if (f->pool_budget) {
+            kma_pool_bid(f->pool, b->bid);
+        } else {
+            km_fleet_slot ks = {0};
+            snprintf(ks.pool, sizeof ks.pool, "%s", f->pool);
+            snprintf(ks.key_id, sizeof ks.key_id, "%s", f->key_id);
+            snprintf(ks.fleet_id, sizeof ks.fleet_id, "%s", f->fleet_id);
+            slot_kid(&ks, b->bid);
+        }
         if (b->end_ns != f->period_end_ns) {
             b->pending = 0;
             b->over_logged = 0;

@@ -59,5 +59,8 @@ int kma_run(km_env *env, const kma_opts *o, volatile sig_atomic_t *stop);
  * Never anything of the secret. */
 void kma_fleet_kid(const char *pool, const char *key_id, const char *fleet_id, const char *model,
                    char out[KMS_ID_MAX + 1]);
+/* The ledger's name of a pool's fleet-wide budget: "p<32 hex of
+ * kms_fleet_id(pool, "")>", never a key's. */
+void kma_pool_bid(const char *pool, char out[KMS_ID_MAX + 1]);
 
 #endif /* KM_TOOLS_SYNC_AGENT_H */
