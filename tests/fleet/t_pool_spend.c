@@ -11,7 +11,8 @@
  * Checks: every host spends, the fleet spends at least X and at most X +
  * the bound README states (what the fleet spends in 2 S plus one request
  * in flight per worker, S = 50 ms), and every host refuses within 2 S of
- * the crossing (plus 100 ms of scheduling on a shared machine).
+ * the crossing (plus 100 ms of scheduling on a shared machine); kmctl
+ * fleet names the budget by its pool.
  */
 #include "hosts.h"
 
@@ -23,7 +24,7 @@ static fh_fleet fl;
 
 int main(void)
 {
-    plan(5);
+    plan(6);
     fh_init(&fl, 3, 60000, 1000, NULL);
     for (int i = 0; i < 3; i++) {
         char cfg[1024];
@@ -82,6 +83,13 @@ int main(void)
     for (int i = 0; i < 3; i++)
         logged |= fh_file_has(fl.h[i].log, "spent fleet-wide");
     ok(logged, "the agents log the pool's budget spent fleet-wide");
+    char cmd[600], out[65536];
+    snprintf(cmd, sizeof cmd, "%s fleet %s --store redis://127.0.0.1:%d 2>&1", fl.kmctl,
+             fl.h[0].seg, fl.redis.port);
+    int frc = fh_cmd_out(cmd, out, sizeof out);
+    ok(frc == 0 && strstr(out, "pool p"), "kmctl fleet lists the budget as pool p (rc %d)", frc);
+    if (frc != 0 || !strstr(out, "pool p"))
+        diag("%.1200s", out);
     if (tap_failures())
         for (int i = 0; i < 3; i++) {
             diag("agent %d log:", i);
