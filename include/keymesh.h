@@ -1528,12 +1528,17 @@ KM_EXTERN int km_fleet_model_info_get(km_env *env, uint32_t key, uint32_t model,
                                       km_fleet_key_info *out);
 
 /* Fleet-wide spend budgets (post-paid; tools/sync/DESIGN.md section 8).
- * The budget of a fleet key counts what every host spent in its period:
+ * The budget of a fleet key counts what every host spent in its period,
+ * and so does a pool's in a segment whose configuration's top-level fleet
+ * is `all` (an entry with key = KM_FLEET_BUDGET_POOL | the pool's index,
+ * key_gen a hash of its name, pool_budget 1; apply and reported take
+ * these key and key_gen alike; a pool's hard budget refuses with
+ * KM_EBUDGET, a soft one warns at the settle that crosses it):
  * an acquire compares the local spend plus the other hosts' (as the agent
  * last applied it) with the budget (hard: refused; soft: passed over while
  * another key is under its budget, and warned at the settle that crosses).
  *
- * collect: per fleet key with a budget, the micro-USD spent here in the
+ * collect: per fleet key or pool with a budget, the micro-USD spent here in the
  * budget's current period and not yet reported (`spent`: since the last
  * km_fleet_spend_reported of the period; the first collect of a period:
  * all of it; a collect resets nothing, so what an agent killed before the
@@ -1566,8 +1571,8 @@ typedef struct km_fleet_budget {
     uint64_t spent;              /* here, not yet reported */
     uint64_t local;              /* here, in the period */
     uint64_t others;             /* the other hosts', as last applied */
-    /* 1: a pool's budget (key_id and fleet_id then ""), of pool pool_index
-     * (in what was reserved[0]) */
+    /* 1: a pool's budget (key_id and fleet_id then ""), of pool
+     * pool_index; in what was reserved[0] (the size is unchanged) */
     uint32_t pool_budget, pool_index;
     uint64_t reserved[3];        /* zeroed by the library */
 } km_fleet_budget;
