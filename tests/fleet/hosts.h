@@ -430,6 +430,59 @@ static inline size_t fh_count(const uint64_t *t, size_t n, uint64_t a, uint64_t 
     return c;
 }
 
+/* A run against one hard spend budget of `budget` micro-USD (t_spend,
+ * t_pool_spend): every admission logged by fh__worker or a test's worker
+ * cost `cost`, `workers` per host offered load from t0 to t1.  Five
+ * checks: every host spends; the fleet spends at least the budget (no
+ * host stops early overall) and at most the budget plus the bound README
+ * states (what the fleet spends in 2 S plus one request in flight per
+ * worker); every host refuses within 2 S of the crossing (plus 100 ms of
+ * scheduling on a shared machine; `late_note` says what else that
+ * covers); no host stops early (it sees the others' spend late, never
+ * early: each admits until the crossing, S before it at most).  Then the
+ * SUMMARY line `name`. */
+static inline void fh_spend_checks(fh_fleet *f, const char *name, uint64_t cost, uint64_t budget,
+                                   int workers, uint64_t t0, uint64_t t1, const char *late_note)
+{
+    size_t n, nh[FH_MAX_HOSTS];
+    uint64_t *t = fh_times(f, -1, &n), last[FH_MAX_HOSTS];
+    int every = 1;
+    for (int i = 0; i < f->n; i++) {
+        uint64_t *ti = fh_times(f, i, &nh[i]);
+        last[i] = nh[i] ? ti[nh[i] - 1] : 0;
+        every &= nh[i] != 0;
+        free(ti);
+    }
+    uint64_t spent = (uint64_t)n * cost, need = budget / cost;
+    ok(every, "every host spends (host 0: %zu, last: %zu admissions)", nh[0], nh[f->n - 1]);
+    ok(spent >= budget, "the fleet spends its budget: %" PRIu64 " >= %" PRIu64 " micro-USD",
+       spent, budget);
+    /* tc: the admission that took the fleet's spend to the budget; the
+     * rate: the fleet's over the second before it. */
+    uint64_t tc = n >= need ? t[need - 1] : t1;
+    uint64_t from = tc > t0 + 1000000000ull ? tc - 1000000000ull : t0;
+    double rate = (double)fh_count(t, n, from, tc + 1) * 1e9 / (double)(tc + 1 - from);
+    double bound = rate * (double)cost * 2 * (f->S / 1000.0) + (double)(f->n * workers) * (double)cost;
+    ok((double)spent <= (double)budget + bound,
+       "at most X + the bound: %" PRIu64 " <= %" PRIu64 " + %.0f (fleet %.0f/s x 2 S + %d in flight)",
+       spent, budget, bound, rate, f->n * workers);
+    uint64_t late = tc + 2ull * f->S * 1000000ull + 100000000ull;
+    uint64_t early = tc - (uint64_t)f->S * 1000000ull, lo = UINT64_MAX, hi = 0;
+    for (int i = 0; i < f->n; i++) {
+        lo = last[i] < lo ? last[i] : lo;
+        hi = last[i] > hi ? last[i] : hi;
+    }
+    ok(hi <= late, "every host refuses within 2 S of the budget's end%s: last admissions up to "
+                   "%+.0f ms after it", late_note, ((double)hi - (double)tc) / 1e6);
+    ok(lo >= early, "no host stops early: last admissions from %+.0f ms of the crossing (>= -%u)",
+       ((double)lo - (double)tc) / 1e6, f->S);
+    diag("SUMMARY %s hosts=%d budget_usd=%.2f spent_usd=%.2f over_usd=%.2f bound_usd=%.2f "
+         "rate_per_s=%.0f S_ms=%u",
+         name, f->n, budget / 1e6, spent / 1e6, ((double)spent - (double)budget) / 1e6, bound / 1e6,
+         rate, f->S);
+    free(t);
+}
+
 /* Goodput over [a, b): admissions / (what the limit's rate allows). */
 static inline double fh_goodput(const fh_fleet *f, const uint64_t *t, size_t n, uint64_t a,
                                 uint64_t b)
