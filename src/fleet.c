@@ -950,7 +950,9 @@ KM_EXTERN int km_fleet_key_info_get(km_env *e, uint32_t key, km_fleet_key_info *
  * Post-paid (tools/sync/DESIGN.md section 8): a request's cost is known
  * only at its release, so the fleet's spend is summed after the fact.
  * Every sync the agent collects what this host spent per budget since its
- * last report (km_fleet_spend_collect: the spend record against a_sp_rep),
+ * last report (km_fleet_spend_collect: the spend record against a_sp_rep;
+ * a budget is a fleet key's, or a pool's when the configuration's top-level
+ * fleet is "all": the pool row holds the same four words, budget_ref),
  * the ledger adds it to a counter per (budget, period) and answers with
  * the fleet's total and this host's part of it; the agent stores the
  * difference, the other hosts' spend, in sp_others (km_fleet_spend_apply).
@@ -1057,6 +1059,8 @@ typedef struct sp_ref {
  * another pool is told apart). */
 static int budget_ref(km_env *e, uint32_t id, sp_ref *r)
 {
+    /* a pool's key id and fleet id: "", whole ids as copy_id reads them */
+    static const char no_id[KM_ID_MAX + 1];
     if (id & KM_FLEET_BUDGET_POOL) {
         uint32_t p = id & ~KM_FLEET_BUDGET_POOL;
         if (p >= e->geom.cap_pools)
@@ -1069,7 +1073,8 @@ static int budget_ref(km_env *e, uint32_t id, sp_ref *r)
                       &pool->a_sp_end, ck_pr_load_64(&pool->budget_microusd),
                       ck_pr_load_32(&pool->budget_hard), ck_pr_load_32(&pool->budget_period),
                       km__fnv32_str(pool->name),
-                      (int32_t)ck_pr_load_32((uint32_t *)&pool->budget_tz_min), pool->name, "", ""};
+                      (int32_t)ck_pr_load_32((uint32_t *)&pool->budget_tz_min), pool->name,
+                      no_id, no_id};
         return 1;
     }
     if (id >= e->geom.cap_keys)
