@@ -350,9 +350,11 @@ KM_EXTERN int km_fleet_claim(km_env *e, int policy)
     }
     ck_pr_store_32(&fh->policy, (uint32_t)policy);
     /* A predecessor killed while it wrote a fallback share left its count
-     * odd: end that share (its window lapses) and even the count. */
-    for (uint32_t ki = 0; ki < e->geom.cap_keys; ki++) {
-        km__fkey *fk = km__fkeys(e, ki);
+     * odd: end that share (its window lapses) and even the count.  Every
+     * block: a key's and its models' (apply_model, release_models write
+     * theirs the same way). */
+    for (uint64_t fi = 0; fi < km__fleet_blocks(e->geom.cap_keys, e->geom.cap_models); fi++) {
+        km__fkey *fk = km__fkeys(e, (uint32_t)fi);
         uint32_t s = ck_pr_load_32(&fk->fb_seq);
         if (s & 1) {
             ck_pr_store_64(&fk->fb_until, 0);
@@ -405,6 +407,9 @@ KM_EXTERN int km_fleet_release(km_env *e, int void_credit)
         return KM_EINVAL;
     km__fhdr *fh = km__fleet(e);
     if (void_credit) {
+        /* An epoch section, as collect and apply: a row removed meanwhile
+         * is not reused for another key while its block is written. */
+        km__rdr *r = km__rd_enter(&e->seg, km__now());
         for (uint32_t ki = 0; ki < e->geom.cap_keys; ki++) {
             uint32_t mask = fleet_mask_of(e, ki);
             release_models(e, ki);
@@ -421,6 +426,7 @@ KM_EXTERN int km_fleet_release(km_env *e, int void_credit)
             fb_write(km__fkeys(e, ki), -1, 0, 0, 0, 0);
             km__fkeys(e, ki)->fb_ppm = 0;
         }
+        km__rd_exit(r);
         ck_pr_store_32(&fh->store_state, KM_FLEET_STORE_NONE);
     }
     /* The role last: nothing above is done by a successor meanwhile. */

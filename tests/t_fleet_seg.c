@@ -1244,6 +1244,15 @@ static void test_model_release(void)
     km_fleet_claim(env, KM_FLEET_STOP);
     collect(km_now_ns());
     is_u64(MSL(KA, GPT, KM_WIN_RPM)->returned, held, "  the next collect returns it (85)");
+    /* A holder killed inside a model block's fb_write leaves its count odd
+     * (every reader then refuses the share and policy local); the next
+     * claim evens it, as a key block's. */
+    km__fkey *fm = km__fkeys(env, km__fmodel_ix(env, (uint32_t)KA, GPT - 1));
+    ck_pr_store_32(&fm->fb_seq, ck_pr_load_32(&fm->fb_seq) | 1);
+    km_fleet_release(env, 0);
+    km_fleet_claim(env, KM_FLEET_STOP);
+    ok((ck_pr_load_32(&fm->fb_seq) & 1) == 0 && ck_pr_load_64(&fm->fb_until) == 0,
+       "  a model block's share left mid-write: the next claim ends it and evens its count");
 }
 
 /* A model block's counts go through the report in the segment as a key's
@@ -1312,7 +1321,7 @@ static void test_models(void)
 
 int main(void)
 {
-    plan(153 + 42 + 5);
+    plan(153 + 42 + 6);
     fixtures_init("fleet_seg");
     test_config();
     env = mkseg(CFG);

@@ -249,7 +249,7 @@ static int kid_models(km_env *env, int p, const km_pool_info *pi, int k, kid_nam
         memcpy(x->pool, y->pool, sizeof x->pool);
         memcpy(x->key, y->key, sizeof x->key);
         snprintf(x->model, sizeof x->model, "%s", model);
-        kma_fleet_kid(x->pool, x->key, NULL, model, x->kid);
+        kms_kid(x->pool, x->key, NULL, model, x->kid);
     }
     return KM_OK;
 }
