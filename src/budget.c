@@ -207,7 +207,11 @@ KM_EXTERN int km_spend_reset(km_env *e, int key, uint64_t *was)
         return KM_ENOKEY;
     if (e->seg.ro)
         return KM_EREADONLY;
-    uint64_t w = spend_reset(&km__keys(e)[key].spend);
+    km__key *k = &km__keys(e)[key];
+    uint64_t end = ck_pr_load_64(&k->spend.end_ns);
+    uint64_t w = spend_reset(&k->spend);
+    if (w && k->fleet && k->budget_microusd)
+        km__fleet_spend_reset(e, (uint32_t)key, end, w);
     if (was)
         *was = w;
     return KM_OK;

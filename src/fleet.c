@@ -1039,15 +1039,20 @@ static int spend_collect_in(km_env *e, km_fleet_budget *out, size_t cap, size_t 
         km__spend_due(&k->spend, period, k->budget_tz_min, e->tzt);
         uint64_t end = ck_pr_load_64(&k->spend.end_ns);
         uint64_t cur = ck_pr_load_64(&k->spend.spent);
+        /* What resets removed in this period counts as spent here (they
+         * reset this host's figure, not what it owes the fleet's total):
+         * eff only grows within a period, but for the moment between a
+         * reset's exchange and its add (eff low: nothing is reported then,
+         * and km_fleet_spend_reported never lowers the base). */
+        uint64_t rst[2] = {ck_pr_load_64(&fk->sp_rst[0]), ck_pr_load_64(&fk->sp_rst[1])};
+        uint64_t eff = cur + (rst[0] == end ? rst[1] : 0);
         uint64_t d;
         if (end == fk->a_sp_end)
-            /* below what was reported: km_spend_reset zeroed the record
-             * since; what it holds now was spent after the reset */
-            d = cur >= fk->a_sp_rep ? cur - fk->a_sp_rep : cur;
+            d = eff > fk->a_sp_rep ? eff - fk->a_sp_rep : 0;
         else
             /* A new period.  What the ended one spent after its last
              * report is not reported: no check can use it any more. */
-            d = cur;
+            d = eff;
         /* a_sp_rep moves when the ledger has answered the report
          * (km_fleet_spend_reported), not here: an agent killed with its
          * report unanswered leaves it to be collected again. */
@@ -1068,7 +1073,7 @@ static int spend_collect_in(km_env *e, km_fleet_budget *out, size_t cap, size_t 
                                 : km__period_start(period, k->budget_tz_min, e->tzt, end - 1) /
                                       KM__NS_PER_S;
         o->spent = d;
-        o->local = cur;
+        o->local = eff;
         o->others = km__fleet_spend_others(e, k);
     }
     *n = j;
@@ -1087,6 +1092,20 @@ KM_EXTERN int km_fleet_spend_collect(km_env *e, km_fleet_budget *out, size_t cap
     int rc = spend_collect_in(e, out, cap, n);
     km__rd_exit(r);
     return rc;
+}
+
+void km__fleet_spend_reset(km_env *e, uint32_t ki, uint64_t end_ns, uint64_t removed)
+{
+    if (!e->geom.off_fleet)
+        return;
+    km__fkey *fk = km__fkeys(e, ki);
+    /* One 16-byte CAS: a reset of the same period adds, of another starts
+     * the pair anew (two resets race: each adds exactly once). */
+    uint64_t cur[2] = {ck_pr_load_64(&fk->sp_rst[0]), ck_pr_load_64(&fk->sp_rst[1])}, set[2];
+    do {
+        set[0] = end_ns;
+        set[1] = (cur[0] == end_ns ? cur[1] : 0) + removed;
+    } while (!ck_pr_cas_64_2_value(fk->sp_rst, cur, set, cur));
 }
 
 KM_EXTERN int km_fleet_spend_reported(km_env *e, uint32_t key, uint32_t key_gen,
@@ -1108,7 +1127,10 @@ KM_EXTERN int km_fleet_spend_reported(km_env *e, uint32_t key, uint32_t key_gen,
         /* The agent's own words (single writer, plain): the base the next
          * collects count from. */
         km__fkey *fk = km__fkeys(e, key);
-        fk->a_sp_rep = local;
+        /* Within a period the base never goes down (a collect between a
+         * reset's exchange and its add saw too little). */
+        if (fk->a_sp_end != period_end_ns || local > fk->a_sp_rep)
+            fk->a_sp_rep = local;
         fk->a_sp_end = period_end_ns;
     }
     km__rd_exit(r);

@@ -815,13 +815,19 @@ typedef struct km__fkey {
      * sp_others: a torn read pairs a new period's figure with the old
      * period's end only while that end is being replaced, i.e. while the
      * local record is rolling too (src/fleet.c, km__fleet_spend_others).
-     * The rest is the agent's own (single writer): a_sp_rep, the local
-     * spend already reported in the period ending a_sp_end. */
+     * a_sp_rep and a_sp_end are the agent's own (single writer): the
+     * local spend (with what resets removed, below) the ledger has counted
+     * in the period ending a_sp_end.  sp_rst: what km_spend_reset removed
+     * from the record in the period ending sp_rst[0], micro-USD in
+     * sp_rst[1], one 16-byte CAS pair (a reset is any process's): the
+     * agent counts the record's spend plus it, which resets do not lower,
+     * so a reset loses nothing the host has not reported. */
     uint64_t sp_others;
     uint64_t sp_end;
     uint64_t a_sp_rep;
     uint64_t a_sp_end;
-    uint64_t pad10[4];
+    uint64_t sp_rst[2];
+    uint64_t pad10[2];
     /* lines 11-15, the agent's own (plain, single writer): what collects
      * took since the last acknowledged report, per window (p_mask: the
      * windows that hold any, of the key of generation p_gen): the report
@@ -846,6 +852,7 @@ _Static_assert(offsetof(km__fkey, fb_tat) == KM__LINE && offsetof(km__fkey, fb_s
                    offsetof(km__fkey, a_ret) == 9 * KM__LINE &&
                    offsetof(km__fkey, sp_others) == 10 * KM__LINE &&
                    offsetof(km__fkey, sp_end) == 10 * KM__LINE + 8 &&
+                   offsetof(km__fkey, sp_rst) == 10 * KM__LINE + 32 &&
                    offsetof(km__fkey, p_spent) == 11 * KM__LINE,
                "km__fkey lines");
 _Static_assert(sizeof(km__fkey) == 16 * KM__LINE, "km__fkey size");
@@ -995,7 +1002,7 @@ static inline uint64_t km__layout_signature(void)
         sizeof(km__fkey), offsetof(km__fkey, fb_seq), offsetof(km__fkey, a_last),
         offsetof(km__lease, tokens_est), offsetof(km__hdr, off_fleet),
         /* Fleet-wide spend budgets (issue 12, item 3): others' spend. */
-        offsetof(km__fkey, sp_others), offsetof(km__fkey, a_sp_end),
+        offsetof(km__fkey, sp_others), offsetof(km__fkey, a_sp_end), offsetof(km__fkey, sp_rst),
         /* Per-model fleet windows (issue 12, item 3): the model blocks'
          * minute pair and deadline. */
         offsetof(km__fkey, credit_min), offsetof(km__fkey, m_deadline),

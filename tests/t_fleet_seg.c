@@ -795,6 +795,24 @@ static void test_spend(void)
     ok(x && x->spent == 0 && x->local == 250000, "the next collect: nothing new since");
     is_int(km_fleet_spend_reported(e, (uint32_t)kc, info(e, kc).gen, UINT64_MAX, 1), KM_ENOKEY,
            "spend reported for a key outside the fleet: KM_ENOKEY");
+    /* kmctl reset-spend, then as much spent again before the next
+     * collect: the 250000 after the reset are reported (counting from the
+     * record alone, it was back at what had been reported: 0 went out). */
+    uint64_t was = 0;
+    is_int(km_spend_reset(e, ka, &was), KM_OK, "reset-spend on a fleet key (was %llu)",
+           (unsigned long long)was);
+    if (acq_pin(e, ps, "a", 0, &l) != KM_OK || release_with(e, &l, KM_OUT_SUCCESS, 1000, 250, 0))
+        bail_out("spend on a after the reset");
+    km_fleet_spend_collect(e, b, 8, &n);
+    x = bud_of(b, n, ka);
+    ok(x && x->spent == 250000 && x->local == 500000,
+       "  the spend after it is reported whole: spent %llu, local with the reset %llu",
+       x ? (unsigned long long)x->spent : 0ull, x ? (unsigned long long)x->local : 0ull);
+    km_fleet_spend_reported(e, (uint32_t)ka, x ? x->key_gen : 0, x ? x->period_end_ns : 1,
+                            x ? x->local : 0);
+    km_fleet_spend_collect(e, b, 8, &n);
+    x = bud_of(b, n, ka);
+    ok(x && x->spent == 0, "  and once answered, nothing again");
 
     /* The other hosts spent 749 999: 1 micro-USD left fleet-wide. */
     km_key_info ki = info(e, ka);
@@ -1321,7 +1339,7 @@ static void test_models(void)
 
 int main(void)
 {
-    plan(153 + 42 + 6);
+    plan(156 + 42 + 6);
     fixtures_init("fleet_seg");
     test_config();
     env = mkseg(CFG);
