@@ -1569,7 +1569,9 @@ typedef struct km_fleet_budget {
     uint64_t period_end_ns;      /* the local record's end (CLOCK_REALTIME);
                                   * UINT64_MAX for a lifetime budget */
     uint64_t spent;              /* here, not yet reported */
-    uint64_t local;              /* here, in the period */
+    uint64_t local;              /* here, in the period, with what
+                                  * km_spend_reset removed (the figure
+                                  * km_fleet_spend_reported takes) */
     uint64_t others;             /* the other hosts', as last applied */
     /* 1: a pool's budget (key_id and fleet_id then ""), of pool
      * pool_index; in what was reserved[0] (the size is unchanged) */

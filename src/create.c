@@ -134,6 +134,7 @@ void km__pool_write(km_env *e, uint32_t p, const km__pool_cfg *pc)
     const km__fhdr *fh = km__fleet(e);
     pool->fleet = fh && fh->all;
     pool->sp_others = pool->sp_end = pool->a_sp_rep = pool->a_sp_end = 0;
+    pool->sp_rst[0] = pool->sp_rst[1] = 0;
     /* Every row: a reused pool row's models, or the names its requests
      * gave (a pool without a models list), are not the new pool's. */
     memset(md, 0, (size_t)e->geom.cap_models * sizeof(*md));

@@ -350,9 +350,11 @@ KM_EXTERN int km_fleet_claim(km_env *e, int policy)
     }
     ck_pr_store_32(&fh->policy, (uint32_t)policy);
     /* A predecessor killed while it wrote a fallback share left its count
-     * odd: end that share (its window lapses) and even the count. */
-    for (uint32_t ki = 0; ki < e->geom.cap_keys; ki++) {
-        km__fkey *fk = km__fkeys(e, ki);
+     * odd: end that share (its window lapses) and even the count.  Every
+     * block: a key's and its models' (apply_model, release_models write
+     * theirs the same way). */
+    for (uint64_t fi = 0; fi < km__fleet_blocks(e->geom.cap_keys, e->geom.cap_models); fi++) {
+        km__fkey *fk = km__fkeys(e, (uint32_t)fi);
         uint32_t s = ck_pr_load_32(&fk->fb_seq);
         if (s & 1) {
             ck_pr_store_64(&fk->fb_until, 0);
@@ -405,6 +407,9 @@ KM_EXTERN int km_fleet_release(km_env *e, int void_credit)
         return KM_EINVAL;
     km__fhdr *fh = km__fleet(e);
     if (void_credit) {
+        /* An epoch section, as collect and apply: a row removed meanwhile
+         * is not reused for another key while its block is written. */
+        km__rdr *r = km__rd_enter(&e->seg, km__now());
         for (uint32_t ki = 0; ki < e->geom.cap_keys; ki++) {
             uint32_t mask = fleet_mask_of(e, ki);
             release_models(e, ki);
@@ -421,6 +426,7 @@ KM_EXTERN int km_fleet_release(km_env *e, int void_credit)
             fb_write(km__fkeys(e, ki), -1, 0, 0, 0, 0);
             km__fkeys(e, ki)->fb_ppm = 0;
         }
+        km__rd_exit(r);
         ck_pr_store_32(&fh->store_state, KM_FLEET_STORE_NONE);
     }
     /* The role last: nothing above is done by a successor meanwhile. */
@@ -1046,6 +1052,7 @@ uint64_t km__fleet_pool_budget_left(const km__pool *pool)
 typedef struct sp_ref {
     km__spend *rec;
     uint64_t *others, *sp_end, *rep, *rep_end;
+    uint64_t *rst; /* what resets removed: (period end, micro-USD), a CAS pair */
     uint64_t budget;
     uint32_t hard, period, gen;
     int32_t tz;
@@ -1070,7 +1077,7 @@ static int budget_ref(km_env *e, uint32_t id, sp_ref *r)
             !ck_pr_load_64(&pool->budget_microusd))
             return 0;
         *r = (sp_ref){&pool->spend, &pool->sp_others, &pool->sp_end, &pool->a_sp_rep,
-                      &pool->a_sp_end, ck_pr_load_64(&pool->budget_microusd),
+                      &pool->a_sp_end, pool->sp_rst, ck_pr_load_64(&pool->budget_microusd),
                       ck_pr_load_32(&pool->budget_hard), ck_pr_load_32(&pool->budget_period),
                       km__fnv32_str(pool->name),
                       (int32_t)ck_pr_load_32((uint32_t *)&pool->budget_tz_min), pool->name,
@@ -1084,7 +1091,7 @@ static int budget_ref(km_env *e, uint32_t id, sp_ref *r)
         return 0;
     km__fkey *fk = km__fkeys(e, id);
     const km__pool *pool = &km__pools(e)[k->pool < e->geom.n_pools ? k->pool : 0];
-    *r = (sp_ref){&k->spend, &fk->sp_others, &fk->sp_end, &fk->a_sp_rep, &fk->a_sp_end,
+    *r = (sp_ref){&k->spend, &fk->sp_others, &fk->sp_end, &fk->a_sp_rep, &fk->a_sp_end, fk->sp_rst,
                   k->budget_microusd, k->budget_hard, k->budget_period, ck_pr_load_32(&k->gen),
                   k->budget_tz_min, pool->name, k->id, fk->fleet_id};
     return 1;
@@ -1098,15 +1105,20 @@ static void spend_fill(km_env *e, uint32_t id, const sp_ref *r, km_fleet_budget 
     km__spend_due(r->rec, r->period, r->tz, e->tzt);
     uint64_t end = ck_pr_load_64(&r->rec->end_ns);
     uint64_t cur = ck_pr_load_64(&r->rec->spent);
+    /* What resets removed in this period counts as spent here (they reset
+     * this host's figure, not what it owes the fleet's total): eff only
+     * grows within a period, but for the moment between a reset's
+     * exchange and its add (eff low: nothing is reported then, and
+     * km_fleet_spend_reported never lowers the base). */
+    uint64_t rst[2] = {ck_pr_load_64(&r->rst[0]), ck_pr_load_64(&r->rst[1])};
+    uint64_t eff = cur + (rst[0] == end ? rst[1] : 0);
     uint64_t d;
     if (end == *r->rep_end)
-        /* below what was reported: a spend reset zeroed the record since;
-         * what it holds now was spent after the reset */
-        d = cur >= *r->rep ? cur - *r->rep : cur;
+        d = eff > *r->rep ? eff - *r->rep : 0;
     else
         /* A new period.  What the ended one spent after its last report
          * is not reported: no check can use it any more. */
-        d = cur;
+        d = eff;
     /* The reported base moves when the ledger has answered the report
      * (km_fleet_spend_reported), not here: an agent killed with its
      * report unanswered leaves it to be collected again. */
@@ -1126,7 +1138,7 @@ static void spend_fill(km_env *e, uint32_t id, const sp_ref *r, km_fleet_budget 
                             ? 0
                             : km__period_start(r->period, r->tz, e->tzt, end - 1) / KM__NS_PER_S;
     o->spent = d;
-    o->local = cur;
+    o->local = eff;
     o->others = spend_others_in(r->others, r->sp_end, r->rec);
 }
 
@@ -1166,6 +1178,21 @@ KM_EXTERN int km_fleet_spend_collect(km_env *e, km_fleet_budget *out, size_t cap
     return rc;
 }
 
+void km__fleet_spend_reset(km_env *e, uint32_t id, uint64_t end_ns, uint64_t removed)
+{
+    if (!e->geom.off_fleet)
+        return;
+    uint64_t *rst = id & KM_FLEET_BUDGET_POOL ? km__pools(e)[id & ~KM_FLEET_BUDGET_POOL].sp_rst
+                                              : km__fkeys(e, id)->sp_rst;
+    /* One 16-byte CAS: a reset of the same period adds, of another starts
+     * the pair anew (two resets race: each adds exactly once). */
+    uint64_t cur[2] = {ck_pr_load_64(&rst[0]), ck_pr_load_64(&rst[1])}, set[2];
+    do {
+        set[0] = end_ns;
+        set[1] = (cur[0] == end_ns ? cur[1] : 0) + removed;
+    } while (!ck_pr_cas_64_2_value(rst, cur, set, cur));
+}
+
 KM_EXTERN int km_fleet_spend_reported(km_env *e, uint32_t key, uint32_t key_gen,
                                       uint64_t period_end_ns, uint64_t local)
 {
@@ -1181,8 +1208,10 @@ KM_EXTERN int km_fleet_spend_reported(km_env *e, uint32_t key, uint32_t key_gen,
         rc = KM_ENOKEY;
     } else {
         /* The agent's own words (single writer, plain): the base the next
-         * collects count from. */
-        *b.rep = local;
+         * collects count from; within a period it never goes down (a
+         * collect between a reset's exchange and its add saw too little). */
+        if (*b.rep_end != period_end_ns || local > *b.rep)
+            *b.rep = local;
         *b.rep_end = period_end_ns;
     }
     km__rd_exit(r);

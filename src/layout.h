@@ -211,7 +211,13 @@ typedef struct km__pool {
     /* Tickets of km_acquire_wait's sleepers, one taken at each count-in:
      * the lower (in wrap-around order) waited longer (src/wait.c). */
     uint32_t ticket;
-    uint8_t pad3[KM__LINE - 12];
+    uint32_t pad3a;
+    /* A fleet pool budget's (`fleet`): what km_pool_spend_reset removed
+     * from the spend record in the period ending sp_rst[0], micro-USD in
+     * sp_rst[1], one 16-byte CAS pair as km__fkey's.  Here, not on the
+     * spend line, for room: written only by a reset, read by the agent. */
+    uint64_t sp_rst[2];
+    uint8_t pad3[KM__LINE - 32];
     /* line 3: spend of the pool, added at every priced release, and its
      * budget's period (KM__PERIOD_*) and time zone (minutes east of UTC),
      * written at creation. */
@@ -269,6 +275,7 @@ _Static_assert(offsetof(km__pool, budget_microusd) / KM__LINE == 1 &&
                "the line of the reserve is one acquire reads anyway");
 _Static_assert(offsetof(km__pool, waiters) == 2 * KM__LINE, "pool wait line");
 _Static_assert(offsetof(km__pool, ticket) == 2 * KM__LINE + 8, "tickets in the wait line");
+_Static_assert(offsetof(km__pool, sp_rst) == 2 * KM__LINE + 16, "a pool's reset pair: 16-byte aligned");
 _Static_assert(offsetof(km__pool, spend) == 3 * KM__LINE, "pool spend line");
 _Static_assert(offsetof(km__pool, fleet) == KM__LINE + 60 && offsetof(km__pool, sp_others) == 3 * KM__LINE + 40 &&
                    offsetof(km__pool, sp_end) == 3 * KM__LINE + 48 &&
@@ -838,13 +845,19 @@ typedef struct km__fkey {
      * sp_others: a torn read pairs a new period's figure with the old
      * period's end only while that end is being replaced, i.e. while the
      * local record is rolling too (src/fleet.c, km__fleet_spend_others).
-     * The rest is the agent's own (single writer): a_sp_rep, the local
-     * spend already reported in the period ending a_sp_end. */
+     * a_sp_rep and a_sp_end are the agent's own (single writer): the
+     * local spend (with what resets removed, below) the ledger has counted
+     * in the period ending a_sp_end.  sp_rst: what km_spend_reset removed
+     * from the record in the period ending sp_rst[0], micro-USD in
+     * sp_rst[1], one 16-byte CAS pair (a reset is any process's): the
+     * agent counts the record's spend plus it, which resets do not lower,
+     * so a reset loses nothing the host has not reported. */
     uint64_t sp_others;
     uint64_t sp_end;
     uint64_t a_sp_rep;
     uint64_t a_sp_end;
-    uint64_t pad10[4];
+    uint64_t sp_rst[2];
+    uint64_t pad10[2];
     /* lines 11-15, the agent's own (plain, single writer): what collects
      * took since the last acknowledged report, per window (p_mask: the
      * windows that hold any, of the key of generation p_gen): the report
@@ -869,6 +882,7 @@ _Static_assert(offsetof(km__fkey, fb_tat) == KM__LINE && offsetof(km__fkey, fb_s
                    offsetof(km__fkey, a_ret) == 9 * KM__LINE &&
                    offsetof(km__fkey, sp_others) == 10 * KM__LINE &&
                    offsetof(km__fkey, sp_end) == 10 * KM__LINE + 8 &&
+                   offsetof(km__fkey, sp_rst) == 10 * KM__LINE + 32 &&
                    offsetof(km__fkey, p_spent) == 11 * KM__LINE,
                "km__fkey lines");
 _Static_assert(sizeof(km__fkey) == 16 * KM__LINE, "km__fkey size");
@@ -1018,9 +1032,10 @@ static inline uint64_t km__layout_signature(void)
         sizeof(km__fkey), offsetof(km__fkey, fb_seq), offsetof(km__fkey, a_last),
         offsetof(km__lease, tokens_est), offsetof(km__hdr, off_fleet),
         /* Fleet-wide spend budgets (issue 12, item 3): others' spend. */
-        offsetof(km__fkey, sp_others), offsetof(km__fkey, a_sp_end),
+        offsetof(km__fkey, sp_others), offsetof(km__fkey, a_sp_end), offsetof(km__fkey, sp_rst),
         /* ... and pool budgets (the pool row's words). */
         offsetof(km__pool, fleet), offsetof(km__pool, sp_others), offsetof(km__pool, a_sp_rep),
+        offsetof(km__pool, sp_rst),
         /* Per-model fleet windows (issue 12, item 3): the model blocks'
          * minute pair and deadline. */
         offsetof(km__fkey, credit_min), offsetof(km__fkey, m_deadline),

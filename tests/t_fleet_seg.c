@@ -795,6 +795,24 @@ static void test_spend(void)
     ok(x && x->spent == 0 && x->local == 250000, "the next collect: nothing new since");
     is_int(km_fleet_spend_reported(e, (uint32_t)kc, info(e, kc).gen, UINT64_MAX, 1), KM_ENOKEY,
            "spend reported for a key outside the fleet: KM_ENOKEY");
+    /* kmctl reset-spend, then as much spent again before the next
+     * collect: the 250000 after the reset are reported (counting from the
+     * record alone, it was back at what had been reported: 0 went out). */
+    uint64_t was = 0;
+    is_int(km_spend_reset(e, ka, &was), KM_OK, "reset-spend on a fleet key (was %llu)",
+           (unsigned long long)was);
+    if (acq_pin(e, ps, "a", 0, &l) != KM_OK || release_with(e, &l, KM_OUT_SUCCESS, 1000, 250, 0))
+        bail_out("spend on a after the reset");
+    km_fleet_spend_collect(e, b, 8, &n);
+    x = bud_of(b, n, ka);
+    ok(x && x->spent == 250000 && x->local == 500000,
+       "  the spend after it is reported whole: spent %llu, local with the reset %llu",
+       x ? (unsigned long long)x->spent : 0ull, x ? (unsigned long long)x->local : 0ull);
+    km_fleet_spend_reported(e, (uint32_t)ka, x ? x->key_gen : 0, x ? x->period_end_ns : 1,
+                            x ? x->local : 0);
+    km_fleet_spend_collect(e, b, 8, &n);
+    x = bud_of(b, n, ka);
+    ok(x && x->spent == 0, "  and once answered, nothing again");
 
     /* The other hosts spent 749 999: 1 micro-USD left fleet-wide. */
     km_key_info ki = info(e, ka);
@@ -910,6 +928,17 @@ static void test_pool_spend(void)
     km_fleet_spend_apply(e, KM_FLEET_BUDGET_POOL | (uint32_t)pp, gen, end + 86400000000000ull, 999999);
     is_int(acq_pin(e, pp, "a", 0, &l), KM_OK, "  a figure of another period does not count in this one");
     release_with(e, &l, KM_OUT_SUCCESS, 1000, 0, 0);
+
+    /* reset-spend on the pool: the agent still counts what it removed. */
+    uint64_t was = 0;
+    int rrc = km_pool_spend_reset(e, pp, &was);
+    ok(rrc == KM_OK && was == 250000, "reset-spend on a fleet pool: rc %d, was %llu", rrc,
+       (unsigned long long)was);
+    km_fleet_spend_collect(e, b, 8, &n);
+    x = pbud_of(b, n, pp);
+    ok(x && x->local == 250000 && x->spent == 0,
+       "  the next collect: the reset 250000 still counted here, nothing new to report");
+    x = pbud_of(b, n, psf);
 
     /* Soft, lifetime: crossing the pool's budget fleet-wide warns. */
     x = pbud_of(b, n, psf);
@@ -1347,6 +1376,15 @@ static void test_model_release(void)
     km_fleet_claim(env, KM_FLEET_STOP);
     collect(km_now_ns());
     is_u64(MSL(KA, GPT, KM_WIN_RPM)->returned, held, "  the next collect returns it (85)");
+    /* A holder killed inside a model block's fb_write leaves its count odd
+     * (every reader then refuses the share and policy local); the next
+     * claim evens it, as a key block's. */
+    km__fkey *fm = km__fkeys(env, km__fmodel_ix(env, (uint32_t)KA, GPT - 1));
+    ck_pr_store_32(&fm->fb_seq, ck_pr_load_32(&fm->fb_seq) | 1);
+    km_fleet_release(env, 0);
+    km_fleet_claim(env, KM_FLEET_STOP);
+    ok((ck_pr_load_32(&fm->fb_seq) & 1) == 0 && ck_pr_load_64(&fm->fb_until) == 0,
+       "  a model block's share left mid-write: the next claim ends it and evens its count");
 }
 
 /* A model block's counts go through the report in the segment as a key's
@@ -1415,7 +1453,7 @@ static void test_models(void)
 
 int main(void)
 {
-    plan(153 + 42 + 5 + 19);
+    plan(156 + 42 + 6 + 21);
     fixtures_init("fleet_seg");
     test_config();
     env = mkseg(CFG);

@@ -120,6 +120,18 @@ static void test_password(void)
     ok(strcmp(a, b) == 0 && strcmp(a, c) != 0 && strlen(a) == 33 && a[0] == 'k' &&
            !strstr(a, "key-1"),
        "fleet id: stable, per pool, a hash (%s)", a);
+    /* A model's windows have a kid of their own, whatever the operator's
+     * fleet id holds ("acme.main" once made every model share the key's). */
+    char k0[KMS_ID_MAX + 1], k1[KMS_ID_MAX + 1], k2[KMS_ID_MAX + 1], k3[KMS_ID_MAX + 1];
+    kms_kid("p", "a", "acme.main", NULL, k0);
+    kms_kid("p", "a", "acme.main", "gpt", k1);
+    kms_kid("p", "a", "acme.main", "mini", k2);
+    kms_kid("p", "a", NULL, "gpt", k3);
+    ok(strcmp(k0, "acme.main") == 0 && strcmp(k1, k0) != 0 && strcmp(k2, k0) != 0 &&
+           strcmp(k1, k2) != 0 && strncmp(k1, "acme.main.m", 11) == 0 &&
+           k3[0] == 'k' && strstr(k3, ".m"),
+       "kid: the key's, and one per model even with '.m' in the fleet id (%s, %s, %s)", k0, k1,
+       k2);
 }
 
 /* A sync of one small entry; the reply goes to *r. */
@@ -219,7 +231,7 @@ int main(void)
     int rc;
     uint64_t seq = 0;
 
-    plan(56);
+    plan(57);
     test_url();      /* 7 */
     test_password(); /* 6 */
 

@@ -249,7 +249,7 @@ static int kid_models(km_env *env, int p, const km_pool_info *pi, int k, kid_nam
         memcpy(x->pool, y->pool, sizeof x->pool);
         memcpy(x->key, y->key, sizeof x->key);
         snprintf(x->model, sizeof x->model, "%s", model);
-        kma_fleet_kid(x->pool, x->key, NULL, model, x->kid);
+        kms_kid(x->pool, x->key, NULL, model, x->kid);
     }
     return KM_OK;
 }
@@ -273,7 +273,7 @@ static int kid_names(km_env *env, kid_name **out, size_t *n)
                 return KM_ENOMEM;
             snprintf(x->pool, sizeof x->pool, "%s", pi.name);
             x->key[0] = '\0';
-            kma_pool_bid(pi.name, x->kid);
+            kms_pool_bid(pi.name, x->kid);
         }
         for (uint32_t i = 0; i < pi.n_keys; i++) {
             int k = km_pool_key(env, (int)p, (int)i);

@@ -136,6 +136,7 @@ typedef struct kma_io {
 
 typedef struct kma {
     km_env *env;
+    int stopping;  /* say_bye began: replies end credit and shares, open none */
     const kma_opts *o;
     kma_io io;
     kma_req req;
@@ -257,40 +258,9 @@ static void *store_main(void *arg)
 
 /* --------------------------------------------------------------- slots */
 
-void kma_fleet_kid(const char *pool, const char *key_id, const char *fleet_id, const char *model,
-                   char out[KMS_ID_MAX + 1])
-{
-    char base[KMS_ID_MAX + 1], mh[KMS_ID_MAX + 1];
-    if (fleet_id && fleet_id[0])
-        snprintf(base, sizeof base, "%s", fleet_id);
-    else if (kms_fleet_id(pool, key_id, base) != KMS_OK)
-        snprintf(base, sizeof base, "k-invalid");
-    if (!model || !model[0] || strstr(base, ".m")) {
-        snprintf(out, KMS_ID_MAX + 1, "%s", base);
-        return;
-    }
-    /* Per-model windows: "<kid>.m<16 hex of the model name's hash>". */
-    if (kms_fleet_id(base, model, mh) != KMS_OK)
-        snprintf(mh, sizeof mh, "k0000000000000000");
-    snprintf(out, KMS_ID_MAX + 1, "%.46s.m%.16s", base, mh + 1);
-}
-
-/* A pool budget's id in the ledger: "p<32 hex>", the fleet id scheme's
- * hash of (pool name, "") with its first letter 'p' - distinct from every
- * derived key id ("k..."; a key id is never empty) and from the model ids
- * derived from them.  The same pool name on every host names one budget;
- * nothing secret goes in. */
-void kma_pool_bid(const char *pool, char out[KMS_ID_MAX + 1])
-{
-    if (kms_fleet_id(pool, "", out) != KMS_OK)
-        snprintf(out, KMS_ID_MAX + 1, "p-invalid");
-    else
-        out[0] = 'p';
-}
-
 static void slot_kid(const km_fleet_slot *f, char out[KMS_ID_MAX + 1])
 {
-    kma_fleet_kid(f->pool, f->key_id, f->fleet_id, f->model ? f->model_name : NULL, out);
+    kms_kid(f->pool, f->key_id, f->fleet_id, f->model ? f->model_name : NULL, out);
 }
 
 static kma_slot *slot_find(kma *a, const kma_id *id)
@@ -478,7 +448,7 @@ static int spend_collect(kma *a)
             b->others = f->others;
         }
         if (f->pool_budget) {
-            kma_pool_bid(f->pool, b->bid);
+            kms_pool_bid(f->pool, b->bid);
         } else {
             km_fleet_slot ks = {0};
             snprintf(ks.pool, sizeof ks.pool, "%s", f->pool);
@@ -542,8 +512,10 @@ static void spend_unbuild(kma *a)
     kma_req *r = &a->req;
     for (size_t i = 0; i < r->n_bud; i++) {
         kma_bud *d = bud_find(a, r->bref[i].key, r->bref[i].key_gen);
-        if (d && d->end_ns == r->bref[i].end_ns)
-            d->pending += r->bud[i].spent;
+        if (d && d->end_ns == r->bref[i].end_ns && d->pending < r->bud[i].spent)
+            /* The segment still counts it unreported (a collect since may
+             * have set pending to it and more already): the larger. */
+            d->pending = r->bud[i].spent;
     }
     r->n_bud = 0;
 }
@@ -823,6 +795,16 @@ static void apply_reply(kma *a, const kms_reply *rep, uint64_t t_recv)
          * meanwhile goes uncounted, and the fleet does not wait V idle. */
         y->fb_from_ns = r->t_send_ns + valid <= t_recv ? t_recv : t_recv + valid;
         y->fb_until_ns = r->t_send_ns + (uint64_t)x->fallback_ms * KMA_MS;
+        if (a->stopping) {
+            /* Stopping (rule 5): the bye's collect has counted, or is about
+             * to count, everything; a reply arriving now (the request in
+             * flight, or the bye's own) opens no credit and no share that
+             * no report would carry. */
+            y->grant = 0;
+            y->deadline_ns = 0;
+            y->fb_ppm = 0;
+            y->fb_from_ns = y->fb_until_ns = 0;
+        }
         if (s) {
             s->fb_ppm = x->fb_ppm;
             s->fb_until_ns = y->fb_until_ns;
@@ -1011,6 +993,7 @@ static void say_bye(kma *a)
     uint64_t until = km_now_ns() + 2 * tmo + 200 * KMA_MS;
     int answered = 0;
 
+    a->stopping = 1;
     /* End every slot's credit and fallback window first, so acquirers stop
      * (or go local) now; then void and count what was left. */
     km_fleet_grant *g = calloc(a->n_sl ? a->n_sl : 1, sizeof *g);
@@ -1042,7 +1025,15 @@ static void say_bye(kma *a)
         alog(a, "collect at exit: %s", km_strerror(crc));
     if (build_request(a, KMS_BYE) == KM_OK) {
         post_request(a);
-        if (wait_done(a, until) && !a->req.active)
+        /* A failed try (the same bytes again) or a renumber after
+         * KMS_ESTALE leaves the bye active and not posted: send it again
+         * until it is answered or the time is up (left stamped, a bye would
+         * be the next agent's first request and drop its own host). */
+        while (wait_done(a, until) && a->req.active && !a->req.posted && km_now_ns() < until) {
+            sleep_ns(KMA_POLL_NS);
+            post_request(a);
+        }
+        if (!a->req.active)
             answered = 1;
     }
     alog(a, "stopped: credit handed back%s", answered ? "" : " (the store did not answer)");

@@ -325,6 +325,32 @@ int kms_fleet_id(const char *pool, const char *key_id, char out[KMS_ID_MAX + 1])
     return KMS_OK;
 }
 
+void kms_kid(const char *pool, const char *key_id, const char *fleet_id, const char *model,
+                   char out[KMS_ID_MAX + 1])
+{
+    char base[KMS_ID_MAX + 1], mh[KMS_ID_MAX + 1];
+    if (fleet_id && fleet_id[0])
+        snprintf(base, sizeof base, "%s", fleet_id);
+    else if (kms_fleet_id(pool, key_id, base) != KMS_OK)
+        snprintf(base, sizeof base, "k-invalid");
+    if (!model || !model[0]) {
+        snprintf(out, KMS_ID_MAX + 1, "%s", base);
+        return;
+    }
+    /* Per-model windows: "<kid>.m<16 hex of the model name's hash>". */
+    if (kms_fleet_id(base, model, mh) != KMS_OK)
+        snprintf(mh, sizeof mh, "k0000000000000000");
+    snprintf(out, KMS_ID_MAX + 1, "%.46s.m%.16s", base, mh + 1);
+}
+
+void kms_pool_bid(const char *pool, char out[KMS_ID_MAX + 1])
+{
+    if (kms_fleet_id(pool, "", out) != KMS_OK)
+        snprintf(out, KMS_ID_MAX + 1, "p-invalid");
+    else
+        out[0] = 'p';
+}
+
 /* ------------------------------------------------------------ connection */
 
 static void kms__drop(kms_store *s)

@@ -91,6 +91,19 @@ void kms_password_free(char *pw);
  * pool, a NUL and key id.  Nothing of the secret. */
 int kms_fleet_id(const char *pool, const char *key_id, char out[KMS_ID_MAX + 1]);
 
+/* The ledger's name of a fleet key's windows (kid): the operator's fleet
+ * id, else kms_fleet_id(pool, key_id); of a model's windows on it (model
+ * not NULL nor ""), "<that, at most 46 bytes>.m<16 hex of
+ * kms_fleet_id(that, model)>", whatever the fleet id holds (a '.' in it
+ * too).  Never anything of the secret. */
+void kms_kid(const char *pool, const char *key_id, const char *fleet_id, const char *model,
+             char out[KMS_ID_MAX + 1]);
+
+/* The ledger's name of a pool's fleet-wide budget: "p" and the 32 hex
+ * digits of kms_fleet_id(pool, ""): never a key's (derived key ids start
+ * with "k", and a key id is never empty).  Nothing of the secret. */
+void kms_pool_bid(const char *pool, char out[KMS_ID_MAX + 1]);
+
 /* ------------------------------------------------------------ connection */
 
 typedef struct kms_store kms_store;
