@@ -1528,12 +1528,17 @@ KM_EXTERN int km_fleet_model_info_get(km_env *env, uint32_t key, uint32_t model,
                                       km_fleet_key_info *out);
 
 /* Fleet-wide spend budgets (post-paid; tools/sync/DESIGN.md section 8).
- * The budget of a fleet key counts what every host spent in its period:
+ * The budget of a fleet key counts what every host spent in its period,
+ * and so does a pool's in a segment whose configuration's top-level fleet
+ * is `all` (an entry with key = KM_FLEET_BUDGET_POOL | the pool's index,
+ * key_gen a hash of its name, pool_budget 1; apply and reported take
+ * these key and key_gen alike; a pool's hard budget refuses with
+ * KM_EBUDGET, a soft one warns at the settle that crosses it):
  * an acquire compares the local spend plus the other hosts' (as the agent
  * last applied it) with the budget (hard: refused; soft: passed over while
  * another key is under its budget, and warned at the settle that crosses).
  *
- * collect: per fleet key with a budget, the micro-USD spent here in the
+ * collect: per fleet key or pool with a budget, the micro-USD spent here in the
  * budget's current period and not yet reported (`spent`: since the last
  * km_fleet_spend_reported of the period; the first collect of a period:
  * all of it; a collect resets nothing, so what an agent killed before the
@@ -1553,8 +1558,10 @@ KM_EXTERN int km_fleet_model_info_get(km_env *env, uint32_t key, uint32_t model,
  * All three are the role holder's (KM_EINVAL otherwise).
  * @note The role holder's, one thread at a time, concurrently with
  * acquires and releases. */
+#define KM_FLEET_BUDGET_POOL 0x80000000u /* km_fleet_budget.key: a pool's budget */
 typedef struct km_fleet_budget {
-    uint32_t key, key_gen;
+    uint32_t key, key_gen;       /* a pool's: KM_FLEET_BUDGET_POOL | pool_index,
+                                  * and a hash of the pool's name */
     char pool[KM_ID_MAX + 1], key_id[KM_ID_MAX + 1], fleet_id[KM_ID_MAX + 1];
     uint64_t budget_microusd;
     int hard, period;            /* km_budget_period */
@@ -1566,7 +1573,10 @@ typedef struct km_fleet_budget {
                                   * km_spend_reset removed (the figure
                                   * km_fleet_spend_reported takes) */
     uint64_t others;             /* the other hosts', as last applied */
-    uint64_t reserved[4];        /* zeroed by the library */
+    /* 1: a pool's budget (key_id and fleet_id then ""), of pool
+     * pool_index; in what was reserved[0] (the size is unchanged) */
+    uint32_t pool_budget, pool_index;
+    uint64_t reserved[3];        /* zeroed by the library */
 } km_fleet_budget;
 KM_EXTERN int km_fleet_spend_collect(km_env *env, km_fleet_budget *out, size_t cap, size_t *n);
 KM_EXTERN int km_fleet_spend_apply(km_env *env, uint32_t key, uint32_t key_gen,

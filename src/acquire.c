@@ -687,12 +687,17 @@ KM__HOT int acquire_pool(km_env *e, uint32_t p, const km_request *req, uint64_t 
     } else if (req->model) {
         sc.named = model_named(e, p, req->model);
     }
+    /* A pool's hard budget; under the fleet (`fleet`, a word of the line
+     * read here) it counts the other hosts' spend too (src/fleet.c).  A
+     * pool without a budget pays nothing more than before. */
     uint64_t budget = ck_pr_load_64(&pool->budget_microusd);
     if (budget && ck_pr_load_32(&pool->budget_hard) &&
-        ck_pr_load_64(&pool->spend.spent) >= budget &&
-        km__spend_now(&pool->spend, ck_pr_load_32(&pool->budget_period),
-                      (int32_t)ck_pr_load_32((uint32_t *)&pool->budget_tz_min), e->tzt) >=
-            budget) /* rolled first if its period ended */
+        (__builtin_expect(ck_pr_load_32(&pool->fleet), 0)
+             ? km__fleet_pool_over(e, pool)
+             : ck_pr_load_64(&pool->spend.spent) >= budget &&
+                   km__spend_now(&pool->spend, ck_pr_load_32(&pool->budget_period),
+                                 (int32_t)ck_pr_load_32((uint32_t *)&pool->budget_tz_min),
+                                 e->tzt) >= budget)) /* rolled first if its period ended */
         return KM_EBUDGET;
     /* A starving waiter's reserve: one load of a word in the line read
      * above (budget), 0 unless a km_acquire_wait caller starves.  A sleeper

@@ -225,7 +225,13 @@ KM_EXTERN int km_pool_spend_reset(km_env *e, int pool, uint64_t *was)
         return KM_ENOPOOL;
     if (e->seg.ro)
         return KM_EREADONLY;
-    uint64_t w = spend_reset(&km__pools(e)[pool].spend);
+    km__pool *p = &km__pools(e)[pool];
+    uint64_t end = ck_pr_load_64(&p->spend.end_ns);
+    uint64_t w = spend_reset(&p->spend);
+    /* A budget the fleet counts (src/fleet.c): the agent still reports
+     * what the reset removed, as for a fleet key's. */
+    if (w && ck_pr_load_32(&p->fleet) && ck_pr_load_64(&p->budget_microusd))
+        km__fleet_spend_reset(e, KM_FLEET_BUDGET_POOL | (uint32_t)pool, end, w);
     if (was)
         *was = w;
     return KM_OK;

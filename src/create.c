@@ -128,6 +128,13 @@ void km__pool_write(km_env *e, uint32_t p, const km__pool_cfg *pc)
     pool->budget_tz_min = km__tz_code(e, pc->budget_tz, pc->budget_tz_min);
     km__spend_init(&pool->spend, pool->budget_period, pool->budget_tz_min, e->tzt,
                    km__wall_ns());
+    /* The budget counts fleet-wide under the top-level fleet "all" (the
+     * fleet header is written before the pools, src/attach.c); a reused
+     * row's figures are not the new pool's. */
+    const km__fhdr *fh = km__fleet(e);
+    pool->fleet = fh && fh->all;
+    pool->sp_others = pool->sp_end = pool->a_sp_rep = pool->a_sp_end = 0;
+    pool->sp_rst[0] = pool->sp_rst[1] = 0;
     /* Every row: a reused pool row's models, or the names its requests
      * gave (a pool without a models list), are not the new pool's. */
     memset(md, 0, (size_t)e->geom.cap_models * sizeof(*md));

@@ -956,7 +956,9 @@ KM_EXTERN int km_fleet_key_info_get(km_env *e, uint32_t key, km_fleet_key_info *
  * Post-paid (tools/sync/DESIGN.md section 8): a request's cost is known
  * only at its release, so the fleet's spend is summed after the fact.
  * Every sync the agent collects what this host spent per budget since its
- * last report (km_fleet_spend_collect: the spend record against a_sp_rep),
+ * last report (km_fleet_spend_collect: the spend record against a_sp_rep;
+ * a budget is a fleet key's, or a pool's when the configuration's top-level
+ * fleet is "all": the pool row holds the same four words, budget_ref),
  * the ledger adds it to a counter per (budget, period) and answers with
  * the fleet's total and this host's part of it; the agent stores the
  * difference, the other hosts' spend, in sp_others (km_fleet_spend_apply).
@@ -974,108 +976,190 @@ KM_EXTERN int km_fleet_key_info_get(km_env *e, uint32_t key, km_fleet_key_info *
  * seconds, computed from the budget's zone, so hosts agree.
  */
 
+/* What the other hosts spent in the period of the local record `rec`, from
+ * a budget's (sp_others, sp_end) pair, a key's (km__fkey line 10) or a
+ * pool's (km__pool line 3).  sp_end before sp_others (the agent's stores
+ * are ordered the other way round by its fences, km_fleet_spend_apply): a
+ * figure read with its period's end belongs to that period or to the next
+ * one, which is stored only once the local record has rolled too. */
+static uint64_t spend_others_in(const uint64_t *others, const uint64_t *sp_end,
+                                const km__spend *rec)
+{
+    uint64_t end = ck_pr_load_64((uint64_t *)sp_end);
+    if (!end || end != ck_pr_load_64((uint64_t *)&rec->end_ns))
+        return 0;
+    ck_pr_fence_load(); /* sp_end before sp_others */
+    return ck_pr_load_64((uint64_t *)others);
+}
+
+/* As the local check: the period rolled (clock read) only when the spend
+ * seen is over; after a roll the old period's figure no longer applies
+ * (its sp_end is the old end), so others is read again. */
+static int over_budget_in(const km_env *e, const uint64_t *others, const uint64_t *sp_end,
+                          km__spend *rec, uint64_t b, uint32_t period, int32_t tz)
+{
+    if (ck_pr_load_64(&rec->spent) + spend_others_in(others, sp_end, rec) < b)
+        return 0;
+    uint64_t s = km__spend_now(rec, period, tz, e->tzt);
+    return s + spend_others_in(others, sp_end, rec) >= b;
+}
+
+static uint64_t left_of(uint64_t b, uint64_t o) { return o < b ? b - o : 1; }
+
 uint64_t km__fleet_spend_others(const km_env *e, const km__key *k)
 {
     if (!e->geom.off_fleet)
         return 0;
     const km__fkey *fk = km__fkeys(e, (uint32_t)(k - km__keys(e)));
-    /* sp_end before sp_others (the agent's stores are ordered the other
-     * way round by its fences, km_fleet_spend_apply): a figure read with
-     * its period's end belongs to that period or to the next one, which is
-     * stored only once the local record has rolled too. */
-    uint64_t end = ck_pr_load_64((uint64_t *)&fk->sp_end);
-    if (!end || end != ck_pr_load_64((uint64_t *)&k->spend.end_ns))
-        return 0;
-    ck_pr_fence_load(); /* sp_end before sp_others */
-    return ck_pr_load_64((uint64_t *)&fk->sp_others);
+    return spend_others_in(&fk->sp_others, &fk->sp_end, &k->spend);
 }
 
 int km__fleet_over_budget(const km_env *e, km__key *k)
 {
-    uint64_t b = k->budget_microusd;
-    /* As the local check: the period rolled (clock read) only when the
-     * spend seen is over; after a roll the old period's figure no longer
-     * applies (its sp_end is the old end), so others is read again. */
-    if (ck_pr_load_64(&k->spend.spent) + km__fleet_spend_others(e, k) < b)
-        return 0;
-    uint64_t s = km__spend_now(&k->spend, k->budget_period, k->budget_tz_min, e->tzt);
-    return s + km__fleet_spend_others(e, k) >= b;
+    if (!e->geom.off_fleet)
+        return ck_pr_load_64(&k->spend.spent) >= k->budget_microusd &&
+               km__spend_now(&k->spend, k->budget_period, k->budget_tz_min, e->tzt) >=
+                   k->budget_microusd;
+    km__fkey *fk = km__fkeys(e, (uint32_t)(k - km__keys(e)));
+    return over_budget_in(e, &fk->sp_others, &fk->sp_end, &k->spend, k->budget_microusd,
+                          k->budget_period, k->budget_tz_min);
 }
 
 uint64_t km__fleet_budget_left(const km_env *e, const km__key *k)
 {
-    uint64_t b = k->budget_microusd, o = km__fleet_spend_others(e, k);
-    return o < b ? b - o : 1;
+    return left_of(k->budget_microusd, km__fleet_spend_others(e, k));
 }
 
-/* A fleet key with a budget, in use: the key row, else NULL. */
-static km__key *budget_key(km_env *e, uint32_t ki)
+/* A pool's (pool->fleet set only in a segment with a fleet region;
+ * km_pool_set may store the budget's words meanwhile: relaxed loads). */
+int km__fleet_pool_over(const km_env *e, km__pool *pool)
 {
-    km__key *k = &km__keys(e)[ki];
+    return over_budget_in(e, &pool->sp_others, &pool->sp_end, &pool->spend,
+                          ck_pr_load_64(&pool->budget_microusd), ck_pr_load_32(&pool->budget_period),
+                          (int32_t)ck_pr_load_32((uint32_t *)&pool->budget_tz_min));
+}
+
+uint64_t km__fleet_pool_budget_left(const km__pool *pool)
+{
+    return left_of(ck_pr_load_64((uint64_t *)&pool->budget_microusd),
+                   spend_others_in(&pool->sp_others, &pool->sp_end, &pool->spend));
+}
+
+/* One fleet budget, a key's or a pool's: its local spend record, its
+ * words (others' spend and its period's end; the agent's reported base
+ * and its period's end) and its settings, so that collect, apply and
+ * reported serve both alike. */
+typedef struct sp_ref {
+    km__spend *rec;
+    uint64_t *others, *sp_end, *rep, *rep_end;
+    uint64_t *rst; /* what resets removed: (period end, micro-USD), a CAS pair */
+    uint64_t budget;
+    uint32_t hard, period, gen;
+    int32_t tz;
+    const char *pool, *key_id, *fleet_id;
+} sp_ref;
+
+/* The budget `id` names (a key index, or KM_FLEET_BUDGET_POOL | a pool
+ * index) if it counts fleet-wide and is in use: 1 and *r filled, else 0.
+ * A key: a fleet key with a budget; a pool: a live pool with a budget
+ * and its fleet flag (its gen: the hash of its name, so a row reused by
+ * another pool is told apart). */
+static int budget_ref(km_env *e, uint32_t id, sp_ref *r)
+{
+    /* a pool's key id and fleet id: "", whole ids as copy_id reads them */
+    static const char no_id[KM_ID_MAX + 1];
+    if (id & KM_FLEET_BUDGET_POOL) {
+        uint32_t p = id & ~KM_FLEET_BUDGET_POOL;
+        if (p >= e->geom.cap_pools)
+            return 0;
+        km__pool *pool = &km__pools(e)[p];
+        if (ck_pr_load_32(&pool->state) != KM__PST_LIVE || !ck_pr_load_32(&pool->fleet) ||
+            !ck_pr_load_64(&pool->budget_microusd))
+            return 0;
+        *r = (sp_ref){&pool->spend, &pool->sp_others, &pool->sp_end, &pool->a_sp_rep,
+                      &pool->a_sp_end, pool->sp_rst, ck_pr_load_64(&pool->budget_microusd),
+                      ck_pr_load_32(&pool->budget_hard), ck_pr_load_32(&pool->budget_period),
+                      km__fnv32_str(pool->name),
+                      (int32_t)ck_pr_load_32((uint32_t *)&pool->budget_tz_min), pool->name,
+                      no_id, no_id};
+        return 1;
+    }
+    if (id >= e->geom.cap_keys)
+        return 0;
+    km__key *k = &km__keys(e)[id];
     if (ck_pr_load_32(&k->state) >= KM__ST_FREE || !k->fleet || !k->budget_microusd)
-        return NULL;
-    return k;
+        return 0;
+    km__fkey *fk = km__fkeys(e, id);
+    const km__pool *pool = &km__pools(e)[k->pool < e->geom.n_pools ? k->pool : 0];
+    *r = (sp_ref){&k->spend, &fk->sp_others, &fk->sp_end, &fk->a_sp_rep, &fk->a_sp_end, fk->sp_rst,
+                  k->budget_microusd, k->budget_hard, k->budget_period, ck_pr_load_32(&k->gen),
+                  k->budget_tz_min, pool->name, k->id, fk->fleet_id};
+    return 1;
+}
+
+static void spend_fill(km_env *e, uint32_t id, const sp_ref *r, km_fleet_budget *o)
+{
+    /* Roll the record if its period ended with nothing settled since, so
+     * the report names the period the clock is in (the roll is any
+     * process's to make, src/budget.c). */
+    km__spend_due(r->rec, r->period, r->tz, e->tzt);
+    uint64_t end = ck_pr_load_64(&r->rec->end_ns);
+    uint64_t cur = ck_pr_load_64(&r->rec->spent);
+    /* What resets removed in this period counts as spent here (they reset
+     * this host's figure, not what it owes the fleet's total): eff only
+     * grows within a period, but for the moment between a reset's
+     * exchange and its add (eff low: nothing is reported then, and
+     * km_fleet_spend_reported never lowers the base). */
+    uint64_t rst[2] = {ck_pr_load_64(&r->rst[0]), ck_pr_load_64(&r->rst[1])};
+    uint64_t eff = cur + (rst[0] == end ? rst[1] : 0);
+    uint64_t d;
+    if (end == *r->rep_end)
+        d = eff > *r->rep ? eff - *r->rep : 0;
+    else
+        /* A new period.  What the ended one spent after its last report
+         * is not reported: no check can use it any more. */
+        d = eff;
+    /* The reported base moves when the ledger has answered the report
+     * (km_fleet_spend_reported), not here: an agent killed with its
+     * report unanswered leaves it to be collected again. */
+    memset(o, 0, sizeof(*o));
+    o->key = id;
+    o->key_gen = r->gen;
+    o->pool_budget = (id & KM_FLEET_BUDGET_POOL) != 0;
+    o->pool_index = o->pool_budget ? id & ~KM_FLEET_BUDGET_POOL : 0;
+    copy_id(o->pool, r->pool);
+    copy_id(o->key_id, r->key_id);
+    copy_id(o->fleet_id, r->fleet_id);
+    o->budget_microusd = r->budget;
+    o->hard = r->hard != 0;
+    o->period = (int)r->period;
+    o->period_end_ns = end;
+    o->period_start_s = r->period == KM__PERIOD_NONE || end == UINT64_MAX || !end
+                            ? 0
+                            : km__period_start(r->period, r->tz, e->tzt, end - 1) / KM__NS_PER_S;
+    o->spent = d;
+    o->local = eff;
+    o->others = spend_others_in(r->others, r->sp_end, r->rec);
 }
 
 static int spend_collect_in(km_env *e, km_fleet_budget *out, size_t cap, size_t *n)
 {
     size_t need = 0;
-    for (uint32_t ki = 0; ki < e->geom.cap_keys; ki++)
-        need += budget_key(e, ki) != NULL;
+    sp_ref r;
+    uint32_t n_ids = e->geom.cap_keys + e->geom.cap_pools;
+    /* keys first, then pools: id i < cap_keys a key, else a pool */
+#define SP_ID(i) ((i) < e->geom.cap_keys ? (i) : KM_FLEET_BUDGET_POOL | ((i) - e->geom.cap_keys))
+    for (uint32_t i = 0; i < n_ids; i++)
+        need += (size_t)budget_ref(e, SP_ID(i), &r);
     if (need > cap) {
         *n = need;
         return KM_EINVAL;
     }
     size_t j = 0;
-    for (uint32_t ki = 0; ki < e->geom.cap_keys && j < cap; ki++) {
-        km__key *k = budget_key(e, ki);
-        if (!k)
-            continue;
-        km__fkey *fk = km__fkeys(e, ki);
-        uint32_t period = k->budget_period;
-        /* Roll the record if its period ended with nothing settled since,
-         * so the report names the period the clock is in (the roll is any
-         * process's to make, src/budget.c). */
-        km__spend_due(&k->spend, period, k->budget_tz_min, e->tzt);
-        uint64_t end = ck_pr_load_64(&k->spend.end_ns);
-        uint64_t cur = ck_pr_load_64(&k->spend.spent);
-        /* What resets removed in this period counts as spent here (they
-         * reset this host's figure, not what it owes the fleet's total):
-         * eff only grows within a period, but for the moment between a
-         * reset's exchange and its add (eff low: nothing is reported then,
-         * and km_fleet_spend_reported never lowers the base). */
-        uint64_t rst[2] = {ck_pr_load_64(&fk->sp_rst[0]), ck_pr_load_64(&fk->sp_rst[1])};
-        uint64_t eff = cur + (rst[0] == end ? rst[1] : 0);
-        uint64_t d;
-        if (end == fk->a_sp_end)
-            d = eff > fk->a_sp_rep ? eff - fk->a_sp_rep : 0;
-        else
-            /* A new period.  What the ended one spent after its last
-             * report is not reported: no check can use it any more. */
-            d = eff;
-        /* a_sp_rep moves when the ledger has answered the report
-         * (km_fleet_spend_reported), not here: an agent killed with its
-         * report unanswered leaves it to be collected again. */
-        km_fleet_budget *o = &out[j++];
-        memset(o, 0, sizeof(*o));
-        o->key = ki;
-        o->key_gen = ck_pr_load_32(&k->gen);
-        const km__pool *pool = &km__pools(e)[k->pool < e->geom.n_pools ? k->pool : 0];
-        copy_id(o->pool, pool->name);
-        copy_id(o->key_id, k->id);
-        copy_id(o->fleet_id, fk->fleet_id);
-        o->budget_microusd = k->budget_microusd;
-        o->hard = k->budget_hard != 0;
-        o->period = (int)period;
-        o->period_end_ns = end;
-        o->period_start_s = period == KM__PERIOD_NONE || end == UINT64_MAX || !end
-                                ? 0
-                                : km__period_start(period, k->budget_tz_min, e->tzt, end - 1) /
-                                      KM__NS_PER_S;
-        o->spent = d;
-        o->local = eff;
-        o->others = km__fleet_spend_others(e, k);
-    }
+    for (uint32_t i = 0; i < n_ids && j < cap; i++)
+        if (budget_ref(e, SP_ID(i), &r))
+            spend_fill(e, SP_ID(i), &r, &out[j++]);
+#undef SP_ID
     *n = j;
     return KM_OK;
 }
@@ -1094,18 +1178,19 @@ KM_EXTERN int km_fleet_spend_collect(km_env *e, km_fleet_budget *out, size_t cap
     return rc;
 }
 
-void km__fleet_spend_reset(km_env *e, uint32_t ki, uint64_t end_ns, uint64_t removed)
+void km__fleet_spend_reset(km_env *e, uint32_t id, uint64_t end_ns, uint64_t removed)
 {
     if (!e->geom.off_fleet)
         return;
-    km__fkey *fk = km__fkeys(e, ki);
+    uint64_t *rst = id & KM_FLEET_BUDGET_POOL ? km__pools(e)[id & ~KM_FLEET_BUDGET_POOL].sp_rst
+                                              : km__fkeys(e, id)->sp_rst;
     /* One 16-byte CAS: a reset of the same period adds, of another starts
      * the pair anew (two resets race: each adds exactly once). */
-    uint64_t cur[2] = {ck_pr_load_64(&fk->sp_rst[0]), ck_pr_load_64(&fk->sp_rst[1])}, set[2];
+    uint64_t cur[2] = {ck_pr_load_64(&rst[0]), ck_pr_load_64(&rst[1])}, set[2];
     do {
         set[0] = end_ns;
         set[1] = (cur[0] == end_ns ? cur[1] : 0) + removed;
-    } while (!ck_pr_cas_64_2_value(fk->sp_rst, cur, set, cur));
+    } while (!ck_pr_cas_64_2_value(rst, cur, set, cur));
 }
 
 KM_EXTERN int km_fleet_spend_reported(km_env *e, uint32_t key, uint32_t key_gen,
@@ -1115,23 +1200,19 @@ KM_EXTERN int km_fleet_spend_reported(km_env *e, uint32_t key, uint32_t key_gen,
         return KM_EINVAL;
     if (!holds_role(e))
         return KM_EINVAL;
-    if (key >= e->geom.cap_keys)
-        return KM_ENOKEY;
-    /* An epoch section, as collect: the row is this key's while we write. */
+    /* An epoch section, as collect: the row is this budget's while we write. */
     km__rdr *r = km__rd_enter(&e->seg, km__now());
     int rc = KM_OK;
-    km__key *k = budget_key(e, key);
-    if (!k || ck_pr_load_32(&k->gen) != key_gen) {
+    sp_ref b;
+    if (!budget_ref(e, key, &b) || b.gen != key_gen) {
         rc = KM_ENOKEY;
     } else {
         /* The agent's own words (single writer, plain): the base the next
-         * collects count from. */
-        km__fkey *fk = km__fkeys(e, key);
-        /* Within a period the base never goes down (a collect between a
-         * reset's exchange and its add saw too little). */
-        if (fk->a_sp_end != period_end_ns || local > fk->a_sp_rep)
-            fk->a_sp_rep = local;
-        fk->a_sp_end = period_end_ns;
+         * collects count from; within a period it never goes down (a
+         * collect between a reset's exchange and its add saw too little). */
+        if (*b.rep_end != period_end_ns || local > *b.rep)
+            *b.rep = local;
+        *b.rep_end = period_end_ns;
     }
     km__rd_exit(r);
     return rc;
@@ -1144,29 +1225,24 @@ KM_EXTERN int km_fleet_spend_apply(km_env *e, uint32_t key, uint32_t key_gen,
         return KM_EINVAL;
     if (!holds_role(e))
         return KM_EINVAL;
-    if (key >= e->geom.cap_keys)
-        return KM_ENOKEY;
     km__rdr *r = km__rd_enter(&e->seg, km__now());
     int rc = KM_OK;
-    km__key *k = budget_key(e, key);
-    if (!k || ck_pr_load_32(&k->gen) != key_gen) {
-        rc = KM_ENOKEY; /* removed, or another key in the row since */
+    sp_ref b;
+    if (!budget_ref(e, key, &b) || b.gen != key_gen) {
+        rc = KM_ENOKEY; /* removed, or another key or pool in the row since */
+    } else if (ck_pr_load_64(b.sp_end) == period_end_ns) {
+        /* The same period: the figure only grows (a smaller one is a
+         * store that lost its state, and the last seen is the floor). */
+        if (others > ck_pr_load_64(b.others))
+            ck_pr_store_64(b.others, others);
     } else {
-        km__fkey *fk = km__fkeys(e, key);
-        if (ck_pr_load_64(&fk->sp_end) == period_end_ns) {
-            /* The same period: the figure only grows (a smaller one is a
-             * store that lost its state, and the last seen is the floor). */
-            if (others > ck_pr_load_64(&fk->sp_others))
-                ck_pr_store_64(&fk->sp_others, others);
-        } else {
-            /* Another period: no reader may pair the new figure with the
-             * old end (km__fleet_spend_others loads sp_end first). */
-            ck_pr_store_64(&fk->sp_end, 0);
-            ck_pr_fence_store(); /* end cleared before the new figure */
-            ck_pr_store_64(&fk->sp_others, others);
-            ck_pr_fence_store(); /* the figure before its end */
-            ck_pr_store_64(&fk->sp_end, period_end_ns);
-        }
+        /* Another period: no reader may pair the new figure with the old
+         * end (spend_others_in loads sp_end first). */
+        ck_pr_store_64(b.sp_end, 0);
+        ck_pr_fence_store(); /* end cleared before the new figure */
+        ck_pr_store_64(b.others, others);
+        ck_pr_fence_store(); /* the figure before its end */
+        ck_pr_store_64(b.sp_end, period_end_ns);
     }
     km__rd_exit(r);
     return rc;

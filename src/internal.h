@@ -405,11 +405,16 @@ void km__fleet_health_note(km_env *e, km__key *k, int kind);
  * spend may reach before the fleet's budget is spent). */
 uint64_t km__fleet_spend_others(const km_env *e, const km__key *k);
 int km__fleet_over_budget(const km_env *e, km__key *k);
-/* km_spend_reset removed `removed` micro-USD from fleet key ki's record,
- * whose period ends at end_ns: counted in its fleet block (sp_rst), so the
- * agent still reports what it had not. */
+/* km_spend_reset removed `removed` micro-USD from fleet key ki's record
+ * (km_pool_spend_reset from a fleet pool's: ki KM_FLEET_BUDGET_POOL | the
+ * pool's index), whose period ends at end_ns: counted in its fleet block
+ * or pool row (sp_rst), so the agent still reports what it had not. */
 void km__fleet_spend_reset(km_env *e, uint32_t ki, uint64_t end_ns, uint64_t removed);
 uint64_t km__fleet_budget_left(const km_env *e, const km__key *k);
+/* The same for a pool whose budget counts fleet-wide (km__pool.fleet):
+ * over, and left (the settle's budget). */
+int km__fleet_pool_over(const km_env *e, km__pool *pool);
+uint64_t km__fleet_pool_budget_left(const km__pool *pool);
 
 /* src/reconfig.c */
 /* km_key_set_state; note 0: the fleet's verdict applied by its agent, not

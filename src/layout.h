@@ -195,7 +195,11 @@ typedef struct km__pool {
      * epoch section, in this line it reads anyway; written only by the
      * holder of the admin lock. */
     uint32_t state;
-    uint8_t pad2b[KM__LINE - 60];
+    /* 1: the pool's budget counts fleet-wide (the configuration's
+     * top-level fleet "all" in a segment with a fleet region; written with
+     * the row, src/create.c).  In this line so that an acquire of a pool
+     * with a budget reads it with the budget. */
+    uint32_t fleet;
     /* line 2: blocking acquire.  `wake_seq` is the futex word: a sleeper
      * reads it, counts itself in `waiters`, re-checks, and sleeps while it
      * is unchanged; a waker bumps it and calls FUTEX_WAKE only if `waiters`
@@ -207,14 +211,28 @@ typedef struct km__pool {
     /* Tickets of km_acquire_wait's sleepers, one taken at each count-in:
      * the lower (in wrap-around order) waited longer (src/wait.c). */
     uint32_t ticket;
-    uint8_t pad3[KM__LINE - 12];
+    uint32_t pad3a;
+    /* A fleet pool budget's (`fleet`): what km_pool_spend_reset removed
+     * from the spend record in the period ending sp_rst[0], micro-USD in
+     * sp_rst[1], one 16-byte CAS pair as km__fkey's.  Here, not on the
+     * spend line, for room: written only by a reset, read by the agent. */
+    uint64_t sp_rst[2];
+    uint8_t pad3[KM__LINE - 32];
     /* line 3: spend of the pool, added at every priced release, and its
      * budget's period (KM__PERIOD_*) and time zone (minutes east of UTC),
      * written at creation. */
     km__spend spend;
     uint32_t budget_period;
     int32_t budget_tz_min;
-    uint8_t pad4[KM__LINE - 40];
+    /* The pool's budget across the fleet (`fleet` above), as km__fkey's
+     * line 10 for a key: the other hosts' spend in the period whose local
+     * record ends at sp_end (0: none known), stored by the agent
+     * (km_fleet_spend_apply: sp_end 0, sp_others, sp_end, each after a
+     * store fence) and read by acquires and settles beside the spend they
+     * read anyway (src/fleet.c, "fleet-wide spend budgets"). */
+    uint64_t sp_others;
+    uint64_t sp_end;
+    uint8_t pad4[KM__LINE - 56];
     /* line 4: the published member list, read by every acquire, written by
      * reconfiguration.  Two lists (members buffer 0 and 1) and their views:
      * a writer fills the one not in use, then stores `cur` (release); a
@@ -241,7 +259,12 @@ typedef struct km__pool {
      * recovery of a writer killed part-way writes them again (the intent
      * has no room for them; src/reconfig.c). */
     km__pstage stage;
-    uint8_t pad8[3 * KM__LINE - 96 - 8 - 8 - 16 - sizeof(km__pstage)];
+    /* The agent's own words of the pool's fleet budget (plain, single
+     * writer), as km__fkey's: the local spend already reported in the
+     * period ending a_sp_end. */
+    uint64_t a_sp_rep;
+    uint64_t a_sp_end;
+    uint8_t pad8[3 * KM__LINE - 96 - 8 - 8 - 16 - sizeof(km__pstage) - 16];
 } km__pool;
 _Static_assert(offsetof(km__pool, reserve_key) == KM__LINE + 36 &&
                    offsetof(km__pool, reserve) == KM__LINE + 40 &&
@@ -252,7 +275,14 @@ _Static_assert(offsetof(km__pool, budget_microusd) / KM__LINE == 1 &&
                "the line of the reserve is one acquire reads anyway");
 _Static_assert(offsetof(km__pool, waiters) == 2 * KM__LINE, "pool wait line");
 _Static_assert(offsetof(km__pool, ticket) == 2 * KM__LINE + 8, "tickets in the wait line");
+_Static_assert(offsetof(km__pool, sp_rst) == 2 * KM__LINE + 16, "a pool's reset pair: 16-byte aligned");
 _Static_assert(offsetof(km__pool, spend) == 3 * KM__LINE, "pool spend line");
+_Static_assert(offsetof(km__pool, fleet) == KM__LINE + 60 && offsetof(km__pool, sp_others) == 3 * KM__LINE + 40 &&
+                   offsetof(km__pool, sp_end) == 3 * KM__LINE + 48 &&
+                   offsetof(km__pool, a_sp_end) + 8 < 8 * KM__LINE &&
+                   offsetof(km__pool, a_sp_rep) / KM__LINE == 7,
+               "a fleet pool budget: its flag on the budget's line, others' spend on the spend line, "
+               "the agent's words on the last line");
 _Static_assert(offsetof(km__pool, cur) == 4 * KM__LINE, "pool member-list line");
 _Static_assert(offsetof(km__pool, flip_epoch) + 8 == 5 * KM__LINE, "member-list line full");
 _Static_assert(offsetof(km__pool, def_limit) == 5 * KM__LINE, "pool defaults lines");
@@ -1003,6 +1033,9 @@ static inline uint64_t km__layout_signature(void)
         offsetof(km__lease, tokens_est), offsetof(km__hdr, off_fleet),
         /* Fleet-wide spend budgets (issue 12, item 3): others' spend. */
         offsetof(km__fkey, sp_others), offsetof(km__fkey, a_sp_end), offsetof(km__fkey, sp_rst),
+        /* ... and pool budgets (the pool row's words). */
+        offsetof(km__pool, fleet), offsetof(km__pool, sp_others), offsetof(km__pool, a_sp_rep),
+        offsetof(km__pool, sp_rst),
         /* Per-model fleet windows (issue 12, item 3): the model blocks'
          * minute pair and deadline. */
         offsetof(km__fkey, credit_min), offsetof(km__fkey, m_deadline),

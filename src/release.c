@@ -51,11 +51,16 @@ static void spend(const km_env *e, km__pool *pool, km__key *k, const km_outcome 
         budget = km__fleet_budget_left(e, k);
     uint64_t spent = km__spend_add(&k->spend, k->budget_period, k->budget_tz_min, e->tzt, cost,
                                    budget, k->budget_hard);
-    if (pool)
-        /* Settings km_pool_set may store meanwhile: relaxed loads. */
+    if (pool) {
+        /* Settings km_pool_set may store meanwhile: relaxed loads.  A pool
+         * budget under the fleet: what the other hosts left of it. */
+        uint64_t pb = ck_pr_load_64(&pool->budget_microusd);
+        if (pb && __builtin_expect(ck_pr_load_32(&pool->fleet), 0))
+            pb = km__fleet_pool_budget_left(pool);
         km__spend_add(&pool->spend, ck_pr_load_32(&pool->budget_period),
-                      (int32_t)ck_pr_load_32((uint32_t *)&pool->budget_tz_min), e->tzt, cost,
-                      ck_pr_load_64(&pool->budget_microusd), ck_pr_load_32(&pool->budget_hard));
+                      (int32_t)ck_pr_load_32((uint32_t *)&pool->budget_tz_min), e->tzt, cost, pb,
+                      ck_pr_load_32(&pool->budget_hard));
+    }
     if (budget && k->budget_hard && k->budget_period == KM__PERIOD_NONE && spent >= budget)
         km__state_to(k, KM__LIVE_STATES, KM__ST_EXHAUSTED);
 }

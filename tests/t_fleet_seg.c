@@ -856,6 +856,120 @@ static void test_spend(void)
     rmseg(e);
 }
 
+/* Pool budgets under the fleet (the top-level "fleet": {"all": true}): a
+ * hard daily one (pool "fp") and a soft lifetime one ("fs"); keys without
+ * budgets of their own. */
+static const char *POOL_SPEND_CFG =
+    "{\"fleet\":{\"all\":true},\"pools\":["
+    " {\"name\":\"fp\",\"budget\":{\"usd\":1.0,\"mode\":\"hard\",\"period\":\"day\",\"tz\":\"UTC\"},"
+    "  \"keys\":[{\"id\":\"a\",\"secret\":\"sk-pool-aaaaaaaa\",\"price\":{\"output_per_1k\":1.0}}]},"
+    " {\"name\":\"fs\",\"budget\":{\"usd\":1.0,\"mode\":\"soft\"},"
+    "  \"keys\":[{\"id\":\"s\",\"secret\":\"sk-pool-ssssssss\",\"price\":{\"output_per_1k\":1.0}}]}]}";
+/* A pool budget outside the fleet: its key is a fleet key, the top-level
+ * "all" is not set. */
+static const char *POOL_LOCAL_CFG =
+    "{\"pools\":[{\"name\":\"lp\",\"budget\":{\"usd\":1.0,\"mode\":\"hard\"},"
+    "  \"keys\":[{\"id\":\"x\",\"secret\":\"sk-pool-xxxxxxxx\",\"fleet\":true,"
+    "            \"price\":{\"output_per_1k\":1.0}}]}]}";
+
+static km_fleet_budget *pbud_of(km_fleet_budget *b, size_t n, int pool)
+{
+    for (size_t i = 0; i < n; i++)
+        if (b[i].key == (KM_FLEET_BUDGET_POOL | (uint32_t)pool))
+            return &b[i];
+    return NULL;
+}
+
+static void test_pool_spend(void)
+{
+    km_env *e = mkseg(POOL_SPEND_CFG);
+    int pp = pool_of(e, "fp"), psf = pool_of(e, "fs");
+    km_fleet_budget b[8];
+    size_t n = 0;
+    km_lease l;
+    km_pool_info pi;
+
+    if (km_fleet_claim(e, KM_FLEET_STOP) != KM_OK)
+        bail_out("claim");
+    if (acq_pin(e, pp, "a", 0, &l) != KM_OK || release_with(e, &l, KM_OUT_SUCCESS, 1000, 250, 0))
+        bail_out("spend on fp");
+    is_int(km_fleet_spend_collect(e, b, 8, &n), KM_OK, "pool budgets: collect");
+    is_int((int)n, 2, "  two budgets: the pools' (their keys have none)");
+    km_fleet_budget *x = pbud_of(b, n, pp);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t day = (uint64_t)ts.tv_sec / 86400 * 86400, end = (day + 86400) * 1000000000ull;
+    ok(x && x->pool_budget == 1 && x->pool_index == (uint32_t)pp && strcmp(x->pool, "fp") == 0 &&
+           x->key_id[0] == '\0' && x->spent == 250000 && x->local == 250000 && x->hard == 1 &&
+           x->period == KM_BUDGET_DAY && x->period_start_s == day && x->period_end_ns == end,
+       "pool fp: key KM_FLEET_BUDGET_POOL | index, 250000 spent, the period named by its UTC start");
+    uint32_t gen = x ? x->key_gen : 0;
+    is_int(km_fleet_spend_reported(e, KM_FLEET_BUDGET_POOL | (uint32_t)pp, gen, end, 250000), KM_OK,
+           "pool spend reported");
+    km_fleet_spend_collect(e, b, 8, &n);
+    x = pbud_of(b, n, pp);
+    ok(x && x->spent == 0 && x->local == 250000, "  the next collect: nothing new since");
+    is_int(km_fleet_spend_apply(e, KM_FLEET_BUDGET_POOL | (uint32_t)pp, gen + 1, end, 1), KM_ENOKEY,
+           "pool apply with another gen (another pool in the row): KM_ENOKEY");
+    is_int(km_fleet_spend_apply(e, KM_FLEET_BUDGET_POOL | 7u, 0, end, 1), KM_ENOKEY,
+           "pool apply for no such pool: KM_ENOKEY");
+
+    /* The other hosts spent 749 999: 1 micro-USD left fleet-wide. */
+    is_int(km_fleet_spend_apply(e, KM_FLEET_BUDGET_POOL | (uint32_t)pp, gen, end, 749999), KM_OK,
+           "pool spend apply");
+    km_fleet_spend_collect(e, b, 8, &n);
+    x = pbud_of(b, n, pp);
+    ok(x && x->others == 749999, "  collect shows the others' spend");
+    is_int(acq_pin(e, pp, "a", 0, &l), KM_OK, "pool: local 250000 + others 749999 < 1 USD: admitted");
+    release_with(e, &l, KM_OUT_SUCCESS, 1000, 0, 0);
+    km_fleet_spend_apply(e, KM_FLEET_BUDGET_POOL | (uint32_t)pp, gen, end, 750000);
+    is_int(acq_pin(e, pp, "a", 0, &l), KM_EBUDGET,
+           "pool: others 750000, the hard pool budget is spent fleet-wide: KM_EBUDGET");
+    km_fleet_spend_apply(e, KM_FLEET_BUDGET_POOL | (uint32_t)pp, gen, end + 86400000000000ull, 999999);
+    is_int(acq_pin(e, pp, "a", 0, &l), KM_OK, "  a figure of another period does not count in this one");
+    release_with(e, &l, KM_OUT_SUCCESS, 1000, 0, 0);
+
+    /* reset-spend on the pool: the agent still counts what it removed. */
+    uint64_t was = 0;
+    int rrc = km_pool_spend_reset(e, pp, &was);
+    ok(rrc == KM_OK && was == 250000, "reset-spend on a fleet pool: rc %d, was %llu", rrc,
+       (unsigned long long)was);
+    km_fleet_spend_collect(e, b, 8, &n);
+    x = pbud_of(b, n, pp);
+    ok(x && x->local == 250000 && x->spent == 0,
+       "  the next collect: the reset 250000 still counted here, nothing new to report");
+    x = pbud_of(b, n, psf);
+
+    /* Soft, lifetime: crossing the pool's budget fleet-wide warns. */
+    x = pbud_of(b, n, psf);
+    is_int(km_fleet_spend_apply(e, KM_FLEET_BUDGET_POOL | (uint32_t)psf, x ? x->key_gen : 0,
+                                UINT64_MAX, 995000),
+           KM_OK, "soft pool budget: apply");
+    if (acq_pin(e, psf, "s", 0, &l) != KM_OK || release_with(e, &l, KM_OUT_SUCCESS, 1000, 10, 0))
+        bail_out("spend on fs");
+    km_pool_info_get(e, psf, &pi);
+    ok(pi.budget.warnings == 1, "soft pool: a settle that takes the fleet's spend over warns (warnings %u)",
+       pi.budget.warnings);
+    is_int(acq_pin(e, psf, "s", 0, &l), KM_OK, "  and a soft pool budget still admits");
+    release_with(e, &l, KM_OUT_SUCCESS, 1000, 0, 0);
+    km_fleet_release(e, 1);
+    rmseg(e);
+
+    /* A pool outside the fleet: its budget stays this host's. */
+    e = mkseg(POOL_LOCAL_CFG);
+    int pl = pool_of(e, "lp");
+    if (km_fleet_claim(e, KM_FLEET_STOP) != KM_OK)
+        bail_out("claim");
+    is_int(km_fleet_spend_collect(e, b, 8, &n), KM_OK, "local pool: collect");
+    is_int((int)n, 0, "  no budget: the pool is not under the fleet (no top-level all)");
+    is_int(km_fleet_spend_apply(e, KM_FLEET_BUDGET_POOL | (uint32_t)pl, 0, UINT64_MAX, 999999),
+           KM_ENOKEY, "  apply for it: KM_ENOKEY");
+    is_int(acq_pin(e, pl, "x", 0, &l), KM_OK, "  its budget counts the local spend only");
+    release_with(e, &l, KM_OUT_SUCCESS, 1000, 0, 0);
+    km_fleet_release(e, 1);
+    rmseg(e);
+}
+
 /* Spend n units of key f's credit (requests, 0 tokens). */
 static void spend_f(int n)
 {
@@ -1339,7 +1453,7 @@ static void test_models(void)
 
 int main(void)
 {
-    plan(156 + 42 + 6);
+    plan(156 + 42 + 6 + 21);
     fixtures_init("fleet_seg");
     test_config();
     env = mkseg(CFG);
@@ -1365,6 +1479,7 @@ int main(void)
     test_report();
     test_health();
     test_spend();
+    test_pool_spend();
     rmseg(env);
     test_models();
     return exit_status();

@@ -151,8 +151,9 @@ static inline void fh_init(fh_fleet *f, int n, uint64_t L, uint64_t B, const cha
     atexit(fh__atexit);
 }
 
-/* Create host i's segment; its proxy in front of the rig's redis. */
-static inline void fh_host_create(fh_fleet *f, int i, const char *extra_key_json)
+/* Host i's segment from the configuration `json` (written to its file),
+ * and its proxy to the fleet's Redis. */
+static inline void fh_host_create_cfg(fh_fleet *f, int i, const char *json)
 {
     fh_host *h = &f->h[i];
     h->idx = i;
@@ -162,8 +163,23 @@ static inline void fh_host_create(fh_fleet *f, int i, const char *extra_key_json
     FILE *c = fopen(h->cfg, "w");
     if (!c)
         bail_out("%s: %s", h->cfg, strerror(errno));
+    fputs(json, c);
+    fclose(c);
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "%s create %s --config %s >/dev/null", f->kmctl, h->seg, h->cfg);
+    if (system(cmd) != 0)
+        bail_out("%s failed", cmd);
+    rig_proxy_start(&h->proxy, f->redis.port);
+    h->has_proxy = 1;
+}
+
+/* Create host i's segment (pool "p", key "a" under the fleet's limit);
+ * its proxy in front of the rig's redis. */
+static inline void fh_host_create(fh_fleet *f, int i, const char *extra_key_json)
+{
+    char c[2048];
     if (f->model)
-        fprintf(c,
+        snprintf(c, sizeof c,
                 "{\"capacity\": {\"processes\": 16},\n"
                 " \"pools\": [{\"name\": \"p\", \"cooldown_s\": 2, \"model_limits\": \"per_model\",\n"
                 "   \"models\": {\"%s\": {\"rpm\": {\"limit\": %" PRIu64 ", \"mode\": \"sliding\", "
@@ -172,7 +188,7 @@ static inline void fh_host_create(fh_fleet *f, int i, const char *extra_key_json
                 f->model, f->L, f->B, f->strict ? "{\"strict\": true}" : "true",
                 extra_key_json ? extra_key_json : "");
     else
-        fprintf(c,
+        snprintf(c, sizeof c,
                 "{\"capacity\": {\"processes\": 16},\n"
                 " \"pools\": [{\"name\": \"p\", \"cooldown_s\": 2,\n"
                 "   \"limits\": {\"rpm\": {\"limit\": %" PRIu64 ", \"mode\": \"sliding\", "
@@ -180,13 +196,7 @@ static inline void fh_host_create(fh_fleet *f, int i, const char *extra_key_json
                 "   \"keys\": [{\"id\": \"a\", \"secret\": \"sk-fleet-test-0001\", \"fleet\": %s%s}]}]}\n",
                 f->L, f->B, f->strict ? "{\"strict\": true}" : "true",
                 extra_key_json ? extra_key_json : "");
-    fclose(c);
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "%s create %s --config %s >/dev/null", f->kmctl, h->seg, h->cfg);
-    if (system(cmd) != 0)
-        bail_out("%s failed", cmd);
-    rig_proxy_start(&h->proxy, f->redis.port);
-    h->has_proxy = 1;
+    fh_host_create_cfg(f, i, c);
 }
 
 /* Start host i's agent; `password` overrides the fleet's (NULL: the
@@ -418,6 +428,59 @@ static inline size_t fh_count(const uint64_t *t, size_t n, uint64_t a, uint64_t 
     for (size_t i = 0; i < n; i++)
         c += t[i] >= a && t[i] < b;
     return c;
+}
+
+/* A run against one hard spend budget of `budget` micro-USD (t_spend,
+ * t_pool_spend): every admission logged by fh__worker or a test's worker
+ * cost `cost`, `workers` per host offered load from t0 to t1.  Five
+ * checks: every host spends; the fleet spends at least the budget (no
+ * host stops early overall) and at most the budget plus the bound README
+ * states (what the fleet spends in 2 S plus one request in flight per
+ * worker); every host refuses within 2 S of the crossing (plus 100 ms of
+ * scheduling on a shared machine; `late_note` says what else that
+ * covers); no host stops early (it sees the others' spend late, never
+ * early: each admits until the crossing, S before it at most).  Then the
+ * SUMMARY line `name`. */
+static inline void fh_spend_checks(fh_fleet *f, const char *name, uint64_t cost, uint64_t budget,
+                                   int workers, uint64_t t0, uint64_t t1, const char *late_note)
+{
+    size_t n, nh[FH_MAX_HOSTS];
+    uint64_t *t = fh_times(f, -1, &n), last[FH_MAX_HOSTS];
+    int every = 1;
+    for (int i = 0; i < f->n; i++) {
+        uint64_t *ti = fh_times(f, i, &nh[i]);
+        last[i] = nh[i] ? ti[nh[i] - 1] : 0;
+        every &= nh[i] != 0;
+        free(ti);
+    }
+    uint64_t spent = (uint64_t)n * cost, need = budget / cost;
+    ok(every, "every host spends (host 0: %zu, last: %zu admissions)", nh[0], nh[f->n - 1]);
+    ok(spent >= budget, "the fleet spends its budget: %" PRIu64 " >= %" PRIu64 " micro-USD",
+       spent, budget);
+    /* tc: the admission that took the fleet's spend to the budget; the
+     * rate: the fleet's over the second before it. */
+    uint64_t tc = n >= need ? t[need - 1] : t1;
+    uint64_t from = tc > t0 + 1000000000ull ? tc - 1000000000ull : t0;
+    double rate = (double)fh_count(t, n, from, tc + 1) * 1e9 / (double)(tc + 1 - from);
+    double bound = rate * (double)cost * 2 * (f->S / 1000.0) + (double)(f->n * workers) * (double)cost;
+    ok((double)spent <= (double)budget + bound,
+       "at most X + the bound: %" PRIu64 " <= %" PRIu64 " + %.0f (fleet %.0f/s x 2 S + %d in flight)",
+       spent, budget, bound, rate, f->n * workers);
+    uint64_t late = tc + 2ull * f->S * 1000000ull + 100000000ull;
+    uint64_t early = tc - (uint64_t)f->S * 1000000ull, lo = UINT64_MAX, hi = 0;
+    for (int i = 0; i < f->n; i++) {
+        lo = last[i] < lo ? last[i] : lo;
+        hi = last[i] > hi ? last[i] : hi;
+    }
+    ok(hi <= late, "every host refuses within 2 S of the budget's end%s: last admissions up to "
+                   "%+.0f ms after it", late_note, ((double)hi - (double)tc) / 1e6);
+    ok(lo >= early, "no host stops early: last admissions from %+.0f ms of the crossing (>= -%u)",
+       ((double)lo - (double)tc) / 1e6, f->S);
+    diag("SUMMARY %s hosts=%d budget_usd=%.2f spent_usd=%.2f over_usd=%.2f bound_usd=%.2f "
+         "rate_per_s=%.0f S_ms=%u",
+         name, f->n, budget / 1e6, spent / 1e6, ((double)spent - (double)budget) / 1e6, bound / 1e6,
+         rate, f->S);
+    free(t);
 }
 
 /* Goodput over [a, b): admissions / (what the limit's rate allows). */

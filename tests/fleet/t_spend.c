@@ -111,46 +111,11 @@ int main(void)
     for (int i = 0; i < 3; i++)
         fh_workers_wait(&fl.h[i]);
 
-    size_t n, nh[3];
-    uint64_t *t = fh_times(&fl, -1, &n), last[3];
-    for (int i = 0; i < 3; i++) {
-        uint64_t *ti = fh_times(&fl, i, &nh[i]);
-        last[i] = nh[i] ? ti[nh[i] - 1] : 0;
-        free(ti);
-    }
-    uint64_t spent = (uint64_t)n * COST, need = BUDGET / COST;
-    ok(nh[0] && nh[1] && nh[2], "every host spends (%zu, %zu, %zu admissions)", nh[0], nh[1],
-       nh[2]);
-    ok(spent >= BUDGET, "the fleet spends its budget: %" PRIu64 " >= %u micro-USD", spent,
-       BUDGET);
-    /* tc: the admission that took the fleet's spend to X; the rate: the
-     * fleet's over the second before it. */
-    uint64_t tc = n >= need ? t[need - 1] : t1;
-    uint64_t from = tc > t0 + 1000000000ull ? tc - 1000000000ull : t0;
-    double rate = (double)fh_count(t, n, from, tc + 1) * 1e9 / (double)(tc + 1 - from);
-    double S = fl.S / 1000.0;
-    double bound = rate * COST * 2 * S + 3 * WORKERS * COST;
-    ok((double)spent <= BUDGET + bound,
-       "at most X + the bound: %" PRIu64 " <= %u + %.0f (fleet %.0f/s x 2 S + %d in flight)",
-       spent, BUDGET, bound, rate, 3 * WORKERS);
-    uint64_t late = tc + 2ull * fl.S * 1000000ull + 100000000ull;
-    ok(last[0] <= late && last[1] <= late && last[2] <= late,
-       "every host refuses within 2 S of the budget's end, and after Redis restarted empty "
-       "(1.3 s before the end of the run): last admissions %+.0f %+.0f %+.0f ms after it", ((double)last[0] - (double)tc) / 1e6, ((double)last[1] - (double)tc) / 1e6,
-       ((double)last[2] - (double)tc) / 1e6);
-    /* No host stops early: a host sees the others' spend late, never
-     * early, so each admits until about tc (one of its 100 attempts a
-     * second, or S, before it at most; counting its own spend as the
-     * others' stopped one 201 ms early). */
-    uint64_t early = tc - (uint64_t)fl.S * 1000000ull;
-    ok(last[0] >= early && last[1] >= early && last[2] >= early,
-       "no host stops early: last admissions %+.0f %+.0f %+.0f ms from the crossing (>= -%u)",
-       ((double)last[0] - (double)tc) / 1e6, ((double)last[1] - (double)tc) / 1e6,
-       ((double)last[2] - (double)tc) / 1e6, fl.S);
-    diag("SUMMARY t_spend hosts=3 budget_usd=%.2f spent_usd=%.2f over_usd=%.2f bound_usd=%.2f "
-         "rate_per_s=%.0f S_ms=%u",
-         BUDGET / 1e6, spent / 1e6, ((double)spent - BUDGET) / 1e6, bound / 1e6, rate, fl.S);
-    free(t);
+    fh_spend_checks(&fl, "t_spend", COST, BUDGET, WORKERS, t0, t1,
+                    ", and after Redis restarted empty (1.3 s before the end of the run)");
+    size_t n;
+    free(fh_times(&fl, -1, &n));
+    uint64_t spent = (uint64_t)n * COST;
 
     rig__sleep_ms(3 * fl.S);
     snprintf(cmd, sizeof cmd, "%s inspect %s 2>&1", fl.kmctl, fl.h[1].seg);

@@ -267,6 +267,14 @@ static int kid_names(km_env *env, kid_name **out, size_t *n)
         km_pool_info pi;
         if (km_pool_info_get(env, (int)p, &pi) != KM_OK)
             continue;
+        if (pi.budget_microusd) { /* the pool's budget, if the fleet counts it */
+            kid_name *x = kid_push(out, n, &cap);
+            if (!x)
+                return KM_ENOMEM;
+            snprintf(x->pool, sizeof x->pool, "%s", pi.name);
+            x->key[0] = '\0';
+            kms_pool_bid(pi.name, x->kid);
+        }
         for (uint32_t i = 0; i < pi.n_keys; i++) {
             int k = km_pool_key(env, (int)p, (int)i);
             km_key_info ki;
@@ -311,12 +319,16 @@ static void kw_split(const char *kw, const kid_name *names, size_t n, char *who,
     snprintf(who, wlen, "%s", kid);
 }
 
-/* A budget's id (its key's fleet id) into the key's name in this segment. */
+/* A budget's id (its key's fleet id, or its pool's) into the key's name
+ * ("pool/key") or the pool's ("pool NAME") in this segment. */
 static void bid_name(const char *bid, const kid_name *names, size_t n, char *who, size_t wlen)
 {
     for (size_t i = 0; i < n; i++)
         if (strcmp(names[i].kid, bid) == 0) {
-            snprintf(who, wlen, "%s/%s", names[i].pool, names[i].key);
+            if (names[i].key[0])
+                snprintf(who, wlen, "%s/%s", names[i].pool, names[i].key);
+            else /* a pool's budget */
+                snprintf(who, wlen, "pool %s", names[i].pool);
             return;
         }
     snprintf(who, wlen, "%s", bid);

@@ -447,11 +447,15 @@ static int spend_collect(kma *a)
             b->a_epoch = a->st.epoch;
             b->others = f->others;
         }
-        km_fleet_slot ks = {0};
-        snprintf(ks.pool, sizeof ks.pool, "%s", f->pool);
-        snprintf(ks.key_id, sizeof ks.key_id, "%s", f->key_id);
-        snprintf(ks.fleet_id, sizeof ks.fleet_id, "%s", f->fleet_id);
-        slot_kid(&ks, b->bid);
+        if (f->pool_budget) {
+            kms_pool_bid(f->pool, b->bid);
+        } else {
+            km_fleet_slot ks = {0};
+            snprintf(ks.pool, sizeof ks.pool, "%s", f->pool);
+            snprintf(ks.key_id, sizeof ks.key_id, "%s", f->key_id);
+            snprintf(ks.fleet_id, sizeof ks.fleet_id, "%s", f->fleet_id);
+            slot_kid(&ks, b->bid);
+        }
         if (b->end_ns != f->period_end_ns) {
             b->pending = 0;
             b->over_logged = 0;

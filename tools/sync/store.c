@@ -343,6 +343,14 @@ void kms_kid(const char *pool, const char *key_id, const char *fleet_id, const c
     snprintf(out, KMS_ID_MAX + 1, "%.46s.m%.16s", base, mh + 1);
 }
 
+void kms_pool_bid(const char *pool, char out[KMS_ID_MAX + 1])
+{
+    if (kms_fleet_id(pool, "", out) != KMS_OK)
+        snprintf(out, KMS_ID_MAX + 1, "p-invalid");
+    else
+        out[0] = 'p';
+}
+
 /* ------------------------------------------------------------ connection */
 
 static void kms__drop(kms_store *s)

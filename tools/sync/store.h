@@ -99,6 +99,11 @@ int kms_fleet_id(const char *pool, const char *key_id, char out[KMS_ID_MAX + 1])
 void kms_kid(const char *pool, const char *key_id, const char *fleet_id, const char *model,
              char out[KMS_ID_MAX + 1]);
 
+/* The ledger's name of a pool's fleet-wide budget: "p" and the 32 hex
+ * digits of kms_fleet_id(pool, ""): never a key's (derived key ids start
+ * with "k", and a key id is never empty).  Nothing of the secret. */
+void kms_pool_bid(const char *pool, char out[KMS_ID_MAX + 1]);
+
 /* ------------------------------------------------------------ connection */
 
 typedef struct kms_store kms_store;
