@@ -1531,7 +1531,7 @@ KM_EXTERN int km_fleet_model_info_get(km_env *env, uint32_t key, uint32_t model,
  * The budget of a fleet key counts what every host spent in its period,
  * and so does a pool's in a segment whose configuration's top-level fleet
  * is `all` (an entry with key = KM_FLEET_BUDGET_POOL | the pool's index,
- * key_gen a hash of its name, pool_budget 1; apply and reported take
+ * key_gen the pool row's generation, pool_budget 1; apply and reported take
  * these key and key_gen alike; a pool's hard budget refuses with
  * KM_EBUDGET, a soft one warns at the settle that crosses it):
  * an acquire compares the local spend plus the other hosts' (as the agent
@@ -1561,7 +1561,8 @@ KM_EXTERN int km_fleet_model_info_get(km_env *env, uint32_t key, uint32_t model,
 #define KM_FLEET_BUDGET_POOL 0x80000000u /* km_fleet_budget.key: a pool's budget */
 typedef struct km_fleet_budget {
     uint32_t key, key_gen;       /* a pool's: KM_FLEET_BUDGET_POOL | pool_index,
-                                  * and a hash of the pool's name */
+                                  * and the pool row's generation (a pool
+                                  * added in a removed one's row has another) */
     char pool[KM_ID_MAX + 1], key_id[KM_ID_MAX + 1], fleet_id[KM_ID_MAX + 1];
     uint64_t budget_microusd;
     int hard, period;            /* km_budget_period */

@@ -133,6 +133,7 @@ void km__pool_write(km_env *e, uint32_t p, const km__pool_cfg *pc)
      * row's figures are not the new pool's. */
     const km__fhdr *fh = km__fleet(e);
     pool->fleet = fh && fh->all;
+    pool->gen++; /* plain: not LIVE, under the admin lock (or at creation) */
     pool->sp_others = pool->sp_end = pool->a_sp_rep = pool->a_sp_end = 0;
     pool->sp_rst[0] = pool->sp_rst[1] = 0;
     /* Every row: a reused pool row's models, or the names its requests

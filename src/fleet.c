@@ -1079,7 +1079,7 @@ static int budget_ref(km_env *e, uint32_t id, sp_ref *r)
         *r = (sp_ref){&pool->spend, &pool->sp_others, &pool->sp_end, &pool->a_sp_rep,
                       &pool->a_sp_end, pool->sp_rst, ck_pr_load_64(&pool->budget_microusd),
                       ck_pr_load_32(&pool->budget_hard), ck_pr_load_32(&pool->budget_period),
-                      km__fnv32_str(pool->name),
+                      ck_pr_load_32(&pool->gen),
                       (int32_t)ck_pr_load_32((uint32_t *)&pool->budget_tz_min), pool->name,
                       no_id, no_id};
         return 1;
@@ -1103,14 +1103,21 @@ static void spend_fill(km_env *e, uint32_t id, const sp_ref *r, km_fleet_budget 
      * the report names the period the clock is in (the roll is any
      * process's to make, src/budget.c). */
     km__spend_due(r->rec, r->period, r->tz, e->tzt);
+    /* What resets removed in this period counts as spent here (they reset
+     * this host's figure, not what it owes the fleet's total).  The reset
+     * pair before the record: a reset exchanges the record's spend, then
+     * adds it to the pair, so a reset between these loads is missed by
+     * both (eff low for one collect: nothing is reported then, and
+     * km_fleet_spend_reported never lowers the base), never counted twice.
+     * rst[0] before rst[1]: a figure read with its period's end is that
+     * period's (the pair changes by one 16-byte CAS). */
+    uint64_t rst[2];
+    rst[0] = ck_pr_load_64(&r->rst[0]);
+    ck_pr_fence_load(); /* the pair's end before its figure */
+    rst[1] = ck_pr_load_64(&r->rst[1]);
+    ck_pr_fence_load(); /* the reset pair before the record it was taken from */
     uint64_t end = ck_pr_load_64(&r->rec->end_ns);
     uint64_t cur = ck_pr_load_64(&r->rec->spent);
-    /* What resets removed in this period counts as spent here (they reset
-     * this host's figure, not what it owes the fleet's total): eff only
-     * grows within a period, but for the moment between a reset's
-     * exchange and its add (eff low: nothing is reported then, and
-     * km_fleet_spend_reported never lowers the base). */
-    uint64_t rst[2] = {ck_pr_load_64(&r->rst[0]), ck_pr_load_64(&r->rst[1])};
     uint64_t eff = cur + (rst[0] == end ? rst[1] : 0);
     uint64_t d;
     if (end == *r->rep_end)

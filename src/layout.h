@@ -211,7 +211,11 @@ typedef struct km__pool {
     /* Tickets of km_acquire_wait's sleepers, one taken at each count-in:
      * the lower (in wrap-around order) waited longer (src/wait.c). */
     uint32_t ticket;
-    uint32_t pad3a;
+    /* Bumped each time the row is written for a pool (km__pool_write,
+     * under the admin lock while the row is not LIVE): the fleet agent's
+     * generation of a pool budget, so a late reply for a removed pool is
+     * not applied to one added in its row under the same name. */
+    uint32_t gen;
     /* A fleet pool budget's (`fleet`): what km_pool_spend_reset removed
      * from the spend record in the period ending sp_rst[0], micro-USD in
      * sp_rst[1], one 16-byte CAS pair as km__fkey's.  Here, not on the

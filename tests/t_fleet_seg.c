@@ -860,7 +860,7 @@ static void test_spend(void)
  * hard daily one (pool "fp") and a soft lifetime one ("fs"); keys without
  * budgets of their own. */
 static const char *POOL_SPEND_CFG =
-    "{\"fleet\":{\"all\":true},\"pools\":["
+    "{\"fleet\":{\"all\":true},\"capacity\":{\"pools\":2},\"pools\":["
     " {\"name\":\"fp\",\"budget\":{\"usd\":1.0,\"mode\":\"hard\",\"period\":\"day\",\"tz\":\"UTC\"},"
     "  \"keys\":[{\"id\":\"a\",\"secret\":\"sk-pool-aaaaaaaa\",\"price\":{\"output_per_1k\":1.0}}]},"
     " {\"name\":\"fs\",\"budget\":{\"usd\":1.0,\"mode\":\"soft\"},"
@@ -952,6 +952,29 @@ static void test_pool_spend(void)
        pi.budget.warnings);
     is_int(acq_pin(e, psf, "s", 0, &l), KM_OK, "  and a soft pool budget still admits");
     release_with(e, &l, KM_OUT_SUCCESS, 1000, 0, 0);
+    /* A late reply for a pool removed and added again under the same name
+     * in the same row: not this pool's (the row's generation moved), so it
+     * cannot set the new pool's reported base. */
+    size_t m = 0;
+    km_fleet_spend_collect(e, b, 8, &m);
+    km_fleet_budget *old = pbud_of(b, m, pp), gone = old ? *old : (km_fleet_budget){0};
+    char perr[256];
+    int prc = km_pool_remove(e, pp, 1000, 0);
+    int np = km_pool_add(e,
+                         "{\"name\":\"fp\",\"budget\":{\"usd\":1.0,\"mode\":\"hard\","
+                         "\"period\":\"day\",\"tz\":\"UTC\"},\"keys\":[{\"id\":\"a2\","
+                         "\"secret\":\"sk-pool-a2a2a2a2\",\"price\":{\"output_per_1k\":1.0}}]}",
+                         perr, sizeof perr);
+    ok(old && prc == KM_OK && np == pp, "pool re-added under its name in its row (%d, was %d: %s)", np,
+       pp, np < 0 ? perr : "");
+    is_int(km_fleet_spend_reported(e, gone.key, gone.key_gen, gone.period_end_ns, 600000), KM_ENOKEY,
+           "  the removed pool's late reply: KM_ENOKEY");
+    if (acq_pin(e, np, "a2", 0, &l) != KM_OK || release_with(e, &l, KM_OUT_SUCCESS, 1000, 250, 0))
+        bail_out("spend on the new fp");
+    km_fleet_spend_collect(e, b, 8, &m);
+    old = pbud_of(b, m, np);
+    ok(old && old->spent == 250000 && old->key_gen != gone.key_gen,
+       "  the new pool's spend is reported whole (%llu)", old ? (unsigned long long)old->spent : 0ull);
     km_fleet_release(e, 1);
     rmseg(e);
 
@@ -1453,7 +1476,7 @@ static void test_models(void)
 
 int main(void)
 {
-    plan(156 + 42 + 6 + 21);
+    plan(156 + 42 + 6 + 21 + 3);
     fixtures_init("fleet_seg");
     test_config();
     env = mkseg(CFG);
