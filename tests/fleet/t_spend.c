@@ -24,23 +24,6 @@
 
 static fh_fleet fl;
 
-static int run_cmd_out(const char *cmd, char *out, size_t cap)
-{
-    FILE *p = popen(cmd, "r");
-    size_t k = 0;
-    if (!p)
-        return -1;
-    while (k + 1 < cap) {
-        size_t r = fread(out + k, 1, cap - 1 - k, p);
-        if (r == 0)
-            break;
-        k += r;
-    }
-    out[k] = '\0';
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 /* A worker: an attempt every 1/RATE s until `until`; an admission is
  * logged (its time) and released with 10 tokens, priced at COST. */
 static _Noreturn void worker(fh_host *h, int w, uint64_t until)
@@ -106,7 +89,7 @@ int main(void)
     fh_sleep_until(t0 + 1700000000ull);
     snprintf(cmd, sizeof cmd, "%s fleet %s --store redis://127.0.0.1:%d 2>&1", fl.kmctl,
              fl.h[0].seg, fl.redis.port);
-    int frc = run_cmd_out(cmd, fleet_out, sizeof fleet_out);
+    int frc = fh_cmd_out(cmd, fleet_out, sizeof fleet_out);
     rig_redis_restart_empty(&fl.redis);
     for (int i = 0; i < 3; i++)
         fh_workers_wait(&fl.h[i]);
@@ -119,7 +102,7 @@ int main(void)
 
     rig__sleep_ms(3 * fl.S);
     snprintf(cmd, sizeof cmd, "%s inspect %s 2>&1", fl.kmctl, fl.h[1].seg);
-    int rc = run_cmd_out(cmd, out, sizeof out);
+    int rc = fh_cmd_out(cmd, out, sizeof out);
     const char *bl = strstr(out, "budget (fleet-wide, hard): ");
     double fleet_usd = bl ? atof(bl + strlen("budget (fleet-wide, hard): ")) : 0;
     ok(rc == 0 && bl && fleet_usd * 1e6 + 0.5 >= (double)spent - 1 &&
@@ -128,7 +111,7 @@ int main(void)
     if (!bl)
         diag("%.600s", out);
     snprintf(cmd, sizeof cmd, "%s inspect %s --json 2>&1", fl.kmctl, fl.h[2].seg);
-    rc = run_cmd_out(cmd, out, sizeof out);
+    rc = fh_cmd_out(cmd, out, sizeof out);
     ok(rc == 0 && strstr(out, "\"spent_fleet_microusd\""),
        "kmctl inspect --json: spent_fleet_microusd");
     char want[64];
